@@ -1,0 +1,186 @@
+//! Per-worker counters: packets in and out per interface, and one counter per drop reason.
+//!
+//! Each worker writes only its own `Counters`, so an increment is a relaxed load and store
+//! (no locked instruction); readers sum over workers.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal: $doc:literal,)*) => {
+        /// Why a packet was not forwarded. Every drop has one.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+
+            /// Stable snake_case name used by the CLI and metrics.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+
+            pub fn describe(&self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $doc,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    ShortFrame => "short_frame": "frame shorter than an Ethernet header",
+    Oversize => "oversize": "frame larger than the receive buffer (offloaded super-packet)",
+    BadArp => "bad_arp": "ARP that is not Ethernet/IPv4 or is truncated",
+    Ipv4Truncated => "ipv4_truncated": "shorter than an IPv4 header",
+    BadVersion => "bad_version": "IP version field is not 4",
+    BadHeaderLen => "bad_header_len": "IHL below 5 or beyond the frame",
+    BadTotalLen => "bad_total_len": "IPv4 total length disagrees with the frame",
+    BadChecksum => "bad_checksum": "IPv4 header checksum does not verify",
+    Spoofed => "spoofed_source": "source address is not the pod's own (RPF check)",
+    BadSource => "bad_source": "source is multicast, broadcast, loopback or unspecified",
+    TtlExceeded => "ttl_exceeded": "TTL ran out (ICMP time exceeded sent)",
+    NoRoute => "no_route": "no route covers the destination (ICMP unreachable sent)",
+    Blackhole => "blackhole": "destination in a blackholed block (unused pod address)",
+    FragNeeded => "frag_needed": "too big for the egress MTU with DF set (ICMP sent)",
+    NeedsFragmentation => "needs_fragmentation": "too big for the egress MTU and fragmentation is not supported",
+    NeighbourFailed => "neighbour_failed": "next hop did not answer ARP",
+    NeighbourQueueFull => "neighbour_queue_full": "too many packets waiting for one ARP answer",
+    SlowPathFull => "slow_path_full": "slow-path channel full",
+    TxError => "tx_error": "the kernel refused to send the frame",
+}
+
+/// Packets and bytes through one interface, both directions.
+#[derive(Debug, Default)]
+pub struct IfaceCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+}
+
+/// One writer's counters.
+#[derive(Debug)]
+pub struct Counters {
+    pub ifaces: Vec<IfaceCounters>,
+    drops: Vec<AtomicU64>,
+    pub icmp_errors_sent: AtomicU64,
+    pub arp_replies_sent: AtomicU64,
+}
+
+/// Single-writer increment: cheaper than `fetch_add`, correct because only the owner writes.
+#[inline]
+pub fn bump(c: &AtomicU64, by: u64) {
+    c.store(c.load(Relaxed).wrapping_add(by), Relaxed);
+}
+
+impl Counters {
+    pub fn new(n_ifaces: usize) -> Self {
+        Counters {
+            ifaces: (0..n_ifaces).map(|_| IfaceCounters::default()).collect(),
+            drops: DropReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            icmp_errors_sent: AtomicU64::new(0),
+            arp_replies_sent: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn count_drop(&self, r: DropReason) {
+        if let Some(c) = self.drops.get(r as usize) {
+            bump(c, 1);
+        }
+    }
+
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.drops.get(r as usize).map_or(0, |c| c.load(Relaxed))
+    }
+
+    #[inline]
+    pub fn rx(&self, iface: usize, bytes: usize) {
+        if let Some(c) = self.ifaces.get(iface) {
+            bump(&c.rx_packets, 1);
+            bump(&c.rx_bytes, bytes as u64);
+        }
+    }
+
+    #[inline]
+    pub fn tx(&self, iface: usize, bytes: usize) {
+        if let Some(c) = self.ifaces.get(iface) {
+            bump(&c.tx_packets, 1);
+            bump(&c.tx_bytes, bytes as u64);
+        }
+    }
+}
+
+/// Sums of several writers' counters, for reports.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Totals {
+    pub ifaces: Vec<IfaceTotals>,
+    pub drops: Vec<(&'static str, u64)>,
+    pub icmp_errors_sent: u64,
+    pub arp_replies_sent: u64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IfaceTotals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+impl Totals {
+    pub fn sum<'a>(n_ifaces: usize, all: impl IntoIterator<Item = &'a Counters>) -> Totals {
+        let mut t = Totals {
+            ifaces: vec![IfaceTotals::default(); n_ifaces],
+            drops: DropReason::ALL.iter().map(|r| (r.name(), 0)).collect(),
+            ..Default::default()
+        };
+        for c in all {
+            for (i, ic) in c.ifaces.iter().enumerate().take(n_ifaces) {
+                t.ifaces[i].rx_packets += ic.rx_packets.load(Relaxed);
+                t.ifaces[i].rx_bytes += ic.rx_bytes.load(Relaxed);
+                t.ifaces[i].tx_packets += ic.tx_packets.load(Relaxed);
+                t.ifaces[i].tx_bytes += ic.tx_bytes.load(Relaxed);
+            }
+            for (i, r) in DropReason::ALL.iter().enumerate() {
+                t.drops[i].1 += c.drops(*r);
+            }
+            t.icmp_errors_sent += c.icmp_errors_sent.load(Relaxed);
+            t.arp_replies_sent += c.arp_replies_sent.load(Relaxed);
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_distinct_name() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::ALL.len());
+    }
+
+    #[test]
+    fn totals_sum_over_writers() {
+        let a = Counters::new(2);
+        let b = Counters::new(2);
+        a.count_drop(DropReason::NoRoute);
+        b.count_drop(DropReason::NoRoute);
+        a.rx(1, 100);
+        let t = Totals::sum(2, [&a, &b]);
+        assert_eq!(
+            t.drops.iter().find(|d| d.0 == "no_route").map(|d| d.1),
+            Some(2)
+        );
+        assert_eq!(t.ifaces[1].rx_bytes, 100);
+    }
+}

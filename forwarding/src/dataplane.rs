@@ -1,0 +1,285 @@
+//! Starting and stopping the data plane: workers, and the slow-path thread that owns ARP
+//! resolution (the [`NeighManager`]) and sends what waited for it.
+
+use crate::counters::{Counters, Totals};
+use crate::fib::FibHandle;
+use crate::iface::{IfaceId, IfaceRole, Interfaces};
+use crate::neigh::{NeighAction, NeighConfig, NeighHandle, NeighManager};
+use crate::pipeline::POD_GATEWAY;
+use crate::sys::PacketSocket;
+use crate::worker::{SlowMsg, Worker};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use encap::arp::{ArpRepr, Operation};
+use encap::ethernet::{self, EtherType};
+use encap::MacAddr;
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// Worker threads; each reads every interface through PACKET_FANOUT.
+    pub workers: usize,
+    /// Pin workers to cores (leaving the first core to the control thread when possible).
+    pub pin: bool,
+    pub neigh: NeighConfig,
+    /// SO_RCVBUF per socket, so bursts wait in the kernel instead of being lost.
+    pub rcvbuf: usize,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            workers: 1,
+            pin: true,
+            neigh: NeighConfig::default(),
+            rcvbuf: 4 << 20,
+        }
+    }
+}
+
+/// One neighbour as shown by status commands.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NeighbourInfo {
+    pub interface: String,
+    pub ip: Ipv4Addr,
+    pub mac: Option<String>,
+    pub state: &'static str,
+}
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct Dataplane {
+    ifaces: Arc<Interfaces>,
+    counters: Vec<Arc<Counters>>,
+    neighbours: Arc<Mutex<Vec<NeighbourInfo>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Opens every socket first (so a missing interface or privilege fails here, with a clear
+    /// error), then starts the threads.
+    pub fn start(
+        ifaces: Interfaces,
+        fib: FibHandle,
+        cfg: DataplaneConfig,
+    ) -> io::Result<Dataplane> {
+        let ifaces = Arc::new(ifaces);
+        let stop = Arc::new(AtomicBool::new(false));
+        let neigh = NeighHandle::default();
+        let (slow_tx, slow_rx) = crossbeam_channel::bounded(4096);
+        let cores = if cfg.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut workers = Vec::new();
+        let mut counters = Vec::new();
+        for index in 0..cfg.workers.max(1) {
+            let mut sockets = Vec::new();
+            for (_, f) in ifaces.iter() {
+                let group = (f.ifindex & 0xffff) as u16;
+                let s = PacketSocket::open_rx(f.ifindex, group, cfg.rcvbuf).map_err(|e| {
+                    io::Error::new(e.kind(), format!("opening AF_PACKET on {}: {e}", f.name))
+                })?;
+                sockets.push(s);
+            }
+            let c = Arc::new(Counters::new(ifaces.len()));
+            counters.push(c.clone());
+            let core = match cores.len() {
+                0 => None,
+                1 => Some(cores[0]),
+                n => Some(cores[(index + 1) % n]),
+            };
+            workers.push(Worker {
+                index,
+                core,
+                sockets,
+                ifaces: ifaces.clone(),
+                fib: fib.clone(),
+                neigh: neigh.clone(),
+                counters: c,
+                slow: slow_tx.clone(),
+                stop: stop.clone(),
+            });
+        }
+        let mut tx = Vec::new();
+        for (_, f) in ifaces.iter() {
+            tx.push(PacketSocket::open_tx(f.ifindex)?);
+        }
+        let slow_counters = Arc::new(Counters::new(ifaces.len()));
+        counters.push(slow_counters.clone());
+        let neighbours = Arc::new(Mutex::new(Vec::new()));
+        let slow = SlowPath {
+            rx: slow_rx,
+            tx,
+            ifaces: ifaces.clone(),
+            manager: NeighManager::new(cfg.neigh),
+            neigh,
+            counters: slow_counters,
+            neighbours: neighbours.clone(),
+            stop: stop.clone(),
+        };
+        let mut threads = Vec::new();
+        for w in workers {
+            let name = format!("worker-{}", w.index);
+            threads.push(std::thread::Builder::new().name(name).spawn(move || {
+                if let Err(e) = w.run() {
+                    tracing::error!(error = %e, "worker stopped");
+                }
+            })?);
+        }
+        threads.push(
+            std::thread::Builder::new()
+                .name("slow-path".into())
+                .spawn(move || slow.run())?,
+        );
+        Ok(Dataplane {
+            ifaces,
+            counters,
+            neighbours,
+            stop,
+            threads,
+        })
+    }
+
+    pub fn interfaces(&self) -> &Interfaces {
+        &self.ifaces
+    }
+
+    /// Counters summed over all workers and the slow path.
+    pub fn totals(&self) -> Totals {
+        Totals::sum(self.ifaces.len(), self.counters.iter().map(|c| c.as_ref()))
+    }
+
+    pub fn neighbours(&self) -> Vec<NeighbourInfo> {
+        self.neighbours
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Stops all threads and waits for them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+struct SlowPath {
+    rx: Receiver<SlowMsg>,
+    tx: Vec<PacketSocket>,
+    ifaces: Arc<Interfaces>,
+    manager: NeighManager,
+    neigh: NeighHandle,
+    counters: Arc<Counters>,
+    neighbours: Arc<Mutex<Vec<NeighbourInfo>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SlowPath {
+    fn run(mut self) {
+        let mut actions = Vec::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = self
+                .manager
+                .poll_timeout()
+                .map_or(Duration::from_millis(100), |t| {
+                    t.saturating_duration_since(now)
+                })
+                .min(Duration::from_millis(100));
+            match self.rx.recv_timeout(wait) {
+                Ok(SlowMsg::Resolve {
+                    iface,
+                    next_hop,
+                    frame,
+                }) => self
+                    .manager
+                    .on_miss(Instant::now(), iface, next_hop, frame, &mut actions),
+                Ok(SlowMsg::Learn(n)) => self.manager.on_learn(Instant::now(), n, &mut actions),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.manager.on_tick(Instant::now(), &mut actions);
+            self.apply(&mut actions);
+        }
+    }
+
+    fn apply(&mut self, actions: &mut Vec<NeighAction>) {
+        let mut changed = false;
+        for a in actions.drain(..) {
+            match a {
+                NeighAction::Request { iface, target, dst } => {
+                    self.send_request(iface, target, dst)
+                }
+                NeighAction::Transmit { iface, frame } => self.send(iface, &frame),
+                NeighAction::Dropped { reason, count } => {
+                    for _ in 0..count {
+                        self.counters.count_drop(reason);
+                    }
+                }
+                NeighAction::Changed => changed = true,
+            }
+        }
+        if changed {
+            self.neigh.publish(self.manager.snapshot());
+            let info = self
+                .manager
+                .entries()
+                .into_iter()
+                .map(|(i, ip, mac, state)| NeighbourInfo {
+                    interface: self
+                        .ifaces
+                        .get(i)
+                        .map(|f| f.name.clone())
+                        .unwrap_or_default(),
+                    ip,
+                    mac: mac.map(|m| m.to_string()),
+                    state,
+                })
+                .collect();
+            if let Ok(mut n) = self.neighbours.lock() {
+                *n = info;
+            }
+        }
+    }
+
+    fn send_request(&self, iface: IfaceId, target: Ipv4Addr, dst: MacAddr) {
+        let Some(f) = self.ifaces.get(iface) else {
+            return;
+        };
+        // On a pod link we speak as the pod's gateway, the only address the pod knows there.
+        let sender_ip = match f.role {
+            IfaceRole::Uplink { addr } => addr.addr(),
+            IfaceRole::Pod { .. } => POD_GATEWAY,
+        };
+        let mut frame = [0u8; ethernet::HEADER_LEN + encap::arp::PACKET_LEN];
+        ethernet::emit_header(&mut frame, dst, f.mac, EtherType::Arp);
+        let req = ArpRepr {
+            operation: Operation::Request,
+            sender_mac: f.mac,
+            sender_ip,
+            target_mac: MacAddr::ZERO,
+            target_ip: target,
+        };
+        req.emit(&mut frame[ethernet::HEADER_LEN..]);
+        self.send(iface, &frame);
+    }
+
+    fn send(&self, iface: IfaceId, frame: &[u8]) {
+        let i = usize::from(iface.0);
+        match self.tx.get(i).map(|s| s.send(frame)) {
+            Some(Ok(_)) => self.counters.tx(i, frame.len()),
+            _ => self
+                .counters
+                .count_drop(crate::counters::DropReason::TxError),
+        }
+    }
+}

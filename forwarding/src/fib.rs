@@ -1,0 +1,272 @@
+//! The forwarding information base: longest-prefix match from destination to next hop.
+//!
+//! A [`Fib`] is an immutable snapshot. The control thread builds a new one and publishes it
+//! through a [`FibHandle`]; workers load the current snapshot once per batch without locks
+//! (`arc_swap`), so they never block and never see a half-applied change. Old snapshots are
+//! freed when the last worker drops its guard. The lookup structure here is a plain
+//! hash-per-prefix-length LPM: correct and simple; the fast FIB replaces it behind this API.
+
+use crate::iface::IfaceId;
+use arc_swap::ArcSwap;
+use ipnet::Ipv4Net;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// What to do with a packet whose destination matched a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NextHop {
+    /// The destination itself is on this link (a pod's /32, or the uplink's subnet).
+    Local { iface: IfaceId },
+    /// Via a gateway on this link.
+    Direct { iface: IfaceId, gateway: Ipv4Addr },
+    /// Addressed to this node: the kernel's business, not forwarded.
+    Host,
+    /// Dropped silently (counted): a node's own block, so unused pod addresses go nowhere.
+    Blackhole,
+    /// Dropped with ICMP destination unreachable.
+    Unreachable,
+}
+
+/// One route as the FIB sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: Ipv4Net,
+    pub next_hop: NextHop,
+}
+
+/// Multiplicative hashing for u32 keys; SipHash's DoS resistance buys nothing for prefixes
+/// the control plane chose.
+#[derive(Default, Clone, Copy, Debug)]
+struct PrefixHasher(u64);
+
+impl Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Table = HashMap<u32, u32, BuildHasherDefault<PrefixHasher>>;
+
+/// An immutable FIB snapshot.
+#[derive(Debug, Default)]
+pub struct Fib {
+    /// Bit `len` set when some prefix of that length exists; lookups visit only those.
+    lengths: u64,
+    tables: Vec<Table>,
+    hops: Vec<NextHop>,
+    routes: usize,
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+impl Fib {
+    /// Builds a snapshot; a later route for the same prefix replaces an earlier one.
+    pub fn build(routes: &[Route]) -> Fib {
+        let mut fib = Fib {
+            tables: vec![Table::default(); 33],
+            ..Default::default()
+        };
+        let mut hop_index: HashMap<NextHop, u32> = HashMap::new();
+        for r in routes {
+            let idx = *hop_index.entry(r.next_hop).or_insert_with(|| {
+                fib.hops.push(r.next_hop);
+                (fib.hops.len() - 1) as u32
+            });
+            let len = r.prefix.prefix_len();
+            let key = u32::from(r.prefix.network()) & mask(len);
+            if fib.tables[usize::from(len)].insert(key, idx).is_none() {
+                fib.routes += 1;
+            }
+            fib.lengths |= 1 << len;
+        }
+        fib
+    }
+
+    /// Longest-prefix match.
+    #[inline]
+    pub fn lookup(&self, dst: Ipv4Addr) -> Option<NextHop> {
+        let a = u32::from(dst);
+        let mut lengths = self.lengths;
+        while lengths != 0 {
+            let len = 63 - lengths.leading_zeros() as u8;
+            lengths &= !(1u64 << len);
+            if let Some(&i) = self.tables[usize::from(len)].get(&(a & mask(len))) {
+                return self.hops.get(i as usize).copied();
+            }
+        }
+        None
+    }
+
+    /// Number of distinct prefixes.
+    pub fn len(&self) -> usize {
+        self.routes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes == 0
+    }
+}
+
+/// The publication point shared by the control thread (writer) and the workers (readers).
+#[derive(Debug, Clone)]
+pub struct FibHandle {
+    current: Arc<ArcSwap<Fib>>,
+}
+
+impl Default for FibHandle {
+    fn default() -> Self {
+        Self::new(Fib::default())
+    }
+}
+
+impl FibHandle {
+    pub fn new(fib: Fib) -> Self {
+        FibHandle {
+            current: Arc::new(ArcSwap::from_pointee(fib)),
+        }
+    }
+
+    /// Replaces the snapshot atomically; readers switch at their next batch.
+    pub fn publish(&self, fib: Fib) {
+        self.current.store(Arc::new(fib));
+    }
+
+    /// The current snapshot; hold it for one batch, not longer.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Fib>> {
+        self.current.load()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("prefix")
+    }
+
+    fn route(p: &str, nh: NextHop) -> Route {
+        Route {
+            prefix: net(p),
+            next_hop: nh,
+        }
+    }
+
+    const UP: IfaceId = IfaceId(0);
+
+    /// The obvious reference: scan all routes, keep the longest match.
+    fn naive(routes: &[Route], dst: Ipv4Addr) -> Option<NextHop> {
+        routes
+            .iter()
+            .filter(|r| r.prefix.contains(&dst))
+            .max_by_key(|r| r.prefix.prefix_len())
+            .map(|r| r.next_hop)
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let gw = Ipv4Addr::new(192, 168, 100, 101);
+        let routes = [
+            route("10.244.0.0/16", NextHop::Unreachable),
+            route("10.244.1.0/26", NextHop::Blackhole),
+            route("10.244.1.2/32", NextHop::Local { iface: IfaceId(1) }),
+            route(
+                "10.244.2.0/26",
+                NextHop::Direct {
+                    iface: UP,
+                    gateway: gw,
+                },
+            ),
+        ];
+        let fib = Fib::build(&routes);
+        assert_eq!(fib.len(), 4);
+        assert_eq!(
+            fib.lookup("10.244.1.2".parse().expect("ip")),
+            Some(NextHop::Local { iface: IfaceId(1) })
+        );
+        assert_eq!(
+            fib.lookup("10.244.1.3".parse().expect("ip")),
+            Some(NextHop::Blackhole)
+        );
+        assert_eq!(
+            fib.lookup("10.244.2.9".parse().expect("ip")),
+            Some(NextHop::Direct {
+                iface: UP,
+                gateway: gw
+            })
+        );
+        assert_eq!(
+            fib.lookup("10.244.9.9".parse().expect("ip")),
+            Some(NextHop::Unreachable)
+        );
+        assert_eq!(fib.lookup("8.8.8.8".parse().expect("ip")), None);
+    }
+
+    #[test]
+    fn default_route_matches_everything() {
+        let fib = Fib::build(&[route("0.0.0.0/0", NextHop::Blackhole)]);
+        assert_eq!(fib.lookup(Ipv4Addr::BROADCAST), Some(NextHop::Blackhole));
+        assert_eq!(fib.lookup(Ipv4Addr::UNSPECIFIED), Some(NextHop::Blackhole));
+    }
+
+    #[test]
+    fn agrees_with_naive_reference_on_random_tables() {
+        // A small deterministic PRNG keeps the test reproducible without extra crates.
+        let mut s: u64 = 0x1234_5678;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for _ in 0..20 {
+            let routes: Vec<Route> = (0..200)
+                .map(|i| {
+                    let len = (next() % 33) as u8;
+                    let a = Ipv4Addr::from((next() as u32) & 0x0f0f_ffff);
+                    let prefix = Ipv4Net::new(a, len).expect("len").trunc();
+                    route(&prefix.to_string(), NextHop::Local { iface: IfaceId(i) })
+                })
+                .collect();
+            // Later duplicates replace earlier ones in the FIB; make the reference agree.
+            let mut dedup: Vec<Route> = Vec::new();
+            for r in &routes {
+                dedup.retain(|d| d.prefix != r.prefix);
+                dedup.push(*r);
+            }
+            let fib = Fib::build(&routes);
+            for _ in 0..2000 {
+                let dst = Ipv4Addr::from((next() as u32) & 0x0f0f_ffff);
+                assert_eq!(fib.lookup(dst), naive(&dedup, dst), "dst {dst}");
+            }
+        }
+    }
+
+    #[test]
+    fn readers_see_whole_snapshots() {
+        let h = FibHandle::default();
+        assert_eq!(h.load().lookup(Ipv4Addr::new(1, 1, 1, 1)), None);
+        h.publish(Fib::build(&[route("1.0.0.0/8", NextHop::Blackhole)]));
+        assert_eq!(
+            h.load().lookup(Ipv4Addr::new(1, 1, 1, 1)),
+            Some(NextHop::Blackhole)
+        );
+    }
+}

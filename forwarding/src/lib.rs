@@ -1,0 +1,22 @@
+//! The data plane of one node.
+//!
+//! Workers pinned to cores read frames from AF_PACKET sockets, run them through [`pipeline`]
+//! (a pure function of frame, FIB snapshot and neighbour snapshot) and transmit the result.
+//! The FIB and the neighbour table are published as immutable snapshots: readers never block.
+//! What a worker cannot finish alone (an unresolved next hop, a learned neighbour) goes over a
+//! channel to the slow-path thread that owns ARP resolution.
+#![deny(unsafe_code)]
+
+pub mod counters;
+pub mod dataplane;
+pub mod fib;
+pub mod iface;
+pub mod neigh;
+pub mod pipeline;
+#[allow(unsafe_code)]
+pub mod sys;
+mod worker;
+
+pub use counters::{Counters, DropReason};
+pub use fib::{Fib, FibHandle, NextHop, Route};
+pub use iface::{IfaceId, IfaceRole, Interface, Interfaces};

@@ -1,0 +1,503 @@
+//! Neighbour resolution (ARP) for next hops: a lock-free snapshot the workers read, and a
+//! sans-IO manager that owns the state machine (time is passed in; actions come out).
+//!
+//! States follow the kernel's spirit: *incomplete* (requests sent, packets queued, bounded),
+//! *reachable* (answer known, refreshed by a unicast probe before it expires), *failed*
+//! (no answer after the retries; packets dropped and counted for a hold-down period).
+
+use crate::counters::DropReason;
+use crate::iface::IfaceId;
+use arc_swap::ArcSwap;
+use encap::MacAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A neighbour as learned from ARP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    pub iface: IfaceId,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+/// Immutable neighbour snapshot read by workers.
+#[derive(Debug, Default, Clone)]
+pub struct NeighTable {
+    map: HashMap<(IfaceId, Ipv4Addr), MacAddr>,
+}
+
+impl NeighTable {
+    #[inline]
+    pub fn lookup(&self, iface: IfaceId, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.map.get(&(iface, ip)).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn insert(&mut self, n: Neighbour) {
+        self.map.insert((n.iface, n.ip), n.mac);
+    }
+}
+
+/// Publication point for neighbour snapshots.
+#[derive(Debug, Clone, Default)]
+pub struct NeighHandle {
+    current: Arc<ArcSwap<NeighTable>>,
+}
+
+impl NeighHandle {
+    pub fn publish(&self, t: NeighTable) {
+        self.current.store(Arc::new(t));
+    }
+
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<NeighTable>> {
+        self.current.load()
+    }
+}
+
+/// Timers and limits of resolution.
+#[derive(Debug, Clone, Copy)]
+pub struct NeighConfig {
+    /// How long an answer stays valid without reconfirmation.
+    pub reachable: Duration,
+    /// Time between requests while incomplete.
+    pub retransmit: Duration,
+    /// Requests sent before giving up.
+    pub max_probes: u32,
+    /// Packets held per unresolved neighbour (the rest are dropped and counted).
+    pub queue_len: usize,
+    /// How long a failed neighbour drops packets before resolution is tried again.
+    pub failed_hold: Duration,
+}
+
+impl Default for NeighConfig {
+    fn default() -> Self {
+        NeighConfig {
+            reachable: Duration::from_secs(60),
+            retransmit: Duration::from_secs(1),
+            max_probes: 3,
+            queue_len: 16,
+            failed_hold: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What the manager asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NeighAction {
+    /// Send an ARP request for `target` on `iface`, to `dst` (broadcast, or the known MAC
+    /// when refreshing).
+    Request {
+        iface: IfaceId,
+        target: Ipv4Addr,
+        dst: MacAddr,
+    },
+    /// Send a frame that waited for resolution; its destination MAC is filled in.
+    Transmit { iface: IfaceId, frame: Vec<u8> },
+    /// Packets were dropped.
+    Dropped { reason: DropReason, count: u64 },
+    /// The table changed: publish `snapshot()`.
+    Changed,
+}
+
+#[derive(Debug)]
+enum State {
+    Incomplete {
+        probes: u32,
+        next: Instant,
+        queue: VecDeque<Vec<u8>>,
+    },
+    Reachable {
+        mac: MacAddr,
+        confirmed: Instant,
+        probed: bool,
+    },
+    Failed {
+        until: Instant,
+    },
+}
+
+/// The neighbour state machine for all interfaces of one node.
+#[derive(Debug, Default)]
+pub struct NeighManager {
+    config: NeighConfig,
+    entries: HashMap<(IfaceId, Ipv4Addr), State>,
+}
+
+impl NeighManager {
+    pub fn new(config: NeighConfig) -> Self {
+        NeighManager {
+            config,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// A worker could not forward `frame` (Ethernet header first) for lack of `ip`'s MAC.
+    pub fn on_miss(
+        &mut self,
+        now: Instant,
+        iface: IfaceId,
+        ip: Ipv4Addr,
+        mut frame: Vec<u8>,
+        out: &mut Vec<NeighAction>,
+    ) {
+        let cfg = self.config;
+        match self.entries.get_mut(&(iface, ip)) {
+            Some(State::Reachable { mac, .. }) => {
+                // The worker's snapshot was older than our answer.
+                set_dst(&mut frame, *mac);
+                out.push(NeighAction::Transmit { iface, frame });
+            }
+            Some(State::Incomplete { queue, .. }) => {
+                if queue.len() >= cfg.queue_len {
+                    out.push(NeighAction::Dropped {
+                        reason: DropReason::NeighbourQueueFull,
+                        count: 1,
+                    });
+                } else {
+                    queue.push_back(frame);
+                }
+            }
+            Some(State::Failed { until }) if *until > now => {
+                out.push(NeighAction::Dropped {
+                    reason: DropReason::NeighbourFailed,
+                    count: 1,
+                });
+            }
+            Some(State::Failed { .. }) | None => {
+                let mut queue = VecDeque::with_capacity(cfg.queue_len.min(4));
+                queue.push_back(frame);
+                self.entries.insert(
+                    (iface, ip),
+                    State::Incomplete {
+                        probes: 1,
+                        next: now + cfg.retransmit,
+                        queue,
+                    },
+                );
+                out.push(NeighAction::Request {
+                    iface,
+                    target: ip,
+                    dst: MacAddr::BROADCAST,
+                });
+            }
+        }
+    }
+
+    /// ARP told us `n.ip` is at `n.mac` (a reply, or a request addressed to us).
+    pub fn on_learn(&mut self, now: Instant, n: Neighbour, out: &mut Vec<NeighAction>) {
+        let key = (n.iface, n.ip);
+        let old = self.entries.insert(
+            key,
+            State::Reachable {
+                mac: n.mac,
+                confirmed: now,
+                probed: false,
+            },
+        );
+        match old {
+            Some(State::Incomplete { queue, .. }) => {
+                for mut frame in queue {
+                    set_dst(&mut frame, n.mac);
+                    out.push(NeighAction::Transmit {
+                        iface: n.iface,
+                        frame,
+                    });
+                }
+                out.push(NeighAction::Changed);
+            }
+            Some(State::Reachable { mac, .. }) if mac == n.mac => {}
+            _ => out.push(NeighAction::Changed),
+        }
+    }
+
+    /// Advances timers: retransmits, refresh probes, expiry and give-up.
+    pub fn on_tick(&mut self, now: Instant, out: &mut Vec<NeighAction>) {
+        let cfg = self.config;
+        let mut changed = false;
+        self.entries.retain(|&(iface, ip), st| match st {
+            State::Incomplete {
+                probes,
+                next,
+                queue,
+            } => {
+                if now < *next {
+                    return true;
+                }
+                if *probes >= cfg.max_probes {
+                    out.push(NeighAction::Dropped {
+                        reason: DropReason::NeighbourFailed,
+                        count: queue.len() as u64,
+                    });
+                    *st = State::Failed {
+                        until: now + cfg.failed_hold,
+                    };
+                    return true;
+                }
+                *probes += 1;
+                *next = now + cfg.retransmit;
+                out.push(NeighAction::Request {
+                    iface,
+                    target: ip,
+                    dst: MacAddr::BROADCAST,
+                });
+                true
+            }
+            State::Reachable {
+                mac,
+                confirmed,
+                probed,
+            } => {
+                let age = now.saturating_duration_since(*confirmed);
+                if age >= cfg.reachable {
+                    changed = true;
+                    return false;
+                }
+                // Refresh before expiry so a live neighbour never drops out of the table.
+                if !*probed && age >= cfg.reachable * 3 / 4 {
+                    *probed = true;
+                    out.push(NeighAction::Request {
+                        iface,
+                        target: ip,
+                        dst: *mac,
+                    });
+                }
+                true
+            }
+            State::Failed { until } => *until > now,
+        });
+        if changed {
+            out.push(NeighAction::Changed);
+        }
+    }
+
+    /// The earliest time `on_tick` has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let cfg = self.config;
+        self.entries
+            .values()
+            .map(|st| match st {
+                State::Incomplete { next, .. } => *next,
+                State::Reachable {
+                    confirmed,
+                    probed: false,
+                    ..
+                } => *confirmed + cfg.reachable * 3 / 4,
+                State::Reachable { confirmed, .. } => *confirmed + cfg.reachable,
+                State::Failed { until } => *until,
+            })
+            .min()
+    }
+
+    /// The resolved neighbours, for the workers.
+    pub fn snapshot(&self) -> NeighTable {
+        let mut t = NeighTable::default();
+        for (&(iface, ip), st) in &self.entries {
+            if let State::Reachable { mac, .. } = st {
+                t.insert(Neighbour {
+                    iface,
+                    ip,
+                    mac: *mac,
+                });
+            }
+        }
+        t
+    }
+
+    /// (iface, ip, mac or None while unresolved, state name) for status displays.
+    pub fn entries(&self) -> Vec<(IfaceId, Ipv4Addr, Option<MacAddr>, &'static str)> {
+        let mut v: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(&(i, ip), st)| match st {
+                State::Incomplete { .. } => (i, ip, None, "incomplete"),
+                State::Reachable { mac, .. } => (i, ip, Some(*mac), "reachable"),
+                State::Failed { .. } => (i, ip, None, "failed"),
+            })
+            .collect();
+        v.sort_by_key(|e| (e.0, e.1));
+        v
+    }
+}
+
+fn set_dst(frame: &mut [u8], mac: MacAddr) {
+    if frame.len() >= encap::ethernet::HEADER_LEN {
+        encap::ethernet::Frame::new_unchecked(frame).set_dst(mac);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IF: IfaceId = IfaceId(0);
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 7]);
+
+    fn ip() -> Ipv4Addr {
+        Ipv4Addr::new(192, 168, 100, 101)
+    }
+
+    fn frame() -> Vec<u8> {
+        vec![0u8; 60]
+    }
+
+    #[test]
+    fn miss_sends_request_and_answer_releases_queue() {
+        let mut m = NeighManager::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        m.on_miss(t0, IF, ip(), frame(), &mut out);
+        m.on_miss(t0, IF, ip(), frame(), &mut out);
+        assert_eq!(
+            out,
+            vec![NeighAction::Request {
+                iface: IF,
+                target: ip(),
+                dst: MacAddr::BROADCAST
+            }]
+        );
+        out.clear();
+        m.on_learn(
+            t0,
+            Neighbour {
+                iface: IF,
+                ip: ip(),
+                mac: MAC,
+            },
+            &mut out,
+        );
+        let sent: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                NeighAction::Transmit { frame, .. } => Some(frame[..6].to_vec()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![MAC.0.to_vec(), MAC.0.to_vec()]);
+        assert!(out.contains(&NeighAction::Changed));
+        assert_eq!(m.snapshot().lookup(IF, ip()), Some(MAC));
+    }
+
+    #[test]
+    fn queue_is_bounded() {
+        let mut m = NeighManager::new(NeighConfig {
+            queue_len: 2,
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            m.on_miss(t0, IF, ip(), frame(), &mut out);
+        }
+        let dropped = out
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    NeighAction::Dropped {
+                        reason: DropReason::NeighbourQueueFull,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(dropped, 3);
+    }
+
+    #[test]
+    fn retries_then_fails_then_tries_again() {
+        let cfg = NeighConfig::default();
+        let mut m = NeighManager::new(cfg);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        m.on_miss(t0, IF, ip(), frame(), &mut out);
+        let mut t = t0;
+        for _ in 0..cfg.max_probes {
+            t += cfg.retransmit;
+            m.on_tick(t, &mut out);
+        }
+        let requests = out
+            .iter()
+            .filter(|a| matches!(a, NeighAction::Request { .. }))
+            .count();
+        assert_eq!(requests as u32, cfg.max_probes);
+        assert!(out.contains(&NeighAction::Dropped {
+            reason: DropReason::NeighbourFailed,
+            count: 1
+        }));
+        out.clear();
+        m.on_miss(t, IF, ip(), frame(), &mut out);
+        assert_eq!(
+            out,
+            vec![NeighAction::Dropped {
+                reason: DropReason::NeighbourFailed,
+                count: 1
+            }]
+        );
+        out.clear();
+        m.on_miss(t + cfg.failed_hold, IF, ip(), frame(), &mut out);
+        assert!(matches!(out[0], NeighAction::Request { .. }));
+    }
+
+    #[test]
+    fn reachable_entry_is_refreshed_then_expires_if_silent() {
+        let cfg = NeighConfig::default();
+        let mut m = NeighManager::new(cfg);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        m.on_learn(
+            t0,
+            Neighbour {
+                iface: IF,
+                ip: ip(),
+                mac: MAC,
+            },
+            &mut out,
+        );
+        out.clear();
+        let probe_at = m.poll_timeout().expect("timer");
+        assert_eq!(probe_at, t0 + cfg.reachable * 3 / 4);
+        m.on_tick(probe_at, &mut out);
+        assert_eq!(
+            out,
+            vec![NeighAction::Request {
+                iface: IF,
+                target: ip(),
+                dst: MAC
+            }]
+        );
+        out.clear();
+        m.on_tick(t0 + cfg.reachable, &mut out);
+        assert_eq!(out, vec![NeighAction::Changed]);
+        assert_eq!(m.snapshot().lookup(IF, ip()), None);
+    }
+
+    #[test]
+    fn answer_to_refresh_keeps_entry() {
+        let cfg = NeighConfig::default();
+        let mut m = NeighManager::new(cfg);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let n = Neighbour {
+            iface: IF,
+            ip: ip(),
+            mac: MAC,
+        };
+        m.on_learn(t0, n, &mut out);
+        m.on_tick(t0 + cfg.reachable * 3 / 4, &mut out);
+        m.on_learn(t0 + cfg.reachable * 3 / 4, n, &mut out);
+        out.clear();
+        m.on_tick(t0 + cfg.reachable, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(m.snapshot().lookup(IF, ip()), Some(MAC));
+    }
+}

@@ -1,0 +1,288 @@
+//! The one room where the data plane talks to the kernel with raw syscalls: AF_PACKET sockets
+//! and interface ioctls. Every `unsafe` block says why it is sound; descriptors are `OwnedFd`.
+
+use encap::MacAddr;
+use std::ffi::CString;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// What the kernel knows about an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub ifindex: u32,
+    pub mac: MacAddr,
+    pub mtu: u16,
+}
+
+fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name {name:?}"),
+        ));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn ioctl_sock() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Index, MAC and MTU of the interface `name` in the current network namespace.
+pub fn link_info(name: &str) -> io::Result<LinkInfo> {
+    let cname = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+    // SAFETY: cname is a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {name} in this network namespace"),
+        ));
+    }
+    let sock = ioctl_sock()?;
+    let mut req = ifreq_for(name)?;
+    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of a valid ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote the hwaddr member of the union.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(hw.sa_data.iter()) {
+        *m = *b as u8;
+    }
+    let mut req = ifreq_for(name)?;
+    // SAFETY: SIOCGIFMTU fills ifr_mtu of a valid ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote the mtu member of the union.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(LinkInfo {
+        ifindex,
+        mac: MacAddr(mac),
+        mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
+    })
+}
+
+/// Names of all interfaces in the current network namespace.
+pub fn link_names() -> io::Result<Vec<String>> {
+    // SAFETY: if_nameindex returns a heap array terminated by a zero entry, or NULL on error;
+    // we read it before freeing it exactly once.
+    unsafe {
+        let head = libc::if_nameindex();
+        if head.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut names = Vec::new();
+        let mut p = head;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            names.push(
+                std::ffi::CStr::from_ptr((*p).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            p = p.add(1);
+        }
+        libc::if_freenameindex(head);
+        Ok(names)
+    }
+}
+
+/// How the kernel classified a received frame (`sll_pkttype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketType {
+    Host,
+    Broadcast,
+    Multicast,
+    OtherHost,
+    Outgoing,
+    Other(u8),
+}
+
+impl From<u8> for PacketType {
+    fn from(v: u8) -> Self {
+        match v {
+            0 => PacketType::Host,
+            1 => PacketType::Broadcast,
+            2 => PacketType::Multicast,
+            3 => PacketType::OtherHost,
+            4 => PacketType::Outgoing,
+            o => PacketType::Other(o),
+        }
+    }
+}
+
+/// An AF_PACKET socket bound to one interface.
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: u32,
+}
+
+const ETH_P_ALL: u16 = 0x0003;
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
+    // SAFETY: val points to a live T of the size we pass.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (val as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl PacketSocket {
+    fn open(ifindex: u32, protocol: u16) -> io::Result<Self> {
+        let proto_be = protocol.to_be();
+        // SAFETY: socket(2) with constant arguments; checked below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::c_int::from(proto_be),
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EPERM) {
+                return Err(io::Error::new(
+                    e.kind(),
+                    "AF_PACKET needs CAP_NET_RAW: run as root (or inside the lab)",
+                ));
+            }
+            return Err(e);
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain old data; zero is valid before we fill it.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto_be;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: sll is a valid sockaddr_ll and we pass its exact size.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PacketSocket { fd, ifindex })
+    }
+
+    /// A receive (and send) socket for every frame on `ifindex`, joined to the fanout group
+    /// `group` so that several workers share the interface by flow hash. Frames we send
+    /// ourselves are not looped back.
+    pub fn open_rx(ifindex: u32, group: u16, rcvbuf: usize) -> io::Result<Self> {
+        let s = Self::open(ifindex, ETH_P_ALL)?;
+        let fd = s.fd.as_raw_fd();
+        let one: libc::c_int = 1;
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;
+        let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
+        let fanout: libc::c_int =
+            libc::c_int::from(group) | (libc::PACKET_FANOUT_HASH as libc::c_int) << 16;
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)?;
+        Ok(s)
+    }
+
+    /// A send-only socket: bound with protocol 0, it receives nothing.
+    pub fn open_tx(ifindex: u32) -> io::Result<Self> {
+        Self::open(ifindex, 0)
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Receives one frame into `buf`. Returns its full length (which may exceed `buf.len()`:
+    /// the frame was truncated) and how the kernel classified it. `WouldBlock` when empty.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, PacketType)> {
+        // SAFETY: zeroed sockaddr_ll is valid; recvfrom writes at most `len` bytes to it.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: buf is valid for buf.len() bytes; MSG_TRUNC makes the kernel report the
+        // real length without writing past the buffer.
+        let n = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+                (&mut sll as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((n as usize, PacketType::from(sll.sll_pkttype)))
+    }
+
+    /// Sends one complete Ethernet frame out of the bound interface.
+    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        // SAFETY: frame is valid for frame.len() bytes.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl AsFd for PacketSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for PacketSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_described() {
+        let lo = link_info("lo").expect("lo exists in every namespace");
+        assert_eq!(lo.mac, MacAddr::ZERO);
+        assert!(lo.ifindex >= 1);
+        assert!(link_names().expect("names").iter().any(|n| n == "lo"));
+    }
+
+    #[test]
+    fn missing_interface_is_a_clear_error() {
+        let e = link_info("nosuchif0").expect_err("missing");
+        assert!(e.to_string().contains("nosuchif0"));
+        assert!(link_info("").is_err());
+        assert!(link_info("a-name-that-is-too-long").is_err());
+    }
+}

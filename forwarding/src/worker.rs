@@ -1,0 +1,190 @@
+//! A data-plane worker: one thread pinned to a core, one AF_PACKET socket per interface in
+//! each interface's fanout group, preallocated buffers, bounded batches.
+
+use crate::counters::{Counters, DropReason};
+use crate::fib::FibHandle;
+use crate::iface::{IfaceId, Interfaces};
+use crate::neigh::{NeighHandle, Neighbour};
+use crate::pipeline::{self, Context, Span, Verdict};
+use crate::sys::{PacketSocket, PacketType};
+use crossbeam_channel::{Sender, TrySendError};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Room in front of a received frame, for headers pushed later (tunnels).
+pub const HEADROOM: usize = 128;
+/// Largest frame received (jumbo-capable); longer ones are counted as oversize.
+pub const RX_MAX: usize = 9216 + 18;
+/// Frames handled per socket before the next socket gets its turn (boringtun caps at 100).
+const BATCH: usize = 64;
+
+/// Work a worker hands to the slow path.
+#[derive(Debug)]
+pub enum SlowMsg {
+    Resolve {
+        iface: IfaceId,
+        next_hop: std::net::Ipv4Addr,
+        frame: Vec<u8>,
+    },
+    Learn(Neighbour),
+}
+
+pub struct Worker {
+    pub index: usize,
+    pub core: Option<core_affinity::CoreId>,
+    pub sockets: Vec<PacketSocket>,
+    pub ifaces: Arc<Interfaces>,
+    pub fib: FibHandle,
+    pub neigh: NeighHandle,
+    pub counters: Arc<Counters>,
+    pub slow: Sender<SlowMsg>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("index", &self.index)
+            .field("sockets", &self.sockets.len())
+            .finish()
+    }
+}
+
+impl Worker {
+    pub fn run(self) -> io::Result<()> {
+        if let Some(core) = self.core {
+            if !core_affinity::set_for_current(core) {
+                tracing::warn!(
+                    worker = self.index,
+                    core = core.id,
+                    "could not pin worker to core"
+                );
+            }
+        }
+        let mut poll = Poll::new()?;
+        for (i, s) in self.sockets.iter().enumerate() {
+            poll.registry().register(
+                &mut SourceFd(&s.as_raw_fd()),
+                Token(i),
+                Interest::READABLE,
+            )?;
+        }
+        let mut events = Events::with_capacity(64);
+        let mut buf = vec![0u8; HEADROOM + RX_MAX + pipeline::ICMP_ERROR_MAX];
+        // mio is edge-triggered: a socket stays "ready" until a read returns WouldBlock.
+        let mut ready = vec![true; self.sockets.len()];
+        while !self.stop.load(Ordering::Relaxed) {
+            let busy = ready.iter().any(|r| *r);
+            let timeout = if busy {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100)
+            };
+            if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                if let Some(r) = ready.get_mut(ev.token().0) {
+                    *r = true;
+                }
+            }
+            // One snapshot per batch round: updates land between rounds, never mid-packet.
+            let fib = self.fib.load();
+            let neigh = self.neigh.load();
+            let ctx = Context {
+                fib: &fib,
+                neigh: &neigh,
+                ifaces: &self.ifaces,
+            };
+            for (i, r) in ready.iter_mut().enumerate() {
+                if *r {
+                    *r = self.drain(&ctx, i, &mut buf);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles up to one batch from socket `i`; true if more may be waiting.
+    fn drain(&self, ctx: &Context<'_>, i: usize, buf: &mut [u8]) -> bool {
+        let in_if = IfaceId(i as u16);
+        for _ in 0..BATCH {
+            let rx = &mut buf[HEADROOM..HEADROOM + RX_MAX];
+            let (n, kind) = match self.sockets[i].recv(rx) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(iface = i, error = %e, "receive failed");
+                    return false;
+                }
+            };
+            self.counters.rx(i, n);
+            if n > RX_MAX {
+                self.counters.count_drop(DropReason::Oversize);
+                continue;
+            }
+            if kind == PacketType::Outgoing {
+                continue;
+            }
+            let span = Span {
+                start: HEADROOM,
+                end: HEADROOM + n,
+            };
+            let v = pipeline::process(ctx, &self.counters, in_if, buf, span);
+            self.act(v, buf);
+        }
+        true
+    }
+
+    fn act(&self, v: Verdict, buf: &[u8]) {
+        match v {
+            Verdict::Transmit { iface, span, learn } => {
+                self.transmit(iface, &buf[span.start..span.end]);
+                if let Some(n) = learn {
+                    // A lost hint costs one ARP round trip later, nothing more.
+                    let _ = self.slow.try_send(SlowMsg::Learn(n));
+                }
+            }
+            Verdict::Resolve {
+                iface,
+                next_hop,
+                span,
+            } => {
+                let msg = SlowMsg::Resolve {
+                    iface,
+                    next_hop,
+                    frame: buf[span.start..span.end].to_vec(),
+                };
+                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                    self.slow.try_send(msg)
+                {
+                    self.counters.count_drop(DropReason::SlowPathFull);
+                }
+            }
+            Verdict::Learn(n) => {
+                let _ = self.slow.try_send(SlowMsg::Learn(n));
+            }
+            Verdict::Pass | Verdict::Drop(_) => {}
+        }
+    }
+
+    fn transmit(&self, iface: IfaceId, frame: &[u8]) {
+        let Some(sock) = self.sockets.get(usize::from(iface.0)) else {
+            self.counters.count_drop(DropReason::TxError);
+            return;
+        };
+        match sock.send(frame) {
+            Ok(_) => self.counters.tx(usize::from(iface.0), frame.len()),
+            Err(_) => self.counters.count_drop(DropReason::TxError),
+        }
+    }
+}
