@@ -78,6 +78,35 @@ pub fn link_info(name: &str) -> io::Result<LinkInfo> {
     })
 }
 
+/// Turns transmit checksum offload of `name` on or off (`ethtool -K NAME tx on|off`).
+/// Off also turns off TSO, which depends on it: the interface then hands out only complete
+/// frames with full checksums.
+pub fn set_tx_checksum(name: &str, on: bool) -> io::Result<()> {
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut val = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    let sock = ioctl_sock()?;
+    let mut req = ifreq_for(name)?;
+    req.ifr_ifru.ifru_data = (&mut val as *mut EthtoolValue).cast();
+    // SAFETY: SIOCETHTOOL reads and writes the ethtool_value that ifr_data points to, which
+    // lives until the call returns.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("turning tx checksum offload of {name} off: {e}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Names of all interfaces in the current network namespace.
 pub fn link_names() -> io::Result<Vec<String>> {
     // SAFETY: if_nameindex returns a heap array terminated by a zero entry, or NULL on error;

@@ -1,0 +1,641 @@
+//! `router lab`: builds a topology of network namespaces (switches, an underlay router, nodes,
+//! pods), starts one `router node` per node, and takes it all down again.
+//!
+//! Nothing touches the host's own namespace: every link is a veth pair between namespaces
+//! the lab created. The state file lists every namespace before it is created, so `down`
+//! also cleans up after a crash or an interrupted `up`.
+
+pub mod netns;
+pub mod state;
+
+use crate::admin::{self, Request};
+use crate::config::{DataplaneMode, NodeConfig, PodConfig, StaticAction, StaticRoute, Uplink};
+use crate::topology::{self, Topology};
+use anyhow::{bail, Context as _};
+use state::{Daemon, Host, Role, State};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which lab, and where its state lives.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    /// `name` becomes a namespace prefix; `base` holds one directory per lab.
+    pub fn new(name: &str, base: &Path) -> anyhow::Result<Lab> {
+        let ok = !name.is_empty()
+            && name.len() <= 16
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-');
+        if !ok {
+            bail!("lab name {name:?} must be 1-16 characters of a-z, 0-9 and '-'");
+        }
+        Ok(Lab {
+            name: name.to_string(),
+            dir: base.join(name),
+        })
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}-{}", self.name, host)
+    }
+
+    pub fn socket(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.sock"))
+    }
+
+    pub fn state(&self) -> anyhow::Result<Option<State>> {
+        State::load(&self.dir)
+    }
+
+    fn running_state(&self) -> anyhow::Result<State> {
+        match self.state()? {
+            Some(s) => Ok(s),
+            None => bail!(
+                "no lab named {:?} is up: start it with `router lab up`",
+                self.name
+            ),
+        }
+    }
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("{what} needs root (it creates network namespaces): run it with sudo");
+    }
+    Ok(())
+}
+
+/// Options of `lab up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub topology: Option<PathBuf>,
+    pub dataplane: DataplaneMode,
+    pub workers: usize,
+    /// The `router` binary the nodes run (normally this one).
+    pub exe: PathBuf,
+}
+
+pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
+    let (topo, topo_name) = match &opts.topology {
+        Some(p) => (Topology::load(p)?, p.display().to_string()),
+        None => (
+            Topology::parse(Path::new("seed.toml (built in)"), topology::SEED)?,
+            "seed (built in)".to_string(),
+        ),
+    };
+    require_root("`router lab up`")?;
+    if let Some(old) = lab.state()? {
+        let alive = old.namespaces.iter().any(|n| netns::exists(n));
+        if alive {
+            bail!(
+                "lab {:?} is already up ({} namespaces); use it, or take it down with `router lab down{}`",
+                lab.name,
+                old.namespaces.len(),
+                if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) }
+            );
+        }
+        // Leftovers of a lab whose namespaces are gone: clear them quietly.
+        down(lab)?;
+    }
+    for ns in all_namespaces(lab, &topo) {
+        if netns::exists(&ns) {
+            bail!("network namespace {ns} already exists but is not part of lab {:?}; remove it (`ip netns del {ns}`) or pick another --lab name", lab.name);
+        }
+    }
+    let mut st = State {
+        name: lab.name.clone(),
+        topology: topo_name,
+        dataplane: format!("{:?}", opts.dataplane).to_lowercase(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        complete: false,
+        namespaces: Vec::new(),
+        hosts: Vec::new(),
+        daemons: Vec::new(),
+    };
+    st.save(&lab.dir)?;
+    match build(lab, &topo, opts, &mut st) {
+        Ok(()) => {
+            st.complete = true;
+            st.save(&lab.dir)?;
+            Ok(st)
+        }
+        Err(e) => {
+            let _ = st.save(&lab.dir);
+            if let Err(e2) = down(lab) {
+                eprintln!("warning: cleaning up after the failed `lab up` also failed: {e2:#}");
+            }
+            Err(e.context(format!(
+                "building lab {:?} failed; everything it had made was removed",
+                lab.name
+            )))
+        }
+    }
+}
+
+fn all_namespaces(lab: &Lab, topo: &Topology) -> Vec<String> {
+    let mut v: Vec<String> = topo
+        .subnets
+        .iter()
+        .map(|s| lab.ns(&format!("sw-{}", s.name)))
+        .collect();
+    v.push(lab.ns("underlay"));
+    for n in &topo.nodes {
+        v.push(lab.ns(&n.name));
+        v.extend(n.pods.iter().map(|p| lab.ns(&p.name)));
+    }
+    v
+}
+
+fn add_ns(lab: &Lab, st: &mut State, ns: &str) -> anyhow::Result<()> {
+    // Recorded first: if we die between these two lines, `down` still finds it.
+    st.namespaces.push(ns.to_string());
+    st.save(&lab.dir)?;
+    netns::ip(&["netns", "add", ns])?;
+    netns::ip_in(ns, &["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// A veth port name on a switch, within the 15-character limit.
+fn port_name(prefix: &str, host: &str, index: usize) -> String {
+    let n = format!("{prefix}{host}");
+    if n.len() <= 15 {
+        n
+    } else {
+        format!("{prefix}{index}")
+    }
+}
+
+fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow::Result<()> {
+    // One L2 segment per underlay subnet: a bridge in its own namespace.
+    for s in &topo.subnets {
+        let ns = lab.ns(&format!("sw-{}", s.name));
+        add_ns(lab, st, &ns)?;
+        netns::ip_in(&ns, &["link", "add", "br0", "type", "bridge"])?;
+        netns::ip_in(&ns, &["link", "set", "br0", "up"])?;
+        st.hosts.push(Host {
+            name: format!("sw-{}", s.name),
+            role: Role::Switch,
+            namespace: ns,
+            addresses: vec![s.prefix.to_string()],
+            parent: None,
+            interface: None,
+        });
+    }
+    // The underlay router: plain kernel forwarding between the subnets, no pod routes.
+    let und = lab.ns("underlay");
+    add_ns(lab, st, &und)?;
+    let mut und_addrs = Vec::new();
+    for (i, s) in topo.subnets.iter().enumerate() {
+        let sw = lab.ns(&format!("sw-{}", s.name));
+        let dev = format!("eth{i}");
+        let mtu = s.mtu.to_string();
+        netns::ip_in(
+            &sw,
+            &[
+                "link",
+                "add",
+                "to-underlay",
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &dev,
+                "netns",
+                &und,
+            ],
+        )?;
+        netns::ip_in(&sw, &["link", "set", "to-underlay", "master", "br0", "up"])?;
+        let gw = format!("{}/{}", s.gateway, s.prefix.prefix_len());
+        netns::ip_in(&und, &["addr", "add", &gw, "dev", &dev])?;
+        netns::ip_in(&und, &["link", "set", &dev, "up"])?;
+        und_addrs.push(gw);
+    }
+    netns::sysctl_in(&und, "net.ipv4.ip_forward", "1")?;
+    st.hosts.push(Host {
+        name: "underlay".into(),
+        role: Role::Underlay,
+        namespace: und,
+        addresses: und_addrs,
+        parent: None,
+        interface: None,
+    });
+
+    let mut configs = Vec::new();
+    for (idx, node) in topo.nodes.iter().enumerate() {
+        let subnet = &topo.subnets[node.subnet];
+        let ns = lab.ns(&node.name);
+        add_ns(lab, st, &ns)?;
+        let sw = lab.ns(&format!("sw-{}", subnet.name));
+        let port = port_name("to-", &node.name, idx);
+        let mtu = subnet.mtu.to_string();
+        netns::ip_in(
+            &sw,
+            &[
+                "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ],
+        )?;
+        netns::ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])?;
+        netns::ip_in(
+            &ns,
+            &["addr", "add", &node.address.to_string(), "dev", "eth0"],
+        )?;
+        netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        // The node's own traffic (later: BGP) reaches other subnets through the underlay.
+        for other in topo.subnets.iter().filter(|o| o.name != subnet.name) {
+            netns::ip_in(
+                &ns,
+                &[
+                    "route",
+                    "add",
+                    &other.prefix.to_string(),
+                    "via",
+                    &subnet.gateway.to_string(),
+                ],
+            )?;
+        }
+        // Like Calico's kernel FIB: the node itself can answer pods of its neighbours (its
+        // kernel does not forward; our router carries the pods' traffic).
+        for other in topo
+            .nodes
+            .iter()
+            .filter(|o| o.subnet == node.subnet && o.name != node.name)
+        {
+            netns::ip_in(
+                &ns,
+                &[
+                    "route",
+                    "add",
+                    &other.block.to_string(),
+                    "via",
+                    &other.address.addr().to_string(),
+                ],
+            )?;
+        }
+        // Forwarding is ours: the kernel must not forward a second copy.
+        netns::sysctl_in(&ns, "net.ipv4.ip_forward", "0")?;
+        st.hosts.push(Host {
+            name: node.name.clone(),
+            role: Role::Node,
+            namespace: ns.clone(),
+            addresses: vec![node.address.to_string()],
+            parent: Some(subnet.name.clone()),
+            interface: Some("eth0".into()),
+        });
+        let mut pods = Vec::new();
+        for pod in &node.pods {
+            let pns = lab.ns(&pod.name);
+            add_ns(lab, st, &pns)?;
+            netns::ip_in(
+                &ns,
+                &[
+                    "link", "add", &pod.iface, "type", "veth", "peer", "name", "eth0", "netns",
+                    &pns,
+                ],
+            )?;
+            netns::ip_in(&ns, &["link", "set", &pod.iface, "up"])?;
+            // As in Calico, the node's kernel knows its pods (flags UH), so the node itself can
+            // reach them; it does not forward for them.
+            netns::ip_in(
+                &ns,
+                &[
+                    "route",
+                    "add",
+                    &format!("{}/32", pod.address),
+                    "dev",
+                    &pod.iface,
+                    "scope",
+                    "link",
+                ],
+            )?;
+            netns::ip_in(
+                &pns,
+                &["addr", "add", &format!("{}/32", pod.address), "dev", "eth0"],
+            )?;
+            netns::ip_in(&pns, &["link", "set", "eth0", "up"])?;
+            netns::ip_in(
+                &pns,
+                &[
+                    "route",
+                    "add",
+                    "169.254.1.1",
+                    "dev",
+                    "eth0",
+                    "scope",
+                    "link",
+                ],
+            )?;
+            netns::ip_in(
+                &pns,
+                &[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "169.254.1.1",
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            // A veth hands AF_PACKET readers TCP/UDP with only a partial checksum (and TSO
+            // super-frames) while TX offload is on; the pod computes full checksums instead.
+            // Done by our own binary inside the pod's namespace, so the lab needs no ethtool.
+            let exe = opts.exe.to_string_lossy();
+            netns::exec_in(&pns, &[&exe, "internal", "tx-checksum-off", "eth0"])?;
+            st.hosts.push(Host {
+                name: pod.name.clone(),
+                role: Role::Pod,
+                namespace: pns,
+                addresses: vec![format!("{}/32", pod.address)],
+                parent: Some(node.name.clone()),
+                interface: Some(pod.iface.clone()),
+            });
+            pods.push(PodConfig {
+                name: pod.name.clone(),
+                interface: pod.iface.clone(),
+                address: pod.address,
+            });
+        }
+        configs.push(node_config(lab, topo, node, pods, opts));
+        st.save(&lab.dir)?;
+    }
+
+    for cfg in &configs {
+        let path = lab.dir.join(format!("{}.toml", cfg.name));
+        std::fs::write(&path, cfg.to_toml())
+            .with_context(|| format!("writing {}", path.display()))?;
+        let log = lab.dir.join(format!("{}.log", cfg.name));
+        let pid = spawn_node(&lab.ns(&cfg.name), &opts.exe, &path, &log)?;
+        st.daemons.push(Daemon {
+            node: cfg.name.clone(),
+            pid,
+            config: path,
+            socket: cfg.admin_socket.clone(),
+            log,
+        });
+        st.save(&lab.dir)?;
+    }
+    for d in &st.daemons {
+        wait_ready(d)?;
+    }
+    Ok(())
+}
+
+/// The static routes a node needs until BGP exists: blocks of nodes on the same subnet via
+/// their addresses (direct routing), other subnets via the underlay gateway.
+fn node_config(
+    lab: &Lab,
+    topo: &Topology,
+    node: &topology::Node,
+    pods: Vec<PodConfig>,
+    opts: &UpOptions,
+) -> NodeConfig {
+    let subnet = &topo.subnets[node.subnet];
+    let mut routes = Vec::new();
+    for other in topo.nodes.iter().filter(|o| o.name != node.name) {
+        if other.subnet == node.subnet {
+            routes.push(StaticRoute {
+                prefix: other.block,
+                action: StaticAction::Via(other.address.addr()),
+            });
+        }
+    }
+    for s in topo.subnets.iter().filter(|s| s.name != subnet.name) {
+        routes.push(StaticRoute {
+            prefix: s.prefix,
+            action: StaticAction::Via(subnet.gateway),
+        });
+    }
+    NodeConfig {
+        name: node.name.clone(),
+        dataplane: opts.dataplane,
+        workers: opts.workers,
+        pin_workers: true,
+        admin_socket: lab.socket(&node.name),
+        uplink: Uplink {
+            interface: "eth0".into(),
+            address: node.address,
+        },
+        blocks: vec![node.block],
+        pods,
+        routes,
+    }
+}
+
+fn spawn_node(ns: &str, exe: &Path, config: &Path, log: &Path) -> anyhow::Result<i32> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    // `ip netns exec` execs the program, so the child's pid is the node's pid. Its own
+    // process group keeps a Ctrl-C at the terminal from reaching the daemons.
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(exe)
+        .arg("node")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {} in {ns}", exe.display()))?;
+    Ok(child.id() as i32)
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie (exited, not yet reaped) is not alive.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn log_tail(p: &Path) -> String {
+    let t = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+fn wait_ready(d: &Daemon) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if admin::request(&d.socket, Request::Status).is_ok() {
+            return Ok(());
+        }
+        if !alive(d.pid) {
+            bail!(
+                "node {} exited during start; its log ({}) ends with:\n{}",
+                d.node,
+                d.log.display(),
+                log_tail(&d.log)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {} did not answer on {} within 15 s; its log ({}) ends with:\n{}",
+                d.node,
+                d.socket.display(),
+                d.log.display(),
+                log_tail(&d.log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What `down` removed.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    pub namespaces: usize,
+    pub processes: usize,
+    pub existed: bool,
+}
+
+/// Stops the lab's daemons, kills whatever else runs in its namespaces, deletes them.
+pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
+    let mut report = DownReport::default();
+    let Some(st) = lab.state()? else {
+        return Ok(report);
+    };
+    require_root("`router lab down`")?;
+    report.existed = true;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let ours = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a.ends_with(b"router")))
+    };
+    let daemons: Vec<i32> = st
+        .daemons
+        .iter()
+        .map(|d| d.pid)
+        .filter(|p| alive(*p) && ours(*p))
+        .collect();
+    for &p in &daemons {
+        let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while daemons.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &p in &daemons {
+        if alive(p) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+    }
+    report.processes += daemons.len();
+    let mut errors = Vec::new();
+    for ns in st.namespaces.iter().rev() {
+        if !netns::exists(ns) {
+            continue;
+        }
+        for p in netns::pids(ns) {
+            if kill(Pid::from_raw(p), Signal::SIGKILL).is_ok() {
+                report.processes += 1;
+            }
+        }
+        match netns::ip(&["netns", "del", ns]) {
+            Ok(_) => report.namespaces += 1,
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        bail!(
+            "some namespaces could not be removed (state kept in {}):\n{}",
+            lab.dir.display(),
+            errors.join("\n")
+        );
+    }
+    std::fs::remove_dir_all(&lab.dir).with_context(|| format!("removing {}", lab.dir.display()))?;
+    Ok(report)
+}
+
+/// Runs `cmd` inside `host`'s namespace with the terminal attached; returns its exit code.
+pub fn exec(lab: &Lab, host: &str, cmd: &[String]) -> anyhow::Result<i32> {
+    let st = lab.running_state()?;
+    let Some(h) = st.host(host) else {
+        let names: Vec<&str> = st
+            .hosts
+            .iter()
+            .filter(|h| h.role != Role::Switch)
+            .map(|h| h.name.as_str())
+            .collect();
+        bail!(
+            "no host {host:?} in lab {:?}; hosts: {}",
+            lab.name,
+            names.join(", ")
+        );
+    };
+    if cmd.is_empty() {
+        bail!("nothing to run: `router lab exec {host} -- COMMAND...`");
+    }
+    require_root("`router lab exec`")?;
+    let status = Command::new("ip")
+        .args(["netns", "exec", &h.namespace])
+        .args(cmd)
+        .status()
+        .with_context(|| format!("running {:?} in {}", cmd, h.namespace))?;
+    Ok(status.code().unwrap_or(128 + 9))
+}
+
+/// One row of `lab status`.
+#[derive(Debug, serde::Serialize)]
+pub struct HostStatus {
+    pub host: String,
+    pub role: Role,
+    pub namespace: String,
+    pub addresses: Vec<String>,
+    pub parent: Option<String>,
+    pub interface: Option<String>,
+    pub namespace_present: bool,
+    /// For nodes: "running" (admin socket answers), "not answering", or "exited".
+    pub daemon: Option<String>,
+    pub pid: Option<i32>,
+}
+
+pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
+    let st = lab.running_state()?;
+    let rows = st
+        .hosts
+        .iter()
+        .map(|h| {
+            let d = st.daemons.iter().find(|d| d.node == h.name);
+            let daemon = d.map(|d| {
+                if admin::request(&d.socket, Request::Status).is_ok() {
+                    "running".to_string()
+                } else if alive(d.pid) {
+                    "not answering".to_string()
+                } else {
+                    format!("exited (see {})", d.log.display())
+                }
+            });
+            HostStatus {
+                host: h.name.clone(),
+                role: h.role,
+                namespace: h.namespace.clone(),
+                addresses: h.addresses.clone(),
+                parent: h.parent.clone(),
+                interface: h.interface.clone(),
+                namespace_present: netns::exists(&h.namespace),
+                daemon,
+                pid: d.map(|d| d.pid),
+            }
+        })
+        .collect();
+    Ok((st, rows))
+}

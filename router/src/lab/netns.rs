@@ -1,0 +1,80 @@
+//! Driving the kernel for the lab through iproute2's `ip`.
+//!
+//! Why `ip` and not a netlink crate: the lab is a one-shot setup of a few dozen objects, each
+//! step is exactly the command a learner would type (so errors and docs can show it), and the
+//! netlink crates would pull an async runtime into a synchronous CLI. Every exit status is
+//! checked and the command plus its stderr end up in the error.
+
+use anyhow::{bail, Context as _};
+use std::process::{Command, Stdio};
+
+/// Runs a command, failing with the command line and its stderr.
+pub fn run(prog: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| {
+            format!("cannot run `{prog}`: is it installed? (Debian: apt-get install iproute2)")
+        })?;
+    if !out.status.success() {
+        bail!(
+            "`{prog} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run("ip", args)
+}
+
+/// `ip -n NS ...`
+pub fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut v = vec!["-n", ns];
+    v.extend_from_slice(args);
+    ip(&v)
+}
+
+/// Runs a program inside a namespace.
+pub fn exec_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut v = vec!["netns", "exec", ns];
+    v.extend_from_slice(args);
+    ip(&v)
+}
+
+/// Writes a per-namespace sysctl (net.* sysctls belong to the namespace that writes them).
+pub fn sysctl_in(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    exec_in(ns, &["sh", "-c", &format!("echo {value} > {path}")])?;
+    Ok(())
+}
+
+pub fn sysctl_get(ns: &str, key: &str) -> anyhow::Result<String> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    Ok(exec_in(ns, &["cat", &path])?.trim().to_string())
+}
+
+/// Names of all network namespaces.
+pub fn list() -> anyhow::Result<Vec<String>> {
+    let out = ip(&["netns", "list"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
+pub fn exists(ns: &str) -> bool {
+    std::path::Path::new("/run/netns").join(ns).exists()
+}
+
+/// PIDs of the processes inside a namespace.
+pub fn pids(ns: &str) -> Vec<i32> {
+    ip(&["netns", "pids", ns])
+        .map(|o| o.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}

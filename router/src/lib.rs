@@ -1,0 +1,14 @@
+//! A Calico-style pod network as one userspace router.
+//!
+//! This crate holds the node daemon (config, route table, admin socket), the lab that builds
+//! a topology of network namespaces, and the CLI glue. The data plane is in `forwarding`,
+//! the wire formats in `encap`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod fileerr;
+pub mod lab;
+pub mod node;
+pub mod routes;
+pub mod topology;

@@ -1,0 +1,365 @@
+//! The `router` command line (DESIGN.md §5).
+#![forbid(unsafe_code)]
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use router::admin::{self, Request};
+use router::config::DataplaneMode;
+use router::lab::{self, state::Role, Lab, UpOptions};
+use router::routes::{self, RouteEntry};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "router",
+    version,
+    about = "A Calico-style pod network as one userspace router"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct LabSel {
+    /// Which lab (namespace prefix); several labs can run side by side.
+    #[arg(
+        long = "lab",
+        env = "ROUTER_LAB",
+        default_value = "seed",
+        global = true
+    )]
+    name: String,
+    /// Where labs keep their state, sockets and logs.
+    #[arg(
+        long = "lab-dir",
+        env = "ROUTER_LAB_DIR",
+        default_value = "/run/router-lab",
+        global = true
+    )]
+    dir: PathBuf,
+}
+
+impl LabSel {
+    fn lab(&self) -> anyhow::Result<Lab> {
+        Lab::new(&self.name, &self.dir)
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build, use and remove the namespace lab.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+        #[command(flatten)]
+        sel: LabSel,
+    },
+    /// Run one node (what `lab up` starts per node).
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show a node's FIB, like `route -n`.
+    Routes(Query),
+    /// Show a node's packet counters and drops by reason.
+    Stats(Query),
+    /// Show a node's ARP neighbours.
+    Neighbours(Query),
+    /// Steps the lab runs inside its namespaces.
+    #[command(hide = true)]
+    Internal {
+        #[command(subcommand)]
+        cmd: InternalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum InternalCmd {
+    /// Turn off TX checksum offload (and with it TSO) on an interface of this namespace.
+    TxChecksumOff { interface: String },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build the topology and start one node daemon per node.
+    Up {
+        /// Topology file (TOML); the seed topology is built in.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "afpacket")]
+        dataplane: Dataplane,
+        /// Worker threads per node.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// Stop every daemon and remove every namespace of the lab.
+    Down,
+    /// Run a command in a host's namespace: a node, a pod, or "underlay".
+    Exec {
+        host: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show the lab's hosts and whether their daemons answer.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Dataplane {
+    Afpacket,
+}
+
+#[derive(Args)]
+struct Query {
+    /// A lab node's name.
+    #[arg(long, conflicts_with = "socket")]
+    node: Option<String>,
+    /// A node's admin socket, outside a lab.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    sel: LabSel,
+}
+
+impl Query {
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        let lab = self.sel.lab()?;
+        let Some(st) = lab.state()? else {
+            bail!("no lab named {:?} is up; start one with `router lab up`, or name a node's socket with --socket PATH", lab.name);
+        };
+        let nodes: Vec<&str> = st.daemons.iter().map(|d| d.node.as_str()).collect();
+        match &self.node {
+            Some(n) => match st.daemons.iter().find(|d| &d.node == n) {
+                Some(d) => Ok(d.socket.clone()),
+                None => bail!(
+                    "lab {:?} has no node {n:?}; nodes: {}",
+                    lab.name,
+                    nodes.join(", ")
+                ),
+            },
+            None => bail!("which node? add --node NODE (nodes: {})", nodes.join(", ")),
+        }
+    }
+
+    fn ask(&self, req: Request) -> anyhow::Result<serde_json::Value> {
+        Ok(admin::request(&self.socket()?, req)?)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.cmd {
+        Cmd::Internal {
+            cmd: InternalCmd::TxChecksumOff { interface },
+        } => {
+            forwarding::sys::set_tx_checksum(&interface, false)?;
+            Ok(0)
+        }
+        Cmd::Node { config } => router::node::run(&config).map(|_| 0),
+        Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
+        Cmd::Routes(q) => {
+            let v = q.ask(Request::Routes)?;
+            if q.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let entries: Vec<RouteEntry> =
+                    serde_json::from_value(v).context("decoding the node's routes")?;
+                print!("{}", routes::render(&entries));
+            }
+            Ok(0)
+        }
+        Cmd::Stats(q) => {
+            let v = q.ask(Request::Stats)?;
+            if q.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_stats(&v);
+            }
+            Ok(0)
+        }
+        Cmd::Neighbours(q) => {
+            let v = q.ask(Request::Neighbours)?;
+            if q.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{:<16} {:<17} {:<19} State", "Interface", "Address", "MAC");
+                for n in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<16} {:<17} {:<19} {}",
+                        n["interface"].as_str().unwrap_or("-"),
+                        n["ip"].as_str().unwrap_or("-"),
+                        n["mac"].as_str().unwrap_or("-"),
+                        n["state"].as_str().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn print_stats(v: &serde_json::Value) {
+    println!(
+        "{:<16} {:>12} {:>14} {:>12} {:>14}",
+        "Interface", "RX packets", "RX bytes", "TX packets", "TX bytes"
+    );
+    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+    for i in v["interfaces"].as_array().into_iter().flatten() {
+        println!(
+            "{:<16} {:>12} {:>14} {:>12} {:>14}",
+            i["interface"].as_str().unwrap_or("-"),
+            n(&i["rx_packets"]),
+            n(&i["rx_bytes"]),
+            n(&i["tx_packets"]),
+            n(&i["tx_bytes"])
+        );
+    }
+    println!(
+        "\nICMP errors sent: {}   proxy-ARP replies sent: {}",
+        v["icmp_errors_sent"], v["arp_replies_sent"]
+    );
+    let drops: Vec<_> = v["drops"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64() != Some(0))
+        .collect();
+    if drops.is_empty() {
+        println!("drops: none");
+    } else {
+        println!("drops:");
+        for (reason, count) in drops {
+            println!("  {reason:<24} {}", n(count));
+        }
+    }
+}
+
+fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
+    match cmd {
+        LabCmd::Up {
+            topology,
+            dataplane,
+            workers,
+        } => {
+            let exe = std::env::current_exe().context("finding the router binary")?;
+            let dataplane = match dataplane {
+                Dataplane::Afpacket => DataplaneMode::Afpacket,
+            };
+            let st = lab::up(
+                lab,
+                &UpOptions {
+                    topology,
+                    dataplane,
+                    workers,
+                    exe,
+                },
+            )?;
+            let flag = if lab.name == "seed" {
+                String::new()
+            } else {
+                format!(" --lab {}", lab.name)
+            };
+            println!(
+                "lab {:?} is up (topology: {}, data plane: {})",
+                st.name, st.topology, st.dataplane
+            );
+            for h in st.hosts.iter().filter(|h| h.role == Role::Node) {
+                let pods: Vec<String> = st
+                    .hosts
+                    .iter()
+                    .filter(|p| p.role == Role::Pod && p.parent.as_deref() == Some(&h.name))
+                    .map(|p| format!("{} {}", p.name, p.addresses.join(",")))
+                    .collect();
+                println!(
+                    "  {:<8} {:<20} pods: {}",
+                    h.name,
+                    h.addresses.join(","),
+                    pods.join(", ")
+                );
+            }
+            println!("try:\n  router{flag} lab exec pod-a1 -- ping -c 3 10.244.2.1\n  router{flag} routes --node node-a\n  router{flag} lab down");
+            Ok(0)
+        }
+        LabCmd::Down => {
+            let r = lab::down(lab)?;
+            if r.existed {
+                println!(
+                    "lab {:?} is down: removed {} namespaces, stopped {} processes",
+                    lab.name, r.namespaces, r.processes
+                );
+            } else {
+                println!("lab {:?} is not up; nothing to do", lab.name);
+            }
+            Ok(0)
+        }
+        LabCmd::Exec { host, cmd } => lab::exec(lab, &host, &cmd),
+        LabCmd::Status { json } => {
+            let (st, rows) = lab::status(lab)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(0);
+            }
+            println!(
+                "lab {:?}: topology {}, data plane {}{}",
+                st.name,
+                st.topology,
+                st.dataplane,
+                if st.complete {
+                    ""
+                } else {
+                    " (INCOMPLETE: run `router lab down`)"
+                }
+            );
+            println!(
+                "{:<12} {:<9} {:<22} {:<20} STATE",
+                "HOST", "ROLE", "NAMESPACE", "ADDRESS"
+            );
+            for r in rows.iter().filter(|r| r.role != Role::Switch) {
+                let state = match (&r.daemon, r.namespace_present) {
+                    (_, false) => "namespace missing".to_string(),
+                    (Some(d), _) => format!("{d} (pid {})", r.pid.unwrap_or(0)),
+                    (None, _) => match (&r.role, &r.parent) {
+                        (Role::Pod, Some(n)) => {
+                            format!("on {n} via {}", r.interface.as_deref().unwrap_or("?"))
+                        }
+                        _ => "up".to_string(),
+                    },
+                };
+                println!(
+                    "{:<12} {:<9} {:<22} {:<20} {}",
+                    r.host,
+                    format!("{:?}", r.role).to_lowercase(),
+                    r.namespace,
+                    r.addresses.join(","),
+                    state
+                );
+            }
+            Ok(0)
+        }
+    }
+}

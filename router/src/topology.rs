@@ -1,0 +1,469 @@
+//! The lab topology file: underlay subnets, nodes with their pod blocks, and pods.
+//! Everything is checked up front; an error names the file, the line and what is wrong.
+
+use crate::fileerr::{self, FileError, Source};
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use sha1::{Digest, Sha1};
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use toml::Spanned;
+
+/// The seed topology shipped with the project (DESIGN.md §3).
+pub const SEED: &str = include_str!("../topologies/seed.toml");
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub pool: Ipv4Net,
+    pub block_size: u8,
+    pub as_number: u32,
+    pub subnets: Vec<Subnet>,
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subnet {
+    pub name: String,
+    pub prefix: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub mtu: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    /// The node's address with its subnet's prefix length.
+    pub address: Ipv4Net,
+    /// Index into `Topology::subnets`.
+    pub subnet: usize,
+    pub block: Ipv4Net,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub address: Ipv4Addr,
+    /// Host end of the pod's veth pair: `cali` + 11 hex digits of SHA-1 of the pod's name.
+    pub iface: String,
+}
+
+/// Calico's host-side interface name for a pod.
+pub fn cali_name(pod: &str) -> String {
+    let digest = Sha1::digest(pod.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cali{}", &hex[..11])
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    cluster: RawCluster,
+    #[serde(default)]
+    subnets: Vec<RawSubnet>,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    pool: Spanned<String>,
+    #[serde(default = "default_block_size")]
+    block_size: Spanned<u8>,
+    #[serde(default = "default_as")]
+    as_number: u32,
+}
+
+fn default_block_size() -> Spanned<u8> {
+    Spanned::new(0..0, 26)
+}
+
+fn default_as() -> u32 {
+    64512
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubnet {
+    name: Spanned<String>,
+    prefix: Spanned<String>,
+    gateway: Spanned<String>,
+    #[serde(default = "default_mtu")]
+    mtu: Spanned<u16>,
+}
+
+fn default_mtu() -> Spanned<u16> {
+    Spanned::new(0..0, 1500)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    block: Spanned<String>,
+    #[serde(default)]
+    pods: Vec<Spanned<RawPod>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPod {
+    Name(String),
+    Full { name: String, address: String },
+}
+
+/// Host names become namespace names and file names: keep them plain.
+fn check_name(src: &Source<'_>, n: &Spanned<String>, what: &str) -> Result<(), FileError> {
+    let s = n.get_ref();
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-');
+    if ok && s != "underlay" {
+        Ok(())
+    } else {
+        Err(src.error_at(
+            n.span(),
+            format!("{what} name {s:?} must be 1-32 characters of a-z, 0-9 and '-' (and not \"underlay\")"),
+        ))
+    }
+}
+
+impl Topology {
+    pub fn load(path: &Path) -> Result<Topology, FileError> {
+        let text = fileerr::read(path)?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Topology, FileError> {
+        let src = Source { path, text };
+        let raw: Raw = src.parse()?;
+
+        let pool = src
+            .at(
+                &raw.cluster.pool,
+                fileerr::parse_net(raw.cluster.pool.get_ref(), "pool"),
+            )?
+            .trunc();
+        let block_size = *raw.cluster.block_size.get_ref();
+        if block_size < pool.prefix_len() || block_size > 32 {
+            return Err(src.error_at(
+                raw.cluster.block_size.span(),
+                format!(
+                    "block_size /{block_size} must lie between the pool's /{} and /32",
+                    pool.prefix_len()
+                ),
+            ));
+        }
+
+        let mut names = HashSet::new();
+        let mut subnets: Vec<Subnet> = Vec::new();
+        for s in &raw.subnets {
+            check_name(&src, &s.name, "subnet")?;
+            let prefix = src.at(&s.prefix, fileerr::parse_net(s.prefix.get_ref(), "prefix"))?;
+            if prefix.trunc() != prefix {
+                return Err(src.error_at(
+                    s.prefix.span(),
+                    format!(
+                        "prefix {prefix} has host bits set; did you mean {}?",
+                        prefix.trunc()
+                    ),
+                ));
+            }
+            let gateway = src.at(
+                &s.gateway,
+                fileerr::parse_addr(s.gateway.get_ref(), "gateway"),
+            )?;
+            if !prefix.contains(&gateway)
+                || gateway == prefix.network()
+                || gateway == prefix.broadcast()
+            {
+                return Err(src.error_at(
+                    s.gateway.span(),
+                    format!("gateway {gateway} is not a host address of {prefix}"),
+                ));
+            }
+            if let Some(o) = subnets.iter().find(|o| {
+                o.prefix.contains(&prefix.network()) || prefix.contains(&o.prefix.network())
+            }) {
+                return Err(src.error_at(
+                    s.prefix.span(),
+                    format!("subnet {prefix} overlaps subnet {} ({})", o.name, o.prefix),
+                ));
+            }
+            if prefix.contains(&pool.network()) || pool.contains(&prefix.network()) {
+                return Err(src.error_at(
+                    s.prefix.span(),
+                    format!("subnet {prefix} overlaps the pod pool {pool}"),
+                ));
+            }
+            let mtu = *s.mtu.get_ref();
+            if !(576..=9000).contains(&mtu) {
+                return Err(src.error_at(
+                    s.mtu.span(),
+                    format!("mtu {mtu} must be between 576 and 9000"),
+                ));
+            }
+            if !names.insert(s.name.get_ref().clone()) {
+                return Err(src.error_at(
+                    s.name.span(),
+                    format!("name {:?} is used twice", s.name.get_ref()),
+                ));
+            }
+            subnets.push(Subnet {
+                name: s.name.get_ref().clone(),
+                prefix,
+                gateway,
+                mtu,
+            });
+        }
+        if subnets.is_empty() {
+            return Err(src.error("no [[subnets]]: the nodes need an underlay subnet"));
+        }
+
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut pod_addrs = HashSet::new();
+        for n in &raw.nodes {
+            check_name(&src, &n.name, "node")?;
+            if !names.insert(n.name.get_ref().clone()) {
+                return Err(src.error_at(
+                    n.name.span(),
+                    format!("name {:?} is used twice", n.name.get_ref()),
+                ));
+            }
+            let address = src.at(
+                &n.address,
+                fileerr::parse_net(n.address.get_ref(), "address"),
+            )?;
+            let Some(subnet) = subnets.iter().position(|s| s.prefix == address.trunc()) else {
+                return Err(src.error_at(
+                    n.address.span(),
+                    format!("address {address} is not inside any [[subnets]] prefix (with the same prefix length)"),
+                ));
+            };
+            let sn = &subnets[subnet];
+            let a = address.addr();
+            if a == sn.gateway || a == sn.prefix.network() || a == sn.prefix.broadcast() {
+                return Err(src.error_at(
+                    n.address.span(),
+                    format!(
+                        "address {a} is the gateway, network or broadcast address of {}",
+                        sn.prefix
+                    ),
+                ));
+            }
+            if let Some(o) = nodes.iter().find(|o| o.address.addr() == a) {
+                return Err(src.error_at(
+                    n.address.span(),
+                    format!("address {a} is already node {}'s", o.name),
+                ));
+            }
+            let block = src.at(&n.block, fileerr::parse_net(n.block.get_ref(), "block"))?;
+            if block.trunc() != block || block.prefix_len() != block_size || !pool.contains(&block)
+            {
+                return Err(src.error_at(
+                    n.block.span(),
+                    format!("block {block} must be a /{block_size} inside the pool {pool} without host bits"),
+                ));
+            }
+            if let Some(o) = nodes.iter().find(|o| o.block == block) {
+                return Err(src.error_at(
+                    n.block.span(),
+                    format!("block {block} already belongs to node {}", o.name),
+                ));
+            }
+            let mut pods = Vec::new();
+            let mut next = u32::from(block.network()) + 1;
+            for p in &n.pods {
+                let (name, address) = match p.get_ref() {
+                    RawPod::Name(name) => {
+                        // Sequential IPAM: the next free address of the block.
+                        while pod_addrs.contains(&Ipv4Addr::from(next)) {
+                            next += 1;
+                        }
+                        let addr = Ipv4Addr::from(next);
+                        if !block.contains(&addr) || addr == block.broadcast() {
+                            return Err(src.error_at(
+                                p.span(),
+                                format!("block {block} has no address left for pod {name}"),
+                            ));
+                        }
+                        (name.clone(), addr)
+                    }
+                    RawPod::Full { name, address } => {
+                        let addr = fileerr::parse_addr(address, "pod address")
+                            .map_err(|m| src.error_at(p.span(), m))?;
+                        if !block.contains(&addr) {
+                            return Err(src.error_at(
+                                p.span(),
+                                format!("pod address {addr} is outside the node's block {block}"),
+                            ));
+                        }
+                        (name.clone(), addr)
+                    }
+                };
+                check_name(&src, &Spanned::new(p.span(), name.clone()), "pod")?;
+                if !names.insert(name.clone()) {
+                    return Err(src.error_at(p.span(), format!("name {name:?} is used twice")));
+                }
+                if !pod_addrs.insert(address) {
+                    return Err(
+                        src.error_at(p.span(), format!("pod address {address} is used twice"))
+                    );
+                }
+                let iface = cali_name(&name);
+                pods.push(Pod {
+                    name,
+                    address,
+                    iface,
+                });
+            }
+            nodes.push(Node {
+                name: n.name.get_ref().clone(),
+                address,
+                subnet,
+                block,
+                pods,
+            });
+        }
+        if nodes.is_empty() {
+            return Err(src.error("no [[nodes]]: a lab needs at least one node"));
+        }
+        Ok(Topology {
+            pool,
+            block_size,
+            as_number: raw.cluster.as_number,
+            subnets,
+            nodes,
+        })
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Topology, FileError> {
+        Topology::parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn seed_topology_is_the_design() {
+        let t = parse(SEED).expect("seed parses");
+        assert_eq!(t.nodes.len(), 3);
+        let a = t.node("node-a").expect("node-a");
+        assert_eq!(a.address.to_string(), "192.168.100.100/24");
+        assert_eq!(a.block.to_string(), "10.244.1.0/26");
+        assert_eq!(a.pods[0].address, Ipv4Addr::new(10, 244, 1, 1));
+        assert_eq!(a.pods[1].address, Ipv4Addr::new(10, 244, 1, 2));
+        let c = t.node("node-c").expect("node-c");
+        assert_eq!(t.subnets[c.subnet].name, "lan-b");
+        assert_eq!(t.as_number, 64512);
+    }
+
+    #[test]
+    fn cali_names_follow_calico() {
+        // `echo -n pod-a1 | sha1sum` prints 48dfb98be234e5db...
+        assert_eq!(cali_name("pod-a1"), "cali48dfb98be23");
+    }
+
+    fn replace(from: &str, to: &str) -> String {
+        assert!(SEED.contains(from), "{from}");
+        SEED.replacen(from, to, 1)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        let e = err("[cluster]\npool = \"10.244.0.0/16\"\nblock_size = = 3\n");
+        assert!(e.starts_with("t.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_line() {
+        let e = err(&replace(
+            "block_size = 26",
+            "block_size = 26\ncolour = \"red\"",
+        ));
+        assert!(e.starts_with("t.toml:8:") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_names_the_line() {
+        let e = err(&replace("192.168.100.101/24", "192.168.100.300/24"));
+        let line = SEED
+            .lines()
+            .position(|l| l.contains("192.168.100.101/24"))
+            .expect("line")
+            + 1;
+        assert!(e.starts_with(&format!("t.toml:{line}:")), "{e}");
+        assert!(e.contains("not an IPv4 address"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_explained() {
+        for (from, to, needle) in [
+            (
+                "192.168.200.101/24",
+                "192.168.150.101/24",
+                "not inside any [[subnets]]",
+            ),
+            (
+                "10.244.2.0/26",
+                "10.244.1.0/26",
+                "already belongs to node node-a",
+            ),
+            ("10.244.3.0/26", "10.245.3.0/26", "inside the pool"),
+            ("10.244.3.0/26", "10.244.3.0/25", "must be a /26"),
+            ("\"pod-b1\"", "\"pod-a1\"", "used twice"),
+            (
+                "192.168.100.101/24",
+                "192.168.100.100/24",
+                "already node node-a's",
+            ),
+            (
+                "gateway = \"192.168.100.1\"",
+                "gateway = \"192.168.101.1\"",
+                "not a host address",
+            ),
+            (
+                "name = \"node-b\"",
+                "name = \"Node_B\"",
+                "must be 1-32 characters",
+            ),
+            (
+                "\"pod-c1\"",
+                "{ name = \"pod-c1\", address = \"10.244.1.9\" }",
+                "outside the node's block",
+            ),
+        ] {
+            let e = err(&replace(from, to));
+            assert!(e.contains(needle), "{from} -> {to}: {e}");
+            assert!(e.starts_with("t.toml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn explicit_pod_addresses_are_kept() {
+        let t = parse(&replace(
+            "\"pod-c1\"",
+            "{ name = \"pod-c1\", address = \"10.244.3.50\" }",
+        ))
+        .expect("ok");
+        assert_eq!(
+            t.node("node-c").expect("c").pods[0].address,
+            Ipv4Addr::new(10, 244, 3, 50)
+        );
+    }
+}
