@@ -1,0 +1,319 @@
+//! The first slice end to end: the seed lab, real pings, real captures.
+//! These build network namespaces and need root.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::*;
+
+const POD_A2: &str = "10.244.1.2";
+const POD_B1: &str = "10.244.2.1";
+
+#[test]
+fn pods_ping_on_the_same_node_and_across_nodes() {
+    let lab = TestLab::up(&[]);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "5", "-i", "0.2", "-W", "2", POD_A2]);
+    assert!(ok, "{out}");
+    assert_no_loss(&out);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "5", "-i", "0.2", "-W", "2", POD_B1]);
+    assert!(ok, "{out}");
+    assert_no_loss(&out);
+    // Two router hops (node-a, node-b) decremented the TTL of the replies.
+    assert!(out.contains("ttl=62"), "{out}");
+
+    // Forwarding is ours: the kernels of the nodes do not forward.
+    for node in ["node-a", "node-b", "node-c"] {
+        let out = lab.exec(node, &["cat", "/proc/sys/net/ipv4/ip_forward"]);
+        assert_eq!(text(&out.stdout).trim(), "0", "{node}");
+    }
+    // And our router counted what it carried: node-a sent the requests out of its uplink.
+    let stats = lab.json(&["stats", "--node", "node-a", "--json"]);
+    let uplink = &stats["interfaces"][0];
+    assert_eq!(uplink["interface"], "eth0");
+    assert!(uplink["tx_packets"].as_u64().unwrap_or(0) >= 5, "{stats}");
+}
+
+#[test]
+fn a_thousand_pings_at_10ms_lose_nothing() {
+    let lab = TestLab::up(&[]);
+    let (ok, out) = ping(
+        &lab,
+        "pod-a1",
+        &["-q", "-c", "1000", "-i", "0.01", "-W", "2", POD_B1],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("1000 packets transmitted, 1000 received"),
+        "{out}"
+    );
+    assert_no_loss(&out);
+}
+
+#[test]
+fn capture_on_node_b_uplink_shows_plain_icmp_between_pods() {
+    let lab = TestLab::up(&[]);
+    let mut tshark = lab
+        .command(&[
+            "lab",
+            "exec",
+            "node-b",
+            "--",
+            "tshark",
+            "-i",
+            "eth0",
+            "-f",
+            "icmp or ip proto 4",
+            "-c",
+            "4",
+            "-a",
+            "duration:20",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ip.proto",
+            "-e",
+            "icmp.type",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tshark runs (Debian package tshark)");
+    // Wait until tshark is listening before sending anything.
+    let mut err = BufReader::new(tshark.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut line = String::new();
+    while !line.contains("Capturing on") {
+        line.clear();
+        if err.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
+            panic!("tshark did not start capturing: {line}");
+        }
+    }
+    // "Capturing on" comes a moment before the capture starts: ping on until tshark has 4.
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "6", "-i", "0.3", "-W", "2", POD_B1]);
+    assert!(ok, "{out}");
+    let out = tshark.wait_with_output().expect("tshark output");
+    let fields = text(&out.stdout);
+    let rows: Vec<Vec<&str>> = fields.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 4, "expected 2 requests + 2 replies:\n{fields}");
+    for r in &rows {
+        // Plain IPv4/ICMP between pod addresses: protocol 1, never 4 (IPIP).
+        assert_eq!(r[2], "1", "not plain ICMP: {r:?}");
+        let pair = (r[0], r[1]);
+        assert!(
+            pair == ("10.244.1.1", POD_B1) || pair == (POD_B1, "10.244.1.1"),
+            "unexpected addresses {r:?}"
+        );
+    }
+    assert!(
+        rows.iter().any(|r| r[3] == "8") && rows.iter().any(|r| r[3] == "0"),
+        "{fields}"
+    );
+}
+
+#[test]
+fn node_a_answers_ttl_1_and_unrouted_addresses_with_icmp() {
+    let lab = TestLab::up(&[]);
+    let (_, out) = ping(&lab, "pod-a1", &["-c", "1", "-t", "1", "-W", "2", POD_B1]);
+    assert!(
+        out.contains("From 192.168.100.100") && out.contains("Time to live exceeded"),
+        "{out}"
+    );
+    assert_eq!(lab.drops("node-a", "ttl_exceeded"), 1);
+
+    let (_, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.99.0.1"]);
+    assert!(
+        out.contains("From 192.168.100.100")
+            && (out.contains("Net Unreachable") || out.contains("Host Unreachable")),
+        "{out}"
+    );
+    assert_eq!(lab.drops("node-a", "no_route"), 1);
+
+    // An unused address of node-a's own block hits the blackhole: dropped, counted, silent.
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "1", "10.244.1.40"]);
+    assert!(!ok && !out.contains("From "), "{out}");
+    assert_eq!(lab.drops("node-a", "blackhole"), 1);
+}
+
+#[test]
+fn routes_show_the_fib_like_route_n() {
+    let lab = TestLab::up(&[]);
+    let routes = lab.json(&["routes", "--node", "node-a", "--json"]);
+    let find = |p: &str| {
+        routes
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["prefix"] == p).cloned())
+            .unwrap_or_default()
+    };
+    let b = find("10.244.2.0/26");
+    assert_eq!(b["next_hop"], "192.168.100.101");
+    assert_eq!(b["interface"], "eth0");
+    assert_eq!(b["flags"], "UG");
+    assert_eq!(b["source"], "static");
+    let pod = find("10.244.1.1/32");
+    assert_eq!(pod["flags"], "UH");
+    assert_eq!(pod["source"], "local");
+    assert!(pod["interface"].as_str().unwrap_or("").starts_with("cali"));
+    assert_eq!(find("10.244.1.0/26")["type"], "blackhole");
+    let table = text(&lab.router(&["routes", "--node", "node-a"]).stdout);
+    assert!(
+        table.starts_with("Destination") && table.contains("192.168.100.101"),
+        "{table}"
+    );
+    // A node that does not exist is a clear error.
+    let out = lab.router(&["routes", "--node", "node-x"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("no node \"node-x\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn pod_interfaces_follow_calico() {
+    let lab = TestLab::up(&[]);
+    let routes = text(&lab.exec("pod-a1", &["ip", "route"]).stdout);
+    assert!(
+        routes.contains("default via 169.254.1.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("169.254.1.1 dev eth0 scope link"),
+        "{routes}"
+    );
+    let addr = text(
+        &lab.exec("pod-a1", &["ip", "-o", "-4", "addr", "show", "eth0"])
+            .stdout,
+    );
+    assert!(addr.contains("10.244.1.1/32"), "{addr}");
+    // `echo -n pod-a1 | sha1sum` = 48dfb98be234...
+    let links = text(
+        &lab.exec("node-a", &["ip", "-o", "link", "show", "cali48dfb98be23"])
+            .stdout,
+    );
+    assert!(links.contains("cali48dfb98be23"), "{links}");
+}
+
+#[test]
+fn up_twice_says_so_and_down_leaves_nothing() {
+    let lab = TestLab::up(&[]);
+    let again = lab.router(&["lab", "up"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already up"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let st = lab.json(&["lab", "status", "--json"]);
+    let pids: Vec<i64> = st
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["pid"].as_i64())
+        .collect();
+    assert_eq!(pids.len(), 3, "{st}");
+    // A crashed node must not stop `down` from cleaning up.
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status();
+
+    let out = lab.down();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        lab.leftover_namespaces().is_empty(),
+        "{:?}",
+        lab.leftover_namespaces()
+    );
+    for p in pids {
+        // Gone, or a zombie waiting for its (re)parent to reap it: either way not running.
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .chars()
+            .next();
+        assert!(
+            matches!(state, None | Some('Z')),
+            "node pid {p} survived: {stat}"
+        );
+    }
+    assert!(
+        !lab.dir.join(&lab.name).exists(),
+        "state directory left behind"
+    );
+}
+
+#[test]
+fn down_cleans_up_after_an_interrupted_up() {
+    // A larger topology so that `up` is still building when we kill it.
+    let mut topo = String::from(
+        "[cluster]\npool = \"10.244.0.0/16\"\n[[subnets]]\nname = \"lan\"\nprefix = \"192.168.100.0/24\"\ngateway = \"192.168.100.1\"\n",
+    );
+    for n in 0..4 {
+        let pods: Vec<String> = (0..6).map(|p| format!("\"p{n}x{p}\"")).collect();
+        topo += &format!(
+            "[[nodes]]\nname = \"n{n}\"\naddress = \"192.168.100.{}/24\"\nblock = \"10.244.{n}.0/26\"\npods = [{}]\n",
+            10 + n,
+            pods.join(", ")
+        );
+    }
+    let lab = TestLab::named();
+    std::fs::create_dir_all(&lab.dir).expect("dir");
+    let file = lab.dir.join(format!("{}-big.toml", lab.name));
+    std::fs::write(&file, topo).expect("topology");
+    let mut up = lab
+        .command(&["lab", "up", "--topology", file.to_str().unwrap_or_default()])
+        .spawn()
+        .expect("lab up");
+    let state = lab.dir.join(&lab.name).join("state.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st: serde_json::Value = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        if st["namespaces"].as_array().map_or(0, |a| a.len()) >= 8 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = up.kill();
+    let _ = up.wait();
+    assert!(
+        !lab.leftover_namespaces().is_empty(),
+        "the interrupted up had made namespaces"
+    );
+    let out = lab.down();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        lab.leftover_namespaces().is_empty(),
+        "{:?}",
+        lab.leftover_namespaces()
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn a_wrong_topology_names_file_and_line() {
+    let lab = TestLab::named();
+    std::fs::create_dir_all(&lab.dir).expect("dir");
+    let file = lab.dir.join(format!("{}-bad.toml", lab.name));
+    let text_in = "[cluster]\npool = \"10.244.0.0/16\"\n\n[[subnets]]\nname = \"lan\"\nprefix = \"192.168.100.0/24\"\ngateway = \"192.168.100.1\"\n\n[[nodes]]\nname = \"n1\"\naddress = \"192.168.100.300/24\"\nblock = \"10.244.1.0/26\"\n";
+    std::fs::write(&file, text_in).expect("write");
+    let out = lab.router(&["lab", "up", "--topology", file.to_str().unwrap_or_default()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("{}:11:", file.display())), "{err}");
+    assert!(err.contains("192.168.100.300/24"), "{err}");
+    assert!(lab.leftover_namespaces().is_empty());
+    let _ = std::fs::remove_file(&file);
+}

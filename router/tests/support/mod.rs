@@ -1,0 +1,141 @@
+//! Test harness: a lab with a name unique to this test, taken down when the test ends, also
+//! when it fails.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const ROUTER: &str = env!("CARGO_BIN_EXE_router");
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Fails loudly without root: these tests build network namespaces.
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+        });
+    assert_eq!(
+        uid.as_deref(),
+        Some("0"),
+        "lab tests create network namespaces and must run as root (sudo cargo test)"
+    );
+}
+
+#[derive(Debug)]
+pub struct TestLab {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl TestLab {
+    /// A fresh name and state directory; nothing is built yet.
+    pub fn named() -> TestLab {
+        require_root();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("t{}-{n}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("router-test-{}", std::process::id()));
+        TestLab { name, dir }
+    }
+
+    /// Builds the lab (default: the seed topology) and fails the test if that fails.
+    pub fn up(extra: &[&str]) -> TestLab {
+        let lab = Self::named();
+        let mut args = vec!["lab", "up"];
+        args.extend_from_slice(extra);
+        let out = lab.router(&args);
+        assert!(
+            out.status.success(),
+            "lab up failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        lab
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(ROUTER);
+        c.args(args)
+            .env("ROUTER_LAB", &self.name)
+            .env("ROUTER_LAB_DIR", &self.dir)
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn router(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run router")
+    }
+
+    /// `router lab exec HOST -- CMD...`
+    pub fn exec(&self, host: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["lab", "exec", host, "--"];
+        args.extend_from_slice(cmd);
+        self.router(&args)
+    }
+
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.name)
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.router(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    pub fn drops(&self, node: &str, reason: &str) -> u64 {
+        self.json(&["stats", "--node", node, "--json"])["drops"][reason]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    pub fn down(&self) -> Output {
+        self.router(&["lab", "down"])
+    }
+
+    /// Namespaces of this lab still present.
+    pub fn leftover_namespaces(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.name);
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = self.down();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs ping in a pod and returns (exit success, stdout).
+pub fn ping(lab: &TestLab, pod: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = vec!["ping"];
+    cmd.extend_from_slice(args);
+    let out = lab.exec(pod, &cmd);
+    (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+}
+
+/// "0% packet loss" and nothing else counts as success.
+pub fn assert_no_loss(out: &str) {
+    assert!(out.contains(" 0% packet loss"), "packets were lost:\n{out}");
+}
