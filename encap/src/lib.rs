@@ -10,6 +10,7 @@ pub mod arp;
 pub mod checksum;
 pub mod ethernet;
 pub mod icmp;
+pub mod ipip;
 pub mod ipv4;
 
 /// A byte range inside a header.
