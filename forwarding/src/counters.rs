@@ -47,7 +47,14 @@ drop_reasons! {
     NoRoute => "no_route": "no route covers the destination (ICMP unreachable sent)",
     Blackhole => "blackhole": "destination in a blackholed block (unused pod address)",
     FragNeeded => "frag_needed": "too big for the egress MTU with DF set (ICMP sent)",
-    NeedsFragmentation => "needs_fragmentation": "too big for the egress MTU and fragmentation is not supported",
+    NeedsFragmentation => "needs_fragmentation": "too big for the egress MTU and cannot be fragmented (IP options)",
+    IpipFromPod => "ipip_from_pod": "a pod sent an encapsulated packet",
+    IpipUnknownSource => "ipip_unknown_source": "IPIP from an address that is not a node of the cluster",
+    IpipMalformedOuter => "ipip_malformed_outer": "IPIP outer header truncated, bad or fragmented",
+    IpipMalformedInner => "ipip_malformed_inner": "IPIP inner packet truncated or with a bad header",
+    IpipInvalidEcn => "ipip_invalid_ecn": "IPIP outer CE on a Not-ECT inner packet (RFC 6040)",
+    IpipForNode => "ipip_for_node": "inner packet addressed to the node itself (no kernel tunnel to hand it to)",
+    NoHeadroom => "no_headroom": "no room in front of the packet for the outer header",
     NeighbourFailed => "neighbour_failed": "next hop did not answer ARP",
     NeighbourQueueFull => "neighbour_queue_full": "too many packets waiting for one ARP answer",
     SlowPathFull => "slow_path_full": "slow-path channel full",
@@ -70,6 +77,11 @@ pub struct Counters {
     drops: Vec<AtomicU64>,
     pub icmp_errors_sent: AtomicU64,
     pub arp_replies_sent: AtomicU64,
+    pub ipip_encapsulated: AtomicU64,
+    pub ipip_decapsulated: AtomicU64,
+    pub fragments_sent: AtomicU64,
+    /// IPv4 identification for the packets this writer originates (outer headers).
+    ident: AtomicU64,
 }
 
 /// Single-writer increment: cheaper than `fetch_add`, correct because only the owner writes.
@@ -85,7 +97,19 @@ impl Counters {
             drops: DropReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             icmp_errors_sent: AtomicU64::new(0),
             arp_replies_sent: AtomicU64::new(0),
+            ipip_encapsulated: AtomicU64::new(0),
+            ipip_decapsulated: AtomicU64::new(0),
+            fragments_sent: AtomicU64::new(0),
+            ident: AtomicU64::new(u64::from(std::process::id())),
         }
+    }
+
+    /// A fresh IPv4 identification for an originated header (single writer).
+    #[inline]
+    pub fn next_ident(&self) -> u16 {
+        let v = self.ident.load(Relaxed).wrapping_add(1);
+        self.ident.store(v, Relaxed);
+        v as u16
     }
 
     #[inline]
@@ -123,6 +147,9 @@ pub struct Totals {
     pub drops: Vec<(&'static str, u64)>,
     pub icmp_errors_sent: u64,
     pub arp_replies_sent: u64,
+    pub ipip_encapsulated: u64,
+    pub ipip_decapsulated: u64,
+    pub fragments_sent: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -152,6 +179,9 @@ impl Totals {
             }
             t.icmp_errors_sent += c.icmp_errors_sent.load(Relaxed);
             t.arp_replies_sent += c.arp_replies_sent.load(Relaxed);
+            t.ipip_encapsulated += c.ipip_encapsulated.load(Relaxed);
+            t.ipip_decapsulated += c.ipip_decapsulated.load(Relaxed);
+            t.fragments_sent += c.fragments_sent.load(Relaxed);
         }
         t
     }

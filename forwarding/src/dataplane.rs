@@ -6,8 +6,8 @@ use crate::fib::FibHandle;
 use crate::iface::{IfaceId, IfaceRole, Interfaces};
 use crate::neigh::{NeighAction, NeighConfig, NeighHandle, NeighManager};
 use crate::pipeline::POD_GATEWAY;
-use crate::sys::PacketSocket;
-use crate::worker::{SlowMsg, Worker};
+use crate::sys::{PacketSocket, RawIpipSocket, TunQueue};
+use crate::worker::{Port, SlowMsg, Worker};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
@@ -58,6 +58,34 @@ pub struct Dataplane {
     neighbours: Arc<Mutex<Vec<NeighbourInfo>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Held open so that the kernel does not answer IPIP with "protocol unreachable".
+    _ipip_guard: Option<RawIpipSocket>,
+}
+
+fn open_port(f: &crate::iface::Interface, worker: usize, rcvbuf: usize) -> io::Result<Port> {
+    let err = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("opening {} ({}): {e}", f.name, f.role.name()),
+        )
+    };
+    match f.role {
+        IfaceRole::Uplink { .. } | IfaceRole::Pod { .. } => {
+            let group = (f.ifindex & 0xffff) as u16;
+            PacketSocket::open_rx(f.ifindex, group, rcvbuf)
+                .map(Port::Packet)
+                .map_err(err)
+        }
+        // One queue per worker; the kernel spreads flows over the queues.
+        IfaceRole::Tun => TunQueue::open(&f.name).map(Port::Tun).map_err(err),
+        // Every raw socket gets a copy of every packet: only the first worker receives.
+        IfaceRole::RawIpip => {
+            let rx = worker == 0;
+            RawIpipSocket::open(rx, rcvbuf)
+                .map(|sock| Port::Raw { sock, rx })
+                .map_err(err)
+        }
+    }
 }
 
 impl Dataplane {
@@ -80,13 +108,9 @@ impl Dataplane {
         let mut workers = Vec::new();
         let mut counters = Vec::new();
         for index in 0..cfg.workers.max(1) {
-            let mut sockets = Vec::new();
+            let mut ports = Vec::new();
             for (_, f) in ifaces.iter() {
-                let group = (f.ifindex & 0xffff) as u16;
-                let s = PacketSocket::open_rx(f.ifindex, group, cfg.rcvbuf).map_err(|e| {
-                    io::Error::new(e.kind(), format!("opening AF_PACKET on {}: {e}", f.name))
-                })?;
-                sockets.push(s);
+                ports.push(open_port(f, index, cfg.rcvbuf)?);
             }
             let c = Arc::new(Counters::new(ifaces.len()));
             counters.push(c.clone());
@@ -98,7 +122,7 @@ impl Dataplane {
             workers.push(Worker {
                 index,
                 core,
-                sockets,
+                ports,
                 ifaces: ifaces.clone(),
                 fib: fib.clone(),
                 neigh: neigh.clone(),
@@ -109,8 +133,20 @@ impl Dataplane {
         }
         let mut tx = Vec::new();
         for (_, f) in ifaces.iter() {
-            tx.push(PacketSocket::open_tx(f.ifindex)?);
+            tx.push(if f.role.is_ethernet() {
+                Some(PacketSocket::open_tx(f.ifindex)?)
+            } else {
+                None
+            });
         }
+        let has_uplink = ifaces
+            .iter()
+            .any(|(_, f)| matches!(f.role, IfaceRole::Uplink { .. }));
+        let ipip_guard = if has_uplink {
+            Some(RawIpipSocket::open(false, 0)?)
+        } else {
+            None
+        };
         let slow_counters = Arc::new(Counters::new(ifaces.len()));
         counters.push(slow_counters.clone());
         let neighbours = Arc::new(Mutex::new(Vec::new()));
@@ -144,6 +180,7 @@ impl Dataplane {
             neighbours,
             stop,
             threads,
+            _ipip_guard: ipip_guard,
         })
     }
 
@@ -174,7 +211,8 @@ impl Dataplane {
 
 struct SlowPath {
     rx: Receiver<SlowMsg>,
-    tx: Vec<PacketSocket>,
+    /// Send sockets of the Ethernet interfaces, indexed by `IfaceId`.
+    tx: Vec<Option<PacketSocket>>,
     ifaces: Arc<Interfaces>,
     manager: NeighManager,
     neigh: NeighHandle,
@@ -259,6 +297,7 @@ impl SlowPath {
         let sender_ip = match f.role {
             IfaceRole::Uplink { addr } => addr.addr(),
             IfaceRole::Pod { .. } => POD_GATEWAY,
+            IfaceRole::Tun | IfaceRole::RawIpip => return,
         };
         let mut frame = [0u8; ethernet::HEADER_LEN + encap::arp::PACKET_LEN];
         ethernet::emit_header(&mut frame, dst, f.mac, EtherType::Arp);
@@ -275,7 +314,12 @@ impl SlowPath {
 
     fn send(&self, iface: IfaceId, frame: &[u8]) {
         let i = usize::from(iface.0);
-        match self.tx.get(i).map(|s| s.send(frame)) {
+        match self
+            .tx
+            .get(i)
+            .and_then(|s| s.as_ref())
+            .map(|s| s.send(frame))
+        {
             Some(Ok(_)) => self.counters.tx(i, frame.len()),
             _ => self
                 .counters

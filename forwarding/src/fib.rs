@@ -21,6 +21,13 @@ pub enum NextHop {
     Local { iface: IfaceId },
     /// Via a gateway on this link.
     Direct { iface: IfaceId, gateway: Ipv4Addr },
+    /// Wrapped in IPIP to the node `remote`; the outer packet leaves by `iface` via `gateway`
+    /// (the underlay next hop toward `remote`).
+    Ipip {
+        iface: IfaceId,
+        gateway: Ipv4Addr,
+        remote: Ipv4Addr,
+    },
     /// Addressed to this node: the kernel's business, not forwarded.
     Host,
     /// Dropped silently (counted): a node's own block, so unused pod addresses go nowhere.
@@ -57,9 +64,38 @@ impl Hasher for PrefixHasher {
 
 type Table = HashMap<u32, u32, BuildHasherDefault<PrefixHasher>>;
 
+/// Who may send us IPIP, and how we send it. Part of the snapshot because it changes with
+/// the set of nodes, like the routes do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnels {
+    /// TTL of outer headers.
+    pub ttl: u8,
+    /// Node addresses of the cluster: decapsulation is allowed from these.
+    pub peers: std::collections::HashSet<Ipv4Addr>,
+    /// Further allowed outer sources (external routers).
+    pub allowed: Vec<Ipv4Net>,
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Tunnels {
+            ttl: 64,
+            peers: Default::default(),
+            allowed: Vec::new(),
+        }
+    }
+}
+
+impl Tunnels {
+    pub fn allows(&self, src: Ipv4Addr) -> bool {
+        self.peers.contains(&src) || self.allowed.iter().any(|n| n.contains(&src))
+    }
+}
+
 /// An immutable FIB snapshot.
 #[derive(Debug, Default)]
 pub struct Fib {
+    tunnels: Tunnels,
     /// Bit `len` set when some prefix of that length exists; lookups visit only those.
     lengths: u64,
     tables: Vec<Table>,
@@ -111,6 +147,16 @@ impl Fib {
             }
         }
         None
+    }
+
+    /// Sets the tunnel policy carried with this snapshot.
+    pub fn with_tunnels(mut self, t: Tunnels) -> Fib {
+        self.tunnels = t;
+        self
+    }
+
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
     }
 
     /// Number of distinct prefixes.

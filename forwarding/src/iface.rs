@@ -15,6 +15,28 @@ pub enum IfaceRole {
     Uplink { addr: Ipv4Net },
     /// The host end of a pod's veth pair; the pod owns exactly `addr`.
     Pod { addr: Ipv4Addr },
+    /// `tun` mode: the userspace `tunl0`, a TUN device carrying bare IPv4 packets that the
+    /// kernel routed to it (and that we hand back after decapsulation).
+    Tun,
+    /// `tun` mode: a raw IPv4 socket for protocol 4; outer packets go out and come in here,
+    /// routed by the kernel.
+    RawIpip,
+}
+
+impl IfaceRole {
+    /// Whether frames on this interface carry an Ethernet header.
+    pub fn is_ethernet(&self) -> bool {
+        matches!(self, IfaceRole::Uplink { .. } | IfaceRole::Pod { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            IfaceRole::Uplink { .. } => "uplink",
+            IfaceRole::Pod { .. } => "pod",
+            IfaceRole::Tun => "tun",
+            IfaceRole::RawIpip => "raw-ipip",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -26,15 +48,27 @@ pub struct Interface {
     pub role: IfaceRole,
 }
 
-/// All interfaces of the data plane, indexed by [`IfaceId`].
+/// All interfaces of the data plane, indexed by [`IfaceId`], and the node's own address.
 #[derive(Debug, Clone, Default)]
 pub struct Interfaces {
     list: Vec<Interface>,
+    node_addr: Option<Ipv4Addr>,
 }
 
 impl Interfaces {
+    /// The node's address is the uplink's, when there is an uplink.
     pub fn new(list: Vec<Interface>) -> Self {
-        Interfaces { list }
+        let node_addr = list.iter().find_map(|f| match f.role {
+            IfaceRole::Uplink { addr } => Some(addr.addr()),
+            _ => None,
+        });
+        Interfaces { list, node_addr }
+    }
+
+    /// For data planes without an uplink interface of their own (`tun`).
+    pub fn with_node_addr(mut self, addr: Ipv4Addr) -> Self {
+        self.node_addr = Some(addr);
+        self
     }
 
     pub fn get(&self, id: IfaceId) -> Option<&Interface> {
@@ -60,11 +94,12 @@ impl Interfaces {
         self.iter().find(|(_, f)| f.name == name).map(|(i, _)| i)
     }
 
-    /// The node's own underlay address: the source of the ICMP errors it originates.
+    pub fn by_role(&self, pred: impl Fn(&IfaceRole) -> bool) -> Option<IfaceId> {
+        self.iter().find(|(_, f)| pred(&f.role)).map(|(i, _)| i)
+    }
+
+    /// The node's own underlay address: source of its ICMP errors and of its tunnels.
     pub fn node_addr(&self) -> Option<Ipv4Addr> {
-        self.list.iter().find_map(|f| match f.role {
-            IfaceRole::Uplink { addr } => Some(addr.addr()),
-            IfaceRole::Pod { .. } => None,
-        })
+        self.node_addr
     }
 }

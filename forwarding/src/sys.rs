@@ -295,6 +295,183 @@ impl AsRawFd for PacketSocket {
     }
 }
 
+/// Attaches a classic BPF program that accepts nothing: the socket exists (which is what we
+/// need from it) but never queues a packet.
+fn attach_drop_all(fd: RawFd) -> io::Result<()> {
+    let mut code = [libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }]; // BPF_RET | BPF_K, 0
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: code.as_mut_ptr(),
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
+}
+
+/// A raw IPv4 socket for protocol 4 (IPIP). Received packets include the outer header;
+/// packets are sent with our own header (IP_HDRINCL) and routed by the kernel.
+#[derive(Debug)]
+pub struct RawIpipSocket {
+    fd: OwnedFd,
+}
+
+impl RawIpipSocket {
+    /// `receive` false: the socket only sends, or only exists so that the kernel, which has
+    /// no `ipip` module here, does not answer IPIP with ICMP protocol unreachable (a raw socket
+    /// for the protocol counts as a receiver even when its filter drops everything).
+    pub fn open(receive: bool, rcvbuf: usize) -> io::Result<Self> {
+        // SAFETY: socket(2) with constant arguments; checked below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_IPIP,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EPERM) {
+                return Err(io::Error::new(
+                    e.kind(),
+                    "a raw IP socket needs CAP_NET_RAW: run as root (or inside the lab)",
+                ));
+            }
+            return Err(e);
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        setsockopt(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL, &one)?;
+        if receive {
+            let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
+            setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
+        } else {
+            attach_drop_all(fd.as_raw_fd())?;
+        }
+        Ok(RawIpipSocket { fd })
+    }
+
+    /// Receives one outer packet (IPv4 header first). Returns its full length.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for buf.len() bytes; MSG_TRUNC reports the real length.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Sends a complete IPv4 packet to its destination address.
+    pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        if packet.len() < 20 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "short IPv4 packet",
+            ));
+        }
+        // SAFETY: zeroed sockaddr_in is valid; we fill family and address.
+        let mut sin: libc::sockaddr_in = unsafe { zeroed() };
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from_ne_bytes([packet[16], packet[17], packet[18], packet[19]]);
+        // SAFETY: packet and sin are valid for the lengths passed.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&sin as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl AsRawFd for RawIpipSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// One queue of a multi-queue TUN device carrying bare IPv4 packets (IFF_TUN | IFF_NO_PI).
+#[derive(Debug)]
+pub struct TunQueue {
+    fd: OwnedFd,
+}
+
+impl TunQueue {
+    /// Creates the device `name` (first call) or attaches another queue to it.
+    pub fn open(name: &str) -> io::Result<Self> {
+        let path = c"/dev/net/tun";
+        // SAFETY: path is a valid C string; result checked.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("opening /dev/net/tun: {e}"),
+            ));
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = ifreq_for(name)?;
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short;
+        // SAFETY: TUNSETIFF reads the ifreq we own.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("creating TUN device {name}: {e}"),
+            ));
+        }
+        Ok(TunQueue { fd })
+    }
+
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        // SAFETY: packet is valid for packet.len() bytes.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl AsRawFd for TunQueue {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

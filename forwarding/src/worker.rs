@@ -1,12 +1,13 @@
-//! A data-plane worker: one thread pinned to a core, one AF_PACKET socket per interface in
-//! each interface's fanout group, preallocated buffers, bounded batches.
+//! A data-plane worker: one thread pinned to a core, one port per interface (an AF_PACKET
+//! socket in the interface's fanout group, a TUN queue, or the raw IPIP socket), preallocated
+//! buffers, bounded batches.
 
 use crate::counters::{Counters, DropReason};
 use crate::fib::FibHandle;
 use crate::iface::{IfaceId, Interfaces};
 use crate::neigh::{NeighHandle, Neighbour};
 use crate::pipeline::{self, Context, Span, Verdict};
-use crate::sys::{PacketSocket, PacketType};
+use crate::sys::{PacketSocket, PacketType, RawIpipSocket, TunQueue};
 use crossbeam_channel::{Sender, TrySendError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -20,7 +21,7 @@ use std::time::Duration;
 pub const HEADROOM: usize = 128;
 /// Largest frame received (jumbo-capable); longer ones are counted as oversize.
 pub const RX_MAX: usize = 9216 + 18;
-/// Frames handled per socket before the next socket gets its turn (boringtun caps at 100).
+/// Frames handled per port before the next port gets its turn (boringtun caps at 100).
 const BATCH: usize = 64;
 
 /// Work a worker hands to the slow path.
@@ -34,10 +35,56 @@ pub enum SlowMsg {
     Learn(Neighbour),
 }
 
+/// How a worker reaches one interface.
+#[derive(Debug)]
+pub enum Port {
+    /// Ethernet frames (afpacket mode).
+    Packet(PacketSocket),
+    /// Bare IPv4 packets to and from the kernel (tun mode's `tunl0`).
+    Tun(TunQueue),
+    /// Outer IPIP packets (tun mode); `rx` false for a send-only socket.
+    Raw { sock: RawIpipSocket, rx: bool },
+}
+
+impl Port {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, PacketType)> {
+        match self {
+            Port::Packet(s) => s.recv(buf),
+            Port::Tun(t) => t.recv(buf).map(|n| (n, PacketType::Host)),
+            Port::Raw { sock, .. } => sock.recv(buf).map(|n| (n, PacketType::Host)),
+        }
+    }
+
+    fn send(&self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Port::Packet(s) => s.send(data),
+            Port::Tun(t) => t.send(data),
+            Port::Raw { sock, .. } => sock.send(data),
+        }
+    }
+
+    fn readable(&self) -> bool {
+        !matches!(self, Port::Raw { rx: false, .. })
+    }
+
+    fn is_ethernet(&self) -> bool {
+        matches!(self, Port::Packet(_))
+    }
+
+    fn raw_fd(&self) -> i32 {
+        match self {
+            Port::Packet(s) => s.as_raw_fd(),
+            Port::Tun(t) => t.as_raw_fd(),
+            Port::Raw { sock, .. } => sock.as_raw_fd(),
+        }
+    }
+}
+
 pub struct Worker {
     pub index: usize,
     pub core: Option<core_affinity::CoreId>,
-    pub sockets: Vec<PacketSocket>,
+    /// Indexed by `IfaceId`.
+    pub ports: Vec<Port>,
     pub ifaces: Arc<Interfaces>,
     pub fib: FibHandle,
     pub neigh: NeighHandle,
@@ -50,7 +97,7 @@ impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("index", &self.index)
-            .field("sockets", &self.sockets.len())
+            .field("ports", &self.ports.len())
             .finish()
     }
 }
@@ -67,17 +114,20 @@ impl Worker {
             }
         }
         let mut poll = Poll::new()?;
-        for (i, s) in self.sockets.iter().enumerate() {
-            poll.registry().register(
-                &mut SourceFd(&s.as_raw_fd()),
-                Token(i),
-                Interest::READABLE,
-            )?;
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.readable() {
+                poll.registry().register(
+                    &mut SourceFd(&p.raw_fd()),
+                    Token(i),
+                    Interest::READABLE,
+                )?;
+            }
         }
         let mut events = Events::with_capacity(64);
         let mut buf = vec![0u8; HEADROOM + RX_MAX + pipeline::ICMP_ERROR_MAX];
-        // mio is edge-triggered: a socket stays "ready" until a read returns WouldBlock.
-        let mut ready = vec![true; self.sockets.len()];
+        let mut scratch = vec![0u8; HEADROOM + RX_MAX];
+        // mio is edge-triggered: a port stays "ready" until a read returns WouldBlock.
+        let mut ready: Vec<bool> = self.ports.iter().map(|p| p.readable()).collect();
         while !self.stop.load(Ordering::Relaxed) {
             let busy = ready.iter().any(|r| *r);
             let timeout = if busy {
@@ -106,19 +156,20 @@ impl Worker {
             };
             for (i, r) in ready.iter_mut().enumerate() {
                 if *r {
-                    *r = self.drain(&ctx, i, &mut buf);
+                    *r = self.drain(&ctx, i, &mut buf, &mut scratch);
                 }
             }
         }
         Ok(())
     }
 
-    /// Handles up to one batch from socket `i`; true if more may be waiting.
-    fn drain(&self, ctx: &Context<'_>, i: usize, buf: &mut [u8]) -> bool {
+    /// Handles up to one batch from port `i`; true if more may be waiting.
+    fn drain(&self, ctx: &Context<'_>, i: usize, buf: &mut [u8], scratch: &mut [u8]) -> bool {
         let in_if = IfaceId(i as u16);
+        let port = &self.ports[i];
         for _ in 0..BATCH {
             let rx = &mut buf[HEADROOM..HEADROOM + RX_MAX];
-            let (n, kind) = match self.sockets[i].recv(rx) {
+            let (n, kind) = match port.recv(rx) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -139,8 +190,18 @@ impl Worker {
                 start: HEADROOM,
                 end: HEADROOM + n,
             };
-            let v = pipeline::process(ctx, &self.counters, in_if, buf, span);
-            self.act(v, buf);
+            let v = if port.is_ethernet() {
+                pipeline::process(ctx, &self.counters, in_if, buf, span)
+            } else {
+                pipeline::process_l3(ctx, &self.counters, in_if, buf, span)
+            };
+            if let Verdict::Fragment(job) = v {
+                pipeline::fragment(ctx, &self.counters, buf, job, scratch, |v, b| {
+                    self.act(v, b)
+                });
+            } else {
+                self.act(v, buf);
+            }
         }
         true
     }
@@ -173,18 +234,21 @@ impl Worker {
             Verdict::Learn(n) => {
                 let _ = self.slow.try_send(SlowMsg::Learn(n));
             }
-            Verdict::Pass | Verdict::Drop(_) => {}
+            Verdict::Fragment(_) | Verdict::Pass | Verdict::Drop(_) => {}
         }
     }
 
     fn transmit(&self, iface: IfaceId, frame: &[u8]) {
-        let Some(sock) = self.sockets.get(usize::from(iface.0)) else {
+        let Some(port) = self.ports.get(usize::from(iface.0)) else {
             self.counters.count_drop(DropReason::TxError);
             return;
         };
-        match sock.send(frame) {
+        match port.send(frame) {
             Ok(_) => self.counters.tx(usize::from(iface.0), frame.len()),
-            Err(_) => self.counters.count_drop(DropReason::TxError),
+            Err(e) => {
+                tracing::debug!(iface = iface.0, error = %e, "send failed");
+                self.counters.count_drop(DropReason::TxError);
+            }
         }
     }
 }

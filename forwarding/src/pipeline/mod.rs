@@ -1,10 +1,14 @@
 //! The per-packet pipeline: a pure function from (frame, FIB snapshot, neighbour snapshot,
-//! interfaces) to a [`Verdict`], rewriting the frame in place. No I/O, no allocation, no lock.
+//! interfaces) to a [`Verdict`], rewriting the packet in place. No I/O, no allocation, no lock.
 //!
-//! parse → validate → RPF on pod interfaces → FIB lookup → TTL → MTU → rewrite (TTL and
-//! checksum incrementally, RFC 1624) → Ethernet header. ARP for the pods' gateway
-//! 169.254.1.1 is answered here (proxy ARP); ICMP errors are built in place and routed like
-//! any locally originated packet. Every drop is counted with its reason.
+//! parse → validate → RPF and no-IPIP on pod interfaces → IPIP from the uplink: sender must be
+//! a known node, then decapsulate → FIB lookup → TTL → MTU → rewrite (TTL and checksum
+//! incrementally, RFC 1624) → encapsulate if the route says IPIP → L2 header. ARP for the
+//! pods' gateway 169.254.1.1 is answered here (proxy ARP); ICMP errors are built in place and
+//! routed like any locally originated packet. Every drop is counted with its reason.
+//!
+//! The same stages serve the `tun` data plane, whose interfaces carry bare IPv4 packets
+//! ([`process_l3`]).
 
 use crate::counters::{bump, Counters, DropReason};
 use crate::fib::{Fib, NextHop};
@@ -12,6 +16,7 @@ use crate::iface::{IfaceId, IfaceRole, Interface, Interfaces};
 use crate::neigh::{NeighTable, Neighbour};
 use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
+use encap::ipip::{self, DecapError};
 use encap::{icmp, ipv4, MacAddr, WireError};
 use std::net::Ipv4Addr;
 
@@ -22,9 +27,11 @@ pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// TTL of the packets this node originates (ICMP errors).
 const LOCAL_TTL: u8 = 64;
 
-/// Room an ICMP error needs beyond the received frame: Ethernet + IP + ICMP + quote.
-pub const ICMP_ERROR_MAX: usize =
-    ethernet::HEADER_LEN + ipv4::HEADER_LEN + icmp::HEADER_LEN + 60 + icmp::QUOTED_PAYLOAD;
+/// Room an ICMP error needs beyond the received packet: IP + ICMP + quote, plus a tunnel.
+pub const ICMP_ERROR_MAX: usize = ipv4::HEADER_LEN + icmp::HEADER_LEN + 60 + icmp::QUOTED_PAYLOAD;
+
+/// Room a packet needs in front of it to be encapsulated and get an Ethernet header.
+pub const HEADROOM_NEEDED: usize = ethernet::HEADER_LEN + ipip::OVERHEAD;
 
 /// What the read-only state of one batch looks like to the pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -34,19 +41,38 @@ pub struct Context<'a> {
     pub ifaces: &'a Interfaces,
 }
 
-/// Where the frame sits in the buffer: `buf[start..end]`. The buffer is larger than the frame
-/// so that ICMP errors can be built in place.
+/// Where a packet sits in the buffer: `buf[start..end]`. The buffer is larger than the packet
+/// so that headers can be pushed in front and ICMP errors built in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
     pub start: usize,
     pub end: usize,
 }
 
-/// The outcome for one received frame.
+/// Where a routed packet leaves: the interface, the neighbour to hand it to, and the tunnel
+/// endpoint when it must be wrapped in IPIP first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Egress {
+    pub iface: IfaceId,
+    pub hop: Ipv4Addr,
+    pub tunnel: Option<Ipv4Addr>,
+}
+
+/// An IPv4 packet at `buf[span]` (TTL already decremented) to be split into pieces of at
+/// most `mtu` bytes and sent by `egress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragmentation {
+    pub span: Span,
+    pub mtu: u16,
+    pub egress: Egress,
+}
+
+/// The outcome for one received packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send `buf[span]` out of `iface`. `learn` carries a neighbour gleaned from the frame
-    /// (the sender of a proxy-ARP request) for the slow path.
+    /// Send `buf[span]` out of `iface` (an Ethernet frame, or a bare IPv4 packet on `tun`
+    /// interfaces). `learn` carries a neighbour gleaned from the frame (the sender of a
+    /// proxy-ARP request) for the slow path.
     Transmit {
         iface: IfaceId,
         span: Span,
@@ -58,6 +84,8 @@ pub enum Verdict {
         next_hop: Ipv4Addr,
         span: Span,
     },
+    /// Too big for the egress and fragmentable: hand it to [`fragment`].
+    Fragment(Fragmentation),
     /// An ARP answer for the neighbour table; nothing to send.
     Learn(Neighbour),
     /// Nothing to send: the frame is the kernel's (addressed to this node, not IPv4, not for
@@ -67,7 +95,7 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// Processes the frame `buf[span]` received on `in_if`.
+/// Processes the Ethernet frame `buf[span]` received on `in_if`.
 pub fn process(
     ctx: &Context<'_>,
     counters: &Counters,
@@ -76,10 +104,45 @@ pub fn process(
     span: Span,
 ) -> Verdict {
     let v = classify(ctx, counters, in_if, buf, span);
+    count(counters, v)
+}
+
+/// Processes the bare IPv4 packet `buf[span]` received on a `tun`-mode interface.
+pub fn process_l3(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    in_if: IfaceId,
+    buf: &mut [u8],
+    span: Span,
+) -> Verdict {
+    let v = match ctx.ifaces.get(in_if).map(|f| f.role) {
+        Some(IfaceRole::Tun) => ip_input(ctx, counters, Ingress::Tun, buf, span.start, span.end),
+        Some(IfaceRole::RawIpip) => {
+            ip_input(ctx, counters, Ingress::RawIpip, buf, span.start, span.end)
+        }
+        _ => Verdict::Pass,
+    };
+    count(counters, v)
+}
+
+fn count(counters: &Counters, v: Verdict) -> Verdict {
     if let Verdict::Drop(r) = v {
         counters.count_drop(r);
     }
     v
+}
+
+/// How a packet entered, which decides the checks it gets.
+#[derive(Debug, Clone, Copy)]
+enum Ingress {
+    /// From a pod's veth: RPF, no IPIP.
+    Pod(Ipv4Addr),
+    /// From the underlay link: IPIP to our address is decapsulated.
+    Uplink,
+    /// Routed to `tunl0` by the kernel, which already decremented the TTL.
+    Tun,
+    /// IPIP delivered to the node address by the kernel, on the raw socket.
+    RawIpip,
 }
 
 fn classify(
@@ -101,12 +164,22 @@ fn classify(
     match eth.ethertype() {
         EtherType::Arp => arp(iface, in_if, counters, buf, span),
         EtherType::Ipv4 => {
-            let dst = eth.dst();
-            if dst != iface.mac {
+            if eth.dst() != iface.mac {
                 // Broadcast, multicast or another host's frame: not routed by us.
                 return Verdict::Pass;
             }
-            ipv4_forward(ctx, counters, iface, buf, span)
+            let ingress = match iface.role {
+                IfaceRole::Pod { addr } => Ingress::Pod(addr),
+                _ => Ingress::Uplink,
+            };
+            ip_input(
+                ctx,
+                counters,
+                ingress,
+                buf,
+                span.start + ethernet::HEADER_LEN,
+                span.end,
+            )
         }
         _ => Verdict::Pass,
     }
@@ -171,6 +244,7 @@ fn arp(
                 Verdict::Pass
             }
         }
+        IfaceRole::Tun | IfaceRole::RawIpip => Verdict::Pass,
     }
 }
 
@@ -185,6 +259,17 @@ fn wire_drop(e: WireError) -> DropReason {
     }
 }
 
+fn decap_drop(e: DecapError) -> DropReason {
+    match e {
+        DecapError::Outer(_)
+        | DecapError::OuterChecksum
+        | DecapError::NotIpip
+        | DecapError::OuterFragment => DropReason::IpipMalformedOuter,
+        DecapError::Inner(_) | DecapError::InnerChecksum => DropReason::IpipMalformedInner,
+        DecapError::InvalidEcn => DropReason::IpipInvalidEcn,
+    }
+}
+
 fn bad_source(a: Ipv4Addr) -> bool {
     a.is_unspecified()
         || a.is_broadcast()
@@ -193,41 +278,147 @@ fn bad_source(a: Ipv4Addr) -> bool {
         || u32::from(a) >> 28 == 0xf
 }
 
-fn ipv4_forward(
+/// Validates the IPv4 packet at `buf[l3..end]` and routes it.
+fn ip_input(
     ctx: &Context<'_>,
     counters: &Counters,
-    iface: &Interface,
+    ingress: Ingress,
     buf: &mut [u8],
-    span: Span,
+    l3: usize,
+    end: usize,
 ) -> Verdict {
-    let l3 = span.start + ethernet::HEADER_LEN;
-    let ip = match ipv4::Packet::new_checked(&buf[l3..span.end]) {
+    let ip = match ipv4::Packet::new_checked(&buf[l3..end]) {
         Ok(p) => p,
         Err(e) => return Verdict::Drop(wire_drop(e)),
     };
     if !ip.verify_checksum() {
         return Verdict::Drop(DropReason::BadChecksum);
     }
-    let (src, dst, ttl) = (ip.src(), ip.dst(), ip.ttl());
-    let total = usize::from(ip.total_len());
+    let (src, dst, proto) = (ip.src(), ip.dst(), ip.protocol());
+    // Trim Ethernet padding: what we handle is exactly the datagram.
+    let end = l3 + usize::from(ip.total_len());
     if dst.is_multicast() || dst.is_broadcast() {
         return Verdict::Pass;
     }
     if bad_source(src) {
         return Verdict::Drop(DropReason::BadSource);
     }
-    if let IfaceRole::Pod { addr } = iface.role {
-        // RPF: a pod may only speak with its own address.
-        if src != addr {
-            return Verdict::Drop(DropReason::Spoofed);
+    match ingress {
+        Ingress::Pod(addr) => {
+            // RPF: a pod may only speak with its own address, and may not tunnel.
+            if src != addr {
+                return Verdict::Drop(DropReason::Spoofed);
+            }
+            if proto == ipv4::Protocol::IpIp {
+                return Verdict::Drop(DropReason::IpipFromPod);
+            }
         }
+        Ingress::Tun if proto == ipv4::Protocol::IpIp => {
+            return Verdict::Drop(DropReason::IpipFromPod)
+        }
+        Ingress::RawIpip => return decapsulate(ctx, counters, buf, l3, end, true),
+        _ => {}
     }
-    // Trim Ethernet padding: what we send is exactly the datagram.
-    let span = Span {
-        start: span.start,
-        end: l3 + total,
+    match ctx.fib.lookup(dst) {
+        Some(NextHop::Host) => match ingress {
+            Ingress::Uplink if proto == ipv4::Protocol::IpIp => {
+                decapsulate(ctx, counters, buf, l3, end, false)
+            }
+            _ => Verdict::Pass,
+        },
+        nh => forward(
+            ctx,
+            counters,
+            buf,
+            l3,
+            end,
+            nh,
+            !matches!(ingress, Ingress::Tun),
+        ),
+    }
+}
+
+/// Unwraps IPIP addressed to this node. The sender must be a node of the cluster (or an
+/// allowed range) before anything inside is looked at.
+fn decapsulate(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    buf: &mut [u8],
+    l3: usize,
+    end: usize,
+    to_tun: bool,
+) -> Verdict {
+    let outer_src = ipv4::Packet::new_unchecked(&buf[l3..end]).src();
+    if !ctx.fib.tunnels().allows(outer_src) {
+        return Verdict::Drop(DropReason::IpipUnknownSource);
+    }
+    let (s, e) = match ipip::decapsulate(buf, l3, end) {
+        Ok(r) => r,
+        Err(err) => return Verdict::Drop(decap_drop(err)),
     };
-    let (out_if, hop) = match ctx.fib.lookup(dst) {
+    bump(&counters.ipip_decapsulated, 1);
+    let inner = ipv4::Packet::new_unchecked(&buf[s..e]);
+    let dst = inner.dst();
+    if bad_source(inner.src()) {
+        return Verdict::Drop(DropReason::BadSource);
+    }
+    if to_tun {
+        // `tun` mode: the kernel routes the inner packet to the pod (and decrements its TTL).
+        return match ctx.ifaces.by_role(|r| *r == IfaceRole::Tun) {
+            Some(tun) => Verdict::Transmit {
+                iface: tun,
+                span: Span { start: s, end: e },
+                learn: None,
+            },
+            None => Verdict::Drop(DropReason::TxError),
+        };
+    }
+    match ctx.fib.lookup(dst) {
+        Some(NextHop::Host) => Verdict::Drop(DropReason::IpipForNode),
+        nh => forward(ctx, counters, buf, s, e, nh, true),
+    }
+}
+
+/// Resolves a route to the interface and neighbour a packet leaves by.
+fn egress(nh: NextHop, dst: Ipv4Addr) -> Option<Egress> {
+    match nh {
+        NextHop::Local { iface } => Some(Egress {
+            iface,
+            hop: dst,
+            tunnel: None,
+        }),
+        NextHop::Direct { iface, gateway } => Some(Egress {
+            iface,
+            hop: gateway,
+            tunnel: None,
+        }),
+        NextHop::Ipip {
+            iface,
+            gateway,
+            remote,
+        } => Some(Egress {
+            iface,
+            hop: gateway,
+            tunnel: Some(remote),
+        }),
+        NextHop::Host | NextHop::Blackhole | NextHop::Unreachable => None,
+    }
+}
+
+/// Forwards the IPv4 packet at `buf[l3..end]` by route `nh`. `decrement` is false when the
+/// kernel already routed it (tun mode).
+fn forward(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    buf: &mut [u8],
+    l3: usize,
+    end: usize,
+    nh: Option<NextHop>,
+    decrement: bool,
+) -> Verdict {
+    let ip = ipv4::Packet::new_unchecked(&buf[l3..end]);
+    let (dst, ttl, df, ihl) = (ip.dst(), ip.ttl(), ip.dont_frag(), ip.header_len());
+    let eg = match nh {
         Some(NextHop::Host) => return Verdict::Pass,
         Some(NextHop::Blackhole) => return Verdict::Drop(DropReason::Blackhole),
         None | Some(NextHop::Unreachable) => {
@@ -235,77 +426,126 @@ fn ipv4_forward(
                 ctx,
                 counters,
                 buf,
-                span,
+                l3,
+                end,
                 icmp::ErrorKind::NetUnreachable,
                 DropReason::NoRoute,
             );
         }
-        Some(NextHop::Local { iface }) => (iface, dst),
-        Some(NextHop::Direct { iface, gateway }) => (iface, gateway),
+        Some(nh) => match egress(nh, dst) {
+            Some(eg) => eg,
+            None => return Verdict::Drop(DropReason::NoRoute),
+        },
     };
-    if ttl <= 1 {
+    if decrement && ttl <= 1 {
         return icmp_error(
             ctx,
             counters,
             buf,
-            span,
+            l3,
+            end,
             icmp::ErrorKind::TtlExceeded,
             DropReason::TtlExceeded,
         );
     }
-    let Some(out) = ctx.ifaces.get(out_if) else {
+    let Some(out) = ctx.ifaces.get(eg.iface) else {
         return Verdict::Drop(DropReason::NoRoute);
     };
-    if total > usize::from(out.mtu) {
-        if ip.dont_frag() {
-            let kind = icmp::ErrorKind::FragmentationNeeded { mtu: out.mtu };
-            return icmp_error(ctx, counters, buf, span, kind, DropReason::FragNeeded);
-        }
+    let overhead = if eg.tunnel.is_some() {
+        ipip::OVERHEAD as u16
+    } else {
+        0
+    };
+    let mtu = out.mtu.saturating_sub(overhead);
+    let too_big = end - l3 > usize::from(mtu);
+    if too_big && df {
+        let kind = icmp::ErrorKind::FragmentationNeeded { mtu };
+        return icmp_error(ctx, counters, buf, l3, end, kind, DropReason::FragNeeded);
+    }
+    if too_big && (ihl != ipv4::HEADER_LEN || usize::from(mtu) < ipv4::HEADER_LEN + 8) {
         return Verdict::Drop(DropReason::NeedsFragmentation);
     }
-    ipv4::Packet::new_unchecked(&mut buf[l3..span.end]).decrement_ttl();
-    finish_l2(ctx, buf, span, out_if, out.mac, hop)
+    if decrement {
+        ipv4::Packet::new_unchecked(&mut buf[l3..end]).decrement_ttl();
+    }
+    if too_big {
+        return Verdict::Fragment(Fragmentation {
+            span: Span { start: l3, end },
+            mtu,
+            egress: eg,
+        });
+    }
+    output(ctx, counters, buf, l3, end, eg)
 }
 
-/// Writes the Ethernet header for `out_if` and picks the verdict by neighbour state.
-fn finish_l2(
+/// Puts the routed packet on the wire: encapsulates if needed, then writes the L2 header (or
+/// hands a bare packet to a `tun`-mode interface).
+fn output(
     ctx: &Context<'_>,
+    counters: &Counters,
     buf: &mut [u8],
-    span: Span,
-    out_if: IfaceId,
-    out_mac: MacAddr,
-    hop: Ipv4Addr,
+    l3: usize,
+    end: usize,
+    eg: Egress,
 ) -> Verdict {
-    let dst_mac = ctx.neigh.lookup(out_if, hop).unwrap_or(MacAddr::ZERO);
-    ethernet::emit_header(&mut buf[span.start..], dst_mac, out_mac, EtherType::Ipv4);
+    let Some(out) = ctx.ifaces.get(eg.iface) else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    let mut l3 = l3;
+    if let Some(remote) = eg.tunnel {
+        let Some(src) = ctx.ifaces.node_addr() else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        if l3 < HEADROOM_NEEDED {
+            return Verdict::Drop(DropReason::NoHeadroom);
+        }
+        let t = ipip::Tunnel {
+            src,
+            dst: remote,
+            ttl: ctx.fib.tunnels().ttl,
+        };
+        l3 = ipip::encapsulate(buf, l3, end, &t, counters.next_ident());
+        bump(&counters.ipip_encapsulated, 1);
+    }
+    if !out.role.is_ethernet() {
+        return Verdict::Transmit {
+            iface: eg.iface,
+            span: Span { start: l3, end },
+            learn: None,
+        };
+    }
+    let start = l3 - ethernet::HEADER_LEN;
+    let dst_mac = ctx.neigh.lookup(eg.iface, eg.hop).unwrap_or(MacAddr::ZERO);
+    ethernet::emit_header(&mut buf[start..], dst_mac, out.mac, EtherType::Ipv4);
+    let span = Span { start, end };
     if dst_mac == MacAddr::ZERO {
         Verdict::Resolve {
-            iface: out_if,
-            next_hop: hop,
+            iface: eg.iface,
+            next_hop: eg.hop,
             span,
         }
     } else {
         Verdict::Transmit {
-            iface: out_if,
+            iface: eg.iface,
             span,
             learn: None,
         }
     }
 }
 
-/// Replaces the datagram in `buf[span]` by an ICMP error about it, addressed to its source and
-/// routed like a locally originated packet. The original is counted as dropped for `reason`
-/// whether or not an error may be sent (RFC 1812 §4.3.2.7 says when not).
+/// Replaces the datagram at `buf[l3..end]` by an ICMP error about it, addressed to its source
+/// and routed like a locally originated packet. The original is counted as dropped for
+/// `reason` whether or not an error may be sent (RFC 1812 §4.3.2.7 says when not).
 fn icmp_error(
     ctx: &Context<'_>,
     counters: &Counters,
     buf: &mut [u8],
-    span: Span,
+    l3: usize,
+    end: usize,
     kind: icmp::ErrorKind,
     reason: DropReason,
 ) -> Verdict {
-    let l3 = span.start + ethernet::HEADER_LEN;
-    let ip = ipv4::Packet::new_unchecked(&buf[l3..span.end]);
+    let ip = ipv4::Packet::new_unchecked(&buf[l3..end]);
     let orig_src = ip.src();
     let hl = ip.header_len();
     let total = usize::from(ip.total_len());
@@ -323,39 +563,77 @@ fn icmp_error(
     let quote_len = (hl + icmp::QUOTED_PAYLOAD).min(total);
     let icmp_at = l3 + ipv4::HEADER_LEN;
     let quote_at = icmp_at + icmp::HEADER_LEN;
-    let end = quote_at + quote_len;
-    if end > buf.len() {
+    let new_end = quote_at + quote_len;
+    if new_end > buf.len() {
         return Verdict::Drop(reason);
     }
     counters.count_drop(reason);
     buf.copy_within(l3..l3 + quote_len, quote_at);
-    let icmp_len = icmp::emit_error(kind, &mut buf[icmp_at..end], quote_len);
+    let icmp_len = icmp::emit_error(kind, &mut buf[icmp_at..new_end], quote_len);
     let repr = ipv4::Repr {
         src: node_addr,
         dst: orig_src,
         protocol: ipv4::Protocol::Icmp,
         tos: 0xc0, // internetwork control, as routers mark their own errors
-        ident: 0,
-        dont_frag: true,
+        ident: counters.next_ident(),
+        dont_frag: false,
         ttl: LOCAL_TTL,
         payload_len: icmp_len,
     };
     repr.emit(&mut buf[l3..]);
-    let span = Span {
-        start: span.start,
-        end,
-    };
     // Route the error back; a failure here is not answered with another error.
-    let (out_if, hop) = match ctx.fib.lookup(orig_src) {
-        Some(NextHop::Local { iface }) => (iface, orig_src),
-        Some(NextHop::Direct { iface, gateway }) => (iface, gateway),
-        _ => return Verdict::Pass,
-    };
-    let Some(out) = ctx.ifaces.get(out_if) else {
+    let Some(eg) = ctx.fib.lookup(orig_src).and_then(|nh| egress(nh, orig_src)) else {
         return Verdict::Pass;
     };
     bump(&counters.icmp_errors_sent, 1);
-    finish_l2(ctx, buf, span, out_if, out.mac, hop)
+    output(ctx, counters, buf, l3, new_end, eg)
+}
+
+/// Splits the IPv4 packet at `buf[span]` into fragments of at most `mtu` bytes (RFC 791),
+/// builds each in `scratch` (which needs [`HEADROOM_NEEDED`] bytes in front), sends it through
+/// [`output`] and gives the result to `emit`. The original's options-free header is copied into
+/// every fragment. Slow path: only packets too big for the egress without DF get here.
+pub fn fragment(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    buf: &[u8],
+    job: Fragmentation,
+    scratch: &mut [u8],
+    mut emit: impl FnMut(Verdict, &[u8]),
+) {
+    let Fragmentation { span, mtu, egress } = job;
+    let ip = ipv4::Packet::new_unchecked(&buf[span.start..span.end]);
+    let hl = ip.header_len();
+    let payload = ip.payload();
+    let base_off = usize::from(ip.frag_offset());
+    let last_mf = ip.more_frags();
+    let chunk = (usize::from(mtu) - hl) & !7;
+    let mut off = 0;
+    while off < payload.len() {
+        let n = chunk.min(payload.len() - off);
+        let more = off + n < payload.len() || last_mf;
+        let at = HEADROOM_NEEDED;
+        if at + hl + n > scratch.len() {
+            counters.count_drop(DropReason::NeedsFragmentation);
+            return;
+        }
+        let f = &mut scratch[at..at + hl + n];
+        f[..hl].copy_from_slice(&buf[span.start..span.start + hl]);
+        f[hl..].copy_from_slice(&payload[off..off + n]);
+        f[2..4].copy_from_slice(&((hl + n) as u16).to_be_bytes());
+        let field = (((base_off + off) / 8) as u16) | if more { 0x2000 } else { 0 };
+        f[6..8].copy_from_slice(&field.to_be_bytes());
+        f[10..12].copy_from_slice(&[0, 0]);
+        let c = encap::checksum::checksum(&f[..hl]);
+        f[10..12].copy_from_slice(&c.to_be_bytes());
+        let v = count(
+            counters,
+            output(ctx, counters, scratch, at, at + hl + n, egress),
+        );
+        bump(&counters.fragments_sent, 1);
+        emit(v, scratch);
+        off += n;
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Pipeline tests: real captured frames and hand-built ones, no sockets.
 
 use super::*;
-use crate::fib::Route;
+use crate::fib::{Route, Tunnels};
 use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket};
 
 const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 100);
@@ -19,6 +19,10 @@ const CALI_A1_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
 const CALI_A2_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x12]);
 const POD_A2_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x13]);
 const NODE_B_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb0]);
+const UNDERLAY_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x01]);
+const UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+const NODE_C: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 101);
+const POD_C1: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 1);
 
 struct Lab {
     fib: Fib,
@@ -71,13 +75,26 @@ fn lab() -> Lab {
             },
         ),
         r(
-            "10.244.3.0/26",
+            "10.244.4.0/26",
             NextHop::Direct {
                 iface: UPLINK,
                 gateway: Ipv4Addr::new(192, 168, 100, 102),
             },
         ),
-    ]);
+        r(
+            "10.244.3.0/26",
+            NextHop::Ipip {
+                iface: UPLINK,
+                gateway: UNDERLAY,
+                remote: NODE_C,
+            },
+        ),
+    ])
+    .with_tunnels(Tunnels {
+        ttl: 64,
+        peers: [NODE_B, NODE_C].into_iter().collect(),
+        allowed: vec![],
+    });
     let mut neigh = NeighTable::default();
     neigh.insert(Neighbour {
         iface: CALI_A2,
@@ -93,6 +110,11 @@ fn lab() -> Lab {
         iface: UPLINK,
         ip: NODE_B,
         mac: NODE_B_MAC,
+    });
+    neigh.insert(Neighbour {
+        iface: UPLINK,
+        ip: UNDERLAY,
+        mac: UNDERLAY_MAC,
     });
     let counters = Counters::new(ifaces.len());
     Lab {
@@ -122,6 +144,43 @@ const BUF: usize = 2048;
 const HEADROOM: usize = 64;
 
 impl Lab {
+    fn ctx(&self) -> Context<'_> {
+        Context {
+            fib: &self.fib,
+            neigh: &self.neigh,
+            ifaces: &self.ifaces,
+        }
+    }
+
+    /// Runs a frame and, for a `Fragment` verdict, the fragmentation step; returns every
+    /// frame that would be sent.
+    fn run_all(&self, in_if: IfaceId, frame: &[u8]) -> Vec<(Verdict, Vec<u8>)> {
+        let mut buf = vec![0u8; BUF];
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let span = Span {
+            start: HEADROOM,
+            end: HEADROOM + frame.len(),
+        };
+        let v = process(&self.ctx(), &self.counters, in_if, &mut buf, span);
+        let mut out = Vec::new();
+        if let Verdict::Fragment(job) = v {
+            let mut scratch = vec![0u8; BUF];
+            fragment(
+                &self.ctx(),
+                &self.counters,
+                &buf,
+                job,
+                &mut scratch,
+                |v, b| {
+                    if let Verdict::Transmit { span, .. } = v {
+                        out.push((v, b[span.start..span.end].to_vec()));
+                    }
+                },
+            );
+        }
+        out
+    }
+
     fn run_on(&self, in_if: IfaceId, frame: &[u8]) -> (Verdict, Vec<u8>) {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
@@ -244,7 +303,7 @@ fn forwards_from_uplink_to_local_pod() {
 #[test]
 fn unknown_next_hop_asks_for_resolution() {
     let l = lab();
-    let (v, _) = l.run_on(CALI_A1, &from_pod_a1(Ipv4Addr::new(10, 244, 3, 9), 64));
+    let (v, _) = l.run_on(CALI_A1, &from_pod_a1(Ipv4Addr::new(10, 244, 4, 9), 64));
     assert_eq!(
         v,
         Verdict::Resolve {
@@ -414,9 +473,12 @@ fn too_big_with_df_gets_fragmentation_needed() {
     let icmp = encap::icmp::Packet::new_checked(&out[34..]).expect("icmp");
     assert_eq!((icmp.msg_type(), icmp.code()), (3, 4));
     assert_eq!(icmp.rest(), [0, 0, 0, 80]);
-    // Without DF the packet cannot be fragmented yet: counted drop.
+    // Without DF it is fragmented.
     let (v, _) = l.run_on(CALI_A1, &with_df(from_pod_a1(POD_B1, 64), false));
-    assert_eq!(v, Verdict::Drop(DropReason::NeedsFragmentation));
+    assert!(
+        matches!(v, Verdict::Fragment(Fragmentation { mtu: 80, .. })),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -511,4 +573,294 @@ fn fuzz_corpus_replays_without_panic() {
         n += 1;
     }
     assert!(n >= 5, "corpus too small: {n}");
+}
+
+fn ipip_route_lab_with_mtu(mtu: u16) -> Lab {
+    let mut l = lab();
+    l.ifaces = Interfaces::new(
+        l.ifaces
+            .iter()
+            .map(|(_, f)| Interface {
+                mtu: if f.name == "eth0" { mtu } else { f.mtu },
+                ..f.clone()
+            })
+            .collect(),
+    );
+    l
+}
+
+/// A frame from node-c's side: outer NODE_C -> NODE_A around `inner` (an IPv4 packet).
+fn ipip_frame(outer_src: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20];
+    ethernet::emit_header(&mut f, UPLINK_MAC, UNDERLAY_MAC, EtherType::Ipv4);
+    let repr = ipv4::Repr {
+        src: outer_src,
+        dst: NODE_A,
+        protocol: ipv4::Protocol::IpIp,
+        tos: 0,
+        ident: 9,
+        dont_frag: false,
+        ttl: 63,
+        payload_len: inner.len(),
+    };
+    repr.emit(&mut f[14..]);
+    f.extend_from_slice(inner);
+    f
+}
+
+#[test]
+fn route_to_other_subnet_is_encapsulated_toward_node_c() {
+    let l = lab();
+    let frame = from_pod_a1(POD_C1, 64);
+    let (v, out) = l.run_on(CALI_A1, &frame);
+    assert!(
+        matches!(v, Verdict::Transmit { iface: UPLINK, .. }),
+        "{v:?}"
+    );
+    // Ethernet to the underlay router, outer A -> C protocol 4, inner TTL decremented.
+    assert_eq!(&out[..6], &UNDERLAY_MAC.0);
+    let outer = ipv4::Packet::new_checked(&out[14..]).expect("outer");
+    assert_eq!(
+        (outer.src(), outer.dst(), outer.protocol()),
+        (NODE_A, NODE_C, ipv4::Protocol::IpIp)
+    );
+    assert!(outer.verify_checksum());
+    assert_eq!(outer.ttl(), 64);
+    assert_eq!(usize::from(outer.total_len()), 20 + frame.len() - 14);
+    let inner = ipv4::Packet::new_checked(outer.payload()).expect("inner");
+    assert_eq!(
+        (inner.src(), inner.dst(), inner.ttl()),
+        (POD_A1, POD_C1, 63)
+    );
+    assert!(inner.verify_checksum());
+    assert_eq!(inner.payload(), &frame[34..]);
+    assert_eq!(
+        l.counters
+            .ipip_encapsulated
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn ipip_from_a_known_node_is_delivered_to_the_pod() {
+    let l = lab();
+    let inner = echo(MacAddr::ZERO, MacAddr::ZERO, POD_C1, POD_A1, 63)[14..].to_vec();
+    let (v, out) = l.run_on(UPLINK, &ipip_frame(NODE_C, &inner));
+    assert!(
+        matches!(v, Verdict::Transmit { iface: CALI_A1, .. }),
+        "{v:?}"
+    );
+    assert_eq!(&out[..6], &POD_A1_MAC.0);
+    assert_eq!(&out[6..12], &CALI_A1_MAC.0);
+    let ip = ipv4::Packet::new_checked(&out[14..]).expect("inner");
+    assert_eq!((ip.src(), ip.dst(), ip.ttl()), (POD_C1, POD_A1, 62));
+    assert!(ip.verify_checksum());
+    assert_eq!(&out[34..], &inner[20..]);
+}
+
+#[test]
+fn ipip_from_an_unknown_sender_is_dropped() {
+    let l = lab();
+    let inner = echo(MacAddr::ZERO, MacAddr::ZERO, POD_C1, POD_A1, 63)[14..].to_vec();
+    let (v, _) = l.run_on(UPLINK, &ipip_frame(UNDERLAY, &inner));
+    assert_eq!(v, Verdict::Drop(DropReason::IpipUnknownSource));
+    assert_eq!(l.drops(DropReason::IpipUnknownSource), 1);
+}
+
+#[test]
+fn ipip_with_a_broken_inner_packet_is_dropped_with_its_reason() {
+    let l = lab();
+    let mut inner = echo(MacAddr::ZERO, MacAddr::ZERO, POD_C1, POD_A1, 63)[14..].to_vec();
+    inner[10] ^= 0xff;
+    assert_eq!(
+        l.run_on(UPLINK, &ipip_frame(NODE_C, &inner)).0,
+        Verdict::Drop(DropReason::IpipMalformedInner)
+    );
+    assert_eq!(
+        l.run_on(UPLINK, &ipip_frame(NODE_C, &inner[..10])).0,
+        Verdict::Drop(DropReason::IpipMalformedInner)
+    );
+}
+
+#[test]
+fn pods_may_not_send_ipip() {
+    let l = lab();
+    let inner = echo(MacAddr::ZERO, MacAddr::ZERO, POD_A1, POD_C1, 63)[14..].to_vec();
+    let mut frame = ipip_frame(POD_A1, &inner);
+    // From pod-a1's veth, to node-c, encapsulated.
+    frame[..6].copy_from_slice(&CALI_A1_MAC.0);
+    frame[30..34].copy_from_slice(&NODE_C.octets());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = encap::checksum::checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(
+        l.run_on(CALI_A1, &frame).0,
+        Verdict::Drop(DropReason::IpipFromPod)
+    );
+}
+
+#[test]
+fn too_big_for_the_tunnel_with_df_gets_the_tunnel_mtu() {
+    let l = lab();
+    let big = PacketBuilder::ethernet2(POD_A1_MAC.0, CALI_A1_MAC.0)
+        .ipv4(POD_A1.octets(), POD_C1.octets(), 64)
+        .icmpv4_echo_request(1, 1);
+    let mut frame = Vec::new();
+    b_write(big, &[0u8; 1472], &mut frame);
+    assert_eq!(frame.len(), 14 + 1500);
+    let (v, out) = l.run_on(CALI_A1, &with_df(frame, true));
+    assert!(
+        matches!(v, Verdict::Transmit { iface: CALI_A1, .. }),
+        "{v:?}"
+    );
+    let icmp = encap::icmp::Packet::new_checked(&out[34..]).expect("icmp");
+    assert_eq!((icmp.msg_type(), icmp.code()), (3, 4));
+    assert_eq!(icmp.rest(), [0, 0, 0x05, 0xc8], "mtu 1480");
+    assert_eq!(l.drops(DropReason::FragNeeded), 1);
+}
+
+fn b_write(
+    b: etherparse::PacketBuilderStep<etherparse::Icmpv4Header>,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
+    b.write(out, payload).expect("build");
+}
+
+#[test]
+fn too_big_without_df_is_fragmented_and_reassembles() {
+    let l = ipip_route_lab_with_mtu(1500);
+    let big = PacketBuilder::ethernet2(POD_A1_MAC.0, CALI_A1_MAC.0)
+        .ipv4(POD_A1.octets(), POD_C1.octets(), 64)
+        .icmpv4_echo_request(1, 1);
+    let payload: Vec<u8> = (0..1472u32).map(|i| i as u8).collect();
+    let mut frame = Vec::new();
+    b_write(big, &payload, &mut frame);
+    let frame = with_df(frame, false);
+    let sent = l.run_all(CALI_A1, &frame);
+    assert_eq!(sent.len(), 2, "two fragments");
+    let mut data = Vec::new();
+    let mut offsets = Vec::new();
+    for (v, f) in &sent {
+        assert!(matches!(v, Verdict::Transmit { iface: UPLINK, .. }));
+        let outer = ipv4::Packet::new_checked(&f[14..]).expect("outer");
+        assert_eq!(outer.protocol(), ipv4::Protocol::IpIp);
+        assert!(f.len() - 14 <= 1500, "each outer packet fits the uplink");
+        let inner = ipv4::Packet::new_checked(outer.payload()).expect("inner");
+        assert!(inner.verify_checksum());
+        assert_eq!(inner.ttl(), 63);
+        offsets.push((inner.frag_offset(), inner.more_frags()));
+        data.extend_from_slice(inner.payload());
+    }
+    assert_eq!(offsets[0], (0, true));
+    assert!(!offsets[1].1);
+    assert_eq!(usize::from(offsets[1].0), sent[0].1.len() - 14 - 40);
+    assert_eq!(
+        data,
+        frame[34..].to_vec(),
+        "fragments carry the whole ICMP message"
+    );
+}
+
+#[test]
+fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
+    let raw = IfaceId(0);
+    let tun = IfaceId(1);
+    let ifaces = Interfaces::new(vec![
+        Interface {
+            name: "raw-ipip".into(),
+            ifindex: 0,
+            mac: MacAddr::ZERO,
+            mtu: 1500,
+            role: IfaceRole::RawIpip,
+        },
+        Interface {
+            name: "tunl0".into(),
+            ifindex: 9,
+            mac: MacAddr::ZERO,
+            mtu: 1480,
+            role: IfaceRole::Tun,
+        },
+    ])
+    .with_node_addr(NODE_A);
+    let fib = Fib::build(&[
+        Route {
+            prefix: "10.244.3.0/26".parse().expect("net"),
+            next_hop: NextHop::Ipip {
+                iface: raw,
+                gateway: NODE_C,
+                remote: NODE_C,
+            },
+        },
+        Route {
+            prefix: "10.244.1.0/26".parse().expect("net"),
+            next_hop: NextHop::Host,
+        },
+    ])
+    .with_tunnels(Tunnels {
+        ttl: 64,
+        peers: [NODE_C].into_iter().collect(),
+        allowed: vec![],
+    });
+    let neigh = NeighTable::default();
+    let counters = Counters::new(2);
+    let ctx = Context {
+        fib: &fib,
+        neigh: &neigh,
+        ifaces: &ifaces,
+    };
+    let run = |in_if, pkt: &[u8]| {
+        let mut buf = vec![0u8; BUF];
+        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
+        let v = process_l3(
+            &ctx,
+            &counters,
+            in_if,
+            &mut buf,
+            Span {
+                start: HEADROOM,
+                end: HEADROOM + pkt.len(),
+            },
+        );
+        let out = match v {
+            Verdict::Transmit { span, .. } => buf[span.start..span.end].to_vec(),
+            _ => Vec::new(),
+        };
+        (v, out)
+    };
+    // Pod traffic the kernel routed into tunl0 leaves as IPIP on the raw socket, TTL as is.
+    let inner = from_pod_a1(POD_C1, 63)[14..].to_vec();
+    let (v, out) = run(tun, &inner);
+    assert!(
+        matches!(v, Verdict::Transmit { iface, .. } if iface == raw),
+        "{v:?}"
+    );
+    let outer = ipv4::Packet::new_checked(&out[..]).expect("outer");
+    assert_eq!((outer.src(), outer.dst()), (NODE_A, NODE_C));
+    assert_eq!(outer.payload(), &inner[..]);
+    // IPIP from node-c on the raw socket goes back into tunl0 as the bare inner packet.
+    let mut from_c = out.clone();
+    from_c[12..16].copy_from_slice(&NODE_C.octets());
+    from_c[16..20].copy_from_slice(&NODE_A.octets());
+    from_c[10..12].copy_from_slice(&[0, 0]);
+    let c = encap::checksum::checksum(&from_c[..20]);
+    from_c[10..12].copy_from_slice(&c.to_be_bytes());
+    let (v, back) = run(raw, &from_c);
+    assert!(
+        matches!(v, Verdict::Transmit { iface, .. } if iface == tun),
+        "{v:?}"
+    );
+    assert_eq!(back, inner);
+    // From anyone else: dropped and counted.
+    let mut forged = from_c.clone();
+    forged[12..16].copy_from_slice(&UNDERLAY.octets());
+    forged[10..12].copy_from_slice(&[0, 0]);
+    let c = encap::checksum::checksum(&forged[..20]);
+    forged[10..12].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(
+        run(raw, &forged).0,
+        Verdict::Drop(DropReason::IpipUnknownSource)
+    );
+    assert_eq!(counters.drops(DropReason::IpipUnknownSource), 1);
 }
