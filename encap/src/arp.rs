@@ -57,11 +57,7 @@ impl ArpRepr {
         if b.len() < PACKET_LEN {
             return Err(WireError::Truncated);
         }
-        if b[field::HTYPE] != [0, 1]
-            || b[field::PTYPE] != [0x08, 0x00]
-            || b[field::HLEN] != 6
-            || b[field::PLEN] != 4
-        {
+        if b[field::HTYPE] != [0, 1] || b[field::PTYPE] != [0x08, 0x00] || b[field::HLEN] != 6 || b[field::PLEN] != 4 {
             return Err(WireError::UnsupportedArp);
         }
         let operation = match b[field::OPER] {
@@ -133,10 +129,7 @@ mod tests {
     #[test]
     fn rejects_short_and_foreign_arp() {
         let bytes = hex(ARP_REQUEST);
-        assert_eq!(
-            ArpRepr::parse(&bytes[HEADER_LEN..HEADER_LEN + 27]),
-            Err(WireError::Truncated)
-        );
+        assert_eq!(ArpRepr::parse(&bytes[HEADER_LEN..HEADER_LEN + 27]), Err(WireError::Truncated));
         let mut v = bytes[HEADER_LEN..].to_vec();
         v[7] = 9; // operation 9
         assert_eq!(ArpRepr::parse(&v), Err(WireError::UnsupportedArp));

@@ -53,8 +53,8 @@ mod tests {
     fn incremental_update_matches_full_recompute() {
         // IPv4 header of the captured echo request; decrement TTL 64 -> 63.
         let mut h = [
-            0x45, 0x00, 0x00, 0x54, 0x3e, 0xb4, 0x40, 0x00, 0x40, 0x01, 0xe4, 0x08, 0x0a, 0xf4,
-            0x01, 0x02, 0x0a, 0xf4, 0x01, 0x03,
+            0x45, 0x00, 0x00, 0x54, 0x3e, 0xb4, 0x40, 0x00, 0x40, 0x01, 0xe4, 0x08, 0x0a, 0xf4, 0x01, 0x02, 0x0a, 0xf4,
+            0x01, 0x03,
         ];
         let old = u16::from_be_bytes([h[8], h[9]]);
         h[8] -= 1;
@@ -71,28 +71,7 @@ mod tests {
         // Every TTL and a spread of starting checksums: eqn. 3 agrees with recomputation.
         for ttl in 1..=255u8 {
             for id in (0..=0xffffu16).step_by(251) {
-                let mut h = [
-                    0x45,
-                    0,
-                    0,
-                    20,
-                    (id >> 8) as u8,
-                    id as u8,
-                    0,
-                    0,
-                    ttl,
-                    17,
-                    0,
-                    0,
-                    1,
-                    2,
-                    3,
-                    4,
-                    5,
-                    6,
-                    7,
-                    8,
-                ];
+                let mut h = [0x45, 0, 0, 20, (id >> 8) as u8, id as u8, 0, 0, ttl, 17, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
                 let c = checksum(&h);
                 h[10..12].copy_from_slice(&c.to_be_bytes());
                 let old = u16::from_be_bytes([h[8], h[9]]);

@@ -142,21 +142,13 @@ mod tests {
     fn emits_the_captured_header() {
         let bytes = hex(ECHO_REQUEST);
         let mut out = [0u8; HEADER_LEN];
-        emit_header(
-            &mut out,
-            MacAddr([2, 0, 0, 0, 0, 2]),
-            MacAddr([2, 0, 0, 0, 0, 1]),
-            EtherType::Ipv4,
-        );
+        emit_header(&mut out, MacAddr([2, 0, 0, 0, 0, 2]), MacAddr([2, 0, 0, 0, 0, 1]), EtherType::Ipv4);
         assert_eq!(&out[..], &bytes[..HEADER_LEN]);
     }
 
     #[test]
     fn rejects_short_frame() {
-        assert_eq!(
-            Frame::new_checked(&[0u8; 13][..]).err(),
-            Some(WireError::Truncated)
-        );
+        assert_eq!(Frame::new_checked(&[0u8; 13][..]).err(), Some(WireError::Truncated));
     }
 
     #[test]

@@ -139,13 +139,9 @@ mod tests {
 
     #[test]
     fn captured_echo_request_and_reply_verify() {
-        for (h, t) in [
-            (ECHO_REQUEST, types::ECHO_REQUEST),
-            (ECHO_REPLY, types::ECHO_REPLY),
-        ] {
+        for (h, t) in [(ECHO_REQUEST, types::ECHO_REQUEST), (ECHO_REPLY, types::ECHO_REPLY)] {
             let b = hex(h);
-            let p =
-                Packet::new_checked(&b[ethernet::HEADER_LEN + ipv4::HEADER_LEN..]).expect("icmp");
+            let p = Packet::new_checked(&b[ethernet::HEADER_LEN + ipv4::HEADER_LEN..]).expect("icmp");
             assert_eq!(p.msg_type(), t);
             assert!(p.verify_checksum());
             assert!(!is_error_type(p.msg_type()));
@@ -166,10 +162,7 @@ mod tests {
         assert_eq!(p.data(), quote);
         // etherparse decodes the same message.
         let e = etherparse::Icmpv4Slice::from_slice(&out).expect("etherparse");
-        assert!(matches!(
-            e.icmp_type(),
-            etherparse::Icmpv4Type::TimeExceeded(_)
-        ));
+        assert!(matches!(e.icmp_type(), etherparse::Icmpv4Type::TimeExceeded(_)));
     }
 
     #[test]

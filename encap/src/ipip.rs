@@ -84,13 +84,7 @@ pub enum DecapError {
 /// Wraps the inner IPv4 packet at `buf[inner_start..inner_end]` (a checked packet) into an
 /// outer header written at `inner_start - OVERHEAD`. DF and TOS come from the inner header.
 /// Returns the start of the outer packet. The caller guarantees `inner_start >= OVERHEAD`.
-pub fn encapsulate(
-    buf: &mut [u8],
-    inner_start: usize,
-    inner_end: usize,
-    t: &Tunnel,
-    ident: u16,
-) -> usize {
+pub fn encapsulate(buf: &mut [u8], inner_start: usize, inner_end: usize, t: &Tunnel, ident: u16) -> usize {
     let inner = Packet::new_unchecked(&buf[inner_start..inner_end]);
     let repr = Repr {
         src: t.src,
@@ -175,11 +169,7 @@ mod tests {
     fn encapsulates_in_place_with_the_expected_header() {
         let mut b = inner_in_headroom();
         let len = b.len();
-        let t = Tunnel {
-            src: A,
-            dst: C,
-            ttl: 64,
-        };
+        let t = Tunnel { src: A, dst: C, ttl: 64 };
         let start = encapsulate(&mut b, HEAD, len, &t, 0x1234);
         assert_eq!(start, HEAD - OVERHEAD);
         assert_eq!(&b[start..HEAD], &expected_outer()[..]);
@@ -208,17 +198,7 @@ mod tests {
         b[HEAD + 1] = 0xb8 | 0b10; // EF + ECT(0)
         b[HEAD + 6] = 0; // clear DF
         let len = b.len();
-        let start = encapsulate(
-            &mut b,
-            HEAD,
-            len,
-            &Tunnel {
-                src: A,
-                dst: C,
-                ttl: 9,
-            },
-            1,
-        );
+        let start = encapsulate(&mut b, HEAD, len, &Tunnel { src: A, dst: C, ttl: 9 }, 1);
         let o = Packet::new_checked(&b[start..]).expect("outer");
         assert_eq!(o.tos(), 0xba);
         assert!(!o.dont_frag());
@@ -232,17 +212,7 @@ mod tests {
         let c = checksum::checksum(&b[HEAD..HEAD + 20]);
         b[HEAD + 10..HEAD + 12].copy_from_slice(&c.to_be_bytes());
         let len = b.len();
-        let s = encapsulate(
-            &mut b,
-            HEAD,
-            len,
-            &Tunnel {
-                src: A,
-                dst: C,
-                ttl: 64,
-            },
-            7,
-        );
+        let s = encapsulate(&mut b, HEAD, len, &Tunnel { src: A, dst: C, ttl: 64 }, 7);
         // A router on the way marks the outer header.
         b[s + 1] = outer_ecn.bits();
         b[s + 10..s + 12].copy_from_slice(&[0, 0]);
@@ -294,10 +264,7 @@ mod tests {
             let len = b.len();
             decapsulate(&mut b, 0, len).err()
         };
-        assert_eq!(
-            run(good[..10].to_vec()),
-            Some(DecapError::Outer(WireError::Truncated))
-        );
+        assert_eq!(run(good[..10].to_vec()), Some(DecapError::Outer(WireError::Truncated)));
         let mut v = good.clone();
         v[10] ^= 1;
         assert_eq!(run(v), Some(DecapError::OuterChecksum));
@@ -313,10 +280,7 @@ mod tests {
         let c = checksum::checksum(&v[..20]);
         v[10..12].copy_from_slice(&c.to_be_bytes());
         assert_eq!(run(v), Some(DecapError::OuterFragment));
-        assert_eq!(
-            run(good[..30].to_vec()),
-            Some(DecapError::Outer(WireError::BadTotalLen))
-        );
+        assert_eq!(run(good[..30].to_vec()), Some(DecapError::Outer(WireError::BadTotalLen)));
         let mut v = good.clone();
         v[20] = 0x65;
         assert_eq!(run(v), Some(DecapError::Inner(WireError::BadVersion)));

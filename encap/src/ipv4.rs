@@ -300,69 +300,49 @@ mod tests {
 
     #[test]
     fn parse_rejects_short_buffer() {
-        assert_eq!(
-            Packet::new_checked(&captured()[..19]).err(),
-            Some(WireError::Truncated)
-        );
+        assert_eq!(Packet::new_checked(&captured()[..19]).err(), Some(WireError::Truncated));
     }
 
     #[test]
     fn parse_rejects_ihl_below_5() {
         let mut b = captured();
         b[0] = 0x44;
-        assert_eq!(
-            Packet::new_checked(&b[..]).err(),
-            Some(WireError::BadHeaderLen)
-        );
+        assert_eq!(Packet::new_checked(&b[..]).err(), Some(WireError::BadHeaderLen));
     }
 
     #[test]
     fn parse_rejects_ihl_beyond_buffer() {
         let mut b = captured();
         b[0] = 0x4f;
-        assert_eq!(
-            Packet::new_checked(&b[..40]).err(),
-            Some(WireError::BadHeaderLen)
-        );
+        assert_eq!(Packet::new_checked(&b[..40]).err(), Some(WireError::BadHeaderLen));
     }
 
     #[test]
     fn parse_rejects_total_length_beyond_frame() {
         let mut b = captured();
         b[2..4].copy_from_slice(&200u16.to_be_bytes());
-        assert_eq!(
-            Packet::new_checked(&b[..]).err(),
-            Some(WireError::BadTotalLen)
-        );
+        assert_eq!(Packet::new_checked(&b[..]).err(), Some(WireError::BadTotalLen));
     }
 
     #[test]
     fn parse_rejects_total_length_below_header() {
         let mut b = captured();
         b[2..4].copy_from_slice(&10u16.to_be_bytes());
-        assert_eq!(
-            Packet::new_checked(&b[..]).err(),
-            Some(WireError::BadTotalLen)
-        );
+        assert_eq!(Packet::new_checked(&b[..]).err(), Some(WireError::BadTotalLen));
     }
 
     #[test]
     fn parse_rejects_version_6() {
         let mut b = captured();
         b[0] = 0x65;
-        assert_eq!(
-            Packet::new_checked(&b[..]).err(),
-            Some(WireError::BadVersion)
-        );
+        assert_eq!(Packet::new_checked(&b[..]).err(), Some(WireError::BadVersion));
     }
 
     #[test]
     fn bad_checksum_is_detected() {
         let mut b = captured();
         b[10] ^= 0x01;
-        assert!(!Packet::new_checked(&b[..])
-            .expect("lengths fine")
-            .verify_checksum());
+        assert!(!Packet::new_checked(&b[..]).expect("lengths fine").verify_checksum());
     }
 
     #[test]

@@ -54,11 +54,7 @@ impl MacAddr {
 impl core::fmt::Display for MacAddr {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
     }
 }
 
@@ -90,11 +86,8 @@ pub(crate) mod fixtures {
     //! (`ping -c 1 10.244.1.3` from 10.244.1.2); the pcap is `fixtures/linux-ping.pcap`.
 
     pub fn hex(s: &str) -> Vec<u8> {
-        let digits: Vec<u8> = s
-            .bytes()
-            .filter(|c| c.is_ascii_hexdigit())
-            .map(|c| (c as char).to_digit(16).unwrap_or(0) as u8)
-            .collect();
+        let digits: Vec<u8> =
+            s.bytes().filter(|c| c.is_ascii_hexdigit()).map(|c| (c as char).to_digit(16).unwrap_or(0) as u8).collect();
         digits.chunks(2).map(|p| p[0] << 4 | p[1]).collect()
     }
 

@@ -207,10 +207,7 @@ mod tests {
         b.count_drop(DropReason::NoRoute);
         a.rx(1, 100);
         let t = Totals::sum(2, [&a, &b]);
-        assert_eq!(
-            t.drops.iter().find(|d| d.0 == "no_route").map(|d| d.1),
-            Some(2)
-        );
+        assert_eq!(t.drops.iter().find(|d| d.0 == "no_route").map(|d| d.1), Some(2));
         assert_eq!(t.ifaces[1].rx_bytes, 100);
     }
 }

@@ -32,12 +32,7 @@ pub struct DataplaneConfig {
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        DataplaneConfig {
-            workers: 1,
-            pin: true,
-            neigh: NeighConfig::default(),
-            rcvbuf: 4 << 20,
-        }
+        DataplaneConfig { workers: 1, pin: true, neigh: NeighConfig::default(), rcvbuf: 4 << 20 }
     }
 }
 
@@ -63,27 +58,18 @@ pub struct Dataplane {
 }
 
 fn open_port(f: &crate::iface::Interface, worker: usize, rcvbuf: usize) -> io::Result<Port> {
-    let err = |e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            format!("opening {} ({}): {e}", f.name, f.role.name()),
-        )
-    };
+    let err = |e: io::Error| io::Error::new(e.kind(), format!("opening {} ({}): {e}", f.name, f.role.name()));
     match f.role {
         IfaceRole::Uplink { .. } | IfaceRole::Pod { .. } => {
             let group = (f.ifindex & 0xffff) as u16;
-            PacketSocket::open_rx(f.ifindex, group, rcvbuf)
-                .map(Port::Packet)
-                .map_err(err)
+            PacketSocket::open_rx(f.ifindex, group, rcvbuf).map(Port::Packet).map_err(err)
         }
         // One queue per worker; the kernel spreads flows over the queues.
         IfaceRole::Tun => TunQueue::open(&f.name).map(Port::Tun).map_err(err),
         // Every raw socket gets a copy of every packet: only the first worker receives.
         IfaceRole::RawIpip => {
             let rx = worker == 0;
-            RawIpipSocket::open(rx, rcvbuf)
-                .map(|sock| Port::Raw { sock, rx })
-                .map_err(err)
+            RawIpipSocket::open(rx, rcvbuf).map(|sock| Port::Raw { sock, rx }).map_err(err)
         }
     }
 }
@@ -91,20 +77,12 @@ fn open_port(f: &crate::iface::Interface, worker: usize, rcvbuf: usize) -> io::R
 impl Dataplane {
     /// Opens every socket first (so a missing interface or privilege fails here, with a clear
     /// error), then starts the threads.
-    pub fn start(
-        ifaces: Interfaces,
-        fib: FibHandle,
-        cfg: DataplaneConfig,
-    ) -> io::Result<Dataplane> {
+    pub fn start(ifaces: Interfaces, fib: FibHandle, cfg: DataplaneConfig) -> io::Result<Dataplane> {
         let ifaces = Arc::new(ifaces);
         let stop = Arc::new(AtomicBool::new(false));
         let neigh = NeighHandle::default();
         let (slow_tx, slow_rx) = crossbeam_channel::bounded(4096);
-        let cores = if cfg.pin {
-            core_affinity::get_core_ids().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let cores = if cfg.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut workers = Vec::new();
         let mut counters = Vec::new();
         for index in 0..cfg.workers.max(1) {
@@ -133,20 +111,10 @@ impl Dataplane {
         }
         let mut tx = Vec::new();
         for (_, f) in ifaces.iter() {
-            tx.push(if f.role.is_ethernet() {
-                Some(PacketSocket::open_tx(f.ifindex)?)
-            } else {
-                None
-            });
+            tx.push(if f.role.is_ethernet() { Some(PacketSocket::open_tx(f.ifindex)?) } else { None });
         }
-        let has_uplink = ifaces
-            .iter()
-            .any(|(_, f)| matches!(f.role, IfaceRole::Uplink { .. }));
-        let ipip_guard = if has_uplink {
-            Some(RawIpipSocket::open(false, 0)?)
-        } else {
-            None
-        };
+        let has_uplink = ifaces.iter().any(|(_, f)| matches!(f.role, IfaceRole::Uplink { .. }));
+        let ipip_guard = if has_uplink { Some(RawIpipSocket::open(false, 0)?) } else { None };
         let slow_counters = Arc::new(Counters::new(ifaces.len()));
         counters.push(slow_counters.clone());
         let neighbours = Arc::new(Mutex::new(Vec::new()));
@@ -169,19 +137,8 @@ impl Dataplane {
                 }
             })?);
         }
-        threads.push(
-            std::thread::Builder::new()
-                .name("slow-path".into())
-                .spawn(move || slow.run())?,
-        );
-        Ok(Dataplane {
-            ifaces,
-            counters,
-            neighbours,
-            stop,
-            threads,
-            _ipip_guard: ipip_guard,
-        })
+        threads.push(std::thread::Builder::new().name("slow-path".into()).spawn(move || slow.run())?);
+        Ok(Dataplane { ifaces, counters, neighbours, stop, threads, _ipip_guard: ipip_guard })
     }
 
     pub fn interfaces(&self) -> &Interfaces {
@@ -194,10 +151,7 @@ impl Dataplane {
     }
 
     pub fn neighbours(&self) -> Vec<NeighbourInfo> {
-        self.neighbours
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_default()
+        self.neighbours.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// Stops all threads and waits for them.
@@ -229,18 +183,12 @@ impl SlowPath {
             let wait = self
                 .manager
                 .poll_timeout()
-                .map_or(Duration::from_millis(100), |t| {
-                    t.saturating_duration_since(now)
-                })
+                .map_or(Duration::from_millis(100), |t| t.saturating_duration_since(now))
                 .min(Duration::from_millis(100));
             match self.rx.recv_timeout(wait) {
-                Ok(SlowMsg::Resolve {
-                    iface,
-                    next_hop,
-                    frame,
-                }) => self
-                    .manager
-                    .on_miss(Instant::now(), iface, next_hop, frame, &mut actions),
+                Ok(SlowMsg::Resolve { iface, next_hop, frame }) => {
+                    self.manager.on_miss(Instant::now(), iface, next_hop, frame, &mut actions)
+                }
                 Ok(SlowMsg::Learn(n)) => self.manager.on_learn(Instant::now(), n, &mut actions),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -254,9 +202,7 @@ impl SlowPath {
         let mut changed = false;
         for a in actions.drain(..) {
             match a {
-                NeighAction::Request { iface, target, dst } => {
-                    self.send_request(iface, target, dst)
-                }
+                NeighAction::Request { iface, target, dst } => self.send_request(iface, target, dst),
                 NeighAction::Transmit { iface, frame } => self.send(iface, &frame),
                 NeighAction::Dropped { reason, count } => {
                     for _ in 0..count {
@@ -273,11 +219,7 @@ impl SlowPath {
                 .entries()
                 .into_iter()
                 .map(|(i, ip, mac, state)| NeighbourInfo {
-                    interface: self
-                        .ifaces
-                        .get(i)
-                        .map(|f| f.name.clone())
-                        .unwrap_or_default(),
+                    interface: self.ifaces.get(i).map(|f| f.name.clone()).unwrap_or_default(),
                     ip,
                     mac: mac.map(|m| m.to_string()),
                     state,
@@ -314,16 +256,9 @@ impl SlowPath {
 
     fn send(&self, iface: IfaceId, frame: &[u8]) {
         let i = usize::from(iface.0);
-        match self
-            .tx
-            .get(i)
-            .and_then(|s| s.as_ref())
-            .map(|s| s.send(frame))
-        {
+        match self.tx.get(i).and_then(|s| s.as_ref()).map(|s| s.send(frame)) {
             Some(Ok(_)) => self.counters.tx(i, frame.len()),
-            _ => self
-                .counters
-                .count_drop(crate::counters::DropReason::TxError),
+            _ => self.counters.count_drop(crate::counters::DropReason::TxError),
         }
     }
 }

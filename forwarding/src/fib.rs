@@ -23,11 +23,7 @@ pub enum NextHop {
     Direct { iface: IfaceId, gateway: Ipv4Addr },
     /// Wrapped in IPIP to the node `remote`; the outer packet leaves by `iface` via `gateway`
     /// (the underlay next hop toward `remote`).
-    Ipip {
-        iface: IfaceId,
-        gateway: Ipv4Addr,
-        remote: Ipv4Addr,
-    },
+    Ipip { iface: IfaceId, gateway: Ipv4Addr, remote: Ipv4Addr },
     /// Addressed to this node: the kernel's business, not forwarded.
     Host,
     /// Dropped silently (counted): a node's own block, so unused pod addresses go nowhere.
@@ -78,11 +74,7 @@ pub struct Tunnels {
 
 impl Default for Tunnels {
     fn default() -> Self {
-        Tunnels {
-            ttl: 64,
-            peers: Default::default(),
-            allowed: Vec::new(),
-        }
+        Tunnels { ttl: 64, peers: Default::default(), allowed: Vec::new() }
     }
 }
 
@@ -114,10 +106,7 @@ fn mask(len: u8) -> u32 {
 impl Fib {
     /// Builds a snapshot; a later route for the same prefix replaces an earlier one.
     pub fn build(routes: &[Route]) -> Fib {
-        let mut fib = Fib {
-            tables: vec![Table::default(); 33],
-            ..Default::default()
-        };
+        let mut fib = Fib { tables: vec![Table::default(); 33], ..Default::default() };
         let mut hop_index: HashMap<NextHop, u32> = HashMap::new();
         for r in routes {
             let idx = *hop_index.entry(r.next_hop).or_insert_with(|| {
@@ -183,9 +172,7 @@ impl Default for FibHandle {
 
 impl FibHandle {
     pub fn new(fib: Fib) -> Self {
-        FibHandle {
-            current: Arc::new(ArcSwap::from_pointee(fib)),
-        }
+        FibHandle { current: Arc::new(ArcSwap::from_pointee(fib)) }
     }
 
     /// Replaces the snapshot atomically; readers switch at their next batch.
@@ -209,21 +196,14 @@ mod tests {
     }
 
     fn route(p: &str, nh: NextHop) -> Route {
-        Route {
-            prefix: net(p),
-            next_hop: nh,
-        }
+        Route { prefix: net(p), next_hop: nh }
     }
 
     const UP: IfaceId = IfaceId(0);
 
     /// The obvious reference: scan all routes, keep the longest match.
     fn naive(routes: &[Route], dst: Ipv4Addr) -> Option<NextHop> {
-        routes
-            .iter()
-            .filter(|r| r.prefix.contains(&dst))
-            .max_by_key(|r| r.prefix.prefix_len())
-            .map(|r| r.next_hop)
+        routes.iter().filter(|r| r.prefix.contains(&dst)).max_by_key(|r| r.prefix.prefix_len()).map(|r| r.next_hop)
     }
 
     #[test]
@@ -233,35 +213,14 @@ mod tests {
             route("10.244.0.0/16", NextHop::Unreachable),
             route("10.244.1.0/26", NextHop::Blackhole),
             route("10.244.1.2/32", NextHop::Local { iface: IfaceId(1) }),
-            route(
-                "10.244.2.0/26",
-                NextHop::Direct {
-                    iface: UP,
-                    gateway: gw,
-                },
-            ),
+            route("10.244.2.0/26", NextHop::Direct { iface: UP, gateway: gw }),
         ];
         let fib = Fib::build(&routes);
         assert_eq!(fib.len(), 4);
-        assert_eq!(
-            fib.lookup("10.244.1.2".parse().expect("ip")),
-            Some(NextHop::Local { iface: IfaceId(1) })
-        );
-        assert_eq!(
-            fib.lookup("10.244.1.3".parse().expect("ip")),
-            Some(NextHop::Blackhole)
-        );
-        assert_eq!(
-            fib.lookup("10.244.2.9".parse().expect("ip")),
-            Some(NextHop::Direct {
-                iface: UP,
-                gateway: gw
-            })
-        );
-        assert_eq!(
-            fib.lookup("10.244.9.9".parse().expect("ip")),
-            Some(NextHop::Unreachable)
-        );
+        assert_eq!(fib.lookup("10.244.1.2".parse().expect("ip")), Some(NextHop::Local { iface: IfaceId(1) }));
+        assert_eq!(fib.lookup("10.244.1.3".parse().expect("ip")), Some(NextHop::Blackhole));
+        assert_eq!(fib.lookup("10.244.2.9".parse().expect("ip")), Some(NextHop::Direct { iface: UP, gateway: gw }));
+        assert_eq!(fib.lookup("10.244.9.9".parse().expect("ip")), Some(NextHop::Unreachable));
         assert_eq!(fib.lookup("8.8.8.8".parse().expect("ip")), None);
     }
 
@@ -310,9 +269,6 @@ mod tests {
         let h = FibHandle::default();
         assert_eq!(h.load().lookup(Ipv4Addr::new(1, 1, 1, 1)), None);
         h.publish(Fib::build(&[route("1.0.0.0/8", NextHop::Blackhole)]));
-        assert_eq!(
-            h.load().lookup(Ipv4Addr::new(1, 1, 1, 1)),
-            Some(NextHop::Blackhole)
-        );
+        assert_eq!(h.load().lookup(Ipv4Addr::new(1, 1, 1, 1)), Some(NextHop::Blackhole));
     }
 }

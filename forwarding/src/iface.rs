@@ -76,10 +76,7 @@ impl Interfaces {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (IfaceId, &Interface)> {
-        self.list
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (IfaceId(i as u16), f))
+        self.list.iter().enumerate().map(|(i, f)| (IfaceId(i as u16), f))
     }
 
     pub fn len(&self) -> usize {

@@ -96,11 +96,7 @@ impl Default for NeighConfig {
 pub enum NeighAction {
     /// Send an ARP request for `target` on `iface`, to `dst` (broadcast, or the known MAC
     /// when refreshing).
-    Request {
-        iface: IfaceId,
-        target: Ipv4Addr,
-        dst: MacAddr,
-    },
+    Request { iface: IfaceId, target: Ipv4Addr, dst: MacAddr },
     /// Send a frame that waited for resolution; its destination MAC is filled in.
     Transmit { iface: IfaceId, frame: Vec<u8> },
     /// Packets were dropped.
@@ -111,19 +107,9 @@ pub enum NeighAction {
 
 #[derive(Debug)]
 enum State {
-    Incomplete {
-        probes: u32,
-        next: Instant,
-        queue: VecDeque<Vec<u8>>,
-    },
-    Reachable {
-        mac: MacAddr,
-        confirmed: Instant,
-        probed: bool,
-    },
-    Failed {
-        until: Instant,
-    },
+    Incomplete { probes: u32, next: Instant, queue: VecDeque<Vec<u8>> },
+    Reachable { mac: MacAddr, confirmed: Instant, probed: bool },
+    Failed { until: Instant },
 }
 
 /// The neighbour state machine for all interfaces of one node.
@@ -135,10 +121,7 @@ pub struct NeighManager {
 
 impl NeighManager {
     pub fn new(config: NeighConfig) -> Self {
-        NeighManager {
-            config,
-            entries: HashMap::new(),
-        }
+        NeighManager { config, entries: HashMap::new() }
     }
 
     /// A worker could not forward `frame` (Ethernet header first) for lack of `ip`'s MAC.
@@ -159,36 +142,19 @@ impl NeighManager {
             }
             Some(State::Incomplete { queue, .. }) => {
                 if queue.len() >= cfg.queue_len {
-                    out.push(NeighAction::Dropped {
-                        reason: DropReason::NeighbourQueueFull,
-                        count: 1,
-                    });
+                    out.push(NeighAction::Dropped { reason: DropReason::NeighbourQueueFull, count: 1 });
                 } else {
                     queue.push_back(frame);
                 }
             }
             Some(State::Failed { until }) if *until > now => {
-                out.push(NeighAction::Dropped {
-                    reason: DropReason::NeighbourFailed,
-                    count: 1,
-                });
+                out.push(NeighAction::Dropped { reason: DropReason::NeighbourFailed, count: 1 });
             }
             Some(State::Failed { .. }) | None => {
                 let mut queue = VecDeque::with_capacity(cfg.queue_len.min(4));
                 queue.push_back(frame);
-                self.entries.insert(
-                    (iface, ip),
-                    State::Incomplete {
-                        probes: 1,
-                        next: now + cfg.retransmit,
-                        queue,
-                    },
-                );
-                out.push(NeighAction::Request {
-                    iface,
-                    target: ip,
-                    dst: MacAddr::BROADCAST,
-                });
+                self.entries.insert((iface, ip), State::Incomplete { probes: 1, next: now + cfg.retransmit, queue });
+                out.push(NeighAction::Request { iface, target: ip, dst: MacAddr::BROADCAST });
             }
         }
     }
@@ -196,22 +162,12 @@ impl NeighManager {
     /// ARP told us `n.ip` is at `n.mac` (a reply, or a request addressed to us).
     pub fn on_learn(&mut self, now: Instant, n: Neighbour, out: &mut Vec<NeighAction>) {
         let key = (n.iface, n.ip);
-        let old = self.entries.insert(
-            key,
-            State::Reachable {
-                mac: n.mac,
-                confirmed: now,
-                probed: false,
-            },
-        );
+        let old = self.entries.insert(key, State::Reachable { mac: n.mac, confirmed: now, probed: false });
         match old {
             Some(State::Incomplete { queue, .. }) => {
                 for mut frame in queue {
                     set_dst(&mut frame, n.mac);
-                    out.push(NeighAction::Transmit {
-                        iface: n.iface,
-                        frame,
-                    });
+                    out.push(NeighAction::Transmit { iface: n.iface, frame });
                 }
                 out.push(NeighAction::Changed);
             }
@@ -225,38 +181,21 @@ impl NeighManager {
         let cfg = self.config;
         let mut changed = false;
         self.entries.retain(|&(iface, ip), st| match st {
-            State::Incomplete {
-                probes,
-                next,
-                queue,
-            } => {
+            State::Incomplete { probes, next, queue } => {
                 if now < *next {
                     return true;
                 }
                 if *probes >= cfg.max_probes {
-                    out.push(NeighAction::Dropped {
-                        reason: DropReason::NeighbourFailed,
-                        count: queue.len() as u64,
-                    });
-                    *st = State::Failed {
-                        until: now + cfg.failed_hold,
-                    };
+                    out.push(NeighAction::Dropped { reason: DropReason::NeighbourFailed, count: queue.len() as u64 });
+                    *st = State::Failed { until: now + cfg.failed_hold };
                     return true;
                 }
                 *probes += 1;
                 *next = now + cfg.retransmit;
-                out.push(NeighAction::Request {
-                    iface,
-                    target: ip,
-                    dst: MacAddr::BROADCAST,
-                });
+                out.push(NeighAction::Request { iface, target: ip, dst: MacAddr::BROADCAST });
                 true
             }
-            State::Reachable {
-                mac,
-                confirmed,
-                probed,
-            } => {
+            State::Reachable { mac, confirmed, probed } => {
                 let age = now.saturating_duration_since(*confirmed);
                 if age >= cfg.reachable {
                     changed = true;
@@ -265,11 +204,7 @@ impl NeighManager {
                 // Refresh before expiry so a live neighbour never drops out of the table.
                 if !*probed && age >= cfg.reachable * 3 / 4 {
                     *probed = true;
-                    out.push(NeighAction::Request {
-                        iface,
-                        target: ip,
-                        dst: *mac,
-                    });
+                    out.push(NeighAction::Request { iface, target: ip, dst: *mac });
                 }
                 true
             }
@@ -287,11 +222,7 @@ impl NeighManager {
             .values()
             .map(|st| match st {
                 State::Incomplete { next, .. } => *next,
-                State::Reachable {
-                    confirmed,
-                    probed: false,
-                    ..
-                } => *confirmed + cfg.reachable * 3 / 4,
+                State::Reachable { confirmed, probed: false, .. } => *confirmed + cfg.reachable * 3 / 4,
                 State::Reachable { confirmed, .. } => *confirmed + cfg.reachable,
                 State::Failed { until } => *until,
             })
@@ -303,11 +234,7 @@ impl NeighManager {
         let mut t = NeighTable::default();
         for (&(iface, ip), st) in &self.entries {
             if let State::Reachable { mac, .. } = st {
-                t.insert(Neighbour {
-                    iface,
-                    ip,
-                    mac: *mac,
-                });
+                t.insert(Neighbour { iface, ip, mac: *mac });
             }
         }
         t
@@ -357,24 +284,9 @@ mod tests {
         let mut out = Vec::new();
         m.on_miss(t0, IF, ip(), frame(), &mut out);
         m.on_miss(t0, IF, ip(), frame(), &mut out);
-        assert_eq!(
-            out,
-            vec![NeighAction::Request {
-                iface: IF,
-                target: ip(),
-                dst: MacAddr::BROADCAST
-            }]
-        );
+        assert_eq!(out, vec![NeighAction::Request { iface: IF, target: ip(), dst: MacAddr::BROADCAST }]);
         out.clear();
-        m.on_learn(
-            t0,
-            Neighbour {
-                iface: IF,
-                ip: ip(),
-                mac: MAC,
-            },
-            &mut out,
-        );
+        m.on_learn(t0, Neighbour { iface: IF, ip: ip(), mac: MAC }, &mut out);
         let sent: Vec<_> = out
             .iter()
             .filter_map(|a| match a {
@@ -389,10 +301,7 @@ mod tests {
 
     #[test]
     fn queue_is_bounded() {
-        let mut m = NeighManager::new(NeighConfig {
-            queue_len: 2,
-            ..Default::default()
-        });
+        let mut m = NeighManager::new(NeighConfig { queue_len: 2, ..Default::default() });
         let t0 = Instant::now();
         let mut out = Vec::new();
         for _ in 0..5 {
@@ -400,15 +309,7 @@ mod tests {
         }
         let dropped = out
             .iter()
-            .filter(|a| {
-                matches!(
-                    a,
-                    NeighAction::Dropped {
-                        reason: DropReason::NeighbourQueueFull,
-                        ..
-                    }
-                )
-            })
+            .filter(|a| matches!(a, NeighAction::Dropped { reason: DropReason::NeighbourQueueFull, .. }))
             .count();
         assert_eq!(dropped, 3);
     }
@@ -425,24 +326,12 @@ mod tests {
             t += cfg.retransmit;
             m.on_tick(t, &mut out);
         }
-        let requests = out
-            .iter()
-            .filter(|a| matches!(a, NeighAction::Request { .. }))
-            .count();
+        let requests = out.iter().filter(|a| matches!(a, NeighAction::Request { .. })).count();
         assert_eq!(requests as u32, cfg.max_probes);
-        assert!(out.contains(&NeighAction::Dropped {
-            reason: DropReason::NeighbourFailed,
-            count: 1
-        }));
+        assert!(out.contains(&NeighAction::Dropped { reason: DropReason::NeighbourFailed, count: 1 }));
         out.clear();
         m.on_miss(t, IF, ip(), frame(), &mut out);
-        assert_eq!(
-            out,
-            vec![NeighAction::Dropped {
-                reason: DropReason::NeighbourFailed,
-                count: 1
-            }]
-        );
+        assert_eq!(out, vec![NeighAction::Dropped { reason: DropReason::NeighbourFailed, count: 1 }]);
         out.clear();
         m.on_miss(t + cfg.failed_hold, IF, ip(), frame(), &mut out);
         assert!(matches!(out[0], NeighAction::Request { .. }));
@@ -454,27 +343,12 @@ mod tests {
         let mut m = NeighManager::new(cfg);
         let t0 = Instant::now();
         let mut out = Vec::new();
-        m.on_learn(
-            t0,
-            Neighbour {
-                iface: IF,
-                ip: ip(),
-                mac: MAC,
-            },
-            &mut out,
-        );
+        m.on_learn(t0, Neighbour { iface: IF, ip: ip(), mac: MAC }, &mut out);
         out.clear();
         let probe_at = m.poll_timeout().expect("timer");
         assert_eq!(probe_at, t0 + cfg.reachable * 3 / 4);
         m.on_tick(probe_at, &mut out);
-        assert_eq!(
-            out,
-            vec![NeighAction::Request {
-                iface: IF,
-                target: ip(),
-                dst: MAC
-            }]
-        );
+        assert_eq!(out, vec![NeighAction::Request { iface: IF, target: ip(), dst: MAC }]);
         out.clear();
         m.on_tick(t0 + cfg.reachable, &mut out);
         assert_eq!(out, vec![NeighAction::Changed]);
@@ -487,11 +361,7 @@ mod tests {
         let mut m = NeighManager::new(cfg);
         let t0 = Instant::now();
         let mut out = Vec::new();
-        let n = Neighbour {
-            iface: IF,
-            ip: ip(),
-            mac: MAC,
-        };
+        let n = Neighbour { iface: IF, ip: ip(), mac: MAC };
         m.on_learn(t0, n, &mut out);
         m.on_tick(t0 + cfg.reachable * 3 / 4, &mut out);
         m.on_learn(t0 + cfg.reachable * 3 / 4, n, &mut out);

@@ -17,10 +17,7 @@ pub struct LinkInfo {
 
 fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad interface name {name:?}"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
     }
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { zeroed() };
@@ -42,8 +39,7 @@ fn ioctl_sock() -> io::Result<OwnedFd> {
 
 /// Index, MAC and MTU of the interface `name` in the current network namespace.
 pub fn link_info(name: &str) -> io::Result<LinkInfo> {
-    let cname = CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+    let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
     // SAFETY: cname is a valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if ifindex == 0 {
@@ -71,11 +67,7 @@ pub fn link_info(name: &str) -> io::Result<LinkInfo> {
     }
     // SAFETY: the kernel wrote the mtu member of the union.
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    Ok(LinkInfo {
-        ifindex,
-        mac: MacAddr(mac),
-        mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
-    })
+    Ok(LinkInfo { ifindex, mac: MacAddr(mac), mtu: u16::try_from(mtu).unwrap_or(u16::MAX) })
 }
 
 /// Turns transmit checksum offload of `name` on or off (`ethtool -K NAME tx on|off`).
@@ -88,10 +80,7 @@ pub fn set_tx_checksum(name: &str, on: bool) -> io::Result<()> {
         cmd: u32,
         data: u32,
     }
-    let mut val = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: u32::from(on),
-    };
+    let mut val = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: u32::from(on) };
     let sock = ioctl_sock()?;
     let mut req = ifreq_for(name)?;
     req.ifr_ifru.ifru_data = (&mut val as *mut EthtoolValue).cast();
@@ -99,10 +88,7 @@ pub fn set_tx_checksum(name: &str, on: bool) -> io::Result<()> {
     // lives until the call returns.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } < 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("turning tx checksum offload of {name} off: {e}"),
-        ));
+        return Err(io::Error::new(e.kind(), format!("turning tx checksum offload of {name} off: {e}")));
     }
     Ok(())
 }
@@ -119,11 +105,7 @@ pub fn link_names() -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         let mut p = head;
         while (*p).if_index != 0 && !(*p).if_name.is_null() {
-            names.push(
-                std::ffi::CStr::from_ptr((*p).if_name)
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+            names.push(std::ffi::CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
             p = p.add(1);
         }
         libc::if_freenameindex(head);
@@ -166,15 +148,7 @@ const ETH_P_ALL: u16 = 0x0003;
 
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
     // SAFETY: val points to a live T of the size we pass.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (val as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
+    let r = unsafe { libc::setsockopt(fd, level, name, (val as *const T).cast(), size_of::<T>() as libc::socklen_t) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -195,10 +169,7 @@ impl PacketSocket {
         if fd < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EPERM) {
-                return Err(io::Error::new(
-                    e.kind(),
-                    "AF_PACKET needs CAP_NET_RAW: run as root (or inside the lab)",
-                ));
+                return Err(io::Error::new(e.kind(), "AF_PACKET needs CAP_NET_RAW: run as root (or inside the lab)"));
             }
             return Err(e);
         }
@@ -233,8 +204,7 @@ impl PacketSocket {
         setsockopt(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;
         let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
-        let fanout: libc::c_int =
-            libc::c_int::from(group) | (libc::PACKET_FANOUT_HASH as libc::c_int) << 16;
+        let fanout: libc::c_int = libc::c_int::from(group) | (libc::PACKET_FANOUT_HASH as libc::c_int) << 16;
         setsockopt(fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)?;
         Ok(s)
     }
@@ -298,16 +268,8 @@ impl AsRawFd for PacketSocket {
 /// Attaches a classic BPF program that accepts nothing: the socket exists (which is what we
 /// need from it) but never queues a packet.
 fn attach_drop_all(fd: RawFd) -> io::Result<()> {
-    let mut code = [libc::sock_filter {
-        code: 0x06,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }]; // BPF_RET | BPF_K, 0
-    let prog = libc::sock_fprog {
-        len: 1,
-        filter: code.as_mut_ptr(),
-    };
+    let mut code = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }]; // BPF_RET | BPF_K, 0
+    let prog = libc::sock_fprog { len: 1, filter: code.as_mut_ptr() };
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
 }
 
@@ -325,11 +287,7 @@ impl RawIpipSocket {
     pub fn open(receive: bool, rcvbuf: usize) -> io::Result<Self> {
         // SAFETY: socket(2) with constant arguments; checked below.
         let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_IPIP,
-            )
+            libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::IPPROTO_IPIP)
         };
         if fd < 0 {
             let e = io::Error::last_os_error();
@@ -357,14 +315,7 @@ impl RawIpipSocket {
     /// Receives one outer packet (IPv4 header first). Returns its full length.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: buf is valid for buf.len() bytes; MSG_TRUNC reports the real length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-            )
-        };
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -374,10 +325,7 @@ impl RawIpipSocket {
     /// Sends a complete IPv4 packet to its destination address.
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
         if packet.len() < 20 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "short IPv4 packet",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "short IPv4 packet"));
         }
         // SAFETY: zeroed sockaddr_in is valid; we fill family and address.
         let mut sin: libc::sockaddr_in = unsafe { zeroed() };
@@ -418,31 +366,19 @@ impl TunQueue {
     pub fn open(name: &str) -> io::Result<Self> {
         let path = c"/dev/net/tun";
         // SAFETY: path is a valid C string; result checked.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
         if fd < 0 {
             let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("opening /dev/net/tun: {e}"),
-            ));
+            return Err(io::Error::new(e.kind(), format!("opening /dev/net/tun: {e}")));
         }
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut req = ifreq_for(name)?;
-        req.ifr_ifru.ifru_flags =
-            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short;
+        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short;
         // SAFETY: TUNSETIFF reads the ifreq we own.
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
             let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("creating TUN device {name}: {e}"),
-            ));
+            return Err(io::Error::new(e.kind(), format!("creating TUN device {name}: {e}")));
         }
         Ok(TunQueue { fd })
     }

@@ -27,11 +27,7 @@ const BATCH: usize = 64;
 /// Work a worker hands to the slow path.
 #[derive(Debug)]
 pub enum SlowMsg {
-    Resolve {
-        iface: IfaceId,
-        next_hop: std::net::Ipv4Addr,
-        frame: Vec<u8>,
-    },
+    Resolve { iface: IfaceId, next_hop: std::net::Ipv4Addr, frame: Vec<u8> },
     Learn(Neighbour),
 }
 
@@ -95,10 +91,7 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker")
-            .field("index", &self.index)
-            .field("ports", &self.ports.len())
-            .finish()
+        f.debug_struct("Worker").field("index", &self.index).field("ports", &self.ports.len()).finish()
     }
 }
 
@@ -106,21 +99,13 @@ impl Worker {
     pub fn run(self) -> io::Result<()> {
         if let Some(core) = self.core {
             if !core_affinity::set_for_current(core) {
-                tracing::warn!(
-                    worker = self.index,
-                    core = core.id,
-                    "could not pin worker to core"
-                );
+                tracing::warn!(worker = self.index, core = core.id, "could not pin worker to core");
             }
         }
         let mut poll = Poll::new()?;
         for (i, p) in self.ports.iter().enumerate() {
             if p.readable() {
-                poll.registry().register(
-                    &mut SourceFd(&p.raw_fd()),
-                    Token(i),
-                    Interest::READABLE,
-                )?;
+                poll.registry().register(&mut SourceFd(&p.raw_fd()), Token(i), Interest::READABLE)?;
             }
         }
         let mut events = Events::with_capacity(64);
@@ -130,11 +115,7 @@ impl Worker {
         let mut ready: Vec<bool> = self.ports.iter().map(|p| p.readable()).collect();
         while !self.stop.load(Ordering::Relaxed) {
             let busy = ready.iter().any(|r| *r);
-            let timeout = if busy {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(100)
-            };
+            let timeout = if busy { Duration::ZERO } else { Duration::from_millis(100) };
             if let Err(e) = poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -149,11 +130,7 @@ impl Worker {
             // One snapshot per batch round: updates land between rounds, never mid-packet.
             let fib = self.fib.load();
             let neigh = self.neigh.load();
-            let ctx = Context {
-                fib: &fib,
-                neigh: &neigh,
-                ifaces: &self.ifaces,
-            };
+            let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &self.ifaces };
             for (i, r) in ready.iter_mut().enumerate() {
                 if *r {
                     *r = self.drain(&ctx, i, &mut buf, &mut scratch);
@@ -186,19 +163,14 @@ impl Worker {
             if kind == PacketType::Outgoing {
                 continue;
             }
-            let span = Span {
-                start: HEADROOM,
-                end: HEADROOM + n,
-            };
+            let span = Span { start: HEADROOM, end: HEADROOM + n };
             let v = if port.is_ethernet() {
                 pipeline::process(ctx, &self.counters, in_if, buf, span)
             } else {
                 pipeline::process_l3(ctx, &self.counters, in_if, buf, span)
             };
             if let Verdict::Fragment(job) = v {
-                pipeline::fragment(ctx, &self.counters, buf, job, scratch, |v, b| {
-                    self.act(v, b)
-                });
+                pipeline::fragment(ctx, &self.counters, buf, job, scratch, |v, b| self.act(v, b));
             } else {
                 self.act(v, buf);
             }
@@ -215,19 +187,9 @@ impl Worker {
                     let _ = self.slow.try_send(SlowMsg::Learn(n));
                 }
             }
-            Verdict::Resolve {
-                iface,
-                next_hop,
-                span,
-            } => {
-                let msg = SlowMsg::Resolve {
-                    iface,
-                    next_hop,
-                    frame: buf[span.start..span.end].to_vec(),
-                };
-                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                    self.slow.try_send(msg)
-                {
+            Verdict::Resolve { iface, next_hop, span } => {
+                let msg = SlowMsg::Resolve { iface, next_hop, frame: buf[span.start..span.end].to_vec() };
+                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.slow.try_send(msg) {
                     self.counters.count_drop(DropReason::SlowPathFull);
                 }
             }

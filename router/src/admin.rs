@@ -28,15 +28,9 @@ pub struct Response {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the node's admin socket {path}: {source}; is the node running? (try `router lab status`)")]
-    Connect {
-        path: String,
-        source: std::io::Error,
-    },
+    Connect { path: String, source: std::io::Error },
     #[error("talking to {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("the node answered something that is not JSON: {0}")]
     Decode(serde_json::Error),
     #[error("the node refused: {0}")]
@@ -46,18 +40,10 @@ pub enum ClientError {
 /// Sends one request and returns the node's result.
 pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientError> {
     let p = path.display().to_string();
-    let io = |source| ClientError::Io {
-        path: p.clone(),
-        source,
-    };
-    let mut s = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-        path: p.clone(),
-        source,
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
+    let io = |source| ClientError::Io { path: p.clone(), source };
+    let mut s = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: p.clone(), source })?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    s.set_write_timeout(Some(Duration::from_secs(5))).map_err(io)?;
     let mut line = serde_json::to_string(&req).map_err(ClientError::Decode)?;
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io)?;
@@ -72,25 +58,14 @@ pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientErr
 }
 
 /// Reads one request line from `s` and answers it with `handle`.
-pub fn serve_one(
-    s: UnixStream,
-    handle: impl FnOnce(Request) -> serde_json::Value,
-) -> std::io::Result<()> {
+pub fn serve_one(s: UnixStream, handle: impl FnOnce(Request) -> serde_json::Value) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line)?;
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => Response {
-            ok: true,
-            result: Some(handle(req)),
-            error: None,
-        },
-        Err(e) => Response {
-            ok: false,
-            result: None,
-            error: Some(format!("bad request: {e}")),
-        },
+        Ok(req) => Response { ok: true, result: Some(handle(req)), error: None },
+        Err(e) => Response { ok: false, result: None, error: Some(format!("bad request: {e}")) },
     };
     let mut out = serde_json::to_string(&resp).map_err(std::io::Error::other)?;
     out.push('\n');

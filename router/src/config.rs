@@ -15,6 +15,44 @@ pub enum DataplaneMode {
     /// Full userspace forwarding from AF_PACKET sockets on every interface.
     #[default]
     Afpacket,
+    /// The kernel forwards; traffic for tunnelled blocks is routed into a TUN device (a
+    /// userspace `tunl0`) and IPIP travels on a raw socket.
+    Tun,
+}
+
+impl DataplaneMode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DataplaneMode::Afpacket => "afpacket",
+            DataplaneMode::Tun => "tun",
+        }
+    }
+}
+
+/// Calico's `ipipMode` of an IP pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum IpipMode {
+    /// Encapsulate only toward next hops outside the uplink's subnet.
+    #[default]
+    CrossSubnet,
+    Always,
+    Never,
+}
+
+impl IpipMode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            IpipMode::CrossSubnet => "CrossSubnet",
+            IpipMode::Always => "Always",
+            IpipMode::Never => "Never",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub cidr: Ipv4Net,
+    pub ipip_mode: IpipMode,
 }
 
 #[derive(Debug, Clone)]
@@ -26,8 +64,22 @@ pub struct NodeConfig {
     pub admin_socket: PathBuf,
     pub uplink: Uplink,
     pub blocks: Vec<Ipv4Net>,
+    pub pools: Vec<Pool>,
     pub pods: Vec<PodConfig>,
     pub routes: Vec<StaticRoute>,
+    /// TTL of the outer IPIP header.
+    pub ipip_ttl: u8,
+    /// Addresses of the other nodes: IPIP is accepted from these.
+    pub ipip_peers: Vec<Ipv4Addr>,
+    /// Further outer sources IPIP is accepted from (external routers).
+    pub ipip_allowed_sources: Vec<Ipv4Net>,
+}
+
+impl NodeConfig {
+    /// The encapsulation mode for routes to `prefix`: its pool's, or Never outside pools.
+    pub fn ipip_mode_for(&self, prefix: &Ipv4Net) -> IpipMode {
+        self.pools.iter().find(|p| p.cidr.contains(prefix)).map_or(IpipMode::Never, |p| p.ipip_mode)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -68,9 +120,17 @@ pub struct RawConfig {
     #[serde(default = "default_true")]
     pub pin_workers: bool,
     pub admin_socket: PathBuf,
+    #[serde(default = "default_ttl")]
+    pub ipip_ttl: Spanned<u8>,
+    #[serde(default)]
+    pub ipip_peers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub ipip_allowed_sources: Vec<Spanned<String>>,
     pub uplink: RawUplink,
     #[serde(default)]
     pub blocks: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub pools: Vec<RawPool>,
     #[serde(default)]
     pub pods: Vec<RawPod>,
     #[serde(default)]
@@ -87,11 +147,23 @@ fn default_true() -> bool {
     true
 }
 
+fn default_ttl() -> Spanned<u8> {
+    Spanned::new(0..0, 64)
+}
+
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUplink {
     pub interface: Spanned<String>,
     pub address: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub cidr: Spanned<String>,
+    #[serde(default)]
+    pub ipip_mode: IpipMode,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -116,12 +188,19 @@ pub struct RawRoute {
 fn check_ifname(src: &Source<'_>, s: &Spanned<String>) -> Result<String, FileError> {
     let n = s.get_ref();
     if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', '\0']) {
-        return Err(src.error_at(
-            s.span(),
-            format!("interface name {n:?} is not valid (1-15 characters, no '/' or spaces)"),
-        ));
+        return Err(
+            src.error_at(s.span(), format!("interface name {n:?} is not valid (1-15 characters, no '/' or spaces)"))
+        );
     }
     Ok(n.clone())
+}
+
+fn net_no_host_bits(src: &Source<'_>, s: &Spanned<String>, what: &str) -> Result<Ipv4Net, FileError> {
+    let net = src.at(s, fileerr::parse_net(s.get_ref(), what))?;
+    if net.trunc() != net {
+        return Err(src.error_at(s.span(), format!("{what} {net} has host bits set; did you mean {}?", net.trunc())));
+    }
+    Ok(net)
 }
 
 impl NodeConfig {
@@ -136,82 +215,69 @@ impl NodeConfig {
 
         let workers = *raw.workers.get_ref();
         if !(1..=64).contains(&workers) {
-            return Err(src.error_at(
-                raw.workers.span(),
-                format!("workers = {workers}: use 1 to 64"),
-            ));
+            return Err(src.error_at(raw.workers.span(), format!("workers = {workers}: use 1 to 64")));
+        }
+        let ipip_ttl = *raw.ipip_ttl.get_ref();
+        if ipip_ttl == 0 {
+            return Err(
+                src.error_at(raw.ipip_ttl.span(), "ipip_ttl = 0 would drop every tunnelled packet at the first hop")
+            );
         }
         let interface = check_ifname(&src, &raw.uplink.interface)?;
-        let address = src.at(
-            &raw.uplink.address,
-            fileerr::parse_net(raw.uplink.address.get_ref(), "uplink address"),
-        )?;
+        let address =
+            src.at(&raw.uplink.address, fileerr::parse_net(raw.uplink.address.get_ref(), "uplink address"))?;
+        if address.prefix_len() >= 31 {
+            // Under CrossSubnet every peer would look remote and everything would be tunnelled.
+            return Err(src.error_at(
+                raw.uplink.address.span(),
+                format!(
+                    "uplink address {address} has no neighbours on its subnet, so every node would look remote \
+                     (CrossSubnet would tunnel everything); give the uplink its real prefix length, like {}/24",
+                    address.addr()
+                ),
+            ));
+        }
         let uplink = Uplink { interface, address };
 
         let mut blocks = Vec::new();
         for b in &raw.blocks {
-            let net = src.at(b, fileerr::parse_net(b.get_ref(), "block"))?;
-            if net.trunc() != net {
-                return Err(src.error_at(b.span(), format!("block {net} has host bits set")));
-            }
-            blocks.push(net);
+            blocks.push(net_no_host_bits(&src, b, "block")?);
+        }
+        let mut pools = Vec::new();
+        for p in &raw.pools {
+            pools.push(Pool { cidr: net_no_host_bits(&src, &p.cidr, "pool")?, ipip_mode: p.ipip_mode });
+        }
+        let mut ipip_peers = Vec::new();
+        for p in &raw.ipip_peers {
+            ipip_peers.push(src.at(p, fileerr::parse_addr(p.get_ref(), "ipip peer"))?);
+        }
+        let mut ipip_allowed_sources = Vec::new();
+        for p in &raw.ipip_allowed_sources {
+            ipip_allowed_sources.push(net_no_host_bits(&src, p, "allowed IPIP source")?);
         }
         let mut pods: Vec<PodConfig> = Vec::new();
         for p in &raw.pods {
             let interface = check_ifname(&src, &p.interface)?;
-            let address = src.at(
-                &p.address,
-                fileerr::parse_addr(p.address.get_ref(), "pod address"),
-            )?;
-            if let Some(o) = pods
-                .iter()
-                .find(|o| o.interface == interface || o.address == address)
-            {
+            let address = src.at(&p.address, fileerr::parse_addr(p.address.get_ref(), "pod address"))?;
+            if let Some(o) = pods.iter().find(|o| o.interface == interface || o.address == address) {
                 return Err(src.error_at(
                     p.name.span(),
-                    format!(
-                        "pod {} shares its interface or address with pod {}",
-                        p.name.get_ref(),
-                        o.name
-                    ),
+                    format!("pod {} shares its interface or address with pod {}", p.name.get_ref(), o.name),
                 ));
             }
             if interface == uplink.interface {
-                return Err(
-                    src.error_at(p.interface.span(), "a pod cannot use the uplink interface")
-                );
+                return Err(src.error_at(p.interface.span(), "a pod cannot use the uplink interface"));
             }
-            pods.push(PodConfig {
-                name: p.name.get_ref().clone(),
-                interface,
-                address,
-            });
+            pods.push(PodConfig { name: p.name.get_ref().clone(), interface, address });
         }
         let mut routes = Vec::new();
         for r in &raw.routes {
-            let prefix = src.at(
-                &r.prefix,
-                fileerr::parse_net(r.prefix.get_ref(), "route prefix"),
-            )?;
-            if prefix.trunc() != prefix {
-                return Err(src.error_at(
-                    r.prefix.span(),
-                    format!("route prefix {prefix} has host bits set"),
-                ));
-            }
+            let prefix = net_no_host_bits(&src, &r.prefix, "route prefix")?;
             let action = match (&r.via, &r.kind) {
                 (Some(v), None) => {
                     let gw = src.at(v, fileerr::parse_addr(v.get_ref(), "via"))?;
-                    // Without a tunnel, a next hop must be reachable on the uplink's link.
-                    if !address.contains(&gw) || gw == address.addr() {
-                        return Err(src.error_at(
-                            v.span(),
-                            format!(
-                                "next hop {gw} for {prefix} is not a neighbour on the uplink subnet {}; \
-                                 only on-link next hops can be routed directly",
-                                address.trunc()
-                            ),
-                        ));
+                    if gw == address.addr() {
+                        return Err(src.error_at(v.span(), format!("next hop {gw} for {prefix} is this node itself")));
                     }
                     StaticAction::Via(gw)
                 }
@@ -219,17 +285,14 @@ impl NodeConfig {
                     "blackhole" => StaticAction::Blackhole,
                     "unreachable" => StaticAction::Unreachable,
                     other => {
-                        return Err(src.error_at(
-                            k.span(),
-                            format!("route type {other:?}: use \"blackhole\" or \"unreachable\""),
-                        ))
+                        return Err(src
+                            .error_at(k.span(), format!("route type {other:?}: use \"blackhole\" or \"unreachable\"")))
                     }
                 },
                 _ => {
-                    return Err(src.error_at(
-                        r.prefix.span(),
-                        format!("route {prefix} needs exactly one of `via` or `type`"),
-                    ))
+                    return Err(
+                        src.error_at(r.prefix.span(), format!("route {prefix} needs exactly one of `via` or `type`"))
+                    )
                 }
             };
             routes.push(StaticRoute { prefix, action });
@@ -242,8 +305,12 @@ impl NodeConfig {
             admin_socket: raw.admin_socket,
             uplink,
             blocks,
+            pools,
             pods,
             routes,
+            ipip_ttl,
+            ipip_peers,
+            ipip_allowed_sources,
         })
     }
 
@@ -256,11 +323,15 @@ impl NodeConfig {
             workers: Spanned::new(0..0, self.workers),
             pin_workers: self.pin_workers,
             admin_socket: self.admin_socket.clone(),
+            ipip_ttl: Spanned::new(0..0, self.ipip_ttl),
+            ipip_peers: self.ipip_peers.iter().map(|a| s(a.to_string())).collect(),
+            ipip_allowed_sources: self.ipip_allowed_sources.iter().map(|a| s(a.to_string())).collect(),
             uplink: RawUplink {
                 interface: s(self.uplink.interface.clone()),
                 address: s(self.uplink.address.to_string()),
             },
             blocks: self.blocks.iter().map(|b| s(b.to_string())).collect(),
+            pools: self.pools.iter().map(|p| RawPool { cidr: s(p.cidr.to_string()), ipip_mode: p.ipip_mode }).collect(),
             pods: self
                 .pods
                 .iter()
@@ -279,11 +350,7 @@ impl NodeConfig {
                         StaticAction::Blackhole => (None, Some(s("blackhole".into()))),
                         StaticAction::Unreachable => (None, Some(s("unreachable".into()))),
                     };
-                    RawRoute {
-                        prefix: s(r.prefix.to_string()),
-                        via,
-                        kind,
-                    }
+                    RawRoute { prefix: s(r.prefix.to_string()), via, kind }
                 })
                 .collect(),
         };
@@ -300,10 +367,15 @@ name = "node-a"
 workers = 1
 admin_socket = "/tmp/node-a.sock"
 blocks = ["10.244.1.0/26"]
+ipip_peers = ["192.168.100.101", "192.168.200.101"]
 
 [uplink]
 interface = "eth0"
 address = "192.168.100.100/24"
+
+[[pools]]
+cidr = "10.244.0.0/16"
+ipip_mode = "CrossSubnet"
 
 [[pods]]
 name = "pod-a1"
@@ -322,50 +394,42 @@ via = "192.168.100.101"
     #[test]
     fn parses_and_round_trips() {
         let c = parse(GOOD).expect("good");
-        assert_eq!(
-            c.routes[0].action,
-            StaticAction::Via(Ipv4Addr::new(192, 168, 100, 101))
-        );
+        assert_eq!(c.routes[0].action, StaticAction::Via(Ipv4Addr::new(192, 168, 100, 101)));
+        assert_eq!(c.ipip_mode_for(&"10.244.3.0/26".parse().expect("net")), IpipMode::CrossSubnet);
+        assert_eq!(c.ipip_mode_for(&"10.99.0.0/16".parse().expect("net")), IpipMode::Never);
+        assert_eq!(c.ipip_ttl, 64);
         let again = parse(&c.to_toml()).expect("round trip");
         assert_eq!(again.pods, c.pods);
         assert_eq!(again.routes, c.routes);
+        assert_eq!(again.pools, c.pools);
+        assert_eq!(again.ipip_peers, c.ipip_peers);
         assert_eq!(again.uplink.address, c.uplink.address);
     }
 
     #[test]
-    fn off_link_next_hop_is_refused() {
-        let e = parse(&GOOD.replace("192.168.100.101", "192.168.200.101"))
-            .expect_err("off-link")
-            .to_string();
-        assert!(
-            e.starts_with("n.toml:18:") && e.contains("not a neighbour"),
-            "{e}"
-        );
+    fn slash_32_uplink_is_refused() {
+        let e = parse(&GOOD.replace("192.168.100.100/24", "192.168.100.100/32")).expect_err("/32").to_string();
+        assert!(e.starts_with("n.toml:10:") && e.contains("every node would look remote"), "{e}");
     }
 
     #[test]
-    fn unknown_dataplane_names_line() {
-        let e = parse(&GOOD.replace("workers = 1", "workers = 1\ndataplane = \"dpdk\""))
-            .expect_err("bad")
-            .to_string();
+    fn unknown_modes_name_their_line() {
+        let e = parse(&GOOD.replace("workers = 1", "workers = 1\ndataplane = \"dpdk\"")).expect_err("bad").to_string();
         assert!(e.starts_with("n.toml:4:") && e.contains("dpdk"), "{e}");
+        let e = parse(&GOOD.replace("\"CrossSubnet\"", "\"Sometimes\"")).expect_err("bad").to_string();
+        assert!(e.starts_with("n.toml:14:") && e.contains("Sometimes"), "{e}");
     }
 
     #[test]
     fn bad_values_are_explained() {
         for (from, to, needle) in [
             ("workers = 1", "workers = 0", "use 1 to 64"),
-            (
-                "\"cali48dfb98be23\"",
-                "\"cali48dfb98be23xyz\"",
-                "interface name",
-            ),
-            (
-                "via = \"192.168.100.101\"",
-                "type = \"nowhere\"",
-                "blackhole",
-            ),
+            ("workers = 1", "workers = 1\nipip_ttl = 0", "ipip_ttl = 0"),
+            ("\"cali48dfb98be23\"", "\"cali48dfb98be23xyz\"", "interface name"),
+            ("via = \"192.168.100.101\"", "type = \"nowhere\"", "blackhole"),
+            ("via = \"192.168.100.101\"", "via = \"192.168.100.100\"", "this node itself"),
             ("10.244.1.0/26\"]", "10.244.1.1/26\"]", "host bits"),
+            ("\"192.168.200.101\"]", "\"192.168.200.1011\"]", "not an IPv4 address"),
         ] {
             let e = parse(&GOOD.replace(from, to)).expect_err(to).to_string();
             assert!(e.contains(needle) && e.starts_with("n.toml:"), "{to}: {e}");

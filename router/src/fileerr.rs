@@ -29,48 +29,28 @@ pub struct Source<'a> {
 impl<'a> Source<'a> {
     pub fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
     }
 
     /// An error at the byte span of a value (from `toml::Spanned`).
     pub fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> FileError {
-        FileError {
-            path: self.path.to_path_buf(),
-            line: Some(self.line_of(span.start)),
-            message: message.into(),
-        }
+        FileError { path: self.path.to_path_buf(), line: Some(self.line_of(span.start)), message: message.into() }
     }
 
     /// Attaches the location of `value` to a validation result.
-    pub fn at<T>(
-        &self,
-        value: &toml::Spanned<String>,
-        r: Result<T, String>,
-    ) -> Result<T, FileError> {
+    pub fn at<T>(&self, value: &toml::Spanned<String>, r: Result<T, String>) -> Result<T, FileError> {
         r.map_err(|m| self.error_at(value.span(), m))
     }
 
     pub fn error(&self, message: impl Into<String>) -> FileError {
-        FileError {
-            path: self.path.to_path_buf(),
-            line: None,
-            message: message.into(),
-        }
+        FileError { path: self.path.to_path_buf(), line: None, message: message.into() }
     }
 
     /// Parses TOML, turning syntax and type errors into a file:line error.
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, FileError> {
         toml::from_str(self.text).map_err(|e| {
             let line = e.span().map(|s| self.line_of(s.start));
-            FileError {
-                path: self.path.to_path_buf(),
-                line,
-                message: e.message().trim().to_string(),
-            }
+            FileError { path: self.path.to_path_buf(), line, message: e.message().trim().to_string() }
         })
     }
 }
@@ -86,12 +66,9 @@ pub fn read(path: &Path) -> Result<String, FileError> {
 
 /// Parses `"a.b.c.d/len"` as given (host bits kept), with a useful message.
 pub fn parse_net(s: &str, what: &str) -> Result<ipnet::Ipv4Net, String> {
-    s.parse().map_err(|_| {
-        format!("{what} {s:?} is not an IPv4 address with prefix length (like 10.0.0.1/24)")
-    })
+    s.parse().map_err(|_| format!("{what} {s:?} is not an IPv4 address with prefix length (like 10.0.0.1/24)"))
 }
 
 pub fn parse_addr(s: &str, what: &str) -> Result<std::net::Ipv4Addr, String> {
-    s.parse()
-        .map_err(|_| format!("{what} {s:?} is not an IPv4 address"))
+    s.parse().map_err(|_| format!("{what} {s:?} is not an IPv4 address"))
 }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod fileerr;
+pub mod ipcmd;
 pub mod lab;
 pub mod node;
 pub mod routes;

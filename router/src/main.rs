@@ -4,17 +4,13 @@
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use router::admin::{self, Request};
-use router::config::DataplaneMode;
+use router::config::{DataplaneMode, IpipMode};
 use router::lab::{self, state::Role, Lab, UpOptions};
 use router::routes::{self, RouteEntry};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "router",
-    version,
-    about = "A Calico-style pod network as one userspace router"
-)]
+#[command(name = "router", version, about = "A Calico-style pod network as one userspace router")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -23,20 +19,10 @@ struct Cli {
 #[derive(Args, Clone)]
 struct LabSel {
     /// Which lab (namespace prefix); several labs can run side by side.
-    #[arg(
-        long = "lab",
-        env = "ROUTER_LAB",
-        default_value = "seed",
-        global = true
-    )]
+    #[arg(long = "lab", env = "ROUTER_LAB", default_value = "seed", global = true)]
     name: String,
     /// Where labs keep their state, sockets and logs.
-    #[arg(
-        long = "lab-dir",
-        env = "ROUTER_LAB_DIR",
-        default_value = "/run/router-lab",
-        global = true
-    )]
+    #[arg(long = "lab-dir", env = "ROUTER_LAB_DIR", default_value = "/run/router-lab", global = true)]
     dir: PathBuf,
 }
 
@@ -89,6 +75,9 @@ enum LabCmd {
         topology: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "afpacket")]
         dataplane: Dataplane,
+        /// Calico's ipipMode for the pool (default: the topology's, CrossSubnet in the seed).
+        #[arg(long, value_enum)]
+        ipip_mode: Option<IpipModeArg>,
         /// Worker threads per node.
         #[arg(long, default_value_t = 1)]
         workers: usize,
@@ -110,7 +99,18 @@ enum LabCmd {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Dataplane {
+    /// Userspace forwarding of every packet from AF_PACKET sockets.
     Afpacket,
+    /// Kernel forwarding, with IPIP in userspace behind a TUN `tunl0`.
+    Tun,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IpipModeArg {
+    /// Wrap only traffic to nodes on other subnets.
+    CrossSubnet,
+    Always,
+    Never,
 }
 
 #[derive(Args)]
@@ -134,17 +134,16 @@ impl Query {
         }
         let lab = self.sel.lab()?;
         let Some(st) = lab.state()? else {
-            bail!("no lab named {:?} is up; start one with `router lab up`, or name a node's socket with --socket PATH", lab.name);
+            bail!(
+                "no lab named {:?} is up; start one with `router lab up`, or name a node's socket with --socket PATH",
+                lab.name
+            );
         };
         let nodes: Vec<&str> = st.daemons.iter().map(|d| d.node.as_str()).collect();
         match &self.node {
             Some(n) => match st.daemons.iter().find(|d| &d.node == n) {
                 Some(d) => Ok(d.socket.clone()),
-                None => bail!(
-                    "lab {:?} has no node {n:?}; nodes: {}",
-                    lab.name,
-                    nodes.join(", ")
-                ),
+                None => bail!("lab {:?} has no node {n:?}; nodes: {}", lab.name, nodes.join(", ")),
             },
             None => bail!("which node? add --node NODE (nodes: {})", nodes.join(", ")),
         }
@@ -158,9 +157,7 @@ impl Query {
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -174,9 +171,7 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
-        Cmd::Internal {
-            cmd: InternalCmd::TxChecksumOff { interface },
-        } => {
+        Cmd::Internal { cmd: InternalCmd::TxChecksumOff { interface } } => {
             forwarding::sys::set_tx_checksum(&interface, false)?;
             Ok(0)
         }
@@ -187,8 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if q.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let entries: Vec<RouteEntry> =
-                    serde_json::from_value(v).context("decoding the node's routes")?;
+                let entries: Vec<RouteEntry> = serde_json::from_value(v).context("decoding the node's routes")?;
                 print!("{}", routes::render(&entries));
             }
             Ok(0)
@@ -224,10 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn print_stats(v: &serde_json::Value) {
-    println!(
-        "{:<16} {:>12} {:>14} {:>12} {:>14}",
-        "Interface", "RX packets", "RX bytes", "TX packets", "TX bytes"
-    );
+    println!("{:<16} {:>12} {:>14} {:>12} {:>14}", "Interface", "RX packets", "RX bytes", "TX packets", "TX bytes");
     let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
     for i in v["interfaces"].as_array().into_iter().flatten() {
         println!(
@@ -240,15 +231,14 @@ fn print_stats(v: &serde_json::Value) {
         );
     }
     println!(
-        "\nICMP errors sent: {}   proxy-ARP replies sent: {}",
-        v["icmp_errors_sent"], v["arp_replies_sent"]
+        "\nIPIP encapsulated: {}   decapsulated: {}   fragments sent: {}   ICMP errors sent: {}   proxy-ARP replies sent: {}",
+        n(&v["ipip_encapsulated"]),
+        n(&v["ipip_decapsulated"]),
+        n(&v["fragments_sent"]),
+        n(&v["icmp_errors_sent"]),
+        n(&v["arp_replies_sent"])
     );
-    let drops: Vec<_> = v["drops"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, n)| n.as_u64() != Some(0))
-        .collect();
+    let drops: Vec<_> = v["drops"].as_object().into_iter().flatten().filter(|(_, n)| n.as_u64() != Some(0)).collect();
     if drops.is_empty() {
         println!("drops: none");
     } else {
@@ -261,32 +251,22 @@ fn print_stats(v: &serde_json::Value) {
 
 fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
     match cmd {
-        LabCmd::Up {
-            topology,
-            dataplane,
-            workers,
-        } => {
+        LabCmd::Up { topology, dataplane, workers, ipip_mode } => {
             let exe = std::env::current_exe().context("finding the router binary")?;
             let dataplane = match dataplane {
                 Dataplane::Afpacket => DataplaneMode::Afpacket,
+                Dataplane::Tun => DataplaneMode::Tun,
             };
-            let st = lab::up(
-                lab,
-                &UpOptions {
-                    topology,
-                    dataplane,
-                    workers,
-                    exe,
-                },
-            )?;
-            let flag = if lab.name == "seed" {
-                String::new()
-            } else {
-                format!(" --lab {}", lab.name)
-            };
+            let ipip_mode = ipip_mode.map(|m| match m {
+                IpipModeArg::CrossSubnet => IpipMode::CrossSubnet,
+                IpipModeArg::Always => IpipMode::Always,
+                IpipModeArg::Never => IpipMode::Never,
+            });
+            let st = lab::up(lab, &UpOptions { topology, dataplane, workers, ipip_mode, exe })?;
+            let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
             println!(
-                "lab {:?} is up (topology: {}, data plane: {})",
-                st.name, st.topology, st.dataplane
+                "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {})",
+                st.name, st.topology, st.dataplane, st.ipip_mode
             );
             for h in st.hosts.iter().filter(|h| h.role == Role::Node) {
                 let pods: Vec<String> = st
@@ -295,12 +275,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                     .filter(|p| p.role == Role::Pod && p.parent.as_deref() == Some(&h.name))
                     .map(|p| format!("{} {}", p.name, p.addresses.join(",")))
                     .collect();
-                println!(
-                    "  {:<8} {:<20} pods: {}",
-                    h.name,
-                    h.addresses.join(","),
-                    pods.join(", ")
-                );
+                println!("  {:<8} {:<20} pods: {}", h.name, h.addresses.join(","), pods.join(", "));
             }
             println!("try:\n  router{flag} lab exec pod-a1 -- ping -c 3 10.244.2.1\n  router{flag} routes --node node-a\n  router{flag} lab down");
             Ok(0)
@@ -325,20 +300,14 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             println!(
-                "lab {:?}: topology {}, data plane {}{}",
+                "lab {:?}: topology {}, data plane {}, ipipMode {}{}",
                 st.name,
                 st.topology,
                 st.dataplane,
-                if st.complete {
-                    ""
-                } else {
-                    " (INCOMPLETE: run `router lab down`)"
-                }
+                st.ipip_mode,
+                if st.complete { "" } else { " (INCOMPLETE: run `router lab down`)" }
             );
-            println!(
-                "{:<12} {:<9} {:<22} {:<20} STATE",
-                "HOST", "ROLE", "NAMESPACE", "ADDRESS"
-            );
+            println!("{:<12} {:<9} {:<22} {:<20} STATE", "HOST", "ROLE", "NAMESPACE", "ADDRESS");
             for r in rows.iter().filter(|r| r.role != Role::Switch) {
                 let state = match (&r.daemon, r.namespace_present) {
                     (_, false) => "namespace missing".to_string(),

@@ -1,8 +1,10 @@
-//! The node's route table as the control plane sees it: every FIB entry with where it came
-//! from, shown by `router routes` the way `route -n` shows the kernel's.
+//! The node's route table as the control plane sees it: every route with where it came from,
+//! how it leaves (direct or IPIP, and why), shown by `router routes` the way `route -n` shows
+//! the kernel's. It also yields the FIB for the workers and, where the kernel forwards, the
+//! kernel routes to install.
 
-use crate::config::{NodeConfig, StaticAction};
-use forwarding::{IfaceId, Interfaces, NextHop, Route};
+use crate::config::{DataplaneMode, IpipMode, NodeConfig, StaticAction};
+use forwarding::{IfaceId, IfaceRole, Interfaces, NextHop, Route};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -23,24 +25,56 @@ pub struct RouteEntry {
     pub prefix: Ipv4Net,
     pub next_hop: Option<Ipv4Addr>,
     pub interface: Option<String>,
-    /// `route -n` flags: U up, G via a gateway, H host route (/32).
+    /// `route -n` flags: U up, G via a gateway, H host route (/32), ! reject.
     pub flags: String,
     pub source: RouteSource,
     /// What happens to matching packets: unicast, local (for this node), blackhole, unreachable.
     #[serde(rename = "type")]
     pub kind: String,
-    /// Encapsulation toward the next hop: "none" (direct routing).
+    /// Encapsulation toward the next hop: "none" (direct routing) or "ipip".
     pub encap: String,
+    /// Why this encapsulation, in words.
+    #[serde(default)]
+    pub why: String,
+    /// Who forwards matching packets: "router" (userspace) or "kernel" (tun mode's direct routes).
+    #[serde(default)]
+    pub forwarded_by: String,
 }
 
-/// A route table entry with its FIB action.
-#[derive(Debug, Clone)]
-pub struct TableRoute {
-    pub entry: RouteEntry,
-    pub fib: Route,
+/// How the kernel of the node namespace should route a prefix (tun mode forwarding, and the
+/// node's own traffic in afpacket mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelRoute {
+    Via { prefix: Ipv4Net, gateway: Ipv4Addr, dev: String },
+    Dev { prefix: Ipv4Net, dev: String },
+    Blackhole { prefix: Ipv4Net },
 }
 
-fn flags(prefix: &Ipv4Net, gateway: bool) -> String {
+impl KernelRoute {
+    /// Arguments of `ip route replace`.
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            KernelRoute::Via { prefix, gateway, dev } => {
+                vec![prefix.to_string(), "via".into(), gateway.to_string(), "dev".into(), dev.clone()]
+            }
+            KernelRoute::Dev { prefix, dev } => vec![prefix.to_string(), "dev".into(), dev.clone()],
+            KernelRoute::Blackhole { prefix } => vec!["blackhole".into(), prefix.to_string()],
+        }
+    }
+}
+
+/// The node's routes: rows for display, the FIB, the kernel routes.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    pub entries: Vec<RouteEntry>,
+    pub fib: Vec<Route>,
+    pub kernel: Vec<KernelRoute>,
+}
+
+/// Name of the userspace tunnel device in tun mode.
+pub const TUN_NAME: &str = "tunl0";
+
+fn flags(prefix: &Ipv4Net, gateway: bool, reject: bool) -> String {
     let mut f = String::from("U");
     if gateway {
         f.push('G');
@@ -48,86 +82,232 @@ fn flags(prefix: &Ipv4Net, gateway: bool) -> String {
     if prefix.prefix_len() == 32 {
         f.push('H');
     }
+    if reject {
+        f.push('!');
+    }
     f
 }
 
-fn make(
+struct Row<'a> {
     prefix: Ipv4Net,
-    next_hop: NextHop,
+    nh: NextHop,
+    gateway: Option<Ipv4Addr>,
+    iface: Option<&'a str>,
+    kind: &'a str,
+    encap: &'a str,
+    why: String,
     source: RouteSource,
-    ifaces: &Interfaces,
-) -> TableRoute {
-    let name = |i: IfaceId| ifaces.get(i).map(|f| f.name.clone());
-    let (gw, iface, kind) = match next_hop {
-        NextHop::Local { iface } => (None, name(iface), "unicast"),
-        NextHop::Direct { iface, gateway } => (Some(gateway), name(iface), "unicast"),
-        NextHop::Host => (None, None, "local"),
-        NextHop::Blackhole => (None, None, "blackhole"),
-        NextHop::Unreachable => (None, None, "unreachable"),
-    };
-    let up = !matches!(next_hop, NextHop::Blackhole | NextHop::Unreachable);
-    let mut f = flags(&prefix, gw.is_some());
-    if !up {
-        // `route -n` marks reject routes with "!".
-        f = format!("{f}!");
-    }
-    TableRoute {
-        entry: RouteEntry {
-            prefix,
-            next_hop: gw,
-            interface: iface,
-            flags: f,
-            source,
-            kind: kind.to_string(),
-            encap: "none".to_string(),
-        },
-        fib: Route { prefix, next_hop },
+    kernel: bool,
+}
+
+impl Table {
+    fn push(&mut self, r: Row<'_>) {
+        let reject = matches!(r.kind, "blackhole" | "unreachable");
+        self.entries.push(RouteEntry {
+            prefix: r.prefix,
+            next_hop: r.gateway,
+            interface: r.iface.map(str::to_string),
+            flags: flags(&r.prefix, r.gateway.is_some(), reject),
+            source: r.source,
+            kind: r.kind.to_string(),
+            encap: r.encap.to_string(),
+            why: r.why,
+            forwarded_by: if r.kernel { "kernel" } else { "router" }.to_string(),
+        });
+        self.fib.push(Route { prefix: r.prefix, next_hop: r.nh });
     }
 }
 
-/// Builds the node's routes from its config and its interfaces (uplink first).
-pub fn build(cfg: &NodeConfig, ifaces: &Interfaces) -> Vec<TableRoute> {
-    let mut out = Vec::new();
-    let Some(uplink) = ifaces.by_name(&cfg.uplink.interface) else {
-        return out;
+/// Builds the node's routes from its config and its data-plane interfaces.
+pub fn build(cfg: &NodeConfig, ifaces: &Interfaces) -> Result<Table, String> {
+    let tun = cfg.dataplane == DataplaneMode::Tun;
+    let up_name = cfg.uplink.interface.as_str();
+    let subnet = cfg.uplink.address.trunc();
+    let uplink = ifaces.by_name(up_name);
+    let raw = ifaces.by_role(|r| *r == IfaceRole::RawIpip);
+    let tun_if = ifaces.by_role(|r| *r == IfaceRole::Tun);
+    let out_if: Option<IfaceId> = if tun { raw } else { uplink };
+    let Some(out_if) = out_if else {
+        return Err(format!("the data plane has no interface for the uplink {up_name}"));
     };
+    let mut t = Table::default();
     let local = RouteSource::Local;
-    let host = Ipv4Net::new(cfg.uplink.address.addr(), 32).unwrap_or_default();
-    out.push(make(host, NextHop::Host, local, ifaces));
-    out.push(make(
-        cfg.uplink.address.trunc(),
-        NextHop::Local { iface: uplink },
-        local,
-        ifaces,
-    ));
+    let host = Ipv4Net::new(cfg.uplink.address.addr(), 32).map_err(|e| e.to_string())?;
+    t.push(Row {
+        prefix: host,
+        nh: NextHop::Host,
+        gateway: None,
+        iface: Some(up_name),
+        kind: "local",
+        encap: "none",
+        why: String::new(),
+        source: local,
+        kernel: true,
+    });
+    let connected = if tun { NextHop::Host } else { NextHop::Local { iface: out_if } };
+    t.push(Row {
+        prefix: subnet,
+        nh: connected,
+        gateway: None,
+        iface: Some(up_name),
+        kind: "unicast",
+        encap: "none",
+        why: "the uplink's subnet".into(),
+        source: local,
+        kernel: tun,
+    });
     for b in &cfg.blocks {
         // Unused addresses of our own block go nowhere instead of bouncing to a default route.
-        out.push(make(*b, NextHop::Blackhole, local, ifaces));
-    }
-    for p in &cfg.pods {
-        if let (Some(i), Ok(net)) = (ifaces.by_name(&p.interface), Ipv4Net::new(p.address, 32)) {
-            out.push(make(net, NextHop::Local { iface: i }, local, ifaces));
+        // In tun mode the kernel holds the blackhole and we hand our block's packets back to it.
+        let nh = match (tun, tun_if) {
+            (true, Some(i)) => NextHop::Local { iface: i },
+            _ => NextHop::Blackhole,
+        };
+        t.push(Row {
+            prefix: *b,
+            nh,
+            gateway: None,
+            iface: None,
+            kind: "blackhole",
+            encap: "none",
+            why: "this node's own block".into(),
+            source: local,
+            kernel: tun,
+        });
+        if tun {
+            t.kernel.push(KernelRoute::Blackhole { prefix: *b });
         }
     }
-    for r in &cfg.routes {
-        let nh = match r.action {
-            StaticAction::Via(gateway) => NextHop::Direct {
-                iface: uplink,
-                gateway,
-            },
-            StaticAction::Blackhole => NextHop::Blackhole,
-            StaticAction::Unreachable => NextHop::Unreachable,
+    for p in &cfg.pods {
+        let net = Ipv4Net::new(p.address, 32).map_err(|e| e.to_string())?;
+        let nh = match ifaces.by_name(&p.interface) {
+            Some(i) => NextHop::Local { iface: i },
+            None => NextHop::Host,
         };
-        out.push(make(r.prefix, nh, RouteSource::Static, ifaces));
+        t.push(Row {
+            prefix: net,
+            nh,
+            gateway: None,
+            iface: Some(&p.interface),
+            kind: "unicast",
+            encap: "none",
+            why: format!("pod {}", p.name),
+            source: local,
+            kernel: tun,
+        });
     }
-    out.sort_by(|a, b| {
-        (a.entry.prefix.network(), a.entry.prefix.prefix_len())
-            .cmp(&(b.entry.prefix.network(), b.entry.prefix.prefix_len()))
-    });
-    out
+    // The underlay next hop toward an address: itself on the uplink's subnet, else the
+    // on-link gateway of the most specific route outside the pools that covers it.
+    let underlay_hop = |gw: Ipv4Addr| -> Option<Ipv4Addr> {
+        if subnet.contains(&gw) {
+            return Some(gw);
+        }
+        cfg.routes
+            .iter()
+            .filter(|r| r.prefix.contains(&gw) && cfg.pools.iter().all(|p| !p.cidr.contains(&r.prefix)))
+            .filter_map(|r| match r.action {
+                StaticAction::Via(h) if subnet.contains(&h) => Some((r.prefix.prefix_len(), h)),
+                _ => None,
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, h)| h)
+    };
+    for r in &cfg.routes {
+        let src = RouteSource::Static;
+        let gw = match r.action {
+            StaticAction::Via(gw) => gw,
+            StaticAction::Blackhole | StaticAction::Unreachable => {
+                let (nh, kind) = if r.action == StaticAction::Blackhole {
+                    (NextHop::Blackhole, "blackhole")
+                } else {
+                    (NextHop::Unreachable, "unreachable")
+                };
+                t.push(Row {
+                    prefix: r.prefix,
+                    nh,
+                    gateway: None,
+                    iface: None,
+                    kind,
+                    encap: "none",
+                    why: String::new(),
+                    source: src,
+                    kernel: false,
+                });
+                continue;
+            }
+        };
+        let mode = cfg.ipip_mode_for(&r.prefix);
+        let on_link = subnet.contains(&gw);
+        let encap = match mode {
+            IpipMode::Always => true,
+            IpipMode::CrossSubnet => !on_link,
+            IpipMode::Never => false,
+        };
+        let Some(hop) = underlay_hop(gw) else {
+            return Err(format!(
+                "next hop {gw} of route {} is not on the uplink subnet {subnet} and no route to it exists; \
+                 add a route for it (like the underlay gateway)",
+                r.prefix
+            ));
+        };
+        if encap {
+            let why = match mode {
+                IpipMode::Always => "ipipMode Always".to_string(),
+                _ => format!("{gw} is outside {subnet} (CrossSubnet)"),
+            };
+            let (nh, dev) = if tun {
+                (NextHop::Ipip { iface: out_if, gateway: gw, remote: gw }, TUN_NAME)
+            } else {
+                (NextHop::Ipip { iface: out_if, gateway: hop, remote: gw }, up_name)
+            };
+            t.push(Row {
+                prefix: r.prefix,
+                nh,
+                gateway: Some(gw),
+                iface: Some(dev),
+                kind: "unicast",
+                encap: "ipip",
+                why,
+                source: src,
+                kernel: false,
+            });
+            if tun {
+                t.kernel.push(KernelRoute::Dev { prefix: r.prefix, dev: TUN_NAME.into() });
+            }
+        } else {
+            let in_pool = cfg.pools.iter().any(|p| p.cidr.contains(&r.prefix));
+            let why = match (in_pool, on_link) {
+                (false, _) => format!("outside the IP pools: never tunnelled; {gw} is the next hop"),
+                (true, true) if mode == IpipMode::Never => format!("{gw} is inside {subnet} (ipipMode Never)"),
+                (true, true) => format!("{gw} is inside {subnet}: direct"),
+                (true, false) => {
+                    format!("ipipMode Never: sent unencapsulated via {hop}, whose router must know the route")
+                }
+            };
+            let nh = if tun { NextHop::Host } else { NextHop::Direct { iface: out_if, gateway: hop } };
+            t.push(Row {
+                prefix: r.prefix,
+                nh,
+                gateway: Some(gw),
+                iface: Some(up_name),
+                kind: "unicast",
+                encap: "none",
+                why,
+                source: src,
+                kernel: tun,
+            });
+            t.kernel.push(KernelRoute::Via { prefix: r.prefix, gateway: hop, dev: up_name.into() });
+        }
+    }
+    let order = |e: &RouteEntry| (e.prefix.network(), e.prefix.prefix_len());
+    let mut idx: Vec<usize> = (0..t.entries.len()).collect();
+    idx.sort_by_key(|&i| order(&t.entries[i]));
+    t.entries = idx.iter().map(|&i| t.entries[i].clone()).collect();
+    t.fib = idx.iter().map(|&i| t.fib[i]).collect();
+    Ok(t)
 }
 
-/// The `route -n`-like table.
+/// The `route -n`-like table, then why each tunnelled route is tunnelled.
 pub fn render(entries: &[RouteEntry]) -> String {
     let mut s = format!(
         "{:<20} {:<17} {:<6} {:<16} {:<7} {:<12} {}\n",
@@ -148,26 +328,33 @@ pub fn render(entries: &[RouteEntry]) -> String {
             e.encap
         ));
     }
+    let notes: Vec<&RouteEntry> =
+        entries.iter().filter(|e| e.source != RouteSource::Local && !e.why.is_empty()).collect();
+    if !notes.is_empty() {
+        s.push('\n');
+        for e in notes {
+            s.push_str(&format!("{:<20} {}: {}\n", e.prefix.to_string(), e.encap, e.why));
+        }
+    }
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use forwarding::{IfaceRole, Interface};
+    use forwarding::Interface;
     use std::path::Path;
 
-    #[test]
-    fn node_a_table_has_the_seed_routes() {
-        let cfg = NodeConfig::parse(
-            Path::new("n.toml"),
-            r#"
+    const CFG: &str = r#"
 name = "node-a"
 admin_socket = "/tmp/x.sock"
 blocks = ["10.244.1.0/26"]
 [uplink]
 interface = "eth0"
 address = "192.168.100.100/24"
+[[pools]]
+cidr = "10.244.0.0/16"
+ipip_mode = "CrossSubnet"
 [[pods]]
 name = "pod-a1"
 interface = "calia1"
@@ -175,58 +362,126 @@ address = "10.244.1.1"
 [[routes]]
 prefix = "10.244.2.0/26"
 via = "192.168.100.101"
-"#,
-        )
-        .expect("config");
+[[routes]]
+prefix = "10.244.3.0/26"
+via = "192.168.200.101"
+[[routes]]
+prefix = "192.168.200.0/24"
+via = "192.168.100.1"
+"#;
+
+    fn cfg(mode: &str, dataplane: &str) -> NodeConfig {
+        let text = CFG
+            .replace("CrossSubnet", mode)
+            .replace("name = \"node-a\"", &format!("name = \"node-a\"\ndataplane = \"{dataplane}\""));
+        NodeConfig::parse(Path::new("n.toml"), &text).expect("config")
+    }
+
+    fn afpacket_ifaces(cfg: &NodeConfig) -> Interfaces {
         let mac = encap::MacAddr([2, 0, 0, 0, 0, 1]);
-        let ifaces = Interfaces::new(vec![
+        Interfaces::new(vec![
             Interface {
                 name: "eth0".into(),
                 ifindex: 2,
                 mac,
                 mtu: 1500,
-                role: IfaceRole::Uplink {
-                    addr: cfg.uplink.address,
-                },
+                role: IfaceRole::Uplink { addr: cfg.uplink.address },
             },
             Interface {
                 name: "calia1".into(),
                 ifindex: 3,
                 mac,
                 mtu: 1500,
-                role: IfaceRole::Pod {
-                    addr: Ipv4Addr::new(10, 244, 1, 1),
-                },
+                role: IfaceRole::Pod { addr: Ipv4Addr::new(10, 244, 1, 1) },
             },
-        ]);
-        let t = build(&cfg, &ifaces);
-        let rows: Vec<(String, String, String)> = t
-            .iter()
-            .map(|r| {
-                (
-                    r.entry.prefix.to_string(),
-                    r.entry.flags.clone(),
-                    r.entry.kind.clone(),
-                )
-            })
-            .collect();
+        ])
+    }
+
+    fn row<'a>(t: &'a Table, p: &str) -> (&'a RouteEntry, NextHop) {
+        let i = t.entries.iter().position(|e| e.prefix.to_string() == p).expect(p);
+        (&t.entries[i], t.fib[i].next_hop)
+    }
+
+    const UP: IfaceId = IfaceId(0);
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn cross_subnet_tunnels_only_off_link_next_hops() {
+        let c = cfg("CrossSubnet", "afpacket");
+        let t = build(&c, &afpacket_ifaces(&c)).expect("table");
+        let (b, nh) = row(&t, "10.244.2.0/26");
+        assert_eq!((b.encap.as_str(), b.flags.as_str()), ("none", "UG"));
+        assert_eq!(nh, NextHop::Direct { iface: UP, gateway: ip("192.168.100.101") });
+        let (c3, nh) = row(&t, "10.244.3.0/26");
+        assert_eq!(c3.encap, "ipip");
+        assert!(c3.why.contains("outside 192.168.100.0/24"), "{}", c3.why);
+        assert_eq!(nh, NextHop::Ipip { iface: UP, gateway: ip("192.168.100.1"), remote: ip("192.168.200.101") });
+        assert_eq!(row(&t, "10.244.1.0/26").0.flags, "U!");
+        assert_eq!(row(&t, "10.244.1.1/32").0.flags, "UH");
+        let json = serde_json::to_value(c3).expect("json");
+        assert_eq!(json["encap"], "ipip");
+        assert!(render(&t.entries).contains("10.244.3.0/26        ipip: 192.168.200.101 is outside"));
+    }
+
+    #[test]
+    fn always_tunnels_everything_in_the_pool() {
+        let c = cfg("Always", "afpacket");
+        let t = build(&c, &afpacket_ifaces(&c)).expect("table");
         assert_eq!(
-            rows,
-            vec![
-                ("10.244.1.0/26".into(), "U!".into(), "blackhole".into()),
-                ("10.244.1.1/32".into(), "UH".into(), "unicast".into()),
-                ("10.244.2.0/26".into(), "UG".into(), "unicast".into()),
-                ("192.168.100.0/24".into(), "U".into(), "unicast".into()),
-                ("192.168.100.100/32".into(), "UH".into(), "local".into()),
-            ]
+            row(&t, "10.244.2.0/26").1,
+            NextHop::Ipip { iface: UP, gateway: ip("192.168.100.101"), remote: ip("192.168.100.101") }
         );
-        let json = serde_json::to_value(&t[2].entry).expect("json");
-        assert_eq!(json["next_hop"], "192.168.100.101");
-        assert_eq!(json["interface"], "eth0");
-        assert_eq!(json["source"], "static");
-        assert!(
-            render(&t.iter().map(|r| r.entry.clone()).collect::<Vec<_>>())
-                .contains("10.244.2.0/26")
+        // Routes outside the pool are never tunnelled.
+        assert_eq!(row(&t, "192.168.200.0/24").0.encap, "none");
+    }
+
+    #[test]
+    fn never_sends_off_link_blocks_to_the_underlay_unwrapped() {
+        let c = cfg("Never", "afpacket");
+        let t = build(&c, &afpacket_ifaces(&c)).expect("table");
+        assert_eq!(row(&t, "10.244.3.0/26").1, NextHop::Direct { iface: UP, gateway: ip("192.168.100.1") });
+    }
+
+    #[test]
+    fn unreachable_next_hop_is_an_error() {
+        let text = CFG.replace("prefix = \"192.168.200.0/24\"", "prefix = \"192.168.201.0/24\"");
+        let c = NodeConfig::parse(Path::new("n.toml"), &text).expect("config");
+        let e = build(&c, &afpacket_ifaces(&c)).expect_err("unreachable");
+        assert!(e.contains("192.168.200.101") && e.contains("no route"), "{e}");
+    }
+
+    #[test]
+    fn tun_mode_routes_tunnelled_blocks_into_tunl0() {
+        let c = cfg("CrossSubnet", "tun");
+        let ifaces = Interfaces::new(vec![
+            Interface {
+                name: "raw-ipip".into(),
+                ifindex: 0,
+                mac: encap::MacAddr::ZERO,
+                mtu: 1500,
+                role: IfaceRole::RawIpip,
+            },
+            Interface { name: TUN_NAME.into(), ifindex: 0, mac: encap::MacAddr::ZERO, mtu: 1480, role: IfaceRole::Tun },
+        ])
+        .with_node_addr(c.uplink.address.addr());
+        let t = build(&c, &ifaces).expect("table");
+        let (e, nh) = row(&t, "10.244.3.0/26");
+        assert_eq!(e.interface.as_deref(), Some("tunl0"));
+        assert_eq!(
+            nh,
+            NextHop::Ipip { iface: IfaceId(0), gateway: ip("192.168.200.101"), remote: ip("192.168.200.101") }
         );
+        assert_eq!(row(&t, "10.244.2.0/26").0.forwarded_by, "kernel");
+        assert!(t
+            .kernel
+            .contains(&KernelRoute::Dev { prefix: "10.244.3.0/26".parse().expect("net"), dev: "tunl0".into() }));
+        assert!(t.kernel.contains(&KernelRoute::Via {
+            prefix: "10.244.2.0/26".parse().expect("net"),
+            gateway: ip("192.168.100.101"),
+            dev: "eth0".into()
+        }));
+        assert!(t.kernel.contains(&KernelRoute::Blackhole { prefix: "10.244.1.0/26".parse().expect("net") }));
     }
 }

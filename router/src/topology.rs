@@ -18,6 +18,8 @@ pub struct Topology {
     pub pool: Ipv4Net,
     pub block_size: u8,
     pub as_number: u32,
+    /// The pool's `ipipMode` (Calico's names).
+    pub ipip_mode: crate::config::IpipMode,
     pub subnets: Vec<Subnet>,
     pub nodes: Vec<Node>,
 }
@@ -74,6 +76,8 @@ struct RawCluster {
     block_size: Spanned<u8>,
     #[serde(default = "default_as")]
     as_number: u32,
+    #[serde(default)]
+    ipip_mode: crate::config::IpipMode,
 }
 
 fn default_block_size() -> Spanned<u8> {
@@ -120,8 +124,7 @@ fn check_name(src: &Source<'_>, n: &Spanned<String>, what: &str) -> Result<(), F
     let s = n.get_ref();
     let ok = !s.is_empty()
         && s.len() <= 32
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-');
     if ok && s != "underlay" {
         Ok(())
@@ -143,20 +146,12 @@ impl Topology {
         let src = Source { path, text };
         let raw: Raw = src.parse()?;
 
-        let pool = src
-            .at(
-                &raw.cluster.pool,
-                fileerr::parse_net(raw.cluster.pool.get_ref(), "pool"),
-            )?
-            .trunc();
+        let pool = src.at(&raw.cluster.pool, fileerr::parse_net(raw.cluster.pool.get_ref(), "pool"))?.trunc();
         let block_size = *raw.cluster.block_size.get_ref();
         if block_size < pool.prefix_len() || block_size > 32 {
             return Err(src.error_at(
                 raw.cluster.block_size.span(),
-                format!(
-                    "block_size /{block_size} must lie between the pool's /{} and /32",
-                    pool.prefix_len()
-                ),
+                format!("block_size /{block_size} must lie between the pool's /{} and /32", pool.prefix_len()),
             ));
         }
 
@@ -168,58 +163,33 @@ impl Topology {
             if prefix.trunc() != prefix {
                 return Err(src.error_at(
                     s.prefix.span(),
-                    format!(
-                        "prefix {prefix} has host bits set; did you mean {}?",
-                        prefix.trunc()
-                    ),
+                    format!("prefix {prefix} has host bits set; did you mean {}?", prefix.trunc()),
                 ));
             }
-            let gateway = src.at(
-                &s.gateway,
-                fileerr::parse_addr(s.gateway.get_ref(), "gateway"),
-            )?;
-            if !prefix.contains(&gateway)
-                || gateway == prefix.network()
-                || gateway == prefix.broadcast()
+            let gateway = src.at(&s.gateway, fileerr::parse_addr(s.gateway.get_ref(), "gateway"))?;
+            if !prefix.contains(&gateway) || gateway == prefix.network() || gateway == prefix.broadcast() {
+                return Err(
+                    src.error_at(s.gateway.span(), format!("gateway {gateway} is not a host address of {prefix}"))
+                );
+            }
+            if let Some(o) =
+                subnets.iter().find(|o| o.prefix.contains(&prefix.network()) || prefix.contains(&o.prefix.network()))
             {
-                return Err(src.error_at(
-                    s.gateway.span(),
-                    format!("gateway {gateway} is not a host address of {prefix}"),
-                ));
-            }
-            if let Some(o) = subnets.iter().find(|o| {
-                o.prefix.contains(&prefix.network()) || prefix.contains(&o.prefix.network())
-            }) {
-                return Err(src.error_at(
-                    s.prefix.span(),
-                    format!("subnet {prefix} overlaps subnet {} ({})", o.name, o.prefix),
-                ));
+                return Err(
+                    src.error_at(s.prefix.span(), format!("subnet {prefix} overlaps subnet {} ({})", o.name, o.prefix))
+                );
             }
             if prefix.contains(&pool.network()) || pool.contains(&prefix.network()) {
-                return Err(src.error_at(
-                    s.prefix.span(),
-                    format!("subnet {prefix} overlaps the pod pool {pool}"),
-                ));
+                return Err(src.error_at(s.prefix.span(), format!("subnet {prefix} overlaps the pod pool {pool}")));
             }
             let mtu = *s.mtu.get_ref();
             if !(576..=9000).contains(&mtu) {
-                return Err(src.error_at(
-                    s.mtu.span(),
-                    format!("mtu {mtu} must be between 576 and 9000"),
-                ));
+                return Err(src.error_at(s.mtu.span(), format!("mtu {mtu} must be between 576 and 9000")));
             }
             if !names.insert(s.name.get_ref().clone()) {
-                return Err(src.error_at(
-                    s.name.span(),
-                    format!("name {:?} is used twice", s.name.get_ref()),
-                ));
+                return Err(src.error_at(s.name.span(), format!("name {:?} is used twice", s.name.get_ref())));
             }
-            subnets.push(Subnet {
-                name: s.name.get_ref().clone(),
-                prefix,
-                gateway,
-                mtu,
-            });
+            subnets.push(Subnet { name: s.name.get_ref().clone(), prefix, gateway, mtu });
         }
         if subnets.is_empty() {
             return Err(src.error("no [[subnets]]: the nodes need an underlay subnet"));
@@ -230,15 +200,9 @@ impl Topology {
         for n in &raw.nodes {
             check_name(&src, &n.name, "node")?;
             if !names.insert(n.name.get_ref().clone()) {
-                return Err(src.error_at(
-                    n.name.span(),
-                    format!("name {:?} is used twice", n.name.get_ref()),
-                ));
+                return Err(src.error_at(n.name.span(), format!("name {:?} is used twice", n.name.get_ref())));
             }
-            let address = src.at(
-                &n.address,
-                fileerr::parse_net(n.address.get_ref(), "address"),
-            )?;
+            let address = src.at(&n.address, fileerr::parse_net(n.address.get_ref(), "address"))?;
             let Some(subnet) = subnets.iter().position(|s| s.prefix == address.trunc()) else {
                 return Err(src.error_at(
                     n.address.span(),
@@ -250,31 +214,21 @@ impl Topology {
             if a == sn.gateway || a == sn.prefix.network() || a == sn.prefix.broadcast() {
                 return Err(src.error_at(
                     n.address.span(),
-                    format!(
-                        "address {a} is the gateway, network or broadcast address of {}",
-                        sn.prefix
-                    ),
+                    format!("address {a} is the gateway, network or broadcast address of {}", sn.prefix),
                 ));
             }
             if let Some(o) = nodes.iter().find(|o| o.address.addr() == a) {
-                return Err(src.error_at(
-                    n.address.span(),
-                    format!("address {a} is already node {}'s", o.name),
-                ));
+                return Err(src.error_at(n.address.span(), format!("address {a} is already node {}'s", o.name)));
             }
             let block = src.at(&n.block, fileerr::parse_net(n.block.get_ref(), "block"))?;
-            if block.trunc() != block || block.prefix_len() != block_size || !pool.contains(&block)
-            {
+            if block.trunc() != block || block.prefix_len() != block_size || !pool.contains(&block) {
                 return Err(src.error_at(
                     n.block.span(),
                     format!("block {block} must be a /{block_size} inside the pool {pool} without host bits"),
                 ));
             }
             if let Some(o) = nodes.iter().find(|o| o.block == block) {
-                return Err(src.error_at(
-                    n.block.span(),
-                    format!("block {block} already belongs to node {}", o.name),
-                ));
+                return Err(src.error_at(n.block.span(), format!("block {block} already belongs to node {}", o.name)));
             }
             let mut pods = Vec::new();
             let mut next = u32::from(block.network()) + 1;
@@ -287,16 +241,15 @@ impl Topology {
                         }
                         let addr = Ipv4Addr::from(next);
                         if !block.contains(&addr) || addr == block.broadcast() {
-                            return Err(src.error_at(
-                                p.span(),
-                                format!("block {block} has no address left for pod {name}"),
-                            ));
+                            return Err(
+                                src.error_at(p.span(), format!("block {block} has no address left for pod {name}"))
+                            );
                         }
                         (name.clone(), addr)
                     }
                     RawPod::Full { name, address } => {
-                        let addr = fileerr::parse_addr(address, "pod address")
-                            .map_err(|m| src.error_at(p.span(), m))?;
+                        let addr =
+                            fileerr::parse_addr(address, "pod address").map_err(|m| src.error_at(p.span(), m))?;
                         if !block.contains(&addr) {
                             return Err(src.error_at(
                                 p.span(),
@@ -311,24 +264,12 @@ impl Topology {
                     return Err(src.error_at(p.span(), format!("name {name:?} is used twice")));
                 }
                 if !pod_addrs.insert(address) {
-                    return Err(
-                        src.error_at(p.span(), format!("pod address {address} is used twice"))
-                    );
+                    return Err(src.error_at(p.span(), format!("pod address {address} is used twice")));
                 }
                 let iface = cali_name(&name);
-                pods.push(Pod {
-                    name,
-                    address,
-                    iface,
-                });
+                pods.push(Pod { name, address, iface });
             }
-            nodes.push(Node {
-                name: n.name.get_ref().clone(),
-                address,
-                subnet,
-                block,
-                pods,
-            });
+            nodes.push(Node { name: n.name.get_ref().clone(), address, subnet, block, pods });
         }
         if nodes.is_empty() {
             return Err(src.error("no [[nodes]]: a lab needs at least one node"));
@@ -337,6 +278,7 @@ impl Topology {
             pool,
             block_size,
             as_number: raw.cluster.as_number,
+            ipip_mode: raw.cluster.ipip_mode,
             subnets,
             nodes,
         })
@@ -392,21 +334,15 @@ mod tests {
 
     #[test]
     fn unknown_key_is_rejected_with_line() {
-        let e = err(&replace(
-            "block_size = 26",
-            "block_size = 26\ncolour = \"red\"",
-        ));
-        assert!(e.starts_with("t.toml:8:") && e.contains("colour"), "{e}");
+        let e = err(&replace("block_size = 26", "block_size = 26\ncolour = \"red\""));
+        let line = SEED.lines().position(|l| l.starts_with("block_size")).expect("line") + 2;
+        assert!(e.starts_with(&format!("t.toml:{line}:")) && e.contains("colour"), "{e}");
     }
 
     #[test]
     fn bad_address_names_the_line() {
         let e = err(&replace("192.168.100.101/24", "192.168.100.300/24"));
-        let line = SEED
-            .lines()
-            .position(|l| l.contains("192.168.100.101/24"))
-            .expect("line")
-            + 1;
+        let line = SEED.lines().position(|l| l.contains("192.168.100.101/24")).expect("line") + 1;
         assert!(e.starts_with(&format!("t.toml:{line}:")), "{e}");
         assert!(e.contains("not an IPv4 address"), "{e}");
     }
@@ -414,39 +350,15 @@ mod tests {
     #[test]
     fn semantic_errors_are_explained() {
         for (from, to, needle) in [
-            (
-                "192.168.200.101/24",
-                "192.168.150.101/24",
-                "not inside any [[subnets]]",
-            ),
-            (
-                "10.244.2.0/26",
-                "10.244.1.0/26",
-                "already belongs to node node-a",
-            ),
+            ("192.168.200.101/24", "192.168.150.101/24", "not inside any [[subnets]]"),
+            ("10.244.2.0/26", "10.244.1.0/26", "already belongs to node node-a"),
             ("10.244.3.0/26", "10.245.3.0/26", "inside the pool"),
             ("10.244.3.0/26", "10.244.3.0/25", "must be a /26"),
             ("\"pod-b1\"", "\"pod-a1\"", "used twice"),
-            (
-                "192.168.100.101/24",
-                "192.168.100.100/24",
-                "already node node-a's",
-            ),
-            (
-                "gateway = \"192.168.100.1\"",
-                "gateway = \"192.168.101.1\"",
-                "not a host address",
-            ),
-            (
-                "name = \"node-b\"",
-                "name = \"Node_B\"",
-                "must be 1-32 characters",
-            ),
-            (
-                "\"pod-c1\"",
-                "{ name = \"pod-c1\", address = \"10.244.1.9\" }",
-                "outside the node's block",
-            ),
+            ("192.168.100.101/24", "192.168.100.100/24", "already node node-a's"),
+            ("gateway = \"192.168.100.1\"", "gateway = \"192.168.101.1\"", "not a host address"),
+            ("name = \"node-b\"", "name = \"Node_B\"", "must be 1-32 characters"),
+            ("\"pod-c1\"", "{ name = \"pod-c1\", address = \"10.244.1.9\" }", "outside the node's block"),
         ] {
             let e = err(&replace(from, to));
             assert!(e.contains(needle), "{from} -> {to}: {e}");
@@ -456,14 +368,7 @@ mod tests {
 
     #[test]
     fn explicit_pod_addresses_are_kept() {
-        let t = parse(&replace(
-            "\"pod-c1\"",
-            "{ name = \"pod-c1\", address = \"10.244.3.50\" }",
-        ))
-        .expect("ok");
-        assert_eq!(
-            t.node("node-c").expect("c").pods[0].address,
-            Ipv4Addr::new(10, 244, 3, 50)
-        );
+        let t = parse(&replace("\"pod-c1\"", "{ name = \"pod-c1\", address = \"10.244.3.50\" }")).expect("ok");
+        assert_eq!(t.node("node-c").expect("c").pods[0].address, Ipv4Addr::new(10, 244, 3, 50));
     }
 }

@@ -38,16 +38,9 @@ fn pods_ping_on_the_same_node_and_across_nodes() {
 #[test]
 fn a_thousand_pings_at_10ms_lose_nothing() {
     let lab = TestLab::up(&[]);
-    let (ok, out) = ping(
-        &lab,
-        "pod-a1",
-        &["-q", "-c", "1000", "-i", "0.01", "-W", "2", POD_B1],
-    );
+    let (ok, out) = ping(&lab, "pod-a1", &["-q", "-c", "1000", "-i", "0.01", "-W", "2", POD_B1]);
     assert!(ok, "{out}");
-    assert!(
-        out.contains("1000 packets transmitted, 1000 received"),
-        "{out}"
-    );
+    assert!(out.contains("1000 packets transmitted, 1000 received"), "{out}");
     assert_no_loss(&out);
 }
 
@@ -106,31 +99,21 @@ fn capture_on_node_b_uplink_shows_plain_icmp_between_pods() {
         // Plain IPv4/ICMP between pod addresses: protocol 1, never 4 (IPIP).
         assert_eq!(r[2], "1", "not plain ICMP: {r:?}");
         let pair = (r[0], r[1]);
-        assert!(
-            pair == ("10.244.1.1", POD_B1) || pair == (POD_B1, "10.244.1.1"),
-            "unexpected addresses {r:?}"
-        );
+        assert!(pair == ("10.244.1.1", POD_B1) || pair == (POD_B1, "10.244.1.1"), "unexpected addresses {r:?}");
     }
-    assert!(
-        rows.iter().any(|r| r[3] == "8") && rows.iter().any(|r| r[3] == "0"),
-        "{fields}"
-    );
+    assert!(rows.iter().any(|r| r[3] == "8") && rows.iter().any(|r| r[3] == "0"), "{fields}");
 }
 
 #[test]
 fn node_a_answers_ttl_1_and_unrouted_addresses_with_icmp() {
     let lab = TestLab::up(&[]);
     let (_, out) = ping(&lab, "pod-a1", &["-c", "1", "-t", "1", "-W", "2", POD_B1]);
-    assert!(
-        out.contains("From 192.168.100.100") && out.contains("Time to live exceeded"),
-        "{out}"
-    );
+    assert!(out.contains("From 192.168.100.100") && out.contains("Time to live exceeded"), "{out}");
     assert_eq!(lab.drops("node-a", "ttl_exceeded"), 1);
 
     let (_, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.99.0.1"]);
     assert!(
-        out.contains("From 192.168.100.100")
-            && (out.contains("Net Unreachable") || out.contains("Host Unreachable")),
+        out.contains("From 192.168.100.100") && (out.contains("Net Unreachable") || out.contains("Host Unreachable")),
         "{out}"
     );
     assert_eq!(lab.drops("node-a", "no_route"), 1);
@@ -145,12 +128,8 @@ fn node_a_answers_ttl_1_and_unrouted_addresses_with_icmp() {
 fn routes_show_the_fib_like_route_n() {
     let lab = TestLab::up(&[]);
     let routes = lab.json(&["routes", "--node", "node-a", "--json"]);
-    let find = |p: &str| {
-        routes
-            .as_array()
-            .and_then(|a| a.iter().find(|r| r["prefix"] == p).cloned())
-            .unwrap_or_default()
-    };
+    let find =
+        |p: &str| routes.as_array().and_then(|a| a.iter().find(|r| r["prefix"] == p).cloned()).unwrap_or_default();
     let b = find("10.244.2.0/26");
     assert_eq!(b["next_hop"], "192.168.100.101");
     assert_eq!(b["interface"], "eth0");
@@ -162,41 +141,22 @@ fn routes_show_the_fib_like_route_n() {
     assert!(pod["interface"].as_str().unwrap_or("").starts_with("cali"));
     assert_eq!(find("10.244.1.0/26")["type"], "blackhole");
     let table = text(&lab.router(&["routes", "--node", "node-a"]).stdout);
-    assert!(
-        table.starts_with("Destination") && table.contains("192.168.100.101"),
-        "{table}"
-    );
+    assert!(table.starts_with("Destination") && table.contains("192.168.100.101"), "{table}");
     // A node that does not exist is a clear error.
     let out = lab.router(&["routes", "--node", "node-x"]);
-    assert!(
-        !out.status.success() && text(&out.stderr).contains("no node \"node-x\""),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(!out.status.success() && text(&out.stderr).contains("no node \"node-x\""), "{}", text(&out.stderr));
 }
 
 #[test]
 fn pod_interfaces_follow_calico() {
     let lab = TestLab::up(&[]);
     let routes = text(&lab.exec("pod-a1", &["ip", "route"]).stdout);
-    assert!(
-        routes.contains("default via 169.254.1.1 dev eth0"),
-        "{routes}"
-    );
-    assert!(
-        routes.contains("169.254.1.1 dev eth0 scope link"),
-        "{routes}"
-    );
-    let addr = text(
-        &lab.exec("pod-a1", &["ip", "-o", "-4", "addr", "show", "eth0"])
-            .stdout,
-    );
+    assert!(routes.contains("default via 169.254.1.1 dev eth0"), "{routes}");
+    assert!(routes.contains("169.254.1.1 dev eth0 scope link"), "{routes}");
+    let addr = text(&lab.exec("pod-a1", &["ip", "-o", "-4", "addr", "show", "eth0"]).stdout);
     assert!(addr.contains("10.244.1.1/32"), "{addr}");
     // `echo -n pod-a1 | sha1sum` = 48dfb98be234...
-    let links = text(
-        &lab.exec("node-a", &["ip", "-o", "link", "show", "cali48dfb98be23"])
-            .stdout,
-    );
+    let links = text(&lab.exec("node-a", &["ip", "-o", "link", "show", "cali48dfb98be23"]).stdout);
     assert!(links.contains("cali48dfb98be23"), "{links}");
 }
 
@@ -205,51 +165,24 @@ fn up_twice_says_so_and_down_leaves_nothing() {
     let lab = TestLab::up(&[]);
     let again = lab.router(&["lab", "up"]);
     assert!(!again.status.success());
-    assert!(
-        text(&again.stderr).contains("already up"),
-        "{}",
-        text(&again.stderr)
-    );
+    assert!(text(&again.stderr).contains("already up"), "{}", text(&again.stderr));
 
     let st = lab.json(&["lab", "status", "--json"]);
-    let pids: Vec<i64> = st
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h["pid"].as_i64())
-        .collect();
+    let pids: Vec<i64> = st.as_array().into_iter().flatten().filter_map(|h| h["pid"].as_i64()).collect();
     assert_eq!(pids.len(), 3, "{st}");
     // A crashed node must not stop `down` from cleaning up.
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &pids[0].to_string()])
-        .status();
+    let _ = std::process::Command::new("kill").args(["-9", &pids[0].to_string()]).status();
 
     let out = lab.down();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        lab.leftover_namespaces().is_empty(),
-        "{:?}",
-        lab.leftover_namespaces()
-    );
+    assert!(lab.leftover_namespaces().is_empty(), "{:?}", lab.leftover_namespaces());
     for p in pids {
         // Gone, or a zombie waiting for its (re)parent to reap it: either way not running.
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .chars()
-            .next();
-        assert!(
-            matches!(state, None | Some('Z')),
-            "node pid {p} survived: {stat}"
-        );
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start().chars().next();
+        assert!(matches!(state, None | Some('Z')), "node pid {p} survived: {stat}");
     }
-    assert!(
-        !lab.dir.join(&lab.name).exists(),
-        "state directory left behind"
-    );
+    assert!(!lab.dir.join(&lab.name).exists(), "state directory left behind");
 }
 
 #[test]
@@ -270,17 +203,12 @@ fn down_cleans_up_after_an_interrupted_up() {
     std::fs::create_dir_all(&lab.dir).expect("dir");
     let file = lab.dir.join(format!("{}-big.toml", lab.name));
     std::fs::write(&file, topo).expect("topology");
-    let mut up = lab
-        .command(&["lab", "up", "--topology", file.to_str().unwrap_or_default()])
-        .spawn()
-        .expect("lab up");
+    let mut up = lab.command(&["lab", "up", "--topology", file.to_str().unwrap_or_default()]).spawn().expect("lab up");
     let state = lab.dir.join(&lab.name).join("state.json");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let st: serde_json::Value = std::fs::read_to_string(&state)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let st: serde_json::Value =
+            std::fs::read_to_string(&state).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         if st["namespaces"].as_array().map_or(0, |a| a.len()) >= 8 || Instant::now() > deadline {
             break;
         }
@@ -288,17 +216,10 @@ fn down_cleans_up_after_an_interrupted_up() {
     }
     let _ = up.kill();
     let _ = up.wait();
-    assert!(
-        !lab.leftover_namespaces().is_empty(),
-        "the interrupted up had made namespaces"
-    );
+    assert!(!lab.leftover_namespaces().is_empty(), "the interrupted up had made namespaces");
     let out = lab.down();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        lab.leftover_namespaces().is_empty(),
-        "{:?}",
-        lab.leftover_namespaces()
-    );
+    assert!(lab.leftover_namespaces().is_empty(), "{:?}", lab.leftover_namespaces());
     let _ = std::fs::remove_file(&file);
 }
 

@@ -73,17 +73,9 @@ pub enum Verdict {
     /// Send `buf[span]` out of `iface` (an Ethernet frame, or a bare IPv4 packet on `tun`
     /// interfaces). `learn` carries a neighbour gleaned from the frame (the sender of a
     /// proxy-ARP request) for the slow path.
-    Transmit {
-        iface: IfaceId,
-        span: Span,
-        learn: Option<Neighbour>,
-    },
+    Transmit { iface: IfaceId, span: Span, learn: Option<Neighbour> },
     /// Ready to send except for the destination MAC of `next_hop`, which is unknown.
-    Resolve {
-        iface: IfaceId,
-        next_hop: Ipv4Addr,
-        span: Span,
-    },
+    Resolve { iface: IfaceId, next_hop: Ipv4Addr, span: Span },
     /// Too big for the egress and fragmentable: hand it to [`fragment`].
     Fragment(Fragmentation),
     /// An ARP answer for the neighbour table; nothing to send.
@@ -96,30 +88,20 @@ pub enum Verdict {
 }
 
 /// Processes the Ethernet frame `buf[span]` received on `in_if`.
-pub fn process(
-    ctx: &Context<'_>,
-    counters: &Counters,
-    in_if: IfaceId,
-    buf: &mut [u8],
-    span: Span,
-) -> Verdict {
+pub fn process(ctx: &Context<'_>, counters: &Counters, in_if: IfaceId, buf: &mut [u8], span: Span) -> Verdict {
     let v = classify(ctx, counters, in_if, buf, span);
     count(counters, v)
 }
 
 /// Processes the bare IPv4 packet `buf[span]` received on a `tun`-mode interface.
-pub fn process_l3(
-    ctx: &Context<'_>,
-    counters: &Counters,
-    in_if: IfaceId,
-    buf: &mut [u8],
-    span: Span,
-) -> Verdict {
+pub fn process_l3(ctx: &Context<'_>, counters: &Counters, in_if: IfaceId, buf: &mut [u8], span: Span) -> Verdict {
+    // The kernel also routes its own IPv6 into tunl0; that is not ours to judge.
+    if buf.get(span.start).is_some_and(|b| b >> 4 == 6) {
+        return Verdict::Pass;
+    }
     let v = match ctx.ifaces.get(in_if).map(|f| f.role) {
         Some(IfaceRole::Tun) => ip_input(ctx, counters, Ingress::Tun, buf, span.start, span.end),
-        Some(IfaceRole::RawIpip) => {
-            ip_input(ctx, counters, Ingress::RawIpip, buf, span.start, span.end)
-        }
+        Some(IfaceRole::RawIpip) => ip_input(ctx, counters, Ingress::RawIpip, buf, span.start, span.end),
         _ => Verdict::Pass,
     };
     count(counters, v)
@@ -145,13 +127,7 @@ enum Ingress {
     RawIpip,
 }
 
-fn classify(
-    ctx: &Context<'_>,
-    counters: &Counters,
-    in_if: IfaceId,
-    buf: &mut [u8],
-    span: Span,
-) -> Verdict {
+fn classify(ctx: &Context<'_>, counters: &Counters, in_if: IfaceId, buf: &mut [u8], span: Span) -> Verdict {
     let Some(iface) = ctx.ifaces.get(in_if) else {
         return Verdict::Pass;
     };
@@ -172,35 +148,18 @@ fn classify(
                 IfaceRole::Pod { addr } => Ingress::Pod(addr),
                 _ => Ingress::Uplink,
             };
-            ip_input(
-                ctx,
-                counters,
-                ingress,
-                buf,
-                span.start + ethernet::HEADER_LEN,
-                span.end,
-            )
+            ip_input(ctx, counters, ingress, buf, span.start + ethernet::HEADER_LEN, span.end)
         }
         _ => Verdict::Pass,
     }
 }
 
-fn arp(
-    iface: &Interface,
-    in_if: IfaceId,
-    counters: &Counters,
-    buf: &mut [u8],
-    span: Span,
-) -> Verdict {
+fn arp(iface: &Interface, in_if: IfaceId, counters: &Counters, buf: &mut [u8], span: Span) -> Verdict {
     let payload = &buf[span.start + ethernet::HEADER_LEN..span.end];
     let Ok(req) = ArpRepr::parse(payload) else {
         return Verdict::Drop(DropReason::BadArp);
     };
-    let learned = Neighbour {
-        iface: in_if,
-        ip: req.sender_ip,
-        mac: req.sender_mac,
-    };
+    let learned = Neighbour { iface: in_if, ip: req.sender_ip, mac: req.sender_mac };
     match iface.role {
         IfaceRole::Pod { addr } => {
             let from_pod = req.sender_ip == addr && !req.sender_mac.is_multicast();
@@ -219,15 +178,9 @@ fn arp(
                     reply.emit(&mut buf[s + ethernet::HEADER_LEN..]);
                     bump(&counters.arp_replies_sent, 1);
                     let end = s + ethernet::HEADER_LEN + encap::arp::PACKET_LEN;
-                    Verdict::Transmit {
-                        iface: in_if,
-                        span: Span { start: s, end },
-                        learn: from_pod.then_some(learned),
-                    }
+                    Verdict::Transmit { iface: in_if, span: Span { start: s, end }, learn: from_pod.then_some(learned) }
                 }
-                Operation::Reply if from_pod && req.target_ip == POD_GATEWAY => {
-                    Verdict::Learn(learned)
-                }
+                Operation::Reply if from_pod && req.target_ip == POD_GATEWAY => Verdict::Learn(learned),
                 _ => Verdict::Pass,
             }
         }
@@ -235,9 +188,7 @@ fn arp(
             // Replies to our requests, and requests for our address (RFC 826: the asker is
             // worth remembering). The kernel answers the requests itself.
             let for_us = req.target_ip == addr.addr();
-            let sane = addr.contains(&req.sender_ip)
-                && req.sender_ip != addr.addr()
-                && !req.sender_mac.is_multicast();
+            let sane = addr.contains(&req.sender_ip) && req.sender_ip != addr.addr() && !req.sender_mac.is_multicast();
             if for_us && sane {
                 Verdict::Learn(learned)
             } else {
@@ -261,21 +212,16 @@ fn wire_drop(e: WireError) -> DropReason {
 
 fn decap_drop(e: DecapError) -> DropReason {
     match e {
-        DecapError::Outer(_)
-        | DecapError::OuterChecksum
-        | DecapError::NotIpip
-        | DecapError::OuterFragment => DropReason::IpipMalformedOuter,
+        DecapError::Outer(_) | DecapError::OuterChecksum | DecapError::NotIpip | DecapError::OuterFragment => {
+            DropReason::IpipMalformedOuter
+        }
         DecapError::Inner(_) | DecapError::InnerChecksum => DropReason::IpipMalformedInner,
         DecapError::InvalidEcn => DropReason::IpipInvalidEcn,
     }
 }
 
 fn bad_source(a: Ipv4Addr) -> bool {
-    a.is_unspecified()
-        || a.is_broadcast()
-        || a.is_multicast()
-        || a.is_loopback()
-        || u32::from(a) >> 28 == 0xf
+    a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() || u32::from(a) >> 28 == 0xf
 }
 
 /// Validates the IPv4 packet at `buf[l3..end]` and routes it.
@@ -313,41 +259,22 @@ fn ip_input(
                 return Verdict::Drop(DropReason::IpipFromPod);
             }
         }
-        Ingress::Tun if proto == ipv4::Protocol::IpIp => {
-            return Verdict::Drop(DropReason::IpipFromPod)
-        }
+        Ingress::Tun if proto == ipv4::Protocol::IpIp => return Verdict::Drop(DropReason::IpipFromPod),
         Ingress::RawIpip => return decapsulate(ctx, counters, buf, l3, end, true),
         _ => {}
     }
     match ctx.fib.lookup(dst) {
         Some(NextHop::Host) => match ingress {
-            Ingress::Uplink if proto == ipv4::Protocol::IpIp => {
-                decapsulate(ctx, counters, buf, l3, end, false)
-            }
+            Ingress::Uplink if proto == ipv4::Protocol::IpIp => decapsulate(ctx, counters, buf, l3, end, false),
             _ => Verdict::Pass,
         },
-        nh => forward(
-            ctx,
-            counters,
-            buf,
-            l3,
-            end,
-            nh,
-            !matches!(ingress, Ingress::Tun),
-        ),
+        nh => forward(ctx, counters, buf, l3, end, nh, !matches!(ingress, Ingress::Tun)),
     }
 }
 
 /// Unwraps IPIP addressed to this node. The sender must be a node of the cluster (or an
 /// allowed range) before anything inside is looked at.
-fn decapsulate(
-    ctx: &Context<'_>,
-    counters: &Counters,
-    buf: &mut [u8],
-    l3: usize,
-    end: usize,
-    to_tun: bool,
-) -> Verdict {
+fn decapsulate(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end: usize, to_tun: bool) -> Verdict {
     let outer_src = ipv4::Packet::new_unchecked(&buf[l3..end]).src();
     if !ctx.fib.tunnels().allows(outer_src) {
         return Verdict::Drop(DropReason::IpipUnknownSource);
@@ -365,11 +292,7 @@ fn decapsulate(
     if to_tun {
         // `tun` mode: the kernel routes the inner packet to the pod (and decrements its TTL).
         return match ctx.ifaces.by_role(|r| *r == IfaceRole::Tun) {
-            Some(tun) => Verdict::Transmit {
-                iface: tun,
-                span: Span { start: s, end: e },
-                learn: None,
-            },
+            Some(tun) => Verdict::Transmit { iface: tun, span: Span { start: s, end: e }, learn: None },
             None => Verdict::Drop(DropReason::TxError),
         };
     }
@@ -382,25 +305,9 @@ fn decapsulate(
 /// Resolves a route to the interface and neighbour a packet leaves by.
 fn egress(nh: NextHop, dst: Ipv4Addr) -> Option<Egress> {
     match nh {
-        NextHop::Local { iface } => Some(Egress {
-            iface,
-            hop: dst,
-            tunnel: None,
-        }),
-        NextHop::Direct { iface, gateway } => Some(Egress {
-            iface,
-            hop: gateway,
-            tunnel: None,
-        }),
-        NextHop::Ipip {
-            iface,
-            gateway,
-            remote,
-        } => Some(Egress {
-            iface,
-            hop: gateway,
-            tunnel: Some(remote),
-        }),
+        NextHop::Local { iface } => Some(Egress { iface, hop: dst, tunnel: None }),
+        NextHop::Direct { iface, gateway } => Some(Egress { iface, hop: gateway, tunnel: None }),
+        NextHop::Ipip { iface, gateway, remote } => Some(Egress { iface, hop: gateway, tunnel: Some(remote) }),
         NextHop::Host | NextHop::Blackhole | NextHop::Unreachable => None,
     }
 }
@@ -422,15 +329,7 @@ fn forward(
         Some(NextHop::Host) => return Verdict::Pass,
         Some(NextHop::Blackhole) => return Verdict::Drop(DropReason::Blackhole),
         None | Some(NextHop::Unreachable) => {
-            return icmp_error(
-                ctx,
-                counters,
-                buf,
-                l3,
-                end,
-                icmp::ErrorKind::NetUnreachable,
-                DropReason::NoRoute,
-            );
+            return icmp_error(ctx, counters, buf, l3, end, icmp::ErrorKind::NetUnreachable, DropReason::NoRoute);
         }
         Some(nh) => match egress(nh, dst) {
             Some(eg) => eg,
@@ -438,24 +337,12 @@ fn forward(
         },
     };
     if decrement && ttl <= 1 {
-        return icmp_error(
-            ctx,
-            counters,
-            buf,
-            l3,
-            end,
-            icmp::ErrorKind::TtlExceeded,
-            DropReason::TtlExceeded,
-        );
+        return icmp_error(ctx, counters, buf, l3, end, icmp::ErrorKind::TtlExceeded, DropReason::TtlExceeded);
     }
     let Some(out) = ctx.ifaces.get(eg.iface) else {
         return Verdict::Drop(DropReason::NoRoute);
     };
-    let overhead = if eg.tunnel.is_some() {
-        ipip::OVERHEAD as u16
-    } else {
-        0
-    };
+    let overhead = if eg.tunnel.is_some() { ipip::OVERHEAD as u16 } else { 0 };
     let mtu = out.mtu.saturating_sub(overhead);
     let too_big = end - l3 > usize::from(mtu);
     if too_big && df {
@@ -469,25 +356,14 @@ fn forward(
         ipv4::Packet::new_unchecked(&mut buf[l3..end]).decrement_ttl();
     }
     if too_big {
-        return Verdict::Fragment(Fragmentation {
-            span: Span { start: l3, end },
-            mtu,
-            egress: eg,
-        });
+        return Verdict::Fragment(Fragmentation { span: Span { start: l3, end }, mtu, egress: eg });
     }
     output(ctx, counters, buf, l3, end, eg)
 }
 
 /// Puts the routed packet on the wire: encapsulates if needed, then writes the L2 header (or
 /// hands a bare packet to a `tun`-mode interface).
-fn output(
-    ctx: &Context<'_>,
-    counters: &Counters,
-    buf: &mut [u8],
-    l3: usize,
-    end: usize,
-    eg: Egress,
-) -> Verdict {
+fn output(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end: usize, eg: Egress) -> Verdict {
     let Some(out) = ctx.ifaces.get(eg.iface) else {
         return Verdict::Drop(DropReason::NoRoute);
     };
@@ -499,37 +375,21 @@ fn output(
         if l3 < HEADROOM_NEEDED {
             return Verdict::Drop(DropReason::NoHeadroom);
         }
-        let t = ipip::Tunnel {
-            src,
-            dst: remote,
-            ttl: ctx.fib.tunnels().ttl,
-        };
+        let t = ipip::Tunnel { src, dst: remote, ttl: ctx.fib.tunnels().ttl };
         l3 = ipip::encapsulate(buf, l3, end, &t, counters.next_ident());
         bump(&counters.ipip_encapsulated, 1);
     }
     if !out.role.is_ethernet() {
-        return Verdict::Transmit {
-            iface: eg.iface,
-            span: Span { start: l3, end },
-            learn: None,
-        };
+        return Verdict::Transmit { iface: eg.iface, span: Span { start: l3, end }, learn: None };
     }
     let start = l3 - ethernet::HEADER_LEN;
     let dst_mac = ctx.neigh.lookup(eg.iface, eg.hop).unwrap_or(MacAddr::ZERO);
     ethernet::emit_header(&mut buf[start..], dst_mac, out.mac, EtherType::Ipv4);
     let span = Span { start, end };
     if dst_mac == MacAddr::ZERO {
-        Verdict::Resolve {
-            iface: eg.iface,
-            next_hop: eg.hop,
-            span,
-        }
+        Verdict::Resolve { iface: eg.iface, next_hop: eg.hop, span }
     } else {
-        Verdict::Transmit {
-            iface: eg.iface,
-            span,
-            learn: None,
-        }
+        Verdict::Transmit { iface: eg.iface, span, learn: None }
     }
 }
 
@@ -549,11 +409,8 @@ fn icmp_error(
     let orig_src = ip.src();
     let hl = ip.header_len();
     let total = usize::from(ip.total_len());
-    let about_icmp_error = ip.protocol() == ipv4::Protocol::Icmp
-        && ip
-            .payload()
-            .first()
-            .is_some_and(|t| icmp::is_error_type(*t));
+    let about_icmp_error =
+        ip.protocol() == ipv4::Protocol::Icmp && ip.payload().first().is_some_and(|t| icmp::is_error_type(*t));
     if about_icmp_error || ip.frag_offset() != 0 || bad_source(orig_src) {
         return Verdict::Drop(reason);
     }
@@ -626,10 +483,7 @@ pub fn fragment(
         f[10..12].copy_from_slice(&[0, 0]);
         let c = encap::checksum::checksum(&f[..hl]);
         f[10..12].copy_from_slice(&c.to_be_bytes());
-        let v = count(
-            counters,
-            output(ctx, counters, scratch, at, at + hl + n, egress),
-        );
+        let v = count(counters, output(ctx, counters, scratch, at, at + hl + n, egress));
         bump(&counters.fragments_sent, 1);
         emit(v, scratch);
         off += n;

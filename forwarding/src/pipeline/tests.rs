@@ -38,9 +38,7 @@ fn lab() -> Lab {
             ifindex: 2,
             mac: UPLINK_MAC,
             mtu: 1500,
-            role: IfaceRole::Uplink {
-                addr: "192.168.100.100/24".parse().expect("net"),
-            },
+            role: IfaceRole::Uplink { addr: "192.168.100.100/24".parse().expect("net") },
         },
         Interface {
             name: "calia1".into(),
@@ -57,72 +55,25 @@ fn lab() -> Lab {
             role: IfaceRole::Pod { addr: POD_A2 },
         },
     ]);
-    let r = |p: &str, nh| Route {
-        prefix: p.parse().expect("net"),
-        next_hop: nh,
-    };
+    let r = |p: &str, nh| Route { prefix: p.parse().expect("net"), next_hop: nh };
     let fib = Fib::build(&[
         r("192.168.100.0/24", NextHop::Local { iface: UPLINK }),
         r("192.168.100.100/32", NextHop::Host),
         r("10.244.1.0/26", NextHop::Blackhole),
         r("10.244.1.2/32", NextHop::Local { iface: CALI_A1 }),
         r("10.244.1.3/32", NextHop::Local { iface: CALI_A2 }),
-        r(
-            "10.244.2.0/26",
-            NextHop::Direct {
-                iface: UPLINK,
-                gateway: NODE_B,
-            },
-        ),
-        r(
-            "10.244.4.0/26",
-            NextHop::Direct {
-                iface: UPLINK,
-                gateway: Ipv4Addr::new(192, 168, 100, 102),
-            },
-        ),
-        r(
-            "10.244.3.0/26",
-            NextHop::Ipip {
-                iface: UPLINK,
-                gateway: UNDERLAY,
-                remote: NODE_C,
-            },
-        ),
+        r("10.244.2.0/26", NextHop::Direct { iface: UPLINK, gateway: NODE_B }),
+        r("10.244.4.0/26", NextHop::Direct { iface: UPLINK, gateway: Ipv4Addr::new(192, 168, 100, 102) }),
+        r("10.244.3.0/26", NextHop::Ipip { iface: UPLINK, gateway: UNDERLAY, remote: NODE_C }),
     ])
-    .with_tunnels(Tunnels {
-        ttl: 64,
-        peers: [NODE_B, NODE_C].into_iter().collect(),
-        allowed: vec![],
-    });
+    .with_tunnels(Tunnels { ttl: 64, peers: [NODE_B, NODE_C].into_iter().collect(), allowed: vec![] });
     let mut neigh = NeighTable::default();
-    neigh.insert(Neighbour {
-        iface: CALI_A2,
-        ip: POD_A2,
-        mac: POD_A2_MAC,
-    });
-    neigh.insert(Neighbour {
-        iface: CALI_A1,
-        ip: POD_A1,
-        mac: POD_A1_MAC,
-    });
-    neigh.insert(Neighbour {
-        iface: UPLINK,
-        ip: NODE_B,
-        mac: NODE_B_MAC,
-    });
-    neigh.insert(Neighbour {
-        iface: UPLINK,
-        ip: UNDERLAY,
-        mac: UNDERLAY_MAC,
-    });
+    neigh.insert(Neighbour { iface: CALI_A2, ip: POD_A2, mac: POD_A2_MAC });
+    neigh.insert(Neighbour { iface: CALI_A1, ip: POD_A1, mac: POD_A1_MAC });
+    neigh.insert(Neighbour { iface: UPLINK, ip: NODE_B, mac: NODE_B_MAC });
+    neigh.insert(Neighbour { iface: UPLINK, ip: UNDERLAY, mac: UNDERLAY_MAC });
     let counters = Counters::new(ifaces.len());
-    Lab {
-        fib,
-        neigh,
-        ifaces,
-        counters,
-    }
+    Lab { fib, neigh, ifaces, counters }
 }
 
 /// Frames of `fixtures/linux-ping.pcap`: ARP request, ARP reply, echo request, echo reply.
@@ -145,11 +96,7 @@ const HEADROOM: usize = 64;
 
 impl Lab {
     fn ctx(&self) -> Context<'_> {
-        Context {
-            fib: &self.fib,
-            neigh: &self.neigh,
-            ifaces: &self.ifaces,
-        }
+        Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces }
     }
 
     /// Runs a frame and, for a `Fragment` verdict, the fragmentation step; returns every
@@ -157,26 +104,16 @@ impl Lab {
     fn run_all(&self, in_if: IfaceId, frame: &[u8]) -> Vec<(Verdict, Vec<u8>)> {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-        let span = Span {
-            start: HEADROOM,
-            end: HEADROOM + frame.len(),
-        };
+        let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
         let v = process(&self.ctx(), &self.counters, in_if, &mut buf, span);
         let mut out = Vec::new();
         if let Verdict::Fragment(job) = v {
             let mut scratch = vec![0u8; BUF];
-            fragment(
-                &self.ctx(),
-                &self.counters,
-                &buf,
-                job,
-                &mut scratch,
-                |v, b| {
-                    if let Verdict::Transmit { span, .. } = v {
-                        out.push((v, b[span.start..span.end].to_vec()));
-                    }
-                },
-            );
+            fragment(&self.ctx(), &self.counters, &buf, job, &mut scratch, |v, b| {
+                if let Verdict::Transmit { span, .. } = v {
+                    out.push((v, b[span.start..span.end].to_vec()));
+                }
+            });
         }
         out
     }
@@ -184,20 +121,11 @@ impl Lab {
     fn run_on(&self, in_if: IfaceId, frame: &[u8]) -> (Verdict, Vec<u8>) {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-        let ctx = Context {
-            fib: &self.fib,
-            neigh: &self.neigh,
-            ifaces: &self.ifaces,
-        };
-        let span = Span {
-            start: HEADROOM,
-            end: HEADROOM + frame.len(),
-        };
+        let ctx = Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces };
+        let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
         let v = process(&ctx, &self.counters, in_if, &mut buf, span);
         let out = match v {
-            Verdict::Transmit { span, .. } | Verdict::Resolve { span, .. } => {
-                buf[span.start..span.end].to_vec()
-            }
+            Verdict::Transmit { span, .. } | Verdict::Resolve { span, .. } => buf[span.start..span.end].to_vec(),
             _ => Vec::new(),
         };
         (v, out)
@@ -209,9 +137,8 @@ impl Lab {
 }
 
 fn echo(src_mac: MacAddr, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
-        .ipv4(src.octets(), dst.octets(), ttl)
-        .icmpv4_echo_request(7, 1);
+    let b =
+        PacketBuilder::ethernet2(src_mac.0, dst_mac.0).ipv4(src.octets(), dst.octets(), ttl).icmpv4_echo_request(7, 1);
     let payload = [0xabu8; 56];
     let mut v = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut v, &payload).expect("build");
@@ -240,17 +167,7 @@ fn forwards_captured_ping_to_pod_on_same_node() {
     let l = lab();
     let frame = captured(2);
     let (v, out) = l.run_on(CALI_A1, &frame);
-    assert!(
-        matches!(
-            v,
-            Verdict::Transmit {
-                iface: CALI_A2,
-                learn: None,
-                ..
-            }
-        ),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A2, learn: None, .. }), "{v:?}");
     // Only the Ethernet addresses, TTL and checksum change.
     assert_eq!(&out[..6], &POD_A2_MAC.0);
     assert_eq!(&out[6..12], &CALI_A2_MAC.0);
@@ -267,25 +184,15 @@ fn forwards_captured_ping_to_pod_on_same_node() {
 fn forwards_to_pod_on_other_node_via_its_address() {
     let l = lab();
     let (v, out) = l.run_on(CALI_A1, &from_pod_a1(POD_B1, 64));
-    assert!(
-        matches!(v, Verdict::Transmit { iface: UPLINK, .. }),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Transmit { iface: UPLINK, .. }), "{v:?}");
     let p = SlicedPacket::from_ethernet(&out).expect("etherparse");
-    let Some(etherparse::LinkSlice::Ethernet2(eth)) = p.link else {
-        panic!("no ethernet")
-    };
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = p.link else { panic!("no ethernet") };
     assert_eq!(eth.destination(), NODE_B_MAC.0);
     assert_eq!(eth.source(), UPLINK_MAC.0);
-    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
-        panic!("no ip")
-    };
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else { panic!("no ip") };
     assert_eq!(ip.header().ttl(), 63);
     assert_eq!(ip.header().destination_addr(), POD_B1);
-    assert_eq!(
-        ip.header().to_header().calc_header_checksum(),
-        ip.header().header_checksum()
-    );
+    assert_eq!(ip.header().to_header().calc_header_checksum(), ip.header().header_checksum());
 }
 
 #[test]
@@ -293,10 +200,7 @@ fn forwards_from_uplink_to_local_pod() {
     let l = lab();
     let frame = echo(NODE_B_MAC, UPLINK_MAC, POD_B1, POD_A1, 63);
     let (v, out) = l.run_on(UPLINK, &frame);
-    assert!(
-        matches!(v, Verdict::Transmit { iface: CALI_A1, .. }),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
     assert_eq!(&out[..6], &POD_A1_MAC.0);
 }
 
@@ -309,10 +213,7 @@ fn unknown_next_hop_asks_for_resolution() {
         Verdict::Resolve {
             iface: UPLINK,
             next_hop: Ipv4Addr::new(192, 168, 100, 102),
-            span: Span {
-                start: HEADROOM,
-                end: HEADROOM + 98
-            }
+            span: Span { start: HEADROOM, end: HEADROOM + 98 }
         }
     );
 }
@@ -323,32 +224,18 @@ fn ttl_1_gets_time_exceeded_from_the_node() {
         let l = lab();
         let frame = from_pod_a1(POD_B1, ttl);
         let (v, out) = l.run_on(CALI_A1, &frame);
-        assert!(
-            matches!(v, Verdict::Transmit { iface: CALI_A1, .. }),
-            "{v:?}"
-        );
+        assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
         let p = SlicedPacket::from_ethernet(&out).expect("etherparse");
-        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
-            panic!("no ip")
-        };
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!("no ip") };
         assert_eq!(ip.header().source_addr(), NODE_A);
         assert_eq!(ip.header().destination_addr(), POD_A1);
-        let Some(etherparse::TransportSlice::Icmpv4(icmp)) = &p.transport else {
-            panic!("no icmp")
-        };
+        let Some(etherparse::TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!("no icmp") };
         assert!(matches!(icmp.icmp_type(), Icmpv4Type::TimeExceeded(_)));
         // The quote is the original header plus 8 bytes, checksum valid.
         assert_eq!(icmp.payload(), &frame[14..14 + 28]);
-        assert!(encap::icmp::Packet::new_checked(&out[34..])
-            .expect("icmp")
-            .verify_checksum());
+        assert!(encap::icmp::Packet::new_checked(&out[34..]).expect("icmp").verify_checksum());
         assert_eq!(l.drops(DropReason::TtlExceeded), 1);
-        assert_eq!(
-            l.counters
-                .icmp_errors_sent
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(l.counters.icmp_errors_sent.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }
 
@@ -356,10 +243,7 @@ fn ttl_1_gets_time_exceeded_from_the_node() {
 fn no_route_gets_net_unreachable() {
     let l = lab();
     let (v, out) = l.run_on(CALI_A1, &from_pod_a1(Ipv4Addr::new(10, 99, 0, 1), 64));
-    assert!(
-        matches!(v, Verdict::Transmit { iface: CALI_A1, .. }),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
     let icmp = encap::icmp::Packet::new_checked(&out[34..]).expect("icmp");
     assert_eq!((icmp.msg_type(), icmp.code()), (3, 0));
     assert_eq!(l.drops(DropReason::NoRoute), 1);
@@ -377,10 +261,7 @@ fn unused_address_in_own_block_is_blackholed() {
 fn pod_with_foreign_source_is_dropped() {
     let l = lab();
     let frame = echo(POD_A1_MAC, CALI_A1_MAC, POD_A2, POD_B1, 64);
-    assert_eq!(
-        l.run_on(CALI_A1, &frame).0,
-        Verdict::Drop(DropReason::Spoofed)
-    );
+    assert_eq!(l.run_on(CALI_A1, &frame).0, Verdict::Drop(DropReason::Spoofed));
 }
 
 #[test]
@@ -400,10 +281,8 @@ fn frames_for_other_macs_are_not_routed() {
 fn malformed_frames_each_have_their_reason() {
     let l = lab();
     let good = captured(2);
-    let mut cases: Vec<(Vec<u8>, DropReason)> = vec![
-        (good[..10].to_vec(), DropReason::ShortFrame),
-        (good[..30].to_vec(), DropReason::Ipv4Truncated),
-    ];
+    let mut cases: Vec<(Vec<u8>, DropReason)> =
+        vec![(good[..10].to_vec(), DropReason::ShortFrame), (good[..30].to_vec(), DropReason::Ipv4Truncated)];
     let mut ihl = good.clone();
     ihl[14] = 0x44;
     cases.push((ihl, DropReason::BadHeaderLen));
@@ -421,11 +300,7 @@ fn malformed_frames_each_have_their_reason() {
     arp.truncate(30);
     cases.push((arp, DropReason::BadArp));
     for (frame, reason) in cases {
-        assert_eq!(
-            l.run_on(CALI_A1, &frame).0,
-            Verdict::Drop(reason),
-            "{reason:?}"
-        );
+        assert_eq!(l.run_on(CALI_A1, &frame).0, Verdict::Drop(reason), "{reason:?}");
         assert_eq!(l.drops(reason), 1, "{reason:?}");
     }
 }
@@ -436,21 +311,11 @@ fn no_icmp_error_about_an_icmp_error() {
     // A time-exceeded message from pod-a1 with TTL 1.
     let b = PacketBuilder::ethernet2(POD_A1_MAC.0, CALI_A1_MAC.0)
         .ipv4(POD_A1.octets(), POD_B1.octets(), 1)
-        .icmpv4(Icmpv4Type::TimeExceeded(
-            etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
-        ));
+        .icmpv4(Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit));
     let mut frame = Vec::new();
     b.write(&mut frame, &[0u8; 28]).expect("build");
-    assert_eq!(
-        l.run_on(CALI_A1, &frame).0,
-        Verdict::Drop(DropReason::TtlExceeded)
-    );
-    assert_eq!(
-        l.counters
-            .icmp_errors_sent
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(l.run_on(CALI_A1, &frame).0, Verdict::Drop(DropReason::TtlExceeded));
+    assert_eq!(l.counters.icmp_errors_sent.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
 #[test]
@@ -459,26 +324,17 @@ fn too_big_with_df_gets_fragmentation_needed() {
     l.ifaces = Interfaces::new(
         l.ifaces
             .iter()
-            .map(|(_, f)| Interface {
-                mtu: if f.name == "eth0" { 80 } else { f.mtu },
-                ..f.clone()
-            })
+            .map(|(_, f)| Interface { mtu: if f.name == "eth0" { 80 } else { f.mtu }, ..f.clone() })
             .collect(),
     );
     let (v, out) = l.run_on(CALI_A1, &with_df(from_pod_a1(POD_B1, 64), true));
-    assert!(
-        matches!(v, Verdict::Transmit { iface: CALI_A1, .. }),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
     let icmp = encap::icmp::Packet::new_checked(&out[34..]).expect("icmp");
     assert_eq!((icmp.msg_type(), icmp.code()), (3, 4));
     assert_eq!(icmp.rest(), [0, 0, 0, 80]);
     // Without DF it is fragmented.
     let (v, _) = l.run_on(CALI_A1, &with_df(from_pod_a1(POD_B1, 64), false));
-    assert!(
-        matches!(v, Verdict::Fragment(Fragmentation { mtu: 80, .. })),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Fragment(Fragmentation { mtu: 80, .. })), "{v:?}");
 }
 
 #[test]
@@ -487,18 +343,9 @@ fn proxy_arp_answers_for_the_pod_gateway() {
     let mut req = captured(0);
     req[38..42].copy_from_slice(&POD_GATEWAY.octets());
     let (v, out) = l.run_on(CALI_A1, &req);
-    let Verdict::Transmit { iface, learn, .. } = v else {
-        panic!("{v:?}")
-    };
+    let Verdict::Transmit { iface, learn, .. } = v else { panic!("{v:?}") };
     assert_eq!(iface, CALI_A1);
-    assert_eq!(
-        learn,
-        Some(Neighbour {
-            iface: CALI_A1,
-            ip: POD_A1,
-            mac: POD_A1_MAC
-        })
-    );
+    assert_eq!(learn, Some(Neighbour { iface: CALI_A1, ip: POD_A1, mac: POD_A1_MAC }));
     assert_eq!(&out[..6], &POD_A1_MAC.0);
     let reply = ArpRepr::parse(&out[14..]).expect("arp");
     assert_eq!(reply.operation, Operation::Reply);
@@ -526,14 +373,7 @@ fn arp_reply_on_uplink_teaches_the_neighbour() {
     let mut frame = vec![0u8; 42];
     ethernet::emit_header(&mut frame, UPLINK_MAC, NODE_B_MAC, EtherType::Arp);
     reply.emit(&mut frame[14..]);
-    assert_eq!(
-        l.run_on(UPLINK, &frame).0,
-        Verdict::Learn(Neighbour {
-            iface: UPLINK,
-            ip: NODE_B,
-            mac: NODE_B_MAC
-        })
-    );
+    assert_eq!(l.run_on(UPLINK, &frame).0, Verdict::Learn(Neighbour { iface: UPLINK, ip: NODE_B, mac: NODE_B_MAC }));
 }
 
 #[test]
@@ -554,9 +394,7 @@ fn ipv6_and_padding_are_handled() {
 #[test]
 fn fuzz_corpus_replays_without_panic() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/pipeline");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        panic!("no corpus at {}", dir.display())
-    };
+    let Ok(entries) = std::fs::read_dir(&dir) else { panic!("no corpus at {}", dir.display()) };
     let l = lab();
     let mut n = 0;
     for e in entries.flatten() {
@@ -580,10 +418,7 @@ fn ipip_route_lab_with_mtu(mtu: u16) -> Lab {
     l.ifaces = Interfaces::new(
         l.ifaces
             .iter()
-            .map(|(_, f)| Interface {
-                mtu: if f.name == "eth0" { mtu } else { f.mtu },
-                ..f.clone()
-            })
+            .map(|(_, f)| Interface { mtu: if f.name == "eth0" { mtu } else { f.mtu }, ..f.clone() })
             .collect(),
     );
     l
@@ -613,33 +448,19 @@ fn route_to_other_subnet_is_encapsulated_toward_node_c() {
     let l = lab();
     let frame = from_pod_a1(POD_C1, 64);
     let (v, out) = l.run_on(CALI_A1, &frame);
-    assert!(
-        matches!(v, Verdict::Transmit { iface: UPLINK, .. }),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Transmit { iface: UPLINK, .. }), "{v:?}");
     // Ethernet to the underlay router, outer A -> C protocol 4, inner TTL decremented.
     assert_eq!(&out[..6], &UNDERLAY_MAC.0);
     let outer = ipv4::Packet::new_checked(&out[14..]).expect("outer");
-    assert_eq!(
-        (outer.src(), outer.dst(), outer.protocol()),
-        (NODE_A, NODE_C, ipv4::Protocol::IpIp)
-    );
+    assert_eq!((outer.src(), outer.dst(), outer.protocol()), (NODE_A, NODE_C, ipv4::Protocol::IpIp));
     assert!(outer.verify_checksum());
     assert_eq!(outer.ttl(), 64);
     assert_eq!(usize::from(outer.total_len()), 20 + frame.len() - 14);
     let inner = ipv4::Packet::new_checked(outer.payload()).expect("inner");
-    assert_eq!(
-        (inner.src(), inner.dst(), inner.ttl()),
-        (POD_A1, POD_C1, 63)
-    );
+    assert_eq!((inner.src(), inner.dst(), inner.ttl()), (POD_A1, POD_C1, 63));
     assert!(inner.verify_checksum());
     assert_eq!(inner.payload(), &frame[34..]);
-    assert_eq!(
-        l.counters
-            .ipip_encapsulated
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(l.counters.ipip_encapsulated.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -647,10 +468,7 @@ fn ipip_from_a_known_node_is_delivered_to_the_pod() {
     let l = lab();
     let inner = echo(MacAddr::ZERO, MacAddr::ZERO, POD_C1, POD_A1, 63)[14..].to_vec();
     let (v, out) = l.run_on(UPLINK, &ipip_frame(NODE_C, &inner));
-    assert!(
-        matches!(v, Verdict::Transmit { iface: CALI_A1, .. }),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
     assert_eq!(&out[..6], &POD_A1_MAC.0);
     assert_eq!(&out[6..12], &CALI_A1_MAC.0);
     let ip = ipv4::Packet::new_checked(&out[14..]).expect("inner");
@@ -673,14 +491,8 @@ fn ipip_with_a_broken_inner_packet_is_dropped_with_its_reason() {
     let l = lab();
     let mut inner = echo(MacAddr::ZERO, MacAddr::ZERO, POD_C1, POD_A1, 63)[14..].to_vec();
     inner[10] ^= 0xff;
-    assert_eq!(
-        l.run_on(UPLINK, &ipip_frame(NODE_C, &inner)).0,
-        Verdict::Drop(DropReason::IpipMalformedInner)
-    );
-    assert_eq!(
-        l.run_on(UPLINK, &ipip_frame(NODE_C, &inner[..10])).0,
-        Verdict::Drop(DropReason::IpipMalformedInner)
-    );
+    assert_eq!(l.run_on(UPLINK, &ipip_frame(NODE_C, &inner)).0, Verdict::Drop(DropReason::IpipMalformedInner));
+    assert_eq!(l.run_on(UPLINK, &ipip_frame(NODE_C, &inner[..10])).0, Verdict::Drop(DropReason::IpipMalformedInner));
 }
 
 #[test]
@@ -694,10 +506,7 @@ fn pods_may_not_send_ipip() {
     frame[24..26].copy_from_slice(&[0, 0]);
     let c = encap::checksum::checksum(&frame[14..34]);
     frame[24..26].copy_from_slice(&c.to_be_bytes());
-    assert_eq!(
-        l.run_on(CALI_A1, &frame).0,
-        Verdict::Drop(DropReason::IpipFromPod)
-    );
+    assert_eq!(l.run_on(CALI_A1, &frame).0, Verdict::Drop(DropReason::IpipFromPod));
 }
 
 #[test]
@@ -710,21 +519,14 @@ fn too_big_for_the_tunnel_with_df_gets_the_tunnel_mtu() {
     b_write(big, &[0u8; 1472], &mut frame);
     assert_eq!(frame.len(), 14 + 1500);
     let (v, out) = l.run_on(CALI_A1, &with_df(frame, true));
-    assert!(
-        matches!(v, Verdict::Transmit { iface: CALI_A1, .. }),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
     let icmp = encap::icmp::Packet::new_checked(&out[34..]).expect("icmp");
     assert_eq!((icmp.msg_type(), icmp.code()), (3, 4));
     assert_eq!(icmp.rest(), [0, 0, 0x05, 0xc8], "mtu 1480");
     assert_eq!(l.drops(DropReason::FragNeeded), 1);
 }
 
-fn b_write(
-    b: etherparse::PacketBuilderStep<etherparse::Icmpv4Header>,
-    payload: &[u8],
-    out: &mut Vec<u8>,
-) {
+fn b_write(b: etherparse::PacketBuilderStep<etherparse::Icmpv4Header>, payload: &[u8], out: &mut Vec<u8>) {
     b.write(out, payload).expect("build");
 }
 
@@ -756,11 +558,7 @@ fn too_big_without_df_is_fragmented_and_reassembles() {
     assert_eq!(offsets[0], (0, true));
     assert!(!offsets[1].1);
     assert_eq!(usize::from(offsets[1].0), sent[0].1.len() - 14 - 40);
-    assert_eq!(
-        data,
-        frame[34..].to_vec(),
-        "fragments carry the whole ICMP message"
-    );
+    assert_eq!(data, frame[34..].to_vec(), "fragments carry the whole ICMP message");
 }
 
 #[test]
@@ -768,61 +566,25 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
     let raw = IfaceId(0);
     let tun = IfaceId(1);
     let ifaces = Interfaces::new(vec![
-        Interface {
-            name: "raw-ipip".into(),
-            ifindex: 0,
-            mac: MacAddr::ZERO,
-            mtu: 1500,
-            role: IfaceRole::RawIpip,
-        },
-        Interface {
-            name: "tunl0".into(),
-            ifindex: 9,
-            mac: MacAddr::ZERO,
-            mtu: 1480,
-            role: IfaceRole::Tun,
-        },
+        Interface { name: "raw-ipip".into(), ifindex: 0, mac: MacAddr::ZERO, mtu: 1500, role: IfaceRole::RawIpip },
+        Interface { name: "tunl0".into(), ifindex: 9, mac: MacAddr::ZERO, mtu: 1480, role: IfaceRole::Tun },
     ])
     .with_node_addr(NODE_A);
     let fib = Fib::build(&[
         Route {
             prefix: "10.244.3.0/26".parse().expect("net"),
-            next_hop: NextHop::Ipip {
-                iface: raw,
-                gateway: NODE_C,
-                remote: NODE_C,
-            },
+            next_hop: NextHop::Ipip { iface: raw, gateway: NODE_C, remote: NODE_C },
         },
-        Route {
-            prefix: "10.244.1.0/26".parse().expect("net"),
-            next_hop: NextHop::Host,
-        },
+        Route { prefix: "10.244.1.0/26".parse().expect("net"), next_hop: NextHop::Host },
     ])
-    .with_tunnels(Tunnels {
-        ttl: 64,
-        peers: [NODE_C].into_iter().collect(),
-        allowed: vec![],
-    });
+    .with_tunnels(Tunnels { ttl: 64, peers: [NODE_C].into_iter().collect(), allowed: vec![] });
     let neigh = NeighTable::default();
     let counters = Counters::new(2);
-    let ctx = Context {
-        fib: &fib,
-        neigh: &neigh,
-        ifaces: &ifaces,
-    };
+    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces };
     let run = |in_if, pkt: &[u8]| {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
-        let v = process_l3(
-            &ctx,
-            &counters,
-            in_if,
-            &mut buf,
-            Span {
-                start: HEADROOM,
-                end: HEADROOM + pkt.len(),
-            },
-        );
+        let v = process_l3(&ctx, &counters, in_if, &mut buf, Span { start: HEADROOM, end: HEADROOM + pkt.len() });
         let out = match v {
             Verdict::Transmit { span, .. } => buf[span.start..span.end].to_vec(),
             _ => Vec::new(),
@@ -832,10 +594,7 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
     // Pod traffic the kernel routed into tunl0 leaves as IPIP on the raw socket, TTL as is.
     let inner = from_pod_a1(POD_C1, 63)[14..].to_vec();
     let (v, out) = run(tun, &inner);
-    assert!(
-        matches!(v, Verdict::Transmit { iface, .. } if iface == raw),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Transmit { iface, .. } if iface == raw), "{v:?}");
     let outer = ipv4::Packet::new_checked(&out[..]).expect("outer");
     assert_eq!((outer.src(), outer.dst()), (NODE_A, NODE_C));
     assert_eq!(outer.payload(), &inner[..]);
@@ -847,10 +606,7 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
     let c = encap::checksum::checksum(&from_c[..20]);
     from_c[10..12].copy_from_slice(&c.to_be_bytes());
     let (v, back) = run(raw, &from_c);
-    assert!(
-        matches!(v, Verdict::Transmit { iface, .. } if iface == tun),
-        "{v:?}"
-    );
+    assert!(matches!(v, Verdict::Transmit { iface, .. } if iface == tun), "{v:?}");
     assert_eq!(back, inner);
     // From anyone else: dropped and counted.
     let mut forged = from_c.clone();
@@ -858,9 +614,6 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
     forged[10..12].copy_from_slice(&[0, 0]);
     let c = encap::checksum::checksum(&forged[..20]);
     forged[10..12].copy_from_slice(&c.to_be_bytes());
-    assert_eq!(
-        run(raw, &forged).0,
-        Verdict::Drop(DropReason::IpipUnknownSource)
-    );
+    assert_eq!(run(raw, &forged).0, Verdict::Drop(DropReason::IpipUnknownSource));
     assert_eq!(counters.drops(DropReason::IpipUnknownSource), 1);
 }

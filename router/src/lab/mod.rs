@@ -5,11 +5,12 @@
 //! the lab created. The state file lists every namespace before it is created, so `down`
 //! also cleans up after a crash or an interrupted `up`.
 
-pub mod netns;
 pub mod state;
 
+use crate::ipcmd as netns;
+
 use crate::admin::{self, Request};
-use crate::config::{DataplaneMode, NodeConfig, PodConfig, StaticAction, StaticRoute, Uplink};
+use crate::config::{DataplaneMode, IpipMode, NodeConfig, PodConfig, Pool, StaticAction, StaticRoute, Uplink};
 use crate::topology::{self, Topology};
 use anyhow::{bail, Context as _};
 use state::{Daemon, Host, Role, State};
@@ -30,17 +31,12 @@ impl Lab {
     pub fn new(name: &str, base: &Path) -> anyhow::Result<Lab> {
         let ok = !name.is_empty()
             && name.len() <= 16
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !name.starts_with('-');
         if !ok {
             bail!("lab name {name:?} must be 1-16 characters of a-z, 0-9 and '-'");
         }
-        Ok(Lab {
-            name: name.to_string(),
-            dir: base.join(name),
-        })
+        Ok(Lab { name: name.to_string(), dir: base.join(name) })
     }
 
     fn ns(&self, host: &str) -> String {
@@ -58,10 +54,7 @@ impl Lab {
     fn running_state(&self) -> anyhow::Result<State> {
         match self.state()? {
             Some(s) => Ok(s),
-            None => bail!(
-                "no lab named {:?} is up: start it with `router lab up`",
-                self.name
-            ),
+            None => bail!("no lab named {:?} is up: start it with `router lab up`", self.name),
         }
     }
 }
@@ -79,6 +72,8 @@ pub struct UpOptions {
     pub topology: Option<PathBuf>,
     pub dataplane: DataplaneMode,
     pub workers: usize,
+    /// Overrides the topology's `ipip_mode`.
+    pub ipip_mode: Option<IpipMode>,
     /// The `router` binary the nodes run (normally this one).
     pub exe: PathBuf,
 }
@@ -86,10 +81,7 @@ pub struct UpOptions {
 pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     let (topo, topo_name) = match &opts.topology {
         Some(p) => (Topology::load(p)?, p.display().to_string()),
-        None => (
-            Topology::parse(Path::new("seed.toml (built in)"), topology::SEED)?,
-            "seed (built in)".to_string(),
-        ),
+        None => (Topology::parse(Path::new("seed.toml (built in)"), topology::SEED)?, "seed (built in)".to_string()),
     };
     require_root("`router lab up`")?;
     if let Some(old) = lab.state()? {
@@ -113,10 +105,9 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     let mut st = State {
         name: lab.name.clone(),
         topology: topo_name,
-        dataplane: format!("{:?}", opts.dataplane).to_lowercase(),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        dataplane: opts.dataplane.name().to_string(),
+        ipip_mode: opts.ipip_mode.unwrap_or(topo.ipip_mode).name().to_string(),
+        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         complete: false,
         namespaces: Vec::new(),
         hosts: Vec::new(),
@@ -134,20 +125,13 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
             if let Err(e2) = down(lab) {
                 eprintln!("warning: cleaning up after the failed `lab up` also failed: {e2:#}");
             }
-            Err(e.context(format!(
-                "building lab {:?} failed; everything it had made was removed",
-                lab.name
-            )))
+            Err(e.context(format!("building lab {:?} failed; everything it had made was removed", lab.name)))
         }
     }
 }
 
 fn all_namespaces(lab: &Lab, topo: &Topology) -> Vec<String> {
-    let mut v: Vec<String> = topo
-        .subnets
-        .iter()
-        .map(|s| lab.ns(&format!("sw-{}", s.name)))
-        .collect();
+    let mut v: Vec<String> = topo.subnets.iter().map(|s| lab.ns(&format!("sw-{}", s.name))).collect();
     v.push(lab.ns("underlay"));
     for n in &topo.nodes {
         v.push(lab.ns(&n.name));
@@ -176,6 +160,7 @@ fn port_name(prefix: &str, host: &str, index: usize) -> String {
 }
 
 fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow::Result<()> {
+    let mode = opts.ipip_mode.unwrap_or(topo.ipip_mode);
     // One L2 segment per underlay subnet: a bridge in its own namespace.
     for s in &topo.subnets {
         let ns = lab.ns(&format!("sw-{}", s.name));
@@ -201,20 +186,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         let mtu = s.mtu.to_string();
         netns::ip_in(
             &sw,
-            &[
-                "link",
-                "add",
-                "to-underlay",
-                "mtu",
-                &mtu,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &dev,
-                "netns",
-                &und,
-            ],
+            &["link", "add", "to-underlay", "mtu", &mtu, "type", "veth", "peer", "name", &dev, "netns", &und],
         )?;
         netns::ip_in(&sw, &["link", "set", "to-underlay", "master", "br0", "up"])?;
         let gw = format!("{}/{}", s.gateway, s.prefix.prefix_len());
@@ -240,52 +212,25 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         let sw = lab.ns(&format!("sw-{}", subnet.name));
         let port = port_name("to-", &node.name, idx);
         let mtu = subnet.mtu.to_string();
-        netns::ip_in(
-            &sw,
-            &[
-                "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ],
-        )?;
+        netns::ip_in(&sw, &["link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
         netns::ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])?;
-        netns::ip_in(
-            &ns,
-            &["addr", "add", &node.address.to_string(), "dev", "eth0"],
-        )?;
+        netns::ip_in(&ns, &["addr", "add", &node.address.to_string(), "dev", "eth0"])?;
         netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
         // The node's own traffic (later: BGP) reaches other subnets through the underlay.
         for other in topo.subnets.iter().filter(|o| o.name != subnet.name) {
-            netns::ip_in(
-                &ns,
-                &[
-                    "route",
-                    "add",
-                    &other.prefix.to_string(),
-                    "via",
-                    &subnet.gateway.to_string(),
-                ],
-            )?;
+            netns::ip_in(&ns, &["route", "add", &other.prefix.to_string(), "via", &subnet.gateway.to_string()])?;
         }
-        // Like Calico's kernel FIB: the node itself can answer pods of its neighbours (its
-        // kernel does not forward; our router carries the pods' traffic).
-        for other in topo
-            .nodes
-            .iter()
-            .filter(|o| o.subnet == node.subnet && o.name != node.name)
-        {
-            netns::ip_in(
-                &ns,
-                &[
-                    "route",
-                    "add",
-                    &other.block.to_string(),
-                    "via",
-                    &other.address.addr().to_string(),
-                ],
-            )?;
+        match opts.dataplane {
+            // Forwarding is ours: the kernel must not forward a second copy.
+            DataplaneMode::Afpacket => netns::sysctl_in(&ns, "net.ipv4.ip_forward", "0")?,
+            // The kernel forwards; tunnelled blocks are routed into our tunl0. As on a Calico
+            // node, a default route lets proxy ARP answer for 169.254.1.1 (the underlay router
+            // has no route out of the lab, so nothing leaves it).
+            DataplaneMode::Tun => {
+                netns::sysctl_in(&ns, "net.ipv4.ip_forward", "1")?;
+                netns::ip_in(&ns, &["route", "add", "default", "via", &subnet.gateway.to_string()])?;
+            }
         }
-        // Forwarding is ours: the kernel must not forward a second copy.
-        netns::sysctl_in(&ns, "net.ipv4.ip_forward", "0")?;
         st.hosts.push(Host {
             name: node.name.clone(),
             role: Role::Node,
@@ -298,57 +243,21 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         for pod in &node.pods {
             let pns = lab.ns(&pod.name);
             add_ns(lab, st, &pns)?;
-            netns::ip_in(
-                &ns,
-                &[
-                    "link", "add", &pod.iface, "type", "veth", "peer", "name", "eth0", "netns",
-                    &pns,
-                ],
-            )?;
+            netns::ip_in(&ns, &["link", "add", &pod.iface, "type", "veth", "peer", "name", "eth0", "netns", &pns])?;
             netns::ip_in(&ns, &["link", "set", &pod.iface, "up"])?;
+            if opts.dataplane == DataplaneMode::Tun {
+                // Calico's way: the kernel answers the pod's ARP for 169.254.1.1.
+                netns::sysctl_in(&ns, &format!("net.ipv4.conf.{}.proxy_arp", pod.iface), "1")?;
+            }
             // As in Calico, the node's kernel knows its pods (flags UH), so the node itself can
             // reach them; it does not forward for them.
-            netns::ip_in(
-                &ns,
-                &[
-                    "route",
-                    "add",
-                    &format!("{}/32", pod.address),
-                    "dev",
-                    &pod.iface,
-                    "scope",
-                    "link",
-                ],
-            )?;
-            netns::ip_in(
-                &pns,
-                &["addr", "add", &format!("{}/32", pod.address), "dev", "eth0"],
-            )?;
-            netns::ip_in(&pns, &["link", "set", "eth0", "up"])?;
-            netns::ip_in(
-                &pns,
-                &[
-                    "route",
-                    "add",
-                    "169.254.1.1",
-                    "dev",
-                    "eth0",
-                    "scope",
-                    "link",
-                ],
-            )?;
-            netns::ip_in(
-                &pns,
-                &[
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    "169.254.1.1",
-                    "dev",
-                    "eth0",
-                ],
-            )?;
+            netns::ip_in(&ns, &["route", "add", &format!("{}/32", pod.address), "dev", &pod.iface, "scope", "link"])?;
+            netns::ip_in(&pns, &["addr", "add", &format!("{}/32", pod.address), "dev", "eth0"])?;
+            // Room for the outer header when IPIP may be used (DESIGN §3: 1480 on a 1500 underlay).
+            let pod_mtu = if mode == IpipMode::Never { subnet.mtu } else { subnet.mtu - encap::ipip::OVERHEAD as u16 };
+            netns::ip_in(&pns, &["link", "set", "eth0", "mtu", &pod_mtu.to_string(), "up"])?;
+            netns::ip_in(&pns, &["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
+            netns::ip_in(&pns, &["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
             // A veth hands AF_PACKET readers TCP/UDP with only a partial checksum (and TSO
             // super-frames) while TX offload is on; the pod computes full checksums instead.
             // Done by our own binary inside the pod's namespace, so the lab needs no ethtool.
@@ -362,29 +271,18 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
                 parent: Some(node.name.clone()),
                 interface: Some(pod.iface.clone()),
             });
-            pods.push(PodConfig {
-                name: pod.name.clone(),
-                interface: pod.iface.clone(),
-                address: pod.address,
-            });
+            pods.push(PodConfig { name: pod.name.clone(), interface: pod.iface.clone(), address: pod.address });
         }
-        configs.push(node_config(lab, topo, node, pods, opts));
+        configs.push(node_config(lab, topo, node, pods, opts, mode));
         st.save(&lab.dir)?;
     }
 
     for cfg in &configs {
         let path = lab.dir.join(format!("{}.toml", cfg.name));
-        std::fs::write(&path, cfg.to_toml())
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, cfg.to_toml()).with_context(|| format!("writing {}", path.display()))?;
         let log = lab.dir.join(format!("{}.log", cfg.name));
         let pid = spawn_node(&lab.ns(&cfg.name), &opts.exe, &path, &log)?;
-        st.daemons.push(Daemon {
-            node: cfg.name.clone(),
-            pid,
-            config: path,
-            socket: cfg.admin_socket.clone(),
-            log,
-        });
+        st.daemons.push(Daemon { node: cfg.name.clone(), pid, config: path, socket: cfg.admin_socket.clone(), log });
         st.save(&lab.dir)?;
     }
     for d in &st.daemons {
@@ -395,28 +293,24 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
 
 /// The static routes a node needs until BGP exists: blocks of nodes on the same subnet via
 /// their addresses (direct routing), other subnets via the underlay gateway.
+/// The node's config: every other node's block via that node's address (the node decides
+/// direct or IPIP by the pool's mode), other underlay subnets via the gateway. BGP will
+/// replace these static routes.
 fn node_config(
     lab: &Lab,
     topo: &Topology,
     node: &topology::Node,
     pods: Vec<PodConfig>,
     opts: &UpOptions,
+    mode: IpipMode,
 ) -> NodeConfig {
     let subnet = &topo.subnets[node.subnet];
     let mut routes = Vec::new();
     for other in topo.nodes.iter().filter(|o| o.name != node.name) {
-        if other.subnet == node.subnet {
-            routes.push(StaticRoute {
-                prefix: other.block,
-                action: StaticAction::Via(other.address.addr()),
-            });
-        }
+        routes.push(StaticRoute { prefix: other.block, action: StaticAction::Via(other.address.addr()) });
     }
     for s in topo.subnets.iter().filter(|s| s.name != subnet.name) {
-        routes.push(StaticRoute {
-            prefix: s.prefix,
-            action: StaticAction::Via(subnet.gateway),
-        });
+        routes.push(StaticRoute { prefix: s.prefix, action: StaticAction::Via(subnet.gateway) });
     }
     NodeConfig {
         name: node.name.clone(),
@@ -424,13 +318,14 @@ fn node_config(
         workers: opts.workers,
         pin_workers: true,
         admin_socket: lab.socket(&node.name),
-        uplink: Uplink {
-            interface: "eth0".into(),
-            address: node.address,
-        },
+        uplink: Uplink { interface: "eth0".into(), address: node.address },
         blocks: vec![node.block],
+        pools: vec![Pool { cidr: topo.pool, ipip_mode: mode }],
         pods,
         routes,
+        ipip_ttl: 64,
+        ipip_peers: topo.nodes.iter().filter(|o| o.name != node.name).map(|o| o.address.addr()).collect(),
+        ipip_allowed_sources: Vec::new(),
     }
 }
 
@@ -457,10 +352,7 @@ fn spawn_node(ns: &str, exe: &Path, config: &Path, log: &Path) -> anyhow::Result
 fn alive(pid: i32) -> bool {
     // A zombie (exited, not yet reaped) is not alive.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(s) => !s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -520,12 +412,7 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
         std::fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a.ends_with(b"router")))
     };
-    let daemons: Vec<i32> = st
-        .daemons
-        .iter()
-        .map(|d| d.pid)
-        .filter(|p| alive(*p) && ours(*p))
-        .collect();
+    let daemons: Vec<i32> = st.daemons.iter().map(|d| d.pid).filter(|p| alive(*p) && ours(*p)).collect();
     for &p in &daemons {
         let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
     }
@@ -555,11 +442,7 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
         }
     }
     if !errors.is_empty() {
-        bail!(
-            "some namespaces could not be removed (state kept in {}):\n{}",
-            lab.dir.display(),
-            errors.join("\n")
-        );
+        bail!("some namespaces could not be removed (state kept in {}):\n{}", lab.dir.display(), errors.join("\n"));
     }
     std::fs::remove_dir_all(&lab.dir).with_context(|| format!("removing {}", lab.dir.display()))?;
     Ok(report)
@@ -569,17 +452,8 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
 pub fn exec(lab: &Lab, host: &str, cmd: &[String]) -> anyhow::Result<i32> {
     let st = lab.running_state()?;
     let Some(h) = st.host(host) else {
-        let names: Vec<&str> = st
-            .hosts
-            .iter()
-            .filter(|h| h.role != Role::Switch)
-            .map(|h| h.name.as_str())
-            .collect();
-        bail!(
-            "no host {host:?} in lab {:?}; hosts: {}",
-            lab.name,
-            names.join(", ")
-        );
+        let names: Vec<&str> = st.hosts.iter().filter(|h| h.role != Role::Switch).map(|h| h.name.as_str()).collect();
+        bail!("no host {host:?} in lab {:?}; hosts: {}", lab.name, names.join(", "));
     };
     if cmd.is_empty() {
         bail!("nothing to run: `router lab exec {host} -- COMMAND...`");

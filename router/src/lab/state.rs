@@ -43,6 +43,8 @@ pub struct State {
     pub name: String,
     pub topology: String,
     pub dataplane: String,
+    #[serde(default)]
+    pub ipip_mode: String,
     pub created_unix: u64,
     /// False until `lab up` finished every step.
     pub complete: bool,
@@ -58,12 +60,11 @@ impl State {
     pub fn load(dir: &Path) -> anyhow::Result<Option<State>> {
         let p = dir.join(FILE);
         match std::fs::read_to_string(&p) {
-            Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| {
-                format!(
-                    "{} is corrupt; remove it and the lab's namespaces by hand",
-                    p.display()
-                )
-            })?)),
+            Ok(t) => {
+                Ok(Some(serde_json::from_str(&t).with_context(|| {
+                    format!("{} is corrupt; remove it and the lab's namespaces by hand", p.display())
+                })?))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         }
@@ -75,8 +76,7 @@ impl State {
         let tmp = dir.join(format!("{FILE}.tmp"));
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join(FILE))
-            .with_context(|| format!("writing {}", dir.join(FILE).display()))?;
+        std::fs::rename(&tmp, dir.join(FILE)).with_context(|| format!("writing {}", dir.join(FILE).display()))?;
         Ok(())
     }
 

@@ -13,18 +13,10 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Fails loudly without root: these tests build network namespaces.
 pub fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
-        });
-    assert_eq!(
-        uid.as_deref(),
-        Some("0"),
-        "lab tests create network namespaces and must run as root (sudo cargo test)"
-    );
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+    });
+    assert_eq!(uid.as_deref(), Some("0"), "lab tests create network namespaces and must run as root (sudo cargo test)");
 }
 
 #[derive(Debug)]
@@ -49,21 +41,13 @@ impl TestLab {
         let mut args = vec!["lab", "up"];
         args.extend_from_slice(extra);
         let out = lab.router(&args);
-        assert!(
-            out.status.success(),
-            "lab up failed:\n{}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        assert!(out.status.success(), "lab up failed:\n{}{}", text(&out.stdout), text(&out.stderr));
         lab
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(ROUTER);
-        c.args(args)
-            .env("ROUTER_LAB", &self.name)
-            .env("ROUTER_LAB_DIR", &self.dir)
-            .stdin(Stdio::null());
+        c.args(args).env("ROUTER_LAB", &self.name).env("ROUTER_LAB_DIR", &self.dir).stdin(Stdio::null());
         c
     }
 
@@ -84,18 +68,12 @@ impl TestLab {
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.router(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            text(&out.stderr)
-        );
+        assert!(out.status.success(), "{args:?} failed: {}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
 
     pub fn drops(&self, node: &str, reason: &str) -> u64 {
-        self.json(&["stats", "--node", node, "--json"])["drops"][reason]
-            .as_u64()
-            .unwrap_or(0)
+        self.json(&["stats", "--node", node, "--json"])["drops"][reason].as_u64().unwrap_or(0)
     }
 
     pub fn down(&self) -> Output {

@@ -1,4 +1,4 @@
-//! Driving the kernel for the lab through iproute2's `ip`.
+//! Driving the kernel through iproute2's `ip` (the lab's namespaces, the node's kernel routes).
 //!
 //! Why `ip` and not a netlink crate: the lab is a one-shot setup of a few dozen objects, each
 //! step is exactly the command a learner would type (so errors and docs can show it), and the
@@ -14,16 +14,9 @@ pub fn run(prog: &str, args: &[&str]) -> anyhow::Result<String> {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .with_context(|| {
-            format!("cannot run `{prog}`: is it installed? (Debian: apt-get install iproute2)")
-        })?;
+        .with_context(|| format!("cannot run `{prog}`: is it installed? (Debian: apt-get install iproute2)"))?;
     if !out.status.success() {
-        bail!(
-            "`{prog} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{prog} {}` failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -61,11 +54,7 @@ pub fn sysctl_get(ns: &str, key: &str) -> anyhow::Result<String> {
 /// Names of all network namespaces.
 pub fn list() -> anyhow::Result<Vec<String>> {
     let out = ip(&["netns", "list"])?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect())
+    Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
 }
 
 pub fn exists(ns: &str) -> bool {
@@ -74,7 +63,5 @@ pub fn exists(ns: &str) -> bool {
 
 /// PIDs of the processes inside a namespace.
 pub fn pids(ns: &str) -> Vec<i32> {
-    ip(&["netns", "pids", ns])
-        .map(|o| o.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
+    ip(&["netns", "pids", ns]).map(|o| o.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default()
 }
