@@ -257,6 +257,26 @@ mod tests {
         }
     }
 
+    /// Replays the decap fuzz corpus: no panic, and what is accepted is a valid inner packet.
+    #[test]
+    fn fuzz_corpus_replays() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/decap");
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("no corpus at {}: {e}", dir.display()));
+        let mut accepted = 0;
+        let mut n = 0;
+        for e in entries.flatten() {
+            let mut b = std::fs::read(e.path()).expect("corpus file");
+            let len = b.len();
+            if let Ok((s, e)) = decapsulate(&mut b, 0, len) {
+                let inner = Packet::new_checked(&b[s..e]).expect("inner parses");
+                assert!(inner.verify_checksum());
+                accepted += 1;
+            }
+            n += 1;
+        }
+        assert!(n >= 5 && accepted >= 1, "corpus: {n} files, {accepted} accepted");
+    }
+
     #[test]
     fn malformed_outer_and_inner_have_their_own_errors() {
         let good = wrapped(Ecn::NotEct, Ecn::NotEct);

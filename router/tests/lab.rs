@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -47,61 +45,18 @@ fn a_thousand_pings_at_10ms_lose_nothing() {
 #[test]
 fn capture_on_node_b_uplink_shows_plain_icmp_between_pods() {
     let lab = TestLab::up(&[]);
-    let mut tshark = lab
-        .command(&[
-            "lab",
-            "exec",
-            "node-b",
-            "--",
-            "tshark",
-            "-i",
-            "eth0",
-            "-f",
-            "icmp or ip proto 4",
-            "-c",
-            "4",
-            "-a",
-            "duration:20",
-            "-T",
-            "fields",
-            "-e",
-            "ip.src",
-            "-e",
-            "ip.dst",
-            "-e",
-            "ip.proto",
-            "-e",
-            "icmp.type",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tshark runs (Debian package tshark)");
-    // Wait until tshark is listening before sending anything.
-    let mut err = BufReader::new(tshark.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut line = String::new();
-    while !line.contains("Capturing on") {
-        line.clear();
-        if err.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
-            panic!("tshark did not start capturing: {line}");
-        }
-    }
-    // "Capturing on" comes a moment before the capture starts: ping on until tshark has 4.
-    std::thread::sleep(Duration::from_millis(500));
+    let cap = start_capture(&lab, "node-b", "eth0", "icmp or ip proto 4", 4);
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "6", "-i", "0.3", "-W", "2", POD_B1]);
     assert!(ok, "{out}");
-    let out = tshark.wait_with_output().expect("tshark output");
-    let fields = text(&out.stdout);
-    let rows: Vec<Vec<&str>> = fields.lines().map(|l| l.split('\t').collect()).collect();
-    assert_eq!(rows.len(), 4, "expected 2 requests + 2 replies:\n{fields}");
+    let rows = cap.fields(&["ip.src", "ip.dst", "ip.proto", "icmp.type"]);
+    assert_eq!(rows.len(), 4, "expected 2 requests + 2 replies: {rows:?}");
     for r in &rows {
         // Plain IPv4/ICMP between pod addresses: protocol 1, never 4 (IPIP).
         assert_eq!(r[2], "1", "not plain ICMP: {r:?}");
-        let pair = (r[0], r[1]);
+        let pair = (r[0].as_str(), r[1].as_str());
         assert!(pair == ("10.244.1.1", POD_B1) || pair == (POD_B1, "10.244.1.1"), "unexpected addresses {r:?}");
     }
-    assert!(rows.iter().any(|r| r[3] == "8") && rows.iter().any(|r| r[3] == "0"), "{fields}");
+    assert!(rows.iter().any(|r| r[3] == "8") && rows.iter().any(|r| r[3] == "0"), "{rows:?}");
 }
 
 #[test]

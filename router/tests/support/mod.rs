@@ -117,3 +117,76 @@ pub fn ping(lab: &TestLab, pod: &str, args: &[&str]) -> (bool, String) {
 pub fn assert_no_loss(out: &str) {
     assert!(out.contains(" 0% packet loss"), "packets were lost:\n{out}");
 }
+
+/// A tshark capture running inside a lab host, written to a pcap file.
+#[derive(Debug)]
+pub struct Capture {
+    child: std::process::Child,
+    pub file: PathBuf,
+}
+
+/// Starts `tshark -i IFACE -f FILTER -c COUNT` in `host` and returns once it is capturing.
+pub fn start_capture(lab: &TestLab, host: &str, iface: &str, filter: &str, count: usize) -> Capture {
+    use std::io::{BufRead, BufReader};
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!("{}-{host}-{n}.pcap", lab.name));
+    let count = count.to_string();
+    let fname = file.to_string_lossy().into_owned();
+    let mut child = lab
+        .command(&[
+            "lab",
+            "exec",
+            host,
+            "--",
+            "tshark",
+            "-q",
+            "-i",
+            iface,
+            "-f",
+            filter,
+            "-c",
+            &count,
+            "-a",
+            "duration:20",
+            "-w",
+            &fname,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tshark runs (Debian package tshark)");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("tshark did not start capturing on {host}/{iface}");
+        }
+        if line.contains("Capturing on") {
+            break;
+        }
+    }
+    // Keep draining stderr so tshark never blocks on it.
+    std::thread::spawn(move || for _ in err.lines() {});
+    // "Capturing on" comes a moment before the capture really starts.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Capture { child, file }
+}
+
+impl Capture {
+    /// Waits for the capture to end and decodes it: one row per packet, one column per field
+    /// (fields of nested headers, like both IP headers of IPIP, are comma-separated).
+    pub fn fields(mut self, fields: &[&str]) -> Vec<Vec<String>> {
+        let _ = self.child.wait();
+        let mut args: Vec<String> = vec!["-r".into(), self.file.to_string_lossy().into_owned()];
+        args.extend(["-o", "ip.check_checksum:TRUE", "-T", "fields"].map(String::from));
+        for f in fields {
+            args.push("-e".into());
+            args.push((*f).into());
+        }
+        let out = Command::new("tshark").args(&args).output().expect("tshark -r");
+        let _ = std::fs::remove_file(&self.file);
+        assert!(out.status.success(), "tshark could not read the capture: {}", text(&out.stderr));
+        text(&out.stdout).lines().map(|l| l.split('\t').map(str::to_string).collect()).collect()
+    }
+}
