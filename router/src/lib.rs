@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bgp;
 pub mod config;
 pub mod fileerr;
 pub mod ipcmd;
