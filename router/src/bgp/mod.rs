@@ -3,4 +3,5 @@
 //! clock; time comes in as an argument and actions come out as values. Only `session` does
 //! I/O.
 
+pub mod fsm;
 pub mod wire;

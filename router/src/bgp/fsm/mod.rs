@@ -1,0 +1,404 @@
+//! The BGP session state machine (RFC 4271 §8), sans-IO: events go in with the current time,
+//! actions come out. It opens no socket and reads no clock; the session driver turns
+//! [`Output`]s into I/O and feeds back what happened.
+//!
+//! Idle → Connect/Active → OpenSent → OpenConfirm → Established, with the connect-retry,
+//! hold and keepalive timers, hold-time negotiation (0, or ≥ 3), and an exponential idle
+//! back-off after errors so a broken peer is not hammered.
+
+use super::wire::{err, Afi, Capability, Message, Notification, Open, Update};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// What the session is configured to be.
+#[derive(Debug, Clone)]
+pub struct FsmConfig {
+    pub local_as: u32,
+    pub peer_as: u32,
+    pub local_id: Ipv4Addr,
+    /// Proposed hold time in seconds (0 disables keepalives, else ≥ 3).
+    pub hold_time: u16,
+    pub connect_retry: Duration,
+    /// Wait for the peer to connect instead of connecting (Calico: the higher address waits).
+    pub passive: bool,
+    pub families: Vec<Afi>,
+    /// Announce graceful-restart capability with this restart time (we act as helper).
+    pub graceful_restart: Option<u16>,
+}
+
+/// What both sides agreed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub peer_id: Ipv4Addr,
+    pub peer_as: u32,
+    pub hold_time: u16,
+    pub four_octet_as: bool,
+    pub families: Vec<Afi>,
+    pub route_refresh: bool,
+    /// The peer's graceful-restart time, if it announced the capability (RFC 4724).
+    pub peer_restart_time: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Idle => "Idle",
+            State::Connect => "Connect",
+            State::Active => "Active",
+            State::OpenSent => "OpenSent",
+            State::OpenConfirm => "OpenConfirm",
+            State::Established => "Established",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Administrative start (also re-armed automatically after the idle back-off).
+    Start,
+    /// Administrative stop: Cease, and stay idle.
+    Stop,
+    /// The TCP connection (ours or an accepted one) is up.
+    TcpUp,
+    /// Connecting failed.
+    TcpFailed(String),
+    /// The connection closed under us.
+    TcpClosed(String),
+    Message(Message),
+    /// The bytes from the peer did not decode: send this and reset.
+    DecodeError(Notification),
+    /// Time passed; fire whatever timers are due.
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Open a TCP connection to the peer.
+    Connect,
+    Send(Message),
+    /// Close the TCP connection (after sending what is queued).
+    Close,
+    Established(Negotiated),
+    /// The session left Established (or never got there); the reason is for `status`.
+    Down(String),
+    /// An UPDATE for the RIB.
+    Update(Update),
+    /// The peer asked for our routes again (RFC 2918).
+    RefreshRequested(u16),
+}
+
+#[derive(Debug)]
+pub struct Fsm {
+    cfg: FsmConfig,
+    state: State,
+    since: Instant,
+    /// Whether to restart by itself after an error (false after Stop).
+    auto_start: bool,
+    idle_until: Option<Instant>,
+    connect_retry_at: Option<Instant>,
+    hold_at: Option<Instant>,
+    keepalive_at: Option<Instant>,
+    /// Consecutive failures, for the back-off.
+    failures: u32,
+    negotiated: Option<Negotiated>,
+    last_error: Option<String>,
+}
+
+/// Hold time while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
+const OPEN_HOLD: Duration = Duration::from_secs(240);
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+impl Fsm {
+    pub fn new(cfg: FsmConfig, now: Instant) -> Fsm {
+        Fsm {
+            cfg,
+            state: State::Idle,
+            since: now,
+            auto_start: false,
+            idle_until: None,
+            connect_retry_at: None,
+            hold_at: None,
+            keepalive_at: None,
+            failures: 0,
+            negotiated: None,
+            last_error: None,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.negotiated.as_ref()
+    }
+
+    pub fn config(&self) -> &FsmConfig {
+        &self.cfg
+    }
+
+    /// The earliest time a `Tick` has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.idle_until, self.connect_retry_at, self.hold_at, self.keepalive_at].into_iter().flatten().min()
+    }
+
+    fn goto(&mut self, now: Instant, s: State) {
+        if self.state != s {
+            self.state = s;
+            self.since = now;
+        }
+    }
+
+    fn our_open(&self) -> Open {
+        let mut caps: Vec<Capability> =
+            self.cfg.families.iter().map(|f| Capability::Multiprotocol { afi: f.code(), safi: 1 }).collect();
+        caps.push(Capability::RouteRefresh);
+        if let Some(t) = self.cfg.graceful_restart {
+            caps.push(Capability::GracefulRestart { flags: 0, time: t, families: vec![] });
+        }
+        caps.push(Capability::FourOctetAs(self.cfg.local_as));
+        Open::new(self.cfg.local_as, self.cfg.hold_time, self.cfg.local_id, caps)
+    }
+
+    /// Leaves the session after an error: notify if we can, close, back off, report.
+    fn fail(&mut self, now: Instant, reason: String, notify: Option<Notification>, out: &mut Vec<Output>) {
+        if let Some(n) = notify {
+            if matches!(self.state, State::OpenSent | State::OpenConfirm | State::Established) {
+                out.push(Output::Send(Message::Notification(n)));
+            }
+        }
+        if !matches!(self.state, State::Idle) {
+            out.push(Output::Close);
+        }
+        out.push(Output::Down(reason.clone()));
+        self.last_error = Some(reason);
+        self.failures = self.failures.saturating_add(1);
+        // Exponential back-off: 1 s, 2 s, 4 s ... up to 60 s before trying again.
+        let backoff = BACKOFF_BASE.saturating_mul(1 << (self.failures - 1).min(6)).min(BACKOFF_MAX);
+        self.idle_until = self.auto_start.then_some(now + backoff);
+        self.connect_retry_at = None;
+        self.hold_at = None;
+        self.keepalive_at = None;
+        self.negotiated = None;
+        self.goto(now, State::Idle);
+    }
+
+    fn start(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.idle_until = None;
+        self.connect_retry_at = Some(now + self.cfg.connect_retry);
+        if self.cfg.passive {
+            self.goto(now, State::Active);
+        } else {
+            out.push(Output::Connect);
+            self.goto(now, State::Connect);
+        }
+    }
+
+    fn arm_hold(&mut self, now: Instant) {
+        let h = self.negotiated.as_ref().map_or(0, |n| n.hold_time);
+        if h == 0 {
+            self.hold_at = None;
+            self.keepalive_at = None;
+        } else {
+            self.hold_at = Some(now + Duration::from_secs(u64::from(h)));
+        }
+    }
+
+    fn arm_keepalive(&mut self, now: Instant) {
+        let h = self.negotiated.as_ref().map_or(0, |n| n.hold_time);
+        // RFC 4271 §10: keepalives at a third of the hold time.
+        self.keepalive_at = (h > 0).then(|| now + Duration::from_secs(u64::from(h)) / 3);
+    }
+
+    /// Checks the peer's OPEN (RFC 4271 §6.2) and works out what was negotiated.
+    fn accept_open(&self, o: &Open) -> Result<Negotiated, Notification> {
+        if o.asn() != self.cfg.peer_as {
+            return Err(Notification::with_data(err::OPEN, err::BAD_PEER_AS, &o.my_as.to_be_bytes()));
+        }
+        if o.bgp_id.is_unspecified() || (o.bgp_id == self.cfg.local_id && self.cfg.local_as == self.cfg.peer_as) {
+            return Err(Notification::with_data(err::OPEN, err::BAD_BGP_ID, &o.bgp_id.octets()));
+        }
+        if o.hold_time == 1 || o.hold_time == 2 {
+            return Err(Notification::with_data(err::OPEN, err::UNACCEPTABLE_HOLD_TIME, &o.hold_time.to_be_bytes()));
+        }
+        let peer_mp: Vec<Afi> = o
+            .capabilities()
+            .filter_map(|c| match c {
+                Capability::Multiprotocol { afi, safi: 1 } => Afi::from_code(*afi),
+                _ => None,
+            })
+            .collect();
+        // RFC 4760 §8: a speaker without the MP capability carries IPv4 unicast.
+        let peer_families =
+            if o.has(|c| matches!(c, Capability::Multiprotocol { .. })) { peer_mp } else { vec![Afi::Ipv4] };
+        let families = self.cfg.families.iter().copied().filter(|f| peer_families.contains(f)).collect();
+        // ADD-PATH (RFC 7911) is used only when both sides announce it; we never do, so an
+        // offer from the peer changes nothing and its paths arrive without identifiers.
+        Ok(Negotiated {
+            peer_id: o.bgp_id,
+            peer_as: o.asn(),
+            hold_time: self.cfg.hold_time.min(o.hold_time),
+            four_octet_as: o.has(|c| matches!(c, Capability::FourOctetAs(_))),
+            families,
+            route_refresh: o.has(|c| matches!(c, Capability::RouteRefresh | Capability::EnhancedRouteRefresh)),
+            peer_restart_time: o.capabilities().find_map(|c| match c {
+                Capability::GracefulRestart { time, .. } => Some(*time),
+                _ => None,
+            }),
+        })
+    }
+
+    /// RFC 6608 subcodes: an unexpected message in OpenSent (1), OpenConfirm (2), Established (3).
+    fn fsm_error(&self) -> Notification {
+        let sub = match self.state {
+            State::OpenSent => 1,
+            State::OpenConfirm => 2,
+            State::Established => 3,
+            _ => 0,
+        };
+        Notification::new(err::FSM, sub)
+    }
+
+    pub fn process(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Start => {
+                self.auto_start = true;
+                self.failures = 0;
+                if self.state == State::Idle {
+                    self.start(now, &mut out);
+                }
+            }
+            Input::Stop => {
+                self.auto_start = false;
+                if self.state != State::Idle {
+                    let n = Notification::new(err::CEASE, err::ADMIN_SHUTDOWN);
+                    self.fail(now, "stopped by the operator".into(), Some(n), &mut out);
+                    self.failures = 0;
+                }
+                self.idle_until = None;
+            }
+            Input::TcpUp => match self.state {
+                State::Connect | State::Active => {
+                    self.connect_retry_at = None;
+                    out.push(Output::Send(Message::Open(self.our_open())));
+                    self.hold_at = Some(now + OPEN_HOLD);
+                    self.goto(now, State::OpenSent);
+                }
+                _ => out.push(Output::Close),
+            },
+            Input::TcpFailed(e) => {
+                if matches!(self.state, State::Connect) {
+                    // RFC 4271 §8.2.2: go Active and retry when the connect-retry timer fires.
+                    self.last_error = Some(format!("connect: {e}"));
+                    self.connect_retry_at = Some(now + self.cfg.connect_retry);
+                    self.goto(now, State::Active);
+                }
+            }
+            Input::TcpClosed(e) => {
+                if self.state != State::Idle {
+                    self.fail(now, format!("connection closed: {e}"), None, &mut out);
+                }
+            }
+            Input::DecodeError(n) => self.fail(now, format!("sent NOTIFICATION: {n}"), Some(n), &mut out),
+            Input::Message(m) => self.message(now, m, &mut out),
+            Input::Tick => self.tick(now, &mut out),
+        }
+        out
+    }
+
+    fn message(&mut self, now: Instant, m: Message, out: &mut Vec<Output>) {
+        if let Message::Notification(n) = &m {
+            self.fail(now, format!("received NOTIFICATION: {n}"), None, out);
+            return;
+        }
+        match (self.state, m) {
+            (State::OpenSent, Message::Open(o)) => match self.accept_open(&o) {
+                Ok(neg) => {
+                    self.negotiated = Some(neg);
+                    out.push(Output::Send(Message::Keepalive));
+                    self.arm_hold(now);
+                    self.arm_keepalive(now);
+                    self.goto(now, State::OpenConfirm);
+                }
+                Err(n) => self.fail(now, format!("refused the peer's OPEN: {n}"), Some(n), out),
+            },
+            (State::OpenConfirm, Message::Keepalive) => {
+                self.arm_hold(now);
+                self.failures = 0;
+                self.last_error = None;
+                self.goto(now, State::Established);
+                if let Some(n) = &self.negotiated {
+                    out.push(Output::Established(n.clone()));
+                }
+            }
+            (State::Established, Message::Keepalive) => self.arm_hold(now),
+            (State::Established, Message::Update(u)) => {
+                self.arm_hold(now);
+                out.push(Output::Update(u));
+            }
+            (State::Established, Message::RouteRefresh(r)) => {
+                self.arm_hold(now);
+                out.push(Output::RefreshRequested(r.afi));
+            }
+            (State::Idle | State::Connect | State::Active, _) => {}
+            (_, _) => {
+                let n = self.fsm_error();
+                self.fail(now, format!("unexpected message in {}", self.state.name()), Some(n), out);
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        if self.state == State::Idle && due(self.idle_until) {
+            self.start(now, out);
+            return;
+        }
+        if due(self.hold_at) {
+            let n = Notification::new(err::HOLD_TIMER_EXPIRED, 0);
+            self.fail(now, "hold timer expired".into(), Some(n), out);
+            return;
+        }
+        if due(self.connect_retry_at) && matches!(self.state, State::Connect | State::Active) {
+            self.connect_retry_at = Some(now + self.cfg.connect_retry);
+            if !self.cfg.passive {
+                out.push(Output::Connect);
+                self.goto(now, State::Connect);
+            }
+        }
+        if due(self.keepalive_at) && matches!(self.state, State::OpenConfirm | State::Established) {
+            out.push(Output::Send(Message::Keepalive));
+            self.arm_keepalive(now);
+        }
+    }
+}
+
+/// RFC 4271 §6.8: when two connections to one peer both reach OpenConfirm, the one opened by
+/// the speaker with the higher BGP Identifier survives. Returns true to keep the connection
+/// *we* opened.
+pub fn keep_ours(local_id: Ipv4Addr, remote_id: Ipv4Addr) -> bool {
+    u32::from(local_id) > u32::from(remote_id)
+}
+
+#[cfg(test)]
+mod tests;
