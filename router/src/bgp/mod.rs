@@ -4,4 +4,5 @@
 //! I/O.
 
 pub mod fsm;
+pub mod rib;
 pub mod wire;

@@ -9,7 +9,7 @@
 //! ```
 
 mod open;
-mod update;
+pub mod update;
 
 pub use open::{AddPathMode, Capability, Open, OptParam};
 pub use update::{Afi, AsSegment, Attr, AttrError, AttrValue, NextHopAddr, Origin, Update};

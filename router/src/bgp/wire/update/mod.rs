@@ -33,6 +33,7 @@ pub mod code {
 pub mod flag {
     pub const OPTIONAL: u8 = 0x80;
     pub const TRANSITIVE: u8 = 0x40;
+    pub const PARTIAL: u8 = 0x20;
     pub const EXTENDED_LENGTH: u8 = 0x10;
 }
 

@@ -1,0 +1,483 @@
+//! The RIBs (RFC 4271 §3.2, §9): Adj-RIB-In per peer, the Loc-RIB chosen by the decision
+//! process (with the RFC 4456 tie-breaks), and Adj-RIB-Out per peer, with route reflection
+//! (cluster ID, ORIGINATOR_ID, CLUSTER_LIST, client/non-client rules) and the graceful-restart
+//! helper's stale marking (RFC 4724). Sans-IO: calls go in, changes come out.
+
+use super::wire::update::flag;
+use super::wire::{Afi, AsSegment, Attr, AttrValue, Origin, Update};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+pub type PeerId = usize;
+
+/// Where a Loc-RIB route came from, for the FIB and for display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    Local,
+    Peer(PeerId),
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub addr: IpAddr,
+    pub router_id: Ipv4Addr,
+    pub asn: u32,
+    /// We reflect for this peer (we are a route reflector and it is our client).
+    pub rr_client: bool,
+    /// Our address toward this peer: the next hop we announce.
+    pub local_addr: Ipv4Addr,
+}
+
+/// The attributes of one path, shared between the prefixes that carry them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PathAttrs {
+    pub origin: Origin,
+    pub as_path: Vec<AsSegment>,
+    pub next_hop: IpAddr,
+    pub med: Option<u32>,
+    pub local_pref: Option<u32>,
+    pub communities: Vec<u32>,
+    pub originator_id: Option<Ipv4Addr>,
+    pub cluster_list: Vec<Ipv4Addr>,
+    /// Optional transitive attributes we pass on without interpreting.
+    pub transitive: Vec<Attr>,
+}
+
+impl PathAttrs {
+    /// A route this node originates (its own pod blocks).
+    pub fn local(next_hop: Ipv4Addr) -> PathAttrs {
+        PathAttrs {
+            origin: Origin::Igp,
+            as_path: vec![],
+            next_hop: IpAddr::V4(next_hop),
+            med: None,
+            local_pref: Some(100),
+            communities: vec![],
+            originator_id: None,
+            cluster_list: vec![],
+            transitive: vec![],
+        }
+    }
+
+    fn as_path_len(&self) -> usize {
+        self.as_path.iter().map(|s| if s.kind == AsSegment::SET { 1 } else { s.asns.len() }).sum()
+    }
+
+    fn first_as(&self) -> Option<u32> {
+        self.as_path.first().and_then(|s| s.asns.first().copied())
+    }
+
+    fn contains_as(&self, asn: u32) -> bool {
+        self.as_path.iter().any(|s| s.asns.contains(&asn))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Path {
+    attrs: Arc<PathAttrs>,
+    /// Kept for a restarting peer until its End-of-RIB or the restart time (RFC 4724).
+    stale: bool,
+}
+
+/// A Loc-RIB entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Best {
+    pub from: From,
+    pub attrs: Arc<PathAttrs>,
+}
+
+/// What one call changed: Loc-RIB entries for the FIB, UPDATEs for the peers.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// (prefix, new best or None if gone).
+    pub loc: Vec<(IpNet, Option<Best>)>,
+    pub out: Vec<(PeerId, Update)>,
+}
+
+#[derive(Debug)]
+pub struct Rib {
+    local_as: u32,
+    router_id: Ipv4Addr,
+    /// Set when this node is a route reflector.
+    cluster_id: Option<Ipv4Addr>,
+    peers: HashMap<PeerId, PeerInfo>,
+    /// Peers with an Established session (only they get UPDATEs).
+    up: HashMap<PeerId, bool>,
+    adj_in: HashMap<PeerId, HashMap<IpNet, Path>>,
+    local: BTreeMap<IpNet, Arc<PathAttrs>>,
+    loc: BTreeMap<IpNet, Best>,
+    adj_out: HashMap<PeerId, HashMap<IpNet, Arc<PathAttrs>>>,
+}
+
+impl Rib {
+    pub fn new(local_as: u32, router_id: Ipv4Addr, cluster_id: Option<Ipv4Addr>) -> Rib {
+        Rib {
+            local_as,
+            router_id,
+            cluster_id,
+            peers: HashMap::new(),
+            up: HashMap::new(),
+            adj_in: HashMap::new(),
+            local: BTreeMap::new(),
+            loc: BTreeMap::new(),
+            adj_out: HashMap::new(),
+        }
+    }
+
+    pub fn add_peer(&mut self, id: PeerId, info: PeerInfo) {
+        self.peers.insert(id, info);
+    }
+
+    pub fn loc_rib(&self) -> &BTreeMap<IpNet, Best> {
+        &self.loc
+    }
+
+    pub fn received(&self, id: PeerId) -> usize {
+        self.adj_in.get(&id).map_or(0, |m| m.len())
+    }
+
+    pub fn advertised(&self, id: PeerId) -> usize {
+        self.adj_out.get(&id).map_or(0, |m| m.len())
+    }
+
+    fn ibgp(&self, id: PeerId) -> bool {
+        self.peers.get(&id).is_some_and(|p| p.asn == self.local_as)
+    }
+
+    /// Originates (or re-originates) a local route.
+    pub fn originate(&mut self, prefix: IpNet, attrs: PathAttrs) -> Changes {
+        self.local.insert(prefix, Arc::new(attrs));
+        let mut ch = Changes::default();
+        self.recompute(prefix, &mut ch);
+        ch
+    }
+
+    /// A session reached Established: the peer gets our whole table, then End-of-RIB.
+    pub fn peer_up(&mut self, id: PeerId, families: &[Afi]) -> Changes {
+        self.up.insert(id, true);
+        self.adj_out.insert(id, HashMap::new());
+        let mut ch = Changes::default();
+        let prefixes: Vec<IpNet> = self.loc.keys().copied().collect();
+        for p in prefixes {
+            self.export(id, p, &mut ch);
+        }
+        for f in families {
+            ch.out.push((id, Update::end_of_rib(*f)));
+        }
+        ch
+    }
+
+    /// A session went down. With `keep_stale` (graceful restart, RFC 4724 §4.2) its routes
+    /// stay, marked stale, until `end_of_rib` or `purge_stale`; otherwise they go now.
+    pub fn peer_down(&mut self, id: PeerId, keep_stale: bool) -> Changes {
+        self.up.remove(&id);
+        self.adj_out.remove(&id);
+        let mut ch = Changes::default();
+        if keep_stale {
+            if let Some(m) = self.adj_in.get_mut(&id) {
+                m.values_mut().for_each(|p| p.stale = true);
+            }
+            return ch;
+        }
+        let gone: Vec<IpNet> = self.adj_in.remove(&id).map(|m| m.into_keys().collect()).unwrap_or_default();
+        for p in gone {
+            self.recompute(p, &mut ch);
+        }
+        ch
+    }
+
+    /// Drops whatever a restarting peer left stale (its End-of-RIB came, or time ran out).
+    pub fn purge_stale(&mut self, id: PeerId) -> Changes {
+        let mut ch = Changes::default();
+        let Some(m) = self.adj_in.get_mut(&id) else { return ch };
+        let stale: Vec<IpNet> = m.iter().filter(|(_, p)| p.stale).map(|(k, _)| *k).collect();
+        for p in &stale {
+            m.remove(p);
+        }
+        for p in stale {
+            self.recompute(p, &mut ch);
+        }
+        ch
+    }
+
+    pub fn has_stale(&self, id: PeerId) -> bool {
+        self.adj_in.get(&id).is_some_and(|m| m.values().any(|p| p.stale))
+    }
+
+    /// Applies an UPDATE from a peer.
+    pub fn update(&mut self, id: PeerId, u: &Update) -> Changes {
+        let mut ch = Changes::default();
+        if u.is_end_of_rib().is_some() {
+            return self.purge_stale(id);
+        }
+        for p in u.withdrawn_all() {
+            if self.adj_in.get_mut(&id).and_then(|m| m.remove(&p)).is_some() {
+                self.recompute(p, &mut ch);
+            }
+        }
+        if u.treat_as_withdraw {
+            return ch;
+        }
+        for (prefix, nh) in u.announced() {
+            let Some(nh) = nh else { continue };
+            let attrs = self.import(id, u, nh);
+            let m = self.adj_in.entry(id).or_default();
+            match attrs {
+                Some(a) => {
+                    m.insert(prefix, Path { attrs: a, stale: false });
+                }
+                // Refused by import policy: it also replaces whatever the peer had sent before.
+                None => {
+                    if m.remove(&prefix).is_none() {
+                        continue;
+                    }
+                }
+            }
+            self.recompute(prefix, &mut ch);
+        }
+        ch
+    }
+
+    /// Import policy: loop detection (RFC 4271 §9.1.2, RFC 4456 §8) and defaults.
+    fn import(&self, id: PeerId, u: &Update, next_hop: IpAddr) -> Option<Arc<PathAttrs>> {
+        let ibgp = self.ibgp(id);
+        let mut a = PathAttrs {
+            origin: Origin::Incomplete,
+            as_path: vec![],
+            next_hop,
+            med: None,
+            local_pref: None,
+            communities: vec![],
+            originator_id: None,
+            cluster_list: vec![],
+            transitive: vec![],
+        };
+        for attr in &u.attrs {
+            match &attr.value {
+                AttrValue::Origin(o) => a.origin = *o,
+                AttrValue::AsPath(p) => a.as_path = p.clone(),
+                AttrValue::Med(m) => a.med = Some(*m),
+                AttrValue::LocalPref(l) if ibgp => a.local_pref = Some(*l),
+                AttrValue::Communities(c) => a.communities = c.clone(),
+                AttrValue::OriginatorId(o) if ibgp => a.originator_id = Some(*o),
+                AttrValue::ClusterList(c) if ibgp => a.cluster_list = c.clone(),
+                AttrValue::Unknown { .. } | AttrValue::Aggregator { .. } | AttrValue::AtomicAggregate
+                    if attr.flags & flag::TRANSITIVE != 0 =>
+                {
+                    a.transitive.push(attr.clone())
+                }
+                _ => {}
+            }
+        }
+        if !ibgp && a.contains_as(self.local_as) {
+            return None;
+        }
+        if a.originator_id == Some(self.router_id) {
+            return None;
+        }
+        if self.cluster_id.is_some_and(|c| a.cluster_list.contains(&c)) {
+            return None;
+        }
+        if self.peers.values().any(|p| p.local_addr_ip() == next_hop) {
+            return None;
+        }
+        if a.local_pref.is_none() {
+            a.local_pref = Some(100);
+        }
+        Some(Arc::new(a))
+    }
+
+    /// The decision process among the candidates for one prefix.
+    fn select(&self, prefix: &IpNet) -> Option<Best> {
+        if let Some(a) = self.local.get(prefix) {
+            // Our own routes win over anything learned.
+            return Some(Best { from: From::Local, attrs: a.clone() });
+        }
+        let mut best: Option<(PeerId, &Arc<PathAttrs>)> = None;
+        for (id, m) in &self.adj_in {
+            let Some(p) = m.get(prefix) else { continue };
+            best = match best {
+                None => Some((*id, &p.attrs)),
+                Some((bid, b)) => {
+                    if self.better(*id, &p.attrs, bid, b) {
+                        Some((*id, &p.attrs))
+                    } else {
+                        Some((bid, b))
+                    }
+                }
+            };
+        }
+        best.map(|(id, a)| Best { from: From::Peer(id), attrs: a.clone() })
+    }
+
+    /// RFC 4271 §9.1.2.2 with RFC 4456 §9: is `a` (from peer `ia`) better than `b`?
+    fn better(&self, ia: PeerId, a: &PathAttrs, ib: PeerId, b: &PathAttrs) -> bool {
+        use std::cmp::Ordering::*;
+        let lp = |x: &PathAttrs| x.local_pref.unwrap_or(100);
+        let order = lp(a)
+            .cmp(&lp(b))
+            .then(b.as_path_len().cmp(&a.as_path_len()))
+            .then(b.origin.cmp(&a.origin))
+            .then_with(|| {
+                // MED only between routes from the same neighbouring AS.
+                if a.first_as() == b.first_as() {
+                    b.med.unwrap_or(0).cmp(&a.med.unwrap_or(0))
+                } else {
+                    Equal
+                }
+            })
+            .then_with(|| (!self.ibgp(ia)).cmp(&!self.ibgp(ib)))
+            .then_with(|| {
+                // RFC 4456 §9: ORIGINATOR_ID stands in for the router ID.
+                let id = |p: PeerId, x: &PathAttrs| {
+                    x.originator_id.unwrap_or_else(|| self.peers.get(&p).map_or(Ipv4Addr::UNSPECIFIED, |i| i.router_id))
+                };
+                u32::from(id(ib, b)).cmp(&u32::from(id(ia, a)))
+            })
+            .then(b.cluster_list.len().cmp(&a.cluster_list.len()))
+            .then_with(|| {
+                let addr = |p: PeerId| self.peers.get(&p).map(|i| i.addr);
+                addr(ib).cmp(&addr(ia))
+            });
+        order == Greater
+    }
+
+    fn recompute(&mut self, prefix: IpNet, ch: &mut Changes) {
+        let new = self.select(&prefix);
+        let old = self.loc.get(&prefix).cloned();
+        if new == old {
+            return;
+        }
+        match &new {
+            Some(b) => self.loc.insert(prefix, b.clone()),
+            None => self.loc.remove(&prefix),
+        };
+        ch.loc.push((prefix, new));
+        let peers: Vec<PeerId> = self.up.keys().copied().collect();
+        for p in peers {
+            self.export(p, prefix, ch);
+        }
+    }
+
+    /// What peer `to` should hear about `prefix`, per the iBGP and reflection rules.
+    fn export_attrs(&self, to: PeerId, best: &Best) -> Option<PathAttrs> {
+        let peer = self.peers.get(&to)?;
+        let to_ibgp = peer.asn == self.local_as;
+        let mut a = (*best.attrs).clone();
+        match best.from {
+            From::Peer(from) if from == to => return None,
+            From::Peer(from) if to_ibgp && self.ibgp(from) => {
+                // RFC 4456 §6: only a reflector passes iBGP routes to iBGP peers; from a
+                // client to everyone, from a non-client to clients only.
+                let cluster = self.cluster_id?;
+                let from_client = self.peers.get(&from).is_some_and(|p| p.rr_client);
+                if !from_client && !peer.rr_client {
+                    return None;
+                }
+                if a.originator_id.is_none() {
+                    a.originator_id = self.peers.get(&from).map(|p| p.router_id);
+                }
+                if a.originator_id == Some(peer.router_id) {
+                    return None;
+                }
+                a.cluster_list.insert(0, cluster);
+            }
+            _ => {}
+        }
+        if !matches!(a.next_hop, IpAddr::V4(_)) {
+            // We carry IPv6 routes but have no IPv6 next hop of our own to announce them with.
+            return None;
+        }
+        if to_ibgp {
+            if best.from == From::Local {
+                a.next_hop = IpAddr::V4(peer.local_addr);
+            }
+            if let From::Peer(from) = best.from {
+                if !self.ibgp(from) {
+                    // eBGP-learned routes enter iBGP with us as next hop.
+                    a.next_hop = IpAddr::V4(peer.local_addr);
+                }
+            }
+        } else {
+            let mut path = a.as_path.clone();
+            match path.first_mut() {
+                Some(s) if s.kind == AsSegment::SEQUENCE && s.asns.len() < 255 => s.asns.insert(0, self.local_as),
+                _ => path.insert(0, AsSegment::sequence(vec![self.local_as])),
+            }
+            a.as_path = path;
+            a.next_hop = IpAddr::V4(peer.local_addr);
+            a.local_pref = None;
+            a.originator_id = None;
+            a.cluster_list.clear();
+            if best.from != From::Local {
+                a.med = None;
+            }
+        }
+        Some(a)
+    }
+
+    fn export(&mut self, to: PeerId, prefix: IpNet, ch: &mut Changes) {
+        if !self.up.contains_key(&to) {
+            return;
+        }
+        let want = self.loc.get(&prefix).and_then(|b| self.export_attrs(to, b)).map(Arc::new);
+        let out = self.adj_out.entry(to).or_default();
+        let had = out.get(&prefix).cloned();
+        if want == had {
+            return;
+        }
+        let IpNet::V4(p4) = prefix else { return };
+        match want {
+            Some(a) => {
+                out.insert(prefix, a.clone());
+                ch.out.push((to, announce(p4, &a, self.ibgp(to))));
+            }
+            None => {
+                out.remove(&prefix);
+                ch.out.push((to, Update { withdrawn: vec![p4], ..Default::default() }));
+            }
+        }
+    }
+}
+
+impl PeerInfo {
+    fn local_addr_ip(&self) -> IpAddr {
+        IpAddr::V4(self.local_addr)
+    }
+}
+
+/// Builds the UPDATE announcing one IPv4 prefix with these attributes.
+fn announce(prefix: ipnet::Ipv4Net, a: &PathAttrs, ibgp: bool) -> Update {
+    let IpAddr::V4(nh) = a.next_hop else { return Update::default() };
+    let mut attrs = vec![
+        Attr::new(AttrValue::Origin(a.origin)),
+        Attr::new(AttrValue::AsPath(a.as_path.clone())),
+        Attr::new(AttrValue::NextHop(nh)),
+    ];
+    if let Some(m) = a.med {
+        attrs.push(Attr::new(AttrValue::Med(m)));
+    }
+    if ibgp {
+        attrs.push(Attr::new(AttrValue::LocalPref(a.local_pref.unwrap_or(100))));
+    }
+    if !a.communities.is_empty() {
+        attrs.push(Attr::new(AttrValue::Communities(a.communities.clone())));
+    }
+    if let Some(o) = a.originator_id {
+        attrs.push(Attr::new(AttrValue::OriginatorId(o)));
+    }
+    if !a.cluster_list.is_empty() {
+        attrs.push(Attr::new(AttrValue::ClusterList(a.cluster_list.clone())));
+    }
+    for t in &a.transitive {
+        // RFC 4271 §5: an optional transitive attribute we pass on unread is marked partial.
+        let partial = if t.flags & flag::OPTIONAL != 0 { flag::PARTIAL } else { 0 };
+        attrs.push(Attr { flags: t.flags | partial, value: t.value.clone() });
+    }
+    Update { attrs, nlri: vec![prefix], ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests;
