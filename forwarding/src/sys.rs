@@ -93,6 +93,37 @@ pub fn set_tx_checksum(name: &str, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets (or, with an empty key, removes) the TCP MD5 signature key (RFC 2385) for `peer` on
+/// a TCP socket: before `connect` on an outgoing one, on the listener for incoming ones.
+pub fn set_tcp_md5(fd: RawFd, peer: std::net::Ipv4Addr, key: &[u8]) -> io::Result<()> {
+    #[repr(C)]
+    struct TcpMd5Sig {
+        addr: libc::sockaddr_storage,
+        flags: u8,
+        prefixlen: u8,
+        keylen: u16,
+        ifindex: libc::c_int,
+        key: [u8; 80],
+    }
+    if key.len() > 80 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "TCP MD5 keys are at most 80 bytes"));
+    }
+    // SAFETY: all-zero is a valid TcpMd5Sig (plain data).
+    let mut sig: TcpMd5Sig = unsafe { zeroed() };
+    // SAFETY: sockaddr_storage is large enough and suitably aligned for a sockaddr_in.
+    let sin = unsafe { &mut *(&mut sig.addr as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_addr.s_addr = u32::from_ne_bytes(peer.octets());
+    sig.keylen = key.len() as u16;
+    sig.key[..key.len()].copy_from_slice(key);
+    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_MD5SIG, &sig).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("setting the TCP MD5 key for {peer}: {e} (does the kernel have CONFIG_TCP_MD5SIG?)"),
+        )
+    })
+}
+
 /// Names of all interfaces in the current network namespace.
 pub fn link_names() -> io::Result<Vec<String>> {
     // SAFETY: if_nameindex returns a heap array terminated by a zero entry, or NULL on error;

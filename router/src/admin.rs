@@ -14,6 +14,7 @@ pub enum Request {
     Routes,
     Stats,
     Neighbours,
+    BgpStatus,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

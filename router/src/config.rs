@@ -55,6 +55,31 @@ pub struct Pool {
     pub ipip_mode: IpipMode,
 }
 
+/// BGP of one node (Calico's BGPConfiguration, Node.spec.bgp and BGPPeer, as resolved by
+/// `lab up` for this node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpConfig {
+    pub as_number: u32,
+    pub router_id: Option<Ipv4Addr>,
+    pub port: u16,
+    pub hold_time: u16,
+    pub connect_retry_secs: u16,
+    /// 0 turns the graceful-restart capability off.
+    pub graceful_restart_secs: u16,
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+    pub peers: Vec<BgpPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpPeer {
+    pub address: Ipv4Addr,
+    pub as_number: u32,
+    pub port: u16,
+    pub kind: crate::bgp::session::PeerKind,
+    pub passive: bool,
+    pub password: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,
@@ -73,6 +98,7 @@ pub struct NodeConfig {
     pub ipip_peers: Vec<Ipv4Addr>,
     /// Further outer sources IPIP is accepted from (external routers).
     pub ipip_allowed_sources: Vec<Ipv4Net>,
+    pub bgp: Option<BgpConfig>,
 }
 
 impl NodeConfig {
@@ -135,6 +161,58 @@ pub struct RawConfig {
     pub pods: Vec<RawPod>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub bgp: Option<RawBgp>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgp {
+    pub as_number: u32,
+    #[serde(default)]
+    pub router_id: Option<Spanned<String>>,
+    #[serde(default = "default_bgp_port")]
+    pub port: u16,
+    #[serde(default = "default_hold")]
+    pub hold_time: Spanned<u16>,
+    #[serde(default = "default_retry")]
+    pub connect_retry_secs: u16,
+    #[serde(default = "default_gr")]
+    pub graceful_restart_secs: u16,
+    #[serde(default)]
+    pub route_reflector_cluster_id: Option<Spanned<String>>,
+    #[serde(default)]
+    pub peers: Vec<RawBgpPeer>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgpPeer {
+    pub address: Spanned<String>,
+    pub as_number: u32,
+    #[serde(default = "default_bgp_port")]
+    pub port: u16,
+    pub kind: crate::bgp::session::PeerKind,
+    #[serde(default)]
+    pub passive: bool,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_bgp_port() -> u16 {
+    179
+}
+
+fn default_hold() -> Spanned<u16> {
+    Spanned::new(0..0, 90)
+}
+
+fn default_retry() -> u16 {
+    5
+}
+
+fn default_gr() -> u16 {
+    120
 }
 
 fn default_workers() -> Spanned<usize> {
@@ -297,7 +375,56 @@ impl NodeConfig {
             };
             routes.push(StaticRoute { prefix, action });
         }
+        let bgp = match &raw.bgp {
+            None => None,
+            Some(b) => {
+                let hold = *b.hold_time.get_ref();
+                if hold == 1 || hold == 2 {
+                    return Err(src.error_at(
+                        b.hold_time.span(),
+                        format!("hold_time = {hold}: use 0 or at least 3 seconds (RFC 4271)"),
+                    ));
+                }
+                let router_id = match &b.router_id {
+                    Some(r) => Some(src.at(r, fileerr::parse_addr(r.get_ref(), "router_id"))?),
+                    None => None,
+                };
+                let route_reflector_cluster_id = match &b.route_reflector_cluster_id {
+                    Some(r) => Some(src.at(r, fileerr::parse_addr(r.get_ref(), "route_reflector_cluster_id"))?),
+                    None => None,
+                };
+                let mut peers = Vec::new();
+                for p in &b.peers {
+                    let address = src.at(&p.address, fileerr::parse_addr(p.address.get_ref(), "peer address"))?;
+                    if address == uplink.address.addr() {
+                        return Err(src.error_at(p.address.span(), "a node cannot peer with itself"));
+                    }
+                    if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
+                        return Err(src.error_at(p.address.span(), "TCP MD5 passwords are at most 80 bytes"));
+                    }
+                    peers.push(BgpPeer {
+                        address,
+                        as_number: p.as_number,
+                        port: p.port,
+                        kind: p.kind,
+                        passive: p.passive,
+                        password: p.password.clone(),
+                    });
+                }
+                Some(BgpConfig {
+                    as_number: b.as_number,
+                    router_id,
+                    port: b.port,
+                    hold_time: hold,
+                    connect_retry_secs: b.connect_retry_secs.max(1),
+                    graceful_restart_secs: b.graceful_restart_secs,
+                    route_reflector_cluster_id,
+                    peers,
+                })
+            }
+        };
         Ok(NodeConfig {
+            bgp,
             name: raw.name.get_ref().clone(),
             dataplane: raw.dataplane,
             workers,
@@ -341,6 +468,27 @@ impl NodeConfig {
                     address: s(p.address.to_string()),
                 })
                 .collect(),
+            bgp: self.bgp.as_ref().map(|b| RawBgp {
+                as_number: b.as_number,
+                router_id: b.router_id.map(|r| s(r.to_string())),
+                port: b.port,
+                hold_time: Spanned::new(0..0, b.hold_time),
+                connect_retry_secs: b.connect_retry_secs,
+                graceful_restart_secs: b.graceful_restart_secs,
+                route_reflector_cluster_id: b.route_reflector_cluster_id.map(|r| s(r.to_string())),
+                peers: b
+                    .peers
+                    .iter()
+                    .map(|p| RawBgpPeer {
+                        address: s(p.address.to_string()),
+                        as_number: p.as_number,
+                        port: p.port,
+                        kind: p.kind,
+                        passive: p.passive,
+                        password: p.password.clone(),
+                    })
+                    .collect(),
+            }),
             routes: self
                 .routes
                 .iter()

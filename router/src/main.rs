@@ -4,6 +4,7 @@
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use router::admin::{self, Request};
+use router::bgp::session::PeerStatus;
 use router::config::{DataplaneMode, IpipMode};
 use router::lab::{self, state::Role, Lab, UpOptions};
 use router::routes::{self, RouteEntry};
@@ -46,6 +47,8 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show a node's BGP peers, like `calicoctl node status`.
+    Status(Query),
     /// Show a node's FIB, like `route -n`.
     Routes(Query),
     /// Show a node's packet counters and drops by reason.
@@ -177,6 +180,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Node { config } => router::node::run(&config).map(|_| 0),
         Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
+        Cmd::Status(q) => {
+            let v = q.ask(Request::BgpStatus)?;
+            let peers: Vec<PeerStatus> =
+                serde_json::from_value(v["peers"].clone()).context("decoding the node's BGP status")?;
+            if q.json {
+                let rows: Vec<_> = peers
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "peer": p.peer, "peer_type": p.peer_type, "state": p.state, "since": p.since,
+                            "info": p.info, "as_number": p.asn, "received": p.received, "advertised": p.advertised,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_bgp_status(&v, &peers);
+            }
+            Ok(0)
+        }
         Cmd::Routes(q) => {
             let v = q.ask(Request::Routes)?;
             if q.json {
@@ -215,6 +238,53 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `since` as UTC wall-clock time (today) or date, as calicoctl shows it.
+fn since(secs: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (d, t) = (secs / 86400, secs % 86400);
+    if d == now / 86400 {
+        format!("{:02}:{:02}:{:02}", t / 3600, t % 3600 / 60, t % 60)
+    } else {
+        // Days since 1970 to a civil date (Howard Hinnant's algorithm).
+        let z = d as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        format!("{year:04}-{month:02}-{day:02}")
+    }
+}
+
+fn print_bgp_status(v: &serde_json::Value, peers: &[PeerStatus]) {
+    if v["configured"] != true {
+        println!("BGP is not configured on this node (no [bgp] in its config).");
+        return;
+    }
+    println!("IPv4 BGP status (AS {}, router ID {})", v["as_number"], v["router_id"].as_str().unwrap_or("?"));
+    let w = [15, 22, 11, 10, 11];
+    let line = format!("+{}+", w.iter().map(|n| "-".repeat(n + 2)).collect::<Vec<_>>().join("+"));
+    println!("{line}");
+    println!("| {:<15} | {:<22} | {:<11} | {:<10} | {:<11} |", "PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO");
+    println!("{line}");
+    for p in peers {
+        let kind =
+            serde_json::to_value(p.peer_type).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default();
+        println!(
+            "| {:<15} | {:<22} | {:<11} | {:<10} | {:<11} |",
+            p.peer.to_string(),
+            kind,
+            p.state,
+            since(p.since),
+            p.info
+        );
+    }
+    println!("{line}");
 }
 
 fn print_stats(v: &serde_json::Value) {

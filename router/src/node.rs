@@ -2,6 +2,7 @@
 //! starts the data plane, then serves the admin socket on the control thread until SIGTERM.
 
 use crate::admin::{self, Request};
+use crate::bgp::session::{PeerConfig, PeerKind, Speaker, SpeakerConfig};
 use crate::config::{DataplaneMode, NodeConfig};
 use crate::ipcmd;
 use crate::routes::{self, RouteEntry};
@@ -9,9 +10,11 @@ use anyhow::{bail, Context as _};
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
 use forwarding::fib::Tunnels;
 use forwarding::{Fib, FibHandle, IfaceId, IfaceRole, Interface, Interfaces};
+use ipnet::Ipv4Net;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -72,38 +75,104 @@ fn check_kernel_forwarding(mode: DataplaneMode) -> anyhow::Result<()> {
     }
 }
 
-/// Brings `tunl0` up and installs the kernel routes the table asks for. A route the kernel
-/// refuses is logged, not fatal: in afpacket mode these only serve the node's own traffic.
-fn program_kernel(cfg: &NodeConfig, dp: &Dataplane, table: &routes::Table) -> anyhow::Result<()> {
-    if cfg.dataplane == DataplaneMode::Tun {
-        let mtu = dp.interfaces().get(IfaceId(1)).map_or(1480, |f| f.mtu).to_string();
-        ipcmd::ip(&["link", "set", routes::TUN_NAME, "up", "mtu", &mtu])?;
-    }
-    for r in &table.kernel {
-        let args = r.args();
-        let mut v = vec!["route", "replace"];
-        v.extend(args.iter().map(String::as_str));
-        match ipcmd::ip(&v) {
-            Ok(_) => {}
-            Err(e) if cfg.dataplane == DataplaneMode::Tun => return Err(e),
-            Err(e) => tracing::warn!(error = %e, "kernel route not installed"),
-        }
-    }
-    Ok(())
+/// The running node: its config, data plane, route table and what it installed in the kernel.
+struct Node {
+    cfg: NodeConfig,
+    dp: Dataplane,
+    fib: FibHandle,
+    entries: Vec<RouteEntry>,
+    /// Kernel routes currently installed by us.
+    kernel: Vec<routes::KernelRoute>,
+    started: Instant,
 }
+
+fn tunnels(cfg: &NodeConfig, learned: &[(Ipv4Net, Ipv4Addr)]) -> Tunnels {
+    // IPIP is accepted from the configured nodes and from every BGP next hop: the nodes we
+    // route pod blocks to are the nodes that send us their pods' traffic.
+    let mut peers: std::collections::HashSet<Ipv4Addr> = cfg.ipip_peers.iter().copied().collect();
+    peers.extend(learned.iter().map(|(_, nh)| *nh));
+    Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone() }
+}
+
+impl Node {
+    /// Recomputes the route table with what BGP learned and publishes the new FIB; in tun mode
+    /// (and for the node's own traffic) brings the kernel routes in line.
+    fn rebuild(&mut self, learned: &[(Ipv4Net, Ipv4Addr)]) -> anyhow::Result<()> {
+        let table = routes::build(&self.cfg, self.dp.interfaces(), learned).map_err(anyhow::Error::msg)?;
+        self.fib.publish(Fib::build(&table.fib).with_tunnels(tunnels(&self.cfg, learned)));
+        self.sync_kernel(&table.kernel);
+        tracing::info!(routes = table.entries.len(), learned = learned.len(), "FIB updated");
+        self.entries = table.entries;
+        Ok(())
+    }
+
+    fn sync_kernel(&mut self, want: &[routes::KernelRoute]) {
+        let tun = self.cfg.dataplane == DataplaneMode::Tun;
+        for old in self.kernel.iter().filter(|k| !want.contains(k)) {
+            let args = old.args();
+            let mut v = vec!["route", "del"];
+            v.extend(args.iter().map(String::as_str));
+            if let Err(e) = ipcmd::ip(&v) {
+                tracing::debug!(error = %e, "kernel route already gone");
+            }
+        }
+        let mut installed = Vec::new();
+        for r in want {
+            if self.kernel.contains(r) {
+                installed.push(r.clone());
+                continue;
+            }
+            let args = r.args();
+            let mut v = vec!["route", "replace"];
+            v.extend(args.iter().map(String::as_str));
+            match ipcmd::ip(&v) {
+                Ok(_) => installed.push(r.clone()),
+                Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
+                // afpacket: these serve only the node's own traffic.
+                Err(e) => tracing::warn!(error = %e, "kernel route not installed"),
+            }
+        }
+        self.kernel = installed;
+    }
+}
+
+fn speaker_config(cfg: &NodeConfig) -> Option<SpeakerConfig> {
+    let b = cfg.bgp.as_ref()?;
+    let local_addr = cfg.uplink.address.addr();
+    Some(SpeakerConfig {
+        local_as: b.as_number,
+        router_id: b.router_id.unwrap_or(local_addr),
+        local_addr,
+        port: b.port,
+        hold_time: b.hold_time,
+        connect_retry: Duration::from_secs(u64::from(b.connect_retry_secs)),
+        cluster_id: b.route_reflector_cluster_id,
+        graceful_restart: (b.graceful_restart_secs > 0).then_some(b.graceful_restart_secs),
+        peers: b
+            .peers
+            .iter()
+            .map(|p| PeerConfig {
+                addr: p.address,
+                asn: p.as_number,
+                port: p.port,
+                kind: p.kind,
+                rr_client: p.kind == PeerKind::RouteReflectorClient,
+                passive: p.passive,
+                password: p.password.clone(),
+            })
+            .collect(),
+        originate: cfg.blocks.clone(),
+    })
+}
+
+const ADMIN: Token = Token(0);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config_path)?;
     check_kernel_forwarding(cfg.dataplane)?;
     let ifaces = discover(&cfg)?;
-    let table = routes::build(&cfg, &ifaces).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
-    let tunnels = Tunnels {
-        ttl: cfg.ipip_ttl,
-        peers: cfg.ipip_peers.iter().copied().collect(),
-        allowed: cfg.ipip_allowed_sources.clone(),
-    };
-    let fib = FibHandle::new(Fib::build(&table.fib).with_tunnels(tunnels));
-    let entries: Vec<RouteEntry> = table.entries.clone();
+    let table = routes::build(&cfg, &ifaces, &[]).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    let fib = FibHandle::new(Fib::build(&table.fib).with_tunnels(tunnels(&cfg, &[])));
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -111,25 +180,90 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let listener = bind_admin(&cfg.admin_socket)?;
     let dp_cfg = DataplaneConfig { workers: cfg.workers, pin: cfg.pin_workers, ..Default::default() };
-    let dp = Dataplane::start(ifaces, fib, dp_cfg).context("starting the data plane")?;
-    if let Err(e) = program_kernel(&cfg, &dp, &table) {
-        dp.stop();
-        return Err(e.context("programming the kernel"));
+    let dp = Dataplane::start(ifaces, fib.clone(), dp_cfg).context("starting the data plane")?;
+    let mut node = Node { cfg, dp, fib, entries: table.entries.clone(), kernel: Vec::new(), started: Instant::now() };
+    if node.cfg.dataplane == DataplaneMode::Tun {
+        let mtu = node.dp.interfaces().get(IfaceId(1)).map_or(1480, |f| f.mtu).to_string();
+        if let Err(e) = ipcmd::ip(&["link", "set", routes::TUN_NAME, "up", "mtu", &mtu]) {
+            node.dp.stop();
+            return Err(e.context("bringing tunl0 up"));
+        }
     }
+    node.sync_kernel(&table.kernel);
+    let result = control_loop(&mut node, &listener, &stop);
+    tracing::info!(node = %node.cfg.name, "stopping");
+    node.dp.stop();
+    let _ = std::fs::remove_file(&node.cfg.admin_socket);
+    result
+}
+
+/// The control thread: admin socket, BGP sessions and their timers, FIB publication.
+fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut poll = Poll::new()?;
+    poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), ADMIN, Interest::READABLE)?;
+    let mut speaker = match speaker_config(&node.cfg) {
+        Some(sc) => Some(Speaker::new(sc, poll.registry(), Instant::now()).context("starting BGP")?),
+        None => None,
+    };
     tracing::info!(
-        node = %cfg.name,
-        interfaces = dp.interfaces().len(),
-        routes = entries.len(),
-        workers = cfg.workers,
-        socket = %cfg.admin_socket.display(),
+        node = %node.cfg.name,
+        interfaces = node.dp.interfaces().len(),
+        routes = node.entries.len(),
+        workers = node.cfg.workers,
+        bgp_peers = node.cfg.bgp.as_ref().map_or(0, |b| b.peers.len()),
+        socket = %node.cfg.admin_socket.display(),
         "node up"
     );
-    let started = Instant::now();
-    let result = serve(&listener, &stop, |req| answer(req, &cfg, &dp, &entries, started));
-    tracing::info!(node = %cfg.name, "stopping");
-    dp.stop();
-    let _ = std::fs::remove_file(&cfg.admin_socket);
-    result
+    let mut events = Events::with_capacity(64);
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let mut timeout = Duration::from_millis(200);
+        if let Some(t) = speaker.as_ref().and_then(|s| s.poll_timeout()) {
+            timeout = timeout.min(t.saturating_duration_since(now));
+        }
+        match poll.poll(&mut events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let now = Instant::now();
+        for ev in events.iter() {
+            if ev.token() == ADMIN {
+                serve_admin(listener, |req| answer(req, node, speaker.as_ref()));
+            } else if let Some(sp) = speaker.as_mut() {
+                sp.handle(poll.registry(), ev.token(), now);
+            }
+        }
+        if let Some(sp) = speaker.as_mut() {
+            sp.tick(poll.registry(), now);
+            if sp.take_changed() {
+                if let Err(e) = node.rebuild(&sp.learned()) {
+                    tracing::error!(error = %e, "rebuilding the FIB failed");
+                }
+            }
+        }
+    }
+    if let Some(sp) = speaker.as_mut() {
+        sp.stop(poll.registry());
+    }
+    Ok(())
+}
+
+fn serve_admin(listener: &UnixListener, mut handle: impl FnMut(Request) -> serde_json::Value) {
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                if let Err(e) = s.set_nonblocking(false).and_then(|_| admin::serve_one(s, &mut handle)) {
+                    tracing::debug!(error = %e, "admin connection failed");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                return;
+            }
+        }
+    }
 }
 
 fn bind_admin(path: &Path) -> anyhow::Result<UnixListener> {
@@ -147,46 +281,15 @@ fn bind_admin(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-fn serve(
-    listener: &UnixListener,
-    stop: &AtomicBool,
-    mut handle: impl FnMut(Request) -> serde_json::Value,
-) -> anyhow::Result<()> {
-    let mut poll = Poll::new()?;
-    poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), Token(0), Interest::READABLE)?;
-    let mut events = Events::with_capacity(8);
-    while !stop.load(Ordering::Relaxed) {
-        match poll.poll(&mut events, Some(Duration::from_millis(200))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        }
-        loop {
-            match listener.accept() {
-                Ok((s, _)) => {
-                    if let Err(e) = s.set_nonblocking(false).and_then(|_| admin::serve_one(s, &mut handle)) {
-                        tracing::debug!(error = %e, "admin connection failed");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    break;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn answer(
-    req: Request,
-    cfg: &NodeConfig,
-    dp: &Dataplane,
-    routes: &[RouteEntry],
-    started: Instant,
-) -> serde_json::Value {
+fn answer(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json::Value {
+    let (cfg, dp, routes, started) = (&node.cfg, &node.dp, &node.entries, node.started);
     match req {
+        Request::BgpStatus => json!({
+            "configured": speaker.is_some(),
+            "as_number": cfg.bgp.as_ref().map(|b| b.as_number),
+            "router_id": cfg.bgp.as_ref().map(|b| b.router_id.unwrap_or(cfg.uplink.address.addr())),
+            "peers": speaker.map(|s| s.status()).unwrap_or_default(),
+        }),
         Request::Routes => json!(routes),
         Request::Neighbours => json!(dp.neighbours()),
         Request::Stats => {

@@ -3,7 +3,7 @@
 //! the kernel's. It also yields the FIB for the workers and, where the kernel forwards, the
 //! kernel routes to install.
 
-use crate::config::{DataplaneMode, IpipMode, NodeConfig, StaticAction};
+use crate::config::{DataplaneMode, IpipMode, NodeConfig, StaticAction, StaticRoute};
 use forwarding::{IfaceId, IfaceRole, Interfaces, NextHop, Route};
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -17,6 +17,8 @@ pub enum RouteSource {
     Local,
     /// From the config file.
     Static,
+    /// Learned over BGP.
+    Bgp,
 }
 
 /// One row of `router routes`.
@@ -118,8 +120,10 @@ impl Table {
     }
 }
 
-/// Builds the node's routes from its config and its data-plane interfaces.
-pub fn build(cfg: &NodeConfig, ifaces: &Interfaces) -> Result<Table, String> {
+/// Builds the node's routes from its config, its data-plane interfaces and what it learned
+/// over BGP (prefix, next hop). A learned route whose next hop cannot be reached is left out
+/// (and logged); a static one is a config error.
+pub fn build(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv4Net, Ipv4Addr)]) -> Result<Table, String> {
     let tun = cfg.dataplane == DataplaneMode::Tun;
     let up_name = cfg.uplink.interface.as_str();
     let subnet = cfg.uplink.address.trunc();
@@ -212,8 +216,10 @@ pub fn build(cfg: &NodeConfig, ifaces: &Interfaces) -> Result<Table, String> {
             .max_by_key(|(len, _)| *len)
             .map(|(_, h)| h)
     };
-    for r in &cfg.routes {
-        let src = RouteSource::Static;
+    let statics = cfg.routes.iter().map(|r| (r.prefix, r.action.clone(), RouteSource::Static));
+    let bgp = learned.iter().map(|(p, nh)| (*p, StaticAction::Via(*nh), RouteSource::Bgp));
+    for (prefix, action, src) in statics.chain(bgp) {
+        let r = StaticRoute { prefix, action };
         let gw = match r.action {
             StaticAction::Via(gw) => gw,
             StaticAction::Blackhole | StaticAction::Unreachable => {
@@ -244,6 +250,10 @@ pub fn build(cfg: &NodeConfig, ifaces: &Interfaces) -> Result<Table, String> {
             IpipMode::Never => false,
         };
         let Some(hop) = underlay_hop(gw) else {
+            if src == RouteSource::Bgp {
+                tracing::warn!(prefix = %r.prefix, next_hop = %gw, "learned route's next hop is unreachable; not installed");
+                continue;
+            }
             return Err(format!(
                 "next hop {gw} of route {} is not on the uplink subnet {subnet} and no route to it exists; \
                  add a route for it (like the underlay gateway)",
@@ -323,6 +333,7 @@ pub fn render(entries: &[RouteEntry]) -> String {
             match e.source {
                 RouteSource::Local => "local",
                 RouteSource::Static => "static",
+                RouteSource::Bgp => "bgp",
             },
             e.kind,
             e.encap
@@ -410,7 +421,7 @@ via = "192.168.100.1"
     #[test]
     fn cross_subnet_tunnels_only_off_link_next_hops() {
         let c = cfg("CrossSubnet", "afpacket");
-        let t = build(&c, &afpacket_ifaces(&c)).expect("table");
+        let t = build(&c, &afpacket_ifaces(&c), &[]).expect("table");
         let (b, nh) = row(&t, "10.244.2.0/26");
         assert_eq!((b.encap.as_str(), b.flags.as_str()), ("none", "UG"));
         assert_eq!(nh, NextHop::Direct { iface: UP, gateway: ip("192.168.100.101") });
@@ -428,7 +439,7 @@ via = "192.168.100.1"
     #[test]
     fn always_tunnels_everything_in_the_pool() {
         let c = cfg("Always", "afpacket");
-        let t = build(&c, &afpacket_ifaces(&c)).expect("table");
+        let t = build(&c, &afpacket_ifaces(&c), &[]).expect("table");
         assert_eq!(
             row(&t, "10.244.2.0/26").1,
             NextHop::Ipip { iface: UP, gateway: ip("192.168.100.101"), remote: ip("192.168.100.101") }
@@ -440,7 +451,7 @@ via = "192.168.100.1"
     #[test]
     fn never_sends_off_link_blocks_to_the_underlay_unwrapped() {
         let c = cfg("Never", "afpacket");
-        let t = build(&c, &afpacket_ifaces(&c)).expect("table");
+        let t = build(&c, &afpacket_ifaces(&c), &[]).expect("table");
         assert_eq!(row(&t, "10.244.3.0/26").1, NextHop::Direct { iface: UP, gateway: ip("192.168.100.1") });
     }
 
@@ -448,7 +459,7 @@ via = "192.168.100.1"
     fn unreachable_next_hop_is_an_error() {
         let text = CFG.replace("prefix = \"192.168.200.0/24\"", "prefix = \"192.168.201.0/24\"");
         let c = NodeConfig::parse(Path::new("n.toml"), &text).expect("config");
-        let e = build(&c, &afpacket_ifaces(&c)).expect_err("unreachable");
+        let e = build(&c, &afpacket_ifaces(&c), &[]).expect_err("unreachable");
         assert!(e.contains("192.168.200.101") && e.contains("no route"), "{e}");
     }
 
@@ -466,7 +477,7 @@ via = "192.168.100.1"
             Interface { name: TUN_NAME.into(), ifindex: 0, mac: encap::MacAddr::ZERO, mtu: 1480, role: IfaceRole::Tun },
         ])
         .with_node_addr(c.uplink.address.addr());
-        let t = build(&c, &ifaces).expect("table");
+        let t = build(&c, &ifaces, &[]).expect("table");
         let (e, nh) = row(&t, "10.244.3.0/26");
         assert_eq!(e.interface.as_deref(), Some("tunl0"));
         assert_eq!(

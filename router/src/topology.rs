@@ -12,6 +12,8 @@ use toml::Spanned;
 
 /// The seed topology shipped with the project (DESIGN.md §3).
 pub const SEED: &str = include_str!("../topologies/seed.toml");
+/// The seed with node-a as route reflector instead of a full mesh.
+pub const SEED_RR: &str = include_str!("../topologies/seed-rr.toml");
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -20,6 +22,11 @@ pub struct Topology {
     pub as_number: u32,
     /// The pool's `ipipMode` (Calico's names).
     pub ipip_mode: crate::config::IpipMode,
+    /// Calico's BGPConfiguration.nodeToNodeMeshEnabled.
+    pub node_to_node_mesh: bool,
+    /// BGP hold time the nodes propose (seconds; short values make failover tests quick).
+    pub bgp_hold_time: u16,
+    pub bgp_peers: Vec<BgpPeerSpec>,
     pub subnets: Vec<Subnet>,
     pub nodes: Vec<Node>,
 }
@@ -41,6 +48,18 @@ pub struct Node {
     pub subnet: usize,
     pub block: Ipv4Net,
     pub pods: Vec<Pod>,
+    /// Calico's Node.spec.bgp.routeReflectorClusterID: this node is a route reflector.
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+}
+
+/// Calico's BGPPeer: an external router some or all nodes peer with.
+#[derive(Debug, Clone)]
+pub struct BgpPeerSpec {
+    pub peer_ip: Ipv4Addr,
+    pub as_number: u32,
+    /// Only this node peers (absent: every node).
+    pub node: Option<String>,
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +85,8 @@ struct Raw {
     subnets: Vec<RawSubnet>,
     #[serde(default)]
     nodes: Vec<RawNode>,
+    #[serde(default)]
+    bgp_peers: Vec<RawBgpPeer>,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +99,29 @@ struct RawCluster {
     as_number: u32,
     #[serde(default)]
     ipip_mode: crate::config::IpipMode,
+    #[serde(default = "default_true")]
+    node_to_node_mesh: bool,
+    #[serde(default = "default_hold")]
+    bgp_hold_time: Spanned<u16>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_hold() -> Spanned<u16> {
+    Spanned::new(0..0, 90)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBgpPeer {
+    peer_ip: Spanned<String>,
+    as_number: u32,
+    #[serde(default)]
+    node: Option<Spanned<String>>,
+    #[serde(default)]
+    password: Option<String>,
 }
 
 fn default_block_size() -> Spanned<u8> {
@@ -110,6 +154,8 @@ struct RawNode {
     block: Spanned<String>,
     #[serde(default)]
     pods: Vec<Spanned<RawPod>>,
+    #[serde(default)]
+    route_reflector_cluster_id: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -269,16 +315,64 @@ impl Topology {
                 let iface = cali_name(&name);
                 pods.push(Pod { name, address, iface });
             }
-            nodes.push(Node { name: n.name.get_ref().clone(), address, subnet, block, pods });
+            let route_reflector_cluster_id = match &n.route_reflector_cluster_id {
+                Some(c) => Some(src.at(c, fileerr::parse_addr(c.get_ref(), "route_reflector_cluster_id"))?),
+                None => None,
+            };
+            nodes.push(Node {
+                name: n.name.get_ref().clone(),
+                address,
+                subnet,
+                block,
+                pods,
+                route_reflector_cluster_id,
+            });
         }
         if nodes.is_empty() {
             return Err(src.error("no [[nodes]]: a lab needs at least one node"));
+        }
+        let hold = raw.cluster.bgp_hold_time;
+        if *hold.get_ref() == 1 || *hold.get_ref() == 2 {
+            return Err(src.error_at(hold.span(), "bgp_hold_time must be 0 or at least 3 seconds (RFC 4271)"));
+        }
+        let mut bgp_peers = Vec::new();
+        for p in &raw.bgp_peers {
+            let peer_ip = src.at(&p.peer_ip, fileerr::parse_addr(p.peer_ip.get_ref(), "peer_ip"))?;
+            if nodes.iter().any(|n| n.address.addr() == peer_ip) {
+                return Err(src.error_at(
+                    p.peer_ip.span(),
+                    format!("peer_ip {peer_ip} is a node; nodes peer with each other already"),
+                ));
+            }
+            if let Some(n) = &p.node {
+                if !nodes.iter().any(|x| &x.name == n.get_ref()) {
+                    return Err(src.error_at(n.span(), format!("no node named {:?}", n.get_ref())));
+                }
+            }
+            if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
+                return Err(src.error_at(p.peer_ip.span(), "TCP MD5 passwords are at most 80 bytes"));
+            }
+            bgp_peers.push(BgpPeerSpec {
+                peer_ip,
+                as_number: p.as_number,
+                node: p.node.as_ref().map(|n| n.get_ref().clone()),
+                password: p.password.clone(),
+            });
+        }
+        if !raw.cluster.node_to_node_mesh
+            && nodes.len() > 1
+            && nodes.iter().all(|n| n.route_reflector_cluster_id.is_none())
+        {
+            return Err(src.error("node_to_node_mesh = false needs at least one node with route_reflector_cluster_id; without either, nodes learn nothing"));
         }
         Ok(Topology {
             pool,
             block_size,
             as_number: raw.cluster.as_number,
             ipip_mode: raw.cluster.ipip_mode,
+            node_to_node_mesh: raw.cluster.node_to_node_mesh,
+            bgp_hold_time: *hold.get_ref(),
+            bgp_peers,
             subnets,
             nodes,
         })
@@ -364,6 +458,23 @@ mod tests {
             assert!(e.contains(needle), "{from} -> {to}: {e}");
             assert!(e.starts_with("t.toml:"), "{e}");
         }
+    }
+
+    #[test]
+    fn reflector_variant_has_node_a_as_reflector() {
+        let t = parse(SEED_RR).expect("seed-rr parses");
+        assert!(!t.node_to_node_mesh);
+        assert!(t.node("node-a").and_then(|n| n.route_reflector_cluster_id).is_some());
+        assert!(t.node("node-b").and_then(|n| n.route_reflector_cluster_id).is_none());
+    }
+
+    #[test]
+    fn bgp_peers_are_checked() {
+        let extra = "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65000\nnode = \"node-z\"\n";
+        let e = err(&format!("{SEED}{extra}"));
+        assert!(e.contains("no node named \"node-z\""), "{e}");
+        let ok = parse(&format!("{SEED}{}", extra.replace("node-z", "node-a"))).expect("ok");
+        assert_eq!(ok.bgp_peers[0].as_number, 65000);
     }
 
     #[test]

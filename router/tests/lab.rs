@@ -89,7 +89,7 @@ fn routes_show_the_fib_like_route_n() {
     assert_eq!(b["next_hop"], "192.168.100.101");
     assert_eq!(b["interface"], "eth0");
     assert_eq!(b["flags"], "UG");
-    assert_eq!(b["source"], "static");
+    assert_eq!(b["source"], "bgp", "pod blocks are learned over BGP");
     let pod = find("10.244.1.1/32");
     assert_eq!(pod["flags"], "UH");
     assert_eq!(pod["source"], "local");

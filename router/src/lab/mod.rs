@@ -10,7 +10,10 @@ pub mod state;
 use crate::ipcmd as netns;
 
 use crate::admin::{self, Request};
-use crate::config::{DataplaneMode, IpipMode, NodeConfig, PodConfig, Pool, StaticAction, StaticRoute, Uplink};
+use crate::bgp::session::PeerKind;
+use crate::config::{
+    BgpConfig, BgpPeer, DataplaneMode, IpipMode, NodeConfig, PodConfig, Pool, StaticAction, StaticRoute, Uplink,
+};
 use crate::topology::{self, Topology};
 use anyhow::{bail, Context as _};
 use state::{Daemon, Host, Role, State};
@@ -288,14 +291,63 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
     for d in &st.daemons {
         wait_ready(d)?;
     }
-    Ok(())
+    wait_converged(topo, st)
+}
+
+/// Waits until every node's sessions with other nodes are Established and every node has
+/// learned every other node's block, so that a lab that says "up" routes pod traffic.
+fn wait_converged(topo: &Topology, st: &State) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut waiting = Vec::new();
+        for d in &st.daemons {
+            let status = admin::request(&d.socket, Request::BgpStatus).unwrap_or_default();
+            let stuck: Vec<String> = status["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["peer_type"] != "global" && p["state"] != "up")
+                .map(|p| format!("{} {}", p["peer"].as_str().unwrap_or("?"), p["state"].as_str().unwrap_or("?")))
+                .collect();
+            let routes = admin::request(&d.socket, Request::Routes).unwrap_or_default();
+            let have = |b: &str| routes.as_array().into_iter().flatten().any(|r| r["prefix"] == b);
+            let missing: Vec<String> = topo
+                .nodes
+                .iter()
+                .filter(|n| n.name != d.node)
+                .map(|n| n.block.to_string())
+                .filter(|b| !have(b))
+                .collect();
+            if !stuck.is_empty() || !missing.is_empty() {
+                waiting.push(format!(
+                    "{}: sessions not up [{}], blocks not learned [{}]",
+                    d.node,
+                    stuck.join(", "),
+                    missing.join(", ")
+                ));
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "BGP did not converge within 30 s:\n{}\n(see `router status --node NODE` and the node logs in {})",
+                waiting.join("\n"),
+                st.daemons
+                    .first()
+                    .map_or(String::new(), |d| d.log.parent().map_or(String::new(), |p| p.display().to_string()))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The static routes a node needs until BGP exists: blocks of nodes on the same subnet via
 /// their addresses (direct routing), other subnets via the underlay gateway.
-/// The node's config: every other node's block via that node's address (the node decides
-/// direct or IPIP by the pool's mode), other underlay subnets via the gateway. BGP will
-/// replace these static routes.
+/// The node's config: BGP sessions as Calico would set them up (full mesh, or every node
+/// with the route reflectors), external peers, and static routes only for the underlay's
+/// other subnets. Pod blocks are learned over BGP; the node decides direct or IPIP per route.
 fn node_config(
     lab: &Lab,
     topo: &Topology,
@@ -306,9 +358,6 @@ fn node_config(
 ) -> NodeConfig {
     let subnet = &topo.subnets[node.subnet];
     let mut routes = Vec::new();
-    for other in topo.nodes.iter().filter(|o| o.name != node.name) {
-        routes.push(StaticRoute { prefix: other.block, action: StaticAction::Via(other.address.addr()) });
-    }
     for s in topo.subnets.iter().filter(|s| s.name != subnet.name) {
         routes.push(StaticRoute { prefix: s.prefix, action: StaticAction::Via(subnet.gateway) });
     }
@@ -326,6 +375,56 @@ fn node_config(
         ipip_ttl: 64,
         ipip_peers: topo.nodes.iter().filter(|o| o.name != node.name).map(|o| o.address.addr()).collect(),
         ipip_allowed_sources: Vec::new(),
+        bgp: Some(bgp_config(topo, node)),
+    }
+}
+
+/// Who `node` peers with. Calico: one session per node pair, the higher address passive.
+fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
+    let me = node.address.addr();
+    let mut peers = Vec::new();
+    let i_am_rr = node.route_reflector_cluster_id.is_some();
+    for other in topo.nodes.iter().filter(|o| o.name != node.name) {
+        let other_rr = other.route_reflector_cluster_id.is_some();
+        let kind = if topo.node_to_node_mesh {
+            PeerKind::Mesh
+        } else if i_am_rr && !other_rr {
+            PeerKind::RouteReflectorClient
+        } else if other_rr {
+            PeerKind::RouteReflector
+        } else {
+            // Two clients do not peer without the mesh.
+            continue;
+        };
+        let addr = other.address.addr();
+        peers.push(BgpPeer {
+            address: addr,
+            as_number: topo.as_number,
+            port: 179,
+            kind,
+            passive: u32::from(me) > u32::from(addr),
+            password: None,
+        });
+    }
+    for p in topo.bgp_peers.iter().filter(|p| p.node.as_ref().is_none_or(|n| n == &node.name)) {
+        peers.push(BgpPeer {
+            address: p.peer_ip,
+            as_number: p.as_number,
+            port: 179,
+            kind: PeerKind::Global,
+            passive: false,
+            password: p.password.clone(),
+        });
+    }
+    BgpConfig {
+        as_number: topo.as_number,
+        router_id: Some(me),
+        port: 179,
+        hold_time: topo.bgp_hold_time,
+        connect_retry_secs: 2,
+        graceful_restart_secs: 120,
+        route_reflector_cluster_id: node.route_reflector_cluster_id,
+        peers,
     }
 }
 

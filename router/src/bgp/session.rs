@@ -1,0 +1,529 @@
+//! The BGP speaker on the node's control thread: TCP sessions (mio, socket2) bound to the
+//! node address, TCP MD5 per peer, one session per peer, and the glue from FSM outputs to the
+//! RIB and back. This is the only part of `bgp` that does I/O.
+
+use super::fsm::{Fsm, FsmConfig, Input, Negotiated, Output, State};
+use super::rib::{Changes, PathAttrs, PeerInfo, Rib};
+use super::wire::{self, Afi, Ctx, Message};
+use ipnet::{IpNet, Ipv4Net};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How a peer relates to us, as `calicoctl node status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PeerKind {
+    #[serde(rename = "node-to-node mesh")]
+    Mesh,
+    #[serde(rename = "route reflector")]
+    RouteReflector,
+    #[serde(rename = "route reflector client")]
+    RouteReflectorClient,
+    #[serde(rename = "global")]
+    Global,
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub addr: Ipv4Addr,
+    pub asn: u32,
+    pub port: u16,
+    pub kind: PeerKind,
+    /// We reflect routes for this peer.
+    pub rr_client: bool,
+    /// Wait for the peer to connect (Calico: the side with the higher address).
+    pub passive: bool,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpeakerConfig {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    pub local_addr: Ipv4Addr,
+    pub port: u16,
+    pub hold_time: u16,
+    pub connect_retry: Duration,
+    pub cluster_id: Option<Ipv4Addr>,
+    pub graceful_restart: Option<u16>,
+    pub peers: Vec<PeerConfig>,
+    /// Our own prefixes (the node's blocks), announced with next hop = our address.
+    pub originate: Vec<Ipv4Net>,
+}
+
+/// One row of `router status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PeerStatus {
+    pub peer: Ipv4Addr,
+    pub peer_type: PeerKind,
+    pub asn: u32,
+    pub state: String,
+    /// Seconds since the UNIX epoch when the state was entered.
+    pub since: u64,
+    pub info: String,
+    pub received: usize,
+    pub advertised: usize,
+}
+
+struct Conn {
+    stream: TcpStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// Outgoing connect still in progress.
+    connecting: bool,
+    opened: Instant,
+}
+
+struct Peer {
+    cfg: PeerConfig,
+    fsm: Fsm,
+    conn: Option<Conn>,
+    ctx: Ctx,
+    /// Restart-time deadline of a peer whose stale routes we keep (RFC 4724).
+    stale_until: Option<Instant>,
+    last_negotiated: Option<Negotiated>,
+}
+
+/// Token of the listening socket; peer `i` uses `PEER_BASE + i`.
+pub const LISTEN: Token = Token(1);
+const PEER_BASE: usize = 16;
+
+pub struct Speaker {
+    cfg: SpeakerConfig,
+    rib: Rib,
+    peers: Vec<Peer>,
+    listener: TcpListener,
+    /// Set when the Loc-RIB changed since `take_changed`.
+    changed: bool,
+    started: (Instant, SystemTime),
+}
+
+impl std::fmt::Debug for Speaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Speaker").field("peers", &self.peers.len()).finish()
+    }
+}
+
+fn listen(cfg: &SpeakerConfig) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    for p in &cfg.peers {
+        if let Some(pw) = &p.password {
+            forwarding::sys::set_tcp_md5(s.as_raw_fd(), p.addr, pw.as_bytes())?;
+        }
+    }
+    let addr = SocketAddr::V4(SocketAddrV4::new(cfg.local_addr, cfg.port));
+    s.bind(&SockAddr::from(addr)).map_err(|e| io::Error::new(e.kind(), format!("binding BGP to {addr}: {e}")))?;
+    s.listen(64)?;
+    Ok(TcpListener::from_std(s.into()))
+}
+
+impl Speaker {
+    pub fn new(cfg: SpeakerConfig, registry: &Registry, now: Instant) -> io::Result<Speaker> {
+        let mut listener = listen(&cfg)?;
+        registry.register(&mut listener, LISTEN, Interest::READABLE)?;
+        let mut rib = Rib::new(cfg.local_as, cfg.router_id, cfg.cluster_id);
+        let mut peers = Vec::new();
+        for (i, p) in cfg.peers.iter().enumerate() {
+            rib.add_peer(
+                i,
+                PeerInfo {
+                    addr: IpAddr::V4(p.addr),
+                    router_id: p.addr,
+                    asn: p.asn,
+                    rr_client: p.rr_client,
+                    local_addr: cfg.local_addr,
+                },
+            );
+            let fsm_cfg = FsmConfig {
+                local_as: cfg.local_as,
+                peer_as: p.asn,
+                local_id: cfg.router_id,
+                hold_time: cfg.hold_time,
+                connect_retry: cfg.connect_retry,
+                passive: p.passive,
+                families: vec![Afi::Ipv4],
+                graceful_restart: cfg.graceful_restart,
+            };
+            let mut fsm = Fsm::new(fsm_cfg, now);
+            let _ = fsm.process(now, Input::Start);
+            peers.push(Peer {
+                cfg: p.clone(),
+                fsm,
+                conn: None,
+                ctx: Ctx::default(),
+                stale_until: None,
+                last_negotiated: None,
+            });
+        }
+        for b in &cfg.originate {
+            rib.originate(IpNet::V4(*b), PathAttrs::local(cfg.local_addr));
+        }
+        let mut sp = Speaker { cfg, rib, peers, listener, changed: true, started: (now, SystemTime::now()) };
+        // Start outgoing connections right away instead of on the first tick.
+        for i in 0..sp.peers.len() {
+            if !sp.peers[i].cfg.passive {
+                sp.connect(registry, i);
+            }
+        }
+        Ok(sp)
+    }
+
+    pub fn rib(&self) -> &Rib {
+        &self.rib
+    }
+
+    /// True once after every Loc-RIB change: time to rebuild the FIB.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.iter().flat_map(|p| [p.fsm.poll_timeout(), p.stale_until]).flatten().min()
+    }
+
+    fn wall(&self, t: Instant) -> u64 {
+        let (mono, wall) = self.started;
+        let at = if t >= mono { wall + (t - mono) } else { wall - (mono - t) };
+        at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
+    pub fn status(&self) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let state = p.fsm.state();
+                let info = match (state, p.fsm.last_error()) {
+                    (State::Established, _) => "Established".to_string(),
+                    (_, Some(e)) => e.to_string(),
+                    (State::Active, None) if p.cfg.passive => "waiting for the peer to connect".into(),
+                    _ => String::new(),
+                };
+                PeerStatus {
+                    peer: p.cfg.addr,
+                    peer_type: p.cfg.kind,
+                    asn: p.cfg.asn,
+                    state: match state {
+                        State::Established => "up".into(),
+                        s => s.name().to_string(),
+                    },
+                    since: self.wall(p.fsm.since()),
+                    info,
+                    received: self.rib.received(i),
+                    advertised: self.rib.advertised(i),
+                }
+            })
+            .collect()
+    }
+
+    fn token(i: usize) -> Token {
+        Token(PEER_BASE + i)
+    }
+
+    fn connect(&mut self, registry: &Registry, i: usize) {
+        if self.peers[i].conn.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        match self.open_outgoing(i) {
+            Ok(mut stream) => {
+                if let Err(e) = registry.register(&mut stream, Self::token(i), Interest::READABLE | Interest::WRITABLE)
+                {
+                    self.feed(registry, i, now, Input::TcpFailed(e.to_string()));
+                    return;
+                }
+                self.peers[i].conn =
+                    Some(Conn { stream, rbuf: Vec::new(), wbuf: Vec::new(), connecting: true, opened: now });
+            }
+            Err(e) => self.feed(registry, i, now, Input::TcpFailed(e.to_string())),
+        }
+    }
+
+    fn open_outgoing(&self, i: usize) -> io::Result<TcpStream> {
+        let p = &self.peers[i].cfg;
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        s.set_nonblocking(true)?;
+        s.set_nodelay(true)?;
+        s.bind(&SockAddr::from(SocketAddr::V4(SocketAddrV4::new(self.cfg.local_addr, 0))))?;
+        if let Some(pw) = &p.password {
+            forwarding::sys::set_tcp_md5(s.as_raw_fd(), p.addr, pw.as_bytes())?;
+        }
+        let to = SockAddr::from(SocketAddr::V4(SocketAddrV4::new(p.addr, p.port)));
+        match s.connect(&to) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(TcpStream::from_std(s.into()))
+    }
+
+    /// Handles a readiness event for the listener or a peer connection.
+    pub fn handle(&mut self, registry: &Registry, token: Token, now: Instant) {
+        if token == LISTEN {
+            self.accept(registry, now);
+            return;
+        }
+        let Some(i) = token.0.checked_sub(PEER_BASE).filter(|i| *i < self.peers.len()) else { return };
+        let Some(conn) = self.peers[i].conn.as_mut() else { return };
+        if conn.connecting {
+            match conn.stream.take_error() {
+                Ok(None) if conn.stream.peer_addr().is_ok() => {
+                    conn.connecting = false;
+                    self.feed(registry, i, now, Input::TcpUp);
+                }
+                Ok(None) => return, // still connecting
+                Ok(Some(e)) | Err(e) => {
+                    self.drop_conn(registry, i);
+                    self.feed(registry, i, now, Input::TcpFailed(e.to_string()));
+                    return;
+                }
+            }
+        }
+        self.flush(registry, i);
+        self.read(registry, i, now);
+    }
+
+    fn accept(&mut self, registry: &Registry, now: Instant) {
+        loop {
+            let (mut stream, from) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "BGP accept failed");
+                    return;
+                }
+            };
+            let IpAddr::V4(from_ip) = from.ip() else { continue };
+            let Some(i) = self.peers.iter().position(|p| p.cfg.addr == from_ip) else {
+                tracing::info!(%from, "refused a BGP connection from an address that is not a peer");
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            };
+            // One session per peer. A connection we started ourselves loses to the incoming
+            // one when the peer's address is the higher (Calico: the higher address is
+            // passive, so its connection is the one the other side opened).
+            let state = self.peers[i].fsm.state();
+            let ours_pending = self.peers[i].conn.is_some();
+            let take = match state {
+                State::Idle | State::Active | State::Connect => true,
+                State::OpenSent => ours_pending && super::fsm::keep_ours(from_ip, self.cfg.local_addr),
+                State::OpenConfirm | State::Established => false,
+            };
+            if !take {
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            if ours_pending {
+                self.drop_conn(registry, i);
+                if state == State::OpenSent {
+                    // Back to Active to restart the OPEN exchange on the new connection.
+                    let _ = self.peers[i].fsm.process(now, Input::TcpFailed("connection collision".into()));
+                }
+            }
+            if state == State::Idle {
+                // Backing off after an error: the peer's connection ends the wait. The FSM's
+                // Connect output is moot, the connection is already here.
+                let _ = self.peers[i].fsm.process(now, Input::Start);
+            }
+            if registry.register(&mut stream, Self::token(i), Interest::READABLE | Interest::WRITABLE).is_err() {
+                continue;
+            }
+            self.peers[i].conn =
+                Some(Conn { stream, rbuf: Vec::new(), wbuf: Vec::new(), connecting: false, opened: now });
+            self.feed(registry, i, now, Input::TcpUp);
+        }
+    }
+
+    fn read(&mut self, registry: &Registry, i: usize, now: Instant) {
+        let mut buf = [0u8; 16384];
+        loop {
+            let Some(conn) = self.peers[i].conn.as_mut() else { return };
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.drop_conn(registry, i);
+                    self.feed(registry, i, now, Input::TcpClosed("the peer closed the connection".into()));
+                    return;
+                }
+                Ok(n) => conn.rbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.drop_conn(registry, i);
+                    self.feed(registry, i, now, Input::TcpClosed(e.to_string()));
+                    return;
+                }
+            }
+        }
+        loop {
+            let ctx = self.peers[i].ctx;
+            let Some(conn) = self.peers[i].conn.as_mut() else { return };
+            match wire::decode(&conn.rbuf, &ctx) {
+                Ok(Some((m, n))) => {
+                    conn.rbuf.drain(..n);
+                    self.feed(registry, i, now, Input::Message(m));
+                }
+                Ok(None) => return,
+                Err(n) => {
+                    conn.rbuf.clear();
+                    self.feed(registry, i, now, Input::DecodeError(n));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, registry: &Registry, i: usize) {
+        let Some(conn) = self.peers[i].conn.as_mut() else { return };
+        if conn.connecting {
+            return;
+        }
+        while !conn.wbuf.is_empty() {
+            match conn.stream.write(&conn.wbuf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    conn.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.drop_conn(registry, i);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, registry: &Registry, i: usize, m: &Message) {
+        let ctx = self.peers[i].ctx;
+        if let Some(conn) = self.peers[i].conn.as_mut() {
+            m.encode(&ctx, &mut conn.wbuf);
+        }
+        self.flush(registry, i);
+    }
+
+    fn drop_conn(&mut self, registry: &Registry, i: usize) {
+        if let Some(mut c) = self.peers[i].conn.take() {
+            // Whatever is queued (a NOTIFICATION) gets one last chance.
+            let _ = c.stream.write(&c.wbuf);
+            let _ = registry.deregister(&mut c.stream);
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Feeds one input to peer `i`'s FSM and carries out what it asks.
+    fn feed(&mut self, registry: &Registry, i: usize, now: Instant, input: Input) {
+        if let Some(n) = self.peers[i].fsm.negotiated() {
+            self.peers[i].last_negotiated = Some(n.clone());
+        }
+        let was_established = self.peers[i].fsm.state() == State::Established;
+        let outputs = self.peers[i].fsm.process(now, input);
+        for o in outputs {
+            match o {
+                Output::Connect => self.connect(registry, i),
+                Output::Send(m) => self.send(registry, i, &m),
+                Output::Close => self.drop_conn(registry, i),
+                Output::Established(neg) => {
+                    tracing::info!(peer = %self.peers[i].cfg.addr, hold = neg.hold_time, "BGP session up");
+                    self.peers[i].ctx = Ctx { four_octet_as: neg.four_octet_as };
+                    let ch = self.rib.peer_up(i, &neg.families);
+                    self.apply(registry, ch);
+                }
+                Output::Down(reason) => {
+                    self.peers[i].ctx = Ctx::default();
+                    if was_established {
+                        tracing::info!(peer = %self.peers[i].cfg.addr, %reason, "BGP session down");
+                    } else {
+                        tracing::debug!(peer = %self.peers[i].cfg.addr, %reason, "BGP session not established");
+                    }
+                    // RFC 4724 §4.2: a restarting peer (connection lost, no NOTIFICATION) keeps
+                    // its routes, stale, for its restart time.
+                    let restart = self.peers[i].last_negotiated.as_ref().and_then(|n| n.peer_restart_time);
+                    let keep =
+                        was_established && reason.starts_with("connection closed") && restart.is_some_and(|t| t > 0);
+                    if keep {
+                        self.peers[i].stale_until = restart.map(|t| now + Duration::from_secs(u64::from(t)));
+                    }
+                    let ch = self.rib.peer_down(i, keep);
+                    self.apply(registry, ch);
+                }
+                Output::Update(u) => {
+                    let ch = self.rib.update(i, &u);
+                    if !self.rib.has_stale(i) {
+                        self.peers[i].stale_until = None;
+                    }
+                    self.apply(registry, ch);
+                }
+                Output::RefreshRequested(_) => {
+                    let fams = self.peers[i].last_negotiated.as_ref().map(|n| n.families.clone()).unwrap_or_default();
+                    let ch = self.rib.peer_up(i, &fams);
+                    self.apply(registry, ch);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, registry: &Registry, ch: Changes) {
+        if !ch.loc.is_empty() {
+            self.changed = true;
+        }
+        for (to, u) in ch.out {
+            self.send(registry, to, &Message::Update(u));
+        }
+    }
+
+    /// Fires due timers.
+    pub fn tick(&mut self, registry: &Registry, now: Instant) {
+        for i in 0..self.peers.len() {
+            // A SYN that is never answered (peer down, or a TCP MD5 mismatch, which the kernel
+            // drops silently) would otherwise hang for minutes in the kernel's retries.
+            let stalled = self.peers[i]
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.connecting && now.duration_since(c.opened) >= self.cfg.connect_retry);
+            if stalled {
+                self.drop_conn(registry, i);
+                let msg = format!(
+                    "no answer to TCP connect within {} s (peer down, or a TCP MD5 password mismatch)",
+                    self.cfg.connect_retry.as_secs()
+                );
+                self.feed(registry, i, now, Input::TcpFailed(msg));
+            }
+            if self.peers[i].fsm.poll_timeout().is_some_and(|t| t <= now) {
+                self.feed(registry, i, now, Input::Tick);
+            }
+            if self.peers[i].stale_until.is_some_and(|t| t <= now) {
+                self.peers[i].stale_until = None;
+                let ch = self.rib.purge_stale(i);
+                self.apply(registry, ch);
+            }
+        }
+    }
+
+    /// Sends Cease to every peer (on shutdown).
+    pub fn stop(&mut self, registry: &Registry) {
+        let now = Instant::now();
+        for i in 0..self.peers.len() {
+            self.feed(registry, i, now, Input::Stop);
+        }
+    }
+
+    /// The next hop of every Loc-RIB route this node did not originate.
+    pub fn learned(&self) -> Vec<(Ipv4Net, Ipv4Addr)> {
+        self.rib
+            .loc_rib()
+            .iter()
+            .filter(|(_, b)| b.from != super::rib::From::Local)
+            .filter_map(|(p, b)| match (p, b.attrs.next_hop) {
+                (IpNet::V4(p), IpAddr::V4(nh)) => Some((*p, nh)),
+                _ => None,
+            })
+            .collect()
+    }
+}
