@@ -361,9 +361,13 @@ impl Topology {
         }
         if !raw.cluster.node_to_node_mesh
             && nodes.len() > 1
+            && bgp_peers.is_empty()
             && nodes.iter().all(|n| n.route_reflector_cluster_id.is_none())
         {
-            return Err(src.error("node_to_node_mesh = false needs at least one node with route_reflector_cluster_id; without either, nodes learn nothing"));
+            return Err(src.error(
+                "node_to_node_mesh = false needs a node with route_reflector_cluster_id or [[bgp_peers]]; \
+                 without either, nodes learn nothing",
+            ));
         }
         Ok(Topology {
             pool,
