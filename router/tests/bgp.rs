@@ -1,0 +1,321 @@
+//! The lab on BGP: full mesh and route reflection, failover within the hold time, TCP MD5,
+//! and interop with BIRD 2 and GoBGP started in the lab's underlay namespace (it sits on both
+//! subnets). These build namespaces and need root, `bird2` and `gobgpd`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const SEED: &str = include_str!("../topologies/seed.toml");
+const BLOCKS: [&str; 3] = ["10.244.1.0/26", "10.244.2.0/26", "10.244.3.0/26"];
+
+fn seed_rr() -> String {
+    format!("{}/topologies/seed-rr.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes the seed topology with `cluster_extra` added to [cluster] and `tail` appended.
+fn topology(lab: &TestLab, name: &str, cluster_extra: &str, tail: &str) -> PathBuf {
+    std::fs::create_dir_all(&lab.dir).expect("dir");
+    let text = SEED.replacen("as_number = 64512\n", &format!("as_number = 64512\n{cluster_extra}\n"), 1) + tail;
+    let path = lab.dir.join(format!("{}-{name}.toml", lab.name));
+    std::fs::write(&path, text).expect("write topology");
+    path
+}
+
+fn up_with(lab: TestLab, topo: &PathBuf) -> TestLab {
+    let out = lab.router(&["lab", "up", "--topology", topo.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
+    lab
+}
+
+fn peers(lab: &TestLab, node: &str) -> Vec<serde_json::Value> {
+    lab.json(&["status", "--node", node, "--json"]).as_array().cloned().unwrap_or_default()
+}
+
+fn peer_state(lab: &TestLab, node: &str, peer: &str) -> (String, String) {
+    peers(lab, node)
+        .iter()
+        .find(|p| p["peer"] == peer)
+        .map(|p| (p["state"].as_str().unwrap_or("").to_string(), p["info"].as_str().unwrap_or("").to_string()))
+        .unwrap_or_default()
+}
+
+fn route(lab: &TestLab, node: &str, prefix: &str) -> Option<serde_json::Value> {
+    lab.json(&["routes", "--node", node, "--json"])
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["prefix"] == prefix).cloned())
+}
+
+/// Polls `cond` every 200 ms until it holds or `secs` pass.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn all_pods_reach_each_other(lab: &TestLab) {
+    for (from, to) in
+        [("pod-a1", "10.244.2.1"), ("pod-a1", "10.244.3.1"), ("pod-b1", "10.244.3.1"), ("pod-c1", "10.244.1.2")]
+    {
+        let (ok, out) = ping(lab, from, &["-c", "2", "-i", "0.2", "-W", "2", to]);
+        assert!(ok, "{from} -> {to}: {out}");
+        assert_no_loss(&out);
+    }
+}
+
+#[test]
+fn mesh_has_three_sessions_and_every_pod_reaches_every_other() {
+    let lab = TestLab::up(&[]);
+    let mut sessions = 0;
+    for node in ["node-a", "node-b", "node-c"] {
+        let p = peers(&lab, node);
+        assert_eq!(p.len(), 2, "{node}: {p:?}");
+        assert!(p.iter().all(|x| x["state"] == "up" && x["peer_type"] == "node-to-node mesh"), "{node}: {p:?}");
+        sessions += p.len();
+    }
+    assert_eq!(sessions / 2, 3, "N(N-1)/2 sessions for 3 nodes");
+    for b in ["10.244.2.0/26", "10.244.3.0/26"] {
+        assert_eq!(route(&lab, "node-a", b).expect(b)["source"], "bgp");
+    }
+    all_pods_reach_each_other(&lab);
+    let table = text(&lab.router(&["status", "--node", "node-a"]).stdout);
+    assert!(
+        table.contains("IPv4 BGP status") && table.contains("node-to-node mesh") && table.contains("Established"),
+        "{table}"
+    );
+}
+
+#[test]
+fn route_reflector_topology_has_two_sessions_and_still_works() {
+    let lab = TestLab::named();
+    let out = lab.router(&["lab", "up", "--topology", &seed_rr()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(peers(&lab, "node-a").len(), 2);
+    assert_eq!(peers(&lab, "node-b").len(), 1);
+    assert_eq!(peers(&lab, "node-c").len(), 1);
+    assert_eq!(peers(&lab, "node-b")[0]["peer_type"], "route reflector");
+    assert!(peers(&lab, "node-a").iter().all(|p| p["peer_type"] == "route reflector client" && p["state"] == "up"));
+    // node-b learns node-c's block through the reflector, with node-c as next hop.
+    let r = route(&lab, "node-b", "10.244.3.0/26").expect("reflected route");
+    assert_eq!(r["next_hop"], "192.168.200.101");
+    assert_eq!(r["encap"], "ipip");
+    all_pods_reach_each_other(&lab);
+}
+
+#[test]
+fn a_silent_node_loses_its_block_within_the_hold_time_and_comes_back() {
+    let lab = TestLab::named();
+    let topo = topology(&lab, "hold", "bgp_hold_time = 3", "");
+    let lab = up_with(lab, &topo);
+    let st = lab.json(&["lab", "status", "--json"]);
+    let pid = st
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["host"] == "node-c")
+        .and_then(|h| h["pid"].as_i64())
+        .expect("pid");
+    let kill =
+        |sig: &str| assert!(Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success()));
+    // Frozen, node-c sends nothing: no NOTIFICATION, no FIN, only silence.
+    kill("-STOP");
+    let t0 = Instant::now();
+    wait_for(8, "node-a to drop node-c's block", || route(&lab, "node-a", "10.244.3.0/26").is_none());
+    assert!(t0.elapsed() < Duration::from_secs(6), "took {:?}", t0.elapsed());
+    let (state, info) = peer_state(&lab, "node-a", "192.168.200.101");
+    assert_ne!(state, "up");
+    assert!(info.contains("hold timer expired") || !info.is_empty(), "status says why: {state} {info}");
+    assert!(route(&lab, "node-b", "10.244.3.0/26").is_none() || t0.elapsed() < Duration::from_secs(6));
+    kill("-CONT");
+    wait_for(30, "node-c's session to come back", || peer_state(&lab, "node-a", "192.168.200.101").0 == "up");
+    wait_for(10, "node-c's block to come back", || route(&lab, "node-a", "10.244.3.0/26").is_some());
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "{out}");
+}
+
+/// A BIRD 2 running in the lab's underlay namespace.
+fn start_bird(lab: &TestLab, config: &str) -> String {
+    let dir = lab.dir.join(format!("{}-bird", lab.name));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let conf = dir.join("bird.conf");
+    std::fs::write(&conf, config).expect("bird.conf");
+    let sock = dir.join("bird.ctl").to_string_lossy().into_owned();
+    let out = lab.exec(
+        "underlay",
+        &[
+            "bird",
+            "-c",
+            conf.to_str().unwrap_or_default(),
+            "-s",
+            &sock,
+            "-P",
+            dir.join("bird.pid").to_str().unwrap_or_default(),
+        ],
+    );
+    assert!(out.status.success(), "bird did not start (Debian package bird2): {}", text(&out.stderr));
+    sock
+}
+
+fn birdc(lab: &TestLab, sock: &str, cmd: &[&str]) -> String {
+    let mut args = vec!["birdc", "-s", sock];
+    args.extend_from_slice(cmd);
+    text(&lab.exec("underlay", &args).stdout)
+}
+
+fn bird_ebgp(password: Option<&str>) -> String {
+    let pw = password.map(|p| format!("password \"{p}\";")).unwrap_or_default();
+    format!(
+        "router id 192.168.100.1;\nprotocol device {{}}\nprotocol direct {{ ipv4; }}\n\
+         protocol static {{ ipv4; route 10.99.1.0/24 blackhole; }}\n\
+         protocol bgp node_a {{ local 192.168.100.1 as 65001; neighbor 192.168.100.100 as 64512; {pw}\n\
+         connect retry time 1; ipv4 {{ import all; export where proto = \"static1\"; }}; }}\n"
+    )
+}
+
+fn bird_peer_topology(lab: &TestLab, password: Option<&str>) -> PathBuf {
+    let pw = password.map(|p| format!("password = \"{p}\"\n")).unwrap_or_default();
+    topology(
+        &lab,
+        "bird",
+        "",
+        &format!("\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\n{pw}"),
+    )
+}
+
+#[test]
+fn bird2_peers_with_node_a_both_ways() {
+    let lab = TestLab::named();
+    let topo = bird_peer_topology(&lab, None);
+    let lab = up_with(lab, &topo);
+    let sock = start_bird(&lab, &bird_ebgp(None));
+    wait_for(20, "node-a's session with BIRD", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    // BIRD receives the three pod blocks from node-a.
+    wait_for(10, "BIRD to learn the pod blocks", || {
+        let routes = birdc(&lab, &sock, &["show", "route", "protocol", "node_a"]);
+        BLOCKS.iter().all(|b| routes.contains(b))
+    });
+    // And what BIRD announces lands in node-a's FIB, learned over BGP.
+    wait_for(10, "BIRD's route in node-a's FIB", || route(&lab, "node-a", "10.99.1.0/24").is_some());
+    let r = route(&lab, "node-a", "10.99.1.0/24").expect("route");
+    assert_eq!((r["source"].as_str(), r["next_hop"].as_str()), (Some("bgp"), Some("192.168.100.1")));
+    assert_eq!(peer_state(&lab, "node-a", "192.168.100.1").1, "Established");
+}
+
+#[test]
+fn md5_matching_passwords_establish_and_a_wrong_one_does_not() {
+    let lab = TestLab::named();
+    let topo = bird_peer_topology(&lab, Some("s3cret"));
+    let lab = up_with(lab, &topo);
+    let sock = start_bird(&lab, &bird_ebgp(Some("s3cret")));
+    wait_for(20, "an MD5-signed session", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    // BIRD with the wrong password: the kernels drop each other's segments; nothing comes up
+    // and status tells why.
+    let _ = birdc(&lab, &sock, &["down"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = start_bird(&lab, &bird_ebgp(Some("wrong")));
+    std::thread::sleep(Duration::from_secs(8));
+    let (state, info) = peer_state(&lab, "node-a", "192.168.100.1");
+    assert_ne!(state, "up", "must not establish with a wrong password");
+    assert!(info.contains("MD5") || info.contains("no answer"), "status should say why: {state}: {info}");
+}
+
+/// A GoBGP daemon in the underlay namespace, stopped (with the lab) when the test ends.
+struct Gobgpd(Child);
+
+impl Drop for Gobgpd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn gobgp_peers_with_node_a_both_ways() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "gobgp",
+        "",
+        "\n[[bgp_peers]]\npeer_ip = \"192.168.200.1\"\nas_number = 65002\nnode = \"node-a\"\n",
+    );
+    let lab = up_with(lab, &topo);
+    let conf = lab.dir.join(format!("{}-gobgp.toml", lab.name));
+    std::fs::write(
+        &conf,
+        "[global.config]\n  as = 65002\n  router-id = \"192.168.200.1\"\n  local-address-list = [\"192.168.200.1\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.168.100.100\"\n    peer-as = 64512\n\
+         [neighbors.transport.config]\n    local-address = \"192.168.200.1\"\n\
+         [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = 3\n",
+    )
+    .expect("gobgp.toml");
+    let child = lab
+        .command(&[
+            "lab",
+            "exec",
+            "underlay",
+            "--",
+            "gobgpd",
+            "-f",
+            conf.to_str().unwrap_or_default(),
+            "--api-hosts",
+            "127.0.0.1:50051",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gobgpd runs (Debian package gobgpd)");
+    let _guard = Gobgpd(child);
+    wait_for(30, "node-a's session with GoBGP", || peer_state(&lab, "node-a", "192.168.200.1").0 == "up");
+    let gobgp = |args: &[&str]| {
+        let mut a = vec!["gobgp", "-u", "127.0.0.1", "-p", "50051"];
+        a.extend_from_slice(args);
+        text(&lab.exec("underlay", &a).stdout)
+    };
+    wait_for(10, "GoBGP to receive the pod blocks", || {
+        let rib = gobgp(&["neighbor", "192.168.100.100", "adj-in"]);
+        BLOCKS.iter().all(|b| rib.contains(b))
+    });
+    gobgp(&["global", "rib", "add", "10.99.2.0/24", "-a", "ipv4"]);
+    wait_for(10, "GoBGP's route in node-a's FIB", || route(&lab, "node-a", "10.99.2.0/24").is_some());
+    let r = route(&lab, "node-a", "10.99.2.0/24").expect("route");
+    assert_eq!(r["source"], "bgp");
+    assert_eq!(r["next_hop"], "192.168.200.1");
+}
+
+#[test]
+fn bird2_as_route_reflector_for_our_nodes() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "bird-rr",
+        "node_to_node_mesh = false",
+        "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 64512\n",
+    );
+    let lab = up_with(lab, &topo);
+    let mut conf = String::from(
+        "router id 192.168.100.1;\nprotocol device {}\nprotocol direct { ipv4; }\n\
+         template bgp rrc { local 192.168.100.1 as 64512; rr client; rr cluster id 1.1.1.1; connect retry time 1;\n\
+         ipv4 { import all; export all; }; }\n",
+    );
+    for (name, addr) in [("a", "192.168.100.100"), ("b", "192.168.100.101"), ("c", "192.168.200.101")] {
+        conf += &format!("protocol bgp node_{name} from rrc {{ neighbor {addr} as 64512; multihop; }}\n");
+    }
+    start_bird(&lab, &conf);
+    for node in ["node-a", "node-b", "node-c"] {
+        wait_for(20, "sessions with BIRD", || peer_state(&lab, node, "192.168.100.1").0 == "up");
+    }
+    wait_for(10, "reflected blocks", || {
+        ["node-a", "node-b", "node-c"]
+            .iter()
+            .all(|n| BLOCKS.iter().filter(|b| route(&lab, n, b).is_some()).count() == 3)
+    });
+    // Reflected with the originating node as next hop, so node-a still tunnels to node-c.
+    let r = route(&lab, "node-a", "10.244.3.0/26").expect("route");
+    assert_eq!((r["next_hop"].as_str(), r["encap"].as_str()), (Some("192.168.200.101"), Some("ipip")));
+    all_pods_reach_each_other(&lab);
+}
