@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
@@ -25,7 +25,7 @@ fn topology(lab: &TestLab, name: &str, cluster_extra: &str, tail: &str) -> PathB
     path
 }
 
-fn up_with(lab: TestLab, topo: &PathBuf) -> TestLab {
+fn up_with(lab: TestLab, topo: &Path) -> TestLab {
     let out = lab.router(&["lab", "up", "--topology", topo.to_str().unwrap_or_default()]);
     assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
     lab
@@ -180,7 +180,7 @@ fn bird_ebgp(password: Option<&str>) -> String {
 fn bird_peer_topology(lab: &TestLab, password: Option<&str>) -> PathBuf {
     let pw = password.map(|p| format!("password = \"{p}\"\n")).unwrap_or_default();
     topology(
-        &lab,
+        lab,
         "bird",
         "",
         &format!("\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\n{pw}"),
