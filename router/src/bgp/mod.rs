@@ -13,14 +13,22 @@ pub mod wire;
 pub mod fuzzing {
     use super::wire::{self, Ctx, Message, Open, Update};
 
+    /// A body that fits in one message, as the header's length check guarantees on the wire.
+    fn fits(body: &[u8]) -> bool {
+        body.len() <= wire::MAX_LEN - wire::HEADER_LEN
+    }
+
     /// An OPEN body (after the 19-byte header).
     pub fn decode_open(body: &[u8], _ctx: &Ctx) -> Option<Message> {
+        if !fits(body) || body.len() < 10 {
+            return None;
+        }
         Open::decode(body).ok().map(Message::Open)
     }
 
     /// An UPDATE body (after the header).
     pub fn decode_update(body: &[u8], ctx: &Ctx) -> Option<Message> {
-        if body.len() < 4 {
+        if !fits(body) || body.len() < 4 {
             return None;
         }
         Update::decode(body, ctx).ok().map(Message::Update)

@@ -278,6 +278,8 @@ pub(crate) mod fixtures {
     pub const GOBGP_UPDATE_V6: &[u8] = include_bytes!("../fixtures/gobgp-update-2.bin");
     /// Withdrawal of 10.244.8.0/26.
     pub const GOBGP_WITHDRAW: &[u8] = include_bytes!("../fixtures/gobgp-update-3.bin");
+    /// Cease / administrative shutdown (`gobgp neighbor ... disable`).
+    pub const GOBGP_NOTIFICATION: &[u8] = include_bytes!("../fixtures/gobgp-notification-1.bin");
 
     pub const ALL: &[&[u8]] = &[
         BIRD_OPEN,
@@ -291,6 +293,7 @@ pub(crate) mod fixtures {
         GOBGP_UPDATE_V4,
         GOBGP_UPDATE_V6,
         GOBGP_WITHDRAW,
+        GOBGP_NOTIFICATION,
     ];
 }
 
@@ -318,6 +321,7 @@ mod tests {
         assert_eq!(one(BIRD_KEEPALIVE), Message::Keepalive);
         let Message::Notification(n) = one(BIRD_NOTIFICATION) else { panic!("not a notification") };
         assert_eq!((n.code, n.subcode), (err::CEASE, err::ADMIN_SHUTDOWN));
+        assert_eq!(one(GOBGP_NOTIFICATION), Message::Notification(Notification::new(err::CEASE, err::ADMIN_SHUTDOWN)));
         assert!(n.to_string().contains("administrative shutdown"));
     }
 
