@@ -148,6 +148,13 @@ impl Fib {
         &self.tunnels
     }
 
+    /// Approximate heap bytes of the lookup structure (hash tables by capacity).
+    pub fn memory_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(u32, u32)>() + 1;
+        self.tables.iter().map(|t| t.capacity() * slot).sum::<usize>()
+            + self.hops.capacity() * std::mem::size_of::<NextHop>()
+    }
+
     /// Number of distinct prefixes.
     pub fn len(&self) -> usize {
         self.routes

@@ -99,6 +99,8 @@ pub struct NodeConfig {
     /// Further outer sources IPIP is accepted from (external routers).
     pub ipip_allowed_sources: Vec<Ipv4Net>,
     pub bgp: Option<BgpConfig>,
+    /// Serve Prometheus metrics here (off when absent; Calico's Felix uses port 9091).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl NodeConfig {
@@ -146,6 +148,8 @@ pub struct RawConfig {
     #[serde(default = "default_true")]
     pub pin_workers: bool,
     pub admin_socket: PathBuf,
+    #[serde(default)]
+    pub metrics_address: Option<Spanned<String>>,
     #[serde(default = "default_ttl")]
     pub ipip_ttl: Spanned<u8>,
     #[serde(default)]
@@ -423,7 +427,17 @@ impl NodeConfig {
                 })
             }
         };
+        let metrics_address = match &raw.metrics_address {
+            Some(a) => Some(a.get_ref().parse().map_err(|_| {
+                src.error_at(
+                    a.span(),
+                    format!("metrics_address {:?} is not an address:port like 127.0.0.1:9091", a.get_ref()),
+                )
+            })?),
+            None => None,
+        };
         Ok(NodeConfig {
+            metrics_address,
             bgp,
             name: raw.name.get_ref().clone(),
             dataplane: raw.dataplane,
@@ -450,6 +464,7 @@ impl NodeConfig {
             workers: Spanned::new(0..0, self.workers),
             pin_workers: self.pin_workers,
             admin_socket: self.admin_socket.clone(),
+            metrics_address: self.metrics_address.map(|a| s(a.to_string())),
             ipip_ttl: Spanned::new(0..0, self.ipip_ttl),
             ipip_peers: self.ipip_peers.iter().map(|a| s(a.to_string())).collect(),
             ipip_allowed_sources: self.ipip_allowed_sources.iter().map(|a| s(a.to_string())).collect(),

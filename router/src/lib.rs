@@ -11,6 +11,7 @@ pub mod config;
 pub mod fileerr;
 pub mod ipcmd;
 pub mod lab;
+pub mod metrics;
 pub mod node;
 pub mod routes;
 pub mod topology;

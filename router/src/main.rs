@@ -81,6 +81,9 @@ enum LabCmd {
         /// Calico's ipipMode for the pool (default: the topology's, CrossSubnet in the seed).
         #[arg(long, value_enum)]
         ipip_mode: Option<IpipModeArg>,
+        /// Serve each node's Prometheus metrics on 127.0.0.1:9091 inside its namespace.
+        #[arg(long)]
+        metrics: bool,
         /// Worker threads per node.
         #[arg(long, default_value_t = 1)]
         workers: usize,
@@ -321,7 +324,7 @@ fn print_stats(v: &serde_json::Value) {
 
 fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
     match cmd {
-        LabCmd::Up { topology, dataplane, workers, ipip_mode } => {
+        LabCmd::Up { topology, dataplane, workers, ipip_mode, metrics } => {
             let exe = std::env::current_exe().context("finding the router binary")?;
             let dataplane = match dataplane {
                 Dataplane::Afpacket => DataplaneMode::Afpacket,
@@ -332,7 +335,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 IpipModeArg::Always => IpipMode::Always,
                 IpipModeArg::Never => IpipMode::Never,
             });
-            let st = lab::up(lab, &UpOptions { topology, dataplane, workers, ipip_mode, exe })?;
+            let st = lab::up(lab, &UpOptions { topology, dataplane, workers, ipip_mode, metrics, exe })?;
             let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
             println!(
                 "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {})",

@@ -166,6 +166,8 @@ fn speaker_config(cfg: &NodeConfig) -> Option<SpeakerConfig> {
 }
 
 const ADMIN: Token = Token(0);
+/// The metrics listener; BGP uses `session::LISTEN` (1) and 16 and up.
+const METRICS: Token = Token(2);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config_path)?;
@@ -214,6 +216,15 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         socket = %node.cfg.admin_socket.display(),
         "node up"
     );
+    let mut metrics = match node.cfg.metrics_address {
+        Some(addr) => {
+            let mut l = mio::net::TcpListener::bind(addr).with_context(|| format!("serving metrics on {addr}"))?;
+            poll.registry().register(&mut l, METRICS, Interest::READABLE)?;
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            Some(l)
+        }
+        None => None,
+    };
     let mut events = Events::with_capacity(64);
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -230,6 +241,10 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         for ev in events.iter() {
             if ev.token() == ADMIN {
                 serve_admin(listener, |req| answer(req, node, speaker.as_ref()));
+            } else if ev.token() == METRICS {
+                if let Some(l) = metrics.as_mut() {
+                    serve_metrics(l, node, speaker.as_ref());
+                }
             } else if let Some(sp) = speaker.as_mut() {
                 sp.handle(poll.registry(), ev.token(), now);
             }
@@ -247,6 +262,36 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         sp.stop(poll.registry());
     }
     Ok(())
+}
+
+fn serve_metrics(l: &mut mio::net::TcpListener, node: &Node, speaker: Option<&Speaker>) {
+    while let Ok((stream, _)) = l.accept() {
+        let Ok(std_stream) = stream_to_std(stream) else { continue };
+        let body = || {
+            let totals = node.dp.totals();
+            let fib = node.fib.load();
+            let peers = speaker.map(|s| s.status()).unwrap_or_default();
+            crate::metrics::render(&crate::metrics::Snapshot {
+                interfaces: node.dp.interfaces().iter().map(|(_, f)| f.name.clone()).collect(),
+                totals: &totals,
+                fib_routes: fib.len(),
+                fib_memory_bytes: fib.memory_bytes(),
+                neighbours: node.dp.neighbours().len(),
+                uptime_secs: node.started.elapsed().as_secs_f64(),
+                peers: &peers,
+            })
+        };
+        if let Err(e) = crate::metrics::serve_http(std_stream, body) {
+            tracing::debug!(error = %e, "metrics request failed");
+        }
+    }
+}
+
+/// A blocking std stream for a short, bounded request/response exchange.
+fn stream_to_std(s: mio::net::TcpStream) -> std::io::Result<std::net::TcpStream> {
+    let s = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
+    s.set_nonblocking(false)?;
+    Ok(s)
 }
 
 fn serve_admin(listener: &UnixListener, mut handle: impl FnMut(Request) -> serde_json::Value) {

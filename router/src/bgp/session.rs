@@ -67,6 +67,13 @@ pub struct PeerStatus {
     pub info: String,
     pub received: usize,
     pub advertised: usize,
+    /// Times the session left Established.
+    #[serde(default)]
+    pub flaps: u64,
+    #[serde(default)]
+    pub updates_received: u64,
+    #[serde(default)]
+    pub updates_sent: u64,
 }
 
 struct Conn {
@@ -86,6 +93,9 @@ struct Peer {
     /// Restart-time deadline of a peer whose stale routes we keep (RFC 4724).
     stale_until: Option<Instant>,
     last_negotiated: Option<Negotiated>,
+    flaps: u64,
+    updates_received: u64,
+    updates_sent: u64,
 }
 
 /// Token of the listening socket; peer `i` uses `PEER_BASE + i`.
@@ -159,6 +169,9 @@ impl Speaker {
                 ctx: Ctx::default(),
                 stale_until: None,
                 last_negotiated: None,
+                flaps: 0,
+                updates_received: 0,
+                updates_sent: 0,
             });
         }
         for b in &cfg.originate {
@@ -217,6 +230,9 @@ impl Speaker {
                     info,
                     received: self.rib.received(i),
                     advertised: self.rib.advertised(i),
+                    flaps: p.flaps,
+                    updates_received: p.updates_received,
+                    updates_sent: p.updates_sent,
                 }
             })
             .collect()
@@ -401,6 +417,9 @@ impl Speaker {
     }
 
     fn send(&mut self, registry: &Registry, i: usize, m: &Message) {
+        if matches!(m, Message::Update(_)) {
+            self.peers[i].updates_sent += 1;
+        }
         let ctx = self.peers[i].ctx;
         if let Some(conn) = self.peers[i].conn.as_mut() {
             m.encode(&ctx, &mut conn.wbuf);
@@ -438,6 +457,7 @@ impl Speaker {
                 Output::Down(reason) => {
                     self.peers[i].ctx = Ctx::default();
                     if was_established {
+                        self.peers[i].flaps += 1;
                         tracing::info!(peer = %self.peers[i].cfg.addr, %reason, "BGP session down");
                     } else {
                         tracing::debug!(peer = %self.peers[i].cfg.addr, %reason, "BGP session not established");
@@ -454,6 +474,7 @@ impl Speaker {
                     self.apply(registry, ch);
                 }
                 Output::Update(u) => {
+                    self.peers[i].updates_received += 1;
                     let ch = self.rib.update(i, &u);
                     if !self.rib.has_stale(i) {
                         self.peers[i].stale_until = None;

@@ -77,6 +77,8 @@ pub struct UpOptions {
     pub workers: usize,
     /// Overrides the topology's `ipip_mode`.
     pub ipip_mode: Option<IpipMode>,
+    /// Serve each node's metrics on 127.0.0.1:9091 inside its namespace.
+    pub metrics: bool,
     /// The `router` binary the nodes run (normally this one).
     pub exe: PathBuf,
 }
@@ -379,6 +381,7 @@ fn node_config(
         ipip_peers: topo.nodes.iter().filter(|o| o.name != node.name).map(|o| o.address.addr()).collect(),
         ipip_allowed_sources: Vec::new(),
         bgp: Some(bgp_config(topo, node)),
+        metrics_address: opts.metrics.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9091))),
     }
 }
 

@@ -1,0 +1,137 @@
+//! Prometheus text exposition (format 0.0.4) of a node's state, and the small HTTP endpoint
+//! that serves it. Off unless the node config names an address (Calico's Felix uses 9091).
+
+use crate::bgp::session::PeerStatus;
+use forwarding::counters::Totals;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// What the node knows, gathered for one scrape.
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    pub interfaces: Vec<String>,
+    pub totals: &'a Totals,
+    pub fib_routes: usize,
+    pub fib_memory_bytes: usize,
+    pub neighbours: usize,
+    pub uptime_secs: f64,
+    pub peers: &'a [PeerStatus],
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", esc(v))).collect();
+            let _ = write!(self.0, "{{{}}}", l.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut o = Out(String::new());
+    o.family("router_build_info", "gauge", "Version of the router binary.");
+    o.sample("router_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    o.family("router_uptime_seconds", "gauge", "Seconds since the node daemon started.");
+    o.sample("router_uptime_seconds", &[], s.uptime_secs);
+
+    o.family("router_interface_packets_total", "counter", "Packets the data plane received or sent on an interface.");
+    for (name, c) in s.interfaces.iter().zip(&s.totals.ifaces) {
+        o.sample("router_interface_packets_total", &[("interface", name), ("direction", "rx")], c.rx_packets as f64);
+        o.sample("router_interface_packets_total", &[("interface", name), ("direction", "tx")], c.tx_packets as f64);
+    }
+    o.family("router_interface_bytes_total", "counter", "Bytes the data plane received or sent on an interface.");
+    for (name, c) in s.interfaces.iter().zip(&s.totals.ifaces) {
+        o.sample("router_interface_bytes_total", &[("interface", name), ("direction", "rx")], c.rx_bytes as f64);
+        o.sample("router_interface_bytes_total", &[("interface", name), ("direction", "tx")], c.tx_bytes as f64);
+    }
+    o.family("router_drops_total", "counter", "Packets dropped, by reason.");
+    for (reason, n) in &s.totals.drops {
+        o.sample("router_drops_total", &[("reason", reason)], *n as f64);
+    }
+    for (name, help, v) in [
+        ("router_icmp_errors_sent_total", "ICMP errors the router originated.", s.totals.icmp_errors_sent),
+        ("router_arp_replies_sent_total", "Proxy-ARP replies for the pods' gateway.", s.totals.arp_replies_sent),
+        ("router_ipip_encapsulated_total", "Packets wrapped in IPIP.", s.totals.ipip_encapsulated),
+        ("router_ipip_decapsulated_total", "IPIP packets unwrapped.", s.totals.ipip_decapsulated),
+        ("router_fragments_sent_total", "Fragments the router made.", s.totals.fragments_sent),
+    ] {
+        o.family(name, "counter", help);
+        o.sample(name, &[], v as f64);
+    }
+    o.family("router_fib_routes", "gauge", "Prefixes in the FIB.");
+    o.sample("router_fib_routes", &[], s.fib_routes as f64);
+    o.family("router_fib_memory_bytes", "gauge", "Approximate memory of the FIB's lookup structure.");
+    o.sample("router_fib_memory_bytes", &[], s.fib_memory_bytes as f64);
+    o.family("router_arp_entries", "gauge", "Neighbours in the router's ARP table (any state).");
+    o.sample("router_arp_entries", &[], s.neighbours as f64);
+
+    o.family("router_bgp_session_up", "gauge", "1 when the BGP session with the peer is Established.");
+    for p in s.peers {
+        let kind =
+            serde_json::to_value(p.peer_type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let peer = p.peer.to_string();
+        o.sample(
+            "router_bgp_session_up",
+            &[("peer", &peer), ("peer_type", &kind)],
+            if p.state == "up" { 1.0 } else { 0.0 },
+        );
+    }
+    let per_peer: [(&str, &str, &str, fn(&PeerStatus) -> f64); 5] = [
+        ("router_bgp_session_flaps_total", "counter", "Times the session left Established.", |p| p.flaps as f64),
+        ("router_bgp_updates_received_total", "counter", "UPDATE messages received.", |p| p.updates_received as f64),
+        ("router_bgp_updates_sent_total", "counter", "UPDATE messages sent.", |p| p.updates_sent as f64),
+        ("router_bgp_prefixes_received", "gauge", "Prefixes in the peer's Adj-RIB-In.", |p| p.received as f64),
+        ("router_bgp_prefixes_advertised", "gauge", "Prefixes in the peer's Adj-RIB-Out.", |p| p.advertised as f64),
+    ];
+    for (name, kind, help, f) in per_peer {
+        o.family(name, kind, help);
+        for p in s.peers {
+            o.sample(name, &[("peer", &p.peer.to_string())], f(p));
+        }
+    }
+    o.0
+}
+
+/// Answers one HTTP request on `stream` with `body` for `GET /metrics` (404 otherwise).
+pub fn serve_http(mut stream: TcpStream, body: impl FnOnce() -> String) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&req);
+    let first = line.lines().next().unwrap_or("");
+    let (status, ctype, body) = if first.starts_with("GET /metrics ") || first.starts_with("GET / ") {
+        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body())
+    } else {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}

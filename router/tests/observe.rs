@@ -1,0 +1,133 @@
+//! Seeing inside: metrics (checked by a strict parser of the Prometheus text format),
+//! captures and traces. These build namespaces and need root.
+
+mod support;
+
+use std::collections::HashMap;
+use support::*;
+
+/// A strict reader of the Prometheus text exposition format 0.0.4: every sample belongs to a
+/// family declared with `# TYPE` before it, names and labels are well-formed, values parse,
+/// counters end in `_total`. Returns `name{labels}` → value.
+fn parse_prometheus(text: &str) -> Result<HashMap<String, f64>, String> {
+    let name_ok = |n: &str| {
+        let mut c = n.chars();
+        c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+            && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+    };
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut samples = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = |m: &str| format!("line {}: {m}: {line:?}", i + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kw, name, tail) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            if !name_ok(name) {
+                return Err(at("bad metric name"));
+            }
+            match kw {
+                "HELP" => {}
+                "TYPE" => {
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&tail) {
+                        return Err(at("unknown type"));
+                    }
+                    if types.insert(name.to_string(), tail.to_string()).is_some() {
+                        return Err(at("TYPE declared twice"));
+                    }
+                }
+                _ => return Err(at("unknown comment keyword")),
+            }
+            continue;
+        }
+        let (series, value) = match line.rfind('}') {
+            Some(close) => (&line[..=close], line[close + 1..].trim()),
+            None => line.split_once(' ').map(|(a, b)| (a, b.trim())).ok_or_else(|| at("no value"))?,
+        };
+        let name = series.split('{').next().unwrap_or("");
+        if !name_ok(name) {
+            return Err(at("bad metric name"));
+        }
+        if let Some(labels) =
+            series.strip_prefix(name).and_then(|l| l.strip_prefix('{')).and_then(|l| l.strip_suffix('}'))
+        {
+            let mut rest = labels;
+            while !rest.is_empty() {
+                let (k, after) = rest.split_once("=\"").ok_or_else(|| at("label without =\""))?;
+                if !name_ok(k) || k.contains(':') {
+                    return Err(at("bad label name"));
+                }
+                // Find the closing quote, honouring \\ \" \n escapes.
+                let mut end = None;
+                let mut chars = after.char_indices();
+                while let Some((j, c)) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some((_, '\\' | '"' | 'n')) => {}
+                            _ => return Err(at("bad escape in label value")),
+                        },
+                        '"' => {
+                            end = Some(j);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let end = end.ok_or_else(|| at("unterminated label value"))?;
+                rest = after[end + 1..].strip_prefix(',').unwrap_or(&after[end + 1..]);
+            }
+        }
+        let v = value.split(' ').next().unwrap_or("");
+        let v: f64 = match v {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            x => x.parse().map_err(|_| at("value is not a number"))?,
+        };
+        let t = types.get(name).ok_or_else(|| at("sample before its # TYPE"))?;
+        if t == "counter" && !name.ends_with("_total") {
+            return Err(at("counter name does not end in _total"));
+        }
+        samples.insert(series.to_string(), v);
+    }
+    Ok(samples)
+}
+
+fn scrape(lab: &TestLab, node: &str) -> HashMap<String, f64> {
+    let py =
+        "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9091/metrics').read().decode(),end='')";
+    let out = lab.exec(node, &["python3", "-c", py]);
+    assert!(out.status.success(), "scrape failed: {}", text(&out.stderr));
+    parse_prometheus(&text(&out.stdout)).unwrap_or_else(|e| panic!("invalid Prometheus text: {e}"))
+}
+
+#[test]
+fn the_parser_refuses_what_prometheus_would() {
+    assert!(parse_prometheus("# TYPE a_total counter\na_total 1\n").is_ok());
+    assert!(parse_prometheus("a_total 1\n").is_err(), "no TYPE");
+    assert!(parse_prometheus("# TYPE a counter\na 1\n").is_err(), "counter without _total");
+    assert!(parse_prometheus("# TYPE a gauge\na{b=\"c} 1\n").is_err(), "unterminated label");
+    assert!(parse_prometheus("# TYPE a gauge\na one\n").is_err(), "not a number");
+    assert!(parse_prometheus("# TYPE 1a gauge\n").is_err(), "bad name");
+}
+
+#[test]
+fn metrics_are_valid_prometheus_text_and_move_with_traffic() {
+    let lab = TestLab::up(&["--metrics"]);
+    let before = scrape(&lab, "node-a");
+    let key = "router_interface_packets_total{interface=\"eth0\",direction=\"tx\"}";
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "5", "-i", "0.2", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "{out}");
+    let after = scrape(&lab, "node-a");
+    assert!(after[key] >= before[key] + 5.0, "uplink tx moved from {} to {}", before[key], after[key]);
+    assert!(after["router_ipip_encapsulated_total"] >= before["router_ipip_encapsulated_total"] + 5.0);
+    for peer in ["192.168.100.101", "192.168.200.101"] {
+        let k = format!("router_bgp_session_up{{peer=\"{peer}\",peer_type=\"node-to-node mesh\"}}");
+        assert_eq!(after.get(&k), Some(&1.0), "{k}");
+    }
+    assert!(after["router_fib_routes"] >= 7.0);
+    assert!(after["router_uptime_seconds"] > 0.0);
+    assert!(after.contains_key("router_drops_total{reason=\"no_route\"}"));
+}
