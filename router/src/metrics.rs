@@ -92,7 +92,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
             if p.state == "up" { 1.0 } else { 0.0 },
         );
     }
-    let per_peer: [(&str, &str, &str, fn(&PeerStatus) -> f64); 5] = [
+    type PerPeer = (&'static str, &'static str, &'static str, fn(&PeerStatus) -> f64);
+    let per_peer: [PerPeer; 5] = [
         ("router_bgp_session_flaps_total", "counter", "Times the session left Established.", |p| p.flaps as f64),
         ("router_bgp_updates_received_total", "counter", "UPDATE messages received.", |p| p.updates_received as f64),
         ("router_bgp_updates_sent_total", "counter", "UPDATE messages sent.", |p| p.updates_sent as f64),
