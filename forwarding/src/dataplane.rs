@@ -53,6 +53,7 @@ pub struct Dataplane {
     neighbours: Arc<Mutex<Vec<NeighbourInfo>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    tap: Arc<crate::tap::Tap>,
     /// Held open so that the kernel does not answer IPIP with "protocol unreachable".
     _ipip_guard: Option<RawIpipSocket>,
 }
@@ -85,6 +86,7 @@ impl Dataplane {
         let cores = if cfg.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut workers = Vec::new();
         let mut counters = Vec::new();
+        let tap = Arc::new(crate::tap::Tap::default());
         for index in 0..cfg.workers.max(1) {
             let mut ports = Vec::new();
             for (_, f) in ifaces.iter() {
@@ -107,6 +109,7 @@ impl Dataplane {
                 counters: c,
                 slow: slow_tx.clone(),
                 stop: stop.clone(),
+                tap: tap.clone(),
             });
         }
         let mut tx = Vec::new();
@@ -138,7 +141,7 @@ impl Dataplane {
             })?);
         }
         threads.push(std::thread::Builder::new().name("slow-path".into()).spawn(move || slow.run())?);
-        Ok(Dataplane { ifaces, counters, neighbours, stop, threads, _ipip_guard: ipip_guard })
+        Ok(Dataplane { ifaces, counters, neighbours, stop, threads, tap, _ipip_guard: ipip_guard })
     }
 
     pub fn interfaces(&self) -> &Interfaces {
@@ -148,6 +151,11 @@ impl Dataplane {
     /// Counters summed over all workers and the slow path.
     pub fn totals(&self) -> Totals {
         Totals::sum(self.ifaces.len(), self.counters.iter().map(|c| c.as_ref()))
+    }
+
+    /// The capture tap the workers copy frames to.
+    pub fn tap(&self) -> &crate::tap::Tap {
+        &self.tap
     }
 
     pub fn neighbours(&self) -> Vec<NeighbourInfo> {

@@ -15,6 +15,7 @@ pub mod neigh;
 pub mod pipeline;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tap;
 mod worker;
 
 pub use counters::{Counters, DropReason};

@@ -8,6 +8,7 @@ use crate::iface::{IfaceId, Interfaces};
 use crate::neigh::{NeighHandle, Neighbour};
 use crate::pipeline::{self, Context, Span, Verdict};
 use crate::sys::{PacketSocket, PacketType, RawIpipSocket, TunQueue};
+use crate::tap::{Direction, Tap};
 use crossbeam_channel::{Sender, TrySendError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -87,6 +88,7 @@ pub struct Worker {
     pub counters: Arc<Counters>,
     pub slow: Sender<SlowMsg>,
     pub stop: Arc<AtomicBool>,
+    pub tap: Arc<Tap>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -164,6 +166,9 @@ impl Worker {
                 continue;
             }
             let span = Span { start: HEADROOM, end: HEADROOM + n };
+            if self.tap.active() {
+                self.tap.copy(in_if, Direction::Rx, &buf[span.start..span.end], port.is_ethernet());
+            }
             let v = if port.is_ethernet() {
                 pipeline::process(ctx, &self.counters, in_if, buf, span)
             } else {
@@ -205,6 +210,9 @@ impl Worker {
             self.counters.count_drop(DropReason::TxError);
             return;
         };
+        if self.tap.active() {
+            self.tap.copy(iface, Direction::Tx, frame, port.is_ethernet());
+        }
         match port.send(frame) {
             Ok(_) => self.counters.tx(usize::from(iface.0), frame.len()),
             Err(e) => {

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
@@ -15,6 +15,14 @@ pub enum Request {
     Stats,
     Neighbours,
     BgpStatus,
+    /// Write what the data plane receives and sends to a pcap file (`count` 0: until stopped).
+    CaptureStart {
+        path: std::path::PathBuf,
+        interface: Option<String>,
+        count: u64,
+    },
+    CaptureStop,
+    CaptureStatus,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,13 +67,19 @@ pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientErr
 }
 
 /// Reads one request line from `s` and answers it with `handle`.
-pub fn serve_one(s: UnixStream, handle: impl FnOnce(Request) -> serde_json::Value) -> std::io::Result<()> {
+pub fn serve_one(
+    s: UnixStream,
+    handle: impl FnOnce(Request) -> Result<serde_json::Value, String>,
+) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line)?;
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => Response { ok: true, result: Some(handle(req)), error: None },
+        Ok(req) => match handle(req) {
+            Ok(v) => Response { ok: true, result: Some(v), error: None },
+            Err(e) => Response { ok: false, result: None, error: Some(e) },
+        },
         Err(e) => Response { ok: false, result: None, error: Some(format!("bad request: {e}")) },
     };
     let mut out = serde_json::to_string(&resp).map_err(std::io::Error::other)?;

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod bgp;
+pub mod capture;
 pub mod config;
 pub mod fileerr;
 pub mod ipcmd;

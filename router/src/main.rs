@@ -55,6 +55,23 @@ enum Cmd {
     Stats(Query),
     /// Show a node's ARP neighbours.
     Neighbours(Query),
+    /// Write what a node's router receives and sends into a pcap file (tshark/Wireshark).
+    Capture {
+        /// Only this interface of the node's data plane (default: all).
+        #[arg(long)]
+        interface: Option<String>,
+        /// Stop after this many packets (0: no limit).
+        #[arg(long, short = 'c', default_value_t = 0)]
+        count: u64,
+        /// Stop after this many seconds at most.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// The pcap file to write.
+        #[arg(short = 'w', long = "write")]
+        file: PathBuf,
+        #[command(flatten)]
+        query: Query,
+    },
     /// Steps the lab runs inside its namespaces.
     #[command(hide = true)]
     Internal {
@@ -156,6 +173,7 @@ impl Query {
     }
 
     fn ask(&self, req: Request) -> anyhow::Result<serde_json::Value> {
+        // Requests are cheap to clone; the caller may reuse them.
         Ok(admin::request(&self.socket()?, req)?)
     }
 }
@@ -222,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Capture { interface, count, duration, file, query } => capture(&query, interface, count, duration, file),
         Cmd::Neighbours(q) => {
             let v = q.ask(Request::Neighbours)?;
             if q.json {
@@ -288,6 +307,36 @@ fn print_bgp_status(v: &serde_json::Value, peers: &[PeerStatus]) {
         );
     }
     println!("{line}");
+}
+
+fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file: PathBuf) -> anyhow::Result<i32> {
+    let path = if file.is_absolute() { file } else { std::env::current_dir()?.join(file) };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let what = interface.clone().unwrap_or_else(|| "all interfaces".into());
+    q.ask(Request::CaptureStart { path: path.clone(), interface, count })?;
+    eprintln!(
+        "capturing on {what} into {} (up to {duration} s{}; Ctrl-C stops)",
+        path.display(),
+        if count > 0 { format!(" or {count} packets") } else { String::new() }
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(duration);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let st = q.ask(Request::CaptureStatus)?;
+        let done = st["active"] != true;
+        if done || stop.load(std::sync::atomic::Ordering::Relaxed) || std::time::Instant::now() > deadline {
+            let r = q.ask(Request::CaptureStop)?;
+            let n = r["written"].as_u64().unwrap_or(0);
+            let lost = st["lost"].as_u64().unwrap_or(0);
+            println!(
+                "{n} packets written to {}{}",
+                path.display(),
+                if lost > 0 { format!(" ({lost} lost: the writer fell behind)") } else { String::new() }
+            );
+            return Ok(0);
+        }
+    }
 }
 
 fn print_stats(v: &serde_json::Value) {

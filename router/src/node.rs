@@ -84,6 +84,9 @@ struct Node {
     /// Kernel routes currently installed by us.
     kernel: Vec<routes::KernelRoute>,
     started: Instant,
+    capture: Option<crate::capture::Capture>,
+    /// (path, packets) of the last finished capture.
+    last_capture: Option<(std::path::PathBuf, u64, Option<String>)>,
 }
 
 fn tunnels(cfg: &NodeConfig, learned: &[(Ipv4Net, Ipv4Addr)]) -> Tunnels {
@@ -183,7 +186,16 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let listener = bind_admin(&cfg.admin_socket)?;
     let dp_cfg = DataplaneConfig { workers: cfg.workers, pin: cfg.pin_workers, ..Default::default() };
     let dp = Dataplane::start(ifaces, fib.clone(), dp_cfg).context("starting the data plane")?;
-    let mut node = Node { cfg, dp, fib, entries: table.entries.clone(), kernel: Vec::new(), started: Instant::now() };
+    let mut node = Node {
+        cfg,
+        dp,
+        fib,
+        entries: table.entries.clone(),
+        kernel: Vec::new(),
+        started: Instant::now(),
+        capture: None,
+        last_capture: None,
+    };
     if node.cfg.dataplane == DataplaneMode::Tun {
         let mtu = node.dp.interfaces().get(IfaceId(1)).map_or(1480, |f| f.mtu).to_string();
         if let Err(e) = ipcmd::ip(&["link", "set", routes::TUN_NAME, "up", "mtu", &mtu]) {
@@ -241,6 +253,7 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         for ev in events.iter() {
             if ev.token() == ADMIN {
                 serve_admin(listener, |req| answer(req, node, speaker.as_ref()));
+                node.reap_capture();
             } else if ev.token() == METRICS {
                 if let Some(l) = metrics.as_mut() {
                     serve_metrics(l, node, speaker.as_ref());
@@ -249,6 +262,7 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
                 sp.handle(poll.registry(), ev.token(), now);
             }
         }
+        node.reap_capture();
         if let Some(sp) = speaker.as_mut() {
             sp.tick(poll.registry(), now);
             if sp.take_changed() {
@@ -294,7 +308,7 @@ fn stream_to_std(s: mio::net::TcpStream) -> std::io::Result<std::net::TcpStream>
     Ok(s)
 }
 
-fn serve_admin(listener: &UnixListener, mut handle: impl FnMut(Request) -> serde_json::Value) {
+fn serve_admin(listener: &UnixListener, mut handle: impl FnMut(Request) -> Result<serde_json::Value, String>) {
     loop {
         match listener.accept() {
             Ok((s, _)) => {
@@ -326,9 +340,76 @@ fn bind_admin(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-fn answer(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json::Value {
+impl Node {
+    /// Closes a capture that reached its count.
+    fn reap_capture(&mut self) {
+        if self.capture.as_ref().is_some_and(|c| c.done()) {
+            self.stop_capture();
+        }
+    }
+
+    fn stop_capture(&mut self) -> Option<Result<u64, String>> {
+        let c = self.capture.take()?;
+        self.dp.tap().stop();
+        let (path, iface) = (c.path.clone(), c.interface.clone());
+        let r = c.finish();
+        if let Ok(n) = &r {
+            tracing::info!(path = %path.display(), packets = n, "capture written");
+            self.last_capture = Some((path, *n, iface));
+        }
+        Some(r)
+    }
+
+    fn capture_request(&mut self, req: Request) -> Result<serde_json::Value, String> {
+        match req {
+            Request::CaptureStart { path, interface, count } => {
+                if let Some(c) = &self.capture {
+                    return Err(format!("a capture into {} is already running; stop it first", c.path.display()));
+                }
+                let iface = match &interface {
+                    Some(name) => Some(self.dp.interfaces().by_name(name).ok_or_else(|| {
+                        let names: Vec<String> = self.dp.interfaces().iter().map(|(_, f)| f.name.clone()).collect();
+                        format!("no interface {name:?} in this node's data plane; interfaces: {}", names.join(", "))
+                    })?),
+                    None => None,
+                };
+                let c = crate::capture::Capture::start(&path, interface, count, self.dp.tap())?;
+                self.dp.tap().start(iface);
+                self.capture = Some(c);
+                Ok(json!({"path": path, "active": true}))
+            }
+            Request::CaptureStop => match self.stop_capture() {
+                Some(Ok(n)) => Ok(json!({"written": n})),
+                Some(Err(e)) => Err(format!("the capture failed: {e}")),
+                None => Ok(json!({"written": self.last_capture.as_ref().map_or(0, |c| c.1)})),
+            },
+            _ => {
+                let lost = self.dp.tap().lost.load(std::sync::atomic::Ordering::Relaxed);
+                Ok(match &self.capture {
+                    Some(c) => {
+                        json!({"active": true, "path": c.path, "written": c.written.load(std::sync::atomic::Ordering::Relaxed), "lost": lost})
+                    }
+                    None => {
+                        json!({"active": false, "path": self.last_capture.as_ref().map(|c| c.0.clone()), "written": self.last_capture.as_ref().map_or(0, |c| c.1), "lost": lost})
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -> Result<serde_json::Value, String> {
+    match req {
+        Request::CaptureStart { .. } | Request::CaptureStop | Request::CaptureStatus => node.capture_request(req),
+        other => Ok(describe(other, node, speaker)),
+    }
+}
+
+/// The read-only answers.
+fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json::Value {
     let (cfg, dp, routes, started) = (&node.cfg, &node.dp, &node.entries, node.started);
     match req {
+        Request::CaptureStart { .. } | Request::CaptureStop | Request::CaptureStatus => serde_json::Value::Null,
         Request::BgpStatus => json!({
             "configured": speaker.is_some(),
             "as_number": cfg.bgp.as_ref().map(|b| b.as_number),

@@ -131,3 +131,65 @@ fn metrics_are_valid_prometheus_text_and_move_with_traffic() {
     assert!(after["router_uptime_seconds"] > 0.0);
     assert!(after.contains_key("router_drops_total{reason=\"no_route\"}"));
 }
+
+#[test]
+fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
+    let lab = TestLab::up(&[]);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.244.3.1"]); // warm up ARP
+    assert!(ok, "{out}");
+    let file = lab.dir.join(format!("{}-capture.pcap", lab.name));
+    let mut cap = lab
+        .command(&[
+            "capture",
+            "--node",
+            "node-a",
+            "--interface",
+            "eth0",
+            "-c",
+            "4",
+            "--duration",
+            "20",
+            "-w",
+            file.to_str().unwrap_or_default(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("router capture");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "3", "-i", "0.3", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "{out}");
+    let done = cap.wait_with_output().expect("capture ends");
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    assert!(text(&done.stdout).contains("4 packets written"), "{}", text(&done.stdout));
+    let out = std::process::Command::new("tshark")
+        .args([
+            "-r",
+            file.to_str().unwrap_or_default(),
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ip.proto",
+            "-e",
+            "icmp.type",
+        ])
+        .output()
+        .expect("tshark reads the capture");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows = text(&out.stdout);
+    let lines: Vec<&str> = rows.lines().collect();
+    assert_eq!(lines.len(), 4, "{rows}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("192.168.100.100,10.244.1.1\t192.168.200.101,10.244.3.1\t4,1\t8")),
+        "{rows}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("192.168.200.101,10.244.3.1\t192.168.100.100,10.244.1.1\t4,1\t0")),
+        "{rows}"
+    );
+    let _ = std::fs::remove_file(&file);
+}

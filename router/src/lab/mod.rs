@@ -151,6 +151,11 @@ fn add_ns(lab: &Lab, st: &mut State, ns: &str) -> anyhow::Result<()> {
     st.save(&lab.dir)?;
     netns::ip(&["netns", "add", ns])?;
     netns::ip_in(ns, &["link", "set", "lo", "up"])?;
+    // The lab is IPv4: without IPv6 there is no router-solicitation and MLD chatter in
+    // captures and counters to distract from the story.
+    for conf in ["all", "default"] {
+        netns::sysctl_in(ns, &format!("net.ipv6.conf.{conf}.disable_ipv6"), "1")?;
+    }
     Ok(())
 }
 
