@@ -138,7 +138,7 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.244.3.1"]); // warm up ARP
     assert!(ok, "{out}");
     let file = lab.dir.join(format!("{}-capture.pcap", lab.name));
-    let mut cap = lab
+    let cap = lab
         .command(&[
             "capture",
             "--node",
