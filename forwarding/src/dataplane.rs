@@ -54,6 +54,7 @@ pub struct Dataplane {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     tap: Arc<crate::tap::Tap>,
+    tracer: Arc<crate::trace::Tracer>,
     /// Held open so that the kernel does not answer IPIP with "protocol unreachable".
     _ipip_guard: Option<RawIpipSocket>,
 }
@@ -87,6 +88,7 @@ impl Dataplane {
         let mut workers = Vec::new();
         let mut counters = Vec::new();
         let tap = Arc::new(crate::tap::Tap::default());
+        let tracer = Arc::new(crate::trace::Tracer::default());
         for index in 0..cfg.workers.max(1) {
             let mut ports = Vec::new();
             for (_, f) in ifaces.iter() {
@@ -110,6 +112,7 @@ impl Dataplane {
                 slow: slow_tx.clone(),
                 stop: stop.clone(),
                 tap: tap.clone(),
+                tracer: tracer.clone(),
             });
         }
         let mut tx = Vec::new();
@@ -141,7 +144,7 @@ impl Dataplane {
             })?);
         }
         threads.push(std::thread::Builder::new().name("slow-path".into()).spawn(move || slow.run())?);
-        Ok(Dataplane { ifaces, counters, neighbours, stop, threads, tap, _ipip_guard: ipip_guard })
+        Ok(Dataplane { ifaces, counters, neighbours, stop, threads, tap, tracer, _ipip_guard: ipip_guard })
     }
 
     pub fn interfaces(&self) -> &Interfaces {
@@ -151,6 +154,11 @@ impl Dataplane {
     /// Counters summed over all workers and the slow path.
     pub fn totals(&self) -> Totals {
         Totals::sum(self.ifaces.len(), self.counters.iter().map(|c| c.as_ref()))
+    }
+
+    /// Where workers report trace probes.
+    pub fn tracer(&self) -> &crate::trace::Tracer {
+        &self.tracer
     }
 
     /// The capture tap the workers copy frames to.

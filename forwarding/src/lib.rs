@@ -16,6 +16,7 @@ pub mod pipeline;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tap;
+pub mod trace;
 mod worker;
 
 pub use counters::{Counters, DropReason};

@@ -9,6 +9,7 @@ use crate::neigh::{NeighHandle, Neighbour};
 use crate::pipeline::{self, Context, Span, Verdict};
 use crate::sys::{PacketSocket, PacketType, RawIpipSocket, TunQueue};
 use crate::tap::{Direction, Tap};
+use crate::trace::{self, Tracer};
 use crossbeam_channel::{Sender, TrySendError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -89,6 +90,7 @@ pub struct Worker {
     pub slow: Sender<SlowMsg>,
     pub stop: Arc<AtomicBool>,
     pub tap: Arc<Tap>,
+    pub tracer: Arc<Tracer>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -169,11 +171,24 @@ impl Worker {
             if self.tap.active() {
                 self.tap.copy(in_if, Direction::Rx, &buf[span.start..span.end], port.is_ethernet());
             }
+            // Tracing: look at the packet before the pipeline rewrites it in place.
+            let probe = if self.tracer.active() {
+                let data = &buf[span.start..span.end];
+                trace::probe_id(data, port.is_ethernet())
+                    .filter(|id| *id == self.tracer.id())
+                    .and_then(|id| trace::summarize(data, port.is_ethernet()).map(|s| (id, s)))
+            } else {
+                None
+            };
             let v = if port.is_ethernet() {
                 pipeline::process(ctx, &self.counters, in_if, buf, span)
             } else {
                 pipeline::process_l3(ctx, &self.counters, in_if, buf, span)
             };
+            if let Some((id, before)) = probe {
+                let eth = |i: IfaceId| self.ports.get(usize::from(i.0)).is_some_and(|p| p.is_ethernet());
+                self.tracer.report(id, in_if, before, &v, buf, eth);
+            }
             if let Verdict::Fragment(job) = v {
                 pipeline::fragment(ctx, &self.counters, buf, job, scratch, |v, b| self.act(v, b));
             } else {

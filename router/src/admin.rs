@@ -23,6 +23,15 @@ pub enum Request {
     },
     CaptureStop,
     CaptureStatus,
+    /// Report probes carrying this trace id (for a few seconds).
+    TraceStart {
+        id: u32,
+    },
+    /// The hops recorded for the trace so far.
+    TraceCollect {
+        id: u32,
+    },
+    TraceStop,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

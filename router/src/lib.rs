@@ -14,5 +14,7 @@ pub mod ipcmd;
 pub mod lab;
 pub mod metrics;
 pub mod node;
+pub mod probe;
 pub mod routes;
 pub mod topology;
+pub mod trace;

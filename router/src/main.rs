@@ -55,6 +55,19 @@ enum Cmd {
     Stats(Query),
     /// Show a node's ARP neighbours.
     Neighbours(Query),
+    /// Send a marked probe from a pod and show what every node it crossed did with it.
+    Trace {
+        /// A pod of the lab.
+        src: String,
+        /// A pod of the lab, or an IPv4 address.
+        dst: String,
+        #[arg(long, value_enum, default_value = "icmp")]
+        proto: router::probe::ProbeProto,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        sel: LabSel,
+    },
     /// Write what a node's router receives and sends into a pcap file (tshark/Wireshark).
     Capture {
         /// Only this interface of the node's data plane (default: all).
@@ -84,6 +97,15 @@ enum Cmd {
 enum InternalCmd {
     /// Turn off TX checksum offload (and with it TSO) on an interface of this namespace.
     TxChecksumOff { interface: String },
+    /// Send one trace probe from this namespace.
+    Probe {
+        #[arg(long)]
+        dst: std::net::Ipv4Addr,
+        #[arg(long, value_enum)]
+        proto: router::probe::ProbeProto,
+        #[arg(long)]
+        id: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -199,6 +221,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             forwarding::sys::set_tx_checksum(&interface, false)?;
             Ok(0)
         }
+        Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id } } => {
+            router::probe::send(dst, proto, id)?;
+            Ok(0)
+        }
+        Cmd::Trace { src, dst, proto, json, sel } => trace(&sel.lab()?, &src, &dst, proto, json),
         Cmd::Node { config } => router::node::run(&config).map(|_| 0),
         Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
         Cmd::Status(q) => {
@@ -307,6 +334,69 @@ fn print_bgp_status(v: &serde_json::Value, peers: &[PeerStatus]) {
         );
     }
     println!("{line}");
+}
+
+fn trace(lab: &Lab, src: &str, dst: &str, proto: router::probe::ProbeProto, json: bool) -> anyhow::Result<i32> {
+    let Some(st) = lab.state()? else {
+        bail!("no lab named {:?} is up; start it with `router lab up`", lab.name);
+    };
+    let pods: Vec<&str> = st.hosts.iter().filter(|h| h.role == Role::Pod).map(|h| h.name.as_str()).collect();
+    let addr_of =
+        |h: &lab::state::Host| h.addresses.first().and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
+    let Some(from) = st.host(src).filter(|h| h.role == Role::Pod) else {
+        bail!("the trace starts at a pod; {src:?} is not one (pods: {})", pods.join(", "));
+    };
+    let src_ip: std::net::Ipv4Addr = addr_of(from).context("the source pod has no address")?;
+    let dst_ip: std::net::Ipv4Addr = match st.host(dst) {
+        Some(h) => addr_of(h).with_context(|| format!("{dst} has no address"))?,
+        None => dst.parse().map_err(|_| {
+            anyhow::anyhow!("{dst:?} is neither a host of the lab nor an IPv4 address (pods: {})", pods.join(", "))
+        })?,
+    };
+    let id =
+        (std::process::id() ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos()) | 1;
+    for d in &st.daemons {
+        admin::request(&d.socket, Request::TraceStart { id })
+            .with_context(|| format!("starting the trace on {}", d.node))?;
+    }
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &from.namespace])
+        .arg(&exe)
+        .args(["internal", "probe", "--dst", &dst_ip.to_string(), "--id", &id.to_string(), "--proto"])
+        .arg(serde_json::to_value(proto)?.as_str().unwrap_or("icmp"))
+        .output()?;
+    if !out.status.success() {
+        bail!("sending the probe from {src} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    // Long enough for ARP on every hop and for the answer to come back.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut hops: Vec<router::trace::Hop> = Vec::new();
+    for d in &st.daemons {
+        let v = admin::request(&d.socket, Request::TraceCollect { id })?;
+        hops.extend(serde_json::from_value::<Vec<router::trace::Hop>>(v)?);
+        let _ = admin::request(&d.socket, Request::TraceStop);
+    }
+    hops.sort_by(|a, b| a.time.total_cmp(&b.time));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "id": id, "src": src_ip, "dst": dst_ip, "proto": proto, "hops": hops,
+            }))?
+        );
+        return Ok(0);
+    }
+    println!(
+        "trace {id:#010x}: {src} {src_ip} → {dst} {dst_ip} ({})\n",
+        serde_json::to_value(proto)?.as_str().unwrap_or("")
+    );
+    if hops.is_empty() {
+        println!("no node saw the probe: {src}'s kernel did not send it (no route in the pod?)");
+    } else {
+        print!("{}", router::trace::render(&hops));
+    }
+    Ok(0)
 }
 
 fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file: PathBuf) -> anyhow::Result<i32> {

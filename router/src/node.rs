@@ -87,6 +87,8 @@ struct Node {
     capture: Option<crate::capture::Capture>,
     /// (path, packets) of the last finished capture.
     last_capture: Option<(std::path::PathBuf, u64, Option<String>)>,
+    /// The running trace: id, hops so far, when it stops by itself.
+    trace: Option<(u32, Vec<crate::trace::Hop>, Instant)>,
 }
 
 fn tunnels(cfg: &NodeConfig, learned: &[(Ipv4Net, Ipv4Addr)]) -> Tunnels {
@@ -195,6 +197,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         started: Instant::now(),
         capture: None,
         last_capture: None,
+        trace: None,
     };
     if node.cfg.dataplane == DataplaneMode::Tun {
         let mtu = node.dp.interfaces().get(IfaceId(1)).map_or(1480, |f| f.mtu).to_string();
@@ -263,6 +266,7 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
             }
         }
         node.reap_capture();
+        node.collect_trace();
         if let Some(sp) = speaker.as_mut() {
             sp.tick(poll.registry(), now);
             if sp.take_changed() {
@@ -341,6 +345,54 @@ fn bind_admin(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 impl Node {
+    /// Turns the workers' trace events into hops; ends a trace nobody stopped.
+    fn collect_trace(&mut self) {
+        let Some((id, _, until)) = &self.trace else { return };
+        let (id, until) = (*id, *until);
+        let rx = self.dp.tracer().receiver();
+        while let Ok(e) = rx.try_recv() {
+            if e.id != id {
+                continue;
+            }
+            let h = crate::trace::hop(
+                &self.cfg.name,
+                self.dp.interfaces().node_addr(),
+                self.dp.interfaces(),
+                &self.entries,
+                &e,
+            );
+            if let Some((_, hops, _)) = self.trace.as_mut() {
+                hops.push(h);
+            }
+        }
+        if Instant::now() > until {
+            self.dp.tracer().stop();
+        }
+    }
+
+    fn trace_request(&mut self, req: Request) -> Result<serde_json::Value, String> {
+        match req {
+            Request::TraceStart { id } => {
+                while self.dp.tracer().receiver().try_recv().is_ok() {}
+                self.trace = Some((id, Vec::new(), Instant::now() + Duration::from_secs(10)));
+                self.dp.tracer().start(id);
+                Ok(json!({"id": id}))
+            }
+            Request::TraceCollect { id } => {
+                self.collect_trace();
+                match &self.trace {
+                    Some((tid, hops, _)) if *tid == id => Ok(json!(hops)),
+                    _ => Ok(json!([])),
+                }
+            }
+            _ => {
+                self.dp.tracer().stop();
+                self.trace = None;
+                Ok(json!({}))
+            }
+        }
+    }
+
     /// Closes a capture that reached its count.
     fn reap_capture(&mut self) {
         if self.capture.as_ref().is_some_and(|c| c.done()) {
@@ -401,6 +453,7 @@ impl Node {
 fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -> Result<serde_json::Value, String> {
     match req {
         Request::CaptureStart { .. } | Request::CaptureStop | Request::CaptureStatus => node.capture_request(req),
+        Request::TraceStart { .. } | Request::TraceCollect { .. } | Request::TraceStop => node.trace_request(req),
         other => Ok(describe(other, node, speaker)),
     }
 }
@@ -409,7 +462,12 @@ fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -> Result<se
 fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json::Value {
     let (cfg, dp, routes, started) = (&node.cfg, &node.dp, &node.entries, node.started);
     match req {
-        Request::CaptureStart { .. } | Request::CaptureStop | Request::CaptureStatus => serde_json::Value::Null,
+        Request::CaptureStart { .. }
+        | Request::CaptureStop
+        | Request::CaptureStatus
+        | Request::TraceStart { .. }
+        | Request::TraceCollect { .. }
+        | Request::TraceStop => serde_json::Value::Null,
         Request::BgpStatus => json!({
             "configured": speaker.is_some(),
             "as_number": cfg.bgp.as_ref().map(|b| b.as_number),

@@ -193,3 +193,46 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+fn trace(lab: &TestLab, dst: &str, proto: &str) -> Vec<serde_json::Value> {
+    let v = lab.json(&["trace", "pod-a1", dst, "--proto", proto, "--json"]);
+    v["hops"].as_array().cloned().unwrap_or_default()
+}
+
+fn hop<'a>(hops: &'a [serde_json::Value], node: &str, action: &str) -> &'a serde_json::Value {
+    hops.iter()
+        .find(|h| h["node"] == node && h["action"] == action)
+        .unwrap_or_else(|| panic!("no {action} at {node}: {hops:#?}"))
+}
+
+#[test]
+fn trace_shows_encapsulation_direct_routes_and_drops() {
+    let lab = TestLab::up(&[]);
+    // pod-a1 → pod-c1: wrapped at node-a toward node-c, unwrapped at node-c.
+    let hops = trace(&lab, "pod-c1", "icmp");
+    let a = hop(&hops, "node-a", "encapsulate");
+    assert_eq!(a["out_outer"][0], "192.168.100.100");
+    assert_eq!(a["out_outer"][1], "192.168.200.101");
+    assert_eq!(a["route"]["prefix"], "10.244.3.0/26");
+    assert!(a["route"]["why"].as_str().unwrap_or("").contains("outside 192.168.100.0/24"), "{a}");
+    let c = hop(&hops, "node-c", "decapsulate");
+    assert_eq!((c["src"].as_str(), c["dst"].as_str()), (Some("192.168.100.100"), Some("192.168.200.101")));
+    assert_eq!(c["inner"][1], "10.244.3.1");
+    assert!(c["egress"].as_str().unwrap_or("").starts_with("cali"));
+    // The echo reply is a probe too: it comes back wrapped the other way.
+    hop(&hops, "node-c", "encapsulate");
+    hop(&hops, "node-a", "decapsulate");
+
+    // pod-a1 → pod-b1: a direct route, nothing wrapped.
+    let hops = trace(&lab, "pod-b1", "udp");
+    let a = hop(&hops, "node-a", "forward");
+    assert_eq!(a["route"]["encap"], "none");
+    assert_eq!(a["egress"], "eth0");
+    assert!(a["out_outer"].is_null());
+    hop(&hops, "node-b", "forward");
+
+    // An address no route covers: dropped at node-a, and why.
+    let hops = trace(&lab, "10.99.0.1", "tcp");
+    let a = hop(&hops, "node-a", "icmp_error");
+    assert!(a["reason"].as_str().unwrap_or("").contains("no_route"), "{a}");
+}

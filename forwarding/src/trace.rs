@@ -1,0 +1,240 @@
+//! Packet trace: while a trace runs, workers recognise marked probes (a payload that starts
+//! with [`MAGIC`] and the trace id), and report what they did with each: the packet before,
+//! the verdict, the packet after. When no trace runs the cost is one relaxed load per batch.
+
+use crate::counters::DropReason;
+use crate::iface::IfaceId;
+use crate::pipeline::Verdict;
+use crossbeam_channel::{Receiver, Sender};
+use encap::{ethernet, ipv4};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::time::SystemTime;
+
+/// Marks a trace probe's payload; the trace id follows (4 bytes, big-endian).
+pub const MAGIC: &[u8; 8] = b"RTRACE\x00\x01";
+
+/// The IPv4 header fields of a packet (and of the packet inside, for IPIP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    pub ttl: u8,
+    pub len: u16,
+    /// ICMP type, for ICMP packets.
+    pub icmp_type: Option<u8>,
+    pub inner: Option<Inner>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Inner {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    pub ttl: u8,
+    pub icmp_type: Option<u8>,
+}
+
+/// What the worker did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Sent {
+        egress: IfaceId,
+        after: Option<Summary>,
+    },
+    /// Waiting for ARP of `next_hop` on `egress`.
+    Resolving {
+        egress: IfaceId,
+        next_hop: Ipv4Addr,
+        after: Option<Summary>,
+    },
+    Fragmented {
+        egress: IfaceId,
+    },
+    Kernel,
+    Dropped(DropReason),
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: u32,
+    pub time: SystemTime,
+    pub ingress: IfaceId,
+    pub before: Summary,
+    pub outcome: Outcome,
+}
+
+fn l3(data: &[u8], ethernet: bool) -> Option<&[u8]> {
+    if !ethernet {
+        return Some(data);
+    }
+    let f = ethernet::Frame::new_checked(data).ok()?;
+    (f.ethertype() == ethernet::EtherType::Ipv4).then(|| &data[ethernet::HEADER_LEN..])
+}
+
+fn icmp_type<T: AsRef<[u8]>>(p: &ipv4::Packet<T>) -> Option<u8> {
+    (p.protocol() == ipv4::Protocol::Icmp).then(|| p.payload().first().copied()).flatten()
+}
+
+/// The header summary of any IPv4 packet (a frame when `ethernet`).
+pub fn summarize(data: &[u8], ethernet: bool) -> Option<Summary> {
+    let p = ipv4::Packet::new_checked(l3(data, ethernet)?).ok()?;
+    let inner = if p.protocol() == ipv4::Protocol::IpIp {
+        ipv4::Packet::new_checked(p.payload()).ok().map(|i| Inner {
+            src: i.src(),
+            dst: i.dst(),
+            protocol: i.protocol().into(),
+            ttl: i.ttl(),
+            icmp_type: icmp_type(&i),
+        })
+    } else {
+        None
+    };
+    Some(Summary {
+        src: p.src(),
+        dst: p.dst(),
+        protocol: p.protocol().into(),
+        ttl: p.ttl(),
+        len: p.total_len(),
+        icmp_type: icmp_type(&p),
+        inner,
+    })
+}
+
+/// The trace id of a probe (looking inside IPIP), or None for any other packet.
+pub fn probe_id(data: &[u8], ethernet: bool) -> Option<u32> {
+    let mut bytes = l3(data, ethernet)?;
+    let outer = ipv4::Packet::new_checked(bytes).ok()?;
+    if outer.protocol() == ipv4::Protocol::IpIp {
+        let (s, e) = (outer.header_len(), usize::from(outer.total_len()));
+        bytes = &bytes[s..e];
+    }
+    let p = ipv4::Packet::new_checked(bytes).ok()?;
+    let t = p.payload();
+    let skip = match p.protocol() {
+        ipv4::Protocol::Icmp | ipv4::Protocol::Udp => 8,
+        ipv4::Protocol::Tcp => usize::from(*t.get(12)? >> 4) * 4,
+        _ => return None,
+    };
+    let payload = t.get(skip..)?;
+    if payload.len() < MAGIC.len() + 4 || &payload[..MAGIC.len()] != MAGIC {
+        return None;
+    }
+    let id = &payload[MAGIC.len()..MAGIC.len() + 4];
+    Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]))
+}
+
+/// Where workers report probes while a trace runs.
+#[derive(Debug)]
+pub struct Tracer {
+    active: AtomicBool,
+    id: AtomicU32,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+}
+
+impl Default for Tracer {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        Tracer { active: AtomicBool::new(false), id: AtomicU32::new(0), tx, rx }
+    }
+}
+
+impl Tracer {
+    pub fn start(&self, id: u32) {
+        self.id.store(id, Relaxed);
+        self.active.store(true, Relaxed);
+    }
+
+    pub fn stop(&self) {
+        self.active.store(false, Relaxed);
+    }
+
+    #[inline]
+    pub fn active(&self) -> bool {
+        self.active.load(Relaxed)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id.load(Relaxed)
+    }
+
+    pub fn receiver(&self) -> Receiver<Event> {
+        self.rx.clone()
+    }
+
+    /// Reports what became of a probe. `out` is the buffer the verdict's span points into.
+    pub fn report(
+        &self,
+        id: u32,
+        ingress: IfaceId,
+        before: Summary,
+        verdict: &Verdict,
+        out: &[u8],
+        ethernet_out: impl Fn(IfaceId) -> bool,
+    ) {
+        let after = |iface: IfaceId, span: &crate::pipeline::Span| {
+            out.get(span.start..span.end).and_then(|d| summarize(d, ethernet_out(iface)))
+        };
+        let outcome = match verdict {
+            Verdict::Transmit { iface, span, .. } => Outcome::Sent { egress: *iface, after: after(*iface, span) },
+            Verdict::Resolve { iface, next_hop, span } => {
+                Outcome::Resolving { egress: *iface, next_hop: *next_hop, after: after(*iface, span) }
+            }
+            Verdict::Fragment(f) => Outcome::Fragmented { egress: f.egress.iface },
+            Verdict::Pass => Outcome::Kernel,
+            Verdict::Drop(r) => Outcome::Dropped(*r),
+            Verdict::Learn(_) => Outcome::Other,
+        };
+        let _ = self.tx.try_send(Event { id, time: SystemTime::now(), ingress, before, outcome });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(id: u32) -> Vec<u8> {
+        let mut payload = MAGIC.to_vec();
+        payload.extend_from_slice(&id.to_be_bytes());
+        let b = etherparse::PacketBuilder::ipv4([10, 244, 1, 1], [10, 244, 3, 1], 64).icmpv4_echo_request(1, 1);
+        let mut v = Vec::new();
+        b.write(&mut v, &payload).expect("build");
+        v
+    }
+
+    #[test]
+    fn probes_are_recognised_plain_and_inside_ipip() {
+        let p = probe(77);
+        assert_eq!(probe_id(&p, false), Some(77));
+        let mut outer = vec![0u8; 20];
+        ipv4::Repr {
+            src: Ipv4Addr::new(192, 168, 100, 100),
+            dst: Ipv4Addr::new(192, 168, 200, 101),
+            protocol: ipv4::Protocol::IpIp,
+            tos: 0,
+            ident: 1,
+            dont_frag: false,
+            ttl: 64,
+            payload_len: p.len(),
+        }
+        .emit(&mut outer);
+        outer.extend_from_slice(&p);
+        assert_eq!(probe_id(&outer, false), Some(77));
+        let s = summarize(&outer, false).expect("summary");
+        assert_eq!(s.protocol, 4);
+        assert_eq!(s.inner.map(|i| i.dst), Some(Ipv4Addr::new(10, 244, 3, 1)));
+    }
+
+    #[test]
+    fn ordinary_packets_are_not_probes() {
+        let mut p = probe(1);
+        let n = p.len();
+        p[n - 5] ^= 0xff;
+        assert_eq!(probe_id(&p, false), None);
+        assert_eq!(probe_id(&p[..20], false), None);
+        assert_eq!(probe_id(&[], true), None);
+    }
+}

@@ -1,0 +1,188 @@
+//! Turning the data plane's trace events into hop records a learner can read: what came in
+//! where, which route matched and why, what was added or removed, where it went out, or why
+//! it was dropped. The CLI side sends the probe and prints the journey.
+
+use crate::routes::{RouteEntry, RouteSource};
+use forwarding::trace::{Event, Outcome, Summary};
+use forwarding::{IfaceRole, Interfaces};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteMatch {
+    pub prefix: String,
+    pub next_hop: Option<Ipv4Addr>,
+    pub source: RouteSource,
+    pub encap: String,
+    pub why: String,
+}
+
+/// One hop of a traced packet's journey.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hop {
+    pub node: String,
+    /// Seconds since the UNIX epoch.
+    pub time: f64,
+    pub ingress: String,
+    pub ingress_role: String,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    pub ttl: u8,
+    /// For IPIP arriving: the packet inside (src, dst, ttl).
+    pub inner: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+    pub route: Option<RouteMatch>,
+    /// forward, encapsulate, decapsulate, icmp_error, drop, kernel, arp_pending, fragment
+    pub action: String,
+    pub reason: String,
+    pub egress: Option<String>,
+    /// The packet as it left: (src, dst, ttl), and the outer header when wrapped.
+    pub out: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+    pub out_outer: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+}
+
+fn lookup(entries: &[RouteEntry], dst: Ipv4Addr) -> Option<&RouteEntry> {
+    entries.iter().filter(|e| e.prefix.contains(&dst)).max_by_key(|e| e.prefix.prefix_len())
+}
+
+fn icmp_error_name(t: Option<u8>) -> Option<&'static str> {
+    match t? {
+        3 => Some("destination unreachable"),
+        11 => Some("time exceeded"),
+        _ => None,
+    }
+}
+
+/// The effective packet: the inner one of IPIP, else the packet itself.
+fn effective(s: &Summary) -> (Ipv4Addr, Ipv4Addr, u8, u8, Option<u8>) {
+    match s.inner {
+        Some(i) => (i.src, i.dst, i.ttl, i.protocol, i.icmp_type),
+        None => (s.src, s.dst, s.ttl, s.protocol, s.icmp_type),
+    }
+}
+
+pub fn hop(node: &str, node_addr: Option<Ipv4Addr>, ifaces: &Interfaces, entries: &[RouteEntry], e: &Event) -> Hop {
+    let name = |i: forwarding::IfaceId| ifaces.get(i).map_or_else(|| format!("#{}", i.0), |f| f.name.clone());
+    let role = ifaces.get(e.ingress).map_or("?", |f| f.role.name());
+    let b = &e.before;
+    let (src, dst, _, _, _) = effective(b);
+    let arrived_wrapped = b.protocol == 4 && Some(b.dst) == node_addr;
+    let route = lookup(entries, dst).map(|r| RouteMatch {
+        prefix: r.prefix.to_string(),
+        next_hop: r.next_hop,
+        source: r.source,
+        encap: r.encap.clone(),
+        why: r.why.clone(),
+    });
+    let mut h = Hop {
+        node: node.to_string(),
+        time: e.time.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+        ingress: name(e.ingress),
+        ingress_role: role.to_string(),
+        src: b.src,
+        dst: b.dst,
+        protocol: b.protocol,
+        ttl: b.ttl,
+        inner: b.inner.map(|i| (i.src, i.dst, i.ttl)),
+        route,
+        action: String::new(),
+        reason: String::new(),
+        egress: None,
+        out: None,
+        out_outer: None,
+    };
+    let is_tun_in = ifaces.get(e.ingress).is_some_and(|f| f.role == IfaceRole::Tun);
+    match &e.outcome {
+        Outcome::Dropped(r) => {
+            h.action = "drop".into();
+            h.reason = format!("{}: {}", r.name(), r.describe());
+        }
+        Outcome::Kernel => {
+            h.action = "kernel".into();
+            h.reason = "addressed to this node (or not routed by us): left to the kernel".into();
+        }
+        Outcome::Fragmented { egress } => {
+            h.action = "fragment".into();
+            h.reason = "too big for the egress MTU without DF: fragmented".into();
+            h.egress = Some(name(*egress));
+        }
+        Outcome::Other => h.action = "other".into(),
+        Outcome::Sent { egress, after } | Outcome::Resolving { egress, after, .. } => {
+            h.egress = Some(name(*egress));
+            if let Some(a) = after {
+                let (asrc, adst, attl, _, aicmp) = effective(a);
+                h.out = Some((asrc, adst, attl));
+                if a.protocol == 4 {
+                    h.out_outer = Some((a.src, a.dst, a.ttl));
+                }
+                let error_back = Some(asrc) == node_addr && adst == src && icmp_error_name(aicmp).is_some();
+                h.action = if error_back {
+                    let why = match (aicmp, &h.route) {
+                        (Some(11), _) => "ttl_exceeded: TTL ran out".to_string(),
+                        (_, None) => format!("no_route: no route covers {dst}"),
+                        _ => "not forwardable".to_string(),
+                    };
+                    h.reason = format!(
+                        "{why}; dropped, ICMP {} sent back to {src}",
+                        icmp_error_name(aicmp).unwrap_or("error")
+                    );
+                    "icmp_error".into()
+                } else if a.protocol == 4 && !arrived_wrapped {
+                    h.reason = format!("IPIP added: outer {} → {}", a.src, a.dst);
+                    "encapsulate".into()
+                } else if arrived_wrapped && a.protocol != 4 {
+                    h.reason = format!("IPIP removed: {} is a known node", b.src);
+                    "decapsulate".into()
+                } else {
+                    "forward".into()
+                };
+            }
+            if let Outcome::Resolving { next_hop, .. } = &e.outcome {
+                let sep = if h.reason.is_empty() { "" } else { "; " };
+                h.reason = format!("{}{sep}held until ARP resolves {next_hop}", h.reason);
+            }
+            if h.action.is_empty() {
+                h.action = "forward".into();
+            }
+            if is_tun_in && h.action == "forward" {
+                h.reason = "routed into tunl0 by the kernel".into();
+            }
+        }
+    }
+    h
+}
+
+/// The journey as text, hop by hop.
+pub fn render(hops: &[Hop]) -> String {
+    let mut s = String::new();
+    let mut last_node = "";
+    for h in hops {
+        let node = if h.node == last_node { "" } else { h.node.as_str() };
+        last_node = &h.node;
+        let pkt = match h.inner {
+            Some((is, id, ittl)) => format!("outer {} → {} (IPIP) · {is} → {id} ttl {ittl}", h.src, h.dst),
+            None => format!("{} → {} ttl {}", h.src, h.dst, h.ttl),
+        };
+        s.push_str(&format!("{node:<8} ← {} ({})  {pkt}\n", h.ingress, h.ingress_role));
+        if let Some(r) = &h.route {
+            let via = r.next_hop.map(|n| format!(" via {n}")).unwrap_or_default();
+            let src =
+                serde_json::to_value(r.source).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let why = if r.why.is_empty() { String::new() } else { format!(": {}", r.why) };
+            s.push_str(&format!("{:<8}   route {}{via} [{src}]{why}\n", "", r.prefix));
+        }
+        let reason = if h.reason.is_empty() { String::new() } else { format!(" — {}", h.reason) };
+        s.push_str(&format!("{:<8}   {}{reason}\n", "", h.action));
+        if let Some(eg) = &h.egress {
+            let out = match (h.out_outer, h.out) {
+                (Some((os, od, ot)), Some((is, id, it))) => {
+                    format!("outer {os} → {od} ttl {ot} · {is} → {id} ttl {it}")
+                }
+                (None, Some((a, b, t))) => format!("{a} → {b} ttl {t}"),
+                _ => String::new(),
+            };
+            s.push_str(&format!("{:<8}   → {eg}  {out}\n", ""));
+        }
+    }
+    s
+}
