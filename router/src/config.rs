@@ -101,6 +101,8 @@ pub struct NodeConfig {
     pub bgp: Option<BgpConfig>,
     /// Serve Prometheus metrics here (off when absent; Calico's Felix uses port 9091).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Log filter (`info`, `debug`, or a tracing directive); `RUST_LOG` overrides it.
+    pub log_level: Option<String>,
 }
 
 impl NodeConfig {
@@ -150,6 +152,8 @@ pub struct RawConfig {
     pub admin_socket: PathBuf,
     #[serde(default)]
     pub metrics_address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub log_level: Option<Spanned<String>>,
     #[serde(default = "default_ttl")]
     pub ipip_ttl: Spanned<u8>,
     #[serde(default)]
@@ -436,7 +440,17 @@ impl NodeConfig {
             })?),
             None => None,
         };
+        let log_level = match &raw.log_level {
+            Some(l) => {
+                tracing_subscriber::EnvFilter::try_new(l.get_ref()).map_err(|e| {
+                    src.error_at(l.span(), format!("log_level {:?}: {e} (try \"info\" or \"debug\")", l.get_ref()))
+                })?;
+                Some(l.get_ref().clone())
+            }
+            None => None,
+        };
         Ok(NodeConfig {
+            log_level,
             metrics_address,
             bgp,
             name: raw.name.get_ref().clone(),
@@ -465,6 +479,7 @@ impl NodeConfig {
             pin_workers: self.pin_workers,
             admin_socket: self.admin_socket.clone(),
             metrics_address: self.metrics_address.map(|a| s(a.to_string())),
+            log_level: self.log_level.clone().map(s),
             ipip_ttl: Spanned::new(0..0, self.ipip_ttl),
             ipip_peers: self.ipip_peers.iter().map(|a| s(a.to_string())).collect(),
             ipip_allowed_sources: self.ipip_allowed_sources.iter().map(|a| s(a.to_string())).collect(),

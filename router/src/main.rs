@@ -85,6 +85,11 @@ enum Cmd {
         #[command(flatten)]
         query: Query,
     },
+    /// Print a shell completion script: `router completions bash > /etc/bash_completion.d/router`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Steps the lab runs inside its namespaces.
     #[command(hide = true)]
     Internal {
@@ -135,6 +140,8 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Walk through the seed's story, each claim shown live in the running lab.
+    Tour,
     /// Show the lab's hosts and whether their daemons answer.
     Status {
         #[arg(long)]
@@ -202,10 +209,16 @@ impl Query {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    // RUST_LOG wins; a node's config may set its own level; otherwise info.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let from_config = match &cli.cmd {
+            Cmd::Node { config } => router::config::NodeConfig::load(config).ok().and_then(|c| c.log_level),
+            _ => None,
+        };
+        tracing_subscriber::EnvFilter::try_new(from_config.as_deref().unwrap_or("info"))
+            .unwrap_or_else(|_| "info".into())
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -223,6 +236,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id } } => {
             router::probe::send(dst, proto, id)?;
+            Ok(0)
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "router", &mut std::io::stdout());
             Ok(0)
         }
         Cmd::Trace { src, dst, proto, json, sel } => trace(&sel.lab()?, &src, &dst, proto, json),
@@ -505,6 +523,10 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             Ok(0)
         }
         LabCmd::Exec { host, cmd } => lab::exec(lab, &host, &cmd),
+        LabCmd::Tour => {
+            let exe = std::env::current_exe().context("finding the router binary")?;
+            lab::tour::run(lab, &exe).map(|_| 0)
+        }
         LabCmd::Status { json } => {
             let (st, rows) = lab::status(lab)?;
             if json {

@@ -236,3 +236,23 @@ fn trace_shows_encapsulation_direct_routes_and_drops() {
     let a = hop(&hops, "node-a", "icmp_error");
     assert!(a["reason"].as_str().unwrap_or("").contains("no_route"), "{a}");
 }
+
+#[test]
+fn lab_tour_runs_start_to_end() {
+    let lab = TestLab::up(&[]);
+    let out = lab.router(&["lab", "tour"]);
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "{all}");
+    for claim in ["proxy ARP", "veth pair", "node's routes", "BGP", "plain routing", "IPIP", "1500-byte"] {
+        assert!(all.contains(claim), "the tour skipped {claim:?}:\n{all}");
+    }
+    assert!(all.contains("4,1"), "the IPIP capture shows both headers:\n{all}");
+    assert!(all.contains("That is the whole story"), "{all}");
+}
+
+#[test]
+fn completions_are_generated() {
+    let out = std::process::Command::new(ROUTER).args(["completions", "bash"]).output().expect("router");
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("lab"));
+}

@@ -6,6 +6,7 @@
 //! also cleans up after a crash or an interrupted `up`.
 
 pub mod state;
+pub mod tour;
 
 use crate::ipcmd as netns;
 
@@ -387,6 +388,7 @@ fn node_config(
         ipip_allowed_sources: Vec::new(),
         bgp: Some(bgp_config(topo, node)),
         metrics_address: opts.metrics.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9091))),
+        log_level: None,
     }
 }
 

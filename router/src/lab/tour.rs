@@ -1,0 +1,159 @@
+//! `router lab tour`: the seed's story, claim by claim, each shown live in the lab with the
+//! command that shows it. Text stays short; the output is real.
+
+use super::state::{Role, State};
+use super::Lab;
+use anyhow::{bail, Context as _};
+use std::path::Path;
+use std::process::Command;
+
+struct Tour<'a> {
+    lab: &'a Lab,
+    exe: &'a Path,
+    step: usize,
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+impl Tour<'_> {
+    fn title(&mut self, t: &str, claim: &str) {
+        self.step += 1;
+        println!("\n── {}. {t}\n{claim}", self.step);
+    }
+
+    /// Runs `router --lab NAME args...` and shows the command and its output.
+    fn router(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut shown = vec!["router"];
+        shown.extend_from_slice(args);
+        println!("  $ {}", shown.join(" "));
+        let out = Command::new(self.exe)
+            .args(args)
+            .env("ROUTER_LAB", &self.lab.name)
+            .env("ROUTER_LAB_DIR", self.lab.dir.parent().unwrap_or(Path::new("/")))
+            .output()
+            .with_context(|| format!("running {}", shown.join(" ")))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        print!("{}", indent(text.trim_end()));
+        Ok(text)
+    }
+
+    /// `router lab exec HOST -- cmd...`; fails the tour when `must_succeed` and it fails.
+    fn exec(&self, host: &str, cmd: &[&str], must_succeed: bool) -> anyhow::Result<String> {
+        let mut args = vec!["lab", "exec", host, "--"];
+        args.extend_from_slice(cmd);
+        let mut shown = vec!["router"];
+        shown.extend_from_slice(&args);
+        println!("  $ {}", shown.join(" "));
+        let out = Command::new(self.exe)
+            .args(&args)
+            .env("ROUTER_LAB", &self.lab.name)
+            .env("ROUTER_LAB_DIR", self.lab.dir.parent().unwrap_or(Path::new("/")))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        print!("{}", indent(text.trim_end()));
+        if must_succeed && !out.status.success() {
+            bail!("`{}` failed", shown.join(" "));
+        }
+        Ok(text)
+    }
+
+    fn note(&self, s: &str) {
+        println!("  → {s}");
+    }
+}
+
+fn addr(st: &State, host: &str) -> anyhow::Result<String> {
+    st.host(host)
+        .and_then(|h| h.addresses.first())
+        .and_then(|a| a.split('/').next())
+        .map(str::to_string)
+        .with_context(|| format!("the tour needs the seed topology's {host}"))
+}
+
+pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
+    let Some(st) = lab.state()? else {
+        bail!("lab {:?} is not up; start it with `router lab up` (the tour runs in the seed lab)", lab.name);
+    };
+    let (b1, c1) = (addr(&st, "pod-b1")?, addr(&st, "pod-c1")?);
+    let cali = st.host("pod-a1").and_then(|h| h.interface.clone()).context("pod-a1 has no cali interface")?;
+    let nodes = st.hosts.iter().filter(|h| h.role == Role::Node).count();
+    let mut t = Tour { lab, exe, step: 0 };
+    println!("A tour of the seed lab: how pod traffic travels in a Calico-style network, shown live.");
+
+    t.title(
+        "A pod's only way out is a gateway that does not exist",
+        "pod-a1 has one interface, eth0, with a /32, and routes everything via 169.254.1.1.",
+    );
+    t.exec("pod-a1", &["ip", "-4", "addr", "show", "eth0"], true)?;
+    t.exec("pod-a1", &["ip", "route"], true)?;
+
+    t.title(
+        "The node answers ARP for 169.254.1.1 (proxy ARP)",
+        "Whatever the pod sends lands on its node: the MAC it learns for the gateway is the node's end of its veth.",
+    );
+    t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", &b1], true)?;
+    let neigh = t.exec("pod-a1", &["ip", "neigh", "show", "169.254.1.1"], true)?;
+    let link = t.exec("node-a", &["ip", "-o", "link", "show", &cali], true)?;
+    let learned = neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).unwrap_or("");
+    if !learned.is_empty() && link.contains(learned) {
+        t.note(&format!("{learned} is {cali} on node-a: the router answered for the gateway."));
+    }
+
+    t.title("A veth pair: the pod's eth0 and the node's cali… interface", "Calico names the host end cali + 11 hex digits of a hash of the pod; the two ends point at each other's index.");
+    let iflink = t.exec("pod-a1", &["cat", "/sys/class/net/eth0/iflink"], true)?;
+    let ifindex = t.exec("node-a", &["cat", &format!("/sys/class/net/{cali}/ifindex")], true)?;
+    if iflink.trim() == ifindex.trim() {
+        t.note(&format!("pod-a1's eth0 is paired with interface {} on node-a: {cali}.", ifindex.trim()));
+    }
+
+    t.title("The node's routes", "UH: a host route to each local pod; UG: another node's /26 block via that node; ! the node's own block (blackhole for unused addresses). Encap says whether the route goes through the IPIP tunnel, and why.");
+    t.router(&["routes", "--node", "node-a"])?;
+
+    t.title("The nodes tell each other their blocks over BGP", &format!("A full mesh of N nodes needs N·(N-1)/2 sessions: {} here. With route reflectors every node peers only with the reflectors (router/topologies/seed-rr.toml: 2 sessions).", nodes * (nodes - 1) / 2));
+    t.router(&["status", "--node", "node-a"])?;
+
+    t.title(
+        "node-a and node-b share a subnet: plain routing",
+        "The packet leaves node-a unchanged but for its TTL, addressed at L2 to node-b.",
+    );
+    t.router(&["trace", "pod-a1", "pod-b1"])?;
+
+    t.title("node-c is behind a router that knows no pod addresses: IPIP", "node-a wraps the pod's packet in an outer IPv4 header, node address to node address (protocol 4); node-c unwraps it.");
+    let pcap = lab.dir.join("tour-ipip.pcap");
+    let pcap_s = pcap.to_string_lossy().into_owned();
+    t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", &c1], true)?;
+    let cap = Command::new(t.exe)
+        .args(["capture", "--node", "node-a", "--interface", "eth0", "-c", "2", "--duration", "10", "-w", &pcap_s])
+        .env("ROUTER_LAB", &lab.name)
+        .env("ROUTER_LAB_DIR", lab.dir.parent().unwrap_or(Path::new("/")))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the capture")?;
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", &c1], true)?;
+    let _ = cap.wait_with_output();
+    println!("  $ tshark -r {pcap_s} -T fields -e ip.src -e ip.dst -e ip.proto");
+    match Command::new("tshark")
+        .args(["-r", &pcap_s, "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.proto"])
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            print!("{}", indent(String::from_utf8_lossy(&o.stdout).trim_end()));
+            t.note("two IPv4 headers per packet: outer node → node with protocol 4, inner pod → pod with protocol 1 (ICMP).");
+        }
+        _ => t.note(&format!("(install tshark to decode {pcap_s}; Wireshark opens it too)")),
+    }
+    let _ = std::fs::remove_file(&pcap);
+    t.router(&["trace", "pod-a1", "pod-c1"])?;
+
+    t.title("What happens to a 1500-byte packet", "The outer header costs 20 bytes, so pods get MTU 1480. With DF set, a 1500-byte packet is refused at once; without DF it is fragmented and arrives.");
+    t.exec("pod-a1", &["cat", "/sys/class/net/eth0/mtu"], true)?;
+    t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", &c1], false)?;
+    t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", "-s", "1472", &c1], true)?;
+
+    println!("\nThat is the whole story. Try `router lab exec pod-c1 -- ping {b1}`, `router trace`, `router capture`,\nor `router lab down` when you are done.");
+    Ok(())
+}
