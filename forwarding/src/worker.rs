@@ -146,6 +146,9 @@ impl Worker {
 
     /// Handles up to one batch from port `i`; true if more may be waiting.
     fn drain(&self, ctx: &Context<'_>, i: usize, buf: &mut [u8], scratch: &mut [u8]) -> bool {
+        // Capture and trace are looked at once per batch: when off they cost one branch.
+        let tapping = self.tap.active();
+        let tracing = self.tracer.active();
         let in_if = IfaceId(i as u16);
         let port = &self.ports[i];
         for _ in 0..BATCH {
@@ -168,11 +171,11 @@ impl Worker {
                 continue;
             }
             let span = Span { start: HEADROOM, end: HEADROOM + n };
-            if self.tap.active() {
+            if tapping {
                 self.tap.copy(in_if, Direction::Rx, &buf[span.start..span.end], port.is_ethernet());
             }
             // Tracing: look at the packet before the pipeline rewrites it in place.
-            let probe = if self.tracer.active() {
+            let probe = if tracing {
                 let data = &buf[span.start..span.end];
                 trace::probe_id(data, port.is_ethernet())
                     .filter(|id| *id == self.tracer.id())
@@ -190,18 +193,18 @@ impl Worker {
                 self.tracer.report(id, in_if, before, &v, buf, eth);
             }
             if let Verdict::Fragment(job) = v {
-                pipeline::fragment(ctx, &self.counters, buf, job, scratch, |v, b| self.act(v, b));
+                pipeline::fragment(ctx, &self.counters, buf, job, scratch, |v, b| self.act(v, b, tapping));
             } else {
-                self.act(v, buf);
+                self.act(v, buf, tapping);
             }
         }
         true
     }
 
-    fn act(&self, v: Verdict, buf: &[u8]) {
+    fn act(&self, v: Verdict, buf: &[u8], tapping: bool) {
         match v {
             Verdict::Transmit { iface, span, learn } => {
-                self.transmit(iface, &buf[span.start..span.end]);
+                self.transmit(iface, &buf[span.start..span.end], tapping);
                 if let Some(n) = learn {
                     // A lost hint costs one ARP round trip later, nothing more.
                     let _ = self.slow.try_send(SlowMsg::Learn(n));
@@ -220,12 +223,12 @@ impl Worker {
         }
     }
 
-    fn transmit(&self, iface: IfaceId, frame: &[u8]) {
+    fn transmit(&self, iface: IfaceId, frame: &[u8], tapping: bool) {
         let Some(port) = self.ports.get(usize::from(iface.0)) else {
             self.counters.count_drop(DropReason::TxError);
             return;
         };
-        if self.tap.active() {
+        if tapping {
             self.tap.copy(iface, Direction::Tx, frame, port.is_ethernet());
         }
         match port.send(frame) {
