@@ -59,6 +59,7 @@ drop_reasons! {
     NeighbourQueueFull => "neighbour_queue_full": "too many packets waiting for one ARP answer",
     SlowPathFull => "slow_path_full": "slow-path channel full",
     TxError => "tx_error": "the kernel refused to send the frame",
+    RxQueueFull => "rx_queue_full": "the kernel dropped frames for us: a worker's socket queue was full",
 }
 
 /// Packets and bytes through one interface, both directions.
@@ -116,6 +117,13 @@ impl Counters {
     pub fn count_drop(&self, r: DropReason) {
         if let Some(c) = self.drops.get(r as usize) {
             bump(c, 1);
+        }
+    }
+
+    /// Counts `n` drops at once.
+    pub fn count_drops(&self, r: DropReason, n: u64) {
+        if let Some(c) = self.drops.get(r as usize) {
+            bump(c, n);
         }
     }
 

@@ -220,11 +220,7 @@ impl SlowPath {
             match a {
                 NeighAction::Request { iface, target, dst } => self.send_request(iface, target, dst),
                 NeighAction::Transmit { iface, frame } => self.send(iface, &frame),
-                NeighAction::Dropped { reason, count } => {
-                    for _ in 0..count {
-                        self.counters.count_drop(reason);
-                    }
-                }
+                NeighAction::Dropped { reason, count } => self.counters.count_drops(reason, count),
                 NeighAction::Changed => changed = true,
             }
         }

@@ -124,6 +124,52 @@ pub fn set_tcp_md5(fd: RawFd, peer: std::net::Ipv4Addr, key: &[u8]) -> io::Resul
     })
 }
 
+/// Sends each buffer as one datagram on a connected socket, many per system call
+/// (`sendmmsg`). Returns how many went out.
+pub fn send_batch(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
+    let n = bufs.len().min(1024);
+    let mut iov: Vec<libc::iovec> =
+        bufs[..n].iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }).collect();
+    // SAFETY: mmsghdr is plain data; zero is a valid start.
+    let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: msgs and the iovecs they point to live until the call returns; the buffers are
+    // only read.
+    let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// Receives up to `bufs.len()` datagrams in one system call (`recvmmsg`, non-blocking once
+/// the first has arrived); writes each length into `lens`. Returns how many arrived.
+pub fn recv_batch(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> io::Result<usize> {
+    let n = bufs.len().min(lens.len()).min(1024);
+    let mut iov: Vec<libc::iovec> =
+        bufs[..n].iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+    // SAFETY: mmsghdr is plain data; zero is a valid start.
+    let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: msgs, iovecs and buffers live until the call returns; the kernel writes at most
+    // iov_len bytes into each buffer.
+    let r =
+        unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for (l, m) in lens.iter_mut().zip(msgs.iter()).take(r as usize) {
+        *l = m.msg_len as usize;
+    }
+    Ok(r as usize)
+}
+
 /// Names of all interfaces in the current network namespace.
 pub fn link_names() -> io::Result<Vec<String>> {
     // SAFETY: if_nameindex returns a heap array terminated by a zero entry, or NULL on error;
@@ -237,7 +283,31 @@ impl PacketSocket {
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
         let fanout: libc::c_int = libc::c_int::from(group) | (libc::PACKET_FANOUT_HASH as libc::c_int) << 16;
         setsockopt(fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)?;
+        // Frames we send go straight to the driver: the qdisc layer only adds cost on a veth.
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)?;
         Ok(s)
+    }
+
+    /// Frames the kernel dropped because this socket's queue was full, since the last call
+    /// (PACKET_STATISTICS resets on read).
+    pub fn take_drops(&self) -> io::Result<u64> {
+        // SAFETY: tpacket_stats is plain data; getsockopt writes at most `len` bytes into it.
+        let mut st: libc::tpacket_stats = unsafe { zeroed() };
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: st and len are valid for writing for the duration of the call.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(u64::from(st.tp_drops))
     }
 
     /// A send-only socket: bound with protocol 0, it receives nothing.

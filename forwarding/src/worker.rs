@@ -69,6 +69,14 @@ impl Port {
         matches!(self, Port::Packet(_))
     }
 
+    /// Frames the kernel dropped before we could read them (AF_PACKET only).
+    fn take_drops(&self) -> u64 {
+        match self {
+            Port::Packet(s) => s.take_drops().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     fn raw_fd(&self) -> i32 {
         match self {
             Port::Packet(s) => s.as_raw_fd(),
@@ -117,7 +125,14 @@ impl Worker {
         let mut scratch = vec![0u8; HEADROOM + RX_MAX];
         // mio is edge-triggered: a port stays "ready" until a read returns WouldBlock.
         let mut ready: Vec<bool> = self.ports.iter().map(|p| p.readable()).collect();
+        let mut last_stats = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
+            // Losses before our socket are ours to report too (every 100 ms, not per packet).
+            if last_stats.elapsed() >= Duration::from_millis(100) {
+                last_stats = std::time::Instant::now();
+                let lost: u64 = self.ports.iter().map(|p| p.take_drops()).sum();
+                self.counters.count_drops(DropReason::RxQueueFull, lost);
+            }
             let busy = ready.iter().any(|r| *r);
             let timeout = if busy { Duration::ZERO } else { Duration::from_millis(100) };
             if let Err(e) = poll.poll(&mut events, Some(timeout)) {

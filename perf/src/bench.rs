@@ -1,0 +1,232 @@
+//! The scenarios and how one run is measured.
+
+use crate::report::{self, Run};
+use crate::traffic::{GenReport, SinkReport, Size};
+use anyhow::{bail, Context as _};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Seconds of traffic per run.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Scenarios to run (default: all): kernel, afpacket, afpacket-ipip, tun-ipip.
+    #[arg(long = "scenario")]
+    pub scenarios: Vec<String>,
+    /// UDP frame sizes.
+    #[arg(long, value_delimiter = ',', default_value = "64,512,1500,imix")]
+    pub sizes: Vec<Size>,
+    /// Worker counts for the router scenarios.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub workers: Vec<usize>,
+    /// Skip the iperf3 TCP runs.
+    #[arg(long)]
+    pub no_tcp: bool,
+    /// Where the reports go.
+    #[arg(long, default_value = "target/perf")]
+    pub out: PathBuf,
+}
+
+/// One way of carrying pod-a1's traffic to a pod on another node.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub what: &'static str,
+    dataplane: &'static str,
+    dst_pod: &'static str,
+    router: bool,
+}
+
+pub const SCENARIOS: [Scenario; 4] = [
+    Scenario {
+        name: "kernel",
+        what: "Linux kernel forwarding, pod-a1 → node-a → node-b → pod-b1 (no router in the path)",
+        dataplane: "tun",
+        dst_pod: "pod-b1",
+        router: false,
+    },
+    Scenario {
+        name: "afpacket",
+        what: "router, AF_PACKET, direct routing: same path as kernel",
+        dataplane: "afpacket",
+        dst_pod: "pod-b1",
+        router: true,
+    },
+    Scenario {
+        name: "afpacket-ipip",
+        what: "router, AF_PACKET, IPIP: pod-a1 → node-a (encap) → underlay → node-c (decap) → pod-c1",
+        dataplane: "afpacket",
+        dst_pod: "pod-c1",
+        router: true,
+    },
+    Scenario {
+        name: "tun-ipip",
+        what: "kernel forwarding with the router's userspace tunl0: pod-a1 → node-a → underlay → node-c → pod-c1",
+        dataplane: "tun",
+        dst_pod: "pod-c1",
+        router: true,
+    },
+];
+
+const LAB: &str = "perf";
+
+struct Tools {
+    router: PathBuf,
+    perf: PathBuf,
+}
+
+impl Tools {
+    fn find() -> anyhow::Result<Tools> {
+        let perf = std::env::current_exe()?;
+        let router = perf.with_file_name("router");
+        if !router.exists() {
+            bail!("{} is missing: build everything first with `cargo build --release`", router.display());
+        }
+        Ok(Tools { router, perf })
+    }
+
+    fn router(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.router).env("ROUTER_LAB", LAB).args(args).stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            bail!("router {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn in_pod(&self, pod: &str, cmd: &[&str]) -> Command {
+        let mut c = Command::new(&self.router);
+        c.env("ROUTER_LAB", LAB).args(["lab", "exec", pod, "--"]).args(cmd).stdin(Stdio::null());
+        c
+    }
+}
+
+/// Busy CPU time of the whole machine, in seconds (all cores, from /proc/stat).
+fn cpu_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else { return 0.0 };
+    let v: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+    let busy: f64 = v.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum();
+    busy / 100.0
+}
+
+/// Packets the routers dropped, summed over nodes and reasons.
+fn router_drops(t: &Tools) -> u64 {
+    ["node-a", "node-b", "node-c"]
+        .iter()
+        .filter_map(|n| t.router(&["stats", "--node", n, "--json"]).ok())
+        .filter_map(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .map(|v| v["drops"].as_object().map_or(0, |d| d.values().filter_map(|x| x.as_u64()).sum::<u64>()))
+        .sum()
+}
+
+fn udp_run(t: &Tools, sc: &Scenario, size: Size, secs: f64) -> anyhow::Result<(GenReport, SinkReport, f64, u64)> {
+    let perf = t.perf.to_string_lossy().into_owned();
+    let dst = if sc.dst_pod == "pod-b1" { "10.244.2.1" } else { "10.244.3.1" };
+    let sink = t
+        .in_pod(sc.dst_pod, &[&perf, "sink", "--max-secs", &format!("{}", secs + 10.0)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the sink")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let drops0 = if sc.router { router_drops(t) } else { 0 };
+    let cpu0 = cpu_busy();
+    let g = t
+        .in_pod("pod-a1", &[&perf, "gen", "--dst", dst, "--size", &size.to_string(), "--secs", &secs.to_string()])
+        .output()
+        .context("running the generator")?;
+    let cpu = cpu_busy() - cpu0;
+    if !g.status.success() {
+        bail!("generator: {}", String::from_utf8_lossy(&g.stderr).trim());
+    }
+    let s = sink.wait_with_output()?;
+    if !s.status.success() {
+        bail!("sink: {}", String::from_utf8_lossy(&s.stderr).trim());
+    }
+    let gen: GenReport = serde_json::from_slice(&g.stdout).context("generator report")?;
+    let sink: SinkReport = serde_json::from_slice(&s.stdout).context("sink report")?;
+    let drops = if sc.router { router_drops(t).saturating_sub(drops0) } else { 0 };
+    Ok((gen, sink, cpu, drops))
+}
+
+fn tcp_run(t: &Tools, sc: &Scenario, streams: usize, secs: f64) -> anyhow::Result<f64> {
+    let dst = if sc.dst_pod == "pod-b1" { "10.244.2.1" } else { "10.244.3.1" };
+    let server = t
+        .in_pod(sc.dst_pod, &["iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("iperf3 (Debian package iperf3)")?;
+    std::thread::sleep(Duration::from_millis(400));
+    let out = t
+        .in_pod(
+            "pod-a1",
+            &["iperf3", "-c", dst, "-t", &format!("{}", secs.ceil() as u64), "-P", &streams.to_string(), "-J"],
+        )
+        .output()?;
+    let mut server = server;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 reported no throughput")
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    let tools = Tools::find()?;
+    let chosen: Vec<&Scenario> = if o.scenarios.is_empty() {
+        SCENARIOS.iter().collect()
+    } else {
+        o.scenarios
+            .iter()
+            .map(|n| {
+                SCENARIOS
+                    .iter()
+                    .find(|s| s.name == n)
+                    .with_context(|| format!("no scenario {n:?}; scenarios: kernel, afpacket, afpacket-ipip, tun-ipip"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let tcp = if o.no_tcp { vec![] } else { vec![1usize, 4] };
+    let per = |s: &Scenario| if s.router && s.dataplane == "afpacket" { o.workers.len() } else { 1 };
+    let total: usize = chosen.iter().map(|s| per(s) * (o.sizes.len() + tcp.len())).sum();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut runs: Vec<Run> = Vec::new();
+    for sc in chosen {
+        let workers: Vec<usize> = if sc.router && sc.dataplane == "afpacket" { o.workers.clone() } else { vec![1] };
+        for w in workers {
+            let _ = tools.router(&["lab", "down"]);
+            tools.router(&["lab", "up", "--dataplane", sc.dataplane, "--workers", &w.to_string()])?;
+            for size in &o.sizes {
+                bar.set_message(format!("{} ({} worker{}) UDP {size}", sc.name, w, if w > 1 { "s" } else { "" }));
+                match udp_run(&tools, sc, *size, o.duration) {
+                    Ok((g, s, cpu, drops)) => runs.push(Run::udp(sc, *size, w, &g, &s, cpu, drops)),
+                    Err(e) => bar.println(format!("{} UDP {size}: {e:#}", sc.name)),
+                }
+                bar.inc(1);
+            }
+            for &n in &tcp {
+                bar.set_message(format!("{} TCP x{n}", sc.name));
+                match tcp_run(&tools, sc, n, o.duration) {
+                    Ok(bps) => runs.push(Run::tcp(sc, n, w, bps)),
+                    Err(e) => bar.println(format!("{} TCP x{n}: {e:#}", sc.name)),
+                }
+                bar.inc(1);
+            }
+            let _ = tools.router(&["lab", "down"]);
+        }
+    }
+    bar.finish_and_clear();
+    report::finish(&mut runs, &o.out)?;
+    Ok(())
+}
+
+pub fn scenario_note(name: &str) -> &'static str {
+    SCENARIOS.iter().find(|s| s.name == name).map_or("", |s| s.what)
+}

@@ -1,0 +1,66 @@
+//! `router-perf`: the throughput benchmark. `forward` builds the lab for each scenario, drives
+//! UDP (fixed sizes and IMIX, many flows) and TCP (iperf3) from pod-a1 to a pod on another
+//! node, and compares the router with Linux kernel forwarding on the same topology.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod report;
+mod traffic;
+
+use clap::{Parser, Subcommand};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "router-perf", version, about = "Throughput of the userspace router against Linux kernel forwarding")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the forwarding benchmark and write target/perf/forward.{md,json,svg}.
+    Forward(bench::Options),
+    /// Send UDP for a while (runs inside the source pod).
+    #[command(hide = true)]
+    Gen {
+        #[arg(long)]
+        dst: Ipv4Addr,
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        #[arg(long)]
+        size: traffic::Size,
+        #[arg(long, default_value_t = 16)]
+        flows: usize,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long, default_value_t = 0)]
+        pps: u64,
+    },
+    /// Count what arrives (runs inside the destination pod).
+    #[command(hide = true)]
+    Sink {
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        #[arg(long, default_value_t = 60.0)]
+        max_secs: f64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Forward(o) => bench::run(&o),
+        Cmd::Gen { dst, port, size, flows, secs, pps } => {
+            traffic::generate(dst, port, size, flows, Duration::from_secs_f64(secs), pps)
+                .map(|r| println!("{}", serde_json::json!(r)))
+        }
+        Cmd::Sink { port, max_secs } => traffic::sink(port, Duration::from_secs(1), Duration::from_secs_f64(max_secs))
+            .map(|r| println!("{}", serde_json::json!(r))),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

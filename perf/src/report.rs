@@ -1,0 +1,162 @@
+//! Results: one record per run, ratios to kernel forwarding measured in the same run, and the
+//! Markdown table, JSON and SVG plot under `target/perf/`.
+
+use crate::bench::{scenario_note, Scenario};
+use crate::traffic::{GenReport, SinkReport, Size};
+use plotters::prelude::*;
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub scenario: String,
+    /// Frame bytes, "imix", or "tcp-1"/"tcp-4" (iperf3 streams).
+    pub packet_size: serde_json::Value,
+    pub workers: usize,
+    pub pps: f64,
+    pub gbps: f64,
+    /// The same size (or stream count) through kernel forwarding in this run = 1.0.
+    pub ratio_to_kernel: Option<f64>,
+    /// Packets sent but not received (UDP), plus what the routers counted as dropped.
+    pub drops: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub reordered: u64,
+    pub router_drops: u64,
+    /// Busy CPU seconds of the whole machine per million packets delivered.
+    pub cpu_secs_per_mpkt: Option<f64>,
+}
+
+impl Run {
+    pub fn udp(
+        sc: &Scenario,
+        size: Size,
+        workers: usize,
+        g: &GenReport,
+        s: &SinkReport,
+        cpu: f64,
+        router_drops: u64,
+    ) -> Run {
+        // Rate over the generator's sending time: what the path sustained.
+        let secs = g.secs.max(1e-9);
+        let pps = s.received as f64 / secs;
+        Run {
+            scenario: sc.name.to_string(),
+            packet_size: match size {
+                Size::Fixed(n) => serde_json::json!(n),
+                Size::Imix => serde_json::json!("imix"),
+            },
+            workers,
+            pps,
+            gbps: s.bytes as f64 * 8.0 / secs / 1e9,
+            ratio_to_kernel: None,
+            drops: g.sent.saturating_sub(s.received),
+            sent: g.sent,
+            received: s.received,
+            reordered: s.reordered,
+            router_drops,
+            cpu_secs_per_mpkt: (s.received > 0).then(|| cpu / (s.received as f64 / 1e6)),
+        }
+    }
+
+    pub fn tcp(sc: &Scenario, streams: usize, workers: usize, bps: f64) -> Run {
+        Run {
+            scenario: sc.name.to_string(),
+            packet_size: serde_json::json!(format!("tcp-{streams}")),
+            workers,
+            pps: 0.0,
+            gbps: bps / 1e9,
+            ratio_to_kernel: None,
+            drops: 0,
+            sent: 0,
+            received: 0,
+            reordered: 0,
+            router_drops: 0,
+            cpu_secs_per_mpkt: None,
+        }
+    }
+
+    fn size_label(&self) -> String {
+        match &self.packet_size {
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        }
+    }
+}
+
+pub fn finish(runs: &mut [Run], out: &Path) -> anyhow::Result<()> {
+    // Ratios against the kernel run of the same size (pps for UDP, Gbit/s for TCP).
+    let kernel: Vec<Run> = runs.iter().filter(|r| r.scenario == "kernel").cloned().collect();
+    for r in runs.iter_mut() {
+        if let Some(k) = kernel.iter().find(|k| k.packet_size == r.packet_size) {
+            let (mine, base) = if r.pps > 0.0 { (r.pps, k.pps) } else { (r.gbps, k.gbps) };
+            r.ratio_to_kernel = (base > 0.0).then(|| mine / base);
+        }
+    }
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("forward.json"), serde_json::to_string_pretty(&runs)?)?;
+    let md = markdown(runs);
+    std::fs::write(out.join("forward.md"), &md)?;
+    plot(runs, &out.join("forward.svg"))?;
+    print!("{md}");
+    println!("\nwritten: {0}/forward.md, {0}/forward.json, {0}/forward.svg", out.display());
+    Ok(())
+}
+
+fn markdown(runs: &[Run]) -> String {
+    let mut s = String::from(
+        "| scenario | size | workers | pps | Gbit/s | × kernel | lost | router drops | CPU s / Mpkt |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in runs {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.size_label(),
+            r.workers,
+            if r.pps > 0.0 { format!("{:.0}", r.pps) } else { "–".into() },
+            r.gbps,
+            r.ratio_to_kernel.map_or("–".into(), |x| format!("{x:.2}")),
+            r.drops,
+            r.router_drops,
+            r.cpu_secs_per_mpkt.map_or("–".into(), |x| format!("{x:.2}")),
+        ));
+    }
+    s.push('\n');
+    let mut seen = Vec::new();
+    for r in runs {
+        if !seen.contains(&r.scenario) {
+            s.push_str(&format!("- **{}**: {}\n", r.scenario, scenario_note(&r.scenario)));
+            seen.push(r.scenario.clone());
+        }
+    }
+    s
+}
+
+/// Grouped bars: throughput relative to kernel forwarding, per size, per scenario.
+fn plot(runs: &[Run], path: &Path) -> anyhow::Result<()> {
+    let bars: Vec<(String, f64)> = runs
+        .iter()
+        .filter_map(|r| r.ratio_to_kernel.map(|x| (format!("{} {} w{}", r.scenario, r.size_label(), r.workers), x)))
+        .collect();
+    let root = SVGBackend::new(path, (1000, 40 + 22 * bars.len().max(1) as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = bars.iter().map(|b| b.1).fold(1.2, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("router-perf forward: throughput ÷ kernel forwarding (same run)", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(260)
+        .build_cartesian_2d(0.0..max, 0..bars.len().max(1))?;
+    chart
+        .configure_mesh()
+        .y_labels(bars.len().max(1))
+        .y_label_formatter(&|i| bars.get(*i).map(|b| b.0.clone()).unwrap_or_default())
+        .x_desc("× kernel")
+        .draw()?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, (name, x))| {
+        let color = if name.starts_with("kernel") { RGBColor(150, 150, 150) } else { RGBColor(40, 110, 190) };
+        Rectangle::new([(0.0, i), (*x, i + 1)], color.filled())
+    }))?;
+    root.present()?;
+    Ok(())
+}
