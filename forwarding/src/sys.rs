@@ -145,12 +145,17 @@ pub fn send_batch(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
     Ok(r as usize)
 }
 
-/// Receives up to `bufs.len()` datagrams in one system call (`recvmmsg`, non-blocking once
-/// the first has arrived); writes each length into `lens`. Returns how many arrived.
-pub fn recv_batch(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> io::Result<usize> {
+/// Receives up to `bufs.len()` datagrams or frames in one system call (`recvmmsg`,
+/// non-blocking once the first has arrived), each at `offset` in its buffer and at most `max`
+/// bytes long; writes each full length into `lens` (longer than `max`: truncated). Returns
+/// how many arrived.
+pub fn recv_batch(fd: RawFd, bufs: &mut [Vec<u8>], offset: usize, max: usize, lens: &mut [usize]) -> io::Result<usize> {
     let n = bufs.len().min(lens.len()).min(1024);
+    if bufs[..n].iter().any(|b| b.len() < offset + max) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "receive buffer smaller than offset + max"));
+    }
     let mut iov: Vec<libc::iovec> =
-        bufs[..n].iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        bufs[..n].iter_mut().map(|b| libc::iovec { iov_base: b[offset..].as_mut_ptr().cast(), iov_len: max }).collect();
     // SAFETY: mmsghdr is plain data; zero is a valid start.
     let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
     for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
@@ -159,8 +164,15 @@ pub fn recv_batch(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> io::Re
     }
     // SAFETY: msgs, iovecs and buffers live until the call returns; the kernel writes at most
     // iov_len bytes into each buffer.
-    let r =
-        unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
+    let r = unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_WAITFORONE | libc::MSG_TRUNC,
+            std::ptr::null_mut(),
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -283,8 +295,8 @@ impl PacketSocket {
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
         let fanout: libc::c_int = libc::c_int::from(group) | (libc::PACKET_FANOUT_HASH as libc::c_int) << 16;
         setsockopt(fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)?;
-        // Frames we send go straight to the driver: the qdisc layer only adds cost on a veth.
-        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)?;
+        // No PACKET_QDISC_BYPASS: it would hide our frames from tcpdump on the node, and on
+        // a veth it gained nothing measurable.
         Ok(s)
     }
 

@@ -26,6 +26,14 @@ pub const RX_MAX: usize = 9216 + 18;
 /// Frames handled per port before the next port gets its turn (boringtun caps at 100).
 const BATCH: usize = 64;
 
+/// Reusable buffers of one batch: frames received, their lengths, what goes out where.
+struct Batch {
+    bufs: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    /// (egress, buffer index, span) of the frames to transmit.
+    out: Vec<(IfaceId, usize, Span)>,
+}
+
 /// Work a worker hands to the slow path.
 #[derive(Debug)]
 pub enum SlowMsg {
@@ -50,6 +58,46 @@ impl Port {
             Port::Packet(s) => s.recv(buf),
             Port::Tun(t) => t.recv(buf).map(|n| (n, PacketType::Host)),
             Port::Raw { sock, .. } => sock.recv(buf).map(|n| (n, PacketType::Host)),
+        }
+    }
+
+    /// Receives a batch into `bufs` (each frame at `HEADROOM`); lengths into `lens`.
+    fn recv_batch(&self, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> io::Result<usize> {
+        match self {
+            Port::Packet(s) => crate::sys::recv_batch(s.as_raw_fd(), bufs, HEADROOM, RX_MAX, lens),
+            // TUN and raw sockets: one read per packet, until empty or the batch is full.
+            _ => {
+                let mut k = 0;
+                while k < bufs.len().min(lens.len()) {
+                    match self.recv(&mut bufs[k][HEADROOM..HEADROOM + RX_MAX]) {
+                        Ok((n, _)) => {
+                            lens[k] = n;
+                            k += 1;
+                        }
+                        Err(e) if k > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(k)
+            }
+        }
+    }
+
+    /// Sends frames out of this port, many per system call where the socket allows; returns
+    /// how many went out.
+    fn send_batch(&self, frames: &[&[u8]]) -> usize {
+        match self {
+            Port::Packet(s) => {
+                let mut done = 0;
+                while done < frames.len() {
+                    match crate::sys::send_batch(s.as_raw_fd(), &frames[done..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => done += n,
+                    }
+                }
+                done
+            }
+            _ => frames.iter().filter(|f| self.send(f).is_ok()).count(),
         }
     }
 
@@ -121,7 +169,11 @@ impl Worker {
             }
         }
         let mut events = Events::with_capacity(64);
-        let mut buf = vec![0u8; HEADROOM + RX_MAX + pipeline::ICMP_ERROR_MAX];
+        let mut batch = Batch {
+            bufs: (0..BATCH).map(|_| vec![0u8; HEADROOM + RX_MAX + pipeline::ICMP_ERROR_MAX]).collect(),
+            lens: vec![0; BATCH],
+            out: Vec::with_capacity(BATCH),
+        };
         let mut scratch = vec![0u8; HEADROOM + RX_MAX];
         // mio is edge-triggered: a port stays "ready" until a read returns WouldBlock.
         let mut ready: Vec<bool> = self.ports.iter().map(|p| p.readable()).collect();
@@ -152,40 +204,40 @@ impl Worker {
             let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &self.ifaces };
             for (i, r) in ready.iter_mut().enumerate() {
                 if *r {
-                    *r = self.drain(&ctx, i, &mut buf, &mut scratch);
+                    *r = self.drain(&ctx, i, &mut batch, &mut scratch);
                 }
             }
         }
         Ok(())
     }
 
-    /// Handles up to one batch from port `i`; true if more may be waiting.
-    fn drain(&self, ctx: &Context<'_>, i: usize, buf: &mut [u8], scratch: &mut [u8]) -> bool {
+    /// Handles one batch from port `i` (one receive call, one send call per egress); true if
+    /// more may be waiting.
+    fn drain(&self, ctx: &Context<'_>, i: usize, b: &mut Batch, scratch: &mut [u8]) -> bool {
         // Capture and trace are looked at once per batch: when off they cost one branch.
         let tapping = self.tap.active();
         let tracing = self.tracer.active();
         let in_if = IfaceId(i as u16);
         let port = &self.ports[i];
-        for _ in 0..BATCH {
-            let rx = &mut buf[HEADROOM..HEADROOM + RX_MAX];
-            let (n, kind) = match port.recv(rx) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(iface = i, error = %e, "receive failed");
-                    return false;
-                }
-            };
-            self.counters.rx(i, n);
-            if n > RX_MAX {
+        let n = match port.recv_batch(&mut b.bufs, &mut b.lens) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(e) => {
+                tracing::warn!(iface = i, error = %e, "receive failed");
+                return false;
+            }
+        };
+        b.out.clear();
+        for k in 0..n {
+            let len = b.lens[k];
+            self.counters.rx(i, len);
+            if len > RX_MAX {
                 self.counters.count_drop(DropReason::Oversize);
                 continue;
             }
-            if kind == PacketType::Outgoing {
-                continue;
-            }
-            let span = Span { start: HEADROOM, end: HEADROOM + n };
+            let buf = &mut b.bufs[k];
+            let span = Span { start: HEADROOM, end: HEADROOM + len };
             if tapping {
                 self.tap.copy(in_if, Direction::Rx, &buf[span.start..span.end], port.is_ethernet());
             }
@@ -207,13 +259,32 @@ impl Worker {
                 let eth = |i: IfaceId| self.ports.get(usize::from(i.0)).is_some_and(|p| p.is_ethernet());
                 self.tracer.report(id, in_if, before, &v, buf, eth);
             }
-            if let Verdict::Fragment(job) = v {
-                pipeline::fragment(ctx, &self.counters, buf, job, scratch, |v, b| self.act(v, b, tapping));
-            } else {
-                self.act(v, buf, tapping);
+            match v {
+                Verdict::Transmit { iface, span, learn } => {
+                    b.out.push((iface, k, span));
+                    if let Some(n) = learn {
+                        // A lost hint costs one ARP round trip later, nothing more.
+                        let _ = self.slow.try_send(SlowMsg::Learn(n));
+                    }
+                }
+                Verdict::Fragment(job) => {
+                    pipeline::fragment(ctx, &self.counters, buf, job, scratch, |v, bb| self.act(v, bb, tapping))
+                }
+                other => self.act(other, buf, tapping),
             }
         }
-        true
+        // One send call per egress port for everything this batch forwards.
+        b.out.sort_unstable_by_key(|o| (o.0, o.1));
+        let mut j = 0;
+        while j < b.out.len() {
+            let iface = b.out[j].0;
+            let end = j + b.out[j..].iter().take_while(|o| o.0 == iface).count();
+            let frames: Vec<&[u8]> = b.out[j..end].iter().map(|&(_, k, sp)| &b.bufs[k][sp.start..sp.end]).collect();
+            self.transmit_batch(iface, &frames, tapping);
+            j = end;
+        }
+        // mio is edge-triggered: keep reading until the socket says WouldBlock.
+        n > 0
     }
 
     fn act(&self, v: Verdict, buf: &[u8], tapping: bool) {
@@ -236,6 +307,24 @@ impl Worker {
             }
             Verdict::Fragment(_) | Verdict::Pass | Verdict::Drop(_) => {}
         }
+    }
+
+    fn transmit_batch(&self, iface: IfaceId, frames: &[&[u8]], tapping: bool) {
+        let i = usize::from(iface.0);
+        let Some(port) = self.ports.get(i) else {
+            self.counters.count_drops(DropReason::TxError, frames.len() as u64);
+            return;
+        };
+        if tapping {
+            for f in frames {
+                self.tap.copy(iface, Direction::Tx, f, port.is_ethernet());
+            }
+        }
+        let sent = port.send_batch(frames);
+        for f in &frames[..sent] {
+            self.counters.tx(i, f.len());
+        }
+        self.counters.count_drops(DropReason::TxError, (frames.len() - sent) as u64);
     }
 
     fn transmit(&self, iface: IfaceId, frame: &[u8], tapping: bool) {

@@ -177,7 +177,7 @@ pub fn sink(port: u16, idle: Duration, max: Duration) -> anyhow::Result<SinkRepo
         if now - started > max || first.is_some_and(|_| now - last > idle) {
             break;
         }
-        let n = match forwarding::sys::recv_batch(fd, &mut bufs, &mut lens) {
+        let n = match forwarding::sys::recv_batch(fd, &mut bufs, 0, 2048, &mut lens) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

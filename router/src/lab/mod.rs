@@ -553,6 +553,18 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
+    // An interrupted `lab up` can leave an `ip netns add` child that finishes after the pass
+    // above: look once more.
+    std::thread::sleep(Duration::from_millis(200));
+    for ns in st.namespaces.iter().filter(|n| netns::exists(n)) {
+        for p in netns::pids(ns) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        match netns::ip(&["netns", "del", ns]) {
+            Ok(_) => report.namespaces += 1,
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
     if !errors.is_empty() {
         bail!("some namespaces could not be removed (state kept in {}):\n{}", lab.dir.display(), errors.join("\n"));
     }
