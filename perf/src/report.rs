@@ -160,3 +160,43 @@ fn plot(runs: &[Run], path: &Path) -> anyhow::Result<()> {
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::SCENARIOS;
+
+    fn udp(sc: &Scenario, size: Size, received: u64) -> Run {
+        let g = GenReport { sent: 1000, bytes: 64_000, secs: 1.0 };
+        let s =
+            SinkReport { received, bytes: received * 64, flows: 16, lost: 1000 - received, reordered: 0, secs: 1.0 };
+        Run::udp(sc, size, 1, &g, &s, 0.5, 0)
+    }
+
+    #[test]
+    fn ratios_are_against_kernel_of_the_same_size() {
+        let (k, r) = (&SCENARIOS[0], &SCENARIOS[1]);
+        let mut runs = vec![udp(k, Size::Fixed(64), 800), udp(r, Size::Fixed(64), 400), udp(r, Size::Fixed(512), 400)];
+        let dir = std::env::temp_dir().join(format!("perf-report-{}", std::process::id()));
+        finish(&mut runs, &dir).expect("report");
+        assert_eq!(runs[0].ratio_to_kernel, Some(1.0));
+        assert_eq!(runs[1].ratio_to_kernel, Some(0.5));
+        assert_eq!(runs[2].ratio_to_kernel, None, "no kernel run of that size");
+        assert_eq!(runs[1].drops, 600);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("forward.json")).expect("json")).expect("valid");
+        for key in ["scenario", "packet_size", "workers", "pps", "gbps", "ratio_to_kernel", "drops"] {
+            assert!(json[0].get(key).is_some(), "{key}");
+        }
+        assert!(std::fs::read_to_string(dir.join("forward.svg")).expect("svg").contains("<svg"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn sizes_parse_and_refuse_nonsense() {
+        assert_eq!("64".parse::<Size>(), Ok(Size::Fixed(64)));
+        assert_eq!("IMIX".parse::<Size>(), Ok(Size::Imix));
+        assert!("9000".parse::<Size>().is_err());
+        assert!("20".parse::<Size>().is_err());
+    }
+}
