@@ -59,7 +59,7 @@ drop_reasons! {
     NeighbourQueueFull => "neighbour_queue_full": "too many packets waiting for one ARP answer",
     SlowPathFull => "slow_path_full": "slow-path channel full",
     TxError => "tx_error": "the kernel refused to send the frame",
-    RxQueueFull => "rx_queue_full": "the kernel dropped frames for us: a worker's socket queue was full",
+    RxQueueFull => "rx_queue_full": "the kernel dropped packets for us: a worker's socket (or tunl0's) queue was full",
 }
 
 /// Packets and bytes through one interface, both directions.

@@ -55,6 +55,8 @@ pub struct Dataplane {
     threads: Vec<JoinHandle<()>>,
     tap: Arc<crate::tap::Tap>,
     tracer: Arc<crate::trace::Tracer>,
+    /// Drops the control thread learns about from the kernel (the TUN queue).
+    control: Arc<Counters>,
     /// Held open so that the kernel does not answer IPIP with "protocol unreachable".
     _ipip_guard: Option<RawIpipSocket>,
 }
@@ -123,6 +125,8 @@ impl Dataplane {
         let ipip_guard = if has_uplink { Some(RawIpipSocket::open(false, 0)?) } else { None };
         let slow_counters = Arc::new(Counters::new(ifaces.len()));
         counters.push(slow_counters.clone());
+        let control = Arc::new(Counters::new(ifaces.len()));
+        counters.push(control.clone());
         let neighbours = Arc::new(Mutex::new(Vec::new()));
         let slow = SlowPath {
             rx: slow_rx,
@@ -144,7 +148,7 @@ impl Dataplane {
             })?);
         }
         threads.push(std::thread::Builder::new().name("slow-path".into()).spawn(move || slow.run())?);
-        Ok(Dataplane { ifaces, counters, neighbours, stop, threads, tap, tracer, _ipip_guard: ipip_guard })
+        Ok(Dataplane { ifaces, counters, neighbours, stop, threads, tap, tracer, control, _ipip_guard: ipip_guard })
     }
 
     pub fn interfaces(&self) -> &Interfaces {
@@ -154,6 +158,11 @@ impl Dataplane {
     /// Counters summed over all workers and the slow path.
     pub fn totals(&self) -> Totals {
         Totals::sum(self.ifaces.len(), self.counters.iter().map(|c| c.as_ref()))
+    }
+
+    /// Counts drops that happened in the kernel on our behalf (call from one thread only).
+    pub fn count_kernel_drops(&self, reason: crate::counters::DropReason, n: u64) {
+        self.control.count_drops(reason, n);
     }
 
     /// Where workers report trace probes.

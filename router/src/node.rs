@@ -87,6 +87,8 @@ struct Node {
     capture: Option<crate::capture::Capture>,
     /// (path, packets) of the last finished capture.
     last_capture: Option<(std::path::PathBuf, u64, Option<String>)>,
+    /// tunl0's tx_dropped when last read (tun mode): packets the kernel could not queue to us.
+    tun_dropped: Option<u64>,
     /// The running trace: id, hops so far, when it stops by itself.
     trace: Option<(u32, Vec<crate::trace::Hop>, Instant)>,
 }
@@ -198,10 +200,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         capture: None,
         last_capture: None,
         trace: None,
+        tun_dropped: None,
     };
     if node.cfg.dataplane == DataplaneMode::Tun {
         let mtu = node.dp.interfaces().get(IfaceId(1)).map_or(1480, |f| f.mtu).to_string();
-        if let Err(e) = ipcmd::ip(&["link", "set", routes::TUN_NAME, "up", "mtu", &mtu]) {
+        // A longer queue than TUN's default 500 absorbs bursts while a worker is busy.
+        if let Err(e) = ipcmd::ip(&["link", "set", routes::TUN_NAME, "up", "mtu", &mtu, "txqueuelen", "10000"]) {
             node.dp.stop();
             return Err(e.context("bringing tunl0 up"));
         }
@@ -267,6 +271,7 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         }
         node.reap_capture();
         node.collect_trace();
+        node.account_tun_drops();
         if let Some(sp) = speaker.as_mut() {
             sp.tick(poll.registry(), now);
             if sp.take_changed() {
@@ -345,6 +350,20 @@ fn bind_admin(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 impl Node {
+    /// In tun mode the kernel drops what tunl0's queue cannot hold before we read it; those
+    /// packets are ours to count too.
+    fn account_tun_drops(&mut self) {
+        if self.cfg.dataplane != DataplaneMode::Tun {
+            return;
+        }
+        let path = format!("/sys/class/net/{}/statistics/tx_dropped", routes::TUN_NAME);
+        let Some(now) = std::fs::read_to_string(path).ok().and_then(|v| v.trim().parse::<u64>().ok()) else { return };
+        if let Some(before) = self.tun_dropped {
+            self.dp.count_kernel_drops(forwarding::DropReason::RxQueueFull, now.saturating_sub(before));
+        }
+        self.tun_dropped = Some(now);
+    }
+
     /// Turns the workers' trace events into hops; ends a trace nobody stopped.
     fn collect_trace(&mut self) {
         let Some((id, _, until)) = &self.trace else { return };
