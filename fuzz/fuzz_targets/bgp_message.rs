@@ -1,21 +1,14 @@
-//! Any bytes as a BGP message: decoding never panics, and whatever decodes encodes back into
-//! something that decodes to the same value.
+//! Any bytes as a BGP message: decoding never panics, and whatever decodes survives a round
+//! trip through the encoder.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use router::bgp::wire::{self, Ctx, Message};
+use router::bgp::fuzzing;
+use router::bgp::wire::Ctx;
 
 fuzz_target!(|data: &[u8]| {
     let ctx = Ctx::default();
-    if let Some(m) = router::bgp::fuzzing::decode_message(data, &ctx) {
-        let bytes = m.to_bytes(&ctx);
-        let again = wire::decode(&bytes, &ctx).ok().flatten().map(|(m, _)| m);
-        if let (Message::Update(a), Some(Message::Update(b))) = (&m, &again) {
-            // Discarded attributes are not re-encoded; compare what is kept.
-            assert_eq!(a.attrs, b.attrs);
-            assert_eq!(a.nlri, b.nlri);
-        } else {
-            assert_eq!(Some(m), again);
-        }
+    if let Some(m) = fuzzing::decode_message(data, &ctx) {
+        fuzzing::check_round_trip(m, &ctx);
     }
 });

@@ -64,29 +64,26 @@ fn underlay_sees_ipip_between_node_addresses(dp: &str) {
     }
 }
 
-fn modes_decide_what_is_wrapped(dp: &str) {
-    // CrossSubnet: a -> b travels plain, node to node on the shared subnet.
-    let lab = up(dp, "cross-subnet");
-    let cap = start_capture(&lab, "node-b", "eth0", "icmp or ip proto 4", 2);
-    let (ok, out) = ping(&lab, "pod-a1", &["-c", "4", "-i", "0.3", "-W", "2", POD_B1]);
+/// The IP protocol field(s) of the first two a -> b packets seen on node-b's uplink
+/// ("1" plain ICMP, "4,1" ICMP inside IPIP).
+fn protocols_a_to_b(lab: &TestLab) -> Vec<String> {
+    let cap = start_capture(lab, "node-b", "eth0", "icmp or ip proto 4", 2);
+    let (ok, out) = ping(lab, "pod-a1", &["-c", "4", "-i", "0.3", "-W", "2", POD_B1]);
     assert!(ok, "{out}");
     let rows = cap.fields(&["ip.proto", "ip.src"]);
     assert_eq!(rows.len(), 2, "{rows:?}");
-    for r in &rows {
-        assert_eq!(r[0], "1", "plain ICMP under CrossSubnet: {r:?}");
-    }
+    rows.into_iter().map(|r| r[0].clone()).collect()
+}
+
+fn modes_decide_what_is_wrapped(dp: &str) {
+    // CrossSubnet: a -> b travels plain, node to node on the shared subnet.
+    let lab = up(dp, "cross-subnet");
+    assert_eq!(protocols_a_to_b(&lab), ["1", "1"], "plain ICMP under CrossSubnet");
     drop(lab);
 
     // Always: a -> b wrapped too.
     let lab = up(dp, "always");
-    let cap = start_capture(&lab, "node-b", "eth0", "icmp or ip proto 4", 2);
-    let (ok, out) = ping(&lab, "pod-a1", &["-c", "4", "-i", "0.3", "-W", "2", POD_B1]);
-    assert!(ok, "{out}");
-    let rows = cap.fields(&["ip.proto", "ip.src"]);
-    assert_eq!(rows.len(), 2, "{rows:?}");
-    for r in &rows {
-        assert_eq!(r[0], "4,1", "wrapped under Always: {r:?}");
-    }
+    assert_eq!(protocols_a_to_b(&lab), ["4,1", "4,1"], "wrapped under Always");
     drop(lab);
 
     // Never: the underlay router has no pod routes, so pod-a1 cannot reach pod-c1.
