@@ -83,7 +83,12 @@ pub struct Counters {
     pub fragments_sent: AtomicU64,
     /// IPv4 identification for the packets this writer originates (outer headers).
     ident: AtomicU64,
+    /// ICMP errors this writer may still send in the current interval (see `refill_icmp`).
+    icmp_tokens: AtomicU64,
 }
+
+/// ICMP errors each writer may send per 100 ms (1,000/s, with bursts of 100).
+pub const ICMP_TOKENS: u64 = 100;
 
 /// Single-writer increment: cheaper than `fetch_add`, correct because only the owner writes.
 #[inline]
@@ -102,7 +107,24 @@ impl Counters {
             ipip_decapsulated: AtomicU64::new(0),
             fragments_sent: AtomicU64::new(0),
             ident: AtomicU64::new(u64::from(std::process::id())),
+            icmp_tokens: AtomicU64::new(ICMP_TOKENS),
         }
+    }
+
+    /// Takes one ICMP error token; false when the budget of this interval is spent.
+    #[inline]
+    pub fn take_icmp_token(&self) -> bool {
+        let t = self.icmp_tokens.load(Relaxed);
+        if t == 0 {
+            return false;
+        }
+        self.icmp_tokens.store(t - 1, Relaxed);
+        true
+    }
+
+    /// Starts a new interval of the ICMP error budget (the owner calls this every 100 ms).
+    pub fn refill_icmp(&self) {
+        self.icmp_tokens.store(ICMP_TOKENS, Relaxed);
     }
 
     /// A fresh IPv4 identification for an originated header (single writer).

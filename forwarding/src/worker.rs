@@ -184,6 +184,7 @@ impl Worker {
                 last_stats = std::time::Instant::now();
                 let lost: u64 = self.ports.iter().map(|p| p.take_drops()).sum();
                 self.counters.count_drops(DropReason::RxQueueFull, lost);
+                self.counters.refill_icmp();
             }
             let busy = ready.iter().any(|r| *r);
             let timeout = if busy { Duration::ZERO } else { Duration::from_millis(100) };

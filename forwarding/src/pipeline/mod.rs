@@ -411,7 +411,9 @@ fn icmp_error(
     let total = usize::from(ip.total_len());
     let about_icmp_error =
         ip.protocol() == ipv4::Protocol::Icmp && ip.payload().first().is_some_and(|t| icmp::is_error_type(*t));
-    if about_icmp_error || ip.frag_offset() != 0 || bad_source(orig_src) {
+    // RFC 1812 §4.3.2.8: errors are rate-limited, so a flood of bad packets does not turn the
+    // router into an amplifier.
+    if about_icmp_error || ip.frag_offset() != 0 || bad_source(orig_src) || !counters.take_icmp_token() {
         return Verdict::Drop(reason);
     }
     let Some(node_addr) = ctx.ifaces.node_addr() else {

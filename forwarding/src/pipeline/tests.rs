@@ -617,3 +617,16 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
     assert_eq!(run(raw, &forged).0, Verdict::Drop(DropReason::IpipUnknownSource));
     assert_eq!(counters.drops(DropReason::IpipUnknownSource), 1);
 }
+
+#[test]
+fn icmp_errors_are_rate_limited() {
+    let l = lab();
+    for _ in 0..crate::counters::ICMP_TOKENS {
+        assert!(matches!(l.run_on(CALI_A1, &from_pod_a1(Ipv4Addr::new(10, 99, 0, 1), 64)).0, Verdict::Transmit { .. }));
+    }
+    // The budget is spent: still dropped and counted, but no error goes out.
+    assert_eq!(l.run_on(CALI_A1, &from_pod_a1(Ipv4Addr::new(10, 99, 0, 1), 64)).0, Verdict::Drop(DropReason::NoRoute));
+    assert_eq!(l.drops(DropReason::NoRoute), crate::counters::ICMP_TOKENS + 1);
+    l.counters.refill_icmp();
+    assert!(matches!(l.run_on(CALI_A1, &from_pod_a1(Ipv4Addr::new(10, 99, 0, 1), 64)).0, Verdict::Transmit { .. }));
+}
