@@ -23,6 +23,10 @@ pub enum Request {
     },
     CaptureStop,
     CaptureStatus,
+    /// The route an address takes (like `ip route get`).
+    Lookup {
+        addr: std::net::Ipv4Addr,
+    },
     /// Report probes carrying this trace id (for a few seconds).
     TraceStart {
         id: u32,

@@ -49,8 +49,14 @@ enum Cmd {
     },
     /// Show a node's BGP peers, like `calicoctl node status`.
     Status(Query),
-    /// Show a node's FIB, like `route -n`.
-    Routes(Query),
+    /// Show a node's FIB, like `route -n`; with --lookup, the route one address takes.
+    Routes {
+        /// Which route this address takes (like `ip route get`).
+        #[arg(long)]
+        lookup: Option<std::net::Ipv4Addr>,
+        #[command(flatten)]
+        query: Query,
+    },
     /// Show a node's packet counters and drops by reason.
     Stats(Query),
     /// Show a node's ARP neighbours.
@@ -266,7 +272,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Routes(q) => {
+        Cmd::Routes { lookup: Some(addr), query: q } => {
+            let v = q.ask(Request::Lookup { addr })?;
+            if q.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if v.is_null() {
+                println!("{addr}: no route (packets to it are answered with ICMP net unreachable)");
+            } else {
+                let e: RouteEntry = serde_json::from_value(v).context("decoding the route")?;
+                print!("{addr} takes\n{}", routes::render(&[e]));
+            }
+            Ok(0)
+        }
+        Cmd::Routes { lookup: None, query: q } => {
             let v = q.ask(Request::Routes)?;
             if q.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);

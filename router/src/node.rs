@@ -487,6 +487,7 @@ fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json:
         | Request::TraceStart { .. }
         | Request::TraceCollect { .. }
         | Request::TraceStop => serde_json::Value::Null,
+        Request::Lookup { addr } => json!(crate::trace::lookup(routes, addr)),
         Request::BgpStatus => json!({
             "configured": speaker.is_some(),
             "as_number": cfg.bgp.as_ref().map(|b| b.as_number),

@@ -41,7 +41,8 @@ pub struct Hop {
     pub out_outer: Option<(Ipv4Addr, Ipv4Addr, u8)>,
 }
 
-fn lookup(entries: &[RouteEntry], dst: Ipv4Addr) -> Option<&RouteEntry> {
+/// The route an address takes: the longest prefix of the table that covers it.
+pub fn lookup(entries: &[RouteEntry], dst: Ipv4Addr) -> Option<&RouteEntry> {
     entries.iter().filter(|e| e.prefix.contains(&dst)).max_by_key(|e| e.prefix.prefix_len())
 }
 

@@ -97,6 +97,11 @@ fn routes_show_the_fib_like_route_n() {
     assert_eq!(find("10.244.1.0/26")["type"], "blackhole");
     let table = text(&lab.router(&["routes", "--node", "node-a"]).stdout);
     assert!(table.starts_with("Destination") && table.contains("192.168.100.101"), "{table}");
+    // Which route one address takes, like `ip route get`.
+    let one = lab.json(&["routes", "--node", "node-a", "--lookup", "10.244.3.7", "--json"]);
+    assert_eq!(one["prefix"], "10.244.3.0/26");
+    assert_eq!(one["encap"], "ipip");
+    assert!(lab.json(&["routes", "--node", "node-a", "--lookup", "10.99.0.1", "--json"]).is_null());
     // A node that does not exist is a clear error.
     let out = lab.router(&["routes", "--node", "node-x"]);
     assert!(!out.status.success() && text(&out.stderr).contains("no node \"node-x\""), "{}", text(&out.stderr));
