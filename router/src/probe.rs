@@ -2,6 +2,7 @@
 //! echo, a UDP datagram or a TCP SYN whose payload is the trace marker and id.
 
 use anyhow::Context as _;
+use encap::checksum;
 use forwarding::trace::MAGIC;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -19,20 +20,6 @@ fn payload(id: u32) -> Vec<u8> {
     p.extend_from_slice(&id.to_be_bytes());
     p.extend_from_slice(b" router trace probe");
     p
-}
-
-fn sum(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
 }
 
 /// The source address the kernel would use toward `dst` (no packet is sent).
@@ -54,7 +41,7 @@ pub fn send(dst: Ipv4Addr, proto: ProbeProto, id: u32) -> anyhow::Result<()> {
                 Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).context("raw ICMP socket (needs root)")?;
             let mut m = vec![8, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
             m.extend_from_slice(&body);
-            let c = fold(sum(&m, 0));
+            let c = checksum::checksum(&m);
             m[2..4].copy_from_slice(&c.to_be_bytes());
             s.send_to(&m, &to).context("sending the ICMP probe")?;
         }
@@ -79,7 +66,7 @@ pub fn send(dst: Ipv4Addr, proto: ProbeProto, id: u32) -> anyhow::Result<()> {
             pseudo.extend_from_slice(&dst.octets());
             pseudo.extend_from_slice(&[0, 6]);
             pseudo.extend_from_slice(&(t.len() as u16).to_be_bytes());
-            let c = fold(sum(&t, sum(&pseudo, 0)));
+            let c = checksum::finish(checksum::sum(&t) + checksum::sum(&pseudo));
             t[16..18].copy_from_slice(&c.to_be_bytes());
             s.send_to(&t, &to).context("sending the TCP probe")?;
         }
