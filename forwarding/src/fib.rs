@@ -3,14 +3,14 @@
 //! A [`Fib`] is an immutable snapshot. The control thread builds a new one and publishes it
 //! through a [`FibHandle`]; workers load the current snapshot once per batch without locks
 //! (`arc_swap`), so they never block and never see a half-applied change. Old snapshots are
-//! freed when the last worker drops its guard. The lookup structure here is a plain
-//! hash-per-prefix-length LPM: correct and simple; the fast FIB replaces it behind this API.
+//! freed when the last worker drops its guard. Lookups go through the range LPM of
+//! [`crate::lpm`]; a change rebuilds it (a full Internet table builds in well under a second).
 
 use crate::iface::IfaceId;
+use crate::lpm::{Lpm4, NONE};
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -39,27 +39,6 @@ pub struct Route {
     pub next_hop: NextHop,
 }
 
-/// Multiplicative hashing for u32 keys; SipHash's DoS resistance buys nothing for prefixes
-/// the control plane chose.
-#[derive(Default, Clone, Copy, Debug)]
-struct PrefixHasher(u64);
-
-impl Hasher for PrefixHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.0 = u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type Table = HashMap<u32, u32, BuildHasherDefault<PrefixHasher>>;
-
 /// Who may send us IPIP, and how we send it. Part of the snapshot because it changes with
 /// the set of nodes, like the routes do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,58 +63,42 @@ impl Tunnels {
     }
 }
 
-/// An immutable FIB snapshot.
+/// An immutable FIB snapshot: the range LPM ([`Lpm4`]) maps an address to an index into
+/// the next-hop table.
 #[derive(Debug, Default)]
 pub struct Fib {
     tunnels: Tunnels,
-    /// Bit `len` set when some prefix of that length exists; lookups visit only those.
-    lengths: u64,
-    tables: Vec<Table>,
+    lpm: Lpm4,
     hops: Vec<NextHop>,
     routes: usize,
-}
-
-fn mask(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
-    }
 }
 
 impl Fib {
     /// Builds a snapshot; a later route for the same prefix replaces an earlier one.
     pub fn build(routes: &[Route]) -> Fib {
-        let mut fib = Fib { tables: vec![Table::default(); 33], ..Default::default() };
+        let mut hops: Vec<NextHop> = Vec::new();
         let mut hop_index: HashMap<NextHop, u32> = HashMap::new();
+        let mut prefixes = Vec::with_capacity(routes.len());
         for r in routes {
             let idx = *hop_index.entry(r.next_hop).or_insert_with(|| {
-                fib.hops.push(r.next_hop);
-                (fib.hops.len() - 1) as u32
+                hops.push(r.next_hop);
+                (hops.len() - 1) as u32
             });
-            let len = r.prefix.prefix_len();
-            let key = u32::from(r.prefix.network()) & mask(len);
-            if fib.tables[usize::from(len)].insert(key, idx).is_none() {
-                fib.routes += 1;
-            }
-            fib.lengths |= 1 << len;
+            prefixes.push((u32::from(r.prefix.network()), r.prefix.prefix_len(), idx));
         }
-        fib
+        let mut distinct: Vec<(u32, u8)> = prefixes.iter().map(|p| (p.0, p.1)).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        Fib { tunnels: Tunnels::default(), lpm: Lpm4::build(&prefixes), hops, routes: distinct.len() }
     }
 
     /// Longest-prefix match.
     #[inline]
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<NextHop> {
-        let a = u32::from(dst);
-        let mut lengths = self.lengths;
-        while lengths != 0 {
-            let len = 63 - lengths.leading_zeros() as u8;
-            lengths &= !(1u64 << len);
-            if let Some(&i) = self.tables[usize::from(len)].get(&(a & mask(len))) {
-                return self.hops.get(i as usize).copied();
-            }
+        match self.lpm.lookup(u32::from(dst)) {
+            NONE => None,
+            i => self.hops.get(i as usize).copied(),
         }
-        None
     }
 
     /// Sets the tunnel policy carried with this snapshot.
@@ -148,11 +111,9 @@ impl Fib {
         &self.tunnels
     }
 
-    /// Approximate heap bytes of the lookup structure (hash tables by capacity).
+    /// Heap bytes of the lookup structure and the next-hop table.
     pub fn memory_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(u32, u32)>() + 1;
-        self.tables.iter().map(|t| t.capacity() * slot).sum::<usize>()
-            + self.hops.capacity() * std::mem::size_of::<NextHop>()
+        self.lpm.memory_bytes() + self.hops.capacity() * std::mem::size_of::<NextHop>()
     }
 
     /// Number of distinct prefixes.

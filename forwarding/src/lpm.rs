@@ -1,0 +1,198 @@
+//! IPv4 longest-prefix match as ranges (in the manner of DXR): the prefixes are flattened into
+//! the sorted points where the answer changes, split by the top 16 bits of the address. A
+//! lookup is one index read and a binary search over the few points of one /16 — compact
+//! (a full Internet table is about 12 MB) and with no pointer chasing.
+//!
+//! The structure is immutable: changes build a new one (see `fib`), which readers pick up
+//! through the snapshot swap.
+
+/// "No route": the value of addresses no prefix covers.
+pub const NONE: u32 = u32::MAX;
+
+#[derive(Debug, Default, Clone)]
+pub struct Lpm4 {
+    /// Per /16: index of its first breakpoint in `low`/`val`.
+    first: Vec<u32>,
+    /// Per /16: the value at the start of the /16 (before its first breakpoint).
+    base: Vec<u32>,
+    /// Low 16 bits of the breakpoints, sorted within each /16.
+    low: Vec<u16>,
+    /// Value from each breakpoint on.
+    val: Vec<u32>,
+}
+
+impl Lpm4 {
+    /// Builds from (network, length, value); later entries for the same prefix win. Host
+    /// bits are ignored.
+    pub fn build(prefixes: &[(u32, u8, u32)]) -> Lpm4 {
+        // Sort by start, shorter first, keeping input order for identical prefixes so the
+        // last one wins below.
+        let mut p: Vec<(u32, u8, u32, usize)> = prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, &(a, len, v))| {
+                let len = len.min(32);
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+                (a & mask, len, v, i)
+            })
+            .collect();
+        p.sort_unstable_by_key(|&(a, len, _, i)| (a, len, i));
+        p.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 && later.1 == earlier.1 {
+                earlier.2 = later.2;
+                true
+            } else {
+                false
+            }
+        });
+        // Sweep: breakpoints (position, value) where the longest match changes.
+        let mut points: Vec<(u64, u32)> = Vec::with_capacity(p.len() * 2 + 1);
+        let mut stack: Vec<(u64, u32)> = Vec::new(); // (end exclusive, value)
+        let push = |points: &mut Vec<(u64, u32)>, at: u64, v: u32| {
+            if let Some(last) = points.last_mut() {
+                if last.0 == at {
+                    last.1 = v;
+                    return;
+                }
+            }
+            points.push((at, v));
+        };
+        push(&mut points, 0, NONE);
+        for &(a, len, v, _) in &p {
+            let start = u64::from(a);
+            let end = start + (1u64 << (32 - u32::from(len)));
+            while let Some(&(top_end, _)) = stack.last() {
+                if top_end > start {
+                    break;
+                }
+                stack.pop();
+                let under = stack.last().map_or(NONE, |s| s.1);
+                push(&mut points, top_end, under);
+            }
+            push(&mut points, start, v);
+            stack.push((end, v));
+        }
+        while let Some((top_end, _)) = stack.pop() {
+            let under = stack.last().map_or(NONE, |s| s.1);
+            if top_end < (1u64 << 32) {
+                push(&mut points, top_end, under);
+            }
+        }
+        points.dedup_by(|later, earlier| later.1 == earlier.1);
+        // Split by /16: each chunk keeps the value it starts with and its inner points.
+        let mut t = Lpm4 { first: Vec::with_capacity(65537), base: Vec::with_capacity(65536), ..Default::default() };
+        let mut i = 0;
+        let mut current = NONE;
+        for chunk in 0u64..65536 {
+            let lo = chunk << 16;
+            let hi = lo + 65536;
+            while i < points.len() && points[i].0 <= lo {
+                current = points[i].1;
+                i += 1;
+            }
+            t.first.push(t.low.len() as u32);
+            t.base.push(current);
+            while i < points.len() && points[i].0 < hi {
+                t.low.push((points[i].0 & 0xffff) as u16);
+                t.val.push(points[i].1);
+                current = points[i].1;
+                i += 1;
+            }
+        }
+        t.first.push(t.low.len() as u32);
+        t
+    }
+
+    /// The value of the longest prefix covering `a`, or [`NONE`].
+    #[inline]
+    pub fn lookup(&self, a: u32) -> u32 {
+        let c = (a >> 16) as usize;
+        let (Some(&lo), Some(&hi)) = (self.first.get(c), self.first.get(c + 1)) else { return NONE };
+        let (lo, hi) = (lo as usize, hi as usize);
+        let low = (a & 0xffff) as u16;
+        let k = self.low[lo..hi].partition_point(|&x| x <= low);
+        if k == 0 {
+            self.base[c]
+        } else {
+            self.val[lo + k - 1]
+        }
+    }
+
+    /// Heap bytes of the structure.
+    pub fn memory_bytes(&self) -> usize {
+        self.first.capacity() * 4 + self.base.capacity() * 4 + self.low.capacity() * 2 + self.val.capacity() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(p: &[(u32, u8, u32)], a: u32) -> u32 {
+        let mut best: Option<(u8, u32)> = None;
+        for &(net, len, v) in p {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            if a & mask == net & mask && best.is_none_or(|(l, _)| len >= l) {
+                best = Some((len, v));
+            }
+        }
+        best.map_or(NONE, |b| b.1)
+    }
+
+    #[test]
+    fn empty_table_has_no_routes() {
+        let t = Lpm4::build(&[]);
+        assert_eq!(t.lookup(0), NONE);
+        assert_eq!(t.lookup(u32::MAX), NONE);
+    }
+
+    #[test]
+    fn edges_of_the_address_space() {
+        let t = Lpm4::build(&[(0, 0, 1), (0xffff_ffff, 32, 2), (0, 32, 3), (0x8000_0000, 1, 4)]);
+        assert_eq!(t.lookup(0), 3);
+        assert_eq!(t.lookup(1), 1);
+        assert_eq!(t.lookup(0x7fff_ffff), 1);
+        assert_eq!(t.lookup(0x8000_0000), 4);
+        assert_eq!(t.lookup(0xffff_fffe), 4);
+        assert_eq!(t.lookup(0xffff_ffff), 2);
+    }
+
+    #[test]
+    fn nested_prefixes_and_later_duplicates() {
+        let p = [(0x0a00_0000, 8, 1), (0x0a01_0000, 16, 2), (0x0a01_0100, 24, 3), (0x0a01_0000, 16, 5)];
+        let t = Lpm4::build(&p);
+        assert_eq!(t.lookup(0x0a01_0101), 3);
+        assert_eq!(t.lookup(0x0a01_0201), 5, "the later duplicate replaced the first");
+        assert_eq!(t.lookup(0x0a02_0000), 1);
+        assert_eq!(t.lookup(0x0b00_0000), NONE);
+    }
+
+    #[test]
+    fn agrees_with_naive_on_random_tables() {
+        let mut s: u64 = 0x9e37_79b9;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for round in 0..30 {
+            // Cluster addresses so that prefixes nest and share /16s.
+            let space = if round % 2 == 0 { 0x00ff_ffff } else { 0xffff_ffff };
+            let p: Vec<(u32, u8, u32)> =
+                (0..300).map(|i| (((next() as u32) & space) | 0x0a00_0000, (next() % 33) as u8, i)).collect();
+            let t = Lpm4::build(&p);
+            for _ in 0..3000 {
+                let a = ((next() as u32) & space) | 0x0a00_0000;
+                assert_eq!(t.lookup(a), naive(&p, a), "round {round} addr {a:#x}");
+            }
+            // Every prefix's first and last address too.
+            for &(net, len, _) in &p {
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+                let (first, last) = (net & mask, (net & mask) | !mask);
+                assert_eq!(t.lookup(first), naive(&p, first));
+                assert_eq!(t.lookup(last), naive(&p, last));
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The real 1.07 M-prefix IPv4 table from `../shared/data/` (not in the repository, so not run
+//! by default): `cargo test --release -p forwarding --test full_table -- --ignored --nocapture`.
+//! Every prefix's first, middle and last address must get the same answer from the range LPM
+//! as from an independent reference (one hash map per prefix length).
+
+use forwarding::lpm::{Lpm4, NONE};
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::Instant;
+
+/// The obvious LPM: a hash map per length, longest first.
+struct Reference(Vec<HashMap<u32, u32>>);
+
+impl Reference {
+    fn new(p: &[(u32, u8, u32)]) -> Self {
+        let mut t = vec![HashMap::new(); 33];
+        for &(a, len, v) in p {
+            t[usize::from(len)].insert(a & mask(len), v);
+        }
+        Reference(t)
+    }
+
+    fn lookup(&self, a: u32) -> u32 {
+        (0..=32u8).rev().find_map(|len| self.0[usize::from(len)].get(&(a & mask(len))).copied()).unwrap_or(NONE)
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+fn table() -> Vec<(u32, u8, u32)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
+    let out = std::process::Command::new("gzip").args(["-dc", path]).output().expect("gzip");
+    assert!(out.status.success(), "cannot read {path}");
+    let mut text = String::new();
+    out.stdout.as_slice().read_to_string(&mut text).expect("utf-8");
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(p), Some(asn)) = (f.next(), f.next()) else { continue };
+        let Ok(net) = p.parse::<ipnet::Ipv4Net>() else { continue };
+        v.push((u32::from(net.addr()), net.prefix_len(), asn.parse().unwrap_or(0)));
+    }
+    v
+}
+
+#[test]
+#[ignore = "needs ../shared/data/bgp-full-table.lpm.gz"]
+fn range_lpm_matches_the_reference_on_the_real_table() {
+    let p = table();
+    assert!(p.len() > 1_000_000, "{} prefixes", p.len());
+    let t0 = Instant::now();
+    let lpm = Lpm4::build(&p);
+    let build = t0.elapsed();
+    let reference = Reference::new(&p);
+    let mut checked = 0;
+    for &(a, len, _) in &p {
+        let m = mask(len);
+        let first = a & m;
+        for addr in [first, first | (!m >> 1), first | !m] {
+            assert_eq!(lpm.lookup(addr), reference.lookup(addr), "{addr:#x}");
+            checked += 1;
+        }
+    }
+    let t1 = Instant::now();
+    let mut x = 0u32;
+    let mut acc = 0u64;
+    for _ in 0..10_000_000 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        acc = acc.wrapping_add(u64::from(lpm.lookup(x)));
+    }
+    let per = t1.elapsed().as_nanos() as f64 / 1e7;
+    println!(
+        "{} prefixes: built in {build:?}, {:.1} MiB, {checked} addresses agree; {per:.1} ns per random lookup ({acc})",
+        p.len(),
+        lpm.memory_bytes() as f64 / (1 << 20) as f64
+    );
+}
