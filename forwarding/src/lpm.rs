@@ -118,6 +118,27 @@ impl Lpm4 {
         }
     }
 
+    /// Looks up many addresses at once (`out[i]` for `addrs[i]`). Each group of 16 first reads
+    /// all its /16 index entries and then searches, so their cache misses overlap instead of
+    /// queueing one after another.
+    pub fn lookup_batch(&self, addrs: &[u32], out: &mut [u32]) {
+        const G: usize = 16;
+        for (a, o) in addrs.chunks(G).zip(out.chunks_mut(G)) {
+            let mut bounds = [(0u32, 0u32, NONE); G];
+            for (b, &x) in bounds.iter_mut().zip(a) {
+                let c = (x >> 16) as usize;
+                // `first` has 65537 entries and `base` 65536 (built that way), so c and c + 1 are
+                // in range for every u32 address.
+                *b = (self.first[c], self.first[c + 1], self.base[c]);
+            }
+            for ((&(lo, hi, base), &x), r) in bounds.iter().zip(a).zip(o.iter_mut()) {
+                let (lo, hi) = (lo as usize, hi as usize);
+                let k = self.low[lo..hi].partition_point(|&y| y <= (x & 0xffff) as u16);
+                *r = if k == 0 { base } else { self.val[lo + k - 1] };
+            }
+        }
+    }
+
     /// Heap bytes of the structure.
     pub fn memory_bytes(&self) -> usize {
         self.first.capacity() * 4 + self.base.capacity() * 4 + self.low.capacity() * 2 + self.val.capacity() * 4
@@ -137,6 +158,18 @@ mod tests {
             }
         }
         best.map_or(NONE, |b| b.1)
+    }
+
+    #[test]
+    fn batch_lookup_agrees_with_single_lookups() {
+        let p = [(0x0a00_0000, 8, 1), (0x0a01_0000, 16, 2), (0x0a01_0100, 24, 3), (0, 0, 9)];
+        let t = Lpm4::build(&p);
+        let addrs: Vec<u32> = (0..1000u32).map(|i| 0x0a01_0000u32.wrapping_add(i.wrapping_mul(0x0001_0101))).collect();
+        let mut out = vec![0; addrs.len()];
+        t.lookup_batch(&addrs, &mut out);
+        for (a, o) in addrs.iter().zip(&out) {
+            assert_eq!(*o, t.lookup(*a));
+        }
     }
 
     #[test]

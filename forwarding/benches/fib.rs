@@ -1,0 +1,196 @@
+//! `cargo bench -p forwarding --bench fib`: our FIB's LPM against the best Rust LPM crates on
+//! the real 1.07 M-prefix table (`../shared/data/bgp-full-table.lpm.gz`), in one run. Prints a
+//! table and writes `target/bench/fib.json`. Plain timing, not criterion: each figure is the
+//! best of three passes over 2 M addresses.
+
+use forwarding::lpm::Lpm4;
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+const PASSES: usize = 3;
+
+fn table() -> Vec<(u32, u8, u32)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
+    let out = std::process::Command::new("gzip").args(["-dc", path]).output().expect("gzip runs");
+    assert!(out.status.success(), "cannot read {path}: the table lives outside the repository");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut v = Vec::new();
+    let mut host_bits = 0;
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(p), Some(asn)) = (f.next(), f.next()) else { continue };
+        let Ok(net) = p.parse::<ipnet::Ipv4Net>() else { continue };
+        if net.trunc() != net {
+            host_bits += 1;
+        }
+        v.push((u32::from(net.network()), net.prefix_len(), asn.parse().unwrap_or(0)));
+    }
+    eprintln!("{} IPv4 prefixes ({host_bits} with host bits set, masked)", v.len());
+    v
+}
+
+fn rss() -> usize {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    s.split_whitespace().nth(1).and_then(|x| x.parse::<usize>().ok()).unwrap_or(0) * 4096
+}
+
+fn rng(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// Lookups per second, best of PASSES.
+fn rate(addrs: &[u32], f: impl Fn(u32) -> u32) -> f64 {
+    let mut best = 0.0f64;
+    for _ in 0..PASSES {
+        let t = Instant::now();
+        let mut acc = 0u32;
+        for &a in addrs {
+            acc = acc.wrapping_add(f(black_box(a)));
+        }
+        black_box(acc);
+        best = best.max(addrs.len() as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    implementation: &'static str,
+    family: &'static str,
+    pattern: &'static str,
+    lookups_per_sec: f64,
+    ns_per_lookup: f64,
+    memory_bytes: usize,
+    build_secs: f64,
+}
+
+fn main() {
+    let p = table();
+    let mut seed = 0x1234_5678_9abc_def0;
+    let inside: Vec<u32> = (0..2_000_000)
+        .map(|_| {
+            let (a, len, _) = p[(rng(&mut seed) % p.len() as u64) as usize];
+            let host = if len == 32 { 0 } else { (rng(&mut seed) as u32) & (u32::MAX >> len) };
+            a | host
+        })
+        .collect();
+    let uniform: Vec<u32> = (0..2_000_000).map(|_| rng(&mut seed) as u32).collect();
+    let mut rows = Vec::new();
+    let add = |rows: &mut Vec<Row>, name: &'static str, mem: usize, build: f64, f: &dyn Fn(u32) -> u32| {
+        for (pattern, addrs) in [("inside-prefixes", &inside), ("uniform", &uniform)] {
+            let r = rate(addrs, f);
+            rows.push(Row {
+                implementation: name,
+                family: "ipv4",
+                pattern,
+                lookups_per_sec: r,
+                ns_per_lookup: 1e9 / r,
+                memory_bytes: mem,
+                build_secs: build,
+            });
+        }
+    };
+
+    let m0 = rss();
+    let t = Instant::now();
+    let ours = Lpm4::build(&p);
+    let build = t.elapsed().as_secs_f64();
+    let _ = m0;
+    add(&mut rows, "router (range LPM)", ours.memory_bytes(), build, &|a| ours.lookup(a));
+    // The batch API over the same addresses, 64 at a time (a worker's batch).
+    for (pattern, addrs) in [("inside-prefixes", &inside), ("uniform", &uniform)] {
+        let mut best = 0.0f64;
+        let mut out = [0u32; 64];
+        for _ in 0..PASSES {
+            let t = Instant::now();
+            let mut acc = 0u32;
+            for chunk in addrs.chunks(64) {
+                ours.lookup_batch(black_box(chunk), &mut out);
+                acc = acc.wrapping_add(out[0]);
+            }
+            black_box(acc);
+            best = best.max(addrs.len() as f64 / t.elapsed().as_secs_f64());
+        }
+        rows.push(Row {
+            implementation: "router (range LPM, batch)",
+            family: "ipv4",
+            pattern,
+            lookups_per_sec: best,
+            ns_per_lookup: 1e9 / best,
+            memory_bytes: ours.memory_bytes(),
+            build_secs: build,
+        });
+    }
+
+    let m0 = rss();
+    let t = Instant::now();
+    let mut tbm = ip_network_table_deps_treebitmap::IpLookupTable::new();
+    for &(a, len, v) in &p {
+        tbm.insert(Ipv4Addr::from(a), u32::from(len), v);
+    }
+    let build = t.elapsed().as_secs_f64();
+    add(&mut rows, "ip_network_table-deps-treebitmap", rss().saturating_sub(m0), build, &|a| {
+        tbm.longest_match(Ipv4Addr::from(a)).map_or(u32::MAX, |(_, _, v)| *v)
+    });
+    drop(tbm);
+
+    let m0 = rss();
+    let t = Instant::now();
+    let mut pt: prefix_trie::PrefixMap<ipnet::Ipv4Net, u32> = prefix_trie::PrefixMap::new();
+    for &(a, len, v) in &p {
+        if let Ok(n) = ipnet::Ipv4Net::new(Ipv4Addr::from(a), len) {
+            pt.insert(n, v);
+        }
+    }
+    let build = t.elapsed().as_secs_f64();
+    add(&mut rows, "prefix-trie", rss().saturating_sub(m0), build, &|a| {
+        let host = ipnet::Ipv4Net::new(Ipv4Addr::from(a), 32).unwrap_or_default();
+        pt.get_lpm(&host).map_or(u32::MAX, |(_, v)| *v)
+    });
+    drop(pt);
+
+    let m0 = rss();
+    let t = Instant::now();
+    let mut rt = iptrie::Ipv4RTrieMap::with_root(u32::MAX);
+    for &(a, len, v) in &p {
+        if let Ok(k) = iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len) {
+            rt.insert(k, v);
+        }
+    }
+    let lc = rt.compress();
+    let build = t.elapsed().as_secs_f64();
+    add(&mut rows, "iptrie (LC-trie)", rss().saturating_sub(m0), build, &|a| *lc.lookup(&Ipv4Addr::from(a)).1);
+
+    // Table and ratios.
+    println!("| implementation | pattern | lookups/s | ns/lookup | memory | build |\n|---|---|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.1} M | {:.1} | {:.1} MiB | {:.2} s |",
+            r.implementation,
+            r.pattern,
+            r.lookups_per_sec / 1e6,
+            r.ns_per_lookup,
+            r.memory_bytes as f64 / (1 << 20) as f64,
+            r.build_secs
+        );
+    }
+    println!();
+    for pattern in ["inside-prefixes", "uniform"] {
+        let best = rows
+            .iter()
+            .filter(|r| r.pattern == pattern && !r.implementation.starts_with("router"))
+            .map(|r| r.lookups_per_sec)
+            .fold(0.0, f64::max);
+        for ours in rows.iter().filter(|r| r.pattern == pattern && r.implementation.starts_with("router")) {
+            println!("{pattern}: {} ÷ best crate = {:.1}×", ours.implementation, ours.lookups_per_sec / best.max(1.0));
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("fib.json"), serde_json::to_string_pretty(&rows).unwrap_or_default());
+    println!("\nwritten: target/bench/fib.json");
+}
