@@ -3,9 +3,10 @@
 //! table and writes `target/bench/fib.json`. Plain timing, not criterion: each figure is the
 //! best of three passes over 2 M addresses.
 
-use forwarding::lpm::Lpm4;
+use forwarding::lpm::{Lpm4, Lpm6};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
+use std::net::Ipv6Addr;
 use std::time::Instant;
 
 const PASSES: usize = 3;
@@ -28,6 +29,19 @@ fn table() -> Vec<(u32, u8, u32)> {
     }
     eprintln!("{} IPv4 prefixes ({host_bits} with host bits set, masked)", v.len());
     v
+}
+
+fn table6() -> Vec<(u128, u8, u32)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
+    let out = std::process::Command::new("gzip").args(["-dc", path]).output().expect("gzip runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let net = f.next()?.parse::<ipnet::Ipv6Net>().ok()?;
+            Some((u128::from(net.network()), net.prefix_len(), f.next()?.parse().unwrap_or(0)))
+        })
+        .collect()
 }
 
 fn rss() -> usize {
@@ -165,12 +179,93 @@ fn main() {
     let build = t.elapsed().as_secs_f64();
     add(&mut rows, "iptrie (LC-trie)", rss().saturating_sub(m0), build, &|a| *lc.lookup(&Ipv4Addr::from(a)).1);
 
+    // IPv6, the same way.
+    let p6 = table6();
+    let inside6: Vec<u128> = (0..1_000_000)
+        .map(|_| {
+            let (a, len, _) = p6[(rng(&mut seed) % p6.len() as u64) as usize];
+            let r = (u128::from(rng(&mut seed)) << 64) | u128::from(rng(&mut seed));
+            let host = if len == 128 { 0 } else { r & (u128::MAX >> len) };
+            a | host
+        })
+        .collect();
+    let uniform6: Vec<u128> =
+        (0..1_000_000).map(|_| (u128::from(rng(&mut seed)) << 64) | u128::from(rng(&mut seed))).collect();
+    let rate6 = |addrs: &[u128], f: &dyn Fn(u128) -> u32| {
+        let mut best = 0.0f64;
+        for _ in 0..PASSES {
+            let t = Instant::now();
+            let mut acc = 0u32;
+            for &a in addrs {
+                acc = acc.wrapping_add(f(black_box(a)));
+            }
+            black_box(acc);
+            best = best.max(addrs.len() as f64 / t.elapsed().as_secs_f64());
+        }
+        best
+    };
+    let add6 = |rows: &mut Vec<Row>, name: &'static str, mem: usize, build: f64, f: &dyn Fn(u128) -> u32| {
+        for (pattern, addrs) in [("inside-prefixes", &inside6), ("uniform", &uniform6)] {
+            let r = rate6(addrs, f);
+            rows.push(Row {
+                implementation: name,
+                family: "ipv6",
+                pattern,
+                lookups_per_sec: r,
+                ns_per_lookup: 1e9 / r,
+                memory_bytes: mem,
+                build_secs: build,
+            });
+        }
+    };
+    let t = Instant::now();
+    let ours6 = Lpm6::build(&p6);
+    let build = t.elapsed().as_secs_f64();
+    add6(&mut rows, "router (range LPM)", ours6.memory_bytes(), build, &|a| ours6.lookup(a));
+    let m0 = rss();
+    let t = Instant::now();
+    let mut tbm6 = ip_network_table_deps_treebitmap::IpLookupTable::new();
+    for &(a, len, v) in &p6 {
+        tbm6.insert(Ipv6Addr::from(a), u32::from(len), v);
+    }
+    let build = t.elapsed().as_secs_f64();
+    add6(&mut rows, "ip_network_table-deps-treebitmap", rss().saturating_sub(m0), build, &|a| {
+        tbm6.longest_match(Ipv6Addr::from(a)).map_or(u32::MAX, |(_, _, v)| *v)
+    });
+    drop(tbm6);
+    let m0 = rss();
+    let t = Instant::now();
+    let mut pt6: prefix_trie::PrefixMap<ipnet::Ipv6Net, u32> = prefix_trie::PrefixMap::new();
+    for &(a, len, v) in &p6 {
+        if let Ok(n) = ipnet::Ipv6Net::new(Ipv6Addr::from(a), len) {
+            pt6.insert(n, v);
+        }
+    }
+    let build = t.elapsed().as_secs_f64();
+    add6(&mut rows, "prefix-trie", rss().saturating_sub(m0), build, &|a| {
+        let host = ipnet::Ipv6Net::new(Ipv6Addr::from(a), 128).unwrap_or_default();
+        pt6.get_lpm(&host).map_or(u32::MAX, |(_, v)| *v)
+    });
+    drop(pt6);
+    let m0 = rss();
+    let t = Instant::now();
+    let mut rt6 = iptrie::Ipv6RTrieMap::with_root(u32::MAX);
+    for &(a, len, v) in &p6 {
+        if let Ok(k) = iptrie::Ipv6Prefix::new(Ipv6Addr::from(a), len) {
+            rt6.insert(k, v);
+        }
+    }
+    let lc6 = rt6.compress();
+    let build = t.elapsed().as_secs_f64();
+    add6(&mut rows, "iptrie (LC-trie)", rss().saturating_sub(m0), build, &|a| *lc6.lookup(&Ipv6Addr::from(a)).1);
+
     // Table and ratios.
-    println!("| implementation | pattern | lookups/s | ns/lookup | memory | build |\n|---|---|---:|---:|---:|---:|");
+    println!("| implementation | family | pattern | lookups/s | ns/lookup | memory | build |\n|---|---|---|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1} M | {:.1} | {:.1} MiB | {:.2} s |",
+            "| {} | {} | {} | {:.1} M | {:.1} | {:.1} MiB | {:.2} s |",
             r.implementation,
+            r.family,
             r.pattern,
             r.lookups_per_sec / 1e6,
             r.ns_per_lookup,
@@ -179,14 +274,23 @@ fn main() {
         );
     }
     println!();
-    for pattern in ["inside-prefixes", "uniform"] {
-        let best = rows
-            .iter()
-            .filter(|r| r.pattern == pattern && !r.implementation.starts_with("router"))
-            .map(|r| r.lookups_per_sec)
-            .fold(0.0, f64::max);
-        for ours in rows.iter().filter(|r| r.pattern == pattern && r.implementation.starts_with("router")) {
-            println!("{pattern}: {} ÷ best crate = {:.1}×", ours.implementation, ours.lookups_per_sec / best.max(1.0));
+    for family in ["ipv4", "ipv6"] {
+        for pattern in ["inside-prefixes", "uniform"] {
+            let best = rows
+                .iter()
+                .filter(|r| r.family == family && r.pattern == pattern && !r.implementation.starts_with("router"))
+                .map(|r| r.lookups_per_sec)
+                .fold(0.0, f64::max);
+            for ours in rows
+                .iter()
+                .filter(|r| r.family == family && r.pattern == pattern && r.implementation.starts_with("router"))
+            {
+                println!(
+                    "{family} {pattern}: {} ÷ best crate = {:.1}×",
+                    ours.implementation,
+                    ours.lookups_per_sec / best.max(1.0)
+                );
+            }
         }
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");

@@ -229,3 +229,200 @@ mod tests {
         }
     }
 }
+
+/// IPv6 longest-prefix match on the same idea: the sorted points where the answer changes,
+/// grouped by the top 32 bits of the address (a hash map, since IPv6 routes crowd into a few
+/// /16s). A lookup is one hash probe and a short binary search.
+#[derive(Debug, Default, Clone)]
+pub struct Lpm6 {
+    /// Top 32 bits → (index of the group's first point, value at the group's start).
+    groups: std::collections::HashMap<u32, (u32, u32)>,
+    /// Sorted top-32 values of the groups, for addresses whose /32 has no group of its own.
+    keys: Vec<u32>,
+    /// Per group, in key order: where its points end.
+    ends: Vec<u32>,
+    /// Low 96 bits of the points, and the value from each point on.
+    low: Vec<u128>,
+    val: Vec<u32>,
+    /// The value of each gap between groups: the answer for a /32 without points.
+    gap: Vec<u32>,
+}
+
+impl Lpm6 {
+    /// Builds from (network, length, value); later entries for the same prefix win.
+    pub fn build(prefixes: &[(u128, u8, u32)]) -> Lpm6 {
+        let mut p: Vec<(u128, u8, u32, usize)> = prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, &(a, len, v))| {
+                let len = len.min(128);
+                let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+                (a & mask, len, v, i)
+            })
+            .collect();
+        p.sort_unstable_by_key(|&(a, len, _, i)| (a, len, i));
+        p.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 && later.1 == earlier.1 {
+                earlier.2 = later.2;
+                true
+            } else {
+                false
+            }
+        });
+        // Points (position, value); positions as (u128, overflow) so 2^128 can be the end.
+        let mut points: Vec<(u128, u32)> = vec![(0, NONE)];
+        let mut put = |at: u128, v: u32| match points.last_mut() {
+            Some(last) if last.0 == at => last.1 = v,
+            _ => points.push((at, v)),
+        };
+        let mut stack: Vec<(Option<u128>, u32)> = Vec::new(); // (end exclusive or None = 2^128, value)
+        for &(a, len, v, _) in &p {
+            let end = if len == 0 { None } else { a.checked_add(1u128 << (128 - u32::from(len))) };
+            while let Some(&(Some(top_end), _)) = stack.last() {
+                if top_end > a {
+                    break;
+                }
+                stack.pop();
+                let under = stack.last().map_or(NONE, |s| s.1);
+                put(top_end, under);
+            }
+            put(a, v);
+            stack.push((end, v));
+        }
+        while let Some((top_end, _)) = stack.pop() {
+            let under = stack.last().map_or(NONE, |s| s.1);
+            if let Some(e) = top_end {
+                put(e, under);
+            }
+        }
+        points.dedup_by(|later, earlier| later.1 == earlier.1);
+        // Group by top 32 bits.
+        let mut t = Lpm6::default();
+        let mut current = NONE;
+        let mut i = 0;
+        while i < points.len() {
+            let key = (points[i].0 >> 96) as u32;
+            // The value where this /32 starts is what the previous point left.
+            let start_value = if points[i].0 & ((1u128 << 96) - 1) == 0 { NONE } else { current };
+            let first = t.low.len() as u32;
+            let mut start = start_value;
+            while i < points.len() && (points[i].0 >> 96) as u32 == key {
+                if points[i].0 & ((1u128 << 96) - 1) == 0 {
+                    start = points[i].1;
+                } else {
+                    t.low.push(points[i].0 & ((1u128 << 96) - 1));
+                    t.val.push(points[i].1);
+                }
+                current = points[i].1;
+                i += 1;
+            }
+            t.gap.push(current);
+            t.groups.insert(key, (first, start));
+            t.keys.push(key);
+            t.ends.push(t.low.len() as u32);
+        }
+        t
+    }
+
+    #[inline]
+    pub fn lookup(&self, a: u128) -> u32 {
+        let key = (a >> 96) as u32;
+        let low = a & ((1u128 << 96) - 1);
+        match self.groups.get(&key) {
+            Some(&(first, start)) => {
+                let g = self.keys.partition_point(|&k| k < key);
+                let (lo, hi) = (first as usize, self.ends[g] as usize);
+                let k = self.low[lo..hi].partition_point(|&x| x <= low);
+                if k == 0 {
+                    start
+                } else {
+                    self.val[lo + k - 1]
+                }
+            }
+            // No point inside this /32: the value left by the last group before it.
+            None => match self.keys.partition_point(|&k| k < key) {
+                0 => NONE,
+                g => self.gap[g - 1],
+            },
+        }
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.groups.capacity() * 16
+            + self.keys.capacity() * 4
+            + self.ends.capacity() * 4
+            + self.low.capacity() * 16
+            + self.val.capacity() * 4
+            + self.gap.capacity() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests6 {
+    use super::*;
+
+    fn naive(p: &[(u128, u8, u32)], a: u128) -> u32 {
+        let mut best: Option<(u8, u32)> = None;
+        for &(net, len, v) in p {
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            if a & mask == net & mask && best.is_none_or(|(l, _)| len >= l) {
+                best = Some((len, v));
+            }
+        }
+        best.map_or(NONE, |b| b.1)
+    }
+
+    #[test]
+    fn v6_edges_and_nesting() {
+        let p = [
+            (0u128, 0u8, 1u32),
+            (0x2001_0db8u128 << 96, 32, 2),
+            ((0x2001_0db8u128 << 96) | (1u128 << 80), 48, 3),
+            (u128::MAX, 128, 4),
+        ];
+        let t = Lpm6::build(&p);
+        for a in [
+            0u128,
+            0x2001_0db8u128 << 96,
+            (0x2001_0db8u128 << 96) | (1u128 << 80) | 5,
+            (0x2001_0db9u128 << 96) - 1,
+            u128::MAX,
+            u128::MAX - 1,
+        ] {
+            assert_eq!(t.lookup(a), naive(&p, a), "{a:#x}");
+        }
+        assert_eq!(Lpm6::build(&[]).lookup(7), NONE);
+    }
+
+    #[test]
+    fn v6_agrees_with_naive_on_random_tables() {
+        let mut s: u64 = 0x51ed_270b;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for round in 0..20 {
+            // Addresses under a few /16s, like the real IPv6 table.
+            let addr = |n: &mut dyn FnMut() -> u64| -> u128 {
+                let top = [0x2001u128, 0x2400, 0x2a00][(n() % 3) as usize];
+                (top << 112) | (u128::from(n() & 0xff_ffff) << 88) | u128::from(n())
+            };
+            let p: Vec<(u128, u8, u32)> = (0..300)
+                .map(|i| (addr(&mut next), [0, 16, 19, 29, 32, 40, 48, 56, 64, 128][(next() % 10) as usize], i))
+                .collect();
+            let t = Lpm6::build(&p);
+            for _ in 0..2000 {
+                let a = addr(&mut next);
+                assert_eq!(t.lookup(a), naive(&p, a), "round {round} addr {a:#x}");
+            }
+            for &(net, len, _) in &p {
+                let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+                for a in [net & mask, (net & mask) | !mask] {
+                    assert_eq!(t.lookup(a), naive(&p, a), "prefix edge {a:#x}");
+                }
+            }
+        }
+    }
+}

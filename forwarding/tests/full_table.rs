@@ -3,7 +3,7 @@
 //! Every prefix's first, middle and last address must get the same answer from the range LPM
 //! as from an independent reference (one hash map per prefix length).
 
-use forwarding::lpm::{Lpm4, NONE};
+use forwarding::lpm::{Lpm4, Lpm6, NONE};
 use std::collections::HashMap;
 use std::io::Read;
 use std::time::Instant;
@@ -31,6 +31,46 @@ fn mask(len: u8) -> u32 {
     } else {
         u32::MAX << (32 - u32::from(len))
     }
+}
+
+fn table6() -> Vec<(u128, u8, u32)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
+    let out = std::process::Command::new("gzip").args(["-dc", path]).output().expect("gzip");
+    assert!(out.status.success(), "cannot read {path}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(p), Some(asn)) = (f.next(), f.next()) else { continue };
+        let Ok(net) = p.parse::<ipnet::Ipv6Net>() else { continue };
+        v.push((u128::from(net.addr()), net.prefix_len(), asn.parse().unwrap_or(0)));
+    }
+    v
+}
+
+#[test]
+#[ignore = "needs ../shared/data/bgp-full-table.lpm.gz"]
+fn ipv6_range_lpm_matches_the_reference_on_the_real_table() {
+    let p = table6();
+    assert!(p.len() > 170_000, "{} prefixes", p.len());
+    let t0 = Instant::now();
+    let lpm = Lpm6::build(&p);
+    let build = t0.elapsed();
+    let m = |len: u8| if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    let mut by_len = vec![HashMap::new(); 129];
+    for &(a, len, v) in &p {
+        by_len[usize::from(len)].insert(a & m(len), v);
+    }
+    let reference = |a: u128| {
+        (0..=128u8).rev().find_map(|len| by_len[usize::from(len)].get(&(a & m(len))).copied()).unwrap_or(NONE)
+    };
+    for &(a, len, _) in &p {
+        let first = a & m(len);
+        for addr in [first, first | (!m(len) >> 1), first | !m(len)] {
+            assert_eq!(lpm.lookup(addr), reference(addr), "{addr:#x}");
+        }
+    }
+    println!("{} IPv6 prefixes: built in {build:?}, {:.1} MiB", p.len(), lpm.memory_bytes() as f64 / (1 << 20) as f64);
 }
 
 fn table() -> Vec<(u32, u8, u32)> {
