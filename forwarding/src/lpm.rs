@@ -231,14 +231,19 @@ mod tests {
 }
 
 /// IPv6 longest-prefix match on the same idea: the sorted points where the answer changes,
-/// grouped by the top 32 bits of the address (a hash map, since IPv6 routes crowd into a few
-/// /16s). A lookup is one hash probe and a short binary search.
+/// grouped by /32 (the groups of each /16 found through a direct index, since IPv6 routes
+/// crowd into a few /16s). A lookup is an index read, a search among the /32 groups of one
+/// /16, and a search among the points of one /32.
 #[derive(Debug, Default, Clone)]
 pub struct Lpm6 {
-    /// Top 32 bits → (index of the group's first point, value at the group's start).
-    groups: std::collections::HashMap<u32, (u32, u32)>,
-    /// Sorted top-32 values of the groups, for addresses whose /32 has no group of its own.
+    /// Per top 16 bits: the first of its groups in `keys` (65537 entries).
+    by16: Vec<u32>,
+    /// Per top 16 bits: the value in effect where that /16 starts.
+    start16: Vec<u32>,
+    /// Sorted top-32 values of the groups (/32s that contain points).
     keys: Vec<u32>,
+    /// Per group: index of its first point, and the value at the group's start.
+    firsts: Vec<(u32, u32)>,
     /// Per group, in key order: where its points end.
     ends: Vec<u32>,
     /// Low 96 bits of the points, and the value from each point on.
@@ -317,38 +322,56 @@ impl Lpm6 {
                 i += 1;
             }
             t.gap.push(current);
-            t.groups.insert(key, (first, start));
+            t.firsts.push((first, start));
             t.keys.push(key);
             t.ends.push(t.low.len() as u32);
         }
+        // The /16 index: where each /16's groups start, and the value in effect at its start.
+        let mut g = 0;
+        for top in 0u32..65536 {
+            while g < t.keys.len() && (t.keys[g] >> 16) < top {
+                g += 1;
+            }
+            t.by16.push(g as u32);
+            let before = if g == 0 { NONE } else { t.gap[g - 1] };
+            // A group at the very start of the /16 sets its own start value.
+            t.start16.push(before);
+        }
+        t.by16.push(t.keys.len() as u32);
         t
     }
 
     #[inline]
     pub fn lookup(&self, a: u128) -> u32 {
         let key = (a >> 96) as u32;
+        let top = (key >> 16) as usize;
+        let (Some(&g0), Some(&g1)) = (self.by16.get(top), self.by16.get(top + 1)) else { return NONE };
+        let (g0, g1) = (g0 as usize, g1 as usize);
+        // Groups of this /16 at or before our /32.
+        let n = self.keys[g0..g1].partition_point(|&k| k <= key);
+        if n == 0 {
+            return self.start16.get(top).copied().unwrap_or(NONE);
+        }
+        let g = g0 + n - 1;
+        if self.keys[g] != key {
+            // No point inside our /32: what the last group before it left.
+            return self.gap[g];
+        }
+        let (first, start) = self.firsts[g];
+        let (lo, hi) = (first as usize, self.ends[g] as usize);
         let low = a & ((1u128 << 96) - 1);
-        match self.groups.get(&key) {
-            Some(&(first, start)) => {
-                let g = self.keys.partition_point(|&k| k < key);
-                let (lo, hi) = (first as usize, self.ends[g] as usize);
-                let k = self.low[lo..hi].partition_point(|&x| x <= low);
-                if k == 0 {
-                    start
-                } else {
-                    self.val[lo + k - 1]
-                }
-            }
-            // No point inside this /32: the value left by the last group before it.
-            None => match self.keys.partition_point(|&k| k < key) {
-                0 => NONE,
-                g => self.gap[g - 1],
-            },
+        let k = self.low[lo..hi].partition_point(|&x| x <= low);
+        if k == 0 {
+            start
+        } else {
+            self.val[lo + k - 1]
         }
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.groups.capacity() * 16
+        self.by16.capacity() * 4
+            + self.start16.capacity() * 4
+            + self.firsts.capacity() * 8
             + self.keys.capacity() * 4
             + self.ends.capacity() * 4
             + self.low.capacity() * 16
