@@ -21,69 +21,79 @@ pub struct Lpm4 {
     val: Vec<u32>,
 }
 
+/// The mask of a `len`-bit prefix in a `bits`-bit address space, kept in the low bits.
+fn prefix_mask(len: u8, bits: u32) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        (u128::MAX << (128 - u32::from(len))) >> (128 - bits)
+    }
+}
+
+/// The points where the longest match changes, sorted: (first address, value from there on),
+/// starting with (0, NONE). Prefixes are (network, length, value) in a `bits`-bit space;
+/// host bits are ignored and a later entry for the same prefix wins. A sweep over the
+/// prefixes sorted by start (shorter first) with a stack of the ones still open.
+fn breakpoints(prefixes: impl Iterator<Item = (u128, u8, u32)>, bits: u32) -> Vec<(u128, u32)> {
+    let mut p: Vec<(u128, u8, u32, usize)> = prefixes
+        .enumerate()
+        .map(|(i, (a, len, v))| {
+            let len = len.min(bits as u8);
+            (a & prefix_mask(len, bits), len, v, i)
+        })
+        .collect();
+    p.sort_unstable_by_key(|&(a, len, _, i)| (a, len, i));
+    p.dedup_by(|later, earlier| {
+        if later.0 == earlier.0 && later.1 == earlier.1 {
+            earlier.2 = later.2;
+            true
+        } else {
+            false
+        }
+    });
+    let mut points: Vec<(u128, u32)> = Vec::with_capacity(p.len() * 2 + 1);
+    let mut put = |at: u128, v: u32| match points.last_mut() {
+        Some(last) if last.0 == at => last.1 = v,
+        _ => points.push((at, v)),
+    };
+    put(0, NONE);
+    // (end exclusive, value); None: the prefix runs to the end of the address space.
+    let mut stack: Vec<(Option<u128>, u32)> = Vec::new();
+    for &(a, len, v, _) in &p {
+        let size_bits = bits - u32::from(len);
+        let end = if size_bits >= 128 { None } else { a.checked_add(1u128 << size_bits) };
+        let end = end.filter(|e| bits == 128 || *e < (1u128 << bits));
+        while let Some(&(Some(top_end), _)) = stack.last() {
+            if top_end > a {
+                break;
+            }
+            stack.pop();
+            let under = stack.last().map_or(NONE, |s| s.1);
+            put(top_end, under);
+        }
+        put(a, v);
+        stack.push((end, v));
+    }
+    while let Some((top_end, _)) = stack.pop() {
+        let under = stack.last().map_or(NONE, |s| s.1);
+        if let Some(e) = top_end {
+            put(e, under);
+        }
+    }
+    points.dedup_by(|later, earlier| later.1 == earlier.1);
+    points
+}
+
 impl Lpm4 {
     /// Builds from (network, length, value); later entries for the same prefix win. Host
     /// bits are ignored.
     pub fn build(prefixes: &[(u32, u8, u32)]) -> Lpm4 {
-        // Sort by start, shorter first, keeping input order for identical prefixes so the
-        // last one wins below.
-        let mut p: Vec<(u32, u8, u32, usize)> = prefixes
-            .iter()
-            .enumerate()
-            .map(|(i, &(a, len, v))| {
-                let len = len.min(32);
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
-                (a & mask, len, v, i)
-            })
-            .collect();
-        p.sort_unstable_by_key(|&(a, len, _, i)| (a, len, i));
-        p.dedup_by(|later, earlier| {
-            if later.0 == earlier.0 && later.1 == earlier.1 {
-                earlier.2 = later.2;
-                true
-            } else {
-                false
-            }
-        });
-        // Sweep: breakpoints (position, value) where the longest match changes.
-        let mut points: Vec<(u64, u32)> = Vec::with_capacity(p.len() * 2 + 1);
-        let mut stack: Vec<(u64, u32)> = Vec::new(); // (end exclusive, value)
-        let push = |points: &mut Vec<(u64, u32)>, at: u64, v: u32| {
-            if let Some(last) = points.last_mut() {
-                if last.0 == at {
-                    last.1 = v;
-                    return;
-                }
-            }
-            points.push((at, v));
-        };
-        push(&mut points, 0, NONE);
-        for &(a, len, v, _) in &p {
-            let start = u64::from(a);
-            let end = start + (1u64 << (32 - u32::from(len)));
-            while let Some(&(top_end, _)) = stack.last() {
-                if top_end > start {
-                    break;
-                }
-                stack.pop();
-                let under = stack.last().map_or(NONE, |s| s.1);
-                push(&mut points, top_end, under);
-            }
-            push(&mut points, start, v);
-            stack.push((end, v));
-        }
-        while let Some((top_end, _)) = stack.pop() {
-            let under = stack.last().map_or(NONE, |s| s.1);
-            if top_end < (1u64 << 32) {
-                push(&mut points, top_end, under);
-            }
-        }
-        points.dedup_by(|later, earlier| later.1 == earlier.1);
+        let points = breakpoints(prefixes.iter().map(|&(a, len, v)| (u128::from(a), len, v)), 32);
         // Split by /16: each chunk keeps the value it starts with and its inner points.
         let mut t = Lpm4 { first: Vec::with_capacity(65537), base: Vec::with_capacity(65536), ..Default::default() };
         let mut i = 0;
         let mut current = NONE;
-        for chunk in 0u64..65536 {
+        for chunk in 0u128..65536 {
             let lo = chunk << 16;
             let hi = lo + 65536;
             while i < points.len() && points[i].0 <= lo {
@@ -256,51 +266,7 @@ pub struct Lpm6 {
 impl Lpm6 {
     /// Builds from (network, length, value); later entries for the same prefix win.
     pub fn build(prefixes: &[(u128, u8, u32)]) -> Lpm6 {
-        let mut p: Vec<(u128, u8, u32, usize)> = prefixes
-            .iter()
-            .enumerate()
-            .map(|(i, &(a, len, v))| {
-                let len = len.min(128);
-                let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
-                (a & mask, len, v, i)
-            })
-            .collect();
-        p.sort_unstable_by_key(|&(a, len, _, i)| (a, len, i));
-        p.dedup_by(|later, earlier| {
-            if later.0 == earlier.0 && later.1 == earlier.1 {
-                earlier.2 = later.2;
-                true
-            } else {
-                false
-            }
-        });
-        // Points (position, value); positions as (u128, overflow) so 2^128 can be the end.
-        let mut points: Vec<(u128, u32)> = vec![(0, NONE)];
-        let mut put = |at: u128, v: u32| match points.last_mut() {
-            Some(last) if last.0 == at => last.1 = v,
-            _ => points.push((at, v)),
-        };
-        let mut stack: Vec<(Option<u128>, u32)> = Vec::new(); // (end exclusive or None = 2^128, value)
-        for &(a, len, v, _) in &p {
-            let end = if len == 0 { None } else { a.checked_add(1u128 << (128 - u32::from(len))) };
-            while let Some(&(Some(top_end), _)) = stack.last() {
-                if top_end > a {
-                    break;
-                }
-                stack.pop();
-                let under = stack.last().map_or(NONE, |s| s.1);
-                put(top_end, under);
-            }
-            put(a, v);
-            stack.push((end, v));
-        }
-        while let Some((top_end, _)) = stack.pop() {
-            let under = stack.last().map_or(NONE, |s| s.1);
-            if let Some(e) = top_end {
-                put(e, under);
-            }
-        }
-        points.dedup_by(|later, earlier| later.1 == earlier.1);
+        let points = breakpoints(prefixes.iter().copied(), 128);
         // Group by top 32 bits.
         let mut t = Lpm6::default();
         let mut current = NONE;
