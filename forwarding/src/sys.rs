@@ -124,15 +124,21 @@ pub fn set_tcp_md5(fd: RawFd, peer: std::net::Ipv4Addr, key: &[u8]) -> io::Resul
     })
 }
 
-/// Sends each buffer as one datagram on a connected socket, many per system call
-/// (`sendmmsg`). Returns how many went out.
+/// Most messages per `sendmmsg`/`recvmmsg` call: the headers live on the stack, so a batch
+/// costs no allocation.
+pub const MAX_MSGS: usize = 64;
+
+/// Sends each buffer as one datagram on a connected socket, up to [`MAX_MSGS`] per system
+/// call (`sendmmsg`). Returns how many went out.
 pub fn send_batch(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
-    let n = bufs.len().min(1024);
-    let mut iov: Vec<libc::iovec> =
-        bufs[..n].iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }).collect();
-    // SAFETY: mmsghdr is plain data; zero is a valid start.
-    let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
-    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+    let n = bufs.len().min(MAX_MSGS);
+    // SAFETY: iovec and mmsghdr are plain data; all-zero is a valid start.
+    let (mut iov, mut msgs): ([libc::iovec; MAX_MSGS], [libc::mmsghdr; MAX_MSGS]) = unsafe { (zeroed(), zeroed()) };
+    for (v, b) in iov.iter_mut().zip(&bufs[..n]) {
+        v.iov_base = b.as_ptr() as *mut libc::c_void;
+        v.iov_len = b.len();
+    }
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(n) {
         m.msg_hdr.msg_iov = v;
         m.msg_hdr.msg_iovlen = 1;
     }
@@ -150,15 +156,17 @@ pub fn send_batch(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
 /// bytes long; writes each full length into `lens` (longer than `max`: truncated). Returns
 /// how many arrived.
 pub fn recv_batch(fd: RawFd, bufs: &mut [Vec<u8>], offset: usize, max: usize, lens: &mut [usize]) -> io::Result<usize> {
-    let n = bufs.len().min(lens.len()).min(1024);
+    let n = bufs.len().min(lens.len()).min(MAX_MSGS);
     if bufs[..n].iter().any(|b| b.len() < offset + max) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "receive buffer smaller than offset + max"));
     }
-    let mut iov: Vec<libc::iovec> =
-        bufs[..n].iter_mut().map(|b| libc::iovec { iov_base: b[offset..].as_mut_ptr().cast(), iov_len: max }).collect();
-    // SAFETY: mmsghdr is plain data; zero is a valid start.
-    let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
-    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+    // SAFETY: iovec and mmsghdr are plain data; all-zero is a valid start.
+    let (mut iov, mut msgs): ([libc::iovec; MAX_MSGS], [libc::mmsghdr; MAX_MSGS]) = unsafe { (zeroed(), zeroed()) };
+    for (v, b) in iov.iter_mut().zip(bufs[..n].iter_mut()) {
+        v.iov_base = b[offset..].as_mut_ptr().cast();
+        v.iov_len = max;
+    }
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(n) {
         m.msg_hdr.msg_iov = v;
         m.msg_hdr.msg_iovlen = 1;
     }

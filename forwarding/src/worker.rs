@@ -280,8 +280,11 @@ impl Worker {
         while j < b.out.len() {
             let iface = b.out[j].0;
             let end = j + b.out[j..].iter().take_while(|o| o.0 == iface).count();
-            let frames: Vec<&[u8]> = b.out[j..end].iter().map(|&(_, k, sp)| &b.bufs[k][sp.start..sp.end]).collect();
-            self.transmit_batch(iface, &frames, tapping);
+            let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+            for (f, &(_, k, sp)) in frames.iter_mut().zip(&b.out[j..end]) {
+                *f = &b.bufs[k][sp.start..sp.end];
+            }
+            self.transmit_batch(iface, &frames[..end - j], tapping);
             j = end;
         }
         // mio is edge-triggered: keep reading until the socket says WouldBlock.
