@@ -3,7 +3,7 @@
 //! table and writes `target/bench/fib.json`. Plain timing, not criterion: each figure is the
 //! best of three passes over 2 M addresses.
 
-use forwarding::lpm::{Lpm4, Lpm6};
+use forwarding::lpm::{parse_table, Lpm4, Lpm6, TextTable};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
@@ -11,37 +11,20 @@ use std::time::Instant;
 
 const PASSES: usize = 3;
 
-fn table() -> Vec<(u32, u8, u32)> {
+/// The real table (outside the repository), parsed as the FIB tooling parses it.
+fn real_table() -> TextTable {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
     let out = std::process::Command::new("gzip").args(["-dc", path]).output().expect("gzip runs");
     assert!(out.status.success(), "cannot read {path}: the table lives outside the repository");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut v = Vec::new();
-    let mut host_bits = 0;
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(p), Some(asn)) = (f.next(), f.next()) else { continue };
-        let Ok(net) = p.parse::<ipnet::Ipv4Net>() else { continue };
-        if net.trunc() != net {
-            host_bits += 1;
-        }
-        v.push((u32::from(net.network()), net.prefix_len(), asn.parse().unwrap_or(0)));
-    }
-    eprintln!("{} IPv4 prefixes ({host_bits} with host bits set, masked)", v.len());
-    v
-}
-
-fn table6() -> Vec<(u128, u8, u32)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
-    let out = std::process::Command::new("gzip").args(["-dc", path]).output().expect("gzip runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let net = f.next()?.parse::<ipnet::Ipv6Net>().ok()?;
-            Some((u128::from(net.network()), net.prefix_len(), f.next()?.parse().unwrap_or(0)))
-        })
-        .collect()
+    let t = parse_table(&String::from_utf8_lossy(&out.stdout));
+    eprintln!(
+        "{} IPv4 and {} IPv6 prefixes ({} with host bits set, masked; {} lines skipped)",
+        t.v4.len(),
+        t.v6.len(),
+        t.host_bits,
+        t.skipped
+    );
+    t
 }
 
 fn rss() -> usize {
@@ -83,7 +66,8 @@ struct Row {
 }
 
 fn main() {
-    let p = table();
+    let tables = real_table();
+    let p = tables.v4;
     let mut seed = 0x1234_5678_9abc_def0;
     let inside: Vec<u32> = (0..2_000_000)
         .map(|_| {
@@ -180,7 +164,7 @@ fn main() {
     add(&mut rows, "iptrie (LC-trie)", rss().saturating_sub(m0), build, &|a| *lc.lookup(&Ipv4Addr::from(a)).1);
 
     // IPv6, the same way.
-    let p6 = table6();
+    let p6 = tables.v6;
     let inside6: Vec<u128> = (0..1_000_000)
         .map(|_| {
             let (a, len, _) = p6[(rng(&mut seed) % p6.len() as u64) as usize];

@@ -70,7 +70,6 @@ pub struct Fib {
     tunnels: Tunnels,
     lpm: Lpm4,
     hops: Vec<NextHop>,
-    routes: usize,
 }
 
 impl Fib {
@@ -86,10 +85,7 @@ impl Fib {
             });
             prefixes.push((u32::from(r.prefix.network()), r.prefix.prefix_len(), idx));
         }
-        let mut distinct: Vec<(u32, u8)> = prefixes.iter().map(|p| (p.0, p.1)).collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        Fib { tunnels: Tunnels::default(), lpm: Lpm4::build(&prefixes), hops, routes: distinct.len() }
+        Fib { tunnels: Tunnels::default(), lpm: Lpm4::build(&prefixes), hops }
     }
 
     /// Longest-prefix match.
@@ -118,11 +114,11 @@ impl Fib {
 
     /// Number of distinct prefixes.
     pub fn len(&self) -> usize {
-        self.routes
+        self.lpm.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes == 0
+        self.lpm.is_empty()
     }
 }
 

@@ -19,6 +19,49 @@ pub struct Lpm4 {
     low: Vec<u16>,
     /// Value from each breakpoint on.
     val: Vec<u32>,
+    /// Distinct prefixes it was built from.
+    prefixes: usize,
+}
+
+/// A routing table read from lines `PREFIX VALUE` (the format of the real BGP table in
+/// `../shared/data`, where the value is the origin AS).
+#[derive(Debug, Default, Clone)]
+pub struct TextTable {
+    pub v4: Vec<(u32, u8, u32)>,
+    pub v6: Vec<(u128, u8, u32)>,
+    /// Prefixes that had host bits set (masked, kept).
+    pub host_bits: usize,
+    /// Lines that are not `PREFIX VALUE` (skipped).
+    pub skipped: usize,
+}
+
+/// Parses a table tolerantly: a bad line is counted and skipped, host bits are masked and
+/// counted; nothing panics.
+pub fn parse_table(text: &str) -> TextTable {
+    let mut t = TextTable::default();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(prefix), Some(value)) = (f.next(), f.next()) else {
+            t.skipped += usize::from(!line.trim().is_empty());
+            continue;
+        };
+        let Ok(value) = value.parse::<u32>() else {
+            t.skipped += 1;
+            continue;
+        };
+        match prefix.parse::<ipnet::IpNet>() {
+            Ok(ipnet::IpNet::V4(n)) => {
+                t.host_bits += usize::from(n.trunc() != n);
+                t.v4.push((u32::from(n.network()), n.prefix_len(), value));
+            }
+            Ok(ipnet::IpNet::V6(n)) => {
+                t.host_bits += usize::from(n.trunc() != n);
+                t.v6.push((u128::from(n.network()), n.prefix_len(), value));
+            }
+            Err(_) => t.skipped += 1,
+        }
+    }
+    t
 }
 
 /// The mask of a `len`-bit prefix in a `bits`-bit address space, kept in the low bits.
@@ -31,10 +74,10 @@ fn prefix_mask(len: u8, bits: u32) -> u128 {
 }
 
 /// The points where the longest match changes, sorted: (first address, value from there on),
-/// starting with (0, NONE). Prefixes are (network, length, value) in a `bits`-bit space;
+/// starting with (0, NONE); and how many distinct prefixes there were. Prefixes are (network, length, value) in a `bits`-bit space;
 /// host bits are ignored and a later entry for the same prefix wins. A sweep over the
 /// prefixes sorted by start (shorter first) with a stack of the ones still open.
-fn breakpoints(prefixes: impl Iterator<Item = (u128, u8, u32)>, bits: u32) -> Vec<(u128, u32)> {
+fn breakpoints(prefixes: impl Iterator<Item = (u128, u8, u32)>, bits: u32) -> (Vec<(u128, u32)>, usize) {
     let mut p: Vec<(u128, u8, u32, usize)> = prefixes
         .enumerate()
         .map(|(i, (a, len, v))| {
@@ -81,16 +124,21 @@ fn breakpoints(prefixes: impl Iterator<Item = (u128, u8, u32)>, bits: u32) -> Ve
         }
     }
     points.dedup_by(|later, earlier| later.1 == earlier.1);
-    points
+    (points, p.len())
 }
 
 impl Lpm4 {
     /// Builds from (network, length, value); later entries for the same prefix win. Host
     /// bits are ignored.
     pub fn build(prefixes: &[(u32, u8, u32)]) -> Lpm4 {
-        let points = breakpoints(prefixes.iter().map(|&(a, len, v)| (u128::from(a), len, v)), 32);
+        let (points, distinct) = breakpoints(prefixes.iter().map(|&(a, len, v)| (u128::from(a), len, v)), 32);
         // Split by /16: each chunk keeps the value it starts with and its inner points.
-        let mut t = Lpm4 { first: Vec::with_capacity(65537), base: Vec::with_capacity(65536), ..Default::default() };
+        let mut t = Lpm4 {
+            first: Vec::with_capacity(65537),
+            base: Vec::with_capacity(65536),
+            prefixes: distinct,
+            ..Default::default()
+        };
         let mut i = 0;
         let mut current = NONE;
         for chunk in 0u128..65536 {
@@ -126,6 +174,15 @@ impl Lpm4 {
         } else {
             self.val[lo + k - 1]
         }
+    }
+
+    /// Number of distinct prefixes.
+    pub fn len(&self) -> usize {
+        self.prefixes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prefixes == 0
     }
 
     /// Looks up many addresses at once (`out[i]` for `addrs[i]`). Each group of 16 first reads
@@ -180,6 +237,14 @@ mod tests {
         for (a, o) in addrs.iter().zip(&out) {
             assert_eq!(*o, t.lookup(*a));
         }
+    }
+
+    #[test]
+    fn table_text_is_parsed_tolerantly() {
+        let t = parse_table("1.0.4.0/22 38803\n10.1.2.3/8 7\n\ngarbage\n2001:db8::/32 65000\n1.2.3.0/24 notanumber\n");
+        assert_eq!(t.v4, vec![(0x0100_0400, 22, 38803), (0x0a00_0000, 8, 7)]);
+        assert_eq!(t.v6, vec![(0x2001_0db8u128 << 96, 32, 65000)]);
+        assert_eq!((t.host_bits, t.skipped), (1, 2));
     }
 
     #[test]
@@ -266,7 +331,7 @@ pub struct Lpm6 {
 impl Lpm6 {
     /// Builds from (network, length, value); later entries for the same prefix win.
     pub fn build(prefixes: &[(u128, u8, u32)]) -> Lpm6 {
-        let points = breakpoints(prefixes.iter().copied(), 128);
+        let (points, _) = breakpoints(prefixes.iter().copied(), 128);
         // Group by top 32 bits.
         let mut t = Lpm6::default();
         let mut current = NONE;

@@ -3,9 +3,8 @@
 //! Every prefix's first, middle and last address must get the same answer from the range LPM
 //! as from an independent reference (one hash map per prefix length).
 
-use forwarding::lpm::{Lpm4, Lpm6, NONE};
+use forwarding::lpm::{parse_table, Lpm4, Lpm6, TextTable, NONE};
 use std::collections::HashMap;
-use std::io::Read;
 use std::time::Instant;
 
 /// The obvious LPM: a hash map per length, longest first.
@@ -33,25 +32,20 @@ fn mask(len: u8) -> u32 {
     }
 }
 
-fn table6() -> Vec<(u128, u8, u32)> {
+/// The real table, parsed by the same function the FIB tooling uses.
+fn real_table() -> TextTable {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
     let out = std::process::Command::new("gzip").args(["-dc", path]).output().expect("gzip");
     assert!(out.status.success(), "cannot read {path}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut v = Vec::new();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(p), Some(asn)) = (f.next(), f.next()) else { continue };
-        let Ok(net) = p.parse::<ipnet::Ipv6Net>() else { continue };
-        v.push((u128::from(net.addr()), net.prefix_len(), asn.parse().unwrap_or(0)));
-    }
-    v
+    let t = parse_table(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(t.skipped, 0);
+    t
 }
 
 #[test]
 #[ignore = "needs ../shared/data/bgp-full-table.lpm.gz"]
 fn ipv6_range_lpm_matches_the_reference_on_the_real_table() {
-    let p = table6();
+    let p = real_table().v6;
     assert!(p.len() > 170_000, "{} prefixes", p.len());
     let t0 = Instant::now();
     let lpm = Lpm6::build(&p);
@@ -73,26 +67,10 @@ fn ipv6_range_lpm_matches_the_reference_on_the_real_table() {
     println!("{} IPv6 prefixes: built in {build:?}, {:.1} MiB", p.len(), lpm.memory_bytes() as f64 / (1 << 20) as f64);
 }
 
-fn table() -> Vec<(u32, u8, u32)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
-    let out = std::process::Command::new("gzip").args(["-dc", path]).output().expect("gzip");
-    assert!(out.status.success(), "cannot read {path}");
-    let mut text = String::new();
-    out.stdout.as_slice().read_to_string(&mut text).expect("utf-8");
-    let mut v = Vec::new();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(p), Some(asn)) = (f.next(), f.next()) else { continue };
-        let Ok(net) = p.parse::<ipnet::Ipv4Net>() else { continue };
-        v.push((u32::from(net.addr()), net.prefix_len(), asn.parse().unwrap_or(0)));
-    }
-    v
-}
-
 #[test]
 #[ignore = "needs ../shared/data/bgp-full-table.lpm.gz"]
 fn range_lpm_matches_the_reference_on_the_real_table() {
-    let p = table();
+    let p = real_table().v4;
     assert!(p.len() > 1_000_000, "{} prefixes", p.len());
     let t0 = Instant::now();
     let lpm = Lpm4::build(&p);
