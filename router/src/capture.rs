@@ -15,7 +15,6 @@ use std::time::{Duration, UNIX_EPOCH};
 #[derive(Debug)]
 pub struct Capture {
     pub path: PathBuf,
-    pub interface: Option<String>,
     pub written: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -24,7 +23,7 @@ pub struct Capture {
 
 impl Capture {
     /// Creates the file and starts writing what `tap` delivers; `count` 0 means no limit.
-    pub fn start(path: &Path, interface: Option<String>, count: u64, tap: &Tap) -> Result<Capture, String> {
+    pub fn start(path: &Path, count: u64, tap: &Tap) -> Result<Capture, String> {
         let file = std::fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
         let header = PcapHeader { datalink: DataLink::ETHERNET, ..Default::default() };
         let mut w = PcapWriter::with_header(file, header).map_err(|e| e.to_string())?;
@@ -53,7 +52,7 @@ impl Capture {
                 result.and(flushed)
             })
             .map_err(|e| e.to_string())?;
-        Ok(Capture { path: path.to_path_buf(), interface, written, done, stop, thread: Some(thread) })
+        Ok(Capture { path: path.to_path_buf(), written, done, stop, thread: Some(thread) })
     }
 
     pub fn done(&self) -> bool {

@@ -86,7 +86,7 @@ struct Node {
     started: Instant,
     capture: Option<crate::capture::Capture>,
     /// (path, packets) of the last finished capture.
-    last_capture: Option<(std::path::PathBuf, u64, Option<String>)>,
+    last_capture: Option<(std::path::PathBuf, u64)>,
     /// tunl0's tx_dropped when last read (tun mode): packets the kernel could not queue to us.
     tun_dropped: Option<u64>,
     /// The running trace: id, hops so far, when it stops by itself.
@@ -422,11 +422,11 @@ impl Node {
     fn stop_capture(&mut self) -> Option<Result<u64, String>> {
         let c = self.capture.take()?;
         self.dp.tap().stop();
-        let (path, iface) = (c.path.clone(), c.interface.clone());
+        let path = c.path.clone();
         let r = c.finish();
         if let Ok(n) = &r {
             tracing::info!(path = %path.display(), packets = n, "capture written");
-            self.last_capture = Some((path, *n, iface));
+            self.last_capture = Some((path, *n));
         }
         Some(r)
     }
@@ -444,7 +444,7 @@ impl Node {
                     })?),
                     None => None,
                 };
-                let c = crate::capture::Capture::start(&path, interface, count, self.dp.tap())?;
+                let c = crate::capture::Capture::start(&path, count, self.dp.tap())?;
                 self.dp.tap().start(iface);
                 self.capture = Some(c);
                 Ok(json!({"path": path, "active": true}))
