@@ -137,9 +137,15 @@ enum LabCmd {
         /// Worker threads per node.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Print the lab's state (hosts, namespaces, daemons) as JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop every daemon and remove every namespace of the lab.
-    Down,
+    Down {
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command in a host's namespace: a node, a pod, or "underlay".
     Exec {
         host: String,
@@ -455,6 +461,10 @@ fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file
             let r = q.ask(Request::CaptureStop)?;
             let n = r["written"].as_u64().unwrap_or(0);
             let lost = st["lost"].as_u64().unwrap_or(0);
+            if q.json {
+                println!("{}", serde_json::json!({"path": path, "written": n, "lost": lost}));
+                return Ok(0);
+            }
             println!(
                 "{n} packets written to {}{}",
                 path.display(),
@@ -499,7 +509,7 @@ fn print_stats(v: &serde_json::Value) {
 
 fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
     match cmd {
-        LabCmd::Up { topology, dataplane, workers, ipip_mode, metrics } => {
+        LabCmd::Up { topology, dataplane, workers, ipip_mode, metrics, json } => {
             let exe = std::env::current_exe().context("finding the router binary")?;
             let dataplane = match dataplane {
                 Dataplane::Afpacket => DataplaneMode::Afpacket,
@@ -511,6 +521,10 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 IpipModeArg::Never => IpipMode::Never,
             });
             let st = lab::up(lab, &UpOptions { topology, dataplane, workers, ipip_mode, metrics, exe })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+                return Ok(0);
+            }
             let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
             println!(
                 "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {})",
@@ -528,9 +542,12 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             println!("try:\n  router{flag} lab exec pod-a1 -- ping -c 3 10.244.2.1\n  router{flag} routes --node node-a\n  router{flag} lab down");
             Ok(0)
         }
-        LabCmd::Down => {
+        LabCmd::Down { json } => {
             let r = lab::down(lab)?;
-            if r.existed {
+            if json {
+                let v = serde_json::json!({"lab": lab.name, "was_up": r.existed, "namespaces_removed": r.namespaces, "processes_stopped": r.processes});
+                println!("{v}");
+            } else if r.existed {
                 println!(
                     "lab {:?} is down: removed {} namespaces, stopped {} processes",
                     lab.name, r.namespaces, r.processes

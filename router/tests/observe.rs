@@ -149,6 +149,7 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
             "4",
             "--duration",
             "20",
+            "--json",
             "-w",
             file.to_str().unwrap_or_default(),
         ])
@@ -161,7 +162,8 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
     assert!(ok, "{out}");
     let done = cap.wait_with_output().expect("capture ends");
     assert!(done.status.success(), "{}", text(&done.stderr));
-    assert!(text(&done.stdout).contains("4 packets written"), "{}", text(&done.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&done.stdout).expect("capture --json");
+    assert_eq!(report["written"], 4, "{report}");
     let out = std::process::Command::new("tshark")
         .args([
             "-r",
