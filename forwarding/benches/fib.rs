@@ -3,7 +3,9 @@
 //! table and writes `target/bench/fib.json`. Plain timing, not criterion: each figure is the
 //! best of three passes over 2 M addresses.
 
-use forwarding::lpm::{parse_table, Lpm4, Lpm6, TextTable};
+use forwarding::lpm::{parse_table, Lpm4, Lpm4Writer, Lpm6, TextTable};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
@@ -63,6 +65,112 @@ struct Row {
     ns_per_lookup: f64,
     memory_bytes: usize,
     build_secs: f64,
+    /// Single-route withdrawals and re-announcements per second (the crates' own insert and
+    /// remove; ours through the writer, published at least every millisecond).
+    updates_per_sec: Option<f64>,
+}
+
+/// The update stream every implementation gets: 100 000 prefixes of the table, withdrawn one
+/// at a time and then announced again.
+fn churn(p: &[(u32, u8, u32)]) -> Vec<(u32, u8, u32)> {
+    p.iter().step_by(p.len() / 100_000).take(100_000).copied().collect()
+}
+
+/// Times `withdraw` over the churn set and then `announce`; updates per second.
+fn update_rate<T>(
+    set: &[(u32, u8, u32)],
+    table: &mut T,
+    withdraw: impl Fn(&mut T, u32, u8),
+    announce: impl Fn(&mut T, u32, u8, u32),
+) -> f64 {
+    let t = Instant::now();
+    for &(a, len, _) in set {
+        withdraw(table, a, len);
+    }
+    for &(a, len, v) in set {
+        announce(table, a, len, v);
+    }
+    (set.len() * 2) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// What a concurrent reader saw while the writer worked.
+#[derive(serde::Serialize)]
+struct UpdateRun {
+    /// "every update" (a snapshot per update) or "every 1 ms" (changes coalesced).
+    publish: &'static str,
+    updates_per_sec: f64,
+    publishes: usize,
+    /// Lookups per second of the reader thread while updates ran, and with none running.
+    reader_lookups_per_sec: f64,
+    reader_idle_lookups_per_sec: f64,
+    /// The longest a reader's batch of 64 lookups took while updates ran.
+    reader_worst_batch_us: f64,
+}
+
+/// Single-route updates through [`Lpm4Writer`] while another thread keeps looking up in the
+/// published snapshot (loaded once per batch of 64, as a worker does).
+fn concurrent_updates(p: &[(u32, u8, u32)], addrs: &[u32], every_update: bool) -> UpdateRun {
+    let set = churn(p);
+    let mut w = Lpm4Writer::with_prefixes(p);
+    let handle = Arc::new(arc_swap::ArcSwap::from_pointee(w.publish()));
+    let reader = |handle: Arc<arc_swap::ArcSwap<Lpm4>>, stop: Arc<AtomicBool>, addrs: Vec<u32>| {
+        std::thread::spawn(move || {
+            let (mut n, mut worst, mut out) = (0u64, 0f64, [0u32; 64]);
+            let t0 = Instant::now();
+            'run: loop {
+                for chunk in addrs.chunks(64) {
+                    let t = Instant::now();
+                    handle.load().lookup_batch(chunk, &mut out);
+                    black_box(out[0]);
+                    worst = worst.max(t.elapsed().as_secs_f64());
+                    n += chunk.len() as u64;
+                    if stop.load(Ordering::Relaxed) {
+                        break 'run;
+                    }
+                }
+            }
+            (n as f64 / t0.elapsed().as_secs_f64(), worst)
+        })
+    };
+    let idle = {
+        let stop = Arc::new(AtomicBool::new(false));
+        let r = reader(Arc::clone(&handle), Arc::clone(&stop), addrs.to_vec());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        r.join().map(|x| x.0).unwrap_or(0.0)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let r = reader(Arc::clone(&handle), Arc::clone(&stop), addrs.to_vec());
+    let mut publishes = 0;
+    let mut last = Instant::now();
+    let mut maybe_publish = |w: &mut Lpm4Writer| {
+        if every_update || last.elapsed().as_micros() >= 1000 {
+            handle.store(Arc::new(w.publish()));
+            publishes += 1;
+            last = Instant::now();
+        }
+    };
+    let t = Instant::now();
+    for &(a, len, _) in &set {
+        w.remove(a, len);
+        maybe_publish(&mut w);
+    }
+    for &(a, len, v) in &set {
+        w.insert(a, len, v);
+        maybe_publish(&mut w);
+    }
+    handle.store(Arc::new(w.publish()));
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let (during, worst) = r.join().unwrap_or((0.0, 0.0));
+    UpdateRun {
+        publish: if every_update { "every update" } else { "every 1 ms" },
+        updates_per_sec: (set.len() * 2) as f64 / secs,
+        publishes: publishes + 1,
+        reader_lookups_per_sec: during,
+        reader_idle_lookups_per_sec: idle,
+        reader_worst_batch_us: worst * 1e6,
+    }
 }
 
 fn main() {
@@ -78,7 +186,7 @@ fn main() {
         .collect();
     let uniform: Vec<u32> = (0..2_000_000).map(|_| rng(&mut seed) as u32).collect();
     let mut rows = Vec::new();
-    let add = |rows: &mut Vec<Row>, name: &'static str, mem: usize, build: f64, f: &dyn Fn(u32) -> u32| {
+    let add = |rows: &mut Vec<Row>, name: &'static str, mem: usize, build: f64, upd: Option<f64>, f: &dyn Fn(u32) -> u32| {
         for (pattern, addrs) in [("inside-prefixes", &inside), ("uniform", &uniform)] {
             let r = rate(addrs, f);
             rows.push(Row {
@@ -89,6 +197,7 @@ fn main() {
                 ns_per_lookup: 1e9 / r,
                 memory_bytes: mem,
                 build_secs: build,
+                updates_per_sec: upd,
             });
         }
     };
@@ -98,7 +207,9 @@ fn main() {
     let ours = Lpm4::build(&p);
     let build = t.elapsed().as_secs_f64();
     let _ = m0;
-    add(&mut rows, "router (range LPM)", ours.memory_bytes(), build, &|a| ours.lookup(a));
+    let runs = [concurrent_updates(&p, &inside, false), concurrent_updates(&p, &inside, true)];
+    let ours_upd = Some(runs[0].updates_per_sec);
+    add(&mut rows, "router (range LPM)", ours.memory_bytes(), build, ours_upd, &|a| ours.lookup(a));
     // The batch API over the same addresses, 64 at a time (a worker's batch).
     for (pattern, addrs) in [("inside-prefixes", &inside), ("uniform", &uniform)] {
         let mut best = 0.0f64;
@@ -121,6 +232,7 @@ fn main() {
             ns_per_lookup: 1e9 / best,
             memory_bytes: ours.memory_bytes(),
             build_secs: build,
+            updates_per_sec: ours_upd,
         });
     }
 
@@ -131,7 +243,18 @@ fn main() {
         tbm.insert(Ipv4Addr::from(a), u32::from(len), v);
     }
     let build = t.elapsed().as_secs_f64();
-    add(&mut rows, "ip_network_table-deps-treebitmap", rss().saturating_sub(m0), build, &|a| {
+    let mem = rss().saturating_sub(m0);
+    let upd = update_rate(
+        &churn(&p),
+        &mut tbm,
+        |tbm, a, len| {
+            tbm.remove(Ipv4Addr::from(a), u32::from(len));
+        },
+        |tbm, a, len, v| {
+            tbm.insert(Ipv4Addr::from(a), u32::from(len), v);
+        },
+    );
+    add(&mut rows, "ip_network_table-deps-treebitmap", mem, build, Some(upd), &|a| {
         tbm.longest_match(Ipv4Addr::from(a)).map_or(u32::MAX, |(_, _, v)| *v)
     });
     drop(tbm);
@@ -145,7 +268,19 @@ fn main() {
         }
     }
     let build = t.elapsed().as_secs_f64();
-    add(&mut rows, "prefix-trie", rss().saturating_sub(m0), build, &|a| {
+    let mem = rss().saturating_sub(m0);
+    let net = |a: u32, len: u8| ipnet::Ipv4Net::new(Ipv4Addr::from(a), len).unwrap_or_default();
+    let upd = update_rate(
+        &churn(&p),
+        &mut pt,
+        |pt, a, len| {
+            pt.remove(&net(a, len));
+        },
+        |pt, a, len, v| {
+            pt.insert(net(a, len), v);
+        },
+    );
+    add(&mut rows, "prefix-trie", mem, build, Some(upd), &|a| {
         let host = ipnet::Ipv4Net::new(Ipv4Addr::from(a), 32).unwrap_or_default();
         pt.get_lpm(&host).map_or(u32::MAX, |(_, v)| *v)
     });
@@ -161,7 +296,30 @@ fn main() {
     }
     let lc = rt.compress();
     let build = t.elapsed().as_secs_f64();
-    add(&mut rows, "iptrie (LC-trie)", rss().saturating_sub(m0), build, &|a| *lc.lookup(&Ipv4Addr::from(a)).1);
+    let mem = rss().saturating_sub(m0);
+    // The LC-trie is static: updates go to the radix trie it is compressed from.
+    let mut rt = iptrie::Ipv4RTrieMap::with_root(u32::MAX);
+    for &(a, len, v) in &p {
+        if let Ok(k) = iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len) {
+            rt.insert(k, v);
+        }
+    }
+    let key = |a: u32, len: u8| iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len).ok();
+    let upd = update_rate(
+        &churn(&p),
+        &mut rt,
+        |rt, a, len| {
+            if let Some(k) = key(a, len) {
+                rt.remove(&k);
+            }
+        },
+        |rt, a, len, v| {
+            if let Some(k) = key(a, len) {
+                rt.insert(k, v);
+            }
+        },
+    );
+    add(&mut rows, "iptrie (LC-trie)", mem, build, Some(upd), &|a| *lc.lookup(&Ipv4Addr::from(a)).1);
 
     // IPv6, the same way.
     let p6 = tables.v6;
@@ -199,6 +357,7 @@ fn main() {
                 ns_per_lookup: 1e9 / r,
                 memory_bytes: mem,
                 build_secs: build,
+                updates_per_sec: None,
             });
         }
     };
@@ -244,17 +403,33 @@ fn main() {
     add6(&mut rows, "iptrie (LC-trie)", rss().saturating_sub(m0), build, &|a| *lc6.lookup(&Ipv6Addr::from(a)).1);
 
     // Table and ratios.
-    println!("| implementation | family | pattern | lookups/s | ns/lookup | memory | build |\n|---|---|---|---:|---:|---:|---:|");
+    println!(
+        "| implementation | family | pattern | lookups/s | ns/lookup | memory | build | updates/s |\n|---|---|---|---:|---:|---:|---:|---:|"
+    );
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.1} M | {:.1} | {:.1} MiB | {:.2} s |",
+            "| {} | {} | {} | {:.1} M | {:.1} | {:.1} MiB | {:.2} s | {} |",
             r.implementation,
             r.family,
             r.pattern,
             r.lookups_per_sec / 1e6,
             r.ns_per_lookup,
             r.memory_bytes as f64 / (1 << 20) as f64,
-            r.build_secs
+            r.build_secs,
+            r.updates_per_sec.map_or("–".to_string(), |u| format!("{:.2} M", u / 1e6))
+        );
+    }
+    println!("\nSingle-route updates (100 000 withdrawals, then the same announced again) while a reader thread looks up:");
+    println!("| publish | updates/s | snapshots | reader lookups/s (during / idle) | reader's worst batch of 64 |\n|---|---:|---:|---:|---:|");
+    for u in &runs {
+        println!(
+            "| {} | {:.2} M | {} | {:.1} M / {:.1} M | {:.0} µs |",
+            u.publish,
+            u.updates_per_sec / 1e6,
+            u.publishes,
+            u.reader_lookups_per_sec / 1e6,
+            u.reader_idle_lookups_per_sec / 1e6,
+            u.reader_worst_batch_us
         );
     }
     println!();
@@ -280,5 +455,6 @@ fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(dir.join("fib.json"), serde_json::to_string_pretty(&rows).unwrap_or_default());
-    println!("\nwritten: target/bench/fib.json");
+    let _ = std::fs::write(dir.join("fib-updates.json"), serde_json::to_string_pretty(&runs).unwrap_or_default());
+    println!("\nwritten: target/bench/fib.json, target/bench/fib-updates.json");
 }

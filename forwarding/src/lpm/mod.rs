@@ -1,0 +1,133 @@
+//! IPv4 longest-prefix match as ranges (in the manner of DXR): the prefixes are flattened into
+//! the sorted points where the answer changes, split by the top 16 bits of the address. A
+//! lookup is one index read and a binary search over the few points of one /16 — compact
+//! (a full Internet table is about 12 MB) and with no pointer chasing.
+//!
+//! The structure is immutable: changes build a new one (see `fib`), which readers pick up
+//! through the snapshot swap.
+
+/// "No route": the value of addresses no prefix covers.
+pub const NONE: u32 = u32::MAX;
+
+/// A routing table read from lines `PREFIX VALUE` (the format of the real BGP table in
+/// `../shared/data`, where the value is the origin AS).
+#[derive(Debug, Default, Clone)]
+pub struct TextTable {
+    pub v4: Vec<(u32, u8, u32)>,
+    pub v6: Vec<(u128, u8, u32)>,
+    /// Prefixes that had host bits set (masked, kept).
+    pub host_bits: usize,
+    /// Lines that are not `PREFIX VALUE` (skipped).
+    pub skipped: usize,
+}
+
+/// Parses a table tolerantly: a bad line is counted and skipped, host bits are masked and
+/// counted; nothing panics.
+pub fn parse_table(text: &str) -> TextTable {
+    let mut t = TextTable::default();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(prefix), Some(value)) = (f.next(), f.next()) else {
+            t.skipped += usize::from(!line.trim().is_empty());
+            continue;
+        };
+        let Ok(value) = value.parse::<u32>() else {
+            t.skipped += 1;
+            continue;
+        };
+        match prefix.parse::<ipnet::IpNet>() {
+            Ok(ipnet::IpNet::V4(n)) => {
+                t.host_bits += usize::from(n.trunc() != n);
+                t.v4.push((u32::from(n.network()), n.prefix_len(), value));
+            }
+            Ok(ipnet::IpNet::V6(n)) => {
+                t.host_bits += usize::from(n.trunc() != n);
+                t.v6.push((u128::from(n.network()), n.prefix_len(), value));
+            }
+            Err(_) => t.skipped += 1,
+        }
+    }
+    t
+}
+
+/// The mask of a `len`-bit prefix in a `bits`-bit address space, kept in the low bits.
+fn prefix_mask(len: u8, bits: u32) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        (u128::MAX << (128 - u32::from(len))) >> (128 - bits)
+    }
+}
+
+/// The points where the longest match changes, sorted: (first address, value from there on),
+/// starting with (0, NONE); and how many distinct prefixes there were. Prefixes are (network, length, value) in a `bits`-bit space;
+/// host bits are ignored and a later entry for the same prefix wins. A sweep over the
+/// prefixes sorted by start (shorter first) with a stack of the ones still open.
+fn breakpoints(prefixes: impl Iterator<Item = (u128, u8, u32)>, bits: u32) -> (Vec<(u128, u32)>, usize) {
+    let mut p: Vec<(u128, u8, u32, usize)> = prefixes
+        .enumerate()
+        .map(|(i, (a, len, v))| {
+            let len = len.min(bits as u8);
+            (a & prefix_mask(len, bits), len, v, i)
+        })
+        .collect();
+    p.sort_unstable_by_key(|&(a, len, _, i)| (a, len, i));
+    p.dedup_by(|later, earlier| {
+        if later.0 == earlier.0 && later.1 == earlier.1 {
+            earlier.2 = later.2;
+            true
+        } else {
+            false
+        }
+    });
+    let mut points: Vec<(u128, u32)> = Vec::with_capacity(p.len() * 2 + 1);
+    let mut put = |at: u128, v: u32| match points.last_mut() {
+        Some(last) if last.0 == at => last.1 = v,
+        _ => points.push((at, v)),
+    };
+    put(0, NONE);
+    // (end exclusive, value); None: the prefix runs to the end of the address space.
+    let mut stack: Vec<(Option<u128>, u32)> = Vec::new();
+    for &(a, len, v, _) in &p {
+        let size_bits = bits - u32::from(len);
+        let end = if size_bits >= 128 { None } else { a.checked_add(1u128 << size_bits) };
+        let end = end.filter(|e| bits == 128 || *e < (1u128 << bits));
+        while let Some(&(Some(top_end), _)) = stack.last() {
+            if top_end > a {
+                break;
+            }
+            stack.pop();
+            let under = stack.last().map_or(NONE, |s| s.1);
+            put(top_end, under);
+        }
+        put(a, v);
+        stack.push((end, v));
+    }
+    while let Some((top_end, _)) = stack.pop() {
+        let under = stack.last().map_or(NONE, |s| s.1);
+        if let Some(e) = top_end {
+            put(e, under);
+        }
+    }
+    points.dedup_by(|later, earlier| later.1 == earlier.1);
+    (points, p.len())
+}
+
+
+mod v4;
+mod v6;
+pub use v4::{Lpm4, Lpm4Writer};
+pub use v6::Lpm6;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_text_is_parsed_tolerantly() {
+        let t = parse_table("1.0.4.0/22 38803\n10.1.2.3/8 7\n\ngarbage\n2001:db8::/32 65000\n1.2.3.0/24 notanumber\n");
+        assert_eq!(t.v4, vec![(0x0100_0400, 22, 38803), (0x0a00_0000, 8, 7)]);
+        assert_eq!(t.v6, vec![(0x2001_0db8u128 << 96, 32, 65000)]);
+        assert_eq!((t.host_bits, t.skipped), (1, 2));
+    }
+}
