@@ -4,11 +4,11 @@
 //! best of three passes over 2 M addresses.
 
 use forwarding::lpm::{parse_table, Lpm4, Lpm4Writer, Lpm6, TextTable};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 const PASSES: usize = 3;
@@ -186,21 +186,22 @@ fn main() {
         .collect();
     let uniform: Vec<u32> = (0..2_000_000).map(|_| rng(&mut seed) as u32).collect();
     let mut rows = Vec::new();
-    let add = |rows: &mut Vec<Row>, name: &'static str, mem: usize, build: f64, upd: Option<f64>, f: &dyn Fn(u32) -> u32| {
-        for (pattern, addrs) in [("inside-prefixes", &inside), ("uniform", &uniform)] {
-            let r = rate(addrs, f);
-            rows.push(Row {
-                implementation: name,
-                family: "ipv4",
-                pattern,
-                lookups_per_sec: r,
-                ns_per_lookup: 1e9 / r,
-                memory_bytes: mem,
-                build_secs: build,
-                updates_per_sec: upd,
-            });
-        }
-    };
+    let add =
+        |rows: &mut Vec<Row>, name: &'static str, mem: usize, build: f64, upd: Option<f64>, f: &dyn Fn(u32) -> u32| {
+            for (pattern, addrs) in [("inside-prefixes", &inside), ("uniform", &uniform)] {
+                let r = rate(addrs, f);
+                rows.push(Row {
+                    implementation: name,
+                    family: "ipv4",
+                    pattern,
+                    lookups_per_sec: r,
+                    ns_per_lookup: 1e9 / r,
+                    memory_bytes: mem,
+                    build_secs: build,
+                    updates_per_sec: upd,
+                });
+            }
+        };
 
     let m0 = rss();
     let t = Instant::now();
@@ -419,7 +420,9 @@ fn main() {
             r.updates_per_sec.map_or("–".to_string(), |u| format!("{:.2} M", u / 1e6))
         );
     }
-    println!("\nSingle-route updates (100 000 withdrawals, then the same announced again) while a reader thread looks up:");
+    println!(
+        "\nSingle-route updates (100 000 withdrawals, then the same announced again) while a reader thread looks up:"
+    );
     println!("| publish | updates/s | snapshots | reader lookups/s (during / idle) | reader's worst batch of 64 |\n|---|---:|---:|---:|---:|");
     for u in &runs {
         println!(

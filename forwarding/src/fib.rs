@@ -4,10 +4,11 @@
 //! through a [`FibHandle`]; workers load the current snapshot once per batch without locks
 //! (`arc_swap`), so they never block and never see a half-applied change. Old snapshots are
 //! freed when the last worker drops its guard. Lookups go through the range LPM of
-//! [`crate::lpm`]; a change rebuilds it (a full Internet table builds in well under a second).
+//! [`crate::lpm`]. A [`FibWriter`] applies single-route changes and publishes snapshots that
+//! rebuild only the /8 segments that changed.
 
 use crate::iface::IfaceId;
-use crate::lpm::{Lpm4, NONE};
+use crate::lpm::{Lpm4, Lpm4Writer, NONE};
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
@@ -65,27 +66,18 @@ impl Tunnels {
 
 /// An immutable FIB snapshot: the range LPM ([`Lpm4`]) maps an address to an index into
 /// the next-hop table.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Fib {
     tunnels: Tunnels,
     lpm: Lpm4,
-    hops: Vec<NextHop>,
+    /// Next hops by index; shared between snapshots until the set of next hops changes.
+    hops: Arc<[NextHop]>,
 }
 
 impl Fib {
     /// Builds a snapshot; a later route for the same prefix replaces an earlier one.
     pub fn build(routes: &[Route]) -> Fib {
-        let mut hops: Vec<NextHop> = Vec::new();
-        let mut hop_index: HashMap<NextHop, u32> = HashMap::new();
-        let mut prefixes = Vec::with_capacity(routes.len());
-        for r in routes {
-            let idx = *hop_index.entry(r.next_hop).or_insert_with(|| {
-                hops.push(r.next_hop);
-                (hops.len() - 1) as u32
-            });
-            prefixes.push((u32::from(r.prefix.network()), r.prefix.prefix_len(), idx));
-        }
-        Fib { tunnels: Tunnels::default(), lpm: Lpm4::build(&prefixes), hops }
+        FibWriter::with_routes(routes).publish()
     }
 
     /// Longest-prefix match.
@@ -109,7 +101,7 @@ impl Fib {
 
     /// Heap bytes of the lookup structure and the next-hop table.
     pub fn memory_bytes(&self) -> usize {
-        self.lpm.memory_bytes() + self.hops.capacity() * std::mem::size_of::<NextHop>()
+        self.lpm.memory_bytes() + self.hops.len() * std::mem::size_of::<NextHop>()
     }
 
     /// Number of distinct prefixes.
@@ -119,6 +111,115 @@ impl Fib {
 
     pub fn is_empty(&self) -> bool {
         self.lpm.is_empty()
+    }
+}
+
+/// Keeps the routes of a FIB and applies changes one route at a time: the LPM writer holds
+/// next-hop indices, and next hops are counted so that an index whose last route went away
+/// is reused. [`FibWriter::publish`] yields the snapshot for a [`FibHandle`].
+#[derive(Debug, Default)]
+pub struct FibWriter {
+    lpm: Lpm4Writer,
+    hops: Vec<NextHop>,
+    /// Routes per next-hop index; 0 marks a free slot.
+    refs: Vec<usize>,
+    index: HashMap<NextHop, u32>,
+    free: Vec<u32>,
+    /// `hops` changed since the last publish.
+    hops_changed: bool,
+    published_hops: Arc<[NextHop]>,
+    tunnels: Tunnels,
+}
+
+impl FibWriter {
+    /// A writer holding these routes (later ones for the same prefix win), built in bulk.
+    pub fn with_routes(routes: &[Route]) -> FibWriter {
+        let mut last: HashMap<Ipv4Net, NextHop> = HashMap::with_capacity(routes.len());
+        for r in routes {
+            last.insert(r.prefix.trunc(), r.next_hop);
+        }
+        let mut w = FibWriter::default();
+        let prefixes: Vec<(u32, u8, u32)> =
+            last.iter().map(|(p, nh)| (u32::from(p.network()), p.prefix_len(), w.intern(*nh))).collect();
+        w.lpm = Lpm4Writer::with_prefixes(&prefixes);
+        w
+    }
+
+    fn intern(&mut self, nh: NextHop) -> u32 {
+        if let Some(&i) = self.index.get(&nh) {
+            self.refs[i as usize] += 1;
+            return i;
+        }
+        self.hops_changed = true;
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.hops[i as usize] = nh;
+                self.refs[i as usize] = 1;
+                i
+            }
+            None => {
+                self.hops.push(nh);
+                self.refs.push(1);
+                (self.hops.len() - 1) as u32
+            }
+        };
+        self.index.insert(nh, i);
+        i
+    }
+
+    fn release(&mut self, i: u32) {
+        let Some(r) = self.refs.get_mut(i as usize) else { return };
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            self.index.remove(&self.hops[i as usize]);
+            self.free.push(i);
+        }
+    }
+
+    /// Adds or replaces the route for `prefix`; returns the next hop it had.
+    pub fn insert(&mut self, prefix: Ipv4Net, nh: NextHop) -> Option<NextHop> {
+        let idx = self.intern(nh);
+        let old = self.lpm.insert(u32::from(prefix.network()), prefix.prefix_len(), idx)?;
+        let was = self.hops.get(old as usize).copied();
+        self.release(old);
+        was
+    }
+
+    /// Withdraws the route for `prefix`; returns the next hop it had.
+    pub fn remove(&mut self, prefix: Ipv4Net) -> Option<NextHop> {
+        let old = self.lpm.remove(u32::from(prefix.network()), prefix.prefix_len())?;
+        let was = self.hops.get(old as usize).copied();
+        self.release(old);
+        was
+    }
+
+    /// The next hop stored for exactly this prefix.
+    pub fn get(&self, prefix: Ipv4Net) -> Option<NextHop> {
+        let i = self.lpm.get(u32::from(prefix.network()), prefix.prefix_len())?;
+        self.hops.get(i as usize).copied()
+    }
+
+    /// Sets the tunnel policy of the next snapshots.
+    pub fn set_tunnels(&mut self, t: Tunnels) {
+        self.tunnels = t;
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.lpm.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lpm.is_empty()
+    }
+
+    /// A snapshot with every change so far (unchanged parts shared with the last one).
+    pub fn publish(&mut self) -> Fib {
+        if self.hops_changed || self.published_hops.len() != self.hops.len() {
+            self.published_hops = self.hops.as_slice().into();
+            self.hops_changed = false;
+        }
+        Fib { tunnels: self.tunnels.clone(), lpm: self.lpm.publish(), hops: Arc::clone(&self.published_hops) }
     }
 }
 
@@ -234,5 +335,53 @@ mod tests {
         assert_eq!(h.load().lookup(Ipv4Addr::new(1, 1, 1, 1)), None);
         h.publish(Fib::build(&[route("1.0.0.0/8", NextHop::Blackhole)]));
         assert_eq!(h.load().lookup(Ipv4Addr::new(1, 1, 1, 1)), Some(NextHop::Blackhole));
+    }
+
+    #[test]
+    fn writer_changes_match_a_rebuild_and_reuse_next_hop_slots() {
+        let mut s: u64 = 0x0bad_cafe;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut w = FibWriter::default();
+        let mut model: HashMap<Ipv4Net, NextHop> = HashMap::new();
+        for round in 0..30 {
+            for _ in 0..100 {
+                let len = (next() % 33) as u8;
+                let prefix = Ipv4Net::new(Ipv4Addr::from((next() as u32) & 0x0f0f_ffff), len).expect("len").trunc();
+                if next().is_multiple_of(3) {
+                    assert_eq!(w.remove(prefix), model.remove(&prefix));
+                } else {
+                    let nh = NextHop::Local { iface: IfaceId((next() % 8) as u16) };
+                    assert_eq!(w.insert(prefix, nh), model.insert(prefix, nh));
+                }
+            }
+            let fib = w.publish();
+            let routes: Vec<Route> = model.iter().map(|(&prefix, &next_hop)| Route { prefix, next_hop }).collect();
+            assert_eq!(fib.len(), routes.len());
+            for _ in 0..1000 {
+                let dst = Ipv4Addr::from((next() as u32) & 0x0f0f_ffff);
+                assert_eq!(fib.lookup(dst), naive(&routes, dst), "round {round} dst {dst}");
+            }
+            // Only live next hops hold slots: at most the 8 distinct ones.
+            assert!(w.hops.len() <= 8, "{} slots", w.hops.len());
+            assert_eq!(w.refs.iter().sum::<usize>(), routes.len());
+        }
+    }
+
+    #[test]
+    fn bulk_build_counts_each_prefix_once() {
+        let a = NextHop::Blackhole;
+        let b = NextHop::Unreachable;
+        let mut w = FibWriter::with_routes(&[route("10.0.0.0/8", a), route("10.0.0.0/8", b), route("11.0.0.0/8", b)]);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.get(net("10.0.0.0/8")), Some(b), "the later route won");
+        assert_eq!(w.remove(net("10.0.0.0/8")), Some(b));
+        assert_eq!(w.remove(net("11.0.0.0/8")), Some(b));
+        assert!(w.is_empty());
+        assert_eq!(w.publish().lookup(Ipv4Addr::new(10, 1, 1, 1)), None);
     }
 }

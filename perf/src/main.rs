@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bgpload;
 mod report;
 mod traffic;
 
@@ -22,6 +23,20 @@ struct Cli {
 enum Cmd {
     /// Run the forwarding benchmark and write target/perf/forward.{md,json,svg}.
     Forward(bench::Options),
+    /// Announce the real BGP table to our node and to BIRD 2; time until each holds it all.
+    BgpLoad(bgpload::Options),
+    /// Announce a table over BGP and keep the session up (runs in the feeder namespace).
+    #[command(hide = true)]
+    BgpFeed {
+        #[arg(long)]
+        peer: Ipv4Addr,
+        #[arg(long)]
+        local: Ipv4Addr,
+        #[arg(long)]
+        table: std::path::PathBuf,
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
     /// Send UDP for a while (runs inside the source pod).
     #[command(hide = true)]
     Gen {
@@ -52,6 +67,8 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Forward(o) => bench::run(&o),
+        Cmd::BgpLoad(o) => bgpload::run(&o),
+        Cmd::BgpFeed { peer, local, table, limit } => bgpload::feed(peer, local, &table, limit),
         Cmd::Gen { dst, port, size, flows, secs, pps } => {
             traffic::generate(dst, port, size, flows, Duration::from_secs_f64(secs), pps)
                 .map(|r| println!("{}", serde_json::json!(r)))

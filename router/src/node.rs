@@ -8,12 +8,13 @@ use crate::ipcmd;
 use crate::routes::{self, RouteEntry};
 use anyhow::{bail, Context as _};
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
-use forwarding::fib::Tunnels;
-use forwarding::{Fib, FibHandle, IfaceId, IfaceRole, Interface, Interfaces};
+use forwarding::fib::{FibWriter, NextHop, Tunnels};
+use forwarding::{FibHandle, IfaceId, IfaceRole, Interface, Interfaces};
 use ipnet::Ipv4Net;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -80,6 +81,9 @@ struct Node {
     cfg: NodeConfig,
     dp: Dataplane,
     fib: FibHandle,
+    /// The FIB's routes, changed one by one; `fib_routes` is what it holds, for diffing.
+    writer: FibWriter,
+    fib_routes: HashMap<Ipv4Net, NextHop>,
     entries: Vec<RouteEntry>,
     /// Kernel routes currently installed by us.
     kernel: Vec<routes::KernelRoute>,
@@ -106,16 +110,36 @@ impl Node {
     /// (and for the node's own traffic) brings the kernel routes in line.
     fn rebuild(&mut self, learned: &[(Ipv4Net, Ipv4Addr)]) -> anyhow::Result<()> {
         let table = routes::build(&self.cfg, self.dp.interfaces(), learned).map_err(anyhow::Error::msg)?;
-        self.fib.publish(Fib::build(&table.fib).with_tunnels(tunnels(&self.cfg, learned)));
+        // Only what changed goes to the FIB writer, so a snapshot rebuilds only the /8s
+        // touched (a full table arriving over BGP changes little between two rebuilds).
+        let want: HashMap<Ipv4Net, NextHop> = table.fib.iter().map(|r| (r.prefix.trunc(), r.next_hop)).collect();
+        let (mut added, mut removed) = (0usize, 0usize);
+        for p in self.fib_routes.keys() {
+            if !want.contains_key(p) {
+                self.writer.remove(*p);
+                removed += 1;
+            }
+        }
+        for (p, nh) in &want {
+            if self.fib_routes.get(p) != Some(nh) {
+                self.writer.insert(*p, *nh);
+                added += 1;
+            }
+        }
+        self.fib_routes = want;
+        self.writer.set_tunnels(tunnels(&self.cfg, learned));
+        self.fib.publish(self.writer.publish());
         self.sync_kernel(&table.kernel);
-        tracing::info!(routes = table.entries.len(), learned = learned.len(), "FIB updated");
+        tracing::info!(routes = table.entries.len(), learned = learned.len(), added, removed, "FIB updated");
         self.entries = table.entries;
         Ok(())
     }
 
     fn sync_kernel(&mut self, want: &[routes::KernelRoute]) {
         let tun = self.cfg.dataplane == DataplaneMode::Tun;
-        for old in self.kernel.iter().filter(|k| !want.contains(k)) {
+        let wanted: std::collections::HashSet<&routes::KernelRoute> = want.iter().collect();
+        let have: std::collections::HashSet<&routes::KernelRoute> = self.kernel.iter().collect();
+        for old in self.kernel.iter().filter(|k| !wanted.contains(k)) {
             let args = old.args();
             let mut v = vec!["route", "del"];
             v.extend(args.iter().map(String::as_str));
@@ -125,7 +149,7 @@ impl Node {
         }
         let mut installed = Vec::new();
         for r in want {
-            if self.kernel.contains(r) {
+            if have.contains(r) {
                 installed.push(r.clone());
                 continue;
             }
@@ -181,7 +205,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     check_kernel_forwarding(cfg.dataplane)?;
     let ifaces = discover(&cfg)?;
     let table = routes::build(&cfg, &ifaces, &[]).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
-    let fib = FibHandle::new(Fib::build(&table.fib).with_tunnels(tunnels(&cfg, &[])));
+    let mut writer = FibWriter::with_routes(&table.fib);
+    writer.set_tunnels(tunnels(&cfg, &[]));
+    let fib = FibHandle::new(writer.publish());
+    let fib_routes = table.fib.iter().map(|r| (r.prefix.trunc(), r.next_hop)).collect();
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -194,6 +221,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         cfg,
         dp,
         fib,
+        writer,
+        fib_routes,
         entries: table.entries.clone(),
         kernel: Vec::new(),
         started: Instant::now(),
@@ -245,11 +274,15 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         None => None,
     };
     let mut events = Events::with_capacity(64);
+    let (mut pending, mut last_rebuild, mut rebuild_cost) = (false, Instant::now(), Duration::ZERO);
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let mut timeout = Duration::from_millis(200);
         if let Some(t) = speaker.as_ref().and_then(|s| s.poll_timeout()) {
             timeout = timeout.min(t.saturating_duration_since(now));
+        }
+        if pending {
+            timeout = timeout.min((rebuild_cost * 2).saturating_sub(last_rebuild.elapsed()));
         }
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
@@ -274,10 +307,17 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         node.account_tun_drops();
         if let Some(sp) = speaker.as_mut() {
             sp.tick(poll.registry(), now);
-            if sp.take_changed() {
+            pending |= sp.take_changed();
+            // Coalesced: while routes pour in (a full table), rebuilding costs O(routes), so
+            // wait twice as long as the last rebuild took; a small lab rebuilds at once.
+            if pending && last_rebuild.elapsed() >= rebuild_cost * 2 {
+                let t = Instant::now();
                 if let Err(e) = node.rebuild(&sp.learned()) {
                     tracing::error!(error = %e, "rebuilding the FIB failed");
                 }
+                pending = false;
+                last_rebuild = Instant::now();
+                rebuild_cost = t.elapsed();
             }
         }
     }
@@ -514,6 +554,7 @@ fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json:
                 "ipip_encapsulated": t.ipip_encapsulated,
                 "ipip_decapsulated": t.ipip_decapsulated,
                 "fragments_sent": t.fragments_sent,
+                "fib_routes": node.fib.load().len(),
             })
         }
         Request::Status => {

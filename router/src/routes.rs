@@ -45,7 +45,7 @@ pub struct RouteEntry {
 
 /// How the kernel of the node namespace should route a prefix (tun mode forwarding, and the
 /// node's own traffic in afpacket mode).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KernelRoute {
     Via { prefix: Ipv4Net, gateway: Ipv4Addr, dev: String },
     Dev { prefix: Ipv4Net, dev: String },
@@ -306,7 +306,12 @@ pub fn build(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv4Net, Ipv4Add
                 source: src,
                 kernel: tun,
             });
-            t.kernel.push(KernelRoute::Via { prefix: r.prefix, gateway: hop, dev: up_name.into() });
+            // afpacket: the kernel needs routes only for the node's own traffic to pods and to
+            // what the config names; a full Internet table from a peer stays ours alone (a
+            // million `ip route` calls would stall the control thread for minutes).
+            if tun || in_pool || src != RouteSource::Bgp {
+                t.kernel.push(KernelRoute::Via { prefix: r.prefix, gateway: hop, dev: up_name.into() });
+            }
         }
     }
     let order = |e: &RouteEntry| (e.prefix.network(), e.prefix.prefix_len());

@@ -113,7 +113,6 @@ fn breakpoints(prefixes: impl Iterator<Item = (u128, u8, u32)>, bits: u32) -> (V
     (points, p.len())
 }
 
-
 mod v4;
 mod v6;
 pub use v4::{Lpm4, Lpm4Writer};

@@ -106,6 +106,9 @@ pub struct Rib {
     /// Peers with an Established session (only they get UPDATEs).
     up: HashMap<PeerId, bool>,
     adj_in: HashMap<PeerId, HashMap<IpNet, Path>>,
+    /// Per peer, how many of its paths are stale (kept so that the check after each UPDATE
+    /// does not scan a full table).
+    stale: HashMap<PeerId, usize>,
     local: BTreeMap<IpNet, Arc<PathAttrs>>,
     loc: BTreeMap<IpNet, Best>,
     adj_out: HashMap<PeerId, HashMap<IpNet, Arc<PathAttrs>>>,
@@ -120,6 +123,7 @@ impl Rib {
             peers: HashMap::new(),
             up: HashMap::new(),
             adj_in: HashMap::new(),
+            stale: HashMap::new(),
             local: BTreeMap::new(),
             loc: BTreeMap::new(),
             adj_out: HashMap::new(),
@@ -178,9 +182,11 @@ impl Rib {
         if keep_stale {
             if let Some(m) = self.adj_in.get_mut(&id) {
                 m.values_mut().for_each(|p| p.stale = true);
+                self.stale.insert(id, m.len());
             }
             return ch;
         }
+        self.stale.remove(&id);
         let gone: Vec<IpNet> = self.adj_in.remove(&id).map(|m| m.into_keys().collect()).unwrap_or_default();
         for p in gone {
             self.recompute(p, &mut ch);
@@ -196,6 +202,7 @@ impl Rib {
         for p in &stale {
             m.remove(p);
         }
+        self.stale.remove(&id);
         for p in stale {
             self.recompute(p, &mut ch);
         }
@@ -203,7 +210,16 @@ impl Rib {
     }
 
     pub fn has_stale(&self, id: PeerId) -> bool {
-        self.adj_in.get(&id).is_some_and(|m| m.values().any(|p| p.stale))
+        self.stale.get(&id).is_some_and(|&n| n > 0)
+    }
+
+    /// Counts a stale path that was replaced or withdrawn.
+    fn unstale(&mut self, id: PeerId, old: Option<&Path>) {
+        if old.is_some_and(|p| p.stale) {
+            if let Some(n) = self.stale.get_mut(&id) {
+                *n = n.saturating_sub(1);
+            }
+        }
     }
 
     /// Applies an UPDATE from a peer.
@@ -213,28 +229,37 @@ impl Rib {
             return self.purge_stale(id);
         }
         for p in u.withdrawn_all() {
-            if self.adj_in.get_mut(&id).and_then(|m| m.remove(&p)).is_some() {
+            let old = self.adj_in.get_mut(&id).and_then(|m| m.remove(&p));
+            if old.is_some() {
+                self.unstale(id, old.as_ref());
                 self.recompute(p, &mut ch);
             }
         }
         if u.treat_as_withdraw {
             return ch;
         }
+        // The attributes are the UPDATE's, shared by all its prefixes with the same next hop.
+        let mut imported: Option<(IpAddr, Option<Arc<PathAttrs>>)> = None;
         for (prefix, nh) in u.announced() {
             let Some(nh) = nh else { continue };
-            let attrs = self.import(id, u, nh);
+            let attrs = match &imported {
+                Some((at, a)) if *at == nh => a.clone(),
+                _ => {
+                    let a = self.import(id, u, nh);
+                    imported = Some((nh, a.clone()));
+                    a
+                }
+            };
             let m = self.adj_in.entry(id).or_default();
-            match attrs {
-                Some(a) => {
-                    m.insert(prefix, Path { attrs: a, stale: false });
-                }
+            let old = match attrs {
+                Some(a) => m.insert(prefix, Path { attrs: a, stale: false }),
                 // Refused by import policy: it also replaces whatever the peer had sent before.
-                None => {
-                    if m.remove(&prefix).is_none() {
-                        continue;
-                    }
-                }
-            }
+                None => match m.remove(&prefix) {
+                    Some(old) => Some(old),
+                    None => continue,
+                },
+            };
+            self.unstale(id, old.as_ref());
             self.recompute(prefix, &mut ch);
         }
         ch

@@ -1,0 +1,451 @@
+//! `router-perf bgp-load`: a BGP peer announces the real Internet table (1.07 M IPv4 prefixes)
+//! to our node and, in the same run, to BIRD 2 as the anchor; how long from the first UPDATE
+//! until every route is in the node's FIB (lookups answer with it) and in BIRD's table.
+//!
+//! Two namespaces joined by a veth pair: the feeder (`router-perf bgp-feed`, our BGP codec)
+//! and the device under test, first `router node`, then `bird`. The feeder encodes all its
+//! UPDATEs before the clock starts, so what is timed is the receiver.
+
+use anyhow::{bail, Context as _};
+use router::bgp::wire::{self, AsSegment, Attr, AttrValue, Capability, Ctx, Message, Open, Origin, Update};
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const GEN_NS: &str = "rpb-gen";
+const DUT_NS: &str = "rpb-dut";
+const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 1);
+const DUT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 2);
+const FEED_AS: u32 = 65001;
+const DUT_AS: u32 = 64512;
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// The table: lines `PREFIX ORIGIN_AS`, gzip-compressed or not.
+    #[arg(long, default_value = "../shared/data/bgp-full-table.lpm.gz")]
+    pub table: PathBuf,
+    /// Announce only the first N IPv4 prefixes (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Give up on a receiver after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "target/perf/bgp-load.json")]
+    pub out: PathBuf,
+}
+
+/// The IPv4 prefixes to announce with their origin AS, distinct, in table order.
+pub fn load_table(path: &Path, limit: usize) -> anyhow::Result<Vec<(u32, u8, u32)>> {
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = if raw.starts_with(&[0x1f, 0x8b]) {
+        let out = Command::new("gzip").args(["-dc"]).arg(path).output().context("running gzip")?;
+        if !out.status.success() {
+            bail!("gzip could not read {}", path.display());
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    } else {
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    let t = forwarding::lpm::parse_table(&text);
+    let mut seen = std::collections::HashSet::new();
+    let mut v: Vec<(u32, u8, u32)> = t.v4.into_iter().filter(|&(a, len, _)| seen.insert((a, len))).collect();
+    if limit > 0 {
+        v.truncate(limit);
+    }
+    if v.is_empty() {
+        bail!("{} holds no IPv4 prefixes", path.display());
+    }
+    Ok(v)
+}
+
+/// The UPDATEs announcing `prefixes` from `next_hop`, grouped by origin AS so that each
+/// message carries many prefixes under one set of attributes (as a real router packs them).
+fn encode_updates(prefixes: &[(u32, u8, u32)], next_hop: Ipv4Addr) -> (Vec<u8>, usize) {
+    let mut by_origin: std::collections::BTreeMap<u32, Vec<ipnet::Ipv4Net>> = Default::default();
+    for &(a, len, origin) in prefixes {
+        if let Ok(n) = ipnet::Ipv4Net::new(Ipv4Addr::from(a), len) {
+            by_origin.entry(origin).or_default().push(n);
+        }
+    }
+    let ctx = Ctx::default();
+    let (mut out, mut count) = (Vec::with_capacity(prefixes.len() * 6), 0);
+    for (origin, nets) in by_origin {
+        // Our AS or the feeder's at the origin would be a loop or a duplicate: path of one.
+        let path = if origin == FEED_AS || origin == DUT_AS { vec![FEED_AS] } else { vec![FEED_AS, origin] };
+        let attrs = vec![
+            Attr::new(AttrValue::Origin(Origin::Igp)),
+            Attr::new(AttrValue::AsPath(vec![AsSegment::sequence(path)])),
+            Attr::new(AttrValue::NextHop(next_hop)),
+        ];
+        // 4096-byte messages: 19 header + 4 lengths + ~30 attributes, ≤ 5 bytes a prefix.
+        for chunk in nets.chunks(800) {
+            let u = Update { attrs: attrs.clone(), nlri: chunk.to_vec(), ..Default::default() };
+            Message::Update(u).encode(&ctx, &mut out);
+            count += 1;
+        }
+    }
+    (out, count)
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Reads one whole BGP message (blocking).
+fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Message> {
+    loop {
+        if let Some((m, used)) =
+            wire::decode(buf, &Ctx::default()).map_err(|n| anyhow::anyhow!("bad message: {n:?}"))?
+        {
+            buf.drain(..used);
+            return Ok(m);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("the peer closed the session");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `router-perf bgp-feed` (runs in the feeder namespace): establishes a session with `peer`,
+/// announces the table, prints JSON events on stdout, then keeps the session up until killed.
+pub fn feed(peer: Ipv4Addr, local: Ipv4Addr, table: &Path, limit: usize) -> anyhow::Result<()> {
+    let prefixes = load_table(table, limit)?;
+    let (updates, messages) = encode_updates(&prefixes, local);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut s = loop {
+        match TcpStream::connect_timeout(&SocketAddr::from((peer, 179)), Duration::from_secs(1)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(e).context(format!("connecting to {peer}:179")),
+        }
+    };
+    s.set_nodelay(true)?;
+    let ctx = Ctx::default();
+    let mut out = Vec::new();
+    let caps = vec![Capability::Multiprotocol { afi: 1, safi: 1 }, Capability::RouteRefresh];
+    Message::Open(Open::new(FEED_AS, 240, local, caps)).encode(&ctx, &mut out);
+    s.write_all(&out)?;
+    let mut inbuf = Vec::new();
+    let mut got_open = false;
+    // Wait for the peer's OPEN, answer with KEEPALIVE, then wait for its KEEPALIVE.
+    loop {
+        match read_message(&mut s, &mut inbuf)? {
+            Message::Open(_) => {
+                got_open = true;
+                out.clear();
+                Message::Keepalive.encode(&ctx, &mut out);
+                s.write_all(&out)?;
+            }
+            Message::Keepalive if got_open => break,
+            Message::Notification(n) => bail!("the peer refused the session: {n:?}"),
+            _ => {}
+        }
+    }
+    // From here on another thread drains what the peer sends, so it never blocks on us.
+    let mut reader = s.try_clone()?;
+    std::thread::spawn(move || {
+        let mut b = [0u8; 65536];
+        while matches!(reader.read(&mut b), Ok(n) if n > 0) {}
+    });
+    let mut keepalive = Vec::new();
+    Message::Keepalive.encode(&ctx, &mut keepalive);
+    println!("{}", serde_json::json!({"event": "established", "t": unix_now()}));
+    let t0 = unix_now();
+    println!(
+        "{}",
+        serde_json::json!({"event": "first_update", "t": t0, "prefixes": prefixes.len(), "updates": messages})
+    );
+    let _ = std::io::stdout().flush();
+    // Whole messages at a time, with a KEEPALIVE between batches every 20 s.
+    let mut last_ka = Instant::now();
+    let mut at = 0;
+    while at < updates.len() {
+        let mut end = at;
+        while end < updates.len() && end - at < 1 << 16 {
+            let len = usize::from(u16::from_be_bytes([updates[end + 16], updates[end + 17]]));
+            end += len;
+        }
+        s.write_all(&updates[at..end])?;
+        at = end;
+        if last_ka.elapsed() > Duration::from_secs(20) {
+            s.write_all(&keepalive)?;
+            last_ka = Instant::now();
+        }
+    }
+    // End-of-RIB: an empty UPDATE.
+    out.clear();
+    Message::Update(Update::default()).encode(&ctx, &mut out);
+    s.write_all(&out)?;
+    println!("{}", serde_json::json!({"event": "sent", "t": unix_now(), "secs": unix_now() - t0}));
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(20));
+        s.write_all(&keepalive)?;
+    }
+}
+
+/// The two namespaces and whatever runs in them; removed on drop, also after an error.
+struct Bench {
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip (package iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Bench {
+    fn new() -> anyhow::Result<Bench> {
+        let dir = std::env::temp_dir().join(format!("router-perf-bgp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let b = Bench { dir, children: Vec::new() };
+        b.remove_namespaces();
+        ip(&["netns", "add", GEN_NS])?;
+        ip(&["netns", "add", DUT_NS])?;
+        ip(&["link", "add", "rpb-g", "netns", GEN_NS, "type", "veth", "peer", "name", "rpb-d", "netns", DUT_NS])?;
+        for (ns, dev, addr) in [(GEN_NS, "rpb-g", GEN_ADDR), (DUT_NS, "rpb-d", DUT_ADDR)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(b)
+    }
+
+    fn remove_namespaces(&self) {
+        for ns in [GEN_NS, DUT_NS] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+
+    fn spawn(&mut self, ns: &str, cmd: &[&str], stdout: Stdio) -> anyhow::Result<usize> {
+        let c = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", cmd.join(" ")))?;
+        self.children.push(c);
+        Ok(self.children.len() - 1)
+    }
+
+    fn stop_all(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.stop_all();
+        let _ = Command::new("ip").args(["netns", "pids", DUT_NS]).output().map(|o| {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").arg(pid).status();
+            }
+        });
+        self.remove_namespaces();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts the feeder toward the DUT and returns the unix time of its first UPDATE.
+fn start_feed(b: &mut Bench, perf: &Path, o: &Options) -> anyhow::Result<(f64, u64)> {
+    let table = std::fs::canonicalize(&o.table).with_context(|| format!("the table {}", o.table.display()))?;
+    let args = [
+        perf.to_str().unwrap_or_default(),
+        "bgp-feed",
+        "--peer",
+        &DUT_ADDR.to_string(),
+        "--local",
+        &GEN_ADDR.to_string(),
+        "--table",
+        table.to_str().unwrap_or_default(),
+        "--limit",
+        &o.limit.to_string(),
+    ];
+    let i = b.spawn(GEN_NS, &args, Stdio::piped())?;
+    let stdout = b.children[i].stdout.take().context("feeder output")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    loop {
+        let v = rx.recv_timeout(Duration::from_secs(120)).context("the feeder never established its session")?;
+        if v["event"] == "first_update" {
+            return Ok((v["t"].as_f64().unwrap_or(0.0), v["updates"].as_u64().unwrap_or(0)));
+        }
+    }
+}
+
+/// Polls `count` until it reaches `want`; returns the unix time it did.
+fn wait_for(want: usize, timeout: Duration, mut count: impl FnMut() -> Option<usize>) -> anyhow::Result<(f64, usize)> {
+    let deadline = Instant::now() + timeout;
+    let mut last = 0;
+    while Instant::now() < deadline {
+        if let Some(n) = count() {
+            last = n;
+            if n >= want {
+                return Ok((unix_now(), n));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("only {last} of {want} routes after {timeout:?}")
+}
+
+fn rss_of_ns(ns: &str, name: &str) -> u64 {
+    let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() else { return 0 };
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter(|s| s.lines().next().is_some_and(|l| l.split_whitespace().nth(1) == Some(name)))
+        .filter_map(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        * 1024
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Outcome {
+    receiver: &'static str,
+    prefixes: usize,
+    updates: u64,
+    /// From the feeder's first UPDATE until every route was in place.
+    secs: f64,
+    routes_per_sec: f64,
+    rss_bytes: u64,
+    what_is_counted: &'static str,
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    let perf = std::env::current_exe()?;
+    let router = perf.with_file_name("router");
+    if !router.exists() {
+        bail!("{} is missing: build everything first with `cargo build --release`", router.display());
+    }
+    if Command::new("bird").arg("--version").output().is_err() {
+        bail!("bird is not installed (Debian package bird2; scripts/setup installs it)");
+    }
+    let n = load_table(&o.table, o.limit)?.len();
+    let timeout = Duration::from_secs(o.timeout);
+    let mut results = Vec::new();
+
+    // Our node.
+    {
+        let mut b = Bench::new()?;
+        let sock = b.dir.join("dut.sock");
+        let conf = b.dir.join("dut.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "name = \"dut\"\nworkers = 1\nadmin_socket = \"{}\"\n[uplink]\ninterface = \"rpb-d\"\naddress = \"{DUT_ADDR}/24\"\n\
+                 [bgp]\nas_number = {DUT_AS}\n[[bgp.peers]]\naddress = \"{GEN_ADDR}\"\nas_number = {FEED_AS}\nkind = \"global\"\npassive = true\n",
+                sock.display()
+            ),
+        )?;
+        b.spawn(
+            DUT_NS,
+            &[router.to_str().unwrap_or_default(), "node", "--config", conf.to_str().unwrap_or_default()],
+            Stdio::null(),
+        )?;
+        let fib_routes = || {
+            router::admin::request(&sock, router::admin::Request::Stats)
+                .ok()
+                .and_then(|v| v["fib_routes"].as_u64())
+                .map(|x| x as usize)
+        };
+        // The node's own routes (its address, its subnet) are there before the feed starts.
+        let (_, before) = wait_for(1, Duration::from_secs(30), fib_routes).context("the node did not come up")?;
+        let (t0, updates) = start_feed(&mut b, &perf, o)?;
+        let (t1, _) = wait_for(before + n, timeout, fib_routes).context("our node")?;
+        results.push(Outcome {
+            receiver: "router node",
+            prefixes: n,
+            updates,
+            secs: t1 - t0,
+            routes_per_sec: n as f64 / (t1 - t0),
+            rss_bytes: rss_of_ns(DUT_NS, "router"),
+            what_is_counted: "routes in the published FIB snapshot the workers look up in",
+        });
+    }
+
+    // BIRD 2, the anchor.
+    {
+        let mut b = Bench::new()?;
+        let sock = b.dir.join("bird.ctl");
+        let conf = b.dir.join("bird.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "router id {DUT_ADDR};\nprotocol device {{}}\n\
+                 protocol bgp feed {{ local {DUT_ADDR} as {DUT_AS}; neighbor {GEN_ADDR} as {FEED_AS}; passive on;\n\
+                 ipv4 {{ import all; export none; }}; }}\n"
+            ),
+        )?;
+        let (c, s, pid) = (conf.to_string_lossy(), sock.to_string_lossy(), b.dir.join("bird.pid"));
+        b.spawn(DUT_NS, &["bird", "-f", "-c", &c, "-s", &s, "-P", &pid.to_string_lossy()], Stdio::null())?;
+        let count = || {
+            let out = Command::new("birdc").args(["-s", &s, "show", "route", "count"]).output().ok()?;
+            // "1072529 of 1072529 routes for 1072529 networks in table master4"
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let line = text.lines().find(|l| l.contains("routes for"))?;
+            line.split_whitespace().next()?.parse::<usize>().ok()
+        };
+        wait_for(0, Duration::from_secs(30), count).context("bird did not come up")?;
+        let (t0, updates) = start_feed(&mut b, &perf, o)?;
+        let (t1, _) = wait_for(n, timeout, count).context("BIRD")?;
+        results.push(Outcome {
+            receiver: "BIRD 2",
+            prefixes: n,
+            updates,
+            secs: t1 - t0,
+            routes_per_sec: n as f64 / (t1 - t0),
+            rss_bytes: rss_of_ns(DUT_NS, "bird"),
+            what_is_counted: "routes in BIRD's master4 table (BIRD has no forwarding table of its own)",
+        });
+    }
+
+    println!(
+        "| receiver | prefixes | first UPDATE → all routes in place | routes/s | RSS |\n|---|---:|---:|---:|---:|"
+    );
+    for r in &results {
+        println!(
+            "| {} | {} | {:.2} s | {:.2} M | {:.0} MiB |",
+            r.receiver,
+            r.prefixes,
+            r.secs,
+            r.routes_per_sec / 1e6,
+            r.rss_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    if let [ours, bird] = results.as_slice() {
+        println!("\nrouter node ÷ BIRD 2 (time): {:.2}", ours.secs / bird.secs);
+    }
+    if let Some(dir) = o.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&o.out, serde_json::to_string_pretty(&results)?)?;
+    println!("written: {}", o.out.display());
+    Ok(())
+}
