@@ -190,6 +190,9 @@ pub fn feed(peer: Ipv4Addr, local: Ipv4Addr, table: &Path, limit: usize) -> anyh
     }
 }
 
+/// Set when a run failed, so that its logs stay for a look.
+static KEEP_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The two namespaces and whatever runs in them; removed on drop, also after an error.
 struct Bench {
     dir: PathBuf,
@@ -227,13 +230,15 @@ impl Bench {
         }
     }
 
+    /// Runs `cmd` in `ns`; its stderr goes to `<dir>/<ns>.log` (the bench keeps it on failure).
     fn spawn(&mut self, ns: &str, cmd: &[&str], stdout: Stdio) -> anyhow::Result<usize> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{ns}.log")))?;
         let c = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(cmd)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", cmd.join(" ")))?;
         self.children.push(c);
@@ -258,12 +263,18 @@ impl Drop for Bench {
             }
         });
         self.remove_namespaces();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if KEEP_LOGS.load(std::sync::atomic::Ordering::Relaxed) || std::env::var_os("ROUTER_PERF_KEEP_LOGS").is_some() {
+            eprintln!("logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
 /// Starts the feeder toward the DUT and returns the unix time of its first UPDATE.
-fn start_feed(b: &mut Bench, perf: &Path, o: &Options) -> anyhow::Result<(f64, u64)> {
+type Events = std::sync::mpsc::Receiver<serde_json::Value>;
+
+fn start_feed(b: &mut Bench, perf: &Path, o: &Options) -> anyhow::Result<(f64, u64, Events)> {
     let table = std::fs::canonicalize(&o.table).with_context(|| format!("the table {}", o.table.display()))?;
     let args = [
         perf.to_str().unwrap_or_default(),
@@ -292,21 +303,40 @@ fn start_feed(b: &mut Bench, perf: &Path, o: &Options) -> anyhow::Result<(f64, u
     loop {
         let v = rx.recv_timeout(Duration::from_secs(120)).context("the feeder never established its session")?;
         if v["event"] == "first_update" {
-            return Ok((v["t"].as_f64().unwrap_or(0.0), v["updates"].as_u64().unwrap_or(0)));
+            return Ok((v["t"].as_f64().unwrap_or(0.0), v["updates"].as_u64().unwrap_or(0), rx));
         }
     }
 }
 
-/// Polls `count` until it reaches `want`; returns the unix time it did.
-fn wait_for(want: usize, timeout: Duration, mut count: impl FnMut() -> Option<usize>) -> anyhow::Result<(f64, usize)> {
+/// Set by SIGINT/SIGTERM: the wait loops stop, and dropping the bench cleans up.
+static INTERRUPTED: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+
+/// Polls `count` until it reaches `want`, or until it has not moved for 3 s after the feed
+/// ended (a receiver may refuse a few routes, such as BIRD does with martians); returns the
+/// unix time of the last change and the count then.
+fn wait_for(
+    want: usize,
+    timeout: Duration,
+    sent: Option<&std::sync::mpsc::Receiver<serde_json::Value>>,
+    mut count: impl FnMut() -> Option<usize>,
+) -> anyhow::Result<(f64, usize)> {
     let deadline = Instant::now() + timeout;
-    let mut last = 0;
+    let (mut last, mut changed, mut done) = (0, unix_now(), false);
     while Instant::now() < deadline {
+        if INTERRUPTED.get().is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) {
+            bail!("interrupted");
+        }
+        done |= sent.is_some_and(|rx| rx.try_iter().any(|v| v["event"] == "sent"));
         if let Some(n) = count() {
-            last = n;
-            if n >= want {
-                return Ok((unix_now(), n));
+            if n != last {
+                (last, changed) = (n, unix_now());
             }
+            if n >= want {
+                return Ok((changed, n));
+            }
+        }
+        if done && unix_now() - changed > 3.0 {
+            return Ok((changed, last));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -330,6 +360,8 @@ fn rss_of_ns(ns: &str, name: &str) -> u64 {
 struct Outcome {
     receiver: &'static str,
     prefixes: usize,
+    /// Routes the receiver took in (it may refuse a few).
+    installed: usize,
     updates: u64,
     /// From the feeder's first UPDATE until every route was in place.
     secs: f64,
@@ -348,92 +380,28 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         bail!("bird is not installed (Debian package bird2; scripts/setup installs it)");
     }
     let n = load_table(&o.table, o.limit)?.len();
-    let timeout = Duration::from_secs(o.timeout);
+    let flag = INTERRUPTED.get_or_init(Default::default);
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(flag)).context("installing signal handlers")?;
+    }
     let mut results = Vec::new();
-
-    // Our node.
-    {
+    for measure in [measure_node as fn(&mut Bench, &Path, &Path, &Options, usize) -> _, measure_bird] {
         let mut b = Bench::new()?;
-        let sock = b.dir.join("dut.sock");
-        let conf = b.dir.join("dut.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "name = \"dut\"\nworkers = 1\nadmin_socket = \"{}\"\n[uplink]\ninterface = \"rpb-d\"\naddress = \"{DUT_ADDR}/24\"\n\
-                 [bgp]\nas_number = {DUT_AS}\n[[bgp.peers]]\naddress = \"{GEN_ADDR}\"\nas_number = {FEED_AS}\nkind = \"global\"\npassive = true\n",
-                sock.display()
-            ),
-        )?;
-        b.spawn(
-            DUT_NS,
-            &[router.to_str().unwrap_or_default(), "node", "--config", conf.to_str().unwrap_or_default()],
-            Stdio::null(),
-        )?;
-        let fib_routes = || {
-            router::admin::request(&sock, router::admin::Request::Stats)
-                .ok()
-                .and_then(|v| v["fib_routes"].as_u64())
-                .map(|x| x as usize)
-        };
-        // The node's own routes (its address, its subnet) are there before the feed starts.
-        let (_, before) = wait_for(1, Duration::from_secs(30), fib_routes).context("the node did not come up")?;
-        let (t0, updates) = start_feed(&mut b, &perf, o)?;
-        let (t1, _) = wait_for(before + n, timeout, fib_routes).context("our node")?;
-        results.push(Outcome {
-            receiver: "router node",
-            prefixes: n,
-            updates,
-            secs: t1 - t0,
-            routes_per_sec: n as f64 / (t1 - t0),
-            rss_bytes: rss_of_ns(DUT_NS, "router"),
-            what_is_counted: "routes in the published FIB snapshot the workers look up in",
-        });
+        let r = measure(&mut b, &perf, &router, o, n);
+        if r.is_err() {
+            KEEP_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        results.push(r?);
     }
-
-    // BIRD 2, the anchor.
-    {
-        let mut b = Bench::new()?;
-        let sock = b.dir.join("bird.ctl");
-        let conf = b.dir.join("bird.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "router id {DUT_ADDR};\nprotocol device {{}}\n\
-                 protocol bgp feed {{ local {DUT_ADDR} as {DUT_AS}; neighbor {GEN_ADDR} as {FEED_AS}; passive on;\n\
-                 ipv4 {{ import all; export none; }}; }}\n"
-            ),
-        )?;
-        let (c, s, pid) = (conf.to_string_lossy(), sock.to_string_lossy(), b.dir.join("bird.pid"));
-        b.spawn(DUT_NS, &["bird", "-f", "-c", &c, "-s", &s, "-P", &pid.to_string_lossy()], Stdio::null())?;
-        let count = || {
-            let out = Command::new("birdc").args(["-s", &s, "show", "route", "count"]).output().ok()?;
-            // "1072529 of 1072529 routes for 1072529 networks in table master4"
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let line = text.lines().find(|l| l.contains("routes for"))?;
-            line.split_whitespace().next()?.parse::<usize>().ok()
-        };
-        wait_for(0, Duration::from_secs(30), count).context("bird did not come up")?;
-        let (t0, updates) = start_feed(&mut b, &perf, o)?;
-        let (t1, _) = wait_for(n, timeout, count).context("BIRD")?;
-        results.push(Outcome {
-            receiver: "BIRD 2",
-            prefixes: n,
-            updates,
-            secs: t1 - t0,
-            routes_per_sec: n as f64 / (t1 - t0),
-            rss_bytes: rss_of_ns(DUT_NS, "bird"),
-            what_is_counted: "routes in BIRD's master4 table (BIRD has no forwarding table of its own)",
-        });
-    }
-
     println!(
-        "| receiver | prefixes | first UPDATE → all routes in place | routes/s | RSS |\n|---|---:|---:|---:|---:|"
+        "| receiver | announced | taken in | first UPDATE → all in place | routes/s | RSS |\n|---|---:|---:|---:|---:|---:|"
     );
     for r in &results {
         println!(
-            "| {} | {} | {:.2} s | {:.2} M | {:.0} MiB |",
+            "| {} | {} | {} | {:.2} s | {:.2} M | {:.0} MiB |",
             r.receiver,
             r.prefixes,
+            r.installed,
             r.secs,
             r.routes_per_sec / 1e6,
             r.rss_bytes as f64 / (1 << 20) as f64
@@ -448,4 +416,78 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     std::fs::write(&o.out, serde_json::to_string_pretty(&results)?)?;
     println!("written: {}", o.out.display());
     Ok(())
+}
+
+fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize) -> anyhow::Result<Outcome> {
+    let sock = b.dir.join("dut.sock");
+    let conf = b.dir.join("dut.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "name = \"dut\"\nworkers = 1\nadmin_socket = \"{}\"\n[uplink]\ninterface = \"rpb-d\"\naddress = \"{DUT_ADDR}/24\"\n\
+             [bgp]\nas_number = {DUT_AS}\n[[bgp.peers]]\naddress = \"{GEN_ADDR}\"\nas_number = {FEED_AS}\nkind = \"global\"\npassive = true\n",
+            sock.display()
+        ),
+    )?;
+    b.spawn(
+        DUT_NS,
+        &[router.to_str().unwrap_or_default(), "node", "--config", conf.to_str().unwrap_or_default()],
+        Stdio::null(),
+    )?;
+    let fib_routes = || {
+        router::admin::request(&sock, router::admin::Request::Stats)
+            .ok()
+            .and_then(|v| v["fib_routes"].as_u64())
+            .map(|x| x as usize)
+    };
+    // The node's own routes (its address, its subnet) are there before the feed starts.
+    let (_, before) = wait_for(1, Duration::from_secs(30), None, fib_routes).context("the node did not come up")?;
+    let (t0, updates, events) = start_feed(b, perf, o)?;
+    let (t1, got) =
+        wait_for(before + n, Duration::from_secs(o.timeout), Some(&events), fib_routes).context("our node")?;
+    Ok(Outcome {
+        receiver: "router node",
+        prefixes: n,
+        installed: got - before,
+        updates,
+        secs: t1 - t0,
+        routes_per_sec: (got - before) as f64 / (t1 - t0),
+        rss_bytes: rss_of_ns(DUT_NS, "router"),
+        what_is_counted: "routes in the published FIB snapshot the workers look up in",
+    })
+}
+
+fn measure_bird(b: &mut Bench, perf: &Path, _router: &Path, o: &Options, n: usize) -> anyhow::Result<Outcome> {
+    let sock = b.dir.join("bird.ctl");
+    let conf = b.dir.join("bird.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "router id {DUT_ADDR};\nprotocol device {{}}\n\
+             protocol bgp feed {{ local {DUT_ADDR} as {DUT_AS}; neighbor {GEN_ADDR} as {FEED_AS}; passive on;\n\
+             ipv4 {{ import all; export none; }}; }}\n"
+        ),
+    )?;
+    let (c, s, pid) = (conf.to_string_lossy(), sock.to_string_lossy(), b.dir.join("bird.pid"));
+    b.spawn(DUT_NS, &["bird", "-f", "-c", &c, "-s", &s, "-P", &pid.to_string_lossy()], Stdio::null())?;
+    let count = || {
+        let out = Command::new("birdc").args(["-s", &s, "show", "route", "count"]).output().ok()?;
+        // "1072529 of 1072529 routes for 1072529 networks in table master4"
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.contains("routes for"))?;
+        line.split_whitespace().next()?.parse::<usize>().ok()
+    };
+    wait_for(0, Duration::from_secs(30), None, count).context("bird did not come up")?;
+    let (t0, updates, events) = start_feed(b, perf, o)?;
+    let (t1, got) = wait_for(n, Duration::from_secs(o.timeout), Some(&events), count).context("BIRD")?;
+    Ok(Outcome {
+        receiver: "BIRD 2",
+        prefixes: n,
+        installed: got,
+        updates,
+        secs: t1 - t0,
+        routes_per_sec: got as f64 / (t1 - t0),
+        rss_bytes: rss_of_ns(DUT_NS, "bird"),
+        what_is_counted: "routes in BIRD's master4 table (BIRD has no forwarding table of its own)",
+    })
 }

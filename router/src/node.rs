@@ -8,13 +8,12 @@ use crate::ipcmd;
 use crate::routes::{self, RouteEntry};
 use anyhow::{bail, Context as _};
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
-use forwarding::fib::{FibWriter, NextHop, Tunnels};
+use forwarding::fib::{FibWriter, Route, Tunnels};
 use forwarding::{FibHandle, IfaceId, IfaceRole, Interface, Interfaces};
 use ipnet::Ipv4Net;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -81,10 +80,13 @@ struct Node {
     cfg: NodeConfig,
     dp: Dataplane,
     fib: FibHandle,
-    /// The FIB's routes, changed one by one; `fib_routes` is what it holds, for diffing.
+    /// The FIB's routes, changed one by one.
     writer: FibWriter,
-    fib_routes: HashMap<Ipv4Net, NextHop>,
-    entries: Vec<RouteEntry>,
+    /// The FIB's routes, sorted by prefix: what the writer holds, for diffing.
+    fib_routes: Vec<Route>,
+    /// What BGP taught us, and the display rows built from it when someone asks.
+    learned: Vec<(Ipv4Net, Ipv4Addr)>,
+    entries: std::cell::OnceCell<Vec<RouteEntry>>,
     /// Kernel routes currently installed by us.
     kernel: Vec<routes::KernelRoute>,
     started: Instant,
@@ -109,30 +111,79 @@ impl Node {
     /// Recomputes the route table with what BGP learned and publishes the new FIB; in tun mode
     /// (and for the node's own traffic) brings the kernel routes in line.
     fn rebuild(&mut self, learned: &[(Ipv4Net, Ipv4Addr)]) -> anyhow::Result<()> {
-        let table = routes::build(&self.cfg, self.dp.interfaces(), learned).map_err(anyhow::Error::msg)?;
+        let t0 = Instant::now();
+        let table = routes::build_fib(&self.cfg, self.dp.interfaces(), learned).map_err(anyhow::Error::msg)?;
+        let built = t0.elapsed();
         // Only what changed goes to the FIB writer, so a snapshot rebuilds only the /8s
-        // touched (a full table arriving over BGP changes little between two rebuilds).
-        let want: HashMap<Ipv4Net, NextHop> = table.fib.iter().map(|r| (r.prefix.trunc(), r.next_hop)).collect();
-        let (mut added, mut removed) = (0usize, 0usize);
-        for p in self.fib_routes.keys() {
-            if !want.contains_key(p) {
-                self.writer.remove(*p);
-                removed += 1;
+        // touched. Both lists are sorted by prefix: one merge pass finds the difference.
+        let mut want = table.fib;
+        want.dedup_by(|later, earlier| {
+            let same = later.prefix == earlier.prefix;
+            if same {
+                earlier.next_hop = later.next_hop;
             }
-        }
-        for (p, nh) in &want {
-            if self.fib_routes.get(p) != Some(nh) {
-                self.writer.insert(*p, *nh);
-                added += 1;
+            same
+        });
+        let (mut added, mut removed) = (0usize, 0usize);
+        let key = |r: &Route| (r.prefix.network(), r.prefix.prefix_len());
+        let (mut i, mut j) = (0, 0);
+        while i < self.fib_routes.len() || j < want.len() {
+            use std::cmp::Ordering::{Equal, Greater, Less};
+            let (old, new) = (self.fib_routes.get(i), want.get(j));
+            let ord = match (old, new) {
+                (Some(o), Some(n)) => key(o).cmp(&key(n)),
+                (Some(_), None) => Less,
+                (None, Some(_)) => Greater,
+                (None, None) => break,
+            };
+            match (ord, old, new) {
+                (Equal, Some(o), Some(n)) => {
+                    if o.next_hop != n.next_hop {
+                        self.writer.insert(n.prefix, n.next_hop);
+                        added += 1;
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Less, Some(o), _) => {
+                    self.writer.remove(o.prefix);
+                    removed += 1;
+                    i += 1;
+                }
+                (_, _, Some(n)) => {
+                    self.writer.insert(n.prefix, n.next_hop);
+                    added += 1;
+                    j += 1;
+                }
+                _ => break,
             }
         }
         self.fib_routes = want;
+        let diffed = t0.elapsed();
         self.writer.set_tunnels(tunnels(&self.cfg, learned));
         self.fib.publish(self.writer.publish());
+        let published = t0.elapsed();
         self.sync_kernel(&table.kernel);
-        tracing::info!(routes = table.entries.len(), learned = learned.len(), added, removed, "FIB updated");
-        self.entries = table.entries;
+        tracing::info!(
+            routes = self.fib_routes.len(),
+            learned = learned.len(),
+            added,
+            removed,
+            ms_table = built.as_millis() as u64,
+            ms_diff = (diffed - built).as_millis() as u64,
+            ms_publish = (published - diffed).as_millis() as u64,
+            "FIB updated"
+        );
+        self.learned = learned.to_vec();
+        self.entries = Default::default();
         Ok(())
+    }
+
+    /// The route table for display, built on first use after a change.
+    fn entries(&self) -> &[RouteEntry] {
+        self.entries.get_or_init(|| {
+            routes::build(&self.cfg, self.dp.interfaces(), &self.learned).map(|t| t.entries).unwrap_or_default()
+        })
     }
 
     fn sync_kernel(&mut self, want: &[routes::KernelRoute]) {
@@ -208,7 +259,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut writer = FibWriter::with_routes(&table.fib);
     writer.set_tunnels(tunnels(&cfg, &[]));
     let fib = FibHandle::new(writer.publish());
-    let fib_routes = table.fib.iter().map(|r| (r.prefix.trunc(), r.next_hop)).collect();
+    let mut fib_routes = table.fib.clone();
+    fib_routes.dedup_by(|later, earlier| {
+        let same = later.prefix == earlier.prefix;
+        if same {
+            earlier.next_hop = later.next_hop;
+        }
+        same
+    });
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -223,7 +281,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         fib,
         writer,
         fib_routes,
-        entries: table.entries.clone(),
+        learned: Vec::new(),
+        entries: table.entries.clone().into(),
         kernel: Vec::new(),
         started: Instant::now(),
         capture: None,
@@ -258,7 +317,7 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
     tracing::info!(
         node = %node.cfg.name,
         interfaces = node.dp.interfaces().len(),
-        routes = node.entries.len(),
+        routes = node.fib_routes.len(),
         workers = node.cfg.workers,
         bgp_peers = node.cfg.bgp.as_ref().map_or(0, |b| b.peers.len()),
         socket = %node.cfg.admin_socket.display(),
@@ -417,7 +476,7 @@ impl Node {
                 &self.cfg.name,
                 self.dp.interfaces().node_addr(),
                 self.dp.interfaces(),
-                &self.entries,
+                self.entries(),
                 &e,
             );
             if let Some((_, hops, _)) = self.trace.as_mut() {
@@ -519,7 +578,7 @@ fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -> Result<se
 
 /// The read-only answers.
 fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json::Value {
-    let (cfg, dp, routes, started) = (&node.cfg, &node.dp, &node.entries, node.started);
+    let (cfg, dp, started) = (&node.cfg, &node.dp, node.started);
     match req {
         Request::CaptureStart { .. }
         | Request::CaptureStop
@@ -527,14 +586,14 @@ fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json:
         | Request::TraceStart { .. }
         | Request::TraceCollect { .. }
         | Request::TraceStop => serde_json::Value::Null,
-        Request::Lookup { addr } => json!(crate::trace::lookup(routes, addr)),
+        Request::Lookup { addr } => json!(crate::trace::lookup(node.entries(), addr)),
         Request::BgpStatus => json!({
             "configured": speaker.is_some(),
             "as_number": cfg.bgp.as_ref().map(|b| b.as_number),
             "router_id": cfg.bgp.as_ref().map(|b| b.router_id.unwrap_or(cfg.uplink.address.addr())),
             "peers": speaker.map(|s| s.status()).unwrap_or_default(),
         }),
-        Request::Routes => json!(routes),
+        Request::Routes => json!(node.entries()),
         Request::Neighbours => json!(dp.neighbours()),
         Request::Stats => {
             let t = dp.totals();
@@ -577,7 +636,7 @@ fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json:
                 "dataplane": cfg.dataplane,
                 "workers": cfg.workers,
                 "uptime_secs": started.elapsed().as_secs(),
-                "routes": routes.len(),
+                "routes": node.fib_routes.len(),
                 "interfaces": ifaces,
             })
         }

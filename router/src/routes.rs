@@ -68,9 +68,11 @@ impl KernelRoute {
 /// The node's routes: rows for display, the FIB, the kernel routes.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
+    /// Rows for display; left empty by [`build_fib`].
     pub entries: Vec<RouteEntry>,
     pub fib: Vec<Route>,
     pub kernel: Vec<KernelRoute>,
+    with_entries: bool,
 }
 
 /// Name of the userspace tunnel device in tun mode.
@@ -104,6 +106,10 @@ struct Row<'a> {
 
 impl Table {
     fn push(&mut self, r: Row<'_>) {
+        self.fib.push(Route { prefix: r.prefix, next_hop: r.nh });
+        if !self.with_entries {
+            return;
+        }
         let reject = matches!(r.kind, "blackhole" | "unreachable");
         self.entries.push(RouteEntry {
             prefix: r.prefix,
@@ -116,7 +122,6 @@ impl Table {
             why: r.why,
             forwarded_by: if r.kernel { "kernel" } else { "router" }.to_string(),
         });
-        self.fib.push(Route { prefix: r.prefix, next_hop: r.nh });
     }
 }
 
@@ -124,6 +129,21 @@ impl Table {
 /// over BGP (prefix, next hop). A learned route whose next hop cannot be reached is left out
 /// (and logged); a static one is a config error.
 pub fn build(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv4Net, Ipv4Addr)]) -> Result<Table, String> {
+    build_inner(cfg, ifaces, learned, true)
+}
+
+/// Like [`build`] without the display rows: what the FIB and the kernel need, and nothing a
+/// full Internet table would pay for per route (strings, explanations).
+pub fn build_fib(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv4Net, Ipv4Addr)]) -> Result<Table, String> {
+    build_inner(cfg, ifaces, learned, false)
+}
+
+fn build_inner(
+    cfg: &NodeConfig,
+    ifaces: &Interfaces,
+    learned: &[(Ipv4Net, Ipv4Addr)],
+    with_entries: bool,
+) -> Result<Table, String> {
     let tun = cfg.dataplane == DataplaneMode::Tun;
     let up_name = cfg.uplink.interface.as_str();
     let subnet = cfg.uplink.address.trunc();
@@ -134,7 +154,7 @@ pub fn build(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv4Net, Ipv4Add
     let Some(out_if) = out_if else {
         return Err(format!("the data plane has no interface for the uplink {up_name}"));
     };
-    let mut t = Table::default();
+    let mut t = Table { with_entries, ..Default::default() };
     let local = RouteSource::Local;
     let host = Ipv4Net::new(cfg.uplink.address.addr(), 32).map_err(|e| e.to_string())?;
     t.push(Row {
@@ -314,11 +334,15 @@ pub fn build(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv4Net, Ipv4Add
             }
         }
     }
-    let order = |e: &RouteEntry| (e.prefix.network(), e.prefix.prefix_len());
-    let mut idx: Vec<usize> = (0..t.entries.len()).collect();
-    idx.sort_by_key(|&i| order(&t.entries[i]));
-    t.entries = idx.iter().map(|&i| t.entries[i].clone()).collect();
-    t.fib = idx.iter().map(|&i| t.fib[i]).collect();
+    // Sorted by prefix (stable: a later route for the same prefix stays later and wins).
+    let order = |p: &Ipv4Net| (p.network(), p.prefix_len());
+    if with_entries {
+        let mut rows: Vec<(RouteEntry, Route)> = std::mem::take(&mut t.entries).into_iter().zip(t.fib).collect();
+        rows.sort_by_key(|(_, r)| order(&r.prefix));
+        (t.entries, t.fib) = rows.into_iter().unzip();
+    } else {
+        t.fib.sort_by_key(|r| order(&r.prefix));
+    }
     Ok(t)
 }
 

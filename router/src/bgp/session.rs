@@ -357,8 +357,11 @@ impl Speaker {
         }
     }
 
+    /// Reads what the socket has (until it would block, as edge-triggered polling needs) and
+    /// handles each whole message after every read, so the buffer stays small and a full
+    /// table streaming in is decoded as it arrives, each byte moved once.
     fn read(&mut self, registry: &Registry, i: usize, now: Instant) {
-        let mut buf = [0u8; 16384];
+        let mut buf = [0u8; 65536];
         loop {
             let Some(conn) = self.peers[i].conn.as_mut() else { return };
             match conn.stream.read(&mut buf) {
@@ -368,7 +371,7 @@ impl Speaker {
                     return;
                 }
                 Ok(n) => conn.rbuf.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.drop_conn(registry, i);
@@ -376,20 +379,32 @@ impl Speaker {
                     return;
                 }
             }
+            if !self.handle_messages(registry, i, now) {
+                return;
+            }
         }
+    }
+
+    /// Feeds every whole message in the read buffer to the FSM; false when the connection
+    /// is gone or had to be reset.
+    fn handle_messages(&mut self, registry: &Registry, i: usize, now: Instant) -> bool {
+        let mut used = 0;
         loop {
             let ctx = self.peers[i].ctx;
-            let Some(conn) = self.peers[i].conn.as_mut() else { return };
-            match wire::decode(&conn.rbuf, &ctx) {
+            let Some(conn) = self.peers[i].conn.as_mut() else { return false };
+            match wire::decode(&conn.rbuf[used..], &ctx) {
                 Ok(Some((m, n))) => {
-                    conn.rbuf.drain(..n);
+                    used += n;
                     self.feed(registry, i, now, Input::Message(m));
                 }
-                Ok(None) => return,
+                Ok(None) => {
+                    conn.rbuf.drain(..used);
+                    return true;
+                }
                 Err(n) => {
                     conn.rbuf.clear();
                     self.feed(registry, i, now, Input::DecodeError(n));
-                    return;
+                    return false;
                 }
             }
         }
