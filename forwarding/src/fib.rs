@@ -199,6 +199,60 @@ impl FibWriter {
         self.hops.get(i as usize).copied()
     }
 
+    /// Makes the writer hold exactly `routes` (a later route for the same prefix wins), by
+    /// inserting and withdrawing only what differs; returns (inserted or changed, withdrawn).
+    /// One merge of two sorted lists, so a full table that barely changed costs little.
+    pub fn sync(&mut self, routes: &[Route]) -> (usize, usize) {
+        let key = |a: u32, len: u8| (a, len);
+        let mut want: Vec<(u32, u8, NextHop)> =
+            routes.iter().map(|r| (u32::from(r.prefix.trunc().network()), r.prefix.prefix_len(), r.next_hop)).collect();
+        // Stable, and nearly free on input that is already sorted (route tables are).
+        want.sort_by_key(|&(a, len, _)| key(a, len));
+        want.dedup_by(|later, earlier| {
+            let same = key(later.0, later.1) == key(earlier.0, earlier.1);
+            if same {
+                earlier.2 = later.2;
+            }
+            same
+        });
+        let have = self.lpm.sorted();
+        let (mut changed, mut withdrawn) = (0, 0);
+        let (mut i, mut j) = (0, 0);
+        loop {
+            let ord = match (have.get(i), want.get(j)) {
+                (Some(h), Some(w)) => key(h.0, h.1).cmp(&key(w.0, w.1)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => break,
+            };
+            let net = |a: u32, len: u8| Ipv4Net::new(Ipv4Addr::from(a), len).unwrap_or_default();
+            match ord {
+                std::cmp::Ordering::Less => {
+                    let (a, len, _) = have[i];
+                    self.remove(net(a, len));
+                    withdrawn += 1;
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    let (a, len, nh) = want[j];
+                    self.insert(net(a, len), nh);
+                    changed += 1;
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    let (a, len, nh) = want[j];
+                    if self.hops.get(have[i].2 as usize) != Some(&nh) {
+                        self.insert(net(a, len), nh);
+                        changed += 1;
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        (changed, withdrawn)
+    }
+
     /// Sets the tunnel policy of the next snapshots.
     pub fn set_tunnels(&mut self, t: Tunnels) {
         self.tunnels = t;
@@ -215,7 +269,7 @@ impl FibWriter {
 
     /// A snapshot with every change so far (unchanged parts shared with the last one).
     pub fn publish(&mut self) -> Fib {
-        if self.hops_changed || self.published_hops.len() != self.hops.len() {
+        if self.hops_changed {
             self.published_hops = self.hops.as_slice().into();
             self.hops_changed = false;
         }
@@ -370,6 +424,20 @@ mod tests {
             assert!(w.hops.len() <= 8, "{} slots", w.hops.len());
             assert_eq!(w.refs.iter().sum::<usize>(), routes.len());
         }
+    }
+
+    #[test]
+    fn sync_applies_only_the_difference() {
+        let (a, b) = (NextHop::Blackhole, NextHop::Unreachable);
+        let mut w = FibWriter::with_routes(&[route("10.0.0.0/8", a), route("11.0.0.0/8", a), route("0.0.0.0/0", a)]);
+        let want = [route("12.0.0.0/8", b), route("10.0.0.0/8", a), route("11.0.0.0/8", b), route("12.0.0.0/8", a)];
+        assert_eq!(w.sync(&want), (2, 1), "11/8 changed, 12/8 added; 0/0 withdrawn");
+        assert_eq!(w.sync(&want), (0, 0), "nothing left to do");
+        let fib = w.publish();
+        assert_eq!(fib.len(), 3);
+        assert_eq!(fib.lookup(Ipv4Addr::new(12, 0, 0, 1)), Some(a), "the later duplicate won");
+        assert_eq!(fib.lookup(Ipv4Addr::new(11, 0, 0, 1)), Some(b));
+        assert_eq!(fib.lookup(Ipv4Addr::new(9, 0, 0, 1)), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::ipcmd;
 use crate::routes::{self, RouteEntry};
 use anyhow::{bail, Context as _};
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
-use forwarding::fib::{FibWriter, Route, Tunnels};
+use forwarding::fib::{FibWriter, Tunnels};
 use forwarding::{FibHandle, IfaceId, IfaceRole, Interface, Interfaces};
 use ipnet::Ipv4Net;
 use mio::unix::SourceFd;
@@ -82,8 +82,6 @@ struct Node {
     fib: FibHandle,
     /// The FIB's routes, changed one by one.
     writer: FibWriter,
-    /// The FIB's routes, sorted by prefix: what the writer holds, for diffing.
-    fib_routes: Vec<Route>,
     /// What BGP taught us, and the display rows built from it when someone asks.
     learned: Vec<(Ipv4Net, Ipv4Addr)>,
     entries: std::cell::OnceCell<Vec<RouteEntry>>,
@@ -110,62 +108,19 @@ fn tunnels(cfg: &NodeConfig, learned: &[(Ipv4Net, Ipv4Addr)]) -> Tunnels {
 impl Node {
     /// Recomputes the route table with what BGP learned and publishes the new FIB; in tun mode
     /// (and for the node's own traffic) brings the kernel routes in line.
-    fn rebuild(&mut self, learned: &[(Ipv4Net, Ipv4Addr)]) -> anyhow::Result<()> {
+    fn rebuild(&mut self, learned: Vec<(Ipv4Net, Ipv4Addr)>) -> anyhow::Result<()> {
         let t0 = Instant::now();
-        let table = routes::build_fib(&self.cfg, self.dp.interfaces(), learned).map_err(anyhow::Error::msg)?;
+        let table = routes::build_fib(&self.cfg, self.dp.interfaces(), &learned).map_err(anyhow::Error::msg)?;
         let built = t0.elapsed();
-        // Only what changed goes to the FIB writer, so a snapshot rebuilds only the /8s
-        // touched. Both lists are sorted by prefix: one merge pass finds the difference.
-        let mut want = table.fib;
-        want.dedup_by(|later, earlier| {
-            let same = later.prefix == earlier.prefix;
-            if same {
-                earlier.next_hop = later.next_hop;
-            }
-            same
-        });
-        let (mut added, mut removed) = (0usize, 0usize);
-        let key = |r: &Route| (r.prefix.network(), r.prefix.prefix_len());
-        let (mut i, mut j) = (0, 0);
-        while i < self.fib_routes.len() || j < want.len() {
-            use std::cmp::Ordering::{Equal, Greater, Less};
-            let (old, new) = (self.fib_routes.get(i), want.get(j));
-            let ord = match (old, new) {
-                (Some(o), Some(n)) => key(o).cmp(&key(n)),
-                (Some(_), None) => Less,
-                (None, Some(_)) => Greater,
-                (None, None) => break,
-            };
-            match (ord, old, new) {
-                (Equal, Some(o), Some(n)) => {
-                    if o.next_hop != n.next_hop {
-                        self.writer.insert(n.prefix, n.next_hop);
-                        added += 1;
-                    }
-                    i += 1;
-                    j += 1;
-                }
-                (Less, Some(o), _) => {
-                    self.writer.remove(o.prefix);
-                    removed += 1;
-                    i += 1;
-                }
-                (_, _, Some(n)) => {
-                    self.writer.insert(n.prefix, n.next_hop);
-                    added += 1;
-                    j += 1;
-                }
-                _ => break,
-            }
-        }
-        self.fib_routes = want;
+        // Only what changed goes to the FIB writer, so a snapshot rebuilds only the /8s touched.
+        let (added, removed) = self.writer.sync(&table.fib);
         let diffed = t0.elapsed();
-        self.writer.set_tunnels(tunnels(&self.cfg, learned));
+        self.writer.set_tunnels(tunnels(&self.cfg, &learned));
         self.fib.publish(self.writer.publish());
         let published = t0.elapsed();
         self.sync_kernel(&table.kernel);
         tracing::info!(
-            routes = self.fib_routes.len(),
+            routes = self.writer.len(),
             learned = learned.len(),
             added,
             removed,
@@ -174,7 +129,7 @@ impl Node {
             ms_publish = (published - diffed).as_millis() as u64,
             "FIB updated"
         );
-        self.learned = learned.to_vec();
+        self.learned = learned;
         self.entries = Default::default();
         Ok(())
     }
@@ -259,14 +214,6 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut writer = FibWriter::with_routes(&table.fib);
     writer.set_tunnels(tunnels(&cfg, &[]));
     let fib = FibHandle::new(writer.publish());
-    let mut fib_routes = table.fib.clone();
-    fib_routes.dedup_by(|later, earlier| {
-        let same = later.prefix == earlier.prefix;
-        if same {
-            earlier.next_hop = later.next_hop;
-        }
-        same
-    });
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -280,7 +227,6 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         dp,
         fib,
         writer,
-        fib_routes,
         learned: Vec::new(),
         entries: table.entries.clone().into(),
         kernel: Vec::new(),
@@ -317,7 +263,7 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
     tracing::info!(
         node = %node.cfg.name,
         interfaces = node.dp.interfaces().len(),
-        routes = node.fib_routes.len(),
+        routes = node.writer.len(),
         workers = node.cfg.workers,
         bgp_peers = node.cfg.bgp.as_ref().map_or(0, |b| b.peers.len()),
         socket = %node.cfg.admin_socket.display(),
@@ -371,7 +317,7 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
             // wait twice as long as the last rebuild took; a small lab rebuilds at once.
             if pending && last_rebuild.elapsed() >= rebuild_cost * 2 {
                 let t = Instant::now();
-                if let Err(e) = node.rebuild(&sp.learned()) {
+                if let Err(e) = node.rebuild(sp.learned()) {
                     tracing::error!(error = %e, "rebuilding the FIB failed");
                 }
                 pending = false;
@@ -636,7 +582,7 @@ fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json:
                 "dataplane": cfg.dataplane,
                 "workers": cfg.workers,
                 "uptime_secs": started.elapsed().as_secs(),
-                "routes": node.fib_routes.len(),
+                "routes": node.writer.len(),
                 "interfaces": ifaces,
             })
         }

@@ -259,6 +259,25 @@ impl Lpm4Writer {
         old
     }
 
+    /// Every prefix as (network, length, value), sorted by network then length.
+    pub fn sorted(&self) -> Vec<(u32, u8, u32)> {
+        let mut short: Vec<(u32, u8, u32)> =
+            (0..16u8).flat_map(|len| self.short[usize::from(len)].iter().map(move |(&a, &v)| (a, len, v))).collect();
+        short.sort_unstable_by_key(|&(a, len, _)| (a, len));
+        // A short prefix starts on a chunk boundary and sorts before the chunk's own prefixes.
+        let mut short = short.into_iter().peekable();
+        let mut out = Vec::with_capacity(self.count);
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            let start = (c as u32) << 16;
+            while let Some(x) = short.next_if(|x| x.0 <= start) {
+                out.push(x);
+            }
+            out.extend(chunk.iter().map(|&(low, len, v)| (start | u32::from(low), len, v)));
+        }
+        out.extend(short);
+        out
+    }
+
     /// The value stored for exactly this prefix.
     pub fn get(&self, net: u32, len: u8) -> Option<u32> {
         let len = len.min(32);
@@ -507,6 +526,15 @@ mod writer_tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sorted_lists_every_prefix_in_address_order() {
+        let p = [(0x0a01_0100, 24, 3), (0x0a00_0000, 8, 1), (0, 0, 4), (0x0a01_0000, 16, 2), (0x0b00_0000, 8, 5)];
+        let w = Lpm4Writer::with_prefixes(&p);
+        let mut want = p.to_vec();
+        want.sort_by_key(|&(a, len, _)| (a, len));
+        assert_eq!(w.sorted(), want);
     }
 
     #[test]
