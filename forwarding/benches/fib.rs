@@ -3,7 +3,7 @@
 //! table and writes `target/bench/fib.json`. Plain timing, not criterion: each figure is the
 //! best of three passes over 2 M addresses.
 
-use forwarding::lpm::{parse_table, Lpm4, Lpm4Writer, Lpm6, TextTable};
+use forwarding::lpm::{read_table, Lpm4, Lpm4Writer, Lpm6, TextTable};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
@@ -16,9 +16,8 @@ const PASSES: usize = 3;
 /// The real table (outside the repository), parsed as the FIB tooling parses it.
 fn real_table() -> TextTable {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
-    let out = std::process::Command::new("gzip").args(["-dc", path]).output().expect("gzip runs");
-    assert!(out.status.success(), "cannot read {path}: the table lives outside the repository");
-    let t = parse_table(&String::from_utf8_lossy(&out.stdout));
+    let t =
+        read_table(path.as_ref()).unwrap_or_else(|e| panic!("{path}: {e} (the table lives outside the repository)"));
     eprintln!(
         "{} IPv4 and {} IPv6 prefixes ({} with host bits set, masked; {} lines skipped)",
         t.v4.len(),

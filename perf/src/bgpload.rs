@@ -8,6 +8,7 @@
 
 use anyhow::{bail, Context as _};
 use router::bgp::wire::{self, AsSegment, Attr, AttrValue, Capability, Ctx, Message, Open, Origin, Update};
+use router::ipcmd::{ip, ip_in, pids};
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,17 +40,7 @@ pub struct Options {
 
 /// The IPv4 prefixes to announce with their origin AS, distinct, in table order.
 pub fn load_table(path: &Path, limit: usize) -> anyhow::Result<Vec<(u32, u8, u32)>> {
-    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let text = if raw.starts_with(&[0x1f, 0x8b]) {
-        let out = Command::new("gzip").args(["-dc"]).arg(path).output().context("running gzip")?;
-        if !out.status.success() {
-            bail!("gzip could not read {}", path.display());
-        }
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    } else {
-        String::from_utf8_lossy(&raw).into_owned()
-    };
-    let t = forwarding::lpm::parse_table(&text);
+    let t = forwarding::lpm::read_table(path).with_context(|| format!("reading {}", path.display()))?;
     let mut seen = std::collections::HashSet::new();
     let mut v: Vec<(u32, u8, u32)> = t.v4.into_iter().filter(|&(a, len, _)| seen.insert((a, len))).collect();
     if limit > 0 {
@@ -199,14 +190,6 @@ struct Bench {
     children: Vec<Child>,
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip (package iproute2)")?;
-    if !out.status.success() {
-        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
 impl Bench {
     fn new() -> anyhow::Result<Bench> {
         let dir = std::env::temp_dir().join(format!("router-perf-bgp-{}", std::process::id()));
@@ -217,16 +200,17 @@ impl Bench {
         ip(&["netns", "add", DUT_NS])?;
         ip(&["link", "add", "rpb-g", "netns", GEN_NS, "type", "veth", "peer", "name", "rpb-d", "netns", DUT_NS])?;
         for (ns, dev, addr) in [(GEN_NS, "rpb-g", GEN_ADDR), (DUT_NS, "rpb-d", DUT_ADDR)] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip_in(ns, &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip_in(ns, &["link", "set", dev, "up"])?;
+            ip_in(ns, &["link", "set", "lo", "up"])?;
         }
         Ok(b)
     }
 
+    /// Kills whatever still runs in the namespaces and deletes them.
     fn remove_namespaces(&self) {
-        for ns in [GEN_NS, DUT_NS] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        for ns in [GEN_NS, DUT_NS].into_iter().filter(|ns| router::ipcmd::exists(ns)) {
+            let _ = router::ipcmd::remove(ns);
         }
     }
 
@@ -257,11 +241,6 @@ impl Bench {
 impl Drop for Bench {
     fn drop(&mut self) {
         self.stop_all();
-        let _ = Command::new("ip").args(["netns", "pids", DUT_NS]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").arg(pid).status();
-            }
-        });
         self.remove_namespaces();
         if KEEP_LOGS.load(std::sync::atomic::Ordering::Relaxed) || std::env::var_os("ROUTER_PERF_KEEP_LOGS").is_some() {
             eprintln!("logs kept in {}", self.dir.display());
@@ -344,9 +323,8 @@ fn wait_for(
 }
 
 fn rss_of_ns(ns: &str, name: &str) -> u64 {
-    let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() else { return 0 };
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
+    pids(ns)
+        .into_iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .filter(|s| s.lines().next().is_some_and(|l| l.split_whitespace().nth(1) == Some(name)))
         .filter_map(|s| {

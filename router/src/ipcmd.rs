@@ -65,3 +65,11 @@ pub fn exists(ns: &str) -> bool {
 pub fn pids(ns: &str) -> Vec<i32> {
     ip(&["netns", "pids", ns]).map(|o| o.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default()
 }
+
+/// Kills every process inside `ns` and deletes it; returns how many processes it killed.
+pub fn remove(ns: &str) -> anyhow::Result<usize> {
+    use nix::sys::signal::{kill, Signal};
+    let killed = pids(ns).into_iter().filter(|&p| kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL).is_ok()).count();
+    ip(&["netns", "del", ns])?;
+    Ok(killed)
+}

@@ -50,6 +50,21 @@ pub fn parse_table(text: &str) -> TextTable {
     t
 }
 
+/// Reads a table file in that format, gzip-compressed (as in `../shared/data`) or plain.
+pub fn read_table(path: &std::path::Path) -> std::io::Result<TextTable> {
+    let raw = std::fs::read(path)?;
+    let text = if raw.starts_with(&[0x1f, 0x8b]) {
+        let out = std::process::Command::new("gzip").arg("-dc").arg(path).output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!("gzip could not read {}", path.display())));
+        }
+        out.stdout
+    } else {
+        raw
+    };
+    Ok(parse_table(&String::from_utf8_lossy(&text)))
+}
+
 /// The mask of a `len`-bit prefix in a `bits`-bit address space, kept in the low bits.
 fn prefix_mask(len: u8, bits: u32) -> u128 {
     if len == 0 {

@@ -543,13 +543,11 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
         if !netns::exists(ns) {
             continue;
         }
-        for p in netns::pids(ns) {
-            if kill(Pid::from_raw(p), Signal::SIGKILL).is_ok() {
-                report.processes += 1;
+        match netns::remove(ns) {
+            Ok(killed) => {
+                report.processes += killed;
+                report.namespaces += 1;
             }
-        }
-        match netns::ip(&["netns", "del", ns]) {
-            Ok(_) => report.namespaces += 1,
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
@@ -557,10 +555,7 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
     // above: look once more.
     std::thread::sleep(Duration::from_millis(200));
     for ns in st.namespaces.iter().filter(|n| netns::exists(n)) {
-        for p in netns::pids(ns) {
-            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-        }
-        match netns::ip(&["netns", "del", ns]) {
+        match netns::remove(ns) {
             Ok(_) => report.namespaces += 1,
             Err(e) => errors.push(format!("{e:#}")),
         }
