@@ -17,21 +17,35 @@ struct Seg {
     val: Vec<u32>,
 }
 
+/// A chunk's points in `low`/`val` (start, end) and its value before the first point.
+type Head = (usize, usize, u32);
+
 impl Seg {
     fn empty() -> Seg {
         Seg { heads: Box::new([(0, NONE); CHUNKS + 1]), low: Vec::new(), val: Vec::new() }
     }
 
+    /// The chunk of `a`: where its points start and end, and its value before the first.
     #[inline]
-    fn lookup(&self, a: u32) -> u32 {
+    fn head(&self, a: u32) -> Head {
         let c = ((a >> 16) & 0xff) as usize;
         let (lo, base) = self.heads[c];
-        let hi = self.heads[c + 1].0;
-        let pts = self.low.get(lo as usize..hi as usize).unwrap_or(&[]);
+        (lo as usize, self.heads[c + 1].0 as usize, base)
+    }
+
+    /// The value for `a` among its chunk's points.
+    #[inline]
+    fn search(&self, (lo, hi, base): Head, a: u32) -> u32 {
+        let pts = self.low.get(lo..hi).unwrap_or(&[]);
         match pts.partition_point(|&x| x <= a as u16) {
             0 => base,
-            k => self.val.get(lo as usize + k - 1).copied().unwrap_or(NONE),
+            k => self.val.get(lo + k - 1).copied().unwrap_or(NONE),
         }
+    }
+
+    #[inline]
+    fn lookup(&self, a: u32) -> u32 {
+        self.search(self.head(a), a)
     }
 
     fn memory_bytes(&self) -> usize {
@@ -84,26 +98,12 @@ impl Lpm4 {
     pub fn lookup_batch(&self, addrs: &[u32], out: &mut [u32]) {
         const G: usize = 16;
         for (a, o) in addrs.chunks(G).zip(out.chunks_mut(G)) {
-            let mut heads = [(0u32, 0u32, NONE, 0usize); G];
+            let mut heads: [Option<(&Seg, Head)>; G] = [None; G];
             for (h, &x) in heads.iter_mut().zip(a) {
-                let s = (x >> 24) as usize;
-                if let Some(seg) = self.segs.get(s) {
-                    let c = ((x >> 16) & 0xff) as usize;
-                    let (lo, base) = seg.heads[c];
-                    *h = (lo, seg.heads[c + 1].0, base, s);
-                }
+                *h = self.segs.get((x >> 24) as usize).map(|seg| (&**seg, seg.head(x)));
             }
-            for ((&(lo, hi, base, s), &x), r) in heads.iter().zip(a).zip(o.iter_mut()) {
-                *r = base;
-                if lo < hi {
-                    if let Some(seg) = self.segs.get(s) {
-                        let pts = seg.low.get(lo as usize..hi as usize).unwrap_or(&[]);
-                        let k = pts.partition_point(|&y| y <= x as u16);
-                        if k > 0 {
-                            *r = seg.val.get(lo as usize + k - 1).copied().unwrap_or(NONE);
-                        }
-                    }
-                }
+            for ((h, &x), r) in heads.iter().zip(a).zip(o.iter_mut()) {
+                *r = h.map_or(NONE, |(seg, head)| seg.search(head, x));
             }
         }
     }
