@@ -345,6 +345,8 @@ struct Outcome {
     secs: f64,
     routes_per_sec: f64,
     rss_bytes: u64,
+    /// One `router routes --lookup` answered over the admin socket with the table loaded.
+    route_lookup_ms: Option<f64>,
     what_is_counted: &'static str,
 }
 
@@ -423,6 +425,14 @@ fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize
     let (t0, updates, events) = start_feed(b, perf, o)?;
     let (t1, got) =
         wait_for(before + n, Duration::from_secs(o.timeout), Some(&events), fib_routes).context("our node")?;
+    // `router routes --lookup` on the loaded table: the last prefix's first address.
+    let probe = load_table(&o.table, o.limit)?.last().map_or(Ipv4Addr::UNSPECIFIED, |&(a, _, _)| Ipv4Addr::from(a));
+    let t = Instant::now();
+    let answer = router::admin::request(&sock, router::admin::Request::Lookup { addr: probe })?;
+    let lookup_ms = t.elapsed().as_secs_f64() * 1e3;
+    if answer.get("prefix").is_none() {
+        bail!("the node has no route for {probe} after the load: {answer}");
+    }
     Ok(Outcome {
         receiver: "router node",
         prefixes: n,
@@ -431,6 +441,7 @@ fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize
         secs: t1 - t0,
         routes_per_sec: (got - before) as f64 / (t1 - t0),
         rss_bytes: rss_of_ns(DUT_NS, "router"),
+        route_lookup_ms: Some(lookup_ms),
         what_is_counted: "routes in the published FIB snapshot the workers look up in",
     })
 }
@@ -466,6 +477,7 @@ fn measure_bird(b: &mut Bench, perf: &Path, _router: &Path, o: &Options, n: usiz
         secs: t1 - t0,
         routes_per_sec: got as f64 / (t1 - t0),
         rss_bytes: rss_of_ns(DUT_NS, "bird"),
+        route_lookup_ms: None,
         what_is_counted: "routes in BIRD's master4 table (BIRD has no forwarding table of its own)",
     })
 }

@@ -82,9 +82,8 @@ struct Node {
     fib: FibHandle,
     /// The FIB's routes, changed one by one.
     writer: FibWriter,
-    /// What BGP taught us, and the display rows built from it when someone asks.
+    /// What BGP taught us; display rows are built from it when someone asks.
     learned: Vec<(Ipv4Net, Ipv4Addr)>,
-    entries: std::cell::OnceCell<Vec<RouteEntry>>,
     /// Kernel routes currently installed by us.
     kernel: Vec<routes::KernelRoute>,
     started: Instant,
@@ -130,15 +129,21 @@ impl Node {
             "FIB updated"
         );
         self.learned = learned;
-        self.entries = Default::default();
         Ok(())
     }
 
-    /// The route table for display, built on first use after a change.
-    fn entries(&self) -> &[RouteEntry] {
-        self.entries.get_or_init(|| {
-            routes::build(&self.cfg, self.dp.interfaces(), &self.learned).map(|t| t.entries).unwrap_or_default()
-        })
+    /// The route table for display (`router routes`).
+    fn entries(&self) -> Vec<RouteEntry> {
+        routes::build(&self.cfg, self.dp.interfaces(), &self.learned).map(|t| t.entries).unwrap_or_default()
+    }
+
+    /// The route `dst` takes, as a display row (like `ip route get`). Only the learned routes
+    /// that cover `dst` get rows built, so a full table costs one scan, not a million rows.
+    fn route_for(&self, dst: Ipv4Addr) -> Option<RouteEntry> {
+        let covering: Vec<(Ipv4Net, Ipv4Addr)> =
+            self.learned.iter().filter(|(p, _)| p.contains(&dst)).copied().collect();
+        let t = routes::build(&self.cfg, self.dp.interfaces(), &covering).ok()?;
+        crate::trace::lookup(&t.entries, dst).cloned()
     }
 
     fn sync_kernel(&mut self, want: &[routes::KernelRoute]) {
@@ -228,7 +233,6 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         fib,
         writer,
         learned: Vec::new(),
-        entries: table.entries.clone().into(),
         kernel: Vec::new(),
         started: Instant::now(),
         capture: None,
@@ -422,7 +426,7 @@ impl Node {
                 &self.cfg.name,
                 self.dp.interfaces().node_addr(),
                 self.dp.interfaces(),
-                self.entries(),
+                &|dst| self.route_for(dst),
                 &e,
             );
             if let Some((_, hops, _)) = self.trace.as_mut() {
@@ -532,7 +536,7 @@ fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json:
         | Request::TraceStart { .. }
         | Request::TraceCollect { .. }
         | Request::TraceStop => serde_json::Value::Null,
-        Request::Lookup { addr } => json!(crate::trace::lookup(node.entries(), addr)),
+        Request::Lookup { addr } => json!(node.route_for(addr)),
         Request::BgpStatus => json!({
             "configured": speaker.is_some(),
             "as_number": cfg.bgp.as_ref().map(|b| b.as_number),

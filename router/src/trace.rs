@@ -62,18 +62,26 @@ fn effective(s: &Summary) -> (Ipv4Addr, Ipv4Addr, u8, u8, Option<u8>) {
     }
 }
 
-pub fn hop(node: &str, node_addr: Option<Ipv4Addr>, ifaces: &Interfaces, entries: &[RouteEntry], e: &Event) -> Hop {
+/// What the worker did with one traced packet; `route_for` answers which route an address
+/// takes on this node.
+pub fn hop(
+    node: &str,
+    node_addr: Option<Ipv4Addr>,
+    ifaces: &Interfaces,
+    route_for: &dyn Fn(Ipv4Addr) -> Option<RouteEntry>,
+    e: &Event,
+) -> Hop {
     let name = |i: forwarding::IfaceId| ifaces.get(i).map_or_else(|| format!("#{}", i.0), |f| f.name.clone());
     let role = ifaces.get(e.ingress).map_or("?", |f| f.role.name());
     let b = &e.before;
     let (src, dst, _, _, _) = effective(b);
     let arrived_wrapped = b.protocol == 4 && Some(b.dst) == node_addr;
-    let route = lookup(entries, dst).map(|r| RouteMatch {
+    let route = route_for(dst).map(|r| RouteMatch {
         prefix: r.prefix.to_string(),
         next_hop: r.next_hop,
         source: r.source,
-        encap: r.encap.clone(),
-        why: r.why.clone(),
+        encap: r.encap,
+        why: r.why,
     });
     let mut h = Hop {
         node: node.to_string(),
