@@ -390,9 +390,13 @@ impl Rib {
     fn export_attrs(&self, to: PeerId, best: &Best) -> Option<PathAttrs> {
         let peer = self.peers.get(&to)?;
         let to_ibgp = peer.asn == self.local_as;
+        // Never back to where it came from: checked before copying the attributes, which a
+        // full table from one peer would otherwise do a million times for nothing.
+        if best.from == From::Peer(to) {
+            return None;
+        }
         let mut a = (*best.attrs).clone();
         match best.from {
-            From::Peer(from) if from == to => return None,
             From::Peer(from) if to_ibgp && self.ibgp(from) => {
                 // RFC 4456 §6: only a reflector passes iBGP routes to iBGP peers; from a
                 // client to everyone, from a non-client to clients only.
