@@ -1,9 +1,9 @@
-//! The real 1.07 M-prefix IPv4 table from `../shared/data/` (not in the repository, so not run
+//! The real table from `../shared/data/` (1.07 M IPv4, 176 k IPv6 prefixes; not in the repo, so not run
 //! by default): `cargo test --release -p forwarding --test full_table -- --ignored --nocapture`.
-//! Every prefix's first, middle and last address must get the same answer from the range LPM
+//! Every prefix's first, middle and last address must get the same answer from the LPM
 //! as from an independent reference (one hash map per prefix length).
 
-use forwarding::lpm::{read_table, Lpm4, Lpm4Writer, Lpm6, TextTable, NONE};
+use forwarding::lpm::{read_table, Lpm4, Lpm4Writer, Lpm6, Lpm6Writer, TextTable, NONE};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -56,13 +56,53 @@ fn ipv6_range_lpm_matches_the_reference_on_the_real_table() {
     let reference = |a: u128| {
         (0..=128u8).rev().find_map(|len| by_len[usize::from(len)].get(&(a & m(len))).copied()).unwrap_or(NONE)
     };
-    for &(a, len, _) in &p {
-        let first = a & m(len);
-        for addr in [first, first | (!m(len) >> 1), first | !m(len)] {
-            assert_eq!(lpm.lookup(addr), reference(addr), "{addr:#x}");
-        }
+    let edges = |p: &[(u128, u8, u32)]| -> Vec<u128> {
+        p.iter()
+            .flat_map(|&(a, len, _)| {
+                let first = a & m(len);
+                [first, first | (!m(len) >> 1), first | !m(len)]
+            })
+            .collect()
+    };
+    let addrs = edges(&p);
+    let mut batch = vec![0; addrs.len()];
+    lpm.lookup_batch(&addrs, &mut batch);
+    for (&addr, &b) in addrs.iter().zip(&batch) {
+        let want = reference(addr);
+        assert_eq!(lpm.lookup(addr), want, "{addr:#x}");
+        assert_eq!(b, want, "batch {addr:#x}");
     }
     println!("{} IPv6 prefixes: built in {build:?}, {:.1} MiB", p.len(), lpm.memory_bytes() as f64 / (1 << 20) as f64);
+
+    // Withdraw every third prefix one at a time, publish, compare; announce them again.
+    let mut w = Lpm6Writer::with_prefixes(&p);
+    w.publish();
+    let gone: Vec<(u128, u8, u32)> = p.iter().step_by(3).copied().collect();
+    let t0 = Instant::now();
+    for &(a, len, _) in &gone {
+        w.remove(a, len);
+    }
+    let after = w.publish();
+    let took = t0.elapsed();
+    let mut by_len = vec![HashMap::new(); 129];
+    for (i, &(a, len, v)) in p.iter().enumerate() {
+        if i % 3 != 0 {
+            by_len[usize::from(len)].insert(a & m(len), v);
+        }
+    }
+    for &addr in &addrs {
+        let want =
+            (0..=128u8).rev().find_map(|len| by_len[usize::from(len)].get(&(addr & m(len))).copied()).unwrap_or(NONE);
+        assert_eq!(after.lookup(addr), want, "after withdrawals {addr:#x}");
+    }
+    for &(a, len, v) in &gone {
+        w.insert(a, len, v);
+    }
+    let back = w.publish();
+    for &addr in &addrs {
+        assert_eq!(back.lookup(addr), reference(addr), "after re-announcing {addr:#x}");
+    }
+    println!("{} single IPv6 withdrawals and one publish: {took:?}", gone.len());
 }
 
 #[test]

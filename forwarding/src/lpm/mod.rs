@@ -131,7 +131,7 @@ fn breakpoints(prefixes: impl Iterator<Item = (u128, u8, u32)>, bits: u32) -> (V
 mod v4;
 mod v6;
 pub use v4::{Lpm4, Lpm4Writer};
-pub use v6::Lpm6;
+pub use v6::{Lpm6, Lpm6Writer};
 
 #[cfg(test)]
 mod tests {
