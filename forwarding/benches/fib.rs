@@ -1,9 +1,10 @@
 //! `cargo bench -p forwarding --bench fib`: our FIB's LPM against the best Rust LPM crates on
 //! the real 1.07 M-prefix table (`../shared/data/bgp-full-table.lpm.gz`), in one run. Prints a
-//! table and writes `target/bench/fib.json`. Plain timing, not criterion: each figure is the
-//! best of three passes over 2 M addresses.
+//! table and writes `target/bench/fib.json`. Plain timing: each figure is the best of three
+//! rounds over 1–2 M addresses, the implementations taking turns within each round. The
+//! criterion version of the lookups is `--bench fib_criterion`.
 
-use forwarding::lpm::{read_table, Lpm4, Lpm4Writer, Lpm6, TextTable};
+use forwarding::lpm::{read_table, Lpm4, Lpm4Writer, Lpm6, Lpm6Writer, TextTable};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
@@ -40,19 +41,59 @@ fn rng(seed: &mut u64) -> u64 {
     *seed
 }
 
-/// Lookups per second, best of PASSES.
-fn rate(addrs: &[u32], f: impl Fn(u32) -> u32) -> f64 {
-    let mut best = 0.0f64;
+/// Looks up every address of a slice; returns a checksum of the answers.
+type Run<'a, A> = Box<dyn Fn(&[A]) -> u32 + 'a>;
+
+/// One implementation under test: its lookup over a whole slice of addresses (so that batch
+/// APIs can batch), returning a checksum of the answers.
+struct Impl<'a, A> {
+    name: &'static str,
+    memory: usize,
+    build: f64,
+    updates: Option<f64>,
+    run: Run<'a, A>,
+}
+
+/// A single-address lookup as an [`Impl`] body.
+fn each<'a, A: Copy + 'a>(f: impl Fn(A) -> u32 + 'a) -> Run<'a, A> {
+    Box::new(move |addrs: &[A]| addrs.iter().fold(0u32, |acc, &a| acc.wrapping_add(f(black_box(a)))))
+}
+
+/// Lookups per second of every implementation on every pattern: PASSES rounds, each timing
+/// every implementation once, best round kept. Interleaving the rounds means a noisy
+/// moment on this shared machine hits all of them alike instead of one.
+fn measure<A: Copy>(
+    family: &'static str,
+    impls: &[Impl<'_, A>],
+    patterns: &[(&'static str, &[A])],
+    rows: &mut Vec<Row>,
+) {
+    let mut best = vec![0.0f64; impls.len() * patterns.len()];
     for _ in 0..PASSES {
-        let t = Instant::now();
-        let mut acc = 0u32;
-        for &a in addrs {
-            acc = acc.wrapping_add(f(black_box(a)));
+        for (i, imp) in impls.iter().enumerate() {
+            for (j, (_, addrs)) in patterns.iter().enumerate() {
+                let t = Instant::now();
+                black_box((imp.run)(black_box(addrs)));
+                let r = addrs.len() as f64 / t.elapsed().as_secs_f64();
+                best[i * patterns.len() + j] = best[i * patterns.len() + j].max(r);
+            }
         }
-        black_box(acc);
-        best = best.max(addrs.len() as f64 / t.elapsed().as_secs_f64());
     }
-    best
+    for (i, imp) in impls.iter().enumerate() {
+        for (j, (pattern, _)) in patterns.iter().enumerate() {
+            let r = best[i * patterns.len() + j];
+            rows.push(Row {
+                implementation: imp.name,
+                family,
+                pattern,
+                lookups_per_sec: r,
+                ns_per_lookup: 1e9 / r,
+                memory_bytes: imp.memory,
+                build_secs: imp.build,
+                updates_per_sec: imp.updates,
+            });
+        }
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -69,18 +110,27 @@ struct Row {
     updates_per_sec: Option<f64>,
 }
 
-/// The update stream every implementation gets: 100 000 prefixes of the table, withdrawn one
-/// at a time and then announced again.
-fn churn(p: &[(u32, u8, u32)]) -> Vec<(u32, u8, u32)> {
-    p.iter().step_by(p.len() / 100_000).take(100_000).copied().collect()
+/// The update stream every implementation gets: up to 100 000 prefixes of the table,
+/// withdrawn one at a time and then announced again.
+fn churn<A: Copy>(p: &[(A, u8, u32)]) -> Vec<(A, u8, u32)> {
+    churn_of(p, 100_000)
 }
 
+/// `n` prefixes spread over the table.
+fn churn_of<A: Copy>(p: &[(A, u8, u32)], n: usize) -> Vec<(A, u8, u32)> {
+    p.iter().step_by((p.len() / n).max(1)).take(n).copied().collect()
+}
+
+/// Updates in the run that publishes after every one: each publish rebuilds a whole /8
+/// (IPv4) or /16 (IPv6), so fewer of them.
+const EVERY_UPDATE_CHURN: usize = 5_000;
+
 /// Times `withdraw` over the churn set and then `announce`; updates per second.
-fn update_rate<T>(
-    set: &[(u32, u8, u32)],
+fn update_rate<A: Copy, T>(
+    set: &[(A, u8, u32)],
     table: &mut T,
-    withdraw: impl Fn(&mut T, u32, u8),
-    announce: impl Fn(&mut T, u32, u8, u32),
+    withdraw: impl Fn(&mut T, A, u8),
+    announce: impl Fn(&mut T, A, u8, u32),
 ) -> f64 {
     let t = Instant::now();
     for &(a, len, _) in set {
@@ -95,6 +145,7 @@ fn update_rate<T>(
 /// What a concurrent reader saw while the writer worked.
 #[derive(serde::Serialize)]
 struct UpdateRun {
+    family: &'static str,
     /// "every update" (a snapshot per update) or "every 1 ms" (changes coalesced).
     publish: &'static str,
     updates_per_sec: f64,
@@ -106,20 +157,76 @@ struct UpdateRun {
     reader_worst_batch_us: f64,
 }
 
-/// Single-route updates through [`Lpm4Writer`] while another thread keeps looking up in the
+/// Our two writers and their snapshots, as the update benchmark drives them.
+trait Writer: Sized {
+    type Addr: Copy + Send + 'static;
+    type Snap: Send + Sync + 'static;
+    fn new(p: &[(Self::Addr, u8, u32)]) -> Self;
+    fn insert(&mut self, a: Self::Addr, len: u8, v: u32);
+    fn remove(&mut self, a: Self::Addr, len: u8);
+    fn publish(&mut self) -> Self::Snap;
+    fn batch(snap: &Self::Snap, addrs: &[Self::Addr], out: &mut [u32]);
+}
+
+impl Writer for Lpm4Writer {
+    type Addr = u32;
+    type Snap = Lpm4;
+    fn new(p: &[(u32, u8, u32)]) -> Self {
+        Lpm4Writer::with_prefixes(p)
+    }
+    fn insert(&mut self, a: u32, len: u8, v: u32) {
+        Lpm4Writer::insert(self, a, len, v);
+    }
+    fn remove(&mut self, a: u32, len: u8) {
+        Lpm4Writer::remove(self, a, len);
+    }
+    fn publish(&mut self) -> Lpm4 {
+        Lpm4Writer::publish(self)
+    }
+    fn batch(snap: &Lpm4, addrs: &[u32], out: &mut [u32]) {
+        snap.lookup_batch(addrs, out);
+    }
+}
+
+impl Writer for Lpm6Writer {
+    type Addr = u128;
+    type Snap = Lpm6;
+    fn new(p: &[(u128, u8, u32)]) -> Self {
+        Lpm6Writer::with_prefixes(p)
+    }
+    fn insert(&mut self, a: u128, len: u8, v: u32) {
+        Lpm6Writer::insert(self, a, len, v);
+    }
+    fn remove(&mut self, a: u128, len: u8) {
+        Lpm6Writer::remove(self, a, len);
+    }
+    fn publish(&mut self) -> Lpm6 {
+        Lpm6Writer::publish(self)
+    }
+    fn batch(snap: &Lpm6, addrs: &[u128], out: &mut [u32]) {
+        snap.lookup_batch(addrs, out);
+    }
+}
+
+/// Single-route updates through our writer while another thread keeps looking up in the
 /// published snapshot (loaded once per batch of 64, as a worker does).
-fn concurrent_updates(p: &[(u32, u8, u32)], addrs: &[u32], every_update: bool) -> UpdateRun {
-    let set = churn(p);
-    let mut w = Lpm4Writer::with_prefixes(p);
+fn concurrent_updates<W: Writer>(
+    family: &'static str,
+    p: &[(W::Addr, u8, u32)],
+    addrs: &[W::Addr],
+    every_update: bool,
+) -> UpdateRun {
+    let set = if every_update { churn_of(p, EVERY_UPDATE_CHURN) } else { churn(p) };
+    let mut w = W::new(p);
     let handle = Arc::new(arc_swap::ArcSwap::from_pointee(w.publish()));
-    let reader = |handle: Arc<arc_swap::ArcSwap<Lpm4>>, stop: Arc<AtomicBool>, addrs: Vec<u32>| {
+    let reader = |handle: Arc<arc_swap::ArcSwap<W::Snap>>, stop: Arc<AtomicBool>, addrs: Vec<W::Addr>| {
         std::thread::spawn(move || {
             let (mut n, mut worst, mut out) = (0u64, 0f64, [0u32; 64]);
             let t0 = Instant::now();
             'run: loop {
                 for chunk in addrs.chunks(64) {
                     let t = Instant::now();
-                    handle.load().lookup_batch(chunk, &mut out);
+                    W::batch(&handle.load(), chunk, &mut out);
                     black_box(out[0]);
                     worst = worst.max(t.elapsed().as_secs_f64());
                     n += chunk.len() as u64;
@@ -142,7 +249,7 @@ fn concurrent_updates(p: &[(u32, u8, u32)], addrs: &[u32], every_update: bool) -
     let r = reader(Arc::clone(&handle), Arc::clone(&stop), addrs.to_vec());
     let mut publishes = 0;
     let mut last = Instant::now();
-    let mut maybe_publish = |w: &mut Lpm4Writer| {
+    let mut maybe_publish = |w: &mut W| {
         if every_update || last.elapsed().as_micros() >= 1000 {
             handle.store(Arc::new(w.publish()));
             publishes += 1;
@@ -163,6 +270,7 @@ fn concurrent_updates(p: &[(u32, u8, u32)], addrs: &[u32], every_update: bool) -
     stop.store(true, Ordering::Relaxed);
     let (during, worst) = r.join().unwrap_or((0.0, 0.0));
     UpdateRun {
+        family,
         publish: if every_update { "every update" } else { "every 1 ms" },
         updates_per_sec: (set.len() * 2) as f64 / secs,
         publishes: publishes + 1,
@@ -172,235 +280,298 @@ fn concurrent_updates(p: &[(u32, u8, u32)], addrs: &[u32], every_update: bool) -
     }
 }
 
+/// Random addresses inside random prefixes of `p` (`bits` wide).
+fn inside<A>(p: &[(A, u8, u32)], n: usize, seed: &mut u64, host: impl Fn(&mut u64, A, u8) -> A) -> Vec<A>
+where
+    A: Copy,
+{
+    (0..n)
+        .map(|_| {
+            let (a, len, _) = p[(rng(seed) % p.len() as u64) as usize];
+            host(seed, a, len)
+        })
+        .collect()
+}
+
+/// Builds a crate's table from the prefixes, timing it and measuring RSS growth.
+fn built<T>(f: impl FnOnce() -> T) -> (T, f64, usize) {
+    let m0 = rss();
+    let t = Instant::now();
+    let x = f();
+    (x, t.elapsed().as_secs_f64(), rss().saturating_sub(m0))
+}
+
+/// A rate with the unit that keeps three digits: "2.31 M", "4.2 k".
+fn per_sec(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else {
+        format!("{:.1} k", x / 1e3)
+    }
+}
+
 fn main() {
     let tables = real_table();
-    let p = tables.v4;
     let mut seed = 0x1234_5678_9abc_def0;
-    let inside: Vec<u32> = (0..2_000_000)
-        .map(|_| {
-            let (a, len, _) = p[(rng(&mut seed) % p.len() as u64) as usize];
-            let host = if len == 32 { 0 } else { (rng(&mut seed) as u32) & (u32::MAX >> len) };
-            a | host
-        })
-        .collect();
-    let uniform: Vec<u32> = (0..2_000_000).map(|_| rng(&mut seed) as u32).collect();
     let mut rows = Vec::new();
-    let add =
-        |rows: &mut Vec<Row>, name: &'static str, mem: usize, build: f64, upd: Option<f64>, f: &dyn Fn(u32) -> u32| {
-            for (pattern, addrs) in [("inside-prefixes", &inside), ("uniform", &uniform)] {
-                let r = rate(addrs, f);
-                rows.push(Row {
-                    implementation: name,
-                    family: "ipv4",
-                    pattern,
-                    lookups_per_sec: r,
-                    ns_per_lookup: 1e9 / r,
-                    memory_bytes: mem,
-                    build_secs: build,
-                    updates_per_sec: upd,
-                });
-            }
-        };
+    let mut runs = Vec::new();
 
-    let m0 = rss();
-    let t = Instant::now();
-    let ours = Lpm4::build(&p);
-    let build = t.elapsed().as_secs_f64();
-    let _ = m0;
-    let runs = [concurrent_updates(&p, &inside, false), concurrent_updates(&p, &inside, true)];
+    // IPv4.
+    let p = tables.v4;
+    let inside4 = inside(&p, 2_000_000, &mut seed, |s, a, len| {
+        a | if len == 32 { 0 } else { (rng(s) as u32) & (u32::MAX >> len) }
+    });
+    let uniform4: Vec<u32> = (0..2_000_000).map(|_| rng(&mut seed) as u32).collect();
+    runs.push(concurrent_updates::<Lpm4Writer>("ipv4", &p, &inside4, false));
+    runs.push(concurrent_updates::<Lpm4Writer>("ipv4", &p, &inside4, true));
     let ours_upd = Some(runs[0].updates_per_sec);
-    add(&mut rows, "router (range LPM)", ours.memory_bytes(), build, ours_upd, &|a| ours.lookup(a));
-    // The batch API over the same addresses, 64 at a time (a worker's batch).
-    for (pattern, addrs) in [("inside-prefixes", &inside), ("uniform", &uniform)] {
-        let mut best = 0.0f64;
-        let mut out = [0u32; 64];
-        for _ in 0..PASSES {
-            let t = Instant::now();
-            let mut acc = 0u32;
-            for chunk in addrs.chunks(64) {
-                ours.lookup_batch(black_box(chunk), &mut out);
-                acc = acc.wrapping_add(out[0]);
-            }
-            black_box(acc);
-            best = best.max(addrs.len() as f64 / t.elapsed().as_secs_f64());
+    let (ours, build, _) = built(|| Lpm4::build(&p));
+    let (mut tbm, tbm_build, tbm_mem) = built(|| {
+        let mut t = ip_network_table_deps_treebitmap::IpLookupTable::new();
+        for &(a, len, v) in &p {
+            t.insert(Ipv4Addr::from(a), u32::from(len), v);
         }
-        rows.push(Row {
-            implementation: "router (range LPM, batch)",
-            family: "ipv4",
-            pattern,
-            lookups_per_sec: best,
-            ns_per_lookup: 1e9 / best,
-            memory_bytes: ours.memory_bytes(),
-            build_secs: build,
-            updates_per_sec: ours_upd,
-        });
-    }
-
-    let m0 = rss();
-    let t = Instant::now();
-    let mut tbm = ip_network_table_deps_treebitmap::IpLookupTable::new();
-    for &(a, len, v) in &p {
-        tbm.insert(Ipv4Addr::from(a), u32::from(len), v);
-    }
-    let build = t.elapsed().as_secs_f64();
-    let mem = rss().saturating_sub(m0);
-    let upd = update_rate(
+        t
+    });
+    let tbm_upd = update_rate(
         &churn(&p),
         &mut tbm,
-        |tbm, a, len| {
-            tbm.remove(Ipv4Addr::from(a), u32::from(len));
+        |t, a, len| {
+            t.remove(Ipv4Addr::from(a), u32::from(len));
         },
-        |tbm, a, len, v| {
-            tbm.insert(Ipv4Addr::from(a), u32::from(len), v);
+        |t, a, len, v| {
+            t.insert(Ipv4Addr::from(a), u32::from(len), v);
         },
     );
-    add(&mut rows, "ip_network_table-deps-treebitmap", mem, build, Some(upd), &|a| {
-        tbm.longest_match(Ipv4Addr::from(a)).map_or(u32::MAX, |(_, _, v)| *v)
-    });
-    drop(tbm);
-
-    let m0 = rss();
-    let t = Instant::now();
-    let mut pt: prefix_trie::PrefixMap<ipnet::Ipv4Net, u32> = prefix_trie::PrefixMap::new();
-    for &(a, len, v) in &p {
-        if let Ok(n) = ipnet::Ipv4Net::new(Ipv4Addr::from(a), len) {
-            pt.insert(n, v);
+    let net4 = |a: u32, len: u8| ipnet::Ipv4Net::new(Ipv4Addr::from(a), len).ok();
+    let (mut pt, pt_build, pt_mem) = built(|| {
+        let mut t: prefix_trie::PrefixMap<ipnet::Ipv4Net, u32> = prefix_trie::PrefixMap::new();
+        for &(a, len, v) in &p {
+            if let Some(n) = net4(a, len) {
+                t.insert(n, v);
+            }
         }
-    }
-    let build = t.elapsed().as_secs_f64();
-    let mem = rss().saturating_sub(m0);
-    let net = |a: u32, len: u8| ipnet::Ipv4Net::new(Ipv4Addr::from(a), len).unwrap_or_default();
-    let upd = update_rate(
+        t
+    });
+    let pt_upd = update_rate(
         &churn(&p),
         &mut pt,
-        |pt, a, len| {
-            pt.remove(&net(a, len));
+        |t, a, len| {
+            if let Some(n) = net4(a, len) {
+                t.remove(&n);
+            }
         },
-        |pt, a, len, v| {
-            pt.insert(net(a, len), v);
+        |t, a, len, v| {
+            if let Some(n) = net4(a, len) {
+                t.insert(n, v);
+            }
         },
     );
-    add(&mut rows, "prefix-trie", mem, build, Some(upd), &|a| {
-        let host = ipnet::Ipv4Net::new(Ipv4Addr::from(a), 32).unwrap_or_default();
-        pt.get_lpm(&host).map_or(u32::MAX, |(_, v)| *v)
-    });
-    drop(pt);
-
-    let m0 = rss();
-    let t = Instant::now();
-    let mut rt = iptrie::Ipv4RTrieMap::with_root(u32::MAX);
-    for &(a, len, v) in &p {
-        if let Ok(k) = iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len) {
-            rt.insert(k, v);
+    let radix4 = || {
+        let mut t = iptrie::Ipv4RTrieMap::with_root(u32::MAX);
+        for &(a, len, v) in &p {
+            if let Ok(k) = iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len) {
+                t.insert(k, v);
+            }
         }
-    }
-    let lc = rt.compress();
-    let build = t.elapsed().as_secs_f64();
-    let mem = rss().saturating_sub(m0);
+        t
+    };
+    let (lc, lc_build, lc_mem) = built(|| radix4().compress());
     // The LC-trie is static: updates go to the radix trie it is compressed from.
-    let mut rt = iptrie::Ipv4RTrieMap::with_root(u32::MAX);
-    for &(a, len, v) in &p {
-        if let Ok(k) = iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len) {
-            rt.insert(k, v);
-        }
-    }
-    let key = |a: u32, len: u8| iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len).ok();
-    let upd = update_rate(
+    let mut rt = radix4();
+    let key4 = |a: u32, len: u8| iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len).ok();
+    let lc_upd = update_rate(
         &churn(&p),
         &mut rt,
-        |rt, a, len| {
-            if let Some(k) = key(a, len) {
-                rt.remove(&k);
+        |t, a, len| {
+            if let Some(k) = key4(a, len) {
+                t.remove(&k);
             }
         },
-        |rt, a, len, v| {
-            if let Some(k) = key(a, len) {
-                rt.insert(k, v);
+        |t, a, len, v| {
+            if let Some(k) = key4(a, len) {
+                t.insert(k, v);
             }
         },
     );
-    add(&mut rows, "iptrie (LC-trie)", mem, build, Some(upd), &|a| *lc.lookup(&Ipv4Addr::from(a)).1);
+    drop(rt);
+    let impls = [
+        Impl {
+            name: "router (range LPM)",
+            memory: ours.memory_bytes(),
+            build,
+            updates: ours_upd,
+            run: each(|a| ours.lookup(a)),
+        },
+        Impl {
+            name: "router (range LPM, batch)",
+            memory: ours.memory_bytes(),
+            build,
+            updates: ours_upd,
+            run: Box::new(|addrs: &[u32]| {
+                let mut out = [0u32; 64];
+                addrs.chunks(64).fold(0u32, |acc, c| {
+                    ours.lookup_batch(c, &mut out);
+                    acc.wrapping_add(out[0])
+                })
+            }),
+        },
+        Impl {
+            name: "ip_network_table-deps-treebitmap",
+            memory: tbm_mem,
+            build: tbm_build,
+            updates: Some(tbm_upd),
+            run: each(|a| tbm.longest_match(Ipv4Addr::from(a)).map_or(u32::MAX, |(_, _, v)| *v)),
+        },
+        Impl {
+            name: "prefix-trie",
+            memory: pt_mem,
+            build: pt_build,
+            updates: Some(pt_upd),
+            run: each(|a| {
+                let host = ipnet::Ipv4Net::new(Ipv4Addr::from(a), 32).unwrap_or_default();
+                pt.get_lpm(&host).map_or(u32::MAX, |(_, v)| *v)
+            }),
+        },
+        Impl {
+            name: "iptrie (LC-trie)",
+            memory: lc_mem,
+            build: lc_build,
+            updates: Some(lc_upd),
+            run: each(|a| *lc.lookup(&Ipv4Addr::from(a)).1),
+        },
+    ];
+    measure("ipv4", &impls, &[("inside-prefixes", &inside4), ("uniform", &uniform4)], &mut rows);
+    drop(impls);
 
     // IPv6, the same way.
     let p6 = tables.v6;
-    let inside6: Vec<u128> = (0..1_000_000)
-        .map(|_| {
-            let (a, len, _) = p6[(rng(&mut seed) % p6.len() as u64) as usize];
-            let r = (u128::from(rng(&mut seed)) << 64) | u128::from(rng(&mut seed));
-            let host = if len == 128 { 0 } else { r & (u128::MAX >> len) };
-            a | host
-        })
-        .collect();
+    let inside6 = inside(&p6, 1_000_000, &mut seed, |s, a, len| {
+        let r = (u128::from(rng(s)) << 64) | u128::from(rng(s));
+        a | if len == 128 { 0 } else { r & (u128::MAX >> len) }
+    });
     let uniform6: Vec<u128> =
         (0..1_000_000).map(|_| (u128::from(rng(&mut seed)) << 64) | u128::from(rng(&mut seed))).collect();
-    let rate6 = |addrs: &[u128], f: &dyn Fn(u128) -> u32| {
-        let mut best = 0.0f64;
-        for _ in 0..PASSES {
-            let t = Instant::now();
-            let mut acc = 0u32;
-            for &a in addrs {
-                acc = acc.wrapping_add(f(black_box(a)));
+    runs.push(concurrent_updates::<Lpm6Writer>("ipv6", &p6, &inside6, false));
+    runs.push(concurrent_updates::<Lpm6Writer>("ipv6", &p6, &inside6, true));
+    let ours6_upd = Some(runs[2].updates_per_sec);
+    let (ours6, build6, _) = built(|| Lpm6::build(&p6));
+    let (mut tbm6, tbm6_build, tbm6_mem) = built(|| {
+        let mut t = ip_network_table_deps_treebitmap::IpLookupTable::new();
+        for &(a, len, v) in &p6 {
+            t.insert(Ipv6Addr::from(a), u32::from(len), v);
+        }
+        t
+    });
+    let tbm6_upd = update_rate(
+        &churn(&p6),
+        &mut tbm6,
+        |t, a, len| {
+            t.remove(Ipv6Addr::from(a), u32::from(len));
+        },
+        |t, a, len, v| {
+            t.insert(Ipv6Addr::from(a), u32::from(len), v);
+        },
+    );
+    let net6 = |a: u128, len: u8| ipnet::Ipv6Net::new(Ipv6Addr::from(a), len).ok();
+    let (mut pt6, pt6_build, pt6_mem) = built(|| {
+        let mut t: prefix_trie::PrefixMap<ipnet::Ipv6Net, u32> = prefix_trie::PrefixMap::new();
+        for &(a, len, v) in &p6 {
+            if let Some(n) = net6(a, len) {
+                t.insert(n, v);
             }
-            black_box(acc);
-            best = best.max(addrs.len() as f64 / t.elapsed().as_secs_f64());
         }
-        best
-    };
-    let add6 = |rows: &mut Vec<Row>, name: &'static str, mem: usize, build: f64, f: &dyn Fn(u128) -> u32| {
-        for (pattern, addrs) in [("inside-prefixes", &inside6), ("uniform", &uniform6)] {
-            let r = rate6(addrs, f);
-            rows.push(Row {
-                implementation: name,
-                family: "ipv6",
-                pattern,
-                lookups_per_sec: r,
-                ns_per_lookup: 1e9 / r,
-                memory_bytes: mem,
-                build_secs: build,
-                updates_per_sec: None,
-            });
-        }
-    };
-    let t = Instant::now();
-    let ours6 = Lpm6::build(&p6);
-    let build = t.elapsed().as_secs_f64();
-    add6(&mut rows, "router (range LPM)", ours6.memory_bytes(), build, &|a| ours6.lookup(a));
-    let m0 = rss();
-    let t = Instant::now();
-    let mut tbm6 = ip_network_table_deps_treebitmap::IpLookupTable::new();
-    for &(a, len, v) in &p6 {
-        tbm6.insert(Ipv6Addr::from(a), u32::from(len), v);
-    }
-    let build = t.elapsed().as_secs_f64();
-    add6(&mut rows, "ip_network_table-deps-treebitmap", rss().saturating_sub(m0), build, &|a| {
-        tbm6.longest_match(Ipv6Addr::from(a)).map_or(u32::MAX, |(_, _, v)| *v)
+        t
     });
-    drop(tbm6);
-    let m0 = rss();
-    let t = Instant::now();
-    let mut pt6: prefix_trie::PrefixMap<ipnet::Ipv6Net, u32> = prefix_trie::PrefixMap::new();
-    for &(a, len, v) in &p6 {
-        if let Ok(n) = ipnet::Ipv6Net::new(Ipv6Addr::from(a), len) {
-            pt6.insert(n, v);
+    let pt6_upd = update_rate(
+        &churn(&p6),
+        &mut pt6,
+        |t, a, len| {
+            if let Some(n) = net6(a, len) {
+                t.remove(&n);
+            }
+        },
+        |t, a, len, v| {
+            if let Some(n) = net6(a, len) {
+                t.insert(n, v);
+            }
+        },
+    );
+    let radix6 = || {
+        let mut t = iptrie::Ipv6RTrieMap::with_root(u32::MAX);
+        for &(a, len, v) in &p6 {
+            if let Ok(k) = iptrie::Ipv6Prefix::new(Ipv6Addr::from(a), len) {
+                t.insert(k, v);
+            }
         }
-    }
-    let build = t.elapsed().as_secs_f64();
-    add6(&mut rows, "prefix-trie", rss().saturating_sub(m0), build, &|a| {
-        let host = ipnet::Ipv6Net::new(Ipv6Addr::from(a), 128).unwrap_or_default();
-        pt6.get_lpm(&host).map_or(u32::MAX, |(_, v)| *v)
-    });
-    drop(pt6);
-    let m0 = rss();
-    let t = Instant::now();
-    let mut rt6 = iptrie::Ipv6RTrieMap::with_root(u32::MAX);
-    for &(a, len, v) in &p6 {
-        if let Ok(k) = iptrie::Ipv6Prefix::new(Ipv6Addr::from(a), len) {
-            rt6.insert(k, v);
-        }
-    }
-    let lc6 = rt6.compress();
-    let build = t.elapsed().as_secs_f64();
-    add6(&mut rows, "iptrie (LC-trie)", rss().saturating_sub(m0), build, &|a| *lc6.lookup(&Ipv6Addr::from(a)).1);
+        t
+    };
+    let (lc6, lc6_build, lc6_mem) = built(|| radix6().compress());
+    let mut rt6 = radix6();
+    let key6 = |a: u128, len: u8| iptrie::Ipv6Prefix::new(Ipv6Addr::from(a), len).ok();
+    let lc6_upd = update_rate(
+        &churn(&p6),
+        &mut rt6,
+        |t, a, len| {
+            if let Some(k) = key6(a, len) {
+                t.remove(&k);
+            }
+        },
+        |t, a, len, v| {
+            if let Some(k) = key6(a, len) {
+                t.insert(k, v);
+            }
+        },
+    );
+    drop(rt6);
+    let impls6 = [
+        Impl {
+            name: "router (trie + ranges)",
+            memory: ours6.memory_bytes(),
+            build: build6,
+            updates: ours6_upd,
+            run: each(|a| ours6.lookup(a)),
+        },
+        Impl {
+            name: "router (trie + ranges, batch)",
+            memory: ours6.memory_bytes(),
+            build: build6,
+            updates: ours6_upd,
+            run: Box::new(|addrs: &[u128]| {
+                let mut out = [0u32; 64];
+                addrs.chunks(64).fold(0u32, |acc, c| {
+                    ours6.lookup_batch(c, &mut out);
+                    acc.wrapping_add(out[0])
+                })
+            }),
+        },
+        Impl {
+            name: "ip_network_table-deps-treebitmap",
+            memory: tbm6_mem,
+            build: tbm6_build,
+            updates: Some(tbm6_upd),
+            run: each(|a| tbm6.longest_match(Ipv6Addr::from(a)).map_or(u32::MAX, |(_, _, v)| *v)),
+        },
+        Impl {
+            name: "prefix-trie",
+            memory: pt6_mem,
+            build: pt6_build,
+            updates: Some(pt6_upd),
+            run: each(|a| {
+                let host = ipnet::Ipv6Net::new(Ipv6Addr::from(a), 128).unwrap_or_default();
+                pt6.get_lpm(&host).map_or(u32::MAX, |(_, v)| *v)
+            }),
+        },
+        Impl {
+            name: "iptrie (LC-trie)",
+            memory: lc6_mem,
+            build: lc6_build,
+            updates: Some(lc6_upd),
+            run: each(|a| *lc6.lookup(&Ipv6Addr::from(a)).1),
+        },
+    ];
+    measure("ipv6", &impls6, &[("inside-prefixes", &inside6), ("uniform", &uniform6)], &mut rows);
+    drop(impls6);
 
     // Table and ratios.
     println!(
@@ -416,18 +587,19 @@ fn main() {
             r.ns_per_lookup,
             r.memory_bytes as f64 / (1 << 20) as f64,
             r.build_secs,
-            r.updates_per_sec.map_or("–".to_string(), |u| format!("{:.2} M", u / 1e6))
+            r.updates_per_sec.map_or("–".to_string(), per_sec)
         );
     }
     println!(
-        "\nSingle-route updates (100 000 withdrawals, then the same announced again) while a reader thread looks up:"
+        "\nSingle-route updates (withdrawals, then the same announced again: 100 000 each, or 5 000 when every update is published) through our writers while a reader thread looks up:"
     );
-    println!("| publish | updates/s | snapshots | reader lookups/s (during / idle) | reader's worst batch of 64 |\n|---|---:|---:|---:|---:|");
+    println!("| family | publish | updates/s | snapshots | reader lookups/s (during / idle) | reader's worst batch of 64 |\n|---|---|---:|---:|---:|---:|");
     for u in &runs {
         println!(
-            "| {} | {:.2} M | {} | {:.1} M / {:.1} M | {:.0} µs |",
+            "| {} | {} | {} | {} | {:.1} M / {:.1} M | {:.0} µs |",
+            u.family,
             u.publish,
-            u.updates_per_sec / 1e6,
+            per_sec(u.updates_per_sec),
             u.publishes,
             u.reader_lookups_per_sec / 1e6,
             u.reader_idle_lookups_per_sec / 1e6,
@@ -440,16 +612,17 @@ fn main() {
             let best = rows
                 .iter()
                 .filter(|r| r.family == family && r.pattern == pattern && !r.implementation.starts_with("router"))
-                .map(|r| r.lookups_per_sec)
-                .fold(0.0, f64::max);
+                .max_by(|a, b| a.lookups_per_sec.total_cmp(&b.lookups_per_sec));
+            let Some(best) = best else { continue };
             for ours in rows
                 .iter()
                 .filter(|r| r.family == family && r.pattern == pattern && r.implementation.starts_with("router"))
             {
                 println!(
-                    "{family} {pattern}: {} ÷ best crate = {:.1}×",
+                    "{family} {pattern}: {} ÷ best crate ({}) = {:.1}×",
                     ours.implementation,
-                    ours.lookups_per_sec / best.max(1.0)
+                    best.implementation,
+                    ours.lookups_per_sec / best.lookups_per_sec.max(1.0)
                 );
             }
         }

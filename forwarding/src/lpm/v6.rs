@@ -211,15 +211,20 @@ impl Seg {
 /// reader lets go.
 #[derive(Debug, Clone)]
 pub struct Lpm6 {
+    /// Per /16: the answer from prefixes shorter than /16, and the index of its segment in
+    /// `segs` ([`NO_SEG`] if none). One load settles an address outside every /16 with
+    /// routes, which is most of the IPv6 space.
+    top: Arc<Vec<(u32, u32)>>,
     segs: Arc<Vec<Option<Arc<Seg>>>>,
-    /// Per /16: the answer from prefixes shorter than /16, where no segment exists.
-    bases: Arc<Vec<u32>>,
     prefixes: usize,
 }
 
+/// A /16 without a segment.
+const NO_SEG: u32 = u32::MAX;
+
 impl Default for Lpm6 {
     fn default() -> Self {
-        Lpm6 { segs: Arc::new(vec![None; 1 << TOP]), bases: Arc::new(vec![NONE; 1 << TOP]), prefixes: 0 }
+        Lpm6 { top: Arc::new(vec![(NONE, NO_SEG); 1 << TOP]), segs: Arc::default(), prefixes: 0 }
     }
 }
 
@@ -241,10 +246,22 @@ impl Lpm6 {
     /// The value of the longest prefix covering `a`, or [`NONE`].
     #[inline]
     pub fn lookup(&self, a: u128) -> u32 {
-        let top = (a >> (128 - TOP)) as usize;
-        match self.segs.get(top) {
-            Some(Some(seg)) => seg.lookup(a),
-            _ => self.bases.get(top).copied().unwrap_or(NONE),
+        match self.seg(a) {
+            Ok(seg) => seg.lookup(a),
+            Err(v) => v,
+        }
+    }
+
+    /// The segment of `a`'s /16, or the answer there if it has none.
+    #[inline]
+    fn seg(&self, a: u128) -> Result<&Seg, u32> {
+        let Some(&(base, i)) = self.top.get((a >> (128 - TOP)) as usize) else { return Err(NONE) };
+        if i == NO_SEG {
+            return Err(base);
+        }
+        match self.segs.get(i as usize) {
+            Some(Some(seg)) => Ok(seg),
+            _ => Err(base),
         }
     }
 
@@ -256,10 +273,9 @@ impl Lpm6 {
             // Per address: its segment, the entry reached so far and the shift of its next level.
             let mut at: [Option<(&Seg, u32, u32)>; G] = [None; G];
             for ((s, &x), r) in at.iter_mut().zip(a).zip(o.iter_mut()) {
-                let top = (x >> (128 - TOP)) as usize;
-                match self.segs.get(top) {
-                    Some(Some(seg)) => *s = Some((&**seg, seg.root, 128 - TOP - STRIDE)),
-                    _ => *r = self.bases.get(top).copied().unwrap_or(NONE),
+                match self.seg(x) {
+                    Ok(seg) => *s = Some((seg, seg.root, 128 - TOP - STRIDE)),
+                    Err(v) => *r = v,
                 }
             }
             let mut deeper = true;
@@ -297,7 +313,7 @@ impl Lpm6 {
     /// Heap bytes of the structure.
     pub fn memory_bytes(&self) -> usize {
         let segs: usize = self.segs.iter().flatten().map(|s| s.memory_bytes()).sum();
-        segs + self.segs.capacity() * 8 + self.bases.capacity() * 4
+        segs + self.top.capacity() * 8 + self.segs.capacity() * 8
     }
 }
 
@@ -387,8 +403,8 @@ impl Lpm6Writer {
         if all {
             self.rebuild_all();
         } else if self.has_changes() {
+            let top = Arc::make_mut(&mut self.current.top);
             let segs = Arc::make_mut(&mut self.current.segs);
-            let bases = Arc::make_mut(&mut self.current.bases);
             for (w, d) in self.dirty.iter_mut().enumerate() {
                 while *d != 0 {
                     let t = w * 64 + d.trailing_zeros() as usize;
@@ -398,15 +414,14 @@ impl Lpm6Writer {
                         .rev()
                         .find_map(|l| self.prefixes.get(&(net & mask(l), l)).copied())
                         .unwrap_or(NONE);
-                    let own: Vec<(u128, u8, u32)> = self
+                    let own: Vec<Prefix6> = self
                         .prefixes
                         .range((net, TOP as u8)..=(net | !mask(TOP as u8), 128))
                         .map(|(&(a, l), &v)| (a, l, v))
                         .collect();
-                    if let (Some(s), Some(b)) = (segs.get_mut(t), bases.get_mut(t)) {
-                        *b = base;
-                        *s = (!own.is_empty()).then(|| Arc::new(Seg::build(net, base, &own)));
-                    }
+                    let Some(entry) = top.get_mut(t) else { continue };
+                    let seg = (!own.is_empty()).then(|| Arc::new(Seg::build(net, base, &own)));
+                    *entry = (base, place(segs, entry.1, seg));
                 }
             }
         }
@@ -437,14 +452,38 @@ impl Lpm6Writer {
                 s.fill(v);
             }
         }
-        let mut segs = vec![None; 1 << TOP];
-        for (top, g) in groups {
-            if let (Some(s), Some(&b)) = (segs.get_mut(top), bases.get(top)) {
-                *s = Some(Arc::new(Seg::build((top as u128) << (128 - TOP), b, &g)));
+        let mut top: Vec<(u32, u32)> = bases.iter().map(|&b| (b, NO_SEG)).collect();
+        let mut segs = Vec::with_capacity(groups.len());
+        for (t, g) in groups {
+            if let Some(entry) = top.get_mut(t) {
+                entry.1 = segs.len() as u32;
+                segs.push(Some(Arc::new(Seg::build((t as u128) << (128 - TOP), entry.0, &g))));
             }
         }
+        self.current.top = Arc::new(top);
         self.current.segs = Arc::new(segs);
-        self.current.bases = Arc::new(bases);
+    }
+}
+
+/// Puts a /16's new segment (or none) into `segs`, reusing its old slot or a free one;
+/// returns the index for the /16's entry.
+fn place(segs: &mut Vec<Option<Arc<Seg>>>, old: u32, seg: Option<Arc<Seg>>) -> u32 {
+    if let Some(slot) = segs.get_mut(old as usize) {
+        *slot = seg;
+        return if slot.is_some() { old } else { NO_SEG };
+    }
+    let Some(seg) = seg else { return NO_SEG };
+    match segs.iter().position(Option::is_none) {
+        Some(i) => {
+            if let Some(slot) = segs.get_mut(i) {
+                *slot = Some(seg);
+            }
+            i as u32
+        }
+        None => {
+            segs.push(Some(seg));
+            segs.len() as u32 - 1
+        }
     }
 }
 
@@ -587,7 +626,7 @@ mod writer_tests6 {
         let before = w.publish();
         w.insert(a | (1 << 96), 32, 3);
         let after = w.publish();
-        let seg = |t: &Lpm6, x: u128| t.segs[(x >> 112) as usize].clone();
+        let seg = |t: &Lpm6, x: u128| t.segs[t.top[(x >> 112) as usize].1 as usize].clone();
         let same =
             |x: Option<Arc<Seg>>, y: Option<Arc<Seg>>| matches!((x, y), (Some(x), Some(y)) if Arc::ptr_eq(&x, &y));
         assert!(!same(seg(&before, a), seg(&after, a)), "the changed /16 is new");
@@ -601,6 +640,17 @@ mod writer_tests6 {
         assert_eq!(t.lookup(a | 5), 1);
         w.remove(0x2000u128 << 112, 4);
         assert_eq!(w.publish().lookup(0x2fff_u128 << 112), NONE);
+        // A /16 that loses all its routes gives its segment slot to the next one that needs it.
+        w.remove(a, 16);
+        w.remove(a | (1 << 96), 32);
+        let t = w.publish();
+        assert_eq!(t.top[0x2001].1, NO_SEG);
+        assert_eq!((t.lookup(a | 5), t.lookup(b | 5)), (NONE, 2));
+        let c = 0x2400u128 << 112;
+        w.insert(c, 16, 4);
+        let t = w.publish();
+        assert_eq!(t.segs.len(), 2, "the free slot was reused");
+        assert_eq!((t.lookup(a | 5), t.lookup(b | 5), t.lookup(c | 5)), (NONE, 2, 4));
     }
 
     #[test]
