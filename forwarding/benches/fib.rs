@@ -4,7 +4,7 @@
 //! rounds over 1–2 M addresses, the implementations taking turns within each round. The
 //! criterion version of the lookups is `--bench fib_criterion`.
 
-use forwarding::lpm::{read_table, Lpm4, Lpm4Writer, Lpm6, Lpm6Writer, TextTable};
+use forwarding::lpm::{Lpm4, Lpm4Writer, Lpm6, Lpm6Writer};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
@@ -12,33 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-const PASSES: usize = 3;
+mod common;
+use common::{addresses4, addresses6, real_table};
 
-/// The real table (outside the repository), parsed as the FIB tooling parses it.
-fn real_table() -> TextTable {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
-    let t =
-        read_table(path.as_ref()).unwrap_or_else(|e| panic!("{path}: {e} (the table lives outside the repository)"));
-    eprintln!(
-        "{} IPv4 and {} IPv6 prefixes ({} with host bits set, masked; {} lines skipped)",
-        t.v4.len(),
-        t.v6.len(),
-        t.host_bits,
-        t.skipped
-    );
-    t
-}
+const PASSES: usize = 3;
 
 fn rss() -> usize {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     s.split_whitespace().nth(1).and_then(|x| x.parse::<usize>().ok()).unwrap_or(0) * 4096
-}
-
-fn rng(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
 }
 
 /// Looks up every address of a slice; returns a checksum of the answers.
@@ -280,19 +261,6 @@ fn concurrent_updates<W: Writer>(
     }
 }
 
-/// Random addresses inside random prefixes of `p` (`bits` wide).
-fn inside<A>(p: &[(A, u8, u32)], n: usize, seed: &mut u64, host: impl Fn(&mut u64, A, u8) -> A) -> Vec<A>
-where
-    A: Copy,
-{
-    (0..n)
-        .map(|_| {
-            let (a, len, _) = p[(rng(seed) % p.len() as u64) as usize];
-            host(seed, a, len)
-        })
-        .collect()
-}
-
 /// Builds a crate's table from the prefixes, timing it and measuring RSS growth.
 fn built<T>(f: impl FnOnce() -> T) -> (T, f64, usize) {
     let m0 = rss();
@@ -318,10 +286,7 @@ fn main() {
 
     // IPv4.
     let p = tables.v4;
-    let inside4 = inside(&p, 2_000_000, &mut seed, |s, a, len| {
-        a | if len == 32 { 0 } else { (rng(s) as u32) & (u32::MAX >> len) }
-    });
-    let uniform4: Vec<u32> = (0..2_000_000).map(|_| rng(&mut seed) as u32).collect();
+    let (inside4, uniform4) = addresses4(&p, 2_000_000, &mut seed);
     runs.push(concurrent_updates::<Lpm4Writer>("ipv4", &p, &inside4, false));
     runs.push(concurrent_updates::<Lpm4Writer>("ipv4", &p, &inside4, true));
     let ours_upd = Some(runs[0].updates_per_sec);
@@ -446,12 +411,7 @@ fn main() {
 
     // IPv6, the same way.
     let p6 = tables.v6;
-    let inside6 = inside(&p6, 1_000_000, &mut seed, |s, a, len| {
-        let r = (u128::from(rng(s)) << 64) | u128::from(rng(s));
-        a | if len == 128 { 0 } else { r & (u128::MAX >> len) }
-    });
-    let uniform6: Vec<u128> =
-        (0..1_000_000).map(|_| (u128::from(rng(&mut seed)) << 64) | u128::from(rng(&mut seed))).collect();
+    let (inside6, uniform6) = addresses6(&p6, 1_000_000, &mut seed);
     runs.push(concurrent_updates::<Lpm6Writer>("ipv6", &p6, &inside6, false));
     runs.push(concurrent_updates::<Lpm6Writer>("ipv6", &p6, &inside6, true));
     let ours6_upd = Some(runs[2].updates_per_sec);
