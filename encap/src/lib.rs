@@ -9,6 +9,7 @@
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
+pub mod gso;
 pub mod icmp;
 pub mod ipip;
 pub mod ipv4;
