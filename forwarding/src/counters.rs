@@ -60,6 +60,7 @@ drop_reasons! {
     SlowPathFull => "slow_path_full": "slow-path channel full",
     TxError => "tx_error": "the kernel refused to send the frame",
     RxQueueFull => "rx_queue_full": "the kernel dropped packets for us: a worker's socket (or tunl0's) queue was full",
+    GsoFailed => "gso_failed": "an offloaded super-packet we could not cut into segments (not TCP/IPv4, malformed, or a bad checksum range)",
 }
 
 /// Packets and bytes through one interface, both directions.
@@ -81,6 +82,9 @@ pub struct Counters {
     pub ipip_encapsulated: AtomicU64,
     pub ipip_decapsulated: AtomicU64,
     pub fragments_sent: AtomicU64,
+    /// Offloaded super-packets received whole, and the segments we cut from them.
+    pub gso_received: AtomicU64,
+    pub gso_segments: AtomicU64,
     /// IPv4 identification for the packets this writer originates (outer headers).
     ident: AtomicU64,
     /// ICMP errors this writer may still send in the current interval (see `refill_icmp`).
@@ -106,6 +110,8 @@ impl Counters {
             ipip_encapsulated: AtomicU64::new(0),
             ipip_decapsulated: AtomicU64::new(0),
             fragments_sent: AtomicU64::new(0),
+            gso_received: AtomicU64::new(0),
+            gso_segments: AtomicU64::new(0),
             ident: AtomicU64::new(u64::from(std::process::id())),
             icmp_tokens: AtomicU64::new(ICMP_TOKENS),
         }
@@ -180,6 +186,8 @@ pub struct Totals {
     pub ipip_encapsulated: u64,
     pub ipip_decapsulated: u64,
     pub fragments_sent: u64,
+    pub gso_received: u64,
+    pub gso_segments: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -212,6 +220,8 @@ impl Totals {
             t.ipip_encapsulated += c.ipip_encapsulated.load(Relaxed);
             t.ipip_decapsulated += c.ipip_decapsulated.load(Relaxed);
             t.fragments_sent += c.fragments_sent.load(Relaxed);
+            t.gso_received += c.gso_received.load(Relaxed);
+            t.gso_segments += c.gso_segments.load(Relaxed);
         }
         t
     }

@@ -184,6 +184,8 @@ impl Tracer {
                 Outcome::Resolving { egress: *iface, next_hop: *next_hop, after: after(*iface, span) }
             }
             Verdict::Fragment(f) => Outcome::Fragmented { egress: f.egress.iface },
+            Verdict::TransmitWhole { iface, span } => Outcome::Sent { egress: *iface, after: after(*iface, span) },
+            Verdict::Segment(j) => Outcome::Fragmented { egress: j.egress.iface },
             Verdict::Pass => Outcome::Kernel,
             Verdict::Drop(r) => Outcome::Dropped(*r),
             Verdict::Learn(_) => Outcome::Other,

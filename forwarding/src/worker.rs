@@ -9,6 +9,7 @@ use crate::neigh::{NeighHandle, Neighbour};
 use crate::pipeline::{self, Context, Span, Verdict};
 use crate::sys::{PacketSocket, PacketType, RawIpipSocket, TunQueue};
 use crate::tap::{Direction, Tap};
+use encap::gso::{self, VnetHdr};
 use crate::trace::{self, Tracer};
 use crossbeam_channel::{Sender, TrySendError};
 use mio::unix::SourceFd;
@@ -21,17 +22,25 @@ use std::time::Duration;
 
 /// Room in front of a received frame, for headers pushed later (tunnels).
 pub const HEADROOM: usize = 128;
-/// Largest frame received (jumbo-capable); longer ones are counted as oversize.
-pub const RX_MAX: usize = 9216 + 18;
+/// Largest frame received: an offloaded IPv4 super-packet of up to 64 KiB behind an Ethernet
+/// (and VLAN) header. Longer ones are counted as oversize.
+pub const RX_MAX: usize = 65535 + 18;
+/// Room for the segments cut from one super-packet, each with headroom and its own headers.
+const SEGMENT_ROOM: usize = 256 * 1024;
 /// Frames handled per port before the next port gets its turn (boringtun caps at 100).
 const BATCH: usize = 64;
 
-/// Reusable buffers of one batch: frames received, their lengths, what goes out where.
+/// Reusable buffers of one batch: frames received, their lengths and offload headers, what
+/// goes out where.
 struct Batch {
     bufs: Vec<Vec<u8>>,
     lens: Vec<usize>,
-    /// (egress, buffer index, span) of the frames to transmit.
-    out: Vec<(IfaceId, usize, Span)>,
+    hdrs: Vec<VnetHdr>,
+    /// (egress, buffer index, span, offload header) of the frames to transmit.
+    out: Vec<(IfaceId, usize, Span, VnetHdr)>,
+    /// Segments of the super-packet being cut, and what became of each.
+    seg: Vec<u8>,
+    seg_out: Vec<Verdict>,
 }
 
 /// Work a worker hands to the slow path.
@@ -61,8 +70,15 @@ impl Port {
         }
     }
 
-    /// Receives a batch into `bufs` (each frame at `HEADROOM`); lengths into `lens`.
-    fn recv_batch(&self, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> io::Result<usize> {
+    /// Receives a batch into `bufs` (each frame at `HEADROOM`); lengths into `lens`, offload
+    /// headers into `hdrs`.
+    fn recv_batch(&self, bufs: &mut [Vec<u8>], lens: &mut [usize], hdrs: &mut [VnetHdr]) -> io::Result<usize> {
+        if let Port::Packet(s) = self {
+            if s.has_vnet_hdr() {
+                return crate::sys::recv_batch_vnet(s.as_raw_fd(), bufs, HEADROOM, RX_MAX, lens, hdrs);
+            }
+        }
+        hdrs.fill(VnetHdr::NONE);
         match self {
             Port::Packet(s) => crate::sys::recv_batch(s.as_raw_fd(), bufs, HEADROOM, RX_MAX, lens),
             // TUN and raw sockets: one read per packet, until empty or the batch is full.
@@ -83,21 +99,31 @@ impl Port {
         }
     }
 
-    /// Sends frames out of this port, many per system call where the socket allows; returns
-    /// how many went out.
-    fn send_batch(&self, frames: &[&[u8]]) -> usize {
+    /// Sends frames (each with its offload header, which only AF_PACKET ports carry) out of
+    /// this port, many per system call where the socket allows; returns how many went out.
+    fn send_batch(&self, frames: &[(VnetHdr, &[u8])]) -> usize {
         match self {
             Port::Packet(s) => {
                 let mut done = 0;
                 while done < frames.len() {
-                    match crate::sys::send_batch(s.as_raw_fd(), &frames[done..]) {
+                    let r = if s.has_vnet_hdr() {
+                        crate::sys::send_batch_vnet(s.as_raw_fd(), &frames[done..])
+                    } else {
+                        let mut plain: [&[u8]; BATCH] = [&[]; BATCH];
+                        let n = (frames.len() - done).min(BATCH);
+                        for (p, f) in plain.iter_mut().zip(&frames[done..done + n]) {
+                            *p = f.1;
+                        }
+                        crate::sys::send_batch(s.as_raw_fd(), &plain[..n])
+                    };
+                    match r {
                         Ok(0) | Err(_) => break,
                         Ok(n) => done += n,
                     }
                 }
                 done
             }
-            _ => frames.iter().filter(|f| self.send(f).is_ok()).count(),
+            _ => frames.iter().filter(|f| self.send(f.1).is_ok()).count(),
         }
     }
 
@@ -172,7 +198,10 @@ impl Worker {
         let mut batch = Batch {
             bufs: (0..BATCH).map(|_| vec![0u8; HEADROOM + RX_MAX + pipeline::ICMP_ERROR_MAX]).collect(),
             lens: vec![0; BATCH],
+            hdrs: vec![VnetHdr::NONE; BATCH],
             out: Vec::with_capacity(BATCH),
+            seg: vec![0u8; SEGMENT_ROOM],
+            seg_out: Vec::with_capacity(256),
         };
         let mut scratch = vec![0u8; HEADROOM + RX_MAX];
         // mio is edge-triggered: a port stays "ready" until a read returns WouldBlock.
@@ -202,7 +231,7 @@ impl Worker {
             // One snapshot per batch round: updates land between rounds, never mid-packet.
             let fib = self.fib.load();
             let neigh = self.neigh.load();
-            let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &self.ifaces };
+            let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &self.ifaces, gso: None };
             for (i, r) in ready.iter_mut().enumerate() {
                 if *r {
                     *r = self.drain(&ctx, i, &mut batch, &mut scratch);
@@ -220,7 +249,7 @@ impl Worker {
         let tracing = self.tracer.active();
         let in_if = IfaceId(i as u16);
         let port = &self.ports[i];
-        let n = match port.recv_batch(&mut b.bufs, &mut b.lens) {
+        let n = match port.recv_batch(&mut b.bufs, &mut b.lens, &mut b.hdrs) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
@@ -239,6 +268,26 @@ impl Worker {
             }
             let buf = &mut b.bufs[k];
             let span = Span { start: HEADROOM, end: HEADROOM + len };
+            // Offloads: a partial checksum is finished here (cheaper than a wrong one
+            // downstream); a TCP super-packet goes through the pipeline whole.
+            let hdr = b.hdrs[k];
+            if hdr.needs_csum() && !hdr.is_gso() {
+                let (start, off) = (usize::from(hdr.csum_start), usize::from(hdr.csum_offset));
+                if gso::complete_checksum(&mut buf[span.start..span.end], start, off).is_err() {
+                    self.counters.count_drop(DropReason::GsoFailed);
+                    continue;
+                }
+            }
+            let super_packet = hdr.is_gso();
+            if super_packet {
+                if hdr.gso_type & !gso::GSO_ECN != gso::GSO_TCPV4 {
+                    self.counters.count_drop(DropReason::GsoFailed);
+                    continue;
+                }
+                crate::counters::bump(&self.counters.gso_received, 1);
+            }
+            let pctx = Context { gso: super_packet.then_some(hdr.gso_size), ..*ctx };
+            let ctx = &pctx;
             if tapping {
                 self.tap.copy(in_if, Direction::Rx, &buf[span.start..span.end], port.is_ethernet());
             }
@@ -262,11 +311,17 @@ impl Worker {
             }
             match v {
                 Verdict::Transmit { iface, span, learn } => {
-                    b.out.push((iface, k, span));
+                    b.out.push((iface, k, span, VnetHdr::NONE));
                     if let Some(n) = learn {
                         // A lost hint costs one ARP round trip later, nothing more.
                         let _ = self.slow.try_send(SlowMsg::Learn(n));
                     }
+                }
+                Verdict::TransmitWhole { iface, span } => b.out.push((iface, k, span, hdr)),
+                Verdict::Segment(job) => {
+                    b.seg_out.clear();
+                    pipeline::segment(ctx, &self.counters, buf, job, &mut b.seg, &mut b.seg_out);
+                    self.send_segments(&b.seg_out, &b.seg, tapping);
                 }
                 Verdict::Fragment(job) => {
                     pipeline::fragment(ctx, &self.counters, buf, job, scratch, |v, bb| self.act(v, bb, tapping))
@@ -280,15 +335,37 @@ impl Worker {
         while j < b.out.len() {
             let iface = b.out[j].0;
             let end = j + b.out[j..].iter().take_while(|o| o.0 == iface).count();
-            let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
-            for (f, &(_, k, sp)) in frames.iter_mut().zip(&b.out[j..end]) {
-                *f = &b.bufs[k][sp.start..sp.end];
+            let mut frames: [(VnetHdr, &[u8]); BATCH] = [(VnetHdr::NONE, &[]); BATCH];
+            for (f, &(_, k, sp, h)) in frames.iter_mut().zip(&b.out[j..end]) {
+                *f = (h, &b.bufs[k][sp.start..sp.end]);
             }
             self.transmit_batch(iface, &frames[..end - j], tapping);
             j = end;
         }
         // mio is edge-triggered: keep reading until the socket says WouldBlock.
         n > 0
+    }
+
+    /// Sends the segments cut from one super-packet: one send call per egress for those ready,
+    /// the slow path for those waiting on ARP.
+    fn send_segments(&self, verdicts: &[Verdict], scratch: &[u8], tapping: bool) {
+        let mut frames: Vec<(IfaceId, &[u8])> = Vec::with_capacity(verdicts.len());
+        for &v in verdicts {
+            match v {
+                Verdict::Transmit { iface, span, .. } => frames.push((iface, &scratch[span.start..span.end])),
+                other => self.act(other, scratch, tapping),
+            }
+        }
+        frames.sort_by_key(|f| f.0);
+        for group in frames.chunk_by(|a, b| a.0 == b.0) {
+            for part in group.chunks(BATCH) {
+                let mut batch: [(VnetHdr, &[u8]); BATCH] = [(VnetHdr::NONE, &[]); BATCH];
+                for (d, f) in batch.iter_mut().zip(part) {
+                    d.1 = f.1;
+                }
+                self.transmit_batch(part[0].0, &batch[..part.len()], tapping);
+            }
+        }
     }
 
     fn act(&self, v: Verdict, buf: &[u8], tapping: bool) {
@@ -309,11 +386,13 @@ impl Worker {
             Verdict::Learn(n) => {
                 let _ = self.slow.try_send(SlowMsg::Learn(n));
             }
+            // Only super-packets end so, and they are handled where they were received.
+            Verdict::TransmitWhole { .. } | Verdict::Segment(_) => self.counters.count_drop(DropReason::TxError),
             Verdict::Fragment(_) | Verdict::Pass | Verdict::Drop(_) => {}
         }
     }
 
-    fn transmit_batch(&self, iface: IfaceId, frames: &[&[u8]], tapping: bool) {
+    fn transmit_batch(&self, iface: IfaceId, frames: &[(VnetHdr, &[u8])], tapping: bool) {
         let i = usize::from(iface.0);
         let Some(port) = self.ports.get(i) else {
             self.counters.count_drops(DropReason::TxError, frames.len() as u64);
@@ -321,12 +400,12 @@ impl Worker {
         };
         if tapping {
             for f in frames {
-                self.tap.copy(iface, Direction::Tx, f, port.is_ethernet());
+                self.tap.copy(iface, Direction::Tx, f.1, port.is_ethernet());
             }
         }
         let sent = port.send_batch(frames);
         for f in &frames[..sent] {
-            self.counters.tx(i, f.len());
+            self.counters.tx(i, f.1.len());
         }
         self.counters.count_drops(DropReason::TxError, (frames.len() - sent) as u64);
     }

@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let counters = Counters::new(3);
     let mut buf = vec![0u8; BUF];
     buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces };
+    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, gso: None };
     let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
     match process(&ctx, &counters, IfaceId(u16::from(sel % 3)), &mut buf, span) {
         Verdict::Transmit { span, .. } | Verdict::Resolve { span, .. } => assert!(span.start <= span.end && span.end <= BUF),

@@ -134,6 +134,10 @@ enum LabCmd {
         /// Serve each node's Prometheus metrics on 127.0.0.1:9091 inside its namespace.
         #[arg(long)]
         metrics: bool,
+        /// Turn off the pods' TX checksum and segmentation offloads, so that every packet
+        /// leaves a pod complete and MTU-sized (the way to compare with offloads on).
+        #[arg(long)]
+        no_pod_offload: bool,
         /// Worker threads per node.
         #[arg(long, default_value_t = 1)]
         workers: usize,
@@ -496,6 +500,11 @@ fn print_stats(v: &serde_json::Value) {
         n(&v["icmp_errors_sent"]),
         n(&v["arp_replies_sent"])
     );
+    println!(
+        "TCP super-packets received whole: {}   segments cut from them: {}",
+        n(&v["gso_received"]),
+        n(&v["gso_segments"])
+    );
     let drops: Vec<_> = v["drops"].as_object().into_iter().flatten().filter(|(_, n)| n.as_u64() != Some(0)).collect();
     if drops.is_empty() {
         println!("drops: none");
@@ -509,7 +518,7 @@ fn print_stats(v: &serde_json::Value) {
 
 fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
     match cmd {
-        LabCmd::Up { topology, dataplane, workers, ipip_mode, metrics, json } => {
+        LabCmd::Up { topology, dataplane, workers, ipip_mode, metrics, no_pod_offload, json } => {
             let exe = std::env::current_exe().context("finding the router binary")?;
             let dataplane = match dataplane {
                 Dataplane::Afpacket => DataplaneMode::Afpacket,
@@ -520,7 +529,8 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 IpipModeArg::Always => IpipMode::Always,
                 IpipModeArg::Never => IpipMode::Never,
             });
-            let st = lab::up(lab, &UpOptions { topology, dataplane, workers, ipip_mode, metrics, exe })?;
+            let pod_offload = !no_pod_offload;
+            let st = lab::up(lab, &UpOptions { topology, dataplane, workers, ipip_mode, metrics, pod_offload, exe })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
                 return Ok(0);

@@ -70,6 +70,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ("router_ipip_encapsulated_total", "Packets wrapped in IPIP.", s.totals.ipip_encapsulated),
         ("router_ipip_decapsulated_total", "IPIP packets unwrapped.", s.totals.ipip_decapsulated),
         ("router_fragments_sent_total", "Fragments the router made.", s.totals.fragments_sent),
+        ("router_gso_received_total", "Offloaded TCP super-packets received whole.", s.totals.gso_received),
+        ("router_gso_segments_total", "Segments the router cut from super-packets (for IPIP).", s.totals.gso_segments),
     ] {
         o.family(name, "counter", help);
         o.sample(name, &[], v as f64);

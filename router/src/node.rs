@@ -563,6 +563,8 @@ fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json:
                 "ipip_encapsulated": t.ipip_encapsulated,
                 "ipip_decapsulated": t.ipip_decapsulated,
                 "fragments_sent": t.fragments_sent,
+                "gso_received": t.gso_received,
+                "gso_segments": t.gso_segments,
                 "fib_routes": node.fib.load().len(),
             })
         }

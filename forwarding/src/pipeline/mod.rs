@@ -16,6 +16,7 @@ use crate::iface::{IfaceId, IfaceRole, Interface, Interfaces};
 use crate::neigh::{NeighTable, Neighbour};
 use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
+use encap::gso::{GsoError, TcpSegments};
 use encap::ipip::{self, DecapError};
 use encap::{icmp, ipv4, MacAddr, WireError};
 use std::net::Ipv4Addr;
@@ -39,6 +40,9 @@ pub struct Context<'a> {
     pub fib: &'a Fib,
     pub neigh: &'a NeighTable,
     pub ifaces: &'a Interfaces,
+    /// Set while the packet is an offloaded TCP super-packet: the payload bytes of each of
+    /// its segments on the wire (`gso_size` of its virtio-net header).
+    pub gso: Option<u16>,
 }
 
 /// Where a packet sits in the buffer: `buf[start..end]`. The buffer is larger than the packet
@@ -67,6 +71,16 @@ pub struct Fragmentation {
     pub egress: Egress,
 }
 
+/// An offloaded TCP super-packet at `buf[span]` (TTL already decremented) to be cut into
+/// segments of `mss` payload bytes, each sent by `egress`: the tunnel has no offload type, or
+/// the next hop must be resolved first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segmentation {
+    pub span: Span,
+    pub mss: u16,
+    pub egress: Egress,
+}
+
 /// The outcome for one received packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -78,6 +92,11 @@ pub enum Verdict {
     Resolve { iface: IfaceId, next_hop: Ipv4Addr, span: Span },
     /// Too big for the egress and fragmentable: hand it to [`fragment`].
     Fragment(Fragmentation),
+    /// An offloaded super-packet forwarded whole: send `buf[span]` out of `iface` with the
+    /// virtio-net header it came with, and the kernel or the next hop segments it.
+    TransmitWhole { iface: IfaceId, span: Span },
+    /// An offloaded super-packet to cut into segments here: hand it to [`segment`].
+    Segment(Segmentation),
     /// An ARP answer for the neighbour table; nothing to send.
     Learn(Neighbour),
     /// Nothing to send: the frame is the kernel's (addressed to this node, not IPv4, not for
@@ -210,6 +229,10 @@ fn wire_drop(e: WireError) -> DropReason {
     }
 }
 
+fn gso_drop(_: GsoError) -> DropReason {
+    DropReason::GsoFailed
+}
+
 fn decap_drop(e: DecapError) -> DropReason {
     match e {
         DecapError::Outer(_) | DecapError::OuterChecksum | DecapError::NotIpip | DecapError::OuterFragment => {
@@ -261,6 +284,11 @@ fn ip_input(
         }
         Ingress::Tun if proto == ipv4::Protocol::IpIp => return Verdict::Drop(DropReason::IpipFromPod),
         Ingress::RawIpip => return decapsulate(ctx, counters, buf, l3, end, true),
+        // We never send IPIP as one super-packet, and its inner packets' segment size is
+        // not the outer one's.
+        Ingress::Uplink if proto == ipv4::Protocol::IpIp && ctx.gso.is_some() => {
+            return Verdict::Drop(DropReason::GsoFailed)
+        }
         _ => {}
     }
     match ctx.fib.lookup(dst) {
@@ -344,6 +372,9 @@ fn forward(
     };
     let overhead = if eg.tunnel.is_some() { ipip::OVERHEAD as u16 } else { 0 };
     let mtu = out.mtu.saturating_sub(overhead);
+    if let Some(mss) = ctx.gso {
+        return forward_super(ctx, counters, buf, l3, end, eg, mss, mtu, decrement);
+    }
     let too_big = end - l3 > usize::from(mtu);
     if too_big && df {
         let kind = icmp::ErrorKind::FragmentationNeeded { mtu };
@@ -359,6 +390,48 @@ fn forward(
         return Verdict::Fragment(Fragmentation { span: Span { start: l3, end }, mtu, egress: eg });
     }
     output(ctx, counters, buf, l3, end, eg)
+}
+
+/// [`forward`] for an offloaded TCP super-packet: what must fit the MTU is one segment. It
+/// goes out whole when the egress is plain Ethernet with a known neighbour; otherwise it is
+/// cut into segments here.
+#[allow(clippy::too_many_arguments)]
+fn forward_super(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    buf: &mut [u8],
+    l3: usize,
+    end: usize,
+    eg: Egress,
+    mss: u16,
+    mtu: u16,
+    decrement: bool,
+) -> Verdict {
+    let wire = match TcpSegments::new(&buf[l3..end], mss) {
+        Ok(s) => s.wire_len(),
+        Err(e) => return Verdict::Drop(gso_drop(e)),
+    };
+    if wire > usize::from(mtu) {
+        // TCP sets DF; a segment that does not fit is answered like any other packet.
+        if ipv4::Packet::new_unchecked(&buf[l3..end]).dont_frag() {
+            let kind = icmp::ErrorKind::FragmentationNeeded { mtu };
+            return icmp_error(ctx, counters, buf, l3, end, kind, DropReason::FragNeeded);
+        }
+        return Verdict::Drop(DropReason::NeedsFragmentation);
+    }
+    if decrement {
+        ipv4::Packet::new_unchecked(&mut buf[l3..end]).decrement_ttl();
+    }
+    let plain = eg.tunnel.is_none()
+        && ctx.ifaces.get(eg.iface).is_some_and(|f| f.role.is_ethernet())
+        && ctx.neigh.lookup(eg.iface, eg.hop).is_some();
+    if !plain {
+        return Verdict::Segment(Segmentation { span: Span { start: l3, end }, mss, egress: eg });
+    }
+    match output(ctx, counters, buf, l3, end, eg) {
+        Verdict::Transmit { iface, span, .. } => Verdict::TransmitWhole { iface, span },
+        v => v,
+    }
 }
 
 /// Puts the routed packet on the wire: encapsulates if needed, then writes the L2 header (or
@@ -489,6 +562,40 @@ pub fn fragment(
         bump(&counters.fragments_sent, 1);
         emit(v, scratch);
         off += n;
+    }
+}
+
+/// Cuts the super-packet of `job` into complete TCP segments (each with its own IPv4 and TCP
+/// checksum), lays them one after another in `scratch` (each with [`HEADROOM_NEEDED`] bytes
+/// in front), sends each through [`output`] and appends the results to `out`, whose spans
+/// point into `scratch`. Segments that do not fit in `scratch` are counted as dropped.
+pub fn segment(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    buf: &[u8],
+    job: Segmentation,
+    scratch: &mut [u8],
+    out: &mut Vec<Verdict>,
+) {
+    let Segmentation { span, mss, egress } = job;
+    let segs = match TcpSegments::new(&buf[span.start..span.end], mss) {
+        Ok(s) => s,
+        Err(e) => {
+            counters.count_drop(gso_drop(e));
+            return;
+        }
+    };
+    let mut at = 0;
+    for i in 0..segs.count() {
+        let l3 = at + HEADROOM_NEEDED;
+        let Some(len) = scratch.get_mut(l3..).and_then(|room| segs.write(i, room)) else {
+            counters.count_drops(DropReason::GsoFailed, (segs.count() - i) as u64);
+            return;
+        };
+        out.push(count(counters, output(ctx, counters, scratch, l3, l3 + len, egress)));
+        bump(&counters.gso_segments, 1);
+        // The next segment starts on a fresh cache line.
+        at = (l3 + len + 63) & !63;
     }
 }
 

@@ -96,7 +96,7 @@ const HEADROOM: usize = 64;
 
 impl Lab {
     fn ctx(&self) -> Context<'_> {
-        Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces }
+        Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces, gso: None }
     }
 
     /// Runs a frame and, for a `Fragment` verdict, the fragmentation step; returns every
@@ -121,7 +121,7 @@ impl Lab {
     fn run_on(&self, in_if: IfaceId, frame: &[u8]) -> (Verdict, Vec<u8>) {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-        let ctx = Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces };
+        let ctx = Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces, gso: None };
         let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
         let v = process(&ctx, &self.counters, in_if, &mut buf, span);
         let out = match v {
@@ -580,7 +580,7 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
     .with_tunnels(Tunnels { ttl: 64, peers: [NODE_C].into_iter().collect(), allowed: vec![] });
     let neigh = NeighTable::default();
     let counters = Counters::new(2);
-    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces };
+    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, gso: None };
     let run = |in_if, pkt: &[u8]| {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
@@ -629,4 +629,151 @@ fn icmp_errors_are_rate_limited() {
     assert_eq!(l.drops(DropReason::NoRoute), crate::counters::ICMP_TOKENS + 1);
     l.counters.refill_icmp();
     assert!(matches!(l.run_on(CALI_A1, &from_pod_a1(Ipv4Addr::new(10, 99, 0, 1), 64)).0, Verdict::Transmit { .. }));
+}
+
+/// A TCP super-packet from pod-a1 to `dst`: `payload` bytes that its sender's TSO would cut
+/// into `mss`-byte segments; DF set, TCP checksum left partial as a sender with checksum
+/// offload leaves it.
+fn super_packet(dst: Ipv4Addr, payload: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
+    let b = PacketBuilder::ethernet2(POD_A1_MAC.0, CALI_A1_MAC.0).ipv4(POD_A1.octets(), dst.octets(), 64).tcp(
+        40000,
+        5201,
+        1_000_000,
+        65535,
+    );
+    let mut f = Vec::new();
+    b.ack(7).psh().write(&mut f, &data).expect("build");
+    with_df(f, true)
+}
+
+impl Lab {
+    /// Runs a super-packet (segment size `mss`) and, for a `Segment` verdict, the
+    /// segmentation step; returns the verdict and every frame that would be sent.
+    fn run_super(&self, frame: &[u8], mss: u16) -> (Verdict, Vec<Vec<u8>>) {
+        let mut buf = vec![0u8; 70_000];
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let ctx = Context { gso: Some(mss), ..self.ctx() };
+        let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
+        let v = process(&ctx, &self.counters, CALI_A1, &mut buf, span);
+        let mut out = Vec::new();
+        match v {
+            Verdict::TransmitWhole { span, .. } | Verdict::Transmit { span, .. } => {
+                out.push(buf[span.start..span.end].to_vec())
+            }
+            Verdict::Segment(job) => {
+                let mut scratch = vec![0u8; 256 * 1024];
+                let mut verdicts = Vec::new();
+                segment(&ctx, &self.counters, &buf, job, &mut scratch, &mut verdicts);
+                for v in verdicts {
+                    if let Verdict::Transmit { span, .. } | Verdict::Resolve { span, .. } = v {
+                        out.push(scratch[span.start..span.end].to_vec());
+                    }
+                }
+            }
+            _ => {}
+        }
+        (v, out)
+    }
+}
+
+/// The TCP segment inside `frame` (after Ethernet and every IPv4 header): checks both
+/// checksums and returns (sequence number, flags, payload).
+fn tcp_in(frame: &[u8]) -> (u32, u8, Vec<u8>) {
+    let p = SlicedPacket::from_ethernet(frame).expect("parses");
+    let inner = match &p.net {
+        Some(etherparse::NetSlice::Ipv4(outer)) if outer.header().protocol() == etherparse::IpNumber::IPV4 => {
+            etherparse::Ipv4Slice::from_slice(outer.payload().payload).expect("inner IPv4")
+        }
+        Some(etherparse::NetSlice::Ipv4(ip)) => ip.clone(),
+        _ => panic!("not IPv4"),
+    };
+    let h = inner.header();
+    assert_eq!(encap::checksum::checksum(h.slice()), 0, "IPv4 checksum");
+    assert_eq!(usize::from(h.total_len()), h.slice().len() + inner.payload().payload.len());
+    let tcp = etherparse::TcpSlice::from_slice(inner.payload().payload).expect("TCP");
+    let want = tcp.to_header().calc_checksum_ipv4_raw(h.source(), h.destination(), tcp.payload()).expect("sum");
+    assert_eq!(tcp.checksum(), want, "TCP checksum");
+    let flags = inner.payload().payload[13];
+    (tcp.sequence_number(), flags, tcp.payload().to_vec())
+}
+
+#[test]
+fn a_super_packet_on_a_direct_route_leaves_whole() {
+    let lab = lab();
+    let f = super_packet(POD_B1, 4000);
+    let (v, out) = lab.run_super(&f, 1448);
+    assert!(matches!(v, Verdict::TransmitWhole { iface: UPLINK, .. }), "{v:?}");
+    let sent = &out[0];
+    assert_eq!(sent.len(), f.len(), "one frame, not segments");
+    assert_eq!(&sent[..6], &NODE_B_MAC.0, "to node-b");
+    assert_eq!(sent[14 + 8], 63, "TTL decremented");
+    assert_eq!(encap::checksum::checksum(&sent[14..34]), 0, "IPv4 checksum updated");
+}
+
+#[test]
+fn a_super_packet_into_the_tunnel_is_cut_into_complete_segments() {
+    let lab = lab();
+    let f = super_packet(POD_C1, 4000);
+    // The pod MTU under IPIP is 1480, so its MSS is 1440.
+    let (v, out) = lab.run_super(&f, 1440);
+    assert!(matches!(v, Verdict::Segment(_)), "{v:?}");
+    assert_eq!(out.len(), 3);
+    let mut data = Vec::new();
+    for (i, seg) in out.iter().enumerate() {
+        assert_eq!(&seg[..6], &UNDERLAY_MAC.0);
+        assert_eq!(seg[14 + 9], 4, "IPIP");
+        assert!(seg.len() - 14 <= 1500, "segment {i} fits the uplink");
+        let (seq, flags, payload) = tcp_in(seg);
+        assert_eq!(seq, 1_000_000 + (i * 1440) as u32);
+        assert_eq!(flags & 0x08 != 0, i == 2, "PSH only on the last");
+        data.extend(payload);
+    }
+    assert_eq!(data, (0..4000).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    assert_eq!(lab.counters.gso_segments.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(lab.counters.ipip_encapsulated.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
+
+#[test]
+fn a_super_packet_whose_next_hop_is_unknown_is_cut_for_the_arp_queue() {
+    let lab = lab();
+    // 10.244.4.0/26 goes via 192.168.100.102, which has not answered ARP yet.
+    let (v, out) = lab.run_super(&super_packet(Ipv4Addr::new(10, 244, 4, 9), 3000), 1448);
+    assert!(matches!(v, Verdict::Segment(_)), "{v:?}");
+    assert_eq!(out.len(), 3, "three MTU-sized frames wait for the answer");
+    for seg in &out {
+        tcp_in(seg);
+    }
+}
+
+#[test]
+fn a_super_packet_whose_segments_do_not_fit_gets_fragmentation_needed() {
+    let lab = ipip_route_lab_with_mtu(1500);
+    // Segments of 1480 bytes of payload: 1520 with headers, more than the tunnel's 1480.
+    let (v, out) = lab.run_super(&super_packet(POD_C1, 4000), 1480);
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    let p = SlicedPacket::from_ethernet(&out[0]).expect("parses");
+    match p.transport {
+        Some(etherparse::TransportSlice::Icmpv4(icmp)) => assert!(matches!(
+            icmp.icmp_type(),
+            Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1480
+            })
+        )),
+        other => panic!("not ICMP: {other:?}"),
+    }
+    assert_eq!(lab.drops(DropReason::FragNeeded), 1);
+}
+
+#[test]
+fn a_super_packet_that_is_not_tcp_is_dropped_with_its_reason() {
+    let lab = lab();
+    let mut f = super_packet(POD_C1, 3000);
+    f[14 + 9] = 17; // claims UDP
+    f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let c = encap::checksum::checksum(&f[14..34]);
+    f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    let (v, _) = lab.run_super(&f, 1448);
+    assert_eq!(v, Verdict::Drop(DropReason::GsoFailed));
+    assert_eq!(lab.drops(DropReason::GsoFailed), 1);
 }

@@ -80,6 +80,9 @@ pub struct UpOptions {
     pub ipip_mode: Option<IpipMode>,
     /// Serve each node's metrics on 127.0.0.1:9091 inside its namespace.
     pub metrics: bool,
+    /// Leave the pods' TX offloads on (checksum, TSO); off, pods send only complete,
+    /// MTU-sized packets.
+    pub pod_offload: bool,
     /// The `router` binary the nodes run (normally this one).
     pub exe: PathBuf,
 }
@@ -269,11 +272,12 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
             netns::ip_in(&pns, &["link", "set", "eth0", "mtu", &pod_mtu.to_string(), "up"])?;
             netns::ip_in(&pns, &["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
             netns::ip_in(&pns, &["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
-            // A veth hands AF_PACKET readers TCP/UDP with only a partial checksum (and TSO
-            // super-frames) while TX offload is on; the pod computes full checksums instead.
-            // Done by our own binary inside the pod's namespace, so the lab needs no ethtool.
-            let exe = opts.exe.to_string_lossy();
-            netns::exec_in(&pns, &[&exe, "internal", "tx-checksum-off", "eth0"])?;
+            // Pods keep their TX offloads (checksum, TSO), as on a real host: the router
+            // reads the resulting partial checksums and super-packets with PACKET_VNET_HDR.
+            if !opts.pod_offload {
+                let exe = opts.exe.to_string_lossy();
+                netns::exec_in(&pns, &[&exe, "internal", "tx-checksum-off", "eth0"])?;
+            }
             st.hosts.push(Host {
                 name: pod.name.clone(),
                 role: Role::Pod,
