@@ -235,7 +235,13 @@ fn recv_batch_inner(
     // SAFETY: msgs, iovecs and buffers live until the call returns; the kernel writes at most
     // iov_len bytes into each buffer.
     let r = unsafe {
-        libc::recvmmsg(fd, msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_WAITFORONE | libc::MSG_TRUNC, std::ptr::null_mut())
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_WAITFORONE | libc::MSG_TRUNC,
+            std::ptr::null_mut(),
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -421,7 +427,10 @@ impl PacketSocket {
     /// the frame was truncated) and how the kernel classified it. `WouldBlock` when empty.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, PacketType)> {
         if self.vnet {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "a socket with virtio-net headers reads in batches"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a socket with virtio-net headers reads in batches",
+            ));
         }
         // SAFETY: zeroed sockaddr_ll is valid; recvfrom writes at most `len` bytes to it.
         let mut sll: libc::sockaddr_ll = unsafe { zeroed() };

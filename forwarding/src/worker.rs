@@ -9,9 +9,9 @@ use crate::neigh::{NeighHandle, Neighbour};
 use crate::pipeline::{self, Context, Span, Verdict};
 use crate::sys::{PacketSocket, PacketType, RawIpipSocket, TunQueue};
 use crate::tap::{Direction, Tap};
-use encap::gso::{self, VnetHdr};
 use crate::trace::{self, Tracer};
 use crossbeam_channel::{Sender, TrySendError};
+use encap::gso::{self, VnetHdr};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io;
@@ -321,6 +321,8 @@ impl Worker {
                 Verdict::Segment(job) => {
                     b.seg_out.clear();
                     pipeline::segment(ctx, &self.counters, buf, job, &mut b.seg, &mut b.seg_out);
+                    // What this batch queued so far goes first: a flow's packets keep their order.
+                    self.flush(b, tapping);
                     self.send_segments(&b.seg_out, &b.seg, tapping);
                 }
                 Verdict::Fragment(job) => {
@@ -329,8 +331,15 @@ impl Worker {
                 other => self.act(other, buf, tapping),
             }
         }
-        // One send call per egress port for everything this batch forwards.
-        b.out.sort_unstable_by_key(|o| (o.0, o.1));
+        self.flush(b, tapping);
+        // mio is edge-triggered: keep reading until the socket says WouldBlock.
+        n > 0
+    }
+
+    /// Sends what the batch has queued: one send call per egress port. Frames keep their
+    /// order within a port.
+    fn flush(&self, b: &mut Batch, tapping: bool) {
+        b.out.sort_by_key(|o| o.0);
         let mut j = 0;
         while j < b.out.len() {
             let iface = b.out[j].0;
@@ -342,8 +351,7 @@ impl Worker {
             self.transmit_batch(iface, &frames[..end - j], tapping);
             j = end;
         }
-        // mio is edge-triggered: keep reading until the socket says WouldBlock.
-        n > 0
+        b.out.clear();
     }
 
     /// Sends the segments cut from one super-packet: one send call per egress for those ready,

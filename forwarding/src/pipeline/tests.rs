@@ -636,12 +636,9 @@ fn icmp_errors_are_rate_limited() {
 /// offload leaves it.
 fn super_packet(dst: Ipv4Addr, payload: usize) -> Vec<u8> {
     let data: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
-    let b = PacketBuilder::ethernet2(POD_A1_MAC.0, CALI_A1_MAC.0).ipv4(POD_A1.octets(), dst.octets(), 64).tcp(
-        40000,
-        5201,
-        1_000_000,
-        65535,
-    );
+    let b = PacketBuilder::ethernet2(POD_A1_MAC.0, CALI_A1_MAC.0)
+        .ipv4(POD_A1.octets(), dst.octets(), 64)
+        .tcp(40000, 5201, 1_000_000, 65535);
     let mut f = Vec::new();
     b.ack(7).psh().write(&mut f, &data).expect("build");
     with_df(f, true)
