@@ -5,6 +5,7 @@
 
 mod bench;
 mod bgpload;
+mod gencheck;
 mod report;
 mod traffic;
 
@@ -25,6 +26,8 @@ enum Cmd {
     Forward(bench::Options),
     /// Announce the real BGP table to our node and to BIRD 2; time until each holds it all.
     BgpLoad(bgpload::Options),
+    /// Check the UDP generator against trafgen on a bare veth; writes target/perf/generator.json.
+    GenCheck(gencheck::Options),
     /// Announce a table over BGP and keep the session up (runs in the feeder namespace).
     #[command(hide = true)]
     BgpFeed {
@@ -68,6 +71,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Forward(o) => bench::run(&o),
         Cmd::BgpLoad(o) => bgpload::run(&o),
+        Cmd::GenCheck(o) => gencheck::run(&o),
         Cmd::BgpFeed { peer, local, table, limit } => bgpload::feed(peer, local, &table, limit),
         Cmd::Gen { dst, port, size, flows, secs, pps } => {
             traffic::generate(dst, port, size, flows, Duration::from_secs_f64(secs), pps)
