@@ -130,6 +130,36 @@ fn breakpoints(prefixes: impl Iterator<Item = (u128, u8, u32)>, bits: u32) -> (V
 
 mod v4;
 mod v6;
+
+/// What the LPM tests of both families share.
+#[cfg(test)]
+mod testing {
+    use super::{prefix_mask, NONE};
+
+    /// The longest match by brute force, in a `bits`-bit space; a later duplicate wins.
+    pub fn naive(p: impl IntoIterator<Item = (u128, u8, u32)>, a: u128, bits: u32) -> u32 {
+        let mut best: Option<(u8, u32)> = None;
+        for (net, len, v) in p {
+            let mask = prefix_mask(len, bits);
+            if a & mask == net & mask && best.is_none_or(|(l, _)| len >= l) {
+                best = Some((len, v));
+            }
+        }
+        best.map_or(NONE, |b| b.1)
+    }
+
+    /// xorshift64: reproducible random tables.
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+}
 pub use v4::{Lpm4, Lpm4Writer};
 pub use v6::{Lpm6, Lpm6Writer};
 

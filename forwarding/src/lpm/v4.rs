@@ -392,14 +392,7 @@ mod tests {
     use super::*;
 
     fn naive(p: &[(u32, u8, u32)], a: u32) -> u32 {
-        let mut best: Option<(u8, u32)> = None;
-        for &(net, len, v) in p {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
-            if a & mask == net & mask && best.is_none_or(|(l, _)| len >= l) {
-                best = Some((len, v));
-            }
-        }
-        best.map_or(NONE, |b| b.1)
+        crate::lpm::testing::naive(p.iter().map(|&(n, l, v)| (u128::from(n), l, v)), u128::from(a), 32)
     }
 
     #[test]
@@ -478,18 +471,10 @@ mod writer_tests {
     use std::collections::BTreeMap;
 
     fn naive(p: &BTreeMap<(u32, u8), u32>, a: u32) -> u32 {
-        (0..=32u8).rev().find_map(|len| p.get(&(a & mask(len), len)).copied()).unwrap_or(NONE)
+        crate::lpm::testing::naive(p.iter().map(|(&(n, l), &v)| (u128::from(n), l, v)), u128::from(a), 32)
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::lpm::testing::Rng;
 
     #[test]
     fn single_updates_agree_with_a_rebuild_and_with_naive() {

@@ -492,14 +492,7 @@ mod tests6 {
     use super::*;
 
     fn naive(p: &[(u128, u8, u32)], a: u128) -> u32 {
-        let mut best: Option<(u8, u32)> = None;
-        for &(net, len, v) in p {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
-            if a & mask == net & mask && best.is_none_or(|(l, _)| len >= l) {
-                best = Some((len, v));
-            }
-        }
-        best.map_or(NONE, |b| b.1)
+        crate::lpm::testing::naive(p.iter().copied(), a, 128)
     }
 
     #[test]
@@ -562,17 +555,16 @@ mod writer_tests6 {
     use super::*;
 
     fn naive(p: &BTreeMap<(u128, u8), u32>, a: u128) -> u32 {
-        (0..=128u8).rev().find_map(|len| p.get(&(a & mask(len), len)).copied()).unwrap_or(NONE)
+        crate::lpm::testing::naive(p.iter().map(|(&(n, l), &v)| (n, l, v)), a, 128)
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
+    use crate::lpm::testing::Rng;
+
+    /// Addresses for the tests.
+    trait Addr {
+        fn addr(&mut self) -> u128;
+    }
+    impl Addr for Rng {
         /// Addresses crowded into two /16s and a few /32s, so regions split into nodes.
         fn addr(&mut self) -> u128 {
             let top = [0x2001u128, 0x2a00][(self.next() % 2) as usize];
