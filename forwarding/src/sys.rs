@@ -279,30 +279,6 @@ pub fn link_names() -> io::Result<Vec<String>> {
     }
 }
 
-/// How the kernel classified a received frame (`sll_pkttype`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PacketType {
-    Host,
-    Broadcast,
-    Multicast,
-    OtherHost,
-    Outgoing,
-    Other(u8),
-}
-
-impl From<u8> for PacketType {
-    fn from(v: u8) -> Self {
-        match v {
-            0 => PacketType::Host,
-            1 => PacketType::Broadcast,
-            2 => PacketType::Multicast,
-            3 => PacketType::OtherHost,
-            4 => PacketType::Outgoing,
-            o => PacketType::Other(o),
-        }
-    }
-}
-
 /// An AF_PACKET socket bound to one interface.
 #[derive(Debug)]
 pub struct PacketSocket {
@@ -418,52 +394,26 @@ impl PacketSocket {
         self.ifindex
     }
 
-    /// Whether frames on this socket carry a virtio-net header.
-    pub fn has_vnet_hdr(&self) -> bool {
-        self.vnet
-    }
-
-    /// Receives one frame into `buf`. Returns its full length (which may exceed `buf.len()`:
-    /// the frame was truncated) and how the kernel classified it. `WouldBlock` when empty.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, PacketType)> {
-        if self.vnet {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "a socket with virtio-net headers reads in batches",
-            ));
-        }
-        // SAFETY: zeroed sockaddr_ll is valid; recvfrom writes at most `len` bytes to it.
-        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-        let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: buf is valid for buf.len() bytes; MSG_TRUNC makes the kernel report the
-        // real length without writing past the buffer.
-        let n = unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-                (&mut sll as *mut libc::sockaddr_ll).cast(),
-                &mut len,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((n as usize, PacketType::from(sll.sll_pkttype)))
-    }
-
     /// Sends one complete Ethernet frame out of the bound interface.
     pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        if self.vnet {
-            return send_batch_vnet(self.fd.as_raw_fd(), &[(VnetHdr::NONE, frame)]).map(|_| frame.len());
-        }
-        // SAFETY: frame is valid for frame.len() bytes.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        let mut hdr = VnetHdr::NONE.emit();
+        let mut iov = [
+            libc::iovec { iov_base: hdr.as_mut_ptr().cast(), iov_len: VNET_HDR_LEN },
+            libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() },
+        ];
+        // Without the header option the frame goes out alone.
+        let parts = if self.vnet { &mut iov[..] } else { &mut iov[1..] };
+        // SAFETY: msghdr is plain data; all-zero is a valid start.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_iov = parts.as_mut_ptr();
+        msg.msg_iovlen = parts.len();
+        // SAFETY: msg, the iovecs and the buffers they point to live until the call returns;
+        // the buffers are only read.
+        let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(n as usize)
+        Ok((n as usize).saturating_sub(if self.vnet { VNET_HDR_LEN } else { 0 }))
     }
 }
 

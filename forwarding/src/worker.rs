@@ -7,7 +7,7 @@ use crate::fib::FibHandle;
 use crate::iface::{IfaceId, Interfaces};
 use crate::neigh::{NeighHandle, Neighbour};
 use crate::pipeline::{self, Context, Span, Verdict};
-use crate::sys::{PacketSocket, PacketType, RawIpipSocket, TunQueue};
+use crate::sys::{PacketSocket, RawIpipSocket, TunQueue};
 use crate::tap::{Direction, Tap};
 use crate::trace::{self, Tracer};
 use crossbeam_channel::{Sender, TrySendError};
@@ -62,41 +62,31 @@ pub enum Port {
 }
 
 impl Port {
-    fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, PacketType)> {
-        match self {
-            Port::Packet(s) => s.recv(buf),
-            Port::Tun(t) => t.recv(buf).map(|n| (n, PacketType::Host)),
-            Port::Raw { sock, .. } => sock.recv(buf).map(|n| (n, PacketType::Host)),
-        }
-    }
-
     /// Receives a batch into `bufs` (each frame at `HEADROOM`); lengths into `lens`, offload
-    /// headers into `hdrs`.
+    /// headers into `hdrs`. AF_PACKET ports always carry the header (`open_rx` sets it).
     fn recv_batch(&self, bufs: &mut [Vec<u8>], lens: &mut [usize], hdrs: &mut [VnetHdr]) -> io::Result<usize> {
+        let one = |buf: &mut [u8]| match self {
+            Port::Tun(t) => t.recv(buf),
+            Port::Raw { sock, .. } => sock.recv(buf),
+            Port::Packet(_) => Err(io::ErrorKind::Unsupported.into()),
+        };
         if let Port::Packet(s) = self {
-            if s.has_vnet_hdr() {
-                return crate::sys::recv_batch_vnet(s.as_raw_fd(), bufs, HEADROOM, RX_MAX, lens, hdrs);
-            }
+            return crate::sys::recv_batch_vnet(s.as_raw_fd(), bufs, HEADROOM, RX_MAX, lens, hdrs);
         }
+        // TUN and raw sockets: one read per packet, until empty or the batch is full.
         hdrs.fill(VnetHdr::NONE);
-        match self {
-            Port::Packet(s) => crate::sys::recv_batch(s.as_raw_fd(), bufs, HEADROOM, RX_MAX, lens),
-            // TUN and raw sockets: one read per packet, until empty or the batch is full.
-            _ => {
-                let mut k = 0;
-                while k < bufs.len().min(lens.len()) {
-                    match self.recv(&mut bufs[k][HEADROOM..HEADROOM + RX_MAX]) {
-                        Ok((n, _)) => {
-                            lens[k] = n;
-                            k += 1;
-                        }
-                        Err(e) if k > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e),
-                    }
+        let mut k = 0;
+        while k < bufs.len().min(lens.len()) {
+            match one(&mut bufs[k][HEADROOM..HEADROOM + RX_MAX]) {
+                Ok(n) => {
+                    lens[k] = n;
+                    k += 1;
                 }
-                Ok(k)
+                Err(e) if k > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
         }
+        Ok(k)
     }
 
     /// Sends frames (each with its offload header, which only AF_PACKET ports carry) out of
@@ -106,17 +96,7 @@ impl Port {
             Port::Packet(s) => {
                 let mut done = 0;
                 while done < frames.len() {
-                    let r = if s.has_vnet_hdr() {
-                        crate::sys::send_batch_vnet(s.as_raw_fd(), &frames[done..])
-                    } else {
-                        let mut plain: [&[u8]; BATCH] = [&[]; BATCH];
-                        let n = (frames.len() - done).min(BATCH);
-                        for (p, f) in plain.iter_mut().zip(&frames[done..done + n]) {
-                            *p = f.1;
-                        }
-                        crate::sys::send_batch(s.as_raw_fd(), &plain[..n])
-                    };
-                    match r {
+                    match crate::sys::send_batch_vnet(s.as_raw_fd(), &frames[done..]) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => done += n,
                     }
@@ -339,7 +319,9 @@ impl Worker {
     /// Sends what the batch has queued: one send call per egress port. Frames keep their
     /// order within a port.
     fn flush(&self, b: &mut Batch, tapping: bool) {
-        b.out.sort_by_key(|o| o.0);
+        // By egress, then in the order received (the buffer index); unstable sorts do not
+        // allocate.
+        b.out.sort_unstable_by_key(|o| (o.0, o.1));
         let mut j = 0;
         while j < b.out.len() {
             let iface = b.out[j].0;
@@ -354,25 +336,30 @@ impl Worker {
         b.out.clear();
     }
 
-    /// Sends the segments cut from one super-packet: one send call per egress for those ready,
-    /// the slow path for those waiting on ARP.
+    /// Sends the segments cut from one super-packet (they share one egress), up to a batch
+    /// per send call; those waiting on ARP go to the slow path.
     fn send_segments(&self, verdicts: &[Verdict], scratch: &[u8], tapping: bool) {
-        let mut frames: Vec<(IfaceId, &[u8])> = Vec::with_capacity(verdicts.len());
+        let mut frames: [(VnetHdr, &[u8]); BATCH] = [(VnetHdr::NONE, &[]); BATCH];
+        let mut n = 0;
+        let mut egress = None;
         for &v in verdicts {
             match v {
-                Verdict::Transmit { iface, span, .. } => frames.push((iface, &scratch[span.start..span.end])),
+                Verdict::Transmit { iface, span, .. } => {
+                    if n == BATCH || egress.is_some_and(|e| e != iface) {
+                        if let Some(e) = egress {
+                            self.transmit_batch(e, &frames[..n], tapping);
+                        }
+                        n = 0;
+                    }
+                    egress = Some(iface);
+                    frames[n].1 = &scratch[span.start..span.end];
+                    n += 1;
+                }
                 other => self.act(other, scratch, tapping),
             }
         }
-        frames.sort_by_key(|f| f.0);
-        for group in frames.chunk_by(|a, b| a.0 == b.0) {
-            for part in group.chunks(BATCH) {
-                let mut batch: [(VnetHdr, &[u8]); BATCH] = [(VnetHdr::NONE, &[]); BATCH];
-                for (d, f) in batch.iter_mut().zip(part) {
-                    d.1 = f.1;
-                }
-                self.transmit_batch(part[0].0, &batch[..part.len()], tapping);
-            }
+        if let Some(e) = egress.filter(|_| n > 0) {
+            self.transmit_batch(e, &frames[..n], tapping);
         }
     }
 
