@@ -353,13 +353,8 @@ mod tests {
     #[test]
     fn agrees_with_naive_reference_on_random_tables() {
         // A small deterministic PRNG keeps the test reproducible without extra crates.
-        let mut s: u64 = 0x1234_5678;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut rng = crate::lpm::testing::Rng(0x1234_5678);
+        let mut next = || rng.next();
         for _ in 0..20 {
             let routes: Vec<Route> = (0..200)
                 .map(|i| {
@@ -393,13 +388,8 @@ mod tests {
 
     #[test]
     fn writer_changes_match_a_rebuild_and_reuse_next_hop_slots() {
-        let mut s: u64 = 0x0bad_cafe;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut rng = crate::lpm::testing::Rng(0x0bad_cafe);
+        let mut next = || rng.next();
         let mut w = FibWriter::default();
         let mut model: HashMap<Ipv4Net, NextHop> = HashMap::new();
         for round in 0..30 {

@@ -65,12 +65,12 @@ pub fn read_table(path: &std::path::Path) -> std::io::Result<TextTable> {
     Ok(parse_table(&String::from_utf8_lossy(&text)))
 }
 
-/// The mask of a `len`-bit prefix in a `bits`-bit address space, kept in the low bits.
+/// The mask of a `len`-bit prefix in a `bits`-bit address space, kept in the low bits;
+/// lengths beyond `bits` count as `bits`.
 fn prefix_mask(len: u8, bits: u32) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        (u128::MAX << (128 - u32::from(len))) >> (128 - bits)
+    match u32::from(len).min(bits) {
+        0 => 0,
+        l => (u128::MAX << (128 - l)) >> (128 - bits),
     }
 }
 
@@ -133,7 +133,7 @@ mod v6;
 
 /// What the LPM tests of both families share.
 #[cfg(test)]
-mod testing {
+pub(crate) mod testing {
     use super::{prefix_mask, NONE};
 
     /// The longest match by brute force, in a `bits`-bit space; a later duplicate wins.

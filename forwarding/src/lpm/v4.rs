@@ -158,11 +158,7 @@ impl Default for Lpm4Writer {
 }
 
 fn mask(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    }
+    super::prefix_mask(len, 32) as u32
 }
 
 impl Lpm4Writer {
@@ -437,13 +433,8 @@ mod tests {
 
     #[test]
     fn agrees_with_naive_on_random_tables() {
-        let mut s: u64 = 0x9e37_79b9;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut rng = crate::lpm::testing::Rng(0x9e37_79b9);
+        let mut next = || rng.next();
         for round in 0..30 {
             // Cluster addresses so that prefixes nest and share /16s.
             let space = if round % 2 == 0 { 0x00ff_ffff } else { 0xffff_ffff };
@@ -456,7 +447,7 @@ mod tests {
             }
             // Every prefix's first and last address too.
             for &(net, len, _) in &p {
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+                let mask = mask(len);
                 let (first, last) = (net & mask, (net & mask) | !mask);
                 assert_eq!(t.lookup(first), naive(&p, first));
                 assert_eq!(t.lookup(last), naive(&p, last));

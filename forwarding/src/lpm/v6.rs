@@ -229,11 +229,7 @@ impl Default for Lpm6 {
 }
 
 fn mask(len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len.min(128)))
-    }
+    super::prefix_mask(len, 128)
 }
 
 impl Lpm6 {
@@ -519,13 +515,8 @@ mod tests6 {
 
     #[test]
     fn v6_agrees_with_naive_on_random_tables() {
-        let mut s: u64 = 0x51ed_270b;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut rng = crate::lpm::testing::Rng(0x51ed_270b);
+        let mut next = || rng.next();
         for round in 0..20 {
             // Addresses under a few /16s, like the real IPv6 table.
             let addr = |n: &mut dyn FnMut() -> u64| -> u128 {
@@ -541,7 +532,7 @@ mod tests6 {
                 assert_eq!(t.lookup(a), naive(&p, a), "round {round} addr {a:#x}");
             }
             for &(net, len, _) in &p {
-                let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+                let mask = mask(len);
                 for a in [net & mask, (net & mask) | !mask] {
                     assert_eq!(t.lookup(a), naive(&p, a), "prefix edge {a:#x}");
                 }
