@@ -321,27 +321,32 @@ impl Speaker {
                 let _ = stream.shutdown(Shutdown::Both);
                 continue;
             };
-            // One session per peer. A connection we started ourselves loses to the incoming
-            // one when the peer's address is the higher (Calico: the higher address is
-            // passive, so its connection is the one the other side opened).
+            // One session per peer (RFC 4271 §6.8): of two connections, the one opened by
+            // the speaker with the higher BGP Identifier survives. The peer's identifier is
+            // in its OPEN once we are in OpenConfirm; before that it is the one of the last
+            // session, or else its address (a Calico node's router ID). Between our nodes
+            // collisions do not happen: the higher address only listens.
             let state = self.peers[i].fsm.state();
             let ours_pending = self.peers[i].conn.is_some();
+            let peer = &self.peers[i];
+            let peer_id = peer.fsm.negotiated().or(peer.last_negotiated.as_ref()).map_or(from_ip, |n| n.peer_id);
+            let theirs_wins = !super::fsm::keep_ours(self.cfg.router_id, peer_id);
             let take = match state {
                 State::Idle | State::Active | State::Connect => true,
-                State::OpenSent => ours_pending && super::fsm::keep_ours(from_ip, self.cfg.local_addr),
-                State::OpenConfirm | State::Established => false,
+                State::OpenSent | State::OpenConfirm => theirs_wins,
+                State::Established => false,
             };
             if !take {
                 let _ = stream.shutdown(Shutdown::Both);
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            if ours_pending {
+            if matches!(state, State::OpenSent | State::OpenConfirm) {
+                // Cease on ours, then the exchange starts over on the peer's connection.
+                self.feed(registry, i, now, Input::Collision);
+            } else if ours_pending {
+                // Our connect is still in progress: the peer's connection is here first.
                 self.drop_conn(registry, i);
-                if state == State::OpenSent {
-                    // Back to Active to restart the OPEN exchange on the new connection.
-                    let _ = self.peers[i].fsm.process(now, Input::TcpFailed("connection collision".into()));
-                }
             }
             if state == State::Idle {
                 // Backing off after an error: the peer's connection ends the wait. The FSM's

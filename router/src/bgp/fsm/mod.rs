@@ -74,6 +74,9 @@ pub enum Input {
     TcpFailed(String),
     /// The connection closed under us.
     TcpClosed(String),
+    /// A connection the peer opened won the collision with ours (RFC 4271 §6.8): ours is
+    /// closed with a Cease, and the OPEN exchange starts over on the peer's (`TcpUp` next).
+    Collision,
     Message(Message),
     /// The bytes from the peer did not decode: send this and reset.
     DecodeError(Notification),
@@ -311,6 +314,17 @@ impl Fsm {
                     // RFC 4271 §8.2.2: go Active and retry when the connect-retry timer fires.
                     self.last_error = Some(format!("connect: {e}"));
                     self.connect_retry_at = Some(now + self.cfg.connect_retry);
+                    self.goto(now, State::Active);
+                }
+            }
+            Input::Collision => {
+                if matches!(self.state, State::OpenSent | State::OpenConfirm) {
+                    let n = Notification::new(err::CEASE, err::COLLISION_RESOLUTION);
+                    out.push(Output::Send(Message::Notification(n)));
+                    out.push(Output::Close);
+                    self.hold_at = None;
+                    self.keepalive_at = None;
+                    self.negotiated = None;
                     self.goto(now, State::Active);
                 }
             }

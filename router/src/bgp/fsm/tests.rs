@@ -258,3 +258,36 @@ fn collision_keeps_the_connection_of_the_higher_identifier() {
     assert!(keep_ours(B, A));
     assert!(!keep_ours(A, B));
 }
+
+#[test]
+fn a_lost_collision_ceases_our_connection_and_opens_again_on_the_peers() {
+    let now = Instant::now();
+    let mut a = Fsm::new(cfg(A, false, 90), now);
+    let mut b = Fsm::new(cfg(B, false, 90), now);
+    a.process(now, Input::Start);
+    b.process(now, Input::Start);
+    let b_open = sent(&b.process(now, Input::TcpUp)).pop().expect("B sends its OPEN");
+    let cease = Message::Notification(Notification::new(err::CEASE, err::COLLISION_RESOLUTION));
+    for peer_open_first in [false, true] {
+        a.process(now, Input::TcpUp);
+        if peer_open_first {
+            // B's OPEN arrived on our connection: OpenConfirm, B's identifier known.
+            a.process(now, Input::Message(b_open.clone()));
+            assert_eq!(a.state(), State::OpenConfirm);
+        }
+        assert_eq!(a.state(), if peer_open_first { State::OpenConfirm } else { State::OpenSent });
+        let out = a.process(now, Input::Collision);
+        assert_eq!(sent(&out), vec![cease.clone()]);
+        assert!(out.contains(&Output::Close));
+        assert_eq!(a.state(), State::Active);
+        assert!(a.negotiated().is_none());
+        // The peer's connection takes over: a fresh OPEN goes out on it.
+        let out = a.process(now, Input::TcpUp);
+        assert!(matches!(sent(&out).as_slice(), [Message::Open(_)]), "{out:?}");
+        assert_eq!(a.state(), State::OpenSent);
+        // Reset for the next round.
+        a.process(now, Input::Collision);
+    }
+    // Nothing to resolve before there is a connection.
+    assert!(Fsm::new(cfg(A, false, 90), now).process(now, Input::Collision).is_empty());
+}
