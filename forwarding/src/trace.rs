@@ -52,6 +52,10 @@ pub enum Outcome {
     Fragmented {
         egress: IfaceId,
     },
+    /// An offloaded TCP super-packet cut into segments.
+    Segmented {
+        egress: IfaceId,
+    },
     Kernel,
     Dropped(DropReason),
     Other,
@@ -185,7 +189,7 @@ impl Tracer {
             }
             Verdict::Fragment(f) => Outcome::Fragmented { egress: f.egress.iface },
             Verdict::TransmitWhole { iface, span } => Outcome::Sent { egress: *iface, after: after(*iface, span) },
-            Verdict::Segment(j) => Outcome::Fragmented { egress: j.egress.iface },
+            Verdict::Segment(j) => Outcome::Segmented { egress: j.egress.iface },
             Verdict::Pass => Outcome::Kernel,
             Verdict::Drop(r) => Outcome::Dropped(*r),
             Verdict::Learn(_) => Outcome::Other,

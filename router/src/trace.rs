@@ -115,6 +115,13 @@ pub fn hop(
             h.reason = "too big for the egress MTU without DF: fragmented".into();
             h.egress = Some(name(*egress));
         }
+        Outcome::Segmented { egress } => {
+            h.action = "segment".into();
+            h.reason = "an offloaded TCP super-packet, cut into MTU-sized segments here (the tunnel, or a next hop \
+                        still being resolved, takes no super-packets)"
+                .into();
+            h.egress = Some(name(*egress));
+        }
         Outcome::Other => h.action = "other".into(),
         Outcome::Sent { egress, after } | Outcome::Resolving { egress, after, .. } => {
             h.egress = Some(name(*egress));

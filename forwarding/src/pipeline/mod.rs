@@ -34,7 +34,8 @@ pub const ICMP_ERROR_MAX: usize = ipv4::HEADER_LEN + icmp::HEADER_LEN + 60 + icm
 /// Room a packet needs in front of it to be encapsulated and get an Ethernet header.
 pub const HEADROOM_NEEDED: usize = ethernet::HEADER_LEN + ipip::OVERHEAD;
 
-/// What the read-only state of one batch looks like to the pipeline.
+/// What the pipeline reads: the snapshots of one batch, and the offload state of the packet
+/// at hand (the worker sets `gso` per packet).
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     pub fib: &'a Fib,
