@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod common;
-use common::{addresses4, addresses6, real_table};
+use common::{addresses4, addresses6, crates, real_table};
 
 const PASSES: usize = 3;
 
@@ -291,13 +291,7 @@ fn main() {
     runs.push(concurrent_updates::<Lpm4Writer>("ipv4", &p, &inside4, true));
     let ours_upd = Some(runs[0].updates_per_sec);
     let (ours, build, _) = built(|| Lpm4::build(&p));
-    let (mut tbm, tbm_build, tbm_mem) = built(|| {
-        let mut t = ip_network_table_deps_treebitmap::IpLookupTable::new();
-        for &(a, len, v) in &p {
-            t.insert(Ipv4Addr::from(a), u32::from(len), v);
-        }
-        t
-    });
+    let (mut tbm, tbm_build, tbm_mem) = built(|| crates::treebitmap4(&p));
     let tbm_upd = update_rate(
         &churn(&p),
         &mut tbm,
@@ -308,53 +302,34 @@ fn main() {
             t.insert(Ipv4Addr::from(a), u32::from(len), v);
         },
     );
-    let net4 = |a: u32, len: u8| ipnet::Ipv4Net::new(Ipv4Addr::from(a), len).ok();
-    let (mut pt, pt_build, pt_mem) = built(|| {
-        let mut t: prefix_trie::PrefixMap<ipnet::Ipv4Net, u32> = prefix_trie::PrefixMap::new();
-        for &(a, len, v) in &p {
-            if let Some(n) = net4(a, len) {
-                t.insert(n, v);
-            }
-        }
-        t
-    });
+    let (mut pt, pt_build, pt_mem) = built(|| crates::prefix_trie4(&p));
     let pt_upd = update_rate(
         &churn(&p),
         &mut pt,
         |t, a, len| {
-            if let Some(n) = net4(a, len) {
+            if let Some(n) = crates::net4(a, len) {
                 t.remove(&n);
             }
         },
         |t, a, len, v| {
-            if let Some(n) = net4(a, len) {
+            if let Some(n) = crates::net4(a, len) {
                 t.insert(n, v);
             }
         },
     );
-    let radix4 = || {
-        let mut t = iptrie::Ipv4RTrieMap::with_root(u32::MAX);
-        for &(a, len, v) in &p {
-            if let Ok(k) = iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len) {
-                t.insert(k, v);
-            }
-        }
-        t
-    };
-    let (lc, lc_build, lc_mem) = built(|| radix4().compress());
+    let (lc, lc_build, lc_mem) = built(|| crates::radix4(&p).compress());
     // The LC-trie is static: updates go to the radix trie it is compressed from.
-    let mut rt = radix4();
-    let key4 = |a: u32, len: u8| iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len).ok();
+    let mut rt = crates::radix4(&p);
     let lc_upd = update_rate(
         &churn(&p),
         &mut rt,
         |t, a, len| {
-            if let Some(k) = key4(a, len) {
+            if let Some(k) = crates::key4(a, len) {
                 t.remove(&k);
             }
         },
         |t, a, len, v| {
-            if let Some(k) = key4(a, len) {
+            if let Some(k) = crates::key4(a, len) {
                 t.insert(k, v);
             }
         },
@@ -393,10 +368,7 @@ fn main() {
             memory: pt_mem,
             build: pt_build,
             updates: Some(pt_upd),
-            run: each(|a| {
-                let host = ipnet::Ipv4Net::new(Ipv4Addr::from(a), 32).unwrap_or_default();
-                pt.get_lpm(&host).map_or(u32::MAX, |(_, v)| *v)
-            }),
+            run: each(|a| crates::prefix_trie_lookup4(&pt, a)),
         },
         Impl {
             name: "iptrie (LC-trie)",
@@ -416,13 +388,7 @@ fn main() {
     runs.push(concurrent_updates::<Lpm6Writer>("ipv6", &p6, &inside6, true));
     let ours6_upd = Some(runs[2].updates_per_sec);
     let (ours6, build6, _) = built(|| Lpm6::build(&p6));
-    let (mut tbm6, tbm6_build, tbm6_mem) = built(|| {
-        let mut t = ip_network_table_deps_treebitmap::IpLookupTable::new();
-        for &(a, len, v) in &p6 {
-            t.insert(Ipv6Addr::from(a), u32::from(len), v);
-        }
-        t
-    });
+    let (mut tbm6, tbm6_build, tbm6_mem) = built(|| crates::treebitmap6(&p6));
     let tbm6_upd = update_rate(
         &churn(&p6),
         &mut tbm6,
@@ -433,52 +399,33 @@ fn main() {
             t.insert(Ipv6Addr::from(a), u32::from(len), v);
         },
     );
-    let net6 = |a: u128, len: u8| ipnet::Ipv6Net::new(Ipv6Addr::from(a), len).ok();
-    let (mut pt6, pt6_build, pt6_mem) = built(|| {
-        let mut t: prefix_trie::PrefixMap<ipnet::Ipv6Net, u32> = prefix_trie::PrefixMap::new();
-        for &(a, len, v) in &p6 {
-            if let Some(n) = net6(a, len) {
-                t.insert(n, v);
-            }
-        }
-        t
-    });
+    let (mut pt6, pt6_build, pt6_mem) = built(|| crates::prefix_trie6(&p6));
     let pt6_upd = update_rate(
         &churn(&p6),
         &mut pt6,
         |t, a, len| {
-            if let Some(n) = net6(a, len) {
+            if let Some(n) = crates::net6(a, len) {
                 t.remove(&n);
             }
         },
         |t, a, len, v| {
-            if let Some(n) = net6(a, len) {
+            if let Some(n) = crates::net6(a, len) {
                 t.insert(n, v);
             }
         },
     );
-    let radix6 = || {
-        let mut t = iptrie::Ipv6RTrieMap::with_root(u32::MAX);
-        for &(a, len, v) in &p6 {
-            if let Ok(k) = iptrie::Ipv6Prefix::new(Ipv6Addr::from(a), len) {
-                t.insert(k, v);
-            }
-        }
-        t
-    };
-    let (lc6, lc6_build, lc6_mem) = built(|| radix6().compress());
-    let mut rt6 = radix6();
-    let key6 = |a: u128, len: u8| iptrie::Ipv6Prefix::new(Ipv6Addr::from(a), len).ok();
+    let (lc6, lc6_build, lc6_mem) = built(|| crates::radix6(&p6).compress());
+    let mut rt6 = crates::radix6(&p6);
     let lc6_upd = update_rate(
         &churn(&p6),
         &mut rt6,
         |t, a, len| {
-            if let Some(k) = key6(a, len) {
+            if let Some(k) = crates::key6(a, len) {
                 t.remove(&k);
             }
         },
         |t, a, len, v| {
-            if let Some(k) = key6(a, len) {
+            if let Some(k) = crates::key6(a, len) {
                 t.insert(k, v);
             }
         },
@@ -517,10 +464,7 @@ fn main() {
             memory: pt6_mem,
             build: pt6_build,
             updates: Some(pt6_upd),
-            run: each(|a| {
-                let host = ipnet::Ipv6Net::new(Ipv6Addr::from(a), 128).unwrap_or_default();
-                pt6.get_lpm(&host).map_or(u32::MAX, |(_, v)| *v)
-            }),
+            run: each(|a| crates::prefix_trie_lookup6(&pt6, a)),
         },
         Impl {
             name: "iptrie (LC-trie)",

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 mod common;
-use common::{addresses4, addresses6, real_table};
+use common::{addresses4, addresses6, crates, real_table};
 
 /// Addresses per iteration: enough that the lookups touch much of each table, as the
 /// plain benchmark's 2 M do, without making one iteration of the slowest crate take seconds.
@@ -33,19 +33,9 @@ fn lookups(c: &mut Criterion) {
     let t = real_table();
     let mut seed = 0x1234_5678_9abc_def0;
     let ours = Lpm4::build(&t.v4);
-    let mut tbm = ip_network_table_deps_treebitmap::IpLookupTable::new();
-    let mut pt: prefix_trie::PrefixMap<ipnet::Ipv4Net, u32> = prefix_trie::PrefixMap::new();
-    let mut rt = iptrie::Ipv4RTrieMap::with_root(u32::MAX);
-    for &(a, len, v) in &t.v4 {
-        tbm.insert(Ipv4Addr::from(a), u32::from(len), v);
-        if let Ok(n) = ipnet::Ipv4Net::new(Ipv4Addr::from(a), len) {
-            pt.insert(n, v);
-        }
-        if let Ok(k) = iptrie::Ipv4Prefix::new(Ipv4Addr::from(a), len) {
-            rt.insert(k, v);
-        }
-    }
-    let lc = rt.compress();
+    let tbm = crates::treebitmap4(&t.v4);
+    let pt = crates::prefix_trie4(&t.v4);
+    let lc = crates::radix4(&t.v4).compress();
     let (inside, uniform) = addresses4(&t.v4, N, &mut seed);
     for (pattern, addrs) in [("inside-prefixes", &inside), ("uniform", &uniform)] {
         let mut g = c.benchmark_group(format!("ipv4/{pattern}"));
@@ -61,30 +51,15 @@ fn lookups(c: &mut Criterion) {
         run(&mut g, "treebitmap", addrs, |a| {
             each(a, |x| tbm.longest_match(Ipv4Addr::from(x)).map_or(u32::MAX, |m| *m.2))
         });
-        run(&mut g, "prefix-trie", addrs, |a| {
-            each(a, |x| {
-                let host = ipnet::Ipv4Net::new(Ipv4Addr::from(x), 32).unwrap_or_default();
-                pt.get_lpm(&host).map_or(u32::MAX, |m| *m.1)
-            })
-        });
+        run(&mut g, "prefix-trie", addrs, |a| each(a, |x| crates::prefix_trie_lookup4(&pt, x)));
         run(&mut g, "iptrie-lc", addrs, |a| each(a, |x| *lc.lookup(&Ipv4Addr::from(x)).1));
         g.finish();
     }
 
     let ours6 = Lpm6::build(&t.v6);
-    let mut tbm6 = ip_network_table_deps_treebitmap::IpLookupTable::new();
-    let mut pt6: prefix_trie::PrefixMap<ipnet::Ipv6Net, u32> = prefix_trie::PrefixMap::new();
-    let mut rt6 = iptrie::Ipv6RTrieMap::with_root(u32::MAX);
-    for &(a, len, v) in &t.v6 {
-        tbm6.insert(Ipv6Addr::from(a), u32::from(len), v);
-        if let Ok(n) = ipnet::Ipv6Net::new(Ipv6Addr::from(a), len) {
-            pt6.insert(n, v);
-        }
-        if let Ok(k) = iptrie::Ipv6Prefix::new(Ipv6Addr::from(a), len) {
-            rt6.insert(k, v);
-        }
-    }
-    let lc6 = rt6.compress();
+    let tbm6 = crates::treebitmap6(&t.v6);
+    let pt6 = crates::prefix_trie6(&t.v6);
+    let lc6 = crates::radix6(&t.v6).compress();
     let (inside6, uniform6) = addresses6(&t.v6, N, &mut seed);
     for (pattern, addrs) in [("inside-prefixes", &inside6), ("uniform", &uniform6)] {
         let mut g = c.benchmark_group(format!("ipv6/{pattern}"));
@@ -100,12 +75,7 @@ fn lookups(c: &mut Criterion) {
         run(&mut g, "treebitmap", addrs, |a| {
             each(a, |x| tbm6.longest_match(Ipv6Addr::from(x)).map_or(u32::MAX, |m| *m.2))
         });
-        run(&mut g, "prefix-trie", addrs, |a| {
-            each(a, |x| {
-                let host = ipnet::Ipv6Net::new(Ipv6Addr::from(x), 128).unwrap_or_default();
-                pt6.get_lpm(&host).map_or(u32::MAX, |m| *m.1)
-            })
-        });
+        run(&mut g, "prefix-trie", addrs, |a| each(a, |x| crates::prefix_trie_lookup6(&pt6, x)));
         run(&mut g, "iptrie-lc", addrs, |a| each(a, |x| *lc6.lookup(&Ipv6Addr::from(x)).1));
         g.finish();
     }

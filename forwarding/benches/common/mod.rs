@@ -47,3 +47,94 @@ pub fn addresses6(p: &[(u128, u8, u32)], n: usize, seed: &mut u64) -> (Vec<u128>
         .collect();
     (inside, (0..n).map(|_| r128(seed)).collect())
 }
+
+/// The crates the FIB is compared with, built from a table the same way in both benches.
+pub mod crates {
+    use ip_network_table_deps_treebitmap::IpLookupTable;
+    use ipnet::{Ipv4Net, Ipv6Net};
+    use iptrie::{Ipv4Prefix, Ipv4RTrieMap, Ipv6Prefix, Ipv6RTrieMap};
+    use prefix_trie::PrefixMap;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    pub fn treebitmap4(p: &[(u32, u8, u32)]) -> IpLookupTable<Ipv4Addr, u32> {
+        let mut t = IpLookupTable::new();
+        for &(a, len, v) in p {
+            t.insert(Ipv4Addr::from(a), u32::from(len), v);
+        }
+        t
+    }
+
+    pub fn treebitmap6(p: &[(u128, u8, u32)]) -> IpLookupTable<Ipv6Addr, u32> {
+        let mut t = IpLookupTable::new();
+        for &(a, len, v) in p {
+            t.insert(Ipv6Addr::from(a), u32::from(len), v);
+        }
+        t
+    }
+
+    pub fn net4(a: u32, len: u8) -> Option<Ipv4Net> {
+        Ipv4Net::new(Ipv4Addr::from(a), len).ok()
+    }
+
+    pub fn net6(a: u128, len: u8) -> Option<Ipv6Net> {
+        Ipv6Net::new(Ipv6Addr::from(a), len).ok()
+    }
+
+    pub fn prefix_trie4(p: &[(u32, u8, u32)]) -> PrefixMap<Ipv4Net, u32> {
+        let mut t = PrefixMap::new();
+        for &(a, len, v) in p {
+            if let Some(n) = net4(a, len) {
+                t.insert(n, v);
+            }
+        }
+        t
+    }
+
+    pub fn prefix_trie6(p: &[(u128, u8, u32)]) -> PrefixMap<Ipv6Net, u32> {
+        let mut t = PrefixMap::new();
+        for &(a, len, v) in p {
+            if let Some(n) = net6(a, len) {
+                t.insert(n, v);
+            }
+        }
+        t
+    }
+
+    pub fn key4(a: u32, len: u8) -> Option<Ipv4Prefix> {
+        Ipv4Prefix::new(Ipv4Addr::from(a), len).ok()
+    }
+
+    pub fn key6(a: u128, len: u8) -> Option<Ipv6Prefix> {
+        Ipv6Prefix::new(Ipv6Addr::from(a), len).ok()
+    }
+
+    /// iptrie's radix trie, which its LC-trie is compressed from.
+    pub fn radix4(p: &[(u32, u8, u32)]) -> Ipv4RTrieMap<u32> {
+        let mut t = Ipv4RTrieMap::with_root(u32::MAX);
+        for &(a, len, v) in p {
+            if let Some(k) = key4(a, len) {
+                t.insert(k, v);
+            }
+        }
+        t
+    }
+
+    pub fn radix6(p: &[(u128, u8, u32)]) -> Ipv6RTrieMap<u32> {
+        let mut t = Ipv6RTrieMap::with_root(u32::MAX);
+        for &(a, len, v) in p {
+            if let Some(k) = key6(a, len) {
+                t.insert(k, v);
+            }
+        }
+        t
+    }
+
+    /// Longest match in prefix-trie, which looks up a host prefix.
+    pub fn prefix_trie_lookup4(t: &PrefixMap<Ipv4Net, u32>, a: u32) -> u32 {
+        net4(a, 32).and_then(|h| t.get_lpm(&h)).map_or(u32::MAX, |m| *m.1)
+    }
+
+    pub fn prefix_trie_lookup6(t: &PrefixMap<Ipv6Net, u32>, a: u128) -> u32 {
+        net6(a, 128).and_then(|h| t.get_lpm(&h)).map_or(u32::MAX, |m| *m.1)
+    }
+}
