@@ -138,6 +138,47 @@ fn a_silent_node_loses_its_block_within_the_hold_time_and_comes_back() {
     assert!(ok, "{out}");
 }
 
+#[test]
+fn a_restarting_node_keeps_its_block_at_its_peers_until_it_is_back() {
+    // Graceful restart, helper side (RFC 4724): node-b's daemon dies (its kernel closes the
+    // BGP connections, no NOTIFICATION). Its peers keep its block, stale, instead of dropping
+    // it; when node-b is back and has sent its routes and End-of-RIB, they are fresh again.
+    let lab = TestLab::up(&[]);
+    wait_for(30, "node-b's block at node-a", || route(&lab, "node-a", "10.244.2.0/26").is_some());
+    let st = lab.json(&["lab", "status", "--json"]);
+    let pid = st
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["host"] == "node-b")
+        .and_then(|h| h["pid"].as_i64())
+        .expect("pid");
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().is_ok_and(|s| s.success()));
+    wait_for(10, "node-a to see node-b's session go down", || peer_state(&lab, "node-a", "192.168.100.101").0 != "up");
+    // Well past the moment a plain session loss would have withdrawn it.
+    std::thread::sleep(Duration::from_secs(2));
+    for node in ["node-a", "node-c"] {
+        assert!(route(&lab, node, "10.244.2.0/26").is_some(), "{node} dropped the restarting node's block");
+    }
+    // node-b comes back with the same config, as a restarted daemon would.
+    let config = lab.dir.join(&lab.name).join("node-b.toml");
+    let mut back = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("node-b"), ROUTER, "node", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restart node-b");
+    wait_for(30, "node-b's session to come back", || peer_state(&lab, "node-a", "192.168.100.101").0 == "up");
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
+    assert!(ok, "{out}");
+    assert!(route(&lab, "node-a", "10.244.2.0/26").is_some());
+    drop(lab);
+    let _ = back.kill();
+    let _ = back.wait();
+}
+
 /// A BIRD 2 running in the lab's underlay namespace.
 fn start_bird(lab: &TestLab, config: &str) -> String {
     let dir = lab.dir.join(format!("{}-bird", lab.name));
