@@ -337,14 +337,14 @@ fn main() {
     drop(rt);
     let impls = [
         Impl {
-            name: "router (range LPM)",
+            name: "router (poptrie)",
             memory: ours.memory_bytes(),
             build,
             updates: ours_upd,
             run: each(|a| ours.lookup(a)),
         },
         Impl {
-            name: "router (range LPM, batch)",
+            name: "router (poptrie, batch)",
             memory: ours.memory_bytes(),
             build,
             updates: ours_upd,
@@ -352,7 +352,7 @@ fn main() {
                 let mut out = [0u32; 64];
                 addrs.chunks(64).fold(0u32, |acc, c| {
                     ours.lookup_batch(c, &mut out);
-                    acc.wrapping_add(out[0])
+                    out[..c.len()].iter().fold(acc, |acc, &v| acc.wrapping_add(v))
                 })
             }),
         },
@@ -448,7 +448,7 @@ fn main() {
                 let mut out = [0u32; 64];
                 addrs.chunks(64).fold(0u32, |acc, c| {
                     ours6.lookup_batch(c, &mut out);
-                    acc.wrapping_add(out[0])
+                    out[..c.len()].iter().fold(acc, |acc, &v| acc.wrapping_add(v))
                 })
             }),
         },
