@@ -128,6 +128,7 @@ fn breakpoints(prefixes: impl Iterator<Item = (u128, u8, u32)>, bits: u32) -> (V
     (points, p.len())
 }
 
+mod trie;
 mod v4;
 mod v6;
 

@@ -1,36 +1,21 @@
+use super::trie::{Entry, Trie};
 use super::{breakpoints, NONE};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// /16 chunks per /8 segment.
 const CHUNKS: usize = 256;
-/// Direct-pointed /18 slots per /8 segment (four per chunk).
+/// Direct-indexed /18 slots per /8 segment (four per chunk).
 const DIR: usize = 1024;
-/// Bit offsets (from the top of the address) of the three node levels under a /18 slot:
-/// 6 bits each, the last one only 2 (its positions are spaced 16 apart).
-const LEVELS: [u32; 3] = [18, 24, 30];
-
-/// A multibit-trie node over 6 address bits, compressed with bitmaps as in Poptrie: bit `v`
-/// of `vector` says whether position `v` leads to a child node; the children are stored in
-/// order from `base1`. The leaf positions form runs of equal value; bit `v` of `leafvec`
-/// marks where a run starts, and the runs' values are stored in order from `base0`. A popcount
-/// turns a position into an index, so a node is 24 bytes however sparse it is.
-#[derive(Debug, Clone, Copy, Default)]
-struct Node {
-    vector: u64,
-    leafvec: u64,
-    base1: u32,
-    base0: u32,
-}
+/// Bit offset, from the top of the address, where the nodes under a /18 slot start.
+const NODES_AT: u32 = 18;
 
 /// One /8 of the address space.
 #[derive(Debug, Clone)]
 struct Seg {
-    /// Per /18: the value of the whole /18 (upper half 0), or the index + 1 of its node in
-    /// the upper half. 64 bits so that any u32 value fits next to the flag.
-    dir: [u64; DIR],
-    nodes: Vec<Node>,
-    leaves: Vec<u32>,
+    /// Per /18: its value, or its node.
+    dir: [Entry; DIR],
+    trie: Trie,
     /// Per chunk: where its nodes and leaves start; a 257th entry closes the last. A chunk's
     /// nodes point only inside the chunk, so an unchanged chunk moves to a new segment by
     /// shifting its indices. The lookup never reads this.
@@ -39,135 +24,46 @@ struct Seg {
 
 impl Seg {
     fn empty() -> Seg {
-        Seg {
-            dir: [u64::from(NONE); DIR],
-            nodes: Vec::new(),
-            leaves: Vec::new(),
-            spans: Box::new([(0, 0); CHUNKS + 1]),
-        }
+        Seg { dir: [Entry::from(NONE); DIR], trie: Trie::default(), spans: Box::new([(0, 0); CHUNKS + 1]) }
     }
 
     /// The slot of `a` in `dir` (its bits 8..18).
     #[inline]
     fn slot(a: u32) -> usize {
-        ((a >> 14) as usize) & (DIR - 1)
-    }
-
-    /// The value for `a`, starting from its `dir` entry.
-    #[inline]
-    fn walk(&self, e: u64, a: u32) -> u32 {
-        let Some(first) = ((e >> 32) as usize).checked_sub(1) else {
-            return e as u32;
-        };
-        let Some(mut n) = self.nodes.get(first) else { return NONE };
-        for off in LEVELS {
-            let v = (a << off) >> 26;
-            // Positions 0..=v.
-            let upto = u64::MAX >> (63 - v);
-            if n.vector >> v & 1 != 0 {
-                let i = n.base1 as usize + (n.vector & upto).count_ones() as usize - 1;
-                let Some(next) = self.nodes.get(i) else { return NONE };
-                n = next;
-            } else {
-                let i = n.base0 as usize + (n.leafvec & upto).count_ones() as usize - 1;
-                return self.leaves.get(i).copied().unwrap_or(NONE);
-            }
-        }
-        NONE
+        ((a >> (32 - NODES_AT)) as usize) & (DIR - 1)
     }
 
     #[inline]
     fn lookup(&self, a: u32) -> u32 {
-        self.walk(self.dir[Self::slot(a)], a)
+        self.trie.walk(self.dir[Self::slot(a)], a, NODES_AT)
     }
 
     fn memory_bytes(&self) -> usize {
-        std::mem::size_of::<Seg>()
-            + std::mem::size_of::<[(u32, u32); CHUNKS + 1]>()
-            + self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.leaves.capacity() * 4
+        std::mem::size_of::<Seg>() + std::mem::size_of::<[(u32, u32); CHUNKS + 1]>() + self.trie.memory_bytes()
     }
 
-    /// Appends chunk `i`'s trie, built from its points (first address within the chunk,
-    /// value from there on; sorted) and the value it starts with.
-    fn push_chunk(&mut self, i: usize, base: u32, points: &[(u32, u32)]) {
-        self.spans[i] = (self.nodes.len() as u32, self.leaves.len() as u32);
-        for q in 0..4u32 {
-            let (start, end) = (q << 14, (q + 1) << 14);
+    /// Appends chunk `i`, built from its points (first address within the chunk, value
+    /// from there on; sorted) and the value it starts with.
+    fn push_chunk(&mut self, i: usize, base: u32, points: &[(u128, u32)]) {
+        self.spans[i] = (self.trie.nodes.len() as u32, self.trie.leaves.len() as u32);
+        const SLOT_BITS: u32 = 32 - NODES_AT;
+        for q in 0..4u128 {
+            let (start, end) = (q << SLOT_BITS, (q + 1) << SLOT_BITS);
             let from = points.partition_point(|p| p.0 <= start);
             let to = points.partition_point(|p| p.0 < end);
             let v0 = from.checked_sub(1).map_or(base, |k| points[k].1);
-            let inner = &points[from..to];
-            self.dir[i * 4 + q as usize] = if inner.is_empty() {
-                u64::from(v0)
-            } else {
-                let at = self.nodes.len();
-                self.nodes.push(Node::default());
-                self.nodes[at] = self.node(start, 14, v0, inner);
-                ((at as u64) + 1) << 32
-            };
+            self.dir[i * 4 + q as usize] = self.trie.entry(start, SLOT_BITS, v0, &points[from..to]);
         }
     }
 
-    /// The node for the `bits`-bit range from `start`, which starts with value `v0` and
-    /// changes at `inner` (all strictly inside the range). Its leaves are appended at once,
-    /// then a slot for each child node, then the children's own subtrees.
-    fn node(&mut self, start: u32, bits: u32, v0: u32, inner: &[(u32, u32)]) -> Node {
-        // A 2-bit range has 4 children of one address, at positions 0, 16, 32 and 48.
-        let (child_bits, count) = if bits >= 6 { (bits - 6, 64u32) } else { (0, 1 << bits) };
-        let step = 64 / count;
-        let mut n = Node { base0: self.leaves.len() as u32, base1: self.nodes.len() as u32, ..Node::default() };
-        let mut children: Vec<(u32, u32, usize, usize)> = Vec::new();
-        let (mut v, mut k, mut last_leaf) = (v0, 0usize, None);
-        for c in 0..count {
-            let cs = start + (c << child_bits);
-            let ce = cs + (1 << child_bits);
-            while k < inner.len() && inner[k].0 <= cs {
-                v = inner[k].1;
-                k += 1;
-            }
-            let from = k;
-            let mut to = k;
-            while to < inner.len() && inner[to].0 < ce {
-                to += 1;
-            }
-            let pos = c * step;
-            if to > from {
-                n.vector |= 1 << pos;
-                children.push((cs, v, from, to));
-            } else if last_leaf != Some(v) {
-                n.leafvec |= 1 << pos;
-                self.leaves.push(v);
-                last_leaf = Some(v);
-            }
-        }
-        let first = self.nodes.len();
-        self.nodes.resize(first + children.len(), Node::default());
-        for (j, (cs, cv, from, to)) in children.into_iter().enumerate() {
-            self.nodes[first + j] = self.node(cs, child_bits, cv, &inner[from..to]);
-        }
-        n
-    }
-
-    /// Appends chunk `i` of `old` unchanged, its indices shifted to where it now sits.
+    /// Appends chunk `i` of `old` unchanged.
     fn copy_chunk(&mut self, i: usize, old: &Seg) {
         let (n0, l0) = old.spans[i];
         let (n1, l1) = old.spans[i + 1];
-        // Wrapping: the chunk may move down as well as up.
-        let (dn, dl) = ((self.nodes.len() as u32).wrapping_sub(n0), (self.leaves.len() as u32).wrapping_sub(l0));
-        self.spans[i] = (self.nodes.len() as u32, self.leaves.len() as u32);
-        self.nodes.extend(old.nodes[n0 as usize..n1 as usize].iter().map(|n| Node {
-            base1: n.base1.wrapping_add(dn),
-            base0: n.base0.wrapping_add(dl),
-            ..*n
-        }));
-        self.leaves.extend_from_slice(&old.leaves[l0 as usize..l1 as usize]);
-        for q in 0..4 {
-            let e = old.dir[i * 4 + q];
-            self.dir[i * 4 + q] = match (e >> 32) as u32 {
-                0 => e,
-                node => u64::from(node.wrapping_add(dn)) << 32,
-            };
+        self.spans[i] = (self.trie.nodes.len() as u32, self.trie.leaves.len() as u32);
+        let dn = self.trie.append_from(&old.trie, n0 as usize..n1 as usize, l0 as usize..l1 as usize);
+        for q in i * 4..i * 4 + 4 {
+            self.dir[q] = Trie::moved(old.dir[q], dn);
         }
     }
 }
@@ -222,7 +118,7 @@ impl Lpm4 {
                 *h = self.segs.get((x >> 24) as usize).map(|seg| (&**seg, seg.dir[Seg::slot(x)]));
             }
             for ((h, &x), r) in heads.iter().zip(a).zip(o.iter_mut()) {
-                *r = h.map_or(NONE, |(seg, e)| seg.walk(e, x));
+                *r = h.map_or(NONE, |(seg, e)| seg.trie.walk(e, x, NODES_AT));
             }
         }
     }
@@ -446,8 +342,8 @@ impl Lpm4Writer {
             }
             let old = Arc::clone(&self.current.segs[s]);
             let mut seg = Seg::empty();
-            seg.nodes.reserve(old.nodes.len() + 16);
-            seg.leaves.reserve(old.leaves.len() + 16);
+            seg.trie.nodes.reserve(old.trie.nodes.len() + 16);
+            seg.trie.leaves.reserve(old.trie.leaves.len() + 16);
             let mut points = Vec::new();
             for i in 0..CHUNKS {
                 let c = s * CHUNKS + i;
@@ -460,9 +356,8 @@ impl Lpm4Writer {
                     seg.copy_chunk(i, &old);
                 }
             }
-            seg.spans[CHUNKS] = (seg.nodes.len() as u32, seg.leaves.len() as u32);
-            seg.nodes.shrink_to_fit();
-            seg.leaves.shrink_to_fit();
+            seg.spans[CHUNKS] = (seg.trie.nodes.len() as u32, seg.trie.leaves.len() as u32);
+            seg.trie.shrink_to_fit();
             self.current.segs[s] = Arc::new(seg);
         }
         self.current.prefixes = self.count;
@@ -480,7 +375,7 @@ impl Lpm4Writer {
 /// Appends a chunk's inner points (first address within the chunk, value from there on) and
 /// returns the value the chunk starts with: the short-prefix base, overridden by the chunk's
 /// own prefixes.
-fn chunk_points(base: u32, prefixes: &[(u16, u8, u32)], out: &mut Vec<(u32, u32)>) -> u32 {
+fn chunk_points(base: u32, prefixes: &[(u16, u8, u32)], out: &mut Vec<(u128, u32)>) -> u32 {
     if prefixes.is_empty() {
         return base;
     }
@@ -493,7 +388,7 @@ fn chunk_points(base: u32, prefixes: &[(u16, u8, u32)], out: &mut Vec<(u32, u32)
         if at == 0 {
             start = v;
         } else {
-            out.push((at as u32, v));
+            out.push((at, v));
         }
     }
     start
