@@ -43,10 +43,16 @@ impl Key for u128 {
     }
 }
 
-/// An entry of a direct-indexed level: the value of its whole range (upper half 0), or the
-/// index + 1 of the range's node in the upper half. 64 bits, so any u32 value fits beside
-/// the flag.
-pub(super) type Entry = u64;
+/// An entry of a direct-indexed level. Without [`INDIRECT`] it holds its range's value + 1
+/// (so [`NONE`] is 0): one read settles the range. With it, it holds the index of the
+/// range's node ([`NODE`]) or of its value in the leaves (a value too big to sit inline).
+/// 4 bytes, so that a full IPv4 table's direct level is 1 MiB.
+pub(super) type Entry = u32;
+const INDIRECT: u32 = 1 << 31;
+const NODE: u32 = 1 << 30;
+const INDEX: u32 = NODE - 1;
+/// The entry of a range no prefix covers.
+pub(super) const NO_ROUTE: Entry = 0;
 
 /// Nodes and leaf runs in flat arrays; indices are positions in them.
 #[derive(Debug, Clone, Default)]
@@ -60,10 +66,14 @@ impl Trie {
     /// bit `off` of the address.
     #[inline]
     pub fn walk<K: Key>(&self, e: Entry, a: K, mut off: u32) -> u32 {
-        let Some(first) = ((e >> 32) as usize).checked_sub(1) else {
-            return e as u32;
-        };
-        let Some(mut n) = self.nodes.get(first) else { return NONE };
+        if e & INDIRECT == 0 {
+            return e.wrapping_sub(1);
+        }
+        let i = (e & INDEX) as usize;
+        if e & NODE == 0 {
+            return self.leaves.get(i).copied().unwrap_or(NONE);
+        }
+        let Some(mut n) = self.nodes.get(i) else { return NONE };
         while off < K::BITS {
             let v = a.six(off);
             // Positions 0..=v.
@@ -85,13 +95,19 @@ impl Trie {
     /// value from there on), sorted, all strictly inside the range.
     pub fn entry(&mut self, start: u128, bits: u32, v0: u32, inner: &[(u128, u32)]) -> Entry {
         if inner.is_empty() {
-            return Entry::from(v0);
+            let e = v0.wrapping_add(1);
+            if e & INDIRECT == 0 {
+                return e;
+            }
+            self.leaves.push(v0);
+            return INDIRECT | (self.leaves.len() as u32 - 1);
         }
-        let at = self.nodes.len();
+        // A segment covers at most 2^24 addresses, so indices stay far below 2^30.
+        let at = self.nodes.len() as u32;
         self.nodes.push(Node::default());
         let n = self.node(start, bits, v0, inner);
-        self.nodes[at] = n;
-        (at as u64 + 1) << 32
+        self.nodes[at as usize] = n;
+        INDIRECT | NODE | at
     }
 
     /// A node over the range: its leaf runs are appended at once, then a slot for each
@@ -134,9 +150,14 @@ impl Trie {
     }
 
     /// Appends nodes `nodes` and leaves `leaves` of `old`, which point only among
-    /// themselves, with their indices shifted to where they now sit; returns the shift of
-    /// node indices, for the entries that point at them.
-    pub fn append_from(&mut self, old: &Trie, nodes: std::ops::Range<usize>, leaves: std::ops::Range<usize>) -> u32 {
+    /// themselves, with their indices shifted to where they now sit; returns the shifts of
+    /// node and leaf indices, for the entries that point at them.
+    pub fn append_from(
+        &mut self,
+        old: &Trie,
+        nodes: std::ops::Range<usize>,
+        leaves: std::ops::Range<usize>,
+    ) -> (u32, u32) {
         // Wrapping: the nodes may move down as well as up.
         let dn = (self.nodes.len() as u32).wrapping_sub(nodes.start as u32);
         let dl = (self.leaves.len() as u32).wrapping_sub(leaves.start as u32);
@@ -146,15 +167,17 @@ impl Trie {
             ..*n
         }));
         self.leaves.extend_from_slice(old.leaves.get(leaves).unwrap_or(&[]));
-        dn
+        (dn, dl)
     }
 
-    /// `e` after its node moved by `dn`.
-    pub fn moved(e: Entry, dn: u32) -> Entry {
-        match (e >> 32) as u32 {
-            0 => e,
-            node => u64::from(node.wrapping_add(dn)) << 32,
-        }
+    /// `e` after the nodes moved by `dn` and the leaves by `dl`.
+    pub fn moved(e: Entry, (dn, dl): (u32, u32)) -> Entry {
+        let d = match e & (INDIRECT | NODE) {
+            0 => return e,
+            INDIRECT => dl,
+            _ => dn,
+        };
+        (e & !INDEX) | ((e & INDEX).wrapping_add(d) & INDEX)
     }
 
     pub fn shrink_to_fit(&mut self) {

@@ -1,4 +1,4 @@
-use super::trie::{Entry, Trie};
+use super::trie::{Entry, Trie, NO_ROUTE};
 use super::{breakpoints, NONE};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ struct Seg {
 
 impl Seg {
     fn empty() -> Seg {
-        Seg { dir: [Entry::from(NONE); DIR], trie: Trie::default(), spans: Box::new([(0, 0); CHUNKS + 1]) }
+        Seg { dir: [NO_ROUTE; DIR], trie: Trie::default(), spans: Box::new([(0, 0); CHUNKS + 1]) }
     }
 
     /// The slot of `a` in `dir` (its bits 8..18).
@@ -61,9 +61,9 @@ impl Seg {
         let (n0, l0) = old.spans[i];
         let (n1, l1) = old.spans[i + 1];
         self.spans[i] = (self.trie.nodes.len() as u32, self.trie.leaves.len() as u32);
-        let dn = self.trie.append_from(&old.trie, n0 as usize..n1 as usize, l0 as usize..l1 as usize);
+        let moved = self.trie.append_from(&old.trie, n0 as usize..n1 as usize, l0 as usize..l1 as usize);
         for q in i * 4..i * 4 + 4 {
-            self.dir[q] = Trie::moved(old.dir[q], dn);
+            self.dir[q] = Trie::moved(old.dir[q], moved);
         }
     }
 }
@@ -113,7 +113,7 @@ impl Lpm4 {
     pub fn lookup_batch(&self, addrs: &[u32], out: &mut [u32]) {
         const G: usize = 16;
         for (a, o) in addrs.chunks(G).zip(out.chunks_mut(G)) {
-            let mut heads: [Option<(&Seg, u64)>; G] = [None; G];
+            let mut heads: [Option<(&Seg, Entry)>; G] = [None; G];
             for (h, &x) in heads.iter_mut().zip(a) {
                 *h = self.segs.get((x >> 24) as usize).map(|seg| (&**seg, seg.dir[Seg::slot(x)]));
             }
@@ -410,6 +410,27 @@ mod tests {
         t.lookup_batch(&addrs, &mut out);
         for (a, o) in addrs.iter().zip(&out) {
             assert_eq!(*o, t.lookup(*a));
+        }
+    }
+
+    #[test]
+    fn values_too_big_to_sit_inline_survive_lookups_and_moves() {
+        // Values from 2^31 - 1 up go to the leaves instead of the direct slot; unchanged
+        // chunks around a changed one must keep them through a publish.
+        let big = [0x7fff_ffff, 0x8000_0000, 0xffff_fffe, 1];
+        let p: Vec<(u32, u8, u32)> = (0..64u32)
+            .map(|i| (0x0a00_0000 | (i << 18), if i % 2 == 0 { 18 } else { 24 }, big[i as usize % 4]))
+            .collect();
+        let mut w = Lpm4Writer::with_prefixes(&p);
+        let t = w.publish();
+        for &(a, _, v) in &p {
+            assert_eq!(t.lookup(a | 0x7f), v, "{a:#x}");
+        }
+        w.insert(0x0a00_0000, 26, 5);
+        let t = w.publish();
+        assert_eq!(t.lookup(0x0a00_0001), 5);
+        for &(a, _, v) in &p[1..] {
+            assert_eq!(t.lookup(a | 0xff), v, "{a:#x} after the publish");
         }
     }
 
