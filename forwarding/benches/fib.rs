@@ -1,6 +1,6 @@
 //! `cargo bench -p forwarding --bench fib`: our FIB's LPM against the best Rust LPM crates on
 //! the real 1.07 M-prefix table (`../shared/data/bgp-full-table.lpm.gz`), in one run. Prints a
-//! table and writes `target/bench/fib.json`. Plain timing: each figure is the best of three
+//! table and writes `target/bench/fib.json`. Plain timing: each figure is the best of seven
 //! rounds over 1–2 M addresses, the implementations taking turns within each round. The
 //! criterion version of the lookups is `--bench fib_criterion`.
 
@@ -15,7 +15,7 @@ use std::time::Instant;
 mod common;
 use common::{addresses4, addresses6, crates, real_table};
 
-const PASSES: usize = 3;
+const PASSES: usize = 7;
 
 fn rss() -> usize {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
