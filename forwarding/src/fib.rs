@@ -3,7 +3,7 @@
 //! A [`Fib`] is an immutable snapshot. The control thread builds a new one and publishes it
 //! through a [`FibHandle`]; workers load the current snapshot once per batch without locks
 //! (`arc_swap`), so they never block and never see a half-applied change. Old snapshots are
-//! freed when the last worker drops its guard. Lookups go through the range LPM of
+//! freed when the last worker drops its guard. Lookups go through the Poptrie of
 //! [`crate::lpm`]. A [`FibWriter`] applies single-route changes and publishes snapshots that
 //! rebuild only the /8 segments that changed.
 
@@ -64,7 +64,7 @@ impl Tunnels {
     }
 }
 
-/// An immutable FIB snapshot: the range LPM ([`Lpm4`]) maps an address to an index into
+/// An immutable FIB snapshot: the LPM ([`Lpm4`]) maps an address to an index into
 /// the next-hop table.
 #[derive(Debug, Default, Clone)]
 pub struct Fib {

@@ -1,10 +1,11 @@
-//! IPv4 longest-prefix match as ranges (in the manner of DXR): the prefixes are flattened into
-//! the sorted points where the answer changes, split by the top 16 bits of the address. A
-//! lookup is one index read and a binary search over the few points of one /16 — compact
-//! (a full Internet table is about 12 MB) and with no pointer chasing.
+//! Longest-prefix match for forwarding. IPv4 ([`Lpm4`]) is a Poptrie: the top 18 bits index
+//! a table directly, and longer prefixes live in 6-bit nodes compressed with bitmaps
+//! (`trie`). IPv6 ([`Lpm6`]) indexes its top 16 bits directly, then walks 8-bit nodes down to
+//! short sorted runs of the points where the answer changes. Both work from those points
+//! (`breakpoints`), and both are a full Internet table in a few MiB.
 //!
-//! The structure is immutable: changes build a new one (see `fib`), which readers pick up
-//! through the snapshot swap.
+//! Snapshots are immutable: a writer ([`Lpm4Writer`], [`Lpm6Writer`]) rebuilds only what a
+//! change touched and publishes a new one, which readers pick up through the snapshot swap.
 
 /// "No route": the value of addresses no prefix covers.
 pub const NONE: u32 = u32::MAX;
