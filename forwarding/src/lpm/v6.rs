@@ -19,6 +19,19 @@ const LEAF_MAX: usize = 32;
 const LEAF: u32 = 1 << 31;
 const WIDE: u32 = 1 << 30;
 const AT_BITS: u32 = 22;
+/// A leaf with one answer below 2^22 - 1 (a next-hop index, most AS numbers) keeps it in the
+/// entry, in place of the start, with a count of 0; this value of it stands for [`NONE`].
+const INLINE_NONE: u32 = (1 << AT_BITS) - 1;
+
+/// The entry of a leaf with the single answer `v`, if it fits.
+fn inline(v: u32) -> Option<u32> {
+    let x = match v {
+        NONE => INLINE_NONE,
+        v if v < INLINE_NONE => v,
+        _ => return None,
+    };
+    Some(LEAF | (x << 8))
+}
 
 /// One /16 with routes: a multibit trie (8 bits per level) in flat arrays, whose leaves are
 /// short sorted runs of the points where the answer changes. Dense regions split until their
@@ -71,7 +84,16 @@ impl Seg {
             return self.flat_lookup(a);
         }
         let lo = ((e >> 8) & ((1 << AT_BITS) - 1)) as usize;
+        if e & 0xff == 0 {
+            // One answer, in the entry itself.
+            return if lo == INLINE_NONE as usize { NONE } else { lo as u32 };
+        }
         let r = lo..lo + (e & 0xff) as usize;
+        let vals = if e & WIDE == 0 { &self.narrow_vals } else { &self.wide_vals };
+        if r.len() == 1 {
+            // One point, at the region's start: no need to read it.
+            return vals.get(lo).copied().unwrap_or(NONE);
+        }
         if e & WIDE == 0 {
             search(self.narrow.get(r.clone()).unwrap_or(&[]), self.narrow_vals.get(r).unwrap_or(&[]), (a >> 64) as u64)
         } else {
@@ -147,6 +169,14 @@ impl Seg {
                     start = v;
                 } else if end.is_none_or(|e| at < e) {
                     inner.push((at, v));
+                }
+            }
+            if inner.is_empty() {
+                if let Some(e) = inline(start) {
+                    if prefixes.is_empty() {
+                        plain.insert(base, e);
+                    }
+                    return Some(e);
                 }
             }
             let wide = inner.iter().any(|&(at, _)| at as u64 != 0) || net as u64 != 0;
@@ -478,6 +508,19 @@ mod tests6 {
     }
 
     #[test]
+    fn values_around_the_inline_limit_come_back_unchanged() {
+        // Below 2^22 - 1 a single answer sits in the entry; from there on it is stored.
+        let values = [0, 1, INLINE_NONE - 1, INLINE_NONE, INLINE_NONE + 1, NONE - 1];
+        let p: Vec<(u128, u8, u32)> =
+            values.iter().enumerate().map(|(i, &v)| ((0x2001_0db8u128 << 96) | ((i as u128) << 80), 48, v)).collect();
+        let t = Lpm6::build(&p);
+        for &(a, _, v) in &p {
+            assert_eq!(t.lookup(a | 0xffff), v, "{a:#x}");
+        }
+        assert_eq!(t.lookup(0x2001_0db8_00ff_u128 << 80), NONE, "between the prefixes");
+    }
+
+    #[test]
     fn v6_edges_and_nesting() {
         let p = [
             (0u128, 0u8, 1u32),
@@ -627,7 +670,9 @@ mod writer_tests6 {
         // A leaf entry addresses 2^22 keys per segment, which takes millions of routes in
         // one /16; the same fallback is exercised here with a limit of 64 keys.
         let net = 0x2001_0db8u128 << 96;
-        let p: Vec<(u128, u8, u32)> = (0..300u128).map(|i| (net | (i << 70), 48 + (i % 5) as u8, i as u32)).collect();
+        // Values too big to sit in an entry, so that every leaf takes keys.
+        let p: Vec<(u128, u8, u32)> =
+            (0..300u128).map(|i| (net | (i << 70), 48 + (i % 5) as u8, 0x4000_0000 | i as u32)).collect();
         let mut model = BTreeMap::new();
         for &(a, l, v) in &p {
             model.insert((a & mask(l), l), v);
