@@ -233,7 +233,7 @@ impl Seg {
 }
 
 /// IPv6 longest-prefix match: a direct array of /16 segments, each a small multibit trie
-/// with range leaves ([`Seg`]). A lookup reads the root, a node or two and a few cache lines
+/// with range leaves (`Seg`). A lookup reads the root, a node or two and a few cache lines
 /// of points.
 ///
 /// A snapshot is immutable and cheap to clone: the segments are shared. An [`Lpm6Writer`]

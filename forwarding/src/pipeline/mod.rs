@@ -524,7 +524,7 @@ fn icmp_error(
 
 /// Splits the IPv4 packet at `buf[span]` into fragments of at most `mtu` bytes (RFC 791),
 /// builds each in `scratch` (which needs [`HEADROOM_NEEDED`] bytes in front), sends it through
-/// [`output`] and gives the result to `emit`. The original's options-free header is copied into
+/// `output` and gives the result to `emit`. The original's options-free header is copied into
 /// every fragment. Slow path: only packets too big for the egress without DF get here.
 pub fn fragment(
     ctx: &Context<'_>,
@@ -568,7 +568,7 @@ pub fn fragment(
 
 /// Cuts the super-packet of `job` into complete TCP segments (each with its own IPv4 and TCP
 /// checksum), lays them one after another in `scratch` (each with [`HEADROOM_NEEDED`] bytes
-/// in front), sends each through [`output`] and appends the results to `out`, whose spans
+/// in front), sends each through `output` and appends the results to `out`, whose spans
 /// point into `scratch`. Segments that do not fit in `scratch` are counted as dropped.
 pub fn segment(
     ctx: &Context<'_>,
