@@ -184,6 +184,109 @@ impl<'a> TcpSegments<'a> {
     }
 }
 
+const TCP_ACK: u8 = 0x10;
+
+/// A TCP/IPv4 segment that may join a coalesced super-packet (receive offload, the way
+/// the kernel's GRO merges): no IP options, not a fragment, only ACK (and PSH) set, a
+/// payload, and both checksums correct, so that merging hides no corruption.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mergeable {
+    /// Bytes of the TCP header (options included).
+    pub thl: usize,
+    pub payload: usize,
+    pub seq: u32,
+    pub psh: bool,
+}
+
+/// `pkt` (an IPv4 packet, possibly followed by padding) as a [`Mergeable`] segment.
+pub fn mergeable(pkt: &[u8]) -> Option<Mergeable> {
+    let ip = ipv4::Packet::new_checked(pkt).ok()?;
+    let total = usize::from(ip.total_len());
+    // 0x45: version 4, no options; flags and offset: at most DF.
+    if pkt[0] != 0x45 || ip.protocol() != ipv4::Protocol::Tcp || pkt[6] & !0x40 != 0 || pkt[7] != 0 {
+        return None;
+    }
+    let tcp = pkt.get(20..total)?;
+    let thl = usize::from(*tcp.get(12)? >> 4) * 4;
+    let flags = tcp[13];
+    if thl < 20 || thl >= tcp.len() || flags & TCP_ACK == 0 || flags & !(TCP_ACK | TCP_PSH) != 0 {
+        return None;
+    }
+    if checksum::checksum(&pkt[..20]) != 0 {
+        return None;
+    }
+    let pseudo = checksum::sum(&pkt[12..20]) + 6 + tcp.len() as u32;
+    if checksum::finish(pseudo + checksum::sum(tcp)) != 0 {
+        return None;
+    }
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    Some(Mergeable { thl, payload: tcp.len() - thl, seq, psh: flags & TCP_PSH != 0 })
+}
+
+/// Whether segment `next` may follow `prev` in a run that `first` started: same flow,
+/// addresses, TOS, TTL, acknowledgement, window and options; the very next sequence number;
+/// `prev` full-sized (the segment size is the first's) and without PSH, which ends a run;
+/// and the total still an IPv4 packet.
+pub fn follows(first: (&[u8], Mergeable), prev: (&[u8], Mergeable), next: (&[u8], Mergeable), total: usize) -> bool {
+    let (f, fm) = first;
+    let (_, pm) = prev;
+    let (n, nm) = next;
+    let hdrs = 20 + fm.thl;
+    nm.thl == fm.thl
+        && !pm.psh
+        && pm.payload == fm.payload
+        && nm.payload <= fm.payload
+        && nm.seq == pm.seq.wrapping_add(pm.payload as u32)
+        && total + nm.payload <= usize::from(u16::MAX)
+        // TOS, DF, TTL, protocol, addresses.
+        && f[1] == n[1]
+        && f[6..10] == n[6..10]
+        && f[12..20] == n[12..20]
+        // Ports; then acknowledgement, offset, flags (but PSH), window, urgent, options.
+        && f[20..24] == n[20..24]
+        && f[28..33] == n[28..33]
+        && f[33] & !TCP_PSH == n[33] & !TCP_PSH
+        && f[34..36] == n[34..36]
+        && f[38..hdrs] == n[38..hdrs]
+}
+
+/// Writes the segments `run` (each a [`mergeable`] IPv4 packet that [`follows`] the one
+/// before) as one super-packet at the start of `out`, with the virtio-net header that
+/// describes it: segment size, and the TCP checksum left partial (the pseudo-header sum in
+/// its field) as a sender's TSO leaves it. `l2` is the length of the link header that will
+/// precede the packet. Returns the packet's length, or `None` if `out` is too short.
+pub fn coalesce(run: &[(&[u8], Mergeable)], l2: usize, out: &mut [u8]) -> Option<(usize, VnetHdr)> {
+    let &(first, fm) = run.first()?;
+    let hdrs = 20 + fm.thl;
+    let len = hdrs + run.iter().map(|(_, m)| m.payload).sum::<usize>();
+    let pkt = out.get_mut(..len)?;
+    pkt[..hdrs].copy_from_slice(&first[..hdrs]);
+    let mut at = hdrs;
+    for (seg, m) in run {
+        pkt[at..at + m.payload].copy_from_slice(&seg[hdrs..hdrs + m.payload]);
+        at += m.payload;
+    }
+    pkt[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    pkt[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum::checksum(&pkt[..20]);
+    pkt[10..12].copy_from_slice(&c.to_be_bytes());
+    if run.iter().any(|(_, m)| m.psh) {
+        pkt[33] |= TCP_PSH;
+    }
+    // Partial: the folded pseudo-header sum, not complemented.
+    let pseudo = checksum::sum(&pkt[12..20]) + 6 + (len - 20) as u32;
+    pkt[36..38].copy_from_slice(&(!checksum::finish(pseudo)).to_be_bytes());
+    let hdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: (l2 + hdrs) as u16,
+        gso_size: fm.payload as u16,
+        csum_start: (l2 + 20) as u16,
+        csum_offset: 16,
+    };
+    Some((len, hdr))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +396,88 @@ mod tests {
         assert_eq!(VnetHdr::parse(&h.emit()), h);
         assert!(h.is_gso() && h.needs_csum());
         assert!(!VnetHdr::NONE.is_gso());
+    }
+
+    /// The segments of a 10 000-byte ACK|PSH super-packet cut at 1448 bytes, and the packet.
+    fn cut() -> (Vec<u8>, Vec<Vec<u8>>) {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut p = packet(&payload);
+        p[33] = TCP_ACK | TCP_PSH;
+        let pseudo = checksum::sum(&p[12..20]) + 6 + (p.len() - 20) as u32;
+        p[36..38].copy_from_slice(&[0, 0]);
+        let c = checksum::finish(pseudo + checksum::sum(&p[20..]));
+        p[36..38].copy_from_slice(&c.to_be_bytes());
+        let segs = TcpSegments::new(&p, 1448).expect("valid");
+        let mut out = Vec::new();
+        for i in 0..segs.count() {
+            let mut b = vec![0u8; 1600];
+            let n = segs.write(i, &mut b).expect("fits");
+            b.truncate(n);
+            out.push(b);
+        }
+        (p, out)
+    }
+
+    #[test]
+    fn segments_coalesce_back_into_their_super_packet() {
+        let (orig, segs) = cut();
+        let run: Vec<(&[u8], Mergeable)> = segs.iter().map(|s| (&s[..], mergeable(s).expect("mergeable"))).collect();
+        assert!(run[..run.len() - 1].iter().all(|(_, m)| !m.psh), "PSH only on the last");
+        let mut total = run[0].0.len();
+        for w in 1..run.len() {
+            assert!(follows(run[0], run[w - 1], run[w], total), "segment {w}");
+            total += run[w].1.payload;
+        }
+        let mut out = vec![0u8; 20_000];
+        let (len, hdr) = coalesce(&run, 14, &mut out).expect("fits");
+        assert_eq!(len, orig.len());
+        assert_eq!(
+            (hdr.gso_type, hdr.gso_size, hdr.hdr_len, hdr.csum_start, hdr.csum_offset),
+            (GSO_TCPV4, 1448, 54, 34, 16)
+        );
+        assert!(hdr.needs_csum());
+        let mut pkt = out[..len].to_vec();
+        assert_eq!(pkt[40..], orig[40..], "payload in order");
+        assert_eq!(checksum::checksum(&pkt[..20]), 0, "IPv4 checksum");
+        // Finishing the partial checksum gives the original packet back, byte for byte.
+        complete_checksum(&mut pkt, 20, 16).expect("in range");
+        assert_eq!(pkt, orig);
+    }
+
+    #[test]
+    fn what_may_not_merge_does_not() {
+        let (_, segs) = cut();
+        let m = |s: &[u8]| mergeable(s).expect("mergeable");
+        let (a, b, c) = (&segs[0][..], &segs[1][..], &segs[2][..]);
+        let total = a.len();
+        assert!(!follows((a, m(a)), (a, m(a)), (c, m(c)), total), "a gap in the sequence");
+        assert!(!follows((a, m(a)), (a, m(a)), (b, m(b)), usize::from(u16::MAX) - 100), "over 64 KiB");
+        let mut other = b.to_vec();
+        other[31] ^= 1; // acknowledgement
+        let pseudo = checksum::sum(&other[12..20]) + 6 + (other.len() - 20) as u32;
+        other[36..38].copy_from_slice(&[0, 0]);
+        let c2 = checksum::finish(pseudo + checksum::sum(&other[20..]));
+        other[36..38].copy_from_slice(&c2.to_be_bytes());
+        assert!(!follows((a, m(a)), (a, m(a)), (&other, m(&other)), total), "another acknowledgement");
+        let mut bad = b.to_vec();
+        bad[100] ^= 0xff;
+        assert_eq!(mergeable(&bad), None, "a bad TCP checksum");
+        let mut fin = b.to_vec();
+        fin[33] |= TCP_FIN;
+        assert_eq!(mergeable(&fin), None, "FIN");
+        let mut frag = b.to_vec();
+        frag[6] |= 0x20;
+        assert_eq!(mergeable(&frag), None, "a fragment");
+        assert_eq!(mergeable(&b[..30]), None, "truncated");
+        // A PSH segment ends a run.
+        let last = segs.len() - 1;
+        let (p, q) = (&segs[last - 1][..], &segs[last][..]);
+        let mut psh = p.to_vec();
+        psh[33] |= TCP_PSH;
+        let pseudo = checksum::sum(&psh[12..20]) + 6 + (psh.len() - 20) as u32;
+        psh[36..38].copy_from_slice(&[0, 0]);
+        let c3 = checksum::finish(pseudo + checksum::sum(&psh[20..]));
+        psh[36..38].copy_from_slice(&c3.to_be_bytes());
+        assert!(!follows((a, m(a)), (&psh, m(&psh)), (q, m(q)), total));
     }
 }

@@ -85,6 +85,9 @@ pub struct Counters {
     /// Offloaded super-packets received whole, and the segments we cut from them.
     pub gso_received: AtomicU64,
     pub gso_segments: AtomicU64,
+    /// Super-packets built from TCP segments on their way to a pod, and the segments in them.
+    pub gro_packets: AtomicU64,
+    pub gro_segments: AtomicU64,
     /// IPv4 identification for the packets this writer originates (outer headers).
     ident: AtomicU64,
     /// ICMP errors this writer may still send in the current interval (see `refill_icmp`).
@@ -112,6 +115,8 @@ impl Counters {
             fragments_sent: AtomicU64::new(0),
             gso_received: AtomicU64::new(0),
             gso_segments: AtomicU64::new(0),
+            gro_packets: AtomicU64::new(0),
+            gro_segments: AtomicU64::new(0),
             ident: AtomicU64::new(u64::from(std::process::id())),
             icmp_tokens: AtomicU64::new(ICMP_TOKENS),
         }
@@ -188,6 +193,8 @@ pub struct Totals {
     pub fragments_sent: u64,
     pub gso_received: u64,
     pub gso_segments: u64,
+    pub gro_packets: u64,
+    pub gro_segments: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -222,6 +229,8 @@ impl Totals {
             t.fragments_sent += c.fragments_sent.load(Relaxed);
             t.gso_received += c.gso_received.load(Relaxed);
             t.gso_segments += c.gso_segments.load(Relaxed);
+            t.gro_packets += c.gro_packets.load(Relaxed);
+            t.gro_segments += c.gro_segments.load(Relaxed);
         }
         t
     }

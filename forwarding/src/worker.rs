@@ -41,7 +41,22 @@ struct Batch {
     /// Segments of the super-packet being cut, and what became of each.
     seg: Vec<u8>,
     seg_out: Vec<Verdict>,
+    /// Super-packets merged from the batch's TCP segments to a pod, and what one egress
+    /// sends: frames from `bufs` (by index) or from `gro`.
+    gro: Vec<u8>,
+    send: Vec<(Source, Span, VnetHdr)>,
 }
+
+/// Where a frame to send lies.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Buf(usize),
+    Gro,
+}
+
+/// Room for the super-packets merged from one batch: its frames are at most 64 of a
+/// 1500-byte MTU each, which is what a merge can take.
+const GRO_ROOM: usize = 128 * 1024;
 
 /// Work a worker hands to the slow path.
 #[derive(Debug)]
@@ -182,6 +197,8 @@ impl Worker {
             out: Vec::with_capacity(BATCH),
             seg: vec![0u8; SEGMENT_ROOM],
             seg_out: Vec::with_capacity(256),
+            gro: vec![0u8; GRO_ROOM],
+            send: Vec::with_capacity(BATCH),
         };
         let mut scratch = vec![0u8; HEADROOM + RX_MAX];
         // mio is edge-triggered: a port stays "ready" until a read returns WouldBlock.
@@ -326,14 +343,79 @@ impl Worker {
         while j < b.out.len() {
             let iface = b.out[j].0;
             let end = j + b.out[j..].iter().take_while(|o| o.0 == iface).count();
+            self.merge(b, j, end);
             let mut frames: [(VnetHdr, &[u8]); BATCH] = [(VnetHdr::NONE, &[]); BATCH];
-            for (f, &(_, k, sp, h)) in frames.iter_mut().zip(&b.out[j..end]) {
-                *f = (h, &b.bufs[k][sp.start..sp.end]);
+            for (f, &(src, sp, h)) in frames.iter_mut().zip(&b.send) {
+                let from = match src {
+                    Source::Buf(k) => &b.bufs[k],
+                    Source::Gro => &b.gro,
+                };
+                *f = (h, &from[sp.start..sp.end]);
             }
-            self.transmit_batch(iface, &frames[..end - j], tapping);
+            self.transmit_batch(iface, &frames[..b.send.len()], tapping);
             j = end;
         }
         b.out.clear();
+    }
+
+    /// Lays out what `b.out[j..end]` (one egress) sends in `b.send`. Toward a pod, runs of
+    /// consecutive segments of one TCP flow become one super-packet with a virtio-net header,
+    /// as the kernel's GRO would make them: the pod's stack then takes one packet, and sends
+    /// one acknowledgement, where it took dozens. Segments come one by one out of the IPIP
+    /// tunnel, where no offload can carry them whole.
+    fn merge(&self, b: &mut Batch, j: usize, end: usize) {
+        let Batch { bufs, out, gro, send, .. } = b;
+        send.clear();
+        let to_pod = self.ifaces.get(out[j].0).is_some_and(|f| matches!(f.role, crate::iface::IfaceRole::Pod { .. }))
+            && self.ports.get(usize::from(out[j].0 .0)).is_some_and(Port::is_ethernet);
+        const ETH: usize = encap::ethernet::HEADER_LEN;
+        // A frame that may join a run: a plain IPv4 frame without offload, its segment.
+        let segment = |i: usize| -> Option<(&[u8], gso::Mergeable)> {
+            let (_, k, sp, h) = out[i];
+            let f = bufs[k].get(sp.start..sp.end)?;
+            if !to_pod || h != VnetHdr::NONE || f.len() < ETH || f[12..14] != [0x08, 0x00] {
+                return None;
+            }
+            gso::mergeable(&f[ETH..]).map(|m| (f, m))
+        };
+        let mut used = 0;
+        let mut i = j;
+        while i < end {
+            let (_, k, sp, h) = out[i];
+            let mut next = i + 1;
+            if let Some(first) = segment(i) {
+                let mut run: [(&[u8], gso::Mergeable); BATCH] = [(&[], gso::Mergeable::default()); BATCH];
+                run[0] = (&first.0[ETH..], first.1);
+                let mut n = 1;
+                let mut total = 20 + first.1.thl + first.1.payload;
+                while next < end {
+                    let Some((f, m)) = segment(next) else { break };
+                    if f[..ETH] != first.0[..ETH] || !gso::follows(run[0], run[n - 1], (&f[ETH..], m), total) {
+                        break;
+                    }
+                    run[n] = (&f[ETH..], m);
+                    n += 1;
+                    total += m.payload;
+                    next += 1;
+                }
+                if n > 1 {
+                    if let Some(room) = gro.get_mut(used..).filter(|r| r.len() >= ETH + total) {
+                        room[..ETH].copy_from_slice(&first.0[..ETH]);
+                        if let Some((len, hdr)) = gso::coalesce(&run[..n], ETH, &mut room[ETH..]) {
+                            send.push((Source::Gro, Span { start: used, end: used + ETH + len }, hdr));
+                            used += ETH + len;
+                            crate::counters::bump(&self.counters.gro_packets, 1);
+                            crate::counters::bump(&self.counters.gro_segments, n as u64);
+                            i = next;
+                            continue;
+                        }
+                    }
+                }
+                next = i + 1;
+            }
+            send.push((Source::Buf(k), sp, h));
+            i = next;
+        }
     }
 
     /// Sends the segments cut from one super-packet (they share one egress), up to a batch

@@ -501,9 +501,11 @@ fn print_stats(v: &serde_json::Value) {
         n(&v["arp_replies_sent"])
     );
     println!(
-        "TCP super-packets received whole: {}   segments cut from them: {}",
+        "TCP super-packets received whole: {}   segments cut from them: {}   built for pods: {} (from {} segments)",
         n(&v["gso_received"]),
-        n(&v["gso_segments"])
+        n(&v["gso_segments"]),
+        n(&v["gro_packets"]),
+        n(&v["gro_segments"])
     );
     let drops: Vec<_> = v["drops"].as_object().into_iter().flatten().filter(|(_, n)| n.as_u64() != Some(0)).collect();
     if drops.is_empty() {

@@ -72,6 +72,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ("router_fragments_sent_total", "Fragments the router made.", s.totals.fragments_sent),
         ("router_gso_received_total", "Offloaded TCP super-packets received whole.", s.totals.gso_received),
         ("router_gso_segments_total", "Segments the router cut from super-packets (for IPIP).", s.totals.gso_segments),
+        (
+            "router_gro_packets_total",
+            "Super-packets the router built from TCP segments for a pod.",
+            s.totals.gro_packets,
+        ),
+        ("router_gro_segments_total", "TCP segments merged into those super-packets.", s.totals.gro_segments),
     ] {
         o.family(name, "counter", help);
         o.sample(name, &[], v as f64);

@@ -565,6 +565,8 @@ fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json:
                 "fragments_sent": t.fragments_sent,
                 "gso_received": t.gso_received,
                 "gso_segments": t.gso_segments,
+                "gro_packets": t.gro_packets,
+                "gro_segments": t.gro_segments,
                 "fib_routes": node.fib.load().len(),
             })
         }

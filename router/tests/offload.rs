@@ -67,6 +67,11 @@ fn tcp_super_packets_arrive_intact_directly_and_through_the_tunnel() {
     transfer(&lab, "pod-a1", "pod-c1", "10.244.3.1");
     assert!(counter(&lab, "node-a", "gso_received") > whole);
     assert!(counter(&lab, "node-a", "gso_segments") > 0, "nothing was cut for the tunnel");
+    // node-c merges the segments coming out of the tunnel back into super-packets for the
+    // pod, and what arrives is still byte for byte what was sent.
+    let (merged, from) = (counter(&lab, "node-c", "gro_packets"), counter(&lab, "node-c", "gro_segments"));
+    assert!(merged > 0, "node-c merged nothing");
+    assert!(from >= 2 * merged, "{from} segments in {merged} super-packets");
     // And back, from the far side of the tunnel.
     transfer(&lab, "pod-c1", "pod-a1", "10.244.1.1");
     assert!(counter(&lab, "node-c", "gso_segments") > 0);
