@@ -28,11 +28,13 @@ pub struct DataplaneConfig {
     pub neigh: NeighConfig,
     /// SO_RCVBUF per socket, so bursts wait in the kernel instead of being lost.
     pub rcvbuf: usize,
+    /// Merge TCP segments on their way to a pod into super-packets (see `Worker::merge`).
+    pub gro: bool,
 }
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        DataplaneConfig { workers: 1, pin: true, neigh: NeighConfig::default(), rcvbuf: 4 << 20 }
+        DataplaneConfig { workers: 1, pin: true, neigh: NeighConfig::default(), rcvbuf: 4 << 20, gro: true }
     }
 }
 
@@ -115,6 +117,7 @@ impl Dataplane {
                 stop: stop.clone(),
                 tap: tap.clone(),
                 tracer: tracer.clone(),
+                gro: cfg.gro,
             });
         }
         let mut tx = Vec::new();

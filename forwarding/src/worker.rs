@@ -168,6 +168,8 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
     pub tap: Arc<Tap>,
     pub tracer: Arc<Tracer>,
+    /// Merge TCP segments to pods into super-packets.
+    pub gro: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -366,7 +368,8 @@ impl Worker {
     fn merge(&self, b: &mut Batch, j: usize, end: usize) {
         let Batch { bufs, out, gro, send, .. } = b;
         send.clear();
-        let to_pod = self.ifaces.get(out[j].0).is_some_and(|f| matches!(f.role, crate::iface::IfaceRole::Pod { .. }))
+        let to_pod = self.gro
+            && self.ifaces.get(out[j].0).is_some_and(|f| matches!(f.role, crate::iface::IfaceRole::Pod { .. }))
             && self.ports.get(usize::from(out[j].0 .0)).is_some_and(Port::is_ethernet);
         const ETH: usize = encap::ethernet::HEADER_LEN;
         // A frame that may join a run: a plain IPv4 frame without offload, its segment.

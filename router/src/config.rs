@@ -86,6 +86,8 @@ pub struct NodeConfig {
     pub dataplane: DataplaneMode,
     pub workers: usize,
     pub pin_workers: bool,
+    /// Merge TCP segments on their way to a pod into super-packets (on by default).
+    pub gro: bool,
     pub admin_socket: PathBuf,
     pub uplink: Uplink,
     pub blocks: Vec<Ipv4Net>,
@@ -149,6 +151,8 @@ pub struct RawConfig {
     pub workers: Spanned<usize>,
     #[serde(default = "default_true")]
     pub pin_workers: bool,
+    #[serde(default = "default_true")]
+    pub gro: bool,
     pub admin_socket: PathBuf,
     #[serde(default)]
     pub metrics_address: Option<Spanned<String>>,
@@ -457,6 +461,7 @@ impl NodeConfig {
             dataplane: raw.dataplane,
             workers,
             pin_workers: raw.pin_workers,
+            gro: raw.gro,
             admin_socket: raw.admin_socket,
             uplink,
             blocks,
@@ -477,6 +482,7 @@ impl NodeConfig {
             dataplane: self.dataplane,
             workers: Spanned::new(0..0, self.workers),
             pin_workers: self.pin_workers,
+            gro: self.gro,
             admin_socket: self.admin_socket.clone(),
             metrics_address: self.metrics_address.map(|a| s(a.to_string())),
             log_level: self.log_level.clone().map(s),

@@ -138,6 +138,10 @@ enum LabCmd {
         /// leaves a pod complete and MTU-sized (the way to compare with offloads on).
         #[arg(long)]
         no_pod_offload: bool,
+        /// Do not merge TCP segments on their way to a pod into super-packets (the nodes'
+        /// userspace GRO; the way to compare with it on).
+        #[arg(long)]
+        no_gro: bool,
         /// Worker threads per node.
         #[arg(long, default_value_t = 1)]
         workers: usize,
@@ -520,7 +524,7 @@ fn print_stats(v: &serde_json::Value) {
 
 fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
     match cmd {
-        LabCmd::Up { topology, dataplane, workers, ipip_mode, metrics, no_pod_offload, json } => {
+        LabCmd::Up { topology, dataplane, workers, ipip_mode, metrics, no_pod_offload, no_gro, json } => {
             let exe = std::env::current_exe().context("finding the router binary")?;
             let dataplane = match dataplane {
                 Dataplane::Afpacket => DataplaneMode::Afpacket,
@@ -532,7 +536,8 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 IpipModeArg::Never => IpipMode::Never,
             });
             let pod_offload = !no_pod_offload;
-            let st = lab::up(lab, &UpOptions { topology, dataplane, workers, ipip_mode, metrics, pod_offload, exe })?;
+            let opts = UpOptions { topology, dataplane, workers, ipip_mode, metrics, pod_offload, gro: !no_gro, exe };
+            let st = lab::up(lab, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
                 return Ok(0);

@@ -83,6 +83,8 @@ pub struct UpOptions {
     /// Leave the pods' TX offloads on (checksum, TSO); off, pods send only complete,
     /// MTU-sized packets.
     pub pod_offload: bool,
+    /// Let the nodes merge TCP segments to pods into super-packets.
+    pub gro: bool,
     /// The `router` binary the nodes run (normally this one).
     pub exe: PathBuf,
 }
@@ -392,6 +394,7 @@ fn node_config(
         // Every node of the lab shares the same few cores, and each would pin its first
         // worker to the same one; the scheduler spreads them better.
         pin_workers: false,
+        gro: opts.gro,
         admin_socket: lab.socket(&node.name),
         uplink: Uplink { interface: "eth0".into(), address: node.address },
         blocks: vec![node.block],
