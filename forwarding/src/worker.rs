@@ -391,7 +391,7 @@ impl Worker {
                 run[0] = (&first.0[ETH..], first.1);
                 let mut n = 1;
                 let mut total = 20 + first.1.thl + first.1.payload;
-                while next < end {
+                while next < end && n < BATCH {
                     let Some((f, m)) = segment(next) else { break };
                     if f[..ETH] != first.0[..ETH] || !gso::follows(run[0], run[n - 1], (&f[ETH..], m), total) {
                         break;
