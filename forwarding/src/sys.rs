@@ -538,31 +538,54 @@ impl TunQueue {
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut req = ifreq_for(name)?;
-        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short;
+        // Every packet in and out carries a virtio-net header, and the kernel may hand us TCP
+        // super-packets and partial checksums (TUNSETOFFLOAD), as AF_PACKET does with
+        // PACKET_VNET_HDR: the pipeline cuts what must be cut, and we can write merged
+        // super-packets back.
+        let flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR;
+        req.ifr_ifru.ifru_flags = flags as libc::c_short;
         // SAFETY: TUNSETIFF reads the ifreq we own.
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("creating TUN device {name}: {e}")));
         }
+        let offload = libc::c_ulong::from(libc::TUN_F_CSUM | libc::TUN_F_TSO4);
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, offload) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("TUNSETOFFLOAD on {name}: {e}")));
+        }
         Ok(TunQueue { fd })
     }
 
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    /// Reads one packet into `buf` and its virtio-net header; returns the packet's length.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, VnetHdr)> {
+        let mut raw = [0u8; VNET_HDR_LEN];
+        let iov = [
+            libc::iovec { iov_base: raw.as_mut_ptr().cast(), iov_len: VNET_HDR_LEN },
+            libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() },
+        ];
+        // SAFETY: both iovecs point to buffers we own, valid for their lengths.
+        let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(n as usize)
+        Ok(((n as usize).saturating_sub(VNET_HDR_LEN), VnetHdr::parse(&raw)))
     }
 
-    pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
-        // SAFETY: packet is valid for packet.len() bytes.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+    /// Writes one packet with its virtio-net header ([`VnetHdr::NONE`] for a plain one).
+    pub fn send(&self, hdr: VnetHdr, packet: &[u8]) -> io::Result<usize> {
+        let raw = hdr.emit();
+        let iov = [
+            libc::iovec { iov_base: raw.as_ptr() as *mut libc::c_void, iov_len: VNET_HDR_LEN },
+            libc::iovec { iov_base: packet.as_ptr() as *mut libc::c_void, iov_len: packet.len() },
+        ];
+        // SAFETY: both iovecs point to live buffers, only read by the call.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(n as usize)
+        Ok((n as usize).saturating_sub(VNET_HDR_LEN))
     }
 }
 

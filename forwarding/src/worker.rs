@@ -82,19 +82,19 @@ impl Port {
     fn recv_batch(&self, bufs: &mut [Vec<u8>], lens: &mut [usize], hdrs: &mut [VnetHdr]) -> io::Result<usize> {
         let one = |buf: &mut [u8]| match self {
             Port::Tun(t) => t.recv(buf),
-            Port::Raw { sock, .. } => sock.recv(buf),
+            Port::Raw { sock, .. } => sock.recv(buf).map(|n| (n, VnetHdr::NONE)),
             Port::Packet(_) => Err(io::ErrorKind::Unsupported.into()),
         };
         if let Port::Packet(s) = self {
             return crate::sys::recv_batch_vnet(s.as_raw_fd(), bufs, HEADROOM, RX_MAX, lens, hdrs);
         }
         // TUN and raw sockets: one read per packet, until empty or the batch is full.
-        hdrs.fill(VnetHdr::NONE);
         let mut k = 0;
-        while k < bufs.len().min(lens.len()) {
+        while k < bufs.len().min(lens.len()).min(hdrs.len()) {
             match one(&mut bufs[k][HEADROOM..HEADROOM + RX_MAX]) {
-                Ok(n) => {
+                Ok((n, h)) => {
                     lens[k] = n;
+                    hdrs[k] = h;
                     k += 1;
                 }
                 Err(e) if k > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
@@ -118,6 +118,7 @@ impl Port {
                 }
                 done
             }
+            Port::Tun(t) => frames.iter().filter(|f| t.send(f.0, f.1).is_ok()).count(),
             _ => frames.iter().filter(|f| self.send(f.1).is_ok()).count(),
         }
     }
@@ -125,7 +126,7 @@ impl Port {
     fn send(&self, data: &[u8]) -> io::Result<usize> {
         match self {
             Port::Packet(s) => s.send(data),
-            Port::Tun(t) => t.send(data),
+            Port::Tun(t) => t.send(VnetHdr::NONE, data),
             Port::Raw { sock, .. } => sock.send(data),
         }
     }
@@ -368,18 +369,26 @@ impl Worker {
     fn merge(&self, b: &mut Batch, j: usize, end: usize) {
         let Batch { bufs, out, gro, send, .. } = b;
         send.clear();
-        let to_pod = self.gro
-            && self.ifaces.get(out[j].0).is_some_and(|f| matches!(f.role, crate::iface::IfaceRole::Pod { .. }))
-            && self.ports.get(usize::from(out[j].0 .0)).is_some_and(Port::is_ethernet);
-        const ETH: usize = encap::ethernet::HEADER_LEN;
+        use crate::iface::IfaceRole;
+        // Toward a pod: its veth (afpacket), or tunl0, through which the kernel forwards to
+        // it (tun). The link header in front of each packet: Ethernet, or none.
+        let egress = (self.ifaces.get(out[j].0), self.ports.get(usize::from(out[j].0 .0)));
+        let l2 = match egress {
+            (Some(f), Some(p)) if matches!(f.role, IfaceRole::Pod { .. }) && p.is_ethernet() => {
+                Some(encap::ethernet::HEADER_LEN)
+            }
+            (Some(f), Some(Port::Tun(_))) if f.role == IfaceRole::Tun => Some(0),
+            _ => None,
+        };
+        let (to_pod, eth) = (self.gro && l2.is_some(), l2.unwrap_or(0));
         // A frame that may join a run: a plain IPv4 frame without offload, its segment.
         let segment = |i: usize| -> Option<(&[u8], gso::Mergeable)> {
             let (_, k, sp, h) = out[i];
             let f = bufs[k].get(sp.start..sp.end)?;
-            if !to_pod || h != VnetHdr::NONE || f.len() < ETH || f[12..14] != [0x08, 0x00] {
+            if !to_pod || h != VnetHdr::NONE || f.len() < eth || (eth > 0 && f[12..14] != [0x08, 0x00]) {
                 return None;
             }
-            gso::mergeable(&f[ETH..]).map(|m| (f, m))
+            gso::mergeable(&f[eth..]).map(|m| (f, m))
         };
         let mut used = 0;
         let mut i = j;
@@ -388,25 +397,25 @@ impl Worker {
             let mut next = i + 1;
             if let Some(first) = segment(i) {
                 let mut run: [(&[u8], gso::Mergeable); BATCH] = [(&[], gso::Mergeable::default()); BATCH];
-                run[0] = (&first.0[ETH..], first.1);
+                run[0] = (&first.0[eth..], first.1);
                 let mut n = 1;
                 let mut total = 20 + first.1.thl + first.1.payload;
                 while next < end && n < BATCH {
                     let Some((f, m)) = segment(next) else { break };
-                    if f[..ETH] != first.0[..ETH] || !gso::follows(run[0], run[n - 1], (&f[ETH..], m), total) {
+                    if f[..eth] != first.0[..eth] || !gso::follows(run[0], run[n - 1], (&f[eth..], m), total) {
                         break;
                     }
-                    run[n] = (&f[ETH..], m);
+                    run[n] = (&f[eth..], m);
                     n += 1;
                     total += m.payload;
                     next += 1;
                 }
                 if n > 1 {
-                    if let Some(room) = gro.get_mut(used..).filter(|r| r.len() >= ETH + total) {
-                        room[..ETH].copy_from_slice(&first.0[..ETH]);
-                        if let Some((len, hdr)) = gso::coalesce(&run[..n], ETH, &mut room[ETH..]) {
-                            send.push((Source::Gro, Span { start: used, end: used + ETH + len }, hdr));
-                            used += ETH + len;
+                    if let Some(room) = gro.get_mut(used..).filter(|r| r.len() >= eth + total) {
+                        room[..eth].copy_from_slice(&first.0[..eth]);
+                        if let Some((len, hdr)) = gso::coalesce(&run[..n], eth, &mut room[eth..]) {
+                            send.push((Source::Gro, Span { start: used, end: used + eth + len }, hdr));
+                            used += eth + len;
                             crate::counters::bump(&self.counters.gro_packets, 1);
                             crate::counters::bump(&self.counters.gro_segments, n as u64);
                             i = next;

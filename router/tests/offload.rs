@@ -87,3 +87,19 @@ fn without_pod_offloads_the_same_transfer_needs_no_super_packets() {
     transfer(&lab, "pod-a1", "pod-c1", "10.244.3.1");
     assert_eq!(counter(&lab, "node-a", "gso_received"), 0);
 }
+
+#[test]
+fn in_tun_mode_tunl0_carries_super_packets_both_ways() {
+    // tunl0 speaks virtio-net headers: node-a gets the pod's super-packets from the kernel
+    // whole and cuts them for the tunnel; node-c writes merged ones back for the kernel to
+    // forward to the pod.
+    let lab = TestLab::up(&["--dataplane", "tun"]);
+    transfer(&lab, "pod-a1", "pod-c1", "10.244.3.1");
+    assert!(counter(&lab, "node-a", "gso_received") > 0, "no super-packet came out of tunl0");
+    assert!(counter(&lab, "node-a", "gso_segments") > 0);
+    assert!(counter(&lab, "node-c", "gro_packets") > 0, "node-c merged nothing");
+    for node in ["node-a", "node-c"] {
+        assert_eq!(lab.drops(node, "gso_failed"), 0, "{node}");
+        assert_eq!(lab.drops(node, "tx_error"), 0, "{node}");
+    }
+}
