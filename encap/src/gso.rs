@@ -163,9 +163,7 @@ impl<'a> TcpSegments<'a> {
         let ident = u16::from_be_bytes([seg[4], seg[5]]).wrapping_add(i as u16);
         seg[2..4].copy_from_slice(&(len as u16).to_be_bytes());
         seg[4..6].copy_from_slice(&ident.to_be_bytes());
-        seg[10..12].copy_from_slice(&[0, 0]);
-        let c = checksum::checksum(&seg[..ihl]);
-        seg[10..12].copy_from_slice(&c.to_be_bytes());
+        ipv4::Packet::new_unchecked(&mut seg[..]).fill_checksum();
         // TCP: sequence number, flags, full checksum over the pseudo-header and segment.
         let tcp = &mut seg[ihl..];
         let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]).wrapping_add(off as u32);
@@ -177,14 +175,18 @@ impl<'a> TcpSegments<'a> {
             tcp[13] &= !TCP_CWR;
         }
         tcp[16..18].copy_from_slice(&[0, 0]);
-        let pseudo = checksum::sum(&self.pkt[12..20]) + 6 + (thl + n) as u32;
-        let c = checksum::finish(pseudo + checksum::sum(tcp));
+        let c = checksum::finish(tcp_pseudo(self.pkt, thl + n) + checksum::sum(tcp));
         tcp[16..18].copy_from_slice(&c.to_be_bytes());
         Some(len)
     }
 }
 
 const TCP_ACK: u8 = 0x10;
+
+/// The sum of the TCP pseudo-header of IPv4 packet `ip` (addresses, protocol, `tcp_len`).
+fn tcp_pseudo(ip: &[u8], tcp_len: usize) -> u32 {
+    checksum::sum(&ip[12..20]) + 6 + tcp_len as u32
+}
 
 /// A TCP/IPv4 segment that may join a coalesced super-packet (receive offload, the way
 /// the kernel's GRO merges): no IP options, not a fragment, only ACK (and PSH) set, a
@@ -212,11 +214,7 @@ pub fn mergeable(pkt: &[u8]) -> Option<Mergeable> {
     if thl < 20 || thl >= tcp.len() || flags & TCP_ACK == 0 || flags & !(TCP_ACK | TCP_PSH) != 0 {
         return None;
     }
-    if checksum::checksum(&pkt[..20]) != 0 {
-        return None;
-    }
-    let pseudo = checksum::sum(&pkt[12..20]) + 6 + tcp.len() as u32;
-    if checksum::finish(pseudo + checksum::sum(tcp)) != 0 {
+    if !ip.verify_checksum() || checksum::finish(tcp_pseudo(pkt, tcp.len()) + checksum::sum(tcp)) != 0 {
         return None;
     }
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -267,15 +265,13 @@ pub fn coalesce(run: &[(&[u8], Mergeable)], l2: usize, out: &mut [u8]) -> Option
         at += m.payload;
     }
     pkt[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    pkt[10..12].copy_from_slice(&[0, 0]);
-    let c = checksum::checksum(&pkt[..20]);
-    pkt[10..12].copy_from_slice(&c.to_be_bytes());
+    ipv4::Packet::new_unchecked(&mut pkt[..]).fill_checksum();
     if run.iter().any(|(_, m)| m.psh) {
         pkt[33] |= TCP_PSH;
     }
     // Partial: the folded pseudo-header sum, not complemented.
-    let pseudo = checksum::sum(&pkt[12..20]) + 6 + (len - 20) as u32;
-    pkt[36..38].copy_from_slice(&(!checksum::finish(pseudo)).to_be_bytes());
+    let partial = !checksum::finish(tcp_pseudo(pkt, len - 20));
+    pkt[36..38].copy_from_slice(&partial.to_be_bytes());
     let hdr = VnetHdr {
         flags: F_NEEDS_CSUM,
         gso_type: GSO_TCPV4,
@@ -303,24 +299,26 @@ mod tests {
         p[9] = 6;
         p[12..16].copy_from_slice(&[10, 0, 0, 1]);
         p[16..20].copy_from_slice(&[10, 0, 0, 2]);
-        let c = checksum::checksum(&p[..20]);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
+        ipv4::Packet::new_unchecked(&mut p[..]).fill_checksum();
         p[20..22].copy_from_slice(&1000u16.to_be_bytes());
         p[22..24].copy_from_slice(&2000u16.to_be_bytes());
         p[24..28].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
         p[32] = 5 << 4;
         p[33] = TCP_FIN | TCP_PSH | 0x10 | TCP_CWR;
         p.extend_from_slice(payload);
-        let pseudo = checksum::sum(&p[12..20]) + 6 + (p.len() - 20) as u32;
-        let c = checksum::finish(pseudo + checksum::sum(&p[20..]));
-        p[36..38].copy_from_slice(&c.to_be_bytes());
+        refresh_tcp_checksum(&mut p);
         p
     }
 
+    /// Recomputes the TCP checksum of an IPv4 packet without options, after an edit.
+    fn refresh_tcp_checksum(p: &mut [u8]) {
+        p[36..38].copy_from_slice(&[0, 0]);
+        let c = checksum::finish(tcp_pseudo(p, p.len() - 20) + checksum::sum(&p[20..]));
+        p[36..38].copy_from_slice(&c.to_be_bytes());
+    }
+
     fn tcp_checksum_ok(seg: &[u8]) -> bool {
-        let tcp_len = seg.len() - 20;
-        let pseudo = checksum::sum(&seg[12..20]) + 6 + tcp_len as u32;
-        checksum::finish(pseudo + checksum::sum(&seg[20..])) == 0
+        checksum::finish(tcp_pseudo(seg, seg.len() - 20) + checksum::sum(&seg[20..])) == 0
     }
 
     #[test]
@@ -374,8 +372,7 @@ mod tests {
         let want = [p[36], p[37]];
         assert!(tcp_checksum_ok(&p));
         // What a sender with checksum offload leaves: the pseudo-header sum, not complemented.
-        let pseudo = checksum::sum(&p[12..20]) + 6 + (p.len() - 20) as u32;
-        let folded = !checksum::finish(pseudo);
+        let folded = !checksum::finish(tcp_pseudo(&p, p.len() - 20));
         p[36..38].copy_from_slice(&folded.to_be_bytes());
         complete_checksum(&mut p, 20, 16).expect("in range");
         assert_eq!([p[36], p[37]], want);
@@ -403,10 +400,7 @@ mod tests {
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut p = packet(&payload);
         p[33] = TCP_ACK | TCP_PSH;
-        let pseudo = checksum::sum(&p[12..20]) + 6 + (p.len() - 20) as u32;
-        p[36..38].copy_from_slice(&[0, 0]);
-        let c = checksum::finish(pseudo + checksum::sum(&p[20..]));
-        p[36..38].copy_from_slice(&c.to_be_bytes());
+        refresh_tcp_checksum(&mut p);
         let segs = TcpSegments::new(&p, 1448).expect("valid");
         let mut out = Vec::new();
         for i in 0..segs.count() {
@@ -454,10 +448,7 @@ mod tests {
         assert!(!follows((a, m(a)), (a, m(a)), (b, m(b)), usize::from(u16::MAX) - 100), "over 64 KiB");
         let mut other = b.to_vec();
         other[31] ^= 1; // acknowledgement
-        let pseudo = checksum::sum(&other[12..20]) + 6 + (other.len() - 20) as u32;
-        other[36..38].copy_from_slice(&[0, 0]);
-        let c2 = checksum::finish(pseudo + checksum::sum(&other[20..]));
-        other[36..38].copy_from_slice(&c2.to_be_bytes());
+        refresh_tcp_checksum(&mut other);
         assert!(!follows((a, m(a)), (a, m(a)), (&other, m(&other)), total), "another acknowledgement");
         let mut bad = b.to_vec();
         bad[100] ^= 0xff;
@@ -474,10 +465,7 @@ mod tests {
         let (p, q) = (&segs[last - 1][..], &segs[last][..]);
         let mut psh = p.to_vec();
         psh[33] |= TCP_PSH;
-        let pseudo = checksum::sum(&psh[12..20]) + 6 + (psh.len() - 20) as u32;
-        psh[36..38].copy_from_slice(&[0, 0]);
-        let c3 = checksum::finish(pseudo + checksum::sum(&psh[20..]));
-        psh[36..38].copy_from_slice(&c3.to_be_bytes());
+        refresh_tcp_checksum(&mut psh);
         assert!(!follows((a, m(a)), (&psh, m(&psh)), (q, m(q)), total));
     }
 }

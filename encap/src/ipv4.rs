@@ -192,6 +192,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         b[field::CHECKSUM].copy_from_slice(&checksum::update(hc, old, new).to_be_bytes());
     }
 
+    /// Recomputes the header checksum from scratch (after rewriting several fields).
+    pub fn fill_checksum(&mut self) {
+        let hl = self.header_len();
+        let b = self.buffer.as_mut();
+        b[field::CHECKSUM].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&b[..hl]);
+        b[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    }
+
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let hl = self.header_len();
         let tl = usize::from(self.total_len());
