@@ -369,64 +369,63 @@ impl Worker {
     fn merge(&self, b: &mut Batch, j: usize, end: usize) {
         let Batch { bufs, out, gro, send, .. } = b;
         send.clear();
-        use crate::iface::IfaceRole;
+        let group = out.get(j..end).unwrap_or(&[]);
         // Toward a pod: its veth (afpacket), or tunl0, through which the kernel forwards to
         // it (tun). The link header in front of each packet: Ethernet, or none.
-        let egress = (self.ifaces.get(out[j].0), self.ports.get(usize::from(out[j].0 .0)));
-        let l2 = match egress {
-            (Some(f), Some(p)) if matches!(f.role, IfaceRole::Pod { .. }) && p.is_ethernet() => {
-                Some(encap::ethernet::HEADER_LEN)
-            }
-            (Some(f), Some(Port::Tun(_))) if f.role == IfaceRole::Tun => Some(0),
+        let egress = group.first().map(|o| o.0);
+        let role = egress.and_then(|e| self.ifaces.get(e)).map(|f| &f.role);
+        let l2 = match (egress.and_then(|e| self.ports.get(usize::from(e.0))), role) {
+            (Some(Port::Packet(_)), Some(crate::iface::IfaceRole::Pod { .. })) => Some(encap::ethernet::HEADER_LEN),
+            (Some(Port::Tun(_)), _) => Some(0),
             _ => None,
         };
-        let (to_pod, eth) = (self.gro && l2.is_some(), l2.unwrap_or(0));
-        // A frame that may join a run: a plain IPv4 frame without offload, its segment.
-        let segment = |i: usize| -> Option<(&[u8], gso::Mergeable)> {
-            let (_, k, sp, h) = out[i];
-            let f = bufs[k].get(sp.start..sp.end)?;
-            if !to_pod || h != VnetHdr::NONE || f.len() < eth || (eth > 0 && f[12..14] != [0x08, 0x00]) {
-                return None;
-            }
-            gso::mergeable(&f[eth..]).map(|m| (f, m))
+        let Some(eth) = l2.filter(|_| self.gro) else {
+            send.extend(group.iter().map(|&(_, k, sp, h)| (Source::Buf(k), sp, h)));
+            return;
         };
+        // Each frame is looked at once: its bytes and, if it may join a run (a plain IPv4
+        // frame without offload, a mergeable TCP segment), its segment.
+        let mut segs: [Option<(&[u8], gso::Mergeable)>; BATCH] = [None; BATCH];
+        for (s, &(_, k, sp, h)) in segs.iter_mut().zip(group) {
+            let Some(f) = bufs[k].get(sp.start..sp.end) else { continue };
+            if h == VnetHdr::NONE && f.len() >= eth && (eth == 0 || f[12..14] == [0x08, 0x00]) {
+                *s = gso::mergeable(&f[eth..]).map(|m| (f, m));
+            }
+        }
+        let mut run: [(&[u8], gso::Mergeable); BATCH] = [(&[], gso::Mergeable::default()); BATCH];
         let mut used = 0;
-        let mut i = j;
-        while i < end {
-            let (_, k, sp, h) = out[i];
-            let mut next = i + 1;
-            if let Some(first) = segment(i) {
-                let mut run: [(&[u8], gso::Mergeable); BATCH] = [(&[], gso::Mergeable::default()); BATCH];
-                run[0] = (&first.0[eth..], first.1);
+        let mut i = 0;
+        while i < group.len() {
+            let (_, k, sp, h) = group[i];
+            if let Some((first, fm)) = segs.get(i).copied().flatten() {
+                run[0] = (&first[eth..], fm);
                 let mut n = 1;
-                let mut total = 20 + first.1.thl + first.1.payload;
-                while next < end && n < BATCH {
-                    let Some((f, m)) = segment(next) else { break };
-                    if f[..eth] != first.0[..eth] || !gso::follows(run[0], run[n - 1], (&f[eth..], m), total) {
+                let mut total = 20 + fm.thl + fm.payload;
+                while n < BATCH {
+                    let Some((f, m)) = segs.get(i + n).copied().flatten() else { break };
+                    if f[..eth] != first[..eth] || !gso::follows(run[0], run[n - 1], (&f[eth..], m), total) {
                         break;
                     }
                     run[n] = (&f[eth..], m);
-                    n += 1;
                     total += m.payload;
-                    next += 1;
+                    n += 1;
                 }
                 if n > 1 {
                     if let Some(room) = gro.get_mut(used..).filter(|r| r.len() >= eth + total) {
-                        room[..eth].copy_from_slice(&first.0[..eth]);
+                        room[..eth].copy_from_slice(&first[..eth]);
                         if let Some((len, hdr)) = gso::coalesce(&run[..n], eth, &mut room[eth..]) {
                             send.push((Source::Gro, Span { start: used, end: used + eth + len }, hdr));
                             used += eth + len;
                             crate::counters::bump(&self.counters.gro_packets, 1);
                             crate::counters::bump(&self.counters.gro_segments, n as u64);
-                            i = next;
+                            i += n;
                             continue;
                         }
                     }
                 }
-                next = i + 1;
             }
             send.push((Source::Buf(k), sp, h));
-            i = next;
+            i += 1;
         }
     }
 
