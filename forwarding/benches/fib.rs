@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod common;
-use common::{addresses4, addresses6, crates, real_table};
+use common::{addresses4, addresses6, batched, crates, real_table};
 
 const PASSES: usize = 7;
 
@@ -348,13 +348,7 @@ fn main() {
             memory: ours.memory_bytes(),
             build,
             updates: ours_upd,
-            run: Box::new(|addrs: &[u32]| {
-                let mut out = [0u32; 64];
-                addrs.chunks(64).fold(0u32, |acc, c| {
-                    ours.lookup_batch(c, &mut out);
-                    out[..c.len()].iter().fold(acc, |acc, &v| acc.wrapping_add(v))
-                })
-            }),
+            run: Box::new(|addrs: &[u32]| batched(addrs, |c, out| ours.lookup_batch(c, out))),
         },
         Impl {
             name: "ip_network_table-deps-treebitmap",
@@ -444,13 +438,7 @@ fn main() {
             memory: ours6.memory_bytes(),
             build: build6,
             updates: ours6_upd,
-            run: Box::new(|addrs: &[u128]| {
-                let mut out = [0u32; 64];
-                addrs.chunks(64).fold(0u32, |acc, c| {
-                    ours6.lookup_batch(c, &mut out);
-                    out[..c.len()].iter().fold(acc, |acc, &v| acc.wrapping_add(v))
-                })
-            }),
+            run: Box::new(|addrs: &[u128]| batched(addrs, |c, out| ours6.lookup_batch(c, out))),
         },
         Impl {
             name: "ip_network_table-deps-treebitmap",

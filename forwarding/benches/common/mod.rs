@@ -49,6 +49,16 @@ pub fn addresses6(p: &[(u128, u8, u32)], n: usize, seed: &mut u64) -> (Vec<u128>
 }
 
 /// The crates the FIB is compared with, built from a table the same way in both benches.
+/// Looks `addrs` up through a batch API, 64 at a time; a checksum of every answer, so that
+/// no lookup can be optimised away.
+pub fn batched<A: Copy>(addrs: &[A], lookup_batch: impl Fn(&[A], &mut [u32])) -> u32 {
+    let mut out = [0u32; 64];
+    addrs.chunks(64).fold(0u32, |acc, c| {
+        lookup_batch(c, &mut out);
+        out[..c.len()].iter().fold(acc, |acc, &v| acc.wrapping_add(v))
+    })
+}
+
 pub mod crates {
     use ip_network_table_deps_treebitmap::IpLookupTable;
     use ipnet::{Ipv4Net, Ipv6Net};
