@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context as _};
 use router::bgp::wire::{self, AsSegment, Attr, AttrValue, Capability, Ctx, Message, Open, Origin, Update};
-use router::ipcmd::{ip, ip_in, pids};
+use router::ipcmd::{pids, veth_between};
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -196,14 +196,7 @@ impl Bench {
         std::fs::create_dir_all(&dir)?;
         let b = Bench { dir, children: Vec::new() };
         b.remove_namespaces();
-        ip(&["netns", "add", GEN_NS])?;
-        ip(&["netns", "add", DUT_NS])?;
-        ip(&["link", "add", "rpb-g", "netns", GEN_NS, "type", "veth", "peer", "name", "rpb-d", "netns", DUT_NS])?;
-        for (ns, dev, addr) in [(GEN_NS, "rpb-g", GEN_ADDR), (DUT_NS, "rpb-d", DUT_ADDR)] {
-            ip_in(ns, &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
-            ip_in(ns, &["link", "set", dev, "up"])?;
-            ip_in(ns, &["link", "set", "lo", "up"])?;
-        }
+        veth_between((GEN_NS, "rpb-g", GEN_ADDR), (DUT_NS, "rpb-d", DUT_ADDR))?;
         Ok(b)
     }
 

@@ -4,15 +4,16 @@
 //! one CPU; both are counted where they arrive, by the receiving interface.
 
 use anyhow::{bail, Context as _};
-use router::ipcmd::{exists, ip, ip_in, remove};
+use router::ipcmd::{exists, remove, veth_between};
 use serde::Serialize;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const GEN_NS: &str = "rpg-gen";
 const SINK_NS: &str = "rpg-sink";
-const GEN_ADDR: &str = "10.253.0.1";
-const SINK_ADDR: &str = "10.253.0.2";
+const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 253, 0, 1);
+const SINK_ADDR: Ipv4Addr = Ipv4Addr::new(10, 253, 0, 2);
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -40,13 +41,7 @@ impl Pair {
     fn new() -> anyhow::Result<Pair> {
         Pair::remove();
         let p = Pair;
-        ip(&["netns", "add", GEN_NS])?;
-        ip(&["netns", "add", SINK_NS])?;
-        ip(&["link", "add", "rpg-g", "netns", GEN_NS, "type", "veth", "peer", "name", "rpg-s", "netns", SINK_NS])?;
-        for (ns, dev, addr) in [(GEN_NS, "rpg-g", GEN_ADDR), (SINK_NS, "rpg-s", SINK_ADDR)] {
-            ip_in(ns, &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
-            ip_in(ns, &["link", "set", dev, "up"])?;
-        }
+        veth_between((GEN_NS, "rpg-g", GEN_ADDR), (SINK_NS, "rpg-s", SINK_ADDR))?;
         Ok(p)
     }
 
@@ -112,7 +107,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let secs = o.duration.to_string();
     let ours = measure(
         "router-perf gen (sendmmsg)",
-        &[perf.to_str().unwrap_or_default(), "gen", "--dst", SINK_ADDR, "--size", "64", "--secs", &secs],
+        &[perf.to_str().unwrap_or_default(), "gen", "--dst", &SINK_ADDR.to_string(), "--size", "64", "--secs", &secs],
     );
     let theirs = measure(
         "trafgen",

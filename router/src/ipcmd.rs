@@ -6,6 +6,7 @@
 //! checked and the command plus its stderr end up in the error.
 
 use anyhow::{bail, Context as _};
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 /// Runs a command, failing with the command line and its stderr.
@@ -64,6 +65,20 @@ pub fn exists(ns: &str) -> bool {
 /// PIDs of the processes inside a namespace.
 pub fn pids(ns: &str) -> Vec<i32> {
     ip(&["netns", "pids", ns]).map(|o| o.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default()
+}
+
+/// Creates namespaces `a` and `b` joined by a veth pair, each end (`(namespace, device,
+/// address)`) with its /24 address and up, as is each namespace's loopback.
+pub fn veth_between(a: (&str, &str, Ipv4Addr), b: (&str, &str, Ipv4Addr)) -> anyhow::Result<()> {
+    ip(&["netns", "add", a.0])?;
+    ip(&["netns", "add", b.0])?;
+    ip(&["link", "add", a.1, "netns", a.0, "type", "veth", "peer", "name", b.1, "netns", b.0])?;
+    for (ns, dev, addr) in [a, b] {
+        ip_in(ns, &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+        ip_in(ns, &["link", "set", dev, "up"])?;
+        ip_in(ns, &["link", "set", "lo", "up"])?;
+    }
+    Ok(())
 }
 
 /// Kills every process inside `ns` and deletes it; returns how many processes it killed.
