@@ -11,6 +11,7 @@ pub mod counters;
 pub mod dataplane;
 pub mod fib;
 pub mod iface;
+pub mod kfilter;
 pub mod lpm;
 pub mod neigh;
 pub mod pipeline;

@@ -25,6 +25,10 @@ pub struct Options {
     /// Skip the iperf3 TCP runs.
     #[arg(long)]
     pub no_tcp: bool,
+    /// Run the nodes without the transit filter (`router lab up --no-transit-filter`), to
+    /// see what it is worth.
+    #[arg(long)]
+    pub no_transit_filter: bool,
     /// Where the reports go.
     #[arg(long, default_value = "target/perf")]
     pub out: PathBuf,
@@ -202,7 +206,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         let workers: Vec<usize> = if sc.router && sc.dataplane == "afpacket" { o.workers.clone() } else { vec![1] };
         for w in workers {
             let _ = tools.router(&["lab", "down"]);
-            tools.router(&["lab", "up", "--dataplane", sc.dataplane, "--workers", &w.to_string()])?;
+            let workers = w.to_string();
+            let mut up = vec!["lab", "up", "--dataplane", sc.dataplane, "--workers", &workers];
+            if o.no_transit_filter {
+                up.push("--no-transit-filter");
+            }
+            tools.router(&up)?;
             for size in &o.sizes {
                 bar.set_message(format!("{} ({} worker{}) UDP {size}", sc.name, w, if w > 1 { "s" } else { "" }));
                 match udp_run(&tools, sc, *size, o.duration) {

@@ -88,6 +88,9 @@ pub struct NodeConfig {
     pub pin_workers: bool,
     /// Merge TCP segments on their way to a pod into super-packets (on by default).
     pub gro: bool,
+    /// `afpacket`: have the kernel drop, after the router's copy, the frames the router
+    /// forwards, instead of routing them only to fail (on by default; see `kfilter`).
+    pub transit_filter: bool,
     pub admin_socket: PathBuf,
     pub uplink: Uplink,
     pub blocks: Vec<Ipv4Net>,
@@ -153,6 +156,8 @@ pub struct RawConfig {
     pub pin_workers: bool,
     #[serde(default = "default_true")]
     pub gro: bool,
+    #[serde(default = "default_true")]
+    pub transit_filter: bool,
     pub admin_socket: PathBuf,
     #[serde(default)]
     pub metrics_address: Option<Spanned<String>>,
@@ -462,6 +467,7 @@ impl NodeConfig {
             workers,
             pin_workers: raw.pin_workers,
             gro: raw.gro,
+            transit_filter: raw.transit_filter,
             admin_socket: raw.admin_socket,
             uplink,
             blocks,
@@ -483,6 +489,7 @@ impl NodeConfig {
             workers: Spanned::new(0..0, self.workers),
             pin_workers: self.pin_workers,
             gro: self.gro,
+            transit_filter: self.transit_filter,
             admin_socket: self.admin_socket.clone(),
             metrics_address: self.metrics_address.map(|a| s(a.to_string())),
             log_level: self.log_level.clone().map(s),

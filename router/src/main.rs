@@ -142,6 +142,10 @@ enum LabCmd {
         /// userspace GRO; the way to compare with it on).
         #[arg(long)]
         no_gro: bool,
+        /// Let the nodes' kernels see every frame the routers forward, as a node without the
+        /// transit filter does (they route each one only to drop it; the way to compare).
+        #[arg(long)]
+        no_transit_filter: bool,
         /// Worker threads per node.
         #[arg(long, default_value_t = 1)]
         workers: usize,
@@ -524,7 +528,17 @@ fn print_stats(v: &serde_json::Value) {
 
 fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
     match cmd {
-        LabCmd::Up { topology, dataplane, workers, ipip_mode, metrics, no_pod_offload, no_gro, json } => {
+        LabCmd::Up {
+            topology,
+            dataplane,
+            workers,
+            ipip_mode,
+            metrics,
+            no_pod_offload,
+            no_gro,
+            no_transit_filter,
+            json,
+        } => {
             let exe = std::env::current_exe().context("finding the router binary")?;
             let dataplane = match dataplane {
                 Dataplane::Afpacket => DataplaneMode::Afpacket,
@@ -536,7 +550,17 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 IpipModeArg::Never => IpipMode::Never,
             });
             let pod_offload = !no_pod_offload;
-            let opts = UpOptions { topology, dataplane, workers, ipip_mode, metrics, pod_offload, gro: !no_gro, exe };
+            let opts = UpOptions {
+                topology,
+                dataplane,
+                workers,
+                ipip_mode,
+                metrics,
+                pod_offload,
+                gro: !no_gro,
+                transit_filter: !no_transit_filter,
+                exe,
+            };
             let st = lab::up(lab, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);

@@ -75,6 +75,59 @@ fn check_kernel_forwarding(mode: DataplaneMode) -> anyhow::Result<()> {
     }
 }
 
+/// The tc preference of the transit filter on each interface.
+const FILTER_PREF: &str = "49";
+
+/// Puts the transit filter (`forwarding::kfilter`) on the interfaces the router reads, so that
+/// the node's kernel drops the frames we forward instead of routing each one only to fail.
+/// It speeds things up and nothing depends on it: without `tc` or the kernel's classic-BPF
+/// classifier the node runs unfiltered and says so. Returns the interfaces filtered.
+fn install_transit_filter(ifaces: &Interfaces) -> Vec<String> {
+    // The kernel delivers to every address of the namespace, whichever interface it is on.
+    let local: Vec<Ipv4Addr> = match ipcmd::ip(&["-4", "-o", "addr", "show"]) {
+        Ok(out) => out
+            .lines()
+            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+            .filter_map(|a| a.split('/').next()?.parse().ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no transit filter: cannot list the node's addresses");
+            return Vec::new();
+        }
+    };
+    let code = match forwarding::kfilter::transit_filter(&local) {
+        Ok(p) => forwarding::kfilter::tc_bytecode(&p),
+        Err(e) => {
+            tracing::warn!(error = %e, "no transit filter");
+            return Vec::new();
+        }
+    };
+    let mut done = Vec::new();
+    for (_, f) in ifaces.iter().filter(|(_, f)| f.role.is_ethernet()) {
+        let dev = f.name.as_str();
+        let r = ipcmd::run("tc", &["qdisc", "replace", "dev", dev, "clsact"]).and_then(|_| {
+            let filter = ["filter", "replace", "dev", dev, "ingress", "pref", FILTER_PREF, "handle", "1"];
+            ipcmd::run("tc", &[&filter[..], &["bpf", "da", "bytecode", &code]].concat())
+        });
+        match r {
+            Ok(_) => done.push(f.name.clone()),
+            Err(e) => {
+                tracing::warn!(interface = dev, error = %e, "no transit filter here: the kernel routes what we forward too")
+            }
+        }
+    }
+    tracing::info!(interfaces = done.len(), local = ?local, "transit filter on");
+    done
+}
+
+fn remove_transit_filter(names: &[String]) {
+    for dev in names {
+        if let Err(e) = ipcmd::run("tc", &["filter", "del", "dev", dev, "ingress", "pref", FILTER_PREF]) {
+            tracing::warn!(interface = %dev, error = %e, "removing the transit filter");
+        }
+    }
+}
+
 /// The running node: its config, data plane, route table and what it installed in the kernel.
 struct Node {
     cfg: NodeConfig,
@@ -227,6 +280,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let listener = bind_admin(&cfg.admin_socket)?;
     let dp_cfg = DataplaneConfig { workers: cfg.workers, pin: cfg.pin_workers, gro: cfg.gro, ..Default::default() };
     let dp = Dataplane::start(ifaces, fib.clone(), dp_cfg).context("starting the data plane")?;
+    let filtered = match cfg.dataplane {
+        DataplaneMode::Afpacket if cfg.transit_filter => install_transit_filter(dp.interfaces()),
+        _ => Vec::new(),
+    };
     let mut node = Node {
         cfg,
         dp,
@@ -251,6 +308,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     node.sync_kernel(&table.kernel);
     let result = control_loop(&mut node, &listener, &stop);
     tracing::info!(node = %node.cfg.name, "stopping");
+    remove_transit_filter(&filtered);
     node.dp.stop();
     let _ = std::fs::remove_file(&node.cfg.admin_socket);
     result

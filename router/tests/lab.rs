@@ -8,6 +8,7 @@ use support::*;
 
 const POD_A2: &str = "10.244.1.2";
 const POD_B1: &str = "10.244.2.1";
+const POD_C1: &str = "10.244.3.1";
 
 #[test]
 fn pods_ping_on_the_same_node_and_across_nodes() {
@@ -31,6 +32,51 @@ fn pods_ping_on_the_same_node_and_across_nodes() {
     let uplink = &stats["interfaces"][0];
     assert_eq!(uplink["interface"], "eth0");
     assert!(uplink["tx_packets"].as_u64().unwrap_or(0) >= 5, "{stats}");
+}
+
+/// A counter of the `Ip:` lines of a host's /proc/net/snmp (its namespace's IP stack).
+fn ip_counter(lab: &TestLab, host: &str, name: &str) -> u64 {
+    let snmp = text(&lab.exec(host, &["cat", "/proc/net/snmp"]).stdout);
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:")).map(|l| l.split_whitespace());
+    let (Some(names), Some(values)) = (ip.next(), ip.next()) else { panic!("no Ip: lines in\n{snmp}") };
+    names.zip(values).find(|(n, _)| *n == name).and_then(|(_, v)| v.parse().ok()).expect(name)
+}
+
+/// What the nodes' own IP stacks received while pod-a1 pinged pod-b1 (direct) and pod-c1
+/// (IPIP) 20 times each: (node-b's failed route lookups, node-c's packets in).
+fn kernel_work_for_transit(lab: &TestLab) -> (u64, u64) {
+    // First make sure both paths work (and ARP is resolved), so that only the counted pings count.
+    for dst in [POD_B1, POD_C1] {
+        let (ok, out) = ping(lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", dst]);
+        assert!(ok, "{out}");
+    }
+    let (b0, c0) = (ip_counter(lab, "node-b", "InAddrErrors"), ip_counter(lab, "node-c", "InReceives"));
+    for dst in [POD_B1, POD_C1] {
+        let (ok, out) = ping(lab, "pod-a1", &["-q", "-c", "20", "-i", "0.02", "-W", "2", dst]);
+        assert!(ok, "{out}");
+        assert_no_loss(&out);
+    }
+    (ip_counter(lab, "node-b", "InAddrErrors") - b0, ip_counter(lab, "node-c", "InReceives") - c0)
+}
+
+#[test]
+fn the_nodes_kernels_leave_what_the_router_forwards_alone() {
+    // With the transit filter (the default) a node's kernel drops what the router forwards
+    // or unwraps right after the router's socket took it: node-b's kernel fails no route
+    // lookup for the 40 frames it passes on, and node-c's IP stack sees neither the 20 IPIP
+    // packets nor the 20 replies (only BGP keepalives, if one falls due).
+    let lab = TestLab::up(&[]);
+    let (b, c) = kernel_work_for_transit(&lab);
+    assert_eq!(b, 0, "node-b's kernel tried to route transit frames");
+    assert!(c < 10, "node-c's kernel received {c} packets");
+    let filter = text(&lab.exec("node-b", &["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout);
+    assert!(filter.contains("direct-action"), "{filter}");
+    drop(lab);
+    // Without it each of those climbs the node's IP stack only to be thrown away.
+    let lab = TestLab::up(&["--no-transit-filter"]);
+    let (b, c) = kernel_work_for_transit(&lab);
+    assert!(b >= 40, "node-b's kernel saw {b} transit frames");
+    assert!(c >= 40, "node-c's kernel saw {c} packets");
 }
 
 #[test]

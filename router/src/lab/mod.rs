@@ -85,6 +85,8 @@ pub struct UpOptions {
     pub pod_offload: bool,
     /// Let the nodes merge TCP segments to pods into super-packets.
     pub gro: bool,
+    /// `afpacket`: let the nodes' kernels drop the frames the routers forward (`kfilter`).
+    pub transit_filter: bool,
     /// The `router` binary the nodes run (normally this one).
     pub exe: PathBuf,
 }
@@ -395,6 +397,7 @@ fn node_config(
         // worker to the same one; the scheduler spreads them better.
         pin_workers: false,
         gro: opts.gro,
+        transit_filter: opts.transit_filter,
         admin_socket: lab.socket(&node.name),
         uplink: Uplink { interface: "eth0".into(), address: node.address },
         blocks: vec![node.block],

@@ -1,0 +1,163 @@
+//! The transit filter: a classic BPF program for the kernel's ingress hook (tc `clsact`) on
+//! the interfaces the router reads.
+//!
+//! An AF_PACKET socket gets its copy of a frame before that hook runs, and the kernel goes on
+//! with the frame as well. With forwarding off, each frame the router forwards then climbs the
+//! node's IP stack only to fail a route lookup (and IPIP for the node hits its raw sockets).
+//! On a 2-core machine that was a sixth of the 64-byte rate. The filter drops, after our copy,
+//! the IPv4 frames that are not for the node, and IPIP that is; frames to the node's own
+//! addresses (BGP, ping), ARP and everything that is not IPv4 go on to the kernel.
+
+use std::net::Ipv4Addr;
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+const LD_H_ABS: u16 = 0x28;
+const LD_W_ABS: u16 = 0x20;
+const LD_B_ABS: u16 = 0x30;
+const JEQ_K: u16 = 0x15;
+const JA: u16 = 0x05;
+const RET_K: u16 = 0x06;
+/// tc actions a direct-action program returns: go on (to the kernel), and drop.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const TC_ACT_SHOT: u32 = 2;
+/// At tc ingress a program sees the frame from its Ethernet header.
+const ETHERTYPE_AT: u32 = 12;
+const PROTOCOL_AT: u32 = 14 + 9;
+const DST_AT: u32 = 14 + 16;
+
+/// At most this many local addresses: jumps in classic BPF reach 255 instructions.
+pub const MAX_LOCAL: usize = 64;
+
+fn insn(code: u16, jt: usize, jf: usize, k: u32) -> Insn {
+    Insn { code, jt: jt as u8, jf: jf as u8, k }
+}
+
+/// The program for a node owning `local` (at most [`MAX_LOCAL`]; more is an error).
+pub fn transit_filter(local: &[Ipv4Addr]) -> Result<Vec<Insn>, String> {
+    if local.len() > MAX_LOCAL {
+        return Err(format!("{} local addresses; the transit filter takes at most {MAX_LOCAL}", local.len()));
+    }
+    let n = local.len();
+    // 0 ethertype, 1 IPv4?, 2 destination, 3.. one test per address, then a jump to drop.
+    let to_local = 3 + n + 1;
+    let (pass, drop) = (to_local + 2, to_local + 3);
+    let mut p =
+        vec![insn(LD_H_ABS, 0, 0, ETHERTYPE_AT), insn(JEQ_K, 0, pass - 2, 0x0800), insn(LD_W_ABS, 0, 0, DST_AT)];
+    for (i, a) in local.iter().enumerate() {
+        let at = 3 + i;
+        p.push(insn(JEQ_K, to_local - at - 1, 0, u32::from(*a)));
+    }
+    p.push(Insn { code: JA, jt: 0, jf: 0, k: (drop - to_local) as u32 });
+    // For the node: IPIP is the router's to unwrap, the rest the kernel's.
+    p.push(insn(LD_B_ABS, 0, 0, PROTOCOL_AT));
+    p.push(insn(JEQ_K, drop - (to_local + 1) - 1, 0, 4));
+    p.push(insn(RET_K, 0, 0, TC_ACT_UNSPEC));
+    p.push(insn(RET_K, 0, 0, TC_ACT_SHOT));
+    Ok(p)
+}
+
+/// The program as `tc ... bpf bytecode` takes it: the count, then `code jt jf k` each.
+pub fn tc_bytecode(prog: &[Insn]) -> String {
+    let mut s = prog.len().to_string();
+    for i in prog {
+        s.push_str(&format!(",{} {} {} {}", i.code, i.jt, i.jf, i.k));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the instructions the filter uses, as the kernel would on `frame`.
+    fn run(prog: &[Insn], frame: &[u8]) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = prog[pc];
+            let load = |k: u32, n: usize| -> Option<u32> {
+                let b = frame.get(k as usize..k as usize + n)?;
+                Some(b.iter().fold(0u32, |x, &y| x << 8 | u32::from(y)))
+            };
+            pc += 1;
+            match i.code {
+                LD_H_ABS | LD_W_ABS | LD_B_ABS => {
+                    let n = match i.code {
+                        LD_H_ABS => 2,
+                        LD_W_ABS => 4,
+                        _ => 1,
+                    };
+                    // A load past the end ends the program with 0, which tc reads as "ok".
+                    match load(i.k, n) {
+                        Some(v) => a = v,
+                        None => return 0,
+                    }
+                }
+                JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                JA => pc += i.k as usize,
+                RET_K => return i.k,
+                c => panic!("opcode {c:#x}"),
+            }
+        }
+    }
+
+    fn frame(ethertype: u16, proto: u8, dst: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        f[14] = 0x45;
+        f[14 + 9] = proto;
+        f[14 + 12..14 + 16].copy_from_slice(&[10, 244, 1, 1]);
+        f[14 + 16..14 + 20].copy_from_slice(&dst);
+        f
+    }
+
+    #[test]
+    fn transit_and_ipip_for_the_node_are_dropped_the_rest_goes_to_the_kernel() {
+        let node = [192, 168, 100, 100];
+        let other = [192, 168, 200, 101];
+        let p = transit_filter(&[Ipv4Addr::from(other), Ipv4Addr::from(node)]).expect("two addresses");
+        assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])), TC_ACT_SHOT, "pod to pod");
+        assert_eq!(run(&p, &frame(0x0800, 4, [192, 168, 100, 101])), TC_ACT_SHOT, "IPIP passing by");
+        assert_eq!(run(&p, &frame(0x0800, 4, node)), TC_ACT_SHOT, "IPIP for the node");
+        assert_eq!(run(&p, &frame(0x0800, 4, other)), TC_ACT_SHOT, "IPIP for its other address");
+        assert_eq!(run(&p, &frame(0x0800, 6, node)), TC_ACT_UNSPEC, "BGP");
+        assert_eq!(run(&p, &frame(0x0800, 1, other)), TC_ACT_UNSPEC, "ping to the node");
+        assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC, "ARP");
+        assert_eq!(run(&p, &frame(0x86dd, 58, node)), TC_ACT_UNSPEC, "IPv6");
+        assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])[..20]), 0, "a runt goes on");
+    }
+
+    #[test]
+    fn without_local_addresses_every_ipv4_frame_is_dropped() {
+        let p = transit_filter(&[]).expect("no address");
+        assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_SHOT);
+        assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC);
+    }
+
+    #[test]
+    fn the_jumps_reach_for_the_most_addresses_and_too_many_is_an_error() {
+        let many: Vec<Ipv4Addr> = (0..MAX_LOCAL as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
+        let p = transit_filter(&many).expect("the most");
+        let last = many[MAX_LOCAL - 1].octets();
+        assert_eq!(run(&p, &frame(0x0800, 6, last)), TC_ACT_UNSPEC);
+        assert_eq!(run(&p, &frame(0x0800, 6, [10, 0, 1, 0])), TC_ACT_SHOT);
+        let too_many: Vec<Ipv4Addr> = (0..=MAX_LOCAL as u32).map(Ipv4Addr::from).collect();
+        assert!(transit_filter(&too_many).is_err());
+    }
+
+    #[test]
+    fn bytecode_is_what_tc_reads() {
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 101)]).expect("one");
+        assert_eq!(
+            tc_bytecode(&p),
+            "9,40 0 0 12,21 0 5 2048,32 0 0 30,21 1 0 3232261221,5 0 0 3,48 0 0 23,21 1 0 4,6 0 0 4294967295,6 0 0 2"
+        );
+    }
+}
