@@ -63,11 +63,11 @@ pub struct Dataplane {
     _ipip_guard: Option<RawIpipSocket>,
 }
 
-fn open_port(f: &crate::iface::Interface, worker: usize, rcvbuf: usize) -> io::Result<Port> {
+fn open_port(f: &crate::iface::Interface, worker: usize, workers: usize, rcvbuf: usize) -> io::Result<Port> {
     let err = |e: io::Error| io::Error::new(e.kind(), format!("opening {} ({}): {e}", f.name, f.role.name()));
     match f.role {
         IfaceRole::Uplink { .. } | IfaceRole::Pod { .. } => {
-            let group = (f.ifindex & 0xffff) as u16;
+            let group = (workers > 1).then_some((f.ifindex & 0xffff) as u16);
             PacketSocket::open_rx(f.ifindex, group, rcvbuf).map(Port::Packet).map_err(err)
         }
         // One queue per worker; the kernel spreads flows over the queues.
@@ -96,7 +96,7 @@ impl Dataplane {
         for index in 0..cfg.workers.max(1) {
             let mut ports = Vec::new();
             for (_, f) in ifaces.iter() {
-                ports.push(open_port(f, index, cfg.rcvbuf)?);
+                ports.push(open_port(f, index, cfg.workers.max(1), cfg.rcvbuf)?);
             }
             let c = Arc::new(Counters::new(ifaces.len()));
             counters.push(c.clone());

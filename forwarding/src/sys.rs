@@ -339,14 +339,15 @@ impl PacketSocket {
     }
 
     /// A receive (and send) socket for every frame on `ifindex`, joined to the fanout group
-    /// `group` so that several workers share the interface by flow hash. Frames we send
-    /// ourselves are not looped back.
+    /// `group` (if any) so that several workers share the interface by flow hash. A lone
+    /// worker joins none: the fanout hashes every frame's flow even for one socket. Frames
+    /// we send ourselves are not looped back.
     ///
     /// Frames carry a virtio-net header both ways: a sender's TSO super-packet (up to 64 KB)
     /// arrives whole with its segment size, and its partial checksum is marked instead of
     /// looking corrupt; forwarding it whole costs one copy in and one out instead of one per
     /// 1.5 KB segment.
-    pub fn open_rx(ifindex: u32, group: u16, rcvbuf: usize) -> io::Result<Self> {
+    pub fn open_rx(ifindex: u32, group: Option<u16>, rcvbuf: usize) -> io::Result<Self> {
         let mut s = Self::open(ifindex, ETH_P_ALL)?;
         let fd = s.fd.as_raw_fd();
         let one: libc::c_int = 1;
@@ -356,8 +357,10 @@ impl PacketSocket {
         s.vnet = true;
         let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
-        let fanout: libc::c_int = libc::c_int::from(group) | (libc::PACKET_FANOUT_HASH as libc::c_int) << 16;
-        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)?;
+        if let Some(group) = group {
+            let fanout: libc::c_int = libc::c_int::from(group) | (libc::PACKET_FANOUT_HASH as libc::c_int) << 16;
+            setsockopt(fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)?;
+        }
         // No PACKET_QDISC_BYPASS: it would hide our frames from tcpdump on the node, and on
         // a veth it gained nothing measurable.
         Ok(s)
