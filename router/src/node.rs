@@ -77,25 +77,39 @@ fn check_kernel_forwarding(mode: DataplaneMode) -> anyhow::Result<()> {
 
 /// The tc preference of the transit filter on each interface.
 const FILTER_PREF: &str = "49";
+/// How often the node's addresses are checked for changes the filter must follow.
+const FILTER_RECHECK: Duration = Duration::from_secs(5);
 
-/// Puts the transit filter (`forwarding::kfilter`) on the interfaces the router reads, so that
+/// The transit filter (`forwarding::kfilter`) on the interfaces the router reads, so that
 /// the node's kernel drops the frames we forward instead of routing each one only to fail.
 /// It speeds things up and nothing depends on it: without `tc` or the kernel's classic-BPF
-/// classifier the node runs unfiltered and says so. Returns the interfaces filtered.
-fn install_transit_filter(ifaces: &Interfaces) -> Vec<String> {
-    // The kernel delivers to every address of the namespace, whichever interface it is on.
-    let local: Vec<Ipv4Addr> = match ipcmd::ip(&["-4", "-o", "addr", "show"]) {
-        Ok(out) => out
-            .lines()
-            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
-            .filter_map(|a| a.split('/').next()?.parse().ok())
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "no transit filter: cannot list the node's addresses");
-            return Vec::new();
-        }
-    };
-    let code = match forwarding::kfilter::transit_filter(&local) {
+/// classifier the node runs unfiltered and says so.
+struct TransitFilter {
+    /// Interfaces that have it.
+    devs: Vec<String>,
+    /// The node's addresses it lets through.
+    local: Vec<Ipv4Addr>,
+    checked: Instant,
+}
+
+/// Every IPv4 address of the namespace: the kernel delivers to any of them, whichever
+/// interface a frame comes in on.
+fn local_addresses() -> anyhow::Result<Vec<Ipv4Addr>> {
+    let out = ipcmd::ip(&["-4", "-o", "addr", "show"])?;
+    let mut v: Vec<Ipv4Addr> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+        .filter_map(|a| a.split('/').next()?.parse().ok())
+        .collect();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+/// Puts the program for `local` on each of `devs` (replacing an older one); returns the
+/// interfaces where that worked.
+fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &[Ipv4Addr]) -> Vec<String> {
+    let code = match forwarding::kfilter::transit_filter(local) {
         Ok(p) => forwarding::kfilter::tc_bytecode(&p),
         Err(e) => {
             tracing::warn!(error = %e, "no transit filter");
@@ -103,27 +117,59 @@ fn install_transit_filter(ifaces: &Interfaces) -> Vec<String> {
         }
     };
     let mut done = Vec::new();
-    for (_, f) in ifaces.iter().filter(|(_, f)| f.role.is_ethernet()) {
-        let dev = f.name.as_str();
+    for dev in devs {
         let r = ipcmd::run("tc", &["qdisc", "replace", "dev", dev, "clsact"]).and_then(|_| {
             let filter = ["filter", "replace", "dev", dev, "ingress", "pref", FILTER_PREF, "handle", "1"];
             ipcmd::run("tc", &[&filter[..], &["bpf", "da", "bytecode", &code]].concat())
         });
         match r {
-            Ok(_) => done.push(f.name.clone()),
+            Ok(_) => done.push(dev.to_string()),
             Err(e) => {
                 tracing::warn!(interface = dev, error = %e, "no transit filter here: the kernel routes what we forward too")
             }
         }
     }
-    tracing::info!(interfaces = done.len(), local = ?local, "transit filter on");
     done
 }
 
-fn remove_transit_filter(names: &[String]) {
-    for dev in names {
-        if let Err(e) = ipcmd::run("tc", &["filter", "del", "dev", dev, "ingress", "pref", FILTER_PREF]) {
-            tracing::warn!(interface = %dev, error = %e, "removing the transit filter");
+impl TransitFilter {
+    fn install(ifaces: &Interfaces) -> Option<TransitFilter> {
+        let local = match local_addresses() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "no transit filter: cannot list the node's addresses");
+                return None;
+            }
+        };
+        let devs = ifaces.iter().filter(|(_, f)| f.role.is_ethernet()).map(|(_, f)| f.name.as_str());
+        let devs = apply_transit_filter(devs, &local);
+        tracing::info!(interfaces = devs.len(), local = ?local, "transit filter on");
+        Some(TransitFilter { devs, local, checked: Instant::now() })
+    }
+
+    /// Follows the node's addresses: one added later must reach the kernel too, and one
+    /// removed is no longer the node's.
+    fn recheck(&mut self) {
+        if self.devs.is_empty() || self.checked.elapsed() < FILTER_RECHECK {
+            return;
+        }
+        self.checked = Instant::now();
+        match local_addresses() {
+            Ok(local) if local != self.local => {
+                let done = apply_transit_filter(self.devs.iter().map(String::as_str), &local);
+                tracing::info!(interfaces = done.len(), local = ?local, "node addresses changed: transit filter updated");
+                self.local = local;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot list the node's addresses"),
+        }
+    }
+
+    fn remove(&self) {
+        for dev in &self.devs {
+            if let Err(e) = ipcmd::run("tc", &["filter", "del", "dev", dev, "ingress", "pref", FILTER_PREF]) {
+                tracing::warn!(interface = %dev, error = %e, "removing the transit filter");
+            }
         }
     }
 }
@@ -145,6 +191,7 @@ struct Node {
     last_capture: Option<(std::path::PathBuf, u64)>,
     /// tunl0's tx_dropped when last read (tun mode): packets the kernel could not queue to us.
     tun_dropped: Option<u64>,
+    filter: Option<TransitFilter>,
     /// The running trace: id, hops so far, when it stops by itself.
     trace: Option<(u32, Vec<crate::trace::Hop>, Instant)>,
 }
@@ -280,9 +327,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let listener = bind_admin(&cfg.admin_socket)?;
     let dp_cfg = DataplaneConfig { workers: cfg.workers, pin: cfg.pin_workers, gro: cfg.gro, ..Default::default() };
     let dp = Dataplane::start(ifaces, fib.clone(), dp_cfg).context("starting the data plane")?;
-    let filtered = match cfg.dataplane {
-        DataplaneMode::Afpacket if cfg.transit_filter => install_transit_filter(dp.interfaces()),
-        _ => Vec::new(),
+    let filter = match cfg.dataplane {
+        DataplaneMode::Afpacket if cfg.transit_filter => TransitFilter::install(dp.interfaces()),
+        _ => None,
     };
     let mut node = Node {
         cfg,
@@ -296,6 +343,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         last_capture: None,
         trace: None,
         tun_dropped: None,
+        filter,
     };
     if node.cfg.dataplane == DataplaneMode::Tun {
         let mtu = node.dp.interfaces().get(IfaceId(1)).map_or(1480, |f| f.mtu).to_string();
@@ -308,7 +356,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     node.sync_kernel(&table.kernel);
     let result = control_loop(&mut node, &listener, &stop);
     tracing::info!(node = %node.cfg.name, "stopping");
-    remove_transit_filter(&filtered);
+    if let Some(f) = &node.filter {
+        f.remove();
+    }
     node.dp.stop();
     let _ = std::fs::remove_file(&node.cfg.admin_socket);
     result
@@ -372,6 +422,9 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         node.reap_capture();
         node.collect_trace();
         node.account_tun_drops();
+        if let Some(f) = node.filter.as_mut() {
+            f.recheck();
+        }
         if let Some(sp) = speaker.as_mut() {
             sp.tick(poll.registry(), now);
             pending |= sp.take_changed();

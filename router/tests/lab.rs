@@ -71,6 +71,13 @@ fn the_nodes_kernels_leave_what_the_router_forwards_alone() {
     assert!(c < 10, "node-c's kernel received {c} packets");
     let filter = text(&lab.exec("node-b", &["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout);
     assert!(filter.contains("direct-action"), "{filter}");
+    // An address node-b gains later is the kernel's too: the filter follows within seconds.
+    let out = lab.exec("node-b", &["ip", "addr", "add", "192.168.100.201/24", "dev", "eth0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t0 = Instant::now();
+    while !lab.exec("node-a", &["ping", "-c", "1", "-W", "1", "192.168.100.201"]).status.success() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "node-b's new address stays filtered");
+    }
     drop(lab);
     // Without it each of those climbs the node's IP stack only to be thrown away.
     let lab = TestLab::up(&["--no-transit-filter"]);
