@@ -30,11 +30,27 @@ pub struct DataplaneConfig {
     pub rcvbuf: usize,
     /// Merge TCP segments on their way to a pod into super-packets (see `Worker::merge`).
     pub gro: bool,
+    /// The workers' nice value (see [`DEFAULT_WORKER_NICE`]).
+    pub nice: i32,
 }
+
+/// Workers run a little ahead of ordinary processes, as the kernel's own forwarding (in
+/// softirq) runs ahead of all of them: where senders and the router share cores, a busy
+/// sender then cannot take the CPU the router needs to carry what it sends. Much higher
+/// and a worker preempts the sender at every packet, so its batches shrink (measured on
+/// 2 cores: -5 carried 15% more 64-byte UDP with 1 worker than 0; -8 and -12 less than -5).
+pub const DEFAULT_WORKER_NICE: i32 = -5;
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        DataplaneConfig { workers: 1, pin: true, neigh: NeighConfig::default(), rcvbuf: 4 << 20, gro: true }
+        DataplaneConfig {
+            workers: 1,
+            pin: true,
+            neigh: NeighConfig::default(),
+            rcvbuf: 4 << 20,
+            gro: true,
+            nice: DEFAULT_WORKER_NICE,
+        }
     }
 }
 
@@ -118,6 +134,7 @@ impl Dataplane {
                 tap: tap.clone(),
                 tracer: tracer.clone(),
                 gro: cfg.gro,
+                nice: cfg.nice,
             });
         }
         let mut tx = Vec::new();

@@ -39,6 +39,16 @@ fn ioctl_sock() -> io::Result<OwnedFd> {
 }
 
 /// Index, MAC and MTU of the interface `name` in the current network namespace.
+/// Sets the nice value of the calling thread (on Linux a thread has its own).
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn link_info(name: &str) -> io::Result<LinkInfo> {
     let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
     // SAFETY: cname is a valid NUL-terminated string.

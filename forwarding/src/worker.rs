@@ -171,6 +171,8 @@ pub struct Worker {
     pub tracer: Arc<Tracer>,
     /// Merge TCP segments to pods into super-packets.
     pub gro: bool,
+    /// Nice value to run at (0: leave it).
+    pub nice: i32,
 }
 
 impl std::fmt::Debug for Worker {
@@ -184,6 +186,12 @@ impl Worker {
         if let Some(core) = self.core {
             if !core_affinity::set_for_current(core) {
                 tracing::warn!(worker = self.index, core = core.id, "could not pin worker to core");
+            }
+        }
+        if self.nice != 0 {
+            if let Err(e) = crate::sys::set_thread_nice(self.nice) {
+                // Raising a priority takes CAP_SYS_NICE; the worker still forwards without it.
+                tracing::warn!(worker = self.index, nice = self.nice, error = %e, "could not set the worker's priority");
             }
         }
         let mut poll = Poll::new()?;

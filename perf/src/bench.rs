@@ -29,6 +29,9 @@ pub struct Options {
     /// see what it is worth.
     #[arg(long)]
     pub no_transit_filter: bool,
+    /// The routers' workers' nice value (`router lab up --worker-nice`; default: the router's).
+    #[arg(long, allow_hyphen_values = true)]
+    pub worker_nice: Option<i32>,
     /// Where the reports go.
     #[arg(long, default_value = "target/perf")]
     pub out: PathBuf,
@@ -210,6 +213,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             let mut up = vec!["lab", "up", "--dataplane", sc.dataplane, "--workers", &workers];
             if o.no_transit_filter {
                 up.push("--no-transit-filter");
+            }
+            let nice = o.worker_nice.map(|n| n.to_string());
+            if let Some(n) = &nice {
+                up.extend(["--worker-nice", n.as_str()]);
             }
             tools.router(&up)?;
             for size in &o.sizes {

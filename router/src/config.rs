@@ -86,6 +86,8 @@ pub struct NodeConfig {
     pub dataplane: DataplaneMode,
     pub workers: usize,
     pub pin_workers: bool,
+    /// The workers' nice value, -20 to 19 (default `forwarding::dataplane::DEFAULT_WORKER_NICE`).
+    pub worker_nice: i32,
     /// Merge TCP segments on their way to a pod into super-packets (on by default).
     pub gro: bool,
     /// `afpacket`: have the kernel drop, after the router's copy, the frames the router
@@ -154,6 +156,8 @@ pub struct RawConfig {
     pub workers: Spanned<usize>,
     #[serde(default = "default_true")]
     pub pin_workers: bool,
+    #[serde(default = "default_worker_nice")]
+    pub worker_nice: Spanned<i32>,
     #[serde(default = "default_true")]
     pub gro: bool,
     #[serde(default = "default_true")]
@@ -230,6 +234,10 @@ fn default_retry() -> u16 {
 
 fn default_gr() -> u16 {
     120
+}
+
+fn default_worker_nice() -> Spanned<i32> {
+    Spanned::new(0..0, forwarding::dataplane::DEFAULT_WORKER_NICE)
 }
 
 fn default_workers() -> Spanned<usize> {
@@ -311,6 +319,13 @@ impl NodeConfig {
         let workers = *raw.workers.get_ref();
         if !(1..=64).contains(&workers) {
             return Err(src.error_at(raw.workers.span(), format!("workers = {workers}: use 1 to 64")));
+        }
+        let worker_nice = *raw.worker_nice.get_ref();
+        if !(-20..=19).contains(&worker_nice) {
+            return Err(src.error_at(
+                raw.worker_nice.span(),
+                format!("worker_nice = {worker_nice}: a nice value is -20 (first) to 19 (last)"),
+            ));
         }
         let ipip_ttl = *raw.ipip_ttl.get_ref();
         if ipip_ttl == 0 {
@@ -466,6 +481,7 @@ impl NodeConfig {
             dataplane: raw.dataplane,
             workers,
             pin_workers: raw.pin_workers,
+            worker_nice,
             gro: raw.gro,
             transit_filter: raw.transit_filter,
             admin_socket: raw.admin_socket,
@@ -488,6 +504,7 @@ impl NodeConfig {
             dataplane: self.dataplane,
             workers: Spanned::new(0..0, self.workers),
             pin_workers: self.pin_workers,
+            worker_nice: Spanned::new(0..0, self.worker_nice),
             gro: self.gro,
             transit_filter: self.transit_filter,
             admin_socket: self.admin_socket.clone(),
@@ -615,6 +632,7 @@ via = "192.168.100.101"
     fn bad_values_are_explained() {
         for (from, to, needle) in [
             ("workers = 1", "workers = 0", "use 1 to 64"),
+            ("workers = 1", "workers = 1\nworker_nice = -30", "worker_nice = -30"),
             ("workers = 1", "workers = 1\nipip_ttl = 0", "ipip_ttl = 0"),
             ("\"cali48dfb98be23\"", "\"cali48dfb98be23xyz\"", "interface name"),
             ("via = \"192.168.100.101\"", "type = \"nowhere\"", "blackhole"),

@@ -146,6 +146,10 @@ enum LabCmd {
         /// transit filter does (they route each one only to drop it; the way to compare).
         #[arg(long)]
         no_transit_filter: bool,
+        /// The workers' nice value (-20 to 19); 0 runs them like any other process.
+        #[arg(long, default_value_t = forwarding::dataplane::DEFAULT_WORKER_NICE, allow_hyphen_values = true,
+              value_parser = clap::value_parser!(i32).range(-20..=19))]
+        worker_nice: i32,
         /// Worker threads per node.
         #[arg(long, default_value_t = 1)]
         workers: usize,
@@ -537,6 +541,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             no_pod_offload,
             no_gro,
             no_transit_filter,
+            worker_nice,
             json,
         } => {
             let exe = std::env::current_exe().context("finding the router binary")?;
@@ -559,6 +564,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 pod_offload,
                 gro: !no_gro,
                 transit_filter: !no_transit_filter,
+                worker_nice,
                 exe,
             };
             let st = lab::up(lab, &opts)?;

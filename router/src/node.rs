@@ -325,7 +325,13 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
     let listener = bind_admin(&cfg.admin_socket)?;
-    let dp_cfg = DataplaneConfig { workers: cfg.workers, pin: cfg.pin_workers, gro: cfg.gro, ..Default::default() };
+    let dp_cfg = DataplaneConfig {
+        workers: cfg.workers,
+        pin: cfg.pin_workers,
+        gro: cfg.gro,
+        nice: cfg.worker_nice,
+        ..Default::default()
+    };
     let dp = Dataplane::start(ifaces, fib.clone(), dp_cfg).context("starting the data plane")?;
     let filter = match cfg.dataplane {
         DataplaneMode::Afpacket if cfg.transit_filter => TransitFilter::install(dp.interfaces()),

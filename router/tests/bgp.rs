@@ -51,11 +51,6 @@ fn route(lab: &TestLab, node: &str, prefix: &str) -> Option<serde_json::Value> {
 
 /// Polls `cond` every 200 ms until it holds or `secs` pass.
 /// The pid of a node's `router node` daemon, from the lab's status.
-fn daemon_pid(lab: &TestLab, node: &str) -> i64 {
-    let st = lab.json(&["lab", "status", "--json"]);
-    st.as_array().into_iter().flatten().find(|h| h["host"] == node).and_then(|h| h["pid"].as_i64()).expect("pid")
-}
-
 fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
@@ -118,7 +113,7 @@ fn a_silent_node_loses_its_block_within_the_hold_time_and_comes_back() {
     let lab = TestLab::named();
     let topo = topology(&lab, "hold", "bgp_hold_time = 3", "");
     let lab = up_with(lab, &topo);
-    let pid = daemon_pid(&lab, "node-c");
+    let pid = lab.daemon_pid("node-c");
     let kill =
         |sig: &str| assert!(Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success()));
     // Frozen, node-c sends nothing: no NOTIFICATION, no FIN, only silence.
@@ -144,7 +139,7 @@ fn a_restarting_node_keeps_its_block_at_its_peers_until_it_is_back() {
     // it; when node-b is back and has sent its routes and End-of-RIB, they are fresh again.
     let lab = TestLab::up(&[]);
     wait_for(30, "node-b's block at node-a", || route(&lab, "node-a", "10.244.2.0/26").is_some());
-    let pid = daemon_pid(&lab, "node-b");
+    let pid = lab.daemon_pid("node-b");
     assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().is_ok_and(|s| s.success()));
     wait_for(10, "node-a to see node-b's session go down", || peer_state(&lab, "node-a", "192.168.100.101").0 != "up");
     // Well past the moment a plain session loss would have withdrawn it.

@@ -59,13 +59,30 @@ fn kernel_work_for_transit(lab: &TestLab) -> (u64, u64) {
     (ip_counter(lab, "node-b", "InAddrErrors") - b0, ip_counter(lab, "node-c", "InReceives") - c0)
 }
 
+/// The nice value of each worker thread of a node's daemon.
+fn worker_nice(lab: &TestLab, node: &str) -> Vec<i64> {
+    let tasks = format!("/proc/{}/task", lab.daemon_pid(node));
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(&tasks).expect("tasks").flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // "tid (comm) state ...": the nice value is the 19th field, the 17th after the name.
+        let (Some(name), Some(rest)) = (stat.split(['(', ')']).nth(1), stat.rsplit(") ").next()) else { continue };
+        if name.starts_with("worker-") {
+            v.push(rest.split_whitespace().nth(16).and_then(|n| n.parse().ok()).expect("nice"));
+        }
+    }
+    v
+}
+
 #[test]
 fn the_nodes_kernels_leave_what_the_router_forwards_alone() {
     // With the transit filter (the default) a node's kernel drops what the router forwards
     // or unwraps right after the router's socket took it: node-b's kernel fails no route
     // lookup for the 40 frames it passes on, and node-c's IP stack sees neither the 20 IPIP
     // packets nor the 20 replies (only BGP keepalives, if one falls due).
-    let lab = TestLab::up(&[]);
+    let lab = TestLab::up(&["--workers", "2"]);
+    // The workers run a little ahead of other processes, as kernel forwarding does.
+    assert_eq!(worker_nice(&lab, "node-a"), vec![-5, -5]);
     let (b, c) = kernel_work_for_transit(&lab);
     assert_eq!(b, 0, "node-b's kernel tried to route transit frames");
     assert!(c < 10, "node-c's kernel received {c} packets");
@@ -80,7 +97,8 @@ fn the_nodes_kernels_leave_what_the_router_forwards_alone() {
     }
     drop(lab);
     // Without it each of those climbs the node's IP stack only to be thrown away.
-    let lab = TestLab::up(&["--no-transit-filter"]);
+    let lab = TestLab::up(&["--no-transit-filter", "--worker-nice", "0"]);
+    assert_eq!(worker_nice(&lab, "node-b"), vec![0]);
     let (b, c) = kernel_work_for_transit(&lab);
     assert!(b >= 40, "node-b's kernel saw {b} transit frames");
     assert!(c >= 40, "node-c's kernel saw {c} packets");

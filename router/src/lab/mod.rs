@@ -87,6 +87,8 @@ pub struct UpOptions {
     pub gro: bool,
     /// `afpacket`: let the nodes' kernels drop the frames the routers forward (`kfilter`).
     pub transit_filter: bool,
+    /// The nodes' workers' nice value.
+    pub worker_nice: i32,
     /// The `router` binary the nodes run (normally this one).
     pub exe: PathBuf,
 }
@@ -396,6 +398,7 @@ fn node_config(
         // Every node of the lab shares the same few cores, and each would pin its first
         // worker to the same one; the scheduler spreads them better.
         pin_workers: false,
+        worker_nice: opts.worker_nice,
         gro: opts.gro,
         transit_filter: opts.transit_filter,
         admin_socket: lab.socket(&node.name),

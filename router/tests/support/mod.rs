@@ -76,6 +76,12 @@ impl TestLab {
         self.json(&["stats", "--node", node, "--json"])["drops"][reason].as_u64().unwrap_or(0)
     }
 
+    /// The pid of a node's daemon, from `lab status`.
+    pub fn daemon_pid(&self, node: &str) -> i64 {
+        let st = self.json(&["lab", "status", "--json"]);
+        st.as_array().into_iter().flatten().find(|h| h["host"] == node).and_then(|h| h["pid"].as_i64()).expect("pid")
+    }
+
     pub fn down(&self) -> Output {
         self.router(&["lab", "down"])
     }
