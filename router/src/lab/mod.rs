@@ -277,6 +277,9 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
             if opts.dataplane == DataplaneMode::Tun {
                 // Calico's way: the kernel answers the pod's ARP for 169.254.1.1.
                 netns::sysctl_in(&ns, &format!("net.ipv4.conf.{}.proxy_arp", pod.iface), "1")?;
+                // And at once, as Calico sets it: by default the kernel holds a proxy ARP
+                // answer back for up to 0.8 s, which a pod's first packet would wait out.
+                netns::sysctl_in(&ns, &format!("net.ipv4.neigh.{}.proxy_delay", pod.iface), "0")?;
             }
             // As in Calico, the node's kernel knows its pods (flags UH), so the node itself can
             // reach them; it does not forward for them.
