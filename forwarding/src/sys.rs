@@ -38,7 +38,6 @@ fn ioctl_sock() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Index, MAC and MTU of the interface `name` in the current network namespace.
 /// Sets the nice value of the calling thread (on Linux a thread has its own).
 pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
@@ -49,6 +48,7 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Index, MAC and MTU of the interface `name` in the current network namespace.
 pub fn link_info(name: &str) -> io::Result<LinkInfo> {
     let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
     // SAFETY: cname is a valid NUL-terminated string.
