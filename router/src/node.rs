@@ -685,6 +685,7 @@ fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json:
                 "gro_packets": t.gro_packets,
                 "gro_segments": t.gro_segments,
                 "fib_routes": node.fib.load().len(),
+                "transit_filter": node.filter.as_ref().map_or(&[][..], |f| &f.devs[..]),
             })
         }
         Request::Status => {

@@ -88,6 +88,8 @@ fn the_nodes_kernels_leave_what_the_router_forwards_alone() {
     assert!(c < 10, "node-c's kernel received {c} packets");
     let filter = text(&lab.exec("node-b", &["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout);
     assert!(filter.contains("direct-action"), "{filter}");
+    let on = lab.json(&["stats", "--node", "node-b", "--json"])["transit_filter"].clone();
+    assert_eq!(on, serde_json::json!(["eth0", "calie5cfea97bf1"]), "stats say where the filter is");
     // An address node-b gains later is the kernel's too: the filter follows within seconds.
     let out = lab.exec("node-b", &["ip", "addr", "add", "192.168.100.201/24", "dev", "eth0"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -99,6 +101,7 @@ fn the_nodes_kernels_leave_what_the_router_forwards_alone() {
     // Without it each of those climbs the node's IP stack only to be thrown away.
     let lab = TestLab::up(&["--no-transit-filter", "--worker-nice", "0"]);
     assert_eq!(worker_nice(&lab, "node-b"), vec![0]);
+    assert_eq!(lab.json(&["stats", "--node", "node-b", "--json"])["transit_filter"], serde_json::json!([]));
     let (b, c) = kernel_work_for_transit(&lab);
     assert!(b >= 40, "node-b's kernel saw {b} transit frames");
     assert!(c >= 40, "node-c's kernel saw {c} packets");
