@@ -245,10 +245,20 @@ fn lab_tour_runs_start_to_end() {
     let out = lab.router(&["lab", "tour"]);
     let all = text(&out.stdout) + &text(&out.stderr);
     assert!(out.status.success(), "{all}");
-    for claim in ["proxy ARP", "veth pair", "node's routes", "BGP", "plain routing", "IPIP", "1500-byte"] {
+    for claim in [
+        "proxy ARP",
+        "veth pair",
+        "node's routes",
+        "BGP",
+        "plain routing",
+        "not the node's kernel",
+        "IPIP",
+        "1500-byte",
+    ] {
         assert!(all.contains(claim), "the tour skipped {claim:?}:\n{all}");
     }
     assert!(all.contains("4,1"), "the IPIP capture shows both headers:\n{all}");
+    assert!(all.contains("direct-action") && all.contains("this BPF program"), "the transit filter is shown:\n{all}");
     assert!(all.contains("That is the whole story"), "{all}");
 }
 

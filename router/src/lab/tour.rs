@@ -120,6 +120,20 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     );
     t.router(&["trace", "pod-a1", "pod-b1"])?;
 
+    if st.dataplane == "afpacket" {
+        t.title(
+            "The router forwards, not the node's kernel",
+            "ip_forward is 0 on the nodes: the router reads every frame from an AF_PACKET socket and forwards it itself.",
+        );
+        t.exec("node-b", &["cat", "/proc/sys/net/ipv4/ip_forward"], true)?;
+        let filter = t.exec("node-b", &["tc", "filter", "show", "dev", "eth0", "ingress"], true)?;
+        if filter.contains("bpf") {
+            t.note("After the router's socket has its copy, this BPF program drops the kernel's own copy of what the router forwards: node-b's IP stack never sees pod-a1's packets pass.");
+        } else {
+            t.note("No transit filter in this lab (--no-transit-filter): node-b's kernel also gets each frame, fails to route it and drops it.");
+        }
+    }
+
     t.title("node-c is behind a router that knows no pod addresses: IPIP", "node-a wraps the pod's packet in an outer IPv4 header, node address to node address (protocol 4); node-c unwraps it.");
     let pcap = lab.dir.join("tour-ipip.pcap");
     let pcap_s = pcap.to_string_lossy().into_owned();
