@@ -210,7 +210,7 @@ pub fn mergeable(pkt: &[u8]) -> Option<Mergeable> {
     }
     let tcp = pkt.get(20..total)?;
     let thl = usize::from(*tcp.get(12)? >> 4) * 4;
-    let flags = tcp[13];
+    let flags = *tcp.get(13)?;
     if thl < 20 || thl >= tcp.len() || flags & TCP_ACK == 0 || flags & !(TCP_ACK | TCP_PSH) != 0 {
         return None;
     }
@@ -460,6 +460,18 @@ mod tests {
         frag[6] |= 0x20;
         assert_eq!(mergeable(&frag), None, "a fragment");
         assert_eq!(mergeable(&b[..30]), None, "truncated");
+        // A TCP header cut after its offset byte, with a total length that says so.
+        let mut short = b[..33].to_vec();
+        short[2..4].copy_from_slice(&33u16.to_be_bytes());
+        ipv4::Packet::new_unchecked(&mut short[..]).fill_checksum();
+        assert_eq!(mergeable(&short), None, "13 bytes of TCP header");
+        // Every shorter packet that claims its own length is looked at without a panic.
+        for n in 20..b.len() {
+            let mut cut = b[..n].to_vec();
+            cut[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            ipv4::Packet::new_unchecked(&mut cut[..]).fill_checksum();
+            let _ = mergeable(&cut);
+        }
         // A PSH segment ends a run.
         let last = segs.len() - 1;
         let (p, q) = (&segs[last - 1][..], &segs[last][..]);
