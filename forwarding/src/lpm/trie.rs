@@ -1,5 +1,5 @@
-//! The compressed multibit trie both families build under their direct-indexed top levels,
-//! in the manner of Poptrie (Asai and Ohara, SIGCOMM 2015).
+//! The compressed multibit trie IPv4 builds under its direct-indexed /18 slots, in the
+//! manner of Poptrie (Asai and Ohara, SIGCOMM 2015).
 //!
 //! A node covers 6 address bits. Bit `v` of `vector` says whether position `v` leads to a
 //! child node; the children are stored in order from `base1`. The other positions are
@@ -18,29 +18,6 @@ pub(super) struct Node {
     leafvec: u64,
     base1: u32,
     base0: u32,
-}
-
-/// An address the trie can walk: its 6 bits from bit `off` (counted from the top), padded
-/// with zeros past the end.
-pub(super) trait Key: Copy {
-    const BITS: u32;
-    fn six(self, off: u32) -> u32;
-}
-
-impl Key for u32 {
-    const BITS: u32 = 32;
-    #[inline]
-    fn six(self, off: u32) -> u32 {
-        (self << off) >> (32 - STRIDE)
-    }
-}
-
-impl Key for u128 {
-    const BITS: u32 = 128;
-    #[inline]
-    fn six(self, off: u32) -> u32 {
-        ((self << off) >> (128 - STRIDE)) as u32
-    }
 }
 
 /// An entry of a direct-indexed level. Without [`INDIRECT`] it holds its range's value + 1
@@ -65,7 +42,7 @@ impl Trie {
     /// The value for `a`, whose direct-indexed entry is `e`; its node (if any) starts at
     /// bit `off` of the address.
     #[inline]
-    pub fn walk<K: Key>(&self, e: Entry, a: K, mut off: u32) -> u32 {
+    pub fn walk(&self, e: Entry, a: u32, mut off: u32) -> u32 {
         if e & INDIRECT == 0 {
             return e.wrapping_sub(1);
         }
@@ -74,8 +51,9 @@ impl Trie {
             return self.leaves.get(i).copied().unwrap_or(NONE);
         }
         let Some(mut n) = self.nodes.get(i) else { return NONE };
-        while off < K::BITS {
-            let v = a.six(off);
+        while off < 32 {
+            // The 6 bits from `off`, padded with zeros past the end.
+            let v = (a << off) >> (32 - STRIDE);
             // Positions 0..=v.
             let upto = u64::MAX >> (63 - v);
             if n.vector >> v & 1 == 0 {
@@ -91,9 +69,9 @@ impl Trie {
     }
 
     /// The entry for a range of `bits` bits from `start` (any frame of reference the
-    /// caller likes) that starts with value `v0` and changes at `inner`: (first address,
+    /// caller likes; IPv4 uses offsets within a /16) that starts with value `v0` and changes at `inner`: (first address,
     /// value from there on), sorted, all strictly inside the range.
-    pub fn entry(&mut self, start: u128, bits: u32, v0: u32, inner: &[(u128, u32)]) -> Entry {
+    pub fn entry(&mut self, start: u32, bits: u32, v0: u32, inner: &[(u32, u32)]) -> Entry {
         if inner.is_empty() {
             let e = v0.wrapping_add(1);
             if e & INDIRECT == 0 {
@@ -112,17 +90,17 @@ impl Trie {
 
     /// A node over the range: its leaf runs are appended at once, then a slot for each
     /// child node, then the children's own subtrees, so that siblings sit side by side.
-    fn node(&mut self, start: u128, bits: u32, v0: u32, inner: &[(u128, u32)]) -> Node {
+    fn node(&mut self, start: u32, bits: u32, v0: u32, inner: &[(u32, u32)]) -> Node {
         // Under 6 bits, a child is one address and the positions are spread out evenly
         // (the lookup pads the address with zeros).
         let (child_bits, count) = if bits >= STRIDE { (bits - STRIDE, 1u32 << STRIDE) } else { (0, 1 << bits) };
         let step = (1 << STRIDE) / count;
         let mut n = Node { base0: self.leaves.len() as u32, base1: self.nodes.len() as u32, ..Node::default() };
-        let mut children: Vec<(u128, u32, usize, usize)> = Vec::new();
+        let mut children: Vec<(u32, u32, usize, usize)> = Vec::new();
         let (mut v, mut k, mut last_leaf) = (v0, 0usize, None);
         for c in 0..count {
-            let cs = start + (u128::from(c) << child_bits);
-            let ce = cs + (1u128 << child_bits);
+            let cs = start + (c << child_bits);
+            let ce = cs + (1 << child_bits);
             while k < inner.len() && inner[k].0 <= cs {
                 v = inner[k].1;
                 k += 1;

@@ -44,10 +44,10 @@ impl Seg {
 
     /// Appends chunk `i`, built from its points (first address within the chunk, value
     /// from there on; sorted) and the value it starts with.
-    fn push_chunk(&mut self, i: usize, base: u32, points: &[(u128, u32)]) {
+    fn push_chunk(&mut self, i: usize, base: u32, points: &[(u32, u32)]) {
         self.spans[i] = (self.trie.nodes.len() as u32, self.trie.leaves.len() as u32);
         const SLOT_BITS: u32 = 32 - NODES_AT;
-        for q in 0..4u128 {
+        for q in 0..4u32 {
             let (start, end) = (q << SLOT_BITS, (q + 1) << SLOT_BITS);
             let from = points.partition_point(|p| p.0 <= start);
             let to = points.partition_point(|p| p.0 < end);
@@ -375,7 +375,7 @@ impl Lpm4Writer {
 /// Appends a chunk's inner points (first address within the chunk, value from there on) and
 /// returns the value the chunk starts with: the short-prefix base, overridden by the chunk's
 /// own prefixes.
-fn chunk_points(base: u32, prefixes: &[(u16, u8, u32)], out: &mut Vec<(u128, u32)>) -> u32 {
+fn chunk_points(base: u32, prefixes: &[(u16, u8, u32)], out: &mut Vec<(u32, u32)>) -> u32 {
     if prefixes.is_empty() {
         return base;
     }
@@ -388,7 +388,7 @@ fn chunk_points(base: u32, prefixes: &[(u16, u8, u32)], out: &mut Vec<(u128, u32
         if at == 0 {
             start = v;
         } else {
-            out.push((at, v));
+            out.push((at as u32, v));
         }
     }
     start
