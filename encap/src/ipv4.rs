@@ -253,11 +253,9 @@ impl Repr {
         b[field::FLG_OFF].copy_from_slice(&flags.to_be_bytes());
         b[field::TTL] = self.ttl;
         b[field::PROTOCOL] = self.protocol.into();
-        b[field::CHECKSUM].copy_from_slice(&[0, 0]);
         b[field::SRC].copy_from_slice(&self.src.octets());
         b[field::DST].copy_from_slice(&self.dst.octets());
-        let c = checksum::checksum(b);
-        b[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+        Packet::new_unchecked(b).fill_checksum();
     }
 }
 

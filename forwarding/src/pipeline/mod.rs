@@ -556,9 +556,7 @@ pub fn fragment(
         f[2..4].copy_from_slice(&((hl + n) as u16).to_be_bytes());
         let field = (((base_off + off) / 8) as u16) | if more { 0x2000 } else { 0 };
         f[6..8].copy_from_slice(&field.to_be_bytes());
-        f[10..12].copy_from_slice(&[0, 0]);
-        let c = encap::checksum::checksum(&f[..hl]);
-        f[10..12].copy_from_slice(&c.to_be_bytes());
+        ipv4::Packet::new_unchecked(&mut f[..]).fill_checksum();
         let v = count(counters, output(ctx, counters, scratch, at, at + hl + n, egress));
         bump(&counters.fragments_sent, 1);
         emit(v, scratch);
