@@ -519,11 +519,13 @@ fn print_stats(v: &serde_json::Value) {
         n(&v["gro_packets"]),
         n(&v["gro_segments"])
     );
-    let filtered: Vec<&str> = v["transit_filter"].as_array().into_iter().flatten().filter_map(|d| d.as_str()).collect();
-    if filtered.is_empty() {
-        println!("transit filter: off (the node's kernel also routes, and drops, what the router forwards)");
-    } else {
-        println!("transit filter: on {} (the node's kernel drops what the router forwards)", filtered.join(", "));
+    if let Some(devs) = v["transit_filter"].as_array() {
+        let filtered: Vec<&str> = devs.iter().filter_map(|d| d.as_str()).collect();
+        if filtered.is_empty() {
+            println!("transit filter: off (the node's kernel also routes, and drops, what the router forwards)");
+        } else {
+            println!("transit filter: on {} (the node's kernel drops what the router forwards)", filtered.join(", "));
+        }
     }
     let drops: Vec<_> = v["drops"].as_object().into_iter().flatten().filter(|(_, n)| n.as_u64() != Some(0)).collect();
     if drops.is_empty() {

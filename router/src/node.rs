@@ -685,7 +685,9 @@ fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json:
                 "gro_packets": t.gro_packets,
                 "gro_segments": t.gro_segments,
                 "fib_routes": node.fib.load().len(),
-                "transit_filter": node.filter.as_ref().map_or(&[][..], |f| &f.devs[..]),
+                // In tun mode the kernel forwards, and there is nothing to filter: null.
+                "transit_filter": (cfg.dataplane == DataplaneMode::Afpacket)
+                    .then(|| node.filter.as_ref().map_or(&[][..], |f| &f.devs[..])),
             })
         }
         Request::Status => {

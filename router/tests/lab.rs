@@ -121,6 +121,8 @@ fn in_tun_mode_a_pods_first_packet_does_not_wait_for_proxy_arp() {
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("no time in {out}"));
     assert!(ms < 300.0, "the first ping took {ms} ms");
+    // The kernel forwards here: no transit filter, and stats do not pretend one is off.
+    assert!(lab.json(&["stats", "--node", "node-a", "--json"])["transit_filter"].is_null());
 }
 
 #[test]
