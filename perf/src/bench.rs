@@ -219,6 +219,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 up.extend(["--worker-nice", n.as_str()]);
             }
             tools.router(&up)?;
+            // What the routers of these runs were set to, recorded with each.
+            let first = runs.len();
             for size in &o.sizes {
                 bar.set_message(format!("{} ({} worker{}) UDP {size}", sc.name, w, if w > 1 { "s" } else { "" }));
                 match udp_run(&tools, sc, *size, o.duration) {
@@ -236,6 +238,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 bar.inc(1);
             }
             let _ = tools.router(&["lab", "down"]);
+            if sc.router {
+                for r in &mut runs[first..] {
+                    r.worker_nice = Some(o.worker_nice.unwrap_or(forwarding::dataplane::DEFAULT_WORKER_NICE));
+                    r.transit_filter = (sc.dataplane == "afpacket").then_some(!o.no_transit_filter);
+                }
+            }
         }
     }
     bar.finish_and_clear();

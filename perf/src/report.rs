@@ -25,6 +25,12 @@ pub struct Run {
     pub router_drops: u64,
     /// Busy CPU seconds of the whole machine per million packets delivered.
     pub cpu_secs_per_mpkt: Option<f64>,
+    /// How the routers ran (router scenarios only), so that runs with other settings are
+    /// told apart: their workers' nice value, and (afpacket) whether the transit filter was on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_nice: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transit_filter: Option<bool>,
 }
 
 impl Run {
@@ -56,6 +62,8 @@ impl Run {
             reordered: s.reordered,
             router_drops,
             cpu_secs_per_mpkt: (s.received > 0).then(|| cpu / (s.received as f64 / 1e6)),
+            worker_nice: None,
+            transit_filter: None,
         }
     }
 
@@ -73,6 +81,8 @@ impl Run {
             reordered: 0,
             router_drops: 0,
             cpu_secs_per_mpkt: None,
+            worker_nice: None,
+            transit_filter: None,
         }
     }
 
@@ -128,6 +138,14 @@ fn markdown(runs: &[Run]) -> String {
             s.push_str(&format!("- **{}**: {}\n", r.scenario, scenario_note(&r.scenario)));
             seen.push(r.scenario.clone());
         }
+    }
+    if let Some(nice) = runs.iter().find_map(|r| r.worker_nice) {
+        let filter = match runs.iter().find_map(|r| r.transit_filter) {
+            Some(true) => "; transit filter on",
+            Some(false) => "; transit filter off",
+            None => "",
+        };
+        s.push_str(&format!("\nRouters' workers at nice {nice}{filter}.\n"));
     }
     s
 }
@@ -190,6 +208,19 @@ mod tests {
         }
         assert!(std::fs::read_to_string(dir.join("forward.svg")).expect("svg").contains("<svg"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn router_settings_are_recorded_with_the_runs() {
+        let (k, r) = (&SCENARIOS[0], &SCENARIOS[1]);
+        let mut runs = vec![udp(k, Size::Fixed(64), 800), udp(r, Size::Fixed(64), 400)];
+        runs[1].worker_nice = Some(0);
+        runs[1].transit_filter = Some(false);
+        let md = markdown(&runs);
+        assert!(md.contains("Routers' workers at nice 0; transit filter off."), "{md}");
+        let json = serde_json::to_value(&runs).expect("json");
+        assert!(json[0].get("worker_nice").is_none(), "the kernel run has no router");
+        assert_eq!((json[1]["worker_nice"].as_i64(), json[1]["transit_filter"].as_bool()), (Some(0), Some(false)));
     }
 
     #[test]
