@@ -41,19 +41,42 @@ fn inline(v: u32) -> Option<u32> {
 ///
 /// Most points are /64 or shorter boundaries, whose low 64 bits are zero: such a point `p`
 /// is at or below an address `a` exactly when `p >> 64 <= a >> 64`, so those leaves keep
-/// 8-byte keys and only the rest (`WIDE`) keep 16.
+/// 8-byte keys and only the rest (`WIDE`) keep 16. In a narrow leaf of a region `/len` the
+/// top `len` bits of every point are the region's, so a key keeps the point's next
+/// `64 - len` bits and its answer in the low `len` bits ([`pack`]): the search ends on the
+/// answer's cache line, without a second array to read.
 #[derive(Debug, Default)]
 struct Seg {
     /// The entry for the whole /16.
     root: u32,
     nodes: Vec<[u32; 256]>,
     narrow: Vec<u64>,
-    narrow_vals: Vec<u32>,
     wide: Vec<u128>,
     wide_vals: Vec<u32>,
     /// Set instead of the trie when the points outgrow what an entry can address (millions
     /// of routes in one /16): one sorted run, searched whole.
     flat: Option<(Vec<u128>, Vec<u32>)>,
+}
+
+/// A narrow key: point `hi` (the top 64 bits) in a region `/len` (16 to 56), with answer `v`;
+/// `None` if `v` does not fit in `len` bits. All ones stand for [`NONE`].
+fn pack(hi: u64, len: u32, v: u32) -> Option<u64> {
+    let ones = (1u64 << len) - 1;
+    let field = if v == NONE { ones } else { Some(u64::from(v)).filter(|&v| v < ones)? };
+    Some((hi << len) | field)
+}
+
+/// The answer in the narrow leaf `keys` of a region `/len` for an address whose top 64 bits
+/// are `hi`.
+#[inline]
+fn search_packed(keys: &[u64], len: u32, hi: u64) -> u32 {
+    let ones = (1u64 << len) - 1;
+    let q = (hi << len) | ones;
+    let k = keys.partition_point(|&x| x <= q);
+    match keys.get(k.wrapping_sub(1)) {
+        Some(&x) if x & ones != ones => (x & ones) as u32,
+        _ => NONE,
+    }
 }
 
 /// The answer among sorted `keys` (which start at or below `a`).
@@ -79,7 +102,8 @@ impl Seg {
             }
             shift -= STRIDE;
         }
-        self.leaf(e, a)
+        // `e` is the entry of a region /(64 - STRIDE - shift).
+        self.leaf(e, 64 - STRIDE - shift, a)
     }
 
     /// The rest of a walk that reached /64 with entry `e` (rare: routes longer than /64).
@@ -93,12 +117,14 @@ impl Seg {
             }
             shift = shift.saturating_sub(STRIDE);
         }
-        self.leaf(e, a)
+        // Regions this deep have no narrow leaves.
+        self.leaf(e, 64, a)
     }
 
-    /// The answer for `a` in the leaf of entry `e` (the flat run if `e` is no leaf).
+    /// The answer for `a` in the leaf of entry `e` of a region `/len` (the flat run if `e` is
+    /// no leaf).
     #[inline]
-    fn leaf(&self, e: u32, a: u128) -> u32 {
+    fn leaf(&self, e: u32, len: u32, a: u128) -> u32 {
         if e & LEAF == 0 {
             return self.flat_lookup(a);
         }
@@ -108,13 +134,12 @@ impl Seg {
             return if lo == INLINE_NONE as usize { NONE } else { lo as u32 };
         }
         let r = lo..lo + (e & 0xff) as usize;
-        let vals = if e & WIDE == 0 { &self.narrow_vals } else { &self.wide_vals };
-        if r.len() == 1 {
-            // One point, at the region's start: no need to read it.
-            return vals.get(lo).copied().unwrap_or(NONE);
-        }
         if e & WIDE == 0 {
-            search(self.narrow.get(r.clone()).unwrap_or(&[]), self.narrow_vals.get(r).unwrap_or(&[]), (a >> 64) as u64)
+            // A single point is the region's start, so at or below every address in it.
+            search_packed(self.narrow.get(r).unwrap_or(&[]), len.min(56), (a >> 64) as u64)
+        } else if r.len() == 1 {
+            // One point, at the region's start: no need to read it.
+            self.wide_vals.get(lo).copied().unwrap_or(NONE)
         } else {
             search(self.wide.get(r.clone()).unwrap_or(&[]), self.wide_vals.get(r).unwrap_or(&[]), a)
         }
@@ -130,7 +155,7 @@ impl Seg {
         self.nodes.capacity() * 1024
             + self.narrow.capacity() * 8
             + self.wide.capacity() * 16
-            + (self.narrow_vals.capacity() + self.wide_vals.capacity()) * 4
+            + self.wide_vals.capacity() * 4
             + flat
     }
 
@@ -155,7 +180,6 @@ impl Seg {
         }
         seg.nodes.shrink_to_fit();
         seg.narrow.shrink_to_fit();
-        seg.narrow_vals.shrink_to_fit();
         seg.wide.shrink_to_fit();
         seg.wide_vals.shrink_to_fit();
         seg
@@ -198,22 +222,31 @@ impl Seg {
                     return Some(e);
                 }
             }
-            let wide = inner.iter().any(|&(at, _)| at as u64 != 0) || net as u64 != 0;
+            let narrow: Option<Vec<u64>> = (u32::from(len) < 64)
+                .then(|| {
+                    std::iter::once((net, start))
+                        .chain(inner.iter().copied())
+                        .map(|(at, v)| {
+                            Some(at)
+                                .filter(|at| *at as u64 == 0)
+                                .and_then(|at| pack((at >> 64) as u64, u32::from(len), v))
+                        })
+                        .collect()
+                })
+                .flatten();
+            let wide = narrow.is_none();
             let count = inner.len() + 1;
             let lo = if wide { self.wide.len() } else { self.narrow.len() };
             if count > 0xff || lo + count > limit {
                 return None;
             }
-            let points = std::iter::once((net, start)).chain(inner);
-            if wide {
-                for (at, v) in points {
-                    self.wide.push(at);
-                    self.wide_vals.push(v);
-                }
-            } else {
-                for (at, v) in points {
-                    self.narrow.push((at >> 64) as u64);
-                    self.narrow_vals.push(v);
+            match narrow {
+                Some(keys) => self.narrow.extend(keys),
+                None => {
+                    for (at, v) in std::iter::once((net, start)).chain(inner) {
+                        self.wide.push(at);
+                        self.wide_vals.push(v);
+                    }
                 }
             }
             let e = LEAF | if wide { WIDE } else { 0 } | ((lo as u32) << 8) | count as u32;
@@ -537,6 +570,33 @@ mod tests6 {
             assert_eq!(t.lookup(a | 0xffff), v, "{a:#x}");
         }
         assert_eq!(t.lookup(0x2001_0db8_00ff_u128 << 80), NONE, "between the prefixes");
+    }
+
+    #[test]
+    fn answers_too_big_for_a_narrow_key_are_kept_whole() {
+        // A leaf of the whole /16 keeps 16 bits of answer beside each key, one at /24 keeps
+        // 24: the values at and above each limit must take the wide form and come back.
+        for (len, width) in [(32u8, 16u32), (40, 24)] {
+            let values = [0, (1 << width) - 2, (1 << width) - 1, 1 << width, NONE - 1, 7];
+            let p: Vec<(u128, u8, u32)> = values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| ((0x2a00_0000u128 << 96) | ((i as u128 * 2) << (128 - u32::from(len))), len, v))
+                .collect();
+            let t = Lpm6::build(&p);
+            for &(a, _, v) in &p {
+                assert_eq!(t.lookup(a), v, "/{len} {a:#x}");
+                assert_eq!(t.lookup(a | (u128::MAX >> len)), v, "/{len} {a:#x}");
+                assert_eq!(t.lookup(a + (1 << (128 - u32::from(len)))), NONE, "/{len} after {a:#x}");
+            }
+            // With a second /24 full of routes, the first /24 becomes a leaf of its own.
+            let mut dense = p.clone();
+            dense.extend((0..80u128).map(|i| ((0x2a00_0100u128 << 96) | (i << 88), 40, 9)));
+            let t = Lpm6::build(&dense);
+            for &(a, l, v) in &dense {
+                assert_eq!(t.lookup(a), v, "dense /{l} {a:#x}");
+            }
+        }
     }
 
     #[test]
