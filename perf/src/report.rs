@@ -17,6 +17,10 @@ pub struct Run {
     pub gbps: f64,
     /// The same size (or stream count) through kernel forwarding in this run = 1.0.
     pub ratio_to_kernel: Option<f64>,
+    /// IPIP runs: the same size and workers through the router's direct path (`afpacket`)
+    /// in this run = 1.0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_direct: Option<f64>,
     /// Packets sent but not received (UDP), plus what the routers counted as dropped.
     pub drops: u64,
     pub sent: u64,
@@ -56,6 +60,7 @@ impl Run {
             pps,
             gbps: s.bytes as f64 * 8.0 / secs / 1e9,
             ratio_to_kernel: None,
+            ratio_to_direct: None,
             drops: g.sent.saturating_sub(s.received),
             sent: g.sent,
             received: s.received,
@@ -75,6 +80,7 @@ impl Run {
             pps: 0.0,
             gbps: bps / 1e9,
             ratio_to_kernel: None,
+            ratio_to_direct: None,
             drops: 0,
             sent: 0,
             received: 0,
@@ -103,6 +109,14 @@ pub fn finish(runs: &mut [Run], out: &Path) -> anyhow::Result<()> {
             r.ratio_to_kernel = (base > 0.0).then(|| mine / base);
         }
     }
+    // IPIP against the router's direct path, same size and worker count.
+    let direct: Vec<Run> = runs.iter().filter(|r| r.scenario == "afpacket").cloned().collect();
+    for r in runs.iter_mut().filter(|r| r.scenario.starts_with("afpacket-ipip")) {
+        if let Some(d) = direct.iter().find(|d| d.packet_size == r.packet_size && d.workers == r.workers) {
+            let (mine, base) = if r.pps > 0.0 { (r.pps, d.pps) } else { (r.gbps, d.gbps) };
+            r.ratio_to_direct = (base > 0.0).then(|| mine / base);
+        }
+    }
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("forward.json"), serde_json::to_string_pretty(&runs)?)?;
     let md = markdown(runs);
@@ -115,23 +129,24 @@ pub fn finish(runs: &mut [Run], out: &Path) -> anyhow::Result<()> {
 
 fn markdown(runs: &[Run]) -> String {
     let mut s = String::from(
-        "| scenario | size | workers | pps | Gbit/s | × kernel | lost | router drops | CPU s / Mpkt |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | size | workers | pps | Gbit/s | × kernel | × direct | lost | router drops | CPU s / Mpkt |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.3} | {} | {} | {} | {} | {} |\n",
             r.scenario,
             r.size_label(),
             r.workers,
             if r.pps > 0.0 { format!("{:.0}", r.pps) } else { "–".into() },
             r.gbps,
             r.ratio_to_kernel.map_or("–".into(), |x| format!("{x:.2}")),
+            r.ratio_to_direct.map_or("–".into(), |x| format!("{x:.2}")),
             r.drops,
             r.router_drops,
             r.cpu_secs_per_mpkt.map_or("–".into(), |x| format!("{x:.2}")),
         ));
     }
-    s.push('\n');
+    s.push_str("\n× direct: IPIP runs against `afpacket` with the same size and workers.\n\n");
     let mut seen = Vec::new();
     for r in runs {
         if !seen.contains(&r.scenario) {
@@ -208,6 +223,32 @@ mod tests {
         }
         assert!(std::fs::read_to_string(dir.join("forward.svg")).expect("svg").contains("<svg"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn ipip_runs_are_also_against_the_direct_path_of_the_same_size_and_workers() {
+        let by = |n: &str| SCENARIOS.iter().find(|s| s.name == n).expect(n);
+        let (k, d, x, ab) = (by("kernel"), by("afpacket"), by("afpacket-ipip"), by("afpacket-ipip-ab"));
+        let mut runs = vec![
+            udp(k, Size::Fixed(64), 800),
+            udp(d, Size::Fixed(64), 500),
+            udp(x, Size::Fixed(64), 400),
+            udp(ab, Size::Fixed(64), 450),
+            udp(x, Size::Fixed(512), 400),
+        ];
+        runs[2].workers = 2;
+        runs.push(udp(d, Size::Fixed(64), 800));
+        runs[5].workers = 2;
+        let dir = std::env::temp_dir().join(format!("perf-report-direct-{}", std::process::id()));
+        finish(&mut runs, &dir).expect("report");
+        let _ = std::fs::remove_dir_all(dir);
+        assert_eq!(runs[2].ratio_to_direct, Some(0.5), "against the 2-worker direct run");
+        assert_eq!(runs[3].ratio_to_direct, Some(0.9));
+        assert_eq!(runs[4].ratio_to_direct, None, "no direct run of that size");
+        assert_eq!((runs[0].ratio_to_direct, runs[1].ratio_to_direct), (None, None));
+        let md = markdown(&runs);
+        assert!(md.contains("| afpacket-ipip-ab | 64 | 1 | 450 | 0.000 | 0.56 | 0.90 |"), "{md}");
+        assert!(md.contains("IPIP on the direct path"), "{md}");
     }
 
     #[test]
