@@ -5,6 +5,7 @@
 //! criterion version of the lookups is `--bench fib_criterion`.
 
 use forwarding::lpm::{Lpm4, Lpm4Writer, Lpm6, Lpm6Writer};
+use forwarding::snapshot::Published;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
@@ -134,8 +135,23 @@ struct UpdateRun {
     /// Lookups per second of the reader thread while updates ran, and with none running.
     reader_lookups_per_sec: f64,
     reader_idle_lookups_per_sec: f64,
-    /// The longest a reader's batch of 64 lookups took while updates ran.
+    /// The longest a reader's batch of 64 lookups took while updates ran, and with none
+    /// running for as long.
     reader_worst_batch_us: f64,
+    reader_idle_worst_batch_us: f64,
+    /// The reader thread's voluntary context switches while updates ran (it blocked: on a
+    /// lock, in the allocator, in a syscall), and involuntary ones (the scheduler took its
+    /// core away).
+    reader_sleeps: u64,
+    reader_preemptions: u64,
+}
+
+/// This thread's (voluntary, involuntary) context switches so far.
+fn switches() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    let field =
+        |name: &str| s.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    (field("voluntary_ctxt_switches:"), field("nonvoluntary_ctxt_switches:"))
 }
 
 /// Our two writers and their snapshots, as the update benchmark drives them.
@@ -199,10 +215,12 @@ fn concurrent_updates<W: Writer>(
 ) -> UpdateRun {
     let set = if every_update { churn_of(p, EVERY_UPDATE_CHURN) } else { churn(p) };
     let mut w = W::new(p);
-    let handle = Arc::new(arc_swap::ArcSwap::from_pointee(w.publish()));
-    let reader = |handle: Arc<arc_swap::ArcSwap<W::Snap>>, stop: Arc<AtomicBool>, addrs: Vec<W::Addr>| {
+    // The data plane's publication point: a reader never frees an old snapshot.
+    let handle = Published::new(w.publish());
+    let reader = |handle: Published<W::Snap>, stop: Arc<AtomicBool>, addrs: Vec<W::Addr>| {
         std::thread::spawn(move || {
             let (mut n, mut worst, mut out) = (0u64, 0f64, [0u32; 64]);
+            let s0 = switches();
             let t0 = Instant::now();
             'run: loop {
                 for chunk in addrs.chunks(64) {
@@ -216,23 +234,18 @@ fn concurrent_updates<W: Writer>(
                     }
                 }
             }
-            (n as f64 / t0.elapsed().as_secs_f64(), worst)
+            let rate = n as f64 / t0.elapsed().as_secs_f64();
+            let s1 = switches();
+            (rate, worst, (s1.0.saturating_sub(s0.0), s1.1.saturating_sub(s0.1)))
         })
     };
-    let idle = {
-        let stop = Arc::new(AtomicBool::new(false));
-        let r = reader(Arc::clone(&handle), Arc::clone(&stop), addrs.to_vec());
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
-        r.join().map(|x| x.0).unwrap_or(0.0)
-    };
     let stop = Arc::new(AtomicBool::new(false));
-    let r = reader(Arc::clone(&handle), Arc::clone(&stop), addrs.to_vec());
+    let r = reader(handle.clone(), Arc::clone(&stop), addrs.to_vec());
     let mut publishes = 0;
     let mut last = Instant::now();
     let mut maybe_publish = |w: &mut W| {
         if every_update || last.elapsed().as_micros() >= 1000 {
-            handle.store(Arc::new(w.publish()));
+            handle.publish(w.publish());
             publishes += 1;
             last = Instant::now();
         }
@@ -246,10 +259,20 @@ fn concurrent_updates<W: Writer>(
         w.insert(a, len, v);
         maybe_publish(&mut w);
     }
-    handle.store(Arc::new(w.publish()));
+    handle.publish(w.publish());
     let secs = t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    let (during, worst) = r.join().unwrap_or((0.0, 0.0));
+    let (during, worst, sw) = r.join().unwrap_or((0.0, 0.0, (0, 0)));
+    // The same reader for as long again with no writer: its worst batch there is what the
+    // machine itself does to it (preemption, interrupts).
+    let (idle, idle_worst) = {
+        let stop = Arc::new(AtomicBool::new(false));
+        let r = reader(handle.clone(), Arc::clone(&stop), addrs.to_vec());
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.3)));
+        stop.store(true, Ordering::Relaxed);
+        let (rate, worst, _) = r.join().unwrap_or((0.0, 0.0, (0, 0)));
+        (rate, worst)
+    };
     UpdateRun {
         family,
         publish: if every_update { "every update" } else { "every 1 ms" },
@@ -258,6 +281,9 @@ fn concurrent_updates<W: Writer>(
         reader_lookups_per_sec: during,
         reader_idle_lookups_per_sec: idle,
         reader_worst_batch_us: worst * 1e6,
+        reader_idle_worst_batch_us: idle_worst * 1e6,
+        reader_sleeps: sw.0,
+        reader_preemptions: sw.1,
     }
 }
 
@@ -485,17 +511,20 @@ fn main() {
     println!(
         "\nSingle-route updates (withdrawals, then the same announced again: 100 000 each, or 5 000 when every update is published) through our writers while a reader thread looks up:"
     );
-    println!("| family | publish | updates/s | snapshots | reader lookups/s (during / idle) | reader's worst batch of 64 |\n|---|---|---:|---:|---:|---:|");
+    println!("| family | publish | updates/s | snapshots | reader lookups/s (during / idle) | reader's worst batch of 64 (during / idle) | reader sleeps / preemptions |\n|---|---|---:|---:|---:|---:|---:|");
     for u in &runs {
         println!(
-            "| {} | {} | {} | {} | {:.1} M / {:.1} M | {:.0} µs |",
+            "| {} | {} | {} | {} | {:.1} M / {:.1} M | {:.0} µs / {:.0} µs | {} / {} |",
             u.family,
             u.publish,
             per_sec(u.updates_per_sec),
             u.publishes,
             u.reader_lookups_per_sec / 1e6,
             u.reader_idle_lookups_per_sec / 1e6,
-            u.reader_worst_batch_us
+            u.reader_worst_batch_us,
+            u.reader_idle_worst_batch_us,
+            u.reader_sleeps,
+            u.reader_preemptions
         );
     }
     println!();

@@ -9,7 +9,6 @@
 
 use crate::iface::IfaceId;
 use crate::lpm::{Lpm4, Lpm4Writer, NONE};
-use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -277,34 +276,10 @@ impl FibWriter {
     }
 }
 
-/// The publication point shared by the control thread (writer) and the workers (readers).
-#[derive(Debug, Clone)]
-pub struct FibHandle {
-    current: Arc<ArcSwap<Fib>>,
-}
-
-impl Default for FibHandle {
-    fn default() -> Self {
-        Self::new(Fib::default())
-    }
-}
-
-impl FibHandle {
-    pub fn new(fib: Fib) -> Self {
-        FibHandle { current: Arc::new(ArcSwap::from_pointee(fib)) }
-    }
-
-    /// Replaces the snapshot atomically; readers switch at their next batch.
-    pub fn publish(&self, fib: Fib) {
-        self.current.store(Arc::new(fib));
-    }
-
-    /// The current snapshot; hold it for one batch, not longer.
-    #[inline]
-    pub fn load(&self) -> arc_swap::Guard<Arc<Fib>> {
-        self.current.load()
-    }
-}
+/// The publication point shared by the control thread (writer) and the workers (readers):
+/// [`FibHandle::publish`] replaces the snapshot atomically, readers switch at their next
+/// batch, and old snapshots are freed by the writer, never by a worker.
+pub type FibHandle = crate::snapshot::Published<Fib>;
 
 #[cfg(test)]
 mod tests {

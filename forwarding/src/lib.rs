@@ -15,6 +15,7 @@ pub mod kfilter;
 pub mod lpm;
 pub mod neigh;
 pub mod pipeline;
+pub mod snapshot;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tap;

@@ -7,11 +7,9 @@
 
 use crate::counters::DropReason;
 use crate::iface::IfaceId;
-use arc_swap::ArcSwap;
 use encap::MacAddr;
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A neighbour as learned from ARP.
@@ -47,22 +45,8 @@ impl NeighTable {
     }
 }
 
-/// Publication point for neighbour snapshots.
-#[derive(Debug, Clone, Default)]
-pub struct NeighHandle {
-    current: Arc<ArcSwap<NeighTable>>,
-}
-
-impl NeighHandle {
-    pub fn publish(&self, t: NeighTable) {
-        self.current.store(Arc::new(t));
-    }
-
-    #[inline]
-    pub fn load(&self) -> arc_swap::Guard<Arc<NeighTable>> {
-        self.current.load()
-    }
-}
+/// Publication point for neighbour snapshots (freed by the writer, as the FIB's are).
+pub type NeighHandle = crate::snapshot::Published<NeighTable>;
 
 /// Timers and limits of resolution.
 #[derive(Debug, Clone, Copy)]
