@@ -3,13 +3,13 @@
 
 use crate::admin::{self, Request};
 use crate::bgp::session::{PeerConfig, PeerKind, Speaker, SpeakerConfig};
-use crate::config::{DataplaneMode, NodeConfig};
+use crate::config::{DataplaneMode, IpipMode, NodeConfig};
 use crate::ipcmd;
 use crate::routes::{self, RouteEntry};
 use anyhow::{bail, Context as _};
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
 use forwarding::fib::{FibWriter, Tunnels};
-use forwarding::{FibHandle, IfaceId, IfaceRole, Interface, Interfaces};
+use forwarding::{FibHandle, IfaceRole, Interface, Interfaces};
 use ipnet::Ipv4Net;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -22,8 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Finds the data plane's interfaces in this network namespace: the uplink and every pod
-/// interface (afpacket), or the raw IPIP socket and `tunl0` (tun).
+/// Finds the data plane's interfaces in this network namespace: the uplink, every pod
+/// interface and, when a pool uses IPIP, `tunl0` for the node's own traffic into the tunnel
+/// (afpacket); or the raw IPIP socket and `tunl0` (tun).
 pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
     let mut list = Vec::new();
     let up = forwarding::sys::link_info(&cfg.uplink.interface)
@@ -52,6 +53,14 @@ pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
             mtu: l.mtu,
             role: IfaceRole::Pod { addr: p.address },
         });
+    }
+    // The node's kernel cannot wrap IPIP itself. As in Calico, its routes to the blocks
+    // behind the tunnel point into `tunl0`, and the router wraps what it reads there: a
+    // host-network process reaches pods on other subnets, and their replies reach it.
+    if cfg.pools.iter().any(|p| p.ipip_mode != IpipMode::Never) {
+        let mtu = up.mtu.saturating_sub(encap::ipip::OVERHEAD as u16);
+        let zero = encap::MacAddr::ZERO;
+        list.push(Interface { name: routes::TUN_NAME.into(), ifindex: 0, mac: zero, mtu, role: IfaceRole::Tun });
     }
     Ok(Interfaces::new(list))
 }
@@ -351,8 +360,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         tun_dropped: None,
         filter,
     };
-    if node.cfg.dataplane == DataplaneMode::Tun {
-        let mtu = node.dp.interfaces().get(IfaceId(1)).map_or(1480, |f| f.mtu).to_string();
+    if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
+        let mtu = node.dp.interfaces().get(tun).map_or(1480, |f| f.mtu).to_string();
         // A longer queue than TUN's default 500 absorbs bursts while a worker is busy.
         if let Err(e) = ipcmd::ip(&["link", "set", routes::TUN_NAME, "up", "mtu", &mtu, "txqueuelen", "10000"]) {
             node.dp.stop();
@@ -516,10 +525,10 @@ fn bind_admin(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 impl Node {
-    /// In tun mode the kernel drops what tunl0's queue cannot hold before we read it; those
-    /// packets are ours to count too.
+    /// The kernel drops what tunl0's queue cannot hold before we read it; those packets are
+    /// ours to count too.
     fn account_tun_drops(&mut self) {
-        if self.cfg.dataplane != DataplaneMode::Tun {
+        if self.dp.interfaces().by_role(|r| *r == IfaceRole::Tun).is_none() {
             return;
         }
         let path = format!("/sys/class/net/{}/statistics/tx_dropped", routes::TUN_NAME);

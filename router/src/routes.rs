@@ -263,6 +263,7 @@ fn build_inner(
             }
         };
         let mode = cfg.ipip_mode_for(&r.prefix);
+        let in_pool = cfg.pools.iter().any(|p| p.cidr.contains(&r.prefix));
         let on_link = subnet.contains(&gw);
         let encap = match mode {
             IpipMode::Always => true,
@@ -301,11 +302,12 @@ fn build_inner(
                 source: src,
                 kernel: false,
             });
-            if tun {
+            // afpacket: the node's own traffic to these blocks goes into tunl0, where the
+            // router wraps it (without tunl0, the kernel has no way there).
+            if tun || (tun_if.is_some() && (in_pool || src != RouteSource::Bgp)) {
                 t.kernel.push(KernelRoute::Dev { prefix: r.prefix, dev: TUN_NAME.into() });
             }
         } else {
-            let in_pool = cfg.pools.iter().any(|p| p.cidr.contains(&r.prefix));
             let why = match (in_pool, on_link) {
                 (false, _) => format!("outside the IP pools: never tunnelled; {gw} is the next hop"),
                 (true, true) if mode == IpipMode::Never => format!("{gw} is inside {subnet} (ipipMode Never)"),
@@ -490,6 +492,38 @@ via = "192.168.100.1"
         let c = NodeConfig::parse(Path::new("n.toml"), &text).expect("config");
         let e = build(&c, &afpacket_ifaces(&c), &[]).expect_err("unreachable");
         assert!(e.contains("192.168.200.101") && e.contains("no route"), "{e}");
+    }
+
+    #[test]
+    fn afpacket_routes_the_nodes_own_traffic_for_tunnelled_blocks_into_tunl0() {
+        let c = cfg("CrossSubnet", "afpacket");
+        let dev = |t: &Table, p: &str| {
+            t.kernel.contains(&KernelRoute::Dev { prefix: p.parse().expect("net"), dev: TUN_NAME.into() })
+        };
+        // Without a tunl0 the kernel has no route there at all.
+        let t = build(&c, &afpacket_ifaces(&c), &[]).expect("table");
+        assert!(!dev(&t, "10.244.3.0/26"));
+        let mut list: Vec<Interface> = afpacket_ifaces(&c).iter().map(|(_, f)| f.clone()).collect();
+        list.push(Interface {
+            name: TUN_NAME.into(),
+            ifindex: 0,
+            mac: encap::MacAddr::ZERO,
+            mtu: 1480,
+            role: IfaceRole::Tun,
+        });
+        let t = build(&c, &Interfaces::new(list), &[]).expect("table");
+        assert!(dev(&t, "10.244.3.0/26"), "{:?}", t.kernel);
+        // The router still forwards the pods' packets itself, out of the uplink.
+        let (e, nh) = row(&t, "10.244.3.0/26");
+        assert_eq!(e.interface.as_deref(), Some("eth0"));
+        assert_eq!(nh, NextHop::Ipip { iface: UP, gateway: ip("192.168.100.1"), remote: ip("192.168.200.101") });
+        // Blocks on the node's own subnet keep their route through the uplink.
+        assert!(!dev(&t, "10.244.2.0/26"));
+        assert!(t.kernel.contains(&KernelRoute::Via {
+            prefix: "10.244.2.0/26".parse().expect("net"),
+            gateway: ip("192.168.100.101"),
+            dev: "eth0".into()
+        }));
     }
 
     #[test]

@@ -143,6 +143,29 @@ for _ in range(3): s.sendto(pkt, ('192.168.200.101', 0))
     assert!(rows.iter().all(|r| r[0] == POD_A1), "pod-c1 saw the forged packet: {rows:?}");
 }
 
+/// The nodes' own traffic crosses the tunnel too, as host-network pods' does in Calico: the
+/// node's kernel routes remote blocks into tunl0 and the router wraps what it reads there.
+/// Pods reach the other subnet's node address as well: the reply goes back through tunl0.
+fn nodes_reach_pods_on_other_subnets(dp: &str) {
+    let lab = up(dp, "cross-subnet");
+    for (from, to) in [("node-c", POD_A1), ("node-a", POD_C1), ("pod-a1", NODE_C), ("pod-c1", NODE_A)] {
+        let (ok, out) = ping(&lab, from, &["-c", "3", "-i", "0.2", "-W", "2", to]);
+        assert!(ok, "{from} -> {to}: {out}");
+        assert_no_loss(&out);
+    }
+    let route = lab.exec("node-c", &["ip", "route", "show", "10.244.1.0/26"]);
+    assert!(String::from_utf8_lossy(&route.stdout).contains("dev tunl0"), "{route:?}");
+    // On the wire between the subnets: node-c's own request, wrapped from node to node.
+    let cap = start_capture(&lab, "underlay", "eth0", "ip proto 4", 1);
+    let (ok, out) = ping(&lab, "node-c", &["-c", "1", "-W", "2", POD_A1]);
+    assert!(ok, "{out}");
+    let rows = cap.fields(&["ip.src", "ip.dst", "icmp.type"]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0][0], format!("{NODE_C},{NODE_C}"), "outer and inner source: {rows:?}");
+    assert_eq!(rows[0][1], format!("{NODE_A},{POD_A1}"), "outer and inner destination: {rows:?}");
+    assert_eq!(rows[0][2], "8");
+}
+
 /// afpacket only: with a pod MTU too big for the tunnel, the router itself answers DF packets
 /// with "fragmentation needed" carrying the tunnel MTU.
 #[test]
@@ -186,4 +209,5 @@ both_modes!(
     modes_decide_what_is_wrapped,
     large_packets_arrive_or_are_refused_loudly,
     forged_ipip_from_the_underlay_is_dropped,
+    nodes_reach_pods_on_other_subnets,
 );
