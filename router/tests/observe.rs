@@ -253,13 +253,25 @@ fn lab_tour_runs_start_to_end() {
         "plain routing",
         "not the node's kernel",
         "IPIP",
+        "tunl0",
         "1500-byte",
     ] {
         assert!(all.contains(claim), "the tour skipped {claim:?}:\n{all}");
     }
     assert!(all.contains("4,1"), "the IPIP capture shows both headers:\n{all}");
     assert!(all.contains("direct-action") && all.contains("this BPF program"), "the transit filter is shown:\n{all}");
+    assert!(all.contains("10.244.1.0/26 scope link"), "node-c's route into tunl0 is shown:\n{all}");
     assert!(all.contains("That is the whole story"), "{all}");
+}
+
+#[test]
+fn lab_tour_refuses_a_lab_without_ipip_and_says_why() {
+    let lab = TestLab::up(&["--ipip-mode", "never"]);
+    let out = lab.router(&["lab", "tour"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("ipipMode Never") && err.contains("router lab up"), "{err}");
+    assert!(text(&out.stdout).is_empty(), "nothing half-told before the refusal");
 }
 
 #[test]

@@ -76,7 +76,14 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     let Some(st) = lab.state()? else {
         bail!("lab {:?} is not up; start it with `router lab up` (the tour runs in the seed lab)", lab.name);
     };
-    let (b1, c1) = (addr(&st, "pod-b1")?, addr(&st, "pod-c1")?);
+    if st.ipip_mode == crate::config::IpipMode::Never.name() {
+        bail!(
+            "lab {:?} runs with ipipMode Never, so node-c's pods are out of reach and the tour's IPIP steps \
+             cannot run; bring it up with the default mode: `router lab down && router lab up`",
+            lab.name
+        );
+    }
+    let (a1, b1, c1) = (addr(&st, "pod-a1")?, addr(&st, "pod-b1")?, addr(&st, "pod-c1")?);
     let cali = st.host("pod-a1").and_then(|h| h.interface.clone()).context("pod-a1 has no cali interface")?;
     let nodes = st.hosts.iter().filter(|h| h.role == Role::Node).count();
     let mut t = Tour { lab, exe, step: 0 };
@@ -162,6 +169,10 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&pcap);
     t.router(&["trace", "pod-a1", "pod-c1"])?;
+
+    t.title("The node's own traffic into the tunnel: tunl0", "Calico gives each node a tunl0, and the node's routes to blocks behind the tunnel point into it. With no ipip module in the kernel, tunl0 here is a TUN device the router owns: what the kernel routes there, the router wraps.");
+    t.exec("node-c", &["ip", "route", "show", "dev", "tunl0"], true)?;
+    t.exec("node-c", &["ping", "-c", "1", "-W", "2", &a1], true)?;
 
     t.title("What happens to a 1500-byte packet", "The outer header costs 20 bytes, so pods get MTU 1480. With DF set, a 1500-byte packet is refused at once; without DF it is fragmented and arrives.");
     t.exec("pod-a1", &["cat", "/sys/class/net/eth0/mtu"], true)?;
