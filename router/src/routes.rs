@@ -282,9 +282,14 @@ fn build_inner(
             ));
         };
         if encap {
-            let why = match mode {
-                IpipMode::Always => "ipipMode Always".to_string(),
-                _ => format!("{gw} is outside {subnet} (CrossSubnet)"),
+            // Only displays need the reason; a full table would format a million of them.
+            let why = if !with_entries {
+                String::new()
+            } else {
+                match mode {
+                    IpipMode::Always => "ipipMode Always".to_string(),
+                    _ => format!("{gw} is outside {subnet} (CrossSubnet)"),
+                }
             };
             let (nh, dev) = if tun {
                 (NextHop::Ipip { iface: out_if, gateway: gw, remote: gw }, TUN_NAME)
@@ -308,12 +313,16 @@ fn build_inner(
                 t.kernel.push(KernelRoute::Dev { prefix: r.prefix, dev: TUN_NAME.into() });
             }
         } else {
-            let why = match (in_pool, on_link) {
-                (false, _) => format!("outside the IP pools: never tunnelled; {gw} is the next hop"),
-                (true, true) if mode == IpipMode::Never => format!("{gw} is inside {subnet} (ipipMode Never)"),
-                (true, true) => format!("{gw} is inside {subnet}: direct"),
-                (true, false) => {
-                    format!("ipipMode Never: sent unencapsulated via {hop}, whose router must know the route")
+            let why = if !with_entries {
+                String::new()
+            } else {
+                match (in_pool, on_link) {
+                    (false, _) => format!("outside the IP pools: never tunnelled; {gw} is the next hop"),
+                    (true, true) if mode == IpipMode::Never => format!("{gw} is inside {subnet} (ipipMode Never)"),
+                    (true, true) => format!("{gw} is inside {subnet}: direct"),
+                    (true, false) => {
+                        format!("ipipMode Never: sent unencapsulated via {hop}, whose router must know the route")
+                    }
                 }
             };
             let nh = if tun { NextHop::Host } else { NextHop::Direct { iface: out_if, gateway: hop } };
