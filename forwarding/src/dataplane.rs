@@ -84,7 +84,11 @@ fn open_port(f: &crate::iface::Interface, worker: usize, workers: usize, rcvbuf:
     match f.role {
         IfaceRole::Uplink { .. } | IfaceRole::Pod { .. } => {
             let group = (workers > 1).then_some((f.ifindex & 0xffff) as u16);
-            PacketSocket::open_rx(f.ifindex, group, rcvbuf).map(Port::Packet).map_err(err)
+            // Sending on a socket of its own, which no epoll watches: every frame sent on the
+            // receive socket woke its epoll entry again when the frame was freed.
+            let rx = PacketSocket::open_rx(f.ifindex, group, rcvbuf).map_err(err)?;
+            let tx = PacketSocket::open_tx_vnet(f.ifindex).map_err(err)?;
+            Ok(Port::Packet { rx, tx })
         }
         // One queue per worker; the kernel spreads flows over the queues.
         IfaceRole::Tun => TunQueue::open(&f.name).map(Port::Tun).map_err(err),

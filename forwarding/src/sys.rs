@@ -299,6 +299,8 @@ pub struct PacketSocket {
 }
 
 const ETH_P_ALL: u16 = 0x0003;
+/// `linux/if_packet.h` (Linux 6.2); not in the libc crate.
+const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: libc::c_int = 0x4000;
 
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
     // SAFETY: val points to a live T of the size we pass.
@@ -348,7 +350,7 @@ impl PacketSocket {
         Ok(PacketSocket { fd, ifindex, vnet: false })
     }
 
-    /// A receive (and send) socket for every frame on `ifindex`, joined to the fanout group
+    /// A receive socket for every frame on `ifindex`, joined to the fanout group
     /// `group` (if any) so that several workers share the interface by flow hash. A lone
     /// worker joins none: the fanout hashes every frame's flow even for one socket. Frames
     /// we send ourselves are not looped back.
@@ -368,8 +370,17 @@ impl PacketSocket {
         let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
         if let Some(group) = group {
-            let fanout: libc::c_int = libc::c_int::from(group) | (libc::PACKET_FANOUT_HASH as libc::c_int) << 16;
-            setsockopt(fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)?;
+            // The group has its own hook, which PACKET_IGNORE_OUTGOING above does not reach:
+            // without this flag every frame our send sockets put out is cloned, hashed and
+            // offered to the group. Kernels before 6.2 do not know the flag.
+            let join = |flags: libc::c_int| {
+                let fanout = libc::c_int::from(group) | (libc::PACKET_FANOUT_HASH as libc::c_int | flags) << 16;
+                setsockopt(fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &fanout)
+            };
+            match join(PACKET_FANOUT_FLAG_IGNORE_OUTGOING) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => join(0)?,
+                r => r?,
+            }
         }
         // No PACKET_QDISC_BYPASS: it would hide our frames from tcpdump on the node, and on
         // a veth it gained nothing measurable.
@@ -401,6 +412,16 @@ impl PacketSocket {
     /// A send-only socket: bound with protocol 0, it receives nothing.
     pub fn open_tx(ifindex: u32) -> io::Result<Self> {
         Self::open(ifindex, 0)
+    }
+
+    /// A send-only socket whose frames carry a virtio-net header, for the workers.
+    pub fn open_tx_vnet(ifindex: u32) -> io::Result<Self> {
+        let mut s = Self::open(ifindex, 0)?;
+        let one: libc::c_int = 1;
+        setsockopt(s.fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)
+            .map_err(|e| io::Error::new(e.kind(), format!("PACKET_VNET_HDR: {e}")))?;
+        s.vnet = true;
+        Ok(s)
     }
 
     pub fn ifindex(&self) -> u32 {

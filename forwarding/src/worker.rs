@@ -68,8 +68,8 @@ pub enum SlowMsg {
 /// How a worker reaches one interface.
 #[derive(Debug)]
 pub enum Port {
-    /// Ethernet frames (afpacket mode).
-    Packet(PacketSocket),
+    /// Ethernet frames (afpacket mode): received on `rx`, sent on `tx`.
+    Packet { rx: PacketSocket, tx: PacketSocket },
     /// Bare IPv4 packets to and from the kernel (tun mode's `tunl0`).
     Tun(TunQueue),
     /// Outer IPIP packets (tun mode); `rx` false for a send-only socket.
@@ -83,10 +83,10 @@ impl Port {
         let one = |buf: &mut [u8]| match self {
             Port::Tun(t) => t.recv(buf),
             Port::Raw { sock, .. } => sock.recv(buf).map(|n| (n, VnetHdr::NONE)),
-            Port::Packet(_) => Err(io::ErrorKind::Unsupported.into()),
+            Port::Packet { .. } => Err(io::ErrorKind::Unsupported.into()),
         };
-        if let Port::Packet(s) = self {
-            return crate::sys::recv_batch_vnet(s.as_raw_fd(), bufs, HEADROOM, RX_MAX, lens, hdrs);
+        if let Port::Packet { rx, .. } = self {
+            return crate::sys::recv_batch_vnet(rx.as_raw_fd(), bufs, HEADROOM, RX_MAX, lens, hdrs);
         }
         // TUN and raw sockets: one read per packet, until empty or the batch is full.
         let mut k = 0;
@@ -108,10 +108,10 @@ impl Port {
     /// this port, many per system call where the socket allows; returns how many went out.
     fn send_batch(&self, frames: &[(VnetHdr, &[u8])]) -> usize {
         match self {
-            Port::Packet(s) => {
+            Port::Packet { tx, .. } => {
                 let mut done = 0;
                 while done < frames.len() {
-                    match crate::sys::send_batch_vnet(s.as_raw_fd(), &frames[done..]) {
+                    match crate::sys::send_batch_vnet(tx.as_raw_fd(), &frames[done..]) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => done += n,
                     }
@@ -125,7 +125,7 @@ impl Port {
 
     fn send(&self, data: &[u8]) -> io::Result<usize> {
         match self {
-            Port::Packet(s) => s.send(data),
+            Port::Packet { tx, .. } => tx.send(data),
             Port::Tun(t) => t.send(VnetHdr::NONE, data),
             Port::Raw { sock, .. } => sock.send(data),
         }
@@ -136,20 +136,20 @@ impl Port {
     }
 
     fn is_ethernet(&self) -> bool {
-        matches!(self, Port::Packet(_))
+        matches!(self, Port::Packet { .. })
     }
 
     /// Frames the kernel dropped before we could read them (AF_PACKET only).
     fn take_drops(&self) -> u64 {
         match self {
-            Port::Packet(s) => s.take_drops().unwrap_or(0),
+            Port::Packet { rx, .. } => rx.take_drops().unwrap_or(0),
             _ => 0,
         }
     }
 
     fn raw_fd(&self) -> i32 {
         match self {
-            Port::Packet(s) => s.as_raw_fd(),
+            Port::Packet { rx, .. } => rx.as_raw_fd(),
             Port::Tun(t) => t.as_raw_fd(),
             Port::Raw { sock, .. } => sock.as_raw_fd(),
         }
@@ -383,7 +383,7 @@ impl Worker {
         let egress = group.first().map(|o| o.0);
         let role = egress.and_then(|e| self.ifaces.get(e)).map(|f| &f.role);
         let l2 = match (egress.and_then(|e| self.ports.get(usize::from(e.0))), role) {
-            (Some(Port::Packet(_)), Some(crate::iface::IfaceRole::Pod { .. })) => Some(encap::ethernet::HEADER_LEN),
+            (Some(Port::Packet { .. }), Some(crate::iface::IfaceRole::Pod { .. })) => Some(encap::ethernet::HEADER_LEN),
             (Some(Port::Tun(_)), _) => Some(0),
             _ => None,
         };
