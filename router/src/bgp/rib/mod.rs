@@ -110,9 +110,8 @@ pub struct Rib {
     cluster_id: Option<Ipv4Addr>,
     peers: HashMap<PeerId, PeerInfo>,
     /// Peers with an Established session (only they get UPDATEs).
-    up: HashMap<PeerId, bool>,
-    /// The same peers as a list, walked for every changed prefix without collecting `up`.
-    up_list: Vec<PeerId>,
+    /// A list: it is walked for every changed prefix, and a node has few peers.
+    up: Vec<PeerId>,
     adj_in: HashMap<PeerId, PrefixMap<Path>>,
     /// Per peer, how many of its paths are stale (kept so that the check after each UPDATE
     /// does not scan a full table).
@@ -129,8 +128,7 @@ impl Rib {
             router_id,
             cluster_id,
             peers: HashMap::new(),
-            up: HashMap::new(),
-            up_list: Vec::new(),
+            up: Vec::new(),
             adj_in: HashMap::new(),
             stale: HashMap::new(),
             local: BTreeMap::new(),
@@ -169,8 +167,8 @@ impl Rib {
 
     /// A session reached Established: the peer gets our whole table, then End-of-RIB.
     pub fn peer_up(&mut self, id: PeerId, families: &[Afi]) -> Changes {
-        if self.up.insert(id, true).is_none() {
-            self.up_list.push(id);
+        if !self.up.contains(&id) {
+            self.up.push(id);
         }
         self.adj_out.insert(id, PrefixMap::default());
         let mut ch = Changes::default();
@@ -189,8 +187,7 @@ impl Rib {
     /// A session went down. With `keep_stale` (graceful restart, RFC 4724 §4.2) its routes
     /// stay, marked stale, until `end_of_rib` or `purge_stale`; otherwise they go now.
     pub fn peer_down(&mut self, id: PeerId, keep_stale: bool) -> Changes {
-        self.up.remove(&id);
-        self.up_list.retain(|p| *p != id);
+        self.up.retain(|p| *p != id);
         self.adj_out.remove(&id);
         let mut ch = Changes::default();
         if keep_stale {
@@ -399,8 +396,8 @@ impl Rib {
             }
             (Entry::Vacant(_), None) => return,
         }
-        for i in 0..self.up_list.len() {
-            let Some(&p) = self.up_list.get(i) else { break };
+        for i in 0..self.up.len() {
+            let Some(&p) = self.up.get(i) else { break };
             self.export_best(p, prefix, new.as_ref(), ch);
         }
         ch.loc.push((prefix, new));
@@ -474,7 +471,7 @@ impl Rib {
 
     /// [`Rib::export`] with the Loc-RIB's entry for `prefix` at hand.
     fn export_best(&mut self, to: PeerId, prefix: IpNet, best: Option<&Best>, ch: &mut Changes) {
-        if !self.up.contains_key(&to) {
+        if !self.up.contains(&to) {
             return;
         }
         let want = best.and_then(|b| self.export_attrs(to, b)).map(Arc::new);
