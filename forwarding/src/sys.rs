@@ -364,9 +364,7 @@ impl PacketSocket {
         let fd = s.fd.as_raw_fd();
         let one: libc::c_int = 1;
         setsockopt(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;
-        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)
-            .map_err(|e| io::Error::new(e.kind(), format!("PACKET_VNET_HDR: {e}")))?;
-        s.vnet = true;
+        s.enable_vnet()?;
         let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
         if let Some(group) = group {
@@ -417,11 +415,17 @@ impl PacketSocket {
     /// A send-only socket whose frames carry a virtio-net header, for the workers.
     pub fn open_tx_vnet(ifindex: u32) -> io::Result<Self> {
         let mut s = Self::open(ifindex, 0)?;
-        let one: libc::c_int = 1;
-        setsockopt(s.fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)
-            .map_err(|e| io::Error::new(e.kind(), format!("PACKET_VNET_HDR: {e}")))?;
-        s.vnet = true;
+        s.enable_vnet()?;
         Ok(s)
+    }
+
+    /// Every frame in and out from now on carries a virtio-net header.
+    fn enable_vnet(&mut self) -> io::Result<()> {
+        let one: libc::c_int = 1;
+        setsockopt(self.fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)
+            .map_err(|e| io::Error::new(e.kind(), format!("PACKET_VNET_HDR: {e}")))?;
+        self.vnet = true;
+        Ok(())
     }
 
     pub fn ifindex(&self) -> u32 {

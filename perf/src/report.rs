@@ -92,6 +92,12 @@ impl Run {
         }
     }
 
+    /// This run's rate over `base`'s: packets per second for UDP, Gbit/s for TCP.
+    fn ratio_to(&self, base: &Run) -> Option<f64> {
+        let (mine, theirs) = if self.pps > 0.0 { (self.pps, base.pps) } else { (self.gbps, base.gbps) };
+        (theirs > 0.0).then(|| mine / theirs)
+    }
+
     fn size_label(&self) -> String {
         match &self.packet_size {
             serde_json::Value::String(s) => s.clone(),
@@ -104,18 +110,15 @@ pub fn finish(runs: &mut [Run], out: &Path) -> anyhow::Result<()> {
     // Ratios against the kernel run of the same size (pps for UDP, Gbit/s for TCP).
     let kernel: Vec<Run> = runs.iter().filter(|r| r.scenario == "kernel").cloned().collect();
     for r in runs.iter_mut() {
-        if let Some(k) = kernel.iter().find(|k| k.packet_size == r.packet_size) {
-            let (mine, base) = if r.pps > 0.0 { (r.pps, k.pps) } else { (r.gbps, k.gbps) };
-            r.ratio_to_kernel = (base > 0.0).then(|| mine / base);
-        }
+        r.ratio_to_kernel = kernel.iter().find(|k| k.packet_size == r.packet_size).and_then(|k| r.ratio_to(k));
     }
     // IPIP against the router's direct path, same size and worker count.
     let direct: Vec<Run> = runs.iter().filter(|r| r.scenario == "afpacket").cloned().collect();
     for r in runs.iter_mut().filter(|r| r.scenario.starts_with("afpacket-ipip")) {
-        if let Some(d) = direct.iter().find(|d| d.packet_size == r.packet_size && d.workers == r.workers) {
-            let (mine, base) = if r.pps > 0.0 { (r.pps, d.pps) } else { (r.gbps, d.gbps) };
-            r.ratio_to_direct = (base > 0.0).then(|| mine / base);
-        }
+        r.ratio_to_direct = direct
+            .iter()
+            .find(|d| d.packet_size == r.packet_size && d.workers == r.workers)
+            .and_then(|d| r.ratio_to(d));
     }
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("forward.json"), serde_json::to_string_pretty(&runs)?)?;

@@ -58,16 +58,16 @@ pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
     // behind the tunnel point into `tunl0`, and the router wraps what it reads there: a
     // host-network process reaches pods on other subnets, and their replies reach it.
     let dev = Path::new("/sys/class/net").join(routes::TUN_NAME);
-    let taken = dev.exists() && !dev.join("tun_flags").exists();
-    if taken {
-        // Where the kernel has its ipip module, it made a tunl0 of its own in every
-        // namespace; the pods' traffic does not need ours.
-        tracing::warn!(
-            "{} exists and is not a TUN device (the kernel's ipip module?): the node's own traffic to pods behind the tunnel will not reach them",
-            routes::TUN_NAME
-        );
-    }
-    if !taken && cfg.pools.iter().any(|p| p.ipip_mode != IpipMode::Never) {
+    if cfg.pools.iter().any(|p| p.ipip_mode != IpipMode::Never) {
+        if dev.exists() && !dev.join("tun_flags").exists() {
+            // Where the kernel has its ipip module, it made a tunl0 of its own in every
+            // namespace; the pods' traffic does not need ours.
+            tracing::warn!(
+                "{} exists and is not a TUN device (the kernel's ipip module?): the node's own traffic to pods behind the tunnel will not reach them",
+                routes::TUN_NAME
+            );
+            return Ok(Interfaces::new(list));
+        }
         let mtu = up.mtu.saturating_sub(encap::ipip::OVERHEAD as u16);
         let zero = encap::MacAddr::ZERO;
         list.push(Interface { name: routes::TUN_NAME.into(), ifindex: 0, mac: zero, mtu, role: IfaceRole::Tun });
