@@ -10,9 +10,13 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Seconds of traffic per run.
+    /// Seconds of traffic per run (for UDP, unless `--packets` is given).
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
+    /// Send this many UDP packets per run instead of sending for `--duration` (then at
+    /// most 120 s).
+    #[arg(long)]
+    pub packets: Option<u64>,
     /// Scenarios to run (default: all): kernel, afpacket, afpacket-ipip, afpacket-ipip-ab,
     /// tun-ipip.
     #[arg(long = "scenario")]
@@ -147,7 +151,13 @@ fn router_drops(t: &Tools) -> u64 {
         .sum()
 }
 
-fn udp_run(t: &Tools, sc: &Scenario, size: Size, secs: f64) -> anyhow::Result<(GenReport, SinkReport, f64, u64)> {
+fn udp_run(
+    t: &Tools,
+    sc: &Scenario,
+    size: Size,
+    secs: f64,
+    count: Option<u64>,
+) -> anyhow::Result<(GenReport, SinkReport, f64, u64)> {
     let perf = t.perf.to_string_lossy().into_owned();
     let dst = if sc.dst_pod == "pod-b1" { "10.244.2.1" } else { "10.244.3.1" };
     let sink = t
@@ -159,8 +169,9 @@ fn udp_run(t: &Tools, sc: &Scenario, size: Size, secs: f64) -> anyhow::Result<(G
     std::thread::sleep(Duration::from_millis(300));
     let drops0 = if sc.router { router_drops(t) } else { 0 };
     let cpu0 = cpu_busy();
+    let (size, secs, count) = (size.to_string(), secs.to_string(), count.unwrap_or(0).to_string());
     let g = t
-        .in_pod("pod-a1", &[&perf, "gen", "--dst", dst, "--size", &size.to_string(), "--secs", &secs.to_string()])
+        .in_pod("pod-a1", &[&perf, "gen", "--dst", dst, "--size", &size, "--secs", &secs, "--count", &count])
         .output()
         .context("running the generator")?;
     let cpu = cpu_busy() - cpu0;
@@ -243,7 +254,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             let first = runs.len();
             for size in &o.sizes {
                 bar.set_message(format!("{} ({} worker{}) UDP {size}", sc.name, w, if w > 1 { "s" } else { "" }));
-                match udp_run(&tools, sc, *size, o.duration) {
+                let secs = if o.packets.is_some() { 120.0 } else { o.duration };
+                match udp_run(&tools, sc, *size, secs, o.packets) {
                     Ok((g, s, cpu, drops)) => runs.push(Run::udp(sc, *size, w, &g, &s, cpu, drops)),
                     Err(e) => bar.println(format!("{} UDP {size}: {e:#}", sc.name)),
                 }

@@ -55,6 +55,9 @@ enum Cmd {
         secs: f64,
         #[arg(long, default_value_t = 0)]
         pps: u64,
+        /// Stop after this many packets (0: run for `secs`, which stays the limit).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
     },
     /// Count what arrives (runs inside the destination pod).
     #[command(hide = true)]
@@ -73,8 +76,8 @@ fn main() {
         Cmd::BgpLoad(o) => bgpload::run(&o),
         Cmd::GenCheck(o) => gencheck::run(&o),
         Cmd::BgpFeed { peer, local, table, limit } => bgpload::feed(peer, local, &table, limit),
-        Cmd::Gen { dst, port, size, flows, secs, pps } => {
-            traffic::generate(dst, port, size, flows, Duration::from_secs_f64(secs), pps)
+        Cmd::Gen { dst, port, size, flows, secs, pps, count } => {
+            traffic::generate(dst, port, size, flows, Duration::from_secs_f64(secs), pps, count)
                 .map(|r| println!("{}", serde_json::json!(r)))
         }
         Cmd::Sink { port, max_secs } => traffic::sink(port, Duration::from_secs(1), Duration::from_secs_f64(max_secs))

@@ -77,6 +77,7 @@ pub fn generate(
     flows: usize,
     duration: Duration,
     pps: u64,
+    count: u64,
 ) -> anyhow::Result<GenReport> {
     // A frame larger than the pod's MTU would leave the pod as fragments; keep every datagram
     // one packet (1500 becomes 1494 on a 1480-byte IPIP-ready pod).
@@ -119,7 +120,7 @@ pub fn generate(
     'outer: loop {
         for (f, s) in socks.iter().enumerate() {
             let now = Instant::now();
-            if now >= end {
+            if now >= end || (count > 0 && sent >= count) {
                 break 'outer;
             }
             if pps > 0 {
@@ -129,17 +130,22 @@ pub fn generate(
                     continue;
                 }
             }
-            for b in bufs[f].iter_mut() {
+            // The last batch of a counted run stops at the count.
+            let want = if count > 0 { BATCH.min((count - sent) as usize) } else { BATCH };
+            for b in bufs[f][..want].iter_mut() {
                 b[6..14].copy_from_slice(&seq[f].to_be_bytes());
                 seq[f] += 1;
             }
-            let refs: Vec<&[u8]> = bufs[f].iter().map(|b| b.as_slice()).collect();
-            match forwarding::sys::send_batch(s.as_raw_fd(), &refs) {
+            let mut refs: [&[u8]; BATCH] = [&[]; BATCH];
+            for (r, b) in refs.iter_mut().zip(&bufs[f][..want]) {
+                *r = b.as_slice();
+            }
+            match forwarding::sys::send_batch(s.as_raw_fd(), &refs[..want]) {
                 Ok(n) => {
                     sent += n as u64;
                     bytes += refs[..n].iter().map(|b| (b.len() + HEADERS) as u64).sum::<u64>();
                     // What the kernel did not take is not counted as sent; rewind.
-                    seq[f] -= (BATCH - n) as u64;
+                    seq[f] -= (want - n) as u64;
                 }
                 Err(e)
                     if matches!(
@@ -147,7 +153,7 @@ pub fn generate(
                         Some(libc::ENOBUFS) | Some(libc::EAGAIN) | Some(libc::ECONNREFUSED)
                     ) =>
                 {
-                    seq[f] -= BATCH as u64;
+                    seq[f] -= want as u64;
                 }
                 Err(e) => return Err(e).context("sending"),
             }
