@@ -455,6 +455,133 @@ impl PacketSocket {
     }
 }
 
+/// An AF_PACKET send ring (`PACKET_TX_RING`, TPACKET_V2) on a send socket: frames are written
+/// into memory shared with the kernel and one `send` call puts out every frame queued.
+/// Frames longer than a slot, and frames that find no free slot, are the caller's to send
+/// another way (after this ring's, so order holds).
+#[derive(Debug)]
+pub struct TxRing {
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+    slots: usize,
+    /// The next slot to fill.
+    next: std::cell::Cell<usize>,
+}
+
+// SAFETY: the mapping belongs to this value alone; it moves to one worker thread and is used
+// only there (`Cell` keeps it from being shared).
+unsafe impl Send for TxRing {}
+
+/// One ring slot: the TPACKET_V2 header, then (at `TX_DATA`) the virtio-net header and the
+/// frame. 2 KiB holds an Ethernet frame for a 1500-byte MTU with room to spare.
+const TX_SLOT: usize = 2048;
+/// Where the kernel reads a slot's data: after the header, 16-byte aligned (the sockaddr_ll
+/// in TPACKET2_HDRLEN is only used on receive).
+const TX_DATA: usize = libc::TPACKET2_HDRLEN - size_of::<libc::sockaddr_ll>();
+/// Longest frame a slot takes.
+pub const TX_RING_FRAME_MAX: usize = TX_SLOT - TX_DATA - VNET_HDR_LEN;
+
+impl TxRing {
+    /// Maps a ring of `slots` slots (rounded up to whole 64 KiB blocks) on `sock`, which must
+    /// carry virtio-net headers already (the kernel refuses the option once a ring exists).
+    pub fn new(sock: &PacketSocket, slots: usize) -> io::Result<Self> {
+        if !sock.vnet {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a send ring needs a socket with PACKET_VNET_HDR"));
+        }
+        let fd = sock.fd.as_raw_fd();
+        let version = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
+        // A frame the kernel finds malformed is skipped instead of stopping the ring for good;
+        // ours are built by the pipeline, so this only guards against our own bugs.
+        let one: libc::c_int = 1;
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_LOSS, &one)?;
+        const BLOCK: usize = 64 * 1024;
+        let per_block = BLOCK / TX_SLOT;
+        let blocks = slots.div_ceil(per_block).max(1);
+        let req = libc::tpacket_req {
+            tp_block_size: BLOCK as libc::c_uint,
+            tp_block_nr: blocks as libc::c_uint,
+            tp_frame_size: TX_SLOT as libc::c_uint,
+            tp_frame_nr: (blocks * per_block) as libc::c_uint,
+        };
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_TX_RING, &req)
+            .map_err(|e| io::Error::new(e.kind(), format!("PACKET_TX_RING: {e}")))?;
+        let len = blocks * BLOCK;
+        // SAFETY: a fresh shared mapping of the ring the kernel just made for fd; checked below.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = std::ptr::NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(TxRing { base, len, slots: blocks * per_block, next: std::cell::Cell::new(0) })
+    }
+
+    /// The status word of slot `i`, shared with the kernel.
+    fn status(&self, i: usize) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: slot i lies inside the mapping (i < slots) and starts 4-byte aligned (the
+        // mapping is page aligned, slots are 2 KiB); the kernel only touches it atomically
+        // too, and the reference does not outlive self.
+        unsafe { std::sync::atomic::AtomicU32::from_ptr(self.base.as_ptr().add(i * TX_SLOT).cast()) }
+    }
+
+    /// Queues frames from the start of `frames` into free slots, stopping at the first that
+    /// does not fit a slot or finds none free, and has the kernel send them all with one
+    /// call on `fd` (the socket the ring belongs to). Returns how many were queued and how
+    /// many of those the device dropped (the kernel stops at such a frame; we go on).
+    pub fn send(&self, fd: RawFd, frames: &[(VnetHdr, &[u8])]) -> io::Result<(usize, usize)> {
+        use std::sync::atomic::Ordering;
+        let mut queued = 0;
+        let mut i = self.next.get();
+        for (hdr, frame) in frames {
+            if frame.len() > TX_RING_FRAME_MAX || self.status(i).load(Ordering::Acquire) != libc::TP_STATUS_AVAILABLE {
+                break;
+            }
+            // SAFETY: the slot is ours (status AVAILABLE: the kernel neither reads nor writes
+            // it until we hand it over below) and the writes stay inside it (length checked
+            // above against the slot size).
+            unsafe {
+                let slot = self.base.as_ptr().add(i * TX_SLOT);
+                let data = slot.add(TX_DATA);
+                std::ptr::copy_nonoverlapping(hdr.emit().as_ptr(), data, VNET_HDR_LEN);
+                std::ptr::copy_nonoverlapping(frame.as_ptr(), data.add(VNET_HDR_LEN), frame.len());
+                let tp_len = slot.add(std::mem::offset_of!(libc::tpacket2_hdr, tp_len)).cast::<u32>();
+                tp_len.write((VNET_HDR_LEN + frame.len()) as u32);
+            }
+            // Release: the frame is written before the kernel can see the slot as ready.
+            self.status(i).store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
+            i = (i + 1) % self.slots;
+            queued += 1;
+        }
+        self.next.set(i);
+        let mut dropped = 0;
+        while queued > 0 && dropped < queued {
+            // SAFETY: a send with no data on a socket we own: it only tells the kernel to
+            // walk the ring.
+            let r = unsafe { libc::send(fd, std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+            if r >= 0 {
+                break;
+            }
+            match io::Error::last_os_error() {
+                // The device refused one frame; the rest are still queued behind it.
+                e if e.raw_os_error() == Some(libc::ENOBUFS) => dropped += 1,
+                // Frames left queued go out with the next call.
+                e if e.kind() == io::ErrorKind::WouldBlock => break,
+                e => return Err(e),
+            }
+        }
+        Ok((queued, dropped))
+    }
+}
+
+impl Drop for TxRing {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `new` with this length and nothing refers to it now.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
 impl AsFd for PacketSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
