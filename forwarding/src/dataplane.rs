@@ -88,12 +88,7 @@ fn open_port(f: &crate::iface::Interface, worker: usize, workers: usize, rcvbuf:
             // receive socket woke its epoll entry again when the frame was freed.
             let rx = PacketSocket::open_rx(f.ifindex, group, rcvbuf).map_err(err)?;
             let tx = PacketSocket::open_tx_vnet(f.ifindex).map_err(err)?;
-            let ring = if std::env::var_os("ROUTER_TX_RING").is_some() {
-                Some(crate::sys::TxRing::new(&tx, 512).map_err(err)?)
-            } else {
-                None
-            };
-            Ok(Port::Packet { rx, tx, ring })
+            Ok(Port::Packet { rx, tx })
         }
         // One queue per worker; the kernel spreads flows over the queues.
         IfaceRole::Tun => TunQueue::open(&f.name).map(Port::Tun).map_err(err),

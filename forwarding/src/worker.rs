@@ -7,7 +7,7 @@ use crate::fib::FibHandle;
 use crate::iface::{IfaceId, Interfaces};
 use crate::neigh::{NeighHandle, Neighbour};
 use crate::pipeline::{self, Context, Span, Verdict};
-use crate::sys::{PacketSocket, RawIpipSocket, TunQueue, TxRing};
+use crate::sys::{PacketSocket, RawIpipSocket, TunQueue};
 use crate::tap::{Direction, Tap};
 use crate::trace::{self, Tracer};
 use crossbeam_channel::{Sender, TrySendError};
@@ -68,9 +68,8 @@ pub enum SlowMsg {
 /// How a worker reaches one interface.
 #[derive(Debug)]
 pub enum Port {
-    /// Ethernet frames (afpacket mode): received on `rx`, sent on `tx` (through its send
-    /// ring where there is one).
-    Packet { rx: PacketSocket, tx: PacketSocket, ring: Option<TxRing> },
+    /// Ethernet frames (afpacket mode): received on `rx`, sent on `tx`.
+    Packet { rx: PacketSocket, tx: PacketSocket },
     /// Bare IPv4 packets to and from the kernel (tun mode's `tunl0`).
     Tun(TunQueue),
     /// Outer IPIP packets (tun mode); `rx` false for a send-only socket.
@@ -106,28 +105,18 @@ impl Port {
     }
 
     /// Sends frames (each with its offload header, which only AF_PACKET ports carry) out of
-    /// this port, many per system call where the socket allows; returns how many went out
-    /// (a frame the device refused inside the ring counts as not sent).
+    /// this port, many per system call where the socket allows; returns how many went out.
     fn send_batch(&self, frames: &[(VnetHdr, &[u8])]) -> usize {
         match self {
-            Port::Packet { tx, ring, .. } => {
-                let (mut done, mut lost) = (0, 0);
-                if let Some(ring) = ring {
-                    match ring.send(tx.as_raw_fd(), frames) {
-                        Ok((queued, dropped)) => {
-                            done = queued;
-                            lost = dropped;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "send ring failed"),
-                    }
-                }
+            Port::Packet { tx, .. } => {
+                let mut done = 0;
                 while done < frames.len() {
                     match crate::sys::send_batch_vnet(tx.as_raw_fd(), &frames[done..]) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => done += n,
                     }
                 }
-                done - lost
+                done
             }
             Port::Tun(t) => frames.iter().filter(|f| t.send(f.0, f.1).is_ok()).count(),
             _ => frames.iter().filter(|f| self.send(f.1).is_ok()).count(),
