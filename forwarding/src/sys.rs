@@ -5,7 +5,7 @@ use encap::gso::{VnetHdr, VNET_HDR_LEN};
 use encap::MacAddr;
 use std::ffi::CString;
 use std::io;
-use std::mem::{size_of, zeroed};
+use std::mem::{size_of, size_of_val, zeroed};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// What the kernel knows about an interface.
@@ -480,7 +480,12 @@ fn attach_drop_all(fd: RawFd) -> io::Result<()> {
 #[derive(Debug)]
 pub struct RawIpipSocket {
     fd: OwnedFd,
+    /// The socket's drop count when last read (the kernel's count never resets).
+    drops_seen: std::sync::atomic::AtomicU32,
 }
+
+/// `asm-generic/socket.h`; not in the libc crate.
+const SO_MEMINFO: libc::c_int = 55;
 
 impl RawIpipSocket {
     /// `receive` false: the socket only sends, or only exists so that the kernel, which has
@@ -511,7 +516,26 @@ impl RawIpipSocket {
         } else {
             attach_drop_all(fd.as_raw_fd())?;
         }
-        Ok(RawIpipSocket { fd })
+        Ok(RawIpipSocket { fd, drops_seen: Default::default() })
+    }
+
+    /// Packets the kernel dropped because this socket's queue was full, since the last call
+    /// (read from `SO_MEMINFO`; a raw socket has no `PACKET_STATISTICS`).
+    pub fn take_drops(&self) -> io::Result<u64> {
+        let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+        let mut len = size_of_val(&info) as libc::socklen_t;
+        // SAFETY: info and len are valid for writing for the duration of the call; the
+        // kernel writes at most `len` bytes.
+        let r = unsafe {
+            libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_SOCKET, SO_MEMINFO, info.as_mut_ptr().cast(), &mut len)
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let total = info[libc::SK_MEMINFO_DROPS as usize];
+        let before = self.drops_seen.swap(total, std::sync::atomic::Ordering::Relaxed);
+        // The kernel's counter is 32 bits and wraps.
+        Ok(u64::from(total.wrapping_sub(before)))
     }
 
     /// Receives one outer packet (IPv4 header first). Returns its full length.
@@ -643,6 +667,59 @@ mod tests {
         assert_eq!(lo.mac, MacAddr::ZERO);
         assert!(lo.ifindex >= 1);
         assert!(link_names().expect("names").iter().any(|n| n == "lo"));
+    }
+
+    /// Runs `f` on a thread of its own in a fresh network namespace, with `lo` up: traffic
+    /// sent there stays there (root).
+    fn in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: unshare(2) with a constant flag; it moves only this thread.
+                let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "unshare(CLONE_NEWNET): {} (run the tests as root)", io::Error::last_os_error());
+                let sock = ioctl_sock().expect("socket");
+                let mut req = ifreq_for("lo").expect("ifreq");
+                req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+                // SAFETY: req is a valid ifreq naming lo with the flags to set.
+                let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+                assert_eq!(r, 0, "lo up: {}", io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("the namespaced thread runs")
+        })
+    }
+
+    #[test]
+    fn a_raw_socket_counts_what_its_full_queue_dropped() {
+        in_new_netns(|| {
+            let rx = RawIpipSocket::open(true, 0).expect("receive socket");
+            let tx = RawIpipSocket::open(false, 0).expect("send socket");
+            assert_eq!(rx.take_drops().expect("meminfo"), 0);
+            // An IPIP packet to 127.0.0.1 with a 1000-byte body; nobody reads: the smallest
+            // receive queue holds a few of them and the rest are dropped.
+            let mut pkt = vec![0u8; 1020];
+            pkt[0] = 0x45;
+            pkt[2..4].copy_from_slice(&1020u16.to_be_bytes());
+            pkt[8] = 64;
+            pkt[9] = 4;
+            pkt[12..16].copy_from_slice(&[127, 0, 0, 1]);
+            pkt[16..20].copy_from_slice(&[127, 0, 0, 1]);
+            let sent = 200u64;
+            for _ in 0..sent {
+                tx.send(&pkt).expect("send");
+            }
+            let mut buf = vec![0u8; 2048];
+            let mut queued = 0u64;
+            let dropped = rx.take_drops().expect("meminfo");
+            while rx.recv(&mut buf).is_ok() {
+                queued += 1;
+            }
+            assert!(dropped > 0, "queued {queued}");
+            assert_eq!(queued + dropped, sent);
+            // Counted once: the next read starts from there.
+            assert_eq!(rx.take_drops().expect("meminfo"), 0);
+        });
     }
 
     #[test]

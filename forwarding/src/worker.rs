@@ -139,10 +139,12 @@ impl Port {
         matches!(self, Port::Packet { .. })
     }
 
-    /// Frames the kernel dropped before we could read them (AF_PACKET only).
+    /// Frames the kernel dropped before we could read them (AF_PACKET and the receiving raw
+    /// socket; a TUN device's are read from the device by the node).
     fn take_drops(&self) -> u64 {
         match self {
             Port::Packet { rx, .. } => rx.take_drops().unwrap_or(0),
+            Port::Raw { sock, rx: true } => sock.take_drops().unwrap_or(0),
             _ => 0,
         }
     }

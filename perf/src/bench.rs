@@ -226,7 +226,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?
     };
     let tcp = if o.no_tcp { vec![] } else { vec![1usize, 4] };
-    let per = |s: &Scenario| if s.router && s.dataplane == "afpacket" { o.workers.len() } else { 1 };
+    // Every router scenario runs with each worker count (in tun mode the workers share
+    // tunl0's queues); the kernel baseline has no workers.
+    let per = |s: &Scenario| if s.router { o.workers.len() } else { 1 };
     let total: usize = chosen.iter().map(|s| per(s) * (o.sizes.len() + tcp.len())).sum();
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
@@ -234,7 +236,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     );
     let mut runs: Vec<Run> = Vec::new();
     for sc in chosen {
-        let workers: Vec<usize> = if sc.router && sc.dataplane == "afpacket" { o.workers.clone() } else { vec![1] };
+        let workers: Vec<usize> = if sc.router { o.workers.clone() } else { vec![1] };
         for w in workers {
             let _ = tools.router(&["lab", "down"]);
             let workers = w.to_string();
