@@ -562,7 +562,7 @@ impl Speaker {
             .iter()
             .filter(|(_, b)| b.from != super::rib::From::Local)
             .filter_map(|(p, b)| match (p, b.attrs.next_hop) {
-                (IpNet::V4(p), IpAddr::V4(nh)) => Some((*p, nh)),
+                (IpNet::V4(p), IpAddr::V4(nh)) => Some((p, nh)),
                 _ => None,
             })
             .collect()

@@ -6,7 +6,6 @@
 use super::wire::update::flag;
 use super::wire::{Afi, AsSegment, Attr, AttrValue, Origin, Update};
 use ipnet::IpNet;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -97,10 +96,8 @@ pub struct Changes {
     pub out: Vec<(PeerId, Update)>,
 }
 
-/// The per-prefix maps: a full table is a million lookups and inserts in each, and SipHash
-/// (std's default) was a tenth of the node's time loading one. aHash is as resistant to
-/// crafted keys and several times faster on these small ones.
-pub type PrefixMap<V> = HashMap<IpNet, V, ahash::RandomState>;
+mod prefix_map;
+pub use prefix_map::PrefixMap;
 
 #[derive(Debug)]
 pub struct Rib {
@@ -173,7 +170,7 @@ impl Rib {
         self.adj_out.insert(id, PrefixMap::default());
         let mut ch = Changes::default();
         // In prefix order, as the peer would get them from a sorted table.
-        let mut prefixes: Vec<IpNet> = self.loc.keys().copied().collect();
+        let mut prefixes: Vec<IpNet> = self.loc.keys().collect();
         prefixes.sort_unstable();
         for p in prefixes {
             self.export(id, p, &mut ch);
@@ -209,7 +206,7 @@ impl Rib {
     pub fn purge_stale(&mut self, id: PeerId) -> Changes {
         let mut ch = Changes::default();
         let Some(m) = self.adj_in.get_mut(&id) else { return ch };
-        let stale: Vec<IpNet> = m.iter().filter(|(_, p)| p.stale).map(|(k, _)| *k).collect();
+        let stale: Vec<IpNet> = m.iter().filter(|(_, p)| p.stale).map(|(k, _)| k).collect();
         for p in &stale {
             m.remove(p);
         }
@@ -383,18 +380,8 @@ impl Rib {
     fn recompute(&mut self, prefix: IpNet, ch: &mut Changes) {
         let new = self.select(&prefix);
         // One probe of the Loc-RIB for both the comparison and the change.
-        match (self.loc.entry(prefix), &new) {
-            (Entry::Occupied(o), Some(b)) if o.get() == b => return,
-            (Entry::Occupied(mut o), Some(b)) => {
-                o.insert(b.clone());
-            }
-            (Entry::Occupied(o), None) => {
-                o.remove();
-            }
-            (Entry::Vacant(v), Some(b)) => {
-                v.insert(b.clone());
-            }
-            (Entry::Vacant(_), None) => return,
+        if !self.loc.set(prefix, new.as_ref()) {
+            return;
         }
         for i in 0..self.up.len() {
             let Some(&p) = self.up.get(i) else { break };
