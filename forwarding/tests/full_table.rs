@@ -1,6 +1,6 @@
 //! The real table from `../shared/data/` (1.07 M IPv4, 176 k IPv6 prefixes; not in the
 //! repository): `cargo test --release -p forwarding --test full_table -- --nocapture`. Where
-//! the file is missing, each test says so on stderr and checks nothing.
+//! the file is missing, each test checks nothing and says so (shown with `--nocapture`).
 //! Every prefix's first, middle and last address must get the same answer from the LPM
 //! as from an independent reference (one hash map per prefix length).
 
