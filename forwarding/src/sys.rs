@@ -699,12 +699,18 @@ mod tests {
             // An IPIP packet to 127.0.0.1 with a 1000-byte body; nobody reads: the smallest
             // receive queue holds a few of them and the rest are dropped.
             let mut pkt = vec![0u8; 1020];
-            pkt[0] = 0x45;
-            pkt[2..4].copy_from_slice(&1020u16.to_be_bytes());
-            pkt[8] = 64;
-            pkt[9] = 4;
-            pkt[12..16].copy_from_slice(&[127, 0, 0, 1]);
-            pkt[16..20].copy_from_slice(&[127, 0, 0, 1]);
+            let lo = std::net::Ipv4Addr::LOCALHOST;
+            encap::ipv4::Repr {
+                src: lo,
+                dst: lo,
+                protocol: encap::ipv4::Protocol::IpIp,
+                tos: 0,
+                ident: 0,
+                dont_frag: false,
+                ttl: 64,
+                payload_len: 1000,
+            }
+            .emit(&mut pkt);
             let sent = 200u64;
             for _ in 0..sent {
                 tx.send(&pkt).expect("send");
