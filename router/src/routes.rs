@@ -99,7 +99,9 @@ struct Row<'a> {
     iface: Option<&'a str>,
     kind: &'a str,
     encap: &'a str,
-    why: String,
+    /// Why it is (not) tunnelled, formatted only when the table is for display: a full table
+    /// would format a million reasons for the FIB alone.
+    why: &'a dyn Fn() -> String,
     source: RouteSource,
     kernel: bool,
 }
@@ -119,7 +121,7 @@ impl Table {
             source: r.source,
             kind: r.kind.to_string(),
             encap: r.encap.to_string(),
-            why: r.why,
+            why: (r.why)(),
             forwarded_by: if r.kernel { "kernel" } else { "router" }.to_string(),
         });
     }
@@ -164,7 +166,7 @@ fn build_inner(
         iface: Some(up_name),
         kind: "local",
         encap: "none",
-        why: String::new(),
+        why: &String::new,
         source: local,
         kernel: true,
     });
@@ -176,7 +178,7 @@ fn build_inner(
         iface: Some(up_name),
         kind: "unicast",
         encap: "none",
-        why: "the uplink's subnet".into(),
+        why: &|| "the uplink's subnet".into(),
         source: local,
         kernel: tun,
     });
@@ -194,7 +196,7 @@ fn build_inner(
             iface: None,
             kind: "blackhole",
             encap: "none",
-            why: "this node's own block".into(),
+            why: &|| "this node's own block".into(),
             source: local,
             kernel: tun,
         });
@@ -215,7 +217,7 @@ fn build_inner(
             iface: Some(&p.interface),
             kind: "unicast",
             encap: "none",
-            why: format!("pod {}", p.name),
+            why: &|| format!("pod {}", p.name),
             source: local,
             kernel: tun,
         });
@@ -255,7 +257,7 @@ fn build_inner(
                     iface: None,
                     kind,
                     encap: "none",
-                    why: String::new(),
+                    why: &String::new,
                     source: src,
                     kernel: false,
                 });
@@ -282,14 +284,9 @@ fn build_inner(
             ));
         };
         if encap {
-            // Only displays need the reason; a full table would format a million of them.
-            let why = if !with_entries {
-                String::new()
-            } else {
-                match mode {
-                    IpipMode::Always => "ipipMode Always".to_string(),
-                    _ => format!("{gw} is outside {subnet} (CrossSubnet)"),
-                }
+            let why = || match mode {
+                IpipMode::Always => "ipipMode Always".to_string(),
+                _ => format!("{gw} is outside {subnet} (CrossSubnet)"),
             };
             let (nh, dev) = if tun {
                 (NextHop::Ipip { iface: out_if, gateway: gw, remote: gw }, TUN_NAME)
@@ -303,7 +300,7 @@ fn build_inner(
                 iface: Some(dev),
                 kind: "unicast",
                 encap: "ipip",
-                why,
+                why: &why,
                 source: src,
                 kernel: false,
             });
@@ -313,16 +310,12 @@ fn build_inner(
                 t.kernel.push(KernelRoute::Dev { prefix: r.prefix, dev: TUN_NAME.into() });
             }
         } else {
-            let why = if !with_entries {
-                String::new()
-            } else {
-                match (in_pool, on_link) {
-                    (false, _) => format!("outside the IP pools: never tunnelled; {gw} is the next hop"),
-                    (true, true) if mode == IpipMode::Never => format!("{gw} is inside {subnet} (ipipMode Never)"),
-                    (true, true) => format!("{gw} is inside {subnet}: direct"),
-                    (true, false) => {
-                        format!("ipipMode Never: sent unencapsulated via {hop}, whose router must know the route")
-                    }
+            let why = || match (in_pool, on_link) {
+                (false, _) => format!("outside the IP pools: never tunnelled; {gw} is the next hop"),
+                (true, true) if mode == IpipMode::Never => format!("{gw} is inside {subnet} (ipipMode Never)"),
+                (true, true) => format!("{gw} is inside {subnet}: direct"),
+                (true, false) => {
+                    format!("ipipMode Never: sent unencapsulated via {hop}, whose router must know the route")
                 }
             };
             let nh = if tun { NextHop::Host } else { NextHop::Direct { iface: out_if, gateway: hop } };
@@ -333,7 +326,7 @@ fn build_inner(
                 iface: Some(up_name),
                 kind: "unicast",
                 encap: "none",
-                why,
+                why: &why,
                 source: src,
                 kernel: tun,
             });
