@@ -123,8 +123,10 @@ fn a_silent_node_loses_its_block_within_the_hold_time_and_comes_back() {
     assert!(t0.elapsed() < Duration::from_secs(6), "took {:?}", t0.elapsed());
     let (state, info) = peer_state(&lab, "node-a", "192.168.200.101");
     assert_ne!(state, "up");
-    assert!(info.contains("hold timer expired") || !info.is_empty(), "status says why: {state} {info}");
-    assert!(route(&lab, "node-b", "10.244.3.0/26").is_none() || t0.elapsed() < Duration::from_secs(6));
+    assert!(info.contains("hold timer expired"), "status says why: {state} {info}");
+    // node-b had its own session with node-c: it lets go of the block within the hold time too.
+    wait_for(8, "node-b to drop node-c's block", || route(&lab, "node-b", "10.244.3.0/26").is_none());
+    assert!(t0.elapsed() < Duration::from_secs(8), "took {:?}", t0.elapsed());
     kill("-CONT");
     wait_for(30, "node-c's session to come back", || peer_state(&lab, "node-a", "192.168.200.101").0 == "up");
     wait_for(10, "node-c's block to come back", || route(&lab, "node-a", "10.244.3.0/26").is_some());
