@@ -317,8 +317,8 @@ impl Seg {
 /// The writer builds each /16 as a segment of its own (`Seg`) and rebuilds only those a
 /// change touches; a snapshot lays all of them end to end in one set of arrays, so that the
 /// /16 entry leads straight to a node. With a pointer to each segment and from there to its
-/// arrays, lookups inside the table were 1.1× slower (1.15× with the table in cache), old
-/// and new measured in one process. A snapshot is immutable and cheap to clone.
+/// arrays, lookups inside the table ran at 0.87× (0.85× with the table in cache), old and
+/// new compiled into one program. A snapshot is immutable and cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Lpm6 {
     /// Per /16: the answer from prefixes shorter than /16, and the entry of its region in
@@ -406,10 +406,7 @@ impl Lpm6 {
         for (a, o) in addrs.chunks(G).zip(out.chunks_mut(G)) {
             let mut at = [NO_SEG; G];
             for ((e, &x), r) in at.iter_mut().zip(a).zip(o.iter_mut()) {
-                match self.top[slash16(x)] {
-                    (base, NO_SEG) => *r = base,
-                    (_, root) => *e = root,
-                }
+                (*r, *e) = self.top[slash16(x)];
             }
             for ((&e, &x), r) in at.iter().zip(a).zip(o.iter_mut()) {
                 if e != NO_SEG {
