@@ -343,8 +343,10 @@ fn slash16(a: u128) -> usize {
     usize::from((a >> (128 - TOP)) as u16)
 }
 
-/// A /16 table of these entries.
-fn top_of(entries: Vec<(u32, u32)>) -> Arc<Top> {
+/// A /16 table of these entries, one per /16 (cut or padded to that).
+fn top_of(mut entries: Vec<(u32, u32)>) -> Arc<Top> {
+    entries.resize(1 << TOP, (NONE, NO_SEG));
+    // Never the fallback: the length is right. Built on the heap, not on the stack.
     let full: Box<Top> = entries.into_boxed_slice().try_into().unwrap_or_else(|_| Box::new([(NONE, NO_SEG); 1 << TOP]));
     Arc::from(full)
 }
