@@ -3,7 +3,7 @@
 //! RIB and back. This is the only part of `bgp` that does I/O.
 
 use super::fsm::{Fsm, FsmConfig, Input, Negotiated, Output, State};
-use super::rib::{Changes, PathAttrs, PeerInfo, Rib};
+use super::rib::{Changes, PathAttrs, PeerId, PeerInfo, Rib};
 use super::wire::{self, Afi, Ctx, Message};
 use ipnet::{IpNet, Ipv4Net};
 use mio::net::{TcpListener, TcpStream};
@@ -141,7 +141,7 @@ impl Speaker {
         let mut peers = Vec::new();
         for (i, p) in cfg.peers.iter().enumerate() {
             rib.add_peer(
-                i,
+                i as PeerId,
                 PeerInfo {
                     addr: IpAddr::V4(p.addr),
                     router_id: p.addr,
@@ -228,8 +228,8 @@ impl Speaker {
                     },
                     since: self.wall(p.fsm.since()),
                     info,
-                    received: self.rib.received(i),
-                    advertised: self.rib.advertised(i),
+                    received: self.rib.received(i as PeerId),
+                    advertised: self.rib.advertised(i as PeerId),
                     flaps: p.flaps,
                     updates_received: p.updates_received,
                     updates_sent: p.updates_sent,
@@ -471,7 +471,7 @@ impl Speaker {
                 Output::Established(neg) => {
                     tracing::info!(peer = %self.peers[i].cfg.addr, hold = neg.hold_time, "BGP session up");
                     self.peers[i].ctx = Ctx { four_octet_as: neg.four_octet_as };
-                    let ch = self.rib.peer_up(i, &neg.families);
+                    let ch = self.rib.peer_up(i as PeerId, &neg.families);
                     self.apply(registry, ch);
                 }
                 Output::Down(reason) => {
@@ -490,20 +490,20 @@ impl Speaker {
                     if keep {
                         self.peers[i].stale_until = restart.map(|t| now + Duration::from_secs(u64::from(t)));
                     }
-                    let ch = self.rib.peer_down(i, keep);
+                    let ch = self.rib.peer_down(i as PeerId, keep);
                     self.apply(registry, ch);
                 }
                 Output::Update(u) => {
                     self.peers[i].updates_received += 1;
-                    let ch = self.rib.update(i, &u);
-                    if !self.rib.has_stale(i) {
+                    let ch = self.rib.update(i as PeerId, &u);
+                    if !self.rib.has_stale(i as PeerId) {
                         self.peers[i].stale_until = None;
                     }
                     self.apply(registry, ch);
                 }
                 Output::RefreshRequested(_) => {
                     let fams = self.peers[i].last_negotiated.as_ref().map(|n| n.families.clone()).unwrap_or_default();
-                    let ch = self.rib.peer_up(i, &fams);
+                    let ch = self.rib.peer_up(i as PeerId, &fams);
                     self.apply(registry, ch);
                 }
             }
@@ -515,7 +515,7 @@ impl Speaker {
             self.changed = true;
         }
         for (to, u) in ch.out {
-            self.send(registry, to, &Message::Update(u));
+            self.send(registry, to as usize, &Message::Update(u));
         }
     }
 
@@ -541,7 +541,7 @@ impl Speaker {
             }
             if self.peers[i].stale_until.is_some_and(|t| t <= now) {
                 self.peers[i].stale_until = None;
-                let ch = self.rib.purge_stale(i);
+                let ch = self.rib.purge_stale(i as PeerId);
                 self.apply(registry, ch);
             }
         }
