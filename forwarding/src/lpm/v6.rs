@@ -747,8 +747,24 @@ mod writer_tests6 {
 
     #[test]
     fn single_updates_agree_with_a_rebuild_and_with_naive() {
+        single_updates_agree(Lpm6Writer::default());
+    }
+
+    #[test]
+    fn single_updates_agree_when_segments_move_in_and_out_of_the_shared_arrays() {
+        // With room for few keys, the two /16s go from both fitting the shared arrays to one
+        // kept apart for want of room, then to flat runs of their own, as the table grows.
+        let apart = single_updates_agree(Lpm6Writer { key_limit: 700, ..Lpm6Writer::default() });
+        for stage in [(0, 0), (1, 0), (2, 2)] {
+            assert!(apart.contains(&stage), "(kept apart, of them flat) {stage:?} never seen: {apart:?}");
+        }
+    }
+
+    /// Random single updates through `w`, checked after each publish; returns how many /16s
+    /// each snapshot kept apart, and how many of those are flat runs.
+    fn single_updates_agree(mut w: Lpm6Writer) -> Vec<(usize, usize)> {
         let mut r = Rng(0x6a09_e667);
-        let mut w = Lpm6Writer::default();
+        let mut apart = Vec::new();
         let mut model: BTreeMap<(u128, u8), u32> = BTreeMap::new();
         let lens = [0u8, 8, 15, 16, 20, 24, 29, 32, 36, 40, 44, 48, 48, 48, 56, 64, 96, 127, 128];
         for round in 0..30 {
@@ -765,6 +781,7 @@ mod writer_tests6 {
             let t = w.publish();
             assert_eq!(t.len(), model.len());
             assert!(!w.has_changes());
+            apart.push((t.outside.len(), t.outside.iter().filter(|(_, s)| s.flat.is_some()).count()));
             let flat: Vec<(u128, u8, u32)> = model.iter().map(|(&(a, l), &v)| (a, l, v)).collect();
             let rebuilt = Lpm6::build(&flat);
             let mut addrs: Vec<u128> = (0..2000).map(|_| r.addr()).collect();
@@ -780,6 +797,7 @@ mod writer_tests6 {
                 assert_eq!(rebuilt.lookup(a), want, "rebuilt, round {round} addr {a:#x}");
             }
         }
+        apart
     }
 
     #[test]
