@@ -322,8 +322,16 @@ fn speaker_config(cfg: &NodeConfig) -> Option<SpeakerConfig> {
                 password: p.password.clone(),
             })
             .collect(),
-        originate: cfg.blocks.clone(),
+        originate: originated(cfg),
     })
+}
+
+/// What the node announces: its blocks, and a /32 for each of its pods whose address it
+/// borrowed from another node's block (the block's owner announces the whole block, and the
+/// /32 is longer), as Calico does.
+fn originated(cfg: &NodeConfig) -> Vec<Ipv4Net> {
+    let borrowed = cfg.pods.iter().filter(|p| !cfg.blocks.iter().any(|b| b.contains(&p.address)));
+    cfg.blocks.iter().copied().chain(borrowed.map(|p| Ipv4Net::from(p.address))).collect()
 }
 
 const ADMIN: Token = Token(0);

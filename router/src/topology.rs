@@ -243,6 +243,9 @@ impl Topology {
 
         let mut nodes: Vec<Node> = Vec::new();
         let mut pod_addrs = HashSet::new();
+        // Pods that take the next free address: (node, pod, where it is written), filled in
+        // once every block and every explicit address is known.
+        let mut automatic: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
         for n in &raw.nodes {
             check_name(&src, &n.name, "node")?;
             if !names.insert(n.name.get_ref().clone()) {
@@ -277,21 +280,11 @@ impl Topology {
                 return Err(src.error_at(n.block.span(), format!("block {block} already belongs to node {}", o.name)));
             }
             let mut pods = Vec::new();
-            let mut next = u32::from(block.network()) + 1;
             for p in &n.pods {
                 let (name, address) = match p.get_ref() {
                     RawPod::Name(name) => {
-                        // Sequential IPAM: the next free address of the block.
-                        while pod_addrs.contains(&Ipv4Addr::from(next)) {
-                            next += 1;
-                        }
-                        let addr = Ipv4Addr::from(next);
-                        if !block.contains(&addr) || addr == block.broadcast() {
-                            return Err(
-                                src.error_at(p.span(), format!("block {block} has no address left for pod {name}"))
-                            );
-                        }
-                        (name.clone(), addr)
+                        automatic.push((nodes.len(), pods.len(), p.span()));
+                        (name.clone(), Ipv4Addr::UNSPECIFIED)
                     }
                     RawPod::Full { name, address } => {
                         let addr =
@@ -309,7 +302,7 @@ impl Topology {
                 if !names.insert(name.clone()) {
                     return Err(src.error_at(p.span(), format!("name {name:?} is used twice")));
                 }
-                if !pod_addrs.insert(address) {
+                if !address.is_unspecified() && !pod_addrs.insert(address) {
                     return Err(src.error_at(p.span(), format!("pod address {address} is used twice")));
                 }
                 let iface = cali_name(&name);
@@ -330,6 +323,35 @@ impl Topology {
         }
         if nodes.is_empty() {
             return Err(src.error("no [[nodes]]: a lab needs at least one node"));
+        }
+        // Sequential IPAM, as Calico's: every pod first takes the next free address of its
+        // node's block; a pod whose block is full then borrows one from another node's block
+        // (the first, in file order, with room), and its node announces that /32 over BGP.
+        let blocks: Vec<Ipv4Net> = nodes.iter().map(|n| n.block).collect();
+        let mut take = |block: &Ipv4Net| {
+            let a = block.hosts().find(|a| !pod_addrs.contains(a))?;
+            pod_addrs.insert(a);
+            Some(a)
+        };
+        let mut full = Vec::new();
+        for (node, pod, span) in automatic {
+            match take(&blocks[node]) {
+                Some(a) => nodes[node].pods[pod].address = a,
+                None => full.push((node, pod, span)),
+            }
+        }
+        for (node, pod, span) in full {
+            let Some(a) = blocks.iter().find_map(&mut take) else {
+                let p = &nodes[node].pods[pod];
+                return Err(src.error_at(
+                    span,
+                    format!(
+                        "no address left for pod {}: block {} and every other node's block are full",
+                        p.name, blocks[node]
+                    ),
+                ));
+            };
+            nodes[node].pods[pod].address = a;
         }
         let hold = raw.cluster.bgp_hold_time;
         if *hold.get_ref() == 1 || *hold.get_ref() == 2 {
@@ -407,6 +429,49 @@ mod tests {
         let c = t.node("node-c").expect("node-c");
         assert_eq!(t.subnets[c.subnet].name, "lan-b");
         assert_eq!(t.as_number, 64512);
+    }
+
+    /// The seed with /30 blocks (two pod addresses each) and `pods` on node-a.
+    fn small_blocks(pods: &str, b_pods: &str) -> String {
+        SEED.replacen("block_size = 26", "block_size = 30", 1)
+            .replace("10.244.1.0/26", "10.244.1.0/30")
+            .replace("10.244.2.0/26", "10.244.2.0/30")
+            .replace("10.244.3.0/26", "10.244.3.0/30")
+            .replacen(r#"pods = ["pod-a1", "pod-a2"]"#, &format!("pods = [{pods}]"), 1)
+            .replacen(r#"pods = ["pod-b1"]"#, &format!("pods = [{b_pods}]"), 1)
+    }
+
+    #[test]
+    fn a_pod_whose_block_is_full_borrows_from_another_nodes_block() {
+        let t = parse(&small_blocks(r#""pod-a1", "pod-a2", "pod-a3""#, r#""pod-b1""#)).expect("parses");
+        let addr = |node: &str, i: usize| t.node(node).expect("node").pods[i].address.to_string();
+        assert_eq!((addr("node-a", 0), addr("node-a", 1)), ("10.244.1.1".into(), "10.244.1.2".into()));
+        // node-b's own pod keeps the first address of its block, even though node-a comes first.
+        assert_eq!(addr("node-b", 0), "10.244.2.1");
+        assert_eq!(addr("node-a", 2), "10.244.2.2", "borrowed from node-b's block");
+        // An explicit address is never handed out again.
+        let t = parse(&small_blocks(
+            r#""pod-a1", "pod-a2", "pod-a3""#,
+            r#""pod-b1", { name = "pod-b2", address = "10.244.2.2" }"#,
+        ))
+        .expect("parses");
+        assert_eq!(t.node("node-a").expect("node-a").pods[2].address.to_string(), "10.244.3.2");
+    }
+
+    #[test]
+    fn a_pod_gets_an_error_when_every_block_is_full() {
+        let text = small_blocks(r#""pod-a1", "pod-a2", "pod-a3""#, r#""pod-b1", "pod-b2""#).replacen(
+            r#"pods = ["pod-c1"]"#,
+            r#"pods = ["pod-c1", "pod-c2"]"#,
+            1,
+        );
+        let e = err(&text);
+        let line = text.lines().position(|l| l.contains("pod-a3")).expect("line") + 1;
+        assert!(e.contains(&format!("t.toml:{line}")), "{e}");
+        assert!(
+            e.contains("no address left for pod pod-a3: block 10.244.1.0/30 and every other node's block are full"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -349,3 +349,49 @@ fn bird2_as_route_reflector_for_our_nodes() {
     assert_eq!((r["next_hop"].as_str(), r["encap"].as_str()), (Some("192.168.200.101"), Some("ipip")));
     all_pods_reach_each_other(&lab);
 }
+
+/// node-a has three pods and room for two in its /30 block, so its third pod borrows an
+/// address from node-b's block. node-a announces that /32 and the longer route wins over
+/// node-b's block, at node-b (over its own blackhole) as everywhere else.
+fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it(dataplane: &str) {
+    let lab = TestLab::named();
+    std::fs::create_dir_all(&lab.dir).expect("dir");
+    let topology = SEED
+        .replacen("block_size = 26", "block_size = 30", 1)
+        .replace("10.244.1.0/26", "10.244.1.0/30")
+        .replace("10.244.2.0/26", "10.244.2.0/30")
+        .replace("10.244.3.0/26", "10.244.3.0/30")
+        .replacen(r#"pods = ["pod-a1", "pod-a2"]"#, r#"pods = ["pod-a1", "pod-a2", "pod-a3"]"#, 1);
+    let topo = lab.dir.join(format!("{}-borrow.toml", lab.name));
+    std::fs::write(&topo, topology).expect("write topology");
+    let out = lab.router(&["lab", "up", "--topology", topo.to_str().unwrap_or_default(), "--dataplane", dataplane]);
+    assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
+    const BORROWED: &str = "10.244.2.2";
+    let addr = text(&lab.exec("pod-a3", &["ip", "-4", "-o", "addr", "show", "eth0"]).stdout);
+    assert!(addr.contains(&format!("{BORROWED}/32")), "pod-a3's address: {addr}");
+    for (node, encap) in [("node-b", "none"), ("node-c", "ipip")] {
+        wait_for(20, &format!("the borrowed /32 at {node}"), || route(&lab, node, "10.244.2.2/32").is_some());
+        let r = route(&lab, node, "10.244.2.2/32").expect("route");
+        assert_eq!(
+            (r["source"].as_str(), r["next_hop"].as_str(), r["encap"].as_str()),
+            (Some("bgp"), Some("192.168.100.100"), Some(encap)),
+            "{node}: {r}"
+        );
+    }
+    assert!(route(&lab, "node-b", "10.244.2.0/30").is_some(), "node-b keeps its block");
+    for from in ["pod-b1", "pod-c1", "pod-a1"] {
+        let (ok, out) = ping(&lab, from, &["-c", "2", "-i", "0.2", "-W", "2", BORROWED]);
+        assert!(ok, "{from} -> pod-a3: {out}");
+        assert_no_loss(&out);
+    }
+}
+
+#[test]
+fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it_afpacket() {
+    a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it("afpacket");
+}
+
+#[test]
+fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it_tun() {
+    a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it("tun");
+}
