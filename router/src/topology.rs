@@ -151,7 +151,9 @@ fn default_mtu() -> Spanned<u16> {
 struct RawNode {
     name: Spanned<String>,
     address: Spanned<String>,
-    block: Spanned<String>,
+    /// Absent: the first block of the pool that no node names or has taken.
+    #[serde(default)]
+    block: Option<Spanned<String>>,
     #[serde(default)]
     pods: Vec<Spanned<RawPod>>,
     #[serde(default)]
@@ -246,6 +248,12 @@ impl Topology {
         // Pods that take the next free address: (node, pod, where it is written), filled in
         // once every block and every explicit address is known.
         let mut automatic: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
+        // Blocks the file names: a node without one must not take them.
+        let named_blocks: Vec<Ipv4Net> = raw
+            .nodes
+            .iter()
+            .filter_map(|n| n.block.as_ref().and_then(|b| b.get_ref().parse::<Ipv4Net>().ok()))
+            .collect();
         for n in &raw.nodes {
             check_name(&src, &n.name, "node")?;
             if !names.insert(n.name.get_ref().clone()) {
@@ -269,16 +277,36 @@ impl Topology {
             if let Some(o) = nodes.iter().find(|o| o.address.addr() == a) {
                 return Err(src.error_at(n.address.span(), format!("address {a} is already node {}'s", o.name)));
             }
-            let block = src.at(&n.block, fileerr::parse_net(n.block.get_ref(), "block"))?;
-            if block.trunc() != block || block.prefix_len() != block_size || !pool.contains(&block) {
-                return Err(src.error_at(
-                    n.block.span(),
-                    format!("block {block} must be a /{block_size} inside the pool {pool} without host bits"),
-                ));
-            }
-            if let Some(o) = nodes.iter().find(|o| o.block == block) {
-                return Err(src.error_at(n.block.span(), format!("block {block} already belongs to node {}", o.name)));
-            }
+            let block = match &n.block {
+                Some(b) => {
+                    let block = src.at(b, fileerr::parse_net(b.get_ref(), "block"))?;
+                    if block.trunc() != block || block.prefix_len() != block_size || !pool.contains(&block) {
+                        return Err(src.error_at(
+                            b.span(),
+                            format!("block {block} must be a /{block_size} inside the pool {pool} without host bits"),
+                        ));
+                    }
+                    if let Some(o) = nodes.iter().find(|o| o.block == block) {
+                        return Err(src.error_at(b.span(), format!("block {block} already belongs to node {}", o.name)));
+                    }
+                    block
+                }
+                // Calico's IPAM hands a node the next free block of the pool.
+                None => pool
+                    .subnets(block_size)
+                    .into_iter()
+                    .flatten()
+                    .find(|b| !named_blocks.contains(b) && nodes.iter().all(|o| o.block != *b))
+                    .ok_or_else(|| {
+                        src.error_at(
+                            n.name.span(),
+                            format!(
+                                "the pool {pool} has no free /{block_size} block left for node {}",
+                                n.name.get_ref()
+                            ),
+                        )
+                    })?,
+            };
             let mut pods = Vec::new();
             for p in &n.pods {
                 let (name, address) = match p.get_ref() {
@@ -456,6 +484,30 @@ mod tests {
         ))
         .expect("parses");
         assert_eq!(t.node("node-a").expect("node-a").pods[2].address.to_string(), "10.244.3.2");
+    }
+
+    #[test]
+    fn a_node_without_a_block_gets_the_next_free_one_of_the_pool() {
+        let text = SEED
+            .replacen("block = \"10.244.1.0/26\"\n", "", 1)
+            .replacen("block = \"10.244.2.0/26\"\n", "", 1)
+            .replacen("10.244.3.0/26", "10.244.0.64/26", 1);
+        let t = parse(&text).expect("parses");
+        let block = |n: &str| t.node(n).expect("node").block.to_string();
+        // node-c names 10.244.0.64/26 further down the file: node-b skips it.
+        assert_eq!(
+            (block("node-a"), block("node-b"), block("node-c")),
+            ("10.244.0.0/26".into(), "10.244.0.128/26".into(), "10.244.0.64/26".into())
+        );
+        assert_eq!(t.node("node-b").expect("node-b").pods[0].address.to_string(), "10.244.0.129");
+        // A /24 pool holds four /26 blocks.
+        let text = SEED.replacen("10.244.0.0/16", "10.244.1.0/24", 1).replacen("block = \"10.244.2.0/26\"\n", "", 1);
+        let text = text.replacen("block = \"10.244.3.0/26\"", "block = \"10.244.1.128/26\"", 1);
+        let t = parse(&text).expect("parses");
+        assert_eq!(t.node("node-b").expect("node-b").block.to_string(), "10.244.1.64/26");
+        let tail = "\n[[nodes]]\nname = \"node-d\"\naddress = \"192.168.100.102/24\"\n\n[[nodes]]\nname = \"node-e\"\naddress = \"192.168.100.103/24\"\n";
+        let e = err(&(text + tail));
+        assert!(e.contains("the pool 10.244.1.0/24 has no free /26 block left for node node-e"), "{e}");
     }
 
     #[test]
