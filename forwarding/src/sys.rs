@@ -135,6 +135,14 @@ pub fn set_tcp_md5(fd: RawFd, peer: std::net::Ipv4Addr, key: &[u8]) -> io::Resul
     })
 }
 
+/// GTSM (RFC 5082) on a TCP socket: segments from the peer with a TTL below `min_ttl` are
+/// dropped by the kernel (`IP_MINTTL`).
+pub fn set_min_ttl(fd: RawFd, min_ttl: u8) -> io::Result<()> {
+    let v: libc::c_int = min_ttl.into();
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_MINTTL, &v)
+        .map_err(|e| io::Error::new(e.kind(), format!("setting IP_MINTTL to {min_ttl}: {e}")))
+}
+
 /// Most messages per `sendmmsg`/`recvmmsg` call: the headers live on the stack, so a batch
 /// costs no allocation.
 pub const MAX_MSGS: usize = 64;

@@ -78,6 +78,9 @@ pub struct BgpPeer {
     pub kind: crate::bgp::session::PeerKind,
     pub passive: bool,
     pub password: Option<String>,
+    /// GTSM (RFC 5082): the peer is this many hops away; we send with TTL 255 and drop its
+    /// segments that arrive with less than 256 minus that.
+    pub ttl_security: Option<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +221,8 @@ pub struct RawBgpPeer {
     pub passive: bool,
     #[serde(default)]
     pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<u8>,
 }
 
 fn default_bgp_port() -> u16 {
@@ -434,6 +439,15 @@ impl NodeConfig {
                     if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
                         return Err(src.error_at(p.address.span(), "TCP MD5 passwords are at most 80 bytes"));
                     }
+                    if p.ttl_security.is_some_and(|t| !(1..=254).contains(&t)) {
+                        return Err(src.error_at(p.address.span(), "ttl_security is a hop count from 1 to 254"));
+                    }
+                    if p.ttl_security.is_some() && p.passive {
+                        return Err(src.error_at(
+                            p.address.span(),
+                            "ttl_security needs passive = false: the TTL is checked on the connection we open",
+                        ));
+                    }
                     peers.push(BgpPeer {
                         address,
                         as_number: p.as_number,
@@ -441,6 +455,7 @@ impl NodeConfig {
                         kind: p.kind,
                         passive: p.passive,
                         password: p.password.clone(),
+                        ttl_security: p.ttl_security,
                     });
                 }
                 Some(BgpConfig {
@@ -546,6 +561,7 @@ impl NodeConfig {
                         kind: p.kind,
                         passive: p.passive,
                         password: p.password.clone(),
+                        ttl_security: p.ttl_security,
                     })
                     .collect(),
             }),

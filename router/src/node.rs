@@ -320,6 +320,7 @@ fn speaker_config(cfg: &NodeConfig) -> Option<SpeakerConfig> {
                 rr_client: p.kind == PeerKind::RouteReflectorClient,
                 passive: p.passive,
                 password: p.password.clone(),
+                ttl_security: p.ttl_security,
             })
             .collect(),
         originate: originated(cfg),

@@ -60,6 +60,8 @@ pub struct BgpPeerSpec {
     /// Only this node peers (absent: every node).
     pub node: Option<String>,
     pub password: Option<String>,
+    /// Calico's BGPPeer.ttlSecurity: GTSM (RFC 5082) with the peer this many hops away.
+    pub ttl_security: Option<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +124,8 @@ struct RawBgpPeer {
     node: Option<Spanned<String>>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    ttl_security: Option<Spanned<u8>>,
 }
 
 fn default_block_size() -> Spanned<u8> {
@@ -402,11 +406,18 @@ impl Topology {
             if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
                 return Err(src.error_at(p.peer_ip.span(), "TCP MD5 passwords are at most 80 bytes"));
             }
+            let ttl_security = match &p.ttl_security {
+                Some(t) if !(1..=254).contains(t.get_ref()) => {
+                    return Err(src.error_at(t.span(), "ttl_security is a hop count from 1 to 254"));
+                }
+                t => t.as_ref().map(|t| *t.get_ref()),
+            };
             bgp_peers.push(BgpPeerSpec {
                 peer_ip,
                 as_number: p.as_number,
                 node: p.node.as_ref().map(|n| n.get_ref().clone()),
                 password: p.password.clone(),
+                ttl_security,
             });
         }
         if !raw.cluster.node_to_node_mesh
@@ -596,6 +607,13 @@ mod tests {
         assert!(e.contains("no node named \"node-z\""), "{e}");
         let ok = parse(&format!("{SEED}{}", extra.replace("node-z", "node-a"))).expect("ok");
         assert_eq!(ok.bgp_peers[0].as_number, 65000);
+        assert_eq!(ok.bgp_peers[0].ttl_security, None);
+        let gtsm = parse(&format!("{SEED}{}ttl_security = 1\n", extra.replace("node-z", "node-a"))).expect("ok");
+        assert_eq!(gtsm.bgp_peers[0].ttl_security, Some(1));
+        for bad in ["0", "255"] {
+            let e = err(&format!("{SEED}{}ttl_security = {bad}\n", extra.replace("node-z", "node-a")));
+            assert!(e.contains("ttl_security is a hop count from 1 to 254"), "{e}");
+        }
     }
 
     #[test]

@@ -198,7 +198,11 @@ fn birdc(lab: &TestLab, sock: &str, cmd: &[&str]) -> String {
 }
 
 fn bird_ebgp(password: Option<&str>) -> String {
-    let pw = password.map(|p| format!("password \"{p}\";")).unwrap_or_default();
+    bird_ebgp_with(&password.map(|p| format!("password \"{p}\";")).unwrap_or_default())
+}
+
+/// BIRD's side of an eBGP session with node-a, with `pw` among the protocol's options.
+fn bird_ebgp_with(pw: &str) -> String {
     format!(
         "router id 192.168.100.1;\nprotocol device {{}}\nprotocol direct {{ ipv4; }}\n\
          protocol static {{ ipv4; route 10.99.1.0/24 blackhole; }}\n\
@@ -208,7 +212,11 @@ fn bird_ebgp(password: Option<&str>) -> String {
 }
 
 fn bird_peer_topology(lab: &TestLab, password: Option<&str>) -> PathBuf {
-    let pw = password.map(|p| format!("password = \"{p}\"\n")).unwrap_or_default();
+    bird_peer_topology_with(lab, &password.map(|p| format!("password = \"{p}\"\n")).unwrap_or_default())
+}
+
+/// The seed with BIRD in the underlay as node-a's external peer, `pw` among its lines.
+fn bird_peer_topology_with(lab: &TestLab, pw: &str) -> PathBuf {
     topology(
         lab,
         "bird",
@@ -394,4 +402,24 @@ fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it_afpacket(
 #[test]
 fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it_tun() {
     a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it("tun");
+}
+
+/// GTSM (Calico's BGPPeer ttlSecurity): with BIRD's `ttl security on` both sides send at
+/// TTL 255 and the session comes up. BIRD without it sends its eBGP segments at TTL 1, which
+/// node-a's kernel drops, so nothing comes up, and `status` says why.
+#[test]
+fn ttl_security_establishes_with_a_gtsm_peer_and_not_with_one_that_sends_low_ttls() {
+    let lab = TestLab::named();
+    let topo = bird_peer_topology_with(&lab, "ttl_security = 1\n");
+    let lab = up_with(lab, &topo);
+    let sock = start_bird(&lab, &bird_ebgp_with("ttl security on;"));
+    wait_for(20, "a GTSM session with BIRD", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    wait_for(10, "BIRD's route in node-a's FIB", || route(&lab, "node-a", "10.99.1.0/24").is_some());
+    let _ = birdc(&lab, &sock, &["down"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = start_bird(&lab, &bird_ebgp_with(""));
+    std::thread::sleep(Duration::from_secs(8));
+    let (state, info) = peer_state(&lab, "node-a", "192.168.100.1");
+    assert_ne!(state, "up", "must not establish with a peer that ignores GTSM");
+    assert!(info.contains("TTL below 255 (ttl_security)"), "status should say why: {state}: {info}");
 }

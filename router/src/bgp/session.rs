@@ -38,6 +38,15 @@ pub struct PeerConfig {
     /// Wait for the peer to connect (Calico: the side with the higher address).
     pub passive: bool,
     pub password: Option<String>,
+    /// GTSM (RFC 5082): the peer's hop count; see [`gtsm`].
+    pub ttl_security: Option<u8>,
+}
+
+/// GTSM for a socket to a peer `hops` away: ours leave with TTL 255, and the kernel drops the
+/// peer's that arrive with less than 256 - `hops`, which a sender further away cannot forge.
+fn gtsm(s: &Socket, hops: u8) -> io::Result<()> {
+    s.set_ttl(255)?;
+    forwarding::sys::set_min_ttl(s.as_raw_fd(), 255 - hops.saturating_sub(1))
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +135,11 @@ fn listen(cfg: &SpeakerConfig) -> io::Result<TcpListener> {
         if let Some(pw) = &p.password {
             forwarding::sys::set_tcp_md5(s.as_raw_fd(), p.addr, pw.as_bytes())?;
         }
+    }
+    // Accepted connections inherit the TTL: a GTSM peer then gets our SYN-ACK at 255. TTL 255
+    // is harmless for the others.
+    if cfg.peers.iter().any(|p| p.ttl_security.is_some()) {
+        s.set_ttl(255)?;
     }
     let addr = SocketAddr::V4(SocketAddrV4::new(cfg.local_addr, cfg.port));
     s.bind(&SockAddr::from(addr)).map_err(|e| io::Error::new(e.kind(), format!("binding BGP to {addr}: {e}")))?;
@@ -270,6 +284,9 @@ impl Speaker {
         if let Some(pw) = &p.password {
             forwarding::sys::set_tcp_md5(s.as_raw_fd(), p.addr, pw.as_bytes())?;
         }
+        if let Some(hops) = p.ttl_security {
+            gtsm(&s, hops)?;
+        }
         let to = SockAddr::from(SocketAddr::V4(SocketAddrV4::new(p.addr, p.port)));
         match s.connect(&to) {
             Ok(()) => {}
@@ -321,6 +338,13 @@ impl Speaker {
                 let _ = stream.shutdown(Shutdown::Both);
                 continue;
             };
+            if self.peers[i].cfg.ttl_security.is_some() {
+                // GTSM: the listener, shared by every peer, let this handshake through whatever
+                // its TTL. The session runs on the connection we open, whose socket checks it.
+                tracing::debug!(%from, "closed a GTSM peer's connection: we connect to it ourselves");
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            }
             // One session per peer (RFC 4271 §6.8): of two connections, the one opened by
             // the speaker with the higher BGP Identifier survives. The peer's identifier is
             // in its OPEN once we are in OpenConfirm; before that it is the one of the last
@@ -530,9 +554,34 @@ impl Speaker {
                 .is_some_and(|c| c.connecting && now.duration_since(c.opened) >= self.cfg.connect_retry);
             if stalled {
                 self.drop_conn(registry, i);
+                let gtsm = match self.peers[i].cfg.ttl_security {
+                    Some(h) => {
+                        format!(", or its packets arrive with a TTL below {} (ttl_security)", 255 - h.saturating_sub(1))
+                    }
+                    None => String::new(),
+                };
                 let msg = format!(
-                    "no answer to TCP connect within {} s (peer down, or a TCP MD5 password mismatch)",
+                    "no answer to TCP connect within {} s (peer down, or a TCP MD5 password mismatch{gtsm})",
                     self.cfg.connect_retry.as_secs()
+                );
+                self.feed(registry, i, now, Input::TcpFailed(msg));
+            }
+            // GTSM: a peer that sends below the TTL we require gets its handshake through when
+            // its listener sends at 255 (BIRD's does), and then its OPEN is dropped. Waiting the
+            // OpenSent hold time (4 minutes) would tell nobody anything.
+            let silent_gtsm = self.peers[i].cfg.ttl_security.filter(|_| {
+                self.peers[i].fsm.state() == State::OpenSent
+                    && self.peers[i]
+                        .conn
+                        .as_ref()
+                        .is_some_and(|c| now.duration_since(c.opened) >= self.cfg.connect_retry)
+            });
+            if let Some(h) = silent_gtsm {
+                self.drop_conn(registry, i);
+                let msg = format!(
+                    "no OPEN within {} s; its packets may arrive with a TTL below {} (ttl_security), which the kernel drops",
+                    self.cfg.connect_retry.as_secs(),
+                    255 - h.saturating_sub(1)
                 );
                 self.feed(registry, i, now, Input::TcpFailed(msg));
             }

@@ -444,6 +444,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             kind,
             passive: u32::from(me) > u32::from(addr),
             password: None,
+            ttl_security: None,
         });
     }
     for p in topo.bgp_peers.iter().filter(|p| p.node.as_ref().is_none_or(|n| n == &node.name)) {
@@ -454,6 +455,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             kind: PeerKind::Global,
             passive: false,
             password: p.password.clone(),
+            ttl_security: p.ttl_security,
         });
     }
     BgpConfig {

@@ -310,9 +310,12 @@ impl Fsm {
                 _ => out.push(Output::Close),
             },
             Input::TcpFailed(e) => {
-                if matches!(self.state, State::Connect) {
-                    // RFC 4271 §8.2.2: go Active and retry when the connect-retry timer fires.
-                    self.last_error = Some(format!("connect: {e}"));
+                if matches!(self.state, State::Connect | State::OpenSent) {
+                    // RFC 4271 §8.2.2: go Active and retry when the connect-retry timer fires
+                    // (from OpenSent too: the connection is gone before any OPEN came back).
+                    let what = if self.state == State::Connect { "connect" } else { "waiting for OPEN" };
+                    self.last_error = Some(format!("{what}: {e}"));
+                    self.hold_at = None;
                     self.connect_retry_at = Some(now + self.cfg.connect_retry);
                     self.goto(now, State::Active);
                 }

@@ -226,6 +226,17 @@ fn failed_connect_retries_on_the_connect_retry_timer() {
 }
 
 #[test]
+fn a_connection_lost_before_the_open_goes_active_and_retries() {
+    let (mut f, now) = to_open_sent(64512, 64512);
+    f.process(now, Input::TcpFailed("no OPEN".into()));
+    assert_eq!(f.state(), State::Active);
+    assert_eq!(f.last_error(), Some("waiting for OPEN: no OPEN"));
+    let out = f.process(now + Duration::from_secs(5), Input::Tick);
+    assert!(out.contains(&Output::Connect), "{out:?}");
+    assert_eq!(f.state(), State::Connect);
+}
+
+#[test]
 fn stop_sends_cease_and_stays_idle() {
     let mut p = Pair::new(90, 90);
     p.establish();
