@@ -645,6 +645,21 @@ via = "192.168.100.101"
     }
 
     #[test]
+    fn ttl_security_round_trips_and_needs_an_active_session() {
+        let peer = "\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"192.168.100.1\"\nas_number = 65001\nkind = \"global\"\nttl_security = 1\n";
+        let c = parse(&format!("{GOOD}{peer}")).expect("parses");
+        let ttl = |c: &NodeConfig| c.bgp.as_ref().map(|b| b.peers[0].ttl_security);
+        assert_eq!(ttl(&c), Some(Some(1)));
+        assert_eq!(ttl(&parse(&c.to_toml()).expect("round trip")), Some(Some(1)));
+        let e = parse(&format!("{GOOD}{peer}passive = true\n")).expect_err("passive").to_string();
+        assert!(e.contains("ttl_security needs passive = false"), "{e}");
+        let e = parse(&format!("{GOOD}{}", peer.replace("ttl_security = 1", "ttl_security = 0")))
+            .expect_err("0")
+            .to_string();
+        assert!(e.contains("ttl_security is a hop count from 1 to 254"), "{e}");
+    }
+
+    #[test]
     fn bad_values_are_explained() {
         for (from, to, needle) in [
             ("workers = 1", "workers = 0", "use 1 to 64"),
