@@ -46,7 +46,12 @@ pub struct PeerConfig {
 /// peer's that arrive with less than 256 - `hops`, which a sender further away cannot forge.
 fn gtsm(s: &Socket, hops: u8) -> io::Result<()> {
     s.set_ttl(255)?;
-    forwarding::sys::set_min_ttl(s.as_raw_fd(), 255 - hops.saturating_sub(1))
+    forwarding::sys::set_min_ttl(s.as_raw_fd(), gtsm_min_ttl(hops))
+}
+
+/// The lowest TTL a GTSM peer `hops` away can reach us with.
+fn gtsm_min_ttl(hops: u8) -> u8 {
+    255 - hops.saturating_sub(1)
 }
 
 #[derive(Debug, Clone)]
@@ -556,7 +561,7 @@ impl Speaker {
                 self.drop_conn(registry, i);
                 let gtsm = match self.peers[i].cfg.ttl_security {
                     Some(h) => {
-                        format!(", or its packets arrive with a TTL below {} (ttl_security)", 255 - h.saturating_sub(1))
+                        format!(", or its packets arrive with a TTL below {} (ttl_security)", gtsm_min_ttl(h))
                     }
                     None => String::new(),
                 };
@@ -581,7 +586,7 @@ impl Speaker {
                 let msg = format!(
                     "no OPEN within {} s; its packets may arrive with a TTL below {} (ttl_security), which the kernel drops",
                     self.cfg.connect_retry.as_secs(),
-                    255 - h.saturating_sub(1)
+                    gtsm_min_ttl(h)
                 );
                 self.feed(registry, i, now, Input::TcpFailed(msg));
             }
