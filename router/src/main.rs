@@ -52,7 +52,7 @@ enum Cmd {
     /// Show a node's FIB, like `route -n`; with --lookup, the route one address takes.
     Routes {
         /// Which route this address takes (like `ip route get`).
-        #[arg(long)]
+        #[arg(long, value_parser = ipv4_to_look_up)]
         lookup: Option<std::net::Ipv4Addr>,
         #[command(flatten)]
         query: Query,
@@ -232,6 +232,17 @@ impl Query {
     fn ask(&self, req: Request) -> anyhow::Result<serde_json::Value> {
         // Requests are cheap to clone; the caller may reuse them.
         Ok(admin::request(&self.socket()?, req)?)
+    }
+}
+
+/// An address for `routes --lookup`: the FIB, like the lab, is IPv4.
+fn ipv4_to_look_up(s: &str) -> Result<std::net::Ipv4Addr, String> {
+    match s.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => Ok(a),
+        Ok(std::net::IpAddr::V6(_)) => {
+            Err("the data plane forwards IPv4 only, so its FIB has no IPv6 routes to look up".into())
+        }
+        Err(_) => Err(format!("{s:?} is not an IP address (like 10.244.3.1)")),
     }
 }
 

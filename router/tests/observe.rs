@@ -280,3 +280,15 @@ fn completions_are_generated() {
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("lab"));
 }
+
+#[test]
+fn lookup_refuses_what_the_fib_cannot_hold_and_says_why() {
+    for (addr, why) in [("2001:db8::1", "forwards IPv4 only"), ("banana", "\"banana\" is not an IP address")] {
+        let out = std::process::Command::new(ROUTER)
+            .args(["routes", "--socket", "/nonexistent", "--lookup", addr])
+            .output()
+            .expect("router");
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(why), "{addr}: {}", text(&out.stderr));
+    }
+}
