@@ -5,7 +5,7 @@ use encap::gso::{VnetHdr, VNET_HDR_LEN};
 use encap::MacAddr;
 use std::ffi::CString;
 use std::io;
-use std::mem::{size_of, size_of_val, zeroed};
+use std::mem::{size_of, zeroed};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// What the kernel knows about an interface.
@@ -319,6 +319,18 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> i
     Ok(())
 }
 
+/// Reads a socket option into `out`, a plain-data value the kernel fills (at most its size).
+fn getsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, out: &mut T) -> io::Result<()> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: out is valid for writing size_of::<T>() bytes for the duration of the call, and
+    // the callers' T are plain data for which any bytes are a valid value.
+    let r = unsafe { libc::getsockopt(fd, level, name, (out as *mut T).cast(), &mut len) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl PacketSocket {
     fn open(ifindex: u32, protocol: u16) -> io::Result<Self> {
         let proto_be = protocol.to_be();
@@ -396,22 +408,8 @@ impl PacketSocket {
     /// Frames the kernel dropped because this socket's queue was full, since the last call
     /// (PACKET_STATISTICS resets on read).
     pub fn take_drops(&self) -> io::Result<u64> {
-        // SAFETY: tpacket_stats is plain data; getsockopt writes at most `len` bytes into it.
-        let mut st: libc::tpacket_stats = unsafe { zeroed() };
-        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
-        // SAFETY: st and len are valid for writing for the duration of the call.
-        let r = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats).cast(),
-                &mut len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let mut st = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+        getsockopt(self.fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_STATISTICS, &mut st)?;
         Ok(u64::from(st.tp_drops))
     }
 
@@ -531,15 +529,7 @@ impl RawIpipSocket {
     /// (read from `SO_MEMINFO`; a raw socket has no `PACKET_STATISTICS`).
     pub fn take_drops(&self) -> io::Result<u64> {
         let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
-        let mut len = size_of_val(&info) as libc::socklen_t;
-        // SAFETY: info and len are valid for writing for the duration of the call; the
-        // kernel writes at most `len` bytes.
-        let r = unsafe {
-            libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_SOCKET, SO_MEMINFO, info.as_mut_ptr().cast(), &mut len)
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        getsockopt(self.fd.as_raw_fd(), libc::SOL_SOCKET, SO_MEMINFO, &mut info)?;
         let total = info[libc::SK_MEMINFO_DROPS as usize];
         let before = self.drops_seen.swap(total, std::sync::atomic::Ordering::Relaxed);
         // The kernel's counter is 32 bits and wraps.
