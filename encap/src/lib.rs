@@ -4,7 +4,6 @@
 //! `AsRef`, setters need `AsMut`. `new_checked` validates lengths once; after it succeeds no
 //! accessor panics, so untrusted frames from the kernel always go through it. Nothing here
 //! allocates or copies a payload.
-#![forbid(unsafe_code)]
 
 pub mod arp;
 pub mod checksum;

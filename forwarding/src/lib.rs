@@ -5,7 +5,6 @@
 //! The FIB and the neighbour table are published as immutable snapshots: readers never block.
 //! What a worker cannot finish alone (an unresolved next hop, a learned neighbour) goes over a
 //! channel to the slow-path thread that owns ARP resolution.
-#![deny(unsafe_code)]
 
 pub mod counters;
 pub mod dataplane;
@@ -16,8 +15,6 @@ pub mod lpm;
 pub mod neigh;
 pub mod pipeline;
 pub mod snapshot;
-#[allow(unsafe_code)]
-pub mod sys;
 pub mod tap;
 pub mod trace;
 mod worker;

@@ -7,15 +7,15 @@ use crate::fib::FibHandle;
 use crate::iface::{IfaceId, Interfaces};
 use crate::neigh::{NeighHandle, Neighbour};
 use crate::pipeline::{self, Context, Span, Verdict};
-use crate::sys::{PacketSocket, RawIpipSocket, TunQueue};
 use crate::tap::{Direction, Tap};
 use crate::trace::{self, Tracer};
 use crossbeam_channel::{Sender, TrySendError};
 use encap::gso::{self, VnetHdr};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use netsys::{PacketSocket, RawIpipSocket, TunQueue};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,7 +86,7 @@ impl Port {
             Port::Packet { .. } => Err(io::ErrorKind::Unsupported.into()),
         };
         if let Port::Packet { rx, .. } = self {
-            return crate::sys::recv_batch_vnet(rx.as_raw_fd(), bufs, HEADROOM, RX_MAX, lens, hdrs);
+            return netsys::recv_batch_vnet(rx.as_fd(), bufs, HEADROOM, RX_MAX, lens, hdrs);
         }
         // TUN and raw sockets: one read per packet, until empty or the batch is full.
         let mut k = 0;
@@ -111,7 +111,7 @@ impl Port {
             Port::Packet { tx, .. } => {
                 let mut done = 0;
                 while done < frames.len() {
-                    match crate::sys::send_batch_vnet(tx.as_raw_fd(), &frames[done..]) {
+                    match netsys::send_batch_vnet(tx.as_fd(), &frames[done..]) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => done += n,
                     }
@@ -191,7 +191,7 @@ impl Worker {
             }
         }
         if self.nice != 0 {
-            if let Err(e) = crate::sys::set_thread_nice(self.nice) {
+            if let Err(e) = netsys::set_thread_nice(self.nice) {
                 // Raising a priority takes CAP_SYS_NICE; the worker still forwards without it.
                 tracing::warn!(worker = self.index, nice = self.nice, error = %e, "could not set the worker's priority");
             }

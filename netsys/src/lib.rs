@@ -1,5 +1,7 @@
-//! The one room where the data plane talks to the kernel with raw syscalls: AF_PACKET sockets
-//! and interface ioctls. Every `unsafe` block says why it is sound; descriptors are `OwnedFd`.
+//! The one room where the router talks to the kernel with raw syscalls: AF_PACKET, TUN and
+//! raw IP sockets, batch I/O, interface ioctls and the socket options BGP needs (TCP MD5,
+//! GTSM). It is the workspace's only `unsafe` code; every other crate forbids it. Every
+//! `unsafe` block says why it is sound; descriptors are `OwnedFd`, borrowed as `BorrowedFd`.
 
 use encap::gso::{VnetHdr, VNET_HDR_LEN};
 use encap::MacAddr;
@@ -106,7 +108,7 @@ pub fn set_tx_checksum(name: &str, on: bool) -> io::Result<()> {
 
 /// Sets (or, with an empty key, removes) the TCP MD5 signature key (RFC 2385) for `peer` on
 /// a TCP socket: before `connect` on an outgoing one, on the listener for incoming ones.
-pub fn set_tcp_md5(fd: RawFd, peer: std::net::Ipv4Addr, key: &[u8]) -> io::Result<()> {
+pub fn set_tcp_md5(fd: BorrowedFd<'_>, peer: std::net::Ipv4Addr, key: &[u8]) -> io::Result<()> {
     #[repr(C)]
     struct TcpMd5Sig {
         addr: libc::sockaddr_storage,
@@ -137,7 +139,7 @@ pub fn set_tcp_md5(fd: RawFd, peer: std::net::Ipv4Addr, key: &[u8]) -> io::Resul
 
 /// GTSM (RFC 5082) on a TCP socket: segments from the peer with a TTL below `min_ttl` are
 /// dropped by the kernel (`IP_MINTTL`).
-pub fn set_min_ttl(fd: RawFd, min_ttl: u8) -> io::Result<()> {
+pub fn set_min_ttl(fd: BorrowedFd<'_>, min_ttl: u8) -> io::Result<()> {
     let v: libc::c_int = min_ttl.into();
     setsockopt(fd, libc::IPPROTO_IP, libc::IP_MINTTL, &v)
         .map_err(|e| io::Error::new(e.kind(), format!("setting IP_MINTTL to {min_ttl}: {e}")))
@@ -149,7 +151,7 @@ pub const MAX_MSGS: usize = 64;
 
 /// Sends each buffer as one datagram on a connected socket, up to [`MAX_MSGS`] per system
 /// call (`sendmmsg`). Returns how many went out.
-pub fn send_batch(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
+pub fn send_batch(fd: BorrowedFd<'_>, bufs: &[&[u8]]) -> io::Result<usize> {
     let n = bufs.len().min(MAX_MSGS);
     // SAFETY: iovec and mmsghdr are plain data; all-zero is a valid start.
     let (mut iov, mut msgs): ([libc::iovec; MAX_MSGS], [libc::mmsghdr; MAX_MSGS]) = unsafe { (zeroed(), zeroed()) };
@@ -166,7 +168,7 @@ pub fn send_batch(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
 
 /// Like [`send_batch`] on a socket with virtio-net headers: each frame goes out behind its
 /// header.
-pub fn send_batch_vnet(fd: RawFd, frames: &[(VnetHdr, &[u8])]) -> io::Result<usize> {
+pub fn send_batch_vnet(fd: BorrowedFd<'_>, frames: &[(VnetHdr, &[u8])]) -> io::Result<usize> {
     let n = frames.len().min(MAX_MSGS);
     let mut hdrs = [[0u8; VNET_HDR_LEN]; MAX_MSGS];
     // SAFETY: iovec and mmsghdr are plain data; all-zero is a valid start.
@@ -186,10 +188,10 @@ pub fn send_batch_vnet(fd: RawFd, frames: &[(VnetHdr, &[u8])]) -> io::Result<usi
     sendmmsg(fd, &mut msgs[..n])
 }
 
-fn sendmmsg(fd: RawFd, msgs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+fn sendmmsg(fd: BorrowedFd<'_>, msgs: &mut [libc::mmsghdr]) -> io::Result<usize> {
     // SAFETY: the messages and the iovecs and buffers they point to live until the call
     // returns; the buffers are only read.
-    let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, 0) };
+    let r = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as libc::c_uint, 0) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -200,14 +202,20 @@ fn sendmmsg(fd: RawFd, msgs: &mut [libc::mmsghdr]) -> io::Result<usize> {
 /// non-blocking once the first has arrived), each at `offset` in its buffer and at most `max`
 /// bytes long; writes each full length into `lens` (longer than `max`: truncated). Returns
 /// how many arrived.
-pub fn recv_batch(fd: RawFd, bufs: &mut [Vec<u8>], offset: usize, max: usize, lens: &mut [usize]) -> io::Result<usize> {
+pub fn recv_batch(
+    fd: BorrowedFd<'_>,
+    bufs: &mut [Vec<u8>],
+    offset: usize,
+    max: usize,
+    lens: &mut [usize],
+) -> io::Result<usize> {
     recv_batch_inner(fd, bufs, offset, max, lens, None)
 }
 
 /// Like [`recv_batch`] on a socket with virtio-net headers: each frame's header goes to
 /// `hdrs` and does not count in its length.
 pub fn recv_batch_vnet(
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     bufs: &mut [Vec<u8>],
     offset: usize,
     max: usize,
@@ -218,7 +226,7 @@ pub fn recv_batch_vnet(
 }
 
 fn recv_batch_inner(
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     bufs: &mut [Vec<u8>],
     offset: usize,
     max: usize,
@@ -254,7 +262,7 @@ fn recv_batch_inner(
     // iov_len bytes into each buffer.
     let r = unsafe {
         libc::recvmmsg(
-            fd,
+            fd.as_raw_fd(),
             msgs.as_mut_ptr(),
             n as libc::c_uint,
             libc::MSG_WAITFORONE | libc::MSG_TRUNC,
@@ -310,9 +318,11 @@ const ETH_P_ALL: u16 = 0x0003;
 /// `linux/if_packet.h` (Linux 6.2); not in the libc crate.
 const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: libc::c_int = 0x4000;
 
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
+fn setsockopt<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
     // SAFETY: val points to a live T of the size we pass.
-    let r = unsafe { libc::setsockopt(fd, level, name, (val as *const T).cast(), size_of::<T>() as libc::socklen_t) };
+    let r = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), level, name, (val as *const T).cast(), size_of::<T>() as libc::socklen_t)
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -320,11 +330,11 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> i
 }
 
 /// Reads a socket option into `out`, a plain-data value the kernel fills (at most its size).
-fn getsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, out: &mut T) -> io::Result<()> {
+fn getsockopt<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, out: &mut T) -> io::Result<()> {
     let mut len = size_of::<T>() as libc::socklen_t;
     // SAFETY: out is valid for writing size_of::<T>() bytes for the duration of the call, and
     // the callers' T are plain data for which any bytes are a valid value.
-    let r = unsafe { libc::getsockopt(fd, level, name, (out as *mut T).cast(), &mut len) };
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (out as *mut T).cast(), &mut len) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -381,10 +391,10 @@ impl PacketSocket {
     /// 1.5 KB segment.
     pub fn open_rx(ifindex: u32, group: Option<u16>, rcvbuf: usize) -> io::Result<Self> {
         let mut s = Self::open(ifindex, ETH_P_ALL)?;
-        let fd = s.fd.as_raw_fd();
+        s.enable_vnet()?;
+        let fd = s.fd.as_fd();
         let one: libc::c_int = 1;
         setsockopt(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;
-        s.enable_vnet()?;
         let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
         if let Some(group) = group {
@@ -409,7 +419,7 @@ impl PacketSocket {
     /// (PACKET_STATISTICS resets on read).
     pub fn take_drops(&self) -> io::Result<u64> {
         let mut st = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
-        getsockopt(self.fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_STATISTICS, &mut st)?;
+        getsockopt(self.fd.as_fd(), libc::SOL_PACKET, libc::PACKET_STATISTICS, &mut st)?;
         Ok(u64::from(st.tp_drops))
     }
 
@@ -428,7 +438,7 @@ impl PacketSocket {
     /// Every frame in and out from now on carries a virtio-net header.
     fn enable_vnet(&mut self) -> io::Result<()> {
         let one: libc::c_int = 1;
-        setsockopt(self.fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)
+        setsockopt(self.fd.as_fd(), libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)
             .map_err(|e| io::Error::new(e.kind(), format!("PACKET_VNET_HDR: {e}")))?;
         self.vnet = true;
         Ok(())
@@ -475,7 +485,7 @@ impl AsRawFd for PacketSocket {
 
 /// Attaches a classic BPF program that accepts nothing: the socket exists (which is what we
 /// need from it) but never queues a packet.
-fn attach_drop_all(fd: RawFd) -> io::Result<()> {
+fn attach_drop_all(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut code = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }]; // BPF_RET | BPF_K, 0
     let prog = libc::sock_fprog { len: 1, filter: code.as_mut_ptr() };
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
@@ -515,12 +525,12 @@ impl RawIpipSocket {
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let one: libc::c_int = 1;
-        setsockopt(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL, &one)?;
+        setsockopt(fd.as_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL, &one)?;
         if receive {
             let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
-            setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
+            setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
         } else {
-            attach_drop_all(fd.as_raw_fd())?;
+            attach_drop_all(fd.as_fd())?;
         }
         Ok(RawIpipSocket { fd, drops_seen: Default::default() })
     }
@@ -529,7 +539,7 @@ impl RawIpipSocket {
     /// (read from `SO_MEMINFO`; a raw socket has no `PACKET_STATISTICS`).
     pub fn take_drops(&self) -> io::Result<u64> {
         let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
-        getsockopt(self.fd.as_raw_fd(), libc::SOL_SOCKET, SO_MEMINFO, &mut info)?;
+        getsockopt(self.fd.as_fd(), libc::SOL_SOCKET, SO_MEMINFO, &mut info)?;
         let total = info[libc::SK_MEMINFO_DROPS as usize];
         let before = self.drops_seen.swap(total, std::sync::atomic::Ordering::Relaxed);
         // The kernel's counter is 32 bits and wraps.
@@ -570,6 +580,12 @@ impl RawIpipSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(n as usize)
+    }
+}
+
+impl AsFd for RawIpipSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -646,6 +662,12 @@ impl TunQueue {
             return Err(io::Error::last_os_error());
         }
         Ok((n as usize).saturating_sub(VNET_HDR_LEN))
+    }
+}
+
+impl AsFd for TunQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

@@ -1,7 +1,6 @@
 //! `router-perf`: the throughput benchmark. `forward` builds the lab for each scenario, drives
 //! UDP (fixed sizes and IMIX, many flows) and TCP (iperf3) from pod-a1 to a pod on another
 //! node, and compares the router with Linux kernel forwarding on the same topology.
-#![forbid(unsafe_code)]
 
 mod bench;
 mod bgpload;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// Frame sizes on the wire (Ethernet + IPv4 + UDP + payload).
@@ -140,7 +140,7 @@ pub fn generate(
             for (r, b) in refs.iter_mut().zip(&bufs[f][..want]) {
                 *r = b.as_slice();
             }
-            match forwarding::sys::send_batch(s.as_raw_fd(), &refs[..want]) {
+            match netsys::send_batch(s.as_fd(), &refs[..want]) {
                 Ok(n) => {
                     sent += n as u64;
                     bytes += refs[..n].iter().map(|b| (b.len() + HEADERS) as u64).sum::<u64>();
@@ -169,7 +169,7 @@ pub fn sink(port: u16, idle: Duration, max: Duration) -> anyhow::Result<SinkRepo
     s.set_recv_buffer_size(64 << 20)?;
     s.bind(&socket2::SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], port))))?;
     s.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let fd = s.as_raw_fd();
+    let fd = s.as_fd();
     let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 2048]).collect();
     let mut lens = vec![0usize; 64];
     // Per flow: (highest sequence seen, packets).
@@ -183,7 +183,7 @@ pub fn sink(port: u16, idle: Duration, max: Duration) -> anyhow::Result<SinkRepo
         if now - started > max || first.is_some_and(|_| now - last > idle) {
             break;
         }
-        let n = match forwarding::sys::recv_batch(fd, &mut bufs, 0, 2048, &mut lens) {
+        let n = match netsys::recv_batch(fd, &mut bufs, 0, 2048, &mut lens) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -3,7 +3,6 @@
 //! This crate holds the node daemon (config, route table, admin socket), the lab that builds
 //! a topology of network namespaces, and the CLI glue. The data plane is in `forwarding`,
 //! the wire formats in `encap`.
-#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod bgp;

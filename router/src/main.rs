@@ -1,5 +1,4 @@
 //! The `router` command line (DESIGN.md §5).
-#![forbid(unsafe_code)]
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
@@ -270,7 +269,7 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
         Cmd::Internal { cmd: InternalCmd::TxChecksumOff { interface } } => {
-            forwarding::sys::set_tx_checksum(&interface, false)?;
+            netsys::set_tx_checksum(&interface, false)?;
             Ok(0)
         }
         Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id } } => {

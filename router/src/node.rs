@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 /// (afpacket); or the raw IPIP socket and `tunl0` (tun).
 pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
     let mut list = Vec::new();
-    let up = forwarding::sys::link_info(&cfg.uplink.interface)
+    let up = netsys::link_info(&cfg.uplink.interface)
         .with_context(|| format!("uplink interface {} (from the config)", cfg.uplink.interface))?;
     if cfg.dataplane == DataplaneMode::Tun {
         let zero = encap::MacAddr::ZERO;
@@ -44,8 +44,8 @@ pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
         role: IfaceRole::Uplink { addr: cfg.uplink.address },
     });
     for p in &cfg.pods {
-        let l = forwarding::sys::link_info(&p.interface)
-            .with_context(|| format!("interface {} of pod {}", p.interface, p.name))?;
+        let l =
+            netsys::link_info(&p.interface).with_context(|| format!("interface {} of pod {}", p.interface, p.name))?;
         list.push(Interface {
             name: p.interface.clone(),
             ifindex: l.ifindex,

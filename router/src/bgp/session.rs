@@ -11,7 +11,7 @@ use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How a peer relates to us, as `calicoctl node status` shows it.
@@ -46,7 +46,7 @@ pub struct PeerConfig {
 /// peer's that arrive with less than 256 - `hops`, which a sender further away cannot forge.
 fn gtsm(s: &Socket, hops: u8) -> io::Result<()> {
     s.set_ttl(255)?;
-    forwarding::sys::set_min_ttl(s.as_raw_fd(), gtsm_min_ttl(hops))
+    netsys::set_min_ttl(s.as_fd(), gtsm_min_ttl(hops))
 }
 
 /// The lowest TTL a GTSM peer `hops` away can reach us with.
@@ -138,7 +138,7 @@ fn listen(cfg: &SpeakerConfig) -> io::Result<TcpListener> {
     s.set_nonblocking(true)?;
     for p in &cfg.peers {
         if let Some(pw) = &p.password {
-            forwarding::sys::set_tcp_md5(s.as_raw_fd(), p.addr, pw.as_bytes())?;
+            netsys::set_tcp_md5(s.as_fd(), p.addr, pw.as_bytes())?;
         }
     }
     // Accepted connections inherit the TTL: a GTSM peer then gets our SYN-ACK at 255. TTL 255
@@ -287,7 +287,7 @@ impl Speaker {
         s.set_nodelay(true)?;
         s.bind(&SockAddr::from(SocketAddr::V4(SocketAddrV4::new(self.cfg.local_addr, 0))))?;
         if let Some(pw) = &p.password {
-            forwarding::sys::set_tcp_md5(s.as_raw_fd(), p.addr, pw.as_bytes())?;
+            netsys::set_tcp_md5(s.as_fd(), p.addr, pw.as_bytes())?;
         }
         if let Some(hops) = p.ttl_security {
             gtsm(&s, hops)?;
