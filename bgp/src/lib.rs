@@ -1,11 +1,11 @@
-//! BGP-4 for the node: the wire codec, the session state machine, the RIBs and the session
-//! driver. The codec, the FSM and the RIBs are sans-IO: they open no socket and read no
-//! clock; time comes in as an argument and actions come out as values. Only `session` does
-//! I/O.
+//! BGP-4 without I/O: the wire codec (RFC 4271, 4760, 6793, 7911, 7606), the session state
+//! machine (RFC 4271 §8), the RIBs with route reflection (RFC 4456).
+//!
+//! Nothing here opens a socket or reads a clock: time comes in as an argument, and actions
+//! come out as values for a driver to carry out (the router's `speaker` module is one).
 
 pub mod fsm;
 pub mod rib;
-pub mod session;
 pub mod wire;
 
 /// Entry points for the fuzz targets (`fuzz/`): one per message decoder, each taking raw

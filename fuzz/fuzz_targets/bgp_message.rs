@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use router::bgp::fuzzing;
-use router::bgp::wire::Ctx;
+use bgp::fuzzing;
+use bgp::wire::Ctx;
 
 fuzz_target!(|data: &[u8]| {
     let ctx = Ctx::default();

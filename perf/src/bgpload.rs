@@ -7,7 +7,7 @@
 //! UPDATEs before the clock starts, so what is timed is the receiver.
 
 use anyhow::{bail, Context as _};
-use router::bgp::wire::{self, AsSegment, Attr, AttrValue, Capability, Ctx, Message, Open, Origin, Update};
+use bgp::wire::{self, AsSegment, Attr, AttrValue, Capability, Ctx, Message, Open, Origin, Update};
 use router::ipcmd::{pids, veth_between};
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

@@ -75,7 +75,7 @@ pub struct BgpPeer {
     pub address: Ipv4Addr,
     pub as_number: u32,
     pub port: u16,
-    pub kind: crate::bgp::session::PeerKind,
+    pub kind: crate::speaker::PeerKind,
     pub passive: bool,
     pub password: Option<String>,
     /// GTSM (RFC 5082): the peer is this many hops away; we send with TTL 255 and drop its
@@ -216,7 +216,7 @@ pub struct RawBgpPeer {
     pub as_number: u32,
     #[serde(default = "default_bgp_port")]
     pub port: u16,
-    pub kind: crate::bgp::session::PeerKind,
+    pub kind: crate::speaker::PeerKind,
     #[serde(default)]
     pub passive: bool,
     #[serde(default)]

@@ -1,11 +1,11 @@
 //! A Calico-style pod network as one userspace router.
 //!
-//! This crate holds the node daemon (config, route table, admin socket), the lab that builds
-//! a topology of network namespaces, and the CLI glue. The data plane is in `forwarding`,
-//! the wire formats in `encap`.
+//! This crate holds the node daemon (config, BGP speaker, route table, admin socket), the
+//! lab that builds a topology of network namespaces, and the CLI glue. The data plane is in
+//! `forwarding`, the wire formats in `encap`, the BGP protocol in `bgp`, and every syscall
+//! in `netsys`.
 
 pub mod admin;
-pub mod bgp;
 pub mod capture;
 pub mod config;
 pub mod fileerr;
@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod node;
 pub mod probe;
 pub mod routes;
+pub mod speaker;
 pub mod topology;
 pub mod trace;

@@ -3,10 +3,10 @@
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use router::admin::{self, Request};
-use router::bgp::session::PeerStatus;
 use router::config::{DataplaneMode, IpipMode};
 use router::lab::{self, state::Role, Lab, UpOptions};
 use router::routes::{self, RouteEntry};
+use router::speaker::PeerStatus;
 use std::path::PathBuf;
 
 #[derive(Parser)]

@@ -1,7 +1,7 @@
 //! Prometheus text exposition (format 0.0.4) of a node's state, and the small HTTP endpoint
 //! that serves it. Off unless the node config names an address (Calico's Felix uses 9091).
 
-use crate::bgp::session::PeerStatus;
+use crate::speaker::PeerStatus;
 use forwarding::counters::Totals;
 use std::fmt::Write as _;
 use std::io::{Read, Write};

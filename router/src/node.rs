@@ -2,10 +2,10 @@
 //! starts the data plane, then serves the admin socket on the control thread until SIGTERM.
 
 use crate::admin::{self, Request};
-use crate::bgp::session::{PeerConfig, PeerKind, Speaker, SpeakerConfig};
 use crate::config::{DataplaneMode, IpipMode, NodeConfig};
 use crate::ipcmd;
 use crate::routes::{self, RouteEntry};
+use crate::speaker::{PeerConfig, PeerKind, Speaker, SpeakerConfig};
 use anyhow::{bail, Context as _};
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
 use forwarding::fib::{FibWriter, Tunnels};

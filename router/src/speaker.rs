@@ -1,10 +1,11 @@
 //! The BGP speaker on the node's control thread: TCP sessions (mio, socket2) bound to the
 //! node address, TCP MD5 per peer, one session per peer, and the glue from FSM outputs to the
-//! RIB and back. This is the only part of `bgp` that does I/O.
+//! RIB and back. The protocol itself is the `bgp` crate, which does no I/O; this is where its
+//! outputs become sockets and timers.
 
-use super::fsm::{Fsm, FsmConfig, Input, Negotiated, Output, State};
-use super::rib::{Changes, PathAttrs, PeerId, PeerInfo, Rib};
-use super::wire::{self, Afi, Ctx, Message};
+use bgp::fsm::{Fsm, FsmConfig, Input, Negotiated, Output, State};
+use bgp::rib::{Changes, PathAttrs, PeerId, PeerInfo, Rib};
+use bgp::wire::{self, Afi, Ctx, Message};
 use ipnet::{IpNet, Ipv4Net};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
@@ -359,7 +360,7 @@ impl Speaker {
             let ours_pending = self.peers[i].conn.is_some();
             let peer = &self.peers[i];
             let peer_id = peer.fsm.negotiated().or(peer.last_negotiated.as_ref()).map_or(from_ip, |n| n.peer_id);
-            let theirs_wins = !super::fsm::keep_ours(self.cfg.router_id, peer_id);
+            let theirs_wins = !bgp::fsm::keep_ours(self.cfg.router_id, peer_id);
             let take = match state {
                 State::Idle | State::Active | State::Connect => true,
                 State::OpenSent | State::OpenConfirm => theirs_wins,
@@ -614,7 +615,7 @@ impl Speaker {
         self.rib
             .loc_rib()
             .iter()
-            .filter(|(_, b)| b.from != super::rib::From::Local)
+            .filter(|(_, b)| b.from != bgp::rib::From::Local)
             .filter_map(|(p, b)| match (p, b.attrs.next_hop) {
                 (IpNet::V4(p), IpAddr::V4(nh)) => Some((p, nh)),
                 _ => None,

@@ -2,7 +2,7 @@
 //! other, as if a TCP connection joined them.
 
 use super::*;
-use crate::bgp::wire::{AddPathMode, Capability};
+use crate::wire::{AddPathMode, Capability};
 
 const A: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 100);
 const B: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 101);
@@ -249,11 +249,7 @@ fn stop_sends_cease_and_stays_idle() {
 fn add_path_offer_is_declined_and_peer_without_mp_gets_ipv4() {
     let (mut f, now) = to_open_sent(64512, 64512);
     let o = Open {
-        params: vec![crate::bgp::wire::OptParam::Capabilities(vec![Capability::AddPath(vec![(
-            1,
-            1,
-            AddPathMode::Both,
-        )])])],
+        params: vec![crate::wire::OptParam::Capabilities(vec![Capability::AddPath(vec![(1, 1, AddPathMode::Both)])])],
         ..Open::new(64512, 90, B, vec![])
     };
     f.process(now, Input::Message(Message::Open(o)));

@@ -2,8 +2,8 @@
 //! detection, eBGP export, and the graceful-restart helper.
 
 use super::*;
-use crate::bgp::wire::update::code;
-use crate::bgp::wire::Afi;
+use crate::wire::update::code;
+use crate::wire::Afi;
 
 const AS: u32 = 64512;
 const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 100);

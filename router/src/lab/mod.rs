@@ -11,10 +11,10 @@ pub mod tour;
 use crate::ipcmd as netns;
 
 use crate::admin::{self, Request};
-use crate::bgp::session::PeerKind;
 use crate::config::{
     BgpConfig, BgpPeer, DataplaneMode, IpipMode, NodeConfig, PodConfig, Pool, StaticAction, StaticRoute, Uplink,
 };
+use crate::speaker::PeerKind;
 use crate::topology::{self, Topology};
 use anyhow::{bail, Context as _};
 use state::{Daemon, Host, Role, State};
