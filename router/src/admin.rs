@@ -1,9 +1,15 @@
 //! The admin socket: one JSON request per connection, one JSON answer. The CLI uses it to ask
 //! a running node for its routes, counters and neighbours.
+//!
+//! Only the node's own user and root may talk to it: the socket is 0600 (in a 0700 directory
+//! when the node creates that), and every connection's peer uid is checked (`SO_PEERCRED`),
+//! which also covers the moment between `bind` and `chmod`.
 
+use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,11 +21,14 @@ pub enum Request {
     Stats,
     Neighbours,
     BgpStatus,
-    /// Write what the data plane receives and sends to a pcap file (`count` 0: until stopped).
+    /// Write what the data plane receives and sends to a new pcap file (`count` 0: no packet
+    /// limit), for at most `seconds` and always within the node's caps.
     CaptureStart {
         path: std::path::PathBuf,
         interface: Option<String>,
         count: u64,
+        #[serde(default)]
+        seconds: Option<u64>,
     },
     CaptureStop,
     CaptureStatus,
@@ -98,4 +107,145 @@ pub fn serve_one(
     let mut out = serde_json::to_string(&resp).map_err(std::io::Error::other)?;
     out.push('\n');
     (&s).write_all(out.as_bytes())
+}
+
+/// Binds the admin socket at `path` (non-blocking), mode 0600. A stale socket of a node that
+/// is gone is replaced; a live one is an error.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("another node already answers on {}; stop it first", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::private::dir_if_missing(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("binding admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Whether a peer with `uid` may use the admin socket of a node running as `ours`.
+pub fn peer_allowed(uid: u32, ours: u32) -> bool {
+    uid == ours || uid == 0
+}
+
+/// Answers every connection waiting on `listener` (non-blocking) with `handle`; a peer of
+/// another user gets a refusal and is logged.
+pub fn serve_pending(listener: &UnixListener, mut handle: impl FnMut(Request) -> Result<serde_json::Value, String>) {
+    let ours = nix::unistd::geteuid().as_raw();
+    loop {
+        let s = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                return;
+            }
+        };
+        let uid = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).map(|c| c.uid());
+        let r = s.set_nonblocking(false).and_then(|_| match uid {
+            Ok(uid) if peer_allowed(uid, ours) => serve_one(s, &mut handle),
+            Ok(uid) => {
+                tracing::warn!(uid, "refused an admin connection from another user");
+                serve_one(s, |_| Err(format!("uid {uid} may not use this node's admin socket (it runs as uid {ours})")))
+            }
+            Err(e) => Err(std::io::Error::other(format!("reading the peer's credentials: {e}"))),
+        });
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "admin connection failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("router-admin-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn socket_is_0600_in_a_0700_directory_and_answers_its_owner() {
+        let d = scratch("mode");
+        let path = d.join("node.sock");
+        let l = bind(&path).expect("bind");
+        assert_eq!(std::fs::metadata(&path).expect("stat").mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&d).expect("stat").mode() & 0o777, 0o700);
+        let client = std::thread::spawn({
+            let path = path.clone();
+            move || request(&path, Request::Status)
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !client.is_finished() && std::time::Instant::now() < deadline {
+            serve_pending(&l, |_| Ok(serde_json::json!("hello")));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = client.join().expect("client thread").expect("answer");
+        assert_eq!(got, serde_json::json!("hello"));
+        std::fs::remove_dir_all(&d).expect("clean up");
+    }
+
+    #[test]
+    fn only_the_owner_and_root_are_allowed() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000));
+        assert!(!peer_allowed(65534, 1000));
+        assert!(!peer_allowed(1000, 0));
+    }
+
+    /// Another user who can reach the socket file (here: made 0666 on purpose, as a lax
+    /// umask or a shared directory might) is still refused, by the peer check.
+    #[test]
+    fn another_user_is_refused_even_where_the_file_lets_them_connect() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test needs root: it connects as user nobody (uid 65534) through setpriv");
+        }
+        let d = scratch("peer");
+        let path = d.join("node.sock");
+        let l = bind(&path).expect("bind");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).expect("chmod dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod socket");
+        let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'{\"cmd\":\"status\"}\\n')\nprint(s.makefile().readline())";
+        let child = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("setpriv (util-linux) and python3 are needed");
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = std::thread::spawn({
+            let (served, stop) = (served.clone(), stop.clone());
+            move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    serve_pending(&l, |_| {
+                        served.store(true, std::sync::atomic::Ordering::Relaxed);
+                        Ok(serde_json::json!("secret"))
+                    });
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        let out = child.wait_with_output().expect("output");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        server.join().expect("server thread");
+        let served = served.load(std::sync::atomic::Ordering::Relaxed);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!served, "the handler ran for another user");
+        assert!(
+            text.contains("uid 65534 may not use"),
+            "stdout {text:?}, stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::remove_dir_all(&d).expect("clean up");
+    }
 }

@@ -13,6 +13,7 @@ pub mod ipcmd;
 pub mod lab;
 pub mod metrics;
 pub mod node;
+pub mod private;
 pub mod probe;
 pub mod routes;
 pub mod speaker;

@@ -469,10 +469,18 @@ fn trace(lab: &Lab, src: &str, dst: &str, proto: router::probe::ProbeProto, json
 
 fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file: PathBuf) -> anyhow::Result<i32> {
     let path = if file.is_absolute() { file } else { std::env::current_dir()?.join(file) };
+    // The node writes only new files; a regular file of ours from an earlier capture is
+    // replaced here, with our own rights, as tcpdump -w would.
+    if let Ok(m) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::MetadataExt;
+        if m.is_file() && m.uid() == nix::unistd::geteuid().as_raw() {
+            std::fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?;
+        }
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     let what = interface.clone().unwrap_or_else(|| "all interfaces".into());
-    q.ask(Request::CaptureStart { path: path.clone(), interface, count })?;
+    q.ask(Request::CaptureStart { path: path.clone(), interface, count, seconds: Some(duration) })?;
     eprintln!(
         "capturing on {what} into {} (up to {duration} s{}; Ctrl-C stops)",
         path.display(),
@@ -487,6 +495,9 @@ fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file
             let r = q.ask(Request::CaptureStop)?;
             let n = r["written"].as_u64().unwrap_or(0);
             let lost = st["lost"].as_u64().unwrap_or(0);
+            if let Some(why) = st["ended"].as_str().filter(|w| *w != "packet count") {
+                eprintln!("the node stopped the capture: {why}");
+            }
             if q.json {
                 println!("{}", serde_json::json!({"path": path, "written": n, "lost": lost}));
                 return Ok(0);

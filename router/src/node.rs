@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -352,7 +352,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let listener = bind_admin(&cfg.admin_socket)?;
+    let listener = admin::bind(&cfg.admin_socket)?;
     let dp_cfg = DataplaneConfig {
         workers: cfg.workers,
         pin: cfg.pin_workers,
@@ -443,7 +443,7 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         let now = Instant::now();
         for ev in events.iter() {
             if ev.token() == ADMIN {
-                serve_admin(listener, |req| answer(req, node, speaker.as_ref()));
+                admin::serve_pending(listener, |req| answer(req, node, speaker.as_ref()));
                 node.reap_capture();
             } else if ev.token() == METRICS {
                 if let Some(l) = metrics.as_mut() {
@@ -509,38 +509,6 @@ fn stream_to_std(s: mio::net::TcpStream) -> std::io::Result<std::net::TcpStream>
     let s = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
     s.set_nonblocking(false)?;
     Ok(s)
-}
-
-fn serve_admin(listener: &UnixListener, mut handle: impl FnMut(Request) -> Result<serde_json::Value, String>) {
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => {
-                if let Err(e) = s.set_nonblocking(false).and_then(|_| admin::serve_one(s, &mut handle)) {
-                    tracing::debug!(error = %e, "admin connection failed");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                return;
-            }
-        }
-    }
-}
-
-fn bind_admin(path: &Path) -> anyhow::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            bail!("another node already answers on {}; stop it first", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let l = UnixListener::bind(path).with_context(|| format!("binding admin socket {}", path.display()))?;
-    l.set_nonblocking(true)?;
-    Ok(l)
 }
 
 impl Node {
@@ -627,7 +595,7 @@ impl Node {
 
     fn capture_request(&mut self, req: Request) -> Result<serde_json::Value, String> {
         match req {
-            Request::CaptureStart { path, interface, count } => {
+            Request::CaptureStart { path, interface, count, seconds } => {
                 if let Some(c) = &self.capture {
                     return Err(format!("a capture into {} is already running; stop it first", c.path.display()));
                 }
@@ -638,7 +606,8 @@ impl Node {
                     })?),
                     None => None,
                 };
-                let c = crate::capture::Capture::start(&path, count, self.dp.tap())?;
+                let limits = crate::capture::Limits::capped(count, seconds);
+                let c = crate::capture::Capture::start(&path, limits, self.dp.tap())?;
                 self.dp.tap().start(iface);
                 self.capture = Some(c);
                 Ok(json!({"path": path, "active": true}))
@@ -652,7 +621,8 @@ impl Node {
                 let lost = self.dp.tap().lost.load(std::sync::atomic::Ordering::Relaxed);
                 Ok(match &self.capture {
                     Some(c) => {
-                        json!({"active": true, "path": c.path, "written": c.written.load(std::sync::atomic::Ordering::Relaxed), "lost": lost})
+                        let ended = c.ended.lock().ok().and_then(|e| *e);
+                        json!({"active": !c.done(), "path": c.path, "written": c.written.load(std::sync::atomic::Ordering::Relaxed), "lost": lost, "ended": ended})
                     }
                     None => {
                         json!({"active": false, "path": self.last_capture.as_ref().map(|c| c.0.clone()), "written": self.last_capture.as_ref().map_or(0, |c| c.1), "lost": lost})

@@ -253,6 +253,16 @@ fn md5_matching_passwords_establish_and_a_wrong_one_does_not() {
     let lab = up_with(lab, &topo);
     let sock = start_bird(&lab, &bird_ebgp(Some("s3cret")));
     wait_for(20, "an MD5-signed session", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    // The password sits in node-a's config: only its owner may read it, in a private lab
+    // directory.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let dir = lab.dir.join(&lab.name);
+        let conf = dir.join("node-a.toml");
+        assert!(std::fs::read_to_string(&conf).expect("node-a's config").contains("s3cret"));
+        assert_eq!(std::fs::metadata(&conf).expect("stat").mode() & 0o777, 0o600, "{}", conf.display());
+        assert_eq!(std::fs::metadata(&dir).expect("stat").mode() & 0o777, 0o700, "{}", dir.display());
+    }
     // BIRD with the wrong password: the kernels drop each other's segments; nothing comes up
     // and status tells why.
     let _ = birdc(&lab, &sock, &["down"]);

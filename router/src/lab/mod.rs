@@ -312,7 +312,9 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
 
     for cfg in &configs {
         let path = lab.dir.join(format!("{}.toml", cfg.name));
-        std::fs::write(&path, cfg.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+        // 0600: a node's config holds its peers' TCP-MD5 passwords.
+        crate::private::write(&path, cfg.to_toml().as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
         let log = lab.dir.join(format!("{}.log", cfg.name));
         let pid = spawn_node(&lab.ns(&cfg.name), &opts.exe, &path, &log)?;
         st.daemons.push(Daemon { node: cfg.name.clone(), pid, config: path, socket: cfg.admin_socket.clone(), log });

@@ -72,10 +72,12 @@ impl State {
 
     /// Writes atomically (temp file + rename): a crash never leaves half a state file.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The lab's directory is private (0700): it holds node configs with passwords, the
+        // admin sockets and the logs.
+        crate::private::dir(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = dir.join(format!("{FILE}.tmp"));
         let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        crate::private::write(&tmp, text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, dir.join(FILE)).with_context(|| format!("writing {}", dir.join(FILE).display()))?;
         Ok(())
     }
