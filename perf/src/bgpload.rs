@@ -192,8 +192,7 @@ struct Bench {
 
 impl Bench {
     fn new() -> anyhow::Result<Bench> {
-        let dir = std::env::temp_dir().join(format!("router-perf-bgp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let dir = crate::scratch_dir("router-perf-bgp-")?;
         let b = Bench { dir, children: Vec::new() };
         b.remove_namespaces();
         veth_between((GEN_NS, "rpb-g", GEN_ADDR), (DUT_NS, "rpb-d", DUT_ADDR))?;

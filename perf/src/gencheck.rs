@@ -94,7 +94,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let mac = router::ipcmd::exec_in(SINK_NS, &["cat", "/sys/class/net/rpg-s/address"])?;
     let src_mac = router::ipcmd::exec_in(GEN_NS, &["cat", "/sys/class/net/rpg-g/address"])?;
     // 64-byte frames like ours: Ethernet, IPv4, UDP, 22 bytes of payload; 16 source ports.
-    let conf = std::env::temp_dir().join(format!("router-perf-trafgen-{}.cfg", std::process::id()));
+    // A new file of a random name, 0600: router-perf runs as root, so a predictable path in
+    // /tmp could be a symlink someone else put there. Removed when dropped.
+    let conf_file = tempfile::Builder::new().prefix("router-perf-trafgen-").suffix(".cfg").tempfile()?;
+    let conf = conf_file.path().to_path_buf();
     std::fs::write(
         &conf,
         format!(
@@ -129,7 +132,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             "--no-cpu-stats",
         ],
     );
-    let _ = std::fs::remove_file(&conf);
+    drop(conf_file);
     drop(pair);
     let runs = [ours?, theirs?];
     println!("| generator | frame | pps at the receiver |\n|---|---:|---:|");

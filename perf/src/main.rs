@@ -87,3 +87,29 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// A new directory of a random name under the system's temp directory, mode 0700, that the
+/// caller removes: router-perf runs as root, and a predictable `/tmp/name-<pid>` could have
+/// been made beforehand by someone else.
+fn scratch_dir(prefix: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    // tempfile leaves a directory's mode to the umask unless told.
+    let private = std::fs::Permissions::from_mode(0o700);
+    Ok(tempfile::Builder::new().prefix(prefix).permissions(private).tempdir()?.keep())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scratch_dirs_are_private_and_unpredictable() {
+        use std::os::unix::fs::MetadataExt;
+        let a = super::scratch_dir("router-perf-test-").expect("a");
+        let b = super::scratch_dir("router-perf-test-").expect("b");
+        assert_ne!(a, b);
+        assert!(!a.to_string_lossy().contains(&std::process::id().to_string()), "{}", a.display());
+        for d in [&a, &b] {
+            assert_eq!(std::fs::metadata(d).expect("stat").mode() & 0o777, 0o700, "{}", d.display());
+            std::fs::remove_dir(d).expect("clean up");
+        }
+    }
+}

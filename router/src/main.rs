@@ -421,8 +421,7 @@ fn trace(lab: &Lab, src: &str, dst: &str, proto: router::probe::ProbeProto, json
             anyhow::anyhow!("{dst:?} is neither a host of the lab nor an IPv4 address (pods: {})", pods.join(", "))
         })?,
     };
-    let id =
-        (std::process::id() ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos()) | 1;
+    let id = router::trace::new_id().context("reading a random trace id from /dev/urandom")?;
     for d in &st.daemons {
         admin::request(&d.socket, Request::TraceStart { id })
             .with_context(|| format!("starting the trace on {}", d.node))?;

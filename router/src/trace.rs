@@ -41,6 +41,22 @@ pub struct Hop {
     pub out_outer: Option<(Ipv4Addr, Ipv4Addr, u8)>,
 }
 
+/// A fresh trace id from the kernel's random source, never 0. The id is what a node's
+/// workers match probes on, so one that a pod could guess would let it plant hops in
+/// someone else's trace.
+pub fn new_id() -> std::io::Result<u32> {
+    use std::io::Read;
+    let mut f = std::fs::File::open("/dev/urandom")?;
+    loop {
+        let mut b = [0u8; 4];
+        f.read_exact(&mut b)?;
+        let id = u32::from_ne_bytes(b);
+        if id != 0 {
+            return Ok(id);
+        }
+    }
+}
+
 /// The route an address takes: the longest prefix of the table that covers it.
 pub fn lookup(entries: &[RouteEntry], dst: Ipv4Addr) -> Option<&RouteEntry> {
     entries.iter().filter(|e| e.prefix.contains(&dst)).max_by_key(|e| e.prefix.prefix_len())
@@ -201,4 +217,18 @@ pub fn render(hops: &[Hop]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn trace_ids_use_all_32_bits_and_do_not_repeat() {
+        let ids: Vec<u32> = (0..64).map(|_| super::new_id().expect("id")).collect();
+        // A clock- or pid-derived id leaves the top bits 0 (nanoseconds stay below 2^30).
+        assert!(ids.iter().any(|i| i >> 31 == 1), "{ids:x?}");
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len());
+    }
 }
