@@ -97,6 +97,17 @@ pub struct Counters {
 /// ICMP errors each writer may send per 100 ms (1,000/s, with bursts of 100).
 pub const ICMP_TOKENS: u64 = 100;
 
+/// A random start for a writer's IPv4 identification sequence. Every worker writes outer
+/// headers between the same node pairs; started alike, two workers would hand out the same
+/// ids at once, and fragments of two packets could be put together at the far end (RFC 6864
+/// asks for ids unique per source, destination and protocol while fragments live). std's
+/// `RandomState` is seeded from the OS once and differs at every call: random bits without a
+/// file or a crate.
+fn random_start() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
 /// Single-writer increment: cheaper than `fetch_add`, correct because only the owner writes.
 #[inline]
 pub fn bump(c: &AtomicU64, by: u64) {
@@ -117,7 +128,7 @@ impl Counters {
             gso_segments: AtomicU64::new(0),
             gro_packets: AtomicU64::new(0),
             gro_segments: AtomicU64::new(0),
-            ident: AtomicU64::new(u64::from(std::process::id())),
+            ident: AtomicU64::new(random_start()),
             icmp_tokens: AtomicU64::new(ICMP_TOKENS),
         }
     }
@@ -246,6 +257,17 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), DropReason::ALL.len());
+    }
+
+    #[test]
+    fn writers_start_their_ip_id_sequences_apart() {
+        let firsts: Vec<u16> = (0..8).map(|_| Counters::new(1).next_ident()).collect();
+        let mut distinct = firsts.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        // 8 random 16-bit starts: all equal with probability 2^-112; 7 distinct or fewer is
+        // a birthday hit of about 4 in 10,000, so ask for at least 6.
+        assert!(distinct.len() >= 6, "{firsts:?}");
     }
 
     #[test]
