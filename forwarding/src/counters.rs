@@ -92,6 +92,22 @@ pub struct Counters {
     ident: AtomicU64,
     /// ICMP errors this writer may still send in the current interval (see `refill_icmp`).
     icmp_tokens: AtomicU64,
+    /// "Fragmentation needed" has a budget of its own, per source (hashed into
+    /// [`FRAG_SLOTS`] buckets): path MTU discovery must keep working while a flood of other
+    /// errors spends the shared budget, and one source's flood spends only its own bucket.
+    frag_tokens: Box<[AtomicU64]>,
+}
+
+/// Buckets of the per-source "fragmentation needed" budget.
+pub const FRAG_SLOTS: usize = 64;
+/// "Fragmentation needed" errors each bucket may send per 100 ms.
+pub const FRAG_TOKENS: u64 = 20;
+
+/// The bucket of `src` (Fibonacci hashing: the top bits of a multiplication spread
+/// neighbouring addresses apart).
+#[inline]
+pub fn frag_slot(src: std::net::Ipv4Addr) -> usize {
+    (u32::from(src).wrapping_mul(0x9E37_79B9) >> 26) as usize % FRAG_SLOTS
 }
 
 /// ICMP errors each writer may send per 100 ms (1,000/s, with bursts of 100).
@@ -130,6 +146,7 @@ impl Counters {
             gro_segments: AtomicU64::new(0),
             ident: AtomicU64::new(random_start()),
             icmp_tokens: AtomicU64::new(ICMP_TOKENS),
+            frag_tokens: (0..FRAG_SLOTS).map(|_| AtomicU64::new(FRAG_TOKENS)).collect(),
         }
     }
 
@@ -144,9 +161,24 @@ impl Counters {
         true
     }
 
-    /// Starts a new interval of the ICMP error budget (the owner calls this every 100 ms).
+    /// Takes one "fragmentation needed" token of `src`'s bucket.
+    #[inline]
+    pub fn take_frag_token(&self, src: std::net::Ipv4Addr) -> bool {
+        let slot = &self.frag_tokens[frag_slot(src)];
+        let t = slot.load(Relaxed);
+        if t == 0 {
+            return false;
+        }
+        slot.store(t - 1, Relaxed);
+        true
+    }
+
+    /// Starts a new interval of the ICMP error budgets (the owner calls this every 100 ms).
     pub fn refill_icmp(&self) {
         self.icmp_tokens.store(ICMP_TOKENS, Relaxed);
+        for t in self.frag_tokens.iter() {
+            t.store(FRAG_TOKENS, Relaxed);
+        }
     }
 
     /// A fresh IPv4 identification for an originated header (single writer).

@@ -486,8 +486,13 @@ fn icmp_error(
     let about_icmp_error =
         ip.protocol() == ipv4::Protocol::Icmp && ip.payload().first().is_some_and(|t| icmp::is_error_type(*t));
     // RFC 1812 §4.3.2.8: errors are rate-limited, so a flood of bad packets does not turn the
-    // router into an amplifier.
-    if about_icmp_error || ip.frag_offset() != 0 || bad_source(orig_src) || !counters.take_icmp_token() {
+    // router into an amplifier. "Fragmentation needed" draws on its own per-source budget:
+    // without it, path MTU discovery fails for everyone while someone spends the shared one.
+    let token = |c: &Counters| match reason {
+        DropReason::FragNeeded => c.take_frag_token(orig_src),
+        _ => c.take_icmp_token(),
+    };
+    if about_icmp_error || ip.frag_offset() != 0 || bad_source(orig_src) || !token(counters) {
         return Verdict::Drop(reason);
     }
     let Some(node_addr) = ctx.ifaces.node_addr() else {

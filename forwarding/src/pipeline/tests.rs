@@ -526,6 +526,42 @@ fn too_big_for_the_tunnel_with_df_gets_the_tunnel_mtu() {
     assert_eq!(l.drops(DropReason::FragNeeded), 1);
 }
 
+/// A 1500-byte echo request with DF from `src` on `iface` towards pod-c1: too big for the
+/// tunnel, so it is answered with "fragmentation needed" while that budget lasts.
+fn too_big_from(src: Ipv4Addr, src_mac: MacAddr, cali_mac: MacAddr) -> Vec<u8> {
+    let big = PacketBuilder::ethernet2(src_mac.0, cali_mac.0)
+        .ipv4(src.octets(), POD_C1.octets(), 64)
+        .icmpv4_echo_request(1, 1);
+    let mut frame = Vec::new();
+    b_write(big, &[0u8; 1472], &mut frame);
+    with_df(frame, true)
+}
+
+#[test]
+fn frag_needed_has_its_own_per_source_budget() {
+    use crate::counters::{frag_slot, FRAG_TOKENS, ICMP_TOKENS};
+    let l = lab();
+    // Spend the shared budget with unroutable packets.
+    for _ in 0..ICMP_TOKENS {
+        l.run_on(CALI_A1, &from_pod_a1(Ipv4Addr::new(10, 99, 0, 1), 64));
+    }
+    assert_eq!(l.run_on(CALI_A1, &from_pod_a1(Ipv4Addr::new(10, 99, 0, 1), 64)).0, Verdict::Drop(DropReason::NoRoute));
+    // Path MTU discovery still works.
+    for _ in 0..FRAG_TOKENS {
+        let (v, _) = l.run_on(CALI_A1, &too_big_from(POD_A1, POD_A1_MAC, CALI_A1_MAC));
+        assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    }
+    // pod-a1 has spent its own bucket, not pod-a2's.
+    let (v, _) = l.run_on(CALI_A1, &too_big_from(POD_A1, POD_A1_MAC, CALI_A1_MAC));
+    assert_eq!(v, Verdict::Drop(DropReason::FragNeeded));
+    assert_ne!(frag_slot(POD_A1), frag_slot(POD_A2));
+    let (v, _) = l.run_on(CALI_A2, &too_big_from(POD_A2, POD_A2_MAC, CALI_A2_MAC));
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A2, .. }), "{v:?}");
+    l.counters.refill_icmp();
+    let (v, _) = l.run_on(CALI_A1, &too_big_from(POD_A1, POD_A1_MAC, CALI_A1_MAC));
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+}
+
 fn b_write(b: etherparse::PacketBuilderStep<etherparse::Icmpv4Header>, payload: &[u8], out: &mut Vec<u8>) {
     b.write(out, payload).expect("build");
 }
