@@ -73,7 +73,7 @@ pub enum GsoError {
     BadCsumRange,
     #[error("offload type other than TCP over IPv4")]
     Unsupported,
-    #[error("super-packet too short for its IPv4 and TCP headers, or segment size 0")]
+    #[error("super-packet too short for its IPv4 and TCP headers, or a segment size below the minimum")]
     Malformed,
 }
 
@@ -97,6 +97,11 @@ const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
+/// The smallest segment size we cut or pass on (Linux's `TCP_MIN_MSS`). A sender's TCP
+/// never asks for less; a forged virtio-net header with `gso_size` 1 would turn one 64 KB
+/// super-packet into tens of thousands of frames.
+pub const MIN_MSS: u16 = 88;
+
 /// A TCP/IPv4 super-packet and how it splits: segment `i` carries payload bytes
 /// `i * mss .. (i + 1) * mss` behind copies of the headers.
 #[derive(Debug, Clone, Copy)]
@@ -118,7 +123,7 @@ impl<'a> TcpSegments<'a> {
         let ihl = ip.header_len();
         let total = usize::from(ip.total_len());
         let thl = usize::from(pkt.get(ihl + 12).ok_or(GsoError::Malformed)? >> 4) * 4;
-        if mss == 0 || thl < 20 || ihl + thl > total {
+        if mss < MIN_MSS || thl < 20 || ihl + thl > total {
             return Err(GsoError::Malformed);
         }
         Ok(TcpSegments { pkt: &pkt[..total], ihl, thl, mss: usize::from(mss) })

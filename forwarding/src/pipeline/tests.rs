@@ -667,6 +667,18 @@ fn icmp_errors_are_rate_limited() {
     assert!(matches!(l.run_on(CALI_A1, &from_pod_a1(Ipv4Addr::new(10, 99, 0, 1), 64)).0, Verdict::Transmit { .. }));
 }
 
+#[test]
+fn a_super_packet_with_a_tiny_segment_size_is_dropped_not_multiplied() {
+    let l = lab();
+    let frame = super_packet(POD_C1, 20_000);
+    let (v, out) = l.run_super(&frame, 1);
+    assert_eq!(v, Verdict::Drop(DropReason::GsoFailed));
+    assert!(out.is_empty());
+    let (v, out) = l.run_super(&frame, encap::gso::MIN_MSS);
+    assert!(matches!(v, Verdict::Segment(_)), "{v:?}");
+    assert_eq!(out.len(), 20_000usize.div_ceil(usize::from(encap::gso::MIN_MSS)));
+}
+
 /// A TCP super-packet from pod-a1 to `dst`: `payload` bytes that its sender's TSO would cut
 /// into `mss`-byte segments; DF set, TCP checksum left partial as a sender with checksum
 /// offload leaves it.
