@@ -1,5 +1,5 @@
 //! `cargo bench -p forwarding --bench fib`: our FIB's LPM against the best Rust LPM crates on
-//! the real 1.07 M-prefix table (`../shared/data/bgp-full-table.lpm.gz`), in one run. Prints a
+//! the real 1.07 M-prefix table (iptrie's `benches/bgpas.lpm`, see `lpm::real_table_path`), in one run. Prints a
 //! table and writes `target/bench/fib.json`. Plain timing: each figure is the best of seven
 //! rounds over 1–2 M addresses, the implementations taking turns within each round. The
 //! criterion version of the lookups is `--bench fib_criterion`.

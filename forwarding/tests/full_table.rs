@@ -1,10 +1,9 @@
-//! The real table from `../shared/data/` (1.07 M IPv4, 176 k IPv6 prefixes; not in the
-//! repository): `cargo test --release -p forwarding --test full_table -- --nocapture`. Where
-//! the file is missing, each test checks nothing and says so (shown with `--nocapture`).
+//! The real table (1.07 M IPv4, 176 k IPv6 prefixes), from the iptrie package the workspace
+//! depends on (`lpm::real_table_path`): `cargo test --release -p forwarding --test full_table`.
 //! Every prefix's first, middle and last address must get the same answer from the LPM
 //! as from an independent reference (one hash map per prefix length).
 
-use forwarding::lpm::{read_table, Lpm4, Lpm4Writer, Lpm6, Lpm6Writer, TextTable, NONE};
+use forwarding::lpm::{read_table, real_table_path, Lpm4, Lpm4Writer, Lpm6, Lpm6Writer, TextTable, NONE};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -33,22 +32,17 @@ fn mask(len: u8) -> u32 {
     }
 }
 
-/// The real table, parsed by the same function the FIB tooling uses; `None` (and a line on
-/// stderr) if it is not there.
-fn real_table() -> Option<TextTable> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
-    if !std::path::Path::new(path).exists() {
-        eprintln!("SKIPPED: {path} is not there; this test checks nothing without it");
-        return None;
-    }
-    let t = read_table(path.as_ref()).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+/// The real table, parsed by the same function the FIB tooling uses.
+fn real_table() -> TextTable {
+    let path = real_table_path().unwrap_or_else(|e| panic!("the real BGP table: {e}"));
+    let t = read_table(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     assert_eq!(t.skipped, 0);
-    Some(t)
+    t
 }
 
 #[test]
 fn ipv6_range_lpm_matches_the_reference_on_the_real_table() {
-    let Some(t) = real_table() else { return };
+    let t = real_table();
     let p = t.v6;
     assert!(p.len() > 170_000, "{} prefixes", p.len());
     let t0 = Instant::now();
@@ -113,7 +107,7 @@ fn ipv6_range_lpm_matches_the_reference_on_the_real_table() {
 
 #[test]
 fn range_lpm_matches_the_reference_on_the_real_table() {
-    let Some(t) = real_table() else { return };
+    let t = real_table();
     let p = t.v4;
     assert!(p.len() > 1_000_000, "{} prefixes", p.len());
     let t0 = Instant::now();
@@ -149,7 +143,7 @@ fn single_route_updates_on_the_real_table_match_the_reference() {
     // Start from the table without every third prefix, add those one at a time, then
     // withdraw every fifth one at a time; the published result must agree with a reference
     // built from the final set.
-    let Some(t) = real_table() else { return };
+    let t = real_table();
     let p = t.v4;
     let (kept, later): (Vec<_>, Vec<_>) = p.iter().enumerate().partition(|(i, _)| i % 3 != 0);
     let kept: Vec<(u32, u8, u32)> = kept.into_iter().map(|(_, r)| *r).collect();

@@ -22,11 +22,12 @@ const DUT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 2);
 const FEED_AS: u32 = 65001;
 const DUT_AS: u32 = 64512;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// The table: lines `PREFIX ORIGIN_AS`, gzip-compressed or not.
-    #[arg(long, default_value = "../shared/data/bgp-full-table.lpm.gz")]
-    pub table: PathBuf,
+    /// The table: lines `PREFIX ORIGIN_AS`, gzip-compressed or not (default: the real table
+    /// that the iptrie package ships, found with `cargo metadata`).
+    #[arg(long)]
+    pub table: Option<PathBuf>,
     /// Announce only the first N IPv4 prefixes (0: all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
@@ -246,7 +247,8 @@ impl Drop for Bench {
 type Events = std::sync::mpsc::Receiver<serde_json::Value>;
 
 fn start_feed(b: &mut Bench, perf: &Path, o: &Options) -> anyhow::Result<(f64, u64, Events)> {
-    let table = std::fs::canonicalize(&o.table).with_context(|| format!("the table {}", o.table.display()))?;
+    let path = o.table.as_deref().unwrap_or(Path::new(""));
+    let table = std::fs::canonicalize(path).with_context(|| format!("the table {}", path.display()))?;
     let args = [
         perf.to_str().unwrap_or_default(),
         "bgp-feed",
@@ -343,6 +345,12 @@ struct Outcome {
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
+    let table = match &o.table {
+        Some(t) => t.clone(),
+        None => forwarding::lpm::real_table_path()
+            .map_err(|e| anyhow::anyhow!("the real BGP table: {e}; or pass --table"))?,
+    };
+    let o = &Options { table: Some(table), ..o.clone() };
     let perf = std::env::current_exe()?;
     let router = perf.with_file_name("router");
     if !router.exists() {
@@ -351,7 +359,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if Command::new("bird").arg("--version").output().is_err() {
         bail!("bird is not installed (Debian package bird2; scripts/setup installs it)");
     }
-    let n = load_table(&o.table, o.limit)?.len();
+    let n = load_table(o.table.as_deref().unwrap_or(Path::new("")), o.limit)?.len();
     let flag = INTERRUPTED.get_or_init(Default::default);
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, std::sync::Arc::clone(flag)).context("installing signal handlers")?;
@@ -418,7 +426,9 @@ fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize
     let (t1, got) =
         wait_for(before + n, Duration::from_secs(o.timeout), Some(&events), fib_routes).context("our node")?;
     // `router routes --lookup` on the loaded table: the last prefix's first address.
-    let probe = load_table(&o.table, o.limit)?.last().map_or(Ipv4Addr::UNSPECIFIED, |&(a, _, _)| Ipv4Addr::from(a));
+    let probe = load_table(o.table.as_deref().unwrap_or(Path::new("")), o.limit)?
+        .last()
+        .map_or(Ipv4Addr::UNSPECIFIED, |&(a, _, _)| Ipv4Addr::from(a));
     let t = Instant::now();
     let answer = router::admin::request(&sock, router::admin::Request::Lookup { addr: probe })?;
     let lookup_ms = t.elapsed().as_secs_f64() * 1e3;

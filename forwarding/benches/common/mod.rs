@@ -1,12 +1,11 @@
 //! What both FIB benchmarks share: the real table and the address generator.
 
-use forwarding::lpm::{read_table, TextTable};
+use forwarding::lpm::{read_table, real_table_path, TextTable};
 
-/// The real table (outside the repository), parsed as the FIB tooling parses it.
+/// The real table (from the iptrie package), parsed as the FIB tooling parses it.
 pub fn real_table() -> TextTable {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/bgp-full-table.lpm.gz");
-    let t =
-        read_table(path.as_ref()).unwrap_or_else(|e| panic!("{path}: {e} (the table lives outside the repository)"));
+    let path = real_table_path().unwrap_or_else(|e| panic!("the real BGP table: {e}"));
+    let t = read_table(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     eprintln!(
         "{} IPv4 and {} IPv6 prefixes ({} with host bits set, masked; {} lines skipped)",
         t.v4.len(),

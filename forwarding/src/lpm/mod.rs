@@ -11,7 +11,7 @@
 pub const NONE: u32 = u32::MAX;
 
 /// A routing table read from lines `PREFIX VALUE` (the format of the real BGP table in
-/// `../shared/data`, where the value is the origin AS).
+/// the file iptrie's package ships, see [`real_table_path`], where the value is the origin AS).
 #[derive(Debug, Default, Clone)]
 pub struct TextTable {
     pub v4: Vec<(u32, u8, u32)>,
@@ -51,19 +51,57 @@ pub fn parse_table(text: &str) -> TextTable {
     t
 }
 
-/// Reads a table file in that format, gzip-compressed (as in `../shared/data`) or plain.
+/// Reads a table file in that format, gzip-compressed or plain.
 pub fn read_table(path: &std::path::Path) -> std::io::Result<TextTable> {
     let raw = std::fs::read(path)?;
     let text = if raw.starts_with(&[0x1f, 0x8b]) {
-        let out = std::process::Command::new("gzip").arg("-dc").arg(path).output()?;
-        if !out.status.success() {
-            return Err(std::io::Error::other(format!("gzip could not read {}", path.display())));
-        }
-        out.stdout
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&raw[..]), &mut out)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: not a readable gzip file: {e}", path.display())))?;
+        out
     } else {
         raw
     };
     Ok(parse_table(&String::from_utf8_lossy(&text)))
+}
+
+/// The package that ships the real table, and the table's path inside it.
+const TABLE_PACKAGE: (&str, &str) = ("iptrie", "0.11.2");
+const TABLE_FILE: &str = "benches/bgpas.lpm";
+
+/// Where the real BGP table (1.07 M IPv4 and 176 k IPv6 prefixes, `PREFIX ORIGIN_AS` per
+/// line) is on this machine: the published iptrie 0.11.2 package carries it, and it is a
+/// dev-dependency of this crate, so cargo has fetched it into its registry for any build of
+/// the tests or benchmarks. `cargo metadata` says where (`$CARGO`, else `cargo` on the PATH).
+pub fn real_table_path() -> Result<std::path::PathBuf, String> {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--manifest-path", manifest])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {} metadata: {e}", cargo.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(format!("cargo metadata failed for {manifest}"));
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata printed something else: {e}"))?;
+    let (name, version) = TABLE_PACKAGE;
+    let pkg = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name && p["version"] == version)
+        .ok_or_else(|| format!("{name} {version} is not among the workspace's packages (cargo metadata)"))?;
+    let dir = pkg["manifest_path"]
+        .as_str()
+        .and_then(|m| std::path::Path::new(m).parent())
+        .ok_or_else(|| format!("no manifest path for {name} {version}"))?;
+    let path = dir.join(TABLE_FILE);
+    if !path.exists() {
+        return Err(format!("{} is missing; `cargo fetch` brings the package", path.display()));
+    }
+    Ok(path)
 }
 
 /// The mask of a `len`-bit prefix in a `bits`-bit address space, kept in the low bits;
@@ -175,5 +213,30 @@ mod tests {
         assert_eq!(t.v4, vec![(0x0100_0400, 22, 38803), (0x0a00_0000, 8, 7)]);
         assert_eq!(t.v6, vec![(0x2001_0db8u128 << 96, 32, 65000)]);
         assert_eq!((t.host_bits, t.skipped), (1, 2));
+    }
+
+    #[test]
+    fn gzip_and_plain_tables_read_alike() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("lpm-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let text = "1.0.4.0/22 38803\n2001:db8::/32 65000\n";
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(text.as_bytes()).expect("compress");
+        std::fs::write(dir.join("t.gz"), gz.finish().expect("finish")).expect("write");
+        std::fs::write(dir.join("t"), text).expect("write");
+        let (a, b) = (read_table(&dir.join("t.gz")).expect("gz"), read_table(&dir.join("t")).expect("plain"));
+        assert_eq!((a.v4, a.v6), (b.v4, b.v6));
+        std::fs::write(dir.join("bad.gz"), [0x1f, 0x8b, 8, 0, 1, 2]).expect("write");
+        assert!(read_table(&dir.join("bad.gz")).is_err());
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn the_real_table_ships_with_a_package_of_the_workspace() {
+        let path = real_table_path().expect("found through cargo metadata");
+        assert!(path.ends_with(TABLE_FILE), "{}", path.display());
+        let head = std::fs::read(&path).expect("readable");
+        assert!(head.starts_with(b"1.0.0.0/24 13335\n"), "{}", path.display());
     }
 }
