@@ -253,6 +253,28 @@ pub fn follows(first: (&[u8], Mergeable), prev: (&[u8], Mergeable), next: (&[u8]
         && f[38..hdrs] == n[38..hdrs]
 }
 
+/// How many frames from the start of `segs` make one run to coalesce: each frame is `Some`
+/// (its bytes, `l2` bytes of link header first, and its [`Mergeable`] packet) when it may
+/// join one; a run has frames with the same link header where each [`follows`] the one
+/// before. 0 when the first frame may not start one.
+pub fn run_len(segs: &[Option<(&[u8], Mergeable)>], l2: usize) -> usize {
+    let Some(&Some((first, fm))) = segs.first() else { return 0 };
+    let (Some(head), Some(first_pkt)) = (first.get(..l2), first.get(l2..)) else { return 0 };
+    let mut prev = (first_pkt, fm);
+    let mut total = 20 + fm.thl + fm.payload;
+    let mut n = 1;
+    for &(f, m) in segs[1..].iter().map_while(|s| s.as_ref()) {
+        let (Some(h), Some(pkt)) = (f.get(..l2), f.get(l2..)) else { break };
+        if h != head || !follows((first_pkt, fm), prev, (pkt, m), total) {
+            break;
+        }
+        prev = (pkt, m);
+        total += m.payload;
+        n += 1;
+    }
+    n
+}
+
 /// Writes the segments `run` (each a [`mergeable`] IPv4 packet that [`follows`] the one
 /// before) as one super-packet at the start of `out`, with the virtio-net header that
 /// describes it: segment size, and the TCP checksum left partial (the pseudo-header sum in

@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod dataplane;
 pub mod fib;
+pub mod fuzzing;
 pub mod iface;
 pub mod kfilter;
 pub mod lpm;

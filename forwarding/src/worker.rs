@@ -407,30 +407,22 @@ impl Worker {
         let mut i = 0;
         while i < group.len() {
             let (_, k, sp, h) = group[i];
-            if let Some((first, fm)) = segs.get(i).copied().flatten() {
-                run[0] = (&first[eth..], fm);
-                let mut n = 1;
-                let mut total = 20 + fm.thl + fm.payload;
-                while n < BATCH {
-                    let Some((f, m)) = segs.get(i + n).copied().flatten() else { break };
-                    if f[..eth] != first[..eth] || !gso::follows(run[0], run[n - 1], (&f[eth..], m), total) {
-                        break;
-                    }
-                    run[n] = (&f[eth..], m);
-                    total += m.payload;
-                    n += 1;
+            let n = gso::run_len(&segs[i..group.len()], eth);
+            if n > 1 {
+                for (r, (f, m)) in run.iter_mut().zip(segs[i..i + n].iter().flatten()) {
+                    *r = (&f[eth..], *m);
                 }
-                if n > 1 {
-                    if let Some(room) = gro.get_mut(used..).filter(|r| r.len() >= eth + total) {
-                        room[..eth].copy_from_slice(&first[..eth]);
-                        if let Some((len, hdr)) = gso::coalesce(&run[..n], eth, &mut room[eth..]) {
-                            send.push((Source::Gro, Span { start: used, end: used + eth + len }, hdr));
-                            used += eth + len;
-                            crate::counters::bump(&self.counters.gro_packets, 1);
-                            crate::counters::bump(&self.counters.gro_segments, n as u64);
-                            i += n;
-                            continue;
-                        }
+                let total = 20 + run[0].1.thl + run[..n].iter().map(|(_, m)| m.payload).sum::<usize>();
+                let head = segs[i].map_or(&[][..], |(f, _)| &f[..eth]);
+                if let Some(room) = gro.get_mut(used..).filter(|r| r.len() >= eth + total) {
+                    room[..eth].copy_from_slice(head);
+                    if let Some((len, hdr)) = gso::coalesce(&run[..n], eth, &mut room[eth..]) {
+                        send.push((Source::Gro, Span { start: used, end: used + eth + len }, hdr));
+                        used += eth + len;
+                        crate::counters::bump(&self.counters.gro_packets, 1);
+                        crate::counters::bump(&self.counters.gro_segments, n as u64);
+                        i += n;
+                        continue;
                     }
                 }
             }

@@ -1,0 +1,139 @@
+//! Entry points for the fuzz targets in `fuzz/` (and the tests that replay their corpora):
+//! each takes the fuzzer's bytes and panics only where an invariant breaks.
+
+use crate::checksum;
+use crate::gso::{coalesce, complete_checksum, mergeable, run_len, TcpSegments, GSO_TCPV4, MIN_MSS};
+use crate::ipv4::Packet;
+
+/// Any bytes as a super-packet and a segment size: cutting it never panics, every segment is
+/// a valid IPv4/TCP packet no longer than headers plus the segment size, and the segments'
+/// payloads put end to end are the super-packet's payload. Where the segments may be merged
+/// again (receive offload), the merge gives back that payload too.
+/// Input: two bytes of segment size (big-endian), then the IPv4 packet.
+pub fn gso(data: &[u8]) {
+    let Some((mss, pkt)) = data.split_first_chunk::<2>() else { return };
+    let mss = u16::from_be_bytes(*mss);
+    let Ok(segs) = TcpSegments::new(pkt, mss) else { return };
+    assert!(mss >= MIN_MSS);
+    let ip = Packet::new_checked(pkt).expect("accepted packet parses");
+    let hdrs = ip.header_len() + usize::from(pkt[ip.header_len() + 12] >> 4) * 4;
+    let total = usize::from(ip.total_len());
+    let payload = &pkt[hdrs..total];
+    assert!(segs.count() <= payload.len() / usize::from(mss) + 1);
+    let mut out = vec![0u8; 70_000];
+    let mut joined = Vec::with_capacity(payload.len());
+    let mut cut: Vec<Vec<u8>> = Vec::new();
+    for i in 0..segs.count() {
+        let len = segs.write(i, &mut out).expect("a segment that exists fits the buffer");
+        assert_eq!(len, segs.len(i));
+        assert!(len <= hdrs + usize::from(mss));
+        let seg = Packet::new_checked(&out[..len]).expect("segment parses");
+        assert!(seg.verify_checksum());
+        joined.extend_from_slice(&out[hdrs..len]);
+        cut.push(out[..len].to_vec());
+    }
+    assert!(segs.write(segs.count(), &mut out).is_none());
+    assert_eq!(joined, payload);
+    // Receive offload on what we cut: a run that merges carries the same bytes.
+    let frames: Vec<_> = cut.iter().map(|c| mergeable(c).map(|m| (&c[..], m))).collect();
+    let n = run_len(&frames, 0);
+    if n > 1 {
+        let run: Vec<_> = frames[..n].iter().flatten().copied().collect();
+        let (len, _) = coalesce(&run, 0, &mut out).expect("room for the merge");
+        let merged: usize = run.iter().map(|(_, m)| m.payload).sum();
+        assert_eq!(len, hdrs + merged);
+        assert_eq!(&out[hdrs..len], &payload[..merged]);
+    }
+}
+
+/// Makes both checksums of an IPv4/TCP packet right, where its headers allow.
+fn fix_checksums(p: &mut [u8]) {
+    let Ok(ip) = Packet::new_checked(&p[..]) else { return };
+    let (ihl, total) = (ip.header_len(), usize::from(ip.total_len()));
+    if total < ihl + 20 || total > p.len() {
+        return;
+    }
+    Packet::new_unchecked(&mut p[..]).fill_checksum();
+    p[ihl + 16..ihl + 18].copy_from_slice(&[0, 0]);
+    let pseudo = checksum::sum(&p[12..20]) + 6 + (total - ihl) as u32;
+    let c = checksum::finish(pseudo + checksum::sum(&p[ihl..total]));
+    p[ihl + 16..ihl + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Any bytes as a batch of frames toward a pod: deciding which to merge and merging them
+/// (receive offload, as the workers do) never panics, and a merged super-packet is a valid
+/// IPv4 packet whose payload is its segments' payloads in order, whose TCP checksum, once
+/// completed as the receiver's kernel would, verifies, and whose header describes it.
+/// Input: frames as (length byte, bytes); a frame whose first byte is odd gets its
+/// checksums fixed first, so that runs the merge accepts are common.
+pub fn gro(data: &[u8]) {
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let take = usize::from(len).min(tail.len());
+        let mut f = tail[..take].to_vec();
+        if f.first().is_some_and(|b| b & 1 == 1) {
+            // Keep the fuzzer's headers but make it an IPv4/TCP packet of its own length.
+            if f.len() >= 40 {
+                f[0] = 0x45;
+                let n = f.len() as u16;
+                f[2..4].copy_from_slice(&n.to_be_bytes());
+                f[9] = 6;
+            }
+            fix_checksums(&mut f);
+        }
+        frames.push(f);
+        rest = &tail[take..];
+        if frames.len() == 64 {
+            break;
+        }
+    }
+    let segs: Vec<_> = frames.iter().map(|f| mergeable(f).map(|m| (&f[..], m))).collect();
+    let mut out = vec![0u8; 70_000];
+    let mut i = 0;
+    while i < segs.len() {
+        let n = run_len(&segs[i..], 0);
+        if n < 2 {
+            i += 1;
+            continue;
+        }
+        let run: Vec<_> = segs[i..i + n].iter().flatten().copied().collect();
+        assert_eq!(run.len(), n);
+        let (len, hdr) = coalesce(&run, 0, &mut out).expect("a run fits in 64 KB");
+        assert!(len <= usize::from(u16::MAX));
+        let pkt = &mut out[..len];
+        let ip = Packet::new_checked(&pkt[..]).expect("merged packet parses");
+        assert!(ip.verify_checksum());
+        assert_eq!(usize::from(ip.total_len()), len);
+        let hdrs = 20 + run[0].1.thl;
+        let mut at = hdrs;
+        for (seg, m) in &run {
+            assert_eq!(&pkt[at..at + m.payload], &seg[hdrs..hdrs + m.payload]);
+            at += m.payload;
+        }
+        assert_eq!(at, len);
+        assert_eq!((hdr.gso_type, usize::from(hdr.gso_size)), (GSO_TCPV4, run[0].1.payload));
+        complete_checksum(pkt, usize::from(hdr.csum_start), usize::from(hdr.csum_offset)).expect("range");
+        let pseudo = checksum::sum(&pkt[12..20]) + 6 + (len - 20) as u32;
+        assert_eq!(checksum::finish(pseudo + checksum::sum(&pkt[20..len])), 0, "TCP checksum");
+        i += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Replays each target's corpus: seeds and what the fuzzer kept.
+    #[test]
+    fn gso_and_gro_corpora_replay() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        for (name, f) in [("gso", super::gso as fn(&[u8])), ("gro", super::gro)] {
+            let dir = root.join(name);
+            let mut n = 0;
+            for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).flatten() {
+                f(&std::fs::read(e.path()).expect("corpus file"));
+                n += 1;
+            }
+            assert!(n >= 2, "{name}: {n} files");
+        }
+    }
+}
