@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod common;
+#[path = "../../perf/src/provenance.rs"]
+mod provenance;
 use common::{addresses4, addresses6, batched, crates, real_table};
 
 const PASSES: usize = 7;
@@ -495,12 +497,17 @@ fn main() {
     measure("ipv6", &impls6, &[("inside-prefixes", &inside6), ("uniform", &uniform6)], &mut rows);
     drop(impls6);
 
-    // Table and ratios.
-    println!(
+    // Table and ratios, printed and generated into docs/bench/fib.md.
+    use std::fmt::Write as _;
+    let mut md = String::new();
+    writeln!(
+        md,
         "| implementation | family | pattern | lookups/s | ns/lookup | memory | build | updates/s |\n|---|---|---|---:|---:|---:|---:|---:|"
-    );
+    )
+    .ok();
     for r in &rows {
-        println!(
+        writeln!(
+            md,
             "| {} | {} | {} | {:.1} M | {:.1} | {:.1} MiB | {:.2} s | {} |",
             r.implementation,
             r.family,
@@ -510,14 +517,18 @@ fn main() {
             r.memory_bytes as f64 / (1 << 20) as f64,
             r.build_secs,
             r.updates_per_sec.map_or("–".to_string(), per_sec)
-        );
+        )
+        .ok();
     }
-    println!(
+    writeln!(
+        md,
         "\nSingle-route updates (withdrawals, then the same announced again: 100 000 each, or 5 000 when every update is published) through our writers while a reader thread looks up:"
-    );
-    println!("| family | publish | updates/s | snapshots | reader lookups/s (during / idle) | reader's worst batch of 64 (during / idle) | reader sleeps / preemptions |\n|---|---|---:|---:|---:|---:|---:|");
+    )
+    .ok();
+    writeln!(md, "| family | publish | updates/s | snapshots | reader lookups/s (during / idle) | reader's worst batch of 64 (during / idle) | reader sleeps / preemptions |\n|---|---|---:|---:|---:|---:|---:|").ok();
     for u in &runs {
-        println!(
+        writeln!(
+            md,
             "| {} | {} | {} | {} | {:.1} M / {:.1} M | {:.0} µs / {:.0} µs | {} / {} |",
             u.family,
             u.publish,
@@ -529,9 +540,10 @@ fn main() {
             u.reader_idle_worst_batch_us,
             u.reader_sleeps,
             u.reader_preemptions
-        );
+        )
+        .ok();
     }
-    println!();
+    writeln!(md).ok();
     for family in ["ipv4", "ipv6"] {
         for pattern in ["inside-prefixes", "uniform"] {
             let best = rows
@@ -543,12 +555,14 @@ fn main() {
                 .iter()
                 .filter(|r| r.family == family && r.pattern == pattern && r.implementation.starts_with("router"))
             {
-                println!(
+                writeln!(
+                    md,
                     "{family} {pattern}: {} ÷ best crate ({}) = {:.1}×",
                     ours.implementation,
                     best.implementation,
                     ours.lookups_per_sec / best.lookups_per_sec.max(1.0)
-                );
+                )
+                .ok();
             }
         }
     }
@@ -556,5 +570,15 @@ fn main() {
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(dir.join("fib.json"), serde_json::to_string_pretty(&rows).unwrap_or_default());
     let _ = std::fs::write(dir.join("fib-updates.json"), serde_json::to_string_pretty(&runs).unwrap_or_default());
-    println!("\nwritten: target/bench/fib.json, target/bench/fib-updates.json");
+    print!("{md}");
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench/fib.md");
+    let text = provenance::header(
+        "FIB lookups and updates against the Rust LPM crates",
+        "cargo bench -p forwarding --bench fib",
+    ) + &md;
+    let _ = std::fs::create_dir_all(docs.parent().unwrap_or(&dir));
+    match std::fs::write(&docs, text) {
+        Ok(()) => println!("\nwritten: docs/bench/fib.md, target/bench/fib.json, target/bench/fib-updates.json"),
+        Err(e) => println!("\nwritten: target/bench/fib.json, target/bench/fib-updates.json ({}: {e})", docs.display()),
+    }
 }

@@ -40,6 +40,10 @@ pub struct Options {
     /// Where the reports go.
     #[arg(long, default_value = "target/perf")]
     pub out: PathBuf,
+    /// Where the table and plot for the documentation go (with date, machine and command);
+    /// `--docs ''` skips them.
+    #[arg(long, default_value = "docs/bench")]
+    pub docs: PathBuf,
 }
 
 /// One way of carrying pod-a1's traffic to a pod on another node.
@@ -281,7 +285,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    report::finish(&mut runs, &o.out)?;
+    let docs = Some(o.docs.as_path()).filter(|d| !d.as_os_str().is_empty());
+    report::finish(&mut runs, &o.out, docs)?;
     Ok(())
 }
 

@@ -37,6 +37,10 @@ pub struct Options {
     /// Where the JSON report goes.
     #[arg(long, default_value = "target/perf/bgp-load.json")]
     pub out: PathBuf,
+    /// Where the table for the documentation goes (with date, machine and command); `--docs
+    /// ''` skips it.
+    #[arg(long, default_value = "docs/bench")]
+    pub docs: PathBuf,
 }
 
 /// The IPv4 prefixes to announce with their origin AS, distinct, in table order.
@@ -373,11 +377,13 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         }
         results.push(r?);
     }
-    println!(
-        "| receiver | announced | taken in | first UPDATE → all in place | routes/s | RSS |\n|---|---:|---:|---:|---:|---:|"
+    use std::fmt::Write as _;
+    let mut md = String::from(
+        "| receiver | announced | taken in | first UPDATE → all in place | routes/s | RSS |\n|---|---:|---:|---:|---:|---:|\n",
     );
     for r in &results {
-        println!(
+        writeln!(
+            md,
             "| {} | {} | {} | {:.2} s | {:.2} M | {:.0} MiB |",
             r.receiver,
             r.prefixes,
@@ -385,10 +391,20 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             r.secs,
             r.routes_per_sec / 1e6,
             r.rss_bytes as f64 / (1 << 20) as f64
-        );
+        )?;
     }
     if let [ours, bird] = results.as_slice() {
-        println!("\nrouter node ÷ BIRD 2 (time): {:.2}", ours.secs / bird.secs);
+        writeln!(md, "\nrouter node ÷ BIRD 2 (time): {:.2}", ours.secs / bird.secs)?;
+    }
+    print!("{md}");
+    if let Some(docs) = Some(o.docs.as_path()).filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(docs)?;
+        let title = "BGP at table scale: our node against BIRD 2";
+        let text = crate::provenance::header(title, &crate::command_line())
+            + &md
+            + "\nHow it is measured: [../bgp.md](../bgp.md).\n";
+        std::fs::write(docs.join("bgp-load.md"), text)?;
+        println!("written: {}", docs.join("bgp-load.md").display());
     }
     if let Some(dir) = o.out.parent() {
         std::fs::create_dir_all(dir)?;

@@ -5,6 +5,7 @@
 mod bench;
 mod bgpload;
 mod gencheck;
+mod provenance;
 mod report;
 mod traffic;
 
@@ -86,6 +87,13 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// How this run was started, for the header of a generated table: `router-perf` and its
+/// arguments.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::iter::once("router-perf".to_string()).chain(args).collect::<Vec<_>>().join(" ")
 }
 
 /// A new directory of a random name under the system's temp directory, mode 0700, that the

@@ -106,7 +106,9 @@ impl Run {
     }
 }
 
-pub fn finish(runs: &mut [Run], out: &Path) -> anyhow::Result<()> {
+/// Computes the ratios and writes the reports into `out`, and into `docs` the same table
+/// under a header that says when, where and how it was measured.
+pub fn finish(runs: &mut [Run], out: &Path, docs: Option<&Path>) -> anyhow::Result<()> {
     // Ratios against the kernel run of the same size (pps for UDP, Gbit/s for TCP).
     let kernel: Vec<Run> = runs.iter().filter(|r| r.scenario == "kernel").cloned().collect();
     for r in runs.iter_mut() {
@@ -127,6 +129,17 @@ pub fn finish(runs: &mut [Run], out: &Path) -> anyhow::Result<()> {
     plot(runs, &out.join("forward.svg"))?;
     print!("{md}");
     println!("\nwritten: {0}/forward.md, {0}/forward.json, {0}/forward.svg", out.display());
+    if let Some(docs) = docs {
+        std::fs::create_dir_all(docs)?;
+        let command = crate::command_line();
+        let title = "Forwarding: the router against Linux kernel forwarding";
+        let text = crate::provenance::header(title, &command)
+            + &md
+            + "\n![ratios to kernel forwarding](forward.svg)\n\nHow the scenarios are built and how to read the figures: [../performance.md](../performance.md).\n";
+        std::fs::write(docs.join("forward.md"), text)?;
+        std::fs::copy(out.join("forward.svg"), docs.join("forward.svg"))?;
+        println!("written: {0}/forward.md, {0}/forward.svg", docs.display());
+    }
     Ok(())
 }
 
@@ -214,7 +227,7 @@ mod tests {
         let (k, r) = (&SCENARIOS[0], &SCENARIOS[1]);
         let mut runs = vec![udp(k, Size::Fixed(64), 800), udp(r, Size::Fixed(64), 400), udp(r, Size::Fixed(512), 400)];
         let dir = std::env::temp_dir().join(format!("perf-report-{}", std::process::id()));
-        finish(&mut runs, &dir).expect("report");
+        finish(&mut runs, &dir, None).expect("report");
         assert_eq!(runs[0].ratio_to_kernel, Some(1.0));
         assert_eq!(runs[1].ratio_to_kernel, Some(0.5));
         assert_eq!(runs[2].ratio_to_kernel, None, "no kernel run of that size");
@@ -243,7 +256,7 @@ mod tests {
         runs.push(udp(d, Size::Fixed(64), 800));
         runs[5].workers = 2;
         let dir = std::env::temp_dir().join(format!("perf-report-direct-{}", std::process::id()));
-        finish(&mut runs, &dir).expect("report");
+        finish(&mut runs, &dir, None).expect("report");
         let _ = std::fs::remove_dir_all(dir);
         assert_eq!(runs[2].ratio_to_direct, Some(0.5), "against the 2-worker direct run");
         assert_eq!(runs[3].ratio_to_direct, Some(0.9));
