@@ -1,4 +1,4 @@
-//! The `router` command line (DESIGN.md §5).
+//! The `router` command line (README.md lists it; docs/lab.md explains it).
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use toml::Spanned;
 
-/// The seed topology shipped with the project (DESIGN.md §3).
+/// The seed topology shipped with the project (docs/lab.md).
 pub const SEED: &str = include_str!("../topologies/seed.toml");
 /// The seed with node-a as route reflector instead of a full mesh.
 pub const SEED_RR: &str = include_str!("../topologies/seed-rr.toml");

@@ -285,7 +285,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
             // reach them; it does not forward for them.
             netns::ip_in(&ns, &["route", "add", &format!("{}/32", pod.address), "dev", &pod.iface, "scope", "link"])?;
             netns::ip_in(&pns, &["addr", "add", &format!("{}/32", pod.address), "dev", "eth0"])?;
-            // Room for the outer header when IPIP may be used (DESIGN §3: 1480 on a 1500 underlay).
+            // Room for the outer header when IPIP may be used (1480 on a 1500 underlay).
             let pod_mtu = if mode == IpipMode::Never { subnet.mtu } else { subnet.mtu - encap::ipip::OVERHEAD as u16 };
             netns::ip_in(&pns, &["link", "set", "eth0", "mtu", &pod_mtu.to_string(), "up"])?;
             netns::ip_in(&pns, &["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
