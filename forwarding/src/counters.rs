@@ -57,6 +57,8 @@ drop_reasons! {
     NoHeadroom => "no_headroom": "no room in front of the packet for the outer header",
     NeighbourFailed => "neighbour_failed": "next hop did not answer ARP",
     NeighbourQueueFull => "neighbour_queue_full": "too many packets waiting for one ARP answer",
+    NeighbourTableFull => "neighbour_table_full": "the interface's neighbour table is full: no new next hop is resolved",
+    NeighbourRateLimited => "neighbour_rate_limited": "too many new next hops to resolve at once on the interface",
     SlowPathFull => "slow_path_full": "slow-path channel full",
     TxError => "tx_error": "the kernel refused to send the frame",
     RxQueueFull => "rx_queue_full": "the kernel dropped packets for us: a worker's socket (or tunl0's) queue was full",

@@ -4,6 +4,11 @@
 //! States follow the kernel's spirit: *incomplete* (requests sent, packets queued, bounded),
 //! *reachable* (answer known, refreshed by a unicast probe before it expires), *failed*
 //! (no answer after the retries; packets dropped and counted for a hold-down period).
+//!
+//! A pod that sends to every address of the uplink's subnet must not make the node keep an
+//! entry and send ARP for each: entries are bounded per interface (failed ones make room
+//! first), and new resolutions per interface are rate-limited (a token bucket). What does
+//! not fit is dropped and counted.
 
 use crate::counters::DropReason;
 use crate::iface::IfaceId;
@@ -61,6 +66,12 @@ pub struct NeighConfig {
     pub queue_len: usize,
     /// How long a failed neighbour drops packets before resolution is tried again.
     pub failed_hold: Duration,
+    /// Entries per interface, whatever their state.
+    pub max_per_iface: usize,
+    /// New resolutions started per interface: a burst of this many, refilled at
+    /// `new_per_sec`.
+    pub new_burst: u32,
+    pub new_per_sec: u32,
 }
 
 impl Default for NeighConfig {
@@ -71,6 +82,10 @@ impl Default for NeighConfig {
             max_probes: 3,
             queue_len: 16,
             failed_hold: Duration::from_secs(3),
+            // A /23 of neighbours on one link; Linux's whole table holds 1024 by default.
+            max_per_iface: 512,
+            new_burst: 64,
+            new_per_sec: 64,
         }
     }
 }
@@ -96,16 +111,63 @@ enum State {
     Failed { until: Instant },
 }
 
+/// Per interface: how many entries it has, and the tokens for new resolutions.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    entries: usize,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
 /// The neighbour state machine for all interfaces of one node.
 #[derive(Debug, Default)]
 pub struct NeighManager {
     config: NeighConfig,
     entries: HashMap<(IfaceId, Ipv4Addr), State>,
+    budgets: HashMap<IfaceId, Budget>,
 }
 
 impl NeighManager {
     pub fn new(config: NeighConfig) -> Self {
-        NeighManager { config, entries: HashMap::new() }
+        NeighManager { config, entries: HashMap::new(), budgets: HashMap::new() }
+    }
+
+    fn budget(&mut self, iface: IfaceId) -> &mut Budget {
+        let burst = f64::from(self.config.new_burst);
+        self.budgets.entry(iface).or_insert(Budget { entries: 0, tokens: burst, at: None })
+    }
+
+    /// Makes room for one more entry of `iface`, giving up a failed entry if the table is
+    /// full; counts it.
+    fn make_room(&mut self, iface: IfaceId) -> Result<(), DropReason> {
+        if self.budget(iface).entries >= self.config.max_per_iface {
+            let victim = self
+                .entries
+                .iter()
+                .find(|(&(i, _), st)| i == iface && matches!(st, State::Failed { .. }))
+                .map(|(k, _)| *k)
+                .ok_or(DropReason::NeighbourTableFull)?;
+            self.entries.remove(&victim);
+            self.budget(iface).entries -= 1;
+        }
+        self.budget(iface).entries += 1;
+        Ok(())
+    }
+
+    /// Takes a token for starting a resolution on `iface`.
+    fn take_token(&mut self, now: Instant, iface: IfaceId) -> Result<(), DropReason> {
+        let cfg = self.config;
+        let b = self.budget(iface);
+        if let Some(at) = b.at {
+            let refill = now.saturating_duration_since(at).as_secs_f64() * f64::from(cfg.new_per_sec);
+            b.tokens = (b.tokens + refill).min(f64::from(cfg.new_burst));
+        }
+        b.at = Some(now);
+        if b.tokens < 1.0 {
+            return Err(DropReason::NeighbourRateLimited);
+        }
+        b.tokens -= 1.0;
+        Ok(())
     }
 
     /// A worker could not forward `frame` (Ethernet header first) for lack of `ip`'s MAC.
@@ -134,7 +196,18 @@ impl NeighManager {
             Some(State::Failed { until }) if *until > now => {
                 out.push(NeighAction::Dropped { reason: DropReason::NeighbourFailed, count: 1 });
             }
-            Some(State::Failed { .. }) | None => {
+            found => {
+                // A failed entry that may be tried again keeps its place; a new one needs
+                // room. Both need a token.
+                let admitted = if found.is_some() {
+                    self.take_token(now, iface)
+                } else {
+                    self.take_token(now, iface).and_then(|()| self.make_room(iface))
+                };
+                if let Err(reason) = admitted {
+                    out.push(NeighAction::Dropped { reason, count: 1 });
+                    return;
+                }
                 let mut queue = VecDeque::with_capacity(cfg.queue_len.min(4));
                 queue.push_back(frame);
                 self.entries.insert((iface, ip), State::Incomplete { probes: 1, next: now + cfg.retransmit, queue });
@@ -146,6 +219,14 @@ impl NeighManager {
     /// ARP told us `n.ip` is at `n.mac` (a reply, or a request addressed to us).
     pub fn on_learn(&mut self, now: Instant, n: Neighbour, out: &mut Vec<NeighAction>) {
         let key = (n.iface, n.ip);
+        if !self.entries.contains_key(&key) {
+            // An answer nobody asked for (or a request to us) only refreshes what we know
+            // while the table is full: it must not let a neighbour fill it either.
+            if self.budget(n.iface).entries >= self.config.max_per_iface {
+                return;
+            }
+            self.budget(n.iface).entries += 1;
+        }
         let old = self.entries.insert(key, State::Reachable { mac: n.mac, confirmed: now, probed: false });
         match old {
             Some(State::Incomplete { queue, .. }) => {
@@ -164,7 +245,33 @@ impl NeighManager {
     pub fn on_tick(&mut self, now: Instant, out: &mut Vec<NeighAction>) {
         let cfg = self.config;
         let mut changed = false;
-        self.entries.retain(|&(iface, ip), st| match st {
+        let mut gone: Vec<IfaceId> = Vec::new();
+        self.entries.retain(|&(iface, ip), st| {
+            let keep = Self::tick_one(cfg, now, iface, ip, st, out, &mut changed);
+            if !keep {
+                gone.push(iface);
+            }
+            keep
+        });
+        for iface in gone {
+            let b = self.budget(iface);
+            b.entries = b.entries.saturating_sub(1);
+        }
+        if changed {
+            out.push(NeighAction::Changed);
+        }
+    }
+
+    fn tick_one(
+        cfg: NeighConfig,
+        now: Instant,
+        iface: IfaceId,
+        ip: Ipv4Addr,
+        st: &mut State,
+        out: &mut Vec<NeighAction>,
+        changed: &mut bool,
+    ) -> bool {
+        match st {
             State::Incomplete { probes, next, queue } => {
                 if now < *next {
                     return true;
@@ -182,7 +289,7 @@ impl NeighManager {
             State::Reachable { mac, confirmed, probed } => {
                 let age = now.saturating_duration_since(*confirmed);
                 if age >= cfg.reachable {
-                    changed = true;
+                    *changed = true;
                     return false;
                 }
                 // Refresh before expiry so a live neighbour never drops out of the table.
@@ -193,9 +300,6 @@ impl NeighManager {
                 true
             }
             State::Failed { until } => *until > now,
-        });
-        if changed {
-            out.push(NeighAction::Changed);
         }
     }
 
@@ -353,5 +457,82 @@ mod tests {
         m.on_tick(t0 + cfg.reachable, &mut out);
         assert!(out.is_empty());
         assert_eq!(m.snapshot().lookup(IF, ip()), Some(MAC));
+    }
+
+    fn requests(out: &[NeighAction]) -> usize {
+        out.iter().filter(|a| matches!(a, NeighAction::Request { .. })).count()
+    }
+
+    fn dropped(out: &[NeighAction], why: DropReason) -> u64 {
+        out.iter()
+            .map(|a| {
+                if let NeighAction::Dropped { reason, count } = a {
+                    if *reason == why {
+                        *count
+                    } else {
+                        0
+                    }
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_pod_cannot_make_the_node_resolve_every_address_of_a_subnet() {
+        let cfg = NeighConfig { max_per_iface: 8, new_burst: 100, new_per_sec: 100, ..Default::default() };
+        let mut m = NeighManager::new(cfg);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for i in 1..=50u8 {
+            m.on_miss(now, IF, Ipv4Addr::new(192, 168, 100, i), frame(), &mut out);
+        }
+        assert_eq!(requests(&out), 8);
+        assert_eq!(dropped(&out, DropReason::NeighbourTableFull), 42);
+        assert_eq!(m.entries().len(), 8);
+        // Another interface has a table of its own.
+        out.clear();
+        m.on_miss(now, IfaceId(1), ip(), frame(), &mut out);
+        assert_eq!(requests(&out), 1);
+        // Once the unanswered ones have failed, they make room for new neighbours.
+        out.clear();
+        let mut later = now;
+        for _ in 0..cfg.max_probes {
+            later += cfg.retransmit;
+            m.on_tick(later, &mut out);
+        }
+        assert!(m.entries().iter().filter(|e| e.0 == IF).all(|e| e.3 == "failed"));
+        out.clear();
+        m.on_miss(later, IF, Ipv4Addr::new(192, 168, 100, 200), frame(), &mut out);
+        assert_eq!(requests(&out), 1, "{out:?}");
+        assert_eq!(m.entries().iter().filter(|e| e.0 == IF).count(), 8);
+        // Unsolicited answers cannot fill a full table either.
+        out.clear();
+        m.on_learn(later, Neighbour { iface: IF, ip: Ipv4Addr::new(192, 168, 100, 201), mac: MAC }, &mut out);
+        assert_eq!(m.entries().iter().filter(|e| e.0 == IF).count(), 8);
+    }
+
+    #[test]
+    fn new_resolutions_are_rate_limited_per_interface() {
+        let cfg = NeighConfig { new_burst: 3, new_per_sec: 2, ..Default::default() };
+        let mut m = NeighManager::new(cfg);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for i in 1..=5u8 {
+            m.on_miss(now, IF, Ipv4Addr::new(10, 0, 0, i), frame(), &mut out);
+        }
+        assert_eq!(requests(&out), 3);
+        assert_eq!(dropped(&out, DropReason::NeighbourRateLimited), 2);
+        // Half a second later one more token has come back.
+        out.clear();
+        for i in 6..=7u8 {
+            m.on_miss(now + Duration::from_millis(500), IF, Ipv4Addr::new(10, 0, 0, i), frame(), &mut out);
+        }
+        assert_eq!(requests(&out), 1);
+        // Misses for a neighbour being resolved queue without a token.
+        out.clear();
+        m.on_miss(now + Duration::from_millis(500), IF, Ipv4Addr::new(10, 0, 0, 1), frame(), &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 }
