@@ -32,6 +32,9 @@ pub struct DataplaneConfig {
     pub gro: bool,
     /// The workers' nice value (see [`DEFAULT_WORKER_NICE`]).
     pub nice: i32,
+    /// Fault injection, for the test of the node's supervision only: the first worker stops
+    /// with an error this long after it started.
+    pub fail_worker_after: Option<std::time::Duration>,
 }
 
 /// Workers run a little ahead of ordinary processes, as the kernel's own forwarding (in
@@ -50,6 +53,7 @@ impl Default for DataplaneConfig {
             rcvbuf: 4 << 20,
             gro: true,
             nice: DEFAULT_WORKER_NICE,
+            fail_worker_after: None,
         }
     }
 }
@@ -139,6 +143,7 @@ impl Dataplane {
                 tracer: tracer.clone(),
                 gro: cfg.gro,
                 nice: cfg.nice,
+                fail_after: cfg.fail_worker_after.filter(|_| index == 0),
             });
         }
         let mut tx = Vec::new();
@@ -201,6 +206,19 @@ impl Dataplane {
 
     pub fn neighbours(&self) -> Vec<NeighbourInfo> {
         self.neighbours.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// A worker or the slow-path thread that has ended although nobody asked it to stop (an
+    /// error or a panic): its name. A node without it forwards nothing, or resolves no next
+    /// hop, while BGP would go on announcing its blocks.
+    pub fn dead_thread(&self) -> Option<String> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.threads
+            .iter()
+            .find(|t| t.is_finished())
+            .map(|t| t.thread().name().unwrap_or("a data-plane thread").to_string())
     }
 
     /// Stops all threads and waits for them.

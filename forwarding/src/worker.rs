@@ -175,6 +175,9 @@ pub struct Worker {
     pub gro: bool,
     /// Nice value to run at (0: leave it).
     pub nice: i32,
+    /// Fault injection for the supervision test: the worker stops with an error this long
+    /// after it started (see `DataplaneConfig::fail_worker_after`).
+    pub fail_after: Option<Duration>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -217,7 +220,11 @@ impl Worker {
         // mio is edge-triggered: a port stays "ready" until a read returns WouldBlock.
         let mut ready: Vec<bool> = self.ports.iter().map(|p| p.readable()).collect();
         let mut last_stats = std::time::Instant::now();
+        let fail_at = self.fail_after.map(|d| std::time::Instant::now() + d);
         while !self.stop.load(Ordering::Relaxed) {
+            if fail_at.is_some_and(|t| std::time::Instant::now() >= t) {
+                return Err(io::Error::other("stopped on purpose (ROUTER_FAULT_WORKER_EXIT)"));
+            }
             // Losses before our socket are ours to report too (every 100 ms, not per packet).
             if last_stats.elapsed() >= Duration::from_millis(100) {
                 last_stats = std::time::Instant::now();

@@ -358,6 +358,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         pin: cfg.pin_workers,
         gro: cfg.gro,
         nice: cfg.worker_nice,
+        fail_worker_after: fault_worker_exit(&cfg.name),
         ..Default::default()
     };
     let dp = Dataplane::start(ifaces, fib.clone(), dp_cfg).context("starting the data plane")?;
@@ -398,6 +399,18 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     result
 }
 
+/// Fault injection for the supervision test: `ROUTER_FAULT_WORKER_EXIT=NODE:MS` makes the
+/// first worker of node NODE stop with an error MS milliseconds after it started.
+fn fault_worker_exit(node: &str) -> Option<Duration> {
+    let v = std::env::var("ROUTER_FAULT_WORKER_EXIT").ok()?;
+    let (name, ms) = v.split_once(':')?;
+    let ms: u64 = ms.parse().ok()?;
+    (name == node).then(|| {
+        tracing::warn!(ms, "ROUTER_FAULT_WORKER_EXIT: the first worker will stop on purpose");
+        Duration::from_millis(ms)
+    })
+}
+
 /// The control thread: admin socket, BGP sessions and their timers, FIB publication.
 fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut poll = Poll::new()?;
@@ -426,7 +439,16 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
     };
     let mut events = Events::with_capacity(64);
     let (mut pending, mut last_rebuild, mut rebuild_cost) = (false, Instant::now(), Duration::ZERO);
+    let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) {
+        // Supervision: without a worker or the slow path the node would blackhole what BGP
+        // keeps drawing to it. Stop: Cease to every peer withdraws our routes at once, and
+        // the exit status says something went wrong.
+        if let Some(name) = node.dp.dead_thread() {
+            tracing::error!(thread = %name, "a data-plane thread died; withdrawing the node's routes and stopping");
+            result = Err(anyhow::anyhow!("the data-plane thread {name} died (its error is in the log above)"));
+            break;
+        }
         let now = Instant::now();
         let mut timeout = Duration::from_millis(200);
         if let Some(t) = speaker.as_ref().and_then(|s| s.poll_timeout()) {
@@ -476,9 +498,10 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         }
     }
     if let Some(sp) = speaker.as_mut() {
+        // Cease to every peer: written at once, before the sockets close.
         sp.stop(poll.registry());
     }
-    Ok(())
+    result
 }
 
 fn serve_metrics(l: &mut mio::net::TcpListener, node: &Node, speaker: Option<&Speaker>) {

@@ -438,3 +438,32 @@ fn ttl_security_establishes_with_a_gtsm_peer_and_not_with_one_that_sends_low_ttl
         info.contains("TTL below 255 (ttl_security)")
     });
 }
+
+/// Supervision: a data-plane thread that dies takes the node down with it, and the node's
+/// Cease makes its peers withdraw its block at once, long before the hold time or a
+/// graceful-restart timer would. Without it, the node would go on announcing a block it no
+/// longer forwards to.
+#[test]
+fn a_node_whose_worker_dies_withdraws_its_block_and_exits() {
+    let lab = TestLab::named();
+    let topo = topology(&lab, "supervise", "bgp_hold_time = 60", "");
+    let out = lab
+        .command(&["lab", "up", "--topology", topo.to_str().unwrap_or_default()])
+        .env("ROUTER_FAULT_WORKER_EXIT", "node-b:12000")
+        .output()
+        .expect("router runs");
+    assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
+    let pid = lab.daemon_pid("node-b");
+    assert!(route(&lab, "node-a", "10.244.2.0/26").is_some(), "node-b's block at node-a before the fault");
+    let t0 = Instant::now();
+    wait_for(30, "node-a to drop node-b's block", || route(&lab, "node-a", "10.244.2.0/26").is_none());
+    // Well inside the 60 s hold time: the withdrawal came with the Cease.
+    assert!(t0.elapsed() < Duration::from_secs(25), "took {:?}", t0.elapsed());
+    wait_for(5, "node-b's daemon to exit", || !Path::new(&format!("/proc/{pid}")).exists());
+    let log = std::fs::read_to_string(lab.dir.join(&lab.name).join("node-b.log")).expect("node-b's log");
+    assert!(log.contains("worker-0") && log.contains("died"), "{log}");
+    let (state, info) = peer_state(&lab, "node-a", "192.168.100.101");
+    assert_ne!(state, "up", "{info}");
+    // node-c still holds node-a's block: only node-b went away.
+    assert!(route(&lab, "node-c", "10.244.1.0/26").is_some());
+}
