@@ -265,6 +265,16 @@ impl Node {
         crate::trace::lookup(&t.entries, dst).cloned()
     }
 
+    /// Removes every kernel route of ours (`proto 179`): at start, what a run that crashed
+    /// left behind; at stop, what this run installed, which would otherwise route the node's
+    /// traffic into a `tunl0` that is gone or to blocks nobody announces any more.
+    fn flush_kernel(&mut self) {
+        if let Err(e) = ipcmd::ip(&["route", "flush", "proto", routes::KERNEL_PROTO]) {
+            tracing::warn!(error = %e, "could not flush our kernel routes");
+        }
+        self.kernel.clear();
+    }
+
     fn sync_kernel(&mut self, want: &[routes::KernelRoute]) {
         let tun = self.cfg.dataplane == DataplaneMode::Tun;
         let wanted: std::collections::HashSet<&routes::KernelRoute> = want.iter().collect();
@@ -273,6 +283,7 @@ impl Node {
             let args = old.args();
             let mut v = vec!["route", "del"];
             v.extend(args.iter().map(String::as_str));
+            v.extend(["proto", routes::KERNEL_PROTO]);
             if let Err(e) = ipcmd::ip(&v) {
                 tracing::debug!(error = %e, "kernel route already gone");
             }
@@ -286,6 +297,7 @@ impl Node {
             let args = r.args();
             let mut v = vec!["route", "replace"];
             v.extend(args.iter().map(String::as_str));
+            v.extend(["proto", routes::KERNEL_PROTO]);
             match ipcmd::ip(&v) {
                 Ok(_) => installed.push(r.clone()),
                 Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
@@ -388,12 +400,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             return Err(e.context("bringing tunl0 up"));
         }
     }
+    node.flush_kernel();
     node.sync_kernel(&table.kernel);
     let result = control_loop(&mut node, &listener, &stop);
     tracing::info!(node = %node.cfg.name, "stopping");
     if let Some(f) = &node.filter {
         f.remove();
     }
+    node.flush_kernel();
     node.dp.stop();
     let _ = std::fs::remove_file(&node.cfg.admin_socket);
     result

@@ -52,6 +52,11 @@ pub enum KernelRoute {
     Blackhole { prefix: Ipv4Net },
 }
 
+/// The routing protocol number our kernel routes carry (`ip route ... proto 179`, after
+/// BGP's port), so that a node can flush every route it or a crashed run of it left, and
+/// nothing else: at start and at stop.
+pub const KERNEL_PROTO: &str = "179";
+
 impl KernelRoute {
     /// Arguments of `ip route replace`.
     pub fn args(&self) -> Vec<String> {

@@ -291,3 +291,51 @@ fn a_wrong_topology_names_file_and_line() {
     assert!(lab.leftover_namespaces().is_empty());
     let _ = std::fs::remove_file(&file);
 }
+
+/// Our kernel routes carry `proto 179`: a stopped node takes them all away, and a node that
+/// starts first removes what an earlier run left behind (a crash), and nothing else.
+#[test]
+fn a_node_owns_its_kernel_routes_and_flushes_them_at_stop_and_start() {
+    use std::process::{Command, Stdio};
+    let lab = TestLab::up(&["--dataplane", "tun"]);
+    let ours = |lab: &TestLab| text(&lab.exec("node-a", &["ip", "route", "show", "proto", "179"]).stdout);
+    let before = ours(&lab);
+    assert!(before.contains("10.244.3.0/26 dev tunl0"), "node-a's routes with proto 179:\n{before}");
+    assert!(before.contains("blackhole 10.244.1.0/26"), "{before}");
+    let pid = lab.daemon_pid("node-a");
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().is_ok_and(|s| s.success()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "node-a did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ours(&lab), "", "routes left after the node stopped");
+    // What a crashed run would leave, and a route of someone else's.
+    let add = |args: &[&str]| {
+        let out = lab.exec("node-a", args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    add(&["ip", "route", "add", "10.99.0.0/24", "dev", "eth0", "proto", "179"]);
+    add(&["ip", "route", "add", "10.98.0.0/24", "dev", "eth0", "proto", "static"]);
+    let config = lab.dir.join(&lab.name).join("node-a.toml");
+    let mut back = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("node-a"), ROUTER, "node", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start node-a again");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ours(&lab).contains("10.244.1.0/26") {
+        assert!(Instant::now() < deadline, "node-a's routes did not come back:\n{}", ours(&lab));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = ours(&lab);
+    assert!(!after.contains("10.99.0.0/24"), "the stale route survived:\n{after}");
+    let all = text(&lab.exec("node-a", &["ip", "route", "show"]).stdout);
+    assert!(all.contains("10.98.0.0/24"), "someone else's route was removed:\n{all}");
+    drop(lab);
+    let _ = back.kill();
+    let _ = back.wait();
+}
