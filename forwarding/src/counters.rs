@@ -41,7 +41,7 @@ drop_reasons! {
     BadHeaderLen => "bad_header_len": "IHL below 5 or beyond the frame",
     BadTotalLen => "bad_total_len": "IPv4 total length disagrees with the frame",
     BadChecksum => "bad_checksum": "IPv4 header checksum does not verify",
-    Spoofed => "spoofed_source": "source address is not the pod's own (RPF check)",
+    Spoofed => "spoofed_source": "source address is not the pod's own (RPF check), or one of our pods' from outside the node",
     BadSource => "bad_source": "source is multicast, broadcast, loopback or unspecified",
     TtlExceeded => "ttl_exceeded": "TTL ran out (ICMP time exceeded sent)",
     NoRoute => "no_route": "no route covers the destination (ICMP unreachable sent)",

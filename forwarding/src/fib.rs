@@ -49,17 +49,27 @@ pub struct Tunnels {
     pub peers: std::collections::HashSet<Ipv4Addr>,
     /// Further allowed outer sources (external routers).
     pub allowed: Vec<Ipv4Net>,
+    /// This node's pods, sorted. Only they may use these addresses: a packet carrying one as
+    /// its source from the underlay or out of a tunnel is spoofed, and in `tun` mode a
+    /// packet the kernel routed into `tunl0` must come from one of them or the node.
+    pub local_pods: Vec<Ipv4Addr>,
 }
 
 impl Default for Tunnels {
     fn default() -> Self {
-        Tunnels { ttl: 64, peers: Default::default(), allowed: Vec::new() }
+        Tunnels { ttl: 64, peers: Default::default(), allowed: Vec::new(), local_pods: Vec::new() }
     }
 }
 
 impl Tunnels {
     pub fn allows(&self, src: Ipv4Addr) -> bool {
         self.peers.contains(&src) || self.allowed.iter().any(|n| n.contains(&src))
+    }
+
+    /// Whether `a` is one of this node's pods (`local_pods` must be sorted).
+    #[inline]
+    pub fn is_local_pod(&self, a: Ipv4Addr) -> bool {
+        self.local_pods.binary_search(&a).is_ok()
     }
 }
 

@@ -39,6 +39,7 @@ fn tunnels() -> Tunnels {
         ttl: 64,
         peers: peers.into_iter().collect(),
         allowed: vec!["172.16.0.0/12".parse().expect("a literal prefix")],
+        local_pods: vec![Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 3)],
     }
 }
 

@@ -220,7 +220,9 @@ fn tunnels(cfg: &NodeConfig, learned: &[(Ipv4Net, Ipv4Addr)]) -> Tunnels {
     // route pod blocks to are the nodes that send us their pods' traffic.
     let mut peers: std::collections::HashSet<Ipv4Addr> = cfg.ipip_peers.iter().copied().collect();
     peers.extend(learned.iter().map(|(_, nh)| *nh));
-    Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone() }
+    let mut local_pods: Vec<Ipv4Addr> = cfg.pods.iter().map(|p| p.address).collect();
+    local_pods.sort_unstable();
+    Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone(), local_pods }
 }
 
 impl Node {

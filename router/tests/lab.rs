@@ -123,6 +123,45 @@ fn in_tun_mode_a_pods_first_packet_does_not_wait_for_proxy_arp() {
     assert!(ms < 300.0, "the first ping took {ms} ms");
     // The kernel forwards here: no transit filter, and stats do not pretend one is off.
     assert!(lab.json(&["stats", "--node", "node-a", "--json"])["transit_filter"].is_null());
+    kernel_holds_pods_to_their_own_address(&lab);
+}
+
+/// A counter of the `TcpExt:` lines of a host's /proc/net/netstat.
+fn netstat_counter(lab: &TestLab, host: &str, name: &str) -> u64 {
+    let t = text(&lab.exec(host, &["cat", "/proc/net/netstat"]).stdout);
+    let mut ext = t.lines().filter(|l| l.starts_with("TcpExt:")).map(|l| l.split_whitespace());
+    let (Some(names), Some(values)) = (ext.next(), ext.next()) else { panic!("no TcpExt: lines in\n{t}") };
+    names.zip(values).find(|(n, _)| *n == name).and_then(|(_, v)| v.parse().ok()).expect(name)
+}
+
+/// In tun mode the kernel forwards pods' packets: strict rp_filter on each cali interface,
+/// as Felix sets it, drops one that claims another pod's address before it reaches tunl0.
+fn kernel_holds_pods_to_their_own_address(lab: &TestLab) {
+    let cali = text(&lab.exec("node-a", &["ip", "-o", "link", "show", "type", "veth"]).stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("cali"))
+        .map(|w| w.trim_end_matches(':').split('@').next().unwrap_or_default().to_string())
+        .expect("a cali interface on node-a");
+    let rp = text(&lab.exec("node-a", &["sysctl", "-n", &format!("net.ipv4.conf.{cali}.rp_filter")]).stdout);
+    assert_eq!(rp.trim(), "1", "{cali}");
+    let before = netstat_counter(lab, "node-a", "IPReversePathFilter");
+    let script = r#"
+import socket, struct
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+udp = struct.pack('!HHHH', 4000, 4001, 8 + 6, 0) + b'forged'
+h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton('10.244.2.1'), socket.inet_aton('10.244.3.1'))
+pkt = h[:10] + struct.pack('!H', csum(h)) + h[12:] + udp
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for _ in range(3): s.sendto(pkt, ('10.244.3.1', 0))
+"#;
+    let out = lab.exec("pod-a1", &["python3", "-c", script]);
+    assert!(out.status.success(), "sending the spoofed packets: {}", text(&out.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = netstat_counter(lab, "node-a", "IPReversePathFilter");
+    assert!(after >= before + 3, "rp_filter dropped {} of 3", after - before);
 }
 
 #[test]

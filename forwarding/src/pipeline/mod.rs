@@ -284,6 +284,14 @@ fn ip_input(
             }
         }
         Ingress::Tun if proto == ipv4::Protocol::IpIp => return Verdict::Drop(DropReason::IpipFromPod),
+        // tun mode: the kernel routed this into tunl0 from a pod or from the node itself;
+        // anything else would leave wrapped with our node address outside. (The kernel's
+        // rp_filter on cali* holds pods to their own address, as Felix sets it.)
+        Ingress::Tun if !ctx.fib.tunnels().is_local_pod(src) && ctx.ifaces.node_addr() != Some(src) => {
+            return Verdict::Drop(DropReason::Spoofed)
+        }
+        // Our pods' addresses are ours: from the underlay they are forged.
+        Ingress::Uplink if ctx.fib.tunnels().is_local_pod(src) => return Verdict::Drop(DropReason::Spoofed),
         Ingress::RawIpip => return decapsulate(ctx, counters, buf, l3, end, true),
         // We never send IPIP as one super-packet, and its inner packets' segment size is
         // not the outer one's.
@@ -317,6 +325,10 @@ fn decapsulate(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize
     let dst = inner.dst();
     if bad_source(inner.src()) {
         return Verdict::Drop(DropReason::BadSource);
+    }
+    // A cluster node does not send our own pods' traffic: forged inside the tunnel.
+    if ctx.fib.tunnels().is_local_pod(inner.src()) {
+        return Verdict::Drop(DropReason::Spoofed);
     }
     if to_tun {
         // `tun` mode: the kernel routes the inner packet to the pod (and decrements its TTL).

@@ -66,7 +66,12 @@ fn lab() -> Lab {
         r("10.244.4.0/26", NextHop::Direct { iface: UPLINK, gateway: Ipv4Addr::new(192, 168, 100, 102) }),
         r("10.244.3.0/26", NextHop::Ipip { iface: UPLINK, gateway: UNDERLAY, remote: NODE_C }),
     ])
-    .with_tunnels(Tunnels { ttl: 64, peers: [NODE_B, NODE_C].into_iter().collect(), allowed: vec![] });
+    .with_tunnels(Tunnels {
+        ttl: 64,
+        peers: [NODE_B, NODE_C].into_iter().collect(),
+        allowed: vec![],
+        local_pods: vec![POD_A1, POD_A2],
+    });
     let mut neigh = NeighTable::default();
     neigh.insert(Neighbour { iface: CALI_A2, ip: POD_A2, mac: POD_A2_MAC });
     neigh.insert(Neighbour { iface: CALI_A1, ip: POD_A1, mac: POD_A1_MAC });
@@ -477,6 +482,21 @@ fn ipip_from_an_unknown_sender_is_dropped() {
 }
 
 #[test]
+fn our_pods_addresses_from_the_underlay_or_a_tunnel_are_spoofed() {
+    let l = lab();
+    // From the uplink, claiming to be pod-a1, to its neighbour pod-a2.
+    let frame = echo(NODE_B_MAC, UPLINK_MAC, POD_A1, POD_A2, 63);
+    assert_eq!(l.run_on(UPLINK, &frame).0, Verdict::Drop(DropReason::Spoofed));
+    // Out of a tunnel from a real node, with the same lie inside.
+    let inner = echo(MacAddr::ZERO, MacAddr::ZERO, POD_A1, POD_A2, 63)[14..].to_vec();
+    assert_eq!(l.run_on(UPLINK, &ipip_frame(NODE_C, &inner)).0, Verdict::Drop(DropReason::Spoofed));
+    assert_eq!(l.drops(DropReason::Spoofed), 2);
+    // Another node's pod is fine, as before.
+    let frame = echo(NODE_B_MAC, UPLINK_MAC, POD_B1, POD_A2, 63);
+    assert!(matches!(l.run_on(UPLINK, &frame).0, Verdict::Transmit { iface: CALI_A2, .. }));
+}
+
+#[test]
 fn ipip_with_a_broken_inner_packet_is_dropped_with_its_reason() {
     let l = lab();
     let mut inner = echo(MacAddr::ZERO, MacAddr::ZERO, POD_C1, POD_A1, 63)[14..].to_vec();
@@ -603,7 +623,12 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
         },
         Route { prefix: "10.244.1.0/26".parse().expect("net"), next_hop: NextHop::Host },
     ])
-    .with_tunnels(Tunnels { ttl: 64, peers: [NODE_C].into_iter().collect(), allowed: vec![] });
+    .with_tunnels(Tunnels {
+        ttl: 64,
+        peers: [NODE_C].into_iter().collect(),
+        allowed: vec![],
+        local_pods: vec![POD_A1],
+    });
     let neigh = NeighTable::default();
     let counters = Counters::new(2);
     let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, gso: None };
@@ -617,6 +642,23 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
         };
         (v, out)
     };
+    // The kernel routes into tunl0 only what our pods and the node send; a pod that lies
+    // about its address (someone else's pod, an underlay host) is not wrapped.
+    for liar in [POD_B1, UNDERLAY, POD_A2] {
+        let mut p = from_pod_a1(POD_C1, 63)[14..].to_vec();
+        p[12..16].copy_from_slice(&liar.octets());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let c = encap::checksum::checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(run(tun, &p).0, Verdict::Drop(DropReason::Spoofed), "from {liar}");
+    }
+    // The node's own traffic (its address) is wrapped like a pod's.
+    let mut own = from_pod_a1(POD_C1, 64)[14..].to_vec();
+    own[12..16].copy_from_slice(&NODE_A.octets());
+    own[10..12].copy_from_slice(&[0, 0]);
+    let c = encap::checksum::checksum(&own[..20]);
+    own[10..12].copy_from_slice(&c.to_be_bytes());
+    assert!(matches!(run(tun, &own).0, Verdict::Transmit { iface, .. } if iface == raw));
     // Pod traffic the kernel routed into tunl0 leaves as IPIP on the raw socket, TTL as is.
     let inner = from_pod_a1(POD_C1, 63)[14..].to_vec();
     let (v, out) = run(tun, &inner);
@@ -625,15 +667,27 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
     assert_eq!((outer.src(), outer.dst()), (NODE_A, NODE_C));
     assert_eq!(outer.payload(), &inner[..]);
     // IPIP from node-c on the raw socket goes back into tunl0 as the bare inner packet.
-    let mut from_c = out.clone();
-    from_c[12..16].copy_from_slice(&NODE_C.octets());
-    from_c[16..20].copy_from_slice(&NODE_A.octets());
-    from_c[10..12].copy_from_slice(&[0, 0]);
-    let c = encap::checksum::checksum(&from_c[..20]);
-    from_c[10..12].copy_from_slice(&c.to_be_bytes());
+    let reply = echo(MacAddr::ZERO, MacAddr::ZERO, POD_C1, POD_A1, 63)[14..].to_vec();
+    let mut from_c = vec![0u8; ipv4::HEADER_LEN + reply.len()];
+    ipv4::Repr {
+        src: NODE_C,
+        dst: NODE_A,
+        protocol: ipv4::Protocol::IpIp,
+        tos: 0,
+        ident: 1,
+        dont_frag: false,
+        ttl: 64,
+        payload_len: reply.len(),
+    }
+    .emit(&mut from_c);
+    from_c[ipv4::HEADER_LEN..].copy_from_slice(&reply);
     let (v, back) = run(raw, &from_c);
     assert!(matches!(v, Verdict::Transmit { iface, .. } if iface == tun), "{v:?}");
-    assert_eq!(back, inner);
+    assert_eq!(back, reply);
+    // The same tunnel may not bring our own pod's address back in.
+    let mut echo_back = from_c.clone();
+    echo_back[ipv4::HEADER_LEN..].copy_from_slice(&echo(MacAddr::ZERO, MacAddr::ZERO, POD_A1, POD_A1, 63)[14..]);
+    assert_eq!(run(raw, &echo_back).0, Verdict::Drop(DropReason::Spoofed));
     // From anyone else: dropped and counted.
     let mut forged = from_c.clone();
     forged[12..16].copy_from_slice(&UNDERLAY.octets());

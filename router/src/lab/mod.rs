@@ -284,6 +284,9 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
             // As in Calico, the node's kernel knows its pods (flags UH), so the node itself can
             // reach them; it does not forward for them.
             netns::ip_in(&ns, &["route", "add", &format!("{}/32", pod.address), "dev", &pod.iface, "scope", "link"])?;
+            // Strict reverse-path filtering, as Felix sets it: the kernel takes from a pod's
+            // interface only the source that routes back to it, the pod's own /32.
+            netns::sysctl_in(&ns, &format!("net.ipv4.conf.{}.rp_filter", pod.iface), "1")?;
             netns::ip_in(&pns, &["addr", "add", &format!("{}/32", pod.address), "dev", "eth0"])?;
             // Room for the outer header when IPIP may be used (1480 on a 1500 underlay).
             let pod_mtu = if mode == IpipMode::Never { subnet.mtu } else { subnet.mtu - encap::ipip::OVERHEAD as u16 };
