@@ -2,7 +2,8 @@
 //! each takes the fuzzer's bytes and panics only where an invariant breaks.
 
 use crate::checksum;
-use crate::gso::{coalesce, complete_checksum, mergeable, run_len, TcpSegments, GSO_TCPV4, MIN_MSS};
+use crate::gro::{coalesce, mergeable, run_len};
+use crate::gso::{complete_checksum, TcpSegments, GSO_TCPV4, MIN_MSS};
 use crate::ipv4::Packet;
 
 /// Any bytes as a super-packet and a segment size: cutting it never panics, every segment is

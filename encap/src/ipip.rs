@@ -5,7 +5,6 @@
 //! the decapsulator merges congestion marks back inward and drops the one invalid
 //! combination (outer CE on a Not-ECT inner packet). DSCP is copied outward (uniform model).
 
-use crate::checksum;
 use crate::ipv4::{self, Packet, Protocol, Repr};
 use crate::WireError;
 use std::net::Ipv4Addr;
@@ -126,13 +125,7 @@ pub fn decapsulate(buf: &mut [u8], start: usize, end: usize) -> Result<(usize, u
     let ecn = decap_ecn(Ecn::from_tos(tos), outer_ecn).ok_or(DecapError::InvalidEcn)?;
     let new_tos = (tos & !0b11) | ecn.bits();
     if new_tos != tos {
-        // RFC 1624 on the 16-bit word holding version/IHL and TOS.
-        let b = &mut buf[istart..iend];
-        let old = u16::from_be_bytes([b[0], b[1]]);
-        b[1] = new_tos;
-        let new = u16::from_be_bytes([b[0], b[1]]);
-        let hc = u16::from_be_bytes([b[10], b[11]]);
-        b[10..12].copy_from_slice(&checksum::update(hc, old, new).to_be_bytes());
+        Packet::new_unchecked(&mut buf[istart..iend]).set_tos_update_checksum(new_tos);
     }
     Ok((istart, iend))
 }
@@ -140,6 +133,7 @@ pub fn decapsulate(buf: &mut [u8], start: usize, end: usize) -> Result<(usize, u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum;
     use crate::ethernet;
     use crate::fixtures::*;
 

@@ -138,6 +138,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::FLG_OFF.start] & 0x40 != 0
     }
 
+    /// The reserved flag bit (RFC 791: must be zero).
+    pub fn reserved_flag(&self) -> bool {
+        be16(self.buffer.as_ref(), field::FLG_OFF) & 0x8000 != 0
+    }
+
     pub fn more_frags(&self) -> bool {
         self.buffer.as_ref()[field::FLG_OFF.start] & 0x20 != 0
     }
@@ -190,6 +195,48 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let new = u16::from_be_bytes([b[field::TTL], b[field::PROTOCOL]]);
         let hc = be16(b, field::CHECKSUM);
         b[field::CHECKSUM].copy_from_slice(&checksum::update(hc, old, new).to_be_bytes());
+    }
+
+    /// Sets TOS (DSCP and ECN) and patches the checksum incrementally (RFC 1624, on the
+    /// 16-bit word that holds version, IHL and TOS).
+    pub fn set_tos_update_checksum(&mut self, tos: u8) {
+        let b = self.buffer.as_mut();
+        let old = u16::from_be_bytes([b[field::VER_IHL], b[field::TOS]]);
+        b[field::TOS] = tos;
+        let new = u16::from_be_bytes([b[field::VER_IHL], b[field::TOS]]);
+        let hc = be16(b, field::CHECKSUM);
+        b[field::CHECKSUM].copy_from_slice(&checksum::update(hc, old, new).to_be_bytes());
+    }
+
+    /// The setters below leave the checksum alone: call [`Packet::fill_checksum`] after them.
+    pub fn set_total_len(&mut self, len: u16) {
+        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn set_ident(&mut self, ident: u16) {
+        self.buffer.as_mut()[field::IDENT].copy_from_slice(&ident.to_be_bytes());
+    }
+
+    /// Flags and fragment offset (in 8-byte units): DF, MF and the offset.
+    pub fn set_frag(&mut self, dont_frag: bool, more_frags: bool, offset: u16) {
+        let v = (offset & 0x1fff) | if dont_frag { 0x4000 } else { 0 } | if more_frags { 0x2000 } else { 0 };
+        self.buffer.as_mut()[field::FLG_OFF].copy_from_slice(&v.to_be_bytes());
+    }
+
+    pub fn set_ttl(&mut self, ttl: u8) {
+        self.buffer.as_mut()[field::TTL] = ttl;
+    }
+
+    pub fn set_protocol(&mut self, p: Protocol) {
+        self.buffer.as_mut()[field::PROTOCOL] = p.into();
+    }
+
+    pub fn set_src(&mut self, a: Ipv4Addr) {
+        self.buffer.as_mut()[field::SRC].copy_from_slice(&a.octets());
+    }
+
+    pub fn set_dst(&mut self, a: Ipv4Addr) {
+        self.buffer.as_mut()[field::DST].copy_from_slice(&a.octets());
     }
 
     /// Recomputes the header checksum from scratch (after rewriting several fields).

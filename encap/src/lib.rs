@@ -9,10 +9,12 @@ pub mod arp;
 pub mod checksum;
 pub mod ethernet;
 pub mod fuzzing;
+pub mod gro;
 pub mod gso;
 pub mod icmp;
 pub mod ipip;
 pub mod ipv4;
+pub mod tcp;
 
 /// A byte range inside a header.
 pub(crate) type Field = core::ops::Range<usize>;

@@ -10,6 +10,7 @@ use crate::pipeline::{self, Context, Span, Verdict};
 use crate::tap::{Direction, Tap};
 use crate::trace::{self, Tracer};
 use crossbeam_channel::{Sender, TrySendError};
+use encap::gro;
 use encap::gso::{self, VnetHdr};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -402,19 +403,22 @@ impl Worker {
         };
         // Each frame is looked at once: its bytes and, if it may join a run (a plain IPv4
         // frame without offload, a mergeable TCP segment), its segment.
-        let mut segs: [Option<(&[u8], gso::Mergeable)>; BATCH] = [None; BATCH];
+        let mut segs: [Option<(&[u8], gro::Mergeable)>; BATCH] = [None; BATCH];
         for (s, &(_, k, sp, h)) in segs.iter_mut().zip(group) {
             let Some(f) = bufs[k].get(sp.start..sp.end) else { continue };
-            if h == VnetHdr::NONE && f.len() >= eth && (eth == 0 || f[12..14] == [0x08, 0x00]) {
-                *s = gso::mergeable(&f[eth..]).map(|m| (f, m));
+            let ipv4 = eth == 0
+                || encap::ethernet::Frame::new_checked(f)
+                    .is_ok_and(|e| e.ethertype() == encap::ethernet::EtherType::Ipv4);
+            if h == VnetHdr::NONE && f.len() >= eth && ipv4 {
+                *s = gro::mergeable(&f[eth..]).map(|m| (f, m));
             }
         }
-        let mut run: [(&[u8], gso::Mergeable); BATCH] = [(&[], gso::Mergeable::default()); BATCH];
+        let mut run: [(&[u8], gro::Mergeable); BATCH] = [(&[], gro::Mergeable::default()); BATCH];
         let mut used = 0;
         let mut i = 0;
         while i < group.len() {
             let (_, k, sp, h) = group[i];
-            let n = gso::run_len(&segs[i..group.len()], eth);
+            let n = gro::run_len(&segs[i..group.len()], eth);
             if n > 1 {
                 for (r, (f, m)) in run.iter_mut().zip(segs[i..i + n].iter().flatten()) {
                     *r = (&f[eth..], *m);
@@ -423,7 +427,7 @@ impl Worker {
                 let head = segs[i].map_or(&[][..], |(f, _)| &f[..eth]);
                 if let Some(room) = gro.get_mut(used..).filter(|r| r.len() >= eth + total) {
                     room[..eth].copy_from_slice(head);
-                    if let Some((len, hdr)) = gso::coalesce(&run[..n], eth, &mut room[eth..]) {
+                    if let Some((len, hdr)) = gro::coalesce(&run[..n], eth, &mut room[eth..]) {
                         send.push((Source::Gro, Span { start: used, end: used + eth + len }, hdr));
                         used += eth + len;
                         crate::counters::bump(&self.counters.gro_packets, 1);

@@ -570,10 +570,10 @@ pub fn fragment(
         let f = &mut scratch[at..at + hl + n];
         f[..hl].copy_from_slice(&buf[span.start..span.start + hl]);
         f[hl..].copy_from_slice(&payload[off..off + n]);
-        f[2..4].copy_from_slice(&((hl + n) as u16).to_be_bytes());
-        let field = (((base_off + off) / 8) as u16) | if more { 0x2000 } else { 0 };
-        f[6..8].copy_from_slice(&field.to_be_bytes());
-        ipv4::Packet::new_unchecked(&mut f[..]).fill_checksum();
+        let mut frag = ipv4::Packet::new_unchecked(&mut f[..]);
+        frag.set_total_len((hl + n) as u16);
+        frag.set_frag(false, more, ((base_off + off) / 8) as u16);
+        frag.fill_checksum();
         let v = count(counters, output(ctx, counters, scratch, at, at + hl + n, egress));
         bump(&counters.fragments_sent, 1);
         emit(v, scratch);
