@@ -59,12 +59,13 @@ impl Default for DataplaneConfig {
 }
 
 /// One neighbour as shown by status commands.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NeighbourInfo {
     pub interface: String,
     pub ip: Ipv4Addr,
     pub mac: Option<String>,
-    pub state: &'static str,
+    /// incomplete, reachable or failed.
+    pub state: String,
 }
 
 /// A running data plane.
@@ -285,7 +286,7 @@ impl SlowPath {
                     interface: self.ifaces.get(i).map(|f| f.name.clone()).unwrap_or_default(),
                     ip,
                     mac: mac.map(|m| m.to_string()),
-                    state,
+                    state: state.to_string(),
                 })
                 .collect();
             if let Ok(mut n) = self.neighbours.lock() {

@@ -150,8 +150,8 @@ fn router_drops(t: &Tools) -> u64 {
     ["node-a", "node-b", "node-c"]
         .iter()
         .filter_map(|n| t.router(&["stats", "--node", n, "--json"]).ok())
-        .filter_map(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .map(|v| v["drops"].as_object().map_or(0, |d| d.values().filter_map(|x| x.as_u64()).sum::<u64>()))
+        .filter_map(|s| serde_json::from_str::<router::admin::Stats>(&s).ok())
+        .map(|st| st.drops.values().sum::<u64>())
         .sum()
 }
 

@@ -430,12 +430,8 @@ fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize
         &[router.to_str().unwrap_or_default(), "node", "--config", conf.to_str().unwrap_or_default()],
         Stdio::null(),
     )?;
-    let fib_routes = || {
-        router::admin::request(&sock, router::admin::Request::Stats)
-            .ok()
-            .and_then(|v| v["fib_routes"].as_u64())
-            .map(|x| x as usize)
-    };
+    let node = router::admin::Client::new(&sock);
+    let fib_routes = || node.stats().ok().map(|s| s.fib_routes);
     // The node's own routes (its address, its subnet) are there before the feed starts.
     let (_, before) = wait_for(1, Duration::from_secs(30), None, fib_routes).context("the node did not come up")?;
     let (t0, updates, events) = start_feed(b, perf, o)?;
@@ -446,10 +442,10 @@ fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize
         .last()
         .map_or(Ipv4Addr::UNSPECIFIED, |&(a, _, _)| Ipv4Addr::from(a));
     let t = Instant::now();
-    let answer = router::admin::request(&sock, router::admin::Request::Lookup { addr: probe })?;
+    let answer = node.lookup(probe)?;
     let lookup_ms = t.elapsed().as_secs_f64() * 1e3;
-    if answer.get("prefix").is_none() {
-        bail!("the node has no route for {probe} after the load: {answer}");
+    if answer.is_none() {
+        bail!("the node has no route for {probe} after the load");
     }
     Ok(Outcome {
         receiver: "router node",

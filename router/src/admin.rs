@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,178 @@ pub enum Request {
     TraceStop,
 }
 
+/// What `Status` answers: the node and the interfaces of its data plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub pid: u32,
+    pub dataplane: crate::config::DataplaneMode,
+    pub workers: usize,
+    pub uptime_secs: u64,
+    /// Routes in the FIB.
+    pub routes: usize,
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// uplink, pod, tun or raw-ipip.
+    pub role: String,
+    /// The interface's address with its prefix length (uplink) or the pod's (pod); empty for
+    /// the others.
+    pub address: String,
+    pub mac: String,
+    pub mtu: u16,
+    pub ifindex: u32,
+}
+
+/// What `BgpStatus` answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// Whether the node speaks BGP at all (a `[bgp]` section in its config).
+    pub configured: bool,
+    pub as_number: Option<u32>,
+    pub router_id: Option<std::net::Ipv4Addr>,
+    pub peers: Vec<crate::speaker::PeerStatus>,
+}
+
+/// What `Stats` answers: counters summed over the workers and the slow path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub interfaces: Vec<InterfaceCounters>,
+    /// Packets dropped, by reason (every reason, zeros included).
+    pub drops: std::collections::BTreeMap<String, u64>,
+    pub icmp_errors_sent: u64,
+    pub arp_replies_sent: u64,
+    pub ipip_encapsulated: u64,
+    pub ipip_decapsulated: u64,
+    pub fragments_sent: u64,
+    pub gso_received: u64,
+    pub gso_segments: u64,
+    pub gro_packets: u64,
+    pub gro_segments: u64,
+    pub fib_routes: usize,
+    /// The interfaces the transit filter sits on (afpacket); `None` where the kernel
+    /// forwards (tun) and there is nothing to filter.
+    pub transit_filter: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceCounters {
+    pub interface: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// What `CaptureStart` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStarted {
+    pub path: PathBuf,
+    pub active: bool,
+}
+
+/// What `CaptureStatus` answers: the running capture, or the last one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStatus {
+    pub active: bool,
+    pub path: Option<PathBuf>,
+    pub written: u64,
+    /// Frames the writer could not keep up with.
+    pub lost: u64,
+    /// Why the capture stopped by itself: "packet count", "size limit" or "time limit".
+    pub ended: Option<String>,
+}
+
+/// What `CaptureStop` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStopped {
+    pub written: u64,
+}
+
+/// The node's side of one exchange: an answer of the request's type, or why not.
+pub type Answer = Result<serde_json::Value, String>;
+
+/// Encodes a typed answer (the node's side; the [`Client`] decodes the same type).
+pub fn answer<T: Serialize>(t: &T) -> Answer {
+    serde_json::to_value(t).map_err(|e| format!("encoding the answer: {e}"))
+}
+
+/// A node's admin socket, with one method per request, each returning the type the node
+/// encodes for it.
+#[derive(Debug, Clone)]
+pub struct Client {
+    path: PathBuf,
+}
+
+impl Client {
+    pub fn new(path: impl Into<PathBuf>) -> Client {
+        Client { path: path.into() }
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, ClientError> {
+        serde_json::from_value(request(&self.path, req)?).map_err(ClientError::Decode)
+    }
+
+    pub fn status(&self) -> Result<NodeStatus, ClientError> {
+        self.call(Request::Status)
+    }
+
+    pub fn bgp_status(&self) -> Result<BgpStatus, ClientError> {
+        self.call(Request::BgpStatus)
+    }
+
+    pub fn routes(&self) -> Result<Vec<crate::routes::RouteEntry>, ClientError> {
+        self.call(Request::Routes)
+    }
+
+    /// The route `addr` takes, if any.
+    pub fn lookup(&self, addr: std::net::Ipv4Addr) -> Result<Option<crate::routes::RouteEntry>, ClientError> {
+        self.call(Request::Lookup { addr })
+    }
+
+    pub fn stats(&self) -> Result<Stats, ClientError> {
+        self.call(Request::Stats)
+    }
+
+    pub fn neighbours(&self) -> Result<Vec<forwarding::dataplane::NeighbourInfo>, ClientError> {
+        self.call(Request::Neighbours)
+    }
+
+    pub fn capture_start(
+        &self,
+        path: PathBuf,
+        interface: Option<String>,
+        count: u64,
+        seconds: Option<u64>,
+    ) -> Result<CaptureStarted, ClientError> {
+        self.call(Request::CaptureStart { path, interface, count, seconds })
+    }
+
+    pub fn capture_status(&self) -> Result<CaptureStatus, ClientError> {
+        self.call(Request::CaptureStatus)
+    }
+
+    pub fn capture_stop(&self) -> Result<CaptureStopped, ClientError> {
+        self.call(Request::CaptureStop)
+    }
+
+    pub fn trace_start(&self, id: u32) -> Result<(), ClientError> {
+        self.call(Request::TraceStart { id })
+    }
+
+    /// The hops recorded for trace `id` so far.
+    pub fn trace_collect(&self, id: u32) -> Result<Vec<crate::trace::Hop>, ClientError> {
+        self.call(Request::TraceCollect { id })
+    }
+
+    pub fn trace_stop(&self) -> Result<(), ClientError> {
+        self.call(Request::TraceStop)
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
@@ -62,14 +234,14 @@ pub enum ClientError {
     Connect { path: String, source: std::io::Error },
     #[error("talking to {path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("the node answered something that is not JSON: {0}")]
+    #[error("the node's answer does not decode (is it another version of router?): {0}")]
     Decode(serde_json::Error),
     #[error("the node refused: {0}")]
     Refused(String),
 }
 
-/// Sends one request and returns the node's result.
-pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientError> {
+/// Sends one request and returns the node's answer as JSON (the [`Client`] decodes it).
+fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientError> {
     let p = path.display().to_string();
     let io = |source| ClientError::Io { path: p.clone(), source };
     let mut s = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: p.clone(), source })?;
@@ -89,10 +261,7 @@ pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientErr
 }
 
 /// Reads one request line from `s` and answers it with `handle`.
-pub fn serve_one(
-    s: UnixStream,
-    handle: impl FnOnce(Request) -> Result<serde_json::Value, String>,
-) -> std::io::Result<()> {
+pub fn serve_one(s: UnixStream, handle: impl FnOnce(Request) -> Answer) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
@@ -135,7 +304,7 @@ pub fn peer_allowed(uid: u32, ours: u32) -> bool {
 
 /// Answers every connection waiting on `listener` (non-blocking) with `handle`; a peer of
 /// another user gets a refusal and is logged.
-pub fn serve_pending(listener: &UnixListener, mut handle: impl FnMut(Request) -> Result<serde_json::Value, String>) {
+pub fn serve_pending(listener: &UnixListener, mut handle: impl FnMut(Request) -> Answer) {
     let ours = nix::unistd::geteuid().as_raw();
     loop {
         let s = match listener.accept() {
@@ -190,6 +359,60 @@ mod tests {
         }
         let got = client.join().expect("client thread").expect("answer");
         assert_eq!(got, serde_json::json!("hello"));
+        std::fs::remove_dir_all(&d).expect("clean up");
+    }
+
+    /// The node encodes each answer with the type the client decodes it into.
+    #[test]
+    fn the_client_decodes_what_the_node_encodes() {
+        let d = scratch("typed");
+        let path = d.join("node.sock");
+        let l = bind(&path).expect("bind");
+        let stats = Stats {
+            interfaces: vec![InterfaceCounters {
+                interface: "eth0".into(),
+                rx_packets: 1,
+                rx_bytes: 2,
+                tx_packets: 3,
+                tx_bytes: 4,
+            }],
+            drops: [("no_route".to_string(), 5)].into_iter().collect(),
+            icmp_errors_sent: 6,
+            arp_replies_sent: 7,
+            ipip_encapsulated: 8,
+            ipip_decapsulated: 9,
+            fragments_sent: 10,
+            gso_received: 11,
+            gso_segments: 12,
+            gro_packets: 13,
+            gro_segments: 14,
+            fib_routes: 15,
+            transit_filter: None,
+        };
+        let server_stats = stats.clone();
+        let client = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let c = Client::new(path);
+                (c.stats(), c.lookup(std::net::Ipv4Addr::new(10, 99, 0, 1)), c.trace_start(7), c.capture_stop())
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !client.is_finished() && std::time::Instant::now() < deadline {
+            serve_pending(&l, |req| match req {
+                Request::Stats => answer(&server_stats),
+                Request::Lookup { .. } => answer(&None::<crate::routes::RouteEntry>),
+                Request::TraceStart { .. } => answer(&()),
+                _ => Err("not served here".into()),
+            });
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (got_stats, lookup, trace, capture) = client.join().expect("client thread");
+        assert_eq!(got_stats.expect("stats"), stats);
+        assert_eq!(lookup.expect("lookup"), None);
+        trace.expect("trace start");
+        let e = capture.expect_err("refused");
+        assert!(e.to_string().contains("not served here"), "{e}");
         std::fs::remove_dir_all(&d).expect("clean up");
     }
 

@@ -2,11 +2,10 @@
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
-use router::admin::{self, Request};
+use router::admin;
 use router::config::{DataplaneMode, IpipMode};
 use router::lab::{self, state::Role, Lab, UpOptions};
-use router::routes::{self, RouteEntry};
-use router::speaker::PeerStatus;
+use router::routes;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -228,9 +227,19 @@ impl Query {
         }
     }
 
-    fn ask(&self, req: Request) -> anyhow::Result<serde_json::Value> {
-        // Requests are cheap to clone; the caller may reuse them.
-        Ok(admin::request(&self.socket()?, req)?)
+    /// The node's admin socket, as a typed client.
+    fn client(&self) -> anyhow::Result<admin::Client> {
+        Ok(admin::Client::new(self.socket()?))
+    }
+
+    /// Prints `v` as JSON when asked to, else renders it with `text`.
+    fn print<T: serde::Serialize>(&self, v: &T, text: impl FnOnce(&T)) -> anyhow::Result<i32> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v)?);
+        } else {
+            text(v);
+        }
+        Ok(0)
     }
 }
 
@@ -285,75 +294,33 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Node { config } => router::node::run(&config).map(|_| 0),
         Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
         Cmd::Status(q) => {
-            let v = q.ask(Request::BgpStatus)?;
-            let peers: Vec<PeerStatus> =
-                serde_json::from_value(v["peers"].clone()).context("decoding the node's BGP status")?;
+            let st = q.client()?.bgp_status()?;
             if q.json {
-                let rows: Vec<_> = peers
-                    .iter()
-                    .map(|p| {
-                        serde_json::json!({
-                            "peer": p.peer, "peer_type": p.peer_type, "state": p.state, "since": p.since,
-                            "info": p.info, "as_number": p.asn, "received": p.received, "advertised": p.advertised,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                println!("{}", serde_json::to_string_pretty(&st.peers)?);
             } else {
-                print_bgp_status(&v, &peers);
+                print_bgp_status(&st);
             }
             Ok(0)
         }
-        Cmd::Routes { lookup: Some(addr), query: q } => {
-            let v = q.ask(Request::Lookup { addr })?;
-            if q.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else if v.is_null() {
-                println!("{addr}: no route (packets to it are answered with ICMP net unreachable)");
-            } else {
-                let e: RouteEntry = serde_json::from_value(v).context("decoding the route")?;
-                print!("{addr} takes\n{}", routes::render(&[e]));
-            }
-            Ok(0)
-        }
-        Cmd::Routes { lookup: None, query: q } => {
-            let v = q.ask(Request::Routes)?;
-            if q.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let entries: Vec<RouteEntry> = serde_json::from_value(v).context("decoding the node's routes")?;
-                print!("{}", routes::render(&entries));
-            }
-            Ok(0)
-        }
-        Cmd::Stats(q) => {
-            let v = q.ask(Request::Stats)?;
-            if q.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print_stats(&v);
-            }
-            Ok(0)
-        }
+        Cmd::Routes { lookup: Some(addr), query: q } => q.print(&q.client()?.lookup(addr)?, |e| match e {
+            None => println!("{addr}: no route (packets to it are answered with ICMP net unreachable)"),
+            Some(e) => print!("{addr} takes\n{}", routes::render(std::slice::from_ref(e))),
+        }),
+        Cmd::Routes { lookup: None, query: q } => q.print(&q.client()?.routes()?, |e| print!("{}", routes::render(e))),
+        Cmd::Stats(q) => q.print(&q.client()?.stats()?, print_stats),
         Cmd::Capture { interface, count, duration, file, query } => capture(&query, interface, count, duration, file),
-        Cmd::Neighbours(q) => {
-            let v = q.ask(Request::Neighbours)?;
-            if q.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!("{:<16} {:<17} {:<19} State", "Interface", "Address", "MAC");
-                for n in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<16} {:<17} {:<19} {}",
-                        n["interface"].as_str().unwrap_or("-"),
-                        n["ip"].as_str().unwrap_or("-"),
-                        n["mac"].as_str().unwrap_or("-"),
-                        n["state"].as_str().unwrap_or("-")
-                    );
-                }
+        Cmd::Neighbours(q) => q.print(&q.client()?.neighbours()?, |ns| {
+            println!("{:<16} {:<17} {:<19} State", "Interface", "Address", "MAC");
+            for n in ns {
+                println!(
+                    "{:<16} {:<17} {:<19} {}",
+                    n.interface,
+                    n.ip.to_string(),
+                    n.mac.as_deref().unwrap_or("-"),
+                    n.state
+                );
             }
-            Ok(0)
-        }
+        }),
     }
 }
 
@@ -378,12 +345,13 @@ fn since(secs: u64) -> String {
     }
 }
 
-fn print_bgp_status(v: &serde_json::Value, peers: &[PeerStatus]) {
-    if v["configured"] != true {
+fn print_bgp_status(st: &admin::BgpStatus) {
+    let (Some(asn), Some(id), true) = (st.as_number, st.router_id, st.configured) else {
         println!("BGP is not configured on this node (no [bgp] in its config).");
         return;
-    }
-    println!("IPv4 BGP status (AS {}, router ID {})", v["as_number"], v["router_id"].as_str().unwrap_or("?"));
+    };
+    let peers = &st.peers;
+    println!("IPv4 BGP status (AS {asn}, router ID {id})");
     let w = [15, 22, 11, 10, 11];
     let line = format!("+{}+", w.iter().map(|n| "-".repeat(n + 2)).collect::<Vec<_>>().join("+"));
     println!("{line}");
@@ -423,8 +391,7 @@ fn trace(lab: &Lab, src: &str, dst: &str, proto: router::probe::ProbeProto, json
     };
     let id = router::trace::new_id().context("reading a random trace id from /dev/urandom")?;
     for d in &st.daemons {
-        admin::request(&d.socket, Request::TraceStart { id })
-            .with_context(|| format!("starting the trace on {}", d.node))?;
+        admin::Client::new(&d.socket).trace_start(id).with_context(|| format!("starting the trace on {}", d.node))?;
     }
     let exe = std::env::current_exe()?;
     let out = std::process::Command::new("ip")
@@ -440,18 +407,14 @@ fn trace(lab: &Lab, src: &str, dst: &str, proto: router::probe::ProbeProto, json
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let mut hops: Vec<router::trace::Hop> = Vec::new();
     for d in &st.daemons {
-        let v = admin::request(&d.socket, Request::TraceCollect { id })?;
-        hops.extend(serde_json::from_value::<Vec<router::trace::Hop>>(v)?);
-        let _ = admin::request(&d.socket, Request::TraceStop);
+        let node = admin::Client::new(&d.socket);
+        hops.extend(node.trace_collect(id)?);
+        let _ = node.trace_stop();
     }
     hops.sort_by(|a, b| a.time.total_cmp(&b.time));
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "id": id, "src": src_ip, "dst": dst_ip, "proto": proto, "hops": hops,
-            }))?
-        );
+        let t = router::trace::Trace { id, src: src_ip, dst: dst_ip, proto, hops };
+        println!("{}", serde_json::to_string_pretty(&t)?);
         return Ok(0);
     }
     println!(
@@ -479,7 +442,8 @@ fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     let what = interface.clone().unwrap_or_else(|| "all interfaces".into());
-    q.ask(Request::CaptureStart { path: path.clone(), interface, count, seconds: Some(duration) })?;
+    let node = q.client()?;
+    node.capture_start(path.clone(), interface, count, Some(duration))?;
     eprintln!(
         "capturing on {what} into {} (up to {duration} s{}; Ctrl-C stops)",
         path.display(),
@@ -488,17 +452,16 @@ fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(duration);
     loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let st = q.ask(Request::CaptureStatus)?;
-        let done = st["active"] != true;
-        if done || stop.load(std::sync::atomic::Ordering::Relaxed) || std::time::Instant::now() > deadline {
-            let r = q.ask(Request::CaptureStop)?;
-            let n = r["written"].as_u64().unwrap_or(0);
-            let lost = st["lost"].as_u64().unwrap_or(0);
-            if let Some(why) = st["ended"].as_str().filter(|w| *w != "packet count") {
+        let st = node.capture_status()?;
+        if !st.active || stop.load(std::sync::atomic::Ordering::Relaxed) || std::time::Instant::now() > deadline {
+            let n = node.capture_stop()?.written;
+            let lost = st.lost;
+            if let Some(why) = st.ended.as_deref().filter(|w| *w != "packet count") {
                 eprintln!("the node stopped the capture: {why}");
             }
             if q.json {
-                println!("{}", serde_json::json!({"path": path, "written": n, "lost": lost}));
+                let done = admin::CaptureStatus { active: false, path: Some(path), written: n, lost, ended: st.ended };
+                println!("{}", serde_json::to_string(&done)?);
                 return Ok(0);
             }
             println!(
@@ -511,49 +474,35 @@ fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file
     }
 }
 
-fn print_stats(v: &serde_json::Value) {
+fn print_stats(v: &admin::Stats) {
     println!("{:<16} {:>12} {:>14} {:>12} {:>14}", "Interface", "RX packets", "RX bytes", "TX packets", "TX bytes");
-    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
-    for i in v["interfaces"].as_array().into_iter().flatten() {
-        println!(
-            "{:<16} {:>12} {:>14} {:>12} {:>14}",
-            i["interface"].as_str().unwrap_or("-"),
-            n(&i["rx_packets"]),
-            n(&i["rx_bytes"]),
-            n(&i["tx_packets"]),
-            n(&i["tx_bytes"])
-        );
+    for i in &v.interfaces {
+        println!("{:<16} {:>12} {:>14} {:>12} {:>14}", i.interface, i.rx_packets, i.rx_bytes, i.tx_packets, i.tx_bytes);
     }
     println!(
         "\nIPIP encapsulated: {}   decapsulated: {}   fragments sent: {}   ICMP errors sent: {}   proxy-ARP replies sent: {}",
-        n(&v["ipip_encapsulated"]),
-        n(&v["ipip_decapsulated"]),
-        n(&v["fragments_sent"]),
-        n(&v["icmp_errors_sent"]),
-        n(&v["arp_replies_sent"])
+        v.ipip_encapsulated, v.ipip_decapsulated, v.fragments_sent, v.icmp_errors_sent, v.arp_replies_sent
     );
     println!(
         "TCP super-packets received whole: {}   segments cut from them: {}   built for pods: {} (from {} segments)",
-        n(&v["gso_received"]),
-        n(&v["gso_segments"]),
-        n(&v["gro_packets"]),
-        n(&v["gro_segments"])
+        v.gso_received, v.gso_segments, v.gro_packets, v.gro_segments
     );
-    if let Some(devs) = v["transit_filter"].as_array() {
-        let filtered: Vec<&str> = devs.iter().filter_map(|d| d.as_str()).collect();
-        if filtered.is_empty() {
-            println!("transit filter: off (the node's kernel also routes, and drops, what the router forwards)");
-        } else {
-            println!("transit filter: on {} (the node's kernel drops what the router forwards)", filtered.join(", "));
+    match v.transit_filter.as_deref() {
+        Some([]) => {
+            println!("transit filter: off (the node's kernel also routes, and drops, what the router forwards)")
         }
+        Some(devs) => {
+            println!("transit filter: on {} (the node's kernel drops what the router forwards)", devs.join(", "))
+        }
+        None => {}
     }
-    let drops: Vec<_> = v["drops"].as_object().into_iter().flatten().filter(|(_, n)| n.as_u64() != Some(0)).collect();
+    let drops: Vec<_> = v.drops.iter().filter(|(_, n)| **n != 0).collect();
     if drops.is_empty() {
         println!("drops: none");
     } else {
         println!("drops:");
         for (reason, count) in drops {
-            println!("  {reason:<24} {}", n(count));
+            println!("  {reason:<24} {count}");
         }
     }
 }

@@ -13,7 +13,6 @@ use forwarding::{FibHandle, IfaceRole, Interface, Interfaces};
 use ipnet::Ipv4Net;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use serde_json::json;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
@@ -590,25 +589,25 @@ impl Node {
         }
     }
 
-    fn trace_request(&mut self, req: Request) -> Result<serde_json::Value, String> {
+    fn trace_request(&mut self, req: Request) -> admin::Answer {
         match req {
             Request::TraceStart { id } => {
                 while self.dp.tracer().receiver().try_recv().is_ok() {}
                 self.trace = Some((id, Vec::new(), Instant::now() + Duration::from_secs(10)));
                 self.dp.tracer().start(id);
-                Ok(json!({"id": id}))
+                admin::answer(&())
             }
             Request::TraceCollect { id } => {
                 self.collect_trace();
                 match &self.trace {
-                    Some((tid, hops, _)) if *tid == id => Ok(json!(hops)),
-                    _ => Ok(json!([])),
+                    Some((tid, hops, _)) if *tid == id => admin::answer(hops),
+                    _ => admin::answer(&Vec::<crate::trace::Hop>::new()),
                 }
             }
             _ => {
                 self.dp.tracer().stop();
                 self.trace = None;
-                Ok(json!({}))
+                admin::answer(&())
             }
         }
     }
@@ -632,7 +631,7 @@ impl Node {
         Some(r)
     }
 
-    fn capture_request(&mut self, req: Request) -> Result<serde_json::Value, String> {
+    fn capture_request(&mut self, req: Request) -> admin::Answer {
         match req {
             Request::CaptureStart { path, interface, count, seconds } => {
                 if let Some(c) = &self.capture {
@@ -649,106 +648,108 @@ impl Node {
                 let c = crate::capture::Capture::start(&path, limits, self.dp.tap())?;
                 self.dp.tap().start(iface);
                 self.capture = Some(c);
-                Ok(json!({"path": path, "active": true}))
+                admin::answer(&admin::CaptureStarted { path, active: true })
             }
             Request::CaptureStop => match self.stop_capture() {
-                Some(Ok(n)) => Ok(json!({"written": n})),
+                Some(Ok(n)) => admin::answer(&admin::CaptureStopped { written: n }),
                 Some(Err(e)) => Err(format!("the capture failed: {e}")),
-                None => Ok(json!({"written": self.last_capture.as_ref().map_or(0, |c| c.1)})),
+                None => {
+                    admin::answer(&admin::CaptureStopped { written: self.last_capture.as_ref().map_or(0, |c| c.1) })
+                }
             },
             _ => {
                 let lost = self.dp.tap().lost.load(std::sync::atomic::Ordering::Relaxed);
-                Ok(match &self.capture {
-                    Some(c) => {
-                        let ended = c.ended.lock().ok().and_then(|e| *e);
-                        json!({"active": !c.done(), "path": c.path, "written": c.written.load(std::sync::atomic::Ordering::Relaxed), "lost": lost, "ended": ended})
-                    }
-                    None => {
-                        json!({"active": false, "path": self.last_capture.as_ref().map(|c| c.0.clone()), "written": self.last_capture.as_ref().map_or(0, |c| c.1), "lost": lost})
-                    }
+                admin::answer(&match &self.capture {
+                    Some(c) => admin::CaptureStatus {
+                        active: !c.done(),
+                        path: Some(c.path.clone()),
+                        written: c.written.load(std::sync::atomic::Ordering::Relaxed),
+                        lost,
+                        ended: c.ended.lock().ok().and_then(|e| *e).map(str::to_string),
+                    },
+                    None => admin::CaptureStatus {
+                        active: false,
+                        path: self.last_capture.as_ref().map(|c| c.0.clone()),
+                        written: self.last_capture.as_ref().map_or(0, |c| c.1),
+                        lost,
+                        ended: None,
+                    },
                 })
             }
         }
     }
 }
 
-fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -> Result<serde_json::Value, String> {
+fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -> admin::Answer {
+    let (cfg, dp) = (&node.cfg, &node.dp);
     match req {
         Request::CaptureStart { .. } | Request::CaptureStop | Request::CaptureStatus => node.capture_request(req),
         Request::TraceStart { .. } | Request::TraceCollect { .. } | Request::TraceStop => node.trace_request(req),
-        other => Ok(describe(other, node, speaker)),
-    }
-}
-
-/// The read-only answers.
-fn describe(req: Request, node: &Node, speaker: Option<&Speaker>) -> serde_json::Value {
-    let (cfg, dp, started) = (&node.cfg, &node.dp, node.started);
-    match req {
-        Request::CaptureStart { .. }
-        | Request::CaptureStop
-        | Request::CaptureStatus
-        | Request::TraceStart { .. }
-        | Request::TraceCollect { .. }
-        | Request::TraceStop => serde_json::Value::Null,
-        Request::Lookup { addr } => json!(node.route_for(addr)),
-        Request::BgpStatus => json!({
-            "configured": speaker.is_some(),
-            "as_number": cfg.bgp.as_ref().map(|b| b.as_number),
-            "router_id": cfg.bgp.as_ref().map(|b| b.router_id.unwrap_or(cfg.uplink.address.addr())),
-            "peers": speaker.map(|s| s.status()).unwrap_or_default(),
+        Request::Lookup { addr } => admin::answer(&node.route_for(addr)),
+        Request::Routes => admin::answer(&node.entries()),
+        Request::Neighbours => admin::answer(&dp.neighbours()),
+        Request::BgpStatus => admin::answer(&admin::BgpStatus {
+            configured: speaker.is_some(),
+            as_number: cfg.bgp.as_ref().map(|b| b.as_number),
+            router_id: cfg.bgp.as_ref().map(|b| b.router_id.unwrap_or(cfg.uplink.address.addr())),
+            peers: speaker.map(|s| s.status()).unwrap_or_default(),
         }),
-        Request::Routes => json!(node.entries()),
-        Request::Neighbours => json!(dp.neighbours()),
         Request::Stats => {
             let t = dp.totals();
-            let ifaces: Vec<_> = dp
+            let interfaces = dp
                 .interfaces()
                 .iter()
                 .zip(t.ifaces.iter())
-                .map(|((_, f), c)| json!({"interface": f.name, "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes, "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes}))
+                .map(|((_, f), c)| admin::InterfaceCounters {
+                    interface: f.name.clone(),
+                    rx_packets: c.rx_packets,
+                    rx_bytes: c.rx_bytes,
+                    tx_packets: c.tx_packets,
+                    tx_bytes: c.tx_bytes,
+                })
                 .collect();
-            let drops: serde_json::Map<String, serde_json::Value> =
-                t.drops.iter().map(|(n, v)| (n.to_string(), json!(v))).collect();
-            json!({
-                "interfaces": ifaces,
-                "drops": drops,
-                "icmp_errors_sent": t.icmp_errors_sent,
-                "arp_replies_sent": t.arp_replies_sent,
-                "ipip_encapsulated": t.ipip_encapsulated,
-                "ipip_decapsulated": t.ipip_decapsulated,
-                "fragments_sent": t.fragments_sent,
-                "gso_received": t.gso_received,
-                "gso_segments": t.gso_segments,
-                "gro_packets": t.gro_packets,
-                "gro_segments": t.gro_segments,
-                "fib_routes": node.fib.load().len(),
-                // In tun mode the kernel forwards, and there is nothing to filter: null.
-                "transit_filter": (cfg.dataplane == DataplaneMode::Afpacket)
-                    .then(|| node.filter.as_ref().map_or(&[][..], |f| &f.devs[..])),
+            admin::answer(&admin::Stats {
+                interfaces,
+                drops: t.drops.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+                icmp_errors_sent: t.icmp_errors_sent,
+                arp_replies_sent: t.arp_replies_sent,
+                ipip_encapsulated: t.ipip_encapsulated,
+                ipip_decapsulated: t.ipip_decapsulated,
+                fragments_sent: t.fragments_sent,
+                gso_received: t.gso_received,
+                gso_segments: t.gso_segments,
+                gro_packets: t.gro_packets,
+                gro_segments: t.gro_segments,
+                fib_routes: node.fib.load().len(),
+                transit_filter: (cfg.dataplane == DataplaneMode::Afpacket)
+                    .then(|| node.filter.as_ref().map_or_else(Vec::new, |f| f.devs.clone())),
             })
         }
         Request::Status => {
-            let ifaces: Vec<_> = dp
+            let interfaces = dp
                 .interfaces()
                 .iter()
-                .map(|(_, f)| {
-                    let addr = match f.role {
+                .map(|(_, f)| admin::InterfaceStatus {
+                    name: f.name.clone(),
+                    role: f.role.name().to_string(),
+                    address: match f.role {
                         IfaceRole::Uplink { addr } => addr.to_string(),
                         IfaceRole::Pod { addr } => addr.to_string(),
                         IfaceRole::Tun | IfaceRole::RawIpip => String::new(),
-                    };
-                    let role = f.role.name();
-                    json!({"name": f.name, "role": role, "address": addr, "mac": f.mac.to_string(), "mtu": f.mtu, "ifindex": f.ifindex})
+                    },
+                    mac: f.mac.to_string(),
+                    mtu: f.mtu,
+                    ifindex: f.ifindex,
                 })
                 .collect();
-            json!({
-                "name": cfg.name,
-                "pid": std::process::id(),
-                "dataplane": cfg.dataplane,
-                "workers": cfg.workers,
-                "uptime_secs": started.elapsed().as_secs(),
-                "routes": node.writer.len(),
-                "interfaces": ifaces,
+            admin::answer(&admin::NodeStatus {
+                name: cfg.name.clone(),
+                pid: std::process::id(),
+                dataplane: cfg.dataplane,
+                workers: cfg.workers,
+                uptime_secs: node.started.elapsed().as_secs(),
+                routes: node.writer.len(),
+                interfaces,
             })
         }
     }

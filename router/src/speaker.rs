@@ -75,6 +75,7 @@ pub struct SpeakerConfig {
 pub struct PeerStatus {
     pub peer: Ipv4Addr,
     pub peer_type: PeerKind,
+    #[serde(rename = "as_number")]
     pub asn: u32,
     pub state: String,
     /// Seconds since the UNIX epoch when the state was entered.

@@ -17,6 +17,17 @@ pub struct RouteMatch {
     pub why: String,
 }
 
+/// A whole trace, as `router trace --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Trace {
+    pub id: u32,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: crate::probe::ProbeProto,
+    /// In time order, both ways.
+    pub hops: Vec<Hop>,
+}
+
 /// One hop of a traced packet's journey.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Hop {

@@ -10,7 +10,7 @@ pub mod tour;
 
 use crate::ipcmd as netns;
 
-use crate::admin::{self, Request};
+use crate::admin;
 use crate::config::{
     BgpConfig, BgpPeer, DataplaneMode, IpipMode, NodeConfig, PodConfig, Pool, StaticAction, StaticRoute, Uplink,
 };
@@ -336,19 +336,18 @@ fn wait_converged(topo: &Topology, st: &State) -> anyhow::Result<()> {
     loop {
         let mut waiting = Vec::new();
         for d in &st.daemons {
-            let status = admin::request(&d.socket, Request::BgpStatus).unwrap_or_default();
-            let stuck: Vec<String> = status["peers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| p["peer_type"] != "global" && p["state"] != "up")
-                .map(|p| format!("{} {}", p["peer"].as_str().unwrap_or("?"), p["state"].as_str().unwrap_or("?")))
+            let node = admin::Client::new(&d.socket);
+            let peers = node.bgp_status().map(|s| s.peers).unwrap_or_default();
+            let stuck: Vec<String> = peers
+                .iter()
+                .filter(|p| p.peer_type != PeerKind::Global && p.state != "up")
+                .map(|p| format!("{} {}", p.peer, p.state))
                 .collect();
             // Nodes that learn only from external peers (an outside route reflector) converge
             // when those peers run; that is the caller's business.
-            let node_peers = status["peers"].as_array().into_iter().flatten().any(|p| p["peer_type"] != "global");
-            let routes = admin::request(&d.socket, Request::Routes).unwrap_or_default();
-            let have = |b: &str| routes.as_array().into_iter().flatten().any(|r| r["prefix"] == b);
+            let node_peers = peers.iter().any(|p| p.peer_type != PeerKind::Global);
+            let routes = node.routes().unwrap_or_default();
+            let have = |b: &str| routes.iter().any(|r| r.prefix.to_string() == b);
             let missing: Vec<String> = topo
                 .nodes
                 .iter()
@@ -512,7 +511,7 @@ fn log_tail(p: &Path) -> String {
 fn wait_ready(d: &Daemon) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if admin::request(&d.socket, Request::Status).is_ok() {
+        if admin::Client::new(&d.socket).status().is_ok() {
             return Ok(());
         }
         if !alive(d.pid) {
@@ -643,7 +642,7 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
         .map(|h| {
             let d = st.daemons.iter().find(|d| d.node == h.name);
             let daemon = d.map(|d| {
-                if admin::request(&d.socket, Request::Status).is_ok() {
+                if admin::Client::new(&d.socket).status().is_ok() {
                     "running".to_string()
                 } else if alive(d.pid) {
                     "not answering".to_string()
