@@ -1,0 +1,103 @@
+//! The transit filter on the node's interfaces (afpacket): installed, kept in step with the
+//! node's addresses, removed at stop.
+
+use super::*;
+
+/// The tc preference of the transit filter on each interface.
+const FILTER_PREF: &str = "49";
+/// How often the node's addresses are checked for changes the filter must follow.
+const FILTER_RECHECK: Duration = Duration::from_secs(5);
+
+/// The transit filter (`forwarding::kfilter`) on the interfaces the router reads, so that
+/// the node's kernel drops the frames we forward instead of routing each one only to fail.
+/// It speeds things up and nothing depends on it: without `tc` or the kernel's classic-BPF
+/// classifier the node runs unfiltered and says so.
+pub(super) struct TransitFilter {
+    /// Interfaces that have it.
+    pub(super) devs: Vec<String>,
+    /// The node's addresses it lets through.
+    local: Vec<Ipv4Addr>,
+    checked: Instant,
+}
+
+/// Every IPv4 address of the namespace: the kernel delivers to any of them, whichever
+/// interface a frame comes in on.
+fn local_addresses() -> anyhow::Result<Vec<Ipv4Addr>> {
+    let out = ipcmd::ip(&["-4", "-o", "addr", "show"])?;
+    let mut v: Vec<Ipv4Addr> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+        .filter_map(|a| a.split('/').next()?.parse().ok())
+        .collect();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+/// Puts the program for `local` on each of `devs` (replacing an older one); returns the
+/// interfaces where that worked.
+fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &[Ipv4Addr]) -> Vec<String> {
+    let code = match forwarding::kfilter::transit_filter(local) {
+        Ok(p) => forwarding::kfilter::tc_bytecode(&p),
+        Err(e) => {
+            tracing::warn!(error = %e, "no transit filter");
+            return Vec::new();
+        }
+    };
+    let mut done = Vec::new();
+    for dev in devs {
+        let r = ipcmd::run("tc", &["qdisc", "replace", "dev", dev, "clsact"]).and_then(|_| {
+            let filter = ["filter", "replace", "dev", dev, "ingress", "pref", FILTER_PREF, "handle", "1"];
+            ipcmd::run("tc", &[&filter[..], &["bpf", "da", "bytecode", &code]].concat())
+        });
+        match r {
+            Ok(_) => done.push(dev.to_string()),
+            Err(e) => {
+                tracing::warn!(interface = dev, error = %e, "no transit filter here: the kernel routes what we forward too")
+            }
+        }
+    }
+    done
+}
+
+impl TransitFilter {
+    pub(super) fn install(ifaces: &Interfaces) -> Option<TransitFilter> {
+        let local = match local_addresses() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "no transit filter: cannot list the node's addresses");
+                return None;
+            }
+        };
+        let devs = ifaces.iter().filter(|(_, f)| f.role.is_ethernet()).map(|(_, f)| f.name.as_str());
+        let devs = apply_transit_filter(devs, &local);
+        tracing::info!(interfaces = devs.len(), local = ?local, "transit filter on");
+        Some(TransitFilter { devs, local, checked: Instant::now() })
+    }
+
+    /// Follows the node's addresses: one added later must reach the kernel too, and one
+    /// removed is no longer the node's.
+    pub(super) fn recheck(&mut self) {
+        if self.devs.is_empty() || self.checked.elapsed() < FILTER_RECHECK {
+            return;
+        }
+        self.checked = Instant::now();
+        match local_addresses() {
+            Ok(local) if local != self.local => {
+                let done = apply_transit_filter(self.devs.iter().map(String::as_str), &local);
+                tracing::info!(interfaces = done.len(), local = ?local, "node addresses changed: transit filter updated");
+                self.local = local;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot list the node's addresses"),
+        }
+    }
+
+    pub(super) fn remove(&self) {
+        for dev in &self.devs {
+            if let Err(e) = ipcmd::run("tc", &["filter", "del", "dev", dev, "ingress", "pref", FILTER_PREF]) {
+                tracing::warn!(interface = %dev, error = %e, "removing the transit filter");
+            }
+        }
+    }
+}

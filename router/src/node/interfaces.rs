@@ -1,0 +1,76 @@
+//! The interfaces a node's data plane reads, found in its network namespace, and the
+//! kernel setting each data plane needs.
+
+use super::*;
+
+/// Finds the data plane's interfaces in this network namespace: the uplink, every pod
+/// interface and, when a pool uses IPIP, `tunl0` for the node's own traffic into the tunnel
+/// (afpacket); or the raw IPIP socket and `tunl0` (tun).
+pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
+    let mut list = Vec::new();
+    let up = netsys::link_info(&cfg.uplink.interface)
+        .with_context(|| format!("uplink interface {} (from the config)", cfg.uplink.interface))?;
+    if cfg.dataplane == DataplaneMode::Tun {
+        let zero = encap::MacAddr::ZERO;
+        list.push(Interface { name: "raw-ipip".into(), ifindex: 0, mac: zero, mtu: up.mtu, role: IfaceRole::RawIpip });
+        let mtu = up.mtu.saturating_sub(encap::ipip::OVERHEAD as u16);
+        list.push(Interface { name: routes::TUN_NAME.into(), ifindex: 0, mac: zero, mtu, role: IfaceRole::Tun });
+        return Ok(Interfaces::new(list).with_node_addr(cfg.uplink.address.addr()));
+    }
+    list.push(Interface {
+        name: cfg.uplink.interface.clone(),
+        ifindex: up.ifindex,
+        mac: up.mac,
+        mtu: up.mtu,
+        role: IfaceRole::Uplink { addr: cfg.uplink.address },
+    });
+    for p in &cfg.pods {
+        let l =
+            netsys::link_info(&p.interface).with_context(|| format!("interface {} of pod {}", p.interface, p.name))?;
+        list.push(Interface {
+            name: p.interface.clone(),
+            ifindex: l.ifindex,
+            mac: l.mac,
+            mtu: l.mtu,
+            role: IfaceRole::Pod { addr: p.address },
+        });
+    }
+    // The node's kernel cannot wrap IPIP itself. As in Calico, its routes to the blocks
+    // behind the tunnel point into `tunl0`, and the router wraps what it reads there: a
+    // host-network process reaches pods on other subnets, and their replies reach it.
+    let dev = Path::new("/sys/class/net").join(routes::TUN_NAME);
+    if cfg.pools.iter().any(|p| p.ipip_mode != IpipMode::Never) {
+        if dev.exists() && !dev.join("tun_flags").exists() {
+            // Where the kernel has its ipip module, it made a tunl0 of its own in every
+            // namespace; the pods' traffic does not need ours.
+            tracing::warn!(
+                "{} exists and is not a TUN device (the kernel's ipip module?): the node's own traffic to pods behind the tunnel will not reach them",
+                routes::TUN_NAME
+            );
+            return Ok(Interfaces::new(list));
+        }
+        let mtu = up.mtu.saturating_sub(encap::ipip::OVERHEAD as u16);
+        let zero = encap::MacAddr::ZERO;
+        list.push(Interface { name: routes::TUN_NAME.into(), ifindex: 0, mac: zero, mtu, role: IfaceRole::Tun });
+    }
+    Ok(Interfaces::new(list))
+}
+
+/// afpacket: kernel forwarding would forward every packet a second time. tun: the kernel
+/// forwards pod traffic into `tunl0` and out of it, so it must be on.
+pub(super) fn check_kernel_forwarding(mode: DataplaneMode) -> anyhow::Result<()> {
+    let v = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+    match (mode, v.trim()) {
+        (DataplaneMode::Afpacket, "1") => bail!(
+            "kernel IPv4 forwarding is on in this network namespace (net.ipv4.ip_forward=1): \
+             packets would be forwarded twice. Turn it off (`sysctl -w net.ipv4.ip_forward=0`) \
+             or run the node in its own namespace (`router lab up` does)"
+        ),
+        (DataplaneMode::Tun, "0") => bail!(
+            "the tun data plane lets the kernel forward pod traffic to and from tunl0, but \
+             net.ipv4.ip_forward=0 here; turn it on (`sysctl -w net.ipv4.ip_forward=1`) or use \
+             `router lab up --dataplane tun`, which does"
+        ),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,63 @@
+//! The node's kernel: the routes it installs there (tagged `proto 179`) and the drops the
+//! kernel makes on its behalf.
+
+use super::*;
+
+impl Node {
+    /// Removes every kernel route of ours (`proto 179`): at start, what a run that crashed
+    /// left behind; at stop, what this run installed, which would otherwise route the node's
+    /// traffic into a `tunl0` that is gone or to blocks nobody announces any more.
+    pub(super) fn flush_kernel(&mut self) {
+        if let Err(e) = ipcmd::ip(&["route", "flush", "proto", routes::KERNEL_PROTO]) {
+            tracing::warn!(error = %e, "could not flush our kernel routes");
+        }
+        self.kernel.clear();
+    }
+
+    pub(super) fn sync_kernel(&mut self, want: &[routes::KernelRoute]) {
+        let tun = self.cfg.dataplane == DataplaneMode::Tun;
+        let wanted: std::collections::HashSet<&routes::KernelRoute> = want.iter().collect();
+        let have: std::collections::HashSet<&routes::KernelRoute> = self.kernel.iter().collect();
+        for old in self.kernel.iter().filter(|k| !wanted.contains(k)) {
+            let args = old.args();
+            let mut v = vec!["route", "del"];
+            v.extend(args.iter().map(String::as_str));
+            v.extend(["proto", routes::KERNEL_PROTO]);
+            if let Err(e) = ipcmd::ip(&v) {
+                tracing::debug!(error = %e, "kernel route already gone");
+            }
+        }
+        let mut installed = Vec::new();
+        for r in want {
+            if have.contains(r) {
+                installed.push(r.clone());
+                continue;
+            }
+            let args = r.args();
+            let mut v = vec!["route", "replace"];
+            v.extend(args.iter().map(String::as_str));
+            v.extend(["proto", routes::KERNEL_PROTO]);
+            match ipcmd::ip(&v) {
+                Ok(_) => installed.push(r.clone()),
+                Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
+                // afpacket: these serve only the node's own traffic.
+                Err(e) => tracing::warn!(error = %e, "kernel route not installed"),
+            }
+        }
+        self.kernel = installed;
+    }
+
+    /// The kernel drops what tunl0's queue cannot hold before we read it; those packets are
+    /// ours to count too.
+    pub(super) fn account_tun_drops(&mut self) {
+        if self.dp.interfaces().by_role(|r| *r == IfaceRole::Tun).is_none() {
+            return;
+        }
+        let path = format!("/sys/class/net/{}/statistics/tx_dropped", routes::TUN_NAME);
+        let Some(now) = std::fs::read_to_string(path).ok().and_then(|v| v.trim().parse::<u64>().ok()) else { return };
+        if let Some(before) = self.tun_dropped {
+            self.dp.count_kernel_drops(forwarding::DropReason::RxQueueFull, now.saturating_sub(before));
+        }
+        self.tun_dropped = Some(now);
+    }
+}

@@ -1,0 +1,226 @@
+//! What the node answers: admin requests (status, routes, stats, neighbours, captures,
+//! traces) and Prometheus scrapes.
+
+use super::*;
+
+pub(super) fn serve_metrics(l: &mut mio::net::TcpListener, node: &Node, speaker: Option<&Speaker>) {
+    while let Ok((stream, _)) = l.accept() {
+        let Ok(std_stream) = stream_to_std(stream) else { continue };
+        let body = || {
+            let totals = node.dp.totals();
+            let fib = node.fib.load();
+            let peers = speaker.map(|s| s.status()).unwrap_or_default();
+            crate::metrics::render(&crate::metrics::Snapshot {
+                interfaces: node.dp.interfaces().iter().map(|(_, f)| f.name.clone()).collect(),
+                totals: &totals,
+                fib_routes: fib.len(),
+                fib_memory_bytes: fib.memory_bytes(),
+                neighbours: node.dp.neighbours().len(),
+                uptime_secs: node.started.elapsed().as_secs_f64(),
+                peers: &peers,
+            })
+        };
+        if let Err(e) = crate::metrics::serve_http(std_stream, body) {
+            tracing::debug!(error = %e, "metrics request failed");
+        }
+    }
+}
+
+/// A blocking std stream for a short, bounded request/response exchange.
+fn stream_to_std(s: mio::net::TcpStream) -> std::io::Result<std::net::TcpStream> {
+    let s = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
+impl Node {
+    /// Turns the workers' trace events into hops; ends a trace nobody stopped.
+    pub(super) fn collect_trace(&mut self) {
+        let Some((id, _, until)) = &self.trace else { return };
+        let (id, until) = (*id, *until);
+        let rx = self.dp.tracer().receiver();
+        while let Ok(e) = rx.try_recv() {
+            if e.id != id {
+                continue;
+            }
+            let h = crate::trace::hop(
+                &self.cfg.name,
+                self.dp.interfaces().node_addr(),
+                self.dp.interfaces(),
+                &|dst| self.route_for(dst),
+                &e,
+            );
+            if let Some((_, hops, _)) = self.trace.as_mut() {
+                hops.push(h);
+            }
+        }
+        if Instant::now() > until {
+            self.dp.tracer().stop();
+        }
+    }
+
+    fn trace_request(&mut self, req: Request) -> admin::Answer {
+        match req {
+            Request::TraceStart { id } => {
+                while self.dp.tracer().receiver().try_recv().is_ok() {}
+                self.trace = Some((id, Vec::new(), Instant::now() + Duration::from_secs(10)));
+                self.dp.tracer().start(id);
+                admin::answer(&())
+            }
+            Request::TraceCollect { id } => {
+                self.collect_trace();
+                match &self.trace {
+                    Some((tid, hops, _)) if *tid == id => admin::answer(hops),
+                    _ => admin::answer(&Vec::<crate::trace::Hop>::new()),
+                }
+            }
+            _ => {
+                self.dp.tracer().stop();
+                self.trace = None;
+                admin::answer(&())
+            }
+        }
+    }
+
+    /// Closes a capture that reached its count.
+    pub(super) fn reap_capture(&mut self) {
+        if self.capture.as_ref().is_some_and(|c| c.done()) {
+            self.stop_capture();
+        }
+    }
+
+    fn stop_capture(&mut self) -> Option<Result<u64, String>> {
+        let c = self.capture.take()?;
+        self.dp.tap().stop();
+        let path = c.path.clone();
+        let r = c.finish();
+        if let Ok(n) = &r {
+            tracing::info!(path = %path.display(), packets = n, "capture written");
+            self.last_capture = Some((path, *n));
+        }
+        Some(r)
+    }
+
+    fn capture_request(&mut self, req: Request) -> admin::Answer {
+        match req {
+            Request::CaptureStart { path, interface, count, seconds } => {
+                if let Some(c) = &self.capture {
+                    return Err(format!("a capture into {} is already running; stop it first", c.path.display()));
+                }
+                let iface = match &interface {
+                    Some(name) => Some(self.dp.interfaces().by_name(name).ok_or_else(|| {
+                        let names: Vec<String> = self.dp.interfaces().iter().map(|(_, f)| f.name.clone()).collect();
+                        format!("no interface {name:?} in this node's data plane; interfaces: {}", names.join(", "))
+                    })?),
+                    None => None,
+                };
+                let limits = crate::capture::Limits::capped(count, seconds);
+                let c = crate::capture::Capture::start(&path, limits, self.dp.tap())?;
+                self.dp.tap().start(iface);
+                self.capture = Some(c);
+                admin::answer(&admin::CaptureStarted { path, active: true })
+            }
+            Request::CaptureStop => match self.stop_capture() {
+                Some(Ok(n)) => admin::answer(&admin::CaptureStopped { written: n }),
+                Some(Err(e)) => Err(format!("the capture failed: {e}")),
+                None => {
+                    admin::answer(&admin::CaptureStopped { written: self.last_capture.as_ref().map_or(0, |c| c.1) })
+                }
+            },
+            _ => {
+                let lost = self.dp.tap().lost.load(std::sync::atomic::Ordering::Relaxed);
+                admin::answer(&match &self.capture {
+                    Some(c) => admin::CaptureStatus {
+                        active: !c.done(),
+                        path: Some(c.path.clone()),
+                        written: c.written.load(std::sync::atomic::Ordering::Relaxed),
+                        lost,
+                        ended: c.ended.lock().ok().and_then(|e| *e).map(str::to_string),
+                    },
+                    None => admin::CaptureStatus {
+                        active: false,
+                        path: self.last_capture.as_ref().map(|c| c.0.clone()),
+                        written: self.last_capture.as_ref().map_or(0, |c| c.1),
+                        lost,
+                        ended: None,
+                    },
+                })
+            }
+        }
+    }
+}
+
+pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -> admin::Answer {
+    let (cfg, dp) = (&node.cfg, &node.dp);
+    match req {
+        Request::CaptureStart { .. } | Request::CaptureStop | Request::CaptureStatus => node.capture_request(req),
+        Request::TraceStart { .. } | Request::TraceCollect { .. } | Request::TraceStop => node.trace_request(req),
+        Request::Lookup { addr } => admin::answer(&node.route_for(addr)),
+        Request::Routes => admin::answer(&node.entries()),
+        Request::Neighbours => admin::answer(&dp.neighbours()),
+        Request::BgpStatus => admin::answer(&admin::BgpStatus {
+            configured: speaker.is_some(),
+            as_number: cfg.bgp.as_ref().map(|b| b.as_number),
+            router_id: cfg.bgp.as_ref().map(|b| b.router_id.unwrap_or(cfg.uplink.address.addr())),
+            peers: speaker.map(|s| s.status()).unwrap_or_default(),
+        }),
+        Request::Stats => {
+            let t = dp.totals();
+            let interfaces = dp
+                .interfaces()
+                .iter()
+                .zip(t.ifaces.iter())
+                .map(|((_, f), c)| admin::InterfaceCounters {
+                    interface: f.name.clone(),
+                    rx_packets: c.rx_packets,
+                    rx_bytes: c.rx_bytes,
+                    tx_packets: c.tx_packets,
+                    tx_bytes: c.tx_bytes,
+                })
+                .collect();
+            admin::answer(&admin::Stats {
+                interfaces,
+                drops: t.drops.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+                icmp_errors_sent: t.icmp_errors_sent,
+                arp_replies_sent: t.arp_replies_sent,
+                ipip_encapsulated: t.ipip_encapsulated,
+                ipip_decapsulated: t.ipip_decapsulated,
+                fragments_sent: t.fragments_sent,
+                gso_received: t.gso_received,
+                gso_segments: t.gso_segments,
+                gro_packets: t.gro_packets,
+                gro_segments: t.gro_segments,
+                fib_routes: node.fib.load().len(),
+                transit_filter: (cfg.dataplane == DataplaneMode::Afpacket)
+                    .then(|| node.filter.as_ref().map_or_else(Vec::new, |f| f.devs.clone())),
+            })
+        }
+        Request::Status => {
+            let interfaces = dp
+                .interfaces()
+                .iter()
+                .map(|(_, f)| admin::InterfaceStatus {
+                    name: f.name.clone(),
+                    role: f.role.name().to_string(),
+                    address: match f.role {
+                        IfaceRole::Uplink { addr } => addr.to_string(),
+                        IfaceRole::Pod { addr } => addr.to_string(),
+                        IfaceRole::Tun | IfaceRole::RawIpip => String::new(),
+                    },
+                    mac: f.mac.to_string(),
+                    mtu: f.mtu,
+                    ifindex: f.ifindex,
+                })
+                .collect();
+            admin::answer(&admin::NodeStatus {
+                name: cfg.name.clone(),
+                pid: std::process::id(),
+                dataplane: cfg.dataplane,
+                workers: cfg.workers,
+                uptime_secs: node.started.elapsed().as_secs(),
+                routes: node.writer.len(),
+                interfaces,
+            })
+        }
+    }
+}
