@@ -303,6 +303,138 @@ fn check_ifname(src: &Source<'_>, s: &Spanned<String>) -> Result<String, FileErr
     Ok(n.clone())
 }
 
+/// Workers, their nice value and the outer TTL, each within its range.
+fn tuning(src: &Source<'_>, raw: &RawConfig) -> Result<(usize, i32, u8), FileError> {
+    let workers = *raw.workers.get_ref();
+    if !(1..=64).contains(&workers) {
+        return Err(src.error_at(raw.workers.span(), format!("workers = {workers}: use 1 to 64")));
+    }
+    let worker_nice = *raw.worker_nice.get_ref();
+    if !(-20..=19).contains(&worker_nice) {
+        return Err(src.error_at(
+            raw.worker_nice.span(),
+            format!("worker_nice = {worker_nice}: a nice value is -20 (first) to 19 (last)"),
+        ));
+    }
+    let ipip_ttl = *raw.ipip_ttl.get_ref();
+    if ipip_ttl == 0 {
+        return Err(
+            src.error_at(raw.ipip_ttl.span(), "ipip_ttl = 0 would drop every tunnelled packet at the first hop")
+        );
+    }
+    Ok((workers, worker_nice, ipip_ttl))
+}
+
+fn uplink(src: &Source<'_>, raw: &RawUplink) -> Result<Uplink, FileError> {
+    let interface = check_ifname(src, &raw.interface)?;
+    let address = src.at(&raw.address, fileerr::parse_net(raw.address.get_ref(), "uplink address"))?;
+    if address.prefix_len() >= 31 {
+        // Under CrossSubnet every peer would look remote and everything would be tunnelled.
+        return Err(src.error_at(
+            raw.address.span(),
+            format!(
+                "uplink address {address} has no neighbours on its subnet, so every node would look remote \
+                 (CrossSubnet would tunnel everything); give the uplink its real prefix length, like {}/24",
+                address.addr()
+            ),
+        ));
+    }
+    Ok(Uplink { interface, address })
+}
+
+/// The pods, each with an interface and an address of its own, none on the uplink.
+fn pods(src: &Source<'_>, raw: &[RawPod], uplink: &Uplink) -> Result<Vec<PodConfig>, FileError> {
+    let mut pods: Vec<PodConfig> = Vec::new();
+    for p in raw {
+        let interface = check_ifname(src, &p.interface)?;
+        let address = src.at(&p.address, fileerr::parse_addr(p.address.get_ref(), "pod address"))?;
+        if let Some(o) = pods.iter().find(|o| o.interface == interface || o.address == address) {
+            return Err(src.error_at(
+                p.name.span(),
+                format!("pod {} shares its interface or address with pod {}", p.name.get_ref(), o.name),
+            ));
+        }
+        if interface == uplink.interface {
+            return Err(src.error_at(p.interface.span(), "a pod cannot use the uplink interface"));
+        }
+        pods.push(PodConfig { name: p.name.get_ref().clone(), interface, address });
+    }
+    Ok(pods)
+}
+
+fn static_route(src: &Source<'_>, r: &RawRoute, uplink: &Uplink) -> Result<StaticRoute, FileError> {
+    let prefix = net_no_host_bits(src, &r.prefix, "route prefix")?;
+    let action = match (&r.via, &r.kind) {
+        (Some(v), None) => {
+            let gw = src.at(v, fileerr::parse_addr(v.get_ref(), "via"))?;
+            if gw == uplink.address.addr() {
+                return Err(src.error_at(v.span(), format!("next hop {gw} for {prefix} is this node itself")));
+            }
+            StaticAction::Via(gw)
+        }
+        (None, Some(k)) => match k.get_ref().as_str() {
+            "blackhole" => StaticAction::Blackhole,
+            "unreachable" => StaticAction::Unreachable,
+            other => {
+                return Err(
+                    src.error_at(k.span(), format!("route type {other:?}: use \"blackhole\" or \"unreachable\""))
+                )
+            }
+        },
+        _ => return Err(src.error_at(r.prefix.span(), format!("route {prefix} needs exactly one of `via` or `type`"))),
+    };
+    Ok(StaticRoute { prefix, action })
+}
+
+fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink) -> Result<BgpConfig, FileError> {
+    let hold = *b.hold_time.get_ref();
+    if hold == 1 || hold == 2 {
+        return Err(
+            src.error_at(b.hold_time.span(), format!("hold_time = {hold}: use 0 or at least 3 seconds (RFC 4271)"))
+        );
+    }
+    let addr = |r: &Option<Spanned<String>>, what: &str| match r {
+        Some(r) => src.at(r, fileerr::parse_addr(r.get_ref(), what)).map(Some),
+        None => Ok(None),
+    };
+    Ok(BgpConfig {
+        as_number: b.as_number,
+        router_id: addr(&b.router_id, "router_id")?,
+        port: b.port,
+        hold_time: hold,
+        connect_retry_secs: b.connect_retry_secs.max(1),
+        graceful_restart_secs: b.graceful_restart_secs,
+        route_reflector_cluster_id: addr(&b.route_reflector_cluster_id, "route_reflector_cluster_id")?,
+        peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink)).collect::<Result<_, _>>()?,
+    })
+}
+
+fn bgp_peer(src: &Source<'_>, p: &RawBgpPeer, uplink: &Uplink) -> Result<BgpPeer, FileError> {
+    let address = src.at(&p.address, fileerr::parse_addr(p.address.get_ref(), "peer address"))?;
+    let refuse = |why: &str| Err(src.error_at(p.address.span(), why));
+    if address == uplink.address.addr() {
+        return refuse("a node cannot peer with itself");
+    }
+    if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
+        return refuse("TCP MD5 passwords are at most 80 bytes");
+    }
+    if p.ttl_security.is_some_and(|t| !(1..=254).contains(&t)) {
+        return refuse("ttl_security is a hop count from 1 to 254");
+    }
+    if p.ttl_security.is_some() && p.passive {
+        return refuse("ttl_security needs passive = false: the TTL is checked on the connection we open");
+    }
+    Ok(BgpPeer {
+        address,
+        as_number: p.as_number,
+        port: p.port,
+        kind: p.kind,
+        passive: p.passive,
+        password: p.password.clone(),
+        ttl_security: p.ttl_security,
+    })
+}
+
 fn net_no_host_bits(src: &Source<'_>, s: &Spanned<String>, what: &str) -> Result<Ipv4Net, FileError> {
     let net = src.at(s, fileerr::parse_net(s.get_ref(), what))?;
     if net.trunc() != net {
@@ -320,156 +452,26 @@ impl NodeConfig {
     pub fn parse(path: &Path, text: &str) -> Result<NodeConfig, FileError> {
         let src = Source { path, text };
         let raw: RawConfig = src.parse()?;
-
-        let workers = *raw.workers.get_ref();
-        if !(1..=64).contains(&workers) {
-            return Err(src.error_at(raw.workers.span(), format!("workers = {workers}: use 1 to 64")));
-        }
-        let worker_nice = *raw.worker_nice.get_ref();
-        if !(-20..=19).contains(&worker_nice) {
-            return Err(src.error_at(
-                raw.worker_nice.span(),
-                format!("worker_nice = {worker_nice}: a nice value is -20 (first) to 19 (last)"),
-            ));
-        }
-        let ipip_ttl = *raw.ipip_ttl.get_ref();
-        if ipip_ttl == 0 {
-            return Err(
-                src.error_at(raw.ipip_ttl.span(), "ipip_ttl = 0 would drop every tunnelled packet at the first hop")
-            );
-        }
-        let interface = check_ifname(&src, &raw.uplink.interface)?;
-        let address =
-            src.at(&raw.uplink.address, fileerr::parse_net(raw.uplink.address.get_ref(), "uplink address"))?;
-        if address.prefix_len() >= 31 {
-            // Under CrossSubnet every peer would look remote and everything would be tunnelled.
-            return Err(src.error_at(
-                raw.uplink.address.span(),
-                format!(
-                    "uplink address {address} has no neighbours on its subnet, so every node would look remote \
-                     (CrossSubnet would tunnel everything); give the uplink its real prefix length, like {}/24",
-                    address.addr()
-                ),
-            ));
-        }
-        let uplink = Uplink { interface, address };
-
-        let mut blocks = Vec::new();
-        for b in &raw.blocks {
-            blocks.push(net_no_host_bits(&src, b, "block")?);
-        }
-        let mut pools = Vec::new();
-        for p in &raw.pools {
-            pools.push(Pool { cidr: net_no_host_bits(&src, &p.cidr, "pool")?, ipip_mode: p.ipip_mode });
-        }
-        let mut ipip_peers = Vec::new();
-        for p in &raw.ipip_peers {
-            ipip_peers.push(src.at(p, fileerr::parse_addr(p.get_ref(), "ipip peer"))?);
-        }
-        let mut ipip_allowed_sources = Vec::new();
-        for p in &raw.ipip_allowed_sources {
-            ipip_allowed_sources.push(net_no_host_bits(&src, p, "allowed IPIP source")?);
-        }
-        let mut pods: Vec<PodConfig> = Vec::new();
-        for p in &raw.pods {
-            let interface = check_ifname(&src, &p.interface)?;
-            let address = src.at(&p.address, fileerr::parse_addr(p.address.get_ref(), "pod address"))?;
-            if let Some(o) = pods.iter().find(|o| o.interface == interface || o.address == address) {
-                return Err(src.error_at(
-                    p.name.span(),
-                    format!("pod {} shares its interface or address with pod {}", p.name.get_ref(), o.name),
-                ));
-            }
-            if interface == uplink.interface {
-                return Err(src.error_at(p.interface.span(), "a pod cannot use the uplink interface"));
-            }
-            pods.push(PodConfig { name: p.name.get_ref().clone(), interface, address });
-        }
-        let mut routes = Vec::new();
-        for r in &raw.routes {
-            let prefix = net_no_host_bits(&src, &r.prefix, "route prefix")?;
-            let action = match (&r.via, &r.kind) {
-                (Some(v), None) => {
-                    let gw = src.at(v, fileerr::parse_addr(v.get_ref(), "via"))?;
-                    if gw == address.addr() {
-                        return Err(src.error_at(v.span(), format!("next hop {gw} for {prefix} is this node itself")));
-                    }
-                    StaticAction::Via(gw)
-                }
-                (None, Some(k)) => match k.get_ref().as_str() {
-                    "blackhole" => StaticAction::Blackhole,
-                    "unreachable" => StaticAction::Unreachable,
-                    other => {
-                        return Err(src
-                            .error_at(k.span(), format!("route type {other:?}: use \"blackhole\" or \"unreachable\"")))
-                    }
-                },
-                _ => {
-                    return Err(
-                        src.error_at(r.prefix.span(), format!("route {prefix} needs exactly one of `via` or `type`"))
-                    )
-                }
-            };
-            routes.push(StaticRoute { prefix, action });
-        }
-        let bgp = match &raw.bgp {
-            None => None,
-            Some(b) => {
-                let hold = *b.hold_time.get_ref();
-                if hold == 1 || hold == 2 {
-                    return Err(src.error_at(
-                        b.hold_time.span(),
-                        format!("hold_time = {hold}: use 0 or at least 3 seconds (RFC 4271)"),
-                    ));
-                }
-                let router_id = match &b.router_id {
-                    Some(r) => Some(src.at(r, fileerr::parse_addr(r.get_ref(), "router_id"))?),
-                    None => None,
-                };
-                let route_reflector_cluster_id = match &b.route_reflector_cluster_id {
-                    Some(r) => Some(src.at(r, fileerr::parse_addr(r.get_ref(), "route_reflector_cluster_id"))?),
-                    None => None,
-                };
-                let mut peers = Vec::new();
-                for p in &b.peers {
-                    let address = src.at(&p.address, fileerr::parse_addr(p.address.get_ref(), "peer address"))?;
-                    if address == uplink.address.addr() {
-                        return Err(src.error_at(p.address.span(), "a node cannot peer with itself"));
-                    }
-                    if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
-                        return Err(src.error_at(p.address.span(), "TCP MD5 passwords are at most 80 bytes"));
-                    }
-                    if p.ttl_security.is_some_and(|t| !(1..=254).contains(&t)) {
-                        return Err(src.error_at(p.address.span(), "ttl_security is a hop count from 1 to 254"));
-                    }
-                    if p.ttl_security.is_some() && p.passive {
-                        return Err(src.error_at(
-                            p.address.span(),
-                            "ttl_security needs passive = false: the TTL is checked on the connection we open",
-                        ));
-                    }
-                    peers.push(BgpPeer {
-                        address,
-                        as_number: p.as_number,
-                        port: p.port,
-                        kind: p.kind,
-                        passive: p.passive,
-                        password: p.password.clone(),
-                        ttl_security: p.ttl_security,
-                    });
-                }
-                Some(BgpConfig {
-                    as_number: b.as_number,
-                    router_id,
-                    port: b.port,
-                    hold_time: hold,
-                    connect_retry_secs: b.connect_retry_secs.max(1),
-                    graceful_restart_secs: b.graceful_restart_secs,
-                    route_reflector_cluster_id,
-                    peers,
-                })
-            }
+        let (workers, worker_nice, ipip_ttl) = tuning(&src, &raw)?;
+        let uplink = uplink(&src, &raw.uplink)?;
+        let nets = |list: &[Spanned<String>], what: &str| -> Result<Vec<Ipv4Net>, FileError> {
+            list.iter().map(|n| net_no_host_bits(&src, n, what)).collect()
         };
+        let blocks = nets(&raw.blocks, "block")?;
+        let ipip_allowed_sources = nets(&raw.ipip_allowed_sources, "allowed IPIP source")?;
+        let pools = raw
+            .pools
+            .iter()
+            .map(|p| Ok(Pool { cidr: net_no_host_bits(&src, &p.cidr, "pool")?, ipip_mode: p.ipip_mode }))
+            .collect::<Result<Vec<_>, FileError>>()?;
+        let ipip_peers = raw
+            .ipip_peers
+            .iter()
+            .map(|p| src.at(p, fileerr::parse_addr(p.get_ref(), "ipip peer")))
+            .collect::<Result<Vec<_>, FileError>>()?;
+        let pods = pods(&src, &raw.pods, &uplink)?;
+        let routes = raw.routes.iter().map(|r| static_route(&src, r, &uplink)).collect::<Result<Vec<_>, _>>()?;
+        let bgp = raw.bgp.as_ref().map(|b| bgp(&src, b, &uplink)).transpose()?;
         let metrics_address = match &raw.metrics_address {
             Some(a) => Some(a.get_ref().parse().map_err(|_| {
                 src.error_at(
