@@ -188,6 +188,225 @@ fn check_name(src: &Source<'_>, n: &Spanned<String>, what: &str) -> Result<(), F
     }
 }
 
+/// Pods that take the next free address once every block and explicit address is known:
+/// (node, pod, where it is written).
+type Automatic = Vec<(usize, usize, std::ops::Range<usize>)>;
+
+/// The underlay subnets: distinct, not overlapping each other or the pod pool.
+fn subnets(
+    src: &Source<'_>,
+    raw: &[RawSubnet],
+    pool: Ipv4Net,
+    names: &mut HashSet<String>,
+) -> Result<Vec<Subnet>, FileError> {
+    let mut subnets: Vec<Subnet> = Vec::new();
+    for s in raw {
+        check_name(src, &s.name, "subnet")?;
+        let prefix = src.at(&s.prefix, fileerr::parse_net(s.prefix.get_ref(), "prefix"))?;
+        if prefix.trunc() != prefix {
+            return Err(src.error_at(
+                s.prefix.span(),
+                format!("prefix {prefix} has host bits set; did you mean {}?", prefix.trunc()),
+            ));
+        }
+        let gateway = src.at(&s.gateway, fileerr::parse_addr(s.gateway.get_ref(), "gateway"))?;
+        if !prefix.contains(&gateway) || gateway == prefix.network() || gateway == prefix.broadcast() {
+            return Err(src.error_at(s.gateway.span(), format!("gateway {gateway} is not a host address of {prefix}")));
+        }
+        if let Some(o) =
+            subnets.iter().find(|o| o.prefix.contains(&prefix.network()) || prefix.contains(&o.prefix.network()))
+        {
+            return Err(
+                src.error_at(s.prefix.span(), format!("subnet {prefix} overlaps subnet {} ({})", o.name, o.prefix))
+            );
+        }
+        if prefix.contains(&pool.network()) || pool.contains(&prefix.network()) {
+            return Err(src.error_at(s.prefix.span(), format!("subnet {prefix} overlaps the pod pool {pool}")));
+        }
+        let mtu = *s.mtu.get_ref();
+        if !(576..=9000).contains(&mtu) {
+            return Err(src.error_at(s.mtu.span(), format!("mtu {mtu} must be between 576 and 9000")));
+        }
+        if !names.insert(s.name.get_ref().clone()) {
+            return Err(src.error_at(s.name.span(), format!("name {:?} is used twice", s.name.get_ref())));
+        }
+        subnets.push(Subnet { name: s.name.get_ref().clone(), prefix, gateway, mtu });
+    }
+    Ok(subnets)
+}
+
+/// The nodes with their blocks (named, or the next free one) and their pods; pods given only
+/// a name get their address later ([`assign_addresses`]).
+fn nodes(
+    src: &Source<'_>,
+    raw: &[RawNode],
+    subnets: &[Subnet],
+    pool: Ipv4Net,
+    block_size: u8,
+    names: &mut HashSet<String>,
+) -> Result<(Vec<Node>, Automatic, HashSet<Ipv4Addr>), FileError> {
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut pod_addrs = HashSet::new();
+    // Pods that take the next free address: (node, pod, where it is written), filled in
+    // once every block and every explicit address is known.
+    let mut automatic: Automatic = Vec::new();
+    // Blocks the file names: a node without one must not take them.
+    let named_blocks: Vec<Ipv4Net> =
+        raw.iter().filter_map(|n| n.block.as_ref().and_then(|b| b.get_ref().parse::<Ipv4Net>().ok())).collect();
+    for n in raw {
+        check_name(src, &n.name, "node")?;
+        if !names.insert(n.name.get_ref().clone()) {
+            return Err(src.error_at(n.name.span(), format!("name {:?} is used twice", n.name.get_ref())));
+        }
+        let address = src.at(&n.address, fileerr::parse_net(n.address.get_ref(), "address"))?;
+        let Some(subnet) = subnets.iter().position(|s| s.prefix == address.trunc()) else {
+            return Err(src.error_at(
+                n.address.span(),
+                format!("address {address} is not inside any [[subnets]] prefix (with the same prefix length)"),
+            ));
+        };
+        let sn = &subnets[subnet];
+        let a = address.addr();
+        if a == sn.gateway || a == sn.prefix.network() || a == sn.prefix.broadcast() {
+            return Err(src.error_at(
+                n.address.span(),
+                format!("address {a} is the gateway, network or broadcast address of {}", sn.prefix),
+            ));
+        }
+        if let Some(o) = nodes.iter().find(|o| o.address.addr() == a) {
+            return Err(src.error_at(n.address.span(), format!("address {a} is already node {}'s", o.name)));
+        }
+        let block = match &n.block {
+            Some(b) => {
+                let block = src.at(b, fileerr::parse_net(b.get_ref(), "block"))?;
+                if block.trunc() != block || block.prefix_len() != block_size || !pool.contains(&block) {
+                    return Err(src.error_at(
+                        b.span(),
+                        format!("block {block} must be a /{block_size} inside the pool {pool} without host bits"),
+                    ));
+                }
+                if let Some(o) = nodes.iter().find(|o| o.block == block) {
+                    return Err(src.error_at(b.span(), format!("block {block} already belongs to node {}", o.name)));
+                }
+                block
+            }
+            // Calico's IPAM hands a node the next free block of the pool.
+            None => pool
+                .subnets(block_size)
+                .into_iter()
+                .flatten()
+                .find(|b| !named_blocks.contains(b) && nodes.iter().all(|o| o.block != *b))
+                .ok_or_else(|| {
+                    src.error_at(
+                        n.name.span(),
+                        format!("the pool {pool} has no free /{block_size} block left for node {}", n.name.get_ref()),
+                    )
+                })?,
+        };
+        let mut pods = Vec::new();
+        for p in &n.pods {
+            let (name, address) = match p.get_ref() {
+                RawPod::Name(name) => {
+                    automatic.push((nodes.len(), pods.len(), p.span()));
+                    (name.clone(), Ipv4Addr::UNSPECIFIED)
+                }
+                RawPod::Full { name, address } => {
+                    let addr = fileerr::parse_addr(address, "pod address").map_err(|m| src.error_at(p.span(), m))?;
+                    if !block.contains(&addr) {
+                        return Err(
+                            src.error_at(p.span(), format!("pod address {addr} is outside the node's block {block}"))
+                        );
+                    }
+                    (name.clone(), addr)
+                }
+            };
+            check_name(src, &Spanned::new(p.span(), name.clone()), "pod")?;
+            if !names.insert(name.clone()) {
+                return Err(src.error_at(p.span(), format!("name {name:?} is used twice")));
+            }
+            if !address.is_unspecified() && !pod_addrs.insert(address) {
+                return Err(src.error_at(p.span(), format!("pod address {address} is used twice")));
+            }
+            let iface = cali_name(&name);
+            pods.push(Pod { name, address, iface });
+        }
+        let route_reflector_cluster_id = match &n.route_reflector_cluster_id {
+            Some(c) => Some(src.at(c, fileerr::parse_addr(c.get_ref(), "route_reflector_cluster_id"))?),
+            None => None,
+        };
+        nodes.push(Node { name: n.name.get_ref().clone(), address, subnet, block, pods, route_reflector_cluster_id });
+    }
+    Ok((nodes, automatic, pod_addrs))
+}
+
+fn assign_addresses(
+    src: &Source<'_>,
+    nodes: &mut [Node],
+    automatic: Automatic,
+    mut pod_addrs: HashSet<Ipv4Addr>,
+) -> Result<(), FileError> {
+    // Sequential IPAM, as Calico's: every pod first takes the next free address of its
+    // node's block; a pod whose block is full then borrows one from another node's block
+    // (the first, in file order, with room), and its node announces that /32 over BGP.
+    let blocks: Vec<Ipv4Net> = nodes.iter().map(|n| n.block).collect();
+    let mut take = |block: &Ipv4Net| {
+        let a = block.hosts().find(|a| !pod_addrs.contains(a))?;
+        pod_addrs.insert(a);
+        Some(a)
+    };
+    let mut full = Vec::new();
+    for (node, pod, span) in automatic {
+        match take(&blocks[node]) {
+            Some(a) => nodes[node].pods[pod].address = a,
+            None => full.push((node, pod, span)),
+        }
+    }
+    for (node, pod, span) in full {
+        let Some(a) = blocks.iter().find_map(&mut take) else {
+            let p = &nodes[node].pods[pod];
+            return Err(src.error_at(
+                span,
+                format!(
+                    "no address left for pod {}: block {} and every other node's block are full",
+                    p.name, blocks[node]
+                ),
+            ));
+        };
+        nodes[node].pods[pod].address = a;
+    }
+    Ok(())
+}
+
+fn bgp_peer(src: &Source<'_>, p: &RawBgpPeer, nodes: &[Node]) -> Result<BgpPeerSpec, FileError> {
+    let peer_ip = src.at(&p.peer_ip, fileerr::parse_addr(p.peer_ip.get_ref(), "peer_ip"))?;
+    if nodes.iter().any(|n| n.address.addr() == peer_ip) {
+        return Err(
+            src.error_at(p.peer_ip.span(), format!("peer_ip {peer_ip} is a node; nodes peer with each other already"))
+        );
+    }
+    if let Some(n) = &p.node {
+        if !nodes.iter().any(|x| &x.name == n.get_ref()) {
+            return Err(src.error_at(n.span(), format!("no node named {:?}", n.get_ref())));
+        }
+    }
+    if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
+        return Err(src.error_at(p.peer_ip.span(), "TCP MD5 passwords are at most 80 bytes"));
+    }
+    let ttl_security = match &p.ttl_security {
+        Some(t) if !(1..=254).contains(t.get_ref()) => {
+            return Err(src.error_at(t.span(), "ttl_security is a hop count from 1 to 254"));
+        }
+        t => t.as_ref().map(|t| *t.get_ref()),
+    };
+    Ok(BgpPeerSpec {
+        peer_ip,
+        as_number: p.as_number,
+        node: p.node.as_ref().map(|n| n.get_ref().clone()),
+        password: p.password.clone(),
+        ttl_security,
+    })
+}
+
 impl Topology {
     pub fn load(path: &Path) -> Result<Topology, FileError> {
         let text = fileerr::read(path)?;
@@ -206,220 +425,22 @@ impl Topology {
                 format!("block_size /{block_size} must lie between the pool's /{} and /32", pool.prefix_len()),
             ));
         }
-
+        // Every host's name, once: subnets, nodes and pods share one namespace.
         let mut names = HashSet::new();
-        let mut subnets: Vec<Subnet> = Vec::new();
-        for s in &raw.subnets {
-            check_name(&src, &s.name, "subnet")?;
-            let prefix = src.at(&s.prefix, fileerr::parse_net(s.prefix.get_ref(), "prefix"))?;
-            if prefix.trunc() != prefix {
-                return Err(src.error_at(
-                    s.prefix.span(),
-                    format!("prefix {prefix} has host bits set; did you mean {}?", prefix.trunc()),
-                ));
-            }
-            let gateway = src.at(&s.gateway, fileerr::parse_addr(s.gateway.get_ref(), "gateway"))?;
-            if !prefix.contains(&gateway) || gateway == prefix.network() || gateway == prefix.broadcast() {
-                return Err(
-                    src.error_at(s.gateway.span(), format!("gateway {gateway} is not a host address of {prefix}"))
-                );
-            }
-            if let Some(o) =
-                subnets.iter().find(|o| o.prefix.contains(&prefix.network()) || prefix.contains(&o.prefix.network()))
-            {
-                return Err(
-                    src.error_at(s.prefix.span(), format!("subnet {prefix} overlaps subnet {} ({})", o.name, o.prefix))
-                );
-            }
-            if prefix.contains(&pool.network()) || pool.contains(&prefix.network()) {
-                return Err(src.error_at(s.prefix.span(), format!("subnet {prefix} overlaps the pod pool {pool}")));
-            }
-            let mtu = *s.mtu.get_ref();
-            if !(576..=9000).contains(&mtu) {
-                return Err(src.error_at(s.mtu.span(), format!("mtu {mtu} must be between 576 and 9000")));
-            }
-            if !names.insert(s.name.get_ref().clone()) {
-                return Err(src.error_at(s.name.span(), format!("name {:?} is used twice", s.name.get_ref())));
-            }
-            subnets.push(Subnet { name: s.name.get_ref().clone(), prefix, gateway, mtu });
-        }
+        let subnets = subnets(&src, &raw.subnets, pool, &mut names)?;
         if subnets.is_empty() {
             return Err(src.error("no [[subnets]]: the nodes need an underlay subnet"));
         }
-
-        let mut nodes: Vec<Node> = Vec::new();
-        let mut pod_addrs = HashSet::new();
-        // Pods that take the next free address: (node, pod, where it is written), filled in
-        // once every block and every explicit address is known.
-        let mut automatic: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
-        // Blocks the file names: a node without one must not take them.
-        let named_blocks: Vec<Ipv4Net> = raw
-            .nodes
-            .iter()
-            .filter_map(|n| n.block.as_ref().and_then(|b| b.get_ref().parse::<Ipv4Net>().ok()))
-            .collect();
-        for n in &raw.nodes {
-            check_name(&src, &n.name, "node")?;
-            if !names.insert(n.name.get_ref().clone()) {
-                return Err(src.error_at(n.name.span(), format!("name {:?} is used twice", n.name.get_ref())));
-            }
-            let address = src.at(&n.address, fileerr::parse_net(n.address.get_ref(), "address"))?;
-            let Some(subnet) = subnets.iter().position(|s| s.prefix == address.trunc()) else {
-                return Err(src.error_at(
-                    n.address.span(),
-                    format!("address {address} is not inside any [[subnets]] prefix (with the same prefix length)"),
-                ));
-            };
-            let sn = &subnets[subnet];
-            let a = address.addr();
-            if a == sn.gateway || a == sn.prefix.network() || a == sn.prefix.broadcast() {
-                return Err(src.error_at(
-                    n.address.span(),
-                    format!("address {a} is the gateway, network or broadcast address of {}", sn.prefix),
-                ));
-            }
-            if let Some(o) = nodes.iter().find(|o| o.address.addr() == a) {
-                return Err(src.error_at(n.address.span(), format!("address {a} is already node {}'s", o.name)));
-            }
-            let block = match &n.block {
-                Some(b) => {
-                    let block = src.at(b, fileerr::parse_net(b.get_ref(), "block"))?;
-                    if block.trunc() != block || block.prefix_len() != block_size || !pool.contains(&block) {
-                        return Err(src.error_at(
-                            b.span(),
-                            format!("block {block} must be a /{block_size} inside the pool {pool} without host bits"),
-                        ));
-                    }
-                    if let Some(o) = nodes.iter().find(|o| o.block == block) {
-                        return Err(src.error_at(b.span(), format!("block {block} already belongs to node {}", o.name)));
-                    }
-                    block
-                }
-                // Calico's IPAM hands a node the next free block of the pool.
-                None => pool
-                    .subnets(block_size)
-                    .into_iter()
-                    .flatten()
-                    .find(|b| !named_blocks.contains(b) && nodes.iter().all(|o| o.block != *b))
-                    .ok_or_else(|| {
-                        src.error_at(
-                            n.name.span(),
-                            format!(
-                                "the pool {pool} has no free /{block_size} block left for node {}",
-                                n.name.get_ref()
-                            ),
-                        )
-                    })?,
-            };
-            let mut pods = Vec::new();
-            for p in &n.pods {
-                let (name, address) = match p.get_ref() {
-                    RawPod::Name(name) => {
-                        automatic.push((nodes.len(), pods.len(), p.span()));
-                        (name.clone(), Ipv4Addr::UNSPECIFIED)
-                    }
-                    RawPod::Full { name, address } => {
-                        let addr =
-                            fileerr::parse_addr(address, "pod address").map_err(|m| src.error_at(p.span(), m))?;
-                        if !block.contains(&addr) {
-                            return Err(src.error_at(
-                                p.span(),
-                                format!("pod address {addr} is outside the node's block {block}"),
-                            ));
-                        }
-                        (name.clone(), addr)
-                    }
-                };
-                check_name(&src, &Spanned::new(p.span(), name.clone()), "pod")?;
-                if !names.insert(name.clone()) {
-                    return Err(src.error_at(p.span(), format!("name {name:?} is used twice")));
-                }
-                if !address.is_unspecified() && !pod_addrs.insert(address) {
-                    return Err(src.error_at(p.span(), format!("pod address {address} is used twice")));
-                }
-                let iface = cali_name(&name);
-                pods.push(Pod { name, address, iface });
-            }
-            let route_reflector_cluster_id = match &n.route_reflector_cluster_id {
-                Some(c) => Some(src.at(c, fileerr::parse_addr(c.get_ref(), "route_reflector_cluster_id"))?),
-                None => None,
-            };
-            nodes.push(Node {
-                name: n.name.get_ref().clone(),
-                address,
-                subnet,
-                block,
-                pods,
-                route_reflector_cluster_id,
-            });
-        }
+        let (mut nodes, automatic, pod_addrs) = nodes(&src, &raw.nodes, &subnets, pool, block_size, &mut names)?;
         if nodes.is_empty() {
             return Err(src.error("no [[nodes]]: a lab needs at least one node"));
         }
-        // Sequential IPAM, as Calico's: every pod first takes the next free address of its
-        // node's block; a pod whose block is full then borrows one from another node's block
-        // (the first, in file order, with room), and its node announces that /32 over BGP.
-        let blocks: Vec<Ipv4Net> = nodes.iter().map(|n| n.block).collect();
-        let mut take = |block: &Ipv4Net| {
-            let a = block.hosts().find(|a| !pod_addrs.contains(a))?;
-            pod_addrs.insert(a);
-            Some(a)
-        };
-        let mut full = Vec::new();
-        for (node, pod, span) in automatic {
-            match take(&blocks[node]) {
-                Some(a) => nodes[node].pods[pod].address = a,
-                None => full.push((node, pod, span)),
-            }
-        }
-        for (node, pod, span) in full {
-            let Some(a) = blocks.iter().find_map(&mut take) else {
-                let p = &nodes[node].pods[pod];
-                return Err(src.error_at(
-                    span,
-                    format!(
-                        "no address left for pod {}: block {} and every other node's block are full",
-                        p.name, blocks[node]
-                    ),
-                ));
-            };
-            nodes[node].pods[pod].address = a;
-        }
+        assign_addresses(&src, &mut nodes, automatic, pod_addrs)?;
         let hold = raw.cluster.bgp_hold_time;
         if *hold.get_ref() == 1 || *hold.get_ref() == 2 {
             return Err(src.error_at(hold.span(), "bgp_hold_time must be 0 or at least 3 seconds (RFC 4271)"));
         }
-        let mut bgp_peers = Vec::new();
-        for p in &raw.bgp_peers {
-            let peer_ip = src.at(&p.peer_ip, fileerr::parse_addr(p.peer_ip.get_ref(), "peer_ip"))?;
-            if nodes.iter().any(|n| n.address.addr() == peer_ip) {
-                return Err(src.error_at(
-                    p.peer_ip.span(),
-                    format!("peer_ip {peer_ip} is a node; nodes peer with each other already"),
-                ));
-            }
-            if let Some(n) = &p.node {
-                if !nodes.iter().any(|x| &x.name == n.get_ref()) {
-                    return Err(src.error_at(n.span(), format!("no node named {:?}", n.get_ref())));
-                }
-            }
-            if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
-                return Err(src.error_at(p.peer_ip.span(), "TCP MD5 passwords are at most 80 bytes"));
-            }
-            let ttl_security = match &p.ttl_security {
-                Some(t) if !(1..=254).contains(t.get_ref()) => {
-                    return Err(src.error_at(t.span(), "ttl_security is a hop count from 1 to 254"));
-                }
-                t => t.as_ref().map(|t| *t.get_ref()),
-            };
-            bgp_peers.push(BgpPeerSpec {
-                peer_ip,
-                as_number: p.as_number,
-                node: p.node.as_ref().map(|n| n.get_ref().clone()),
-                password: p.password.clone(),
-                ttl_security,
-            });
-        }
+        let bgp_peers = raw.bgp_peers.iter().map(|p| bgp_peer(&src, p, &nodes)).collect::<Result<Vec<_>, _>>()?;
         if !raw.cluster.node_to_node_mesh
             && nodes.len() > 1
             && bgp_peers.is_empty()
