@@ -142,7 +142,7 @@ fn kernel_holds_pods_to_their_own_address(lab: &TestLab) {
         .find(|w| w.starts_with("cali"))
         .map(|w| w.trim_end_matches(':').split('@').next().unwrap_or_default().to_string())
         .expect("a cali interface on node-a");
-    let rp = text(&lab.exec("node-a", &["sysctl", "-n", &format!("net.ipv4.conf.{cali}.rp_filter")]).stdout);
+    let rp = text(&lab.exec("node-a", &["cat", &format!("/proc/sys/net/ipv4/conf/{cali}/rp_filter")]).stdout);
     assert_eq!(rp.trim(), "1", "{cali}");
     let before = netstat_counter(lab, "node-a", "IPReversePathFilter");
     let script = r#"
