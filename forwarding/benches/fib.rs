@@ -575,7 +575,8 @@ fn main() {
     let text = provenance::header(
         "FIB lookups and updates against the Rust LPM crates",
         "cargo bench -p forwarding --bench fib",
-    ) + &md;
+    ) + &md
+        + "\nHow it is measured and what the figures say: [../fib.md](../fib.md).\n";
     let _ = std::fs::create_dir_all(docs.parent().unwrap_or(&dir));
     match std::fs::write(&docs, text) {
         Ok(()) => println!("\nwritten: docs/bench/fib.md, target/bench/fib.json, target/bench/fib-updates.json"),
