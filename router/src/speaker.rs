@@ -3,6 +3,7 @@
 //! RIB and back. The protocol itself is the `bgp` crate, which does no I/O; this is where its
 //! outputs become sockets and timers.
 
+use crate::config::BgpPeer;
 use bgp::fsm::{Fsm, FsmConfig, Input, Negotiated, Output, State};
 use bgp::rib::{Changes, PathAttrs, PeerId, PeerInfo, Rib};
 use bgp::wire::{self, Afi, Ctx, Message};
@@ -28,21 +29,6 @@ pub enum PeerKind {
     Global,
 }
 
-#[derive(Debug, Clone)]
-pub struct PeerConfig {
-    pub addr: Ipv4Addr,
-    pub asn: u32,
-    pub port: u16,
-    pub kind: PeerKind,
-    /// We reflect routes for this peer.
-    pub rr_client: bool,
-    /// Wait for the peer to connect (Calico: the side with the higher address).
-    pub passive: bool,
-    pub password: Option<String>,
-    /// GTSM (RFC 5082): the peer's hop count; see [`gtsm`].
-    pub ttl_security: Option<u8>,
-}
-
 /// GTSM for a socket to a peer `hops` away: ours leave with TTL 255, and the kernel drops the
 /// peer's that arrive with less than 256 - `hops`, which a sender further away cannot forge.
 fn gtsm(s: &Socket, hops: u8) -> io::Result<()> {
@@ -65,7 +51,8 @@ pub struct SpeakerConfig {
     pub connect_retry: Duration,
     pub cluster_id: Option<Ipv4Addr>,
     pub graceful_restart: Option<u16>,
-    pub peers: Vec<PeerConfig>,
+    /// The peers as the node's config gives them: one set of peer settings for both.
+    pub peers: Vec<BgpPeer>,
     /// Our own prefixes (the node's blocks), announced with next hop = our address.
     pub originate: Vec<Ipv4Net>,
 }
@@ -102,7 +89,7 @@ struct Conn {
 }
 
 struct Peer {
-    cfg: PeerConfig,
+    cfg: BgpPeer,
     fsm: Fsm,
     conn: Option<Conn>,
     ctx: Ctx,
@@ -140,7 +127,7 @@ fn listen(cfg: &SpeakerConfig) -> io::Result<TcpListener> {
     s.set_nonblocking(true)?;
     for p in &cfg.peers {
         if let Some(pw) = &p.password {
-            netsys::set_tcp_md5(s.as_fd(), p.addr, pw.as_bytes())?;
+            netsys::set_tcp_md5(s.as_fd(), p.address, pw.as_bytes())?;
         }
     }
     // Accepted connections inherit the TTL: a GTSM peer then gets our SYN-ACK at 255. TTL 255
@@ -164,16 +151,17 @@ impl Speaker {
             rib.add_peer(
                 i as PeerId,
                 PeerInfo {
-                    addr: IpAddr::V4(p.addr),
-                    router_id: p.addr,
-                    asn: p.asn,
-                    rr_client: p.rr_client,
+                    addr: IpAddr::V4(p.address),
+                    router_id: p.address,
+                    asn: p.as_number,
+                    // We reflect routes for our clients.
+                    rr_client: p.kind == PeerKind::RouteReflectorClient,
                     local_addr: cfg.local_addr,
                 },
             );
             let fsm_cfg = FsmConfig {
                 local_as: cfg.local_as,
-                peer_as: p.asn,
+                peer_as: p.as_number,
                 local_id: cfg.router_id,
                 hold_time: cfg.hold_time,
                 connect_retry: cfg.connect_retry,
@@ -240,9 +228,9 @@ impl Speaker {
                     _ => String::new(),
                 };
                 PeerStatus {
-                    peer: p.cfg.addr,
+                    peer: p.cfg.address,
                     peer_type: p.cfg.kind,
-                    asn: p.cfg.asn,
+                    asn: p.cfg.as_number,
                     state: match state {
                         State::Established => "up".into(),
                         s => s.name().to_string(),
@@ -289,12 +277,12 @@ impl Speaker {
         s.set_nodelay(true)?;
         s.bind(&SockAddr::from(SocketAddr::V4(SocketAddrV4::new(self.cfg.local_addr, 0))))?;
         if let Some(pw) = &p.password {
-            netsys::set_tcp_md5(s.as_fd(), p.addr, pw.as_bytes())?;
+            netsys::set_tcp_md5(s.as_fd(), p.address, pw.as_bytes())?;
         }
         if let Some(hops) = p.ttl_security {
             gtsm(&s, hops)?;
         }
-        let to = SockAddr::from(SocketAddr::V4(SocketAddrV4::new(p.addr, p.port)));
+        let to = SockAddr::from(SocketAddr::V4(SocketAddrV4::new(p.address, p.port)));
         match s.connect(&to) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -340,7 +328,7 @@ impl Speaker {
                 }
             };
             let IpAddr::V4(from_ip) = from.ip() else { continue };
-            let Some(i) = self.peers.iter().position(|p| p.cfg.addr == from_ip) else {
+            let Some(i) = self.peers.iter().position(|p| p.cfg.address == from_ip) else {
                 tracing::info!(%from, "refused a BGP connection from an address that is not a peer");
                 let _ = stream.shutdown(Shutdown::Both);
                 continue;
@@ -500,7 +488,7 @@ impl Speaker {
                 Output::Send(m) => self.send(registry, i, &m),
                 Output::Close => self.drop_conn(registry, i),
                 Output::Established(neg) => {
-                    tracing::info!(peer = %self.peers[i].cfg.addr, hold = neg.hold_time, "BGP session up");
+                    tracing::info!(peer = %self.peers[i].cfg.address, hold = neg.hold_time, "BGP session up");
                     self.peers[i].ctx = Ctx { four_octet_as: neg.four_octet_as };
                     let ch = self.rib.peer_up(i as PeerId, &neg.families);
                     self.apply(registry, ch);
@@ -509,9 +497,9 @@ impl Speaker {
                     self.peers[i].ctx = Ctx::default();
                     if was_established {
                         self.peers[i].flaps += 1;
-                        tracing::info!(peer = %self.peers[i].cfg.addr, %reason, "BGP session down");
+                        tracing::info!(peer = %self.peers[i].cfg.address, %reason, "BGP session down");
                     } else {
-                        tracing::debug!(peer = %self.peers[i].cfg.addr, %reason, "BGP session not established");
+                        tracing::debug!(peer = %self.peers[i].cfg.address, %reason, "BGP session not established");
                     }
                     // RFC 4724 §4.2: a restarting peer (connection lost, no NOTIFICATION) keeps
                     // its routes, stale, for its restart time.

@@ -10,7 +10,7 @@ use crate::admin::{self, Request};
 use crate::config::{DataplaneMode, IpipMode, NodeConfig};
 use crate::ipcmd;
 use crate::routes::{self, RouteEntry};
-use crate::speaker::{PeerConfig, PeerKind, Speaker, SpeakerConfig};
+use crate::speaker::{Speaker, SpeakerConfig};
 use anyhow::{bail, Context as _};
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
 use forwarding::fib::{FibWriter, Tunnels};
@@ -123,20 +123,7 @@ fn speaker_config(cfg: &NodeConfig) -> Option<SpeakerConfig> {
         connect_retry: Duration::from_secs(u64::from(b.connect_retry_secs)),
         cluster_id: b.route_reflector_cluster_id,
         graceful_restart: (b.graceful_restart_secs > 0).then_some(b.graceful_restart_secs),
-        peers: b
-            .peers
-            .iter()
-            .map(|p| PeerConfig {
-                addr: p.address,
-                asn: p.as_number,
-                port: p.port,
-                kind: p.kind,
-                rr_client: p.kind == PeerKind::RouteReflectorClient,
-                passive: p.passive,
-                password: p.password.clone(),
-                ttl_security: p.ttl_security,
-            })
-            .collect(),
+        peers: b.peers.clone(),
         originate: originated(cfg),
     })
 }
