@@ -1,10 +1,10 @@
 //! Entry points for the fuzz targets in `fuzz/` (and the tests that replay their corpora):
 //! each takes the fuzzer's bytes and panics only where an invariant breaks.
 
-use crate::checksum;
 use crate::gro::{coalesce, mergeable, run_len};
 use crate::gso::{complete_checksum, TcpSegments, GSO_TCPV4, MIN_MSS};
 use crate::ipv4::Packet;
+use crate::tcp;
 
 /// Any bytes as a super-packet and a segment size: cutting it never panics, every segment is
 /// a valid IPv4/TCP packet no longer than headers plus the segment size, and the segments'
@@ -17,7 +17,7 @@ pub fn gso(data: &[u8]) {
     let Ok(segs) = TcpSegments::new(pkt, mss) else { return };
     assert!(mss >= MIN_MSS);
     let ip = Packet::new_checked(pkt).expect("accepted packet parses");
-    let hdrs = ip.header_len() + usize::from(pkt[ip.header_len() + 12] >> 4) * 4;
+    let hdrs = ip.header_len() + tcp::Packet::new_checked(ip.payload()).expect("accepted TCP header").header_len();
     let total = usize::from(ip.total_len());
     let payload = &pkt[hdrs..total];
     assert!(segs.count() <= payload.len() / usize::from(mss) + 1);
@@ -49,16 +49,12 @@ pub fn gso(data: &[u8]) {
 
 /// Makes both checksums of an IPv4/TCP packet right, where its headers allow.
 fn fix_checksums(p: &mut [u8]) {
-    let Ok(ip) = Packet::new_checked(&p[..]) else { return };
-    let (ihl, total) = (ip.header_len(), usize::from(ip.total_len()));
-    if total < ihl + 20 || total > p.len() {
-        return;
+    let Ok(mut ip) = Packet::new_checked(&mut p[..]) else { return };
+    ip.fill_checksum();
+    let (src, dst) = (ip.src(), ip.dst());
+    if let Ok(mut t) = tcp::Packet::new_checked(ip.payload_mut()) {
+        t.fill_checksum(src, dst);
     }
-    Packet::new_unchecked(&mut p[..]).fill_checksum();
-    p[ihl + 16..ihl + 18].copy_from_slice(&[0, 0]);
-    let pseudo = checksum::sum(&p[12..20]) + 6 + (total - ihl) as u32;
-    let c = checksum::finish(pseudo + checksum::sum(&p[ihl..total]));
-    p[ihl + 16..ihl + 18].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Any bytes as a batch of frames toward a pod: deciding which to merge and merging them
@@ -115,8 +111,8 @@ pub fn gro(data: &[u8]) {
         assert_eq!(at, len);
         assert_eq!((hdr.gso_type, usize::from(hdr.gso_size)), (GSO_TCPV4, run[0].1.payload));
         complete_checksum(pkt, usize::from(hdr.csum_start), usize::from(hdr.csum_offset)).expect("range");
-        let pseudo = checksum::sum(&pkt[12..20]) + 6 + (len - 20) as u32;
-        assert_eq!(checksum::finish(pseudo + checksum::sum(&pkt[20..len])), 0, "TCP checksum");
+        let ip = Packet::new_unchecked(&pkt[..]);
+        assert!(tcp::Packet::new_unchecked(ip.payload()).verify_checksum(ip.src(), ip.dst()), "TCP checksum");
         i += n;
     }
 }

@@ -208,14 +208,14 @@ pub(crate) mod testdata {
     //! Packets the GSO and GRO tests share.
     use super::*;
 
-    /// A TCP/IPv4 packet 10.0.0.1:1000 → 10.0.0.2:2000 with `payload`, flags PSH|ACK|FIN|CWR,
-    /// seq 0xfffffff0 (so that segments wrap), checksums complete.
     /// The TCP pseudo-header sum of an IPv4 packet without options.
     pub fn pseudo(p: &[u8]) -> u32 {
         let ip = ipv4::Packet::new_unchecked(p);
         tcp::pseudo_header_sum(ip.src(), ip.dst(), p.len() - 20)
     }
 
+    /// A TCP/IPv4 packet 10.0.0.1:1000 → 10.0.0.2:2000 with `payload`, flags PSH|ACK|FIN|CWR,
+    /// seq 0xfffffff0 (so that segments wrap), checksums complete.
     pub fn packet(payload: &[u8]) -> Vec<u8> {
         let mut p = vec![0u8; 40];
         p[0] = 0x45;
@@ -239,13 +239,14 @@ pub(crate) mod testdata {
 
     /// Recomputes the TCP checksum of an IPv4 packet without options, after an edit.
     pub fn refresh_tcp_checksum(p: &mut [u8]) {
-        p[36..38].copy_from_slice(&[0, 0]);
-        let c = checksum::finish(pseudo(p) + checksum::sum(&p[20..]));
-        p[36..38].copy_from_slice(&c.to_be_bytes());
+        let ip = ipv4::Packet::new_unchecked(&*p);
+        let (src, dst) = (ip.src(), ip.dst());
+        tcp::Packet::new_unchecked(&mut p[20..]).fill_checksum(src, dst);
     }
 
     pub fn tcp_checksum_ok(seg: &[u8]) -> bool {
-        checksum::finish(pseudo(seg) + checksum::sum(&seg[20..])) == 0
+        let ip = ipv4::Packet::new_unchecked(seg);
+        tcp::Packet::new_unchecked(&seg[20..]).verify_checksum(ip.src(), ip.dst())
     }
 
     /// The segments of a 10 000-byte ACK|PSH super-packet cut at 1448 bytes, and the packet.

@@ -13,7 +13,7 @@
 //! ```
 
 use crate::checksum;
-use crate::WireError;
+use crate::{be16, WireError};
 use std::net::Ipv4Addr;
 
 mod field {
@@ -71,10 +71,6 @@ impl From<Protocol> for u8 {
 #[derive(Debug)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
-}
-
-fn be16(b: &[u8], f: crate::Field) -> u16 {
-    u16::from_be_bytes([b[f.start], b[f.start + 1]])
 }
 
 fn addr(b: &[u8], f: crate::Field) -> Ipv4Addr {

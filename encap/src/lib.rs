@@ -19,6 +19,16 @@ pub mod tcp;
 /// A byte range inside a header.
 pub(crate) type Field = core::ops::Range<usize>;
 
+/// The big-endian 16-bit field `f` of a header (the views have checked its length).
+pub(crate) fn be16(b: &[u8], f: Field) -> u16 {
+    u16::from_be_bytes([b[f.start], b[f.start + 1]])
+}
+
+/// The big-endian 32-bit field `f` of a header.
+pub(crate) fn be32(b: &[u8], f: Field) -> u32 {
+    u32::from_be_bytes([b[f.start], b[f.start + 1], b[f.start + 2], b[f.start + 3]])
+}
+
 /// Why a buffer is not a valid header of the kind asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {

@@ -15,7 +15,7 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! ```
 
-use crate::{checksum, WireError};
+use crate::{be16, be32, checksum, WireError};
 use std::net::Ipv4Addr;
 
 mod field {
@@ -53,14 +53,6 @@ pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
 #[derive(Debug)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
-}
-
-fn be16(b: &[u8], f: crate::Field) -> u16 {
-    u16::from_be_bytes([b[f.start], b[f.start + 1]])
-}
-
-fn be32(b: &[u8], f: crate::Field) -> u32 {
-    u32::from_be_bytes([b[f.start], b[f.start + 1], b[f.start + 2], b[f.start + 3]])
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
