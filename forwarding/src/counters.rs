@@ -231,6 +231,13 @@ impl Counters {
 pub struct Totals {
     pub ifaces: Vec<IfaceTotals>,
     pub drops: Vec<(&'static str, u64)>,
+    pub tallies: Tallies,
+}
+
+/// The counters that are neither per interface nor per drop reason, summed; the admin API
+/// carries them as they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tallies {
     pub icmp_errors_sent: u64,
     pub arp_replies_sent: u64,
     pub ipip_encapsulated: u64,
@@ -242,7 +249,7 @@ pub struct Totals {
     pub gro_segments: u64,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IfaceTotals {
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -267,15 +274,15 @@ impl Totals {
             for (i, r) in DropReason::ALL.iter().enumerate() {
                 t.drops[i].1 += c.drops(*r);
             }
-            t.icmp_errors_sent += c.icmp_errors_sent.load(Relaxed);
-            t.arp_replies_sent += c.arp_replies_sent.load(Relaxed);
-            t.ipip_encapsulated += c.ipip_encapsulated.load(Relaxed);
-            t.ipip_decapsulated += c.ipip_decapsulated.load(Relaxed);
-            t.fragments_sent += c.fragments_sent.load(Relaxed);
-            t.gso_received += c.gso_received.load(Relaxed);
-            t.gso_segments += c.gso_segments.load(Relaxed);
-            t.gro_packets += c.gro_packets.load(Relaxed);
-            t.gro_segments += c.gro_segments.load(Relaxed);
+            t.tallies.icmp_errors_sent += c.icmp_errors_sent.load(Relaxed);
+            t.tallies.arp_replies_sent += c.arp_replies_sent.load(Relaxed);
+            t.tallies.ipip_encapsulated += c.ipip_encapsulated.load(Relaxed);
+            t.tallies.ipip_decapsulated += c.ipip_decapsulated.load(Relaxed);
+            t.tallies.fragments_sent += c.fragments_sent.load(Relaxed);
+            t.tallies.gso_received += c.gso_received.load(Relaxed);
+            t.tallies.gso_segments += c.gso_segments.load(Relaxed);
+            t.tallies.gro_packets += c.gro_packets.load(Relaxed);
+            t.tallies.gro_segments += c.gro_segments.load(Relaxed);
         }
         t
     }

@@ -89,15 +89,8 @@ pub struct Stats {
     pub interfaces: Vec<InterfaceCounters>,
     /// Packets dropped, by reason (every reason, zeros included).
     pub drops: std::collections::BTreeMap<String, u64>,
-    pub icmp_errors_sent: u64,
-    pub arp_replies_sent: u64,
-    pub ipip_encapsulated: u64,
-    pub ipip_decapsulated: u64,
-    pub fragments_sent: u64,
-    pub gso_received: u64,
-    pub gso_segments: u64,
-    pub gro_packets: u64,
-    pub gro_segments: u64,
+    #[serde(flatten)]
+    pub tallies: forwarding::counters::Tallies,
     pub fib_routes: usize,
     /// The interfaces the transit filter sits on (afpacket); `None` where the kernel
     /// forwards (tun) and there is nothing to filter.
@@ -107,10 +100,8 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceCounters {
     pub interface: String,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
+    #[serde(flatten)]
+    pub counts: forwarding::counters::IfaceTotals,
 }
 
 /// What `CaptureStart` answers.
@@ -371,21 +362,20 @@ mod tests {
         let stats = Stats {
             interfaces: vec![InterfaceCounters {
                 interface: "eth0".into(),
-                rx_packets: 1,
-                rx_bytes: 2,
-                tx_packets: 3,
-                tx_bytes: 4,
+                counts: forwarding::counters::IfaceTotals { rx_packets: 1, rx_bytes: 2, tx_packets: 3, tx_bytes: 4 },
             }],
             drops: [("no_route".to_string(), 5)].into_iter().collect(),
-            icmp_errors_sent: 6,
-            arp_replies_sent: 7,
-            ipip_encapsulated: 8,
-            ipip_decapsulated: 9,
-            fragments_sent: 10,
-            gso_received: 11,
-            gso_segments: 12,
-            gro_packets: 13,
-            gro_segments: 14,
+            tallies: forwarding::counters::Tallies {
+                icmp_errors_sent: 6,
+                arp_replies_sent: 7,
+                ipip_encapsulated: 8,
+                ipip_decapsulated: 9,
+                fragments_sent: 10,
+                gso_received: 11,
+                gso_segments: 12,
+                gro_packets: 13,
+                gro_segments: 14,
+            },
             fib_routes: 15,
             transit_filter: None,
         };

@@ -477,15 +477,18 @@ fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file
 fn print_stats(v: &admin::Stats) {
     println!("{:<16} {:>12} {:>14} {:>12} {:>14}", "Interface", "RX packets", "RX bytes", "TX packets", "TX bytes");
     for i in &v.interfaces {
-        println!("{:<16} {:>12} {:>14} {:>12} {:>14}", i.interface, i.rx_packets, i.rx_bytes, i.tx_packets, i.tx_bytes);
+        println!(
+            "{:<16} {:>12} {:>14} {:>12} {:>14}",
+            i.interface, i.counts.rx_packets, i.counts.rx_bytes, i.counts.tx_packets, i.counts.tx_bytes
+        );
     }
     println!(
         "\nIPIP encapsulated: {}   decapsulated: {}   fragments sent: {}   ICMP errors sent: {}   proxy-ARP replies sent: {}",
-        v.ipip_encapsulated, v.ipip_decapsulated, v.fragments_sent, v.icmp_errors_sent, v.arp_replies_sent
+        v.tallies.ipip_encapsulated, v.tallies.ipip_decapsulated, v.tallies.fragments_sent, v.tallies.icmp_errors_sent, v.tallies.arp_replies_sent
     );
     println!(
         "TCP super-packets received whole: {}   segments cut from them: {}   built for pods: {} (from {} segments)",
-        v.gso_received, v.gso_segments, v.gro_packets, v.gro_segments
+        v.tallies.gso_received, v.tallies.gso_segments, v.tallies.gro_packets, v.tallies.gro_segments
     );
     match v.transit_filter.as_deref() {
         Some([]) => {

@@ -65,19 +65,27 @@ pub fn render(s: &Snapshot<'_>) -> String {
         o.sample("router_drops_total", &[("reason", reason)], *n as f64);
     }
     for (name, help, v) in [
-        ("router_icmp_errors_sent_total", "ICMP errors the router originated.", s.totals.icmp_errors_sent),
-        ("router_arp_replies_sent_total", "Proxy-ARP replies for the pods' gateway.", s.totals.arp_replies_sent),
-        ("router_ipip_encapsulated_total", "Packets wrapped in IPIP.", s.totals.ipip_encapsulated),
-        ("router_ipip_decapsulated_total", "IPIP packets unwrapped.", s.totals.ipip_decapsulated),
-        ("router_fragments_sent_total", "Fragments the router made.", s.totals.fragments_sent),
-        ("router_gso_received_total", "Offloaded TCP super-packets received whole.", s.totals.gso_received),
-        ("router_gso_segments_total", "Segments the router cut from super-packets (for IPIP).", s.totals.gso_segments),
+        ("router_icmp_errors_sent_total", "ICMP errors the router originated.", s.totals.tallies.icmp_errors_sent),
+        (
+            "router_arp_replies_sent_total",
+            "Proxy-ARP replies for the pods' gateway.",
+            s.totals.tallies.arp_replies_sent,
+        ),
+        ("router_ipip_encapsulated_total", "Packets wrapped in IPIP.", s.totals.tallies.ipip_encapsulated),
+        ("router_ipip_decapsulated_total", "IPIP packets unwrapped.", s.totals.tallies.ipip_decapsulated),
+        ("router_fragments_sent_total", "Fragments the router made.", s.totals.tallies.fragments_sent),
+        ("router_gso_received_total", "Offloaded TCP super-packets received whole.", s.totals.tallies.gso_received),
+        (
+            "router_gso_segments_total",
+            "Segments the router cut from super-packets (for IPIP).",
+            s.totals.tallies.gso_segments,
+        ),
         (
             "router_gro_packets_total",
             "Super-packets the router built from TCP segments for a pod.",
-            s.totals.gro_packets,
+            s.totals.tallies.gro_packets,
         ),
-        ("router_gro_segments_total", "TCP segments merged into those super-packets.", s.totals.gro_segments),
+        ("router_gro_segments_total", "TCP segments merged into those super-packets.", s.totals.tallies.gro_segments),
     ] {
         o.family(name, "counter", help);
         o.sample(name, &[], v as f64);

@@ -169,27 +169,13 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
             let interfaces = dp
                 .interfaces()
                 .iter()
-                .zip(t.ifaces.iter())
-                .map(|((_, f), c)| admin::InterfaceCounters {
-                    interface: f.name.clone(),
-                    rx_packets: c.rx_packets,
-                    rx_bytes: c.rx_bytes,
-                    tx_packets: c.tx_packets,
-                    tx_bytes: c.tx_bytes,
-                })
+                .zip(t.ifaces)
+                .map(|((_, f), counts)| admin::InterfaceCounters { interface: f.name.clone(), counts })
                 .collect();
             admin::answer(&admin::Stats {
                 interfaces,
                 drops: t.drops.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
-                icmp_errors_sent: t.icmp_errors_sent,
-                arp_replies_sent: t.arp_replies_sent,
-                ipip_encapsulated: t.ipip_encapsulated,
-                ipip_decapsulated: t.ipip_decapsulated,
-                fragments_sent: t.fragments_sent,
-                gso_received: t.gso_received,
-                gso_segments: t.gso_segments,
-                gro_packets: t.gro_packets,
-                gro_segments: t.gro_segments,
+                tallies: t.tallies,
                 fib_routes: node.fib.load().len(),
                 transit_filter: (cfg.dataplane == DataplaneMode::Afpacket)
                     .then(|| node.filter.as_ref().map_or_else(Vec::new, |f| f.devs.clone())),
