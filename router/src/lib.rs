@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod capture;
+pub mod civil;
 pub mod config;
 pub mod fileerr;
 pub mod ipcmd;

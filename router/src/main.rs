@@ -331,16 +331,7 @@ fn since(secs: u64) -> String {
     if d == now / 86400 {
         format!("{:02}:{:02}:{:02}", t / 3600, t % 3600 / 60, t % 60)
     } else {
-        // Days since 1970 to a civil date (Howard Hinnant's algorithm).
-        let z = d as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let (year, month, day) = router::civil::from_days(d as i64);
         format!("{year:04}-{month:02}-{day:02}")
     }
 }
