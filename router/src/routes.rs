@@ -58,15 +58,17 @@ pub enum KernelRoute {
 pub const KERNEL_PROTO: &str = "179";
 
 impl KernelRoute {
-    /// Arguments of `ip route replace`.
+    /// Arguments of `ip route replace` and `ip route del`, ours marked with [`KERNEL_PROTO`].
     pub fn args(&self) -> Vec<String> {
-        match self {
+        let mut a = match self {
             KernelRoute::Via { prefix, gateway, dev } => {
                 vec![prefix.to_string(), "via".into(), gateway.to_string(), "dev".into(), dev.clone()]
             }
             KernelRoute::Dev { prefix, dev } => vec![prefix.to_string(), "dev".into(), dev.clone()],
             KernelRoute::Blackhole { prefix } => vec!["blackhole".into(), prefix.to_string()],
-        }
+        };
+        a.extend(["proto".into(), KERNEL_PROTO.into()]);
+        a
     }
 }
 

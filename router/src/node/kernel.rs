@@ -22,7 +22,6 @@ impl Node {
             let args = old.args();
             let mut v = vec!["route", "del"];
             v.extend(args.iter().map(String::as_str));
-            v.extend(["proto", routes::KERNEL_PROTO]);
             if let Err(e) = ipcmd::ip(&v) {
                 tracing::debug!(error = %e, "kernel route already gone");
             }
@@ -36,7 +35,6 @@ impl Node {
             let args = r.args();
             let mut v = vec!["route", "replace"];
             v.extend(args.iter().map(String::as_str));
-            v.extend(["proto", routes::KERNEL_PROTO]);
             match ipcmd::ip(&v) {
                 Ok(_) => installed.push(r.clone()),
                 Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
