@@ -111,10 +111,9 @@ enum State {
     Failed { until: Instant },
 }
 
-/// Per interface: how many entries it has, and the tokens for new resolutions.
+/// Per interface: the tokens for new resolutions, as of `at`.
 #[derive(Debug, Clone, Copy)]
 struct Budget {
-    entries: usize,
     tokens: f64,
     at: Option<Instant>,
 }
@@ -134,13 +133,21 @@ impl NeighManager {
 
     fn budget(&mut self, iface: IfaceId) -> &mut Budget {
         let burst = f64::from(self.config.new_burst);
-        self.budgets.entry(iface).or_insert(Budget { entries: 0, tokens: burst, at: None })
+        self.budgets.entry(iface).or_insert(Budget { tokens: burst, at: None })
     }
 
-    /// Makes room for one more entry of `iface`, giving up a failed entry if the table is
-    /// full; counts it.
+    /// Whether `iface` has as many entries as it may. Counted, not kept: only a table that
+    /// holds `max_per_iface` entries in all can have an interface at the limit, so the count
+    /// runs only then (on the slow path, at most a few thousand entries).
+    fn full(&self, iface: IfaceId) -> bool {
+        let max = self.config.max_per_iface;
+        self.entries.len() >= max && self.entries.keys().filter(|(i, _)| *i == iface).count() >= max
+    }
+
+    /// Makes room for one more entry of `iface`, giving up a failed entry if its table is
+    /// full.
     fn make_room(&mut self, iface: IfaceId) -> Result<(), DropReason> {
-        if self.budget(iface).entries >= self.config.max_per_iface {
+        if self.full(iface) {
             let victim = self
                 .entries
                 .iter()
@@ -148,9 +155,7 @@ impl NeighManager {
                 .map(|(k, _)| *k)
                 .ok_or(DropReason::NeighbourTableFull)?;
             self.entries.remove(&victim);
-            self.budget(iface).entries -= 1;
         }
-        self.budget(iface).entries += 1;
         Ok(())
     }
 
@@ -219,13 +224,10 @@ impl NeighManager {
     /// ARP told us `n.ip` is at `n.mac` (a reply, or a request addressed to us).
     pub fn on_learn(&mut self, now: Instant, n: Neighbour, out: &mut Vec<NeighAction>) {
         let key = (n.iface, n.ip);
-        if !self.entries.contains_key(&key) {
-            // An answer nobody asked for (or a request to us) only refreshes what we know
-            // while the table is full: it must not let a neighbour fill it either.
-            if self.budget(n.iface).entries >= self.config.max_per_iface {
-                return;
-            }
-            self.budget(n.iface).entries += 1;
+        // An answer nobody asked for (or a request to us) only refreshes what we know while
+        // the table is full: it must not let a neighbour fill it either.
+        if !self.entries.contains_key(&key) && self.full(n.iface) {
+            return;
         }
         let old = self.entries.insert(key, State::Reachable { mac: n.mac, confirmed: now, probed: false });
         match old {
@@ -245,18 +247,7 @@ impl NeighManager {
     pub fn on_tick(&mut self, now: Instant, out: &mut Vec<NeighAction>) {
         let cfg = self.config;
         let mut changed = false;
-        let mut gone: Vec<IfaceId> = Vec::new();
-        self.entries.retain(|&(iface, ip), st| {
-            let keep = Self::tick_one(cfg, now, iface, ip, st, out, &mut changed);
-            if !keep {
-                gone.push(iface);
-            }
-            keep
-        });
-        for iface in gone {
-            let b = self.budget(iface);
-            b.entries = b.entries.saturating_sub(1);
-        }
+        self.entries.retain(|&(iface, ip), st| Self::tick_one(cfg, now, iface, ip, st, out, &mut changed));
         if changed {
             out.push(NeighAction::Changed);
         }
