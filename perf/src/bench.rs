@@ -150,7 +150,7 @@ fn router_drops(t: &Tools) -> u64 {
     ["node-a", "node-b", "node-c"]
         .iter()
         .filter_map(|n| t.router(&["stats", "--node", n, "--json"]).ok())
-        .filter_map(|s| serde_json::from_str::<router::admin::Stats>(&s).ok())
+        .filter_map(|s| serde_json::from_str::<nodeapi::admin::Stats>(&s).ok())
         .map(|st| st.drops.values().sum::<u64>())
         .sum()
 }

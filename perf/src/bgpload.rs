@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context as _};
 use bgp::wire::{self, AsSegment, Attr, AttrValue, Capability, Ctx, Message, Open, Origin, Update};
-use router::ipcmd::{pids, veth_between};
+use nodeapi::ipcmd::{pids, veth_between};
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -206,8 +206,8 @@ impl Bench {
 
     /// Kills whatever still runs in the namespaces and deletes them.
     fn remove_namespaces(&self) {
-        for ns in [GEN_NS, DUT_NS].into_iter().filter(|ns| router::ipcmd::exists(ns)) {
-            let _ = router::ipcmd::remove(ns);
+        for ns in [GEN_NS, DUT_NS].into_iter().filter(|ns| nodeapi::ipcmd::exists(ns)) {
+            let _ = nodeapi::ipcmd::remove(ns);
         }
     }
 
@@ -430,7 +430,7 @@ fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize
         &[router.to_str().unwrap_or_default(), "node", "--config", conf.to_str().unwrap_or_default()],
         Stdio::null(),
     )?;
-    let node = router::admin::Client::new(&sock);
+    let node = nodeapi::admin::Client::new(&sock);
     let fib_routes = || node.stats().ok().map(|s| s.fib_routes);
     // The node's own routes (its address, its subnet) are there before the feed starts.
     let (_, before) = wait_for(1, Duration::from_secs(30), None, fib_routes).context("the node did not come up")?;

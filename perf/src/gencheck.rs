@@ -4,7 +4,7 @@
 //! one CPU; both are counted where they arrive, by the receiving interface.
 
 use anyhow::{bail, Context as _};
-use router::ipcmd::{exists, remove, veth_between};
+use nodeapi::ipcmd::{exists, remove, veth_between};
 use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -59,7 +59,7 @@ impl Drop for Pair {
 }
 
 fn rx_packets() -> anyhow::Result<u64> {
-    let out = router::ipcmd::exec_in(SINK_NS, &["cat", "/sys/class/net/rpg-s/statistics/rx_packets"])?;
+    let out = nodeapi::ipcmd::exec_in(SINK_NS, &["cat", "/sys/class/net/rpg-s/statistics/rx_packets"])?;
     out.trim().parse().context("reading rx_packets")
 }
 
@@ -91,8 +91,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     let perf = std::env::current_exe()?;
     let pair = Pair::new()?;
-    let mac = router::ipcmd::exec_in(SINK_NS, &["cat", "/sys/class/net/rpg-s/address"])?;
-    let src_mac = router::ipcmd::exec_in(GEN_NS, &["cat", "/sys/class/net/rpg-g/address"])?;
+    let mac = nodeapi::ipcmd::exec_in(SINK_NS, &["cat", "/sys/class/net/rpg-s/address"])?;
+    let src_mac = nodeapi::ipcmd::exec_in(GEN_NS, &["cat", "/sys/class/net/rpg-g/address"])?;
     // 64-byte frames like ours: Ethernet, IPv4, UDP, 22 bytes of payload; 16 source ports.
     // A new file of a random name, 0600: router-perf runs as root, so a predictable path in
     // /tmp could be a symlink someone else put there. Removed when dropped.

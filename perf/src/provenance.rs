@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-#[path = "../../router/src/civil.rs"]
+#[path = "../../nodeapi/src/civil.rs"]
 mod civil;
 
 /// Today's date (UTC) as YYYY-MM-DD, from the system clock.

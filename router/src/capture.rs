@@ -51,7 +51,7 @@ impl Capture {
     /// node may run as root and the path comes from a client), and starts writing what `tap`
     /// delivers until `limits` or [`Capture::finish`] stop it.
     pub fn start(path: &Path, limits: Limits, tap: &Tap) -> Result<Capture, String> {
-        let file = crate::private::create_new(path).map_err(|e| match e.kind() {
+        let file = nodeapi::private::create_new(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => {
                 format!("{} already exists (or is a symlink); the node only writes new files", path.display())
             }
@@ -137,7 +137,7 @@ mod tests {
     fn scratch(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("router-capture-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        crate::private::dir(&d).expect("scratch dir");
+        nodeapi::private::dir(&d).expect("scratch dir");
         d
     }
 

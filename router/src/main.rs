@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
-use router::admin;
-use router::config::{DataplaneMode, IpipMode};
-use router::lab::{self, state::Role, Lab, UpOptions};
+use lab::{self, state::Role, Lab, UpOptions};
+use nodeapi::admin;
+use nodeapi::config::{DataplaneMode, IpipMode};
 use router::routes;
 use std::path::PathBuf;
 
@@ -259,7 +259,7 @@ fn main() {
     // RUST_LOG wins; a node's config may set its own level; otherwise info.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         let from_config = match &cli.cmd {
-            Cmd::Node { config } => router::config::NodeConfig::load(config).ok().and_then(|c| c.log_level),
+            Cmd::Node { config } => nodeapi::config::NodeConfig::load(config).ok().and_then(|c| c.log_level),
             _ => None,
         };
         tracing_subscriber::EnvFilter::try_new(from_config.as_deref().unwrap_or("info"))
@@ -331,7 +331,7 @@ fn since(secs: u64) -> String {
     if d == now / 86400 {
         format!("{:02}:{:02}:{:02}", t / 3600, t % 3600 / 60, t % 60)
     } else {
-        let (year, month, day) = router::civil::from_days(d as i64);
+        let (year, month, day) = nodeapi::civil::from_days(d as i64);
         format!("{year:04}-{month:02}-{day:02}")
     }
 }
@@ -396,7 +396,7 @@ fn trace(lab: &Lab, src: &str, dst: &str, proto: router::probe::ProbeProto, json
     }
     // Long enough for ARP on every hop and for the answer to come back.
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let mut hops: Vec<router::trace::Hop> = Vec::new();
+    let mut hops: Vec<nodeapi::admin::Hop> = Vec::new();
     for d in &st.daemons {
         let node = admin::Client::new(&d.socket);
         hops.extend(node.trace_collect(id)?);

@@ -1,8 +1,8 @@
 //! Prometheus text exposition (format 0.0.4) of a node's state, and the small HTTP endpoint
 //! that serves it. Off unless the node config names an address (Calico's Felix uses 9091).
 
-use crate::speaker::PeerStatus;
 use forwarding::counters::Totals;
+use nodeapi::admin::PeerStatus;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;

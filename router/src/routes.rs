@@ -3,45 +3,11 @@
 //! the kernel's. It also yields the FIB for the workers and, where the kernel forwards, the
 //! kernel routes to install.
 
-use crate::config::{DataplaneMode, IpipMode, NodeConfig, StaticAction, StaticRoute};
 use forwarding::{IfaceId, IfaceRole, Interfaces, NextHop, Route};
 use ipnet::Ipv4Net;
-use serde::Serialize;
+use nodeapi::admin::{RouteEntry, RouteSource};
+use nodeapi::config::{DataplaneMode, IpipMode, NodeConfig, StaticAction, StaticRoute};
 use std::net::Ipv4Addr;
-
-/// Where a route came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RouteSource {
-    /// Derived from the node itself: its address, its subnet, its blocks, its pods.
-    Local,
-    /// From the config file.
-    Static,
-    /// Learned over BGP.
-    Bgp,
-}
-
-/// One row of `router routes`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct RouteEntry {
-    pub prefix: Ipv4Net,
-    pub next_hop: Option<Ipv4Addr>,
-    pub interface: Option<String>,
-    /// `route -n` flags: U up, G via a gateway, H host route (/32), ! reject.
-    pub flags: String,
-    pub source: RouteSource,
-    /// What happens to matching packets: unicast, local (for this node), blackhole, unreachable.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Encapsulation toward the next hop: "none" (direct routing) or "ipip".
-    pub encap: String,
-    /// Why this encapsulation, in words.
-    #[serde(default)]
-    pub why: String,
-    /// Who forwards matching packets: "router" (userspace) or "kernel" (tun mode's direct routes).
-    #[serde(default)]
-    pub forwarded_by: String,
-}
 
 /// How the kernel of the node namespace should route a prefix (tun mode forwarding, and the
 /// node's own traffic in afpacket mode).

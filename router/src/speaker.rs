@@ -3,31 +3,19 @@
 //! RIB and back. The protocol itself is the `bgp` crate, which does no I/O; this is where its
 //! outputs become sockets and timers.
 
-use crate::config::BgpPeer;
 use bgp::fsm::{Fsm, FsmConfig, Input, Negotiated, Output, State};
 use bgp::rib::{Changes, PathAttrs, PeerId, PeerInfo, Rib};
 use bgp::wire::{self, Afi, Ctx, Message};
 use ipnet::{IpNet, Ipv4Net};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
+use nodeapi::admin::PeerStatus;
+use nodeapi::config::{BgpPeer, PeerKind};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
-
-/// How a peer relates to us, as `calicoctl node status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum PeerKind {
-    #[serde(rename = "node-to-node mesh")]
-    Mesh,
-    #[serde(rename = "route reflector")]
-    RouteReflector,
-    #[serde(rename = "route reflector client")]
-    RouteReflectorClient,
-    #[serde(rename = "global")]
-    Global,
-}
 
 /// GTSM for a socket to a peer `hops` away: ours leave with TTL 255, and the kernel drops the
 /// peer's that arrive with less than 256 - `hops`, which a sender further away cannot forge.
@@ -55,28 +43,6 @@ pub struct SpeakerConfig {
     pub peers: Vec<BgpPeer>,
     /// Our own prefixes (the node's blocks), announced with next hop = our address.
     pub originate: Vec<Ipv4Net>,
-}
-
-/// One row of `router status`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct PeerStatus {
-    pub peer: Ipv4Addr,
-    pub peer_type: PeerKind,
-    #[serde(rename = "as_number")]
-    pub asn: u32,
-    pub state: String,
-    /// Seconds since the UNIX epoch when the state was entered.
-    pub since: u64,
-    pub info: String,
-    pub received: usize,
-    pub advertised: usize,
-    /// Times the session left Established.
-    #[serde(default)]
-    pub flaps: u64,
-    #[serde(default)]
-    pub updates_received: u64,
-    #[serde(default)]
-    pub updates_sent: u64,
 }
 
 struct Conn {

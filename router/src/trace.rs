@@ -2,20 +2,11 @@
 //! where, which route matched and why, what was added or removed, where it went out, or why
 //! it was dropped. The CLI side sends the probe and prints the journey.
 
-use crate::routes::{RouteEntry, RouteSource};
 use forwarding::trace::{Event, Outcome, Summary};
 use forwarding::{IfaceRole, Interfaces};
+use nodeapi::admin::{Hop, RouteEntry, RouteMatch};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RouteMatch {
-    pub prefix: String,
-    pub next_hop: Option<Ipv4Addr>,
-    pub source: RouteSource,
-    pub encap: String,
-    pub why: String,
-}
 
 /// A whole trace, as `router trace --json` prints it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -26,30 +17,6 @@ pub struct Trace {
     pub proto: crate::probe::ProbeProto,
     /// In time order, both ways.
     pub hops: Vec<Hop>,
-}
-
-/// One hop of a traced packet's journey.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Hop {
-    pub node: String,
-    /// Seconds since the UNIX epoch.
-    pub time: f64,
-    pub ingress: String,
-    pub ingress_role: String,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub protocol: u8,
-    pub ttl: u8,
-    /// For IPIP arriving: the packet inside (src, dst, ttl).
-    pub inner: Option<(Ipv4Addr, Ipv4Addr, u8)>,
-    pub route: Option<RouteMatch>,
-    /// forward, encapsulate, decapsulate, icmp_error, drop, kernel, arp_pending, fragment
-    pub action: String,
-    pub reason: String,
-    pub egress: Option<String>,
-    /// The packet as it left: (src, dst, ttl), and the outer header when wrapped.
-    pub out: Option<(Ipv4Addr, Ipv4Addr, u8)>,
-    pub out_outer: Option<(Ipv4Addr, Ipv4Addr, u8)>,
 }
 
 /// A fresh trace id from the kernel's random source, never 0. The id is what a node's

@@ -9,11 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-const SEED: &str = include_str!("../topologies/seed.toml");
+const SEED: &str = include_str!("../../lab/topologies/seed.toml");
 const BLOCKS: [&str; 3] = ["10.244.1.0/26", "10.244.2.0/26", "10.244.3.0/26"];
 
 fn seed_rr() -> String {
-    format!("{}/topologies/seed-rr.toml", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/../lab/topologies/seed-rr.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Writes the seed topology with `cluster_extra` added to [cluster] and `tail` appended.

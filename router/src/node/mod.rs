@@ -6,10 +6,7 @@
 //! keeps the transit filter, `kernel` the node's kernel routes, `serve` answers the admin
 //! socket and metrics.
 
-use crate::admin::{self, Request};
-use crate::config::{DataplaneMode, IpipMode, NodeConfig};
-use crate::ipcmd;
-use crate::routes::{self, RouteEntry};
+use crate::routes;
 use crate::speaker::{Speaker, SpeakerConfig};
 use anyhow::{bail, Context as _};
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
@@ -18,6 +15,10 @@ use forwarding::{FibHandle, IfaceRole, Interface, Interfaces};
 use ipnet::Ipv4Net;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nodeapi::admin::RouteEntry;
+use nodeapi::admin::{self, Request};
+use nodeapi::config::{DataplaneMode, IpipMode, NodeConfig};
+use nodeapi::ipcmd;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
@@ -55,7 +56,7 @@ struct Node {
     tun_dropped: Option<u64>,
     filter: Option<TransitFilter>,
     /// The running trace: id, hops so far, when it stops by itself.
-    trace: Option<(u32, Vec<crate::trace::Hop>, Instant)>,
+    trace: Option<(u32, Vec<nodeapi::admin::Hop>, Instant)>,
 }
 
 fn tunnels(cfg: &NodeConfig, learned: &[(Ipv4Net, Ipv4Addr)]) -> Tunnels {

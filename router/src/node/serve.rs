@@ -71,7 +71,7 @@ impl Node {
                 self.collect_trace();
                 match &self.trace {
                     Some((tid, hops, _)) if *tid == id => admin::answer(hops),
-                    _ => admin::answer(&Vec::<crate::trace::Hop>::new()),
+                    _ => admin::answer(&Vec::<nodeapi::admin::Hop>::new()),
                 }
             }
             _ => {

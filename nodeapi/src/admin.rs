@@ -5,9 +5,12 @@
 //! when the node creates that), and every connection's peer uid is checked (`SO_PEERCRED`),
 //! which also covers the moment between `bind` and `chmod`.
 
+use crate::config::PeerKind;
 use anyhow::{bail, Context};
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -80,7 +83,7 @@ pub struct BgpStatus {
     pub configured: bool,
     pub as_number: Option<u32>,
     pub router_id: Option<std::net::Ipv4Addr>,
-    pub peers: Vec<crate::speaker::PeerStatus>,
+    pub peers: Vec<PeerStatus>,
 }
 
 /// What `Stats` answers: counters summed over the workers and the slow path.
@@ -129,6 +132,95 @@ pub struct CaptureStopped {
     pub written: u64,
 }
 
+/// One row of `router status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PeerStatus {
+    pub peer: Ipv4Addr,
+    pub peer_type: PeerKind,
+    #[serde(rename = "as_number")]
+    pub asn: u32,
+    pub state: String,
+    /// Seconds since the UNIX epoch when the state was entered.
+    pub since: u64,
+    pub info: String,
+    pub received: usize,
+    pub advertised: usize,
+    /// Times the session left Established.
+    #[serde(default)]
+    pub flaps: u64,
+    #[serde(default)]
+    pub updates_received: u64,
+    #[serde(default)]
+    pub updates_sent: u64,
+}
+
+/// Where a route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteSource {
+    /// Derived from the node itself: its address, its subnet, its blocks, its pods.
+    Local,
+    /// From the config file.
+    Static,
+    /// Learned over BGP.
+    Bgp,
+}
+
+/// One row of `router routes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RouteEntry {
+    pub prefix: Ipv4Net,
+    pub next_hop: Option<Ipv4Addr>,
+    pub interface: Option<String>,
+    /// `route -n` flags: U up, G via a gateway, H host route (/32), ! reject.
+    pub flags: String,
+    pub source: RouteSource,
+    /// What happens to matching packets: unicast, local (for this node), blackhole, unreachable.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Encapsulation toward the next hop: "none" (direct routing) or "ipip".
+    pub encap: String,
+    /// Why this encapsulation, in words.
+    #[serde(default)]
+    pub why: String,
+    /// Who forwards matching packets: "router" (userspace) or "kernel" (tun mode's direct routes).
+    #[serde(default)]
+    pub forwarded_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteMatch {
+    pub prefix: String,
+    pub next_hop: Option<Ipv4Addr>,
+    pub source: RouteSource,
+    pub encap: String,
+    pub why: String,
+}
+
+/// One hop of a traced packet's journey.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hop {
+    pub node: String,
+    /// Seconds since the UNIX epoch.
+    pub time: f64,
+    pub ingress: String,
+    pub ingress_role: String,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    pub ttl: u8,
+    /// For IPIP arriving: the packet inside (src, dst, ttl).
+    pub inner: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+    pub route: Option<RouteMatch>,
+    /// forward, encapsulate, decapsulate, icmp_error, drop, kernel, arp_pending, fragment
+    pub action: String,
+    pub reason: String,
+    pub egress: Option<String>,
+    /// The packet as it left: (src, dst, ttl), and the outer header when wrapped.
+    pub out: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+    pub out_outer: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+}
+
 /// The node's side of one exchange: an answer of the request's type, or why not.
 pub type Answer = Result<serde_json::Value, String>;
 
@@ -161,12 +253,12 @@ impl Client {
         self.call(Request::BgpStatus)
     }
 
-    pub fn routes(&self) -> Result<Vec<crate::routes::RouteEntry>, ClientError> {
+    pub fn routes(&self) -> Result<Vec<RouteEntry>, ClientError> {
         self.call(Request::Routes)
     }
 
     /// The route `addr` takes, if any.
-    pub fn lookup(&self, addr: std::net::Ipv4Addr) -> Result<Option<crate::routes::RouteEntry>, ClientError> {
+    pub fn lookup(&self, addr: std::net::Ipv4Addr) -> Result<Option<RouteEntry>, ClientError> {
         self.call(Request::Lookup { addr })
     }
 
@@ -201,7 +293,7 @@ impl Client {
     }
 
     /// The hops recorded for trace `id` so far.
-    pub fn trace_collect(&self, id: u32) -> Result<Vec<crate::trace::Hop>, ClientError> {
+    pub fn trace_collect(&self, id: u32) -> Result<Vec<Hop>, ClientError> {
         self.call(Request::TraceCollect { id })
     }
 
@@ -391,7 +483,7 @@ mod tests {
         while !client.is_finished() && std::time::Instant::now() < deadline {
             serve_pending(&l, |req| match req {
                 Request::Stats => answer(&server_stats),
-                Request::Lookup { .. } => answer(&None::<crate::routes::RouteEntry>),
+                Request::Lookup { .. } => answer(&None::<RouteEntry>),
                 Request::TraceStart { .. } => answer(&()),
                 _ => Err("not served here".into()),
             });

@@ -70,12 +70,25 @@ pub struct BgpConfig {
     pub peers: Vec<BgpPeer>,
 }
 
+/// How a peer relates to us, as `calicoctl node status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PeerKind {
+    #[serde(rename = "node-to-node mesh")]
+    Mesh,
+    #[serde(rename = "route reflector")]
+    RouteReflector,
+    #[serde(rename = "route reflector client")]
+    RouteReflectorClient,
+    #[serde(rename = "global")]
+    Global,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BgpPeer {
     pub address: Ipv4Addr,
     pub as_number: u32,
     pub port: u16,
-    pub kind: crate::speaker::PeerKind,
+    pub kind: PeerKind,
     pub passive: bool,
     pub password: Option<String>,
     /// GTSM (RFC 5082): the peer is this many hops away; we send with TTL 255 and drop its
@@ -216,7 +229,7 @@ pub struct RawBgpPeer {
     pub as_number: u32,
     #[serde(default = "default_bgp_port")]
     pub port: u16,
-    pub kind: crate::speaker::PeerKind,
+    pub kind: PeerKind,
     #[serde(default)]
     pub passive: bool,
     #[serde(default)]

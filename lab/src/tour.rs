@@ -76,7 +76,7 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     let Some(st) = lab.state()? else {
         bail!("lab {:?} is not up; start it with `router lab up` (the tour runs in the seed lab)", lab.name);
     };
-    if st.ipip_mode == crate::config::IpipMode::Never.name() {
+    if st.ipip_mode == nodeapi::config::IpipMode::Never.name() {
         bail!(
             "lab {:?} runs with ipipMode Never, so node-c's pods are out of reach and the tour's IPIP steps \
              cannot run; bring it up with the default mode: `router lab down && router lab up`",
@@ -118,7 +118,7 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     t.title("The node's routes", "UH: a host route to each local pod; UG: another node's /26 block via that node; ! the node's own block (blackhole for unused addresses). Encap says whether the route goes through the IPIP tunnel, and why.");
     t.router(&["routes", "--node", "node-a"])?;
 
-    t.title("The nodes tell each other their blocks over BGP", &format!("A full mesh of N nodes needs N·(N-1)/2 sessions: {} here. With route reflectors every node peers only with the reflectors (router/topologies/seed-rr.toml: 2 sessions).", nodes * (nodes - 1) / 2));
+    t.title("The nodes tell each other their blocks over BGP", &format!("A full mesh of N nodes needs N·(N-1)/2 sessions: {} here. With route reflectors every node peers only with the reflectors (lab/topologies/seed-rr.toml: 2 sessions).", nodes * (nodes - 1) / 2));
     t.router(&["status", "--node", "node-a"])?;
 
     t.title(

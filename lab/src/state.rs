@@ -74,10 +74,10 @@ impl State {
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         // The lab's directory is private (0700): it holds node configs with passwords, the
         // admin sockets and the logs.
-        crate::private::dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+        nodeapi::private::dir(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = dir.join(format!("{FILE}.tmp"));
         let text = serde_json::to_string_pretty(self)?;
-        crate::private::write(&tmp, text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+        nodeapi::private::write(&tmp, text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, dir.join(FILE)).with_context(|| format!("writing {}", dir.join(FILE).display()))?;
         Ok(())
     }

@@ -6,22 +6,23 @@
 //! also cleans up after a crash or an interrupted `up`.
 
 pub mod state;
+pub mod topology;
 pub mod tour;
 
-use crate::ipcmd as netns;
+use nodeapi::ipcmd as netns;
 
-use crate::admin;
-use crate::config::{
+use anyhow::{bail, Context as _};
+use nodeapi::admin;
+use nodeapi::config::PeerKind;
+use nodeapi::config::{
     BgpConfig, BgpPeer, DataplaneMode, IpipMode, NodeConfig, PodConfig, Pool, StaticAction, StaticRoute, Uplink,
 };
-use crate::speaker::PeerKind;
-use crate::topology::{self, Topology};
-use anyhow::{bail, Context as _};
 use state::{Daemon, Host, Role, State};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use topology::Topology;
 
 /// Which lab, and where its state lives.
 #[derive(Debug, Clone)]
@@ -316,7 +317,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
     for cfg in &configs {
         let path = lab.dir.join(format!("{}.toml", cfg.name));
         // 0600: a node's config holds its peers' TCP-MD5 passwords.
-        crate::private::write(&path, cfg.to_toml().as_bytes())
+        nodeapi::private::write(&path, cfg.to_toml().as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         let log = lab.dir.join(format!("{}.log", cfg.name));
         let pid = spawn_node(&lab.ns(&cfg.name), &opts.exe, &path, &log)?;

@@ -1,8 +1,8 @@
 //! The lab topology file: underlay subnets, nodes with their pod blocks, and pods.
 //! Everything is checked up front; an error names the file, the line and what is wrong.
 
-use crate::fileerr::{self, FileError, Source};
 use ipnet::Ipv4Net;
+use nodeapi::fileerr::{self, FileError, Source};
 use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use std::collections::HashSet;
@@ -21,7 +21,7 @@ pub struct Topology {
     pub block_size: u8,
     pub as_number: u32,
     /// The pool's `ipipMode` (Calico's names).
-    pub ipip_mode: crate::config::IpipMode,
+    pub ipip_mode: nodeapi::config::IpipMode,
     /// Calico's BGPConfiguration.nodeToNodeMeshEnabled.
     pub node_to_node_mesh: bool,
     /// BGP hold time the nodes propose (seconds; short values make failover tests quick).
@@ -100,7 +100,7 @@ struct RawCluster {
     #[serde(default = "default_as")]
     as_number: u32,
     #[serde(default)]
-    ipip_mode: crate::config::IpipMode,
+    ipip_mode: nodeapi::config::IpipMode,
     #[serde(default = "default_true")]
     node_to_node_mesh: bool,
     #[serde(default = "default_hold")]
