@@ -5,6 +5,7 @@
 //! come out as values for a driver to carry out (the router's `speaker` module is one).
 
 pub mod fsm;
+pub mod policy;
 pub mod rib;
 pub mod wire;
 

@@ -450,6 +450,8 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             passive: u32::from(me) > u32::from(addr),
             password: None,
             ttl_security: None,
+            filters: Vec::new(),
+            max_prefixes: None,
         });
     }
     for p in topo.bgp_peers.iter().filter(|p| p.node.as_ref().is_none_or(|n| n == &node.name)) {
@@ -461,6 +463,8 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             passive: false,
             password: p.password.clone(),
             ttl_security: p.ttl_security,
+            filters: p.filters.clone(),
+            max_prefixes: p.max_prefixes,
         });
     }
     BgpConfig {
@@ -472,6 +476,9 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
         graceful_restart_secs: 120,
         route_reflector_cluster_id: node.route_reflector_cluster_id,
         peers,
+        // Every node gets every filter: the peers that name them decide where they apply.
+        filters: topo.bgp_filters.clone(),
+        prefix_advertisements: topo.prefix_advertisements.clone(),
     }
 }
 

@@ -27,6 +27,10 @@ pub struct Topology {
     /// BGP hold time the nodes propose (seconds; short values make failover tests quick).
     pub bgp_hold_time: u16,
     pub bgp_peers: Vec<BgpPeerSpec>,
+    /// Calico's BGPFilters, named by `[[bgp_peers]]`.
+    pub bgp_filters: Vec<bgp::policy::Filter>,
+    /// Communities attached to exported routes (BGPConfiguration.prefixAdvertisements).
+    pub prefix_advertisements: Vec<nodeapi::config::PrefixAdvertisement>,
     pub subnets: Vec<Subnet>,
     pub nodes: Vec<Node>,
 }
@@ -62,6 +66,10 @@ pub struct BgpPeerSpec {
     pub password: Option<String>,
     /// Calico's BGPPeer.ttlSecurity: GTSM (RFC 5082) with the peer this many hops away.
     pub ttl_security: Option<u8>,
+    /// Names of the BGPFilters applied, in order.
+    pub filters: Vec<String>,
+    /// Shut the session down when the peer sends more prefixes than this.
+    pub max_prefixes: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +97,10 @@ struct Raw {
     nodes: Vec<RawNode>,
     #[serde(default)]
     bgp_peers: Vec<RawBgpPeer>,
+    #[serde(default)]
+    bgp_filters: Vec<nodeapi::config::RawFilter>,
+    #[serde(default)]
+    prefix_advertisements: Vec<nodeapi::config::RawPrefixAdvertisement>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +138,10 @@ struct RawBgpPeer {
     password: Option<String>,
     #[serde(default)]
     ttl_security: Option<Spanned<u8>>,
+    #[serde(default)]
+    filters: Vec<Spanned<String>>,
+    #[serde(default)]
+    max_prefixes: Option<Spanned<u32>>,
 }
 
 fn default_block_size() -> Spanned<u8> {
@@ -377,7 +393,12 @@ fn assign_addresses(
     Ok(())
 }
 
-fn bgp_peer(src: &Source<'_>, p: &RawBgpPeer, nodes: &[Node]) -> Result<BgpPeerSpec, FileError> {
+fn bgp_peer(
+    src: &Source<'_>,
+    p: &RawBgpPeer,
+    nodes: &[Node],
+    filters: &[bgp::policy::Filter],
+) -> Result<BgpPeerSpec, FileError> {
     let peer_ip = src.at(&p.peer_ip, fileerr::parse_addr(p.peer_ip.get_ref(), "peer_ip"))?;
     if nodes.iter().any(|n| n.address.addr() == peer_ip) {
         return Err(
@@ -398,12 +419,17 @@ fn bgp_peer(src: &Source<'_>, p: &RawBgpPeer, nodes: &[Node]) -> Result<BgpPeerS
         }
         t => t.as_ref().map(|t| *t.get_ref()),
     };
+    if let Some(m) = p.max_prefixes.as_ref().filter(|m| *m.get_ref() == 0) {
+        return Err(src.error_at(m.span(), "max_prefixes = 0 would refuse every session; leave it out for no limit"));
+    }
     Ok(BgpPeerSpec {
         peer_ip,
         as_number: p.as_number,
         node: p.node.as_ref().map(|n| n.get_ref().clone()),
         password: p.password.clone(),
         ttl_security,
+        filters: nodeapi::config::check_filter_names(src, &p.filters, filters, "bgp_filters")?,
+        max_prefixes: p.max_prefixes.as_ref().map(|m| *m.get_ref()),
     })
 }
 
@@ -440,7 +466,10 @@ impl Topology {
         if *hold.get_ref() == 1 || *hold.get_ref() == 2 {
             return Err(src.error_at(hold.span(), "bgp_hold_time must be 0 or at least 3 seconds (RFC 4271)"));
         }
-        let bgp_peers = raw.bgp_peers.iter().map(|p| bgp_peer(&src, p, &nodes)).collect::<Result<Vec<_>, _>>()?;
+        let bgp_filters = nodeapi::config::check_filters(&src, &raw.bgp_filters)?;
+        let bgp_peers =
+            raw.bgp_peers.iter().map(|p| bgp_peer(&src, p, &nodes, &bgp_filters)).collect::<Result<Vec<_>, _>>()?;
+        let prefix_advertisements = nodeapi::config::check_prefix_advertisements(&src, &raw.prefix_advertisements)?;
         if !raw.cluster.node_to_node_mesh
             && nodes.len() > 1
             && bgp_peers.is_empty()
@@ -459,6 +488,8 @@ impl Topology {
             node_to_node_mesh: raw.cluster.node_to_node_mesh,
             bgp_hold_time: *hold.get_ref(),
             bgp_peers,
+            bgp_filters,
+            prefix_advertisements,
             subnets,
             nodes,
         })

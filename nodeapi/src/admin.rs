@@ -35,6 +35,15 @@ pub enum Request {
     },
     CaptureStop,
     CaptureStatus,
+    /// What BGP peers sent that import refused (all peers, or one).
+    Rejected {
+        #[serde(default)]
+        peer: Option<Ipv4Addr>,
+    },
+    /// Every BGP path for a prefix and how the decision process ranked them.
+    Paths {
+        prefix: ipnet::IpNet,
+    },
     /// The route an address takes (like `ip route get`).
     Lookup {
         addr: std::net::Ipv4Addr,
@@ -144,6 +153,9 @@ pub struct PeerStatus {
     pub since: u64,
     pub info: String,
     pub received: usize,
+    /// Prefixes the peer sent that import refused (`router routes --rejected` says why).
+    #[serde(default)]
+    pub rejected: usize,
     pub advertised: usize,
     /// Times the session left Established.
     #[serde(default)]
@@ -221,6 +233,38 @@ pub struct Hop {
     pub out_outer: Option<(Ipv4Addr, Ipv4Addr, u8)>,
 }
 
+/// A prefix a peer sent that import refused (`router routes --rejected`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedRoute {
+    pub peer: Ipv4Addr,
+    pub prefix: String,
+    pub reason: String,
+}
+
+/// One BGP path for a prefix and how the decision process ranked it
+/// (`router routes --detail PREFIX`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathDetail {
+    /// The peer's address, or "this node".
+    pub from: String,
+    pub peer_type: Option<PeerKind>,
+    /// The peer's BGP identifier (from its OPEN).
+    pub router_id: Option<Ipv4Addr>,
+    pub next_hop: String,
+    pub as_path: Vec<u32>,
+    pub origin: String,
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    pub communities: Vec<String>,
+    pub originator_id: Option<Ipv4Addr>,
+    pub cluster_list: Vec<Ipv4Addr>,
+    /// Kept from a restarting peer (graceful restart).
+    pub stale: bool,
+    pub best: bool,
+    /// The step of the decision process at which it lost.
+    pub lost_at: Option<String>,
+}
+
 /// The node's side of one exchange: an answer of the request's type, or why not.
 pub type Answer = Result<serde_json::Value, String>;
 
@@ -255,6 +299,14 @@ impl Client {
 
     pub fn routes(&self) -> Result<Vec<RouteEntry>, ClientError> {
         self.call(Request::Routes)
+    }
+
+    pub fn rejected(&self, peer: Option<Ipv4Addr>) -> Result<Vec<RejectedRoute>, ClientError> {
+        self.call(Request::Rejected { peer })
+    }
+
+    pub fn paths(&self, prefix: ipnet::IpNet) -> Result<Vec<PathDetail>, ClientError> {
+        self.call(Request::Paths { prefix })
     }
 
     /// The route `addr` takes, if any.

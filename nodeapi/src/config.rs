@@ -68,6 +68,16 @@ pub struct BgpConfig {
     pub graceful_restart_secs: u16,
     pub route_reflector_cluster_id: Option<Ipv4Addr>,
     pub peers: Vec<BgpPeer>,
+    /// Calico's BGPFilters, which peers name in `filters`.
+    pub filters: Vec<bgp::policy::Filter>,
+    /// Communities attached to exported routes inside a CIDR (Calico's prefixAdvertisements).
+    pub prefix_advertisements: Vec<PrefixAdvertisement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixAdvertisement {
+    pub cidr: Ipv4Net,
+    pub communities: Vec<u32>,
 }
 
 /// How a peer relates to us, as `calicoctl node status` shows it.
@@ -94,6 +104,10 @@ pub struct BgpPeer {
     /// GTSM (RFC 5082): the peer is this many hops away; we send with TTL 255 and drop its
     /// segments that arrive with less than 256 minus that.
     pub ttl_security: Option<u8>,
+    /// Names of the BGPFilters applied to this peer, in order.
+    pub filters: Vec<String>,
+    /// Prefixes it may send (accepted or not) before the session is shut down (RFC 4486).
+    pub max_prefixes: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +234,164 @@ pub struct RawBgp {
     pub route_reflector_cluster_id: Option<Spanned<String>>,
     #[serde(default)]
     pub peers: Vec<RawBgpPeer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<RawFilter>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_advertisements: Vec<RawPrefixAdvertisement>,
+}
+
+/// Calico's BGPFilter, as the node config and the lab's topology both write it.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    pub name: Spanned<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_v4: Vec<RawRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub import_v4: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub cidr: Spanned<String>,
+    pub match_operator: MatchOperator,
+    pub action: FilterAction,
+}
+
+/// Calico's BGPFilter `matchOperator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MatchOperator {
+    Equal,
+    NotEqual,
+    In,
+    NotIn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FilterAction {
+    Accept,
+    Reject,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrefixAdvertisement {
+    pub cidr: Spanned<String>,
+    pub communities: Vec<Spanned<String>>,
+}
+
+/// Checks BGPFilters: names unique, CIDRs valid.
+pub fn check_filters(src: &Source<'_>, raw: &[RawFilter]) -> Result<Vec<bgp::policy::Filter>, FileError> {
+    use bgp::policy::{Action, Filter, MatchOperator as Op, Rule};
+    let rules = |rs: &[RawRule]| -> Result<Vec<Rule>, FileError> {
+        rs.iter()
+            .map(|r| {
+                Ok(Rule {
+                    cidr: ipnet::IpNet::V4(src.at(&r.cidr, fileerr::parse_net(r.cidr.get_ref(), "cidr"))?),
+                    operator: match r.match_operator {
+                        MatchOperator::Equal => Op::Equal,
+                        MatchOperator::NotEqual => Op::NotEqual,
+                        MatchOperator::In => Op::In,
+                        MatchOperator::NotIn => Op::NotIn,
+                    },
+                    action: match r.action {
+                        FilterAction::Accept => Action::Accept,
+                        FilterAction::Reject => Action::Reject,
+                    },
+                })
+            })
+            .collect()
+    };
+    let mut out: Vec<Filter> = Vec::new();
+    for f in raw {
+        let name = f.name.get_ref();
+        if name.is_empty() || out.iter().any(|o| &o.name == name) {
+            return Err(src.error_at(f.name.span(), format!("filter name `{name}` is empty or used twice")));
+        }
+        if f.import_v4.len() > usize::from(u16::MAX) || f.export_v4.len() > usize::from(u16::MAX) {
+            return Err(src.error_at(f.name.span(), "a filter has at most 65535 rules a direction"));
+        }
+        out.push(Filter { name: name.clone(), export: rules(&f.export_v4)?, import: rules(&f.import_v4)? });
+    }
+    Ok(out)
+}
+
+/// Checks a peer's list of filter names against the defined filters.
+/// `section` is where filters are defined in this kind of file, for the error message.
+pub fn check_filter_names(
+    src: &Source<'_>,
+    names: &[Spanned<String>],
+    defined: &[bgp::policy::Filter],
+    section: &str,
+) -> Result<Vec<String>, FileError> {
+    if names.len() > usize::from(u8::MAX) {
+        return Err(src.error("a peer takes at most 255 filters"));
+    }
+    names
+        .iter()
+        .map(|n| match defined.iter().any(|f| &f.name == n.get_ref()) {
+            true => Ok(n.get_ref().clone()),
+            false => Err(src.error_at(n.span(), format!("no [[{section}]] entry is named `{}`", n.get_ref()))),
+        })
+        .collect()
+}
+
+pub fn check_prefix_advertisements(
+    src: &Source<'_>,
+    raw: &[RawPrefixAdvertisement],
+) -> Result<Vec<PrefixAdvertisement>, FileError> {
+    raw.iter()
+        .map(|a| {
+            Ok(PrefixAdvertisement {
+                cidr: src.at(&a.cidr, fileerr::parse_net(a.cidr.get_ref(), "cidr"))?,
+                communities: a
+                    .communities
+                    .iter()
+                    .map(|c| src.at(c, bgp::policy::community::parse(c.get_ref())))
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .collect()
+}
+
+impl BgpConfig {
+    /// The raw forms of the filters and prefix advertisements, for writing a config back.
+    fn raw_policy(&self) -> (Vec<RawFilter>, Vec<RawPrefixAdvertisement>) {
+        use bgp::policy::{Action, MatchOperator as Op, Rule};
+        let s = |v: String| Spanned::new(0..0, v);
+        let rules = |rs: &[Rule]| {
+            rs.iter()
+                .map(|r| RawRule {
+                    cidr: s(r.cidr.to_string()),
+                    match_operator: match r.operator {
+                        Op::Equal => MatchOperator::Equal,
+                        Op::NotEqual => MatchOperator::NotEqual,
+                        Op::In => MatchOperator::In,
+                        Op::NotIn => MatchOperator::NotIn,
+                    },
+                    action: match r.action {
+                        Action::Accept => FilterAction::Accept,
+                        Action::Reject => FilterAction::Reject,
+                    },
+                })
+                .collect()
+        };
+        let filters = self
+            .filters
+            .iter()
+            .map(|f| RawFilter { name: s(f.name.clone()), export_v4: rules(&f.export), import_v4: rules(&f.import) })
+            .collect();
+        let ads = self
+            .prefix_advertisements
+            .iter()
+            .map(|a| RawPrefixAdvertisement {
+                cidr: s(a.cidr.to_string()),
+                communities: a.communities.iter().map(|c| s(bgp::policy::community::format(*c))).collect(),
+            })
+            .collect();
+        (filters, ads)
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -236,6 +408,10 @@ pub struct RawBgpPeer {
     pub password: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_security: Option<u8>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefixes: Option<u32>,
 }
 
 fn default_bgp_port() -> u16 {
@@ -400,6 +576,7 @@ fn static_route(src: &Source<'_>, r: &RawRoute, uplink: &Uplink) -> Result<Stati
 }
 
 fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink) -> Result<BgpConfig, FileError> {
+    let filters = check_filters(src, &b.filters)?;
     let hold = *b.hold_time.get_ref();
     if hold == 1 || hold == 2 {
         return Err(
@@ -418,11 +595,18 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink) -> Result<BgpConfig, FileE
         connect_retry_secs: b.connect_retry_secs.max(1),
         graceful_restart_secs: b.graceful_restart_secs,
         route_reflector_cluster_id: addr(&b.route_reflector_cluster_id, "route_reflector_cluster_id")?,
-        peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink)).collect::<Result<_, _>>()?,
+        peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink, &filters)).collect::<Result<_, _>>()?,
+        prefix_advertisements: check_prefix_advertisements(src, &b.prefix_advertisements)?,
+        filters,
     })
 }
 
-fn bgp_peer(src: &Source<'_>, p: &RawBgpPeer, uplink: &Uplink) -> Result<BgpPeer, FileError> {
+fn bgp_peer(
+    src: &Source<'_>,
+    p: &RawBgpPeer,
+    uplink: &Uplink,
+    filters: &[bgp::policy::Filter],
+) -> Result<BgpPeer, FileError> {
     let address = src.at(&p.address, fileerr::parse_addr(p.address.get_ref(), "peer address"))?;
     let refuse = |why: &str| Err(src.error_at(p.address.span(), why));
     if address == uplink.address.addr() {
@@ -433,6 +617,9 @@ fn bgp_peer(src: &Source<'_>, p: &RawBgpPeer, uplink: &Uplink) -> Result<BgpPeer
     }
     if p.ttl_security.is_some_and(|t| !(1..=254).contains(&t)) {
         return refuse("ttl_security is a hop count from 1 to 254");
+    }
+    if p.max_prefixes == Some(0) {
+        return refuse("max_prefixes = 0 would refuse every session; leave it out for no limit");
     }
     if p.ttl_security.is_some() && p.passive {
         return refuse("ttl_security needs passive = false: the TTL is checked on the connection we open");
@@ -445,6 +632,8 @@ fn bgp_peer(src: &Source<'_>, p: &RawBgpPeer, uplink: &Uplink) -> Result<BgpPeer
         passive: p.passive,
         password: p.password.clone(),
         ttl_security: p.ttl_security,
+        filters: check_filter_names(src, &p.filters, filters, "bgp.filters")?,
+        max_prefixes: p.max_prefixes,
     })
 }
 
@@ -558,27 +747,34 @@ impl NodeConfig {
                     address: s(p.address.to_string()),
                 })
                 .collect(),
-            bgp: self.bgp.as_ref().map(|b| RawBgp {
-                as_number: b.as_number,
-                router_id: b.router_id.map(|r| s(r.to_string())),
-                port: b.port,
-                hold_time: Spanned::new(0..0, b.hold_time),
-                connect_retry_secs: b.connect_retry_secs,
-                graceful_restart_secs: b.graceful_restart_secs,
-                route_reflector_cluster_id: b.route_reflector_cluster_id.map(|r| s(r.to_string())),
-                peers: b
-                    .peers
-                    .iter()
-                    .map(|p| RawBgpPeer {
-                        address: s(p.address.to_string()),
-                        as_number: p.as_number,
-                        port: p.port,
-                        kind: p.kind,
-                        passive: p.passive,
-                        password: p.password.clone(),
-                        ttl_security: p.ttl_security,
-                    })
-                    .collect(),
+            bgp: self.bgp.as_ref().map(|b| {
+                let (filters, prefix_advertisements) = b.raw_policy();
+                RawBgp {
+                    as_number: b.as_number,
+                    router_id: b.router_id.map(|r| s(r.to_string())),
+                    port: b.port,
+                    hold_time: Spanned::new(0..0, b.hold_time),
+                    connect_retry_secs: b.connect_retry_secs,
+                    graceful_restart_secs: b.graceful_restart_secs,
+                    route_reflector_cluster_id: b.route_reflector_cluster_id.map(|r| s(r.to_string())),
+                    peers: b
+                        .peers
+                        .iter()
+                        .map(|p| RawBgpPeer {
+                            address: s(p.address.to_string()),
+                            as_number: p.as_number,
+                            port: p.port,
+                            kind: p.kind,
+                            passive: p.passive,
+                            password: p.password.clone(),
+                            ttl_security: p.ttl_security,
+                            filters: p.filters.iter().map(|f| s(f.clone())).collect(),
+                            max_prefixes: p.max_prefixes,
+                        })
+                        .collect(),
+                    filters,
+                    prefix_advertisements,
+                }
             }),
             routes: self
                 .routes
@@ -672,6 +868,51 @@ via = "192.168.100.101"
             .expect_err("0")
             .to_string();
         assert!(e.contains("ttl_security is a hop count from 1 to 254"), "{e}");
+    }
+
+    const POLICY: &str = r#"
+[bgp]
+as_number = 64512
+
+[[bgp.peers]]
+address = "192.168.100.1"
+as_number = 65001
+kind = "global"
+filters = ["edge"]
+max_prefixes = 1000
+
+[[bgp.filters]]
+name = "edge"
+import_v4 = [{ cidr = "198.51.100.0/24", match_operator = "Equal", action = "Reject" }]
+export_v4 = [{ cidr = "10.244.0.0/16", match_operator = "NotIn", action = "Reject" }]
+
+[[bgp.prefix_advertisements]]
+cidr = "10.244.0.0/16"
+communities = ["64512:100", "no-export"]
+"#;
+
+    #[test]
+    fn filters_limits_and_communities_parse_and_round_trip() {
+        use bgp::policy::{Action, MatchOperator as Op};
+        let c = parse(&format!("{GOOD}{POLICY}")).expect("parses");
+        let b = c.bgp.as_ref().expect("bgp");
+        assert_eq!((b.peers[0].filters.clone(), b.peers[0].max_prefixes), (vec!["edge".to_string()], Some(1000)));
+        assert_eq!(b.filters[0].import[0].action, Action::Reject);
+        assert_eq!(b.filters[0].export[0].operator, Op::NotIn);
+        let nx = bgp::policy::community::NO_EXPORT;
+        assert_eq!(b.prefix_advertisements[0].communities, vec![64512 << 16 | 100, nx]);
+        let again = parse(&c.to_toml()).expect("round trip");
+        assert_eq!(again.bgp, c.bgp);
+        for (from, to, needle) in [
+            ("filters = [\"edge\"]", "filters = [\"core\"]", "n.toml:32: no [[bgp.filters]] entry is named `core`"),
+            ("max_prefixes = 1000", "max_prefixes = 0", "max_prefixes = 0 would refuse every session"),
+            ("\"no-export\"", "\"no-exprot\"", "n.toml:42: `no-exprot` is not a community"),
+            ("\"Equal\"", "\"Like\"", "n.toml:37"),
+            ("198.51.100.0/24", "198.51.100.0/33", "n.toml:37"),
+        ] {
+            let e = parse(&format!("{GOOD}{}", POLICY.replace(from, to))).expect_err(to).to_string();
+            assert!(e.contains(needle), "{to}: {e}");
+        }
     }
 
     #[test]

@@ -47,11 +47,23 @@ enum Cmd {
     },
     /// Show a node's BGP peers, like `calicoctl node status`.
     Status(Query),
-    /// Show a node's FIB, like `route -n`; with --lookup, the route one address takes.
+    /// Show a node's FIB, like `route -n`; with --lookup, the route one address takes; with
+    /// --rejected, what BGP peers sent that the node refused; with --detail, every BGP path
+    /// for a prefix and why the best one won.
     Routes {
         /// Which route this address takes (like `ip route get`).
-        #[arg(long, value_parser = ipv4_to_look_up)]
+        #[arg(long, value_parser = ipv4_to_look_up, conflicts_with_all = ["rejected", "detail"])]
         lookup: Option<std::net::Ipv4Addr>,
+        /// The prefixes BGP peers sent that import refused, and why.
+        #[arg(long, conflicts_with = "detail")]
+        rejected: bool,
+        /// With --rejected: only this peer's.
+        #[arg(long, requires = "rejected")]
+        peer: Option<std::net::Ipv4Addr>,
+        /// Every BGP path for this prefix and the step of the decision process that ruled
+        /// each one out.
+        #[arg(long, value_name = "PREFIX")]
+        detail: Option<ipnet::IpNet>,
         #[command(flatten)]
         query: Query,
     },
@@ -302,11 +314,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Routes { lookup: Some(addr), query: q } => q.print(&q.client()?.lookup(addr)?, |e| match e {
+        Cmd::Routes { rejected: true, peer, query: q, .. } => q.print(&q.client()?.rejected(peer)?, |rs| {
+            if rs.is_empty() {
+                println!("No route was refused.");
+                return;
+            }
+            println!("{:<16} {:<20} Reason", "Peer", "Prefix");
+            for r in rs {
+                println!("{:<16} {:<20} {}", r.peer.to_string(), r.prefix, r.reason);
+            }
+        }),
+        Cmd::Routes { detail: Some(prefix), query: q, .. } => {
+            q.print(&q.client()?.paths(prefix)?, |ps| print!("{}", render_paths(&prefix, ps)))
+        }
+        Cmd::Routes { lookup: Some(addr), query: q, .. } => q.print(&q.client()?.lookup(addr)?, |e| match e {
             None => println!("{addr}: no route (packets to it are answered with ICMP net unreachable)"),
             Some(e) => print!("{addr} takes\n{}", routes::render(std::slice::from_ref(e))),
         }),
-        Cmd::Routes { lookup: None, query: q } => q.print(&q.client()?.routes()?, |e| print!("{}", routes::render(e))),
+        Cmd::Routes { lookup: None, query: q, .. } => {
+            q.print(&q.client()?.routes()?, |e| print!("{}", routes::render(e)))
+        }
         Cmd::Stats(q) => q.print(&q.client()?.stats()?, print_stats),
         Cmd::Capture { interface, count, duration, file, query } => capture(&query, interface, count, duration, file),
         Cmd::Neighbours(q) => q.print(&q.client()?.neighbours()?, |ns| {
@@ -343,20 +370,26 @@ fn print_bgp_status(st: &admin::BgpStatus) {
     };
     let peers = &st.peers;
     println!("IPv4 BGP status (AS {asn}, router ID {id})");
-    let w = [15, 22, 11, 10, 11];
+    // calicoctl's columns, and the route counts: received and used / refused by import
+    // policy (`router routes --rejected`) / advertised.
+    let w = [15, 22, 11, 10, 14, 11];
     let line = format!("+{}+", w.iter().map(|n| "-".repeat(n + 2)).collect::<Vec<_>>().join("+"));
     println!("{line}");
-    println!("| {:<15} | {:<22} | {:<11} | {:<10} | {:<11} |", "PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO");
+    println!(
+        "| {:<15} | {:<22} | {:<11} | {:<10} | {:<14} | {:<11} |",
+        "PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "IN/REFUSED/OUT", "INFO"
+    );
     println!("{line}");
     for p in peers {
         let kind =
             serde_json::to_value(p.peer_type).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default();
         println!(
-            "| {:<15} | {:<22} | {:<11} | {:<10} | {:<11} |",
+            "| {:<15} | {:<22} | {:<11} | {:<10} | {:<14} | {:<11} |",
             p.peer.to_string(),
             kind,
             p.state,
             since(p.since),
+            format!("{}/{}/{}", p.received, p.rejected, p.advertised),
             p.info
         );
     }
@@ -618,4 +651,63 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `router routes --detail`: each path with its attributes, the best first, and for the others
+/// the step of RFC 4271 §9.1.2.2 that ruled them out.
+fn render_paths(prefix: &ipnet::IpNet, ps: &[admin::PathDetail]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if ps.is_empty() {
+        let _ = writeln!(out, "{prefix}: no BGP path (not originated here, not learned)");
+        return out;
+    }
+    let _ = writeln!(out, "{prefix}: {} path(s)", ps.len());
+    let mut sorted: Vec<&admin::PathDetail> = ps.iter().collect();
+    sorted.sort_by_key(|p| !p.best);
+    for p in sorted {
+        let verdict = match &p.lost_at {
+            None => "BEST".to_string(),
+            Some(step) => format!("lost: {step}"),
+        };
+        let kind = p
+            .peer_type
+            .map(|k| {
+                format!(
+                    " ({})",
+                    serde_json::to_value(k).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(out, "  from {}{kind}: {verdict}{}", p.from, if p.stale { " [stale]" } else { "" });
+        let path: Vec<String> = p.as_path.iter().map(|a| a.to_string()).collect();
+        let opt = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            out,
+            "    next hop {}  AS path [{}]  origin {}  local pref {}  MED {}",
+            p.next_hop,
+            path.join(" "),
+            p.origin,
+            opt(p.local_pref),
+            opt(p.med)
+        );
+        let mut extra = Vec::new();
+        if let Some(r) = p.router_id {
+            extra.push(format!("router id {r}"));
+        }
+        if let Some(o) = p.originator_id {
+            extra.push(format!("originator {o}"));
+        }
+        if !p.cluster_list.is_empty() {
+            let cl: Vec<String> = p.cluster_list.iter().map(|c| c.to_string()).collect();
+            extra.push(format!("cluster list [{}]", cl.join(" ")));
+        }
+        if !p.communities.is_empty() {
+            extra.push(format!("communities {}", p.communities.join(" ")));
+        }
+        if !extra.is_empty() {
+            let _ = writeln!(out, "    {}", extra.join("  "));
+        }
+    }
+    out
 }

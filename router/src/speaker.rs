@@ -4,7 +4,8 @@
 //! outputs become sockets and timers.
 
 use bgp::fsm::{Fsm, FsmConfig, Input, Negotiated, Output, State};
-use bgp::rib::{Changes, PathAttrs, PeerId, PeerInfo, Rib};
+use bgp::policy::{ClusterPolicy, Filter};
+use bgp::rib::{Candidate, Changes, PathAttrs, PeerId, PeerInfo, Rib};
 use bgp::wire::{self, Afi, Ctx, Message};
 use ipnet::{IpNet, Ipv4Net};
 use mio::net::{TcpListener, TcpStream};
@@ -15,6 +16,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// GTSM for a socket to a peer `hops` away: ours leave with TTL 255, and the kernel drops the
@@ -43,7 +45,15 @@ pub struct SpeakerConfig {
     pub peers: Vec<BgpPeer>,
     /// Our own prefixes (the node's blocks), announced with next hop = our address.
     pub originate: Vec<Ipv4Net>,
+    /// Pools, the node's own routes and advertised communities, for the default rules.
+    pub policy: ClusterPolicy,
+    /// The BGPFilters the peers name.
+    pub filters: Vec<Filter>,
 }
+
+/// How long a peer that sent more than its `max_prefixes` stays shut out. BIRD's `receive
+/// limit ... action restart` and GoBGP wait a similar time; RFC 4486 leaves it to the operator.
+pub const MAX_PREFIXES_HOLD_DOWN: Duration = Duration::from_secs(60);
 
 struct Conn {
     stream: TcpStream,
@@ -112,17 +122,20 @@ impl Speaker {
         let mut listener = listen(&cfg)?;
         registry.register(&mut listener, LISTEN, Interest::READABLE)?;
         let mut rib = Rib::new(cfg.local_as, cfg.router_id, cfg.cluster_id);
+        rib.set_policy(cfg.policy.clone());
+        let filters: Vec<Arc<Filter>> = cfg.filters.iter().cloned().map(Arc::new).collect();
         let mut peers = Vec::new();
         for (i, p) in cfg.peers.iter().enumerate() {
             rib.add_peer(
                 i as PeerId,
                 PeerInfo {
-                    addr: IpAddr::V4(p.address),
-                    router_id: p.address,
-                    asn: p.as_number,
                     // We reflect routes for our clients.
                     rr_client: p.kind == PeerKind::RouteReflectorClient,
-                    local_addr: cfg.local_addr,
+                    // Calico's BGPPeer: a router that is not a node of the cluster.
+                    external: p.kind == PeerKind::Global,
+                    filters: p.filters.iter().filter_map(|n| filters.iter().find(|f| &f.name == n).cloned()).collect(),
+                    max_prefixes: p.max_prefixes,
+                    ..PeerInfo::new(p.address, p.as_number, cfg.local_addr)
                 },
             );
             let fsm_cfg = FsmConfig {
@@ -204,6 +217,7 @@ impl Speaker {
                     since: self.wall(p.fsm.since()),
                     info,
                     received: self.rib.received(i as PeerId),
+                    rejected: self.rib.rejected(i as PeerId),
                     advertised: self.rib.advertised(i as PeerId),
                     flaps: p.flaps,
                     updates_received: p.updates_received,
@@ -456,6 +470,7 @@ impl Speaker {
                 Output::Established(neg) => {
                     tracing::info!(peer = %self.peers[i].cfg.address, hold = neg.hold_time, "BGP session up");
                     self.peers[i].ctx = Ctx { four_octet_as: neg.four_octet_as };
+                    self.rib.set_router_id(i as PeerId, neg.peer_id);
                     let ch = self.rib.peer_up(i as PeerId, &neg.families);
                     self.apply(registry, ch);
                 }
@@ -485,6 +500,9 @@ impl Speaker {
                         self.peers[i].stale_until = None;
                     }
                     self.apply(registry, ch);
+                    if let Some((max, got)) = self.rib.over_limit(i as PeerId) {
+                        self.feed(registry, i, now, max_prefixes_shutdown(max, got));
+                    }
                 }
                 Output::RefreshRequested(_) => {
                     let fams = self.peers[i].last_negotiated.as_ref().map(|n| n.families.clone()).unwrap_or_default();
@@ -565,6 +583,73 @@ impl Speaker {
         }
     }
 
+    /// The next hops of the routes learned from cluster nodes: the only sources, besides the
+    /// configured ones, IPIP is accepted from. An external peer's next hop is not a node.
+    pub fn cluster_next_hops(&self) -> std::collections::HashSet<Ipv4Addr> {
+        self.rib
+            .loc_rib()
+            .iter()
+            .filter_map(|(_, b)| match (b.from, b.attrs.next_hop) {
+                (bgp::rib::From::Peer(id), IpAddr::V4(nh)) if self.rib.peer(id).is_some_and(|p| !p.external) => {
+                    Some(nh)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What a peer sent that import refused, and why.
+    pub fn rejected(&self, peer: Option<Ipv4Addr>) -> Vec<nodeapi::admin::RejectedRoute> {
+        let mut out = Vec::new();
+        for (i, p) in self.peers.iter().enumerate().filter(|(_, p)| peer.is_none_or(|a| a == p.cfg.address)) {
+            let filters = self.rib.peer(i as PeerId).map(|x| x.filters.clone()).unwrap_or_default();
+            out.extend(self.rib.rejected_routes(i as PeerId).into_iter().map(|(prefix, why)| {
+                nodeapi::admin::RejectedRoute {
+                    peer: p.cfg.address,
+                    prefix: prefix.to_string(),
+                    reason: why.describe(&filters),
+                }
+            }));
+        }
+        out
+    }
+
+    /// Every path for `prefix` and the step of the decision process that ruled it out.
+    pub fn paths(&self, prefix: &IpNet) -> Vec<nodeapi::admin::PathDetail> {
+        self.rib.candidates(prefix).iter().map(|c| self.path_detail(c)).collect()
+    }
+
+    fn path_detail(&self, c: &Candidate) -> nodeapi::admin::PathDetail {
+        let (from, peer_type, router_id) = match c.from {
+            bgp::rib::From::Local => ("this node".to_string(), None, Some(self.cfg.router_id)),
+            bgp::rib::From::Peer(id) => {
+                let p = self.peers.get(id as usize);
+                (
+                    p.map_or_else(|| "?".into(), |p| p.cfg.address.to_string()),
+                    p.map(|p| p.cfg.kind),
+                    self.rib.peer(id).map(|p| p.router_id),
+                )
+            }
+        };
+        let a = &c.attrs;
+        nodeapi::admin::PathDetail {
+            from,
+            peer_type,
+            router_id,
+            next_hop: a.next_hop.to_string(),
+            as_path: a.as_path.iter().flat_map(|s| s.asns.iter().copied()).collect(),
+            origin: format!("{:?}", a.origin),
+            local_pref: a.local_pref,
+            med: a.med,
+            communities: a.communities.iter().map(|c| bgp::policy::community::format(*c)).collect(),
+            originator_id: a.originator_id,
+            cluster_list: a.cluster_list.clone(),
+            stale: c.stale,
+            best: c.lost_at.is_none(),
+            lost_at: c.lost_at.map(|s| s.name().to_string()),
+        }
+    }
+
     /// The next hop of every Loc-RIB route this node did not originate.
     pub fn learned(&self) -> Vec<(Ipv4Net, Ipv4Addr)> {
         self.rib
@@ -576,5 +661,19 @@ impl Speaker {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// RFC 4486 §4: Cease, "maximum number of prefixes reached", with AFI, SAFI and the limit.
+fn max_prefixes_shutdown(max: u32, got: usize) -> Input {
+    let mut data = vec![0, 1, 1];
+    data.extend_from_slice(&max.to_be_bytes());
+    Input::Shutdown {
+        notification: wire::Notification::with_data(wire::err::CEASE, wire::err::MAX_PREFIXES, &data),
+        reason: format!(
+            "sent {got} prefixes, more than max_prefixes = {max}: shut down (Cease, maximum prefixes), retrying in {} s",
+            MAX_PREFIXES_HOLD_DOWN.as_secs()
+        ),
+        hold_down: MAX_PREFIXES_HOLD_DOWN,
     }
 }

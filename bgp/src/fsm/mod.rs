@@ -68,6 +68,13 @@ pub enum Input {
     Start,
     /// Administrative stop: Cease, and stay idle.
     Stop,
+    /// Shut the session down with this NOTIFICATION (a Cease, such as RFC 4486's maximum
+    /// number of prefixes reached) and stay down for `hold_down` before trying again.
+    Shutdown {
+        notification: Notification,
+        reason: String,
+        hold_down: Duration,
+    },
     /// The TCP connection (ours or an accepted one) is up.
     TcpUp,
     /// Connecting failed.
@@ -299,6 +306,12 @@ impl Fsm {
                     self.failures = 0;
                 }
                 self.idle_until = None;
+            }
+            Input::Shutdown { notification, reason, hold_down } => {
+                if self.state != State::Idle {
+                    self.fail(now, reason, Some(notification), &mut out);
+                    self.idle_until = self.auto_start.then_some(now + hold_down);
+                }
             }
             Input::TcpUp => match self.state {
                 State::Connect | State::Active => {

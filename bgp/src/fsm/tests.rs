@@ -237,6 +237,25 @@ fn a_connection_lost_before_the_open_goes_active_and_retries() {
 }
 
 #[test]
+fn a_shutdown_sends_its_cease_and_holds_down_before_trying_again() {
+    let mut p = Pair::new(90, 90);
+    p.establish();
+    let n = Notification::with_data(err::CEASE, err::MAX_PREFIXES, &[0, 1, 1, 0, 0, 0, 10]);
+    let reason = "sent 11 prefixes, more than max_prefixes = 10".to_string();
+    let hold_down = Duration::from_secs(30);
+    let out = p.a.process(p.now, Input::Shutdown { notification: n.clone(), reason: reason.clone(), hold_down });
+    assert!(sent(&out).contains(&Message::Notification(n)));
+    assert!(out.contains(&Output::Down(reason.clone())));
+    assert_eq!((p.a.state(), p.a.last_error()), (State::Idle, Some(reason.as_str())));
+    // Not the 1 s back-off of an error: the hold-down, then it starts by itself.
+    assert_eq!(p.a.poll_timeout(), Some(p.now + hold_down));
+    p.advance(hold_down - Duration::from_secs(1));
+    assert_eq!(p.a.state(), State::Idle);
+    p.advance(Duration::from_secs(1));
+    assert!(p.a_out.contains(&Output::Connect));
+}
+
+#[test]
 fn stop_sends_cease_and_stays_idle() {
     let mut p = Pair::new(90, 90);
     p.establish();

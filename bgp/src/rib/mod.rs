@@ -3,6 +3,7 @@
 //! (cluster ID, ORIGINATOR_ID, CLUSTER_LIST, client/non-client rules) and the graceful-restart
 //! helper's stale marking (RFC 4724). Sans-IO: calls go in, changes come out.
 
+use super::policy::{self, community, Action, ClusterPolicy, Filter, Rejected};
 use super::wire::update::flag;
 use super::wire::{Afi, AsSegment, Attr, AttrValue, Origin, Update};
 use ipnet::IpNet;
@@ -30,6 +31,74 @@ pub struct PeerInfo {
     pub rr_client: bool,
     /// Our address toward this peer: the next hop we announce.
     pub local_addr: Ipv4Addr,
+    /// A router outside the cluster (Calico's BGPPeer, not a node): what it sends is checked
+    /// against the pools and our own routes, and it is never passed on.
+    pub external: bool,
+    /// Its BGPFilters, in the order it lists them.
+    pub filters: Vec<Arc<Filter>>,
+    /// Received prefixes (accepted and rejected) beyond which the session is shut down.
+    pub max_prefixes: Option<u32>,
+}
+
+impl PeerInfo {
+    /// A cluster peer with no filters and no limit; its router ID is its address until its
+    /// OPEN says otherwise.
+    pub fn new(addr: Ipv4Addr, asn: u32, local_addr: Ipv4Addr) -> PeerInfo {
+        PeerInfo {
+            addr: IpAddr::V4(addr),
+            router_id: addr,
+            asn,
+            rr_client: false,
+            local_addr,
+            external: false,
+            filters: Vec::new(),
+            max_prefixes: None,
+        }
+    }
+}
+
+/// A step of the decision process (RFC 4271 §9.1.2.2 with RFC 4456 §9), in the order they
+/// are applied: the step at which a candidate lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// A route this node originates beats every learned one.
+    Local,
+    LocalPref,
+    AsPathLength,
+    Origin,
+    /// Only against routes from the same neighbouring AS.
+    Med,
+    EbgpOverIbgp,
+    /// Lowest BGP identifier (the ORIGINATOR_ID of a reflected route).
+    RouterId,
+    ClusterListLength,
+    PeerAddress,
+}
+
+impl Step {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Local => "originated by this node",
+            Step::LocalPref => "higher LOCAL_PREF",
+            Step::AsPathLength => "shorter AS_PATH",
+            Step::Origin => "lower ORIGIN",
+            Step::Med => "lower MED from the same neighbouring AS",
+            Step::EbgpOverIbgp => "eBGP over iBGP",
+            Step::RouterId => "lower BGP identifier",
+            Step::ClusterListLength => "shorter CLUSTER_LIST",
+            Step::PeerAddress => "lower peer address",
+        }
+    }
+}
+
+/// One path for a prefix, as `router routes --detail` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub from: From,
+    pub attrs: Arc<PathAttrs>,
+    pub stale: bool,
+    /// `None` for the best path; else the step at which it lost.
+    pub lost_at: Option<Step>,
 }
 
 /// The attributes of one path, shared between the prefixes that carry them.
@@ -118,6 +187,9 @@ pub struct Rib {
     local: BTreeMap<IpNet, Arc<PathAttrs>>,
     loc: PrefixMap<Best>,
     adj_out: HashMap<PeerId, PrefixMap<Arc<PathAttrs>>>,
+    /// Per peer, the prefixes it sent that import refused, and why.
+    rejected: HashMap<PeerId, PrefixMap<Rejected>>,
+    policy: ClusterPolicy,
 }
 
 impl Rib {
@@ -133,7 +205,45 @@ impl Rib {
             local: BTreeMap::new(),
             loc: PrefixMap::default(),
             adj_out: HashMap::new(),
+            rejected: HashMap::new(),
+            policy: ClusterPolicy::default(),
         }
+    }
+
+    /// The pools, protected routes and advertised communities the default rules use.
+    pub fn set_policy(&mut self, policy: ClusterPolicy) {
+        self.policy = policy;
+    }
+
+    /// The BGP identifier the peer's OPEN carried (before that, its address stands in).
+    pub fn set_router_id(&mut self, id: PeerId, router_id: Ipv4Addr) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.router_id = router_id;
+        }
+    }
+
+    pub fn peer(&self, id: PeerId) -> Option<&PeerInfo> {
+        self.peers.get(&id)
+    }
+
+    /// How many of the peer's prefixes import refused.
+    pub fn rejected(&self, id: PeerId) -> usize {
+        self.rejected.get(&id).map_or(0, |m| m.len())
+    }
+
+    /// The peer's refused prefixes and why, in prefix order.
+    pub fn rejected_routes(&self, id: PeerId) -> Vec<(IpNet, Rejected)> {
+        let mut v: Vec<(IpNet, Rejected)> =
+            self.rejected.get(&id).map(|m| m.iter().map(|(k, r)| (k, *r)).collect()).unwrap_or_default();
+        v.sort_unstable_by_key(|(p, _)| *p);
+        v
+    }
+
+    /// The peer's limit and what it sent, when it sent more than its `max_prefixes`.
+    pub fn over_limit(&self, id: PeerId) -> Option<(u32, usize)> {
+        let max = self.peers.get(&id)?.max_prefixes?;
+        let n = self.received(id) + self.rejected(id);
+        (n > max as usize).then_some((max, n))
     }
 
     pub fn add_peer(&mut self, id: PeerId, info: PeerInfo) {
@@ -188,6 +298,8 @@ impl Rib {
     pub fn peer_down(&mut self, id: PeerId, keep_stale: bool) -> Changes {
         self.up.retain(|p| *p != id);
         self.adj_out.remove(&id);
+        // What it sent again after coming back is judged again.
+        self.rejected.remove(&id);
         let mut ch = Changes::default();
         if keep_stale {
             if let Some(m) = self.adj_in.get_mut(&id) {
@@ -239,6 +351,9 @@ impl Rib {
             return self.purge_stale(id);
         }
         for p in u.withdrawn_all() {
+            if let Some(r) = self.rejected.get_mut(&id) {
+                r.remove(&p);
+            }
             let old = self.adj_in.get_mut(&id).and_then(|m| m.remove(&p));
             if old.is_some() {
                 self.unstale(id, old.as_ref());
@@ -249,7 +364,7 @@ impl Rib {
             return ch;
         }
         // The attributes are the UPDATE's, shared by all its prefixes with the same next hop.
-        let mut imported: Option<(IpAddr, Option<Arc<PathAttrs>>)> = None;
+        let mut imported: Option<(IpAddr, Result<Arc<PathAttrs>, Rejected>)> = None;
         for (prefix, nh) in u.announced() {
             let Some(nh) = nh else { continue };
             let attrs = match &imported {
@@ -260,14 +375,24 @@ impl Rib {
                     a
                 }
             };
+            let attrs = attrs.and_then(|a| self.import_prefix(id, &prefix).map(|()| a));
             let m = self.adj_in.entry(id).or_default();
             let old = match attrs {
-                Some(a) => m.insert(prefix, Path { attrs: a, stale: false }),
-                // Refused by import policy: it also replaces whatever the peer had sent before.
-                None => match m.remove(&prefix) {
-                    Some(old) => Some(old),
-                    None => continue,
-                },
+                Ok(a) => {
+                    if let Some(r) = self.rejected.get_mut(&id) {
+                        r.remove(&prefix);
+                    }
+                    m.insert(prefix, Path { attrs: a, stale: false })
+                }
+                // Refused: it also replaces whatever the peer had sent before.
+                Err(why) => {
+                    let old = m.remove(&prefix);
+                    self.rejected.entry(id).or_default().insert(prefix, why);
+                    match old {
+                        Some(old) => Some(old),
+                        None => continue,
+                    }
+                }
             };
             self.unstale(id, old.as_ref());
             self.recompute(prefix, &mut ch);
@@ -275,8 +400,27 @@ impl Rib {
         ch
     }
 
-    /// Import policy: loop detection (RFC 4271 §9.1.2, RFC 4456 §8) and defaults.
-    fn import(&self, id: PeerId, u: &Update, next_hop: IpAddr) -> Option<Arc<PathAttrs>> {
+    /// The per-prefix import rules: the peer's filters, then (for an external peer) the
+    /// pools and the node's own routes, which no filter can open up.
+    fn import_prefix(&self, id: PeerId, prefix: &IpNet) -> Result<(), Rejected> {
+        let Some(peer) = self.peers.get(&id) else { return Ok(()) };
+        if let Some((Action::Reject, filter, rule)) = policy::first_match(&peer.filters, true, prefix) {
+            return Err(Rejected::Filter { filter, rule });
+        }
+        if peer.external {
+            if self.policy.in_pool(prefix) {
+                return Err(Rejected::InsidePool);
+            }
+            if self.policy.overrides(prefix) {
+                return Err(Rejected::OverridesLocal);
+            }
+        }
+        Ok(())
+    }
+
+    /// Import policy for an UPDATE's attributes: loop detection (RFC 4271 §9.1.2, RFC 4456
+    /// §8) and defaults.
+    fn import(&self, id: PeerId, u: &Update, next_hop: IpAddr) -> Result<Arc<PathAttrs>, Rejected> {
         let ibgp = self.ibgp(id);
         let mut a = PathAttrs {
             origin: Origin::Incomplete,
@@ -307,21 +451,46 @@ impl Rib {
             }
         }
         if !ibgp && a.contains_as(self.local_as) {
-            return None;
+            return Err(Rejected::AsLoop);
         }
         if a.originator_id == Some(self.router_id) {
-            return None;
+            return Err(Rejected::OriginatorIsUs);
         }
         if self.cluster_id.is_some_and(|c| a.cluster_list.contains(&c)) {
-            return None;
+            return Err(Rejected::ClusterLoop);
         }
         if self.peers.values().any(|p| p.local_addr_ip() == next_hop) {
-            return None;
+            return Err(Rejected::NextHopIsUs);
         }
         if a.local_pref.is_none() {
             a.local_pref = Some(100);
         }
-        Some(Arc::new(a))
+        Ok(Arc::new(a))
+    }
+
+    /// The paths for one prefix, in peer order, each with the step at which it lost.
+    pub fn candidates(&self, prefix: &IpNet) -> Vec<Candidate> {
+        let mut ids: Vec<PeerId> =
+            self.adj_in.iter().filter(|(_, m)| m.contains_key(prefix)).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        let paths: Vec<(PeerId, &Path)> =
+            ids.iter().filter_map(|id| Some((*id, self.adj_in.get(id)?.get(prefix)?))).collect();
+        let mut out = Vec::new();
+        let local = self.local.get(prefix);
+        if let Some(a) = local {
+            out.push(Candidate { from: From::Local, attrs: a.clone(), stale: false, lost_at: None });
+        }
+        let mut lost = vec![None; paths.len()];
+        if local.is_some() {
+            lost.iter_mut().for_each(|l| *l = Some(Step::Local));
+        } else {
+            let cands: Vec<(PeerId, &PathAttrs)> = paths.iter().map(|(id, p)| (*id, &*p.attrs)).collect();
+            self.decide(&cands, &mut lost);
+        }
+        for ((id, p), lost_at) in paths.into_iter().zip(lost) {
+            out.push(Candidate { from: From::Peer(id), attrs: p.attrs.clone(), stale: p.stale, lost_at });
+        }
+        out
     }
 
     /// The decision process among the candidates for one prefix.
@@ -330,53 +499,66 @@ impl Rib {
             // Our own routes win over anything learned.
             return Some(Best { from: From::Local, attrs: a.clone() });
         }
-        let mut best: Option<(PeerId, &Arc<PathAttrs>)> = None;
-        for (id, m) in &self.adj_in {
-            let Some(p) = m.get(prefix) else { continue };
-            best = match best {
-                None => Some((*id, &p.attrs)),
-                Some((bid, b)) => {
-                    if self.better(*id, &p.attrs, bid, b) {
-                        Some((*id, &p.attrs))
-                    } else {
-                        Some((bid, b))
-                    }
-                }
-            };
-        }
-        best.map(|(id, a)| Best { from: From::Peer(id), attrs: a.clone() })
+        // The common case, one path (a full table from one peer), without allocating.
+        let mut found = self.adj_in.iter().filter_map(|(id, m)| m.get(prefix).map(|p| (*id, &p.attrs)));
+        let first = found.next()?;
+        let Some(second) = found.next() else {
+            return Some(Best { from: From::Peer(first.0), attrs: first.1.clone() });
+        };
+        // Peer order, so that nothing depends on the order a hash map walks in.
+        let mut cands: Vec<(PeerId, &Arc<PathAttrs>)> = [first, second].into_iter().chain(found).collect();
+        cands.sort_unstable_by_key(|(id, _)| *id);
+        let plain: Vec<(PeerId, &PathAttrs)> = cands.iter().map(|(id, a)| (*id, &***a)).collect();
+        let mut lost = vec![None; plain.len()];
+        let w = self.decide(&plain, &mut lost);
+        cands.get(w).map(|(id, a)| Best { from: From::Peer(*id), attrs: (*a).clone() })
     }
 
-    /// RFC 4271 §9.1.2.2 with RFC 4456 §9: is `a` (from peer `ia`) better than `b`?
-    fn better(&self, ia: PeerId, a: &PathAttrs, ib: PeerId, b: &PathAttrs) -> bool {
-        use std::cmp::Ordering::*;
-        let lp = |x: &PathAttrs| x.local_pref.unwrap_or(100);
-        let order = lp(a)
-            .cmp(&lp(b))
-            .then(b.as_path_len().cmp(&a.as_path_len()))
-            .then(b.origin.cmp(&a.origin))
-            .then_with(|| {
-                // MED only between routes from the same neighbouring AS.
-                if a.first_as() == b.first_as() {
-                    b.med.unwrap_or(0).cmp(&a.med.unwrap_or(0))
-                } else {
-                    Equal
+    /// RFC 4271 §9.1.2.2 with RFC 4456 §9, step by step: each step keeps only the paths that
+    /// are best by its criterion and records in `lost` where the others dropped out. As a
+    /// filter over the whole set, not a comparison of pairs, the result does not depend on
+    /// the candidates' order (pairs are not transitive once MED only compares within an AS).
+    /// Returns the index of the winner.
+    fn decide(&self, c: &[(PeerId, &PathAttrs)], lost: &mut [Option<Step>]) -> usize {
+        fn keep_min<K: Ord>(lost: &mut [Option<Step>], step: Step, key: impl Fn(usize) -> K) {
+            let best = (0..lost.len()).filter(|&i| lost[i].is_none()).map(&key).min();
+            if let Some(best) = best {
+                for (i, l) in lost.iter_mut().enumerate() {
+                    if l.is_none() && key(i) != best {
+                        *l = Some(step);
+                    }
                 }
-            })
-            .then_with(|| (!self.ibgp(ia)).cmp(&!self.ibgp(ib)))
-            .then_with(|| {
-                // RFC 4456 §9: ORIGINATOR_ID stands in for the router ID.
-                let id = |p: PeerId, x: &PathAttrs| {
-                    x.originator_id.unwrap_or_else(|| self.peers.get(&p).map_or(Ipv4Addr::UNSPECIFIED, |i| i.router_id))
-                };
-                u32::from(id(ib, b)).cmp(&u32::from(id(ia, a)))
-            })
-            .then(b.cluster_list.len().cmp(&a.cluster_list.len()))
-            .then_with(|| {
-                let addr = |p: PeerId| self.peers.get(&p).map(|i| i.addr);
-                addr(ib).cmp(&addr(ia))
-            });
-        order == Greater
+            }
+        }
+        let attrs = |i: usize| c[i].1;
+        let peer = |i: usize| self.peers.get(&c[i].0);
+        keep_min(lost, Step::LocalPref, |i| std::cmp::Reverse(attrs(i).local_pref.unwrap_or(100)));
+        keep_min(lost, Step::AsPathLength, |i| attrs(i).as_path_len());
+        keep_min(lost, Step::Origin, |i| attrs(i).origin);
+        // MED: a path loses to any remaining path from the same neighbouring AS with a lower
+        // MED (a missing MED counts as 0); paths from different ASes are not compared.
+        let neighbour = |i: usize| attrs(i).first_as().unwrap_or(self.local_as);
+        let med = |i: usize| attrs(i).med.unwrap_or(0);
+        let beaten: Vec<usize> = (0..c.len())
+            .filter(|&i| lost[i].is_none())
+            .filter(|&i| (0..c.len()).any(|j| lost[j].is_none() && neighbour(j) == neighbour(i) && med(j) < med(i)))
+            .collect();
+        beaten.into_iter().for_each(|i| lost[i] = Some(Step::Med));
+        keep_min(lost, Step::EbgpOverIbgp, |i| self.ibgp(c[i].0));
+        keep_min(lost, Step::RouterId, |i| {
+            u32::from(attrs(i).originator_id.unwrap_or_else(|| peer(i).map_or(Ipv4Addr::UNSPECIFIED, |p| p.router_id)))
+        });
+        keep_min(lost, Step::ClusterListLength, |i| attrs(i).cluster_list.len());
+        keep_min(lost, Step::PeerAddress, |i| peer(i).map(|p| p.addr));
+        // Two sessions from one address cannot exist; should two paths still be left, the
+        // lower peer id wins.
+        let winner = lost.iter().position(|l| l.is_none()).unwrap_or(0);
+        for (i, l) in lost.iter_mut().enumerate() {
+            if i != winner && l.is_none() {
+                *l = Some(Step::PeerAddress);
+            }
+        }
+        winner
     }
 
     fn recompute(&mut self, prefix: IpNet, ch: &mut Changes) {
@@ -392,14 +574,41 @@ impl Rib {
         ch.loc.push((prefix, new));
     }
 
-    /// What peer `to` should hear about `prefix`, per the iBGP and reflection rules.
-    fn export_attrs(&self, to: PeerId, best: &Best) -> Option<PathAttrs> {
+    /// What peer `to` should hear about `prefix`: the export policy (RFC 1997 communities,
+    /// the peer's filters, then Calico's default of cluster routes only), then the iBGP and
+    /// reflection rules.
+    fn export_attrs(&self, to: PeerId, prefix: &IpNet, best: &Best) -> Option<PathAttrs> {
         let peer = self.peers.get(&to)?;
         let to_ibgp = peer.asn == self.local_as;
         // Never back to where it came from: checked before copying the attributes, which a
         // full table from one peer would otherwise do a million times for nothing.
         if best.from == From::Peer(to) {
             return None;
+        }
+        let cs = &best.attrs.communities;
+        if cs.contains(&community::NO_ADVERTISE) {
+            return None;
+        }
+        // Without confederations, NO_EXPORT_SUBCONFED means the same as NO_EXPORT.
+        if !to_ibgp && (cs.contains(&community::NO_EXPORT) || cs.contains(&community::NO_EXPORT_SUBCONFED)) {
+            return None;
+        }
+        match policy::first_match(&peer.filters, false, prefix) {
+            Some((Action::Reject, ..)) => return None,
+            Some((Action::Accept, ..)) => {}
+            None => {
+                let cluster_route = match best.from {
+                    From::Local => true,
+                    // Without pools in the config, whatever the nodes send is the cluster's.
+                    From::Peer(from) => {
+                        self.peers.get(&from).is_some_and(|p| !p.external)
+                            && (self.policy.pools.is_empty() || self.policy.in_pool(prefix))
+                    }
+                };
+                if !cluster_route {
+                    return None;
+                }
+            }
         }
         let mut a = (*best.attrs).clone();
         match best.from {
@@ -450,6 +659,11 @@ impl Rib {
                 a.med = None;
             }
         }
+        for c in self.policy.communities_for(prefix) {
+            if !a.communities.contains(&c) {
+                a.communities.push(c);
+            }
+        }
         Some(a)
     }
 
@@ -463,7 +677,7 @@ impl Rib {
         if !self.up.contains(&to) {
             return;
         }
-        let want = best.and_then(|b| self.export_attrs(to, b)).map(Arc::new);
+        let want = best.and_then(|b| self.export_attrs(to, &prefix, b)).map(Arc::new);
         let out = self.adj_out.entry(to).or_default();
         let had = out.get(&prefix).cloned();
         if want == had {

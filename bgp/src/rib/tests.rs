@@ -1,5 +1,5 @@
 //! RIB tests: origination, the decision process, iBGP and route-reflection export rules, loop
-//! detection, eBGP export, and the graceful-restart helper.
+//! detection, eBGP export, the graceful-restart helper, and the import and export policy.
 
 use super::*;
 use crate::wire::update::code;
@@ -17,7 +17,12 @@ fn net(s: &str) -> IpNet {
 }
 
 fn peer(addr: &str, asn: u32, client: bool) -> PeerInfo {
-    PeerInfo { addr: IpAddr::V4(ip(addr)), router_id: ip(addr), asn, rr_client: client, local_addr: ME }
+    PeerInfo { rr_client: client, ..PeerInfo::new(ip(addr), asn, ME) }
+}
+
+/// A router outside the cluster (Calico's BGPPeer).
+fn external(addr: &str, asn: u32) -> PeerInfo {
+    PeerInfo { external: true, ..PeerInfo::new(ip(addr), asn, ME) }
 }
 
 /// An UPDATE as peer at `nh` would send it for `prefix`.
@@ -248,4 +253,247 @@ fn routes_pointing_at_ourselves_are_ignored() {
     let mut r = mesh_rib();
     r.update(1, &route("10.244.1.0/26", "192.168.100.100", vec![]));
     assert!(r.loc_rib().is_empty());
+}
+
+const POOL: &str = "10.244.0.0/16";
+
+/// A node of a cluster with pool 10.244.0.0/16: mesh peer 1, external peers 2 (AS 65001) and
+/// 3 (AS 65002), all up; it owns 10.244.1.0/26 and has a static route to 10.50.0.0/16.
+fn edge_node() -> Rib {
+    let mut r = Rib::new(AS, ME, None);
+    r.set_policy(ClusterPolicy {
+        pools: vec![net(POOL)],
+        protected: vec![net("192.168.100.100/32"), net("192.168.100.0/24")],
+        static_routes: vec![net("10.50.0.0/16")],
+        advertise: vec![],
+    });
+    r.add_peer(1, peer("192.168.100.101", AS, false));
+    r.add_peer(2, external("192.168.100.1", 65001));
+    r.add_peer(3, external("192.168.100.2", 65002));
+    r.originate(net("10.244.1.0/26"), PathAttrs::local(ME));
+    for p in 1..=3 {
+        r.peer_up(p, &[]);
+    }
+    r
+}
+
+fn from_as(prefix: &str, nh: &str, asn: u32) -> Update {
+    route(prefix, nh, vec![AttrValue::AsPath(vec![AsSegment::sequence(vec![asn])])])
+}
+
+fn prefixes(us: &[&Update]) -> Vec<String> {
+    us.iter().flat_map(|u| u.nlri.iter().map(|p| p.to_string())).collect()
+}
+
+#[test]
+fn a_node_exports_cluster_routes_only_and_never_what_external_peers_sent() {
+    let mut r = edge_node();
+    // An external prefix is used here, but goes to no one: not to the other external peer
+    // (we are no transit AS), not to the mesh.
+    let ch = r.update(2, &from_as("198.51.100.0/24", "192.168.100.1", 65001));
+    assert!(r.loc_rib().contains_key(&net("198.51.100.0/24")));
+    assert!(ch.out.is_empty(), "{:?}", ch.out);
+    // Another node's block goes to the external peers (next hop self, our AS prepended)...
+    let ch = r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
+    for to in [2, 3] {
+        let u = sent_to(&ch, to);
+        assert_eq!(prefixes(&u), ["10.244.2.0/26"], "to {to}");
+        assert_eq!(u[0].get(code::NEXT_HOP), Some(&AttrValue::NextHop(ME)));
+    }
+    // ...but a mesh route outside the pools is not the cluster's to announce.
+    let ch = r.update(1, &route("10.99.0.0/24", "192.168.100.101", vec![]));
+    assert!(sent_to(&ch, 2).is_empty() && sent_to(&ch, 3).is_empty());
+    // A peer that comes up later gets the same: our block and the other node's, no more.
+    r.peer_down(3, false);
+    let ch = r.peer_up(3, &[]);
+    assert_eq!(prefixes(&sent_to(&ch, 3)), ["10.244.1.0/26", "10.244.2.0/26"]);
+}
+
+#[test]
+fn an_external_peer_cannot_announce_pool_routes_or_override_our_own() {
+    let mut r = edge_node();
+    let refused = [
+        ("10.244.1.0/26", Rejected::InsidePool),
+        ("10.244.0.0/16", Rejected::InsidePool),
+        ("10.244.3.7/32", Rejected::InsidePool),
+        ("192.168.100.100/32", Rejected::OverridesLocal),
+        ("192.168.100.0/25", Rejected::OverridesLocal),
+        ("10.50.0.0/16", Rejected::OverridesLocal),
+    ];
+    for (p, _) in refused {
+        r.update(2, &from_as(p, "192.168.100.1", 65001));
+    }
+    r.update(2, &from_as("198.51.100.0/24", "192.168.100.1", 65001));
+    r.update(2, &from_as("0.0.0.0/0", "192.168.100.1", 65001));
+    // Inside a static route is ordinary routing, not an override.
+    r.update(2, &from_as("10.50.1.0/24", "192.168.100.1", 65001));
+    let mut want: Vec<(IpNet, Rejected)> = refused.iter().map(|(p, w)| (net(p), *w)).collect();
+    want.sort_unstable_by_key(|(p, _)| *p);
+    assert_eq!(r.rejected_routes(2), want);
+    assert_eq!((r.received(2), r.rejected(2)), (3, 6));
+    // Our block is still ours; the pool route did not land.
+    assert_eq!(r.loc_rib()[&net("10.244.1.0/26")].from, From::Local);
+    assert!(!r.loc_rib().contains_key(&net("10.244.0.0/16")));
+    // A withdrawal clears the record.
+    r.update(2, &Update { withdrawn: vec!["10.244.0.0/16".parse().expect("net")], ..Default::default() });
+    assert_eq!(r.rejected(2), 5);
+    // A cluster node may announce pool routes, and a route first refused then fixed counts once.
+    r.update(1, &route("10.244.3.7/32", "192.168.100.101", vec![]));
+    assert!(r.loc_rib().contains_key(&net("10.244.3.7/32")));
+    r.update(2, &route("10.244.3.7/32", "192.168.100.1", vec![AttrValue::Communities(vec![1])]));
+    assert_eq!(r.rejected(2), 5);
+}
+
+fn rule(cidr: &str, operator: policy::MatchOperator, action: Action) -> policy::Rule {
+    policy::Rule { cidr: net(cidr), operator, action }
+}
+
+#[test]
+fn filters_decide_first_but_cannot_open_the_pools() {
+    use policy::MatchOperator::*;
+    let mut r = edge_node();
+    let f = Arc::new(Filter {
+        name: "edge".into(),
+        import: vec![rule("198.51.100.0/24", Equal, Action::Reject), rule(POOL, In, Action::Accept)],
+        export: vec![rule("10.244.1.0/26", Equal, Action::Reject), rule("203.0.113.0/24", Equal, Action::Accept)],
+    });
+    // Filters are configuration: the peer's entry is replaced and the session restarts.
+    r.peer_down(2, false);
+    r.add_peer(2, PeerInfo { filters: vec![f.clone()], ..external("192.168.100.1", 65001) });
+    let ch = r.peer_up(2, &[]);
+    assert!(prefixes(&sent_to(&ch, 2)).is_empty(), "the export filter holds our block back");
+    r.update(2, &from_as("198.51.100.0/24", "192.168.100.1", 65001));
+    r.update(2, &from_as("10.244.9.0/26", "192.168.100.1", 65001));
+    let why: Vec<String> =
+        r.rejected_routes(2).iter().map(|(p, w)| format!("{p}: {}", w.describe(std::slice::from_ref(&f)))).collect();
+    assert_eq!(
+        why,
+        [
+            "10.244.9.0/26: inside an IP pool: only cluster nodes announce pool routes",
+            "198.51.100.0/24: rejected by filter edge, import rule 1"
+        ]
+    );
+    // An Accept export rule makes a route transit on purpose (here: from peer 3 to peer 2).
+    let ch = r.update(3, &from_as("203.0.113.0/24", "192.168.100.2", 65002));
+    assert_eq!(prefixes(&sent_to(&ch, 2)), ["203.0.113.0/24"]);
+    // Peer 3 has no filter: our block still reaches it.
+    assert_eq!(r.advertised(3), 1);
+}
+
+#[test]
+fn no_export_stays_in_the_as_and_no_advertise_goes_nowhere() {
+    let mut r = Rib::new(AS, ME, Some(ip("1.1.1.1")));
+    r.add_peer(1, peer("192.168.100.101", AS, true));
+    r.add_peer(4, peer("192.168.100.104", AS, true));
+    r.add_peer(2, external("192.168.100.1", 65001));
+    for p in [1, 2, 4] {
+        r.peer_up(p, &[]);
+    }
+    let c = |v: u32| vec![AttrValue::Communities(vec![64512 << 16 | 7, v])];
+    let ch = r.update(1, &route("10.244.2.0/26", "192.168.100.101", c(community::NO_EXPORT)));
+    assert_eq!(prefixes(&sent_to(&ch, 4)), ["10.244.2.0/26"], "reflected inside the AS");
+    assert!(sent_to(&ch, 2).is_empty(), "NO_EXPORT: not to another AS");
+    let ch = r.update(1, &route("10.244.3.0/26", "192.168.100.101", c(community::NO_EXPORT_SUBCONFED)));
+    assert!(sent_to(&ch, 2).is_empty() && !sent_to(&ch, 4).is_empty());
+    let ch = r.update(1, &route("10.244.4.0/26", "192.168.100.101", c(community::NO_ADVERTISE)));
+    assert!(ch.out.is_empty(), "NO_ADVERTISE: to no one");
+    assert!(r.loc_rib().contains_key(&net("10.244.4.0/26")), "but used");
+}
+
+#[test]
+fn prefix_advertisements_attach_their_communities_on_export() {
+    let mut r = edge_node();
+    r.set_policy(ClusterPolicy {
+        pools: vec![net(POOL)],
+        advertise: vec![(net(POOL), vec![64512 << 16 | 100]), (net("10.244.1.0/26"), vec![community::NO_EXPORT])],
+        ..Default::default()
+    });
+    r.peer_down(2, false);
+    let ch = r.peer_up(2, &[]);
+    let u = sent_to(&ch, 2);
+    assert_eq!(prefixes(&u), ["10.244.1.0/26"]);
+    assert_eq!(
+        u[0].get(code::COMMUNITIES),
+        Some(&AttrValue::Communities(vec![64512 << 16 | 100, community::NO_EXPORT]))
+    );
+}
+
+/// Three paths where MED decides between two from AS 1 but not against the one from AS 2:
+/// compared in pairs, the result would depend on the order.
+#[test]
+fn med_is_compared_only_within_a_neighbouring_as_whatever_the_order() {
+    let paths = [
+        ("a", 1, 20, "1.0.0.1"), // loses to "c" on MED
+        ("b", 2, 0, "1.0.0.2"),  // the best: lower router ID than "c"
+        ("c", 1, 10, "1.0.0.3"), // loses to "b" on router ID
+    ];
+    let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    let p = net("10.9.0.0/16");
+    for order in orders {
+        let mut r = Rib::new(AS, ME, None);
+        // Peer ids and arrival follow the order; addresses too, so that no tie-break after the
+        // router ID is left to hide a wrong result.
+        for (slot, &i) in order.iter().enumerate() {
+            let (_, asn, med, rid) = paths[i];
+            let id = slot as PeerId + 1;
+            let addr = format!("192.168.100.{}", 10 + slot);
+            r.add_peer(id, peer(&addr, AS, false));
+            r.set_router_id(id, ip(rid));
+            r.update(
+                id,
+                &route(
+                    "10.9.0.0/16",
+                    &addr,
+                    vec![AttrValue::AsPath(vec![AsSegment::sequence(vec![asn])]), AttrValue::Med(med)],
+                ),
+            );
+        }
+        let name = |from: From| match from {
+            From::Peer(id) => paths[order[id as usize - 1]].0,
+            From::Local => "local",
+        };
+        assert_eq!(name(r.loc_rib()[&p].from), "b", "order {order:?}");
+        let mut lost: Vec<(&str, Option<Step>)> = r.candidates(&p).iter().map(|c| (name(c.from), c.lost_at)).collect();
+        lost.sort_unstable();
+        assert_eq!(lost, [("a", Some(Step::Med)), ("b", None), ("c", Some(Step::RouterId))], "order {order:?}");
+    }
+}
+
+#[test]
+fn the_router_id_from_the_open_breaks_ties_not_the_address() {
+    let mut r = mesh_rib();
+    r.set_router_id(1, ip("9.9.9.9"));
+    r.set_router_id(2, ip("1.1.1.1"));
+    r.update(1, &route("10.9.0.0/16", "192.168.100.101", vec![]));
+    r.update(2, &route("10.9.0.0/16", "192.168.200.101", vec![]));
+    assert_eq!(r.loc_rib()[&net("10.9.0.0/16")].from, From::Peer(2));
+    // A reflector names the originator by its router ID too (RFC 4456 §8), not its address.
+    let mut rr = reflector();
+    rr.set_router_id(1, ip("7.7.7.7"));
+    let ch = rr.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
+    assert_eq!(sent_to(&ch, 3)[0].get(code::ORIGINATOR_ID), Some(&AttrValue::OriginatorId(ip("7.7.7.7"))));
+}
+
+#[test]
+fn our_own_route_wins_and_detail_says_why_the_others_lost() {
+    let mut r = mesh_rib();
+    r.originate(net("10.244.1.0/26"), PathAttrs::local(ME));
+    r.update(1, &route("10.244.1.0/26", "192.168.100.101", vec![]));
+    let c = r.candidates(&net("10.244.1.0/26"));
+    assert_eq!(
+        c.iter().map(|c| (c.from, c.lost_at)).collect::<Vec<_>>(),
+        [(From::Local, None), (From::Peer(1), Some(Step::Local))]
+    );
+}
+
+#[test]
+fn max_prefixes_counts_every_prefix_received_rejected_or_not() {
+    let mut r = edge_node();
+    r.add_peer(2, PeerInfo { max_prefixes: Some(2), ..external("192.168.100.1", 65001) });
+    r.update(2, &from_as("198.51.100.0/24", "192.168.100.1", 65001));
+    r.update(2, &from_as("10.244.7.0/26", "192.168.100.1", 65001));
+    assert_eq!(r.over_limit(2), None);
+    r.update(2, &from_as("198.51.101.0/24", "192.168.100.1", 65001));
+    assert_eq!(r.over_limit(2), Some((2, 3)));
+    assert_eq!(r.over_limit(1), None, "no limit set");
 }

@@ -12,13 +12,14 @@ use anyhow::{bail, Context as _};
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
 use forwarding::fib::{FibWriter, Tunnels};
 use forwarding::{FibHandle, IfaceRole, Interface, Interfaces};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nodeapi::admin::RouteEntry;
 use nodeapi::admin::{self, Request};
 use nodeapi::config::{DataplaneMode, IpipMode, NodeConfig};
 use nodeapi::ipcmd;
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
@@ -59,11 +60,12 @@ struct Node {
     trace: Option<(u32, Vec<nodeapi::admin::Hop>, Instant)>,
 }
 
-fn tunnels(cfg: &NodeConfig, learned: &[(Ipv4Net, Ipv4Addr)]) -> Tunnels {
-    // IPIP is accepted from the configured nodes and from every BGP next hop: the nodes we
-    // route pod blocks to are the nodes that send us their pods' traffic.
-    let mut peers: std::collections::HashSet<Ipv4Addr> = cfg.ipip_peers.iter().copied().collect();
-    peers.extend(learned.iter().map(|(_, nh)| *nh));
+fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
+    // IPIP is accepted from the configured nodes and from the next hops of routes that cluster
+    // nodes announced: the nodes we route pod blocks to send us their pods' traffic. A next
+    // hop an external peer announced is not a node, and does not become a tunnel source.
+    let mut peers: HashSet<Ipv4Addr> = cfg.ipip_peers.iter().copied().collect();
+    peers.extend(cluster_hops.iter().copied());
     let mut local_pods: Vec<Ipv4Addr> = cfg.pods.iter().map(|p| p.address).collect();
     local_pods.sort_unstable();
     Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone(), local_pods }
@@ -72,14 +74,14 @@ fn tunnels(cfg: &NodeConfig, learned: &[(Ipv4Net, Ipv4Addr)]) -> Tunnels {
 impl Node {
     /// Recomputes the route table with what BGP learned and publishes the new FIB; in tun mode
     /// (and for the node's own traffic) brings the kernel routes in line.
-    fn rebuild(&mut self, learned: Vec<(Ipv4Net, Ipv4Addr)>) -> anyhow::Result<()> {
+    fn rebuild(&mut self, learned: Vec<(Ipv4Net, Ipv4Addr)>, cluster_hops: &HashSet<Ipv4Addr>) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let table = routes::build_fib(&self.cfg, self.dp.interfaces(), &learned).map_err(anyhow::Error::msg)?;
         let built = t0.elapsed();
         // Only what changed goes to the FIB writer, so a snapshot rebuilds only the /8s touched.
         let (added, removed) = self.writer.sync(&table.fib);
         let diffed = t0.elapsed();
-        self.writer.set_tunnels(tunnels(&self.cfg, &learned));
+        self.writer.set_tunnels(tunnels(&self.cfg, cluster_hops));
         self.fib.publish(self.writer.publish());
         let published = t0.elapsed();
         self.sync_kernel(&table.kernel);
@@ -126,7 +128,27 @@ fn speaker_config(cfg: &NodeConfig) -> Option<SpeakerConfig> {
         graceful_restart: (b.graceful_restart_secs > 0).then_some(b.graceful_restart_secs),
         peers: b.peers.clone(),
         originate: originated(cfg),
+        policy: cluster_policy(cfg),
+        filters: b.filters.clone(),
     })
+}
+
+/// What the default import and export rules need: the pools (the cluster's routes), the
+/// node's address and subnet (nothing from outside may land inside them), its static routes
+/// (nothing from outside may replace them), and the communities to attach.
+fn cluster_policy(cfg: &NodeConfig) -> bgp::policy::ClusterPolicy {
+    let v4 = IpNet::V4;
+    bgp::policy::ClusterPolicy {
+        pools: cfg.pools.iter().map(|p| v4(p.cidr)).collect(),
+        protected: vec![v4(Ipv4Net::from(cfg.uplink.address.addr())), v4(cfg.uplink.address.trunc())],
+        static_routes: cfg.routes.iter().map(|r| v4(r.prefix)).collect(),
+        advertise: cfg
+            .bgp
+            .iter()
+            .flat_map(|b| &b.prefix_advertisements)
+            .map(|a| (v4(a.cidr), a.communities.clone()))
+            .collect(),
+    }
 }
 
 /// What the node announces: its blocks, and a /32 for each of its pods whose address it
@@ -147,7 +169,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let ifaces = discover(&cfg)?;
     let table = routes::build(&cfg, &ifaces, &[]).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
     let mut writer = FibWriter::with_routes(&table.fib);
-    writer.set_tunnels(tunnels(&cfg, &[]));
+    writer.set_tunnels(tunnels(&cfg, &HashSet::new()));
     let fib = FibHandle::new(writer.publish());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -292,7 +314,7 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
             // wait twice as long as the last rebuild took; a small lab rebuilds at once.
             if pending && last_rebuild.elapsed() >= rebuild_cost * 2 {
                 let t = Instant::now();
-                if let Err(e) = node.rebuild(sp.learned()) {
+                if let Err(e) = node.rebuild(sp.learned(), &sp.cluster_next_hops()) {
                     tracing::error!(error = %e, "rebuilding the FIB failed");
                 }
                 pending = false;

@@ -157,6 +157,8 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
         Request::TraceStart { .. } | Request::TraceCollect { .. } | Request::TraceStop => node.trace_request(req),
         Request::Lookup { addr } => admin::answer(&node.route_for(addr)),
         Request::Routes => admin::answer(&node.entries()),
+        Request::Rejected { peer } => admin::answer(&speaker.map(|s| s.rejected(peer)).unwrap_or_default()),
+        Request::Paths { prefix } => admin::answer(&speaker.map(|s| s.paths(&prefix)).unwrap_or_default()),
         Request::Neighbours => admin::answer(&dp.neighbours()),
         Request::BgpStatus => admin::answer(&admin::BgpStatus {
             configured: speaker.is_some(),
