@@ -110,6 +110,9 @@ pub fn first_match(filters: &[std::sync::Arc<Filter>], import: bool, prefix: &Ip
 pub struct ClusterPolicy {
     /// The IP pools: the cluster's routes live inside them.
     pub pools: Vec<IpNet>,
+    /// The cluster's nodes. A pool route from an external peer is accepted only with one of
+    /// them as next hop: an outside route reflector passes node routes on unchanged.
+    pub nodes: Vec<std::net::IpAddr>,
     /// The node's own address and connected subnet: an external peer may announce nothing
     /// inside them.
     pub protected: Vec<IpNet>,
@@ -153,7 +156,8 @@ pub enum Rejected {
     ClusterLoop,
     /// The next hop is this node.
     NextHopIsUs,
-    /// From an external peer, inside an IP pool: only cluster nodes announce pool routes.
+    /// From an external peer, inside an IP pool, and not pointing at a cluster node: only
+    /// nodes originate pool routes.
     InsidePool,
     /// From an external peer, inside one of the node's own routes (its address, its subnet,
     /// a static route), which it would override.
@@ -182,7 +186,7 @@ impl fmt::Display for Rejected {
             Rejected::OriginatorIsUs => "ORIGINATOR_ID is ours (reflected back)",
             Rejected::ClusterLoop => "our cluster ID is in the CLUSTER_LIST (loop)",
             Rejected::NextHopIsUs => "the next hop is this node",
-            Rejected::InsidePool => "inside an IP pool: only cluster nodes announce pool routes",
+            Rejected::InsidePool => "inside an IP pool, with a next hop that is not a cluster node",
             Rejected::OverridesLocal => "would override this node's own address, subnet or static route",
             Rejected::Filter { .. } => "rejected by an import filter",
         })
@@ -257,6 +261,7 @@ mod tests {
     fn pools_and_protected_routes_cover_what_is_inside_them() {
         let c = ClusterPolicy {
             pools: vec![net("10.244.0.0/16")],
+            nodes: vec![],
             protected: vec![net("192.168.100.0/24"), net("192.168.100.100/32")],
             static_routes: vec![net("0.0.0.0/0")],
             advertise: vec![(net("10.244.0.0/16"), vec![1, 2]), (net("10.244.1.0/26"), vec![3])],

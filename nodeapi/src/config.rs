@@ -131,7 +131,8 @@ pub struct NodeConfig {
     pub routes: Vec<StaticRoute>,
     /// TTL of the outer IPIP header.
     pub ipip_ttl: u8,
-    /// Addresses of the other nodes: IPIP is accepted from these.
+    /// Addresses of the other nodes: IPIP is accepted from these, and a pool route from an
+    /// outside peer (a route reflector) is accepted only with one of them as next hop.
     pub ipip_peers: Vec<Ipv4Addr>,
     /// Further outer sources IPIP is accepted from (external routers).
     pub ipip_allowed_sources: Vec<Ipv4Net>,

@@ -467,3 +467,127 @@ fn a_node_whose_worker_dies_withdraws_its_block_and_exits() {
     // node-c still holds node-a's block: only node-b went away.
     assert!(route(&lab, "node-c", "10.244.1.0/26").is_some());
 }
+
+/// BIRD 2 in the underlay as node-a's eBGP peer (AS 65001), announcing `routes` (blackholes
+/// in BIRD) with `filter` among the protocol's options.
+fn bird_announcing(routes: &[&str], extra: &str) -> String {
+    let statics: String = routes.iter().map(|r| format!("route {r} blackhole; ")).collect();
+    format!(
+        "router id 192.168.100.1;\nprotocol device {{}}\n\
+         protocol static {{ ipv4; {statics}}}\n\
+         protocol bgp node_a {{ local 192.168.100.1 as 65001; neighbor 192.168.100.100 as 64512; {extra}\n\
+         connect retry time 1; ipv4 {{ import all; export where proto = \"static1\"; }}; }}\n"
+    )
+}
+
+fn rejected(lab: &TestLab, node: &str) -> Vec<(String, String)> {
+    let v = lab.json(&["routes", "--node", node, "--rejected", "--json"]);
+    let mut out: Vec<(String, String)> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| (r["prefix"].as_str().unwrap_or("").into(), r["reason"].as_str().unwrap_or("").into()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The case that made the cluster a transit AS: an outside router announces a prefix of its
+/// own, a pod block, a pod /32 and the node's own address. Only its own prefix is used, only
+/// at the node that peers with it, and it goes no further; the rest is refused and listed.
+/// The other way, BIRD hears the pool's blocks with the cluster's community, except the
+/// block node-b marks NO_EXPORT.
+#[test]
+fn an_outside_peer_is_neither_transit_nor_able_to_take_pool_or_node_routes() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "policy",
+        "",
+        "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\n\
+         \n[[prefix_advertisements]]\ncidr = \"10.244.0.0/16\"\ncommunities = [\"64512:100\"]\n\
+         \n[[prefix_advertisements]]\ncidr = \"10.244.2.0/26\"\ncommunities = [\"no-export\"]\n",
+    );
+    let lab = up_with(lab, &topo);
+    let sock = start_bird(
+        &lab,
+        &bird_announcing(&["198.51.100.0/24", "10.244.2.0/26", "10.244.1.7/32", "192.168.100.100/32"], ""),
+    );
+    wait_for(20, "node-a's session with BIRD", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    wait_for(10, "BIRD's own prefix at node-a", || route(&lab, "node-a", "198.51.100.0/24").is_some());
+    let r = route(&lab, "node-a", "198.51.100.0/24").expect("route");
+    assert_eq!((r["source"].as_str(), r["next_hop"].as_str()), (Some("bgp"), Some("192.168.100.1")));
+    wait_for(10, "three refused routes", || rejected(&lab, "node-a").len() == 3);
+    let why = rejected(&lab, "node-a");
+    assert_eq!(
+        why.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        ["10.244.1.7/32", "10.244.2.0/26", "192.168.100.100/32"]
+    );
+    assert!(why[0].1.contains("IP pool") && why[1].1.contains("IP pool"), "{why:?}");
+    assert!(why[2].1.contains("override"), "{why:?}");
+    let st = peers(&lab, "node-a").into_iter().find(|p| p["peer"] == "192.168.100.1").expect("peer");
+    assert_eq!((st["received"].as_u64(), st["rejected"].as_u64()), (Some(1), Some(3)), "{st}");
+    // The pool and the node stay ours.
+    let r = route(&lab, "node-a", "10.244.2.0/26").expect("node-b's block");
+    assert_eq!(r["next_hop"], "192.168.100.101", "{r}");
+    assert!(route(&lab, "node-a", "10.244.1.7/32").is_none());
+    assert_eq!(route(&lab, "node-a", "192.168.100.100/32").expect("own address")["source"], "local");
+    // No transit: neither other node learns the outside prefix.
+    std::thread::sleep(Duration::from_secs(2));
+    for node in ["node-b", "node-c"] {
+        assert!(route(&lab, node, "198.51.100.0/24").is_none(), "{node} learned an outside route");
+    }
+    // BIRD gets node-a's and node-c's blocks with the community, not node-b's (NO_EXPORT).
+    wait_for(10, "BIRD to learn the blocks", || {
+        let routes = birdc(&lab, &sock, &["show", "route", "all", "protocol", "node_a"]);
+        routes.contains("10.244.1.0/26") && routes.contains("10.244.3.0/26")
+    });
+    let routes = birdc(&lab, &sock, &["show", "route", "all", "protocol", "node_a"]);
+    assert!(!routes.contains("10.244.2.0/26"), "NO_EXPORT was not honoured:\n{routes}");
+    assert!(routes.contains("(64512,100)"), "no community in:\n{routes}");
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
+    assert!(ok, "{out}");
+}
+
+/// A BGPFilter refuses a prefix by name; then the peer sends more than `max_prefixes` and the
+/// session is shut down with a Cease, the reason in `router status`, its routes gone.
+#[test]
+fn a_filter_refuses_by_rule_and_max_prefixes_shuts_the_session() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "filter",
+        "",
+        "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\n\
+         filters = [\"no-doc\"]\nmax_prefixes = 3\n\
+         \n[[bgp_filters]]\nname = \"no-doc\"\n\
+         import_v4 = [{ cidr = \"198.51.100.0/24\", match_operator = \"Equal\", action = \"Reject\" }]\n",
+    );
+    let lab = up_with(lab, &topo);
+    let sock = start_bird(&lab, &bird_announcing(&["198.51.100.0/24", "10.99.1.0/24"], ""));
+    wait_for(20, "node-a's session with BIRD", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    wait_for(10, "BIRD's accepted route at node-a", || route(&lab, "node-a", "10.99.1.0/24").is_some());
+    assert!(route(&lab, "node-a", "198.51.100.0/24").is_none());
+    assert_eq!(
+        rejected(&lab, "node-a"),
+        [("198.51.100.0/24".to_string(), "rejected by filter no-doc, import rule 1".to_string())]
+    );
+    // Two more prefixes: four in all, over the limit of three.
+    let conf = lab.dir.join(format!("{}-bird", lab.name)).join("bird.conf");
+    let more = bird_announcing(&["198.51.100.0/24", "10.99.1.0/24", "10.99.2.0/24", "10.99.3.0/24"], "");
+    std::fs::write(&conf, more).expect("bird.conf");
+    let out = birdc(&lab, &sock, &["configure"]);
+    assert!(out.contains("Reconfigured") || out.contains("reconfiguration"), "{out}");
+    wait_for(15, "the limit to shut the session", || {
+        let (state, info) = peer_state(&lab, "node-a", "192.168.100.1");
+        state != "up" && info.contains("max_prefixes = 3")
+    });
+    let (_, info) = peer_state(&lab, "node-a", "192.168.100.1");
+    assert!(info.contains("sent 4 prefixes") && info.contains("retrying in 60 s"), "{info}");
+    wait_for(5, "the peer's routes to go", || route(&lab, "node-a", "10.99.1.0/24").is_none());
+    // BIRD heard why: Cease, maximum number of prefixes reached.
+    let bird = birdc(&lab, &sock, &["show", "protocols", "all", "node_a"]);
+    assert!(bird.contains("Maximum number of prefixes reached") || bird.contains("Cease"), "{bird}");
+}

@@ -375,7 +375,7 @@ impl Rib {
                     a
                 }
             };
-            let attrs = attrs.and_then(|a| self.import_prefix(id, &prefix).map(|()| a));
+            let attrs = attrs.and_then(|a| self.import_prefix(id, &prefix, nh).map(|()| a));
             let m = self.adj_in.entry(id).or_default();
             let old = match attrs {
                 Ok(a) => {
@@ -402,13 +402,13 @@ impl Rib {
 
     /// The per-prefix import rules: the peer's filters, then (for an external peer) the
     /// pools and the node's own routes, which no filter can open up.
-    fn import_prefix(&self, id: PeerId, prefix: &IpNet) -> Result<(), Rejected> {
+    fn import_prefix(&self, id: PeerId, prefix: &IpNet, next_hop: IpAddr) -> Result<(), Rejected> {
         let Some(peer) = self.peers.get(&id) else { return Ok(()) };
         if let Some((Action::Reject, filter, rule)) = policy::first_match(&peer.filters, true, prefix) {
             return Err(Rejected::Filter { filter, rule });
         }
         if peer.external {
-            if self.policy.in_pool(prefix) {
+            if self.policy.in_pool(prefix) && !self.policy.nodes.contains(&next_hop) {
                 return Err(Rejected::InsidePool);
             }
             if self.policy.overrides(prefix) {

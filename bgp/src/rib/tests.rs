@@ -263,6 +263,7 @@ fn edge_node() -> Rib {
     let mut r = Rib::new(AS, ME, None);
     r.set_policy(ClusterPolicy {
         pools: vec![net(POOL)],
+        nodes: vec![IpAddr::V4(ME), IpAddr::V4(ip("192.168.100.101"))],
         protected: vec![net("192.168.100.100/32"), net("192.168.100.0/24")],
         static_routes: vec![net("10.50.0.0/16")],
         advertise: vec![],
@@ -337,9 +338,12 @@ fn an_external_peer_cannot_announce_pool_routes_or_override_our_own() {
     // A withdrawal clears the record.
     r.update(2, &Update { withdrawn: vec!["10.244.0.0/16".parse().expect("net")], ..Default::default() });
     assert_eq!(r.rejected(2), 5);
-    // A cluster node may announce pool routes, and a route first refused then fixed counts once.
+    // A cluster node may announce pool routes, and an outside route reflector may pass them
+    // on with the node as next hop; a route first refused then fixed counts once.
     r.update(1, &route("10.244.3.7/32", "192.168.100.101", vec![]));
     assert!(r.loc_rib().contains_key(&net("10.244.3.7/32")));
+    r.update(3, &from_as("10.244.4.0/26", "192.168.100.101", 65002));
+    assert_eq!(r.loc_rib()[&net("10.244.4.0/26")].from, From::Peer(3));
     r.update(2, &route("10.244.3.7/32", "192.168.100.1", vec![AttrValue::Communities(vec![1])]));
     assert_eq!(r.rejected(2), 5);
 }
@@ -369,7 +373,7 @@ fn filters_decide_first_but_cannot_open_the_pools() {
     assert_eq!(
         why,
         [
-            "10.244.9.0/26: inside an IP pool: only cluster nodes announce pool routes",
+            "10.244.9.0/26: inside an IP pool, with a next hop that is not a cluster node",
             "198.51.100.0/24: rejected by filter edge, import rule 1"
         ]
     );

@@ -20,7 +20,7 @@ use nodeapi::admin::{self, Request};
 use nodeapi::config::{DataplaneMode, IpipMode, NodeConfig};
 use nodeapi::ipcmd;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -134,12 +134,16 @@ fn speaker_config(cfg: &NodeConfig) -> Option<SpeakerConfig> {
 }
 
 /// What the default import and export rules need: the pools (the cluster's routes), the
-/// node's address and subnet (nothing from outside may land inside them), its static routes
+/// nodes (`ipip_peers`: the addresses pool routes may point at), the node's address and subnet (nothing from outside may land inside them), its static routes
 /// (nothing from outside may replace them), and the communities to attach.
 fn cluster_policy(cfg: &NodeConfig) -> bgp::policy::ClusterPolicy {
     let v4 = IpNet::V4;
     bgp::policy::ClusterPolicy {
         pools: cfg.pools.iter().map(|p| v4(p.cidr)).collect(),
+        nodes: std::iter::once(cfg.uplink.address.addr())
+            .chain(cfg.ipip_peers.iter().copied())
+            .map(IpAddr::V4)
+            .collect(),
         protected: vec![v4(Ipv4Net::from(cfg.uplink.address.addr())), v4(cfg.uplink.address.trunc())],
         static_routes: cfg.routes.iter().map(|r| v4(r.prefix)).collect(),
         advertise: cfg
