@@ -501,3 +501,25 @@ fn max_prefixes_counts_every_prefix_received_rejected_or_not() {
     assert_eq!(r.over_limit(2), Some((2, 3)));
     assert_eq!(r.over_limit(1), None, "no limit set");
 }
+
+/// RFC 7606 §7.5, §7.9, §7.10: LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST from an external
+/// neighbour are discarded, not believed (they would otherwise steer our decision process).
+#[test]
+fn ibgp_only_attributes_from_an_ebgp_peer_are_discarded() {
+    let mut r = edge_node();
+    r.update(
+        2,
+        &route(
+            "198.51.100.0/24",
+            "192.168.100.1",
+            vec![
+                AttrValue::AsPath(vec![AsSegment::sequence(vec![65001])]),
+                AttrValue::LocalPref(1000),
+                AttrValue::OriginatorId(ip("1.2.3.4")),
+                AttrValue::ClusterList(vec![ip("5.6.7.8")]),
+            ],
+        ),
+    );
+    let b = &r.loc_rib()[&net("198.51.100.0/24")];
+    assert_eq!((b.attrs.local_pref, b.attrs.originator_id, b.attrs.cluster_list.len()), (Some(100), None, 0));
+}

@@ -27,7 +27,9 @@ pub mod code {
     pub const CLUSTER_LIST: u8 = 10;
     pub const MP_REACH: u8 = 14;
     pub const MP_UNREACH: u8 = 15;
+    pub const EXTENDED_COMMUNITIES: u8 = 16;
     pub const AS4_PATH: u8 = 17;
+    pub const LARGE_COMMUNITIES: u8 = 32;
 }
 
 pub mod flag {
@@ -366,6 +368,10 @@ fn decode_value(code: u8, d: &[u8], ctx: &Ctx) -> Result<AttrValue, AttrError> {
             let withdrawn = parse_prefixes(&d[3..], afi == Afi::Ipv6).map_err(|_| bad())?;
             AttrValue::MpUnreach { afi, withdrawn }
         }
+        // Carried unread, but their length rules are the receiver's to check: RFC 7606 §7.14
+        // (extended communities, 8 bytes each) and RFC 8092 §5 (large ones, 12 bytes each).
+        code::EXTENDED_COMMUNITIES if d.is_empty() || !d.len().is_multiple_of(8) => return Err(Withdraw),
+        code::LARGE_COMMUNITIES if d.is_empty() || !d.len().is_multiple_of(12) => return Err(Withdraw),
         _ => AttrValue::Unknown { code, data: d.to_vec() },
     })
 }

@@ -143,6 +143,23 @@ fn rfc7606_bad_med_local_pref_communities_originator_cluster_list_are_treat_as_w
 }
 
 #[test]
+fn rfc7606_and_rfc8092_community_lengths_are_checked() {
+    let ext = [0xc0, 16, 8, 0, 2, 0xfd, 0xe8, 0, 0, 0, 100];
+    let large = [0xc0, 32, 12, 0, 0, 0xfd, 0xe8, 0, 0, 0, 1, 0, 0, 0, 2];
+    // Well formed: carried on (kept as unknown transitive attributes).
+    assert_eq!(outcome(&good_plus(&ext)), Ok((false, vec![])));
+    assert_eq!(outcome(&good_plus(&large)), Ok((false, vec![])));
+    for bad in [
+        &[0xc0, 16, 7, 0, 2, 0xfd, 0xe8, 0, 0, 0][..],                    // 7 bytes
+        &[0xc0, 16, 0][..],                                               // empty
+        &[0xc0, 32, 8, 0, 0, 0xfd, 0xe8, 0, 0, 0, 1][..],                 // 8 bytes
+        &[0xc0, 32, 13, 0, 0, 0xfd, 0xe8, 0, 0, 0, 1, 0, 0, 0, 2, 3][..], // 13 bytes
+    ] {
+        assert_eq!(outcome(&good_plus(bad)), Ok((true, vec![])), "{bad:?}");
+    }
+}
+
+#[test]
 fn rfc7606_bad_atomic_aggregate_and_aggregator_are_discarded() {
     assert_eq!(outcome(&good_plus(&[0x40, 6, 1, 0])), Ok((false, vec![6])));
     assert_eq!(outcome(&good_plus(&[0xc0, 7, 3, 0, 0, 1])), Ok((false, vec![7])));
