@@ -267,6 +267,38 @@ fn parse_as_path(d: &[u8], four: bool) -> Option<Vec<AsSegment>> {
     Some(segs)
 }
 
+/// RFC 6793 §4.2.3: from a 2-octet speaker, AS_PATH (with AS_TRANS for 4-octet ASNs) and
+/// AS4_PATH become one path: the leading ASNs of AS_PATH that AS4_PATH does not cover, then
+/// AS4_PATH. An AS4_PATH longer than AS_PATH is ignored, and a 4-octet speaker must not send
+/// one at all: both are discarded. Afterwards the UPDATE holds only AS_PATH, whole.
+fn merge_as4_path(u: &mut Update, ctx: &Ctx) {
+    let Some(i) = u.attrs.iter().position(|a| matches!(a.value, AttrValue::As4Path(_))) else { return };
+    let AttrValue::As4Path(as4) = u.attrs.remove(i).value else { return };
+    let path = u.attrs.iter_mut().find_map(|a| match &mut a.value {
+        AttrValue::AsPath(p) => Some(p),
+        _ => None,
+    });
+    let count =
+        |p: &[AsSegment]| -> usize { p.iter().map(|s| if s.kind == AsSegment::SET { 1 } else { s.asns.len() }).sum() };
+    match path {
+        Some(path) if !ctx.four_octet_as && count(path) >= count(&as4) => {
+            let mut keep = count(path) - count(&as4);
+            let mut merged = Vec::new();
+            for s in path.iter() {
+                if keep == 0 {
+                    break;
+                }
+                let take = if s.kind == AsSegment::SET { s.asns.len() } else { keep.min(s.asns.len()) };
+                merged.push(AsSegment { kind: s.kind, asns: s.asns[..take].to_vec() });
+                keep -= if s.kind == AsSegment::SET { 1 } else { take };
+            }
+            merged.extend(as4);
+            *path = merged;
+        }
+        _ => u.discarded.push(code::AS4_PATH),
+    }
+}
+
 fn put_as_path(out: &mut Vec<u8>, segs: &[AsSegment], four: bool) {
     for s in segs {
         out.push(s.kind);
@@ -511,6 +543,7 @@ impl Update {
                 Err(AttrError::Reset(n)) => return Err(n),
             }
         }
+        merge_as4_path(&mut u, ctx);
         // RFC 7606 §3.d: missing well-known mandatory attributes → treat-as-withdraw.
         let mp_reach = u.attrs.iter().any(|a| matches!(a.value, AttrValue::MpReach { .. }));
         if !u.nlri.is_empty() || mp_reach {
@@ -543,6 +576,22 @@ impl Update {
                 attrs.push(v.len() as u8);
             }
             attrs.extend_from_slice(&v);
+            // RFC 6793 §4.2.2: towards a 2-octet speaker, 4-octet ASNs travel as AS_TRANS in
+            // AS_PATH and in full in an AS4_PATH after it.
+            if let AttrValue::AsPath(path) = &a.value {
+                if !ctx.four_octet_as && path.iter().any(|s| s.asns.iter().any(|&n| n > 0xffff)) {
+                    let mut v = Vec::new();
+                    put_as_path(&mut v, path, true);
+                    let flags = flag::OPTIONAL | flag::TRANSITIVE;
+                    if v.len() > 255 {
+                        attrs.extend_from_slice(&[flags | flag::EXTENDED_LENGTH, code::AS4_PATH]);
+                        attrs.extend_from_slice(&(v.len() as u16).to_be_bytes());
+                    } else {
+                        attrs.extend_from_slice(&[flags, code::AS4_PATH, v.len() as u8]);
+                    }
+                    attrs.extend_from_slice(&v);
+                }
+            }
         }
         out.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
         out.extend_from_slice(&attrs);

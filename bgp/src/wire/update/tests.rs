@@ -267,3 +267,71 @@ fn all_route_reflection_attributes_round_trip() {
     let b = Message::Update(u.clone()).to_bytes(&Ctx::default());
     assert_eq!(update(&b), u);
 }
+
+fn with_path(path: Vec<AsSegment>) -> Update {
+    Update {
+        attrs: vec![
+            Attr::new(AttrValue::Origin(Origin::Igp)),
+            Attr::new(AttrValue::AsPath(path)),
+            Attr::new(AttrValue::NextHop(Ipv4Addr::new(192, 0, 2, 1))),
+        ],
+        nlri: vec![net4("198.51.100.0/24")],
+        ..Default::default()
+    }
+}
+
+fn reencode(u: &Update, ctx: &Ctx) -> (Vec<u8>, Update) {
+    let bytes = Message::Update(u.clone()).to_bytes(ctx);
+    match decode(&bytes, ctx) {
+        Ok(Some((Message::Update(u), _))) => (bytes, u),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rfc6793_four_octet_asns_reach_a_two_octet_peer_as_as_trans_plus_as4_path_and_come_back_whole() {
+    let old = Ctx { four_octet_as: false };
+    let path = vec![AsSegment::sequence(vec![64512, 4_200_000_001, 65001])];
+    let (bytes, back) = reencode(&with_path(path.clone()), &old);
+    // On the wire: AS_PATH 64512 23456 65001, then AS4_PATH with the real numbers.
+    let trans = [2u8, 3, 0xfc, 0x00, 0x5b, 0xa0, 0xfd, 0xe9];
+    assert!(bytes.windows(trans.len()).any(|w| w == trans), "no AS_TRANS path in {bytes:02x?}");
+    assert!(bytes.windows(2).any(|w| w == [0xc0, 17]), "no AS4_PATH in {bytes:02x?}");
+    assert_eq!(back.get(code::AS_PATH), Some(&AttrValue::AsPath(path)));
+    assert!(back.get(code::AS4_PATH).is_none() && back.discarded.is_empty());
+    // Only 2-octet ASNs: no AS4_PATH at all.
+    let (bytes, _) = reencode(&with_path(vec![AsSegment::sequence(vec![64512, 65001])]), &old);
+    assert!(!bytes.windows(2).any(|w| w == [0xc0, 17]));
+}
+
+#[test]
+fn rfc6793_as4_path_merges_behind_the_asns_it_does_not_cover_and_is_ignored_when_it_cannot_apply() {
+    let old = Ctx { four_octet_as: false };
+    // A 2-octet speaker prepended 65010 in front of a path whose tail is 4-octet.
+    let as_path = AttrValue::AsPath(vec![AsSegment::sequence(vec![65010, 23456, 23456])]);
+    let as4 = AttrValue::As4Path(vec![AsSegment::sequence(vec![4_200_000_001, 4_200_000_002])]);
+    let mut u = with_path(vec![]);
+    u.attrs[1] = Attr::new(as_path.clone());
+    u.attrs.push(Attr::new(as4));
+    // AS_PATH holds no 4-octet ASN, so the encoder adds no AS4_PATH of its own: the wire
+    // carries exactly what the 2-octet speaker sent.
+    let mut body = Vec::new();
+    u.encode(&Ctx { four_octet_as: false }, &mut body);
+    let merged = Update::decode(&body, &old).expect("decodes");
+    let want = vec![AsSegment::sequence(vec![65010]), AsSegment::sequence(vec![4_200_000_001, 4_200_000_002])];
+    assert_eq!(merged.get(code::AS_PATH), Some(&AttrValue::AsPath(want)));
+    // From a 4-octet speaker an AS4_PATH is discarded (RFC 6793 §4.1), as is one longer than
+    // AS_PATH.
+    let mut body = Vec::new();
+    u.encode(&Ctx::default(), &mut body);
+    let new = Update::decode(&body, &Ctx::default()).expect("decodes");
+    assert_eq!(new.get(code::AS_PATH), Some(&as_path));
+    assert!(new.discarded.contains(&code::AS4_PATH));
+    let mut long = with_path(vec![AsSegment::sequence(vec![23456])]);
+    long.attrs.push(Attr::new(AttrValue::As4Path(vec![AsSegment::sequence(vec![4_200_000_001, 7])])));
+    let mut body = Vec::new();
+    long.encode(&old, &mut body);
+    let u = Update::decode(&body, &old).expect("decodes");
+    assert_eq!(u.get(code::AS_PATH), Some(&AttrValue::AsPath(vec![AsSegment::sequence(vec![23456])])));
+    assert!(u.discarded.contains(&code::AS4_PATH));
+}
