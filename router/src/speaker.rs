@@ -51,6 +51,16 @@ pub struct SpeakerConfig {
     pub filters: Vec<Filter>,
 }
 
+/// Unsent output under which a peer still receiving its initial table gets the next slice.
+const SYNC_LOW_WATER: usize = 256 * 1024;
+/// Unsent output beyond which a peer is reset: it is not reading, and memory is bounded.
+const OUT_CAP: usize = 64 << 20;
+/// Bytes read from one peer per readiness event before timers and other peers get a turn.
+const READ_BUDGET: usize = 1 << 20;
+/// RFC 9687: output that makes no progress for this long (or twice the hold time, if longer)
+/// means the peer stopped reading while its TCP window keeps the session looking alive.
+const SEND_HOLD_MIN: Duration = Duration::from_secs(480);
+
 /// How long a peer that sent more than its `max_prefixes` stays shut out. BIRD's `receive
 /// limit ... action restart` and GoBGP wait a similar time; RFC 4486 leaves it to the operator.
 pub const MAX_PREFIXES_HOLD_DOWN: Duration = Duration::from_secs(60);
@@ -62,6 +72,8 @@ struct Conn {
     /// Outgoing connect still in progress.
     connecting: bool,
     opened: Instant,
+    /// When output last made progress (or the buffer was last empty).
+    sent_at: Instant,
 }
 
 struct Peer {
@@ -86,6 +98,8 @@ pub struct Speaker {
     rib: Rib,
     peers: Vec<Peer>,
     listener: TcpListener,
+    /// Peers whose socket had more to read when their read budget ran out.
+    backlog: Vec<usize>,
     /// Set when the Loc-RIB changed since `take_changed`.
     changed: bool,
     started: (Instant, SystemTime),
@@ -165,7 +179,15 @@ impl Speaker {
         for b in &cfg.originate {
             rib.originate(IpNet::V4(*b), PathAttrs::local(cfg.local_addr));
         }
-        let mut sp = Speaker { cfg, rib, peers, listener, changed: true, started: (now, SystemTime::now()) };
+        let mut sp = Speaker {
+            cfg,
+            rib,
+            peers,
+            listener,
+            backlog: Vec::new(),
+            changed: true,
+            started: (now, SystemTime::now()),
+        };
         // Start outgoing connections right away instead of on the first tick.
         for i in 0..sp.peers.len() {
             if !sp.peers[i].cfg.passive {
@@ -185,7 +207,18 @@ impl Speaker {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.backlog.is_empty() {
+            return Some(Instant::now());
+        }
         self.peers.iter().flat_map(|p| [p.fsm.poll_timeout(), p.stale_until]).flatten().min()
+    }
+
+    /// Goes on reading from peers whose read budget ran out ([`Speaker::poll_timeout`] is
+    /// then immediate).
+    pub fn resume(&mut self, registry: &Registry, now: Instant) {
+        for i in std::mem::take(&mut self.backlog) {
+            self.read(registry, i, now);
+        }
     }
 
     fn wall(&self, t: Instant) -> u64 {
@@ -243,8 +276,14 @@ impl Speaker {
                     self.feed(registry, i, now, Input::TcpFailed(e.to_string()));
                     return;
                 }
-                self.peers[i].conn =
-                    Some(Conn { stream, rbuf: Vec::new(), wbuf: Vec::new(), connecting: true, opened: now });
+                self.peers[i].conn = Some(Conn {
+                    stream,
+                    rbuf: Vec::new(),
+                    wbuf: Vec::new(),
+                    connecting: true,
+                    opened: now,
+                    sent_at: now,
+                });
             }
             Err(e) => self.feed(registry, i, now, Input::TcpFailed(e.to_string())),
         }
@@ -294,7 +333,19 @@ impl Speaker {
             }
         }
         self.flush(registry, i);
+        self.pump(registry, i);
         self.read(registry, i, now);
+    }
+
+    /// Feeds a peer the next slices of its initial table while its output runs low: the
+    /// table is built as the peer reads it, not all at once.
+    fn pump(&mut self, registry: &Registry, i: usize) {
+        while self.rib.syncing(i as PeerId)
+            && self.peers[i].conn.as_ref().is_some_and(|c| !c.connecting && c.wbuf.len() < SYNC_LOW_WATER)
+        {
+            let ch = self.rib.sync_next(i as PeerId);
+            self.apply(registry, ch);
+        }
     }
 
     fn accept(&mut self, registry: &Registry, now: Instant) {
@@ -356,7 +407,7 @@ impl Speaker {
                 continue;
             }
             self.peers[i].conn =
-                Some(Conn { stream, rbuf: Vec::new(), wbuf: Vec::new(), connecting: false, opened: now });
+                Some(Conn { stream, rbuf: Vec::new(), wbuf: Vec::new(), connecting: false, opened: now, sent_at: now });
             self.feed(registry, i, now, Input::TcpUp);
         }
     }
@@ -366,7 +417,15 @@ impl Speaker {
     /// table streaming in is decoded as it arrives, each byte moved once.
     fn read(&mut self, registry: &Registry, i: usize, now: Instant) {
         let mut buf = [0u8; 65536];
+        let mut budget = READ_BUDGET;
         loop {
+            if budget == 0 {
+                // Edge-triggered: no new event comes for what is left; `resume` reads on.
+                if !self.backlog.contains(&i) {
+                    self.backlog.push(i);
+                }
+                return;
+            }
             let Some(conn) = self.peers[i].conn.as_mut() else { return };
             match conn.stream.read(&mut buf) {
                 Ok(0) => {
@@ -374,7 +433,10 @@ impl Speaker {
                     self.feed(registry, i, now, Input::TcpClosed("the peer closed the connection".into()));
                     return;
                 }
-                Ok(n) => conn.rbuf.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    conn.rbuf.extend_from_slice(&buf[..n]);
+                    budget = budget.saturating_sub(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -419,11 +481,15 @@ impl Speaker {
         if conn.connecting {
             return;
         }
+        if conn.wbuf.is_empty() {
+            conn.sent_at = Instant::now();
+        }
         while !conn.wbuf.is_empty() {
             match conn.stream.write(&conn.wbuf) {
                 Ok(0) => break,
                 Ok(n) => {
                     conn.wbuf.drain(..n);
+                    conn.sent_at = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -441,9 +507,27 @@ impl Speaker {
         }
         let ctx = self.peers[i].ctx;
         if let Some(conn) = self.peers[i].conn.as_mut() {
+            if conn.wbuf.is_empty() {
+                conn.sent_at = Instant::now();
+            }
             m.encode(&ctx, &mut conn.wbuf);
         }
         self.flush(registry, i);
+        let queued = self.peers[i].conn.as_ref().map_or(0, |c| c.wbuf.len());
+        if queued > OUT_CAP {
+            let reason = format!("the peer is not reading: {} MiB of output queued; reset", queued >> 20);
+            let n = wire::Notification::new(wire::err::CEASE, wire::err::OUT_OF_RESOURCES);
+            // Whatever is queued goes: the session starts over with a fresh table.
+            if let Some(c) = self.peers[i].conn.as_mut() {
+                c.wbuf.clear();
+            }
+            self.feed(
+                registry,
+                i,
+                Instant::now(),
+                Input::Shutdown { notification: n, reason, hold_down: Duration::from_secs(5) },
+            );
+        }
     }
 
     fn drop_conn(&mut self, registry: &Registry, i: usize) {
@@ -473,6 +557,7 @@ impl Speaker {
                     self.rib.set_router_id(i as PeerId, neg.peer_id);
                     let ch = self.rib.peer_up(i as PeerId, &neg.families);
                     self.apply(registry, ch);
+                    self.pump(registry, i);
                 }
                 Output::Down(reason) => {
                     self.peers[i].ctx = Ctx::default();
@@ -508,6 +593,7 @@ impl Speaker {
                     let fams = self.peers[i].last_negotiated.as_ref().map(|n| n.families.clone()).unwrap_or_default();
                     let ch = self.rib.peer_up(i as PeerId, &fams);
                     self.apply(registry, ch);
+                    self.pump(registry, i);
                 }
             }
         }
@@ -563,6 +649,23 @@ impl Speaker {
                     gtsm_min_ttl(h)
                 );
                 self.feed(registry, i, now, Input::TcpFailed(msg));
+            }
+            // RFC 9687: output stuck for the send hold time ends the session.
+            let hold = self.peers[i].fsm.negotiated().map_or(0, |n| u64::from(n.hold_time));
+            let send_hold = SEND_HOLD_MIN.max(Duration::from_secs(2 * hold));
+            let stuck = self.peers[i]
+                .conn
+                .as_ref()
+                .is_some_and(|c| !c.wbuf.is_empty() && now.duration_since(c.sent_at) >= send_hold);
+            if stuck {
+                let reason = format!("send hold timer expired: nothing could be sent for {} s", send_hold.as_secs());
+                let n = wire::Notification::new(wire::err::SEND_HOLD_TIMER_EXPIRED, 0);
+                self.feed(
+                    registry,
+                    i,
+                    now,
+                    Input::Shutdown { notification: n, reason, hold_down: Duration::from_secs(5) },
+                );
             }
             if self.peers[i].fsm.poll_timeout().is_some_and(|t| t <= now) {
                 self.feed(registry, i, now, Input::Tick);

@@ -164,11 +164,30 @@ pub struct Best {
 pub struct Changes {
     /// (prefix, new best or None if gone).
     pub loc: Vec<(IpNet, Option<Best>)>,
+    /// Packed: routes sharing attributes in one message, each at most 4096 bytes.
     pub out: Vec<(PeerId, Update)>,
+    /// Export decisions of this call, packed into `out` when it returns.
+    pending: Vec<(PeerId, out::Pending)>,
 }
 
+mod out;
 mod prefix_map;
 pub use prefix_map::PrefixMap;
+
+/// Prefixes a peer coming up is sent per call ([`Rib::peer_up`], [`Rib::sync_next`]): the
+/// table reaches it in slices the speaker asks for as the socket drains, instead of as a
+/// million UPDATEs built at once.
+pub const SYNC_BATCH: usize = 4096;
+
+/// A peer's initial table dump in progress: the Loc-RIB's prefixes when it came up, in order,
+/// and how far the dump got. A prefix at or past `pos` is sent when the dump reaches it, with
+/// whatever is best then; a prefix that was not in the table yet is sent as it changes.
+#[derive(Debug)]
+struct Sync {
+    prefixes: Vec<IpNet>,
+    pos: usize,
+    families: Vec<Afi>,
+}
 
 #[derive(Debug)]
 pub struct Rib {
@@ -190,6 +209,11 @@ pub struct Rib {
     /// Per peer, the prefixes it sent that import refused, and why.
     rejected: HashMap<PeerId, PrefixMap<Rejected>>,
     policy: ClusterPolicy,
+    sync: HashMap<PeerId, Sync>,
+    /// Exported attributes, one allocation per distinct set: Adj-RIBs-Out of a full table
+    /// share a few thousand, and packing groups routes by pointer.
+    interned: std::collections::HashSet<Arc<PathAttrs>>,
+    interned_at_gc: usize,
 }
 
 impl Rib {
@@ -207,6 +231,58 @@ impl Rib {
             adj_out: HashMap::new(),
             rejected: HashMap::new(),
             policy: ClusterPolicy::default(),
+            sync: HashMap::new(),
+            interned: Default::default(),
+            interned_at_gc: 0,
+        }
+    }
+
+    /// Turns the call's export decisions into packed UPDATEs.
+    fn finish(&self, mut ch: Changes) -> Changes {
+        let pending = std::mem::take(&mut ch.pending);
+        ch.out.extend(out::pack(pending, |p| self.ibgp(p)));
+        ch
+    }
+
+    fn intern(&mut self, a: PathAttrs) -> Arc<PathAttrs> {
+        if let Some(x) = self.interned.get(&a) {
+            return x.clone();
+        }
+        // Forget sets no route uses any more, whenever the set has doubled since last time.
+        if self.interned.len() >= 2 * self.interned_at_gc.max(1024) {
+            self.interned.retain(|a| Arc::strong_count(a) > 1);
+            self.interned_at_gc = self.interned.len();
+        }
+        let a = Arc::new(a);
+        self.interned.insert(a.clone());
+        a
+    }
+
+    /// Whether the peer's initial table dump is still going ([`Rib::sync_next`]).
+    pub fn syncing(&self, id: PeerId) -> bool {
+        self.sync.contains_key(&id)
+    }
+
+    /// The next slice of a peer's initial table dump, and End-of-RIB after the last.
+    pub fn sync_next(&mut self, id: PeerId) -> Changes {
+        let mut ch = Changes::default();
+        self.sync_step(id, SYNC_BATCH, &mut ch);
+        self.finish(ch)
+    }
+
+    fn sync_step(&mut self, id: PeerId, n: usize, ch: &mut Changes) {
+        for _ in 0..n {
+            let Some(s) = self.sync.get_mut(&id) else { return };
+            let Some(&p) = s.prefixes.get(s.pos) else { break };
+            // Past the cursor first: `export_best` holds back what the dump has not reached.
+            s.pos += 1;
+            self.export(id, p, ch);
+        }
+        let done = self.sync.get(&id).is_some_and(|s| s.pos >= s.prefixes.len());
+        if done {
+            if let Some(s) = self.sync.remove(&id) {
+                ch.pending.extend(s.families.into_iter().map(|f| (id, out::Pending::EndOfRib(f))));
+            }
         }
     }
 
@@ -271,26 +347,24 @@ impl Rib {
         self.local.insert(prefix, Arc::new(attrs));
         let mut ch = Changes::default();
         self.recompute(prefix, &mut ch);
-        ch
+        self.finish(ch)
     }
 
-    /// A session reached Established: the peer gets our whole table, then End-of-RIB.
+    /// A session reached Established: the peer gets our whole table, then End-of-RIB. The
+    /// first [`SYNC_BATCH`] prefixes come now; while [`Rib::syncing`], the speaker asks for
+    /// the rest with [`Rib::sync_next`] as the peer reads.
     pub fn peer_up(&mut self, id: PeerId, families: &[Afi]) -> Changes {
         if !self.up.contains(&id) {
             self.up.push(id);
         }
         self.adj_out.insert(id, PrefixMap::default());
-        let mut ch = Changes::default();
         // In prefix order, as the peer would get them from a sorted table.
         let mut prefixes: Vec<IpNet> = self.loc.keys().collect();
         prefixes.sort_unstable();
-        for p in prefixes {
-            self.export(id, p, &mut ch);
-        }
-        for f in families {
-            ch.out.push((id, Update::end_of_rib(*f)));
-        }
-        ch
+        self.sync.insert(id, Sync { prefixes, pos: 0, families: families.to_vec() });
+        let mut ch = Changes::default();
+        self.sync_step(id, SYNC_BATCH, &mut ch);
+        self.finish(ch)
     }
 
     /// A session went down. With `keep_stale` (graceful restart, RFC 4724 §4.2) its routes
@@ -300,6 +374,7 @@ impl Rib {
         self.adj_out.remove(&id);
         // What it sent again after coming back is judged again.
         self.rejected.remove(&id);
+        self.sync.remove(&id);
         let mut ch = Changes::default();
         if keep_stale {
             if let Some(m) = self.adj_in.get_mut(&id) {
@@ -313,7 +388,7 @@ impl Rib {
         for p in gone {
             self.recompute(p, &mut ch);
         }
-        ch
+        self.finish(ch)
     }
 
     /// Drops whatever a restarting peer left stale (its End-of-RIB came, or time ran out).
@@ -328,7 +403,7 @@ impl Rib {
         for p in stale {
             self.recompute(p, &mut ch);
         }
-        ch
+        self.finish(ch)
     }
 
     pub fn has_stale(&self, id: PeerId) -> bool {
@@ -361,7 +436,7 @@ impl Rib {
             }
         }
         if u.treat_as_withdraw {
-            return ch;
+            return self.finish(ch);
         }
         // The attributes are the UPDATE's, shared by all its prefixes with the same next hop.
         let mut imported: Option<(IpAddr, Result<Arc<PathAttrs>, Rejected>)> = None;
@@ -397,7 +472,7 @@ impl Rib {
             self.unstale(id, old.as_ref());
             self.recompute(prefix, &mut ch);
         }
-        ch
+        self.finish(ch)
     }
 
     /// The per-prefix import rules: the peer's filters, then (for an external peer) the
@@ -677,23 +752,26 @@ impl Rib {
         if !self.up.contains(&to) {
             return;
         }
-        let want = best.and_then(|b| self.export_attrs(to, &prefix, b)).map(Arc::new);
-        let out = self.adj_out.entry(to).or_default();
-        let had = out.get(&prefix).cloned();
-        if want == had {
+        if let Some(s) = self.sync.get(&to) {
+            if s.prefixes.binary_search(&prefix).is_ok_and(|i| i >= s.pos) {
+                return; // the dump will send it, as it is then
+            }
+        }
+        let ibgp = self.ibgp(to);
+        // A route whose attributes cannot fit one UPDATE is not exported: the peer would have
+        // to reset the session, and again after every reconnect.
+        let want = best.and_then(|b| self.export_attrs(to, &prefix, b)).filter(|a| out::fits(a, ibgp));
+        let had = self.adj_out.get(&to).and_then(|o| o.get(&prefix));
+        if want.as_ref() == had.map(|a| &**a) {
             return;
         }
-        let IpNet::V4(p4) = prefix else { return };
-        match want {
-            Some(a) => {
-                out.insert(prefix, a.clone());
-                ch.out.push((to, announce(p4, &a, self.ibgp(to))));
-            }
-            None => {
-                out.remove(&prefix);
-                ch.out.push((to, Update { withdrawn: vec![p4], ..Default::default() }));
-            }
-        }
+        let want = want.map(|a| self.intern(a));
+        let out = self.adj_out.entry(to).or_default();
+        match &want {
+            Some(a) => out.insert(prefix, a.clone()),
+            None => out.remove(&prefix),
+        };
+        ch.pending.push((to, out::Pending::Route(prefix, want)));
     }
 }
 
@@ -701,37 +779,6 @@ impl PeerInfo {
     fn local_addr_ip(&self) -> IpAddr {
         IpAddr::V4(self.local_addr)
     }
-}
-
-/// Builds the UPDATE announcing one IPv4 prefix with these attributes.
-fn announce(prefix: ipnet::Ipv4Net, a: &PathAttrs, ibgp: bool) -> Update {
-    let IpAddr::V4(nh) = a.next_hop else { return Update::default() };
-    let mut attrs = vec![
-        Attr::new(AttrValue::Origin(a.origin)),
-        Attr::new(AttrValue::AsPath(a.as_path.clone())),
-        Attr::new(AttrValue::NextHop(nh)),
-    ];
-    if let Some(m) = a.med {
-        attrs.push(Attr::new(AttrValue::Med(m)));
-    }
-    if ibgp {
-        attrs.push(Attr::new(AttrValue::LocalPref(a.local_pref.unwrap_or(100))));
-    }
-    if !a.communities.is_empty() {
-        attrs.push(Attr::new(AttrValue::Communities(a.communities.clone())));
-    }
-    if let Some(o) = a.originator_id {
-        attrs.push(Attr::new(AttrValue::OriginatorId(o)));
-    }
-    if !a.cluster_list.is_empty() {
-        attrs.push(Attr::new(AttrValue::ClusterList(a.cluster_list.clone())));
-    }
-    for t in &a.transitive {
-        // RFC 4271 §5: an optional transitive attribute we pass on unread is marked partial.
-        let partial = if t.flags & flag::OPTIONAL != 0 { flag::PARTIAL } else { 0 };
-        attrs.push(Attr { flags: t.flags | partial, value: t.value.clone() });
-    }
-    Update { attrs, nlri: vec![prefix], ..Default::default() }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use super::*;
 use crate::wire::update::code;
 use crate::wire::Afi;
+use crate::wire::{Ctx, Message};
 
 const AS: u32 = 64512;
 const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 100);
@@ -522,4 +523,135 @@ fn ibgp_only_attributes_from_an_ebgp_peer_are_discarded() {
     );
     let b = &r.loc_rib()[&net("198.51.100.0/24")];
     assert_eq!((b.attrs.local_pref, b.attrs.originator_id, b.attrs.cluster_list.len()), (Some(100), None, 0));
+}
+
+fn wire_len(u: &Update) -> usize {
+    [true, false]
+        .iter()
+        .map(|&f| Message::Update(u.clone()).to_bytes(&Ctx { four_octet_as: f }).len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// `n` /24s from one external peer, all with the same attributes.
+fn many(n: u32, asn: u32) -> Vec<Update> {
+    (0..n)
+        .map(|i| {
+            let p = format!("100.{}.{}.0/24", i / 256, i % 256);
+            from_as(&p, "192.168.100.1", asn)
+        })
+        .collect()
+}
+
+#[test]
+fn updates_are_packed_by_shared_attributes_up_to_the_size_limit() {
+    let mut r = Rib::new(AS, ME, None);
+    r.add_peer(1, PeerInfo { external: false, ..PeerInfo::new(ip("192.168.100.1"), 65001, ME) });
+    r.add_peer(2, peer("192.168.100.101", AS, false));
+    r.peer_up(2, &[]);
+    // One UPDATE carrying 3000 prefixes in, as a feeder packs them.
+    let mut big = many(1, 65001).remove(0);
+    big.nlri = many(3000, 65001).iter().flat_map(|u| u.nlri.clone()).collect();
+    let ch = r.update(1, &big);
+    let sent = sent_to(&ch, 2);
+    assert_eq!(sent.iter().map(|u| u.nlri.len()).sum::<usize>(), 3000);
+    // 4 bytes a /24: about a thousand per message, not one message per prefix.
+    assert!(sent.len() <= 4, "{} UPDATEs", sent.len());
+    assert!(sent.iter().all(|u| wire_len(u) <= crate::wire::MAX_LEN));
+    // The Adj-RIB-Out holds one attribute set for them all.
+    let out = &r.adj_out[&2];
+    let first = out.get(&net("100.0.0.0/24")).expect("advertised");
+    assert!(out.iter().all(|(_, a)| Arc::ptr_eq(a, first)));
+    // Withdrawals are packed too.
+    let gone = Update { withdrawn: big.nlri.clone(), ..Default::default() };
+    let ch = r.update(1, &gone);
+    let sent = sent_to(&ch, 2);
+    assert_eq!(sent.iter().map(|u| u.withdrawn.len()).sum::<usize>(), 3000);
+    assert!(sent.len() <= 4 && sent.iter().all(|u| wire_len(u) <= crate::wire::MAX_LEN));
+}
+
+/// A path that arrives just under 4096 bytes grows when passed on (a reflector adds
+/// ORIGINATOR_ID and CLUSTER_LIST, 14 bytes): it must never be sent, since the receiver would
+/// reset the session, and again after every reconnect.
+#[test]
+fn a_route_grown_past_the_size_limit_is_withdrawn_not_sent() {
+    let mut r = reflector();
+    let communities = |n: u32| AttrValue::Communities((0..n).map(|i| 65000 << 16 | i).collect());
+    let with = |n| {
+        let mut u = route("10.244.2.0/26", "192.168.100.101", vec![communities(n)]);
+        u.attrs.push(Attr::new(AttrValue::LocalPref(100)));
+        u
+    };
+    // 1000 communities: 4053 bytes as received, 4067 reflected: sent to every other peer.
+    let ch = r.update(1, &with(1000));
+    for to in [2, 3, 4] {
+        let u = sent_to(&ch, to);
+        assert_eq!((u.len(), u[0].nlri.len()), (1, 1), "to {to}");
+        assert!(wire_len(u[0]) <= crate::wire::MAX_LEN);
+    }
+    // 1010: 4093 bytes as received, fine; 4107 reflected: withdrawn instead.
+    let near = with(1010);
+    assert!(wire_len(&near) <= crate::wire::MAX_LEN);
+    let ch = r.update(1, &near);
+    for to in [2, 3, 4] {
+        let u = sent_to(&ch, to);
+        assert_eq!(u.len(), 1, "to {to}");
+        assert_eq!(u[0].withdrawn, vec!["10.244.2.0/26".parse::<ipnet::Ipv4Net>().expect("net")]);
+        assert!(u[0].nlri.is_empty());
+        assert_eq!(r.advertised(to), 0);
+    }
+    assert!(r.loc_rib().contains_key(&net("10.244.2.0/26")), "still used here");
+}
+
+#[test]
+fn the_initial_dump_streams_in_slices_and_sends_each_prefix_once_as_it_is_then() {
+    let mut r = Rib::new(AS, ME, None);
+    r.add_peer(1, PeerInfo::new(ip("192.168.100.1"), 65001, ME));
+    r.add_peer(2, peer("192.168.100.101", AS, false));
+    let n = 3 * SYNC_BATCH as u32 + 10;
+    for u in many(n, 65001) {
+        r.update(1, &u);
+    }
+    let mut sent: HashMap<ipnet::Ipv4Net, usize> = HashMap::new();
+    let mut count = |ch: &Changes| {
+        for u in sent_to(ch, 2) {
+            for p in &u.nlri {
+                *sent.entry(*p).or_default() += 1;
+            }
+        }
+    };
+    let ch = r.peer_up(2, &[Afi::Ipv4]);
+    count(&ch);
+    assert!(r.syncing(2));
+    assert!(sent_to(&ch, 2).iter().all(|u| u.is_end_of_rib().is_none()), "no End-of-RIB before the end");
+    // Mid-dump: a prefix already sent changes (sent again now), one not reached yet changes
+    // (sent once, by the dump), a new one appears (sent now), one not reached goes away.
+    let late = format!("100.{}.{}.0/24", (n - 1) / 256, (n - 1) % 256);
+    let mut changed = from_as("100.0.0.0/24", "192.168.100.1", 65001);
+    changed.attrs.push(Attr::new(AttrValue::Med(5)));
+    count(&r.update(1, &changed));
+    let mut changed_late = from_as(&late, "192.168.100.1", 65001);
+    changed_late.attrs.push(Attr::new(AttrValue::Med(7)));
+    count(&r.update(1, &changed_late));
+    count(&r.update(1, &from_as("203.0.113.0/24", "192.168.100.1", 65001)));
+    let gone: ipnet::Ipv4Net = format!("100.{}.{}.0/24", (n - 2) / 256, (n - 2) % 256).parse().expect("net");
+    count(&r.update(1, &Update { withdrawn: vec![gone], ..Default::default() }));
+    let mut eor = false;
+    for _ in 0..10 {
+        let ch = r.sync_next(2);
+        count(&ch);
+        eor |= sent_to(&ch, 2).iter().any(|u| u.is_end_of_rib() == Some(Afi::Ipv4));
+        if !r.syncing(2) {
+            break;
+        }
+    }
+    assert!(eor && !r.syncing(2));
+    assert_eq!(sent.len(), n as usize, "every prefix but the withdrawn one, plus the new one");
+    assert_eq!(sent[&"100.0.0.0/24".parse().expect("net")], 2, "sent, changed, sent again");
+    assert_eq!(sent[&late.parse().expect("net")], 1, "sent once, by the dump, as it was then");
+    assert!(!sent.contains_key(&gone));
+    assert_eq!(r.advertised(2), n as usize);
+    // The dump sent the late prefix with the MED it had by then.
+    let med = r.adj_out[&2].get(&net(&late)).map(|a| a.med);
+    assert_eq!(med, Some(Some(7)));
 }

@@ -104,6 +104,10 @@ pub mod err {
     pub const ADMIN_RESET: u8 = 4;
     pub const CONNECTION_REJECTED: u8 = 5;
     pub const COLLISION_RESOLUTION: u8 = 7;
+    pub const OUT_OF_RESOURCES: u8 = 8;
+
+    /// RFC 9687.
+    pub const SEND_HOLD_TIMER_EXPIRED: u8 = 8;
 }
 
 impl Notification {
@@ -154,7 +158,9 @@ impl fmt::Display for Notification {
             (CEASE, ADMIN_RESET) => "cease: administrative reset",
             (CEASE, CONNECTION_REJECTED) => "cease: connection rejected",
             (CEASE, COLLISION_RESOLUTION) => "cease: connection collision resolution",
+            (CEASE, OUT_OF_RESOURCES) => "cease: out of resources",
             (CEASE, _) => "cease",
+            (SEND_HOLD_TIMER_EXPIRED, _) => "send hold timer expired",
             _ => "error",
         };
         write!(f, "{what} ({}/{})", self.code, self.subcode)?;
