@@ -48,6 +48,40 @@ pub mod fuzzing {
         }
     }
 
+    /// An UPDATE body from a reflector client and from an eBGP cluster peer, passed on by a
+    /// route reflector to clients, non-clients, an eBGP cluster peer and an external peer: no
+    /// panic, and every UPDATE the RIB emits encodes within 4096 bytes for a 4-octet and a
+    /// 2-octet peer alike (a receiver must reset a session that sends it a longer one).
+    pub fn reexport(body: &[u8]) {
+        use crate::rib::{PeerInfo, Rib};
+        use std::net::Ipv4Addr;
+        let me = Ipv4Addr::new(192, 168, 100, 100);
+        let mut rib = Rib::new(64512, me, Some(Ipv4Addr::new(1, 1, 1, 1)));
+        let peers = [
+            PeerInfo { rr_client: true, ..PeerInfo::new(Ipv4Addr::new(192, 168, 100, 101), 64512, me) },
+            PeerInfo { rr_client: true, ..PeerInfo::new(Ipv4Addr::new(192, 168, 100, 102), 64512, me) },
+            PeerInfo::new(Ipv4Addr::new(192, 168, 100, 103), 64512, me),
+            PeerInfo::new(Ipv4Addr::new(192, 168, 100, 104), 65010, me),
+            PeerInfo { external: true, ..PeerInfo::new(Ipv4Addr::new(192, 168, 100, 1), 65001, me) },
+        ];
+        for (i, p) in peers.into_iter().enumerate() {
+            rib.add_peer(i as u32, p);
+            rib.peer_up(i as u32, &[wire::Afi::Ipv4]);
+        }
+        for ctx in [Ctx { four_octet_as: true }, Ctx { four_octet_as: false }] {
+            let Some(Message::Update(u)) = decode_update(body, &ctx) else { continue };
+            for from in [0, 3] {
+                let ch = rib.update(from, &u);
+                for (_, out) in ch.out {
+                    for c in [Ctx { four_octet_as: true }, Ctx { four_octet_as: false }] {
+                        let len = Message::Update(out.clone()).to_bytes(&c).len();
+                        assert!(len <= wire::MAX_LEN, "{len}-byte UPDATE emitted: {out:?}");
+                    }
+                }
+            }
+        }
+    }
+
     /// A whole message with its header, of any type.
     pub fn decode_message(bytes: &[u8], ctx: &Ctx) -> Option<Message> {
         wire::decode(bytes, ctx).ok().flatten().map(|(m, _)| m)
@@ -77,6 +111,33 @@ pub mod fuzzing {
                     }
                 }
                 assert!(decoded >= 2, "{name}: corpus decodes only {decoded} files");
+            }
+            // The re-export target replays the UPDATE corpus.
+            for e in std::fs::read_dir(root.join("bgp_update")).expect("corpus").flatten() {
+                reexport(&std::fs::read(e.path()).expect("corpus file"));
+            }
+        }
+
+        /// Attributes that fit as received but not once reflected: never emitted whole.
+        #[test]
+        fn reexport_never_emits_an_oversized_update() {
+            use crate::wire::{Attr, AttrValue, Origin, Update};
+            for n in [900u32, 1005, 1010, 1015] {
+                let u = Update {
+                    attrs: vec![
+                        Attr::new(AttrValue::Origin(Origin::Igp)),
+                        Attr::new(AttrValue::AsPath(vec![])),
+                        Attr::new(AttrValue::NextHop(std::net::Ipv4Addr::new(192, 168, 100, 101))),
+                        Attr::new(AttrValue::Communities((0..n).collect())),
+                    ],
+                    nlri: vec!["10.244.2.0/26".parse().expect("net")],
+                    ..Default::default()
+                };
+                let mut body = Vec::new();
+                u.encode(&Ctx::default(), &mut body);
+                if body.len() + wire::HEADER_LEN <= wire::MAX_LEN {
+                    reexport(&body);
+                }
             }
         }
     }

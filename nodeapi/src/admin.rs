@@ -395,13 +395,49 @@ fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientError> 
     }
 }
 
-/// Reads one request line from `s` and answers it with `handle`.
+/// How long a client has to send its whole request, and to take the answer.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// The longest request line accepted (every request is a few hundred bytes).
+pub const REQUEST_CAP: usize = 64 * 1024;
+
+/// Reads from `s` until `stop` says the bytes so far are complete, within `deadline` (for the
+/// whole request, not each read: a client trickling one byte a second is cut off like a
+/// silent one) and `cap` bytes.
+pub fn read_until(
+    mut s: impl std::io::Read,
+    set_timeout: impl Fn(Duration) -> std::io::Result<()>,
+    deadline: std::time::Instant,
+    cap: usize,
+    stop: impl Fn(&[u8]) -> bool,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind};
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !stop(&got) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(Error::new(ErrorKind::TimedOut, "the request did not arrive in time"));
+        }
+        set_timeout(left)?;
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.len() > cap {
+            return Err(Error::new(ErrorKind::InvalidData, format!("request longer than {cap} bytes")));
+        }
+    }
+    Ok(got)
+}
+
+/// Reads one request line from `s` (whole within [`REQUEST_DEADLINE`], at most
+/// [`REQUEST_CAP`] bytes) and answers it with `handle`.
 pub fn serve_one(s: UnixStream, handle: impl FnOnce(Request) -> Answer) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
-    let resp = match serde_json::from_str::<Request>(&line) {
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
+    let line = read_until(&s, |t| s.set_read_timeout(Some(t)), deadline, REQUEST_CAP, |b| b.contains(&b'\n'))?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let resp = match serde_json::from_slice::<Request>(line) {
         Ok(req) => match handle(req) {
             Ok(v) => Response { ok: true, result: Some(v), error: None },
             Err(e) => Response { ok: false, result: None, error: Some(e) },
@@ -410,6 +446,7 @@ pub fn serve_one(s: UnixStream, handle: impl FnOnce(Request) -> Answer) -> std::
     };
     let mut out = serde_json::to_string(&resp).map_err(std::io::Error::other)?;
     out.push('\n');
+    s.set_write_timeout(Some(REQUEST_DEADLINE))?;
     (&s).write_all(out.as_bytes())
 }
 

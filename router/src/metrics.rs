@@ -4,7 +4,7 @@
 use forwarding::counters::Totals;
 use nodeapi::admin::PeerStatus;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -127,17 +127,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
 
 /// Answers one HTTP request on `stream` with `body` for `GET /metrics` (404 otherwise).
 pub fn serve_http(mut stream: TcpStream, body: impl FnOnce() -> String) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // The whole request within the deadline, however slowly it trickles in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let req = nodeapi::admin::read_until(
+        &stream,
+        |t| stream.set_read_timeout(Some(t)),
+        deadline,
+        8192,
+        |b| b.windows(4).any(|w| w == b"\r\n\r\n"),
+    )?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut req = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        req.extend_from_slice(&buf[..n]);
-    }
     let line = String::from_utf8_lossy(&req);
     let first = line.lines().next().unwrap_or("");
     let (status, ctype, body) = if first.starts_with("GET /metrics ") || first.starts_with("GET / ") {

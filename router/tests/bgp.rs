@@ -591,3 +591,57 @@ fn a_filter_refuses_by_rule_and_max_prefixes_shuts_the_session() {
     let bird = birdc(&lab, &sock, &["show", "protocols", "all", "node_a"]);
     assert!(bird.contains("Maximum number of prefixes reached") || bird.contains("Cease"), "{bird}");
 }
+
+/// Clients that trickle their requests into the admin socket and the metrics port, one byte
+/// at a time, must not hold up the control thread: with a 3 s hold time, a stall of that long
+/// would drop every session. A request past the size cap is cut off.
+#[test]
+fn slow_admin_and_metrics_clients_do_not_hold_up_keepalives() {
+    use std::io::{Read, Write};
+    let lab = TestLab::named();
+    let topo = topology(&lab, "slow", "bgp_hold_time = 3", "");
+    let out = lab.router(&["lab", "up", "--topology", topo.to_str().unwrap_or_default(), "--metrics"]);
+    assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
+    for peer in ["192.168.100.101", "192.168.200.101"] {
+        wait_for(20, "node-a's sessions", || peer_state(&lab, "node-a", peer).0 == "up");
+    }
+    let sock = lab.dir.join(&lab.name).join("node-a.sock");
+    let trickle = |sock: std::path::PathBuf| {
+        std::thread::spawn(move || {
+            let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) else { return };
+            for _ in 0..20 {
+                if s.write_all(b" ").is_err() {
+                    return; // cut off: what should happen
+                }
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        })
+    };
+    let admin = [trickle(sock.clone()), trickle(sock.clone())];
+    let py = "import socket,time\ns=socket.create_connection(('127.0.0.1',9091))\n\
+              for _ in range(20):\n  try:\n    s.send(b'G'); time.sleep(0.4)\n  except OSError:\n    break\n";
+    let mut metrics = lab.command(&["lab", "exec", "node-a", "--", "python3", "-c", py]).spawn().expect("python3");
+    // Meanwhile the node answers, at worst after one slow client's deadline.
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    assert_eq!(peers(&lab, "node-a").len(), 2);
+    assert!(t0.elapsed() < Duration::from_secs(5), "status took {:?}", t0.elapsed());
+    for t in admin {
+        t.join().expect("trickler");
+    }
+    let _ = metrics.wait();
+    // Eight seconds of trickling, more than twice the hold time: no session went down.
+    for node in ["node-a", "node-b", "node-c"] {
+        for p in peers(&lab, node) {
+            assert_eq!((p["state"].as_str(), p["flaps"].as_u64()), (Some("up"), Some(0)), "{node}: {p}");
+        }
+    }
+    // Past the size cap, the connection is closed without an answer.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+    let t0 = Instant::now();
+    let _ = s.write_all(&vec![b'a'; 200 * 1024]);
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    assert!(back.is_empty(), "{}", String::from_utf8_lossy(&back));
+    assert!(t0.elapsed() < Duration::from_secs(3));
+}

@@ -13,15 +13,13 @@ use forwarding::dataplane::{Dataplane, DataplaneConfig};
 use forwarding::fib::{FibWriter, Tunnels};
 use forwarding::{FibHandle, IfaceRole, Interface, Interfaces};
 use ipnet::{IpNet, Ipv4Net};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use nodeapi::admin::RouteEntry;
 use nodeapi::admin::{self, Request};
 use nodeapi::config::{DataplaneMode, IpipMode, NodeConfig};
 use nodeapi::ipcmd;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod filter;
+mod front;
 mod interfaces;
 mod kernel;
 mod serve;
@@ -36,7 +35,7 @@ mod serve;
 use filter::TransitFilter;
 use interfaces::check_kernel_forwarding;
 pub use interfaces::discover;
-use serve::{answer, serve_metrics};
+use serve::{answer, metrics_body};
 
 /// The running node: its config, data plane, route table and what it installed in the kernel.
 struct Node {
@@ -163,9 +162,8 @@ fn originated(cfg: &NodeConfig) -> Vec<Ipv4Net> {
     cfg.blocks.iter().copied().chain(borrowed.map(|p| Ipv4Net::from(p.address))).collect()
 }
 
-const ADMIN: Token = Token(0);
-/// The metrics listener; BGP uses `session::LISTEN` (1) and 16 and up.
-const METRICS: Token = Token(2);
+/// The admin thread's wake-up (a job is queued); BGP uses `speaker::LISTEN` (1) and 16 up.
+const JOBS: Token = Token(0);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config_path)?;
@@ -218,7 +216,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     node.flush_kernel();
     node.sync_kernel(&table.kernel);
-    let result = control_loop(&mut node, &listener, &stop);
+    let result = control_loop(&mut node, listener, &stop);
     tracing::info!(node = %node.cfg.name, "stopping");
     if let Some(f) = &node.filter {
         f.remove();
@@ -242,9 +240,18 @@ fn fault_worker_exit(node: &str) -> Option<Duration> {
 }
 
 /// The control thread: admin socket, BGP sessions and their timers, FIB publication.
-fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> anyhow::Result<()> {
+fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut poll = Poll::new()?;
-    poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), ADMIN, Interest::READABLE)?;
+    let metrics = match node.cfg.metrics_address {
+        Some(addr) => {
+            let l = mio::net::TcpListener::bind(addr).with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            Some(l)
+        }
+        None => None,
+    };
+    let wake = mio::Waker::new(poll.registry(), JOBS)?;
+    let front = front::Front::spawn(listener, metrics, wake).context("starting the admin thread")?;
     let mut speaker = match speaker_config(&node.cfg) {
         Some(sc) => Some(Speaker::new(sc, poll.registry(), Instant::now()).context("starting BGP")?),
         None => None,
@@ -258,15 +265,6 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         socket = %node.cfg.admin_socket.display(),
         "node up"
     );
-    let mut metrics = match node.cfg.metrics_address {
-        Some(addr) => {
-            let mut l = mio::net::TcpListener::bind(addr).with_context(|| format!("serving metrics on {addr}"))?;
-            poll.registry().register(&mut l, METRICS, Interest::READABLE)?;
-            tracing::info!(%addr, "metrics at http://{addr}/metrics");
-            Some(l)
-        }
-        None => None,
-    };
     let mut events = Events::with_capacity(64);
     let (mut pending, mut last_rebuild, mut rebuild_cost) = (false, Instant::now(), Duration::ZERO);
     let mut result = Ok(());
@@ -294,15 +292,22 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
         }
         let now = Instant::now();
         for ev in events.iter() {
-            if ev.token() == ADMIN {
-                admin::serve_pending(listener, |req| answer(req, node, speaker.as_ref()));
-                node.reap_capture();
-            } else if ev.token() == METRICS {
-                if let Some(l) = metrics.as_mut() {
-                    serve_metrics(l, node, speaker.as_ref());
+            if ev.token() != JOBS {
+                if let Some(sp) = speaker.as_mut() {
+                    sp.handle(poll.registry(), ev.token(), now);
                 }
-            } else if let Some(sp) = speaker.as_mut() {
-                sp.handle(poll.registry(), ev.token(), now);
+            }
+        }
+        // What the admin thread read: answered from memory, the replies never block.
+        while let Ok(job) = front.jobs.try_recv() {
+            match job {
+                front::Job::Admin(req, reply) => {
+                    let _ = reply.send(answer(req, node, speaker.as_ref()));
+                    node.reap_capture();
+                }
+                front::Job::Metrics(reply) => {
+                    let _ = reply.send(metrics_body(node, speaker.as_ref()));
+                }
             }
         }
         node.reap_capture();
@@ -312,6 +317,7 @@ fn control_loop(node: &mut Node, listener: &UnixListener, stop: &AtomicBool) -> 
             f.recheck();
         }
         if let Some(sp) = speaker.as_mut() {
+            sp.resume(poll.registry(), now);
             sp.tick(poll.registry(), now);
             pending |= sp.take_changed();
             // Coalesced: while routes pour in (a full table), rebuilding costs O(routes), so

@@ -3,34 +3,20 @@
 
 use super::*;
 
-pub(super) fn serve_metrics(l: &mut mio::net::TcpListener, node: &Node, speaker: Option<&Speaker>) {
-    while let Ok((stream, _)) = l.accept() {
-        let Ok(std_stream) = stream_to_std(stream) else { continue };
-        let body = || {
-            let totals = node.dp.totals();
-            let fib = node.fib.load();
-            let peers = speaker.map(|s| s.status()).unwrap_or_default();
-            crate::metrics::render(&crate::metrics::Snapshot {
-                interfaces: node.dp.interfaces().iter().map(|(_, f)| f.name.clone()).collect(),
-                totals: &totals,
-                fib_routes: fib.len(),
-                fib_memory_bytes: fib.memory_bytes(),
-                neighbours: node.dp.neighbours().len(),
-                uptime_secs: node.started.elapsed().as_secs_f64(),
-                peers: &peers,
-            })
-        };
-        if let Err(e) = crate::metrics::serve_http(std_stream, body) {
-            tracing::debug!(error = %e, "metrics request failed");
-        }
-    }
-}
-
-/// A blocking std stream for a short, bounded request/response exchange.
-fn stream_to_std(s: mio::net::TcpStream) -> std::io::Result<std::net::TcpStream> {
-    let s = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
-    s.set_nonblocking(false)?;
-    Ok(s)
+/// The Prometheus exposition of the node's counters and sessions.
+pub(super) fn metrics_body(node: &Node, speaker: Option<&Speaker>) -> String {
+    let totals = node.dp.totals();
+    let fib = node.fib.load();
+    let peers = speaker.map(|s| s.status()).unwrap_or_default();
+    crate::metrics::render(&crate::metrics::Snapshot {
+        interfaces: node.dp.interfaces().iter().map(|(_, f)| f.name.clone()).collect(),
+        totals: &totals,
+        fib_routes: fib.len(),
+        fib_memory_bytes: fib.memory_bytes(),
+        neighbours: node.dp.neighbours().len(),
+        uptime_secs: node.started.elapsed().as_secs_f64(),
+        peers: &peers,
+    })
 }
 
 impl Node {
