@@ -6,6 +6,7 @@
 
 pub mod fsm;
 pub mod policy;
+pub mod restart;
 pub mod rib;
 pub mod wire;
 

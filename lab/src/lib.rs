@@ -474,6 +474,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
         hold_time: topo.bgp_hold_time,
         connect_retry_secs: 2,
         graceful_restart_secs: 120,
+        max_stale_secs: 300,
         route_reflector_cluster_id: node.route_reflector_cluster_id,
         peers,
         // Every node gets every filter: the peers that name them decide where they apply.
@@ -483,7 +484,12 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
 }
 
 fn spawn_node(ns: &str, exe: &Path, config: &Path, log: &Path) -> anyhow::Result<i32> {
-    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    // Appended to: a restarted node's log goes on after its predecessor's.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     // `ip netns exec` execs the program, so the child's pid is the node's pid. Its own
     // process group keeps a Ctrl-C at the terminal from reaching the daemons.
@@ -541,6 +547,37 @@ fn wait_ready(d: &Daemon) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A planned restart of one node's daemon: it saves its routes and exits without a
+/// NOTIFICATION to its peers; a new daemon with the same config takes over. Returns the old
+/// and new pid and how long the node did not answer.
+pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<(i32, i32, Duration)> {
+    require_root("`router lab restart`")?;
+    let Some(mut st) = lab.state()? else {
+        bail!("no lab named {:?} is up; start it with `router lab up`", lab.name);
+    };
+    let Some(i) = st.daemons.iter().position(|d| d.node == node) else {
+        let nodes: Vec<&str> = st.daemons.iter().map(|d| d.node.as_str()).collect();
+        bail!("lab {:?} has no node {node:?}; nodes: {}", lab.name, nodes.join(", "));
+    };
+    let old = st.daemons[i].clone();
+    let t0 = Instant::now();
+    admin::Client::new(&old.socket)
+        .graceful_restart()
+        .with_context(|| format!("asking {node} to restart gracefully"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(old.pid) {
+        if Instant::now() > deadline {
+            bail!("{node} (pid {}) did not stop within 10 s; its log: {}", old.pid, old.log.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = spawn_node(&lab.ns(node), exe, &old.config, &old.log)?;
+    st.daemons[i].pid = pid;
+    st.save(&lab.dir)?;
+    wait_ready(&st.daemons[i])?;
+    Ok((old.pid, pid, t0.elapsed()))
 }
 
 /// What `down` removed.

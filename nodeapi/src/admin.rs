@@ -44,6 +44,9 @@ pub enum Request {
     Paths {
         prefix: ipnet::IpNet,
     },
+    /// Save the routes forwarded on, close the BGP sessions without a NOTIFICATION and exit,
+    /// for a `router node` started next to take over (graceful restart, RFC 4724).
+    GracefulRestart,
     /// The route an address takes (like `ip route get`).
     Lookup {
         addr: std::net::Ipv4Addr,
@@ -299,6 +302,10 @@ impl Client {
 
     pub fn routes(&self) -> Result<Vec<RouteEntry>, ClientError> {
         self.call(Request::Routes)
+    }
+
+    pub fn graceful_restart(&self) -> Result<(), ClientError> {
+        self.call(Request::GracefulRestart)
     }
 
     pub fn rejected(&self, peer: Option<Ipv4Addr>) -> Result<Vec<RejectedRoute>, ClientError> {

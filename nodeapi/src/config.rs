@@ -66,6 +66,8 @@ pub struct BgpConfig {
     pub connect_retry_secs: u16,
     /// 0 turns the graceful-restart capability off.
     pub graceful_restart_secs: u16,
+    /// The longest we keep a restarting peer's routes, whatever restart time it asks for.
+    pub max_stale_secs: u16,
     pub route_reflector_cluster_id: Option<Ipv4Addr>,
     pub peers: Vec<BgpPeer>,
     /// Calico's BGPFilters, which peers name in `filters`.
@@ -231,6 +233,8 @@ pub struct RawBgp {
     pub connect_retry_secs: u16,
     #[serde(default = "default_gr")]
     pub graceful_restart_secs: u16,
+    #[serde(default = "default_max_stale")]
+    pub max_stale_secs: u16,
     #[serde(default)]
     pub route_reflector_cluster_id: Option<Spanned<String>>,
     #[serde(default)]
@@ -431,6 +435,10 @@ fn default_gr() -> u16 {
     120
 }
 
+fn default_max_stale() -> u16 {
+    300
+}
+
 fn default_worker_nice() -> Spanned<i32> {
     Spanned::new(0..0, forwarding::dataplane::DEFAULT_WORKER_NICE)
 }
@@ -594,7 +602,9 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink) -> Result<BgpConfig, FileE
         port: b.port,
         hold_time: hold,
         connect_retry_secs: b.connect_retry_secs.max(1),
-        graceful_restart_secs: b.graceful_restart_secs,
+        // The capability has 12 bits for it.
+        graceful_restart_secs: b.graceful_restart_secs.min(4095),
+        max_stale_secs: b.max_stale_secs,
         route_reflector_cluster_id: addr(&b.route_reflector_cluster_id, "route_reflector_cluster_id")?,
         peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink, &filters)).collect::<Result<_, _>>()?,
         prefix_advertisements: check_prefix_advertisements(src, &b.prefix_advertisements)?,
@@ -757,6 +767,7 @@ impl NodeConfig {
                     hold_time: Spanned::new(0..0, b.hold_time),
                     connect_retry_secs: b.connect_retry_secs,
                     graceful_restart_secs: b.graceful_restart_secs,
+                    max_stale_secs: b.max_stale_secs,
                     route_reflector_cluster_id: b.route_reflector_cluster_id.map(|r| s(r.to_string())),
                     peers: b
                         .peers

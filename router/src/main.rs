@@ -180,6 +180,10 @@ enum LabCmd {
     },
     /// Walk through the seed's story, each claim shown live in the running lab.
     Tour,
+    /// Restart one node's daemon gracefully (RFC 4724): it saves its routes and closes its
+    /// sessions without a NOTIFICATION, so its peers keep its routes; the new daemon forwards
+    /// on the saved routes until its peers have sent theirs again.
+    Restart { node: String },
     /// Show the lab's hosts and whether their daemons answer.
     Status {
         #[arg(long)]
@@ -609,6 +613,12 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             Ok(0)
         }
         LabCmd::Exec { host, cmd } => lab::exec(lab, &host, &cmd),
+        LabCmd::Restart { node } => {
+            let exe = std::env::current_exe().context("finding the router binary")?;
+            let (old, new, took) = lab::restart(lab, &node, &exe)?;
+            println!("{node} restarted gracefully: pid {old} -> {new}, answering after {} ms", took.as_millis());
+            Ok(0)
+        }
         LabCmd::Tour => {
             let exe = std::env::current_exe().context("finding the router binary")?;
             lab::tour::run(lab, &exe).map(|_| 0)

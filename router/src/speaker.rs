@@ -41,6 +41,11 @@ pub struct SpeakerConfig {
     pub connect_retry: Duration,
     pub cluster_id: Option<Ipv4Addr>,
     pub graceful_restart: Option<u16>,
+    /// Our local limit on how long a restarting peer's stale routes are kept.
+    pub max_stale: Duration,
+    /// This node has just restarted gracefully and forwards on its saved routes: R and F in
+    /// its OPENs, and nothing sent until every peer's End-of-RIB (or the restart time).
+    pub restarted: bool,
     /// The peers as the node's config gives them: one set of peer settings for both.
     pub peers: Vec<BgpPeer>,
     /// Our own prefixes (the node's blocks), announced with next hop = our address.
@@ -81,8 +86,10 @@ struct Peer {
     fsm: Fsm,
     conn: Option<Conn>,
     ctx: Ctx,
-    /// Restart-time deadline of a peer whose stale routes we keep (RFC 4724).
-    stale_until: Option<Instant>,
+    /// Graceful restart, helper side: whether this peer's stale routes are kept, until when.
+    helper: bgp::restart::Helper,
+    /// End-of-RIB (IPv4) received since the session came up.
+    eor: bool,
     last_negotiated: Option<Negotiated>,
     flaps: u64,
     updates_received: u64,
@@ -98,6 +105,8 @@ pub struct Speaker {
     rib: Rib,
     peers: Vec<Peer>,
     listener: TcpListener,
+    /// Until when we defer after our own restart, if we do.
+    deferral_until: Option<Instant>,
     /// Peers whose socket had more to read when their read budget ran out.
     backlog: Vec<usize>,
     /// Set when the Loc-RIB changed since `take_changed`.
@@ -161,6 +170,7 @@ impl Speaker {
                 passive: p.passive,
                 families: vec![Afi::Ipv4],
                 graceful_restart: cfg.graceful_restart,
+                restarted: cfg.restarted,
             };
             let mut fsm = Fsm::new(fsm_cfg, now);
             let _ = fsm.process(now, Input::Start);
@@ -169,7 +179,8 @@ impl Speaker {
                 fsm,
                 conn: None,
                 ctx: Ctx::default(),
-                stale_until: None,
+                helper: bgp::restart::Helper::default(),
+                eor: false,
                 last_negotiated: None,
                 flaps: 0,
                 updates_received: 0,
@@ -179,11 +190,17 @@ impl Speaker {
         for b in &cfg.originate {
             rib.originate(IpNet::V4(*b), PathAttrs::local(cfg.local_addr));
         }
+        let restart_time = Duration::from_secs(u64::from(cfg.graceful_restart.unwrap_or(120)));
+        let deferral_until = cfg.restarted.then(|| now + restart_time);
+        if cfg.restarted {
+            rib.defer();
+        }
         let mut sp = Speaker {
             cfg,
             rib,
             peers,
             listener,
+            deferral_until,
             backlog: Vec::new(),
             changed: true,
             started: (now, SystemTime::now()),
@@ -210,7 +227,8 @@ impl Speaker {
         if !self.backlog.is_empty() {
             return Some(Instant::now());
         }
-        self.peers.iter().flat_map(|p| [p.fsm.poll_timeout(), p.stale_until]).flatten().min()
+        let peers = self.peers.iter().flat_map(|p| [p.fsm.poll_timeout(), p.helper.poll_timeout()]);
+        peers.chain([self.deferral_until]).flatten().min()
     }
 
     /// Goes on reading from peers whose read budget ran out ([`Speaker::poll_timeout`] is
@@ -381,17 +399,25 @@ impl Speaker {
             let peer = &self.peers[i];
             let peer_id = peer.fsm.negotiated().or(peer.last_negotiated.as_ref()).map_or(from_ip, |n| n.peer_id);
             let theirs_wins = !bgp::fsm::keep_ours(self.cfg.router_id, peer_id);
+            // RFC 4724 §4.2: from a peer doing graceful restart, a new connection while the
+            // session looks Established means it restarted: the old session ends as if its
+            // connection had been lost (routes kept, stale) and the new one goes on.
+            let restarted = state == State::Established && peer.fsm.negotiated().is_some_and(|n| n.peer_gr.is_some());
             let take = match state {
                 State::Idle | State::Active | State::Connect => true,
                 State::OpenSent | State::OpenConfirm => theirs_wins,
-                State::Established => false,
+                State::Established => restarted,
             };
             if !take {
                 let _ = stream.shutdown(Shutdown::Both);
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            if matches!(state, State::OpenSent | State::OpenConfirm) {
+            if restarted {
+                tracing::info!(peer = %from_ip, "new connection from an established peer: it restarted");
+                self.feed(registry, i, now, Input::PeerRestarted);
+                let _ = self.peers[i].fsm.process(now, Input::Start);
+            } else if matches!(state, State::OpenSent | State::OpenConfirm) {
                 // Cease on ours, then the exchange starts over on the peer's connection.
                 self.feed(registry, i, now, Input::Collision);
             } else if ours_pending {
@@ -555,6 +581,16 @@ impl Speaker {
                     tracing::info!(peer = %self.peers[i].cfg.address, hold = neg.hold_time, "BGP session up");
                     self.peers[i].ctx = Ctx { four_octet_as: neg.four_octet_as };
                     self.rib.set_router_id(i as PeerId, neg.peer_id);
+                    self.peers[i].eor = false;
+                    // Back from a restart: families whose forwarding state it did not keep
+                    // lose their stale routes now (RFC 4724 §4.2).
+                    for afi in self.peers[i].helper.up(&neg, &neg.families).flush {
+                        let ch = self.rib.purge_stale_family(i as PeerId, Some(afi));
+                        self.apply(registry, ch);
+                    }
+                    if !self.rib.has_stale(i as PeerId) {
+                        self.peers[i].helper.done();
+                    }
                     let ch = self.rib.peer_up(i as PeerId, &neg.families);
                     self.apply(registry, ch);
                     self.pump(registry, i);
@@ -567,14 +603,10 @@ impl Speaker {
                     } else {
                         tracing::debug!(peer = %self.peers[i].cfg.address, %reason, "BGP session not established");
                     }
-                    // RFC 4724 §4.2: a restarting peer (connection lost, no NOTIFICATION) keeps
-                    // its routes, stale, for its restart time.
-                    let restart = self.peers[i].last_negotiated.as_ref().and_then(|n| n.peer_restart_time);
-                    let keep =
-                        was_established && reason.starts_with("connection closed") && restart.is_some_and(|t| t > 0);
-                    if keep {
-                        self.peers[i].stale_until = restart.map(|t| now + Duration::from_secs(u64::from(t)));
-                    }
+                    // RFC 4724 §4.2 (and RFC 8538): a restarting peer keeps its routes, stale.
+                    let max_stale = self.cfg.max_stale;
+                    let p = &mut self.peers[i];
+                    let keep = p.helper.down(now, was_established, &reason, p.last_negotiated.as_ref(), max_stale);
                     let ch = self.rib.peer_down(i as PeerId, keep);
                     self.apply(registry, ch);
                 }
@@ -582,9 +614,13 @@ impl Speaker {
                     self.peers[i].updates_received += 1;
                     let ch = self.rib.update(i as PeerId, &u);
                     if !self.rib.has_stale(i as PeerId) {
-                        self.peers[i].stale_until = None;
+                        self.peers[i].helper.done();
+                    }
+                    if u.is_end_of_rib() == Some(Afi::Ipv4) {
+                        self.peers[i].eor = true;
                     }
                     self.apply(registry, ch);
+                    self.end_deferral_if_ready(registry, now);
                     if let Some((max, got)) = self.rib.over_limit(i as PeerId) {
                         self.feed(registry, i, now, max_prefixes_shutdown(max, got));
                     }
@@ -670,11 +706,51 @@ impl Speaker {
             if self.peers[i].fsm.poll_timeout().is_some_and(|t| t <= now) {
                 self.feed(registry, i, now, Input::Tick);
             }
-            if self.peers[i].stale_until.is_some_and(|t| t <= now) {
-                self.peers[i].stale_until = None;
+            if self.peers[i].helper.expired(now) {
                 let ch = self.rib.purge_stale(i as PeerId);
                 self.apply(registry, ch);
             }
+        }
+        self.end_deferral_if_ready(registry, now);
+    }
+
+    /// After our own restart, the table goes out once every peer is back and has sent its
+    /// End-of-RIB (a peer without graceful restart sends none: it is not waited for), or
+    /// when the restart time is up (RFC 4724 §4.1's selection deferral).
+    fn end_deferral_if_ready(&mut self, registry: &Registry, now: Instant) {
+        if !self.rib.deferring() {
+            return;
+        }
+        let all_back = self.peers.iter().all(|p| {
+            p.fsm.state() == State::Established && (p.eor || p.fsm.negotiated().is_some_and(|n| n.peer_gr.is_none()))
+        });
+        if !all_back && self.deferral_until.is_some_and(|t| t > now) {
+            return;
+        }
+        tracing::info!(all_back, "restart complete: sending our routes");
+        self.deferral_until = None;
+        for p in &mut self.peers {
+            p.fsm.restart_done();
+        }
+        let ch = self.rib.end_deferral();
+        self.changed = true;
+        self.apply(registry, ch);
+        for i in 0..self.peers.len() {
+            self.pump(registry, i);
+        }
+    }
+
+    /// Whether this node is still deferring after its restart (its FIB then holds the routes
+    /// it saved before, not the half-learned Loc-RIB).
+    pub fn deferring(&self) -> bool {
+        self.rib.deferring()
+    }
+
+    /// A planned restart: the connections close without a NOTIFICATION, so peers doing
+    /// graceful restart keep our routes until we are back (RFC 4724 §4.2).
+    pub fn close_for_restart(&mut self, registry: &Registry) {
+        for i in 0..self.peers.len() {
+            self.drop_conn(registry, i);
         }
     }
 

@@ -22,8 +22,11 @@ pub struct FsmConfig {
     /// Wait for the peer to connect instead of connecting (Calico: the higher address waits).
     pub passive: bool,
     pub families: Vec<Afi>,
-    /// Announce graceful-restart capability with this restart time (we act as helper).
+    /// Announce the graceful-restart capability with this restart time.
     pub graceful_restart: Option<u16>,
+    /// We have just restarted and kept forwarding meanwhile: R and F set in our OPEN until
+    /// [`Fsm::restart_done`].
+    pub restarted: bool,
 }
 
 /// What both sides agreed on.
@@ -37,6 +40,8 @@ pub struct Negotiated {
     pub route_refresh: bool,
     /// The peer's graceful-restart time, if it announced the capability (RFC 4724).
     pub peer_restart_time: Option<u16>,
+    /// The peer's graceful-restart capability.
+    pub peer_gr: Option<crate::restart::PeerGr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +92,9 @@ pub enum Input {
     Message(Message),
     /// The bytes from the peer did not decode: send this and reset.
     DecodeError(Notification),
+    /// The peer opened a new connection while this session looked Established: it
+    /// restarted (RFC 4724 §4.2). This session ends as if its connection had been lost.
+    PeerRestarted,
     /// Time passed; fire whatever timers are due.
     Tick,
 }
@@ -99,12 +107,62 @@ pub enum Output {
     /// Close the TCP connection (after sending what is queued).
     Close,
     Established(Negotiated),
-    /// The session left Established (or never got there); the reason is for `status`.
-    Down(String),
+    /// The session left Established (or never got there), and why.
+    Down(Down),
     /// An UPDATE for the RIB.
     Update(Update),
     /// The peer asked for our routes again (RFC 2918).
     RefreshRequested(u16),
+}
+
+/// Why a session went down: typed, because graceful restart decides on it (a lost
+/// connection keeps the peer's routes, a NOTIFICATION does not), and shown by `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Down {
+    /// The connection closed or failed under us, without a NOTIFICATION.
+    ConnectionLost(String),
+    HoldTimerExpired,
+    /// The peer sent this NOTIFICATION.
+    Received(Notification),
+    /// We sent this NOTIFICATION about an error of the peer's (`why`: which, in words).
+    Sent {
+        notification: Notification,
+        why: String,
+    },
+    /// Stopped by the operator (Cease, administrative shutdown).
+    Stopped,
+    /// Shut down by policy (maximum prefixes, output stuck, ...) with this NOTIFICATION.
+    Shutdown {
+        notification: Notification,
+        why: String,
+    },
+    /// A new connection came from the peer while this one looked Established: the peer
+    /// restarted (RFC 4724 §4.2).
+    PeerRestarted,
+}
+
+impl Down {
+    /// The NOTIFICATION that ended the session, either way.
+    pub fn notification(&self) -> Option<&Notification> {
+        match self {
+            Down::Received(n) | Down::Sent { notification: n, .. } | Down::Shutdown { notification: n, .. } => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Down::ConnectionLost(e) => write!(f, "connection closed: {e}"),
+            Down::HoldTimerExpired => f.write_str("hold timer expired"),
+            Down::Received(n) => write!(f, "received NOTIFICATION: {n}"),
+            Down::Sent { notification, why } if why.is_empty() => write!(f, "sent NOTIFICATION: {notification}"),
+            Down::Sent { why, .. } | Down::Shutdown { why, .. } => f.write_str(why),
+            Down::Stopped => f.write_str("stopped by the operator"),
+            Down::PeerRestarted => f.write_str("the peer restarted: a new connection came while this one was up"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -166,6 +224,12 @@ impl Fsm {
         &self.cfg
     }
 
+    /// Our restart is over (End-of-RIB from every peer, or the deferral ran out): later
+    /// OPENs no longer say we restarted.
+    pub fn restart_done(&mut self) {
+        self.cfg.restarted = false;
+    }
+
     /// The earliest time a `Tick` has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [self.idle_until, self.connect_retry_at, self.hold_at, self.keepalive_at].into_iter().flatten().min()
@@ -183,14 +247,21 @@ impl Fsm {
             self.cfg.families.iter().map(|f| Capability::Multiprotocol { afi: f.code(), safi: 1 }).collect();
         caps.push(Capability::RouteRefresh);
         if let Some(t) = self.cfg.graceful_restart {
-            caps.push(Capability::GracefulRestart { flags: 0, time: t, families: vec![] });
+            let fams: Vec<(Afi, bool)> = self.cfg.families.iter().map(|f| (*f, self.cfg.restarted)).collect();
+            caps.push(crate::restart::capability(t, self.cfg.restarted, &fams));
         }
         caps.push(Capability::FourOctetAs(self.cfg.local_as));
         Open::new(self.cfg.local_as, self.cfg.hold_time, self.cfg.local_id, caps)
     }
 
     /// Leaves the session after an error: notify if we can, close, back off, report.
-    fn fail(&mut self, now: Instant, reason: String, notify: Option<Notification>, out: &mut Vec<Output>) {
+    fn fail(&mut self, now: Instant, reason: Down, out: &mut Vec<Output>) {
+        let notify = match &reason {
+            Down::Sent { notification, .. } | Down::Shutdown { notification, .. } => Some(notification.clone()),
+            Down::HoldTimerExpired => Some(Notification::new(err::HOLD_TIMER_EXPIRED, 0)),
+            Down::Stopped => Some(Notification::new(err::CEASE, err::ADMIN_SHUTDOWN)),
+            Down::ConnectionLost(_) | Down::Received(_) | Down::PeerRestarted => None,
+        };
         if let Some(n) = notify {
             if matches!(self.state, State::OpenSent | State::OpenConfirm | State::Established) {
                 out.push(Output::Send(Message::Notification(n)));
@@ -199,8 +270,8 @@ impl Fsm {
         if !matches!(self.state, State::Idle) {
             out.push(Output::Close);
         }
-        out.push(Output::Down(reason.clone()));
-        self.last_error = Some(reason);
+        self.last_error = Some(reason.to_string());
+        out.push(Output::Down(reason));
         self.failures = self.failures.saturating_add(1);
         // Exponential back-off: 1 s, 2 s, 4 s ... up to 60 s before trying again.
         let backoff = BACKOFF_BASE.saturating_mul(1 << (self.failures - 1).min(6)).min(BACKOFF_MAX);
@@ -274,6 +345,7 @@ impl Fsm {
                 Capability::GracefulRestart { time, .. } => Some(*time),
                 _ => None,
             }),
+            peer_gr: o.capabilities().find_map(crate::restart::PeerGr::from_capability),
         })
     }
 
@@ -301,15 +373,14 @@ impl Fsm {
             Input::Stop => {
                 self.auto_start = false;
                 if self.state != State::Idle {
-                    let n = Notification::new(err::CEASE, err::ADMIN_SHUTDOWN);
-                    self.fail(now, "stopped by the operator".into(), Some(n), &mut out);
+                    self.fail(now, Down::Stopped, &mut out);
                     self.failures = 0;
                 }
                 self.idle_until = None;
             }
             Input::Shutdown { notification, reason, hold_down } => {
                 if self.state != State::Idle {
-                    self.fail(now, reason, Some(notification), &mut out);
+                    self.fail(now, Down::Shutdown { notification, why: reason }, &mut out);
                     self.idle_until = self.auto_start.then_some(now + hold_down);
                 }
             }
@@ -346,10 +417,15 @@ impl Fsm {
             }
             Input::TcpClosed(e) => {
                 if self.state != State::Idle {
-                    self.fail(now, format!("connection closed: {e}"), None, &mut out);
+                    self.fail(now, Down::ConnectionLost(e), &mut out);
                 }
             }
-            Input::DecodeError(n) => self.fail(now, format!("sent NOTIFICATION: {n}"), Some(n), &mut out),
+            Input::DecodeError(n) => self.fail(now, Down::Sent { notification: n, why: String::new() }, &mut out),
+            Input::PeerRestarted => {
+                if self.state != State::Idle {
+                    self.fail(now, Down::PeerRestarted, &mut out);
+                }
+            }
             Input::Message(m) => self.message(now, m, &mut out),
             Input::Tick => self.tick(now, &mut out),
         }
@@ -358,7 +434,7 @@ impl Fsm {
 
     fn message(&mut self, now: Instant, m: Message, out: &mut Vec<Output>) {
         if let Message::Notification(n) = &m {
-            self.fail(now, format!("received NOTIFICATION: {n}"), None, out);
+            self.fail(now, Down::Received(n.clone()), out);
             return;
         }
         match (self.state, m) {
@@ -370,7 +446,10 @@ impl Fsm {
                     self.arm_keepalive(now);
                     self.goto(now, State::OpenConfirm);
                 }
-                Err(n) => self.fail(now, format!("refused the peer's OPEN: {n}"), Some(n), out),
+                Err(n) => {
+                    let why = format!("refused the peer's OPEN: {n}");
+                    self.fail(now, Down::Sent { notification: n, why }, out)
+                }
             },
             (State::OpenConfirm, Message::Keepalive) => {
                 self.arm_hold(now);
@@ -393,7 +472,8 @@ impl Fsm {
             (State::Idle | State::Connect | State::Active, _) => {}
             (_, _) => {
                 let n = self.fsm_error();
-                self.fail(now, format!("unexpected message in {}", self.state.name()), Some(n), out);
+                let why = format!("unexpected message in {}", self.state.name());
+                self.fail(now, Down::Sent { notification: n, why }, out);
             }
         }
     }
@@ -405,8 +485,7 @@ impl Fsm {
             return;
         }
         if due(self.hold_at) {
-            let n = Notification::new(err::HOLD_TIMER_EXPIRED, 0);
-            self.fail(now, "hold timer expired".into(), Some(n), out);
+            self.fail(now, Down::HoldTimerExpired, out);
             return;
         }
         if due(self.connect_retry_at) && matches!(self.state, State::Connect | State::Active) {

@@ -17,6 +17,7 @@ fn cfg(local: Ipv4Addr, passive: bool, hold: u16) -> FsmConfig {
         passive,
         families: vec![Afi::Ipv4],
         graceful_restart: Some(120),
+        restarted: false,
     }
 }
 
@@ -124,7 +125,7 @@ fn hold_timer_expiry_sends_notification_and_goes_down() {
     let out = p.a.process(p.now, Input::Tick);
     assert!(sent(&out).contains(&Message::Notification(Notification::new(err::HOLD_TIMER_EXPIRED, 0))));
     assert!(out.contains(&Output::Close));
-    assert!(out.iter().any(|o| matches!(o, Output::Down(r) if r.contains("hold timer"))));
+    assert!(out.contains(&Output::Down(Down::HoldTimerExpired)));
     assert_eq!(p.a.state(), State::Idle);
     assert_eq!(p.a.last_error(), Some("hold timer expired"));
 }
@@ -185,7 +186,9 @@ fn received_notification_takes_the_session_down_with_its_reason() {
     p.establish();
     let out =
         p.a.process(p.now, Input::Message(Message::Notification(Notification::new(err::CEASE, err::ADMIN_SHUTDOWN))));
-    assert!(out.iter().any(|o| matches!(o, Output::Down(r) if r.contains("administrative shutdown"))));
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Down(d @ Down::Received(_)) if d.to_string().contains("administrative shutdown"))
+    ));
     assert!(sent(&out).is_empty(), "no NOTIFICATION in reply to one");
 }
 
@@ -244,8 +247,8 @@ fn a_shutdown_sends_its_cease_and_holds_down_before_trying_again() {
     let reason = "sent 11 prefixes, more than max_prefixes = 10".to_string();
     let hold_down = Duration::from_secs(30);
     let out = p.a.process(p.now, Input::Shutdown { notification: n.clone(), reason: reason.clone(), hold_down });
-    assert!(sent(&out).contains(&Message::Notification(n)));
-    assert!(out.contains(&Output::Down(reason.clone())));
+    assert!(sent(&out).contains(&Message::Notification(n.clone())));
+    assert!(out.contains(&Output::Down(Down::Shutdown { notification: n.clone(), why: reason.clone() })));
     assert_eq!((p.a.state(), p.a.last_error()), (State::Idle, Some(reason.as_str())));
     // Not the 1 s back-off of an error: the hold-down, then it starts by itself.
     assert_eq!(p.a.poll_timeout(), Some(p.now + hold_down));

@@ -210,6 +210,10 @@ pub struct Rib {
     rejected: HashMap<PeerId, PrefixMap<Rejected>>,
     policy: ClusterPolicy,
     sync: HashMap<PeerId, Sync>,
+    /// After our own restart: nothing is sent until [`Rib::end_deferral`] (RFC 4724 §4.1),
+    /// so peers get one consistent table instead of what a half-learned RIB would choose.
+    /// The families each peer that came up meanwhile negotiated.
+    deferred: Option<HashMap<PeerId, Vec<Afi>>>,
     /// Exported attributes, one allocation per distinct set: Adj-RIBs-Out of a full table
     /// share a few thousand, and packing groups routes by pointer.
     interned: std::collections::HashSet<Arc<PathAttrs>>,
@@ -232,6 +236,7 @@ impl Rib {
             rejected: HashMap::new(),
             policy: ClusterPolicy::default(),
             sync: HashMap::new(),
+            deferred: None,
             interned: Default::default(),
             interned_at_gc: 0,
         }
@@ -256,6 +261,28 @@ impl Rib {
         let a = Arc::new(a);
         self.interned.insert(a.clone());
         a
+    }
+
+    /// Holds every export back: we have just restarted (see `deferred`).
+    pub fn defer(&mut self) {
+        self.deferred.get_or_insert_with(HashMap::new);
+    }
+
+    pub fn deferring(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    /// The deferral is over: every peer that came up meanwhile gets the table now.
+    pub fn end_deferral(&mut self) -> Changes {
+        let Some(waiting) = self.deferred.take() else { return Changes::default() };
+        let mut ch = Changes::default();
+        let mut ids: Vec<PeerId> = waiting.keys().copied().filter(|id| self.up.contains(id)).collect();
+        ids.sort_unstable();
+        for id in ids {
+            let more = self.peer_up(id, &waiting[&id]);
+            ch.out.extend(more.out);
+        }
+        ch
     }
 
     /// Whether the peer's initial table dump is still going ([`Rib::sync_next`]).
@@ -358,6 +385,10 @@ impl Rib {
             self.up.push(id);
         }
         self.adj_out.insert(id, PrefixMap::default());
+        if let Some(d) = self.deferred.as_mut() {
+            d.insert(id, families.to_vec());
+            return Changes::default();
+        }
         // In prefix order, as the peer would get them from a sorted table.
         let mut prefixes: Vec<IpNet> = self.loc.keys().collect();
         prefixes.sort_unstable();
@@ -393,13 +424,28 @@ impl Rib {
 
     /// Drops whatever a restarting peer left stale (its End-of-RIB came, or time ran out).
     pub fn purge_stale(&mut self, id: PeerId) -> Changes {
+        self.purge_stale_family(id, None)
+    }
+
+    /// [`Rib::purge_stale`] for one family (its End-of-RIB, or no forwarding state kept).
+    pub fn purge_stale_family(&mut self, id: PeerId, afi: Option<Afi>) -> Changes {
         let mut ch = Changes::default();
         let Some(m) = self.adj_in.get_mut(&id) else { return ch };
-        let stale: Vec<IpNet> = m.iter().filter(|(_, p)| p.stale).map(|(k, _)| k).collect();
+        let family = |p: &IpNet| match afi {
+            None => true,
+            Some(Afi::Ipv4) => matches!(p, IpNet::V4(_)),
+            Some(Afi::Ipv6) => matches!(p, IpNet::V6(_)),
+        };
+        let stale: Vec<IpNet> = m.iter().filter(|(k, p)| p.stale && family(k)).map(|(k, _)| k).collect();
         for p in &stale {
             m.remove(p);
         }
-        self.stale.remove(&id);
+        let left = m.iter().filter(|(_, p)| p.stale).count();
+        if left == 0 {
+            self.stale.remove(&id);
+        } else {
+            self.stale.insert(id, left);
+        }
         for p in stale {
             self.recompute(p, &mut ch);
         }
@@ -422,8 +468,8 @@ impl Rib {
     /// Applies an UPDATE from a peer.
     pub fn update(&mut self, id: PeerId, u: &Update) -> Changes {
         let mut ch = Changes::default();
-        if u.is_end_of_rib().is_some() {
-            return self.purge_stale(id);
+        if let Some(afi) = u.is_end_of_rib() {
+            return self.purge_stale_family(id, Some(afi));
         }
         for p in u.withdrawn_all() {
             if let Some(r) = self.rejected.get_mut(&id) {
@@ -749,7 +795,7 @@ impl Rib {
 
     /// [`Rib::export`] with the Loc-RIB's entry for `prefix` at hand.
     fn export_best(&mut self, to: PeerId, prefix: IpNet, best: Option<&Best>, ch: &mut Changes) {
-        if !self.up.contains(&to) {
+        if !self.up.contains(&to) || self.deferred.is_some() {
             return;
         }
         if let Some(s) = self.sync.get(&to) {

@@ -655,3 +655,51 @@ fn the_initial_dump_streams_in_slices_and_sends_each_prefix_once_as_it_is_then()
     let med = r.adj_out[&2].get(&net(&late)).map(|a| a.med);
     assert_eq!(med, Some(Some(7)));
 }
+
+/// RFC 4724 §4.1: after our own restart nothing goes out, our own routes included, until the
+/// deferral ends; then every peer that came up meanwhile gets the table and End-of-RIB.
+#[test]
+fn after_our_restart_exports_wait_for_the_end_of_the_deferral() {
+    let mut r = mesh_rib();
+    r.defer();
+    let ch = r.originate(net("10.244.1.0/26"), PathAttrs::local(ME));
+    assert!(ch.out.is_empty());
+    assert!(r.peer_up(1, &[Afi::Ipv4]).out.is_empty());
+    let ch = r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
+    assert!(ch.out.is_empty() && !ch.loc.is_empty(), "learned and selected, not sent");
+    assert!(r.peer_up(2, &[Afi::Ipv4]).out.is_empty());
+    assert!(r.deferring());
+    let ch = r.end_deferral();
+    assert!(!r.deferring());
+    assert_eq!(prefixes(&sent_to(&ch, 1)), ["10.244.1.0/26"]);
+    assert_eq!(prefixes(&sent_to(&ch, 2)), ["10.244.1.0/26"], "iBGP routes are not passed to iBGP peers");
+    for p in [1, 2] {
+        assert_eq!(sent_to(&ch, p).last().and_then(|u| u.is_end_of_rib()), Some(Afi::Ipv4));
+    }
+}
+
+#[test]
+fn end_of_rib_purges_only_its_own_familys_stale_routes() {
+    let mut r = mesh_rib();
+    r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
+    let v6 = Update {
+        attrs: vec![
+            Attr::new(AttrValue::Origin(Origin::Igp)),
+            Attr::new(AttrValue::AsPath(vec![])),
+            Attr::new(AttrValue::MpReach {
+                afi: Afi::Ipv6,
+                next_hop: crate::wire::NextHopAddr::V6 { global: "fd00::1".parse().expect("ip"), link_local: None },
+                nlri: vec![net("fd00:2::/64")],
+            }),
+        ],
+        ..Default::default()
+    };
+    r.update(1, &v6);
+    r.peer_down(1, true);
+    r.peer_up(1, &[Afi::Ipv4, Afi::Ipv6]);
+    r.update(1, &Update::end_of_rib(Afi::Ipv4));
+    assert!(!r.loc_rib().contains_key(&net("10.244.2.0/26")));
+    assert!(r.loc_rib().contains_key(&net("fd00:2::/64")) && r.has_stale(1));
+    r.update(1, &Update::end_of_rib(Afi::Ipv6));
+    assert!(!r.has_stale(1) && !r.loc_rib().contains_key(&net("fd00:2::/64")));
+}

@@ -30,6 +30,7 @@ mod filter;
 mod front;
 mod interfaces;
 mod kernel;
+mod restart;
 mod serve;
 
 use filter::TransitFilter;
@@ -57,6 +58,10 @@ struct Node {
     filter: Option<TransitFilter>,
     /// The running trace: id, hops so far, when it stops by itself.
     trace: Option<(u32, Vec<nodeapi::admin::Hop>, Instant)>,
+    /// After a planned restart: the routes saved before it, forwarded on until BGP is back.
+    saved: Option<restart::Saved>,
+    /// A planned restart was asked for: save, close quietly, exit.
+    restart_requested: bool,
 }
 
 fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
@@ -113,7 +118,7 @@ impl Node {
     }
 }
 
-fn speaker_config(cfg: &NodeConfig) -> Option<SpeakerConfig> {
+fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
     let b = cfg.bgp.as_ref()?;
     let local_addr = cfg.uplink.address.addr();
     Some(SpeakerConfig {
@@ -125,6 +130,8 @@ fn speaker_config(cfg: &NodeConfig) -> Option<SpeakerConfig> {
         connect_retry: Duration::from_secs(u64::from(b.connect_retry_secs)),
         cluster_id: b.route_reflector_cluster_id,
         graceful_restart: (b.graceful_restart_secs > 0).then_some(b.graceful_restart_secs),
+        max_stale: Duration::from_secs(u64::from(b.max_stale_secs)),
+        restarted: restarted && b.graceful_restart_secs > 0,
         peers: b.peers.clone(),
         originate: originated(cfg),
         policy: cluster_policy(cfg),
@@ -169,9 +176,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config_path)?;
     check_kernel_forwarding(cfg.dataplane)?;
     let ifaces = discover(&cfg)?;
-    let table = routes::build(&cfg, &ifaces, &[]).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    let restart_time = Duration::from_secs(u64::from(cfg.bgp.as_ref().map_or(0, |b| b.graceful_restart_secs)));
+    let saved = restart::take(&cfg, restart_time);
+    if let Some(s) = &saved {
+        tracing::info!(routes = s.learned.len(), "restarting gracefully: forwarding on the saved routes");
+    }
+    let (learned, hops) =
+        saved.as_ref().map(|s| (s.learned.clone(), s.cluster_hops.iter().copied().collect())).unwrap_or_default();
+    let table =
+        routes::build(&cfg, &ifaces, &learned).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
     let mut writer = FibWriter::with_routes(&table.fib);
-    writer.set_tunnels(tunnels(&cfg, &HashSet::new()));
+    writer.set_tunnels(tunnels(&cfg, &hops));
     let fib = FibHandle::new(writer.publish());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -197,7 +212,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         dp,
         fib,
         writer,
-        learned: Vec::new(),
+        learned,
         kernel: Vec::new(),
         started: Instant::now(),
         capture: None,
@@ -205,6 +220,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         trace: None,
         tun_dropped: None,
         filter,
+        saved,
+        restart_requested: false,
     };
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
         let mtu = node.dp.interfaces().get(tun).map_or(1480, |f| f.mtu).to_string();
@@ -252,7 +269,7 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
     };
     let wake = mio::Waker::new(poll.registry(), JOBS)?;
     let front = front::Front::spawn(listener, metrics, wake).context("starting the admin thread")?;
-    let mut speaker = match speaker_config(&node.cfg) {
+    let mut speaker = match speaker_config(&node.cfg, node.saved.is_some()) {
         Some(sc) => Some(Speaker::new(sc, poll.registry(), Instant::now()).context("starting BGP")?),
         None => None,
     };
@@ -268,7 +285,7 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
     let mut events = Events::with_capacity(64);
     let (mut pending, mut last_rebuild, mut rebuild_cost) = (false, Instant::now(), Duration::ZERO);
     let mut result = Ok(());
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && !node.restart_requested {
         // Supervision: without a worker or the slow path the node would blackhole what BGP
         // keeps drawing to it. Stop: Cease to every peer withdraws our routes at once, and
         // the exit status says something went wrong.
@@ -322,7 +339,12 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
             pending |= sp.take_changed();
             // Coalesced: while routes pour in (a full table), rebuilding costs O(routes), so
             // wait twice as long as the last rebuild took; a small lab rebuilds at once.
-            if pending && last_rebuild.elapsed() >= rebuild_cost * 2 {
+            if node.saved.is_some() && !sp.deferring() {
+                // BGP is back: the Loc-RIB takes over from the saved routes.
+                node.saved = None;
+                pending = true;
+            }
+            if pending && last_rebuild.elapsed() >= rebuild_cost * 2 && node.saved.is_none() {
                 let t = Instant::now();
                 if let Err(e) = node.rebuild(sp.learned(), &sp.cluster_next_hops()) {
                     tracing::error!(error = %e, "rebuilding the FIB failed");
@@ -334,6 +356,18 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
         }
     }
     if let Some(sp) = speaker.as_mut() {
+        if node.restart_requested && result.is_ok() {
+            let hops: Vec<Ipv4Addr> = sp.cluster_next_hops().into_iter().collect();
+            let learned = if node.saved.is_some() { node.learned.clone() } else { sp.learned() };
+            match restart::save(&node.cfg, &learned, &hops) {
+                Ok(()) => {
+                    tracing::info!(routes = learned.len(), "planned restart: routes saved, sessions closed quietly");
+                    sp.close_for_restart(poll.registry());
+                    return result;
+                }
+                Err(e) => tracing::error!(error = %e, "saving the restart state failed; stopping with Cease"),
+            }
+        }
         // Cease to every peer: written at once, before the sockets close.
         sp.stop(poll.registry());
     }

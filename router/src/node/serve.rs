@@ -143,6 +143,13 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
         Request::TraceStart { .. } | Request::TraceCollect { .. } | Request::TraceStop => node.trace_request(req),
         Request::Lookup { addr } => admin::answer(&node.route_for(addr)),
         Request::Routes => admin::answer(&node.entries()),
+        Request::GracefulRestart => {
+            if cfg.bgp.as_ref().is_none_or(|b| b.graceful_restart_secs == 0) {
+                return Err("graceful restart is off for this node (graceful_restart_secs = 0)".into());
+            }
+            node.restart_requested = true;
+            admin::answer(&())
+        }
         Request::Rejected { peer } => admin::answer(&speaker.map(|s| s.rejected(peer)).unwrap_or_default()),
         Request::Paths { prefix } => admin::answer(&speaker.map(|s| s.paths(&prefix)).unwrap_or_default()),
         Request::Neighbours => admin::answer(&dp.neighbours()),
