@@ -251,11 +251,27 @@ impl Speaker {
             .enumerate()
             .map(|(i, p)| {
                 let state = p.fsm.state();
+                // Every state but up says why, or what it waits for.
                 let info = match (state, p.fsm.last_error()) {
+                    (State::Established, _) if self.rib.deferring() => {
+                        "Established; our routes wait for every peer's End-of-RIB (we restarted)".to_string()
+                    }
+                    (State::Established, _) if p.helper.active() => {
+                        "Established; its routes from before its restart are stale until its End-of-RIB".to_string()
+                    }
                     (State::Established, _) => "Established".to_string(),
-                    (_, Some(e)) => e.to_string(),
+                    (_, Some(e)) => match p.helper.poll_timeout() {
+                        Some(t) => {
+                            let left = t.saturating_duration_since(Instant::now()).as_secs();
+                            format!("{e}; its routes are kept (graceful restart) for up to {left} s more")
+                        }
+                        None => e.to_string(),
+                    },
                     (State::Active, None) if p.cfg.passive => "waiting for the peer to connect".into(),
-                    _ => String::new(),
+                    (State::Connect | State::Active, None) => format!("connecting to {}:{}", p.cfg.address, p.cfg.port),
+                    (State::OpenSent, None) => "connected; waiting for the peer's OPEN".into(),
+                    (State::OpenConfirm, None) => "OPENs exchanged; waiting for the peer's KEEPALIVE".into(),
+                    (State::Idle, None) => "idle: not started".into(),
                 };
                 PeerStatus {
                     peer: p.cfg.address,
