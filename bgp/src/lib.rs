@@ -8,6 +8,7 @@ pub mod fsm;
 pub mod policy;
 pub mod restart;
 pub mod rib;
+pub mod speaker;
 pub mod wire;
 
 /// Entry points for the fuzz targets (`fuzz/`): one per message decoder, each taking raw

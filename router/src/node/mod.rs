@@ -341,6 +341,7 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
             // wait twice as long as the last rebuild took; a small lab rebuilds at once.
             if node.saved.is_some() && !sp.deferring() {
                 // BGP is back: the Loc-RIB takes over from the saved routes.
+                tracing::info!("restart complete: every peer is back; the learned routes replace the saved ones");
                 node.saved = None;
                 pending = true;
             }

@@ -1,0 +1,588 @@
+//! The speaker core: one RIB and its peers (state machine, graceful-restart helper,
+//! counters), driven by events and `now`, answering with [`Action`]s for an I/O shell to
+//! carry out. Everything a BGP speaker decides is here, timers included (collisions, a peer's
+//! restart, stalled connects, silent GTSM peers, max-prefix, the deferral after our own
+//! restart); the shell only moves bytes. Several cores wired together on virtual time are a
+//! cluster without sockets (see the tests).
+
+use crate::fsm::{Down, Fsm, FsmConfig, Input, Negotiated, Output, State};
+use crate::policy::{ClusterPolicy, Filter};
+use crate::restart::Helper;
+use crate::rib::{Candidate, Changes, PathAttrs, PeerId, PeerInfo, Rib};
+use crate::wire::{self, Afi, Ctx, Message, Notification};
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a peer that sent more than its `max_prefixes` stays shut out. BIRD's `receive
+/// limit ... action restart` and GoBGP wait a similar time; RFC 4486 leaves it to the operator.
+pub const MAX_PREFIXES_HOLD_DOWN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub address: Ipv4Addr,
+    pub asn: u32,
+    /// Wait for the peer to connect (Calico: the higher address waits).
+    pub passive: bool,
+    /// We reflect routes for it (we are a route reflector, it is our client).
+    pub rr_client: bool,
+    /// A router outside the cluster (Calico's BGPPeer).
+    pub external: bool,
+    /// Names of its filters, in order.
+    pub filters: Vec<String>,
+    pub max_prefixes: Option<u32>,
+    /// GTSM: the peer is this many hops away (the shell sets the socket options).
+    pub ttl_security: Option<u8>,
+    /// TCP MD5 is on (for the hint when connects go unanswered).
+    pub md5: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    pub local_addr: Ipv4Addr,
+    pub hold_time: u16,
+    pub connect_retry: Duration,
+    pub cluster_id: Option<Ipv4Addr>,
+    pub graceful_restart: Option<u16>,
+    /// Our local limit on how long a restarting peer's stale routes are kept.
+    pub max_stale: Duration,
+    /// We have just restarted gracefully and forward on saved routes: R and F in our OPENs,
+    /// and nothing sent until every peer's End-of-RIB (or the restart time).
+    pub restarted: bool,
+    pub peers: Vec<PeerConfig>,
+    /// Our own prefixes, announced with our address as next hop.
+    pub originate: Vec<IpNet>,
+    pub policy: ClusterPolicy,
+    pub filters: Vec<Filter>,
+}
+
+/// What the shell does for the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a TCP connection to peer `i` (answer with `connected` or `connect_failed`).
+    Connect(usize),
+    Send(usize, Message),
+    /// Close peer `i`'s connection after sending what is queued.
+    Close(usize),
+}
+
+/// What to do with a connection a peer opened to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    Refuse,
+    /// Take it: carry out the actions (they close any connection of ours), put it in place,
+    /// then call [`Core::accepted`].
+    Take,
+}
+
+#[derive(Debug)]
+struct Peer {
+    cfg: PeerConfig,
+    fsm: Fsm,
+    helper: Helper,
+    /// End-of-RIB (IPv4) received since the session came up.
+    eor: bool,
+    last_negotiated: Option<Negotiated>,
+    /// Our connect in progress since, or the connection up since (for the stall timers).
+    connecting_since: Option<Instant>,
+    connected_at: Option<Instant>,
+    flaps: u64,
+    updates_received: u64,
+    updates_sent: u64,
+}
+
+/// One peer as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    pub state: State,
+    pub since: Instant,
+    /// Why it is not up, or what it waits for.
+    pub info: String,
+    pub received: usize,
+    pub rejected: usize,
+    pub advertised: usize,
+    pub flaps: u64,
+    pub updates_received: u64,
+    pub updates_sent: u64,
+}
+
+#[derive(Debug)]
+pub struct Core {
+    cfg: CoreConfig,
+    rib: Rib,
+    peers: Vec<Peer>,
+    actions: Vec<Action>,
+    deferral_until: Option<Instant>,
+    /// Set when the Loc-RIB changed since `take_changed`.
+    changed: bool,
+}
+
+/// The lowest TTL a GTSM peer `hops` away can reach us with.
+pub fn gtsm_min_ttl(hops: u8) -> u8 {
+    255 - hops.saturating_sub(1)
+}
+
+impl Core {
+    pub fn new(cfg: CoreConfig, now: Instant) -> Core {
+        let mut rib = Rib::new(cfg.local_as, cfg.router_id, cfg.cluster_id);
+        rib.set_policy(cfg.policy.clone());
+        let filters: Vec<Arc<Filter>> = cfg.filters.iter().cloned().map(Arc::new).collect();
+        let mut peers = Vec::new();
+        for (i, p) in cfg.peers.iter().enumerate() {
+            rib.add_peer(
+                i as PeerId,
+                PeerInfo {
+                    rr_client: p.rr_client,
+                    external: p.external,
+                    filters: p.filters.iter().filter_map(|n| filters.iter().find(|f| &f.name == n).cloned()).collect(),
+                    max_prefixes: p.max_prefixes,
+                    ..PeerInfo::new(p.address, p.asn, cfg.local_addr)
+                },
+            );
+            let fsm = Fsm::new(
+                FsmConfig {
+                    local_as: cfg.local_as,
+                    peer_as: p.asn,
+                    local_id: cfg.router_id,
+                    hold_time: cfg.hold_time,
+                    connect_retry: cfg.connect_retry,
+                    passive: p.passive,
+                    families: vec![Afi::Ipv4],
+                    graceful_restart: cfg.graceful_restart,
+                    restarted: cfg.restarted,
+                },
+                now,
+            );
+            peers.push(Peer {
+                cfg: p.clone(),
+                fsm,
+                helper: Helper::default(),
+                eor: false,
+                last_negotiated: None,
+                connecting_since: None,
+                connected_at: None,
+                flaps: 0,
+                updates_received: 0,
+                updates_sent: 0,
+            });
+        }
+        for b in &cfg.originate {
+            rib.originate(*b, PathAttrs::local(cfg.local_addr));
+        }
+        let restart_time = Duration::from_secs(u64::from(cfg.graceful_restart.unwrap_or(120)));
+        let deferral_until = cfg.restarted.then(|| now + restart_time);
+        if cfg.restarted {
+            rib.defer();
+        }
+        let mut core = Core { cfg, rib, peers, actions: Vec::new(), deferral_until, changed: true };
+        for i in 0..core.peers.len() {
+            core.feed(i, now, Input::Start);
+        }
+        core
+    }
+
+    /// What the shell must do now, in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    pub fn rib(&self) -> &Rib {
+        &self.rib
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn peer_config(&self, i: usize) -> &PeerConfig {
+        &self.peers[i].cfg
+    }
+
+    /// The peer's wire context (AS number size) for encoding and decoding.
+    pub fn ctx(&self, i: usize) -> Ctx {
+        self.peers[i].fsm.negotiated().map_or_else(Ctx::default, |n| Ctx { four_octet_as: n.four_octet_as })
+    }
+
+    pub fn state(&self, i: usize) -> State {
+        self.peers[i].fsm.state()
+    }
+
+    /// True once after every Loc-RIB change: time to rebuild the FIB.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    pub fn deferring(&self) -> bool {
+        self.rib.deferring()
+    }
+
+    /// The earliest time [`Core::tick`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retry = self.cfg.connect_retry;
+        let peers = self.peers.iter().flat_map(|p| {
+            let stall = p.connecting_since.map(|t| t + retry);
+            let gtsm =
+                p.cfg.ttl_security.and(p.connected_at).filter(|_| p.fsm.state() == State::OpenSent).map(|t| t + retry);
+            [p.fsm.poll_timeout(), p.helper.poll_timeout(), stall, gtsm]
+        });
+        peers.chain([self.deferral_until]).flatten().min()
+    }
+
+    /// Our connect to peer `i` completed.
+    pub fn connected(&mut self, i: usize, now: Instant) {
+        self.peers[i].connecting_since = None;
+        self.peers[i].connected_at = Some(now);
+        self.feed(i, now, Input::TcpUp);
+    }
+
+    pub fn connect_failed(&mut self, i: usize, now: Instant, error: String) {
+        self.peers[i].connecting_since = None;
+        self.feed(i, now, Input::TcpFailed(error));
+    }
+
+    /// The connection closed under us (or failed).
+    pub fn closed(&mut self, i: usize, now: Instant, error: String) {
+        self.peers[i].connected_at = None;
+        self.feed(i, now, Input::TcpClosed(error));
+    }
+
+    pub fn message(&mut self, i: usize, now: Instant, m: Message) {
+        self.feed(i, now, Input::Message(m));
+    }
+
+    /// What the peer sent does not decode: `n` goes back and the session resets.
+    pub fn decode_error(&mut self, i: usize, now: Instant, n: Notification) {
+        self.feed(i, now, Input::DecodeError(n));
+    }
+
+    /// Ends a session for a reason the shell found (output stuck, too much queued).
+    pub fn shutdown(&mut self, i: usize, now: Instant, notification: Notification, why: String, hold_down: Duration) {
+        self.feed(i, now, Input::Shutdown { notification, reason: why, hold_down });
+    }
+
+    /// Peer `i` opened a connection to us while we have `ours_pending` (a connect of ours in
+    /// progress or up). One session per peer (RFC 4271 §6.8): in OpenSent or OpenConfirm the
+    /// connection opened by the higher BGP identifier survives; a new connection from a peer
+    /// doing graceful restart while its session looks Established is its restart (RFC 4724
+    /// §4.2); otherwise an Established session keeps its connection.
+    pub fn incoming(&mut self, i: usize, now: Instant, ours_pending: bool) -> Incoming {
+        let p = &self.peers[i];
+        let state = p.fsm.state();
+        if p.cfg.ttl_security.is_some() {
+            // GTSM: the shared listener let this handshake through whatever its TTL. The
+            // session runs on the connection we open, whose socket checks it.
+            return Incoming::Refuse;
+        }
+        // The peer's identifier is in its OPEN once we are in OpenConfirm; before that it is
+        // the one of the last session, or else its address (a Calico node's router ID).
+        let peer_id = p.fsm.negotiated().or(p.last_negotiated.as_ref()).map_or(p.cfg.address, |n| n.peer_id);
+        let theirs_wins = !crate::fsm::keep_ours(self.cfg.router_id, peer_id);
+        let restarted = state == State::Established && p.fsm.negotiated().is_some_and(|n| n.peer_gr.is_some());
+        let take = match state {
+            State::Idle | State::Active | State::Connect => true,
+            State::OpenSent | State::OpenConfirm => theirs_wins,
+            State::Established => restarted,
+        };
+        if !take {
+            return Incoming::Refuse;
+        }
+        if restarted {
+            self.feed(i, now, Input::PeerRestarted);
+            let _ = self.peers[i].fsm.process(now, Input::Start);
+        } else if matches!(state, State::OpenSent | State::OpenConfirm) {
+            // Cease on ours, then the exchange starts over on the peer's connection.
+            self.feed(i, now, Input::Collision);
+        } else if ours_pending {
+            // Our connect is still in progress: the peer's connection is here first.
+            self.actions.push(Action::Close(i));
+        }
+        if state == State::Idle {
+            // Backing off after an error: the peer's connection ends the wait. The FSM's
+            // Connect output is moot, the connection is already here.
+            let _ = self.peers[i].fsm.process(now, Input::Start);
+        }
+        self.peers[i].connecting_since = None;
+        Incoming::Take
+    }
+
+    /// The connection [`Core::incoming`] said to take is in place (after the shell carried
+    /// out the actions that closed any other): the session starts on it.
+    pub fn accepted(&mut self, i: usize, now: Instant) {
+        self.peers[i].connected_at = Some(now);
+        self.feed(i, now, Input::TcpUp);
+    }
+
+    /// Whether peer `i` still has part of its initial table to get ([`Core::sync_more`]).
+    pub fn syncing(&self, i: usize) -> bool {
+        self.rib.syncing(i as PeerId)
+    }
+
+    /// The next slice of peer `i`'s initial table (the shell asks while its output is low).
+    pub fn sync_more(&mut self, i: usize) {
+        let ch = self.rib.sync_next(i as PeerId);
+        self.apply(ch);
+    }
+
+    /// Fires due timers.
+    pub fn tick(&mut self, now: Instant) {
+        let retry = self.cfg.connect_retry;
+        for i in 0..self.peers.len() {
+            // A SYN that is never answered (peer down, or a TCP MD5 mismatch, which the kernel
+            // drops silently) would otherwise hang for minutes in the kernel's retries.
+            if self.peers[i].connecting_since.is_some_and(|t| now >= t + retry) {
+                self.peers[i].connecting_since = None;
+                self.actions.push(Action::Close(i));
+                let p = &self.peers[i].cfg;
+                let mut hint = String::from("peer down");
+                if p.md5 {
+                    hint += ", or a TCP MD5 password mismatch";
+                }
+                if let Some(h) = p.ttl_security {
+                    hint += &format!(", or its packets arrive with a TTL below {} (ttl_security)", gtsm_min_ttl(h));
+                }
+                let msg = format!("no answer to TCP connect within {} s ({hint})", retry.as_secs());
+                self.feed(i, now, Input::TcpFailed(msg));
+            }
+            // GTSM: a peer that sends below the TTL we require gets its handshake through when
+            // its listener sends at 255 (BIRD's does), and then its OPEN is dropped. Waiting the
+            // OpenSent hold time (4 minutes) would tell nobody anything.
+            let silent = self.peers[i].cfg.ttl_security.filter(|_| {
+                self.peers[i].fsm.state() == State::OpenSent
+                    && self.peers[i].connected_at.is_some_and(|t| now >= t + retry)
+            });
+            if let Some(h) = silent {
+                self.peers[i].connected_at = None;
+                self.actions.push(Action::Close(i));
+                let msg = format!(
+                    "no OPEN within {} s; its packets may arrive with a TTL below {} (ttl_security), which the kernel drops",
+                    retry.as_secs(),
+                    gtsm_min_ttl(h)
+                );
+                self.feed(i, now, Input::TcpFailed(msg));
+            }
+            if self.peers[i].fsm.poll_timeout().is_some_and(|t| t <= now) {
+                self.feed(i, now, Input::Tick);
+            }
+            if self.peers[i].helper.expired(now) {
+                let ch = self.rib.purge_stale(i as PeerId);
+                self.apply(ch);
+            }
+        }
+        self.end_deferral_if_ready(now);
+    }
+
+    /// Cease to every peer (shutting down for good).
+    pub fn stop(&mut self, now: Instant) {
+        for i in 0..self.peers.len() {
+            self.feed(i, now, Input::Stop);
+        }
+    }
+
+    /// A planned restart: every connection closes without a NOTIFICATION, so peers doing
+    /// graceful restart keep our routes until we are back (RFC 4724 §4.2).
+    pub fn close_for_restart(&mut self) {
+        for i in 0..self.peers.len() {
+            self.actions.push(Action::Close(i));
+        }
+    }
+
+    /// Feeds one input to peer `i`'s FSM and carries out what it asks.
+    fn feed(&mut self, i: usize, now: Instant, input: Input) {
+        if let Some(n) = self.peers[i].fsm.negotiated() {
+            self.peers[i].last_negotiated = Some(n.clone());
+        }
+        let was_established = self.peers[i].fsm.state() == State::Established;
+        for o in self.peers[i].fsm.process(now, input) {
+            match o {
+                Output::Connect => {
+                    self.peers[i].connecting_since = Some(now);
+                    self.actions.push(Action::Connect(i));
+                }
+                Output::Send(m) => self.send(i, m),
+                Output::Close => {
+                    self.peers[i].connecting_since = None;
+                    self.peers[i].connected_at = None;
+                    self.actions.push(Action::Close(i));
+                }
+                Output::Established(neg) => self.established(i, neg),
+                Output::Down(why) => self.down(i, now, was_established, why),
+                Output::Update(u) => {
+                    self.peers[i].updates_received += 1;
+                    let ch = self.rib.update(i as PeerId, &u);
+                    if !self.rib.has_stale(i as PeerId) {
+                        self.peers[i].helper.done();
+                    }
+                    if u.is_end_of_rib() == Some(Afi::Ipv4) {
+                        self.peers[i].eor = true;
+                    }
+                    self.apply(ch);
+                    if let Some((max, got)) = self.rib.over_limit(i as PeerId) {
+                        self.feed(i, now, max_prefixes_shutdown(max, got));
+                    }
+                    self.end_deferral_if_ready(now);
+                }
+                Output::RefreshRequested(_) => {
+                    let fams = self.peers[i].last_negotiated.as_ref().map(|n| n.families.clone()).unwrap_or_default();
+                    let ch = self.rib.peer_up(i as PeerId, &fams);
+                    self.apply(ch);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, i: usize, m: Message) {
+        if matches!(m, Message::Update(_)) {
+            self.peers[i].updates_sent += 1;
+        }
+        self.actions.push(Action::Send(i, m));
+    }
+
+    fn established(&mut self, i: usize, neg: Negotiated) {
+        self.rib.set_router_id(i as PeerId, neg.peer_id);
+        self.peers[i].eor = false;
+        self.peers[i].connected_at = None;
+        // Back from a restart: families whose forwarding state it did not keep lose their
+        // stale routes now (RFC 4724 §4.2).
+        for afi in self.peers[i].helper.up(&neg, &neg.families).flush {
+            let ch = self.rib.purge_stale_family(i as PeerId, Some(afi));
+            self.apply(ch);
+        }
+        if !self.rib.has_stale(i as PeerId) {
+            self.peers[i].helper.done();
+        }
+        let ch = self.rib.peer_up(i as PeerId, &neg.families);
+        self.apply(ch);
+    }
+
+    fn down(&mut self, i: usize, now: Instant, was_established: bool, why: Down) {
+        if was_established {
+            self.peers[i].flaps += 1;
+        }
+        // RFC 4724 §4.2: a restarting peer keeps its routes, stale.
+        let max_stale = self.cfg.max_stale;
+        let p = &mut self.peers[i];
+        let keep = p.helper.down(now, was_established, &why, p.last_negotiated.as_ref(), max_stale);
+        let ch = self.rib.peer_down(i as PeerId, keep);
+        self.apply(ch);
+    }
+
+    fn apply(&mut self, ch: Changes) {
+        if !ch.loc.is_empty() {
+            self.changed = true;
+        }
+        for (to, u) in ch.out {
+            self.send(to as usize, Message::Update(u));
+        }
+    }
+
+    /// After our own restart, the table goes out once every peer is back and has sent its
+    /// End-of-RIB (a peer without graceful restart sends none: it is not waited for), or
+    /// when the restart time is up (RFC 4724 §4.1's selection deferral).
+    fn end_deferral_if_ready(&mut self, now: Instant) {
+        if !self.rib.deferring() {
+            return;
+        }
+        let all_back = self.peers.iter().all(|p| {
+            p.fsm.state() == State::Established && (p.eor || p.fsm.negotiated().is_some_and(|n| n.peer_gr.is_none()))
+        });
+        if !all_back && self.deferral_until.is_some_and(|t| t > now) {
+            return;
+        }
+        self.deferral_until = None;
+        for p in &mut self.peers {
+            p.fsm.restart_done();
+        }
+        let ch = self.rib.end_deferral();
+        self.changed = true;
+        self.apply(ch);
+    }
+
+    /// Peer `i` as `status` shows it: every state but up says why, or what it waits for.
+    pub fn view(&self, i: usize, now: Instant) -> PeerView {
+        let p = &self.peers[i];
+        let state = p.fsm.state();
+        let info = match (state, p.fsm.last_error()) {
+            (State::Established, _) if self.rib.deferring() => {
+                "Established; our routes wait for every peer's End-of-RIB (we restarted)".to_string()
+            }
+            (State::Established, _) if p.helper.active() => {
+                "Established; its routes from before its restart are stale until its End-of-RIB".to_string()
+            }
+            (State::Established, _) => "Established".to_string(),
+            (_, Some(e)) => match p.helper.poll_timeout() {
+                Some(t) => {
+                    let left = t.saturating_duration_since(now).as_secs();
+                    format!("{e}; its routes are kept (graceful restart) for up to {left} s more")
+                }
+                None => e.to_string(),
+            },
+            (State::Active, None) if p.cfg.passive => "waiting for the peer to connect".into(),
+            (State::Connect | State::Active, None) => format!("connecting to {}", p.cfg.address),
+            (State::OpenSent, None) => "connected; waiting for the peer's OPEN".into(),
+            (State::OpenConfirm, None) => "OPENs exchanged; waiting for the peer's KEEPALIVE".into(),
+            (State::Idle, None) => "idle: not started".into(),
+        };
+        PeerView {
+            state,
+            since: p.fsm.since(),
+            info,
+            received: self.rib.received(i as PeerId),
+            rejected: self.rib.rejected(i as PeerId),
+            advertised: self.rib.advertised(i as PeerId),
+            flaps: p.flaps,
+            updates_received: p.updates_received,
+            updates_sent: p.updates_sent,
+        }
+    }
+
+    /// The next hops of the routes learned from cluster nodes.
+    pub fn cluster_next_hops(&self) -> std::collections::HashSet<Ipv4Addr> {
+        self.rib
+            .loc_rib()
+            .iter()
+            .filter_map(|(_, b)| match (b.from, b.attrs.next_hop) {
+                (crate::rib::From::Peer(id), IpAddr::V4(nh)) if self.rib.peer(id).is_some_and(|p| !p.external) => {
+                    Some(nh)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The next hop of every IPv4 Loc-RIB route this node did not originate.
+    pub fn learned(&self) -> Vec<(ipnet::Ipv4Net, Ipv4Addr)> {
+        self.rib
+            .loc_rib()
+            .iter()
+            .filter(|(_, b)| b.from != crate::rib::From::Local)
+            .filter_map(|(p, b)| match (p, b.attrs.next_hop) {
+                (IpNet::V4(p), IpAddr::V4(nh)) => Some((p, nh)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn candidates(&self, prefix: &IpNet) -> Vec<Candidate> {
+        self.rib.candidates(prefix)
+    }
+}
+
+/// RFC 4486 §4: Cease, "maximum number of prefixes reached", with AFI, SAFI and the limit.
+fn max_prefixes_shutdown(max: u32, got: usize) -> Input {
+    let mut data = vec![0, 1, 1];
+    data.extend_from_slice(&max.to_be_bytes());
+    Input::Shutdown {
+        notification: Notification::with_data(wire::err::CEASE, wire::err::MAX_PREFIXES, &data),
+        reason: format!(
+            "sent {got} prefixes, more than max_prefixes = {max}: shut down (Cease, maximum prefixes), retrying in {} s",
+            MAX_PREFIXES_HOLD_DOWN.as_secs()
+        ),
+        hold_down: MAX_PREFIXES_HOLD_DOWN,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,435 @@
+//! Several speaker cores wired together on virtual time, with no sockets: connections are
+//! pairs of peer slots, every message goes through the wire encoder and decoder, and time
+//! jumps to the next timer. Graceful restart both ways, collisions, stalls and limits are
+//! played out here as they are in the lab, in milliseconds.
+
+use super::*;
+use crate::wire::Update;
+use std::collections::VecDeque;
+
+const AS: u32 = 64512;
+
+fn ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 100, n)
+}
+
+fn block(n: u8) -> IpNet {
+    format!("10.244.{n}.0/26").parse().expect("net")
+}
+
+/// A cluster of `n` nodes in a full mesh; node k has address .k+1, block 10.244.k+1.0/26,
+/// and the higher address of a pair waits (Calico's rule).
+struct Cluster {
+    now: Instant,
+    nodes: Vec<Option<Core>>,
+    /// (node, peer slot) -> the connection's id and its other end.
+    links: HashMap<(usize, usize), (u64, usize, usize)>,
+    /// (to node, its peer slot, connection id, what arrives).
+    queue: VecDeque<(usize, usize, u64, Ev)>,
+    next_conn: u64,
+    gr: Option<u16>,
+}
+
+use std::collections::HashMap;
+
+#[derive(Debug)]
+enum Ev {
+    Bytes(Vec<u8>),
+    Closed,
+}
+
+fn config(me: usize, n: usize, gr: Option<u16>, restarted: bool) -> CoreConfig {
+    let addr = ip(me as u8 + 1);
+    CoreConfig {
+        local_as: AS,
+        router_id: addr,
+        local_addr: addr,
+        hold_time: 9,
+        connect_retry: Duration::from_secs(2),
+        cluster_id: None,
+        graceful_restart: gr,
+        max_stale: Duration::from_secs(300),
+        restarted,
+        peers: (0..n)
+            .filter(|&o| o != me)
+            .map(|o| PeerConfig {
+                address: ip(o as u8 + 1),
+                asn: AS,
+                passive: me > o,
+                rr_client: false,
+                external: false,
+                filters: vec![],
+                max_prefixes: None,
+                ttl_security: None,
+                md5: false,
+            })
+            .collect(),
+        originate: vec![block(me as u8 + 1)],
+        policy: ClusterPolicy::default(),
+        filters: vec![],
+    }
+}
+
+impl Cluster {
+    fn new(n: usize, gr: Option<u16>) -> Cluster {
+        let now = Instant::now();
+        let nodes = (0..n).map(|k| Some(Core::new(config(k, n, gr, false), now))).collect();
+        let mut c = Cluster { now, nodes, links: HashMap::new(), queue: VecDeque::new(), next_conn: 0, gr };
+        c.settle();
+        c
+    }
+
+    fn node_of(&self, addr: Ipv4Addr) -> usize {
+        usize::from(addr.octets()[3]) - 1
+    }
+
+    /// The slot node `at` uses for node `of`.
+    fn slot(&self, at: usize, of: usize) -> usize {
+        if of < at {
+            of
+        } else {
+            of - 1
+        }
+    }
+
+    fn core(&mut self, k: usize) -> &mut Core {
+        self.nodes[k].as_mut().expect("node is running")
+    }
+
+    fn view(&self, k: usize, slot: usize) -> PeerView {
+        self.nodes[k].as_ref().expect("node is running").view(slot, self.now)
+    }
+
+    /// Carries out every node's actions and delivers what is in flight until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            for k in 0..self.nodes.len() {
+                let Some(core) = self.nodes[k].as_mut() else { continue };
+                for a in core.take_actions() {
+                    moved = true;
+                    self.act(k, a);
+                }
+            }
+            if let Some((k, slot, id, ev)) = self.queue.pop_front() {
+                moved = true;
+                let now = self.now;
+                // What was in flight on a connection that is gone is lost with it.
+                if self.links.get(&(k, slot)).is_none_or(|l| l.0 != id) {
+                    continue;
+                }
+                let Some(core) = self.nodes[k].as_mut() else { continue };
+                match ev {
+                    Ev::Bytes(b) => match wire::decode(&b, &core.ctx(slot)) {
+                        Ok(Some((m, _))) => core.message(slot, now, m),
+                        Ok(None) => panic!("a whole message was sent"),
+                        Err(n) => core.decode_error(slot, now, n),
+                    },
+                    Ev::Closed => {
+                        self.links.remove(&(k, slot));
+                        core.closed(slot, now, "the peer closed the connection".into());
+                    }
+                }
+            }
+            for k in 0..self.nodes.len() {
+                if let Some(core) = self.nodes[k].as_mut() {
+                    while let Some(i) = (0..core.peer_count()).find(|&i| core.syncing(i)) {
+                        core.sync_more(i);
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the cluster never settled");
+    }
+
+    fn act(&mut self, k: usize, a: Action) {
+        let now = self.now;
+        match a {
+            Action::Connect(slot) => {
+                let addr = self.core(k).peer_config(slot).address;
+                let to = self.node_of(addr);
+                let back = self.slot(to, k);
+                let Some(other) = self.nodes[to].as_mut() else {
+                    self.core(k).connect_failed(slot, now, "connection refused".into());
+                    return;
+                };
+                if self.links.contains_key(&(k, slot)) {
+                    return;
+                }
+                let pending = self.links.contains_key(&(to, back));
+                match other.incoming(back, now, pending) {
+                    Incoming::Refuse => self.core(k).connect_failed(slot, now, "reset".into()),
+                    Incoming::Take => {
+                        for a in self.core(to).take_actions() {
+                            self.act(to, a);
+                        }
+                        self.next_conn += 1;
+                        let id = self.next_conn;
+                        self.links.insert((k, slot), (id, to, back));
+                        self.links.insert((to, back), (id, k, slot));
+                        self.core(to).accepted(back, now);
+                        self.core(k).connected(slot, now);
+                    }
+                }
+            }
+            Action::Send(slot, m) => {
+                if let Some(&(id, to, back)) = self.links.get(&(k, slot)) {
+                    let ctx = self.core(k).ctx(slot);
+                    self.queue.push_back((to, back, id, Ev::Bytes(m.to_bytes(&ctx))));
+                }
+            }
+            Action::Close(slot) => {
+                if let Some((id, to, back)) = self.links.remove(&(k, slot)) {
+                    self.queue.push_back((to, back, id, Ev::Closed));
+                }
+            }
+        }
+    }
+
+    /// Lets `d` of virtual time pass, firing every timer on its way.
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        loop {
+            self.settle();
+            let next = self.nodes.iter().flatten().filter_map(|c| c.poll_timeout()).min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for c in self.nodes.iter_mut().flatten() {
+                        c.tick(now);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+        self.settle();
+    }
+
+    fn has(&self, k: usize, b: u8) -> bool {
+        self.nodes[k].as_ref().is_some_and(|c| c.rib().loc_rib().contains_key(&block(b)))
+    }
+
+    fn all_up(&self) -> bool {
+        self.nodes.iter().flatten().all(|c| (0..c.peer_count()).all(|i| c.state(i) == State::Established))
+    }
+
+    /// Node `k` disappears: its connections close with no NOTIFICATION (a crash, or the
+    /// quiet close of a planned restart).
+    fn vanish(&mut self, k: usize) {
+        self.nodes[k] = None;
+        let mine: Vec<(usize, usize)> = self.links.keys().filter(|a| a.0 == k).copied().collect();
+        for a in mine {
+            if let Some((id, to, back)) = self.links.remove(&a) {
+                self.queue.push_back((to, back, id, Ev::Closed));
+            }
+        }
+        self.queue.retain(|(to, ..)| *to != k);
+        self.settle();
+    }
+
+    fn start(&mut self, k: usize, restarted: bool) {
+        let n = self.nodes.len();
+        self.nodes[k] = Some(Core::new(config(k, n, self.gr, restarted), self.now));
+        self.settle();
+    }
+}
+
+#[test]
+fn a_full_mesh_comes_up_and_every_node_learns_every_block() {
+    let mut c = Cluster::new(4, Some(120));
+    c.run_for(Duration::from_secs(1));
+    assert!(c.all_up());
+    for k in 0..4 {
+        for b in 1..=4 {
+            assert!(c.has(k, b), "node {k} lacks block {b}");
+        }
+    }
+    // Keepalives hold the sessions through many hold times.
+    c.run_for(Duration::from_secs(60));
+    assert!(c.all_up());
+}
+
+#[test]
+fn a_crashed_node_keeps_its_block_at_helpers_until_its_restart_time_then_loses_it() {
+    let mut c = Cluster::new(3, Some(120));
+    c.run_for(Duration::from_secs(1));
+    c.vanish(1);
+    c.run_for(Duration::from_secs(100));
+    assert!(c.has(0, 2) && c.has(2, 2), "stale, kept within the restart time");
+    let info = c.view(0, 0).info;
+    assert!(info.contains("kept (graceful restart)"), "{info}");
+    c.run_for(Duration::from_secs(21));
+    assert!(!c.has(0, 2) && !c.has(2, 2), "gone after 120 s");
+}
+
+#[test]
+fn without_graceful_restart_a_lost_connection_withdraws_at_once() {
+    let mut c = Cluster::new(3, None);
+    c.run_for(Duration::from_secs(1));
+    c.vanish(1);
+    assert!(!c.has(0, 2) && !c.has(2, 2));
+}
+
+#[test]
+fn a_planned_restart_keeps_routes_and_the_restarted_node_defers_until_end_of_rib() {
+    let mut c = Cluster::new(3, Some(120));
+    c.run_for(Duration::from_secs(1));
+    c.core(1).close_for_restart();
+    c.vanish(1);
+    c.run_for(Duration::from_secs(5));
+    assert!(c.has(0, 2) && c.has(2, 2));
+    c.start(1, true);
+    // Node 1 is back: it learned everything, and nobody ever lost its block.
+    for _ in 0..50 {
+        c.run_for(Duration::from_millis(100));
+        assert!(c.has(0, 2) && c.has(2, 2), "a helper dropped the restarting node's block");
+    }
+    assert!(!c.core(1).deferring(), "End-of-RIB from both peers ends the deferral");
+    assert!(c.all_up());
+    for b in 1..=3 {
+        assert!(c.has(1, b));
+    }
+    // Fresh again at the helpers: node 1's End-of-RIB purged nothing it re-announced.
+    assert!(!c.core(0).rib().has_stale(0));
+    c.run_for(Duration::from_secs(200));
+    assert!(c.has(0, 2) && c.has(2, 2), "still there after the restart time");
+}
+
+#[test]
+fn a_failed_reconnect_does_not_flush_stale_routes() {
+    let mut c = Cluster::new(2, Some(120));
+    c.run_for(Duration::from_secs(1));
+    c.vanish(1);
+    // Node 0 (the lower address) keeps connecting and failing for a minute.
+    c.run_for(Duration::from_secs(60));
+    assert!(c.has(0, 2));
+    let info = c.view(0, 0).info;
+    assert!(info.contains("refused") && info.contains("kept"), "{info}");
+}
+
+#[test]
+fn a_restarted_peers_new_connection_replaces_the_one_that_still_looks_up() {
+    let mut c = Cluster::new(2, Some(120));
+    c.run_for(Duration::from_secs(1));
+    // Node 0 restarts and node 1 never hears its old connection go (the FIN was lost).
+    c.nodes[0] = None;
+    c.links.retain(|a, _| a.0 != 0);
+    c.queue.clear();
+    assert_eq!(c.core(1).state(0), State::Established);
+    c.start(0, true);
+    // Node 0 connects (it has the lower address); node 1 takes the connection as the restart.
+    c.run_for(Duration::from_millis(500));
+    assert!(c.all_up());
+    assert_eq!(c.view(1, 0).flaps, 1, "the old session ended");
+    assert!(c.has(1, 1), "node 0's block was kept across the restart");
+    assert!(!c.core(0).deferring() && !c.core(1).rib().has_stale(0));
+}
+
+#[test]
+fn incoming_connections_follow_the_collision_rule() {
+    let now = Instant::now();
+    let cease = Notification::new(wire::err::CEASE, wire::err::COLLISION_RESOLUTION);
+    // .1 has its own connection in OpenSent when .2 (higher identifier) connects: .2's wins,
+    // with a Cease on ours.
+    let mut a = Core::new(config(0, 2, Some(120), false), now);
+    assert_eq!(a.take_actions(), vec![Action::Connect(0)]);
+    a.connected(0, now);
+    assert!(matches!(a.take_actions().as_slice(), [Action::Send(0, Message::Open(_))]));
+    assert_eq!(a.incoming(0, now, true), Incoming::Take);
+    let acts = a.take_actions();
+    assert!(acts.contains(&Action::Send(0, Message::Notification(cease))), "{acts:?}");
+    assert!(acts.contains(&Action::Close(0)));
+    a.accepted(0, now);
+    assert_eq!(a.state(0), State::OpenSent);
+    // .2 in OpenSent on a connection it accepted keeps it against a second one from .1 (.2's
+    // identifier is higher: the connection .2 opened... is none; the rule keeps the session).
+    let mut b = Core::new(config(1, 2, None, false), now);
+    let _ = b.take_actions();
+    assert_eq!(b.incoming(0, now, false), Incoming::Take);
+    b.accepted(0, now);
+    let _ = b.take_actions();
+    assert_eq!(b.incoming(0, now, true), Incoming::Refuse, "OpenSent, our identifier is higher");
+    // Established without graceful restart: a second connection is refused.
+    let mut c = Cluster::new(2, None);
+    c.run_for(Duration::from_secs(1));
+    let t = c.now;
+    assert_eq!(c.core(1).incoming(0, t, true), Incoming::Refuse);
+}
+
+#[test]
+fn a_connect_that_is_never_answered_is_abandoned_with_a_reason() {
+    let now = Instant::now();
+    let mut cfg = config(0, 2, None, false);
+    cfg.peers[0].md5 = true;
+    let mut a = Core::new(cfg, now);
+    assert_eq!(a.take_actions(), vec![Action::Connect(0)]);
+    assert_eq!(a.poll_timeout(), Some(now + Duration::from_secs(2)));
+    a.tick(now + Duration::from_secs(2));
+    let acts = a.take_actions();
+    assert!(acts.contains(&Action::Close(0)), "{acts:?}");
+    let info = a.view(0, now).info;
+    assert!(info.contains("no answer to TCP connect within 2 s") && info.contains("MD5"), "{info}");
+}
+
+#[test]
+fn a_peer_over_its_prefix_limit_is_shut_down_with_cease_1() {
+    let now = Instant::now();
+    let mut cfg = config(0, 2, None, false);
+    cfg.peers[0].max_prefixes = Some(2);
+    cfg.peers[0].external = true;
+    let mut a = Core::new(cfg, now);
+    let _ = a.take_actions();
+    a.connected(0, now);
+    let _ = a.take_actions();
+    let open = crate::wire::Open::new(AS, 9, ip(2), vec![crate::wire::Capability::FourOctetAs(AS)]);
+    a.message(0, now, Message::Open(open));
+    a.message(0, now, Message::Keepalive);
+    assert_eq!(a.state(0), State::Established);
+    let _ = a.take_actions();
+    let u = Update {
+        attrs: vec![
+            crate::wire::Attr::new(crate::wire::AttrValue::Origin(crate::wire::Origin::Igp)),
+            crate::wire::Attr::new(crate::wire::AttrValue::AsPath(vec![])),
+            crate::wire::Attr::new(crate::wire::AttrValue::NextHop(ip(2))),
+        ],
+        nlri: ["198.51.100.0/24", "198.51.101.0/24", "198.51.102.0/24"]
+            .iter()
+            .map(|p| p.parse().expect("net"))
+            .collect(),
+        ..Default::default()
+    };
+    a.message(0, now, Message::Update(u));
+    let acts = a.take_actions();
+    let sent_cease = acts.iter().any(|x| {
+        matches!(x, Action::Send(0, Message::Notification(n)) if n.code == wire::err::CEASE && n.subcode == wire::err::MAX_PREFIXES)
+    });
+    assert!(sent_cease, "{acts:?}");
+    assert_eq!(a.state(0), State::Idle);
+    assert!(a.view(0, now).info.contains("max_prefixes = 2"));
+    assert_eq!(a.poll_timeout(), Some(now + MAX_PREFIXES_HOLD_DOWN));
+}
+
+/// While the restarted node waits for a peer that is not back, it sends nothing and says why;
+/// the restart time ends the wait.
+#[test]
+fn the_deferral_waits_for_every_peer_and_ends_at_the_restart_time() {
+    let mut c = Cluster::new(3, Some(30));
+    c.run_for(Duration::from_secs(1));
+    c.core(1).close_for_restart();
+    c.vanish(1);
+    c.vanish(2);
+    c.start(1, true);
+    c.run_for(Duration::from_secs(5));
+    assert!(c.core(1).deferring(), "node 2 is not back");
+    assert!(c.view(1, 0).info.contains("wait for every peer's End-of-RIB"));
+    assert_eq!(c.view(1, 0).advertised, 0, "nothing sent while deferring");
+    c.run_for(Duration::from_secs(26));
+    assert!(!c.core(1).deferring());
+    assert_eq!(c.view(1, 0).advertised, 1, "its own block, once the deferral ended");
+}
