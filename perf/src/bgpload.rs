@@ -4,7 +4,9 @@
 //!
 //! Two namespaces joined by a veth pair: the feeder (`router-perf bgp-feed`, our BGP codec)
 //! and the device under test, first `router node`, then `bird`. The feeder encodes all its
-//! UPDATEs before the clock starts, so what is timed is the receiver.
+//! UPDATEs before the clock starts, so what is timed is the receiver. With `--peers N`, N−1
+//! more peers (`bgp-feed --idle`, each from its own address) are established with the
+//! receiver before the table comes: what a receiver's sessions cost while it loads.
 
 use anyhow::{bail, Context as _};
 use bgp::wire::{self, AsSegment, Attr, AttrValue, Capability, Ctx, Message, Open, Origin, Update};
@@ -31,6 +33,9 @@ pub struct Options {
     /// Announce only the first N IPv4 prefixes (0: all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
+    /// Peers of the receiver, the feeder included: one run per number (e.g. `1,8`).
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=200))]
+    pub peers: Vec<u16>,
     /// Give up on a receiver after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -110,12 +115,24 @@ fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Message>
 
 /// `router-perf bgp-feed` (runs in the feeder namespace): establishes a session with `peer`,
 /// announces the table, prints JSON events on stdout, then keeps the session up until killed.
-pub fn feed(peer: Ipv4Addr, local: Ipv4Addr, table: &Path, limit: usize) -> anyhow::Result<()> {
-    let prefixes = load_table(table, limit)?;
+/// With `table` None, an idle peer: it announces nothing, sends End-of-RIB and stays.
+pub fn feed(peer: Ipv4Addr, local: Ipv4Addr, table: Option<&Path>, limit: usize) -> anyhow::Result<()> {
+    let prefixes = match table {
+        Some(t) => load_table(t, limit)?,
+        None => Vec::new(),
+    };
     let (updates, messages) = encode_updates(&prefixes, local);
     let deadline = Instant::now() + Duration::from_secs(60);
+    let connect = || -> std::io::Result<TcpStream> {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        // From its own address: the receiver tells its peers apart by address.
+        s.bind(&SocketAddr::from((local, 0)).into())?;
+        s.connect_timeout(&SocketAddr::from((peer, 179)).into(), Duration::from_secs(1))?;
+        Ok(s.into())
+    };
     let mut s = loop {
-        match TcpStream::connect_timeout(&SocketAddr::from((peer, 179)), Duration::from_secs(1)) {
+        match connect() {
             Ok(s) => break s,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
             Err(e) => return Err(e).context(format!("connecting to {peer}:179")),
@@ -195,13 +212,32 @@ struct Bench {
     children: Vec<Child>,
 }
 
+/// The address of idle peer `k` (0-based) in the feeder namespace.
+fn idle_addr(k: u16) -> Ipv4Addr {
+    let [a, b, c, _] = GEN_ADDR.octets();
+    Ipv4Addr::new(a, b, c, 3 + k as u8)
+}
+
 impl Bench {
-    fn new() -> anyhow::Result<Bench> {
+    fn new(idle: u16) -> anyhow::Result<Bench> {
         let dir = crate::scratch_dir("router-perf-bgp-")?;
         let b = Bench { dir, children: Vec::new() };
         b.remove_namespaces();
         veth_between((GEN_NS, "rpb-g", GEN_ADDR), (DUT_NS, "rpb-d", DUT_ADDR))?;
+        for k in 0..idle {
+            nodeapi::ipcmd::ip_in(GEN_NS, &["addr", "add", &format!("{}/24", idle_addr(k)), "dev", "rpb-g"])?;
+        }
         Ok(b)
+    }
+
+    /// Starts the idle peers, which establish and stay; the caller waits for them.
+    fn start_idle(&mut self, perf: &Path, idle: u16) -> anyhow::Result<()> {
+        for k in 0..idle {
+            let (dut, local) = (DUT_ADDR.to_string(), idle_addr(k).to_string());
+            let args = [perf.to_str().unwrap_or_default(), "bgp-feed", "--peer", &dut, "--local", &local, "--idle"];
+            self.spawn(GEN_NS, &args, Stdio::null())?;
+        }
+        Ok(())
     }
 
     /// Kills whatever still runs in the namespaces and deletes them.
@@ -335,6 +371,8 @@ fn rss_of_ns(ns: &str, name: &str) -> u64 {
 #[derive(Debug, serde::Serialize)]
 struct Outcome {
     receiver: &'static str,
+    /// Established peers during the load, the feeder included.
+    peers: u16,
     prefixes: usize,
     /// Routes the receiver took in (it may refuse a few).
     installed: usize,
@@ -369,23 +407,26 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, std::sync::Arc::clone(flag)).context("installing signal handlers")?;
     }
     let mut results = Vec::new();
-    for measure in [measure_node as fn(&mut Bench, &Path, &Path, &Options, usize) -> _, measure_bird] {
-        let mut b = Bench::new()?;
-        let r = measure(&mut b, &perf, &router, o, n);
-        if r.is_err() {
-            KEEP_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+    for &peers in &o.peers {
+        for measure in [measure_node as fn(&mut Bench, &Path, &Path, &Options, usize, u16) -> _, measure_bird] {
+            let mut b = Bench::new(peers - 1)?;
+            let r = measure(&mut b, &perf, &router, o, n, peers);
+            if r.is_err() {
+                KEEP_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            results.push(r?);
         }
-        results.push(r?);
     }
     use std::fmt::Write as _;
     let mut md = String::from(
-        "| receiver | announced | taken in | first UPDATE → all in place | routes/s | RSS |\n|---|---:|---:|---:|---:|---:|\n",
+        "| receiver | peers | announced | taken in | first UPDATE → all in place | routes/s | RSS |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &results {
         writeln!(
             md,
-            "| {} | {} | {} | {:.2} s | {:.2} M | {:.0} MiB |",
+            "| {} | {} | {} | {} | {:.2} s | {:.2} M | {:.0} MiB |",
             r.receiver,
+            r.peers,
             r.prefixes,
             r.installed,
             r.secs,
@@ -393,8 +434,17 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             r.rss_bytes as f64 / (1 << 20) as f64
         )?;
     }
-    if let [ours, bird] = results.as_slice() {
-        writeln!(md, "\nrouter node ÷ BIRD 2 (time): {:.2}", ours.secs / bird.secs)?;
+    md.push('\n');
+    for pair in results.chunks(2) {
+        if let [ours, bird] = pair {
+            writeln!(
+                md,
+                "{} peer(s): router node ÷ BIRD 2: time {:.2}, RSS {:.2}  ",
+                ours.peers,
+                ours.secs / bird.secs,
+                ours.rss_bytes as f64 / bird.rss_bytes.max(1) as f64
+            )?;
+        }
     }
     print!("{md}");
     if let Some(docs) = Some(o.docs.as_path()).filter(|d| !d.as_os_str().is_empty()) {
@@ -414,17 +464,26 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize) -> anyhow::Result<Outcome> {
+fn measure_node(
+    b: &mut Bench,
+    perf: &Path,
+    router: &Path,
+    o: &Options,
+    n: usize,
+    peers: u16,
+) -> anyhow::Result<Outcome> {
     let sock = b.dir.join("dut.sock");
     let conf = b.dir.join("dut.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "name = \"dut\"\nworkers = 1\nadmin_socket = \"{}\"\n[uplink]\ninterface = \"rpb-d\"\naddress = \"{DUT_ADDR}/24\"\n\
-             [bgp]\nas_number = {DUT_AS}\n[[bgp.peers]]\naddress = \"{GEN_ADDR}\"\nas_number = {FEED_AS}\nkind = \"global\"\npassive = true\n",
-            sock.display()
-        ),
-    )?;
+    let mut text = format!(
+        "name = \"dut\"\nworkers = 1\nadmin_socket = \"{}\"\n[uplink]\ninterface = \"rpb-d\"\naddress = \"{DUT_ADDR}/24\"\n\
+         [bgp]\nas_number = {DUT_AS}\n",
+        sock.display()
+    );
+    for a in std::iter::once(GEN_ADDR).chain((0..peers - 1).map(idle_addr)) {
+        text +=
+            &format!("[[bgp.peers]]\naddress = \"{a}\"\nas_number = {FEED_AS}\nkind = \"global\"\npassive = true\n");
+    }
+    std::fs::write(&conf, text)?;
     b.spawn(
         DUT_NS,
         &[router.to_str().unwrap_or_default(), "node", "--config", conf.to_str().unwrap_or_default()],
@@ -434,6 +493,9 @@ fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize
     let fib_routes = || node.stats().ok().map(|s| s.fib_routes);
     // The node's own routes (its address, its subnet) are there before the feed starts.
     let (_, before) = wait_for(1, Duration::from_secs(30), None, fib_routes).context("the node did not come up")?;
+    b.start_idle(perf, peers - 1)?;
+    let up = || node.bgp_status().ok().map(|s| s.peers.iter().filter(|p| p.state == "up").count());
+    wait_for(usize::from(peers - 1), Duration::from_secs(60), None, up).context("the idle peers")?;
     let (t0, updates, events) = start_feed(b, perf, o)?;
     let (t1, got) =
         wait_for(before + n, Duration::from_secs(o.timeout), Some(&events), fib_routes).context("our node")?;
@@ -449,6 +511,7 @@ fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize
     }
     Ok(Outcome {
         receiver: "router node",
+        peers,
         prefixes: n,
         installed: got - before,
         updates,
@@ -460,17 +523,24 @@ fn measure_node(b: &mut Bench, perf: &Path, router: &Path, o: &Options, n: usize
     })
 }
 
-fn measure_bird(b: &mut Bench, perf: &Path, _router: &Path, o: &Options, n: usize) -> anyhow::Result<Outcome> {
+fn measure_bird(
+    b: &mut Bench,
+    perf: &Path,
+    _router: &Path,
+    o: &Options,
+    n: usize,
+    peers: u16,
+) -> anyhow::Result<Outcome> {
     let sock = b.dir.join("bird.ctl");
     let conf = b.dir.join("bird.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "router id {DUT_ADDR};\nprotocol device {{}}\n\
-             protocol bgp feed {{ local {DUT_ADDR} as {DUT_AS}; neighbor {GEN_ADDR} as {FEED_AS}; passive on;\n\
+    let mut text = format!("router id {DUT_ADDR};\nprotocol device {{}}\n");
+    for (i, a) in std::iter::once(GEN_ADDR).chain((0..peers - 1).map(idle_addr)).enumerate() {
+        text += &format!(
+            "protocol bgp p{i} {{ local {DUT_ADDR} as {DUT_AS}; neighbor {a} as {FEED_AS}; passive on;\n\
              ipv4 {{ import all; export none; }}; }}\n"
-        ),
-    )?;
+        );
+    }
+    std::fs::write(&conf, text)?;
     let (c, s, pid) = (conf.to_string_lossy(), sock.to_string_lossy(), b.dir.join("bird.pid"));
     b.spawn(DUT_NS, &["bird", "-f", "-c", &c, "-s", &s, "-P", &pid.to_string_lossy()], Stdio::null())?;
     let count = || {
@@ -481,10 +551,17 @@ fn measure_bird(b: &mut Bench, perf: &Path, _router: &Path, o: &Options, n: usiz
         line.split_whitespace().next()?.parse::<usize>().ok()
     };
     wait_for(0, Duration::from_secs(30), None, count).context("bird did not come up")?;
+    b.start_idle(perf, peers - 1)?;
+    let up = || {
+        let out = Command::new("birdc").args(["-s", &s, "show", "protocols"]).output().ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).matches("Established").count())
+    };
+    wait_for(usize::from(peers - 1), Duration::from_secs(60), None, up).context("the idle peers at BIRD")?;
     let (t0, updates, events) = start_feed(b, perf, o)?;
     let (t1, got) = wait_for(n, Duration::from_secs(o.timeout), Some(&events), count).context("BIRD")?;
     Ok(Outcome {
         receiver: "BIRD 2",
+        peers,
         prefixes: n,
         installed: got,
         updates,

@@ -35,10 +35,13 @@ enum Cmd {
         peer: Ipv4Addr,
         #[arg(long)]
         local: Ipv4Addr,
-        #[arg(long)]
-        table: std::path::PathBuf,
+        /// The table to announce; without it (`--idle`), announce nothing and stay.
+        #[arg(long, required_unless_present = "idle")]
+        table: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 0)]
         limit: usize,
+        #[arg(long)]
+        idle: bool,
     },
     /// Send UDP for a while (runs inside the source pod).
     #[command(hide = true)]
@@ -75,7 +78,7 @@ fn main() {
         Cmd::Forward(o) => bench::run(&o),
         Cmd::BgpLoad(o) => bgpload::run(&o),
         Cmd::GenCheck(o) => gencheck::run(&o),
-        Cmd::BgpFeed { peer, local, table, limit } => bgpload::feed(peer, local, &table, limit),
+        Cmd::BgpFeed { peer, local, table, limit, idle: _ } => bgpload::feed(peer, local, table.as_deref(), limit),
         Cmd::Gen { dst, port, size, flows, secs, pps, count } => {
             traffic::generate(dst, port, size, flows, Duration::from_secs_f64(secs), pps, count)
                 .map(|r| println!("{}", serde_json::json!(r)))
