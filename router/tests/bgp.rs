@@ -330,11 +330,26 @@ fn gobgp_peers_with_node_a_both_ways() {
         let rib = gobgp(&["neighbor", "192.168.100.100", "adj-in"]);
         BLOCKS.iter().all(|b| rib.contains(b))
     });
+    // GoBGP as an outside peer: its own prefix is used (at node-a only), a pod block and a pod
+    // address it announces are refused and listed, with the community it attached ignored.
     gobgp(&["global", "rib", "add", "10.99.2.0/24", "-a", "ipv4"]);
+    gobgp(&["global", "rib", "add", "10.244.3.0/26", "community", "65002:1", "-a", "ipv4"]);
+    gobgp(&["global", "rib", "add", "10.244.1.9/32", "-a", "ipv4"]);
     wait_for(10, "GoBGP's route in node-a's FIB", || route(&lab, "node-a", "10.99.2.0/24").is_some());
     let r = route(&lab, "node-a", "10.99.2.0/24").expect("route");
     assert_eq!(r["source"], "bgp");
     assert_eq!(r["next_hop"], "192.168.200.1");
+    wait_for(10, "the pool routes refused", || rejected(&lab, "node-a").len() == 2);
+    let why = rejected(&lab, "node-a");
+    assert!(why.iter().all(|(_, w)| w.contains("IP pool")), "{why:?}");
+    assert_eq!(route(&lab, "node-a", "10.244.3.0/26").expect("node-c's block")["next_hop"], "192.168.200.101");
+    std::thread::sleep(Duration::from_secs(1));
+    for node in ["node-b", "node-c"] {
+        assert!(route(&lab, node, "10.99.2.0/24").is_none(), "{node} learned an outside route");
+    }
+    // GoBGP hears only the cluster's blocks back, not its own prefix or anything else.
+    let rib = gobgp(&["neighbor", "192.168.100.100", "adj-in"]);
+    assert!(!rib.contains("10.99.2.0/24") && !rib.contains("10.244.1.9/32"), "{rib}");
 }
 
 #[test]
