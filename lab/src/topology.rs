@@ -101,6 +101,8 @@ struct Raw {
     bgp_filters: Vec<nodeapi::config::RawFilter>,
     #[serde(default)]
     prefix_advertisements: Vec<nodeapi::config::RawPrefixAdvertisement>,
+    #[serde(default)]
+    communities: Vec<nodeapi::config::RawCommunity>,
 }
 
 #[derive(Deserialize)]
@@ -469,7 +471,9 @@ impl Topology {
         let bgp_filters = nodeapi::config::check_filters(&src, &raw.bgp_filters)?;
         let bgp_peers =
             raw.bgp_peers.iter().map(|p| bgp_peer(&src, p, &nodes, &bgp_filters)).collect::<Result<Vec<_>, _>>()?;
-        let prefix_advertisements = nodeapi::config::check_prefix_advertisements(&src, &raw.prefix_advertisements)?;
+        let named = nodeapi::config::check_communities(&src, &raw.communities)?;
+        let prefix_advertisements =
+            nodeapi::config::check_prefix_advertisements(&src, &raw.prefix_advertisements, &named)?;
         if !raw.cluster.node_to_node_mesh
             && nodes.len() > 1
             && bgp_peers.is_empty()
@@ -650,6 +654,27 @@ mod tests {
         assert!(!t.node_to_node_mesh);
         assert!(t.node("node-a").and_then(|n| n.route_reflector_cluster_id).is_some());
         assert!(t.node("node-b").and_then(|n| n.route_reflector_cluster_id).is_none());
+    }
+
+    #[test]
+    fn named_communities_and_filters_resolve_and_mistakes_name_their_line() {
+        let extra = "\n[[communities]]\nname = \"edge\"\nvalue = \"64512:300\"\n\
+                     \n[[prefix_advertisements]]\ncidr = \"10.244.0.0/16\"\ncommunities = [\"edge\", \"no-export\", \"1:2\"]\n\
+                     \n[[bgp_filters]]\nname = \"f\"\nimport_v4 = [{ cidr = \"0.0.0.0/0\", match_operator = \"In\", action = \"Reject\" }]\n\
+                     \n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65000\nfilters = [\"f\"]\nmax_prefixes = 10\n";
+        let t = parse(&format!("{SEED}{extra}")).expect("parses");
+        let nx = bgp::policy::community::NO_EXPORT;
+        assert_eq!(t.prefix_advertisements[0].communities, vec![64512 << 16 | 300, nx, 1 << 16 | 2]);
+        assert_eq!((t.bgp_peers[0].filters.clone(), t.bgp_peers[0].max_prefixes), (vec!["f".to_string()], Some(10)));
+        for (from, to, needle) in [
+            ("\"edge\", \"no", "\"edgy\", \"no", "`edgy` is not a community"),
+            ("filters = [\"f\"]", "filters = [\"g\"]", "no [[bgp_filters]] entry is named `g`"),
+            ("max_prefixes = 10", "max_prefixes = 0", "max_prefixes = 0"),
+            ("name = \"edge\"", "name = \"no-export\"", "community name `no-export`"),
+        ] {
+            let e = err(&format!("{SEED}{}", extra.replace(from, to)));
+            assert!(e.contains(needle) && e.contains("t.toml:"), "{to}: {e}");
+        }
     }
 
     #[test]

@@ -342,19 +342,43 @@ pub fn check_filter_names(
         .collect()
 }
 
+/// Calico's BGPConfiguration.communities: a name for a community value.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommunity {
+    pub name: Spanned<String>,
+    pub value: Spanned<String>,
+}
+
+/// Checks named communities: names unique and not a well-known name, values valid.
+pub fn check_communities(src: &Source<'_>, raw: &[RawCommunity]) -> Result<Vec<(String, u32)>, FileError> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for c in raw {
+        let name = c.name.get_ref();
+        if name.is_empty() || out.iter().any(|(n, _)| n == name) || bgp::policy::community::parse(name).is_ok() {
+            return Err(src.error_at(c.name.span(), format!("community name `{name}` is empty, used twice or a value")));
+        }
+        out.push((name.clone(), src.at(&c.value, bgp::policy::community::parse(c.value.get_ref()))?));
+    }
+    Ok(out)
+}
+
+/// Checks prefix advertisements; a community is a value, a well-known name, or one of
+/// `named` (Calico's BGPConfiguration.communities).
 pub fn check_prefix_advertisements(
     src: &Source<'_>,
     raw: &[RawPrefixAdvertisement],
+    named: &[(String, u32)],
 ) -> Result<Vec<PrefixAdvertisement>, FileError> {
+    let community = |c: &Spanned<String>| match named.iter().find(|(n, _)| n == c.get_ref()) {
+        Some((_, v)) => Ok(*v),
+        None => src.at(c, bgp::policy::community::parse(c.get_ref())),
+    };
     raw.iter()
         .map(|a| {
             Ok(PrefixAdvertisement {
                 cidr: src.at(&a.cidr, fileerr::parse_net(a.cidr.get_ref(), "cidr"))?,
-                communities: a
-                    .communities
-                    .iter()
-                    .map(|c| src.at(c, bgp::policy::community::parse(c.get_ref())))
-                    .collect::<Result<_, _>>()?,
+                communities: a.communities.iter().map(community).collect::<Result<_, _>>()?,
             })
         })
         .collect()
@@ -607,7 +631,7 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink) -> Result<BgpConfig, FileE
         max_stale_secs: b.max_stale_secs,
         route_reflector_cluster_id: addr(&b.route_reflector_cluster_id, "route_reflector_cluster_id")?,
         peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink, &filters)).collect::<Result<_, _>>()?,
-        prefix_advertisements: check_prefix_advertisements(src, &b.prefix_advertisements)?,
+        prefix_advertisements: check_prefix_advertisements(src, &b.prefix_advertisements, &[])?,
         filters,
     })
 }
