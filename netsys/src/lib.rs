@@ -145,6 +145,16 @@ pub fn set_min_ttl(fd: BorrowedFd<'_>, min_ttl: u8) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("setting IP_MINTTL to {min_ttl}: {e}")))
 }
 
+/// Gives the allocator's free memory back to the kernel (`malloc_trim`): after a full table's
+/// FIB rebuild, the transient tables it freed would otherwise stay in the process's RSS.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointers and only walks glibc's own free lists; it is
+    // thread-safe (each arena is locked while it is trimmed).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Most messages per `sendmmsg`/`recvmmsg` call: the headers live on the stack, so a batch
 /// costs no allocation.
 pub const MAX_MSGS: usize = 64;

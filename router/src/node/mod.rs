@@ -89,6 +89,10 @@ impl Node {
         self.fib.publish(self.writer.publish());
         let published = t0.elapsed();
         self.sync_kernel(&table.kernel);
+        if added + removed > 10_000 {
+            // Big changes leave big freed tables behind (the rows, the diff, the old list).
+            netsys::trim_heap();
+        }
         tracing::info!(
             routes = self.writer.len(),
             learned = learned.len(),
