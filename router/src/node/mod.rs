@@ -1,10 +1,12 @@
 //! `router node`: one node's daemon. Reads its config, finds its interfaces, builds the FIB,
-//! starts the data plane, then serves the admin socket on the control thread until SIGTERM.
+//! starts the data plane, then runs BGP on the control thread until SIGTERM (or a planned
+//! restart).
 //!
 //! Here: the node's state, its start and stop, the control loop (BGP, FIB publication,
 //! supervision of the data plane). `interfaces` finds what the data plane reads, `filter`
-//! keeps the transit filter, `kernel` the node's kernel routes, `serve` answers the admin
-//! socket and metrics.
+//! keeps the transit filter, `kernel` the node's kernel routes, `front` reads admin and
+//! metrics requests on a thread of its own, `serve` computes their answers, `restart` keeps
+//! the routes across a planned restart.
 
 use crate::routes;
 use crate::speaker::{Speaker, SpeakerConfig};
@@ -144,8 +146,9 @@ fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
 }
 
 /// What the default import and export rules need: the pools (the cluster's routes), the
-/// nodes (`ipip_peers`: the addresses pool routes may point at), the node's address and subnet (nothing from outside may land inside them), its static routes
-/// (nothing from outside may replace them), and the communities to attach.
+/// nodes (`ipip_peers`: the addresses pool routes may point at), the node's address and
+/// subnet (nothing from outside may land inside them), its static routes (nothing from
+/// outside may replace them), and the communities to attach.
 fn cluster_policy(cfg: &NodeConfig) -> bgp::policy::ClusterPolicy {
     let v4 = IpNet::V4;
     bgp::policy::ClusterPolicy {
