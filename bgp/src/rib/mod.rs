@@ -210,6 +210,8 @@ pub struct Rib {
     rejected: HashMap<PeerId, PrefixMap<Rejected>>,
     policy: ClusterPolicy,
     sync: HashMap<PeerId, Sync>,
+    /// Some peer's filters have an export Accept rule (which may pass on an external route).
+    export_accept_rules: bool,
     /// After our own restart: nothing is sent until [`Rib::end_deferral`] (RFC 4724 §4.1),
     /// so peers get one consistent table instead of what a half-learned RIB would choose.
     /// The families each peer that came up meanwhile negotiated.
@@ -236,6 +238,7 @@ impl Rib {
             rejected: HashMap::new(),
             policy: ClusterPolicy::default(),
             sync: HashMap::new(),
+            export_accept_rules: false,
             deferred: None,
             interned: Default::default(),
             interned_at_gc: 0,
@@ -351,6 +354,8 @@ impl Rib {
 
     pub fn add_peer(&mut self, id: PeerId, info: PeerInfo) {
         self.peers.insert(id, info);
+        self.export_accept_rules =
+            self.peers.values().any(|p| p.filters.iter().any(|f| f.export.iter().any(|r| r.action == Action::Accept)));
     }
 
     pub fn loc_rib(&self) -> &PrefixMap<Best> {
@@ -688,8 +693,19 @@ impl Rib {
         if !self.loc.set(prefix, new.as_ref()) {
             return;
         }
+        // A route from an external peer goes nowhere unless some export filter may accept it:
+        // then only peers that had the prefix need a look (to withdraw it). With a full table
+        // from one outside peer and several more peers, this skips every per-peer export.
+        let from_outside = |b: &Best| match b.from {
+            From::Peer(id) => self.peers.get(&id).is_some_and(|p| p.external),
+            From::Local => false,
+        };
+        let nowhere = new.as_ref().is_some_and(from_outside) && !self.export_accept_rules;
         for i in 0..self.up.len() {
             let Some(&p) = self.up.get(i) else { break };
+            if nowhere && !self.adj_out.get(&p).is_some_and(|o| o.contains_key(&prefix)) {
+                continue;
+            }
             self.export_best(p, prefix, new.as_ref(), ch);
         }
         ch.loc.push((prefix, new));
