@@ -51,6 +51,7 @@ pub mod community {
 
 /// Calico's BGPFilter `matchOperator`: how a route's prefix is compared with a rule's CIDR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum MatchOperator {
     Equal,
     NotEqual,
@@ -60,6 +61,7 @@ pub enum MatchOperator {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Action {
     Accept,
     Reject,

@@ -206,6 +206,11 @@ impl Core {
         self.peers[i].fsm.negotiated().map_or_else(Ctx::default, |n| Ctx { four_octet_as: n.four_octet_as })
     }
 
+    /// The hold time agreed with peer `i` (our proposal while no session is up).
+    pub fn hold_time(&self, i: usize) -> u16 {
+        self.peers[i].fsm.negotiated().map_or(self.cfg.hold_time, |n| n.hold_time)
+    }
+
     pub fn state(&self, i: usize) -> State {
         self.peers[i].fsm.state()
     }

@@ -516,6 +516,18 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// Waits up to `within` for every pid to exit; whether they all did.
+fn wait_gone(pids: &[i32], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|p| alive(*p)) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 fn log_tail(p: &Path) -> String {
     let t = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = t.lines().collect();
@@ -566,12 +578,8 @@ pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<(i32, i32, D
     admin::Client::new(&old.socket)
         .graceful_restart()
         .with_context(|| format!("asking {node} to restart gracefully"))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(old.pid) {
-        if Instant::now() > deadline {
-            bail!("{node} (pid {}) did not stop within 10 s; its log: {}", old.pid, old.log.display());
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if !wait_gone(&[old.pid], Duration::from_secs(10)) {
+        bail!("{node} (pid {}) did not stop within 10 s; its log: {}", old.pid, old.log.display());
     }
     let pid = spawn_node(&lab.ns(node), exe, &old.config, &old.log)?;
     st.daemons[i].pid = pid;
@@ -606,10 +614,7 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
     for &p in &daemons {
         let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while daemons.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_gone(&daemons, Duration::from_secs(3));
     for &p in &daemons {
         if alive(p) {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);

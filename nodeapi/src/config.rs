@@ -260,23 +260,8 @@ pub struct RawFilter {
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub cidr: Spanned<String>,
-    pub match_operator: MatchOperator,
-    pub action: FilterAction,
-}
-
-/// Calico's BGPFilter `matchOperator`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MatchOperator {
-    Equal,
-    NotEqual,
-    In,
-    NotIn,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FilterAction {
-    Accept,
-    Reject,
+    pub match_operator: bgp::policy::MatchOperator,
+    pub action: bgp::policy::Action,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -288,22 +273,14 @@ pub struct RawPrefixAdvertisement {
 
 /// Checks BGPFilters: names unique, CIDRs valid.
 pub fn check_filters(src: &Source<'_>, raw: &[RawFilter]) -> Result<Vec<bgp::policy::Filter>, FileError> {
-    use bgp::policy::{Action, Filter, MatchOperator as Op, Rule};
+    use bgp::policy::{Filter, Rule};
     let rules = |rs: &[RawRule]| -> Result<Vec<Rule>, FileError> {
         rs.iter()
             .map(|r| {
                 Ok(Rule {
                     cidr: ipnet::IpNet::V4(src.at(&r.cidr, fileerr::parse_net(r.cidr.get_ref(), "cidr"))?),
-                    operator: match r.match_operator {
-                        MatchOperator::Equal => Op::Equal,
-                        MatchOperator::NotEqual => Op::NotEqual,
-                        MatchOperator::In => Op::In,
-                        MatchOperator::NotIn => Op::NotIn,
-                    },
-                    action: match r.action {
-                        FilterAction::Accept => Action::Accept,
-                        FilterAction::Reject => Action::Reject,
-                    },
+                    operator: r.match_operator,
+                    action: r.action,
                 })
             })
             .collect()
@@ -387,23 +364,11 @@ pub fn check_prefix_advertisements(
 impl BgpConfig {
     /// The raw forms of the filters and prefix advertisements, for writing a config back.
     fn raw_policy(&self) -> (Vec<RawFilter>, Vec<RawPrefixAdvertisement>) {
-        use bgp::policy::{Action, MatchOperator as Op, Rule};
+        use bgp::policy::Rule;
         let s = |v: String| Spanned::new(0..0, v);
         let rules = |rs: &[Rule]| {
             rs.iter()
-                .map(|r| RawRule {
-                    cidr: s(r.cidr.to_string()),
-                    match_operator: match r.operator {
-                        Op::Equal => MatchOperator::Equal,
-                        Op::NotEqual => MatchOperator::NotEqual,
-                        Op::In => MatchOperator::In,
-                        Op::NotIn => MatchOperator::NotIn,
-                    },
-                    action: match r.action {
-                        Action::Accept => FilterAction::Accept,
-                        Action::Reject => FilterAction::Reject,
-                    },
-                })
+                .map(|r| RawRule { cidr: s(r.cidr.to_string()), match_operator: r.operator, action: r.action })
                 .collect()
         };
         let filters = self

@@ -4,7 +4,6 @@
 //! module carries out its actions and feeds it what the sockets bring.
 
 use bgp::fsm::State;
-use bgp::policy::{ClusterPolicy, Filter};
 use bgp::rib::{Candidate, PeerId};
 use bgp::speaker::{Action, Core, CoreConfig, Incoming, PeerConfig};
 use bgp::wire::{self, Message, Notification};
@@ -26,62 +25,28 @@ fn gtsm(s: &Socket, hops: u8) -> io::Result<()> {
     netsys::set_min_ttl(s.as_fd(), bgp::speaker::gtsm_min_ttl(hops))
 }
 
+/// What the shell needs besides the core's config: the port, and the peers as the node's
+/// config gives them (TCP MD5 passwords, GTSM, ports), in the core's peer order.
 #[derive(Debug, Clone)]
 pub struct SpeakerConfig {
-    pub local_as: u32,
-    pub router_id: Ipv4Addr,
-    pub local_addr: Ipv4Addr,
+    pub core: CoreConfig,
     pub port: u16,
-    pub hold_time: u16,
-    pub connect_retry: Duration,
-    pub cluster_id: Option<Ipv4Addr>,
-    pub graceful_restart: Option<u16>,
-    /// Our local limit on how long a restarting peer's stale routes are kept.
-    pub max_stale: Duration,
-    /// This node has just restarted gracefully and forwards on its saved routes.
-    pub restarted: bool,
-    /// The peers as the node's config gives them: one set of peer settings for both.
     pub peers: Vec<BgpPeer>,
-    /// Our own prefixes (the node's blocks), announced with next hop = our address.
-    pub originate: Vec<Ipv4Net>,
-    /// Pools, the node's own routes and advertised communities, for the default rules.
-    pub policy: ClusterPolicy,
-    /// The BGPFilters the peers name.
-    pub filters: Vec<Filter>,
 }
 
-impl SpeakerConfig {
-    fn core(&self) -> CoreConfig {
-        CoreConfig {
-            local_as: self.local_as,
-            router_id: self.router_id,
-            local_addr: self.local_addr,
-            hold_time: self.hold_time,
-            connect_retry: self.connect_retry,
-            cluster_id: self.cluster_id,
-            graceful_restart: self.graceful_restart,
-            max_stale: self.max_stale,
-            restarted: self.restarted,
-            peers: self
-                .peers
-                .iter()
-                .map(|p| PeerConfig {
-                    address: p.address,
-                    asn: p.as_number,
-                    passive: p.passive,
-                    rr_client: p.kind == PeerKind::RouteReflectorClient,
-                    // Calico's BGPPeer: a router that is not a node of the cluster.
-                    external: p.kind == PeerKind::Global,
-                    filters: p.filters.clone(),
-                    max_prefixes: p.max_prefixes,
-                    ttl_security: p.ttl_security,
-                    md5: p.password.is_some(),
-                })
-                .collect(),
-            originate: self.originate.iter().copied().map(IpNet::V4).collect(),
-            policy: self.policy.clone(),
-            filters: self.filters.clone(),
-        }
+/// A configured peer as the core sees it.
+pub fn peer_config(p: &BgpPeer) -> PeerConfig {
+    PeerConfig {
+        address: p.address,
+        asn: p.as_number,
+        passive: p.passive,
+        rr_client: p.kind == PeerKind::RouteReflectorClient,
+        // Calico's BGPPeer: a router that is not a node of the cluster.
+        external: p.kind == PeerKind::Global,
+        filters: p.filters.clone(),
+        max_prefixes: p.max_prefixes,
+        ttl_security: p.ttl_security,
+        md5: p.password.is_some(),
     }
 }
 
@@ -139,7 +104,7 @@ fn listen(cfg: &SpeakerConfig) -> io::Result<TcpListener> {
     if cfg.peers.iter().any(|p| p.ttl_security.is_some()) {
         s.set_ttl(255)?;
     }
-    let addr = SocketAddr::V4(SocketAddrV4::new(cfg.local_addr, cfg.port));
+    let addr = SocketAddr::V4(SocketAddrV4::new(cfg.core.local_addr, cfg.port));
     s.bind(&SockAddr::from(addr)).map_err(|e| io::Error::new(e.kind(), format!("binding BGP to {addr}: {e}")))?;
     s.listen(64)?;
     Ok(TcpListener::from_std(s.into()))
@@ -149,7 +114,7 @@ impl Speaker {
     pub fn new(cfg: SpeakerConfig, registry: &Registry, now: Instant) -> io::Result<Speaker> {
         let mut listener = listen(&cfg)?;
         registry.register(&mut listener, LISTEN, Interest::READABLE)?;
-        let core = Core::new(cfg.core(), now);
+        let core = Core::new(cfg.core.clone(), now);
         let conns = (0..cfg.peers.len()).map(|_| None).collect();
         let mut sp = Speaker { cfg, core, conns, listener, backlog: Vec::new(), started: (now, SystemTime::now()) };
         // Outgoing connections start right away instead of on the first tick.
@@ -233,7 +198,7 @@ impl Speaker {
         let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
         s.set_nonblocking(true)?;
         s.set_nodelay(true)?;
-        s.bind(&SockAddr::from(SocketAddr::V4(SocketAddrV4::new(self.cfg.local_addr, 0))))?;
+        s.bind(&SockAddr::from(SocketAddr::V4(SocketAddrV4::new(self.cfg.core.local_addr, 0))))?;
         if let Some(pw) = &p.password {
             netsys::set_tcp_md5(s.as_fd(), p.address, pw.as_bytes())?;
         }
@@ -461,7 +426,7 @@ impl Speaker {
     /// Fires due timers: the core's, and RFC 9687's send hold timer on stuck output.
     pub fn tick(&mut self, registry: &Registry, now: Instant) {
         for i in 0..self.conns.len() {
-            let send_hold = SEND_HOLD_MIN.max(Duration::from_secs(2 * u64::from(self.cfg.hold_time)));
+            let send_hold = SEND_HOLD_MIN.max(Duration::from_secs(2 * u64::from(self.core.hold_time(i))));
             let stuck = self.conns[i]
                 .as_ref()
                 .is_some_and(|c| !c.wbuf.is_empty() && now.duration_since(c.sent_at) >= send_hold);
@@ -553,7 +518,7 @@ impl Speaker {
 
     fn path_detail(&self, c: &Candidate) -> nodeapi::admin::PathDetail {
         let (from, peer_type, router_id) = match c.from {
-            bgp::rib::From::Local => ("this node".to_string(), None, Some(self.cfg.router_id)),
+            bgp::rib::From::Local => ("this node".to_string(), None, Some(self.cfg.core.router_id)),
             bgp::rib::From::Peer(id) => {
                 let p = self.cfg.peers.get(id as usize);
                 (

@@ -205,12 +205,7 @@ fn bird_ebgp(password: Option<&str>) -> String {
 
 /// BIRD's side of an eBGP session with node-a, with `pw` among the protocol's options.
 fn bird_ebgp_with(pw: &str) -> String {
-    format!(
-        "router id 192.168.100.1;\nprotocol device {{}}\nprotocol direct {{ ipv4; }}\n\
-         protocol static {{ ipv4; route 10.99.1.0/24 blackhole; }}\n\
-         protocol bgp node_a {{ local 192.168.100.1 as 65001; neighbor 192.168.100.100 as 64512; {pw}\n\
-         connect retry time 1; ipv4 {{ import all; export where proto = \"static1\"; }}; }}\n"
-    )
+    bird_announcing(&["10.99.1.0/24"], pw)
 }
 
 fn bird_peer_topology(lab: &TestLab, password: Option<&str>) -> PathBuf {

@@ -127,22 +127,22 @@ impl Node {
 fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
     let b = cfg.bgp.as_ref()?;
     let local_addr = cfg.uplink.address.addr();
-    Some(SpeakerConfig {
+    let core = bgp::speaker::CoreConfig {
         local_as: b.as_number,
         router_id: b.router_id.unwrap_or(local_addr),
         local_addr,
-        port: b.port,
         hold_time: b.hold_time,
         connect_retry: Duration::from_secs(u64::from(b.connect_retry_secs)),
         cluster_id: b.route_reflector_cluster_id,
         graceful_restart: (b.graceful_restart_secs > 0).then_some(b.graceful_restart_secs),
         max_stale: Duration::from_secs(u64::from(b.max_stale_secs)),
         restarted: restarted && b.graceful_restart_secs > 0,
-        peers: b.peers.clone(),
-        originate: originated(cfg),
+        peers: b.peers.iter().map(crate::speaker::peer_config).collect(),
+        originate: originated(cfg).into_iter().map(IpNet::V4).collect(),
         policy: cluster_policy(cfg),
         filters: b.filters.clone(),
-    })
+    };
+    Some(SpeakerConfig { core, port: b.port, peers: b.peers.clone() })
 }
 
 /// What the default import and export rules need: the pools (the cluster's routes), the
