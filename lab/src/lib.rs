@@ -8,6 +8,7 @@
 pub mod state;
 pub mod topology;
 pub mod tour;
+pub mod userns;
 
 use nodeapi::ipcmd as netns;
 
@@ -66,9 +67,33 @@ impl Lab {
 
 fn require_root(what: &str) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("{what} needs root (it creates network namespaces): run it with sudo");
+        bail!("{what} needs root, or the lab's own user namespace (`router lab up` as the same user makes it)");
     }
     Ok(())
+}
+
+/// Moves this process into a rootless lab's namespaces (see [`userns`]); a lab that root
+/// made needs nothing. Call it before any thread starts.
+pub fn enter(lab: &Lab) -> anyhow::Result<()> {
+    match userns::Keeper::load(&lab.dir)? {
+        Some(k) => k.enter(),
+        None => Ok(()),
+    }
+}
+
+/// `lab up` as a user without root: a keeper for the lab (a stale one's leftovers
+/// removed first), entered.
+fn enter_new_keeper(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
+    let k = match userns::Keeper::load(&lab.dir)? {
+        Some(k) if k.alive() => k,
+        old => {
+            if old.is_some() || lab.state()?.is_some() {
+                down(lab)?;
+            }
+            userns::Keeper::start(&lab.dir, exe)?
+        }
+    };
+    k.enter()
 }
 
 /// Options of `lab up`.
@@ -99,6 +124,18 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
         Some(p) => (Topology::load(p)?, p.display().to_string()),
         None => (Topology::parse(Path::new("seed.toml (built in)"), topology::SEED)?, "seed (built in)".to_string()),
     };
+    if opts.dataplane == DataplaneMode::Tun {
+        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+            bail!("the tun data plane needs /dev/net/tun, which this user cannot open ({e}); use the default afpacket data plane, or run the lab as root");
+        }
+    }
+    let mut opts = opts.clone();
+    if !nix::unistd::geteuid().is_root() {
+        // Without root a process cannot raise its priority: the workers run at nice 0.
+        opts.worker_nice = opts.worker_nice.max(0);
+        enter_new_keeper(lab, &opts.exe)?;
+    }
+    let opts = &opts;
     require_root("`router lab up`")?;
     if let Some(old) = lab.state()? {
         let alive = old.namespaces.iter().any(|n| netns::exists(n));
@@ -508,7 +545,7 @@ fn spawn_node(ns: &str, exe: &Path, config: &Path, log: &Path) -> anyhow::Result
     Ok(child.id() as i32)
 }
 
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     // A zombie (exited, not yet reaped) is not alive.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
@@ -517,7 +554,7 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Waits up to `within` for every pid to exit; whether they all did.
-fn wait_gone(pids: &[i32], within: Duration) -> bool {
+pub(crate) fn wait_gone(pids: &[i32], within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while pids.iter().any(|p| alive(*p)) {
         if Instant::now() > deadline {
@@ -565,6 +602,7 @@ fn wait_ready(d: &Daemon) -> anyhow::Result<()> {
 /// NOTIFICATION to its peers; a new daemon with the same config takes over. Returns the old
 /// and new pid and how long the node did not answer.
 pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<(i32, i32, Duration)> {
+    enter(lab)?;
     require_root("`router lab restart`")?;
     let Some(mut st) = lab.state()? else {
         bail!("no lab named {:?} is up; start it with `router lab up`", lab.name);
@@ -599,6 +637,19 @@ pub struct DownReport {
 /// Stops the lab's daemons, kills whatever else runs in its namespaces, deletes them.
 pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
     let mut report = DownReport::default();
+    if let Some(k) = userns::Keeper::load(&lab.dir)? {
+        // A rootless lab: ending its user namespace's processes frees every namespace in it.
+        let st = lab.state()?;
+        let daemons: Vec<i32> = st.iter().flat_map(|s| s.daemons.iter().map(|d| d.pid)).collect();
+        report.existed = true;
+        report.processes = k.kill_all(&daemons);
+        report.namespaces = st.map_or(0, |s| s.namespaces.len());
+        if !k.processes().is_empty() {
+            bail!("some processes of the lab's user namespace did not end; state kept in {}", lab.dir.display());
+        }
+        std::fs::remove_dir_all(&lab.dir).with_context(|| format!("removing {}", lab.dir.display()))?;
+        return Ok(report);
+    }
     let Some(st) = lab.state()? else {
         return Ok(report);
     };
@@ -660,6 +711,7 @@ pub fn exec(lab: &Lab, host: &str, cmd: &[String]) -> anyhow::Result<i32> {
     if cmd.is_empty() {
         bail!("nothing to run: `router lab exec {host} -- COMMAND...`");
     }
+    enter(lab)?;
     require_root("`router lab exec`")?;
     let status = Command::new("ip")
         .args(["netns", "exec", &h.namespace])
@@ -686,6 +738,12 @@ pub struct HostStatus {
 
 pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
     let st = lab.running_state()?;
+    // A rootless lab's namespaces are seen from inside it only; with its keeper gone, they are.
+    let keeper = userns::Keeper::load(&lab.dir)?;
+    if let Some(k) = keeper.as_ref().filter(|k| k.alive()) {
+        k.enter()?;
+    }
+    let visible = keeper.is_none_or(|k| k.entered());
     let rows = st
         .hosts
         .iter()
@@ -707,7 +765,7 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
                 addresses: h.addresses.clone(),
                 parent: h.parent.clone(),
                 interface: h.interface.clone(),
-                namespace_present: netns::exists(&h.namespace),
+                namespace_present: visible && netns::exists(&h.namespace),
                 daemon,
                 pid: d.map(|d| d.pid),
             }

@@ -20,14 +20,26 @@ struct LabSel {
     /// Which lab (namespace prefix); several labs can run side by side.
     #[arg(long = "lab", env = "ROUTER_LAB", default_value = "seed", global = true)]
     name: String,
-    /// Where labs keep their state, sockets and logs.
-    #[arg(long = "lab-dir", env = "ROUTER_LAB_DIR", default_value = "/run/router-lab", global = true)]
-    dir: PathBuf,
+    /// Where labs keep their state, sockets and logs [default: /run/router-lab for root;
+    /// for other users $XDG_RUNTIME_DIR/router-lab, or /tmp/router-lab-UID without one].
+    #[arg(long = "lab-dir", env = "ROUTER_LAB_DIR", global = true)]
+    dir: Option<PathBuf>,
 }
 
 impl LabSel {
     fn lab(&self) -> anyhow::Result<Lab> {
-        Lab::new(&self.name, &self.dir)
+        let uid = nix::unistd::geteuid();
+        let base = match &self.dir {
+            Some(d) => d.clone(),
+            None if uid.is_root() => PathBuf::from("/run/router-lab"),
+            None => {
+                let base = lab::userns::default_base(std::env::var("XDG_RUNTIME_DIR").ok().as_deref(), uid.as_raw());
+                // Under /tmp anyone could have made it first: it must be ours and private.
+                nodeapi::private::dir(&base).with_context(|| format!("the labs' directory {}", base.display()))?;
+                base
+            }
+        };
+        Lab::new(&self.name, &base)
     }
 }
 
@@ -118,6 +130,8 @@ enum Cmd {
 enum InternalCmd {
     /// Turn off TX checksum offload (and with it TSO) on an interface of this namespace.
     TxChecksumOff { interface: String },
+    /// Make the user, mount and network namespaces of a lab without root and hold them.
+    Keeper,
     /// Send one trace probe from this namespace.
     Probe {
         #[arg(long)]
@@ -297,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             netsys::set_tx_checksum(&interface, false)?;
             Ok(0)
         }
+        Cmd::Internal { cmd: InternalCmd::Keeper } => lab::userns::keeper_main(),
         Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id } } => {
             router::probe::send(dst, proto, id)?;
             Ok(0)
@@ -401,6 +416,8 @@ fn print_bgp_status(st: &admin::BgpStatus) {
 }
 
 fn trace(lab: &Lab, src: &str, dst: &str, proto: router::probe::ProbeProto, json: bool) -> anyhow::Result<i32> {
+    // The probe is sent from inside the pod's namespace.
+    lab::enter(lab)?;
     let Some(st) = lab.state()? else {
         bail!("no lab named {:?} is up; start it with `router lab up`", lab.name);
     };

@@ -49,6 +49,14 @@ pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
             );
             return Ok(Interfaces::new(list));
         }
+        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+            // A user without root where /dev/net/tun is 0600: everything but this works.
+            tracing::warn!(
+                "no {}: /dev/net/tun cannot be opened ({e}), so this node's own processes cannot reach pods behind the tunnel (pods can)",
+                routes::TUN_NAME
+            );
+            return Ok(Interfaces::new(list));
+        }
         let mtu = up.mtu.saturating_sub(encap::ipip::OVERHEAD as u16);
         let zero = encap::MacAddr::ZERO;
         list.push(Interface { name: routes::TUN_NAME.into(), ifindex: 0, mac: zero, mtu, role: IfaceRole::Tun });
