@@ -108,6 +108,12 @@ impl Keeper {
         if line != "ready" {
             let _ = child.kill();
             let _ = child.wait();
+            let log = lab_dir.join("keeper.log");
+            if line.starts_with("failed ") {
+                // The answer says it all: leave nothing behind.
+                let _ = std::fs::remove_file(&log);
+                let _ = std::fs::remove_dir(lab_dir);
+            }
             let why = match line.strip_prefix("failed ") {
                 Some(rest) => {
                     let (step, errno) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -265,11 +271,13 @@ impl Sysctls {
 /// Why making the lab's namespaces failed at `step` with `errno`, naming the setting that
 /// stops it and how to allow it.
 pub fn diagnose(step: &str, errno: Errno, s: &Sysctls) -> String {
-    const PERSIST: &str = "(to keep it after a reboot, put the same line without `sysctl -w` in /etc/sysctl.d/99-userns.conf)";
+    let fix = |key: &str, value: &str| {
+        format!("An administrator can allow them with `sudo sysctl -w {key}={value}` (and a line `{key} = {value}` in /etc/sysctl.d/ to keep it)")
+    };
     if s.max_user_namespaces == Some(0) {
         return format!(
-            "this machine allows no user namespaces (user.max_user_namespaces = 0). An administrator \
-             can allow them with `sudo sysctl -w user.max_user_namespaces=15000` {PERSIST}, or run the lab as root"
+            "this machine allows no user namespaces (user.max_user_namespaces = 0). {}, or run the lab as root",
+            fix("user.max_user_namespaces", "15000")
         );
     }
     if step == "unshare" && errno == Errno::ENOSPC {
@@ -282,17 +290,17 @@ pub fn diagnose(step: &str, errno: Errno, s: &Sysctls) -> String {
     }
     if s.unprivileged_userns_clone == Some(0) {
         return format!(
-            "this kernel lets only root make user namespaces (kernel.unprivileged_userns_clone = 0). \
-             An administrator can allow them with `sudo sysctl -w kernel.unprivileged_userns_clone=1` {PERSIST}, \
-             or run the lab as root"
+            "this kernel lets only root make user namespaces (kernel.unprivileged_userns_clone = 0). {}, \
+             or run the lab as root",
+            fix("kernel.unprivileged_userns_clone", "1")
         );
     }
     if s.apparmor_restrict_unprivileged_userns == Some(1) {
         return format!(
             "AppArmor gives user namespaces of unconfined programs no privileges \
-             (kernel.apparmor_restrict_unprivileged_userns = 1), so {step} failed ({errno}). An administrator \
-             can allow them with `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` {PERSIST}, \
-             or with an AppArmor profile for the router binary that has `userns,`; or run the lab as root"
+             (kernel.apparmor_restrict_unprivileged_userns = 1), so {step} failed ({errno}). {}, \
+             or with an AppArmor profile for the router binary that has `userns,`; or run the lab as root",
+            fix("kernel.apparmor_restrict_unprivileged_userns", "0")
         );
     }
     format!(
