@@ -173,7 +173,8 @@ impl Keeper {
             let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
         }
         crate::wait_gone(&daemons, Duration::from_secs(3));
-        let mut ended: std::collections::BTreeSet<i32> = daemons.iter().copied().filter(|p| !crate::alive(*p)).collect();
+        let mut ended: std::collections::BTreeSet<i32> =
+            daemons.iter().copied().filter(|p| !crate::alive(*p)).collect();
         // A process forked while we kill is found on the next round.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -319,7 +320,8 @@ mod tests {
         let m = diagnose("unshare", Errno::ENOSPC, &zero);
         assert!(m.contains("user.max_user_namespaces = 0") && m.contains("sysctl -w user.max_user_namespaces="), "{m}");
 
-        let clone = Sysctls { max_user_namespaces: Some(1000), unprivileged_userns_clone: Some(0), ..Default::default() };
+        let clone =
+            Sysctls { max_user_namespaces: Some(1000), unprivileged_userns_clone: Some(0), ..Default::default() };
         let m = diagnose("unshare", Errno::EPERM, &clone);
         assert!(m.contains("kernel.unprivileged_userns_clone = 0") && m.contains("=1"), "{m}");
 
