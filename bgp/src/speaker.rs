@@ -184,6 +184,18 @@ impl Core {
         core
     }
 
+    /// Starts announcing a prefix of this node (a pod's borrowed /32 that appeared).
+    pub fn originate(&mut self, prefix: IpNet) {
+        let ch = self.rib.originate(prefix, PathAttrs::local(self.cfg.local_addr));
+        self.apply(ch);
+    }
+
+    /// Stops announcing a prefix of this node.
+    pub fn withdraw_local(&mut self, prefix: IpNet) {
+        let ch = self.rib.withdraw_local(prefix);
+        self.apply(ch);
+    }
+
     /// What the shell must do now, in order.
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)

@@ -382,6 +382,17 @@ impl Rib {
         self.finish(ch)
     }
 
+    /// Stops originating a local route; peers that had it get a withdrawal (or another
+    /// path, when one exists).
+    pub fn withdraw_local(&mut self, prefix: IpNet) -> Changes {
+        if self.local.remove(&prefix).is_none() {
+            return Changes::default();
+        }
+        let mut ch = Changes::default();
+        self.recompute(prefix, &mut ch);
+        self.finish(ch)
+    }
+
     /// A session reached Established: the peer gets our whole table, then End-of-RIB. The
     /// first [`SYNC_BATCH`] prefixes come now; while [`Rib::syncing`], the speaker asks for
     /// the rest with [`Rib::sync_next`] as the peer reads.

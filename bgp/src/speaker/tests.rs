@@ -433,3 +433,21 @@ fn the_deferral_waits_for_every_peer_and_ends_at_the_restart_time() {
     assert!(!c.core(1).deferring());
     assert_eq!(c.view(1, 0).advertised, 1, "its own block, once the deferral ended");
 }
+
+#[test]
+fn a_prefix_originated_while_running_reaches_every_peer_and_its_withdrawal_too() {
+    let mut c = Cluster::new(3, Some(120));
+    c.run_for(Duration::from_secs(1));
+    let pod: IpNet = "10.244.3.9/32".parse().expect("net");
+    let learned = |c: &Cluster, k: usize| {
+        c.nodes[k].as_ref().expect("running").learned().iter().any(|(p, _)| IpNet::V4(*p) == pod)
+    };
+    c.core(0).originate(pod);
+    c.settle();
+    assert!(learned(&c, 1) && learned(&c, 2), "the borrowed /32 reached every node");
+    c.core(0).withdraw_local(pod);
+    c.core(0).withdraw_local(pod);
+    c.settle();
+    assert!(!learned(&c, 1) && !learned(&c, 2), "and its withdrawal too");
+    assert!(c.has(1, 1) && c.has(2, 1), "the block stays");
+}
