@@ -218,6 +218,16 @@ impl Counters {
     }
 
     #[inline]
+    /// Zeroes an interface slot's counters before a new interface takes the slot (no one
+    /// writes them then: no port and no route refers to the slot).
+    pub fn reset_iface(&self, iface: usize) {
+        if let Some(c) = self.ifaces.get(iface) {
+            for a in [&c.rx_packets, &c.rx_bytes, &c.tx_packets, &c.tx_bytes] {
+                a.store(0, Relaxed);
+            }
+        }
+    }
+
     pub fn tx(&self, iface: usize, bytes: usize) {
         if let Some(c) = self.ifaces.get(iface) {
             bump(&c.tx_packets, 1);

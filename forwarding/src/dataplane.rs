@@ -3,11 +3,11 @@
 
 use crate::counters::{Counters, Totals};
 use crate::fib::FibHandle;
-use crate::iface::{IfaceId, IfaceRole, Interfaces};
+use crate::iface::{IfaceId, IfaceRole, Interface, Interfaces, MAX_IFACES};
 use crate::neigh::{NeighAction, NeighConfig, NeighHandle, NeighManager};
 use crate::pipeline::POD_GATEWAY;
-use crate::worker::{Port, SlowMsg, Worker};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crate::worker::{Port, PortMsg, SlowMsg, Worker, WAKE};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
 use encap::MacAddr;
@@ -68,10 +68,20 @@ pub struct NeighbourInfo {
     pub state: String,
 }
 
+/// How the control thread reaches one worker: its port messages and its poll's waker.
+#[derive(Debug)]
+struct WorkerCtl {
+    tx: Sender<PortMsg>,
+    waker: mio::Waker,
+}
+
 /// A running data plane.
 #[derive(Debug)]
 pub struct Dataplane {
     ifaces: Arc<Interfaces>,
+    workers: Vec<WorkerCtl>,
+    slow_tx: Sender<SlowMsg>,
+    rcvbuf: usize,
     counters: Vec<Arc<Counters>>,
     neighbours: Arc<Mutex<Vec<NeighbourInfo>>>,
     stop: Arc<AtomicBool>,
@@ -118,12 +128,18 @@ impl Dataplane {
         let mut counters = Vec::new();
         let tap = Arc::new(crate::tap::Tap::default());
         let tracer = Arc::new(crate::trace::Tracer::default());
+        let mut ctls = Vec::new();
         for index in 0..cfg.workers.max(1) {
             let mut ports = Vec::new();
             for (_, f) in ifaces.iter() {
-                ports.push(open_port(f, index, cfg.workers.max(1), cfg.rcvbuf)?);
+                ports.push(Some(open_port(f, index, cfg.workers.max(1), cfg.rcvbuf)?));
             }
-            let c = Arc::new(Counters::new(ifaces.len()));
+            // Counters for every slot: interfaces added later count from the start.
+            let c = Arc::new(Counters::new(MAX_IFACES));
+            let poll = mio::Poll::new()?;
+            let waker = mio::Waker::new(poll.registry(), WAKE)?;
+            let (tx, ctl) = crossbeam_channel::unbounded();
+            ctls.push(WorkerCtl { tx, waker });
             counters.push(c.clone());
             let core = match cores.len() {
                 0 => None,
@@ -135,6 +151,8 @@ impl Dataplane {
                 core,
                 ports,
                 ifaces: ifaces.clone(),
+                ctl,
+                poll: Some(poll),
                 fib: fib.clone(),
                 neigh: neigh.clone(),
                 counters: c,
@@ -153,13 +171,14 @@ impl Dataplane {
         }
         let has_uplink = ifaces.iter().any(|(_, f)| matches!(f.role, IfaceRole::Uplink { .. }));
         let ipip_guard = if has_uplink { Some(RawIpipSocket::open(false, 0)?) } else { None };
-        let slow_counters = Arc::new(Counters::new(ifaces.len()));
+        let slow_counters = Arc::new(Counters::new(MAX_IFACES));
         counters.push(slow_counters.clone());
-        let control = Arc::new(Counters::new(ifaces.len()));
+        let control = Arc::new(Counters::new(MAX_IFACES));
         counters.push(control.clone());
         let neighbours = Arc::new(Mutex::new(Vec::new()));
         let slow = SlowPath {
             rx: slow_rx,
+            slow_tx: slow_tx.clone(),
             tx,
             ifaces: ifaces.clone(),
             manager: NeighManager::new(cfg.neigh),
@@ -178,11 +197,85 @@ impl Dataplane {
             })?);
         }
         threads.push(std::thread::Builder::new().name("slow-path".into()).spawn(move || slow.run())?);
-        Ok(Dataplane { ifaces, counters, neighbours, stop, threads, tap, tracer, control, _ipip_guard: ipip_guard })
+        Ok(Dataplane {
+            ifaces,
+            workers: ctls,
+            slow_tx,
+            rcvbuf: cfg.rcvbuf,
+            counters,
+            neighbours,
+            stop,
+            threads,
+            tap,
+            tracer,
+            control,
+            _ipip_guard: ipip_guard,
+        })
     }
 
     pub fn interfaces(&self) -> &Interfaces {
         &self.ifaces
+    }
+
+    /// Starts reading and serving a new interface (a pod that appeared) without stopping
+    /// anything else: its sockets are opened first (an error changes nothing), then every
+    /// worker and the slow path take it up; returns once every worker reads it.
+    pub fn add_interface(&mut self, f: Interface) -> io::Result<IfaceId> {
+        if let Some(id) = self.ifaces.by_name(&f.name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} is already served (slot {})", f.name, id.0),
+            ));
+        }
+        let Some((next, id)) = self.ifaces.with_added(f.clone()) else {
+            return Err(io::Error::other(format!("no free interface slot for {} ({MAX_IFACES} in use)", f.name)));
+        };
+        let n = self.workers.len();
+        let ports = (0..n).map(|w| open_port(&f, w, n, self.rcvbuf)).collect::<io::Result<Vec<_>>>()?;
+        let tx = if f.role.is_ethernet() { Some(PacketSocket::open_tx(f.ifindex)?) } else { None };
+        for c in &self.counters {
+            c.reset_iface(usize::from(id.0));
+        }
+        self.publish_port(Arc::new(next), id, ports.into_iter().map(Some).collect(), tx);
+        Ok(id)
+    }
+
+    /// Stops serving an interface (a pod that went): once this returns no worker reads or
+    /// sends on it, and its neighbours are forgotten.
+    pub fn remove_interface(&mut self, id: IfaceId) {
+        if self.ifaces.get(id).is_none() {
+            return;
+        }
+        let next = Arc::new(self.ifaces.with_removed(id));
+        let none = (0..self.workers.len()).map(|_| None).collect();
+        self.publish_port(next, id, none, None);
+    }
+
+    fn publish_port(
+        &mut self,
+        ifaces: Arc<Interfaces>,
+        id: IfaceId,
+        ports: Vec<Option<Port>>,
+        tx: Option<PacketSocket>,
+    ) {
+        let (done, acks) = crossbeam_channel::unbounded();
+        let mut waiting = 0;
+        for (w, port) in self.workers.iter().zip(ports) {
+            let m = PortMsg { ifaces: ifaces.clone(), id, port, done: done.clone() };
+            if w.tx.send(m).is_ok() && w.waker.wake().is_ok() {
+                waiting += 1;
+            }
+        }
+        let _ = self.slow_tx.send(SlowMsg::Port { ifaces: ifaces.clone(), id, tx });
+        // A worker answers at its next round; a dead one never does (supervision sees it).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for _ in 0..waiting {
+            if acks.recv_deadline(deadline).is_err() {
+                tracing::warn!(slot = id.0, "a worker did not take up an interface change in time");
+                break;
+            }
+        }
+        self.ifaces = ifaces;
     }
 
     /// Counters summed over all workers and the slow path.
@@ -233,6 +326,9 @@ impl Dataplane {
 
 struct SlowPath {
     rx: Receiver<SlowMsg>,
+    /// Kept so that the channel never reads as disconnected while the data plane runs.
+    #[allow(dead_code)]
+    slow_tx: Sender<SlowMsg>,
     /// Send sockets of the Ethernet interfaces, indexed by `IfaceId`.
     tx: Vec<Option<PacketSocket>>,
     ifaces: Arc<Interfaces>,
@@ -258,6 +354,15 @@ impl SlowPath {
                     self.manager.on_miss(Instant::now(), iface, next_hop, frame, &mut actions)
                 }
                 Ok(SlowMsg::Learn(n)) => self.manager.on_learn(Instant::now(), n, &mut actions),
+                Ok(SlowMsg::Port { ifaces, id, tx }) => {
+                    let i = usize::from(id.0);
+                    if self.tx.len() <= i {
+                        self.tx.resize_with(i + 1, || None);
+                    }
+                    self.tx[i] = tx;
+                    self.ifaces = ifaces;
+                    self.manager.forget(id, &mut actions);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }

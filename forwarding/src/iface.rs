@@ -1,4 +1,6 @@
-//! The interfaces a node forwards between, fixed when the data plane starts.
+//! The interfaces a node forwards between. Pods come and go while the node runs: an
+//! interface keeps its [`IfaceId`] (its slot) while it exists, and a slot that was freed is
+//! given to the next interface.
 
 use encap::MacAddr;
 use ipnet::Ipv4Net;
@@ -48,10 +50,13 @@ pub struct Interface {
     pub role: IfaceRole,
 }
 
+/// How many interface slots a data plane has (counters are allocated for all of them).
+pub const MAX_IFACES: usize = 4096;
+
 /// All interfaces of the data plane, indexed by [`IfaceId`], and the node's own address.
 #[derive(Debug, Clone, Default)]
 pub struct Interfaces {
-    list: Vec<Interface>,
+    list: Vec<Option<Interface>>,
     node_addr: Option<Ipv4Addr>,
 }
 
@@ -62,7 +67,31 @@ impl Interfaces {
             IfaceRole::Uplink { addr } => Some(addr.addr()),
             _ => None,
         });
-        Interfaces { list, node_addr }
+        Interfaces { list: list.into_iter().map(Some).collect(), node_addr }
+    }
+
+    /// A copy with `f` in the first free slot; None when every slot is taken.
+    pub fn with_added(&self, f: Interface) -> Option<(Interfaces, IfaceId)> {
+        let mut next = self.clone();
+        let slot = match next.list.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if next.list.len() < MAX_IFACES => {
+                next.list.push(None);
+                next.list.len() - 1
+            }
+            None => return None,
+        };
+        next.list[slot] = Some(f);
+        Some((next, IfaceId(slot as u16)))
+    }
+
+    /// A copy without the interface in slot `id`.
+    pub fn with_removed(&self, id: IfaceId) -> Interfaces {
+        let mut next = self.clone();
+        if let Some(s) = next.list.get_mut(usize::from(id.0)) {
+            *s = None;
+        }
+        next
     }
 
     /// For data planes without an uplink interface of their own (`tun`).
@@ -72,13 +101,15 @@ impl Interfaces {
     }
 
     pub fn get(&self, id: IfaceId) -> Option<&Interface> {
-        self.list.get(usize::from(id.0))
+        self.list.get(usize::from(id.0)).and_then(Option::as_ref)
     }
 
+    /// The interfaces present, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (IfaceId, &Interface)> {
-        self.list.iter().enumerate().map(|(i, f)| (IfaceId(i as u16), f))
+        self.list.iter().enumerate().filter_map(|(i, f)| Some((IfaceId(i as u16), f.as_ref()?)))
     }
 
+    /// The number of slots in use or freed (one past the highest `IfaceId`).
     pub fn len(&self) -> usize {
         self.list.len()
     }

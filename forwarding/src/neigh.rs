@@ -131,6 +131,29 @@ impl NeighManager {
         NeighManager { config, entries: HashMap::new(), budgets: HashMap::new() }
     }
 
+    /// Forgets every neighbour of an interface that came or went (its slot may serve
+    /// another interface next); packets that waited on them are dropped and counted.
+    pub fn forget(&mut self, iface: IfaceId, out: &mut Vec<NeighAction>) {
+        let mut waiting = 0;
+        let before = self.entries.len();
+        self.entries.retain(|(i, _), st| {
+            if *i != iface {
+                return true;
+            }
+            if let State::Incomplete { queue, .. } = st {
+                waiting += queue.len() as u64;
+            }
+            false
+        });
+        self.budgets.remove(&iface);
+        if waiting > 0 {
+            out.push(NeighAction::Dropped { reason: DropReason::NeighbourFailed, count: waiting });
+        }
+        if self.entries.len() != before {
+            out.push(NeighAction::Changed);
+        }
+    }
+
     fn budget(&mut self, iface: IfaceId) -> &mut Budget {
         let burst = f64::from(self.config.new_burst);
         self.budgets.entry(iface).or_insert(Budget { tokens: burst, at: None })

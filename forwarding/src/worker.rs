@@ -62,9 +62,34 @@ const GRO_ROOM: usize = 128 * 1024;
 /// Work a worker hands to the slow path.
 #[derive(Debug)]
 pub enum SlowMsg {
-    Resolve { iface: IfaceId, next_hop: std::net::Ipv4Addr, frame: Vec<u8> },
+    Resolve {
+        iface: IfaceId,
+        next_hop: std::net::Ipv4Addr,
+        frame: Vec<u8>,
+    },
     Learn(Neighbour),
+    /// An interface came (with its send socket, on Ethernet) or went (`None`): the slow path
+    /// takes the new interface list and forgets the slot's neighbours.
+    Port {
+        ifaces: Arc<Interfaces>,
+        id: IfaceId,
+        tx: Option<PacketSocket>,
+    },
 }
+
+/// From the control thread to a worker: an interface came or went. The worker answers on
+/// `PortMsg::done` once it reads (or no longer reads) the port.
+#[derive(Debug)]
+pub struct PortMsg {
+    pub ifaces: Arc<Interfaces>,
+    pub id: IfaceId,
+    /// The worker's port for a new interface; `None`: the interface is gone.
+    pub port: Option<Port>,
+    pub done: Sender<()>,
+}
+
+/// The worker's wake-up token: above every interface's.
+pub const WAKE: Token = Token(crate::iface::MAX_IFACES);
 
 /// How a worker reaches one interface.
 #[derive(Debug)]
@@ -162,9 +187,13 @@ impl Port {
 pub struct Worker {
     pub index: usize,
     pub core: Option<core_affinity::CoreId>,
-    /// Indexed by `IfaceId`.
-    pub ports: Vec<Port>,
+    /// Indexed by `IfaceId`; `None` for a freed slot.
+    pub ports: Vec<Option<Port>>,
     pub ifaces: Arc<Interfaces>,
+    /// Interfaces that come and go ([`PortMsg`]), with `poll` woken through [`WAKE`].
+    pub ctl: crossbeam_channel::Receiver<PortMsg>,
+    /// Made by the data plane, which keeps its waker; taken by `run`.
+    pub poll: Option<Poll>,
     pub fib: FibHandle,
     pub neigh: NeighHandle,
     pub counters: Arc<Counters>,
@@ -188,7 +217,7 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    pub fn run(self) -> io::Result<()> {
+    pub fn run(mut self) -> io::Result<()> {
         if let Some(core) = self.core {
             if !core_affinity::set_for_current(core) {
                 tracing::warn!(worker = self.index, core = core.id, "could not pin worker to core");
@@ -200,9 +229,12 @@ impl Worker {
                 tracing::warn!(worker = self.index, nice = self.nice, error = %e, "could not set the worker's priority");
             }
         }
-        let mut poll = Poll::new()?;
+        let mut poll = match self.poll.take() {
+            Some(p) => p,
+            None => Poll::new()?,
+        };
         for (i, p) in self.ports.iter().enumerate() {
-            if p.readable() {
+            if let Some(p) = p.as_ref().filter(|p| p.readable()) {
                 poll.registry().register(&mut SourceFd(&p.raw_fd()), Token(i), Interest::READABLE)?;
             }
         }
@@ -219,7 +251,7 @@ impl Worker {
         };
         let mut scratch = vec![0u8; HEADROOM + RX_MAX];
         // mio is edge-triggered: a port stays "ready" until a read returns WouldBlock.
-        let mut ready: Vec<bool> = self.ports.iter().map(|p| p.readable()).collect();
+        let mut ready: Vec<bool> = self.ports.iter().map(|p| p.as_ref().is_some_and(Port::readable)).collect();
         let mut last_stats = std::time::Instant::now();
         let fail_at = self.fail_after.map(|d| std::time::Instant::now() + d);
         while !self.stop.load(Ordering::Relaxed) {
@@ -229,7 +261,7 @@ impl Worker {
             // Losses before our socket are ours to report too (every 100 ms, not per packet).
             if last_stats.elapsed() >= Duration::from_millis(100) {
                 last_stats = std::time::Instant::now();
-                let lost: u64 = self.ports.iter().map(|p| p.take_drops()).sum();
+                let lost: u64 = self.ports.iter().flatten().map(|p| p.take_drops()).sum();
                 self.counters.count_drops(DropReason::RxQueueFull, lost);
                 self.counters.refill_icmp();
             }
@@ -246,6 +278,9 @@ impl Worker {
                     *r = true;
                 }
             }
+            while let Ok(m) = self.ctl.try_recv() {
+                self.change_port(&poll, m, &mut ready)?;
+            }
             // One snapshot per batch round: updates land between rounds, never mid-packet.
             let fib = self.fib.load();
             let neigh = self.neigh.load();
@@ -259,6 +294,32 @@ impl Worker {
         Ok(())
     }
 
+    /// Takes a new port into the poll set, or drops a gone one, and says so.
+    fn change_port(&mut self, poll: &Poll, m: PortMsg, ready: &mut Vec<bool>) -> io::Result<()> {
+        let i = usize::from(m.id.0);
+        if self.ports.len() <= i {
+            self.ports.resize_with(i + 1, || None);
+            ready.resize(i + 1, false);
+        }
+        if let Some(old) = self.ports[i].take() {
+            if old.readable() {
+                let _ = poll.registry().deregister(&mut SourceFd(&old.raw_fd()));
+            }
+        }
+        ready[i] = false;
+        if let Some(p) = m.port {
+            if p.readable() {
+                poll.registry().register(&mut SourceFd(&p.raw_fd()), Token(i), Interest::READABLE)?;
+                // Frames may already wait: edge-triggered polling would not report them.
+                ready[i] = true;
+            }
+            self.ports[i] = Some(p);
+        }
+        self.ifaces = m.ifaces;
+        let _ = m.done.send(());
+        Ok(())
+    }
+
     /// Handles one batch from port `i` (one receive call, one send call per egress); true if
     /// more may be waiting.
     fn drain(&self, ctx: &Context<'_>, i: usize, b: &mut Batch, scratch: &mut [u8]) -> bool {
@@ -266,7 +327,9 @@ impl Worker {
         let tapping = self.tap.active();
         let tracing = self.tracer.active();
         let in_if = IfaceId(i as u16);
-        let port = &self.ports[i];
+        let Some(port) = self.ports.get(i).and_then(Option::as_ref) else {
+            return false;
+        };
         let n = match port.recv_batch(&mut b.bufs, &mut b.lens, &mut b.hdrs) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -324,7 +387,7 @@ impl Worker {
                 pipeline::process_l3(ctx, &self.counters, in_if, buf, span)
             };
             if let Some((id, before)) = probe {
-                let eth = |i: IfaceId| self.ports.get(usize::from(i.0)).is_some_and(|p| p.is_ethernet());
+                let eth = |i: IfaceId| self.port(i).is_some_and(|p| p.is_ethernet());
                 self.tracer.report(id, in_if, before, &v, buf, eth);
             }
             match v {
@@ -392,7 +455,7 @@ impl Worker {
         // it (tun). The link header in front of each packet: Ethernet, or none.
         let egress = group.first().map(|o| o.0);
         let role = egress.and_then(|e| self.ifaces.get(e)).map(|f| &f.role);
-        let l2 = match (egress.and_then(|e| self.ports.get(usize::from(e.0))), role) {
+        let l2 = match (egress.and_then(|e| self.port(e)), role) {
             (Some(Port::Packet { .. }), Some(crate::iface::IfaceRole::Pod { .. })) => Some(encap::ethernet::HEADER_LEN),
             (Some(Port::Tun(_)), _) => Some(0),
             _ => None,
@@ -495,7 +558,7 @@ impl Worker {
 
     fn transmit_batch(&self, iface: IfaceId, frames: &[(VnetHdr, &[u8])], tapping: bool) {
         let i = usize::from(iface.0);
-        let Some(port) = self.ports.get(i) else {
+        let Some(port) = self.port(iface) else {
             self.counters.count_drops(DropReason::TxError, frames.len() as u64);
             return;
         };
@@ -511,8 +574,12 @@ impl Worker {
         self.counters.count_drops(DropReason::TxError, (frames.len() - sent) as u64);
     }
 
+    fn port(&self, iface: IfaceId) -> Option<&Port> {
+        self.ports.get(usize::from(iface.0)).and_then(Option::as_ref)
+    }
+
     fn transmit(&self, iface: IfaceId, frame: &[u8], tapping: bool) {
-        let Some(port) = self.ports.get(usize::from(iface.0)) else {
+        let Some(port) = self.port(iface) else {
             self.counters.count_drop(DropReason::TxError);
             return;
         };

@@ -3,13 +3,26 @@
 
 use super::*;
 
+/// The counters, with the interface rows of the interfaces present only (slots of pods that
+/// went are left out), and their names in the same order.
+fn present_totals(dp: &Dataplane) -> (Vec<String>, forwarding::counters::Totals) {
+    let mut t = dp.totals();
+    let (names, rows) = dp
+        .interfaces()
+        .iter()
+        .map(|(id, f)| (f.name.clone(), t.ifaces.get(usize::from(id.0)).cloned().unwrap_or_default()))
+        .unzip();
+    t.ifaces = rows;
+    (names, t)
+}
+
 /// The Prometheus exposition of the node's counters and sessions.
 pub(super) fn metrics_body(node: &Node, speaker: Option<&Speaker>) -> String {
-    let totals = node.dp.totals();
+    let (interfaces, totals) = present_totals(&node.dp);
     let fib = node.fib.load();
     let peers = speaker.map(|s| s.status()).unwrap_or_default();
     crate::metrics::render(&crate::metrics::Snapshot {
-        interfaces: node.dp.interfaces().iter().map(|(_, f)| f.name.clone()).collect(),
+        interfaces,
         totals: &totals,
         fib_routes: fib.len(),
         fib_memory_bytes: fib.memory_bytes(),
@@ -160,12 +173,11 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
             peers: speaker.map(|s| s.status()).unwrap_or_default(),
         }),
         Request::Stats => {
-            let t = dp.totals();
-            let interfaces = dp
-                .interfaces()
-                .iter()
+            let (names, t) = present_totals(dp);
+            let interfaces = names
+                .into_iter()
                 .zip(t.ifaces)
-                .map(|((_, f), counts)| admin::InterfaceCounters { interface: f.name.clone(), counts })
+                .map(|(interface, counts)| admin::InterfaceCounters { interface, counts })
                 .collect();
             admin::answer(&admin::Stats {
                 interfaces,
