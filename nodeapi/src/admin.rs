@@ -51,6 +51,18 @@ pub enum Request {
     Lookup {
         addr: std::net::Ipv4Addr,
     },
+    /// A pod appeared (a container runtime's CNI plugin made it): serve its interface,
+    /// route its address, announce it when borrowed. Replaces a pod of the same name.
+    PodAdd {
+        pod: PodSpec,
+    },
+    /// A pod went: stop serving it, withdraw its address. A pod the node does not know is
+    /// not an error (DEL is idempotent).
+    PodDel {
+        name: String,
+    },
+    /// The node's pods, from its config and those added since, and whether each is up.
+    Pods,
     /// Report probes carrying this trace id (for a few seconds).
     TraceStart {
         id: u32,
@@ -212,6 +224,28 @@ pub struct RouteMatch {
     pub why: String,
 }
 
+/// A pod as the node serves it: its name (a container's, for CNI pods), the host end of its
+/// veth, its address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSpec {
+    pub name: String,
+    pub interface: String,
+    pub address: Ipv4Addr,
+}
+
+/// One row of `Pods`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStatus {
+    #[serde(flatten)]
+    pub pod: PodSpec,
+    /// Its interface exists and the data plane serves it.
+    pub up: bool,
+    /// Its address is outside the node's blocks: the node announces it as a /32.
+    pub borrowed: bool,
+    /// Added while the node ran (a CNI pod), not from the config.
+    pub dynamic: bool,
+}
+
 /// One hop of a traced packet's journey.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Hop {
@@ -302,6 +336,18 @@ impl Client {
 
     pub fn routes(&self) -> Result<Vec<RouteEntry>, ClientError> {
         self.call(Request::Routes)
+    }
+
+    pub fn pod_add(&self, pod: PodSpec) -> Result<(), ClientError> {
+        self.call(Request::PodAdd { pod })
+    }
+
+    pub fn pod_del(&self, name: &str) -> Result<(), ClientError> {
+        self.call(Request::PodDel { name: name.to_string() })
+    }
+
+    pub fn pods(&self) -> Result<Vec<PodStatus>, ClientError> {
+        self.call(Request::Pods)
     }
 
     pub fn graceful_restart(&self) -> Result<(), ClientError> {

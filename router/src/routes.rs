@@ -181,7 +181,10 @@ fn build_inner(
         let net = Ipv4Net::new(p.address, 32).map_err(|e| e.to_string())?;
         let nh = match ifaces.by_name(&p.interface) {
             Some(i) => NextHop::Local { iface: i },
-            None => NextHop::Host,
+            // tun: the kernel forwards to pods.
+            None if tun => NextHop::Host,
+            // afpacket: a pod whose interface is missing is down, and has no route.
+            None => continue,
         };
         t.push(Row {
             prefix: net,

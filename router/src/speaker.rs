@@ -440,6 +440,16 @@ impl Speaker {
         self.run(registry, now);
     }
 
+    /// Starts announcing a prefix of this node; the UPDATEs go out at the next `tick`.
+    pub fn originate(&mut self, prefix: IpNet) {
+        self.core.originate(prefix);
+    }
+
+    /// Stops announcing a prefix of this node; the withdrawals go out at the next `tick`.
+    pub fn withdraw_local(&mut self, prefix: IpNet) {
+        self.core.withdraw_local(prefix);
+    }
+
     /// Sends Cease to every peer (on shutdown).
     pub fn stop(&mut self, registry: &Registry) {
         let now = Instant::now();

@@ -93,6 +93,24 @@ impl TransitFilter {
         }
     }
 
+    /// Puts the filter on a pod interface that appeared.
+    pub(super) fn add(&mut self, dev: &str) {
+        if self.devs.iter().any(|d| d == dev) {
+            return;
+        }
+        self.devs.extend(apply_transit_filter(std::iter::once(dev), &self.local));
+    }
+
+    /// A pod interface that is going: its filter goes with it (or now, if it stays).
+    pub(super) fn forget(&mut self, dev: &str) {
+        if let Some(i) = self.devs.iter().position(|d| d == dev) {
+            self.devs.remove(i);
+            if std::path::Path::new("/sys/class/net").join(dev).exists() {
+                let _ = ipcmd::run("tc", &["filter", "del", "dev", dev, "ingress", "pref", FILTER_PREF]);
+            }
+        }
+    }
+
     pub(super) fn remove(&self) {
         for dev in &self.devs {
             if let Err(e) = ipcmd::run("tc", &["filter", "del", "dev", dev, "ingress", "pref", FILTER_PREF]) {

@@ -25,8 +25,11 @@ pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
         role: IfaceRole::Uplink { addr: cfg.uplink.address },
     });
     for p in &cfg.pods {
-        let l =
-            netsys::link_info(&p.interface).with_context(|| format!("interface {} of pod {}", p.interface, p.name))?;
+        let Ok(l) = netsys::link_info(&p.interface) else {
+            // A pod that is down (or not made yet): served once its interface appears.
+            tracing::info!(pod = %p.name, interface = %p.interface, "pod interface missing: the pod is down");
+            continue;
+        };
         list.push(Interface {
             name: p.interface.clone(),
             ifindex: l.ifindex,

@@ -32,6 +32,7 @@ mod filter;
 mod front;
 mod interfaces;
 mod kernel;
+mod pods;
 mod restart;
 mod serve;
 
@@ -64,6 +65,8 @@ struct Node {
     saved: Option<restart::Saved>,
     /// A planned restart was asked for: save, close quietly, exit.
     restart_requested: bool,
+    /// Names of the pods added while running (not from the config).
+    dynamic: HashSet<String>,
 }
 
 fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
@@ -180,7 +183,15 @@ fn originated(cfg: &NodeConfig) -> Vec<Ipv4Net> {
 const JOBS: Token = Token(0);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    let cfg = NodeConfig::load(config_path)?;
+    let mut cfg = NodeConfig::load(config_path)?;
+    // Pods a previous run was given (containers that may still run) join the configured ones.
+    let mut dynamic = HashSet::new();
+    for spec in pods::load_dynamic(&cfg) {
+        if !cfg.pods.iter().any(|p| p.name == spec.name || p.address == spec.address || p.interface == spec.interface) {
+            dynamic.insert(spec.name.clone());
+            cfg.pods.push(nodeapi::config::PodConfig { name: spec.name, interface: spec.interface, address: spec.address });
+        }
+    }
     check_kernel_forwarding(cfg.dataplane)?;
     let ifaces = discover(&cfg)?;
     let restart_time = Duration::from_secs(u64::from(cfg.bgp.as_ref().map_or(0, |b| b.graceful_restart_secs)));
@@ -229,6 +240,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         filter,
         saved,
         restart_requested: false,
+        dynamic,
     };
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
         let mtu = node.dp.interfaces().get(tun).map_or(1480, |f| f.mtu).to_string();
@@ -291,6 +303,7 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
     );
     let mut events = Events::with_capacity(64);
     let (mut pending, mut last_rebuild, mut rebuild_cost) = (false, Instant::now(), Duration::ZERO);
+    let mut links_checked = Instant::now();
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) && !node.restart_requested {
         // Supervision: without a worker or the slow path the node would blackhole what BGP
@@ -325,6 +338,20 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
         // What the admin thread read: answered from memory, the replies never block.
         while let Ok(job) = front.jobs.try_recv() {
             match job {
+                front::Job::Admin(Request::PodAdd { pod }, reply) => {
+                    let a = match node.pod_add(pod, speaker.as_mut()) {
+                        Ok(()) => admin::answer(&()),
+                        Err(e) => Err(format!("{e:#}")),
+                    };
+                    let _ = reply.send(a);
+                }
+                front::Job::Admin(Request::PodDel { name }, reply) => {
+                    let a = match node.pod_del(&name, speaker.as_mut()) {
+                        Ok(_) => admin::answer(&()),
+                        Err(e) => Err(format!("{e:#}")),
+                    };
+                    let _ = reply.send(a);
+                }
                 front::Job::Admin(req, reply) => {
                     let _ = reply.send(answer(req, node, speaker.as_ref()));
                     node.reap_capture();
@@ -333,6 +360,10 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
                     let _ = reply.send(metrics_body(node, speaker.as_ref()));
                 }
             }
+        }
+        if links_checked.elapsed() >= pods::LINK_CHECK {
+            links_checked = Instant::now();
+            node.follow_links(speaker.as_ref());
         }
         node.reap_capture();
         node.collect_trace();

@@ -155,6 +155,9 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
         Request::CaptureStart { .. } | Request::CaptureStop | Request::CaptureStatus => node.capture_request(req),
         Request::TraceStart { .. } | Request::TraceCollect { .. } | Request::TraceStop => node.trace_request(req),
         Request::Lookup { addr } => admin::answer(&node.route_for(addr)),
+        Request::Pods => admin::answer(&node.pods()),
+        // The control loop handles these itself: they need BGP to announce or withdraw.
+        Request::PodAdd { .. } | Request::PodDel { .. } => Err("pod changes go through the control loop".into()),
         Request::Routes => admin::answer(&node.entries()),
         Request::GracefulRestart => {
             if cfg.bgp.as_ref().is_none_or(|b| b.graceful_restart_secs == 0) {

@@ -1,0 +1,85 @@
+//! `router cni install`: what Calico's install step does, for this plugin: the network
+//! config `10-router.conflist` (network `router`, plugin type `router`) and the plugin
+//! binary, as `router`, where runtimes look for them.
+
+use anyhow::Context as _;
+use ipnet::Ipv4Net;
+use nodeapi::config::{IpipMode, NodeConfig};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+pub const CONF_DIR: &str = "/etc/cni/net.d";
+pub const BIN_DIR: &str = "/opt/cni/bin";
+pub const CONFLIST: &str = "10-router.conflist";
+pub const NETWORK: &str = "router";
+
+/// What the plugin needs to know about its node.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub node: String,
+    pub admin_socket: PathBuf,
+    pub blocks: Vec<Ipv4Net>,
+    /// 1480 where a pool uses IPIP, 1500 without.
+    pub mtu: u16,
+    pub ipam_file: PathBuf,
+}
+
+impl Target {
+    pub fn from_node(cfg: &NodeConfig, ipam_file: PathBuf) -> Target {
+        let ipip = cfg.pools.iter().any(|p| p.ipip_mode != IpipMode::Never);
+        Target {
+            node: cfg.name.clone(),
+            admin_socket: cfg.admin_socket.clone(),
+            blocks: cfg.blocks.clone(),
+            mtu: if ipip { 1500 - encap_overhead() } else { 1500 },
+            ipam_file,
+        }
+    }
+}
+
+/// The outer IPv4 header of IPIP.
+const fn encap_overhead() -> u16 {
+    20
+}
+
+pub fn conflist(t: &Target) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "plugins": [{
+            "type": "router",
+            "node": t.node,
+            "admin_socket": t.admin_socket,
+            "ipam_file": t.ipam_file,
+            "blocks": t.blocks,
+            "mtu": t.mtu,
+        }],
+    })
+}
+
+/// Writes the conflist into `conf_dir` and copies `plugin` to `bin_dir/router`; returns
+/// both paths.
+pub fn install(t: &Target, conf_dir: &Path, bin_dir: &Path, plugin: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(conf_dir).with_context(|| format!("creating {}", conf_dir.display()))?;
+    std::fs::create_dir_all(bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
+    let conf = conf_dir.join(CONFLIST);
+    let tmp = conf.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&conflist(t))? + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &conf).with_context(|| format!("writing {}", conf.display()))?;
+    // Copied beside, then renamed: a runtime never executes half a binary.
+    let bin = bin_dir.join("router");
+    let tmp = bin_dir.join(".router.tmp");
+    std::fs::copy(plugin, &tmp).with_context(|| format!("copying {} to {}", plugin.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &bin).with_context(|| format!("installing {}", bin.display()))?;
+    Ok((conf, bin))
+}
+
+/// The plugin binary beside the running `router`.
+pub fn plugin_beside(exe: &Path) -> anyhow::Result<PathBuf> {
+    let p = exe.with_file_name("router-cni");
+    if !p.exists() {
+        anyhow::bail!("{} is missing: build it with `cargo build --release` (it builds router-cni too)", p.display());
+    }
+    Ok(p)
+}

@@ -1,0 +1,192 @@
+//! IPAM as Calico's, in one JSON file that every plugin call on the machine (and, in the
+//! lab, every node) shares: blocks with an affinity to a node, and one allocation per
+//! address. A call takes an exclusive `flock` on `<file>.lock` for its whole
+//! read-modify-write, so two ADDs at the same time never get the same address; the file is
+//! replaced by rename, so a crash never leaves half of it.
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Who holds it: `<container id>/<ifname>` for a container, `pod:<name>` for a pod of
+    /// the lab's topology.
+    pub handle: String,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Block → the node it is affine to.
+    pub blocks: BTreeMap<Ipv4Net, String>,
+    pub allocations: BTreeMap<Ipv4Addr, Allocation>,
+}
+
+/// An address handed out, and whether it was borrowed from another node's block (the node
+/// then announces it as a /32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assigned {
+    pub address: Ipv4Addr,
+    pub borrowed: bool,
+}
+
+impl State {
+    /// The address `handle` holds, if any.
+    pub fn find(&self, handle: &str) -> Option<Ipv4Addr> {
+        self.allocations.iter().find(|(_, a)| a.handle == handle).map(|(ip, _)| *ip)
+    }
+
+    fn take_in(&mut self, block: Ipv4Net, handle: &str, node: &str) -> Option<Ipv4Addr> {
+        let a = block.hosts().find(|a| !self.allocations.contains_key(a))?;
+        self.allocations.insert(a, Allocation { handle: handle.to_string(), node: node.to_string() });
+        Some(a)
+    }
+
+    /// The next free address of `node`'s blocks; with those full, of another node's block
+    /// (the first with room, in address order), as Calico borrows. The same handle gets
+    /// the address it already holds.
+    pub fn allocate(&mut self, node: &str, handle: &str) -> Result<Assigned, String> {
+        let mine: Vec<Ipv4Net> = self.blocks.iter().filter(|(_, n)| *n == node).map(|(b, _)| *b).collect();
+        let borrowed = |a: Ipv4Addr| !mine.iter().any(|b| b.contains(&a));
+        if let Some(a) = self.find(handle) {
+            return Ok(Assigned { address: a, borrowed: borrowed(a) });
+        }
+        if mine.is_empty() {
+            return Err(format!("node {node} has no block in the IPAM state"));
+        }
+        for b in &mine {
+            if let Some(a) = self.take_in(*b, handle, node) {
+                return Ok(Assigned { address: a, borrowed: false });
+            }
+        }
+        let others: Vec<Ipv4Net> = self.blocks.iter().filter(|(_, n)| *n != node).map(|(b, _)| *b).collect();
+        for b in others {
+            if let Some(a) = self.take_in(b, handle, node) {
+                return Ok(Assigned { address: a, borrowed: true });
+            }
+        }
+        Err(format!("no free address: node {node}'s blocks and every other block are full"))
+    }
+
+    /// Frees what `handle` holds; the address, if it held one.
+    pub fn release(&mut self, handle: &str) -> Option<Ipv4Addr> {
+        let a = self.find(handle)?;
+        self.allocations.remove(&a);
+        Some(a)
+    }
+}
+
+/// The shared IPAM file.
+#[derive(Debug, Clone)]
+pub struct Ipam {
+    pub path: PathBuf,
+}
+
+impl Ipam {
+    pub fn new(path: impl Into<PathBuf>) -> Ipam {
+        Ipam { path: path.into() }
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".lock");
+        PathBuf::from(p)
+    }
+
+    /// Runs `f` on the state under the lock and writes back what it left (only if it
+    /// changed anything).
+    pub fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> anyhow::Result<R> {
+        use anyhow::Context as _;
+        if let Some(dir) = self.path.parent() {
+            nodeapi::private::dir_if_missing(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.lock_path())
+            .with_context(|| format!("opening {}", self.lock_path().display()))?;
+        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("locking {}", self.lock_path().display()))?;
+        let before = read(&self.path)?;
+        let mut st = before.clone();
+        let r = f(&mut st);
+        if st != before {
+            let tmp = self.path.with_extension("tmp");
+            nodeapi::private::write(&tmp, serde_json::to_string_pretty(&st)?.as_bytes())
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))?;
+        }
+        Ok(r)
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<State> {
+    use anyhow::Context as _;
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is not an IPAM state", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_nodes(block_len: u8) -> State {
+        let mut st = State::default();
+        st.blocks.insert(format!("10.244.1.0/{block_len}").parse().expect("net"), "a".into());
+        st.blocks.insert(format!("10.244.2.0/{block_len}").parse().expect("net"), "b".into());
+        st
+    }
+
+    #[test]
+    fn addresses_come_from_the_nodes_block_then_are_borrowed_then_run_out() {
+        let mut st = two_nodes(30);
+        let a1 = st.allocate("a", "c1/eth0").expect("first");
+        assert_eq!(a1, Assigned { address: "10.244.1.1".parse().expect("ip"), borrowed: false });
+        assert_eq!(st.allocate("a", "c1/eth0").expect("again"), a1, "the same handle keeps its address");
+        let a2 = st.allocate("a", "c2/eth0").expect("second");
+        assert_eq!(a2.address, "10.244.1.2".parse::<Ipv4Addr>().expect("ip"));
+        let a3 = st.allocate("a", "c3/eth0").expect("borrowed");
+        assert_eq!(a3, Assigned { address: "10.244.2.1".parse().expect("ip"), borrowed: true });
+        st.allocate("b", "d1/eth0").expect("b's own");
+        let e = st.allocate("a", "c4/eth0").expect_err("full");
+        assert!(e.contains("full"), "{e}");
+        assert_eq!(st.release("c2/eth0"), Some("10.244.1.2".parse().expect("ip")));
+        assert_eq!(st.release("c2/eth0"), None);
+        assert_eq!(st.allocate("a", "c4/eth0").expect("freed").address, "10.244.1.2".parse::<Ipv4Addr>().expect("ip"));
+        assert!(st.allocate("z", "x/eth0").is_err(), "a node without a block");
+    }
+
+    #[test]
+    fn concurrent_allocations_under_the_lock_never_share_an_address() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ipam = Ipam::new(dir.path().join("ipam.json"));
+        ipam.with(|st| *st = two_nodes(26)).expect("seed");
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let ipam = ipam.clone();
+                std::thread::spawn(move || {
+                    (0..6)
+                        .map(|k| ipam.with(|st| st.allocate("a", &format!("c{t}-{k}"))).expect("io").expect("room"))
+                        .map(|a| a.address)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<Ipv4Addr> = threads.into_iter().flat_map(|t| t.join().expect("thread")).collect();
+        assert_eq!(all.len(), 96);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 96, "an address was handed out twice");
+        let st = ipam.with(|st| st.clone()).expect("read");
+        assert_eq!(st.allocations.len(), 96);
+    }
+}

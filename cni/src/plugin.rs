@@ -1,0 +1,400 @@
+//! The CNI commands: the network config on stdin, `CNI_*` in the environment, a result or
+//! an error as JSON on stdout (CNI specification 1.0.0 §§ 3–5; GC and STATUS from 1.1.0).
+
+use crate::ipam::{Assigned, Ipam, State};
+use ipnet::Ipv4Net;
+use nodeapi::admin::{self, PodSpec};
+use nodeapi::config::DataplaneMode;
+use nodeapi::ipcmd;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// The versions whose network configs and results this plugin speaks.
+pub const SUPPORTED: &[&str] = &["1.0.0", "1.1.0"];
+/// The address every pod's default route points at; the node answers ARP for it.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// A CNI error: the spec's well-known codes below 100, ours from 100.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> CniError {
+        CniError { code, msg: msg.into(), details: details.into() }
+    }
+    pub fn io(details: impl Into<String>) -> CniError {
+        CniError::new(5, "I/O failure", details)
+    }
+    fn env(details: impl Into<String>) -> CniError {
+        CniError::new(4, "invalid necessary environment variables", details)
+    }
+    fn config(details: impl Into<String>) -> CniError {
+        CniError::new(7, "invalid network config", details)
+    }
+    fn node(details: impl Into<String>) -> CniError {
+        CniError::new(11, "try again later: the node does not answer", details)
+    }
+    fn setup(details: impl Into<String>) -> CniError {
+        CniError::new(100, "setting up the pod's network failed", details)
+    }
+    fn check(details: impl Into<String>) -> CniError {
+        CniError::new(101, "the pod's network is not as ADD left it", details)
+    }
+    fn ipam(details: impl Into<String>) -> CniError {
+        CniError::new(102, "no address", details)
+    }
+}
+
+/// The plugin's entry of the network config (`type: router`). Other keys (those a runtime
+/// adds, like `runtimeConfig` or `args`) are ignored, as the spec allows.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NetConf {
+    #[serde(rename = "cniVersion")]
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The node: its name (in the IPAM state), its admin socket, its blocks.
+    pub node: String,
+    pub admin_socket: PathBuf,
+    pub ipam_file: PathBuf,
+    #[serde(default)]
+    pub blocks: Vec<Ipv4Net>,
+    /// The pods' MTU: 1480 where the pool uses IPIP, 1500 without.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    #[serde(rename = "prevResult", default)]
+    pub prev_result: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+fn default_mtu() -> u16 {
+    1480
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// Runs one plugin call; returns the exit code (0: success, 1: an error was printed).
+pub fn main(env: &HashMap<String, String>, stdin: &str, out: &mut impl Write) -> i32 {
+    let version = serde_json::from_str::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .filter(|v| SUPPORTED.contains(&v.as_str()))
+        .unwrap_or_else(|| "1.0.0".to_string());
+    match run(env, stdin) {
+        Ok(Some(v)) => {
+            let _ = writeln!(out, "{}", serde_json::to_string(&v).unwrap_or_default());
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => fail(out, &version, &e),
+    }
+}
+
+/// Prints `e` as the spec's error object.
+pub fn fail(out: &mut impl Write, version: &str, e: &CniError) -> i32 {
+    let v = json!({ "cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details });
+    let _ = writeln!(out, "{v}");
+    1
+}
+
+fn need<'a>(env: &'a HashMap<String, String>, key: &str) -> Result<&'a str, CniError> {
+    env.get(key).map(String::as_str).filter(|v| !v.is_empty()).ok_or_else(|| CniError::env(format!("{key} is not set")))
+}
+
+fn run(env: &HashMap<String, String>, stdin: &str) -> Result<Option<Value>, CniError> {
+    let command = need(env, "CNI_COMMAND")?;
+    let raw: Value =
+        serde_json::from_str(stdin).map_err(|e| CniError::new(6, "failed to decode content", e.to_string()))?;
+    let version = raw.get("cniVersion").and_then(Value::as_str).unwrap_or("");
+    if command == "VERSION" {
+        return Ok(Some(json!({
+            "cniVersion": if SUPPORTED.contains(&version) { version } else { "1.1.0" },
+            "supportedVersions": SUPPORTED,
+        })));
+    }
+    if !SUPPORTED.contains(&version) {
+        return Err(CniError::new(
+            1,
+            "incompatible CNI version",
+            format!("cniVersion {version:?} is not one of {}", SUPPORTED.join(", ")),
+        ));
+    }
+    let conf: NetConf = serde_json::from_value(raw).map_err(|e| CniError::config(e.to_string()))?;
+    if conf.kind != "router" {
+        return Err(CniError::config(format!("type is {:?}; this plugin is \"router\"", conf.kind)));
+    }
+    match command {
+        "ADD" => add(&conf, &Call::from_env(env, true)?).map(Some),
+        "DEL" => del(&conf, &Call::from_env(env, false)?).map(|_| None),
+        "CHECK" => check(&conf, &Call::from_env(env, true)?).map(|_| None),
+        "GC" => gc(&conf).map(|_| None),
+        "STATUS" => status(&conf).map(|_| None),
+        other => Err(CniError::env(format!("CNI_COMMAND {other:?} is not ADD, DEL, CHECK, GC, STATUS or VERSION"))),
+    }
+}
+
+/// What a call is about: the container, its network namespace, the interface inside it.
+#[derive(Debug)]
+struct Call {
+    container: String,
+    netns: Option<String>,
+    ifname: String,
+}
+
+impl Call {
+    fn from_env(env: &HashMap<String, String>, netns_required: bool) -> Result<Call, CniError> {
+        let container = need(env, "CNI_CONTAINERID")?.to_string();
+        if !container.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(CniError::env(format!("CNI_CONTAINERID {container:?} has characters other than a-z, 0-9, '-', '_', '.'")));
+        }
+        let ifname = need(env, "CNI_IFNAME")?.to_string();
+        if ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.bytes().any(|b| b == b'/' || b <= b' ') {
+            return Err(CniError::env(format!("CNI_IFNAME {ifname:?} is not a valid interface name")));
+        }
+        let netns = match env.get("CNI_NETNS").filter(|v| !v.is_empty()) {
+            Some(n) => Some(n.clone()),
+            None if netns_required => return Err(CniError::env("CNI_NETNS is not set")),
+            None => None,
+        };
+        Ok(Call { container, netns, ifname })
+    }
+
+    fn handle(&self) -> String {
+        format!("{}/{}", self.container, self.ifname)
+    }
+
+    /// The pod's name at the node: the container's short id (as `podman ps` shows it).
+    fn pod_name(&self) -> String {
+        let short: String = self.container.chars().take(12).collect();
+        if self.ifname == "eth0" {
+            short
+        } else {
+            format!("{short}-{}", self.ifname)
+        }
+    }
+
+    fn host_ifname(&self) -> String {
+        crate::cali_name(&self.handle())
+    }
+}
+
+/// `ip ARGS` inside a network namespace given by path, entered with setns (`nsenter`).
+fn ip_in(netns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let net = format!("--net={netns}");
+    let mut v = vec![net.as_str(), "--", "ip"];
+    v.extend_from_slice(args);
+    ipcmd::run("nsenter", &v)
+}
+
+fn mac_of(out: &str) -> String {
+    out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap_or("").to_string()
+}
+
+fn node_client(conf: &NetConf) -> admin::Client {
+    admin::Client::new(&conf.admin_socket)
+}
+
+fn ipam_state(conf: &NetConf) -> Ipam {
+    Ipam::new(&conf.ipam_file)
+}
+
+/// Records the node's blocks from the config when the state does not know them yet (a
+/// host's first container).
+fn claim_blocks(conf: &NetConf, st: &mut State) {
+    for b in &conf.blocks {
+        st.blocks.entry(*b).or_insert_with(|| conf.node.clone());
+    }
+}
+
+fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
+    let netns = call.netns.as_deref().unwrap_or_default();
+    if !std::path::Path::new(netns).exists() {
+        return Err(CniError::new(3, "container unknown or does not exist", format!("no network namespace at {netns}")));
+    }
+    let node = node_client(conf);
+    let status = node.status().map_err(|e| CniError::node(format!("{}: {e}", conf.admin_socket.display())))?;
+    let host = call.host_ifname();
+    // ADD again for a container that is attached already: the same answer.
+    if let Some(r) = existing(conf, call, &host) {
+        return Ok(r);
+    }
+    let assigned = ipam_state(conf)
+        .with(|st| {
+            claim_blocks(conf, st);
+            st.allocate(&conf.node, &call.handle())
+        })
+        .map_err(|e| CniError::io(format!("{e:#}")))?
+        .map_err(CniError::ipam)?;
+    match attach(conf, call, &host, assigned, status.dataplane) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let _ = ipcmd::ip(&["link", "del", &host]);
+            let _ = ipam_state(conf).with(|st| st.release(&call.handle()));
+            Err(e)
+        }
+    }
+}
+
+/// The result of an earlier, complete ADD of the same attachment.
+fn existing(conf: &NetConf, call: &Call, host: &str) -> Option<Value> {
+    let netns = call.netns.as_deref()?;
+    let addr = ipam_state(conf).with(|st| st.find(&call.handle())).ok()??;
+    let host_link = ipcmd::ip(&["-o", "link", "show", "dev", host]).ok()?;
+    let inside = ip_in(netns, &["-o", "addr", "show", "dev", &call.ifname]).ok()?;
+    if !inside.contains(&format!("inet {addr}/32")) {
+        return None;
+    }
+    let link = ip_in(netns, &["-o", "link", "show", "dev", &call.ifname]).ok()?;
+    Some(result(conf, call, host, &mac_of(&host_link), &mac_of(&link), addr))
+}
+
+fn result(conf: &NetConf, call: &Call, host: &str, host_mac: &str, mac: &str, addr: Ipv4Addr) -> Value {
+    json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": [
+            { "name": host, "mac": host_mac },
+            { "name": call.ifname, "mac": mac, "sandbox": call.netns },
+        ],
+        "ips": [ { "address": format!("{addr}/32"), "gateway": GATEWAY.to_string(), "interface": 1 } ],
+        "routes": [ { "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() } ],
+        "dns": {},
+    })
+}
+
+fn attach(conf: &NetConf, call: &Call, host: &str, a: Assigned, dp: DataplaneMode) -> Result<Value, CniError> {
+    let netns = call.netns.as_deref().unwrap_or_default();
+    let fail = |e: anyhow::Error| CniError::setup(format!("{e:#}"));
+    let mtu = conf.mtu.to_string();
+    // A leftover of an interrupted ADD of the same attachment goes first.
+    let _ = ipcmd::ip(&["link", "del", host]);
+    ipcmd::ip(&["link", "add", host, "mtu", &mtu, "type", "veth", "peer", "name", &call.ifname, "netns", netns])
+        .map_err(fail)?;
+    let cidr = format!("{}/32", a.address);
+    let gw = GATEWAY.to_string();
+    ip_in(netns, &["addr", "add", &cidr, "dev", &call.ifname]).map_err(fail)?;
+    ip_in(netns, &["link", "set", &call.ifname, "mtu", &mtu, "up"]).map_err(fail)?;
+    ip_in(netns, &["route", "add", &gw, "dev", &call.ifname, "scope", "link"]).map_err(fail)?;
+    ip_in(netns, &["route", "add", "default", "via", &gw, "dev", &call.ifname]).map_err(fail)?;
+    // The host end, as Calico's plugin and Felix leave it: up, the node's kernel routing
+    // the pod's /32 to it (for the node's own traffic), strict reverse-path filtering; in
+    // tun mode the kernel answers the pod's ARP for the gateway, at once.
+    ipcmd::ip(&["link", "set", host, "up"]).map_err(fail)?;
+    ipcmd::ip(&["route", "replace", &cidr, "dev", host, "scope", "link"]).map_err(fail)?;
+    let mut sysctls = vec![(format!("net/ipv4/conf/{host}/rp_filter"), "1")];
+    if dp == DataplaneMode::Tun {
+        sysctls.push((format!("net/ipv4/conf/{host}/proxy_arp"), "1"));
+        sysctls.push((format!("net/ipv4/neigh/{host}/proxy_delay"), "0"));
+    }
+    for (k, v) in sysctls {
+        std::fs::write(format!("/proc/sys/{k}"), v).map_err(|e| CniError::setup(format!("writing {k}: {e}")))?;
+    }
+    let spec = PodSpec { name: call.pod_name(), interface: host.to_string(), address: a.address };
+    node_client(conf).pod_add(spec).map_err(|e| CniError::node(format!("telling the node about the pod: {e}")))?;
+    let host_mac = mac_of(&ipcmd::ip(&["-o", "link", "show", "dev", host]).map_err(fail)?);
+    let mac = mac_of(&ip_in(netns, &["-o", "link", "show", "dev", &call.ifname]).map_err(fail)?);
+    Ok(result(conf, call, host, &host_mac, &mac, a.address))
+}
+
+/// Removes what ADD made; what is already gone is fine (DEL is idempotent, and a container
+/// the plugin never saw is not an error).
+fn del(conf: &NetConf, call: &Call) -> Result<(), CniError> {
+    let host = call.host_ifname();
+    ipam_state(conf).with(|st| st.release(&call.handle())).map_err(|e| CniError::io(format!("{e:#}")))?;
+    // Asked of the kernel, not of /sys: a runtime that entered the node's namespace with
+    // setns sees another namespace's /sys.
+    if ipcmd::ip(&["link", "show", "dev", &host]).is_ok() {
+        ipcmd::ip(&["link", "del", &host]).map_err(|e| CniError::io(format!("{e:#}")))?;
+    }
+    // A node that is down learns it from the missing interface when it is back.
+    if let Err(e) = node_client(conf).pod_del(&call.pod_name()) {
+        eprintln!("router-cni: the node did not take the pod's removal ({e}); it drops the pod when it sees the interface gone");
+    }
+    Ok(())
+}
+
+fn check(conf: &NetConf, call: &Call) -> Result<(), CniError> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
+    let want: Ipv4Addr = prev
+        .pointer("/ips/0/address")
+        .and_then(Value::as_str)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| CniError::config("prevResult has no ips[0].address"))?;
+    let held = ipam_state(conf).with(|st| st.find(&call.handle())).map_err(|e| CniError::io(format!("{e:#}")))?;
+    if held != Some(want) {
+        return Err(CniError::check(format!("IPAM holds {held:?} for {}, prevResult says {want}", call.handle())));
+    }
+    let host = call.host_ifname();
+    let link = ipcmd::ip(&["-o", "link", "show", "dev", &host]).map_err(|_| CniError::check(format!("{host} is gone")))?;
+    if !link.contains(",UP") && !link.contains("<UP") {
+        return Err(CniError::check(format!("{host} is down")));
+    }
+    let netns = call.netns.as_deref().unwrap_or_default();
+    if !std::path::Path::new(netns).exists() {
+        return Err(CniError::new(3, "container unknown or does not exist", format!("no network namespace at {netns}")));
+    }
+    let inside = ip_in(netns, &["-o", "addr", "show", "dev", &call.ifname])
+        .map_err(|_| CniError::check(format!("{} is gone from the container", call.ifname)))?;
+    if !inside.contains(&format!("inet {want}/32")) {
+        return Err(CniError::check(format!("{} lost {want}/32", call.ifname)));
+    }
+    let routes = ip_in(netns, &["-4", "route", "show"]).map_err(|e| CniError::io(format!("{e:#}")))?;
+    if !routes.lines().any(|l| l.starts_with("default via 169.254.1.1")) {
+        return Err(CniError::check("the container's default route via 169.254.1.1 is gone"));
+    }
+    let pods = node_client(conf).pods().map_err(|e| CniError::node(e.to_string()))?;
+    match pods.iter().find(|p| p.pod.name == call.pod_name()) {
+        Some(p) if p.up && p.pod.address == want => Ok(()),
+        Some(p) => Err(CniError::check(format!("the node has the pod {} but not up with {want}", p.pod.name))),
+        None => Err(CniError::check("the node does not know the pod")),
+    }
+}
+
+/// Releases what this node's containers hold that the runtime no longer lists.
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid: Vec<String> = conf
+        .valid_attachments
+        .as_ref()
+        .ok_or_else(|| CniError::config("GC needs cni.dev/valid-attachments"))?
+        .iter()
+        .map(|a| format!("{}/{}", a.container_id, a.ifname))
+        .collect();
+    let stale: Vec<String> = ipam_state(conf)
+        .with(|st| {
+            st.allocations
+                .values()
+                .filter(|a| a.node == conf.node && !a.handle.starts_with("pod:") && !valid.contains(&a.handle))
+                .map(|a| a.handle.clone())
+                .collect()
+        })
+        .map_err(|e| CniError::io(format!("{e:#}")))?;
+    for handle in stale {
+        let Some((container, ifname)) = handle.split_once('/') else { continue };
+        let call = Call { container: container.to_string(), netns: None, ifname: ifname.to_string() };
+        del(conf, &call)?;
+    }
+    Ok(())
+}
+
+/// Ready for ADD: the node answers.
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    node_client(conf)
+        .status()
+        .map(|_| ())
+        .map_err(|e| CniError::new(50, "the plugin is not available", format!("the node does not answer: {e}")))
+}

@@ -1,0 +1,226 @@
+//! Pods that come and go while the node runs: added and removed over the admin socket (the
+//! CNI plugin does so for a container runtime), and followed by their interfaces, which
+//! appear and vanish with the pod. A pod whose interface is missing is down: it has no
+//! route and no port until the interface comes (back).
+//!
+//! Pods added while running are written to `<admin socket>.pods`, so a restarted node
+//! serves the containers that still run.
+
+use super::*;
+use nodeapi::admin::{PodSpec, PodStatus};
+use nodeapi::config::PodConfig;
+
+/// How often pod interfaces are looked for (a pod's veth can vanish with its namespace
+/// without anyone telling us).
+pub(super) const LINK_CHECK: Duration = Duration::from_secs(1);
+
+fn pods_file(cfg: &NodeConfig) -> std::path::PathBuf {
+    cfg.admin_socket.with_extension("pods")
+}
+
+/// The pods a previous run of this node was given while running.
+pub(super) fn load_dynamic(cfg: &NodeConfig) -> Vec<PodSpec> {
+    let p = pods_file(cfg);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => serde_json::from_str(&t).unwrap_or_else(|e| {
+            tracing::warn!(path = %p.display(), error = %e, "ignoring an unreadable pods file");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 15 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl Node {
+    fn borrowed(&self, addr: Ipv4Addr) -> bool {
+        !self.cfg.blocks.iter().any(|b| b.contains(&addr))
+    }
+
+    pub(super) fn pods(&self) -> Vec<PodStatus> {
+        let ifaces = self.dp.interfaces();
+        self.cfg
+            .pods
+            .iter()
+            .map(|p| PodStatus {
+                pod: PodSpec { name: p.name.clone(), interface: p.interface.clone(), address: p.address },
+                up: ifaces.by_name(&p.interface).is_some(),
+                borrowed: self.borrowed(p.address),
+                dynamic: self.dynamic.contains(&p.name),
+            })
+            .collect()
+    }
+
+    fn save_dynamic(&self) {
+        let specs: Vec<PodSpec> = self
+            .cfg
+            .pods
+            .iter()
+            .filter(|p| self.dynamic.contains(&p.name))
+            .map(|p| PodSpec { name: p.name.clone(), interface: p.interface.clone(), address: p.address })
+            .collect();
+        let p = pods_file(&self.cfg);
+        let text = serde_json::to_string(&specs).unwrap_or_default();
+        if let Err(e) = nodeapi::private::write(&p, text.as_bytes()) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot write the pods file");
+        }
+    }
+
+    /// Serves a pod that appeared, or replaces the pod of the same name.
+    pub(super) fn pod_add(&mut self, spec: PodSpec, speaker: Option<&mut Speaker>) -> anyhow::Result<()> {
+        if !valid_name(&spec.name) {
+            bail!("pod name {:?} must be 1-253 characters of a-z, A-Z, 0-9, '-', '_' and '.'", spec.name);
+        }
+        if !valid_ifname(&spec.interface) {
+            bail!("interface name {:?} must be 1-15 characters of a-z, A-Z, 0-9, '-', '_' and '.'", spec.interface);
+        }
+        if spec.interface == self.cfg.uplink.interface || spec.interface == routes::TUN_NAME {
+            bail!("{} is not a pod interface on this node", spec.interface);
+        }
+        if spec.address == self.cfg.uplink.address.addr() || spec.address.is_unspecified() {
+            bail!("{} cannot be a pod's address", spec.address);
+        }
+        if let Some(other) = self.cfg.pods.iter().find(|p| p.name != spec.name && p.address == spec.address) {
+            bail!("{} is already the address of pod {}", spec.address, other.name);
+        }
+        if let Some(other) = self.cfg.pods.iter().find(|p| p.name != spec.name && p.interface == spec.interface) {
+            bail!("{} is already the interface of pod {}", spec.interface, other.name);
+        }
+        let pod = PodConfig { name: spec.name.clone(), interface: spec.interface.clone(), address: spec.address };
+        let mut speaker = speaker;
+        if let Some(old) = self.cfg.pods.iter().find(|p| p.name == spec.name).cloned() {
+            let same_link = netsys::link_info(&old.interface).ok().map(|l| l.ifindex);
+            let served = self.dp.interfaces().by_name(&old.interface).and_then(|i| self.dp.interfaces().get(i));
+            if old == pod && served.is_some_and(|f| Some(f.ifindex) == same_link) {
+                self.dynamic.insert(spec.name);
+                self.save_dynamic();
+                return Ok(());
+            }
+            self.pod_del(&old.name, speaker.as_deref_mut())?;
+        }
+        self.cfg.pods.push(pod.clone());
+        self.dynamic.insert(pod.name.clone());
+        self.save_dynamic();
+        self.bring_up(&pod);
+        self.refresh(speaker.as_deref());
+        if self.borrowed(pod.address) {
+            if let Some(sp) = speaker {
+                sp.originate(IpNet::V4(Ipv4Net::from(pod.address)));
+            }
+        }
+        tracing::info!(pod = %pod.name, interface = %pod.interface, address = %pod.address, "pod added");
+        Ok(())
+    }
+
+    /// Stops serving a pod; whether the node knew it.
+    pub(super) fn pod_del(&mut self, name: &str, speaker: Option<&mut Speaker>) -> anyhow::Result<bool> {
+        let Some(i) = self.cfg.pods.iter().position(|p| p.name == name) else {
+            return Ok(false);
+        };
+        let pod = self.cfg.pods.remove(i);
+        self.dynamic.remove(name);
+        self.save_dynamic();
+        // Its route goes first, then its port: nothing is routed to a port that is gone.
+        self.refresh(speaker.as_deref());
+        self.take_down(&pod);
+        if self.borrowed(pod.address) {
+            if let Some(sp) = speaker {
+                sp.withdraw_local(IpNet::V4(Ipv4Net::from(pod.address)));
+            }
+        }
+        tracing::info!(pod = %pod.name, interface = %pod.interface, address = %pod.address, "pod removed");
+        Ok(true)
+    }
+
+    /// Starts serving a pod's interface if it exists (afpacket; in tun mode the kernel
+    /// forwards for pods and the router has no port for them).
+    fn bring_up(&mut self, pod: &PodConfig) -> bool {
+        if self.cfg.dataplane != DataplaneMode::Afpacket {
+            return true;
+        }
+        let Ok(l) = netsys::link_info(&pod.interface) else {
+            tracing::info!(pod = %pod.name, interface = %pod.interface, "pod interface missing: the pod is down");
+            return false;
+        };
+        let f = Interface {
+            name: pod.interface.clone(),
+            ifindex: l.ifindex,
+            mac: l.mac,
+            mtu: l.mtu,
+            role: IfaceRole::Pod { addr: pod.address },
+        };
+        match self.dp.add_interface(f) {
+            Ok(_) => {
+                if let Some(filter) = self.filter.as_mut() {
+                    filter.add(&pod.interface);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.name, interface = %pod.interface, error = %e, "cannot serve the pod's interface");
+                false
+            }
+        }
+    }
+
+    fn take_down(&mut self, pod: &PodConfig) {
+        if let Some(id) = self.dp.interfaces().by_name(&pod.interface) {
+            self.dp.remove_interface(id);
+        }
+        if let Some(filter) = self.filter.as_mut() {
+            filter.forget(&pod.interface);
+        }
+    }
+
+    /// Rebuilds the FIB with what BGP taught so far (the pods changed, the routes did not).
+    fn refresh(&mut self, speaker: Option<&Speaker>) {
+        let hops = speaker.map(|s| s.cluster_next_hops()).unwrap_or_default();
+        let learned = if self.saved.is_some() { self.learned.clone() } else { speaker.map_or_else(Vec::new, |s| s.learned()) };
+        if let Err(e) = self.rebuild(learned, &hops) {
+            tracing::error!(error = %e, "rebuilding the FIB after a pod change failed");
+        }
+    }
+
+    /// Follows pod interfaces that appeared, vanished or were made anew (a new ifindex)
+    /// since the last look.
+    pub(super) fn follow_links(&mut self, speaker: Option<&Speaker>) {
+        if self.cfg.dataplane != DataplaneMode::Afpacket {
+            return;
+        }
+        let mut changed = false;
+        for pod in self.cfg.pods.clone() {
+            let link = netsys::link_info(&pod.interface).ok().map(|l| l.ifindex);
+            let served = self.dp.interfaces().by_name(&pod.interface).and_then(|i| self.dp.interfaces().get(i)).map(|f| f.ifindex);
+            if link == served {
+                continue;
+            }
+            if served.is_some() {
+                tracing::info!(pod = %pod.name, interface = %pod.interface, "pod interface gone or replaced");
+                // The route first (below, once for all), then the port.
+                self.refresh_without(&pod, speaker);
+                self.take_down(&pod);
+            }
+            if link.is_some() && self.bring_up(&pod) {
+                tracing::info!(pod = %pod.name, interface = %pod.interface, "pod interface up");
+            }
+            changed = true;
+        }
+        if changed {
+            self.refresh(speaker);
+        }
+    }
+
+    /// A FIB without `pod`'s route, published before its port goes.
+    fn refresh_without(&mut self, pod: &PodConfig, speaker: Option<&Speaker>) {
+        let Some(i) = self.cfg.pods.iter().position(|p| p.name == pod.name) else { return };
+        let p = self.cfg.pods.remove(i);
+        self.refresh(speaker);
+        self.cfg.pods.insert(i, p);
+    }
+}
