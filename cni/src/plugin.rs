@@ -88,6 +88,20 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+/// The plugin as a process: the config on stdin, the environment, the answer on stdout,
+/// the exit status.
+pub fn run_process() -> ! {
+    let mut stdin = String::new();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut out = std::io::stdout();
+    let code = match std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin) {
+        Ok(_) => main(&env, &stdin, &mut out),
+        Err(e) => fail(&mut out, "1.0.0", &CniError::io(format!("reading stdin: {e}"))),
+    };
+    let _ = out.flush();
+    std::process::exit(code);
+}
+
 /// Runs one plugin call; returns the exit code (0: success, 1: an error was printed).
 pub fn main(env: &HashMap<String, String>, stdin: &str, out: &mut impl Write) -> i32 {
     let version = serde_json::from_str::<Value>(stdin)
@@ -160,7 +174,9 @@ impl Call {
     fn from_env(env: &HashMap<String, String>, netns_required: bool) -> Result<Call, CniError> {
         let container = need(env, "CNI_CONTAINERID")?.to_string();
         if !container.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(CniError::env(format!("CNI_CONTAINERID {container:?} has characters other than a-z, 0-9, '-', '_', '.'")));
+            return Err(CniError::env(format!(
+                "CNI_CONTAINERID {container:?} has characters other than a-z, 0-9, '-', '_', '.'"
+            )));
         }
         let ifname = need(env, "CNI_IFNAME")?.to_string();
         if ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.bytes().any(|b| b == b'/' || b <= b' ') {
@@ -224,7 +240,11 @@ fn claim_blocks(conf: &NetConf, st: &mut State) {
 fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
     let netns = call.netns.as_deref().unwrap_or_default();
     if !std::path::Path::new(netns).exists() {
-        return Err(CniError::new(3, "container unknown or does not exist", format!("no network namespace at {netns}")));
+        return Err(CniError::new(
+            3,
+            "container unknown or does not exist",
+            format!("no network namespace at {netns}"),
+        ));
     }
     let node = node_client(conf);
     let status = node.status().map_err(|e| CniError::node(format!("{}: {e}", conf.admin_socket.display())))?;
@@ -304,7 +324,10 @@ fn attach(conf: &NetConf, call: &Call, host: &str, a: Assigned, dp: DataplaneMod
         std::fs::write(format!("/proc/sys/{k}"), v).map_err(|e| CniError::setup(format!("writing {k}: {e}")))?;
     }
     let spec = PodSpec { name: call.pod_name(), interface: host.to_string(), address: a.address };
-    node_client(conf).pod_add(spec).map_err(|e| CniError::node(format!("telling the node about the pod: {e}")))?;
+    node_client(conf).pod_add(spec).map_err(|e| match e {
+        admin::ClientError::Refused(why) => CniError::setup(format!("the node refused the pod: {why}")),
+        e => CniError::node(format!("telling the node about the pod: {e}")),
+    })?;
     let host_mac = mac_of(&ipcmd::ip(&["-o", "link", "show", "dev", host]).map_err(fail)?);
     let mac = mac_of(&ip_in(netns, &["-o", "link", "show", "dev", &call.ifname]).map_err(fail)?);
     Ok(result(conf, call, host, &host_mac, &mac, a.address))
@@ -340,13 +363,18 @@ fn check(conf: &NetConf, call: &Call) -> Result<(), CniError> {
         return Err(CniError::check(format!("IPAM holds {held:?} for {}, prevResult says {want}", call.handle())));
     }
     let host = call.host_ifname();
-    let link = ipcmd::ip(&["-o", "link", "show", "dev", &host]).map_err(|_| CniError::check(format!("{host} is gone")))?;
+    let link =
+        ipcmd::ip(&["-o", "link", "show", "dev", &host]).map_err(|_| CniError::check(format!("{host} is gone")))?;
     if !link.contains(",UP") && !link.contains("<UP") {
         return Err(CniError::check(format!("{host} is down")));
     }
     let netns = call.netns.as_deref().unwrap_or_default();
     if !std::path::Path::new(netns).exists() {
-        return Err(CniError::new(3, "container unknown or does not exist", format!("no network namespace at {netns}")));
+        return Err(CniError::new(
+            3,
+            "container unknown or does not exist",
+            format!("no network namespace at {netns}"),
+        ));
     }
     let inside = ip_in(netns, &["-o", "addr", "show", "dev", &call.ifname])
         .map_err(|_| CniError::check(format!("{} is gone from the container", call.ifname)))?;

@@ -5,6 +5,7 @@
 //! the lab created. The state file lists every namespace before it is created, so `down`
 //! also cleans up after a crash or an interrupted `up`.
 
+pub mod containers;
 pub mod state;
 pub mod topology;
 pub mod tour;
@@ -351,6 +352,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         st.save(&lab.dir)?;
     }
 
+    containers::setup(lab, topo, &opts.exe, mode != IpipMode::Never)?;
     for cfg in &configs {
         let path = lab.dir.join(format!("{}.toml", cfg.name));
         // 0600: a node's config holds its peers' TCP-MD5 passwords.
@@ -655,6 +657,8 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
     };
     require_root("`router lab down`")?;
     report.existed = true;
+    // Containers first, while their nodes still answer the plugin's DEL.
+    containers::remove_all(lab);
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let ours = |pid: i32| {
@@ -713,12 +717,23 @@ pub fn exec(lab: &Lab, host: &str, cmd: &[String]) -> anyhow::Result<i32> {
     }
     enter(lab)?;
     require_root("`router lab exec`")?;
-    let status = Command::new("ip")
-        .args(["netns", "exec", &h.namespace])
-        .args(cmd)
-        .status()
-        .with_context(|| format!("running {:?} in {}", cmd, h.namespace))?;
-    Ok(status.code().unwrap_or(128 + 9))
+    let mut c = if containers::is_runtime(&cmd[0]) {
+        containers::enter_net(&h.namespace)?;
+        let mut c = Command::new(&cmd[0]);
+        c.args(&cmd[1..]);
+        c
+    } else {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &h.namespace]).args(cmd);
+        c
+    };
+    // On a node, podman finds the node's CNI network (unless told otherwise).
+    if h.role == Role::Node && std::env::var_os("CONTAINERS_CONF").is_none() {
+        c.env("CONTAINERS_CONF", containers::containers_conf(lab, host));
+    }
+    let status = c.status().with_context(|| format!("running {:?} in {}", cmd, h.namespace))?;
+    use std::os::unix::process::ExitStatusExt as _;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(9)))
 }
 
 /// One row of `lab status`.

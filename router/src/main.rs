@@ -113,6 +113,12 @@ enum Cmd {
         #[command(flatten)]
         query: Query,
     },
+    /// The CNI plugin: write its network config and install it where container runtimes
+    /// look (as Calico's install step does).
+    Cni {
+        #[command(subcommand)]
+        cmd: CniCmd,
+    },
     /// Print a shell completion script: `router completions bash > /etc/bash_completion.d/router`.
     Completions {
         #[arg(value_enum)]
@@ -123,6 +129,24 @@ enum Cmd {
     Internal {
         #[command(subcommand)]
         cmd: InternalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CniCmd {
+    /// Write `10-router.conflist` (network "router", plugin type "router") and copy the
+    /// plugin (`router-cni`) in as `router`.
+    Install {
+        /// The node's config file (its name, admin socket, blocks, pools).
+        #[arg(long)]
+        node_config: PathBuf,
+        #[arg(long, default_value = cni::install::CONF_DIR)]
+        conf_dir: PathBuf,
+        #[arg(long, default_value = cni::install::BIN_DIR)]
+        bin_dir: PathBuf,
+        /// The IPAM state the plugin keeps (shared by every container of this machine).
+        #[arg(long, default_value = "/var/lib/router/ipam.json")]
+        ipam_file: PathBuf,
     },
 }
 
@@ -285,6 +309,11 @@ fn ipv4_to_look_up(s: &str) -> Result<std::net::Ipv4Addr, String> {
 }
 
 fn main() {
+    // A container runtime runs its CNI plugin with no arguments and CNI_COMMAND set: then
+    // this binary is the plugin (the lab installs it so; `router-cni` is the same code).
+    if std::env::args_os().len() == 1 && std::env::var_os("CNI_COMMAND").is_some() {
+        cni::plugin::run_process();
+    }
     let cli = Cli::parse();
     // RUST_LOG wins; a node's config may set its own level; otherwise info.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -314,6 +343,22 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Internal { cmd: InternalCmd::Keeper } => lab::userns::keeper_main(),
         Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id } } => {
             router::probe::send(dst, proto, id)?;
+            Ok(0)
+        }
+        Cmd::Cni { cmd: CniCmd::Install { node_config, conf_dir, bin_dir, ipam_file } } => {
+            let cfg = nodeapi::config::NodeConfig::load(&node_config)?;
+            let exe = std::env::current_exe().context("finding the router binary")?;
+            // router-cni where it was built; else this binary, which is the plugin too.
+            let plugin = cni::install::plugin_beside(&exe).unwrap_or(exe);
+            let target = cni::install::Target::from_node(&cfg, ipam_file);
+            let (conf, bin) = cni::install::install(&target, &conf_dir, &bin_dir, &plugin)?;
+            println!(
+                "wrote {}
+installed {} as {}",
+                conf.display(),
+                plugin.display(),
+                bin.display()
+            );
             Ok(0)
         }
         Cmd::Completions { shell } => {

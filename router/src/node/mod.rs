@@ -189,7 +189,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     for spec in pods::load_dynamic(&cfg) {
         if !cfg.pods.iter().any(|p| p.name == spec.name || p.address == spec.address || p.interface == spec.interface) {
             dynamic.insert(spec.name.clone());
-            cfg.pods.push(nodeapi::config::PodConfig { name: spec.name, interface: spec.interface, address: spec.address });
+            cfg.pods.push(nodeapi::config::PodConfig {
+                name: spec.name,
+                interface: spec.interface,
+                address: spec.address,
+            });
         }
     }
     check_kernel_forwarding(cfg.dataplane)?;

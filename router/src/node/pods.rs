@@ -181,7 +181,8 @@ impl Node {
     /// Rebuilds the FIB with what BGP taught so far (the pods changed, the routes did not).
     fn refresh(&mut self, speaker: Option<&Speaker>) {
         let hops = speaker.map(|s| s.cluster_next_hops()).unwrap_or_default();
-        let learned = if self.saved.is_some() { self.learned.clone() } else { speaker.map_or_else(Vec::new, |s| s.learned()) };
+        let learned =
+            if self.saved.is_some() { self.learned.clone() } else { speaker.map_or_else(Vec::new, |s| s.learned()) };
         if let Err(e) = self.rebuild(learned, &hops) {
             tracing::error!(error = %e, "rebuilding the FIB after a pod change failed");
         }
@@ -196,7 +197,12 @@ impl Node {
         let mut changed = false;
         for pod in self.cfg.pods.clone() {
             let link = netsys::link_info(&pod.interface).ok().map(|l| l.ifindex);
-            let served = self.dp.interfaces().by_name(&pod.interface).and_then(|i| self.dp.interfaces().get(i)).map(|f| f.ifindex);
+            let served = self
+                .dp
+                .interfaces()
+                .by_name(&pod.interface)
+                .and_then(|i| self.dp.interfaces().get(i))
+                .map(|f| f.ifindex);
             if link == served {
                 continue;
             }

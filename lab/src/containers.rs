@@ -1,0 +1,143 @@
+//! Containers on the lab's nodes: each node gets the CNI network `router` (this binary as
+//! the plugin, the lab's shared IPAM file) and a `containers.conf` that points podman at
+//! it, so `router lab exec node-a -- podman run --network router IMAGE CMD` puts a
+//! container on node-a's pod network with nothing else to set up.
+//!
+//! `lab exec` runs container runtimes in the node's network namespace with the machine's
+//! mounts (see [`RUNTIMES`]); everything else as `ip netns exec` does.
+
+use crate::topology::Topology;
+use crate::Lab;
+use anyhow::Context as _;
+use cni::ipam::{Allocation, Ipam};
+use std::path::{Path, PathBuf};
+
+/// The lab's IPAM state, shared by every node's plugin calls (so a full block can borrow).
+pub fn ipam_file(lab: &Lab) -> PathBuf {
+    lab.dir.join("ipam.json")
+}
+
+fn node_dir(lab: &Lab, node: &str) -> PathBuf {
+    lab.dir.join("cni").join(node)
+}
+
+/// The `containers.conf` of a node, for `CONTAINERS_CONF`.
+pub fn containers_conf(lab: &Lab, node: &str) -> PathBuf {
+    node_dir(lab, node).join("containers.conf")
+}
+
+/// Writes the IPAM state (every node's block, the topology's pods), the plugin, and per
+/// node its network config and `containers.conf`.
+pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, ipip: bool) -> anyhow::Result<()> {
+    Ipam::new(ipam_file(lab)).with(|st| {
+        for n in &topo.nodes {
+            st.blocks.insert(n.block, n.name.clone());
+            for p in &n.pods {
+                let a = Allocation { handle: format!("pod:{}", p.name), node: n.name.clone() };
+                st.allocations.insert(p.address, a);
+            }
+        }
+    })?;
+    let bin = lab.dir.join("cni").join("bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    // The runtime runs the plugin type "router" from here: this very binary.
+    let plugin = bin.join("router");
+    let _ = std::fs::remove_file(&plugin);
+    std::os::unix::fs::symlink(exe, &plugin).with_context(|| format!("linking {}", plugin.display()))?;
+    let runtime =
+        if Path::new("/usr/bin/runc").exists() || !Path::new("/usr/bin/crun").exists() { "runc" } else { "crun" };
+    for n in &topo.nodes {
+        let dir = node_dir(lab, &n.name);
+        let target = cni::install::Target {
+            node: n.name.clone(),
+            admin_socket: lab.socket(&n.name),
+            blocks: vec![n.block],
+            mtu: topo.subnets[n.subnet].mtu - if ipip { encap::ipip::OVERHEAD as u16 } else { 0 },
+            ipam_file: ipam_file(lab),
+        };
+        let net_d = dir.join("net.d");
+        std::fs::create_dir_all(&net_d).with_context(|| format!("creating {}", net_d.display()))?;
+        let conf = net_d.join(cni::install::CONFLIST);
+        std::fs::write(&conf, serde_json::to_string_pretty(&cni::install::conflist(&target))?)
+            .with_context(|| format!("writing {}", conf.display()))?;
+        // What podman needs on these machines: the CNI backend pointed at the node's
+        // network, cgroupfs, and ulimits it may set.
+        let text = format!(
+            "# podman on lab node {node} (CONTAINERS_CONF; `router lab exec {node} -- podman ...` sets it)\n\
+             [containers]\n\
+             default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+             [engine]\n\
+             cgroup_manager = \"cgroupfs\"\n\
+             events_logger = \"file\"\n\
+             runtime = \"{runtime}\"\n\
+             [network]\n\
+             network_backend = \"cni\"\n\
+             network_config_dir = \"{net_d}\"\n\
+             cni_plugin_dirs = [\"{bin}\", \"/usr/lib/cni\"]\n\
+             default_network = \"{net}\"\n",
+            node = n.name,
+            net_d = net_d.display(),
+            bin = bin.display(),
+            net = cni::install::NETWORK,
+        );
+        let path = containers_conf(lab, &n.name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The containers the lab's nodes ran (from the IPAM state): their ids.
+pub fn container_ids(lab: &Lab) -> Vec<(String, String)> {
+    let path = ipam_file(lab);
+    if !path.exists() {
+        return Vec::new();
+    }
+    Ipam::new(path)
+        .with(|st| {
+            st.allocations
+                .values()
+                .filter(|a| !a.handle.starts_with("pod:"))
+                .filter_map(|a| Some((a.node.clone(), a.handle.split_once('/')?.0.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes the containers the lab's nodes ran, through podman with each node's config (so
+/// the plugin's DEL runs while the nodes still do). Without podman there are none.
+pub fn remove_all(lab: &Lab) {
+    let ids = container_ids(lab);
+    if ids.is_empty() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    for (node, id) in ids {
+        let _ = std::process::Command::new(&exe)
+            .args(["lab", "exec", &node, "--", "podman", "rm", "--force", "--time", "0", &id])
+            .env("ROUTER_LAB", &lab.name)
+            .env("ROUTER_LAB_DIR", lab.dir.parent().unwrap_or(Path::new("/")))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Programs that `lab exec` runs in a host's network namespace only, keeping the mounts of
+/// the machine: container runtimes need its cgroup hierarchies (which the fresh /sys of
+/// `ip netns exec` hides), and the network namespaces they pin under /run/netns must outlive
+/// the command. They see the machine's /sys, which they do not need for networking.
+pub const RUNTIMES: &[&str] = &["podman", "buildah", "runc", "crun", "ctr", "nerdctl", "crictl"];
+
+/// Whether `program` is one of [`RUNTIMES`].
+pub fn is_runtime(program: &str) -> bool {
+    let base = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or(program);
+    RUNTIMES.contains(&base)
+}
+
+/// Moves this process into `ns`'s network namespace only (as `nsenter --net` does).
+pub fn enter_net(ns: &str) -> anyhow::Result<()> {
+    let netns =
+        std::fs::File::open(Path::new("/run/netns").join(ns)).with_context(|| format!("opening namespace {ns}"))?;
+    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {ns}"))
+}
