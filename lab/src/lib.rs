@@ -785,6 +785,24 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
                 pid: d.map(|d| d.pid),
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // Containers, as their nodes serve them.
+    let mut rows = rows;
+    for d in &st.daemons {
+        let Ok(pods) = admin::Client::new(&d.socket).pods() else { continue };
+        for p in pods.into_iter().filter(|p| p.dynamic) {
+            rows.push(HostStatus {
+                host: p.pod.name,
+                role: Role::Container,
+                namespace: String::new(),
+                addresses: vec![format!("{}/32", p.pod.address)],
+                parent: Some(d.node.clone()),
+                interface: Some(p.pod.interface),
+                namespace_present: p.up,
+                daemon: None,
+                pid: None,
+            });
+        }
+    }
     Ok((st, rows))
 }

@@ -12,6 +12,9 @@ pub enum Role {
     Underlay,
     Node,
     Pod,
+    /// A container a runtime attached through the CNI plugin (not in the state file: the
+    /// nodes report them).
+    Container,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -702,10 +702,11 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             println!("{:<12} {:<9} {:<22} {:<20} STATE", "HOST", "ROLE", "NAMESPACE", "ADDRESS");
             for r in rows.iter().filter(|r| r.role != Role::Switch) {
                 let state = match (&r.daemon, r.namespace_present) {
+                    (_, false) if r.role == Role::Container => "down (its interface is gone)".to_string(),
                     (_, false) => "namespace missing".to_string(),
                     (Some(d), _) => format!("{d} (pid {})", r.pid.unwrap_or(0)),
                     (None, _) => match (&r.role, &r.parent) {
-                        (Role::Pod, Some(n)) => {
+                        (Role::Pod | Role::Container, Some(n)) => {
                             format!("on {n} via {}", r.interface.as_deref().unwrap_or("?"))
                         }
                         _ => "up".to_string(),

@@ -1,0 +1,230 @@
+//! The CNI plugin as a runtime calls it: `router-cni` with the network config on stdin and
+//! `CNI_*` in the environment, inside node-a's network namespace of a seed lab, against the
+//! CNI 1.0.0 specification's results and errors. Root: it makes namespaces.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use support::*;
+
+/// The plugin binary, built beside `router` by `cargo build` / `cargo test --workspace`.
+fn plugin() -> PathBuf {
+    let p = std::path::Path::new(ROUTER).with_file_name("router-cni");
+    assert!(p.exists(), "{} is missing: build the workspace (cargo build) first", p.display());
+    p
+}
+
+struct Cni<'a> {
+    lab: &'a TestLab,
+    conf: Value,
+}
+
+#[derive(Debug)]
+struct Reply {
+    code: i32,
+    out: Value,
+    raw: String,
+}
+
+impl Cni<'_> {
+    fn new(lab: &TestLab) -> Cni<'_> {
+        let dir = lab.dir.join(&lab.name);
+        let conf = json!({
+            "cniVersion": "1.0.0",
+            "name": "router",
+            "type": "router",
+            "node": "node-a",
+            "admin_socket": dir.join("node-a.sock"),
+            "ipam_file": dir.join("ipam.json"),
+            "blocks": ["10.244.1.0/26"],
+            "mtu": 1480,
+        });
+        Cni { lab, conf }
+    }
+
+    /// Runs the plugin in node-a's namespace (as a runtime on node-a would).
+    fn call(&self, command: &str, container: &str, netns: Option<&str>, stdin: &str) -> Reply {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.lab.ns("node-a")])
+            .arg(plugin())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/opt/cni/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(n) = netns {
+            c.env("CNI_NETNS", format!("/run/netns/{n}"));
+        }
+        let mut child = c.spawn().expect("run the plugin");
+        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write config");
+        let o = child.wait_with_output().expect("plugin ends");
+        let raw = text(&o.stdout);
+        let out = if raw.trim().is_empty() { Value::Null } else { serde_json::from_str(&raw).expect("stdout is JSON") };
+        Reply { code: o.status.code().unwrap_or(-1), out, raw }
+    }
+
+    fn conf_with(&self, extra: &[(&str, Value)]) -> String {
+        let mut c = self.conf.clone();
+        for (k, v) in extra {
+            c[*k] = v.clone();
+        }
+        c.to_string()
+    }
+
+    fn add(&self, container: &str, netns: &str) -> Reply {
+        self.call("ADD", container, Some(netns), &self.conf.to_string())
+    }
+}
+
+/// A container's network namespace, removed when the test ends (also when it fails).
+struct Netns(String);
+
+impl std::ops::Deref for Netns {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        del_netns(&self.0);
+    }
+}
+
+fn netns(lab: &TestLab, name: &str) -> Netns {
+    let ns = lab.ns(name);
+    let out = Command::new("ip").args(["netns", "add", &ns]).output().expect("ip netns add");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    Netns(ns)
+}
+
+fn del_netns(ns: &str) {
+    let _ = Command::new("ip").args(["netns", "del", ns]).output();
+}
+
+fn in_ns(ns: &str, cmd: &[&str]) -> (bool, String) {
+    let o = Command::new("ip").args(["netns", "exec", ns]).args(cmd).output().expect("ip netns exec");
+    (o.status.success(), text(&o.stdout) + &text(&o.stderr))
+}
+
+fn error_code(r: &Reply) -> u64 {
+    assert_eq!(r.code, 1, "an error exits 1: {}", r.raw);
+    assert!(r.out["msg"].is_string(), "an error has msg: {}", r.raw);
+    r.out["code"].as_u64().expect("an error has a code")
+}
+
+fn address(r: &Reply) -> String {
+    r.out["ips"][0]["address"].as_str().expect("ips[0].address").to_string()
+}
+
+#[test]
+fn the_plugin_answers_as_the_cni_spec_says() {
+    let lab = TestLab::up(&[]);
+    let cni = Cni::new(&lab);
+    let ns: Vec<Netns> = (0..10).map(|i| netns(&lab, &format!("ctr{i}"))).collect();
+    let ipam = lab.dir.join(&lab.name).join("ipam.json");
+    let held = || -> Value { serde_json::from_str(&std::fs::read_to_string(&ipam).expect("ipam")).expect("json") };
+
+    // VERSION, and the errors of the spec's table.
+    let v = cni.call("VERSION", "", None, r#"{"cniVersion":"1.0.0"}"#);
+    assert_eq!(v.code, 0);
+    let versions = v.out["supportedVersions"].as_array().expect("versions");
+    assert!(versions.contains(&json!("1.0.0")) && versions.contains(&json!("1.1.0")), "{}", v.raw);
+    assert_eq!(error_code(&cni.call("ADD", "c0", Some(&ns[0]), "{not json")), 6);
+    assert_eq!(error_code(&cni.call("ADD", "c0", Some(&ns[0]), &cni.conf_with(&[("cniVersion", json!("0.9.9"))]))), 1);
+    assert_eq!(error_code(&cni.call("ADD", "c0", None, &cni.conf.to_string())), 4, "no CNI_NETNS");
+    assert_eq!(error_code(&cni.call("ADD", "c0", Some(&ns[0]), &cni.conf_with(&[("type", json!("bridge"))]))), 7);
+    assert_eq!(error_code(&cni.call("ADD", "c0", Some("no-such-ns"), &cni.conf.to_string())), 3);
+
+    // ADD: a Calico-style attachment the node serves at once.
+    let a = cni.add("container0", &ns[0]);
+    assert_eq!(a.code, 0, "{}", a.raw);
+    assert_eq!(a.out["cniVersion"], "1.0.0");
+    let addr = address(&a);
+    assert!(addr.starts_with("10.244.1.") && addr.ends_with("/32"), "{addr}");
+    let host = a.out["interfaces"][0]["name"].as_str().expect("host if").to_string();
+    assert!(host.starts_with("cali") && host.len() == 15, "{host}");
+    assert_eq!(a.out["interfaces"][1]["name"], "eth0");
+    assert_eq!(a.out["interfaces"][1]["sandbox"], format!("/run/netns/{}", ns[0]));
+    assert_eq!(a.out["ips"][0]["gateway"], "169.254.1.1");
+    let (_, routes) = in_ns(&ns[0], &["ip", "-4", "route"]);
+    assert!(routes.contains("default via 169.254.1.1 dev eth0") && routes.contains("169.254.1.1 dev eth0 scope link"), "{routes}");
+    let (_, mtu) = in_ns(&ns[0], &["cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.trim(), "1480");
+    let (ok, out) = in_ns(&ns[0], &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "the container reaches pod-c1 over IPIP: {out}");
+    let ip = addr.trim_end_matches("/32");
+    let (ok, out) = ping(&lab, "pod-b1", &["-c", "2", "-i", "0.2", "-W", "2", ip]);
+    assert!(ok, "pod-b1 reaches the container: {out}");
+
+    // ADD again: the same answer, nothing new held.
+    let again = cni.add("container0", &ns[0]);
+    assert_eq!(again.code, 0, "{}", again.raw);
+    assert_eq!(address(&again), addr);
+    assert_eq!(held()["allocations"].as_object().map(|m| m.len()), Some(5), "4 pods + 1 container");
+
+    // CHECK against prevResult.
+    let prev = cni.conf_with(&[("prevResult", a.out.clone())]);
+    assert_eq!(cni.call("CHECK", "container0", Some(&ns[0]), &prev).code, 0);
+    let mut wrong = a.out.clone();
+    wrong["ips"][0]["address"] = json!("10.244.1.60/32");
+    assert_eq!(error_code(&cni.call("CHECK", "container0", Some(&ns[0]), &cni.conf_with(&[("prevResult", wrong)]))), 101);
+    assert_eq!(error_code(&cni.call("CHECK", "container0", Some(&ns[0]), &cni.conf.to_string())), 7, "no prevResult");
+
+    // Eight ADDs at once: eight addresses.
+    let mut addrs: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (1..9).map(|i| {
+            let (cni, ns) = (&cni, &ns);
+            s.spawn(move || cni.add(&format!("container{i}"), &ns[i]))
+        }).collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).map(|r| {
+            assert_eq!(r.code, 0, "{}", r.raw);
+            address(&r)
+        }).collect()
+    });
+    addrs.push(addr.clone());
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), 9, "an address was given twice: {addrs:?}");
+
+    // DEL: gone from the kernel, the node and IPAM; again; after the netns is gone; unknown.
+    let d = cni.call("DEL", "container0", Some(&ns[0]), &cni.conf.to_string());
+    assert_eq!((d.code, d.raw.trim()), (0, ""), "DEL prints nothing");
+    let st = lab.json(&["routes", "--node", "node-a", "--json"]);
+    assert!(!st.to_string().contains(&format!("\"{ip}/32\"")), "the route stayed: {st}");
+    assert!(!held()["allocations"].as_object().expect("map").contains_key(ip));
+    assert!(!Command::new("ip").args(["-n", &lab.ns("node-a"), "link", "show", &host]).status().expect("ip").success());
+    assert_eq!(cni.call("DEL", "container0", Some(&ns[0]), &cni.conf.to_string()).code, 0, "DEL twice");
+    del_netns(&ns[1]);
+    assert_eq!(cni.call("DEL", "container1", Some(&ns[1]), &cni.conf.to_string()).code, 0, "DEL after the netns went");
+    assert_eq!(cni.call("DEL", "never-seen", None, &cni.conf.to_string()).code, 0, "DEL of an unknown container");
+
+    // GC (1.1): everything of node-a's containers but container2 goes.
+    let gc = cni.conf_with(&[
+        ("cniVersion", json!("1.1.0")),
+        ("cni.dev/valid-attachments", json!([{"containerID": "container2", "ifname": "eth0"}])),
+    ]);
+    assert_eq!(cni.call("GC", "", None, &gc).code, 0);
+    let left: Vec<String> = held()["allocations"]
+        .as_object()
+        .expect("map")
+        .values()
+        .map(|a| a["handle"].as_str().unwrap_or("").to_string())
+        .filter(|h| !h.starts_with("pod:"))
+        .collect();
+    assert_eq!(left, vec!["container2/eth0".to_string()]);
+
+    // STATUS (1.1): the node answers; with no node, code 50.
+    let status = cni.conf_with(&[("cniVersion", json!("1.1.0"))]);
+    assert_eq!(cni.call("STATUS", "", None, &status).code, 0);
+    let gone = cni.conf_with(&[("cniVersion", json!("1.1.0")), ("admin_socket", json!("/nonexistent.sock"))]);
+    assert_eq!(error_code(&cni.call("STATUS", "", None, &gone)), 50);
+}
