@@ -153,7 +153,7 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     let host = a.out["interfaces"][0]["name"].as_str().expect("host if").to_string();
     assert!(host.starts_with("cali") && host.len() == 15, "{host}");
     assert_eq!(a.out["interfaces"][1]["name"], "eth0");
-    assert_eq!(a.out["interfaces"][1]["sandbox"], format!("/run/netns/{}", ns[0]));
+    assert_eq!(a.out["interfaces"][1]["sandbox"], format!("/run/netns/{}", ns[0].0));
     assert_eq!(a.out["ips"][0]["gateway"], "169.254.1.1");
     let (_, routes) = in_ns(&ns[0], &["ip", "-4", "route"]);
     assert!(routes.contains("default via 169.254.1.1 dev eth0") && routes.contains("169.254.1.1 dev eth0 scope link"), "{routes}");
