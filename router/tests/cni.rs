@@ -156,7 +156,10 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     assert_eq!(a.out["interfaces"][1]["sandbox"], format!("/run/netns/{}", ns[0].0));
     assert_eq!(a.out["ips"][0]["gateway"], "169.254.1.1");
     let (_, routes) = in_ns(&ns[0], &["ip", "-4", "route"]);
-    assert!(routes.contains("default via 169.254.1.1 dev eth0") && routes.contains("169.254.1.1 dev eth0 scope link"), "{routes}");
+    assert!(
+        routes.contains("default via 169.254.1.1 dev eth0") && routes.contains("169.254.1.1 dev eth0 scope link"),
+        "{routes}"
+    );
     let (_, mtu) = in_ns(&ns[0], &["cat", "/sys/class/net/eth0/mtu"]);
     assert_eq!(mtu.trim(), "1480");
     let (ok, out) = in_ns(&ns[0], &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.244.3.1"]);
@@ -176,19 +179,27 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     assert_eq!(cni.call("CHECK", "container0", Some(&ns[0]), &prev).code, 0);
     let mut wrong = a.out.clone();
     wrong["ips"][0]["address"] = json!("10.244.1.60/32");
-    assert_eq!(error_code(&cni.call("CHECK", "container0", Some(&ns[0]), &cni.conf_with(&[("prevResult", wrong)]))), 101);
+    assert_eq!(
+        error_code(&cni.call("CHECK", "container0", Some(&ns[0]), &cni.conf_with(&[("prevResult", wrong)]))),
+        101
+    );
     assert_eq!(error_code(&cni.call("CHECK", "container0", Some(&ns[0]), &cni.conf.to_string())), 7, "no prevResult");
 
     // Eight ADDs at once: eight addresses.
     let mut addrs: Vec<String> = std::thread::scope(|s| {
-        let hs: Vec<_> = (1..9).map(|i| {
-            let (cni, ns) = (&cni, &ns);
-            s.spawn(move || cni.add(&format!("container{i}"), &ns[i]))
-        }).collect();
-        hs.into_iter().map(|h| h.join().expect("thread")).map(|r| {
-            assert_eq!(r.code, 0, "{}", r.raw);
-            address(&r)
-        }).collect()
+        let hs: Vec<_> = (1..9)
+            .map(|i| {
+                let (cni, ns) = (&cni, &ns);
+                s.spawn(move || cni.add(&format!("container{i}"), &ns[i]))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("thread"))
+            .map(|r| {
+                assert_eq!(r.code, 0, "{}", r.raw);
+                address(&r)
+            })
+            .collect()
     });
     addrs.push(addr.clone());
     addrs.sort();

@@ -1,0 +1,200 @@
+//! Real containers on the lab's nodes: podman (Debian's, CNI backend) runs them through our
+//! CNI plugin, and the running nodes carry their traffic. The image is built offline from
+//! busybox-static. Root.
+
+mod support;
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use support::*;
+
+const IMAGE: &str = "localhost/router-test-busybox:latest";
+
+/// Imports the busybox image once per test run.
+fn image() -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let root = tempfile_dir("busybox-root");
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed (scripts/setup)");
+        let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+        for applet in text(&list.stdout).lines().filter(|a| *a != "busybox") {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
+        }
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("tar -C {} -c . | podman import - {IMAGE} >/dev/null", root.display()))
+            .status()
+            .expect("podman import");
+        assert!(status.success(), "podman import failed");
+        let _ = std::fs::remove_dir_all(&root);
+    });
+    IMAGE
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("router-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// `podman ARGS` on a node of the lab (through `router lab exec`).
+fn podman(lab: &TestLab, node: &str, args: &[&str]) -> String {
+    let mut cmd = vec!["podman"];
+    cmd.extend_from_slice(args);
+    let out = lab.exec(node, &cmd);
+    assert!(out.status.success(), "podman {args:?} on {node}:\n{}{}", text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Starts a container on `node`; its id and address.
+fn run(lab: &TestLab, node: &str) -> (String, String) {
+    let id = podman(lab, node, &["run", "-d", "--network", "router", image(), "sleep", "600"]).trim().to_string();
+    let inside = podman(lab, node, &["exec", &id, "ip", "-4", "-o", "addr", "show", "eth0"]);
+    let addr = inside
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.strip_suffix("/32"))
+        .unwrap_or_else(|| panic!("no /32 on eth0: {inside}"))
+        .to_string();
+    (id, addr)
+}
+
+fn container_pings(lab: &TestLab, node: &str, id: &str, dst: &str) {
+    let out = lab.exec(node, &["podman", "exec", id, "ping", "-c", "2", "-W", "2", dst]);
+    assert!(out.status.success(), "{id} on {node} → {dst}:\n{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+fn pods_of(lab: &TestLab, node: &str) -> Vec<serde_json::Value> {
+    let st = lab.json(&["lab", "status", "--json"]);
+    st.as_array().into_iter().flatten().filter(|h| h["role"] == "container" && h["parent"] == node).cloned().collect()
+}
+
+fn has_route(lab: &TestLab, node: &str, prefix: &str) -> bool {
+    let r = lab.json(&["routes", "--node", node, "--json"]);
+    r.as_array().into_iter().flatten().any(|e| e["prefix"] == prefix)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn containers_on_two_subnets_talk_through_the_router_and_go_away_cleanly() {
+    let lab = TestLab::up(&[]);
+    let (a, a_ip) = run(&lab, "node-a");
+    let (c, c_ip) = run(&lab, "node-c");
+    assert!(a_ip.starts_with("10.244.1.") && c_ip.starts_with("10.244.3."), "{a_ip} {c_ip}");
+    // Across the underlay (IPIP), to a topology pod, and from one.
+    container_pings(&lab, "node-a", &a, &c_ip);
+    container_pings(&lab, "node-c", &c, "10.244.2.1");
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", &c_ip]);
+    assert!(ok, "{out}");
+    let tunnelled = lab.json(&["stats", "--node", "node-c", "--json"])["ipip_decapsulated"].as_u64();
+    assert!(tunnelled.unwrap_or(0) >= 4, "node-c unwrapped the containers' IPIP: {tunnelled:?}");
+    // Listed beside the topology's pods.
+    let listed = pods_of(&lab, "node-c");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["addresses"][0], format!("{c_ip}/32"));
+    assert!(c.starts_with(listed[0]["host"].as_str().unwrap_or("?")), "named by its short id: {listed:?}");
+    assert!(has_route(&lab, "node-c", &format!("{c_ip}/32")));
+
+    // podman rm: the node forgets it, the address is free again.
+    podman(&lab, "node-c", &["rm", "--force", "--time", "0", &c]);
+    assert!(pods_of(&lab, "node-c").is_empty());
+    assert!(!has_route(&lab, "node-c", &format!("{c_ip}/32")));
+    let ipam = std::fs::read_to_string(lab.dir.join(&lab.name).join("ipam.json")).expect("ipam");
+    assert!(!ipam.contains(&format!("\"{c_ip}\"")), "{ipam}");
+    let (c2, c2_ip) = run(&lab, "node-c");
+    assert_eq!(c2_ip, c_ip, "the freed address is handed out again");
+
+    // lab down takes the containers with it.
+    let down = lab.down();
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    for id in [&a, &c2] {
+        let ps =
+            Command::new("podman").args(["ps", "-a", "-q", "--no-trunc", "--filter", &format!("id={id}")]).output();
+        assert_eq!(ps.map(|o| text(&o.stdout)).unwrap_or_default().trim(), "", "container {id} is left");
+    }
+}
+
+#[test]
+fn a_container_on_a_full_block_borrows_an_address_that_every_node_routes() {
+    // /30 blocks: node-a's two pods fill its block.
+    let seed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../lab/topologies/seed.toml")).expect("seed");
+    let dir = tempfile_dir("borrow-topology");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let topo = dir.join("seed-30.toml");
+    let small = seed.replacen("block_size = 26", "block_size = 30", 1).replace(".0/26", ".0/30");
+    std::fs::write(&topo, small).expect("write");
+    let lab = TestLab::up(&["--topology", topo.to_str().unwrap_or_default()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (a, a_ip) = run(&lab, "node-a");
+    // node-a's block is 10.244.1.0/30 (pods .1 and .2): the container's address is another's.
+    let ip: std::net::Ipv4Addr = a_ip.parse().expect("address");
+    let own: ipnet::Ipv4Net = "10.244.1.0/30".parse().expect("net");
+    assert!(!own.contains(&ip), "{a_ip} is inside node-a's full block");
+    let slash32 = format!("{a_ip}/32");
+    for node in ["node-b", "node-c"] {
+        wait_until(&format!("{node} to learn {slash32}"), || {
+            let r = lab.json(&["routes", "--node", node, "--json"]);
+            r.as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["prefix"] == slash32.as_str() && e["next_hop"] == "192.168.100.100")
+        });
+    }
+    let (ok, out) = ping(&lab, "pod-c1", &["-c", "2", "-i", "0.2", "-W", "2", &a_ip]);
+    assert!(ok, "pod-c1 reaches the borrowed address: {out}");
+    container_pings(&lab, "node-a", &a, "10.244.3.1");
+    podman(&lab, "node-a", &["rm", "--force", "--time", "0", &a]);
+    for node in ["node-b", "node-c"] {
+        wait_until(&format!("{node} to forget {slash32}"), || !has_route(&lab, node, &slash32));
+    }
+}
+
+#[test]
+fn the_node_keeps_forwarding_while_pods_come_and_go() {
+    let lab = TestLab::up(&[]);
+    let pid = lab.daemon_pid("node-a");
+    // An unrelated flow through node-a, 400 pings at 10 ms...
+    let flow = std::thread::scope(|s| {
+        let flow = s.spawn(|| ping(&lab, "pod-a2", &["-c", "400", "-i", "0.01", "-W", "2", "10.244.2.1"]));
+        // ...while containers come and go on the same node.
+        for _ in 0..4 {
+            let (id, ip) = run(&lab, "node-a");
+            container_pings(&lab, "node-a", &id, "10.244.2.1");
+            podman(&lab, "node-a", &["rm", "--force", "--time", "0", &id]);
+            assert!(!has_route(&lab, "node-a", &format!("{ip}/32")));
+        }
+        flow.join().expect("ping thread")
+    });
+    assert!(flow.0, "{}", flow.1);
+    assert_no_loss(&flow.1);
+    assert_eq!(lab.daemon_pid("node-a"), pid, "node-a restarted");
+
+    // A pod whose interface vanishes is down: no route, and a node started without it runs.
+    let cali = lab
+        .json(&["lab", "status", "--json"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["host"] == "pod-a2")
+        .and_then(|h| h["interface"].as_str().map(str::to_string))
+        .expect("pod-a2's interface");
+    let del = Command::new("ip").args(["-n", &lab.ns("node-a"), "link", "del", &cali]).status().expect("ip");
+    assert!(del.success());
+    wait_until("node-a to drop pod-a2's route", || !has_route(&lab, "node-a", "10.244.1.2/32"));
+    let restart = lab.router(&["lab", "restart", "node-a"]);
+    assert!(restart.status.success(), "a node with a pod down starts: {}", text(&restart.stderr));
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "{out}");
+}
