@@ -10,11 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use support::*;
 
-/// The plugin binary, built beside `router` by `cargo build` / `cargo test --workspace`.
+/// The plugin binary.
 fn plugin() -> PathBuf {
-    let p = std::path::Path::new(ROUTER).with_file_name("router-cni");
-    assert!(p.exists(), "{} is missing: build the workspace (cargo build) first", p.display());
-    p
+    PathBuf::from(env!("CARGO_BIN_EXE_router-cni"))
 }
 
 struct Cni<'a> {
@@ -238,4 +236,44 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     assert_eq!(cni.call("STATUS", "", None, &status).code, 0);
     let gone = cni.conf_with(&[("cniVersion", json!("1.1.0")), ("admin_socket", json!("/nonexistent.sock"))]);
     assert_eq!(error_code(&cni.call("STATUS", "", None, &gone)), 50);
+
+    // `router cni install`: the conflist for node-a and the plugin, as a runtime finds them.
+    let dir = lab.dir.join(format!("{}-install", lab.name));
+    let node_conf = lab.dir.join(&lab.name).join("node-a.toml");
+    let (conf_dir, bin_dir) = (dir.join("net.d"), dir.join("bin"));
+    let out = lab.router(&[
+        "cni",
+        "install",
+        "--node-config",
+        node_conf.to_str().unwrap_or_default(),
+        "--conf-dir",
+        conf_dir.to_str().unwrap_or_default(),
+        "--bin-dir",
+        bin_dir.to_str().unwrap_or_default(),
+        "--ipam-file",
+        dir.join("ipam.json").to_str().unwrap_or_default(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: Value =
+        serde_json::from_str(&std::fs::read_to_string(conf_dir.join("10-router.conflist")).expect("conflist"))
+            .expect("JSON");
+    assert_eq!((list["name"].as_str(), list["cniVersion"].as_str()), (Some("router"), Some("1.0.0")));
+    let p = &list["plugins"][0];
+    assert_eq!(
+        (p["type"].as_str(), p["node"].as_str(), p["mtu"].as_u64()),
+        (Some("router"), Some("node-a"), Some(1480))
+    );
+    assert_eq!(p["blocks"], json!(["10.244.1.0/26"]));
+    assert_eq!(p["admin_socket"].as_str().map(PathBuf::from), Some(lab.dir.join(&lab.name).join("node-a.sock")));
+    let mut v = Command::new(bin_dir.join("router"))
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the installed plugin runs");
+    v.stdin.take().expect("stdin").write_all(br#"{"cniVersion":"1.0.0"}"#).expect("write");
+    let v = v.wait_with_output().expect("VERSION");
+    assert!(text(&v.stdout).contains("supportedVersions"), "{}", text(&v.stdout));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -22,6 +22,7 @@ use nodeapi::config::{DataplaneMode, IpipMode, NodeConfig};
 use nodeapi::ipcmd;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,6 +182,8 @@ fn originated(cfg: &NodeConfig) -> Vec<Ipv4Net> {
 
 /// The admin thread's wake-up (a job is queued); BGP uses `speaker::LISTEN` (1) and 16 up.
 const JOBS: Token = Token(0);
+/// Link events: a pod's interface may have come or gone.
+const LINKS: Token = Token(2);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::load(config_path)?;
@@ -308,6 +311,21 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
     let mut events = Events::with_capacity(64);
     let (mut pending, mut last_rebuild, mut rebuild_cost) = (false, Instant::now(), Duration::ZERO);
     let mut links_checked = Instant::now();
+    // Pod interfaces are followed on link events, and looked at now and then anyway (an
+    // overrun loses events; without netlink, polling is all there is).
+    let links = match netsys::LinkEvents::open() {
+        Ok(l) => {
+            let fd = l.as_raw_fd();
+            poll.registry().register(&mut mio::unix::SourceFd(&fd), LINKS, mio::Interest::READABLE)?;
+            Some(l)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no link events: pod interfaces are looked for every second");
+            None
+        }
+    };
+    let link_check = if links.is_some() { pods::LINK_CHECK * 5 } else { pods::LINK_CHECK };
+    let mut links_changed = false;
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) && !node.restart_requested {
         // Supervision: without a worker or the slow path the node would blackhole what BGP
@@ -333,7 +351,9 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
         }
         let now = Instant::now();
         for ev in events.iter() {
-            if ev.token() != JOBS {
+            if ev.token() == LINKS {
+                links_changed |= links.as_ref().is_some_and(|l| l.drain());
+            } else if ev.token() != JOBS {
                 if let Some(sp) = speaker.as_mut() {
                     sp.handle(poll.registry(), ev.token(), now);
                 }
@@ -365,8 +385,9 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
                 }
             }
         }
-        if links_checked.elapsed() >= pods::LINK_CHECK {
+        if links_changed || links_checked.elapsed() >= link_check {
             links_checked = Instant::now();
+            links_changed = false;
             node.follow_links(speaker.as_ref());
         }
         node.reap_capture();

@@ -1,6 +1,6 @@
 //! Pods that come and go while the node runs: added and removed over the admin socket (the
 //! CNI plugin does so for a container runtime), and followed by their interfaces, which
-//! appear and vanish with the pod. A pod whose interface is missing is down: it has no
+//! appear and vanish with the pod (rtnetlink link events wake the control loop). A pod whose interface is missing is down: it has no
 //! route and no port until the interface comes (back).
 //!
 //! Pods added while running are written to `<admin socket>.pods`, so a restarted node
@@ -10,8 +10,9 @@ use super::*;
 use nodeapi::admin::{PodSpec, PodStatus};
 use nodeapi::config::PodConfig;
 
-/// How often pod interfaces are looked for (a pod's veth can vanish with its namespace
-/// without anyone telling us).
+/// How often pod interfaces are looked for without link events (with them, five times as
+/// long: a lost event is found late, not never). A pod's veth can vanish with its
+/// namespace without anyone telling us.
 pub(super) const LINK_CHECK: Duration = Duration::from_secs(1);
 
 fn pods_file(cfg: &NodeConfig) -> std::path::PathBuf {
