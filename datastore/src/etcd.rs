@@ -1,0 +1,156 @@
+//! An etcd v3 client over etcd's JSON gateway (`/v3/kv/...`, etcd 3.4 and later): plain
+//! blocking HTTP with base64 keys and values. Why not a gRPC crate: those bring an async
+//! runtime into a synchronous daemon and CLI for what are a handful of calls; the gateway
+//! speaks the same API. Endpoints are tried in order until one answers.
+
+use anyhow::{bail, Context as _};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Etcd {
+    endpoints: Vec<String>,
+    agent: ureq::Agent,
+}
+
+/// One key as read: its value and the revision it was last changed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+fn b64(s: &[u8]) -> String {
+    B64.encode(s)
+}
+
+/// The end of the range of keys starting with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn int(v: &Value) -> i64 {
+    // int64 fields arrive as strings in the gateway's JSON.
+    v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64()).unwrap_or(0)
+}
+
+impl Etcd {
+    /// `endpoints`: `http://host:port`, comma-separated or several.
+    pub fn new(endpoints: &[String]) -> anyhow::Result<Etcd> {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .flat_map(|e| e.split(','))
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            bail!("no etcd endpoint given (--etcd-endpoints http://HOST:2379, or ROUTER_ETCD_ENDPOINTS)");
+        }
+        for e in &endpoints {
+            if !e.starts_with("http://") {
+                bail!("etcd endpoint {e:?}: only http:// is supported (the JSON gateway without TLS)");
+            }
+        }
+        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout(Duration::from_secs(10)).build();
+        Ok(Etcd { endpoints, agent })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn call(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let mut errors = Vec::new();
+        for e in &self.endpoints {
+            let url = format!("{e}{path}");
+            match self.agent.post(&url).set("Content-Type", "application/json").send_string(&body.to_string()) {
+                Ok(resp) => {
+                    let text = resp.into_string().with_context(|| format!("reading the answer of {url}"))?;
+                    return serde_json::from_str(&text).with_context(|| format!("{url} answered {text:?}"));
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    let text = resp.into_string().unwrap_or_default();
+                    bail!("etcd at {e} refused {path} ({code}): {text}");
+                }
+                Err(err) => errors.push(format!("{e}: {err}")),
+            }
+        }
+        bail!("no etcd endpoint answers: {}", errors.join("; "))
+    }
+
+    fn kvs(v: &Value) -> anyhow::Result<Vec<Kv>> {
+        let mut out = Vec::new();
+        for kv in v["kvs"].as_array().into_iter().flatten() {
+            let key = B64.decode(kv["key"].as_str().unwrap_or("")).context("a key that is not base64")?;
+            let value = B64.decode(kv["value"].as_str().unwrap_or("")).context("a value that is not base64")?;
+            out.push(Kv { key: String::from_utf8_lossy(&key).into_owned(), value, mod_revision: int(&kv["mod_revision"]) });
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, key: &str) -> anyhow::Result<Option<Kv>> {
+        let v = self.call("/v3/kv/range", json!({ "key": b64(key.as_bytes()) }))?;
+        Ok(Self::kvs(&v)?.into_iter().next())
+    }
+
+    /// Every key under `prefix`, in key order, and the store's revision.
+    pub fn list(&self, prefix: &str) -> anyhow::Result<(Vec<Kv>, i64)> {
+        let v = self.call("/v3/kv/range", json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)) }))?;
+        Ok((Self::kvs(&v)?, int(&v["header"]["revision"])))
+    }
+
+    /// Writes `key`; the revision it was written at.
+    pub fn put(&self, key: &str, value: &[u8]) -> anyhow::Result<i64> {
+        let v = self.call("/v3/kv/put", json!({ "key": b64(key.as_bytes()), "value": b64(value) }))?;
+        Ok(int(&v["header"]["revision"]))
+    }
+
+    /// Writes `key` only if it was last changed at `mod_revision` (0: only if it does not
+    /// exist); whether it was written.
+    pub fn put_if(&self, key: &str, value: &[u8], mod_revision: i64) -> anyhow::Result<bool> {
+        let k = b64(key.as_bytes());
+        let v = self.call(
+            "/v3/kv/txn",
+            json!({
+                "compare": [{ "key": k, "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision.to_string() }],
+                "success": [{ "request_put": { "key": k, "value": b64(value) } }],
+            }),
+        )?;
+        Ok(v["succeeded"].as_bool().unwrap_or(false))
+    }
+
+    /// Deletes `key`; whether it existed.
+    pub fn delete(&self, key: &str) -> anyhow::Result<bool> {
+        let v = self.call("/v3/kv/deleterange", json!({ "key": b64(key.as_bytes()) }))?;
+        Ok(int(&v["deleted"]) > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_range_ends_after_its_last_key() {
+        assert_eq!(prefix_end("/calico/"), b"/calico0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+
+    #[test]
+    fn endpoints_are_split_and_checked() {
+        let e = Etcd::new(&["http://10.0.0.1:2379, http://10.0.0.2:2379/".into()]).expect("endpoints");
+        assert_eq!(e.endpoints(), ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+        assert!(Etcd::new(&[]).is_err());
+        assert!(Etcd::new(&["https://x:2379".into()]).is_err());
+    }
+}

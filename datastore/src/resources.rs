@@ -1,0 +1,664 @@
+//! Calico's resources, `apiVersion: projectcalico.org/v3`, with Calico's field names: what
+//! `router apply -f` reads (YAML or JSON, one or many documents) and `router get` prints.
+//!
+//! A file is read document by document. Each document is decoded straight into the struct
+//! of its kind, which refuses unknown fields, so an error carries the line where it was
+//! found; checks that need the whole document (a CIDR, a block size that does not fit the
+//! pool) name the field and find its line. Every error names the document too.
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+pub const API_VERSION: &str = "projectcalico.org/v3";
+
+/// The kinds this router knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    IpPool,
+    BgpConfiguration,
+    BgpPeer,
+    BgpFilter,
+    Node,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [Kind::IpPool, Kind::BgpConfiguration, Kind::BgpPeer, Kind::BgpFilter, Kind::Node];
+
+    /// As in `kind:`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::IpPool => "IPPool",
+            Kind::BgpConfiguration => "BGPConfiguration",
+            Kind::BgpPeer => "BGPPeer",
+            Kind::BgpFilter => "BGPFilter",
+            Kind::Node => "Node",
+        }
+    }
+
+    /// As in Calico's etcd keys (and `calicoctl get`): lower case, plural.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::IpPool => "ippools",
+            Kind::BgpConfiguration => "bgpconfigurations",
+            Kind::BgpPeer => "bgppeers",
+            Kind::BgpFilter => "bgpfilters",
+            Kind::Node => "nodes",
+        }
+    }
+
+    /// A kind as a user types it: `IPPool`, `ippool`, `ippools`, `bgppeer`, `bgpconfig`...
+    pub fn parse(s: &str) -> Option<Kind> {
+        let l = s.to_ascii_lowercase();
+        let l = l.strip_suffix('s').unwrap_or(&l);
+        Some(match l {
+            "ippool" | "pool" => Kind::IpPool,
+            "bgpconfiguration" | "bgpconfig" => Kind::BgpConfiguration,
+            "bgppeer" => Kind::BgpPeer,
+            "bgpfilter" => Kind::BgpFilter,
+            "node" => Kind::Node,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// The etcd revision the resource was read at (set by `get`; ignored by `apply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+}
+
+/// One resource: the same envelope for every kind, the spec of its kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Typed<S> {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: S,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EncapMode {
+    #[default]
+    Never,
+    Always,
+    CrossSubnet,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpPoolSpec {
+    pub cidr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipip_mode: Option<EncapMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_mode: Option<EncapMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_outgoing: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    #[serde(rename = "disableBGPExport", default, skip_serializing_if = "Option::is_none")]
+    pub disable_bgp_export: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_uses: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment_mode: Option<String>,
+}
+
+impl IpPoolSpec {
+    /// Calico's default: /26 blocks for IPv4, /122 for IPv6.
+    pub fn block_size_or_default(&self) -> u8 {
+        self.block_size.unwrap_or(if self.cidr.contains(':') { 122 } else { 26 })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Community {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixAdvertisement {
+    pub cidr: String,
+    #[serde(default)]
+    pub communities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceIp {
+    pub cidr: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpConfigurationSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_severity_screen: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_to_node_mesh_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_mode: Option<String>,
+    #[serde(rename = "serviceClusterIPs", default, skip_serializing_if = "Option::is_none")]
+    pub service_cluster_ips: Option<Vec<ServiceIp>>,
+    #[serde(rename = "serviceExternalIPs", default, skip_serializing_if = "Option::is_none")]
+    pub service_external_ips: Option<Vec<ServiceIp>>,
+    #[serde(rename = "serviceLoadBalancerIPs", default, skip_serializing_if = "Option::is_none")]
+    pub service_load_balancer_ips: Option<Vec<ServiceIp>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub communities: Option<Vec<Community>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_advertisements: Option<Vec<PrefixAdvertisement>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_max_restart_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored_interfaces: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpPassword {
+    pub secret_key_ref: SecretKeyRef,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpPeerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(rename = "peerIP", default, skip_serializing_if = "Option::is_none")]
+    pub peer_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<BgpPassword>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_restart_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_original_next_hop: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Vec<String>>,
+    #[serde(rename = "numAllowedLocalASNumbers", default, skip_serializing_if = "Option::is_none")]
+    pub num_allowed_local_as_numbers: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_time: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FilterAction {
+    Accept,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MatchOperator {
+    Equal,
+    NotEqual,
+    In,
+    NotIn,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixLength {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterRule {
+    pub action: FilterAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_operator: Option<MatchOperator>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_length: Option<PrefixLength>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpFilterSpec {
+    #[serde(rename = "exportV4", default, skip_serializing_if = "Vec::is_empty")]
+    pub export_v4: Vec<FilterRule>,
+    #[serde(rename = "importV4", default, skip_serializing_if = "Vec::is_empty")]
+    pub import_v4: Vec<FilterRule>,
+    #[serde(rename = "exportV6", default, skip_serializing_if = "Vec::is_empty")]
+    pub export_v6: Vec<FilterRule>,
+    #[serde(rename = "importV6", default, skip_serializing_if = "Vec::is_empty")]
+    pub import_v6: Vec<FilterRule>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeBgp {
+    #[serde(rename = "ipv4Address", default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    #[serde(rename = "ipv6Address", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
+    #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    #[serde(rename = "routeReflectorClusterID", default, skip_serializing_if = "Option::is_none")]
+    pub route_reflector_cluster_id: Option<String>,
+    #[serde(rename = "ipv4IPIPTunnelAddr", default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_ipip_tunnel_addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddress {
+    pub address: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<NodeBgp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NodeAddress>,
+    #[serde(rename = "ipv4VXLANTunnelAddr", default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_vxlan_tunnel_addr: Option<String>,
+    #[serde(rename = "vxlanTunnelMACAddr", default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_tunnel_mac_addr: Option<String>,
+}
+
+/// Any of the kinds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    IpPool(Typed<IpPoolSpec>),
+    BgpConfiguration(Typed<BgpConfigurationSpec>),
+    BgpPeer(Typed<BgpPeerSpec>),
+    BgpFilter(Typed<BgpFilterSpec>),
+    Node(Typed<NodeSpec>),
+}
+
+impl Resource {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::IpPool(_) => Kind::IpPool,
+            Resource::BgpConfiguration(_) => Kind::BgpConfiguration,
+            Resource::BgpPeer(_) => Kind::BgpPeer,
+            Resource::BgpFilter(_) => Kind::BgpFilter,
+            Resource::Node(_) => Kind::Node,
+        }
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            Resource::IpPool(r) => &r.metadata,
+            Resource::BgpConfiguration(r) => &r.metadata,
+            Resource::BgpPeer(r) => &r.metadata,
+            Resource::BgpFilter(r) => &r.metadata,
+            Resource::Node(r) => &r.metadata,
+        }
+    }
+
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        match self {
+            Resource::IpPool(r) => &mut r.metadata,
+            Resource::BgpConfiguration(r) => &mut r.metadata,
+            Resource::BgpPeer(r) => &mut r.metadata,
+            Resource::BgpFilter(r) => &mut r.metadata,
+            Resource::Node(r) => &mut r.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata().name
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let v = match self {
+            Resource::IpPool(r) => serde_json::to_value(r),
+            Resource::BgpConfiguration(r) => serde_json::to_value(r),
+            Resource::BgpPeer(r) => serde_json::to_value(r),
+            Resource::BgpFilter(r) => serde_json::to_value(r),
+            Resource::Node(r) => serde_json::to_value(r),
+        };
+        v.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A resource as stored (JSON); `what` names it in an error.
+    pub fn from_json(kind: Kind, bytes: &[u8], what: &str) -> anyhow::Result<Resource> {
+        let e = |e: serde_json::Error| anyhow::anyhow!("{what}: {e}");
+        Ok(match kind {
+            Kind::IpPool => Resource::IpPool(serde_json::from_slice(bytes).map_err(e)?),
+            Kind::BgpConfiguration => Resource::BgpConfiguration(serde_json::from_slice(bytes).map_err(e)?),
+            Kind::BgpPeer => Resource::BgpPeer(serde_json::from_slice(bytes).map_err(e)?),
+            Kind::BgpFilter => Resource::BgpFilter(serde_json::from_slice(bytes).map_err(e)?),
+            Kind::Node => Resource::Node(serde_json::from_slice(bytes).map_err(e)?),
+        })
+    }
+}
+
+/// What is wrong with a document of a file: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocError {
+    /// 1-based: the first document of the file is document 1.
+    pub document: usize,
+    /// 1-based, in the file.
+    pub line: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for DocError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "document {}", self.document)?;
+        if let Some(l) = self.line {
+            write!(f, ", line {l}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ", field {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for DocError {}
+
+/// One document of a file: its text and the file line it starts at (0-based).
+struct Doc<'a> {
+    text: &'a str,
+    first_line: usize,
+}
+
+/// Splits a YAML stream at its `---` lines; a JSON file is one document.
+fn documents(text: &str) -> Vec<Doc<'_>> {
+    let mut docs = Vec::new();
+    let (mut start, mut first_line, mut offset) = (0, 0, 0);
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end();
+        if bare == "---" || bare.starts_with("--- ") || bare == "..." {
+            docs.push(Doc { text: &text[start..offset], first_line });
+            start = offset + line.len();
+            first_line = i + 1;
+        }
+        offset += line.len();
+    }
+    docs.push(Doc { text: &text[start..], first_line });
+    // Empty documents (a leading `---`, comments only) are not resources.
+    docs.retain(|d| d.text.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')));
+    docs
+}
+
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// Reads every document of a file: all of them, or the first error.
+pub fn parse(text: &str) -> Result<Vec<Resource>, DocError> {
+    let mut out = Vec::new();
+    for (i, doc) in documents(text).iter().enumerate() {
+        out.push(parse_doc(i + 1, doc)?);
+    }
+    Ok(out)
+}
+
+fn yaml_error(document: usize, doc: &Doc<'_>, e: &serde_yaml_ng::Error) -> DocError {
+    let msg = e.to_string();
+    // The location is the document's; the message repeats it, which the prefix says better.
+    let message = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    // "spec: unknown field `colour`, expected ...": the field is spec.colour.
+    let field = message.find("unknown field `").and_then(|i| {
+        let name = message[i..].split('`').nth(1)?;
+        let path = message[..i].trim_end_matches(": ").trim();
+        Some(if path.is_empty() { name.to_string() } else { format!("{path}.{name}") })
+    });
+    DocError { document, line: e.location().map(|l| doc.first_line + l.line()), field, message }
+}
+
+fn parse_doc(n: usize, doc: &Doc<'_>) -> Result<Resource, DocError> {
+    let head: Head = serde_yaml_ng::from_str(doc.text).map_err(|e| yaml_error(n, doc, &e))?;
+    let err = |field: &str, message: String| DocError {
+        document: n,
+        line: field_line(doc, field),
+        field: Some(field.to_string()),
+        message,
+    };
+    match head.api_version.as_deref() {
+        Some(API_VERSION) => {}
+        Some(other) => return Err(err("apiVersion", format!("{other:?} is not {API_VERSION}"))),
+        None => return Err(DocError { document: n, line: None, field: Some("apiVersion".into()), message: "missing".into() }),
+    }
+    let kind_name = head.kind.unwrap_or_default();
+    let Some(kind) = Kind::ALL.into_iter().find(|k| k.name() == kind_name) else {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        return Err(err("kind", format!("{kind_name:?} is not one of {}", known.join(", "))));
+    };
+    let e = |e: serde_yaml_ng::Error| yaml_error(n, doc, &e);
+    let r = match kind {
+        Kind::IpPool => Resource::IpPool(serde_yaml_ng::from_str(doc.text).map_err(e)?),
+        Kind::BgpConfiguration => Resource::BgpConfiguration(serde_yaml_ng::from_str(doc.text).map_err(e)?),
+        Kind::BgpPeer => Resource::BgpPeer(serde_yaml_ng::from_str(doc.text).map_err(e)?),
+        Kind::BgpFilter => Resource::BgpFilter(serde_yaml_ng::from_str(doc.text).map_err(e)?),
+        Kind::Node => Resource::Node(serde_yaml_ng::from_str(doc.text).map_err(e)?),
+    };
+    validate(&r).map_err(|(field, message)| err(&field, message))?;
+    Ok(r)
+}
+
+/// The file line of the first `field:` (or `"field":`) of a document; `a.b` looks for `b`.
+fn field_line(doc: &Doc<'_>, field: &str) -> Option<usize> {
+    let key = field.rsplit('.').next().unwrap_or(field);
+    let key = key.split('[').next().unwrap_or(key);
+    doc.text
+        .lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\""))
+        })
+        .map(|i| doc.first_line + i + 1)
+}
+
+fn cidr(field: &str, s: &str) -> Result<IpNet, (String, String)> {
+    let net: IpNet = s.parse().map_err(|_| (field.to_string(), format!("{s:?} is not a CIDR (like 10.244.0.0/16)")))?;
+    if net.trunc() != net {
+        return Err((field.to_string(), format!("{s} has host bits set; the network is {}", net.trunc())));
+    }
+    Ok(net)
+}
+
+fn community(field: &str, s: &str) -> Result<(), (String, String)> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let ok = match parts.len() {
+        2 => parts.iter().all(|p| p.parse::<u16>().is_ok()),
+        3 => parts.iter().all(|p| p.parse::<u32>().is_ok()),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err((field.to_string(), format!("{s:?} is not a community (aa:nn or aa:nn:mm)")))
+    }
+}
+
+/// Checks what decoding cannot: values that must parse, and fit together. The error names
+/// the field.
+pub fn validate(r: &Resource) -> Result<(), (String, String)> {
+    let name = r.name();
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if !name_ok {
+        return Err((
+            "metadata.name".into(),
+            format!("{name:?}: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"),
+        ));
+    }
+    match r {
+        Resource::IpPool(p) => {
+            let net = cidr("spec.cidr", &p.spec.cidr)?;
+            let bs = p.spec.block_size_or_default();
+            let (lo, hi) = if net.addr().is_ipv4() { (20, 32) } else { (116, 128) };
+            if !(lo..=hi).contains(&bs) || bs < net.prefix_len() {
+                return Err((
+                    "spec.blockSize".into(),
+                    format!("/{bs} does not fit the pool {net}: it must be from /{} to /{hi}", lo.max(net.prefix_len())),
+                ));
+            }
+            let on = |m: Option<EncapMode>| m.is_some_and(|m| m != EncapMode::Never);
+            if on(p.spec.ipip_mode) && on(p.spec.vxlan_mode) {
+                return Err(("spec.vxlanMode".into(), "a pool uses IPIP or VXLAN, not both".into()));
+            }
+            if net.addr().is_ipv6() && on(p.spec.ipip_mode) {
+                return Err(("spec.ipipMode".into(), "IPIP carries IPv4 only".into()));
+            }
+        }
+        Resource::BgpConfiguration(c) => {
+            for (i, a) in c.spec.prefix_advertisements.iter().flatten().enumerate() {
+                cidr(&format!("spec.prefixAdvertisements[{i}].cidr"), &a.cidr)?;
+                let named: Vec<&str> = c.spec.communities.iter().flatten().map(|c| c.name.as_str()).collect();
+                for cm in &a.communities {
+                    if !named.contains(&cm.as_str()) {
+                        community(&format!("spec.prefixAdvertisements[{i}].communities"), cm)?;
+                    }
+                }
+            }
+            for (i, cm) in c.spec.communities.iter().flatten().enumerate() {
+                community(&format!("spec.communities[{i}].value"), &cm.value)?;
+            }
+            if c.spec.as_number == Some(0) {
+                return Err(("spec.asNumber".into(), "0 is not an AS number".into()));
+            }
+        }
+        Resource::BgpPeer(p) => {
+            let ip = p.spec.peer_ip.as_deref().ok_or(("spec.peerIP".to_string(), "missing".to_string()))?;
+            // Calico allows `IP:port` (and `[IPv6]:port`).
+            let bare = ip.rsplit_once(':').filter(|(h, port)| port.parse::<u16>().is_ok() && !h.ends_with(':'));
+            let host = match bare {
+                Some((h, _)) if h.starts_with('[') || h.parse::<IpAddr>().is_ok() => h.trim_matches(['[', ']']),
+                _ => ip,
+            };
+            host.parse::<IpAddr>().map_err(|_| ("spec.peerIP".to_string(), format!("{ip:?} is not an IP address")))?;
+            match p.spec.as_number {
+                None => return Err(("spec.asNumber".into(), "missing".into())),
+                Some(0) => return Err(("spec.asNumber".into(), "0 is not an AS number".into())),
+                _ => {}
+            }
+            if p.spec.ttl_security.is_some_and(|t| t == 0 || t == 255) {
+                return Err(("spec.ttlSecurity".into(), "a hop count from 1 to 254".into()));
+            }
+        }
+        Resource::BgpFilter(f) => {
+            let rules = [("exportV4", &f.spec.export_v4), ("importV4", &f.spec.import_v4)]
+                .into_iter()
+                .chain([("exportV6", &f.spec.export_v6), ("importV6", &f.spec.import_v6)]);
+            for (dir, list) in rules {
+                for (i, rule) in list.iter().enumerate() {
+                    let field = format!("spec.{dir}[{i}].cidr");
+                    match (&rule.cidr, rule.match_operator) {
+                        (Some(c), Some(_)) => {
+                            let net = cidr(&field, c)?;
+                            if net.addr().is_ipv4() != dir.ends_with("V4") {
+                                let family = if dir.ends_with("V4") { "IPv4" } else { "IPv6" };
+                                return Err((field, format!("{c} is not an {family} prefix")));
+                            }
+                        }
+                        (Some(_), None) => return Err((format!("spec.{dir}[{i}].matchOperator"), "missing".into())),
+                        (None, Some(_)) => return Err((field, "missing".into())),
+                        (None, None) => {}
+                    }
+                }
+            }
+        }
+        Resource::Node(n) => {
+            if let Some(b) = &n.spec.bgp {
+                if let Some(a) = &b.ipv4_address {
+                    let net: Ipv4Net = a.parse().map_err(|_| {
+                        ("spec.bgp.ipv4Address".to_string(), format!("{a:?} is not an IPv4 address with its prefix length"))
+                    })?;
+                    let _ = net;
+                }
+                if let Some(id) = &b.route_reflector_cluster_id {
+                    id.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                        ("spec.bgp.routeReflectorClusterID".to_string(), format!("{id:?} is not a dotted quad"))
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resources as YAML documents (`router get -o yaml`).
+pub fn to_yaml(rs: &[Resource]) -> String {
+    rs.iter()
+        .map(|r| serde_yaml_ng::to_string(&r.to_json()).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// A new resource with the envelope filled in.
+pub fn typed<S>(kind: Kind, name: &str, spec: S) -> Typed<S> {
+    Typed {
+        api_version: API_VERSION.into(),
+        kind: kind.name().into(),
+        metadata: Metadata { name: name.into(), ..Default::default() },
+        spec,
+    }
+}

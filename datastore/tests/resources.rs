@@ -1,0 +1,99 @@
+//! Calico-format documents: every kind read, printed and read again unchanged; errors name
+//! the document, the line and the field.
+
+use datastore::resources::{self, Kind, Resource};
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+}
+
+#[test]
+fn every_kind_reads_and_round_trips_through_yaml_and_json() {
+    let all = ["ippool.yaml", "bgpconfiguration.yaml", "bgppeer.yaml", "bgpfilter.yaml", "node.json"];
+    let mut kinds = Vec::new();
+    for f in all {
+        let rs = resources::parse(&fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        for r in &rs {
+            kinds.push(r.kind());
+            let again = resources::parse(&resources::to_yaml(std::slice::from_ref(r))).expect("printed YAML reads");
+            assert_eq!(&again[0], r, "{f}");
+            let json = serde_json::to_string(&r.to_json()).expect("json");
+            assert_eq!(&resources::parse(&json).expect("printed JSON reads")[0], r, "{f}");
+            assert_eq!(&Resource::from_json(r.kind(), json.as_bytes(), f).expect("stored form"), r);
+        }
+    }
+    kinds.dedup();
+    assert_eq!(kinds, Kind::ALL.to_vec());
+    let peers = resources::parse(&fixture("bgppeer.yaml")).expect("peers");
+    assert_eq!(peers.len(), 2);
+    let Resource::BgpPeer(edge) = &peers[1] else { panic!("a BGPPeer") };
+    assert_eq!(edge.spec.node.as_deref(), Some("node-a"));
+    assert_eq!(edge.spec.password.as_ref().map(|p| p.secret_key_ref.key.as_str()), Some("edge"));
+    let Resource::IpPool(pool) = &resources::parse(&fixture("ippool.yaml")).expect("pool")[0] else { panic!() };
+    assert_eq!(pool.spec.ipip_mode, Some(resources::EncapMode::CrossSubnet));
+    assert_eq!(pool.spec.block_size_or_default(), 26);
+}
+
+fn error(text: &str) -> resources::DocError {
+    resources::parse(text).expect_err("an error")
+}
+
+#[test]
+fn errors_name_the_document_the_line_and_the_field() {
+    let two = format!("{}---\n{}", fixture("ippool.yaml"), fixture("ippool.yaml").replace("  natOutgoing: true\n", "  natOutgoing: true\n  colour: blue\n"));
+    let e = error(&two);
+    assert_eq!((e.document, e.line, e.field.as_deref()), (2, Some(23), Some("spec.colour")), "{e}");
+
+    let bad_cidr = fixture("ippool.yaml").replace("10.244.0.0/16", "10.244.0.300/16");
+    let e = error(&bad_cidr);
+    assert_eq!((e.document, e.line, e.field.as_deref()), (1, Some(6), Some("spec.cidr")), "{e}");
+    assert!(e.to_string().contains("not a CIDR"), "{e}");
+
+    let host_bits = fixture("ippool.yaml").replace("10.244.0.0/16", "10.244.1.0/16");
+    assert!(error(&host_bits).message.contains("host bits"));
+
+    let too_big = fixture("ippool.yaml").replace("blockSize: 26", "blockSize: 12");
+    let e = error(&too_big);
+    assert_eq!((e.line, e.field.as_deref()), (Some(7), Some("spec.blockSize")), "{e}");
+    assert!(e.message.contains("does not fit"), "{e}");
+
+    let both = fixture("ippool.yaml").replace("vxlanMode: Never", "vxlanMode: Always");
+    assert_eq!(error(&both).field.as_deref(), Some("spec.vxlanMode"));
+
+    let wrong_mode = fixture("ippool.yaml").replace("CrossSubnet", "Sometimes");
+    let e = error(&wrong_mode);
+    assert_eq!(e.line, Some(8), "{e}");
+    assert!(e.message.contains("Sometimes"), "{e}");
+
+    let peer = fixture("bgppeer.yaml").replace("192.168.100.251:179", "not-an-ip");
+    let e = error(&peer);
+    assert_eq!((e.document, e.field.as_deref()), (2, Some("spec.peerIP")), "{e}");
+    assert_eq!(e.line, Some(18), "{e}");
+
+    let e = error(&fixture("bgppeer.yaml").replace("  asNumber: 64600\n", ""));
+    assert_eq!(e.field.as_deref(), Some("spec.asNumber"), "{e}");
+
+    let filter = fixture("bgpfilter.yaml").replace("198.51.100.0/24", "2001:db8::/32");
+    let e = error(&filter);
+    assert_eq!(e.field.as_deref(), Some("spec.importV4[0].cidr"), "{e}");
+    assert!(e.message.contains("not an IPv4 prefix"), "{e}");
+
+    let e = error(&fixture("ippool.yaml").replace("kind: IPPool", "kind: IPPoool"));
+    assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("kind")), "{e}");
+    let e = error(&fixture("ippool.yaml").replace("projectcalico.org/v3", "crd.projectcalico.org/v1"));
+    assert_eq!(e.field.as_deref(), Some("apiVersion"), "{e}");
+    let e = error(&fixture("ippool.yaml").replace("lab-ipv4-pool", "Lab_Pool"));
+    assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("metadata.name")), "{e}");
+    let e = error(&fixture("node.json").replace("224.0.0.1", "cluster-1"));
+    assert_eq!(e.field.as_deref(), Some("spec.bgp.routeReflectorClusterID"), "{e}");
+    let e = error("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: x\nspec:\n  cidr: [unclosed\n");
+    assert!(e.line.is_some(), "{e}");
+}
+
+#[test]
+fn kinds_are_read_as_users_type_them() {
+    for (s, k) in [("ippool", Kind::IpPool), ("IPPools", Kind::IpPool), ("bgpconfig", Kind::BgpConfiguration), ("bgppeers", Kind::BgpPeer), ("BGPFilter", Kind::BgpFilter), ("nodes", Kind::Node)] {
+        assert_eq!(Kind::parse(s), Some(k), "{s}");
+    }
+    assert_eq!(Kind::parse("workloadendpoint"), None);
+}
