@@ -61,7 +61,8 @@ impl Etcd {
                 bail!("etcd endpoint {e:?}: only http:// is supported (the JSON gateway without TLS)");
             }
         }
-        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout(Duration::from_secs(10)).build();
+        let agent =
+            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout(Duration::from_secs(10)).build();
         Ok(Etcd { endpoints, agent })
     }
 
@@ -93,7 +94,11 @@ impl Etcd {
         for kv in v["kvs"].as_array().into_iter().flatten() {
             let key = B64.decode(kv["key"].as_str().unwrap_or("")).context("a key that is not base64")?;
             let value = B64.decode(kv["value"].as_str().unwrap_or("")).context("a value that is not base64")?;
-            out.push(Kv { key: String::from_utf8_lossy(&key).into_owned(), value, mod_revision: int(&kv["mod_revision"]) });
+            out.push(Kv {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                value,
+                mod_revision: int(&kv["mod_revision"]),
+            });
         }
         Ok(out)
     }
@@ -105,7 +110,8 @@ impl Etcd {
 
     /// Every key under `prefix`, in key order, and the store's revision.
     pub fn list(&self, prefix: &str) -> anyhow::Result<(Vec<Kv>, i64)> {
-        let v = self.call("/v3/kv/range", json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)) }))?;
+        let v =
+            self.call("/v3/kv/range", json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)) }))?;
         Ok((Self::kvs(&v)?, int(&v["header"]["revision"])))
     }
 

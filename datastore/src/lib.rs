@@ -98,7 +98,8 @@ impl Store {
         };
         kvs.into_iter()
             .map(|kv| {
-                let mut r = Resource::from_json(kind, &kv.value, &kv.key).with_context(|| format!("reading {}", kv.key))?;
+                let mut r =
+                    Resource::from_json(kind, &kv.value, &kv.key).with_context(|| format!("reading {}", kv.key))?;
                 r.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
                 Ok(r)
             })

@@ -481,7 +481,14 @@ fn parse_doc(n: usize, doc: &Doc<'_>) -> Result<Resource, DocError> {
     match head.api_version.as_deref() {
         Some(API_VERSION) => {}
         Some(other) => return Err(err("apiVersion", format!("{other:?} is not {API_VERSION}"))),
-        None => return Err(DocError { document: n, line: None, field: Some("apiVersion".into()), message: "missing".into() }),
+        None => {
+            return Err(DocError {
+                document: n,
+                line: None,
+                field: Some("apiVersion".into()),
+                message: "missing".into(),
+            })
+        }
     }
     let kind_name = head.kind.unwrap_or_default();
     let Some(kind) = Kind::ALL.into_iter().find(|k| k.name() == kind_name) else {
@@ -558,7 +565,10 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             if !(lo..=hi).contains(&bs) || bs < net.prefix_len() {
                 return Err((
                     "spec.blockSize".into(),
-                    format!("/{bs} does not fit the pool {net}: it must be from /{} to /{hi}", lo.max(net.prefix_len())),
+                    format!(
+                        "/{bs} does not fit the pool {net}: it must be from /{} to /{hi}",
+                        lo.max(net.prefix_len())
+                    ),
                 ));
             }
             let on = |m: Option<EncapMode>| m.is_some_and(|m| m != EncapMode::Never);
@@ -630,7 +640,10 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             if let Some(b) = &n.spec.bgp {
                 if let Some(a) = &b.ipv4_address {
                     let net: Ipv4Net = a.parse().map_err(|_| {
-                        ("spec.bgp.ipv4Address".to_string(), format!("{a:?} is not an IPv4 address with its prefix length"))
+                        (
+                            "spec.bgp.ipv4Address".to_string(),
+                            format!("{a:?} is not an IPv4 address with its prefix length"),
+                        )
                     })?;
                     let _ = net;
                 }
@@ -647,10 +660,7 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
 
 /// Resources as YAML documents (`router get -o yaml`).
 pub fn to_yaml(rs: &[Resource]) -> String {
-    rs.iter()
-        .map(|r| serde_yaml_ng::to_string(&r.to_json()).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("---\n")
+    rs.iter().map(|r| serde_yaml_ng::to_string(&r.to_json()).unwrap_or_default()).collect::<Vec<_>>().join("---\n")
 }
 
 /// A new resource with the envelope filled in.

@@ -40,7 +40,11 @@ fn error(text: &str) -> resources::DocError {
 
 #[test]
 fn errors_name_the_document_the_line_and_the_field() {
-    let two = format!("{}---\n{}", fixture("ippool.yaml"), fixture("ippool.yaml").replace("  natOutgoing: true\n", "  natOutgoing: true\n  colour: blue\n"));
+    let two = format!(
+        "{}---\n{}",
+        fixture("ippool.yaml"),
+        fixture("ippool.yaml").replace("  natOutgoing: true\n", "  natOutgoing: true\n  colour: blue\n")
+    );
     let e = error(&two);
     assert_eq!((e.document, e.line, e.field.as_deref()), (2, Some(23), Some("spec.colour")), "{e}");
 
@@ -92,7 +96,14 @@ fn errors_name_the_document_the_line_and_the_field() {
 
 #[test]
 fn kinds_are_read_as_users_type_them() {
-    for (s, k) in [("ippool", Kind::IpPool), ("IPPools", Kind::IpPool), ("bgpconfig", Kind::BgpConfiguration), ("bgppeers", Kind::BgpPeer), ("BGPFilter", Kind::BgpFilter), ("nodes", Kind::Node)] {
+    for (s, k) in [
+        ("ippool", Kind::IpPool),
+        ("IPPools", Kind::IpPool),
+        ("bgpconfig", Kind::BgpConfiguration),
+        ("bgppeers", Kind::BgpPeer),
+        ("BGPFilter", Kind::BgpFilter),
+        ("nodes", Kind::Node),
+    ] {
         assert_eq!(Kind::parse(s), Some(k), "{s}");
     }
     assert_eq!(Kind::parse("workloadendpoint"), None);

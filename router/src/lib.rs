@@ -5,6 +5,7 @@
 //! every syscall in `netsys`, the config and admin API shared with the CLI in `nodeapi`, and
 //! the lab of namespaces in `lab`.
 
+pub mod calico;
 pub mod capture;
 pub mod metrics;
 pub mod node;

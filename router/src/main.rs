@@ -113,6 +113,36 @@ enum Cmd {
         #[command(flatten)]
         query: Query,
     },
+    /// Create or update Calico resources (IPPool, BGPConfiguration, BGPPeer, BGPFilter, Node)
+    /// in etcd from a YAML or JSON file, like `calicoctl apply -f`.
+    Apply {
+        /// The file (`-`: stdin); every document is checked before anything is written.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdSel,
+    },
+    /// Show Calico resources from etcd, like `calicoctl get`.
+    Get {
+        /// ippools, bgpconfigurations, bgppeers, bgpfilters or nodes (singular works too).
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: router::calico::Output,
+        #[command(flatten)]
+        etcd: EtcdSel,
+    },
+    /// Delete Calico resources from etcd, by kind and name or as listed in a file.
+    Delete {
+        #[arg(required_unless_present = "file")]
+        kind: Option<String>,
+        #[arg(required_unless_present = "file")]
+        name: Option<String>,
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        etcd: EtcdSel,
+    },
     /// The CNI plugin: write its network config and install it where container runtimes
     /// look (as Calico's install step does).
     Cni {
@@ -130,6 +160,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: InternalCmd,
     },
+}
+
+#[derive(Args, Clone)]
+struct EtcdSel {
+    /// etcd's client URLs (`http://HOST:2379`, comma-separated).
+    #[arg(long = "etcd-endpoints", env = "ROUTER_ETCD_ENDPOINTS", value_delimiter = ',')]
+    endpoints: Vec<String>,
+}
+
+impl EtcdSel {
+    fn store(&self) -> anyhow::Result<datastore::Store> {
+        Ok(datastore::Store::new(datastore::etcd::Etcd::new(&self.endpoints)?))
+    }
 }
 
 #[derive(Subcommand)]
@@ -222,6 +265,11 @@ enum LabCmd {
     /// sessions without a NOTIFICATION, so its peers keep its routes; the new daemon forwards
     /// on the saved routes until its peers have sent theirs again.
     Restart { node: String },
+    /// Print a topology (default: the seed) as Calico resources, for `router apply -f`.
+    Resources {
+        #[arg(long)]
+        topology: Option<PathBuf>,
+    },
     /// Show the lab's hosts and whether their daemons answer.
     Status {
         #[arg(long)]
@@ -344,6 +392,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id } } => {
             router::probe::send(dst, proto, id)?;
             Ok(0)
+        }
+        Cmd::Apply { file, etcd } => router::calico::apply(&etcd.store()?, &file).map(|_| 0),
+        Cmd::Get { kind, name, output, etcd } => {
+            router::calico::get(&etcd.store()?, router::calico::kind(&kind)?, name.as_deref(), output)
+        }
+        Cmd::Delete { file: Some(file), etcd, .. } => router::calico::delete_file(&etcd.store()?, &file),
+        Cmd::Delete { kind, name, etcd, .. } => {
+            let kind = router::calico::kind(kind.as_deref().unwrap_or_default())?;
+            let existed = router::calico::delete_one(&etcd.store()?, kind, name.as_deref().unwrap_or_default())?;
+            Ok(i32::from(!existed))
         }
         Cmd::Cni { cmd: CniCmd::Install { node_config, conf_dir, bin_dir, ipam_file } } => {
             let cfg = nodeapi::config::NodeConfig::load(&node_config)?;
@@ -684,6 +742,20 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
         LabCmd::Tour => {
             let exe = std::env::current_exe().context("finding the router binary")?;
             lab::tour::run(lab, &exe).map(|_| 0)
+        }
+        LabCmd::Resources { topology } => {
+            let topo = match &topology {
+                Some(p) => lab::topology::Topology::load(p)?,
+                None => {
+                    lab::topology::Topology::parse(std::path::Path::new("seed.toml (built in)"), lab::topology::SEED)?
+                }
+            };
+            let (rs, left_out) = lab::resources::from_topology(&topo);
+            print!("{}", datastore::resources::to_yaml(&rs));
+            for l in left_out {
+                eprintln!("note: not printed: {l}");
+            }
+            Ok(0)
         }
         LabCmd::Status { json } => {
             let (st, rows) = lab::status(lab)?;

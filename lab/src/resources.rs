@@ -1,0 +1,131 @@
+//! A topology file as Calico's resources (`router lab resources`): what to `router apply`
+//! to describe the same cluster in a datastore.
+
+use crate::topology::Topology;
+use datastore::resources::{self as r, Kind, Resource};
+use nodeapi::config::IpipMode;
+
+fn community(c: u32) -> String {
+    format!("{}:{}", c >> 16, c & 0xffff)
+}
+
+/// The resources, and what a topology holds that they cannot (TCP-MD5 passwords, which
+/// Calico keeps in Kubernetes secrets; prefix limits, which Calico does not have).
+pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut left_out = Vec::new();
+    let mode = match t.ipip_mode {
+        IpipMode::Always => r::EncapMode::Always,
+        IpipMode::CrossSubnet => r::EncapMode::CrossSubnet,
+        IpipMode::Never => r::EncapMode::Never,
+    };
+    out.push(Resource::IpPool(r::typed(
+        Kind::IpPool,
+        "default-ipv4-ippool",
+        r::IpPoolSpec {
+            cidr: t.pool.to_string(),
+            block_size: Some(t.block_size),
+            ipip_mode: Some(mode),
+            vxlan_mode: Some(r::EncapMode::Never),
+            nat_outgoing: Some(false),
+            node_selector: Some("all()".into()),
+            ..Default::default()
+        },
+    )));
+    let ads: Vec<r::PrefixAdvertisement> = t
+        .prefix_advertisements
+        .iter()
+        .map(|a| r::PrefixAdvertisement {
+            cidr: a.cidr.to_string(),
+            communities: a.communities.iter().map(|c| community(*c)).collect(),
+        })
+        .collect();
+    out.push(Resource::BgpConfiguration(r::typed(
+        Kind::BgpConfiguration,
+        "default",
+        r::BgpConfigurationSpec {
+            as_number: Some(t.as_number),
+            node_to_node_mesh_enabled: Some(t.node_to_node_mesh),
+            prefix_advertisements: (!ads.is_empty()).then_some(ads),
+            ..Default::default()
+        },
+    )));
+    for n in &t.nodes {
+        let bgp = r::NodeBgp {
+            ipv4_address: Some(n.address.to_string()),
+            route_reflector_cluster_id: n.route_reflector_cluster_id.map(|c| c.to_string()),
+            ..Default::default()
+        };
+        out.push(Resource::Node(r::typed(Kind::Node, &n.name, r::NodeSpec { bgp: Some(bgp), ..Default::default() })));
+    }
+    for p in &t.bgp_peers {
+        let mut name = format!("peer-{}", p.peer_ip.to_string().replace('.', "-"));
+        if let Some(n) = &p.node {
+            name = format!("{n}-{name}");
+        }
+        if p.password.is_some() {
+            left_out.push(format!("bgppeers/{name}: its TCP-MD5 password (Calico keeps it in a Kubernetes secret)"));
+        }
+        if p.max_prefixes.is_some() {
+            left_out.push(format!("bgppeers/{name}: max_prefixes (not a Calico field)"));
+        }
+        out.push(Resource::BgpPeer(r::typed(
+            Kind::BgpPeer,
+            &name,
+            r::BgpPeerSpec {
+                node: p.node.clone(),
+                peer_ip: Some(p.peer_ip.to_string()),
+                as_number: Some(p.as_number),
+                ttl_security: p.ttl_security,
+                filters: (!p.filters.is_empty()).then(|| p.filters.clone()),
+                ..Default::default()
+            },
+        )));
+    }
+    for f in &t.bgp_filters {
+        let rules = |rs: &[bgp::policy::Rule]| -> Vec<r::FilterRule> {
+            rs.iter()
+                .map(|x| r::FilterRule {
+                    action: match x.action {
+                        bgp::policy::Action::Accept => r::FilterAction::Accept,
+                        bgp::policy::Action::Reject => r::FilterAction::Reject,
+                    },
+                    match_operator: Some(match x.operator {
+                        bgp::policy::MatchOperator::Equal => r::MatchOperator::Equal,
+                        bgp::policy::MatchOperator::NotEqual => r::MatchOperator::NotEqual,
+                        bgp::policy::MatchOperator::In => r::MatchOperator::In,
+                        bgp::policy::MatchOperator::NotIn => r::MatchOperator::NotIn,
+                    }),
+                    cidr: Some(x.cidr.to_string()),
+                    prefix_length: None,
+                    source: None,
+                    interface: None,
+                })
+                .collect()
+        };
+        let spec = r::BgpFilterSpec { export_v4: rules(&f.export), import_v4: rules(&f.import), ..Default::default() };
+        out.push(Resource::BgpFilter(r::typed(Kind::BgpFilter, &f.name, spec)));
+    }
+    (out, left_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_seed_topologies_print_as_resources_that_read_back() {
+        for (name, text) in [("seed", crate::topology::SEED), ("seed-rr", crate::topology::SEED_RR)] {
+            let t = Topology::parse(Path::new(name), text).expect("topology");
+            let (rs, _) = from_topology(&t);
+            let yaml = datastore::resources::to_yaml(&rs);
+            let back = datastore::resources::parse(&yaml).unwrap_or_else(|e| panic!("{name}: {e}\n{yaml}"));
+            assert_eq!(back, rs, "{name}");
+            assert_eq!(rs.iter().filter(|r| r.kind() == Kind::Node).count(), 3);
+        }
+        let rr = Topology::parse(Path::new("rr"), crate::topology::SEED_RR).expect("rr");
+        let yaml = datastore::resources::to_yaml(&from_topology(&rr).0);
+        assert!(yaml.contains("nodeToNodeMeshEnabled: false") && yaml.contains("routeReflectorClusterID"), "{yaml}");
+    }
+}

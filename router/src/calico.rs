@@ -1,0 +1,157 @@
+//! `router apply | get | delete`: Calico's resources in etcd, as `calicoctl` handles them.
+
+use anyhow::{bail, Context as _};
+use datastore::resources::{self, Kind, Resource};
+use datastore::{Applied, Store};
+use std::path::Path;
+
+/// Reads a file (or `-` for stdin) of Calico-format documents; an error names the file too.
+pub fn read(file: &Path) -> anyhow::Result<Vec<Resource>> {
+    let text = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let rs = resources::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if rs.is_empty() {
+        bail!("{}: no resources in it", file.display());
+    }
+    Ok(rs)
+}
+
+/// Every document is checked before the first is written: a file with a mistake changes
+/// nothing.
+pub fn apply(store: &Store, file: &Path) -> anyhow::Result<()> {
+    for r in read(file)? {
+        let what = match store.apply(&r)? {
+            Applied::Created => "created",
+            Applied::Configured => "configured",
+            Applied::Unchanged => "unchanged",
+        };
+        println!("{}/{} {what}", r.kind().plural(), r.name());
+    }
+    Ok(())
+}
+
+pub fn delete_file(store: &Store, file: &Path) -> anyhow::Result<i32> {
+    let mut missing = 0;
+    for r in read(file)? {
+        missing += i32::from(!delete_one(store, r.kind(), r.name())?);
+    }
+    Ok(i32::from(missing > 0))
+}
+
+/// Whether it existed.
+pub fn delete_one(store: &Store, kind: Kind, name: &str) -> anyhow::Result<bool> {
+    let existed = store.delete(kind, name)?;
+    if existed {
+        println!("{}/{name} deleted", kind.plural());
+    } else {
+        eprintln!("{}/{name} does not exist", kind.plural());
+    }
+    Ok(existed)
+}
+
+pub fn kind(s: &str) -> anyhow::Result<Kind> {
+    Kind::parse(s).with_context(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
+        format!("{s:?} is not a kind this router knows ({})", known.join(", "))
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+pub fn get(store: &Store, kind: Kind, name: Option<&str>, out: Output) -> anyhow::Result<i32> {
+    let rs = store.get(kind, name)?;
+    if let (Some(n), true) = (name, rs.is_empty()) {
+        eprintln!("{}/{n} does not exist", kind.plural());
+        return Ok(1);
+    }
+    match out {
+        Output::Yaml => print!("{}", resources::to_yaml(&rs)),
+        Output::Json if name.is_some() => println!("{}", serde_json::to_string_pretty(&rs[0].to_json())?),
+        Output::Json => {
+            let items: Vec<serde_json::Value> = rs.iter().map(Resource::to_json).collect();
+            let list = serde_json::json!({
+                "apiVersion": resources::API_VERSION,
+                "kind": format!("{}List", kind.name()),
+                "items": items,
+            });
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        Output::Table => print!("{}", table(kind, &rs)),
+    }
+    Ok(0)
+}
+
+/// `calicoctl get`'s columns per kind.
+fn table(kind: Kind, rs: &[Resource]) -> String {
+    let header: &[&str] = match kind {
+        Kind::IpPool => &["NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "SELECTOR"],
+        Kind::BgpConfiguration => &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
+        Kind::BgpPeer => &["NAME", "PEERIP", "NODE", "ASN"],
+        Kind::BgpFilter => &["NAME", "RULES"],
+        Kind::Node => &["NAME", "IPV4", "RRCLUSTERID"],
+    };
+    let opt = |s: Option<String>| s.unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = rs
+        .iter()
+        .map(|r| match r {
+            Resource::IpPool(p) => vec![
+                p.metadata.name.clone(),
+                p.spec.cidr.clone(),
+                p.spec.block_size_or_default().to_string(),
+                format!("{:?}", p.spec.ipip_mode.unwrap_or_default()),
+                format!("{:?}", p.spec.vxlan_mode.unwrap_or_default()),
+                opt(p.spec.node_selector.clone()),
+            ],
+            Resource::BgpConfiguration(c) => vec![
+                c.metadata.name.clone(),
+                opt(c.spec.log_severity_screen.clone()),
+                opt(c.spec.node_to_node_mesh_enabled.map(|b| b.to_string())),
+                opt(c.spec.as_number.map(|n| n.to_string())),
+            ],
+            Resource::BgpPeer(p) => vec![
+                p.metadata.name.clone(),
+                opt(p.spec.peer_ip.clone()),
+                p.spec.node.clone().unwrap_or_else(|| "(global)".into()),
+                opt(p.spec.as_number.map(|n| n.to_string())),
+            ],
+            Resource::BgpFilter(f) => {
+                let n =
+                    f.spec.export_v4.len() + f.spec.import_v4.len() + f.spec.export_v6.len() + f.spec.import_v6.len();
+                vec![f.metadata.name.clone(), n.to_string()]
+            }
+            Resource::Node(n) => {
+                let bgp = n.spec.bgp.as_ref();
+                vec![
+                    n.metadata.name.clone(),
+                    opt(bgp.and_then(|b| b.ipv4_address.clone())),
+                    opt(bgp.and_then(|b| b.route_reflector_cluster_id.clone())),
+                ]
+            }
+        })
+        .collect();
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().zip(&width).map(|(c, w)| format!("{c:<w$}")).collect();
+        s.join("   ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out += &line(r);
+    }
+    out
+}

@@ -1,0 +1,179 @@
+//! Calico's resources in a real etcd (Debian's etcd-server), started by the test inside a
+//! network namespace of its own, through `router apply | get | delete` run there too. Root.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::{text, ROUTER};
+
+/// etcd in a namespace of its own, gone (with its data) when dropped.
+struct Etcd {
+    ns: String,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Etcd {
+    fn start(tag: &str) -> Etcd {
+        support::require_root();
+        let ns = format!("t{}-{tag}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("router-{ns}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        assert!(Command::new("ip").args(["netns", "add", &ns]).status().expect("ip").success());
+        let _ = Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]).status();
+        let log = std::fs::File::create(dir.join("etcd.log")).expect("log");
+        let url = "http://127.0.0.1:2379";
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "etcd", "--name", "t", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+            .args([
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+            ])
+            .args(["--initial-cluster", "t=http://127.0.0.1:2380"])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("etcd runs (Debian package etcd-server)");
+        let e = Etcd { ns, dir, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !e.router(&["get", "ippools"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start: {}",
+                std::fs::read_to_string(e.dir.join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        e
+    }
+
+    fn router(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns, ROUTER])
+            .args(args)
+            .env("ROUTER_ETCD_ENDPOINTS", "http://127.0.0.1:2379")
+            .stdin(Stdio::null())
+            .output()
+            .expect("router")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.router(args);
+        assert!(o.status.success(), "{args:?}: {}{}", text(&o.stdout), text(&o.stderr));
+        text(&o.stdout)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../datastore/tests/fixtures").join(name).to_string_lossy().into_owned()
+}
+
+const FIXTURES: [&str; 5] = ["ippool.yaml", "bgpconfiguration.yaml", "bgppeer.yaml", "bgpfilter.yaml", "node.json"];
+
+#[test]
+fn every_kind_goes_in_and_out_of_etcd_unchanged() {
+    let etcd = Etcd::start("etcd-rt");
+    for f in FIXTURES {
+        let out = etcd.ok(&["apply", "-f", &fixture(f)]);
+        assert!(out.lines().all(|l| l.ends_with(" created")), "{f}: {out}");
+    }
+    // Every kind read back as it was written (metadata aside), in YAML and JSON.
+    for (kind, f) in [
+        ("ippools", "ippool.yaml"),
+        ("bgpconfigurations", "bgpconfiguration.yaml"),
+        ("bgppeers", "bgppeer.yaml"),
+        ("bgpfilters", "bgpfilter.yaml"),
+        ("nodes", "node.json"),
+    ] {
+        let want = datastore::resources::parse(&std::fs::read_to_string(fixture(f)).expect("fixture")).expect("parse");
+        let got = datastore::resources::parse(&etcd.ok(&["get", kind, "-o", "yaml"])).expect("get -o yaml reads");
+        let strip = |rs: Vec<datastore::resources::Resource>| -> Vec<serde_json::Value> {
+            let mut v: Vec<serde_json::Value> = rs
+                .iter()
+                .map(|r| {
+                    let mut j = r.to_json();
+                    j["metadata"] = serde_json::json!(r.name());
+                    j
+                })
+                .collect();
+            v.sort_by_key(|j| j["metadata"].to_string());
+            v
+        };
+        assert_eq!(strip(got.clone()), strip(want), "{kind}");
+        assert!(got.iter().all(|r| r.metadata().uid.is_some() && r.metadata().resource_version.is_some()), "{kind}");
+        let list: serde_json::Value = serde_json::from_str(&etcd.ok(&["get", kind, "-o", "json"])).expect("json");
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(got.len()), "{kind}");
+    }
+    // Again: unchanged. Changed: configured, with a newer resourceVersion, same uid.
+    assert_eq!(etcd.ok(&["apply", "-f", &fixture("ippool.yaml")]).trim(), "ippools/lab-ipv4-pool unchanged");
+    let before: serde_json::Value =
+        serde_json::from_str(&etcd.ok(&["get", "ippool", "lab-ipv4-pool", "-o", "json"])).expect("json");
+    let changed = std::fs::read_to_string(fixture("ippool.yaml")).expect("fixture").replace("CrossSubnet", "Always");
+    let path = etcd.dir.join("changed.yaml");
+    std::fs::write(&path, changed).expect("write");
+    assert_eq!(etcd.ok(&["apply", "-f", path.to_str().unwrap_or_default()]).trim(), "ippools/lab-ipv4-pool configured");
+    let after: serde_json::Value =
+        serde_json::from_str(&etcd.ok(&["get", "ippool", "lab-ipv4-pool", "-o", "json"])).expect("json");
+    assert_eq!(after["spec"]["ipipMode"], "Always");
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(after["metadata"]["creationTimestamp"], before["metadata"]["creationTimestamp"]);
+    let rv = |v: &serde_json::Value| v["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse::<i64>().ok());
+    assert!(rv(&after) > rv(&before), "{before} {after}");
+    // The table.
+    let table = etcd.ok(&["get", "bgppeers"]);
+    assert!(table.starts_with("NAME") && table.contains("rack1-tor") && table.contains("(global)"), "{table}");
+
+    // Delete by name and by file; deleting what is gone says so.
+    assert_eq!(etcd.ok(&["delete", "bgppeer", "rack1-tor"]).trim(), "bgppeers/rack1-tor deleted");
+    let again = etcd.router(&["delete", "bgppeer", "rack1-tor"]);
+    assert!(!again.status.success() && text(&again.stderr).contains("does not exist"));
+    for f in FIXTURES.iter().filter(|f| **f != "bgppeer.yaml") {
+        etcd.ok(&["delete", "-f", &fixture(f)]);
+    }
+    etcd.ok(&["delete", "bgppeer", "node-a-edge"]);
+    for kind in ["ippools", "bgpconfigurations", "bgppeers", "bgpfilters", "nodes"] {
+        assert_eq!(etcd.ok(&["get", kind]).lines().count(), 1, "{kind} is empty (header only)");
+    }
+    let missing = etcd.router(&["get", "node", "nope"]);
+    assert!(!missing.status.success() && text(&missing.stderr).contains("nodes/nope does not exist"));
+}
+
+#[test]
+fn a_file_with_a_mistake_changes_nothing_and_says_where() {
+    let etcd = Etcd::start("etcd-err");
+    let good = std::fs::read_to_string(fixture("ippool.yaml")).expect("fixture");
+    let bad = std::fs::read_to_string(fixture("bgppeer.yaml"))
+        .expect("fixture")
+        .replace("192.168.100.251:179", "192.168.100.999");
+    let path = etcd.dir.join("mixed.yaml");
+    std::fs::write(&path, format!("{good}---\n{bad}")).expect("write");
+    let o = etcd.router(&["apply", "-f", path.to_str().unwrap_or_default()]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("mixed.yaml: document 3, line 30, field spec.peerIP"), "{err}");
+    assert_eq!(etcd.ok(&["get", "ippools"]).lines().count(), 1, "the good document was not written either");
+    let kind = etcd.router(&["get", "workloadendpoints"]);
+    assert!(text(&kind.stderr).contains("not a kind this router knows"), "{}", text(&kind.stderr));
+    // No etcd there: a clear error, not a hang.
+    let o = Command::new("ip")
+        .args(["netns", "exec", &etcd.ns, ROUTER, "get", "ippools", "--etcd-endpoints", "http://127.0.0.1:2999"])
+        .output()
+        .expect("router");
+    assert!(!o.status.success() && text(&o.stderr).contains("no etcd endpoint answers"), "{}", text(&o.stderr));
+}
