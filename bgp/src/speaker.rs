@@ -92,6 +92,8 @@ struct Peer {
     flaps: u64,
     updates_received: u64,
     updates_sent: u64,
+    /// Removed while running: the slot stays (indices are the shell's too) but is dead.
+    removed: bool,
 }
 
 /// One peer as `status` shows it.
@@ -129,46 +131,7 @@ impl Core {
     pub fn new(cfg: CoreConfig, now: Instant) -> Core {
         let mut rib = Rib::new(cfg.local_as, cfg.router_id, cfg.cluster_id);
         rib.set_policy(cfg.policy.clone());
-        let filters: Vec<Arc<Filter>> = cfg.filters.iter().cloned().map(Arc::new).collect();
-        let mut peers = Vec::new();
-        for (i, p) in cfg.peers.iter().enumerate() {
-            rib.add_peer(
-                i as PeerId,
-                PeerInfo {
-                    rr_client: p.rr_client,
-                    external: p.external,
-                    filters: p.filters.iter().filter_map(|n| filters.iter().find(|f| &f.name == n).cloned()).collect(),
-                    max_prefixes: p.max_prefixes,
-                    ..PeerInfo::new(p.address, p.asn, cfg.local_addr)
-                },
-            );
-            let fsm = Fsm::new(
-                FsmConfig {
-                    local_as: cfg.local_as,
-                    peer_as: p.asn,
-                    local_id: cfg.router_id,
-                    hold_time: cfg.hold_time,
-                    connect_retry: cfg.connect_retry,
-                    passive: p.passive,
-                    families: vec![Afi::Ipv4],
-                    graceful_restart: cfg.graceful_restart,
-                    restarted: cfg.restarted,
-                },
-                now,
-            );
-            peers.push(Peer {
-                cfg: p.clone(),
-                fsm,
-                helper: Helper::default(),
-                eor: false,
-                last_negotiated: None,
-                connecting_since: None,
-                connected_at: None,
-                flaps: 0,
-                updates_received: 0,
-                updates_sent: 0,
-            });
-        }
+        let peers = Vec::new();
         for b in &cfg.originate {
             rib.originate(*b, PathAttrs::local(cfg.local_addr));
         }
@@ -177,11 +140,94 @@ impl Core {
         if cfg.restarted {
             rib.defer();
         }
+        let initial = cfg.peers.clone();
         let mut core = Core { cfg, rib, peers, actions: Vec::new(), deferral_until, changed: true };
+        for p in initial {
+            core.push_peer(p, now);
+        }
         for i in 0..core.peers.len() {
             core.feed(i, now, Input::Start);
         }
         core
+    }
+
+    /// Adds peer slot `peers.len()` (not started).
+    fn push_peer(&mut self, p: PeerConfig, now: Instant) -> usize {
+        let i = self.peers.len();
+        let filters: Vec<Arc<Filter>> = p
+            .filters
+            .iter()
+            .filter_map(|n| self.cfg.filters.iter().find(|f| &f.name == n))
+            .cloned()
+            .map(Arc::new)
+            .collect();
+        self.rib.add_peer(
+            i as PeerId,
+            PeerInfo {
+                rr_client: p.rr_client,
+                external: p.external,
+                filters,
+                max_prefixes: p.max_prefixes,
+                ..PeerInfo::new(p.address, p.asn, self.cfg.local_addr)
+            },
+        );
+        let fsm = Fsm::new(
+            FsmConfig {
+                local_as: self.cfg.local_as,
+                peer_as: p.asn,
+                local_id: self.cfg.router_id,
+                hold_time: self.cfg.hold_time,
+                connect_retry: self.cfg.connect_retry,
+                passive: p.passive,
+                families: vec![Afi::Ipv4],
+                graceful_restart: self.cfg.graceful_restart,
+                restarted: self.cfg.restarted,
+            },
+            now,
+        );
+        self.peers.push(Peer {
+            cfg: p,
+            fsm,
+            helper: Helper::default(),
+            eor: false,
+            last_negotiated: None,
+            connecting_since: None,
+            connected_at: None,
+            flaps: 0,
+            updates_received: 0,
+            updates_sent: 0,
+            removed: false,
+        });
+        i
+    }
+
+    /// A peer configured while running (a BGPPeer applied): its slot, started at once.
+    /// Slots are never reused, so the shell's per-slot state stays in step.
+    pub fn add_peer(&mut self, p: PeerConfig, now: Instant) -> usize {
+        let i = self.push_peer(p, now);
+        self.feed(i, now, Input::Start);
+        i
+    }
+
+    /// A peer no longer configured: Cease (administrative shutdown) if a session was up,
+    /// its routes gone at once (no graceful restart for a peer that was removed), and the
+    /// slot dead for good.
+    pub fn remove_peer(&mut self, i: usize, now: Instant) {
+        if self.peers.get(i).is_none_or(|p| p.removed) {
+            return;
+        }
+        self.feed(i, now, Input::Stop);
+        self.actions.push(Action::Close(i));
+        self.peers[i].helper = Helper::default();
+        let ch = self.rib.peer_down(i as PeerId, false);
+        self.apply(ch);
+        self.rib.remove_peer(i as PeerId);
+        self.peers[i].removed = true;
+    }
+
+    /// Whether slot `i` is a peer that was removed.
+    pub fn removed(&self, i: usize) -> bool {
+        self.peers.get(i).is_none_or(|p| p.removed)
     }
 
     /// Starts announcing a prefix of this node (a pod's borrowed /32 that appeared).
@@ -287,6 +333,9 @@ impl Core {
     /// §4.2); otherwise an Established session keeps its connection.
     pub fn incoming(&mut self, i: usize, now: Instant, ours_pending: bool) -> Incoming {
         let p = &self.peers[i];
+        if p.removed {
+            return Incoming::Refuse;
+        }
         let state = p.fsm.state();
         if p.cfg.ttl_security.is_some() {
             // GTSM: the shared listener let this handshake through whatever its TTL. The
@@ -347,6 +396,9 @@ impl Core {
     pub fn tick(&mut self, now: Instant) {
         let retry = self.cfg.connect_retry;
         for i in 0..self.peers.len() {
+            if self.peers[i].removed {
+                continue;
+            }
             // A SYN that is never answered (peer down, or a TCP MD5 mismatch, which the kernel
             // drops silently) would otherwise hang for minutes in the kernel's retries.
             if self.peers[i].connecting_since.is_some_and(|t| now >= t + retry) {
@@ -394,7 +446,9 @@ impl Core {
     /// Cease to every peer (shutting down for good).
     pub fn stop(&mut self, now: Instant) {
         for i in 0..self.peers.len() {
-            self.feed(i, now, Input::Stop);
+            if !self.peers[i].removed {
+                self.feed(i, now, Input::Stop);
+            }
         }
     }
 
@@ -402,12 +456,18 @@ impl Core {
     /// graceful restart keep our routes until we are back (RFC 4724 §4.2).
     pub fn close_for_restart(&mut self) {
         for i in 0..self.peers.len() {
-            self.actions.push(Action::Close(i));
+            if !self.peers[i].removed {
+                self.actions.push(Action::Close(i));
+            }
         }
     }
 
     /// Feeds one input to peer `i`'s FSM and carries out what it asks.
     fn feed(&mut self, i: usize, now: Instant, input: Input) {
+        // What is still in flight for a removed peer goes nowhere.
+        if self.peers[i].removed {
+            return;
+        }
         if let Some(n) = self.peers[i].fsm.negotiated() {
             self.peers[i].last_negotiated = Some(n.clone());
         }

@@ -255,7 +255,8 @@ impl Speaker {
                 }
             };
             let IpAddr::V4(from_ip) = from.ip() else { continue };
-            let Some(i) = self.cfg.peers.iter().position(|p| p.address == from_ip) else {
+            let live = |(i, p): &(usize, &BgpPeer)| p.address == from_ip && !self.core.removed(*i);
+            let Some(i) = self.cfg.peers.iter().enumerate().position(|x| live(&x)) else {
                 tracing::info!(%from, "refused a BGP connection from an address that is not a peer");
                 let _ = stream.shutdown(Shutdown::Both);
                 continue;
@@ -469,12 +470,53 @@ impl Speaker {
         at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
+    /// A peer configured while running (a BGPPeer applied): its session starts now.
+    pub fn add_peer(&mut self, registry: &Registry, p: BgpPeer, now: Instant) -> io::Result<()> {
+        let listener = socket2::SockRef::from(&self.listener);
+        if let Some(pw) = &p.password {
+            netsys::set_tcp_md5(listener.as_fd(), p.address, pw.as_bytes())?;
+        }
+        if p.ttl_security.is_some() {
+            listener.set_ttl(255)?;
+        }
+        let pc = peer_config(&p);
+        self.cfg.peers.push(p);
+        self.conns.push(None);
+        let i = self.core.add_peer(pc, now);
+        debug_assert_eq!(i + 1, self.conns.len());
+        self.run(registry, now);
+        Ok(())
+    }
+
+    /// A peer no longer configured: Cease, its routes gone; whether there was one.
+    pub fn remove_peer(&mut self, registry: &Registry, address: Ipv4Addr, now: Instant) -> bool {
+        let Some(i) =
+            (0..self.cfg.peers.len()).find(|&i| self.cfg.peers[i].address == address && !self.core.removed(i))
+        else {
+            return false;
+        };
+        self.core.remove_peer(i, now);
+        self.run(registry, now);
+        self.drop_conn(registry, i);
+        if self.cfg.peers[i].password.is_some() {
+            // An empty key removes the listener's key for the address.
+            let _ = netsys::set_tcp_md5(socket2::SockRef::from(&self.listener).as_fd(), address, &[]);
+        }
+        true
+    }
+
+    /// The configured peers (not those removed), in slot order.
+    pub fn peers(&self) -> Vec<&BgpPeer> {
+        self.cfg.peers.iter().enumerate().filter(|(i, _)| !self.core.removed(*i)).map(|(_, p)| p).collect()
+    }
+
     pub fn status(&self) -> Vec<PeerStatus> {
         let now = Instant::now();
         self.cfg
             .peers
             .iter()
             .enumerate()
+            .filter(|(i, _)| !self.core.removed(*i))
             .map(|(i, p)| {
                 let v = self.core.view(i, now);
                 PeerStatus {
@@ -508,7 +550,8 @@ impl Speaker {
     pub fn rejected(&self, peer: Option<Ipv4Addr>) -> Vec<nodeapi::admin::RejectedRoute> {
         let rib = self.core.rib();
         let mut out = Vec::new();
-        for (i, p) in self.cfg.peers.iter().enumerate().filter(|(_, p)| peer.is_none_or(|a| a == p.address)) {
+        let shown = |i: usize, p: &BgpPeer| !self.core.removed(i) && peer.is_none_or(|a| a == p.address);
+        for (i, p) in self.cfg.peers.iter().enumerate().filter(|(i, p)| shown(*i, p)) {
             let filters = rib.peer(i as PeerId).map(|x| x.filters.clone()).unwrap_or_default();
             out.extend(rib.rejected_routes(i as PeerId).into_iter().map(|(prefix, why)| {
                 nodeapi::admin::RejectedRoute {

@@ -352,6 +352,14 @@ impl Rib {
         (n > max as usize).then_some((max, n))
     }
 
+    /// Forgets a peer that was removed (after [`Rib::peer_down`]).
+    pub fn remove_peer(&mut self, id: PeerId) {
+        self.peers.remove(&id);
+        self.adj_in.remove(&id);
+        self.stale.remove(&id);
+        self.rejected.remove(&id);
+    }
+
     pub fn add_peer(&mut self, id: PeerId, info: PeerInfo) {
         self.peers.insert(id, info);
         self.export_accept_rules =

@@ -451,3 +451,29 @@ fn a_prefix_originated_while_running_reaches_every_peer_and_its_withdrawal_too()
     assert!(!learned(&c, 1) && !learned(&c, 2), "and its withdrawal too");
     assert!(c.has(1, 1) && c.has(2, 1), "the block stays");
 }
+
+#[test]
+fn a_peer_removed_while_running_is_shut_down_and_forgotten_and_one_added_comes_up() {
+    let mut c = Cluster::new(3, Some(120));
+    c.run_for(Duration::from_secs(1));
+    assert!(c.has(1, 1) && c.has(0, 2));
+    // Node 0 stops peering with node 1 (slot 0): Cease, and both lose the other's block at
+    // once, graceful restart or not.
+    let now = c.now;
+    let cfg1 = c.core(0).peer_config(0).clone();
+    c.core(0).remove_peer(0, now);
+    c.settle();
+    assert!(c.core(0).removed(0));
+    assert!(!c.has(0, 2) && !c.has(1, 1), "routes of a removed peer are gone at once");
+    assert!(c.has(2, 1) && c.has(2, 2), "node 2 is not concerned");
+    c.run_for(Duration::from_secs(30));
+    assert_ne!(c.view(1, 0).state, State::Established, "no session comes back by itself");
+    assert!(!c.has(1, 1));
+    // Added again, in a new slot: the session comes up and the routes are back.
+    let now = c.now;
+    let slot = c.core(0).add_peer(cfg1, now);
+    assert_eq!(slot, 2);
+    c.run_for(Duration::from_secs(5));
+    assert_eq!(c.view(0, slot).state, State::Established);
+    assert!(c.has(0, 2) && c.has(1, 1));
+}
