@@ -135,6 +135,36 @@ impl Etcd {
         Ok(v["succeeded"].as_bool().unwrap_or(false))
     }
 
+    /// Writes every `(key, value)` only if each `(key, mod_revision)` still holds (0: the key
+    /// does not exist), all or nothing; whether it was written.
+    pub fn put_all_if(&self, expect: &[(&str, i64)], puts: &[(&str, &[u8])]) -> anyhow::Result<bool> {
+        self.txn(expect, puts, &[])
+    }
+
+    /// [`Etcd::put_all_if`] that also deletes `deletes`, in the same transaction.
+    pub fn txn(&self, expect: &[(&str, i64)], puts: &[(&str, &[u8])], deletes: &[&str]) -> anyhow::Result<bool> {
+        let compare: Vec<Value> = expect
+            .iter()
+            .map(|(k, rev)| json!({ "key": b64(k.as_bytes()), "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string() }))
+            .collect();
+        let success: Vec<Value> = puts
+            .iter()
+            .map(|(k, v)| json!({ "request_put": { "key": b64(k.as_bytes()), "value": b64(v) } }))
+            .chain(deletes.iter().map(|k| json!({ "request_delete_range": { "key": b64(k.as_bytes()) } })))
+            .collect();
+        let v = self.call("/v3/kv/txn", json!({ "compare": compare, "success": success }))?;
+        Ok(v["succeeded"].as_bool().unwrap_or(false))
+    }
+
+    /// Deletes every key under `prefix`; how many there were.
+    pub fn delete_prefix(&self, prefix: &str) -> anyhow::Result<i64> {
+        let v = self.call(
+            "/v3/kv/deleterange",
+            json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)) }),
+        )?;
+        Ok(int(&v["deleted"]))
+    }
+
     /// Deletes `key`; whether it existed.
     pub fn delete(&self, key: &str) -> anyhow::Result<bool> {
         let v = self.call("/v3/kv/deleterange", json!({ "key": b64(key.as_bytes()) }))?;

@@ -5,6 +5,7 @@
 //! `resourceVersion`.
 
 pub mod etcd;
+pub mod ipam;
 pub mod resources;
 
 use anyhow::Context as _;

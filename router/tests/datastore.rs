@@ -177,3 +177,91 @@ fn a_file_with_a_mistake_changes_nothing_and_says_where() {
         .expect("router");
     assert!(!o.status.success() && text(&o.stderr).contains("no etcd endpoint answers"), "{}", text(&o.stderr));
 }
+
+/// Runs `f` on a thread that has entered etcd's namespace (setns is per thread).
+fn in_etcd_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce(datastore::ipam::Ipam) -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
+        f(datastore::ipam::Ipam::new(etcd))
+    })
+}
+
+#[test]
+fn nodes_racing_for_blocks_and_addresses_never_get_the_same_one() {
+    let etcd = Etcd::start("etcd-ipam");
+    let pool: ipnet::Ipv4Net = "10.250.0.0/24".parse().expect("pool");
+    // Hundreds of rounds of two nodes claiming every /28 of a /24 at once.
+    for round in 0..120 {
+        let ns = etcd.ns.clone();
+        in_etcd_ns(&ns, |ipam| ipam.etcd.delete_prefix("/calico/ipam/").expect("clean")).join().expect("clean");
+        let claim = |node: &'static str| {
+            in_etcd_ns(&ns, move |ipam| {
+                let mut got = Vec::new();
+                while let Some(b) = ipam.claim_block(node, pool, 28).expect("claim") {
+                    got.push(b);
+                }
+                got
+            })
+        };
+        let (a, b) = (claim("node-a"), claim("node-b"));
+        let (a, b) = (a.join().expect("a"), b.join().expect("b"));
+        let mut all: Vec<_> = a.iter().chain(&b).copied().collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(a.len() + b.len(), 16, "round {round}: {a:?} {b:?}");
+        assert_eq!(all.len(), 16, "round {round}: a block went to both: {a:?} {b:?}");
+    }
+    // Addresses: 2 × 40 allocations at once in a /25 of /29 blocks (16 × 6 addresses).
+    let ns = etcd.ns.clone();
+    in_etcd_ns(&ns, |ipam| ipam.etcd.delete_prefix("/calico/ipam/").expect("clean")).join().expect("clean");
+    let pool: ipnet::Ipv4Net = "10.251.0.0/25".parse().expect("pool");
+    let alloc = |node: &'static str| {
+        in_etcd_ns(&ns, move |ipam| {
+            (0..40)
+                .map(|i| ipam.allocate(node, &format!("{node}-c{i}"), pool, 29).expect("address"))
+                .collect::<Vec<_>>()
+        })
+    };
+    let (a, b) = (alloc("node-a"), alloc("node-b"));
+    let (a, b) = (a.join().expect("a"), b.join().expect("b"));
+    let mut addrs: Vec<_> = a.iter().chain(&b).map(|x| x.address).collect();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), 80, "an address was given twice");
+    let (a2, b2) = (a.clone(), b.clone());
+    let check = in_etcd_ns(&ns, move |ipam| {
+        // The same handle keeps its address; a node's own addresses come from its blocks.
+        assert_eq!(ipam.allocate("node-a", "node-a-c0", pool, 29).expect("again").address, a2[0].address);
+        let blocks_a = ipam.node_blocks("node-a").expect("blocks");
+        assert!(a2.iter().filter(|x| !x.borrowed).all(|x| blocks_a.contains(&x.block)));
+        assert!(b2.iter().filter(|x| !x.borrowed).all(|x| !blocks_a.contains(&x.block)));
+        // Released addresses are handed out again; a handle released twice is fine.
+        let freed = ipam.release("node-b-c3").expect("release");
+        assert_eq!(freed, Some(b2[3].address));
+        assert_eq!(ipam.release("node-b-c3").expect("again"), None);
+        let held =
+            |a: std::net::Ipv4Addr| ipam.blocks().expect("blocks").iter().any(|(b, _)| b.allocations.contains_key(&a));
+        assert!(!held(b2[3].address), "released in its block");
+        let blocks_b = ipam.node_blocks("node-b").expect("blocks");
+        let again = ipam.allocate("node-b", "node-b-new", pool, 29).expect("again");
+        assert!(!again.borrowed && blocks_b.contains(&again.block), "{again:?}");
+        // 16 left at most: the pool runs out with a clear error.
+        let mut n = 0;
+        let err = loop {
+            match ipam.allocate("node-c", &format!("fill-{n}"), pool, 29) {
+                Ok(_) => n += 1,
+                Err(e) => break e.to_string(),
+            }
+            assert!(n <= 96, "never ran out");
+        };
+        assert!(err.contains("no free address"), "{err}");
+        n
+    });
+    assert!(check.join().expect("checks") <= 16);
+}
