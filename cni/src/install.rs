@@ -22,6 +22,10 @@ pub struct Target {
     /// 1480 where a pool uses IPIP, 1500 without.
     pub mtu: u16,
     pub ipam_file: PathBuf,
+    /// IPAM in etcd instead of the file (shared by every host); then the pool's blocks of
+    /// `block_size` are claimed there.
+    pub etcd_endpoints: Vec<String>,
+    pub pool: Option<Ipv4Net>,
 }
 
 impl Target {
@@ -33,6 +37,8 @@ impl Target {
             blocks: cfg.blocks.clone(),
             mtu: if ipip { 1500 - encap_overhead() } else { 1500 },
             ipam_file,
+            etcd_endpoints: Vec::new(),
+            pool: cfg.pools.first().map(|p| p.cidr),
         }
     }
 }
@@ -43,18 +49,21 @@ const fn encap_overhead() -> u16 {
 }
 
 pub fn conflist(t: &Target) -> serde_json::Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": NETWORK,
-        "plugins": [{
-            "type": "router",
-            "node": t.node,
-            "admin_socket": t.admin_socket,
-            "ipam_file": t.ipam_file,
-            "blocks": t.blocks,
-            "mtu": t.mtu,
-        }],
-    })
+    let mut plugin = json!({
+        "type": "router",
+        "node": t.node,
+        "admin_socket": t.admin_socket,
+        "blocks": t.blocks,
+        "mtu": t.mtu,
+    });
+    if t.etcd_endpoints.is_empty() {
+        plugin["ipam_file"] = json!(t.ipam_file);
+    } else {
+        plugin["etcd_endpoints"] = json!(t.etcd_endpoints);
+        plugin["pool"] = json!(t.pool);
+        plugin["block_size"] = json!(t.blocks.first().map_or(26, |b| b.prefix_len()));
+    }
+    json!({ "cniVersion": "1.0.0", "name": NETWORK, "plugins": [plugin] })
 }
 
 /// Writes the conflist into `conf_dir` and copies `plugin` to `bin_dir/router`; returns

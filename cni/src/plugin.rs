@@ -1,7 +1,7 @@
 //! The CNI commands: the network config on stdin, `CNI_*` in the environment, a result or
 //! an error as JSON on stdout (CNI specification 1.0.0 §§ 3–5; GC and STATUS from 1.1.0).
 
-use crate::ipam::{Assigned, Ipam, State};
+use crate::ipam::{Assigned, Ipam};
 use ipnet::Ipv4Net;
 use nodeapi::admin::{self, PodSpec};
 use nodeapi::config::DataplaneMode;
@@ -65,7 +65,17 @@ pub struct NetConf {
     /// The node: its name (in the IPAM state), its admin socket, its blocks.
     pub node: String,
     pub admin_socket: PathBuf,
-    pub ipam_file: PathBuf,
+    /// IPAM in a file this machine's plugin calls share (the lab's, or one host's)...
+    #[serde(default)]
+    pub ipam_file: Option<PathBuf>,
+    /// ...or in etcd, shared by every host (Calico's IPAM layout): then `pool` and
+    /// `block_size` say where new blocks come from.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    #[serde(default)]
+    pub pool: Option<Ipv4Net>,
+    #[serde(default)]
+    pub block_size: Option<u8>,
     #[serde(default)]
     pub blocks: Vec<Ipv4Net>,
     /// The pods' MTU: 1480 where the pool uses IPIP, 1500 without.
@@ -225,15 +235,90 @@ fn node_client(conf: &NetConf) -> admin::Client {
     admin::Client::new(&conf.admin_socket)
 }
 
-fn ipam_state(conf: &NetConf) -> Ipam {
-    Ipam::new(&conf.ipam_file)
+/// Where addresses come from: the shared file, or etcd.
+enum Backend {
+    File(Ipam),
+    Etcd(datastore::ipam::Ipam),
 }
 
-/// Records the node's blocks from the config when the state does not know them yet (a
-/// host's first container).
-fn claim_blocks(conf: &NetConf, st: &mut State) {
-    for b in &conf.blocks {
-        st.blocks.entry(*b).or_insert_with(|| conf.node.clone());
+fn backend(conf: &NetConf) -> Result<Backend, CniError> {
+    if !conf.etcd_endpoints.is_empty() {
+        let etcd = datastore::etcd::Etcd::new(&conf.etcd_endpoints).map_err(|e| CniError::config(format!("{e:#}")))?;
+        return Ok(Backend::Etcd(datastore::ipam::Ipam::new(etcd)));
+    }
+    match &conf.ipam_file {
+        Some(f) => Ok(Backend::File(Ipam::new(f))),
+        None => Err(CniError::config("neither ipam_file nor etcd_endpoints is set")),
+    }
+}
+
+fn io(e: anyhow::Error) -> CniError {
+    CniError::io(format!("{e:#}"))
+}
+
+impl Backend {
+    fn allocate(&self, conf: &NetConf, handle: &str) -> Result<Assigned, CniError> {
+        match self {
+            Backend::File(f) => f
+                .with(|st| {
+                    // A host's first container: the state learns the node's blocks.
+                    for b in &conf.blocks {
+                        st.blocks.entry(*b).or_insert_with(|| conf.node.clone());
+                    }
+                    st.allocate(&conf.node, handle)
+                })
+                .map_err(io)?
+                .map_err(CniError::ipam),
+            Backend::Etcd(e) => {
+                // The node's configured blocks are its own in etcd too (the node announces
+                // them); another node holding one is a misconfiguration worth saying.
+                for b in &conf.blocks {
+                    if !e.claim(&conf.node, *b).map_err(io)? {
+                        return Err(CniError::ipam(format!(
+                            "block {b} of node {} is claimed by another node in etcd",
+                            conf.node
+                        )));
+                    }
+                }
+                let pool = conf
+                    .pool
+                    .or_else(|| conf.blocks.first().copied())
+                    .ok_or_else(|| CniError::config("no pool and no blocks"))?;
+                let len = conf.block_size.unwrap_or_else(|| conf.blocks.first().map_or(26, |b| b.prefix_len()));
+                let a = e.allocate(&conf.node, handle, pool, len).map_err(|e| CniError::ipam(format!("{e:#}")))?;
+                // Outside the node's configured blocks, the node announces the /32.
+                let borrowed = !conf.blocks.iter().any(|b| b.contains(&a.address));
+                Ok(Assigned { address: a.address, borrowed })
+            }
+        }
+    }
+
+    fn release(&self, handle: &str) -> Result<Option<Ipv4Addr>, CniError> {
+        match self {
+            Backend::File(f) => f.with(|st| st.release(handle)).map_err(io),
+            Backend::Etcd(e) => e.release(handle).map_err(io),
+        }
+    }
+
+    fn find(&self, handle: &str) -> Result<Option<Ipv4Addr>, CniError> {
+        match self {
+            Backend::File(f) => f.with(|st| st.find(handle)).map_err(io),
+            Backend::Etcd(e) => e.find(handle).map_err(io),
+        }
+    }
+
+    /// The container handles holding addresses of `node` (the lab's pods excluded).
+    fn handles(&self, node: &str) -> Result<Vec<String>, CniError> {
+        let mut v = match self {
+            Backend::File(f) => f
+                .with(|st| {
+                    st.allocations.values().filter(|a| a.node == node).map(|a| a.handle.clone()).collect::<Vec<_>>()
+                })
+                .map_err(io)?,
+            Backend::Etcd(e) => e.handles(node).map_err(io)?,
+        };
+        v.retain(|h| !h.starts_with("pod:"));
+        Ok(v)
     }
 }
 
@@ -253,18 +338,13 @@ fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
     if let Some(r) = existing(conf, call, &host) {
         return Ok(r);
     }
-    let assigned = ipam_state(conf)
-        .with(|st| {
-            claim_blocks(conf, st);
-            st.allocate(&conf.node, &call.handle())
-        })
-        .map_err(|e| CniError::io(format!("{e:#}")))?
-        .map_err(CniError::ipam)?;
+    let ipam = backend(conf)?;
+    let assigned = ipam.allocate(conf, &call.handle())?;
     match attach(conf, call, &host, assigned, status.dataplane) {
         Ok(v) => Ok(v),
         Err(e) => {
             let _ = ipcmd::ip(&["link", "del", &host]);
-            let _ = ipam_state(conf).with(|st| st.release(&call.handle()));
+            let _ = ipam.release(&call.handle());
             Err(e)
         }
     }
@@ -273,7 +353,7 @@ fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
 /// The result of an earlier, complete ADD of the same attachment.
 fn existing(conf: &NetConf, call: &Call, host: &str) -> Option<Value> {
     let netns = call.netns.as_deref()?;
-    let addr = ipam_state(conf).with(|st| st.find(&call.handle())).ok()??;
+    let addr = backend(conf).ok()?.find(&call.handle()).ok()??;
     let host_link = ipcmd::ip(&["-o", "link", "show", "dev", host]).ok()?;
     let inside = ip_in(netns, &["-o", "addr", "show", "dev", &call.ifname]).ok()?;
     if !inside.contains(&format!("inet {addr}/32")) {
@@ -337,7 +417,7 @@ fn attach(conf: &NetConf, call: &Call, host: &str, a: Assigned, dp: DataplaneMod
 /// the plugin never saw is not an error).
 fn del(conf: &NetConf, call: &Call) -> Result<(), CniError> {
     let host = call.host_ifname();
-    ipam_state(conf).with(|st| st.release(&call.handle())).map_err(|e| CniError::io(format!("{e:#}")))?;
+    backend(conf)?.release(&call.handle())?;
     // Asked of the kernel, not of /sys: a runtime that entered the node's namespace with
     // setns sees another namespace's /sys.
     if ipcmd::ip(&["link", "show", "dev", &host]).is_ok() {
@@ -358,7 +438,7 @@ fn check(conf: &NetConf, call: &Call) -> Result<(), CniError> {
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| CniError::config("prevResult has no ips[0].address"))?;
-    let held = ipam_state(conf).with(|st| st.find(&call.handle())).map_err(|e| CniError::io(format!("{e:#}")))?;
+    let held = backend(conf)?.find(&call.handle())?;
     if held != Some(want) {
         return Err(CniError::check(format!("IPAM holds {held:?} for {}, prevResult says {want}", call.handle())));
     }
@@ -402,15 +482,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         .iter()
         .map(|a| format!("{}/{}", a.container_id, a.ifname))
         .collect();
-    let stale: Vec<String> = ipam_state(conf)
-        .with(|st| {
-            st.allocations
-                .values()
-                .filter(|a| a.node == conf.node && !a.handle.starts_with("pod:") && !valid.contains(&a.handle))
-                .map(|a| a.handle.clone())
-                .collect()
-        })
-        .map_err(|e| CniError::io(format!("{e:#}")))?;
+    let stale: Vec<String> = backend(conf)?.handles(&conf.node)?.into_iter().filter(|h| !valid.contains(h)).collect();
     for handle in stale {
         let Some((container, ifname)) = handle.split_once('/') else { continue };
         let call = Call { container: container.to_string(), netns: None, ifname: ifname.to_string() };

@@ -59,6 +59,9 @@ impl Block {
 struct Handle {
     address: Ipv4Addr,
     block: Ipv4Net,
+    /// The node the address was given to (a borrowed one sits in another node's block).
+    #[serde(default)]
+    node: String,
 }
 
 /// An address handed out, and whether it was borrowed from another node's block.
@@ -108,6 +111,40 @@ impl Ipam {
         Ok(v)
     }
 
+    /// Claims `block` for `node` if no one holds it; whether `node` holds it now.
+    pub fn claim(&self, node: &str, block: Ipv4Net) -> anyhow::Result<bool> {
+        if let Some((b, _)) = self.read_block(&block)? {
+            return Ok(b.node() == node);
+        }
+        let blk = Block { cidr: block, affinity: format!("host:{node}"), allocations: BTreeMap::new() };
+        let (bk, ak) = (block_key(&block), affinity_key(node, &block));
+        if self
+            .etcd
+            .put_all_if(&[(&bk, 0)], &[(&bk, &serde_json::to_vec(&blk)?), (&ak, br#"{"state":"confirmed"}"#)])?
+        {
+            return Ok(true);
+        }
+        Ok(self.read_block(&block)?.is_some_and(|(b, _)| b.node() == node))
+    }
+
+    /// The address `handle` holds, if any.
+    pub fn find(&self, handle: &str) -> anyhow::Result<Option<Ipv4Addr>> {
+        match self.etcd.get(&handle_key(handle))? {
+            Some(kv) => Ok(Some(serde_json::from_slice::<Handle>(&kv.value).context("a corrupt handle")?.address)),
+            None => Ok(None),
+        }
+    }
+
+    /// The handles that hold addresses given to `node`.
+    pub fn handles(&self, node: &str) -> anyhow::Result<Vec<String>> {
+        let (kvs, _) = self.etcd.list(HANDLES)?;
+        Ok(kvs
+            .into_iter()
+            .filter(|kv| serde_json::from_slice::<Handle>(&kv.value).is_ok_and(|h| h.node == node))
+            .filter_map(|kv| kv.key.strip_prefix(HANDLES).map(str::to_string))
+            .collect())
+    }
+
     /// Claims the first free block of `pool` for `node`; None when every block is taken.
     pub fn claim_block(&self, node: &str, pool: Ipv4Net, block_len: u8) -> anyhow::Result<Option<Ipv4Net>> {
         let blocks = pool.subnets(block_len).with_context(|| format!("/{block_len} blocks of {pool}"))?;
@@ -145,7 +182,7 @@ impl Ipam {
                     let Some(a) = b.cidr.hosts().find(|a| !b.allocations.contains_key(a)) else { continue };
                     let mut next = b.clone();
                     next.allocations.insert(a, handle.to_string());
-                    let h = serde_json::to_vec(&Handle { address: a, block: b.cidr })?;
+                    let h = serde_json::to_vec(&Handle { address: a, block: b.cidr, node: node.to_string() })?;
                     let (bk, hk) = (block_key(&b.cidr), handle_key(handle));
                     let ok = self
                         .etcd

@@ -54,6 +54,8 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, ipip: bool) -> anyhow::Resu
             blocks: vec![n.block],
             mtu: topo.subnets[n.subnet].mtu - if ipip { encap::ipip::OVERHEAD as u16 } else { 0 },
             ipam_file: ipam_file(lab),
+            etcd_endpoints: Vec::new(),
+            pool: Some(topo.pool),
         };
         let net_d = dir.join("net.d");
         std::fs::create_dir_all(&net_d).with_context(|| format!("creating {}", net_d.display()))?;

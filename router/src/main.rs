@@ -190,6 +190,9 @@ enum CniCmd {
         /// The IPAM state the plugin keeps (shared by every container of this machine).
         #[arg(long, default_value = "/var/lib/router/ipam.json")]
         ipam_file: PathBuf,
+        /// Keep IPAM in etcd instead, shared by every host (Calico's layout).
+        #[arg(long = "etcd-endpoints", value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
     },
 }
 
@@ -403,12 +406,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let existed = router::calico::delete_one(&etcd.store()?, kind, name.as_deref().unwrap_or_default())?;
             Ok(i32::from(!existed))
         }
-        Cmd::Cni { cmd: CniCmd::Install { node_config, conf_dir, bin_dir, ipam_file } } => {
+        Cmd::Cni { cmd: CniCmd::Install { node_config, conf_dir, bin_dir, ipam_file, etcd_endpoints } } => {
             let cfg = nodeapi::config::NodeConfig::load(&node_config)?;
             let exe = std::env::current_exe().context("finding the router binary")?;
             // router-cni where it was built; else this binary, which is the plugin too.
             let plugin = cni::install::plugin_beside(&exe).unwrap_or(exe);
-            let target = cni::install::Target::from_node(&cfg, ipam_file);
+            let mut target = cni::install::Target::from_node(&cfg, ipam_file);
+            target.etcd_endpoints = etcd_endpoints;
             let (conf, bin) = cni::install::install(&target, &conf_dir, &bin_dir, &plugin)?;
             println!(
                 "wrote {}

@@ -210,7 +210,12 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     let st = lab.json(&["routes", "--node", "node-a", "--json"]);
     assert!(!st.to_string().contains(&format!("\"{ip}/32\"")), "the route stayed: {st}");
     assert!(!held()["allocations"].as_object().expect("map").contains_key(ip));
-    assert!(!Command::new("ip").args(["-n", &lab.ns("node-a"), "link", "show", &host]).status().expect("ip").success());
+    assert!(!Command::new("ip")
+        .args(["-n", &lab.ns("node-a"), "link", "show", &host])
+        .output()
+        .expect("ip")
+        .status
+        .success());
     assert_eq!(cni.call("DEL", "container0", Some(&ns[0]), &cni.conf.to_string()).code, 0, "DEL twice");
     del_netns(&ns[1]);
     assert_eq!(cni.call("DEL", "container1", Some(&ns[1]), &cni.conf.to_string()).code, 0, "DEL after the netns went");
@@ -276,4 +281,116 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     let v = v.wait_with_output().expect("VERSION");
     assert!(text(&v.stdout).contains("supportedVersions"), "{}", text(&v.stdout));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// etcd inside node-a's namespace, on its loopback and its underlay address (so node-b's
+/// plugin reaches it over the lab network); gone when dropped.
+struct NodeEtcd {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for NodeEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn plugin_call(lab: &TestLab, node: &str, conf: &Value, command: &str, container: &str, netns: Option<&str>) -> Reply {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &lab.ns(node)])
+        .arg(plugin())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    if let Some(n) = netns {
+        c.env("CNI_NETNS", format!("/run/netns/{n}"));
+    }
+    let mut child = c.spawn().expect("run the plugin");
+    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("write");
+    let o = child.wait_with_output().expect("plugin ends");
+    let raw = text(&o.stdout);
+    let out = if raw.trim().is_empty() { Value::Null } else { serde_json::from_str(&raw).expect("JSON") };
+    Reply { code: o.status.code().unwrap_or(-1), out, raw }
+}
+
+#[test]
+fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
+    let lab = TestLab::up(&[]);
+    let dir = lab.dir.join(format!("{}-etcd", lab.name));
+    let urls = "http://127.0.0.1:2379,http://192.168.100.100:2379";
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("node-a"), "etcd", "--name", "e", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", urls, "--advertise-client-urls", "http://192.168.100.100:2379"])
+        .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-cluster", "e=http://127.0.0.1:2380"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (etcd-server)");
+    let _etcd = NodeEtcd { child, dir };
+    // The topology's pods hold their addresses in etcd too (as they would have got them).
+    let ns_a = lab.ns("node-a");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(format!("/run/netns/{ns_a}")).expect("netns");
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
+        let ipam = datastore::ipam::Ipam::new(etcd);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while ipam.blocks().is_err() {
+            assert!(std::time::Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let pool: ipnet::Ipv4Net = "10.244.0.0/16".parse().expect("pool");
+        for (node, block, pods) in
+            [("node-a", "10.244.1.0/26", 2), ("node-b", "10.244.2.0/26", 1), ("node-c", "10.244.3.0/26", 1)]
+        {
+            assert!(ipam.claim(node, block.parse().expect("block")).expect("claim"));
+            for i in 0..pods {
+                ipam.allocate(node, &format!("pod:{node}-{i}"), pool, 26).expect("seed");
+            }
+        }
+    })
+    .join()
+    .expect("seed etcd");
+    let conf = |node: &str, block: &str, endpoint: &str| {
+        json!({
+            "cniVersion": "1.0.0", "name": "router", "type": "router", "node": node,
+            "admin_socket": lab.dir.join(&lab.name).join(format!("{node}.sock")),
+            "etcd_endpoints": [endpoint], "pool": "10.244.0.0/16", "block_size": 26,
+            "blocks": [block], "mtu": 1480,
+        })
+    };
+    let conf_a = conf("node-a", "10.244.1.0/26", "http://127.0.0.1:2379");
+    let conf_b = conf("node-b", "10.244.2.0/26", "http://192.168.100.100:2379");
+    let (x, y) = (netns(&lab, "ex"), netns(&lab, "ey"));
+    let a = plugin_call(&lab, "node-a", &conf_a, "ADD", "cx", Some(&x));
+    assert_eq!(a.code, 0, "{}", a.raw);
+    assert_eq!(address(&a), "10.244.1.3/32", "after the two pods node-a holds in etcd");
+    let b = plugin_call(&lab, "node-b", &conf_b, "ADD", "cy", Some(&y));
+    assert_eq!(b.code, 0, "node-b's plugin, over the lab network: {}", b.raw);
+    assert_eq!(address(&b), "10.244.2.2/32");
+    let (ok, out) = in_ns(&x, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.244.2.2"]);
+    assert!(ok, "container to container: {out}");
+    // CHECK, DEL and DEL again against etcd.
+    let prev = {
+        let mut c = conf_a.clone();
+        c["prevResult"] = a.out.clone();
+        c
+    };
+    assert_eq!(plugin_call(&lab, "node-a", &prev, "CHECK", "cx", Some(&x)).code, 0);
+    assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cx", Some(&x)).code, 0);
+    assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cx", Some(&x)).code, 0);
+    let again = plugin_call(&lab, "node-a", &conf_a, "ADD", "cz", Some(&x));
+    assert_eq!(address(&again), "10.244.1.3/32", "the released address is free again");
+    assert_eq!(plugin_call(&lab, "node-b", &conf_b, "DEL", "cy", Some(&y)).code, 0);
+    assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cz", Some(&x)).code, 0);
 }
