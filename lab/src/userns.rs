@@ -57,12 +57,6 @@ impl Keeper {
         }
     }
 
-    fn save(&self, lab_dir: &Path) -> anyhow::Result<()> {
-        let p = lab_dir.join(FILE);
-        nodeapi::private::write(&p, serde_json::to_string(self)?.as_bytes())
-            .with_context(|| format!("writing {}", p.display()))
-    }
-
     /// Whether the keeper still runs (its pid is still in the lab's user namespace).
     pub fn alive(&self) -> bool {
         userns_inode(&self.pid.to_string()) == Some(self.userns) && crate::alive(self.pid)
@@ -93,7 +87,8 @@ impl Keeper {
             .with_context(|| format!("creating {}", lab_dir.join("keeper.log").display()))?;
         // Its own session: a Ctrl-C at the terminal or the end of the shell leaves it alone.
         let mut child = Command::new(exe)
-            .args(["internal", "keeper"])
+            .args(["internal", "keeper", "--record"])
+            .arg(lab_dir.join(FILE))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -123,9 +118,12 @@ impl Keeper {
             };
             bail!("cannot build the lab without root here: {why}");
         }
-        let userns = userns_inode(&pid.to_string()).context("the keeper vanished right after starting")?;
-        let k = Keeper { pid, uid: nix::unistd::geteuid().as_raw(), userns };
-        k.save(lab_dir)?;
+        // The keeper wrote its own record before it said ready: a `lab up` killed at any
+        // moment leaves no keeper that `lab down` cannot find.
+        let k = Keeper::load(lab_dir)?.context("the keeper said ready without writing its record")?;
+        if k.pid != pid || userns_inode(&pid.to_string()) != Some(k.userns) {
+            bail!("the keeper's record in {} does not match it", lab_dir.join(FILE).display());
+        }
         // Not reaped by us: when this command ends, init adopts it.
         std::mem::forget(child);
         Ok(k)
@@ -192,11 +190,19 @@ impl Keeper {
     }
 }
 
-/// `router internal keeper`: makes the namespaces, says `ready` (or `failed STEP ERRNO`) on
-/// stdout and then holds them until it is killed.
-pub fn keeper_main() -> ! {
+/// `router internal keeper --record FILE`: makes the namespaces, writes its record, says
+/// `ready` (or `failed STEP ERRNO`) on stdout and then holds them until it is killed.
+pub fn keeper_main(record: &Path) -> ! {
+    let uid = nix::unistd::getuid().as_raw();
     match make_namespaces() {
         Ok(()) => {
+            let k = Keeper { pid: std::process::id() as i32, uid, userns: userns_inode("self").unwrap_or(0) };
+            let text = serde_json::to_string(&k).unwrap_or_default();
+            if let Err(e) = nodeapi::private::write(record, text.as_bytes()) {
+                println!("failed record {}", e.raw_os_error().unwrap_or(0));
+                eprintln!("keeper: writing {}: {e}", record.display());
+                std::process::exit(1);
+            }
             println!("ready");
             let _ = std::io::stdout().flush();
             loop {

@@ -201,7 +201,11 @@ enum InternalCmd {
     /// Turn off TX checksum offload (and with it TSO) on an interface of this namespace.
     TxChecksumOff { interface: String },
     /// Make the user, mount and network namespaces of a lab without root and hold them.
-    Keeper,
+    Keeper {
+        /// Where the keeper writes its pid and user namespace.
+        #[arg(long)]
+        record: PathBuf,
+    },
     /// Send one trace probe from this namespace.
     Probe {
         #[arg(long)]
@@ -391,7 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             netsys::set_tx_checksum(&interface, false)?;
             Ok(0)
         }
-        Cmd::Internal { cmd: InternalCmd::Keeper } => lab::userns::keeper_main(),
+        Cmd::Internal { cmd: InternalCmd::Keeper { record } } => lab::userns::keeper_main(&record),
         Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id } } => {
             router::probe::send(dst, proto, id)?;
             Ok(0)

@@ -295,3 +295,43 @@ fn the_tun_data_plane_without_root_follows_dev_net_tun() {
         assert!(!lab.dir().exists(), "a refused lab leaves nothing");
     }
 }
+
+/// Processes of user nobody whose command line mentions `needle`.
+fn nobody_processes_with(needle: &str) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| std::fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == NOBODY))
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .filter(|p| !std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z ")))
+        .collect()
+}
+
+#[test]
+fn down_cleans_up_after_an_interrupted_up() {
+    let lab = UserLab::new();
+    for ms in [150, 600, 1500] {
+        let mut up = lab.command(&["lab", "up"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("lab up");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let _ = up.kill();
+        let _ = up.wait();
+        let ns = std::fs::read(lab.dir().join("keeper.json"))
+            .ok()
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok().and_then(|v| v["userns"].as_u64()));
+        let down = lab.router(&["lab", "down"]);
+        assert!(down.status.success(), "after {ms} ms: {}", text(&down.stderr));
+        assert!(!lab.dir().exists(), "after {ms} ms: the lab's directory is left");
+        if let Some(ns) = ns {
+            assert_eq!(processes_in(ns), Vec::<i32>::new(), "after {ms} ms");
+        }
+        let dir = lab.dir().to_string_lossy().into_owned();
+        assert_eq!(nobody_processes_with(&dir), Vec::<i32>::new(), "after {ms} ms: a process of the lab is left");
+    }
+    // And the next lab comes up.
+    lab.ok(&["lab", "up"]);
+    lab.ping("pod-a1", "10.244.3.1");
+}
