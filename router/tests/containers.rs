@@ -198,3 +198,18 @@ fn the_node_keeps_forwarding_while_pods_come_and_go() {
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.3.1"]);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn containers_work_on_the_tun_data_plane_too() {
+    let lab = TestLab::up(&["--dataplane", "tun"]);
+    let (a, a_ip) = run(&lab, "node-a");
+    container_pings(&lab, "node-a", &a, "10.244.3.1");
+    let (ok, out) = ping(&lab, "pod-b1", &["-c", "2", "-i", "0.2", "-W", "2", &a_ip]);
+    assert!(ok, "{out}");
+    // The kernel forwards in tun mode: it answers the container's ARP for the gateway.
+    let cali = pods_of(&lab, "node-a")[0]["interface"].as_str().unwrap_or_default().to_string();
+    let proxy = lab.exec("node-a", &["cat", &format!("/proc/sys/net/ipv4/conf/{cali}/proxy_arp")]);
+    assert_eq!(text(&proxy.stdout).trim(), "1");
+    podman(&lab, "node-a", &["rm", "--force", "--time", "0", &a]);
+    assert!(pods_of(&lab, "node-a").is_empty());
+}
