@@ -779,6 +779,12 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 st.ipip_mode,
                 if st.complete { "" } else { " (INCOMPLETE: run `router lab down`)" }
             );
+            if let Some(k) = lab::userns::Keeper::load(&lab.dir)?.filter(|k| !k.alive()) {
+                println!(
+                    "the lab's keeper (pid {}) is gone, and its namespaces with it: `router lab down` removes the rest",
+                    k.pid
+                );
+            }
             println!("{:<12} {:<9} {:<22} {:<20} STATE", "HOST", "ROLE", "NAMESPACE", "ADDRESS");
             for r in rows.iter().filter(|r| r.role != Role::Switch) {
                 let state = match (&r.daemon, r.namespace_present) {
