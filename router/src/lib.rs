@@ -7,6 +7,7 @@
 
 pub mod calico;
 pub mod capture;
+pub mod cluster;
 pub mod metrics;
 pub mod node;
 pub mod probe;

@@ -1,0 +1,265 @@
+//! A node's view of the cluster from Calico's resources (what `router node` reads from etcd
+//! with a datastore): its BGP sessions, the pools and the other nodes, resolved as Calico's
+//! own node agent does.
+//!
+//! - `BGPConfiguration` `default`: the AS number (64512 without one), the node-to-node mesh
+//!   (on without one), prefix advertisements and communities.
+//! - `Node`s: every node with `bgp.ipv4Address` is a cluster node (an allowed IPIP source
+//!   and pool-route next hop). With the mesh on, each peers with each; with it off, nodes with
+//!   a `routeReflectorClusterID` are reflectors: they peer with each other and with every
+//!   other node, whose clients they are. Of a pair, the higher address waits.
+//! - `BGPPeer`s with no `node`, or this node's name: external peers of this node.
+//! - `IPPool`s (IPv4, not `disabled`): the pools, with their `ipipMode`.
+//! - `BGPFilter`s: the IPv4 rules; a rule without a CIDR matches every prefix.
+
+use datastore::resources::{self as r, Resource};
+use ipnet::{IpNet, Ipv4Net};
+use nodeapi::config::{BgpConfig, BgpPeer, IpipMode, PeerKind, Pool, PrefixAdvertisement};
+use std::net::Ipv4Addr;
+
+/// What the resources say for one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub as_number: u32,
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+    pub peers: Vec<BgpPeer>,
+    pub filters: Vec<bgp::policy::Filter>,
+    pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    pub pools: Vec<Pool>,
+    /// Every other node's address.
+    pub nodes: Vec<Ipv4Addr>,
+    /// What the resources hold that this node cannot use, for the log.
+    pub notes: Vec<String>,
+}
+
+fn community(s: &str, named: &[r::Community]) -> Option<u32> {
+    let v = named.iter().find(|c| c.name == s).map_or(s, |c| c.value.as_str());
+    let (a, b) = v.split_once(':')?;
+    if b.contains(':') {
+        return None; // a large community: not a 32-bit one
+    }
+    Some((a.parse::<u32>().ok()? << 16) | b.parse::<u32>().ok()?)
+}
+
+fn rules(list: &[r::FilterRule]) -> Vec<bgp::policy::Rule> {
+    list.iter()
+        .filter_map(|x| {
+            let cidr: IpNet = match &x.cidr {
+                Some(c) => c.parse().ok()?,
+                None => "0.0.0.0/0".parse().ok()?,
+            };
+            let operator = match x.match_operator.unwrap_or(r::MatchOperator::In) {
+                r::MatchOperator::Equal => bgp::policy::MatchOperator::Equal,
+                r::MatchOperator::NotEqual => bgp::policy::MatchOperator::NotEqual,
+                r::MatchOperator::In => bgp::policy::MatchOperator::In,
+                r::MatchOperator::NotIn => bgp::policy::MatchOperator::NotIn,
+            };
+            let action = match x.action {
+                r::FilterAction::Accept => bgp::policy::Action::Accept,
+                r::FilterAction::Reject => bgp::policy::Action::Reject,
+            };
+            Some(bgp::policy::Rule { cidr, operator, action })
+        })
+        .collect()
+}
+
+/// The view of node `me` (whose underlay address is `my_addr`).
+pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
+    let mut notes = Vec::new();
+    let config = resources.iter().find_map(|x| match x {
+        Resource::BgpConfiguration(c) if c.metadata.name == "default" => Some(&c.spec),
+        _ => None,
+    });
+    let as_number = config.and_then(|c| c.as_number).unwrap_or(64512);
+    let mesh = config.and_then(|c| c.node_to_node_mesh_enabled).unwrap_or(true);
+    let named = config.and_then(|c| c.communities.clone()).unwrap_or_default();
+    let prefix_advertisements = config
+        .and_then(|c| c.prefix_advertisements.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|a| {
+            let cidr: Ipv4Net = a.cidr.parse().ok()?;
+            Some(PrefixAdvertisement { cidr, communities: a.communities.iter().filter_map(|c| community(c, &named)).collect() })
+        })
+        .collect();
+    // Every node with an IPv4 address: (name, address, reflector cluster ID).
+    let mut nodes: Vec<(String, Ipv4Addr, Option<Ipv4Addr>)> = resources
+        .iter()
+        .filter_map(|x| match x {
+            Resource::Node(n) => {
+                let b = n.spec.bgp.as_ref()?;
+                let addr = b.ipv4_address.as_ref()?.parse::<Ipv4Net>().ok()?.addr();
+                let rr = b.route_reflector_cluster_id.as_ref().and_then(|c| c.parse().ok());
+                Some((n.metadata.name.clone(), addr, rr))
+            }
+            _ => None,
+        })
+        .collect();
+    nodes.sort_by_key(|n| n.1);
+    let my_rr = nodes.iter().find(|n| n.0 == me).and_then(|n| n.2);
+    if !nodes.iter().any(|n| n.0 == me) {
+        notes.push(format!("no Node resource named {me} with spec.bgp.ipv4Address: other nodes do not peer with this one"));
+    }
+    let mut peers = Vec::new();
+    for (name, addr, rr) in nodes.iter().filter(|n| n.0 != me && n.1 != my_addr) {
+        let kind = if mesh {
+            PeerKind::Mesh
+        } else if my_rr.is_some() && rr.is_none() {
+            PeerKind::RouteReflectorClient
+        } else if rr.is_some() {
+            PeerKind::RouteReflector
+        } else {
+            continue;
+        };
+        let _ = name;
+        peers.push(BgpPeer {
+            address: *addr,
+            as_number,
+            port: 179,
+            kind,
+            passive: u32::from(my_addr) > u32::from(*addr),
+            password: None,
+            ttl_security: None,
+            filters: Vec::new(),
+            max_prefixes: None,
+        });
+    }
+    for x in resources {
+        let Resource::BgpPeer(p) = x else { continue };
+        if p.spec.node.as_deref().is_some_and(|n| n != me) {
+            continue;
+        }
+        if p.spec.node_selector.is_some() || p.spec.peer_selector.is_some() {
+            notes.push(format!("bgppeers/{}: selectors are not followed; give spec.node or none", p.metadata.name));
+            continue;
+        }
+        let Some(ip) = p.spec.peer_ip.as_deref() else { continue };
+        let (host, port) = match ip.rsplit_once(':') {
+            Some((h, port)) if h.parse::<Ipv4Addr>().is_ok() => (h, port.parse().unwrap_or(179)),
+            _ => (ip, 179),
+        };
+        let Ok(address) = host.parse::<Ipv4Addr>() else {
+            notes.push(format!("bgppeers/{}: only IPv4 peers are used", p.metadata.name));
+            continue;
+        };
+        if p.spec.password.is_some() {
+            notes.push(format!(
+                "bgppeers/{}: its password is a Kubernetes secret, which a node with etcd cannot read: the session runs without TCP-MD5",
+                p.metadata.name
+            ));
+        }
+        peers.push(BgpPeer {
+            address,
+            as_number: p.spec.as_number.unwrap_or(as_number),
+            port,
+            kind: PeerKind::Global,
+            passive: false,
+            password: None,
+            ttl_security: p.spec.ttl_security,
+            filters: p.spec.filters.clone().unwrap_or_default(),
+            max_prefixes: None,
+        });
+    }
+    let filters = resources
+        .iter()
+        .filter_map(|x| match x {
+            Resource::BgpFilter(f) => Some(bgp::policy::Filter {
+                name: f.metadata.name.clone(),
+                export: rules(&f.spec.export_v4),
+                import: rules(&f.spec.import_v4),
+            }),
+            _ => None,
+        })
+        .collect();
+    let pools = resources
+        .iter()
+        .filter_map(|x| match x {
+            Resource::IpPool(p) if p.spec.disabled != Some(true) => {
+                let cidr: Ipv4Net = p.spec.cidr.parse().ok()?;
+                let ipip_mode = match p.spec.ipip_mode.unwrap_or_default() {
+                    r::EncapMode::Never => IpipMode::Never,
+                    r::EncapMode::Always => IpipMode::Always,
+                    r::EncapMode::CrossSubnet => IpipMode::CrossSubnet,
+                };
+                Some(Pool { cidr, ipip_mode })
+            }
+            _ => None,
+        })
+        .collect();
+    View {
+        as_number,
+        route_reflector_cluster_id: my_rr,
+        peers,
+        filters,
+        prefix_advertisements,
+        pools,
+        nodes: nodes.iter().filter(|n| n.0 != me).map(|n| n.1).collect(),
+        notes,
+    }
+}
+
+impl View {
+    /// The node's BGP config with this view's cluster; the session timers are the node's own.
+    pub fn bgp(&self, base: Option<&BgpConfig>, my_addr: Ipv4Addr) -> BgpConfig {
+        BgpConfig {
+            as_number: self.as_number,
+            router_id: base.and_then(|b| b.router_id).or(Some(my_addr)),
+            port: base.map_or(179, |b| b.port),
+            hold_time: base.map_or(90, |b| b.hold_time),
+            connect_retry_secs: base.map_or(2, |b| b.connect_retry_secs),
+            graceful_restart_secs: base.map_or(120, |b| b.graceful_restart_secs),
+            max_stale_secs: base.map_or(300, |b| b.max_stale_secs),
+            route_reflector_cluster_id: self.route_reflector_cluster_id,
+            peers: self.peers.clone(),
+            filters: self.filters.clone(),
+            prefix_advertisements: self.prefix_advertisements.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed(extra: &str) -> Vec<Resource> {
+        let t = lab::topology::Topology::parse(std::path::Path::new("seed"), lab::topology::SEED).expect("seed");
+        let mut rs = lab::resources::from_topology(&t).0;
+        if !extra.is_empty() {
+            rs.extend(datastore::resources::parse(extra).expect("extra"));
+        }
+        rs
+    }
+
+    #[test]
+    fn the_seed_as_resources_gives_each_node_the_lab_s_sessions() {
+        let a: Ipv4Addr = "192.168.100.100".parse().expect("ip");
+        let v = view(&seed(""), "node-a", a);
+        assert_eq!(v.as_number, 64512);
+        assert_eq!(v.peers.len(), 2);
+        assert!(v.peers.iter().all(|p| p.kind == PeerKind::Mesh && !p.passive), "{:?}", v.peers);
+        assert_eq!(v.pools, vec![Pool { cidr: "10.244.0.0/16".parse().expect("net"), ipip_mode: IpipMode::CrossSubnet }]);
+        assert_eq!(v.nodes.len(), 2);
+        let c = view(&seed(""), "node-c", "192.168.200.101".parse().expect("ip"));
+        assert!(c.peers.iter().all(|p| p.passive), "node-c has the highest address");
+    }
+
+    #[test]
+    fn mesh_off_with_a_reflector_and_an_external_peer() {
+        let extra = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: 64512\n  nodeToNodeMeshEnabled: false\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node-a\nspec:\n  bgp:\n    ipv4Address: 192.168.100.100/24\n    routeReflectorClusterID: 224.0.0.1\n\
+---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  node: node-b\n  peerIP: 192.168.100.250\n  asNumber: 64600\n";
+        let mut rs = seed("");
+        // The later documents replace the seed's of the same kind and name.
+        let over = datastore::resources::parse(extra).expect("extra");
+        rs.retain(|x| !over.iter().any(|o| o.kind() == x.kind() && o.name() == x.name()));
+        rs.extend(over);
+        let a = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"));
+        assert_eq!(a.route_reflector_cluster_id, Some("224.0.0.1".parse().expect("id")));
+        assert!(a.peers.iter().all(|p| p.kind == PeerKind::RouteReflectorClient), "{:?}", a.peers);
+        let b = view(&rs, "node-b", "192.168.100.101".parse().expect("ip"));
+        let kinds: Vec<PeerKind> = b.peers.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, vec![PeerKind::RouteReflector, PeerKind::Global], "{:?}", b.peers);
+        let c = view(&rs, "node-c", "192.168.200.101".parse().expect("ip"));
+        assert_eq!(c.peers.len(), 1, "clients do not peer with each other: {:?}", c.peers);
+    }
+}
