@@ -225,6 +225,12 @@ impl Core {
         self.peers[i].removed = true;
     }
 
+    /// New cluster rules for what comes in and goes out from now on.
+    pub fn set_policy(&mut self, policy: ClusterPolicy) {
+        self.cfg.policy = policy.clone();
+        self.rib.set_policy(policy);
+    }
+
     /// Whether slot `i` is a peer that was removed.
     pub fn removed(&self, i: usize) -> bool {
         self.peers.get(i).is_none_or(|p| p.removed)

@@ -107,6 +107,24 @@ impl Store {
             .collect()
     }
 
+    /// Every resource of every kind, and the revision they were read at. A resource that no
+    /// longer reads (written by something else) is left out and named in the notes.
+    pub fn all(&self) -> anyhow::Result<(Vec<Resource>, i64, Vec<String>)> {
+        let (kvs, rev) = self.etcd.list(PREFIX)?;
+        let mut out = Vec::new();
+        let mut notes = Vec::new();
+        for kv in kvs {
+            let Some(kind) = Kind::ALL.iter().find(|k| kv.key.starts_with(&format!("{PREFIX}{}/", k.plural()))) else {
+                continue;
+            };
+            match Resource::from_json(*kind, &kv.value, &kv.key) {
+                Ok(r) => out.push(r),
+                Err(e) => notes.push(format!("{e:#}")),
+            }
+        }
+        Ok((out, rev, notes))
+    }
+
     /// Deletes a resource; whether it existed.
     pub fn delete(&self, kind: Kind, name: &str) -> anyhow::Result<bool> {
         self.etcd.delete(&key(kind, name))

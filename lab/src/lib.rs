@@ -461,6 +461,7 @@ fn node_config(
         bgp: Some(bgp_config(topo, node)),
         metrics_address: opts.metrics.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9091))),
         log_level: None,
+        etcd_endpoints: Vec::new(),
     }
 }
 

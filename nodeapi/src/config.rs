@@ -143,6 +143,10 @@ pub struct NodeConfig {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Log filter (`info`, `debug`, or a tracing directive); `RUST_LOG` overrides it.
     pub log_level: Option<String>,
+    /// With a datastore: etcd's client URLs. The cluster (pools, BGP, the other nodes) then
+    /// comes from Calico's resources there and follows them live; `bgp` and `pools` here are
+    /// what the node starts with until etcd answers.
+    pub etcd_endpoints: Vec<String>,
 }
 
 impl NodeConfig {
@@ -217,6 +221,8 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub bgp: Option<RawBgp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_endpoints: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -692,10 +698,22 @@ impl NodeConfig {
             }
             None => None,
         };
+        let etcd_endpoints = raw
+            .etcd_endpoints
+            .iter()
+            .map(|e| {
+                if e.get_ref().starts_with("http://") {
+                    Ok(e.get_ref().trim_end_matches('/').to_string())
+                } else {
+                    Err(src.error_at(e.span(), format!("etcd endpoint {:?} must be http://HOST:PORT", e.get_ref())))
+                }
+            })
+            .collect::<Result<Vec<_>, FileError>>()?;
         Ok(NodeConfig {
             log_level,
             metrics_address,
             bgp,
+            etcd_endpoints,
             name: raw.name.get_ref().clone(),
             dataplane: raw.dataplane,
             workers,
@@ -729,6 +747,7 @@ impl NodeConfig {
             admin_socket: self.admin_socket.clone(),
             metrics_address: self.metrics_address.map(|a| s(a.to_string())),
             log_level: self.log_level.clone().map(s),
+            etcd_endpoints: self.etcd_endpoints.iter().cloned().map(s).collect(),
             ipip_ttl: Spanned::new(0..0, self.ipip_ttl),
             ipip_peers: self.ipip_peers.iter().map(|a| s(a.to_string())).collect(),
             ipip_allowed_sources: self.ipip_allowed_sources.iter().map(|a| s(a.to_string())).collect(),

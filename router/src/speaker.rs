@@ -505,6 +505,12 @@ impl Speaker {
         true
     }
 
+    /// New import and export rules (the pools or the nodes changed); routes already taken
+    /// are not judged again.
+    pub fn set_policy(&mut self, policy: bgp::policy::ClusterPolicy) {
+        self.core.set_policy(policy);
+    }
+
     /// The configured peers (not those removed), in slot order.
     pub fn peers(&self) -> Vec<&BgpPeer> {
         self.cfg.peers.iter().enumerate().filter(|(i, _)| !self.core.removed(*i)).map(|(_, p)| p).collect()

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod watch;
 mod filter;
 mod front;
 mod interfaces;
@@ -184,6 +185,8 @@ fn originated(cfg: &NodeConfig) -> Vec<Ipv4Net> {
 const JOBS: Token = Token(0);
 /// Link events: a pod's interface may have come or gone.
 const LINKS: Token = Token(2);
+/// The datastore thread has read the resources anew.
+const RESOURCES: Token = Token(3);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::load(config_path)?;
@@ -295,6 +298,11 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
     };
     let wake = mio::Waker::new(poll.registry(), JOBS)?;
     let front = front::Front::spawn(listener, metrics, wake).context("starting the admin thread")?;
+    // With a datastore the cluster follows etcd; the config's BGP is what runs until then.
+    let watcher = match node.cfg.etcd_endpoints.is_empty() {
+        true => None,
+        false => Some(watch::watch(&node.cfg.etcd_endpoints, mio::Waker::new(poll.registry(), RESOURCES)?)?),
+    };
     let mut speaker = match speaker_config(&node.cfg, node.saved.is_some()) {
         Some(sc) => Some(Speaker::new(sc, poll.registry(), Instant::now()).context("starting BGP")?),
         None => None,
@@ -383,6 +391,11 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
                 front::Job::Metrics(reply) => {
                     let _ = reply.send(metrics_body(node, speaker.as_ref()));
                 }
+            }
+        }
+        if let Some(w) = &watcher {
+            while let Ok(rs) = w.rx.try_recv() {
+                pending |= node.apply_view(&rs, &mut speaker, poll.registry());
             }
         }
         if links_changed || links_checked.elapsed() >= link_check {

@@ -1,0 +1,128 @@
+//! A node with a datastore: a thread reads Calico's resources from etcd (at start, and again
+//! whenever the store's revision moves, looked at twice a second) and hands them to the
+//! control loop, which applies the node's view of them live (`Node::apply_view`). While etcd
+//! does not answer, the node forwards with what it last knew and says so once.
+
+use super::*;
+use crossbeam_channel::{Receiver, Sender};
+
+/// How often the store's revision is looked at.
+const POLL: Duration = Duration::from_millis(500);
+
+pub(super) struct Watcher {
+    pub rx: Receiver<Vec<datastore::resources::Resource>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub(super) fn watch(endpoints: &[String], waker: mio::Waker) -> anyhow::Result<Watcher> {
+    let store = datastore::Store::new(datastore::etcd::Etcd::new(endpoints)?);
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::Builder::new().name("datastore".into()).spawn(move || run(store, tx, waker, s))?;
+    Ok(Watcher { rx, stop })
+}
+
+fn run(store: datastore::Store, tx: Sender<Vec<datastore::resources::Resource>>, waker: mio::Waker, stop: Arc<AtomicBool>) {
+    let mut seen = None;
+    let mut down_since: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        match store.etcd.revision() {
+            Ok(rev) if Some(rev) == seen => {}
+            Ok(_) => match store.all() {
+                Ok((rs, rev, notes)) => {
+                    for n in notes {
+                        tracing::warn!(note = %n, "a resource in etcd does not read");
+                    }
+                    if down_since.take().is_some() {
+                        tracing::info!(revision = rev, "etcd answers again: resynced");
+                    }
+                    seen = Some(rev);
+                    if tx.send(rs).is_err() {
+                        return;
+                    }
+                    let _ = waker.wake();
+                }
+                Err(e) => outage(&mut down_since, &e),
+            },
+            Err(e) => outage(&mut down_since, &e),
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn outage(down_since: &mut Option<Instant>, e: &anyhow::Error) {
+    if down_since.is_none() {
+        *down_since = Some(Instant::now());
+        tracing::warn!(error = %format!("{e:#}"), "etcd does not answer; forwarding with what the node last knew, and retrying");
+    }
+}
+
+impl Node {
+    /// Applies the cluster as the resources now say: BGP peers added and removed one by one
+    /// (other sessions untouched), pools and the other nodes for routes, encapsulation and
+    /// import rules; a change of AS number, reflector cluster ID, filters or advertisements
+    /// restarts the speaker. Whether the FIB must be rebuilt.
+    pub(super) fn apply_view(
+        &mut self,
+        resources: &[datastore::resources::Resource],
+        speaker: &mut Option<Speaker>,
+        registry: &mio::Registry,
+    ) -> bool {
+        let me = self.cfg.uplink.address.addr();
+        let view = crate::cluster::view(resources, &self.cfg.name, me);
+        for n in &view.notes {
+            tracing::warn!(note = %n, "datastore");
+        }
+        let bgp = view.bgp(self.cfg.bgp.as_ref(), me);
+        let routes_changed = self.cfg.pools != view.pools || self.cfg.ipip_peers != view.nodes;
+        self.cfg.pools = view.pools.clone();
+        self.cfg.ipip_peers = view.nodes.clone();
+        let old = self.cfg.bgp.replace(bgp.clone());
+        let now = Instant::now();
+        let restart = old.as_ref().is_none_or(|o| {
+            o.as_number != bgp.as_number
+                || o.route_reflector_cluster_id != bgp.route_reflector_cluster_id
+                || o.filters != bgp.filters
+                || o.prefix_advertisements != bgp.prefix_advertisements
+        });
+        if restart || speaker.is_none() {
+            if let Some(mut sp) = speaker.take() {
+                tracing::info!("the cluster's AS, reflector cluster ID, filters or advertisements changed: restarting BGP");
+                sp.stop(registry);
+            }
+            match speaker_config(&self.cfg, false).map(|sc| Speaker::new(sc, registry, now)) {
+                Some(Ok(sp)) => *speaker = Some(sp),
+                Some(Err(e)) => tracing::error!(error = %e, "starting BGP with the datastore's cluster failed"),
+                None => {}
+            }
+            return true;
+        }
+        let Some(sp) = speaker.as_mut() else { return routes_changed };
+        if routes_changed {
+            sp.set_policy(cluster_policy(&self.cfg));
+        }
+        let live: Vec<nodeapi::config::BgpPeer> = sp.peers().into_iter().cloned().collect();
+        // New sessions first, so that routes have somewhere to come from before old ones go.
+        for p in bgp.peers.iter().filter(|p| !live.contains(p)) {
+            tracing::info!(peer = %p.address, kind = ?p.kind, "datastore: BGP peer added");
+            if let Some(old) = live.iter().find(|o| o.address == p.address) {
+                sp.remove_peer(registry, old.address, now);
+            }
+            if let Err(e) = sp.add_peer(registry, p.clone(), now) {
+                tracing::error!(peer = %p.address, error = %e, "adding the BGP peer failed");
+            }
+        }
+        for p in live.iter().filter(|o| !bgp.peers.iter().any(|p| p.address == o.address)) {
+            tracing::info!(peer = %p.address, "datastore: BGP peer removed");
+            sp.remove_peer(registry, p.address, now);
+        }
+        routes_changed
+    }
+}
