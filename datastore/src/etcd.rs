@@ -54,7 +54,7 @@ impl Etcd {
             .filter(|e| !e.is_empty())
             .collect();
         if endpoints.is_empty() {
-            bail!("no etcd endpoint given (--etcd-endpoints http://HOST:2379, or ROUTER_ETCD_ENDPOINTS)");
+            bail!("no etcd endpoint given (--etcd-endpoints http://HOST:2379 or ROUTER_ETCD_ENDPOINTS), and no lab with --datastore etcd is up");
         }
         for e in &endpoints {
             if !e.starts_with("http://") {

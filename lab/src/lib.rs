@@ -102,6 +102,9 @@ fn enter_new_keeper(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub topology: Option<PathBuf>,
+    /// Run etcd in the lab, load the topology into it as Calico resources, and have every
+    /// node follow them live.
+    pub datastore: bool,
     pub dataplane: DataplaneMode,
     pub workers: usize,
     /// Overrides the topology's `ipip_mode`.
@@ -167,6 +170,7 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
         namespaces: Vec::new(),
         hosts: Vec::new(),
         daemons: Vec::new(),
+        etcd: None,
     };
     st.save(&lab.dir)?;
     match build(lab, &topo, opts, &mut st) {
@@ -273,6 +277,9 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         interface: None,
     });
 
+    if opts.datastore {
+        start_etcd(lab, topo, opts, st)?;
+    }
     let mut configs = Vec::new();
     for (idx, node) in topo.nodes.iter().enumerate() {
         let subnet = &topo.subnets[node.subnet];
@@ -349,7 +356,9 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
             });
             pods.push(PodConfig { name: pod.name.clone(), interface: pod.iface.clone(), address: pod.address });
         }
-        configs.push(node_config(lab, topo, node, pods, opts, mode));
+        let mut cfg = node_config(lab, topo, node, pods, opts, mode);
+        cfg.etcd_endpoints = st.etcd.iter().map(|e| e.url.clone()).collect();
+        configs.push(cfg);
         st.save(&lab.dir)?;
     }
 
@@ -418,6 +427,81 @@ fn wait_converged(topo: &Topology, st: &State) -> anyhow::Result<()> {
             );
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The lab's etcd: a host on the first subnet (its second address), etcd listening there and
+/// on its loopback, the topology loaded as Calico resources before any node starts (a node
+/// that found an empty store would have no cluster to follow).
+fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow::Result<()> {
+    let subnet = &topo.subnets[0];
+    let taken: Vec<std::net::Ipv4Addr> = topo.nodes.iter().map(|n| n.address.addr()).chain([subnet.gateway]).collect();
+    let Some(addr) = subnet.prefix.hosts().find(|a| !taken.contains(a)) else {
+        bail!("subnet {} has no free address for the lab's etcd", subnet.prefix);
+    };
+    let ns = lab.ns("etcd");
+    add_ns(lab, st, &ns)?;
+    let sw = lab.ns(&format!("sw-{}", subnet.name));
+    netns::ip_in(&sw, &["link", "add", "to-etcd", "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+    netns::ip_in(&sw, &["link", "set", "to-etcd", "master", "br0", "up"])?;
+    netns::ip_in(&ns, &["addr", "add", &format!("{addr}/{}", subnet.prefix.prefix_len()), "dev", "eth0"])?;
+    netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
+    netns::ip_in(&ns, &["route", "add", "default", "via", &subnet.gateway.to_string()])?;
+    let url = format!("http://{addr}:2379");
+    let log = std::fs::File::create(lab.dir.join("etcd.log")).context("creating etcd.log")?;
+    Command::new("ip")
+        .args(["netns", "exec", &ns, "etcd", "--name", "lab", "--data-dir"])
+        .arg(lab.dir.join("etcd"))
+        .args(["--listen-client-urls", &format!("{url},http://127.0.0.1:2379"), "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-cluster", "lab=http://127.0.0.1:2380"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting etcd (Debian package etcd-server)")?;
+    st.hosts.push(Host {
+        name: "etcd".into(),
+        role: Role::Datastore,
+        namespace: ns.clone(),
+        addresses: vec![format!("{addr}/{}", subnet.prefix.prefix_len())],
+        parent: Some(subnet.name.clone()),
+        interface: Some("eth0".into()),
+    });
+    st.etcd = Some(state::EtcdHost { namespace: ns.clone(), url });
+    st.save(&lab.dir)?;
+    let (resources, left_out) = resources::from_topology(topo);
+    for l in left_out {
+        eprintln!("note: the datastore cannot hold {l}");
+    }
+    let yaml = datastore::resources::to_yaml(&resources);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(&opts.exe)
+            .args(["apply", "-f", "-", "--etcd-endpoints", "http://127.0.0.1:2379"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("loading the topology into etcd")?;
+        if let Some(mut i) = c.stdin.take() {
+            std::io::Write::write_all(&mut i, yaml.as_bytes())?;
+        }
+        let out = c.wait_with_output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "etcd did not take the topology within 20 s: {} (its log: {})",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                lab.dir.join("etcd.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -12,6 +12,8 @@ pub enum Role {
     Underlay,
     Node,
     Pod,
+    /// The lab's etcd (`lab up --datastore etcd`).
+    Datastore,
     /// A container a runtime attached through the CNI plugin (not in the state file: the
     /// nodes report them).
     Container,
@@ -55,6 +57,15 @@ pub struct State {
     pub namespaces: Vec<String>,
     pub hosts: Vec<Host>,
     pub daemons: Vec<Daemon>,
+    /// With `--datastore etcd`: etcd's host (its namespace) and client URL on the underlay.
+    #[serde(default)]
+    pub etcd: Option<EtcdHost>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdHost {
+    pub namespace: String,
+    pub url: String,
 }
 
 pub const FILE: &str = "state.json";

@@ -79,7 +79,10 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
         .into_iter()
         .filter_map(|a| {
             let cidr: Ipv4Net = a.cidr.parse().ok()?;
-            Some(PrefixAdvertisement { cidr, communities: a.communities.iter().filter_map(|c| community(c, &named)).collect() })
+            Some(PrefixAdvertisement {
+                cidr,
+                communities: a.communities.iter().filter_map(|c| community(c, &named)).collect(),
+            })
         })
         .collect();
     // Every node with an IPv4 address: (name, address, reflector cluster ID).
@@ -98,7 +101,9 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
     nodes.sort_by_key(|n| n.1);
     let my_rr = nodes.iter().find(|n| n.0 == me).and_then(|n| n.2);
     if !nodes.iter().any(|n| n.0 == me) {
-        notes.push(format!("no Node resource named {me} with spec.bgp.ipv4Address: other nodes do not peer with this one"));
+        notes.push(format!(
+            "no Node resource named {me} with spec.bgp.ipv4Address: other nodes do not peer with this one"
+        ));
     }
     let mut peers = Vec::new();
     for (name, addr, rr) in nodes.iter().filter(|n| n.0 != me && n.1 != my_addr) {
@@ -237,7 +242,10 @@ mod tests {
         assert_eq!(v.as_number, 64512);
         assert_eq!(v.peers.len(), 2);
         assert!(v.peers.iter().all(|p| p.kind == PeerKind::Mesh && !p.passive), "{:?}", v.peers);
-        assert_eq!(v.pools, vec![Pool { cidr: "10.244.0.0/16".parse().expect("net"), ipip_mode: IpipMode::CrossSubnet }]);
+        assert_eq!(
+            v.pools,
+            vec![Pool { cidr: "10.244.0.0/16".parse().expect("net"), ipip_mode: IpipMode::CrossSubnet }]
+        );
         assert_eq!(v.nodes.len(), 2);
         let c = view(&seed(""), "node-c", "192.168.200.101".parse().expect("ip"));
         assert!(c.peers.iter().all(|p| p.passive), "node-c has the highest address");

@@ -126,7 +126,8 @@ enum Cmd {
     Get {
         /// ippools, bgpconfigurations, bgppeers, bgpfilters or nodes (singular works too).
         kind: String,
-        name: Option<String>,
+        #[arg(value_name = "NAME")]
+        resource: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: router::calico::Output,
         #[command(flatten)]
@@ -136,9 +137,9 @@ enum Cmd {
     Delete {
         #[arg(required_unless_present = "file")]
         kind: Option<String>,
-        #[arg(required_unless_present = "file")]
-        name: Option<String>,
-        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+        #[arg(required_unless_present = "file", value_name = "NAME")]
+        resource: Option<String>,
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "resource"])]
         file: Option<PathBuf>,
         #[command(flatten)]
         etcd: EtcdSel,
@@ -164,13 +165,25 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct EtcdSel {
-    /// etcd's client URLs (`http://HOST:2379`, comma-separated).
+    /// etcd's client URLs (`http://HOST:2379`, comma-separated); without them, the etcd of
+    /// the lab (`router lab up --datastore etcd`).
     #[arg(long = "etcd-endpoints", env = "ROUTER_ETCD_ENDPOINTS", value_delimiter = ',')]
     endpoints: Vec<String>,
+    #[command(flatten)]
+    sel: LabSel,
 }
 
 impl EtcdSel {
     fn store(&self) -> anyhow::Result<datastore::Store> {
+        if self.endpoints.is_empty() {
+            // The lab's etcd listens on the lab's network: reach it from inside its host.
+            let lab = self.sel.lab()?;
+            if let Some(e) = lab.state()?.and_then(|s| s.etcd) {
+                lab::enter(&lab)?;
+                lab::containers::enter_net(&e.namespace)?;
+                return Ok(datastore::Store::new(datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()])?));
+            }
+        }
         Ok(datastore::Store::new(datastore::etcd::Etcd::new(&self.endpoints)?))
     }
 }
@@ -224,6 +237,10 @@ enum LabCmd {
         /// Topology file (TOML); the seed topology is built in.
         #[arg(long)]
         topology: Option<PathBuf>,
+        /// `etcd`: run etcd in the lab, load the topology into it as Calico resources, and let
+        /// every node follow them live (change them with `router apply`).
+        #[arg(long, value_enum, default_value = "none")]
+        datastore: DatastoreArg,
         #[arg(long, value_enum, default_value = "afpacket")]
         dataplane: Dataplane,
         /// Calico's ipipMode for the pool (default: the topology's, CrossSubnet in the seed).
@@ -290,6 +307,13 @@ enum Dataplane {
     Afpacket,
     /// Kernel forwarding, with IPIP in userspace behind a TUN `tunl0`.
     Tun,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DatastoreArg {
+    /// The topology file is the cluster.
+    None,
+    Etcd,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -363,6 +387,15 @@ fn ipv4_to_look_up(s: &str) -> Result<std::net::Ipv4Addr, String> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}
+
 fn main() {
     // A container runtime runs its CNI plugin with no arguments and CNI_COMMAND set: then
     // this binary is the plugin (the lab installs it so; `router-cni` is the same code).
@@ -401,13 +434,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Apply { file, etcd } => router::calico::apply(&etcd.store()?, &file).map(|_| 0),
-        Cmd::Get { kind, name, output, etcd } => {
-            router::calico::get(&etcd.store()?, router::calico::kind(&kind)?, name.as_deref(), output)
+        Cmd::Get { kind, resource, output, etcd } => {
+            router::calico::get(&etcd.store()?, router::calico::kind(&kind)?, resource.as_deref(), output)
         }
         Cmd::Delete { file: Some(file), etcd, .. } => router::calico::delete_file(&etcd.store()?, &file),
-        Cmd::Delete { kind, name, etcd, .. } => {
+        Cmd::Delete { kind, resource, etcd, .. } => {
             let kind = router::calico::kind(kind.as_deref().unwrap_or_default())?;
-            let existed = router::calico::delete_one(&etcd.store()?, kind, name.as_deref().unwrap_or_default())?;
+            let existed = router::calico::delete_one(&etcd.store()?, kind, resource.as_deref().unwrap_or_default())?;
             Ok(i32::from(!existed))
         }
         Cmd::Cni { cmd: CniCmd::Install { node_config, conf_dir, bin_dir, ipam_file, etcd_endpoints } } => {
@@ -670,6 +703,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
     match cmd {
         LabCmd::Up {
             topology,
+            datastore,
             dataplane,
             workers,
             ipip_mode,
@@ -693,6 +727,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             let pod_offload = !no_pod_offload;
             let opts = UpOptions {
                 topology,
+                datastore: datastore == DatastoreArg::Etcd,
                 dataplane,
                 workers,
                 ipip_mode,

@@ -40,7 +40,11 @@ pub(super) struct Front {
 
 impl Front {
     /// Starts the thread; `wake` wakes the control thread's poll when a job is queued.
-    pub fn spawn(admin: UnixListener, metrics: Option<TcpListener>, wake: Waker) -> std::io::Result<Front> {
+    pub fn spawn(
+        admin: UnixListener,
+        metrics: Option<TcpListener>,
+        wake: std::sync::Arc<Waker>,
+    ) -> std::io::Result<Front> {
         let (tx, jobs) = bounded(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new().name("admin".into()).spawn({

@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod watch;
 mod filter;
 mod front;
 mod interfaces;
@@ -37,6 +36,7 @@ mod kernel;
 mod pods;
 mod restart;
 mod serve;
+mod watch;
 
 use filter::TransitFilter;
 use interfaces::check_kernel_forwarding;
@@ -69,6 +69,9 @@ struct Node {
     restart_requested: bool,
     /// Names of the pods added while running (not from the config).
     dynamic: HashSet<String>,
+    /// BGP peers the datastore no longer lists, removed when the new sessions are up (or at
+    /// the instant given).
+    removals: Vec<(Ipv4Addr, Instant)>,
 }
 
 fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
@@ -181,12 +184,10 @@ fn originated(cfg: &NodeConfig) -> Vec<Ipv4Net> {
     cfg.blocks.iter().copied().chain(borrowed.map(|p| Ipv4Net::from(p.address))).collect()
 }
 
-/// The admin thread's wake-up (a job is queued); BGP uses `speaker::LISTEN` (1) and 16 up.
+/// The admin and datastore threads' wake-up (a job or the resources are queued); BGP uses `speaker::LISTEN` (1) and 16 up.
 const JOBS: Token = Token(0);
 /// Link events: a pod's interface may have come or gone.
 const LINKS: Token = Token(2);
-/// The datastore thread has read the resources anew.
-const RESOURCES: Token = Token(3);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::load(config_path)?;
@@ -251,6 +252,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         saved,
         restart_requested: false,
         dynamic,
+        removals: Vec::new(),
     };
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
         let mtu = node.dp.interfaces().get(tun).map_or(1480, |f| f.mtu).to_string();
@@ -296,12 +298,14 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
         }
         None => None,
     };
-    let wake = mio::Waker::new(poll.registry(), JOBS)?;
-    let front = front::Front::spawn(listener, metrics, wake).context("starting the admin thread")?;
+    // One waker per poll (mio's rule): the admin thread and the datastore thread share it,
+    // and the loop looks at both of their queues whenever it wakes.
+    let wake = Arc::new(mio::Waker::new(poll.registry(), JOBS)?);
+    let front = front::Front::spawn(listener, metrics, wake.clone()).context("starting the admin thread")?;
     // With a datastore the cluster follows etcd; the config's BGP is what runs until then.
     let watcher = match node.cfg.etcd_endpoints.is_empty() {
         true => None,
-        false => Some(watch::watch(&node.cfg.etcd_endpoints, mio::Waker::new(poll.registry(), RESOURCES)?)?),
+        false => Some(watch::watch(&node.cfg.etcd_endpoints, wake.clone())?),
     };
     let mut speaker = match speaker_config(&node.cfg, node.saved.is_some()) {
         Some(sc) => Some(Speaker::new(sc, poll.registry(), Instant::now()).context("starting BGP")?),
@@ -397,6 +401,7 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
             while let Ok(rs) = w.rx.try_recv() {
                 pending |= node.apply_view(&rs, &mut speaker, poll.registry());
             }
+            node.finish_removals(speaker.as_mut(), poll.registry());
         }
         if links_changed || links_checked.elapsed() >= link_check {
             links_checked = Instant::now();

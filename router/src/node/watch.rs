@@ -8,6 +8,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 /// How often the store's revision is looked at.
 const POLL: Duration = Duration::from_millis(500);
+/// The longest a peer that was removed from the cluster keeps its session while the new
+/// sessions come up.
+const REMOVAL_GRACE: Duration = Duration::from_secs(10);
 
 pub(super) struct Watcher {
     pub rx: Receiver<Vec<datastore::resources::Resource>>,
@@ -20,7 +23,7 @@ impl Drop for Watcher {
     }
 }
 
-pub(super) fn watch(endpoints: &[String], waker: mio::Waker) -> anyhow::Result<Watcher> {
+pub(super) fn watch(endpoints: &[String], waker: Arc<mio::Waker>) -> anyhow::Result<Watcher> {
     let store = datastore::Store::new(datastore::etcd::Etcd::new(endpoints)?);
     let (tx, rx) = crossbeam_channel::bounded(4);
     let stop = Arc::new(AtomicBool::new(false));
@@ -29,7 +32,12 @@ pub(super) fn watch(endpoints: &[String], waker: mio::Waker) -> anyhow::Result<W
     Ok(Watcher { rx, stop })
 }
 
-fn run(store: datastore::Store, tx: Sender<Vec<datastore::resources::Resource>>, waker: mio::Waker, stop: Arc<AtomicBool>) {
+fn run(
+    store: datastore::Store,
+    tx: Sender<Vec<datastore::resources::Resource>>,
+    waker: Arc<mio::Waker>,
+    stop: Arc<AtomicBool>,
+) {
     let mut seen = None;
     let mut down_since: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -93,8 +101,11 @@ impl Node {
                 || o.prefix_advertisements != bgp.prefix_advertisements
         });
         if restart || speaker.is_none() {
+            self.removals.clear();
             if let Some(mut sp) = speaker.take() {
-                tracing::info!("the cluster's AS, reflector cluster ID, filters or advertisements changed: restarting BGP");
+                tracing::info!(
+                    "the cluster's AS, reflector cluster ID, filters or advertisements changed: restarting BGP"
+                );
                 sp.stop(registry);
             }
             match speaker_config(&self.cfg, false).map(|sc| Speaker::new(sc, registry, now)) {
@@ -119,10 +130,31 @@ impl Node {
                 tracing::error!(peer = %p.address, error = %e, "adding the BGP peer failed");
             }
         }
+        // Peers that go are removed once the new sessions are up (or after a while): until
+        // then their routes carry the traffic that is moving to the new ones.
+        self.removals.retain(|(a, _)| !bgp.peers.iter().any(|p| p.address == *a));
         for p in live.iter().filter(|o| !bgp.peers.iter().any(|p| p.address == o.address)) {
-            tracing::info!(peer = %p.address, "datastore: BGP peer removed");
-            sp.remove_peer(registry, p.address, now);
+            if !self.removals.iter().any(|(a, _)| *a == p.address) {
+                self.removals.push((p.address, now + REMOVAL_GRACE));
+            }
         }
         routes_changed
+    }
+
+    /// Removes the peers that went once every other session is up, or their grace is over.
+    pub(super) fn finish_removals(&mut self, speaker: Option<&mut Speaker>, registry: &mio::Registry) {
+        let Some(sp) = speaker else { return };
+        if self.removals.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let going: Vec<Ipv4Addr> = self.removals.iter().map(|(a, _)| *a).collect();
+        let others_up = sp.status().iter().filter(|p| !going.contains(&p.peer)).all(|p| p.state == "up");
+        let (due, keep): (Vec<_>, Vec<_>) = self.removals.drain(..).partition(|(_, t)| others_up || now >= *t);
+        self.removals = keep;
+        for (a, _) in due {
+            tracing::info!(peer = %a, "datastore: BGP peer removed");
+            sp.remove_peer(registry, a, now);
+        }
     }
 }
