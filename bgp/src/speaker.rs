@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 /// limit ... action restart` and GoBGP wait a similar time; RFC 4486 leaves it to the operator.
 pub const MAX_PREFIXES_HOLD_DOWN: Duration = Duration::from_secs(60);
 
+/// The longest a replaced peer's routes are kept while its new session comes up.
+pub const REPLACE_GRACE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     pub address: Ipv4Addr,
@@ -94,6 +97,9 @@ struct Peer {
     updates_sent: u64,
     /// Removed while running: the slot stays (indices are the shell's too) but is dead.
     removed: bool,
+    /// Replaced by the peer in this slot (same address, new settings): this slot's routes
+    /// stay, stale, until that one has sent its table (End-of-RIB) or the instant passes.
+    replaced_by: Option<(usize, Instant)>,
 }
 
 /// One peer as `status` shows it.
@@ -197,8 +203,26 @@ impl Core {
             updates_received: 0,
             updates_sent: 0,
             removed: false,
+            replaced_by: None,
         });
         i
+    }
+
+    /// The same peer with new settings (a route reflector's client now, other filters): the
+    /// old session closes without a NOTIFICATION (a peer doing graceful restart keeps our
+    /// routes), its routes stay, stale, until the new session has sent its table, and the new
+    /// session starts in a new slot, which this returns. Nothing is lost in between.
+    pub fn replace_peer(&mut self, i: usize, p: PeerConfig, now: Instant) -> usize {
+        if self.removed(i) {
+            return self.add_peer(p, now);
+        }
+        self.actions.push(Action::Close(i));
+        let ch = self.rib.peer_down(i as PeerId, true);
+        self.apply(ch);
+        self.peers[i].removed = true;
+        let j = self.add_peer(p, now);
+        self.peers[i].replaced_by = Some((j, now + REPLACE_GRACE));
+        j
     }
 
     /// A peer configured while running (a BGPPeer applied): its slot, started at once.
@@ -290,8 +314,16 @@ impl Core {
 
     /// The earliest time [`Core::tick`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let replaced = self.peers.iter().filter_map(|p| p.replaced_by.map(|r| r.1)).min();
+        if let Some(t) = replaced {
+            return Some(self.poll_timeout_peers().map_or(t, |u| u.min(t)));
+        }
+        self.poll_timeout_peers()
+    }
+
+    fn poll_timeout_peers(&self) -> Option<Instant> {
         let retry = self.cfg.connect_retry;
-        let peers = self.peers.iter().flat_map(|p| {
+        let peers = self.peers.iter().filter(|p| !p.removed).flat_map(|p| {
             let stall = p.connecting_since.map(|t| t + retry);
             let gtsm =
                 p.cfg.ttl_security.and(p.connected_at).filter(|_| p.fsm.state() == State::OpenSent).map(|t| t + retry);
@@ -402,6 +434,14 @@ impl Core {
     pub fn tick(&mut self, now: Instant) {
         let retry = self.cfg.connect_retry;
         for i in 0..self.peers.len() {
+            if let Some((j, until)) = self.peers[i].replaced_by {
+                if self.peers[j].eor || now >= until {
+                    let ch = self.rib.purge_stale(i as PeerId);
+                    self.apply(ch);
+                    self.rib.remove_peer(i as PeerId);
+                    self.peers[i].replaced_by = None;
+                }
+            }
             if self.peers[i].removed {
                 continue;
             }

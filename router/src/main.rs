@@ -387,15 +387,6 @@ fn ipv4_to_look_up(s: &str) -> Result<std::net::Ipv4Addr, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_command_line_is_consistent() {
-        use clap::CommandFactory as _;
-        super::Cli::command().debug_assert();
-    }
-}
-
 fn main() {
     // A container runtime runs its CNI plugin with no arguments and CNI_COMMAND set: then
     // this binary is the plugin (the lab installs it so; `router-cni` is the same code).
@@ -904,4 +895,13 @@ fn render_paths(prefix: &ipnet::IpNet, ps: &[admin::PathDetail]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -488,6 +488,32 @@ impl Speaker {
         Ok(())
     }
 
+    /// The peer at `p.address` with new settings: its session restarts in a new slot
+    /// without a NOTIFICATION, and its routes stay until the new session has sent its own.
+    pub fn replace_peer(&mut self, registry: &Registry, p: BgpPeer, now: Instant) -> io::Result<()> {
+        let Some(i) =
+            (0..self.cfg.peers.len()).find(|&i| self.cfg.peers[i].address == p.address && !self.core.removed(i))
+        else {
+            return self.add_peer(registry, p, now);
+        };
+        let listener = socket2::SockRef::from(&self.listener);
+        match &p.password {
+            Some(pw) => netsys::set_tcp_md5(listener.as_fd(), p.address, pw.as_bytes())?,
+            None if self.cfg.peers[i].password.is_some() => netsys::set_tcp_md5(listener.as_fd(), p.address, &[])?,
+            None => {}
+        }
+        if p.ttl_security.is_some() {
+            listener.set_ttl(255)?;
+        }
+        let pc = peer_config(&p);
+        self.cfg.peers.push(p);
+        self.conns.push(None);
+        self.core.replace_peer(i, pc, now);
+        self.run(registry, now);
+        self.drop_conn(registry, i);
+        Ok(())
+    }
+
     /// A peer no longer configured: Cease, its routes gone; whether there was one.
     pub fn remove_peer(&mut self, registry: &Registry, address: Ipv4Addr, now: Instant) -> bool {
         let Some(i) =

@@ -734,3 +734,85 @@ fn a_planned_restart_keeps_routes_everywhere_and_loses_nothing_between_other_nod
     }
     all_pods_reach_each_other(&lab);
 }
+
+/// `router apply -f -` with `yaml`, to the lab's etcd.
+fn apply(lab: &TestLab, yaml: &str) {
+    use std::io::Write as _;
+    let mut c = lab
+        .command(&["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply");
+    c.stdin.take().expect("stdin").write_all(yaml.as_bytes()).expect("write");
+    let out = c.wait_with_output().expect("apply");
+    assert!(out.status.success(), "apply: {}{}", text(&out.stdout), text(&out.stderr));
+}
+
+#[test]
+fn a_lab_on_etcd_follows_calico_resources_applied_live() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    // The topology is in etcd, and `get` finds the lab's etcd by itself.
+    let nodes = text(&lab.router(&["get", "nodes"]).stdout);
+    assert_eq!(nodes.lines().count(), 4, "{nodes}");
+    let pool = text(&lab.router(&["get", "ippools", "-o", "yaml"]).stdout);
+    assert!(pool.contains("ipipMode: CrossSubnet"), "{pool}");
+
+    // An external peer applied comes up, BIRD's route lands in the FIB; deleted, both go.
+    let sock = start_bird(&lab, &bird_ebgp(None));
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: bird\nspec:\n  node: node-a\n  peerIP: 192.168.100.1\n  asNumber: 65001\n",
+    );
+    wait_for(20, "node-a's session with BIRD, applied live", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    wait_for(10, "BIRD's route in node-a's FIB", || route(&lab, "node-a", "10.99.1.0/24").is_some());
+    assert!(peers(&lab, "node-b").iter().all(|p| p["peer"] != "192.168.100.1"), "only node-a peers with BIRD");
+    let out = lab.router(&["delete", "bgppeer", "bird"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(10, "the session and BIRD's route to go", || {
+        peers(&lab, "node-a").iter().all(|p| p["peer"] != "192.168.100.1")
+            && route(&lab, "node-a", "10.99.1.0/24").is_none()
+    });
+    let _ = birdc(&lab, &sock, &["down"]);
+
+    // Mesh off, node-a a reflector: the sessions change while pods ping, and none is lost.
+    let flows = std::thread::scope(|s| {
+        let b = s.spawn(|| ping(&lab, "pod-b1", &["-c", "60", "-i", "0.1", "-W", "2", "10.244.3.1"]));
+        let a = s.spawn(|| ping(&lab, "pod-a1", &["-c", "60", "-i", "0.1", "-W", "2", "10.244.3.1"]));
+        std::thread::sleep(Duration::from_millis(1000));
+        apply(
+            &lab,
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: 64512\n  nodeToNodeMeshEnabled: false\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node-a\nspec:\n  bgp:\n    ipv4Address: 192.168.100.100/24\n    routeReflectorClusterID: 224.0.0.1\n",
+        );
+        [a.join().expect("ping a"), b.join().expect("ping b")]
+    });
+    for (ok, out) in &flows {
+        assert!(ok, "{out}");
+        assert_no_loss(out);
+    }
+    let b = peers(&lab, "node-b");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(
+        (b[0]["peer"].as_str(), b[0]["peer_type"].as_str(), b[0]["state"].as_str()),
+        (Some("192.168.100.100"), Some("route reflector"), Some("up"))
+    );
+    assert_eq!(peers(&lab, "node-a").len(), 2);
+    // Each client has every other block, through the reflector.
+    for (n, others) in [("node-b", ["10.244.1.0/26", "10.244.3.0/26"]), ("node-c", ["10.244.1.0/26", "10.244.2.0/26"])]
+    {
+        for block in others {
+            assert!(route(&lab, n, block).is_some(), "{n} lacks {block}");
+        }
+    }
+
+    // The pool to IPIP Always: node-a now wraps what it sent to node-b directly.
+    assert_eq!(route(&lab, "node-a", "10.244.2.0/26").expect("route")["encap"], "none");
+    apply(&lab, "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  cidr: 10.244.0.0/16\n  blockSize: 26\n  ipipMode: Always\n");
+    wait_for(10, "the pool's new mode", || {
+        route(&lab, "node-a", "10.244.2.0/26").is_some_and(|r| r["encap"] == "ipip")
+    });
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
+    assert!(ok, "{out}");
+}

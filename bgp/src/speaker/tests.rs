@@ -477,3 +477,25 @@ fn a_peer_removed_while_running_is_shut_down_and_forgotten_and_one_added_comes_u
     assert_eq!(c.view(0, slot).state, State::Established);
     assert!(c.has(0, 2) && c.has(1, 1));
 }
+
+#[test]
+fn a_peer_replaced_with_new_settings_keeps_its_routes_until_the_new_session_sent_its_own() {
+    let mut c = Cluster::new(3, Some(120));
+    c.run_for(Duration::from_secs(1));
+    let now = c.now;
+    let mut cfg = c.core(0).peer_config(0).clone();
+    cfg.max_prefixes = Some(1000);
+    let j = c.core(0).replace_peer(0, cfg, now);
+    // Before anything is delivered: node 1's block is still there (stale), and node 1 still
+    // has ours (no NOTIFICATION: its graceful-restart helper keeps it).
+    assert!(c.has(0, 2), "the old session's routes stay");
+    c.settle();
+    assert!(c.has(1, 1), "node 1 keeps node 0's block");
+    c.run_for(Duration::from_secs(5));
+    assert_eq!(c.view(0, j).state, State::Established);
+    assert!(c.core(0).removed(0));
+    assert!(c.has(0, 2) && c.has(1, 1));
+    // The old slot's stale routes are gone once the new session has sent its table.
+    assert!(c.core(0).rib().loc_rib().get(&block(2)).is_some());
+    assert!(c.core(0).poll_timeout().is_some_and(|t| t > c.now), "no timer of the dead slot keeps firing");
+}

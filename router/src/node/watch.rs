@@ -102,13 +102,26 @@ impl Node {
         });
         if restart || speaker.is_none() {
             self.removals.clear();
+            let mut restarted = false;
             if let Some(mut sp) = speaker.take() {
                 tracing::info!(
                     "the cluster's AS, reflector cluster ID, filters or advertisements changed: restarting BGP"
                 );
-                sp.stop(registry);
+                // As a planned restart: the FIB keeps the routes until the new sessions have
+                // sent theirs, and peers doing graceful restart keep ours meanwhile.
+                if self.saved.is_none() {
+                    let learned = sp.learned();
+                    self.saved = Some(super::restart::Saved {
+                        saved_at: 0,
+                        learned: learned.clone(),
+                        cluster_hops: sp.cluster_next_hops().into_iter().collect(),
+                    });
+                    self.learned = learned;
+                }
+                sp.close_for_restart(registry);
+                restarted = true;
             }
-            match speaker_config(&self.cfg, false).map(|sc| Speaker::new(sc, registry, now)) {
+            match speaker_config(&self.cfg, restarted).map(|sc| Speaker::new(sc, registry, now)) {
                 Some(Ok(sp)) => *speaker = Some(sp),
                 Some(Err(e)) => tracing::error!(error = %e, "starting BGP with the datastore's cluster failed"),
                 None => {}
@@ -122,12 +135,15 @@ impl Node {
         let live: Vec<nodeapi::config::BgpPeer> = sp.peers().into_iter().cloned().collect();
         // New sessions first, so that routes have somewhere to come from before old ones go.
         for p in bgp.peers.iter().filter(|p| !live.contains(p)) {
-            tracing::info!(peer = %p.address, kind = ?p.kind, "datastore: BGP peer added");
-            if let Some(old) = live.iter().find(|o| o.address == p.address) {
-                sp.remove_peer(registry, old.address, now);
-            }
-            if let Err(e) = sp.add_peer(registry, p.clone(), now) {
-                tracing::error!(peer = %p.address, error = %e, "adding the BGP peer failed");
+            let r = if live.iter().any(|o| o.address == p.address) {
+                tracing::info!(peer = %p.address, kind = ?p.kind, "datastore: BGP peer changed");
+                sp.replace_peer(registry, p.clone(), now)
+            } else {
+                tracing::info!(peer = %p.address, kind = ?p.kind, "datastore: BGP peer added");
+                sp.add_peer(registry, p.clone(), now)
+            };
+            if let Err(e) = r {
+                tracing::error!(peer = %p.address, error = %e, "configuring the BGP peer failed");
             }
         }
         // Peers that go are removed once the new sessions are up (or after a while): until
