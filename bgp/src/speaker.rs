@@ -255,6 +255,15 @@ impl Core {
         self.rib.set_policy(policy);
     }
 
+    /// Whether peer `i` is up and has sent its whole table (End-of-RIB, or it does not do
+    /// graceful restart and so sends none).
+    pub fn synced(&self, i: usize) -> bool {
+        let p = &self.peers[i];
+        !p.removed
+            && p.fsm.state() == State::Established
+            && (p.eor || p.fsm.negotiated().is_some_and(|n| n.peer_gr.is_none()))
+    }
+
     /// Whether slot `i` is a peer that was removed.
     pub fn removed(&self, i: usize) -> bool {
         self.peers.get(i).is_none_or(|p| p.removed)

@@ -145,6 +145,29 @@ impl Ipam {
             .collect())
     }
 
+    /// Records that `handle` holds `address` (a pod made before IPAM lived here), in the
+    /// block `block`, which `node` must hold or gets.
+    pub fn assign(&self, node: &str, handle: &str, address: Ipv4Addr, block: Ipv4Net) -> anyhow::Result<()> {
+        if !self.claim(node, block)? {
+            bail!("block {block} belongs to another node");
+        }
+        for _ in 0..RETRIES {
+            let (mut b, rev) = self.read_block(&block)?.context("the block vanished")?;
+            match b.allocations.get(&address) {
+                Some(h) if h == handle => return Ok(()),
+                Some(h) => bail!("{address} is held by {h}"),
+                None => {}
+            }
+            b.allocations.insert(address, handle.to_string());
+            let h = serde_json::to_vec(&Handle { address, block, node: node.to_string() })?;
+            let (bk, hk) = (block_key(&block), handle_key(handle));
+            if self.etcd.put_all_if(&[(&bk, rev)], &[(&bk, &serde_json::to_vec(&b)?), (&hk, &h)])? {
+                return Ok(());
+            }
+        }
+        bail!("assigning {address} kept conflicting with other writers")
+    }
+
     /// Claims the first free block of `pool` for `node`; None when every block is taken.
     pub fn claim_block(&self, node: &str, pool: Ipv4Net, block_len: u8) -> anyhow::Result<Option<Ipv4Net>> {
         let blocks = pool.subnets(block_len).with_context(|| format!("/{block_len} blocks of {pool}"))?;

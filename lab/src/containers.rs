@@ -28,7 +28,7 @@ pub fn containers_conf(lab: &Lab, node: &str) -> PathBuf {
 
 /// Writes the IPAM state (every node's block, the topology's pods), the plugin, and per
 /// node its network config and `containers.conf`.
-pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, ipip: bool) -> anyhow::Result<()> {
+pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, ipip: bool, etcd: Option<&str>) -> anyhow::Result<()> {
     Ipam::new(ipam_file(lab)).with(|st| {
         for n in &topo.nodes {
             st.blocks.insert(n.block, n.name.clone());
@@ -54,7 +54,8 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, ipip: bool) -> anyhow::Resu
             blocks: vec![n.block],
             mtu: topo.subnets[n.subnet].mtu - if ipip { encap::ipip::OVERHEAD as u16 } else { 0 },
             ipam_file: ipam_file(lab),
-            etcd_endpoints: Vec::new(),
+            // With the lab's etcd, containers' addresses live there (as on real machines).
+            etcd_endpoints: etcd.iter().map(|e| e.to_string()).collect(),
             pool: Some(topo.pool),
         };
         let net_d = dir.join("net.d");

@@ -362,7 +362,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         st.save(&lab.dir)?;
     }
 
-    containers::setup(lab, topo, &opts.exe, mode != IpipMode::Never)?;
+    containers::setup(lab, topo, &opts.exe, mode != IpipMode::Never, st.etcd.as_ref().map(|e| e.url.as_str()))?;
     for cfg in &configs {
         let path = lab.dir.join(format!("{}.toml", cfg.name));
         // 0600: a node's config holds its peers' TCP-MD5 passwords.
@@ -492,7 +492,7 @@ fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> a
         }
         let out = c.wait_with_output()?;
         if out.status.success() {
-            return Ok(());
+            return seed_ipam(topo, &ns);
         }
         if Instant::now() > deadline {
             bail!(
@@ -503,6 +503,29 @@ fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> a
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The topology's blocks and pods into the lab's etcd IPAM, so that containers get the
+/// addresses the pods do not hold. From a thread inside etcd's host (setns is per thread).
+fn seed_ipam(topo: &Topology, ns: &str) -> anyhow::Result<()> {
+    let path = Path::new("/run/netns").join(ns);
+    let nodes = topo.nodes.clone();
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("entering etcd's host")?;
+        let ipam = datastore::ipam::Ipam::new(datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()])?);
+        // Every block to its node first: a borrowed pod address is held under its block's owner.
+        for n in &nodes {
+            ipam.claim(&n.name, n.block)?;
+        }
+        for p in nodes.iter().flat_map(|n| &n.pods) {
+            let Some(owner) = nodes.iter().find(|o| o.block.contains(&p.address)) else { continue };
+            ipam.assign(&owner.name, &format!("pod:{}", p.name), p.address, owner.block)?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("seeding the IPAM panicked"))?
 }
 
 /// The static routes a node needs until BGP exists: blocks of nodes on the same subnet via

@@ -56,6 +56,13 @@ enum Cmd {
     Node {
         #[arg(long)]
         config: PathBuf,
+        /// `etcd`: take the cluster from Calico's resources in etcd and follow them live
+        /// (the config's `etcd_endpoints`, or --etcd-endpoints).
+        #[arg(long, value_enum)]
+        datastore: Option<DatastoreArg>,
+        /// etcd's client URLs, comma-separated.
+        #[arg(long = "etcd-endpoints", env = "ROUTER_ETCD_ENDPOINTS", value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
     },
     /// Show a node's BGP peers, like `calicoctl node status`.
     Status(Query),
@@ -397,7 +404,7 @@ fn main() {
     // RUST_LOG wins; a node's config may set its own level; otherwise info.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         let from_config = match &cli.cmd {
-            Cmd::Node { config } => nodeapi::config::NodeConfig::load(config).ok().and_then(|c| c.log_level),
+            Cmd::Node { config, .. } => nodeapi::config::NodeConfig::load(config).ok().and_then(|c| c.log_level),
             _ => None,
         };
         tracing_subscriber::EnvFilter::try_new(from_config.as_deref().unwrap_or("info"))
@@ -457,7 +464,18 @@ installed {} as {}",
             Ok(0)
         }
         Cmd::Trace { src, dst, proto, json, sel } => trace(&sel.lab()?, &src, &dst, proto, json),
-        Cmd::Node { config } => router::node::run(&config).map(|_| 0),
+        Cmd::Node { config, datastore, etcd_endpoints } => {
+            let endpoints = match datastore {
+                Some(DatastoreArg::Etcd) => Some(etcd_endpoints),
+                Some(DatastoreArg::None) => Some(Vec::new()),
+                None if !etcd_endpoints.is_empty() => Some(etcd_endpoints),
+                None => None,
+            };
+            if endpoints.as_ref().is_some_and(|e| e.is_empty()) && datastore == Some(DatastoreArg::Etcd) {
+                bail!("--datastore etcd needs --etcd-endpoints http://HOST:2379 (or ROUTER_ETCD_ENDPOINTS)");
+            }
+            router::node::run_with(&config, endpoints).map(|_| 0)
+        }
         Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
         Cmd::Status(q) => {
             let st = q.client()?.bgp_status()?;

@@ -537,6 +537,13 @@ impl Speaker {
         self.core.set_policy(policy);
     }
 
+    /// Whether every peer but those at `except` is up and has sent its whole table.
+    pub fn synced_except(&self, except: &[Ipv4Addr]) -> bool {
+        (0..self.cfg.peers.len())
+            .filter(|&i| !self.core.removed(i) && !except.contains(&self.cfg.peers[i].address))
+            .all(|i| self.core.synced(i))
+    }
+
     /// The configured peers (not those removed), in slot order.
     pub fn peers(&self) -> Vec<&BgpPeer> {
         self.cfg.peers.iter().enumerate().filter(|(i, _)| !self.core.removed(*i)).map(|(_, p)| p).collect()

@@ -213,3 +213,18 @@ fn containers_work_on_the_tun_data_plane_too() {
     podman(&lab, "node-a", &["rm", "--force", "--time", "0", &a]);
     assert!(pods_of(&lab, "node-a").is_empty());
 }
+
+#[test]
+fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    let (c, c_ip) = run(&lab, "node-c");
+    // pod-c1 holds .1 of node-c's block in etcd's IPAM, as the lab seeded it.
+    assert_eq!(c_ip, "10.244.3.2");
+    container_pings(&lab, "node-c", &c, "10.244.1.1");
+    let conf =
+        std::fs::read_to_string(lab.dir.join(&lab.name).join("cni/node-c/net.d/10-router.conflist")).expect("conflist");
+    assert!(conf.contains("etcd_endpoints"), "{conf}");
+    podman(&lab, "node-c", &["rm", "--force", "--time", "0", &c]);
+    let (_, again) = run(&lab, "node-c");
+    assert_eq!(again, c_ip, "released in etcd and handed out again");
+}

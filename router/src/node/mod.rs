@@ -190,7 +190,15 @@ const JOBS: Token = Token(0);
 const LINKS: Token = Token(2);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    run_with(config_path, None)
+}
+
+/// [`run`], with the config's etcd endpoints replaced (`Some(vec![])`: no datastore).
+pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::load(config_path)?;
+    if let Some(e) = etcd_endpoints {
+        cfg.etcd_endpoints = e;
+    }
     // Pods a previous run was given (containers that may still run) join the configured ones.
     let mut dynamic = HashSet::new();
     for spec in pods::load_dynamic(&cfg) {
@@ -305,7 +313,7 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
     // With a datastore the cluster follows etcd; the config's BGP is what runs until then.
     let watcher = match node.cfg.etcd_endpoints.is_empty() {
         true => None,
-        false => Some(watch::watch(&node.cfg.etcd_endpoints, wake.clone())?),
+        false => Some(watch::watch(&node.cfg.etcd_endpoints, &node.cfg.name, node.cfg.uplink.address, wake.clone())?),
     };
     let mut speaker = match speaker_config(&node.cfg, node.saved.is_some()) {
         Some(sc) => Some(Speaker::new(sc, poll.registry(), Instant::now()).context("starting BGP")?),

@@ -23,24 +23,58 @@ impl Drop for Watcher {
     }
 }
 
-pub(super) fn watch(endpoints: &[String], waker: Arc<mio::Waker>) -> anyhow::Result<Watcher> {
+pub(super) fn watch(
+    endpoints: &[String],
+    name: &str,
+    address: Ipv4Net,
+    waker: Arc<mio::Waker>,
+) -> anyhow::Result<Watcher> {
     let store = datastore::Store::new(datastore::etcd::Etcd::new(endpoints)?);
     let (tx, rx) = crossbeam_channel::bounded(4);
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    std::thread::Builder::new().name("datastore".into()).spawn(move || run(store, tx, waker, s))?;
+    let me = (name.to_string(), address);
+    std::thread::Builder::new().name("datastore".into()).spawn(move || run(store, me, tx, waker, s))?;
     Ok(Watcher { rx, stop })
+}
+
+/// The node's own `Node` resource, as Calico's node agent writes it: created when missing,
+/// its `bgp.ipv4Address` put right when it is not the node's; everything else (labels, a
+/// reflector cluster ID) is the user's and stays.
+fn register(store: &datastore::Store, name: &str, address: Ipv4Net) -> anyhow::Result<()> {
+    use datastore::resources::{self as r, Kind, Resource};
+    let mut node = match store.get(Kind::Node, Some(name))?.into_iter().next() {
+        Some(Resource::Node(n)) => n,
+        _ => r::typed(Kind::Node, name, r::NodeSpec::default()),
+    };
+    let bgp = node.spec.bgp.get_or_insert_with(Default::default);
+    if bgp.ipv4_address.as_deref() == Some(address.to_string().as_str()) {
+        return Ok(());
+    }
+    bgp.ipv4_address = Some(address.to_string());
+    node.metadata.resource_version = None;
+    store.apply(&Resource::Node(node))?;
+    tracing::info!(node = name, %address, "registered in the datastore");
+    Ok(())
 }
 
 fn run(
     store: datastore::Store,
+    me: (String, Ipv4Net),
     tx: Sender<Vec<datastore::resources::Resource>>,
     waker: Arc<mio::Waker>,
     stop: Arc<AtomicBool>,
 ) {
     let mut seen = None;
     let mut down_since: Option<Instant> = None;
+    let mut registered = false;
     while !stop.load(Ordering::Relaxed) {
+        if !registered {
+            match register(&store, &me.0, me.1) {
+                Ok(()) => registered = true,
+                Err(e) => outage(&mut down_since, &e),
+            }
+        }
         match store.etcd.revision() {
             Ok(rev) if Some(rev) == seen => {}
             Ok(_) => match store.all() {
@@ -157,7 +191,8 @@ impl Node {
         routes_changed
     }
 
-    /// Removes the peers that went once every other session is up, or their grace is over.
+    /// Removes the peers that went once every other session is up and has sent its table,
+    /// or their grace is over.
     pub(super) fn finish_removals(&mut self, speaker: Option<&mut Speaker>, registry: &mio::Registry) {
         let Some(sp) = speaker else { return };
         if self.removals.is_empty() {
@@ -165,7 +200,9 @@ impl Node {
         }
         let now = Instant::now();
         let going: Vec<Ipv4Addr> = self.removals.iter().map(|(a, _)| *a).collect();
-        let others_up = sp.status().iter().filter(|p| !going.contains(&p.peer)).all(|p| p.state == "up");
+        // The others up and with their whole tables: the routes of the peers that go are
+        // then there by another way (a reflector's, once it has everyone's).
+        let others_up = sp.synced_except(&going);
         let (due, keep): (Vec<_>, Vec<_>) = self.removals.drain(..).partition(|(_, t)| others_up || now >= *t);
         self.removals = keep;
         for (a, _) in due {
