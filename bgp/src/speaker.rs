@@ -617,7 +617,8 @@ impl Core {
         if !self.rib.deferring() {
             return;
         }
-        let all_back = self.peers.iter().all(|p| {
+        // Peers removed while we waited are not waited for.
+        let all_back = self.peers.iter().filter(|p| !p.removed).all(|p| {
             p.fsm.state() == State::Established && (p.eor || p.fsm.negotiated().is_some_and(|n| n.peer_gr.is_none()))
         });
         if !all_back && self.deferral_until.is_some_and(|t| t > now) {

@@ -815,4 +815,52 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     });
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
     assert!(ok, "{out}");
+
+    // A node's resource deleted: the others stop peering with it; restarted, it registers
+    // itself again (its address from its config) and the sessions come back.
+    let out = lab.router(&["delete", "node", "node-b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(15, "node-a to drop node-b", || peers(&lab, "node-a").iter().all(|p| p["peer"] != "192.168.100.101"));
+    let out = lab.router(&["lab", "restart", "node-b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(15, "node-b registered again", || {
+        text(&lab.router(&["get", "node", "node-b"]).stdout).contains("192.168.100.101/24")
+    });
+    wait_for(15, "node-a's session with node-b", || peer_state(&lab, "node-a", "192.168.100.101").0 == "up");
+    wait_for(10, "node-b's block at node-c", || route(&lab, "node-c", "10.244.2.0/26").is_some());
+
+    // etcd gone: the nodes forward on with what they knew.
+    let pids = Command::new("ip").args(["netns", "pids", &lab.ns("etcd")]).output().expect("pids");
+    for pid in text(&pids.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let (ok, out) = ping(&lab, "pod-b1", &["-c", "20", "-i", "0.1", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "{out}");
+    assert_no_loss(&out);
+    assert_eq!(peers(&lab, "node-b").len(), 1);
+    let get = lab.router(&["get", "nodes"]);
+    assert!(!get.status.success() && text(&get.stderr).contains("no etcd endpoint answers"), "{}", text(&get.stderr));
+
+    // etcd back (its data kept): the nodes read it again and follow what changed meanwhile.
+    let url = "http://192.168.100.2:2379";
+    let mut etcd = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("etcd"), "etcd", "--name", "lab", "--data-dir"])
+        .arg(lab.dir.join(&lab.name).join("etcd"))
+        .args(["--listen-client-urls", &format!("{url},http://127.0.0.1:2379"), "--advertise-client-urls", url])
+        .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-cluster", "lab=http://127.0.0.1:2380"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd again");
+    wait_for(20, "etcd back", || lab.router(&["get", "nodes"]).status.success());
+    apply(&lab, "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  cidr: 10.244.0.0/16\n  blockSize: 26\n  ipipMode: CrossSubnet\n");
+    wait_for(10, "node-a back to direct routes to node-b", || {
+        route(&lab, "node-a", "10.244.2.0/26").is_some_and(|r| r["encap"] == "none")
+    });
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
+    assert!(ok, "{out}");
+    drop(lab);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
 }

@@ -499,3 +499,19 @@ fn a_peer_replaced_with_new_settings_keeps_its_routes_until_the_new_session_sent
     assert!(c.core(0).rib().loc_rib().get(&block(2)).is_some());
     assert!(c.core(0).poll_timeout().is_some_and(|t| t > c.now), "no timer of the dead slot keeps firing");
 }
+
+#[test]
+fn a_restarted_node_does_not_wait_for_a_peer_removed_meanwhile() {
+    let mut c = Cluster::new(3, Some(120));
+    c.run_for(Duration::from_secs(1));
+    c.vanish(2);
+    c.vanish(0);
+    c.start(0, true);
+    c.run_for(Duration::from_secs(5));
+    assert!(c.core(0).deferring(), "node 0 waits for node 2, which does not come back");
+    let now = c.now;
+    c.core(0).remove_peer(1, now);
+    c.run_for(Duration::from_secs(1));
+    assert!(!c.core(0).deferring(), "with node 2 no longer a peer, node 0 waits no more");
+    assert!(c.has(1, 1), "and its block went out to node 1");
+}
