@@ -107,9 +107,21 @@ pub fn container_ids(lab: &Lab) -> Vec<(String, String)> {
 }
 
 /// Removes the containers the lab's nodes ran, through podman with each node's config (so
-/// the plugin's DEL runs while the nodes still do). Without podman there are none.
-pub fn remove_all(lab: &Lab) {
-    let ids = container_ids(lab);
+/// the plugin's DEL runs while the nodes still do). They are found in the file IPAM and in
+/// what the nodes serve (with the lab's IPAM in etcd, only there). Without podman there
+/// are none.
+pub fn remove_all(lab: &Lab, st: &crate::state::State) {
+    let mut ids = container_ids(lab);
+    for d in &st.daemons {
+        let Ok(pods) = nodeapi::admin::Client::new(&d.socket).pods() else { continue };
+        for p in pods.into_iter().filter(|p| p.dynamic) {
+            // The pod's name is the container's short id (and its interface, if not eth0).
+            let id = p.pod.name.split('-').next().unwrap_or_default().to_string();
+            if !ids.iter().any(|(_, known)| known.starts_with(&id)) {
+                ids.push((d.node.clone(), id));
+            }
+        }
+    }
     if ids.is_empty() {
         return;
     }

@@ -767,7 +767,7 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
     require_root("`router lab down`")?;
     report.existed = true;
     // Containers first, while their nodes still answer the plugin's DEL.
-    containers::remove_all(lab);
+    containers::remove_all(lab, &st);
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let ours = |pid: i32| {

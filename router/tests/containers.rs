@@ -225,6 +225,12 @@ fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
         std::fs::read_to_string(lab.dir.join(&lab.name).join("cni/node-c/net.d/10-router.conflist")).expect("conflist");
     assert!(conf.contains("etcd_endpoints"), "{conf}");
     podman(&lab, "node-c", &["rm", "--force", "--time", "0", &c]);
-    let (_, again) = run(&lab, "node-c");
+    let (again_id, again) = run(&lab, "node-c");
     assert_eq!(again, c_ip, "released in etcd and handed out again");
+    // lab down removes it, though its address is in etcd, not in the lab's IPAM file.
+    let down = lab.down();
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    let ps =
+        Command::new("podman").args(["ps", "-a", "-q", "--no-trunc", "--filter", &format!("id={again_id}")]).output();
+    assert_eq!(ps.map(|o| text(&o.stdout)).unwrap_or_default().trim(), "", "container {again_id} is left");
 }
