@@ -35,17 +35,12 @@ impl Target {
             node: cfg.name.clone(),
             admin_socket: cfg.admin_socket.clone(),
             blocks: cfg.blocks.clone(),
-            mtu: if ipip { 1500 - encap_overhead() } else { 1500 },
+            mtu: if ipip { 1500 - encap::ipip::OVERHEAD as u16 } else { 1500 },
             ipam_file,
             etcd_endpoints: Vec::new(),
             pool: cfg.pools.first().map(|p| p.cidr),
         }
     }
-}
-
-/// The outer IPv4 header of IPIP.
-const fn encap_overhead() -> u16 {
-    20
 }
 
 pub fn conflist(t: &Target) -> serde_json::Value {

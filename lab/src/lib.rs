@@ -430,6 +430,18 @@ fn wait_converged(topo: &Topology, st: &State) -> anyhow::Result<()> {
     }
 }
 
+/// A one-member etcd in namespace `ns` with its data in `data_dir`, serving clients on
+/// `url` (`http://ADDR:2379`) and on the namespace's loopback: the lab's, and the tests'.
+pub fn etcd_command(ns: &str, data_dir: &Path, url: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "etcd", "--name", "lab", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen-client-urls", &format!("{url},http://127.0.0.1:2379"), "--advertise-client-urls", url])
+        .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-cluster", "lab=http://127.0.0.1:2380"]);
+    c
+}
+
 /// The lab's etcd: a host on the first subnet (its second address), etcd listening there and
 /// on its loopback, the topology loaded as Calico resources before any node starts (a node
 /// that found an empty store would have no cluster to follow).
@@ -449,12 +461,7 @@ fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> a
     netns::ip_in(&ns, &["route", "add", "default", "via", &subnet.gateway.to_string()])?;
     let url = format!("http://{addr}:2379");
     let log = std::fs::File::create(lab.dir.join("etcd.log")).context("creating etcd.log")?;
-    Command::new("ip")
-        .args(["netns", "exec", &ns, "etcd", "--name", "lab", "--data-dir"])
-        .arg(lab.dir.join("etcd"))
-        .args(["--listen-client-urls", &format!("{url},http://127.0.0.1:2379"), "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-        .args(["--initial-cluster", "lab=http://127.0.0.1:2380"])
+    etcd_command(&ns, &lab.dir.join("etcd"), &url)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

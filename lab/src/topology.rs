@@ -4,7 +4,6 @@
 use ipnet::Ipv4Net;
 use nodeapi::fileerr::{self, FileError, Source};
 use serde::Deserialize;
-use sha1::{Digest, Sha1};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -80,12 +79,8 @@ pub struct Pod {
     pub iface: String,
 }
 
-/// Calico's host-side interface name for a pod.
-pub fn cali_name(pod: &str) -> String {
-    let digest = Sha1::digest(pod.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("cali{}", &hex[..11])
-}
+/// Calico's host-side interface name for a pod (the CNI plugin's rule).
+pub use cni::cali_name;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

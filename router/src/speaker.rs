@@ -470,15 +470,24 @@ impl Speaker {
         at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
-    /// A peer configured while running (a BGPPeer applied): its session starts now.
-    pub fn add_peer(&mut self, registry: &Registry, p: BgpPeer, now: Instant) -> io::Result<()> {
+    /// The shared listener set up for `p`, as `listen` does at start: its TCP-MD5 key (or,
+    /// when it had one before and has none now, the key removed) and TTL 255 for GTSM.
+    fn listen_for(&self, p: &BgpPeer, had_password: Option<bool>) -> io::Result<()> {
         let listener = socket2::SockRef::from(&self.listener);
-        if let Some(pw) = &p.password {
-            netsys::set_tcp_md5(listener.as_fd(), p.address, pw.as_bytes())?;
+        match &p.password {
+            Some(pw) => netsys::set_tcp_md5(listener.as_fd(), p.address, pw.as_bytes())?,
+            None if had_password == Some(true) => netsys::set_tcp_md5(listener.as_fd(), p.address, &[])?,
+            None => {}
         }
         if p.ttl_security.is_some() {
             listener.set_ttl(255)?;
         }
+        Ok(())
+    }
+
+    /// A peer configured while running (a BGPPeer applied): its session starts now.
+    pub fn add_peer(&mut self, registry: &Registry, p: BgpPeer, now: Instant) -> io::Result<()> {
+        self.listen_for(&p, None)?;
         let pc = peer_config(&p);
         self.cfg.peers.push(p);
         self.conns.push(None);
@@ -496,15 +505,8 @@ impl Speaker {
         else {
             return self.add_peer(registry, p, now);
         };
-        let listener = socket2::SockRef::from(&self.listener);
-        match &p.password {
-            Some(pw) => netsys::set_tcp_md5(listener.as_fd(), p.address, pw.as_bytes())?,
-            None if self.cfg.peers[i].password.is_some() => netsys::set_tcp_md5(listener.as_fd(), p.address, &[])?,
-            None => {}
-        }
-        if p.ttl_security.is_some() {
-            listener.set_ttl(255)?;
-        }
+        let had_password = self.cfg.peers[i].password.is_some();
+        self.listen_for(&p, Some(had_password))?;
         let pc = peer_config(&p);
         self.cfg.peers.push(p);
         self.conns.push(None);

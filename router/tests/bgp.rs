@@ -843,12 +843,7 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
 
     // etcd back (its data kept): the nodes read it again and follow what changed meanwhile.
     let url = "http://192.168.100.2:2379";
-    let mut etcd = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("etcd"), "etcd", "--name", "lab", "--data-dir"])
-        .arg(lab.dir.join(&lab.name).join("etcd"))
-        .args(["--listen-client-urls", &format!("{url},http://127.0.0.1:2379"), "--advertise-client-urls", url])
-        .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-        .args(["--initial-cluster", "lab=http://127.0.0.1:2380"])
+    let mut etcd = lab::etcd_command(&lab.ns("etcd"), &lab.dir.join(&lab.name).join("etcd"), url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -45,27 +45,7 @@ impl Cni<'_> {
 
     /// Runs the plugin in node-a's namespace (as a runtime on node-a would).
     fn call(&self, command: &str, container: &str, netns: Option<&str>, stdin: &str) -> Reply {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.lab.ns("node-a")])
-            .arg(plugin())
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(n) = netns {
-            c.env("CNI_NETNS", format!("/run/netns/{n}"));
-        }
-        let mut child = c.spawn().expect("run the plugin");
-        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write config");
-        let o = child.wait_with_output().expect("plugin ends");
-        let raw = text(&o.stdout);
-        let out = if raw.trim().is_empty() { Value::Null } else { serde_json::from_str(&raw).expect("stdout is JSON") };
-        Reply { code: o.status.code().unwrap_or(-1), out, raw }
+        run_plugin(self.lab, "node-a", command, container, netns, stdin)
     }
 
     fn conf_with(&self, extra: &[(&str, Value)]) -> String {
@@ -298,7 +278,8 @@ impl Drop for NodeEtcd {
     }
 }
 
-fn plugin_call(lab: &TestLab, node: &str, conf: &Value, command: &str, container: &str, netns: Option<&str>) -> Reply {
+/// Runs the plugin as a runtime on `node` would: `stdin` as the network config.
+fn run_plugin(lab: &TestLab, node: &str, command: &str, container: &str, netns: Option<&str>, stdin: &str) -> Reply {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &lab.ns(node)])
         .arg(plugin())
@@ -309,29 +290,28 @@ fn plugin_call(lab: &TestLab, node: &str, conf: &Value, command: &str, container
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/opt/cni/bin")
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(n) = netns {
         c.env("CNI_NETNS", format!("/run/netns/{n}"));
     }
     let mut child = c.spawn().expect("run the plugin");
-    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("write");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write config");
     let o = child.wait_with_output().expect("plugin ends");
     let raw = text(&o.stdout);
-    let out = if raw.trim().is_empty() { Value::Null } else { serde_json::from_str(&raw).expect("JSON") };
+    let out = if raw.trim().is_empty() { Value::Null } else { serde_json::from_str(&raw).expect("stdout is JSON") };
     Reply { code: o.status.code().unwrap_or(-1), out, raw }
+}
+
+fn plugin_call(lab: &TestLab, node: &str, conf: &Value, command: &str, container: &str, netns: Option<&str>) -> Reply {
+    run_plugin(lab, node, command, container, netns, &conf.to_string())
 }
 
 #[test]
 fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     let lab = TestLab::up(&[]);
     let dir = lab.dir.join(format!("{}-etcd", lab.name));
-    let urls = "http://127.0.0.1:2379,http://192.168.100.100:2379";
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("node-a"), "etcd", "--name", "e", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(["--listen-client-urls", urls, "--advertise-client-urls", "http://192.168.100.100:2379"])
-        .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-        .args(["--initial-cluster", "e=http://127.0.0.1:2380"])
+    let child = lab::etcd_command(&lab.ns("node-a"), &dir.join("data"), "http://192.168.100.100:2379")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
