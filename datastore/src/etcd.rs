@@ -13,6 +13,72 @@ use std::time::Duration;
 pub struct Etcd {
     endpoints: Vec<String>,
     agent: ureq::Agent,
+    /// For watch streams: no limit on the whole answer, only on the silence between reads.
+    streams: ureq::Agent,
+}
+
+/// How long a watch stream may stay silent before [`Watch::next`] says so: the caller's
+/// chance to look at its own state, and the bound on how long a partition goes unnoticed.
+pub const WATCH_IDLE: Duration = Duration::from_secs(3);
+
+/// What a watch stream says next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Keys under the prefix changed; the store's revision with the change.
+    Changed(i64),
+    /// Nothing for [`WATCH_IDLE`]; the stream is closed and is to be opened again from the
+    /// last revision seen.
+    Idle,
+    /// The revision to resume from was compacted away: list again, then watch from there.
+    Compacted(i64),
+}
+
+/// An open watch on a prefix (`/v3/watch` of the JSON gateway: one JSON object per
+/// response, streamed for as long as the watch lasts).
+pub struct Watch {
+    stream: serde_json::StreamDeserializer<'static, serde_json::de::IoRead<Box<dyn std::io::Read + Send>>, Value>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watch")
+    }
+}
+
+impl Watch {
+    pub fn next(&mut self) -> anyhow::Result<WatchEvent> {
+        loop {
+            let v = match self.stream.next() {
+                None => bail!("etcd closed the watch"),
+                Some(Ok(v)) => v,
+                Some(Err(e)) if e.is_io() => {
+                    let timed_out = std::error::Error::source(&e)
+                        .and_then(|s| s.downcast_ref::<std::io::Error>())
+                        .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock));
+                    if timed_out || e.to_string().contains("timed out") {
+                        return Ok(WatchEvent::Idle);
+                    }
+                    return Err(anyhow::Error::new(e).context("reading the watch"));
+                }
+                Some(Err(e)) => return Err(anyhow::Error::new(e).context("a watch answer that does not read")),
+            };
+            if let Some(err) = v.get("error") {
+                bail!("etcd ended the watch: {err}");
+            }
+            let r = &v["result"];
+            let compacted = int(&r["compact_revision"]);
+            if compacted > 0 {
+                return Ok(WatchEvent::Compacted(compacted));
+            }
+            if r["canceled"].as_bool() == Some(true) {
+                bail!("etcd canceled the watch: {}", r["cancel_reason"]);
+            }
+            if r["events"].as_array().is_some_and(|e| !e.is_empty()) {
+                return Ok(WatchEvent::Changed(int(&r["header"]["revision"])));
+            }
+            // The answer that the watch was created, or a progress note: read on.
+        }
+    }
 }
 
 /// One key as read: its value and the revision it was last changed at.
@@ -63,7 +129,8 @@ impl Etcd {
         }
         let agent =
             ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout(Duration::from_secs(10)).build();
-        Ok(Etcd { endpoints, agent })
+        let streams = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout_read(WATCH_IDLE).build();
+        Ok(Etcd { endpoints, agent, streams })
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -160,6 +227,37 @@ impl Etcd {
             .collect();
         let v = self.call("/v3/kv/txn", json!({ "compare": compare, "success": success }))?;
         Ok(v["succeeded"].as_bool().unwrap_or(false))
+    }
+
+    /// Watches every key under `prefix` for changes made at `from_revision` or later.
+    pub fn watch(&self, prefix: &str, from_revision: i64) -> anyhow::Result<Watch> {
+        let body = json!({ "create_request": {
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&prefix_end(prefix)),
+            "start_revision": from_revision.to_string(),
+        }});
+        let mut errors = Vec::new();
+        for e in &self.endpoints {
+            let url = format!("{e}/v3/watch");
+            match self.streams.post(&url).set("Content-Type", "application/json").send_string(&body.to_string()) {
+                Ok(resp) => {
+                    let reader: Box<dyn std::io::Read + Send> = Box::new(resp.into_reader());
+                    return Ok(Watch { stream: serde_json::Deserializer::from_reader(reader).into_iter() });
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    let text = resp.into_string().unwrap_or_default();
+                    bail!("etcd at {e} refused the watch ({code}): {text}");
+                }
+                Err(err) => errors.push(format!("{e}: {err}")),
+            }
+        }
+        bail!("no etcd endpoint answers: {}", errors.join("; "))
+    }
+
+    /// Forgets the history before `revision` (what etcd's auto-compaction does).
+    pub fn compact(&self, revision: i64) -> anyhow::Result<()> {
+        self.call("/v3/kv/compaction", json!({ "revision": revision.to_string(), "physical": true }))?;
+        Ok(())
     }
 
     /// Deletes every key under `prefix`; how many there were.

@@ -183,13 +183,54 @@ fn in_etcd_ns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce(datastore::ipam::Ipam) -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
+    with_etcd(ns, |etcd| f(datastore::ipam::Ipam::new(etcd)))
+}
+
+fn with_etcd<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce(datastore::etcd::Etcd) -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let fd = std::fs::File::open(&path).expect("netns");
         nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
-        f(datastore::ipam::Ipam::new(etcd))
+        f(datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint"))
     })
+}
+
+#[test]
+fn a_watch_sees_changes_as_they_happen_and_says_when_its_history_is_gone() {
+    use datastore::etcd::{WatchEvent, WATCH_IDLE};
+    let etcd = Etcd::start("etcd-watch");
+    let t = with_etcd(&etcd.ns, |etcd| {
+        let (_, rev) = etcd.list("/w/").expect("list");
+        let mut w = etcd.watch("/w/", rev + 1).expect("watch");
+        // A change under the prefix arrives at once; one elsewhere does not arrive at all.
+        let writer = etcd.clone();
+        let put = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            writer.put("/other", b"x").expect("put");
+            writer.put("/w/a", b"1").expect("put")
+        });
+        let started = Instant::now();
+        let ev = w.next().expect("event");
+        let written = put.join().expect("writer");
+        assert_eq!(ev, WatchEvent::Changed(written));
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        // Silence ends the read after WATCH_IDLE, so that the caller can look up.
+        let started = Instant::now();
+        assert_eq!(w.next().expect("idle"), WatchEvent::Idle);
+        assert!(started.elapsed() >= WATCH_IDLE - Duration::from_millis(100), "{:?}", started.elapsed());
+        // A watch resumed from a revision that compaction removed says so.
+        let later = etcd.put("/w/b", b"2").expect("put");
+        etcd.compact(later).expect("compact");
+        let mut w = etcd.watch("/w/", rev + 1).expect("watch");
+        assert_eq!(w.next().expect("compacted"), WatchEvent::Compacted(later));
+        // Resumed from where it is not compacted: the changes since then, then quiet.
+        let mut w = etcd.watch("/w/", later).expect("watch");
+        assert_eq!(w.next().expect("event"), WatchEvent::Changed(later));
+    });
+    t.join().expect("watch test");
 }
 
 #[test]

@@ -1,13 +1,14 @@
-//! A node with a datastore: a thread reads Calico's resources from etcd (at start, and again
-//! whenever the store's revision moves, looked at twice a second) and hands them to the
-//! control loop, which applies the node's view of them live (`Node::apply_view`). While etcd
-//! does not answer, the node forwards with what it last knew and says so once.
+//! A node with a datastore: a thread lists Calico's resources from etcd, watches their prefix
+//! from that revision on, lists again on every change and hands each list to the control
+//! loop, which applies the node's view of it live (`Node::apply_view`). While etcd does not
+//! answer, the node forwards with what it last knew and says so once; when it answers again
+//! the watch resumes from the last revision read (a new list if that was compacted).
 
 use super::*;
 use crossbeam_channel::{Receiver, Sender};
 
-/// How often the store's revision is looked at.
-const POLL: Duration = Duration::from_millis(500);
+/// How long to wait before trying etcd again after it did not answer.
+const RETRY: Duration = Duration::from_millis(500);
 /// The longest a peer that was removed from the cluster keeps its session while the new
 /// sessions come up.
 const REMOVAL_GRACE: Duration = Duration::from_secs(10);
@@ -65,9 +66,31 @@ fn run(
     waker: Arc<mio::Waker>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut seen = None;
+    use datastore::etcd::WatchEvent;
+    // The revision of the resources last handed over; None: to be listed (again).
+    let mut listed: Option<i64> = None;
     let mut down_since: Option<Instant> = None;
     let mut registered = false;
+    // Lists the resources and hands them over; false once the node has gone.
+    let list = |listed: &mut Option<i64>, down_since: &mut Option<Instant>| -> bool {
+        match store.all() {
+            Ok((rs, rev, notes)) => {
+                for n in notes {
+                    tracing::warn!(note = %n, "a resource in etcd does not read");
+                }
+                if down_since.take().is_some() {
+                    tracing::info!(revision = rev, "etcd answers again: resynced");
+                }
+                *listed = Some(rev);
+                if tx.send(rs).is_err() {
+                    return false;
+                }
+                let _ = waker.wake();
+            }
+            Err(e) => outage(down_since, &e),
+        }
+        true
+    };
     while !stop.load(Ordering::Relaxed) {
         if !registered {
             match register(&store, &me.0, me.1) {
@@ -75,27 +98,51 @@ fn run(
                 Err(e) => outage(&mut down_since, &e),
             }
         }
-        match store.etcd.revision() {
-            Ok(rev) if Some(rev) == seen => {}
-            Ok(_) => match store.all() {
-                Ok((rs, rev, notes)) => {
-                    for n in notes {
-                        tracing::warn!(note = %n, "a resource in etcd does not read");
-                    }
-                    if down_since.take().is_some() {
-                        tracing::info!(revision = rev, "etcd answers again: resynced");
-                    }
-                    seen = Some(rev);
-                    if tx.send(rs).is_err() {
+        if listed.is_none() && !list(&mut listed, &mut down_since) {
+            return;
+        }
+        let Some(from) = listed else {
+            std::thread::sleep(RETRY);
+            continue;
+        };
+        // Watch from just after what was listed: nothing is missed between the two, and a
+        // watch that broke resumes from there.
+        let mut watch = match store.etcd.watch(datastore::PREFIX, from + 1) {
+            Ok(w) => {
+                if down_since.take().is_some() {
+                    tracing::info!(revision = from, "etcd answers again: watching from where the node was");
+                }
+                w
+            }
+            Err(e) => {
+                outage(&mut down_since, &e);
+                std::thread::sleep(RETRY);
+                continue;
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            match watch.next() {
+                // A change already in the last list (the stream runs behind a list made
+                // for an earlier event) needs no other.
+                Ok(WatchEvent::Changed(rev)) if listed.is_some_and(|l| rev <= l) => {}
+                Ok(WatchEvent::Changed(_)) => {
+                    if !list(&mut listed, &mut down_since) {
                         return;
                     }
-                    let _ = waker.wake();
                 }
-                Err(e) => outage(&mut down_since, &e),
-            },
-            Err(e) => outage(&mut down_since, &e),
+                Ok(WatchEvent::Idle) => break,
+                Ok(WatchEvent::Compacted(rev)) => {
+                    tracing::info!(revision = rev, "etcd compacted what the node had not read: listing again");
+                    listed = None;
+                    break;
+                }
+                Err(e) => {
+                    outage(&mut down_since, &e);
+                    std::thread::sleep(RETRY);
+                    break;
+                }
+            }
         }
-        std::thread::sleep(POLL);
     }
 }
 
