@@ -17,7 +17,7 @@ pub struct Etcd {
     streams: ureq::Agent,
 }
 
-/// How long a watch stream may stay silent before [`Watch::next`] says so: the caller's
+/// How long a watch stream may stay silent before [`Watch::wait`] says so: the caller's
 /// chance to look at its own state, and the bound on how long a partition goes unnoticed.
 pub const WATCH_IDLE: Duration = Duration::from_secs(3);
 
@@ -46,15 +46,16 @@ impl std::fmt::Debug for Watch {
 }
 
 impl Watch {
-    pub fn next(&mut self) -> anyhow::Result<WatchEvent> {
+    pub fn wait(&mut self) -> anyhow::Result<WatchEvent> {
         loop {
             let v = match self.stream.next() {
                 None => bail!("etcd closed the watch"),
                 Some(Ok(v)) => v,
                 Some(Err(e)) if e.is_io() => {
-                    let timed_out = std::error::Error::source(&e)
-                        .and_then(|s| s.downcast_ref::<std::io::Error>())
-                        .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock));
+                    let timed_out =
+                        std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>()).is_some_and(
+                            |io| matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock),
+                        );
                     if timed_out || e.to_string().contains("timed out") {
                         return Ok(WatchEvent::Idle);
                     }
@@ -129,7 +130,8 @@ impl Etcd {
         }
         let agent =
             ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout(Duration::from_secs(10)).build();
-        let streams = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout_read(WATCH_IDLE).build();
+        let streams =
+            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout_read(WATCH_IDLE).build();
         Ok(Etcd { endpoints, agent, streams })
     }
 

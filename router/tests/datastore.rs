@@ -213,22 +213,22 @@ fn a_watch_sees_changes_as_they_happen_and_says_when_its_history_is_gone() {
             writer.put("/w/a", b"1").expect("put")
         });
         let started = Instant::now();
-        let ev = w.next().expect("event");
+        let ev = w.wait().expect("event");
         let written = put.join().expect("writer");
         assert_eq!(ev, WatchEvent::Changed(written));
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
         // Silence ends the read after WATCH_IDLE, so that the caller can look up.
         let started = Instant::now();
-        assert_eq!(w.next().expect("idle"), WatchEvent::Idle);
+        assert_eq!(w.wait().expect("idle"), WatchEvent::Idle);
         assert!(started.elapsed() >= WATCH_IDLE - Duration::from_millis(100), "{:?}", started.elapsed());
         // A watch resumed from a revision that compaction removed says so.
         let later = etcd.put("/w/b", b"2").expect("put");
         etcd.compact(later).expect("compact");
         let mut w = etcd.watch("/w/", rev + 1).expect("watch");
-        assert_eq!(w.next().expect("compacted"), WatchEvent::Compacted(later));
+        assert_eq!(w.wait().expect("compacted"), WatchEvent::Compacted(later));
         // Resumed from where it is not compacted: the changes since then, then quiet.
         let mut w = etcd.watch("/w/", later).expect("watch");
-        assert_eq!(w.next().expect("event"), WatchEvent::Changed(later));
+        assert_eq!(w.wait().expect("event"), WatchEvent::Changed(later));
     });
     t.join().expect("watch test");
 }

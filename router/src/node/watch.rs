@@ -121,7 +121,7 @@ fn run(
             }
         };
         while !stop.load(Ordering::Relaxed) {
-            match watch.next() {
+            match watch.wait() {
                 // A change already in the last list (the stream runs behind a list made
                 // for an earlier event) needs no other.
                 Ok(WatchEvent::Changed(rev)) if listed.is_some_and(|l| rev <= l) => {}
