@@ -9,7 +9,7 @@ pub mod ipam;
 pub mod resources;
 
 use anyhow::Context as _;
-use etcd::Etcd;
+use etcd::{Etcd, Kv};
 use resources::{Kind, Resource};
 
 pub const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
@@ -50,6 +50,9 @@ fn new_uid() -> String {
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
+/// Resources written per transaction.
+pub const TXN_PART: usize = 100;
+
 impl Store {
     pub fn new(etcd: Etcd) -> Store {
         Store { etcd }
@@ -58,37 +61,87 @@ impl Store {
     /// Creates or replaces a resource. Its `uid` and `creationTimestamp` stay those of the
     /// first version; a write that raced another is read again and retried, never lost.
     pub fn apply(&self, r: &Resource) -> anyhow::Result<Applied> {
-        let k = key(r.kind(), r.name());
+        Ok(self.apply_all(std::slice::from_ref(r))?.remove(0))
+    }
+
+    /// [`Store::apply`] of several resources in one etcd transaction: the nodes see all of
+    /// them or none, never a cluster half changed (mesh off but the reflector not yet named).
+    /// A resource given twice is written as its last version.
+    /// etcd takes at most 128 operations per transaction (`--max-txn-ops`): a longer list
+    /// goes in parts of [`TXN_PART`], each whole.
+    pub fn apply_all(&self, rs: &[Resource]) -> anyhow::Result<Vec<Applied>> {
+        let mut out = Vec::with_capacity(rs.len());
+        for part in rs.chunks(TXN_PART) {
+            out.extend(self.apply_part(part)?);
+        }
+        Ok(out)
+    }
+
+    fn apply_part(&self, rs: &[Resource]) -> anyhow::Result<Vec<Applied>> {
+        let keys: Vec<String> = rs.iter().map(|r| key(r.kind(), r.name())).collect();
         for _ in 0..10 {
-            let old = self.etcd.get(&k)?;
-            let mut next = r.clone();
-            let m = next.metadata_mut();
-            m.resource_version = None;
-            let outcome = match &old {
-                Some(kv) => {
-                    let prev = Resource::from_json(r.kind(), &kv.value, &k)?;
-                    let pm = prev.metadata();
-                    m.uid = pm.uid.clone();
-                    m.creation_timestamp = pm.creation_timestamp.clone();
-                    let mut same = prev.clone();
-                    same.metadata_mut().resource_version = None;
-                    if same == next {
-                        return Ok(Applied::Unchanged);
-                    }
-                    Applied::Configured
+            let mut outcomes = Vec::with_capacity(rs.len());
+            let mut expect: Vec<(&str, i64)> = Vec::new();
+            let mut puts: Vec<(&str, Vec<u8>)> = Vec::new();
+            for (i, (r, k)) in rs.iter().zip(&keys).enumerate() {
+                if keys[i + 1..].contains(k) {
+                    outcomes.push(None);
+                    continue;
                 }
-                None => {
-                    m.uid = Some(new_uid());
-                    m.creation_timestamp = Some(now_rfc3339());
-                    Applied::Created
+                let old = self.etcd.get(k)?;
+                let (next, outcome) = Self::next_version(r, old.as_ref(), k)?;
+                expect.push((k, old.map_or(0, |kv| kv.mod_revision)));
+                if outcome != Applied::Unchanged {
+                    puts.push((k, serde_json::to_vec(&next.to_json())?));
                 }
-            };
-            let body = serde_json::to_vec(&next.to_json())?;
-            if self.etcd.put_if(&k, &body, old.map_or(0, |kv| kv.mod_revision))? {
-                return Ok(outcome);
+                outcomes.push(Some(outcome));
+            }
+            let puts_ref: Vec<(&str, &[u8])> = puts.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            if puts.is_empty() || self.etcd.put_all_if(&expect, &puts_ref)? {
+                // An earlier copy of a resource given twice went the way of its last one.
+                let mut out: Vec<Applied> = Vec::with_capacity(rs.len());
+                for i in (0..rs.len()).rev() {
+                    let o = match outcomes[i] {
+                        Some(o) => o,
+                        None => {
+                            let last = (i + 1..rs.len()).rev().find(|&j| keys[j] == keys[i]).unwrap_or(i);
+                            outcomes[last].unwrap_or(Applied::Unchanged)
+                        }
+                    };
+                    out.push(o);
+                }
+                out.reverse();
+                return Ok(out);
             }
         }
-        anyhow::bail!("{k} kept changing under us; try again")
+        anyhow::bail!("{} kept changing under us; try again", keys.join(", "))
+    }
+
+    /// What `r` becomes when written over `old`: uid and creation time kept.
+    fn next_version(r: &Resource, old: Option<&Kv>, k: &str) -> anyhow::Result<(Resource, Applied)> {
+        let mut next = r.clone();
+        let m = next.metadata_mut();
+        m.resource_version = None;
+        let outcome = match old {
+            Some(kv) => {
+                let prev = Resource::from_json(r.kind(), &kv.value, k)?;
+                let pm = prev.metadata();
+                m.uid = pm.uid.clone();
+                m.creation_timestamp = pm.creation_timestamp.clone();
+                let mut same = prev.clone();
+                same.metadata_mut().resource_version = None;
+                if same == next {
+                    return Ok((next, Applied::Unchanged));
+                }
+                Applied::Configured
+            }
+            None => {
+                m.uid = Some(new_uid());
+                m.creation_timestamp = Some(now_rfc3339());
+                Applied::Created
+            }
+        };
+        Ok((next, outcome))
     }
 
     /// Every resource of a kind (or the one named), with `resourceVersion` set.

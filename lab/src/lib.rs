@@ -253,6 +253,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
     let und = lab.ns("underlay");
     add_ns(lab, st, &und)?;
     let mut und_addrs = Vec::new();
+    let mut segment = Vec::new();
     for (i, s) in topo.subnets.iter().enumerate() {
         let sw = lab.ns(&format!("sw-{}", s.name));
         let dev = format!("eth{i}");
@@ -264,7 +265,8 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         netns::ip_in(&sw, &["link", "set", "to-underlay", "master", "br0", "up"])?;
         let gw = format!("{}/{}", s.gateway, s.prefix.prefix_len());
         netns::ip_in(&und, &["addr", "add", &gw, "dev", &dev])?;
-        netns::ip_in(&und, &["link", "set", &dev, "up"])?;
+        netns::ip_in(&und, &["link", "set", &dev, "address", &underlay_mac(s.gateway), "up"])?;
+        segment.push(Member { subnet: i, ns: und.clone(), dev, addr: s.gateway });
         und_addrs.push(gw);
     }
     netns::sysctl_in(&und, "net.ipv4.ip_forward", "1")?;
@@ -278,7 +280,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
     });
 
     if opts.datastore {
-        start_etcd(lab, topo, opts, st)?;
+        segment.push(start_etcd(lab, topo, opts, st)?);
     }
     let mut configs = Vec::new();
     for (idx, node) in topo.nodes.iter().enumerate() {
@@ -291,7 +293,8 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         netns::ip_in(&sw, &["link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
         netns::ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])?;
         netns::ip_in(&ns, &["addr", "add", &node.address.to_string(), "dev", "eth0"])?;
-        netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        netns::ip_in(&ns, &["link", "set", "eth0", "address", &underlay_mac(node.address.addr()), "up"])?;
+        segment.push(Member { subnet: node.subnet, ns: ns.clone(), dev: "eth0".into(), addr: node.address.addr() });
         // The node's own traffic (later: BGP) reaches other subnets through the underlay.
         for other in topo.subnets.iter().filter(|o| o.name != subnet.name) {
             netns::ip_in(&ns, &["route", "add", &other.prefix.to_string(), "via", &subnet.gateway.to_string()])?;
@@ -362,6 +365,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         st.save(&lab.dir)?;
     }
 
+    static_neighbours(&segment)?;
     containers::setup(lab, topo, &opts.exe, mode != IpipMode::Never, st.etcd.as_ref().map(|e| e.url.as_str()))?;
     for cfg in &configs {
         let path = lab.dir.join(format!("{}.toml", cfg.name));
@@ -377,6 +381,41 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         wait_ready(d)?;
     }
     wait_converged(topo, st)
+}
+
+/// A host's interface on an underlay subnet.
+struct Member {
+    subnet: usize,
+    ns: String,
+    dev: String,
+    addr: std::net::Ipv4Addr,
+}
+
+/// The MAC of a lab host's underlay interface: locally administered, from its address, so
+/// that it is known before the host exists.
+fn underlay_mac(a: std::net::Ipv4Addr) -> String {
+    let [b0, b1, b2, b3] = a.octets();
+    format!("02:72:{b0:02x}:{b1:02x}:{b2:02x}:{b3:02x}")
+}
+
+/// Every host on an underlay subnet knows every other one's MAC from the start (permanent
+/// entries). Why: the kernel keeps one neighbour table for all network namespaces, and its
+/// dynamic entries are capped machine-wide (`gc_thresh3`, 1024 by default); a full mesh of
+/// 50 nodes alone needs more than that, and past the cap the kernel drops the nodes' BGP and
+/// etcd packets. Permanent entries do not count against it. The routers' own neighbour
+/// tables (userspace, per node) still resolve next hops with ARP as before.
+fn static_neighbours(segment: &[Member]) -> anyhow::Result<()> {
+    for m in segment {
+        let lines: String = segment
+            .iter()
+            .filter(|o| o.subnet == m.subnet && o.addr != m.addr)
+            .map(|o| format!("neigh replace {} lladdr {} dev {} nud permanent\n", o.addr, underlay_mac(o.addr), m.dev))
+            .collect();
+        if !lines.is_empty() {
+            netns::ip_batch_in(&m.ns, &lines)?;
+        }
+    }
+    Ok(())
 }
 
 /// Waits until every node's sessions with other nodes are Established and every node has
@@ -445,7 +484,7 @@ pub fn etcd_command(ns: &str, data_dir: &Path, url: &str) -> Command {
 /// The lab's etcd: a host on the first subnet (its second address), etcd listening there and
 /// on its loopback, the topology loaded as Calico resources before any node starts (a node
 /// that found an empty store would have no cluster to follow).
-fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow::Result<()> {
+fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow::Result<Member> {
     let subnet = &topo.subnets[0];
     let taken: Vec<std::net::Ipv4Addr> = topo.nodes.iter().map(|n| n.address.addr()).chain([subnet.gateway]).collect();
     let Some(addr) = subnet.prefix.hosts().find(|a| !taken.contains(a)) else {
@@ -457,7 +496,7 @@ fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> a
     netns::ip_in(&sw, &["link", "add", "to-etcd", "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
     netns::ip_in(&sw, &["link", "set", "to-etcd", "master", "br0", "up"])?;
     netns::ip_in(&ns, &["addr", "add", &format!("{addr}/{}", subnet.prefix.prefix_len()), "dev", "eth0"])?;
-    netns::ip_in(&ns, &["link", "set", "eth0", "up"])?;
+    netns::ip_in(&ns, &["link", "set", "eth0", "address", &underlay_mac(addr), "up"])?;
     netns::ip_in(&ns, &["route", "add", "default", "via", &subnet.gateway.to_string()])?;
     let url = format!("http://{addr}:2379");
     let log = std::fs::File::create(lab.dir.join("etcd.log")).context("creating etcd.log")?;
@@ -499,7 +538,8 @@ fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> a
         }
         let out = c.wait_with_output()?;
         if out.status.success() {
-            return seed_ipam(topo, &ns);
+            seed_ipam(topo, &ns)?;
+            return Ok(Member { subnet: 0, ns, dev: "eth0".into(), addr });
         }
         if Instant::now() > deadline {
             bail!(

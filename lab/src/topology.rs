@@ -499,9 +499,58 @@ impl Topology {
     }
 }
 
+/// A topology of `nodes` nodes spread in turn over `subnets` underlay subnets
+/// (192.168.100.0/24, 192.168.101.0/24, …; the underlay router at .1 of each, nodes from
+/// .10), `pods_per_node` pods each, the seed's pool and AS, blocks and pod addresses left to
+/// the topology's IPAM. The text of a topology file, as a user could have written it.
+pub fn generate(nodes: usize, subnets: usize, pods_per_node: usize) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    anyhow::ensure!(nodes >= 1, "a lab needs at least one node");
+    anyhow::ensure!((1..=100).contains(&subnets), "between 1 and 100 subnets");
+    anyhow::ensure!(nodes.div_ceil(subnets) <= 240, "at most 240 nodes per subnet");
+    // A /16 pool holds 1024 blocks of /26 (64 addresses).
+    anyhow::ensure!(nodes <= 1024 && pods_per_node <= 64, "at most 1024 nodes with at most 64 pods each");
+    let mut t = String::from(
+        "# Generated: nodes spread in turn over the subnets, pods and blocks from the pool.\n\n\
+         [cluster]\npool = \"10.244.0.0/16\"\nblock_size = 26\nas_number = 64512\nipip_mode = \"CrossSubnet\"\n",
+    );
+    for s in 0..subnets {
+        let _ = write!(
+            t,
+            "\n[[subnets]]\nname = \"lan-{s}\"\nprefix = \"192.168.{n}.0/24\"\ngateway = \"192.168.{n}.1\"\n",
+            n = 100 + s
+        );
+    }
+    for i in 0..nodes {
+        let pods: Vec<String> = (1..=pods_per_node).map(|p| format!("\"pod-{}-{p}\"", i + 1)).collect();
+        let _ = write!(
+            t,
+            "\n[[nodes]]\nname = \"node-{}\"\naddress = \"192.168.{}.{}/24\"\npods = [{}]\n",
+            i + 1,
+            100 + i % subnets,
+            10 + i / subnets,
+            pods.join(", ")
+        );
+    }
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_topologies_parse_and_spread_the_nodes() {
+        let t = parse(&generate(100, 3, 2).expect("text")).expect("parses");
+        assert_eq!((t.nodes.len(), t.subnets.len()), (100, 3));
+        assert_eq!(t.nodes.iter().map(|n| n.pods.len()).sum::<usize>(), 200);
+        assert_eq!(t.nodes.iter().filter(|n| n.subnet == 2).count(), 33);
+        let last = t.node("node-100").expect("node-100");
+        assert_eq!(last.address.to_string(), "192.168.100.43/24");
+        let blocks: HashSet<_> = t.nodes.iter().map(|n| n.block).collect();
+        assert_eq!(blocks.len(), 100);
+        assert!(generate(0, 1, 1).is_err() && generate(2000, 2, 1).is_err() && generate(10, 0, 1).is_err());
+    }
 
     fn parse(text: &str) -> Result<Topology, FileError> {
         Topology::parse(Path::new("t.toml"), text)

@@ -33,6 +33,40 @@ pub fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     ip(&v)
 }
 
+/// `ip -n NS -batch -` with `commands`, one per line: many objects for the price of one
+/// process.
+pub fn ip_batch_in(ns: &str, commands: &str) -> anyhow::Result<()> {
+    batch(&["-n", ns], commands)
+}
+
+/// `ip -batch -` in this process's namespace.
+pub fn ip_batch(commands: &str) -> anyhow::Result<()> {
+    batch(&[], commands)
+}
+
+fn batch(options: &[&str], commands: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(options)
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run `ip`: is it installed? (Debian: apt-get install iproute2)")?;
+    child.stdin.take().context("ip's stdin")?.write_all(commands.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "`ip {} -batch -` failed ({}): {}",
+            options.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Runs a program inside a namespace.
 pub fn exec_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut v = vec!["netns", "exec", ns];

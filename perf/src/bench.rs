@@ -42,7 +42,7 @@ pub struct Options {
     pub out: PathBuf,
     /// Where the table and plot for the documentation go (with date, machine and command);
     /// `--docs ''` skips them.
-    #[arg(long, default_value = "docs/bench")]
+    #[arg(long, default_value = "docs/bench", value_parser = crate::path_or_empty)]
     pub docs: PathBuf,
 }
 

@@ -44,7 +44,7 @@ pub struct Options {
     pub out: PathBuf,
     /// Where the table for the documentation goes (with date, machine and command); `--docs
     /// ''` skips it.
-    #[arg(long, default_value = "docs/bench")]
+    #[arg(long, default_value = "docs/bench", value_parser = crate::path_or_empty)]
     pub docs: PathBuf,
 }
 

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bgpload;
+mod datastore;
 mod gencheck;
 mod provenance;
 mod report;
@@ -26,6 +27,9 @@ enum Cmd {
     Forward(bench::Options),
     /// Announce the real BGP table to our node and to BIRD 2; time until each holds it all.
     BgpLoad(bgpload::Options),
+    /// Time from `router apply` of a BGPPeer or a pool change to its effect on the nodes of
+    /// labs on etcd (3 and 50 nodes); writes target/perf/datastore.json.
+    Datastore(datastore::Options),
     /// Check the UDP generator against trafgen on a bare veth; writes target/perf/generator.json.
     GenCheck(gencheck::Options),
     /// Announce a table over BGP and keep the session up (runs in the feeder namespace).
@@ -78,6 +82,7 @@ fn main() {
         Cmd::Forward(o) => bench::run(&o),
         Cmd::BgpLoad(o) => bgpload::run(&o),
         Cmd::GenCheck(o) => gencheck::run(&o),
+        Cmd::Datastore(o) => datastore::run(&o),
         Cmd::BgpFeed { peer, local, table, limit, idle: _ } => bgpload::feed(peer, local, table.as_deref(), limit),
         Cmd::Gen { dst, port, size, flows, secs, pps, count } => {
             traffic::generate(dst, port, size, flows, Duration::from_secs_f64(secs), pps, count)
@@ -90,6 +95,12 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A path that may be empty (`--docs ''`: no table for the documentation); clap's own path
+/// parser refuses empty values.
+fn path_or_empty(s: &str) -> Result<std::path::PathBuf, std::convert::Infallible> {
+    Ok(std::path::PathBuf::from(s))
 }
 
 /// How this run was started, for the header of a generated table: `router-perf` and its

@@ -23,9 +23,11 @@ pub fn read(file: &Path) -> anyhow::Result<Vec<Resource>> {
 
 /// Every document is checked before the first is written: a file with a mistake changes
 /// nothing.
+/// They are written in one transaction.
 pub fn apply(store: &Store, file: &Path) -> anyhow::Result<()> {
-    for r in read(file)? {
-        let what = match store.apply(&r)? {
+    let rs = read(file)?;
+    for (r, applied) in rs.iter().zip(store.apply_all(&rs)?) {
+        let what = match applied {
             Applied::Created => "created",
             Applied::Configured => "configured",
             Applied::Unchanged => "unchanged",

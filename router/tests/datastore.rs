@@ -155,6 +155,35 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
 }
 
 #[test]
+fn a_file_is_written_in_one_revision_and_a_long_one_in_whole_parts() {
+    let etcd = Etcd::start("etcd-txn");
+    let node = |name: &str, i: usize| {
+        format!("apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  bgp:\n    ipv4Address: 10.0.{}.{}/16\n", i / 200, i % 200 + 1)
+    };
+    // Mesh off and the reflector named: both at one revision, so no node sees one alone.
+    let path = etcd.dir.join("switch.yaml");
+    let config = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n";
+    std::fs::write(&path, format!("{config}---\n{}---\n{}", node("rr", 1), node("rr", 2))).expect("write");
+    let out = etcd.ok(&["apply", "-f", path.to_str().unwrap_or_default()]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["bgpconfigurations/default created", "nodes/rr created", "nodes/rr created"]
+    );
+    let rv = |kind: &str, name: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(&etcd.ok(&["get", kind, name, "-o", "json"])).expect("json");
+        assert!(kind != "node" || v["spec"]["bgp"]["ipv4Address"] == "10.0.0.3/16", "the last copy wins: {v}");
+        v["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(rv("bgpconfiguration", "default"), rv("node", "rr"));
+    // 250 nodes: more than etcd takes in one transaction; every one is written.
+    let many: Vec<String> = (0..250).map(|i| node(&format!("n{i}"), i)).collect();
+    std::fs::write(&path, many.join("---\n")).expect("write");
+    let out = etcd.ok(&["apply", "-f", path.to_str().unwrap_or_default()]);
+    assert_eq!(out.lines().filter(|l| l.ends_with(" created")).count(), 250, "{out}");
+    assert_eq!(etcd.ok(&["get", "nodes"]).lines().count(), 1 + 251);
+}
+
+#[test]
 fn a_file_with_a_mistake_changes_nothing_and_says_where() {
     let etcd = Etcd::start("etcd-err");
     let good = std::fs::read_to_string(fixture("ippool.yaml")).expect("fixture");

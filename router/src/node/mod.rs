@@ -407,6 +407,7 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
         }
         if let Some(w) = &watcher {
             while let Ok(rs) = w.rx.try_recv() {
+                tracing::debug!(resources = rs.len(), "applying the datastore's view");
                 pending |= node.apply_view(&rs, &mut speaker, poll.registry());
             }
             node.finish_removals(speaker.as_mut(), poll.registry());

@@ -82,6 +82,7 @@ fn run(
                     tracing::info!(revision = rev, "etcd answers again: resynced");
                 }
                 *listed = Some(rev);
+                tracing::debug!(revision = rev, resources = rs.len(), "datastore listed");
                 if tx.send(rs).is_err() {
                     return false;
                 }
@@ -125,7 +126,8 @@ fn run(
                 // A change already in the last list (the stream runs behind a list made
                 // for an earlier event) needs no other.
                 Ok(WatchEvent::Changed(rev)) if listed.is_some_and(|l| rev <= l) => {}
-                Ok(WatchEvent::Changed(_)) => {
+                Ok(WatchEvent::Changed(rev)) => {
+                    tracing::debug!(revision = rev, "datastore changed");
                     if !list(&mut listed, &mut down_since) {
                         return;
                     }
