@@ -305,6 +305,19 @@ fn markdown(results: &[LabResult], rounds: usize) -> String {
             cell(&r.rounds.pool_every_node_ms)
         );
     }
+    // The smallest lab is the baseline of the run: the ratios hold on a noisy machine.
+    if let (Some(base), Some(big)) = (results.first(), results.last().filter(|_| results.len() > 1)) {
+        let ratio = |f: fn(&Series) -> &Vec<f64>| median(f(&big.rounds)) / median(f(&base.rounds));
+        let _ = writeln!(
+            md,
+            "\n{} nodes ÷ {} nodes (medians): BGPPeer → session {:.1}×, → route {:.1}×, pool mode → every node {:.1}×",
+            big.nodes,
+            base.nodes,
+            ratio(|s| &s.peer_session_ms),
+            ratio(|s| &s.peer_route_ms),
+            ratio(|s| &s.pool_every_node_ms)
+        );
+    }
     md
 }
 
