@@ -766,7 +766,19 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                     .collect();
                 println!("  {:<8} {:<20} pods: {}", h.name, h.addresses.join(","), pods.join(", "));
             }
-            println!("try:\n  router{flag} lab exec pod-a1 -- ping -c 3 10.244.2.1\n  router{flag} routes --node node-a\n  router{flag} lab down");
+            // A ping from the first pod to the first pod of another node, whatever the topology.
+            let pods: Vec<&lab::state::Host> = st.hosts.iter().filter(|h| h.role == Role::Pod).collect();
+            println!("try:");
+            if let Some(from) = pods.first() {
+                if let Some(to) = pods.iter().find(|p| p.parent != from.parent) {
+                    let addr = to.addresses.first().map_or("", |a| a.split('/').next().unwrap_or(a));
+                    println!("  router{flag} lab exec {} -- ping -c 3 {addr}", from.name);
+                }
+            }
+            if let Some(node) = st.hosts.iter().find(|h| h.role == Role::Node) {
+                println!("  router{flag} routes --node {}", node.name);
+            }
+            println!("  router{flag} lab down");
             Ok(0)
         }
         LabCmd::Down { json } => {
