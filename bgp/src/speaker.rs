@@ -249,10 +249,24 @@ impl Core {
         self.peers[i].removed = true;
     }
 
-    /// New cluster rules for what comes in and goes out from now on.
+    /// New cluster rules for what comes in and goes out, applied to what is already there.
+    /// Peers whose routes the old rules refused are asked to send them again (ROUTE-REFRESH,
+    /// RFC 2918, where they offered it), to be judged by the new ones.
     pub fn set_policy(&mut self, policy: ClusterPolicy) {
         self.cfg.policy = policy.clone();
-        self.rib.set_policy(policy);
+        let refused: Vec<usize> = (0..self.peers.len()).filter(|&i| self.rib.refused_by_policy(i as PeerId)).collect();
+        let ch = self.rib.set_policy(policy);
+        self.apply(ch);
+        for i in refused {
+            let p = &self.peers[i];
+            if p.removed || p.fsm.state() != State::Established {
+                continue;
+            }
+            let Some(n) = p.fsm.negotiated().filter(|n| n.route_refresh) else { continue };
+            for afi in n.families.clone() {
+                self.send(i, Message::RouteRefresh(crate::wire::RouteRefresh { afi: afi.code(), subtype: 0, safi: 1 }));
+            }
+        }
     }
 
     /// Whether peer `i` is up and has sent its whole table (End-of-RIB, or it does not do

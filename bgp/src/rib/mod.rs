@@ -316,9 +316,49 @@ impl Rib {
         }
     }
 
-    /// The pools, protected routes and advertised communities the default rules use.
-    pub fn set_policy(&mut self, policy: ClusterPolicy) {
+    /// The pools, protected routes and advertised communities the default rules use. A new
+    /// policy also judges what is already there: paths it now refuses leave the table, and
+    /// every peer's exports are judged again (a route of a new pool goes out, one of a pool
+    /// that went is withdrawn). Paths refused before are not kept, so they pass only when
+    /// their peers send them again: [`Rib::refused_by_policy`] says which peers to ask.
+    pub fn set_policy(&mut self, policy: ClusterPolicy) -> Changes {
+        if policy == self.policy {
+            return Changes::default();
+        }
         self.policy = policy;
+        let mut ch = Changes::default();
+        let mut refused = Vec::new();
+        for (&id, m) in &self.adj_in {
+            for (prefix, path) in m.iter() {
+                if let Err(why) = self.import_prefix(id, &prefix, path.attrs.next_hop) {
+                    refused.push((id, prefix, why));
+                }
+            }
+        }
+        for (id, prefix, why) in refused {
+            let old = self.adj_in.get_mut(&id).and_then(|m| m.remove(&prefix));
+            self.rejected.entry(id).or_default().insert(prefix, why);
+            self.unstale(id, old.as_ref());
+            self.recompute(prefix, &mut ch);
+        }
+        for id in self.up.clone() {
+            let mut prefixes: Vec<IpNet> = self.loc.keys().collect();
+            prefixes.extend(self.adj_out.get(&id).into_iter().flat_map(|o| o.keys()));
+            prefixes.sort_unstable();
+            prefixes.dedup();
+            for p in prefixes {
+                self.export(id, p, &mut ch);
+            }
+        }
+        self.finish(ch)
+    }
+
+    /// Whether the peer sent routes that the cluster policy (not its filters, not loop
+    /// checks) refused: a new policy may take them.
+    pub fn refused_by_policy(&self, id: PeerId) -> bool {
+        self.rejected
+            .get(&id)
+            .is_some_and(|r| r.iter().any(|(_, why)| matches!(why, Rejected::InsidePool | Rejected::OverridesLocal)))
     }
 
     /// The BGP identifier the peer's OPEN carried (before that, its address stands in).

@@ -703,3 +703,38 @@ fn end_of_rib_purges_only_its_own_familys_stale_routes() {
     r.update(1, &Update::end_of_rib(Afi::Ipv6));
     assert!(!r.has_stale(1) && !r.loc_rib().contains_key(&net("fd00:2::/64")));
 }
+
+#[test]
+fn a_new_policy_judges_the_routes_already_in_and_out() {
+    let mut r = edge_node();
+    // Outside the pool, an external route is taken; a mesh route there is not exported.
+    r.update(2, &from_as("10.245.1.0/24", "192.168.100.1", 65001));
+    assert!(r.loc_rib().contains_key(&net("10.245.1.0/24")));
+    let ch = r.update(1, &route("10.245.9.0/26", "192.168.100.101", vec![]));
+    assert!(sent_to(&ch, 2).is_empty() && sent_to(&ch, 3).is_empty());
+    assert!(!r.refused_by_policy(2));
+    // A second pool covers both: the external route is refused and leaves the table, the
+    // mesh route is now the cluster's and goes out.
+    let mut policy = r.policy.clone();
+    policy.pools.push(net("10.245.0.0/16"));
+    let ch = r.set_policy(policy.clone());
+    assert!(!r.loc_rib().contains_key(&net("10.245.1.0/24")));
+    assert!(ch.loc.iter().any(|(p, b)| *p == net("10.245.1.0/24") && b.is_none()), "{:?}", ch.loc);
+    assert_eq!(r.rejected_routes(2), [(net("10.245.1.0/24"), Rejected::InsidePool)]);
+    assert!(r.refused_by_policy(2), "its peer is to be asked again when the policy changes");
+    for to in [2, 3] {
+        assert_eq!(prefixes(&sent_to(&ch, to)), ["10.245.9.0/26"], "to {to}");
+    }
+    // The same policy again changes nothing.
+    let ch = r.set_policy(policy.clone());
+    assert!(ch.out.is_empty() && ch.loc.is_empty());
+    // The pool goes: its route is withdrawn where it went.
+    policy.pools.pop();
+    let ch = r.set_policy(policy);
+    for to in [2, 3] {
+        let u = sent_to(&ch, to);
+        let gone: Vec<String> = u.iter().flat_map(|u| u.withdrawn.iter().map(|p| p.to_string())).collect();
+        assert_eq!(gone, ["10.245.9.0/26"], "to {to}");
+        assert!(prefixes(&u).is_empty(), "to {to}");
+    }
+}

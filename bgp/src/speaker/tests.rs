@@ -515,3 +515,55 @@ fn a_restarted_node_does_not_wait_for_a_peer_removed_meanwhile() {
     assert!(!c.core(0).deferring(), "with node 2 no longer a peer, node 0 waits no more");
     assert!(c.has(1, 1), "and its block went out to node 1");
 }
+
+/// An external peer whose route the pools refused is asked for its table again when the
+/// pools change (ROUTE-REFRESH), and what it sends again is judged by the new rules; a peer
+/// that did not offer ROUTE-REFRESH is not asked.
+#[test]
+fn a_policy_change_asks_peers_for_the_routes_it_may_now_take() {
+    use crate::wire::{Attr, AttrValue, Capability, Open, Origin};
+    let now = Instant::now();
+    let pool: IpNet = "10.245.0.0/16".parse().expect("net");
+    let refused: IpNet = "10.245.1.0/24".parse().expect("net");
+    let mut cfg = config(0, 3, None, false);
+    for p in &mut cfg.peers {
+        p.external = true;
+    }
+    cfg.policy.pools = vec![pool];
+    let mut a = Core::new(cfg, now);
+    let _ = a.take_actions();
+    let u = Update {
+        attrs: vec![
+            Attr::new(AttrValue::Origin(Origin::Igp)),
+            Attr::new(AttrValue::AsPath(vec![])),
+            Attr::new(AttrValue::NextHop(ip(9))),
+        ],
+        nlri: vec!["10.245.1.0/24".parse().expect("net")],
+        ..Default::default()
+    };
+    // Slot 0 offers ROUTE-REFRESH, slot 1 does not; both send the refused route.
+    for (slot, caps) in [(0, vec![Capability::FourOctetAs(AS), Capability::RouteRefresh]), (1, vec![])] {
+        a.connected(slot, now);
+        let _ = a.take_actions();
+        a.message(slot, now, Message::Open(Open::new(AS, 9, ip(slot as u8 + 2), caps)));
+        a.message(slot, now, Message::Keepalive);
+        assert_eq!(a.state(slot), State::Established);
+        a.message(slot, now, Message::Update(u.clone()));
+    }
+    let _ = a.take_actions();
+    assert!(!a.rib().loc_rib().contains_key(&refused));
+    // The pool goes: only the peer that can be asked is.
+    a.set_policy(ClusterPolicy::default());
+    let acts = a.take_actions();
+    let asked: Vec<usize> = acts
+        .iter()
+        .filter_map(|x| match x {
+            Action::Send(i, Message::RouteRefresh(r)) if r.afi == 1 && r.safi == 1 => Some(*i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, [0], "{acts:?}");
+    // Its answer is taken now.
+    a.message(0, now, Message::Update(u));
+    assert!(a.rib().loc_rib().contains_key(&refused));
+}
