@@ -768,6 +768,13 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     wait_for(20, "node-a's session with BIRD, applied live", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
     wait_for(10, "BIRD's route in node-a's FIB", || route(&lab, "node-a", "10.99.1.0/24").is_some());
     assert!(peers(&lab, "node-b").iter().all(|p| p["peer"] != "192.168.100.1"), "only node-a peers with BIRD");
+    // A pool over BIRD's prefix: an outside router may not announce pool routes, so the route
+    // goes; the pool deleted, node-a asks BIRD again (ROUTE-REFRESH) and takes it back.
+    apply(&lab, "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: covering\nspec:\n  cidr: 10.99.0.0/16\n  blockSize: 26\n");
+    wait_for(10, "BIRD's route refused inside the new pool", || route(&lab, "node-a", "10.99.1.0/24").is_none());
+    let out = lab.router(&["delete", "ippool", "covering"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(10, "BIRD's route back after the refresh", || route(&lab, "node-a", "10.99.1.0/24").is_some());
     let out = lab.router(&["delete", "bgppeer", "bird"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     wait_for(10, "the session and BIRD's route to go", || {
