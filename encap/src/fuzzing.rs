@@ -117,6 +117,35 @@ pub fn gro(data: &[u8]) {
     }
 }
 
+/// Any bytes as a VXLAN packet (outer IPv4 onward): unwrapping never panics; what it accepts
+/// is a valid IPv4 packet inside the input, and wrapping it again with what was read (VNI,
+/// sender's MAC) and unwrapping that gives the same packet back.
+pub fn vxlan_decap(data: &[u8]) {
+    use crate::vxlan::{decapsulate, encapsulate, Tunnel, OVERHEAD};
+    let mut buf = data.to_vec();
+    let len = buf.len();
+    let Ok(d) = decapsulate(&mut buf, 0, len) else { return };
+    assert!(d.start >= OVERHEAD && d.start <= d.end && d.end <= len);
+    let inner = buf[d.start..d.end].to_vec();
+    let p = Packet::new_checked(&inner[..]).expect("accepted inner packet parses");
+    assert!(p.verify_checksum(), "inner checksum stays valid after the ECN merge");
+    let mut again = vec![0u8; OVERHEAD];
+    again.extend_from_slice(&inner);
+    let end = again.len();
+    let t = Tunnel {
+        src: std::net::Ipv4Addr::new(192, 168, 100, 100),
+        dst: std::net::Ipv4Addr::new(192, 168, 200, 101),
+        ttl: 64,
+        vni: d.vni,
+        src_mac: d.src_mac,
+        dst_mac: crate::MacAddr([0x66, 0xee, 0, 0, 0, 1]),
+    };
+    let start = encapsulate(&mut again, OVERHEAD, end, &t, 1, crate::vxlan::source_port(&inner));
+    let d2 = decapsulate(&mut again, start, end).expect("what we wrap unwraps");
+    assert_eq!((d2.vni, d2.src_mac), (d.vni, d.src_mac));
+    assert_eq!(&again[d2.start..d2.end], &inner[..]);
+}
+
 #[cfg(test)]
 mod tests {
     /// Replays each target's corpus: seeds and what the fuzzer kept.

@@ -121,13 +121,21 @@ pub fn decapsulate(buf: &mut [u8], start: usize, end: usize) -> Result<(usize, u
         return Err(DecapError::InnerChecksum);
     }
     let iend = istart + usize::from(inner.total_len());
-    let tos = inner.tos();
-    let ecn = decap_ecn(Ecn::from_tos(tos), outer_ecn).ok_or(DecapError::InvalidEcn)?;
+    merge_ecn(&mut buf[istart..iend], outer_ecn).ok_or(DecapError::InvalidEcn)?;
+    Ok((istart, iend))
+}
+
+/// Merges the outer ECN into the checked inner IPv4 packet (RFC 6040, its checksum kept
+/// valid); `None`: the combination is invalid and the packet is to be dropped.
+pub(crate) fn merge_ecn(inner: &mut [u8], outer: Ecn) -> Option<()> {
+    let mut p = Packet::new_unchecked(inner);
+    let tos = p.tos();
+    let ecn = decap_ecn(Ecn::from_tos(tos), outer)?;
     let new_tos = (tos & !0b11) | ecn.bits();
     if new_tos != tos {
-        Packet::new_unchecked(&mut buf[istart..iend]).set_tos_update_checksum(new_tos);
+        p.set_tos_update_checksum(new_tos);
     }
-    Ok((istart, iend))
+    Some(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub mod icmp;
 pub mod ipip;
 pub mod ipv4;
 pub mod tcp;
+pub mod udp;
+pub mod vxlan;
 
 /// A byte range inside a header.
 pub(crate) type Field = core::ops::Range<usize>;
