@@ -25,6 +25,14 @@ const FLAG_VNI: u8 = 0x08;
 /// the underlay's ECMP keeps a flow on one path and spreads flows over all of them.
 const SRC_PORT_MIN: u16 = 49152;
 
+/// The VTEP MAC of the node at `addr`: locally administered, `66:ee` and the address. Why
+/// from the address: it is what every node already knows of every other (the BGP next hop),
+/// so no table of MACs has to be handed around, as Calico's Felix does through the datastore.
+pub fn vtep_mac(addr: Ipv4Addr) -> MacAddr {
+    let [a, b, c, d] = addr.octets();
+    MacAddr([0x66, 0xee, a, b, c, d])
+}
+
 /// A view over a VXLAN header (and what follows it).
 #[derive(Debug)]
 pub struct Header<T: AsRef<[u8]>> {

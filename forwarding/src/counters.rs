@@ -54,6 +54,9 @@ drop_reasons! {
     IpipMalformedInner => "ipip_malformed_inner": "IPIP inner packet truncated or with a bad header",
     IpipInvalidEcn => "ipip_invalid_ecn": "IPIP outer CE on a Not-ECT inner packet (RFC 6040)",
     IpipForNode => "ipip_for_node": "inner packet addressed to the node itself (no kernel tunnel to hand it to)",
+    VxlanUnknownSource => "vxlan_unknown_source": "VXLAN from an address that is not a node of the cluster",
+    VxlanMalformed => "vxlan_malformed": "VXLAN packet truncated, fragmented, with a bad checksum or not carrying IPv4",
+    VxlanWrongVni => "vxlan_wrong_vni": "VXLAN with a VNI other than the pod network's (4096)",
     NoHeadroom => "no_headroom": "no room in front of the packet for the outer header",
     NeighbourFailed => "neighbour_failed": "next hop did not answer ARP",
     NeighbourQueueFull => "neighbour_queue_full": "too many packets waiting for one ARP answer",
@@ -83,6 +86,8 @@ pub struct Counters {
     pub arp_replies_sent: AtomicU64,
     pub ipip_encapsulated: AtomicU64,
     pub ipip_decapsulated: AtomicU64,
+    pub vxlan_encapsulated: AtomicU64,
+    pub vxlan_decapsulated: AtomicU64,
     pub fragments_sent: AtomicU64,
     /// Offloaded super-packets received whole, and the segments we cut from them.
     pub gso_received: AtomicU64,
@@ -141,6 +146,8 @@ impl Counters {
             arp_replies_sent: AtomicU64::new(0),
             ipip_encapsulated: AtomicU64::new(0),
             ipip_decapsulated: AtomicU64::new(0),
+            vxlan_encapsulated: AtomicU64::new(0),
+            vxlan_decapsulated: AtomicU64::new(0),
             fragments_sent: AtomicU64::new(0),
             gso_received: AtomicU64::new(0),
             gso_segments: AtomicU64::new(0),
@@ -252,6 +259,10 @@ pub struct Tallies {
     pub arp_replies_sent: u64,
     pub ipip_encapsulated: u64,
     pub ipip_decapsulated: u64,
+    #[serde(default)]
+    pub vxlan_encapsulated: u64,
+    #[serde(default)]
+    pub vxlan_decapsulated: u64,
     pub fragments_sent: u64,
     pub gso_received: u64,
     pub gso_segments: u64,
@@ -288,6 +299,8 @@ impl Totals {
             t.tallies.arp_replies_sent += c.arp_replies_sent.load(Relaxed);
             t.tallies.ipip_encapsulated += c.ipip_encapsulated.load(Relaxed);
             t.tallies.ipip_decapsulated += c.ipip_decapsulated.load(Relaxed);
+            t.tallies.vxlan_encapsulated += c.vxlan_encapsulated.load(Relaxed);
+            t.tallies.vxlan_decapsulated += c.vxlan_decapsulated.load(Relaxed);
             t.tallies.fragments_sent += c.fragments_sent.load(Relaxed);
             t.tallies.gso_received += c.gso_received.load(Relaxed);
             t.tallies.gso_segments += c.gso_segments.load(Relaxed);

@@ -24,6 +24,9 @@ pub enum NextHop {
     /// Wrapped in IPIP to the node `remote`; the outer packet leaves by `iface` via `gateway`
     /// (the underlay next hop toward `remote`).
     Ipip { iface: IfaceId, gateway: Ipv4Addr, remote: Ipv4Addr },
+    /// Wrapped in VXLAN (VNI 4096, UDP 4789) to the node `remote`, whose VTEP MAC follows
+    /// from its address ([`encap::vxlan::vtep_mac`]); out by `iface` via `gateway`.
+    Vxlan { iface: IfaceId, gateway: Ipv4Addr, remote: Ipv4Addr },
     /// Addressed to this node: the kernel's business, not forwarded.
     Host,
     /// Dropped silently (counted): a node's own block, so unused pod addresses go nowhere.

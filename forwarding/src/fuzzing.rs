@@ -28,6 +28,7 @@ fn routes(uplink: IfaceId) -> Vec<Route> {
         r("10.244.1.0/26", NextHop::Blackhole),
         r("10.244.2.0/26", NextHop::Direct { iface: uplink, gateway: Ipv4Addr::new(192, 168, 100, 101) }),
         r("10.244.3.0/26", NextHop::Ipip { iface: uplink, gateway: gw, remote: Ipv4Addr::new(192, 168, 200, 101) }),
+        r("10.244.5.0/26", NextHop::Vxlan { iface: uplink, gateway: gw, remote: Ipv4Addr::new(192, 168, 200, 101) }),
         r("10.250.0.0/16", NextHop::Unreachable),
         r("192.168.200.0/24", NextHop::Direct { iface: uplink, gateway: gw }),
     ]
@@ -124,7 +125,7 @@ fn in_buf(span: Span) {
 
 /// Any bytes on any interface of either data plane: the pipeline never panics and every span
 /// it hands out stays in its buffer, also for super-packets (virtio-net header with a segment
-/// size), tunnel routes (IPIP out and in), fragmentation and the tun entry point.
+/// size), tunnel routes (IPIP and VXLAN out, and in), fragmentation and the tun entry point.
 /// Input: a selector byte (bits 0-1: ingress interface; bit 2: the tun node instead of the
 /// afpacket one; bit 3: a super-packet, its segment size in the next two bytes), then the
 /// frame (the packet, in tun mode).

@@ -604,6 +604,8 @@ mod tests {
                 arp_replies_sent: 7,
                 ipip_encapsulated: 8,
                 ipip_decapsulated: 9,
+                vxlan_encapsulated: 16,
+                vxlan_decapsulated: 17,
                 fragments_sent: 10,
                 gso_received: 11,
                 gso_segments: 12,

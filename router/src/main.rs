@@ -681,8 +681,15 @@ fn print_stats(v: &admin::Stats) {
         );
     }
     println!(
-        "\nIPIP encapsulated: {}   decapsulated: {}   fragments sent: {}   ICMP errors sent: {}   proxy-ARP replies sent: {}",
-        v.tallies.ipip_encapsulated, v.tallies.ipip_decapsulated, v.tallies.fragments_sent, v.tallies.icmp_errors_sent, v.tallies.arp_replies_sent
+        "\nIPIP encapsulated: {}   decapsulated: {}   VXLAN encapsulated: {}   decapsulated: {}",
+        v.tallies.ipip_encapsulated,
+        v.tallies.ipip_decapsulated,
+        v.tallies.vxlan_encapsulated,
+        v.tallies.vxlan_decapsulated
+    );
+    println!(
+        "fragments sent: {}   ICMP errors sent: {}   proxy-ARP replies sent: {}",
+        v.tallies.fragments_sent, v.tallies.icmp_errors_sent, v.tallies.arp_replies_sent
     );
     println!(
         "TCP super-packets received whole: {}   segments cut from them: {}   built for pods: {} (from {} segments)",

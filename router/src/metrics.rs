@@ -73,6 +73,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ),
         ("router_ipip_encapsulated_total", "Packets wrapped in IPIP.", s.totals.tallies.ipip_encapsulated),
         ("router_ipip_decapsulated_total", "IPIP packets unwrapped.", s.totals.tallies.ipip_decapsulated),
+        ("router_vxlan_encapsulated_total", "Packets wrapped in VXLAN.", s.totals.tallies.vxlan_encapsulated),
+        ("router_vxlan_decapsulated_total", "VXLAN packets unwrapped.", s.totals.tallies.vxlan_decapsulated),
         ("router_fragments_sent_total", "Fragments the router made.", s.totals.tallies.fragments_sent),
         ("router_gso_received_total", "Offloaded TCP super-packets received whole.", s.totals.tallies.gso_received),
         (

@@ -18,6 +18,7 @@ use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
 use encap::gso::{GsoError, TcpSegments};
 use encap::ipip::{self, DecapError};
+use encap::vxlan;
 use encap::{icmp, ipv4, MacAddr, WireError};
 use std::net::Ipv4Addr;
 
@@ -32,7 +33,7 @@ const LOCAL_TTL: u8 = 64;
 pub const ICMP_ERROR_MAX: usize = ipv4::HEADER_LEN + icmp::HEADER_LEN + 60 + icmp::QUOTED_PAYLOAD;
 
 /// Room a packet needs in front of it to be encapsulated and get an Ethernet header.
-pub const HEADROOM_NEEDED: usize = ethernet::HEADER_LEN + ipip::OVERHEAD;
+pub const HEADROOM_NEEDED: usize = ethernet::HEADER_LEN + vxlan::OVERHEAD;
 
 /// What the pipeline reads: the snapshots of one batch, and the offload state of the packet
 /// at hand (the worker sets `gso` per packet).
@@ -55,12 +56,29 @@ pub struct Span {
 }
 
 /// Where a routed packet leaves: the interface, the neighbour to hand it to, and the tunnel
-/// endpoint when it must be wrapped in IPIP first.
+/// when it must be wrapped first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Egress {
     pub iface: IfaceId,
     pub hop: Ipv4Addr,
-    pub tunnel: Option<Ipv4Addr>,
+    pub tunnel: Option<Tunnel>,
+}
+
+/// The encapsulation toward another node, and that node's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tunnel {
+    Ipip(Ipv4Addr),
+    Vxlan(Ipv4Addr),
+}
+
+impl Tunnel {
+    /// Bytes the encapsulation adds, which the MTU toward the tunnel loses.
+    pub fn overhead(self) -> u16 {
+        match self {
+            Tunnel::Ipip(_) => ipip::OVERHEAD as u16,
+            Tunnel::Vxlan(_) => vxlan::OVERHEAD as u16,
+        }
+    }
 }
 
 /// An IPv4 packet at `buf[span]` (TTL already decremented) to be split into pieces of at
@@ -303,6 +321,9 @@ fn ip_input(
     match ctx.fib.lookup(dst) {
         Some(NextHop::Host) => match ingress {
             Ingress::Uplink if proto == ipv4::Protocol::IpIp => decapsulate(ctx, counters, buf, l3, end, false),
+            Ingress::Uplink if proto == ipv4::Protocol::Udp && is_vxlan(&buf[l3..end]) => {
+                vxlan_decapsulate(ctx, counters, buf, l3, end)
+            }
             _ => Verdict::Pass,
         },
         nh => forward(ctx, counters, buf, l3, end, nh, !matches!(ingress, Ingress::Tun)),
@@ -343,12 +364,54 @@ fn decapsulate(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize
     }
 }
 
+/// Whether the checked IPv4 packet is UDP to the VXLAN port (and not a later fragment).
+fn is_vxlan(ip: &[u8]) -> bool {
+    let p = ipv4::Packet::new_unchecked(ip);
+    let l4 = p.header_len();
+    p.frag_offset() == 0 && ip.get(l4 + 2..l4 + 4).is_some_and(|d| d == vxlan::PORT.to_be_bytes())
+}
+
+/// Unwraps VXLAN addressed to this node, from a node of the cluster (or an allowed range),
+/// on the pod network's VNI, and forwards the pod packet inside.
+fn vxlan_decapsulate(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end: usize) -> Verdict {
+    let outer_src = ipv4::Packet::new_unchecked(&buf[l3..end]).src();
+    if !ctx.fib.tunnels().allows(outer_src) {
+        return Verdict::Drop(DropReason::VxlanUnknownSource);
+    }
+    let d = match vxlan::decapsulate(buf, l3, end) {
+        Ok(d) => d,
+        Err(vxlan::DecapError::InvalidEcn) => return Verdict::Drop(DropReason::IpipInvalidEcn),
+        Err(_) => return Verdict::Drop(DropReason::VxlanMalformed),
+    };
+    if d.vni != vxlan::CALICO_VNI {
+        return Verdict::Drop(DropReason::VxlanWrongVni);
+    }
+    bump(&counters.vxlan_decapsulated, 1);
+    let inner = ipv4::Packet::new_unchecked(&buf[d.start..d.end]);
+    let dst = inner.dst();
+    if bad_source(inner.src()) {
+        return Verdict::Drop(DropReason::BadSource);
+    }
+    if ctx.fib.tunnels().is_local_pod(inner.src()) {
+        return Verdict::Drop(DropReason::Spoofed);
+    }
+    match ctx.fib.lookup(dst) {
+        Some(NextHop::Host) => Verdict::Drop(DropReason::IpipForNode),
+        nh => forward(ctx, counters, buf, d.start, d.end, nh, true),
+    }
+}
+
 /// Resolves a route to the interface and neighbour a packet leaves by.
 fn egress(nh: NextHop, dst: Ipv4Addr) -> Option<Egress> {
     match nh {
         NextHop::Local { iface } => Some(Egress { iface, hop: dst, tunnel: None }),
         NextHop::Direct { iface, gateway } => Some(Egress { iface, hop: gateway, tunnel: None }),
-        NextHop::Ipip { iface, gateway, remote } => Some(Egress { iface, hop: gateway, tunnel: Some(remote) }),
+        NextHop::Ipip { iface, gateway, remote } => {
+            Some(Egress { iface, hop: gateway, tunnel: Some(Tunnel::Ipip(remote)) })
+        }
+        NextHop::Vxlan { iface, gateway, remote } => {
+            Some(Egress { iface, hop: gateway, tunnel: Some(Tunnel::Vxlan(remote)) })
+        }
         NextHop::Host | NextHop::Blackhole | NextHop::Unreachable => None,
     }
 }
@@ -383,7 +446,7 @@ fn forward(
     let Some(out) = ctx.ifaces.get(eg.iface) else {
         return Verdict::Drop(DropReason::NoRoute);
     };
-    let overhead = if eg.tunnel.is_some() { ipip::OVERHEAD as u16 } else { 0 };
+    let overhead = eg.tunnel.map_or(0, Tunnel::overhead);
     let mtu = out.mtu.saturating_sub(overhead);
     if let Some(mss) = ctx.gso {
         return forward_super(ctx, counters, buf, l3, end, eg, mss, mtu, decrement);
@@ -454,16 +517,33 @@ fn output(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end
         return Verdict::Drop(DropReason::NoRoute);
     };
     let mut l3 = l3;
-    if let Some(remote) = eg.tunnel {
+    if let Some(tunnel) = eg.tunnel {
         let Some(src) = ctx.ifaces.node_addr() else {
             return Verdict::Drop(DropReason::NoRoute);
         };
         if l3 < HEADROOM_NEEDED {
             return Verdict::Drop(DropReason::NoHeadroom);
         }
-        let t = ipip::Tunnel { src, dst: remote, ttl: ctx.fib.tunnels().ttl };
-        l3 = ipip::encapsulate(buf, l3, end, &t, counters.next_ident());
-        bump(&counters.ipip_encapsulated, 1);
+        let ttl = ctx.fib.tunnels().ttl;
+        l3 = match tunnel {
+            Tunnel::Ipip(remote) => {
+                bump(&counters.ipip_encapsulated, 1);
+                ipip::encapsulate(buf, l3, end, &ipip::Tunnel { src, dst: remote, ttl }, counters.next_ident())
+            }
+            Tunnel::Vxlan(remote) => {
+                bump(&counters.vxlan_encapsulated, 1);
+                let t = vxlan::Tunnel {
+                    src,
+                    dst: remote,
+                    ttl,
+                    vni: vxlan::CALICO_VNI,
+                    src_mac: vxlan::vtep_mac(src),
+                    dst_mac: vxlan::vtep_mac(remote),
+                };
+                let port = vxlan::source_port(&buf[l3..end]);
+                vxlan::encapsulate(buf, l3, end, &t, counters.next_ident(), port)
+            }
+        };
     }
     if !out.role.is_ethernet() {
         return Verdict::Transmit { iface: eg.iface, span: Span { start: l3, end }, learn: None };

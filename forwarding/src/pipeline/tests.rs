@@ -65,6 +65,7 @@ fn lab() -> Lab {
         r("10.244.2.0/26", NextHop::Direct { iface: UPLINK, gateway: NODE_B }),
         r("10.244.4.0/26", NextHop::Direct { iface: UPLINK, gateway: Ipv4Addr::new(192, 168, 100, 102) }),
         r("10.244.3.0/26", NextHop::Ipip { iface: UPLINK, gateway: UNDERLAY, remote: NODE_C }),
+        r("10.244.5.0/26", NextHop::Vxlan { iface: UPLINK, gateway: UNDERLAY, remote: NODE_C }),
     ])
     .with_tunnels(Tunnels {
         ttl: 64,
@@ -865,4 +866,100 @@ fn a_super_packet_that_is_not_tcp_is_dropped_with_its_reason() {
     let (v, _) = lab.run_super(&f, 1448);
     assert_eq!(v, Verdict::Drop(DropReason::GsoFailed));
     assert_eq!(lab.drops(DropReason::GsoFailed), 1);
+}
+
+/// A pod behind node-c's VXLAN route.
+const POD_C5: Ipv4Addr = Ipv4Addr::new(10, 244, 5, 1);
+
+/// `inner` (an IPv4 packet) as node `outer_src` wraps it in VXLAN with `vni` toward node-a.
+fn vxlan_frame(outer_src: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let at = 14 + encap::vxlan::OVERHEAD;
+    let mut f = vec![0u8; at];
+    f.extend_from_slice(inner);
+    let end = f.len();
+    let t = encap::vxlan::Tunnel {
+        src: outer_src,
+        dst: NODE_A,
+        ttl: 63,
+        vni,
+        src_mac: encap::vxlan::vtep_mac(outer_src),
+        dst_mac: encap::vxlan::vtep_mac(NODE_A),
+    };
+    let start = encap::vxlan::encapsulate(&mut f, at, end, &t, 9, 50000);
+    assert_eq!(start, 14);
+    ethernet::emit_header(&mut f, UPLINK_MAC, UNDERLAY_MAC, EtherType::Ipv4);
+    f
+}
+
+#[test]
+fn a_vxlan_route_wraps_in_udp_4789_with_vni_4096_and_the_vteps_macs() {
+    let l = lab();
+    let frame = from_pod_a1(POD_C5, 64);
+    let (v, out) = l.run_on(CALI_A1, &frame);
+    assert!(matches!(v, Verdict::Transmit { iface: UPLINK, .. }), "{v:?}");
+    assert_eq!(&out[..6], &UNDERLAY_MAC.0);
+    let outer = ipv4::Packet::new_checked(&out[14..]).expect("outer");
+    assert_eq!((outer.src(), outer.dst(), outer.protocol()), (NODE_A, NODE_C, ipv4::Protocol::Udp));
+    assert!(outer.verify_checksum());
+    assert_eq!(usize::from(outer.total_len()), 50 + frame.len() - 14);
+    // etherparse reads UDP to 4789; our own decapsulation gives back the pod packet.
+    let sliced = SlicedPacket::from_ethernet(&out).expect("parses");
+    let Some(etherparse::TransportSlice::Udp(udp)) = sliced.transport else { panic!("not UDP") };
+    assert_eq!(udp.destination_port(), 4789);
+    assert!(udp.source_port() >= 49152);
+    let mut wire = out[14..].to_vec();
+    let len = wire.len();
+    let d = encap::vxlan::decapsulate(&mut wire, 0, len).expect("decap");
+    assert_eq!((d.vni, d.src_mac), (4096, encap::vxlan::vtep_mac(NODE_A)));
+    assert_eq!(&wire[d.start - 14..d.start - 8], &encap::vxlan::vtep_mac(NODE_C).0, "inner frame to node-c's VTEP");
+    let inner = ipv4::Packet::new_checked(&wire[d.start..d.end]).expect("inner");
+    assert_eq!((inner.src(), inner.dst(), inner.ttl()), (POD_A1, POD_C5, 63));
+    assert_eq!(l.counters.vxlan_encapsulated.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn vxlan_from_a_node_reaches_the_pod_and_anything_else_is_dropped_with_its_reason() {
+    let l = lab();
+    let inner = echo(MacAddr::ZERO, MacAddr::ZERO, POD_C5, POD_A1, 63)[14..].to_vec();
+    let (v, out) = l.run_on(UPLINK, &vxlan_frame(NODE_C, 4096, &inner));
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    let ip = ipv4::Packet::new_checked(&out[14..]).expect("inner");
+    assert_eq!((ip.src(), ip.dst(), ip.ttl()), (POD_C5, POD_A1, 62));
+    assert_eq!(&out[34..], &inner[20..]);
+    assert_eq!(l.counters.vxlan_decapsulated.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // From a host that is not a node, on another VNI, broken, or lying about our own pod.
+    let cases = [
+        (vxlan_frame(UNDERLAY, 4096, &inner), DropReason::VxlanUnknownSource),
+        (vxlan_frame(NODE_C, 7, &inner), DropReason::VxlanWrongVni),
+        (vxlan_frame(NODE_C, 4096, &inner[..10]), DropReason::VxlanMalformed),
+    ];
+    for (f, why) in cases {
+        assert_eq!(l.run_on(UPLINK, &f).0, Verdict::Drop(why));
+        assert_eq!(l.drops(why), 1);
+    }
+    let forged = echo(MacAddr::ZERO, MacAddr::ZERO, POD_A2, POD_A1, 63)[14..].to_vec();
+    assert_eq!(l.run_on(UPLINK, &vxlan_frame(NODE_C, 4096, &forged)).0, Verdict::Drop(DropReason::Spoofed));
+}
+
+#[test]
+fn a_df_packet_too_big_for_vxlan_gets_frag_needed_with_mtu_1450() {
+    let l = lab();
+    // 1451 bytes of IPv4 with DF: fits 1500, not 1500 - 50.
+    let mut frame = from_pod_a1(POD_C5, 64);
+    frame.resize(14 + 1451, 0);
+    frame[16..18].copy_from_slice(&1451u16.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = encap::checksum::checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    assert!(ipv4::Packet::new_checked(&frame[14..]).expect("ip").dont_frag());
+    let (v, out) = l.run_on(CALI_A1, &frame);
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    let sliced = SlicedPacket::from_ethernet(&out).expect("icmp");
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = sliced.transport else { panic!("not ICMP") };
+    assert_eq!(
+        icmp.icmp_type(),
+        Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: 1450
+        })
+    );
 }
