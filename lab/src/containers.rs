@@ -28,7 +28,7 @@ pub fn containers_conf(lab: &Lab, node: &str) -> PathBuf {
 
 /// Writes the IPAM state (every node's block, the topology's pods), the plugin, and per
 /// node its network config and `containers.conf`.
-pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, ipip: bool, etcd: Option<&str>) -> anyhow::Result<()> {
+pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option<&str>) -> anyhow::Result<()> {
     Ipam::new(ipam_file(lab)).with(|st| {
         for n in &topo.nodes {
             st.blocks.insert(n.block, n.name.clone());
@@ -52,7 +52,7 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, ipip: bool, etcd: Option<&s
             node: n.name.clone(),
             admin_socket: lab.socket(&n.name),
             blocks: vec![n.block],
-            mtu: topo.subnets[n.subnet].mtu - if ipip { encap::ipip::OVERHEAD as u16 } else { 0 },
+            mtu: topo.subnets[n.subnet].mtu - overhead,
             ipam_file: ipam_file(lab),
             // With the lab's etcd, containers' addresses live there (as on real machines).
             etcd_endpoints: etcd.iter().map(|e| e.to_string()).collect(),

@@ -109,6 +109,8 @@ pub struct UpOptions {
     pub workers: usize,
     /// Overrides the topology's `ipip_mode`.
     pub ipip_mode: Option<IpipMode>,
+    /// Overrides the topology's `vxlan_mode` (and turns IPIP off unless `ipip_mode` is given).
+    pub vxlan_mode: Option<IpipMode>,
     /// Serve each node's metrics on 127.0.0.1:9091 inside its namespace.
     pub metrics: bool,
     /// Leave the pods' TX offloads on (checksum, TSO); off, pods send only complete,
@@ -125,10 +127,14 @@ pub struct UpOptions {
 }
 
 pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
-    let (topo, topo_name) = match &opts.topology {
+    let (mut topo, topo_name) = match &opts.topology {
         Some(p) => (Topology::load(p)?, p.display().to_string()),
         None => (Topology::parse(Path::new("seed.toml (built in)"), topology::SEED)?, "seed (built in)".to_string()),
     };
+    (topo.ipip_mode, topo.vxlan_mode) = encap_modes(&topo, opts)?;
+    if topo.vxlan_mode != IpipMode::Never && opts.dataplane == DataplaneMode::Tun {
+        bail!("VXLAN runs on the afpacket data plane; the tun data plane carries IPIP only");
+    }
     if opts.dataplane == DataplaneMode::Tun {
         if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
             bail!("the tun data plane needs /dev/net/tun, which this user cannot open ({e}); use the default afpacket data plane, or run the lab as root");
@@ -164,7 +170,8 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
         name: lab.name.clone(),
         topology: topo_name,
         dataplane: opts.dataplane.name().to_string(),
-        ipip_mode: opts.ipip_mode.unwrap_or(topo.ipip_mode).name().to_string(),
+        ipip_mode: topo.ipip_mode.name().to_string(),
+        vxlan_mode: topo.vxlan_mode.name().to_string(),
         created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         complete: false,
         namespaces: Vec::new(),
@@ -186,6 +193,36 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
             }
             Err(e.context(format!("building lab {:?} failed; everything it had made was removed", lab.name)))
         }
+    }
+}
+
+/// The pool's `ipipMode` and `vxlanMode` for this lab: the options over the topology's. A
+/// `--vxlan-mode` alone turns IPIP off (a pool uses one or the other, as in Calico).
+fn encap_modes(topo: &Topology, opts: &UpOptions) -> anyhow::Result<(IpipMode, IpipMode)> {
+    let vxlan = opts.vxlan_mode.unwrap_or(topo.vxlan_mode);
+    let ipip = match (opts.ipip_mode, opts.vxlan_mode) {
+        (Some(m), _) => m,
+        (None, Some(v)) if v != IpipMode::Never => IpipMode::Never,
+        (None, _) => topo.ipip_mode,
+    };
+    if ipip != IpipMode::Never && vxlan != IpipMode::Never {
+        bail!(
+            "ipipMode {} with vxlanMode {}: a pool uses IPIP or VXLAN, not both (Calico refuses it too)",
+            ipip.name(),
+            vxlan.name()
+        );
+    }
+    Ok((ipip, vxlan))
+}
+
+/// Bytes a pod's packets lose to the pool's tunnel: its MTU is the underlay's minus these.
+pub fn tunnel_overhead(topo: &Topology) -> u16 {
+    if topo.vxlan_mode != IpipMode::Never {
+        encap::vxlan::OVERHEAD as u16
+    } else if topo.ipip_mode != IpipMode::Never {
+        encap::ipip::OVERHEAD as u16
+    } else {
+        0
     }
 }
 
@@ -224,7 +261,7 @@ fn port_name(prefix: &str, host: &str, index: usize) -> String {
 }
 
 fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow::Result<()> {
-    let mode = opts.ipip_mode.unwrap_or(topo.ipip_mode);
+    let mode = topo.ipip_mode;
     // One L2 segment per underlay subnet: a bridge in its own namespace.
     for s in &topo.subnets {
         let ns = lab.ns(&format!("sw-{}", s.name));
@@ -339,7 +376,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
             netns::sysctl_in(&ns, &format!("net.ipv4.conf.{}.rp_filter", pod.iface), "1")?;
             netns::ip_in(&pns, &["addr", "add", &format!("{}/32", pod.address), "dev", "eth0"])?;
             // Room for the outer header when IPIP may be used (1480 on a 1500 underlay).
-            let pod_mtu = if mode == IpipMode::Never { subnet.mtu } else { subnet.mtu - encap::ipip::OVERHEAD as u16 };
+            let pod_mtu = subnet.mtu - tunnel_overhead(topo);
             netns::ip_in(&pns, &["link", "set", "eth0", "mtu", &pod_mtu.to_string(), "up"])?;
             netns::ip_in(&pns, &["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
             netns::ip_in(&pns, &["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
@@ -366,7 +403,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
     }
 
     static_neighbours(&segment)?;
-    containers::setup(lab, topo, &opts.exe, mode != IpipMode::Never, st.etcd.as_ref().map(|e| e.url.as_str()))?;
+    containers::setup(lab, topo, &opts.exe, tunnel_overhead(topo), st.etcd.as_ref().map(|e| e.url.as_str()))?;
     for cfg in &configs {
         let path = lab.dir.join(format!("{}.toml", cfg.name));
         // 0600: a node's config holds its peers' TCP-MD5 passwords.
@@ -606,7 +643,7 @@ fn node_config(
         admin_socket: lab.socket(&node.name),
         uplink: Uplink { interface: "eth0".into(), address: node.address },
         blocks: vec![node.block],
-        pools: vec![Pool { cidr: topo.pool, ipip_mode: mode }],
+        pools: vec![Pool { cidr: topo.pool, ipip_mode: mode, vxlan_mode: topo.vxlan_mode }],
         pods,
         routes,
         ipip_ttl: 64,

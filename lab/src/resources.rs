@@ -14,7 +14,7 @@ fn community(c: u32) -> String {
 pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
     let mut out = Vec::new();
     let mut left_out = Vec::new();
-    let mode = match t.ipip_mode {
+    let calico = |m: IpipMode| match m {
         IpipMode::Always => r::EncapMode::Always,
         IpipMode::CrossSubnet => r::EncapMode::CrossSubnet,
         IpipMode::Never => r::EncapMode::Never,
@@ -25,8 +25,8 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
         r::IpPoolSpec {
             cidr: t.pool.to_string(),
             block_size: Some(t.block_size),
-            ipip_mode: Some(mode),
-            vxlan_mode: Some(r::EncapMode::Never),
+            ipip_mode: Some(calico(t.ipip_mode)),
+            vxlan_mode: Some(calico(t.vxlan_mode)),
             nat_outgoing: Some(false),
             node_selector: Some("all()".into()),
             ..Default::default()

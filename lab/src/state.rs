@@ -50,6 +50,8 @@ pub struct State {
     pub dataplane: String,
     #[serde(default)]
     pub ipip_mode: String,
+    #[serde(default)]
+    pub vxlan_mode: String,
     pub created_unix: u64,
     /// False until `lab up` finished every step.
     pub complete: bool,

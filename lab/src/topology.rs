@@ -21,6 +21,8 @@ pub struct Topology {
     pub as_number: u32,
     /// The pool's `ipipMode` (Calico's names).
     pub ipip_mode: nodeapi::config::IpipMode,
+    /// The pool's `vxlanMode`; a pool uses IPIP or VXLAN, not both.
+    pub vxlan_mode: nodeapi::config::IpipMode,
     /// Calico's BGPConfiguration.nodeToNodeMeshEnabled.
     pub node_to_node_mesh: bool,
     /// BGP hold time the nodes propose (seconds; short values make failover tests quick).
@@ -110,10 +112,16 @@ struct RawCluster {
     as_number: u32,
     #[serde(default)]
     ipip_mode: nodeapi::config::IpipMode,
+    #[serde(default = "never")]
+    vxlan_mode: Spanned<nodeapi::config::IpipMode>,
     #[serde(default = "default_true")]
     node_to_node_mesh: bool,
     #[serde(default = "default_hold")]
     bgp_hold_time: Spanned<u16>,
+}
+
+fn never() -> Spanned<nodeapi::config::IpipMode> {
+    Spanned::new(0..0, nodeapi::config::IpipMode::Never)
 }
 
 fn default_true() -> bool {
@@ -459,6 +467,13 @@ impl Topology {
             return Err(src.error("no [[nodes]]: a lab needs at least one node"));
         }
         assign_addresses(&src, &mut nodes, automatic, pod_addrs)?;
+        let vxlan_mode = *raw.cluster.vxlan_mode.get_ref();
+        if vxlan_mode != nodeapi::config::IpipMode::Never && raw.cluster.ipip_mode != nodeapi::config::IpipMode::Never {
+            return Err(src.error_at(
+                raw.cluster.vxlan_mode.span(),
+                "a pool uses IPIP or VXLAN, not both: set ipip_mode = \"Never\" with vxlan_mode",
+            ));
+        }
         let hold = raw.cluster.bgp_hold_time;
         if *hold.get_ref() == 1 || *hold.get_ref() == 2 {
             return Err(src.error_at(hold.span(), "bgp_hold_time must be 0 or at least 3 seconds (RFC 4271)"));
@@ -484,6 +499,7 @@ impl Topology {
             block_size,
             as_number: raw.cluster.as_number,
             ipip_mode: raw.cluster.ipip_mode,
+            vxlan_mode,
             node_to_node_mesh: raw.cluster.node_to_node_mesh,
             bgp_hold_time: *hold.get_ref(),
             bgp_peers,

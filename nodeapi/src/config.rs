@@ -53,6 +53,24 @@ impl IpipMode {
 pub struct Pool {
     pub cidr: Ipv4Net,
     pub ipip_mode: IpipMode,
+    /// Calico's `vxlanMode` (same values); a pool uses IPIP or VXLAN, not both.
+    pub vxlan_mode: IpipMode,
+}
+
+/// The encapsulation a pool's routes may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    Ipip,
+    Vxlan,
+}
+
+impl Encap {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encap::Ipip => "ipip",
+            Encap::Vxlan => "vxlan",
+        }
+    }
 }
 
 /// BGP of one node (Calico's BGPConfiguration, Node.spec.bgp and BGPPeer, as resolved by
@@ -153,6 +171,21 @@ impl NodeConfig {
     /// The encapsulation mode for routes to `prefix`: its pool's, or Never outside pools.
     pub fn ipip_mode_for(&self, prefix: &Ipv4Net) -> IpipMode {
         self.pools.iter().find(|p| p.cidr.contains(prefix)).map_or(IpipMode::Never, |p| p.ipip_mode)
+    }
+
+    /// The tunnel routes to `prefix` use and its mode: VXLAN where the pool's `vxlanMode`
+    /// is not Never, else IPIP with the pool's `ipipMode` (Never outside pools).
+    pub fn encap_for(&self, prefix: &Ipv4Net) -> (Encap, IpipMode) {
+        match self.pools.iter().find(|p| p.cidr.contains(prefix)) {
+            Some(p) if p.vxlan_mode != IpipMode::Never => (Encap::Vxlan, p.vxlan_mode),
+            Some(p) => (Encap::Ipip, p.ipip_mode),
+            None => (Encap::Ipip, IpipMode::Never),
+        }
+    }
+
+    /// Whether some pool uses VXLAN.
+    pub fn uses_vxlan(&self) -> bool {
+        self.pools.iter().any(|p| p.vxlan_mode != IpipMode::Never)
     }
 }
 
@@ -465,6 +498,16 @@ pub struct RawPool {
     pub cidr: Spanned<String>,
     #[serde(default)]
     pub ipip_mode: IpipMode,
+    #[serde(default = "never", skip_serializing_if = "is_never")]
+    pub vxlan_mode: Spanned<IpipMode>,
+}
+
+fn never() -> Spanned<IpipMode> {
+    Spanned::new(0..0, IpipMode::Never)
+}
+
+fn is_never(m: &Spanned<IpipMode>) -> bool {
+    *m.get_ref() == IpipMode::Never
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -670,7 +713,14 @@ impl NodeConfig {
         let pools = raw
             .pools
             .iter()
-            .map(|p| Ok(Pool { cidr: net_no_host_bits(&src, &p.cidr, "pool")?, ipip_mode: p.ipip_mode }))
+            .map(|p| {
+                let vxlan_mode = *p.vxlan_mode.get_ref();
+                if vxlan_mode != IpipMode::Never && p.ipip_mode != IpipMode::Never {
+                    let msg = "a pool uses IPIP or VXLAN, not both: set ipip_mode = \"Never\" with vxlan_mode";
+                    return Err(src.error_at(p.vxlan_mode.span(), msg));
+                }
+                Ok(Pool { cidr: net_no_host_bits(&src, &p.cidr, "pool")?, ipip_mode: p.ipip_mode, vxlan_mode })
+            })
             .collect::<Result<Vec<_>, FileError>>()?;
         let ipip_peers = raw
             .ipip_peers
@@ -756,7 +806,15 @@ impl NodeConfig {
                 address: s(self.uplink.address.to_string()),
             },
             blocks: self.blocks.iter().map(|b| s(b.to_string())).collect(),
-            pools: self.pools.iter().map(|p| RawPool { cidr: s(p.cidr.to_string()), ipip_mode: p.ipip_mode }).collect(),
+            pools: self
+                .pools
+                .iter()
+                .map(|p| RawPool {
+                    cidr: s(p.cidr.to_string()),
+                    ipip_mode: p.ipip_mode,
+                    vxlan_mode: Spanned::new(0..0, p.vxlan_mode),
+                })
+                .collect(),
             pods: self
                 .pods
                 .iter()

@@ -181,12 +181,12 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
         .filter_map(|x| match x {
             Resource::IpPool(p) if p.spec.disabled != Some(true) => {
                 let cidr: Ipv4Net = p.spec.cidr.parse().ok()?;
-                let ipip_mode = match p.spec.ipip_mode.unwrap_or_default() {
+                let mode = |m: Option<r::EncapMode>| match m.unwrap_or_default() {
                     r::EncapMode::Never => IpipMode::Never,
                     r::EncapMode::Always => IpipMode::Always,
                     r::EncapMode::CrossSubnet => IpipMode::CrossSubnet,
                 };
-                Some(Pool { cidr, ipip_mode })
+                Some(Pool { cidr, ipip_mode: mode(p.spec.ipip_mode), vxlan_mode: mode(p.spec.vxlan_mode) })
             }
             _ => None,
         })
@@ -244,7 +244,11 @@ mod tests {
         assert!(v.peers.iter().all(|p| p.kind == PeerKind::Mesh && !p.passive), "{:?}", v.peers);
         assert_eq!(
             v.pools,
-            vec![Pool { cidr: "10.244.0.0/16".parse().expect("net"), ipip_mode: IpipMode::CrossSubnet }]
+            vec![Pool {
+                cidr: "10.244.0.0/16".parse().expect("net"),
+                ipip_mode: IpipMode::CrossSubnet,
+                vxlan_mode: IpipMode::Never
+            }]
         );
         assert_eq!(v.nodes.len(), 2);
         let c = view(&seed(""), "node-c", "192.168.200.101".parse().expect("ip"));

@@ -253,6 +253,10 @@ enum LabCmd {
         /// Calico's ipipMode for the pool (default: the topology's, CrossSubnet in the seed).
         #[arg(long, value_enum)]
         ipip_mode: Option<IpipModeArg>,
+        /// Calico's vxlanMode for the pool (VNI 4096, UDP 4789, pod MTU 1450); alone it turns
+        /// IPIP off, as a pool uses one or the other. Afpacket data plane only.
+        #[arg(long, value_enum)]
+        vxlan_mode: Option<IpipModeArg>,
         /// Serve each node's Prometheus metrics on 127.0.0.1:9091 inside its namespace.
         #[arg(long)]
         metrics: bool,
@@ -723,6 +727,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             dataplane,
             workers,
             ipip_mode,
+            vxlan_mode,
             metrics,
             no_pod_offload,
             no_gro,
@@ -735,11 +740,12 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 Dataplane::Afpacket => DataplaneMode::Afpacket,
                 Dataplane::Tun => DataplaneMode::Tun,
             };
-            let ipip_mode = ipip_mode.map(|m| match m {
+            let mode = |m: IpipModeArg| match m {
                 IpipModeArg::CrossSubnet => IpipMode::CrossSubnet,
                 IpipModeArg::Always => IpipMode::Always,
                 IpipModeArg::Never => IpipMode::Never,
-            });
+            };
+            let (ipip_mode, vxlan_mode) = (ipip_mode.map(mode), vxlan_mode.map(mode));
             let pod_offload = !no_pod_offload;
             let opts = UpOptions {
                 topology,
@@ -747,6 +753,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 dataplane,
                 workers,
                 ipip_mode,
+                vxlan_mode,
                 metrics,
                 pod_offload,
                 gro: !no_gro,
@@ -761,8 +768,8 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             }
             let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
             println!(
-                "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {})",
-                st.name, st.topology, st.dataplane, st.ipip_mode
+                "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {}, vxlanMode: {})",
+                st.name, st.topology, st.dataplane, st.ipip_mode, st.vxlan_mode
             );
             for h in st.hosts.iter().filter(|h| h.role == Role::Node) {
                 let pods: Vec<String> = st
@@ -835,11 +842,12 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             println!(
-                "lab {:?}: topology {}, data plane {}, ipipMode {}{}",
+                "lab {:?}: topology {}, data plane {}, ipipMode {}, vxlanMode {}{}",
                 st.name,
                 st.topology,
                 st.dataplane,
                 st.ipip_mode,
+                st.vxlan_mode,
                 if st.complete { "" } else { " (INCOMPLETE: run `router lab down`)" }
             );
             if let Some(k) = lab::userns::Keeper::load(&lab.dir)?.filter(|k| !k.alive()) {

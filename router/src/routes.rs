@@ -6,7 +6,7 @@
 use forwarding::{IfaceId, IfaceRole, Interfaces, NextHop, Route};
 use ipnet::Ipv4Net;
 use nodeapi::admin::{RouteEntry, RouteSource};
-use nodeapi::config::{DataplaneMode, IpipMode, NodeConfig, StaticAction, StaticRoute};
+use nodeapi::config::{DataplaneMode, Encap, IpipMode, NodeConfig, StaticAction, StaticRoute};
 use std::net::Ipv4Addr;
 
 /// How the kernel of the node namespace should route a prefix (tun mode forwarding, and the
@@ -240,7 +240,11 @@ fn build_inner(
                 continue;
             }
         };
-        let mode = cfg.ipip_mode_for(&r.prefix);
+        let (tunnel, mode) = cfg.encap_for(&r.prefix);
+        let mode_name = match tunnel {
+            Encap::Ipip => "ipipMode",
+            Encap::Vxlan => "vxlanMode",
+        };
         let in_pool = cfg.pools.iter().any(|p| p.cidr.contains(&r.prefix));
         let on_link = subnet.contains(&gw);
         let encap = match mode {
@@ -260,14 +264,14 @@ fn build_inner(
             ));
         };
         if encap {
-            let why = || match mode {
-                IpipMode::Always => "ipipMode Always".to_string(),
-                _ => format!("{gw} is outside {subnet} (CrossSubnet)"),
+            let why = move || match mode {
+                IpipMode::Always => format!("{mode_name} Always"),
+                _ => format!("{gw} is outside {subnet} ({mode_name} CrossSubnet)"),
             };
-            let (nh, dev) = if tun {
-                (NextHop::Ipip { iface: out_if, gateway: gw, remote: gw }, TUN_NAME)
-            } else {
-                (NextHop::Ipip { iface: out_if, gateway: hop, remote: gw }, up_name)
+            let (nh, dev) = match tunnel {
+                Encap::Ipip if tun => (NextHop::Ipip { iface: out_if, gateway: gw, remote: gw }, TUN_NAME),
+                Encap::Ipip => (NextHop::Ipip { iface: out_if, gateway: hop, remote: gw }, up_name),
+                Encap::Vxlan => (NextHop::Vxlan { iface: out_if, gateway: hop, remote: gw }, up_name),
             };
             t.push(Row {
                 prefix: r.prefix,
@@ -275,7 +279,7 @@ fn build_inner(
                 gateway: Some(gw),
                 iface: Some(dev),
                 kind: "unicast",
-                encap: "ipip",
+                encap: tunnel.name(),
                 why: &why,
                 source: src,
                 kernel: false,
@@ -288,10 +292,10 @@ fn build_inner(
         } else {
             let why = || match (in_pool, on_link) {
                 (false, _) => format!("outside the IP pools: never tunnelled; {gw} is the next hop"),
-                (true, true) if mode == IpipMode::Never => format!("{gw} is inside {subnet} (ipipMode Never)"),
+                (true, true) if mode == IpipMode::Never => format!("{gw} is inside {subnet} ({mode_name} Never)"),
                 (true, true) => format!("{gw} is inside {subnet}: direct"),
                 (true, false) => {
-                    format!("ipipMode Never: sent unencapsulated via {hop}, whose router must know the route")
+                    format!("{mode_name} Never: sent unencapsulated via {hop}, whose router must know the route")
                 }
             };
             let nh = if tun { NextHop::Host } else { NextHop::Direct { iface: out_if, gateway: hop } };

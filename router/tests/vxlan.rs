@@ -1,0 +1,109 @@
+//! VXLAN (vxlanMode) end to end on the afpacket data plane: the seed lab with `--vxlan-mode`,
+//! pods pinging across it, the underlay seen with tshark. These build namespaces (root).
+
+mod support;
+
+use support::*;
+
+const POD_A1: &str = "10.244.1.1";
+const POD_A2: &str = "10.244.1.2";
+const POD_B1: &str = "10.244.2.1";
+const POD_C1: &str = "10.244.3.1";
+const NODE_A: &str = "192.168.100.100";
+const NODE_C: &str = "192.168.200.101";
+
+fn encap_of(lab: &TestLab, node: &str, prefix: &str) -> String {
+    let routes = lab.json(&["routes", "--node", node, "--json"]);
+    routes
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["prefix"] == prefix))
+        .and_then(|r| r["encap"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn every_pod_reaches_every_other(lab: &TestLab) {
+    for (from, to) in [("pod-a1", POD_B1), ("pod-a1", POD_C1), ("pod-c1", POD_B1), ("pod-b1", POD_A2)] {
+        let (ok, out) = ping(lab, from, &["-c", "3", "-i", "0.2", "-W", "2", to]);
+        assert!(ok, "{from} -> {to}: {out}");
+        assert_no_loss(&out);
+    }
+}
+
+#[test]
+fn vxlan_always_and_cross_subnet_carry_every_pod_pair() {
+    let lab = TestLab::up(&["--vxlan-mode", "always"]);
+    every_pod_reaches_every_other(&lab);
+    assert_eq!(
+        (encap_of(&lab, "node-a", "10.244.2.0/26"), encap_of(&lab, "node-a", "10.244.3.0/26")),
+        ("vxlan".into(), "vxlan".into())
+    );
+    let stats = lab.json(&["stats", "--node", "node-c", "--json"]);
+    assert!(stats["vxlan_decapsulated"].as_u64().unwrap_or(0) >= 3, "{stats}");
+    assert_eq!(stats["ipip_decapsulated"].as_u64(), Some(0), "{stats}");
+    drop(lab);
+
+    let lab = TestLab::up(&["--vxlan-mode", "cross-subnet"]);
+    every_pod_reaches_every_other(&lab);
+    assert_eq!(
+        (encap_of(&lab, "node-a", "10.244.2.0/26"), encap_of(&lab, "node-a", "10.244.3.0/26")),
+        ("none".into(), "vxlan".into())
+    );
+    // Pods get the pool's MTU: 1500 less VXLAN's 50 bytes.
+    let link = lab.exec("pod-a1", &["ip", "-o", "link", "show", "eth0"]);
+    assert!(text(&link.stdout).contains("mtu 1450"), "{}", text(&link.stdout));
+    // A 1422-byte ping (1450 bytes of IPv4) with DF crosses the tunnel whole.
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-s", "1422", "-M", "do", "-W", "2", POD_C1]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn the_underlay_carries_udp_4789_with_vni_4096_around_the_pod_packet() {
+    let lab = TestLab::up(&["--vxlan-mode", "cross-subnet"]);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", POD_C1]);
+    assert!(ok, "{out}");
+    let cap = start_capture(&lab, "underlay", "eth0", "udp port 4789", 2);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "4", "-i", "0.3", "-W", "2", POD_C1]);
+    assert!(ok, "{out}");
+    let rows = cap.fields(&["ip.src", "ip.dst", "udp.dstport", "vxlan.vni", "icmp.type", "_ws.malformed"]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let request = rows.iter().find(|r| r[0] == format!("{NODE_A},{POD_A1}")).expect("outer a -> c around the request");
+    assert_eq!(request[1], format!("{NODE_C},{POD_C1}"));
+    assert_eq!((request[2].as_str(), request[3].as_str(), request[4].as_str()), ("4789", "4096", "8"));
+    let reply = rows.iter().find(|r| r[0] == format!("{NODE_C},{POD_C1}")).expect("outer c -> a around the reply");
+    assert_eq!((reply[3].as_str(), reply[4].as_str()), ("4096", "0"));
+    for r in &rows {
+        assert_eq!(r.get(5).map(String::as_str).unwrap_or(""), "", "malformed: {r:?}");
+    }
+}
+
+#[test]
+fn vxlan_from_a_host_that_is_not_a_node_is_dropped_and_counted() {
+    let lab = TestLab::up(&["--vxlan-mode", "always"]);
+    // The underlay router (not a node) sends node-a a well-formed VXLAN packet for pod-a1.
+    let script = [
+        "import socket",
+        "inner = bytes.fromhex('45000054000140004001' + '0000' + '0af40301' + '0af40101') + bytes(64)",
+        "frame = bytes.fromhex('66eec0a86464' + '66eec0a8c865' + '0800') + inner",
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+        "for _ in range(3): s.sendto(bytes.fromhex('0800000000100000') + frame, ('192.168.100.100', 4789))",
+    ]
+    .join("\n");
+    let out = lab.exec("underlay", &["/usr/bin/python3", "-c", &script]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while lab.drops("node-a", "vxlan_unknown_source") < 3 {
+        assert!(std::time::Instant::now() < deadline, "not counted: {}", lab.drops("node-a", "vxlan_unknown_source"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(lab.json(&["stats", "--node", "node-a", "--json"])["vxlan_decapsulated"].as_u64(), Some(0));
+}
+
+#[test]
+fn ipip_and_vxlan_together_are_refused_with_a_reason() {
+    let lab = TestLab::named();
+    let out = lab.router(&["lab", "up", "--ipip-mode", "always", "--vxlan-mode", "always"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("a pool uses IPIP or VXLAN, not both"), "{}", text(&out.stderr));
+    assert!(lab.leftover_namespaces().is_empty());
+}
