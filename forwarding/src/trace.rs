@@ -6,7 +6,7 @@ use crate::counters::DropReason;
 use crate::iface::IfaceId;
 use crate::pipeline::Verdict;
 use crossbeam_channel::{Receiver, Sender};
-use encap::{ethernet, ipv4};
+use encap::{ethernet, ipv4, udp, vxlan};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::time::SystemTime;
@@ -14,7 +14,7 @@ use std::time::SystemTime;
 /// Marks a trace probe's payload; the trace id follows (4 bytes, big-endian).
 pub const MAGIC: &[u8; 8] = b"RTRACE\x00\x01";
 
-/// The IPv4 header fields of a packet (and of the packet inside, for IPIP).
+/// The IPv4 header fields of a packet (and of the packet inside, for IPIP and VXLAN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
     pub src: Ipv4Addr,
@@ -25,6 +25,8 @@ pub struct Summary {
     /// ICMP type, for ICMP packets.
     pub icmp_type: Option<u8>,
     pub inner: Option<Inner>,
+    /// For VXLAN: the outer UDP source and destination ports and the VNI.
+    pub vxlan: Option<(u16, u16, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -82,20 +84,42 @@ fn icmp_type<T: AsRef<[u8]>>(p: &ipv4::Packet<T>) -> Option<u8> {
     (p.protocol() == ipv4::Protocol::Icmp).then(|| p.payload().first().copied()).flatten()
 }
 
+/// The packet inside a tunnel: IPIP's, or VXLAN's with its UDP ports and VNI.
+fn tunnelled(ip: &[u8]) -> Option<(&[u8], Option<(u16, u16, u32)>)> {
+    let p = ipv4::Packet::new_checked(ip).ok()?;
+    let payload = ip.get(p.header_len()..usize::from(p.total_len()))?;
+    match p.protocol() {
+        ipv4::Protocol::IpIp => Some((payload, None)),
+        ipv4::Protocol::Udp if p.frag_offset() == 0 => {
+            let u = udp::Packet::new_checked(payload).ok()?;
+            if u.dst_port() != vxlan::PORT {
+                return None;
+            }
+            let h = vxlan::Header::new_checked(u.payload()).ok()?;
+            let frame = ethernet::Frame::new_checked(h.payload()).ok()?;
+            (frame.ethertype() == ethernet::EtherType::Ipv4).then_some(())?;
+            let inner = payload.get(udp::HEADER_LEN + vxlan::HEADER_LEN + ethernet::HEADER_LEN..)?;
+            Some((inner, Some((u.src_port(), u.dst_port(), h.vni()))))
+        }
+        _ => None,
+    }
+}
+
 /// The header summary of any IPv4 packet (a frame when `ethernet`).
 pub fn summarize(data: &[u8], ethernet: bool) -> Option<Summary> {
-    let p = ipv4::Packet::new_checked(l3(data, ethernet)?).ok()?;
-    let inner = if p.protocol() == ipv4::Protocol::IpIp {
-        ipv4::Packet::new_checked(p.payload()).ok().map(|i| Inner {
+    let bytes = l3(data, ethernet)?;
+    let p = ipv4::Packet::new_checked(bytes).ok()?;
+    let wrapped = tunnelled(bytes);
+    let vxlan = wrapped.and_then(|(_, v)| v);
+    let inner = wrapped.and_then(|(bytes, _)| {
+        ipv4::Packet::new_checked(bytes).ok().map(|i| Inner {
             src: i.src(),
             dst: i.dst(),
             protocol: i.protocol().into(),
             ttl: i.ttl(),
             icmp_type: icmp_type(&i),
         })
-    } else {
-        None
-    };
+    });
     Some(Summary {
         src: p.src(),
         dst: p.dst(),
@@ -104,16 +128,15 @@ pub fn summarize(data: &[u8], ethernet: bool) -> Option<Summary> {
         len: p.total_len(),
         icmp_type: icmp_type(&p),
         inner,
+        vxlan,
     })
 }
 
-/// The trace id of a probe (looking inside IPIP), or None for any other packet.
+/// The trace id of a probe (looking inside IPIP and VXLAN), or None for any other packet.
 pub fn probe_id(data: &[u8], ethernet: bool) -> Option<u32> {
     let mut bytes = l3(data, ethernet)?;
-    let outer = ipv4::Packet::new_checked(bytes).ok()?;
-    if outer.protocol() == ipv4::Protocol::IpIp {
-        let (s, e) = (outer.header_len(), usize::from(outer.total_len()));
-        bytes = &bytes[s..e];
+    if let Some((inner, _)) = tunnelled(bytes) {
+        bytes = inner;
     }
     let p = ipv4::Packet::new_checked(bytes).ok()?;
     let t = p.payload();

@@ -258,8 +258,11 @@ pub struct Hop {
     pub dst: Ipv4Addr,
     pub protocol: u8,
     pub ttl: u8,
-    /// For IPIP arriving: the packet inside (src, dst, ttl).
+    /// For IPIP or VXLAN arriving: the packet inside (src, dst, ttl).
     pub inner: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+    /// The tunnel it arrived in: "IPIP", or "VXLAN" with the outer UDP ports and the VNI.
+    #[serde(default)]
+    pub tunnel: Option<String>,
     pub route: Option<RouteMatch>,
     /// forward, encapsulate, decapsulate, icmp_error, drop, kernel, arp_pending, fragment
     pub action: String,
@@ -268,6 +271,9 @@ pub struct Hop {
     /// The packet as it left: (src, dst, ttl), and the outer header when wrapped.
     pub out: Option<(Ipv4Addr, Ipv4Addr, u8)>,
     pub out_outer: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+    /// The tunnel it left in, described as `tunnel`.
+    #[serde(default)]
+    pub out_tunnel: Option<String>,
 }
 
 /// A prefix a peer sent that import refused (`router routes --rejected`).

@@ -48,7 +48,16 @@ fn icmp_error_name(t: Option<u8>) -> Option<&'static str> {
     }
 }
 
-/// The effective packet: the inner one of IPIP, else the packet itself.
+/// The tunnel a packet travels in, in words: "IPIP", or "VXLAN udp 51234 → 4789 vni 4096".
+fn tunnel(s: &Summary) -> Option<String> {
+    match (s.protocol, s.vxlan, s.inner) {
+        (4, _, Some(_)) => Some("IPIP".into()),
+        (_, Some((sp, dp, vni)), Some(_)) => Some(format!("VXLAN udp {sp} → {dp} vni {vni}")),
+        _ => None,
+    }
+}
+
+/// The effective packet: the inner one of IPIP or VXLAN, else the packet itself.
 fn effective(s: &Summary) -> (Ipv4Addr, Ipv4Addr, u8, u8, Option<u8>) {
     match s.inner {
         Some(i) => (i.src, i.dst, i.ttl, i.protocol, i.icmp_type),
@@ -69,7 +78,7 @@ pub fn hop(
     let role = ifaces.get(e.ingress).map_or("?", |f| f.role.name());
     let b = &e.before;
     let (src, dst, _, _, _) = effective(b);
-    let arrived_wrapped = b.protocol == 4 && Some(b.dst) == node_addr;
+    let arrived_wrapped = tunnel(b).is_some() && Some(b.dst) == node_addr;
     let route = route_for(dst).map(|r| RouteMatch {
         prefix: r.prefix.to_string(),
         next_hop: r.next_hop,
@@ -87,12 +96,14 @@ pub fn hop(
         protocol: b.protocol,
         ttl: b.ttl,
         inner: b.inner.map(|i| (i.src, i.dst, i.ttl)),
+        tunnel: tunnel(b),
         route,
         action: String::new(),
         reason: String::new(),
         egress: None,
         out: None,
         out_outer: None,
+        out_tunnel: None,
     };
     let is_tun_in = ifaces.get(e.ingress).is_some_and(|f| f.role == IfaceRole::Tun);
     match &e.outcome {
@@ -122,9 +133,11 @@ pub fn hop(
             if let Some(a) = after {
                 let (asrc, adst, attl, _, aicmp) = effective(a);
                 h.out = Some((asrc, adst, attl));
-                if a.protocol == 4 {
+                let wrapped = tunnel(a);
+                if wrapped.is_some() {
                     h.out_outer = Some((a.src, a.dst, a.ttl));
                 }
+                h.out_tunnel = wrapped.clone();
                 let error_back = Some(asrc) == node_addr && adst == src && icmp_error_name(aicmp).is_some();
                 h.action = if error_back {
                     let why = match (aicmp, &h.route) {
@@ -137,11 +150,12 @@ pub fn hop(
                         icmp_error_name(aicmp).unwrap_or("error")
                     );
                     "icmp_error".into()
-                } else if a.protocol == 4 && !arrived_wrapped {
-                    h.reason = format!("IPIP added: outer {} → {}", a.src, a.dst);
+                } else if let (Some(t), false) = (&wrapped, arrived_wrapped) {
+                    h.reason = format!("{t} added: outer {} → {}", a.src, a.dst);
                     "encapsulate".into()
-                } else if arrived_wrapped && a.protocol != 4 {
-                    h.reason = format!("IPIP removed: {} is a known node", b.src);
+                } else if arrived_wrapped && wrapped.is_none() {
+                    let t = h.tunnel.as_deref().unwrap_or("tunnel");
+                    h.reason = format!("{t} removed: {} is a known node", b.src);
                     "decapsulate".into()
                 } else {
                     "forward".into()
@@ -170,7 +184,10 @@ pub fn render(hops: &[Hop]) -> String {
         let node = if h.node == last_node { "" } else { h.node.as_str() };
         last_node = &h.node;
         let pkt = match h.inner {
-            Some((is, id, ittl)) => format!("outer {} → {} (IPIP) · {is} → {id} ttl {ittl}", h.src, h.dst),
+            Some((is, id, ittl)) => {
+                let t = h.tunnel.as_deref().unwrap_or("IPIP");
+                format!("outer {} → {} ({t}) · {is} → {id} ttl {ittl}", h.src, h.dst)
+            }
             None => format!("{} → {} ttl {}", h.src, h.dst, h.ttl),
         };
         s.push_str(&format!("{node:<8} ← {} ({})  {pkt}\n", h.ingress, h.ingress_role));
@@ -186,7 +203,8 @@ pub fn render(hops: &[Hop]) -> String {
         if let Some(eg) = &h.egress {
             let out = match (h.out_outer, h.out) {
                 (Some((os, od, ot)), Some((is, id, it))) => {
-                    format!("outer {os} → {od} ttl {ot} · {is} → {id} ttl {it}")
+                    let t = h.out_tunnel.as_deref().map(|t| format!(" ({t})")).unwrap_or_default();
+                    format!("outer {os} → {od} ttl {ot}{t} · {is} → {id} ttl {it}")
                 }
                 (None, Some((a, b, t))) => format!("{a} → {b} ttl {t}"),
                 _ => String::new(),

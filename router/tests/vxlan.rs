@@ -75,6 +75,13 @@ fn the_underlay_carries_udp_4789_with_vni_4096_around_the_pod_packet() {
     for r in &rows {
         assert_eq!(r.get(5).map(String::as_str).unwrap_or(""), "", "malformed: {r:?}");
     }
+    // The trace names the tunnel: wrapped at node-a, unwrapped at node-c, both ways.
+    let out = lab.router(&["trace", "pod-a1", "pod-c1"]);
+    let t = text(&out.stdout);
+    assert!(out.status.success(), "{t}{}", text(&out.stderr));
+    assert_eq!(t.matches("encapsulate — VXLAN udp ").count(), 2, "{t}");
+    assert_eq!(t.matches("decapsulate — VXLAN udp ").count(), 2, "{t}");
+    assert!(t.contains("→ 4789 vni 4096") && t.contains("(vxlanMode CrossSubnet)"), "{t}");
 }
 
 #[test]
