@@ -25,8 +25,7 @@ pub struct Summary {
     /// ICMP type, for ICMP packets.
     pub icmp_type: Option<u8>,
     pub inner: Option<Inner>,
-    /// For VXLAN: the outer UDP source and destination ports and the VNI.
-    pub vxlan: Option<(u16, u16, u32)>,
+    pub vxlan: Option<VxlanInfo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -84,8 +83,11 @@ fn icmp_type<T: AsRef<[u8]>>(p: &ipv4::Packet<T>) -> Option<u8> {
     (p.protocol() == ipv4::Protocol::Icmp).then(|| p.payload().first().copied()).flatten()
 }
 
+/// A VXLAN packet's outer UDP source and destination ports and its VNI.
+pub type VxlanInfo = (u16, u16, u32);
+
 /// The packet inside a tunnel: IPIP's, or VXLAN's with its UDP ports and VNI.
-fn tunnelled(ip: &[u8]) -> Option<(&[u8], Option<(u16, u16, u32)>)> {
+fn tunnelled(ip: &[u8]) -> Option<(&[u8], Option<VxlanInfo>)> {
     let p = ipv4::Packet::new_checked(ip).ok()?;
     let payload = ip.get(p.header_len()..usize::from(p.total_len()))?;
     match p.protocol() {
