@@ -18,7 +18,7 @@ pub struct Options {
     #[arg(long)]
     pub packets: Option<u64>,
     /// Scenarios to run (default: all): kernel, afpacket, afpacket-ipip, afpacket-ipip-ab,
-    /// tun-ipip.
+    /// afpacket-vxlan, afpacket-vxlan-ab, tun-ipip.
     #[arg(long = "scenario")]
     pub scenarios: Vec<String>,
     /// UDP frame sizes.
@@ -54,18 +54,19 @@ pub struct Scenario {
     dataplane: &'static str,
     dst_pod: &'static str,
     router: bool,
-    /// `router lab up --ipip-mode` (None: the lab's default, CrossSubnet).
-    ipip_mode: Option<&'static str>,
+    /// More `router lab up` options: the tunnel and its mode (none: the lab's default, IPIP
+    /// CrossSubnet).
+    lab_args: &'static [&'static str],
 }
 
-pub const SCENARIOS: [Scenario; 5] = [
+pub const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "kernel",
         what: "Linux kernel forwarding, pod-a1 → node-a → node-b → pod-b1 (no router in the path)",
         dataplane: "tun",
         dst_pod: "pod-b1",
         router: false,
-        ipip_mode: None,
+        lab_args: &[],
     },
     Scenario {
         name: "afpacket",
@@ -73,7 +74,7 @@ pub const SCENARIOS: [Scenario; 5] = [
         dataplane: "afpacket",
         dst_pod: "pod-b1",
         router: true,
-        ipip_mode: None,
+        lab_args: &[],
     },
     Scenario {
         name: "afpacket-ipip",
@@ -81,7 +82,7 @@ pub const SCENARIOS: [Scenario; 5] = [
         dataplane: "afpacket",
         dst_pod: "pod-c1",
         router: true,
-        ipip_mode: None,
+        lab_args: &[],
     },
     // The same path as `afpacket`, wrapped: what the encapsulation itself costs, without
     // the underlay router's extra hop that the cross-subnet path also pays.
@@ -91,7 +92,23 @@ pub const SCENARIOS: [Scenario; 5] = [
         dataplane: "afpacket",
         dst_pod: "pod-b1",
         router: true,
-        ipip_mode: Some("always"),
+        lab_args: &["--ipip-mode", "always"],
+    },
+    Scenario {
+        name: "afpacket-vxlan",
+        what: "router, AF_PACKET, VXLAN (`--vxlan-mode cross-subnet`): pod-a1 → node-a (encap) → underlay → node-c (decap) → pod-c1",
+        dataplane: "afpacket",
+        dst_pod: "pod-c1",
+        router: true,
+        lab_args: &["--vxlan-mode", "cross-subnet"],
+    },
+    Scenario {
+        name: "afpacket-vxlan-ab",
+        what: "router, AF_PACKET, VXLAN on the direct path (`--vxlan-mode always`): pod-a1 → node-a (encap) → node-b (decap) → pod-b1",
+        dataplane: "afpacket",
+        dst_pod: "pod-b1",
+        router: true,
+        lab_args: &["--vxlan-mode", "always"],
     },
     Scenario {
         name: "tun-ipip",
@@ -99,7 +116,7 @@ pub const SCENARIOS: [Scenario; 5] = [
         dataplane: "tun",
         dst_pod: "pod-c1",
         router: true,
-        ipip_mode: None,
+        lab_args: &[],
     },
 ];
 
@@ -248,9 +265,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             if o.no_transit_filter {
                 up.push("--no-transit-filter");
             }
-            if let Some(mode) = sc.ipip_mode {
-                up.extend(["--ipip-mode", mode]);
-            }
+            up.extend(sc.lab_args);
             let nice = o.worker_nice.map(|n| n.to_string());
             if let Some(n) = &nice {
                 up.extend(["--worker-nice", n.as_str()]);

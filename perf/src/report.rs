@@ -116,7 +116,8 @@ pub fn finish(runs: &mut [Run], out: &Path, docs: Option<&Path>) -> anyhow::Resu
     }
     // IPIP against the router's direct path, same size and worker count.
     let direct: Vec<Run> = runs.iter().filter(|r| r.scenario == "afpacket").cloned().collect();
-    for r in runs.iter_mut().filter(|r| r.scenario.starts_with("afpacket-ipip")) {
+    let tunnelled = |s: &str| s.starts_with("afpacket-ipip") || s.starts_with("afpacket-vxlan");
+    for r in runs.iter_mut().filter(|r| tunnelled(&r.scenario)) {
         r.ratio_to_direct = direct
             .iter()
             .find(|d| d.packet_size == r.packet_size && d.workers == r.workers)
@@ -265,6 +266,21 @@ mod tests {
         let md = markdown(&runs);
         assert!(md.contains("| afpacket-ipip-ab | 64 | 1 | 450 | 0.000 | 0.56 | 0.90 |"), "{md}");
         assert!(md.contains("IPIP on the direct path"), "{md}");
+    }
+
+    #[test]
+    fn vxlan_runs_are_against_the_direct_path_too() {
+        let by = |n: &str| SCENARIOS.iter().find(|s| s.name == n).expect(n);
+        let mut runs = vec![
+            udp(by("afpacket"), Size::Fixed(64), 500),
+            udp(by("afpacket-vxlan"), Size::Fixed(64), 450),
+            udp(by("afpacket-vxlan-ab"), Size::Fixed(64), 400),
+        ];
+        let dir = std::env::temp_dir().join(format!("perf-report-vxlan-{}", std::process::id()));
+        finish(&mut runs, &dir, None).expect("report");
+        let _ = std::fs::remove_dir_all(dir);
+        assert_eq!((runs[1].ratio_to_direct, runs[2].ratio_to_direct), (Some(0.9), Some(0.8)));
+        assert!(markdown(&runs).contains("VXLAN on the direct path"));
     }
 
     #[test]
