@@ -77,7 +77,17 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     let Some(st) = lab.state()? else {
         bail!("lab {:?} is not up; start it with `router lab up` (the tour runs in the seed lab)", lab.name);
     };
-    if st.ipip_mode == nodeapi::config::IpipMode::Never.name() {
+    let never = nodeapi::config::IpipMode::Never.name();
+    if !st.vxlan_mode.is_empty() && st.vxlan_mode != never {
+        bail!(
+            "lab {:?} runs with vxlanMode {}, and the tour tells the IPIP story; see VXLAN with `router trace \
+             pod-a1 pod-c1` and `router lab exec underlay -- tshark -i eth0 udp port 4789`, or bring the lab up \
+             with the default mode for the tour: `router lab down && router lab up`",
+            lab.name,
+            st.vxlan_mode
+        );
+    }
+    if st.ipip_mode == never {
         bail!(
             "lab {:?} runs with ipipMode Never, so node-c's pods are out of reach and the tour's IPIP steps \
              cannot run; bring it up with the default mode: `router lab down && router lab up`",
