@@ -163,7 +163,7 @@ fn markdown(runs: &[Run]) -> String {
             r.cpu_secs_per_mpkt.map_or("–".into(), |x| format!("{x:.2}")),
         ));
     }
-    s.push_str("\n× direct: IPIP runs against `afpacket` with the same size and workers.\n\n");
+    s.push_str("\n× direct: IPIP and VXLAN runs against `afpacket` with the same size and workers.\n\n");
     let mut seen = Vec::new();
     for r in runs {
         if !seen.contains(&r.scenario) {
