@@ -1,6 +1,6 @@
 //! Pods keep their TX offloads, as real hosts do: TCP leaves them as 64 KB super-packets with
 //! partial checksums. The router must forward them whole on a direct route, cut them into
-//! complete segments for the IPIP tunnel, and the bytes must arrive unchanged either way.
+//! complete segments for the IPIP or VXLAN tunnel, and the bytes must arrive unchanged.
 //! These build namespaces (root).
 
 mod support;
@@ -76,6 +76,23 @@ fn tcp_super_packets_arrive_intact_directly_and_through_the_tunnel() {
     transfer(&lab, "pod-c1", "pod-a1", "10.244.1.1");
     assert!(counter(&lab, "node-c", "gso_segments") > 0);
     for node in ["node-a", "node-b", "node-c"] {
+        assert_eq!(lab.drops(node, "gso_failed"), 0, "{node}");
+        assert_eq!(lab.drops(node, "tx_error"), 0, "{node}");
+    }
+}
+
+#[test]
+fn vxlan_carries_tcp_super_packets_cut_and_merged_intact() {
+    let lab = TestLab::up(&["--vxlan-mode", "cross-subnet"]);
+    transfer(&lab, "pod-a1", "pod-c1", "10.244.3.1");
+    transfer(&lab, "pod-c1", "pod-a1", "10.244.1.1");
+    // Cut into segments before VXLAN wraps each, merged again for the pod at the far end.
+    for node in ["node-a", "node-c"] {
+        assert!(counter(&lab, node, "gso_received") > 0, "{node}: no super-packet from its pod");
+        assert!(counter(&lab, node, "gso_segments") > 0, "{node}: nothing was cut for the tunnel");
+        assert!(counter(&lab, node, "vxlan_encapsulated") > 0 && counter(&lab, node, "vxlan_decapsulated") > 0);
+        assert!(counter(&lab, node, "gro_packets") > 0, "{node}: merged nothing for its pod");
+        assert_eq!(counter(&lab, node, "ipip_encapsulated"), 0, "{node}");
         assert_eq!(lab.drops(node, "gso_failed"), 0, "{node}");
         assert_eq!(lab.drops(node, "tx_error"), 0, "{node}");
     }
