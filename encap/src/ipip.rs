@@ -61,7 +61,7 @@ pub struct Tunnel {
     pub ttl: u8,
 }
 
-/// Why an outer packet could not be decapsulated.
+/// Why a tunnelled packet (IPIP, or VXLAN) could not be unwrapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecapError {
     #[error("outer header: {0}")]
@@ -72,6 +72,16 @@ pub enum DecapError {
     NotIpip,
     #[error("outer packet is a fragment (not reassembled)")]
     OuterFragment,
+    #[error("not UDP to port 4789")]
+    NotVxlan,
+    #[error("UDP header: {0}")]
+    Udp(WireError),
+    #[error("UDP checksum does not verify")]
+    UdpChecksum,
+    #[error("VXLAN header truncated or without the VNI flag")]
+    NoVni,
+    #[error("inner frame is not Ethernet carrying IPv4")]
+    InnerNotIpv4,
     #[error("inner header: {0}")]
     Inner(WireError),
     #[error("inner header checksum does not verify")]
@@ -103,39 +113,46 @@ pub fn encapsulate(buf: &mut [u8], inner_start: usize, inner_end: usize, t: &Tun
 /// Unwraps the outer packet at `buf[start..end]`. On success returns the inner packet's
 /// span (inside the same buffer), its ECN merged per RFC 6040 and its checksum still valid.
 pub fn decapsulate(buf: &mut [u8], start: usize, end: usize) -> Result<(usize, usize), DecapError> {
-    let outer = Packet::new_checked(&buf[start..end]).map_err(DecapError::Outer)?;
-    if !outer.verify_checksum() {
-        return Err(DecapError::OuterChecksum);
-    }
+    let outer = outer_checked(&buf[start..end])?;
     if outer.protocol() != Protocol::IpIp {
         return Err(DecapError::NotIpip);
-    }
-    if outer.more_frags() || outer.frag_offset() != 0 {
-        return Err(DecapError::OuterFragment);
     }
     let outer_ecn = Ecn::from_tos(outer.tos());
     let istart = start + outer.header_len();
     let oend = start + usize::from(outer.total_len());
-    let inner = Packet::new_checked(&buf[istart..oend]).map_err(DecapError::Inner)?;
+    let iend = unwrap_inner(buf, istart, oend, outer_ecn)?;
+    Ok((istart, iend))
+}
+
+/// The checks every tunnel's outer IPv4 header gets: well formed, its checksum right, and
+/// not a fragment (nothing is reassembled).
+pub(crate) fn outer_checked(b: &[u8]) -> Result<Packet<&[u8]>, DecapError> {
+    let outer = Packet::new_checked(b).map_err(DecapError::Outer)?;
+    if !outer.verify_checksum() {
+        return Err(DecapError::OuterChecksum);
+    }
+    if outer.more_frags() || outer.frag_offset() != 0 {
+        return Err(DecapError::OuterFragment);
+    }
+    Ok(outer)
+}
+
+/// The checks every tunnel's inner packet at `buf[istart..limit]` gets, then the outer ECN
+/// merged into it (RFC 6040, its checksum kept valid). Returns the inner packet's end.
+pub(crate) fn unwrap_inner(buf: &mut [u8], istart: usize, limit: usize, outer: Ecn) -> Result<usize, DecapError> {
+    let inner = Packet::new_checked(&buf[istart..limit]).map_err(DecapError::Inner)?;
     if !inner.verify_checksum() {
         return Err(DecapError::InnerChecksum);
     }
     let iend = istart + usize::from(inner.total_len());
-    merge_ecn(&mut buf[istart..iend], outer_ecn).ok_or(DecapError::InvalidEcn)?;
-    Ok((istart, iend))
-}
-
-/// Merges the outer ECN into the checked inner IPv4 packet (RFC 6040, its checksum kept
-/// valid); `None`: the combination is invalid and the packet is to be dropped.
-pub(crate) fn merge_ecn(inner: &mut [u8], outer: Ecn) -> Option<()> {
-    let mut p = Packet::new_unchecked(inner);
+    let mut p = Packet::new_unchecked(&mut buf[istart..iend]);
     let tos = p.tos();
-    let ecn = decap_ecn(Ecn::from_tos(tos), outer)?;
+    let ecn = decap_ecn(Ecn::from_tos(tos), outer).ok_or(DecapError::InvalidEcn)?;
     let new_tos = (tos & !0b11) | ecn.bits();
     if new_tos != tos {
         p.set_tos_update_checksum(new_tos);
     }
-    Some(())
+    Ok(iend)
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! and decapsulation only moves the start. ECN and DSCP follow RFC 6040 as for IPIP.
 
 use crate::ethernet::{self, EtherType, Frame};
-use crate::ipip::{merge_ecn, Ecn};
+pub use crate::ipip::DecapError;
+use crate::ipip::{outer_checked, unwrap_inner, Ecn};
 use crate::ipv4::{self, Packet, Protocol};
 use crate::{be16, udp, MacAddr, WireError};
 use std::net::Ipv4Addr;
@@ -89,33 +90,6 @@ pub struct Tunnel {
     pub dst_mac: MacAddr,
 }
 
-/// Why a packet could not be unwrapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DecapError {
-    #[error("outer header: {0}")]
-    Outer(WireError),
-    #[error("outer header checksum does not verify")]
-    OuterChecksum,
-    #[error("outer packet is a fragment (not reassembled)")]
-    OuterFragment,
-    #[error("not UDP to port 4789")]
-    NotVxlan,
-    #[error("UDP header: {0}")]
-    Udp(WireError),
-    #[error("UDP checksum does not verify")]
-    UdpChecksum,
-    #[error("VXLAN header truncated or without the VNI flag")]
-    NoVni,
-    #[error("inner frame is not Ethernet carrying IPv4")]
-    InnerNotIpv4,
-    #[error("inner header: {0}")]
-    Inner(WireError),
-    #[error("inner header checksum does not verify")]
-    InnerChecksum,
-    #[error("outer CE mark on a Not-ECT inner packet (RFC 6040)")]
-    InvalidEcn,
-}
-
 /// What an unwrapped packet carried: the pod packet's span in the buffer, the VNI and the
 /// sending VTEP's MAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,51 +156,64 @@ pub fn encapsulate(
     start
 }
 
-/// Unwraps the VXLAN packet (outer IPv4 onward) at `buf[start..end]`. The caller checks the
-/// VNI and the sender. On success the pod packet's checksum is valid and its ECN merged.
-pub fn decapsulate(buf: &mut [u8], start: usize, end: usize) -> Result<Decapped, DecapError> {
-    let outer = Packet::new_checked(&buf[start..end]).map_err(DecapError::Outer)?;
-    if !outer.verify_checksum() {
-        return Err(DecapError::OuterChecksum);
-    }
-    if outer.more_frags() || outer.frag_offset() != 0 {
-        return Err(DecapError::OuterFragment);
-    }
+/// Where the parts of a VXLAN packet (outer IPv4 onward) lie, read without changing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    /// Where the inner IPv4 packet starts, and where the UDP datagram that holds it ends.
+    pub inner_start: usize,
+    pub udp_end: usize,
+    pub src_port: u16,
+    pub vni: u32,
+    pub src_mac: MacAddr,
+    pub outer_ecn: Ecn,
+}
+
+/// Checks the outer headers of the VXLAN packet `b` (outer IPv4 onward): the outer IPv4
+/// header as for IPIP, UDP to port 4789 (its checksum where there is one), the VNI flag, an
+/// inner Ethernet frame carrying IPv4. The inner packet itself is not looked at.
+pub fn parse(b: &[u8]) -> Result<Parsed, DecapError> {
+    let outer = outer_checked(b)?;
     if outer.protocol() != Protocol::Udp {
         return Err(DecapError::NotVxlan);
     }
-    let outer_ecn = Ecn::from_tos(outer.tos());
     let (src, dst) = (outer.src(), outer.dst());
-    let udp_at = start + outer.header_len();
-    let outer_end = start + usize::from(outer.total_len());
-    let u = udp::Packet::new_checked(&buf[udp_at..outer_end]).map_err(DecapError::Udp)?;
+    let udp_at = outer.header_len();
+    let outer_end = usize::from(outer.total_len());
+    let u = udp::Packet::new_checked(&b[udp_at..outer_end]).map_err(DecapError::Udp)?;
     if u.dst_port() != PORT {
         return Err(DecapError::NotVxlan);
     }
-    if u.checksum() != 0 && !udp_checksum_ok(&buf[udp_at..udp_at + usize::from(u.len())], src, dst) {
+    let udp_end = udp_at + usize::from(u.len());
+    if u.checksum() != 0 && !udp_checksum_ok(&b[udp_at..udp_end], src, dst) {
         return Err(DecapError::UdpChecksum);
     }
     let vxlan_at = udp_at + udp::HEADER_LEN;
-    let udp_end = udp_at + usize::from(u.len());
-    let h = Header::new_checked(&buf[vxlan_at..udp_end]).map_err(|_| DecapError::NoVni)?;
+    let h = Header::new_checked(&b[vxlan_at..udp_end]).map_err(|_| DecapError::NoVni)?;
     if !h.has_vni() {
         return Err(DecapError::NoVni);
     }
-    let vni = h.vni();
     let eth_at = vxlan_at + HEADER_LEN;
-    let f = Frame::new_checked(&buf[eth_at..udp_end]).map_err(|_| DecapError::InnerNotIpv4)?;
+    let f = Frame::new_checked(&b[eth_at..udp_end]).map_err(|_| DecapError::InnerNotIpv4)?;
     if f.ethertype() != EtherType::Ipv4 {
         return Err(DecapError::InnerNotIpv4);
     }
-    let src_mac = f.src();
-    let istart = eth_at + ethernet::HEADER_LEN;
-    let inner = Packet::new_checked(&buf[istart..udp_end]).map_err(DecapError::Inner)?;
-    if !inner.verify_checksum() {
-        return Err(DecapError::InnerChecksum);
-    }
-    let iend = istart + usize::from(inner.total_len());
-    merge_ecn(&mut buf[istart..iend], outer_ecn).ok_or(DecapError::InvalidEcn)?;
-    Ok(Decapped { start: istart, end: iend, vni, src_mac })
+    Ok(Parsed {
+        inner_start: eth_at + ethernet::HEADER_LEN,
+        udp_end,
+        src_port: u.src_port(),
+        vni: h.vni(),
+        src_mac: f.src(),
+        outer_ecn: Ecn::from_tos(outer.tos()),
+    })
+}
+
+/// Unwraps the VXLAN packet (outer IPv4 onward) at `buf[start..end]`. The caller checks the
+/// VNI and the sender. On success the pod packet's checksum is valid and its ECN merged.
+pub fn decapsulate(buf: &mut [u8], start: usize, end: usize) -> Result<Decapped, DecapError> {
+    let p = parse(&buf[start..end])?;
+    let istart = start + p.inner_start;
+    let iend = unwrap_inner(buf, istart, start + p.udp_end, p.outer_ecn)?;
+    Ok(Decapped { start: istart, end: iend, vni: p.vni, src_mac: p.src_mac })
 }
 
 /// RFC 768: the one's complement sum over the pseudo-header and the datagram is all ones.

@@ -57,6 +57,7 @@ drop_reasons! {
     VxlanUnknownSource => "vxlan_unknown_source": "VXLAN from an address that is not a node of the cluster",
     VxlanMalformed => "vxlan_malformed": "VXLAN packet truncated, fragmented, with a bad checksum or not carrying IPv4",
     VxlanWrongVni => "vxlan_wrong_vni": "VXLAN with a VNI other than the pod network's (4096)",
+    VxlanInvalidEcn => "vxlan_invalid_ecn": "VXLAN outer CE on a Not-ECT inner packet (RFC 6040)",
     NoHeadroom => "no_headroom": "no room in front of the packet for the outer header",
     NeighbourFailed => "neighbour_failed": "next hop did not answer ARP",
     NeighbourQueueFull => "neighbour_queue_full": "too many packets waiting for one ARP answer",

@@ -6,7 +6,7 @@ use crate::counters::DropReason;
 use crate::iface::IfaceId;
 use crate::pipeline::Verdict;
 use crossbeam_channel::{Receiver, Sender};
-use encap::{ethernet, ipv4, udp, vxlan};
+use encap::{ethernet, ipv4, vxlan};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::time::SystemTime;
@@ -89,19 +89,11 @@ pub type VxlanInfo = (u16, u16, u32);
 /// The packet inside a tunnel: IPIP's, or VXLAN's with its UDP ports and VNI.
 fn tunnelled(ip: &[u8]) -> Option<(&[u8], Option<VxlanInfo>)> {
     let p = ipv4::Packet::new_checked(ip).ok()?;
-    let payload = ip.get(p.header_len()..usize::from(p.total_len()))?;
     match p.protocol() {
-        ipv4::Protocol::IpIp => Some((payload, None)),
-        ipv4::Protocol::Udp if p.frag_offset() == 0 => {
-            let u = udp::Packet::new_checked(payload).ok()?;
-            if u.dst_port() != vxlan::PORT {
-                return None;
-            }
-            let h = vxlan::Header::new_checked(u.payload()).ok()?;
-            let frame = ethernet::Frame::new_checked(h.payload()).ok()?;
-            (frame.ethertype() == ethernet::EtherType::Ipv4).then_some(())?;
-            let inner = payload.get(udp::HEADER_LEN + vxlan::HEADER_LEN + ethernet::HEADER_LEN..)?;
-            Some((inner, Some((u.src_port(), u.dst_port(), h.vni()))))
+        ipv4::Protocol::IpIp => Some((ip.get(p.header_len()..usize::from(p.total_len()))?, None)),
+        ipv4::Protocol::Udp => {
+            let v = vxlan::parse(ip).ok()?;
+            Some((&ip[v.inner_start..v.udp_end], Some((v.src_port, vxlan::PORT, v.vni))))
         }
         _ => None,
     }

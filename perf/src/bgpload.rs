@@ -447,21 +447,15 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         }
     }
     print!("{md}");
-    if let Some(docs) = Some(o.docs.as_path()).filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(docs)?;
-        let title = "BGP at table scale: our node against BIRD 2";
-        let text = crate::provenance::header(title, &crate::command_line())
-            + &md
-            + "\nHow it is measured: [../bgp.md](../bgp.md).\n";
-        std::fs::write(docs.join("bgp-load.md"), text)?;
-        println!("written: {}", docs.join("bgp-load.md").display());
-    }
-    if let Some(dir) = o.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&o.out, serde_json::to_string_pretty(&results)?)?;
-    println!("written: {}", o.out.display());
-    Ok(())
+    crate::write_results(
+        &o.out,
+        &results,
+        &o.docs,
+        "bgp-load",
+        "BGP at table scale: our node against BIRD 2",
+        &md,
+        "[../bgp.md](../bgp.md)",
+    )
 }
 
 fn measure_node(

@@ -154,21 +154,15 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     let md = markdown(&results, o.rounds);
     print!("\n{md}");
-    if let Some(docs) = Some(o.docs.as_path()).filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(docs)?;
-        let title = "Changes applied to etcd: time until the nodes act on them";
-        let text = crate::provenance::header(title, &crate::command_line())
-            + &md
-            + "\nHow it is measured: [../datastore.md](../datastore.md#how-fast-a-change-acts).\n";
-        std::fs::write(docs.join("datastore.md"), text)?;
-        println!("written: {}", docs.join("datastore.md").display());
-    }
-    if let Some(dir) = o.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&o.out, serde_json::to_string_pretty(&results)?)?;
-    println!("written: {}", o.out.display());
-    Ok(())
+    crate::write_results(
+        &o.out,
+        &results,
+        &o.docs,
+        "datastore",
+        "Changes applied to etcd: time until the nodes act on them",
+        &md,
+        "[../datastore.md](../datastore.md#how-fast-a-change-acts)",
+    )
 }
 
 fn measure(router: &Path, n: usize, o: &Options) -> anyhow::Result<LabResult> {

@@ -103,6 +103,33 @@ fn path_or_empty(s: &str) -> Result<std::path::PathBuf, std::convert::Infallible
     Ok(std::path::PathBuf::from(s))
 }
 
+/// Writes a benchmark's results: the JSON report to `out`, and unless `docs` is empty the
+/// Markdown table to `docs/<name>.md` under the header of where it came from, with a link to
+/// how it is measured.
+fn write_results(
+    out: &std::path::Path,
+    json: &impl serde::Serialize,
+    docs: &std::path::Path,
+    name: &str,
+    title: &str,
+    md: &str,
+    how: &str,
+) -> anyhow::Result<()> {
+    if !docs.as_os_str().is_empty() {
+        std::fs::create_dir_all(docs)?;
+        let file = docs.join(format!("{name}.md"));
+        let text = provenance::header(title, &command_line()) + md + &format!("\nHow it is measured: {how}.\n");
+        std::fs::write(&file, text)?;
+        println!("written: {}", file.display());
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(json)?)?;
+    println!("written: {}", out.display());
+    Ok(())
+}
+
 /// How this run was started, for the header of a generated table: `router-perf` and its
 /// arguments.
 fn command_line() -> String {

@@ -254,11 +254,16 @@ fn gso_drop(_: GsoError) -> DropReason {
 
 fn decap_drop(e: DecapError) -> DropReason {
     match e {
-        DecapError::Outer(_) | DecapError::OuterChecksum | DecapError::NotIpip | DecapError::OuterFragment => {
-            DropReason::IpipMalformedOuter
-        }
         DecapError::Inner(_) | DecapError::InnerChecksum => DropReason::IpipMalformedInner,
         DecapError::InvalidEcn => DropReason::IpipInvalidEcn,
+        _ => DropReason::IpipMalformedOuter,
+    }
+}
+
+fn vxlan_decap_drop(e: DecapError) -> DropReason {
+    match e {
+        DecapError::InvalidEcn => DropReason::VxlanInvalidEcn,
+        _ => DropReason::VxlanMalformed,
     }
 }
 
@@ -342,6 +347,12 @@ fn decapsulate(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize
         Err(err) => return Verdict::Drop(decap_drop(err)),
     };
     bump(&counters.ipip_decapsulated, 1);
+    from_tunnel(ctx, counters, buf, s, e, to_tun)
+}
+
+/// The packet that came out of a tunnel (IPIP or VXLAN) at `buf[s..e]`: checked as the
+/// underlay's would be, then routed (or, `to_tun`, handed to the kernel through tunl0).
+fn from_tunnel(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], s: usize, e: usize, to_tun: bool) -> Verdict {
     let inner = ipv4::Packet::new_unchecked(&buf[s..e]);
     let dst = inner.dst();
     if bad_source(inner.src()) {
@@ -380,25 +391,13 @@ fn vxlan_decapsulate(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3:
     }
     let d = match vxlan::decapsulate(buf, l3, end) {
         Ok(d) => d,
-        Err(vxlan::DecapError::InvalidEcn) => return Verdict::Drop(DropReason::IpipInvalidEcn),
-        Err(_) => return Verdict::Drop(DropReason::VxlanMalformed),
+        Err(err) => return Verdict::Drop(vxlan_decap_drop(err)),
     };
     if d.vni != vxlan::CALICO_VNI {
         return Verdict::Drop(DropReason::VxlanWrongVni);
     }
     bump(&counters.vxlan_decapsulated, 1);
-    let inner = ipv4::Packet::new_unchecked(&buf[d.start..d.end]);
-    let dst = inner.dst();
-    if bad_source(inner.src()) {
-        return Verdict::Drop(DropReason::BadSource);
-    }
-    if ctx.fib.tunnels().is_local_pod(inner.src()) {
-        return Verdict::Drop(DropReason::Spoofed);
-    }
-    match ctx.fib.lookup(dst) {
-        Some(NextHop::Host) => Verdict::Drop(DropReason::IpipForNode),
-        nh => forward(ctx, counters, buf, d.start, d.end, nh, true),
-    }
+    from_tunnel(ctx, counters, buf, d.start, d.end, false)
 }
 
 /// Resolves a route to the interface and neighbour a packet leaves by.
