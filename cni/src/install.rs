@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use ipnet::Ipv4Net;
-use nodeapi::config::{IpipMode, NodeConfig};
+use nodeapi::config::NodeConfig;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ pub struct Target {
     pub node: String,
     pub admin_socket: PathBuf,
     pub blocks: Vec<Ipv4Net>,
-    /// 1480 where a pool uses IPIP, 1500 without.
+    /// 1500 less the pools' tunnel: 1480 with IPIP, 1450 with VXLAN.
     pub mtu: u16,
     pub ipam_file: PathBuf,
     /// IPAM in etcd instead of the file (shared by every host); then the pool's blocks of
@@ -30,12 +30,11 @@ pub struct Target {
 
 impl Target {
     pub fn from_node(cfg: &NodeConfig, ipam_file: PathBuf) -> Target {
-        let ipip = cfg.pools.iter().any(|p| p.ipip_mode != IpipMode::Never);
         Target {
             node: cfg.name.clone(),
             admin_socket: cfg.admin_socket.clone(),
             blocks: cfg.blocks.clone(),
-            mtu: if ipip { 1500 - encap::ipip::OVERHEAD as u16 } else { 1500 },
+            mtu: 1500 - cfg.pools.iter().map(nodeapi::config::Pool::tunnel_overhead).max().unwrap_or(0),
             ipam_file,
             etcd_endpoints: Vec::new(),
             pool: cfg.pools.first().map(|p| p.cidr),

@@ -78,7 +78,7 @@ pub struct NetConf {
     pub block_size: Option<u8>,
     #[serde(default)]
     pub blocks: Vec<Ipv4Net>,
-    /// The pods' MTU: 1480 where the pool uses IPIP, 1500 without.
+    /// The pods' MTU: 1480 where the pool uses IPIP, 1450 with VXLAN, 1500 without either.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
     #[serde(rename = "prevResult", default)]

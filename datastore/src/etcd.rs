@@ -184,12 +184,6 @@ impl Etcd {
         Ok((Self::kvs(&v)?, int(&v["header"]["revision"])))
     }
 
-    /// The store's current revision (it grows with every change anywhere).
-    pub fn revision(&self) -> anyhow::Result<i64> {
-        let v = self.call("/v3/kv/range", json!({ "key": b64(b"\0"), "count_only": true }))?;
-        Ok(int(&v["header"]["revision"]))
-    }
-
     /// Writes `key`; the revision it was written at.
     pub fn put(&self, key: &str, value: &[u8]) -> anyhow::Result<i64> {
         let v = self.call("/v3/kv/put", json!({ "key": b64(key.as_bytes()), "value": b64(value) }))?;

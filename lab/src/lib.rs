@@ -217,13 +217,7 @@ fn encap_modes(topo: &Topology, opts: &UpOptions) -> anyhow::Result<(IpipMode, I
 
 /// Bytes a pod's packets lose to the pool's tunnel: its MTU is the underlay's minus these.
 pub fn tunnel_overhead(topo: &Topology) -> u16 {
-    if topo.vxlan_mode != IpipMode::Never {
-        encap::vxlan::OVERHEAD as u16
-    } else if topo.ipip_mode != IpipMode::Never {
-        encap::ipip::OVERHEAD as u16
-    } else {
-        0
-    }
+    Pool { cidr: topo.pool, ipip_mode: topo.ipip_mode, vxlan_mode: topo.vxlan_mode }.tunnel_overhead()
 }
 
 fn all_namespaces(lab: &Lab, topo: &Topology) -> Vec<String> {

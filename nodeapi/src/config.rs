@@ -57,6 +57,20 @@ pub struct Pool {
     pub vxlan_mode: IpipMode,
 }
 
+impl Pool {
+    /// Bytes its pods' packets lose to its tunnel: a pod's MTU is the underlay's minus these
+    /// (20 for IPIP, 50 for VXLAN, none without either).
+    pub fn tunnel_overhead(&self) -> u16 {
+        if self.vxlan_mode != IpipMode::Never {
+            encap::vxlan::OVERHEAD as u16
+        } else if self.ipip_mode != IpipMode::Never {
+            encap::ipip::OVERHEAD as u16
+        } else {
+            0
+        }
+    }
+}
+
 /// The encapsulation a pool's routes may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encap {
@@ -169,10 +183,6 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// The encapsulation mode for routes to `prefix`: its pool's, or Never outside pools.
-    pub fn ipip_mode_for(&self, prefix: &Ipv4Net) -> IpipMode {
-        self.pools.iter().find(|p| p.cidr.contains(prefix)).map_or(IpipMode::Never, |p| p.ipip_mode)
-    }
-
     /// The tunnel routes to `prefix` use and its mode: VXLAN where the pool's `vxlanMode`
     /// is not Never, else IPIP with the pool's `ipipMode` (Never outside pools).
     pub fn encap_for(&self, prefix: &Ipv4Net) -> (Encap, IpipMode) {
@@ -908,8 +918,13 @@ via = "192.168.100.101"
     fn parses_and_round_trips() {
         let c = parse(GOOD).expect("good");
         assert_eq!(c.routes[0].action, StaticAction::Via(Ipv4Addr::new(192, 168, 100, 101)));
-        assert_eq!(c.ipip_mode_for(&"10.244.3.0/26".parse().expect("net")), IpipMode::CrossSubnet);
-        assert_eq!(c.ipip_mode_for(&"10.99.0.0/16".parse().expect("net")), IpipMode::Never);
+        assert_eq!(c.encap_for(&"10.244.3.0/26".parse().expect("net")), (Encap::Ipip, IpipMode::CrossSubnet));
+        assert_eq!(c.encap_for(&"10.99.0.0/16".parse().expect("net")), (Encap::Ipip, IpipMode::Never));
+        // What a pod's MTU loses to its pool's tunnel.
+        let pool = |ipip_mode, vxlan_mode| Pool { cidr: "10.244.0.0/16".parse().expect("net"), ipip_mode, vxlan_mode };
+        assert_eq!(pool(IpipMode::CrossSubnet, IpipMode::Never).tunnel_overhead(), 20);
+        assert_eq!(pool(IpipMode::Never, IpipMode::Always).tunnel_overhead(), 50);
+        assert_eq!(pool(IpipMode::Never, IpipMode::Never).tunnel_overhead(), 0);
         assert_eq!(c.ipip_ttl, 64);
         let again = parse(&c.to_toml()).expect("round trip");
         assert_eq!(again.pods, c.pods);
