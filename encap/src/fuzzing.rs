@@ -2,7 +2,7 @@
 //! each takes the fuzzer's bytes and panics only where an invariant breaks.
 
 use crate::gro::{coalesce, mergeable, run_len};
-use crate::gso::{complete_checksum, TcpSegments, GSO_TCPV4, MIN_MSS};
+use crate::gso::{complete_checksum, TcpSegments, UdpSegments, GSO_TCPV4, MIN_MSS, MIN_UDP_SEGMENT};
 use crate::ipv4::Packet;
 use crate::tcp;
 
@@ -14,6 +14,7 @@ use crate::tcp;
 pub fn gso(data: &[u8]) {
     let Some((mss, pkt)) = data.split_first_chunk::<2>() else { return };
     let mss = u16::from_be_bytes(*mss);
+    udp_gso(pkt, mss);
     let Ok(segs) = TcpSegments::new(pkt, mss) else { return };
     assert!(mss >= MIN_MSS);
     let ip = Packet::new_checked(pkt).expect("accepted packet parses");
@@ -45,6 +46,29 @@ pub fn gso(data: &[u8]) {
         assert_eq!(len, hdrs + merged);
         assert_eq!(&out[hdrs..len], &payload[..merged]);
     }
+}
+
+/// The same bytes as a UDP super-packet: every datagram is a valid IPv4/UDP packet with a
+/// right checksum, no longer than the headers and the size, and the payloads put end to end
+/// are the super-packet's.
+fn udp_gso(pkt: &[u8], size: u16) {
+    let Ok(segs) = UdpSegments::new(pkt, size) else { return };
+    assert!(size >= MIN_UDP_SEGMENT);
+    let ip = Packet::new_checked(pkt).expect("accepted packet parses");
+    let (src, dst, hdrs) = (ip.src(), ip.dst(), ip.header_len() + crate::udp::HEADER_LEN);
+    let payload = &pkt[hdrs..usize::from(ip.total_len())];
+    let mut out = vec![0u8; 70_000];
+    let mut joined = Vec::with_capacity(payload.len());
+    for i in 0..segs.count() {
+        let len = segs.write(i, &mut out, true).expect("a datagram that exists fits the buffer");
+        assert!(len <= hdrs + usize::from(size));
+        let d = Packet::new_checked(&out[..len]).expect("datagram parses");
+        assert!(d.verify_checksum());
+        let u = crate::udp::Packet::new_checked(d.payload()).expect("UDP header");
+        assert!(u.verify_checksum(src, dst));
+        joined.extend_from_slice(u.payload());
+    }
+    assert_eq!(joined, payload);
 }
 
 /// Makes both checksums of an IPv4/TCP packet right, where its headers allow.

@@ -17,6 +17,9 @@ pub const F_NEEDS_CSUM: u8 = 1;
 /// `gso_type` values.
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
+/// UDP segmentation (`UDP_SEGMENT`): equal datagrams cut from one payload (Linux 6.2+ on
+/// AF_PACKET and TUN).
+pub const GSO_UDP_L4: u8 = 5;
 /// Set together with a type when the sender uses ECN (CWR may appear on the first segment).
 pub const GSO_ECN: u8 = 0x80;
 
@@ -91,7 +94,7 @@ impl VnetHdr {
 pub enum GsoError {
     #[error("partial checksum range outside the frame")]
     BadCsumRange,
-    #[error("offload type other than TCP over IPv4")]
+    #[error("offload type other than TCP or UDP over IPv4")]
     Unsupported,
     #[error("super-packet too short for its IPv4 and TCP headers, or a segment size below the minimum")]
     Malformed,
@@ -203,6 +206,79 @@ impl<'a> TcpSegments<'a> {
     }
 }
 
+/// The smallest datagram payload we cut a UDP super-packet into: a VXLAN header, an
+/// Ethernet header and an IPv4 header. Like [`MIN_MSS`], a bound on the frames one
+/// super-packet can make.
+pub const MIN_UDP_SEGMENT: u16 = 42;
+
+/// A UDP/IPv4 super-packet and its datagrams: datagram `i` carries payload bytes
+/// `i * size .. (i + 1) * size` behind copies of the IPv4 and UDP headers.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpSegments<'a> {
+    pkt: &'a [u8],
+    ihl: usize,
+    size: usize,
+}
+
+impl<'a> UdpSegments<'a> {
+    /// `pkt` is the IPv4 packet (no L2 header) whose UDP length covers the whole payload.
+    pub fn new(pkt: &'a [u8], size: u16) -> Result<Self, GsoError> {
+        let ip = ipv4::Packet::new_checked(pkt).map_err(|_| GsoError::Malformed)?;
+        if ip.protocol() != ipv4::Protocol::Udp {
+            return Err(GsoError::Unsupported);
+        }
+        let u = crate::udp::Packet::new_checked(ip.payload()).map_err(|_| GsoError::Malformed)?;
+        let ihl = ip.header_len();
+        if size < MIN_UDP_SEGMENT
+            || ip.more_frags()
+            || ip.frag_offset() != 0
+            || usize::from(u.len()) != ip.payload().len()
+        {
+            return Err(GsoError::Malformed);
+        }
+        Ok(UdpSegments { pkt: &pkt[..usize::from(ip.total_len())], ihl, size: usize::from(size) })
+    }
+
+    fn payload_len(&self) -> usize {
+        self.pkt.len() - self.ihl - crate::udp::HEADER_LEN
+    }
+
+    /// Number of datagrams (at least one).
+    pub fn count(&self) -> usize {
+        self.payload_len().div_ceil(self.size).max(1)
+    }
+
+    /// Writes datagram `i` as a complete IPv4 packet at the start of `out`; returns its
+    /// length, or `None` if `out` is too short or there is no datagram `i`. With `checksum`
+    /// the UDP checksum is computed; without, it is zero ("none", allowed over IPv4), for
+    /// datagrams this node terminates itself.
+    pub fn write(&self, i: usize, out: &mut [u8], checksum: bool) -> Option<usize> {
+        if i >= self.count() {
+            return None;
+        }
+        let hdrs = self.ihl + crate::udp::HEADER_LEN;
+        let off = i * self.size;
+        let n = self.payload_len().saturating_sub(off).min(self.size);
+        let len = hdrs + n;
+        let d = out.get_mut(..len)?;
+        d[..hdrs].copy_from_slice(&self.pkt[..hdrs]);
+        d[hdrs..].copy_from_slice(&self.pkt[hdrs + off..hdrs + off + n]);
+        let mut ip = ipv4::Packet::new_unchecked(&mut d[..]);
+        ip.set_total_len(len as u16);
+        ip.set_ident(ip.ident().wrapping_add(i as u16));
+        ip.fill_checksum();
+        let (src, dst) = (ip.src(), ip.dst());
+        let mut u = crate::udp::Packet::new_unchecked(&mut d[self.ihl..]);
+        u.set_len((crate::udp::HEADER_LEN + n) as u16);
+        if checksum {
+            u.fill_checksum(src, dst);
+        } else {
+            u.set_checksum(0);
+        }
+        Some(len)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testdata {
     //! Packets the GSO and GRO tests share.
@@ -271,6 +347,64 @@ pub(crate) mod testdata {
 mod tests {
     use super::testdata::*;
     use super::*;
+
+    /// A UDP/IPv4 super-packet 10.0.0.1:5000 → 10.0.0.2:4789 with `payload`, its UDP
+    /// checksum partial as a sender with `NEEDS_CSUM` leaves it.
+    fn udp_super(payload: &[u8]) -> Vec<u8> {
+        let mut p = packet(&[]);
+        p.truncate(20);
+        p[9] = 17;
+        p[2..4].copy_from_slice(&((28 + payload.len()) as u16).to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        ipv4::Packet::new_unchecked(&mut p[..]).fill_checksum();
+        let mut u = [0u8; 8];
+        crate::udp::Repr { src_port: 5000, dst_port: 4789, payload_len: payload.len() }.emit(&mut u);
+        let partial = crate::udp::pseudo_header_sum([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 8 + payload.len());
+        u[6..8].copy_from_slice(&(!checksum::finish(partial)).to_be_bytes());
+        p.extend_from_slice(&u);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn a_udp_super_packet_splits_into_complete_datagrams() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+        let p = udp_super(&payload);
+        let s = UdpSegments::new(&p, 1400).expect("valid");
+        assert_eq!(s.count(), 3);
+        let mut out = [0u8; 1500];
+        let mut joined = Vec::new();
+        for i in 0..3 {
+            let n = s.write(i, &mut out, true).expect("fits");
+            let d = &out[..n];
+            assert_eq!(n, 28 + [1400, 1400, 200][i]);
+            assert_eq!(usize::from(u16::from_be_bytes([d[2], d[3]])), n, "total length");
+            assert_eq!(checksum::checksum(&d[..20]), 0, "IPv4 checksum");
+            let u = crate::udp::Packet::new_checked(&d[20..]).expect("UDP");
+            assert_eq!((usize::from(u.len()), u.dst_port()), (n - 20, 4789));
+            assert!(u.checksum() != 0 && u.verify_checksum([10, 0, 0, 1].into(), [10, 0, 0, 2].into()), "datagram {i}");
+            joined.extend_from_slice(u.payload());
+            // Without a checksum: the same datagram, its checksum "none".
+            let m = s.write(i, &mut out, false).expect("fits");
+            assert_eq!((m, u16::from_be_bytes([out[26], out[27]])), (n, 0));
+        }
+        assert_eq!(joined, payload);
+        assert_eq!(s.write(3, &mut out, true), None);
+        assert_eq!(s.write(0, &mut out[..100], true), None, "too small an output");
+    }
+
+    #[test]
+    fn udp_super_packets_that_cannot_be_cut_are_refused() {
+        let p = udp_super(&[7u8; 500]);
+        assert_eq!(UdpSegments::new(&p, MIN_UDP_SEGMENT - 1).err(), Some(GsoError::Malformed));
+        let mut short_udp = p.clone();
+        short_udp[24..26].copy_from_slice(&100u16.to_be_bytes()); // UDP length below the IPv4 payload
+        assert_eq!(UdpSegments::new(&short_udp, 100).err(), Some(GsoError::Malformed));
+        assert_eq!(UdpSegments::new(&packet(&[1; 100]), 100).err(), Some(GsoError::Unsupported), "TCP");
+        for cut in 0..p.len() {
+            let _ = UdpSegments::new(&p[..cut], 100);
+        }
+    }
 
     #[test]
     fn a_super_packet_splits_into_complete_segments() {

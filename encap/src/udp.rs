@@ -1,6 +1,7 @@
 //! UDP (RFC 768): the header view and its `Repr`, enough to carry VXLAN.
 
-use crate::{be16, Field, WireError};
+use crate::{be16, checksum, Field, WireError};
+use std::net::Ipv4Addr;
 
 mod field {
     use super::Field;
@@ -62,6 +63,42 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..usize::from(self.len())]
     }
+
+    /// Whether the checksum is zero ("none") or right over the pseudo-header and datagram.
+    pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+        let len = usize::from(self.len());
+        self.checksum() == 0
+            || checksum::finish(pseudo_header_sum(src, dst, len) + checksum::sum(&self.buffer.as_ref()[..len])) == 0
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    pub fn set_len(&mut self, len: u16) {
+        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn set_checksum(&mut self, c: u16) {
+        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// Computes the checksum over the pseudo-header and the datagram of `len()` bytes
+    /// (RFC 768; a result of 0 is sent as 0xffff, since 0 means "none").
+    pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
+        self.set_checksum(0);
+        let len = usize::from(self.len());
+        let acc = pseudo_header_sum(src, dst, len) + checksum::sum(&self.buffer.as_ref()[..len]);
+        let c = match checksum::finish(acc) {
+            0 => 0xffff,
+            c => c,
+        };
+        self.set_checksum(c);
+    }
+}
+
+/// The pseudo-header's sum (RFC 768): addresses, protocol 17 and the UDP length; also what
+/// a partial (offloaded) checksum field holds.
+pub fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> u32 {
+    checksum::sum(&src.octets()) + checksum::sum(&dst.octets()) + 17 + len as u32
 }
 
 /// The fields of a UDP header to write.

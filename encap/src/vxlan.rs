@@ -8,7 +8,7 @@ use crate::ethernet::{self, EtherType, Frame};
 pub use crate::ipip::DecapError;
 use crate::ipip::{outer_checked, unwrap_inner, Ecn};
 use crate::ipv4::{self, Packet, Protocol};
-use crate::{be16, udp, MacAddr, WireError};
+use crate::{udp, MacAddr, WireError};
 use std::net::Ipv4Addr;
 
 /// The IANA port for VXLAN (Linux's and Calico's).
@@ -120,6 +120,12 @@ pub fn source_port(inner: &[u8]) -> u16 {
     SRC_PORT_MIN + (h % u32::from(u16::MAX - SRC_PORT_MIN + 1)) as u16
 }
 
+/// Bytes of one VXLAN datagram's payload in front of the pod packet: the VXLAN header and
+/// the inner Ethernet header.
+pub const INNER_HEADERS: usize = HEADER_LEN + ethernet::HEADER_LEN;
+/// Outer IPv4 and UDP headers, in front of one datagram or of a UDP super-packet's many.
+pub const OUTER_HEADERS: usize = ipv4::HEADER_LEN + udp::HEADER_LEN;
+
 /// Wraps the inner IPv4 packet at `buf[inner_start..inner_end]` (a checked packet) in
 /// VXLAN, written at `inner_start - OVERHEAD`. DF and TOS come from the inner header, the
 /// UDP checksum is zero (RFC 7348 §5 for IPv4). Returns the start of the outer packet. The
@@ -135,25 +141,57 @@ pub fn encapsulate(
     let inner = Packet::new_unchecked(&buf[inner_start..inner_end]);
     let (tos, dont_frag) = (inner.tos(), inner.dont_frag());
     let start = inner_start - OVERHEAD;
-    let udp_at = start + ipv4::HEADER_LEN;
-    let vxlan_at = udp_at + udp::HEADER_LEN;
+    emit_inner_headers(buf, inner_start, t);
+    let outer = Outer { tos, dont_frag, ident, src_port, partial_checksum: false };
+    outer.emit(buf, start, inner_end - start - OUTER_HEADERS, t);
+    start
+}
+
+/// Writes the VXLAN and inner Ethernet headers into the [`INNER_HEADERS`] bytes in front of
+/// the pod packet at `inner_start`.
+pub fn emit_inner_headers(buf: &mut [u8], inner_start: usize, t: &Tunnel) {
+    let vxlan_at = inner_start - INNER_HEADERS;
     let eth_at = vxlan_at + HEADER_LEN;
-    let frame_len = inner_end - eth_at;
-    ipv4::Repr {
-        src: t.src,
-        dst: t.dst,
-        protocol: Protocol::Udp,
-        tos,
-        ident,
-        dont_frag,
-        ttl: t.ttl,
-        payload_len: inner_end - udp_at,
-    }
-    .emit(&mut buf[start..udp_at]);
-    udp::Repr { src_port, dst_port: PORT, payload_len: HEADER_LEN + frame_len }.emit(&mut buf[udp_at..vxlan_at]);
     Repr { vni: t.vni }.emit(&mut buf[vxlan_at..eth_at]);
     ethernet::emit_header(&mut buf[eth_at..inner_start], t.dst_mac, t.src_mac, EtherType::Ipv4);
-    start
+}
+
+/// The outer IPv4 and UDP headers of a tunnel packet, which may hold one VXLAN datagram or,
+/// as a UDP super-packet, many of the same length (the kernel cuts it, `GSO_UDP_L4`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outer {
+    pub tos: u8,
+    pub dont_frag: bool,
+    pub ident: u16,
+    pub src_port: u16,
+    /// Leave the pseudo-header sum in the UDP checksum for the kernel to finish per datagram
+    /// (a super-packet sent with `NEEDS_CSUM`); otherwise the checksum is zero.
+    pub partial_checksum: bool,
+}
+
+impl Outer {
+    /// Writes the headers at `buf[start..start + OUTER_HEADERS]`, in front of `payload_len`
+    /// bytes of VXLAN datagram payload.
+    pub fn emit(&self, buf: &mut [u8], start: usize, payload_len: usize, t: &Tunnel) {
+        let udp_at = start + ipv4::HEADER_LEN;
+        let end = udp_at + udp::HEADER_LEN;
+        ipv4::Repr {
+            src: t.src,
+            dst: t.dst,
+            protocol: Protocol::Udp,
+            tos: self.tos,
+            ident: self.ident,
+            dont_frag: self.dont_frag,
+            ttl: t.ttl,
+            payload_len: udp::HEADER_LEN + payload_len,
+        }
+        .emit(&mut buf[start..udp_at]);
+        udp::Repr { src_port: self.src_port, dst_port: PORT, payload_len }.emit(&mut buf[udp_at..end]);
+        if self.partial_checksum {
+            let sum = udp::pseudo_header_sum(t.src, t.dst, udp::HEADER_LEN + payload_len);
+            udp::Packet::new_unchecked(&mut buf[udp_at..end]).set_checksum(!crate::checksum::finish(sum));
+        }
+    }
 }
 
 /// Where the parts of a VXLAN packet (outer IPv4 onward) lie, read without changing it.
@@ -184,7 +222,7 @@ pub fn parse(b: &[u8]) -> Result<Parsed, DecapError> {
         return Err(DecapError::NotVxlan);
     }
     let udp_end = udp_at + usize::from(u.len());
-    if u.checksum() != 0 && !udp_checksum_ok(&b[udp_at..udp_end], src, dst) {
+    if !udp::Packet::new_unchecked(&b[udp_at..udp_end]).verify_checksum(src, dst) {
         return Err(DecapError::UdpChecksum);
     }
     let vxlan_at = udp_at + udp::HEADER_LEN;
@@ -214,14 +252,6 @@ pub fn decapsulate(buf: &mut [u8], start: usize, end: usize) -> Result<Decapped,
     let istart = start + p.inner_start;
     let iend = unwrap_inner(buf, istart, start + p.udp_end, p.outer_ecn)?;
     Ok(Decapped { start: istart, end: iend, vni: p.vni, src_mac: p.src_mac })
-}
-
-/// RFC 768: the one's complement sum over the pseudo-header and the datagram is all ones.
-fn udp_checksum_ok(datagram: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> bool {
-    let mut acc = crate::checksum::sum(&src.octets()) + crate::checksum::sum(&dst.octets());
-    acc += u32::from(u8::from(Protocol::Udp)) + u32::from(be16(datagram, 4..6));
-    acc += crate::checksum::sum(datagram);
-    crate::checksum::finish(acc) == 0
 }
 
 #[cfg(test)]

@@ -93,6 +93,8 @@ pub struct Counters {
     /// Offloaded super-packets received whole, and the segments we cut from them.
     pub gso_received: AtomicU64,
     pub gso_segments: AtomicU64,
+    pub udp_gso_sent: AtomicU64,
+    pub udp_gso_received: AtomicU64,
     /// Super-packets built from TCP segments on their way to a pod, and the segments in them.
     pub gro_packets: AtomicU64,
     pub gro_segments: AtomicU64,
@@ -152,6 +154,8 @@ impl Counters {
             fragments_sent: AtomicU64::new(0),
             gso_received: AtomicU64::new(0),
             gso_segments: AtomicU64::new(0),
+            udp_gso_sent: AtomicU64::new(0),
+            udp_gso_received: AtomicU64::new(0),
             gro_packets: AtomicU64::new(0),
             gro_segments: AtomicU64::new(0),
             ident: AtomicU64::new(random_start()),
@@ -267,6 +271,11 @@ pub struct Tallies {
     pub fragments_sent: u64,
     pub gso_received: u64,
     pub gso_segments: u64,
+    /// UDP super-packets sent whole (VXLAN), and received and cut into their datagrams.
+    #[serde(default)]
+    pub udp_gso_sent: u64,
+    #[serde(default)]
+    pub udp_gso_received: u64,
     pub gro_packets: u64,
     pub gro_segments: u64,
 }
@@ -305,6 +314,8 @@ impl Totals {
             t.tallies.fragments_sent += c.fragments_sent.load(Relaxed);
             t.tallies.gso_received += c.gso_received.load(Relaxed);
             t.tallies.gso_segments += c.gso_segments.load(Relaxed);
+            t.tallies.udp_gso_sent += c.udp_gso_sent.load(Relaxed);
+            t.tallies.udp_gso_received += c.udp_gso_received.load(Relaxed);
             t.tallies.gro_packets += c.gro_packets.load(Relaxed);
             t.tallies.gro_segments += c.gro_segments.load(Relaxed);
         }

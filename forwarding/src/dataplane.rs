@@ -30,6 +30,9 @@ pub struct DataplaneConfig {
     pub rcvbuf: usize,
     /// Merge TCP segments on their way to a pod into super-packets (see `Worker::merge`).
     pub gro: bool,
+    /// Send what goes into VXLAN from a TCP super-packet as UDP super-packets (see
+    /// `pipeline::segment_vxlan`); off, or refused by the kernel, each segment is a frame.
+    pub udp_gso: bool,
     /// The workers' nice value (see [`DEFAULT_WORKER_NICE`]).
     pub nice: i32,
     /// Fault injection, for the test of the node's supervision only: the first worker stops
@@ -52,6 +55,7 @@ impl Default for DataplaneConfig {
             neigh: NeighConfig::default(),
             rcvbuf: 4 << 20,
             gro: true,
+            udp_gso: true,
             nice: DEFAULT_WORKER_NICE,
             fail_worker_after: None,
         }
@@ -121,6 +125,7 @@ impl Dataplane {
     pub fn start(ifaces: Interfaces, fib: FibHandle, cfg: DataplaneConfig) -> io::Result<Dataplane> {
         let ifaces = Arc::new(ifaces);
         let stop = Arc::new(AtomicBool::new(false));
+        let udp_gso = Arc::new(AtomicBool::new(cfg.udp_gso));
         let neigh = NeighHandle::default();
         let (slow_tx, slow_rx) = crossbeam_channel::bounded(4096);
         let cores = if cfg.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
@@ -161,6 +166,7 @@ impl Dataplane {
                 tap: tap.clone(),
                 tracer: tracer.clone(),
                 gro: cfg.gro,
+                udp_gso: udp_gso.clone(),
                 nice: cfg.nice,
                 fail_after: cfg.fail_worker_after.filter(|_| index == 0),
             });

@@ -37,21 +37,24 @@ struct Batch {
     bufs: Vec<Vec<u8>>,
     lens: Vec<usize>,
     hdrs: Vec<VnetHdr>,
-    /// (egress, buffer index, span, offload header) of the frames to transmit.
-    out: Vec<(IfaceId, usize, Span, VnetHdr)>,
-    /// Segments of the super-packet being cut, and what became of each.
+    /// (egress, where the frame lies, span, offload header) of the frames to transmit.
+    out: Vec<(IfaceId, Source, Span, VnetHdr)>,
+    /// Segments of the super-packet being cut (or datagrams of a UDP one), and what became
+    /// of each; UDP super-packets built for VXLAN, with their offload headers.
     seg: Vec<u8>,
     seg_out: Vec<Verdict>,
+    tunnel_out: Vec<pipeline::SuperFrame>,
     /// Super-packets merged from the batch's TCP segments to a pod, and what one egress
     /// sends: frames from `bufs` (by index) or from `gro`.
     gro: Vec<u8>,
     send: Vec<(Source, Span, VnetHdr)>,
 }
 
-/// Where a frame to send lies.
-#[derive(Debug, Clone, Copy)]
+/// Where a frame to send lies: a received frame (by index), the segment room, the merge room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Source {
     Buf(usize),
+    Seg,
     Gro,
 }
 
@@ -203,6 +206,9 @@ pub struct Worker {
     pub tracer: Arc<Tracer>,
     /// Merge TCP segments to pods into super-packets.
     pub gro: bool,
+    /// Send VXLAN as UDP super-packets; shared by the workers, cleared (and said once in the
+    /// log) when the kernel refuses one.
+    pub udp_gso: Arc<AtomicBool>,
     /// Nice value to run at (0: leave it).
     pub nice: i32,
     /// Fault injection for the supervision test: the worker stops with an error this long
@@ -243,9 +249,10 @@ impl Worker {
             bufs: (0..BATCH).map(|_| vec![0u8; HEADROOM + RX_MAX + pipeline::ICMP_ERROR_MAX]).collect(),
             lens: vec![0; BATCH],
             hdrs: vec![VnetHdr::NONE; BATCH],
-            out: Vec::with_capacity(BATCH),
+            out: Vec::with_capacity(4 * BATCH),
             seg: vec![0u8; SEGMENT_ROOM],
             seg_out: Vec::with_capacity(256),
+            tunnel_out: Vec::with_capacity(8),
             gro: vec![0u8; GRO_ROOM],
             send: Vec::with_capacity(BATCH),
         };
@@ -361,11 +368,17 @@ impl Worker {
             }
             let super_packet = hdr.is_gso();
             if super_packet {
-                if hdr.gso_type & !gso::GSO_ECN != gso::GSO_TCPV4 {
-                    self.counters.count_drop(DropReason::GsoFailed);
-                    continue;
+                match hdr.gso_type & !gso::GSO_ECN {
+                    gso::GSO_TCPV4 => crate::counters::bump(&self.counters.gso_received, 1),
+                    gso::GSO_UDP_L4 if port.is_ethernet() => {
+                        self.udp_super(ctx, in_if, k, span, hdr.gso_size, b, scratch, tapping);
+                        continue;
+                    }
+                    _ => {
+                        self.counters.count_drop(DropReason::GsoFailed);
+                        continue;
+                    }
                 }
-                crate::counters::bump(&self.counters.gso_received, 1);
             }
             let pctx = Context { gso: super_packet.then_some(hdr.gso_size), ..*ctx };
             let ctx = &pctx;
@@ -392,18 +405,28 @@ impl Worker {
             }
             match v {
                 Verdict::Transmit { iface, span, learn } => {
-                    b.out.push((iface, k, span, VnetHdr::NONE));
+                    b.out.push((iface, Source::Buf(k), span, VnetHdr::NONE));
                     if let Some(n) = learn {
                         // A lost hint costs one ARP round trip later, nothing more.
                         let _ = self.slow.try_send(SlowMsg::Learn(n));
                     }
                 }
-                Verdict::TransmitWhole { iface, span } => b.out.push((iface, k, span, hdr)),
+                Verdict::TransmitWhole { iface, span } => b.out.push((iface, Source::Buf(k), span, hdr)),
                 Verdict::Segment(job) => {
+                    b.tunnel_out.clear();
                     b.seg_out.clear();
-                    pipeline::segment(ctx, &self.counters, buf, job, &mut b.seg, &mut b.seg_out);
+                    let whole = self.udp_gso.load(Ordering::Relaxed)
+                        && pipeline::segment_vxlan(ctx, &self.counters, buf, job, &mut b.seg, &mut b.tunnel_out);
+                    if !whole {
+                        pipeline::segment(ctx, &self.counters, buf, job, &mut b.seg, &mut b.seg_out);
+                    }
                     // What this batch queued so far goes first: a flow's packets keep their order.
                     self.flush(b, tapping);
+                    if whole && !self.send_supers(&b.tunnel_out, &b.seg, tapping) {
+                        // The kernel refused UDP GSO: these segments go one by one after all.
+                        b.seg_out.clear();
+                        pipeline::segment(ctx, &self.counters, &b.bufs[k], job, &mut b.seg, &mut b.seg_out);
+                    }
                     self.send_segments(&b.seg_out, &b.seg, tapping);
                 }
                 Verdict::Fragment(job) => {
@@ -417,21 +440,23 @@ impl Worker {
         n > 0
     }
 
-    /// Sends what the batch has queued: one send call per egress port. Frames keep their
-    /// order within a port.
+    /// Sends what the batch has queued: one send call per egress port and [`BATCH`] frames.
+    /// Frames keep their order within a port.
     fn flush(&self, b: &mut Batch, tapping: bool) {
-        // By egress, then in the order received (the buffer index); unstable sorts do not
-        // allocate.
-        b.out.sort_unstable_by_key(|o| (o.0, o.1));
+        // By egress, then in the order received (where they lie, then where in that);
+        // unstable sorts do not allocate.
+        b.out.sort_unstable_by_key(|o| (o.0, o.1, o.2.start));
         let mut j = 0;
         while j < b.out.len() {
             let iface = b.out[j].0;
-            let end = j + b.out[j..].iter().take_while(|o| o.0 == iface).count();
+            let group = b.out[j..].iter().take_while(|o| o.0 == iface).count();
+            let end = j + group.min(BATCH);
             self.merge(b, j, end);
             let mut frames: [(VnetHdr, &[u8]); BATCH] = [(VnetHdr::NONE, &[]); BATCH];
             for (f, &(src, sp, h)) in frames.iter_mut().zip(&b.send) {
                 let from = match src {
                     Source::Buf(k) => &b.bufs[k],
+                    Source::Seg => &b.seg,
                     Source::Gro => &b.gro,
                 };
                 *f = (h, &from[sp.start..sp.end]);
@@ -442,13 +467,56 @@ impl Worker {
         b.out.clear();
     }
 
+    /// A UDP super-packet received in `b.bufs[k]`: its datagrams go through the pipeline one
+    /// by one (see [`pipeline::process_udp_super`]), and what they become is sent, merged
+    /// for pods, after what the batch queued before it.
+    #[allow(clippy::too_many_arguments)]
+    fn udp_super(
+        &self,
+        ctx: &Context<'_>,
+        in_if: IfaceId,
+        k: usize,
+        span: Span,
+        size: u16,
+        b: &mut Batch,
+        scratch: &mut [u8],
+        tapping: bool,
+    ) {
+        if tapping {
+            self.tap.copy(in_if, Direction::Rx, &b.bufs[k][span.start..span.end], true);
+        }
+        self.flush(b, tapping);
+        b.seg_out.clear();
+        pipeline::process_udp_super(ctx, &self.counters, in_if, &b.bufs[k], span, size, &mut b.seg, &mut b.seg_out);
+        for &v in &b.seg_out {
+            match v {
+                Verdict::Transmit { iface, span, learn } => {
+                    b.out.push((iface, Source::Seg, span, VnetHdr::NONE));
+                    if let Some(n) = learn {
+                        let _ = self.slow.try_send(SlowMsg::Learn(n));
+                    }
+                }
+                Verdict::Fragment(job) => {
+                    pipeline::fragment(ctx, &self.counters, &b.seg, job, scratch, |v, bb| self.act(v, bb, tapping))
+                }
+                other => self.act(other, &b.seg, tapping),
+            }
+        }
+        self.flush(b, tapping);
+    }
+
     /// Lays out what `b.out[j..end]` (one egress) sends in `b.send`. Toward a pod, runs of
     /// consecutive segments of one TCP flow become one super-packet with a virtio-net header,
     /// as the kernel's GRO would make them: the pod's stack then takes one packet, and sends
     /// one acknowledgement, where it took dozens. Segments come one by one out of the IPIP
     /// tunnel, where no offload can carry them whole.
     fn merge(&self, b: &mut Batch, j: usize, end: usize) {
-        let Batch { bufs, out, gro, send, .. } = b;
+        let Batch { bufs, out, gro, send, seg, .. } = b;
+        let bytes = |src: Source| match src {
+            Source::Buf(k) => &bufs[k][..],
+            Source::Seg => &seg[..],
+            Source::Gro => &[][..],
+        };
         send.clear();
         let group = out.get(j..end).unwrap_or(&[]);
         // Toward a pod: its veth (afpacket), or tunl0, through which the kernel forwards to
@@ -461,14 +529,14 @@ impl Worker {
             _ => None,
         };
         let Some(eth) = l2.filter(|_| self.gro) else {
-            send.extend(group.iter().map(|&(_, k, sp, h)| (Source::Buf(k), sp, h)));
+            send.extend(group.iter().map(|&(_, src, sp, h)| (src, sp, h)));
             return;
         };
         // Each frame is looked at once: its bytes and, if it may join a run (a plain IPv4
         // frame without offload, a mergeable TCP segment), its segment.
         let mut segs: [Option<(&[u8], gro::Mergeable)>; BATCH] = [None; BATCH];
-        for (s, &(_, k, sp, h)) in segs.iter_mut().zip(group) {
-            let Some(f) = bufs[k].get(sp.start..sp.end) else { continue };
+        for (s, &(_, src, sp, h)) in segs.iter_mut().zip(group) {
+            let Some(f) = bytes(src).get(sp.start..sp.end) else { continue };
             let ipv4 = eth == 0
                 || encap::ethernet::Frame::new_checked(f)
                     .is_ok_and(|e| e.ethertype() == encap::ethernet::EtherType::Ipv4);
@@ -480,7 +548,7 @@ impl Worker {
         let mut used = 0;
         let mut i = 0;
         while i < group.len() {
-            let (_, k, sp, h) = group[i];
+            let (_, src, sp, h) = group[i];
             let n = gro::run_len(&segs[i..group.len()], eth);
             if n > 1 {
                 for (r, (f, m)) in run.iter_mut().zip(segs[i..i + n].iter().flatten()) {
@@ -500,9 +568,43 @@ impl Worker {
                     }
                 }
             }
-            send.push((Source::Buf(k), sp, h));
+            send.push((src, sp, h));
             i += 1;
         }
+    }
+
+    /// Sends the UDP super-packets [`pipeline::segment_vxlan`] built. False if the kernel
+    /// refused the first for its offload type (before Linux 6.2): nothing was sent, UDP GSO
+    /// is off from now on for every worker, and the caller sends the segments one by one.
+    fn send_supers(&self, frames: &[pipeline::SuperFrame], room: &[u8], tapping: bool) -> bool {
+        for (i, f) in frames.iter().enumerate() {
+            let Some(Port::Packet { tx, .. }) = self.port(f.iface) else {
+                self.counters.count_drops(DropReason::TxError, f.segments);
+                continue;
+            };
+            let frame = &room[f.span.start..f.span.end];
+            if tapping {
+                self.tap.copy(f.iface, Direction::Tx, frame, true);
+            }
+            match netsys::send_batch_vnet(tx.as_fd(), &[(f.hdr, frame)]) {
+                Ok(1) => {
+                    self.counters.tx(usize::from(f.iface.0), frame.len());
+                    f.count_sent(&self.counters);
+                }
+                Err(e) if i == 0 && f.hdr.is_gso() && e.raw_os_error() == Some(libc::EINVAL) => {
+                    if self.udp_gso.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            error = %e,
+                            "the kernel refuses UDP GSO on packet sockets (Linux 6.2 or later has it): \
+                             VXLAN segments go one by one"
+                        );
+                    }
+                    return false;
+                }
+                _ => self.counters.count_drops(DropReason::TxError, f.segments),
+            }
+        }
+        true
     }
 
     /// Sends the segments cut from one super-packet (they share one egress), up to a batch

@@ -118,6 +118,8 @@ pub struct UpOptions {
     pub pod_offload: bool,
     /// Let the nodes merge TCP segments to pods into super-packets.
     pub gro: bool,
+    /// Let the nodes send VXLAN as UDP super-packets.
+    pub udp_gso: bool,
     /// `afpacket`: let the nodes' kernels drop the frames the routers forward (`kfilter`).
     pub transit_filter: bool,
     /// The nodes' workers' nice value.
@@ -633,6 +635,7 @@ fn node_config(
         pin_workers: false,
         worker_nice: opts.worker_nice,
         gro: opts.gro,
+        udp_gso: opts.udp_gso,
         transit_filter: opts.transit_filter,
         admin_socket: lab.socket(&node.name),
         uplink: Uplink { interface: "eth0".into(), address: node.address },

@@ -615,6 +615,8 @@ mod tests {
                 fragments_sent: 10,
                 gso_received: 11,
                 gso_segments: 12,
+                udp_gso_sent: 18,
+                udp_gso_received: 19,
                 gro_packets: 13,
                 gro_segments: 14,
             },

@@ -154,6 +154,9 @@ pub struct NodeConfig {
     pub worker_nice: i32,
     /// Merge TCP segments on their way to a pod into super-packets (on by default).
     pub gro: bool,
+    /// Send VXLAN cut from a TCP super-packet as UDP super-packets (on by default; the
+    /// kernel must have UDP GSO on packet sockets, Linux 6.2 or later).
+    pub udp_gso: bool,
     /// `afpacket`: have the kernel drop, after the router's copy, the frames the router
     /// forwards, instead of routing them only to fail (on by default; see `kfilter`).
     pub transit_filter: bool,
@@ -240,6 +243,8 @@ pub struct RawConfig {
     pub worker_nice: Spanned<i32>,
     #[serde(default = "default_true")]
     pub gro: bool,
+    #[serde(default = "default_true")]
+    pub udp_gso: bool,
     #[serde(default = "default_true")]
     pub transit_filter: bool,
     pub admin_socket: PathBuf,
@@ -780,6 +785,7 @@ impl NodeConfig {
             pin_workers: raw.pin_workers,
             worker_nice,
             gro: raw.gro,
+            udp_gso: raw.udp_gso,
             transit_filter: raw.transit_filter,
             admin_socket: raw.admin_socket,
             uplink,
@@ -803,6 +809,7 @@ impl NodeConfig {
             pin_workers: self.pin_workers,
             worker_nice: Spanned::new(0..0, self.worker_nice),
             gro: self.gro,
+            udp_gso: self.udp_gso,
             transit_filter: self.transit_filter,
             admin_socket: self.admin_socket.clone(),
             metrics_address: self.metrics_address.map(|a| s(a.to_string())),

@@ -268,6 +268,10 @@ enum LabCmd {
         /// userspace GRO; the way to compare with it on).
         #[arg(long)]
         no_gro: bool,
+        /// Send VXLAN segments one frame each, not as UDP super-packets that the underlay
+        /// carries whole (the way to compare with it on).
+        #[arg(long)]
+        no_udp_gso: bool,
         /// Let the nodes' kernels see every frame the routers forward, as a node without the
         /// transit filter does (they route each one only to drop it; the way to compare).
         #[arg(long)]
@@ -699,6 +703,10 @@ fn print_stats(v: &admin::Stats) {
         "TCP super-packets received whole: {}   segments cut from them: {}   built for pods: {} (from {} segments)",
         v.tallies.gso_received, v.tallies.gso_segments, v.tallies.gro_packets, v.tallies.gro_segments
     );
+    println!(
+        "UDP super-packets sent whole (VXLAN): {}   received and cut into datagrams: {}",
+        v.tallies.udp_gso_sent, v.tallies.udp_gso_received
+    );
     match v.transit_filter.as_deref() {
         Some([]) => {
             println!("transit filter: off (the node's kernel also routes, and drops, what the router forwards)")
@@ -731,6 +739,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             metrics,
             no_pod_offload,
             no_gro,
+            no_udp_gso,
             no_transit_filter,
             worker_nice,
             json,
@@ -757,6 +766,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 metrics,
                 pod_offload,
                 gro: !no_gro,
+                udp_gso: !no_udp_gso,
                 transit_filter: !no_transit_filter,
                 worker_nice,
                 exe,

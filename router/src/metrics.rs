@@ -83,6 +83,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
             s.totals.tallies.gso_segments,
         ),
         (
+            "router_udp_gso_sent_total",
+            "UDP super-packets sent whole (VXLAN segments behind one outer header).",
+            s.totals.tallies.udp_gso_sent,
+        ),
+        (
+            "router_udp_gso_received_total",
+            "UDP super-packets received and cut into their datagrams.",
+            s.totals.tallies.udp_gso_received,
+        ),
+        (
             "router_gro_packets_total",
             "Super-packets the router built from TCP segments for a pod.",
             s.totals.tallies.gro_packets,

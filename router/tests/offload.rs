@@ -92,6 +92,9 @@ fn vxlan_carries_tcp_super_packets_cut_and_merged_intact() {
         assert!(counter(&lab, node, "gso_segments") > 0, "{node}: nothing was cut for the tunnel");
         assert!(counter(&lab, node, "vxlan_encapsulated") > 0 && counter(&lab, node, "vxlan_decapsulated") > 0);
         assert!(counter(&lab, node, "gro_packets") > 0, "{node}: merged nothing for its pod");
+        // The segments crossed the underlay as UDP super-packets, whole both ways.
+        assert!(counter(&lab, node, "udp_gso_sent") > 0, "{node}: sent no UDP super-packet");
+        assert!(counter(&lab, node, "udp_gso_received") > 0, "{node}: received no UDP super-packet");
         assert_eq!(counter(&lab, node, "ipip_encapsulated"), 0, "{node}");
         assert_eq!(lab.drops(node, "gso_failed"), 0, "{node}");
         assert_eq!(lab.drops(node, "tx_error"), 0, "{node}");

@@ -16,7 +16,7 @@ use crate::iface::{IfaceId, IfaceRole, Interface, Interfaces};
 use crate::neigh::{NeighTable, Neighbour};
 use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
-use encap::gso::{GsoError, TcpSegments};
+use encap::gso::{self, GsoError, TcpSegments, UdpSegments, VnetHdr};
 use encap::ipip::{self, DecapError};
 use encap::vxlan;
 use encap::{icmp, ipv4, MacAddr, WireError};
@@ -691,6 +691,155 @@ pub fn segment(
         bump(&counters.gso_segments, 1);
         // The next segment starts on a fresh cache line.
         at = (l3 + len + 63) & !63;
+    }
+}
+
+/// A frame [`segment_vxlan`] built: where it goes, its offload header, the segments in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuperFrame {
+    pub iface: IfaceId,
+    pub span: Span,
+    pub hdr: VnetHdr,
+    pub segments: u64,
+}
+
+impl SuperFrame {
+    /// Counts what was sent: the segments wrapped, and the super-packet.
+    pub fn count_sent(&self, counters: &Counters) {
+        bump(&counters.vxlan_encapsulated, self.segments);
+        bump(&counters.gso_segments, self.segments);
+        bump(&counters.udp_gso_sent, u64::from(self.hdr.is_gso()));
+    }
+}
+
+/// Cuts the super-packet of `job`, whose egress is a VXLAN tunnel, into TCP segments, wraps
+/// each in VXLAN and lays them end to end behind one outer IPv4 and UDP header: a UDP
+/// super-packet (`GSO_UDP_L4`) the kernel cuts into complete VXLAN datagrams only where it
+/// must, so that 64 KB cross the underlay as one packet and the far node can take them in
+/// one read. One super-packet holds what fits in 64 KB; the rest go in the next. Results
+/// go to `out`, counted by [`SuperFrame::count_sent`] once the kernel took them.
+///
+/// Returns false, having written nothing, when the egress is not Ethernet or its neighbour
+/// is not yet known: [`segment`] then sends the segments one by one (and resolves).
+pub fn segment_vxlan(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    buf: &[u8],
+    job: Segmentation,
+    scratch: &mut [u8],
+    out: &mut Vec<SuperFrame>,
+) -> bool {
+    let Segmentation { span, mss, egress: eg } = job;
+    let Some(Tunnel::Vxlan(remote)) = eg.tunnel else { return false };
+    let (Some(port), Some(src)) = (ctx.ifaces.get(eg.iface), ctx.ifaces.node_addr()) else { return false };
+    let Some(dst_mac) = ctx.neigh.lookup(eg.iface, eg.hop).filter(|_| port.role.is_ethernet()) else {
+        return false;
+    };
+    let pkt = &buf[span.start..span.end];
+    let segs = match TcpSegments::new(pkt, mss) {
+        Ok(s) => s,
+        Err(e) => {
+            counters.count_drop(gso_drop(e));
+            return true;
+        }
+    };
+    let inner = ipv4::Packet::new_unchecked(pkt);
+    let t = vxlan::Tunnel {
+        src,
+        dst: remote,
+        ttl: ctx.fib.tunnels().ttl,
+        vni: vxlan::CALICO_VNI,
+        src_mac: vxlan::vtep_mac(src),
+        dst_mac: vxlan::vtep_mac(remote),
+    };
+    let (tos, dont_frag, src_port) = (inner.tos(), inner.dont_frag(), vxlan::source_port(pkt));
+    // Every datagram but the last is exactly this long; the kernel cuts at this size.
+    let size = vxlan::INNER_HEADERS + segs.len(0);
+    let head = ethernet::HEADER_LEN + vxlan::OUTER_HEADERS;
+    let per_packet = ((usize::from(u16::MAX) - vxlan::OUTER_HEADERS) / size).max(1);
+    let mut at = 0;
+    let mut i = 0;
+    while i < segs.count() {
+        let n = per_packet.min(segs.count() - i);
+        let mut end = at + head;
+        for k in i..i + n {
+            let l3 = end + vxlan::INNER_HEADERS;
+            let Some(len) = scratch.get_mut(l3..).and_then(|room| segs.write(k, room)) else {
+                counters.count_drops(DropReason::GsoFailed, (segs.count() - i) as u64);
+                return true;
+            };
+            vxlan::emit_inner_headers(scratch, l3, &t);
+            end = l3 + len;
+        }
+        let outer = vxlan::Outer { tos, dont_frag, ident: counters.next_ident(), src_port, partial_checksum: n > 1 };
+        outer.emit(scratch, at + ethernet::HEADER_LEN, end - at - head, &t);
+        ethernet::emit_header(&mut scratch[at..], dst_mac, port.mac, EtherType::Ipv4);
+        let hdr = if n > 1 {
+            VnetHdr {
+                flags: gso::F_NEEDS_CSUM,
+                gso_type: gso::GSO_UDP_L4,
+                hdr_len: head as u16,
+                gso_size: size as u16,
+                csum_start: (ethernet::HEADER_LEN + ipv4::HEADER_LEN) as u16,
+                csum_offset: 6,
+            }
+        } else {
+            VnetHdr::NONE
+        };
+        out.push(SuperFrame { iface: eg.iface, span: Span { start: at, end }, hdr, segments: n as u64 });
+        i += n;
+        at = (end + 63) & !63;
+    }
+    true
+}
+
+/// A UDP super-packet (`GSO_UDP_L4`: VXLAN from another node, or a pod's `UDP_SEGMENT`) in
+/// the Ethernet frame `buf[span]` received on `in_if`: cut into its datagrams, each laid in
+/// `scratch` as a frame of its own (with [`HEADROOM_NEEDED`] in front) and processed as if
+/// it had been received so. The verdicts, whose spans point into `scratch`, go to `out`.
+///
+/// Datagrams get a full UDP checksum unless they are VXLAN addressed to this node, which
+/// unwraps them at once: the super-packet's bytes never left the kernel of this machine, and
+/// a zero checksum (RFC 7348 §5) spares a pass over them.
+#[allow(clippy::too_many_arguments)]
+pub fn process_udp_super(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    in_if: IfaceId,
+    buf: &[u8],
+    span: Span,
+    size: u16,
+    scratch: &mut [u8],
+    out: &mut Vec<Verdict>,
+) {
+    let l3 = span.start + ethernet::HEADER_LEN;
+    let Some(pkt) = buf.get(l3..span.end) else {
+        counters.count_drop(DropReason::ShortFrame);
+        return;
+    };
+    let segs = match UdpSegments::new(pkt, size) {
+        Ok(s) => s,
+        Err(e) => {
+            counters.count_drop(gso_drop(e));
+            return;
+        }
+    };
+    bump(&counters.udp_gso_received, 1);
+    let ip = ipv4::Packet::new_unchecked(pkt);
+    let ours = ctx.ifaces.node_addr() == Some(ip.dst()) && is_vxlan(pkt);
+    let ctx = &Context { gso: None, ..*ctx };
+    let mut at = 0;
+    for i in 0..segs.count() {
+        let start = at + HEADROOM_NEEDED;
+        let l3 = start + ethernet::HEADER_LEN;
+        let Some(len) = scratch.get_mut(l3..).and_then(|room| segs.write(i, room, !ours)) else {
+            counters.count_drops(DropReason::GsoFailed, (segs.count() - i) as u64);
+            return;
+        };
+        scratch[start..l3].copy_from_slice(&buf[span.start..span.start + ethernet::HEADER_LEN]);
+        // The frame may grow in place (an ICMP error), so the next starts beyond that room.
+        out.push(process(ctx, counters, in_if, scratch, Span { start, end: l3 + len }));
+        at = (l3 + len + ICMP_ERROR_MAX + 63) & !63;
     }
 }
 

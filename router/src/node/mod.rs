@@ -235,6 +235,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         workers: cfg.workers,
         pin: cfg.pin_workers,
         gro: cfg.gro,
+        udp_gso: cfg.udp_gso,
         nice: cfg.worker_nice,
         fail_worker_after: fault_worker_exit(&cfg.name),
         ..Default::default()
