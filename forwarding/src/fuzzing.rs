@@ -3,7 +3,9 @@
 
 use crate::fib::{Fib, NextHop, Route, Tunnels};
 use crate::neigh::{NeighTable, Neighbour};
-use crate::pipeline::{fragment, process, process_l3, segment, Context, Span, Verdict, ICMP_ERROR_MAX};
+use crate::pipeline::{
+    fragment, process, process_l3, process_udp_super, segment, segment_vxlan, Context, Span, Verdict, ICMP_ERROR_MAX,
+};
 use crate::{Counters, IfaceId, IfaceRole, Interface, Interfaces};
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
@@ -127,8 +129,8 @@ fn in_buf(span: Span) {
 /// it hands out stays in its buffer, also for super-packets (virtio-net header with a segment
 /// size), tunnel routes (IPIP and VXLAN out, and in), fragmentation and the tun entry point.
 /// Input: a selector byte (bits 0-1: ingress interface; bit 2: the tun node instead of the
-/// afpacket one; bit 3: a super-packet, its segment size in the next two bytes), then the
-/// frame (the packet, in tun mode).
+/// afpacket one; bit 3: a super-packet, its segment size in the next two bytes; bit 4 with
+/// bit 3 on the afpacket node: a UDP super-packet), then the frame (the packet, in tun mode).
 pub fn pipeline(data: &[u8]) {
     let Some((&sel, mut frame)) = data.split_first() else { return };
     let tun_mode = sel & 4 != 0;
@@ -146,18 +148,35 @@ pub fn pipeline(data: &[u8]) {
     let ctx = Context { fib: &n.fib, neigh: &n.neigh, ifaces: &n.ifaces, gso };
     let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
     let in_if = IfaceId(u16::from(sel & 3) % n.ifaces.len() as u16);
+    let mut scratch = vec![0u8; 256 * 1024];
+    if let Some(size) = gso.filter(|_| sel & 16 != 0 && !tun_mode) {
+        let mut out = Vec::new();
+        process_udp_super(&Context { gso: None, ..ctx }, &counters, in_if, &buf, span, size, &mut scratch, &mut out);
+        for v in out {
+            if let Verdict::Transmit { span, .. } | Verdict::Resolve { span, .. } = v {
+                assert!(span.start <= span.end && span.end <= scratch.len());
+            }
+        }
+        return;
+    }
     let v = if tun_mode {
         process_l3(&ctx, &counters, in_if, &mut buf, span)
     } else {
         process(&ctx, &counters, in_if, &mut buf, span)
     };
-    let mut scratch = vec![0u8; 256 * 1024];
     match v {
         Verdict::Transmit { span, .. } | Verdict::Resolve { span, .. } | Verdict::TransmitWhole { span, .. } => {
             in_buf(span)
         }
         Verdict::Segment(job) => {
             in_buf(job.span);
+            let mut supers = Vec::new();
+            if segment_vxlan(&ctx, &counters, &buf, job, &mut scratch, &mut supers) {
+                for f in supers {
+                    assert!(f.span.start <= f.span.end && f.span.end <= scratch.len());
+                    assert!(f.span.end - f.span.start <= 14 + 65535, "an outer IPv4 packet holds at most 64 KB");
+                }
+            }
             let mut out = Vec::new();
             segment(&ctx, &counters, &buf, job, &mut scratch, &mut out);
             for v in out {

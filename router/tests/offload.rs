@@ -1,6 +1,7 @@
 //! Pods keep their TX offloads, as real hosts do: TCP leaves them as 64 KB super-packets with
 //! partial checksums. The router must forward them whole on a direct route, cut them into
-//! complete segments for the IPIP or VXLAN tunnel, and the bytes must arrive unchanged.
+//! complete segments for the IPIP tunnel (or for VXLAN, wrap the segments and send them as
+//! one UDP super-packet), and the bytes must arrive unchanged.
 //! These build namespaces (root).
 
 mod support;
@@ -84,7 +85,18 @@ fn tcp_super_packets_arrive_intact_directly_and_through_the_tunnel() {
 #[test]
 fn vxlan_carries_tcp_super_packets_cut_and_merged_intact() {
     let lab = TestLab::up(&["--vxlan-mode", "cross-subnet"]);
+    // Frames far beyond the underlay's 1500-byte MTU cross the underlay router whole: UDP
+    // super-packets of VXLAN, which the kernel cuts only if it must.
+    let cap = start_capture(&lab, "underlay", "eth0", "udp dst port 4789 and greater 3000", 3);
     transfer(&lab, "pod-a1", "pod-c1", "10.244.3.1");
+    let rows = cap.fields(&["frame.len", "ip.src", "vxlan.vni"]);
+    assert_eq!(rows.len(), 3, "no super-packets seen on the underlay: {rows:?}");
+    for r in &rows {
+        let len: usize = r[0].parse().expect("frame length");
+        assert!(len > 3000, "{r:?}");
+        // Outer source node-a, inner pod-a1 (tshark decodes the first datagram's inside).
+        assert_eq!((r[1].as_str(), r[2].as_str()), ("192.168.100.100,10.244.1.1", "4096"), "{r:?}");
+    }
     transfer(&lab, "pod-c1", "pod-a1", "10.244.1.1");
     // Cut into segments before VXLAN wraps each, merged again for the pod at the far end.
     for node in ["node-a", "node-c"] {

@@ -963,3 +963,191 @@ fn a_df_packet_too_big_for_vxlan_gets_frag_needed_with_mtu_1450() {
         })
     );
 }
+
+/// What [`segment_vxlan`] made of a super-packet toward `dst`, with its offload headers.
+fn vxlan_supers(l: &Lab, dst: Ipv4Addr, payload: usize, mss: u16) -> Vec<(VnetHdr, Vec<u8>)> {
+    let frame = super_packet(dst, payload);
+    let mut buf = vec![0u8; 70_000];
+    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
+    let ctx = Context { gso: Some(mss), ..l.ctx() };
+    let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
+    let Verdict::Segment(job) = process(&ctx, &l.counters, CALI_A1, &mut buf, span) else { panic!("not cut") };
+    let (mut scratch, mut out) = (vec![0u8; 256 * 1024], Vec::new());
+    assert!(segment_vxlan(&ctx, &l.counters, &buf, job, &mut scratch, &mut out));
+    out.iter().map(|f| (f.hdr, scratch[f.span.start..f.span.end].to_vec())).collect()
+}
+
+#[test]
+fn a_super_packet_into_vxlan_leaves_as_one_udp_super_packet_of_complete_datagrams() {
+    let l = lab();
+    // Pod MTU 1450 under VXLAN: MSS 1410 without TCP options.
+    let supers = vxlan_supers(&l, POD_C5, 10_000, 1410);
+    assert_eq!(supers.len(), 1);
+    let (hdr, frame) = &supers[0];
+    let size = 8 + 14 + 40 + 1410;
+    assert_eq!(hdr.gso_type, encap::gso::GSO_UDP_L4);
+    assert_eq!((hdr.gso_size, hdr.hdr_len, hdr.csum_start, hdr.csum_offset), (size as u16, 42, 34, 6));
+    assert!(hdr.needs_csum());
+    assert_eq!(&frame[..6], &UNDERLAY_MAC.0, "to the underlay router");
+    let ip = ipv4::Packet::new_checked(&frame[14..]).expect("outer IPv4");
+    assert!(ip.verify_checksum() && ip.dont_frag());
+    assert_eq!((ip.src(), ip.dst(), usize::from(ip.total_len())), (NODE_A, NODE_C, frame.len() - 14));
+    // The UDP checksum holds the pseudo-header sum the kernel finishes per datagram.
+    let udp_len = frame.len() - 34;
+    let partial = !encap::checksum::finish(encap::udp::pseudo_header_sum(NODE_A, NODE_C, udp_len));
+    assert_eq!(u16::from_be_bytes([frame[40], frame[41]]), partial);
+    // Cut as the kernel cuts it, each datagram is VXLAN 4096 carrying one complete segment.
+    let segs = encap::gso::UdpSegments::new(&frame[14..], size as u16).expect("cuttable");
+    assert_eq!(segs.count(), 10_000usize.div_ceil(1410));
+    let mut data = Vec::new();
+    for i in 0..segs.count() {
+        let mut d = vec![0u8; 14 + 1500];
+        let len = segs.write(i, &mut d[14..], true).expect("datagram");
+        assert!(len <= 1500, "datagram {i} fits the underlay");
+        let decapped = encap::vxlan::decapsulate(&mut d, 14, 14 + len).expect("VXLAN");
+        assert_eq!(decapped.vni, 4096);
+        let mut inner = vec![0u8; 14];
+        inner[12..14].copy_from_slice(&[0x08, 0x00]);
+        inner.extend_from_slice(&d[decapped.start..decapped.end]);
+        let (seq, _, payload) = tcp_in(&inner);
+        assert_eq!(seq, 1_000_000 + (i * 1410) as u32);
+        data.extend(payload);
+    }
+    assert_eq!(data, (0..10_000).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let c = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    // Counted once sent, not when built.
+    assert_eq!((c(&l.counters.vxlan_encapsulated), c(&l.counters.udp_gso_sent)), (0, 0));
+}
+
+#[test]
+fn more_than_64_kb_of_vxlan_datagrams_go_in_two_super_packets() {
+    let l = lab();
+    // 60 000 bytes at MSS 536: 112 datagrams of 598 bytes, 67 KB with their headers.
+    let supers = vxlan_supers(&l, POD_C5, 60_000, 536);
+    assert_eq!(supers.len(), 2);
+    let per = (65535 - 28) / (22 + 40 + 536);
+    for (n, (hdr, frame)) in supers.iter().enumerate() {
+        assert!(frame.len() - 14 <= 65535);
+        let segs = encap::gso::UdpSegments::new(&frame[14..], hdr.gso_size).expect("cuttable");
+        assert_eq!(segs.count(), if n == 0 { per } else { 112 - per });
+    }
+}
+
+#[test]
+fn a_tcp_super_packet_to_an_unresolved_vxlan_hop_is_left_to_single_frames() {
+    let mut l = lab();
+    l.neigh = NeighTable::default();
+    let frame = super_packet(POD_C5, 4000);
+    let mut buf = vec![0u8; 70_000];
+    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
+    let ctx = Context { gso: Some(1410), ..l.ctx() };
+    let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
+    let Verdict::Segment(job) = process(&ctx, &l.counters, CALI_A1, &mut buf, span) else { panic!("not cut") };
+    let mut out = Vec::new();
+    assert!(!segment_vxlan(&ctx, &l.counters, &buf, job, &mut vec![0u8; 256 * 1024], &mut out));
+    assert!(out.is_empty());
+}
+
+/// A UDP super-packet as node-c sends one to node-a: a TCP super-packet from pod-c1 to
+/// `dst` cut at `mss`, each segment in VXLAN, behind one outer header.
+fn vxlan_super_from_c(dst: Ipv4Addr, payload: usize, mss: u16) -> (Vec<u8>, u16) {
+    let data: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
+    let mut tcp = Vec::new();
+    PacketBuilder::ipv4(POD_C1.octets(), dst.octets(), 64)
+        .tcp(5201, 40000, 7_000, 65535)
+        .ack(1)
+        .write(&mut tcp, &data)
+        .expect("build");
+    let segs = encap::gso::TcpSegments::new(&tcp, mss).expect("segments");
+    let t = encap::vxlan::Tunnel {
+        src: NODE_C,
+        dst: NODE_A,
+        ttl: 63,
+        vni: 4096,
+        src_mac: encap::vxlan::vtep_mac(NODE_C),
+        dst_mac: encap::vxlan::vtep_mac(NODE_A),
+    };
+    let mut f = vec![0u8; 70_000];
+    let mut end = 42;
+    for i in 0..segs.count() {
+        let l3 = end + encap::vxlan::INNER_HEADERS;
+        end = l3 + segs.write(i, &mut f[l3..]).expect("room");
+        encap::vxlan::emit_inner_headers(&mut f, l3, &t);
+    }
+    let outer = encap::vxlan::Outer { tos: 0, dont_frag: true, ident: 1, src_port: 50000, partial_checksum: true };
+    outer.emit(&mut f, 14, end - 42, &t);
+    ethernet::emit_header(&mut f, UPLINK_MAC, UNDERLAY_MAC, EtherType::Ipv4);
+    f.truncate(end);
+    (f, (encap::vxlan::INNER_HEADERS + segs.len(0)) as u16)
+}
+
+/// Runs a received UDP super-packet; returns the verdicts and the frames they send.
+fn run_udp_super(l: &Lab, in_if: IfaceId, frame: &[u8], size: u16) -> Vec<(Verdict, Vec<u8>)> {
+    let mut buf = vec![0u8; 70_000 + HEADROOM];
+    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+    let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
+    let (mut scratch, mut out) = (vec![0u8; 256 * 1024], Vec::new());
+    process_udp_super(&l.ctx(), &l.counters, in_if, &buf, span, size, &mut scratch, &mut out);
+    out.into_iter()
+        .map(|v| match v {
+            Verdict::Transmit { span, .. } => (v, scratch[span.start..span.end].to_vec()),
+            _ => (v, Vec::new()),
+        })
+        .collect()
+}
+
+#[test]
+fn a_udp_super_packet_from_a_node_is_unwrapped_datagram_by_datagram_for_the_pod() {
+    let l = lab();
+    let (frame, size) = vxlan_super_from_c(POD_A2, 5000, 1410);
+    let out = run_udp_super(&l, UPLINK, &frame, size);
+    assert_eq!(out.len(), 4);
+    let mut data = Vec::new();
+    for (v, f) in &out {
+        assert!(matches!(v, Verdict::Transmit { iface: CALI_A2, .. }), "{v:?}");
+        assert_eq!(&f[..6], &POD_A2_MAC.0);
+        data.extend(tcp_in(f).2);
+    }
+    assert_eq!(data, (0..5000).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let c = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((c(&l.counters.udp_gso_received), c(&l.counters.vxlan_decapsulated)), (1, 4));
+    // From a sender that is not a node, every datagram is refused as VXLAN alone would be.
+    let mut forged = frame.clone();
+    forged[26..30].copy_from_slice(&UNDERLAY.octets());
+    forged[24..26].copy_from_slice(&[0, 0]);
+    let cs = encap::checksum::checksum(&forged[14..34]);
+    forged[24..26].copy_from_slice(&cs.to_be_bytes());
+    let out = run_udp_super(&l, UPLINK, &forged, size);
+    assert!(out.iter().all(|(v, _)| *v == Verdict::Drop(DropReason::VxlanUnknownSource)), "{out:?}");
+    assert_eq!(l.drops(DropReason::VxlanUnknownSource), 4);
+    // A segment size below the least a datagram can carry: one drop, nothing cut.
+    assert!(run_udp_super(&l, UPLINK, &frame, 10).is_empty());
+    assert_eq!(l.drops(DropReason::GsoFailed), 1);
+}
+
+#[test]
+fn a_pods_udp_super_packet_is_cut_into_datagrams_with_their_checksums() {
+    let l = lab();
+    // pod-a1's UDP_SEGMENT send to pod-b1: 3000 bytes in 1000-byte datagrams.
+    let data: Vec<u8> = (0..3000).map(|i| (i % 241) as u8).collect();
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(POD_A1_MAC.0, CALI_A1_MAC.0)
+        .ipv4(POD_A1.octets(), POD_B1.octets(), 64)
+        .udp(7000, 7001)
+        .write(&mut f, &data)
+        .expect("build");
+    let out = run_udp_super(&l, CALI_A1, &f, 1000);
+    assert_eq!(out.len(), 3);
+    let mut got = Vec::new();
+    for (v, frame) in &out {
+        assert!(matches!(v, Verdict::Transmit { iface: UPLINK, .. }), "{v:?}");
+        let p = SlicedPacket::from_ethernet(frame).expect("parses");
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!("not IPv4") };
+        let Some(etherparse::TransportSlice::Udp(u)) = &p.transport else { panic!("not UDP") };
+        let want = u.to_header().calc_checksum_ipv4_raw(ip.header().source(), ip.header().destination(), u.payload());
+        assert_eq!(u.checksum(), want.expect("sum"), "UDP checksum");
+        assert_eq!(ip.header().ttl(), 63);
+        got.extend_from_slice(u.payload());
+    }
+    assert_eq!(got, data);
+}
