@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
 use encap::MacAddr;
-use netsys::{PacketSocket, RawIpipSocket, TunQueue};
+use netsys::{PacketSocket, RawIpipSocket, TunQueue, UdpTunnelSocket};
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,7 +98,13 @@ pub struct Dataplane {
     _ipip_guard: Option<RawIpipSocket>,
 }
 
-fn open_port(f: &crate::iface::Interface, worker: usize, workers: usize, rcvbuf: usize) -> io::Result<Port> {
+fn open_port(
+    f: &crate::iface::Interface,
+    node: Option<Ipv4Addr>,
+    worker: usize,
+    workers: usize,
+    rcvbuf: usize,
+) -> io::Result<Port> {
     let err = |e: io::Error| io::Error::new(e.kind(), format!("opening {} ({}): {e}", f.name, f.role.name()));
     match f.role {
         IfaceRole::Uplink { .. } | IfaceRole::Pod { .. } => {
@@ -115,6 +121,14 @@ fn open_port(f: &crate::iface::Interface, worker: usize, workers: usize, rcvbuf:
         IfaceRole::RawIpip => {
             let rx = worker == 0;
             RawIpipSocket::open(rx, rcvbuf).map(|sock| Port::Raw { sock, rx }).map_err(err)
+        }
+        // One per worker in a SO_REUSEPORT group: the kernel spreads flows over them.
+        IfaceRole::VxlanUdp => {
+            let Some(node) = node else {
+                return Err(err(io::Error::new(io::ErrorKind::InvalidInput, "no node address to bind")));
+            };
+            let addr = std::net::SocketAddrV4::new(node, encap::vxlan::PORT);
+            UdpTunnelSocket::open(addr, rcvbuf).map(|sock| Port::Udp { sock, node }).map_err(err)
         }
     }
 }
@@ -137,7 +151,7 @@ impl Dataplane {
         for index in 0..cfg.workers.max(1) {
             let mut ports = Vec::new();
             for (_, f) in ifaces.iter() {
-                ports.push(Some(open_port(f, index, cfg.workers.max(1), cfg.rcvbuf)?));
+                ports.push(Some(open_port(f, ifaces.node_addr(), index, cfg.workers.max(1), cfg.rcvbuf)?));
             }
             // Counters for every slot: interfaces added later count from the start.
             let c = Arc::new(Counters::new(MAX_IFACES));
@@ -237,7 +251,9 @@ impl Dataplane {
             return Err(io::Error::other(format!("no free interface slot for {} ({MAX_IFACES} in use)", f.name)));
         };
         let n = self.workers.len();
-        let ports = (0..n).map(|w| open_port(&f, w, n, self.rcvbuf)).collect::<io::Result<Vec<_>>>()?;
+        let ports = (0..n)
+            .map(|w| open_port(&f, self.ifaces.node_addr(), w, n, self.rcvbuf))
+            .collect::<io::Result<Vec<_>>>()?;
         let tx = if f.role.is_ethernet() { Some(PacketSocket::open_tx(f.ifindex)?) } else { None };
         for c in &self.counters {
             c.reset_iface(usize::from(id.0));
@@ -414,7 +430,7 @@ impl SlowPath {
         let sender_ip = match f.role {
             IfaceRole::Uplink { addr } => addr.addr(),
             IfaceRole::Pod { .. } => POD_GATEWAY,
-            IfaceRole::Tun | IfaceRole::RawIpip => return,
+            IfaceRole::Tun | IfaceRole::RawIpip | IfaceRole::VxlanUdp => return,
         };
         let mut frame = [0u8; ethernet::HEADER_LEN + encap::arp::PACKET_LEN];
         ethernet::emit_header(&mut frame, dst, f.mac, EtherType::Arp);

@@ -92,7 +92,8 @@ fn afpacket() -> &'static Node {
     })
 }
 
-/// The tun node: the kernel keeps the pods; the router sees tunl0 and the raw IPIP socket.
+/// The tun node: the kernel keeps the pods; the router sees tunl0, the raw IP socket and the
+/// VXLAN UDP socket.
 fn tun() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();
     NODE.get_or_init(|| {
@@ -110,6 +111,13 @@ fn tun() -> &'static Node {
                 mac: encap::MacAddr([0; 6]),
                 mtu: 1500,
                 role: IfaceRole::RawIpip,
+            },
+            Interface {
+                name: "vxlan-udp".into(),
+                ifindex: 0,
+                mac: encap::MacAddr([0; 6]),
+                mtu: 1500,
+                role: IfaceRole::VxlanUdp,
             },
         ]);
         let mut rs = routes(IfaceId(1));

@@ -17,12 +17,17 @@ pub enum IfaceRole {
     Uplink { addr: Ipv4Net },
     /// The host end of a pod's veth pair; the pod owns exactly `addr`.
     Pod { addr: Ipv4Addr },
-    /// `tun` mode: the userspace `tunl0`, a TUN device carrying bare IPv4 packets that the
-    /// kernel routed to it (and that we hand back after decapsulation).
+    /// The userspace tunnel device (`tunl0`, or `vxlan.calico` for VXLAN pools), a TUN device
+    /// carrying bare IPv4 packets that the kernel routed to it (and, in `tun` mode, that we
+    /// hand back after decapsulation).
     Tun,
-    /// `tun` mode: a raw IPv4 socket for protocol 4; outer packets go out and come in here,
-    /// routed by the kernel.
+    /// `tun` mode: a raw IPv4 socket for protocol 4; IPIP comes in here, and every outer
+    /// packet (IPIP or VXLAN, headers ours) goes out here, routed by the kernel.
     RawIpip,
+    /// `tun` mode: the UDP socket on the node's address and port 4789, where the kernel
+    /// delivers VXLAN. The worker puts the outer IPv4 and UDP headers the kernel took off back
+    /// in front, so the pipeline checks the datagram as it came.
+    VxlanUdp,
 }
 
 impl IfaceRole {
@@ -37,6 +42,7 @@ impl IfaceRole {
             IfaceRole::Pod { .. } => "pod",
             IfaceRole::Tun => "tun",
             IfaceRole::RawIpip => "raw-ipip",
+            IfaceRole::VxlanUdp => "vxlan-udp",
         }
     }
 }

@@ -14,7 +14,7 @@ use encap::gro;
 use encap::gso::{self, VnetHdr};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use netsys::{PacketSocket, RawIpipSocket, TunQueue};
+use netsys::{PacketSocket, RawIpipSocket, TunQueue, UdpTunnelSocket};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,6 +103,40 @@ pub enum Port {
     Tun(TunQueue),
     /// Outer IPIP packets (tun mode); `rx` false for a send-only socket.
     Raw { sock: RawIpipSocket, rx: bool },
+    /// VXLAN datagrams to the node's address (tun mode), received only.
+    Udp { sock: UdpTunnelSocket, node: std::net::Ipv4Addr },
+}
+
+/// Outer IPv4 and UDP headers, which the UDP socket's datagrams arrive without.
+const UDP_HEADERS: usize = encap::vxlan::OUTER_HEADERS;
+
+/// Receives one VXLAN datagram into `buf` behind room for its outer headers, and writes them
+/// back as they were on the wire but for what the socket does not tell: identification,
+/// DF and TTL (none of which decapsulation looks at). Returns the outer packet's length.
+fn recv_vxlan(sock: &UdpTunnelSocket, node: std::net::Ipv4Addr, buf: &mut [u8]) -> io::Result<usize> {
+    let Some(room) = buf.get_mut(UDP_HEADERS..) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    let d = sock.recv(room)?;
+    let len = UDP_HEADERS + d.len;
+    if len > buf.len() || len > usize::from(u16::MAX) {
+        // Truncated: counted as oversize by the caller.
+        return Ok(len);
+    }
+    encap::ipv4::Repr {
+        src: *d.src.ip(),
+        dst: node,
+        protocol: encap::ipv4::Protocol::Udp,
+        tos: d.tos,
+        ident: 0,
+        dont_frag: false,
+        ttl: 64,
+        payload_len: encap::udp::HEADER_LEN + d.len,
+    }
+    .emit(buf);
+    let udp = encap::udp::Repr { src_port: d.src.port(), dst_port: encap::vxlan::PORT, payload_len: d.len };
+    udp.emit(&mut buf[encap::ipv4::HEADER_LEN..]);
+    Ok(len)
 }
 
 impl Port {
@@ -112,6 +146,7 @@ impl Port {
         let one = |buf: &mut [u8]| match self {
             Port::Tun(t) => t.recv(buf),
             Port::Raw { sock, .. } => sock.recv(buf).map(|n| (n, VnetHdr::NONE)),
+            Port::Udp { sock, node } => recv_vxlan(sock, *node, buf).map(|n| (n, VnetHdr::NONE)),
             Port::Packet { .. } => Err(io::ErrorKind::Unsupported.into()),
         };
         if let Port::Packet { rx, .. } = self {
@@ -157,6 +192,7 @@ impl Port {
             Port::Packet { tx, .. } => tx.send(data),
             Port::Tun(t) => t.send(VnetHdr::NONE, data),
             Port::Raw { sock, .. } => sock.send(data),
+            Port::Udp { .. } => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -174,6 +210,7 @@ impl Port {
         match self {
             Port::Packet { rx, .. } => rx.take_drops().unwrap_or(0),
             Port::Raw { sock, rx: true } => sock.take_drops().unwrap_or(0),
+            Port::Udp { sock, .. } => sock.take_drops().unwrap_or(0),
             _ => 0,
         }
     }
@@ -183,6 +220,7 @@ impl Port {
             Port::Packet { rx, .. } => rx.as_raw_fd(),
             Port::Tun(t) => t.as_raw_fd(),
             Port::Raw { sock, .. } => sock.as_raw_fd(),
+            Port::Udp { sock, .. } => sock.as_raw_fd(),
         }
     }
 }

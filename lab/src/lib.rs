@@ -134,9 +134,6 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
         None => (Topology::parse(Path::new("seed.toml (built in)"), topology::SEED)?, "seed (built in)".to_string()),
     };
     (topo.ipip_mode, topo.vxlan_mode) = encap_modes(&topo, opts)?;
-    if topo.vxlan_mode != IpipMode::Never && opts.dataplane == DataplaneMode::Tun {
-        bail!("VXLAN runs on the afpacket data plane; the tun data plane carries IPIP only");
-    }
     if opts.dataplane == DataplaneMode::Tun {
         if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
             bail!("the tun data plane needs /dev/net/tun, which this user cannot open ({e}); use the default afpacket data plane, or run the lab as root");

@@ -673,6 +673,115 @@ impl AsRawFd for RawIpipSocket {
     }
 }
 
+/// A UDP socket for the tunnel's datagrams (VXLAN on the tun data plane): bound to the
+/// node's address and port, one per worker in a `SO_REUSEPORT` group so that the kernel
+/// spreads flows over them. It reports each datagram's sender and the outer IPv4 TOS
+/// (`IP_RECVTOS`), which decapsulation needs for ECN (RFC 6040).
+#[derive(Debug)]
+pub struct UdpTunnelSocket {
+    fd: OwnedFd,
+    drops_seen: std::sync::atomic::AtomicU32,
+}
+
+/// A datagram [`UdpTunnelSocket::recv`] read: its length, its sender and the outer TOS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpDatagram {
+    pub len: usize,
+    pub src: std::net::SocketAddrV4,
+    pub tos: u8,
+}
+
+impl UdpTunnelSocket {
+    pub fn open(addr: std::net::SocketAddrV4, rcvbuf: usize) -> io::Result<Self> {
+        // SAFETY: socket(2) with constant arguments; checked below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)?;
+        setsockopt(fd.as_fd(), libc::IPPROTO_IP, libc::IP_RECVTOS, &one)?;
+        let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
+        setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
+        let sin = sockaddr_in(addr);
+        // SAFETY: sin is a valid sockaddr_in of the length passed.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sin as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("binding UDP {addr}: {e}")));
+        }
+        Ok(UdpTunnelSocket { fd, drops_seen: Default::default() })
+    }
+
+    /// Receives one datagram's payload into `buf`.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<UdpDatagram> {
+        // SAFETY: sockaddr_in, iovec and msghdr are plain data; all-zero is a valid start.
+        let mut from: libc::sockaddr_in = unsafe { zeroed() };
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // Room for one IP_TOS message (a cmsghdr and an int, aligned).
+        let mut control = [0u64; 8];
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_name = (&mut from as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control) as _;
+        // SAFETY: every pointer in msg refers to a live buffer of the length given.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut tos = 0;
+        // SAFETY: the kernel filled msg_control up to msg_controllen; the CMSG macros walk it
+        // within that length, and IP_TOS carries at least one byte.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
+                    tos = *libc::CMSG_DATA(c);
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let ip = std::net::Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr));
+        Ok(UdpDatagram { len: n as usize, src: std::net::SocketAddrV4::new(ip, u16::from_be(from.sin_port)), tos })
+    }
+
+    /// Datagrams the kernel dropped because this socket's queue was full, since the last call.
+    pub fn take_drops(&self) -> io::Result<u64> {
+        let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+        getsockopt(self.fd.as_fd(), libc::SOL_SOCKET, SO_MEMINFO, &mut info)?;
+        let total = info[libc::SK_MEMINFO_DROPS as usize];
+        let before = self.drops_seen.swap(total, std::sync::atomic::Ordering::Relaxed);
+        Ok(u64::from(total.wrapping_sub(before)))
+    }
+}
+
+fn sockaddr_in(addr: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: zeroed sockaddr_in is valid; we fill family, port and address.
+    let mut sin: libc::sockaddr_in = unsafe { zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = addr.port().to_be();
+    sin.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+    sin
+}
+
+impl AsRawFd for UdpTunnelSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// One queue of a multi-queue TUN device carrying bare IPv4 packets (IFF_TUN | IFF_NO_PI).
 #[derive(Debug)]
 pub struct TunQueue {

@@ -39,6 +39,10 @@ pub enum IpipMode {
     Never,
 }
 
+/// Calico's names for a node's tunnel devices.
+pub const IPIP_DEVICE: &str = "tunl0";
+pub const VXLAN_DEVICE: &str = "vxlan.calico";
+
 impl IpipMode {
     pub fn name(&self) -> &'static str {
         match self {
@@ -199,6 +203,31 @@ impl NodeConfig {
     /// Whether some pool uses VXLAN.
     pub fn uses_vxlan(&self) -> bool {
         self.pools.iter().any(|p| p.vxlan_mode != IpipMode::Never)
+    }
+
+    /// Whether some pool uses IPIP or VXLAN.
+    pub fn uses_tunnel(&self) -> bool {
+        self.pools.iter().any(|p| p.tunnel_overhead() > 0)
+    }
+
+    /// The TUN device through which the node's own traffic enters the tunnel (and in tun
+    /// mode the pods' too), named as Calico names its tunnel devices: `vxlan.calico` where
+    /// the pools tunnel only with VXLAN, `tunl0` otherwise. The name is what a user sees;
+    /// what is wrapped how is the FIB's business, whatever device a packet came through.
+    pub fn tunnel_device(&self) -> &'static str {
+        let ipip = self.pools.iter().any(|p| p.ipip_mode != IpipMode::Never);
+        if self.uses_vxlan() && !ipip {
+            VXLAN_DEVICE
+        } else {
+            IPIP_DEVICE
+        }
+    }
+
+    /// The tunnel device's MTU: the underlay's less the largest overhead of the pools'
+    /// tunnels (1450 for VXLAN on 1500, 1480 for IPIP).
+    pub fn tunnel_device_mtu(&self, underlay_mtu: u16) -> u16 {
+        let overhead = self.pools.iter().map(Pool::tunnel_overhead).max().unwrap_or(0);
+        underlay_mtu.saturating_sub(overhead.max(encap::ipip::OVERHEAD as u16))
     }
 }
 

@@ -796,13 +796,13 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             if let Some(from) = pods.first() {
                 if let Some(to) = pods.iter().find(|p| p.parent != from.parent) {
                     let addr = to.addresses.first().map_or("", |a| a.split('/').next().unwrap_or(a));
-                    println!("  router{flag} lab exec {} -- ping -c 3 {addr}", from.name);
+                    println!("  router lab exec{flag} {} -- ping -c 3 {addr}", from.name);
                 }
             }
             if let Some(node) = st.hosts.iter().find(|h| h.role == Role::Node) {
-                println!("  router{flag} routes --node {}", node.name);
+                println!("  router routes{flag} --node {}", node.name);
             }
-            println!("  router{flag} lab down");
+            println!("  router lab down{flag}");
             Ok(0)
         }
         LabCmd::Down { json } => {

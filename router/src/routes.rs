@@ -48,9 +48,6 @@ pub struct Table {
     with_entries: bool,
 }
 
-/// Name of the userspace tunnel device in tun mode.
-pub const TUN_NAME: &str = "tunl0";
-
 fn flags(prefix: &Ipv4Net, gateway: bool, reject: bool) -> String {
     let mut f = String::from("U");
     if gateway {
@@ -125,6 +122,7 @@ fn build_inner(
     let uplink = ifaces.by_name(up_name);
     let raw = ifaces.by_role(|r| *r == IfaceRole::RawIpip);
     let tun_if = ifaces.by_role(|r| *r == IfaceRole::Tun);
+    let tun_dev = cfg.tunnel_device();
     let out_if: Option<IfaceId> = if tun { raw } else { uplink };
     let Some(out_if) = out_if else {
         return Err(format!("the data plane has no interface for the uplink {up_name}"));
@@ -269,8 +267,9 @@ fn build_inner(
                 _ => format!("{gw} is outside {subnet} ({mode_name} CrossSubnet)"),
             };
             let (nh, dev) = match tunnel {
-                Encap::Ipip if tun => (NextHop::Ipip { iface: out_if, gateway: gw, remote: gw }, TUN_NAME),
+                Encap::Ipip if tun => (NextHop::Ipip { iface: out_if, gateway: gw, remote: gw }, tun_dev),
                 Encap::Ipip => (NextHop::Ipip { iface: out_if, gateway: hop, remote: gw }, up_name),
+                Encap::Vxlan if tun => (NextHop::Vxlan { iface: out_if, gateway: gw, remote: gw }, tun_dev),
                 Encap::Vxlan => (NextHop::Vxlan { iface: out_if, gateway: hop, remote: gw }, up_name),
             };
             t.push(Row {
@@ -287,7 +286,7 @@ fn build_inner(
             // afpacket: the node's own traffic to these blocks goes into tunl0, where the
             // router wraps it (without tunl0, the kernel has no way there).
             if tun || (tun_if.is_some() && (in_pool || src != RouteSource::Bgp)) {
-                t.kernel.push(KernelRoute::Dev { prefix: r.prefix, dev: TUN_NAME.into() });
+                t.kernel.push(KernelRoute::Dev { prefix: r.prefix, dev: tun_dev.into() });
             }
         } else {
             let why = || match (in_pool, on_link) {
@@ -480,14 +479,14 @@ via = "192.168.100.1"
     fn afpacket_routes_the_nodes_own_traffic_for_tunnelled_blocks_into_tunl0() {
         let c = cfg("CrossSubnet", "afpacket");
         let dev = |t: &Table, p: &str| {
-            t.kernel.contains(&KernelRoute::Dev { prefix: p.parse().expect("net"), dev: TUN_NAME.into() })
+            t.kernel.contains(&KernelRoute::Dev { prefix: p.parse().expect("net"), dev: "tunl0".into() })
         };
         // Without a tunl0 the kernel has no route there at all.
         let t = build(&c, &afpacket_ifaces(&c), &[]).expect("table");
         assert!(!dev(&t, "10.244.3.0/26"));
         let mut list: Vec<Interface> = afpacket_ifaces(&c).iter().map(|(_, f)| f.clone()).collect();
         list.push(Interface {
-            name: TUN_NAME.into(),
+            name: "tunl0".into(),
             ifindex: 0,
             mac: encap::MacAddr::ZERO,
             mtu: 1480,
@@ -519,7 +518,7 @@ via = "192.168.100.1"
                 mtu: 1500,
                 role: IfaceRole::RawIpip,
             },
-            Interface { name: TUN_NAME.into(), ifindex: 0, mac: encap::MacAddr::ZERO, mtu: 1480, role: IfaceRole::Tun },
+            Interface { name: "tunl0".into(), ifindex: 0, mac: encap::MacAddr::ZERO, mtu: 1480, role: IfaceRole::Tun },
         ])
         .with_node_addr(c.uplink.address.addr());
         let t = build(&c, &ifaces, &[]).expect("table");
@@ -539,5 +538,30 @@ via = "192.168.100.1"
             dev: "eth0".into()
         }));
         assert!(t.kernel.contains(&KernelRoute::Blackhole { prefix: "10.244.1.0/26".parse().expect("net") }));
+    }
+
+    #[test]
+    fn tun_mode_routes_vxlan_blocks_into_vxlan_calico_and_wraps_for_the_raw_socket() {
+        let c = NodeConfig::parse(
+            Path::new("n.toml"),
+            &CFG.replace("ipip_mode = \"CrossSubnet\"", "ipip_mode = \"Never\"\nvxlan_mode = \"CrossSubnet\"")
+                .replace("name = \"node-a\"", "name = \"node-a\"\ndataplane = \"tun\""),
+        )
+        .expect("config");
+        assert_eq!((c.tunnel_device(), c.tunnel_device_mtu(1500)), ("vxlan.calico", 1450));
+        let z = encap::MacAddr::ZERO;
+        let ifaces = Interfaces::new(vec![
+            Interface { name: "raw-ipip".into(), ifindex: 0, mac: z, mtu: 1500, role: IfaceRole::RawIpip },
+            Interface { name: "vxlan-udp".into(), ifindex: 0, mac: z, mtu: 1500, role: IfaceRole::VxlanUdp },
+            Interface { name: "vxlan.calico".into(), ifindex: 0, mac: z, mtu: 1450, role: IfaceRole::Tun },
+        ])
+        .with_node_addr(c.uplink.address.addr());
+        let t = build(&c, &ifaces, &[]).expect("table");
+        let (e, nh) = row(&t, "10.244.3.0/26");
+        assert_eq!((e.interface.as_deref(), e.encap.as_str()), (Some("vxlan.calico"), "vxlan"));
+        let node_c = ip("192.168.200.101");
+        assert_eq!(nh, NextHop::Vxlan { iface: IfaceId(0), gateway: node_c, remote: node_c });
+        let dev = KernelRoute::Dev { prefix: "10.244.3.0/26".parse().expect("net"), dev: "vxlan.calico".into() };
+        assert!(t.kernel.contains(&dev), "{:?}", t.kernel);
     }
 }

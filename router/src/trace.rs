@@ -105,7 +105,7 @@ pub fn hop(
         out_outer: None,
         out_tunnel: None,
     };
-    let is_tun_in = ifaces.get(e.ingress).is_some_and(|f| f.role == IfaceRole::Tun);
+    let tun_in = ifaces.get(e.ingress).filter(|f| f.role == IfaceRole::Tun).map(|f| f.name.as_str());
     match &e.outcome {
         Outcome::Dropped(r) => {
             h.action = "drop".into();
@@ -168,8 +168,8 @@ pub fn hop(
             if h.action.is_empty() {
                 h.action = "forward".into();
             }
-            if is_tun_in && h.action == "forward" {
-                h.reason = "routed into tunl0 by the kernel".into();
+            if let Some(dev) = tun_in.filter(|_| h.action == "forward") {
+                h.reason = format!("routed into {dev} by the kernel");
             }
         }
     }

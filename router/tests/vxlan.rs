@@ -1,5 +1,5 @@
-//! VXLAN (vxlanMode) end to end on the afpacket data plane: the seed lab with `--vxlan-mode`,
-//! pods pinging across it, the underlay seen with tshark. These build namespaces (root).
+//! VXLAN (vxlanMode) end to end on both data planes: the seed lab with `--vxlan-mode`, pods
+//! and nodes pinging across it, the underlay seen with tshark. These build namespaces (root).
 
 mod support;
 
@@ -112,5 +112,51 @@ fn ipip_and_vxlan_together_are_refused_with_a_reason() {
     let out = lab.router(&["lab", "up", "--ipip-mode", "always", "--vxlan-mode", "always"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("a pool uses IPIP or VXLAN, not both"), "{}", text(&out.stderr));
+    assert!(lab.leftover_namespaces().is_empty());
+}
+
+#[test]
+fn the_nodes_own_traffic_goes_through_vxlan_calico() {
+    let lab = TestLab::up(&["--vxlan-mode", "cross-subnet"]);
+    // Like Calico's, the device for the node's own traffic into the tunnel is vxlan.calico,
+    // with the VXLAN MTU, and the kernel's route to node-c's block points into it.
+    let link = text(&lab.exec("node-a", &["ip", "-o", "link", "show", "vxlan.calico"]).stdout);
+    assert!(link.contains("mtu 1450"), "{link}");
+    let route = text(&lab.exec("node-a", &["ip", "route", "show", "10.244.3.0/26"]).stdout);
+    assert!(route.contains("dev vxlan.calico"), "{route}");
+    assert!(!text(&lab.exec("node-a", &["ip", "link"]).stdout).contains("tunl0"));
+    let out = lab.exec("node-a", &["ping", "-c", "2", "-W", "2", POD_C1]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn vxlan_on_the_tun_data_plane_carries_pods_and_nodes() {
+    let lab = TestLab::named();
+    let up = lab.router(&["lab", "up", "--dataplane", "tun", "--vxlan-mode", "cross-subnet"]);
+    let said = text(&up.stdout);
+    assert!(up.status.success(), "{said}{}", text(&up.stderr));
+    every_pod_reaches_every_other(&lab);
+    let out = lab.exec("node-a", &["ping", "-c", "2", "-W", "2", POD_C1]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(encap_of(&lab, "node-a", "10.244.3.0/26"), "vxlan");
+    // The kernel routes into vxlan.calico; the router wraps in UDP 4789 toward node-c.
+    let cap = start_capture(&lab, "underlay", "eth0", "udp port 4789", 2);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.3", "-W", "2", POD_C1]);
+    assert!(ok, "{out}");
+    let rows = cap.fields(&["ip.src", "vxlan.vni", "icmp.type"]);
+    assert!(rows.iter().any(|r| r[0] == format!("{NODE_A},{POD_A1}") && r[1] == "4096"), "{rows:?}");
+    for node in ["node-a", "node-c"] {
+        let stats = lab.json(&["stats", "--node", node, "--json"]);
+        assert!(stats["vxlan_encapsulated"].as_u64().unwrap_or(0) > 0, "{node}: {stats}");
+        assert!(stats["vxlan_decapsulated"].as_u64().unwrap_or(0) > 0, "{node}: {stats}");
+    }
+    // What `lab up` suggests works as printed.
+    let tries: Vec<&str> = said.lines().skip_while(|l| *l != "try:").skip(1).map(str::trim).collect();
+    assert_eq!(tries.len(), 3, "{said}");
+    for t in tries {
+        let args: Vec<&str> = t.split_whitespace().skip(1).collect();
+        let out = lab.router(&args);
+        assert!(out.status.success(), "{t}: {}{}", text(&out.stdout), text(&out.stderr));
+    }
     assert!(lab.leftover_namespaces().is_empty());
 }

@@ -140,6 +140,7 @@ pub fn process_l3(ctx: &Context<'_>, counters: &Counters, in_if: IfaceId, buf: &
     let v = match ctx.ifaces.get(in_if).map(|f| f.role) {
         Some(IfaceRole::Tun) => ip_input(ctx, counters, Ingress::Tun, buf, span.start, span.end),
         Some(IfaceRole::RawIpip) => ip_input(ctx, counters, Ingress::RawIpip, buf, span.start, span.end),
+        Some(IfaceRole::VxlanUdp) => ip_input(ctx, counters, Ingress::VxlanUdp, buf, span.start, span.end),
         _ => Verdict::Pass,
     };
     count(counters, v)
@@ -163,6 +164,8 @@ enum Ingress {
     Tun,
     /// IPIP delivered to the node address by the kernel, on the raw socket.
     RawIpip,
+    /// VXLAN delivered to the node's UDP port 4789 by the kernel (outer headers rebuilt).
+    VxlanUdp,
 }
 
 fn classify(ctx: &Context<'_>, counters: &Counters, in_if: IfaceId, buf: &mut [u8], span: Span) -> Verdict {
@@ -233,7 +236,7 @@ fn arp(iface: &Interface, in_if: IfaceId, counters: &Counters, buf: &mut [u8], s
                 Verdict::Pass
             }
         }
-        IfaceRole::Tun | IfaceRole::RawIpip => Verdict::Pass,
+        IfaceRole::Tun | IfaceRole::RawIpip | IfaceRole::VxlanUdp => Verdict::Pass,
     }
 }
 
@@ -316,6 +319,7 @@ fn ip_input(
         // Our pods' addresses are ours: from the underlay they are forged.
         Ingress::Uplink if ctx.fib.tunnels().is_local_pod(src) => return Verdict::Drop(DropReason::Spoofed),
         Ingress::RawIpip => return decapsulate(ctx, counters, buf, l3, end, true),
+        Ingress::VxlanUdp => return vxlan_decapsulate(ctx, counters, buf, l3, end, true),
         // We never send IPIP as one super-packet, and its inner packets' segment size is
         // not the outer one's.
         Ingress::Uplink if proto == ipv4::Protocol::IpIp && ctx.gso.is_some() => {
@@ -327,7 +331,7 @@ fn ip_input(
         Some(NextHop::Host) => match ingress {
             Ingress::Uplink if proto == ipv4::Protocol::IpIp => decapsulate(ctx, counters, buf, l3, end, false),
             Ingress::Uplink if proto == ipv4::Protocol::Udp && is_vxlan(&buf[l3..end]) => {
-                vxlan_decapsulate(ctx, counters, buf, l3, end)
+                vxlan_decapsulate(ctx, counters, buf, l3, end, false)
             }
             _ => Verdict::Pass,
         },
@@ -383,8 +387,16 @@ fn is_vxlan(ip: &[u8]) -> bool {
 }
 
 /// Unwraps VXLAN addressed to this node, from a node of the cluster (or an allowed range),
-/// on the pod network's VNI, and forwards the pod packet inside.
-fn vxlan_decapsulate(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end: usize) -> Verdict {
+/// on the pod network's VNI, and forwards the pod packet inside (`to_tun`: hands it to the
+/// kernel through the tunnel device).
+fn vxlan_decapsulate(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    buf: &mut [u8],
+    l3: usize,
+    end: usize,
+    to_tun: bool,
+) -> Verdict {
     let outer_src = ipv4::Packet::new_unchecked(&buf[l3..end]).src();
     if !ctx.fib.tunnels().allows(outer_src) {
         return Verdict::Drop(DropReason::VxlanUnknownSource);
@@ -397,7 +409,7 @@ fn vxlan_decapsulate(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3:
         return Verdict::Drop(DropReason::VxlanWrongVni);
     }
     bump(&counters.vxlan_decapsulated, 1);
-    from_tunnel(ctx, counters, buf, d.start, d.end, false)
+    from_tunnel(ctx, counters, buf, d.start, d.end, to_tun)
 }
 
 /// Resolves a route to the interface and neighbour a packet leaves by.

@@ -1151,3 +1151,57 @@ fn a_pods_udp_super_packet_is_cut_into_datagrams_with_their_checksums() {
     }
     assert_eq!(got, data);
 }
+
+#[test]
+fn tun_mode_wraps_vxlan_for_the_raw_socket_and_unwraps_what_the_udp_socket_got() {
+    let (raw, udp, tun) = (IfaceId(0), IfaceId(1), IfaceId(2));
+    let ifaces = Interfaces::new(vec![
+        Interface { name: "raw-ipip".into(), ifindex: 0, mac: MacAddr::ZERO, mtu: 1500, role: IfaceRole::RawIpip },
+        Interface { name: "vxlan-udp".into(), ifindex: 0, mac: MacAddr::ZERO, mtu: 1500, role: IfaceRole::VxlanUdp },
+        Interface { name: "vxlan.calico".into(), ifindex: 9, mac: MacAddr::ZERO, mtu: 1450, role: IfaceRole::Tun },
+    ])
+    .with_node_addr(NODE_A);
+    let fib = Fib::build(&[
+        Route {
+            prefix: "10.244.3.0/26".parse().expect("net"),
+            next_hop: NextHop::Vxlan { iface: raw, gateway: NODE_C, remote: NODE_C },
+        },
+        Route { prefix: "10.244.1.0/26".parse().expect("net"), next_hop: NextHop::Host },
+    ])
+    .with_tunnels(Tunnels {
+        ttl: 64,
+        peers: [NODE_C].into_iter().collect(),
+        allowed: vec![],
+        local_pods: vec![POD_A1],
+    });
+    let neigh = NeighTable::default();
+    let counters = Counters::new(3);
+    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, gso: None };
+    let run = |in_if, pkt: &[u8]| {
+        let mut buf = vec![0u8; BUF];
+        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
+        let v = process_l3(&ctx, &counters, in_if, &mut buf, Span { start: HEADROOM, end: HEADROOM + pkt.len() });
+        let out = match v {
+            Verdict::Transmit { span, .. } => buf[span.start..span.end].to_vec(),
+            _ => Vec::new(),
+        };
+        (v, out)
+    };
+    // Out: what the kernel routed into vxlan.calico leaves by the raw socket as a whole
+    // outer IPv4/UDP packet to node-c.
+    let ping = from_pod_a1(POD_C1, 63)[14..].to_vec();
+    let (v, wire) = run(tun, &ping);
+    assert!(matches!(v, Verdict::Transmit { iface, .. } if iface == raw), "{v:?}");
+    let d = encap::vxlan::parse(&wire).expect("VXLAN");
+    assert_eq!((d.vni, &wire[d.inner_start..]), (4096, &ping[..]));
+    assert_eq!(ipv4::Packet::new_checked(&wire[..]).expect("outer").dst(), NODE_C);
+    // In: a datagram from node-c, with the outer headers the worker rebuilt, goes back to the
+    // kernel through vxlan.calico; from a host that is not a node, it is dropped.
+    let back = echo(MacAddr::ZERO, MacAddr::ZERO, POD_C1, POD_A1, 63)[14..].to_vec();
+    let frame = vxlan_frame(NODE_C, 4096, &back);
+    let (v, out) = run(udp, &frame[14..]);
+    assert!(matches!(v, Verdict::Transmit { iface, .. } if iface == tun), "{v:?}");
+    assert_eq!(out, back);
+    let frame = vxlan_frame(UNDERLAY, 4096, &back);
+    assert_eq!(run(udp, &frame[14..]).0, Verdict::Drop(DropReason::VxlanUnknownSource));
+}

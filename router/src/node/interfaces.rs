@@ -4,17 +4,22 @@
 use super::*;
 
 /// Finds the data plane's interfaces in this network namespace: the uplink, every pod
-/// interface and, when a pool uses IPIP, `tunl0` for the node's own traffic into the tunnel
-/// (afpacket); or the raw IPIP socket and `tunl0` (tun).
+/// interface and, when a pool tunnels, the tunnel device (`tunl0` or `vxlan.calico`) for the
+/// node's own traffic into the tunnel (afpacket); or the raw IP socket, the VXLAN UDP socket
+/// when a pool uses VXLAN, and the tunnel device (tun).
 pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
     let mut list = Vec::new();
     let up = netsys::link_info(&cfg.uplink.interface)
         .with_context(|| format!("uplink interface {} (from the config)", cfg.uplink.interface))?;
+    let (dev, dev_mtu) = (cfg.tunnel_device(), cfg.tunnel_device_mtu(up.mtu));
     if cfg.dataplane == DataplaneMode::Tun {
         let zero = encap::MacAddr::ZERO;
         list.push(Interface { name: "raw-ipip".into(), ifindex: 0, mac: zero, mtu: up.mtu, role: IfaceRole::RawIpip });
-        let mtu = up.mtu.saturating_sub(encap::ipip::OVERHEAD as u16);
-        list.push(Interface { name: routes::TUN_NAME.into(), ifindex: 0, mac: zero, mtu, role: IfaceRole::Tun });
+        if cfg.uses_vxlan() {
+            let role = IfaceRole::VxlanUdp;
+            list.push(Interface { name: "vxlan-udp".into(), ifindex: 0, mac: zero, mtu: up.mtu, role });
+        }
+        list.push(Interface { name: dev.into(), ifindex: 0, mac: zero, mtu: dev_mtu, role: IfaceRole::Tun });
         return Ok(Interfaces::new(list).with_node_addr(cfg.uplink.address.addr()));
     }
     list.push(Interface {
@@ -38,37 +43,35 @@ pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
             role: IfaceRole::Pod { addr: p.address },
         });
     }
-    // The node's kernel cannot wrap IPIP itself. As in Calico, its routes to the blocks
-    // behind the tunnel point into `tunl0`, and the router wraps what it reads there: a
-    // host-network process reaches pods on other subnets, and their replies reach it.
-    let dev = Path::new("/sys/class/net").join(routes::TUN_NAME);
-    if cfg.pools.iter().any(|p| p.ipip_mode != IpipMode::Never) {
-        if dev.exists() && !dev.join("tun_flags").exists() {
+    // The node's kernel cannot wrap IPIP or VXLAN itself. As in Calico, its routes to the
+    // blocks behind the tunnel point into the tunnel device, and the router wraps what it
+    // reads there: a host-network process reaches pods on other subnets, and their replies
+    // reach it.
+    let path = Path::new("/sys/class/net").join(dev);
+    if cfg.uses_tunnel() {
+        if path.exists() && !path.join("tun_flags").exists() {
             // Where the kernel has its ipip module, it made a tunl0 of its own in every
             // namespace; the pods' traffic does not need ours.
             tracing::warn!(
-                "{} exists and is not a TUN device (the kernel's ipip module?): the node's own traffic to pods behind the tunnel will not reach them",
-                routes::TUN_NAME
+                "{dev} exists and is not a TUN device (the kernel's ipip or vxlan module?): the node's own traffic to pods behind the tunnel will not reach them"
             );
             return Ok(Interfaces::new(list));
         }
         if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
             // A user without root where /dev/net/tun is 0600: everything but this works.
             tracing::warn!(
-                "no {}: /dev/net/tun cannot be opened ({e}), so this node's own processes cannot reach pods behind the tunnel (pods can)",
-                routes::TUN_NAME
+                "no {dev}: /dev/net/tun cannot be opened ({e}), so this node's own processes cannot reach pods behind the tunnel (pods can)"
             );
             return Ok(Interfaces::new(list));
         }
-        let mtu = up.mtu.saturating_sub(encap::ipip::OVERHEAD as u16);
         let zero = encap::MacAddr::ZERO;
-        list.push(Interface { name: routes::TUN_NAME.into(), ifindex: 0, mac: zero, mtu, role: IfaceRole::Tun });
+        list.push(Interface { name: dev.into(), ifindex: 0, mac: zero, mtu: dev_mtu, role: IfaceRole::Tun });
     }
     Ok(Interfaces::new(list))
 }
 
 /// afpacket: kernel forwarding would forward every packet a second time. tun: the kernel
-/// forwards pod traffic into `tunl0` and out of it, so it must be on.
+/// forwards pod traffic into the tunnel device and out of it, so it must be on.
 pub(super) fn check_kernel_forwarding(mode: DataplaneMode) -> anyhow::Result<()> {
     let v = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
     match (mode, v.trim()) {
@@ -78,7 +81,7 @@ pub(super) fn check_kernel_forwarding(mode: DataplaneMode) -> anyhow::Result<()>
              or run the node in its own namespace (`router lab up` does)"
         ),
         (DataplaneMode::Tun, "0") => bail!(
-            "the tun data plane lets the kernel forward pod traffic to and from tunl0, but \
+            "the tun data plane lets the kernel forward pod traffic to and from the tunnel device, but \
              net.ipv4.ip_forward=0 here; turn it on (`sysctl -w net.ipv4.ip_forward=1`) or use \
              `router lab up --dataplane tun`, which does"
         ),

@@ -55,13 +55,13 @@ impl Node {
         self.kernel = installed;
     }
 
-    /// The kernel drops what tunl0's queue cannot hold before we read it; those packets are
+    /// The kernel drops what the tunnel device's queue cannot hold before we read it; those are
     /// ours to count too.
     pub(super) fn account_tun_drops(&mut self) {
         if self.dp.interfaces().by_role(|r| *r == IfaceRole::Tun).is_none() {
             return;
         }
-        let path = format!("/sys/class/net/{}/statistics/tx_dropped", routes::TUN_NAME);
+        let path = format!("/sys/class/net/{}/statistics/tx_dropped", self.cfg.tunnel_device());
         let Some(now) = std::fs::read_to_string(path).ok().and_then(|v| v.trim().parse::<u64>().ok()) else { return };
         if let Some(before) = self.tun_dropped {
             self.dp.count_kernel_drops(forwarding::DropReason::RxQueueFull, now.saturating_sub(before));

@@ -18,7 +18,7 @@ use ipnet::{IpNet, Ipv4Net};
 use mio::{Events, Poll, Token};
 use nodeapi::admin::RouteEntry;
 use nodeapi::admin::{self, Request};
-use nodeapi::config::{DataplaneMode, IpipMode, NodeConfig};
+use nodeapi::config::{DataplaneMode, NodeConfig};
 use nodeapi::ipcmd;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -266,9 +266,10 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
         let mtu = node.dp.interfaces().get(tun).map_or(1480, |f| f.mtu).to_string();
         // A longer queue than TUN's default 500 absorbs bursts while a worker is busy.
-        if let Err(e) = ipcmd::ip(&["link", "set", routes::TUN_NAME, "up", "mtu", &mtu, "txqueuelen", "10000"]) {
+        let dev = node.cfg.tunnel_device();
+        if let Err(e) = ipcmd::ip(&["link", "set", dev, "up", "mtu", &mtu, "txqueuelen", "10000"]) {
             node.dp.stop();
-            return Err(e.context("bringing tunl0 up"));
+            return Err(e.context(format!("bringing {dev} up")));
         }
     }
     node.flush_kernel();

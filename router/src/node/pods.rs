@@ -81,7 +81,7 @@ impl Node {
         if !valid_ifname(&spec.interface) {
             bail!("interface name {:?} must be 1-15 characters of a-z, A-Z, 0-9, '-', '_' and '.'", spec.interface);
         }
-        if spec.interface == self.cfg.uplink.interface || spec.interface == routes::TUN_NAME {
+        if spec.interface == self.cfg.uplink.interface || spec.interface == self.cfg.tunnel_device() {
             bail!("{} is not a pod interface on this node", spec.interface);
         }
         if spec.address == self.cfg.uplink.address.addr() || spec.address.is_unspecified() {
