@@ -94,8 +94,10 @@ pub struct Dataplane {
     tracer: Arc<crate::trace::Tracer>,
     /// Drops the control thread learns about from the kernel (the TUN queue).
     control: Arc<Counters>,
-    /// Held open so that the kernel does not answer IPIP with "protocol unreachable".
+    /// Held open so that the kernel does not answer IPIP with "protocol unreachable", nor
+    /// VXLAN with "port unreachable" (afpacket: the router took its copy already).
     _ipip_guard: Option<RawIpipSocket>,
+    _vxlan_guard: Option<UdpTunnelSocket>,
 }
 
 fn open_port(
@@ -191,6 +193,16 @@ impl Dataplane {
         }
         let has_uplink = ifaces.iter().any(|(_, f)| matches!(f.role, IfaceRole::Uplink { .. }));
         let ipip_guard = if has_uplink { Some(RawIpipSocket::open(false, 0)?) } else { None };
+        let vxlan_guard = match ifaces.node_addr().filter(|_| has_uplink) {
+            Some(node) => {
+                let addr = std::net::SocketAddrV4::new(node, encap::vxlan::PORT);
+                // Without it VXLAN still flows; the senders just get an ICMP error per second.
+                UdpTunnelSocket::guard(addr)
+                    .inspect_err(|e| tracing::warn!(%addr, error = %e, "no VXLAN port guard: the kernel will answer VXLAN with port unreachable"))
+                    .ok()
+            }
+            None => None,
+        };
         let slow_counters = Arc::new(Counters::new(MAX_IFACES));
         counters.push(slow_counters.clone());
         let control = Arc::new(Counters::new(MAX_IFACES));
@@ -230,6 +242,7 @@ impl Dataplane {
             tracer,
             control,
             _ipip_guard: ipip_guard,
+            _vxlan_guard: vxlan_guard,
         })
     }
 

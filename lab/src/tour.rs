@@ -23,14 +23,19 @@ impl Tour<'_> {
         println!("\n── {}. {t}\n{claim}", self.step);
     }
 
-    /// Runs `router --lab NAME args...` and shows the command and its output.
+    /// Runs `router args...` in the lab and shows the command and its output.
     fn router(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.router_in(&self.lab.name, args)
+    }
+
+    /// [`Tour::router`] in the lab named `lab` (the tour's own, or its VXLAN twin).
+    fn router_in(&self, lab: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut shown = vec!["router"];
         shown.extend_from_slice(args);
         println!("  $ {}", shown.join(" "));
         let out = Command::new(self.exe)
             .args(args)
-            .env("ROUTER_LAB", &self.lab.name)
+            .env("ROUTER_LAB", lab)
             .env("ROUTER_LAB_DIR", self.lab.dir.parent().unwrap_or(Path::new("/")))
             .output()
             .with_context(|| format!("running {}", shown.join(" ")))?;
@@ -41,14 +46,24 @@ impl Tour<'_> {
 
     /// `router lab exec HOST -- cmd...`; fails the tour when `must_succeed` and it fails.
     fn exec(&self, host: &str, cmd: &[&str], must_succeed: bool) -> anyhow::Result<String> {
-        let mut args = vec!["lab", "exec", host, "--"];
+        self.exec_in(&self.lab.name, host, cmd, must_succeed)
+    }
+
+    /// [`Tour::exec`] in the lab named `lab`, which the command line then names.
+    fn exec_in(&self, lab: &str, host: &str, cmd: &[&str], must_succeed: bool) -> anyhow::Result<String> {
+        let named = format!("--lab={lab}");
+        let mut args = vec!["lab", "exec"];
+        if lab != self.lab.name {
+            args.push(&named);
+        }
+        args.extend_from_slice(&[host, "--"]);
         args.extend_from_slice(cmd);
         let mut shown = vec!["router"];
         shown.extend_from_slice(&args);
         println!("  $ {}", shown.join(" "));
         let out = Command::new(self.exe)
             .args(&args)
-            .env("ROUTER_LAB", &self.lab.name)
+            .env("ROUTER_LAB", lab)
             .env("ROUTER_LAB_DIR", self.lab.dir.parent().unwrap_or(Path::new("/")))
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -61,6 +76,45 @@ impl Tour<'_> {
 
     fn note(&self, s: &str) {
         println!("  → {s}");
+    }
+
+    /// Pings pod-c1 (at `to`) from pod-a1 of lab `lab` while node-a's router captures its
+    /// uplink, and shows `fields` of what it sent and received, decoded by tshark. False if
+    /// there is no tshark to decode with (said so).
+    fn capture_ping(&self, lab: &str, to: &str, fields: &[&str]) -> anyhow::Result<bool> {
+        let dir = self.lab.dir.parent().unwrap_or(Path::new("/"));
+        let pcap = self.lab.dir.join(format!("tour-{lab}.pcap"));
+        let pcap_s = pcap.to_string_lossy().into_owned();
+        // The first ping resolves ARP, so that the captured one goes straight through.
+        self.exec_in(lab, "pod-a1", &["ping", "-c", "1", "-W", "2", to], true)?;
+        let cap = Command::new(self.exe)
+            .args(["capture", "--node", "node-a", "--interface", "eth0", "-c", "2", "--duration", "10", "-w", &pcap_s])
+            .env("ROUTER_LAB", lab)
+            .env("ROUTER_LAB_DIR", dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting the capture")?;
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        self.exec_in(lab, "pod-a1", &["ping", "-c", "1", "-W", "2", to], true)?;
+        let _ = cap.wait_with_output();
+        let mut args = vec!["-r", pcap_s.as_str(), "-T", "fields"];
+        for f in fields {
+            args.extend_from_slice(&["-e", f]);
+        }
+        println!("  $ tshark {}", args.join(" "));
+        let decoded = match Command::new("tshark").args(&args).output() {
+            Ok(o) if o.status.success() => {
+                print!("{}", indent(String::from_utf8_lossy(&o.stdout).trim_end()));
+                true
+            }
+            _ => {
+                self.note(&format!("(install tshark to decode {pcap_s}; Wireshark opens it too)"));
+                false
+            }
+        };
+        let _ = std::fs::remove_file(&pcap);
+        Ok(decoded)
     }
 }
 
@@ -153,32 +207,10 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     }
 
     t.title("node-c is behind a router that knows no pod addresses: IPIP", "node-a wraps the pod's packet in an outer IPv4 header, node address to node address (protocol 4); node-c unwraps it.");
-    let pcap = lab.dir.join("tour-ipip.pcap");
-    let pcap_s = pcap.to_string_lossy().into_owned();
-    t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", &c1], true)?;
-    let cap = Command::new(t.exe)
-        .args(["capture", "--node", "node-a", "--interface", "eth0", "-c", "2", "--duration", "10", "-w", &pcap_s])
-        .env("ROUTER_LAB", &lab.name)
-        .env("ROUTER_LAB_DIR", lab.dir.parent().unwrap_or(Path::new("/")))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting the capture")?;
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", &c1], true)?;
-    let _ = cap.wait_with_output();
-    println!("  $ tshark -r {pcap_s} -T fields -e ip.src -e ip.dst -e ip.proto");
-    match Command::new("tshark")
-        .args(["-r", &pcap_s, "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.proto"])
-        .output()
-    {
-        Ok(o) if o.status.success() => {
-            print!("{}", indent(String::from_utf8_lossy(&o.stdout).trim_end()));
-            t.note("two IPv4 headers per packet: outer node → node with protocol 4, inner pod → pod with protocol 1 (ICMP).");
-        }
-        _ => t.note(&format!("(install tshark to decode {pcap_s}; Wireshark opens it too)")),
+    let fields = ["ip.src", "ip.dst", "ip.proto", "ip.len"];
+    if t.capture_ping(&lab.name, &c1, &fields)? {
+        t.note("two IPv4 headers per packet: outer node → node with protocol 4, inner pod → pod with protocol 1 (ICMP); the outer packet is 20 bytes longer.");
     }
-    let _ = std::fs::remove_file(&pcap);
     t.router(&["trace", "pod-a1", "pod-c1"])?;
 
     t.title("The node's own traffic into the tunnel: tunl0", "Calico gives each node a tunl0, and the node's routes to blocks behind the tunnel point into it. With no ipip module in the kernel, tunl0 here is a TUN device the router owns: what the kernel routes there, the router wraps.");
@@ -194,6 +226,34 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", &c1], false)?;
     t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", "-s", "1472", &c1], true)?;
 
+    vxlan_beside(&mut t, &st, &c1)?;
+
     println!("\nThat is the whole story. Try `router lab exec pod-c1 -- ping {b1}`, `router trace`, `router capture`,\nor `router lab down` when you are done.");
     Ok(())
+}
+
+/// The same ping through Calico's other tunnel: a twin of the lab in VXLAN, side by side.
+fn vxlan_beside(t: &mut Tour<'_>, st: &State, c1: &str) -> anyhow::Result<()> {
+    let twin = format!("{}-vxlan", t.lab.name);
+    let (named, dataplane) = (format!("--lab={twin}"), format!("--dataplane={}", st.dataplane));
+    t.title(
+        "IPIP or VXLAN: the same ping, 20 bytes against 50",
+        "Calico's other tunnel wraps the pod's packet in UDP to port 4789, an 8-byte VXLAN header (VNI 4096) and an inner Ethernet frame between the nodes' VTEP MACs: 50 bytes where IPIP takes 20, so pods get MTU 1450, not 1480. In exchange it crosses fabrics that drop IP protocol 4, as most clouds do. A twin of this lab in VXLAN, beside it:",
+    );
+    t.router_in(&twin, &["lab", "up", &named, &dataplane, "--vxlan-mode", "cross-subnet"])?;
+    let shown = (|| -> anyhow::Result<()> {
+        let fields = ["ip.src", "ip.dst", "ip.proto", "ip.len", "udp.dstport", "vxlan.vni"];
+        if t.capture_ping(&twin, c1, &fields)? {
+            t.note("the outer header is now UDP (protocol 17) to port 4789 with VNI 4096, and the same 84-byte ping makes a 134-byte outer packet: 50 bytes more, where IPIP added 20.");
+        }
+        t.exec_in(&twin, "pod-a1", &["cat", "/sys/class/net/eth0/mtu"], true)?;
+        // 1480 bytes of IPv4 with DF: fits IPIP's tunnel, not VXLAN's.
+        t.exec_in(&twin, "pod-a1", &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1452", c1], false)?;
+        t.exec_in(&twin, "pod-a1", &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", c1], true)?;
+        t.note("a 1480-byte packet that IPIP carries whole is refused here with mtu 1450; 1450 bytes pass.");
+        t.router_in(&twin, &["trace", &named, "pod-a1", "pod-c1"])?;
+        Ok(())
+    })();
+    t.router_in(&twin, &["lab", "down", &named])?;
+    shown
 }

@@ -703,8 +703,10 @@ impl UdpTunnelSocket {
         let one: libc::c_int = 1;
         setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)?;
         setsockopt(fd.as_fd(), libc::IPPROTO_IP, libc::IP_RECVTOS, &one)?;
-        let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
-        setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
+        if rcvbuf > 0 {
+            let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
+            setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
+        }
         let sin = sockaddr_in(addr);
         // SAFETY: sin is a valid sockaddr_in of the length passed.
         let r = unsafe {
@@ -719,6 +721,15 @@ impl UdpTunnelSocket {
             return Err(io::Error::new(e.kind(), format!("binding UDP {addr}: {e}")));
         }
         Ok(UdpTunnelSocket { fd, drops_seen: Default::default() })
+    }
+
+    /// A socket on `addr` that takes nothing (its filter drops every datagram) and only
+    /// exists so that the kernel, whose copy of VXLAN the router has already handled, does
+    /// not answer it with ICMP port unreachable.
+    pub fn guard(addr: std::net::SocketAddrV4) -> io::Result<Self> {
+        let s = Self::open(addr, 0)?;
+        attach_drop_all(s.fd.as_fd())?;
+        Ok(s)
     }
 
     /// Receives one datagram's payload into `buf`.

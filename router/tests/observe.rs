@@ -259,6 +259,13 @@ fn lab_tour_runs_start_to_end() {
         assert!(all.contains(claim), "the tour skipped {claim:?}:\n{all}");
     }
     assert!(all.contains("4,1"), "the IPIP capture shows both headers:\n{all}");
+    // The same ping in a VXLAN twin: UDP 4789, VNI 4096, 50 bytes on top of the 84 (IPIP:
+    // 20), MTU 1450; the twin is gone afterwards.
+    assert!(all.contains("IPIP or VXLAN"), "{all}");
+    assert!(all.contains("104,84"), "IPIP adds 20 bytes:\n{all}");
+    assert!(all.lines().any(|l| l.contains("17,1\t134,84\t4789\t4096")), "VXLAN adds 50:\n{all}");
+    assert!(all.contains("mtu=1450") || all.contains("mtu = 1450"), "{all}");
+    assert!(!text(&lab.router(&["lab", "status", "--lab", &format!("{}-vxlan", lab.name)]).stdout).contains("running"));
     assert!(all.contains("direct-action") && all.contains("this BPF program"), "the transit filter is shown:\n{all}");
     assert!(
         all.lines().any(|l| l.contains("10.244.1.0/26 proto 179 scope link")),
