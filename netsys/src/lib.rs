@@ -729,6 +729,9 @@ impl UdpTunnelSocket {
     pub fn guard(addr: std::net::SocketAddrV4) -> io::Result<Self> {
         let s = Self::open(addr, 0)?;
         attach_drop_all(s.fd.as_fd())?;
+        // A UDP super-packet is then dropped whole, not first cut into its datagrams.
+        let one: libc::c_int = 1;
+        setsockopt(s.fd.as_fd(), libc::SOL_UDP, libc::UDP_GRO, &one)?;
         Ok(s)
     }
 
