@@ -135,3 +135,16 @@ fn in_tun_mode_tunl0_carries_super_packets_both_ways() {
         assert_eq!(lab.drops(node, "tx_error"), 0, "{node}");
     }
 }
+
+#[test]
+fn without_udp_gso_vxlan_segments_go_one_by_one_and_arrive_intact() {
+    let lab = TestLab::up(&["--vxlan-mode", "always", "--no-udp-gso"]);
+    transfer(&lab, "pod-a1", "pod-b1", "10.244.2.1");
+    assert!(counter(&lab, "node-a", "gso_segments") > 0, "nothing was cut for the tunnel");
+    assert!(counter(&lab, "node-a", "vxlan_encapsulated") > 0);
+    for node in ["node-a", "node-b"] {
+        assert_eq!(counter(&lab, node, "udp_gso_sent"), 0, "{node}");
+        assert_eq!(counter(&lab, node, "udp_gso_received"), 0, "{node}");
+        assert_eq!(lab.drops(node, "tx_error"), 0, "{node}");
+    }
+}
