@@ -12,8 +12,10 @@ pub mod fuzzing;
 pub mod gro;
 pub mod gso;
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipip;
 pub mod ipv4;
+pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 pub mod vxlan;
@@ -36,7 +38,7 @@ pub(crate) fn be32(b: &[u8], f: Field) -> u32 {
 pub enum WireError {
     #[error("buffer shorter than the header")]
     Truncated,
-    #[error("IP version is not 4")]
+    #[error("IP version is not the one the header claims to be")]
     BadVersion,
     #[error("IPv4 header length (IHL) below 5 words or beyond the packet")]
     BadHeaderLen,
@@ -99,6 +101,20 @@ impl core::str::FromStr for MacAddr {
 pub(crate) mod fixtures {
     //! A real exchange captured with `tcpdump -w` between two Linux namespaces
     //! (`ping -c 1 10.244.1.3` from 10.244.1.2); the pcap is `fixtures/linux-ping.pcap`.
+
+    /// Every frame of a pcap file (the IPv6 fixtures: `fixtures/linux-ping6.pcap`, Linux
+    /// `ping -6` between two namespaces: NS, NA, echo request, echo reply; and
+    /// `fixtures/linux-gateway6.pcap`, a pod's NS for Calico's gateway
+    /// fe80::ecee:eeff:feee:eeee and the NA of a Linux host end owning it, MAC
+    /// ee:ee:ee:ee:ee:ee, forwarding on).
+    pub fn pcap_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut r = pcap_file::pcap::PcapReader::new(bytes).expect("pcap header");
+        let mut out = Vec::new();
+        while let Some(p) = r.next_packet() {
+            out.push(p.expect("pcap record").data.into_owned());
+        }
+        out
+    }
 
     pub fn hex(s: &str) -> Vec<u8> {
         let digits: Vec<u8> =

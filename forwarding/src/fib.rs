@@ -8,10 +8,10 @@
 //! rebuild only the /8 segments that changed.
 
 use crate::iface::IfaceId;
-use crate::lpm::{Lpm4, Lpm4Writer, NONE};
-use ipnet::Ipv4Net;
+use crate::lpm::{Lpm4, Lpm4Writer, Lpm6, NONE};
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 /// What to do with a packet whose destination matched a route.
@@ -40,6 +40,79 @@ pub enum NextHop {
 pub struct Route {
     pub prefix: Ipv4Net,
     pub next_hop: NextHop,
+}
+
+/// What to do with an IPv6 packet whose destination matched a route. There is no tunnel:
+/// as in Calico, IPv6 pods on other subnets are reached by routes the fabric learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NextHop6 {
+    /// The destination itself is on this link (a pod's /128, or the uplink's prefix).
+    Local { iface: IfaceId },
+    /// Via a gateway on this link.
+    Direct { iface: IfaceId, gateway: Ipv6Addr },
+    /// Addressed to this node: the kernel's business.
+    Host,
+    /// Dropped silently (counted): the node's own block.
+    Blackhole,
+    /// Dropped with ICMPv6 destination unreachable.
+    Unreachable,
+}
+
+/// One IPv6 route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route6 {
+    pub prefix: Ipv6Net,
+    pub next_hop: NextHop6,
+}
+
+/// The IPv6 table of a snapshot. A node holds a few dozen IPv6 routes (its pods, the
+/// blocks, the uplink's prefix), so it is built whole when they change and shared by the
+/// snapshots in between.
+#[derive(Debug)]
+pub struct Fib6 {
+    lpm: Lpm6,
+    hops: Vec<NextHop6>,
+}
+
+impl Default for Fib6 {
+    fn default() -> Self {
+        Fib6::build(&[])
+    }
+}
+
+impl Fib6 {
+    /// A later route for the same prefix replaces an earlier one.
+    pub fn build(routes: &[Route6]) -> Fib6 {
+        let mut hops: Vec<NextHop6> = Vec::new();
+        let mut index: HashMap<NextHop6, u32> = HashMap::new();
+        let prefixes: Vec<(u128, u8, u32)> = routes
+            .iter()
+            .map(|r| {
+                let i = *index.entry(r.next_hop).or_insert_with(|| {
+                    hops.push(r.next_hop);
+                    (hops.len() - 1) as u32
+                });
+                (u128::from(r.prefix.trunc().network()), r.prefix.prefix_len(), i)
+            })
+            .collect();
+        Fib6 { lpm: Lpm6::build(&prefixes), hops }
+    }
+
+    #[inline]
+    pub fn lookup(&self, dst: Ipv6Addr) -> Option<NextHop6> {
+        match self.lpm.lookup(u128::from(dst)) {
+            NONE => None,
+            i => self.hops.get(i as usize).copied(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lpm.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lpm.is_empty()
+    }
 }
 
 /// Who may send us IPIP, and how we send it. Part of the snapshot because it changes with
@@ -84,6 +157,7 @@ pub struct Fib {
     lpm: Lpm4,
     /// Next hops by index; shared between snapshots until the set of next hops changes.
     hops: Arc<[NextHop]>,
+    v6: Arc<Fib6>,
 }
 
 impl Fib {
@@ -99,6 +173,23 @@ impl Fib {
             NONE => None,
             i => self.hops.get(i as usize).copied(),
         }
+    }
+
+    /// Longest-prefix match in the IPv6 table.
+    #[inline]
+    pub fn lookup6(&self, dst: Ipv6Addr) -> Option<NextHop6> {
+        self.v6.lookup(dst)
+    }
+
+    /// The IPv6 table.
+    pub fn v6(&self) -> &Fib6 {
+        &self.v6
+    }
+
+    /// Sets the IPv6 routes carried with this snapshot.
+    pub fn with_v6(mut self, routes: &[Route6]) -> Fib {
+        self.v6 = Arc::new(Fib6::build(routes));
+        self
     }
 
     /// Sets the tunnel policy carried with this snapshot.
@@ -141,6 +232,8 @@ pub struct FibWriter {
     hops_changed: bool,
     published_hops: Arc<[NextHop]>,
     tunnels: Tunnels,
+    v6: Arc<Fib6>,
+    v6_routes: Vec<Route6>,
 }
 
 impl FibWriter {
@@ -270,6 +363,16 @@ impl FibWriter {
         self.tunnels = t;
     }
 
+    /// Makes the next snapshots hold exactly these IPv6 routes; true if they changed.
+    pub fn set_v6(&mut self, routes: &[Route6]) -> bool {
+        if routes == self.v6_routes.as_slice() {
+            return false;
+        }
+        self.v6_routes = routes.to_vec();
+        self.v6 = Arc::new(Fib6::build(routes));
+        true
+    }
+
     /// Number of routes.
     pub fn len(&self) -> usize {
         self.lpm.len()
@@ -285,7 +388,12 @@ impl FibWriter {
             self.published_hops = self.hops.as_slice().into();
             self.hops_changed = false;
         }
-        Fib { tunnels: self.tunnels.clone(), lpm: self.lpm.publish(), hops: Arc::clone(&self.published_hops) }
+        Fib {
+            tunnels: self.tunnels.clone(),
+            lpm: self.lpm.publish(),
+            hops: Arc::clone(&self.published_hops),
+            v6: Arc::clone(&self.v6),
+        }
     }
 }
 
@@ -429,5 +537,31 @@ mod tests {
         assert_eq!(w.remove(net("11.0.0.0/8")), Some(b));
         assert!(w.is_empty());
         assert_eq!(w.publish().lookup(Ipv4Addr::new(10, 1, 1, 1)), None);
+    }
+
+    #[test]
+    fn the_ipv6_table_matches_longest_prefixes_and_rides_along_with_snapshots() {
+        let n = |s: &str| -> Ipv6Net { s.parse().expect("prefix") };
+        let a = |s: &str| -> Ipv6Addr { s.parse().expect("addr") };
+        let gw = a("fd00:192:168:100::101");
+        let routes = [
+            Route6 { prefix: n("fd00:10:244::/48"), next_hop: NextHop6::Unreachable },
+            Route6 { prefix: n("fd00:10:244:0:1::/122"), next_hop: NextHop6::Blackhole },
+            Route6 { prefix: n("fd00:10:244:0:1::1/128"), next_hop: NextHop6::Local { iface: IfaceId(1) } },
+            Route6 { prefix: n("fd00:10:244:0:2::/122"), next_hop: NextHop6::Direct { iface: UP, gateway: gw } },
+        ];
+        let mut w = FibWriter::with_routes(&[]);
+        assert!(w.set_v6(&routes));
+        assert!(!w.set_v6(&routes), "unchanged");
+        let fib = w.publish();
+        assert_eq!(fib.v6().len(), 4);
+        assert_eq!(fib.lookup6(a("fd00:10:244:0:1::1")), Some(NextHop6::Local { iface: IfaceId(1) }));
+        assert_eq!(fib.lookup6(a("fd00:10:244:0:1::2")), Some(NextHop6::Blackhole));
+        assert_eq!(fib.lookup6(a("fd00:10:244:0:2::3f")), Some(NextHop6::Direct { iface: UP, gateway: gw }));
+        assert_eq!(fib.lookup6(a("fd00:10:244:0:2::40")), Some(NextHop6::Unreachable));
+        assert_eq!(fib.lookup6(a("2001:db8::1")), None);
+        // IPv4 changes publish new snapshots that keep the IPv6 table.
+        w.insert(net("10.0.0.0/8"), NextHop::Blackhole);
+        assert_eq!(w.publish().lookup6(a("fd00:10:244:0:1::1")), Some(NextHop6::Local { iface: IfaceId(1) }));
     }
 }

@@ -21,5 +21,5 @@ pub mod trace;
 mod worker;
 
 pub use counters::{Counters, DropReason};
-pub use fib::{Fib, FibHandle, NextHop, Route};
+pub use fib::{Fib, FibHandle, NextHop, NextHop6, Route, Route6};
 pub use iface::{IfaceId, IfaceRole, Interface, Interfaces};
