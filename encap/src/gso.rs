@@ -17,6 +17,7 @@ pub const F_NEEDS_CSUM: u8 = 1;
 /// `gso_type` values.
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
+pub const GSO_TCPV6: u8 = 4;
 /// UDP segmentation (`UDP_SEGMENT`): equal datagrams cut from one payload (Linux 6.2+ on
 /// AF_PACKET and TUN).
 pub const GSO_UDP_L4: u8 = 5;

@@ -66,6 +66,10 @@ drop_reasons! {
     SlowPathFull => "slow_path_full": "slow-path channel full",
     TxError => "tx_error": "the kernel refused to send the frame",
     RxQueueFull => "rx_queue_full": "the kernel dropped packets for us: a worker's socket (or tunl0's) queue was full",
+    Ipv6Malformed => "ipv6_malformed": "IPv6 header truncated, or a payload length beyond the frame",
+    NdpInvalid => "ndp_invalid": "neighbour discovery that fails RFC 4861's checks (hop limit, checksum, options)",
+    HopLimitExceeded => "hop_limit_exceeded": "IPv6 hop limit ran out (ICMPv6 time exceeded sent)",
+    PacketTooBig => "packet_too_big": "IPv6 packet too big for the egress MTU (ICMPv6 packet too big sent; routers never fragment IPv6)",
     GsoFailed => "gso_failed": "an offloaded super-packet we could not cut into segments (not TCP/IPv4, malformed, or a bad checksum range)",
 }
 
@@ -185,6 +189,20 @@ impl Counters {
         }
         slot.store(t - 1, Relaxed);
         true
+    }
+
+    /// Takes one "packet too big" token of the IPv6 `src`'s bucket (the buckets are shared
+    /// with IPv4's "fragmentation needed", by a hash of the address).
+    #[inline]
+    pub fn take_frag_token6(&self, src: std::net::Ipv6Addr) -> bool {
+        let o = src.octets();
+        let folded = std::net::Ipv4Addr::from(
+            u32::from_be_bytes([o[0], o[1], o[2], o[3]])
+                ^ u32::from_be_bytes([o[4], o[5], o[6], o[7]])
+                ^ u32::from_be_bytes([o[8], o[9], o[10], o[11]])
+                ^ u32::from_be_bytes([o[12], o[13], o[14], o[15]]),
+        );
+        self.take_frag_token(folded)
     }
 
     /// Starts a new interval of the ICMP error budgets (the owner calls this every 100 ms).

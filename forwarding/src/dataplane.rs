@@ -66,7 +66,7 @@ impl Default for DataplaneConfig {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NeighbourInfo {
     pub interface: String,
-    pub ip: Ipv4Addr,
+    pub ip: std::net::IpAddr,
     pub mac: Option<String>,
     /// incomplete, reachable or failed.
     pub state: String,
@@ -435,7 +435,11 @@ impl SlowPath {
         }
     }
 
-    fn send_request(&self, iface: IfaceId, target: Ipv4Addr, dst: MacAddr) {
+    fn send_request(&self, iface: IfaceId, target: std::net::IpAddr, dst: MacAddr) {
+        let target = match target {
+            std::net::IpAddr::V4(a) => a,
+            std::net::IpAddr::V6(a) => return self.send_solicitation(iface, a, dst),
+        };
         let Some(f) = self.ifaces.get(iface) else {
             return;
         };
@@ -456,6 +460,45 @@ impl SlowPath {
         };
         req.emit(&mut frame[ethernet::HEADER_LEN..]);
         self.send(iface, &frame);
+    }
+
+    /// A neighbour solicitation for `target`: to its solicited-node group, or to `dst`
+    /// itself when refreshing a known neighbour. On a pod link we speak as the pods'
+    /// gateway, on the uplink with the node's IPv6 address.
+    fn send_solicitation(&self, iface: IfaceId, target: std::net::Ipv6Addr, dst: MacAddr) {
+        use encap::icmpv6::{multicast_mac, solicited_node, Ndp, NDP_HOP_LIMIT};
+        let Some(f) = self.ifaces.get(iface) else {
+            return;
+        };
+        let src = match f.role {
+            IfaceRole::Uplink { .. } => match self.ifaces.node_addr6() {
+                Some(a) => a,
+                None => return,
+            },
+            IfaceRole::Pod { .. } => crate::pipeline::POD_GATEWAY6,
+            IfaceRole::Tun | IfaceRole::RawIpip | IfaceRole::VxlanUdp => return,
+        };
+        let (dst_ip, dst_mac) = if dst == MacAddr::BROADCAST {
+            let g = solicited_node(target);
+            (g, multicast_mac(g))
+        } else {
+            (target, dst)
+        };
+        let ns = Ndp::Solicit { target, source_mac: Some(f.mac) };
+        let mut frame = [0u8; ethernet::HEADER_LEN + encap::ipv6::HEADER_LEN + 32];
+        ethernet::emit_header(&mut frame, dst_mac, f.mac, EtherType::Ipv6);
+        let l4 = ethernet::HEADER_LEN + encap::ipv6::HEADER_LEN;
+        let n = ns.emit(&mut frame[l4..], src, dst_ip);
+        let ip = encap::ipv6::Repr {
+            src,
+            dst: dst_ip,
+            next_header: encap::ipv6::NEXT_ICMPV6,
+            traffic_class: 0,
+            hop_limit: NDP_HOP_LIMIT,
+            payload_len: n,
+        };
+        ip.emit(&mut frame[ethernet::HEADER_LEN..]);
+        self.send(iface, &frame[..l4 + n]);
     }
 
     fn send(&self, iface: IfaceId, frame: &[u8]) {

@@ -129,11 +129,19 @@ pub struct Tunnels {
     /// its source from the underlay or out of a tunnel is spoofed, and in `tun` mode a
     /// packet the kernel routed into `tunl0` must come from one of them or the node.
     pub local_pods: Vec<Ipv4Addr>,
+    /// Their IPv6 addresses, sorted, in a dual-stack cluster.
+    pub local_pods6: Vec<Ipv6Addr>,
 }
 
 impl Default for Tunnels {
     fn default() -> Self {
-        Tunnels { ttl: 64, peers: Default::default(), allowed: Vec::new(), local_pods: Vec::new() }
+        Tunnels {
+            ttl: 64,
+            peers: Default::default(),
+            allowed: Vec::new(),
+            local_pods: Vec::new(),
+            local_pods6: Vec::new(),
+        }
     }
 }
 
@@ -146,6 +154,12 @@ impl Tunnels {
     #[inline]
     pub fn is_local_pod(&self, a: Ipv4Addr) -> bool {
         self.local_pods.binary_search(&a).is_ok()
+    }
+
+    /// Whether `a` is one of this node's pods' IPv6 addresses.
+    #[inline]
+    pub fn is_local_pod6(&self, a: Ipv6Addr) -> bool {
+        self.local_pods6.binary_search(&a).is_ok()
     }
 }
 

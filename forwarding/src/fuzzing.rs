@@ -1,13 +1,13 @@
 //! Entry point for the pipeline fuzz target in `fuzz/` (and the test that replays its
 //! corpus): any bytes, on any interface of either data plane.
 
-use crate::fib::{Fib, NextHop, Route, Tunnels};
+use crate::fib::{Fib, NextHop, NextHop6, Route, Route6, Tunnels};
 use crate::neigh::{NeighTable, Neighbour};
 use crate::pipeline::{
     fragment, process, process_l3, process_udp_super, segment, segment_vxlan, Context, Span, Verdict, ICMP_ERROR_MAX,
 };
 use crate::{Counters, IfaceId, IfaceRole, Interface, Interfaces};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 const HEADROOM: usize = 128;
@@ -36,6 +36,27 @@ fn routes(uplink: IfaceId) -> Vec<Route> {
     ]
 }
 
+fn pod6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, last)
+}
+
+/// The afpacket node is dual stack (the tun node is IPv4 only).
+fn routes6(uplink: IfaceId) -> Vec<Route6> {
+    let r = |p: &str, next_hop| Route6 { prefix: p.parse().expect("a literal prefix"), next_hop };
+    vec![
+        r("fd00:192:168:100::/64", NextHop6::Local { iface: uplink }),
+        r("fd00:192:168:100::100/128", NextHop6::Host),
+        r("fd00:10:244:1::/122", NextHop6::Blackhole),
+        r("fd00:10:244:1::2/128", NextHop6::Local { iface: IfaceId(1) }),
+        r("fd00:10:244:1::3/128", NextHop6::Local { iface: IfaceId(2) }),
+        r(
+            "fd00:10:244:2::/122",
+            NextHop6::Direct { iface: uplink, gateway: "fd00:192:168:100::101".parse().expect("addr") },
+        ),
+        r("fd00:10:250::/48", NextHop6::Unreachable),
+    ]
+}
+
 fn tunnels() -> Tunnels {
     let peers = [Ipv4Addr::new(192, 168, 100, 101), Ipv4Addr::new(192, 168, 200, 101)];
     Tunnels {
@@ -43,6 +64,7 @@ fn tunnels() -> Tunnels {
         peers: peers.into_iter().collect(),
         allowed: vec!["172.16.0.0/12".parse().expect("a literal prefix")],
         local_pods: vec![Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 3)],
+        local_pods6: vec![pod6(2), pod6(3)],
     }
 }
 
@@ -64,16 +86,17 @@ fn afpacket() -> &'static Node {
                 ifindex: 3,
                 mac: mac(2),
                 mtu: 1500,
-                role: IfaceRole::Pod { addr: Ipv4Addr::new(10, 244, 1, 2) },
+                role: IfaceRole::Pod { addr: Ipv4Addr::new(10, 244, 1, 2), addr6: Some(pod6(2)) },
             },
             Interface {
                 name: "cali2".into(),
                 ifindex: 4,
                 mac: mac(3),
                 mtu: 100,
-                role: IfaceRole::Pod { addr: Ipv4Addr::new(10, 244, 1, 3) },
+                role: IfaceRole::Pod { addr: Ipv4Addr::new(10, 244, 1, 3), addr6: Some(pod6(3)) },
             },
-        ]);
+        ])
+        .with_node_addr6("fd00:192:168:100::100".parse().expect("addr"));
         let mut rs = routes(IfaceId(0));
         rs.push(Route {
             prefix: "10.244.1.2/32".parse().expect("a literal prefix"),
@@ -83,11 +106,14 @@ fn afpacket() -> &'static Node {
             prefix: "10.244.1.3/32".parse().expect("a literal prefix"),
             next_hop: NextHop::Local { iface: IfaceId(2) },
         });
-        let fib = Fib::build(&rs).with_tunnels(tunnels());
+        let fib = Fib::build(&rs).with_v6(&routes6(IfaceId(0))).with_tunnels(tunnels());
         let mut neigh = NeighTable::default();
-        neigh.insert(Neighbour { iface: IfaceId(1), ip: Ipv4Addr::new(10, 244, 1, 2), mac: mac(1) });
-        neigh.insert(Neighbour { iface: IfaceId(0), ip: Ipv4Addr::new(192, 168, 100, 1), mac: mac(0xa1) });
-        neigh.insert(Neighbour { iface: IfaceId(0), ip: Ipv4Addr::new(192, 168, 100, 101), mac: mac(0xa2) });
+        neigh.insert(Neighbour { iface: IfaceId(1), ip: Ipv4Addr::new(10, 244, 1, 2).into(), mac: mac(1) });
+        neigh.insert(Neighbour { iface: IfaceId(0), ip: Ipv4Addr::new(192, 168, 100, 1).into(), mac: mac(0xa1) });
+        neigh.insert(Neighbour { iface: IfaceId(0), ip: Ipv4Addr::new(192, 168, 100, 101).into(), mac: mac(0xa2) });
+        neigh.insert(Neighbour { iface: IfaceId(1), ip: pod6(2).into(), mac: mac(1) });
+        let gw6: Ipv6Addr = "fd00:192:168:100::101".parse().expect("addr");
+        neigh.insert(Neighbour { iface: IfaceId(0), ip: gw6.into(), mac: mac(0xa2) });
         Node { ifaces, fib, neigh }
     })
 }

@@ -15,8 +15,9 @@ pub struct IfaceId(pub u16);
 pub enum IfaceRole {
     /// The node's link to the underlay, with the node's address and subnet.
     Uplink { addr: Ipv4Net },
-    /// The host end of a pod's veth pair; the pod owns exactly `addr`.
-    Pod { addr: Ipv4Addr },
+    /// The host end of a pod's veth pair; the pod owns exactly `addr` (and `addr6` in a
+    /// dual-stack cluster).
+    Pod { addr: Ipv4Addr, addr6: Option<std::net::Ipv6Addr> },
     /// The userspace tunnel device (`tunl0`, or `vxlan.calico` for VXLAN pools), a TUN device
     /// carrying bare IPv4 packets that the kernel routed to it (and, in `tun` mode, that we
     /// hand back after decapsulation).
@@ -64,6 +65,7 @@ pub const MAX_IFACES: usize = 4096;
 pub struct Interfaces {
     list: Vec<Option<Interface>>,
     node_addr: Option<Ipv4Addr>,
+    node_addr6: Option<std::net::Ipv6Addr>,
 }
 
 impl Interfaces {
@@ -73,7 +75,7 @@ impl Interfaces {
             IfaceRole::Uplink { addr } => Some(addr.addr()),
             _ => None,
         });
-        Interfaces { list: list.into_iter().map(Some).collect(), node_addr }
+        Interfaces { list: list.into_iter().map(Some).collect(), node_addr, node_addr6: None }
     }
 
     /// A copy with `f` in the first free slot; None when every slot is taken.
@@ -135,5 +137,15 @@ impl Interfaces {
     /// The node's own underlay address: source of its ICMP errors and of its tunnels.
     pub fn node_addr(&self) -> Option<Ipv4Addr> {
         self.node_addr
+    }
+
+    /// The node's IPv6 address on the uplink, in a dual-stack node.
+    pub fn node_addr6(&self) -> Option<std::net::Ipv6Addr> {
+        self.node_addr6
+    }
+
+    pub fn with_node_addr6(mut self, addr: std::net::Ipv6Addr) -> Self {
+        self.node_addr6 = Some(addr);
+        self
     }
 }

@@ -1,5 +1,6 @@
-//! Neighbour resolution (ARP) for next hops: a lock-free snapshot the workers read, and a
-//! sans-IO manager that owns the state machine (time is passed in; actions come out).
+//! Neighbour resolution for next hops, ARP for IPv4 and neighbour discovery for IPv6: a
+//! lock-free snapshot the workers read, and a sans-IO manager that owns the state machine
+//! (time is passed in; actions come out). The state machine is the same for both families.
 //!
 //! States follow the kernel's spirit: *incomplete* (requests sent, packets queued, bounded),
 //! *reachable* (answer known, refreshed by a unicast probe before it expires), *failed*
@@ -14,39 +15,49 @@ use crate::counters::DropReason;
 use crate::iface::IfaceId;
 use encap::MacAddr;
 use std::collections::{HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-/// A neighbour as learned from ARP.
+/// A neighbour as learned from ARP or neighbour discovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Neighbour {
     pub iface: IfaceId,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: MacAddr,
 }
 
-/// Immutable neighbour snapshot read by workers.
+/// Immutable neighbour snapshot read by workers: one map per family, so an IPv4 lookup
+/// hashes an IPv4 key.
 #[derive(Debug, Default, Clone)]
 pub struct NeighTable {
-    map: HashMap<(IfaceId, Ipv4Addr), MacAddr>,
+    v4: HashMap<(IfaceId, Ipv4Addr), MacAddr>,
+    v6: HashMap<(IfaceId, Ipv6Addr), MacAddr>,
 }
 
 impl NeighTable {
     #[inline]
     pub fn lookup(&self, iface: IfaceId, ip: Ipv4Addr) -> Option<MacAddr> {
-        self.map.get(&(iface, ip)).copied()
+        self.v4.get(&(iface, ip)).copied()
+    }
+
+    #[inline]
+    pub fn lookup6(&self, iface: IfaceId, ip: Ipv6Addr) -> Option<MacAddr> {
+        self.v6.get(&(iface, ip)).copied()
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.v4.len() + self.v6.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     pub fn insert(&mut self, n: Neighbour) {
-        self.map.insert((n.iface, n.ip), n.mac);
+        match n.ip {
+            IpAddr::V4(a) => self.v4.insert((n.iface, a), n.mac),
+            IpAddr::V6(a) => self.v6.insert((n.iface, a), n.mac),
+        };
     }
 }
 
@@ -93,9 +104,10 @@ impl Default for NeighConfig {
 /// What the manager asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NeighAction {
-    /// Send an ARP request for `target` on `iface`, to `dst` (broadcast, or the known MAC
+    /// Ask for `target` on `iface` (an ARP request, or a neighbour solicitation for IPv6),
+    /// to `dst` (broadcast, which for IPv6 means the solicited-node group, or the known MAC
     /// when refreshing).
-    Request { iface: IfaceId, target: Ipv4Addr, dst: MacAddr },
+    Request { iface: IfaceId, target: IpAddr, dst: MacAddr },
     /// Send a frame that waited for resolution; its destination MAC is filled in.
     Transmit { iface: IfaceId, frame: Vec<u8> },
     /// Packets were dropped.
@@ -122,7 +134,7 @@ struct Budget {
 #[derive(Debug, Default)]
 pub struct NeighManager {
     config: NeighConfig,
-    entries: HashMap<(IfaceId, Ipv4Addr), State>,
+    entries: HashMap<(IfaceId, IpAddr), State>,
     budgets: HashMap<IfaceId, Budget>,
 }
 
@@ -203,7 +215,7 @@ impl NeighManager {
         &mut self,
         now: Instant,
         iface: IfaceId,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mut frame: Vec<u8>,
         out: &mut Vec<NeighAction>,
     ) {
@@ -244,7 +256,7 @@ impl NeighManager {
         }
     }
 
-    /// ARP told us `n.ip` is at `n.mac` (a reply, or a request addressed to us).
+    /// ARP or NDP told us `n.ip` is at `n.mac` (an answer, or a question addressed to us).
     pub fn on_learn(&mut self, now: Instant, n: Neighbour, out: &mut Vec<NeighAction>) {
         let key = (n.iface, n.ip);
         // An answer nobody asked for (or a request to us) only refreshes what we know while
@@ -280,7 +292,7 @@ impl NeighManager {
         cfg: NeighConfig,
         now: Instant,
         iface: IfaceId,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         st: &mut State,
         out: &mut Vec<NeighAction>,
         changed: &mut bool,
@@ -343,7 +355,7 @@ impl NeighManager {
     }
 
     /// (iface, ip, mac or None while unresolved, state name) for status displays.
-    pub fn entries(&self) -> Vec<(IfaceId, Ipv4Addr, Option<MacAddr>, &'static str)> {
+    pub fn entries(&self) -> Vec<(IfaceId, IpAddr, Option<MacAddr>, &'static str)> {
         let mut v: Vec<_> = self
             .entries
             .iter()
@@ -371,8 +383,12 @@ mod tests {
     const IF: IfaceId = IfaceId(0);
     const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 7]);
 
-    fn ip() -> Ipv4Addr {
+    fn ip4() -> Ipv4Addr {
         Ipv4Addr::new(192, 168, 100, 101)
+    }
+
+    fn ip() -> IpAddr {
+        ip4().into()
     }
 
     fn frame() -> Vec<u8> {
@@ -398,7 +414,7 @@ mod tests {
             .collect();
         assert_eq!(sent, vec![MAC.0.to_vec(), MAC.0.to_vec()]);
         assert!(out.contains(&NeighAction::Changed));
-        assert_eq!(m.snapshot().lookup(IF, ip()), Some(MAC));
+        assert_eq!(m.snapshot().lookup(IF, ip4()), Some(MAC));
     }
 
     #[test]
@@ -454,7 +470,7 @@ mod tests {
         out.clear();
         m.on_tick(t0 + cfg.reachable, &mut out);
         assert_eq!(out, vec![NeighAction::Changed]);
-        assert_eq!(m.snapshot().lookup(IF, ip()), None);
+        assert_eq!(m.snapshot().lookup(IF, ip4()), None);
     }
 
     #[test]
@@ -470,7 +486,7 @@ mod tests {
         out.clear();
         m.on_tick(t0 + cfg.reachable, &mut out);
         assert!(out.is_empty());
-        assert_eq!(m.snapshot().lookup(IF, ip()), Some(MAC));
+        assert_eq!(m.snapshot().lookup(IF, ip4()), Some(MAC));
     }
 
     fn requests(out: &[NeighAction]) -> usize {
@@ -500,7 +516,7 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         for i in 1..=50u8 {
-            m.on_miss(now, IF, Ipv4Addr::new(192, 168, 100, i), frame(), &mut out);
+            m.on_miss(now, IF, Ipv4Addr::new(192, 168, 100, i).into(), frame(), &mut out);
         }
         assert_eq!(requests(&out), 8);
         assert_eq!(dropped(&out, DropReason::NeighbourTableFull), 42);
@@ -518,12 +534,12 @@ mod tests {
         }
         assert!(m.entries().iter().filter(|e| e.0 == IF).all(|e| e.3 == "failed"));
         out.clear();
-        m.on_miss(later, IF, Ipv4Addr::new(192, 168, 100, 200), frame(), &mut out);
+        m.on_miss(later, IF, Ipv4Addr::new(192, 168, 100, 200).into(), frame(), &mut out);
         assert_eq!(requests(&out), 1, "{out:?}");
         assert_eq!(m.entries().iter().filter(|e| e.0 == IF).count(), 8);
         // Unsolicited answers cannot fill a full table either.
         out.clear();
-        m.on_learn(later, Neighbour { iface: IF, ip: Ipv4Addr::new(192, 168, 100, 201), mac: MAC }, &mut out);
+        m.on_learn(later, Neighbour { iface: IF, ip: Ipv4Addr::new(192, 168, 100, 201).into(), mac: MAC }, &mut out);
         assert_eq!(m.entries().iter().filter(|e| e.0 == IF).count(), 8);
     }
 
@@ -534,19 +550,19 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         for i in 1..=5u8 {
-            m.on_miss(now, IF, Ipv4Addr::new(10, 0, 0, i), frame(), &mut out);
+            m.on_miss(now, IF, Ipv4Addr::new(10, 0, 0, i).into(), frame(), &mut out);
         }
         assert_eq!(requests(&out), 3);
         assert_eq!(dropped(&out, DropReason::NeighbourRateLimited), 2);
         // Half a second later one more token has come back.
         out.clear();
         for i in 6..=7u8 {
-            m.on_miss(now + Duration::from_millis(500), IF, Ipv4Addr::new(10, 0, 0, i), frame(), &mut out);
+            m.on_miss(now + Duration::from_millis(500), IF, Ipv4Addr::new(10, 0, 0, i).into(), frame(), &mut out);
         }
         assert_eq!(requests(&out), 1);
         // Misses for a neighbour being resolved queue without a token.
         out.clear();
-        m.on_miss(now + Duration::from_millis(500), IF, Ipv4Addr::new(10, 0, 0, 1), frame(), &mut out);
+        m.on_miss(now + Duration::from_millis(500), IF, Ipv4Addr::new(10, 0, 0, 1).into(), frame(), &mut out);
         assert!(out.is_empty(), "{out:?}");
     }
 }

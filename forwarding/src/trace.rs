@@ -47,7 +47,7 @@ pub enum Outcome {
     /// Waiting for ARP of `next_hop` on `egress`.
     Resolving {
         egress: IfaceId,
-        next_hop: Ipv4Addr,
+        next_hop: std::net::IpAddr,
         after: Option<Summary>,
     },
     Fragmented {

@@ -67,7 +67,7 @@ const GRO_ROOM: usize = 128 * 1024;
 pub enum SlowMsg {
     Resolve {
         iface: IfaceId,
-        next_hop: std::net::Ipv4Addr,
+        next_hop: std::net::IpAddr,
         frame: Vec<u8>,
     },
     Learn(Neighbour),
@@ -407,7 +407,7 @@ impl Worker {
             let super_packet = hdr.is_gso();
             if super_packet {
                 match hdr.gso_type & !gso::GSO_ECN {
-                    gso::GSO_TCPV4 => crate::counters::bump(&self.counters.gso_received, 1),
+                    gso::GSO_TCPV4 | gso::GSO_TCPV6 => crate::counters::bump(&self.counters.gso_received, 1),
                     gso::GSO_UDP_L4 if port.is_ethernet() => {
                         self.udp_super(ctx, in_if, k, span, hdr.gso_size, b, scratch, tapping);
                         continue;

@@ -415,7 +415,7 @@ via = "192.168.100.1"
                 ifindex: 3,
                 mac,
                 mtu: 1500,
-                role: IfaceRole::Pod { addr: Ipv4Addr::new(10, 244, 1, 1) },
+                role: IfaceRole::Pod { addr: Ipv4Addr::new(10, 244, 1, 1), addr6: None },
             },
         ])
     }

@@ -20,11 +20,15 @@ use encap::gso::{self, GsoError, TcpSegments, UdpSegments, VnetHdr};
 use encap::ipip::{self, DecapError};
 use encap::vxlan;
 use encap::{icmp, ipv4, MacAddr, WireError};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// The gateway every pod routes through; it exists only as our proxy-ARP answer (Calico's
 /// convention).
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The pods' IPv6 gateway: the link-local address Calico's host ends carry (that of MAC
+/// ee:ee:ee:ee:ee:ee), which the router answers neighbour solicitations for.
+pub const POD_GATEWAY6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
 
 /// TTL of the packets this node originates (ICMP errors).
 const LOCAL_TTL: u8 = 64;
@@ -62,6 +66,13 @@ pub struct Egress {
     pub iface: IfaceId,
     pub hop: Ipv4Addr,
     pub tunnel: Option<Tunnel>,
+}
+
+/// Where a routed IPv6 packet leaves: the interface and the neighbour to hand it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Egress6 {
+    pub iface: IfaceId,
+    pub hop: std::net::Ipv6Addr,
 }
 
 /// The encapsulation toward another node, and that node's address.
@@ -108,7 +119,7 @@ pub enum Verdict {
     /// proxy-ARP request) for the slow path.
     Transmit { iface: IfaceId, span: Span, learn: Option<Neighbour> },
     /// Ready to send except for the destination MAC of `next_hop`, which is unknown.
-    Resolve { iface: IfaceId, next_hop: Ipv4Addr, span: Span },
+    Resolve { iface: IfaceId, next_hop: IpAddr, span: Span },
     /// Too big for the egress and fragmentable: hand it to [`fragment`].
     Fragment(Fragmentation),
     /// An offloaded super-packet forwarded whole: send `buf[span]` out of `iface` with the
@@ -186,11 +197,12 @@ fn classify(ctx: &Context<'_>, counters: &Counters, in_if: IfaceId, buf: &mut [u
                 return Verdict::Pass;
             }
             let ingress = match iface.role {
-                IfaceRole::Pod { addr } => Ingress::Pod(addr),
+                IfaceRole::Pod { addr, .. } => Ingress::Pod(addr),
                 _ => Ingress::Uplink,
             };
             ip_input(ctx, counters, ingress, buf, span.start + ethernet::HEADER_LEN, span.end)
         }
+        EtherType::Ipv6 => v6::frame(ctx, counters, iface, in_if, buf, span),
         _ => Verdict::Pass,
     }
 }
@@ -200,9 +212,9 @@ fn arp(iface: &Interface, in_if: IfaceId, counters: &Counters, buf: &mut [u8], s
     let Ok(req) = ArpRepr::parse(payload) else {
         return Verdict::Drop(DropReason::BadArp);
     };
-    let learned = Neighbour { iface: in_if, ip: req.sender_ip, mac: req.sender_mac };
+    let learned = Neighbour { iface: in_if, ip: req.sender_ip.into(), mac: req.sender_mac };
     match iface.role {
-        IfaceRole::Pod { addr } => {
+        IfaceRole::Pod { addr, .. } => {
             let from_pod = req.sender_ip == addr && !req.sender_mac.is_multicast();
             match req.operation {
                 Operation::Request if req.target_ip == POD_GATEWAY => {
@@ -564,7 +576,7 @@ fn output(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end
     ethernet::emit_header(&mut buf[start..], dst_mac, out.mac, EtherType::Ipv4);
     let span = Span { start, end };
     if dst_mac == MacAddr::ZERO {
-        Verdict::Resolve { iface: eg.iface, next_hop: eg.hop, span }
+        Verdict::Resolve { iface: eg.iface, next_hop: eg.hop.into(), span }
     } else {
         Verdict::Transmit { iface: eg.iface, span, learn: None }
     }
@@ -857,3 +869,4 @@ pub fn process_udp_super(
 
 #[cfg(test)]
 mod tests;
+mod v6;

@@ -1,8 +1,9 @@
 //! Pipeline tests: real captured frames and hand-built ones, no sockets.
 
 use super::*;
-use crate::fib::{Route, Tunnels};
+use crate::fib::{NextHop6, Route, Route6, Tunnels};
 use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket};
+use std::net::{IpAddr, Ipv6Addr};
 
 const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 100);
 const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 101);
@@ -45,14 +46,14 @@ fn lab() -> Lab {
             ifindex: 3,
             mac: CALI_A1_MAC,
             mtu: 1500,
-            role: IfaceRole::Pod { addr: POD_A1 },
+            role: IfaceRole::Pod { addr: POD_A1, addr6: None },
         },
         Interface {
             name: "calia2".into(),
             ifindex: 4,
             mac: CALI_A2_MAC,
             mtu: 1500,
-            role: IfaceRole::Pod { addr: POD_A2 },
+            role: IfaceRole::Pod { addr: POD_A2, addr6: None },
         },
     ]);
     let r = |p: &str, nh| Route { prefix: p.parse().expect("net"), next_hop: nh };
@@ -72,12 +73,13 @@ fn lab() -> Lab {
         peers: [NODE_B, NODE_C].into_iter().collect(),
         allowed: vec![],
         local_pods: vec![POD_A1, POD_A2],
+        local_pods6: vec![],
     });
     let mut neigh = NeighTable::default();
-    neigh.insert(Neighbour { iface: CALI_A2, ip: POD_A2, mac: POD_A2_MAC });
-    neigh.insert(Neighbour { iface: CALI_A1, ip: POD_A1, mac: POD_A1_MAC });
-    neigh.insert(Neighbour { iface: UPLINK, ip: NODE_B, mac: NODE_B_MAC });
-    neigh.insert(Neighbour { iface: UPLINK, ip: UNDERLAY, mac: UNDERLAY_MAC });
+    neigh.insert(Neighbour { iface: CALI_A2, ip: POD_A2.into(), mac: POD_A2_MAC });
+    neigh.insert(Neighbour { iface: CALI_A1, ip: POD_A1.into(), mac: POD_A1_MAC });
+    neigh.insert(Neighbour { iface: UPLINK, ip: NODE_B.into(), mac: NODE_B_MAC });
+    neigh.insert(Neighbour { iface: UPLINK, ip: UNDERLAY.into(), mac: UNDERLAY_MAC });
     let counters = Counters::new(ifaces.len());
     Lab { fib, neigh, ifaces, counters }
 }
@@ -218,7 +220,7 @@ fn unknown_next_hop_asks_for_resolution() {
         v,
         Verdict::Resolve {
             iface: UPLINK,
-            next_hop: Ipv4Addr::new(192, 168, 100, 102),
+            next_hop: Ipv4Addr::new(192, 168, 100, 102).into(),
             span: Span { start: HEADROOM, end: HEADROOM + 98 }
         }
     );
@@ -351,7 +353,7 @@ fn proxy_arp_answers_for_the_pod_gateway() {
     let (v, out) = l.run_on(CALI_A1, &req);
     let Verdict::Transmit { iface, learn, .. } = v else { panic!("{v:?}") };
     assert_eq!(iface, CALI_A1);
-    assert_eq!(learn, Some(Neighbour { iface: CALI_A1, ip: POD_A1, mac: POD_A1_MAC }));
+    assert_eq!(learn, Some(Neighbour { iface: CALI_A1, ip: POD_A1.into(), mac: POD_A1_MAC }));
     assert_eq!(&out[..6], &POD_A1_MAC.0);
     let reply = ArpRepr::parse(&out[14..]).expect("arp");
     assert_eq!(reply.operation, Operation::Reply);
@@ -379,7 +381,10 @@ fn arp_reply_on_uplink_teaches_the_neighbour() {
     let mut frame = vec![0u8; 42];
     ethernet::emit_header(&mut frame, UPLINK_MAC, NODE_B_MAC, EtherType::Arp);
     reply.emit(&mut frame[14..]);
-    assert_eq!(l.run_on(UPLINK, &frame).0, Verdict::Learn(Neighbour { iface: UPLINK, ip: NODE_B, mac: NODE_B_MAC }));
+    assert_eq!(
+        l.run_on(UPLINK, &frame).0,
+        Verdict::Learn(Neighbour { iface: UPLINK, ip: NODE_B.into(), mac: NODE_B_MAC })
+    );
 }
 
 #[test]
@@ -629,6 +634,7 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
         peers: [NODE_C].into_iter().collect(),
         allowed: vec![],
         local_pods: vec![POD_A1],
+        local_pods6: vec![],
     });
     let neigh = NeighTable::default();
     let counters = Counters::new(2);
@@ -1173,6 +1179,7 @@ fn tun_mode_wraps_vxlan_for_the_raw_socket_and_unwraps_what_the_udp_socket_got()
         peers: [NODE_C].into_iter().collect(),
         allowed: vec![],
         local_pods: vec![POD_A1],
+        local_pods6: vec![],
     });
     let neigh = NeighTable::default();
     let counters = Counters::new(3);
@@ -1204,4 +1211,328 @@ fn tun_mode_wraps_vxlan_for_the_raw_socket_and_unwraps_what_the_udp_socket_got()
     assert_eq!(out, back);
     let frame = vxlan_frame(UNDERLAY, 4096, &back);
     assert_eq!(run(udp, &frame[14..]).0, Verdict::Drop(DropReason::VxlanUnknownSource));
+}
+
+// ---- IPv6 ----
+
+const POD_A1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 2);
+const POD_A2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 3);
+const POD_B1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 2);
+const NODE_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 100, 0, 0, 0, 0x100);
+const NODE_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 100, 0, 0, 0, 0x101);
+
+/// The seed lab's node A, dual stack: pods fd00:10:244:1::2 and ::3 (the addresses and MACs
+/// of `fixtures/linux-ping6.pcap`), node B's block behind the uplink; `cali_a1_mac` is the
+/// MAC of pod A1's host end and `uplink_mtu` the uplink's MTU.
+fn lab6_with(cali_a1_mac: MacAddr, uplink_mtu: u16) -> Lab {
+    let iface = |name: &str, ifindex, mac, mtu, role| Interface { name: name.into(), ifindex, mac, mtu, role };
+    let ifaces = Interfaces::new(vec![
+        iface(
+            "eth0",
+            2,
+            UPLINK_MAC,
+            uplink_mtu,
+            IfaceRole::Uplink { addr: "192.168.100.100/24".parse().expect("net") },
+        ),
+        iface("calia1", 3, cali_a1_mac, 1500, IfaceRole::Pod { addr: POD_A1, addr6: Some(POD_A1_6) }),
+        iface("calia2", 4, CALI_A2_MAC, 1500, IfaceRole::Pod { addr: POD_A2, addr6: Some(POD_A2_6) }),
+    ])
+    .with_node_addr6(NODE_A6);
+    let r = |p: &str, nh| Route { prefix: p.parse().expect("net"), next_hop: nh };
+    let r6 = |p: &str, next_hop| Route6 { prefix: p.parse().expect("net"), next_hop };
+    let fib = Fib::build(&[
+        r("192.168.100.0/24", NextHop::Local { iface: UPLINK }),
+        r("10.244.1.2/32", NextHop::Local { iface: CALI_A1 }),
+        r("10.244.1.3/32", NextHop::Local { iface: CALI_A2 }),
+    ])
+    .with_v6(&[
+        r6("fd00:192:168:100::/64", NextHop6::Local { iface: UPLINK }),
+        r6("fd00:192:168:100::100/128", NextHop6::Host),
+        r6("fd00:10:244:1::/122", NextHop6::Blackhole),
+        r6("fd00:10:244:1::2/128", NextHop6::Local { iface: CALI_A1 }),
+        r6("fd00:10:244:1::3/128", NextHop6::Local { iface: CALI_A2 }),
+        r6("fd00:10:244:2::/122", NextHop6::Direct { iface: UPLINK, gateway: NODE_B6 }),
+    ])
+    .with_tunnels(Tunnels {
+        local_pods: vec![POD_A1, POD_A2],
+        local_pods6: vec![POD_A1_6, POD_A2_6],
+        ..Tunnels::default()
+    });
+    let mut neigh = NeighTable::default();
+    neigh.insert(Neighbour { iface: CALI_A1, ip: POD_A1_6.into(), mac: POD_A1_MAC });
+    neigh.insert(Neighbour { iface: CALI_A2, ip: POD_A2_6.into(), mac: POD_A2_MAC });
+    neigh.insert(Neighbour { iface: UPLINK, ip: NODE_B6.into(), mac: NODE_B_MAC });
+    let counters = Counters::new(ifaces.len());
+    Lab { fib, neigh, ifaces, counters }
+}
+
+fn lab6() -> Lab {
+    lab6_with(CALI_A1_MAC, 1500)
+}
+
+fn ping6_frame(i: usize) -> Vec<u8> {
+    encap_pcap(include_bytes!("../../../fixtures/linux-ping6.pcap"), i)
+}
+
+fn gateway6_frame(i: usize) -> Vec<u8> {
+    encap_pcap(include_bytes!("../../../fixtures/linux-gateway6.pcap"), i)
+}
+
+fn encap_pcap(bytes: &[u8], i: usize) -> Vec<u8> {
+    let mut r = pcap_file::pcap::PcapReader::new(bytes).expect("pcap header");
+    let mut n = 0;
+    while let Some(p) = r.next_packet() {
+        let p = p.expect("pcap record");
+        if n == i {
+            return p.data.into_owned();
+        }
+        n += 1;
+    }
+    panic!("fixture has no frame {i}");
+}
+
+/// A UDP datagram of `payload` bytes from pod A1 (on calia1) to `dst`.
+fn udp6_from_a1(dst: Ipv6Addr, hop_limit: u8, payload: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(POD_A1_MAC.0, CALI_A1_MAC.0)
+        .ipv6(POD_A1_6.octets(), dst.octets(), hop_limit)
+        .udp(5000, 6000);
+    let data = vec![0x5au8; payload];
+    let mut v = Vec::new();
+    b.write(&mut v, &data).expect("build");
+    v
+}
+
+/// The ICMPv6 message in `frame`: checks the checksum, returns (src, dst, type, code, rest
+/// of header, body).
+fn icmp6_in(frame: &[u8]) -> (Ipv6Addr, Ipv6Addr, u8, u8, u32, Vec<u8>) {
+    let ip = encap::ipv6::Packet::new_checked(&frame[14..]).expect("ipv6");
+    assert_eq!(ip.next_header(), encap::ipv6::NEXT_ICMPV6);
+    let icmp = encap::icmpv6::Packet::new_checked(ip.payload()).expect("icmpv6");
+    assert!(icmp.verify_checksum(ip.src(), ip.dst()), "ICMPv6 checksum");
+    let p = ip.payload();
+    let rest = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+    (ip.src(), ip.dst(), p[0], p[1], rest, p[8..].to_vec())
+}
+
+#[test]
+fn proxy_ndp_answers_for_the_gateway_as_linux_does() {
+    // With the host end's MAC set to Calico's ee:ee:ee:ee:ee:ee, our answer is byte for byte
+    // the advertisement Linux sends when the host end owns fe80::ecee:eeff:feee:eeee.
+    let l = lab6_with(MacAddr([0xee; 6]), 1500);
+    let (v, out) = l.run_on(CALI_A1, &gateway6_frame(0));
+    match v {
+        Verdict::Transmit { iface, learn, .. } => {
+            assert_eq!(iface, CALI_A1);
+            assert_eq!(learn, Some(Neighbour { iface: CALI_A1, ip: POD_A1_6.into(), mac: POD_A1_MAC }));
+        }
+        v => panic!("expected an advertisement, got {v:?}"),
+    }
+    assert_eq!(out, gateway6_frame(1));
+}
+
+#[test]
+fn proxy_ndp_answers_duplicate_address_detection_to_all_nodes() {
+    let mut f = gateway6_frame(0);
+    // From :: with no source link-layer option: a probe of a tentative address.
+    f[22..38].copy_from_slice(&Ipv6Addr::UNSPECIFIED.octets());
+    f.truncate(14 + 40 + 24);
+    f[18..20].copy_from_slice(&24u16.to_be_bytes());
+    let sum = encap::ipv6::pseudo_header_sum(Ipv6Addr::UNSPECIFIED, ip6_dst(&f), 58, 24);
+    f[56..58].copy_from_slice(&[0, 0]);
+    let c = encap::checksum::finish(sum + encap::checksum::sum(&f[54..]));
+    f[56..58].copy_from_slice(&c.to_be_bytes());
+    let l = lab6();
+    let (v, out) = l.run_on(CALI_A1, &f);
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, learn: None, .. }), "{v:?}");
+    let (src, dst, t, _, rest, _) = icmp6_in(&out);
+    assert_eq!((src, dst, t), (POD_GATEWAY6, "ff02::1".parse().expect("addr"), 136));
+    assert_eq!(rest >> 29, 0b101, "router and override, not solicited");
+    assert_eq!(&out[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
+}
+
+fn ip6_dst(frame: &[u8]) -> Ipv6Addr {
+    encap::ipv6::Packet::new_unchecked(&frame[14..]).dst()
+}
+
+#[test]
+fn ndp_with_a_hop_limit_below_255_is_dropped() {
+    let l = lab6();
+    let mut f = gateway6_frame(0);
+    f[21] = 64; // not in the checksum: only the hop limit rule can reject it
+    let (v, _) = l.run_on(CALI_A1, &f);
+    assert_eq!(v, Verdict::Drop(DropReason::NdpInvalid));
+    assert_eq!(l.drops(DropReason::NdpInvalid), 1);
+}
+
+#[test]
+fn neighbour_solicitations_for_other_targets_are_the_kernels() {
+    let l = lab6();
+    // The pod asking for its sibling (same /64 in the capture): not ours to answer.
+    let (v, _) = l.run_on(CALI_A1, &ping6_frame(0));
+    assert_eq!(v, Verdict::Pass);
+}
+
+#[test]
+fn forwards_captured_ping6_between_pods_of_the_node() {
+    let l = lab6();
+    let f = ping6_frame(2);
+    let (v, out) = l.run_on(CALI_A1, &f);
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A2, .. }), "{v:?}");
+    assert_eq!(&out[0..6], &POD_A2_MAC.0);
+    assert_eq!(&out[6..12], &CALI_A2_MAC.0);
+    assert_eq!(out[21], f[21] - 1, "hop limit decremented");
+    // Nothing else changes: no header checksum, and the hop limit is not in the ICMPv6 one.
+    assert_eq!(out[12..21], f[12..21]);
+    assert_eq!(out[22..], f[22..]);
+    let (_, _, t, ..) = icmp6_in(&out);
+    assert_eq!(t, 128);
+}
+
+#[test]
+fn forwards_ipv6_to_another_nodes_block_directly() {
+    let l = lab6();
+    let (v, out) = l.run_on(CALI_A1, &udp6_from_a1(POD_B1_6, 64, 100));
+    assert!(matches!(v, Verdict::Transmit { iface: UPLINK, .. }), "{v:?}");
+    assert_eq!(&out[0..6], &NODE_B_MAC.0);
+    assert_eq!(&out[6..12], &UPLINK_MAC.0);
+    assert_eq!(u16::from_be_bytes([out[12], out[13]]), 0x86dd);
+    assert_eq!(out[21], 63);
+}
+
+#[test]
+fn unresolved_ipv6_next_hop_asks_the_slow_path() {
+    let mut l = lab6();
+    l.neigh = NeighTable::default();
+    let (v, _) = l.run_on(CALI_A1, &udp6_from_a1(POD_B1_6, 64, 10));
+    match v {
+        Verdict::Resolve { iface, next_hop, .. } => {
+            assert_eq!(iface, UPLINK);
+            assert_eq!(next_hop, IpAddr::V6(NODE_B6));
+        }
+        v => panic!("expected Resolve, got {v:?}"),
+    }
+}
+
+#[test]
+fn hop_limit_one_gets_time_exceeded_from_the_node() {
+    let l = lab6();
+    let f = udp6_from_a1(POD_B1_6, 1, 100);
+    let (v, out) = l.run_on(CALI_A1, &f);
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    assert_eq!(&out[0..6], &POD_A1_MAC.0);
+    let (src, dst, t, code, _, body) = icmp6_in(&out);
+    assert_eq!((src, dst, t, code), (NODE_A6, POD_A1_6, 3, 0));
+    assert_eq!(body, f[14..], "the whole offending packet quoted");
+    assert_eq!(l.drops(DropReason::HopLimitExceeded), 1);
+}
+
+#[test]
+fn unrouted_ipv6_gets_no_route_unreachable() {
+    let l = lab6();
+    let (v, out) = l.run_on(CALI_A1, &udp6_from_a1("fd00:99::1".parse().expect("addr"), 64, 10));
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    let (src, _, t, code, ..) = icmp6_in(&out);
+    assert_eq!((src, t, code), (NODE_A6, 1, 0));
+    assert_eq!(l.drops(DropReason::NoRoute), 1);
+}
+
+#[test]
+fn the_nodes_own_block_is_a_blackhole() {
+    let l = lab6();
+    let (v, _) = l.run_on(CALI_A1, &udp6_from_a1("fd00:10:244:1::9".parse().expect("addr"), 64, 10));
+    assert_eq!(v, Verdict::Drop(DropReason::Blackhole));
+}
+
+#[test]
+fn too_big_for_the_uplink_gets_packet_too_big_and_is_never_fragmented() {
+    let l = lab6_with(CALI_A1_MAC, 1400);
+    let f = udp6_from_a1(POD_B1_6, 64, 1400);
+    let (v, out) = l.run_on(CALI_A1, &f);
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    let (src, dst, t, code, mtu, body) = icmp6_in(&out);
+    assert_eq!((src, dst, t, code, mtu), (NODE_A6, POD_A1_6, 2, 0, 1400));
+    assert_eq!(out.len() - 14, encap::ipv6::MIN_MTU, "the quote fills the minimum MTU");
+    assert_eq!(body, f[14..14 + body.len()]);
+    assert_eq!(l.drops(DropReason::PacketTooBig), 1);
+}
+
+#[test]
+fn a_pod_may_only_speak_ipv6_with_its_own_address() {
+    let l = lab6();
+    let mut f = udp6_from_a1(POD_B1_6, 64, 10);
+    f[22..38].copy_from_slice(&POD_A2_6.octets());
+    assert_eq!(l.run_on(CALI_A1, &f).0, Verdict::Drop(DropReason::Spoofed));
+    // From outside, nobody may claim to be one of our pods.
+    let mut f = udp6_from_a1(POD_A2_6, 64, 10);
+    f[0..6].copy_from_slice(&UPLINK_MAC.0);
+    f[22..38].copy_from_slice(&POD_A1_6.octets());
+    assert_eq!(l.run_on(UPLINK, &f).0, Verdict::Drop(DropReason::Spoofed));
+    assert_eq!(l.drops(DropReason::Spoofed), 2);
+}
+
+#[test]
+fn no_icmpv6_error_about_an_icmpv6_error() {
+    let l = lab6();
+    // A "destination unreachable" with hop limit 1: dropped, no error about it.
+    let b = PacketBuilder::ethernet2(POD_A1_MAC.0, CALI_A1_MAC.0)
+        .ipv6(POD_A1_6.octets(), POD_B1_6.octets(), 1)
+        .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::NoRoute));
+    let mut f = Vec::new();
+    b.write(&mut f, &[0u8; 48]).expect("build");
+    assert_eq!(l.run_on(CALI_A1, &f).0, Verdict::Drop(DropReason::HopLimitExceeded));
+}
+
+#[test]
+fn single_stack_nodes_leave_ipv6_to_the_kernel() {
+    let l = lab();
+    assert_eq!(l.run_on(CALI_A1, &ping6_frame(2)).0, Verdict::Pass);
+    assert_eq!(l.run_on(CALI_A1, &gateway6_frame(0)).0, Verdict::Pass);
+}
+
+#[test]
+fn link_local_and_multicast_ipv6_are_not_routed() {
+    let l = lab6();
+    let mut f = udp6_from_a1("ff02::2".parse().expect("addr"), 1, 10);
+    assert_eq!(l.run_on(CALI_A1, &f).0, Verdict::Pass);
+    f[38..54].copy_from_slice(&"fe80::1".parse::<Ipv6Addr>().expect("addr").octets());
+    assert_eq!(l.run_on(CALI_A1, &f).0, Verdict::Pass);
+}
+
+#[test]
+fn malformed_ipv6_is_dropped_and_counted() {
+    let l = lab6();
+    // Payload length beyond the frame.
+    let mut f = udp6_from_a1(POD_B1_6, 64, 10);
+    f[18..20].copy_from_slice(&500u16.to_be_bytes());
+    assert_eq!(l.run_on(CALI_A1, &f).0, Verdict::Drop(DropReason::Ipv6Malformed));
+    // Shorter than a header.
+    let f = udp6_from_a1(POD_B1_6, 64, 10);
+    assert_eq!(l.run_on(CALI_A1, &f[..14 + 30]).0, Verdict::Drop(DropReason::Ipv6Malformed));
+    // Version 4 in an IPv6 EtherType.
+    let mut f = udp6_from_a1(POD_B1_6, 64, 10);
+    f[14] = 0x40 | (f[14] & 0x0f);
+    assert_eq!(l.run_on(CALI_A1, &f).0, Verdict::Drop(DropReason::Ipv6Malformed));
+    assert_eq!(l.drops(DropReason::Ipv6Malformed), 3);
+}
+
+#[test]
+fn ipv6_tcp_super_packets_leave_whole_on_direct_routes() {
+    let l = lab6();
+    let data: Vec<u8> = (0..20_000).map(|i| (i % 251) as u8).collect();
+    let b = PacketBuilder::ethernet2(POD_A1_MAC.0, CALI_A1_MAC.0)
+        .ipv6(POD_A1_6.octets(), POD_B1_6.octets(), 64)
+        .tcp(40000, 5201, 1, 65535);
+    let mut f = Vec::new();
+    b.ack(7).write(&mut f, &data).expect("build");
+    let (v, out) = l.run_super(&f, 1440);
+    assert!(matches!(v, Verdict::TransmitWhole { iface: UPLINK, .. }), "{v:?}");
+    assert_eq!(out[0].len(), f.len());
+    assert_eq!(out[0][21], 63);
+    // Too big per segment for the egress: packet too big, for the segment size.
+    let (v, _) = lab6_with(CALI_A1_MAC, 1400).run_super(&f, 1440);
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    // Next hop unknown: dropped and counted, TCP sends again once it is resolved.
+    let mut l = lab6();
+    l.neigh = NeighTable::default();
+    assert_eq!(l.run_super(&f, 1440).0, Verdict::Drop(DropReason::GsoFailed));
 }

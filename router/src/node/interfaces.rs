@@ -40,7 +40,7 @@ pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
             ifindex: l.ifindex,
             mac: l.mac,
             mtu: l.mtu,
-            role: IfaceRole::Pod { addr: p.address },
+            role: IfaceRole::Pod { addr: p.address, addr6: None },
         });
     }
     // The node's kernel cannot wrap IPIP or VXLAN itself. As in Calico, its routes to the

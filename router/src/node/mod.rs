@@ -82,7 +82,7 @@ fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
     peers.extend(cluster_hops.iter().copied());
     let mut local_pods: Vec<Ipv4Addr> = cfg.pods.iter().map(|p| p.address).collect();
     local_pods.sort_unstable();
-    Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone(), local_pods }
+    Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone(), local_pods, ..Default::default() }
 }
 
 impl Node {

@@ -154,7 +154,7 @@ impl Node {
             ifindex: l.ifindex,
             mac: l.mac,
             mtu: l.mtu,
-            role: IfaceRole::Pod { addr: pod.address },
+            role: IfaceRole::Pod { addr: pod.address, addr6: None },
         };
         match self.dp.add_interface(f) {
             Ok(_) => {

@@ -200,7 +200,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                     role: f.role.name().to_string(),
                     address: match f.role {
                         IfaceRole::Uplink { addr } => addr.to_string(),
-                        IfaceRole::Pod { addr } => addr.to_string(),
+                        IfaceRole::Pod { addr, .. } => addr.to_string(),
                         IfaceRole::Tun | IfaceRole::RawIpip | IfaceRole::VxlanUdp => String::new(),
                     },
                     mac: f.mac.to_string(),
