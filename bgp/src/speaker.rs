@@ -712,6 +712,19 @@ impl Core {
             .collect()
     }
 
+    /// The next hop of every IPv6 Loc-RIB route this node did not originate.
+    pub fn learned6(&self) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
+        self.rib
+            .loc_rib()
+            .iter()
+            .filter(|(_, b)| b.from != crate::rib::From::Local)
+            .filter_map(|(p, b)| match (p, b.attrs.next_hop) {
+                (IpNet::V6(p), IpAddr::V6(nh)) => Some((p, nh)),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn candidates(&self, prefix: &IpNet) -> Vec<Candidate> {
         self.rib.candidates(prefix)
     }

@@ -17,7 +17,7 @@ use nodeapi::ipcmd as netns;
 use anyhow::{bail, Context as _};
 use nodeapi::admin;
 use nodeapi::config::PeerKind;
-use nodeapi::config::{
+use nodeapi::config::{Ipv6Config, 
     BgpConfig, BgpPeer, DataplaneMode, IpipMode, NodeConfig, PodConfig, Pool, StaticAction, StaticRoute, Uplink,
 };
 use state::{Daemon, Host, Role, State};
@@ -124,15 +124,23 @@ pub struct UpOptions {
     pub transit_filter: bool,
     /// The nodes' workers' nice value.
     pub worker_nice: i32,
+    /// Dual stack: IPv6 beside IPv4 (the topology's `pool_v6`, or `topology::DUAL_STACK_POOL`).
+    pub dual_stack: bool,
     /// The `router` binary the nodes run (normally this one).
     pub exe: PathBuf,
 }
 
 pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     let (mut topo, topo_name) = match &opts.topology {
-        Some(p) => (Topology::load(p)?, p.display().to_string()),
-        None => (Topology::parse(Path::new("seed.toml (built in)"), topology::SEED)?, "seed (built in)".to_string()),
+        Some(p) => (Topology::load_with(p, opts.dual_stack)?, p.display().to_string()),
+        None => (
+            Topology::parse_with(Path::new("seed.toml (built in)"), topology::SEED, opts.dual_stack)?,
+            "seed (built in)".to_string(),
+        ),
     };
+    if topo.pool_v6.is_some() && opts.dataplane == DataplaneMode::Tun {
+        bail!("dual stack runs on the afpacket data plane; the tun data plane forwards IPv4 only");
+    }
     (topo.ipip_mode, topo.vxlan_mode) = encap_modes(&topo, opts)?;
     if opts.dataplane == DataplaneMode::Tun {
         if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
@@ -229,16 +237,20 @@ fn all_namespaces(lab: &Lab, topo: &Topology) -> Vec<String> {
     v
 }
 
-fn add_ns(lab: &Lab, st: &mut State, ns: &str) -> anyhow::Result<()> {
+fn add_ns(lab: &Lab, st: &mut State, ns: &str, ipv6: bool) -> anyhow::Result<()> {
     // Recorded first: if we die between these two lines, `down` still finds it.
     st.namespaces.push(ns.to_string());
     st.save(&lab.dir)?;
     netns::ip(&["netns", "add", ns])?;
     netns::ip_in(ns, &["link", "set", "lo", "up"])?;
-    // The lab is IPv4: without IPv6 there is no router-solicitation and MLD chatter in
-    // captures and counters to distract from the story.
+    // An IPv4 lab has no IPv6 at all: no router-solicitation and MLD chatter in captures
+    // and counters to distract from the story.
     for conf in ["all", "default"] {
-        netns::sysctl_in(ns, &format!("net.ipv6.conf.{conf}.disable_ipv6"), "1")?;
+        netns::sysctl_in(ns, &format!("net.ipv6.conf.{conf}.disable_ipv6"), if ipv6 { "0" } else { "1" })?;
+    }
+    if ipv6 {
+        // Addresses usable at once: the lab assigns them, no two hosts share one.
+        netns::sysctl_in(ns, "net.ipv6.conf.default.accept_dad", "0")?;
     }
     Ok(())
 }
@@ -255,10 +267,11 @@ fn port_name(prefix: &str, host: &str, index: usize) -> String {
 
 fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow::Result<()> {
     let mode = topo.ipip_mode;
+    let v6 = topo.pool_v6.is_some();
     // One L2 segment per underlay subnet: a bridge in its own namespace.
     for s in &topo.subnets {
         let ns = lab.ns(&format!("sw-{}", s.name));
-        add_ns(lab, st, &ns)?;
+        add_ns(lab, st, &ns, v6)?;
         netns::ip_in(&ns, &["link", "add", "br0", "type", "bridge"])?;
         netns::ip_in(&ns, &["link", "set", "br0", "up"])?;
         // A switch does not filter: where the host has br_netfilter loaded, bridged frames
@@ -281,7 +294,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
     }
     // The underlay router: plain kernel forwarding between the subnets, no pod routes.
     let und = lab.ns("underlay");
-    add_ns(lab, st, &und)?;
+    add_ns(lab, st, &und, v6)?;
     let mut und_addrs = Vec::new();
     let mut segment = Vec::new();
     for (i, s) in topo.subnets.iter().enumerate() {
@@ -296,10 +309,25 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         let gw = format!("{}/{}", s.gateway, s.prefix.prefix_len());
         netns::ip_in(&und, &["addr", "add", &gw, "dev", &dev])?;
         netns::ip_in(&und, &["link", "set", &dev, "address", &underlay_mac(s.gateway), "up"])?;
+        if let Some((prefix, gw6)) = s.v6 {
+            let a = format!("{gw6}/{}", prefix.prefix_len());
+            netns::ip_in(&und, &["-6", "addr", "add", &a, "dev", &dev, "nodad"])?;
+            und_addrs.push(a);
+        }
         segment.push(Member { subnet: i, ns: und.clone(), dev, addr: s.gateway });
         und_addrs.push(gw);
     }
     netns::sysctl_in(&und, "net.ipv4.ip_forward", "1")?;
+    if v6 {
+        netns::sysctl_in(&und, "net.ipv6.conf.all.forwarding", "1")?;
+        // IPv6 is not tunnelled (as in Calico): the underlay router is the fabric that
+        // knows where each node's IPv6 block lives.
+        for n in &topo.nodes {
+            if let Some((addr, block)) = n.v6 {
+                netns::ip_in(&und, &["-6", "route", "add", &block.to_string(), "via", &addr.addr().to_string()])?;
+            }
+        }
+    }
     st.hosts.push(Host {
         name: "underlay".into(),
         role: Role::Underlay,
@@ -316,7 +344,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
     for (idx, node) in topo.nodes.iter().enumerate() {
         let subnet = &topo.subnets[node.subnet];
         let ns = lab.ns(&node.name);
-        add_ns(lab, st, &ns)?;
+        add_ns(lab, st, &ns, v6)?;
         let sw = lab.ns(&format!("sw-{}", subnet.name));
         let port = port_name("to-", &node.name, idx);
         let mtu = subnet.mtu.to_string();
@@ -325,6 +353,22 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         netns::ip_in(&ns, &["addr", "add", &node.address.to_string(), "dev", "eth0"])?;
         netns::ip_in(&ns, &["link", "set", "eth0", "address", &underlay_mac(node.address.addr()), "up"])?;
         segment.push(Member { subnet: node.subnet, ns: ns.clone(), dev: "eth0".into(), addr: node.address.addr() });
+        let mut node_addrs = vec![node.address.to_string()];
+        if let (Some((addr6, _)), Some((_, gw6)), Some(pool6)) = (node.v6, subnet.v6, topo.pool_v6) {
+            netns::ip_in(&ns, &["-6", "addr", "add", &addr6.to_string(), "dev", "eth0", "nodad"])?;
+            // The node's own IPv6 to other subnets and to pods elsewhere goes through the
+            // underlay router; its own pods it reaches directly (below).
+            for other in topo.subnets.iter().filter(|o| o.name != subnet.name) {
+                if let Some((p6, _)) = other.v6 {
+                    netns::ip_in(&ns, &["-6", "route", "add", &p6.to_string(), "via", &gw6.to_string()])?;
+                }
+            }
+            netns::ip_in(&ns, &["-6", "route", "add", &pool6.to_string(), "via", &gw6.to_string()])?;
+            if opts.dataplane == DataplaneMode::Afpacket {
+                netns::sysctl_in(&ns, "net.ipv6.conf.all.forwarding", "0")?;
+            }
+            node_addrs.push(addr6.to_string());
+        }
         // The node's own traffic (later: BGP) reaches other subnets through the underlay.
         for other in topo.subnets.iter().filter(|o| o.name != subnet.name) {
             netns::ip_in(&ns, &["route", "add", &other.prefix.to_string(), "via", &subnet.gateway.to_string()])?;
@@ -344,14 +388,14 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
             name: node.name.clone(),
             role: Role::Node,
             namespace: ns.clone(),
-            addresses: vec![node.address.to_string()],
+            addresses: node_addrs,
             parent: Some(subnet.name.clone()),
             interface: Some("eth0".into()),
         });
         let mut pods = Vec::new();
         for pod in &node.pods {
             let pns = lab.ns(&pod.name);
-            add_ns(lab, st, &pns)?;
+            add_ns(lab, st, &pns, v6)?;
             netns::ip_in(&ns, &["link", "add", &pod.iface, "type", "veth", "peer", "name", "eth0", "netns", &pns])?;
             netns::ip_in(&ns, &["link", "set", &pod.iface, "up"])?;
             if opts.dataplane == DataplaneMode::Tun {
@@ -379,15 +423,29 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
                 let exe = opts.exe.to_string_lossy();
                 netns::exec_in(&pns, &[&exe, "internal", "tx-checksum-off", "eth0"])?;
             }
+            let mut pod_addrs = vec![format!("{}/32", pod.address)];
+            if let Some(a6) = pod.address_v6 {
+                // As Calico wires a pod: a /128, and the default route via the link-local
+                // address the host end answers for (here: the router, by proxy NDP).
+                netns::ip_in(&ns, &["-6", "route", "add", &format!("{a6}/128"), "dev", &pod.iface])?;
+                netns::ip_in(&pns, &["-6", "addr", "add", &format!("{a6}/128"), "dev", "eth0", "nodad"])?;
+                netns::ip_in(&pns, &["-6", "route", "add", "default", "via", POD_GATEWAY6, "dev", "eth0"])?;
+                pod_addrs.push(format!("{a6}/128"));
+            }
             st.hosts.push(Host {
                 name: pod.name.clone(),
                 role: Role::Pod,
                 namespace: pns,
-                addresses: vec![format!("{}/32", pod.address)],
+                addresses: pod_addrs,
                 parent: Some(node.name.clone()),
                 interface: Some(pod.iface.clone()),
             });
-            pods.push(PodConfig { name: pod.name.clone(), interface: pod.iface.clone(), address: pod.address });
+            pods.push(PodConfig {
+                name: pod.name.clone(),
+                interface: pod.iface.clone(),
+                address: pod.address,
+                address6: pod.address_v6,
+            });
         }
         let mut cfg = node_config(lab, topo, node, pods, opts, mode);
         cfg.etcd_endpoints = st.etcd.iter().map(|e| e.url.clone()).collect();
@@ -521,7 +579,7 @@ fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> a
         bail!("subnet {} has no free address for the lab's etcd", subnet.prefix);
     };
     let ns = lab.ns("etcd");
-    add_ns(lab, st, &ns)?;
+    add_ns(lab, st, &ns, false)?;
     let sw = lab.ns(&format!("sw-{}", subnet.name));
     netns::ip_in(&sw, &["link", "add", "to-etcd", "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
     netns::ip_in(&sw, &["link", "set", "to-etcd", "master", "br0", "up"])?;
@@ -647,8 +705,18 @@ fn node_config(
         metrics_address: opts.metrics.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9091))),
         log_level: None,
         etcd_endpoints: Vec::new(),
+        ipv6: node.v6.map(|(address, block)| Ipv6Config {
+            address,
+            gateway: subnet.v6.map(|(_, g)| g),
+            pools: topo.pool_v6.into_iter().collect(),
+            blocks: vec![block],
+            nodes: topo.nodes.iter().filter(|o| o.name != node.name).filter_map(|o| Some(o.v6?.0.addr())).collect(),
+        }),
     }
 }
+
+/// The pods' IPv6 gateway, as Calico sets it: the link-local address of MAC ee:ee:ee:ee:ee:ee.
+pub const POD_GATEWAY6: &str = "fe80::ecee:eeff:feee:eeee";
 
 /// Who `node` peers with. Calico: one session per node pair, the higher address passive.
 fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {

@@ -1,11 +1,11 @@
 //! The lab topology file: underlay subnets, nodes with their pod blocks, and pods.
 //! Everything is checked up front; an error names the file, the line and what is wrong.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nodeapi::fileerr::{self, FileError, Source};
 use serde::Deserialize;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use toml::Spanned;
 
@@ -18,6 +18,9 @@ pub const SEED_RR: &str = include_str!("../topologies/seed-rr.toml");
 pub struct Topology {
     pub pool: Ipv4Net,
     pub block_size: u8,
+    /// Dual stack: the IPv6 pool (absent: IPv4 only) and its block size (Calico's /122).
+    pub pool_v6: Option<Ipv6Net>,
+    pub block_size_v6: u8,
     pub as_number: u32,
     /// The pool's `ipipMode` (Calico's names).
     pub ipip_mode: nodeapi::config::IpipMode,
@@ -42,6 +45,8 @@ pub struct Subnet {
     pub prefix: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub mtu: u16,
+    /// Dual stack: the subnet's IPv6 prefix and the underlay router's address on it.
+    pub v6: Option<(Ipv6Net, Ipv6Addr)>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +58,8 @@ pub struct Node {
     pub subnet: usize,
     pub block: Ipv4Net,
     pub pods: Vec<Pod>,
+    /// Dual stack: the node's IPv6 address on its subnet and its IPv6 block.
+    pub v6: Option<(Ipv6Net, Ipv6Net)>,
     /// Calico's Node.spec.bgp.routeReflectorClusterID: this node is a route reflector.
     pub route_reflector_cluster_id: Option<Ipv4Addr>,
 }
@@ -77,6 +84,8 @@ pub struct BgpPeerSpec {
 pub struct Pod {
     pub name: String,
     pub address: Ipv4Addr,
+    /// Dual stack: the pod's IPv6 address (a /128), from its node's IPv6 block.
+    pub address_v6: Option<Ipv6Addr>,
     /// Host end of the pod's veth pair: `cali` + 11 hex digits of SHA-1 of the pod's name.
     pub iface: String,
 }
@@ -118,6 +127,40 @@ struct RawCluster {
     node_to_node_mesh: bool,
     #[serde(default = "default_hold")]
     bgp_hold_time: Spanned<u16>,
+    #[serde(default)]
+    pool_v6: Option<Spanned<String>>,
+    #[serde(default = "default_block_size_v6")]
+    block_size_v6: Spanned<u8>,
+}
+
+fn default_block_size_v6() -> Spanned<u8> {
+    Spanned::new(0..0, DEFAULT_BLOCK_SIZE_V6)
+}
+
+/// Calico's default IPv6 block size.
+pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
+/// The IPv6 pool `lab up --dual-stack` adds to a topology without one (Calico picks a
+/// random ULA /48; this one mirrors the IPv4 pool 10.244.0.0/16).
+pub const DUAL_STACK_POOL: &str = "fd00:10:244::/48";
+
+/// An IPv6 address that reads like an IPv4 one: its decimal digits written as hex digits
+/// (`192.168.100.0` → `fd00:192:168:100::`, host 100 → `::100`).
+fn decimal_as_hex(n: u32) -> u128 {
+    u128::from_str_radix(&n.to_string(), 16).unwrap_or(0)
+}
+
+/// The /64 a subnet gets where the file names none: `fd00:A:B:C::/64` for `A.B.C.x`.
+fn derived_prefix6(p: Ipv4Net) -> Ipv6Net {
+    let o = p.network().octets();
+    let groups = [0xfd00, decimal_as_hex(o[0].into()), decimal_as_hex(o[1].into()), decimal_as_hex(o[2].into())];
+    let addr = groups.iter().fold(0u128, |acc, g| (acc << 16) | g) << 64;
+    Ipv6Net::new(Ipv6Addr::from(addr), 64).unwrap_or_default()
+}
+
+/// The IPv6 twin of `a` in `prefix6`: the same host number, as decimal digits.
+fn derived_host6(a: Ipv4Addr, p4: Ipv4Net, prefix6: Ipv6Net) -> Ipv6Addr {
+    let host = u32::from(a) & !u32::from(p4.netmask());
+    Ipv6Addr::from(u128::from(prefix6.network()) | decimal_as_hex(host))
 }
 
 fn never() -> Spanned<nodeapi::config::IpipMode> {
@@ -165,6 +208,10 @@ struct RawSubnet {
     gateway: Spanned<String>,
     #[serde(default = "default_mtu")]
     mtu: Spanned<u16>,
+    #[serde(default)]
+    prefix_v6: Option<Spanned<String>>,
+    #[serde(default)]
+    gateway_v6: Option<Spanned<String>>,
 }
 
 fn default_mtu() -> Spanned<u16> {
@@ -183,6 +230,8 @@ struct RawNode {
     pods: Vec<Spanned<RawPod>>,
     #[serde(default)]
     route_reflector_cluster_id: Option<Spanned<String>>,
+    #[serde(default)]
+    address_v6: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -251,7 +300,7 @@ fn subnets(
         if !names.insert(s.name.get_ref().clone()) {
             return Err(src.error_at(s.name.span(), format!("name {:?} is used twice", s.name.get_ref())));
         }
-        subnets.push(Subnet { name: s.name.get_ref().clone(), prefix, gateway, mtu });
+        subnets.push(Subnet { name: s.name.get_ref().clone(), prefix, gateway, mtu, v6: None });
     }
     Ok(subnets)
 }
@@ -349,13 +398,21 @@ fn nodes(
                 return Err(src.error_at(p.span(), format!("pod address {address} is used twice")));
             }
             let iface = cali_name(&name);
-            pods.push(Pod { name, address, iface });
+            pods.push(Pod { name, address, address_v6: None, iface });
         }
         let route_reflector_cluster_id = match &n.route_reflector_cluster_id {
             Some(c) => Some(src.at(c, fileerr::parse_addr(c.get_ref(), "route_reflector_cluster_id"))?),
             None => None,
         };
-        nodes.push(Node { name: n.name.get_ref().clone(), address, subnet, block, pods, route_reflector_cluster_id });
+        nodes.push(Node {
+            name: n.name.get_ref().clone(),
+            address,
+            subnet,
+            block,
+            pods,
+            route_reflector_cluster_id,
+            v6: None,
+        });
     }
     Ok((nodes, automatic, pod_addrs))
 }
@@ -394,6 +451,81 @@ fn assign_addresses(
             ));
         };
         nodes[node].pods[pod].address = a;
+    }
+    Ok(())
+}
+
+/// Dual stack: each subnet's IPv6 prefix and gateway (written, or derived from the IPv4
+/// ones), each node's IPv6 address (written, or its IPv4 host number on the IPv6 prefix) and
+/// IPv6 block (the next free one of the pool), each pod's IPv6 address (the next free one of
+/// its node's block; IPv6 blocks are large enough that none is borrowed).
+fn assign_v6(
+    src: &Source<'_>,
+    raw: &Raw,
+    pool6: Ipv6Net,
+    block_size6: u8,
+    subnets: &mut [Subnet],
+    nodes: &mut [Node],
+) -> Result<(), FileError> {
+    for (s, r) in subnets.iter_mut().zip(&raw.subnets) {
+        let prefix = match &r.prefix_v6 {
+            Some(p) => src.at(p, fileerr::parse_net6(p.get_ref(), "prefix_v6"))?,
+            None => derived_prefix6(s.prefix),
+        };
+        if prefix.trunc() != prefix || prefix.prefix_len() > 120 {
+            let at = r.prefix_v6.as_ref().map_or(r.prefix.span(), |p| p.span());
+            return Err(src.error_at(at, format!("prefix_v6 {prefix} must be a network (no host bits) of at most /120")));
+        }
+        if prefix.contains(&pool6.network()) || pool6.contains(&prefix.network()) {
+            let at = r.prefix_v6.as_ref().map_or(r.prefix.span(), |p| p.span());
+            return Err(src.error_at(at, format!("subnet {prefix} overlaps the IPv6 pod pool {pool6}")));
+        }
+        let gateway = match &r.gateway_v6 {
+            Some(g) => src.at(g, fileerr::parse_addr6(g.get_ref(), "gateway_v6"))?,
+            None => derived_host6(s.gateway, s.prefix, prefix),
+        };
+        if !prefix.contains(&gateway) || gateway == prefix.network() {
+            let at = r.gateway_v6.as_ref().map_or(r.gateway.span(), |g| g.span());
+            return Err(src.error_at(at, format!("gateway_v6 {gateway} is not a host address of {prefix}")));
+        }
+        s.v6 = Some((prefix, gateway));
+    }
+    for (i, s) in subnets.iter().enumerate() {
+        if let Some(o) = subnets[..i].iter().find(|o| o.v6.map(|v| v.0) == s.v6.map(|v| v.0)) {
+            let at = raw.subnets[i].prefix_v6.as_ref().map_or(raw.subnets[i].prefix.span(), |p| p.span());
+            return Err(src.error_at(
+                at,
+                format!("subnets {} and {} get the same IPv6 prefix; give them prefix_v6", o.name, s.name),
+            ));
+        }
+    }
+    let mut blocks = pool6.subnets(block_size6).into_iter().flatten();
+    let mut taken: HashSet<Ipv6Addr> = HashSet::new();
+    for (n, r) in nodes.iter_mut().zip(&raw.nodes) {
+        let (prefix, gateway) = subnets[n.subnet].v6.unwrap_or((Ipv6Net::default(), Ipv6Addr::UNSPECIFIED));
+        let addr = match &r.address_v6 {
+            Some(a) => src.at(a, fileerr::parse_addr6(a.get_ref(), "address_v6"))?,
+            None => derived_host6(n.address.addr(), n.address.trunc(), prefix),
+        };
+        if !prefix.contains(&addr) || addr == gateway || addr == prefix.network() || !taken.insert(addr) {
+            let at = r.address_v6.as_ref().map_or(r.address.span(), |a| a.span());
+            return Err(src.error_at(
+                at,
+                format!("IPv6 address {addr} is not a free host address of {prefix} (gateway {gateway})"),
+            ));
+        }
+        let block = blocks.next().ok_or_else(|| {
+            src.error_at(r.name.span(), format!("the IPv6 pool {pool6} has no free /{block_size6} block left"))
+        })?;
+        // The block's first address is its network's (Calico's IPAM hands it out too, but a
+        // pod at ::0 of a /122 reads like a mistake).
+        let mut free = (1..(1u128 << (128 - block_size6))).map(|i| Ipv6Addr::from(u128::from(block.network()) + i));
+        for p in &mut n.pods {
+            p.address_v6 = Some(free.next().ok_or_else(|| {
+                src.error_at(r.name.span(), format!("the IPv6 block {block} of node {} is full", n.name))
+            })?);
+        }
+        n.v6 = Some((Ipv6Net::new(addr, prefix.prefix_len()).unwrap_or_default(), block));
     }
     Ok(())
 }
@@ -440,13 +572,25 @@ fn bgp_peer(
 
 impl Topology {
     pub fn load(path: &Path) -> Result<Topology, FileError> {
+        Self::load_with(path, false)
+    }
+
+    /// [`Topology::load`]; `dual_stack` adds [`DUAL_STACK_POOL`] where the file has no `pool_v6`.
+    pub fn load_with(path: &Path, dual_stack: bool) -> Result<Topology, FileError> {
         let text = fileerr::read(path)?;
-        Self::parse(path, &text)
+        Self::parse_with(path, &text, dual_stack)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Topology, FileError> {
+        Self::parse_with(path, text, false)
+    }
+
+    pub fn parse_with(path: &Path, text: &str, dual_stack: bool) -> Result<Topology, FileError> {
         let src = Source { path, text };
-        let raw: Raw = src.parse()?;
+        let mut raw: Raw = src.parse()?;
+        if dual_stack && raw.cluster.pool_v6.is_none() {
+            raw.cluster.pool_v6 = Some(Spanned::new(0..0, DUAL_STACK_POOL.to_string()));
+        }
 
         let pool = src.at(&raw.cluster.pool, fileerr::parse_net(raw.cluster.pool.get_ref(), "pool"))?.trunc();
         let block_size = *raw.cluster.block_size.get_ref();
@@ -467,6 +611,21 @@ impl Topology {
             return Err(src.error("no [[nodes]]: a lab needs at least one node"));
         }
         assign_addresses(&src, &mut nodes, automatic, pod_addrs)?;
+        let mut subnets = subnets;
+        let pool_v6 = match &raw.cluster.pool_v6 {
+            Some(p) => Some(src.at(p, fileerr::parse_net6(p.get_ref(), "pool_v6"))?.trunc()),
+            None => None,
+        };
+        let block_size_v6 = *raw.cluster.block_size_v6.get_ref();
+        if let Some(pool6) = pool_v6 {
+            if block_size_v6 < pool6.prefix_len() || block_size_v6 > 128 {
+                return Err(src.error_at(
+                    raw.cluster.block_size_v6.span(),
+                    format!("block_size_v6 /{block_size_v6} must lie between the pool's /{} and /128", pool6.prefix_len()),
+                ));
+            }
+            assign_v6(&src, &raw, pool6, block_size_v6, &mut subnets, &mut nodes)?;
+        }
         let vxlan_mode = *raw.cluster.vxlan_mode.get_ref();
         if vxlan_mode != nodeapi::config::IpipMode::Never && raw.cluster.ipip_mode != nodeapi::config::IpipMode::Never {
             return Err(src.error_at(
@@ -497,6 +656,8 @@ impl Topology {
         Ok(Topology {
             pool,
             block_size,
+            pool_v6,
+            block_size_v6,
             as_number: raw.cluster.as_number,
             ipip_mode: raw.cluster.ipip_mode,
             vxlan_mode,

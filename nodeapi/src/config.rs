@@ -2,9 +2,9 @@
 //! node; a user can write one by hand. Errors name the file and line.
 
 use crate::fileerr::{self, FileError, Source};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
@@ -186,6 +186,23 @@ pub struct NodeConfig {
     /// comes from Calico's resources there and follows them live; `bgp` and `pools` here are
     /// what the node starts with until etcd answers.
     pub etcd_endpoints: Vec<String>,
+    /// The node's IPv6 side; absent: IPv4 only, and IPv6 is left to the kernel.
+    pub ipv6: Option<Ipv6Config>,
+}
+
+/// Dual stack: the uplink's IPv6 address, the IPv6 pools and the node's IPv6 blocks. IPv6
+/// is never tunnelled (as in Calico): a block of a node on another subnet is reached through
+/// the underlay router, which must know the pod routes (in the lab it learns them over BGP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Config {
+    pub address: Ipv6Net,
+    /// The underlay router on the uplink: where IPv6 goes whose next hop is off the subnet.
+    pub gateway: Option<Ipv6Addr>,
+    pub pools: Vec<Ipv6Net>,
+    pub blocks: Vec<Ipv6Net>,
+    /// The other nodes' IPv6 addresses: an IPv6 pool route is accepted only with one of
+    /// them (or this node's) as next hop.
+    pub nodes: Vec<Ipv6Addr>,
 }
 
 impl NodeConfig {
@@ -242,6 +259,8 @@ pub struct PodConfig {
     pub name: String,
     pub interface: String,
     pub address: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack node.
+    pub address6: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,6 +319,22 @@ pub struct RawConfig {
     pub bgp: Option<RawBgp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub etcd_endpoints: Vec<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<RawIpv6>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpv6 {
+    pub address: Spanned<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Spanned<String>>,
+    #[serde(default)]
+    pub pools: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub blocks: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub nodes: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -560,6 +595,8 @@ pub struct RawPod {
     pub name: Spanned<String>,
     pub interface: Spanned<String>,
     pub address: Spanned<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -637,7 +674,14 @@ fn pods(src: &Source<'_>, raw: &[RawPod], uplink: &Uplink) -> Result<Vec<PodConf
         if interface == uplink.interface {
             return Err(src.error_at(p.interface.span(), "a pod cannot use the uplink interface"));
         }
-        pods.push(PodConfig { name: p.name.get_ref().clone(), interface, address });
+        let address6 = match &p.address6 {
+            Some(a) => Some(src.at(a, fileerr::parse_addr6(a.get_ref(), "pod address6"))?),
+            None => None,
+        };
+        if let Some(o) = pods.iter().find(|o| address6.is_some() && o.address6 == address6) {
+            return Err(src.error_at(p.name.span(), format!("pod {} shares its IPv6 address with pod {}", p.name.get_ref(), o.name)));
+        }
+        pods.push(PodConfig { name: p.name.get_ref().clone(), interface, address, address6 });
     }
     Ok(pods)
 }
@@ -730,6 +774,39 @@ fn bgp_peer(
     })
 }
 
+fn ipv6(src: &Source<'_>, raw: &RawIpv6, pods: &[PodConfig]) -> Result<Ipv6Config, FileError> {
+    let address = src.at(&raw.address, fileerr::parse_net6(raw.address.get_ref(), "ipv6.address"))?;
+    if address.prefix_len() >= 127 {
+        return Err(src.error_at(raw.address.span(), format!("ipv6.address {address}: give the uplink its subnet's prefix length, like /64")));
+    }
+    let gateway = match &raw.gateway {
+        Some(g) => Some(src.at(g, fileerr::parse_addr6(g.get_ref(), "ipv6.gateway"))?),
+        None => None,
+    };
+    let nets = |list: &[Spanned<String>], what: &str| -> Result<Vec<Ipv6Net>, FileError> {
+        list.iter()
+            .map(|n| {
+                let net = src.at(n, fileerr::parse_net6(n.get_ref(), what))?;
+                if net.trunc() != net {
+                    return Err(src.error_at(n.span(), format!("{what} {net} has host bits set; did you mean {}?", net.trunc())));
+                }
+                Ok(net)
+            })
+            .collect()
+    };
+    let pools = nets(&raw.pools, "ipv6 pool")?;
+    let blocks = nets(&raw.blocks, "ipv6 block")?;
+    let nodes = raw
+        .nodes
+        .iter()
+        .map(|a| src.at(a, fileerr::parse_addr6(a.get_ref(), "ipv6 node")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if pools.is_empty() && pods.iter().any(|p| p.address6.is_some()) {
+        return Err(src.error_at(raw.address.span(), "pods have IPv6 addresses but [ipv6] names no pool"));
+    }
+    Ok(Ipv6Config { address, gateway, pools, blocks, nodes })
+}
+
 fn net_no_host_bits(src: &Source<'_>, s: &Spanned<String>, what: &str) -> Result<Ipv4Net, FileError> {
     let net = src.at(s, fileerr::parse_net(s.get_ref(), what))?;
     if net.trunc() != net {
@@ -772,6 +849,12 @@ impl NodeConfig {
             .map(|p| src.at(p, fileerr::parse_addr(p.get_ref(), "ipip peer")))
             .collect::<Result<Vec<_>, FileError>>()?;
         let pods = pods(&src, &raw.pods, &uplink)?;
+        let ipv6 = raw.ipv6.as_ref().map(|r| ipv6(&src, r, &pods)).transpose()?;
+        if ipv6.is_none() {
+            if let Some(p) = raw.pods.iter().find(|p| p.address6.is_some()) {
+                return Err(src.error_at(p.name.span(), format!("pod {} has an IPv6 address, but there is no [ipv6] section", p.name.get_ref())));
+            }
+        }
         let routes = raw.routes.iter().map(|r| static_route(&src, r, &uplink)).collect::<Result<Vec<_>, _>>()?;
         let bgp = raw.bgp.as_ref().map(|b| bgp(&src, b, &uplink)).transpose()?;
         let metrics_address = match &raw.metrics_address {
@@ -825,6 +908,7 @@ impl NodeConfig {
             ipip_ttl,
             ipip_peers,
             ipip_allowed_sources,
+            ipv6,
         })
     }
 
@@ -847,6 +931,13 @@ impl NodeConfig {
             ipip_ttl: Spanned::new(0..0, self.ipip_ttl),
             ipip_peers: self.ipip_peers.iter().map(|a| s(a.to_string())).collect(),
             ipip_allowed_sources: self.ipip_allowed_sources.iter().map(|a| s(a.to_string())).collect(),
+            ipv6: self.ipv6.as_ref().map(|v| RawIpv6 {
+                address: s(v.address.to_string()),
+                gateway: v.gateway.map(|g| s(g.to_string())),
+                pools: v.pools.iter().map(|p| s(p.to_string())).collect(),
+                blocks: v.blocks.iter().map(|p| s(p.to_string())).collect(),
+                nodes: v.nodes.iter().map(|p| s(p.to_string())).collect(),
+            }),
             uplink: RawUplink {
                 interface: s(self.uplink.interface.clone()),
                 address: s(self.uplink.address.to_string()),
@@ -868,6 +959,7 @@ impl NodeConfig {
                     name: s(p.name.clone()),
                     interface: s(p.interface.clone()),
                     address: s(p.address.to_string()),
+                    address6: p.address6.map(|a| s(a.to_string())),
                 })
                 .collect(),
             bgp: self.bgp.as_ref().map(|b| {

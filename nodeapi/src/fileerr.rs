@@ -69,6 +69,14 @@ pub fn parse_net(s: &str, what: &str) -> Result<ipnet::Ipv4Net, String> {
     s.parse().map_err(|_| format!("{what} {s:?} is not an IPv4 address with prefix length (like 10.0.0.1/24)"))
 }
 
+pub fn parse_net6(s: &str, what: &str) -> Result<ipnet::Ipv6Net, String> {
+    s.parse().map_err(|_| format!("{what} {s:?} is not an IPv6 address with prefix length (like fd00:10:244::/48)"))
+}
+
+pub fn parse_addr6(s: &str, what: &str) -> Result<std::net::Ipv6Addr, String> {
+    s.parse().map_err(|_| format!("{what} {s:?} is not an IPv6 address"))
+}
+
 pub fn parse_addr(s: &str, what: &str) -> Result<std::net::Ipv4Addr, String> {
     s.parse().map_err(|_| format!("{what} {s:?} is not an IPv4 address"))
 }

@@ -260,6 +260,10 @@ enum LabCmd {
         /// Serve each node's Prometheus metrics on 127.0.0.1:9091 inside its namespace.
         #[arg(long)]
         metrics: bool,
+        /// IPv6 beside IPv4: an IPv6 pool (the topology's `pool_v6`, else fd00:10:244::/48,
+        /// /122 blocks), a /128 for every pod, IPv6 on the underlay. Afpacket data plane only.
+        #[arg(long)]
+        dual_stack: bool,
         /// Turn off the pods' TX checksum and segmentation offloads, so that every packet
         /// leaves a pod complete and MTU-sized (the way to compare with offloads on).
         #[arg(long)]
@@ -737,6 +741,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             ipip_mode,
             vxlan_mode,
             metrics,
+            dual_stack,
             no_pod_offload,
             no_gro,
             no_udp_gso,
@@ -769,6 +774,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 udp_gso: !no_udp_gso,
                 transit_filter: !no_transit_filter,
                 worker_nice,
+                dual_stack,
                 exe,
             };
             let st = lab::up(lab, &opts)?;

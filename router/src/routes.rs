@@ -3,11 +3,12 @@
 //! the kernel's. It also yields the FIB for the workers and, where the kernel forwards, the
 //! kernel routes to install.
 
+use forwarding::fib::{NextHop6, Route6};
 use forwarding::{IfaceId, IfaceRole, Interfaces, NextHop, Route};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nodeapi::admin::{RouteEntry, RouteSource};
 use nodeapi::config::{DataplaneMode, Encap, IpipMode, NodeConfig, StaticAction, StaticRoute};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// How the kernel of the node namespace should route a prefix (tun mode forwarding, and the
 /// node's own traffic in afpacket mode).
@@ -100,6 +101,42 @@ impl Table {
 /// Builds the node's routes from its config, its data-plane interfaces and what it learned
 /// over BGP (prefix, next hop). A learned route whose next hop cannot be reached is left out
 /// (and logged); a static one is a config error.
+/// The node's IPv6 table (dual stack): its own address for the kernel, the uplink's prefix
+/// on link, its blocks blackholed, each pod's /128 on its interface, and what BGP taught:
+/// via the next hop where it is on the uplink's prefix, else via the underlay router (IPv6 is
+/// never tunnelled; the fabric knows the pod routes).
+pub fn build_fib6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Addr)]) -> Vec<Route6> {
+    let (Some(v6), Some(uplink)) = (&cfg.ipv6, ifaces.by_name(&cfg.uplink.interface)) else {
+        return Vec::new();
+    };
+    let route = |prefix: Ipv6Net, next_hop| Route6 { prefix, next_hop };
+    let mut t = vec![
+        route(v6.address.trunc(), NextHop6::Local { iface: uplink }),
+        route(Ipv6Net::from(v6.address.addr()), NextHop6::Host),
+    ];
+    t.extend(v6.blocks.iter().map(|b| route(*b, NextHop6::Blackhole)));
+    for p in &cfg.pods {
+        if let (Some(a), Some(i)) = (p.address6, ifaces.by_name(&p.interface)) {
+            t.push(route(Ipv6Net::from(a), NextHop6::Local { iface: i }));
+        }
+    }
+    for (prefix, nh) in learned {
+        let gateway = if v6.address.contains(nh) {
+            *nh
+        } else if let Some(g) = v6.gateway {
+            g
+        } else {
+            tracing::warn!(%prefix, next_hop = %nh, "learned IPv6 route's next hop is off the uplink's prefix and there is no IPv6 gateway; not installed");
+            continue;
+        };
+        if *nh == v6.address.addr() {
+            continue;
+        }
+        t.push(route(*prefix, NextHop6::Direct { iface: uplink, gateway }));
+    }
+    t
+}
+
 pub fn build(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv4Net, Ipv4Addr)]) -> Result<Table, String> {
     build_inner(cfg, ifaces, learned, true)
 }

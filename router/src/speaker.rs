@@ -645,4 +645,8 @@ impl Speaker {
     pub fn learned(&self) -> Vec<(Ipv4Net, Ipv4Addr)> {
         self.core.learned()
     }
+
+    pub fn learned6(&self) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
+        self.core.learned6()
+    }
 }

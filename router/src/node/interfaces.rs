@@ -8,6 +8,14 @@ use super::*;
 /// node's own traffic into the tunnel (afpacket); or the raw IP socket, the VXLAN UDP socket
 /// when a pool uses VXLAN, and the tunnel device (tun).
 pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
+    let ifaces = discover_links(cfg)?;
+    Ok(match &cfg.ipv6 {
+        Some(v6) => ifaces.with_node_addr6(v6.address.addr()),
+        None => ifaces,
+    })
+}
+
+fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
     let mut list = Vec::new();
     let up = netsys::link_info(&cfg.uplink.interface)
         .with_context(|| format!("uplink interface {} (from the config)", cfg.uplink.interface))?;
@@ -40,7 +48,7 @@ pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
             ifindex: l.ifindex,
             mac: l.mac,
             mtu: l.mtu,
-            role: IfaceRole::Pod { addr: p.address, addr6: None },
+            role: IfaceRole::Pod { addr: p.address, addr6: p.address6 },
         });
     }
     // The node's kernel cannot wrap IPIP or VXLAN itself. As in Calico, its routes to the

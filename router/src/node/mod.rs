@@ -14,14 +14,14 @@ use anyhow::{bail, Context as _};
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
 use forwarding::fib::{FibWriter, Tunnels};
 use forwarding::{FibHandle, IfaceRole, Interface, Interfaces};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use mio::{Events, Poll, Token};
 use nodeapi::admin::RouteEntry;
 use nodeapi::admin::{self, Request};
 use nodeapi::config::{DataplaneMode, NodeConfig};
 use nodeapi::ipcmd;
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -52,6 +52,8 @@ struct Node {
     writer: FibWriter,
     /// What BGP taught us; display rows are built from it when someone asks.
     learned: Vec<(Ipv4Net, Ipv4Addr)>,
+    /// The same for IPv6 (dual stack).
+    learned6: Vec<(Ipv6Net, Ipv6Addr)>,
     /// Kernel routes currently installed by us.
     kernel: Vec<routes::KernelRoute>,
     started: Instant,
@@ -82,15 +84,24 @@ fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
     peers.extend(cluster_hops.iter().copied());
     let mut local_pods: Vec<Ipv4Addr> = cfg.pods.iter().map(|p| p.address).collect();
     local_pods.sort_unstable();
-    Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone(), local_pods, ..Default::default() }
+    let mut local_pods6: Vec<Ipv6Addr> = cfg.pods.iter().filter_map(|p| p.address6).collect();
+    local_pods6.sort_unstable();
+    Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone(), local_pods, local_pods6 }
 }
 
 impl Node {
     /// Recomputes the route table with what BGP learned and publishes the new FIB; in tun mode
     /// (and for the node's own traffic) brings the kernel routes in line.
-    fn rebuild(&mut self, learned: Vec<(Ipv4Net, Ipv4Addr)>, cluster_hops: &HashSet<Ipv4Addr>) -> anyhow::Result<()> {
+    fn rebuild(
+        &mut self,
+        learned: Vec<(Ipv4Net, Ipv4Addr)>,
+        learned6: Vec<(Ipv6Net, Ipv6Addr)>,
+        cluster_hops: &HashSet<Ipv4Addr>,
+    ) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let table = routes::build_fib(&self.cfg, self.dp.interfaces(), &learned).map_err(anyhow::Error::msg)?;
+        self.writer.set_v6(&routes::build_fib6(&self.cfg, self.dp.interfaces(), &learned6));
+        self.learned6 = learned6;
         let built = t0.elapsed();
         // Only what changed goes to the FIB writer, so a snapshot rebuilds only the /8s touched.
         let (added, removed) = self.writer.sync(&table.fib);
@@ -208,6 +219,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
                 name: spec.name,
                 interface: spec.interface,
                 address: spec.address,
+                address6: None,
             });
         }
     }
@@ -223,6 +235,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     let table =
         routes::build(&cfg, &ifaces, &learned).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
     let mut writer = FibWriter::with_routes(&table.fib);
+    writer.set_v6(&routes::build_fib6(&cfg, &ifaces, &[]));
     writer.set_tunnels(tunnels(&cfg, &hops));
     let fib = FibHandle::new(writer.publish());
 
@@ -251,6 +264,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         fib,
         writer,
         learned,
+        learned6: Vec::new(),
         kernel: Vec::new(),
         started: Instant::now(),
         capture: None,
@@ -439,7 +453,7 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
             }
             if pending && last_rebuild.elapsed() >= rebuild_cost * 2 && node.saved.is_none() {
                 let t = Instant::now();
-                if let Err(e) = node.rebuild(sp.learned(), &sp.cluster_next_hops()) {
+                if let Err(e) = node.rebuild(sp.learned(), sp.learned6(), &sp.cluster_next_hops()) {
                     tracing::error!(error = %e, "rebuilding the FIB failed");
                 }
                 pending = false;

@@ -93,7 +93,12 @@ impl Node {
         if let Some(other) = self.cfg.pods.iter().find(|p| p.name != spec.name && p.interface == spec.interface) {
             bail!("{} is already the interface of pod {}", spec.interface, other.name);
         }
-        let pod = PodConfig { name: spec.name.clone(), interface: spec.interface.clone(), address: spec.address };
+        let pod = PodConfig {
+            name: spec.name.clone(),
+            interface: spec.interface.clone(),
+            address: spec.address,
+            address6: None,
+        };
         let mut speaker = speaker;
         if let Some(old) = self.cfg.pods.iter().find(|p| p.name == spec.name).cloned() {
             let same_link = netsys::link_info(&old.interface).ok().map(|l| l.ifindex);
@@ -154,7 +159,7 @@ impl Node {
             ifindex: l.ifindex,
             mac: l.mac,
             mtu: l.mtu,
-            role: IfaceRole::Pod { addr: pod.address, addr6: None },
+            role: IfaceRole::Pod { addr: pod.address, addr6: pod.address6 },
         };
         match self.dp.add_interface(f) {
             Ok(_) => {
@@ -184,7 +189,9 @@ impl Node {
         let hops = speaker.map(|s| s.cluster_next_hops()).unwrap_or_default();
         let learned =
             if self.saved.is_some() { self.learned.clone() } else { speaker.map_or_else(Vec::new, |s| s.learned()) };
-        if let Err(e) = self.rebuild(learned, &hops) {
+        let learned6 =
+            if self.saved.is_some() { self.learned6.clone() } else { speaker.map_or_else(Vec::new, |s| s.learned6()) };
+        if let Err(e) = self.rebuild(learned, learned6, &hops) {
             tracing::error!(error = %e, "rebuilding the FIB after a pod change failed");
         }
     }
