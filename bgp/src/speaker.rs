@@ -46,6 +46,9 @@ pub struct CoreConfig {
     pub local_as: u32,
     pub router_id: Ipv4Addr,
     pub local_addr: Ipv4Addr,
+    /// Dual stack: our IPv6 address. Sessions (over IPv4) then also negotiate IPv6 unicast
+    /// (RFC 4760) and announce IPv6 routes with it as next hop.
+    pub local_addr6: Option<std::net::Ipv6Addr>,
     pub hold_time: u16,
     pub connect_retry: Duration,
     pub cluster_id: Option<Ipv4Addr>,
@@ -157,6 +160,14 @@ impl Core {
         core
     }
 
+    /// The address families our OPENs offer.
+    fn families(&self) -> Vec<Afi> {
+        match self.cfg.local_addr6 {
+            Some(_) => vec![Afi::Ipv4, Afi::Ipv6],
+            None => vec![Afi::Ipv4],
+        }
+    }
+
     /// Adds peer slot `peers.len()` (not started).
     fn push_peer(&mut self, p: PeerConfig, now: Instant) -> usize {
         let i = self.peers.len();
@@ -174,6 +185,7 @@ impl Core {
                 external: p.external,
                 filters,
                 max_prefixes: p.max_prefixes,
+                local_addr6: self.cfg.local_addr6,
                 ..PeerInfo::new(p.address, p.asn, self.cfg.local_addr)
             },
         );
@@ -185,7 +197,7 @@ impl Core {
                 hold_time: self.cfg.hold_time,
                 connect_retry: self.cfg.connect_retry,
                 passive: p.passive,
-                families: vec![Afi::Ipv4],
+                families: self.families(),
                 graceful_restart: self.cfg.graceful_restart,
                 restarted: self.cfg.restarted,
             },

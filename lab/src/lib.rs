@@ -17,8 +17,9 @@ use nodeapi::ipcmd as netns;
 use anyhow::{bail, Context as _};
 use nodeapi::admin;
 use nodeapi::config::PeerKind;
-use nodeapi::config::{Ipv6Config, 
-    BgpConfig, BgpPeer, DataplaneMode, IpipMode, NodeConfig, PodConfig, Pool, StaticAction, StaticRoute, Uplink,
+use nodeapi::config::{
+    BgpConfig, BgpPeer, DataplaneMode, IpipMode, Ipv6Config, NodeConfig, PodConfig, Pool, StaticAction, StaticRoute,
+    Uplink,
 };
 use state::{Daemon, Host, Role, State};
 use std::os::unix::process::CommandExt;
@@ -708,6 +709,7 @@ fn node_config(
         ipv6: node.v6.map(|(address, block)| Ipv6Config {
             address,
             gateway: subnet.v6.map(|(_, g)| g),
+            routes: topo.subnets.iter().filter(|s| s.name != subnet.name).filter_map(|s| Some(s.v6?.0)).collect(),
             pools: topo.pool_v6.into_iter().collect(),
             blocks: vec![block],
             nodes: topo.nodes.iter().filter(|o| o.name != node.name).filter_map(|o| Some(o.v6?.0.addr())).collect(),

@@ -474,7 +474,9 @@ fn assign_v6(
         };
         if prefix.trunc() != prefix || prefix.prefix_len() > 120 {
             let at = r.prefix_v6.as_ref().map_or(r.prefix.span(), |p| p.span());
-            return Err(src.error_at(at, format!("prefix_v6 {prefix} must be a network (no host bits) of at most /120")));
+            return Err(
+                src.error_at(at, format!("prefix_v6 {prefix} must be a network (no host bits) of at most /120"))
+            );
         }
         if prefix.contains(&pool6.network()) || pool6.contains(&prefix.network()) {
             let at = r.prefix_v6.as_ref().map_or(r.prefix.span(), |p| p.span());
@@ -621,7 +623,10 @@ impl Topology {
             if block_size_v6 < pool6.prefix_len() || block_size_v6 > 128 {
                 return Err(src.error_at(
                     raw.cluster.block_size_v6.span(),
-                    format!("block_size_v6 /{block_size_v6} must lie between the pool's /{} and /128", pool6.prefix_len()),
+                    format!(
+                        "block_size_v6 /{block_size_v6} must lie between the pool's /{} and /128",
+                        pool6.prefix_len()
+                    ),
                 ));
             }
             assign_v6(&src, &raw, pool6, block_size_v6, &mut subnets, &mut nodes)?;

@@ -198,6 +198,8 @@ pub struct Ipv6Config {
     pub address: Ipv6Net,
     /// The underlay router on the uplink: where IPv6 goes whose next hop is off the subnet.
     pub gateway: Option<Ipv6Addr>,
+    /// Prefixes reached through `gateway` (the underlay's other subnets).
+    pub routes: Vec<Ipv6Net>,
     pub pools: Vec<Ipv6Net>,
     pub blocks: Vec<Ipv6Net>,
     /// The other nodes' IPv6 addresses: an IPv6 pool route is accepted only with one of
@@ -329,6 +331,8 @@ pub struct RawIpv6 {
     pub address: Spanned<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Spanned<String>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<String>>,
     #[serde(default)]
     pub pools: Vec<Spanned<String>>,
     #[serde(default)]
@@ -679,7 +683,10 @@ fn pods(src: &Source<'_>, raw: &[RawPod], uplink: &Uplink) -> Result<Vec<PodConf
             None => None,
         };
         if let Some(o) = pods.iter().find(|o| address6.is_some() && o.address6 == address6) {
-            return Err(src.error_at(p.name.span(), format!("pod {} shares its IPv6 address with pod {}", p.name.get_ref(), o.name)));
+            return Err(src.error_at(
+                p.name.span(),
+                format!("pod {} shares its IPv6 address with pod {}", p.name.get_ref(), o.name),
+            ));
         }
         pods.push(PodConfig { name: p.name.get_ref().clone(), interface, address, address6 });
     }
@@ -777,7 +784,10 @@ fn bgp_peer(
 fn ipv6(src: &Source<'_>, raw: &RawIpv6, pods: &[PodConfig]) -> Result<Ipv6Config, FileError> {
     let address = src.at(&raw.address, fileerr::parse_net6(raw.address.get_ref(), "ipv6.address"))?;
     if address.prefix_len() >= 127 {
-        return Err(src.error_at(raw.address.span(), format!("ipv6.address {address}: give the uplink its subnet's prefix length, like /64")));
+        return Err(src.error_at(
+            raw.address.span(),
+            format!("ipv6.address {address}: give the uplink its subnet's prefix length, like /64"),
+        ));
     }
     let gateway = match &raw.gateway {
         Some(g) => Some(src.at(g, fileerr::parse_addr6(g.get_ref(), "ipv6.gateway"))?),
@@ -788,13 +798,18 @@ fn ipv6(src: &Source<'_>, raw: &RawIpv6, pods: &[PodConfig]) -> Result<Ipv6Confi
             .map(|n| {
                 let net = src.at(n, fileerr::parse_net6(n.get_ref(), what))?;
                 if net.trunc() != net {
-                    return Err(src.error_at(n.span(), format!("{what} {net} has host bits set; did you mean {}?", net.trunc())));
+                    return Err(src
+                        .error_at(n.span(), format!("{what} {net} has host bits set; did you mean {}?", net.trunc())));
                 }
                 Ok(net)
             })
             .collect()
     };
     let pools = nets(&raw.pools, "ipv6 pool")?;
+    let routes = nets(&raw.routes, "ipv6 route")?;
+    if let (Some(r), None) = (raw.routes.first(), gateway) {
+        return Err(src.error_at(r.span(), "ipv6.routes go through ipv6.gateway, which is missing"));
+    }
     let blocks = nets(&raw.blocks, "ipv6 block")?;
     let nodes = raw
         .nodes
@@ -804,7 +819,7 @@ fn ipv6(src: &Source<'_>, raw: &RawIpv6, pods: &[PodConfig]) -> Result<Ipv6Confi
     if pools.is_empty() && pods.iter().any(|p| p.address6.is_some()) {
         return Err(src.error_at(raw.address.span(), "pods have IPv6 addresses but [ipv6] names no pool"));
     }
-    Ok(Ipv6Config { address, gateway, pools, blocks, nodes })
+    Ok(Ipv6Config { address, gateway, routes, pools, blocks, nodes })
 }
 
 fn net_no_host_bits(src: &Source<'_>, s: &Spanned<String>, what: &str) -> Result<Ipv4Net, FileError> {
@@ -852,7 +867,10 @@ impl NodeConfig {
         let ipv6 = raw.ipv6.as_ref().map(|r| ipv6(&src, r, &pods)).transpose()?;
         if ipv6.is_none() {
             if let Some(p) = raw.pods.iter().find(|p| p.address6.is_some()) {
-                return Err(src.error_at(p.name.span(), format!("pod {} has an IPv6 address, but there is no [ipv6] section", p.name.get_ref())));
+                return Err(src.error_at(
+                    p.name.span(),
+                    format!("pod {} has an IPv6 address, but there is no [ipv6] section", p.name.get_ref()),
+                ));
             }
         }
         let routes = raw.routes.iter().map(|r| static_route(&src, r, &uplink)).collect::<Result<Vec<_>, _>>()?;
@@ -934,6 +952,7 @@ impl NodeConfig {
             ipv6: self.ipv6.as_ref().map(|v| RawIpv6 {
                 address: s(v.address.to_string()),
                 gateway: v.gateway.map(|g| s(g.to_string())),
+                routes: v.routes.iter().map(|p| s(p.to_string())).collect(),
                 pools: v.pools.iter().map(|p| s(p.to_string())).collect(),
                 blocks: v.blocks.iter().map(|p| s(p.to_string())).collect(),
                 nodes: v.nodes.iter().map(|p| s(p.to_string())).collect(),

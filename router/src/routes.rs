@@ -114,6 +114,9 @@ pub fn build_fib6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ip
         route(v6.address.trunc(), NextHop6::Local { iface: uplink }),
         route(Ipv6Net::from(v6.address.addr()), NextHop6::Host),
     ];
+    if let Some(gateway) = v6.gateway {
+        t.extend(v6.routes.iter().map(|p| route(*p, NextHop6::Direct { iface: uplink, gateway })));
+    }
     t.extend(v6.blocks.iter().map(|b| route(*b, NextHop6::Blackhole)));
     for p in &cfg.pods {
         if let (Some(a), Some(i)) = (p.address6, ifaces.by_name(&p.interface)) {

@@ -31,6 +31,9 @@ pub struct PeerInfo {
     pub rr_client: bool,
     /// Our address toward this peer: the next hop we announce.
     pub local_addr: Ipv4Addr,
+    /// Our IPv6 address, the next hop of the IPv6 routes we announce (dual stack); without
+    /// one, IPv6 routes are carried but not announced.
+    pub local_addr6: Option<std::net::Ipv6Addr>,
     /// A router outside the cluster (Calico's BGPPeer, not a node): what it sends is checked
     /// against the pools and our own routes, and it is never passed on.
     pub external: bool,
@@ -50,6 +53,7 @@ impl PeerInfo {
             asn,
             rr_client: false,
             local_addr,
+            local_addr6: None,
             external: false,
             filters: Vec::new(),
             max_prefixes: None,
@@ -210,6 +214,8 @@ pub struct Rib {
     rejected: HashMap<PeerId, PrefixMap<Rejected>>,
     policy: ClusterPolicy,
     sync: HashMap<PeerId, Sync>,
+    /// The address families each Established session negotiated: only those are exported.
+    families: HashMap<PeerId, Vec<Afi>>,
     /// Some peer's filters have an export Accept rule (which may pass on an external route).
     export_accept_rules: bool,
     /// After our own restart: nothing is sent until [`Rib::end_deferral`] (RFC 4724 §4.1),
@@ -238,6 +244,7 @@ impl Rib {
             rejected: HashMap::new(),
             policy: ClusterPolicy::default(),
             sync: HashMap::new(),
+            families: HashMap::new(),
             export_accept_rules: false,
             deferred: None,
             interned: Default::default(),
@@ -449,6 +456,7 @@ impl Rib {
             self.up.push(id);
         }
         self.adj_out.insert(id, PrefixMap::default());
+        self.families.insert(id, families.to_vec());
         if let Some(d) = self.deferred.as_mut() {
             d.insert(id, families.to_vec());
             return Changes::default();
@@ -467,6 +475,7 @@ impl Rib {
     pub fn peer_down(&mut self, id: PeerId, keep_stale: bool) -> Changes {
         self.up.retain(|p| *p != id);
         self.adj_out.remove(&id);
+        self.families.remove(&id);
         // What it sent again after coming back is judged again.
         self.rejected.remove(&id);
         self.sync.remove(&id);
@@ -644,7 +653,7 @@ impl Rib {
         if self.cluster_id.is_some_and(|c| a.cluster_list.contains(&c)) {
             return Err(Rejected::ClusterLoop);
         }
-        if self.peers.values().any(|p| p.local_addr_ip() == next_hop) {
+        if self.peers.values().any(|p| p.is_local_addr(next_hop)) {
             return Err(Rejected::NextHopIsUs);
         }
         if a.local_pref.is_none() {
@@ -776,6 +785,21 @@ impl Rib {
     fn export_attrs(&self, to: PeerId, prefix: &IpNet, best: &Best) -> Option<PathAttrs> {
         let peer = self.peers.get(&to)?;
         let to_ibgp = peer.asn == self.local_as;
+        // Only in a family the session negotiated (RFC 4760), and IPv6 only with an IPv6
+        // next hop of our own to put in it.
+        let afi = match prefix {
+            IpNet::V4(_) => Afi::Ipv4,
+            IpNet::V6(_) => Afi::Ipv6,
+        };
+        // A session that names no family at all carries IPv4, the default of RFC 4760 §8.
+        let families = self.families.get(&to).map_or(&[][..], |f| f.as_slice());
+        if !(families.contains(&afi) || families.is_empty() && afi == Afi::Ipv4) {
+            return None;
+        }
+        let self_hop = match afi {
+            Afi::Ipv4 => IpAddr::V4(peer.local_addr),
+            Afi::Ipv6 => IpAddr::V6(peer.local_addr6?),
+        };
         // Never back to where it came from: checked before copying the attributes, which a
         // full table from one peer would otherwise do a million times for nothing.
         if best.from == From::Peer(to) {
@@ -826,18 +850,14 @@ impl Rib {
             }
             _ => {}
         }
-        if !matches!(a.next_hop, IpAddr::V4(_)) {
-            // We carry IPv6 routes but have no IPv6 next hop of our own to announce them with.
-            return None;
-        }
         if to_ibgp {
             if best.from == From::Local {
-                a.next_hop = IpAddr::V4(peer.local_addr);
+                a.next_hop = self_hop;
             }
             if let From::Peer(from) = best.from {
                 if !self.ibgp(from) {
                     // eBGP-learned routes enter iBGP with us as next hop.
-                    a.next_hop = IpAddr::V4(peer.local_addr);
+                    a.next_hop = self_hop;
                 }
             }
         } else {
@@ -847,13 +867,17 @@ impl Rib {
                 _ => path.insert(0, AsSegment::sequence(vec![self.local_as])),
             }
             a.as_path = path;
-            a.next_hop = IpAddr::V4(peer.local_addr);
+            a.next_hop = self_hop;
             a.local_pref = None;
             a.originator_id = None;
             a.cluster_list.clear();
             if best.from != From::Local {
                 a.med = None;
             }
+        }
+        if a.next_hop.is_ipv4() != prefix.addr().is_ipv4() {
+            // A reflected route whose next hop is of the other family: not ours to fix.
+            return None;
         }
         for c in self.policy.communities_for(prefix) {
             if !a.communities.contains(&c) {
@@ -897,8 +921,8 @@ impl Rib {
 }
 
 impl PeerInfo {
-    fn local_addr_ip(&self) -> IpAddr {
-        IpAddr::V4(self.local_addr)
+    fn is_local_addr(&self, a: IpAddr) -> bool {
+        a == IpAddr::V4(self.local_addr) || self.local_addr6.is_some_and(|l| a == IpAddr::V6(l))
     }
 }
 

@@ -3,9 +3,9 @@
 //! is not exported at all (a receiver must reset a session that sends it one).
 
 use super::{Afi, Attr, AttrValue, PathAttrs, PeerId, Update};
-use crate::wire::update::flag;
+use crate::wire::update::{flag, NextHopAddr};
 use crate::wire::{Ctx, HEADER_LEN, MAX_LEN};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,23 +19,35 @@ pub(super) enum Pending {
 }
 
 /// The last export decision for a prefix towards one peer.
-type Decision = (Ipv4Net, Option<Arc<PathAttrs>>);
+type Decision = (IpNet, Option<Arc<PathAttrs>>);
 
 /// Bytes of an UPDATE besides its three variable parts: header and the two length fields.
 const FIXED: usize = HEADER_LEN + 4;
 
 /// Bytes of a prefix in NLRI or withdrawn routes.
-fn prefix_len(p: &Ipv4Net) -> usize {
+fn prefix_len(p: &IpNet) -> usize {
     1 + usize::from(p.prefix_len()).div_ceil(8)
 }
 
-/// The path attributes announcing a route with `a` (LOCAL_PREF only inside the AS).
+/// Bytes an IPv6 UPDATE spends on MP_UNREACH_NLRI besides its prefixes: flags, code, a
+/// two-byte length, AFI and SAFI.
+const MP_UNREACH_FIXED: usize = 7;
+
+/// The path attributes announcing a route with `a` (LOCAL_PREF only inside the AS). An
+/// IPv6 route's next hop goes in MP_REACH_NLRI (RFC 4760), whose NLRI [`pack`] fills in.
 pub(super) fn announce_attrs(a: &PathAttrs, ibgp: bool) -> Vec<Attr> {
-    let IpAddr::V4(nh) = a.next_hop else { return Vec::new() };
+    let next_hop = match a.next_hop {
+        IpAddr::V4(nh) => AttrValue::NextHop(nh),
+        IpAddr::V6(global) => AttrValue::MpReach {
+            afi: Afi::Ipv6,
+            next_hop: NextHopAddr::V6 { global, link_local: None },
+            nlri: Vec::new(),
+        },
+    };
     let mut attrs = vec![
         Attr::new(AttrValue::Origin(a.origin)),
         Attr::new(AttrValue::AsPath(a.as_path.clone())),
-        Attr::new(AttrValue::NextHop(nh)),
+        Attr::new(next_hop),
     ];
     if let Some(m) = a.med {
         attrs.push(Attr::new(AttrValue::Med(m)));
@@ -91,10 +103,31 @@ fn attrs_len_bound(a: &PathAttrs) -> usize {
     64 + asns + 4 * (a.communities.len() + a.cluster_list.len()) + transitive
 }
 
-/// Whether a route with these attributes fits one UPDATE (with a /32, the longest prefix).
+/// Whether a route with these attributes fits one UPDATE (with a /128, the longest prefix,
+/// and the byte MP_REACH_NLRI's length may grow by).
 pub(super) fn fits(a: &PathAttrs, ibgp: bool) -> bool {
-    let room = MAX_LEN - FIXED - 5;
+    let room = MAX_LEN - FIXED - 18;
     attrs_len_bound(a) <= room || attrs_wire_len(&announce_attrs(a, ibgp)) <= room
+}
+
+/// An UPDATE announcing `prefixes` (all of one family) with `attrs`: IPv4 in the NLRI
+/// field, IPv6 in the attributes' MP_REACH_NLRI.
+fn announcement(attrs: &[Attr], prefixes: Vec<IpNet>) -> Update {
+    let mut attrs = attrs.to_vec();
+    if let Some(AttrValue::MpReach { nlri, .. }) =
+        attrs.iter_mut().map(|a| &mut a.value).find(|v| matches!(v, AttrValue::MpReach { .. }))
+    {
+        *nlri = prefixes;
+        return Update { attrs, ..Default::default() };
+    }
+    let nlri = prefixes
+        .into_iter()
+        .filter_map(|p| match p {
+            IpNet::V4(p) => Some(p),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    Update { attrs, nlri, ..Default::default() }
 }
 
 /// Packs one call's export decisions into UPDATEs: per peer, the last decision for each prefix,
@@ -103,14 +136,14 @@ pub(super) fn fits(a: &PathAttrs, ibgp: bool) -> bool {
 pub(super) fn pack(pending: Vec<(PeerId, Pending)>, ibgp: impl Fn(PeerId) -> bool) -> Vec<(PeerId, Update)> {
     let mut peers: Vec<PeerId> = Vec::new();
     let mut routes: HashMap<PeerId, Vec<Decision>> = HashMap::new();
-    let mut index: HashMap<(PeerId, Ipv4Net), usize> = HashMap::new();
+    let mut index: HashMap<(PeerId, IpNet), usize> = HashMap::new();
     let mut eor: HashMap<PeerId, Vec<Afi>> = HashMap::new();
     for (peer, p) in pending {
         if !peers.contains(&peer) {
             peers.push(peer);
         }
         match p {
-            Pending::Route(IpNet::V4(prefix), attrs) => {
+            Pending::Route(prefix, attrs) => {
                 let list = routes.entry(peer).or_default();
                 match index.get(&(peer, prefix)) {
                     Some(&i) => list[i].1 = attrs,
@@ -120,30 +153,50 @@ pub(super) fn pack(pending: Vec<(PeerId, Pending)>, ibgp: impl Fn(PeerId) -> boo
                     }
                 }
             }
-            // IPv6 routes are carried but not announced: no IPv6 next hop of our own yet.
-            Pending::Route(IpNet::V6(_), _) => {}
             Pending::EndOfRib(afi) => eor.entry(peer).or_default().push(afi),
         }
     }
     let mut out = Vec::new();
     for peer in peers {
         let list = routes.remove(&peer).unwrap_or_default();
-        // Withdrawals, as many per message as fit.
+        // Withdrawals, as many per message as fit: IPv4 in the withdrawn routes, IPv6 in
+        // MP_UNREACH_NLRI.
         let mut w = Update::default();
         let mut used = FIXED;
-        for (p, _) in list.iter().filter(|(_, a)| a.is_none()) {
-            if used + prefix_len(p) > MAX_LEN {
+        for p in list.iter().filter(|(_, a)| a.is_none()).filter_map(|(p, _)| match p {
+            IpNet::V4(p) => Some(*p),
+            IpNet::V6(_) => None,
+        }) {
+            let n = prefix_len(&IpNet::V4(p));
+            if used + n > MAX_LEN {
                 out.push((peer, std::mem::take(&mut w)));
                 used = FIXED;
             }
-            used += prefix_len(p);
-            w.withdrawn.push(*p);
+            used += n;
+            w.withdrawn.push(p);
         }
         if !w.withdrawn.is_empty() {
             out.push((peer, w));
         }
+        let unreach = |withdrawn: Vec<IpNet>| Update {
+            attrs: vec![Attr::new(AttrValue::MpUnreach { afi: Afi::Ipv6, withdrawn })],
+            ..Default::default()
+        };
+        let mut w6: Vec<IpNet> = Vec::new();
+        let mut used = FIXED + MP_UNREACH_FIXED;
+        for p in list.iter().filter(|(p, a)| a.is_none() && matches!(p, IpNet::V6(_))).map(|(p, _)| *p) {
+            if used + prefix_len(&p) > MAX_LEN {
+                out.push((peer, unreach(std::mem::take(&mut w6))));
+                used = FIXED + MP_UNREACH_FIXED;
+            }
+            used += prefix_len(&p);
+            w6.push(p);
+        }
+        if !w6.is_empty() {
+            out.push((peer, unreach(w6)));
+        }
         // Announcements grouped by attributes (the RIB interns them: equal means same Arc).
-        let mut groups: Vec<(Arc<PathAttrs>, Vec<Ipv4Net>)> = Vec::new();
+        let mut groups: Vec<(Arc<PathAttrs>, Vec<IpNet>)> = Vec::new();
         let mut group_of: HashMap<*const PathAttrs, usize> = HashMap::new();
         for (p, a) in list.into_iter().filter_map(|(p, a)| Some((p, a?))) {
             let g = *group_of.entry(Arc::as_ptr(&a)).or_insert_with(|| {
@@ -154,22 +207,23 @@ pub(super) fn pack(pending: Vec<(PeerId, Pending)>, ibgp: impl Fn(PeerId) -> boo
         }
         for (a, prefixes) in groups {
             let attrs = announce_attrs(&a, ibgp(peer));
-            let room = MAX_LEN.saturating_sub(FIXED + attrs_wire_len(&attrs));
-            let mut u = Update { attrs: attrs.clone(), ..Default::default() };
+            // One more byte where MP_REACH_NLRI's length outgrows one byte.
+            let room = MAX_LEN.saturating_sub(FIXED + attrs_wire_len(&attrs) + 1);
+            let mut batch: Vec<IpNet> = Vec::new();
             let mut used = 0;
             for p in prefixes {
                 if prefix_len(&p) > room {
                     continue; // cannot happen: `fits` held it back from adj-RIB-out
                 }
                 if used + prefix_len(&p) > room {
-                    out.push((peer, std::mem::replace(&mut u, Update { attrs: attrs.clone(), ..Default::default() })));
+                    out.push((peer, announcement(&attrs, std::mem::take(&mut batch))));
                     used = 0;
                 }
                 used += prefix_len(&p);
-                u.nlri.push(p);
+                batch.push(p);
             }
-            if !u.nlri.is_empty() {
-                out.push((peer, u));
+            if !batch.is_empty() {
+                out.push((peer, announcement(&attrs, batch)));
             }
         }
         for afi in eor.remove(&peer).unwrap_or_default() {

@@ -738,3 +738,78 @@ fn a_new_policy_judges_the_routes_already_in_and_out() {
         assert!(prefixes(&u).is_empty(), "to {to}");
     }
 }
+
+const ME6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x192, 0x168, 100, 0, 0, 0, 0x100);
+
+fn dual(addr: &str) -> PeerInfo {
+    PeerInfo { local_addr6: Some(ME6), ..peer(addr, AS, false) }
+}
+
+#[test]
+fn ipv6_blocks_go_in_mp_reach_with_our_ipv6_next_hop_and_only_where_negotiated() {
+    let mut r = Rib::new(AS, ME, None);
+    r.add_peer(1, dual("192.168.100.101"));
+    r.add_peer(2, dual("192.168.200.101"));
+    r.originate(net("10.244.1.0/26"), PathAttrs::local(ME));
+    r.originate(net("fd00:10:244::/122"), PathAttrs::local(ME));
+    // Peer 1 negotiated both families: the IPv6 block travels in MP_REACH_NLRI (RFC 4760),
+    // with no NEXT_HOP attribute, then one End-of-RIB per family.
+    let ch = r.peer_up(1, &[Afi::Ipv4, Afi::Ipv6]);
+    let u = sent_to(&ch, 1);
+    let v6 = u.iter().find(|u| u.get(code::MP_REACH).is_some()).expect("an IPv6 announcement");
+    assert_eq!(v6.get(code::NEXT_HOP), None);
+    assert!(v6.nlri.is_empty());
+    let want = AttrValue::MpReach {
+        afi: Afi::Ipv6,
+        next_hop: crate::wire::update::NextHopAddr::V6 { global: ME6, link_local: None },
+        nlri: vec![net("fd00:10:244::/122")],
+    };
+    assert_eq!(v6.get(code::MP_REACH), Some(&want));
+    assert_eq!(v6.get(code::LOCAL_PREF), Some(&AttrValue::LocalPref(100)));
+    let eors: Vec<_> = u.iter().filter_map(|u| u.is_end_of_rib()).collect();
+    assert_eq!(eors, vec![Afi::Ipv4, Afi::Ipv6]);
+    // It survives the wire both ways.
+    let mut b = Vec::new();
+    Message::Update((*v6).clone()).encode(&Ctx::default(), &mut b);
+    let (back, _) = crate::wire::decode(&b, &Ctx::default()).expect("decodes").expect("one message");
+    assert_eq!(back, Message::Update((*v6).clone()));
+    // Peer 2 negotiated IPv4 only: it hears nothing of IPv6.
+    let ch = r.peer_up(2, &[Afi::Ipv4]);
+    assert!(sent_to(&ch, 2).iter().all(|u| u.get(code::MP_REACH).is_none() && u.get(code::MP_UNREACH).is_none()));
+    // A withdrawn IPv6 block leaves in MP_UNREACH_NLRI, to peer 1 only.
+    let ch = r.withdraw_local(net("fd00:10:244::/122"));
+    let u = sent_to(&ch, 1);
+    assert_eq!(u.len(), 1);
+    assert_eq!(
+        u[0].get(code::MP_UNREACH),
+        Some(&AttrValue::MpUnreach { afi: Afi::Ipv6, withdrawn: vec![net("fd00:10:244::/122")] })
+    );
+    assert!(sent_to(&ch, 2).is_empty());
+}
+
+#[test]
+fn ipv6_routes_learned_from_a_node_are_best_with_their_ipv6_next_hop() {
+    let mut r = Rib::new(AS, ME, None);
+    r.add_peer(1, dual("192.168.100.101"));
+    r.peer_up(1, &[Afi::Ipv4, Afi::Ipv6]);
+    let nh: std::net::Ipv6Addr = "fd00:192:168:100::101".parse().expect("addr");
+    let u = Update {
+        attrs: vec![
+            Attr::new(AttrValue::Origin(Origin::Igp)),
+            Attr::new(AttrValue::AsPath(vec![])),
+            Attr::new(AttrValue::MpReach {
+                afi: Afi::Ipv6,
+                next_hop: crate::wire::update::NextHopAddr::V6 {
+                    global: nh,
+                    link_local: Some("fe80::1".parse().expect("ll")),
+                },
+                nlri: vec![net("fd00:10:244::40/122")],
+            }),
+        ],
+        ..Default::default()
+    };
+    let ch = r.update(1, &u);
+    let (p, best) = ch.loc.first().expect("a new best");
+    assert_eq!(*p, net("fd00:10:244::40/122"));
+    assert_eq!(best.as_ref().expect("best").attrs.next_hop, IpAddr::V6(nh));
+}

@@ -44,6 +44,7 @@ fn config(me: usize, n: usize, gr: Option<u16>, restarted: bool) -> CoreConfig {
         local_as: AS,
         router_id: addr,
         local_addr: addr,
+        local_addr6: None,
         hold_time: 9,
         connect_retry: Duration::from_secs(2),
         cluster_id: None,

@@ -150,6 +150,7 @@ fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
         local_as: b.as_number,
         router_id: b.router_id.unwrap_or(local_addr),
         local_addr,
+        local_addr6: cfg.ipv6.as_ref().map(|v| v.address.addr()),
         hold_time: b.hold_time,
         connect_retry: Duration::from_secs(u64::from(b.connect_retry_secs)),
         cluster_id: b.route_reflector_cluster_id,
@@ -157,7 +158,11 @@ fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
         max_stale: Duration::from_secs(u64::from(b.max_stale_secs)),
         restarted: restarted && b.graceful_restart_secs > 0,
         peers: b.peers.iter().map(crate::speaker::peer_config).collect(),
-        originate: originated(cfg).into_iter().map(IpNet::V4).collect(),
+        originate: originated(cfg)
+            .into_iter()
+            .map(IpNet::V4)
+            .chain(cfg.ipv6.iter().flat_map(|v| v.blocks.iter().copied().map(IpNet::V6)))
+            .collect(),
         policy: cluster_policy(cfg),
         filters: b.filters.clone(),
     };
@@ -170,13 +175,26 @@ fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
 /// outside may replace them), and the communities to attach.
 fn cluster_policy(cfg: &NodeConfig) -> bgp::policy::ClusterPolicy {
     let v4 = IpNet::V4;
+    let v6 = &cfg.ipv6;
     bgp::policy::ClusterPolicy {
-        pools: cfg.pools.iter().map(|p| v4(p.cidr)).collect(),
+        pools: cfg
+            .pools
+            .iter()
+            .map(|p| v4(p.cidr))
+            .chain(v6.iter().flat_map(|v| v.pools.iter().map(|p| IpNet::V6(*p))))
+            .collect(),
         nodes: std::iter::once(cfg.uplink.address.addr())
             .chain(cfg.ipip_peers.iter().copied())
             .map(IpAddr::V4)
+            .chain(
+                v6.iter()
+                    .flat_map(|v| std::iter::once(v.address.addr()).chain(v.nodes.iter().copied()).map(IpAddr::V6)),
+            )
             .collect(),
-        protected: vec![v4(Ipv4Net::from(cfg.uplink.address.addr())), v4(cfg.uplink.address.trunc())],
+        protected: [v4(Ipv4Net::from(cfg.uplink.address.addr())), v4(cfg.uplink.address.trunc())]
+            .into_iter()
+            .chain(v6.iter().flat_map(|v| [IpNet::V6(Ipv6Net::from(v.address.addr())), IpNet::V6(v.address.trunc())]))
+            .collect(),
         static_routes: cfg.routes.iter().map(|r| v4(r.prefix)).collect(),
         advertise: cfg
             .bgp
