@@ -7,7 +7,6 @@
 
 use crate::config::PeerKind;
 use anyhow::{bail, Context};
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
@@ -49,7 +48,7 @@ pub enum Request {
     GracefulRestart,
     /// The route an address takes (like `ip route get`).
     Lookup {
-        addr: std::net::Ipv4Addr,
+        addr: std::net::IpAddr,
     },
     /// A pod appeared (a container runtime's CNI plugin made it): serve its interface,
     /// route its address, announce it when borrowed. Replaces a pod of the same name.
@@ -196,8 +195,8 @@ pub enum RouteSource {
 /// One row of `router routes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RouteEntry {
-    pub prefix: Ipv4Net,
-    pub next_hop: Option<Ipv4Addr>,
+    pub prefix: ipnet::IpNet,
+    pub next_hop: Option<std::net::IpAddr>,
     pub interface: Option<String>,
     /// `route -n` flags: U up, G via a gateway, H host route (/32), ! reject.
     pub flags: String,
@@ -218,7 +217,7 @@ pub struct RouteEntry {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RouteMatch {
     pub prefix: String,
-    pub next_hop: Option<Ipv4Addr>,
+    pub next_hop: Option<std::net::IpAddr>,
     pub source: RouteSource,
     pub encap: String,
     pub why: String,
@@ -369,7 +368,7 @@ impl Client {
     }
 
     /// The route `addr` takes, if any.
-    pub fn lookup(&self, addr: std::net::Ipv4Addr) -> Result<Option<RouteEntry>, ClientError> {
+    pub fn lookup(&self, addr: std::net::IpAddr) -> Result<Option<RouteEntry>, ClientError> {
         self.call(Request::Lookup { addr })
     }
 
@@ -628,7 +627,7 @@ mod tests {
             let path = path.clone();
             move || {
                 let c = Client::new(path);
-                (c.stats(), c.lookup(std::net::Ipv4Addr::new(10, 99, 0, 1)), c.trace_start(7), c.capture_stop())
+                (c.stats(), c.lookup(std::net::Ipv4Addr::new(10, 99, 0, 1).into()), c.trace_start(7), c.capture_stop())
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -498,7 +498,7 @@ fn measure_node(
         .last()
         .map_or(Ipv4Addr::UNSPECIFIED, |&(a, _, _)| Ipv4Addr::from(a));
     let t = Instant::now();
-    let answer = node.lookup(probe)?;
+    let answer = node.lookup(probe.into())?;
     let lookup_ms = t.elapsed().as_secs_f64() * 1e3;
     if answer.is_none() {
         bail!("the node has no route for {probe} after the load");

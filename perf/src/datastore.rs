@@ -193,8 +193,9 @@ fn measure(router: &Path, n: usize, o: &Options) -> anyhow::Result<LabResult> {
     let prefix: ipnet::Ipv4Net = BIRD_PREFIX.parse()?;
     let session_up =
         |c: &Client| c.bgp_status().is_ok_and(|s| s.peers.iter().any(|p| p.peer == BIRD_ADDR && p.state == "up"));
-    let has_route = |c: &Client| c.lookup(prefix.addr()).ok().flatten().is_some_and(|r| r.prefix == prefix);
-    let encap_is = |c: &Client, a: Ipv4Addr, e: &str| c.lookup(a).ok().flatten().is_some_and(|r| r.encap == e);
+    let has_route =
+        |c: &Client| c.lookup(prefix.addr().into()).ok().flatten().is_some_and(|r| r.prefix == prefix.into());
+    let encap_is = |c: &Client, a: Ipv4Addr, e: &str| c.lookup(a.into()).ok().flatten().is_some_and(|r| r.encap == e);
     // The lab's default mode, as every node must show it before a round starts.
     until(Instant::now(), "the lab's routes", || probes.iter().all(|(c, a)| encap_is(c, *a, "ipip")))?;
 

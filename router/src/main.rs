@@ -71,8 +71,8 @@ enum Cmd {
     /// for a prefix and why the best one won.
     Routes {
         /// Which route this address takes (like `ip route get`).
-        #[arg(long, value_parser = ipv4_to_look_up, conflicts_with_all = ["rejected", "detail"])]
-        lookup: Option<std::net::Ipv4Addr>,
+        #[arg(long, value_parser = ip_to_look_up, conflicts_with_all = ["rejected", "detail"])]
+        lookup: Option<std::net::IpAddr>,
         /// The prefixes BGP peers sent that import refused, and why.
         #[arg(long, conflicts_with = "detail")]
         rejected: bool,
@@ -395,15 +395,9 @@ impl Query {
     }
 }
 
-/// An address for `routes --lookup`: the FIB, like the lab, is IPv4.
-fn ipv4_to_look_up(s: &str) -> Result<std::net::Ipv4Addr, String> {
-    match s.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(a)) => Ok(a),
-        Ok(std::net::IpAddr::V6(_)) => {
-            Err("the data plane forwards IPv4 only, so its FIB has no IPv6 routes to look up".into())
-        }
-        Err(_) => Err(format!("{s:?} is not an IP address (like 10.244.3.1)")),
-    }
+/// An address for `routes --lookup`, IPv4 or IPv6.
+fn ip_to_look_up(s: &str) -> Result<std::net::IpAddr, String> {
+    s.parse::<std::net::IpAddr>().map_err(|_| format!("{s:?} is not an IP address (like 10.244.3.1 or fd00:10:244::1)"))
 }
 
 fn main() {
@@ -512,7 +506,7 @@ installed {} as {}",
             q.print(&q.client()?.paths(prefix)?, |ps| print!("{}", render_paths(&prefix, ps)))
         }
         Cmd::Routes { lookup: Some(addr), query: q, .. } => q.print(&q.client()?.lookup(addr)?, |e| match e {
-            None => println!("{addr}: no route (packets to it are answered with ICMP net unreachable)"),
+            None => println!("{addr}: no route (packets to it are answered with ICMP destination unreachable)"),
             Some(e) => print!("{addr} takes\n{}", routes::render(std::slice::from_ref(e))),
         }),
         Cmd::Routes { lookup: None, query: q, .. } => {

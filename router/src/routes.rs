@@ -5,10 +5,10 @@
 
 use forwarding::fib::{NextHop6, Route6};
 use forwarding::{IfaceId, IfaceRole, Interfaces, NextHop, Route};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nodeapi::admin::{RouteEntry, RouteSource};
 use nodeapi::config::{DataplaneMode, Encap, IpipMode, NodeConfig, StaticAction, StaticRoute};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// How the kernel of the node namespace should route a prefix (tun mode forwarding, and the
 /// node's own traffic in afpacket mode).
@@ -49,12 +49,12 @@ pub struct Table {
     with_entries: bool,
 }
 
-fn flags(prefix: &Ipv4Net, gateway: bool, reject: bool) -> String {
+fn flags(prefix: &IpNet, gateway: bool, reject: bool) -> String {
     let mut f = String::from("U");
     if gateway {
         f.push('G');
     }
-    if prefix.prefix_len() == 32 {
+    if prefix.prefix_len() == prefix.max_prefix_len() {
         f.push('H');
     }
     if reject {
@@ -85,10 +85,10 @@ impl Table {
         }
         let reject = matches!(r.kind, "blackhole" | "unreachable");
         self.entries.push(RouteEntry {
-            prefix: r.prefix,
-            next_hop: r.gateway,
+            prefix: r.prefix.into(),
+            next_hop: r.gateway.map(IpAddr::V4),
             interface: r.iface.map(str::to_string),
-            flags: flags(&r.prefix, r.gateway.is_some(), reject),
+            flags: flags(&r.prefix.into(), r.gateway.is_some(), reject),
             source: r.source,
             kind: r.kind.to_string(),
             encap: r.encap.to_string(),
@@ -104,40 +104,82 @@ impl Table {
 /// The node's IPv6 table (dual stack): its own address for the kernel, the uplink's prefix
 /// on link, its blocks blackholed, each pod's /128 on its interface, and what BGP taught:
 /// via the next hop where it is on the uplink's prefix, else via the underlay router (IPv6 is
-/// never tunnelled; the fabric knows the pod routes).
-pub fn build_fib6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Addr)]) -> Vec<Route6> {
+/// never tunnelled; the fabric knows the pod routes). Each route with its display row.
+pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Addr)]) -> Vec<(Route6, RouteEntry)> {
     let (Some(v6), Some(uplink)) = (&cfg.ipv6, ifaces.by_name(&cfg.uplink.interface)) else {
         return Vec::new();
     };
-    let route = |prefix: Ipv6Net, next_hop| Route6 { prefix, next_hop };
-    let mut t = vec![
-        route(v6.address.trunc(), NextHop6::Local { iface: uplink }),
-        route(Ipv6Net::from(v6.address.addr()), NextHop6::Host),
-    ];
+    let up = cfg.uplink.interface.as_str();
+    let mut t = Vec::new();
+    let mut push = |prefix: Ipv6Net, next_hop, iface: Option<&str>, source, kind: &str, why: String| {
+        let gateway = match next_hop {
+            NextHop6::Direct { gateway, .. } => Some(IpAddr::V6(gateway)),
+            _ => None,
+        };
+        let entry = RouteEntry {
+            prefix: prefix.into(),
+            next_hop: gateway,
+            interface: iface.map(str::to_string),
+            flags: flags(&prefix.into(), gateway.is_some(), matches!(kind, "blackhole" | "unreachable")),
+            source,
+            kind: kind.to_string(),
+            encap: "none".into(),
+            why,
+            forwarded_by: if next_hop == NextHop6::Host { "kernel" } else { "router" }.into(),
+        };
+        t.push((Route6 { prefix, next_hop }, entry));
+    };
+    let local = RouteSource::Local;
+    push(
+        v6.address.trunc(),
+        NextHop6::Local { iface: uplink },
+        Some(up),
+        local,
+        "unicast",
+        "the uplink's subnet".into(),
+    );
+    push(Ipv6Net::from(v6.address.addr()), NextHop6::Host, Some(up), local, "local", String::new());
     if let Some(gateway) = v6.gateway {
-        t.extend(v6.routes.iter().map(|p| route(*p, NextHop6::Direct { iface: uplink, gateway })));
+        for p in &v6.routes {
+            let why = "another underlay subnet, through the underlay router".to_string();
+            push(*p, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Static, "unicast", why);
+        }
     }
-    t.extend(v6.blocks.iter().map(|b| route(*b, NextHop6::Blackhole)));
+    for b in &v6.blocks {
+        push(*b, NextHop6::Blackhole, None, local, "blackhole", "this node's own block".into());
+    }
     for p in &cfg.pods {
         if let (Some(a), Some(i)) = (p.address6, ifaces.by_name(&p.interface)) {
-            t.push(route(Ipv6Net::from(a), NextHop6::Local { iface: i }));
+            push(
+                Ipv6Net::from(a),
+                NextHop6::Local { iface: i },
+                Some(&p.interface),
+                local,
+                "unicast",
+                format!("pod {}", p.name),
+            );
         }
     }
     for (prefix, nh) in learned {
-        let gateway = if v6.address.contains(nh) {
-            *nh
+        if *nh == v6.address.addr() {
+            continue;
+        }
+        let (gateway, why) = if v6.address.contains(nh) {
+            (*nh, "IPv6 is not tunnelled: direct to the node that announced it".to_string())
         } else if let Some(g) = v6.gateway {
-            g
+            (g, format!("IPv6 is not tunnelled: next hop {nh} is on another subnet, so through the underlay router, which knows the pod routes"))
         } else {
             tracing::warn!(%prefix, next_hop = %nh, "learned IPv6 route's next hop is off the uplink's prefix and there is no IPv6 gateway; not installed");
             continue;
         };
-        if *nh == v6.address.addr() {
-            continue;
-        }
-        t.push(route(*prefix, NextHop6::Direct { iface: uplink, gateway }));
+        push(*prefix, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Bgp, "unicast", why);
     }
     t
+}
+
+/// [`table6`] without the display rows: what the FIB needs.
+pub fn build_fib6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Addr)]) -> Vec<Route6> {
+    table6(cfg, ifaces, learned).into_iter().map(|(r, _)| r).collect()
 }
 
 pub fn build(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv4Net, Ipv4Addr)]) -> Result<Table, String> {
@@ -379,7 +421,7 @@ pub fn render(entries: &[RouteEntry]) -> String {
         s.push_str(&format!(
             "{:<20} {:<17} {:<6} {:<16} {:<7} {:<12} {}\n",
             e.prefix.to_string(),
-            e.next_hop.map_or("0.0.0.0".to_string(), |g| g.to_string()),
+            e.next_hop.map_or(if e.prefix.addr().is_ipv4() { "0.0.0.0" } else { "::" }.to_string(), |g| g.to_string()),
             e.flags,
             e.interface.as_deref().unwrap_or("-"),
             match e.source {

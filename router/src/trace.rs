@@ -36,7 +36,7 @@ pub fn new_id() -> std::io::Result<u32> {
 }
 
 /// The route an address takes: the longest prefix of the table that covers it.
-pub fn lookup(entries: &[RouteEntry], dst: Ipv4Addr) -> Option<&RouteEntry> {
+pub fn lookup(entries: &[RouteEntry], dst: std::net::IpAddr) -> Option<&RouteEntry> {
     entries.iter().filter(|e| e.prefix.contains(&dst)).max_by_key(|e| e.prefix.prefix_len())
 }
 

@@ -130,16 +130,29 @@ impl Node {
 
     /// The route table for display (`router routes`).
     fn entries(&self) -> Vec<RouteEntry> {
-        routes::build(&self.cfg, self.dp.interfaces(), &self.learned).map(|t| t.entries).unwrap_or_default()
+        let mut e =
+            routes::build(&self.cfg, self.dp.interfaces(), &self.learned).map(|t| t.entries).unwrap_or_default();
+        e.extend(routes::table6(&self.cfg, self.dp.interfaces(), &self.learned6).into_iter().map(|(_, e)| e));
+        e
     }
 
     /// The route `dst` takes, as a display row (like `ip route get`). Only the learned routes
     /// that cover `dst` get rows built, so a full table costs one scan, not a million rows.
-    fn route_for(&self, dst: Ipv4Addr) -> Option<RouteEntry> {
+    fn route_for(&self, dst: IpAddr) -> Option<RouteEntry> {
+        let dst = match dst {
+            IpAddr::V4(d) => d,
+            IpAddr::V6(_) => {
+                let rows: Vec<RouteEntry> = routes::table6(&self.cfg, self.dp.interfaces(), &self.learned6)
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .collect();
+                return crate::trace::lookup(&rows, dst).cloned();
+            }
+        };
         let covering: Vec<(Ipv4Net, Ipv4Addr)> =
             self.learned.iter().filter(|(p, _)| p.contains(&dst)).copied().collect();
         let t = routes::build(&self.cfg, self.dp.interfaces(), &covering).ok()?;
-        crate::trace::lookup(&t.entries, dst).cloned()
+        crate::trace::lookup(&t.entries, dst.into()).cloned()
     }
 }
 

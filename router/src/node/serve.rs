@@ -46,7 +46,7 @@ impl Node {
                 &self.cfg.name,
                 self.dp.interfaces().node_addr(),
                 self.dp.interfaces(),
-                &|dst| self.route_for(dst),
+                &|dst| self.route_for(dst.into()),
                 &e,
             );
             if let Some((_, hops, _)) = self.trace.as_mut() {

@@ -1,0 +1,106 @@
+//! Dual stack end to end: the seed lab with `--dual-stack`, every pod pinging every other over
+//! IPv6 (same node, same subnet, across the underlay), TCP over IPv6, the ICMPv6 errors the
+//! router sends, and the IPv6 routes learned over BGP. These build namespaces (root).
+
+mod support;
+
+use std::process::Stdio;
+use support::*;
+
+const PODS6: [(&str, &str); 4] = [
+    ("pod-a1", "fd00:10:244::1"),
+    ("pod-a2", "fd00:10:244::2"),
+    ("pod-b1", "fd00:10:244::41"),
+    ("pod-c1", "fd00:10:244::81"),
+];
+const NODE_A6: &str = "fd00:192:168:100::100";
+
+fn lookup(lab: &TestLab, node: &str, addr: &str) -> serde_json::Value {
+    lab.json(&["routes", "--node", node, "--lookup", addr, "--json"])
+}
+
+#[test]
+fn every_pod_reaches_every_other_over_ipv6_and_ipv4_still_works() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    for (from, _) in PODS6 {
+        for (to, addr) in PODS6.iter().filter(|(to, _)| *to != from) {
+            let (ok, out) = ping(&lab, from, &["-6", "-c", "2", "-i", "0.2", "-W", "2", addr]);
+            assert!(ok, "{from} -> {to} ({addr}): {out}");
+            assert_no_loss(&out);
+        }
+    }
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "IPv4 beside IPv6: {out}");
+    // The pods' gateway is Calico's link-local address, answered by the router (proxy NDP).
+    let neigh = text(&lab.exec("pod-a1", &["ip", "-6", "neigh", "show", "dev", "eth0"]).stdout);
+    assert!(neigh.contains("fe80::ecee:eeff:feee:eeee") && neigh.contains("router"), "{neigh}");
+    // The afpacket node's kernel forwards no IPv6: the router did all of the above.
+    let fwd = text(&lab.exec("node-a", &["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout);
+    assert_eq!(fwd.trim(), "0");
+    // Node B's block is learned over BGP, direct on the shared subnet; node C's, on the other
+    // subnet, goes through the underlay router (IPv6 is never tunnelled).
+    let b = lookup(&lab, "node-a", "fd00:10:244::41");
+    assert_eq!((b["prefix"].as_str(), b["source"].as_str()), (Some("fd00:10:244::40/122"), Some("bgp")), "{b}");
+    assert_eq!(b["next_hop"], "fd00:192:168:100::101");
+    let c = lookup(&lab, "node-a", "fd00:10:244::81");
+    assert_eq!(
+        (c["prefix"].as_str(), c["next_hop"].as_str()),
+        (Some("fd00:10:244::80/122"), Some("fd00:192:168:100::1"))
+    );
+    assert_eq!(c["encap"], "none");
+    // The node's neighbours include its IPv6 next hops, found by its own NDP.
+    let n = lab.json(&["neighbours", "--node", "node-a", "--json"]);
+    let ips: Vec<&str> = n.as_array().into_iter().flatten().filter_map(|e| e["ip"].as_str()).collect();
+    assert!(ips.contains(&"fd00:192:168:100::101") && ips.contains(&"fd00:10:244::1"), "{ips:?}");
+    assert_eq!(lab.drops("node-a", "ipv6_malformed"), 0);
+}
+
+#[test]
+fn tcp_crosses_every_ipv6_path() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    for (server, addr) in [("pod-a2", "fd00:10:244::2"), ("pod-b1", "fd00:10:244::41"), ("pod-c1", "fd00:10:244::81")] {
+        let mut srv = lab
+            .command(&["lab", "exec", server, "--", "iperf3", "-s", "-1", "-6"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("iperf3 -s");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let out = lab.exec("pod-a1", &["iperf3", "-6", "-c", addr, "-t", "1", "-J"]);
+        let _ = srv.kill();
+        let _ = srv.wait();
+        assert!(out.status.success(), "iperf3 to {server}: {}{}", text(&out.stdout), text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+        let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+        assert!(bytes > 1_000_000, "only {bytes} bytes reached {server}");
+    }
+}
+
+#[test]
+fn the_router_answers_with_icmpv6_errors() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    // Hop limit 1: time exceeded, from node-a's IPv6 address.
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-W", "2", "-t", "1", "fd00:10:244::81"]);
+    assert!(!ok && out.contains(&format!("From {NODE_A6}")) && out.contains("Time exceeded"), "{out}");
+    // No route: destination unreachable.
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-W", "2", "fd00:99::1"]);
+    assert!(!ok && out.contains("Destination unreachable: No route"), "{out}");
+    // Too big for the uplink (the pod's link is made larger than the underlay's 1500):
+    // packet too big with the uplink's MTU, never a fragment.
+    let out = lab.exec("pod-a1", &["ip", "link", "set", "eth0", "mtu", "9000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let host_end = text(&lab.exec("node-a", &["ip", "-o", "link", "show"]).stdout)
+        .lines()
+        .find(|l| l.contains("link-netns") && l.contains("-pod-a1"))
+        .and_then(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or_default().to_string())
+        .expect("pod-a1's host end");
+    let out = lab.exec("node-a", &["ip", "link", "set", &host_end, "mtu", "9000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-W", "2", "-s", "2000", "-M", "do", "fd00:10:244::81"]);
+    assert!(!ok && out.contains("Packet too big: mtu=1500"), "{out}");
+    for reason in ["hop_limit_exceeded", "no_route", "packet_too_big"] {
+        assert_eq!(lab.drops("node-a", reason), 1, "{reason}");
+    }
+    assert_eq!(lab.json(&["stats", "--node", "node-a", "--json"])["fragments_sent"], 0);
+}
