@@ -870,3 +870,100 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let _ = etcd.kill();
     let _ = etcd.wait();
 }
+
+const BLOCKS6: [&str; 3] = ["fd00:10:244::/122", "fd00:10:244::40/122", "fd00:10:244::80/122"];
+
+/// `routes --lookup ADDR` on a node, as JSON (null without a route).
+fn lookup(lab: &TestLab, node: &str, addr: &str) -> serde_json::Value {
+    lab.json(&["routes", "--node", node, "--lookup", addr, "--json"])
+}
+
+#[test]
+fn bird2_exchanges_ipv6_blocks_with_a_dual_stack_node() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "bird6",
+        "pool_v6 = \"fd00:10:244::/48\"",
+        "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\n",
+    );
+    let lab = up_with(lab, &topo);
+    // One session over IPv4 carrying both families (RFC 4760); BIRD's IPv6 routes name its
+    // IPv6 address as next hop.
+    let sock = start_bird(
+        &lab,
+        "router id 192.168.100.1;\nprotocol device {}\n\
+         protocol static s6 { ipv6; route fd00:99::/48 blackhole; }\n\
+         protocol bgp node_a { local 192.168.100.1 as 65001; neighbor 192.168.100.100 as 64512;\n\
+         connect retry time 1; ipv4 { import all; export none; };\n\
+         ipv6 { import all; export where proto = \"s6\"; next hop address fd00:192:168:100::1; }; }\n",
+    );
+    wait_for(20, "node-a's session with BIRD", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    wait_for(10, "BIRD to learn the IPv6 blocks", || {
+        let routes = birdc(&lab, &sock, &["show", "route", "protocol", "node_a"]);
+        BLOCKS6.iter().chain(BLOCKS.iter()).all(|b| routes.contains(b))
+    });
+    let detail = birdc(&lab, &sock, &["show", "route", "fd00:10:244::/122", "all"]);
+    assert!(detail.contains("fd00:192:168:100::100"), "node-a's IPv6 address as next hop:\n{detail}");
+    wait_for(10, "BIRD's IPv6 route at node-a", || lookup(&lab, "node-a", "fd00:99::1")["source"] == "bgp");
+    let r = lookup(&lab, "node-a", "fd00:99::1");
+    assert_eq!((r["prefix"].as_str(), r["next_hop"].as_str()), (Some("fd00:99::/48"), Some("fd00:192:168:100::1")));
+    // An outside route stays at node-a.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(lookup(&lab, "node-b", "fd00:99::1").is_null(), "node-b learned an outside IPv6 route");
+}
+
+#[test]
+fn gobgp_exchanges_ipv6_blocks_with_a_dual_stack_node() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "gobgp6",
+        "pool_v6 = \"fd00:10:244::/48\"",
+        "\n[[bgp_peers]]\npeer_ip = \"192.168.200.1\"\nas_number = 65002\nnode = \"node-a\"\n",
+    );
+    let lab = up_with(lab, &topo);
+    let conf = lab.dir.join(format!("{}-gobgp6.toml", lab.name));
+    std::fs::write(
+        &conf,
+        "[global.config]\n  as = 65002\n  router-id = \"192.168.200.1\"\n  local-address-list = [\"192.168.200.1\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.168.100.100\"\n    peer-as = 64512\n\
+         [neighbors.transport.config]\n    local-address = \"192.168.200.1\"\n\
+         [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = 3\n\
+         [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
+         [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n",
+    )
+    .expect("gobgp.toml");
+    let child = lab
+        .command(&[
+            "lab",
+            "exec",
+            "underlay",
+            "--",
+            "gobgpd",
+            "-f",
+            conf.to_str().unwrap_or_default(),
+            "--api-hosts",
+            "127.0.0.1:50052",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gobgpd runs (Debian package gobgpd)");
+    let _guard = Gobgpd(child);
+    wait_for(30, "node-a's session with GoBGP", || peer_state(&lab, "node-a", "192.168.200.1").0 == "up");
+    let gobgp = |args: &[&str]| {
+        let mut a = vec!["gobgp", "-u", "127.0.0.1", "-p", "50052"];
+        a.extend_from_slice(args);
+        text(&lab.exec("underlay", &a).stdout)
+    };
+    wait_for(10, "GoBGP to receive the IPv6 blocks", || {
+        let rib = gobgp(&["neighbor", "192.168.100.100", "adj-in", "-a", "ipv6"]);
+        BLOCKS6.iter().all(|b| rib.contains(b)) && rib.contains("fd00:192:168:100::100")
+    });
+    gobgp(&["global", "rib", "add", "fd00:98::/48", "nexthop", "fd00:192:168:200::1", "-a", "ipv6"]);
+    wait_for(10, "GoBGP's IPv6 route at node-a", || lookup(&lab, "node-a", "fd00:98::1")["source"] == "bgp");
+    // Its next hop is on the other subnet: reached through the underlay router.
+    let r = lookup(&lab, "node-a", "fd00:98::1");
+    assert_eq!((r["prefix"].as_str(), r["next_hop"].as_str()), (Some("fd00:98::/48"), Some("fd00:192:168:100::1")));
+}
