@@ -515,10 +515,11 @@ installed {} as {}",
         Cmd::Stats(q) => q.print(&q.client()?.stats()?, print_stats),
         Cmd::Capture { interface, count, duration, file, query } => capture(&query, interface, count, duration, file),
         Cmd::Neighbours(q) => q.print(&q.client()?.neighbours()?, |ns| {
-            println!("{:<16} {:<17} {:<19} State", "Interface", "Address", "MAC");
+            let w = ns.iter().map(|n| n.ip.to_string().len()).max().unwrap_or(0).max(17);
+            println!("{:<16} {:<w$} {:<19} State", "Interface", "Address", "MAC");
             for n in ns {
                 println!(
-                    "{:<16} {:<17} {:<19} {}",
+                    "{:<16} {:<w$} {:<19} {}",
                     n.interface,
                     n.ip.to_string(),
                     n.mac.as_deref().unwrap_or("-"),

@@ -413,13 +413,16 @@ fn build_inner(
 
 /// The `route -n`-like table, then why each tunnelled route is tunnelled.
 pub fn render(entries: &[RouteEntry]) -> String {
+    // IPv6 rows are wider: the columns grow to fit them.
+    let w = entries.iter().map(|e| e.prefix.to_string().len()).max().unwrap_or(0).max(20);
+    let g = entries.iter().filter_map(|e| e.next_hop).map(|g| g.to_string().len()).max().unwrap_or(0).max(17);
     let mut s = format!(
-        "{:<20} {:<17} {:<6} {:<16} {:<7} {:<12} {}\n",
+        "{:<w$} {:<g$} {:<6} {:<16} {:<7} {:<12} {}\n",
         "Destination", "Gateway", "Flags", "Iface", "Source", "Type", "Encap"
     );
     for e in entries {
         s.push_str(&format!(
-            "{:<20} {:<17} {:<6} {:<16} {:<7} {:<12} {}\n",
+            "{:<w$} {:<g$} {:<6} {:<16} {:<7} {:<12} {}\n",
             e.prefix.to_string(),
             e.next_hop.map_or(if e.prefix.addr().is_ipv4() { "0.0.0.0" } else { "::" }.to_string(), |g| g.to_string()),
             e.flags,
@@ -438,7 +441,7 @@ pub fn render(entries: &[RouteEntry]) -> String {
     if !notes.is_empty() {
         s.push('\n');
         for e in notes {
-            s.push_str(&format!("{:<20} {}: {}\n", e.prefix.to_string(), e.encap, e.why));
+            s.push_str(&format!("{:<w$} {}: {}\n", e.prefix.to_string(), e.encap, e.why));
         }
     }
     s
