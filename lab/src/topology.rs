@@ -752,6 +752,39 @@ mod tests {
         assert_eq!(t.as_number, 64512);
     }
 
+    #[test]
+    fn dual_stack_gives_every_host_an_ipv6_address_that_reads_like_its_ipv4_one() {
+        let t = Topology::parse_with(Path::new("t.toml"), SEED, true).expect("seed, dual stack");
+        assert_eq!(t.pool_v6.map(|p| p.to_string()).as_deref(), Some(DUAL_STACK_POOL));
+        assert_eq!(t.block_size_v6, 122);
+        let b = &t.subnets[1];
+        let (p, gw) = b.v6.expect("lan-b's IPv6");
+        assert_eq!((p.to_string(), gw.to_string()), ("fd00:192:168:200::/64".into(), "fd00:192:168:200::1".into()));
+        let a = t.node("node-a").expect("node-a");
+        let (addr, block) = a.v6.expect("node-a's IPv6");
+        assert_eq!(
+            (addr.to_string(), block.to_string()),
+            ("fd00:192:168:100::100/64".into(), "fd00:10:244::/122".into())
+        );
+        assert_eq!(a.pods[1].address_v6, Some("fd00:10:244::2".parse().expect("addr")));
+        let c = t.node("node-c").expect("node-c");
+        assert_eq!(c.v6.map(|v| v.1.to_string()).as_deref(), Some("fd00:10:244::80/122"));
+        // Without it, nothing of IPv6.
+        let t = parse(SEED).expect("seed");
+        assert!(t.pool_v6.is_none() && t.nodes.iter().all(|n| n.v6.is_none()));
+    }
+
+    #[test]
+    fn ipv6_mistakes_are_refused_with_the_line() {
+        let with = |cluster: &str| SEED.replacen("as_number = 64512\n", &format!("as_number = 64512\n{cluster}\n"), 1);
+        let e = parse(&with("pool_v6 = \"fd00:10:244::/48\"\nblock_size_v6 = 40")).expect_err("block").to_string();
+        assert!(e.contains("block_size_v6 /40"), "{e}");
+        let e = parse(&with("pool_v6 = \"fd00:192:168::/48\"")).expect_err("overlap").to_string();
+        assert!(e.contains("overlaps the IPv6 pod pool"), "{e}");
+        let e = parse(&with("pool_v6 = \"10.0.0.0/8\"")).expect_err("not v6").to_string();
+        assert!(e.contains("not an IPv6 address"), "{e}");
+    }
+
     /// The seed with /30 blocks (two pod addresses each) and `pods` on node-a.
     fn small_blocks(pods: &str, b_pods: &str) -> String {
         SEED.replacen("block_size = 26", "block_size = 30", 1)

@@ -1082,6 +1082,29 @@ via = "192.168.100.101"
     }
 
     #[test]
+    fn ipv6_section_parses_round_trips_and_is_checked() {
+        let dual = GOOD
+            .replace("address = \"10.244.1.1\"\n", "address = \"10.244.1.1\"\naddress6 = \"fd00:10:244::1\"\n")
+            + "\n[ipv6]\naddress = \"fd00:192:168:100::100/64\"\ngateway = \"fd00:192:168:100::1\"\n\
+             routes = [\"fd00:192:168:200::/64\"]\npools = [\"fd00:10:244::/48\"]\nblocks = [\"fd00:10:244::/122\"]\n\
+             nodes = [\"fd00:192:168:100::101\"]\n";
+        let c = parse(&dual).expect("dual stack");
+        let v6 = c.ipv6.clone().expect("ipv6");
+        assert_eq!(v6.address.to_string(), "fd00:192:168:100::100/64");
+        assert_eq!(c.pods[0].address6, Some("fd00:10:244::1".parse().expect("addr")));
+        let again = parse(&c.to_toml()).expect("round trip");
+        assert_eq!((again.ipv6, again.pods), (c.ipv6, c.pods));
+        // A pod with an IPv6 address needs the section; host bits and routes without a
+        // gateway are refused with the line.
+        let e = parse(&dual[..dual.find("[ipv6]").expect("section")]).expect_err("no section").to_string();
+        assert!(e.contains("no [ipv6] section"), "{e}");
+        let e = parse(&dual.replace("fd00:10:244::/122", "fd00:10:244::1/122")).expect_err("host bits").to_string();
+        assert!(e.contains("host bits") && e.starts_with("n.toml:"), "{e}");
+        let e = parse(&dual.replace("gateway = \"fd00:192:168:100::1\"\n", "")).expect_err("routes").to_string();
+        assert!(e.contains("ipv6.gateway"), "{e}");
+    }
+
+    #[test]
     fn slash_32_uplink_is_refused() {
         let e = parse(&GOOD.replace("192.168.100.100/24", "192.168.100.100/32")).expect_err("/32").to_string();
         assert!(e.starts_with("n.toml:10:") && e.contains("every node would look remote"), "{e}");
