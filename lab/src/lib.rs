@@ -139,9 +139,6 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
             "seed (built in)".to_string(),
         ),
     };
-    if topo.pool_v6.is_some() && opts.dataplane == DataplaneMode::Tun {
-        bail!("dual stack runs on the afpacket data plane; the tun data plane forwards IPv4 only");
-    }
     (topo.ipip_mode, topo.vxlan_mode) = encap_modes(&topo, opts)?;
     if opts.dataplane == DataplaneMode::Tun {
         if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
@@ -365,9 +362,10 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
                 }
             }
             netns::ip_in(&ns, &["-6", "route", "add", &pool6.to_string(), "via", &gw6.to_string()])?;
-            if opts.dataplane == DataplaneMode::Afpacket {
-                netns::sysctl_in(&ns, "net.ipv6.conf.all.forwarding", "0")?;
-            }
+            // As for IPv4: afpacket forwards in the router; tun lets the kernel forward, and
+            // IPv6, never tunnelled, needs nothing else of the router there.
+            let fwd = if opts.dataplane == DataplaneMode::Afpacket { "0" } else { "1" };
+            netns::sysctl_in(&ns, "net.ipv6.conf.all.forwarding", fwd)?;
             node_addrs.push(addr6.to_string());
         }
         // The node's own traffic (later: BGP) reaches other subnets through the underlay.
@@ -397,7 +395,14 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         for pod in &node.pods {
             let pns = lab.ns(&pod.name);
             add_ns(lab, st, &pns, v6)?;
-            netns::ip_in(&ns, &["link", "add", &pod.iface, "type", "veth", "peer", "name", "eth0", "netns", &pns])?;
+            let mut add = vec!["link", "add", &pod.iface];
+            if v6 && opts.dataplane == DataplaneMode::Tun {
+                // Calico's host ends: MAC ee:ee:ee:ee:ee:ee, so the kernel's own link-local
+                // address there is the pods' IPv6 gateway, fe80::ecee:eeff:feee:eeee.
+                add.extend(["address", "ee:ee:ee:ee:ee:ee"]);
+            }
+            add.extend(["type", "veth", "peer", "name", "eth0", "netns", &pns]);
+            netns::ip_in(&ns, &add)?;
             netns::ip_in(&ns, &["link", "set", &pod.iface, "up"])?;
             if opts.dataplane == DataplaneMode::Tun {
                 // Calico's way: the kernel answers the pod's ARP for 169.254.1.1.

@@ -14,9 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// node's own traffic in afpacket mode).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KernelRoute {
-    Via { prefix: Ipv4Net, gateway: Ipv4Addr, dev: String },
-    Dev { prefix: Ipv4Net, dev: String },
-    Blackhole { prefix: Ipv4Net },
+    Via { prefix: IpNet, gateway: IpAddr, dev: String },
+    Dev { prefix: IpNet, dev: String },
+    Blackhole { prefix: IpNet },
 }
 
 /// The routing protocol number our kernel routes carry (`ip route ... proto 179`, after
@@ -106,8 +106,14 @@ impl Table {
 /// via the next hop where it is on the uplink's prefix, else via the underlay router (IPv6 is
 /// never tunnelled; the fabric knows the pod routes). Each route with its display row.
 pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Addr)]) -> Vec<(Route6, RouteEntry)> {
-    let (Some(v6), Some(uplink)) = (&cfg.ipv6, ifaces.by_name(&cfg.uplink.interface)) else {
-        return Vec::new();
+    let tun = cfg.dataplane == DataplaneMode::Tun;
+    let Some(v6) = &cfg.ipv6 else { return Vec::new() };
+    // In tun mode the kernel forwards IPv6 and the data plane has no uplink of its own: the
+    // table is for display and for the kernel routes.
+    let uplink = match ifaces.by_name(&cfg.uplink.interface) {
+        Some(i) => i,
+        None if tun => IfaceId(0),
+        None => return Vec::new(),
     };
     let up = cfg.uplink.interface.as_str();
     let mut t = Vec::new();
@@ -125,7 +131,12 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
             kind: kind.to_string(),
             encap: "none".into(),
             why,
-            forwarded_by: if next_hop == NextHop6::Host { "kernel" } else { "router" }.into(),
+            forwarded_by: if next_hop == NextHop6::Host || cfg.dataplane == DataplaneMode::Tun {
+                "kernel"
+            } else {
+                "router"
+            }
+            .into(),
         };
         t.push((Route6 { prefix, next_hop }, entry));
     };
@@ -149,15 +160,13 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
         push(*b, NextHop6::Blackhole, None, local, "blackhole", "this node's own block".into());
     }
     for p in &cfg.pods {
-        if let (Some(a), Some(i)) = (p.address6, ifaces.by_name(&p.interface)) {
-            push(
-                Ipv6Net::from(a),
-                NextHop6::Local { iface: i },
-                Some(&p.interface),
-                local,
-                "unicast",
-                format!("pod {}", p.name),
-            );
+        let nh = match ifaces.by_name(&p.interface) {
+            Some(i) => NextHop6::Local { iface: i },
+            None if tun => NextHop6::Host,
+            None => continue,
+        };
+        if let Some(a) = p.address6 {
+            push(Ipv6Net::from(a), nh, Some(&p.interface), local, "unicast", format!("pod {}", p.name));
         }
     }
     for (prefix, nh) in learned {
@@ -175,6 +184,26 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
         push(*prefix, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Bgp, "unicast", why);
     }
     t
+}
+
+/// The kernel routes of IPv6: the learned blocks via their next hops, for the node's own
+/// traffic (and in tun mode for its pods', which the kernel forwards: IPv6 is never
+/// tunnelled, so the router has nothing to add), and in tun mode the node's blocks
+/// blackholed.
+pub fn kernel6(cfg: &NodeConfig, table: &[(Route6, RouteEntry)]) -> Vec<KernelRoute> {
+    let tun = cfg.dataplane == DataplaneMode::Tun;
+    table
+        .iter()
+        .filter_map(|(r, e)| match r.next_hop {
+            NextHop6::Direct { gateway, .. } if e.source == RouteSource::Bgp => Some(KernelRoute::Via {
+                prefix: r.prefix.into(),
+                gateway: gateway.into(),
+                dev: cfg.uplink.interface.clone(),
+            }),
+            NextHop6::Blackhole if tun => Some(KernelRoute::Blackhole { prefix: r.prefix.into() }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// [`table6`] without the display rows: what the FIB needs.
@@ -254,7 +283,7 @@ fn build_inner(
             kernel: tun,
         });
         if tun {
-            t.kernel.push(KernelRoute::Blackhole { prefix: *b });
+            t.kernel.push(KernelRoute::Blackhole { prefix: (*b).into() });
         }
     }
     for p in &cfg.pods {
@@ -368,7 +397,7 @@ fn build_inner(
             // afpacket: the node's own traffic to these blocks goes into tunl0, where the
             // router wraps it (without tunl0, the kernel has no way there).
             if tun || (tun_if.is_some() && (in_pool || src != RouteSource::Bgp)) {
-                t.kernel.push(KernelRoute::Dev { prefix: r.prefix, dev: tun_dev.into() });
+                t.kernel.push(KernelRoute::Dev { prefix: r.prefix.into(), dev: tun_dev.into() });
             }
         } else {
             let why = || match (in_pool, on_link) {
@@ -395,7 +424,7 @@ fn build_inner(
             // what the config names; a full Internet table from a peer stays ours alone (a
             // million `ip route` calls would stall the control thread for minutes).
             if tun || in_pool || src != RouteSource::Bgp {
-                t.kernel.push(KernelRoute::Via { prefix: r.prefix, gateway: hop, dev: up_name.into() });
+                t.kernel.push(KernelRoute::Via { prefix: r.prefix.into(), gateway: hop.into(), dev: up_name.into() });
             }
         }
     }
@@ -587,7 +616,7 @@ via = "192.168.100.1"
         assert!(!dev(&t, "10.244.2.0/26"));
         assert!(t.kernel.contains(&KernelRoute::Via {
             prefix: "10.244.2.0/26".parse().expect("net"),
-            gateway: ip("192.168.100.101"),
+            gateway: ip("192.168.100.101").into(),
             dev: "eth0".into()
         }));
     }
@@ -619,7 +648,7 @@ via = "192.168.100.1"
             .contains(&KernelRoute::Dev { prefix: "10.244.3.0/26".parse().expect("net"), dev: "tunl0".into() }));
         assert!(t.kernel.contains(&KernelRoute::Via {
             prefix: "10.244.2.0/26".parse().expect("net"),
-            gateway: ip("192.168.100.101"),
+            gateway: ip("192.168.100.101").into(),
             dev: "eth0".into()
         }));
         assert!(t.kernel.contains(&KernelRoute::Blackhole { prefix: "10.244.1.0/26".parse().expect("net") }));

@@ -19,16 +19,36 @@ fn lookup(lab: &TestLab, node: &str, addr: &str) -> serde_json::Value {
     lab.json(&["routes", "--node", node, "--lookup", addr, "--json"])
 }
 
-#[test]
-fn every_pod_reaches_every_other_over_ipv6_and_ipv4_still_works() {
-    let lab = TestLab::up(&["--dual-stack"]);
+fn every_pod_pair(lab: &TestLab) {
     for (from, _) in PODS6 {
         for (to, addr) in PODS6.iter().filter(|(to, _)| *to != from) {
-            let (ok, out) = ping(&lab, from, &["-6", "-c", "2", "-i", "0.2", "-W", "2", addr]);
+            let (ok, out) = ping(lab, from, &["-6", "-c", "2", "-i", "0.2", "-W", "2", addr]);
             assert!(ok, "{from} -> {to} ({addr}): {out}");
             assert_no_loss(&out);
         }
     }
+}
+
+#[test]
+fn on_the_tun_data_plane_the_kernel_forwards_ipv6_on_the_routes_bgp_taught() {
+    let lab = TestLab::up(&["--dual-stack", "--dataplane", "tun"]);
+    every_pod_pair(&lab);
+    // The routes the node installed (proto 179), the same next hops as afpacket's FIB.
+    let routes = text(&lab.exec("node-a", &["ip", "-6", "route", "show", "proto", "179"]).stdout);
+    assert!(routes.contains("fd00:10:244::40/122 via fd00:192:168:100::101"), "{routes}");
+    assert!(routes.contains("fd00:10:244::80/122 via fd00:192:168:100::1"), "{routes}");
+    assert!(routes.contains("blackhole fd00:10:244::/122"), "{routes}");
+    let c = lookup(&lab, "node-a", "fd00:10:244::81");
+    assert_eq!(c["forwarded_by"], "kernel", "{c}");
+    // The pods' gateway is the host end's own link-local address (MAC ee:ee:ee:ee:ee:ee).
+    let neigh = text(&lab.exec("pod-a1", &["ip", "-6", "neigh", "show", "dev", "eth0"]).stdout);
+    assert!(neigh.contains("fe80::ecee:eeff:feee:eeee lladdr ee:ee:ee:ee:ee:ee"), "{neigh}");
+}
+
+#[test]
+fn every_pod_reaches_every_other_over_ipv6_and_ipv4_still_works() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    every_pod_pair(&lab);
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.3.1"]);
     assert!(ok, "IPv4 beside IPv6: {out}");
     // The pods' gateway is Calico's link-local address, answered by the router (proxy NDP).

@@ -80,7 +80,23 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
 
 /// afpacket: kernel forwarding would forward every packet a second time. tun: the kernel
 /// forwards pod traffic into the tunnel device and out of it, so it must be on.
-pub(super) fn check_kernel_forwarding(mode: DataplaneMode) -> anyhow::Result<()> {
+pub(super) fn check_kernel_forwarding(mode: DataplaneMode, ipv6: bool) -> anyhow::Result<()> {
+    if ipv6 {
+        // IPv6 alike: afpacket forwards it in the router; tun leaves it to the kernel (it is
+        // never tunnelled, so the kernel's routes are all it takes).
+        let v = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap_or_default();
+        match (mode, v.trim()) {
+            (DataplaneMode::Afpacket, "1") => bail!(
+                "kernel IPv6 forwarding is on in this network namespace (net.ipv6.conf.all.forwarding=1): \
+                 packets would be forwarded twice. Turn it off or run the node in its own namespace"
+            ),
+            (DataplaneMode::Tun, "0") => bail!(
+                "the tun data plane leaves IPv6 to the kernel, but net.ipv6.conf.all.forwarding=0 here; \
+                 turn it on (`sysctl -w net.ipv6.conf.all.forwarding=1`)"
+            ),
+            _ => {}
+        }
+    }
     let v = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
     match (mode, v.trim()) {
         (DataplaneMode::Afpacket, "1") => bail!(

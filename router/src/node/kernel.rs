@@ -11,6 +11,11 @@ impl Node {
         if let Err(e) = ipcmd::ip(&["route", "flush", "proto", routes::KERNEL_PROTO]) {
             tracing::warn!(error = %e, "could not flush our kernel routes");
         }
+        if self.cfg.ipv6.is_some() {
+            if let Err(e) = ipcmd::ip(&["-6", "route", "flush", "proto", routes::KERNEL_PROTO]) {
+                tracing::warn!(error = %e, "could not flush our IPv6 kernel routes");
+            }
+        }
         self.kernel.clear();
     }
 

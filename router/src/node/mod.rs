@@ -100,7 +100,10 @@ impl Node {
     ) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let table = routes::build_fib(&self.cfg, self.dp.interfaces(), &learned).map_err(anyhow::Error::msg)?;
-        self.writer.set_v6(&routes::build_fib6(&self.cfg, self.dp.interfaces(), &learned6));
+        let table6 = routes::table6(&self.cfg, self.dp.interfaces(), &learned6);
+        self.writer.set_v6(&table6.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+        let mut kernel = table.kernel.clone();
+        kernel.extend(routes::kernel6(&self.cfg, &table6));
         self.learned6 = learned6;
         let built = t0.elapsed();
         // Only what changed goes to the FIB writer, so a snapshot rebuilds only the /8s touched.
@@ -109,7 +112,7 @@ impl Node {
         self.writer.set_tunnels(tunnels(&self.cfg, cluster_hops));
         self.fib.publish(self.writer.publish());
         let published = t0.elapsed();
-        self.sync_kernel(&table.kernel);
+        self.sync_kernel(&kernel);
         if added + removed > 10_000 {
             // Big changes leave big freed tables behind (the rows, the diff, the old list).
             netsys::trim_heap();
@@ -254,7 +257,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
             });
         }
     }
-    check_kernel_forwarding(cfg.dataplane)?;
+    check_kernel_forwarding(cfg.dataplane, cfg.ipv6.is_some())?;
     let ifaces = discover(&cfg)?;
     let restart_time = Duration::from_secs(u64::from(cfg.bgp.as_ref().map_or(0, |b| b.graceful_restart_secs)));
     let saved = restart::take(&cfg, restart_time);
