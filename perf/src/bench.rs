@@ -18,7 +18,7 @@ pub struct Options {
     #[arg(long)]
     pub packets: Option<u64>,
     /// Scenarios to run (default: all): kernel, afpacket, afpacket-ipip, afpacket-ipip-ab,
-    /// afpacket-vxlan, afpacket-vxlan-ab, tun-ipip.
+    /// afpacket-vxlan, afpacket-vxlan-ab, tun-ipip, kernel6, afpacket6.
     #[arg(long = "scenario")]
     pub scenarios: Vec<String>,
     /// UDP frame sizes.
@@ -57,9 +57,23 @@ pub struct Scenario {
     /// More `router lab up` options: the tunnel and its mode (none: the lab's default, IPIP
     /// CrossSubnet).
     lab_args: &'static [&'static str],
+    /// The traffic is IPv6 (the lab dual stack).
+    ipv6: bool,
 }
 
-pub const SCENARIOS: [Scenario; 7] = [
+impl Scenario {
+    /// The destination pod's address.
+    fn dst(&self) -> &'static str {
+        match (self.dst_pod, self.ipv6) {
+            ("pod-b1", false) => "10.244.2.1",
+            ("pod-b1", true) => "fd00:10:244::41",
+            (_, false) => "10.244.3.1",
+            (_, true) => "fd00:10:244::81",
+        }
+    }
+}
+
+pub const SCENARIOS: [Scenario; 9] = [
     Scenario {
         name: "kernel",
         what: "Linux kernel forwarding, pod-a1 → node-a → node-b → pod-b1 (no router in the path)",
@@ -67,6 +81,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         dst_pod: "pod-b1",
         router: false,
         lab_args: &[],
+        ipv6: false,
     },
     Scenario {
         name: "afpacket",
@@ -75,6 +90,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         dst_pod: "pod-b1",
         router: true,
         lab_args: &[],
+        ipv6: false,
     },
     Scenario {
         name: "afpacket-ipip",
@@ -83,6 +99,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         dst_pod: "pod-c1",
         router: true,
         lab_args: &[],
+        ipv6: false,
     },
     // The same path as `afpacket`, wrapped: what the encapsulation itself costs, without
     // the underlay router's extra hop that the cross-subnet path also pays.
@@ -93,6 +110,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         dst_pod: "pod-b1",
         router: true,
         lab_args: &["--ipip-mode", "always"],
+        ipv6: false,
     },
     Scenario {
         name: "afpacket-vxlan",
@@ -101,6 +119,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         dst_pod: "pod-c1",
         router: true,
         lab_args: &["--vxlan-mode", "cross-subnet"],
+        ipv6: false,
     },
     Scenario {
         name: "afpacket-vxlan-ab",
@@ -109,6 +128,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         dst_pod: "pod-b1",
         router: true,
         lab_args: &["--vxlan-mode", "always"],
+        ipv6: false,
     },
     Scenario {
         name: "tun-ipip",
@@ -117,6 +137,27 @@ pub const SCENARIOS: [Scenario; 7] = [
         dst_pod: "pod-c1",
         router: true,
         lab_args: &[],
+        ipv6: false,
+    },
+    // IPv6 on the direct path: the kernel's forwarding (tun mode leaves IPv6 to the kernel)
+    // against the router's; the same payloads as IPv4, in frames 20 bytes longer.
+    Scenario {
+        name: "kernel6",
+        what: "Linux kernel IPv6 forwarding, pod-a1 → node-a → node-b → pod-b1 (`--dual-stack`, tun mode: no router in the path)",
+        dataplane: "tun",
+        dst_pod: "pod-b1",
+        router: false,
+        lab_args: &["--dual-stack"],
+        ipv6: true,
+    },
+    Scenario {
+        name: "afpacket6",
+        what: "router, AF_PACKET, IPv6 direct routing (`--dual-stack`): same path as kernel6",
+        dataplane: "afpacket",
+        dst_pod: "pod-b1",
+        router: true,
+        lab_args: &["--dual-stack"],
+        ipv6: true,
     },
 ];
 
@@ -180,9 +221,14 @@ fn udp_run(
     count: Option<u64>,
 ) -> anyhow::Result<(GenReport, SinkReport, f64, u64)> {
     let perf = t.perf.to_string_lossy().into_owned();
-    let dst = if sc.dst_pod == "pod-b1" { "10.244.2.1" } else { "10.244.3.1" };
+    let dst = sc.dst();
+    let max = format!("{}", secs + 10.0);
+    let mut sink_args = vec![perf.as_str(), "sink", "--max-secs", &max];
+    if sc.ipv6 {
+        sink_args.push("--ipv6");
+    }
     let sink = t
-        .in_pod(sc.dst_pod, &[&perf, "sink", "--max-secs", &format!("{}", secs + 10.0)])
+        .in_pod(sc.dst_pod, &sink_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -210,7 +256,7 @@ fn udp_run(
 }
 
 fn tcp_run(t: &Tools, sc: &Scenario, streams: usize, secs: f64) -> anyhow::Result<f64> {
-    let dst = if sc.dst_pod == "pod-b1" { "10.244.2.1" } else { "10.244.3.1" };
+    let dst = sc.dst();
     let server = t
         .in_pod(sc.dst_pod, &["iperf3", "-s", "-1"])
         .stdout(Stdio::null())

@@ -51,7 +51,7 @@ enum Cmd {
     #[command(hide = true)]
     Gen {
         #[arg(long)]
-        dst: Ipv4Addr,
+        dst: std::net::IpAddr,
         #[arg(long, default_value_t = 9000)]
         port: u16,
         #[arg(long)]
@@ -71,6 +71,9 @@ enum Cmd {
     Sink {
         #[arg(long, default_value_t = 9000)]
         port: u16,
+        /// Receive IPv6 (frames counted with the IPv6 header).
+        #[arg(long)]
+        ipv6: bool,
         #[arg(long, default_value_t = 60.0)]
         max_secs: f64,
     },
@@ -88,8 +91,10 @@ fn main() {
             traffic::generate(dst, port, size, flows, Duration::from_secs_f64(secs), pps, count)
                 .map(|r| println!("{}", serde_json::json!(r)))
         }
-        Cmd::Sink { port, max_secs } => traffic::sink(port, Duration::from_secs(1), Duration::from_secs_f64(max_secs))
-            .map(|r| println!("{}", serde_json::json!(r))),
+        Cmd::Sink { port, ipv6, max_secs } => {
+            traffic::sink(port, ipv6, Duration::from_secs(1), Duration::from_secs_f64(max_secs))
+                .map(|r| println!("{}", serde_json::json!(r)))
+        }
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

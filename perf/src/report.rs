@@ -109,14 +109,20 @@ impl Run {
 /// Computes the ratios and writes the reports into `out`, and into `docs` the same table
 /// under a header that says when, where and how it was measured.
 pub fn finish(runs: &mut [Run], out: &Path, docs: Option<&Path>) -> anyhow::Result<()> {
-    // Ratios against the kernel run of the same size (pps for UDP, Gbit/s for TCP).
-    let kernel: Vec<Run> = runs.iter().filter(|r| r.scenario == "kernel").cloned().collect();
+    // Ratios against the kernel run of the same size (pps for UDP, Gbit/s for TCP): IPv6
+    // scenarios (named …6) against the kernel's IPv6 forwarding.
+    let baseline = |s: &str| if s.ends_with('6') { "kernel6" } else { "kernel" };
+    let kernel: Vec<Run> = runs.iter().filter(|r| r.scenario == "kernel" || r.scenario == "kernel6").cloned().collect();
     for r in runs.iter_mut() {
-        r.ratio_to_kernel = kernel.iter().find(|k| k.packet_size == r.packet_size).and_then(|k| r.ratio_to(k));
+        r.ratio_to_kernel = kernel
+            .iter()
+            .find(|k| k.scenario == baseline(&r.scenario) && k.packet_size == r.packet_size)
+            .and_then(|k| r.ratio_to(k));
     }
     // IPIP against the router's direct path, same size and worker count.
     let direct: Vec<Run> = runs.iter().filter(|r| r.scenario == "afpacket").cloned().collect();
-    let tunnelled = |s: &str| s.starts_with("afpacket-ipip") || s.starts_with("afpacket-vxlan");
+    // And the router's IPv6 against its IPv4 on the same path.
+    let tunnelled = |s: &str| s.starts_with("afpacket-ipip") || s.starts_with("afpacket-vxlan") || s == "afpacket6";
     for r in runs.iter_mut().filter(|r| tunnelled(&r.scenario)) {
         r.ratio_to_direct = direct
             .iter()
@@ -239,6 +245,25 @@ mod tests {
             assert!(json[0].get(key).is_some(), "{key}");
         }
         assert!(std::fs::read_to_string(dir.join("forward.svg")).expect("svg").contains("<svg"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn ipv6_runs_are_against_the_kernels_ipv6_and_the_routers_ipv4() {
+        let by = |n: &str| SCENARIOS.iter().find(|s| s.name == n).expect(n);
+        let (k, d, k6, d6) = (by("kernel"), by("afpacket"), by("kernel6"), by("afpacket6"));
+        let mut runs = vec![
+            udp(k, Size::Fixed(64), 800),
+            udp(d, Size::Fixed(64), 500),
+            udp(k6, Size::Fixed(64), 400),
+            udp(d6, Size::Fixed(64), 450),
+        ];
+        let dir = std::env::temp_dir().join(format!("perf-report6-{}", std::process::id()));
+        finish(&mut runs, &dir, None).expect("report");
+        assert_eq!(runs[2].ratio_to_kernel, Some(1.0), "kernel6 is its own baseline");
+        assert_eq!(runs[3].ratio_to_kernel, Some(450.0 / 400.0), "against the kernel's IPv6");
+        assert_eq!(runs[3].ratio_to_direct, Some(0.9), "against the router's IPv4");
+        assert_eq!(runs[1].ratio_to_kernel, Some(500.0 / 800.0), "IPv4 still against the kernel's IPv4");
         let _ = std::fs::remove_dir_all(dir);
     }
 

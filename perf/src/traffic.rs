@@ -6,12 +6,16 @@
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// Frame sizes on the wire (Ethernet + IPv4 + UDP + payload).
 pub const HEADERS: usize = 14 + 20 + 8;
+/// What an IPv6 header adds. A size names an IPv4 frame; over IPv6 the same payload travels
+/// in a frame this much longer (84 bytes for 64: a 64-byte IPv6 frame has no room for the
+/// generator's 14-byte tag).
+pub const IPV6_EXTRA: usize = 20;
 /// The payload starts with this, then flow (2 bytes) and sequence (8 bytes).
 const MAGIC: &[u8; 4] = b"RPRF";
 
@@ -71,7 +75,7 @@ pub struct SinkReport {
 /// Sends to `dst:port` from `flows` source ports for `duration`, at most `pps` packets/s
 /// (0: as fast as possible).
 pub fn generate(
-    dst: Ipv4Addr,
+    dst: IpAddr,
     port: u16,
     size: Size,
     flows: usize,
@@ -87,10 +91,12 @@ pub fn generate(
         Size::Fixed(n) => Size::Fixed(n.min(mtu + 14)),
         s => s,
     };
-    let clamp = |n: usize| n.min(mtu + 14);
+    let extra = if dst.is_ipv6() { IPV6_EXTRA } else { 0 };
+    let clamp = |n: usize| n.min(mtu + 14 - extra);
+    let any = if dst.is_ipv6() { "::" } else { "0.0.0.0" };
     let socks: Vec<UdpSocket> = (0..flows.max(1))
         .map(|i| {
-            let s = UdpSocket::bind(("0.0.0.0", 20000 + i as u16)).context("binding a generator port")?;
+            let s = UdpSocket::bind((any, 20000 + i as u16)).context("binding a generator port")?;
             s.connect((dst, port))?;
             Ok(s)
         })
@@ -143,7 +149,7 @@ pub fn generate(
             match netsys::send_batch(s.as_fd(), &refs[..want]) {
                 Ok(n) => {
                     sent += n as u64;
-                    bytes += refs[..n].iter().map(|b| (b.len() + HEADERS) as u64).sum::<u64>();
+                    bytes += refs[..n].iter().map(|b| (b.len() + HEADERS + extra) as u64).sum::<u64>();
                     // What the kernel did not take is not counted as sent; rewind.
                     seq[f] -= (want - n) as u64;
                 }
@@ -164,10 +170,14 @@ pub fn generate(
 
 /// Receives on `port` until `idle` passes without traffic after the first packet, or
 /// `max` passes in all.
-pub fn sink(port: u16, idle: Duration, max: Duration) -> anyhow::Result<SinkReport> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+pub fn sink(port: u16, ipv6: bool, idle: Duration, max: Duration) -> anyhow::Result<SinkReport> {
+    let (domain, any, extra) = match ipv6 {
+        true => (socket2::Domain::IPV6, IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED), IPV6_EXTRA),
+        false => (socket2::Domain::IPV4, IpAddr::from([0, 0, 0, 0]), 0),
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
     s.set_recv_buffer_size(64 << 20)?;
-    s.bind(&socket2::SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], port))))?;
+    s.bind(&socket2::SockAddr::from(std::net::SocketAddr::from((any, port))))?;
     s.set_read_timeout(Some(Duration::from_millis(100)))?;
     let fd = s.as_fd();
     let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 2048]).collect();
@@ -204,7 +214,7 @@ pub fn sink(port: u16, idle: Duration, max: Duration) -> anyhow::Result<SinkRepo
             e.0 = e.0.max(seq);
             e.1 += 1;
             r.received += 1;
-            r.bytes += (len + HEADERS) as u64;
+            r.bytes += (len + HEADERS + extra) as u64;
         }
     }
     r.flows = flows.len();
