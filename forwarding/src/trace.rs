@@ -6,19 +6,20 @@ use crate::counters::DropReason;
 use crate::iface::IfaceId;
 use crate::pipeline::Verdict;
 use crossbeam_channel::{Receiver, Sender};
-use encap::{ethernet, ipv4, vxlan};
-use std::net::Ipv4Addr;
+use encap::{ethernet, ipv4, ipv6, vxlan};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::time::SystemTime;
 
 /// Marks a trace probe's payload; the trace id follows (4 bytes, big-endian).
 pub const MAGIC: &[u8; 8] = b"RTRACE\x00\x01";
 
-/// The IPv4 header fields of a packet (and of the packet inside, for IPIP and VXLAN).
+/// The IP header fields of a packet (and of the packet inside, for IPIP and VXLAN); for
+/// IPv6, `protocol` is the next header, `ttl` the hop limit and `icmp_type` ICMPv6's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub protocol: u8,
     pub ttl: u8,
     pub len: u16,
@@ -76,7 +77,28 @@ fn l3(data: &[u8], ethernet: bool) -> Option<&[u8]> {
         return Some(data);
     }
     let f = ethernet::Frame::new_checked(data).ok()?;
-    (f.ethertype() == ethernet::EtherType::Ipv4).then(|| &data[ethernet::HEADER_LEN..])
+    matches!(f.ethertype(), ethernet::EtherType::Ipv4 | ethernet::EtherType::Ipv6)
+        .then(|| &data[ethernet::HEADER_LEN..])
+}
+
+fn is_v6(l3: &[u8]) -> bool {
+    l3.first().is_some_and(|b| b >> 4 == 6)
+}
+
+/// An IPv6 packet's summary (IPv6 is never tunnelled here).
+fn summarize6(bytes: &[u8]) -> Option<Summary> {
+    let p = ipv6::Packet::new_checked(bytes).ok()?;
+    let icmp_type = (p.next_header() == ipv6::NEXT_ICMPV6).then(|| p.payload().first().copied()).flatten();
+    Some(Summary {
+        src: p.src().into(),
+        dst: p.dst().into(),
+        protocol: p.next_header(),
+        ttl: p.hop_limit(),
+        len: u16::try_from(p.total_len()).unwrap_or(u16::MAX),
+        icmp_type,
+        inner: None,
+        vxlan: None,
+    })
 }
 
 fn icmp_type<T: AsRef<[u8]>>(p: &ipv4::Packet<T>) -> Option<u8> {
@@ -102,6 +124,9 @@ fn tunnelled(ip: &[u8]) -> Option<(&[u8], Option<VxlanInfo>)> {
 /// The header summary of any IPv4 packet (a frame when `ethernet`).
 pub fn summarize(data: &[u8], ethernet: bool) -> Option<Summary> {
     let bytes = l3(data, ethernet)?;
+    if is_v6(bytes) {
+        return summarize6(bytes);
+    }
     let p = ipv4::Packet::new_checked(bytes).ok()?;
     let wrapped = tunnelled(bytes);
     let vxlan = wrapped.and_then(|(_, v)| v);
@@ -115,8 +140,8 @@ pub fn summarize(data: &[u8], ethernet: bool) -> Option<Summary> {
         })
     });
     Some(Summary {
-        src: p.src(),
-        dst: p.dst(),
+        src: p.src().into(),
+        dst: p.dst().into(),
         protocol: p.protocol().into(),
         ttl: p.ttl(),
         len: p.total_len(),
@@ -129,14 +154,20 @@ pub fn summarize(data: &[u8], ethernet: bool) -> Option<Summary> {
 /// The trace id of a probe (looking inside IPIP and VXLAN), or None for any other packet.
 pub fn probe_id(data: &[u8], ethernet: bool) -> Option<u32> {
     let mut bytes = l3(data, ethernet)?;
-    if let Some((inner, _)) = tunnelled(bytes) {
-        bytes = inner;
-    }
-    let p = ipv4::Packet::new_checked(bytes).ok()?;
-    let t = p.payload();
-    let skip = match p.protocol() {
-        ipv4::Protocol::Icmp | ipv4::Protocol::Udp => 8,
-        ipv4::Protocol::Tcp => usize::from(*t.get(12)? >> 4) * 4,
+    let (protocol, t) = if is_v6(bytes) {
+        let p = ipv6::Packet::new_checked(bytes).ok()?;
+        (p.next_header(), &bytes[ipv6::HEADER_LEN..p.total_len()])
+    } else {
+        if let Some((inner, _)) = tunnelled(bytes) {
+            bytes = inner;
+        }
+        let p = ipv4::Packet::new_checked(bytes).ok()?;
+        (u8::from(p.protocol()), &bytes[p.header_len()..usize::from(p.total_len())])
+    };
+    let skip = match protocol {
+        // ICMP, ICMPv6 (echo) and UDP: an 8-byte header; TCP: its data offset.
+        1 | 58 | 17 => 8,
+        6 => usize::from(*t.get(12)? >> 4) * 4,
         _ => return None,
     };
     let payload = t.get(skip..)?;
@@ -249,6 +280,25 @@ mod tests {
         let s = summarize(&outer, false).expect("summary");
         assert_eq!(s.protocol, 4);
         assert_eq!(s.inner.map(|i| i.dst), Some(Ipv4Addr::new(10, 244, 3, 1)));
+    }
+
+    #[test]
+    fn ipv6_probes_are_recognised_in_frames() {
+        let mut payload = MAGIC.to_vec();
+        payload.extend_from_slice(&99u32.to_be_bytes());
+        let src: std::net::Ipv6Addr = "fd00:10:244::1".parse().expect("addr");
+        let dst: std::net::Ipv6Addr = "fd00:10:244::81".parse().expect("addr");
+        let b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv6(src.octets(), dst.octets(), 64)
+            .icmpv6_echo_request(1, 1);
+        let mut f = Vec::new();
+        b.write(&mut f, &payload).expect("build");
+        assert_eq!(probe_id(&f, true), Some(99));
+        let s = summarize(&f, true).expect("summary");
+        assert_eq!((s.src, s.dst, s.protocol, s.ttl, s.icmp_type), (src.into(), dst.into(), 58, 64, Some(128)));
+        let n = f.len();
+        f[n - 5] ^= 1;
+        assert_eq!(probe_id(&f, true), None);
     }
 
     #[test]

@@ -253,12 +253,13 @@ pub struct Hop {
     pub time: f64,
     pub ingress: String,
     pub ingress_role: String,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
     pub protocol: u8,
+    /// TTL, or IPv6's hop limit.
     pub ttl: u8,
     /// For IPIP or VXLAN arriving: the packet inside (src, dst, ttl).
-    pub inner: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+    pub inner: Option<(std::net::IpAddr, std::net::IpAddr, u8)>,
     /// The tunnel it arrived in: "IPIP", or "VXLAN" with the outer UDP ports and the VNI.
     #[serde(default)]
     pub tunnel: Option<String>,
@@ -268,8 +269,8 @@ pub struct Hop {
     pub reason: String,
     pub egress: Option<String>,
     /// The packet as it left: (src, dst, ttl), and the outer header when wrapped.
-    pub out: Option<(Ipv4Addr, Ipv4Addr, u8)>,
-    pub out_outer: Option<(Ipv4Addr, Ipv4Addr, u8)>,
+    pub out: Option<(std::net::IpAddr, std::net::IpAddr, u8)>,
+    pub out_outer: Option<(std::net::IpAddr, std::net::IpAddr, u8)>,
     /// The tunnel it left in, described as `tunnel`.
     #[serde(default)]
     pub out_tunnel: Option<String>,

@@ -94,10 +94,14 @@ enum Cmd {
     Trace {
         /// A pod of the lab.
         src: String,
-        /// A pod of the lab, or an IPv4 address.
+        /// A pod of the lab, or an IP address.
         dst: String,
         #[arg(long, value_enum, default_value = "icmp")]
         proto: router::probe::ProbeProto,
+        /// Over IPv6 (a dual-stack lab): a pod named as destination is reached at its IPv6
+        /// address. An IPv6 address as destination needs no flag.
+        #[arg(short = '6', long)]
+        ipv6: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -229,7 +233,7 @@ enum InternalCmd {
     /// Send one trace probe from this namespace.
     Probe {
         #[arg(long)]
-        dst: std::net::Ipv4Addr,
+        dst: std::net::IpAddr,
         #[arg(long, value_enum)]
         proto: router::probe::ProbeProto,
         #[arg(long)]
@@ -469,7 +473,7 @@ installed {} as {}",
             clap_complete::generate(shell, &mut Cli::command(), "router", &mut std::io::stdout());
             Ok(0)
         }
-        Cmd::Trace { src, dst, proto, json, sel } => trace(&sel.lab()?, &src, &dst, proto, json),
+        Cmd::Trace { src, dst, proto, ipv6, json, sel } => trace(&sel.lab()?, &src, &dst, proto, ipv6, json),
         Cmd::Node { config, datastore, etcd_endpoints } => {
             let endpoints = match datastore {
                 Some(DatastoreArg::Etcd) => Some(etcd_endpoints),
@@ -575,24 +579,41 @@ fn print_bgp_status(st: &admin::BgpStatus) {
     println!("{line}");
 }
 
-fn trace(lab: &Lab, src: &str, dst: &str, proto: router::probe::ProbeProto, json: bool) -> anyhow::Result<i32> {
+fn trace(
+    lab: &Lab,
+    src: &str,
+    dst: &str,
+    proto: router::probe::ProbeProto,
+    ipv6: bool,
+    json: bool,
+) -> anyhow::Result<i32> {
     // The probe is sent from inside the pod's namespace.
     lab::enter(lab)?;
     let Some(st) = lab.state()? else {
         bail!("no lab named {:?} is up; start it with `router lab up`", lab.name);
     };
     let pods: Vec<&str> = st.hosts.iter().filter(|h| h.role == Role::Pod).map(|h| h.name.as_str()).collect();
-    let addr_of =
-        |h: &lab::state::Host| h.addresses.first().and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
+    let named: Option<std::net::IpAddr> = dst.parse().ok();
+    let v6 = ipv6 || named.is_some_and(|a| a.is_ipv6());
+    let addr_of = |h: &lab::state::Host| -> Option<std::net::IpAddr> {
+        h.addresses
+            .iter()
+            .filter_map(|a| a.split('/').next()?.parse::<std::net::IpAddr>().ok())
+            .find(|a| a.is_ipv6() == v6)
+    };
     let Some(from) = st.host(src).filter(|h| h.role == Role::Pod) else {
         bail!("the trace starts at a pod; {src:?} is not one (pods: {})", pods.join(", "));
     };
-    let src_ip: std::net::Ipv4Addr = addr_of(from).context("the source pod has no address")?;
-    let dst_ip: std::net::Ipv4Addr = match st.host(dst) {
-        Some(h) => addr_of(h).with_context(|| format!("{dst} has no address"))?,
-        None => dst.parse().map_err(|_| {
-            anyhow::anyhow!("{dst:?} is neither a host of the lab nor an IPv4 address (pods: {})", pods.join(", "))
-        })?,
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    let src_ip = addr_of(from).with_context(|| {
+        format!("{src} has no {family} address{}", if v6 { " (is the lab up with --dual-stack?)" } else { "" })
+    })?;
+    let dst_ip = match (st.host(dst), named) {
+        (Some(h), _) => addr_of(h).with_context(|| format!("{dst} has no {family} address"))?,
+        (None, Some(a)) => a,
+        (None, None) => {
+            bail!("{dst:?} is neither a host of the lab nor an IP address (pods: {})", pods.join(", "))
+        }
     };
     let id = router::trace::new_id().context("reading a random trace id from /dev/urandom")?;
     for d in &st.daemons {

@@ -6,14 +6,14 @@ use forwarding::trace::{Event, Outcome, Summary};
 use forwarding::{IfaceRole, Interfaces};
 use nodeapi::admin::{Hop, RouteEntry, RouteMatch};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// A whole trace, as `router trace --json` prints it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Trace {
     pub id: u32,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub proto: crate::probe::ProbeProto,
     /// In time order, both ways.
     pub hops: Vec<Hop>,
@@ -40,10 +40,12 @@ pub fn lookup(entries: &[RouteEntry], dst: std::net::IpAddr) -> Option<&RouteEnt
     entries.iter().filter(|e| e.prefix.contains(&dst)).max_by_key(|e| e.prefix.prefix_len())
 }
 
-fn icmp_error_name(t: Option<u8>) -> Option<&'static str> {
-    match t? {
-        3 => Some("destination unreachable"),
-        11 => Some("time exceeded"),
+/// The name of an ICMP error (ICMPv6's where the packet is IPv6).
+fn icmp_error_name(v6: bool, t: Option<u8>) -> Option<&'static str> {
+    match (v6, t?) {
+        (false, 3) | (true, 1) => Some("destination unreachable"),
+        (false, 11) | (true, 3) => Some("time exceeded"),
+        (true, 2) => Some("packet too big"),
         _ => None,
     }
 }
@@ -58,27 +60,25 @@ fn tunnel(s: &Summary) -> Option<String> {
 }
 
 /// The effective packet: the inner one of IPIP or VXLAN, else the packet itself.
-fn effective(s: &Summary) -> (Ipv4Addr, Ipv4Addr, u8, u8, Option<u8>) {
+fn effective(s: &Summary) -> (IpAddr, IpAddr, u8, u8, Option<u8>) {
     match s.inner {
-        Some(i) => (i.src, i.dst, i.ttl, i.protocol, i.icmp_type),
+        Some(i) => (i.src.into(), i.dst.into(), i.ttl, i.protocol, i.icmp_type),
         None => (s.src, s.dst, s.ttl, s.protocol, s.icmp_type),
     }
 }
 
 /// What the worker did with one traced packet; `route_for` answers which route an address
 /// takes on this node.
-pub fn hop(
-    node: &str,
-    node_addr: Option<Ipv4Addr>,
-    ifaces: &Interfaces,
-    route_for: &dyn Fn(Ipv4Addr) -> Option<RouteEntry>,
-    e: &Event,
-) -> Hop {
+pub fn hop(node: &str, ifaces: &Interfaces, route_for: &dyn Fn(IpAddr) -> Option<RouteEntry>, e: &Event) -> Hop {
     let name = |i: forwarding::IfaceId| ifaces.get(i).map_or_else(|| format!("#{}", i.0), |f| f.name.clone());
     let role = ifaces.get(e.ingress).map_or("?", |f| f.role.name());
     let b = &e.before;
     let (src, dst, _, _, _) = effective(b);
-    let arrived_wrapped = tunnel(b).is_some() && Some(b.dst) == node_addr;
+    let is_node = |a: IpAddr| match a {
+        IpAddr::V4(a) => ifaces.node_addr() == Some(a),
+        IpAddr::V6(a) => ifaces.node_addr6() == Some(a),
+    };
+    let arrived_wrapped = tunnel(b).is_some() && is_node(b.dst);
     let route = route_for(dst).map(|r| RouteMatch {
         prefix: r.prefix.to_string(),
         next_hop: r.next_hop,
@@ -95,7 +95,7 @@ pub fn hop(
         dst: b.dst,
         protocol: b.protocol,
         ttl: b.ttl,
-        inner: b.inner.map(|i| (i.src, i.dst, i.ttl)),
+        inner: b.inner.map(|i| (i.src.into(), i.dst.into(), i.ttl)),
         tunnel: tunnel(b),
         route,
         action: String::new(),
@@ -138,17 +138,19 @@ pub fn hop(
                     h.out_outer = Some((a.src, a.dst, a.ttl));
                 }
                 h.out_tunnel = wrapped.clone();
-                let error_back = Some(asrc) == node_addr && adst == src && icmp_error_name(aicmp).is_some();
+                let v6 = asrc.is_ipv6();
+                let error_name = icmp_error_name(v6, aicmp);
+                let error_back = is_node(asrc) && adst == src && error_name.is_some();
                 h.action = if error_back {
-                    let why = match (aicmp, &h.route) {
-                        (Some(11), _) => "ttl_exceeded: TTL ran out".to_string(),
+                    let why = match (error_name, &h.route) {
+                        (Some("time exceeded"), _) if v6 => "hop_limit_exceeded: the hop limit ran out".to_string(),
+                        (Some("time exceeded"), _) => "ttl_exceeded: TTL ran out".to_string(),
+                        (Some("packet too big"), _) => "packet_too_big: larger than the egress MTU".to_string(),
                         (_, None) => format!("no_route: no route covers {dst}"),
                         _ => "not forwardable".to_string(),
                     };
-                    h.reason = format!(
-                        "{why}; dropped, ICMP {} sent back to {src}",
-                        icmp_error_name(aicmp).unwrap_or("error")
-                    );
+                    let icmp = if v6 { "ICMPv6" } else { "ICMP" };
+                    h.reason = format!("{why}; dropped, {icmp} {} sent back to {src}", error_name.unwrap_or("error"));
                     "icmp_error".into()
                 } else if let (Some(t), false) = (&wrapped, arrived_wrapped) {
                     h.reason = format!("{t} added: outer {} → {}", a.src, a.dst);
@@ -163,7 +165,8 @@ pub fn hop(
             }
             if let Outcome::Resolving { next_hop, .. } = &e.outcome {
                 let sep = if h.reason.is_empty() { "" } else { "; " };
-                h.reason = format!("{}{sep}held until ARP resolves {next_hop}", h.reason);
+                let how = if next_hop.is_ipv6() { "neighbour discovery" } else { "ARP" };
+                h.reason = format!("{}{sep}held until {how} resolves {next_hop}", h.reason);
             }
             if h.action.is_empty() {
                 h.action = "forward".into();
@@ -174,6 +177,15 @@ pub fn hop(
         }
     }
     h
+}
+
+/// IPv6 calls it the hop limit.
+fn ttl_word(a: IpAddr) -> &'static str {
+    if a.is_ipv6() {
+        "hop limit"
+    } else {
+        "ttl"
+    }
 }
 
 /// The journey as text, hop by hop.
@@ -188,7 +200,7 @@ pub fn render(hops: &[Hop]) -> String {
                 let t = h.tunnel.as_deref().unwrap_or("IPIP");
                 format!("outer {} → {} ({t}) · {is} → {id} ttl {ittl}", h.src, h.dst)
             }
-            None => format!("{} → {} ttl {}", h.src, h.dst, h.ttl),
+            None => format!("{} → {} {} {}", h.src, h.dst, ttl_word(h.src), h.ttl),
         };
         s.push_str(&format!("{node:<8} ← {} ({})  {pkt}\n", h.ingress, h.ingress_role));
         if let Some(r) = &h.route {
@@ -206,7 +218,7 @@ pub fn render(hops: &[Hop]) -> String {
                     let t = h.out_tunnel.as_deref().map(|t| format!(" ({t})")).unwrap_or_default();
                     format!("outer {os} → {od} ttl {ot}{t} · {is} → {id} ttl {it}")
                 }
-                (None, Some((a, b, t))) => format!("{a} → {b} ttl {t}"),
+                (None, Some((a, b, t))) => format!("{a} → {b} {} {t}", ttl_word(a)),
                 _ => String::new(),
             };
             s.push_str(&format!("{:<8}   → {eg}  {out}\n", ""));

@@ -124,3 +124,30 @@ fn the_router_answers_with_icmpv6_errors() {
     }
     assert_eq!(lab.json(&["stats", "--node", "node-a", "--json"])["fragments_sent"], 0);
 }
+
+#[test]
+fn trace_follows_an_ipv6_probe_there_and_back() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    let out = lab.router(&["trace", "pod-a1", "pod-c1", "-6", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).expect("trace JSON");
+    assert_eq!((t["src"].as_str(), t["dst"].as_str()), (Some("fd00:10:244::1"), Some("fd00:10:244::81")));
+    let hops = t["hops"].as_array().expect("hops");
+    let at = |node: &str, src: &str| {
+        hops.iter().find(|h| h["node"] == node && h["src"] == src).unwrap_or_else(|| panic!("{node} {src}: {t:#}"))
+    };
+    // Out: node-a routes it to the underlay router (node-c's block is on another subnet),
+    // node-c hands it to its pod, hop limit one less at each router.
+    let a = at("node-a", "fd00:10:244::1");
+    assert_eq!((a["action"].as_str(), a["route"]["next_hop"].as_str()), (Some("forward"), Some("fd00:192:168:100::1")));
+    assert_eq!(a["out"][2], 63);
+    assert_eq!(at("node-c", "fd00:10:244::1")["action"], "forward");
+    // And the echo reply back.
+    assert_eq!(at("node-a", "fd00:10:244::81")["action"], "forward");
+    // An unrouted destination: the error the node sends, in the trace.
+    let out = lab.router(&["trace", "pod-a1", "fd00:99::1", "--json"]);
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).expect("trace JSON");
+    let h = &t["hops"][0];
+    assert_eq!(h["action"], "icmp_error", "{t:#}");
+    assert!(h["reason"].as_str().unwrap_or("").contains("ICMPv6 destination unreachable"), "{h}");
+}

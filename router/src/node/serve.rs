@@ -42,13 +42,7 @@ impl Node {
             if e.id != id {
                 continue;
             }
-            let h = crate::trace::hop(
-                &self.cfg.name,
-                self.dp.interfaces().node_addr(),
-                self.dp.interfaces(),
-                &|dst| self.route_for(dst.into()),
-                &e,
-            );
+            let h = crate::trace::hop(&self.cfg.name, self.dp.interfaces(), &|dst| self.route_for(dst), &e);
             if let Some((_, hops, _)) = self.trace.as_mut() {
                 hops.push(h);
             }
