@@ -227,9 +227,47 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", "-s", "1472", &c1], true)?;
 
     vxlan_beside(&mut t, &st, &c1)?;
+    ipv6_beside(&mut t, &st)?;
 
     println!("\nThat is the whole story. Try `router lab exec pod-c1 -- ping {b1}`, `router trace`, `router capture`,\nor `router lab down` when you are done.");
     Ok(())
+}
+
+/// IPv6 in the same network: in this lab when it is dual stack, else in a dual-stack twin.
+fn ipv6_beside(t: &mut Tour<'_>, st: &State) -> anyhow::Result<()> {
+    let dual = st.host("pod-c1").is_some_and(|h| h.addresses.iter().any(|a| a.contains(':')));
+    let twin = if dual { t.lab.name.clone() } else { format!("{}-v6", t.lab.name) };
+    let named = format!("--lab={twin}");
+    // The seed's addresses, dual stack (the tour runs in the seed lab).
+    let seed = crate::topology::Topology::parse_with(Path::new("seed.toml"), crate::topology::SEED, true)?;
+    let c1 = seed
+        .node("node-c")
+        .and_then(|n| n.pods.first())
+        .and_then(|p| p.address_v6)
+        .context("the seed has no pod-c1")?
+        .to_string();
+    t.title(
+        "IPv6: the same pods, no tunnel",
+        &format!(
+            "With --dual-stack every pod also gets a /128 and a default route via fe80::ecee:eeff:feee:eeee, Calico's IPv6 gateway, answered by the router (proxy NDP). Calico never wraps IPv6 in IPIP: node-c's IPv6 block is routed through the underlay router, which knows the pods' IPv6 routes (in a data centre, the top-of-rack routers learn them over BGP).{}",
+            if dual { "" } else { " A dual-stack twin of this lab, beside it:" }
+        ),
+    );
+    if !dual {
+        t.router_in(&twin, &["lab", "up", &named, &format!("--dataplane={}", st.dataplane), "--dual-stack"])?;
+    }
+    let shown = (|| -> anyhow::Result<()> {
+        t.exec_in(&twin, "pod-a1", &["ip", "-6", "route"], true)?;
+        t.exec_in(&twin, "pod-a1", &["ping", "-6", "-c", "1", "-W", "2", &c1], true)?;
+        t.router_in(&twin, &["routes", &named, "--node", "node-a", "--lookup", &c1])?;
+        t.note("no encapsulation: the next hop is the underlay router, and BGP carried the block on the same session as the IPv4 ones.");
+        t.router_in(&twin, &["trace", &named, "pod-a1", "pod-c1", "-6"])?;
+        Ok(())
+    })();
+    if !dual {
+        t.router_in(&twin, &["lab", "down", &named])?;
+    }
+    shown
 }
 
 /// The same ping through Calico's other tunnel: a twin of the lab in VXLAN, side by side.

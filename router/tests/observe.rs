@@ -271,6 +271,12 @@ fn lab_tour_runs_start_to_end() {
         all.lines().any(|l| l.contains("10.244.1.0/26 proto 179 scope link")),
         "node-c's route into tunl0 (ours: proto 179) is shown:\n{all}"
     );
+    // IPv6 in a dual-stack twin: the pod's gateway, a ping, no tunnel, the hop limit.
+    assert!(all.contains("IPv6: the same pods, no tunnel"), "{all}");
+    assert!(all.contains("default via fe80::ecee:eeff:feee:eeee dev eth0"), "{all}");
+    assert!(all.contains("fd00:10:244::80/122  fd00:192:168:100::1 UG"), "{all}");
+    assert!(all.contains("hop limit 63"), "{all}");
+    assert!(!text(&lab.router(&["lab", "status", "--lab", &format!("{}-v6", lab.name)]).stdout).contains("running"));
     assert!(all.contains("That is the whole story"), "{all}");
 }
 
