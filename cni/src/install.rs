@@ -3,7 +3,7 @@
 //! binary, as `router`, where runtimes look for them.
 
 use anyhow::Context as _;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nodeapi::config::NodeConfig;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,8 @@ pub struct Target {
     pub node: String,
     pub admin_socket: PathBuf,
     pub blocks: Vec<Ipv4Net>,
+    /// Dual stack: the node's IPv6 blocks (containers then get a /128 too).
+    pub blocks6: Vec<Ipv6Net>,
     /// 1500 less the pools' tunnel: 1480 with IPIP, 1450 with VXLAN.
     pub mtu: u16,
     pub ipam_file: PathBuf,
@@ -34,6 +36,7 @@ impl Target {
             node: cfg.name.clone(),
             admin_socket: cfg.admin_socket.clone(),
             blocks: cfg.blocks.clone(),
+            blocks6: cfg.ipv6.iter().flat_map(|v| v.blocks.iter().copied()).collect(),
             mtu: 1500 - cfg.pools.iter().map(nodeapi::config::Pool::tunnel_overhead).max().unwrap_or(0),
             ipam_file,
             etcd_endpoints: Vec::new(),
@@ -50,6 +53,9 @@ pub fn conflist(t: &Target) -> serde_json::Value {
         "blocks": t.blocks,
         "mtu": t.mtu,
     });
+    if !t.blocks6.is_empty() {
+        plugin["blocks6"] = json!(t.blocks6);
+    }
     if t.etcd_endpoints.is_empty() {
         plugin["ipam_file"] = json!(t.ipam_file);
     } else {

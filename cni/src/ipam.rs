@@ -4,11 +4,11 @@
 //! read-modify-write, so two ADDs at the same time never get the same address; the file is
 //! replaced by rename, so a crash never leaves half of it.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +24,11 @@ pub struct State {
     /// Block → the node it is affine to.
     pub blocks: BTreeMap<Ipv4Net, String>,
     pub allocations: BTreeMap<Ipv4Addr, Allocation>,
+    /// Dual stack: the IPv6 blocks and addresses, alike.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocks6: BTreeMap<Ipv6Net, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocations6: BTreeMap<Ipv6Addr, Allocation>,
 }
 
 /// An address handed out, and whether it was borrowed from another node's block (the node
@@ -72,8 +77,39 @@ impl State {
         Err(format!("no free address: node {node}'s blocks and every other block are full"))
     }
 
-    /// Frees what `handle` holds; the address, if it held one.
+    /// The IPv6 address `handle` holds, if any.
+    pub fn find6(&self, handle: &str) -> Option<Ipv6Addr> {
+        self.allocations6.iter().find(|(_, a)| a.handle == handle).map(|(ip, _)| *ip)
+    }
+
+    /// The next free IPv6 address of `node`'s IPv6 blocks, from the block's first host (the
+    /// same handle keeps its address). A /122 holds 64 addresses and a node claims as many
+    /// blocks as it is given; a full one is an error, not a reason to borrow.
+    pub fn allocate6(&mut self, node: &str, handle: &str) -> Result<Ipv6Addr, String> {
+        if let Some(a) = self.find6(handle) {
+            return Ok(a);
+        }
+        let mine: Vec<Ipv6Net> = self.blocks6.iter().filter(|(_, n)| *n == node).map(|(b, _)| *b).collect();
+        if mine.is_empty() {
+            return Err(format!("node {node} has no IPv6 block in the IPAM state"));
+        }
+        for b in mine.iter().filter(|b| b.prefix_len() < 128) {
+            let size = 1u128 << (128 - b.prefix_len());
+            let base = u128::from(b.network());
+            let free = (1..size).map(|i| Ipv6Addr::from(base + i)).find(|a| !self.allocations6.contains_key(a));
+            if let Some(a) = free {
+                self.allocations6.insert(a, Allocation { handle: handle.to_string(), node: node.to_string() });
+                return Ok(a);
+            }
+        }
+        Err(format!("no free IPv6 address: node {node}'s IPv6 blocks are full"))
+    }
+
+    /// Frees what `handle` holds (IPv4 and IPv6); its IPv4 address, if it held one.
     pub fn release(&mut self, handle: &str) -> Option<Ipv4Addr> {
+        if let Some(a6) = self.find6(handle) {
+            self.allocations6.remove(&a6);
+        }
         let a = self.find(handle)?;
         self.allocations.remove(&a);
         Some(a)
@@ -163,6 +199,26 @@ mod tests {
         assert_eq!(st.release("c2/eth0"), None);
         assert_eq!(st.allocate("a", "c4/eth0").expect("freed").address, "10.244.1.2".parse::<Ipv4Addr>().expect("ip"));
         assert!(st.allocate("z", "x/eth0").is_err(), "a node without a block");
+    }
+
+    #[test]
+    fn ipv6_addresses_come_from_the_nodes_ipv6_block_and_go_with_the_handle() {
+        let mut st = two_nodes(26);
+        st.blocks6.insert("fd00:10:244::/126".parse().expect("net"), "a".into());
+        let ip6 = |s: &str| s.parse::<Ipv6Addr>().expect("ip");
+        assert_eq!(st.allocate6("a", "c1/eth0"), Ok(ip6("fd00:10:244::1")));
+        assert_eq!(st.allocate6("a", "c1/eth0"), Ok(ip6("fd00:10:244::1")), "the same handle keeps it");
+        assert_eq!(st.allocate6("a", "c2/eth0"), Ok(ip6("fd00:10:244::2")));
+        assert_eq!(st.allocate6("a", "c3/eth0"), Ok(ip6("fd00:10:244::3")));
+        assert!(st.allocate6("a", "c4/eth0").expect_err("full").contains("full"));
+        assert!(st.allocate6("b", "d1/eth0").expect_err("none").contains("no IPv6 block"));
+        st.allocate("a", "c2/eth0").expect("v4");
+        st.release("c2/eth0");
+        assert_eq!(st.find6("c2/eth0"), None, "released with the IPv4 one");
+        assert_eq!(st.allocate6("a", "c4/eth0"), Ok(ip6("fd00:10:244::2")));
+        // An IPv4-only state reads and writes as before.
+        let json = serde_json::to_string(&two_nodes(26)).expect("json");
+        assert!(!json.contains("blocks6"), "{json}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! an error as JSON on stdout (CNI specification 1.0.0 §§ 3–5; GC and STATUS from 1.1.0).
 
 use crate::ipam::{Assigned, Ipam};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nodeapi::admin::{self, PodSpec};
 use nodeapi::config::DataplaneMode;
 use nodeapi::ipcmd;
@@ -10,13 +10,16 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 /// The versions whose network configs and results this plugin speaks.
 pub const SUPPORTED: &[&str] = &["1.0.0", "1.1.0"];
 /// The address every pod's default route points at; the node answers ARP for it.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The IPv6 one, Calico's: the link-local address of MAC ee:ee:ee:ee:ee:ee, answered by
+/// proxy NDP (afpacket) or owned by the host end, which then has that MAC (tun).
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
 
 /// A CNI error: the spec's well-known codes below 100, ours from 100.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +81,10 @@ pub struct NetConf {
     pub block_size: Option<u8>,
     #[serde(default)]
     pub blocks: Vec<Ipv4Net>,
+    /// Dual stack: the node's IPv6 blocks; containers then get a /128 from them too (IPAM
+    /// in the file only).
+    #[serde(default)]
+    pub blocks6: Vec<Ipv6Net>,
     /// The pods' MTU: 1480 where the pool uses IPIP, 1450 with VXLAN, 1500 without either.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
@@ -257,7 +264,9 @@ fn io(e: anyhow::Error) -> CniError {
 }
 
 impl Backend {
-    fn allocate(&self, conf: &NetConf, handle: &str) -> Result<Assigned, CniError> {
+    /// The container's IPv4 address, and its IPv6 one where the node has IPv6 blocks: both
+    /// or neither, under one lock.
+    fn allocate(&self, conf: &NetConf, handle: &str) -> Result<(Assigned, Option<Ipv6Addr>), CniError> {
         match self {
             Backend::File(f) => f
                 .with(|st| {
@@ -265,10 +274,27 @@ impl Backend {
                     for b in &conf.blocks {
                         st.blocks.entry(*b).or_insert_with(|| conf.node.clone());
                     }
-                    st.allocate(&conf.node, handle)
+                    for b in &conf.blocks6 {
+                        st.blocks6.entry(*b).or_insert_with(|| conf.node.clone());
+                    }
+                    let a = st.allocate(&conf.node, handle)?;
+                    if conf.blocks6.is_empty() {
+                        return Ok((a, None));
+                    }
+                    match st.allocate6(&conf.node, handle) {
+                        Ok(a6) => Ok((a, Some(a6))),
+                        Err(e) => {
+                            st.release(handle);
+                            Err(e)
+                        }
+                    }
                 })
                 .map_err(io)?
                 .map_err(CniError::ipam),
+            Backend::Etcd(_) if !conf.blocks6.is_empty() => Err(CniError::config(
+                "blocks6 with etcd_endpoints: IPv6 addresses are handed out from the IPAM file only; \
+                 leave blocks6 out for IPv4-only containers",
+            )),
             Backend::Etcd(e) => {
                 // The node's configured blocks are its own in etcd too (the node announces
                 // them); another node holding one is a misconfiguration worth saying.
@@ -288,7 +314,7 @@ impl Backend {
                 let a = e.allocate(&conf.node, handle, pool, len).map_err(|e| CniError::ipam(format!("{e:#}")))?;
                 // Outside the node's configured blocks, the node announces the /32.
                 let borrowed = !conf.blocks.iter().any(|b| b.contains(&a.address));
-                Ok(Assigned { address: a.address, borrowed })
+                Ok((Assigned { address: a.address, borrowed }, None))
             }
         }
     }
@@ -304,6 +330,13 @@ impl Backend {
         match self {
             Backend::File(f) => f.with(|st| st.find(handle)).map_err(io),
             Backend::Etcd(e) => e.find(handle).map_err(io),
+        }
+    }
+
+    fn find6(&self, handle: &str) -> Result<Option<Ipv6Addr>, CniError> {
+        match self {
+            Backend::File(f) => f.with(|st| st.find6(handle)).map_err(io),
+            Backend::Etcd(_) => Ok(None),
         }
     }
 
@@ -339,8 +372,8 @@ fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
         return Ok(r);
     }
     let ipam = backend(conf)?;
-    let assigned = ipam.allocate(conf, &call.handle())?;
-    match attach(conf, call, &host, assigned, status.dataplane) {
+    let (assigned, address6) = ipam.allocate(conf, &call.handle())?;
+    match attach(conf, call, &host, assigned, address6, status.dataplane) {
         Ok(v) => Ok(v),
         Err(e) => {
             let _ = ipcmd::ip(&["link", "del", &host]);
@@ -353,48 +386,88 @@ fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
 /// The result of an earlier, complete ADD of the same attachment.
 fn existing(conf: &NetConf, call: &Call, host: &str) -> Option<Value> {
     let netns = call.netns.as_deref()?;
-    let addr = backend(conf).ok()?.find(&call.handle()).ok()??;
+    let ipam = backend(conf).ok()?;
+    let addr = ipam.find(&call.handle()).ok()??;
+    let addr6 = ipam.find6(&call.handle()).ok()?;
     let host_link = ipcmd::ip(&["-o", "link", "show", "dev", host]).ok()?;
     let inside = ip_in(netns, &["-o", "addr", "show", "dev", &call.ifname]).ok()?;
-    if !inside.contains(&format!("inet {addr}/32")) {
+    if !inside.contains(&format!("inet {addr}/32"))
+        || addr6.is_some_and(|a| !inside.contains(&format!("inet6 {a}/128")))
+    {
         return None;
     }
     let link = ip_in(netns, &["-o", "link", "show", "dev", &call.ifname]).ok()?;
-    Some(result(conf, call, host, &mac_of(&host_link), &mac_of(&link), addr))
+    Some(result(conf, call, host, &mac_of(&host_link), &mac_of(&link), addr, addr6))
 }
 
-fn result(conf: &NetConf, call: &Call, host: &str, host_mac: &str, mac: &str, addr: Ipv4Addr) -> Value {
+fn result(
+    conf: &NetConf,
+    call: &Call,
+    host: &str,
+    host_mac: &str,
+    mac: &str,
+    addr: Ipv4Addr,
+    addr6: Option<Ipv6Addr>,
+) -> Value {
+    let mut ips = vec![json!({ "address": format!("{addr}/32"), "gateway": GATEWAY.to_string(), "interface": 1 })];
+    let mut routes = vec![json!({ "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() })];
+    if let Some(a6) = addr6 {
+        ips.push(json!({ "address": format!("{a6}/128"), "gateway": GATEWAY6.to_string(), "interface": 1 }));
+        routes.push(json!({ "dst": "::/0", "gw": GATEWAY6.to_string() }));
+    }
     json!({
         "cniVersion": conf.cni_version,
         "interfaces": [
             { "name": host, "mac": host_mac },
             { "name": call.ifname, "mac": mac, "sandbox": call.netns },
         ],
-        "ips": [ { "address": format!("{addr}/32"), "gateway": GATEWAY.to_string(), "interface": 1 } ],
-        "routes": [ { "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() } ],
+        "ips": ips,
+        "routes": routes,
         "dns": {},
     })
 }
 
-fn attach(conf: &NetConf, call: &Call, host: &str, a: Assigned, dp: DataplaneMode) -> Result<Value, CniError> {
+fn attach(
+    conf: &NetConf,
+    call: &Call,
+    host: &str,
+    a: Assigned,
+    a6: Option<Ipv6Addr>,
+    dp: DataplaneMode,
+) -> Result<Value, CniError> {
     let netns = call.netns.as_deref().unwrap_or_default();
     let fail = |e: anyhow::Error| CniError::setup(format!("{e:#}"));
     let mtu = conf.mtu.to_string();
     // A leftover of an interrupted ADD of the same attachment goes first.
     let _ = ipcmd::ip(&["link", "del", host]);
-    ipcmd::ip(&["link", "add", host, "mtu", &mtu, "type", "veth", "peer", "name", &call.ifname, "netns", netns])
-        .map_err(fail)?;
+    let mut add = vec!["link", "add", host, "mtu", &mtu];
+    if a6.is_some() && dp == DataplaneMode::Tun {
+        // Calico's host-end MAC: the kernel's own link-local address there is then the
+        // container's IPv6 gateway.
+        add.extend(["address", "ee:ee:ee:ee:ee:ee"]);
+    }
+    add.extend(["type", "veth", "peer", "name", &call.ifname, "netns", netns]);
+    ipcmd::ip(&add).map_err(fail)?;
     let cidr = format!("{}/32", a.address);
     let gw = GATEWAY.to_string();
     ip_in(netns, &["addr", "add", &cidr, "dev", &call.ifname]).map_err(fail)?;
     ip_in(netns, &["link", "set", &call.ifname, "mtu", &mtu, "up"]).map_err(fail)?;
     ip_in(netns, &["route", "add", &gw, "dev", &call.ifname, "scope", "link"]).map_err(fail)?;
     ip_in(netns, &["route", "add", "default", "via", &gw, "dev", &call.ifname]).map_err(fail)?;
+    if let Some(a6) = a6 {
+        let cidr6 = format!("{a6}/128");
+        ip_in(netns, &["-6", "addr", "add", &cidr6, "dev", &call.ifname, "nodad"]).map_err(fail)?;
+        let gw6 = GATEWAY6.to_string();
+        ip_in(netns, &["-6", "route", "add", "default", "via", &gw6, "dev", &call.ifname]).map_err(fail)?;
+    }
     // The host end, as Calico's plugin and Felix leave it: up, the node's kernel routing
     // the pod's /32 to it (for the node's own traffic), strict reverse-path filtering; in
     // tun mode the kernel answers the pod's ARP for the gateway, at once.
     ipcmd::ip(&["link", "set", host, "up"]).map_err(fail)?;
     ipcmd::ip(&["route", "replace", &cidr, "dev", host, "scope", "link"]).map_err(fail)?;
+    if let Some(a6) = a6 {
+        ipcmd::ip(&["-6", "route", "replace", &format!("{a6}/128"), "dev", host]).map_err(fail)?;
+    }
     let mut sysctls = vec![(format!("net/ipv4/conf/{host}/rp_filter"), "1")];
     if dp == DataplaneMode::Tun {
         sysctls.push((format!("net/ipv4/conf/{host}/proxy_arp"), "1"));
@@ -403,14 +476,14 @@ fn attach(conf: &NetConf, call: &Call, host: &str, a: Assigned, dp: DataplaneMod
     for (k, v) in sysctls {
         std::fs::write(format!("/proc/sys/{k}"), v).map_err(|e| CniError::setup(format!("writing {k}: {e}")))?;
     }
-    let spec = PodSpec { name: call.pod_name(), interface: host.to_string(), address: a.address };
+    let spec = PodSpec { name: call.pod_name(), interface: host.to_string(), address: a.address, address6: a6 };
     node_client(conf).pod_add(spec).map_err(|e| match e {
         admin::ClientError::Refused(why) => CniError::setup(format!("the node refused the pod: {why}")),
         e => CniError::node(format!("telling the node about the pod: {e}")),
     })?;
     let host_mac = mac_of(&ipcmd::ip(&["-o", "link", "show", "dev", host]).map_err(fail)?);
     let mac = mac_of(&ip_in(netns, &["-o", "link", "show", "dev", &call.ifname]).map_err(fail)?);
-    Ok(result(conf, call, host, &host_mac, &mac, a.address))
+    Ok(result(conf, call, host, &host_mac, &mac, a.address, a6))
 }
 
 /// Removes what ADD made; what is already gone is fine (DEL is idempotent, and a container
@@ -464,6 +537,23 @@ fn check(conf: &NetConf, call: &Call) -> Result<(), CniError> {
     let routes = ip_in(netns, &["-4", "route", "show"]).map_err(|e| CniError::io(format!("{e:#}")))?;
     if !routes.lines().any(|l| l.starts_with("default via 169.254.1.1")) {
         return Err(CniError::check("the container's default route via 169.254.1.1 is gone"));
+    }
+    // Dual stack: the IPv6 address and route ADD left, where prevResult lists one.
+    let want6: Option<Ipv6Addr> = prev
+        .get("ips")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.get("address")?.as_str()?.split('/').next()?.parse().ok())
+        .next();
+    if let Some(a6) = want6 {
+        if !inside.contains(&format!("inet6 {a6}/128")) {
+            return Err(CniError::check(format!("{} lost {a6}/128", call.ifname)));
+        }
+        let routes = ip_in(netns, &["-6", "route", "show"]).map_err(|e| CniError::io(format!("{e:#}")))?;
+        if !routes.lines().any(|l| l.starts_with(&format!("default via {GATEWAY6}"))) {
+            return Err(CniError::check(format!("the container's default route via {GATEWAY6} is gone")));
+        }
     }
     let pods = node_client(conf).pods().map_err(|e| CniError::node(e.to_string()))?;
     match pods.iter().find(|p| p.pod.name == call.pod_name()) {

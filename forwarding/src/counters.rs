@@ -89,6 +89,8 @@ pub struct Counters {
     drops: Vec<AtomicU64>,
     pub icmp_errors_sent: AtomicU64,
     pub arp_replies_sent: AtomicU64,
+    /// Proxy-NDP advertisements for the pods' IPv6 gateway.
+    pub ndp_replies_sent: AtomicU64,
     pub ipip_encapsulated: AtomicU64,
     pub ipip_decapsulated: AtomicU64,
     pub vxlan_encapsulated: AtomicU64,
@@ -151,6 +153,7 @@ impl Counters {
             drops: DropReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             icmp_errors_sent: AtomicU64::new(0),
             arp_replies_sent: AtomicU64::new(0),
+            ndp_replies_sent: AtomicU64::new(0),
             ipip_encapsulated: AtomicU64::new(0),
             ipip_decapsulated: AtomicU64::new(0),
             vxlan_encapsulated: AtomicU64::new(0),
@@ -280,6 +283,8 @@ pub struct Totals {
 pub struct Tallies {
     pub icmp_errors_sent: u64,
     pub arp_replies_sent: u64,
+    #[serde(default)]
+    pub ndp_replies_sent: u64,
     pub ipip_encapsulated: u64,
     pub ipip_decapsulated: u64,
     #[serde(default)]
@@ -325,6 +330,7 @@ impl Totals {
             }
             t.tallies.icmp_errors_sent += c.icmp_errors_sent.load(Relaxed);
             t.tallies.arp_replies_sent += c.arp_replies_sent.load(Relaxed);
+            t.tallies.ndp_replies_sent += c.ndp_replies_sent.load(Relaxed);
             t.tallies.ipip_encapsulated += c.ipip_encapsulated.load(Relaxed);
             t.tallies.ipip_decapsulated += c.ipip_decapsulated.load(Relaxed);
             t.tallies.vxlan_encapsulated += c.vxlan_encapsulated.load(Relaxed);

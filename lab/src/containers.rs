@@ -34,7 +34,13 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option
             st.blocks.insert(n.block, n.name.clone());
             for p in &n.pods {
                 let a = Allocation { handle: format!("pod:{}", p.name), node: n.name.clone() };
+                if let Some(a6) = p.address_v6 {
+                    st.allocations6.insert(a6, a.clone());
+                }
                 st.allocations.insert(p.address, a);
+            }
+            if let Some((_, block6)) = n.v6 {
+                st.blocks6.insert(block6, n.name.clone());
             }
         }
     })?;
@@ -52,6 +58,8 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option
             node: n.name.clone(),
             admin_socket: lab.socket(&n.name),
             blocks: vec![n.block],
+            // IPv6 addresses come from the IPAM file; with etcd, containers are IPv4 only.
+            blocks6: n.v6.filter(|_| etcd.is_none()).map(|(_, b)| b).into_iter().collect(),
             mtu: topo.subnets[n.subnet].mtu - overhead,
             ipam_file: ipam_file(lab),
             // With the lab's etcd, containers' addresses live there (as on real machines).

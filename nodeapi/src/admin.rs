@@ -230,6 +230,9 @@ pub struct PodSpec {
     pub name: String,
     pub interface: String,
     pub address: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<std::net::Ipv6Addr>,
 }
 
 /// One row of `Pods`.
@@ -608,6 +611,7 @@ mod tests {
             tallies: forwarding::counters::Tallies {
                 icmp_errors_sent: 6,
                 arp_replies_sent: 7,
+                ndp_replies_sent: 21,
                 ipip_encapsulated: 8,
                 ipip_decapsulated: 9,
                 vxlan_encapsulated: 16,

@@ -716,8 +716,8 @@ fn print_stats(v: &admin::Stats) {
         v.tallies.vxlan_decapsulated
     );
     println!(
-        "fragments sent: {}   ICMP errors sent: {}   proxy-ARP replies sent: {}",
-        v.tallies.fragments_sent, v.tallies.icmp_errors_sent, v.tallies.arp_replies_sent
+        "fragments sent: {}   ICMP errors sent: {}   proxy-ARP replies sent: {}   proxy-NDP replies sent: {}",
+        v.tallies.fragments_sent, v.tallies.icmp_errors_sent, v.tallies.arp_replies_sent, v.tallies.ndp_replies_sent
     );
     println!(
         "TCP super-packets received whole: {}   segments cut from them: {}   built for pods: {} (from {} segments)",

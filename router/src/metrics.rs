@@ -71,6 +71,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "Proxy-ARP replies for the pods' gateway.",
             s.totals.tallies.arp_replies_sent,
         ),
+        (
+            "router_ndp_replies_sent_total",
+            "Proxy-NDP advertisements for the pods' IPv6 gateway.",
+            s.totals.tallies.ndp_replies_sent,
+        ),
         ("router_ipip_encapsulated_total", "Packets wrapped in IPIP.", s.totals.tallies.ipip_encapsulated),
         ("router_ipip_decapsulated_total", "IPIP packets unwrapped.", s.totals.tallies.ipip_decapsulated),
         ("router_vxlan_encapsulated_total", "Packets wrapped in VXLAN.", s.totals.tallies.vxlan_encapsulated),
@@ -106,7 +111,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     o.sample("router_fib_routes", &[], s.fib_routes as f64);
     o.family("router_fib_memory_bytes", "gauge", "Approximate memory of the FIB's lookup structure.");
     o.sample("router_fib_memory_bytes", &[], s.fib_memory_bytes as f64);
-    o.family("router_arp_entries", "gauge", "Neighbours in the router's ARP table (any state).");
+    o.family("router_arp_entries", "gauge", "Neighbours in the router's table, ARP and NDP (any state).");
     o.sample("router_arp_entries", &[], s.neighbours as f64);
 
     o.family("router_bgp_session_up", "gauge", "1 when the BGP session with the peer is Established.");

@@ -374,3 +374,42 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     assert_eq!(plugin_call(&lab, "node-b", &conf_b, "DEL", "cy", Some(&y)).code, 0);
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cz", Some(&x)).code, 0);
 }
+
+#[test]
+fn on_a_dual_stack_node_a_container_gets_a_128_too() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    let mut cni = Cni::new(&lab);
+    cni.conf["blocks6"] = json!(["fd00:10:244::/122"]);
+    let ns = netns(&lab, "ctr6");
+    let a = cni.add("container6", &ns);
+    assert_eq!(a.code, 0, "{}", a.raw);
+    // Both families in the result: the IPv6 one after node-a's two pods, with Calico's
+    // link-local gateway and default route.
+    let ips = a.out["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 2, "{}", a.raw);
+    assert_eq!(
+        (ips[1]["address"].as_str(), ips[1]["gateway"].as_str()),
+        (Some("fd00:10:244::3/128"), Some("fe80::ecee:eeff:feee:eeee"))
+    );
+    assert!(a.out["routes"].as_array().expect("routes").iter().any(|r| r["dst"] == "::/0"), "{}", a.raw);
+    let (_, routes) = in_ns(&ns, &["ip", "-6", "route"]);
+    assert!(routes.contains("default via fe80::ecee:eeff:feee:eeee dev eth0"), "{routes}");
+    // It reaches and is reached over IPv6, across the underlay.
+    let (ok, out) = in_ns(&ns, &["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "fd00:10:244::81"]);
+    assert!(ok, "the container reaches pod-c1: {out}");
+    let (ok, out) = ping(&lab, "pod-c1", &["-6", "-c", "2", "-i", "0.2", "-W", "2", "fd00:10:244::3"]);
+    assert!(ok, "pod-c1 reaches the container: {out}");
+    let r = lab.json(&["routes", "--node", "node-a", "--lookup", "fd00:10:244::3", "--json"]);
+    assert_eq!(r["prefix"], "fd00:10:244::3/128", "the node serves it: {r}");
+    // CHECK knows both; DEL frees both.
+    let prev = cni.conf_with(&[("prevResult", a.out.clone())]);
+    assert_eq!(cni.call("CHECK", "container6", Some(&ns), &prev).code, 0);
+    let (ok, _) = in_ns(&ns, &["ip", "-6", "addr", "del", "fd00:10:244::3/128", "dev", "eth0"]);
+    assert!(ok);
+    assert_eq!(error_code(&cni.call("CHECK", "container6", Some(&ns), &prev)), 101);
+    assert_eq!(cni.call("DEL", "container6", Some(&ns), &cni.conf.to_string()).code, 0);
+    let ipam: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.dir.join(&lab.name).join("ipam.json")).expect("ipam"))
+            .expect("json");
+    assert!(!ipam["allocations6"].as_object().expect("map").contains_key("fd00:10:244::3"), "{ipam}");
+}

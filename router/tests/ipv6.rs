@@ -73,6 +73,10 @@ fn every_pod_reaches_every_other_over_ipv6_and_ipv4_still_works() {
     let ips: Vec<&str> = n.as_array().into_iter().flatten().filter_map(|e| e["ip"].as_str()).collect();
     assert!(ips.contains(&"fd00:192:168:100::101") && ips.contains(&"fd00:10:244::1"), "{ips:?}");
     assert_eq!(lab.drops("node-a", "ipv6_malformed"), 0);
+    let stats = lab.json(&["stats", "--node", "node-a", "--json"]);
+    // At least pod-a1 asked; a pod the router solicited first learns the gateway from the
+    // solicitation's source link-layer option (RFC 4861 §7.2.3) and need not ask.
+    assert!(stats["ndp_replies_sent"].as_u64().unwrap_or(0) >= 1, "proxy NDP: {stats}");
 }
 
 #[test]

@@ -117,7 +117,7 @@ fn ndp(iface: &Interface, in_if: IfaceId, counters: &Counters, buf: &mut [u8], s
             };
             repr.emit(&mut buf[l3..]);
             ethernet::emit_header(&mut buf[s..], dst_mac, iface.mac, EtherType::Ipv6);
-            bump(&counters.arp_replies_sent, 1);
+            bump(&counters.ndp_replies_sent, 1);
             Verdict::Transmit { iface: in_if, span: Span { start: s, end: at + n }, learn: learned(source_mac) }
         }
         (IfaceRole::Pod { addr6, .. }, Ndp::Advert { target, target_mac, .. }) if Some(target) == addr6 => {

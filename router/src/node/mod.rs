@@ -253,7 +253,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
                 name: spec.name,
                 interface: spec.interface,
                 address: spec.address,
-                address6: None,
+                address6: spec.address6,
             });
         }
     }
@@ -264,12 +264,14 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     if let Some(s) = &saved {
         tracing::info!(routes = s.learned.len(), "restarting gracefully: forwarding on the saved routes");
     }
-    let (learned, hops) =
-        saved.as_ref().map(|s| (s.learned.clone(), s.cluster_hops.iter().copied().collect())).unwrap_or_default();
+    let (learned, learned6, hops) = saved
+        .as_ref()
+        .map(|s| (s.learned.clone(), s.learned6.clone(), s.cluster_hops.iter().copied().collect()))
+        .unwrap_or_default();
     let table =
         routes::build(&cfg, &ifaces, &learned).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
     let mut writer = FibWriter::with_routes(&table.fib);
-    writer.set_v6(&routes::build_fib6(&cfg, &ifaces, &[]));
+    writer.set_v6(&routes::build_fib6(&cfg, &ifaces, &learned6));
     writer.set_tunnels(tunnels(&cfg, &hops));
     let fib = FibHandle::new(writer.publish());
 
@@ -298,7 +300,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         fib,
         writer,
         learned,
-        learned6: Vec::new(),
+        learned6,
         kernel: Vec::new(),
         started: Instant::now(),
         capture: None,
@@ -321,7 +323,9 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         }
     }
     node.flush_kernel();
-    node.sync_kernel(&table.kernel);
+    let mut kernel = table.kernel.clone();
+    kernel.extend(routes::kernel6(&node.cfg, &routes::table6(&node.cfg, node.dp.interfaces(), &node.learned6)));
+    node.sync_kernel(&kernel);
     let result = control_loop(&mut node, listener, &stop);
     tracing::info!(node = %node.cfg.name, "stopping");
     if let Some(f) = &node.filter {
@@ -500,7 +504,8 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
         if node.restart_requested && result.is_ok() {
             let hops: Vec<Ipv4Addr> = sp.cluster_next_hops().into_iter().collect();
             let learned = if node.saved.is_some() { node.learned.clone() } else { sp.learned() };
-            match restart::save(&node.cfg, &learned, &hops) {
+            let learned6 = if node.saved.is_some() { node.learned6.clone() } else { sp.learned6() };
+            match restart::save(&node.cfg, &learned, &learned6, &hops) {
                 Ok(()) => {
                     tracing::info!(routes = learned.len(), "planned restart: routes saved, sessions closed quietly");
                     sp.close_for_restart(poll.registry());

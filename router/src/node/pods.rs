@@ -50,7 +50,12 @@ impl Node {
             .pods
             .iter()
             .map(|p| PodStatus {
-                pod: PodSpec { name: p.name.clone(), interface: p.interface.clone(), address: p.address },
+                pod: PodSpec {
+                    name: p.name.clone(),
+                    interface: p.interface.clone(),
+                    address: p.address,
+                    address6: p.address6,
+                },
                 up: ifaces.by_name(&p.interface).is_some(),
                 borrowed: self.borrowed(p.address),
                 dynamic: self.dynamic.contains(&p.name),
@@ -64,7 +69,12 @@ impl Node {
             .pods
             .iter()
             .filter(|p| self.dynamic.contains(&p.name))
-            .map(|p| PodSpec { name: p.name.clone(), interface: p.interface.clone(), address: p.address })
+            .map(|p| PodSpec {
+                name: p.name.clone(),
+                interface: p.interface.clone(),
+                address: p.address,
+                address6: p.address6,
+            })
             .collect();
         let p = pods_file(&self.cfg);
         let text = serde_json::to_string(&specs).unwrap_or_default();
@@ -93,11 +103,22 @@ impl Node {
         if let Some(other) = self.cfg.pods.iter().find(|p| p.name != spec.name && p.interface == spec.interface) {
             bail!("{} is already the interface of pod {}", spec.interface, other.name);
         }
+        if let Some(a6) = spec.address6 {
+            let Some(v6) = &self.cfg.ipv6 else {
+                bail!("{a6}: this node is IPv4 only (no [ipv6] in its config)");
+            };
+            if a6 == v6.address.addr() || !v6.blocks.iter().any(|b| b.contains(&a6)) {
+                bail!("{a6} is not an address of this node's IPv6 blocks");
+            }
+            if let Some(other) = self.cfg.pods.iter().find(|p| p.name != spec.name && p.address6 == Some(a6)) {
+                bail!("{a6} is already the address of pod {}", other.name);
+            }
+        }
         let pod = PodConfig {
             name: spec.name.clone(),
             interface: spec.interface.clone(),
             address: spec.address,
-            address6: None,
+            address6: spec.address6,
         };
         let mut speaker = speaker;
         if let Some(old) = self.cfg.pods.iter().find(|p| p.name == spec.name).cloned() {

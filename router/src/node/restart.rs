@@ -4,10 +4,10 @@
 //! config loads them, forwards on them at once, and tells its peers it restarted with its
 //! forwarding state kept (RFC 4724 R and F bits) until they have all sent End-of-RIB.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nodeapi::config::NodeConfig;
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +16,9 @@ pub(super) struct Saved {
     /// Seconds since the UNIX epoch.
     pub saved_at: u64,
     pub learned: Vec<(Ipv4Net, Ipv4Addr)>,
+    /// Dual stack: the IPv6 routes, alike.
+    #[serde(default)]
+    pub learned6: Vec<(Ipv6Net, Ipv6Addr)>,
     pub cluster_hops: Vec<Ipv4Addr>,
 }
 
@@ -28,9 +31,15 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-pub(super) fn save(cfg: &NodeConfig, learned: &[(Ipv4Net, Ipv4Addr)], hops: &[Ipv4Addr]) -> anyhow::Result<()> {
+pub(super) fn save(
+    cfg: &NodeConfig,
+    learned: &[(Ipv4Net, Ipv4Addr)],
+    learned6: &[(Ipv6Net, Ipv6Addr)],
+    hops: &[Ipv4Addr],
+) -> anyhow::Result<()> {
     let p = path(cfg);
-    let saved = Saved { saved_at: now(), learned: learned.to_vec(), cluster_hops: hops.to_vec() };
+    let saved =
+        Saved { saved_at: now(), learned: learned.to_vec(), learned6: learned6.to_vec(), cluster_hops: hops.to_vec() };
     let _ = std::fs::remove_file(&p);
     nodeapi::private::write(&p, serde_json::to_string(&saved)?.as_bytes())?;
     Ok(())

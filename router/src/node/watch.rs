@@ -194,9 +194,11 @@ impl Node {
                 // sent theirs, and peers doing graceful restart keep ours meanwhile.
                 if self.saved.is_none() {
                     let learned = sp.learned();
+                    self.learned6 = sp.learned6();
                     self.saved = Some(super::restart::Saved {
                         saved_at: 0,
                         learned: learned.clone(),
+                        learned6: self.learned6.clone(),
                         cluster_hops: sp.cluster_next_hops().into_iter().collect(),
                     });
                     self.learned = learned;
