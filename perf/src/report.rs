@@ -169,7 +169,11 @@ fn markdown(runs: &[Run]) -> String {
             r.cpu_secs_per_mpkt.map_or("–".into(), |x| format!("{x:.2}")),
         ));
     }
-    s.push_str("\n× direct: IPIP and VXLAN runs against `afpacket` with the same size and workers.\n\n");
+    s.push_str(
+        "\n× direct: IPIP and VXLAN runs against `afpacket` with the same size and workers; `afpacket6` (IPv6) \
+         against `afpacket` (IPv4) alike. IPv6 runs carry the payload of the IPv4 frame of their size, in a frame \
+         20 bytes longer (84 bytes for 64), and `× kernel` compares them with `kernel6`.\n\n",
+    );
     let mut seen = Vec::new();
     for r in runs {
         if !seen.contains(&r.scenario) {
