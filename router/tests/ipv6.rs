@@ -155,3 +155,33 @@ fn trace_follows_an_ipv6_probe_there_and_back() {
     assert_eq!(h["action"], "icmp_error", "{t:#}");
     assert!(h["reason"].as_str().unwrap_or("").contains("ICMPv6 destination unreachable"), "{h}");
 }
+
+#[test]
+fn capture_shows_ipv6_as_the_router_forwards_it() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-W", "2", "fd00:10:244::41"]); // warm up NDP
+    assert!(ok, "{out}");
+    let file = lab.dir.join(format!("{}-capture6.pcap", lab.name));
+    let args = ["capture", "--node", "node-a", "--interface", "eth0", "-c", "4", "--duration", "20", "--json", "-w"];
+    let cap = lab
+        .command(&[&args[..], &[file.to_str().unwrap_or_default()]].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("router capture");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "3", "-i", "0.3", "-W", "2", "fd00:10:244::41"]);
+    assert!(ok, "{out}");
+    let done = cap.wait_with_output().expect("capture ends");
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let out = std::process::Command::new("tshark")
+        .args(["-r", file.to_str().unwrap_or_default(), "-T", "fields", "-e", "ipv6.src", "-e", "ipv6.dst"])
+        .args(["-e", "ipv6.hlim", "-e", "icmpv6.type"])
+        .output()
+        .expect("tshark reads the capture");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows = text(&out.stdout);
+    // Requests leave node-a with hop limit 63; replies arrive from node-b's router at 63.
+    assert!(rows.lines().any(|l| l == "fd00:10:244::1\tfd00:10:244::41\t63\t128"), "{rows}");
+    assert!(rows.lines().any(|l| l == "fd00:10:244::41\tfd00:10:244::1\t63\t129"), "{rows}");
+}
