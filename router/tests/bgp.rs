@@ -279,25 +279,21 @@ impl Drop for Gobgpd {
     }
 }
 
-#[test]
-fn gobgp_peers_with_node_a_both_ways() {
-    let lab = TestLab::named();
-    let topo = topology(
-        &lab,
-        "gobgp",
-        "",
-        "\n[[bgp_peers]]\npeer_ip = \"192.168.200.1\"\nas_number = 65002\nnode = \"node-a\"\n",
-    );
-    let lab = up_with(lab, &topo);
+/// GoBGP in the underlay namespace (AS 65002 at 192.168.200.1, two hops from node-a), its
+/// neighbour node-a with `neighbor_extra` added to the neighbour's section.
+fn start_gobgpd(lab: &TestLab, neighbor_extra: &str) -> Gobgpd {
     let conf = lab.dir.join(format!("{}-gobgp.toml", lab.name));
     std::fs::write(
         &conf,
-        "[global.config]\n  as = 65002\n  router-id = \"192.168.200.1\"\n  local-address-list = [\"192.168.200.1\"]\n\
-         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.168.100.100\"\n    peer-as = 64512\n\
-         [neighbors.transport.config]\n    local-address = \"192.168.200.1\"\n\
-         [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = 3\n",
+        format!(
+            "[global.config]\n  as = 65002\n  router-id = \"192.168.200.1\"\n  local-address-list = [\"192.168.200.1\"]\n\
+             [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.168.100.100\"\n    peer-as = 64512\n\
+             [neighbors.transport.config]\n    local-address = \"192.168.200.1\"\n\
+             [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = 3\n{neighbor_extra}"
+        ),
     )
     .expect("gobgp.toml");
+    let api = format!("127.0.0.1:{GOBGP_PORT}");
     let child = lab
         .command(&[
             "lab",
@@ -308,19 +304,38 @@ fn gobgp_peers_with_node_a_both_ways() {
             "-f",
             conf.to_str().unwrap_or_default(),
             "--api-hosts",
-            "127.0.0.1:50051",
+            &api,
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("gobgpd runs (Debian package gobgpd)");
-    let _guard = Gobgpd(child);
+    Gobgpd(child)
+}
+
+/// GoBGP's gRPC port, in the lab's underlay namespace (each lab has its own).
+const GOBGP_PORT: &str = "50051";
+
+/// `gobgp ARGS` against the lab's GoBGP; its output.
+fn gobgp(lab: &TestLab, args: &[&str]) -> String {
+    let mut a = vec!["gobgp", "-u", "127.0.0.1", "-p", GOBGP_PORT];
+    a.extend_from_slice(args);
+    text(&lab.exec("underlay", &a).stdout)
+}
+
+#[test]
+fn gobgp_peers_with_node_a_both_ways() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "gobgp",
+        "",
+        "\n[[bgp_peers]]\npeer_ip = \"192.168.200.1\"\nas_number = 65002\nnode = \"node-a\"\n",
+    );
+    let lab = up_with(lab, &topo);
+    let _guard = start_gobgpd(&lab, "");
     wait_for(30, "node-a's session with GoBGP", || peer_state(&lab, "node-a", "192.168.200.1").0 == "up");
-    let gobgp = |args: &[&str]| {
-        let mut a = vec!["gobgp", "-u", "127.0.0.1", "-p", "50051"];
-        a.extend_from_slice(args);
-        text(&lab.exec("underlay", &a).stdout)
-    };
+    let gobgp = |args: &[&str]| gobgp(&lab, args);
     wait_for(10, "GoBGP to receive the pod blocks", || {
         let rib = gobgp(&["neighbor", "192.168.100.100", "adj-in"]);
         BLOCKS.iter().all(|b| rib.contains(b))
@@ -923,40 +938,13 @@ fn gobgp_exchanges_ipv6_blocks_with_a_dual_stack_node() {
         "\n[[bgp_peers]]\npeer_ip = \"192.168.200.1\"\nas_number = 65002\nnode = \"node-a\"\n",
     );
     let lab = up_with(lab, &topo);
-    let conf = lab.dir.join(format!("{}-gobgp6.toml", lab.name));
-    std::fs::write(
-        &conf,
-        "[global.config]\n  as = 65002\n  router-id = \"192.168.200.1\"\n  local-address-list = [\"192.168.200.1\"]\n\
-         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.168.100.100\"\n    peer-as = 64512\n\
-         [neighbors.transport.config]\n    local-address = \"192.168.200.1\"\n\
-         [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = 3\n\
-         [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
+    let _guard = start_gobgpd(
+        &lab,
+        "[[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
          [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n",
-    )
-    .expect("gobgp.toml");
-    let child = lab
-        .command(&[
-            "lab",
-            "exec",
-            "underlay",
-            "--",
-            "gobgpd",
-            "-f",
-            conf.to_str().unwrap_or_default(),
-            "--api-hosts",
-            "127.0.0.1:50052",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gobgpd runs (Debian package gobgpd)");
-    let _guard = Gobgpd(child);
+    );
     wait_for(30, "node-a's session with GoBGP", || peer_state(&lab, "node-a", "192.168.200.1").0 == "up");
-    let gobgp = |args: &[&str]| {
-        let mut a = vec!["gobgp", "-u", "127.0.0.1", "-p", "50052"];
-        a.extend_from_slice(args);
-        text(&lab.exec("underlay", &a).stdout)
-    };
+    let gobgp = |args: &[&str]| gobgp(&lab, args);
     wait_for(10, "GoBGP to receive the IPv6 blocks", || {
         let rib = gobgp(&["neighbor", "192.168.100.100", "adj-in", "-a", "ipv6"]);
         BLOCKS6.iter().all(|b| rib.contains(b)) && rib.contains("fd00:192:168:100::100")

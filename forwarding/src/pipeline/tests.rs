@@ -86,7 +86,11 @@ fn lab() -> Lab {
 
 /// Frames of `fixtures/linux-ping.pcap`: ARP request, ARP reply, echo request, echo reply.
 fn captured(i: usize) -> Vec<u8> {
-    let bytes: &[u8] = include_bytes!("../../../fixtures/linux-ping.pcap");
+    pcap_frame(include_bytes!("../../../fixtures/linux-ping.pcap"), i)
+}
+
+/// Frame `i` of a pcap file.
+fn pcap_frame(bytes: &[u8], i: usize) -> Vec<u8> {
     let mut r = pcap_file::pcap::PcapReader::new(bytes).expect("pcap header");
     let mut n = 0;
     while let Some(p) = r.next_packet() {
@@ -1271,24 +1275,11 @@ fn lab6() -> Lab {
 }
 
 fn ping6_frame(i: usize) -> Vec<u8> {
-    encap_pcap(include_bytes!("../../../fixtures/linux-ping6.pcap"), i)
+    pcap_frame(include_bytes!("../../../fixtures/linux-ping6.pcap"), i)
 }
 
 fn gateway6_frame(i: usize) -> Vec<u8> {
-    encap_pcap(include_bytes!("../../../fixtures/linux-gateway6.pcap"), i)
-}
-
-fn encap_pcap(bytes: &[u8], i: usize) -> Vec<u8> {
-    let mut r = pcap_file::pcap::PcapReader::new(bytes).expect("pcap header");
-    let mut n = 0;
-    while let Some(p) = r.next_packet() {
-        let p = p.expect("pcap record");
-        if n == i {
-            return p.data.into_owned();
-        }
-        n += 1;
-    }
-    panic!("fixture has no frame {i}");
+    pcap_frame(include_bytes!("../../../fixtures/linux-gateway6.pcap"), i)
 }
 
 /// A UDP datagram of `payload` bytes from pod A1 (on calia1) to `dst`.
