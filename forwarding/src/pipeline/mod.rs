@@ -571,14 +571,30 @@ fn output(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end
     if !out.role.is_ethernet() {
         return Verdict::Transmit { iface: eg.iface, span: Span { start: l3, end }, learn: None };
     }
+    let dst_mac = ctx.neigh.lookup(eg.iface, eg.hop);
+    link_out(buf, l3, end, (eg.iface, out.mac), dst_mac, EtherType::Ipv4, eg.hop.into())
+}
+
+/// Puts the Ethernet header in front of the packet at `buf[l3..end]` for `out` (interface,
+/// MAC) and sends it to `dst_mac`, or, while that is unknown, has the slow path resolve
+/// `hop` first.
+fn link_out(
+    buf: &mut [u8],
+    l3: usize,
+    end: usize,
+    out: (IfaceId, MacAddr),
+    dst_mac: Option<MacAddr>,
+    ethertype: EtherType,
+    hop: IpAddr,
+) -> Verdict {
+    let (iface, src_mac) = out;
     let start = l3 - ethernet::HEADER_LEN;
-    let dst_mac = ctx.neigh.lookup(eg.iface, eg.hop).unwrap_or(MacAddr::ZERO);
-    ethernet::emit_header(&mut buf[start..], dst_mac, out.mac, EtherType::Ipv4);
+    let dst_mac = dst_mac.filter(|m| *m != MacAddr::ZERO);
+    ethernet::emit_header(&mut buf[start..], dst_mac.unwrap_or(MacAddr::ZERO), src_mac, ethertype);
     let span = Span { start, end };
-    if dst_mac == MacAddr::ZERO {
-        Verdict::Resolve { iface: eg.iface, next_hop: eg.hop.into(), span }
-    } else {
-        Verdict::Transmit { iface: eg.iface, span, learn: None }
+    match dst_mac {
+        None => Verdict::Resolve { iface, next_hop: hop, span },
+        Some(_) => Verdict::Transmit { iface, span, learn: None },
     }
 }
 

@@ -210,15 +210,8 @@ fn output(ctx: &Context<'_>, buf: &mut [u8], l3: usize, end: usize, eg: Egress6)
     if !out.role.is_ethernet() || l3 < ethernet::HEADER_LEN {
         return Verdict::Drop(DropReason::NoRoute);
     }
-    let start = l3 - ethernet::HEADER_LEN;
-    let dst_mac = ctx.neigh.lookup6(eg.iface, eg.hop).unwrap_or(MacAddr::ZERO);
-    ethernet::emit_header(&mut buf[start..], dst_mac, out.mac, EtherType::Ipv6);
-    let span = Span { start, end };
-    if dst_mac == MacAddr::ZERO {
-        Verdict::Resolve { iface: eg.iface, next_hop: eg.hop.into(), span }
-    } else {
-        Verdict::Transmit { iface: eg.iface, span, learn: None }
-    }
+    let dst_mac = ctx.neigh.lookup6(eg.iface, eg.hop);
+    super::link_out(buf, l3, end, (eg.iface, out.mac), dst_mac, EtherType::Ipv6, eg.hop.into())
 }
 
 /// Replaces the packet at `buf[l3..end]` by an ICMPv6 error about it, from the node's IPv6
