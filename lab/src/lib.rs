@@ -103,6 +103,8 @@ fn enter_new_keeper(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub topology: Option<PathBuf>,
+    /// A generated topology instead (`--nodes N`).
+    pub generated: Option<topology::Generated>,
     /// Run etcd in the lab, load the topology into it as Calico resources, and have every
     /// node follow them live.
     pub datastore: bool,
@@ -132,9 +134,14 @@ pub struct UpOptions {
 }
 
 pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
-    let (mut topo, topo_name) = match &opts.topology {
-        Some(p) => (Topology::load_with(p, opts.dual_stack)?, p.display().to_string()),
-        None => (
+    let (mut topo, topo_name) = match (&opts.topology, &opts.generated) {
+        (Some(_), Some(_)) => bail!("--topology and --nodes both say which nodes to build; give one"),
+        (Some(p), None) => (Topology::load_with(p, opts.dual_stack)?, p.display().to_string()),
+        (None, Some(g)) => {
+            let name = g.describe();
+            (Topology::parse_with(Path::new(&name), &g.text()?, opts.dual_stack)?, name)
+        }
+        (None, None) => (
             Topology::parse_with(Path::new("seed.toml (built in)"), topology::SEED, opts.dual_stack)?,
             "seed (built in)".to_string(),
         ),

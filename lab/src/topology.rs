@@ -681,6 +681,62 @@ impl Topology {
     }
 }
 
+/// What `lab up --nodes N` and `lab topology` generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generated {
+    pub nodes: usize,
+    pub subnets: usize,
+    pub pods_per_node: usize,
+    /// Nodes that are route reflectors (the first ones); 0: a full mesh.
+    pub route_reflectors: usize,
+}
+
+impl Generated {
+    /// The topology file's text, as a user could have written it.
+    pub fn text(&self) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            self.route_reflectors <= self.nodes,
+            "{} route reflectors among {} nodes: at most one per node",
+            self.route_reflectors,
+            self.nodes
+        );
+        let mut t = generate(self.nodes, self.subnets, self.pods_per_node)?;
+        if self.route_reflectors > 0 {
+            // As Calico's documentation sets it up: the mesh off, the reflectors sharing one
+            // cluster ID, every other node peering with each of them.
+            t = t.replacen(
+                "ipip_mode = \"CrossSubnet\"\n",
+                "ipip_mode = \"CrossSubnet\"\nnode_to_node_mesh = false\n",
+                1,
+            );
+            for i in 1..=self.route_reflectors {
+                let node = format!("name = \"node-{i}\"\n");
+                t = t.replacen(&node, &format!("{node}route_reflector_cluster_id = \"{RR_CLUSTER_ID}\"\n"), 1);
+            }
+        }
+        Ok(t)
+    }
+
+    /// How the lab names its topology in `lab status`.
+    pub fn describe(&self) -> String {
+        let layout = match self.route_reflectors {
+            0 => "full mesh".to_string(),
+            k => format!("{k} route reflector{}", if k == 1 { "" } else { "s" }),
+        };
+        format!(
+            "generated: {} nodes on {} subnet{}, {} pod{} each, {layout}",
+            self.nodes,
+            self.subnets,
+            if self.subnets == 1 { "" } else { "s" },
+            self.pods_per_node,
+            if self.pods_per_node == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// The cluster ID generated reflectors share (the one Calico's documentation uses).
+pub const RR_CLUSTER_ID: &str = "244.0.0.1";
+
 /// A topology of `nodes` nodes spread in turn over `subnets` underlay subnets
 /// (192.168.100.0/24, 192.168.101.0/24, …; the underlay router at .1 of each, nodes from
 /// .10), `pods_per_node` pods each, the seed's pool and AS, blocks and pod addresses left to
@@ -732,6 +788,21 @@ mod tests {
         let blocks: HashSet<_> = t.nodes.iter().map(|n| n.block).collect();
         assert_eq!(blocks.len(), 100);
         assert!(generate(0, 1, 1).is_err() && generate(2000, 2, 1).is_err() && generate(10, 0, 1).is_err());
+    }
+
+    #[test]
+    fn generated_reflector_topologies_turn_the_mesh_off_and_share_one_cluster_id() {
+        let g = Generated { nodes: 20, subnets: 2, pods_per_node: 1, route_reflectors: 2 };
+        let t = parse(&g.text().expect("text")).expect("parses");
+        assert!(!t.node_to_node_mesh);
+        let rrs: Vec<&str> =
+            t.nodes.iter().filter(|n| n.route_reflector_cluster_id.is_some()).map(|n| n.name.as_str()).collect();
+        assert_eq!(rrs, ["node-1", "node-2"]);
+        assert!(t.nodes.iter().filter_map(|n| n.route_reflector_cluster_id).all(|c| c.to_string() == RR_CLUSTER_ID));
+        let mesh = parse(&Generated { route_reflectors: 0, ..g }.text().expect("text")).expect("parses");
+        assert!(mesh.node_to_node_mesh && mesh.nodes.iter().all(|n| n.route_reflector_cluster_id.is_none()));
+        assert!(Generated { route_reflectors: 21, ..g }.text().is_err());
+        assert_eq!(g.describe(), "generated: 20 nodes on 2 subnets, 1 pod each, 2 route reflectors");
     }
 
     fn parse(text: &str) -> Result<Topology, FileError> {

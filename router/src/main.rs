@@ -241,13 +241,45 @@ enum InternalCmd {
     },
 }
 
+/// A generated topology: nodes spread in turn over the underlay subnets behind the underlay
+/// router (192.168.100.0/24, 192.168.101.0/24, …), pods from the seed's pool.
+#[derive(clap::Args, Debug, Clone)]
+struct GenerateArgs {
+    /// Build N nodes instead of a topology file.
+    #[arg(long, value_name = "N")]
+    nodes: Option<usize>,
+    /// Underlay subnets the nodes are spread over.
+    #[arg(long, default_value_t = 2, requires = "nodes")]
+    subnets: usize,
+    /// Pods on each node.
+    #[arg(long, default_value_t = 1, requires = "nodes")]
+    pods_per_node: usize,
+    /// Make the first K nodes route reflectors (one cluster ID) and turn the mesh off, as
+    /// Calico's documentation does; 0: a full mesh.
+    #[arg(long, default_value_t = 0, value_name = "K", requires = "nodes")]
+    route_reflectors: usize,
+}
+
+impl GenerateArgs {
+    fn generated(&self) -> Option<lab::topology::Generated> {
+        self.nodes.map(|nodes| lab::topology::Generated {
+            nodes,
+            subnets: self.subnets,
+            pods_per_node: self.pods_per_node,
+            route_reflectors: self.route_reflectors,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum LabCmd {
     /// Build the topology and start one node daemon per node.
     Up {
         /// Topology file (TOML); the seed topology is built in.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "nodes")]
         topology: Option<PathBuf>,
+        #[command(flatten)]
+        generate: GenerateArgs,
         /// `etcd`: run etcd in the lab, load the topology into it as Calico resources, and let
         /// every node follow them live (change them with `router apply`).
         #[arg(long, value_enum, default_value = "none")]
@@ -312,6 +344,11 @@ enum LabCmd {
     /// sessions without a NOTIFICATION, so its peers keep its routes; the new daemon forwards
     /// on the saved routes until its peers have sent theirs again.
     Restart { node: String },
+    /// Print a generated topology file (the one `lab up --nodes N` builds).
+    Topology {
+        #[command(flatten)]
+        generate: GenerateArgs,
+    },
     /// Print a topology (default: the seed) as Calico resources, for `router apply -f`.
     Resources {
         #[arg(long)]
@@ -751,6 +788,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
     match cmd {
         LabCmd::Up {
             topology,
+            generate,
             datastore,
             dataplane,
             workers,
@@ -779,6 +817,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             let pod_offload = !no_pod_offload;
             let opts = UpOptions {
                 topology,
+                generated: generate.generated(),
                 datastore: datastore == DatastoreArg::Etcd,
                 dataplane,
                 workers,
@@ -852,6 +891,13 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
         LabCmd::Tour => {
             let exe = std::env::current_exe().context("finding the router binary")?;
             lab::tour::run(lab, &exe).map(|_| 0)
+        }
+        LabCmd::Topology { generate } => {
+            let Some(g) = generate.generated() else {
+                bail!("say how many nodes: `router lab topology --nodes N [--subnets S] [--pods-per-node P] [--route-reflectors K]`");
+            };
+            print!("{}", g.text()?);
+            Ok(0)
         }
         LabCmd::Resources { topology } => {
             let topo = match &topology {

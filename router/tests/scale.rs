@@ -1,0 +1,89 @@
+//! Generated labs (`lab up --nodes N`): a 20-node full mesh and a 20-node lab with route
+//! reflectors converge, their first pod reaches their last, and the BGP sessions are as many
+//! as the layout implies. These build namespaces (root).
+
+mod support;
+
+use support::*;
+
+const N: usize = 20;
+
+/// Established sessions seen from every node, each counted once.
+fn sessions(lab: &TestLab) -> (usize, Vec<usize>) {
+    let per_node: Vec<usize> = (1..=N)
+        .map(|i| {
+            let peers = lab.json(&["status", "--node", &format!("node-{i}"), "--json"]);
+            peers.as_array().into_iter().flatten().filter(|p| p["state"] == "up").count()
+        })
+        .collect();
+    (per_node.iter().sum::<usize>() / 2, per_node)
+}
+
+fn address_of(lab: &TestLab, host: &str) -> String {
+    let rows = lab.json(&["lab", "status", "--json"]);
+    rows.as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["host"] == host)
+        .and_then(|r| r["addresses"][0].as_str())
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("{host} in {rows}"))
+        .to_string()
+}
+
+fn first_pod_reaches_the_last(lab: &TestLab) {
+    let last = address_of(lab, &format!("pod-{N}-1"));
+    let (ok, out) = ping(lab, "pod-1-1", &["-c", "2", "-i", "0.2", "-W", "2", &last]);
+    assert!(ok, "pod-1-1 -> pod-{N}-1 ({last}): {out}");
+    assert_no_loss(&out);
+}
+
+#[test]
+fn a_generated_full_mesh_has_n_times_n_minus_1_over_2_sessions() {
+    let n = N.to_string();
+    let lab = TestLab::up(&["--nodes", &n]);
+    first_pod_reaches_the_last(&lab);
+    let (total, per_node) = sessions(&lab);
+    assert_eq!(total, N * (N - 1) / 2, "{per_node:?}");
+    assert!(per_node.iter().all(|&s| s == N - 1), "{per_node:?}");
+    // Every node has every other node's block.
+    let routes = lab.json(&["routes", "--node", &format!("node-{N}"), "--json"]);
+    let blocks = routes.as_array().into_iter().flatten().filter(|r| r["source"] == "bgp").count();
+    assert_eq!(blocks, N - 1, "{routes}");
+}
+
+#[test]
+fn generated_route_reflectors_need_far_fewer_sessions() {
+    let n = N.to_string();
+    let lab = TestLab::up(&["--nodes", &n, "--route-reflectors", "2"]);
+    first_pod_reaches_the_last(&lab);
+    let (total, per_node) = sessions(&lab);
+    // The two reflectors peer with each other and with every client; clients only with them.
+    assert_eq!(total, 1 + 2 * (N - 2), "{per_node:?}");
+    assert_eq!(&per_node[..2], &[N - 1, N - 1], "{per_node:?}");
+    assert!(per_node[2..].iter().all(|&s| s == 2), "{per_node:?}");
+    let routes = lab.json(&["routes", "--node", &format!("node-{N}"), "--json"]);
+    let blocks = routes.as_array().into_iter().flatten().filter(|r| r["source"] == "bgp").count();
+    assert_eq!(blocks, N - 1, "every block through the reflectors: {routes}");
+    let out = lab.router(&["lab", "status"]);
+    assert!(
+        text(&out.stdout).contains("20 nodes on 2 subnets, 1 pod each, 2 route reflectors"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn lab_topology_prints_what_lab_up_builds() {
+    let out = std::process::Command::new(ROUTER)
+        .args(["lab", "topology", "--nodes", "5", "--subnets", "3", "--route-reflectors", "1"])
+        .output()
+        .expect("router");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    assert_eq!(t.matches("[[nodes]]").count(), 5);
+    assert_eq!(t.matches("[[subnets]]").count(), 3);
+    assert!(t.contains("node_to_node_mesh = false") && t.contains("route_reflector_cluster_id = \"244.0.0.1\""), "{t}");
+    let out = std::process::Command::new(ROUTER).args(["lab", "topology"]).output().expect("router");
+    assert!(!out.status.success() && text(&out.stderr).contains("--nodes N"), "{}", text(&out.stderr));
+}
