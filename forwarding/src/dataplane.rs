@@ -6,7 +6,7 @@ use crate::fib::FibHandle;
 use crate::iface::{IfaceId, IfaceRole, Interface, Interfaces, MAX_IFACES};
 use crate::neigh::{NeighAction, NeighConfig, NeighHandle, NeighManager};
 use crate::pipeline::POD_GATEWAY;
-use crate::worker::{Port, PortMsg, SlowMsg, Worker, WAKE};
+use crate::worker::{Port, PortMsg, SlowMsg, Worker, IDLE_WAIT, WAKE};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
@@ -353,6 +353,11 @@ impl Dataplane {
     /// Stops all threads and waits for them.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Idle threads sleep up to `IDLE_WAIT`: wake them to see the flag.
+        for w in &self.workers {
+            let _ = w.waker.wake();
+        }
+        let _ = self.slow_tx.send(SlowMsg::Wake);
         for t in self.threads {
             let _ = t.join();
         }
@@ -379,11 +384,8 @@ impl SlowPath {
         let mut actions = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            let wait = self
-                .manager
-                .poll_timeout()
-                .map_or(Duration::from_millis(100), |t| t.saturating_duration_since(now))
-                .min(Duration::from_millis(100));
+            let wait =
+                self.manager.poll_timeout().map_or(IDLE_WAIT, |t| t.saturating_duration_since(now)).min(IDLE_WAIT);
             match self.rx.recv_timeout(wait) {
                 Ok(SlowMsg::Resolve { iface, next_hop, frame }) => {
                     self.manager.on_miss(Instant::now(), iface, next_hop, frame, &mut actions)
@@ -398,7 +400,7 @@ impl SlowPath {
                     self.ifaces = ifaces;
                     self.manager.forget(id, &mut actions);
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(SlowMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.manager.on_tick(Instant::now(), &mut actions);

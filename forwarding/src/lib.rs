@@ -19,6 +19,7 @@ pub mod snapshot;
 pub mod tap;
 pub mod trace;
 mod worker;
+pub use worker::IDLE_WAIT;
 
 pub use counters::{Counters, DropReason};
 pub use fib::{Fib, FibHandle, NextHop, NextHop6, Route, Route6};

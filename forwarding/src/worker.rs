@@ -78,7 +78,14 @@ pub enum SlowMsg {
         id: IfaceId,
         tx: Option<PacketSocket>,
     },
+    /// The data plane is stopping: look at the stop flag now, not at the next timeout.
+    Wake,
 }
+
+/// How long an idle thread of the data plane sleeps between looks at its timers: events
+/// (packets, port changes, stop) wake it at once, so this only bounds what an idle node
+/// costs. A hundred idle nodes on one machine must cost next to nothing.
+pub const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// From the control thread to a worker: an interface came or went. The worker answers on
 /// `PortMsg::done` once it reads (or no longer reads) the port.
@@ -311,7 +318,7 @@ impl Worker {
                 self.counters.refill_icmp();
             }
             let busy = ready.iter().any(|r| *r);
-            let timeout = if busy { Duration::ZERO } else { Duration::from_millis(100) };
+            let timeout = if busy { Duration::ZERO } else { IDLE_WAIT };
             if let Err(e) = poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;

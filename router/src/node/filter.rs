@@ -21,14 +21,12 @@ pub(super) struct TransitFilter {
 }
 
 /// Every IPv4 address of the namespace: the kernel delivers to any of them, whichever
-/// interface a frame comes in on.
+/// interface a frame comes in on. Asked of the kernel directly (getifaddrs), not of `ip`:
+/// this runs every few seconds on every node, and a process each time is what an idle node
+/// would mostly spend its CPU on.
 fn local_addresses() -> anyhow::Result<Vec<Ipv4Addr>> {
-    let out = ipcmd::ip(&["-4", "-o", "addr", "show"])?;
-    let mut v: Vec<Ipv4Addr> = out
-        .lines()
-        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
-        .filter_map(|a| a.split('/').next()?.parse().ok())
-        .collect();
+    let mut v: Vec<Ipv4Addr> =
+        nix::ifaddrs::getifaddrs()?.filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip())).collect();
     v.sort();
     v.dedup();
     Ok(v)

@@ -30,11 +30,15 @@ const QUEUE: usize = 16;
 
 const ADMIN: Token = Token(0);
 const METRICS: Token = Token(1);
+/// The node is stopping: wakes the thread, which sleeps up to `IDLE_WAIT` when idle.
+const STOP: Token = Token(2);
 
 #[derive(Debug)]
 pub(super) struct Front {
     pub jobs: Receiver<Job>,
     stop: Arc<AtomicBool>,
+    /// Wakes the thread to see `stop`.
+    stopping: Waker,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -47,21 +51,24 @@ impl Front {
     ) -> std::io::Result<Front> {
         let (tx, jobs) = bounded(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
+        let poll = Poll::new()?;
+        let stopping = Waker::new(poll.registry(), STOP)?;
         let thread = std::thread::Builder::new().name("admin".into()).spawn({
             let stop = stop.clone();
             move || {
-                if let Err(e) = run(admin, metrics, &tx, &wake, &stop) {
+                if let Err(e) = run(poll, admin, metrics, &tx, &wake, &stop) {
                     tracing::error!(error = %e, "the admin thread stopped");
                 }
             }
         })?;
-        Ok(Front { jobs, stop, thread: Some(thread) })
+        Ok(Front { jobs, stop, stopping, thread: Some(thread) })
     }
 }
 
 impl Drop for Front {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self.stopping.wake();
         if let Some(t) = self.thread.take() {
             // Jobs nobody will answer now: dropping their reply senders ends the waits.
             while !t.is_finished() {
@@ -82,20 +89,20 @@ fn ask<T>(tx: &Sender<Job>, wake: &Waker, job: impl FnOnce(Sender<T>) -> Job) ->
 }
 
 fn run(
+    mut poll: Poll,
     admin_l: UnixListener,
     mut metrics: Option<TcpListener>,
     tx: &Sender<Job>,
     wake: &Waker,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
-    let mut poll = Poll::new()?;
     poll.registry().register(&mut mio::unix::SourceFd(&admin_l.as_raw_fd()), ADMIN, Interest::READABLE)?;
     if let Some(m) = metrics.as_mut() {
         poll.registry().register(m, METRICS, Interest::READABLE)?;
     }
     let mut events = Events::with_capacity(8);
     while !stop.load(Ordering::Relaxed) {
-        match poll.poll(&mut events, Some(Duration::from_millis(200))) {
+        match poll.poll(&mut events, Some(forwarding::IDLE_WAIT)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),

@@ -63,9 +63,13 @@ impl Node {
     /// The kernel drops what the tunnel device's queue cannot hold before we read it; those are
     /// ours to count too.
     pub(super) fn account_tun_drops(&mut self) {
-        if self.dp.interfaces().by_role(|r| *r == IfaceRole::Tun).is_none() {
+        // Once a second is enough for a counter, and an idle node wakes for every keepalive.
+        if self.dp.interfaces().by_role(|r| *r == IfaceRole::Tun).is_none()
+            || self.tun_read_at.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
             return;
         }
+        self.tun_read_at = Some(Instant::now());
         let path = format!("/sys/class/net/{}/statistics/tx_dropped", self.cfg.tunnel_device());
         let Some(now) = std::fs::read_to_string(path).ok().and_then(|v| v.trim().parse::<u64>().ok()) else { return };
         if let Some(before) = self.tun_dropped {

@@ -62,6 +62,8 @@ struct Node {
     last_capture: Option<(std::path::PathBuf, u64)>,
     /// tunl0's tx_dropped when last read (tun mode): packets the kernel could not queue to us.
     tun_dropped: Option<u64>,
+    /// When `tun_dropped` was last read.
+    tun_read_at: Option<Instant>,
     filter: Option<TransitFilter>,
     /// The running trace: id, hops so far, when it stops by itself.
     trace: Option<(u32, Vec<nodeapi::admin::Hop>, Instant)>,
@@ -233,6 +235,8 @@ fn originated(cfg: &NodeConfig) -> Vec<Ipv4Net> {
 const JOBS: Token = Token(0);
 /// Link events: a pod's interface may have come or gone.
 const LINKS: Token = Token(2);
+/// SIGTERM or SIGINT arrived (the stop flag is set).
+const SIGNALS: Token = Token(3);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     run_with(config_path, None)
@@ -276,8 +280,13 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     let fib = FibHandle::new(writer.publish());
 
     let stop = Arc::new(AtomicBool::new(false));
+    // The flag says to stop; the pipe wakes the control loop at once to look at it (an idle
+    // loop sleeps up to a second).
+    let (signals, signal_tx) = std::os::unix::net::UnixStream::pair().context("a pipe for signals")?;
+    signals.set_nonblocking(true)?;
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+        signal_hook::low_level::pipe::register(sig, signal_tx.try_clone()?).context("installing signal handlers")?;
     }
     let listener = admin::bind(&cfg.admin_socket)?;
     let dp_cfg = DataplaneConfig {
@@ -307,6 +316,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         last_capture: None,
         trace: None,
         tun_dropped: None,
+        tun_read_at: None,
         filter,
         saved,
         restart_requested: false,
@@ -326,7 +336,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     let mut kernel = table.kernel.clone();
     kernel.extend(routes::kernel6(&node.cfg, &routes::table6(&node.cfg, node.dp.interfaces(), &node.learned6)));
     node.sync_kernel(&kernel);
-    let result = control_loop(&mut node, listener, &stop);
+    let result = control_loop(&mut node, listener, &stop, signals);
     tracing::info!(node = %node.cfg.name, "stopping");
     if let Some(f) = &node.filter {
         f.remove();
@@ -350,8 +360,14 @@ fn fault_worker_exit(node: &str) -> Option<Duration> {
 }
 
 /// The control thread: admin socket, BGP sessions and their timers, FIB publication.
-fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> anyhow::Result<()> {
+fn control_loop(
+    node: &mut Node,
+    listener: UnixListener,
+    stop: &AtomicBool,
+    signals: std::os::unix::net::UnixStream,
+) -> anyhow::Result<()> {
     let mut poll = Poll::new()?;
+    poll.registry().register(&mut mio::unix::SourceFd(&signals.as_raw_fd()), SIGNALS, mio::Interest::READABLE)?;
     let metrics = match node.cfg.metrics_address {
         Some(addr) => {
             let l = mio::net::TcpListener::bind(addr).with_context(|| format!("serving metrics on {addr}"))?;
@@ -411,7 +427,9 @@ fn control_loop(node: &mut Node, listener: UnixListener, stop: &AtomicBool) -> a
             break;
         }
         let now = Instant::now();
-        let mut timeout = Duration::from_millis(200);
+        // Everything that needs the loop wakes it (sockets, jobs, links, signals); the timeout
+        // only paces supervision and the node's periodic looks while it is idle.
+        let mut timeout = forwarding::IDLE_WAIT;
         if let Some(t) = speaker.as_ref().and_then(|s| s.poll_timeout()) {
             timeout = timeout.min(t.saturating_duration_since(now));
         }
