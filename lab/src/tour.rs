@@ -295,3 +295,67 @@ fn vxlan_beside(t: &mut Tour<'_>, st: &State, c1: &str) -> anyhow::Result<()> {
     t.router_in(&twin, &["lab", "down", &named])?;
     shown
 }
+
+/// `router lab tour --scale N`: the lesson of BGP at scale, shown with two generated labs of
+/// N nodes side by side: a full mesh (N·(N−1)/2 sessions) and two route reflectors (every
+/// other node peers with them only).
+pub fn scale(lab: &Lab, exe: &Path, n: usize) -> anyhow::Result<()> {
+    anyhow::ensure!((3..=200).contains(&n), "--scale N: between 3 and 200 nodes");
+    let mut t = Tour { lab, exe, step: 0 };
+    println!("How BGP mode scales: a full mesh against route reflectors, {n} nodes each, shown live.");
+    let mut rows = Vec::new();
+    for (kind, extra) in [("mesh", None), ("rr", Some("2"))] {
+        let name = format!("{}-{kind}", lab.name);
+        let named = format!("--lab={name}");
+        let nodes = n.to_string();
+        let mut up = vec!["lab", "up", &named, "--nodes", &nodes];
+        let title = match extra {
+            None => {
+                t.title(
+                    "A full mesh",
+                    &format!("Every node peers with every other: {n}·{}/2 = {} sessions, {} per node. `lab up` returns once every node has every block.", n - 1, n * (n - 1) / 2, n - 1),
+                );
+                "full mesh"
+            }
+            Some(k) => {
+                up.extend(["--route-reflectors", k]);
+                t.title(
+                    "Two route reflectors",
+                    &format!("The mesh is off; node-1 and node-2 reflect (one cluster ID) and every other node peers with them only: 1 + 2·{} = {} sessions, 2 per node. Reflectors pass each block on, so every node still learns every block.", n - 2, 1 + 2 * (n - 2)),
+                );
+                "2 route reflectors"
+            }
+        };
+        let started = std::time::Instant::now();
+        let shown = (|| -> anyhow::Result<(usize, usize)> {
+            t.router_in(&name, &up)?;
+            let secs = started.elapsed().as_secs_f64();
+            let last = format!("node-{n}");
+            t.router_in(&name, &["routes", &named, "--node", &last, "--lookup", "10.244.0.1"])?;
+            // Sessions: every node's established peers, each session seen from both ends.
+            let mut per_node = Vec::new();
+            for i in 1..=n {
+                let out = Command::new(exe)
+                    .args(["status", &named, "--node", &format!("node-{i}"), "--json"])
+                    .env("ROUTER_LAB_DIR", lab.dir.parent().unwrap_or(Path::new("/")))
+                    .output()?;
+                let peers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                per_node.push(peers.as_array().map_or(0, |a| a.iter().filter(|p| p["state"] == "up").count()));
+            }
+            let total = per_node.iter().sum::<usize>() / 2;
+            let most = per_node.iter().copied().max().unwrap_or(0);
+            t.note(&format!("{title}: {total} sessions established (the busiest node holds {most}); up and converged in {secs:.1} s."));
+            rows.push((title, total, most, secs));
+            Ok((total, most))
+        })();
+        t.router_in(&name, &["lab", "down", &named])?;
+        shown?;
+    }
+    t.title("Side by side", "The mesh grows with the square of the cluster, the reflectors linearly; Calico's documentation suggests reflectors from about a hundred nodes.");
+    println!("    {:<20} {:>9} {:>14} {:>12}", "layout", "sessions", "busiest node", "converged");
+    for (title, total, most, secs) in &rows {
+        println!("    {title:<20} {total:>9} {most:>14} {secs:>10.1} s");
+    }
+    println!("\nTry a bigger one: `router lab tour --scale 60`, or `router lab up --nodes 100`.");
+    Ok(())
+}

@@ -339,7 +339,13 @@ enum LabCmd {
         cmd: Vec<String>,
     },
     /// Walk through the seed's story, each claim shown live in the running lab.
-    Tour,
+    Tour {
+        /// Instead: how BGP scales. Brings up a full mesh and a lab with two route
+        /// reflectors of N nodes each, side by side, and compares their sessions and how
+        /// long they took to converge (no running lab needed).
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "20")]
+        scale: Option<usize>,
+    },
     /// Restart one node's daemon gracefully (RFC 4724): it saves its routes and closes its
     /// sessions without a NOTIFICATION, so its peers keep its routes; the new daemon forwards
     /// on the saved routes until its peers have sent theirs again.
@@ -888,9 +894,12 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             println!("{node} restarted gracefully: pid {old} -> {new}, answering after {} ms", took.as_millis());
             Ok(0)
         }
-        LabCmd::Tour => {
+        LabCmd::Tour { scale } => {
             let exe = std::env::current_exe().context("finding the router binary")?;
-            lab::tour::run(lab, &exe).map(|_| 0)
+            match scale {
+                Some(n) => lab::tour::scale(lab, &exe, n).map(|_| 0),
+                None => lab::tour::run(lab, &exe).map(|_| 0),
+            }
         }
         LabCmd::Topology { generate } => {
             let Some(g) = generate.generated() else {

@@ -87,3 +87,32 @@ fn lab_topology_prints_what_lab_up_builds() {
     let out = std::process::Command::new(ROUTER).args(["lab", "topology"]).output().expect("router");
     assert!(!out.status.success() && text(&out.stderr).contains("--nodes N"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn the_scale_tour_compares_a_mesh_and_reflectors_and_leaves_nothing() {
+    let lab = TestLab::named();
+    let out = lab.router(&["lab", "tour", "--scale", "10"]);
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "{all}");
+    let row = |layout: &str| {
+        all.lines()
+            .find(|l| l.trim_start().starts_with(layout) && l.trim_end().ends_with(" s"))
+            .unwrap_or_else(|| panic!("no {layout} row:\n{all}"))
+            .split_whitespace()
+            .rev()
+            .skip(2)
+            .take(2)
+            .collect::<Vec<_>>()
+    };
+    // sessions and the busiest node's: 10·9/2 and 9; 1 + 2·8 and 9 (a reflector).
+    assert_eq!(row("full mesh"), ["9", "45"], "{all}");
+    assert_eq!(row("2 route reflectors"), ["9", "17"], "{all}");
+    let left: Vec<String> = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| {
+            text(&o.stdout).lines().filter(|l| l.starts_with(&format!("{}-", lab.name))).map(str::to_string).collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
