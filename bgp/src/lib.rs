@@ -51,13 +51,15 @@ pub mod fuzzing {
     }
 
     /// An UPDATE body from a reflector client and from an eBGP cluster peer, passed on by a
-    /// route reflector to clients, non-clients, an eBGP cluster peer and an external peer: no
-    /// panic, and every UPDATE the RIB emits encodes within 4096 bytes for a 4-octet and a
-    /// 2-octet peer alike (a receiver must reset a session that sends it a longer one).
+    /// route reflector to clients, non-clients, an eBGP cluster peer and an external peer,
+    /// every session carrying IPv4 and IPv6: no panic, and every UPDATE the RIB emits
+    /// encodes within 4096 bytes for a 4-octet and a 2-octet peer alike (a receiver must
+    /// reset a session that sends it a longer one), IPv6 in MP_REACH_NLRI as well.
     pub fn reexport(body: &[u8]) {
         use crate::rib::{PeerInfo, Rib};
         use std::net::Ipv4Addr;
         let me = Ipv4Addr::new(192, 168, 100, 100);
+        let me6 = std::net::Ipv6Addr::new(0xfd00, 0x192, 0x168, 100, 0, 0, 0, 0x100);
         let mut rib = Rib::new(64512, me, Some(Ipv4Addr::new(1, 1, 1, 1)));
         let peers = [
             PeerInfo { rr_client: true, ..PeerInfo::new(Ipv4Addr::new(192, 168, 100, 101), 64512, me) },
@@ -67,8 +69,8 @@ pub mod fuzzing {
             PeerInfo { external: true, ..PeerInfo::new(Ipv4Addr::new(192, 168, 100, 1), 65001, me) },
         ];
         for (i, p) in peers.into_iter().enumerate() {
-            rib.add_peer(i as u32, p);
-            rib.peer_up(i as u32, &[wire::Afi::Ipv4]);
+            rib.add_peer(i as u32, PeerInfo { local_addr6: Some(me6), ..p });
+            rib.peer_up(i as u32, &[wire::Afi::Ipv4, wire::Afi::Ipv6]);
         }
         for ctx in [Ctx { four_octet_as: true }, Ctx { four_octet_as: false }] {
             let Some(Message::Update(u)) = decode_update(body, &ctx) else { continue };
@@ -137,6 +139,22 @@ pub mod fuzzing {
                 };
                 let mut body = Vec::new();
                 u.encode(&Ctx::default(), &mut body);
+                if body.len() + wire::HEADER_LEN <= wire::MAX_LEN {
+                    reexport(&body);
+                }
+                // The same for IPv6: the block and its next hop in MP_REACH_NLRI.
+                let mut u6 = u.clone();
+                u6.nlri.clear();
+                u6.attrs[2] = Attr::new(AttrValue::MpReach {
+                    afi: wire::Afi::Ipv6,
+                    next_hop: crate::wire::update::NextHopAddr::V6 {
+                        global: "fd00:192:168:100::101".parse().expect("addr"),
+                        link_local: Some("fe80::1".parse().expect("addr")),
+                    },
+                    nlri: vec!["fd00:10:244::40/122".parse().expect("net")],
+                });
+                let mut body = Vec::new();
+                u6.encode(&Ctx::default(), &mut body);
                 if body.len() + wire::HEADER_LEN <= wire::MAX_LEN {
                     reexport(&body);
                 }

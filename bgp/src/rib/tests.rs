@@ -813,3 +813,39 @@ fn ipv6_routes_learned_from_a_node_are_best_with_their_ipv6_next_hop() {
     assert_eq!(*p, net("fd00:10:244::40/122"));
     assert_eq!(best.as_ref().expect("best").attrs.next_hop, IpAddr::V6(nh));
 }
+
+#[test]
+fn reflected_ipv6_routes_near_the_size_limit_fit_4096_bytes_or_stay_back() {
+    use crate::wire::update::NextHopAddr;
+    let mut emitted = 0;
+    for n in [900u32, 1005, 1010] {
+        let mut r = Rib::new(AS, ME, Some(ip("1.1.1.1")));
+        r.add_peer(1, PeerInfo { rr_client: true, ..dual("192.168.100.101") });
+        r.add_peer(2, PeerInfo { rr_client: true, ..dual("192.168.100.102") });
+        r.peer_up(1, &[Afi::Ipv4, Afi::Ipv6]);
+        r.peer_up(2, &[Afi::Ipv4, Afi::Ipv6]);
+        let u = Update {
+            attrs: vec![
+                Attr::new(AttrValue::Origin(Origin::Igp)),
+                Attr::new(AttrValue::AsPath(vec![])),
+                Attr::new(AttrValue::Communities((0..n).collect())),
+                Attr::new(AttrValue::MpReach {
+                    afi: Afi::Ipv6,
+                    next_hop: NextHopAddr::V6 {
+                        global: "fd00:192:168:100::101".parse().expect("addr"),
+                        link_local: None,
+                    },
+                    nlri: vec![net("fd00:10:244::40/122")],
+                }),
+            ],
+            ..Default::default()
+        };
+        let ch = r.update(1, &u);
+        for out in sent_to(&ch, 2) {
+            let len = Message::Update(out.clone()).to_bytes(&Ctx::default()).len();
+            assert!(len <= crate::wire::MAX_LEN, "{n} communities: a {len}-byte UPDATE");
+            emitted += usize::from(out.get(code::MP_REACH).is_some());
+        }
+    }
+    assert!(emitted >= 1, "the smallest one is reflected");
+}
