@@ -17,9 +17,9 @@ use std::path::PathBuf;
 pub const SUPPORTED: &[&str] = &["1.0.0", "1.1.0"];
 /// The address every pod's default route points at; the node answers ARP for it.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// The IPv6 one, Calico's: the link-local address of MAC ee:ee:ee:ee:ee:ee, answered by
-/// proxy NDP (afpacket) or owned by the host end, which then has that MAC (tun).
-pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+/// The IPv6 one, Calico's: answered by proxy NDP (afpacket) or owned by the host end, which
+/// then has Calico's MAC (tun).
+pub const GATEWAY6: Ipv6Addr = encap::icmpv6::CALICO_GATEWAY;
 
 /// A CNI error: the spec's well-known codes below 100, ours from 100.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -440,11 +440,12 @@ fn attach(
     let mtu = conf.mtu.to_string();
     // A leftover of an interrupted ADD of the same attachment goes first.
     let _ = ipcmd::ip(&["link", "del", host]);
+    let host_mac = encap::icmpv6::CALICO_HOST_MAC.to_string();
     let mut add = vec!["link", "add", host, "mtu", &mtu];
     if a6.is_some() && dp == DataplaneMode::Tun {
         // Calico's host-end MAC: the kernel's own link-local address there is then the
         // container's IPv6 gateway.
-        add.extend(["address", "ee:ee:ee:ee:ee:ee"]);
+        add.extend(["address", &host_mac]);
     }
     add.extend(["type", "veth", "peer", "name", &call.ifname, "netns", netns]);
     ipcmd::ip(&add).map_err(fail)?;

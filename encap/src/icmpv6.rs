@@ -276,6 +276,13 @@ pub fn multicast_mac(a: Ipv6Addr) -> MacAddr {
 /// The hop limit NDP messages are sent with and must arrive with.
 pub const NDP_HOP_LIMIT: u8 = 255;
 
+/// The MAC Calico gives the host end of every pod's veth.
+pub const CALICO_HOST_MAC: MacAddr = MacAddr([0xee; 6]);
+
+/// Calico's IPv6 pod gateway: the link-local address (EUI-64) of [`CALICO_HOST_MAC`], which
+/// a host end with that MAC owns, and which the router answers for where it does not.
+pub const CALICO_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +411,17 @@ mod tests {
         let g = solicited_node(a("fe80::ecee:eeff:feee:eeee"));
         assert_eq!(g, a("ff02::1:ffee:eeee"));
         assert_eq!(multicast_mac(g), MacAddr([0x33, 0x33, 0xff, 0xee, 0xee, 0xee]));
+    }
+
+    #[test]
+    fn calicos_gateway_is_the_link_local_address_of_its_host_mac() {
+        // EUI-64 (RFC 4291 appendix A): the MAC split by ff:fe, the universal/local bit flipped.
+        let m = CALICO_HOST_MAC.0;
+        let iid = [m[0] ^ 2, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]];
+        let mut a = [0u8; 16];
+        a[0] = 0xfe;
+        a[1] = 0x80;
+        a[8..].copy_from_slice(&iid);
+        assert_eq!(CALICO_GATEWAY, Ipv6Addr::from(a));
     }
 }

@@ -402,11 +402,12 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         for pod in &node.pods {
             let pns = lab.ns(&pod.name);
             add_ns(lab, st, &pns, v6)?;
+            let host_mac = encap::icmpv6::CALICO_HOST_MAC.to_string();
             let mut add = vec!["link", "add", &pod.iface];
             if v6 && opts.dataplane == DataplaneMode::Tun {
-                // Calico's host ends: MAC ee:ee:ee:ee:ee:ee, so the kernel's own link-local
-                // address there is the pods' IPv6 gateway, fe80::ecee:eeff:feee:eeee.
-                add.extend(["address", "ee:ee:ee:ee:ee:ee"]);
+                // Calico's host-end MAC: the kernel's own link-local address there is then
+                // the pods' IPv6 gateway.
+                add.extend(["address", &host_mac]);
             }
             add.extend(["type", "veth", "peer", "name", "eth0", "netns", &pns]);
             netns::ip_in(&ns, &add)?;
@@ -442,7 +443,8 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
                 // address the host end answers for (here: the router, by proxy NDP).
                 netns::ip_in(&ns, &["-6", "route", "add", &format!("{a6}/128"), "dev", &pod.iface])?;
                 netns::ip_in(&pns, &["-6", "addr", "add", &format!("{a6}/128"), "dev", "eth0", "nodad"])?;
-                netns::ip_in(&pns, &["-6", "route", "add", "default", "via", POD_GATEWAY6, "dev", "eth0"])?;
+                let gw6 = encap::icmpv6::CALICO_GATEWAY.to_string();
+                netns::ip_in(&pns, &["-6", "route", "add", "default", "via", &gw6, "dev", "eth0"])?;
                 pod_addrs.push(format!("{a6}/128"));
             }
             st.hosts.push(Host {
@@ -728,9 +730,6 @@ fn node_config(
         }),
     }
 }
-
-/// The pods' IPv6 gateway, as Calico sets it: the link-local address of MAC ee:ee:ee:ee:ee:ee.
-pub const POD_GATEWAY6: &str = "fe80::ecee:eeff:feee:eeee";
 
 /// Who `node` peers with. Calico: one session per node pair, the higher address passive.
 fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {

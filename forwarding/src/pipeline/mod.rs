@@ -26,9 +26,8 @@ use std::net::{IpAddr, Ipv4Addr};
 /// convention).
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
-/// The pods' IPv6 gateway: the link-local address Calico's host ends carry (that of MAC
-/// ee:ee:ee:ee:ee:ee), which the router answers neighbour solicitations for.
-pub const POD_GATEWAY6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+/// The pods' IPv6 gateway, which the router answers neighbour solicitations for.
+pub const POD_GATEWAY6: std::net::Ipv6Addr = encap::icmpv6::CALICO_GATEWAY;
 
 /// TTL of the packets this node originates (ICMP errors).
 const LOCAL_TTL: u8 = 64;

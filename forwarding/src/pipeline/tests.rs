@@ -1309,7 +1309,7 @@ fn icmp6_in(frame: &[u8]) -> (Ipv6Addr, Ipv6Addr, u8, u8, u32, Vec<u8>) {
 fn proxy_ndp_answers_for_the_gateway_as_linux_does() {
     // With the host end's MAC set to Calico's ee:ee:ee:ee:ee:ee, our answer is byte for byte
     // the advertisement Linux sends when the host end owns fe80::ecee:eeff:feee:eeee.
-    let l = lab6_with(MacAddr([0xee; 6]), 1500);
+    let l = lab6_with(encap::icmpv6::CALICO_HOST_MAC, 1500);
     let (v, out) = l.run_on(CALI_A1, &gateway6_frame(0));
     match v {
         Verdict::Transmit { iface, learn, .. } => {
