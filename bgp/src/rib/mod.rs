@@ -190,7 +190,6 @@ pub const SYNC_BATCH: usize = 4096;
 struct Sync {
     prefixes: Vec<IpNet>,
     pos: usize,
-    families: Vec<Afi>,
 }
 
 #[derive(Debug)]
@@ -220,8 +219,8 @@ pub struct Rib {
     export_accept_rules: bool,
     /// After our own restart: nothing is sent until [`Rib::end_deferral`] (RFC 4724 §4.1),
     /// so peers get one consistent table instead of what a half-learned RIB would choose.
-    /// The families each peer that came up meanwhile negotiated.
-    deferred: Option<HashMap<PeerId, Vec<Afi>>>,
+    /// The peers that came up meanwhile (their families are in `families`).
+    deferred: Option<Vec<PeerId>>,
     /// Exported attributes, one allocation per distinct set: Adj-RIBs-Out of a full table
     /// share a few thousand, and packing groups routes by pointer.
     interned: std::collections::HashSet<Arc<PathAttrs>>,
@@ -275,7 +274,7 @@ impl Rib {
 
     /// Holds every export back: we have just restarted (see `deferred`).
     pub fn defer(&mut self) {
-        self.deferred.get_or_insert_with(HashMap::new);
+        self.deferred.get_or_insert_with(Vec::new);
     }
 
     pub fn deferring(&self) -> bool {
@@ -286,10 +285,12 @@ impl Rib {
     pub fn end_deferral(&mut self) -> Changes {
         let Some(waiting) = self.deferred.take() else { return Changes::default() };
         let mut ch = Changes::default();
-        let mut ids: Vec<PeerId> = waiting.keys().copied().filter(|id| self.up.contains(id)).collect();
+        let mut ids: Vec<PeerId> = waiting.into_iter().filter(|id| self.up.contains(id)).collect();
         ids.sort_unstable();
+        ids.dedup();
         for id in ids {
-            let more = self.peer_up(id, &waiting[&id]);
+            let families = self.families.get(&id).cloned().unwrap_or_default();
+            let more = self.peer_up(id, &families);
             ch.out.extend(more.out);
         }
         ch
@@ -317,8 +318,9 @@ impl Rib {
         }
         let done = self.sync.get(&id).is_some_and(|s| s.pos >= s.prefixes.len());
         if done {
-            if let Some(s) = self.sync.remove(&id) {
-                ch.pending.extend(s.families.into_iter().map(|f| (id, out::Pending::EndOfRib(f))));
+            if self.sync.remove(&id).is_some() {
+                let families = self.families.get(&id).into_iter().flatten();
+                ch.pending.extend(families.map(|f| (id, out::Pending::EndOfRib(*f))));
             }
         }
     }
@@ -458,13 +460,13 @@ impl Rib {
         self.adj_out.insert(id, PrefixMap::default());
         self.families.insert(id, families.to_vec());
         if let Some(d) = self.deferred.as_mut() {
-            d.insert(id, families.to_vec());
+            d.push(id);
             return Changes::default();
         }
         // In prefix order, as the peer would get them from a sorted table.
         let mut prefixes: Vec<IpNet> = self.loc.keys().collect();
         prefixes.sort_unstable();
-        self.sync.insert(id, Sync { prefixes, pos: 0, families: families.to_vec() });
+        self.sync.insert(id, Sync { prefixes, pos: 0 });
         let mut ch = Changes::default();
         self.sync_step(id, SYNC_BATCH, &mut ch);
         self.finish(ch)
@@ -791,9 +793,7 @@ impl Rib {
             IpNet::V4(_) => Afi::Ipv4,
             IpNet::V6(_) => Afi::Ipv6,
         };
-        // A session that names no family at all carries IPv4, the default of RFC 4760 §8.
-        let families = self.families.get(&to).map_or(&[][..], |f| f.as_slice());
-        if !(families.contains(&afi) || families.is_empty() && afi == Afi::Ipv4) {
+        if !self.families.get(&to).is_some_and(|f| f.contains(&afi)) {
             return None;
         }
         let self_hop = match afi {

@@ -68,8 +68,8 @@ fn own_block_goes_to_every_peer_with_next_hop_self_then_end_of_rib() {
 #[test]
 fn full_mesh_does_not_pass_ibgp_routes_on() {
     let mut r = mesh_rib();
-    r.peer_up(1, &[]);
-    r.peer_up(2, &[]);
+    r.peer_up(1, &[Afi::Ipv4]);
+    r.peer_up(2, &[Afi::Ipv4]);
     let ch = r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
     assert_eq!(ch.loc.len(), 1, "learned");
     assert!(sent_to(&ch, 2).is_empty(), "not re-advertised to another iBGP peer");
@@ -81,7 +81,7 @@ fn full_mesh_does_not_pass_ibgp_routes_on() {
 #[test]
 fn withdrawal_removes_the_route() {
     let mut r = mesh_rib();
-    r.peer_up(1, &[]);
+    r.peer_up(1, &[Afi::Ipv4]);
     r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
     let IpNet::V4(p) = net("10.244.2.0/26") else { panic!() };
     let ch = r.update(1, &Update { withdrawn: vec![p], ..Default::default() });
@@ -106,7 +106,7 @@ fn reflector() -> Rib {
     r.add_peer(3, peer("192.168.100.50", AS, false));
     r.add_peer(4, peer("192.168.100.51", AS, false));
     for p in 1..=4 {
-        r.peer_up(p, &[]);
+        r.peer_up(p, &[Afi::Ipv4]);
     }
     r
 }
@@ -148,8 +148,8 @@ fn ebgp_routes_with_our_as_are_refused_and_exports_prepend_our_as() {
     let mut r = Rib::new(AS, ME, None);
     r.add_peer(1, peer("192.168.100.1", 65000, false));
     r.add_peer(2, peer("192.168.100.101", AS, false));
-    r.peer_up(1, &[]);
-    r.peer_up(2, &[]);
+    r.peer_up(1, &[Afi::Ipv4]);
+    r.peer_up(2, &[Afi::Ipv4]);
     let looped =
         route("10.1.0.0/16", "192.168.100.1", vec![AttrValue::AsPath(vec![AsSegment::sequence(vec![65000, AS])])]);
     r.update(1, &looped);
@@ -226,14 +226,14 @@ fn ebgp_beats_ibgp_when_all_else_is_equal() {
 #[test]
 fn graceful_restart_keeps_stale_routes_until_end_of_rib() {
     let mut r = mesh_rib();
-    r.peer_up(1, &[]);
+    r.peer_up(1, &[Afi::Ipv4]);
     r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
     r.update(1, &route("10.244.7.0/26", "192.168.100.101", vec![]));
     let ch = r.peer_down(1, true);
     assert!(ch.loc.is_empty(), "stale routes stay in the FIB");
     assert!(r.has_stale(1));
     // The peer comes back and re-announces only one of them, then End-of-RIB.
-    r.peer_up(1, &[]);
+    r.peer_up(1, &[Afi::Ipv4]);
     r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
     let ch = r.update(1, &Update::end_of_rib(Afi::Ipv4));
     assert_eq!(ch.loc, vec![(net("10.244.7.0/26"), None)]);
@@ -274,7 +274,7 @@ fn edge_node() -> Rib {
     r.add_peer(3, external("192.168.100.2", 65002));
     r.originate(net("10.244.1.0/26"), PathAttrs::local(ME));
     for p in 1..=3 {
-        r.peer_up(p, &[]);
+        r.peer_up(p, &[Afi::Ipv4]);
     }
     r
 }
@@ -307,7 +307,7 @@ fn a_node_exports_cluster_routes_only_and_never_what_external_peers_sent() {
     assert!(sent_to(&ch, 2).is_empty() && sent_to(&ch, 3).is_empty());
     // A peer that comes up later gets the same: our block and the other node's, no more.
     r.peer_down(3, false);
-    let ch = r.peer_up(3, &[]);
+    let ch = r.peer_up(3, &[Afi::Ipv4]);
     assert_eq!(prefixes(&sent_to(&ch, 3)), ["10.244.1.0/26", "10.244.2.0/26"]);
 }
 
@@ -365,7 +365,7 @@ fn filters_decide_first_but_cannot_open_the_pools() {
     // Filters are configuration: the peer's entry is replaced and the session restarts.
     r.peer_down(2, false);
     r.add_peer(2, PeerInfo { filters: vec![f.clone()], ..external("192.168.100.1", 65001) });
-    let ch = r.peer_up(2, &[]);
+    let ch = r.peer_up(2, &[Afi::Ipv4]);
     assert!(prefixes(&sent_to(&ch, 2)).is_empty(), "the export filter holds our block back");
     r.update(2, &from_as("198.51.100.0/24", "192.168.100.1", 65001));
     r.update(2, &from_as("10.244.9.0/26", "192.168.100.1", 65001));
@@ -392,7 +392,7 @@ fn no_export_stays_in_the_as_and_no_advertise_goes_nowhere() {
     r.add_peer(4, peer("192.168.100.104", AS, true));
     r.add_peer(2, external("192.168.100.1", 65001));
     for p in [1, 2, 4] {
-        r.peer_up(p, &[]);
+        r.peer_up(p, &[Afi::Ipv4]);
     }
     let c = |v: u32| vec![AttrValue::Communities(vec![64512 << 16 | 7, v])];
     let ch = r.update(1, &route("10.244.2.0/26", "192.168.100.101", c(community::NO_EXPORT)));
@@ -414,7 +414,7 @@ fn prefix_advertisements_attach_their_communities_on_export() {
         ..Default::default()
     });
     r.peer_down(2, false);
-    let ch = r.peer_up(2, &[]);
+    let ch = r.peer_up(2, &[Afi::Ipv4]);
     let u = sent_to(&ch, 2);
     assert_eq!(prefixes(&u), ["10.244.1.0/26"]);
     assert_eq!(
@@ -548,7 +548,7 @@ fn updates_are_packed_by_shared_attributes_up_to_the_size_limit() {
     let mut r = Rib::new(AS, ME, None);
     r.add_peer(1, PeerInfo { external: false, ..PeerInfo::new(ip("192.168.100.1"), 65001, ME) });
     r.add_peer(2, peer("192.168.100.101", AS, false));
-    r.peer_up(2, &[]);
+    r.peer_up(2, &[Afi::Ipv4]);
     // One UPDATE carrying 3000 prefixes in, as a feeder packs them.
     let mut big = many(1, 65001).remove(0);
     big.nlri = many(3000, 65001).iter().flat_map(|u| u.nlri.clone()).collect();
