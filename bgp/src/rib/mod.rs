@@ -317,11 +317,9 @@ impl Rib {
             self.export(id, p, ch);
         }
         let done = self.sync.get(&id).is_some_and(|s| s.pos >= s.prefixes.len());
-        if done {
-            if self.sync.remove(&id).is_some() {
-                let families = self.families.get(&id).into_iter().flatten();
-                ch.pending.extend(families.map(|f| (id, out::Pending::EndOfRib(*f))));
-            }
+        if done && self.sync.remove(&id).is_some() {
+            let families = self.families.get(&id).into_iter().flatten();
+            ch.pending.extend(families.map(|f| (id, out::Pending::EndOfRib(*f))));
         }
     }
 
