@@ -174,6 +174,8 @@ fn forward(
         return Verdict::Drop(DropReason::NoRoute);
     };
     let mtu = usize::from(out.mtu);
+    // Looked up once: the super-packet check and the Ethernet header both need it.
+    let dst_mac = ctx.neigh.lookup6(eg.iface, eg.hop);
     // An offloaded TCP super-packet leaves whole where its next hop is known, and what must
     // fit the MTU is one segment. IPv6 super-packets are not cut here: one whose next hop
     // is not known yet is dropped and counted, and TCP sends it again once it is.
@@ -184,7 +186,7 @@ fn forward(
             let Some(Some(tcp)) = tcp else {
                 return Verdict::Drop(DropReason::GsoFailed);
             };
-            if !out.role.is_ethernet() || ctx.neigh.lookup6(eg.iface, eg.hop).is_none() {
+            if !out.role.is_ethernet() || dst_mac.is_none() {
                 return Verdict::Drop(DropReason::GsoFailed);
             }
             ipv6::HEADER_LEN + tcp.header_len() + usize::from(mss).min(ip.payload().len() - tcp.header_len())
@@ -196,21 +198,18 @@ fn forward(
         return error(ctx, counters, buf, l3, end, kind, DropReason::PacketTooBig);
     }
     ipv6::Packet::new_unchecked(&mut buf[l3..end]).decrement_hop_limit();
-    match output(ctx, buf, l3, end, eg) {
+    match output(buf, l3, end, eg, out, dst_mac) {
         Verdict::Transmit { iface, span, .. } if ctx.gso.is_some() => Verdict::TransmitWhole { iface, span },
         v => v,
     }
 }
 
-/// Puts the routed packet on the wire behind an Ethernet header.
-fn output(ctx: &Context<'_>, buf: &mut [u8], l3: usize, end: usize, eg: Egress6) -> Verdict {
-    let Some(out) = ctx.ifaces.get(eg.iface) else {
-        return Verdict::Drop(DropReason::NoRoute);
-    };
+/// Puts the routed packet on the wire behind an Ethernet header, out of `out` to `dst_mac`
+/// (the next hop's, if known).
+fn output(buf: &mut [u8], l3: usize, end: usize, eg: Egress6, out: &Interface, dst_mac: Option<MacAddr>) -> Verdict {
     if !out.role.is_ethernet() || l3 < ethernet::HEADER_LEN {
         return Verdict::Drop(DropReason::NoRoute);
     }
-    let dst_mac = ctx.neigh.lookup6(eg.iface, eg.hop);
     super::link_out(buf, l3, end, (eg.iface, out.mac), dst_mac, EtherType::Ipv6, eg.hop.into())
 }
 
@@ -266,6 +265,10 @@ fn error(
     let Some(eg) = ctx.fib.lookup6(orig_src).and_then(|nh| egress(nh, orig_src)) else {
         return Verdict::Pass;
     };
+    // Consumed and counted already: an error that cannot go out is not a second drop.
+    let Some(out) = ctx.ifaces.get(eg.iface) else {
+        return Verdict::Pass;
+    };
     bump(&counters.icmp_errors_sent, 1);
-    output(ctx, buf, l3, new_end, eg)
+    output(buf, l3, new_end, eg, out, ctx.neigh.lookup6(eg.iface, eg.hop))
 }
