@@ -98,66 +98,77 @@ impl Table {
     }
 }
 
-/// Builds the node's routes from its config, its data-plane interfaces and what it learned
-/// over BGP (prefix, next hop). A learned route whose next hop cannot be reached is left out
-/// (and logged); a static one is a config error.
-/// The node's IPv6 table (dual stack): its own address for the kernel, the uplink's prefix
-/// on link, its blocks blackholed, each pod's /128 on its interface, and what BGP taught:
-/// via the next hop where it is on the uplink's prefix, else via the underlay router (IPv6 is
-/// never tunnelled; the fabric knows the pod routes). Each route with its display row.
-pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Addr)]) -> Vec<(Route6, RouteEntry)> {
+/// The node's IPv6 table (dual stack): what the FIB gets, what the kernel gets, and (when
+/// asked) rows for display.
+#[derive(Debug, Clone, Default)]
+pub struct Table6 {
+    pub fib: Vec<Route6>,
+    pub kernel: Vec<KernelRoute>,
+    /// Left empty unless asked for: a full IPv6 table from a peer would format a reason per
+    /// route for nothing, as [`build_fib`] avoids for IPv4.
+    pub entries: Vec<RouteEntry>,
+}
+
+/// The node's IPv6 routes: its own address for the kernel, the uplink's prefix on link, its
+/// blocks blackholed, each pod's /128 on its interface, and what BGP taught: via the next
+/// hop where it is on the uplink's prefix, else via the underlay router (IPv6 is never
+/// tunnelled; the fabric knows the pod routes). The kernel gets the learned routes (for the
+/// node's own traffic, and in tun mode, where the kernel forwards IPv6, for the pods') and in
+/// tun mode the blackholes.
+pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Addr)], with_entries: bool) -> Table6 {
     let tun = cfg.dataplane == DataplaneMode::Tun;
-    let Some(v6) = &cfg.ipv6 else { return Vec::new() };
-    // In tun mode the kernel forwards IPv6 and the data plane has no uplink of its own: the
-    // table is for display and for the kernel routes.
+    let mut t = Table6::default();
+    let Some(v6) = &cfg.ipv6 else { return t };
+    // In tun mode the data plane has no uplink of its own: the table is for display and for
+    // the kernel routes.
     let uplink = match ifaces.by_name(&cfg.uplink.interface) {
         Some(i) => i,
         None if tun => IfaceId(0),
-        None => return Vec::new(),
+        None => return t,
     };
     let up = cfg.uplink.interface.as_str();
-    let mut t = Vec::new();
-    let mut push = |prefix: Ipv6Net, next_hop, iface: Option<&str>, source, kind: &str, why: String| {
+    let mut push = |prefix: Ipv6Net, next_hop, iface: Option<&str>, source, kind: &str, why: &dyn Fn() -> String| {
         let gateway = match next_hop {
-            NextHop6::Direct { gateway, .. } => Some(IpAddr::V6(gateway)),
+            NextHop6::Direct { gateway, .. } => Some(gateway),
             _ => None,
         };
-        let entry = RouteEntry {
+        t.fib.push(Route6 { prefix, next_hop });
+        match (gateway, next_hop) {
+            (Some(g), _) if source == RouteSource::Bgp => {
+                t.kernel.push(KernelRoute::Via { prefix: prefix.into(), gateway: g.into(), dev: up.to_string() })
+            }
+            (_, NextHop6::Blackhole) if tun => t.kernel.push(KernelRoute::Blackhole { prefix: prefix.into() }),
+            _ => {}
+        }
+        if !with_entries {
+            return;
+        }
+        let forwarded_by = if next_hop == NextHop6::Host || tun { "kernel" } else { "router" };
+        t.entries.push(RouteEntry {
             prefix: prefix.into(),
-            next_hop: gateway,
+            next_hop: gateway.map(IpAddr::V6),
             interface: iface.map(str::to_string),
             flags: flags(&prefix.into(), gateway.is_some(), matches!(kind, "blackhole" | "unreachable")),
             source,
             kind: kind.to_string(),
             encap: "none".into(),
-            why,
-            forwarded_by: if next_hop == NextHop6::Host || cfg.dataplane == DataplaneMode::Tun {
-                "kernel"
-            } else {
-                "router"
-            }
-            .into(),
-        };
-        t.push((Route6 { prefix, next_hop }, entry));
+            why: why(),
+            forwarded_by: forwarded_by.into(),
+        });
     };
     let local = RouteSource::Local;
-    push(
-        v6.address.trunc(),
-        NextHop6::Local { iface: uplink },
-        Some(up),
-        local,
-        "unicast",
-        "the uplink's subnet".into(),
-    );
-    push(Ipv6Net::from(v6.address.addr()), NextHop6::Host, Some(up), local, "local", String::new());
+    push(v6.address.trunc(), NextHop6::Local { iface: uplink }, Some(up), local, "unicast", &|| {
+        "the uplink's subnet".into()
+    });
+    push(Ipv6Net::from(v6.address.addr()), NextHop6::Host, Some(up), local, "local", &String::new);
     if let Some(gateway) = v6.gateway {
         for p in &v6.routes {
-            let why = "another underlay subnet, through the underlay router".to_string();
-            push(*p, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Static, "unicast", why);
+            let why = || "another underlay subnet, through the underlay router".to_string();
+            push(*p, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Static, "unicast", &why);
         }
     }
     for b in &v6.blocks {
-        push(*b, NextHop6::Blackhole, None, local, "blackhole", "this node's own block".into());
+        push(*b, NextHop6::Blackhole, None, local, "blackhole", &|| "this node's own block".into());
     }
     for p in &cfg.pods {
         let nh = match ifaces.by_name(&p.interface) {
@@ -166,51 +177,32 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
             None => continue,
         };
         if let Some(a) = p.address6 {
-            push(Ipv6Net::from(a), nh, Some(&p.interface), local, "unicast", format!("pod {}", p.name));
+            push(Ipv6Net::from(a), nh, Some(&p.interface), local, "unicast", &|| format!("pod {}", p.name));
         }
     }
     for (prefix, nh) in learned {
         if *nh == v6.address.addr() {
             continue;
         }
-        let (gateway, why) = if v6.address.contains(nh) {
-            (*nh, "IPv6 is not tunnelled: direct to the node that announced it".to_string())
-        } else if let Some(g) = v6.gateway {
-            (g, format!("IPv6 is not tunnelled: next hop {nh} is on another subnet, so through the underlay router, which knows the pod routes"))
-        } else {
+        let direct = v6.address.contains(nh);
+        let Some(gateway) = (if direct { Some(*nh) } else { v6.gateway }) else {
             tracing::warn!(%prefix, next_hop = %nh, "learned IPv6 route's next hop is off the uplink's prefix and there is no IPv6 gateway; not installed");
             continue;
         };
-        push(*prefix, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Bgp, "unicast", why);
+        let why = || {
+            match direct {
+            true => "IPv6 is not tunnelled: direct to the node that announced it".to_string(),
+            false => format!("IPv6 is not tunnelled: next hop {nh} is on another subnet, so through the underlay router, which knows the pod routes"),
+        }
+        };
+        push(*prefix, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Bgp, "unicast", &why);
     }
     t
 }
 
-/// The kernel routes of IPv6: the learned blocks via their next hops, for the node's own
-/// traffic (and in tun mode for its pods', which the kernel forwards: IPv6 is never
-/// tunnelled, so the router has nothing to add), and in tun mode the node's blocks
-/// blackholed.
-pub fn kernel6(cfg: &NodeConfig, table: &[(Route6, RouteEntry)]) -> Vec<KernelRoute> {
-    let tun = cfg.dataplane == DataplaneMode::Tun;
-    table
-        .iter()
-        .filter_map(|(r, e)| match r.next_hop {
-            NextHop6::Direct { gateway, .. } if e.source == RouteSource::Bgp => Some(KernelRoute::Via {
-                prefix: r.prefix.into(),
-                gateway: gateway.into(),
-                dev: cfg.uplink.interface.clone(),
-            }),
-            NextHop6::Blackhole if tun => Some(KernelRoute::Blackhole { prefix: r.prefix.into() }),
-            _ => None,
-        })
-        .collect()
-}
-
-/// [`table6`] without the display rows: what the FIB needs.
-pub fn build_fib6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Addr)]) -> Vec<Route6> {
-    table6(cfg, ifaces, learned).into_iter().map(|(r, _)| r).collect()
-}
-
+/// Builds the node's routes from its config, its data-plane interfaces and what it learned
+/// over BGP (prefix, next hop). A learned route whose next hop cannot be reached is left out
+/// (and logged); a static one is a config error.
 pub fn build(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv4Net, Ipv4Addr)]) -> Result<Table, String> {
     build_inner(cfg, ifaces, learned, true)
 }

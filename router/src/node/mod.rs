@@ -102,10 +102,10 @@ impl Node {
     ) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let table = routes::build_fib(&self.cfg, self.dp.interfaces(), &learned).map_err(anyhow::Error::msg)?;
-        let table6 = routes::table6(&self.cfg, self.dp.interfaces(), &learned6);
-        self.writer.set_v6(&table6.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+        let table6 = routes::table6(&self.cfg, self.dp.interfaces(), &learned6, false);
+        self.writer.set_v6(&table6.fib);
         let mut kernel = table.kernel.clone();
-        kernel.extend(routes::kernel6(&self.cfg, &table6));
+        kernel.extend(table6.kernel);
         self.learned6 = learned6;
         let built = t0.elapsed();
         // Only what changed goes to the FIB writer, so a snapshot rebuilds only the /8s touched.
@@ -137,7 +137,7 @@ impl Node {
     fn entries(&self) -> Vec<RouteEntry> {
         let mut e =
             routes::build(&self.cfg, self.dp.interfaces(), &self.learned).map(|t| t.entries).unwrap_or_default();
-        e.extend(routes::table6(&self.cfg, self.dp.interfaces(), &self.learned6).into_iter().map(|(_, e)| e));
+        e.extend(routes::table6(&self.cfg, self.dp.interfaces(), &self.learned6, true).entries);
         e
     }
 
@@ -146,11 +146,10 @@ impl Node {
     fn route_for(&self, dst: IpAddr) -> Option<RouteEntry> {
         let dst = match dst {
             IpAddr::V4(d) => d,
-            IpAddr::V6(_) => {
-                let rows: Vec<RouteEntry> = routes::table6(&self.cfg, self.dp.interfaces(), &self.learned6)
-                    .into_iter()
-                    .map(|(_, e)| e)
-                    .collect();
+            IpAddr::V6(d) => {
+                let covering: Vec<(Ipv6Net, Ipv6Addr)> =
+                    self.learned6.iter().filter(|(p, _)| p.contains(&d)).copied().collect();
+                let rows = routes::table6(&self.cfg, self.dp.interfaces(), &covering, true).entries;
                 return crate::trace::lookup(&rows, dst).cloned();
             }
         };
@@ -275,7 +274,8 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     let table =
         routes::build(&cfg, &ifaces, &learned).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
     let mut writer = FibWriter::with_routes(&table.fib);
-    writer.set_v6(&routes::build_fib6(&cfg, &ifaces, &learned6));
+    let table6 = routes::table6(&cfg, &ifaces, &learned6, false);
+    writer.set_v6(&table6.fib);
     writer.set_tunnels(tunnels(&cfg, &hops));
     let fib = FibHandle::new(writer.publish());
 
@@ -334,7 +334,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     }
     node.flush_kernel();
     let mut kernel = table.kernel.clone();
-    kernel.extend(routes::kernel6(&node.cfg, &routes::table6(&node.cfg, node.dp.interfaces(), &node.learned6)));
+    kernel.extend(table6.kernel);
     node.sync_kernel(&kernel);
     let result = control_loop(&mut node, listener, &stop, signals);
     tracing::info!(node = %node.cfg.name, "stopping");
