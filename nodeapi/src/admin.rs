@@ -178,6 +178,16 @@ pub struct PeerStatus {
     pub updates_received: u64,
     #[serde(default)]
     pub updates_sent: u64,
+    /// Every BGP message (OPEN, UPDATE, KEEPALIVE, …) and every byte over the wire with this
+    /// peer, all its sessions together.
+    #[serde(default)]
+    pub messages_received: u64,
+    #[serde(default)]
+    pub messages_sent: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
+    #[serde(default)]
+    pub bytes_sent: u64,
 }
 
 /// Where a route came from.

@@ -126,10 +126,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
         );
     }
     type PerPeer = (&'static str, &'static str, &'static str, fn(&PeerStatus) -> f64);
-    let per_peer: [PerPeer; 6] = [
+    let per_peer: [PerPeer; 10] = [
         ("router_bgp_session_flaps_total", "counter", "Times the session left Established.", |p| p.flaps as f64),
         ("router_bgp_updates_received_total", "counter", "UPDATE messages received.", |p| p.updates_received as f64),
         ("router_bgp_updates_sent_total", "counter", "UPDATE messages sent.", |p| p.updates_sent as f64),
+        ("router_bgp_messages_received_total", "counter", "BGP messages of every type received.", |p| {
+            p.messages_received as f64
+        }),
+        ("router_bgp_messages_sent_total", "counter", "BGP messages of every type sent.", |p| p.messages_sent as f64),
+        ("router_bgp_received_bytes_total", "counter", "Bytes of BGP messages received.", |p| p.bytes_received as f64),
+        ("router_bgp_sent_bytes_total", "counter", "Bytes of BGP messages sent.", |p| p.bytes_sent as f64),
         ("router_bgp_prefixes_received", "gauge", "Prefixes in the peer's Adj-RIB-In.", |p| p.received as f64),
         ("router_bgp_prefixes_rejected", "gauge", "Prefixes the peer sent that import refused.", |p| p.rejected as f64),
         ("router_bgp_prefixes_advertised", "gauge", "Prefixes in the peer's Adj-RIB-Out.", |p| p.advertised as f64),

@@ -70,6 +70,15 @@ struct Conn {
     sent_at: Instant,
 }
 
+/// What went over the wire with one peer, all its sessions together.
+#[derive(Debug, Default, Clone, Copy)]
+struct WireCount {
+    messages_received: u64,
+    messages_sent: u64,
+    bytes_received: u64,
+    bytes_sent: u64,
+}
+
 /// Token of the listening socket; peer `i` uses `PEER_BASE + i`.
 pub const LISTEN: Token = Token(1);
 const PEER_BASE: usize = 16;
@@ -78,6 +87,8 @@ pub struct Speaker {
     cfg: SpeakerConfig,
     core: Core,
     conns: Vec<Option<Conn>>,
+    /// Per peer slot, like `conns`.
+    wire: Vec<WireCount>,
     listener: TcpListener,
     /// Peers whose socket had more to read when their read budget ran out.
     backlog: Vec<usize>,
@@ -116,7 +127,9 @@ impl Speaker {
         registry.register(&mut listener, LISTEN, Interest::READABLE)?;
         let core = Core::new(cfg.core.clone(), now);
         let conns = (0..cfg.peers.len()).map(|_| None).collect();
-        let mut sp = Speaker { cfg, core, conns, listener, backlog: Vec::new(), started: (now, SystemTime::now()) };
+        let wire = vec![WireCount::default(); cfg.peers.len()];
+        let mut sp =
+            Speaker { cfg, core, conns, wire, listener, backlog: Vec::new(), started: (now, SystemTime::now()) };
         // Outgoing connections start right away instead of on the first tick.
         sp.run(registry, now);
         Ok(sp)
@@ -306,6 +319,7 @@ impl Speaker {
                     return;
                 }
                 Ok(n) => {
+                    self.wire[i].bytes_received += n as u64;
                     conn.rbuf.extend_from_slice(&buf[..n]);
                     budget = budget.saturating_sub(n);
                 }
@@ -343,6 +357,7 @@ impl Speaker {
             match wire::decode(&conn.rbuf[used..], &ctx) {
                 Ok(Some((m, n))) => {
                     used += n;
+                    self.wire[i].messages_received += 1;
                     self.core.message(i, now, m);
                     self.run(registry, now);
                 }
@@ -372,6 +387,7 @@ impl Speaker {
             match conn.stream.write(&conn.wbuf) {
                 Ok(0) => break,
                 Ok(n) => {
+                    self.wire[i].bytes_sent += n as u64;
                     conn.wbuf.drain(..n);
                     conn.sent_at = Instant::now();
                 }
@@ -392,12 +408,14 @@ impl Speaker {
             conn.sent_at = now;
         }
         m.encode(&ctx, &mut conn.wbuf);
+        self.wire[i].messages_sent += 1;
         // Written at once when the socket takes it; the rest on the next writable event.
         if !conn.connecting {
             while !conn.wbuf.is_empty() {
                 match conn.stream.write(&conn.wbuf) {
                     Ok(0) => break,
                     Ok(n) => {
+                        self.wire[i].bytes_sent += n as u64;
                         conn.wbuf.drain(..n);
                         conn.sent_at = now;
                     }
@@ -491,6 +509,7 @@ impl Speaker {
         let pc = peer_config(&p);
         self.cfg.peers.push(p);
         self.conns.push(None);
+        self.wire.push(WireCount::default());
         let i = self.core.add_peer(pc, now);
         debug_assert_eq!(i + 1, self.conns.len());
         self.run(registry, now);
@@ -510,6 +529,7 @@ impl Speaker {
         let pc = peer_config(&p);
         self.cfg.peers.push(p);
         self.conns.push(None);
+        self.wire.push(WireCount::default());
         self.core.replace_peer(i, pc, now);
         self.run(registry, now);
         self.drop_conn(registry, i);
@@ -560,6 +580,7 @@ impl Speaker {
             .filter(|(i, _)| !self.core.removed(*i))
             .map(|(i, p)| {
                 let v = self.core.view(i, now);
+                let w = self.wire[i];
                 PeerStatus {
                     peer: p.address,
                     peer_type: p.kind,
@@ -576,6 +597,10 @@ impl Speaker {
                     flaps: v.flaps,
                     updates_received: v.updates_received,
                     updates_sent: v.updates_sent,
+                    messages_received: w.messages_received,
+                    messages_sent: w.messages_sent,
+                    bytes_received: w.bytes_received,
+                    bytes_sent: w.bytes_sent,
                 }
             })
             .collect()

@@ -126,6 +126,16 @@ fn metrics_are_valid_prometheus_text_and_move_with_traffic() {
     for peer in ["192.168.100.101", "192.168.200.101"] {
         let k = format!("router_bgp_session_up{{peer=\"{peer}\",peer_type=\"node-to-node mesh\"}}");
         assert_eq!(after.get(&k), Some(&1.0), "{k}");
+        // Every message counts, an UPDATE as well as the OPEN and KEEPALIVEs before it, and
+        // every BGP message is 19 to 4096 bytes long.
+        let m = |name: &str| after[&format!("router_bgp_{name}{{peer=\"{peer}\"}}")];
+        for (msgs, updates, bytes) in [
+            ("messages_sent_total", "updates_sent_total", "sent_bytes_total"),
+            ("messages_received_total", "updates_received_total", "received_bytes_total"),
+        ] {
+            assert!(m(msgs) >= m(updates) + 2.0, "{peer}: {msgs} {} against {updates} {}", m(msgs), m(updates));
+            assert!((19.0 * m(msgs)..=4096.0 * m(msgs)).contains(&m(bytes)), "{peer}: {bytes} {}", m(bytes));
+        }
     }
     assert!(after["router_fib_routes"] >= 7.0);
     assert!(after["router_uptime_seconds"] > 0.0);
