@@ -8,6 +8,7 @@ mod datastore;
 mod gencheck;
 mod provenance;
 mod report;
+mod scale;
 mod traffic;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,9 @@ enum Cmd {
     Forward(bench::Options),
     /// Announce the real BGP table to our node and to BIRD 2; time until each holds it all.
     BgpLoad(bgpload::Options),
+    /// How BGP mode scales: labs of 10 to 100 nodes, full mesh against route reflectors;
+    /// writes target/perf/bgp-scale.{md,json,svg}.
+    BgpScale(scale::Options),
     /// Time from `router apply` of a BGPPeer or a pool change to its effect on the nodes of
     /// labs on etcd (3 and 50 nodes); writes target/perf/datastore.json.
     Datastore(datastore::Options),
@@ -84,6 +88,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Forward(o) => bench::run(&o),
         Cmd::BgpLoad(o) => bgpload::run(&o),
+        Cmd::BgpScale(o) => scale::run(&o),
         Cmd::GenCheck(o) => gencheck::run(&o),
         Cmd::Datastore(o) => datastore::run(&o),
         Cmd::BgpFeed { peer, local, table, limit, idle: _ } => bgpload::feed(peer, local, table.as_deref(), limit),
