@@ -547,12 +547,15 @@ fn wait_converged(topo: &Topology, st: &State) -> anyhow::Result<()> {
                 .map(|n| n.block.to_string())
                 .filter(|b| node_peers && !have(b))
                 .collect();
-            if !stuck.is_empty() || !missing.is_empty() {
+            // In tun mode the kernel forwards: its routes, installed in the background, count.
+            let kernel = node.status().is_ok_and(|s| s.kernel_routes_synced);
+            if !stuck.is_empty() || !missing.is_empty() || !kernel {
                 waiting.push(format!(
-                    "{}: sessions not up [{}], blocks not learned [{}]",
+                    "{}: sessions not up [{}], blocks not learned [{}]{}",
                     d.node,
                     stuck.join(", "),
-                    missing.join(", ")
+                    missing.join(", "),
+                    if kernel { "" } else { ", kernel routes not yet installed" }
                 ));
             }
         }

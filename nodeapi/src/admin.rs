@@ -84,6 +84,14 @@ pub struct NodeStatus {
     /// Routes in the FIB.
     pub routes: usize,
     pub interfaces: Vec<InterfaceStatus>,
+    /// The kernel has the routes the node last wanted there (they are installed in the
+    /// background; in tun mode the kernel forwards on them).
+    #[serde(default = "yes")]
+    pub kernel_routes_synced: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,8 +5,6 @@ use super::*;
 
 /// The tc preference of the transit filter on each interface.
 const FILTER_PREF: &str = "49";
-/// How often the node's addresses are checked for changes the filter must follow.
-const FILTER_RECHECK: Duration = Duration::from_secs(5);
 
 /// The transit filter (`forwarding::kfilter`) on the interfaces the router reads, so that
 /// the node's kernel drops the frames we forward instead of routing each one only to fail.
@@ -17,7 +15,6 @@ pub(super) struct TransitFilter {
     pub(super) devs: Vec<String>,
     /// The node's addresses it lets through.
     local: Vec<Ipv4Addr>,
-    checked: Instant,
 }
 
 /// Every IPv4 address of the namespace: the kernel delivers to any of them, whichever
@@ -70,16 +67,15 @@ impl TransitFilter {
         let devs = ifaces.iter().filter(|(_, f)| f.role.is_ethernet()).map(|(_, f)| f.name.as_str());
         let devs = apply_transit_filter(devs, &local);
         tracing::info!(interfaces = devs.len(), local = ?local, "transit filter on");
-        Some(TransitFilter { devs, local, checked: Instant::now() })
+        Some(TransitFilter { devs, local })
     }
 
     /// Follows the node's addresses: one added later must reach the kernel too, and one
-    /// removed is no longer the node's.
+    /// removed is no longer the node's. Asked on address and link events (and now and then).
     pub(super) fn recheck(&mut self) {
-        if self.devs.is_empty() || self.checked.elapsed() < FILTER_RECHECK {
+        if self.devs.is_empty() {
             return;
         }
-        self.checked = Instant::now();
         match local_addresses() {
             Ok(local) if local != self.local => {
                 let done = apply_transit_filter(self.devs.iter().map(String::as_str), &local);

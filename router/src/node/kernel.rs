@@ -1,65 +1,180 @@
-//! The node's kernel: the routes it installs there (tagged `proto 179`) and the drops the
-//! kernel makes on its behalf.
+//! The node's kernel: the routes it installs there (tagged `proto 179`), the transit filter,
+//! and the drops the kernel makes on its behalf.
+//!
+//! Routes and filter changes are made by a thread of their own: `ip`, `tc` and listing the
+//! node's addresses all wait for the kernel's one routing lock (rtnl), which a busy machine
+//! can hold for seconds at a time (a hundred lab namespaces starting at once), and the control
+//! thread must go on answering BGP and the admin socket meanwhile. Of the route sets asked
+//! for, only the latest matters; the ones it replaced before they were installed are skipped.
 
 use super::*;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+enum Job {
+    Routes(Vec<routes::KernelRoute>),
+    /// A pod interface appeared: the filter goes on it.
+    FilterAdd(String),
+    /// A pod interface is going.
+    FilterForget(String),
+    /// The node's interfaces or addresses may have changed.
+    FilterRecheck,
+}
+
+pub(super) struct KernelWork {
+    tx: Option<crossbeam_channel::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<Option<TransitFilter>>>,
+    /// Route sets handed over, and sets the thread is done with (installed or skipped).
+    sent: u64,
+    done: Arc<AtomicU64>,
+    /// The interfaces that have the transit filter (None: no filter).
+    filtered: Arc<Mutex<Option<Vec<String>>>>,
+    ipv6: bool,
+}
+
+impl KernelWork {
+    /// Starts the thread, which first removes the routes a run that crashed left behind.
+    pub(super) fn start(tun: bool, ipv6: bool, filter: Option<TransitFilter>) -> anyhow::Result<KernelWork> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let done = Arc::new(AtomicU64::new(0));
+        let filtered = Arc::new(Mutex::new(filter.as_ref().map(|f| f.devs.clone())));
+        let (finished, shown) = (done.clone(), filtered.clone());
+        let thread = std::thread::Builder::new()
+            .name("kernel".into())
+            .spawn(move || {
+                let mut filter = filter;
+                flush(ipv6);
+                let mut installed = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    jobs.extend(rx.try_iter());
+                    let mut want = None;
+                    let mut sets = 0;
+                    for job in jobs {
+                        match (job, filter.as_mut()) {
+                            (Job::Routes(r), _) => {
+                                want = Some(r);
+                                sets += 1;
+                            }
+                            (Job::FilterAdd(dev), Some(f)) => f.add(&dev),
+                            (Job::FilterForget(dev), Some(f)) => f.forget(&dev),
+                            (Job::FilterRecheck, Some(f)) => f.recheck(),
+                            (_, None) => {}
+                        }
+                    }
+                    if let Some(want) = want {
+                        installed = sync(&installed, want, tun);
+                    }
+                    if let Some(f) = &filter {
+                        *shown.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.devs.clone());
+                    }
+                    finished.fetch_add(sets, Ordering::Release);
+                }
+                filter
+            })
+            .context("starting the kernel thread")?;
+        Ok(KernelWork { tx: Some(tx), thread: Some(thread), sent: 0, done, filtered, ipv6 })
+    }
+
+    fn send(&self, job: Job) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+    }
+
+    /// The routes the kernel should have; installed soon, not now.
+    pub(super) fn want(&mut self, routes: Vec<routes::KernelRoute>) {
+        if self.send(Job::Routes(routes)) {
+            self.sent += 1;
+        }
+    }
+
+    /// Whether the kernel has the last set asked for.
+    pub(super) fn in_sync(&self) -> bool {
+        self.done.load(Ordering::Acquire) == self.sent
+    }
+
+    pub(super) fn filter_add(&self, dev: &str) {
+        self.send(Job::FilterAdd(dev.to_string()));
+    }
+
+    pub(super) fn filter_forget(&self, dev: &str) {
+        self.send(Job::FilterForget(dev.to_string()));
+    }
+
+    pub(super) fn filter_recheck(&self) {
+        self.send(Job::FilterRecheck);
+    }
+
+    /// The interfaces that have the transit filter; None without one.
+    pub(super) fn filtered(&self) -> Option<Vec<String>> {
+        self.filtered.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits for the thread, removes the transit filter, then every kernel route of ours:
+    /// what this run installed would otherwise route the node's traffic into a `tunl0` that
+    /// is gone or to blocks nobody announces any more.
+    pub(super) fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            if let Ok(Some(f)) = t.join() {
+                f.remove();
+            }
+        }
+        flush(self.ipv6);
+    }
+}
+
+/// Removes every kernel route of ours (`proto 179`).
+fn flush(ipv6: bool) {
+    if let Err(e) = ipcmd::ip(&["route", "flush", "proto", routes::KERNEL_PROTO]) {
+        tracing::warn!(error = %e, "could not flush our kernel routes");
+    }
+    if ipv6 {
+        if let Err(e) = ipcmd::ip(&["-6", "route", "flush", "proto", routes::KERNEL_PROTO]) {
+            tracing::warn!(error = %e, "could not flush our IPv6 kernel routes");
+        }
+    }
+}
+
+/// Brings the kernel from `have` to `want`; what is installed afterwards.
+fn sync(have: &[routes::KernelRoute], want: Vec<routes::KernelRoute>, tun: bool) -> Vec<routes::KernelRoute> {
+    let wanted: std::collections::HashSet<&routes::KernelRoute> = want.iter().collect();
+    let had: std::collections::HashSet<&routes::KernelRoute> = have.iter().collect();
+    let gone: Vec<&routes::KernelRoute> = have.iter().filter(|k| !wanted.contains(k)).collect();
+    let new: Vec<&routes::KernelRoute> = want.iter().filter(|r| !had.contains(r)).collect();
+    if gone.is_empty() && new.is_empty() {
+        return want;
+    }
+    // One `ip` for all the changes: a process per route made a pool change across a
+    // 50-node cluster take seconds. Only if that fails, route by route, to say which.
+    let line = |verb: &str, r: &routes::KernelRoute| format!("route {verb} {}\n", r.args().join(" "));
+    let script: String = gone.iter().map(|r| line("del", r)).chain(new.iter().map(|r| line("replace", r))).collect();
+    if ipcmd::ip_batch(&script).is_ok() {
+        return want;
+    }
+    for old in gone {
+        let mut v = vec!["route", "del"];
+        let args = old.args();
+        v.extend(args.iter().map(String::as_str));
+        if let Err(e) = ipcmd::ip(&v) {
+            tracing::debug!(error = %e, "kernel route already gone");
+        }
+    }
+    let mut installed: Vec<routes::KernelRoute> = want.iter().filter(|r| had.contains(r)).cloned().collect();
+    for r in new {
+        let args = r.args();
+        let mut v = vec!["route", "replace"];
+        v.extend(args.iter().map(String::as_str));
+        match ipcmd::ip(&v) {
+            Ok(_) => installed.push(r.clone()),
+            Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
+            // afpacket: these serve only the node's own traffic.
+            Err(e) => tracing::warn!(error = %e, "kernel route not installed"),
+        }
+    }
+    installed
+}
 
 impl Node {
-    /// Removes every kernel route of ours (`proto 179`): at start, what a run that crashed
-    /// left behind; at stop, what this run installed, which would otherwise route the node's
-    /// traffic into a `tunl0` that is gone or to blocks nobody announces any more.
-    pub(super) fn flush_kernel(&mut self) {
-        if let Err(e) = ipcmd::ip(&["route", "flush", "proto", routes::KERNEL_PROTO]) {
-            tracing::warn!(error = %e, "could not flush our kernel routes");
-        }
-        if self.cfg.ipv6.is_some() {
-            if let Err(e) = ipcmd::ip(&["-6", "route", "flush", "proto", routes::KERNEL_PROTO]) {
-                tracing::warn!(error = %e, "could not flush our IPv6 kernel routes");
-            }
-        }
-        self.kernel.clear();
-    }
-
-    pub(super) fn sync_kernel(&mut self, want: &[routes::KernelRoute]) {
-        let wanted: std::collections::HashSet<&routes::KernelRoute> = want.iter().collect();
-        let have: std::collections::HashSet<&routes::KernelRoute> = self.kernel.iter().collect();
-        let gone: Vec<&routes::KernelRoute> = self.kernel.iter().filter(|k| !wanted.contains(k)).collect();
-        let new: Vec<&routes::KernelRoute> = want.iter().filter(|r| !have.contains(r)).collect();
-        if gone.is_empty() && new.is_empty() {
-            return;
-        }
-        // One `ip` for all the changes: a process per route made a pool change across a
-        // 50-node cluster take seconds. Only if that fails, route by route, to say which.
-        let line = |verb: &str, r: &routes::KernelRoute| format!("route {verb} {}\n", r.args().join(" "));
-        let script: String =
-            gone.iter().map(|r| line("del", r)).chain(new.iter().map(|r| line("replace", r))).collect();
-        if ipcmd::ip_batch(&script).is_ok() {
-            self.kernel = want.to_vec();
-            return;
-        }
-        let tun = self.cfg.dataplane == DataplaneMode::Tun;
-        for old in gone {
-            let mut v = vec!["route", "del"];
-            let args = old.args();
-            v.extend(args.iter().map(String::as_str));
-            if let Err(e) = ipcmd::ip(&v) {
-                tracing::debug!(error = %e, "kernel route already gone");
-            }
-        }
-        let mut installed: Vec<routes::KernelRoute> = want.iter().filter(|r| have.contains(r)).cloned().collect();
-        for r in new {
-            let args = r.args();
-            let mut v = vec!["route", "replace"];
-            v.extend(args.iter().map(String::as_str));
-            match ipcmd::ip(&v) {
-                Ok(_) => installed.push(r.clone()),
-                Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
-                // afpacket: these serve only the node's own traffic.
-                Err(e) => tracing::warn!(error = %e, "kernel route not installed"),
-            }
-        }
-        self.kernel = installed;
-    }
-
     /// The kernel drops what the tunnel device's queue cannot hold before we read it; those are
     /// ours to count too.
     pub(super) fn account_tun_drops(&mut self) {

@@ -54,8 +54,8 @@ struct Node {
     learned: Vec<(Ipv4Net, Ipv4Addr)>,
     /// The same for IPv6 (dual stack).
     learned6: Vec<(Ipv6Net, Ipv6Addr)>,
-    /// Kernel routes currently installed by us.
-    kernel: Vec<routes::KernelRoute>,
+    /// Our routes in the kernel and the transit filter, changed by a thread of their own.
+    kernel: kernel::KernelWork,
     started: Instant,
     capture: Option<crate::capture::Capture>,
     /// (path, packets) of the last finished capture.
@@ -64,7 +64,6 @@ struct Node {
     tun_dropped: Option<u64>,
     /// When `tun_dropped` was last read.
     tun_read_at: Option<Instant>,
-    filter: Option<TransitFilter>,
     /// The running trace: id, hops so far, when it stops by itself.
     trace: Option<(u32, Vec<nodeapi::admin::Hop>, Instant)>,
     /// After a planned restart: the routes saved before it, forwarded on until BGP is back.
@@ -114,7 +113,7 @@ impl Node {
         self.writer.set_tunnels(tunnels(&self.cfg, cluster_hops));
         self.fib.publish(self.writer.publish());
         let published = t0.elapsed();
-        self.sync_kernel(&kernel);
+        self.kernel.want(kernel);
         if added + removed > 10_000 {
             // Big changes leave big freed tables behind (the rows, the diff, the old list).
             netsys::trim_heap();
@@ -303,6 +302,13 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         DataplaneMode::Afpacket if cfg.transit_filter => TransitFilter::install(dp.interfaces()),
         _ => None,
     };
+    let kernel_work = match kernel::KernelWork::start(cfg.dataplane == DataplaneMode::Tun, cfg.ipv6.is_some(), filter) {
+        Ok(k) => k,
+        Err(e) => {
+            dp.stop();
+            return Err(e);
+        }
+    };
     let mut node = Node {
         cfg,
         dp,
@@ -310,14 +316,13 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         writer,
         learned,
         learned6,
-        kernel: Vec::new(),
+        kernel: kernel_work,
         started: Instant::now(),
         capture: None,
         last_capture: None,
         trace: None,
         tun_dropped: None,
         tun_read_at: None,
-        filter,
         saved,
         restart_requested: false,
         dynamic,
@@ -332,16 +337,12 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
             return Err(e.context(format!("bringing {dev} up")));
         }
     }
-    node.flush_kernel();
     let mut kernel = table.kernel.clone();
     kernel.extend(table6.kernel);
-    node.sync_kernel(&kernel);
+    node.kernel.want(kernel);
     let result = control_loop(&mut node, listener, &stop, signals);
     tracing::info!(node = %node.cfg.name, "stopping");
-    if let Some(f) = &node.filter {
-        f.remove();
-    }
-    node.flush_kernel();
+    node.kernel.stop();
     node.dp.stop();
     let _ = std::fs::remove_file(&node.cfg.admin_socket);
     result
@@ -488,13 +489,11 @@ fn control_loop(
             links_checked = Instant::now();
             links_changed = false;
             node.follow_links(speaker.as_ref());
+            node.kernel.filter_recheck();
         }
         node.reap_capture();
         node.collect_trace();
         node.account_tun_drops();
-        if let Some(f) = node.filter.as_mut() {
-            f.recheck();
-        }
         if let Some(sp) = speaker.as_mut() {
             sp.resume(poll.registry(), now);
             sp.tick(poll.registry(), now);

@@ -184,9 +184,7 @@ impl Node {
         };
         match self.dp.add_interface(f) {
             Ok(_) => {
-                if let Some(filter) = self.filter.as_mut() {
-                    filter.add(&pod.interface);
-                }
+                self.kernel.filter_add(&pod.interface);
                 true
             }
             Err(e) => {
@@ -200,9 +198,7 @@ impl Node {
         if let Some(id) = self.dp.interfaces().by_name(&pod.interface) {
             self.dp.remove_interface(id);
         }
-        if let Some(filter) = self.filter.as_mut() {
-            filter.forget(&pod.interface);
-        }
+        self.kernel.filter_forget(&pod.interface);
     }
 
     /// Rebuilds the FIB with what BGP taught so far (the pods changed, the routes did not).

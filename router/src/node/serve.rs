@@ -182,7 +182,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                 tallies: t.tallies,
                 fib_routes: node.fib.load().len(),
                 transit_filter: (cfg.dataplane == DataplaneMode::Afpacket)
-                    .then(|| node.filter.as_ref().map_or_else(Vec::new, |f| f.devs.clone())),
+                    .then(|| node.kernel.filtered().unwrap_or_default()),
             })
         }
         Request::Status => {
@@ -210,6 +210,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                 uptime_secs: node.started.elapsed().as_secs(),
                 routes: node.writer.len(),
                 interfaces,
+                kernel_routes_synced: node.kernel.in_sync(),
             })
         }
     }
