@@ -192,6 +192,33 @@ fn uptime() -> anyhow::Result<f64> {
     s.split_whitespace().next().and_then(|v| v.parse().ok()).context("/proc/uptime")
 }
 
+/// CPU time the machine spent working (user, nice, system, irq, softirq; not steal, which
+/// is other guests'), in clock ticks over all cores, and all of it.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let work = [0, 1, 2, 5, 6].iter().filter_map(|&i| v.get(i)).sum();
+    (work, v.iter().take(8).sum())
+}
+
+/// Waits (up to a minute) until the machine is quiet: after a lab goes down, the kernel goes
+/// on dismantling its namespaces for a while, holding the routing lock the next lab needs,
+/// and each lab should start from the same calm.
+fn settle() {
+    let t0 = Instant::now();
+    let mut before = cpu_ticks();
+    while t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = cpu_ticks();
+        let (work, all) = (now.0.saturating_sub(before.0), now.1.saturating_sub(before.1));
+        if all > 0 && (work as f64) < 0.1 * all as f64 {
+            return;
+        }
+        before = now;
+    }
+}
+
 /// Asks every client in turn until `shows` holds for each; when the first and the last did,
 /// counted from `t0`.
 fn spread(t0: Instant, what: &str, clients: &[Client], shows: impl Fn(&Client) -> bool) -> anyhow::Result<Spread> {
@@ -299,6 +326,8 @@ fn measure(
     std::fs::write(&topo_file, &text)?;
     let topo = lab::topology::Topology::parse(&topo_file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    stage("waiting for a quiet machine");
+    settle();
     stage("lab up");
     let (nodes, subnets, rrs) = (n.to_string(), o.subnets.to_string(), rr.to_string());
     let t0 = Instant::now();
