@@ -480,8 +480,9 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         st.daemons.push(Daemon { node: cfg.name.clone(), pid, config: path, socket: cfg.admin_socket.clone(), log });
         st.save(&lab.dir)?;
     }
+    let patience = start_patience(st.daemons.len());
     for d in &st.daemons {
-        wait_ready(d)?;
+        wait_ready(d, patience)?;
     }
     wait_converged(topo, st)
 }
@@ -524,7 +525,8 @@ fn static_neighbours(segment: &[Member]) -> anyhow::Result<()> {
 /// Waits until every node's sessions with other nodes are Established and every node has
 /// learned every other node's block, so that a lab that says "up" routes pod traffic.
 fn wait_converged(topo: &Topology, st: &State) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let within = Duration::from_secs(30) + start_patience(st.daemons.len());
+    let deadline = Instant::now() + within;
     loop {
         let mut waiting = Vec::new();
         for d in &st.daemons {
@@ -564,7 +566,8 @@ fn wait_converged(topo: &Topology, st: &State) -> anyhow::Result<()> {
         }
         if Instant::now() > deadline {
             bail!(
-                "BGP did not converge within 30 s:\n{}\n(see `router status --node NODE` and the node logs in {})",
+                "BGP did not converge within {} s:\n{}\n(see `router status --node NODE` and the node logs in {})",
+                within.as_secs(),
                 waiting.join("\n"),
                 st.daemons
                     .first()
@@ -844,8 +847,18 @@ fn log_tail(p: &Path) -> String {
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
 
-fn wait_ready(d: &Daemon) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+/// How much longer than a small lab's a lab of `nodes` nodes may take to start: every node
+/// starting changes links, routes and tc filters under the kernel's one routing lock, so
+/// with a hundred of them one node may wait longer for its turn than a small lab's 15 s
+/// (seen on two cores).
+fn start_patience(nodes: usize) -> Duration {
+    Duration::from_millis(300 * nodes as u64)
+}
+
+/// Waits until a node answers on its admin socket: 15 s, and `patience` more in a big lab.
+fn wait_ready(d: &Daemon, patience: Duration) -> anyhow::Result<()> {
+    let within = Duration::from_secs(15) + patience;
+    let deadline = Instant::now() + within;
     loop {
         if admin::Client::new(&d.socket).status().is_ok() {
             return Ok(());
@@ -860,9 +873,10 @@ fn wait_ready(d: &Daemon) -> anyhow::Result<()> {
         }
         if Instant::now() > deadline {
             bail!(
-                "node {} did not answer on {} within 15 s; its log ({}) ends with:\n{}",
+                "node {} did not answer on {} within {} s; its log ({}) ends with:\n{}",
                 d.node,
                 d.socket.display(),
+                within.as_secs(),
                 d.log.display(),
                 log_tail(&d.log)
             );
@@ -895,7 +909,7 @@ pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<(i32, i32, D
     let pid = spawn_node(&lab.ns(node), exe, &old.config, &old.log)?;
     st.daemons[i].pid = pid;
     st.save(&lab.dir)?;
-    wait_ready(&st.daemons[i])?;
+    wait_ready(&st.daemons[i], Duration::ZERO)?;
     Ok((old.pid, pid, t0.elapsed()))
 }
 

@@ -102,6 +102,9 @@ struct LabResult {
     lab_up_s: f64,
     /// From the first node daemon's start until then.
     converged_s: f64,
+    /// From the last node daemon's start until then: BGP's own part, the daemons' start
+    /// one after the other left out.
+    after_last_start_s: f64,
     sessions: usize,
     expected_sessions: usize,
     sessions_per_node_min: usize,
@@ -342,6 +345,7 @@ fn measure(
         .collect::<anyhow::Result<_>>()?;
     let at_converged: Vec<Usage> = pids.iter().map(|&p| usage(p)).collect::<anyhow::Result<_>>()?;
     let first_start = at_converged.iter().map(|u| u.started_s).fold(f64::INFINITY, f64::min);
+    let last_start = at_converged.iter().map(|u| u.started_s).fold(0.0, f64::max);
     let clients: Vec<Client> = topo.nodes.iter().map(|node| Client::new(b.lab.socket(&node.name))).collect();
 
     // Converged as `lab up` says: checked here again, node by node, from the routes.
@@ -435,6 +439,7 @@ fn measure(
         subnets: o.subnets,
         lab_up_s,
         converged_s: up_at - first_start,
+        after_last_start_s: up_at - last_start,
         sessions,
         expected_sessions: expected,
         sessions_per_node_min: per_node.iter().copied().min().unwrap_or(0),
@@ -469,9 +474,10 @@ fn markdown(results: &[LabResult]) -> String {
     let layout = |r: &LabResult| r.layout.name(r.route_reflectors);
     let mut md = String::from(
         "**Sessions and convergence.** Converged: from the first node daemon's start until every node has every \
-         other node's block (`lab up` returns then; it also builds the namespaces first).\n\n\
-         | layout | nodes | sessions | per node | converged | lab up | CPU s to converge | BGP messages | BGP KiB |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         other node's block (`lab up` returns then; it builds the namespaces before it starts the daemons, one \
+         after the other); after the last start: from the last daemon's start until then.\n\n\
+         | layout | nodes | sessions | per node | converged | after the last start | lab up | CPU s to converge | BGP messages | BGP KiB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         let per_node = if r.sessions_per_node_min == r.sessions_per_node_max {
@@ -481,11 +487,12 @@ fn markdown(results: &[LabResult]) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {per_node} | {:.1} s | {:.1} s | {:.1} | {} | {} |",
+            "| {} | {} | {} | {per_node} | {:.1} s | {:.1} s | {:.1} s | {:.1} | {} | {} |",
             layout(r),
             r.nodes,
             r.sessions,
             r.converged_s,
+            r.after_last_start_s,
             r.lab_up_s,
             r.cpu_s_to_converge,
             r.bgp_messages,
@@ -582,7 +589,13 @@ fn plot(results: &[LabResult], path: &Path) -> anyhow::Result<()> {
             .x_label_area_size(35)
             .y_label_area_size(60)
             .build_cartesian_2d(0.0..max_n, 0.0..max_y)?;
-        chart.configure_mesh().x_desc("nodes").y_desc(unit).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("nodes")
+            .y_desc(unit)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .draw()?;
         for (layout, color) in [(Layout::Mesh, mesh_color), (Layout::Reflectors, rr_color)] {
             let pts = series(layout, f);
             let label =

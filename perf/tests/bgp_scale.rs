@@ -30,6 +30,7 @@ fn bgp_scale_measures_mesh_and_reflectors_at_each_size() {
         assert_eq!(lab["sessions_per_node_min"], if layout == "mesh" { busiest } else { 2 }, "{at}");
         let f = |k: &str| lab[k].as_f64().unwrap_or_else(|| panic!("{k}: {at}"));
         assert!(f("converged_s") > 0.0 && f("converged_s") <= f("lab_up_s"), "{at}");
+        assert!(f("after_last_start_s") > 0.0 && f("after_last_start_s") <= f("converged_s"), "{at}");
         // Every message is 19 to 4096 bytes; every session carried an OPEN, a KEEPALIVE and
         // the End-of-RIB at least, from both ends.
         assert!(f("bgp_messages") >= 6.0 * sessions as f64, "{at}");
