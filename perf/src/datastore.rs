@@ -68,27 +68,17 @@ struct LabResult {
     rounds: Series,
 }
 
-struct Bench {
-    router: PathBuf,
-    base: PathBuf,
-    scratch: PathBuf,
-    lab: lab::Lab,
+/// The lab, and what this benchmark does with it.
+struct Bench(crate::scratchlab::ScratchLab);
+
+impl std::ops::Deref for Bench {
+    type Target = crate::scratchlab::ScratchLab;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Bench {
-    fn router(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(&self.router)
-            .env("ROUTER_LAB", LAB)
-            .env("ROUTER_LAB_DIR", &self.base)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!("router {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
     /// `router apply -f` of `yaml`, the way a user would.
     fn apply(&self, yaml: &str) -> anyhow::Result<()> {
         let f = self.scratch.join("change.yaml");
@@ -102,11 +92,10 @@ impl Bench {
 }
 
 impl Drop for Bench {
+    /// BIRD first; the lab goes after, with the scratch lab.
     fn drop(&mut self) {
         let sock = self.scratch.join("bird.ctl");
         let _ = self.router(&["lab", "exec", "underlay", "--", "birdc", "-s", &sock.to_string_lossy(), "down"]);
-        let _ = self.router(&["lab", "down"]);
-        let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
 
@@ -146,9 +135,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         println!(
             "{n} nodes: lab up in {:.1} s; BGPPeer → session {:.0} ms, → route {:.0} ms; pool → every node {:.0} ms (medians)",
             r.lab_up_s,
-            median(&r.rounds.peer_session_ms),
-            median(&r.rounds.peer_route_ms),
-            median(&r.rounds.pool_every_node_ms)
+            crate::median(&r.rounds.peer_session_ms),
+            crate::median(&r.rounds.peer_route_ms),
+            crate::median(&r.rounds.pool_every_node_ms)
         );
         results.push(r);
     }
@@ -166,9 +155,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 }
 
 fn measure(router: &Path, n: usize, o: &Options) -> anyhow::Result<LabResult> {
-    let scratch = crate::scratch_dir("router-perf-datastore-")?;
-    let base = scratch.join("labs");
-    let b = Bench { router: router.to_path_buf(), lab: lab::Lab::new(LAB, &base)?, base, scratch };
+    let b = Bench(crate::scratchlab::ScratchLab::new(router, LAB, "router-perf-datastore-")?);
     let topo_text = lab::topology::generate(n, o.subnets, 1)?;
     let topo_file = b.scratch.join("topology.toml");
     std::fs::write(&topo_file, &topo_text)?;
@@ -268,12 +255,6 @@ fn start_bird(b: &Bench, node: Ipv4Addr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NAN, f64::max)
 }
@@ -286,7 +267,7 @@ fn markdown(results: &[LabResult], rounds: usize) -> String {
          | nodes | lab up | BGPPeer → session | → BIRD's route in FIB | delete → gone | pool mode → first node | → every node |\n\
          |---:|---:|---:|---:|---:|---:|---:|\n"
     );
-    let cell = |v: &[f64]| format!("{:.0} / {:.0}", median(v), max(v));
+    let cell = |v: &[f64]| format!("{:.0} / {:.0}", crate::median(v), max(v));
     for r in results {
         let _ = writeln!(
             md,
@@ -302,7 +283,7 @@ fn markdown(results: &[LabResult], rounds: usize) -> String {
     }
     // The smallest lab is the baseline of the run: the ratios hold on a noisy machine.
     if let (Some(base), Some(big)) = (results.first(), results.last().filter(|_| results.len() > 1)) {
-        let ratio = |f: fn(&Series) -> &Vec<f64>| median(f(&big.rounds)) / median(f(&base.rounds));
+        let ratio = |f: fn(&Series) -> &Vec<f64>| crate::median(f(&big.rounds)) / crate::median(f(&base.rounds));
         let _ = writeln!(
             md,
             "\n{} nodes ÷ {} nodes (medians): BGPPeer → session {:.1}×, → route {:.1}×, pool mode → every node {:.1}×",
@@ -322,8 +303,8 @@ mod tests {
 
     #[test]
     fn medians_and_worst_cases() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(crate::median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(max(&[3.0, 1.0, 2.0]), 3.0);
-        assert!(median(&[]).is_nan());
+        assert!(crate::median(&[]).is_nan());
     }
 }

@@ -9,6 +9,7 @@ mod gencheck;
 mod provenance;
 mod report;
 mod scale;
+mod scratchlab;
 mod traffic;
 
 use clap::{Parser, Subcommand};
@@ -105,6 +106,13 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The median of `v` (the upper one of an even count); NaN for none.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// A path that may be empty (`--docs ''`: no table for the documentation); clap's own path

@@ -23,7 +23,6 @@ use plotters::prelude::*;
 use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LAB: &str = "rps";
@@ -51,6 +50,9 @@ pub struct Options {
     /// Seconds of idle CPU measured per lab after it converged.
     #[arg(long, default_value_t = 10.0)]
     pub idle_secs: f64,
+    /// The longest to wait, before each lab, for the machine to be quiet.
+    #[arg(long, default_value_t = 60.0)]
+    pub settle_secs: f64,
     /// Where bgp-scale.{json,md,svg} go.
     #[arg(long, default_value = "target/perf")]
     pub out: PathBuf,
@@ -125,35 +127,6 @@ struct LabResult {
     node_stopped: Spread,
 }
 
-struct Bench {
-    router: PathBuf,
-    base: PathBuf,
-    scratch: PathBuf,
-    lab: lab::Lab,
-}
-
-impl Bench {
-    fn router(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(&self.router)
-            .env("ROUTER_LAB", LAB)
-            .env("ROUTER_LAB_DIR", &self.base)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!("router {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        let _ = self.router(&["lab", "down"]);
-        let _ = std::fs::remove_dir_all(&self.scratch);
-    }
-}
-
 /// One node daemon's figures from /proc.
 #[derive(Debug, Clone, Copy)]
 struct Usage {
@@ -205,13 +178,12 @@ fn cpu_ticks() -> (u64, u64) {
     (work, v.iter().take(8).sum())
 }
 
-/// Waits (up to a minute) until the machine is quiet: after a lab goes down, the kernel goes
-/// on dismantling its namespaces for a while, holding the routing lock the next lab needs,
-/// and each lab should start from the same calm.
-fn settle() {
+/// Waits (up to `most`) until the machine is quiet: after a lab goes down, the kernel goes
+/// on dismantling its namespaces for a while, and each lab should start from the same calm.
+fn settle(most: Duration) {
     let t0 = Instant::now();
     let mut before = cpu_ticks();
-    while t0.elapsed() < Duration::from_secs(60) {
+    while t0.elapsed() < most {
         std::thread::sleep(Duration::from_secs(1));
         let now = cpu_ticks();
         let (work, all) = (now.0.saturating_sub(before.0), now.1.saturating_sub(before.1));
@@ -254,6 +226,11 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if !router.exists() {
         bail!("{} is missing: build everything first with `cargo build --release`", router.display());
     }
+    for (name, v) in [("--idle-secs", o.idle_secs), ("--settle-secs", o.settle_secs)] {
+        if !(0.0..=3600.0).contains(&v) {
+            bail!("{name} {v}: between 0 and 3600 seconds");
+        }
+    }
     let k = usize::from(o.route_reflectors);
     if let Some(n) = o.nodes.iter().find(|&&n| usize::from(n) <= k) {
         bail!("{n} nodes with {k} route reflectors: a lab needs more nodes than reflectors");
@@ -280,7 +257,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             r.lab_up_s,
             r.bgp_bytes / 1024,
             r.rss_mib_mean,
-            median(&r.borrowed_announced.iter().map(|s| s.every_ms).collect::<Vec<_>>()),
+            crate::median(&r.borrowed_announced.iter().map(|s| s.every_ms).collect::<Vec<_>>()),
         ));
         results.push(r);
         bar.inc(1);
@@ -316,9 +293,7 @@ fn measure(
     o: &Options,
     stage: &dyn Fn(&str),
 ) -> anyhow::Result<LabResult> {
-    let scratch = crate::scratch_dir("router-perf-scale-")?;
-    let base = scratch.join("labs");
-    let b = Bench { router: router.to_path_buf(), lab: lab::Lab::new(LAB, &base)?, base, scratch };
+    let b = crate::scratchlab::ScratchLab::new(router, LAB, "router-perf-scale-")?;
     let rr = match layout {
         Layout::Mesh => 0,
         Layout::Reflectors => k,
@@ -330,7 +305,7 @@ fn measure(
     let topo = lab::topology::Topology::parse(&topo_file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     stage("waiting for a quiet machine");
-    settle();
+    settle(Duration::from_secs_f64(o.settle_secs));
     stage("lab up");
     let (nodes, subnets, rrs) = (n.to_string(), o.subnets.to_string(), rr.to_string());
     let t0 = Instant::now();
@@ -463,12 +438,6 @@ fn routes_by(c: &Client, addr: Ipv4Addr, prefix: ipnet::Ipv4Net) -> Option<bool>
     c.lookup(addr.into()).ok().map(|r| r.is_some_and(|r| r.prefix == prefix.into()))
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn markdown(results: &[LabResult]) -> String {
     use std::fmt::Write as _;
     let layout = |r: &LabResult| r.layout.name(r.route_reflectors);
@@ -531,7 +500,7 @@ fn markdown(results: &[LabResult]) -> String {
     let med = |v: &[Spread]| {
         let f: Vec<f64> = v.iter().map(|s| s.first_ms).collect();
         let e: Vec<f64> = v.iter().map(|s| s.every_ms).collect();
-        format!("{:.0} / {:.0}", median(&f), median(&e))
+        format!("{:.0} / {:.0}", crate::median(&f), crate::median(&e))
     };
     for r in results {
         let _ = writeln!(

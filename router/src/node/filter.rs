@@ -56,7 +56,8 @@ fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &[Ipv4Ad
 }
 
 impl TransitFilter {
-    pub(super) fn install(ifaces: &Interfaces) -> Option<TransitFilter> {
+    /// Puts the filter on `devs` (the Ethernet interfaces the router reads).
+    pub(super) fn install(devs: &[String]) -> Option<TransitFilter> {
         let local = match local_addresses() {
             Ok(l) => l,
             Err(e) => {
@@ -64,8 +65,7 @@ impl TransitFilter {
                 return None;
             }
         };
-        let devs = ifaces.iter().filter(|(_, f)| f.role.is_ethernet()).map(|(_, f)| f.name.as_str());
-        let devs = apply_transit_filter(devs, &local);
+        let devs = apply_transit_filter(devs.iter().map(String::as_str), &local);
         tracing::info!(interfaces = devs.len(), local = ?local, "transit filter on");
         Some(TransitFilter { devs, local })
     }

@@ -65,7 +65,10 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
             );
             return Ok(Interfaces::new(list));
         }
-        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+        // Asked with access(2), not by opening it: closing a TUN file takes the kernel's
+        // routing lock, which a hundred nodes starting at once queue for.
+        let rw = nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK;
+        if let Err(e) = nix::unistd::access("/dev/net/tun", rw) {
             // A user without root where /dev/net/tun is 0600: everything but this works.
             tracing::warn!(
                 "no {dev}: /dev/net/tun cannot be opened ({e}), so this node's own processes cannot reach pods behind the tunnel (pods can)"

@@ -33,17 +33,19 @@ pub(super) struct KernelWork {
 }
 
 impl KernelWork {
-    /// Starts the thread, which first removes the routes a run that crashed left behind.
-    pub(super) fn start(tun: bool, ipv6: bool, filter: Option<TransitFilter>) -> anyhow::Result<KernelWork> {
+    /// Starts the thread, which first removes the routes a run that crashed left behind and
+    /// puts the transit filter on `filter_on`.
+    pub(super) fn start(tun: bool, ipv6: bool, filter_on: Option<Vec<String>>) -> anyhow::Result<KernelWork> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let done = Arc::new(AtomicU64::new(0));
-        let filtered = Arc::new(Mutex::new(filter.as_ref().map(|f| f.devs.clone())));
+        let filtered = Arc::new(Mutex::new(filter_on.as_ref().map(|_| Vec::new())));
         let (finished, shown) = (done.clone(), filtered.clone());
         let thread = std::thread::Builder::new()
             .name("kernel".into())
             .spawn(move || {
-                let mut filter = filter;
                 flush(ipv6);
+                let mut filter = filter_on.and_then(|devs| TransitFilter::install(&devs));
+                *shown.lock().unwrap_or_else(|e| e.into_inner()) = filter.as_ref().map(|f| f.devs.clone());
                 let mut installed = Vec::new();
                 while let Ok(first) = rx.recv() {
                     let mut jobs = vec![first];

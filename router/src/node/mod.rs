@@ -298,17 +298,22 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         ..Default::default()
     };
     let dp = Dataplane::start(ifaces, fib.clone(), dp_cfg).context("starting the data plane")?;
-    let filter = match cfg.dataplane {
-        DataplaneMode::Afpacket if cfg.transit_filter => TransitFilter::install(dp.interfaces()),
+    // The filter goes on from the kernel thread: nothing depends on it, and a node that
+    // waited for `tc` here would answer nobody meanwhile.
+    let filter_on: Option<Vec<String>> = match cfg.dataplane {
+        DataplaneMode::Afpacket if cfg.transit_filter => {
+            Some(dp.interfaces().iter().filter(|(_, f)| f.role.is_ethernet()).map(|(_, f)| f.name.clone()).collect())
+        }
         _ => None,
     };
-    let kernel_work = match kernel::KernelWork::start(cfg.dataplane == DataplaneMode::Tun, cfg.ipv6.is_some(), filter) {
-        Ok(k) => k,
-        Err(e) => {
-            dp.stop();
-            return Err(e);
-        }
-    };
+    let kernel_work =
+        match kernel::KernelWork::start(cfg.dataplane == DataplaneMode::Tun, cfg.ipv6.is_some(), filter_on) {
+            Ok(k) => k,
+            Err(e) => {
+                dp.stop();
+                return Err(e);
+            }
+        };
     let mut node = Node {
         cfg,
         dp,
