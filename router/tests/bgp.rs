@@ -50,7 +50,6 @@ fn route(lab: &TestLab, node: &str, prefix: &str) -> Option<serde_json::Value> {
 }
 
 /// Polls `cond` every 200 ms until it holds or `secs` pass.
-/// The pid of a node's `router node` daemon, from the lab's status.
 fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {

@@ -29,6 +29,71 @@ fn every_pod_pair(lab: &TestLab) {
     }
 }
 
+/// A planned restart of a dual-stack node (RFC 4724 for both families): the new daemon starts
+/// on the saved IPv6 routes as well as the IPv4 ones, the other nodes keep its IPv6 block
+/// throughout, and IPv6 between the other nodes' pods loses nothing.
+#[test]
+fn a_planned_restart_keeps_the_ipv6_routes_too() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    let old_pid = lab.daemon_pid("node-b");
+    let (b_block, b_pod) = ("fd00:10:244::40/122", "fd00:10:244::41");
+    let mut others = lab.command(&[
+        "lab",
+        "exec",
+        "pod-a1",
+        "--",
+        "ping",
+        "-6",
+        "-c",
+        "100",
+        "-i",
+        "0.05",
+        "-W",
+        "1",
+        "fd00:10:244::81",
+    ]);
+    let others = others.stdout(Stdio::piped()).spawn().expect("ping");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let mut restart = lab.command(&["lab", "restart", "node-b"]);
+    let restart = std::thread::spawn(move || restart.output().expect("router runs"));
+    while !restart.is_finished() {
+        for node in ["node-a", "node-c"] {
+            let r = lookup(&lab, node, b_pod);
+            assert_eq!(r["prefix"], b_block, "{node} dropped node-b's IPv6 block during the restart: {r}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = restart.join().expect("restart thread");
+    assert!(out.status.success(), "lab restart: {}{}", text(&out.stdout), text(&out.stderr));
+    assert_ne!(lab.daemon_pid("node-b"), old_pid);
+    // The new daemon started on node-a's and node-c's IPv6 blocks, saved by the old one.
+    let log = std::fs::read_to_string(lab.dir.join(&lab.name).join("node-b.log")).expect("log");
+    let plain: String = strip_ansi(&log);
+    let line = plain.lines().find(|l| l.contains("restarting gracefully")).unwrap_or_else(|| panic!("{plain}"));
+    assert!(line.contains("routes6=2"), "{line}");
+    assert_no_loss(&text(&others.wait_with_output().expect("ping").stdout));
+    every_pod_pair(&lab);
+}
+
+/// The text of a log without its terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[test]
 fn on_the_tun_data_plane_the_kernel_forwards_ipv6_on_the_routes_bgp_taught() {
     let lab = TestLab::up(&["--dual-stack", "--dataplane", "tun"]);

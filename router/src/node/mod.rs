@@ -264,7 +264,11 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     let restart_time = Duration::from_secs(u64::from(cfg.bgp.as_ref().map_or(0, |b| b.graceful_restart_secs)));
     let saved = restart::take(&cfg, restart_time);
     if let Some(s) = &saved {
-        tracing::info!(routes = s.learned.len(), "restarting gracefully: forwarding on the saved routes");
+        tracing::info!(
+            routes = s.learned.len(),
+            routes6 = s.learned6.len(),
+            "restarting gracefully: forwarding on the saved routes"
+        );
     }
     let (learned, learned6, hops) = saved
         .as_ref()
