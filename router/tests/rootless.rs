@@ -208,6 +208,25 @@ fn a_users_lab_and_roots_lab_of_the_same_name_run_side_by_side() {
     assert!(ok, "{out}");
 }
 
+/// Dual stack needs no more privilege than IPv4: IPv6 on the underlay, proxy NDP for the pods'
+/// gateway and the router's IPv6 forwarding all work inside the user's namespaces.
+#[test]
+fn an_unprivileged_user_runs_the_dual_stack_lab() {
+    let lab = UserLab::new();
+    lab.ok(&["lab", "up", "--dual-stack"]);
+    // Same node, same subnet, and across the underlay router.
+    for dst in ["fd00:10:244::2", "fd00:10:244::41", "fd00:10:244::81"] {
+        let out = lab.router(&["lab", "exec", "pod-a1", "--", "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", dst]);
+        assert!(out.status.success(), "pod-a1 → {dst}:\n{}{}", text(&out.stdout), text(&out.stderr));
+        assert_no_loss(&text(&out.stdout));
+    }
+    lab.ping("pod-a1", "10.244.3.1");
+    let r = lab.json(&["routes", "--node", "node-a", "--lookup", "fd00:10:244::81", "--json"]);
+    assert_eq!((r["prefix"].as_str(), r["source"].as_str()), (Some("fd00:10:244::80/122"), Some("bgp")), "{r}");
+    let down = lab.ok(&["lab", "down"]);
+    assert!(down.contains("removed 10 namespaces"), "{down}");
+}
+
 #[test]
 fn down_cleans_up_after_the_keeper_died() {
     let lab = UserLab::new();
