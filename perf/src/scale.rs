@@ -226,10 +226,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if !router.exists() {
         bail!("{} is missing: build everything first with `cargo build --release`", router.display());
     }
-    for (name, v) in [("--idle-secs", o.idle_secs), ("--settle-secs", o.settle_secs)] {
-        if !(0.0..=3600.0).contains(&v) {
-            bail!("{name} {v}: between 0 and 3600 seconds");
-        }
+    if !(0.1..=3600.0).contains(&o.idle_secs) {
+        bail!("--idle-secs {}: between 0.1 and 3600 seconds", o.idle_secs);
+    }
+    if !(0.0..=3600.0).contains(&o.settle_secs) {
+        bail!("--settle-secs {}: between 0 and 3600 seconds", o.settle_secs);
+    }
+    if o.rounds == 0 {
+        bail!("--rounds 0: at least one round");
     }
     let k = usize::from(o.route_reflectors);
     if let Some(n) = o.nodes.iter().find(|&&n| usize::from(n) <= k) {
