@@ -717,6 +717,16 @@ impl Generated {
         Ok(t)
     }
 
+    /// BGP sessions of the layout: every pair of nodes in a mesh; with reflectors, every
+    /// pair of reflectors and every client with each reflector.
+    pub fn sessions(&self) -> usize {
+        let (n, k) = (self.nodes, self.route_reflectors.min(self.nodes));
+        match k {
+            0 => n * n.saturating_sub(1) / 2,
+            k => k * (k - 1) / 2 + k * (n - k),
+        }
+    }
+
     /// How the lab names its topology in `lab status`.
     pub fn describe(&self) -> String {
         let layout = match self.route_reflectors {
@@ -788,6 +798,16 @@ mod tests {
         let blocks: HashSet<_> = t.nodes.iter().map(|n| n.block).collect();
         assert_eq!(blocks.len(), 100);
         assert!(generate(0, 1, 1).is_err() && generate(2000, 2, 1).is_err() && generate(10, 0, 1).is_err());
+    }
+
+    #[test]
+    fn generated_layouts_know_their_sessions() {
+        let g = |nodes, route_reflectors| Generated { nodes, subnets: 2, pods_per_node: 1, route_reflectors };
+        assert_eq!(g(100, 0).sessions(), 4950);
+        // Two reflectors: one session between them, two for each of the 98 clients.
+        assert_eq!(g(100, 2).sessions(), 1 + 2 * 98);
+        assert_eq!(g(20, 1).sessions(), 19);
+        assert_eq!(g(1, 0).sessions(), 0);
     }
 
     #[test]

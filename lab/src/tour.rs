@@ -311,17 +311,19 @@ pub fn scale(lab: &Lab, exe: &Path, n: usize) -> anyhow::Result<()> {
         let mut up = vec!["lab", "up", &named, "--nodes", &nodes];
         let title = match extra {
             None => {
+                let g = crate::topology::Generated { nodes: n, subnets: 2, pods_per_node: 1, route_reflectors: 0 };
                 t.title(
                     "A full mesh",
-                    &format!("Every node peers with every other: {n}·{}/2 = {} sessions, {} per node. `lab up` returns once every node has every block.", n - 1, n * (n - 1) / 2, n - 1),
+                    &format!("Every node peers with every other: {n}·{}/2 = {} sessions, {} per node. `lab up` returns once every node has every block.", n - 1, g.sessions(), n - 1),
                 );
                 "full mesh"
             }
             Some(k) => {
                 up.extend(["--route-reflectors", k]);
+                let g = crate::topology::Generated { nodes: n, subnets: 2, pods_per_node: 1, route_reflectors: 2 };
                 t.title(
                     "Two route reflectors",
-                    &format!("The mesh is off; node-1 and node-2 reflect (one cluster ID) and every other node peers with them only: 1 + 2·{} = {} sessions, 2 per node. Reflectors pass each block on, so every node still learns every block.", n - 2, 1 + 2 * (n - 2)),
+                    &format!("The mesh is off; node-1 and node-2 reflect (one cluster ID) and every other node peers with them only: 1 + 2·{} = {} sessions, 2 per node. Reflectors pass each block on, so every node still learns every block.", n - 2, g.sessions()),
                 );
                 "2 route reflectors"
             }
