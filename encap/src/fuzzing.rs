@@ -1,7 +1,7 @@
 //! Entry points for the fuzz targets in `fuzz/` (and the tests that replay their corpora):
 //! each takes the fuzzer's bytes and panics only where an invariant breaks.
 
-use crate::gro::{coalesce, mergeable, run_len};
+use crate::gro::{coalesce, merge_vxlan, mergeable, run_len};
 use crate::gso::{complete_checksum, TcpSegments, UdpSegments, GSO_TCPV4, MIN_MSS, MIN_UDP_SEGMENT};
 use crate::ipv4::Packet;
 use crate::tcp;
@@ -139,6 +139,59 @@ pub fn gro(data: &[u8]) {
         assert!(tcp::Packet::new_unchecked(ip.payload()).verify_checksum(ip.src(), ip.dst()), "TCP checksum");
         i += n;
     }
+    vxlan_run(&frames, &segs);
+}
+
+/// The same frames, each behind a VXLAN and an inner Ethernet header, as the datagrams of
+/// one UDP super-packet: [`merge_vxlan`] merges it exactly when the frames make one run of
+/// whole packets, into the packet [`coalesce`] makes of them, and otherwise leaves it as it
+/// was.
+fn vxlan_run(frames: &[Vec<u8>], segs: &[Option<(&[u8], crate::gro::Mergeable)>]) {
+    const HEADS: [u8; 22] = [8, 0, 0, 0, 0, 0x10, 0, 0, 2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0];
+    let (Some(first), Some(last)) = (frames.first(), frames.last()) else { return };
+    let n = frames.len();
+    let equal = frames[..n - 1].iter().all(|f| f.len() == first.len());
+    let total = 28 + n * HEADS.len() + frames.iter().map(Vec::len).sum::<usize>();
+    if n < 2 || !equal || last.is_empty() || last.len() > first.len() || total > usize::from(u16::MAX) {
+        return;
+    }
+    let mut p = vec![0u8; 28];
+    let payload_len = total - 28;
+    crate::ipv4::Repr {
+        src: [192, 168, 100, 100].into(),
+        dst: [192, 168, 100, 101].into(),
+        protocol: crate::ipv4::Protocol::Udp,
+        tos: 0,
+        ident: 1,
+        dont_frag: true,
+        ttl: 64,
+        payload_len: crate::udp::HEADER_LEN + payload_len,
+    }
+    .emit(&mut p);
+    crate::udp::Repr { src_port: 1, dst_port: crate::vxlan::PORT, payload_len }.emit(&mut p[20..]);
+    for f in frames {
+        p.extend_from_slice(&HEADS);
+        p.extend_from_slice(f);
+    }
+    let before = p.clone();
+    let size = (HEADS.len() + first.len()) as u16;
+    let one_run = run_len(segs, 0) == n;
+    let exact =
+        frames.iter().all(|f| Packet::new_checked(&f[..]).is_ok_and(|ip| usize::from(ip.total_len()) == f.len()));
+    let Some(m) = merge_vxlan(&mut p, size, true) else {
+        assert!(!(one_run && exact), "a run of whole packets merges");
+        assert_eq!(p, before, "left as it was");
+        return;
+    };
+    assert!(one_run && exact);
+    assert_eq!((m.segments, m.len), (n, total - (n - 1) * (HEADS.len() + 20 + m.thl)));
+    let run: Vec<_> = segs.iter().flatten().copied().collect();
+    let mut want = vec![0u8; 70_000];
+    let (len, hdr) = coalesce(&run, 0, &mut want).expect("a run fits in 64 KB");
+    assert_eq!(&p[28 + HEADS.len()..m.len], &want[..len], "the packet coalesce makes");
+    assert_eq!((usize::from(hdr.gso_size), m.thl), (usize::from(m.mss), run[0].1.thl));
+    let outer = Packet::new_checked(&p[..m.len]).expect("outer IPv4");
+    assert!(outer.verify_checksum() && usize::from(outer.total_len()) == m.len);
 }
 
 /// Any bytes as a VXLAN packet (outer IPv4 onward): unwrapping never panics; what it accepts

@@ -3,9 +3,10 @@
 //! virtio-net header, so the pod takes one packet where it took dozens. Pure functions over
 //! views: which frames make a run (`run_len`), and the merge (`coalesce`).
 
-use crate::gso::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
+use crate::gso::{UdpSegments, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 use crate::ipv4::{self, Protocol};
 use crate::tcp::{self, flags};
+use crate::{ethernet, udp, vxlan};
 
 /// A TCP/IPv4 segment that may join a coalesced super-packet: no IP options, not a
 /// fragment, only ACK (and PSH) set, a payload, and both checksums correct, so that merging
@@ -21,6 +22,11 @@ pub struct Mergeable {
 
 /// `pkt` (an IPv4 packet, possibly followed by padding) as a [`Mergeable`] segment.
 pub fn mergeable(pkt: &[u8]) -> Option<Mergeable> {
+    shape(pkt, true)
+}
+
+/// [`mergeable`], with the checksums looked at only if `verify`.
+fn shape(pkt: &[u8], verify: bool) -> Option<Mergeable> {
     let ip = ipv4::Packet::new_checked(pkt).ok()?;
     let plain = ip.header_len() == ipv4::HEADER_LEN && !ip.reserved_flag() && !ip.more_frags() && ip.frag_offset() == 0;
     if !plain || ip.protocol() != Protocol::Tcp {
@@ -31,7 +37,7 @@ pub fn mergeable(pkt: &[u8]) -> Option<Mergeable> {
     if t.payload().is_empty() || f & flags::ACK == 0 || f & !(flags::ACK | flags::PSH) != 0 {
         return None;
     }
-    if !ip.verify_checksum() || !t.verify_checksum(ip.src(), ip.dst()) {
+    if verify && (!ip.verify_checksum() || !t.verify_checksum(ip.src(), ip.dst())) {
         return None;
     }
     Some(Mergeable { thl: t.header_len(), payload: t.payload().len(), seq: t.seq(), psh: f & flags::PSH != 0 })
@@ -123,6 +129,96 @@ pub fn coalesce(run: &[(&[u8], Mergeable)], l2: usize, out: &mut [u8]) -> Option
     Some((len, hdr))
 }
 
+/// What [`merge_vxlan`] made: the packet's new length, how many segments it took, and the
+/// segment size and TCP header length of the TCP super-packet inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanMerge {
+    pub len: usize,
+    pub segments: usize,
+    pub mss: u16,
+    pub thl: usize,
+}
+
+/// Bytes in front of the inner IPv4 header in each VXLAN datagram's UDP payload.
+const VXLAN_INNER: usize = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
+
+/// Merges, in place, a UDP super-packet of VXLAN datagrams into one VXLAN packet around the
+/// TCP super-packet they carry. `pkt` is the outer IPv4 packet (no link header) whose
+/// payload the kernel would cut every `size` bytes ([`UdpSegments`]); it merges when every
+/// datagram holds exactly one TCP/IPv4 segment, behind the same VXLAN and inner Ethernet
+/// headers, and each segment [`follows`] the one before: what a sender makes of one TCP
+/// super-packet with [`crate::gso::TcpSegments`] and `GSO_UDP_L4`. The payloads move
+/// together behind the first segment's headers (one pass over the bytes, where cutting the
+/// datagrams apart and merging them again took two); lengths and the outer and inner IPv4
+/// checksums are rewritten, the outer UDP checksum left out (zero) and the TCP one partial,
+/// as [`coalesce`] leaves it. `verify`: check each segment's IPv4 and TCP checksums first;
+/// the caller may skip that only for bytes that never left this machine's memory (the
+/// kernel's partial checksum says so). `None`, with `pkt` untouched, for anything else.
+pub fn merge_vxlan(pkt: &mut [u8], size: u16, verify: bool) -> Option<VxlanMerge> {
+    let segs = UdpSegments::new(pkt, size).ok()?;
+    let n = segs.count();
+    let ihl = ipv4::Packet::new_unchecked(&pkt[..]).header_len();
+    let hdrs = ihl + udp::HEADER_LEN;
+    let end = usize::from(ipv4::Packet::new_unchecked(&pkt[..]).total_len());
+    let size = usize::from(size);
+    if n < 2 {
+        return None;
+    }
+    let datagram = |i: usize| &pkt[hdrs + i * size..end.min(hdrs + (i + 1) * size)];
+    let d0 = datagram(0);
+    let outer_heads = d0.get(..VXLAN_INNER)?;
+    if outer_heads[VXLAN_INNER - 2..] != [0x08, 0x00] {
+        return None;
+    }
+    let first = (d0.get(VXLAN_INNER..)?, shape(&d0[VXLAN_INNER..], verify)?);
+    let (mut prev, mut total) = (first, ipv4::HEADER_LEN + first.1.thl + first.1.payload);
+    for i in 0..n {
+        let d = datagram(i);
+        let (Some(heads), Some(inner)) = (d.get(..VXLAN_INNER), d.get(VXLAN_INNER..)) else { return None };
+        let m = if i == 0 { first.1 } else { shape(inner, verify)? };
+        // Exactly one packet per datagram: no padding to carry along.
+        if heads != outer_heads || inner.len() != ipv4::HEADER_LEN + m.thl + m.payload {
+            return None;
+        }
+        if i > 0 {
+            if !follows(first, prev, (inner, m), total) {
+                return None;
+            }
+            total += m.payload;
+        }
+        prev = (inner, m);
+    }
+    let (thl, mss) = (first.1.thl, first.1.payload);
+    let psh = prev.1.psh;
+    // Every segment but the first gives up its headers; only the payloads move.
+    let heads = VXLAN_INNER + ipv4::HEADER_LEN + thl;
+    let mut at = hdrs + size;
+    for i in 1..n {
+        let from = hdrs + i * size + heads;
+        let len = end.min(hdrs + (i + 1) * size) - from;
+        pkt.copy_within(from..from + len, at);
+        at += len;
+    }
+    let len = at;
+    let mut outer = ipv4::Packet::new_unchecked(&mut pkt[..len]);
+    outer.set_total_len(len as u16);
+    outer.fill_checksum();
+    let mut u = udp::Packet::new_unchecked(&mut pkt[ihl..len]);
+    u.set_len((len - ihl) as u16);
+    u.set_checksum(0);
+    let l3 = hdrs + VXLAN_INNER;
+    let mut ip = ipv4::Packet::new_unchecked(&mut pkt[l3..len]);
+    ip.set_total_len((len - l3) as u16);
+    ip.fill_checksum();
+    let (src, dst) = (ip.src(), ip.dst());
+    let mut t = tcp::Packet::new_unchecked(&mut pkt[l3 + ipv4::HEADER_LEN..len]);
+    if psh {
+        t.set_flags(t.flags() | flags::PSH);
+    }
+    t.fill_partial_checksum(src, dst);
+    Some(VxlanMerge { len, segments: n, mss: mss as u16, thl })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +293,106 @@ mod tests {
         psh[33] |= flags::PSH;
         refresh_tcp_checksum(&mut psh);
         assert!(!follows((a, m(a)), (&psh, m(&psh)), (q, m(q)), total));
+    }
+
+    /// The VXLAN header (VNI 4096) and inner Ethernet header in front of every segment.
+    const HEADS: [u8; VXLAN_INNER] =
+        [0x08, 0, 0, 0, 0, 0x10, 0, 0, 0x66, 0xee, 0, 0, 0, 0x0c, 0x66, 0xee, 0, 0, 0, 0x0a, 0x08, 0x00];
+
+    /// A UDP super-packet 192.168.100.100 → .101, port 4789, of one VXLAN datagram per
+    /// segment, each `HEADS` and the segment, every one but the last `size` bytes long.
+    fn wrapped(segs: &[Vec<u8>]) -> (Vec<u8>, u16) {
+        let size = VXLAN_INNER + segs[0].len();
+        let payload: Vec<u8> = segs.iter().flat_map(|s| HEADS.iter().chain(s.iter()).copied()).collect();
+        let mut p = vec![0u8; 28];
+        ipv4::Repr {
+            src: [192, 168, 100, 100].into(),
+            dst: [192, 168, 100, 101].into(),
+            protocol: Protocol::Udp,
+            tos: 0,
+            ident: 7,
+            dont_frag: false,
+            ttl: 64,
+            payload_len: udp::HEADER_LEN + payload.len(),
+        }
+        .emit(&mut p);
+        udp::Repr { src_port: 51234, dst_port: vxlan::PORT, payload_len: payload.len() }.emit(&mut p[20..]);
+        p.extend_from_slice(&payload);
+        (p, size as u16)
+    }
+
+    #[test]
+    fn a_udp_super_packet_of_vxlan_segments_merges_in_place_into_their_super_packet() {
+        let (orig, segs) = cut();
+        let (mut p, size) = wrapped(&segs);
+        let m = merge_vxlan(&mut p, size, true).expect("merges");
+        assert_eq!(m, VxlanMerge { len: 28 + VXLAN_INNER + orig.len(), segments: segs.len(), mss: 1448, thl: 20 });
+        let p = &mut p[..m.len];
+        let outer = ipv4::Packet::new_checked(&p[..]).expect("outer IPv4");
+        assert!(outer.verify_checksum());
+        assert_eq!(usize::from(outer.total_len()), m.len);
+        let u = udp::Packet::new_unchecked(&p[20..]);
+        assert_eq!((usize::from(u.len()), u.checksum(), u.dst_port()), (m.len - 20, 0, vxlan::PORT));
+        assert_eq!(p[28..28 + VXLAN_INNER], HEADS);
+        let inner = &mut p[28 + VXLAN_INNER..];
+        assert_eq!(checksum::checksum(&inner[..20]), 0, "inner IPv4 checksum");
+        // Finishing the partial checksum gives the sender's super-packet back, byte for byte.
+        complete_checksum(inner, 20, 16).expect("in range");
+        assert_eq!(inner, &orig[..]);
+    }
+
+    #[test]
+    fn datagrams_that_are_not_one_run_stay_as_they_are() {
+        let (_, segs) = cut();
+        let refused = |segs: &[Vec<u8>], verify: bool, what: &str| {
+            let (mut p, size) = wrapped(segs);
+            let before = p.clone();
+            assert_eq!(merge_vxlan(&mut p, size, verify), None, "{what}");
+            assert_eq!(p, before, "{what}: untouched");
+        };
+        let mut swapped = segs.clone();
+        swapped.swap(1, 2);
+        refused(&swapped, true, "out of order");
+        refused(&segs[..1], true, "one datagram");
+        let mut bad = segs.clone();
+        bad[3][100] ^= 0xff;
+        refused(&bad, true, "a bad TCP checksum");
+        let (mut p, size) = wrapped(&bad);
+        assert!(merge_vxlan(&mut p, size, false).is_some(), "trusted bytes are not summed");
+        let mut fin = segs.clone();
+        fin[2][33] |= flags::FIN;
+        refresh_tcp_checksum(&mut fin[2]);
+        refused(&fin, true, "FIN");
+        // Another VNI, another inner MAC, or not IPv4 inside, in one datagram or all.
+        for (at, what) in [(5, "VNI"), (9 + 5, "inner MAC"), (VXLAN_INNER - 1, "inner ethertype")] {
+            let (mut p, size) = wrapped(&segs);
+            p[28 + usize::from(size) * 2 + at] ^= 1;
+            assert_eq!(merge_vxlan(&mut p, size, true), None, "{what} of one datagram");
+            let (mut p, size) = wrapped(&segs);
+            for i in 0..segs.len() {
+                p[28 + usize::from(size) * i + at] ^= 1;
+            }
+            let merged = merge_vxlan(&mut p, size, true);
+            if at == VXLAN_INNER - 1 {
+                assert_eq!(merged, None, "{what} of all");
+            } else {
+                // The same headers everywhere merge; the pipeline judges them once.
+                assert!(merged.is_some(), "{what} of all");
+            }
+        }
+        // Padding behind a segment inside its datagram.
+        let mut padded = segs.clone();
+        padded.last_mut().expect("segments").extend_from_slice(&[0; 4]);
+        refused(&padded, true, "padding");
+        // A cut anywhere, and a segment size that does not match, never panic.
+        let (p, size) = wrapped(&segs);
+        for n in 0..p.len() {
+            let mut cut = p[..n].to_vec();
+            let _ = merge_vxlan(&mut cut, size, false);
+        }
+        for size in [0, 41, 42, size - 1, size + 1, u16::MAX] {
+            let mut q = p.clone();
+            let _ = merge_vxlan(&mut q, size, false);
+        }
     }
 }

@@ -83,7 +83,7 @@ fn frame(dst: std::net::IpAddr) -> Vec<u8> {
 
 fn pipeline(c: &mut Criterion) {
     let n = node();
-    let ctx = Context { fib: &n.fib, neigh: &n.neigh, ifaces: &n.ifaces, gso: None };
+    let ctx = Context { fib: &n.fib, neigh: &n.neigh, ifaces: &n.ifaces, gso: None, packets: 1 };
     let counters = Counters::new(n.ifaces.len());
     let cases = [
         ("ipv4/other-node", frame(Ipv4Addr::new(10, 244, 2, 1).into())),

@@ -4,7 +4,8 @@
 use crate::fib::{Fib, NextHop, NextHop6, Route, Route6, Tunnels};
 use crate::neigh::{NeighTable, Neighbour};
 use crate::pipeline::{
-    fragment, process, process_l3, process_udp_super, segment, segment_vxlan, Context, Span, Verdict, ICMP_ERROR_MAX,
+    fragment, merge_vxlan_super, process, process_l3, process_udp_super, segment, segment_vxlan, Context, Span,
+    Verdict, ICMP_ERROR_MAX,
 };
 use crate::{Counters, IfaceId, IfaceRole, Interface, Interfaces};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -164,7 +165,8 @@ fn in_buf(span: Span) {
 /// size), tunnel routes (IPIP and VXLAN out, and in), fragmentation and the tun entry point.
 /// Input: a selector byte (bits 0-1: ingress interface; bit 2: the tun node instead of the
 /// afpacket one; bit 3: a super-packet, its segment size in the next two bytes; bit 4 with
-/// bit 3 on the afpacket node: a UDP super-packet), then the frame (the packet, in tun mode).
+/// bit 3 on the afpacket node: a UDP super-packet, bit 5 its checksum partial), then the
+/// frame (the packet, in tun mode).
 pub fn pipeline(data: &[u8]) {
     let Some((&sel, mut frame)) = data.split_first() else { return };
     let tun_mode = sel & 4 != 0;
@@ -179,11 +181,21 @@ pub fn pipeline(data: &[u8]) {
     let counters = Counters::new(n.ifaces.len());
     let mut buf = vec![0u8; BUF];
     buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-    let ctx = Context { fib: &n.fib, neigh: &n.neigh, ifaces: &n.ifaces, gso };
+    let ctx = Context { fib: &n.fib, neigh: &n.neigh, ifaces: &n.ifaces, gso, packets: 1 };
     let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
     let in_if = IfaceId(u16::from(sel & 3) % n.ifaces.len() as u16);
     let mut scratch = vec![0u8; 256 * 1024];
     if let Some(size) = gso.filter(|_| sel & 16 != 0 && !tun_mode) {
+        // As the worker: merged whole if it is one TCP run in VXLAN to us, else datagrams.
+        let trusted = sel & 32 != 0;
+        let plain = Context { gso: None, ..ctx };
+        if let Some((merged, hdr, packets)) = merge_vxlan_super(&plain, &counters, &mut buf, span, size, trusted) {
+            in_buf(merged);
+            assert!(merged.start == span.start && merged.end <= span.end, "merging never grows a frame");
+            assert!(packets >= 2);
+            let whole = Context { gso: Some(hdr.gso_size), packets, ..ctx };
+            return after(&whole, &counters, in_if, &mut buf, merged, &mut scratch);
+        }
         let mut out = Vec::new();
         process_udp_super(&Context { gso: None, ..ctx }, &counters, in_if, &buf, span, size, &mut scratch, &mut out);
         for v in out {
@@ -193,11 +205,21 @@ pub fn pipeline(data: &[u8]) {
         }
         return;
     }
-    let v = if tun_mode {
-        process_l3(&ctx, &counters, in_if, &mut buf, span)
-    } else {
-        process(&ctx, &counters, in_if, &mut buf, span)
-    };
+    if tun_mode {
+        let v = process_l3(&ctx, &counters, in_if, &mut buf, span);
+        return check(&ctx, &counters, v, &buf, &mut scratch);
+    }
+    after(&ctx, &counters, in_if, &mut buf, span, &mut scratch)
+}
+
+/// The afpacket pipeline on `buf[span]`, and [`check`] on what it says.
+fn after(ctx: &Context<'_>, counters: &Counters, in_if: IfaceId, buf: &mut [u8], span: Span, scratch: &mut [u8]) {
+    let v = process(ctx, counters, in_if, buf, span);
+    check(ctx, counters, v, buf, scratch)
+}
+
+/// Every span a verdict hands out stays in its buffer, also once cut or fragmented.
+fn check(ctx: &Context<'_>, counters: &Counters, v: Verdict, buf: &[u8], scratch: &mut [u8]) {
     match v {
         Verdict::Transmit { span, .. } | Verdict::Resolve { span, .. } | Verdict::TransmitWhole { span, .. } => {
             in_buf(span)
@@ -205,14 +227,14 @@ pub fn pipeline(data: &[u8]) {
         Verdict::Segment(job) => {
             in_buf(job.span);
             let mut supers = Vec::new();
-            if segment_vxlan(&ctx, &counters, &buf, job, &mut scratch, &mut supers) {
+            if segment_vxlan(ctx, counters, buf, job, scratch, &mut supers) {
                 for f in supers {
                     assert!(f.span.start <= f.span.end && f.span.end <= scratch.len());
                     assert!(f.span.end - f.span.start <= 14 + 65535, "an outer IPv4 packet holds at most 64 KB");
                 }
             }
             let mut out = Vec::new();
-            segment(&ctx, &counters, &buf, job, &mut scratch, &mut out);
+            segment(ctx, counters, buf, job, scratch, &mut out);
             for v in out {
                 if let Verdict::Transmit { span, .. } | Verdict::Resolve { span, .. } = v {
                     assert!(span.start <= span.end && span.end <= scratch.len());
@@ -222,7 +244,7 @@ pub fn pipeline(data: &[u8]) {
         Verdict::Fragment(job) => {
             in_buf(job.span);
             let len = scratch.len();
-            fragment(&ctx, &counters, &buf, job, &mut scratch, |v, _| {
+            fragment(ctx, counters, buf, job, scratch, |v, _| {
                 if let Verdict::Transmit { span, .. } | Verdict::Resolve { span, .. } = v {
                     assert!(span.start <= span.end && span.end <= len);
                 }

@@ -336,7 +336,7 @@ impl Worker {
             // One snapshot per batch round: updates land between rounds, never mid-packet.
             let fib = self.fib.load();
             let neigh = self.neigh.load();
-            let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &self.ifaces, gso: None };
+            let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &self.ifaces, gso: None, packets: 1 };
             for (i, r) in ready.iter_mut().enumerate() {
                 if *r {
                     *r = self.drain(&ctx, i, &mut batch, &mut scratch);
@@ -400,10 +400,11 @@ impl Worker {
                 continue;
             }
             let buf = &mut b.bufs[k];
-            let span = Span { start: HEADROOM, end: HEADROOM + len };
+            let mut span = Span { start: HEADROOM, end: HEADROOM + len };
             // Offloads: a partial checksum is finished here (cheaper than a wrong one
             // downstream); a TCP super-packet goes through the pipeline whole.
-            let hdr = b.hdrs[k];
+            let mut hdr = b.hdrs[k];
+            let mut packets = 1;
             if hdr.needs_csum() && !hdr.is_gso() {
                 let (start, off) = (usize::from(hdr.csum_start), usize::from(hdr.csum_offset));
                 if gso::complete_checksum(&mut buf[span.start..span.end], start, off).is_err() {
@@ -416,8 +417,22 @@ impl Worker {
                 match hdr.gso_type & !gso::GSO_ECN {
                     gso::GSO_TCPV4 | gso::GSO_TCPV6 => crate::counters::bump(&self.counters.gso_received, 1),
                     gso::GSO_UDP_L4 if port.is_ethernet() => {
-                        self.udp_super(ctx, in_if, k, span, hdr.gso_size, b, scratch, tapping);
-                        continue;
+                        if tapping {
+                            self.tap.copy(in_if, Direction::Rx, &buf[span.start..span.end], true);
+                        }
+                        // Merging is receive offload in software: off with the rest of it.
+                        let merged = self
+                            .gro
+                            .then(|| {
+                                let trusted = hdr.needs_csum();
+                                pipeline::merge_vxlan_super(ctx, &self.counters, buf, span, hdr.gso_size, trusted)
+                            })
+                            .flatten();
+                        let Some((s, h, n)) = merged else {
+                            self.udp_super(ctx, in_if, k, span, hdr.gso_size, b, scratch, tapping);
+                            continue;
+                        };
+                        (span, hdr, packets) = (s, h, n);
                     }
                     _ => {
                         self.counters.count_drop(DropReason::GsoFailed);
@@ -425,9 +440,9 @@ impl Worker {
                     }
                 }
             }
-            let pctx = Context { gso: super_packet.then_some(hdr.gso_size), ..*ctx };
+            let pctx = Context { gso: super_packet.then_some(hdr.gso_size), packets, ..*ctx };
             let ctx = &pctx;
-            if tapping {
+            if tapping && packets == 1 {
                 self.tap.copy(in_if, Direction::Rx, &buf[span.start..span.end], port.is_ethernet());
             }
             // Tracing: look at the packet before the pipeline rewrites it in place.
@@ -527,9 +542,6 @@ impl Worker {
         scratch: &mut [u8],
         tapping: bool,
     ) {
-        if tapping {
-            self.tap.copy(in_if, Direction::Rx, &b.bufs[k][span.start..span.end], true);
-        }
         self.flush(b, tapping);
         b.seg_out.clear();
         pipeline::process_udp_super(ctx, &self.counters, in_if, &b.bufs[k], span, size, &mut b.seg, &mut b.seg_out);

@@ -16,6 +16,7 @@ use crate::iface::{IfaceId, IfaceRole, Interface, Interfaces};
 use crate::neigh::{NeighTable, Neighbour};
 use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
+use encap::gro;
 use encap::gso::{self, GsoError, TcpSegments, UdpSegments, VnetHdr};
 use encap::ipip::{self, DecapError};
 use encap::vxlan;
@@ -48,6 +49,10 @@ pub struct Context<'a> {
     /// Set while the packet is an offloaded TCP super-packet: the payload bytes of each of
     /// its segments on the wire (`gso_size` of its virtio-net header).
     pub gso: Option<u16>,
+    /// How many packets of the wire this one stands for: more than one for a super-packet
+    /// merged from a UDP one ([`merge_vxlan_super`]), whose drops and decapsulations count
+    /// each.
+    pub packets: u64,
 }
 
 /// Where a packet sits in the buffer: `buf[start..end]`. The buffer is larger than the packet
@@ -138,7 +143,10 @@ pub enum Verdict {
 /// Processes the Ethernet frame `buf[span]` received on `in_if`.
 pub fn process(ctx: &Context<'_>, counters: &Counters, in_if: IfaceId, buf: &mut [u8], span: Span) -> Verdict {
     let v = classify(ctx, counters, in_if, buf, span);
-    count(counters, v)
+    if let Verdict::Drop(r) = v {
+        counters.count_drops(r, ctx.packets);
+    }
+    v
 }
 
 /// Processes the bare IPv4 packet `buf[span]` received on a `tun`-mode interface.
@@ -419,7 +427,7 @@ fn vxlan_decapsulate(
     if d.vni != vxlan::CALICO_VNI {
         return Verdict::Drop(DropReason::VxlanWrongVni);
     }
-    bump(&counters.vxlan_decapsulated, 1);
+    bump(&counters.vxlan_decapsulated, ctx.packets);
     from_tunnel(ctx, counters, buf, d.start, d.end, to_tun)
 }
 
@@ -830,6 +838,47 @@ pub fn segment_vxlan(
         at = (end + 63) & !63;
     }
     true
+}
+
+/// The UDP super-packet (`GSO_UDP_L4`) in the Ethernet frame `buf[span]`, if it is VXLAN to
+/// this node whose datagrams carry one run of a TCP flow's segments (what another node makes
+/// of a pod's TCP super-packet), merged in place into one VXLAN packet around the TCP
+/// super-packet they make ([`gro::merge_vxlan`]). It then goes through [`process`] once,
+/// whole, as a pod's own super-packet does (with [`Context::packets`] its segment count),
+/// instead of datagram by datagram and merged again for the pod: one copy of its bytes
+/// where that took two and a checksum pass. `trusted`: the kernel marked its checksum
+/// partial, so the bytes never left this machine's memory and the segments' checksums need
+/// no check, as the kernel's own GRO trusts such packets. Returns the merged frame's span,
+/// the offload header of the frame it becomes once unwrapped, and its segment count; `None`,
+/// the frame untouched, for anything else, which [`process_udp_super`] takes.
+pub fn merge_vxlan_super(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    buf: &mut [u8],
+    span: Span,
+    size: u16,
+    trusted: bool,
+) -> Option<(Span, VnetHdr, u64)> {
+    let l3 = span.start + ethernet::HEADER_LEN;
+    let pkt = buf.get_mut(l3..span.end)?;
+    let ip = ipv4::Packet::new_checked(&*pkt).ok()?;
+    if ctx.ifaces.node_addr() != Some(ip.dst()) || !is_vxlan(pkt) {
+        return None;
+    }
+    let m = gro::merge_vxlan(pkt, size, !trusted)?;
+    bump(&counters.udp_gso_received, 1);
+    bump(&counters.gro_packets, 1);
+    bump(&counters.gro_segments, m.segments as u64);
+    let inner_l4 = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
+    let hdr = VnetHdr {
+        flags: gso::F_NEEDS_CSUM,
+        gso_type: gso::GSO_TCPV4,
+        hdr_len: (inner_l4 + m.thl) as u16,
+        gso_size: m.mss,
+        csum_start: inner_l4 as u16,
+        csum_offset: encap::tcp::CHECKSUM_OFFSET as u16,
+    };
+    Some((Span { start: span.start, end: l3 + m.len }, hdr, m.segments as u64))
 }
 
 /// A UDP super-packet (`GSO_UDP_L4`: VXLAN from another node, or a pod's `UDP_SEGMENT`) in

@@ -108,7 +108,7 @@ const HEADROOM: usize = 64;
 
 impl Lab {
     fn ctx(&self) -> Context<'_> {
-        Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces, gso: None }
+        Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces, gso: None, packets: 1 }
     }
 
     /// Runs a frame and, for a `Fragment` verdict, the fragmentation step; returns every
@@ -133,7 +133,7 @@ impl Lab {
     fn run_on(&self, in_if: IfaceId, frame: &[u8]) -> (Verdict, Vec<u8>) {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-        let ctx = Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces, gso: None };
+        let ctx = Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces, gso: None, packets: 1 };
         let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
         let v = process(&ctx, &self.counters, in_if, &mut buf, span);
         let out = match v {
@@ -642,7 +642,7 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
     });
     let neigh = NeighTable::default();
     let counters = Counters::new(2);
-    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, gso: None };
+    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, gso: None, packets: 1 };
     let run = |in_if, pkt: &[u8]| {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
@@ -1136,6 +1136,56 @@ fn a_udp_super_packet_from_a_node_is_unwrapped_datagram_by_datagram_for_the_pod(
 }
 
 #[test]
+fn a_udp_super_packet_of_one_tcp_run_is_merged_and_reaches_the_pod_whole() {
+    let l = lab();
+    let (frame, size) = vxlan_super_from_c(POD_A2, 5000, 1410);
+    let mut buf = vec![0u8; 70_000 + HEADROOM];
+    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
+    let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
+    let (span, hdr, n) = merge_vxlan_super(&l.ctx(), &l.counters, &mut buf, span, size, true).expect("one run");
+    assert_eq!(n, 4);
+    assert_eq!(
+        (hdr.gso_type, hdr.gso_size, hdr.hdr_len, hdr.csum_start, hdr.csum_offset),
+        (gso::GSO_TCPV4, 1410, 54, 34, 16)
+    );
+    assert!(hdr.needs_csum());
+    let ctx = Context { gso: Some(hdr.gso_size), packets: n, ..l.ctx() };
+    let v = process(&ctx, &l.counters, UPLINK, &mut buf, span);
+    let Verdict::TransmitWhole { iface: CALI_A2, span } = v else { panic!("{v:?}") };
+    let mut out = buf[span.start..span.end].to_vec();
+    assert_eq!(&out[..6], &POD_A2_MAC.0);
+    // Finished as the pod's kernel finishes it, it is one TCP packet with all the data.
+    encap::gso::complete_checksum(&mut out, 34, 16).expect("in range");
+    let (seq, flags, data) = tcp_in(&out);
+    assert_eq!((seq, flags & encap::tcp::flags::PSH), (7_000, 0));
+    assert_eq!(data, (0..5000).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    assert_eq!(out[14 + 8], 63, "TTL decremented once");
+    let c = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((c(&l.counters.udp_gso_received), c(&l.counters.vxlan_decapsulated)), (1, 4));
+    assert_eq!((c(&l.counters.gro_packets), c(&l.counters.gro_segments)), (1, 4));
+    // From a sender that is not a node it merges too, and each of its segments is refused.
+    let (mut forged, size) = vxlan_super_from_c(POD_A2, 5000, 1410);
+    forged[26..30].copy_from_slice(&UNDERLAY.octets());
+    ipv4::Packet::new_unchecked(&mut forged[14..]).fill_checksum();
+    let mut buf = vec![0u8; 70_000 + HEADROOM];
+    buf[HEADROOM..HEADROOM + forged.len()].copy_from_slice(&forged);
+    let span = Span { start: HEADROOM, end: HEADROOM + forged.len() };
+    let (span, hdr, n) = merge_vxlan_super(&l.ctx(), &l.counters, &mut buf, span, size, true).expect("one run");
+    let ctx = Context { gso: Some(hdr.gso_size), packets: n, ..l.ctx() };
+    assert_eq!(process(&ctx, &l.counters, UPLINK, &mut buf, span), Verdict::Drop(DropReason::VxlanUnknownSource));
+    assert_eq!(l.drops(DropReason::VxlanUnknownSource), 4);
+    // VXLAN to another address is not this node's to merge; nor is a pod's own UDP.
+    let (mut other, size) = vxlan_super_from_c(POD_A2, 5000, 1410);
+    other[30..34].copy_from_slice(&NODE_C.octets());
+    ipv4::Packet::new_unchecked(&mut other[14..]).fill_checksum();
+    let mut buf = vec![0u8; 70_000 + HEADROOM];
+    buf[HEADROOM..HEADROOM + other.len()].copy_from_slice(&other);
+    let span = Span { start: HEADROOM, end: HEADROOM + other.len() };
+    assert_eq!(merge_vxlan_super(&l.ctx(), &l.counters, &mut buf, span, size, true), None);
+    assert_eq!(&buf[span.start..span.end], &other[..], "untouched");
+}
+
+#[test]
 fn a_pods_udp_super_packet_is_cut_into_datagrams_with_their_checksums() {
     let l = lab();
     // pod-a1's UDP_SEGMENT send to pod-b1: 3000 bytes in 1000-byte datagrams.
@@ -1187,7 +1237,7 @@ fn tun_mode_wraps_vxlan_for_the_raw_socket_and_unwraps_what_the_udp_socket_got()
     });
     let neigh = NeighTable::default();
     let counters = Counters::new(3);
-    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, gso: None };
+    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, gso: None, packets: 1 };
     let run = |in_if, pkt: &[u8]| {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
