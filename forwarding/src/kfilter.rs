@@ -9,10 +9,11 @@
 //! VXLAN: UDP to port 4789, which the kernel would otherwise cut from a super-packet into
 //! datagrams only to find no one to take them); frames to the node's own addresses (BGP,
 //! ping), broadcast and multicast frames (DHCP, a subnet's broadcast address: the router
-//! never forwards them, and the node's kernel may want them), ARP and everything that is not
-//! IPv4 go on to the kernel.
+//! never forwards them, and the node's kernel may want them), ARP and everything that is
+//! neither IPv4 nor IPv6 go on to the kernel. IPv6 alike: what is not for one of the node's
+//! addresses is dropped, but for link-local and multicast destinations (NDP).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// One classic BPF instruction (`struct sock_filter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,28 +49,45 @@ const DST_AT: u32 = 14 + 16;
 /// The UDP destination port, past the IPv4 header (whose length is in X).
 const UDP_DST_PORT_AT: u32 = 14 + 2;
 
-/// At most this many local addresses: jumps in classic BPF reach 255 instructions.
+/// At most this many local IPv4 addresses, and IPv6 ones: jumps in classic BPF reach 255
+/// instructions.
 pub const MAX_LOCAL: usize = 64;
+pub const MAX_LOCAL6: usize = 16;
+
+/// `and #k`, and the IPv6 destination address (four words from here).
+const AND_K: u16 = 0x54;
+const DST6_AT: u32 = 14 + 24;
 
 fn insn(code: u16, jt: usize, jf: usize, k: u32) -> Insn {
+    // MAX_LOCAL and MAX_LOCAL6 keep every jump within reach (a test builds the longest).
+    debug_assert!(jt <= 255 && jf <= 255, "jump {jt}/{jf}");
     Insn { code, jt: jt as u8, jf: jf as u8, k }
 }
 
-/// The program for a node owning `local` (at most [`MAX_LOCAL`]; more is an error).
-pub fn transit_filter(local: &[Ipv4Addr]) -> Result<Vec<Insn>, String> {
+/// The program for a node owning `local` and `local6` (at most [`MAX_LOCAL`] and
+/// [`MAX_LOCAL6`]; more is an error). IPv6 follows the IPv4 rule: a unicast frame to an
+/// address that is not the node's is transit and dropped; link-local (`fe80::/10`, which no
+/// router forwards: NDP, the pods' gateway) and multicast destinations go to the kernel.
+pub fn transit_filter(local: &[Ipv4Addr], local6: &[Ipv6Addr]) -> Result<Vec<Insn>, String> {
     if local.len() > MAX_LOCAL {
         return Err(format!("{} local addresses; the transit filter takes at most {MAX_LOCAL}", local.len()));
     }
-    let n = local.len();
+    if local6.len() > MAX_LOCAL6 {
+        return Err(format!("{} local IPv6 addresses; the transit filter takes at most {MAX_LOCAL6}", local6.len()));
+    }
+    let (n, m) = (local.len(), local6.len());
     // 0 destination MAC, 1 group address?, 2 ethertype, 3 IPv4?, 4 destination IP, 5.. one
-    // test per address, then a jump to drop. A jump at `i` to `t` is `t - i - 1`.
+    // test per address, a jump to drop, the tests for the node's own; then IPv6 alike; then
+    // drop and pass. Jumps go forward only: from `i` to `t` is `t - i - 1`.
     let to_local = 5 + n + 1;
-    let (pass, drop) = (to_local + 8, to_local + 9);
+    let v6 = to_local + 8;
+    let addrs6 = v6 + 6;
+    let (drop, pass) = (addrs6 + 8 * m, addrs6 + 8 * m + 1);
     let mut p = vec![
         insn(LD_B_ABS, 0, 0, GROUP_BIT_AT),
         insn(JSET_K, pass - 2, 0, 1),
         insn(LD_H_ABS, 0, 0, ETHERTYPE_AT),
-        insn(JEQ_K, 0, pass - 4, 0x0800),
+        insn(JEQ_K, 0, v6 - 4, 0x0800),
         insn(LD_W_ABS, 0, 0, DST_AT),
     ];
     for (i, a) in local.iter().enumerate() {
@@ -87,9 +105,29 @@ pub fn transit_filter(local: &[Ipv4Addr]) -> Result<Vec<Insn>, String> {
     p.push(insn(JSET_K, pass - at(4) - 1, 0, 0x1fff));
     p.push(insn(LDX_B_MSH, 0, 0, IP_AT));
     p.push(insn(LD_H_IND, 0, 0, UDP_DST_PORT_AT));
-    p.push(insn(JEQ_K, drop - at(7) - 1, 0, u32::from(encap::vxlan::PORT)));
-    p.push(insn(RET_K, 0, 0, TC_ACT_UNSPEC));
+    p.push(insn(JEQ_K, drop - at(7) - 1, pass - at(7) - 1, u32::from(encap::vxlan::PORT)));
+    // IPv6 (the ethertype is still in A): multicast and link-local destinations, then the
+    // node's addresses a word at a time, each miss on to the next address.
+    let at = |i: usize| v6 + i;
+    p.push(insn(JEQ_K, 0, pass - at(0) - 1, 0x86dd));
+    p.push(insn(LD_B_ABS, 0, 0, DST6_AT));
+    p.push(insn(JEQ_K, pass - at(2) - 1, 0, 0xff));
+    p.push(insn(LD_H_ABS, 0, 0, DST6_AT));
+    p.push(insn(AND_K, 0, 0, 0xffc0));
+    p.push(insn(JEQ_K, pass - at(5) - 1, 0, 0xfe80));
+    for (j, a) in local6.iter().enumerate() {
+        let (first, next) = (addrs6 + 8 * j, addrs6 + 8 * (j + 1));
+        for (w, word) in a.octets().chunks_exact(4).enumerate() {
+            let word = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+            let i = first + 2 * w + 1;
+            let hit = if w == 3 { pass - i - 1 } else { 0 };
+            p.push(insn(LD_W_ABS, 0, 0, DST6_AT + 4 * w as u32));
+            p.push(insn(JEQ_K, hit, next - i - 1, word));
+        }
+    }
     p.push(insn(RET_K, 0, 0, TC_ACT_SHOT));
+    p.push(insn(RET_K, 0, 0, TC_ACT_UNSPEC));
+    debug_assert_eq!(p.len(), pass + 1);
     Ok(p)
 }
 
@@ -139,6 +177,7 @@ mod tests {
                 },
                 JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
                 JSET_K => pc += usize::from(if a & i.k != 0 { i.jt } else { i.jf }),
+                AND_K => a &= i.k,
                 JA => pc += i.k as usize,
                 RET_K => return i.k,
                 c => panic!("opcode {c:#x}"),
@@ -160,7 +199,7 @@ mod tests {
     fn transit_and_ipip_for_the_node_are_dropped_the_rest_goes_to_the_kernel() {
         let node = [192, 168, 100, 100];
         let other = [192, 168, 200, 101];
-        let p = transit_filter(&[Ipv4Addr::from(other), Ipv4Addr::from(node)]).expect("two addresses");
+        let p = transit_filter(&[Ipv4Addr::from(other), Ipv4Addr::from(node)], &[]).expect("two addresses");
         assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])), TC_ACT_SHOT, "pod to pod");
         assert_eq!(run(&p, &frame(0x0800, 4, [192, 168, 100, 101])), TC_ACT_SHOT, "IPIP passing by");
         assert_eq!(run(&p, &frame(0x0800, 4, node)), TC_ACT_SHOT, "IPIP for the node");
@@ -168,7 +207,6 @@ mod tests {
         assert_eq!(run(&p, &frame(0x0800, 6, node)), TC_ACT_UNSPEC, "BGP");
         assert_eq!(run(&p, &frame(0x0800, 1, other)), TC_ACT_UNSPEC, "ping to the node");
         assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC, "ARP");
-        assert_eq!(run(&p, &frame(0x86dd, 58, node)), TC_ACT_UNSPEC, "IPv6");
         assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])[..20]), 0, "a runt goes on");
     }
 
@@ -186,7 +224,7 @@ mod tests {
     #[test]
     fn vxlan_for_the_node_is_the_routers_other_udp_the_kernels() {
         let node = [192, 168, 100, 100];
-        let p = transit_filter(&[Ipv4Addr::from(node)]).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::from(node)], &[]).expect("one address");
         assert_eq!(run(&p, &udp(node, 4789, 5, 0)), TC_ACT_SHOT, "VXLAN");
         assert_eq!(run(&p, &udp(node, 4789, 6, 0x4000)), TC_ACT_SHOT, "VXLAN with options and DF");
         assert_eq!(run(&p, &udp(node, 53, 5, 0)), TC_ACT_UNSPEC, "DNS to the node");
@@ -196,7 +234,7 @@ mod tests {
 
     #[test]
     fn broadcast_and_multicast_frames_go_to_the_kernel() {
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)]).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], &[]).expect("one address");
         let mut bcast = frame(0x0800, 17, [192, 168, 100, 255]);
         bcast[..6].copy_from_slice(&[0xff; 6]);
         assert_eq!(run(&p, &bcast), TC_ACT_UNSPEC, "subnet broadcast");
@@ -212,7 +250,7 @@ mod tests {
 
     #[test]
     fn without_local_addresses_every_ipv4_frame_is_dropped() {
-        let p = transit_filter(&[]).expect("no address");
+        let p = transit_filter(&[], &[]).expect("no address");
         assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC);
     }
@@ -220,21 +258,87 @@ mod tests {
     #[test]
     fn the_jumps_reach_for_the_most_addresses_and_too_many_is_an_error() {
         let many: Vec<Ipv4Addr> = (0..MAX_LOCAL as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
-        let p = transit_filter(&many).expect("the most");
+        let p = transit_filter(&many, &[]).expect("the most");
         let last = many[MAX_LOCAL - 1].octets();
         assert_eq!(run(&p, &frame(0x0800, 6, last)), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &frame(0x0800, 6, [10, 0, 1, 0])), TC_ACT_SHOT);
         let too_many: Vec<Ipv4Addr> = (0..=MAX_LOCAL as u32).map(Ipv4Addr::from).collect();
-        assert!(transit_filter(&too_many).is_err());
+        assert!(transit_filter(&too_many, &[]).is_err());
+    }
+
+    /// An IPv6 frame (next header `next`) to `dst`, in a frame to `mac`.
+    fn frame6(mac: [u8; 6], next: u8, dst: &str) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 8];
+        f[..6].copy_from_slice(&mac);
+        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        f[14] = 0x60;
+        f[14 + 6] = next;
+        f[14 + 8..14 + 24].copy_from_slice(&Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 2).octets());
+        f[14 + 24..14 + 40].copy_from_slice(&dst.parse::<Ipv6Addr>().expect("address").octets());
+        f
+    }
+
+    #[test]
+    fn ipv6_transit_is_dropped_the_nodes_link_local_and_multicast_go_to_the_kernel() {
+        let node6: Ipv6Addr = "fd00:192:168:100::100".parse().expect("address");
+        let other6: Ipv6Addr = "fd00:192:168:100::200".parse().expect("address");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], &[node6, other6]).expect("addresses");
+        let uni = [2, 0, 0, 0, 0, 1];
+        assert_eq!(run(&p, &frame6(uni, 58, "fd00:10:244:2::1")), TC_ACT_SHOT, "pod to pod");
+        assert_eq!(run(&p, &frame6(uni, 6, "fd00:192:168:100::100")), TC_ACT_UNSPEC, "BGP to the node");
+        assert_eq!(run(&p, &frame6(uni, 58, "fd00:192:168:100::200")), TC_ACT_UNSPEC, "its other address");
+        // Differing in any one word of four is another address.
+        for w in 0..4 {
+            let mut o = node6.octets();
+            o[4 * w + 3] ^= 1;
+            assert_eq!(run(&p, &frame6(uni, 58, &Ipv6Addr::from(o).to_string())), TC_ACT_SHOT, "word {w}");
+        }
+        assert_eq!(run(&p, &frame6(uni, 58, "fe80::ecee:eeff:feee:eeee")), TC_ACT_UNSPEC, "the pods' gateway");
+        assert_eq!(run(&p, &frame6(uni, 58, "febf::1")), TC_ACT_UNSPEC, "the end of fe80::/10");
+        assert_eq!(run(&p, &frame6(uni, 58, "fec0::1")), TC_ACT_SHOT, "beyond fe80::/10");
+        assert_eq!(run(&p, &frame6(uni, 58, "ff02::1")), TC_ACT_UNSPEC, "multicast in a unicast frame");
+        let sn = [0x33, 0x33, 0xff, 0, 0, 1];
+        assert_eq!(run(&p, &frame6(sn, 58, "ff02::1:ff00:1")), TC_ACT_UNSPEC, "a neighbour solicitation");
+        assert_eq!(run(&p, &frame6(uni, 58, "fd00:10:244:2::1")[..40]), 0, "a runt goes on");
+        // IPv4 as before.
+        assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])), TC_ACT_SHOT);
+        assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_UNSPEC);
+        assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC, "ARP");
+        // Without IPv6 addresses, every IPv6 unicast but link-local is transit.
+        let p = transit_filter(&[], &[]).expect("none");
+        assert_eq!(run(&p, &frame6(uni, 6, "fd00:192:168:100::100")), TC_ACT_SHOT);
+        assert_eq!(run(&p, &frame6(uni, 58, "fe80::1")), TC_ACT_UNSPEC);
+    }
+
+    #[test]
+    fn with_the_most_addresses_of_both_families_every_jump_lands() {
+        let many: Vec<Ipv4Addr> = (0..MAX_LOCAL as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
+        let many6: Vec<Ipv6Addr> = (0..MAX_LOCAL6 as u128).map(|i| Ipv6Addr::from(0xfd00 << 112 | i)).collect();
+        let p = transit_filter(&many, &many6).expect("the most");
+        for (i, insn) in p.iter().enumerate() {
+            let far = match insn.code {
+                JEQ_K | JSET_K => usize::from(insn.jt.max(insn.jf)),
+                JA => insn.k as usize,
+                _ => continue,
+            };
+            assert!(i + 1 + far < p.len(), "instruction {i} jumps out");
+        }
+        let uni = [2, 0, 0, 0, 0, 1];
+        assert_eq!(run(&p, &frame6(uni, 6, &many6[MAX_LOCAL6 - 1].to_string())), TC_ACT_UNSPEC);
+        assert_eq!(run(&p, &frame6(uni, 6, "fd00::ffff")), TC_ACT_SHOT);
+        assert_eq!(run(&p, &frame(0x0800, 6, many[MAX_LOCAL - 1].octets())), TC_ACT_UNSPEC);
+        let too_many6: Vec<Ipv6Addr> = (0..=MAX_LOCAL6 as u128).map(Ipv6Addr::from).collect();
+        assert!(transit_filter(&[], &too_many6).is_err());
     }
 
     #[test]
     fn bytecode_is_what_tc_reads() {
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 101)]).expect("one");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 101)], &[]).expect("one");
         assert_eq!(
             tc_bytecode(&p),
-            "17,48 0 0 0,69 13 0 1,40 0 0 12,21 0 11 2048,32 0 0 30,21 1 0 3232261221,5 0 0 9,48 0 0 23,\
-             21 7 0 4,21 0 5 17,40 0 0 20,69 3 0 8191,177 0 0 14,72 0 0 16,21 1 0 4789,6 0 0 4294967295,6 0 0 2"
+            "23,48 0 0 0,69 20 0 1,40 0 0 12,21 0 11 2048,32 0 0 30,21 1 0 3232261221,5 0 0 14,48 0 0 23,\
+             21 12 0 4,21 0 12 17,40 0 0 20,69 10 0 8191,177 0 0 14,72 0 0 16,21 6 7 4789,21 0 6 34525,\
+             48 0 0 38,21 4 0 255,40 0 0 38,84 0 0 65472,21 1 0 65152,6 0 0 2,6 0 0 4294967295"
         );
     }
 }

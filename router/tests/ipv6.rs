@@ -29,6 +29,35 @@ fn every_pod_pair(lab: &TestLab) {
     }
 }
 
+/// `Ip6InReceives` of a host's /proc/net/snmp6: IPv6 packets its own stack took in.
+fn ip6_in(lab: &TestLab, host: &str) -> u64 {
+    let snmp = text(&lab.exec(host, &["cat", "/proc/net/snmp6"]).stdout);
+    let line =
+        snmp.lines().find(|l| l.starts_with("Ip6InReceives")).unwrap_or_else(|| panic!("no Ip6InReceives in\n{snmp}"));
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a count")
+}
+
+/// The transit filter holds for IPv6 too: the IPv6 the router forwards does not also climb
+/// the nodes' own IPv6 stacks (node-a's from the pod and the replies from the uplink,
+/// node-b's both ways), while the nodes' own IPv6 addresses still reach their kernels.
+#[test]
+fn the_nodes_kernels_leave_the_ipv6_the_router_forwards_alone() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    let pod_b1 = "fd00:10:244::41";
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "2", "-i", "0.2", "-W", "2", pod_b1]);
+    assert!(ok, "{out}");
+    let (a0, b0) = (ip6_in(&lab, "node-a"), ip6_in(&lab, "node-b"));
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-q", "-c", "20", "-i", "0.02", "-W", "2", pod_b1]);
+    assert!(ok, "{out}");
+    assert_no_loss(&out);
+    // 40 frames crossed each node; a neighbour probe may fall due meanwhile.
+    let (a, b) = (ip6_in(&lab, "node-a") - a0, ip6_in(&lab, "node-b") - b0);
+    assert!(a < 5 && b < 5, "the nodes' kernels took in {a} and {b} IPv6 packets");
+    // node-b's own address, from a pod behind node-a: through both routers to node-b's kernel.
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "2", "-i", "0.2", "-W", "2", "fd00:192:168:100::101"]);
+    assert!(ok, "{out}");
+}
+
 /// A planned restart of a dual-stack node (RFC 4724 for both families): the new daemon starts
 /// on the saved IPv6 routes as well as the IPv4 ones, the other nodes keep its IPv6 block
 /// throughout, and IPv6 between the other nodes' pods loses nothing.

@@ -14,25 +14,43 @@ pub(super) struct TransitFilter {
     /// Interfaces that have it.
     pub(super) devs: Vec<String>,
     /// The node's addresses it lets through.
-    local: Vec<Ipv4Addr>,
+    local: Local,
 }
 
-/// Every IPv4 address of the namespace: the kernel delivers to any of them, whichever
+/// The node's IPv4 addresses, and its IPv6 ones but link-local (which the filter lets
+/// through whatever they are).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Local {
+    v4: Vec<Ipv4Addr>,
+    v6: Vec<Ipv6Addr>,
+}
+
+/// Every address of the namespace: the kernel delivers to any of them, whichever
 /// interface a frame comes in on. Asked of the kernel directly (getifaddrs), not of `ip`:
 /// this runs every few seconds on every node, and a process each time is what an idle node
 /// would mostly spend its CPU on.
-fn local_addresses() -> anyhow::Result<Vec<Ipv4Addr>> {
-    let mut v: Vec<Ipv4Addr> =
-        nix::ifaddrs::getifaddrs()?.filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip())).collect();
-    v.sort();
-    v.dedup();
-    Ok(v)
+fn local_addresses() -> anyhow::Result<Local> {
+    let mut l = Local::default();
+    for a in nix::ifaddrs::getifaddrs()?.filter_map(|i| i.address) {
+        if let Some(a) = a.as_sockaddr_in() {
+            l.v4.push(a.ip());
+        } else if let Some(a) = a.as_sockaddr_in6().map(|a| a.ip()) {
+            if a.segments()[0] & 0xffc0 != 0xfe80 {
+                l.v6.push(a);
+            }
+        }
+    }
+    l.v4.sort();
+    l.v4.dedup();
+    l.v6.sort();
+    l.v6.dedup();
+    Ok(l)
 }
 
 /// Puts the program for `local` on each of `devs` (replacing an older one); returns the
 /// interfaces where that worked.
-fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &[Ipv4Addr]) -> Vec<String> {
-    let code = match forwarding::kfilter::transit_filter(local) {
+fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &Local) -> Vec<String> {
+    let code = match forwarding::kfilter::transit_filter(&local.v4, &local.v6) {
         Ok(p) => forwarding::kfilter::tc_bytecode(&p),
         Err(e) => {
             tracing::warn!(error = %e, "no transit filter");
