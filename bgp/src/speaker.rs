@@ -118,6 +118,8 @@ pub struct PeerView {
     pub flaps: u64,
     pub updates_received: u64,
     pub updates_sent: u64,
+    /// The address families the session carries (empty while it is not up).
+    pub families: Vec<Afi>,
 }
 
 #[derive(Debug)]
@@ -694,6 +696,7 @@ impl Core {
             flaps: p.flaps,
             updates_received: p.updates_received,
             updates_sent: p.updates_sent,
+            families: p.fsm.negotiated().map(|n| n.families.clone()).unwrap_or_default(),
         }
     }
 

@@ -196,6 +196,9 @@ pub struct PeerStatus {
     pub bytes_received: u64,
     #[serde(default)]
     pub bytes_sent: u64,
+    /// The address families the session carries ("ipv4", "ipv6"); empty while it is down.
+    #[serde(default)]
+    pub families: Vec<String>,
 }
 
 /// Where a route came from.

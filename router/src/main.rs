@@ -595,29 +595,38 @@ fn print_bgp_status(st: &admin::BgpStatus) {
         return;
     };
     let peers = &st.peers;
-    println!("IPv4 BGP status (AS {asn}, router ID {id})");
+    // calicoctl's "IPv4 BGP status" table. Our sessions run over IPv4 and carry IPv6 routes
+    // too where both ends negotiated it (RFC 4760): then one table says which carry what.
+    let dual = peers.iter().any(|p| p.families.iter().any(|f| f == "ipv6"));
+    if dual {
+        println!("IPv4 and IPv6 BGP status (AS {asn}, router ID {id}; IPv6 routes over the same sessions)");
+    } else {
+        println!("IPv4 BGP status (AS {asn}, router ID {id})");
+    }
     // calicoctl's columns, and the route counts: received and used / refused by import
     // policy (`router routes --rejected`) / advertised.
-    let w = [15, 22, 11, 10, 14, 11];
-    let line = format!("+{}+", w.iter().map(|n| "-".repeat(n + 2)).collect::<Vec<_>>().join("+"));
+    let mut cols = vec![("PEER ADDRESS", 15), ("PEER TYPE", 22), ("STATE", 11), ("SINCE", 10)];
+    if dual {
+        cols.push(("FAMILIES", 9));
+    }
+    cols.extend([("IN/REFUSED/OUT", 14), ("INFO", 11)]);
+    let row = |cells: &[String]| {
+        let c: Vec<String> = cells.iter().zip(&cols).map(|(s, (_, w))| format!("{s:<w$}")).collect();
+        format!("| {} |", c.join(" | "))
+    };
+    let line = format!("+{}+", cols.iter().map(|(_, n)| "-".repeat(n + 2)).collect::<Vec<_>>().join("+"));
     println!("{line}");
-    println!(
-        "| {:<15} | {:<22} | {:<11} | {:<10} | {:<14} | {:<11} |",
-        "PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "IN/REFUSED/OUT", "INFO"
-    );
+    println!("{}", row(&cols.iter().map(|(h, _)| h.to_string()).collect::<Vec<_>>()));
     println!("{line}");
     for p in peers {
         let kind =
             serde_json::to_value(p.peer_type).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default();
-        println!(
-            "| {:<15} | {:<22} | {:<11} | {:<10} | {:<14} | {:<11} |",
-            p.peer.to_string(),
-            kind,
-            p.state,
-            since(p.since),
-            format!("{}/{}/{}", p.received, p.rejected, p.advertised),
-            p.info
-        );
+        let mut cells = vec![p.peer.to_string(), kind, p.state.clone(), since(p.since)];
+        if dual {
+            cells.push(p.families.join(","));
+        }
+        cells.extend([format!("{}/{}/{}", p.received, p.rejected, p.advertised), p.info.clone()]);
+        println!("{}", row(&cells));
     }
     println!("{line}");
 }

@@ -601,6 +601,14 @@ impl Speaker {
                     messages_sent: w.messages_sent,
                     bytes_received: w.bytes_received,
                     bytes_sent: w.bytes_sent,
+                    families: v
+                        .families
+                        .iter()
+                        .map(|f| match f {
+                            bgp::wire::update::Afi::Ipv4 => "ipv4".to_string(),
+                            bgp::wire::update::Afi::Ipv6 => "ipv6".to_string(),
+                        })
+                        .collect(),
                 }
             })
             .collect()

@@ -132,6 +132,13 @@ fn on_the_tun_data_plane_the_kernel_forwards_ipv6_on_the_routes_bgp_taught() {
     assert!(routes.contains("fd00:10:244::40/122 via fd00:192:168:100::101"), "{routes}");
     assert!(routes.contains("fd00:10:244::80/122 via fd00:192:168:100::1"), "{routes}");
     assert!(routes.contains("blackhole fd00:10:244::/122"), "{routes}");
+    // `router status` says which sessions carry IPv6 too, in its table and its JSON.
+    let table = text(&lab.router(&["status", "--node", "node-a"]).stdout);
+    assert!(table.starts_with("IPv4 and IPv6 BGP status"), "{table}");
+    assert_eq!(table.matches("| ipv4,ipv6 ").count(), 2, "{table}");
+    let st = lab.json(&["status", "--node", "node-a", "--json"]);
+    let peers = st.as_array().expect("peers");
+    assert!(peers.iter().all(|p| p["families"] == serde_json::json!(["ipv4", "ipv6"])), "{st}");
     let c = lookup(&lab, "node-a", "fd00:10:244::81");
     assert_eq!(c["forwarded_by"], "kernel", "{c}");
     // The pods' gateway is the host end's own link-local address (MAC ee:ee:ee:ee:ee:ee).
