@@ -180,7 +180,13 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
         .iter()
         .filter_map(|x| match x {
             Resource::IpPool(p) if p.spec.disabled != Some(true) => {
-                let cidr: Ipv4Net = p.spec.cidr.parse().ok()?;
+                let Ok(cidr) = p.spec.cidr.parse::<Ipv4Net>() else {
+                    notes.push(format!(
+                        "ippools/{}: an IPv6 pool; a node with a datastore runs IPv4 only (dual stack comes from a topology file)",
+                        p.metadata.name
+                    ));
+                    return None;
+                };
                 let mode = |m: Option<r::EncapMode>| match m.unwrap_or_default() {
                     r::EncapMode::Never => IpipMode::Never,
                     r::EncapMode::Always => IpipMode::Always,
@@ -253,6 +259,14 @@ mod tests {
         assert_eq!(v.nodes.len(), 2);
         let c = view(&seed(""), "node-c", "192.168.200.101".parse().expect("ip"));
         assert!(c.peers.iter().all(|p| p.passive), "node-c has the highest address");
+    }
+
+    #[test]
+    fn an_ipv6_pool_is_left_out_and_said_so() {
+        let extra = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: v6\nspec:\n  cidr: fd00:10:244::/48\n  blockSize: 122\n";
+        let v = view(&seed(extra), "node-a", "192.168.100.100".parse().expect("ip"));
+        assert_eq!(v.pools.len(), 1, "{:?}", v.pools);
+        assert!(v.notes.iter().any(|n| n.starts_with("ippools/v6: an IPv6 pool")), "{:?}", v.notes);
     }
 
     #[test]
