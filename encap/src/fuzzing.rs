@@ -31,6 +31,8 @@ pub fn gso(data: &[u8]) {
         assert!(len <= hdrs + usize::from(mss));
         let seg = Packet::new_checked(&out[..len]).expect("segment parses");
         assert!(seg.verify_checksum());
+        let t = tcp::Packet::new_checked(seg.payload()).expect("segment's TCP header");
+        assert!(t.verify_checksum(seg.src(), seg.dst()), "segment {i}: TCP checksum");
         joined.extend_from_slice(&out[hdrs..len]);
         cut.push(out[..len].to_vec());
     }
