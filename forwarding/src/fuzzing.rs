@@ -189,7 +189,8 @@ pub fn pipeline(data: &[u8]) {
         // As the worker: merged whole if it is one TCP run in VXLAN to us, else datagrams.
         let trusted = sel & 32 != 0;
         let plain = Context { gso: None, ..ctx };
-        if let Some((merged, hdr, packets)) = merge_vxlan_super(&plain, &counters, &mut buf, span, size, trusted) {
+        if let Some((merged, hdr, packets)) = merge_vxlan_super(&plain, &counters, in_if, &mut buf, span, size, trusted)
+        {
             in_buf(merged);
             assert!(merged.start == span.start && merged.end <= span.end, "merging never grows a frame");
             assert!(packets >= 2);

@@ -425,7 +425,15 @@ impl Worker {
                             .gro
                             .then(|| {
                                 let trusted = hdr.needs_csum();
-                                pipeline::merge_vxlan_super(ctx, &self.counters, buf, span, hdr.gso_size, trusted)
+                                pipeline::merge_vxlan_super(
+                                    ctx,
+                                    &self.counters,
+                                    in_if,
+                                    buf,
+                                    span,
+                                    hdr.gso_size,
+                                    trusted,
+                                )
                             })
                             .flatten();
                         let Some((s, h, n)) = merged else {

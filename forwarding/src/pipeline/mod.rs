@@ -840,8 +840,9 @@ pub fn segment_vxlan(
     true
 }
 
-/// The UDP super-packet (`GSO_UDP_L4`) in the Ethernet frame `buf[span]`, if it is VXLAN to
-/// this node whose datagrams carry one run of a TCP flow's segments (what another node makes
+/// The UDP super-packet (`GSO_UDP_L4`) in the Ethernet frame `buf[span]` received on
+/// `in_if`, if it is VXLAN to this node from the underlay (a pod's is not unwrapped) whose
+/// datagrams carry one run of a TCP flow's segments (what another node makes
 /// of a pod's TCP super-packet), merged in place into one VXLAN packet around the TCP
 /// super-packet they make ([`gro::merge_vxlan`]). It then goes through [`process`] once,
 /// whole, as a pod's own super-packet does (with [`Context::packets`] its segment count),
@@ -854,11 +855,15 @@ pub fn segment_vxlan(
 pub fn merge_vxlan_super(
     ctx: &Context<'_>,
     counters: &Counters,
+    in_if: IfaceId,
     buf: &mut [u8],
     span: Span,
     size: u16,
     trusted: bool,
 ) -> Option<(Span, VnetHdr, u64)> {
+    if !matches!(ctx.ifaces.get(in_if)?.role, IfaceRole::Uplink { .. }) {
+        return None;
+    }
     let l3 = span.start + ethernet::HEADER_LEN;
     let pkt = buf.get_mut(l3..span.end)?;
     let ip = ipv4::Packet::new_checked(&*pkt).ok()?;

@@ -1142,7 +1142,7 @@ fn a_udp_super_packet_of_one_tcp_run_is_merged_and_reaches_the_pod_whole() {
     let mut buf = vec![0u8; 70_000 + HEADROOM];
     buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
     let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
-    let (span, hdr, n) = merge_vxlan_super(&l.ctx(), &l.counters, &mut buf, span, size, true).expect("one run");
+    let (span, hdr, n) = merge_vxlan_super(&l.ctx(), &l.counters, UPLINK, &mut buf, span, size, true).expect("one run");
     assert_eq!(n, 4);
     assert_eq!(
         (hdr.gso_type, hdr.gso_size, hdr.hdr_len, hdr.csum_start, hdr.csum_offset),
@@ -1170,7 +1170,7 @@ fn a_udp_super_packet_of_one_tcp_run_is_merged_and_reaches_the_pod_whole() {
     let mut buf = vec![0u8; 70_000 + HEADROOM];
     buf[HEADROOM..HEADROOM + forged.len()].copy_from_slice(&forged);
     let span = Span { start: HEADROOM, end: HEADROOM + forged.len() };
-    let (span, hdr, n) = merge_vxlan_super(&l.ctx(), &l.counters, &mut buf, span, size, true).expect("one run");
+    let (span, hdr, n) = merge_vxlan_super(&l.ctx(), &l.counters, UPLINK, &mut buf, span, size, true).expect("one run");
     let ctx = Context { gso: Some(hdr.gso_size), packets: n, ..l.ctx() };
     assert_eq!(process(&ctx, &l.counters, UPLINK, &mut buf, span), Verdict::Drop(DropReason::VxlanUnknownSource));
     assert_eq!(l.drops(DropReason::VxlanUnknownSource), 4);
@@ -1181,8 +1181,14 @@ fn a_udp_super_packet_of_one_tcp_run_is_merged_and_reaches_the_pod_whole() {
     let mut buf = vec![0u8; 70_000 + HEADROOM];
     buf[HEADROOM..HEADROOM + other.len()].copy_from_slice(&other);
     let span = Span { start: HEADROOM, end: HEADROOM + other.len() };
-    assert_eq!(merge_vxlan_super(&l.ctx(), &l.counters, &mut buf, span, size, true), None);
+    assert_eq!(merge_vxlan_super(&l.ctx(), &l.counters, UPLINK, &mut buf, span, size, true), None);
     assert_eq!(&buf[span.start..span.end], &other[..], "untouched");
+    // From a pod, VXLAN to the node is the kernel's, never unwrapped: not merged either.
+    let (ours, size) = vxlan_super_from_c(POD_A2, 5000, 1410);
+    let mut buf = vec![0u8; 70_000 + HEADROOM];
+    buf[HEADROOM..HEADROOM + ours.len()].copy_from_slice(&ours);
+    let span = Span { start: HEADROOM, end: HEADROOM + ours.len() };
+    assert_eq!(merge_vxlan_super(&l.ctx(), &l.counters, CALI_A1, &mut buf, span, size, true), None);
 }
 
 #[test]
