@@ -1091,11 +1091,16 @@ fn vxlan_super_from_c(dst: Ipv4Addr, payload: usize, mss: u16) -> (Vec<u8>, u16)
     (f, (encap::vxlan::INNER_HEADERS + segs.len(0)) as u16)
 }
 
-/// Runs a received UDP super-packet; returns the verdicts and the frames they send.
-fn run_udp_super(l: &Lab, in_if: IfaceId, frame: &[u8], size: u16) -> Vec<(Verdict, Vec<u8>)> {
+/// `frame` at `HEADROOM` in a buffer with room for a super-packet, and where it lies.
+fn framed(frame: &[u8]) -> (Vec<u8>, Span) {
     let mut buf = vec![0u8; 70_000 + HEADROOM];
     buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-    let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
+    (buf, Span { start: HEADROOM, end: HEADROOM + frame.len() })
+}
+
+/// Runs a received UDP super-packet; returns the verdicts and the frames they send.
+fn run_udp_super(l: &Lab, in_if: IfaceId, frame: &[u8], size: u16) -> Vec<(Verdict, Vec<u8>)> {
+    let (buf, span) = framed(frame);
     let (mut scratch, mut out) = (vec![0u8; 256 * 1024], Vec::new());
     process_udp_super(&l.ctx(), &l.counters, in_if, &buf, span, size, &mut scratch, &mut out);
     out.into_iter()
@@ -1139,9 +1144,7 @@ fn a_udp_super_packet_from_a_node_is_unwrapped_datagram_by_datagram_for_the_pod(
 fn a_udp_super_packet_of_one_tcp_run_is_merged_and_reaches_the_pod_whole() {
     let l = lab();
     let (frame, size) = vxlan_super_from_c(POD_A2, 5000, 1410);
-    let mut buf = vec![0u8; 70_000 + HEADROOM];
-    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
-    let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
+    let (mut buf, span) = framed(&frame);
     let (span, hdr, n) = merge_vxlan_super(&l.ctx(), &l.counters, UPLINK, &mut buf, span, size, true).expect("one run");
     assert_eq!(n, 4);
     assert_eq!(
@@ -1167,9 +1170,7 @@ fn a_udp_super_packet_of_one_tcp_run_is_merged_and_reaches_the_pod_whole() {
     let (mut forged, size) = vxlan_super_from_c(POD_A2, 5000, 1410);
     forged[26..30].copy_from_slice(&UNDERLAY.octets());
     ipv4::Packet::new_unchecked(&mut forged[14..]).fill_checksum();
-    let mut buf = vec![0u8; 70_000 + HEADROOM];
-    buf[HEADROOM..HEADROOM + forged.len()].copy_from_slice(&forged);
-    let span = Span { start: HEADROOM, end: HEADROOM + forged.len() };
+    let (mut buf, span) = framed(&forged);
     let (span, hdr, n) = merge_vxlan_super(&l.ctx(), &l.counters, UPLINK, &mut buf, span, size, true).expect("one run");
     let ctx = Context { gso: Some(hdr.gso_size), packets: n, ..l.ctx() };
     assert_eq!(process(&ctx, &l.counters, UPLINK, &mut buf, span), Verdict::Drop(DropReason::VxlanUnknownSource));
@@ -1178,16 +1179,12 @@ fn a_udp_super_packet_of_one_tcp_run_is_merged_and_reaches_the_pod_whole() {
     let (mut other, size) = vxlan_super_from_c(POD_A2, 5000, 1410);
     other[30..34].copy_from_slice(&NODE_C.octets());
     ipv4::Packet::new_unchecked(&mut other[14..]).fill_checksum();
-    let mut buf = vec![0u8; 70_000 + HEADROOM];
-    buf[HEADROOM..HEADROOM + other.len()].copy_from_slice(&other);
-    let span = Span { start: HEADROOM, end: HEADROOM + other.len() };
+    let (mut buf, span) = framed(&other);
     assert_eq!(merge_vxlan_super(&l.ctx(), &l.counters, UPLINK, &mut buf, span, size, true), None);
     assert_eq!(&buf[span.start..span.end], &other[..], "untouched");
     // From a pod, VXLAN to the node is the kernel's, never unwrapped: not merged either.
     let (ours, size) = vxlan_super_from_c(POD_A2, 5000, 1410);
-    let mut buf = vec![0u8; 70_000 + HEADROOM];
-    buf[HEADROOM..HEADROOM + ours.len()].copy_from_slice(&ours);
-    let span = Span { start: HEADROOM, end: HEADROOM + ours.len() };
+    let (mut buf, span) = framed(&ours);
     assert_eq!(merge_vxlan_super(&l.ctx(), &l.counters, CALI_A1, &mut buf, span, size, true), None);
 }
 
