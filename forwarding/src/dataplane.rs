@@ -38,6 +38,9 @@ pub struct DataplaneConfig {
     /// Fault injection, for the test of the node's supervision only: the first worker stops
     /// with an error this long after it started.
     pub fail_worker_after: Option<std::time::Duration>,
+    /// Fault injection, for the test of the fallback only: the workers take every UDP
+    /// super-packet as refused by the kernel (`EINVAL`), as a kernel before 6.2 refuses it.
+    pub refuse_udp_gso: bool,
 }
 
 /// Workers run a little ahead of ordinary processes, as the kernel's own forwarding (in
@@ -58,6 +61,7 @@ impl Default for DataplaneConfig {
             udp_gso: true,
             nice: DEFAULT_WORKER_NICE,
             fail_worker_after: None,
+            refuse_udp_gso: false,
         }
     }
 }
@@ -185,6 +189,7 @@ impl Dataplane {
                 udp_gso: udp_gso.clone(),
                 nice: cfg.nice,
                 fail_after: cfg.fail_worker_after.filter(|_| index == 0),
+                refuse_udp_gso: cfg.refuse_udp_gso,
             });
         }
         let mut tx = Vec::new();

@@ -259,6 +259,8 @@ pub struct Worker {
     /// Fault injection for the supervision test: the worker stops with an error this long
     /// after it started (see `DataplaneConfig::fail_worker_after`).
     pub fail_after: Option<Duration>,
+    /// Fault injection for the fallback test (see `DataplaneConfig::refuse_udp_gso`).
+    pub refuse_udp_gso: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -651,7 +653,12 @@ impl Worker {
             if tapping {
                 self.tap.copy(f.iface, Direction::Tx, frame, true);
             }
-            match netsys::send_batch_vnet(tx.as_fd(), &[(f.hdr, frame)]) {
+            let sent = if self.refuse_udp_gso && f.hdr.is_gso() {
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            } else {
+                netsys::send_batch_vnet(tx.as_fd(), &[(f.hdr, frame)])
+            };
+            match sent {
                 Ok(1) => {
                     self.counters.tx(usize::from(f.iface.0), frame.len());
                     f.count_sent(&self.counters);

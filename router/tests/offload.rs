@@ -148,3 +148,30 @@ fn without_udp_gso_vxlan_segments_go_one_by_one_and_arrive_intact() {
         assert_eq!(lab.drops(node, "tx_error"), 0, "{node}");
     }
 }
+
+/// A kernel that refuses UDP GSO on packet sockets (before Linux 6.2; here node-a's workers
+/// act as if, `ROUTER_FAULT_REFUSE_UDP_GSO`): the first refusal turns it off for the node,
+/// its log says so once, and the segments of that super-packet and of every later one go
+/// as frames of their own. Nothing is lost on the way: the transfer arrives intact. node-b,
+/// whose kernel takes them, still sends its own VXLAN whole.
+#[test]
+fn where_the_kernel_refuses_udp_gso_the_segments_go_one_by_one_and_the_log_says_so_once() {
+    let lab = TestLab::named();
+    let out = lab
+        .command(&["lab", "up", "--vxlan-mode", "always"])
+        .env("ROUTER_FAULT_REFUSE_UDP_GSO", "node-a")
+        .output()
+        .expect("router runs");
+    assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
+    transfer(&lab, "pod-a1", "pod-b1", "10.244.2.1");
+    transfer(&lab, "pod-b1", "pod-a1", "10.244.1.1");
+    assert_eq!(counter(&lab, "node-a", "udp_gso_sent"), 0);
+    assert!(counter(&lab, "node-a", "gso_segments") > 0, "nothing was cut for the tunnel");
+    assert!(counter(&lab, "node-a", "vxlan_encapsulated") > 0);
+    assert!(counter(&lab, "node-b", "udp_gso_sent") > 0, "node-b's kernel takes them");
+    for node in ["node-a", "node-b"] {
+        assert_eq!(lab.drops(node, "tx_error"), 0, "{node}");
+    }
+    let log = std::fs::read_to_string(lab.dir.join(&lab.name).join("node-a.log")).expect("node-a's log");
+    assert_eq!(log.matches("the kernel refuses UDP GSO").count(), 1, "{log}");
+}

@@ -299,6 +299,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         udp_gso: cfg.udp_gso,
         nice: cfg.worker_nice,
         fail_worker_after: fault_worker_exit(&cfg.name),
+        refuse_udp_gso: fault_refuse_udp_gso(&cfg.name),
         ..Default::default()
     };
     let dp = Dataplane::start(ifaces, fib.clone(), dp_cfg).context("starting the data plane")?;
@@ -367,6 +368,16 @@ fn fault_worker_exit(node: &str) -> Option<Duration> {
         tracing::warn!(ms, "ROUTER_FAULT_WORKER_EXIT: the first worker will stop on purpose");
         Duration::from_millis(ms)
     })
+}
+
+/// `ROUTER_FAULT_REFUSE_UDP_GSO=NODE` (tests only): that node's workers act as if the kernel
+/// refused UDP GSO, to test the fallback to one frame per segment on a kernel that has it.
+fn fault_refuse_udp_gso(node: &str) -> bool {
+    let on = std::env::var("ROUTER_FAULT_REFUSE_UDP_GSO").is_ok_and(|v| v == node);
+    if on {
+        tracing::warn!("ROUTER_FAULT_REFUSE_UDP_GSO: UDP super-packets will be taken as refused");
+    }
+    on
 }
 
 /// The control thread: admin socket, BGP sessions and their timers, FIB publication.
