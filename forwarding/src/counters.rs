@@ -101,7 +101,8 @@ pub struct Counters {
     pub gso_segments: AtomicU64,
     pub udp_gso_sent: AtomicU64,
     pub udp_gso_received: AtomicU64,
-    /// Super-packets built from TCP segments on their way to a pod, and the segments in them.
+    /// Super-packets built by merging TCP segments (on their way to a pod, or out of a VXLAN
+    /// UDP super-packet), and the segments in them.
     pub gro_packets: AtomicU64,
     pub gro_segments: AtomicU64,
     /// IPv4 identification for the packets this writer originates (outer headers).

@@ -772,11 +772,11 @@ fn print_stats(v: &admin::Stats) {
         v.tallies.fragments_sent, v.tallies.icmp_errors_sent, v.tallies.arp_replies_sent, v.tallies.ndp_replies_sent
     );
     println!(
-        "TCP super-packets received whole: {}   segments cut from them: {}   built for pods: {} (from {} segments)",
+        "TCP super-packets received whole: {}   segments cut from them: {}   merged from segments: {} (of {} segments)",
         v.tallies.gso_received, v.tallies.gso_segments, v.tallies.gro_packets, v.tallies.gro_segments
     );
     println!(
-        "UDP super-packets sent whole (VXLAN): {}   received and cut into datagrams: {}",
+        "UDP super-packets sent whole (VXLAN): {}   received: {}",
         v.tallies.udp_gso_sent, v.tallies.udp_gso_received
     );
     match v.transit_filter.as_deref() {

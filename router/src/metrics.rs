@@ -94,12 +94,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ),
         (
             "router_udp_gso_received_total",
-            "UDP super-packets received and cut into their datagrams.",
+            "UDP super-packets received: VXLAN merged whole where its datagrams are one TCP run, anything else cut into its datagrams.",
             s.totals.tallies.udp_gso_received,
         ),
         (
             "router_gro_packets_total",
-            "Super-packets the router built from TCP segments for a pod.",
+            "Super-packets the router built by merging TCP segments: for a pod, or out of a VXLAN UDP super-packet.",
             s.totals.tallies.gro_packets,
         ),
         ("router_gro_segments_total", "TCP segments merged into those super-packets.", s.totals.tallies.gro_segments),
