@@ -68,26 +68,30 @@ fn insn(code: u16, jt: usize, jf: usize, k: u32) -> Insn {
 /// [`MAX_LOCAL6`]; more is an error). IPv6 follows the IPv4 rule: a unicast frame to an
 /// address that is not the node's is transit and dropped; link-local (`fe80::/10`, which no
 /// router forwards: NDP, the pods' gateway) and multicast destinations go to the kernel.
-pub fn transit_filter(local: &[Ipv4Addr], local6: &[Ipv6Addr]) -> Result<Vec<Insn>, String> {
+/// `local6` `None`: all IPv6 goes to the kernel (a node with more IPv6 addresses than the
+/// program can hold keeps the IPv4 filter).
+pub fn transit_filter(local: &[Ipv4Addr], local6: Option<&[Ipv6Addr]>) -> Result<Vec<Insn>, String> {
     if local.len() > MAX_LOCAL {
         return Err(format!("{} local addresses; the transit filter takes at most {MAX_LOCAL}", local.len()));
     }
-    if local6.len() > MAX_LOCAL6 {
-        return Err(format!("{} local IPv6 addresses; the transit filter takes at most {MAX_LOCAL6}", local6.len()));
+    if let Some(l) = local6.filter(|l| l.len() > MAX_LOCAL6) {
+        return Err(format!("{} local IPv6 addresses; the transit filter takes at most {MAX_LOCAL6}", l.len()));
     }
-    let (n, m) = (local.len(), local6.len());
+    let n = local.len();
     // 0 destination MAC, 1 group address?, 2 ethertype, 3 IPv4?, 4 destination IP, 5.. one
     // test per address, a jump to drop, the tests for the node's own; then IPv6 alike; then
     // drop and pass. Jumps go forward only: from `i` to `t` is `t - i - 1`.
     let to_local = 5 + n + 1;
     let v6 = to_local + 8;
     let addrs6 = v6 + 6;
-    let (drop, pass) = (addrs6 + 8 * m, addrs6 + 8 * m + 1);
+    let drop = local6.map_or(v6, |l| addrs6 + 8 * l.len());
+    let pass = drop + 1;
+    let not_ipv4 = if local6.is_some() { v6 } else { pass };
     let mut p = vec![
         insn(LD_B_ABS, 0, 0, GROUP_BIT_AT),
         insn(JSET_K, pass - 2, 0, 1),
         insn(LD_H_ABS, 0, 0, ETHERTYPE_AT),
-        insn(JEQ_K, 0, v6 - 4, 0x0800),
+        insn(JEQ_K, 0, not_ipv4 - 4, 0x0800),
         insn(LD_W_ABS, 0, 0, DST_AT),
     ];
     for (i, a) in local.iter().enumerate() {
@@ -109,13 +113,15 @@ pub fn transit_filter(local: &[Ipv4Addr], local6: &[Ipv6Addr]) -> Result<Vec<Ins
     // IPv6 (the ethertype is still in A): multicast and link-local destinations, then the
     // node's addresses a word at a time, each miss on to the next address.
     let at = |i: usize| v6 + i;
-    p.push(insn(JEQ_K, 0, pass - at(0) - 1, 0x86dd));
-    p.push(insn(LD_B_ABS, 0, 0, DST6_AT));
-    p.push(insn(JEQ_K, pass - at(2) - 1, 0, 0xff));
-    p.push(insn(LD_H_ABS, 0, 0, DST6_AT));
-    p.push(insn(AND_K, 0, 0, 0xffc0));
-    p.push(insn(JEQ_K, pass - at(5) - 1, 0, 0xfe80));
-    for (j, a) in local6.iter().enumerate() {
+    if local6.is_some() {
+        p.push(insn(JEQ_K, 0, pass - at(0) - 1, 0x86dd));
+        p.push(insn(LD_B_ABS, 0, 0, DST6_AT));
+        p.push(insn(JEQ_K, pass - at(2) - 1, 0, 0xff));
+        p.push(insn(LD_H_ABS, 0, 0, DST6_AT));
+        p.push(insn(AND_K, 0, 0, 0xffc0));
+        p.push(insn(JEQ_K, pass - at(5) - 1, 0, 0xfe80));
+    }
+    for (j, a) in local6.unwrap_or_default().iter().enumerate() {
         let (first, next) = (addrs6 + 8 * j, addrs6 + 8 * (j + 1));
         for (w, word) in a.octets().chunks_exact(4).enumerate() {
             let word = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
@@ -199,7 +205,7 @@ mod tests {
     fn transit_and_ipip_for_the_node_are_dropped_the_rest_goes_to_the_kernel() {
         let node = [192, 168, 100, 100];
         let other = [192, 168, 200, 101];
-        let p = transit_filter(&[Ipv4Addr::from(other), Ipv4Addr::from(node)], &[]).expect("two addresses");
+        let p = transit_filter(&[Ipv4Addr::from(other), Ipv4Addr::from(node)], Some(&[])).expect("two addresses");
         assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])), TC_ACT_SHOT, "pod to pod");
         assert_eq!(run(&p, &frame(0x0800, 4, [192, 168, 100, 101])), TC_ACT_SHOT, "IPIP passing by");
         assert_eq!(run(&p, &frame(0x0800, 4, node)), TC_ACT_SHOT, "IPIP for the node");
@@ -224,7 +230,7 @@ mod tests {
     #[test]
     fn vxlan_for_the_node_is_the_routers_other_udp_the_kernels() {
         let node = [192, 168, 100, 100];
-        let p = transit_filter(&[Ipv4Addr::from(node)], &[]).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[])).expect("one address");
         assert_eq!(run(&p, &udp(node, 4789, 5, 0)), TC_ACT_SHOT, "VXLAN");
         assert_eq!(run(&p, &udp(node, 4789, 6, 0x4000)), TC_ACT_SHOT, "VXLAN with options and DF");
         assert_eq!(run(&p, &udp(node, 53, 5, 0)), TC_ACT_UNSPEC, "DNS to the node");
@@ -234,7 +240,7 @@ mod tests {
 
     #[test]
     fn broadcast_and_multicast_frames_go_to_the_kernel() {
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], &[]).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], Some(&[])).expect("one address");
         let mut bcast = frame(0x0800, 17, [192, 168, 100, 255]);
         bcast[..6].copy_from_slice(&[0xff; 6]);
         assert_eq!(run(&p, &bcast), TC_ACT_UNSPEC, "subnet broadcast");
@@ -250,7 +256,7 @@ mod tests {
 
     #[test]
     fn without_local_addresses_every_ipv4_frame_is_dropped() {
-        let p = transit_filter(&[], &[]).expect("no address");
+        let p = transit_filter(&[], Some(&[])).expect("no address");
         assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC);
     }
@@ -258,12 +264,12 @@ mod tests {
     #[test]
     fn the_jumps_reach_for_the_most_addresses_and_too_many_is_an_error() {
         let many: Vec<Ipv4Addr> = (0..MAX_LOCAL as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
-        let p = transit_filter(&many, &[]).expect("the most");
+        let p = transit_filter(&many, Some(&[])).expect("the most");
         let last = many[MAX_LOCAL - 1].octets();
         assert_eq!(run(&p, &frame(0x0800, 6, last)), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &frame(0x0800, 6, [10, 0, 1, 0])), TC_ACT_SHOT);
         let too_many: Vec<Ipv4Addr> = (0..=MAX_LOCAL as u32).map(Ipv4Addr::from).collect();
-        assert!(transit_filter(&too_many, &[]).is_err());
+        assert!(transit_filter(&too_many, Some(&[])).is_err());
     }
 
     /// An IPv6 frame (next header `next`) to `dst`, in a frame to `mac`.
@@ -282,7 +288,7 @@ mod tests {
     fn ipv6_transit_is_dropped_the_nodes_link_local_and_multicast_go_to_the_kernel() {
         let node6: Ipv6Addr = "fd00:192:168:100::100".parse().expect("address");
         let other6: Ipv6Addr = "fd00:192:168:100::200".parse().expect("address");
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], &[node6, other6]).expect("addresses");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], Some(&[node6, other6])).expect("addresses");
         let uni = [2, 0, 0, 0, 0, 1];
         assert_eq!(run(&p, &frame6(uni, 58, "fd00:10:244:2::1")), TC_ACT_SHOT, "pod to pod");
         assert_eq!(run(&p, &frame6(uni, 6, "fd00:192:168:100::100")), TC_ACT_UNSPEC, "BGP to the node");
@@ -304,8 +310,14 @@ mod tests {
         assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC, "ARP");
+        // Unfiltered IPv6 (too many addresses): all of it to the kernel, IPv4 filtered still.
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], None).expect("IPv4 only");
+        assert_eq!(run(&p, &frame6(uni, 58, "fd00:10:244:2::1")), TC_ACT_UNSPEC, "IPv6 left alone");
+        assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])), TC_ACT_SHOT, "IPv4 transit");
+        assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_UNSPEC);
+        assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC, "ARP");
         // Without IPv6 addresses, every IPv6 unicast but link-local is transit.
-        let p = transit_filter(&[], &[]).expect("none");
+        let p = transit_filter(&[], Some(&[])).expect("none");
         assert_eq!(run(&p, &frame6(uni, 6, "fd00:192:168:100::100")), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame6(uni, 58, "fe80::1")), TC_ACT_UNSPEC);
     }
@@ -314,7 +326,7 @@ mod tests {
     fn with_the_most_addresses_of_both_families_every_jump_lands() {
         let many: Vec<Ipv4Addr> = (0..MAX_LOCAL as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
         let many6: Vec<Ipv6Addr> = (0..MAX_LOCAL6 as u128).map(|i| Ipv6Addr::from(0xfd00 << 112 | i)).collect();
-        let p = transit_filter(&many, &many6).expect("the most");
+        let p = transit_filter(&many, Some(&many6)).expect("the most");
         for (i, insn) in p.iter().enumerate() {
             let far = match insn.code {
                 JEQ_K | JSET_K => usize::from(insn.jt.max(insn.jf)),
@@ -328,12 +340,12 @@ mod tests {
         assert_eq!(run(&p, &frame6(uni, 6, "fd00::ffff")), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame(0x0800, 6, many[MAX_LOCAL - 1].octets())), TC_ACT_UNSPEC);
         let too_many6: Vec<Ipv6Addr> = (0..=MAX_LOCAL6 as u128).map(Ipv6Addr::from).collect();
-        assert!(transit_filter(&[], &too_many6).is_err());
+        assert!(transit_filter(&[], Some(&too_many6)).is_err());
     }
 
     #[test]
     fn bytecode_is_what_tc_reads() {
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 101)], &[]).expect("one");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 101)], Some(&[])).expect("one");
         assert_eq!(
             tc_bytecode(&p),
             "23,48 0 0 0,69 20 0 1,40 0 0 12,21 0 11 2048,32 0 0 30,21 1 0 3232261221,5 0 0 14,48 0 0 23,\

@@ -50,7 +50,15 @@ fn local_addresses() -> anyhow::Result<Local> {
 /// Puts the program for `local` on each of `devs` (replacing an older one); returns the
 /// interfaces where that worked.
 fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &Local) -> Vec<String> {
-    let code = match forwarding::kfilter::transit_filter(&local.v4, &local.v6) {
+    // More IPv6 addresses than the program holds: IPv6 goes unfiltered, IPv4 keeps its filter.
+    let v6 = (local.v6.len() <= forwarding::kfilter::MAX_LOCAL6).then_some(&local.v6[..]);
+    if v6.is_none() {
+        tracing::warn!(
+            addresses = local.v6.len(),
+            "too many IPv6 addresses for the transit filter: IPv6 goes to the kernel unfiltered"
+        );
+    }
+    let code = match forwarding::kfilter::transit_filter(&local.v4, v6) {
         Ok(p) => forwarding::kfilter::tc_bytecode(&p),
         Err(e) => {
             tracing::warn!(error = %e, "no transit filter");
