@@ -182,7 +182,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
             Resource::IpPool(p) if p.spec.disabled != Some(true) => {
                 let Ok(cidr) = p.spec.cidr.parse::<Ipv4Net>() else {
                     notes.push(format!(
-                        "ippools/{}: an IPv6 pool; a node with a datastore runs IPv4 only (dual stack comes from a topology file)",
+                        "ippools/{}: an IPv6 pool, not read from the datastore (a dual-stack node takes its IPv6 pool from its config file)",
                         p.metadata.name
                     ));
                     return None;
