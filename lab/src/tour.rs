@@ -304,23 +304,22 @@ pub fn scale(lab: &Lab, exe: &Path, n: usize) -> anyhow::Result<()> {
     let mut t = Tour { lab, exe, step: 0 };
     println!("How BGP mode scales: a full mesh against route reflectors, {n} nodes each, shown live.");
     let mut rows = Vec::new();
-    for (kind, extra) in [("mesh", None), ("rr", Some("2"))] {
+    for (kind, reflectors) in [("mesh", 0), ("rr", 2)] {
         let name = format!("{}-{kind}", lab.name);
         let named = format!("--lab={name}");
-        let nodes = n.to_string();
-        let mut up = vec!["lab", "up", &named, "--nodes", &nodes];
-        let title = match extra {
-            None => {
-                let g = crate::topology::Generated { nodes: n, subnets: 2, pods_per_node: 1, route_reflectors: 0 };
+        let (nodes, k) = (n.to_string(), reflectors.to_string());
+        let up = vec!["lab", "up", &named, "--nodes", &nodes, "--route-reflectors", &k];
+        // The layout `lab up` builds from those arguments: the sessions the text promises.
+        let g = crate::topology::Generated { nodes: n, subnets: 2, pods_per_node: 1, route_reflectors: reflectors };
+        let title = match reflectors {
+            0 => {
                 t.title(
                     "A full mesh",
                     &format!("Every node peers with every other: {n}·{}/2 = {} sessions, {} per node. `lab up` returns once every node has every block.", n - 1, g.sessions(), n - 1),
                 );
                 "full mesh"
             }
-            Some(k) => {
-                up.extend(["--route-reflectors", k]);
-                let g = crate::topology::Generated { nodes: n, subnets: 2, pods_per_node: 1, route_reflectors: 2 };
+            _ => {
                 t.title(
                     "Two route reflectors",
                     &format!("The mesh is off; node-1 and node-2 reflect (one cluster ID) and every other node peers with them only: 1 + 2·{} = {} sessions, 2 per node. Reflectors pass each block on, so every node still learns every block.", n - 2, g.sessions()),
