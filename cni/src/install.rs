@@ -56,9 +56,11 @@ pub fn conflist(t: &Target) -> serde_json::Value {
     if !t.blocks6.is_empty() {
         plugin["blocks6"] = json!(t.blocks6);
     }
-    if t.etcd_endpoints.is_empty() {
+    // With etcd, the file still keeps the node's IPv6 addresses (dual stack).
+    if t.etcd_endpoints.is_empty() || !t.blocks6.is_empty() {
         plugin["ipam_file"] = json!(t.ipam_file);
-    } else {
+    }
+    if !t.etcd_endpoints.is_empty() {
         plugin["etcd_endpoints"] = json!(t.etcd_endpoints);
         plugin["pool"] = json!(t.pool);
         plugin["block_size"] = json!(t.blocks.first().map_or(26, |b| b.prefix_len()));
@@ -91,4 +93,36 @@ pub fn plugin_beside(exe: &Path) -> anyhow::Result<PathBuf> {
         anyhow::bail!("{} is missing: build it with `cargo build --release` (it builds router-cni too)", p.display());
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(blocks6: &[&str], etcd: bool) -> Target {
+        Target {
+            node: "node-a".into(),
+            admin_socket: "/run/node-a.sock".into(),
+            blocks: vec!["10.244.1.0/26".parse().expect("net")],
+            blocks6: blocks6.iter().map(|b| b.parse().expect("net")).collect(),
+            mtu: 1480,
+            ipam_file: "/run/ipam.json".into(),
+            etcd_endpoints: if etcd { vec!["http://127.0.0.1:2379".into()] } else { Vec::new() },
+            pool: Some("10.244.0.0/16".parse().expect("net")),
+        }
+    }
+
+    #[test]
+    fn with_etcd_the_file_is_named_only_for_the_nodes_ipv6_addresses() {
+        let plugin = |t: &Target| conflist(t)["plugins"][0].clone();
+        let v4 = plugin(&target(&[], true));
+        assert!(v4.get("ipam_file").is_none() && v4["etcd_endpoints"][0] == "http://127.0.0.1:2379", "{v4}");
+        let dual = plugin(&target(&["fd00:10:244::/122"], true));
+        assert_eq!(
+            (dual["ipam_file"].as_str(), dual["pool"].as_str()),
+            (Some("/run/ipam.json"), Some("10.244.0.0/16"))
+        );
+        let file = plugin(&target(&["fd00:10:244::/122"], false));
+        assert!(file.get("etcd_endpoints").is_none() && file["ipam_file"] == "/run/ipam.json", "{file}");
+    }
 }

@@ -242,16 +242,27 @@ fn node_client(conf: &NetConf) -> admin::Client {
     admin::Client::new(&conf.admin_socket)
 }
 
-/// Where addresses come from: the shared file, or etcd.
+/// Where addresses come from: the shared file, or etcd. With etcd, IPv6 addresses (dual
+/// stack) still come from the host's file: they are the node's own blocks, never borrowed,
+/// so no other host needs to see them.
 enum Backend {
     File(Ipam),
-    Etcd(datastore::ipam::Ipam),
+    Etcd { ipam: datastore::ipam::Ipam, v6: Option<Ipam> },
 }
 
 fn backend(conf: &NetConf) -> Result<Backend, CniError> {
     if !conf.etcd_endpoints.is_empty() {
         let etcd = datastore::etcd::Etcd::new(&conf.etcd_endpoints).map_err(|e| CniError::config(format!("{e:#}")))?;
-        return Ok(Backend::Etcd(datastore::ipam::Ipam::new(etcd)));
+        let v6 = match (&conf.ipam_file, conf.blocks6.is_empty()) {
+            (_, true) => None,
+            (Some(f), false) => Some(Ipam::new(f)),
+            (None, false) => {
+                return Err(CniError::config(
+                    "blocks6 with etcd_endpoints needs ipam_file: the node's IPv6 addresses are kept on the host",
+                ))
+            }
+        };
+        return Ok(Backend::Etcd { ipam: datastore::ipam::Ipam::new(etcd), v6 });
     }
     match &conf.ipam_file {
         Some(f) => Ok(Backend::File(Ipam::new(f))),
@@ -291,11 +302,7 @@ impl Backend {
                 })
                 .map_err(io)?
                 .map_err(CniError::ipam),
-            Backend::Etcd(_) if !conf.blocks6.is_empty() => Err(CniError::config(
-                "blocks6 with etcd_endpoints: IPv6 addresses are handed out from the IPAM file only; \
-                 leave blocks6 out for IPv4-only containers",
-            )),
-            Backend::Etcd(e) => {
+            Backend::Etcd { ipam: e, v6 } => {
                 // The node's configured blocks are its own in etcd too (the node announces
                 // them); another node holding one is a misconfiguration worth saying.
                 for b in &conf.blocks {
@@ -314,7 +321,24 @@ impl Backend {
                 let a = e.allocate(&conf.node, handle, pool, len).map_err(|e| CniError::ipam(format!("{e:#}")))?;
                 // Outside the node's configured blocks, the node announces the /32.
                 let borrowed = !conf.blocks.iter().any(|b| b.contains(&a.address));
-                Ok((Assigned { address: a.address, borrowed }, None))
+                let Some(f) = v6 else { return Ok((Assigned { address: a.address, borrowed }, None)) };
+                let a6 = f
+                    .with(|st| {
+                        for b in &conf.blocks6 {
+                            st.blocks6.entry(*b).or_insert_with(|| conf.node.clone());
+                        }
+                        st.allocate6(&conf.node, handle)
+                    })
+                    .map_err(io)
+                    .and_then(|r| r.map_err(CniError::ipam));
+                match a6 {
+                    Ok(a6) => Ok((Assigned { address: a.address, borrowed }, Some(a6))),
+                    Err(err) => {
+                        // Both or neither: the IPv4 address goes back to etcd.
+                        e.release(handle).map_err(io)?;
+                        Err(err)
+                    }
+                }
             }
         }
     }
@@ -322,21 +346,26 @@ impl Backend {
     fn release(&self, handle: &str) -> Result<Option<Ipv4Addr>, CniError> {
         match self {
             Backend::File(f) => f.with(|st| st.release(handle)).map_err(io),
-            Backend::Etcd(e) => e.release(handle).map_err(io),
+            Backend::Etcd { ipam, v6 } => {
+                if let Some(f) = v6 {
+                    f.with(|st| st.release(handle)).map_err(io)?;
+                }
+                ipam.release(handle).map_err(io)
+            }
         }
     }
 
     fn find(&self, handle: &str) -> Result<Option<Ipv4Addr>, CniError> {
         match self {
             Backend::File(f) => f.with(|st| st.find(handle)).map_err(io),
-            Backend::Etcd(e) => e.find(handle).map_err(io),
+            Backend::Etcd { ipam, .. } => ipam.find(handle).map_err(io),
         }
     }
 
     fn find6(&self, handle: &str) -> Result<Option<Ipv6Addr>, CniError> {
         match self {
-            Backend::File(f) => f.with(|st| st.find6(handle)).map_err(io),
-            Backend::Etcd(_) => Ok(None),
+            Backend::File(f) | Backend::Etcd { v6: Some(f), .. } => f.with(|st| st.find6(handle)).map_err(io),
+            Backend::Etcd { v6: None, .. } => Ok(None),
         }
     }
 
@@ -348,7 +377,7 @@ impl Backend {
                     st.allocations.values().filter(|a| a.node == node).map(|a| a.handle.clone()).collect::<Vec<_>>()
                 })
                 .map_err(io)?,
-            Backend::Etcd(e) => e.handles(node).map_err(io)?,
+            Backend::Etcd { ipam, .. } => ipam.handles(node).map_err(io)?,
         };
         v.retain(|h| !h.starts_with("pod:"));
         Ok(v)

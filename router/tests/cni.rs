@@ -307,16 +307,16 @@ fn plugin_call(lab: &TestLab, node: &str, conf: &Value, command: &str, container
     run_plugin(lab, node, command, container, netns, &conf.to_string())
 }
 
-#[test]
-fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
-    let lab = TestLab::up(&[]);
+/// etcd in node-a's namespace, holding the blocks and the addresses of the lab's pods (as
+/// they would have got them).
+fn node_a_etcd(lab: &TestLab) -> NodeEtcd {
     let dir = lab.dir.join(format!("{}-etcd", lab.name));
     let child = lab::etcd_command(&lab.ns("node-a"), &dir.join("data"), "http://192.168.100.100:2379")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("etcd (etcd-server)");
-    let _etcd = NodeEtcd { child, dir };
+    let etcd = NodeEtcd { child, dir };
     // The topology's pods hold their addresses in etcd too (as they would have got them).
     let ns_a = lab.ns("node-a");
     std::thread::spawn(move || {
@@ -341,6 +341,13 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     })
     .join()
     .expect("seed etcd");
+    etcd
+}
+
+#[test]
+fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
+    let lab = TestLab::up(&[]);
+    let _etcd = node_a_etcd(&lab);
     let conf = |node: &str, block: &str, endpoint: &str| {
         json!({
             "cniVersion": "1.0.0", "name": "router", "type": "router", "node": node,
@@ -412,4 +419,42 @@ fn on_a_dual_stack_node_a_container_gets_a_128_too() {
         serde_json::from_str(&std::fs::read_to_string(lab.dir.join(&lab.name).join("ipam.json")).expect("ipam"))
             .expect("json");
     assert!(!ipam["allocations6"].as_object().expect("map").contains_key("fd00:10:244::3"), "{ipam}");
+}
+
+/// Dual stack with IPAM in etcd: the IPv4 address comes from etcd, the IPv6 one from the
+/// node's own IPv6 block in the host's IPAM file; CHECK knows both, DEL frees both, and
+/// without an IPAM file for them the config is refused with the reason.
+#[test]
+fn on_a_dual_stack_node_with_etcd_a_container_gets_its_128_from_the_hosts_file() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    let _etcd = node_a_etcd(&lab);
+    let mut cni = Cni::new(&lab);
+    cni.conf["etcd_endpoints"] = json!(["http://127.0.0.1:2379"]);
+    cni.conf["pool"] = json!("10.244.0.0/16");
+    cni.conf["blocks6"] = json!(["fd00:10:244::/122"]);
+    let ns = netns(&lab, "ctr6e");
+    let a = cni.add("container6e", &ns);
+    assert_eq!(a.code, 0, "{}", a.raw);
+    let ips: Vec<&str> = a.out["ips"].as_array().expect("ips").iter().filter_map(|i| i["address"].as_str()).collect();
+    assert_eq!(ips, ["10.244.1.3/32", "fd00:10:244::3/128"], "{}", a.raw);
+    let (ok, out) = in_ns(&ns, &["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "fd00:10:244::81"]);
+    assert!(ok, "the container reaches pod-c1 over IPv6: {out}");
+    let prev = cni.conf_with(&[("prevResult", a.out.clone())]);
+    assert_eq!(cni.call("CHECK", "container6e", Some(&ns), &prev).code, 0);
+    assert_eq!(cni.call("DEL", "container6e", Some(&ns), &cni.conf.to_string()).code, 0);
+    let ipam: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.dir.join(&lab.name).join("ipam.json")).expect("ipam"))
+            .expect("json");
+    assert!(!ipam["allocations6"].as_object().expect("map").contains_key("fd00:10:244::3"), "{ipam}");
+    // Both were freed: the next container gets the same two addresses.
+    let again = cni.add("container6f", &ns);
+    let ips: Vec<&str> =
+        again.out["ips"].as_array().expect("ips").iter().filter_map(|i| i["address"].as_str()).collect();
+    assert_eq!(ips, ["10.244.1.3/32", "fd00:10:244::3/128"], "{}", again.raw);
+    assert_eq!(cni.call("DEL", "container6f", Some(&ns), &cni.conf.to_string()).code, 0);
+    let mut no_file = cni.conf.clone();
+    no_file.as_object_mut().expect("object").remove("ipam_file");
+    let r = cni.call("ADD", "container6g", Some(&ns), &no_file.to_string());
+    assert_eq!(error_code(&r), 7, "{}", r.raw);
+    assert!(r.raw.contains("needs ipam_file"), "{}", r.raw);
 }
