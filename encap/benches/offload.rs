@@ -4,7 +4,7 @@
 //! (`gro::merge_vxlan`), with and without checking every segment's checksums.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use encap::{gro, gso::TcpSegments, ipv4, tcp, udp, vxlan};
+use encap::{gro, gso::TcpSegments, ipv4, tcp};
 use std::hint::black_box;
 
 const MSS: u16 = 1448;
@@ -33,33 +33,18 @@ fn super_packet(payload: usize) -> Vec<u8> {
     p
 }
 
-/// The same super-packet's segments, each behind VXLAN and inner Ethernet headers, as one
-/// UDP super-packet (outer IPv4 onward), and its datagram size.
+/// The same super-packet's segments as one UDP super-packet of VXLAN, and its datagram size.
 fn vxlan_super(pkt: &[u8]) -> (Vec<u8>, u16) {
     let segs = TcpSegments::new(pkt, MSS).expect("segments");
-    let heads = [8u8, 0, 0, 0, 0, 0x10, 0, 0, 2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0];
-    let mut payload = Vec::new();
-    let mut seg = vec![0u8; 2000];
-    for i in 0..segs.count() {
-        let n = segs.write(i, &mut seg).expect("room");
-        payload.extend_from_slice(&heads);
-        payload.extend_from_slice(&seg[..n]);
-    }
-    let mut p = vec![0u8; 28];
-    ipv4::Repr {
-        src: [192, 168, 100, 100].into(),
-        dst: [192, 168, 100, 101].into(),
-        protocol: ipv4::Protocol::Udp,
-        tos: 0,
-        ident: 1,
-        dont_frag: true,
-        ttl: 64,
-        payload_len: udp::HEADER_LEN + payload.len(),
-    }
-    .emit(&mut p);
-    udp::Repr { src_port: 50000, dst_port: vxlan::PORT, payload_len: payload.len() }.emit(&mut p[20..]);
-    p.extend_from_slice(&payload);
-    (p, (heads.len() + segs.len(0)) as u16)
+    let cut: Vec<Vec<u8>> = (0..segs.count())
+        .map(|i| {
+            let mut seg = vec![0u8; segs.len(i)];
+            segs.write(i, &mut seg).expect("room");
+            seg
+        })
+        .collect();
+    let packets: Vec<&[u8]> = cut.iter().map(Vec::as_slice).collect();
+    encap::fuzzing::vxlan_super(&packets).expect("under 64 KB")
 }
 
 fn offload(c: &mut Criterion) {

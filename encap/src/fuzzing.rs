@@ -144,39 +144,51 @@ pub fn gro(data: &[u8]) {
     vxlan_run(&frames, &segs);
 }
 
-/// The same frames, each behind a VXLAN and an inner Ethernet header, as the datagrams of
-/// one UDP super-packet: [`merge_vxlan`] merges it exactly when the frames make one run of
-/// whole packets, into the packet [`coalesce`] makes of them, and otherwise leaves it as it
-/// was.
+/// `packets` as one UDP super-packet of VXLAN (outer IPv4 onward), each packet in a
+/// datagram of its own behind the VXLAN and inner Ethernet headers, as a node sends them
+/// from 192.168.100.100 to 192.168.100.101 (VNI 4096): the packet and its datagram size
+/// (the first's). `None` if it would exceed 64 KB. For the tests, fuzz targets and benches
+/// that need what [`merge_vxlan`] takes; built with the headers the data plane writes.
+pub fn vxlan_super(packets: &[&[u8]]) -> Option<(Vec<u8>, u16)> {
+    use crate::vxlan::{emit_inner_headers, vtep_mac, Outer, Tunnel, CALICO_VNI, INNER_HEADERS, OUTER_HEADERS};
+    let payload_len: usize = packets.iter().map(|p| INNER_HEADERS + p.len()).sum();
+    if OUTER_HEADERS + payload_len > usize::from(u16::MAX) {
+        return None;
+    }
+    let (src, dst) = ([192, 168, 100, 100].into(), [192, 168, 100, 101].into());
+    let t = Tunnel { src, dst, ttl: 64, vni: CALICO_VNI, src_mac: vtep_mac(src), dst_mac: vtep_mac(dst) };
+    let mut p = vec![0u8; OUTER_HEADERS + payload_len];
+    let mut at = OUTER_HEADERS;
+    for pkt in packets {
+        at += INNER_HEADERS;
+        emit_inner_headers(&mut p, at, &t);
+        p[at..at + pkt.len()].copy_from_slice(pkt);
+        at += pkt.len();
+    }
+    Outer { tos: 0, dont_frag: true, ident: 1, src_port: 50000, partial_checksum: false }.emit(
+        &mut p,
+        0,
+        payload_len,
+        &t,
+    );
+    let size = INNER_HEADERS + packets.first().map_or(0, |p| p.len());
+    Some((p, size as u16))
+}
+
+/// The same frames as the datagrams of one UDP super-packet of VXLAN ([`vxlan_super`]):
+/// [`merge_vxlan`] merges it exactly when the frames make one run of whole packets, into
+/// the packet [`coalesce`] makes of them, and otherwise leaves it as it was.
 fn vxlan_run(frames: &[Vec<u8>], segs: &[Option<(&[u8], crate::gro::Mergeable)>]) {
-    const HEADS: [u8; 22] = [8, 0, 0, 0, 0, 0x10, 0, 0, 2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0];
+    use crate::vxlan::{INNER_HEADERS, OUTER_HEADERS};
     let (Some(first), Some(last)) = (frames.first(), frames.last()) else { return };
     let n = frames.len();
     let equal = frames[..n - 1].iter().all(|f| f.len() == first.len());
-    let total = 28 + n * HEADS.len() + frames.iter().map(Vec::len).sum::<usize>();
-    if n < 2 || !equal || last.is_empty() || last.len() > first.len() || total > usize::from(u16::MAX) {
+    if n < 2 || !equal || last.is_empty() || last.len() > first.len() {
         return;
     }
-    let mut p = vec![0u8; 28];
-    let payload_len = total - 28;
-    crate::ipv4::Repr {
-        src: [192, 168, 100, 100].into(),
-        dst: [192, 168, 100, 101].into(),
-        protocol: crate::ipv4::Protocol::Udp,
-        tos: 0,
-        ident: 1,
-        dont_frag: true,
-        ttl: 64,
-        payload_len: crate::udp::HEADER_LEN + payload_len,
-    }
-    .emit(&mut p);
-    crate::udp::Repr { src_port: 1, dst_port: crate::vxlan::PORT, payload_len }.emit(&mut p[20..]);
-    for f in frames {
-        p.extend_from_slice(&HEADS);
-        p.extend_from_slice(f);
-    }
+    let packets: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let Some((mut p, size)) = vxlan_super(&packets) else { return };
     let before = p.clone();
-    let size = (HEADS.len() + first.len()) as u16;
     let one_run = run_len(segs, 0) == n;
     let exact =
         frames.iter().all(|f| Packet::new_checked(&f[..]).is_ok_and(|ip| usize::from(ip.total_len()) == f.len()));
@@ -186,11 +198,11 @@ fn vxlan_run(frames: &[Vec<u8>], segs: &[Option<(&[u8], crate::gro::Mergeable)>]
         return;
     };
     assert!(one_run && exact);
-    assert_eq!((m.segments, m.len), (n, total - (n - 1) * (HEADS.len() + 20 + m.thl)));
+    assert_eq!((m.segments, m.len), (n, before.len() - (n - 1) * (INNER_HEADERS + 20 + m.thl)));
     let run: Vec<_> = segs.iter().flatten().copied().collect();
     let mut want = vec![0u8; 70_000];
     let (len, hdr) = coalesce(&run, 0, &mut want).expect("a run fits in 64 KB");
-    assert_eq!(&p[28 + HEADS.len()..m.len], &want[..len], "the packet coalesce makes");
+    assert_eq!(&p[OUTER_HEADERS + INNER_HEADERS..m.len], &want[..len], "the packet coalesce makes");
     assert_eq!((usize::from(hdr.gso_size), m.thl), (usize::from(m.mss), run[0].1.thl));
     let outer = Packet::new_checked(&p[..m.len]).expect("outer IPv4");
     assert!(outer.verify_checksum() && usize::from(outer.total_len()) == m.len);

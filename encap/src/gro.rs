@@ -295,36 +295,17 @@ mod tests {
         assert!(!follows((a, m(a)), (&psh, m(&psh)), (q, m(q)), total));
     }
 
-    /// The VXLAN header (VNI 4096) and inner Ethernet header in front of every segment.
-    const HEADS: [u8; VXLAN_INNER] =
-        [0x08, 0, 0, 0, 0, 0x10, 0, 0, 0x66, 0xee, 0, 0, 0, 0x0c, 0x66, 0xee, 0, 0, 0, 0x0a, 0x08, 0x00];
-
-    /// A UDP super-packet 192.168.100.100 → .101, port 4789, of one VXLAN datagram per
-    /// segment, each `HEADS` and the segment, every one but the last `size` bytes long.
+    /// The segments as one UDP super-packet of VXLAN, one per datagram.
     fn wrapped(segs: &[Vec<u8>]) -> (Vec<u8>, u16) {
-        let size = VXLAN_INNER + segs[0].len();
-        let payload: Vec<u8> = segs.iter().flat_map(|s| HEADS.iter().chain(s.iter()).copied()).collect();
-        let mut p = vec![0u8; 28];
-        ipv4::Repr {
-            src: [192, 168, 100, 100].into(),
-            dst: [192, 168, 100, 101].into(),
-            protocol: Protocol::Udp,
-            tos: 0,
-            ident: 7,
-            dont_frag: false,
-            ttl: 64,
-            payload_len: udp::HEADER_LEN + payload.len(),
-        }
-        .emit(&mut p);
-        udp::Repr { src_port: 51234, dst_port: vxlan::PORT, payload_len: payload.len() }.emit(&mut p[20..]);
-        p.extend_from_slice(&payload);
-        (p, size as u16)
+        let packets: Vec<&[u8]> = segs.iter().map(Vec::as_slice).collect();
+        crate::fuzzing::vxlan_super(&packets).expect("under 64 KB")
     }
 
     #[test]
     fn a_udp_super_packet_of_vxlan_segments_merges_in_place_into_their_super_packet() {
         let (orig, segs) = cut();
         let (mut p, size) = wrapped(&segs);
+        let heads = p[28..28 + VXLAN_INNER].to_vec();
         let m = merge_vxlan(&mut p, size, true).expect("merges");
         assert_eq!(m, VxlanMerge { len: 28 + VXLAN_INNER + orig.len(), segments: segs.len(), mss: 1448, thl: 20 });
         let p = &mut p[..m.len];
@@ -333,7 +314,7 @@ mod tests {
         assert_eq!(usize::from(outer.total_len()), m.len);
         let u = udp::Packet::new_unchecked(&p[20..]);
         assert_eq!((usize::from(u.len()), u.checksum(), u.dst_port()), (m.len - 20, 0, vxlan::PORT));
-        assert_eq!(p[28..28 + VXLAN_INNER], HEADS);
+        assert_eq!(p[28..28 + VXLAN_INNER], heads, "the first datagram's VXLAN and inner headers");
         let inner = &mut p[28 + VXLAN_INNER..];
         assert_eq!(checksum::checksum(&inner[..20]), 0, "inner IPv4 checksum");
         // Finishing the partial checksum gives the sender's super-packet back, byte for byte.
