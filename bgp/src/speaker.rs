@@ -601,7 +601,8 @@ impl Core {
     }
 
     fn established(&mut self, i: usize, neg: Negotiated) {
-        self.rib.set_router_id(i as PeerId, neg.peer_id);
+        let ch = self.rib.set_router_id(i as PeerId, neg.peer_id);
+        self.apply(ch);
         self.peers[i].eor = false;
         self.peers[i].connected_at = None;
         // Back from a restart: families whose forwarding state it did not keep lose their
@@ -704,8 +705,7 @@ impl Core {
     pub fn cluster_next_hops(&self) -> std::collections::HashSet<Ipv4Addr> {
         self.rib
             .loc_rib()
-            .iter()
-            .filter_map(|(_, b)| match (b.from, b.attrs.next_hop) {
+            .filter_map(|(_, from, attrs)| match (from, attrs.next_hop) {
                 (crate::rib::From::Peer(id), IpAddr::V4(nh)) if self.rib.peer(id).is_some_and(|p| !p.external) => {
                     Some(nh)
                 }
@@ -718,9 +718,8 @@ impl Core {
     pub fn learned(&self) -> Vec<(ipnet::Ipv4Net, Ipv4Addr)> {
         self.rib
             .loc_rib()
-            .iter()
-            .filter(|(_, b)| b.from != crate::rib::From::Local)
-            .filter_map(|(p, b)| match (p, b.attrs.next_hop) {
+            .filter(|(_, from, _)| *from != crate::rib::From::Local)
+            .filter_map(|(p, _, attrs)| match (p, attrs.next_hop) {
                 (IpNet::V4(p), IpAddr::V4(nh)) => Some((p, nh)),
                 _ => None,
             })
@@ -731,9 +730,8 @@ impl Core {
     pub fn learned6(&self) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
         self.rib
             .loc_rib()
-            .iter()
-            .filter(|(_, b)| b.from != crate::rib::From::Local)
-            .filter_map(|(p, b)| match (p, b.attrs.next_hop) {
+            .filter(|(_, from, _)| *from != crate::rib::From::Local)
+            .filter_map(|(p, _, attrs)| match (p, attrs.next_hop) {
                 (IpNet::V6(p), IpAddr::V6(nh)) => Some((p, nh)),
                 _ => None,
             })

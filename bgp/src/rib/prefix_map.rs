@@ -85,6 +85,16 @@ impl<V> PrefixMap<V> {
     pub fn into_keys(self) -> impl Iterator<Item = IpNet> {
         self.v4.into_keys().map(IpNet::V4).chain(self.v6.into_keys().map(IpNet::V6))
     }
+
+    /// Moves every entry of `other` into this map (an entry of `other` wins).
+    pub fn append(&mut self, other: PrefixMap<V>) {
+        if self.is_empty() {
+            *self = other;
+            return;
+        }
+        self.v4.extend(other.v4);
+        self.v6.extend(other.v6);
+    }
 }
 
 fn set<K: std::hash::Hash + Eq, V: PartialEq + Clone>(m: &mut Map<K, V>, k: K, v: Option<&V>) -> bool {
@@ -144,6 +154,13 @@ mod tests {
         assert!(!m.set(net("2001:db8::/32"), None));
         assert!(m.set(net("2001:db8::/48"), Some(&5)));
         assert_eq!(m.remove(&net("2001:db8::/48")), Some(5));
-        assert_eq!(m.into_keys().collect::<Vec<_>>(), [net("10.0.0.0/8")]);
+        let mut other = PrefixMap::default();
+        other.insert(net("10.0.0.0/8"), 7);
+        other.insert(net("2001:db8::/32"), 8);
+        m.append(other);
+        assert_eq!((m.len(), m[&net("10.0.0.0/8")]), (2, 7));
+        let mut keys: Vec<IpNet> = m.into_keys().collect();
+        keys.sort();
+        assert_eq!(keys, [net("10.0.0.0/8"), net("2001:db8::/32")]);
     }
 }

@@ -73,7 +73,7 @@ fn full_mesh_does_not_pass_ibgp_routes_on() {
     let ch = r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
     assert_eq!(ch.loc.len(), 1, "learned");
     assert!(sent_to(&ch, 2).is_empty(), "not re-advertised to another iBGP peer");
-    let best = &r.loc_rib()[&net("10.244.2.0/26")];
+    let best = &r.best(&net("10.244.2.0/26")).unwrap();
     assert_eq!(best.from, From::Peer(1));
     assert_eq!(best.attrs.next_hop, IpAddr::V4(ip("192.168.100.101")));
 }
@@ -86,7 +86,7 @@ fn withdrawal_removes_the_route() {
     let IpNet::V4(p) = net("10.244.2.0/26") else { panic!() };
     let ch = r.update(1, &Update { withdrawn: vec![p], ..Default::default() });
     assert_eq!(ch.loc, vec![(net("10.244.2.0/26"), None)]);
-    assert!(r.loc_rib().is_empty());
+    assert!(r.loc_rib().next().is_none());
 }
 
 #[test]
@@ -96,7 +96,7 @@ fn treat_as_withdraw_removes_what_the_peer_had_sent() {
     let mut bad = route("10.244.2.0/26", "192.168.100.101", vec![]);
     bad.treat_as_withdraw = true;
     r.update(1, &bad);
-    assert!(r.loc_rib().is_empty());
+    assert!(r.loc_rib().next().is_none());
 }
 
 fn reflector() -> Rib {
@@ -140,7 +140,7 @@ fn reflection_loops_are_refused() {
     let mut r = reflector();
     r.update(1, &route("10.244.5.0/26", "192.168.100.101", vec![AttrValue::ClusterList(vec![ip("1.1.1.1")])]));
     r.update(1, &route("10.244.6.0/26", "192.168.100.101", vec![AttrValue::OriginatorId(ME)]));
-    assert!(r.loc_rib().is_empty());
+    assert!(r.loc_rib().next().is_none());
 }
 
 #[test]
@@ -153,7 +153,7 @@ fn ebgp_routes_with_our_as_are_refused_and_exports_prepend_our_as() {
     let looped =
         route("10.1.0.0/16", "192.168.100.1", vec![AttrValue::AsPath(vec![AsSegment::sequence(vec![65000, AS])])]);
     r.update(1, &looped);
-    assert!(r.loc_rib().is_empty());
+    assert!(r.loc_rib().next().is_none());
     let ch = r.originate(net("10.244.1.0/26"), PathAttrs::local(ME));
     let u = sent_to(&ch, 1);
     assert_eq!(u[0].get(code::AS_PATH), Some(&AttrValue::AsPath(vec![AsSegment::sequence(vec![AS])])));
@@ -172,7 +172,7 @@ fn decision_process_order() {
     r.add_peer(1, peer("192.168.100.101", AS, false));
     r.add_peer(2, peer("192.168.100.102", AS, false));
     let p = "10.9.0.0/16";
-    let best = |r: &Rib| r.loc_rib()[&net(p)].from;
+    let best = |r: &Rib| r.best(&net(p)).unwrap().from;
     let seq = |v: Vec<u32>| AttrValue::AsPath(vec![AsSegment::sequence(v)]);
     // Higher LOCAL_PREF wins over a shorter AS path.
     r.update(1, &route(p, "192.168.100.101", vec![AttrValue::LocalPref(200), seq(vec![1, 2, 3])]));
@@ -220,7 +220,7 @@ fn ebgp_beats_ibgp_when_all_else_is_equal() {
         2,
         &route("10.9.0.0/16", "192.168.100.200", vec![AttrValue::AsPath(vec![AsSegment::sequence(vec![65000])])]),
     );
-    assert_eq!(r.loc_rib()[&net("10.9.0.0/16")].from, From::Peer(2));
+    assert_eq!(r.best(&net("10.9.0.0/16")).unwrap().from, From::Peer(2));
 }
 
 #[test]
@@ -237,8 +237,45 @@ fn graceful_restart_keeps_stale_routes_until_end_of_rib() {
     r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
     let ch = r.update(1, &Update::end_of_rib(Afi::Ipv4));
     assert_eq!(ch.loc, vec![(net("10.244.7.0/26"), None)]);
-    assert!(r.loc_rib().contains_key(&net("10.244.2.0/26")));
+    assert!(r.best(&net("10.244.2.0/26")).is_some());
     assert!(!r.has_stale(1));
+}
+
+#[test]
+fn a_restarted_peer_with_a_new_router_id_has_its_stale_paths_chosen_again() {
+    let mut r = mesh_rib();
+    r.set_router_id(1, ip("1.1.1.1"));
+    r.set_router_id(2, ip("5.5.5.5"));
+    r.update(1, &route("10.9.0.0/16", "192.168.100.101", vec![]));
+    r.update(2, &route("10.9.0.0/16", "192.168.200.101", vec![]));
+    assert_eq!(r.best(&net("10.9.0.0/16")).unwrap().from, From::Peer(1));
+    r.peer_down(1, true);
+    assert_eq!(r.best(&net("10.9.0.0/16")).unwrap().from, From::Peer(1), "stale, still chosen");
+    // It comes back with another identifier, higher than peer 2's: the tie goes the other way,
+    // and the FIB hears of it before the peer has sent anything.
+    let ch = r.set_router_id(1, ip("9.9.9.9"));
+    assert_eq!(ch.loc.len(), 1);
+    assert_eq!(ch.loc[0].1.as_ref().map(|b| b.from), Some(From::Peer(2)));
+    assert!(r.set_router_id(1, ip("9.9.9.9")).loc.is_empty(), "no change, nothing to do");
+}
+
+#[test]
+fn the_loc_rib_lists_each_prefix_once_from_its_best_path() {
+    let mut r = mesh_rib();
+    r.set_router_id(1, ip("1.1.1.1"));
+    r.set_router_id(2, ip("5.5.5.5"));
+    r.originate(net("10.244.1.0/26"), PathAttrs::local(ME));
+    r.update(1, &route("10.9.0.0/16", "192.168.100.101", vec![]));
+    r.update(2, &route("10.9.0.0/16", "192.168.200.101", vec![]));
+    r.update(2, &route("10.8.0.0/16", "192.168.200.101", vec![]));
+    // A peer's path for our own block loses to it and is not listed.
+    r.update(2, &route("10.244.1.0/26", "192.168.200.101", vec![]));
+    let mut loc: Vec<(IpNet, From)> = r.loc_rib().map(|(p, from, _)| (p, from)).collect();
+    loc.sort_by_key(|(p, _)| *p);
+    assert_eq!(
+        loc,
+        [(net("10.8.0.0/16"), From::Peer(2)), (net("10.9.0.0/16"), From::Peer(1)), (net("10.244.1.0/26"), From::Local)]
+    );
 }
 
 #[test]
@@ -253,7 +290,7 @@ fn session_loss_without_graceful_restart_drops_routes() {
 fn routes_pointing_at_ourselves_are_ignored() {
     let mut r = mesh_rib();
     r.update(1, &route("10.244.1.0/26", "192.168.100.100", vec![]));
-    assert!(r.loc_rib().is_empty());
+    assert!(r.loc_rib().next().is_none());
 }
 
 const POOL: &str = "10.244.0.0/16";
@@ -293,7 +330,7 @@ fn a_node_exports_cluster_routes_only_and_never_what_external_peers_sent() {
     // An external prefix is used here, but goes to no one: not to the other external peer
     // (we are no transit AS), not to the mesh.
     let ch = r.update(2, &from_as("198.51.100.0/24", "192.168.100.1", 65001));
-    assert!(r.loc_rib().contains_key(&net("198.51.100.0/24")));
+    assert!(r.best(&net("198.51.100.0/24")).is_some());
     assert!(ch.out.is_empty(), "{:?}", ch.out);
     // Another node's block goes to the external peers (next hop self, our AS prepended)...
     let ch = r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
@@ -334,17 +371,17 @@ fn an_external_peer_cannot_announce_pool_routes_or_override_our_own() {
     assert_eq!(r.rejected_routes(2), want);
     assert_eq!((r.received(2), r.rejected(2)), (3, 6));
     // Our block is still ours; the pool route did not land.
-    assert_eq!(r.loc_rib()[&net("10.244.1.0/26")].from, From::Local);
-    assert!(!r.loc_rib().contains_key(&net("10.244.0.0/16")));
+    assert_eq!(r.best(&net("10.244.1.0/26")).unwrap().from, From::Local);
+    assert!(!r.best(&net("10.244.0.0/16")).is_some());
     // A withdrawal clears the record.
     r.update(2, &Update { withdrawn: vec!["10.244.0.0/16".parse().expect("net")], ..Default::default() });
     assert_eq!(r.rejected(2), 5);
     // A cluster node may announce pool routes, and an outside route reflector may pass them
     // on with the node as next hop; a route first refused then fixed counts once.
     r.update(1, &route("10.244.3.7/32", "192.168.100.101", vec![]));
-    assert!(r.loc_rib().contains_key(&net("10.244.3.7/32")));
+    assert!(r.best(&net("10.244.3.7/32")).is_some());
     r.update(3, &from_as("10.244.4.0/26", "192.168.100.101", 65002));
-    assert_eq!(r.loc_rib()[&net("10.244.4.0/26")].from, From::Peer(3));
+    assert_eq!(r.best(&net("10.244.4.0/26")).unwrap().from, From::Peer(3));
     r.update(2, &route("10.244.3.7/32", "192.168.100.1", vec![AttrValue::Communities(vec![1])]));
     assert_eq!(r.rejected(2), 5);
 }
@@ -402,7 +439,7 @@ fn no_export_stays_in_the_as_and_no_advertise_goes_nowhere() {
     assert!(sent_to(&ch, 2).is_empty() && !sent_to(&ch, 4).is_empty());
     let ch = r.update(1, &route("10.244.4.0/26", "192.168.100.101", c(community::NO_ADVERTISE)));
     assert!(ch.out.is_empty(), "NO_ADVERTISE: to no one");
-    assert!(r.loc_rib().contains_key(&net("10.244.4.0/26")), "but used");
+    assert!(r.best(&net("10.244.4.0/26")).is_some(), "but used");
 }
 
 #[test]
@@ -457,7 +494,7 @@ fn med_is_compared_only_within_a_neighbouring_as_whatever_the_order() {
             From::Peer(id) => paths[order[id as usize - 1]].0,
             From::Local => "local",
         };
-        assert_eq!(name(r.loc_rib()[&p].from), "b", "order {order:?}");
+        assert_eq!(name(r.best(&p).unwrap().from), "b", "order {order:?}");
         let mut lost: Vec<(&str, Option<Step>)> = r.candidates(&p).iter().map(|c| (name(c.from), c.lost_at)).collect();
         lost.sort_unstable();
         assert_eq!(lost, [("a", Some(Step::Med)), ("b", None), ("c", Some(Step::RouterId))], "order {order:?}");
@@ -471,7 +508,7 @@ fn the_router_id_from_the_open_breaks_ties_not_the_address() {
     r.set_router_id(2, ip("1.1.1.1"));
     r.update(1, &route("10.9.0.0/16", "192.168.100.101", vec![]));
     r.update(2, &route("10.9.0.0/16", "192.168.200.101", vec![]));
-    assert_eq!(r.loc_rib()[&net("10.9.0.0/16")].from, From::Peer(2));
+    assert_eq!(r.best(&net("10.9.0.0/16")).unwrap().from, From::Peer(2));
     // A reflector names the originator by its router ID too (RFC 4456 §8), not its address.
     let mut rr = reflector();
     rr.set_router_id(1, ip("7.7.7.7"));
@@ -521,7 +558,7 @@ fn ibgp_only_attributes_from_an_ebgp_peer_are_discarded() {
             ],
         ),
     );
-    let b = &r.loc_rib()[&net("198.51.100.0/24")];
+    let b = &r.best(&net("198.51.100.0/24")).unwrap();
     assert_eq!((b.attrs.local_pref, b.attrs.originator_id, b.attrs.cluster_list.len()), (Some(100), None, 0));
 }
 
@@ -600,7 +637,7 @@ fn a_route_grown_past_the_size_limit_is_withdrawn_not_sent() {
         assert!(u[0].nlri.is_empty());
         assert_eq!(r.advertised(to), 0);
     }
-    assert!(r.loc_rib().contains_key(&net("10.244.2.0/26")), "still used here");
+    assert!(r.best(&net("10.244.2.0/26")).is_some(), "still used here");
 }
 
 #[test]
@@ -698,10 +735,10 @@ fn end_of_rib_purges_only_its_own_familys_stale_routes() {
     r.peer_down(1, true);
     r.peer_up(1, &[Afi::Ipv4, Afi::Ipv6]);
     r.update(1, &Update::end_of_rib(Afi::Ipv4));
-    assert!(!r.loc_rib().contains_key(&net("10.244.2.0/26")));
-    assert!(r.loc_rib().contains_key(&net("fd00:2::/64")) && r.has_stale(1));
+    assert!(!r.best(&net("10.244.2.0/26")).is_some());
+    assert!(r.best(&net("fd00:2::/64")).is_some() && r.has_stale(1));
     r.update(1, &Update::end_of_rib(Afi::Ipv6));
-    assert!(!r.has_stale(1) && !r.loc_rib().contains_key(&net("fd00:2::/64")));
+    assert!(!r.has_stale(1) && !r.best(&net("fd00:2::/64")).is_some());
 }
 
 #[test]
@@ -709,7 +746,7 @@ fn a_new_policy_judges_the_routes_already_in_and_out() {
     let mut r = edge_node();
     // Outside the pool, an external route is taken; a mesh route there is not exported.
     r.update(2, &from_as("10.245.1.0/24", "192.168.100.1", 65001));
-    assert!(r.loc_rib().contains_key(&net("10.245.1.0/24")));
+    assert!(r.best(&net("10.245.1.0/24")).is_some());
     let ch = r.update(1, &route("10.245.9.0/26", "192.168.100.101", vec![]));
     assert!(sent_to(&ch, 2).is_empty() && sent_to(&ch, 3).is_empty());
     assert!(!r.refused_by_policy(2));
@@ -718,7 +755,7 @@ fn a_new_policy_judges_the_routes_already_in_and_out() {
     let mut policy = r.policy.clone();
     policy.pools.push(net("10.245.0.0/16"));
     let ch = r.set_policy(policy.clone());
-    assert!(!r.loc_rib().contains_key(&net("10.245.1.0/24")));
+    assert!(!r.best(&net("10.245.1.0/24")).is_some());
     assert!(ch.loc.iter().any(|(p, b)| *p == net("10.245.1.0/24") && b.is_none()), "{:?}", ch.loc);
     assert_eq!(r.rejected_routes(2), [(net("10.245.1.0/24"), Rejected::InsidePool)]);
     assert!(r.refused_by_policy(2), "its peer is to be asked again when the policy changes");

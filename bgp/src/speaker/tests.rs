@@ -213,7 +213,7 @@ impl Cluster {
     }
 
     fn has(&self, k: usize, b: u8) -> bool {
-        self.nodes[k].as_ref().is_some_and(|c| c.rib().loc_rib().contains_key(&block(b)))
+        self.nodes[k].as_ref().is_some_and(|c| c.rib().best(&block(b)).is_some())
     }
 
     fn all_up(&self) -> bool {
@@ -497,7 +497,7 @@ fn a_peer_replaced_with_new_settings_keeps_its_routes_until_the_new_session_sent
     assert!(c.core(0).removed(0));
     assert!(c.has(0, 2) && c.has(1, 1));
     // The old slot's stale routes are gone once the new session has sent its table.
-    assert!(c.core(0).rib().loc_rib().get(&block(2)).is_some());
+    assert!(c.core(0).rib().best(&block(2)).is_some());
     assert!(c.core(0).poll_timeout().is_some_and(|t| t > c.now), "no timer of the dead slot keeps firing");
 }
 
@@ -552,7 +552,7 @@ fn a_policy_change_asks_peers_for_the_routes_it_may_now_take() {
         a.message(slot, now, Message::Update(u.clone()));
     }
     let _ = a.take_actions();
-    assert!(!a.rib().loc_rib().contains_key(&refused));
+    assert!(a.rib().best(&refused).is_none());
     // The pool goes: only the peer that can be asked is.
     a.set_policy(ClusterPolicy::default());
     let acts = a.take_actions();
@@ -566,5 +566,5 @@ fn a_policy_change_asks_peers_for_the_routes_it_may_now_take() {
     assert_eq!(asked, [0], "{acts:?}");
     // Its answer is taken now.
     a.message(0, now, Message::Update(u));
-    assert!(a.rib().loc_rib().contains_key(&refused));
+    assert!(a.rib().best(&refused).is_some());
 }
