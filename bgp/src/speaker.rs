@@ -10,7 +10,7 @@ use crate::policy::{ClusterPolicy, Filter};
 use crate::restart::Helper;
 use crate::rib::{Candidate, Changes, PathAttrs, PeerId, PeerInfo, Rib};
 use crate::wire::{self, Afi, Ctx, Message, Notification};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,8 +129,53 @@ pub struct Core {
     peers: Vec<Peer>,
     actions: Vec<Action>,
     deferral_until: Option<Instant>,
-    /// Set when the Loc-RIB changed since `take_changed`.
-    changed: bool,
+    /// What the Loc-RIB changed since [`Core::take_changes`].
+    changed: LocChanges,
+}
+
+/// What changed in the Loc-RIB, for whoever keeps a FIB from it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum LocChanges {
+    #[default]
+    Nothing,
+    /// Changed routes. IPv4 ones with what [`Core::learned`] now has for them: the next hop,
+    /// or `None` (withdrawn, or a route this node originates); where a prefix is listed more
+    /// than once, the last entry holds. The list carries the next hops so that whoever
+    /// applies it need not look each prefix up again in a table of a million.
+    Routes { v4: Vec<(Ipv4Net, Option<Ipv4Addr>)>, v6: bool },
+    /// Anything may have changed: read the whole Loc-RIB.
+    Everything,
+}
+
+impl LocChanges {
+    /// Beyond this many IPv4 routes a list stops growing and becomes
+    /// [`LocChanges::Everything`]: nobody who reads the whole table then gains from it, and
+    /// it would hold memory (10 bytes a route).
+    pub const MAX_LISTED: usize = 1 << 20;
+
+    fn add(&mut self, changed: &[(IpNet, Option<crate::rib::Best>)]) {
+        if *self == LocChanges::Nothing {
+            *self = LocChanges::Routes { v4: Vec::with_capacity(changed.len()), v6: false };
+        }
+        let LocChanges::Routes { v4, v6 } = self else { return };
+        for (p, best) in changed {
+            match p {
+                IpNet::V4(p) => v4.push((*p, best.as_ref().and_then(learned_next_hop))),
+                IpNet::V6(_) => *v6 = true,
+            }
+        }
+        if v4.len() > Self::MAX_LISTED {
+            *self = LocChanges::Everything;
+        }
+    }
+}
+
+/// The IPv4 next hop of a learned best path (none for one this node originates).
+fn learned_next_hop(b: &crate::rib::Best) -> Option<Ipv4Addr> {
+    match (b.from, b.attrs.next_hop) {
+        (crate::rib::From::Local, _) | (_, IpAddr::V6(_)) => None,
+        (_, IpAddr::V4(nh)) => Some(nh),
+    }
 }
 
 /// The lowest TTL a GTSM peer `hops` away can reach us with.
@@ -152,7 +197,7 @@ impl Core {
             rib.defer();
         }
         let initial = cfg.peers.clone();
-        let mut core = Core { cfg, rib, peers, actions: Vec::new(), deferral_until, changed: true };
+        let mut core = Core { cfg, rib, peers, actions: Vec::new(), deferral_until, changed: LocChanges::Everything };
         for p in initial {
             core.push_peer(p, now);
         }
@@ -340,8 +385,8 @@ impl Core {
         self.peers[i].fsm.state()
     }
 
-    /// True once after every Loc-RIB change: time to rebuild the FIB.
-    pub fn take_changed(&mut self) -> bool {
+    /// What changed in the Loc-RIB since the last call: time to update the FIB.
+    pub fn take_changes(&mut self) -> LocChanges {
         std::mem::take(&mut self.changed)
     }
 
@@ -632,7 +677,7 @@ impl Core {
 
     fn apply(&mut self, ch: Changes) {
         if !ch.loc.is_empty() {
-            self.changed = true;
+            self.changed.add(&ch.loc);
         }
         for (to, u) in ch.out {
             self.send(to as usize, Message::Update(u));
@@ -658,7 +703,7 @@ impl Core {
             p.fsm.restart_done();
         }
         let ch = self.rib.end_deferral();
-        self.changed = true;
+        self.changed = LocChanges::Everything;
         self.apply(ch);
     }
 
@@ -704,12 +749,10 @@ impl Core {
     /// The next hops of the routes learned from cluster nodes.
     pub fn cluster_next_hops(&self) -> std::collections::HashSet<Ipv4Addr> {
         self.rib
-            .loc_rib()
-            .filter_map(|(_, from, attrs)| match (from, attrs.next_hop) {
-                (crate::rib::From::Peer(id), IpAddr::V4(nh)) if self.rib.peer(id).is_some_and(|p| !p.external) => {
-                    Some(nh)
-                }
-                _ => None,
+            .cluster_routes()
+            .filter_map(|(_, attrs)| match attrs.next_hop {
+                IpAddr::V4(nh) => Some(nh),
+                IpAddr::V6(_) => None,
             })
             .collect()
     }

@@ -213,23 +213,145 @@ pub fn build_fib(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv4Net, Ipv
     build_inner(cfg, ifaces, learned, false)
 }
 
+#[derive(Debug)]
+/// How a route via a gateway leaves this node, worked out the same way for the whole table
+/// ([`build`]) and for one learned route at a time ([`Resolver::learned`]).
+pub struct Resolver<'a> {
+    cfg: &'a NodeConfig,
+    tun: bool,
+    /// Where routed and tunnelled packets leave: the uplink, or in tun mode the raw socket.
+    out_if: IfaceId,
+    subnet: Ipv4Net,
+}
+
+/// Where a route via `gateway` goes, and the facts a display row explains it with.
+struct Via {
+    nh: NextHop,
+    tunnel: Encap,
+    mode: IpipMode,
+    /// Tunnelled (IPIP or VXLAN), by the pool's mode.
+    encap: bool,
+    /// The underlay next hop toward the gateway.
+    hop: Ipv4Addr,
+    in_pool: bool,
+    on_link: bool,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(cfg: &'a NodeConfig, ifaces: &Interfaces) -> Result<Resolver<'a>, String> {
+        let tun = cfg.dataplane == DataplaneMode::Tun;
+        let up_name = cfg.uplink.interface.as_str();
+        let out_if = if tun { ifaces.by_role(|r| *r == IfaceRole::RawIpip) } else { ifaces.by_name(up_name) };
+        let Some(out_if) = out_if else {
+            return Err(format!("the data plane has no interface for the uplink {up_name}"));
+        };
+        Ok(Resolver { cfg, tun, out_if, subnet: cfg.uplink.address.trunc() })
+    }
+
+    /// The underlay next hop toward an address: itself on the uplink's subnet, else the
+    /// on-link gateway of the most specific route outside the pools that covers it.
+    fn underlay_hop(&self, gw: Ipv4Addr) -> Option<Ipv4Addr> {
+        if self.subnet.contains(&gw) {
+            return Some(gw);
+        }
+        let cfg = self.cfg;
+        cfg.routes
+            .iter()
+            .filter(|r| r.prefix.contains(&gw) && cfg.pools.iter().all(|p| !p.cidr.contains(&r.prefix)))
+            .filter_map(|r| match r.action {
+                StaticAction::Via(h) if self.subnet.contains(&h) => Some((r.prefix.prefix_len(), h)),
+                _ => None,
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, h)| h)
+    }
+
+    /// `None` where the gateway cannot be reached.
+    fn via(&self, prefix: &Ipv4Net, gw: Ipv4Addr) -> Option<Via> {
+        let (tunnel, mode) = self.cfg.encap_for(prefix);
+        let in_pool = self.cfg.pools.iter().any(|p| p.cidr.contains(prefix));
+        let on_link = self.subnet.contains(&gw);
+        let encap = match mode {
+            IpipMode::Always => true,
+            IpipMode::CrossSubnet => !on_link,
+            IpipMode::Never => false,
+        };
+        let hop = self.underlay_hop(gw)?;
+        let (tun, iface) = (self.tun, self.out_if);
+        let nh = match (encap, tunnel) {
+            (true, Encap::Ipip) if tun => NextHop::Ipip { iface, gateway: gw, remote: gw },
+            (true, Encap::Ipip) => NextHop::Ipip { iface, gateway: hop, remote: gw },
+            (true, Encap::Vxlan) if tun => NextHop::Vxlan { iface, gateway: gw, remote: gw },
+            (true, Encap::Vxlan) => NextHop::Vxlan { iface, gateway: hop, remote: gw },
+            (false, _) if tun => NextHop::Host,
+            (false, _) => NextHop::Direct { iface, gateway: hop },
+        };
+        Some(Via { nh, tunnel, mode, encap, hop, in_pool, on_link })
+    }
+
+    /// The FIB's next hop for a route learned over BGP, as [`build_fib`] would give it
+    /// (`None`: its next hop cannot be reached, and it is left out).
+    pub fn learned(&self, prefix: &Ipv4Net, gw: Ipv4Addr) -> Option<NextHop> {
+        self.via(prefix, gw).map(|v| v.nh)
+    }
+
+    /// Whether a learned route for `prefix` puts nothing in the kernel: in afpacket mode,
+    /// routes outside the pools are the router's alone (see [`build_fib`]).
+    pub fn learned_is_router_only(&self, prefix: &Ipv4Net) -> bool {
+        !self.tun && !self.cfg.pools.iter().any(|p| p.cidr.contains(prefix))
+    }
+}
+
+/// What an incremental update of the FIB did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Prefixes whose FIB entry changed.
+    pub changed: usize,
+    /// Learned routes left out: their next hop cannot be reached.
+    pub unreachable: usize,
+}
+
+/// Sets the FIB entry of each prefix in `learned` (IPv4, router-only: see
+/// [`Resolver::learned_is_router_only`]; each with the next hop BGP has for it now, or none)
+/// to what a full [`build_fib`] would give it: the learned route where its next hop can be
+/// reached, else the node's own route for the prefix from `config` (a later row wins in the
+/// full table, and learned rows come last), else none. Each prefix once.
+pub fn apply_learned(
+    writer: &mut forwarding::fib::FibWriter,
+    resolver: &Resolver<'_>,
+    config: &std::collections::HashMap<Ipv4Net, NextHop>,
+    learned: &[(Ipv4Net, Option<Ipv4Addr>)],
+) -> Applied {
+    let mut a = Applied::default();
+    for &(p, learned) in learned {
+        let p = &p;
+        let from_bgp = learned.and_then(|gw| resolver.learned(p, gw));
+        a.unreachable += usize::from(learned.is_some() && from_bgp.is_none());
+        let want = from_bgp.or_else(|| config.get(p).copied());
+        if want == writer.get(*p) {
+            continue;
+        }
+        a.changed += 1;
+        match want {
+            Some(nh) => writer.insert(*p, nh),
+            None => writer.remove(*p),
+        };
+    }
+    a
+}
+
 fn build_inner(
     cfg: &NodeConfig,
     ifaces: &Interfaces,
     learned: &[(Ipv4Net, Ipv4Addr)],
     with_entries: bool,
 ) -> Result<Table, String> {
-    let tun = cfg.dataplane == DataplaneMode::Tun;
+    let resolver = Resolver::new(cfg, ifaces)?;
+    let (tun, out_if) = (resolver.tun, resolver.out_if);
     let up_name = cfg.uplink.interface.as_str();
-    let subnet = cfg.uplink.address.trunc();
-    let uplink = ifaces.by_name(up_name);
-    let raw = ifaces.by_role(|r| *r == IfaceRole::RawIpip);
+    let subnet = resolver.subnet;
     let tun_if = ifaces.by_role(|r| *r == IfaceRole::Tun);
     let tun_dev = cfg.tunnel_device();
-    let out_if: Option<IfaceId> = if tun { raw } else { uplink };
-    let Some(out_if) = out_if else {
-        return Err(format!("the data plane has no interface for the uplink {up_name}"));
-    };
     let mut t = Table { with_entries, ..Default::default() };
     let local = RouteSource::Local;
     let host = Ipv4Net::new(cfg.uplink.address.addr(), 32).map_err(|e| e.to_string())?;
@@ -299,22 +421,6 @@ fn build_inner(
             kernel: tun,
         });
     }
-    // The underlay next hop toward an address: itself on the uplink's subnet, else the
-    // on-link gateway of the most specific route outside the pools that covers it.
-    let underlay_hop = |gw: Ipv4Addr| -> Option<Ipv4Addr> {
-        if subnet.contains(&gw) {
-            return Some(gw);
-        }
-        cfg.routes
-            .iter()
-            .filter(|r| r.prefix.contains(&gw) && cfg.pools.iter().all(|p| !p.cidr.contains(&r.prefix)))
-            .filter_map(|r| match r.action {
-                StaticAction::Via(h) if subnet.contains(&h) => Some((r.prefix.prefix_len(), h)),
-                _ => None,
-            })
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, h)| h)
-    };
     let statics = cfg.routes.iter().map(|r| (r.prefix, r.action.clone(), RouteSource::Static));
     let bgp = learned.iter().map(|(p, nh)| (*p, StaticAction::Via(*nh), RouteSource::Bgp));
     for (prefix, action, src) in statics.chain(bgp) {
@@ -341,19 +447,7 @@ fn build_inner(
                 continue;
             }
         };
-        let (tunnel, mode) = cfg.encap_for(&r.prefix);
-        let mode_name = match tunnel {
-            Encap::Ipip => "ipipMode",
-            Encap::Vxlan => "vxlanMode",
-        };
-        let in_pool = cfg.pools.iter().any(|p| p.cidr.contains(&r.prefix));
-        let on_link = subnet.contains(&gw);
-        let encap = match mode {
-            IpipMode::Always => true,
-            IpipMode::CrossSubnet => !on_link,
-            IpipMode::Never => false,
-        };
-        let Some(hop) = underlay_hop(gw) else {
+        let Some(Via { nh, tunnel, mode, encap, hop, in_pool, on_link }) = resolver.via(&r.prefix, gw) else {
             if src == RouteSource::Bgp {
                 tracing::warn!(prefix = %r.prefix, next_hop = %gw, "learned route's next hop is unreachable; not installed");
                 continue;
@@ -364,17 +458,16 @@ fn build_inner(
                 r.prefix
             ));
         };
+        let mode_name = match tunnel {
+            Encap::Ipip => "ipipMode",
+            Encap::Vxlan => "vxlanMode",
+        };
         if encap {
             let why = move || match mode {
                 IpipMode::Always => format!("{mode_name} Always"),
                 _ => format!("{gw} is outside {subnet} ({mode_name} CrossSubnet)"),
             };
-            let (nh, dev) = match tunnel {
-                Encap::Ipip if tun => (NextHop::Ipip { iface: out_if, gateway: gw, remote: gw }, tun_dev),
-                Encap::Ipip => (NextHop::Ipip { iface: out_if, gateway: hop, remote: gw }, up_name),
-                Encap::Vxlan if tun => (NextHop::Vxlan { iface: out_if, gateway: gw, remote: gw }, tun_dev),
-                Encap::Vxlan => (NextHop::Vxlan { iface: out_if, gateway: hop, remote: gw }, up_name),
-            };
+            let dev = if tun { tun_dev } else { up_name };
             t.push(Row {
                 prefix: r.prefix,
                 nh,
@@ -400,7 +493,6 @@ fn build_inner(
                     format!("{mode_name} Never: sent unencapsulated via {hop}, whose router must know the route")
                 }
             };
-            let nh = if tun { NextHop::Host } else { NextHop::Direct { iface: out_if, gateway: hop } };
             t.push(Row {
                 prefix: r.prefix,
                 nh,
@@ -534,6 +626,62 @@ via = "192.168.100.1"
     const UP: IfaceId = IfaceId(0);
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().expect("ip")
+    }
+
+    #[test]
+    fn an_incremental_update_gives_the_fib_a_full_build_gives() {
+        let c = cfg("CrossSubnet", "afpacket");
+        let ifaces = afpacket_ifaces(&c);
+        let net = |s: &str| -> Ipv4Net { s.parse().expect("net") };
+        let before = [
+            (net("198.51.100.0/24"), ip("192.168.100.101")),
+            (net("203.0.113.0/24"), ip("192.168.200.101")),
+            // Learned over a static route for the same prefix: the learned one wins.
+            (net("192.168.200.0/24"), ip("192.168.100.5")),
+            // A next hop nothing leads to: left out.
+            (net("192.0.2.0/24"), ip("10.9.9.9")),
+        ];
+        let after = [
+            (net("203.0.113.0/24"), ip("192.168.100.7")),
+            (net("192.0.2.0/24"), ip("10.9.9.9")),
+            (net("100.64.0.0/10"), ip("192.168.100.9")),
+        ];
+        let full = |learned: &[(Ipv4Net, Ipv4Addr)]| {
+            forwarding::fib::FibWriter::with_routes(&build_fib(&c, &ifaces, learned).expect("table").fib)
+        };
+        let mut w = full(&before);
+        let config: std::collections::HashMap<Ipv4Net, NextHop> =
+            build_fib(&c, &ifaces, &[]).expect("table").fib.into_iter().map(|r| (r.prefix, r.next_hop)).collect();
+        let resolver = Resolver::new(&c, &ifaces).expect("resolver");
+        let mut touched: Vec<Ipv4Net> = before.iter().chain(&after).map(|(p, _)| *p).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        assert!(touched.iter().all(|p| resolver.learned_is_router_only(p)));
+        let learned_at = |p: Ipv4Net| after.iter().find(|(q, _)| *q == p).map(|(_, gw)| *gw);
+        let changes: Vec<(Ipv4Net, Option<Ipv4Addr>)> = touched.iter().map(|p| (*p, learned_at(*p))).collect();
+        let a = apply_learned(&mut w, &resolver, &config, &changes);
+        // Withdrawn, moved, fallen back to the static route, added; the unreachable one is
+        // still out.
+        assert_eq!(a, Applied { changed: 4, unreachable: 1 });
+        let want = full(&after);
+        assert_eq!(w.len(), want.len());
+        for p in touched.iter().chain(config.keys()) {
+            assert_eq!(w.get(*p), want.get(*p), "{p}");
+        }
+        assert_eq!(w.get(net("192.168.200.0/24")), Some(NextHop::Direct { iface: UP, gateway: ip("192.168.100.1") }));
+        // Inside a pool, or in tun mode, the kernel needs a route too: not for this path.
+        assert!(!resolver.learned_is_router_only(&net("10.244.9.0/26")));
+        let t = cfg("CrossSubnet", "tun");
+        let mut list: Vec<Interface> = ifaces.iter().map(|(_, f)| f.clone()).collect();
+        list.push(Interface {
+            name: "raw".into(),
+            ifindex: 0,
+            mac: encap::MacAddr::ZERO,
+            mtu: 1500,
+            role: IfaceRole::RawIpip,
+        });
+        let tun_ifaces = Interfaces::new(list);
+        assert!(!Resolver::new(&t, &tun_ifaces).expect("resolver").learned_is_router_only(&net("198.51.100.0/24")));
     }
 
     #[test]

@@ -139,9 +139,9 @@ impl Speaker {
         self.core.rib()
     }
 
-    /// True once after every Loc-RIB change: time to rebuild the FIB.
-    pub fn take_changed(&mut self) -> bool {
-        self.core.take_changed()
+    /// What changed in the Loc-RIB since the last call: time to update the FIB.
+    pub fn take_changes(&mut self) -> bgp::speaker::LocChanges {
+        self.core.take_changes()
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

@@ -535,12 +535,16 @@ fn an_outside_peer_is_neither_transit_nor_able_to_take_pool_or_node_routes() {
          \n[[prefix_advertisements]]\ncidr = \"10.244.2.0/26\"\ncommunities = [\"no-export\"]\n",
     );
     let lab = up_with(lab, &topo);
+    // What the workers look up in, not the display: one more prefix once BIRD's is taken.
+    let fib = |lab: &TestLab| lab.json(&["stats", "--node", "node-a", "--json"])["fib_routes"].as_u64();
+    let fib_before = fib(&lab).expect("fib_routes");
     let sock = start_bird(
         &lab,
         &bird_announcing(&["198.51.100.0/24", "10.244.2.0/26", "10.244.1.7/32", "192.168.100.100/32"], ""),
     );
     wait_for(20, "node-a's session with BIRD", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
     wait_for(10, "BIRD's own prefix at node-a", || route(&lab, "node-a", "198.51.100.0/24").is_some());
+    wait_for(10, "BIRD's prefix in node-a's FIB", || fib(&lab) == Some(fib_before + 1));
     let r = route(&lab, "node-a", "198.51.100.0/24").expect("route");
     assert_eq!((r["source"].as_str(), r["next_hop"].as_str()), (Some("bgp"), Some("192.168.100.1")));
     wait_for(10, "three refused routes", || rejected(&lab, "node-a").len() == 3);
@@ -573,6 +577,10 @@ fn an_outside_peer_is_neither_transit_nor_able_to_take_pool_or_node_routes() {
     assert!(routes.contains("(64512,100)"), "no community in:\n{routes}");
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
     assert!(ok, "{out}");
+    // BIRD shuts the session down: its prefix leaves the FIB, and nothing else does.
+    birdc(&lab, &sock, &["disable", "node_a"]);
+    wait_for(10, "BIRD's prefix out of node-a's FIB", || fib(&lab) == Some(fib_before));
+    assert!(route(&lab, "node-a", "198.51.100.0/24").is_none());
 }
 
 /// A BGPFilter refuses a prefix by name; then the peer sends more than `max_prefixes` and the

@@ -432,6 +432,18 @@ impl Rib {
         local.chain(learned)
     }
 
+    /// The Loc-RIB routes learned from cluster nodes (not external peers), each prefix once.
+    /// Only those peers' paths are read: a full table from an outside peer costs nothing here.
+    pub fn cluster_routes(&self) -> impl Iterator<Item = (IpNet, &Arc<PathAttrs>)> + '_ {
+        let cluster = self.adj_in.iter().filter(|(id, _)| self.peers.get(id).is_some_and(|p| !p.external));
+        cluster.flat_map(move |(&id, m)| {
+            m.keys().filter_map(move |p| match self.select(&p) {
+                Some((From::Peer(w), a)) if w == id => Some((p, a)),
+                _ => None,
+            })
+        })
+    }
+
     /// Every prefix with a path, sorted.
     fn loc_prefixes(&self) -> Vec<IpNet> {
         let mut v: Vec<IpNet> = self.local.keys().copied().collect();

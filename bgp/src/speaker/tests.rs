@@ -443,13 +443,19 @@ fn a_prefix_originated_while_running_reaches_every_peer_and_its_withdrawal_too()
     let learned = |c: &Cluster, k: usize| {
         c.nodes[k].as_ref().expect("running").learned().iter().any(|(p, _)| IpNet::V4(*p) == pod)
     };
+    // The FIB keeper hears the whole table once at start, then only what changed.
+    assert_eq!(c.core(1).take_changes(), LocChanges::Everything);
+    assert_eq!(c.core(1).take_changes(), LocChanges::Nothing);
     c.core(0).originate(pod);
     c.settle();
     assert!(learned(&c, 1) && learned(&c, 2), "the borrowed /32 reached every node");
+    let IpNet::V4(pod4) = pod else { panic!("v4") };
+    assert_eq!(c.core(1).take_changes(), LocChanges::Routes { v4: vec![(pod4, Some(ip(1)))], v6: false });
     c.core(0).withdraw_local(pod);
     c.core(0).withdraw_local(pod);
     c.settle();
     assert!(!learned(&c, 1) && !learned(&c, 2), "and its withdrawal too");
+    assert_eq!(c.core(1).take_changes(), LocChanges::Routes { v4: vec![(pod4, None)], v6: false });
     assert!(c.has(1, 1) && c.has(2, 1), "the block stays");
 }
 
@@ -567,4 +573,27 @@ fn a_policy_change_asks_peers_for_the_routes_it_may_now_take() {
     // Its answer is taken now.
     a.message(0, now, Message::Update(u));
     assert!(a.rib().best(&refused).is_some());
+}
+
+#[test]
+fn a_change_list_says_what_is_learned_now_and_past_its_cap_becomes_everything() {
+    use crate::rib::{Best, From};
+    let v4 = |b: IpNet| match b {
+        IpNet::V4(p) => p,
+        IpNet::V6(_) => unreachable!(),
+    };
+    let learned = Best { from: From::Peer(1), attrs: Arc::new(PathAttrs::local(ip(7))) };
+    let ours = Best { from: From::Local, attrs: Arc::new(PathAttrs::local(ip(1))) };
+    let v6: IpNet = "2001:db8:1::/122".parse().expect("net");
+    let mut ch = LocChanges::Nothing;
+    ch.add(&[(block(1), Some(learned.clone())), (block(2), Some(ours)), (block(3), None)]);
+    let want = vec![(v4(block(1)), Some(ip(7))), (v4(block(2)), None), (v4(block(3)), None)];
+    assert_eq!(ch, LocChanges::Routes { v4: want, v6: false });
+    ch.add(&[(v6, None)]);
+    assert!(matches!(&ch, LocChanges::Routes { v6: true, .. }));
+    let many = vec![(block(4), Some(learned)); LocChanges::MAX_LISTED];
+    ch.add(&many);
+    assert_eq!(ch, LocChanges::Everything);
+    ch.add(&[(block(5), None)]);
+    assert_eq!(ch, LocChanges::Everything);
 }

@@ -11,16 +11,17 @@
 use crate::routes;
 use crate::speaker::{Speaker, SpeakerConfig};
 use anyhow::{bail, Context as _};
+use bgp::speaker::LocChanges;
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
 use forwarding::fib::{FibWriter, Tunnels};
-use forwarding::{FibHandle, IfaceRole, Interface, Interfaces};
+use forwarding::{FibHandle, IfaceRole, Interface, Interfaces, NextHop};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use mio::{Events, Poll, Token};
 use nodeapi::admin::RouteEntry;
 use nodeapi::admin::{self, Request};
 use nodeapi::config::{DataplaneMode, NodeConfig};
 use nodeapi::ipcmd;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixListener;
@@ -50,10 +51,10 @@ struct Node {
     fib: FibHandle,
     /// The FIB's routes, changed one by one.
     writer: FibWriter,
-    /// What BGP taught us; display rows are built from it when someone asks.
-    learned: Vec<(Ipv4Net, Ipv4Addr)>,
-    /// The same for IPv6 (dual stack).
-    learned6: Vec<(Ipv6Net, Ipv6Addr)>,
+    /// The IPv4 FIB routes that BGP did not teach (the node's address and subnet, its
+    /// blocks, pods, static routes), as of the last full rebuild: what a prefix falls back
+    /// to when BGP withdraws it. What BGP taught is read from the speaker, or from `saved`.
+    config_routes: HashMap<Ipv4Net, NextHop>,
     /// Our routes in the kernel and the transit filter, changed by a thread of their own.
     kernel: kernel::KernelWork,
     started: Instant,
@@ -101,11 +102,11 @@ impl Node {
     ) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let table = routes::build_fib(&self.cfg, self.dp.interfaces(), &learned).map_err(anyhow::Error::msg)?;
+        self.config_routes = config_routes(&self.cfg, self.dp.interfaces())?;
         let table6 = routes::table6(&self.cfg, self.dp.interfaces(), &learned6, false);
         self.writer.set_v6(&table6.fib);
         let mut kernel = table.kernel.clone();
         kernel.extend(table6.kernel);
-        self.learned6 = learned6;
         let built = t0.elapsed();
         // Only what changed goes to the FIB writer, so a snapshot rebuilds only the /8s touched.
         let (added, removed) = self.writer.sync(&table.fib);
@@ -128,35 +129,90 @@ impl Node {
             ms_publish = (published - diffed).as_millis() as u64,
             "FIB updated"
         );
-        self.learned = learned;
         Ok(())
     }
 
+    /// Brings the FIB in line with BGP's changes alone, where that is all they need: IPv4
+    /// routes that go to the router alone (outside the pools, afpacket mode). False, having
+    /// changed nothing, where it is not: the caller rebuilds in full. A full table from a peer
+    /// then costs its changes, not a million rows per UPDATE.
+    fn apply_learned(&mut self, sp: &Speaker, mut v4: Vec<(Ipv4Net, Option<Ipv4Addr>)>) -> anyhow::Result<bool> {
+        let t0 = Instant::now();
+        let resolver = routes::Resolver::new(&self.cfg, self.dp.interfaces()).map_err(anyhow::Error::msg)?;
+        if !v4.iter().all(|(p, _)| resolver.learned_is_router_only(p)) {
+            return Ok(false);
+        }
+        // In prefix order (the FIB writer's chunks are then filled in order), and the last
+        // word on each prefix: stable, and the later of equal entries kept.
+        v4.sort_by_key(|(p, _)| *p);
+        v4.reverse();
+        v4.dedup_by_key(|(p, _)| *p);
+        v4.reverse();
+        let applied = routes::apply_learned(&mut self.writer, &resolver, &self.config_routes, &v4);
+        let changed = applied.changed;
+        if applied.unreachable > 0 {
+            tracing::warn!(routes = applied.unreachable, "learned routes whose next hop is unreachable; not installed");
+        }
+        self.writer.set_tunnels(tunnels(&self.cfg, &sp.cluster_next_hops()));
+        self.fib.publish(self.writer.publish());
+        if changed > 10_000 {
+            netsys::trim_heap();
+        }
+        tracing::info!(
+            routes = self.writer.len(),
+            prefixes = v4.len(),
+            changed,
+            ms = t0.elapsed().as_millis() as u64,
+            "FIB updated from BGP's changes"
+        );
+        Ok(true)
+    }
+
+    /// What BGP taught, as the FIB was built from it: the saved routes while a planned restart
+    /// is in progress, else the speaker's Loc-RIB.
+    fn learned(&self, sp: Option<&Speaker>) -> (Learned, Learned6) {
+        match (&self.saved, sp) {
+            (Some(s), _) => (s.learned.clone(), s.learned6.clone()),
+            (None, Some(sp)) => (sp.learned(), sp.learned6()),
+            (None, None) => Default::default(),
+        }
+    }
+
     /// The route table for display (`router routes`).
-    fn entries(&self) -> Vec<RouteEntry> {
-        let mut e =
-            routes::build(&self.cfg, self.dp.interfaces(), &self.learned).map(|t| t.entries).unwrap_or_default();
-        e.extend(routes::table6(&self.cfg, self.dp.interfaces(), &self.learned6, true).entries);
+    fn entries(&self, sp: Option<&Speaker>) -> Vec<RouteEntry> {
+        let (learned, learned6) = self.learned(sp);
+        let mut e = routes::build(&self.cfg, self.dp.interfaces(), &learned).map(|t| t.entries).unwrap_or_default();
+        e.extend(routes::table6(&self.cfg, self.dp.interfaces(), &learned6, true).entries);
         e
     }
 
     /// The route `dst` takes, as a display row (like `ip route get`). Only the learned routes
     /// that cover `dst` get rows built, so a full table costs one scan, not a million rows.
-    fn route_for(&self, dst: IpAddr) -> Option<RouteEntry> {
+    fn route_for(&self, dst: IpAddr, sp: Option<&Speaker>) -> Option<RouteEntry> {
+        let (learned, learned6) = self.learned(sp);
         let dst = match dst {
             IpAddr::V4(d) => d,
             IpAddr::V6(d) => {
                 let covering: Vec<(Ipv6Net, Ipv6Addr)> =
-                    self.learned6.iter().filter(|(p, _)| p.contains(&d)).copied().collect();
+                    learned6.iter().filter(|(p, _)| p.contains(&d)).copied().collect();
                 let rows = routes::table6(&self.cfg, self.dp.interfaces(), &covering, true).entries;
                 return crate::trace::lookup(&rows, dst).cloned();
             }
         };
-        let covering: Vec<(Ipv4Net, Ipv4Addr)> =
-            self.learned.iter().filter(|(p, _)| p.contains(&dst)).copied().collect();
+        let covering: Vec<(Ipv4Net, Ipv4Addr)> = learned.iter().filter(|(p, _)| p.contains(&dst)).copied().collect();
         let t = routes::build(&self.cfg, self.dp.interfaces(), &covering).ok()?;
         crate::trace::lookup(&t.entries, dst.into()).cloned()
     }
+}
+
+/// Routes BGP taught: (prefix, next hop).
+type Learned = Vec<(Ipv4Net, Ipv4Addr)>;
+type Learned6 = Vec<(Ipv6Net, Ipv6Addr)>;
+
+/// The IPv4 FIB routes that BGP does not teach, by prefix (a later one wins, as in the FIB).
+fn config_routes(cfg: &NodeConfig, ifaces: &Interfaces) -> anyhow::Result<HashMap<Ipv4Net, NextHop>> {
+    let t = routes::build_fib(cfg, ifaces, &[]).map_err(anyhow::Error::msg)?;
+    Ok(t.fib.into_iter().map(|r| (r.prefix.trunc(), r.next_hop)).collect())
 }
 
 fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
@@ -277,6 +333,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     let table =
         routes::build(&cfg, &ifaces, &learned).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
     let mut writer = FibWriter::with_routes(&table.fib);
+    let config_routes = config_routes(&cfg, &ifaces).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
     let table6 = routes::table6(&cfg, &ifaces, &learned6, false);
     writer.set_v6(&table6.fib);
     writer.set_tunnels(tunnels(&cfg, &hops));
@@ -324,8 +381,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         dp,
         fib,
         writer,
-        learned,
-        learned6,
+        config_routes,
         kernel: kernel_work,
         started: Instant::now(),
         capture: None,
@@ -421,6 +477,9 @@ fn control_loop(
     );
     let mut events = Events::with_capacity(64);
     let (mut pending, mut last_rebuild, mut rebuild_cost) = (false, Instant::now(), Duration::ZERO);
+    // IPv4 routes BGP changed since the FIB last followed it; `pending` is a full rebuild,
+    // which covers them too.
+    let mut dirty: Vec<(Ipv4Net, Option<Ipv4Addr>)> = Vec::new();
     let mut links_checked = Instant::now();
     // Pod interfaces are followed on link events, and looked at now and then anyway (an
     // overrun loses events; without netlink, polling is all there is).
@@ -454,7 +513,7 @@ fn control_loop(
         if let Some(t) = speaker.as_ref().and_then(|s| s.poll_timeout()) {
             timeout = timeout.min(t.saturating_duration_since(now));
         }
-        if pending {
+        if pending || !dirty.is_empty() {
             timeout = timeout.min((rebuild_cost * 2).saturating_sub(last_rebuild.elapsed()));
         }
         match poll.poll(&mut events, Some(timeout)) {
@@ -512,36 +571,62 @@ fn control_loop(
             node.kernel.filter_recheck();
         }
         node.reap_capture();
-        node.collect_trace();
+        node.collect_trace(speaker.as_ref());
         node.account_tun_drops();
         if let Some(sp) = speaker.as_mut() {
             sp.resume(poll.registry(), now);
             sp.tick(poll.registry(), now);
-            pending |= sp.take_changed();
-            // Coalesced: while routes pour in (a full table), rebuilding costs O(routes), so
-            // wait twice as long as the last rebuild took; a small lab rebuilds at once.
+            match sp.take_changes() {
+                LocChanges::Nothing => {}
+                // IPv6 tables are rebuilt in full: the kernel gets their routes too.
+                LocChanges::Everything | LocChanges::Routes { v6: true, .. } => pending = true,
+                LocChanges::Routes { v4, .. } if !pending => {
+                    dirty.extend(v4);
+                    if dirty.len() > LocChanges::MAX_LISTED {
+                        pending = true;
+                    }
+                }
+                LocChanges::Routes { .. } => {}
+            }
             if node.saved.is_some() && !sp.deferring() {
                 // BGP is back: the Loc-RIB takes over from the saved routes.
                 tracing::info!("restart complete: every peer is back; the learned routes replace the saved ones");
                 node.saved = None;
                 pending = true;
             }
-            if pending && last_rebuild.elapsed() >= rebuild_cost * 2 && node.saved.is_none() {
+            // Coalesced: while routes pour in (a full table), wait twice as long as the last
+            // update of the FIB took; a small lab updates at once.
+            let due = last_rebuild.elapsed() >= rebuild_cost * 2 && node.saved.is_none();
+            if due && (pending || !dirty.is_empty()) {
                 let t = Instant::now();
-                if let Err(e) = node.rebuild(sp.learned(), sp.learned6(), &sp.cluster_next_hops()) {
-                    tracing::error!(error = %e, "rebuilding the FIB failed");
+                let done = match pending {
+                    true => Ok(false),
+                    false => node.apply_learned(sp, std::mem::take(&mut dirty)),
+                };
+                let full = match done {
+                    Ok(done) => !done,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "updating the FIB failed; rebuilding it");
+                        true
+                    }
+                };
+                if full {
+                    if let Err(e) = node.rebuild(sp.learned(), sp.learned6(), &sp.cluster_next_hops()) {
+                        tracing::error!(error = %e, "rebuilding the FIB failed");
+                    }
                 }
-                pending = false;
+                (pending, dirty) = (false, Vec::new());
                 last_rebuild = Instant::now();
-                rebuild_cost = t.elapsed();
+                // A full rebuild costs the whole table whatever changed, so the next one
+                // waits; following changes costs what changed, and batching saves nothing.
+                rebuild_cost = if full { t.elapsed() } else { Duration::ZERO };
             }
         }
     }
     if let Some(sp) = speaker.as_mut() {
         if node.restart_requested && result.is_ok() {
             let hops: Vec<Ipv4Addr> = sp.cluster_next_hops().into_iter().collect();
-            let learned = if node.saved.is_some() { node.learned.clone() } else { sp.learned() };
-            let learned6 = if node.saved.is_some() { node.learned6.clone() } else { sp.learned6() };
+            let (learned, learned6) = node.learned(Some(sp));
             match restart::save(&node.cfg, &learned, &learned6, &hops) {
                 Ok(()) => {
                     tracing::info!(routes = learned.len(), "planned restart: routes saved, sessions closed quietly");

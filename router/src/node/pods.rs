@@ -204,10 +204,7 @@ impl Node {
     /// Rebuilds the FIB with what BGP taught so far (the pods changed, the routes did not).
     fn refresh(&mut self, speaker: Option<&Speaker>) {
         let hops = speaker.map(|s| s.cluster_next_hops()).unwrap_or_default();
-        let learned =
-            if self.saved.is_some() { self.learned.clone() } else { speaker.map_or_else(Vec::new, |s| s.learned()) };
-        let learned6 =
-            if self.saved.is_some() { self.learned6.clone() } else { speaker.map_or_else(Vec::new, |s| s.learned6()) };
+        let (learned, learned6) = self.learned(speaker);
         if let Err(e) = self.rebuild(learned, learned6, &hops) {
             tracing::error!(error = %e, "rebuilding the FIB after a pod change failed");
         }

@@ -34,7 +34,7 @@ pub(super) fn metrics_body(node: &Node, speaker: Option<&Speaker>) -> String {
 
 impl Node {
     /// Turns the workers' trace events into hops; ends a trace nobody stopped.
-    pub(super) fn collect_trace(&mut self) {
+    pub(super) fn collect_trace(&mut self, sp: Option<&Speaker>) {
         let Some((id, _, until)) = &self.trace else { return };
         let (id, until) = (*id, *until);
         let rx = self.dp.tracer().receiver();
@@ -42,7 +42,7 @@ impl Node {
             if e.id != id {
                 continue;
             }
-            let h = crate::trace::hop(&self.cfg.name, self.dp.interfaces(), &|dst| self.route_for(dst), &e);
+            let h = crate::trace::hop(&self.cfg.name, self.dp.interfaces(), &|dst| self.route_for(dst, sp), &e);
             if let Some((_, hops, _)) = self.trace.as_mut() {
                 hops.push(h);
             }
@@ -52,7 +52,7 @@ impl Node {
         }
     }
 
-    fn trace_request(&mut self, req: Request) -> admin::Answer {
+    fn trace_request(&mut self, req: Request, sp: Option<&Speaker>) -> admin::Answer {
         match req {
             Request::TraceStart { id } => {
                 while self.dp.tracer().receiver().try_recv().is_ok() {}
@@ -61,7 +61,7 @@ impl Node {
                 admin::answer(&())
             }
             Request::TraceCollect { id } => {
-                self.collect_trace();
+                self.collect_trace(sp);
                 match &self.trace {
                     Some((tid, hops, _)) if *tid == id => admin::answer(hops),
                     _ => admin::answer(&Vec::<nodeapi::admin::Hop>::new()),
@@ -147,12 +147,14 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
     let (cfg, dp) = (&node.cfg, &node.dp);
     match req {
         Request::CaptureStart { .. } | Request::CaptureStop | Request::CaptureStatus => node.capture_request(req),
-        Request::TraceStart { .. } | Request::TraceCollect { .. } | Request::TraceStop => node.trace_request(req),
-        Request::Lookup { addr } => admin::answer(&node.route_for(addr)),
+        Request::TraceStart { .. } | Request::TraceCollect { .. } | Request::TraceStop => {
+            node.trace_request(req, speaker)
+        }
+        Request::Lookup { addr } => admin::answer(&node.route_for(addr, speaker)),
         Request::Pods => admin::answer(&node.pods()),
         // The control loop handles these itself: they need BGP to announce or withdraw.
         Request::PodAdd { .. } | Request::PodDel { .. } => Err("pod changes go through the control loop".into()),
-        Request::Routes => admin::answer(&node.entries()),
+        Request::Routes => admin::answer(&node.entries(speaker)),
         Request::GracefulRestart => {
             if cfg.bgp.as_ref().is_none_or(|b| b.graceful_restart_secs == 0) {
                 return Err("graceful restart is off for this node (graceful_restart_secs = 0)".into());

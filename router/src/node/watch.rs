@@ -193,15 +193,12 @@ impl Node {
                 // As a planned restart: the FIB keeps the routes until the new sessions have
                 // sent theirs, and peers doing graceful restart keep ours meanwhile.
                 if self.saved.is_none() {
-                    let learned = sp.learned();
-                    self.learned6 = sp.learned6();
                     self.saved = Some(super::restart::Saved {
                         saved_at: 0,
-                        learned: learned.clone(),
-                        learned6: self.learned6.clone(),
+                        learned: sp.learned(),
+                        learned6: sp.learned6(),
                         cluster_hops: sp.cluster_next_hops().into_iter().collect(),
                     });
-                    self.learned = learned;
                 }
                 sp.close_for_restart(registry);
                 restarted = true;
