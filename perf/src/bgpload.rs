@@ -383,6 +383,10 @@ struct Outcome {
     rss_bytes: u64,
     /// One `router routes --lookup` answered over the admin socket with the table loaded.
     route_lookup_ms: Option<f64>,
+    /// A pod added, then deleted, over the admin socket with the table loaded: each call
+    /// returns once the FIB without (with) the pod is published.
+    pod_add_ms: Option<f64>,
+    pod_del_ms: Option<f64>,
     what_is_counted: &'static str,
 }
 
@@ -435,6 +439,16 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         )?;
     }
     md.push('\n');
+    for r in results.iter().filter(|r| r.pod_add_ms.is_some()) {
+        writeln!(
+            md,
+            "{} peer(s), table loaded: a pod added in {:.1} ms and deleted in {:.1} ms; a route looked up in {:.1} ms  ",
+            r.peers,
+            r.pod_add_ms.unwrap_or_default(),
+            r.pod_del_ms.unwrap_or_default(),
+            r.route_lookup_ms.unwrap_or_default()
+        )?;
+    }
     for pair in results.chunks(2) {
         if let [ours, bird] = pair {
             writeln!(
@@ -503,6 +517,20 @@ fn measure_node(
     if answer.is_none() {
         bail!("the node has no route for {probe} after the load");
     }
+    // A pod whose interface is not there yet (a CNI ADD comes before the link is up): the
+    // node's own routes are rebuilt all the same.
+    let pod = nodeapi::admin::PodSpec {
+        name: "perf-pod".into(),
+        interface: "perfpod0".into(),
+        address: Ipv4Addr::new(10, 250, 0, 1),
+        address6: None,
+    };
+    let t = Instant::now();
+    node.pod_add(pod).context("adding a pod")?;
+    let pod_add_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    node.pod_del("perf-pod").context("deleting the pod")?;
+    let pod_del_ms = t.elapsed().as_secs_f64() * 1e3;
     Ok(Outcome {
         receiver: "router node",
         peers,
@@ -513,6 +541,8 @@ fn measure_node(
         routes_per_sec: (got - before) as f64 / (t1 - t0),
         rss_bytes: rss_of_ns(DUT_NS, "router"),
         route_lookup_ms: Some(lookup_ms),
+        pod_add_ms: Some(pod_add_ms),
+        pod_del_ms: Some(pod_del_ms),
         what_is_counted: "routes in the published FIB snapshot the workers look up in",
     })
 }
@@ -563,6 +593,8 @@ fn measure_bird(
         routes_per_sec: got as f64 / (t1 - t0),
         rss_bytes: rss_of_ns(DUT_NS, "bird"),
         route_lookup_ms: None,
+        pod_add_ms: None,
+        pod_del_ms: None,
         what_is_counted: "routes in BIRD's master4 table (BIRD has no forwarding table of its own)",
     })
 }

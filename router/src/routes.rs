@@ -302,6 +302,64 @@ impl<'a> Resolver<'a> {
     }
 }
 
+/// The base of the FIB: every route but the learned router-only ones (see
+/// [`Resolver::learned_is_router_only`]), that is the node's own routes and the learned
+/// ones the kernel gets too, by prefix (a later row wins, as in the FIB); and the kernel
+/// routes. It costs the cluster's routes, not a full table a peer may send.
+pub fn base_routes(
+    cfg: &NodeConfig,
+    ifaces: &Interfaces,
+    learned: &[(Ipv4Net, Ipv4Addr)],
+) -> Result<(std::collections::HashMap<Ipv4Net, NextHop>, Vec<KernelRoute>), String> {
+    let resolver = Resolver::new(cfg, ifaces)?;
+    let inner: Vec<(Ipv4Net, Ipv4Addr)> =
+        learned.iter().filter(|(p, _)| !resolver.learned_is_router_only(p)).copied().collect();
+    let t = build_fib(cfg, ifaces, &inner)?;
+    Ok((t.fib.into_iter().map(|r| (r.prefix.trunc(), r.next_hop)).collect(), t.kernel))
+}
+
+/// Brings the FIB from base `old` to base `new` (see [`base_routes`]), leaving the learned
+/// router-only routes as they are: a prefix that has one that can be reached keeps it, as in
+/// a full build, where learned rows come last. `learned` is every learned route. Returns how
+/// many prefixes changed in the FIB.
+pub fn apply_base(
+    writer: &mut forwarding::fib::FibWriter,
+    resolver: &Resolver<'_>,
+    old: &std::collections::HashMap<Ipv4Net, NextHop>,
+    new: &std::collections::HashMap<Ipv4Net, NextHop>,
+    learned: &[(Ipv4Net, Ipv4Addr)],
+) -> usize {
+    let gone = old.iter().filter(|(p, nh)| new.get(p) != Some(nh)).map(|(p, _)| *p);
+    let came = new.iter().filter(|(p, nh)| old.get(p) != Some(nh)).map(|(p, _)| *p);
+    let mut touched: Vec<Ipv4Net> = gone.chain(came).collect();
+    if touched.is_empty() {
+        return 0;
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    let lookup: std::collections::HashSet<Ipv4Net> = touched.iter().copied().collect();
+    let learned_wins: std::collections::HashSet<Ipv4Net> = learned
+        .iter()
+        .filter(|(p, gw)| {
+            lookup.contains(p) && resolver.learned_is_router_only(p) && resolver.learned(p, *gw).is_some()
+        })
+        .map(|(p, _)| *p)
+        .collect();
+    let mut changed = 0;
+    for p in touched.iter().filter(|p| !learned_wins.contains(p)) {
+        let want = new.get(p).copied();
+        if want == writer.get(*p) {
+            continue;
+        }
+        changed += 1;
+        match want {
+            Some(nh) => writer.insert(*p, nh),
+            None => writer.remove(*p),
+        };
+    }
+    changed
+}
+
 /// What an incremental update of the FIB did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -682,6 +740,40 @@ via = "192.168.100.1"
         });
         let tun_ifaces = Interfaces::new(list);
         assert!(!Resolver::new(&t, &tun_ifaces).expect("resolver").learned_is_router_only(&net("198.51.100.0/24")));
+    }
+
+    #[test]
+    fn rebuilding_the_base_leaves_the_learned_router_only_routes_as_a_full_build_would() {
+        let before_cfg = cfg("CrossSubnet", "afpacket");
+        // The underlay gateway moves: every route through it changes, in the base only.
+        let text = CFG.replace("via = \"192.168.100.1\"", "via = \"192.168.100.2\"");
+        let after_cfg = NodeConfig::parse(Path::new("n.toml"), &text).expect("config");
+        let ifaces = afpacket_ifaces(&before_cfg);
+        let net = |s: &str| -> Ipv4Net { s.parse().expect("net") };
+        let outer = [(net("198.51.100.0/24"), ip("192.168.100.101")), (net("192.168.200.0/24"), ip("192.168.100.5"))];
+        let mut before = outer.to_vec();
+        before.push((net("10.244.5.0/26"), ip("192.168.100.102")));
+        let mut after = outer.to_vec();
+        after.push((net("10.244.6.0/26"), ip("192.168.200.101")));
+        let full = |c: &NodeConfig, learned: &[(Ipv4Net, Ipv4Addr)]| {
+            forwarding::fib::FibWriter::with_routes(&build_fib(c, &ifaces, learned).expect("table").fib)
+        };
+        let mut w = full(&before_cfg, &before);
+        let (old, _) = base_routes(&before_cfg, &ifaces, &before).expect("base");
+        let (new, kernel) = base_routes(&after_cfg, &ifaces, &after).expect("base");
+        assert!(!old.contains_key(&net("198.51.100.0/24")) && new.contains_key(&net("10.244.6.0/26")));
+        let resolver = Resolver::new(&after_cfg, &ifaces).expect("resolver");
+        let changed = apply_base(&mut w, &resolver, &old, &new, &after);
+        // 10.244.5.0/26 gone, 10.244.6.0/26 come, 10.244.3.0/26 through the new gateway; the
+        // static 192.168.200.0/24 changed too, but the learned route for it still wins.
+        assert_eq!(changed, 3);
+        let want = full(&after_cfg, &after);
+        assert_eq!(w.len(), want.len());
+        for p in old.keys().chain(new.keys()).chain(outer.iter().map(|(p, _)| p)) {
+            assert_eq!(w.get(*p), want.get(*p), "{p}");
+        }
+        assert_eq!(kernel, build_fib(&after_cfg, &ifaces, &after).expect("table").kernel);
+        assert_eq!(apply_base(&mut w, &resolver, &new, &new, &after), 0);
     }
 
     #[test]

@@ -51,10 +51,12 @@ struct Node {
     fib: FibHandle,
     /// The FIB's routes, changed one by one.
     writer: FibWriter,
-    /// The IPv4 FIB routes that BGP did not teach (the node's address and subnet, its
-    /// blocks, pods, static routes), as of the last full rebuild: what a prefix falls back
-    /// to when BGP withdraws it. What BGP taught is read from the speaker, or from `saved`.
-    config_routes: HashMap<Ipv4Net, NextHop>,
+    /// The IPv4 FIB's base ([`routes::base_routes`]): the node's own routes and the learned
+    /// ones the kernel gets too, as last built. The learned router-only routes (a full
+    /// table from a peer) go into the FIB one by one over it, and a prefix falls back to its
+    /// base route when BGP withdraws them. What BGP taught is read from the speaker, or
+    /// from `saved`.
+    base: HashMap<Ipv4Net, NextHop>,
     /// Our routes in the kernel and the transit filter, changed by a thread of their own.
     kernel: kernel::KernelWork,
     started: Instant,
@@ -102,7 +104,7 @@ impl Node {
     ) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let table = routes::build_fib(&self.cfg, self.dp.interfaces(), &learned).map_err(anyhow::Error::msg)?;
-        self.config_routes = config_routes(&self.cfg, self.dp.interfaces())?;
+        self.base = routes::base_routes(&self.cfg, self.dp.interfaces(), &learned).map_err(anyhow::Error::msg)?.0;
         let table6 = routes::table6(&self.cfg, self.dp.interfaces(), &learned6, false);
         self.writer.set_v6(&table6.fib);
         let mut kernel = table.kernel.clone();
@@ -132,23 +134,55 @@ impl Node {
         Ok(())
     }
 
-    /// Brings the FIB in line with BGP's changes alone, where that is all they need: IPv4
-    /// routes that go to the router alone (outside the pools, afpacket mode). False, having
-    /// changed nothing, where it is not: the caller rebuilds in full. A full table from a peer
-    /// then costs its changes, not a million rows per UPDATE.
+    /// Rebuilds the FIB's base only (the node's own routes and the learned ones the kernel
+    /// gets too) and the kernel routes, leaving the learned router-only routes as they are:
+    /// what a pod coming or going, or a pool route changing, needs. With a full table from a
+    /// peer this reads the learned routes once instead of rebuilding a million rows. Valid
+    /// while the pools are those of the last full [`Node::rebuild`].
+    fn rebuild_base(
+        &mut self,
+        learned: &[(Ipv4Net, Ipv4Addr)],
+        learned6: &[(Ipv6Net, Ipv6Addr)],
+        cluster_hops: &HashSet<Ipv4Addr>,
+    ) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let ifaces = self.dp.interfaces();
+        let resolver = routes::Resolver::new(&self.cfg, ifaces).map_err(anyhow::Error::msg)?;
+        let (base, mut kernel) = routes::base_routes(&self.cfg, ifaces, learned).map_err(anyhow::Error::msg)?;
+        let changed = routes::apply_base(&mut self.writer, &resolver, &self.base, &base, learned);
+        self.base = base;
+        let table6 = routes::table6(&self.cfg, ifaces, learned6, false);
+        self.writer.set_v6(&table6.fib);
+        kernel.extend(table6.kernel);
+        self.writer.set_tunnels(tunnels(&self.cfg, cluster_hops));
+        self.fib.publish(self.writer.publish());
+        self.kernel.want(kernel);
+        tracing::info!(
+            routes = self.writer.len(),
+            changed,
+            ms = t0.elapsed().as_millis() as u64,
+            "FIB updated: the node's own and the cluster's routes"
+        );
+        Ok(())
+    }
+
+    /// Brings the FIB in line with BGP's changes: IPv4 routes that go to the router alone
+    /// (outside the pools, afpacket mode) one by one, each over its base route. A full
+    /// table from a peer then costs its changes, not a million rows per UPDATE. True where
+    /// some change also needs the base rebuilt ([`Node::rebuild_base`]: a pool route).
     fn apply_learned(&mut self, sp: &Speaker, mut v4: Vec<(Ipv4Net, Option<Ipv4Addr>)>) -> anyhow::Result<bool> {
         let t0 = Instant::now();
         let resolver = routes::Resolver::new(&self.cfg, self.dp.interfaces()).map_err(anyhow::Error::msg)?;
-        if !v4.iter().all(|(p, _)| resolver.learned_is_router_only(p)) {
-            return Ok(false);
-        }
+        let before = v4.len();
+        v4.retain(|(p, _)| resolver.learned_is_router_only(p));
+        let base_too = v4.len() < before;
         // In prefix order (the FIB writer's chunks are then filled in order), and the last
         // word on each prefix: stable, and the later of equal entries kept.
         v4.sort_by_key(|(p, _)| *p);
         v4.reverse();
         v4.dedup_by_key(|(p, _)| *p);
         v4.reverse();
-        let applied = routes::apply_learned(&mut self.writer, &resolver, &self.config_routes, &v4);
+        let applied = routes::apply_learned(&mut self.writer, &resolver, &self.base, &v4);
         let changed = applied.changed;
         if applied.unreachable > 0 {
             tracing::warn!(routes = applied.unreachable, "learned routes whose next hop is unreachable; not installed");
@@ -165,7 +199,7 @@ impl Node {
             ms = t0.elapsed().as_millis() as u64,
             "FIB updated from BGP's changes"
         );
-        Ok(true)
+        Ok(base_too)
     }
 
     /// What BGP taught, as the FIB was built from it: the saved routes while a planned restart
@@ -208,12 +242,6 @@ impl Node {
 /// Routes BGP taught: (prefix, next hop).
 type Learned = Vec<(Ipv4Net, Ipv4Addr)>;
 type Learned6 = Vec<(Ipv6Net, Ipv6Addr)>;
-
-/// The IPv4 FIB routes that BGP does not teach, by prefix (a later one wins, as in the FIB).
-fn config_routes(cfg: &NodeConfig, ifaces: &Interfaces) -> anyhow::Result<HashMap<Ipv4Net, NextHop>> {
-    let t = routes::build_fib(cfg, ifaces, &[]).map_err(anyhow::Error::msg)?;
-    Ok(t.fib.into_iter().map(|r| (r.prefix.trunc(), r.next_hop)).collect())
-}
 
 fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
     let b = cfg.bgp.as_ref()?;
@@ -333,7 +361,8 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     let table =
         routes::build(&cfg, &ifaces, &learned).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
     let mut writer = FibWriter::with_routes(&table.fib);
-    let config_routes = config_routes(&cfg, &ifaces).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    let base =
+        routes::base_routes(&cfg, &ifaces, &learned).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?.0;
     let table6 = routes::table6(&cfg, &ifaces, &learned6, false);
     writer.set_v6(&table6.fib);
     writer.set_tunnels(tunnels(&cfg, &hops));
@@ -381,7 +410,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         dp,
         fib,
         writer,
-        config_routes,
+        base,
         kernel: kernel_work,
         started: Instant::now(),
         capture: None,
@@ -477,6 +506,9 @@ fn control_loop(
     );
     let mut events = Events::with_capacity(64);
     let (mut pending, mut last_rebuild, mut rebuild_cost) = (false, Instant::now(), Duration::ZERO);
+    // The base of the FIB (the node's own and the cluster's routes) and the kernel's routes
+    // need rebuilding, the learned router-only routes not.
+    let mut pending_base = false;
     // IPv4 routes BGP changed since the FIB last followed it; `pending` is a full rebuild,
     // which covers them too.
     let mut dirty: Vec<(Ipv4Net, Option<Ipv4Addr>)> = Vec::new();
@@ -513,7 +545,7 @@ fn control_loop(
         if let Some(t) = speaker.as_ref().and_then(|s| s.poll_timeout()) {
             timeout = timeout.min(t.saturating_duration_since(now));
         }
-        if pending || !dirty.is_empty() {
+        if pending || pending_base || !dirty.is_empty() {
             timeout = timeout.min((rebuild_cost * 2).saturating_sub(last_rebuild.elapsed()));
         }
         match poll.poll(&mut events, Some(timeout)) {
@@ -578,15 +610,17 @@ fn control_loop(
             sp.tick(poll.registry(), now);
             match sp.take_changes() {
                 LocChanges::Nothing => {}
-                // IPv6 tables are rebuilt in full: the kernel gets their routes too.
-                LocChanges::Everything | LocChanges::Routes { v6: true, .. } => pending = true,
-                LocChanges::Routes { v4, .. } if !pending => {
-                    dirty.extend(v4);
+                LocChanges::Everything => pending = true,
+                LocChanges::Routes { v4, v6 } => {
+                    // The IPv6 table is rebuilt with the base: the kernel gets its routes too.
+                    pending_base |= v6;
+                    if !pending {
+                        dirty.extend(v4);
+                    }
                     if dirty.len() > LocChanges::MAX_LISTED {
                         pending = true;
                     }
                 }
-                LocChanges::Routes { .. } => {}
             }
             if node.saved.is_some() && !sp.deferring() {
                 // BGP is back: the Loc-RIB takes over from the saved routes.
@@ -597,29 +631,35 @@ fn control_loop(
             // Coalesced: while routes pour in (a full table), wait twice as long as the last
             // update of the FIB took; a small lab updates at once.
             let due = last_rebuild.elapsed() >= rebuild_cost * 2 && node.saved.is_none();
-            if due && (pending || !dirty.is_empty()) {
+            if due && (pending || pending_base || !dirty.is_empty()) {
                 let t = Instant::now();
-                let done = match pending {
-                    true => Ok(false),
-                    false => node.apply_learned(sp, std::mem::take(&mut dirty)),
-                };
-                let full = match done {
-                    Ok(done) => !done,
-                    Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "updating the FIB failed; rebuilding it");
-                        true
+                let mut full = pending;
+                let mut base = pending_base;
+                if !full && !dirty.is_empty() {
+                    match node.apply_learned(sp, std::mem::take(&mut dirty)) {
+                        Ok(more) => base |= more,
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "updating the FIB failed; rebuilding it");
+                            full = true;
+                        }
                     }
-                };
+                }
+                if !full && base {
+                    if let Err(e) = node.rebuild_base(&sp.learned(), &sp.learned6(), &sp.cluster_next_hops()) {
+                        tracing::error!(error = %format!("{e:#}"), "updating the FIB failed; rebuilding it");
+                        full = true;
+                    }
+                }
                 if full {
                     if let Err(e) = node.rebuild(sp.learned(), sp.learned6(), &sp.cluster_next_hops()) {
                         tracing::error!(error = %e, "rebuilding the FIB failed");
                     }
                 }
-                (pending, dirty) = (false, Vec::new());
+                (pending, pending_base, dirty) = (false, false, Vec::new());
                 last_rebuild = Instant::now();
-                // A full rebuild costs the whole table whatever changed, so the next one
-                // waits; following changes costs what changed, and batching saves nothing.
-                rebuild_cost = if full { t.elapsed() } else { Duration::ZERO };
+                // A rebuild reads the whole table whatever changed, so the next one waits;
+                // following changes one by one costs what changed, and batching saves nothing.
+                rebuild_cost = if full || base { t.elapsed() } else { Duration::ZERO };
             }
         }
     }

@@ -201,11 +201,12 @@ impl Node {
         self.kernel.filter_forget(&pod.interface);
     }
 
-    /// Rebuilds the FIB with what BGP taught so far (the pods changed, the routes did not).
+    /// Rebuilds the FIB's base with what BGP taught so far (the pods changed, the routes
+    /// did not).
     fn refresh(&mut self, speaker: Option<&Speaker>) {
         let hops = speaker.map(|s| s.cluster_next_hops()).unwrap_or_default();
         let (learned, learned6) = self.learned(speaker);
-        if let Err(e) = self.rebuild(learned, learned6, &hops) {
+        if let Err(e) = self.rebuild_base(&learned, &learned6, &hops) {
             tracing::error!(error = %e, "rebuilding the FIB after a pod change failed");
         }
     }
