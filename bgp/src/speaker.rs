@@ -769,10 +769,53 @@ impl Core {
             .collect()
     }
 
+    /// [`Core::learned`] for the prefixes `keep` takes; the others cost no lookup.
+    pub fn learned_where(&self, keep: impl Fn(&Ipv4Net) -> bool) -> Vec<(Ipv4Net, Ipv4Addr)> {
+        let keep = |p: &IpNet| matches!(p, IpNet::V4(p) if keep(p));
+        self.rib
+            .loc_rib_where(&keep)
+            .filter_map(|(p, from, attrs)| match (p, from, attrs.next_hop) {
+                (_, crate::rib::From::Local, _) => None,
+                (IpNet::V4(p), _, IpAddr::V4(nh)) => Some((p, nh)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The entry of [`Core::learned`] for exactly `prefix`, if there is one.
+    pub fn learned_at(&self, prefix: Ipv4Net) -> Option<Ipv4Addr> {
+        self.rib.best(&IpNet::V4(prefix)).as_ref().and_then(learned_next_hop)
+    }
+
+    /// The entries of [`Core::learned`] whose prefix covers `dst`: one lookup per prefix
+    /// length, whatever the size of the table.
+    pub fn learned_covering(&self, dst: Ipv4Addr) -> Vec<(Ipv4Net, Ipv4Addr)> {
+        (0..=32u8)
+            .filter_map(|len| Ipv4Net::new(dst, len).ok().map(|n| n.trunc()))
+            .filter_map(|p| self.learned_at(p).map(|nh| (p, nh)))
+            .collect()
+    }
+
+    /// The entries of [`Core::learned6`] whose prefix covers `dst`, alike.
+    pub fn learned6_covering(&self, dst: std::net::Ipv6Addr) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
+        (0..=128u8)
+            .filter_map(|len| ipnet::Ipv6Net::new(dst, len).ok().map(|n| n.trunc()))
+            .filter_map(|p| match self.rib.best(&IpNet::V6(p)) {
+                Some(b) if b.from != crate::rib::From::Local => match b.attrs.next_hop {
+                    IpAddr::V6(nh) => Some((p, nh)),
+                    IpAddr::V4(_) => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The next hop of every IPv6 Loc-RIB route this node did not originate.
     pub fn learned6(&self) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
+        // Only IPv6 prefixes are looked up: a node may hold a million IPv4 ones.
+        let v6 = |p: &IpNet| matches!(p, IpNet::V6(_));
         self.rib
-            .loc_rib()
+            .loc_rib_where(&v6)
             .filter(|(_, from, _)| *from != crate::rib::From::Local)
             .filter_map(|(p, _, attrs)| match (p, attrs.next_hop) {
                 (IpNet::V6(p), IpAddr::V6(nh)) => Some((p, nh)),

@@ -320,14 +320,15 @@ pub fn base_routes(
 
 /// Brings the FIB from base `old` to base `new` (see [`base_routes`]), leaving the learned
 /// router-only routes as they are: a prefix that has one that can be reached keeps it, as in
-/// a full build, where learned rows come last. `learned` is every learned route. Returns how
-/// many prefixes changed in the FIB.
+/// a full build, where learned rows come last. `learned_at` gives the learned route for a
+/// prefix (asked only for those whose base changed). Returns how many prefixes changed in
+/// the FIB.
 pub fn apply_base(
     writer: &mut forwarding::fib::FibWriter,
     resolver: &Resolver<'_>,
     old: &std::collections::HashMap<Ipv4Net, NextHop>,
     new: &std::collections::HashMap<Ipv4Net, NextHop>,
-    learned: &[(Ipv4Net, Ipv4Addr)],
+    learned_at: impl Fn(Ipv4Net) -> Option<Ipv4Addr>,
 ) -> usize {
     let gone = old.iter().filter(|(p, nh)| new.get(p) != Some(nh)).map(|(p, _)| *p);
     let came = new.iter().filter(|(p, nh)| old.get(p) != Some(nh)).map(|(p, _)| *p);
@@ -337,16 +338,11 @@ pub fn apply_base(
     }
     touched.sort_unstable();
     touched.dedup();
-    let lookup: std::collections::HashSet<Ipv4Net> = touched.iter().copied().collect();
-    let learned_wins: std::collections::HashSet<Ipv4Net> = learned
-        .iter()
-        .filter(|(p, gw)| {
-            lookup.contains(p) && resolver.learned_is_router_only(p) && resolver.learned(p, *gw).is_some()
-        })
-        .map(|(p, _)| *p)
-        .collect();
+    let learned_wins = |p: &Ipv4Net| {
+        resolver.learned_is_router_only(p) && learned_at(*p).is_some_and(|gw| resolver.learned(p, gw).is_some())
+    };
     let mut changed = 0;
-    for p in touched.iter().filter(|p| !learned_wins.contains(p)) {
+    for p in touched.iter().filter(|p| !learned_wins(p)) {
         let want = new.get(p).copied();
         if want == writer.get(*p) {
             continue;
@@ -763,7 +759,8 @@ via = "192.168.100.1"
         let (new, kernel) = base_routes(&after_cfg, &ifaces, &after).expect("base");
         assert!(!old.contains_key(&net("198.51.100.0/24")) && new.contains_key(&net("10.244.6.0/26")));
         let resolver = Resolver::new(&after_cfg, &ifaces).expect("resolver");
-        let changed = apply_base(&mut w, &resolver, &old, &new, &after);
+        let learned_at = |p: Ipv4Net| after.iter().find(|(q, _)| *q == p).map(|(_, gw)| *gw);
+        let changed = apply_base(&mut w, &resolver, &old, &new, learned_at);
         // 10.244.5.0/26 gone, 10.244.6.0/26 come, 10.244.3.0/26 through the new gateway; the
         // static 192.168.200.0/24 changed too, but the learned route for it still wins.
         assert_eq!(changed, 3);
@@ -773,7 +770,7 @@ via = "192.168.100.1"
             assert_eq!(w.get(*p), want.get(*p), "{p}");
         }
         assert_eq!(kernel, build_fib(&after_cfg, &ifaces, &after).expect("table").kernel);
-        assert_eq!(apply_base(&mut w, &resolver, &new, &new, &after), 0);
+        assert_eq!(apply_base(&mut w, &resolver, &new, &new, learned_at), 0);
     }
 
     #[test]

@@ -679,6 +679,22 @@ impl Speaker {
         self.core.learned()
     }
 
+    pub fn learned_where(&self, keep: impl Fn(&Ipv4Net) -> bool) -> Vec<(Ipv4Net, Ipv4Addr)> {
+        self.core.learned_where(keep)
+    }
+
+    pub fn learned_at(&self, prefix: Ipv4Net) -> Option<Ipv4Addr> {
+        self.core.learned_at(prefix)
+    }
+
+    pub fn learned_covering(&self, dst: Ipv4Addr) -> Vec<(Ipv4Net, Ipv4Addr)> {
+        self.core.learned_covering(dst)
+    }
+
+    pub fn learned6_covering(&self, dst: std::net::Ipv6Addr) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
+        self.core.learned6_covering(dst)
+    }
+
     pub fn learned6(&self) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
         self.core.learned6()
     }

@@ -420,11 +420,22 @@ impl Rib {
 
     /// The Loc-RIB, each prefix once, in no particular order.
     pub fn loc_rib(&self) -> impl Iterator<Item = (IpNet, From, &Arc<PathAttrs>)> + '_ {
-        let local = self.local.iter().map(|(p, a)| (*p, From::Local, a));
+        fn all(_: &IpNet) -> bool {
+            true
+        }
+        self.loc_rib_where(&all)
+    }
+
+    /// The Loc-RIB entries whose prefix `keep` takes: the others cost no lookup.
+    pub fn loc_rib_where<'a, F: Fn(&IpNet) -> bool>(
+        &'a self,
+        keep: &'a F,
+    ) -> impl Iterator<Item = (IpNet, From, &'a Arc<PathAttrs>)> + 'a {
+        let local = self.local.iter().filter(move |(p, _)| keep(p)).map(|(p, a)| (*p, From::Local, a));
         // A learned prefix is listed by the peer whose path won, and a prefix we originate
         // by `local` only.
         let learned = self.adj_in.iter().flat_map(move |(&id, m)| {
-            m.keys().filter_map(move |p| match self.select(&p) {
+            m.keys().filter(move |p| keep(p)).filter_map(move |p| match self.select(&p) {
                 Some((From::Peer(w), a)) if w == id => Some((p, From::Peer(id), a)),
                 _ => None,
             })

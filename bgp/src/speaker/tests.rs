@@ -451,6 +451,13 @@ fn a_prefix_originated_while_running_reaches_every_peer_and_its_withdrawal_too()
     assert!(learned(&c, 1) && learned(&c, 2), "the borrowed /32 reached every node");
     let IpNet::V4(pod4) = pod else { panic!("v4") };
     assert_eq!(c.core(1).take_changes(), LocChanges::Routes { v4: vec![(pod4, Some(ip(1)))], v6: false });
+    // What covers the pod's address, found by prefix length, and a part of the table by prefix.
+    let IpNet::V4(block3) = block(3) else { panic!("v4") };
+    assert_eq!(c.core(1).learned_covering(pod4.addr()), [(block3, ip(3)), (pod4, ip(1))]);
+    let mut blocks = c.core(1).learned_where(|p| p.prefix_len() == 26);
+    blocks.sort();
+    assert_eq!(blocks.len(), 2, "node 1's own block is not learned: {blocks:?}");
+    assert_eq!(c.core(1).learned_where(|p| p.prefix_len() == 32), [(pod4, ip(1))]);
     c.core(0).withdraw_local(pod);
     c.core(0).withdraw_local(pod);
     c.settle();

@@ -137,24 +137,31 @@ impl Node {
     /// Rebuilds the FIB's base only (the node's own routes and the learned ones the kernel
     /// gets too) and the kernel routes, leaving the learned router-only routes as they are:
     /// what a pod coming or going, or a pool route changing, needs. With a full table from a
-    /// peer this reads the learned routes once instead of rebuilding a million rows. Valid
-    /// while the pools are those of the last full [`Node::rebuild`].
-    fn rebuild_base(
-        &mut self,
-        learned: &[(Ipv4Net, Ipv4Addr)],
-        learned6: &[(Ipv6Net, Ipv6Addr)],
-        cluster_hops: &HashSet<Ipv4Addr>,
-    ) -> anyhow::Result<()> {
+    /// peer this reads only the pool routes of the RIB, not a million rows. Valid while the
+    /// pools are those of the last full [`Node::rebuild`].
+    fn rebuild_base(&mut self, sp: Option<&Speaker>) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let ifaces = self.dp.interfaces();
         let resolver = routes::Resolver::new(&self.cfg, ifaces).map_err(anyhow::Error::msg)?;
-        let (base, mut kernel) = routes::base_routes(&self.cfg, ifaces, learned).map_err(anyhow::Error::msg)?;
-        let changed = routes::apply_base(&mut self.writer, &resolver, &self.base, &base, learned);
+        let inner = |p: &Ipv4Net| !resolver.learned_is_router_only(p);
+        let hops = sp.map(|s| s.cluster_next_hops()).unwrap_or_default();
+        let (learned, learned6) = match (&self.saved, sp) {
+            (Some(s), _) => (s.learned.iter().filter(|(p, _)| inner(p)).copied().collect(), s.learned6.clone()),
+            (None, Some(sp)) => (sp.learned_where(inner), sp.learned6()),
+            (None, None) => (Vec::new(), Vec::new()),
+        };
+        let learned_at = |p: Ipv4Net| match (&self.saved, sp) {
+            (Some(s), _) => s.learned.iter().find(|(q, _)| *q == p).map(|(_, nh)| *nh),
+            (None, Some(sp)) => sp.learned_at(p),
+            (None, None) => None,
+        };
+        let (base, mut kernel) = routes::base_routes(&self.cfg, ifaces, &learned).map_err(anyhow::Error::msg)?;
+        let changed = routes::apply_base(&mut self.writer, &resolver, &self.base, &base, learned_at);
         self.base = base;
-        let table6 = routes::table6(&self.cfg, ifaces, learned6, false);
+        let table6 = routes::table6(&self.cfg, ifaces, &learned6, false);
         self.writer.set_v6(&table6.fib);
         kernel.extend(table6.kernel);
-        self.writer.set_tunnels(tunnels(&self.cfg, cluster_hops));
+        self.writer.set_tunnels(tunnels(&self.cfg, &hops));
         self.fib.publish(self.writer.publish());
         self.kernel.want(kernel);
         tracing::info!(
@@ -221,19 +228,25 @@ impl Node {
     }
 
     /// The route `dst` takes, as a display row (like `ip route get`). Only the learned routes
-    /// that cover `dst` get rows built, so a full table costs one scan, not a million rows.
+    /// that cover `dst` get rows built: one RIB lookup per prefix length, not a million rows.
     fn route_for(&self, dst: IpAddr, sp: Option<&Speaker>) -> Option<RouteEntry> {
-        let (learned, learned6) = self.learned(sp);
         let dst = match dst {
             IpAddr::V4(d) => d,
             IpAddr::V6(d) => {
-                let covering: Vec<(Ipv6Net, Ipv6Addr)> =
-                    learned6.iter().filter(|(p, _)| p.contains(&d)).copied().collect();
+                let covering: Vec<(Ipv6Net, Ipv6Addr)> = match (&self.saved, sp) {
+                    (Some(s), _) => s.learned6.iter().filter(|(p, _)| p.contains(&d)).copied().collect(),
+                    (None, Some(sp)) => sp.learned6_covering(d),
+                    (None, None) => Vec::new(),
+                };
                 let rows = routes::table6(&self.cfg, self.dp.interfaces(), &covering, true).entries;
                 return crate::trace::lookup(&rows, dst).cloned();
             }
         };
-        let covering: Vec<(Ipv4Net, Ipv4Addr)> = learned.iter().filter(|(p, _)| p.contains(&dst)).copied().collect();
+        let covering: Vec<(Ipv4Net, Ipv4Addr)> = match (&self.saved, sp) {
+            (Some(s), _) => s.learned.iter().filter(|(p, _)| p.contains(&dst)).copied().collect(),
+            (None, Some(sp)) => sp.learned_covering(dst),
+            (None, None) => Vec::new(),
+        };
         let t = routes::build(&self.cfg, self.dp.interfaces(), &covering).ok()?;
         crate::trace::lookup(&t.entries, dst.into()).cloned()
     }
@@ -645,7 +658,7 @@ fn control_loop(
                     }
                 }
                 if !full && base {
-                    if let Err(e) = node.rebuild_base(&sp.learned(), &sp.learned6(), &sp.cluster_next_hops()) {
+                    if let Err(e) = node.rebuild_base(Some(sp)) {
                         tracing::error!(error = %format!("{e:#}"), "updating the FIB failed; rebuilding it");
                         full = true;
                     }

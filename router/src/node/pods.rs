@@ -204,9 +204,7 @@ impl Node {
     /// Rebuilds the FIB's base with what BGP taught so far (the pods changed, the routes
     /// did not).
     fn refresh(&mut self, speaker: Option<&Speaker>) {
-        let hops = speaker.map(|s| s.cluster_next_hops()).unwrap_or_default();
-        let (learned, learned6) = self.learned(speaker);
-        if let Err(e) = self.rebuild_base(&learned, &learned6, &hops) {
+        if let Err(e) = self.rebuild_base(speaker) {
             tracing::error!(error = %e, "rebuilding the FIB after a pod change failed");
         }
     }
