@@ -183,6 +183,9 @@ impl Node {
         let before = v4.len();
         v4.retain(|(p, _)| resolver.learned_is_router_only(p));
         let base_too = v4.len() < before;
+        if v4.is_empty() {
+            return Ok(base_too);
+        }
         // In prefix order (the FIB writer's chunks are then filled in order), and the last
         // word on each prefix: stable, and the later of equal entries kept.
         v4.sort_by_key(|(p, _)| *p);

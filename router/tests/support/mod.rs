@@ -86,6 +86,21 @@ impl TestLab {
         self.router(&["lab", "down"])
     }
 
+    /// The last lines each node logged, on stderr: what a failed test leaves to go on.
+    fn print_node_logs(&self) {
+        let Ok(dir) = std::fs::read_dir(self.dir.join(&self.name)) else { return };
+        let mut logs: Vec<PathBuf> =
+            dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect();
+        logs.sort();
+        for p in logs {
+            let Ok(t) = std::fs::read_to_string(&p) else { continue };
+            let t = strip_colours(&t);
+            let lines: Vec<&str> = t.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!("--- {} (last {} lines) ---\n{}", p.display(), tail.len(), tail.join("\n"));
+        }
+    }
+
     /// Namespaces of this lab still present.
     pub fn leftover_namespaces(&self) -> Vec<String> {
         let prefix = format!("{}-", self.name);
@@ -102,6 +117,9 @@ impl TestLab {
 
 impl Drop for TestLab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_node_logs();
+        }
         let _ = self.down();
         let _ = std::fs::remove_dir(&self.dir);
     }
@@ -195,4 +213,20 @@ impl Capture {
         assert!(out.status.success(), "tshark could not read the capture: {}", text(&out.stderr));
         text(&out.stdout).lines().map(|l| l.split('\t').map(str::to_string).collect()).collect()
     }
+}
+
+/// The text without its terminal colour sequences (`ESC [ ... m`), which the node logs carry.
+fn strip_colours(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("\x1b[") {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 2..];
+        match rest.find('m') {
+            Some(j) => rest = &rest[j + 1..],
+            None => rest = "",
+        }
+    }
+    out.push_str(rest);
+    out
 }
