@@ -759,14 +759,7 @@ impl Core {
 
     /// The next hop of every IPv4 Loc-RIB route this node did not originate.
     pub fn learned(&self) -> Vec<(ipnet::Ipv4Net, Ipv4Addr)> {
-        self.rib
-            .loc_rib()
-            .filter(|(_, from, _)| *from != crate::rib::From::Local)
-            .filter_map(|(p, _, attrs)| match (p, attrs.next_hop) {
-                (IpNet::V4(p), IpAddr::V4(nh)) => Some((p, nh)),
-                _ => None,
-            })
-            .collect()
+        self.learned_where(|_| true)
     }
 
     /// [`Core::learned`] for the prefixes `keep` takes; the others cost no lookup.

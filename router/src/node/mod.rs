@@ -145,18 +145,10 @@ impl Node {
         let resolver = routes::Resolver::new(&self.cfg, ifaces).map_err(anyhow::Error::msg)?;
         let inner = |p: &Ipv4Net| !resolver.learned_is_router_only(p);
         let hops = sp.map(|s| s.cluster_next_hops()).unwrap_or_default();
-        let (learned, learned6) = match (&self.saved, sp) {
-            (Some(s), _) => (s.learned.iter().filter(|(p, _)| inner(p)).copied().collect(), s.learned6.clone()),
-            (None, Some(sp)) => (sp.learned_where(inner), sp.learned6()),
-            (None, None) => (Vec::new(), Vec::new()),
-        };
-        let learned_at = |p: Ipv4Net| match (&self.saved, sp) {
-            (Some(s), _) => s.learned.iter().find(|(q, _)| *q == p).map(|(_, nh)| *nh),
-            (None, Some(sp)) => sp.learned_at(p),
-            (None, None) => None,
-        };
+        let src = Learned::of(self.saved.as_ref(), sp);
+        let (learned, learned6) = (src.v4_where(inner), src.v6());
         let (base, mut kernel) = routes::base_routes(&self.cfg, ifaces, &learned).map_err(anyhow::Error::msg)?;
-        let changed = routes::apply_base(&mut self.writer, &resolver, &self.base, &base, learned_at);
+        let changed = routes::apply_base(&mut self.writer, &resolver, &self.base, &base, |p| src.v4_at(p));
         self.base = base;
         let table6 = routes::table6(&self.cfg, ifaces, &learned6, false);
         self.writer.set_v6(&table6.fib);
@@ -187,11 +179,10 @@ impl Node {
             return Ok(base_too);
         }
         // In prefix order (the FIB writer's chunks are then filled in order), and the last
-        // word on each prefix: stable, and the later of equal entries kept.
+        // word on each prefix: reversed, then a stable sort puts it first among its equals.
+        v4.reverse();
         v4.sort_by_key(|(p, _)| *p);
-        v4.reverse();
         v4.dedup_by_key(|(p, _)| *p);
-        v4.reverse();
         let applied = routes::apply_learned(&mut self.writer, &resolver, &self.base, &v4);
         let changed = applied.changed;
         if applied.unreachable > 0 {
@@ -212,19 +203,15 @@ impl Node {
         Ok(base_too)
     }
 
-    /// What BGP taught, as the FIB was built from it: the saved routes while a planned restart
-    /// is in progress, else the speaker's Loc-RIB.
-    fn learned(&self, sp: Option<&Speaker>) -> (Learned, Learned6) {
-        match (&self.saved, sp) {
-            (Some(s), _) => (s.learned.clone(), s.learned6.clone()),
-            (None, Some(sp)) => (sp.learned(), sp.learned6()),
-            (None, None) => Default::default(),
-        }
+    /// What BGP taught, as the FIB was built from it.
+    fn learned<'a>(&'a self, sp: Option<&'a Speaker>) -> Learned<'a> {
+        Learned::of(self.saved.as_ref(), sp)
     }
 
     /// The route table for display (`router routes`).
     fn entries(&self, sp: Option<&Speaker>) -> Vec<RouteEntry> {
-        let (learned, learned6) = self.learned(sp);
+        let src = self.learned(sp);
+        let (learned, learned6) = (src.v4_where(|_| true), src.v6());
         let mut e = routes::build(&self.cfg, self.dp.interfaces(), &learned).map(|t| t.entries).unwrap_or_default();
         e.extend(routes::table6(&self.cfg, self.dp.interfaces(), &learned6, true).entries);
         e
@@ -236,28 +223,75 @@ impl Node {
         let dst = match dst {
             IpAddr::V4(d) => d,
             IpAddr::V6(d) => {
-                let covering: Vec<(Ipv6Net, Ipv6Addr)> = match (&self.saved, sp) {
-                    (Some(s), _) => s.learned6.iter().filter(|(p, _)| p.contains(&d)).copied().collect(),
-                    (None, Some(sp)) => sp.learned6_covering(d),
-                    (None, None) => Vec::new(),
-                };
+                let covering = self.learned(sp).v6_covering(d);
                 let rows = routes::table6(&self.cfg, self.dp.interfaces(), &covering, true).entries;
                 return crate::trace::lookup(&rows, dst).cloned();
             }
         };
-        let covering: Vec<(Ipv4Net, Ipv4Addr)> = match (&self.saved, sp) {
-            (Some(s), _) => s.learned.iter().filter(|(p, _)| p.contains(&dst)).copied().collect(),
-            (None, Some(sp)) => sp.learned_covering(dst),
-            (None, None) => Vec::new(),
-        };
+        let covering = self.learned(sp).v4_covering(dst);
         let t = routes::build(&self.cfg, self.dp.interfaces(), &covering).ok()?;
         crate::trace::lookup(&t.entries, dst.into()).cloned()
     }
 }
 
-/// Routes BGP taught: (prefix, next hop).
-type Learned = Vec<(Ipv4Net, Ipv4Addr)>;
-type Learned6 = Vec<(Ipv6Net, Ipv6Addr)>;
+/// Where the routes BGP taught are read: the routes saved before a planned restart while it
+/// is in progress, else the speaker's Loc-RIB (lists of (prefix, next hop)).
+enum Learned<'a> {
+    Saved(&'a restart::Saved),
+    Speaker(&'a Speaker),
+    Nothing,
+}
+
+impl<'a> Learned<'a> {
+    fn of(saved: Option<&'a restart::Saved>, sp: Option<&'a Speaker>) -> Learned<'a> {
+        match (saved, sp) {
+            (Some(s), _) => Learned::Saved(s),
+            (None, Some(sp)) => Learned::Speaker(sp),
+            (None, None) => Learned::Nothing,
+        }
+    }
+
+    /// The IPv4 routes whose prefix `keep` takes (from the speaker, the others cost no lookup).
+    fn v4_where(&self, keep: impl Fn(&Ipv4Net) -> bool) -> Vec<(Ipv4Net, Ipv4Addr)> {
+        match self {
+            Learned::Saved(s) => s.learned.iter().filter(|(p, _)| keep(p)).copied().collect(),
+            Learned::Speaker(sp) => sp.learned_where(keep),
+            Learned::Nothing => Vec::new(),
+        }
+    }
+
+    fn v6(&self) -> Vec<(Ipv6Net, Ipv6Addr)> {
+        match self {
+            Learned::Saved(s) => s.learned6.clone(),
+            Learned::Speaker(sp) => sp.learned6(),
+            Learned::Nothing => Vec::new(),
+        }
+    }
+
+    /// The route for exactly `prefix`.
+    fn v4_at(&self, prefix: Ipv4Net) -> Option<Ipv4Addr> {
+        match self {
+            Learned::Saved(s) => s.learned.iter().find(|(p, _)| *p == prefix).map(|(_, nh)| *nh),
+            Learned::Speaker(sp) => sp.learned_at(prefix),
+            Learned::Nothing => None,
+        }
+    }
+
+    /// The routes covering `dst` (from the speaker, one lookup per prefix length).
+    fn v4_covering(&self, dst: Ipv4Addr) -> Vec<(Ipv4Net, Ipv4Addr)> {
+        match self {
+            Learned::Speaker(sp) => sp.learned_covering(dst),
+            _ => self.v4_where(|p| p.contains(&dst)),
+        }
+    }
+
+    fn v6_covering(&self, dst: Ipv6Addr) -> Vec<(Ipv6Net, Ipv6Addr)> {
+        match self {
+            Learned::Speaker(sp) => sp.learned6_covering(dst),
+            _ => self.v6().into_iter().filter(|(p, _)| p.contains(&dst)).collect(),
+        }
+    }
+}
 
 fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
     let b = cfg.bgp.as_ref()?;
@@ -682,7 +716,8 @@ fn control_loop(
     if let Some(sp) = speaker.as_mut() {
         if node.restart_requested && result.is_ok() {
             let hops: Vec<Ipv4Addr> = sp.cluster_next_hops().into_iter().collect();
-            let (learned, learned6) = node.learned(Some(sp));
+            let src = node.learned(Some(sp));
+            let (learned, learned6) = (src.v4_where(|_| true), src.v6());
             match restart::save(&node.cfg, &learned, &learned6, &hops) {
                 Ok(()) => {
                     tracing::info!(routes = learned.len(), "planned restart: routes saved, sessions closed quietly");
