@@ -647,6 +647,14 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
                     })?;
                     let _ = net;
                 }
+                if let Some(a) = &b.ipv6_address {
+                    a.parse::<ipnet::Ipv6Net>().map_err(|_| {
+                        (
+                            "spec.bgp.ipv6Address".to_string(),
+                            format!("{a:?} is not an IPv6 address with its prefix length"),
+                        )
+                    })?;
+                }
                 if let Some(id) = &b.route_reflector_cluster_id {
                     id.parse::<std::net::Ipv4Addr>().map_err(|_| {
                         ("spec.bgp.routeReflectorClusterID".to_string(), format!("{id:?} is not a dotted quad"))

@@ -90,6 +90,15 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("metadata.name")), "{e}");
     let e = error(&fixture("node.json").replace("224.0.0.1", "cluster-1"));
     assert_eq!(e.field.as_deref(), Some("spec.bgp.routeReflectorClusterID"), "{e}");
+    let v6 = |a: &str| {
+        fixture("node.json")
+            .replace("\"routeReflectorClusterID\"", &format!("\"ipv6Address\": \"{a}\", \"routeReflectorClusterID\""))
+    };
+    assert!(resources::parse(&v6("fd00:192:168:100::100/64")).is_ok());
+    for bad in ["fd00:192:168:100::100", "192.168.100.100/24"] {
+        let e = error(&v6(bad));
+        assert_eq!(e.field.as_deref(), Some("spec.bgp.ipv6Address"), "{bad}: {e}");
+    }
     let e = error("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: x\nspec:\n  cidr: [unclosed\n");
     assert!(e.line.is_some(), "{e}");
 }

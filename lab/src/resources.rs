@@ -32,6 +32,22 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
             ..Default::default()
         },
     )));
+    if let Some(pool6) = t.pool_v6 {
+        // IPv6 is never tunnelled in IPIP (Calico refuses it), and the lab routes it natively.
+        out.push(Resource::IpPool(r::typed(
+            Kind::IpPool,
+            "default-ipv6-ippool",
+            r::IpPoolSpec {
+                cidr: pool6.to_string(),
+                block_size: Some(t.block_size_v6),
+                ipip_mode: Some(r::EncapMode::Never),
+                vxlan_mode: Some(r::EncapMode::Never),
+                nat_outgoing: Some(false),
+                node_selector: Some("all()".into()),
+                ..Default::default()
+            },
+        )));
+    }
     let ads: Vec<r::PrefixAdvertisement> = t
         .prefix_advertisements
         .iter()
@@ -53,6 +69,7 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
     for n in &t.nodes {
         let bgp = r::NodeBgp {
             ipv4_address: Some(n.address.to_string()),
+            ipv6_address: n.v6.map(|(a, _)| a.to_string()),
             route_reflector_cluster_id: n.route_reflector_cluster_id.map(|c| c.to_string()),
             ..Default::default()
         };
@@ -83,8 +100,10 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
         )));
     }
     for f in &t.bgp_filters {
-        let rules = |rs: &[bgp::policy::Rule]| -> Vec<r::FilterRule> {
+        // Calico keeps each family's rules in lists of their own.
+        let rules = |rs: &[bgp::policy::Rule], v4: bool| -> Vec<r::FilterRule> {
             rs.iter()
+                .filter(|x| x.cidr.addr().is_ipv4() == v4)
                 .map(|x| r::FilterRule {
                     action: match x.action {
                         bgp::policy::Action::Accept => r::FilterAction::Accept,
@@ -103,7 +122,12 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
                 })
                 .collect()
         };
-        let spec = r::BgpFilterSpec { export_v4: rules(&f.export), import_v4: rules(&f.import), ..Default::default() };
+        let spec = r::BgpFilterSpec {
+            export_v4: rules(&f.export, true),
+            import_v4: rules(&f.import, true),
+            export_v6: rules(&f.export, false),
+            import_v6: rules(&f.import, false),
+        };
         out.push(Resource::BgpFilter(r::typed(Kind::BgpFilter, &f.name, spec)));
     }
     (out, left_out)
@@ -124,6 +148,13 @@ mod tests {
             assert_eq!(back, rs, "{name}");
             assert_eq!(rs.iter().filter(|r| r.kind() == Kind::Node).count(), 3);
         }
+        // Dual stack: the IPv6 pool (never IPIP) and every node's IPv6 address.
+        let dual = Topology::parse_with(Path::new("dual"), crate::topology::SEED, true).expect("dual");
+        let yaml = datastore::resources::to_yaml(&from_topology(&dual).0);
+        assert!(yaml.contains("name: default-ipv6-ippool") && yaml.contains("cidr: fd00:10:244::/48"), "{yaml}");
+        assert!(yaml.contains("blockSize: 122") && yaml.contains("ipv6Address: fd00:192:168:100::100/64"), "{yaml}");
+        let back = datastore::resources::parse(&yaml).unwrap_or_else(|e| panic!("dual: {e}\n{yaml}"));
+        assert_eq!(back, from_topology(&dual).0);
         let rr = Topology::parse(Path::new("rr"), crate::topology::SEED_RR).expect("rr");
         let yaml = datastore::resources::to_yaml(&from_topology(&rr).0);
         assert!(yaml.contains("nodeToNodeMeshEnabled: false") && yaml.contains("routeReflectorClusterID"), "{yaml}");

@@ -5,17 +5,19 @@
 //! - `BGPConfiguration` `default`: the AS number (64512 without one), the node-to-node mesh
 //!   (on without one), prefix advertisements and communities.
 //! - `Node`s: every node with `bgp.ipv4Address` is a cluster node (an allowed IPIP source
-//!   and pool-route next hop). With the mesh on, each peers with each; with it off, nodes with
+//!   and pool-route next hop; its `bgp.ipv6Address` is an IPv6 pool-route next hop). With the mesh on, each peers with each; with it off, nodes with
 //!   a `routeReflectorClusterID` are reflectors: they peer with each other and with every
 //!   other node, whose clients they are. Of a pair, the higher address waits.
 //! - `BGPPeer`s with no `node`, or this node's name: external peers of this node.
-//! - `IPPool`s (IPv4, not `disabled`): the pools, with their `ipipMode`.
-//! - `BGPFilter`s: the IPv4 rules; a rule without a CIDR matches every prefix.
+//! - `IPPool`s (not `disabled`): the IPv4 pools with their `ipipMode` and `vxlanMode`, and
+//!   the IPv6 pools (never tunnelled).
+//! - `BGPFilter`s: the rules of both families; a rule without a CIDR matches every prefix of
+//!   its family.
 
 use datastore::resources::{self as r, Resource};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nodeapi::config::{BgpConfig, BgpPeer, IpipMode, PeerKind, Pool, PrefixAdvertisement};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// What the resources say for one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,10 @@ pub struct View {
     pub pools: Vec<Pool>,
     /// Every other node's address.
     pub nodes: Vec<Ipv4Addr>,
+    /// The IPv6 pools, for a dual-stack node.
+    pub pools6: Vec<Ipv6Net>,
+    /// Every other node's IPv6 address (`bgp.ipv6Address`).
+    pub nodes6: Vec<Ipv6Addr>,
     /// What the resources hold that this node cannot use, for the log.
     pub notes: Vec<String>,
 }
@@ -41,12 +47,14 @@ fn community(s: &str, named: &[r::Community]) -> Option<u32> {
     Some((a.parse::<u32>().ok()? << 16) | b.parse::<u32>().ok()?)
 }
 
-fn rules(list: &[r::FilterRule]) -> Vec<bgp::policy::Rule> {
+/// A filter's rules of one family; `every` is the family's whole space, which a rule without
+/// a CIDR matches.
+fn rules(list: &[r::FilterRule], every: IpNet) -> Vec<bgp::policy::Rule> {
     list.iter()
         .filter_map(|x| {
             let cidr: IpNet = match &x.cidr {
                 Some(c) => c.parse().ok()?,
-                None => "0.0.0.0/0".parse().ok()?,
+                None => every,
             };
             let operator = match x.match_operator.unwrap_or(r::MatchOperator::In) {
                 r::MatchOperator::Equal => bgp::policy::MatchOperator::Equal,
@@ -99,6 +107,16 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
         })
         .collect();
     nodes.sort_by_key(|n| n.1);
+    let mut nodes6: Vec<Ipv6Addr> = resources
+        .iter()
+        .filter_map(|x| match x {
+            Resource::Node(n) if n.metadata.name != me => {
+                Some(n.spec.bgp.as_ref()?.ipv6_address.as_ref()?.parse::<Ipv6Net>().ok()?.addr())
+            }
+            _ => None,
+        })
+        .collect();
+    nodes6.sort();
     let my_rr = nodes.iter().find(|n| n.0 == me).and_then(|n| n.2);
     if !nodes.iter().any(|n| n.0 == me) {
         notes.push(format!(
@@ -168,25 +186,31 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
     let filters = resources
         .iter()
         .filter_map(|x| match x {
-            Resource::BgpFilter(f) => Some(bgp::policy::Filter {
-                name: f.metadata.name.clone(),
-                export: rules(&f.spec.export_v4),
-                import: rules(&f.spec.import_v4),
-            }),
+            Resource::BgpFilter(f) => {
+                let (v4, v6) = (IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default()));
+                let both = |a: &[r::FilterRule], b: &[r::FilterRule]| [rules(a, v4), rules(b, v6)].concat();
+                Some(bgp::policy::Filter {
+                    name: f.metadata.name.clone(),
+                    export: both(&f.spec.export_v4, &f.spec.export_v6),
+                    import: both(&f.spec.import_v4, &f.spec.import_v6),
+                })
+            }
             _ => None,
         })
+        .collect();
+    let pools6: Vec<Ipv6Net> = resources
+        .iter()
+        .filter_map(|x| match x {
+            Resource::IpPool(p) if p.spec.disabled != Some(true) => p.spec.cidr.parse::<Ipv6Net>().ok(),
+            _ => None,
+        })
+        .map(|p| p.trunc())
         .collect();
     let pools = resources
         .iter()
         .filter_map(|x| match x {
             Resource::IpPool(p) if p.spec.disabled != Some(true) => {
-                let Ok(cidr) = p.spec.cidr.parse::<Ipv4Net>() else {
-                    notes.push(format!(
-                        "ippools/{}: an IPv6 pool, not read from the datastore (a dual-stack node takes its IPv6 pool from its config file)",
-                        p.metadata.name
-                    ));
-                    return None;
-                };
+                let cidr = p.spec.cidr.parse::<Ipv4Net>().ok()?;
                 let mode = |m: Option<r::EncapMode>| match m.unwrap_or_default() {
                     r::EncapMode::Never => IpipMode::Never,
                     r::EncapMode::Always => IpipMode::Always,
@@ -205,6 +229,8 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
         prefix_advertisements,
         pools,
         nodes: nodes.iter().filter(|n| n.0 != me).map(|n| n.1).collect(),
+        pools6,
+        nodes6,
         notes,
     }
 }
@@ -262,11 +288,33 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_pool_is_left_out_and_said_so() {
-        let extra = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: v6\nspec:\n  cidr: fd00:10:244::/48\n  blockSize: 122\n";
-        let v = view(&seed(extra), "node-a", "192.168.100.100".parse().expect("ip"));
-        assert_eq!(v.pools.len(), 1, "{:?}", v.pools);
-        assert!(v.notes.iter().any(|n| n.starts_with("ippools/v6: an IPv6 pool")), "{:?}", v.notes);
+    fn a_dual_stack_cluster_gives_ipv6_pools_node_addresses_and_filter_rules() {
+        let t =
+            lab::topology::Topology::parse_with(std::path::Path::new("seed"), lab::topology::SEED, true).expect("dual");
+        let mut rs = lab::resources::from_topology(&t).0;
+        let extra = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: off\nspec:\n  cidr: fd00:99::/48\n  disabled: true\n\
+---\napiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: f\nspec:\n  exportV6:\n  - action: Reject\n  importV4:\n  - action: Accept\n    matchOperator: In\n    cidr: 10.0.0.0/8\n  importV6:\n  - action: Reject\n    matchOperator: Equal\n    cidr: fd00:98::/48\n";
+        rs.extend(datastore::resources::parse(extra).expect("extra"));
+        let v = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"));
+        assert_eq!(
+            v.pools6,
+            vec!["fd00:10:244::/48".parse::<Ipv6Net>().expect("net")],
+            "the disabled pool is left out"
+        );
+        assert_eq!(v.pools.len(), 1);
+        let others: Vec<Ipv6Addr> =
+            ["fd00:192:168:100::101", "fd00:192:168:200::101"].iter().map(|a| a.parse().expect("ip")).collect();
+        assert_eq!(v.nodes6, others, "every other node's IPv6 address, not this node's");
+        let f = &v.filters[0];
+        let net = |s: &str| s.parse::<IpNet>().expect("net");
+        // A rule without a CIDR matches its own family only.
+        assert_eq!(f.export.len(), 1);
+        assert!(f.export[0].matches(&net("fd00:1::/64")) && !f.export[0].matches(&net("10.0.0.0/8")));
+        assert_eq!(f.import.iter().map(|r| r.cidr).collect::<Vec<_>>(), vec![net("10.0.0.0/8"), net("fd00:98::/48")]);
+        assert!(v.notes.is_empty(), "{:?}", v.notes);
+        // An IPv4-only cluster has no IPv6 side.
+        let v4 = view(&seed(""), "node-a", "192.168.100.100".parse().expect("ip"));
+        assert!(v4.pools6.is_empty() && v4.nodes6.is_empty());
     }
 
     #[test]

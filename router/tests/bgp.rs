@@ -935,6 +935,68 @@ fn bird2_exchanges_ipv6_blocks_with_a_dual_stack_node() {
     assert!(lookup(&lab, "node-b", "fd00:99::1").is_null(), "node-b learned an outside IPv6 route");
 }
 
+/// Dual stack on etcd: the IPv6 pool and every node's IPv6 address are resources, and what
+/// the nodes accept from an outside router follows them live.
+#[test]
+fn a_dual_stack_lab_on_etcd_follows_ipv6_pools_and_node_addresses_applied_live() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "etcd6",
+        "pool_v6 = \"fd00:10:244::/48\"",
+        "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\n",
+    );
+    let out = lab.router(&["lab", "up", "--topology", topo.to_str().unwrap_or_default(), "--datastore", "etcd"]);
+    assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
+    let pools = text(&lab.router(&["get", "ippools", "-o", "yaml"]).stdout);
+    assert!(pools.contains("cidr: fd00:10:244::/48") && pools.contains("blockSize: 122"), "{pools}");
+    let node_a = text(&lab.router(&["get", "node", "node-a", "-o", "yaml"]).stdout);
+    assert!(node_a.contains("ipv6Address: fd00:192:168:100::100/64"), "{node_a}");
+    // BIRD announces a prefix outside the pools, through an address of the subnet that is no
+    // node's (yet).
+    let sock = start_bird(
+        &lab,
+        "router id 192.168.100.1;\nprotocol device {}\n\
+         protocol static s6 { ipv6; route fd00:99::/48 via fd00:192:168:100::7; }\n\
+         protocol bgp node_a { local 192.168.100.1 as 65001; neighbor 192.168.100.100 as 64512;\n\
+         connect retry time 1; ipv4 { import all; export none; };\n\
+         ipv6 { import all; export where proto = \"s6\"; next hop keep; }; }\n",
+    );
+    wait_for(20, "node-a's session with BIRD", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    let has = || lookup(&lab, "node-a", "fd00:99::1")["prefix"] == "fd00:99::/48";
+    wait_for(10, "BIRD's IPv6 route at node-a", has);
+    assert_eq!(lookup(&lab, "node-a", "fd00:99::1")["next_hop"], "fd00:192:168:100::7");
+    // An IPv6 pool over it: inside a pool, an outside router's route must point at a node.
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: covering6\nspec:\n  cidr: fd00:99::/40\n",
+    );
+    wait_for(10, "BIRD's route refused inside the new IPv6 pool", || !has());
+    // A node at that address: the route points at a cluster node, and is taken again.
+    apply(&lab, "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node-x\nspec:\n  bgp:\n    ipv6Address: fd00:192:168:100::7/64\n");
+    wait_for(10, "BIRD's route back once its next hop is a node", has);
+    let out = lab.router(&["delete", "node", "node-x"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(10, "BIRD's route refused again without the node", || !has());
+    let out = lab.router(&["delete", "ippool", "covering6"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(10, "BIRD's route back without the pool", has);
+    let _ = birdc(&lab, &sock, &["down"]);
+
+    // A node registers its IPv6 address as well as its IPv4 one.
+    let out = lab.router(&["delete", "node", "node-b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = lab.router(&["lab", "restart", "node-b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(15, "node-b registered again with both addresses", || {
+        let y = text(&lab.router(&["get", "node", "node-b", "-o", "yaml"]).stdout);
+        y.contains("ipv4Address: 192.168.100.101/24") && y.contains("ipv6Address: fd00:192:168:100::101/64")
+    });
+    wait_for(20, "node-b's IPv6 block at node-c", || lookup(&lab, "node-c", "fd00:10:244::41")["source"] == "bgp");
+    let (ok, out) = ping(&lab, "pod-c1", &["-6", "-c", "2", "-i", "0.2", "-W", "2", "fd00:10:244::41"]);
+    assert!(ok, "{out}");
+}
+
 #[test]
 fn gobgp_exchanges_ipv6_blocks_with_a_dual_stack_node() {
     let lab = TestLab::named();

@@ -28,40 +28,53 @@ pub(super) fn watch(
     endpoints: &[String],
     name: &str,
     address: Ipv4Net,
+    address6: Option<Ipv6Net>,
     waker: Arc<mio::Waker>,
 ) -> anyhow::Result<Watcher> {
     let store = datastore::Store::new(datastore::etcd::Etcd::new(endpoints)?);
     let (tx, rx) = crossbeam_channel::bounded(4);
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    let me = (name.to_string(), address);
+    let me = Me { name: name.to_string(), address, address6 };
     std::thread::Builder::new().name("datastore".into()).spawn(move || run(store, me, tx, waker, s))?;
     Ok(Watcher { rx, stop })
 }
 
+/// Who the node is in the datastore: its name and uplink addresses.
+struct Me {
+    name: String,
+    address: Ipv4Net,
+    /// On a dual-stack node.
+    address6: Option<Ipv6Net>,
+}
+
 /// The node's own `Node` resource, as Calico's node agent writes it: created when missing,
-/// its `bgp.ipv4Address` put right when it is not the node's; everything else (labels, a
-/// reflector cluster ID) is the user's and stays.
-fn register(store: &datastore::Store, name: &str, address: Ipv4Net) -> anyhow::Result<()> {
+/// its `bgp.ipv4Address` (and on a dual-stack node `bgp.ipv6Address`) put right when they are
+/// not the node's; everything else (labels, a reflector cluster ID) is the user's and stays.
+fn register(store: &datastore::Store, me: &Me) -> anyhow::Result<()> {
     use datastore::resources::{self as r, Kind, Resource};
-    let mut node = match store.get(Kind::Node, Some(name))?.into_iter().next() {
+    let mut node = match store.get(Kind::Node, Some(&me.name))?.into_iter().next() {
         Some(Resource::Node(n)) => n,
-        _ => r::typed(Kind::Node, name, r::NodeSpec::default()),
+        _ => r::typed(Kind::Node, &me.name, r::NodeSpec::default()),
     };
     let bgp = node.spec.bgp.get_or_insert_with(Default::default);
-    if bgp.ipv4_address.as_deref() == Some(address.to_string().as_str()) {
+    let (v4, v6) = (Some(me.address.to_string()), me.address6.map(|a| a.to_string()));
+    if bgp.ipv4_address == v4 && (v6.is_none() || bgp.ipv6_address == v6) {
         return Ok(());
     }
-    bgp.ipv4_address = Some(address.to_string());
+    bgp.ipv4_address = v4;
+    if v6.is_some() {
+        bgp.ipv6_address = v6;
+    }
     node.metadata.resource_version = None;
     store.apply(&Resource::Node(node))?;
-    tracing::info!(node = name, %address, "registered in the datastore");
+    tracing::info!(node = me.name, address = %me.address, address6 = ?me.address6, "registered in the datastore");
     Ok(())
 }
 
 fn run(
     store: datastore::Store,
-    me: (String, Ipv4Net),
+    me: Me,
     tx: Sender<Vec<datastore::resources::Resource>>,
     waker: Arc<mio::Waker>,
     stop: Arc<AtomicBool>,
@@ -94,7 +107,7 @@ fn run(
     };
     while !stop.load(Ordering::Relaxed) {
         if !registered {
-            match register(&store, &me.0, me.1) {
+            match register(&store, &me) {
                 Ok(()) => registered = true,
                 Err(e) => outage(&mut down_since, &e),
             }
@@ -172,9 +185,20 @@ impl Node {
             tracing::warn!(note = %n, "datastore");
         }
         let bgp = view.bgp(self.cfg.bgp.as_ref(), me);
-        let routes_changed = self.cfg.pools != view.pools || self.cfg.ipip_peers != view.nodes;
+        let mut routes_changed = self.cfg.pools != view.pools || self.cfg.ipip_peers != view.nodes;
         self.cfg.pools = view.pools.clone();
         self.cfg.ipip_peers = view.nodes.clone();
+        match self.cfg.ipv6.as_mut() {
+            Some(v6) => {
+                routes_changed |= v6.pools != view.pools6 || v6.nodes != view.nodes6;
+                v6.pools = view.pools6.clone();
+                v6.nodes = view.nodes6.clone();
+            }
+            None if !view.pools6.is_empty() => {
+                tracing::warn!("the datastore has IPv6 pools, but this node's config has no [ipv6] section: IPv4 only")
+            }
+            None => {}
+        }
         let old = self.cfg.bgp.replace(bgp.clone());
         let now = Instant::now();
         let restart = old.as_ref().is_none_or(|o| {
