@@ -337,6 +337,13 @@ impl Core {
             && (p.eor || p.fsm.negotiated().is_some_and(|n| n.peer_gr.is_none()))
     }
 
+    /// Whether every route the peers at slots `going` taught has a path from another peer
+    /// too (or is ours).
+    pub fn taught_elsewhere(&self, going: &[usize]) -> bool {
+        let ids: Vec<PeerId> = going.iter().map(|&i| i as PeerId).collect();
+        self.rib.taught_elsewhere(&ids)
+    }
+
     /// Whether slot `i` is a peer that was removed.
     pub fn removed(&self, i: usize) -> bool {
         self.peers.get(i).is_none_or(|p| p.removed)

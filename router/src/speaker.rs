@@ -566,6 +566,14 @@ impl Speaker {
             .all(|i| self.core.synced(i))
     }
 
+    /// Whether every route the peers at `going` taught has a path from another peer too.
+    pub fn taught_elsewhere(&self, going: &[Ipv4Addr]) -> bool {
+        let slots: Vec<usize> = (0..self.cfg.peers.len())
+            .filter(|&i| !self.core.removed(i) && going.contains(&self.cfg.peers[i].address))
+            .collect();
+        self.core.taught_elsewhere(&slots)
+    }
+
     /// The configured peers (not those removed), in slot order.
     pub fn peers(&self) -> Vec<&BgpPeer> {
         self.cfg.peers.iter().enumerate().filter(|(i, _)| !self.core.removed(*i)).map(|(_, p)| p).collect()

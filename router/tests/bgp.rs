@@ -893,6 +893,61 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let _ = etcd.wait();
 }
 
+/// The nodes read a change at different moments. Here the new reflector reads it last (its
+/// answers from etcd are held back for a while): the clients' new sessions reach it while it
+/// is still a mesh peer, which passes on no one else's routes, and the clients must not drop
+/// their direct sessions on that account.
+#[test]
+fn a_reflector_that_reads_the_change_last_costs_its_clients_no_route() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    let mut logs = [0; 2];
+    let flow = std::thread::scope(|s| {
+        let b = s.spawn(|| ping(&lab, "pod-b1", &["-c", "40", "-i", "0.1", "-W", "2", "10.244.3.1"]));
+        let c = s.spawn(|| ping(&lab, "pod-c1", &["-c", "40", "-i", "0.1", "-W", "2", "10.244.2.1"]));
+        std::thread::sleep(Duration::from_millis(500));
+        let etcd = lab.ns("etcd");
+        let hold = |op: &str| {
+            let out = Command::new("ip").args(["-n", &etcd, "route", op, "blackhole", "192.168.100.100/32"]).output();
+            assert!(out.expect("ip").status.success(), "ip route {op}");
+        };
+        hold("add");
+        logs = [lab.node_log("node-b").len(), lab.node_log("node-c").len()];
+        apply(
+            &lab,
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: 64512\n  nodeToNodeMeshEnabled: false\n\
+---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node-a\nspec:\n  bgp:\n    ipv4Address: 192.168.100.100/24\n    routeReflectorClusterID: 224.0.0.1\n",
+        );
+        // node-b and node-c follow at once and start their new sessions with node-a.
+        std::thread::sleep(Duration::from_millis(1500));
+        hold("del");
+        [b.join().expect("ping b"), c.join().expect("ping c")]
+    });
+    for (ok, out) in &flow {
+        assert!(ok, "{out}");
+        assert_no_loss(out);
+    }
+    wait_for(20, "node-b's one session, with the reflector", || {
+        let b = peers(&lab, "node-b");
+        b.len() == 1 && b[0]["peer_type"] == "route reflector" && b[0]["state"] == "up"
+    });
+    assert!(route(&lab, "node-b", "10.244.3.0/26").is_some() && route(&lab, "node-c", "10.244.2.0/26").is_some());
+    // A reflected route has the next hop of the direct one, so a client's FIB does not
+    // change at all when the removal waits for it.
+    for (node, before) in [("node-b", logs[0]), ("node-c", logs[1])] {
+        let log = lab.node_log(node);
+        let changes: Vec<&str> = log[before..]
+            .lines()
+            .filter(|l| l.contains("FIB updated"))
+            .filter(|l| {
+                ["changed=", "added=", "removed="]
+                    .iter()
+                    .any(|k| l.split(k).nth(1).is_some_and(|n| !n.starts_with('0')))
+            })
+            .collect();
+        assert!(changes.is_empty(), "{node}'s FIB changed during the switch:\n{}", &log[before..]);
+    }
+}
+
 const BLOCKS6: [&str; 3] = ["fd00:10:244::/122", "fd00:10:244::40/122", "fd00:10:244::80/122"];
 
 /// `routes --lookup ADDR` on a node, as JSON (null without a route).

@@ -692,6 +692,16 @@ impl Rib {
         Ok(Arc::new(a))
     }
 
+    /// Whether every route the peers `going` taught is the node's own or was taught by
+    /// another peer too: they can go without leaving a prefix without a path.
+    pub fn taught_elsewhere(&self, going: &[PeerId]) -> bool {
+        let others: Vec<&AdjIn> = self.adj_in.iter().filter(|(id, _)| !going.contains(id)).map(|(_, m)| m).collect();
+        going
+            .iter()
+            .filter_map(|id| self.adj_in.get(id))
+            .all(|m| m.keys().all(|p| self.local.contains_key(&p) || others.iter().any(|o| o.contains(&p))))
+    }
+
     /// The paths for one prefix, in peer order, each with the step at which it lost.
     pub fn candidates(&self, prefix: &IpNet) -> Vec<Candidate> {
         let mut paths: Vec<(PeerId, (&Arc<PathAttrs>, bool))> =

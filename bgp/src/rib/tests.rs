@@ -79,6 +79,26 @@ fn full_mesh_does_not_pass_ibgp_routes_on() {
 }
 
 #[test]
+fn a_peer_s_routes_are_taught_elsewhere_once_another_peer_has_them_all() {
+    // Node-b's view as the mesh turns into a reflector: node-c (peer 2) goes, and its block
+    // must first arrive from node-a (peer 1), which reflects it only once it is a reflector.
+    let mut r = mesh_rib();
+    r.peer_up(1, &[Afi::Ipv4]);
+    r.peer_up(2, &[Afi::Ipv4]);
+    r.originate(net("10.244.2.0/26"), PathAttrs::local(ME));
+    r.update(1, &route("10.244.1.0/26", "192.168.100.101", vec![]));
+    r.update(2, &route("10.244.3.0/26", "192.168.200.101", vec![]));
+    assert!(!r.taught_elsewhere(&[2]), "only node-c has its block");
+    assert!(r.taught_elsewhere(&[]), "nothing goes");
+    r.update(1, &route("10.244.3.0/26", "192.168.200.101", vec![]));
+    assert!(r.taught_elsewhere(&[2]), "the reflector passes it on now");
+    assert!(!r.taught_elsewhere(&[1, 2]), "not when both go");
+    // What is also ours needs no other peer.
+    r.update(2, &route("10.244.2.0/26", "192.168.200.101", vec![]));
+    assert!(r.taught_elsewhere(&[2]));
+}
+
+#[test]
 fn withdrawal_removes_the_route() {
     let mut r = mesh_rib();
     r.peer_up(1, &[Afi::Ipv4]);

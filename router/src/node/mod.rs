@@ -77,7 +77,7 @@ struct Node {
     dynamic: HashSet<String>,
     /// BGP peers the datastore no longer lists, removed when the new sessions are up (or at
     /// the instant given).
-    removals: Vec<(Ipv4Addr, Instant)>,
+    removals: Vec<watch::Removal>,
 }
 
 fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {

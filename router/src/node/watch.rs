@@ -13,6 +13,16 @@ const RETRY: Duration = Duration::from_millis(500);
 /// sessions come up.
 const REMOVAL_GRACE: Duration = Duration::from_secs(10);
 
+/// A BGP peer the datastore no longer lists, on its way out.
+pub(super) struct Removal {
+    peer: Ipv4Addr,
+    /// When it goes whatever else is up.
+    until: Instant,
+    /// Still a node of the cluster (only the peering changed: the mesh turned off, a
+    /// reflector named): its routes will come by another way, and it stays until they do.
+    moving: bool,
+}
+
 pub(super) struct Watcher {
     pub rx: Receiver<Vec<datastore::resources::Resource>>,
     stop: Arc<AtomicBool>,
@@ -254,10 +264,11 @@ impl Node {
         }
         // Peers that go are removed once the new sessions are up (or after a while): until
         // then their routes carry the traffic that is moving to the new ones.
-        self.removals.retain(|(a, _)| !bgp.peers.iter().any(|p| p.address == *a));
+        self.removals.retain(|r| !bgp.peers.iter().any(|p| p.address == r.peer));
         for p in live.iter().filter(|o| !bgp.peers.iter().any(|p| p.address == o.address)) {
-            if !self.removals.iter().any(|(a, _)| *a == p.address) {
-                self.removals.push((p.address, now + REMOVAL_GRACE));
+            if !self.removals.iter().any(|r| r.peer == p.address) {
+                let moving = view.nodes.contains(&p.address);
+                self.removals.push(Removal { peer: p.address, until: now + REMOVAL_GRACE, moving });
             }
         }
         routes_changed
@@ -271,15 +282,20 @@ impl Node {
             return;
         }
         let now = Instant::now();
-        let going: Vec<Ipv4Addr> = self.removals.iter().map(|(a, _)| *a).collect();
-        // The others up and with their whole tables: the routes of the peers that go are
-        // then there by another way (a reflector's, once it has everyone's).
+        let going: Vec<Ipv4Addr> = self.removals.iter().map(|r| r.peer).collect();
+        // The others up and with their whole tables. For a node whose session only changes
+        // that is not enough: a new reflector may still be a mesh peer that passes on no
+        // one else's routes (nodes read the datastore at slightly different moments), so
+        // its routes must also have arrived by another way.
         let others_up = sp.synced_except(&going);
-        let (due, keep): (Vec<_>, Vec<_>) = self.removals.drain(..).partition(|(_, t)| others_up || now >= *t);
+        let moving: Vec<Ipv4Addr> = self.removals.iter().filter(|r| r.moving).map(|r| r.peer).collect();
+        let moved = others_up && (moving.is_empty() || sp.taught_elsewhere(&moving));
+        let (due, keep): (Vec<_>, Vec<_>) =
+            self.removals.drain(..).partition(|r| now >= r.until || if r.moving { moved } else { others_up });
         self.removals = keep;
-        for (a, _) in due {
-            tracing::info!(peer = %a, "datastore: BGP peer removed");
-            sp.remove_peer(registry, a, now);
+        for r in due {
+            tracing::info!(peer = %r.peer, "datastore: BGP peer removed");
+            sp.remove_peer(registry, r.peer, now);
         }
     }
 }

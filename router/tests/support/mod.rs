@@ -86,6 +86,13 @@ impl TestLab {
         self.router(&["lab", "down"])
     }
 
+    /// A node's log so far, colours stripped.
+    pub fn node_log(&self, node: &str) -> String {
+        strip_colours(
+            &std::fs::read_to_string(self.dir.join(&self.name).join(format!("{node}.log"))).unwrap_or_default(),
+        )
+    }
+
     /// The last lines each node logged, on stderr: what a failed test leaves to go on.
     fn print_node_logs(&self) {
         let Ok(dir) = std::fs::read_dir(self.dir.join(&self.name)) else { return };
