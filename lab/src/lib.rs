@@ -740,33 +740,19 @@ fn node_config(
 /// Who `node` peers with. Calico: one session per node pair, the higher address passive.
 fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
     let me = node.address.addr();
-    let mut peers = Vec::new();
-    let i_am_rr = node.route_reflector_cluster_id.is_some();
-    for other in topo.nodes.iter().filter(|o| o.name != node.name) {
-        let other_rr = other.route_reflector_cluster_id.is_some();
-        let kind = if topo.node_to_node_mesh {
-            PeerKind::Mesh
-        } else if i_am_rr && !other_rr {
-            PeerKind::RouteReflectorClient
-        } else if other_rr {
-            PeerKind::RouteReflector
-        } else {
-            // Two clients do not peer without the mesh.
-            continue;
-        };
-        let addr = other.address.addr();
-        peers.push(BgpPeer {
-            address: addr,
-            as_number: topo.as_number,
-            port: 179,
-            kind,
-            passive: u32::from(me) > u32::from(addr),
-            password: None,
-            ttl_security: None,
-            filters: Vec::new(),
-            max_prefixes: None,
-        });
-    }
+    let others: Vec<(std::net::Ipv4Addr, Option<std::net::Ipv4Addr>)> = topo
+        .nodes
+        .iter()
+        .filter(|o| o.name != node.name)
+        .map(|o| (o.address.addr(), o.route_reflector_cluster_id))
+        .collect();
+    let mut peers = nodeapi::config::cluster_peers(
+        me,
+        node.route_reflector_cluster_id,
+        &others,
+        topo.node_to_node_mesh,
+        topo.as_number,
+    );
     for p in topo.bgp_peers.iter().filter(|p| p.node.as_ref().is_none_or(|n| n == &node.name)) {
         peers.push(BgpPeer {
             address: p.peer_ip,

@@ -148,6 +148,46 @@ pub struct BgpPeer {
     pub max_prefixes: Option<u32>,
 }
 
+/// The sessions a node has with the other nodes of its cluster, as Calico sets them up:
+/// with the mesh on, one with every node; with it off, reflectors (nodes with a cluster ID)
+/// peer with each other and with every other node, whose clients they are, and two clients
+/// do not peer. Of a pair, the higher address waits. `nodes` are the others: (address,
+/// reflector cluster ID).
+pub fn cluster_peers(
+    me: Ipv4Addr,
+    my_cluster_id: Option<Ipv4Addr>,
+    nodes: &[(Ipv4Addr, Option<Ipv4Addr>)],
+    mesh: bool,
+    as_number: u32,
+) -> Vec<BgpPeer> {
+    nodes
+        .iter()
+        .filter(|(addr, _)| *addr != me)
+        .filter_map(|&(address, rr)| {
+            let kind = if mesh {
+                PeerKind::Mesh
+            } else if my_cluster_id.is_some() && rr.is_none() {
+                PeerKind::RouteReflectorClient
+            } else if rr.is_some() {
+                PeerKind::RouteReflector
+            } else {
+                return None;
+            };
+            Some(BgpPeer {
+                address,
+                as_number,
+                port: 179,
+                kind,
+                passive: u32::from(me) > u32::from(address),
+                password: None,
+                ttl_security: None,
+                filters: Vec::new(),
+                max_prefixes: None,
+            })
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,

@@ -123,30 +123,8 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
             "no Node resource named {me} with spec.bgp.ipv4Address: other nodes do not peer with this one"
         ));
     }
-    let mut peers = Vec::new();
-    for (name, addr, rr) in nodes.iter().filter(|n| n.0 != me && n.1 != my_addr) {
-        let kind = if mesh {
-            PeerKind::Mesh
-        } else if my_rr.is_some() && rr.is_none() {
-            PeerKind::RouteReflectorClient
-        } else if rr.is_some() {
-            PeerKind::RouteReflector
-        } else {
-            continue;
-        };
-        let _ = name;
-        peers.push(BgpPeer {
-            address: *addr,
-            as_number,
-            port: 179,
-            kind,
-            passive: u32::from(my_addr) > u32::from(*addr),
-            password: None,
-            ttl_security: None,
-            filters: Vec::new(),
-            max_prefixes: None,
-        });
-    }
+    let others: Vec<(Ipv4Addr, Option<Ipv4Addr>)> = nodes.iter().filter(|n| n.0 != me).map(|n| (n.1, n.2)).collect();
+    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, as_number);
     for x in resources {
         let Resource::BgpPeer(p) = x else { continue };
         if p.spec.node.as_deref().is_some_and(|n| n != me) {
