@@ -181,9 +181,9 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     let mut st = State {
         name: lab.name.clone(),
         topology: topo_name,
-        dataplane: opts.dataplane.name().to_string(),
-        ipip_mode: topo.ipip_mode.name().to_string(),
-        vxlan_mode: topo.vxlan_mode.name().to_string(),
+        dataplane: opts.dataplane,
+        ipip_mode: topo.ipip_mode,
+        vxlan_mode: topo.vxlan_mode,
         created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         complete: false,
         namespaces: Vec::new(),

@@ -2,6 +2,7 @@
 //! crashed or was interrupted halfway.
 
 use anyhow::Context as _;
+use nodeapi::config::{DataplaneMode, IpipMode};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -43,15 +44,20 @@ pub struct Daemon {
     pub log: PathBuf,
 }
 
+fn never() -> IpipMode {
+    IpipMode::Never
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
     pub name: String,
     pub topology: String,
-    pub dataplane: String,
+    pub dataplane: DataplaneMode,
     #[serde(default)]
-    pub ipip_mode: String,
-    #[serde(default)]
-    pub vxlan_mode: String,
+    pub ipip_mode: IpipMode,
+    /// Labs from before VXLAN have none: Never.
+    #[serde(default = "never")]
+    pub vxlan_mode: IpipMode,
     pub created_unix: u64,
     /// False until `lab up` finished every step.
     pub complete: bool,

@@ -20,7 +20,7 @@ fn indent(s: &str) -> String {
 impl Tour<'_> {
     fn title(&mut self, t: &str, claim: &str) {
         self.step += 1;
-        println!("\n── {}. {t}\n{claim}", self.step);
+        nodeapi::outln!("\n── {}. {t}\n{claim}", self.step);
     }
 
     /// Runs `router args...` in the lab and shows the command and its output.
@@ -32,7 +32,7 @@ impl Tour<'_> {
     fn router_in(&self, lab: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut shown = vec!["router"];
         shown.extend_from_slice(args);
-        println!("  $ {}", shown.join(" "));
+        nodeapi::outln!("  $ {}", shown.join(" "));
         let out = Command::new(self.exe)
             .args(args)
             .env("ROUTER_LAB", lab)
@@ -40,7 +40,7 @@ impl Tour<'_> {
             .output()
             .with_context(|| format!("running {}", shown.join(" ")))?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        print!("{}", indent(text.trim_end()));
+        nodeapi::out!("{}", indent(text.trim_end()));
         Ok(text)
     }
 
@@ -60,14 +60,14 @@ impl Tour<'_> {
         args.extend_from_slice(cmd);
         let mut shown = vec!["router"];
         shown.extend_from_slice(&args);
-        println!("  $ {}", shown.join(" "));
+        nodeapi::outln!("  $ {}", shown.join(" "));
         let out = Command::new(self.exe)
             .args(&args)
             .env("ROUTER_LAB", lab)
             .env("ROUTER_LAB_DIR", self.lab.dir.parent().unwrap_or(Path::new("/")))
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        print!("{}", indent(text.trim_end()));
+        nodeapi::out!("{}", indent(text.trim_end()));
         if must_succeed && !out.status.success() {
             bail!("`{}` failed", shown.join(" "));
         }
@@ -75,7 +75,7 @@ impl Tour<'_> {
     }
 
     fn note(&self, s: &str) {
-        println!("  → {s}");
+        nodeapi::outln!("  → {s}");
     }
 
     /// Pings pod-c1 (at `to`) from pod-a1 of lab `lab` while node-a's router captures its
@@ -102,10 +102,10 @@ impl Tour<'_> {
         for f in fields {
             args.extend_from_slice(&["-e", f]);
         }
-        println!("  $ tshark {}", args.join(" "));
+        nodeapi::outln!("  $ tshark {}", args.join(" "));
         let decoded = match Command::new("tshark").args(&args).output() {
             Ok(o) if o.status.success() => {
-                print!("{}", indent(String::from_utf8_lossy(&o.stdout).trim_end()));
+                nodeapi::out!("{}", indent(String::from_utf8_lossy(&o.stdout).trim_end()));
                 true
             }
             _ => {
@@ -131,8 +131,8 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     let Some(st) = lab.state()? else {
         bail!("lab {:?} is not up; start it with `router lab up` (the tour runs in the seed lab)", lab.name);
     };
-    let never = nodeapi::config::IpipMode::Never.name();
-    if !st.vxlan_mode.is_empty() && st.vxlan_mode != never {
+    let never = nodeapi::config::IpipMode::Never;
+    if st.vxlan_mode != never {
         bail!(
             "lab {:?} runs with vxlanMode {}, and the tour tells the IPIP story; see VXLAN with `router trace \
              pod-a1 pod-c1` and `router lab exec underlay -- tshark -i eth0 udp port 4789`, or bring the lab up \
@@ -152,7 +152,7 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     let cali = st.host("pod-a1").and_then(|h| h.interface.clone()).context("pod-a1 has no cali interface")?;
     let nodes = st.hosts.iter().filter(|h| h.role == Role::Node).count();
     let mut t = Tour { lab, exe, step: 0 };
-    println!("A tour of the seed lab: how pod traffic travels in a Calico-style network, shown live.");
+    nodeapi::outln!("A tour of the seed lab: how pod traffic travels in a Calico-style network, shown live.");
 
     t.title(
         "A pod's only way out is a gateway that does not exist",
@@ -192,7 +192,7 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     );
     t.router(&["trace", "pod-a1", "pod-b1"])?;
 
-    if st.dataplane == "afpacket" {
+    if st.dataplane == nodeapi::config::DataplaneMode::Afpacket {
         t.title(
             "The router forwards, not the node's kernel",
             "ip_forward is 0 on the nodes: the router reads every frame from an AF_PACKET socket and forwards it itself.",
@@ -229,7 +229,7 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     vxlan_beside(&mut t, &st, &c1)?;
     ipv6_beside(&mut t, &st)?;
 
-    println!("\nThat is the whole story. Try `router lab exec pod-c1 -- ping {b1}`, `router trace`, `router capture`,\nor `router lab down` when you are done.");
+    nodeapi::outln!("\nThat is the whole story. Try `router lab exec pod-c1 -- ping {b1}`, `router trace`, `router capture`,\nor `router lab down` when you are done.");
     Ok(())
 }
 
@@ -302,7 +302,7 @@ fn vxlan_beside(t: &mut Tour<'_>, st: &State, c1: &str) -> anyhow::Result<()> {
 pub fn scale(lab: &Lab, exe: &Path, n: usize) -> anyhow::Result<()> {
     anyhow::ensure!((3..=200).contains(&n), "--scale N: between 3 and 200 nodes");
     let mut t = Tour { lab, exe, step: 0 };
-    println!("How BGP mode scales: a full mesh against route reflectors, {n} nodes each, shown live.");
+    nodeapi::outln!("How BGP mode scales: a full mesh against route reflectors, {n} nodes each, shown live.");
     let mut rows = Vec::new();
     for (kind, reflectors) in [("mesh", 0), ("rr", 2)] {
         let name = format!("{}-{kind}", lab.name);
@@ -353,10 +353,10 @@ pub fn scale(lab: &Lab, exe: &Path, n: usize) -> anyhow::Result<()> {
         shown?;
     }
     t.title("Side by side", "The mesh grows with the square of the cluster, the reflectors linearly; Calico's documentation suggests reflectors from about a hundred nodes.");
-    println!("    {:<20} {:>9} {:>14} {:>12}", "layout", "sessions", "busiest node", "converged");
+    nodeapi::outln!("    {:<20} {:>9} {:>14} {:>12}", "layout", "sessions", "busiest node", "converged");
     for (title, total, most, secs) in &rows {
-        println!("    {title:<20} {total:>9} {most:>14} {secs:>10.1} s");
+        nodeapi::outln!("    {title:<20} {total:>9} {most:>14} {secs:>10.1} s");
     }
-    println!("\nTry a bigger one: `router lab tour --scale 60`, or `router lab up --nodes 100`.");
+    nodeapi::outln!("\nTry a bigger one: `router lab tour --scale 60`, or `router lab up --nodes 100`.");
     Ok(())
 }

@@ -199,18 +199,18 @@ pub fn keeper_main(record: &Path) -> ! {
             let k = Keeper { pid: std::process::id() as i32, uid, userns: userns_inode("self").unwrap_or(0) };
             let text = serde_json::to_string(&k).unwrap_or_default();
             if let Err(e) = nodeapi::private::write(record, text.as_bytes()) {
-                println!("failed record {}", e.raw_os_error().unwrap_or(0));
+                nodeapi::outln!("failed record {}", e.raw_os_error().unwrap_or(0));
                 eprintln!("keeper: writing {}: {e}", record.display());
                 std::process::exit(1);
             }
-            println!("ready");
+            nodeapi::outln!("ready");
             let _ = std::io::stdout().flush();
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
         Err((step, e)) => {
-            println!("failed {step} {}", e as i32);
+            nodeapi::outln!("failed {step} {}", e as i32);
             eprintln!("keeper: {step}: {e}");
             std::process::exit(1);
         }

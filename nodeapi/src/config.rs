@@ -29,6 +29,12 @@ impl DataplaneMode {
     }
 }
 
+impl std::fmt::Display for DataplaneMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Calico's `ipipMode` of an IP pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum IpipMode {
@@ -50,6 +56,12 @@ impl IpipMode {
             IpipMode::Always => "Always",
             IpipMode::Never => "Never",
         }
+    }
+}
+
+impl std::fmt::Display for IpipMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

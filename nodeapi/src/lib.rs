@@ -7,4 +7,5 @@ pub mod civil;
 pub mod config;
 pub mod fileerr;
 pub mod ipcmd;
+pub mod out;
 pub mod private;

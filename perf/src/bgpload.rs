@@ -168,9 +168,9 @@ pub fn feed(peer: Ipv4Addr, local: Ipv4Addr, table: Option<&Path>, limit: usize)
     });
     let mut keepalive = Vec::new();
     Message::Keepalive.encode(&ctx, &mut keepalive);
-    println!("{}", serde_json::json!({"event": "established", "t": unix_now()}));
+    nodeapi::outln!("{}", serde_json::json!({"event": "established", "t": unix_now()}));
     let t0 = unix_now();
-    println!(
+    nodeapi::outln!(
         "{}",
         serde_json::json!({"event": "first_update", "t": t0, "prefixes": prefixes.len(), "updates": messages})
     );
@@ -195,7 +195,7 @@ pub fn feed(peer: Ipv4Addr, local: Ipv4Addr, table: Option<&Path>, limit: usize)
     out.clear();
     Message::Update(Update::default()).encode(&ctx, &mut out);
     s.write_all(&out)?;
-    println!("{}", serde_json::json!({"event": "sent", "t": unix_now(), "secs": unix_now() - t0}));
+    nodeapi::outln!("{}", serde_json::json!({"event": "sent", "t": unix_now(), "secs": unix_now() - t0}));
     let _ = std::io::stdout().flush();
     loop {
         std::thread::sleep(Duration::from_secs(20));
@@ -460,7 +460,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             )?;
         }
     }
-    print!("{md}");
+    nodeapi::out!("{md}");
     crate::write_results(
         &o.out,
         &results,

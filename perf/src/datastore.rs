@@ -132,7 +132,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &n in &o.nodes {
         let r = measure(&router, usize::from(n), o)?;
-        println!(
+        nodeapi::outln!(
             "{n} nodes: lab up in {:.1} s; BGPPeer → session {:.0} ms, → route {:.0} ms; pool → every node {:.0} ms (medians)",
             r.lab_up_s,
             crate::median(&r.rounds.peer_session_ms),
@@ -142,7 +142,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         results.push(r);
     }
     let md = markdown(&results, o.rounds);
-    print!("\n{md}");
+    nodeapi::out!("\n{md}");
     crate::write_results(
         &o.out,
         &results,

@@ -135,15 +135,15 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     drop(conf_file);
     drop(pair);
     let runs = [ours?, theirs?];
-    println!("| generator | frame | pps at the receiver |\n|---|---:|---:|");
+    nodeapi::outln!("| generator | frame | pps at the receiver |\n|---|---:|---:|");
     for r in &runs {
-        println!("| {} | {} B | {:.0} |", r.generator, r.frame_bytes, r.pps);
+        nodeapi::outln!("| {} | {} B | {:.0} |", r.generator, r.frame_bytes, r.pps);
     }
-    println!("\nours ÷ trafgen: {:.2}", runs[0].pps / runs[1].pps.max(1.0));
+    nodeapi::outln!("\nours ÷ trafgen: {:.2}", runs[0].pps / runs[1].pps.max(1.0));
     if let Some(dir) = o.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&o.out, serde_json::to_string_pretty(&runs)?)?;
-    println!("written: {}", o.out.display());
+    nodeapi::outln!("written: {}", o.out.display());
     Ok(())
 }

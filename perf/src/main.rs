@@ -95,11 +95,11 @@ fn main() {
         Cmd::BgpFeed { peer, local, table, limit, idle: _ } => bgpload::feed(peer, local, table.as_deref(), limit),
         Cmd::Gen { dst, port, size, flows, secs, pps, count } => {
             traffic::generate(dst, port, size, flows, Duration::from_secs_f64(secs), pps, count)
-                .map(|r| println!("{}", serde_json::json!(r)))
+                .map(|r| nodeapi::outln!("{}", serde_json::json!(r)))
         }
         Cmd::Sink { port, ipv6, max_secs } => {
             traffic::sink(port, ipv6, Duration::from_secs(1), Duration::from_secs_f64(max_secs))
-                .map(|r| println!("{}", serde_json::json!(r)))
+                .map(|r| nodeapi::outln!("{}", serde_json::json!(r)))
         }
     };
     if let Err(e) = r {
@@ -138,13 +138,13 @@ fn write_results(
         let file = docs.join(format!("{name}.md"));
         let text = provenance::header(title, &command_line()) + md + &format!("\nHow it is measured: {how}.\n");
         std::fs::write(&file, text)?;
-        println!("written: {}", file.display());
+        nodeapi::outln!("written: {}", file.display());
     }
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(out, serde_json::to_string_pretty(json)?)?;
-    println!("written: {}", out.display());
+    nodeapi::outln!("written: {}", out.display());
     Ok(())
 }
 

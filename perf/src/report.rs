@@ -134,8 +134,8 @@ pub fn finish(runs: &mut [Run], out: &Path, docs: Option<&Path>) -> anyhow::Resu
     let md = markdown(runs);
     std::fs::write(out.join("forward.md"), &md)?;
     plot(runs, &out.join("forward.svg"))?;
-    print!("{md}");
-    println!("\nwritten: {0}/forward.md, {0}/forward.json, {0}/forward.svg", out.display());
+    nodeapi::out!("{md}");
+    nodeapi::outln!("\nwritten: {0}/forward.md, {0}/forward.json, {0}/forward.svg", out.display());
     if let Some(docs) = docs {
         std::fs::create_dir_all(docs)?;
         let command = crate::command_line();
@@ -145,7 +145,7 @@ pub fn finish(runs: &mut [Run], out: &Path, docs: Option<&Path>) -> anyhow::Resu
             + "\n![ratios to kernel forwarding](forward.svg)\n\nHow the scenarios are built and how to read the figures: [../performance.md](../performance.md).\n";
         std::fs::write(docs.join("forward.md"), text)?;
         std::fs::copy(out.join("forward.svg"), docs.join("forward.svg"))?;
-        println!("written: {0}/forward.md, {0}/forward.svg", docs.display());
+        nodeapi::outln!("written: {0}/forward.md, {0}/forward.svg", docs.display());
     }
     Ok(())
 }

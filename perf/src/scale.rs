@@ -259,12 +259,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let md = markdown(&results);
-    print!("\n{md}");
+    nodeapi::out!("\n{md}");
     std::fs::create_dir_all(&o.out)?;
     std::fs::write(o.out.join("bgp-scale.json"), serde_json::to_string_pretty(&results)?)?;
     std::fs::write(o.out.join("bgp-scale.md"), &md)?;
     plot(&results, &o.out.join("bgp-scale.svg"))?;
-    println!("written: {0}/bgp-scale.md, {0}/bgp-scale.json, {0}/bgp-scale.svg", o.out.display());
+    nodeapi::outln!("written: {0}/bgp-scale.md, {0}/bgp-scale.json, {0}/bgp-scale.svg", o.out.display());
     if !o.docs.as_os_str().is_empty() {
         std::fs::create_dir_all(&o.docs)?;
         let text = crate::provenance::header("BGP at scale: a full mesh against route reflectors", &crate::command_line())
@@ -275,7 +275,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         if std::fs::canonicalize(&o.docs)? != std::fs::canonicalize(&o.out)? {
             std::fs::copy(o.out.join("bgp-scale.svg"), o.docs.join("bgp-scale.svg"))?;
         }
-        println!("written: {0}/bgp-scale.md, {0}/bgp-scale.svg", o.docs.display());
+        nodeapi::outln!("written: {0}/bgp-scale.md, {0}/bgp-scale.svg", o.docs.display());
     }
     Ok(())
 }

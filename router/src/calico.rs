@@ -32,7 +32,7 @@ pub fn apply(store: &Store, file: &Path) -> anyhow::Result<()> {
             Applied::Configured => "configured",
             Applied::Unchanged => "unchanged",
         };
-        println!("{}/{} {what}", r.kind().plural(), r.name());
+        nodeapi::outln!("{}/{} {what}", r.kind().plural(), r.name());
     }
     Ok(())
 }
@@ -49,7 +49,7 @@ pub fn delete_file(store: &Store, file: &Path) -> anyhow::Result<i32> {
 pub fn delete_one(store: &Store, kind: Kind, name: &str) -> anyhow::Result<bool> {
     let existed = store.delete(kind, name)?;
     if existed {
-        println!("{}/{name} deleted", kind.plural());
+        nodeapi::outln!("{}/{name} deleted", kind.plural());
     } else {
         eprintln!("{}/{name} does not exist", kind.plural());
     }
@@ -77,8 +77,8 @@ pub fn get(store: &Store, kind: Kind, name: Option<&str>, out: Output) -> anyhow
         return Ok(1);
     }
     match out {
-        Output::Yaml => print!("{}", resources::to_yaml(&rs)),
-        Output::Json if name.is_some() => println!("{}", serde_json::to_string_pretty(&rs[0].to_json())?),
+        Output::Yaml => nodeapi::out!("{}", resources::to_yaml(&rs)),
+        Output::Json if name.is_some() => nodeapi::outln!("{}", serde_json::to_string_pretty(&rs[0].to_json())?),
         Output::Json => {
             let items: Vec<serde_json::Value> = rs.iter().map(Resource::to_json).collect();
             let list = serde_json::json!({
@@ -86,9 +86,9 @@ pub fn get(store: &Store, kind: Kind, name: Option<&str>, out: Output) -> anyhow
                 "kind": format!("{}List", kind.name()),
                 "items": items,
             });
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            nodeapi::outln!("{}", serde_json::to_string_pretty(&list)?);
         }
-        Output::Table => print!("{}", table(kind, &rs)),
+        Output::Table => nodeapi::out!("{}", table(kind, &rs)),
     }
     Ok(0)
 }

@@ -434,7 +434,7 @@ impl Query {
     /// Prints `v` as JSON when asked to, else renders it with `text`.
     fn print<T: serde::Serialize>(&self, v: &T, text: impl FnOnce(&T)) -> anyhow::Result<i32> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(v)?);
+            nodeapi::outln!("{}", serde_json::to_string_pretty(v)?);
         } else {
             text(v);
         }
@@ -502,7 +502,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let mut target = cni::install::Target::from_node(&cfg, ipam_file);
             target.etcd_endpoints = etcd_endpoints;
             let (conf, bin) = cni::install::install(&target, &conf_dir, &bin_dir, &plugin)?;
-            println!(
+            nodeapi::outln!(
                 "wrote {}
 installed {} as {}",
                 conf.display(),
@@ -533,7 +533,7 @@ installed {} as {}",
         Cmd::Status(q) => {
             let st = q.client()?.bgp_status()?;
             if q.json {
-                println!("{}", serde_json::to_string_pretty(&st.peers)?);
+                nodeapi::outln!("{}", serde_json::to_string_pretty(&st.peers)?);
             } else {
                 print_bgp_status(&st);
             }
@@ -541,31 +541,31 @@ installed {} as {}",
         }
         Cmd::Routes { rejected: true, peer, query: q, .. } => q.print(&q.client()?.rejected(peer)?, |rs| {
             if rs.is_empty() {
-                println!("No route was refused.");
+                nodeapi::outln!("No route was refused.");
                 return;
             }
-            println!("{:<16} {:<20} Reason", "Peer", "Prefix");
+            nodeapi::outln!("{:<16} {:<20} Reason", "Peer", "Prefix");
             for r in rs {
-                println!("{:<16} {:<20} {}", r.peer.to_string(), r.prefix, r.reason);
+                nodeapi::outln!("{:<16} {:<20} {}", r.peer.to_string(), r.prefix, r.reason);
             }
         }),
         Cmd::Routes { detail: Some(prefix), query: q, .. } => {
-            q.print(&q.client()?.paths(prefix)?, |ps| print!("{}", render_paths(&prefix, ps)))
+            q.print(&q.client()?.paths(prefix)?, |ps| nodeapi::out!("{}", render_paths(&prefix, ps)))
         }
         Cmd::Routes { lookup: Some(addr), query: q, .. } => q.print(&q.client()?.lookup(addr)?, |e| match e {
-            None => println!("{addr}: no route (packets to it are answered with ICMP destination unreachable)"),
-            Some(e) => print!("{addr} takes\n{}", routes::render(std::slice::from_ref(e))),
+            None => nodeapi::outln!("{addr}: no route (packets to it are answered with ICMP destination unreachable)"),
+            Some(e) => nodeapi::out!("{addr} takes\n{}", routes::render(std::slice::from_ref(e))),
         }),
         Cmd::Routes { lookup: None, query: q, .. } => {
-            q.print(&q.client()?.routes()?, |e| print!("{}", routes::render(e)))
+            q.print(&q.client()?.routes()?, |e| nodeapi::out!("{}", routes::render(e)))
         }
         Cmd::Stats(q) => q.print(&q.client()?.stats()?, print_stats),
         Cmd::Capture { interface, count, duration, file, query } => capture(&query, interface, count, duration, file),
         Cmd::Neighbours(q) => q.print(&q.client()?.neighbours()?, |ns| {
             let w = ns.iter().map(|n| n.ip.to_string().len()).max().unwrap_or(0).max(17);
-            println!("{:<16} {:<w$} {:<19} State", "Interface", "Address", "MAC");
+            nodeapi::outln!("{:<16} {:<w$} {:<19} State", "Interface", "Address", "MAC");
             for n in ns {
-                println!(
+                nodeapi::outln!(
                     "{:<16} {:<w$} {:<19} {}",
                     n.interface,
                     n.ip.to_string(),
@@ -591,7 +591,7 @@ fn since(secs: u64) -> String {
 
 fn print_bgp_status(st: &admin::BgpStatus) {
     let (Some(asn), Some(id), true) = (st.as_number, st.router_id, st.configured) else {
-        println!("BGP is not configured on this node (no [bgp] in its config).");
+        nodeapi::outln!("BGP is not configured on this node (no [bgp] in its config).");
         return;
     };
     let peers = &st.peers;
@@ -599,9 +599,9 @@ fn print_bgp_status(st: &admin::BgpStatus) {
     // too where both ends negotiated it (RFC 4760): then one table says which carry what.
     let dual = peers.iter().any(|p| p.families.iter().any(|f| f == "ipv6"));
     if dual {
-        println!("IPv4 and IPv6 BGP status (AS {asn}, router ID {id}; IPv6 routes over the same sessions)");
+        nodeapi::outln!("IPv4 and IPv6 BGP status (AS {asn}, router ID {id}; IPv6 routes over the same sessions)");
     } else {
-        println!("IPv4 BGP status (AS {asn}, router ID {id})");
+        nodeapi::outln!("IPv4 BGP status (AS {asn}, router ID {id})");
     }
     // calicoctl's columns, and the route counts: received and used / refused by import
     // policy (`router routes --rejected`) / advertised.
@@ -615,9 +615,9 @@ fn print_bgp_status(st: &admin::BgpStatus) {
         format!("| {} |", c.join(" | "))
     };
     let line = format!("+{}+", cols.iter().map(|(_, n)| "-".repeat(n + 2)).collect::<Vec<_>>().join("+"));
-    println!("{line}");
-    println!("{}", row(&cols.iter().map(|(h, _)| h.to_string()).collect::<Vec<_>>()));
-    println!("{line}");
+    nodeapi::outln!("{line}");
+    nodeapi::outln!("{}", row(&cols.iter().map(|(h, _)| h.to_string()).collect::<Vec<_>>()));
+    nodeapi::outln!("{line}");
     for p in peers {
         let kind =
             serde_json::to_value(p.peer_type).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default();
@@ -626,9 +626,9 @@ fn print_bgp_status(st: &admin::BgpStatus) {
             cells.push(p.families.join(","));
         }
         cells.extend([format!("{}/{}/{}", p.received, p.rejected, p.advertised), p.info.clone()]);
-        println!("{}", row(&cells));
+        nodeapi::outln!("{}", row(&cells));
     }
-    println!("{line}");
+    nodeapi::outln!("{line}");
 }
 
 fn trace(
@@ -692,17 +692,17 @@ fn trace(
     hops.sort_by(|a, b| a.time.total_cmp(&b.time));
     if json {
         let t = router::trace::Trace { id, src: src_ip, dst: dst_ip, proto, hops };
-        println!("{}", serde_json::to_string_pretty(&t)?);
+        nodeapi::outln!("{}", serde_json::to_string_pretty(&t)?);
         return Ok(0);
     }
-    println!(
+    nodeapi::outln!(
         "trace {id:#010x}: {src} {src_ip} → {dst} {dst_ip} ({})\n",
         serde_json::to_value(proto)?.as_str().unwrap_or("")
     );
     if hops.is_empty() {
-        println!("no node saw the probe: {src}'s kernel did not send it (no route in the pod?)");
+        nodeapi::outln!("no node saw the probe: {src}'s kernel did not send it (no route in the pod?)");
     } else {
-        print!("{}", router::trace::render(&hops));
+        nodeapi::out!("{}", router::trace::render(&hops));
     }
     Ok(0)
 }
@@ -739,10 +739,10 @@ fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file
             }
             if q.json {
                 let done = admin::CaptureStatus { active: false, path: Some(path), written: n, lost, ended: st.ended };
-                println!("{}", serde_json::to_string(&done)?);
+                nodeapi::outln!("{}", serde_json::to_string(&done)?);
                 return Ok(0);
             }
-            println!(
+            nodeapi::outln!(
                 "{n} packets written to {}{}",
                 path.display(),
                 if lost > 0 { format!(" ({lost} lost: the writer fell behind)") } else { String::new() }
@@ -753,48 +753,66 @@ fn capture(q: &Query, interface: Option<String>, count: u64, duration: u64, file
 }
 
 fn print_stats(v: &admin::Stats) {
-    println!("{:<16} {:>12} {:>14} {:>12} {:>14}", "Interface", "RX packets", "RX bytes", "TX packets", "TX bytes");
+    nodeapi::outln!(
+        "{:<16} {:>12} {:>14} {:>12} {:>14}",
+        "Interface",
+        "RX packets",
+        "RX bytes",
+        "TX packets",
+        "TX bytes"
+    );
     for i in &v.interfaces {
-        println!(
+        nodeapi::outln!(
             "{:<16} {:>12} {:>14} {:>12} {:>14}",
-            i.interface, i.counts.rx_packets, i.counts.rx_bytes, i.counts.tx_packets, i.counts.tx_bytes
+            i.interface,
+            i.counts.rx_packets,
+            i.counts.rx_bytes,
+            i.counts.tx_packets,
+            i.counts.tx_bytes
         );
     }
-    println!(
+    nodeapi::outln!(
         "\nIPIP encapsulated: {}   decapsulated: {}   VXLAN encapsulated: {}   decapsulated: {}",
         v.tallies.ipip_encapsulated,
         v.tallies.ipip_decapsulated,
         v.tallies.vxlan_encapsulated,
         v.tallies.vxlan_decapsulated
     );
-    println!(
+    nodeapi::outln!(
         "fragments sent: {}   ICMP errors sent: {}   proxy-ARP replies sent: {}   proxy-NDP replies sent: {}",
-        v.tallies.fragments_sent, v.tallies.icmp_errors_sent, v.tallies.arp_replies_sent, v.tallies.ndp_replies_sent
+        v.tallies.fragments_sent,
+        v.tallies.icmp_errors_sent,
+        v.tallies.arp_replies_sent,
+        v.tallies.ndp_replies_sent
     );
-    println!(
+    nodeapi::outln!(
         "TCP super-packets received whole: {}   segments cut from them: {}   merged from segments: {} (of {} segments)",
-        v.tallies.gso_received, v.tallies.gso_segments, v.tallies.gro_packets, v.tallies.gro_segments
+        v.tallies.gso_received,
+        v.tallies.gso_segments,
+        v.tallies.gro_packets,
+        v.tallies.gro_segments
     );
-    println!(
+    nodeapi::outln!(
         "UDP super-packets sent whole (VXLAN): {}   received: {}",
-        v.tallies.udp_gso_sent, v.tallies.udp_gso_received
+        v.tallies.udp_gso_sent,
+        v.tallies.udp_gso_received
     );
     match v.transit_filter.as_deref() {
         Some([]) => {
-            println!("transit filter: off (the node's kernel also routes, and drops, what the router forwards)")
+            nodeapi::outln!("transit filter: off (the node's kernel also routes, and drops, what the router forwards)")
         }
         Some(devs) => {
-            println!("transit filter: on {} (the node's kernel drops what the router forwards)", devs.join(", "))
+            nodeapi::outln!("transit filter: on {} (the node's kernel drops what the router forwards)", devs.join(", "))
         }
         None => {}
     }
     let drops: Vec<_> = v.drops.iter().filter(|(_, n)| **n != 0).collect();
     if drops.is_empty() {
-        println!("drops: none");
+        nodeapi::outln!("drops: none");
     } else {
-        println!("drops:");
+        nodeapi::outln!("drops:");
         for (reason, count) in drops {
-            println!("  {reason:<24} {count}");
+            nodeapi::outln!("  {reason:<24} {count}");
         }
     }
 }
@@ -849,13 +867,17 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             };
             let st = lab::up(lab, &opts)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                nodeapi::outln!("{}", serde_json::to_string_pretty(&st)?);
                 return Ok(0);
             }
             let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
-            println!(
+            nodeapi::outln!(
                 "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {}, vxlanMode: {})",
-                st.name, st.topology, st.dataplane, st.ipip_mode, st.vxlan_mode
+                st.name,
+                st.topology,
+                st.dataplane,
+                st.ipip_mode,
+                st.vxlan_mode
             );
             for h in st.hosts.iter().filter(|h| h.role == Role::Node) {
                 let pods: Vec<String> = st
@@ -864,35 +886,37 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                     .filter(|p| p.role == Role::Pod && p.parent.as_deref() == Some(&h.name))
                     .map(|p| format!("{} {}", p.name, p.addresses.join(",")))
                     .collect();
-                println!("  {:<8} {:<20} pods: {}", h.name, h.addresses.join(","), pods.join(", "));
+                nodeapi::outln!("  {:<8} {:<20} pods: {}", h.name, h.addresses.join(","), pods.join(", "));
             }
             // A ping from the first pod to the first pod of another node, whatever the topology.
             let pods: Vec<&lab::state::Host> = st.hosts.iter().filter(|h| h.role == Role::Pod).collect();
-            println!("try:");
+            nodeapi::outln!("try:");
             if let Some(from) = pods.first() {
                 if let Some(to) = pods.iter().find(|p| p.parent != from.parent) {
                     let addr = to.addresses.first().map_or("", |a| a.split('/').next().unwrap_or(a));
-                    println!("  router lab exec{flag} {} -- ping -c 3 {addr}", from.name);
+                    nodeapi::outln!("  router lab exec{flag} {} -- ping -c 3 {addr}", from.name);
                 }
             }
             if let Some(node) = st.hosts.iter().find(|h| h.role == Role::Node) {
-                println!("  router routes{flag} --node {}", node.name);
+                nodeapi::outln!("  router routes{flag} --node {}", node.name);
             }
-            println!("  router lab down{flag}");
+            nodeapi::outln!("  router lab down{flag}");
             Ok(0)
         }
         LabCmd::Down { json } => {
             let r = lab::down(lab)?;
             if json {
                 let v = serde_json::json!({"lab": lab.name, "was_up": r.existed, "namespaces_removed": r.namespaces, "processes_stopped": r.processes});
-                println!("{v}");
+                nodeapi::outln!("{v}");
             } else if r.existed {
-                println!(
+                nodeapi::outln!(
                     "lab {:?} is down: removed {} namespaces, stopped {} processes",
-                    lab.name, r.namespaces, r.processes
+                    lab.name,
+                    r.namespaces,
+                    r.processes
                 );
             } else {
-                println!("lab {:?} is not up; nothing to do", lab.name);
+                nodeapi::outln!("lab {:?} is not up; nothing to do", lab.name);
             }
             Ok(0)
         }
@@ -900,7 +924,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
         LabCmd::Restart { node } => {
             let exe = std::env::current_exe().context("finding the router binary")?;
             let (old, new, took) = lab::restart(lab, &node, &exe)?;
-            println!("{node} restarted gracefully: pid {old} -> {new}, answering after {} ms", took.as_millis());
+            nodeapi::outln!("{node} restarted gracefully: pid {old} -> {new}, answering after {} ms", took.as_millis());
             Ok(0)
         }
         LabCmd::Tour { scale } => {
@@ -914,7 +938,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             let Some(g) = generate.generated() else {
                 bail!("say how many nodes: `router lab topology --nodes N [--subnets S] [--pods-per-node P] [--route-reflectors K]`");
             };
-            print!("{}", g.text()?);
+            nodeapi::out!("{}", g.text()?);
             Ok(0)
         }
         LabCmd::Resources { topology } => {
@@ -925,7 +949,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 }
             };
             let (rs, left_out) = lab::resources::from_topology(&topo);
-            print!("{}", datastore::resources::to_yaml(&rs));
+            nodeapi::out!("{}", datastore::resources::to_yaml(&rs));
             for l in left_out {
                 eprintln!("note: not printed: {l}");
             }
@@ -934,10 +958,10 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
         LabCmd::Status { json } => {
             let (st, rows) = lab::status(lab)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                nodeapi::outln!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(0);
             }
-            println!(
+            nodeapi::outln!(
                 "lab {:?}: topology {}, data plane {}, ipipMode {}, vxlanMode {}{}",
                 st.name,
                 st.topology,
@@ -947,12 +971,12 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 if st.complete { "" } else { " (INCOMPLETE: run `router lab down`)" }
             );
             if let Some(k) = lab::userns::Keeper::load(&lab.dir)?.filter(|k| !k.alive()) {
-                println!(
+                nodeapi::outln!(
                     "the lab's keeper (pid {}) is gone, and its namespaces with it: `router lab down` removes the rest",
                     k.pid
                 );
             }
-            println!("{:<12} {:<9} {:<22} {:<20} STATE", "HOST", "ROLE", "NAMESPACE", "ADDRESS");
+            nodeapi::outln!("{:<12} {:<9} {:<22} {:<20} STATE", "HOST", "ROLE", "NAMESPACE", "ADDRESS");
             for r in rows.iter().filter(|r| r.role != Role::Switch) {
                 let state = match (&r.daemon, r.namespace_present) {
                     (_, false) if r.role == Role::Container => "down (its interface is gone)".to_string(),
@@ -965,7 +989,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                         _ => "up".to_string(),
                     },
                 };
-                println!(
+                nodeapi::outln!(
                     "{:<12} {:<9} {:<22} {:<20} {}",
                     r.host,
                     format!("{:?}", r.role).to_lowercase(),

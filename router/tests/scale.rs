@@ -88,6 +88,21 @@ fn lab_topology_prints_what_lab_up_builds() {
     assert!(!out.status.success() && text(&out.stderr).contains("--nodes N"), "{}", text(&out.stderr));
 }
 
+/// `router lab topology | head`: a reader that has gone away ends the output quietly, with
+/// no panic. The pipe's read end is closed before the program starts, so its first write
+/// fails every time.
+#[test]
+fn output_to_a_reader_that_went_away_ends_quietly() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(ROUTER)
+        .args(["lab", "topology", "--nodes", "5"])
+        .stdout(writer)
+        .output()
+        .expect("router");
+    assert!(out.status.success() && out.stderr.is_empty(), "{:?}: {}", out.status, text(&out.stderr));
+}
+
 #[test]
 fn the_scale_tour_compares_a_mesh_and_reflectors_and_leaves_nothing() {
     let lab = TestLab::named();
