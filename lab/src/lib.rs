@@ -527,42 +527,62 @@ fn static_neighbours(segment: &[Member]) -> anyhow::Result<()> {
 fn wait_converged(topo: &Topology, st: &State) -> anyhow::Result<()> {
     let within = Duration::from_secs(30) + start_patience(st.daemons.len());
     let deadline = Instant::now() + within;
+    // What keeps one node from having converged, or None.
+    let check = |d: &state::Daemon| -> Option<String> {
+        let node = admin::Client::new(&d.socket);
+        let peers = node.bgp_status().map(|s| s.peers).unwrap_or_default();
+        let stuck: Vec<String> = peers
+            .iter()
+            .filter(|p| p.peer_type != PeerKind::Global && p.state != "up")
+            .map(|p| format!("{} {}", p.peer, p.state))
+            .collect();
+        // Nodes that learn only from external peers (an outside route reflector) converge
+        // when those peers run; that is the caller's business.
+        let node_peers = peers.iter().any(|p| p.peer_type != PeerKind::Global);
+        let routes: std::collections::HashSet<String> =
+            node.routes().unwrap_or_default().into_iter().map(|r| r.prefix.to_string()).collect();
+        let missing: Vec<String> = topo
+            .nodes
+            .iter()
+            .filter(|n| n.name != d.node)
+            .map(|n| n.block.to_string())
+            .filter(|b| node_peers && !routes.contains(b))
+            .collect();
+        // In tun mode the kernel forwards: its routes, installed in the background, count.
+        let kernel = node.status().is_ok_and(|s| s.kernel_routes_synced);
+        (!stuck.is_empty() || !missing.is_empty() || !kernel).then(|| {
+            format!(
+                "{}: sessions not up [{}], blocks not learned [{}]{}",
+                d.node,
+                stuck.join(", "),
+                missing.join(", "),
+                if kernel { "" } else { ", kernel routes not yet installed" }
+            )
+        })
+    };
+    // A node seen converged is asked again only once every node has been: a 100-node lab
+    // then costs the nodes still busy converging a few hundred admin calls, not thousands.
+    let mut done = vec![false; st.daemons.len()];
     loop {
         let mut waiting = Vec::new();
-        for d in &st.daemons {
-            let node = admin::Client::new(&d.socket);
-            let peers = node.bgp_status().map(|s| s.peers).unwrap_or_default();
-            let stuck: Vec<String> = peers
-                .iter()
-                .filter(|p| p.peer_type != PeerKind::Global && p.state != "up")
-                .map(|p| format!("{} {}", p.peer, p.state))
-                .collect();
-            // Nodes that learn only from external peers (an outside route reflector) converge
-            // when those peers run; that is the caller's business.
-            let node_peers = peers.iter().any(|p| p.peer_type != PeerKind::Global);
-            let routes = node.routes().unwrap_or_default();
-            let have = |b: &str| routes.iter().any(|r| r.prefix.to_string() == b);
-            let missing: Vec<String> = topo
-                .nodes
-                .iter()
-                .filter(|n| n.name != d.node)
-                .map(|n| n.block.to_string())
-                .filter(|b| node_peers && !have(b))
-                .collect();
-            // In tun mode the kernel forwards: its routes, installed in the background, count.
-            let kernel = node.status().is_ok_and(|s| s.kernel_routes_synced);
-            if !stuck.is_empty() || !missing.is_empty() || !kernel {
-                waiting.push(format!(
-                    "{}: sessions not up [{}], blocks not learned [{}]{}",
-                    d.node,
-                    stuck.join(", "),
-                    missing.join(", "),
-                    if kernel { "" } else { ", kernel routes not yet installed" }
-                ));
+        let all_seen = done.iter().all(|&d| d);
+        for (i, d) in st.daemons.iter().enumerate() {
+            if done[i] && !all_seen {
+                continue;
+            }
+            match check(d) {
+                None => done[i] = true,
+                Some(why) => {
+                    done[i] = false;
+                    waiting.push(why);
+                }
             }
         }
-        if waiting.is_empty() {
+        if all_seen && waiting.is_empty() {
             return Ok(());
+        }
+        if waiting.is_empty() {
+            continue; // the confirming sweep, at once
         }
         if Instant::now() > deadline {
             bail!(
