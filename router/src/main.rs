@@ -359,6 +359,10 @@ enum LabCmd {
     Resources {
         #[arg(long)]
         topology: Option<PathBuf>,
+        /// With an IPv6 pool (fd00:10:244::/48 where the topology names none) and the nodes'
+        /// IPv6 addresses, as `lab up --dual-stack`.
+        #[arg(long)]
+        dual_stack: bool,
     },
     /// Show the lab's hosts and whether their daemons answer.
     Status {
@@ -941,12 +945,14 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             nodeapi::out!("{}", g.text()?);
             Ok(0)
         }
-        LabCmd::Resources { topology } => {
+        LabCmd::Resources { topology, dual_stack } => {
             let topo = match &topology {
-                Some(p) => lab::topology::Topology::load(p)?,
-                None => {
-                    lab::topology::Topology::parse(std::path::Path::new("seed.toml (built in)"), lab::topology::SEED)?
-                }
+                Some(p) => lab::topology::Topology::load_with(p, dual_stack)?,
+                None => lab::topology::Topology::parse_with(
+                    std::path::Path::new("seed.toml (built in)"),
+                    lab::topology::SEED,
+                    dual_stack,
+                )?,
             };
             let (rs, left_out) = lab::resources::from_topology(&topo);
             nodeapi::out!("{}", datastore::resources::to_yaml(&rs));

@@ -88,6 +88,23 @@ fn lab_topology_prints_what_lab_up_builds() {
     assert!(!out.status.success() && text(&out.stderr).contains("--nodes N"), "{}", text(&out.stderr));
 }
 
+#[test]
+fn lab_resources_print_the_seed_as_calico_resources_with_ipv6_on_demand() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(ROUTER).args(["lab", "resources"]).args(args).output().expect("router");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let rs = datastore::resources::parse(&text(&out.stdout)).unwrap_or_else(|e| panic!("{e}"));
+        rs.iter().map(|r| datastore::resources::to_yaml(std::slice::from_ref(r))).collect::<Vec<_>>()
+    };
+    let v4 = run(&[]);
+    assert_eq!(v4.len(), 5, "a pool, the BGP configuration, three nodes: {v4:?}");
+    assert!(v4.iter().all(|r| !r.contains("fd00:")), "{v4:?}");
+    let dual = run(&["--dual-stack"]);
+    assert_eq!(dual.len(), 6, "{dual:?}");
+    assert!(dual.iter().any(|r| r.contains("name: default-ipv6-ippool") && r.contains("ipipMode: Never")));
+    assert_eq!(dual.iter().filter(|r| r.contains("ipv6Address: fd00:192:168:")).count(), 3, "{dual:?}");
+}
+
 /// `router lab topology | head`: a reader that has gone away ends the output quietly, with
 /// no panic. The pipe's read end is closed before the program starts, so its first write
 /// fails every time.
