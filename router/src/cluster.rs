@@ -5,9 +5,9 @@
 //! - `BGPConfiguration` `default`: the AS number (64512 without one), the node-to-node mesh
 //!   (on without one), prefix advertisements and communities.
 //! - `Node`s: every node with `bgp.ipv4Address` is a cluster node (an allowed IPIP source
-//!   and pool-route next hop; its `bgp.ipv6Address` is an IPv6 pool-route next hop). With the mesh on, each peers with each; with it off, nodes with
-//!   a `routeReflectorClusterID` are reflectors: they peer with each other and with every
-//!   other node, whose clients they are. Of a pair, the higher address waits.
+//!   and pool-route next hop; its `bgp.ipv6Address` an IPv6 pool-route next hop). Sessions
+//!   between nodes follow `nodeapi::config::cluster_peers`: with the mesh on, each peers
+//!   with each; with it off, nodes with a `routeReflectorClusterID` are reflectors.
 //! - `BGPPeer`s with no `node`, or this node's name: external peers of this node.
 //! - `IPPool`s (not `disabled`): the IPv4 pools with their `ipipMode` and `vxlanMode`, and
 //!   the IPv6 pools (never tunnelled).
