@@ -812,10 +812,9 @@ impl Core {
 
     /// The next hop of every IPv6 Loc-RIB route this node did not originate.
     pub fn learned6(&self) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
-        // Only IPv6 prefixes are looked up: a node may hold a million IPv4 ones.
-        let v6 = |p: &IpNet| matches!(p, IpNet::V6(_));
+        // Only IPv6 prefixes are read: a node may hold a million IPv4 ones.
         self.rib
-            .loc_rib_where(&v6)
+            .loc_rib6()
             .filter(|(_, from, _)| *from != crate::rib::From::Local)
             .filter_map(|(p, _, attrs)| match (p, attrs.next_hop) {
                 (IpNet::V6(p), IpAddr::V6(nh)) => Some((p, nh)),

@@ -74,6 +74,10 @@ impl AdjIn {
     pub fn keys(&self) -> impl Iterator<Item = IpNet> + '_ {
         self.fresh.keys().chain(self.stale.keys())
     }
+
+    pub fn keys6(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.fresh.keys6().chain(self.stale.keys6())
+    }
 }
 
 #[cfg(test)]

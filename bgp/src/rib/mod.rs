@@ -443,6 +443,19 @@ impl Rib {
         local.chain(learned)
     }
 
+    /// The IPv6 Loc-RIB entries: only IPv6 prefixes are read, whatever the size of the IPv4
+    /// table beside them.
+    pub fn loc_rib6(&self) -> impl Iterator<Item = (IpNet, From, &Arc<PathAttrs>)> + '_ {
+        let local = self.local.iter().filter(|(p, _)| matches!(p, IpNet::V6(_))).map(|(p, a)| (*p, From::Local, a));
+        let learned = self.adj_in.iter().flat_map(move |(&id, m)| {
+            m.keys6().filter_map(move |p| match self.select(&p) {
+                Some((From::Peer(w), a)) if w == id => Some((p, From::Peer(id), a)),
+                _ => None,
+            })
+        });
+        local.chain(learned)
+    }
+
     /// The Loc-RIB routes learned from cluster nodes (not external peers), each prefix once.
     /// Only those peers' paths are read: a full table from an outside peer costs nothing here.
     pub fn cluster_routes(&self) -> impl Iterator<Item = (IpNet, &Arc<PathAttrs>)> + '_ {

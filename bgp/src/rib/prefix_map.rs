@@ -78,6 +78,11 @@ impl<V> PrefixMap<V> {
         self.iter().map(|(k, _)| k)
     }
 
+    /// The IPv6 keys alone: a million IPv4 ones beside them cost nothing.
+    pub fn keys6(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.v6.keys().map(|k| IpNet::V6(*k))
+    }
+
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         self.v4.values_mut().chain(self.v6.values_mut())
     }

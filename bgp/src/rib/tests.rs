@@ -762,6 +762,35 @@ fn end_of_rib_purges_only_its_own_familys_stale_routes() {
 }
 
 #[test]
+fn the_ipv6_loc_rib_is_the_loc_rib_s_ipv6_part() {
+    let mut r = mesh_rib();
+    r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
+    let v6 = |prefix: &str, nh: &str| Update {
+        attrs: vec![
+            Attr::new(AttrValue::Origin(Origin::Igp)),
+            Attr::new(AttrValue::AsPath(vec![])),
+            Attr::new(AttrValue::MpReach {
+                afi: Afi::Ipv6,
+                next_hop: crate::wire::NextHopAddr::V6 { global: nh.parse().expect("ip"), link_local: None },
+                nlri: vec![net(prefix)],
+            }),
+        ],
+        ..Default::default()
+    };
+    r.update(1, &v6("fd00:2::/64", "fd00::1"));
+    r.update(2, &v6("fd00:2::/64", "fd00::2"));
+    r.update(2, &v6("fd00:3::/64", "fd00::2"));
+    r.originate(net("fd00:1::/64"), PathAttrs::local(ME));
+    let mut all: Vec<(IpNet, From)> =
+        r.loc_rib().filter(|(p, _, _)| matches!(p, IpNet::V6(_))).map(|(p, f, _)| (p, f)).collect();
+    let mut six: Vec<(IpNet, From)> = r.loc_rib6().map(|(p, f, _)| (p, f)).collect();
+    all.sort_by_key(|(p, _)| *p);
+    six.sort_by_key(|(p, _)| *p);
+    assert_eq!(six.len(), 3, "each prefix once, ours included: {six:?}");
+    assert_eq!(six, all);
+}
+
+#[test]
 fn a_new_policy_judges_the_routes_already_in_and_out() {
     let mut r = edge_node();
     // Outside the pool, an external route is taken; a mesh route there is not exported.
