@@ -559,18 +559,21 @@ impl Speaker {
         self.core.set_policy(policy);
     }
 
+    /// The slots of the peers not removed, and whether each is at one of `addrs`.
+    fn live_slots<'a>(&'a self, addrs: &'a [Ipv4Addr]) -> impl Iterator<Item = (usize, bool)> + 'a {
+        (0..self.cfg.peers.len())
+            .filter(|&i| !self.core.removed(i))
+            .map(|i| (i, addrs.contains(&self.cfg.peers[i].address)))
+    }
+
     /// Whether every peer but those at `except` is up and has sent its whole table.
     pub fn synced_except(&self, except: &[Ipv4Addr]) -> bool {
-        (0..self.cfg.peers.len())
-            .filter(|&i| !self.core.removed(i) && !except.contains(&self.cfg.peers[i].address))
-            .all(|i| self.core.synced(i))
+        self.live_slots(except).filter(|(_, at)| !at).all(|(i, _)| self.core.synced(i))
     }
 
     /// Whether every route the peers at `going` taught has a path from another peer too.
     pub fn taught_elsewhere(&self, going: &[Ipv4Addr]) -> bool {
-        let slots: Vec<usize> = (0..self.cfg.peers.len())
-            .filter(|&i| !self.core.removed(i) && going.contains(&self.cfg.peers[i].address))
-            .collect();
+        let slots: Vec<usize> = self.live_slots(going).filter(|(_, at)| *at).map(|(i, _)| i).collect();
         self.core.taught_elsewhere(&slots)
     }
 

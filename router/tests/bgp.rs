@@ -26,7 +26,14 @@ fn topology(lab: &TestLab, name: &str, cluster_extra: &str, tail: &str) -> PathB
 }
 
 fn up_with(lab: TestLab, topo: &Path) -> TestLab {
-    let out = lab.router(&["lab", "up", "--topology", topo.to_str().unwrap_or_default()]);
+    up_with_args(lab, topo, &[])
+}
+
+/// `lab up` of `topo` with more options.
+fn up_with_args(lab: TestLab, topo: &Path, args: &[&str]) -> TestLab {
+    let mut all = vec!["lab", "up", "--topology", topo.to_str().unwrap_or_default()];
+    all.extend_from_slice(args);
+    let out = lab.router(&all);
     assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
     lab
 }
@@ -1001,8 +1008,7 @@ fn a_dual_stack_lab_on_etcd_follows_ipv6_pools_and_node_addresses_applied_live()
         "pool_v6 = \"fd00:10:244::/48\"",
         "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\n",
     );
-    let out = lab.router(&["lab", "up", "--topology", topo.to_str().unwrap_or_default(), "--datastore", "etcd"]);
-    assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
+    let lab = up_with_args(lab, &topo, &["--datastore", "etcd"]);
     let pools = text(&lab.router(&["get", "ippools", "-o", "yaml"]).stdout);
     assert!(pools.contains("cidr: fd00:10:244::/48") && pools.contains("blockSize: 122"), "{pools}");
     let node_a = text(&lab.router(&["get", "node", "node-a", "-o", "yaml"]).stdout);

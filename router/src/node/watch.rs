@@ -18,9 +18,6 @@ pub(super) struct Removal {
     peer: Ipv4Addr,
     /// When it goes whatever else is up.
     until: Instant,
-    /// Still a node of the cluster (only the peering changed: the mesh turned off, a
-    /// reflector named): its routes will come by another way, and it stays until they do.
-    moving: bool,
 }
 
 pub(super) struct Watcher {
@@ -267,8 +264,7 @@ impl Node {
         self.removals.retain(|r| !bgp.peers.iter().any(|p| p.address == r.peer));
         for p in live.iter().filter(|o| !bgp.peers.iter().any(|p| p.address == o.address)) {
             if !self.removals.iter().any(|r| r.peer == p.address) {
-                let moving = view.nodes.contains(&p.address);
-                self.removals.push(Removal { peer: p.address, until: now + REMOVAL_GRACE, moving });
+                self.removals.push(Removal { peer: p.address, until: now + REMOVAL_GRACE });
             }
         }
         routes_changed
@@ -283,15 +279,17 @@ impl Node {
         }
         let now = Instant::now();
         let going: Vec<Ipv4Addr> = self.removals.iter().map(|r| r.peer).collect();
-        // The others up and with their whole tables. For a node whose session only changes
-        // that is not enough: a new reflector may still be a mesh peer that passes on no
-        // one else's routes (nodes read the datastore at slightly different moments), so
-        // its routes must also have arrived by another way.
+        // The others up and with their whole tables. For a peer that is still a node of the
+        // cluster (only the peering changed: the mesh off, a reflector named) that is not
+        // enough: a new reflector may still be a mesh peer that passes on no one else's
+        // routes (nodes read the datastore at slightly different moments), so its routes
+        // must also have arrived by another way.
         let others_up = sp.synced_except(&going);
-        let moving: Vec<Ipv4Addr> = self.removals.iter().filter(|r| r.moving).map(|r| r.peer).collect();
-        let moved = others_up && (moving.is_empty() || sp.taught_elsewhere(&moving));
+        let moving = |a: &Ipv4Addr| self.cfg.ipip_peers.contains(a);
+        let staying: Vec<Ipv4Addr> = going.iter().copied().filter(moving).collect();
+        let moved = others_up && (staying.is_empty() || sp.taught_elsewhere(&staying));
         let (due, keep): (Vec<_>, Vec<_>) =
-            self.removals.drain(..).partition(|r| now >= r.until || if r.moving { moved } else { others_up });
+            self.removals.drain(..).partition(|r| now >= r.until || if moving(&r.peer) { moved } else { others_up });
         self.removals = keep;
         for r in due {
             tracing::info!(peer = %r.peer, "datastore: BGP peer removed");
