@@ -5,11 +5,11 @@
 //! We do not set RFC 8538's N bit, so graceful restart ends at any NOTIFICATION, a hold
 //! timer expiry included: a node that froze or whose data plane died loses its routes at
 //! the hold time or at once (the failover the lab shows), and only a lost connection (a
-//! crash, a planned restart) keeps them.
+//! crash, a planned restart) keeps them. One NOTIFICATION is an exception: a cluster node's
+//! "peer de-configured" ([`DECONFIGURED_HOLD`]).
 
 use crate::fsm::{Down, Negotiated};
-use crate::wire::Afi;
-use crate::wire::Capability;
+use crate::wire::{err, Afi, Capability};
 use std::time::{Duration, Instant};
 
 /// The capability's restart flags (upper nibble of its first two bytes).
@@ -19,6 +19,15 @@ pub mod flags {
     /// Per family: forwarding state was kept across the restart.
     pub const FORWARDING: u8 = 0x80;
 }
+
+/// How long a cluster node's routes stay, stale, after it said it removed us from its
+/// configuration (Cease, peer de-configured). Nodes read a change of the cluster's peering
+/// (the mesh off, a reflector named) at slightly different moments, and a node that drops a
+/// peering waits only until it has the routes by the new way itself: the other end may not
+/// have them yet. Until our own removal of the peer (which waits for that way too), its
+/// routes still carry the traffic. A node that really leaves is gone from our
+/// configuration soon too.
+pub const DECONFIGURED_HOLD: Duration = Duration::from_secs(10);
 
 /// What the peer announced in its OPEN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +91,8 @@ pub struct Resumed {
 
 impl Helper {
     /// The session went down: whether the peer's routes stay, stale. `cap` is our local
-    /// limit on how long, whatever the peer's restart time says.
+    /// limit on how long, whatever the peer's restart time says; `cluster`: the peer is a
+    /// node of our cluster.
     pub fn down(
         &mut self,
         now: Instant,
@@ -90,11 +100,18 @@ impl Helper {
         why: &Down,
         negotiated: Option<&Negotiated>,
         cap: Duration,
+        cluster: bool,
     ) -> bool {
         if !was_established {
             // A reconnect attempt that failed changes nothing: a restart in progress keeps
             // its routes until its own deadline.
             return self.stale_until.is_some();
+        }
+        let deconfigured =
+            matches!(why, Down::Received(n) if n.code == err::CEASE && n.subcode == err::PEER_DECONFIGURED);
+        if cluster && deconfigured {
+            self.stale_until = Some(now + cap.min(DECONFIGURED_HOLD));
+            return true;
         }
         let Some(gr) = negotiated.and_then(|n| n.peer_gr.as_ref()) else {
             self.stale_until = None;
@@ -151,7 +168,7 @@ impl Helper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{err, Notification};
+    use crate::wire::Notification;
     use std::net::Ipv4Addr;
 
     fn neg(gr: Option<PeerGr>) -> Negotiated {
@@ -177,10 +194,10 @@ mod tests {
     fn a_lost_connection_keeps_routes_for_the_restart_time_within_our_cap() {
         let now = Instant::now();
         let mut h = Helper::default();
-        assert!(h.down(now, true, &Down::ConnectionLost("reset".into()), Some(&neg(Some(gr(120, true)))), CAP));
+        assert!(h.down(now, true, &Down::ConnectionLost("reset".into()), Some(&neg(Some(gr(120, true)))), CAP, true));
         assert_eq!(h.poll_timeout(), Some(now + Duration::from_secs(120)));
         let mut h = Helper::default();
-        assert!(h.down(now, true, &Down::PeerRestarted, Some(&neg(Some(gr(4000, true)))), CAP));
+        assert!(h.down(now, true, &Down::PeerRestarted, Some(&neg(Some(gr(4000, true)))), CAP, true));
         assert_eq!(h.poll_timeout(), Some(now + CAP), "our cap");
         assert!(!h.expired(now + CAP - Duration::from_secs(1)));
         assert!(h.expired(now + CAP) && !h.active());
@@ -190,33 +207,57 @@ mod tests {
     fn no_capability_a_zero_restart_time_or_an_operator_stop_flushes() {
         let now = Instant::now();
         let lost = Down::ConnectionLost("x".into());
-        assert!(!Helper::default().down(now, true, &lost, Some(&neg(None)), CAP));
-        assert!(!Helper::default().down(now, true, &lost, Some(&neg(Some(gr(0, true)))), CAP));
+        assert!(!Helper::default().down(now, true, &lost, Some(&neg(None)), CAP, true));
+        assert!(!Helper::default().down(now, true, &lost, Some(&neg(Some(gr(0, true)))), CAP, true));
         // A NOTIFICATION, or a hold timer expiry, ends the session for good.
         let cease = Down::Received(Notification::new(err::CEASE, err::ADMIN_SHUTDOWN));
-        assert!(!Helper::default().down(now, true, &cease, Some(&neg(Some(gr(120, true)))), CAP));
-        assert!(!Helper::default().down(now, true, &Down::HoldTimerExpired, Some(&neg(Some(gr(120, true)))), CAP));
+        assert!(!Helper::default().down(now, true, &cease, Some(&neg(Some(gr(120, true)))), CAP, true));
+        assert!(!Helper::default().down(
+            now,
+            true,
+            &Down::HoldTimerExpired,
+            Some(&neg(Some(gr(120, true)))),
+            CAP,
+            true
+        ));
+    }
+
+    #[test]
+    fn a_cluster_node_that_deconfigured_us_keeps_its_routes_a_short_while_an_outsider_not() {
+        let now = Instant::now();
+        let bye = Down::Received(Notification::new(err::CEASE, err::PEER_DECONFIGURED));
+        let mut h = Helper::default();
+        assert!(h.down(now, true, &bye, Some(&neg(None)), CAP, true), "even without graceful restart");
+        assert_eq!(h.poll_timeout(), Some(now + DECONFIGURED_HOLD));
+        // It refuses our reconnects meanwhile; that changes nothing.
+        assert!(h.down(now + Duration::from_secs(1), false, &Down::ConnectionLost("refused".into()), None, CAP, true));
+        assert!(h.expired(now + DECONFIGURED_HOLD));
+        assert!(!Helper::default().down(now, true, &bye, Some(&neg(Some(gr(120, true)))), CAP, false), "external");
+        let short = Duration::from_secs(2);
+        let mut h = Helper::default();
+        assert!(h.down(now, true, &bye, None, short, true));
+        assert_eq!(h.poll_timeout(), Some(now + short), "within our cap");
     }
 
     #[test]
     fn failed_reconnects_do_not_flush_a_restart_in_progress() {
         let now = Instant::now();
         let mut h = Helper::default();
-        assert!(h.down(now, true, &Down::ConnectionLost("x".into()), Some(&neg(Some(gr(120, true)))), CAP));
+        assert!(h.down(now, true, &Down::ConnectionLost("x".into()), Some(&neg(Some(gr(120, true)))), CAP, true));
         let later = now + Duration::from_secs(10);
         for d in [Down::ConnectionLost("refused".into()), Down::HoldTimerExpired] {
-            assert!(h.down(later, false, &d, None, CAP), "{d}");
+            assert!(h.down(later, false, &d, None, CAP, true), "{d}");
         }
         assert_eq!(h.poll_timeout(), Some(now + Duration::from_secs(120)), "the deadline did not move");
         // Without a restart in progress, a failed attempt keeps nothing.
-        assert!(!Helper::default().down(later, false, &Down::ConnectionLost("x".into()), None, CAP));
+        assert!(!Helper::default().down(later, false, &Down::ConnectionLost("x".into()), None, CAP, true));
     }
 
     #[test]
     fn forwarding_bits_decide_per_family_when_the_peer_is_back() {
         let now = Instant::now();
         let mut h = Helper::default();
-        h.down(now, true, &Down::PeerRestarted, Some(&neg(Some(gr(120, true)))), CAP);
+        h.down(now, true, &Down::PeerRestarted, Some(&neg(Some(gr(120, true)))), CAP, true);
         let back = neg(Some(PeerGr {
             families: vec![(Afi::Ipv4, true), (Afi::Ipv6, false)],
             restarted: true,
@@ -225,7 +266,7 @@ mod tests {
         assert_eq!(h.up(&back, &[Afi::Ipv4, Afi::Ipv6]).flush, vec![Afi::Ipv6]);
         assert!(h.active(), "IPv4 stays stale until its End-of-RIB");
         let mut h = Helper::default();
-        h.down(now, true, &Down::PeerRestarted, Some(&neg(Some(gr(120, true)))), CAP);
+        h.down(now, true, &Down::PeerRestarted, Some(&neg(Some(gr(120, true)))), CAP, true);
         assert_eq!(h.up(&neg(None), &[Afi::Ipv4]).flush, vec![Afi::Ipv4], "no capability: all go");
         assert!(!h.active());
     }

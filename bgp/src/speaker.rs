@@ -299,7 +299,18 @@ impl Core {
         if self.peers.get(i).is_none_or(|p| p.removed) {
             return;
         }
-        self.feed(i, now, Input::Stop);
+        // RFC 4486's subcode for a peer taken out of the configuration: a cluster node keeps
+        // our routes a while on it (restart::DECONFIGURED_HOLD).
+        let bye = Notification::new(wire::err::CEASE, wire::err::PEER_DECONFIGURED);
+        self.feed(
+            i,
+            now,
+            Input::Shutdown {
+                notification: bye,
+                reason: "removed from the configuration".into(),
+                hold_down: Duration::ZERO,
+            },
+        );
         self.actions.push(Action::Close(i));
         self.peers[i].helper = Helper::default();
         let ch = self.rib.peer_down(i as PeerId, false);
@@ -677,7 +688,7 @@ impl Core {
         // RFC 4724 §4.2: a restarting peer keeps its routes, stale.
         let max_stale = self.cfg.max_stale;
         let p = &mut self.peers[i];
-        let keep = p.helper.down(now, was_established, &why, p.last_negotiated.as_ref(), max_stale);
+        let keep = p.helper.down(now, was_established, &why, p.last_negotiated.as_ref(), max_stale, !p.cfg.external);
         let ch = self.rib.peer_down(i as PeerId, keep);
         self.apply(ch);
     }
@@ -729,7 +740,9 @@ impl Core {
             (_, Some(e)) => match p.helper.poll_timeout() {
                 Some(t) => {
                     let left = t.saturating_duration_since(now).as_secs();
-                    format!("{e}; its routes are kept (graceful restart) for up to {left} s more")
+                    let why =
+                        if e.contains("de-configured") { "until we follow the change" } else { "graceful restart" };
+                    format!("{e}; its routes are kept ({why}) for up to {left} s more")
                 }
                 None => e.to_string(),
             },

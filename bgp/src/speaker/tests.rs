@@ -471,18 +471,22 @@ fn a_peer_removed_while_running_is_shut_down_and_forgotten_and_one_added_comes_u
     let mut c = Cluster::new(3, Some(120));
     c.run_for(Duration::from_secs(1));
     assert!(c.has(1, 1) && c.has(0, 2));
-    // Node 0 stops peering with node 1 (slot 0): Cease, and both lose the other's block at
-    // once, graceful restart or not.
+    // Node 0 stops peering with node 1 (slot 0): Cease (peer de-configured), and node 0
+    // drops node 1's block at once, graceful restart or not. Node 1 still has node 0 in its
+    // configuration: it keeps node 0's block, stale, until it follows (a short while).
     let now = c.now;
     let cfg1 = c.core(0).peer_config(0).clone();
     c.core(0).remove_peer(0, now);
     c.settle();
     assert!(c.core(0).removed(0));
-    assert!(!c.has(0, 2) && !c.has(1, 1), "routes of a removed peer are gone at once");
+    assert!(!c.has(0, 2), "routes of a removed peer are gone at once");
+    assert!(c.has(1, 1), "the other side keeps them while it has not followed");
+    let info = c.view(1, 0).info;
+    assert!(info.contains("peer de-configured") && info.contains("until we follow the change"), "{info}");
     assert!(c.has(2, 1) && c.has(2, 2), "node 2 is not concerned");
-    c.run_for(Duration::from_secs(30));
+    c.run_for(crate::restart::DECONFIGURED_HOLD + Duration::from_secs(1));
     assert_ne!(c.view(1, 0).state, State::Established, "no session comes back by itself");
-    assert!(!c.has(1, 1));
+    assert!(!c.has(1, 1), "not for longer");
     // Added again, in a new slot: the session comes up and the routes are back.
     let now = c.now;
     let slot = c.core(0).add_peer(cfg1, now);
@@ -490,6 +494,27 @@ fn a_peer_removed_while_running_is_shut_down_and_forgotten_and_one_added_comes_u
     c.run_for(Duration::from_secs(5));
     assert_eq!(c.view(0, slot).state, State::Established);
     assert!(c.has(0, 2) && c.has(1, 1));
+}
+
+/// Both ends drop the peering, one after the other (they read the change at different
+/// moments): the second drops the first's routes when it follows, not before.
+#[test]
+fn a_peering_both_ends_remove_goes_when_the_second_follows() {
+    let mut c = Cluster::new(3, None);
+    c.run_for(Duration::from_secs(1));
+    let now = c.now;
+    c.core(1).remove_peer(0, now);
+    c.run_for(Duration::from_secs(3));
+    assert!(c.has(0, 2) && !c.has(1, 1), "node 0 has not followed yet, graceful restart or not");
+    let now = c.now;
+    c.core(0).remove_peer(0, now);
+    c.settle();
+    assert!(!c.has(0, 2) && !c.has(1, 1));
+    // Nobody said de-configured to node 2: a Cease of another kind ends its routes at once.
+    let now = c.now;
+    c.core(2).stop(now);
+    c.settle();
+    assert!(!c.has(0, 3) && !c.has(1, 3), "an administrative shutdown keeps nothing");
 }
 
 #[test]
