@@ -10,8 +10,8 @@ use crate::policy::{ClusterPolicy, Filter};
 use crate::restart::Helper;
 use crate::rib::{Candidate, Changes, PathAttrs, PeerId, PeerInfo, Rib};
 use crate::wire::{self, Afi, Ctx, Message, Notification};
-use ipnet::{IpNet, Ipv4Net};
-use std::net::{IpAddr, Ipv4Addr};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,33 +138,34 @@ pub struct Core {
 pub enum LocChanges {
     #[default]
     Nothing,
-    /// Changed routes. IPv4 ones with what [`Core::learned`] now has for them: the next hop,
-    /// or `None` (withdrawn, or a route this node originates); where a prefix is listed more
-    /// than once, the last entry holds. The list carries the next hops so that whoever
-    /// applies it need not look each prefix up again in a table of a million.
-    Routes { v4: Vec<(Ipv4Net, Option<Ipv4Addr>)>, v6: bool },
+    /// Changed routes, with what [`Core::learned`] (IPv6: [`Core::learned6`]) now has for
+    /// them: the next hop, or `None` (withdrawn, or a route this node originates); where a
+    /// prefix is listed more than once, the last entry holds. The lists carry the next hops
+    /// so that whoever applies them need not look each prefix up again in a table of a
+    /// million.
+    Routes { v4: Vec<(Ipv4Net, Option<Ipv4Addr>)>, v6: Vec<(Ipv6Net, Option<Ipv6Addr>)> },
     /// Anything may have changed: read the whole Loc-RIB.
     Everything,
 }
 
 impl LocChanges {
-    /// Beyond this many IPv4 routes a list stops growing and becomes
+    /// Beyond this many routes the lists stop growing and become
     /// [`LocChanges::Everything`]: nobody who reads the whole table then gains from it, and
     /// it would hold memory (10 bytes a route).
     pub const MAX_LISTED: usize = 1 << 20;
 
     fn add(&mut self, changed: &[(IpNet, Option<crate::rib::Best>)]) {
         if *self == LocChanges::Nothing {
-            *self = LocChanges::Routes { v4: Vec::with_capacity(changed.len()), v6: false };
+            *self = LocChanges::Routes { v4: Vec::with_capacity(changed.len()), v6: Vec::new() };
         }
         let LocChanges::Routes { v4, v6 } = self else { return };
         for (p, best) in changed {
             match p {
                 IpNet::V4(p) => v4.push((*p, best.as_ref().and_then(learned_next_hop))),
-                IpNet::V6(_) => *v6 = true,
+                IpNet::V6(p) => v6.push((*p, best.as_ref().and_then(learned_next_hop6))),
             }
         }
-        if v4.len() > Self::MAX_LISTED {
+        if v4.len() + v6.len() > Self::MAX_LISTED {
             *self = LocChanges::Everything;
         }
     }
@@ -175,6 +176,14 @@ fn learned_next_hop(b: &crate::rib::Best) -> Option<Ipv4Addr> {
     match (b.from, b.attrs.next_hop) {
         (crate::rib::From::Local, _) | (_, IpAddr::V6(_)) => None,
         (_, IpAddr::V4(nh)) => Some(nh),
+    }
+}
+
+/// The IPv6 next hop of a learned best path, alike.
+fn learned_next_hop6(b: &crate::rib::Best) -> Option<Ipv6Addr> {
+    match (b.from, b.attrs.next_hop) {
+        (crate::rib::From::Local, _) | (_, IpAddr::V4(_)) => None,
+        (_, IpAddr::V6(nh)) => Some(nh),
     }
 }
 
@@ -809,26 +818,30 @@ impl Core {
             .collect()
     }
 
+    /// The entry of [`Core::learned6`] for exactly `prefix`, if there is one.
+    pub fn learned6_at(&self, prefix: Ipv6Net) -> Option<Ipv6Addr> {
+        self.rib.best(&IpNet::V6(prefix)).as_ref().and_then(learned_next_hop6)
+    }
+
     /// The entries of [`Core::learned6`] whose prefix covers `dst`, alike.
-    pub fn learned6_covering(&self, dst: std::net::Ipv6Addr) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
+    pub fn learned6_covering(&self, dst: Ipv6Addr) -> Vec<(Ipv6Net, Ipv6Addr)> {
         (0..=128u8)
-            .filter_map(|len| ipnet::Ipv6Net::new(dst, len).ok().map(|n| n.trunc()))
-            .filter_map(|p| match self.rib.best(&IpNet::V6(p)) {
-                Some(b) if b.from != crate::rib::From::Local => match b.attrs.next_hop {
-                    IpAddr::V6(nh) => Some((p, nh)),
-                    IpAddr::V4(_) => None,
-                },
-                _ => None,
-            })
+            .filter_map(|len| Ipv6Net::new(dst, len).ok().map(|n| n.trunc()))
+            .filter_map(|p| self.learned6_at(p).map(|nh| (p, nh)))
             .collect()
     }
 
     /// The next hop of every IPv6 Loc-RIB route this node did not originate.
-    pub fn learned6(&self) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
+    pub fn learned6(&self) -> Vec<(Ipv6Net, Ipv6Addr)> {
+        self.learned6_where(|_| true)
+    }
+
+    /// The entries of [`Core::learned6`] whose prefix `keep` accepts.
+    pub fn learned6_where(&self, keep: impl Fn(&Ipv6Net) -> bool) -> Vec<(Ipv6Net, Ipv6Addr)> {
         // Only IPv6 prefixes are read: a node may hold a million IPv4 ones.
         self.rib
             .loc_rib6()
-            .filter(|(_, from, _)| *from != crate::rib::From::Local)
+            .filter(|(p, from, _)| *from != crate::rib::From::Local && matches!(p, IpNet::V6(p) if keep(p)))
             .filter_map(|(p, _, attrs)| match (p, attrs.next_hop) {
                 (IpNet::V6(p), IpAddr::V6(nh)) => Some((p, nh)),
                 _ => None,

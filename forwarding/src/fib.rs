@@ -5,10 +5,10 @@
 //! (`arc_swap`), so they never block and never see a half-applied change. Old snapshots are
 //! freed when the last worker drops its guard. Lookups go through the Poptrie of
 //! [`crate::lpm`]. A [`FibWriter`] applies single-route changes and publishes snapshots that
-//! rebuild only the /8 segments that changed.
+//! rebuild only the /8 segments (IPv6: /16s) that changed.
 
 use crate::iface::IfaceId;
-use crate::lpm::{Lpm4, Lpm4Writer, Lpm6, NONE};
+use crate::lpm::{Lpm4, Lpm4Writer, Lpm6, Lpm6Writer, NONE};
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -65,13 +65,11 @@ pub struct Route6 {
     pub next_hop: NextHop6,
 }
 
-/// The IPv6 table of a snapshot. A node holds a few dozen IPv6 routes (its pods, the
-/// blocks, the uplink's prefix), so it is built whole when they change and shared by the
-/// snapshots in between.
+/// The IPv6 table of a snapshot, shared by the snapshots until an IPv6 route changes.
 #[derive(Debug)]
 pub struct Fib6 {
     lpm: Lpm6,
-    hops: Vec<NextHop6>,
+    hops: Arc<[NextHop6]>,
 }
 
 impl Default for Fib6 {
@@ -95,7 +93,7 @@ impl Fib6 {
                 (u128::from(r.prefix.trunc().network()), r.prefix.prefix_len(), i)
             })
             .collect();
-        Fib6 { lpm: Lpm6::build(&prefixes), hops }
+        Fib6 { lpm: Lpm6::build(&prefixes), hops: hops.into() }
     }
 
     #[inline]
@@ -231,45 +229,40 @@ impl Fib {
     }
 }
 
-/// Keeps the routes of a FIB and applies changes one route at a time: the LPM writer holds
-/// next-hop indices, and next hops are counted so that an index whose last route went away
-/// is reused. [`FibWriter::publish`] yields the snapshot for a [`FibHandle`].
-#[derive(Debug, Default)]
-pub struct FibWriter {
-    lpm: Lpm4Writer,
-    hops: Vec<NextHop>,
-    /// Routes per next-hop index; 0 marks a free slot.
+/// The next hops an LPM's values index, counted so that an index whose last route went
+/// away is reused.
+#[derive(Debug)]
+struct HopTable<H> {
+    hops: Vec<H>,
+    /// Routes per index; 0 marks a free slot.
     refs: Vec<usize>,
-    index: HashMap<NextHop, u32>,
+    index: HashMap<H, u32>,
     free: Vec<u32>,
     /// `hops` changed since the last publish.
-    hops_changed: bool,
-    published_hops: Arc<[NextHop]>,
-    tunnels: Tunnels,
-    v6: Arc<Fib6>,
-    v6_routes: Vec<Route6>,
+    changed: bool,
+    published: Arc<[H]>,
 }
 
-impl FibWriter {
-    /// A writer holding these routes (later ones for the same prefix win), built in bulk.
-    pub fn with_routes(routes: &[Route]) -> FibWriter {
-        let mut last: HashMap<Ipv4Net, NextHop> = HashMap::with_capacity(routes.len());
-        for r in routes {
-            last.insert(r.prefix.trunc(), r.next_hop);
+impl<H> Default for HopTable<H> {
+    fn default() -> Self {
+        HopTable {
+            hops: Vec::new(),
+            refs: Vec::new(),
+            index: HashMap::new(),
+            free: Vec::new(),
+            changed: false,
+            published: Arc::from(Vec::new()),
         }
-        let mut w = FibWriter::default();
-        let prefixes: Vec<(u32, u8, u32)> =
-            last.iter().map(|(p, nh)| (u32::from(p.network()), p.prefix_len(), w.intern(*nh))).collect();
-        w.lpm = Lpm4Writer::with_prefixes(&prefixes);
-        w
     }
+}
 
-    fn intern(&mut self, nh: NextHop) -> u32 {
+impl<H: Copy + Eq + std::hash::Hash> HopTable<H> {
+    fn intern(&mut self, nh: H) -> u32 {
         if let Some(&i) = self.index.get(&nh) {
             self.refs[i as usize] += 1;
             return i;
         }
-        self.hops_changed = true;
+        self.changed = true;
         let i = match self.free.pop() {
             Some(i) => {
                 self.hops[i as usize] = nh;
@@ -286,90 +279,181 @@ impl FibWriter {
         i
     }
 
-    fn release(&mut self, i: u32) {
-        let Some(r) = self.refs.get_mut(i as usize) else { return };
+    /// One route less uses index `i`; what it pointed to.
+    fn release(&mut self, i: u32) -> Option<H> {
+        let r = self.refs.get_mut(i as usize)?;
         *r = r.saturating_sub(1);
+        let nh = self.hops[i as usize];
         if *r == 0 {
-            self.index.remove(&self.hops[i as usize]);
+            self.index.remove(&nh);
             self.free.push(i);
         }
+        Some(nh)
+    }
+
+    fn get(&self, i: u32) -> Option<H> {
+        self.hops.get(i as usize).copied()
+    }
+
+    fn publish(&mut self) -> Arc<[H]> {
+        if self.changed {
+            self.published = self.hops.as_slice().into();
+            self.changed = false;
+        }
+        Arc::clone(&self.published)
+    }
+}
+
+/// What to insert (`Some`) or withdraw (`None`) so that a table holding `have` holds
+/// `want`; both sorted by key. One merge of two sorted lists, so a full table that barely
+/// changed costs little.
+fn sync_ops<K: Ord + Copy, H: Copy + PartialEq>(
+    have: impl IntoIterator<Item = (K, Option<H>)>,
+    want: &[(K, H)],
+) -> Vec<(K, Option<H>)> {
+    let mut ops = Vec::new();
+    let mut have = have.into_iter().peekable();
+    let mut want = want.iter().peekable();
+    loop {
+        match (have.peek(), want.peek()) {
+            (Some(h), Some(w)) if h.0 == w.0 => {
+                if h.1 != Some(w.1) {
+                    ops.push((w.0, Some(w.1)));
+                }
+                have.next();
+                want.next();
+            }
+            (Some(h), Some(w)) if h.0 < w.0 => {
+                ops.push((h.0, None));
+                have.next();
+            }
+            (Some(h), None) => {
+                ops.push((h.0, None));
+                have.next();
+            }
+            (_, Some(w)) => {
+                ops.push((w.0, Some(w.1)));
+                want.next();
+            }
+            (None, None) => return ops,
+        }
+    }
+}
+
+/// (inserted or changed, withdrawn) of a list of [`sync_ops`].
+fn count_ops<K, H>(ops: &[(K, Option<H>)]) -> (usize, usize) {
+    let withdrawn = ops.iter().filter(|(_, nh)| nh.is_none()).count();
+    (ops.len() - withdrawn, withdrawn)
+}
+
+/// Sorted by key, a later entry for the same key winning (stable, and nearly free on
+/// input that is already sorted, as route tables are).
+fn last_wins<K: Ord + Copy, H>(mut v: Vec<(K, H)>) -> Vec<(K, H)> {
+    v.reverse();
+    v.sort_by_key(|e| e.0);
+    v.dedup_by_key(|e| e.0);
+    v
+}
+
+/// Keeps the routes of a FIB, both families, and applies changes one route at a time: the
+/// LPM writers hold next-hop indices into counted [`HopTable`]s. [`FibWriter::publish`]
+/// yields the snapshot for a [`FibHandle`].
+#[derive(Debug, Default)]
+pub struct FibWriter {
+    lpm: Lpm4Writer,
+    hops: HopTable<NextHop>,
+    tunnels: Tunnels,
+    lpm6: Lpm6Writer,
+    hops6: HopTable<NextHop6>,
+    /// The last IPv6 table published, until an IPv6 route changes.
+    v6: Option<Arc<Fib6>>,
+}
+
+impl FibWriter {
+    /// A writer holding these routes (later ones for the same prefix win), built in bulk.
+    pub fn with_routes(routes: &[Route]) -> FibWriter {
+        let mut last: HashMap<Ipv4Net, NextHop> = HashMap::with_capacity(routes.len());
+        for r in routes {
+            last.insert(r.prefix.trunc(), r.next_hop);
+        }
+        let mut w = FibWriter::default();
+        let prefixes: Vec<(u32, u8, u32)> =
+            last.iter().map(|(p, nh)| (u32::from(p.network()), p.prefix_len(), w.hops.intern(*nh))).collect();
+        w.lpm = Lpm4Writer::with_prefixes(&prefixes);
+        w
     }
 
     /// Adds or replaces the route for `prefix`; returns the next hop it had.
     pub fn insert(&mut self, prefix: Ipv4Net, nh: NextHop) -> Option<NextHop> {
-        let idx = self.intern(nh);
+        let idx = self.hops.intern(nh);
         let old = self.lpm.insert(u32::from(prefix.network()), prefix.prefix_len(), idx)?;
-        let was = self.hops.get(old as usize).copied();
-        self.release(old);
-        was
+        self.hops.release(old)
     }
 
     /// Withdraws the route for `prefix`; returns the next hop it had.
     pub fn remove(&mut self, prefix: Ipv4Net) -> Option<NextHop> {
         let old = self.lpm.remove(u32::from(prefix.network()), prefix.prefix_len())?;
-        let was = self.hops.get(old as usize).copied();
-        self.release(old);
-        was
+        self.hops.release(old)
     }
 
     /// The next hop stored for exactly this prefix.
     pub fn get(&self, prefix: Ipv4Net) -> Option<NextHop> {
-        let i = self.lpm.get(u32::from(prefix.network()), prefix.prefix_len())?;
-        self.hops.get(i as usize).copied()
+        self.hops.get(self.lpm.get(u32::from(prefix.network()), prefix.prefix_len())?)
+    }
+
+    /// [`FibWriter::insert`] for IPv6.
+    pub fn insert6(&mut self, prefix: Ipv6Net, nh: NextHop6) -> Option<NextHop6> {
+        let idx = self.hops6.intern(nh);
+        let old = self.lpm6.insert(u128::from(prefix.network()), prefix.prefix_len(), idx);
+        if old != Some(idx) {
+            self.v6 = None;
+        }
+        self.hops6.release(old?)
+    }
+
+    /// [`FibWriter::remove`] for IPv6.
+    pub fn remove6(&mut self, prefix: Ipv6Net) -> Option<NextHop6> {
+        let old = self.lpm6.remove(u128::from(prefix.network()), prefix.prefix_len())?;
+        self.v6 = None;
+        self.hops6.release(old)
+    }
+
+    /// The IPv6 next hop stored for exactly this prefix.
+    pub fn get6(&self, prefix: Ipv6Net) -> Option<NextHop6> {
+        self.hops6.get(self.lpm6.get(u128::from(prefix.network()), prefix.prefix_len())?)
+    }
+
+    /// Makes the writer hold exactly these IPv6 routes (a later route for the same prefix
+    /// wins), changing only what differs; returns (inserted or changed, withdrawn).
+    pub fn sync6(&mut self, routes: &[Route6]) -> (usize, usize) {
+        let want = last_wins(
+            routes.iter().map(|r| ((r.prefix.trunc().network(), r.prefix.prefix_len()), r.next_hop)).collect(),
+        );
+        let have: Vec<_> =
+            self.lpm6.sorted().into_iter().map(|(a, l, i)| ((Ipv6Addr::from(a), l), self.hops6.get(i))).collect();
+        let ops = sync_ops(have, &want);
+        let counts = count_ops(&ops);
+        for ((a, len), nh) in ops {
+            self.set_route(Ipv6Net::new(a, len).unwrap_or_default(), nh);
+        }
+        counts
     }
 
     /// Makes the writer hold exactly `routes` (a later route for the same prefix wins), by
     /// inserting and withdrawing only what differs; returns (inserted or changed, withdrawn).
     /// One merge of two sorted lists, so a full table that barely changed costs little.
     pub fn sync(&mut self, routes: &[Route]) -> (usize, usize) {
-        let key = |a: u32, len: u8| (a, len);
-        let mut want: Vec<(u32, u8, NextHop)> =
-            routes.iter().map(|r| (u32::from(r.prefix.trunc().network()), r.prefix.prefix_len(), r.next_hop)).collect();
-        // Stable, and nearly free on input that is already sorted (route tables are).
-        want.sort_by_key(|&(a, len, _)| key(a, len));
-        want.dedup_by(|later, earlier| {
-            let same = key(later.0, later.1) == key(earlier.0, earlier.1);
-            if same {
-                earlier.2 = later.2;
-            }
-            same
-        });
-        let have = self.lpm.sorted();
-        let (mut changed, mut withdrawn) = (0, 0);
-        let (mut i, mut j) = (0, 0);
-        loop {
-            let ord = match (have.get(i), want.get(j)) {
-                (Some(h), Some(w)) => key(h.0, h.1).cmp(&key(w.0, w.1)),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => break,
-            };
-            let net = |a: u32, len: u8| Ipv4Net::new(Ipv4Addr::from(a), len).unwrap_or_default();
-            match ord {
-                std::cmp::Ordering::Less => {
-                    let (a, len, _) = have[i];
-                    self.remove(net(a, len));
-                    withdrawn += 1;
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    let (a, len, nh) = want[j];
-                    self.insert(net(a, len), nh);
-                    changed += 1;
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    let (a, len, nh) = want[j];
-                    if self.hops.get(have[i].2 as usize) != Some(&nh) {
-                        self.insert(net(a, len), nh);
-                        changed += 1;
-                    }
-                    i += 1;
-                    j += 1;
-                }
-            }
+        let want = last_wins(
+            routes.iter().map(|r| ((r.prefix.trunc().network(), r.prefix.prefix_len()), r.next_hop)).collect(),
+        );
+        let hops = &self.hops;
+        let have = self.lpm.sorted().into_iter().map(|(a, l, i)| ((Ipv4Addr::from(a), l), hops.get(i)));
+        let ops = sync_ops(have, &want);
+        let counts = count_ops(&ops);
+        for ((a, len), nh) in ops {
+            self.set_route(Ipv4Net::new(a, len).unwrap_or_default(), nh);
         }
-        (changed, withdrawn)
+        counts
     }
 
     /// Sets the tunnel policy of the next snapshots.
@@ -377,19 +461,14 @@ impl FibWriter {
         self.tunnels = t;
     }
 
-    /// Makes the next snapshots hold exactly these IPv6 routes; true if they changed.
-    pub fn set_v6(&mut self, routes: &[Route6]) -> bool {
-        if routes == self.v6_routes.as_slice() {
-            return false;
-        }
-        self.v6_routes = routes.to_vec();
-        self.v6 = Arc::new(Fib6::build(routes));
-        true
-    }
-
-    /// Number of routes.
+    /// Number of IPv4 routes.
     pub fn len(&self) -> usize {
         self.lpm.len()
+    }
+
+    /// Number of IPv6 routes.
+    pub fn len6(&self) -> usize {
+        self.lpm6.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -398,16 +477,43 @@ impl FibWriter {
 
     /// A snapshot with every change so far (unchanged parts shared with the last one).
     pub fn publish(&mut self) -> Fib {
-        if self.hops_changed {
-            self.published_hops = self.hops.as_slice().into();
-            self.hops_changed = false;
-        }
-        Fib {
-            tunnels: self.tunnels.clone(),
-            lpm: self.lpm.publish(),
-            hops: Arc::clone(&self.published_hops),
-            v6: Arc::clone(&self.v6),
-        }
+        let (lpm6, hops6) = (&mut self.lpm6, &mut self.hops6);
+        let v6 = self.v6.get_or_insert_with(|| Arc::new(Fib6 { lpm: lpm6.publish(), hops: hops6.publish() }));
+        Fib { tunnels: self.tunnels.clone(), lpm: self.lpm.publish(), hops: self.hops.publish(), v6: Arc::clone(v6) }
+    }
+}
+
+/// One family's routes of a [`FibWriter`], for code that treats IPv4 and IPv6 alike.
+pub trait FibFamily<N, H> {
+    /// The next hop stored for exactly `prefix`.
+    fn route(&self, prefix: N) -> Option<H>;
+    /// Stores (`Some`) or withdraws (`None`) the route for `prefix`.
+    fn set_route(&mut self, prefix: N, nh: Option<H>);
+}
+
+impl FibFamily<Ipv4Net, NextHop> for FibWriter {
+    fn route(&self, prefix: Ipv4Net) -> Option<NextHop> {
+        self.get(prefix)
+    }
+
+    fn set_route(&mut self, prefix: Ipv4Net, nh: Option<NextHop>) {
+        match nh {
+            Some(nh) => self.insert(prefix, nh),
+            None => self.remove(prefix),
+        };
+    }
+}
+
+impl FibFamily<Ipv6Net, NextHop6> for FibWriter {
+    fn route(&self, prefix: Ipv6Net) -> Option<NextHop6> {
+        self.get6(prefix)
+    }
+
+    fn set_route(&mut self, prefix: Ipv6Net, nh: Option<NextHop6>) {
+        match nh {
+            Some(nh) => self.insert6(prefix, nh),
+            None => self.remove6(prefix),
+        };
     }
 }
 
@@ -521,8 +627,8 @@ mod tests {
                 assert_eq!(fib.lookup(dst), naive(&routes, dst), "round {round} dst {dst}");
             }
             // Only live next hops hold slots: at most the 8 distinct ones.
-            assert!(w.hops.len() <= 8, "{} slots", w.hops.len());
-            assert_eq!(w.refs.iter().sum::<usize>(), routes.len());
+            assert!(w.hops.hops.len() <= 8, "{} slots", w.hops.hops.len());
+            assert_eq!(w.hops.refs.iter().sum::<usize>(), routes.len());
         }
     }
 
@@ -565,8 +671,8 @@ mod tests {
             Route6 { prefix: n("fd00:10:244:0:2::/122"), next_hop: NextHop6::Direct { iface: UP, gateway: gw } },
         ];
         let mut w = FibWriter::with_routes(&[]);
-        assert!(w.set_v6(&routes));
-        assert!(!w.set_v6(&routes), "unchanged");
+        assert_eq!(w.sync6(&routes), (4, 0));
+        assert_eq!(w.sync6(&routes), (0, 0), "unchanged");
         let fib = w.publish();
         assert_eq!(fib.v6().len(), 4);
         assert_eq!(fib.lookup6(a("fd00:10:244:0:1::1")), Some(NextHop6::Local { iface: IfaceId(1) }));
@@ -576,6 +682,60 @@ mod tests {
         assert_eq!(fib.lookup6(a("2001:db8::1")), None);
         // IPv4 changes publish new snapshots that keep the IPv6 table.
         w.insert(net("10.0.0.0/8"), NextHop::Blackhole);
-        assert_eq!(w.publish().lookup6(a("fd00:10:244:0:1::1")), Some(NextHop6::Local { iface: IfaceId(1) }));
+        let again = w.publish();
+        assert!(Arc::ptr_eq(&fib.v6, &again.v6), "the same IPv6 table");
+        assert_eq!(again.lookup6(a("fd00:10:244:0:1::1")), Some(NextHop6::Local { iface: IfaceId(1) }));
+        // One IPv6 route changes: a new table, the rest as it was.
+        assert_eq!(w.sync6(&routes[..3]), (0, 1));
+        let fib = w.publish();
+        assert!(!Arc::ptr_eq(&fib.v6, &again.v6));
+        assert_eq!(fib.lookup6(a("fd00:10:244:0:2::3f")), Some(NextHop6::Unreachable));
+    }
+
+    #[test]
+    fn ipv6_changes_one_by_one_match_a_rebuild_and_reuse_next_hop_slots() {
+        let mut rng = crate::lpm::testing::Rng(0x6bad_cafe);
+        let mut next = || rng.next();
+        let mut w = FibWriter::default();
+        let mut model: HashMap<Ipv6Net, NextHop6> = HashMap::new();
+        // Addresses within a few /16s, so that prefixes overlap.
+        let addr =
+            |r: u64, s: u64| Ipv6Addr::from((u128::from(0x2001_0db8_u32 | (r as u32 & 3)) << 96) | u128::from(s));
+        for round in 0..30 {
+            for _ in 0..100 {
+                let len = 16 + (next() % 113) as u8;
+                let raw = addr(next(), next());
+                let prefix = Ipv6Net::new(raw, len.min(128)).expect("len").trunc();
+                if next().is_multiple_of(3) {
+                    assert_eq!(w.remove6(prefix), model.remove(&prefix));
+                } else {
+                    let nh = NextHop6::Local { iface: IfaceId((next() % 8) as u16) };
+                    assert_eq!(w.insert6(prefix, nh), model.insert(prefix, nh));
+                    assert_eq!(w.get6(prefix), Some(nh));
+                }
+            }
+            let fib = w.publish();
+            let routes: Vec<Route6> = model.iter().map(|(&prefix, &next_hop)| Route6 { prefix, next_hop }).collect();
+            let rebuilt = Fib6::build(&routes);
+            assert_eq!((fib.v6().len(), w.len6()), (routes.len(), routes.len()));
+            for (i, r) in routes.iter().enumerate() {
+                // Inside each prefix and just past its end.
+                let last = u128::from(r.prefix.broadcast());
+                for dst in [r.prefix.network(), Ipv6Addr::from(last.wrapping_add(1)), addr(next(), next())] {
+                    assert_eq!(fib.lookup6(dst), rebuilt.lookup(dst), "round {round} route {i} dst {dst}");
+                }
+            }
+            assert!(w.hops6.hops.len() <= 8, "{} slots", w.hops6.hops.len());
+            assert_eq!(w.hops6.refs.iter().sum::<usize>(), routes.len());
+        }
+        // And sync6 brings a writer to the same table.
+        let routes: Vec<Route6> = model.iter().map(|(&prefix, &next_hop)| Route6 { prefix, next_hop }).collect();
+        let mut other = FibWriter::default();
+        other.insert6("2001:db8::/32".parse().expect("net"), NextHop6::Blackhole);
+        other.sync6(&routes);
+        assert_eq!(other.len6(), routes.len());
+        for r in &routes {
+            assert_eq!(other.get6(r.prefix), Some(r.next_hop));
+        }
     }
 }

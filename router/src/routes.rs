@@ -3,11 +3,12 @@
 //! the kernel's. It also yields the FIB for the workers and, where the kernel forwards, the
 //! kernel routes to install.
 
-use forwarding::fib::{NextHop6, Route6};
+use forwarding::fib::{FibFamily, NextHop6, Route6};
 use forwarding::{IfaceId, IfaceRole, Interfaces, NextHop, Route};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nodeapi::admin::{RouteEntry, RouteSource};
 use nodeapi::config::{DataplaneMode, Encap, IpipMode, NodeConfig, StaticAction, StaticRoute};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// How the kernel of the node namespace should route a prefix (tun mode forwarding, and the
@@ -118,14 +119,8 @@ pub struct Table6 {
 pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Addr)], with_entries: bool) -> Table6 {
     let tun = cfg.dataplane == DataplaneMode::Tun;
     let mut t = Table6::default();
-    let Some(v6) = &cfg.ipv6 else { return t };
-    // In tun mode the data plane has no uplink of its own: the table is for display and for
-    // the kernel routes.
-    let uplink = match ifaces.by_name(&cfg.uplink.interface) {
-        Some(i) => i,
-        None if tun => IfaceId(0),
-        None => return t,
-    };
+    let Some(resolver) = Resolver6::new(cfg, ifaces) else { return t };
+    let (v6, uplink) = (resolver.v6, resolver.uplink);
     let up = cfg.uplink.interface.as_str();
     let mut push = |prefix: Ipv6Net, next_hop, iface: Option<&str>, source, kind: &str, why: &dyn Fn() -> String| {
         let gateway = match next_hop {
@@ -181,12 +176,11 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
         }
     }
     for (prefix, nh) in learned {
-        if *nh == v6.address.addr() {
-            continue;
-        }
         let direct = v6.address.contains(nh);
-        let Some(gateway) = (if direct { Some(*nh) } else { v6.gateway }) else {
-            tracing::warn!(%prefix, next_hop = %nh, "learned IPv6 route's next hop is off the uplink's prefix and there is no IPv6 gateway; not installed");
+        let Some(gateway) = resolver.gateway(*nh) else {
+            if *nh != v6.address.addr() {
+                tracing::warn!(%prefix, next_hop = %nh, "learned IPv6 route's next hop is off the uplink's prefix and there is no IPv6 gateway; not installed");
+            }
             continue;
         };
         let why = || {
@@ -326,32 +320,36 @@ pub fn base_routes(
 pub fn apply_base(
     writer: &mut forwarding::fib::FibWriter,
     resolver: &Resolver<'_>,
-    old: &std::collections::HashMap<Ipv4Net, NextHop>,
-    new: &std::collections::HashMap<Ipv4Net, NextHop>,
+    old: &HashMap<Ipv4Net, NextHop>,
+    new: &HashMap<Ipv4Net, NextHop>,
     learned_at: impl Fn(Ipv4Net) -> Option<Ipv4Addr>,
 ) -> usize {
-    let gone = old.iter().filter(|(p, nh)| new.get(p) != Some(nh)).map(|(p, _)| *p);
-    let came = new.iter().filter(|(p, nh)| old.get(p) != Some(nh)).map(|(p, _)| *p);
-    let mut touched: Vec<Ipv4Net> = gone.chain(came).collect();
-    if touched.is_empty() {
-        return 0;
-    }
-    touched.sort_unstable();
-    touched.dedup();
     let learned_wins = |p: &Ipv4Net| {
         resolver.learned_is_router_only(p) && learned_at(*p).is_some_and(|gw| resolver.learned(p, gw).is_some())
     };
+    apply_base_family(writer, old, new, learned_wins)
+}
+
+/// [`apply_base`] for either family: `learned_wins` says where a learned router-only route
+/// holds the prefix.
+fn apply_base_family<N: Copy + Ord + std::hash::Hash, H: Copy + Eq>(
+    writer: &mut impl FibFamily<N, H>,
+    old: &HashMap<N, H>,
+    new: &HashMap<N, H>,
+    learned_wins: impl Fn(&N) -> bool,
+) -> usize {
+    let gone = old.iter().filter(|(p, nh)| new.get(p) != Some(nh)).map(|(p, _)| *p);
+    let came = new.iter().filter(|(p, nh)| old.get(p) != Some(nh)).map(|(p, _)| *p);
+    let mut touched: Vec<N> = gone.chain(came).collect();
+    touched.sort_unstable();
+    touched.dedup();
     let mut changed = 0;
-    for p in touched.iter().filter(|p| !learned_wins(p)) {
-        let want = new.get(p).copied();
-        if want == writer.get(*p) {
-            continue;
+    for p in touched.into_iter().filter(|p| !learned_wins(p)) {
+        let want = new.get(&p).copied();
+        if want != writer.route(p) {
+            changed += 1;
+            writer.set_route(p, want);
         }
-        changed += 1;
-        match want {
-            Some(nh) => writer.insert(*p, nh),
-            None => writer.remove(*p),
-        };
     }
     changed
 }
@@ -373,25 +371,121 @@ pub struct Applied {
 pub fn apply_learned(
     writer: &mut forwarding::fib::FibWriter,
     resolver: &Resolver<'_>,
-    config: &std::collections::HashMap<Ipv4Net, NextHop>,
+    config: &HashMap<Ipv4Net, NextHop>,
     learned: &[(Ipv4Net, Option<Ipv4Addr>)],
+) -> Applied {
+    apply_learned_family(writer, |p, gw| resolver.learned(p, gw), config, learned)
+}
+
+/// [`apply_learned`] for either family: `resolve` gives the FIB's next hop of a learned
+/// route (none where its next hop cannot be reached).
+fn apply_learned_family<N: Copy + Eq + std::hash::Hash, G: Copy, H: Copy + Eq>(
+    writer: &mut impl FibFamily<N, H>,
+    resolve: impl Fn(&N, G) -> Option<H>,
+    config: &HashMap<N, H>,
+    learned: &[(N, Option<G>)],
 ) -> Applied {
     let mut a = Applied::default();
     for &(p, learned) in learned {
-        let p = &p;
-        let from_bgp = learned.and_then(|gw| resolver.learned(p, gw));
+        let from_bgp = learned.and_then(|gw| resolve(&p, gw));
         a.unreachable += usize::from(learned.is_some() && from_bgp.is_none());
-        let want = from_bgp.or_else(|| config.get(p).copied());
-        if want == writer.get(*p) {
-            continue;
+        let want = from_bgp.or_else(|| config.get(&p).copied());
+        if want != writer.route(p) {
+            a.changed += 1;
+            writer.set_route(p, want);
         }
-        a.changed += 1;
-        match want {
-            Some(nh) => writer.insert(*p, nh),
-            None => writer.remove(*p),
-        };
     }
     a
+}
+
+/// How learned IPv6 routes enter the FIB, the same way for the whole table ([`table6`])
+/// and for one at a time ([`apply_learned6`]).
+#[derive(Debug)]
+pub struct Resolver6<'a> {
+    v6: &'a nodeapi::config::Ipv6Config,
+    tun: bool,
+    uplink: IfaceId,
+}
+
+impl<'a> Resolver6<'a> {
+    /// None without IPv6, or (afpacket) without the uplink in the data plane: no IPv6 FIB.
+    pub fn new(cfg: &'a NodeConfig, ifaces: &Interfaces) -> Option<Resolver6<'a>> {
+        let v6 = cfg.ipv6.as_ref()?;
+        let tun = cfg.dataplane == DataplaneMode::Tun;
+        // In tun mode the data plane has no uplink of its own: the table is for display and
+        // for the kernel routes.
+        let uplink = match ifaces.by_name(&cfg.uplink.interface) {
+            Some(i) => i,
+            None if tun => IfaceId(0),
+            None => return None,
+        };
+        Some(Resolver6 { v6, tun, uplink })
+    }
+
+    /// The gateway of a learned route via `nh`: itself on the uplink's prefix, else the
+    /// underlay router (IPv6 is never tunnelled); none for our own address, or off the
+    /// prefix without an IPv6 gateway.
+    pub fn gateway(&self, nh: Ipv6Addr) -> Option<Ipv6Addr> {
+        if nh == self.v6.address.addr() {
+            return None;
+        }
+        if self.v6.address.contains(&nh) {
+            Some(nh)
+        } else {
+            self.v6.gateway
+        }
+    }
+
+    /// The FIB's next hop for a learned route via `nh`, as [`table6`] gives it.
+    pub fn learned(&self, nh: Ipv6Addr) -> Option<NextHop6> {
+        self.gateway(nh).map(|gateway| NextHop6::Direct { iface: self.uplink, gateway })
+    }
+
+    /// Whether a learned route for `prefix` puts nothing in the kernel: in afpacket mode,
+    /// routes outside the IPv6 pools are the router's alone, as for IPv4. A full IPv6 table
+    /// from a peer then costs the FIB its changes one by one and the kernel nothing.
+    pub fn router_only(&self, prefix: &Ipv6Net) -> bool {
+        !self.tun && !self.v6.pools.iter().any(|p| p.contains(prefix))
+    }
+}
+
+/// The IPv6 FIB's base, as [`base_routes`] for IPv4: every route of [`table6`] but the
+/// learned router-only ones, by prefix; and the kernel routes.
+pub fn base_routes6(
+    cfg: &NodeConfig,
+    ifaces: &Interfaces,
+    learned: &[(Ipv6Net, Ipv6Addr)],
+) -> (HashMap<Ipv6Net, NextHop6>, Vec<KernelRoute>) {
+    let inner: Vec<(Ipv6Net, Ipv6Addr)> = match Resolver6::new(cfg, ifaces) {
+        Some(r) => learned.iter().filter(|(p, _)| !r.router_only(p)).copied().collect(),
+        None => Vec::new(),
+    };
+    let t = table6(cfg, ifaces, &inner, false);
+    (t.fib.into_iter().map(|r| (r.prefix.trunc(), r.next_hop)).collect(), t.kernel)
+}
+
+/// [`apply_base`] for IPv6.
+pub fn apply_base6(
+    writer: &mut forwarding::fib::FibWriter,
+    resolver: Option<&Resolver6<'_>>,
+    old: &HashMap<Ipv6Net, NextHop6>,
+    new: &HashMap<Ipv6Net, NextHop6>,
+    learned_at: impl Fn(Ipv6Net) -> Option<Ipv6Addr>,
+) -> usize {
+    let learned_wins = |p: &Ipv6Net| {
+        resolver.is_some_and(|r| r.router_only(p) && learned_at(*p).is_some_and(|nh| r.learned(nh).is_some()))
+    };
+    apply_base_family(writer, old, new, learned_wins)
+}
+
+/// [`apply_learned`] for IPv6 (router-only routes: see [`Resolver6::router_only`]).
+pub fn apply_learned6(
+    writer: &mut forwarding::fib::FibWriter,
+    resolver: &Resolver6<'_>,
+    config: &HashMap<Ipv6Net, NextHop6>,
+    learned: &[(Ipv6Net, Option<Ipv6Addr>)],
+) -> Applied {
+    apply_learned_family(writer, |_, nh| resolver.learned(nh), config, learned)
 }
 
 fn build_inner(
@@ -771,6 +865,95 @@ via = "192.168.100.1"
         }
         assert_eq!(kernel, build_fib(&after_cfg, &ifaces, &after).expect("table").kernel);
         assert_eq!(apply_base(&mut w, &resolver, &new, &new, learned_at), 0);
+    }
+
+    /// The dual-stack test node: pool fd00:10:244::/48, a pod's /128, a static route.
+    fn cfg6(dataplane: &str) -> NodeConfig {
+        let text = CFG.replace("address = \"10.244.1.1\"\n", "address = \"10.244.1.1\"\naddress6 = \"fd00:10:244::1\"\n")
+            + "\n[ipv6]\naddress = \"fd00:192:168:100::100/64\"\ngateway = \"fd00:192:168:100::1\"\n\
+               routes = [\"fd00:192:168:200::/64\"]\npools = [\"fd00:10:244::/48\"]\nblocks = [\"fd00:10:244::/122\"]\n";
+        let text = text.replace("name = \"node-a\"", &format!("name = \"node-a\"\ndataplane = \"{dataplane}\""));
+        NodeConfig::parse(Path::new("n.toml"), &text).expect("config")
+    }
+
+    /// IPv6 as IPv4: learned routes outside the pools go into the FIB one by one over the
+    /// base and come out the same as a full build; a base rebuild leaves them alone; only
+    /// the base's learned routes reach the kernel.
+    #[test]
+    fn ipv6_changes_one_by_one_and_base_rebuilds_match_a_full_build() {
+        let c = cfg6("afpacket");
+        let ifaces = afpacket_ifaces(&c);
+        let net = |s: &str| -> Ipv6Net { s.parse().expect("net") };
+        let ip6 = |s: &str| -> Ipv6Addr { s.parse().expect("ip") };
+        let (near, far) = (ip6("fd00:192:168:100::101"), ip6("fd00:192:168:200::101"));
+        let before = vec![
+            (net("2001:db8:1::/48"), near),
+            (net("2001:db8:2::/48"), far),
+            (net("fd00:192:168:200::/64"), near),
+            (net("fd00:10:244::40/122"), near),
+        ];
+        let after = vec![
+            (net("2001:db8:2::/48"), near),
+            (net("2001:db8:3::/48"), far),
+            (net("2001:db8:4::/48"), ip6("fd00:192:168:100::100")),
+            (net("fd00:10:244::80/122"), far),
+        ];
+        let full = |learned: &[(Ipv6Net, Ipv6Addr)]| {
+            let mut w = forwarding::fib::FibWriter::default();
+            w.sync6(&table6(&c, &ifaces, learned, false).fib);
+            w
+        };
+        let r = Resolver6::new(&c, &ifaces).expect("resolver");
+        assert!(!r.router_only(&net("fd00:10:244::80/122")) && r.router_only(&net("2001:db8:1::/48")));
+        let mut w = full(&before);
+        let (old, _) = base_routes6(&c, &ifaces, &before);
+        let (new, kernel) = base_routes6(&c, &ifaces, &after);
+        let learned_at = |p: Ipv6Net| after.iter().find(|(q, _)| *q == p).map(|(_, nh)| *nh);
+        // The pool routes through the base, the rest one by one.
+        assert_eq!(apply_base6(&mut w, Some(&r), &old, &new, learned_at), 2);
+        let mut touched: Vec<Ipv6Net> =
+            before.iter().chain(&after).map(|(p, _)| *p).filter(|p| r.router_only(p)).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let changes: Vec<(Ipv6Net, Option<Ipv6Addr>)> = touched.iter().map(|p| (*p, learned_at(*p))).collect();
+        let a = apply_learned6(&mut w, &r, &new, &changes);
+        // 1::/48 withdrawn, 2::/48 moved, 3::/48 added, the static /64 back from the learned
+        // route to its own; 4::/48 via our own address stays out.
+        assert_eq!(a, Applied { changed: 4, unreachable: 1 });
+        let want = full(&after);
+        assert_eq!(w.len6(), want.len6());
+        for p in touched.iter().chain(new.keys()).chain(old.keys()) {
+            assert_eq!(w.get6(*p), want.get6(*p), "{p}");
+        }
+        assert_eq!(
+            w.get6(net("2001:db8:3::/48")),
+            Some(NextHop6::Direct { iface: UP, gateway: ip6("fd00:192:168:100::1") })
+        );
+        // The kernel gets the pool route, not the router-only ones.
+        let via: Vec<String> = kernel
+            .iter()
+            .filter_map(|k| match k {
+                KernelRoute::Via { prefix, .. } => Some(prefix.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            via.contains(&"fd00:10:244::80/122".to_string()) && !via.iter().any(|p| p.starts_with("2001:db8")),
+            "{via:?}"
+        );
+        assert_eq!(apply_base6(&mut w, Some(&r), &new, &new, learned_at), 0);
+        // In tun mode the kernel forwards: every learned route is the base's.
+        let t = cfg6("tun");
+        let mut list: Vec<Interface> = ifaces.iter().map(|(_, f)| f.clone()).collect();
+        list.push(Interface {
+            name: "raw".into(),
+            ifindex: 0,
+            mac: encap::MacAddr::ZERO,
+            mtu: 1500,
+            role: IfaceRole::RawIpip,
+        });
+        let tun_ifaces = Interfaces::new(list);
+        assert!(!Resolver6::new(&t, &tun_ifaces).expect("resolver").router_only(&net("2001:db8:1::/48")));
     }
 
     #[test]

@@ -709,4 +709,12 @@ impl Speaker {
     pub fn learned6(&self) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
         self.core.learned6()
     }
+
+    pub fn learned6_where(&self, keep: impl Fn(&ipnet::Ipv6Net) -> bool) -> Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
+        self.core.learned6_where(keep)
+    }
+
+    pub fn learned6_at(&self, prefix: ipnet::Ipv6Net) -> Option<std::net::Ipv6Addr> {
+        self.core.learned6_at(prefix)
+    }
 }

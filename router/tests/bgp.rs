@@ -995,6 +995,15 @@ fn bird2_exchanges_ipv6_blocks_with_a_dual_stack_node() {
     // An outside route stays at node-a.
     std::thread::sleep(Duration::from_secs(1));
     assert!(lookup(&lab, "node-b", "fd00:99::1").is_null(), "node-b learned an outside IPv6 route");
+    // In node-a's FIB too (an outside route: the router's alone, changed one by one): a pod's
+    // packet goes to BIRD's router, and once BIRD withdraws the route node-a has none.
+    let unreachable_from = |from: &str| {
+        let (_, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-W", "2", "fd00:99::1"]);
+        out.contains(&format!("From {from} ")) && out.contains("Destination unreachable: No route")
+    };
+    wait_for(10, "BIRD's router to answer for fd00:99::1", || unreachable_from("fd00:192:168:100::1"));
+    birdc(&lab, &sock, &["disable", "s6"]);
+    wait_for(10, "node-a to have no route again", || unreachable_from("fd00:192:168:100::100"));
 }
 
 /// Dual stack on etcd: the IPv6 pool and every node's IPv6 address are resources, and what

@@ -450,7 +450,7 @@ fn a_prefix_originated_while_running_reaches_every_peer_and_its_withdrawal_too()
     c.settle();
     assert!(learned(&c, 1) && learned(&c, 2), "the borrowed /32 reached every node");
     let IpNet::V4(pod4) = pod else { panic!("v4") };
-    assert_eq!(c.core(1).take_changes(), LocChanges::Routes { v4: vec![(pod4, Some(ip(1)))], v6: false });
+    assert_eq!(c.core(1).take_changes(), LocChanges::Routes { v4: vec![(pod4, Some(ip(1)))], v6: vec![] });
     // What covers the pod's address, found by prefix length, and a part of the table by prefix.
     let IpNet::V4(block3) = block(3) else { panic!("v4") };
     assert_eq!(c.core(1).learned_covering(pod4.addr()), [(block3, ip(3)), (pod4, ip(1))]);
@@ -462,7 +462,7 @@ fn a_prefix_originated_while_running_reaches_every_peer_and_its_withdrawal_too()
     c.core(0).withdraw_local(pod);
     c.settle();
     assert!(!learned(&c, 1) && !learned(&c, 2), "and its withdrawal too");
-    assert_eq!(c.core(1).take_changes(), LocChanges::Routes { v4: vec![(pod4, None)], v6: false });
+    assert_eq!(c.core(1).take_changes(), LocChanges::Routes { v4: vec![(pod4, None)], v6: vec![] });
     assert!(c.has(1, 1) && c.has(2, 1), "the block stays");
 }
 
@@ -620,9 +620,15 @@ fn a_change_list_says_what_is_learned_now_and_past_its_cap_becomes_everything() 
     let mut ch = LocChanges::Nothing;
     ch.add(&[(block(1), Some(learned.clone())), (block(2), Some(ours)), (block(3), None)]);
     let want = vec![(v4(block(1)), Some(ip(7))), (v4(block(2)), None), (v4(block(3)), None)];
-    assert_eq!(ch, LocChanges::Routes { v4: want, v6: false });
-    ch.add(&[(v6, None)]);
-    assert!(matches!(&ch, LocChanges::Routes { v6: true, .. }));
+    assert_eq!(ch, LocChanges::Routes { v4: want.clone(), v6: vec![] });
+    let nh6: std::net::Ipv6Addr = "fd00::7".parse().expect("ip");
+    let learned6 = Best {
+        from: From::Peer(1),
+        attrs: Arc::new(PathAttrs { next_hop: IpAddr::V6(nh6), ..PathAttrs::local(ip(7)) }),
+    };
+    ch.add(&[(v6, None), (v6, Some(learned6))]);
+    let IpNet::V6(v6) = v6 else { unreachable!() };
+    assert_eq!(ch, LocChanges::Routes { v4: want, v6: vec![(v6, None), (v6, Some(nh6))] });
     let many = vec![(block(4), Some(learned)); LocChanges::MAX_LISTED];
     ch.add(&many);
     assert_eq!(ch, LocChanges::Everything);

@@ -511,6 +511,11 @@ impl Lpm6Writer {
         self.prefixes.is_empty()
     }
 
+    /// Every prefix with its value, in (address, length) order.
+    pub fn sorted(&self) -> Vec<(u128, u8, u32)> {
+        self.prefixes.iter().map(|(&(a, l), &v)| (a, l, v)).collect()
+    }
+
     /// Changes not yet published.
     pub fn has_changes(&self) -> bool {
         self.dirty.iter().any(|&d| d != 0)

@@ -13,7 +13,7 @@ use crate::speaker::{Speaker, SpeakerConfig};
 use anyhow::{bail, Context as _};
 use bgp::speaker::LocChanges;
 use forwarding::dataplane::{Dataplane, DataplaneConfig};
-use forwarding::fib::{FibWriter, Tunnels};
+use forwarding::fib::{FibWriter, NextHop6, Tunnels};
 use forwarding::{FibHandle, IfaceRole, Interface, Interfaces, NextHop};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use mio::{Events, Poll, Token};
@@ -57,6 +57,8 @@ struct Node {
     /// base route when BGP withdraws them. What BGP taught is read from the speaker, or
     /// from `saved`.
     base: HashMap<Ipv4Net, NextHop>,
+    /// The IPv6 FIB's base, alike ([`routes::base_routes6`]).
+    base6: HashMap<Ipv6Net, NextHop6>,
     /// Our routes in the kernel and the transit filter, changed by a thread of their own.
     kernel: kernel::KernelWork,
     started: Instant,
@@ -105,10 +107,11 @@ impl Node {
         let t0 = Instant::now();
         let table = routes::build_fib(&self.cfg, self.dp.interfaces(), &learned).map_err(anyhow::Error::msg)?;
         self.base = routes::base_routes(&self.cfg, self.dp.interfaces(), &learned).map_err(anyhow::Error::msg)?.0;
-        let table6 = routes::table6(&self.cfg, self.dp.interfaces(), &learned6, false);
-        self.writer.set_v6(&table6.fib);
+        let (base6, kernel6) = routes::base_routes6(&self.cfg, self.dp.interfaces(), &learned6);
+        self.writer.sync6(&routes::table6(&self.cfg, self.dp.interfaces(), &learned6, false).fib);
+        self.base6 = base6;
         let mut kernel = table.kernel.clone();
-        kernel.extend(table6.kernel);
+        kernel.extend(kernel6);
         let built = t0.elapsed();
         // Only what changed goes to the FIB writer, so a snapshot rebuilds only the /8s touched.
         let (added, removed) = self.writer.sync(&table.fib);
@@ -123,6 +126,7 @@ impl Node {
         }
         tracing::info!(
             routes = self.writer.len(),
+            routes6 = self.writer.len6(),
             learned = learned.len(),
             added,
             removed,
@@ -146,13 +150,16 @@ impl Node {
         let inner = |p: &Ipv4Net| !resolver.learned_is_router_only(p);
         let hops = sp.map(|s| s.cluster_next_hops()).unwrap_or_default();
         let src = Learned::of(self.saved.as_ref(), sp);
-        let (learned, learned6) = (src.v4_where(inner), src.v6());
+        let resolver6 = routes::Resolver6::new(&self.cfg, ifaces);
+        let inner6 = |p: &Ipv6Net| !resolver6.as_ref().is_some_and(|r| r.router_only(p));
+        let (learned, learned6) = (src.v4_where(inner), src.v6_where(inner6));
         let (base, mut kernel) = routes::base_routes(&self.cfg, ifaces, &learned).map_err(anyhow::Error::msg)?;
-        let changed = routes::apply_base(&mut self.writer, &resolver, &self.base, &base, |p| src.v4_at(p));
+        let mut changed = routes::apply_base(&mut self.writer, &resolver, &self.base, &base, |p| src.v4_at(p));
         self.base = base;
-        let table6 = routes::table6(&self.cfg, ifaces, &learned6, false);
-        self.writer.set_v6(&table6.fib);
-        kernel.extend(table6.kernel);
+        let (base6, kernel6) = routes::base_routes6(&self.cfg, ifaces, &learned6);
+        changed += routes::apply_base6(&mut self.writer, resolver6.as_ref(), &self.base6, &base6, |p| src.v6_at(p));
+        self.base6 = base6;
+        kernel.extend(kernel6);
         self.writer.set_tunnels(tunnels(&self.cfg, &hops));
         self.fib.publish(self.writer.publish());
         self.kernel.want(kernel);
@@ -165,25 +172,35 @@ impl Node {
         Ok(())
     }
 
-    /// Brings the FIB in line with BGP's changes: IPv4 routes that go to the router alone
+    /// Brings the FIB in line with BGP's changes: routes that go to the router alone
     /// (outside the pools, afpacket mode) one by one, each over its base route. A full
     /// table from a peer then costs its changes, not a million rows per UPDATE. True where
     /// some change also needs the base rebuilt ([`Node::rebuild_base`]: a pool route).
-    fn apply_learned(&mut self, sp: &Speaker, mut v4: Vec<(Ipv4Net, Option<Ipv4Addr>)>) -> anyhow::Result<bool> {
+    fn apply_learned(&mut self, sp: &Speaker, mut v4: Changes4, mut v6: Changes6) -> anyhow::Result<bool> {
         let t0 = Instant::now();
-        let resolver = routes::Resolver::new(&self.cfg, self.dp.interfaces()).map_err(anyhow::Error::msg)?;
-        let before = v4.len();
+        let ifaces = self.dp.interfaces();
+        let resolver = routes::Resolver::new(&self.cfg, ifaces).map_err(anyhow::Error::msg)?;
+        let resolver6 = routes::Resolver6::new(&self.cfg, ifaces);
+        let before = v4.len() + v6.len();
         v4.retain(|(p, _)| resolver.learned_is_router_only(p));
-        let base_too = v4.len() < before;
-        if v4.is_empty() {
+        match &resolver6 {
+            Some(r) => v6.retain(|(p, _)| r.router_only(p)),
+            None => v6.clear(),
+        }
+        let base_too = v4.len() + v6.len() < before;
+        if v4.is_empty() && v6.is_empty() {
             return Ok(base_too);
         }
         // In prefix order (the FIB writer's chunks are then filled in order), and the last
-        // word on each prefix: reversed, then a stable sort puts it first among its equals.
-        v4.reverse();
-        v4.sort_by_key(|(p, _)| *p);
-        v4.dedup_by_key(|(p, _)| *p);
-        let applied = routes::apply_learned(&mut self.writer, &resolver, &self.base, &v4);
+        // word on each prefix.
+        last_word(&mut v4);
+        last_word(&mut v6);
+        let mut applied = routes::apply_learned(&mut self.writer, &resolver, &self.base, &v4);
+        if let Some(r) = &resolver6 {
+            let a6 = routes::apply_learned6(&mut self.writer, r, &self.base6, &v6);
+            applied.changed += a6.changed;
+            applied.unreachable += a6.unreachable;
+        }
         let changed = applied.changed;
         if applied.unreachable > 0 {
             tracing::warn!(routes = applied.unreachable, "learned routes whose next hop is unreachable; not installed");
@@ -195,7 +212,8 @@ impl Node {
         }
         tracing::info!(
             routes = self.writer.len(),
-            prefixes = v4.len(),
+            routes6 = self.writer.len6(),
+            prefixes = v4.len() + v6.len(),
             changed,
             ms = t0.elapsed().as_millis() as u64,
             "FIB updated from BGP's changes"
@@ -234,6 +252,17 @@ impl Node {
     }
 }
 
+type Changes4 = Vec<(Ipv4Net, Option<Ipv4Addr>)>;
+type Changes6 = Vec<(Ipv6Net, Option<Ipv6Addr>)>;
+
+/// Sorts a change list by prefix, keeping the last word on each: reversed, then a stable
+/// sort puts it first among its equals.
+fn last_word<N: Ord + Copy, G>(v: &mut Vec<(N, G)>) {
+    v.reverse();
+    v.sort_by_key(|(p, _)| *p);
+    v.dedup_by_key(|(p, _)| *p);
+}
+
 /// Where the routes BGP taught are read: the routes saved before a planned restart while it
 /// is in progress, else the speaker's Loc-RIB (lists of (prefix, next hop)).
 enum Learned<'a> {
@@ -261,10 +290,22 @@ impl<'a> Learned<'a> {
     }
 
     fn v6(&self) -> Vec<(Ipv6Net, Ipv6Addr)> {
+        self.v6_where(|_| true)
+    }
+
+    fn v6_where(&self, keep: impl Fn(&Ipv6Net) -> bool) -> Vec<(Ipv6Net, Ipv6Addr)> {
         match self {
-            Learned::Saved(s) => s.learned6.clone(),
-            Learned::Speaker(sp) => sp.learned6(),
+            Learned::Saved(s) => s.learned6.iter().filter(|(p, _)| keep(p)).copied().collect(),
+            Learned::Speaker(sp) => sp.learned6_where(keep),
             Learned::Nothing => Vec::new(),
+        }
+    }
+
+    fn v6_at(&self, prefix: Ipv6Net) -> Option<Ipv6Addr> {
+        match self {
+            Learned::Saved(s) => s.learned6.iter().find(|(p, _)| *p == prefix).map(|(_, nh)| *nh),
+            Learned::Speaker(sp) => sp.learned6_at(prefix),
+            Learned::Nothing => None,
         }
     }
 
@@ -413,8 +454,8 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
     let mut writer = FibWriter::with_routes(&table.fib);
     let base =
         routes::base_routes(&cfg, &ifaces, &learned).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?.0;
-    let table6 = routes::table6(&cfg, &ifaces, &learned6, false);
-    writer.set_v6(&table6.fib);
+    writer.sync6(&routes::table6(&cfg, &ifaces, &learned6, false).fib);
+    let (base6, kernel6) = routes::base_routes6(&cfg, &ifaces, &learned6);
     writer.set_tunnels(tunnels(&cfg, &hops));
     let fib = FibHandle::new(writer.publish());
 
@@ -461,6 +502,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         fib,
         writer,
         base,
+        base6,
         kernel: kernel_work,
         started: Instant::now(),
         capture: None,
@@ -483,7 +525,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         }
     }
     let mut kernel = table.kernel.clone();
-    kernel.extend(table6.kernel);
+    kernel.extend(kernel6);
     node.kernel.want(kernel);
     let result = control_loop(&mut node, listener, &stop, signals);
     tracing::info!(node = %node.cfg.name, "stopping");
@@ -567,7 +609,7 @@ fn control_loop(
     let mut pending_base = false;
     // IPv4 routes BGP changed since the FIB last followed it; `pending` is a full rebuild,
     // which covers them too.
-    let mut dirty: Vec<(Ipv4Net, Option<Ipv4Addr>)> = Vec::new();
+    let (mut dirty, mut dirty6): (Changes4, Changes6) = Default::default();
     let mut links_checked = Instant::now();
     // Pod interfaces are followed on link events, and looked at now and then anyway (an
     // overrun loses events; without netlink, polling is all there is).
@@ -601,7 +643,7 @@ fn control_loop(
         if let Some(t) = speaker.as_ref().and_then(|s| s.poll_timeout()) {
             timeout = timeout.min(t.saturating_duration_since(now));
         }
-        if pending || pending_base || !dirty.is_empty() {
+        if pending || pending_base || !dirty.is_empty() || !dirty6.is_empty() {
             timeout = timeout.min((rebuild_cost * 2).saturating_sub(last_rebuild.elapsed()));
         }
         match poll.poll(&mut events, Some(timeout)) {
@@ -668,12 +710,11 @@ fn control_loop(
                 LocChanges::Nothing => {}
                 LocChanges::Everything => pending = true,
                 LocChanges::Routes { v4, v6 } => {
-                    // The IPv6 table is rebuilt with the base: the kernel gets its routes too.
-                    pending_base |= v6;
                     if !pending {
                         dirty.extend(v4);
+                        dirty6.extend(v6);
                     }
-                    if dirty.len() > LocChanges::MAX_LISTED {
+                    if dirty.len() + dirty6.len() > LocChanges::MAX_LISTED {
                         pending = true;
                     }
                 }
@@ -687,12 +728,12 @@ fn control_loop(
             // Coalesced: while routes pour in (a full table), wait twice as long as the last
             // update of the FIB took; a small lab updates at once.
             let due = last_rebuild.elapsed() >= rebuild_cost * 2 && node.saved.is_none();
-            if due && (pending || pending_base || !dirty.is_empty()) {
+            if due && (pending || pending_base || !dirty.is_empty() || !dirty6.is_empty()) {
                 let t = Instant::now();
                 let mut full = pending;
                 let mut base = pending_base;
-                if !full && !dirty.is_empty() {
-                    match node.apply_learned(sp, std::mem::take(&mut dirty)) {
+                if !full && (!dirty.is_empty() || !dirty6.is_empty()) {
+                    match node.apply_learned(sp, std::mem::take(&mut dirty), std::mem::take(&mut dirty6)) {
                         Ok(more) => base |= more,
                         Err(e) => {
                             tracing::error!(error = %format!("{e:#}"), "updating the FIB failed; rebuilding it");
@@ -711,7 +752,7 @@ fn control_loop(
                         tracing::error!(error = %e, "rebuilding the FIB failed");
                     }
                 }
-                (pending, pending_base, dirty) = (false, false, Vec::new());
+                (pending, pending_base, dirty, dirty6) = (false, false, Vec::new(), Vec::new());
                 last_rebuild = Instant::now();
                 // A rebuild reads the whole table whatever changed, so the next one waits;
                 // following changes one by one costs what changed, and batching saves nothing.
