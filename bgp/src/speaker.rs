@@ -838,10 +838,12 @@ impl Core {
 
     /// The entries of [`Core::learned6`] whose prefix `keep` accepts.
     pub fn learned6_where(&self, keep: impl Fn(&Ipv6Net) -> bool) -> Vec<(Ipv6Net, Ipv6Addr)> {
-        // Only IPv6 prefixes are read: a node may hold a million IPv4 ones.
+        // Only IPv6 prefixes are read (a node may hold a million IPv4 ones), and only those
+        // `keep` takes are looked up.
+        let keep = |p: &IpNet| matches!(p, IpNet::V6(p) if keep(p));
         self.rib
-            .loc_rib6()
-            .filter(|(p, from, _)| *from != crate::rib::From::Local && matches!(p, IpNet::V6(p) if keep(p)))
+            .loc_rib6_where(&keep)
+            .filter(|(_, from, _)| *from != crate::rib::From::Local)
             .filter_map(|(p, _, attrs)| match (p, attrs.next_hop) {
                 (IpNet::V6(p), IpAddr::V6(nh)) => Some((p, nh)),
                 _ => None,

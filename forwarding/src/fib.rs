@@ -214,9 +214,12 @@ impl Fib {
         &self.tunnels
     }
 
-    /// Heap bytes of the lookup structure and the next-hop table.
+    /// Heap bytes of the lookup structures and the next-hop tables, both families.
     pub fn memory_bytes(&self) -> usize {
-        self.lpm.memory_bytes() + self.hops.len() * std::mem::size_of::<NextHop>()
+        self.lpm.memory_bytes()
+            + self.hops.len() * std::mem::size_of::<NextHop>()
+            + self.v6.lpm.memory_bytes()
+            + self.v6.hops.len() * std::mem::size_of::<NextHop6>()
     }
 
     /// Number of distinct prefixes.

@@ -125,7 +125,11 @@ pub struct Stats {
     pub drops: std::collections::BTreeMap<String, u64>,
     #[serde(flatten)]
     pub tallies: forwarding::counters::Tallies,
+    /// IPv4 prefixes in the FIB.
     pub fib_routes: usize,
+    /// IPv6 prefixes in the FIB (dual stack).
+    #[serde(default)]
+    pub fib_routes6: usize,
     /// The interfaces the transit filter sits on (afpacket); `None` where the kernel
     /// forwards (tun) and there is nothing to filter.
     pub transit_filter: Option<Vec<String>>,
@@ -646,6 +650,7 @@ mod tests {
                 gro_segments: 14,
             },
             fib_routes: 15,
+            fib_routes6: 0,
             transit_filter: None,
         };
         let server_stats = stats.clone();

@@ -1,6 +1,7 @@
-//! `router-perf bgp-load`: a BGP peer announces the real Internet table (1.07 M IPv4 prefixes)
-//! to our node and, in the same run, to BIRD 2 as the anchor; how long from the first UPDATE
-//! until every route is in the node's FIB (lookups answer with it) and in BIRD's table.
+//! `router-perf bgp-load`: a BGP peer announces the real Internet table (1.07 M IPv4 prefixes;
+//! with `--ipv6` its 176 k IPv6 ones too, over the same session) to our node and, in the
+//! same run, to BIRD 2 as the anchor; how long from the first UPDATE until every route is in
+//! the node's FIB (lookups answer with it) and in BIRD's tables.
 //!
 //! Two namespaces joined by a veth pair: the feeder (`router-perf bgp-feed`, our BGP codec)
 //! and the device under test, first `router node`, then `bird`. The feeder encodes all its
@@ -10,9 +11,11 @@
 
 use anyhow::{bail, Context as _};
 use bgp::wire::{self, AsSegment, Attr, AttrValue, Capability, Ctx, Message, Open, Origin, Update};
+use bgp::wire::{Afi, NextHopAddr};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nodeapi::ipcmd::{pids, veth_between};
 use std::io::{BufRead as _, Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +24,9 @@ const GEN_NS: &str = "rpb-gen";
 const DUT_NS: &str = "rpb-dut";
 const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 1);
 const DUT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 2);
+/// With `--ipv6`: the feeder's IPv6 address (its routes' next hop) and the receiver's.
+const GEN_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x254, 0, 0, 0, 0, 0, 1);
+const DUT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x254, 0, 0, 0, 0, 0, 2);
 const FEED_AS: u32 = 65001;
 const DUT_AS: u32 = 64512;
 
@@ -30,9 +36,13 @@ pub struct Options {
     /// that the iptrie package ships, found with `cargo metadata`).
     #[arg(long)]
     pub table: Option<PathBuf>,
-    /// Announce only the first N IPv4 prefixes (0: all).
+    /// Announce only the first N prefixes of each family (0: all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
+    /// Announce the table's IPv6 prefixes too, over the same session (MP-BGP, RFC 4760), to
+    /// a dual-stack node and to BIRD's ipv6 channel.
+    #[arg(long)]
+    pub ipv6: bool,
     /// Peers of the receiver, the feeder included: one run per number (e.g. `1,8`).
     #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=200))]
     pub peers: Vec<u16>,
@@ -48,47 +58,88 @@ pub struct Options {
     pub docs: PathBuf,
 }
 
-/// The IPv4 prefixes to announce with their origin AS, distinct, in table order.
-pub fn load_table(path: &Path, limit: usize) -> anyhow::Result<Vec<(u32, u8, u32)>> {
+/// The prefixes to announce with their origin AS, distinct, in table order: IPv4, and
+/// IPv6 where asked for.
+pub fn load_table(path: &Path, limit: usize, ipv6: bool) -> anyhow::Result<Prefixes> {
     let t = forwarding::lpm::read_table(path).with_context(|| format!("reading {}", path.display()))?;
+    let v4 = first_distinct(t.v4, limit);
+    let v6 = if ipv6 { first_distinct(t.v6, limit) } else { Vec::new() };
+    if v4.is_empty() {
+        bail!("{} holds no IPv4 prefixes", path.display());
+    }
+    if ipv6 && v6.is_empty() {
+        bail!("{} holds no IPv6 prefixes", path.display());
+    }
+    Ok(Prefixes { v4, v6 })
+}
+
+/// The prefixes to announce, each (address, length, origin AS).
+pub struct Prefixes {
+    pub v4: Vec<(u32, u8, u32)>,
+    pub v6: Vec<(u128, u8, u32)>,
+}
+
+impl Prefixes {
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+}
+
+fn first_distinct<A: Copy + Eq + std::hash::Hash>(all: Vec<(A, u8, u32)>, limit: usize) -> Vec<(A, u8, u32)> {
     let mut seen = std::collections::HashSet::new();
-    let mut v: Vec<(u32, u8, u32)> = t.v4.into_iter().filter(|&(a, len, _)| seen.insert((a, len))).collect();
+    let mut v: Vec<(A, u8, u32)> = all.into_iter().filter(|&(a, len, _)| seen.insert((a, len))).collect();
     if limit > 0 {
         v.truncate(limit);
     }
-    if v.is_empty() {
-        bail!("{} holds no IPv4 prefixes", path.display());
-    }
-    Ok(v)
+    v
 }
 
-/// The UPDATEs announcing `prefixes` from `next_hop`, grouped by origin AS so that each
-/// message carries many prefixes under one set of attributes (as a real router packs them).
-fn encode_updates(prefixes: &[(u32, u8, u32)], next_hop: Ipv4Addr) -> (Vec<u8>, usize) {
-    let mut by_origin: std::collections::BTreeMap<u32, Vec<ipnet::Ipv4Net>> = Default::default();
-    for &(a, len, origin) in prefixes {
-        if let Ok(n) = ipnet::Ipv4Net::new(Ipv4Addr::from(a), len) {
-            by_origin.entry(origin).or_default().push(n);
-        }
-    }
+/// The UPDATEs announcing `prefixes` from `next_hop` (IPv6 ones in MP_REACH_NLRI, from
+/// `next_hop6`), grouped by origin AS so that each message carries many prefixes under one
+/// set of attributes (as a real router packs them).
+fn encode_updates(prefixes: &Prefixes, next_hop: Ipv4Addr, next_hop6: Ipv6Addr) -> (Vec<u8>, usize) {
     let ctx = Ctx::default();
-    let (mut out, mut count) = (Vec::with_capacity(prefixes.len() * 6), 0);
-    for (origin, nets) in by_origin {
-        // Our AS or the feeder's at the origin would be a loop or a duplicate: path of one.
-        let path = if origin == FEED_AS || origin == DUT_AS { vec![FEED_AS] } else { vec![FEED_AS, origin] };
-        let attrs = vec![
-            Attr::new(AttrValue::Origin(Origin::Igp)),
-            Attr::new(AttrValue::AsPath(vec![AsSegment::sequence(path)])),
-            Attr::new(AttrValue::NextHop(next_hop)),
-        ];
-        // 4096-byte messages: 19 header + 4 lengths + ~30 attributes, ≤ 5 bytes a prefix.
-        for chunk in nets.chunks(800) {
-            let u = Update { attrs: attrs.clone(), nlri: chunk.to_vec(), ..Default::default() };
-            Message::Update(u).encode(&ctx, &mut out);
-            count += 1;
+    let (mut out, mut count) = (Vec::with_capacity(prefixes.v4.len() * 6 + prefixes.v6.len() * 10), 0);
+    let v4 =
+        prefixes.v4.iter().filter_map(|&(a, len, o)| Some((o, IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), len).ok()?))));
+    let v6 =
+        prefixes.v6.iter().filter_map(|&(a, len, o)| Some((o, IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), len).ok()?))));
+    for (family, nets) in [(Afi::Ipv4, by_origin(v4)), (Afi::Ipv6, by_origin(v6))] {
+        for (origin, nets) in nets {
+            // Our AS or the feeder's at the origin would be a loop or a duplicate: path of one.
+            let path = if origin == FEED_AS || origin == DUT_AS { vec![FEED_AS] } else { vec![FEED_AS, origin] };
+            let common = [
+                Attr::new(AttrValue::Origin(Origin::Igp)),
+                Attr::new(AttrValue::AsPath(vec![AsSegment::sequence(path)])),
+            ];
+            // 4096-byte messages: 19 header + 4 lengths + ~30 (IPv6: ~60) bytes of
+            // attributes, and at most 5 (IPv6: 17) bytes a prefix.
+            let per_message = if family == Afi::Ipv4 { 800 } else { 220 };
+            for nets in nets.chunks(per_message) {
+                let mut attrs = common.to_vec();
+                let u = if family == Afi::Ipv4 {
+                    attrs.push(Attr::new(AttrValue::NextHop(next_hop)));
+                    let nlri = nets.iter().filter_map(|n| if let IpNet::V4(n) = n { Some(*n) } else { None }).collect();
+                    Update { attrs, nlri, ..Default::default() }
+                } else {
+                    let next_hop = NextHopAddr::V6 { global: next_hop6, link_local: None };
+                    attrs.push(Attr::new(AttrValue::MpReach { afi: Afi::Ipv6, next_hop, nlri: nets.to_vec() }));
+                    Update { attrs, ..Default::default() }
+                };
+                Message::Update(u).encode(&ctx, &mut out);
+                count += 1;
+            }
         }
     }
     (out, count)
+}
+
+fn by_origin(nets: impl Iterator<Item = (u32, IpNet)>) -> std::collections::BTreeMap<u32, Vec<IpNet>> {
+    let mut m: std::collections::BTreeMap<u32, Vec<IpNet>> = Default::default();
+    for (o, n) in nets {
+        m.entry(o).or_default().push(n);
+    }
+    m
 }
 
 fn unix_now() -> f64 {
@@ -116,12 +167,12 @@ fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Message>
 /// `router-perf bgp-feed` (runs in the feeder namespace): establishes a session with `peer`,
 /// announces the table, prints JSON events on stdout, then keeps the session up until killed.
 /// With `table` None, an idle peer: it announces nothing, sends End-of-RIB and stays.
-pub fn feed(peer: Ipv4Addr, local: Ipv4Addr, table: Option<&Path>, limit: usize) -> anyhow::Result<()> {
+pub fn feed(peer: Ipv4Addr, local: Ipv4Addr, table: Option<&Path>, limit: usize, ipv6: bool) -> anyhow::Result<()> {
     let prefixes = match table {
-        Some(t) => load_table(t, limit)?,
-        None => Vec::new(),
+        Some(t) => load_table(t, limit, ipv6)?,
+        None => Prefixes { v4: Vec::new(), v6: Vec::new() },
     };
-    let (updates, messages) = encode_updates(&prefixes, local);
+    let (updates, messages) = encode_updates(&prefixes, local, GEN_ADDR6);
     let deadline = Instant::now() + Duration::from_secs(60);
     let connect = || -> std::io::Result<TcpStream> {
         use socket2::{Domain, Socket, Type};
@@ -141,7 +192,10 @@ pub fn feed(peer: Ipv4Addr, local: Ipv4Addr, table: Option<&Path>, limit: usize)
     s.set_nodelay(true)?;
     let ctx = Ctx::default();
     let mut out = Vec::new();
-    let caps = vec![Capability::Multiprotocol { afi: 1, safi: 1 }, Capability::RouteRefresh];
+    let mut caps = vec![Capability::Multiprotocol { afi: 1, safi: 1 }, Capability::RouteRefresh];
+    if ipv6 {
+        caps.push(Capability::Multiprotocol { afi: 2, safi: 1 });
+    }
     Message::Open(Open::new(FEED_AS, 240, local, caps)).encode(&ctx, &mut out);
     s.write_all(&out)?;
     let mut inbuf = Vec::new();
@@ -191,9 +245,13 @@ pub fn feed(peer: Ipv4Addr, local: Ipv4Addr, table: Option<&Path>, limit: usize)
             last_ka = Instant::now();
         }
     }
-    // End-of-RIB: an empty UPDATE.
+    // End-of-RIB: an empty UPDATE (IPv6: an empty MP_UNREACH_NLRI).
     out.clear();
     Message::Update(Update::default()).encode(&ctx, &mut out);
+    if ipv6 {
+        let eor6 = Attr::new(AttrValue::MpUnreach { afi: Afi::Ipv6, withdrawn: Vec::new() });
+        Message::Update(Update { attrs: vec![eor6], ..Default::default() }).encode(&ctx, &mut out);
+    }
     s.write_all(&out)?;
     nodeapi::outln!("{}", serde_json::json!({"event": "sent", "t": unix_now(), "secs": unix_now() - t0}));
     let _ = std::io::stdout().flush();
@@ -224,6 +282,9 @@ impl Bench {
         let b = Bench { dir, children: Vec::new() };
         b.remove_namespaces();
         veth_between((GEN_NS, "rpb-g", GEN_ADDR), (DUT_NS, "rpb-d", DUT_ADDR))?;
+        for (ns, dev, a) in [(GEN_NS, "rpb-g", GEN_ADDR6), (DUT_NS, "rpb-d", DUT_ADDR6)] {
+            nodeapi::ipcmd::ip_in(ns, &["-6", "addr", "add", &format!("{a}/64"), "dev", dev, "nodad"])?;
+        }
         for k in 0..idle {
             nodeapi::ipcmd::ip_in(GEN_NS, &["addr", "add", &format!("{}/24", idle_addr(k)), "dev", "rpb-g"])?;
         }
@@ -301,6 +362,7 @@ fn start_feed(b: &mut Bench, perf: &Path, o: &Options) -> anyhow::Result<(f64, u
         "--limit",
         &o.limit.to_string(),
     ];
+    let args: Vec<&str> = args.into_iter().chain(o.ipv6.then_some("--ipv6")).collect();
     let i = b.spawn(GEN_NS, &args, Stdio::piped())?;
     let stdout = b.children[i].stdout.take().context("feeder output")?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -373,7 +435,10 @@ struct Outcome {
     receiver: &'static str,
     /// Established peers during the load, the feeder included.
     peers: u16,
+    /// Prefixes announced, both families.
     prefixes: usize,
+    /// Of them IPv6.
+    prefixes6: usize,
     /// Routes the receiver took in (it may refuse a few).
     installed: usize,
     updates: u64,
@@ -405,16 +470,20 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if Command::new("bird").arg("--version").output().is_err() {
         bail!("bird is not installed (Debian package bird2; scripts/setup installs it)");
     }
-    let n = load_table(o.table.as_deref().unwrap_or(Path::new("")), o.limit)?.len();
+    let table = load_table(o.table.as_deref().unwrap_or(Path::new("")), o.limit, o.ipv6)?;
+    // The probe of `routes --lookup`: the last IPv4 prefix's first address.
+    let probe = table.v4.last().map_or(Ipv4Addr::UNSPECIFIED, |&(a, _, _)| Ipv4Addr::from(a));
+    let load = Load { n: table.len(), n6: table.v6.len(), probe };
+    drop(table);
     let flag = INTERRUPTED.get_or_init(Default::default);
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, std::sync::Arc::clone(flag)).context("installing signal handlers")?;
     }
     let mut results = Vec::new();
     for &peers in &o.peers {
-        for measure in [measure_node as fn(&mut Bench, &Path, &Path, &Options, usize, u16) -> _, measure_bird] {
+        for measure in [measure_node as fn(&mut Bench, &Path, &Path, &Options, Load, u16) -> _, measure_bird] {
             let mut b = Bench::new(peers - 1)?;
-            let r = measure(&mut b, &perf, &router, o, n, peers);
+            let r = measure(&mut b, &perf, &router, o, load, peers);
             if r.is_err() {
                 KEEP_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -426,12 +495,16 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         "| receiver | peers | announced | taken in | first UPDATE → all in place | routes/s | RSS |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &results {
+        let announced = match r.prefixes6 {
+            0 => r.prefixes.to_string(),
+            v6 => format!("{} + {v6} IPv6", r.prefixes - v6),
+        };
         writeln!(
             md,
             "| {} | {} | {} | {} | {:.2} s | {:.2} M | {:.0} MiB |",
             r.receiver,
             r.peers,
-            r.prefixes,
+            announced,
             r.installed,
             r.secs,
             r.routes_per_sec / 1e6,
@@ -465,11 +538,23 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         &o.out,
         &results,
         &o.docs,
-        "bgp-load",
-        "BGP at table scale: our node against BIRD 2",
+        if o.ipv6 { "bgp-load-ipv6" } else { "bgp-load" },
+        if o.ipv6 {
+            "BGP at table scale, both families: our node against BIRD 2"
+        } else {
+            "BGP at table scale: our node against BIRD 2"
+        },
         &md,
         "[../bgp.md](../bgp.md)",
     )
+}
+
+/// What is announced: prefixes of both families, of them IPv6, and an IPv4 address to look up.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    n: usize,
+    n6: usize,
+    probe: Ipv4Addr,
 }
 
 fn measure_node(
@@ -477,9 +562,10 @@ fn measure_node(
     perf: &Path,
     router: &Path,
     o: &Options,
-    n: usize,
+    load: Load,
     peers: u16,
 ) -> anyhow::Result<Outcome> {
+    let Load { n, n6, probe } = load;
     let sock = b.dir.join("dut.sock");
     let conf = b.dir.join("dut.toml");
     let mut text = format!(
@@ -487,6 +573,10 @@ fn measure_node(
          [bgp]\nas_number = {DUT_AS}\n",
         sock.display()
     );
+    if o.ipv6 {
+        // Dual stack without pools: every IPv6 route is an outside one, the router's alone.
+        text += &format!("[ipv6]\naddress = \"{DUT_ADDR6}/64\"\n");
+    }
     for a in std::iter::once(GEN_ADDR).chain((0..peers - 1).map(idle_addr)) {
         text +=
             &format!("[[bgp.peers]]\naddress = \"{a}\"\nas_number = {FEED_AS}\nkind = \"global\"\npassive = true\n");
@@ -498,7 +588,7 @@ fn measure_node(
         Stdio::null(),
     )?;
     let node = nodeapi::admin::Client::new(&sock);
-    let fib_routes = || node.stats().ok().map(|s| s.fib_routes);
+    let fib_routes = || node.stats().ok().map(|s| s.fib_routes + s.fib_routes6);
     // The node's own routes (its address, its subnet) are there before the feed starts.
     let (_, before) = wait_for(1, Duration::from_secs(30), None, fib_routes).context("the node did not come up")?;
     b.start_idle(perf, peers - 1)?;
@@ -507,10 +597,7 @@ fn measure_node(
     let (t0, updates, events) = start_feed(b, perf, o)?;
     let (t1, got) =
         wait_for(before + n, Duration::from_secs(o.timeout), Some(&events), fib_routes).context("our node")?;
-    // `router routes --lookup` on the loaded table: the last prefix's first address.
-    let probe = load_table(o.table.as_deref().unwrap_or(Path::new("")), o.limit)?
-        .last()
-        .map_or(Ipv4Addr::UNSPECIFIED, |&(a, _, _)| Ipv4Addr::from(a));
+    // `router routes --lookup` on the loaded table.
     let t = Instant::now();
     let answer = node.lookup(probe.into())?;
     let lookup_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -535,6 +622,7 @@ fn measure_node(
         receiver: "router node",
         peers,
         prefixes: n,
+        prefixes6: n6,
         installed: got - before,
         updates,
         secs: t1 - t0,
@@ -552,16 +640,18 @@ fn measure_bird(
     perf: &Path,
     _router: &Path,
     o: &Options,
-    n: usize,
+    load: Load,
     peers: u16,
 ) -> anyhow::Result<Outcome> {
+    let Load { n, n6, .. } = load;
+    let v6 = if o.ipv6 { " ipv6 { import all; export none; };" } else { "" };
     let sock = b.dir.join("bird.ctl");
     let conf = b.dir.join("bird.conf");
     let mut text = format!("router id {DUT_ADDR};\nprotocol device {{}}\n");
     for (i, a) in std::iter::once(GEN_ADDR).chain((0..peers - 1).map(idle_addr)).enumerate() {
         text += &format!(
             "protocol bgp p{i} {{ local {DUT_ADDR} as {DUT_AS}; neighbor {a} as {FEED_AS}; passive on;\n\
-             ipv4 {{ import all; export none; }}; }}\n"
+             ipv4 {{ import all; export none; }};{v6} }}\n"
         );
     }
     std::fs::write(&conf, text)?;
@@ -569,10 +659,11 @@ fn measure_bird(
     b.spawn(DUT_NS, &["bird", "-f", "-c", &c, "-s", &s, "-P", &pid.to_string_lossy()], Stdio::null())?;
     let count = || {
         let out = Command::new("birdc").args(["-s", &s, "show", "route", "count"]).output().ok()?;
-        // "1072529 of 1072529 routes for 1072529 networks in table master4"
+        // "1072529 of 1072529 routes for 1072529 networks in table master4", and master6
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = text.lines().find(|l| l.contains("routes for"))?;
-        line.split_whitespace().next()?.parse::<usize>().ok()
+        // (and with both, a "Total: ..." line)
+        let lines = text.lines().filter(|l| l.contains("routes for") && l.contains(" in table "));
+        lines.map(|l| l.split_whitespace().next()?.parse::<usize>().ok()).sum::<Option<usize>>()
     };
     wait_for(0, Duration::from_secs(30), None, count).context("bird did not come up")?;
     b.start_idle(perf, peers - 1)?;
@@ -587,6 +678,7 @@ fn measure_bird(
         receiver: "BIRD 2",
         peers,
         prefixes: n,
+        prefixes6: n6,
         installed: got,
         updates,
         secs: t1 - t0,
@@ -595,6 +687,6 @@ fn measure_bird(
         route_lookup_ms: None,
         pod_add_ms: None,
         pod_del_ms: None,
-        what_is_counted: "routes in BIRD's master4 table (BIRD has no forwarding table of its own)",
+        what_is_counted: "routes in BIRD's master4 and master6 tables (BIRD has no forwarding table of its own)",
     })
 }

@@ -51,6 +51,9 @@ enum Cmd {
         limit: usize,
         #[arg(long)]
         idle: bool,
+        /// Announce the table's IPv6 prefixes too (MP-BGP).
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Send UDP for a while (runs inside the source pod).
     #[command(hide = true)]
@@ -92,7 +95,9 @@ fn main() {
         Cmd::BgpScale(o) => scale::run(&o),
         Cmd::GenCheck(o) => gencheck::run(&o),
         Cmd::Datastore(o) => datastore::run(&o),
-        Cmd::BgpFeed { peer, local, table, limit, idle: _ } => bgpload::feed(peer, local, table.as_deref(), limit),
+        Cmd::BgpFeed { peer, local, table, limit, idle: _, ipv6 } => {
+            bgpload::feed(peer, local, table.as_deref(), limit, ipv6)
+        }
         Cmd::Gen { dst, port, size, flows, secs, pps, count } => {
             traffic::generate(dst, port, size, flows, Duration::from_secs_f64(secs), pps, count)
                 .map(|r| nodeapi::outln!("{}", serde_json::json!(r)))

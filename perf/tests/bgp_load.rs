@@ -4,7 +4,7 @@
 use std::process::Command;
 
 #[test]
-fn bgp_load_times_our_node_and_bird_on_the_same_table() {
+fn bgp_load_times_our_node_and_bird_on_the_same_table_and_both_families() {
     let dir = std::env::temp_dir().join(format!("bgp-load-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     // 5000 prefixes of mixed lengths under 20.0.0.0/8 and 30.0.0.0/8, two origin ASes.
@@ -57,5 +57,49 @@ fn bgp_load_times_our_node_and_bird_on_the_same_table() {
     let ns =
         String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout).into_owned();
     assert!(!ns.contains("rpb-"), "namespaces left behind: {ns}");
+    let _ = std::fs::remove_dir_all(&dir);
+    bgp_load_with_ipv6_announces_both_families_to_both_receivers();
+}
+
+/// With `--ipv6` the same session carries the table's IPv6 prefixes too (MP-BGP): our
+/// dual-stack node and BIRD's ipv6 channel take every one of them. (Run from the test
+/// above: the bench's namespaces have fixed names, so two runs cannot overlap.)
+fn bgp_load_with_ipv6_announces_both_families_to_both_receivers() {
+    let dir = std::env::temp_dir().join(format!("bgp-load-test6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut table = String::new();
+    for i in 0..2000u32 {
+        table.push_str(&format!("{}/24 64600\n", std::net::Ipv4Addr::from((20 << 24) | (i << 8))));
+    }
+    // /48s and a few longer ones, as in a real IPv6 table.
+    for i in 0..3000u32 {
+        let net =
+            if i % 10 == 0 { format!("2001:db8:{:x}:1::/64", i + 1) } else { format!("2001:db8:{:x}::/48", i + 1) };
+        table.push_str(&format!("{net} {}\n", 64700 + i % 3));
+    }
+    let path = dir.join("table.txt");
+    std::fs::write(&path, &table).expect("table");
+    let out_json = dir.join("bgp-load.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_router-perf"))
+        .args(["bgp-load", "--ipv6", "--timeout", "60", "--peers", "1", "--table"])
+        .arg(&path)
+        .arg("--out")
+        .arg(&out_json)
+        .arg("--docs")
+        .arg(&dir)
+        .output()
+        .expect("router-perf runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "bgp-load --ipv6 failed:\n{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_json).expect("json written")).expect("json");
+    let rows = v.as_array().expect("array");
+    assert_eq!(rows.len(), 2, "{text}");
+    for r in rows {
+        assert_eq!((r["prefixes"].as_u64(), r["prefixes6"].as_u64()), (Some(5000), Some(3000)), "{r}");
+        assert_eq!(r["installed"].as_u64(), Some(5000), "every route of both families taken in:\n{text}");
+    }
+    let md = std::fs::read_to_string(dir.join("bgp-load-ipv6.md")).expect("docs table written");
+    assert!(md.contains("| 2000 + 3000 IPv6 |"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,6 +14,7 @@ pub struct Snapshot<'a> {
     pub interfaces: Vec<String>,
     pub totals: &'a Totals,
     pub fib_routes: usize,
+    pub fib_routes6: usize,
     pub fib_memory_bytes: usize,
     pub neighbours: usize,
     pub uptime_secs: f64,
@@ -107,8 +108,10 @@ pub fn render(s: &Snapshot<'_>) -> String {
         o.family(name, "counter", help);
         o.sample(name, &[], v as f64);
     }
-    o.family("router_fib_routes", "gauge", "Prefixes in the FIB.");
+    o.family("router_fib_routes", "gauge", "IPv4 prefixes in the FIB.");
     o.sample("router_fib_routes", &[], s.fib_routes as f64);
+    o.family("router_fib_routes_ipv6", "gauge", "IPv6 prefixes in the FIB.");
+    o.sample("router_fib_routes_ipv6", &[], s.fib_routes6 as f64);
     o.family("router_fib_memory_bytes", "gauge", "Approximate memory of the FIB's lookup structure.");
     o.sample("router_fib_memory_bytes", &[], s.fib_memory_bytes as f64);
     o.family("router_arp_entries", "gauge", "Neighbours in the router's table, ARP and NDP (any state).");

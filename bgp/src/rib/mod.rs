@@ -446,9 +446,24 @@ impl Rib {
     /// The IPv6 Loc-RIB entries: only IPv6 prefixes are read, whatever the size of the IPv4
     /// table beside them.
     pub fn loc_rib6(&self) -> impl Iterator<Item = (IpNet, From, &Arc<PathAttrs>)> + '_ {
-        let local = self.local.iter().filter(|(p, _)| matches!(p, IpNet::V6(_))).map(|(p, a)| (*p, From::Local, a));
+        fn all(_: &IpNet) -> bool {
+            true
+        }
+        self.loc_rib6_where(&all)
+    }
+
+    /// The IPv6 Loc-RIB entries whose prefix `keep` takes: the others cost no lookup.
+    pub fn loc_rib6_where<'a, F: Fn(&IpNet) -> bool>(
+        &'a self,
+        keep: &'a F,
+    ) -> impl Iterator<Item = (IpNet, From, &'a Arc<PathAttrs>)> + 'a {
+        let local = self
+            .local
+            .iter()
+            .filter(move |(p, _)| matches!(p, IpNet::V6(_)) && keep(p))
+            .map(|(p, a)| (*p, From::Local, a));
         let learned = self.adj_in.iter().flat_map(move |(&id, m)| {
-            m.keys6().filter_map(move |p| match self.select(&p) {
+            m.keys6().filter(move |p| keep(p)).filter_map(move |p| match self.select(&p) {
                 Some((From::Peer(w), a)) if w == id => Some((p, From::Peer(id), a)),
                 _ => None,
             })

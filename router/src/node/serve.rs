@@ -25,6 +25,7 @@ pub(super) fn metrics_body(node: &Node, speaker: Option<&Speaker>) -> String {
         interfaces,
         totals: &totals,
         fib_routes: fib.len(),
+        fib_routes6: fib.v6().len(),
         fib_memory_bytes: fib.memory_bytes(),
         neighbours: node.dp.neighbours().len(),
         uptime_secs: node.started.elapsed().as_secs_f64(),
@@ -183,6 +184,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                 drops: t.drops.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
                 tallies: t.tallies,
                 fib_routes: node.fib.load().len(),
+                fib_routes6: node.fib.load().v6().len(),
                 transit_filter: (cfg.dataplane == DataplaneMode::Afpacket)
                     .then(|| node.kernel.filtered().unwrap_or_default()),
             })
