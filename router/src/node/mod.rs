@@ -303,7 +303,7 @@ impl<'a> Learned<'a> {
 
     fn v6_at(&self, prefix: Ipv6Net) -> Option<Ipv6Addr> {
         match self {
-            Learned::Saved(s) => s.learned6.iter().find(|(p, _)| *p == prefix).map(|(_, nh)| *nh),
+            Learned::Saved(s) => s.v6_at(prefix),
             Learned::Speaker(sp) => sp.learned6_at(prefix),
             Learned::Nothing => None,
         }
@@ -312,7 +312,7 @@ impl<'a> Learned<'a> {
     /// The route for exactly `prefix`.
     fn v4_at(&self, prefix: Ipv4Net) -> Option<Ipv4Addr> {
         match self {
-            Learned::Saved(s) => s.learned.iter().find(|(p, _)| *p == prefix).map(|(_, nh)| *nh),
+            Learned::Saved(s) => s.v4_at(prefix),
             Learned::Speaker(sp) => sp.learned_at(prefix),
             Learned::Nothing => None,
         }

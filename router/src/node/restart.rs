@@ -63,5 +63,56 @@ pub(super) fn take(cfg: &NodeConfig, max_age: Duration) -> Option<Saved> {
         tracing::info!(age, "the saved restart state is older than the restart time; starting afresh");
         return None;
     }
-    Some(saved)
+    Some(saved.sorted())
+}
+
+impl Saved {
+    /// Sorted by prefix, so that a pod coming or going while the restart lasts finds a
+    /// prefix's saved route by a binary search, not a scan of a million.
+    fn sorted(mut self) -> Saved {
+        self.learned.sort_unstable_by_key(|(p, _)| *p);
+        self.learned.dedup_by_key(|(p, _)| *p);
+        self.learned6.sort_unstable_by_key(|(p, _)| *p);
+        self.learned6.dedup_by_key(|(p, _)| *p);
+        self
+    }
+
+    /// The saved route for exactly `prefix` (the lists are sorted by [`take`]).
+    pub fn v4_at(&self, prefix: Ipv4Net) -> Option<Ipv4Addr> {
+        at(&self.learned, prefix)
+    }
+
+    pub fn v6_at(&self, prefix: Ipv6Net) -> Option<Ipv6Addr> {
+        at(&self.learned6, prefix)
+    }
+}
+
+fn at<N: Ord, A: Copy>(sorted: &[(N, A)], prefix: N) -> Option<A> {
+    sorted.binary_search_by(|(p, _)| p.cmp(&prefix)).ok().map(|i| sorted[i].1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_route_is_found_by_its_prefix_in_either_family() {
+        let n4 = |s: &str| -> Ipv4Net { s.parse().expect("net") };
+        let n6 = |s: &str| -> Ipv6Net { s.parse().expect("net") };
+        let (a, b) = (Ipv4Addr::new(192, 168, 100, 1), Ipv4Addr::new(192, 168, 100, 2));
+        let c: Ipv6Addr = "fd00::1".parse().expect("ip");
+        let saved = Saved {
+            saved_at: 0,
+            learned: vec![(n4("10.0.0.0/8"), a), (n4("1.0.0.0/24"), b), (n4("10.0.0.0/16"), b)],
+            learned6: vec![(n6("2001:db8::/32"), c), (n6("2001::/16"), c)],
+            cluster_hops: vec![],
+        }
+        .sorted();
+        assert_eq!(saved.v4_at(n4("10.0.0.0/8")), Some(a));
+        assert_eq!(saved.v4_at(n4("10.0.0.0/16")), Some(b));
+        assert_eq!(saved.v4_at(n4("1.0.0.0/24")), Some(b));
+        assert_eq!(saved.v4_at(n4("10.0.0.0/24")), None);
+        assert_eq!(saved.v6_at(n6("2001:db8::/32")), Some(c));
+        assert_eq!(saved.v6_at(n6("2001:db8::/48")), None);
+    }
 }
