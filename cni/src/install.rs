@@ -56,8 +56,8 @@ pub fn conflist(t: &Target) -> serde_json::Value {
     if !t.blocks6.is_empty() {
         plugin["blocks6"] = json!(t.blocks6);
     }
-    // With etcd, the file still keeps the node's IPv6 addresses (dual stack).
-    if t.etcd_endpoints.is_empty() || !t.blocks6.is_empty() {
+    // With etcd, etcd keeps the addresses of both families.
+    if t.etcd_endpoints.is_empty() {
         plugin["ipam_file"] = json!(t.ipam_file);
     }
     if !t.etcd_endpoints.is_empty() {
@@ -113,15 +113,13 @@ mod tests {
     }
 
     #[test]
-    fn with_etcd_the_file_is_named_only_for_the_nodes_ipv6_addresses() {
+    fn with_etcd_no_file_is_named_for_either_family() {
         let plugin = |t: &Target| conflist(t)["plugins"][0].clone();
         let v4 = plugin(&target(&[], true));
         assert!(v4.get("ipam_file").is_none() && v4["etcd_endpoints"][0] == "http://127.0.0.1:2379", "{v4}");
         let dual = plugin(&target(&["fd00:10:244::/122"], true));
-        assert_eq!(
-            (dual["ipam_file"].as_str(), dual["pool"].as_str()),
-            (Some("/run/ipam.json"), Some("10.244.0.0/16"))
-        );
+        assert!(dual.get("ipam_file").is_none() && dual["pool"] == "10.244.0.0/16", "{dual}");
+        assert_eq!(dual["blocks6"][0], "fd00:10:244::/122");
         let file = plugin(&target(&["fd00:10:244::/122"], false));
         assert!(file.get("etcd_endpoints").is_none() && file["ipam_file"] == "/run/ipam.json", "{file}");
     }

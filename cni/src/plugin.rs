@@ -81,8 +81,8 @@ pub struct NetConf {
     pub block_size: Option<u8>,
     #[serde(default)]
     pub blocks: Vec<Ipv4Net>,
-    /// Dual stack: the node's IPv6 blocks; containers then get a /128 from them too (IPAM
-    /// in the file only).
+    /// Dual stack: the node's IPv6 blocks; containers then get a /128 from them too (in
+    /// the file, or in etcd: never from another node's block, as the node announces these).
     #[serde(default)]
     pub blocks6: Vec<Ipv6Net>,
     /// The pods' MTU: 1480 where the pool uses IPIP, 1450 with VXLAN, 1500 without either.
@@ -242,27 +242,16 @@ fn node_client(conf: &NetConf) -> admin::Client {
     admin::Client::new(&conf.admin_socket)
 }
 
-/// Where addresses come from: the shared file, or etcd. With etcd, IPv6 addresses (dual
-/// stack) still come from the host's file: they are the node's own blocks, never borrowed,
-/// so no other host needs to see them.
+/// Where addresses come from: the shared file, or etcd (both families).
 enum Backend {
     File(Ipam),
-    Etcd { ipam: datastore::ipam::Ipam, v6: Option<Ipam> },
+    Etcd(datastore::ipam::Ipam),
 }
 
 fn backend(conf: &NetConf) -> Result<Backend, CniError> {
     if !conf.etcd_endpoints.is_empty() {
         let etcd = datastore::etcd::Etcd::new(&conf.etcd_endpoints).map_err(|e| CniError::config(format!("{e:#}")))?;
-        let v6 = match (&conf.ipam_file, conf.blocks6.is_empty()) {
-            (_, true) => None,
-            (Some(f), false) => Some(Ipam::new(f)),
-            (None, false) => {
-                return Err(CniError::config(
-                    "blocks6 with etcd_endpoints needs ipam_file: the node's IPv6 addresses are kept on the host",
-                ))
-            }
-        };
-        return Ok(Backend::Etcd { ipam: datastore::ipam::Ipam::new(etcd), v6 });
+        return Ok(Backend::Etcd(datastore::ipam::Ipam::new(etcd)));
     }
     match &conf.ipam_file {
         Some(f) => Ok(Backend::File(Ipam::new(f))),
@@ -302,7 +291,7 @@ impl Backend {
                 })
                 .map_err(io)?
                 .map_err(CniError::ipam),
-            Backend::Etcd { ipam: e, v6 } => {
+            Backend::Etcd(e) => {
                 // The node's configured blocks are its own in etcd too (the node announces
                 // them); another node holding one is a misconfiguration worth saying.
                 for b in &conf.blocks {
@@ -321,22 +310,16 @@ impl Backend {
                 let a = e.allocate(&conf.node, handle, pool, len).map_err(|e| CniError::ipam(format!("{e:#}")))?;
                 // Outside the node's configured blocks, the node announces the /32.
                 let borrowed = !conf.blocks.iter().any(|b| b.contains(&a.address));
-                let Some(f) = v6 else { return Ok((Assigned { address: a.address, borrowed }, None)) };
-                let a6 = f
-                    .with(|st| {
-                        for b in &conf.blocks6 {
-                            st.blocks6.entry(*b).or_insert_with(|| conf.node.clone());
-                        }
-                        st.allocate6(&conf.node, handle)
-                    })
-                    .map_err(io)
-                    .and_then(|r| r.map_err(CniError::ipam));
-                match a6 {
-                    Ok(a6) => Ok((Assigned { address: a.address, borrowed }, Some(a6))),
+                let assigned = Assigned { address: a.address, borrowed };
+                if conf.blocks6.is_empty() {
+                    return Ok((assigned, None));
+                }
+                match e.allocate_in(&conf.node, handle, &conf.blocks6) {
+                    Ok(a6) => Ok((assigned, Some(a6.address))),
                     Err(err) => {
                         // Both or neither: the IPv4 address goes back to etcd.
-                        e.release(handle).map_err(io)?;
-                        Err(err)
+                        e.release_all(handle).map_err(io)?;
+                        Err(CniError::ipam(format!("{err:#}")))
                     }
                 }
             }
@@ -346,26 +329,21 @@ impl Backend {
     fn release(&self, handle: &str) -> Result<Option<Ipv4Addr>, CniError> {
         match self {
             Backend::File(f) => f.with(|st| st.release(handle)).map_err(io),
-            Backend::Etcd { ipam, v6 } => {
-                if let Some(f) = v6 {
-                    f.with(|st| st.release(handle)).map_err(io)?;
-                }
-                ipam.release(handle).map_err(io)
-            }
+            Backend::Etcd(ipam) => ipam.release_all(handle).map_err(io),
         }
     }
 
     fn find(&self, handle: &str) -> Result<Option<Ipv4Addr>, CniError> {
         match self {
             Backend::File(f) => f.with(|st| st.find(handle)).map_err(io),
-            Backend::Etcd { ipam, .. } => ipam.find(handle).map_err(io),
+            Backend::Etcd(ipam) => ipam.find::<Ipv4Net>(handle).map_err(io),
         }
     }
 
     fn find6(&self, handle: &str) -> Result<Option<Ipv6Addr>, CniError> {
         match self {
-            Backend::File(f) | Backend::Etcd { v6: Some(f), .. } => f.with(|st| st.find6(handle)).map_err(io),
-            Backend::Etcd { v6: None, .. } => Ok(None),
+            Backend::File(f) => f.with(|st| st.find6(handle)).map_err(io),
+            Backend::Etcd(ipam) => ipam.find::<Ipv6Net>(handle).map_err(io),
         }
     }
 
@@ -377,7 +355,7 @@ impl Backend {
                     st.allocations.values().filter(|a| a.node == node).map(|a| a.handle.clone()).collect::<Vec<_>>()
                 })
                 .map_err(io)?,
-            Backend::Etcd { ipam, .. } => ipam.handles(node).map_err(io)?,
+            Backend::Etcd(ipam) => ipam.handles(node).map_err(io)?,
         };
         v.retain(|h| !h.starts_with("pod:"));
         Ok(v)

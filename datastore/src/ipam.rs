@@ -1,64 +1,128 @@
-//! IPAM in etcd, in Calico's key layout: blocks of a pool claimed by nodes (an affinity),
-//! addresses allocated from them, borrowing from other nodes' blocks when a node's are full
-//! and the pool has no block left to claim. Every change is one etcd transaction that
-//! checks the revisions it read, so two nodes racing for a block or an address never both
-//! win; the loser reads again and tries the next.
+//! IPAM in etcd, in Calico's key layout, for both families: blocks of a pool claimed by
+//! nodes (an affinity), addresses allocated from them, borrowing from other nodes' blocks
+//! when a node's are full and the pool has no block left to claim. Every change is one etcd
+//! transaction that checks the revisions it read, so two nodes racing for a block or an
+//! address never both win; the loser reads again and tries the next.
 //!
 //! Keys: `/calico/ipam/v2/assignment/ipv4/block/<a.b.c.d-len>` (the block: its affinity and
 //! allocations), `/calico/ipam/v2/host/<node>/ipv4/block/<a.b.c.d-len>` (the node's claim),
-//! `/calico/ipam/v2/handle/<handle>` (which address a handle holds).
+//! `/calico/ipam/v2/handle/<handle>` (which address a handle holds); `ipv6` and `handle6`
+//! for IPv6, so that one handle (a container) holds an address of each family.
 
 use crate::etcd::Etcd;
 use anyhow::{bail, Context as _};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-const BLOCKS: &str = "/calico/ipam/v2/assignment/ipv4/block/";
-const HOSTS: &str = "/calico/ipam/v2/host/";
-const HANDLES: &str = "/calico/ipam/v2/handle/";
 /// Conflicts a single operation rides out before it gives up (each is another writer's
 /// success, so this is never reached in practice).
 const RETRIES: usize = 64;
 
-fn dashed(b: &Ipv4Net) -> String {
-    format!("{}-{}", b.network(), b.prefix_len())
+/// An address family's blocks as the IPAM handles them.
+pub trait Family: Copy + Ord + std::fmt::Display + Serialize + DeserializeOwned {
+    type Addr: Copy + Ord + std::fmt::Display + Serialize + DeserializeOwned;
+    /// `ipv4` or `ipv6`, as in the keys.
+    const NAME: &'static str;
+    /// Where handles of this family live.
+    const HANDLES: &'static str;
+    fn dashed(&self) -> String;
+    /// The addresses handed out, in order: IPv4 without the network and broadcast
+    /// addresses, IPv6 without the block's first (its subnet-router anycast address).
+    fn hosts(&self) -> Box<dyn Iterator<Item = Self::Addr>>;
+    fn covers(&self, other: &Self) -> bool;
+    fn covers_addr(&self, a: &Self::Addr) -> bool;
+    fn blocks_of(&self, len: u8) -> Option<Vec<Self>>;
 }
 
-fn block_key(b: &Ipv4Net) -> String {
-    format!("{BLOCKS}{}", dashed(b))
+impl Family for Ipv4Net {
+    type Addr = Ipv4Addr;
+    const NAME: &'static str = "ipv4";
+    const HANDLES: &'static str = "/calico/ipam/v2/handle/";
+    fn dashed(&self) -> String {
+        format!("{}-{}", self.network(), self.prefix_len())
+    }
+    fn hosts(&self) -> Box<dyn Iterator<Item = Ipv4Addr>> {
+        Box::new(Ipv4Net::hosts(self))
+    }
+    fn covers(&self, other: &Self) -> bool {
+        self.contains(other)
+    }
+    fn covers_addr(&self, a: &Ipv4Addr) -> bool {
+        self.contains(a)
+    }
+    fn blocks_of(&self, len: u8) -> Option<Vec<Self>> {
+        Some(self.subnets(len).ok()?.collect())
+    }
 }
 
-fn affinity_key(node: &str, b: &Ipv4Net) -> String {
-    format!("{HOSTS}{node}/ipv4/block/{}", dashed(b))
+impl Family for Ipv6Net {
+    type Addr = Ipv6Addr;
+    const NAME: &'static str = "ipv6";
+    const HANDLES: &'static str = "/calico/ipam/v2/handle6/";
+    fn dashed(&self) -> String {
+        format!("{}-{}", self.network(), self.prefix_len())
+    }
+    fn hosts(&self) -> Box<dyn Iterator<Item = Ipv6Addr>> {
+        Box::new(Ipv6Net::hosts(self).skip(1))
+    }
+    fn covers(&self, other: &Self) -> bool {
+        self.contains(other)
+    }
+    fn covers_addr(&self, a: &Ipv6Addr) -> bool {
+        self.contains(a)
+    }
+    fn blocks_of(&self, len: u8) -> Option<Vec<Self>> {
+        // A /48 holds 2^26 blocks of /122: the pool is walked, never listed whole.
+        Some(self.subnets(len).ok()?.take(1 << 16).collect())
+    }
 }
 
-fn handle_key(handle: &str) -> String {
-    format!("{HANDLES}{handle}")
+fn blocks_prefix<N: Family>() -> String {
+    format!("/calico/ipam/v2/assignment/{}/block/", N::NAME)
+}
+
+fn block_key<N: Family>(b: &N) -> String {
+    format!("{}{}", blocks_prefix::<N>(), b.dashed())
+}
+
+fn affinity_key<N: Family>(node: &str, b: &N) -> String {
+    format!("/calico/ipam/v2/host/{node}/{}/block/{}", N::NAME, b.dashed())
+}
+
+fn handle_key<N: Family>(handle: &str) -> String {
+    format!("{}{handle}", N::HANDLES)
 }
 
 /// One block as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Block {
-    pub cidr: Ipv4Net,
+#[serde(bound(deserialize = "N: Family"))]
+pub struct Block<N: Family = Ipv4Net> {
+    pub cidr: N,
     /// `host:<node>`, as Calico writes it.
     pub affinity: String,
     /// Address → handle.
     #[serde(default)]
-    pub allocations: BTreeMap<Ipv4Addr, String>,
+    pub allocations: BTreeMap<N::Addr, String>,
 }
 
-impl Block {
+impl<N: Family> Block<N> {
     fn node(&self) -> &str {
         self.affinity.strip_prefix("host:").unwrap_or(&self.affinity)
+    }
+
+    fn new(cidr: N, node: &str) -> Block<N> {
+        Block { cidr, affinity: format!("host:{node}"), allocations: BTreeMap::new() }
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Handle {
-    address: Ipv4Addr,
-    block: Ipv4Net,
+#[serde(bound(deserialize = "N: Family"))]
+struct Handle<N: Family> {
+    address: N::Addr,
+    block: N,
     /// The node the address was given to (a borrowed one sits in another node's block).
     #[serde(default)]
     node: String,
@@ -66,9 +130,9 @@ struct Handle {
 
 /// An address handed out, and whether it was borrowed from another node's block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Assigned {
-    pub address: Ipv4Addr,
-    pub block: Ipv4Net,
+pub struct Assigned<N: Family = Ipv4Net> {
+    pub address: N::Addr,
+    pub block: N,
     pub borrowed: bool,
 }
 
@@ -77,77 +141,93 @@ pub struct Ipam {
     pub etcd: Etcd,
 }
 
+const CONFIRMED: &[u8] = br#"{"state":"confirmed"}"#;
+
 impl Ipam {
     pub fn new(etcd: Etcd) -> Ipam {
         Ipam { etcd }
     }
 
-    fn read_block(&self, b: &Ipv4Net) -> anyhow::Result<Option<(Block, i64)>> {
+    fn read_block<N: Family>(&self, b: &N) -> anyhow::Result<Option<(Block<N>, i64)>> {
         match self.etcd.get(&block_key(b))? {
             Some(kv) => {
-                let blk: Block = serde_json::from_slice(&kv.value).with_context(|| format!("block {b} is corrupt"))?;
+                let blk = serde_json::from_slice(&kv.value).with_context(|| format!("block {b} is corrupt"))?;
                 Ok(Some((blk, kv.mod_revision)))
             }
             None => Ok(None),
         }
     }
 
-    /// Every block of every pool that exists, with its revision.
-    pub fn blocks(&self) -> anyhow::Result<Vec<(Block, i64)>> {
-        let (kvs, _) = self.etcd.list(BLOCKS)?;
+    fn read_handle<N: Family>(&self, handle: &str) -> anyhow::Result<Option<(Handle<N>, i64)>> {
+        match self.etcd.get(&handle_key::<N>(handle))? {
+            Some(kv) => Ok(Some((serde_json::from_slice(&kv.value).context("a corrupt handle")?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every block of the family that exists, with its revision.
+    pub fn blocks<N: Family>(&self) -> anyhow::Result<Vec<(Block<N>, i64)>> {
+        let (kvs, _) = self.etcd.list(&blocks_prefix::<N>())?;
         kvs.into_iter()
             .map(|kv| {
-                let b: Block = serde_json::from_slice(&kv.value).with_context(|| format!("{} is corrupt", kv.key))?;
+                let b = serde_json::from_slice(&kv.value).with_context(|| format!("{} is corrupt", kv.key))?;
                 Ok((b, kv.mod_revision))
             })
             .collect()
     }
 
-    /// The blocks `node` holds, in address order.
+    /// The IPv4 blocks `node` holds, in address order.
     pub fn node_blocks(&self, node: &str) -> anyhow::Result<Vec<Ipv4Net>> {
         let mut v: Vec<Ipv4Net> =
-            self.blocks()?.into_iter().filter(|(b, _)| b.node() == node).map(|(b, _)| b.cidr).collect();
+            self.blocks::<Ipv4Net>()?.into_iter().filter(|(b, _)| b.node() == node).map(|(b, _)| b.cidr).collect();
         v.sort();
         Ok(v)
     }
 
     /// Claims `block` for `node` if no one holds it; whether `node` holds it now.
-    pub fn claim(&self, node: &str, block: Ipv4Net) -> anyhow::Result<bool> {
+    pub fn claim<N: Family>(&self, node: &str, block: N) -> anyhow::Result<bool> {
         if let Some((b, _)) = self.read_block(&block)? {
             return Ok(b.node() == node);
         }
-        let blk = Block { cidr: block, affinity: format!("host:{node}"), allocations: BTreeMap::new() };
-        let (bk, ak) = (block_key(&block), affinity_key(node, &block));
-        if self
-            .etcd
-            .put_all_if(&[(&bk, 0)], &[(&bk, &serde_json::to_vec(&blk)?), (&ak, br#"{"state":"confirmed"}"#)])?
-        {
+        if self.put_new_block(node, block)? {
             return Ok(true);
         }
         Ok(self.read_block(&block)?.is_some_and(|(b, _)| b.node() == node))
     }
 
-    /// The address `handle` holds, if any.
-    pub fn find(&self, handle: &str) -> anyhow::Result<Option<Ipv4Addr>> {
-        match self.etcd.get(&handle_key(handle))? {
-            Some(kv) => Ok(Some(serde_json::from_slice::<Handle>(&kv.value).context("a corrupt handle")?.address)),
-            None => Ok(None),
-        }
+    /// Writes `block` with `node`'s affinity if the key is absent: exactly one claimer wins.
+    fn put_new_block<N: Family>(&self, node: &str, block: N) -> anyhow::Result<bool> {
+        let body = serde_json::to_vec(&Block::new(block, node))?;
+        let (bk, ak) = (block_key(&block), affinity_key(node, &block));
+        self.etcd.put_all_if(&[(&bk, 0)], &[(&bk, &body), (&ak, CONFIRMED)])
     }
 
-    /// The handles that hold addresses given to `node`.
+    /// The address `handle` holds in the family, if any.
+    pub fn find<N: Family>(&self, handle: &str) -> anyhow::Result<Option<N::Addr>> {
+        Ok(self.read_handle::<N>(handle)?.map(|(h, _)| h.address))
+    }
+
+    /// The handles that hold addresses given to `node`, of either family.
     pub fn handles(&self, node: &str) -> anyhow::Result<Vec<String>> {
-        let (kvs, _) = self.etcd.list(HANDLES)?;
+        let mut out = self.handles_of::<Ipv4Net>(node)?;
+        out.extend(self.handles_of::<Ipv6Net>(node)?);
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn handles_of<N: Family>(&self, node: &str) -> anyhow::Result<Vec<String>> {
+        let (kvs, _) = self.etcd.list(N::HANDLES)?;
         Ok(kvs
             .into_iter()
-            .filter(|kv| serde_json::from_slice::<Handle>(&kv.value).is_ok_and(|h| h.node == node))
-            .filter_map(|kv| kv.key.strip_prefix(HANDLES).map(str::to_string))
+            .filter(|kv| serde_json::from_slice::<Handle<N>>(&kv.value).is_ok_and(|h| h.node == node))
+            .filter_map(|kv| kv.key.strip_prefix(N::HANDLES).map(str::to_string))
             .collect())
     }
 
     /// Records that `handle` holds `address` (a pod made before IPAM lived here), in the
     /// block `block`, which `node` must hold or gets.
-    pub fn assign(&self, node: &str, handle: &str, address: Ipv4Addr, block: Ipv4Net) -> anyhow::Result<()> {
+    pub fn assign<N: Family>(&self, node: &str, handle: &str, address: N::Addr, block: N) -> anyhow::Result<()> {
         if !self.claim(node, block)? {
             bail!("block {block} belongs to another node");
         }
@@ -160,7 +240,7 @@ impl Ipam {
             }
             b.allocations.insert(address, handle.to_string());
             let h = serde_json::to_vec(&Handle { address, block, node: node.to_string() })?;
-            let (bk, hk) = (block_key(&block), handle_key(handle));
+            let (bk, hk) = (block_key(&block), handle_key::<N>(handle));
             if self.etcd.put_all_if(&[(&bk, rev)], &[(&bk, &serde_json::to_vec(&b)?), (&hk, &h)])? {
                 return Ok(());
             }
@@ -169,53 +249,57 @@ impl Ipam {
     }
 
     /// Claims the first free block of `pool` for `node`; None when every block is taken.
-    pub fn claim_block(&self, node: &str, pool: Ipv4Net, block_len: u8) -> anyhow::Result<Option<Ipv4Net>> {
-        let blocks = pool.subnets(block_len).with_context(|| format!("/{block_len} blocks of {pool}"))?;
+    pub fn claim_block<N: Family>(&self, node: &str, pool: N, block_len: u8) -> anyhow::Result<Option<N>> {
+        let blocks = pool.blocks_of(block_len).with_context(|| format!("/{block_len} blocks of {pool}"))?;
         for b in blocks {
-            if self.read_block(&b)?.is_some() {
-                continue;
-            }
-            let blk = Block { cidr: b, affinity: format!("host:{node}"), allocations: BTreeMap::new() };
-            let body = serde_json::to_vec(&blk)?;
-            let (bk, ak) = (block_key(&b), affinity_key(node, &b));
-            let confirmed = br#"{"state":"confirmed"}"#;
-            // Exactly one claimer finds the key absent.
-            if self.etcd.put_all_if(&[(&bk, 0)], &[(&bk, &body), (&ak, confirmed)])? {
+            if self.read_block(&b)?.is_none() && self.put_new_block(node, b)? {
                 return Ok(Some(b));
             }
         }
         Ok(None)
     }
 
+    /// Takes the first free address of the first block in `blocks` that has one for
+    /// `handle`, in one transaction with the handle. None: no room in any; Some(None): lost
+    /// a race (read everything again).
+    fn take_first<'a, N: Family + 'a>(
+        &self,
+        node: &str,
+        handle: &str,
+        blocks: impl IntoIterator<Item = &'a (Block<N>, i64)>,
+    ) -> anyhow::Result<Option<Option<Assigned<N>>>> {
+        for (b, rev) in blocks {
+            let Some(a) = b.cidr.hosts().find(|a| !b.allocations.contains_key(a)) else { continue };
+            let mut next = b.clone();
+            next.allocations.insert(a, handle.to_string());
+            let h = serde_json::to_vec(&Handle { address: a, block: b.cidr, node: node.to_string() })?;
+            let (bk, hk) = (block_key(&b.cidr), handle_key::<N>(handle));
+            let ok =
+                self.etcd.put_all_if(&[(&bk, *rev), (&hk, 0)], &[(&bk, &serde_json::to_vec(&next)?), (&hk, &h)])?;
+            return Ok(Some(ok.then_some(Assigned { address: a, block: b.cidr, borrowed: b.node() != node })));
+        }
+        Ok(None)
+    }
+
+    /// The address `handle` already holds, as an assignment for `node`.
+    fn held<N: Family>(&self, node: &str, handle: &str) -> anyhow::Result<Option<Assigned<N>>> {
+        let Some((h, _)) = self.read_handle::<N>(handle)? else { return Ok(None) };
+        let borrowed = self.read_block(&h.block)?.is_some_and(|(b, _)| b.node() != node);
+        Ok(Some(Assigned { address: h.address, block: h.block, borrowed }))
+    }
+
     /// An address for `handle` on `node`: its blocks first, then a newly claimed block of
     /// `pool`, then one borrowed from another node's block. The same handle keeps its address.
-    pub fn allocate(&self, node: &str, handle: &str, pool: Ipv4Net, block_len: u8) -> anyhow::Result<Assigned> {
-        if let Some(kv) = self.etcd.get(&handle_key(handle))? {
-            let h: Handle = serde_json::from_slice(&kv.value).context("a corrupt handle")?;
-            let borrowed = self.read_block(&h.block)?.is_some_and(|(b, _)| b.node() != node);
-            return Ok(Assigned { address: h.address, block: h.block, borrowed });
+    pub fn allocate<N: Family>(&self, node: &str, handle: &str, pool: N, block_len: u8) -> anyhow::Result<Assigned<N>> {
+        if let Some(a) = self.held(node, handle)? {
+            return Ok(a);
         }
         for _ in 0..RETRIES {
-            let all = self.blocks()?;
-            let mine = all.iter().filter(|(b, _)| b.node() == node && pool.contains(&b.cidr));
-            let others = all.iter().filter(|(b, _)| b.node() != node && pool.contains(&b.cidr));
+            let all = self.blocks::<N>()?;
+            let mine = all.iter().filter(|(b, _)| b.node() == node && pool.covers(&b.cidr));
+            let others = all.iter().filter(|(b, _)| b.node() != node && pool.covers(&b.cidr));
             // Own blocks, then (below) a new one, then others'.
-            let try_in = |list: &mut dyn Iterator<Item = &(Block, i64)>| -> anyhow::Result<Option<Option<Assigned>>> {
-                for (b, rev) in list {
-                    let Some(a) = b.cidr.hosts().find(|a| !b.allocations.contains_key(a)) else { continue };
-                    let mut next = b.clone();
-                    next.allocations.insert(a, handle.to_string());
-                    let h = serde_json::to_vec(&Handle { address: a, block: b.cidr, node: node.to_string() })?;
-                    let (bk, hk) = (block_key(&b.cidr), handle_key(handle));
-                    let ok = self
-                        .etcd
-                        .put_all_if(&[(&bk, *rev), (&hk, 0)], &[(&bk, &serde_json::to_vec(&next)?), (&hk, &h)])?;
-                    // Lost a race: read everything again.
-                    return Ok(Some(ok.then_some(Assigned { address: a, block: b.cidr, borrowed: b.node() != node })));
-                }
-                Ok(None)
-            };
-            match try_in(&mut mine.into_iter())? {
+            match self.take_first(node, handle, mine)? {
                 Some(Some(a)) => return Ok(a),
                 Some(None) => continue,
                 None => {}
@@ -223,7 +307,7 @@ impl Ipam {
             if self.claim_block(node, pool, block_len)?.is_some() {
                 continue;
             }
-            match try_in(&mut others.into_iter())? {
+            match self.take_first(node, handle, others)? {
                 Some(Some(a)) => return Ok(a),
                 Some(None) => continue,
                 None => bail!("no free address in {pool}: every block is claimed and full"),
@@ -232,14 +316,39 @@ impl Ipam {
         bail!("allocating for {handle} kept conflicting with other writers")
     }
 
-    /// Frees what `handle` holds; the address, if it held one.
-    pub fn release(&self, handle: &str) -> anyhow::Result<Option<Ipv4Addr>> {
+    /// An address for `handle` from `node`'s own `blocks` only (claimed for it here if no
+    /// one holds them): never a new block, never borrowed. The node announces exactly these
+    /// blocks (its IPv6 ones come from its configuration). The same handle keeps its address.
+    pub fn allocate_in<N: Family>(&self, node: &str, handle: &str, blocks: &[N]) -> anyhow::Result<Assigned<N>> {
+        if let Some(a) = self.held(node, handle)? {
+            return Ok(a);
+        }
+        for b in blocks {
+            if !self.claim(node, *b)? {
+                bail!("block {b} of node {node} is claimed by another node");
+            }
+        }
         for _ in 0..RETRIES {
-            let Some(kv) = self.etcd.get(&handle_key(handle))? else { return Ok(None) };
-            let h: Handle = serde_json::from_slice(&kv.value).context("a corrupt handle")?;
-            let hk = handle_key(handle);
+            let mut mine = Vec::with_capacity(blocks.len());
+            for b in blocks {
+                mine.push(self.read_block(b)?.context("a claimed block vanished")?);
+            }
+            match self.take_first(node, handle, &mine)? {
+                Some(Some(a)) => return Ok(a),
+                Some(None) => continue,
+                None => bail!("no free {} address: node {node}'s blocks are full", N::NAME),
+            }
+        }
+        bail!("allocating for {handle} kept conflicting with other writers")
+    }
+
+    /// Frees what `handle` holds in the family; the address, if it held one.
+    pub fn release<N: Family>(&self, handle: &str) -> anyhow::Result<Option<N::Addr>> {
+        let hk = handle_key::<N>(handle);
+        for _ in 0..RETRIES {
+            let Some((h, hrev)) = self.read_handle::<N>(handle)? else { return Ok(None) };
             let Some((mut b, rev)) = self.read_block(&h.block)? else {
-                self.etcd.txn(&[(&hk, kv.mod_revision)], &[], &[&hk])?;
+                self.etcd.txn(&[(&hk, hrev)], &[], &[&hk])?;
                 return Ok(Some(h.address));
             };
             // The address and the handle go together, or neither does.
@@ -247,10 +356,41 @@ impl Ipam {
                 b.allocations.remove(&h.address);
             }
             let bk = block_key(&b.cidr);
-            if self.etcd.txn(&[(&bk, rev), (&hk, kv.mod_revision)], &[(&bk, &serde_json::to_vec(&b)?)], &[&hk])? {
+            if self.etcd.txn(&[(&bk, rev), (&hk, hrev)], &[(&bk, &serde_json::to_vec(&b)?)], &[&hk])? {
                 return Ok(Some(h.address));
             }
         }
         bail!("releasing {handle} kept conflicting with other writers")
+    }
+
+    /// Frees what `handle` holds in both families; its IPv4 address, if it held one.
+    pub fn release_all(&self, handle: &str) -> anyhow::Result<Option<Ipv4Addr>> {
+        self.release::<Ipv6Net>(handle)?;
+        self.release::<Ipv4Net>(handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_addresses_follow_the_family() {
+        let b4: Ipv4Net = "10.244.1.0/26".parse().expect("net");
+        let b6: Ipv6Net = "fd00:10:244::40/122".parse().expect("net");
+        assert_eq!(block_key(&b4), "/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26");
+        assert_eq!(block_key(&b6), "/calico/ipam/v2/assignment/ipv6/block/fd00:10:244::40-122");
+        assert_eq!(affinity_key("node-b", &b6), "/calico/ipam/v2/host/node-b/ipv6/block/fd00:10:244::40-122");
+        assert_eq!(handle_key::<Ipv6Net>("c1/eth0"), "/calico/ipam/v2/handle6/c1/eth0");
+        assert_eq!(Family::hosts(&b4).next(), Some("10.244.1.1".parse().expect("ip")));
+        assert_eq!(Family::hosts(&b4).count(), 62);
+        assert_eq!(Family::hosts(&b6).next(), Some("fd00:10:244::41".parse().expect("ip")));
+        assert_eq!(Family::hosts(&b6).count(), 63);
+        // A block stored by an earlier version (IPv4 only) reads the same.
+        let old = r#"{"cidr":"10.244.1.0/26","affinity":"host:node-a","allocations":{"10.244.1.1":"pod:a1"}}"#;
+        let b: Block = serde_json::from_str(old).expect("block");
+        assert_eq!((b.node(), b.allocations.len()), ("node-a", 1));
+        let pool6: Ipv6Net = "fd00:10:244::/48".parse().expect("net");
+        assert_eq!(pool6.blocks_of(122).map(|v| v.len()), Some(1 << 16), "walked, not listed whole");
     }
 }

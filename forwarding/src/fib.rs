@@ -351,7 +351,7 @@ fn count_ops<K, H>(ops: &[(K, Option<H>)]) -> (usize, usize) {
 
 /// Sorted by key, a later entry for the same key winning (stable, and nearly free on
 /// input that is already sorted, as route tables are).
-fn last_wins<K: Ord + Copy, H>(mut v: Vec<(K, H)>) -> Vec<(K, H)> {
+pub fn last_wins<K: Ord + Copy, H>(mut v: Vec<(K, H)>) -> Vec<(K, H)> {
     v.reverse();
     v.sort_by_key(|e| e.0);
     v.dedup_by_key(|e| e.0);

@@ -693,10 +693,21 @@ fn seed_ipam(topo: &Topology, ns: &str) -> anyhow::Result<()> {
         // Every block to its node first: a borrowed pod address is held under its block's owner.
         for n in &nodes {
             ipam.claim(&n.name, n.block)?;
+            if let Some((_, block6)) = n.v6 {
+                ipam.claim(&n.name, block6)?;
+            }
         }
         for p in nodes.iter().flat_map(|n| &n.pods) {
-            let Some(owner) = nodes.iter().find(|o| o.block.contains(&p.address)) else { continue };
-            ipam.assign(&owner.name, &format!("pod:{}", p.name), p.address, owner.block)?;
+            let handle = format!("pod:{}", p.name);
+            if let Some(owner) = nodes.iter().find(|o| o.block.contains(&p.address)) {
+                ipam.assign(&owner.name, &handle, p.address, owner.block)?;
+            }
+            // Dual stack: the pod's /128, from its own node's IPv6 block.
+            let Some(a) = p.address_v6 else { continue };
+            if let Some((owner, block6)) = nodes.iter().find_map(|o| Some((o, o.v6?.1)).filter(|(_, b)| b.contains(&a)))
+            {
+                ipam.assign(&owner.name, &handle, a, block6)?;
+            }
         }
         Ok(())
     })

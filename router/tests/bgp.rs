@@ -1022,6 +1022,28 @@ fn a_dual_stack_lab_on_etcd_follows_ipv6_pools_and_node_addresses_applied_live()
     assert!(pools.contains("cidr: fd00:10:244::/48") && pools.contains("blockSize: 122"), "{pools}");
     let node_a = text(&lab.router(&["get", "node", "node-a", "-o", "yaml"]).stdout);
     assert!(node_a.contains("ipv6Address: fd00:192:168:100::100/64"), "{node_a}");
+    // The lab put the pods' addresses of both families into etcd's IPAM, each IPv6 block
+    // claimed by its node: a CNI container gets what the pods do not hold.
+    let path = format!("/run/netns/{}", lab.ns("etcd"));
+    let (a1, a6, b6_owner_ok) = std::thread::spawn(move || {
+        nix::sched::setns(std::fs::File::open(&path).expect("netns"), nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("setns");
+        let ipam =
+            datastore::ipam::Ipam::new(datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("etcd"));
+        let b6: ipnet::Ipv6Net = "fd00:10:244::40/122".parse().expect("net");
+        (
+            ipam.find::<ipnet::Ipv4Net>("pod:pod-a1").expect("etcd"),
+            ipam.find::<ipnet::Ipv6Net>("pod:pod-a1").expect("etcd"),
+            ipam.claim("node-b", b6).expect("etcd") && !ipam.claim("node-a", b6).expect("etcd"),
+        )
+    })
+    .join()
+    .expect("IPAM read");
+    assert_eq!(
+        (a1.map(|a| a.to_string()), a6.map(|a| a.to_string())),
+        (Some("10.244.1.1".into()), Some("fd00:10:244::1".into()))
+    );
+    assert!(b6_owner_ok, "node-b's IPv6 block is node-b's in etcd");
     // BIRD announces a prefix outside the pools, through an address of the subnet that is no
     // node's (yet).
     let sock = start_bird(

@@ -325,17 +325,24 @@ fn node_a_etcd(lab: &TestLab) -> NodeEtcd {
         let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
         let ipam = datastore::ipam::Ipam::new(etcd);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while ipam.blocks().is_err() {
+        while ipam.blocks::<ipnet::Ipv4Net>().is_err() {
             assert!(std::time::Instant::now() < deadline, "etcd did not start");
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         let pool: ipnet::Ipv4Net = "10.244.0.0/16".parse().expect("pool");
-        for (node, block, pods) in
-            [("node-a", "10.244.1.0/26", 2), ("node-b", "10.244.2.0/26", 1), ("node-c", "10.244.3.0/26", 1)]
-        {
-            assert!(ipam.claim(node, block.parse().expect("block")).expect("claim"));
+        for (node, block, block6, pods) in [
+            ("node-a", "10.244.1.0/26", "fd00:10:244::/122", 2),
+            ("node-b", "10.244.2.0/26", "fd00:10:244::40/122", 1),
+            ("node-c", "10.244.3.0/26", "fd00:10:244::80/122", 1),
+        ] {
+            let (block, block6): (ipnet::Ipv4Net, ipnet::Ipv6Net) =
+                (block.parse().expect("block"), block6.parse().expect("block"));
+            assert!(ipam.claim(node, block).expect("claim"));
             for i in 0..pods {
-                ipam.allocate(node, &format!("pod:{node}-{i}"), pool, 26).expect("seed");
+                let handle = format!("pod:{node}-{i}");
+                ipam.allocate(node, &handle, pool, 26).expect("seed");
+                // A dual-stack lab's pods hold their IPv6 addresses too.
+                ipam.allocate_in(node, &handle, &[block6]).expect("seed IPv6");
             }
         }
     })
@@ -421,14 +428,15 @@ fn on_a_dual_stack_node_a_container_gets_a_128_too() {
     assert!(!ipam["allocations6"].as_object().expect("map").contains_key("fd00:10:244::3"), "{ipam}");
 }
 
-/// Dual stack with IPAM in etcd: the IPv4 address comes from etcd, the IPv6 one from the
-/// node's own IPv6 block in the host's IPAM file; CHECK knows both, DEL frees both, and
-/// without an IPAM file for them the config is refused with the reason.
+/// Dual stack with IPAM in etcd: both addresses come from etcd, the IPv6 one from the
+/// node's own IPv6 block there; CHECK knows both, DEL frees both, and an IPv6 block that
+/// another node holds in etcd is refused with the reason. No IPAM file is involved.
 #[test]
-fn on_a_dual_stack_node_with_etcd_a_container_gets_its_128_from_the_hosts_file() {
+fn on_a_dual_stack_node_with_etcd_a_container_gets_its_128_from_etcd_too() {
     let lab = TestLab::up(&["--dual-stack"]);
     let _etcd = node_a_etcd(&lab);
     let mut cni = Cni::new(&lab);
+    cni.conf.as_object_mut().expect("object").remove("ipam_file");
     cni.conf["etcd_endpoints"] = json!(["http://127.0.0.1:2379"]);
     cni.conf["pool"] = json!("10.244.0.0/16");
     cni.conf["blocks6"] = json!(["fd00:10:244::/122"]);
@@ -442,19 +450,22 @@ fn on_a_dual_stack_node_with_etcd_a_container_gets_its_128_from_the_hosts_file()
     let prev = cni.conf_with(&[("prevResult", a.out.clone())]);
     assert_eq!(cni.call("CHECK", "container6e", Some(&ns), &prev).code, 0);
     assert_eq!(cni.call("DEL", "container6e", Some(&ns), &cni.conf.to_string()).code, 0);
-    let ipam: Value =
-        serde_json::from_str(&std::fs::read_to_string(lab.dir.join(&lab.name).join("ipam.json")).expect("ipam"))
-            .expect("json");
-    assert!(!ipam["allocations6"].as_object().expect("map").contains_key("fd00:10:244::3"), "{ipam}");
     // Both were freed: the next container gets the same two addresses.
     let again = cni.add("container6f", &ns);
     let ips: Vec<&str> =
         again.out["ips"].as_array().expect("ips").iter().filter_map(|i| i["address"].as_str()).collect();
     assert_eq!(ips, ["10.244.1.3/32", "fd00:10:244::3/128"], "{}", again.raw);
     assert_eq!(cni.call("DEL", "container6f", Some(&ns), &cni.conf.to_string()).code, 0);
-    let mut no_file = cni.conf.clone();
-    no_file.as_object_mut().expect("object").remove("ipam_file");
-    let r = cni.call("ADD", "container6g", Some(&ns), &no_file.to_string());
-    assert_eq!(error_code(&r), 7, "{}", r.raw);
-    assert!(r.raw.contains("needs ipam_file"), "{}", r.raw);
+    // A host configured with node-b's IPv6 block: etcd says whose it is, and the IPv4
+    // address it took goes back.
+    let mut wrong = cni.conf.clone();
+    wrong["blocks6"] = json!(["fd00:10:244::40/122"]);
+    let r = cni.call("ADD", "container6g", Some(&ns), &wrong.to_string());
+    assert_eq!(error_code(&r), 102, "{}", r.raw);
+    assert!(r.raw.contains("claimed by another node"), "{}", r.raw);
+    let again = cni.add("container6h", &ns);
+    let ips: Vec<&str> =
+        again.out["ips"].as_array().expect("ips").iter().filter_map(|i| i["address"].as_str()).collect();
+    assert_eq!(ips, ["10.244.1.3/32", "fd00:10:244::3/128"], "{}", again.raw);
+    assert_eq!(cni.call("DEL", "container6h", Some(&ns), &cni.conf.to_string()).code, 0);
 }

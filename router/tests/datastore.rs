@@ -312,11 +312,12 @@ fn nodes_racing_for_blocks_and_addresses_never_get_the_same_one() {
         assert!(a2.iter().filter(|x| !x.borrowed).all(|x| blocks_a.contains(&x.block)));
         assert!(b2.iter().filter(|x| !x.borrowed).all(|x| !blocks_a.contains(&x.block)));
         // Released addresses are handed out again; a handle released twice is fine.
-        let freed = ipam.release("node-b-c3").expect("release");
+        let freed = ipam.release::<ipnet::Ipv4Net>("node-b-c3").expect("release");
         assert_eq!(freed, Some(b2[3].address));
-        assert_eq!(ipam.release("node-b-c3").expect("again"), None);
-        let held =
-            |a: std::net::Ipv4Addr| ipam.blocks().expect("blocks").iter().any(|(b, _)| b.allocations.contains_key(&a));
+        assert_eq!(ipam.release::<ipnet::Ipv4Net>("node-b-c3").expect("again"), None);
+        let held = |a: std::net::Ipv4Addr| {
+            ipam.blocks::<ipnet::Ipv4Net>().expect("blocks").iter().any(|(b, _)| b.allocations.contains_key(&a))
+        };
         assert!(!held(b2[3].address), "released in its block");
         let blocks_b = ipam.node_blocks("node-b").expect("blocks");
         let again = ipam.allocate("node-b", "node-b-new", pool, 29).expect("again");
@@ -334,4 +335,34 @@ fn nodes_racing_for_blocks_and_addresses_never_get_the_same_one() {
         n
     });
     assert!(check.join().expect("checks") <= 16);
+    // IPv6: two containers' plugins at once on one node, each handle getting an address of
+    // the node's own /122 (63 to give), never the same one; then the block is full.
+    let block6: ipnet::Ipv6Net = "fd00:10:250::/122".parse().expect("block");
+    let alloc6 = |tag: &'static str| {
+        in_etcd_ns(&ns, move |ipam| {
+            (0..30)
+                .map(|i| ipam.allocate_in("node-a", &format!("{tag}-{i}"), &[block6]).expect("address").address)
+                .collect::<Vec<_>>()
+        })
+    };
+    let (x, y) = (alloc6("x"), alloc6("y"));
+    let mut got: Vec<_> = x.join().expect("x").into_iter().chain(y.join().expect("y")).collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 60, "an IPv6 address was given twice");
+    assert!(got.iter().all(|a| block6.contains(a) && *a != block6.network()));
+    let fill = in_etcd_ns(&ns, move |ipam| {
+        let more: Vec<_> =
+            (0..3).map(|i| ipam.allocate_in("node-a", &format!("z-{i}"), &[block6]).expect("room")).collect();
+        let full = ipam.allocate_in("node-a", "z-3", &[block6]).expect_err("full").to_string();
+        // Another node may not take it, nor allocate from it.
+        let theirs = ipam.allocate_in("node-b", "w-0", &[block6]).expect_err("not node-b's").to_string();
+        let freed = ipam.release::<ipnet::Ipv6Net>("z-1").expect("release");
+        (more.len(), full, theirs, freed == Some(more[1].address))
+    });
+    let (more, full, theirs, freed) = fill.join().expect("fill");
+    assert_eq!(more, 3);
+    assert!(full.contains("blocks are full"), "{full}");
+    assert!(theirs.contains("claimed by another node"), "{theirs}");
+    assert!(freed);
 }

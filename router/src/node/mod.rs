@@ -193,8 +193,7 @@ impl Node {
         }
         // In prefix order (the FIB writer's chunks are then filled in order), and the last
         // word on each prefix.
-        last_word(&mut v4);
-        last_word(&mut v6);
+        let (v4, v6) = (forwarding::fib::last_wins(v4), forwarding::fib::last_wins(v6));
         let mut applied = routes::apply_learned(&mut self.writer, &resolver, &self.base, &v4);
         if let Some(r) = &resolver6 {
             let a6 = routes::apply_learned6(&mut self.writer, r, &self.base6, &v6);
@@ -254,14 +253,6 @@ impl Node {
 
 type Changes4 = Vec<(Ipv4Net, Option<Ipv4Addr>)>;
 type Changes6 = Vec<(Ipv6Net, Option<Ipv6Addr>)>;
-
-/// Sorts a change list by prefix, keeping the last word on each: reversed, then a stable
-/// sort puts it first among its equals.
-fn last_word<N: Ord + Copy, G>(v: &mut Vec<(N, G)>) {
-    v.reverse();
-    v.sort_by_key(|(p, _)| *p);
-    v.dedup_by_key(|(p, _)| *p);
-}
 
 /// Where the routes BGP taught are read: the routes saved before a planned restart while it
 /// is in progress, else the speaker's Loc-RIB (lists of (prefix, next hop)).
