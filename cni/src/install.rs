@@ -28,6 +28,8 @@ pub struct Target {
     /// `block_size` are claimed there.
     pub etcd_endpoints: Vec<String>,
     pub pool: Option<Ipv4Net>,
+    /// Dual stack with etcd: the IPv6 pool new IPv6 blocks come from.
+    pub pool6: Option<Ipv6Net>,
 }
 
 impl Target {
@@ -41,6 +43,7 @@ impl Target {
             ipam_file,
             etcd_endpoints: Vec::new(),
             pool: cfg.pools.first().map(|p| p.cidr),
+            pool6: cfg.ipv6.as_ref().and_then(|v| v.pools.first().copied()),
         }
     }
 }
@@ -64,6 +67,10 @@ pub fn conflist(t: &Target) -> serde_json::Value {
         plugin["etcd_endpoints"] = json!(t.etcd_endpoints);
         plugin["pool"] = json!(t.pool);
         plugin["block_size"] = json!(t.blocks.first().map_or(26, |b| b.prefix_len()));
+        if let (Some(pool6), false) = (t.pool6, t.blocks6.is_empty()) {
+            plugin["pool6"] = json!(pool6);
+            plugin["block_size6"] = json!(t.blocks6.first().map_or(122, |b| b.prefix_len()));
+        }
     }
     json!({ "cniVersion": "1.0.0", "name": NETWORK, "plugins": [plugin] })
 }
@@ -109,6 +116,7 @@ mod tests {
             ipam_file: "/run/ipam.json".into(),
             etcd_endpoints: if etcd { vec!["http://127.0.0.1:2379".into()] } else { Vec::new() },
             pool: Some("10.244.0.0/16".parse().expect("net")),
+            pool6: Some("fd00:10:244::/48".parse().expect("net")),
         }
     }
 
@@ -120,6 +128,7 @@ mod tests {
         let dual = plugin(&target(&["fd00:10:244::/122"], true));
         assert!(dual.get("ipam_file").is_none() && dual["pool"] == "10.244.0.0/16", "{dual}");
         assert_eq!(dual["blocks6"][0], "fd00:10:244::/122");
+        assert_eq!((dual["pool6"].as_str(), dual["block_size6"].as_u64()), (Some("fd00:10:244::/48"), Some(122)));
         let file = plugin(&target(&["fd00:10:244::/122"], false));
         assert!(file.get("etcd_endpoints").is_none() && file["ipam_file"] == "/run/ipam.json", "{file}");
     }

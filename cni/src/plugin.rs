@@ -85,6 +85,13 @@ pub struct NetConf {
     /// the file, or in etcd: never from another node's block, as the node announces these).
     #[serde(default)]
     pub blocks6: Vec<Ipv6Net>,
+    /// With etcd: the IPv6 pool and its block size. A node whose IPv6 blocks are full then
+    /// gets a new block (or borrows), and announces each such address as a /128, as for
+    /// IPv4; without it containers' IPv6 addresses come from `blocks6` alone.
+    #[serde(default)]
+    pub pool6: Option<Ipv6Net>,
+    #[serde(default)]
+    pub block_size6: Option<u8>,
     /// The pods' MTU: 1480 where the pool uses IPIP, 1450 with VXLAN, 1500 without either.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
@@ -294,32 +301,33 @@ impl Backend {
             Backend::Etcd(e) => {
                 // The node's configured blocks are its own in etcd too (the node announces
                 // them); another node holding one is a misconfiguration worth saying.
-                for b in &conf.blocks {
-                    if !e.claim(&conf.node, *b).map_err(io)? {
-                        return Err(CniError::ipam(format!(
-                            "block {b} of node {} is claimed by another node in etcd",
-                            conf.node
-                        )));
-                    }
-                }
+                let ipam_err = |e: anyhow::Error| CniError::ipam(format!("{e:#}"));
+                e.claim_own(&conf.node, &conf.blocks).map_err(ipam_err)?;
                 let pool = conf
                     .pool
                     .or_else(|| conf.blocks.first().copied())
                     .ok_or_else(|| CniError::config("no pool and no blocks"))?;
                 let len = conf.block_size.unwrap_or_else(|| conf.blocks.first().map_or(26, |b| b.prefix_len()));
-                let a = e.allocate(&conf.node, handle, pool, len).map_err(|e| CniError::ipam(format!("{e:#}")))?;
+                let a = e.allocate(&conf.node, handle, pool, len).map_err(ipam_err)?;
                 // Outside the node's configured blocks, the node announces the /32.
                 let borrowed = !conf.blocks.iter().any(|b| b.contains(&a.address));
                 let assigned = Assigned { address: a.address, borrowed };
                 if conf.blocks6.is_empty() {
                     return Ok((assigned, None));
                 }
-                match e.allocate_in(&conf.node, handle, &conf.blocks6) {
+                let a6 = match conf.pool6 {
+                    // Its own blocks first, then as for IPv4 (the node announces the /128).
+                    Some(pool6) => e
+                        .claim_own(&conf.node, &conf.blocks6)
+                        .and_then(|()| e.allocate(&conf.node, handle, pool6, conf.block_size6.unwrap_or(122))),
+                    None => e.allocate_in(&conf.node, handle, &conf.blocks6),
+                };
+                match a6 {
                     Ok(a6) => Ok((assigned, Some(a6.address))),
                     Err(err) => {
                         // Both or neither: the IPv4 address goes back to etcd.
                         e.release_all(handle).map_err(io)?;
-                        Err(CniError::ipam(format!("{err:#}")))
+                        Err(ipam_err(err))
                     }
                 }
             }

@@ -323,11 +323,7 @@ impl Ipam {
         if let Some(a) = self.held(node, handle)? {
             return Ok(a);
         }
-        for b in blocks {
-            if !self.claim(node, *b)? {
-                bail!("block {b} of node {node} is claimed by another node");
-            }
-        }
+        self.claim_own(node, blocks)?;
         for _ in 0..RETRIES {
             let mut mine = Vec::with_capacity(blocks.len());
             for b in blocks {
@@ -340,6 +336,17 @@ impl Ipam {
             }
         }
         bail!("allocating for {handle} kept conflicting with other writers")
+    }
+
+    /// Claims a node's configured `blocks` for it (the node announces them): one that
+    /// another node holds is an error that says so.
+    pub fn claim_own<N: Family>(&self, node: &str, blocks: &[N]) -> anyhow::Result<()> {
+        for b in blocks {
+            if !self.claim(node, *b)? {
+                bail!("block {b} of node {node} is claimed by another node in etcd");
+            }
+        }
+        Ok(())
     }
 
     /// Frees what `handle` holds in the family; the address, if it held one.

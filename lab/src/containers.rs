@@ -58,13 +58,13 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option
             node: n.name.clone(),
             admin_socket: lab.socket(&n.name),
             blocks: vec![n.block],
-            // IPv6 addresses come from the IPAM file; with etcd, containers are IPv4 only.
-            blocks6: n.v6.filter(|_| etcd.is_none()).map(|(_, b)| b).into_iter().collect(),
+            blocks6: n.v6.map(|(_, b)| b).into_iter().collect(),
             mtu: topo.subnets[n.subnet].mtu - overhead,
             ipam_file: ipam_file(lab),
             // With the lab's etcd, containers' addresses live there (as on real machines).
             etcd_endpoints: etcd.iter().map(|e| e.to_string()).collect(),
             pool: Some(topo.pool),
+            pool6: topo.pool_v6,
         };
         let net_d = dir.join("net.d");
         std::fs::create_dir_all(&net_d).with_context(|| format!("creating {}", net_d.display()))?;

@@ -57,14 +57,6 @@ fn route(lab: &TestLab, node: &str, prefix: &str) -> Option<serde_json::Value> {
 }
 
 /// Polls `cond` every 200 ms until it holds or `secs` pass.
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn all_pods_reach_each_other(lab: &TestLab) {
     for (from, to) in
         [("pod-a1", "10.244.2.1"), ("pod-a1", "10.244.3.1"), ("pod-b1", "10.244.3.1"), ("pod-c1", "10.244.1.2")]

@@ -468,4 +468,43 @@ fn on_a_dual_stack_node_with_etcd_a_container_gets_its_128_from_etcd_too() {
         again.out["ips"].as_array().expect("ips").iter().filter_map(|i| i["address"].as_str()).collect();
     assert_eq!(ips, ["10.244.1.3/32", "fd00:10:244::3/128"], "{}", again.raw);
     assert_eq!(cni.call("DEL", "container6h", Some(&ns), &cni.conf.to_string()).code, 0);
+    // With the IPv6 pool named and node-a's own /122 full, the IPAM claims the next free
+    // block for node-a, and node-a announces the container's /128: node-b, on its subnet,
+    // routes the answer back to it. (Across subnets the fabric would have to learn the /128
+    // too: the lab's underlay router knows the nodes' blocks only.)
+    let ns_a = lab.ns("node-a");
+    std::thread::spawn(move || {
+        nix::sched::setns(
+            std::fs::File::open(format!("/run/netns/{ns_a}")).expect("netns"),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )
+        .expect("setns");
+        let ipam =
+            datastore::ipam::Ipam::new(datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("etcd"));
+        let own: ipnet::Ipv6Net = "fd00:10:244::/122".parse().expect("net");
+        for i in 0..61 {
+            ipam.allocate_in("node-a", &format!("filler-{i}"), &[own]).expect("room in node-a's block");
+        }
+        assert!(ipam.allocate_in("node-a", "one-more", &[own]).is_err(), "node-a's block is full");
+    })
+    .join()
+    .expect("filling node-a's IPv6 block");
+    cni.conf["pool6"] = json!("fd00:10:244::/48");
+    cni.conf["block_size6"] = json!(122);
+    let b = cni.add("container6i", &ns);
+    let ips: Vec<&str> = b.out["ips"].as_array().expect("ips").iter().filter_map(|i| i["address"].as_str()).collect();
+    assert_eq!(
+        ips,
+        ["10.244.1.3/32", "fd00:10:244::c1/128"],
+        "a new block, the first after the three nodes':\n{}",
+        b.raw
+    );
+    let learned = |node: &str| lab.json(&["routes", "--node", node, "--lookup", "fd00:10:244::c1", "--json"]);
+    for node in ["node-b", "node-c"] {
+        wait_for(10, "the /128 from node-a", || learned(node)["prefix"] == "fd00:10:244::c1/128");
+    }
+    let (ok, out) = in_ns(&ns, &["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "fd00:10:244::41"]);
+    assert!(ok, "the container with a /128 of a new block reaches pod-b1: {out}");
+    assert_eq!(cni.call("DEL", "container6i", Some(&ns), &cni.conf.to_string()).code, 0);
+    wait_for(10, "the /128 withdrawn at node-b", || learned("node-b")["prefix"] != "fd00:10:244::c1/128");
 }

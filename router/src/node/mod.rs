@@ -340,11 +340,7 @@ fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
         max_stale: Duration::from_secs(u64::from(b.max_stale_secs)),
         restarted: restarted && b.graceful_restart_secs > 0,
         peers: b.peers.iter().map(crate::speaker::peer_config).collect(),
-        originate: originated(cfg)
-            .into_iter()
-            .map(IpNet::V4)
-            .chain(cfg.ipv6.iter().flat_map(|v| v.blocks.iter().copied().map(IpNet::V6)))
-            .collect(),
+        originate: originated(cfg),
         policy: cluster_policy(cfg),
         filters: b.filters.clone(),
     };
@@ -387,12 +383,21 @@ fn cluster_policy(cfg: &NodeConfig) -> bgp::policy::ClusterPolicy {
     }
 }
 
-/// What the node announces: its blocks, and a /32 for each of its pods whose address it
-/// borrowed from another node's block (the block's owner announces the whole block, and the
-/// /32 is longer), as Calico does.
-fn originated(cfg: &NodeConfig) -> Vec<Ipv4Net> {
-    let borrowed = cfg.pods.iter().filter(|p| !cfg.blocks.iter().any(|b| b.contains(&p.address)));
-    cfg.blocks.iter().copied().chain(borrowed.map(|p| Ipv4Net::from(p.address))).collect()
+/// What the node announces: its blocks of both families, and a /32 (/128) for each of its
+/// pods whose address lies outside them (borrowed from another node's block, whose owner
+/// announces the whole block, and the /32 is longer; or from a block the IPAM claimed for
+/// it since), as Calico does.
+fn originated(cfg: &NodeConfig) -> Vec<IpNet> {
+    let blocks6 = cfg.ipv6.iter().flat_map(|v| v.blocks.iter().copied().map(IpNet::V6));
+    let borrowed = cfg.pods.iter().flat_map(|p| borrowed_routes(cfg, p));
+    cfg.blocks.iter().copied().map(IpNet::V4).chain(blocks6).chain(borrowed).collect()
+}
+
+/// The /32 and /128 the node announces for `pod`: its addresses outside the node's blocks.
+fn borrowed_routes(cfg: &NodeConfig, pod: &nodeapi::config::PodConfig) -> Vec<IpNet> {
+    let v4 = (!cfg.blocks.iter().any(|b| b.contains(&pod.address))).then(|| IpNet::V4(Ipv4Net::from(pod.address)));
+    let v6 = pod.address6.zip(cfg.ipv6.as_ref()).filter(|(a, v)| !v.blocks.iter().any(|b| b.contains(a)));
+    v4.into_iter().chain(v6.map(|(a, _)| IpNet::V6(Ipv6Net::from(a)))).collect()
 }
 
 /// The admin and datastore threads' wake-up (a job or the resources are queued); BGP uses `speaker::LISTEN` (1) and 16 up.

@@ -44,6 +44,11 @@ impl Node {
         !self.cfg.blocks.iter().any(|b| b.contains(&addr))
     }
 
+    /// What the node announces for `pod` beside its blocks: the /32 and /128 it borrowed.
+    fn borrowed_routes(&self, pod: &PodConfig) -> Vec<IpNet> {
+        super::borrowed_routes(&self.cfg, pod)
+    }
+
     pub(super) fn pods(&self) -> Vec<PodStatus> {
         let ifaces = self.dp.interfaces();
         self.cfg
@@ -107,8 +112,8 @@ impl Node {
             let Some(v6) = &self.cfg.ipv6 else {
                 bail!("{a6}: this node is IPv4 only (no [ipv6] in its config)");
             };
-            if a6 == v6.address.addr() || !v6.blocks.iter().any(|b| b.contains(&a6)) {
-                bail!("{a6} is not an address of this node's IPv6 blocks");
+            if a6 == v6.address.addr() || !v6.blocks.iter().chain(&v6.pools).any(|b| b.contains(&a6)) {
+                bail!("{a6} is not an address of this node's IPv6 blocks or pools");
             }
             if let Some(other) = self.cfg.pods.iter().find(|p| p.name != spec.name && p.address6 == Some(a6)) {
                 bail!("{a6} is already the address of pod {}", other.name);
@@ -136,9 +141,9 @@ impl Node {
         self.save_dynamic();
         self.bring_up(&pod);
         self.refresh(speaker.as_deref());
-        if self.borrowed(pod.address) {
-            if let Some(sp) = speaker {
-                sp.originate(IpNet::V4(Ipv4Net::from(pod.address)));
+        if let Some(sp) = speaker {
+            for p in self.borrowed_routes(&pod) {
+                sp.originate(p);
             }
         }
         tracing::info!(pod = %pod.name, interface = %pod.interface, address = %pod.address, "pod added");
@@ -156,9 +161,9 @@ impl Node {
         // Its route goes first, then its port: nothing is routed to a port that is gone.
         self.refresh(speaker.as_deref());
         self.take_down(&pod);
-        if self.borrowed(pod.address) {
-            if let Some(sp) = speaker {
-                sp.withdraw_local(IpNet::V4(Ipv4Net::from(pod.address)));
+        if let Some(sp) = speaker {
+            for p in self.borrowed_routes(&pod) {
+                sp.withdraw_local(p);
             }
         }
         tracing::info!(pod = %pod.name, interface = %pod.interface, address = %pod.address, "pod removed");

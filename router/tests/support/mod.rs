@@ -237,3 +237,12 @@ fn strip_colours(s: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// Polls `cond` every 0.2 s until it holds; fails the test after `secs` seconds.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
