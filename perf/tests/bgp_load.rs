@@ -23,20 +23,7 @@ fn bgp_load_times_our_node_and_bird_on_the_same_table_and_both_families() {
         .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
         .collect::<std::collections::HashSet<_>>()
         .len();
-    let out_json = dir.join("bgp-load.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_router-perf"))
-        .args(["bgp-load", "--timeout", "60", "--peers", "1,3", "--table"])
-        .arg(&path)
-        .arg("--out")
-        .arg(&out_json)
-        .arg("--docs")
-        .arg(&dir)
-        .output()
-        .expect("router-perf runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "bgp-load failed:\n{text}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out_json).expect("json written")).expect("json");
+    let (v, text) = bgp_load(&dir, &path, &["--peers", "1,3"]);
     let rows = v.as_array().expect("array");
     // The table for the documentation says how, when and where it was made.
     let md = std::fs::read_to_string(dir.join("bgp-load.md")).expect("docs table written");
@@ -79,20 +66,7 @@ fn bgp_load_with_ipv6_announces_both_families_to_both_receivers() {
     }
     let path = dir.join("table.txt");
     std::fs::write(&path, &table).expect("table");
-    let out_json = dir.join("bgp-load.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_router-perf"))
-        .args(["bgp-load", "--ipv6", "--timeout", "60", "--peers", "1", "--table"])
-        .arg(&path)
-        .arg("--out")
-        .arg(&out_json)
-        .arg("--docs")
-        .arg(&dir)
-        .output()
-        .expect("router-perf runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "bgp-load --ipv6 failed:\n{text}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out_json).expect("json written")).expect("json");
+    let (v, text) = bgp_load(&dir, &path, &["--ipv6", "--peers", "1"]);
     let rows = v.as_array().expect("array");
     assert_eq!(rows.len(), 2, "{text}");
     for r in rows {
@@ -102,4 +76,25 @@ fn bgp_load_with_ipv6_announces_both_families_to_both_receivers() {
     let md = std::fs::read_to_string(dir.join("bgp-load-ipv6.md")).expect("docs table written");
     assert!(md.contains("| 2000 + 3000 IPv6 |"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `router-perf bgp-load --timeout 60 ARGS --table TABLE`, its JSON and tables into
+/// `dir`; the JSON and what it printed.
+fn bgp_load(dir: &std::path::Path, table: &std::path::Path, args: &[&str]) -> (serde_json::Value, String) {
+    let out_json = dir.join("bgp-load.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_router-perf"))
+        .args(["bgp-load", "--timeout", "60"])
+        .args(args)
+        .arg("--table")
+        .arg(table)
+        .arg("--out")
+        .arg(&out_json)
+        .arg("--docs")
+        .arg(dir)
+        .output()
+        .expect("router-perf runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "bgp-load {args:?} failed:\n{text}");
+    let v = serde_json::from_str(&std::fs::read_to_string(&out_json).expect("json written")).expect("json");
+    (v, text)
 }

@@ -820,15 +820,7 @@ via = "192.168.100.1"
         // Inside a pool, or in tun mode, the kernel needs a route too: not for this path.
         assert!(!resolver.learned_is_router_only(&net("10.244.9.0/26")));
         let t = cfg("CrossSubnet", "tun");
-        let mut list: Vec<Interface> = ifaces.iter().map(|(_, f)| f.clone()).collect();
-        list.push(Interface {
-            name: "raw".into(),
-            ifindex: 0,
-            mac: encap::MacAddr::ZERO,
-            mtu: 1500,
-            role: IfaceRole::RawIpip,
-        });
-        let tun_ifaces = Interfaces::new(list);
+        let tun_ifaces = with_raw_socket(&ifaces);
         assert!(!Resolver::new(&t, &tun_ifaces).expect("resolver").learned_is_router_only(&net("198.51.100.0/24")));
     }
 
@@ -865,6 +857,20 @@ via = "192.168.100.1"
         }
         assert_eq!(kernel, build_fib(&after_cfg, &ifaces, &after).expect("table").kernel);
         assert_eq!(apply_base(&mut w, &resolver, &new, &new, learned_at), 0);
+    }
+
+    /// `ifaces` and the raw IPIP socket a tun-mode data plane has.
+    fn with_raw_socket(ifaces: &Interfaces) -> Interfaces {
+        let mut list: Vec<Interface> = ifaces.iter().map(|(_, f)| f.clone()).collect();
+        let raw = Interface {
+            name: "raw".into(),
+            ifindex: 0,
+            mac: encap::MacAddr::ZERO,
+            mtu: 1500,
+            role: IfaceRole::RawIpip,
+        };
+        list.push(raw);
+        Interfaces::new(list)
     }
 
     /// The dual-stack test node: pool fd00:10:244::/48, a pod's /128, a static route.
@@ -944,15 +950,7 @@ via = "192.168.100.1"
         assert_eq!(apply_base6(&mut w, Some(&r), &new, &new, learned_at), 0);
         // In tun mode the kernel forwards: every learned route is the base's.
         let t = cfg6("tun");
-        let mut list: Vec<Interface> = ifaces.iter().map(|(_, f)| f.clone()).collect();
-        list.push(Interface {
-            name: "raw".into(),
-            ifindex: 0,
-            mac: encap::MacAddr::ZERO,
-            mtu: 1500,
-            role: IfaceRole::RawIpip,
-        });
-        let tun_ifaces = Interfaces::new(list);
+        let tun_ifaces = with_raw_socket(&ifaces);
         assert!(!Resolver6::new(&t, &tun_ifaces).expect("resolver").router_only(&net("2001:db8:1::/48")));
     }
 
