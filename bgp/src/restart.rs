@@ -79,6 +79,9 @@ pub fn capability(restart_time: u16, restarted: bool, forwarding: &[(Afi, bool)]
 pub struct Helper {
     /// While set, the peer's stale routes live until then (or its End-of-RIB).
     stale_until: Option<Instant>,
+    /// Why they are kept: the peer said it removed us from its configuration (else it is
+    /// restarting).
+    deconfigured: bool,
 }
 
 /// What the helper asks of the speaker when the peer's session comes back.
@@ -109,7 +112,8 @@ impl Helper {
         }
         let deconfigured =
             matches!(why, Down::Received(n) if n.code == err::CEASE && n.subcode == err::PEER_DECONFIGURED);
-        if cluster && deconfigured {
+        self.deconfigured = cluster && deconfigured;
+        if self.deconfigured {
             self.stale_until = Some(now + cap.min(DECONFIGURED_HOLD));
             return true;
         }
@@ -162,6 +166,11 @@ impl Helper {
 
     pub fn active(&self) -> bool {
         self.stale_until.is_some()
+    }
+
+    /// The routes are kept because the peer de-configured us, not for a restart.
+    pub fn deconfigured(&self) -> bool {
+        self.deconfigured && self.active()
     }
 }
 
@@ -229,9 +238,10 @@ mod tests {
         let mut h = Helper::default();
         assert!(h.down(now, true, &bye, Some(&neg(None)), CAP, true), "even without graceful restart");
         assert_eq!(h.poll_timeout(), Some(now + DECONFIGURED_HOLD));
+        assert!(h.deconfigured());
         // It refuses our reconnects meanwhile; that changes nothing.
         assert!(h.down(now + Duration::from_secs(1), false, &Down::ConnectionLost("refused".into()), None, CAP, true));
-        assert!(h.expired(now + DECONFIGURED_HOLD));
+        assert!(h.expired(now + DECONFIGURED_HOLD) && !h.deconfigured());
         assert!(!Helper::default().down(now, true, &bye, Some(&neg(Some(gr(120, true)))), CAP, false), "external");
         let short = Duration::from_secs(2);
         let mut h = Helper::default();

@@ -749,8 +749,7 @@ impl Core {
             (_, Some(e)) => match p.helper.poll_timeout() {
                 Some(t) => {
                     let left = t.saturating_duration_since(now).as_secs();
-                    let why =
-                        if e.contains("de-configured") { "until we follow the change" } else { "graceful restart" };
+                    let why = if p.helper.deconfigured() { "until we follow the change" } else { "graceful restart" };
                     format!("{e}; its routes are kept ({why}) for up to {left} s more")
                 }
                 None => e.to_string(),
