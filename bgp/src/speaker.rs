@@ -841,7 +841,7 @@ impl Core {
         // `keep` takes are looked up.
         let keep = |p: &IpNet| matches!(p, IpNet::V6(p) if keep(p));
         self.rib
-            .loc_rib6_where(&keep)
+            .loc_rib6(&keep)
             .filter(|(_, from, _)| *from != crate::rib::From::Local)
             .filter_map(|(p, _, attrs)| match (p, attrs.next_hop) {
                 (IpNet::V6(p), IpAddr::V6(nh)) => Some((p, nh)),

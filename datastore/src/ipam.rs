@@ -28,12 +28,14 @@ pub trait Family: Copy + Ord + std::fmt::Display + Serialize + DeserializeOwned 
     const NAME: &'static str;
     /// Where handles of this family live.
     const HANDLES: &'static str;
-    fn dashed(&self) -> String;
+    /// `a.b.c.d-len`, as in the keys.
+    fn dashed(&self) -> String {
+        self.to_string().replacen('/', "-", 1)
+    }
     /// The addresses handed out, in order: IPv4 without the network and broadcast
     /// addresses, IPv6 without the block's first (its subnet-router anycast address).
     fn hosts(&self) -> Box<dyn Iterator<Item = Self::Addr>>;
     fn covers(&self, other: &Self) -> bool;
-    fn covers_addr(&self, a: &Self::Addr) -> bool;
     fn blocks_of(&self, len: u8) -> Option<Vec<Self>>;
 }
 
@@ -41,17 +43,11 @@ impl Family for Ipv4Net {
     type Addr = Ipv4Addr;
     const NAME: &'static str = "ipv4";
     const HANDLES: &'static str = "/calico/ipam/v2/handle/";
-    fn dashed(&self) -> String {
-        format!("{}-{}", self.network(), self.prefix_len())
-    }
     fn hosts(&self) -> Box<dyn Iterator<Item = Ipv4Addr>> {
         Box::new(Ipv4Net::hosts(self))
     }
     fn covers(&self, other: &Self) -> bool {
         self.contains(other)
-    }
-    fn covers_addr(&self, a: &Ipv4Addr) -> bool {
-        self.contains(a)
     }
     fn blocks_of(&self, len: u8) -> Option<Vec<Self>> {
         Some(self.subnets(len).ok()?.collect())
@@ -62,17 +58,11 @@ impl Family for Ipv6Net {
     type Addr = Ipv6Addr;
     const NAME: &'static str = "ipv6";
     const HANDLES: &'static str = "/calico/ipam/v2/handle6/";
-    fn dashed(&self) -> String {
-        format!("{}-{}", self.network(), self.prefix_len())
-    }
     fn hosts(&self) -> Box<dyn Iterator<Item = Ipv6Addr>> {
         Box::new(Ipv6Net::hosts(self).skip(1))
     }
     fn covers(&self, other: &Self) -> bool {
         self.contains(other)
-    }
-    fn covers_addr(&self, a: &Ipv6Addr) -> bool {
-        self.contains(a)
     }
     fn blocks_of(&self, len: u8) -> Option<Vec<Self>> {
         // A /48 holds 2^26 blocks of /122: the pool is walked, never listed whole.

@@ -443,17 +443,9 @@ impl Rib {
         local.chain(learned)
     }
 
-    /// The IPv6 Loc-RIB entries: only IPv6 prefixes are read, whatever the size of the IPv4
-    /// table beside them.
-    pub fn loc_rib6(&self) -> impl Iterator<Item = (IpNet, From, &Arc<PathAttrs>)> + '_ {
-        fn all(_: &IpNet) -> bool {
-            true
-        }
-        self.loc_rib6_where(&all)
-    }
-
-    /// The IPv6 Loc-RIB entries whose prefix `keep` takes: the others cost no lookup.
-    pub fn loc_rib6_where<'a, F: Fn(&IpNet) -> bool>(
+    /// The IPv6 Loc-RIB entries whose prefix `keep` takes: only IPv6 prefixes are read,
+    /// whatever the size of the IPv4 table beside them, and the others cost no lookup.
+    pub fn loc_rib6<'a, F: Fn(&IpNet) -> bool>(
         &'a self,
         keep: &'a F,
     ) -> impl Iterator<Item = (IpNet, From, &'a Arc<PathAttrs>)> + 'a {

@@ -783,7 +783,7 @@ fn the_ipv6_loc_rib_is_the_loc_rib_s_ipv6_part() {
     r.originate(net("fd00:1::/64"), PathAttrs::local(ME));
     let mut all: Vec<(IpNet, From)> =
         r.loc_rib().filter(|(p, _, _)| matches!(p, IpNet::V6(_))).map(|(p, f, _)| (p, f)).collect();
-    let mut six: Vec<(IpNet, From)> = r.loc_rib6().map(|(p, f, _)| (p, f)).collect();
+    let mut six: Vec<(IpNet, From)> = r.loc_rib6(&|_: &IpNet| true).map(|(p, f, _)| (p, f)).collect();
     all.sort_by_key(|(p, _)| *p);
     six.sort_by_key(|(p, _)| *p);
     assert_eq!(six.len(), 3, "each prefix once, ours included: {six:?}");
