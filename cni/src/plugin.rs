@@ -82,7 +82,7 @@ pub struct NetConf {
     #[serde(default)]
     pub blocks: Vec<Ipv4Net>,
     /// Dual stack: the node's IPv6 blocks; containers then get a /128 from them too (in
-    /// the file, or in etcd: never from another node's block, as the node announces these).
+    /// the file, or in etcd; beyond them only with `pool6`).
     #[serde(default)]
     pub blocks6: Vec<Ipv6Net>,
     /// With etcd: the IPv6 pool and its block size. A node whose IPv6 blocks are full then

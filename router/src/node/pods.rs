@@ -44,11 +44,6 @@ impl Node {
         !self.cfg.blocks.iter().any(|b| b.contains(&addr))
     }
 
-    /// What the node announces for `pod` beside its blocks: the /32 and /128 it borrowed.
-    fn borrowed_routes(&self, pod: &PodConfig) -> Vec<IpNet> {
-        super::borrowed_routes(&self.cfg, pod)
-    }
-
     pub(super) fn pods(&self) -> Vec<PodStatus> {
         let ifaces = self.dp.interfaces();
         self.cfg
@@ -142,7 +137,7 @@ impl Node {
         self.bring_up(&pod);
         self.refresh(speaker.as_deref());
         if let Some(sp) = speaker {
-            for p in self.borrowed_routes(&pod) {
+            for p in super::borrowed_routes(&self.cfg, &pod) {
                 sp.originate(p);
             }
         }
@@ -162,7 +157,7 @@ impl Node {
         self.refresh(speaker.as_deref());
         self.take_down(&pod);
         if let Some(sp) = speaker {
-            for p in self.borrowed_routes(&pod) {
+            for p in super::borrowed_routes(&self.cfg, &pod) {
                 sp.withdraw_local(p);
             }
         }
