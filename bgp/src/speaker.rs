@@ -24,7 +24,9 @@ pub const REPLACE_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
-    pub address: Ipv4Addr,
+    /// An IPv6 address: the session runs over IPv6 and carries IPv6 routes only, as Calico's
+    /// IPv6 BGPPeers do (it needs `local_addr6`).
+    pub address: IpAddr,
     pub asn: u32,
     /// Wait for the peer to connect (Calico: the higher address waits).
     pub passive: bool,
@@ -89,7 +91,7 @@ struct Peer {
     cfg: PeerConfig,
     fsm: Fsm,
     helper: Helper,
-    /// End-of-RIB (IPv4) received since the session came up.
+    /// End-of-RIB of its first family (IPv4 where it carries IPv4) since the session came up.
     eor: bool,
     last_negotiated: Option<Negotiated>,
     /// Our connect in progress since, or the connection up since (for the stall timers).
@@ -216,11 +218,14 @@ impl Core {
         core
     }
 
-    /// The address families our OPENs offer.
-    fn families(&self) -> Vec<Afi> {
-        match self.cfg.local_addr6 {
-            Some(_) => vec![Afi::Ipv4, Afi::Ipv6],
-            None => vec![Afi::Ipv4],
+    /// The address families our OPENs to a peer at `addr` offer: over IPv4 IPv4 unicast,
+    /// and IPv6 unicast too on a dual-stack node; over IPv6 IPv6 unicast only (what would an
+    /// IPv4 next hop learned over IPv6 be worth to a peer that may not reach it).
+    fn families(&self, addr: IpAddr) -> Vec<Afi> {
+        match (addr, self.cfg.local_addr6) {
+            (IpAddr::V6(_), _) => vec![Afi::Ipv6],
+            (IpAddr::V4(_), Some(_)) => vec![Afi::Ipv4, Afi::Ipv6],
+            (IpAddr::V4(_), None) => vec![Afi::Ipv4],
         }
     }
 
@@ -253,7 +258,7 @@ impl Core {
                 hold_time: self.cfg.hold_time,
                 connect_retry: self.cfg.connect_retry,
                 passive: p.passive,
-                families: self.families(),
+                families: self.families(p.address),
                 graceful_restart: self.cfg.graceful_restart,
                 restarted: self.cfg.restarted,
             },
@@ -490,8 +495,13 @@ impl Core {
             return Incoming::Refuse;
         }
         // The peer's identifier is in its OPEN once we are in OpenConfirm; before that it is
-        // the one of the last session, or else its address (a Calico node's router ID).
-        let peer_id = p.fsm.negotiated().or(p.last_negotiated.as_ref()).map_or(p.cfg.address, |n| n.peer_id);
+        // the one of the last session, or else its IPv4 address (a Calico node's router ID;
+        // an IPv6 peer's is unknown, and ours wins).
+        let by_addr = match p.cfg.address {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        let peer_id = p.fsm.negotiated().or(p.last_negotiated.as_ref()).map_or(by_addr, |n| n.peer_id);
         let theirs_wins = !crate::fsm::keep_ours(self.cfg.router_id, peer_id);
         let restarted = state == State::Established && p.fsm.negotiated().is_some_and(|n| n.peer_gr.is_some());
         let take = match state {
@@ -647,7 +657,9 @@ impl Core {
                     if !self.rib.has_stale(i as PeerId) {
                         self.peers[i].helper.done();
                     }
-                    if u.is_end_of_rib() == Some(Afi::Ipv4) {
+                    // Synced: the End-of-RIB of IPv4, or of IPv6 on a session without IPv4.
+                    let first = self.peers[i].fsm.negotiated().and_then(|n| n.families.first().copied());
+                    if u.is_end_of_rib().is_some_and(|f| Some(f) == first) {
                         self.peers[i].eor = true;
                     }
                     self.apply(ch);

@@ -544,6 +544,15 @@ fn community(field: &str, s: &str) -> Result<(), (String, String)> {
 
 /// Checks what decoding cannot: values that must parse, and fit together. The error names
 /// the field.
+/// A BGPPeer's `peerIP` in Calico's forms: an address, or with a port `192.0.2.1:1179` and
+/// `[2001:db8::1]:1179` (an IPv6 address with a port needs the brackets).
+pub fn peer_address(s: &str) -> Option<(IpAddr, Option<u16>)> {
+    match s.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some((a.ip(), Some(a.port()))),
+        Err(_) => s.parse::<IpAddr>().ok().map(|a| (a, None)),
+    }
+}
+
 pub fn validate(r: &Resource) -> Result<(), (String, String)> {
     let name = r.name();
     let name_ok = !name.is_empty()
@@ -598,13 +607,7 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
         }
         Resource::BgpPeer(p) => {
             let ip = p.spec.peer_ip.as_deref().ok_or(("spec.peerIP".to_string(), "missing".to_string()))?;
-            // Calico allows `IP:port` (and `[IPv6]:port`).
-            let bare = ip.rsplit_once(':').filter(|(h, port)| port.parse::<u16>().is_ok() && !h.ends_with(':'));
-            let host = match bare {
-                Some((h, _)) if h.starts_with('[') || h.parse::<IpAddr>().is_ok() => h.trim_matches(['[', ']']),
-                _ => ip,
-            };
-            host.parse::<IpAddr>().map_err(|_| ("spec.peerIP".to_string(), format!("{ip:?} is not an IP address")))?;
+            peer_address(ip).ok_or_else(|| ("spec.peerIP".to_string(), format!("{ip:?} is not an IP address")))?;
             match p.spec.as_number {
                 None => return Err(("spec.asNumber".into(), "missing".into())),
                 Some(0) => return Err(("spec.asNumber".into(), "0 is not an AS number".into())),

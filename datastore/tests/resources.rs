@@ -74,6 +74,16 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert_eq!((e.document, e.field.as_deref()), (2, Some("spec.peerIP")), "{e}");
     assert_eq!(e.line, Some(18), "{e}");
 
+    // Calico's peerIP forms: IPv4 or IPv6, a port only with brackets around IPv6.
+    let at = |s: &str| datastore::resources::peer_address(s).map(|(a, p)| (a.to_string(), p));
+    assert_eq!(at("192.168.100.251:179"), Some(("192.168.100.251".into(), Some(179))));
+    assert_eq!(at("[fd00::1]:1179"), Some(("fd00::1".into(), Some(1179))));
+    assert_eq!(at("fd00::1:179"), Some(("fd00::1:179".into(), None)), "without brackets, all of it is the address");
+    assert_eq!(at("fd00::1"), Some(("fd00::1".into(), None)));
+    assert_eq!(at("[fd00::1]"), None);
+    let e = error(&fixture("bgppeer.yaml").replace("192.168.100.251:179", "fd00::1]:179"));
+    assert_eq!(e.field.as_deref(), Some("spec.peerIP"), "{e}");
+
     let e = error(&fixture("bgppeer.yaml").replace("  asNumber: 64600\n", ""));
     assert_eq!(e.field.as_deref(), Some("spec.asNumber"), "{e}");
 

@@ -76,7 +76,7 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
         out.push(Resource::Node(r::typed(Kind::Node, &n.name, r::NodeSpec { bgp: Some(bgp), ..Default::default() })));
     }
     for p in &t.bgp_peers {
-        let mut name = format!("peer-{}", p.peer_ip.to_string().replace('.', "-"));
+        let mut name = format!("peer-{}", p.peer_ip.to_string().replace(['.', ':'], "-"));
         if let Some(n) = &p.node {
             name = format!("{n}-{name}");
         }

@@ -5,7 +5,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use nodeapi::fileerr::{self, FileError, Source};
 use serde::Deserialize;
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use toml::Spanned;
 
@@ -67,7 +67,8 @@ pub struct Node {
 /// Calico's BGPPeer: an external router some or all nodes peer with.
 #[derive(Debug, Clone)]
 pub struct BgpPeerSpec {
-    pub peer_ip: Ipv4Addr,
+    /// An IPv6 address (dual-stack labs): a session over IPv6, for IPv6 routes.
+    pub peer_ip: IpAddr,
     pub as_number: u32,
     /// Only this node peers (absent: every node).
     pub node: Option<String>,
@@ -538,10 +539,18 @@ fn bgp_peer(
     nodes: &[Node],
     filters: &[bgp::policy::Filter],
 ) -> Result<BgpPeerSpec, FileError> {
-    let peer_ip = src.at(&p.peer_ip, fileerr::parse_addr(p.peer_ip.get_ref(), "peer_ip"))?;
-    if nodes.iter().any(|n| n.address.addr() == peer_ip) {
+    let peer_ip = src.at(&p.peer_ip, fileerr::parse_ip(p.peer_ip.get_ref(), "peer_ip"))?;
+    let is_node = |n: &Node| {
+        IpAddr::from(n.address.addr()) == peer_ip || n.v6.is_some_and(|v| IpAddr::from(v.0.addr()) == peer_ip)
+    };
+    if nodes.iter().any(is_node) {
         return Err(
             src.error_at(p.peer_ip.span(), format!("peer_ip {peer_ip} is a node; nodes peer with each other already"))
+        );
+    }
+    if peer_ip.is_ipv6() && nodes.iter().any(|n| n.v6.is_none()) {
+        return Err(
+            src.error_at(p.peer_ip.span(), "an IPv6 peer_ip needs a dual-stack lab (pool_v6, or lab up --dual-stack)")
         );
     }
     if let Some(n) = &p.node {
@@ -1041,6 +1050,15 @@ mod tests {
             let e = err(&format!("{SEED}{}ttl_security = {bad}\n", extra.replace("node-z", "node-a")));
             assert!(e.contains("ttl_security is a hop count from 1 to 254"), "{e}");
         }
+        // An IPv6 peer: only in a dual-stack lab, and never a node.
+        let six = extra.replace("node-z", "node-a").replace("192.168.100.1", "fd00:192:168:100::1");
+        let e = err(&format!("{SEED}{six}"));
+        assert!(e.contains("an IPv6 peer_ip needs a dual-stack lab"), "{e}");
+        let t = Topology::parse_with(Path::new("t.toml"), &format!("{SEED}{six}"), true).expect("dual stack");
+        assert_eq!(t.bgp_peers[0].peer_ip, "fd00:192:168:100::1".parse::<IpAddr>().expect("ip"));
+        let node = six.replace("::1\"", "::100\"");
+        let e = Topology::parse_with(Path::new("t.toml"), &format!("{SEED}{node}"), true).expect_err("a node");
+        assert!(e.to_string().contains("is a node"), "{e}");
     }
 
     #[test]

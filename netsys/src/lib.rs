@@ -108,7 +108,7 @@ pub fn set_tx_checksum(name: &str, on: bool) -> io::Result<()> {
 
 /// Sets (or, with an empty key, removes) the TCP MD5 signature key (RFC 2385) for `peer` on
 /// a TCP socket: before `connect` on an outgoing one, on the listener for incoming ones.
-pub fn set_tcp_md5(fd: BorrowedFd<'_>, peer: std::net::Ipv4Addr, key: &[u8]) -> io::Result<()> {
+pub fn set_tcp_md5(fd: BorrowedFd<'_>, peer: std::net::IpAddr, key: &[u8]) -> io::Result<()> {
     #[repr(C)]
     struct TcpMd5Sig {
         addr: libc::sockaddr_storage,
@@ -123,10 +123,20 @@ pub fn set_tcp_md5(fd: BorrowedFd<'_>, peer: std::net::Ipv4Addr, key: &[u8]) -> 
     }
     // SAFETY: all-zero is a valid TcpMd5Sig (plain data).
     let mut sig: TcpMd5Sig = unsafe { zeroed() };
-    // SAFETY: sockaddr_storage is large enough and suitably aligned for a sockaddr_in.
-    let sin = unsafe { &mut *(&mut sig.addr as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_addr.s_addr = u32::from_ne_bytes(peer.octets());
+    match peer {
+        std::net::IpAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for a sockaddr_in.
+            let sin = unsafe { &mut *(&mut sig.addr as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+        }
+        std::net::IpAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for a sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut sig.addr as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_addr.s6_addr = a.octets();
+        }
+    }
     sig.keylen = key.len() as u16;
     sig.key[..key.len()].copy_from_slice(key);
     setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_MD5SIG, &sig).map_err(|e| {
@@ -137,12 +147,15 @@ pub fn set_tcp_md5(fd: BorrowedFd<'_>, peer: std::net::Ipv4Addr, key: &[u8]) -> 
     })
 }
 
-/// GTSM (RFC 5082) on a TCP socket: segments from the peer with a TTL below `min_ttl` are
-/// dropped by the kernel (`IP_MINTTL`).
-pub fn set_min_ttl(fd: BorrowedFd<'_>, min_ttl: u8) -> io::Result<()> {
+/// GTSM (RFC 5082) on a TCP socket: segments from the peer with a TTL (IPv6: hop limit)
+/// below `min_ttl` are dropped by the kernel (`IP_MINTTL`, `IPV6_MINHOPCOUNT`).
+pub fn set_min_ttl(fd: BorrowedFd<'_>, min_ttl: u8, ipv6: bool) -> io::Result<()> {
     let v: libc::c_int = min_ttl.into();
-    setsockopt(fd, libc::IPPROTO_IP, libc::IP_MINTTL, &v)
-        .map_err(|e| io::Error::new(e.kind(), format!("setting IP_MINTTL to {min_ttl}: {e}")))
+    let (level, opt, name) = match ipv6 {
+        false => (libc::IPPROTO_IP, libc::IP_MINTTL, "IP_MINTTL"),
+        true => (libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT, "IPV6_MINHOPCOUNT"),
+    };
+    setsockopt(fd, level, opt, &v).map_err(|e| io::Error::new(e.kind(), format!("setting {name} to {min_ttl}: {e}")))
 }
 
 /// Gives the allocator's free memory back to the kernel (`malloc_trim`): after a full table's

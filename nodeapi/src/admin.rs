@@ -9,7 +9,7 @@ use crate::config::PeerKind;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ pub enum Request {
     /// What BGP peers sent that import refused (all peers, or one).
     Rejected {
         #[serde(default)]
-        peer: Option<Ipv4Addr>,
+        peer: Option<IpAddr>,
     },
     /// Every BGP path for a prefix and how the decision process ranked them.
     Paths {
@@ -170,7 +170,7 @@ pub struct CaptureStopped {
 /// One row of `router status`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PeerStatus {
-    pub peer: Ipv4Addr,
+    pub peer: IpAddr,
     pub peer_type: PeerKind,
     #[serde(rename = "as_number")]
     pub asn: u32,
@@ -307,7 +307,7 @@ pub struct Hop {
 /// A prefix a peer sent that import refused (`router routes --rejected`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectedRoute {
-    pub peer: Ipv4Addr,
+    pub peer: IpAddr,
     pub prefix: String,
     pub reason: String,
 }
@@ -388,7 +388,7 @@ impl Client {
         self.call(Request::GracefulRestart)
     }
 
-    pub fn rejected(&self, peer: Option<Ipv4Addr>) -> Result<Vec<RejectedRoute>, ClientError> {
+    pub fn rejected(&self, peer: Option<IpAddr>) -> Result<Vec<RejectedRoute>, ClientError> {
         self.call(Request::Rejected { peer })
     }
 

@@ -4,7 +4,7 @@
 use crate::fileerr::{self, FileError, Source};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
@@ -145,7 +145,9 @@ pub enum PeerKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BgpPeer {
-    pub address: Ipv4Addr,
+    /// An IPv6 address makes a session over IPv6 that carries IPv6 routes only (Calico's
+    /// IPv6 BGPPeer); it needs the node's own IPv6 address.
+    pub address: IpAddr,
     pub as_number: u32,
     pub port: u16,
     pub kind: PeerKind,
@@ -186,7 +188,7 @@ pub fn cluster_peers(
                 return None;
             };
             Some(BgpPeer {
-                address,
+                address: address.into(),
                 as_number,
                 port: 179,
                 kind,
@@ -769,7 +771,7 @@ fn static_route(src: &Source<'_>, r: &RawRoute, uplink: &Uplink) -> Result<Stati
     Ok(StaticRoute { prefix, action })
 }
 
-fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink) -> Result<BgpConfig, FileError> {
+fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, addr6: Option<Ipv6Addr>) -> Result<BgpConfig, FileError> {
     let filters = check_filters(src, &b.filters)?;
     let hold = *b.hold_time.get_ref();
     if hold == 1 || hold == 2 {
@@ -791,7 +793,7 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink) -> Result<BgpConfig, FileE
         graceful_restart_secs: b.graceful_restart_secs.min(4095),
         max_stale_secs: b.max_stale_secs,
         route_reflector_cluster_id: addr(&b.route_reflector_cluster_id, "route_reflector_cluster_id")?,
-        peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink, &filters)).collect::<Result<_, _>>()?,
+        peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink, addr6, &filters)).collect::<Result<_, _>>()?,
         prefix_advertisements: check_prefix_advertisements(src, &b.prefix_advertisements, &[])?,
         filters,
     })
@@ -801,12 +803,16 @@ fn bgp_peer(
     src: &Source<'_>,
     p: &RawBgpPeer,
     uplink: &Uplink,
+    addr6: Option<Ipv6Addr>,
     filters: &[bgp::policy::Filter],
 ) -> Result<BgpPeer, FileError> {
-    let address = src.at(&p.address, fileerr::parse_addr(p.address.get_ref(), "peer address"))?;
+    let address = src.at(&p.address, fileerr::parse_ip(p.address.get_ref(), "peer address"))?;
     let refuse = |why: &str| Err(src.error_at(p.address.span(), why));
-    if address == uplink.address.addr() {
+    if address == uplink.address.addr() || Some(address) == addr6.map(IpAddr::V6) {
         return refuse("a node cannot peer with itself");
+    }
+    if address.is_ipv6() && addr6.is_none() {
+        return refuse("an IPv6 peer needs the node's own IPv6 address: add an [ipv6] section");
     }
     if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
         return refuse("TCP MD5 passwords are at most 80 bytes");
@@ -926,7 +932,8 @@ impl NodeConfig {
             }
         }
         let routes = raw.routes.iter().map(|r| static_route(&src, r, &uplink)).collect::<Result<Vec<_>, _>>()?;
-        let bgp = raw.bgp.as_ref().map(|b| bgp(&src, b, &uplink)).transpose()?;
+        let addr6 = ipv6.as_ref().map(|v| v.address.addr());
+        let bgp = raw.bgp.as_ref().map(|b| bgp(&src, b, &uplink, addr6)).transpose()?;
         let metrics_address = match &raw.metrics_address {
             Some(a) => Some(a.get_ref().parse().map_err(|_| {
                 src.error_at(
@@ -1154,6 +1161,19 @@ via = "192.168.100.101"
         assert!(e.contains("host bits") && e.starts_with("n.toml:"), "{e}");
         let e = parse(&dual.replace("gateway = \"fd00:192:168:100::1\"\n", "")).expect_err("routes").to_string();
         assert!(e.contains("ipv6.gateway"), "{e}");
+        // An IPv6 BGP peer needs the node's own IPv6 address, and is not the node itself.
+        let peer = |a: &str| {
+            format!("\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"{a}\"\nas_number = 65001\nkind = \"global\"\n")
+        };
+        let c = parse(&(dual.clone() + &peer("fd00:192:168:100::1"))).expect("IPv6 peer");
+        let peers = &c.bgp.as_ref().expect("bgp").peers;
+        assert_eq!(peers[0].address, "fd00:192:168:100::1".parse::<IpAddr>().expect("ip"));
+        let again = parse(&c.to_toml()).expect("round trip");
+        assert_eq!(again.bgp.expect("bgp").peers, *peers);
+        let e = parse(&(GOOD.to_string() + &peer("fd00:192:168:100::1"))).expect_err("no [ipv6]").to_string();
+        assert!(e.contains("an IPv6 peer needs the node's own IPv6 address"), "{e}");
+        let e = parse(&(dual.clone() + &peer("fd00:192:168:100::100"))).expect_err("itself").to_string();
+        assert!(e.contains("cannot peer with itself"), "{e}");
     }
 
     #[test]

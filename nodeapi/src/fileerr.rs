@@ -77,6 +77,10 @@ pub fn parse_addr6(s: &str, what: &str) -> Result<std::net::Ipv6Addr, String> {
     s.parse().map_err(|_| format!("{what} {s:?} is not an IPv6 address"))
 }
 
+pub fn parse_ip(s: &str, what: &str) -> Result<std::net::IpAddr, String> {
+    s.parse().map_err(|_| format!("{what} {s:?} is not an IPv4 or IPv6 address"))
+}
+
 pub fn parse_addr(s: &str, what: &str) -> Result<std::net::Ipv4Addr, String> {
     s.parse().map_err(|_| format!("{what} {s:?} is not an IPv4 address"))
 }

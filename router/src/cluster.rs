@@ -71,8 +71,9 @@ fn rules(list: &[r::FilterRule], every: IpNet) -> Vec<bgp::policy::Rule> {
         .collect()
 }
 
-/// The view of node `me` (whose underlay address is `my_addr`).
-pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
+/// The view of node `me` (whose underlay address is `my_addr`, and `my_addr6` on a
+/// dual-stack node).
+pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Option<Ipv6Addr>) -> View {
     let mut notes = Vec::new();
     let config = resources.iter().find_map(|x| match x {
         Resource::BgpConfiguration(c) if c.metadata.name == "default" => Some(&c.spec),
@@ -135,14 +136,17 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr) -> View {
             continue;
         }
         let Some(ip) = p.spec.peer_ip.as_deref() else { continue };
-        let (host, port) = match ip.rsplit_once(':') {
-            Some((h, port)) if h.parse::<Ipv4Addr>().is_ok() => (h, port.parse().unwrap_or(179)),
-            _ => (ip, 179),
-        };
-        let Ok(address) = host.parse::<Ipv4Addr>() else {
-            notes.push(format!("bgppeers/{}: only IPv4 peers are used", p.metadata.name));
+        let Some((address, port)) = r::peer_address(ip).map(|(a, port)| (a, port.unwrap_or(179))) else {
+            notes.push(format!("bgppeers/{}: peerIP {ip:?} is not an address", p.metadata.name));
             continue;
         };
+        if address.is_ipv6() && my_addr6.is_none() {
+            notes.push(format!(
+                "bgppeers/{}: an IPv6 peer needs this node's IPv6 address (an [ipv6] section in its config): not used",
+                p.metadata.name
+            ));
+            continue;
+        }
         if p.spec.password.is_some() {
             notes.push(format!(
                 "bgppeers/{}: its password is a Kubernetes secret, which a node with etcd cannot read: the session runs without TCP-MD5",
@@ -248,7 +252,7 @@ mod tests {
     #[test]
     fn the_seed_as_resources_gives_each_node_the_lab_s_sessions() {
         let a: Ipv4Addr = "192.168.100.100".parse().expect("ip");
-        let v = view(&seed(""), "node-a", a);
+        let v = view(&seed(""), "node-a", a, None);
         assert_eq!(v.as_number, 64512);
         assert_eq!(v.peers.len(), 2);
         assert!(v.peers.iter().all(|p| p.kind == PeerKind::Mesh && !p.passive), "{:?}", v.peers);
@@ -261,7 +265,7 @@ mod tests {
             }]
         );
         assert_eq!(v.nodes.len(), 2);
-        let c = view(&seed(""), "node-c", "192.168.200.101".parse().expect("ip"));
+        let c = view(&seed(""), "node-c", "192.168.200.101".parse().expect("ip"), None);
         assert!(c.peers.iter().all(|p| p.passive), "node-c has the highest address");
     }
 
@@ -273,7 +277,7 @@ mod tests {
         let extra = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: off\nspec:\n  cidr: fd00:99::/48\n  disabled: true\n\
 ---\napiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: f\nspec:\n  exportV6:\n  - action: Reject\n  importV4:\n  - action: Accept\n    matchOperator: In\n    cidr: 10.0.0.0/8\n  importV6:\n  - action: Reject\n    matchOperator: Equal\n    cidr: fd00:98::/48\n";
         rs.extend(datastore::resources::parse(extra).expect("extra"));
-        let v = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"));
+        let v = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
         assert_eq!(
             v.pools6,
             vec!["fd00:10:244::/48".parse::<Ipv6Net>().expect("net")],
@@ -291,8 +295,21 @@ mod tests {
         assert_eq!(f.import.iter().map(|r| r.cidr).collect::<Vec<_>>(), vec![net("10.0.0.0/8"), net("fd00:98::/48")]);
         assert!(v.notes.is_empty(), "{:?}", v.notes);
         // An IPv4-only cluster has no IPv6 side.
-        let v4 = view(&seed(""), "node-a", "192.168.100.100".parse().expect("ip"));
+        let v4 = view(&seed(""), "node-a", "192.168.100.100".parse().expect("ip"), None);
         assert!(v4.pools6.is_empty() && v4.nodes6.is_empty());
+        // IPv6 BGPPeers in Calico's forms, with and without a port: sessions over IPv6 on a
+        // node with an IPv6 address, a note on one without.
+        let peers = "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor6\nspec:\n  peerIP: fd00:192:168:100::1\n  asNumber: 65001\n\
+---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: edge6\nspec:\n  peerIP: \"[fd00:192:168:100::2]:1179\"\n  asNumber: 65002\n";
+        rs.extend(datastore::resources::parse(peers).expect("peers"));
+        let me = "192.168.100.100".parse().expect("ip");
+        let v = view(&rs, "node-a", me, Some("fd00:192:168:100::100".parse().expect("ip")));
+        let outside: Vec<(String, u16)> =
+            v.peers.iter().filter(|p| p.kind == PeerKind::Global).map(|p| (p.address.to_string(), p.port)).collect();
+        assert_eq!(outside, [("fd00:192:168:100::1".to_string(), 179), ("fd00:192:168:100::2".to_string(), 1179)]);
+        let v = view(&rs, "node-a", me, None);
+        assert!(v.peers.iter().all(|p| p.address.is_ipv4()), "{:?}", v.peers);
+        assert!(v.notes.iter().any(|n| n.contains("bgppeers/tor6: an IPv6 peer needs")), "{:?}", v.notes);
     }
 
     #[test]
@@ -305,13 +322,13 @@ mod tests {
         let over = datastore::resources::parse(extra).expect("extra");
         rs.retain(|x| !over.iter().any(|o| o.kind() == x.kind() && o.name() == x.name()));
         rs.extend(over);
-        let a = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"));
+        let a = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
         assert_eq!(a.route_reflector_cluster_id, Some("224.0.0.1".parse().expect("id")));
         assert!(a.peers.iter().all(|p| p.kind == PeerKind::RouteReflectorClient), "{:?}", a.peers);
-        let b = view(&rs, "node-b", "192.168.100.101".parse().expect("ip"));
+        let b = view(&rs, "node-b", "192.168.100.101".parse().expect("ip"), None);
         let kinds: Vec<PeerKind> = b.peers.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, vec![PeerKind::RouteReflector, PeerKind::Global], "{:?}", b.peers);
-        let c = view(&rs, "node-c", "192.168.200.101".parse().expect("ip"));
+        let c = view(&rs, "node-c", "192.168.200.101".parse().expect("ip"), None);
         assert_eq!(c.peers.len(), 1, "clients do not peer with each other: {:?}", c.peers);
     }
 }

@@ -78,7 +78,7 @@ enum Cmd {
         rejected: bool,
         /// With --rejected: only this peer's.
         #[arg(long, requires = "rejected")]
-        peer: Option<std::net::Ipv4Addr>,
+        peer: Option<std::net::IpAddr>,
         /// Every BGP path for this prefix and the step of the decision process that ruled
         /// each one out.
         #[arg(long, value_name = "PREFIX")]

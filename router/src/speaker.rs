@@ -14,15 +14,23 @@ use nodeapi::admin::PeerStatus;
 use nodeapi::config::{BgpPeer, PeerKind};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
 /// GTSM for a socket to a peer `hops` away: ours leave with TTL 255, and the kernel drops the
 /// peer's that arrive with less than 256 - `hops`, which a sender further away cannot forge.
-fn gtsm(s: &Socket, hops: u8) -> io::Result<()> {
-    s.set_ttl(255)?;
-    netsys::set_min_ttl(s.as_fd(), bgp::speaker::gtsm_min_ttl(hops))
+fn gtsm(s: &Socket, hops: u8, ipv6: bool) -> io::Result<()> {
+    max_ttl(s, ipv6)?;
+    netsys::set_min_ttl(s.as_fd(), bgp::speaker::gtsm_min_ttl(hops), ipv6)
+}
+
+/// TTL (IPv6: hop limit) 255 on what the socket sends.
+fn max_ttl(s: &Socket, ipv6: bool) -> io::Result<()> {
+    match ipv6 {
+        false => s.set_ttl(255),
+        true => s.set_unicast_hops_v6(255),
+    }
 }
 
 /// What the shell needs besides the core's config: the port, and the peers as the node's
@@ -81,6 +89,8 @@ struct WireCount {
 
 /// Token of the listening socket; peer `i` uses `PEER_BASE + i`.
 pub const LISTEN: Token = Token(1);
+/// Token of the IPv6 listening socket, there once an IPv6 peer is configured.
+pub const LISTEN6: Token = Token(5);
 const PEER_BASE: usize = 16;
 
 pub struct Speaker {
@@ -90,6 +100,7 @@ pub struct Speaker {
     /// Per peer slot, like `conns`.
     wire: Vec<WireCount>,
     listener: TcpListener,
+    listener6: Option<TcpListener>,
     /// Peers whose socket had more to read when their read budget ran out.
     backlog: Vec<usize>,
     started: (Instant, SystemTime),
@@ -101,21 +112,29 @@ impl std::fmt::Debug for Speaker {
     }
 }
 
-fn listen(cfg: &SpeakerConfig) -> io::Result<TcpListener> {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+/// The listening socket at `addr` for the peers of its family.
+fn listen(addr: SocketAddr, peers: &[BgpPeer]) -> io::Result<TcpListener> {
+    let ipv6 = addr.is_ipv6();
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
-    for p in &cfg.peers {
+    if ipv6 {
+        s.set_only_v6(true)?;
+        // The address may still be tentative (duplicate address detection) when the node
+        // starts; the kernel takes connections to it once it is not.
+        s.set_freebind_ipv6(true)?;
+    }
+    let mine = || peers.iter().filter(|p| p.address.is_ipv6() == ipv6);
+    for p in mine() {
         if let Some(pw) = &p.password {
             netsys::set_tcp_md5(s.as_fd(), p.address, pw.as_bytes())?;
         }
     }
     // Accepted connections inherit the TTL: a GTSM peer then gets our SYN-ACK at 255. TTL 255
     // is harmless for the others.
-    if cfg.peers.iter().any(|p| p.ttl_security.is_some()) {
-        s.set_ttl(255)?;
+    if mine().any(|p| p.ttl_security.is_some()) {
+        max_ttl(&s, ipv6)?;
     }
-    let addr = SocketAddr::V4(SocketAddrV4::new(cfg.core.local_addr, cfg.port));
     s.bind(&SockAddr::from(addr)).map_err(|e| io::Error::new(e.kind(), format!("binding BGP to {addr}: {e}")))?;
     s.listen(64)?;
     Ok(TcpListener::from_std(s.into()))
@@ -123,16 +142,41 @@ fn listen(cfg: &SpeakerConfig) -> io::Result<TcpListener> {
 
 impl Speaker {
     pub fn new(cfg: SpeakerConfig, registry: &Registry, now: Instant) -> io::Result<Speaker> {
-        let mut listener = listen(&cfg)?;
+        let mut listener = listen(SocketAddr::new(cfg.core.local_addr.into(), cfg.port), &cfg.peers)?;
         registry.register(&mut listener, LISTEN, Interest::READABLE)?;
+        let listener6 = match cfg.peers.iter().any(|p| p.address.is_ipv6()) {
+            true => Some(Self::listen6(&cfg, registry)?),
+            false => None,
+        };
         let core = Core::new(cfg.core.clone(), now);
         let conns = (0..cfg.peers.len()).map(|_| None).collect();
         let wire = vec![WireCount::default(); cfg.peers.len()];
-        let mut sp =
-            Speaker { cfg, core, conns, wire, listener, backlog: Vec::new(), started: (now, SystemTime::now()) };
+        let mut sp = Speaker {
+            cfg,
+            core,
+            conns,
+            wire,
+            listener,
+            listener6,
+            backlog: Vec::new(),
+            started: (now, SystemTime::now()),
+        };
         // Outgoing connections start right away instead of on the first tick.
         sp.run(registry, now);
         Ok(sp)
+    }
+
+    /// The IPv6 listener at the node's IPv6 address, for the peers configured so far.
+    fn listen6(cfg: &SpeakerConfig, registry: &Registry) -> io::Result<TcpListener> {
+        let Some(addr6) = cfg.core.local_addr6 else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an IPv6 BGP peer needs the node's own IPv6 address (an [ipv6] section)",
+            ));
+        };
+        let mut l = listen(SocketAddr::new(addr6.into(), cfg.port), &cfg.peers)?;
+        registry.register(&mut l, LISTEN6, Interest::READABLE)?;
+        Ok(l)
     }
 
     pub fn rib(&self) -> &bgp::rib::Rib {
@@ -208,17 +252,23 @@ impl Speaker {
 
     fn open_outgoing(&self, i: usize) -> io::Result<TcpStream> {
         let p = &self.cfg.peers[i];
-        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        let local: IpAddr = match p.address {
+            IpAddr::V4(_) => self.cfg.core.local_addr.into(),
+            IpAddr::V6(_) => {
+                self.cfg.core.local_addr6.ok_or_else(|| io::Error::other("the node has no IPv6 address"))?.into()
+            }
+        };
+        let s = Socket::new(Domain::for_address(SocketAddr::new(local, 0)), Type::STREAM, Some(Protocol::TCP))?;
         s.set_nonblocking(true)?;
         s.set_nodelay(true)?;
-        s.bind(&SockAddr::from(SocketAddr::V4(SocketAddrV4::new(self.cfg.core.local_addr, 0))))?;
+        s.bind(&SockAddr::from(SocketAddr::new(local, 0)))?;
         if let Some(pw) = &p.password {
             netsys::set_tcp_md5(s.as_fd(), p.address, pw.as_bytes())?;
         }
         if let Some(hops) = p.ttl_security {
-            gtsm(&s, hops)?;
+            gtsm(&s, hops, p.address.is_ipv6())?;
         }
-        let to = SockAddr::from(SocketAddr::V4(SocketAddrV4::new(p.address, p.port)));
+        let to = SockAddr::from(SocketAddr::new(p.address, p.port));
         match s.connect(&to) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -229,8 +279,8 @@ impl Speaker {
 
     /// Handles a readiness event for the listener or a peer connection.
     pub fn handle(&mut self, registry: &Registry, token: Token, now: Instant) {
-        if token == LISTEN {
-            self.accept(registry, now);
+        if token == LISTEN || token == LISTEN6 {
+            self.accept(registry, token == LISTEN6, now);
             self.run(registry, now);
             return;
         }
@@ -257,9 +307,16 @@ impl Speaker {
         self.run(registry, now);
     }
 
-    fn accept(&mut self, registry: &Registry, now: Instant) {
+    fn accept(&mut self, registry: &Registry, ipv6: bool, now: Instant) {
         loop {
-            let (mut stream, from) = match self.listener.accept() {
+            let listener = match ipv6 {
+                false => &self.listener,
+                true => match &self.listener6 {
+                    Some(l) => l,
+                    None => return,
+                },
+            };
+            let (mut stream, from) = match listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -267,7 +324,7 @@ impl Speaker {
                     return;
                 }
             };
-            let IpAddr::V4(from_ip) = from.ip() else { continue };
+            let from_ip = from.ip();
             let live = |(i, p): &(usize, &BgpPeer)| p.address == from_ip && !self.core.removed(*i);
             let Some(i) = self.cfg.peers.iter().enumerate().position(|x| live(&x)) else {
                 tracing::info!(%from, "refused a BGP connection from an address that is not a peer");
@@ -488,24 +545,35 @@ impl Speaker {
         at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
+    /// The listener of `p`'s family, the IPv6 one made for the first IPv6 peer.
+    fn listener_for(&mut self, registry: &Registry, p: &BgpPeer) -> io::Result<&TcpListener> {
+        if !p.address.is_ipv6() {
+            return Ok(&self.listener);
+        }
+        if self.listener6.is_none() {
+            self.listener6 = Some(Self::listen6(&self.cfg, registry)?);
+        }
+        Ok(self.listener6.as_ref().expect("made above"))
+    }
+
     /// The shared listener set up for `p`, as `listen` does at start: its TCP-MD5 key (or,
     /// when it had one before and has none now, the key removed) and TTL 255 for GTSM.
-    fn listen_for(&self, p: &BgpPeer, had_password: Option<bool>) -> io::Result<()> {
-        let listener = socket2::SockRef::from(&self.listener);
+    fn listen_for(&mut self, registry: &Registry, p: &BgpPeer, had_password: Option<bool>) -> io::Result<()> {
+        let listener = socket2::SockRef::from(self.listener_for(registry, p)?);
         match &p.password {
             Some(pw) => netsys::set_tcp_md5(listener.as_fd(), p.address, pw.as_bytes())?,
             None if had_password == Some(true) => netsys::set_tcp_md5(listener.as_fd(), p.address, &[])?,
             None => {}
         }
         if p.ttl_security.is_some() {
-            listener.set_ttl(255)?;
+            max_ttl(&listener, p.address.is_ipv6())?;
         }
         Ok(())
     }
 
     /// A peer configured while running (a BGPPeer applied): its session starts now.
     pub fn add_peer(&mut self, registry: &Registry, p: BgpPeer, now: Instant) -> io::Result<()> {
-        self.listen_for(&p, None)?;
+        self.listen_for(registry, &p, None)?;
         let pc = peer_config(&p);
         self.cfg.peers.push(p);
         self.conns.push(None);
@@ -525,7 +593,7 @@ impl Speaker {
             return self.add_peer(registry, p, now);
         };
         let had_password = self.cfg.peers[i].password.is_some();
-        self.listen_for(&p, Some(had_password))?;
+        self.listen_for(registry, &p, Some(had_password))?;
         let pc = peer_config(&p);
         self.cfg.peers.push(p);
         self.conns.push(None);
@@ -537,7 +605,7 @@ impl Speaker {
     }
 
     /// A peer no longer configured: Cease, its routes gone; whether there was one.
-    pub fn remove_peer(&mut self, registry: &Registry, address: Ipv4Addr, now: Instant) -> bool {
+    pub fn remove_peer(&mut self, registry: &Registry, address: IpAddr, now: Instant) -> bool {
         let Some(i) =
             (0..self.cfg.peers.len()).find(|&i| self.cfg.peers[i].address == address && !self.core.removed(i))
         else {
@@ -548,7 +616,10 @@ impl Speaker {
         self.drop_conn(registry, i);
         if self.cfg.peers[i].password.is_some() {
             // An empty key removes the listener's key for the address.
-            let _ = netsys::set_tcp_md5(socket2::SockRef::from(&self.listener).as_fd(), address, &[]);
+            let listener = if address.is_ipv6() { self.listener6.as_ref() } else { Some(&self.listener) };
+            if let Some(l) = listener {
+                let _ = netsys::set_tcp_md5(socket2::SockRef::from(l).as_fd(), address, &[]);
+            }
         }
         true
     }
@@ -560,19 +631,19 @@ impl Speaker {
     }
 
     /// The slots of the peers not removed, and whether each is at one of `addrs`.
-    fn live_slots<'a>(&'a self, addrs: &'a [Ipv4Addr]) -> impl Iterator<Item = (usize, bool)> + 'a {
+    fn live_slots<'a>(&'a self, addrs: &'a [IpAddr]) -> impl Iterator<Item = (usize, bool)> + 'a {
         (0..self.cfg.peers.len())
             .filter(|&i| !self.core.removed(i))
             .map(|i| (i, addrs.contains(&self.cfg.peers[i].address)))
     }
 
     /// Whether every peer but those at `except` is up and has sent its whole table.
-    pub fn synced_except(&self, except: &[Ipv4Addr]) -> bool {
+    pub fn synced_except(&self, except: &[IpAddr]) -> bool {
         self.live_slots(except).filter(|(_, at)| !at).all(|(i, _)| self.core.synced(i))
     }
 
     /// Whether every route the peers at `going` taught has a path from another peer too.
-    pub fn taught_elsewhere(&self, going: &[Ipv4Addr]) -> bool {
+    pub fn taught_elsewhere(&self, going: &[IpAddr]) -> bool {
         let slots: Vec<usize> = self.live_slots(going).filter(|(_, at)| *at).map(|(i, _)| i).collect();
         self.core.taught_elsewhere(&slots)
     }
@@ -632,7 +703,7 @@ impl Speaker {
     }
 
     /// What a peer sent that import refused, and why.
-    pub fn rejected(&self, peer: Option<Ipv4Addr>) -> Vec<nodeapi::admin::RejectedRoute> {
+    pub fn rejected(&self, peer: Option<IpAddr>) -> Vec<nodeapi::admin::RejectedRoute> {
         let rib = self.core.rib();
         let mut out = Vec::new();
         let shown = |i: usize, p: &BgpPeer| !self.core.removed(i) && peer.is_none_or(|a| a == p.address);

@@ -998,6 +998,60 @@ fn bird2_exchanges_ipv6_blocks_with_a_dual_stack_node() {
     wait_for(10, "node-a to have no route again", || unreachable_from("fd00:192:168:100::100"));
 }
 
+/// Calico's IPv6 BGPPeer: a session over IPv6 (with TCP-MD5 keyed to the IPv6 address),
+/// carrying IPv6 routes only.
+#[test]
+fn bird2_peers_over_ipv6_with_a_dual_stack_node() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "bird6t",
+        "pool_v6 = \"fd00:10:244::/48\"",
+        "\n[[bgp_peers]]\npeer_ip = \"fd00:192:168:100::1\"\nas_number = 65001\nnode = \"node-a\"\npassword = \"six\"\n",
+    );
+    let lab = up_with(lab, &topo);
+    let sock = start_bird(
+        &lab,
+        "router id 192.168.100.1;\nprotocol device {}\n\
+         protocol static s6 { ipv6; route fd00:99::/48 blackhole; }\n\
+         protocol bgp node_a { local fd00:192:168:100::1 as 65001; neighbor fd00:192:168:100::100 as 64512;\n\
+         password \"six\"; connect retry time 1;\n\
+         ipv6 { import all; export where proto = \"s6\"; }; }\n",
+    );
+    let me = "fd00:192:168:100::1";
+    wait_for(20, "node-a's IPv6 session with BIRD", || peer_state(&lab, "node-a", me).0 == "up");
+    let row = peers(&lab, "node-a").into_iter().find(|p| p["peer"] == me).expect("the IPv6 peer's row");
+    assert_eq!(row["families"], serde_json::json!(["ipv6"]), "{row}");
+    wait_for(10, "BIRD to learn the IPv6 blocks", || {
+        let routes = birdc(&lab, &sock, &["show", "route", "protocol", "node_a"]);
+        BLOCKS6.iter().all(|b| routes.contains(b))
+    });
+    let routes = birdc(&lab, &sock, &["show", "route", "protocol", "node_a"]);
+    assert!(!BLOCKS.iter().any(|b| routes.contains(b)), "IPv4 blocks over the IPv6 session:\n{routes}");
+    let detail = birdc(&lab, &sock, &["show", "route", "fd00:10:244::/122", "all"]);
+    assert!(detail.contains("fd00:192:168:100::100"), "node-a's IPv6 address as next hop:\n{detail}");
+    wait_for(10, "BIRD's IPv6 route at node-a", || lookup(&lab, "node-a", "fd00:99::1")["source"] == "bgp");
+    assert_eq!(lookup(&lab, "node-a", "fd00:99::1")["next_hop"], me);
+    // BIRD again with the wrong password: the key is checked over IPv6 too, and nothing
+    // comes up.
+    birdc(&lab, &sock, &["down"]);
+    wait_for(20, "node-a to lose the session", || peer_state(&lab, "node-a", me).0 != "up");
+    std::thread::sleep(Duration::from_millis(500));
+    let sock = start_bird(
+        &lab,
+        &format!(
+            "router id 192.168.100.1;\nprotocol device {{}}\n\
+             protocol bgp node_a {{ local {me} as 65001; neighbor fd00:192:168:100::100 as 64512;\n\
+             password \"wrong\"; connect retry time 1; ipv6 {{ import all; export none; }}; }}\n"
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let (state, info) = peer_state(&lab, "node-a", me);
+    assert_ne!(state, "up", "must not establish with a wrong password");
+    assert!(info.contains("MD5") || info.contains("no answer"), "status should say why: {state}: {info}");
+    let _ = birdc(&lab, &sock, &["down"]);
+}
+
 /// Dual stack on etcd: the IPv6 pool and every node's IPv6 address are resources, and what
 /// the nodes accept from an outside router follows them live.
 #[test]
@@ -1065,6 +1119,29 @@ fn a_dual_stack_lab_on_etcd_follows_ipv6_pools_and_node_addresses_applied_live()
     let out = lab.router(&["delete", "ippool", "covering6"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     wait_for(10, "BIRD's route back without the pool", has);
+    let _ = birdc(&lab, &sock, &["down"]);
+
+    // An IPv6 BGPPeer applied: node-a opens its IPv6 listener and session while running, and
+    // deleting the resource takes the session away.
+    let sock = start_bird(
+        &lab,
+        "router id 192.168.100.1;\nprotocol device {}\n\
+         protocol bgp node_a6 { local fd00:192:168:100::1 as 65001; neighbor fd00:192:168:100::100 as 64512;\n\
+         connect retry time 1; ipv6 { import all; export none; }; }\n",
+    );
+    apply(&lab, "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor6\nspec:\n  node: node-a\n  peerIP: fd00:192:168:100::1\n  asNumber: 65001\n");
+    wait_for(20, "node-a's IPv6 session from the BGPPeer", || {
+        peer_state(&lab, "node-a", "fd00:192:168:100::1").0 == "up"
+    });
+    wait_for(10, "BIRD to learn the IPv6 blocks over it", || {
+        let routes = birdc(&lab, &sock, &["show", "route", "protocol", "node_a6"]);
+        BLOCKS6.iter().all(|b| routes.contains(b))
+    });
+    let out = lab.router(&["delete", "bgppeer", "tor6"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(20, "the IPv6 session gone with its BGPPeer", || {
+        !peers(&lab, "node-a").iter().any(|p| p["peer"] == "fd00:192:168:100::1")
+    });
     let _ = birdc(&lab, &sock, &["down"]);
 
     // A node registers its IPv6 address as well as its IPv4 one.

@@ -331,7 +331,18 @@ impl Fsm {
         // RFC 4760 §8: a speaker without the MP capability carries IPv4 unicast.
         let peer_families =
             if o.has(|c| matches!(c, Capability::Multiprotocol { .. })) { peer_mp } else { vec![Afi::Ipv4] };
-        let families = self.cfg.families.iter().copied().filter(|f| peer_families.contains(f)).collect();
+        let families: Vec<Afi> = self.cfg.families.iter().copied().filter(|f| peer_families.contains(f)).collect();
+        if families.is_empty() {
+            // Nothing in common (an IPv6 session to a peer that offers IPv4 only): a session
+            // that carries nothing would look up and never sync. RFC 5492 §5: name ours.
+            let ours: Vec<u8> = self
+                .cfg
+                .families
+                .iter()
+                .flat_map(|f| Capability::Multiprotocol { afi: f.code(), safi: 1 }.to_bytes())
+                .collect();
+            return Err(Notification::with_data(err::OPEN, err::UNSUPPORTED_CAPABILITY, &ours));
+        }
         // ADD-PATH (RFC 7911) is used only when both sides announce it; we never do, so an
         // offer from the peer changes nothing and its paths arrive without identifiers.
         Ok(Negotiated {

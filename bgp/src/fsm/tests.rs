@@ -163,6 +163,21 @@ fn bad_hold_time_is_refused_with_notification() {
 }
 
 #[test]
+fn a_session_with_no_family_in_common_is_refused_naming_ours() {
+    // An IPv6 session (IPv6 unicast only) to a peer that offers IPv4 unicast only.
+    let now = Instant::now();
+    let mut f = Fsm::new(FsmConfig { families: vec![Afi::Ipv6], ..cfg(A, false, 90) }, now);
+    f.process(now, Input::Start);
+    f.process(now, Input::TcpUp);
+    let v4 = Capability::Multiprotocol { afi: Afi::Ipv4.code(), safi: 1 };
+    let out = f.process(now, Input::Message(Message::Open(Open::new(64512, 90, B, vec![v4]))));
+    let n = Notification::with_data(err::OPEN, err::UNSUPPORTED_CAPABILITY, &[1, 4, 0, 2, 0, 1]);
+    assert!(sent(&out).contains(&Message::Notification(n)), "{out:?}");
+    assert_eq!(f.state(), State::Idle);
+    assert!(f.last_error().is_some_and(|e| e.contains("unsupported capability")), "{:?}", f.last_error());
+}
+
+#[test]
 fn wrong_peer_as_is_refused() {
     let (mut f, now) = to_open_sent(64512, 64512);
     let out = f.process(now, Input::Message(Message::Open(Open::new(65000, 90, B, vec![]))));

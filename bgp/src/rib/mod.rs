@@ -43,12 +43,16 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
-    /// A cluster peer with no filters and no limit; its router ID is its address until its
-    /// OPEN says otherwise.
-    pub fn new(addr: Ipv4Addr, asn: u32, local_addr: Ipv4Addr) -> PeerInfo {
+    /// A cluster peer with no filters and no limit; its router ID is its IPv4 address (an
+    /// IPv6 peer's 0.0.0.0) until its OPEN says otherwise.
+    pub fn new(addr: impl Into<IpAddr>, asn: u32, local_addr: Ipv4Addr) -> PeerInfo {
+        let addr = addr.into();
         PeerInfo {
-            addr: IpAddr::V4(addr),
-            router_id: addr,
+            addr,
+            router_id: match addr {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+            },
             asn,
             rr_client: false,
             local_addr,

@@ -54,7 +54,7 @@ fn config(me: usize, n: usize, gr: Option<u16>, restarted: bool) -> CoreConfig {
         peers: (0..n)
             .filter(|&o| o != me)
             .map(|o| PeerConfig {
-                address: ip(o as u8 + 1),
+                address: ip(o as u8 + 1).into(),
                 asn: AS,
                 passive: me > o,
                 rr_client: false,
@@ -73,15 +73,23 @@ fn config(me: usize, n: usize, gr: Option<u16>, restarted: bool) -> CoreConfig {
 
 impl Cluster {
     fn new(n: usize, gr: Option<u16>) -> Cluster {
+        Cluster::of((0..n).map(|k| config(k, n, gr, false)).collect(), gr)
+    }
+
+    fn of(configs: Vec<CoreConfig>, gr: Option<u16>) -> Cluster {
         let now = Instant::now();
-        let nodes = (0..n).map(|k| Some(Core::new(config(k, n, gr, false), now))).collect();
+        let nodes = configs.into_iter().map(|cfg| Some(Core::new(cfg, now))).collect();
         let mut c = Cluster { now, nodes, links: HashMap::new(), queue: VecDeque::new(), next_conn: 0, gr };
         c.settle();
         c
     }
 
-    fn node_of(&self, addr: Ipv4Addr) -> usize {
-        usize::from(addr.octets()[3]) - 1
+    fn node_of(&self, addr: IpAddr) -> usize {
+        let last = match addr {
+            IpAddr::V4(a) => a.octets()[3],
+            IpAddr::V6(a) => a.octets()[15],
+        };
+        usize::from(last) - 1
     }
 
     /// The slot node `at` uses for node `of`.
@@ -634,4 +642,33 @@ fn a_change_list_says_what_is_learned_now_and_past_its_cap_becomes_everything() 
     assert_eq!(ch, LocChanges::Everything);
     ch.add(&[(block(5), None)]);
     assert_eq!(ch, LocChanges::Everything);
+}
+
+#[test]
+fn a_session_over_ipv6_carries_ipv6_routes_only_with_our_ipv6_address_as_next_hop() {
+    let ip6 = |n: u8| -> Ipv6Addr { format!("fd00:100::{n}").parse().expect("ip") };
+    let block6 = |n: u8| -> IpNet { format!("fd00:10:244:{n}::/122").parse().expect("net") };
+    let configs = (0..2)
+        .map(|k| {
+            let mut cfg = config(k, 2, Some(120), false);
+            cfg.local_addr6 = Some(ip6(k as u8 + 1));
+            cfg.originate.push(block6(k as u8 + 1));
+            for p in &mut cfg.peers {
+                let IpAddr::V4(a) = p.address else { unreachable!() };
+                p.address = ip6(a.octets()[3]).into();
+            }
+            cfg
+        })
+        .collect();
+    let mut c = Cluster::of(configs, Some(120));
+    c.run_for(Duration::from_secs(1));
+    assert!(c.all_up());
+    for (k, other) in [(0, 2u8), (1, 1)] {
+        let core = c.nodes[k].as_ref().expect("running");
+        assert_eq!(core.view(0, c.now).families, [Afi::Ipv6]);
+        assert!(core.synced(0), "its IPv6 End-of-RIB counts as the table sent");
+        let best = core.rib().best(&block6(other)).expect("the other's IPv6 block");
+        assert_eq!(best.attrs.next_hop, IpAddr::V6(ip6(other)));
+        assert!(!c.has(k, other), "no IPv4 route over an IPv6 session");
+    }
 }

@@ -81,6 +81,8 @@ pub mod err {
     pub const BAD_BGP_ID: u8 = 3;
     pub const UNSUPPORTED_OPT_PARAM: u8 = 4;
     pub const UNACCEPTABLE_HOLD_TIME: u8 = 6;
+    /// RFC 5492: a capability we need is missing (data: the capabilities).
+    pub const UNSUPPORTED_CAPABILITY: u8 = 7;
 
     pub const UPDATE: u8 = 3;
     pub const MALFORMED_ATTR_LIST: u8 = 1;
@@ -142,6 +144,7 @@ impl fmt::Display for Notification {
             (OPEN, BAD_BGP_ID) => "OPEN: bad BGP identifier",
             (OPEN, UNSUPPORTED_OPT_PARAM) => "OPEN: unsupported optional parameter",
             (OPEN, UNACCEPTABLE_HOLD_TIME) => "OPEN: unacceptable hold time",
+            (OPEN, UNSUPPORTED_CAPABILITY) => "OPEN: unsupported capability (no address family in common)",
             (OPEN, _) => "OPEN message error",
             (UPDATE, MALFORMED_ATTR_LIST) => "UPDATE: malformed attribute list",
             (UPDATE, UNRECOGNIZED_WELL_KNOWN) => "UPDATE: unrecognized well-known attribute",

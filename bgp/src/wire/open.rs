@@ -127,6 +127,14 @@ impl Capability {
         out.push(data.len() as u8);
         out.extend_from_slice(&data);
     }
+
+    /// The capability as it appears in an OPEN (code, length, value), for the data of an
+    /// Unsupported Capability notification.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
 }
 
 /// One optional parameter of OPEN.

@@ -15,7 +15,7 @@ const REMOVAL_GRACE: Duration = Duration::from_secs(10);
 
 /// A BGP peer the datastore no longer lists, on its way out.
 pub(super) struct Removal {
-    peer: Ipv4Addr,
+    peer: IpAddr,
     /// When it goes whatever else is up.
     until: Instant,
 }
@@ -187,7 +187,8 @@ impl Node {
         registry: &mio::Registry,
     ) -> bool {
         let me = self.cfg.uplink.address.addr();
-        let view = crate::cluster::view(resources, &self.cfg.name, me);
+        let me6 = self.cfg.ipv6.as_ref().map(|v| v.address.addr());
+        let view = crate::cluster::view(resources, &self.cfg.name, me, me6);
         for n in &view.notes {
             tracing::warn!(note = %n, "datastore");
         }
@@ -278,15 +279,15 @@ impl Node {
             return;
         }
         let now = Instant::now();
-        let going: Vec<Ipv4Addr> = self.removals.iter().map(|r| r.peer).collect();
+        let going: Vec<IpAddr> = self.removals.iter().map(|r| r.peer).collect();
         // The others up and with their whole tables. For a peer that is still a node of the
         // cluster (only the peering changed: the mesh off, a reflector named) that is not
         // enough: a new reflector may still be a mesh peer that passes on no one else's
         // routes (nodes read the datastore at slightly different moments), so its routes
         // must also have arrived by another way.
         let others_up = sp.synced_except(&going);
-        let moving = |a: &Ipv4Addr| self.cfg.ipip_peers.contains(a);
-        let staying: Vec<Ipv4Addr> = going.iter().copied().filter(moving).collect();
+        let moving = |a: &IpAddr| matches!(a, IpAddr::V4(a) if self.cfg.ipip_peers.contains(a));
+        let staying: Vec<IpAddr> = going.iter().copied().filter(moving).collect();
         let moved = others_up && (staying.is_empty() || sp.taught_elsewhere(&staying));
         let (due, keep): (Vec<_>, Vec<_>) =
             self.removals.drain(..).partition(|r| now >= r.until || if moving(&r.peer) { moved } else { others_up });
