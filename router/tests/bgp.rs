@@ -998,8 +998,8 @@ fn bird2_exchanges_ipv6_blocks_with_a_dual_stack_node() {
     wait_for(10, "node-a to have no route again", || unreachable_from("fd00:192:168:100::100"));
 }
 
-/// Calico's IPv6 BGPPeer: a session over IPv6 (with TCP-MD5 keyed to the IPv6 address),
-/// carrying IPv6 routes only.
+/// Calico's IPv6 BGPPeer: a session over IPv6 (with TCP-MD5 keyed to the IPv6 address, and
+/// GTSM: BIRD drops what arrives with a hop limit below 255), carrying IPv6 routes only.
 #[test]
 fn bird2_peers_over_ipv6_with_a_dual_stack_node() {
     let lab = TestLab::named();
@@ -1007,7 +1007,7 @@ fn bird2_peers_over_ipv6_with_a_dual_stack_node() {
         &lab,
         "bird6t",
         "pool_v6 = \"fd00:10:244::/48\"",
-        "\n[[bgp_peers]]\npeer_ip = \"fd00:192:168:100::1\"\nas_number = 65001\nnode = \"node-a\"\npassword = \"six\"\n",
+        "\n[[bgp_peers]]\npeer_ip = \"fd00:192:168:100::1\"\nas_number = 65001\nnode = \"node-a\"\npassword = \"six\"\nttl_security = 1\n",
     );
     let lab = up_with(lab, &topo);
     let sock = start_bird(
@@ -1015,7 +1015,7 @@ fn bird2_peers_over_ipv6_with_a_dual_stack_node() {
         "router id 192.168.100.1;\nprotocol device {}\n\
          protocol static s6 { ipv6; route fd00:99::/48 blackhole; }\n\
          protocol bgp node_a { local fd00:192:168:100::1 as 65001; neighbor fd00:192:168:100::100 as 64512;\n\
-         password \"six\"; connect retry time 1;\n\
+         password \"six\"; ttl security on; connect retry time 1;\n\
          ipv6 { import all; export where proto = \"s6\"; }; }\n",
     );
     let me = "fd00:192:168:100::1";
