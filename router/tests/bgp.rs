@@ -280,11 +280,16 @@ impl Drop for Gobgpd {
 /// GoBGP in the underlay namespace (AS 65002 at 192.168.200.1, two hops from node-a), its
 /// neighbour node-a with `neighbor_extra` added to the neighbour's section.
 fn start_gobgpd(lab: &TestLab, neighbor_extra: &str) -> Gobgpd {
+    start_gobgpd_on(lab, "\"192.168.200.1\"", neighbor_extra)
+}
+
+/// GoBGP as [`start_gobgpd`] starts it, listening on `listen` (a TOML list's items).
+fn start_gobgpd_on(lab: &TestLab, listen: &str, neighbor_extra: &str) -> Gobgpd {
     let conf = lab.dir.join(format!("{}-gobgp.toml", lab.name));
     std::fs::write(
         &conf,
         format!(
-            "[global.config]\n  as = 65002\n  router-id = \"192.168.200.1\"\n  local-address-list = [\"192.168.200.1\"]\n\
+            "[global.config]\n  as = 65002\n  router-id = \"192.168.200.1\"\n  local-address-list = [{listen}]\n\
              [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.168.100.100\"\n    peer-as = 64512\n\
              [neighbors.transport.config]\n    local-address = \"192.168.200.1\"\n\
              [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = 3\n{neighbor_extra}"
@@ -1165,20 +1170,32 @@ fn gobgp_exchanges_ipv6_blocks_with_a_dual_stack_node() {
         &lab,
         "gobgp6",
         "pool_v6 = \"fd00:10:244::/48\"",
-        "\n[[bgp_peers]]\npeer_ip = \"192.168.200.1\"\nas_number = 65002\nnode = \"node-a\"\n",
+        "\n[[bgp_peers]]\npeer_ip = \"192.168.200.1\"\nas_number = 65002\nnode = \"node-a\"\n\
+         \n[[bgp_peers]]\npeer_ip = \"fd00:192:168:200::1\"\nas_number = 65002\nnode = \"node-a\"\n",
     );
     let lab = up_with(lab, &topo);
-    let _guard = start_gobgpd(
+    // Two sessions with GoBGP: over IPv4 with both families, and over IPv6 with IPv6 only.
+    let _guard = start_gobgpd_on(
         &lab,
+        "\"192.168.200.1\", \"fd00:192:168:200::1\"",
         "[[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
+         [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"fd00:192:168:100::100\"\n    peer-as = 64512\n\
+         [neighbors.transport.config]\n    local-address = \"fd00:192:168:200::1\"\n\
+         [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = 3\n\
          [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n",
     );
     wait_for(30, "node-a's session with GoBGP", || peer_state(&lab, "node-a", "192.168.200.1").0 == "up");
+    wait_for(30, "node-a's IPv6 session with GoBGP", || peer_state(&lab, "node-a", "fd00:192:168:200::1").0 == "up");
+    let row = peers(&lab, "node-a").into_iter().find(|p| p["peer"] == "fd00:192:168:200::1").expect("row");
+    assert_eq!(row["families"], serde_json::json!(["ipv6"]), "{row}");
     let gobgp = |args: &[&str]| gobgp(&lab, args);
-    wait_for(10, "GoBGP to receive the IPv6 blocks", || {
-        let rib = gobgp(&["neighbor", "192.168.100.100", "adj-in", "-a", "ipv6"]);
-        BLOCKS6.iter().all(|b| rib.contains(b)) && rib.contains("fd00:192:168:100::100")
-    });
+    for neighbor in ["192.168.100.100", "fd00:192:168:100::100"] {
+        wait_for(10, "GoBGP to receive the IPv6 blocks", || {
+            let rib = gobgp(&["neighbor", neighbor, "adj-in", "-a", "ipv6"]);
+            BLOCKS6.iter().all(|b| rib.contains(b)) && rib.contains("fd00:192:168:100::100")
+        });
+    }
     gobgp(&["global", "rib", "add", "fd00:98::/48", "nexthop", "fd00:192:168:200::1", "-a", "ipv6"]);
     wait_for(10, "GoBGP's IPv6 route at node-a", || lookup(&lab, "node-a", "fd00:98::1")["source"] == "bgp");
     // Its next hop is on the other subnet: reached through the underlay router.
