@@ -599,17 +599,22 @@ fn print_bgp_status(st: &admin::BgpStatus) {
         return;
     };
     let peers = &st.peers;
-    // calicoctl's "IPv4 BGP status" table. Our sessions run over IPv4 and carry IPv6 routes
-    // too where both ends negotiated it (RFC 4760): then one table says which carry what.
-    let dual = peers.iter().any(|p| p.families.iter().any(|f| f == "ipv6"));
-    if dual {
-        nodeapi::outln!("IPv4 and IPv6 BGP status (AS {asn}, router ID {id}; IPv6 routes over the same sessions)");
-    } else {
-        nodeapi::outln!("IPv4 BGP status (AS {asn}, router ID {id})");
+    // calicoctl's "IPv4 BGP status" table. Sessions over IPv4 carry IPv6 routes too where
+    // both ends negotiated it (RFC 4760), and IPv6 peers have sessions over IPv6: one table
+    // says which carry what, where calicoctl shows two.
+    let v6_peers = peers.iter().any(|p| p.peer.is_ipv6());
+    let dual = v6_peers || peers.iter().any(|p| p.families.iter().any(|f| f == "ipv6"));
+    match (dual, v6_peers) {
+        (true, true) => nodeapi::outln!("IPv4 and IPv6 BGP status (AS {asn}, router ID {id})"),
+        (true, false) => {
+            nodeapi::outln!("IPv4 and IPv6 BGP status (AS {asn}, router ID {id}; IPv6 routes over the same sessions)")
+        }
+        _ => nodeapi::outln!("IPv4 BGP status (AS {asn}, router ID {id})"),
     }
     // calicoctl's columns, and the route counts: received and used / refused by import
     // policy (`router routes --rejected`) / advertised.
-    let mut cols = vec![("PEER ADDRESS", 15), ("PEER TYPE", 22), ("STATE", 11), ("SINCE", 10)];
+    let addr_width = peers.iter().map(|p| p.peer.to_string().len()).max().unwrap_or(0).max(15);
+    let mut cols = vec![("PEER ADDRESS", addr_width), ("PEER TYPE", 22), ("STATE", 11), ("SINCE", 10)];
     if dual {
         cols.push(("FAMILIES", 9));
     }

@@ -1027,6 +1027,13 @@ fn bird2_peers_over_ipv6_with_a_dual_stack_node() {
     wait_for(20, "node-a's IPv6 session with BIRD", || peer_state(&lab, "node-a", me).0 == "up");
     let row = peers(&lab, "node-a").into_iter().find(|p| p["peer"] == me).expect("the IPv6 peer's row");
     assert_eq!(row["families"], serde_json::json!(["ipv6"]), "{row}");
+    // The table's address column fits the IPv6 address.
+    let table = text(&lab.router(&["status", "--node", "node-a"]).stdout);
+    let second_bar = |l: &str| l.match_indices('|').nth(1).map(|(i, _)| i);
+    let header = table.lines().find(|l| l.contains("PEER ADDRESS")).expect("header");
+    let mine = table.lines().find(|l| l.contains(me)).expect("the IPv6 peer's line");
+    assert_eq!(second_bar(mine), second_bar(header), "{table}");
+    assert!(table.starts_with("IPv4 and IPv6 BGP status") && mine.contains("| ipv6 "), "{table}");
     wait_for(10, "BIRD to learn the IPv6 blocks", || {
         let routes = birdc(&lab, &sock, &["show", "route", "protocol", "node_a"]);
         BLOCKS6.iter().all(|b| routes.contains(b))
