@@ -7,6 +7,7 @@
 pub mod etcd;
 pub mod ipam;
 pub mod resources;
+pub mod selector;
 
 use anyhow::Context as _;
 use etcd::{Etcd, Kv};

@@ -606,15 +606,38 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             }
         }
         Resource::BgpPeer(p) => {
-            let ip = p.spec.peer_ip.as_deref().ok_or(("spec.peerIP".to_string(), "missing".to_string()))?;
+            if p.spec.ttl_security.is_some_and(|t| t == 0 || t == 255) {
+                return Err(("spec.ttlSecurity".into(), "a hop count from 1 to 254".into()));
+            }
+            for (field, sel) in
+                [("spec.nodeSelector", &p.spec.node_selector), ("spec.peerSelector", &p.spec.peer_selector)]
+            {
+                if let Some(s) = sel {
+                    crate::selector::Selector::parse(s).map_err(|e| (field.to_string(), format!("{s:?}: {e}")))?;
+                }
+            }
+            if p.spec.node.is_some() && p.spec.node_selector.is_some() {
+                return Err(("spec.nodeSelector".into(), "give node or nodeSelector, not both".into()));
+            }
+            // Calico's two kinds of peer: a router at peerIP with asNumber, or the nodes that
+            // peerSelector picks, at their own addresses and AS numbers.
+            if p.spec.peer_selector.is_some() {
+                if p.spec.peer_ip.is_some() || p.spec.as_number.is_some() {
+                    let field = if p.spec.peer_ip.is_some() { "spec.peerIP" } else { "spec.asNumber" };
+                    return Err((field.into(), "not with peerSelector: the selected nodes' own are used".into()));
+                }
+                return Ok(());
+            }
+            let ip = p
+                .spec
+                .peer_ip
+                .as_deref()
+                .ok_or(("spec.peerIP".to_string(), "missing (or give peerSelector)".to_string()))?;
             peer_address(ip).ok_or_else(|| ("spec.peerIP".to_string(), format!("{ip:?} is not an IP address")))?;
             match p.spec.as_number {
                 None => return Err(("spec.asNumber".into(), "missing".into())),
                 Some(0) => return Err(("spec.asNumber".into(), "0 is not an AS number".into())),
                 _ => {}
-            }
-            if p.spec.ttl_security.is_some_and(|t| t == 0 || t == 255) {
-                return Err(("spec.ttlSecurity".into(), "a hop count from 1 to 254".into()));
             }
         }
         Resource::BgpFilter(f) => {

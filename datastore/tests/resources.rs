@@ -84,6 +84,19 @@ fn errors_name_the_document_the_line_and_the_field() {
     let e = error(&fixture("bgppeer.yaml").replace("192.168.100.251:179", "fd00::1]:179"));
     assert_eq!(e.field.as_deref(), Some("spec.peerIP"), "{e}");
 
+    // Selectors: checked, and a peer is a router (peerIP, asNumber) or the nodes a
+    // peerSelector picks, not both.
+    let rr = "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: peer-with-route-reflectors\n\
+              spec:\n  nodeSelector: all()\n  peerSelector: route-reflector == 'true'\n";
+    assert_eq!(resources::parse(rr).expect("Calico's reflector example").len(), 1);
+    let e = error(&rr.replace("all()", "all("));
+    assert_eq!((e.field.as_deref(), e.line), (Some("spec.nodeSelector"), Some(6)), "{e}");
+    let e = error(&format!("{rr}  peerIP: 192.168.100.1\n"));
+    assert_eq!(e.field.as_deref(), Some("spec.peerIP"), "{e}");
+    assert!(e.message.contains("not with peerSelector"), "{e}");
+    let e = error(&format!("{rr}  node: node-a\n"));
+    assert_eq!(e.field.as_deref(), Some("spec.nodeSelector"), "{e}");
+
     let e = error(&fixture("bgppeer.yaml").replace("  asNumber: 64600\n", ""));
     assert_eq!(e.field.as_deref(), Some("spec.asNumber"), "{e}");
 

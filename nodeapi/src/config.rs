@@ -141,6 +141,9 @@ pub enum PeerKind {
     RouteReflectorClient,
     #[serde(rename = "global")]
     Global,
+    /// Another node of the cluster, peered by a BGPPeer's `peerSelector` (calicoctl's name).
+    #[serde(rename = "node specific")]
+    NodeSpecific,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

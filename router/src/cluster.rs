@@ -15,9 +15,10 @@
 //!   its family.
 
 use datastore::resources::{self as r, Resource};
+use datastore::selector::Selector;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nodeapi::config::{BgpConfig, BgpPeer, IpipMode, PeerKind, Pool, PrefixAdvertisement};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// What the resources say for one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,13 +127,60 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
     }
     let others: Vec<(Ipv4Addr, Option<Ipv4Addr>)> = nodes.iter().filter(|n| n.0 != me).map(|n| (n.1, n.2)).collect();
     let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, as_number);
+    let no_labels = std::collections::BTreeMap::new();
+    let node_res = |name: &str| {
+        resources.iter().find_map(|x| match x {
+            Resource::Node(n) if n.metadata.name == name => Some(n),
+            _ => None,
+        })
+    };
+    let my_labels = node_res(me).map_or(&no_labels, |n| &n.metadata.labels);
     for x in resources {
         let Resource::BgpPeer(p) = x else { continue };
-        if p.spec.node.as_deref().is_some_and(|n| n != me) {
+        let selector = |s: &str, notes: &mut Vec<String>| {
+            let sel = Selector::parse(s);
+            if let Err(e) = &sel {
+                notes.push(format!("bgppeers/{}: selector {s:?}: {e}", p.metadata.name));
+            }
+            sel.ok()
+        };
+        // Which nodes have this peer: the one named, those the selector picks, or all.
+        let mine = match (&p.spec.node, &p.spec.node_selector) {
+            (Some(n), _) => n == me,
+            (None, Some(s)) => selector(s, &mut notes).is_some_and(|sel| sel.matches(my_labels)),
+            (None, None) => true,
+        };
+        if !mine {
             continue;
         }
-        if p.spec.node_selector.is_some() || p.spec.peer_selector.is_some() {
-            notes.push(format!("bgppeers/{}: selectors are not followed; give spec.node or none", p.metadata.name));
+        if let Some(s) = &p.spec.peer_selector {
+            // Nodes as peers (Calico's route reflector setup: every node peers with the nodes
+            // labelled as reflectors), at their addresses, the higher one waiting. Sessions
+            // the mesh or the reflectors' cluster IDs already make are not doubled.
+            let Some(sel) = selector(s, &mut notes) else { continue };
+            for (name, addr, rr) in nodes.iter().filter(|n| n.0 != me) {
+                let labels = node_res(name).map_or(&no_labels, |n| &n.metadata.labels);
+                if !sel.matches(labels) || peers.iter().any(|q| q.address == IpAddr::V4(*addr)) {
+                    continue;
+                }
+                let kind = match (my_rr, *rr) {
+                    (Some(mine), theirs) if theirs != Some(mine) => PeerKind::RouteReflectorClient,
+                    (None, Some(_)) => PeerKind::RouteReflector,
+                    _ => PeerKind::NodeSpecific,
+                };
+                let asn = node_res(name).and_then(|n| n.spec.bgp.as_ref()?.as_number).unwrap_or(as_number);
+                peers.push(BgpPeer {
+                    address: IpAddr::V4(*addr),
+                    as_number: asn,
+                    port: 179,
+                    kind,
+                    passive: u32::from(my_addr) > u32::from(*addr),
+                    password: None,
+                    ttl_security: p.spec.ttl_security,
+                    filters: p.spec.filters.clone().unwrap_or_default(),
+                    max_prefixes: None,
+                });
+            }
             continue;
         }
         let Some(ip) = p.spec.peer_ip.as_deref() else { continue };
@@ -330,5 +378,85 @@ mod tests {
         assert_eq!(kinds, vec![PeerKind::RouteReflector, PeerKind::Global], "{:?}", b.peers);
         let c = view(&rs, "node-c", "192.168.200.101".parse().expect("ip"), None);
         assert_eq!(c.peers.len(), 1, "clients do not peer with each other: {:?}", c.peers);
+    }
+
+    #[test]
+    fn selectors_pick_which_nodes_have_a_peer_and_which_nodes_are_peers() {
+        let res = |kind: &str, name: &str, labels: &str, spec: &str| {
+            format!(
+                "---\napiVersion: projectcalico.org/v3\nkind: {kind}\nmetadata:\n  name: {name}\n{labels}spec:\n{spec}"
+            )
+        };
+        let node = |name: &str, addr: &str, labels: &str| {
+            res("Node", name, &format!("  labels:\n{labels}"), &format!("  bgp:\n    ipv4Address: {addr}\n"))
+        };
+        let extra = [
+            res("BGPConfiguration", "default", "", "  nodeToNodeMeshEnabled: false\n"),
+            node("node-a", "192.168.100.100/24", "    rack: r1\n"),
+            node("node-b", "192.168.100.101/24", "    rack: r1\n"),
+            node("node-c", "192.168.200.101/24", "    rack: r2\n"),
+            // The nodes of rack r1 peer with each other, and with their top-of-rack router.
+            res("BGPPeer", "rack-r1", "", "  nodeSelector: rack == 'r1'\n  peerSelector: rack == 'r1'\n"),
+            res("BGPPeer", "tor-r1", "", "  nodeSelector: rack == 'r1'\n  peerIP: 192.168.100.1\n  asNumber: 65001\n"),
+        ]
+        .concat();
+        let mut rs = seed("");
+        let over = datastore::resources::parse(&extra).expect("extra");
+        rs.retain(|x| !over.iter().any(|o| o.kind() == x.kind() && o.name() == x.name()));
+        rs.extend(over.clone());
+        let at = |rs: &[Resource], name: &str, addr: &str| {
+            let v = view(rs, name, addr.parse().expect("ip"), None);
+            assert!(v.notes.is_empty(), "{:?}", v.notes);
+            v.peers.iter().map(|p| (p.address.to_string(), p.kind, p.passive)).collect::<Vec<_>>()
+        };
+        let a = at(&rs, "node-a", "192.168.100.100");
+        assert_eq!(
+            a,
+            [
+                ("192.168.100.101".into(), PeerKind::NodeSpecific, false),
+                ("192.168.100.1".into(), PeerKind::Global, false)
+            ]
+        );
+        let b = at(&rs, "node-b", "192.168.100.101");
+        assert_eq!(b[0], ("192.168.100.100".into(), PeerKind::NodeSpecific, true), "the higher address waits");
+        assert!(at(&rs, "node-c", "192.168.200.101").is_empty(), "node-c is in rack r2");
+
+        // Calico's route reflector setup: every node peers with the nodes labelled as
+        // reflectors, which are clients to none but each other.
+        let rr = [
+            res("BGPConfiguration", "default", "", "  nodeToNodeMeshEnabled: false\n"),
+            res(
+                "Node",
+                "node-c",
+                "  labels:\n    route-reflector: 'true'\n",
+                "  bgp:\n    ipv4Address: 192.168.200.101/24\n    routeReflectorClusterID: 224.0.0.1\n",
+            ),
+            res(
+                "BGPPeer",
+                "peer-with-route-reflectors",
+                "",
+                "  nodeSelector: all()\n  peerSelector: route-reflector == 'true'\n",
+            ),
+        ]
+        .concat();
+        let mut rs = seed("");
+        let over = datastore::resources::parse(&rr).expect("rr");
+        rs.retain(|x| !over.iter().any(|o| o.kind() == x.kind() && o.name() == x.name()));
+        rs.extend(over);
+        let a = at(&rs, "node-a", "192.168.100.100");
+        assert_eq!(a, [("192.168.200.101".into(), PeerKind::RouteReflector, false)], "one session, not two");
+        let c = at(&rs, "node-c", "192.168.200.101");
+        assert!(c.iter().all(|p| p.1 == PeerKind::RouteReflectorClient) && c.len() == 2, "{c:?}");
+
+        // A selector that does not parse is named, and picks nothing.
+        let bad =
+            res("BGPPeer", "bad", "", "  nodeSelector: rack = 'r1'\n  peerIP: 192.168.100.1\n  asNumber: 65001\n");
+        let mut rs = seed("");
+        rs.extend(datastore::resources::parse(&bad.replace("rack = ", "rack == ")).expect("valid"));
+        let r::Resource::BgpPeer(p) = rs.last_mut().expect("peer") else { unreachable!() };
+        p.spec.node_selector = Some("rack = 'r1'".into());
+        let v = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
+        assert!(v.notes.iter().any(|n| n.contains("bgppeers/bad: selector")), "{:?}", v.notes);
+        assert!(v.peers.iter().all(|p| p.kind != PeerKind::Global));
     }
 }

@@ -897,6 +897,44 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let _ = etcd.wait();
 }
 
+/// Calico's selectors on etcd: a BGPPeer's nodeSelector picks the nodes that have it and its
+/// peerSelector the nodes they peer with, and the sessions follow labels applied live.
+#[test]
+fn bgp_peers_by_selector_follow_node_labels_on_etcd() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    let node = |name: &str, addr: &str, rack: &str| {
+        format!("---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    rack: {rack}\nspec:\n  bgp:\n    ipv4Address: {addr}\n")
+    };
+    // Mesh off; the nodes of rack r1 peer with each other only.
+    apply(
+        &lab,
+        &[
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n",
+            &node("node-a", "192.168.100.100/24", "r1"),
+            &node("node-b", "192.168.100.101/24", "r1"),
+            &node("node-c", "192.168.200.101/24", "r2"),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack-r1\nspec:\n  nodeSelector: rack == 'r1'\n  peerSelector: rack == 'r1'\n",
+        ]
+        .concat(),
+    );
+    wait_for(20, "node-c without sessions", || peers(&lab, "node-c").is_empty());
+    let a = peers(&lab, "node-a");
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!((a[0]["peer"].as_str(), a[0]["peer_type"].as_str()), (Some("192.168.100.101"), Some("node specific")));
+    wait_for(20, "node-a's session with node-b", || peer_state(&lab, "node-a", "192.168.100.101").0 == "up");
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
+    assert!(ok, "{out}");
+    wait_for(20, "node-c's block gone at node-a", || route(&lab, "node-a", "10.244.3.0/26").is_none());
+    // node-c labelled into rack r1: it peers with both, and every pod reaches every other.
+    apply(&lab, &node("node-c", "192.168.200.101/24", "r1"));
+    wait_for(20, "node-c's two sessions", || {
+        let c = peers(&lab, "node-c");
+        c.len() == 2 && c.iter().all(|p| p["state"] == "up")
+    });
+    wait_for(10, "node-c's block at node-a", || route(&lab, "node-a", "10.244.3.0/26").is_some());
+    all_pods_reach_each_other(&lab);
+}
+
 /// The nodes read a change at different moments. Here the new reflector reads it last (its
 /// answers from etcd are held back for a while): the clients' new sessions reach it while it
 /// is still a mesh peer, which passes on no one else's routes, and the clients must not drop
