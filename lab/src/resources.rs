@@ -5,6 +5,9 @@ use crate::topology::Topology;
 use datastore::resources::{self as r, Kind, Resource};
 use nodeapi::config::IpipMode;
 
+/// The label Calico's documentation gives route reflectors.
+const RR_LABEL: &str = "route-reflector";
+
 fn community(c: u32) -> String {
     format!("{}:{}", c >> 16, c & 0xffff)
 }
@@ -73,7 +76,25 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
             route_reflector_cluster_id: n.route_reflector_cluster_id.map(|c| c.to_string()),
             ..Default::default()
         };
-        out.push(Resource::Node(r::typed(Kind::Node, &n.name, r::NodeSpec { bgp: Some(bgp), ..Default::default() })));
+        let mut node = r::typed(Kind::Node, &n.name, r::NodeSpec { bgp: Some(bgp), ..Default::default() });
+        if n.route_reflector_cluster_id.is_some() {
+            node.metadata.labels.insert(RR_LABEL.into(), "true".into());
+        }
+        out.push(Resource::Node(node));
+    }
+    if !t.node_to_node_mesh && t.nodes.iter().any(|n| n.route_reflector_cluster_id.is_some()) {
+        // What Calico needs besides the cluster IDs for the reflectors' sessions (its
+        // documentation's setup); our nodes make them from the cluster IDs alone, and do not
+        // double them.
+        out.push(Resource::BgpPeer(r::typed(
+            Kind::BgpPeer,
+            "peer-with-route-reflectors",
+            r::BgpPeerSpec {
+                node_selector: Some("all()".into()),
+                peer_selector: Some(format!("{RR_LABEL} == 'true'")),
+                ..Default::default()
+            },
+        )));
     }
     for p in &t.bgp_peers {
         let mut name = format!("peer-{}", p.peer_ip.to_string().replace(['.', ':'], "-"));
@@ -158,5 +179,9 @@ mod tests {
         let rr = Topology::parse(Path::new("rr"), crate::topology::SEED_RR).expect("rr");
         let yaml = datastore::resources::to_yaml(&from_topology(&rr).0);
         assert!(yaml.contains("nodeToNodeMeshEnabled: false") && yaml.contains("routeReflectorClusterID"), "{yaml}");
+        assert!(
+            yaml.contains("peerSelector: route-reflector == 'true'") && yaml.contains("route-reflector: 'true'"),
+            "{yaml}"
+        );
     }
 }

@@ -315,6 +315,14 @@ mod tests {
         assert_eq!(v.nodes.len(), 2);
         let c = view(&seed(""), "node-c", "192.168.200.101".parse().expect("ip"), None);
         assert!(c.peers.iter().all(|p| p.passive), "node-c has the highest address");
+        // The reflector topology as resources (with Calico's peerSelector for the
+        // reflectors): one session per client, two at the reflector.
+        let t = lab::topology::Topology::parse(std::path::Path::new("rr"), lab::topology::SEED_RR).expect("rr");
+        let rs = lab::resources::from_topology(&t).0;
+        let b = view(&rs, "node-b", "192.168.100.101".parse().expect("ip"), None);
+        assert_eq!(b.peers.iter().map(|p| p.kind).collect::<Vec<_>>(), [PeerKind::RouteReflector]);
+        let a = view(&rs, "node-a", a, None);
+        assert_eq!(a.peers.iter().map(|p| p.kind).collect::<Vec<_>>(), [PeerKind::RouteReflectorClient; 2]);
     }
 
     #[test]
