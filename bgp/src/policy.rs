@@ -72,16 +72,29 @@ pub struct Rule {
     pub cidr: IpNet,
     pub operator: MatchOperator,
     pub action: Action,
+    /// Calico's `prefixLength`: the route's prefix length must be from `min` to `max`.
+    pub lengths: Option<(u8, u8)>,
 }
 
 impl Rule {
+    pub fn new(cidr: IpNet, operator: MatchOperator, action: Action) -> Rule {
+        Rule { cidr, operator, action, lengths: None }
+    }
+
+    /// Whether the rule speaks of `prefix`. A rule is of its CIDR's family (Calico keeps
+    /// `exportV4` and `exportV6` apart): "not in 10.0.0.0/8" says nothing of IPv6 routes.
     pub fn matches(&self, prefix: &IpNet) -> bool {
-        let inside = || self.cidr.contains(prefix) && same_family(&self.cidr, prefix);
+        if !same_family(&self.cidr, prefix) {
+            return false;
+        }
+        if self.lengths.is_some_and(|(min, max)| !(min..=max).contains(&prefix.prefix_len())) {
+            return false;
+        }
         match self.operator {
             MatchOperator::Equal => *prefix == self.cidr,
             MatchOperator::NotEqual => *prefix != self.cidr,
-            MatchOperator::In => inside(),
-            MatchOperator::NotIn => !inside(),
+            MatchOperator::In => self.cidr.contains(prefix),
+            MatchOperator::NotIn => !self.cidr.contains(prefix),
         }
     }
 }
@@ -219,23 +232,28 @@ mod tests {
 
     #[test]
     fn operators_compare_as_calico_says() {
-        let r = |op| Rule { cidr: net("10.0.0.0/8"), operator: op, action: Action::Accept };
+        let r = |op| Rule::new(net("10.0.0.0/8"), op, Action::Accept);
         let (same, inside, outside, v6) = (net("10.0.0.0/8"), net("10.1.0.0/16"), net("11.0.0.0/8"), net("::/0"));
+        // An IPv4 rule says nothing of IPv6 routes, whatever its operator.
         let table = [
             (MatchOperator::Equal, [true, false, false, false]),
-            (MatchOperator::NotEqual, [false, true, true, true]),
+            (MatchOperator::NotEqual, [false, true, true, false]),
             (MatchOperator::In, [true, true, false, false]),
-            (MatchOperator::NotIn, [false, false, true, true]),
+            (MatchOperator::NotIn, [false, false, true, false]),
         ];
         for (op, want) in table {
             let got = [same, inside, outside, v6].map(|p| r(op).matches(&p));
             assert_eq!(got, want, "{op:?}");
         }
+        // prefixLength: Calico's documentation's "/30 or longer inside 77.0.0.0/16".
+        let long = Rule { lengths: Some((30, 32)), ..Rule::new(net("77.0.0.0/16"), MatchOperator::In, Action::Accept) };
+        let got = ["77.0.1.0/30", "77.0.1.1/32", "77.0.1.0/24", "78.0.0.0/30"].map(|p| long.matches(&net(p)));
+        assert_eq!(got, [true, true, false, false]);
     }
 
     #[test]
     fn the_first_matching_rule_of_the_first_filter_that_has_one_decides() {
-        let rule = |cidr: &str, operator, action| Rule { cidr: net(cidr), operator, action };
+        let rule = |cidr: &str, operator, action| Rule::new(net(cidr), operator, action);
         let a = Arc::new(Filter {
             name: "a".into(),
             export: vec![],

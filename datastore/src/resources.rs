@@ -544,6 +544,62 @@ fn community(field: &str, s: &str) -> Result<(), (String, String)> {
 
 /// Checks what decoding cannot: values that must parse, and fit together. The error names
 /// the field.
+/// Fields of `r` that are set (to something other than what the router does anyway) but that
+/// this router keeps without acting on: `router apply` names them, so that nothing a user
+/// writes is silently a no-op.
+pub fn not_followed(r: &Resource) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut note = |set: bool, field: &'static str| {
+        if set {
+            out.push(field);
+        }
+    };
+    match r {
+        Resource::IpPool(p) => {
+            let s = &p.spec;
+            note(s.nat_outgoing == Some(true), "spec.natOutgoing");
+            note(s.disable_bgp_export == Some(true), "spec.disableBGPExport");
+            note(s.node_selector.as_deref().is_some_and(|n| n.trim() != "all()"), "spec.nodeSelector");
+            note(s.allowed_uses.is_some(), "spec.allowedUses");
+            note(s.assignment_mode.is_some(), "spec.assignmentMode");
+        }
+        Resource::BgpConfiguration(c) => {
+            let s = &c.spec;
+            note(s.log_severity_screen.is_some(), "spec.logSeverityScreen");
+            note(s.listen_port.is_some_and(|p| p != 179), "spec.listenPort");
+            note(s.bind_mode.is_some(), "spec.bindMode");
+            note(s.service_cluster_ips.is_some(), "spec.serviceClusterIPs");
+            note(s.service_external_ips.is_some(), "spec.serviceExternalIPs");
+            note(s.service_load_balancer_ips.is_some(), "spec.serviceLoadBalancerIPs");
+            note(s.node_mesh_max_restart_time.is_some(), "spec.nodeMeshMaxRestartTime");
+            note(s.ignored_interfaces.is_some(), "spec.ignoredInterfaces");
+        }
+        Resource::BgpPeer(p) => {
+            let s = &p.spec;
+            note(s.password.is_some(), "spec.password (a Kubernetes secret: the session runs without TCP-MD5)");
+            note(s.source_address.as_deref().is_some_and(|a| a != "UseNodeIP"), "spec.sourceAddress");
+            note(s.max_restart_time.is_some(), "spec.maxRestartTime");
+            note(s.keep_original_next_hop == Some(true), "spec.keepOriginalNextHop");
+            note(s.num_allowed_local_as_numbers.is_some_and(|n| n > 0), "spec.numAllowedLocalASNumbers");
+            note(s.reachable_by.is_some(), "spec.reachableBy");
+            note(s.keepalive_time.is_some(), "spec.keepaliveTime");
+        }
+        Resource::BgpFilter(f) => {
+            let rules = [&f.spec.export_v4, &f.spec.import_v4, &f.spec.export_v6, &f.spec.import_v6];
+            let any = |pick: fn(&FilterRule) -> bool| rules.iter().any(|l| l.iter().any(pick));
+            note(any(|r| r.source.is_some()), "a rule's source");
+            note(any(|r| r.interface.is_some()), "a rule's interface");
+        }
+        Resource::Node(n) => {
+            note(
+                n.spec.bgp.as_ref().is_some_and(|b| b.as_number.is_some()),
+                "spec.bgp.asNumber (the cluster's AS is used)",
+            );
+        }
+    }
+    out
+}
+
 /// A BGPPeer's `peerIP` in Calico's forms: an address, or with a port `192.0.2.1:1179` and
 /// `[2001:db8::1]:1179` (an IPv6 address with a port needs the brackets).
 pub fn peer_address(s: &str) -> Option<(IpAddr, Option<u16>)> {
@@ -658,6 +714,16 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
                         (Some(_), None) => return Err((format!("spec.{dir}[{i}].matchOperator"), "missing".into())),
                         (None, Some(_)) => return Err((field, "missing".into())),
                         (None, None) => {}
+                    }
+                    if let Some(l) = &rule.prefix_length {
+                        let top = if dir.ends_with("V4") { 32 } else { 128 };
+                        let (min, max) = (l.min.unwrap_or(0), l.max.unwrap_or(top));
+                        if max > top || min > max {
+                            return Err((
+                                format!("spec.{dir}[{i}].prefixLength"),
+                                format!("min {min} and max {max}: from 0 to {top}, min not above max"),
+                            ));
+                        }
                     }
                 }
             }

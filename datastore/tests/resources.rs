@@ -74,6 +74,15 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert_eq!((e.document, e.field.as_deref()), (2, Some("spec.peerIP")), "{e}");
     assert_eq!(e.line, Some(18), "{e}");
 
+    // What the router keeps but does not act on is named.
+    let peers = resources::parse(&fixture("bgppeer.yaml")).expect("peers");
+    assert!(resources::not_followed(&peers[0]).is_empty());
+    assert_eq!(resources::not_followed(&peers[1]).len(), 1);
+    assert!(resources::not_followed(&peers[1])[0].starts_with("spec.password"));
+    let off = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  keepOriginalNextHop: true\n");
+    let off = resources::parse(&off).expect("peers");
+    assert!(resources::not_followed(&off[1]).contains(&"spec.keepOriginalNextHop"));
+
     // Calico's peerIP forms: IPv4 or IPv6, a port only with brackets around IPv6.
     let at = |s: &str| datastore::resources::peer_address(s).map(|(a, p)| (a.to_string(), p));
     assert_eq!(at("192.168.100.251:179"), Some(("192.168.100.251".into(), Some(179))));
@@ -99,6 +108,12 @@ fn errors_name_the_document_the_line_and_the_field() {
 
     let e = error(&fixture("bgppeer.yaml").replace("  asNumber: 64600\n", ""));
     assert_eq!(e.field.as_deref(), Some("spec.asNumber"), "{e}");
+
+    let long = "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: long\nspec:\n  exportV4:\n  \
+                - action: Accept\n    matchOperator: In\n    cidr: 77.0.0.0/16\n    prefixLength:\n      min: 30\n";
+    assert!(resources::parse(long).is_ok());
+    let e = error(&long.replace("min: 30", "min: 33"));
+    assert_eq!(e.field.as_deref(), Some("spec.exportV4[0].prefixLength"), "{e}");
 
     let filter = fixture("bgpfilter.yaml").replace("198.51.100.0/24", "2001:db8::/32");
     let e = error(&filter);

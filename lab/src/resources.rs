@@ -167,6 +167,10 @@ mod tests {
             let yaml = datastore::resources::to_yaml(&rs);
             let back = datastore::resources::parse(&yaml).unwrap_or_else(|e| panic!("{name}: {e}\n{yaml}"));
             assert_eq!(back, rs, "{name}");
+            // What the lab writes, the router acts on.
+            for r in &rs {
+                assert_eq!(datastore::resources::not_followed(r), Vec::<&str>::new(), "{name}: {r:?}");
+            }
             assert_eq!(rs.iter().filter(|r| r.kind() == Kind::Node).count(), 3);
         }
         // Dual stack: the IPv6 pool (never IPIP) and every node's IPv6 address.

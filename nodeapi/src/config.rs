@@ -456,11 +456,11 @@ pub fn check_filters(src: &Source<'_>, raw: &[RawFilter]) -> Result<Vec<bgp::pol
     let rules = |rs: &[RawRule]| -> Result<Vec<Rule>, FileError> {
         rs.iter()
             .map(|r| {
-                Ok(Rule {
-                    cidr: ipnet::IpNet::V4(src.at(&r.cidr, fileerr::parse_net(r.cidr.get_ref(), "cidr"))?),
-                    operator: r.match_operator,
-                    action: r.action,
-                })
+                Ok(Rule::new(
+                    ipnet::IpNet::V4(src.at(&r.cidr, fileerr::parse_net(r.cidr.get_ref(), "cidr"))?),
+                    r.match_operator,
+                    r.action,
+                ))
             })
             .collect()
     };

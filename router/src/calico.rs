@@ -26,6 +26,17 @@ pub fn read(file: &Path) -> anyhow::Result<Vec<Resource>> {
 /// They are written in one transaction.
 pub fn apply(store: &Store, file: &Path) -> anyhow::Result<()> {
     let rs = read(file)?;
+    for r in &rs {
+        let unfollowed = resources::not_followed(r);
+        if !unfollowed.is_empty() {
+            eprintln!(
+                "warning: {}/{}: kept in the datastore, but not acted on by this router: {}",
+                r.kind().plural(),
+                r.name(),
+                unfollowed.join(", ")
+            );
+        }
+    }
     for (r, applied) in rs.iter().zip(store.apply_all(&rs)?) {
         let what = match applied {
             Applied::Created => "created",

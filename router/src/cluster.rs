@@ -67,7 +67,9 @@ fn rules(list: &[r::FilterRule], every: IpNet) -> Vec<bgp::policy::Rule> {
                 r::FilterAction::Accept => bgp::policy::Action::Accept,
                 r::FilterAction::Reject => bgp::policy::Action::Reject,
             };
-            Some(bgp::policy::Rule { cidr, operator, action })
+            let lengths =
+                x.prefix_length.as_ref().map(|l| (l.min.unwrap_or(0), l.max.unwrap_or(every.max_prefix_len())));
+            Some(bgp::policy::Rule { cidr, operator, action, lengths })
         })
         .collect()
 }
@@ -168,10 +170,9 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                     (None, Some(_)) => PeerKind::RouteReflector,
                     _ => PeerKind::NodeSpecific,
                 };
-                let asn = node_res(name).and_then(|n| n.spec.bgp.as_ref()?.as_number).unwrap_or(as_number);
                 peers.push(BgpPeer {
                     address: IpAddr::V4(*addr),
-                    as_number: asn,
+                    as_number,
                     port: 179,
                     kind,
                     passive: u32::from(my_addr) > u32::from(*addr),
@@ -466,5 +467,19 @@ mod tests {
         let v = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
         assert!(v.notes.iter().any(|n| n.contains("bgppeers/bad: selector")), "{:?}", v.notes);
         assert!(v.peers.iter().all(|p| p.kind != PeerKind::Global));
+    }
+
+    #[test]
+    fn filter_rules_keep_to_their_family_and_prefix_lengths() {
+        let f = "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: g\nspec:\n\
+                 \x20 importV4:\n  - action: Reject\n    matchOperator: NotIn\n    cidr: 10.0.0.0/8\n\
+                 \x20 exportV4:\n  - action: Accept\n    matchOperator: In\n    cidr: 77.0.0.0/16\n    prefixLength:\n      min: 30\n";
+        let v = view(&seed(f), "node-a", "192.168.100.100".parse().expect("ip"), None);
+        let g = v.filters.iter().find(|x| x.name == "g").expect("filter g");
+        let net = |s: &str| s.parse::<IpNet>().expect("net");
+        // An IPv4 rule leaves IPv6 routes to the IPv6 rules (none here: the defaults).
+        assert!(g.import[0].matches(&net("11.0.0.0/8")) && !g.import[0].matches(&net("fd00:99::/48")));
+        let got = ["77.0.1.0/30", "77.0.1.1/32", "77.0.1.0/24"].map(|p| g.export[0].matches(&net(p)));
+        assert_eq!(got, [true, true, false]);
     }
 }

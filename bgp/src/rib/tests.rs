@@ -407,7 +407,7 @@ fn an_external_peer_cannot_announce_pool_routes_or_override_our_own() {
 }
 
 fn rule(cidr: &str, operator: policy::MatchOperator, action: Action) -> policy::Rule {
-    policy::Rule { cidr: net(cidr), operator, action }
+    policy::Rule::new(net(cidr), operator, action)
 }
 
 #[test]
