@@ -762,7 +762,8 @@ fn a_planned_restart_keeps_routes_everywhere_and_loses_nothing_between_other_nod
 }
 
 /// `router apply -f -` with `yaml`, to the lab's etcd.
-fn apply(lab: &TestLab, yaml: &str) {
+/// `router apply -f -` of `yaml`; its warnings.
+fn apply(lab: &TestLab, yaml: &str) -> String {
     use std::io::Write as _;
     let mut c = lab
         .command(&["apply", "-f", "-"])
@@ -774,6 +775,7 @@ fn apply(lab: &TestLab, yaml: &str) {
     c.stdin.take().expect("stdin").write_all(yaml.as_bytes()).expect("write");
     let out = c.wait_with_output().expect("apply");
     assert!(out.status.success(), "apply: {}{}", text(&out.stdout), text(&out.stderr));
+    text(&out.stderr)
 }
 
 #[test]
@@ -933,6 +935,16 @@ fn bgp_peers_by_selector_follow_node_labels_on_etcd() {
     });
     wait_for(10, "node-c's block at node-a", || route(&lab, "node-a", "10.244.3.0/26").is_some());
     all_pods_reach_each_other(&lab);
+    // A field the router keeps without acting on is named, not silently dropped.
+    let warned = apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack-r1\nspec:\n  nodeSelector: rack == 'r1'\n  peerSelector: rack == 'r1'\n  keepaliveTime: 10s\n",
+    );
+    assert!(
+        warned.contains("bgppeers/rack-r1: kept in the datastore, but not acted on")
+            && warned.contains("spec.keepaliveTime"),
+        "{warned}"
+    );
 }
 
 /// The nodes read a change at different moments. Here the new reflector reads it last (its
