@@ -25,6 +25,11 @@ fn topology(lab: &TestLab, name: &str, cluster_extra: &str, tail: &str) -> PathB
     path
 }
 
+/// [`topology`] with the seed's IPv6 pool: a dual-stack lab.
+fn dual_topology(lab: &TestLab, name: &str, tail: &str) -> PathBuf {
+    topology(lab, name, "pool_v6 = \"fd00:10:244::/48\"", tail)
+}
+
 fn up_with(lab: TestLab, topo: &Path) -> TestLab {
     up_with_args(lab, topo, &[])
 }
@@ -1012,10 +1017,9 @@ fn lookup(lab: &TestLab, node: &str, addr: &str) -> serde_json::Value {
 #[test]
 fn bird2_exchanges_ipv6_blocks_with_a_dual_stack_node() {
     let lab = TestLab::named();
-    let topo = topology(
+    let topo = dual_topology(
         &lab,
         "bird6",
-        "pool_v6 = \"fd00:10:244::/48\"",
         "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\n",
     );
     let lab = up_with(lab, &topo);
@@ -1058,10 +1062,9 @@ fn bird2_exchanges_ipv6_blocks_with_a_dual_stack_node() {
 #[test]
 fn bird2_peers_over_ipv6_with_a_dual_stack_node() {
     let lab = TestLab::named();
-    let topo = topology(
+    let topo = dual_topology(
         &lab,
         "bird6t",
-        "pool_v6 = \"fd00:10:244::/48\"",
         "\n[[bgp_peers]]\npeer_ip = \"fd00:192:168:100::1\"\nas_number = 65001\nnode = \"node-a\"\npassword = \"six\"\nttl_security = 1\n",
     );
     let lab = up_with(lab, &topo);
@@ -1119,10 +1122,9 @@ fn bird2_peers_over_ipv6_with_a_dual_stack_node() {
 #[test]
 fn a_dual_stack_lab_on_etcd_follows_ipv6_pools_and_node_addresses_applied_live() {
     let lab = TestLab::named();
-    let topo = topology(
+    let topo = dual_topology(
         &lab,
         "etcd6",
-        "pool_v6 = \"fd00:10:244::/48\"",
         "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\n",
     );
     let lab = up_with_args(lab, &topo, &["--datastore", "etcd"]);
@@ -1223,10 +1225,9 @@ fn a_dual_stack_lab_on_etcd_follows_ipv6_pools_and_node_addresses_applied_live()
 #[test]
 fn gobgp_exchanges_ipv6_blocks_with_a_dual_stack_node() {
     let lab = TestLab::named();
-    let topo = topology(
+    let topo = dual_topology(
         &lab,
         "gobgp6",
-        "pool_v6 = \"fd00:10:244::/48\"",
         "\n[[bgp_peers]]\npeer_ip = \"192.168.200.1\"\nas_number = 65002\nnode = \"node-a\"\n\
          \n[[bgp_peers]]\npeer_ip = \"fd00:192:168:200::1\"\nas_number = 65002\nnode = \"node-a\"\n",
     );
