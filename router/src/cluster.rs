@@ -147,22 +147,24 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             sel.ok()
         };
         // Which nodes have this peer: the one named, those the selector picks, or all.
-        let mine = match (&p.spec.node, &p.spec.node_selector) {
-            (Some(n), _) => n == me,
-            (None, Some(s)) => selector(s, &mut notes).is_some_and(|sel| sel.matches(my_labels)),
+        let node_sel = p.spec.node_selector.as_deref().map(|s| selector(s, &mut notes));
+        let has_it = |name: &str, labels: &std::collections::BTreeMap<String, String>| match (&p.spec.node, &node_sel) {
+            (Some(n), _) => n == name,
+            (None, Some(sel)) => sel.as_ref().is_some_and(|sel| sel.matches(labels)),
             (None, None) => true,
         };
-        if !mine {
-            continue;
-        }
         if let Some(s) = &p.spec.peer_selector {
             // Nodes as peers (Calico's route reflector setup: every node peers with the nodes
-            // labelled as reflectors), at their addresses, the higher one waiting. Sessions
-            // the mesh or the reflectors' cluster IDs already make are not doubled.
+            // labelled as reflectors), at their addresses, the higher one waiting. A session
+            // has two ends: a node the peerSelector picks peers with the nodes that have the
+            // BGPPeer, as Calico's node agent does. Sessions the mesh or the reflectors'
+            // cluster IDs already make are not doubled.
             let Some(sel) = selector(s, &mut notes) else { continue };
+            let (have, picked) = (has_it(me, my_labels), sel.matches(my_labels));
             for (name, addr, rr) in nodes.iter().filter(|n| n.0 != me) {
                 let labels = node_res(name).map_or(&no_labels, |n| &n.metadata.labels);
-                if !sel.matches(labels) || peers.iter().any(|q| q.address == IpAddr::V4(*addr)) {
+                let pair = (have && sel.matches(labels)) || (picked && has_it(name, labels));
+                if !pair || peers.iter().any(|q| q.address == IpAddr::V4(*addr)) {
                     continue;
                 }
                 let kind = match (my_rr, *rr) {
@@ -182,6 +184,9 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                     max_prefixes: None,
                 });
             }
+            continue;
+        }
+        if !has_it(me, my_labels) {
             continue;
         }
         let Some(ip) = p.spec.peer_ip.as_deref() else { continue };
@@ -429,6 +434,23 @@ mod tests {
         let b = at(&rs, "node-b", "192.168.100.101");
         assert_eq!(b[0], ("192.168.100.100".into(), PeerKind::NodeSpecific, true), "the higher address waits");
         assert!(at(&rs, "node-c", "192.168.200.101").is_empty(), "node-c is in rack r2");
+
+        // Both ends of a selected pair have the session: rack r1's nodes peer with the edge
+        // node, and the edge node, which the nodeSelector does not pick, with them.
+        let edge = res("BGPPeer", "rack-r1", "", "  nodeSelector: rack == 'r1'\n  peerSelector: rack == 'r2'\n");
+        let mut rs2 = rs.clone();
+        rs2.retain(|x| x.name() != "rack-r1");
+        rs2.extend(datastore::resources::parse(&edge).expect("edge"));
+        let c = at(&rs2, "node-c", "192.168.200.101");
+        assert_eq!(
+            c,
+            [
+                ("192.168.100.100".into(), PeerKind::NodeSpecific, true),
+                ("192.168.100.101".into(), PeerKind::NodeSpecific, true)
+            ]
+        );
+        let a = at(&rs2, "node-a", "192.168.100.100");
+        assert!(a.contains(&("192.168.200.101".into(), PeerKind::NodeSpecific, false)), "{a:?}");
 
         // Calico's route reflector setup: every node peers with the nodes labelled as
         // reflectors, which are clients to none but each other.

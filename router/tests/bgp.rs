@@ -932,8 +932,12 @@ fn bgp_peers_by_selector_follow_node_labels_on_etcd() {
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
     assert!(ok, "{out}");
     wait_for(20, "node-c's block gone at node-a", || route(&lab, "node-a", "10.244.3.0/26").is_none());
-    // node-c labelled into rack r1: it peers with both, and every pod reaches every other.
-    apply(&lab, &node("node-c", "192.168.200.101/24", "r1"));
+    // Rack r1 peers with rack r2 too: node-c, which that BGPPeer's nodeSelector does not
+    // pick, takes the other end of both sessions, and every pod reaches every other.
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: r1-to-r2\nspec:\n  nodeSelector: rack == 'r1'\n  peerSelector: rack == 'r2'\n",
+    );
     wait_for(20, "node-c's two sessions", || {
         let c = peers(&lab, "node-c");
         c.len() == 2 && c.iter().all(|p| p["state"] == "up")
