@@ -254,4 +254,55 @@ mod tests {
             assert!(e.contains(why), "{s}: {e}");
         }
     }
+
+    #[test]
+    fn any_text_parses_or_is_refused_without_a_panic() {
+        // Pieces of selectors, multi-byte text among them, strung together at random: a
+        // deterministic stand-in for a fuzzer over the one parser a user's text reaches.
+        let pieces = [
+            "a",
+            "rack",
+            "'",
+            "\"",
+            "(",
+            ")",
+            "!",
+            "==",
+            "!=",
+            "=",
+            "&&",
+            "||",
+            "&",
+            "{",
+            "}",
+            ",",
+            " ",
+            "in",
+            "not in",
+            "has(",
+            "all()",
+            "contains",
+            "starts with",
+            "ends with",
+            "é",
+            "ß'",
+            "r1",
+            "/",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let labels = labels(&[("rack", "r1"), ("a", "é")]);
+        let mut parsed = 0;
+        for _ in 0..50_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let n = (seed % 9) as usize;
+            let text: String = (0..n).map(|k| pieces[((seed >> (6 * k)) % pieces.len() as u64) as usize]).collect();
+            if let Ok(sel) = Selector::parse(&text) {
+                let _ = sel.matches(&labels);
+                parsed += 1;
+            }
+        }
+        assert!(parsed > 0, "some random selectors parse");
+    }
 }
