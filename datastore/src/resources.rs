@@ -566,7 +566,6 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
         Resource::BgpConfiguration(c) => {
             let s = &c.spec;
             note(s.log_severity_screen.is_some(), "spec.logSeverityScreen");
-            note(s.listen_port.is_some_and(|p| p != 179), "spec.listenPort");
             note(s.bind_mode.is_some(), "spec.bindMode");
             note(s.service_cluster_ips.is_some(), "spec.serviceClusterIPs");
             note(s.service_external_ips.is_some(), "spec.serviceExternalIPs");

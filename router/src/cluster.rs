@@ -28,6 +28,9 @@ pub struct View {
     pub peers: Vec<BgpPeer>,
     pub filters: Vec<bgp::policy::Filter>,
     pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    /// BGPConfiguration.listenPort: where every node listens, and so where the nodes
+    /// connect to each other.
+    pub listen_port: Option<u16>,
     pub pools: Vec<Pool>,
     /// Every other node's address.
     pub nodes: Vec<Ipv4Addr>,
@@ -128,7 +131,12 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
         ));
     }
     let others: Vec<(Ipv4Addr, Option<Ipv4Addr>)> = nodes.iter().filter(|n| n.0 != me).map(|n| (n.1, n.2)).collect();
+    let listen_port = config.and_then(|c| c.listen_port);
+    let node_port = listen_port.unwrap_or(179);
     let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, as_number);
+    for p in &mut peers {
+        p.port = node_port;
+    }
     let no_labels = std::collections::BTreeMap::new();
     let node_res = |name: &str| {
         resources.iter().find_map(|x| match x {
@@ -175,7 +183,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                 peers.push(BgpPeer {
                     address: IpAddr::V4(*addr),
                     as_number,
-                    port: 179,
+                    port: node_port,
                     kind,
                     passive: u32::from(my_addr) > u32::from(*addr),
                     password: None,
@@ -263,6 +271,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
         peers,
         filters,
         prefix_advertisements,
+        listen_port,
         pools,
         nodes: nodes.iter().filter(|n| n.0 != me).map(|n| n.1).collect(),
         pools6,
@@ -277,7 +286,7 @@ impl View {
         BgpConfig {
             as_number: self.as_number,
             router_id: base.and_then(|b| b.router_id).or(Some(my_addr)),
-            port: base.map_or(179, |b| b.port),
+            port: self.listen_port.unwrap_or_else(|| base.map_or(179, |b| b.port)),
             hold_time: base.map_or(90, |b| b.hold_time),
             connect_retry_secs: base.map_or(2, |b| b.connect_retry_secs),
             graceful_restart_secs: base.map_or(120, |b| b.graceful_restart_secs),
@@ -321,6 +330,17 @@ mod tests {
         assert_eq!(v.nodes.len(), 2);
         let c = view(&seed(""), "node-c", "192.168.200.101".parse().expect("ip"), None);
         assert!(c.peers.iter().all(|p| p.passive), "node-c has the highest address");
+        // listenPort: where this node listens and where it reaches the other nodes; an
+        // outside router keeps its own port.
+        let port = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  listenPort: 1179\n\
+                    ---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 192.168.100.1\n  asNumber: 65001\n";
+        let mut rs = seed("");
+        rs.retain(|x| x.kind() != r::Kind::BgpConfiguration);
+        rs.extend(datastore::resources::parse(port).expect("port"));
+        let v = view(&rs, "node-a", a, None);
+        assert_eq!(v.bgp(None, a).port, 1179);
+        let ports: Vec<(PeerKind, u16)> = v.peers.iter().map(|p| (p.kind, p.port)).collect();
+        assert_eq!(ports, [(PeerKind::Mesh, 1179), (PeerKind::Mesh, 1179), (PeerKind::Global, 179)]);
         // The reflector topology as resources (with Calico's peerSelector for the
         // reflectors): one session per client, two at the reflector.
         let t = lab::topology::Topology::parse(std::path::Path::new("rr"), lab::topology::SEED_RR).expect("rr");

@@ -944,6 +944,21 @@ fn bgp_peers_by_selector_follow_node_labels_on_etcd() {
     });
     wait_for(10, "node-c's block at node-a", || route(&lab, "node-a", "10.244.3.0/26").is_some());
     all_pods_reach_each_other(&lab);
+    // Calico's listenPort: every node restarts BGP on the new port, and the sessions come
+    // back on it.
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n  listenPort: 1179\n",
+    );
+    wait_for(30, "node-c's sessions back on port 1179", || {
+        let ss = text(&lab.exec("node-c", &["ss", "-Htn", "state", "established"]).stdout);
+        let c = peers(&lab, "node-c");
+        c.len() == 2
+            && c.iter().all(|p| p["state"] == "up")
+            && ss.split_whitespace().filter(|a| a.ends_with(":1179")).count() >= 2
+    });
+    let (ok, out) = ping(&lab, "pod-c1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.1.1"]);
+    assert!(ok, "{out}");
     // A field the router keeps without acting on is named, not silently dropped.
     let warned = apply(
         &lab,
