@@ -495,13 +495,11 @@ impl Core {
             return Incoming::Refuse;
         }
         // The peer's identifier is in its OPEN once we are in OpenConfirm; before that it is
-        // the one of the last session, or else its IPv4 address (a Calico node's router ID;
-        // an IPv6 peer's is unknown, and ours wins).
-        let by_addr = match p.cfg.address {
-            IpAddr::V4(a) => a,
-            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        };
-        let peer_id = p.fsm.negotiated().or(p.last_negotiated.as_ref()).map_or(by_addr, |n| n.peer_id);
+        // what the RIB holds: the one of the last session, or else the default of
+        // `PeerInfo::new` (its IPv4 address, a Calico node's router ID; an IPv6 peer's
+        // 0.0.0.0, and ours wins).
+        let known = || self.rib.peer(i as PeerId).map_or(Ipv4Addr::UNSPECIFIED, |x| x.router_id);
+        let peer_id = p.fsm.negotiated().map_or_else(known, |n| n.peer_id);
         let theirs_wins = !crate::fsm::keep_ours(self.cfg.router_id, peer_id);
         let restarted = state == State::Established && p.fsm.negotiated().is_some_and(|n| n.peer_gr.is_some());
         let take = match state {

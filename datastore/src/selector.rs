@@ -123,26 +123,25 @@ impl Parser<'_> {
             return Ok(Selector::Has(k));
         }
         let k = self.label()?;
-        if self.eat("==") {
-            return Ok(Selector::Equal(k, self.string()?));
+        // "not in" before "in"; the operators that take a set, then those that take a value.
+        type Of<T> = fn(String, T) -> Selector;
+        let sets: [(&str, Of<Vec<String>>); 2] = [("not in", Selector::NotIn), ("in", Selector::In)];
+        for (op, make) in sets {
+            if self.eat(op) {
+                return Ok(make(k, self.set()?));
+            }
         }
-        if self.eat("!=") {
-            return Ok(Selector::NotEqual(k, self.string()?));
-        }
-        if self.eat("not in") {
-            return Ok(Selector::NotIn(k, self.set()?));
-        }
-        if self.eat("in") {
-            return Ok(Selector::In(k, self.set()?));
-        }
-        if self.eat("contains") {
-            return Ok(Selector::Contains(k, self.string()?));
-        }
-        if self.eat("starts with") {
-            return Ok(Selector::StartsWith(k, self.string()?));
-        }
-        if self.eat("ends with") {
-            return Ok(Selector::EndsWith(k, self.string()?));
+        let values: [(&str, Of<String>); 5] = [
+            ("==", Selector::Equal),
+            ("!=", Selector::NotEqual),
+            ("contains", Selector::Contains),
+            ("starts with", Selector::StartsWith),
+            ("ends with", Selector::EndsWith),
+        ];
+        for (op, make) in values {
+            if self.eat(op) {
+                return Ok(make(k, self.string()?));
+            }
         }
         Err(self.error(&format!("expected ==, !=, in, not in, contains, starts with or ends with after {k:?}")))
     }

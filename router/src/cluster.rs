@@ -100,15 +100,16 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             })
         })
         .collect();
-    // Every node with an IPv4 address: (name, address, reflector cluster ID).
-    let mut nodes: Vec<(String, Ipv4Addr, Option<Ipv4Addr>)> = resources
+    // Every node with an IPv4 address: (name, address, reflector cluster ID, labels).
+    type Labels = std::collections::BTreeMap<String, String>;
+    let mut nodes: Vec<(String, Ipv4Addr, Option<Ipv4Addr>, &Labels)> = resources
         .iter()
         .filter_map(|x| match x {
             Resource::Node(n) => {
                 let b = n.spec.bgp.as_ref()?;
                 let addr = b.ipv4_address.as_ref()?.parse::<Ipv4Net>().ok()?.addr();
                 let rr = b.route_reflector_cluster_id.as_ref().and_then(|c| c.parse().ok());
-                Some((n.metadata.name.clone(), addr, rr))
+                Some((n.metadata.name.clone(), addr, rr, &n.metadata.labels))
             }
             _ => None,
         })
@@ -137,14 +138,15 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
     for p in &mut peers {
         p.port = node_port;
     }
-    let no_labels = std::collections::BTreeMap::new();
-    let node_res = |name: &str| {
-        resources.iter().find_map(|x| match x {
-            Resource::Node(n) if n.metadata.name == name => Some(n),
+    let no_labels = Labels::new();
+    // This node's labels, even where its resource has no address yet.
+    let my_labels = resources
+        .iter()
+        .find_map(|x| match x {
+            Resource::Node(n) if n.metadata.name == me => Some(&n.metadata.labels),
             _ => None,
         })
-    };
-    let my_labels = node_res(me).map_or(&no_labels, |n| &n.metadata.labels);
+        .unwrap_or(&no_labels);
     for x in resources {
         let Resource::BgpPeer(p) = x else { continue };
         let selector = |s: &str, notes: &mut Vec<String>| {
@@ -156,7 +158,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
         };
         // Which nodes have this peer: the one named, those the selector picks, or all.
         let node_sel = p.spec.node_selector.as_deref().map(|s| selector(s, &mut notes));
-        let has_it = |name: &str, labels: &std::collections::BTreeMap<String, String>| match (&p.spec.node, &node_sel) {
+        let has_it = |name: &str, labels: &Labels| match (&p.spec.node, &node_sel) {
             (Some(n), _) => n == name,
             (None, Some(sel)) => sel.as_ref().is_some_and(|sel| sel.matches(labels)),
             (None, None) => true,
@@ -169,8 +171,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             // cluster IDs already make are not doubled.
             let Some(sel) = selector(s, &mut notes) else { continue };
             let (have, picked) = (has_it(me, my_labels), sel.matches(my_labels));
-            for (name, addr, rr) in nodes.iter().filter(|n| n.0 != me) {
-                let labels = node_res(name).map_or(&no_labels, |n| &n.metadata.labels);
+            for (name, addr, rr, labels) in nodes.iter().filter(|n| n.0 != me) {
                 let pair = (have && sel.matches(labels)) || (picked && has_it(name, labels));
                 if !pair || peers.iter().any(|q| q.address == IpAddr::V4(*addr)) {
                     continue;
