@@ -783,6 +783,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
         &others,
         topo.node_to_node_mesh,
         topo.as_number,
+        179,
     );
     for p in topo.bgp_peers.iter().filter(|p| p.node.as_ref().is_none_or(|n| n == &node.name)) {
         peers.push(BgpPeer {

@@ -168,14 +168,15 @@ pub struct BgpPeer {
 /// The sessions a node has with the other nodes of its cluster, as Calico sets them up:
 /// with the mesh on, one with every node; with it off, reflectors (nodes with a cluster ID)
 /// peer with each other and with every other node, whose clients they are, and two clients
-/// do not peer. Of a pair, the higher address waits. `nodes` are the others: (address,
-/// reflector cluster ID).
+/// do not peer. `nodes` are the others: (address, reflector cluster ID); `port` is where
+/// every node listens (BGPConfiguration.listenPort).
 pub fn cluster_peers(
     me: Ipv4Addr,
     my_cluster_id: Option<Ipv4Addr>,
     nodes: &[(Ipv4Addr, Option<Ipv4Addr>)],
     mesh: bool,
     as_number: u32,
+    port: u16,
 ) -> Vec<BgpPeer> {
     nodes
         .iter()
@@ -190,19 +191,24 @@ pub fn cluster_peers(
             } else {
                 return None;
             };
-            Some(BgpPeer {
-                address: address.into(),
-                as_number,
-                port: 179,
-                kind,
-                passive: u32::from(me) > u32::from(address),
-                password: None,
-                ttl_security: None,
-                filters: Vec::new(),
-                max_prefixes: None,
-            })
+            Some(node_peer(me, address, kind, as_number, port))
         })
         .collect()
+}
+
+/// A session with another node of the cluster: of a pair, the higher address waits.
+pub fn node_peer(me: Ipv4Addr, address: Ipv4Addr, kind: PeerKind, as_number: u32, port: u16) -> BgpPeer {
+    BgpPeer {
+        address: address.into(),
+        as_number,
+        port,
+        kind,
+        passive: u32::from(me) > u32::from(address),
+        password: None,
+        ttl_security: None,
+        filters: Vec::new(),
+        max_prefixes: None,
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -134,10 +134,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
     let others: Vec<(Ipv4Addr, Option<Ipv4Addr>)> = nodes.iter().filter(|n| n.0 != me).map(|n| (n.1, n.2)).collect();
     let listen_port = config.and_then(|c| c.listen_port);
     let node_port = listen_port.unwrap_or(179);
-    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, as_number);
-    for p in &mut peers {
-        p.port = node_port;
-    }
+    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, as_number, node_port);
     let no_labels = Labels::new();
     // This node's labels, even where its resource has no address yet.
     let my_labels = resources
@@ -182,15 +179,9 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                     _ => PeerKind::NodeSpecific,
                 };
                 peers.push(BgpPeer {
-                    address: IpAddr::V4(*addr),
-                    as_number,
-                    port: node_port,
-                    kind,
-                    passive: u32::from(my_addr) > u32::from(*addr),
-                    password: None,
                     ttl_security: p.spec.ttl_security,
                     filters: p.spec.filters.clone().unwrap_or_default(),
-                    max_prefixes: None,
+                    ..nodeapi::config::node_peer(my_addr, *addr, kind, as_number, node_port)
                 });
             }
             continue;
