@@ -61,11 +61,14 @@ impl PeerGr {
 
 /// Our capability: restart time, whether we have just restarted (R, until our deferral
 /// ends) and, per family, whether we kept forwarding meanwhile (F).
+/// The longest restart time the capability can carry: 12 bits of seconds (RFC 4724 §3).
+pub const MAX_RESTART_TIME: u16 = 0x0fff;
+
 pub fn capability(restart_time: u16, restarted: bool, forwarding: &[(Afi, bool)]) -> Capability {
     let f = if restarted { flags::RESTARTED } else { 0 };
     Capability::GracefulRestart {
         flags: f,
-        time: restart_time.min(0x0fff),
+        time: restart_time.min(MAX_RESTART_TIME),
         families: forwarding
             .iter()
             .map(|(afi, kept)| (afi.code(), 1, if *kept { flags::FORWARDING } else { 0 }))

@@ -41,6 +41,14 @@ pub struct PeerConfig {
     pub ttl_security: Option<u8>,
     /// TCP MD5 is on (for the hint when connects go unanswered).
     pub md5: bool,
+    /// The graceful-restart time our OPENs announce to this peer, instead of the node's
+    /// (Calico's BGPPeer maxRestartTime, BGPConfiguration nodeMeshMaxRestartTime).
+    pub restart_time: Option<u16>,
+    /// Seconds between our keepalives (Calico's keepaliveTime); see [`FsmConfig::keepalive`].
+    pub keepalive: Option<u16>,
+    /// How many times our own AS may appear in the AS_PATH of a route it sends (Calico's
+    /// numAllowedLocalASNumbers, BIRD's `allow local as`); 0: the loop check of RFC 4271.
+    pub allow_local_as: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -246,6 +254,7 @@ impl Core {
                 external: p.external,
                 filters,
                 max_prefixes: p.max_prefixes,
+                allow_local_as: p.allow_local_as,
                 local_addr6: self.cfg.local_addr6,
                 ..PeerInfo::new(p.address, p.asn, self.cfg.local_addr)
             },
@@ -259,7 +268,8 @@ impl Core {
                 connect_retry: self.cfg.connect_retry,
                 passive: p.passive,
                 families: self.families(p.address),
-                graceful_restart: self.cfg.graceful_restart,
+                graceful_restart: self.cfg.graceful_restart.map(|t| p.restart_time.unwrap_or(t)),
+                keepalive: p.keepalive,
                 restarted: self.cfg.restarted,
             },
             now,

@@ -570,18 +570,14 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             note(s.service_cluster_ips.is_some(), "spec.serviceClusterIPs");
             note(s.service_external_ips.is_some(), "spec.serviceExternalIPs");
             note(s.service_load_balancer_ips.is_some(), "spec.serviceLoadBalancerIPs");
-            note(s.node_mesh_max_restart_time.is_some(), "spec.nodeMeshMaxRestartTime");
             note(s.ignored_interfaces.is_some(), "spec.ignoredInterfaces");
         }
         Resource::BgpPeer(p) => {
             let s = &p.spec;
             note(s.password.is_some(), "spec.password (a Kubernetes secret: the session runs without TCP-MD5)");
             note(s.source_address.as_deref().is_some_and(|a| a != "UseNodeIP"), "spec.sourceAddress");
-            note(s.max_restart_time.is_some(), "spec.maxRestartTime");
             note(s.keep_original_next_hop == Some(true), "spec.keepOriginalNextHop");
-            note(s.num_allowed_local_as_numbers.is_some_and(|n| n > 0), "spec.numAllowedLocalASNumbers");
             note(s.reachable_by.is_some(), "spec.reachableBy");
-            note(s.keepalive_time.is_some(), "spec.keepaliveTime");
         }
         Resource::BgpFilter(f) => {
             let rules = [&f.spec.export_v4, &f.spec.import_v4, &f.spec.export_v6, &f.spec.import_v6];
@@ -597,6 +593,57 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
         }
     }
     out
+}
+
+/// A duration as Calico's resources write it, Go's `time.Duration` text: numbers with units
+/// `ns`, `us` (`µs`), `ms`, `s`, `m`, `h`, one after the other (`90s`, `2m`, `1h30m`,
+/// `1.5s`), or a bare `0`. Negative durations are refused: nothing here may be negative.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 90s, 2m or 1h30m");
+    if text == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut nanos: f64 = 0.0;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(digits);
+        if number.is_empty() || number == "." {
+            return Err(bad());
+        }
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        nanos += value * scale;
+        rest = tail;
+    }
+    // Go's own limit, about 292 years.
+    if nanos > i64::MAX as f64 {
+        return Err(format!("{text:?} is longer than a duration can be"));
+    }
+    Ok(std::time::Duration::from_nanos(nanos as u64))
+}
+
+/// A duration field that becomes whole seconds in `lo..=hi` (as BIRD, which Calico
+/// configures with them, takes them).
+pub fn duration_secs(field: &str, text: &str, lo: u16, hi: u16) -> Result<u16, (String, String)> {
+    let d = parse_duration(text).map_err(|e| (field.to_string(), e))?;
+    match u16::try_from(d.as_secs()) {
+        Ok(s) if (lo..=hi).contains(&s) => Ok(s),
+        _ => Err((field.to_string(), format!("{text}: from {lo}s to {hi}s"))),
+    }
 }
 
 /// A BGPPeer's `peerIP` in Calico's forms: an address, or with a port `192.0.2.1:1179` and
@@ -659,10 +706,22 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             if c.spec.as_number == Some(0) {
                 return Err(("spec.asNumber".into(), "0 is not an AS number".into()));
             }
+            if let Some(t) = &c.spec.node_mesh_max_restart_time {
+                duration_secs("spec.nodeMeshMaxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
+            }
         }
         Resource::BgpPeer(p) => {
             if p.spec.ttl_security.is_some_and(|t| t == 0 || t == 255) {
                 return Err(("spec.ttlSecurity".into(), "a hop count from 1 to 254".into()));
+            }
+            if let Some(t) = &p.spec.max_restart_time {
+                duration_secs("spec.maxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
+            }
+            if let Some(t) = &p.spec.keepalive_time {
+                duration_secs("spec.keepaliveTime", t, 1, u16::MAX)?;
+            }
+            if p.spec.num_allowed_local_as_numbers.is_some_and(|n| n > 255) {
+                return Err(("spec.numAllowedLocalASNumbers".into(), "at most 255".into()));
             }
             for (field, sel) in
                 [("spec.nodeSelector", &p.spec.node_selector), ("spec.peerSelector", &p.spec.peer_selector)]

@@ -83,6 +83,30 @@ fn errors_name_the_document_the_line_and_the_field() {
     let off = resources::parse(&off).expect("peers");
     assert!(resources::not_followed(&off[1]).contains(&"spec.keepOriginalNextHop"));
 
+    // Durations as Go writes them, in the seconds BIRD would be given.
+    for (from, to, why) in [
+        ("maxRestartTime: 2m", "maxRestartTime: 2 minutes", "not a duration"),
+        ("maxRestartTime: 2m", "maxRestartTime: 2h", "from 0s to 4095s"),
+        ("keepaliveTime: 20s", "keepaliveTime: 500ms", "from 1s to 65535s"),
+        ("numAllowedLocalASNumbers: 1", "numAllowedLocalASNumbers: 300", "at most 255"),
+    ] {
+        let e = error(&fixture("bgppeer.yaml").replace(from, to));
+        let field = format!("spec.{}", from.split(':').next().unwrap_or_default());
+        assert_eq!((e.document, e.field.as_deref()), (2, Some(field.as_str())), "{e}");
+        assert!(e.message.contains(why), "{to}: {e}");
+    }
+    let e = error(&fixture("bgpconfiguration.yaml").replace("90s", "-90s"));
+    assert_eq!(e.field.as_deref(), Some("spec.nodeMeshMaxRestartTime"), "{e}");
+    let secs = |t: &str| resources::parse_duration(t).map(|d| d.as_secs_f64());
+    assert_eq!(secs("1h30m"), Ok(5400.0));
+    assert_eq!(secs("1.5s"), Ok(1.5));
+    assert_eq!(secs("2m0.5s"), Ok(120.5));
+    assert_eq!(secs("250ms"), Ok(0.25));
+    assert_eq!(secs("0"), Ok(0.0));
+    for bad in ["", "90", "s", "1.2.3s", "5d", "-1s", "1m 30s", ".s"] {
+        assert!(resources::parse_duration(bad).is_err(), "{bad:?}");
+    }
+
     // Calico's peerIP forms: IPv4 or IPv6, a port only with brackets around IPv6.
     let at = |s: &str| datastore::resources::peer_address(s).map(|(a, p)| (a.to_string(), p));
     assert_eq!(at("192.168.100.251:179"), Some(("192.168.100.251".into(), Some(179))));

@@ -785,6 +785,9 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
         topo.as_number,
         179,
     );
+    for p in peers.iter_mut().filter(|p| p.kind == PeerKind::Mesh) {
+        p.restart_time = topo.node_mesh_max_restart_time;
+    }
     for p in topo.bgp_peers.iter().filter(|p| p.node.as_ref().is_none_or(|n| n == &node.name)) {
         peers.push(BgpPeer {
             address: p.peer_ip,
@@ -796,6 +799,9 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             ttl_security: p.ttl_security,
             filters: p.filters.clone(),
             max_prefixes: p.max_prefixes,
+            restart_time: p.max_restart_time,
+            keepalive_time: p.keepalive_time,
+            allow_local_as: p.num_allowed_local_as_numbers,
         });
     }
     BgpConfig {

@@ -66,6 +66,7 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
             as_number: Some(t.as_number),
             node_to_node_mesh_enabled: Some(t.node_to_node_mesh),
             prefix_advertisements: (!ads.is_empty()).then_some(ads),
+            node_mesh_max_restart_time: t.node_mesh_max_restart_time.map(|s| format!("{s}s")),
             ..Default::default()
         },
     )));
@@ -116,6 +117,10 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
                 as_number: Some(p.as_number),
                 ttl_security: p.ttl_security,
                 filters: (!p.filters.is_empty()).then(|| p.filters.clone()),
+                max_restart_time: p.max_restart_time.map(|s| format!("{s}s")),
+                keepalive_time: p.keepalive_time.map(|s| format!("{s}s")),
+                num_allowed_local_as_numbers: (p.num_allowed_local_as_numbers > 0)
+                    .then_some(u32::from(p.num_allowed_local_as_numbers)),
                 ..Default::default()
             },
         )));
@@ -180,6 +185,20 @@ mod tests {
         assert!(yaml.contains("blockSize: 122") && yaml.contains("ipv6Address: fd00:192:168:100::100/64"), "{yaml}");
         let back = datastore::resources::parse(&yaml).unwrap_or_else(|e| panic!("dual: {e}\n{yaml}"));
         assert_eq!(back, from_topology(&dual).0);
+        // A peer's timers and allowed local AS, and the mesh's restart time, as Calico's fields.
+        let timed = crate::topology::SEED.replace("[cluster]\n", "[cluster]\nnode_mesh_max_restart_time = 90\n")
+            + "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nmax_restart_time = 45\n\
+               keepalive_time = 3\nnum_allowed_local_as_numbers = 1\n";
+        let t = Topology::parse(Path::new("timed"), &timed).expect("timed");
+        let rs = from_topology(&t).0;
+        let yaml = datastore::resources::to_yaml(&rs);
+        for field in
+            ["nodeMeshMaxRestartTime: 90s", "maxRestartTime: 45s", "keepaliveTime: 3s", "numAllowedLocalASNumbers: 1"]
+        {
+            assert!(yaml.contains(field), "{field}:\n{yaml}");
+        }
+        assert_eq!(datastore::resources::parse(&yaml).expect("reads back"), rs);
+        assert!(rs.iter().all(|r| datastore::resources::not_followed(r).is_empty()));
         let rr = Topology::parse(Path::new("rr"), crate::topology::SEED_RR).expect("rr");
         let yaml = datastore::resources::to_yaml(&from_topology(&rr).0);
         assert!(yaml.contains("nodeToNodeMeshEnabled: false") && yaml.contains("routeReflectorClusterID"), "{yaml}");

@@ -30,6 +30,9 @@ pub struct Topology {
     pub node_to_node_mesh: bool,
     /// BGP hold time the nodes propose (seconds; short values make failover tests quick).
     pub bgp_hold_time: u16,
+    /// Calico's BGPConfiguration.nodeMeshMaxRestartTime: the graceful-restart time (seconds)
+    /// nodes announce to their mesh peers (absent: 120).
+    pub node_mesh_max_restart_time: Option<u16>,
     pub bgp_peers: Vec<BgpPeerSpec>,
     /// Calico's BGPFilters, named by `[[bgp_peers]]`.
     pub bgp_filters: Vec<bgp::policy::Filter>,
@@ -79,6 +82,13 @@ pub struct BgpPeerSpec {
     pub filters: Vec<String>,
     /// Shut the session down when the peer sends more prefixes than this.
     pub max_prefixes: Option<u32>,
+    /// Calico's BGPPeer.maxRestartTime in seconds: the graceful-restart time announced to it.
+    pub max_restart_time: Option<u16>,
+    /// Calico's BGPPeer.keepaliveTime in seconds.
+    pub keepalive_time: Option<u16>,
+    /// Calico's BGPPeer.numAllowedLocalASNumbers: times the cluster's AS may appear in the
+    /// AS_PATH of the peer's routes.
+    pub num_allowed_local_as_numbers: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +138,8 @@ struct RawCluster {
     node_to_node_mesh: bool,
     #[serde(default = "default_hold")]
     bgp_hold_time: Spanned<u16>,
+    #[serde(default)]
+    node_mesh_max_restart_time: Option<Spanned<u16>>,
     #[serde(default)]
     pool_v6: Option<Spanned<String>>,
     #[serde(default = "default_block_size_v6")]
@@ -191,6 +203,12 @@ struct RawBgpPeer {
     filters: Vec<Spanned<String>>,
     #[serde(default)]
     max_prefixes: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_restart_time: Option<Spanned<u16>>,
+    #[serde(default)]
+    keepalive_time: Option<Spanned<u16>>,
+    #[serde(default)]
+    num_allowed_local_as_numbers: u8,
 }
 
 fn default_block_size() -> Spanned<u8> {
@@ -570,6 +588,12 @@ fn bgp_peer(
     if let Some(m) = p.max_prefixes.as_ref().filter(|m| *m.get_ref() == 0) {
         return Err(src.error_at(m.span(), "max_prefixes = 0 would refuse every session; leave it out for no limit"));
     }
+    let max_restart_time = restart_time(src, &p.max_restart_time, "max_restart_time")?;
+    if let Some(k) = p.keepalive_time.as_ref().filter(|k| *k.get_ref() == 0) {
+        return Err(
+            src.error_at(k.span(), "keepalive_time = 0 sends no keepalives; leave it out for a third of the hold time")
+        );
+    }
     Ok(BgpPeerSpec {
         peer_ip,
         as_number: p.as_number,
@@ -578,7 +602,20 @@ fn bgp_peer(
         ttl_security,
         filters: nodeapi::config::check_filter_names(src, &p.filters, filters, "bgp_filters")?,
         max_prefixes: p.max_prefixes.as_ref().map(|m| *m.get_ref()),
+        max_restart_time,
+        keepalive_time: p.keepalive_time.as_ref().map(|k| *k.get_ref()),
+        num_allowed_local_as_numbers: p.num_allowed_local_as_numbers,
     })
+}
+
+/// A graceful-restart time in seconds, which the capability carries in 12 bits.
+fn restart_time(src: &Source<'_>, t: &Option<Spanned<u16>>, what: &str) -> Result<Option<u16>, FileError> {
+    match t {
+        Some(t) if *t.get_ref() > nodeapi::config::MAX_RESTART_TIME => {
+            Err(src.error_at(t.span(), format!("{what} is at most 4095 seconds (12 bits in the capability)")))
+        }
+        t => Ok(t.as_ref().map(|t| *t.get_ref())),
+    }
 }
 
 impl Topology {
@@ -677,6 +714,11 @@ impl Topology {
             vxlan_mode,
             node_to_node_mesh: raw.cluster.node_to_node_mesh,
             bgp_hold_time: *hold.get_ref(),
+            node_mesh_max_restart_time: restart_time(
+                &src,
+                &raw.cluster.node_mesh_max_restart_time,
+                "node_mesh_max_restart_time",
+            )?,
             bgp_peers,
             bgp_filters,
             prefix_advertisements,
@@ -1004,6 +1046,25 @@ mod tests {
             let e = err(&replace(from, to));
             assert!(e.contains(needle), "{from} -> {to}: {e}");
             assert!(e.starts_with("t.toml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn peer_timers_and_the_mesh_restart_time_are_read_and_checked() {
+        let cluster = |line: &str| SEED.replace("[cluster]\n", &format!("[cluster]\n{line}\n"));
+        let peer = "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nmax_restart_time = 45\n\
+                    keepalive_time = 3\nnum_allowed_local_as_numbers = 2\n";
+        let t = parse(&format!("{}{peer}", cluster("node_mesh_max_restart_time = 90"))).expect("parses");
+        let p = &t.bgp_peers[0];
+        assert_eq!((p.max_restart_time, p.keepalive_time, p.num_allowed_local_as_numbers), (Some(45), Some(3), 2));
+        assert_eq!(t.node_mesh_max_restart_time, Some(90));
+        for (text, needle) in [
+            (format!("{SEED}{}", peer.replace("= 45", "= 4096")), "max_restart_time is at most 4095 seconds"),
+            (format!("{SEED}{}", peer.replace("= 3", "= 0")), "keepalive_time = 0 sends no keepalives"),
+            (cluster("node_mesh_max_restart_time = 5000"), "node_mesh_max_restart_time is at most 4095"),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(needle) && e.starts_with("t.toml:"), "{needle}: {e}");
         }
     }
 

@@ -146,6 +146,8 @@ pub enum PeerKind {
     NodeSpecific,
 }
 
+pub use bgp::restart::MAX_RESTART_TIME;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BgpPeer {
     /// An IPv6 address makes a session over IPv6 that carries IPv6 routes only (Calico's
@@ -163,6 +165,14 @@ pub struct BgpPeer {
     pub filters: Vec<String>,
     /// Prefixes it may send (accepted or not) before the session is shut down (RFC 4486).
     pub max_prefixes: Option<u32>,
+    /// The graceful-restart time announced to this peer instead of `graceful_restart_secs`
+    /// (Calico's BGPPeer maxRestartTime; nodeMeshMaxRestartTime for mesh peers).
+    pub restart_time: Option<u16>,
+    /// Seconds between keepalives to this peer (Calico's keepaliveTime); absent: a third of
+    /// the hold time.
+    pub keepalive_time: Option<u16>,
+    /// Times our AS may appear in its routes' AS_PATH (Calico's numAllowedLocalASNumbers).
+    pub allow_local_as: u8,
 }
 
 /// The sessions a node has with the other nodes of its cluster, as Calico sets them up:
@@ -208,6 +218,9 @@ pub fn node_peer(me: Ipv4Addr, address: Ipv4Addr, kind: PeerKind, as_number: u32
         ttl_security: None,
         filters: Vec::new(),
         max_prefixes: None,
+        restart_time: None,
+        keepalive_time: None,
+        allow_local_as: 0,
     }
 }
 
@@ -591,6 +604,16 @@ pub struct RawBgpPeer {
     pub filters: Vec<Spanned<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prefixes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_time: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_time: Option<u16>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub allow_local_as: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 fn default_bgp_port() -> u16 {
@@ -798,8 +821,7 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, addr6: Option<Ipv6Addr>) -
         port: b.port,
         hold_time: hold,
         connect_retry_secs: b.connect_retry_secs.max(1),
-        // The capability has 12 bits for it.
-        graceful_restart_secs: b.graceful_restart_secs.min(4095),
+        graceful_restart_secs: b.graceful_restart_secs.min(MAX_RESTART_TIME),
         max_stale_secs: b.max_stale_secs,
         route_reflector_cluster_id: addr(&b.route_reflector_cluster_id, "route_reflector_cluster_id")?,
         peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink, addr6, &filters)).collect::<Result<_, _>>()?,
@@ -835,6 +857,12 @@ fn bgp_peer(
     if p.ttl_security.is_some() && p.passive {
         return refuse("ttl_security needs passive = false: the TTL is checked on the connection we open");
     }
+    if p.restart_time.is_some_and(|t| t > MAX_RESTART_TIME) {
+        return refuse("restart_time is at most 4095 seconds (12 bits in the capability)");
+    }
+    if p.keepalive_time == Some(0) {
+        return refuse("keepalive_time = 0 sends no keepalives; leave it out for a third of the hold time");
+    }
     Ok(BgpPeer {
         address,
         as_number: p.as_number,
@@ -845,6 +873,9 @@ fn bgp_peer(
         ttl_security: p.ttl_security,
         filters: check_filter_names(src, &p.filters, filters, "bgp.filters")?,
         max_prefixes: p.max_prefixes,
+        restart_time: p.restart_time,
+        keepalive_time: p.keepalive_time,
+        allow_local_as: p.allow_local_as,
     })
 }
 
@@ -1073,6 +1104,9 @@ impl NodeConfig {
                             ttl_security: p.ttl_security,
                             filters: p.filters.iter().map(|f| s(f.clone())).collect(),
                             max_prefixes: p.max_prefixes,
+                            restart_time: p.restart_time,
+                            keepalive_time: p.keepalive_time,
+                            allow_local_as: p.allow_local_as,
                         })
                         .collect(),
                     filters,
@@ -1212,6 +1246,24 @@ via = "192.168.100.101"
             .expect_err("0")
             .to_string();
         assert!(e.contains("ttl_security is a hop count from 1 to 254"), "{e}");
+    }
+
+    #[test]
+    fn a_peer_s_timers_and_allowed_local_as_round_trip_and_are_checked() {
+        let peer = "\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"192.168.100.1\"\nas_number = 65001\nkind = \"global\"\nrestart_time = 45\nkeepalive_time = 3\nallow_local_as = 1\n";
+        let c = parse(&format!("{GOOD}{peer}")).expect("parses");
+        let got = |c: &NodeConfig| {
+            c.bgp.as_ref().map(|b| (b.peers[0].restart_time, b.peers[0].keepalive_time, b.peers[0].allow_local_as))
+        };
+        assert_eq!(got(&c), Some((Some(45), Some(3), 1)));
+        assert_eq!(got(&parse(&c.to_toml()).expect("round trip")), Some((Some(45), Some(3), 1)));
+        for (from, to, why) in [
+            ("restart_time = 45", "restart_time = 5000", "restart_time is at most 4095 seconds"),
+            ("keepalive_time = 3", "keepalive_time = 0", "keepalive_time = 0 sends no keepalives"),
+        ] {
+            let e = parse(&format!("{GOOD}{}", peer.replace(from, to))).expect_err(to).to_string();
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     const POLICY: &str = r#"

@@ -17,7 +17,7 @@
 use datastore::resources::{self as r, Resource};
 use datastore::selector::Selector;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use nodeapi::config::{BgpConfig, BgpPeer, IpipMode, PeerKind, Pool, PrefixAdvertisement};
+use nodeapi::config::{BgpConfig, BgpPeer, IpipMode, PeerKind, Pool, PrefixAdvertisement, MAX_RESTART_TIME};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// What the resources say for one node.
@@ -75,6 +75,12 @@ fn rules(list: &[r::FilterRule], every: IpNet) -> Vec<bgp::policy::Rule> {
             Some(bgp::policy::Rule { cidr, operator, action, lengths })
         })
         .collect()
+}
+
+/// A duration field in whole seconds, or a note of why it is left out (`apply` refuses such
+/// values; a resource written to etcd by other means may still hold one).
+fn secs(resource: &str, field: &str, text: &str, lo: u16, hi: u16, notes: &mut Vec<String>) -> Option<u16> {
+    r::duration_secs(field, text, lo, hi).map_err(|(f, e)| notes.push(format!("{resource}: {f}: {e}: not used"))).ok()
 }
 
 /// The view of node `me` (whose underlay address is `my_addr`, and `my_addr6` on a
@@ -135,6 +141,12 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
     let listen_port = config.and_then(|c| c.listen_port);
     let node_port = listen_port.unwrap_or(179);
     let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, as_number, node_port);
+    let mesh_restart = config.and_then(|c| c.node_mesh_max_restart_time.as_deref()).and_then(|t| {
+        secs("bgpconfigurations/default", "spec.nodeMeshMaxRestartTime", t, 0, MAX_RESTART_TIME, &mut notes)
+    });
+    for p in peers.iter_mut().filter(|p| p.kind == PeerKind::Mesh) {
+        p.restart_time = mesh_restart;
+    }
     let no_labels = Labels::new();
     // This node's labels, even where its resource has no address yet.
     let my_labels = resources
@@ -146,6 +158,18 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
         .unwrap_or(&no_labels);
     for x in resources {
         let Resource::BgpPeer(p) = x else { continue };
+        let name = format!("bgppeers/{}", p.metadata.name);
+        let restart_time = p
+            .spec
+            .max_restart_time
+            .as_deref()
+            .and_then(|t| secs(&name, "spec.maxRestartTime", t, 0, MAX_RESTART_TIME, &mut notes));
+        let keepalive_time = p
+            .spec
+            .keepalive_time
+            .as_deref()
+            .and_then(|t| secs(&name, "spec.keepaliveTime", t, 1, u16::MAX, &mut notes));
+        let allow_local_as = p.spec.num_allowed_local_as_numbers.map_or(0, |n| n.min(255) as u8);
         let selector = |s: &str, notes: &mut Vec<String>| {
             let sel = Selector::parse(s);
             if let Err(e) = &sel {
@@ -181,6 +205,9 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                 peers.push(BgpPeer {
                     ttl_security: p.spec.ttl_security,
                     filters: p.spec.filters.clone().unwrap_or_default(),
+                    restart_time,
+                    keepalive_time,
+                    allow_local_as,
                     ..nodeapi::config::node_peer(my_addr, *addr, kind, as_number, node_port)
                 });
             }
@@ -217,6 +244,9 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             ttl_security: p.spec.ttl_security,
             filters: p.spec.filters.clone().unwrap_or_default(),
             max_prefixes: None,
+            restart_time,
+            keepalive_time,
+            allow_local_as,
         });
     }
     let filters = resources
@@ -404,6 +434,34 @@ mod tests {
         assert_eq!(kinds, vec![PeerKind::RouteReflector, PeerKind::Global], "{:?}", b.peers);
         let c = view(&rs, "node-c", "192.168.200.101".parse().expect("ip"), None);
         assert_eq!(c.peers.len(), 1, "clients do not peer with each other: {:?}", c.peers);
+    }
+
+    #[test]
+    fn restart_keepalive_and_local_as_settings_reach_the_sessions_they_concern() {
+        let extra = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeMeshMaxRestartTime: 1m30s\n\
+---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 192.168.100.250\n  asNumber: 64600\n  maxRestartTime: 45s\n  keepaliveTime: 2500ms\n  numAllowedLocalASNumbers: 2\n\
+---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: odd\nspec:\n  peerIP: 192.168.100.251\n  asNumber: 64601\n  keepaliveTime: 5s\n";
+        let mut rs = seed("");
+        let mut over = datastore::resources::parse(extra).expect("extra");
+        if let Some(Resource::BgpPeer(odd)) = over.last_mut() {
+            odd.spec.keepalive_time = Some("soon".into());
+        }
+        rs.retain(|x| !over.iter().any(|o| o.kind() == x.kind() && o.name() == x.name()));
+        rs.extend(over);
+        let a = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
+        let got: Vec<(PeerKind, Option<u16>, Option<u16>, u8)> =
+            a.peers.iter().map(|p| (p.kind, p.restart_time, p.keepalive_time, p.allow_local_as)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (PeerKind::Mesh, Some(90), None, 0),
+                (PeerKind::Mesh, Some(90), None, 0),
+                (PeerKind::Global, Some(45), Some(2), 2),
+                (PeerKind::Global, None, None, 0),
+            ]
+        );
+        // A value `apply` would have refused, written to etcd some other way, is noted.
+        assert!(a.notes.iter().any(|n| n.contains("bgppeers/odd: spec.keepaliveTime")), "{:?}", a.notes);
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub fn peer_config(p: &BgpPeer) -> PeerConfig {
         max_prefixes: p.max_prefixes,
         ttl_security: p.ttl_security,
         md5: p.password.is_some(),
+        restart_time: p.restart_time,
+        keepalive: p.keepalive_time,
+        allow_local_as: p.allow_local_as,
     }
 }
 

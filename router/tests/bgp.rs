@@ -592,6 +592,52 @@ fn an_outside_peer_is_neither_transit_nor_able_to_take_pool_or_node_routes() {
     assert!(route(&lab, "node-a", "198.51.100.0/24").is_none());
 }
 
+/// A peer's own settings, as BIRD sees them: the graceful-restart time node-a announces to
+/// it (not the node's 120 s), keepalives every second (BIRD's hold timer never runs down),
+/// and a route whose AS_PATH holds the cluster's AS once is taken where twice is a loop.
+#[test]
+fn a_peer_s_restart_time_keepalives_and_allowed_local_as_reach_bird() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "peer-settings",
+        "",
+        "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\nmax_restart_time = 45\n\
+         keepalive_time = 1\nnum_allowed_local_as_numbers = 1\n",
+    );
+    let lab = up_with(lab, &topo);
+    // BIRD puts AS 64512 into the paths itself, once and twice, before its own 65001.
+    let sock = start_bird(
+        &lab,
+        "router id 192.168.100.1;\nprotocol device {}\n\
+         protocol static { ipv4; route 198.51.100.0/24 blackhole; route 203.0.113.0/24 blackhole; }\n\
+         protocol bgp node_a { local 192.168.100.1 as 65001; neighbor 192.168.100.100 as 64512;\n\
+         connect retry time 1; ipv4 { import all; export filter {\n\
+         if proto != \"static1\" then reject;\n\
+         if net = 198.51.100.0/24 then bgp_path.prepend(64512);\n\
+         if net = 203.0.113.0/24 then { bgp_path.prepend(64512); bgp_path.prepend(64512); }\n\
+         accept; }; }; }\n",
+    );
+    wait_for(20, "node-a's session with BIRD", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    wait_for(10, "the route with our AS once", || route(&lab, "node-a", "198.51.100.0/24").is_some());
+    wait_for(10, "the route with our AS twice refused", || !rejected(&lab, "node-a").is_empty());
+    assert_eq!(
+        rejected(&lab, "node-a"),
+        vec![("203.0.113.0/24".to_string(), "our AS is in the AS_PATH (loop)".to_string())]
+    );
+    assert!(route(&lab, "node-a", "203.0.113.0/24").is_none());
+    let status = birdc(&lab, &sock, &["show", "protocols", "all", "node_a"]);
+    let neighbour = status.split("Neighbor capabilities").nth(1).unwrap_or_default();
+    assert!(neighbour.contains("Restart time: 45"), "BIRD was not told 45 s:\n{status}");
+    // Hold time 90 (the lab's): keepalives at a third of it would come every 30 s. Three
+    // BGP messages from node-a, all KEEPALIVEs, arrive within a few seconds.
+    let started = Instant::now();
+    let bgp_from_a = "src host 192.168.100.100 and tcp port 179 and tcp[((tcp[12]&0xf0)>>2):4] = 0xffffffff";
+    let rows = start_capture(&lab, "underlay", "any", bgp_from_a, 3).fields(&["bgp.type"]);
+    assert_eq!(rows, vec![vec!["4".to_string()]; 3], "three KEEPALIVEs");
+    assert!(started.elapsed() < Duration::from_secs(8), "keepalives too slow: {:?}", started.elapsed());
+}
+
 /// A BGPFilter refuses a prefix by name; then the peer sends more than `max_prefixes` and the
 /// session is shut down with a Cease, the reason in `router status`, its routes gone.
 #[test]
@@ -962,11 +1008,11 @@ fn bgp_peers_by_selector_follow_node_labels_on_etcd() {
     // A field the router keeps without acting on is named, not silently dropped.
     let warned = apply(
         &lab,
-        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack-r1\nspec:\n  nodeSelector: rack == 'r1'\n  peerSelector: rack == 'r1'\n  keepaliveTime: 10s\n",
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack-r1\nspec:\n  nodeSelector: rack == 'r1'\n  peerSelector: rack == 'r1'\n  keepOriginalNextHop: true\n",
     );
     assert!(
         warned.contains("bgppeers/rack-r1: kept in the datastore, but not acted on")
-            && warned.contains("spec.keepaliveTime"),
+            && warned.contains("spec.keepOriginalNextHop"),
         "{warned}"
     );
 }

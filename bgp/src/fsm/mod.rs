@@ -24,6 +24,10 @@ pub struct FsmConfig {
     pub families: Vec<Afi>,
     /// Announce the graceful-restart capability with this restart time.
     pub graceful_restart: Option<u16>,
+    /// Seconds between our keepalives (Calico's BGPPeer keepaliveTime, BIRD's `keepalive
+    /// time`); absent: a third of the negotiated hold time, which also caps it, so that a
+    /// long setting cannot let the peer's hold timer run out.
+    pub keepalive: Option<u16>,
     /// We have just restarted and kept forwarding meanwhile: R and F set in our OPEN until
     /// [`Fsm::restart_done`].
     pub restarted: bool,
@@ -306,8 +310,10 @@ impl Fsm {
 
     fn arm_keepalive(&mut self, now: Instant) {
         let h = self.negotiated.as_ref().map_or(0, |n| n.hold_time);
-        // RFC 4271 §10: keepalives at a third of the hold time.
-        self.keepalive_at = (h > 0).then(|| now + Duration::from_secs(u64::from(h)) / 3);
+        // RFC 4271 §10: keepalives at a third of the hold time, or more often if configured.
+        let third = Duration::from_secs(u64::from(h)) / 3;
+        let every = self.cfg.keepalive.map_or(third, |k| Duration::from_secs(u64::from(k.max(1))).min(third));
+        self.keepalive_at = (h > 0).then(|| now + every);
     }
 
     /// Checks the peer's OPEN (RFC 4271 §6.2) and works out what was negotiated.

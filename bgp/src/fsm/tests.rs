@@ -17,6 +17,7 @@ fn cfg(local: Ipv4Addr, passive: bool, hold: u16) -> FsmConfig {
         passive,
         families: vec![Afi::Ipv4],
         graceful_restart: Some(120),
+        keepalive: None,
         restarted: false,
     }
 }
@@ -114,6 +115,27 @@ fn keepalives_flow_at_a_third_of_the_hold_time_and_keep_the_session_up() {
     }
     assert_eq!(p.a.state(), State::Established);
     assert_eq!(p.b.state(), State::Established);
+}
+
+#[test]
+fn a_configured_keepalive_time_is_used_but_never_beyond_a_third_of_the_hold_time() {
+    let keepalives = |keepalive: u16, hold: u16, secs: u64| {
+        let mut p = Pair::new(hold, hold);
+        p.a = Fsm::new(FsmConfig { keepalive: Some(keepalive), ..cfg(A, false, hold) }, p.now);
+        p.establish();
+        let mut n = 0;
+        for _ in 0..secs {
+            p.advance(Duration::from_secs(1));
+            n += sent(&p.a_out).iter().filter(|m| **m == Message::Keepalive).count();
+            p.deliver();
+        }
+        assert_eq!((p.a.state(), p.b.state()), (State::Established, State::Established));
+        n
+    };
+    // Every 2 s instead of every 30 s (hold 90).
+    assert_eq!(keepalives(2, 90, 20), 10);
+    // 60 s asked for with a hold time of 30: a third of it, 10 s, or b would give up.
+    assert_eq!(keepalives(60, 30, 60), 6);
 }
 
 #[test]

@@ -40,6 +40,8 @@ pub struct PeerInfo {
     pub filters: Vec<Arc<Filter>>,
     /// Received prefixes (accepted and rejected) beyond which the session is shut down.
     pub max_prefixes: Option<u32>,
+    /// Times our AS may appear in the AS_PATH of its routes before they count as a loop.
+    pub allow_local_as: u8,
 }
 
 impl PeerInfo {
@@ -60,6 +62,7 @@ impl PeerInfo {
             external: false,
             filters: Vec::new(),
             max_prefixes: None,
+            allow_local_as: 0,
         }
     }
 }
@@ -147,8 +150,8 @@ impl PathAttrs {
         self.as_path.first().and_then(|s| s.asns.first().copied())
     }
 
-    fn contains_as(&self, asn: u32) -> bool {
-        self.as_path.iter().any(|s| s.asns.contains(&asn))
+    fn count_as(&self, asn: u32) -> usize {
+        self.as_path.iter().flat_map(|s| &s.asns).filter(|a| **a == asn).count()
     }
 }
 
@@ -698,7 +701,8 @@ impl Rib {
                 _ => {}
             }
         }
-        if !ibgp && a.contains_as(self.local_as) {
+        let allowed = self.peers.get(&id).map_or(0, |p| p.allow_local_as);
+        if !ibgp && a.count_as(self.local_as) > usize::from(allowed) {
             return Err(Rejected::AsLoop);
         }
         if a.originator_id == Some(self.router_id) {

@@ -187,6 +187,20 @@ fn ebgp_routes_with_our_as_are_refused_and_exports_prepend_our_as() {
 }
 
 #[test]
+fn a_peer_allowed_our_as_n_times_has_routes_with_it_up_to_n_times_taken() {
+    // Calico's numAllowedLocalASNumbers: sites of one AS joined through a provider's AS.
+    let mut r = Rib::new(AS, ME, None);
+    r.add_peer(1, PeerInfo { allow_local_as: 1, ..external("192.168.100.1", 65000) });
+    r.peer_up(1, &[Afi::Ipv4]);
+    let path = |v: Vec<u32>| vec![AttrValue::AsPath(vec![AsSegment::sequence(v)])];
+    r.update(1, &route("198.51.100.0/24", "192.168.100.1", path(vec![65000, AS, 65010])));
+    r.update(1, &route("203.0.113.0/24", "192.168.100.1", path(vec![65000, AS, AS])));
+    assert_eq!(r.best(&net("198.51.100.0/24")).map(|b| b.from), Some(From::Peer(1)), "our AS once: taken");
+    assert!(r.best(&net("203.0.113.0/24")).is_none(), "our AS twice: a loop");
+    assert_eq!(r.rejected_routes(1), vec![(net("203.0.113.0/24"), Rejected::AsLoop)]);
+}
+
+#[test]
 fn decision_process_order() {
     let mut r = Rib::new(AS, ME, None);
     r.add_peer(1, peer("192.168.100.101", AS, false));

@@ -63,6 +63,9 @@ fn config(me: usize, n: usize, gr: Option<u16>, restarted: bool) -> CoreConfig {
                 max_prefixes: None,
                 ttl_security: None,
                 md5: false,
+                restart_time: None,
+                keepalive: None,
+                allow_local_as: 0,
             })
             .collect(),
         originate: vec![block(me as u8 + 1)],
@@ -275,6 +278,23 @@ fn a_crashed_node_keeps_its_block_at_helpers_until_its_restart_time_then_loses_i
     assert!(info.contains("kept (graceful restart)"), "{info}");
     c.run_for(Duration::from_secs(21));
     assert!(!c.has(0, 2) && !c.has(2, 2), "gone after 120 s");
+}
+
+#[test]
+fn a_restart_time_set_for_one_peer_is_the_one_that_peer_keeps_our_routes_for() {
+    // Node 1 announces 30 s to node 0 (Calico's maxRestartTime on that BGPPeer), the node's
+    // 120 s to node 2.
+    let mut configs: Vec<CoreConfig> = (0..3).map(|k| config(k, 3, Some(120), false)).collect();
+    configs[1].peers[0].restart_time = Some(30);
+    let mut c = Cluster::of(configs, Some(120));
+    c.run_for(Duration::from_secs(1));
+    assert!(c.all_up());
+    c.vanish(1);
+    c.run_for(Duration::from_secs(29));
+    assert!(c.has(0, 2) && c.has(2, 2), "both keep it within 30 s");
+    c.run_for(Duration::from_secs(2));
+    assert!(!c.has(0, 2), "node 0 was told 30 s");
+    assert!(c.has(2, 2), "node 2 was told 120 s");
 }
 
 #[test]
