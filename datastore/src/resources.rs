@@ -585,12 +585,7 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             note(any(|r| r.source.is_some()), "a rule's source");
             note(any(|r| r.interface.is_some()), "a rule's interface");
         }
-        Resource::Node(n) => {
-            note(
-                n.spec.bgp.as_ref().is_some_and(|b| b.as_number.is_some()),
-                "spec.bgp.asNumber (the cluster's AS is used)",
-            );
-        }
+        Resource::Node(_) => {}
     }
     out
 }
@@ -809,6 +804,9 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
                     id.parse::<std::net::Ipv4Addr>().map_err(|_| {
                         ("spec.bgp.routeReflectorClusterID".to_string(), format!("{id:?} is not a dotted quad"))
                     })?;
+                }
+                if b.as_number == Some(0) {
+                    return Err(("spec.bgp.asNumber".into(), "0 is not an AS number".into()));
                 }
             }
         }

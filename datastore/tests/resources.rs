@@ -152,6 +152,13 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("metadata.name")), "{e}");
     let e = error(&fixture("node.json").replace("224.0.0.1", "cluster-1"));
     assert_eq!(e.field.as_deref(), Some("spec.bgp.routeReflectorClusterID"), "{e}");
+    let own_as = |n: &str| {
+        fixture("node.json")
+            .replace("\"routeReflectorClusterID\"", &format!("\"asNumber\": {n}, \"routeReflectorClusterID\""))
+    };
+    let node = resources::parse(&own_as("64513")).expect("a node in its own AS");
+    assert!(resources::not_followed(&node[0]).is_empty());
+    assert_eq!(error(&own_as("0")).field.as_deref(), Some("spec.bgp.asNumber"));
     let v6 = |a: &str| {
         fixture("node.json")
             .replace("\"routeReflectorClusterID\"", &format!("\"ipv6Address\": \"{a}\", \"routeReflectorClusterID\""))

@@ -771,20 +771,18 @@ fn node_config(
 /// Who `node` peers with. Calico: one session per node pair, the higher address passive.
 fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
     let me = node.address.addr();
-    let others: Vec<(std::net::Ipv4Addr, Option<std::net::Ipv4Addr>)> = topo
+    let others: Vec<nodeapi::config::ClusterNode> = topo
         .nodes
         .iter()
         .filter(|o| o.name != node.name)
-        .map(|o| (o.address.addr(), o.route_reflector_cluster_id))
+        .map(|o| nodeapi::config::ClusterNode {
+            address: o.address.addr(),
+            reflector: o.route_reflector_cluster_id,
+            as_number: topo.as_of(o),
+        })
         .collect();
-    let mut peers = nodeapi::config::cluster_peers(
-        me,
-        node.route_reflector_cluster_id,
-        &others,
-        topo.node_to_node_mesh,
-        topo.as_number,
-        179,
-    );
+    let mut peers =
+        nodeapi::config::cluster_peers(me, node.route_reflector_cluster_id, &others, topo.node_to_node_mesh, 179);
     for p in peers.iter_mut().filter(|p| p.kind == PeerKind::Mesh) {
         p.restart_time = topo.node_mesh_max_restart_time;
     }
@@ -805,7 +803,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
         });
     }
     BgpConfig {
-        as_number: topo.as_number,
+        as_number: topo.as_of(node),
         router_id: Some(me),
         port: 179,
         hold_time: topo.bgp_hold_time,

@@ -75,6 +75,7 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
             ipv4_address: Some(n.address.to_string()),
             ipv6_address: n.v6.map(|(a, _)| a.to_string()),
             route_reflector_cluster_id: n.route_reflector_cluster_id.map(|c| c.to_string()),
+            as_number: n.as_number,
             ..Default::default()
         };
         let mut node = r::typed(Kind::Node, &n.name, r::NodeSpec { bgp: Some(bgp), ..Default::default() });
@@ -186,15 +187,21 @@ mod tests {
         let back = datastore::resources::parse(&yaml).unwrap_or_else(|e| panic!("dual: {e}\n{yaml}"));
         assert_eq!(back, from_topology(&dual).0);
         // A peer's timers and allowed local AS, and the mesh's restart time, as Calico's fields.
-        let timed = crate::topology::SEED.replace("[cluster]\n", "[cluster]\nnode_mesh_max_restart_time = 90\n")
+        let timed = crate::topology::SEED
+            .replace("[cluster]\n", "[cluster]\nnode_mesh_max_restart_time = 90\n")
+            .replacen("name = \"node-c\"\n", "name = \"node-c\"\nas_number = 64513\n", 1)
             + "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nmax_restart_time = 45\n\
                keepalive_time = 3\nnum_allowed_local_as_numbers = 1\n";
         let t = Topology::parse(Path::new("timed"), &timed).expect("timed");
         let rs = from_topology(&t).0;
         let yaml = datastore::resources::to_yaml(&rs);
-        for field in
-            ["nodeMeshMaxRestartTime: 90s", "maxRestartTime: 45s", "keepaliveTime: 3s", "numAllowedLocalASNumbers: 1"]
-        {
+        for field in [
+            "nodeMeshMaxRestartTime: 90s",
+            "maxRestartTime: 45s",
+            "keepaliveTime: 3s",
+            "numAllowedLocalASNumbers: 1",
+            "asNumber: 64513",
+        ] {
             assert!(yaml.contains(field), "{field}:\n{yaml}");
         }
         assert_eq!(datastore::resources::parse(&yaml).expect("reads back"), rs);

@@ -65,6 +65,9 @@ pub struct Node {
     pub v6: Option<(Ipv6Net, Ipv6Net)>,
     /// Calico's Node.spec.bgp.routeReflectorClusterID: this node is a route reflector.
     pub route_reflector_cluster_id: Option<Ipv4Addr>,
+    /// Calico's Node.spec.bgp.asNumber: the node's own AS instead of the cluster's; its
+    /// sessions with nodes of another AS are eBGP (Calico's AS-per-rack designs).
+    pub as_number: Option<u32>,
 }
 
 /// Calico's BGPPeer: an external router some or all nodes peer with.
@@ -250,6 +253,8 @@ struct RawNode {
     #[serde(default)]
     route_reflector_cluster_id: Option<Spanned<String>>,
     #[serde(default)]
+    as_number: Option<Spanned<u32>>,
+    #[serde(default)]
     address_v6: Option<Spanned<String>>,
 }
 
@@ -423,6 +428,9 @@ fn nodes(
             Some(c) => Some(src.at(c, fileerr::parse_addr(c.get_ref(), "route_reflector_cluster_id"))?),
             None => None,
         };
+        if let Some(a) = n.as_number.as_ref().filter(|a| *a.get_ref() == 0) {
+            return Err(src.error_at(a.span(), "0 is not an AS number"));
+        }
         nodes.push(Node {
             name: n.name.get_ref().clone(),
             address,
@@ -430,6 +438,7 @@ fn nodes(
             block,
             pods,
             route_reflector_cluster_id,
+            as_number: n.as_number.as_ref().map(|a| *a.get_ref()),
             v6: None,
         });
     }
@@ -704,6 +713,24 @@ impl Topology {
                  without either, nodes learn nothing",
             ));
         }
+        // A reflector passes on iBGP routes only: it and every node it serves share one AS.
+        if !raw.cluster.node_to_node_mesh && nodes.iter().any(|n| n.route_reflector_cluster_id.is_some()) {
+            let as_of = |n: &Node| n.as_number.unwrap_or(raw.cluster.as_number);
+            if let Some(odd) = nodes.iter().find(|n| as_of(n) != as_of(&nodes[0])) {
+                let span = raw.nodes.iter().find(|r| r.name.get_ref() == &odd.name).and_then(|r| r.as_number.as_ref());
+                let why = format!(
+                    "{} is in AS {} and {} in AS {}: a route reflector and its clients share one AS",
+                    odd.name,
+                    as_of(odd),
+                    nodes[0].name,
+                    as_of(&nodes[0])
+                );
+                return Err(match span {
+                    Some(a) => src.error_at(a.span(), why),
+                    None => src.error(why),
+                });
+            }
+        }
         Ok(Topology {
             pool,
             block_size,
@@ -725,6 +752,11 @@ impl Topology {
             subnets,
             nodes,
         })
+    }
+
+    /// The AS `node` speaks BGP in: its own, or the cluster's.
+    pub fn as_of(&self, node: &Node) -> u32 {
+        node.as_number.unwrap_or(self.as_number)
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -1066,6 +1098,20 @@ mod tests {
             let e = err(&text);
             assert!(e.contains(needle) && e.starts_with("t.toml:"), "{needle}: {e}");
         }
+    }
+
+    #[test]
+    fn a_node_may_have_its_own_as_but_not_against_a_reflector() {
+        let own = |text: &str, node: &str, asn: &str| {
+            text.replacen(&format!("name = \"{node}\"\n"), &format!("name = \"{node}\"\nas_number = {asn}\n"), 1)
+        };
+        let t = parse(&own(SEED, "node-c", "64513")).expect("parses");
+        let asns: Vec<u32> = t.nodes.iter().map(|n| t.as_of(n)).collect();
+        assert_eq!(asns, vec![64512, 64512, 64513]);
+        let e = err(&own(SEED, "node-c", "0"));
+        assert!(e.contains("0 is not an AS number") && e.starts_with("t.toml:"), "{e}");
+        let e = err(&own(SEED_RR, "node-c", "64513"));
+        assert!(e.contains("node-c is in AS 64513 and node-a in AS 64512: a route reflector and its clients"), "{e}");
     }
 
     #[test]

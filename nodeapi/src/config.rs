@@ -175,33 +175,42 @@ pub struct BgpPeer {
     pub allow_local_as: u8,
 }
 
+/// Another node of the cluster, as the sessions with it need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub address: Ipv4Addr,
+    /// Its route reflector cluster ID: it is a reflector.
+    pub reflector: Option<Ipv4Addr>,
+    /// Its AS (Calico's Node.spec.bgp.asNumber, or the cluster's): a session between nodes
+    /// of different AS numbers is eBGP.
+    pub as_number: u32,
+}
+
 /// The sessions a node has with the other nodes of its cluster, as Calico sets them up:
 /// with the mesh on, one with every node; with it off, reflectors (nodes with a cluster ID)
 /// peer with each other and with every other node, whose clients they are, and two clients
-/// do not peer. `nodes` are the others: (address, reflector cluster ID); `port` is where
-/// every node listens (BGPConfiguration.listenPort).
+/// do not peer. `port` is where every node listens (BGPConfiguration.listenPort).
 pub fn cluster_peers(
     me: Ipv4Addr,
     my_cluster_id: Option<Ipv4Addr>,
-    nodes: &[(Ipv4Addr, Option<Ipv4Addr>)],
+    nodes: &[ClusterNode],
     mesh: bool,
-    as_number: u32,
     port: u16,
 ) -> Vec<BgpPeer> {
     nodes
         .iter()
-        .filter(|(addr, _)| *addr != me)
-        .filter_map(|&(address, rr)| {
+        .filter(|n| n.address != me)
+        .filter_map(|n| {
             let kind = if mesh {
                 PeerKind::Mesh
-            } else if my_cluster_id.is_some() && rr.is_none() {
+            } else if my_cluster_id.is_some() && n.reflector.is_none() {
                 PeerKind::RouteReflectorClient
-            } else if rr.is_some() {
+            } else if n.reflector.is_some() {
                 PeerKind::RouteReflector
             } else {
                 return None;
             };
-            Some(node_peer(me, address, kind, as_number, port))
+            Some(node_peer(me, n.address, kind, n.as_number, port))
         })
         .collect()
 }

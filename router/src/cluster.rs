@@ -5,7 +5,8 @@
 //! - `BGPConfiguration` `default`: the AS number (64512 without one), the node-to-node mesh
 //!   (on without one), prefix advertisements and communities.
 //! - `Node`s: every node with `bgp.ipv4Address` is a cluster node (an allowed IPIP source
-//!   and pool-route next hop; its `bgp.ipv6Address` an IPv6 pool-route next hop). Sessions
+//!   and pool-route next hop; its `bgp.ipv6Address` an IPv6 pool-route next hop), in its
+//!   `bgp.asNumber` or else the cluster's: nodes of different AS numbers speak eBGP. Sessions
 //!   between nodes follow `nodeapi::config::cluster_peers`: with the mesh on, each peers
 //!   with each; with it off, nodes with a `routeReflectorClusterID` are reflectors.
 //! - `BGPPeer`s with no `node`, or this node's name: external peers of this node.
@@ -91,7 +92,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
         Resource::BgpConfiguration(c) if c.metadata.name == "default" => Some(&c.spec),
         _ => None,
     });
-    let as_number = config.and_then(|c| c.as_number).unwrap_or(64512);
+    let cluster_as = config.and_then(|c| c.as_number).unwrap_or(64512);
     let mesh = config.and_then(|c| c.node_to_node_mesh_enabled).unwrap_or(true);
     let named = config.and_then(|c| c.communities.clone()).unwrap_or_default();
     let prefix_advertisements = config
@@ -106,16 +107,16 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             })
         })
         .collect();
-    // Every node with an IPv4 address: (name, address, reflector cluster ID, labels).
+    // Every node with an IPv4 address: (name, address, reflector cluster ID, labels, AS).
     type Labels = std::collections::BTreeMap<String, String>;
-    let mut nodes: Vec<(String, Ipv4Addr, Option<Ipv4Addr>, &Labels)> = resources
+    let mut nodes: Vec<(String, Ipv4Addr, Option<Ipv4Addr>, &Labels, u32)> = resources
         .iter()
         .filter_map(|x| match x {
             Resource::Node(n) => {
                 let b = n.spec.bgp.as_ref()?;
                 let addr = b.ipv4_address.as_ref()?.parse::<Ipv4Net>().ok()?.addr();
                 let rr = b.route_reflector_cluster_id.as_ref().and_then(|c| c.parse().ok());
-                Some((n.metadata.name.clone(), addr, rr, &n.metadata.labels))
+                Some((n.metadata.name.clone(), addr, rr, &n.metadata.labels, b.as_number.unwrap_or(cluster_as)))
             }
             _ => None,
         })
@@ -132,15 +133,32 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
         .collect();
     nodes6.sort();
     let my_rr = nodes.iter().find(|n| n.0 == me).and_then(|n| n.2);
+    // The node's own AS, from its resource even where that has no address yet.
+    let as_number = resources
+        .iter()
+        .find_map(|x| match x {
+            Resource::Node(n) if n.metadata.name == me => n.spec.bgp.as_ref()?.as_number,
+            _ => None,
+        })
+        .unwrap_or(cluster_as);
+    if !mesh && nodes.iter().any(|n| n.2.is_some()) && nodes.iter().any(|n| n.4 != as_number) {
+        notes.push(format!(
+            "nodes of other AS numbers than this one's ({as_number}) with route reflectors: a reflector passes on iBGP routes only, so those sessions are eBGP and reflect nothing"
+        ));
+    }
     if !nodes.iter().any(|n| n.0 == me) {
         notes.push(format!(
             "no Node resource named {me} with spec.bgp.ipv4Address: other nodes do not peer with this one"
         ));
     }
-    let others: Vec<(Ipv4Addr, Option<Ipv4Addr>)> = nodes.iter().filter(|n| n.0 != me).map(|n| (n.1, n.2)).collect();
+    let others: Vec<nodeapi::config::ClusterNode> = nodes
+        .iter()
+        .filter(|n| n.0 != me)
+        .map(|n| nodeapi::config::ClusterNode { address: n.1, reflector: n.2, as_number: n.4 })
+        .collect();
     let listen_port = config.and_then(|c| c.listen_port);
     let node_port = listen_port.unwrap_or(179);
-    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, as_number, node_port);
+    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, node_port);
     let mesh_restart = config.and_then(|c| c.node_mesh_max_restart_time.as_deref()).and_then(|t| {
         secs("bgpconfigurations/default", "spec.nodeMeshMaxRestartTime", t, 0, MAX_RESTART_TIME, &mut notes)
     });
@@ -192,7 +210,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             // cluster IDs already make are not doubled.
             let Some(sel) = selector(s, &mut notes) else { continue };
             let (have, picked) = (has_it(me, my_labels), sel.matches(my_labels));
-            for (name, addr, rr, labels) in nodes.iter().filter(|n| n.0 != me) {
+            for (name, addr, rr, labels, their_as) in nodes.iter().filter(|n| n.0 != me) {
                 let pair = (have && sel.matches(labels)) || (picked && has_it(name, labels));
                 if !pair || peers.iter().any(|q| q.address == IpAddr::V4(*addr)) {
                     continue;
@@ -208,7 +226,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                     restart_time,
                     keepalive_time,
                     allow_local_as,
-                    ..nodeapi::config::node_peer(my_addr, *addr, kind, as_number, node_port)
+                    ..nodeapi::config::node_peer(my_addr, *addr, kind, *their_as, node_port)
                 });
             }
             continue;
@@ -236,7 +254,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
         }
         peers.push(BgpPeer {
             address,
-            as_number: p.spec.as_number.unwrap_or(as_number),
+            as_number: p.spec.as_number.unwrap_or(cluster_as),
             port,
             kind: PeerKind::Global,
             passive: false,
@@ -462,6 +480,24 @@ mod tests {
         );
         // A value `apply` would have refused, written to etcd some other way, is noted.
         assert!(a.notes.iter().any(|n| n.contains("bgppeers/odd: spec.keepaliveTime")), "{:?}", a.notes);
+    }
+
+    #[test]
+    fn a_node_s_own_as_makes_its_sessions_with_the_others_ebgp() {
+        let mut rs = seed("");
+        for r in rs.iter_mut() {
+            if let Resource::Node(n) = r {
+                if n.metadata.name == "node-c" {
+                    n.spec.bgp.as_mut().expect("bgp").as_number = Some(64513);
+                }
+            }
+        }
+        let asns = |v: &View| v.peers.iter().map(|p| p.as_number).collect::<Vec<u32>>();
+        let a = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
+        assert_eq!((a.as_number, asns(&a)), (64512, vec![64512, 64513]));
+        let c = view(&rs, "node-c", "192.168.200.101".parse().expect("ip"), None);
+        assert_eq!((c.as_number, asns(&c)), (64513, vec![64512, 64512]));
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
     }
 
     #[test]

@@ -94,6 +94,43 @@ fn mesh_has_three_sessions_and_every_pod_reaches_every_other() {
     );
 }
 
+/// The AS numbers each node sees its peers in, and that nobody refused a route.
+fn as_numbers_and_nothing_refused(lab: &TestLab) -> Vec<(String, Vec<u64>)> {
+    ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|node| {
+            let p = peers(lab, node);
+            assert!(p.iter().all(|x| x["state"] == "up"), "{node}: {p:?}");
+            assert!(rejected(lab, node).is_empty(), "{node} refused {:?}", rejected(lab, node));
+            (node.to_string(), p.iter().map(|x| x["as_number"].as_u64().unwrap_or(0)).collect())
+        })
+        .collect()
+}
+
+/// Calico's AS per rack: node-c in AS 64513 speaks eBGP with node-a and node-b, which stay
+/// iBGP with each other. Every pod reaches every other (node-c's through IPIP, as before),
+/// and no node offers another a path through that node's own AS, so nothing is refused.
+#[test]
+fn a_node_in_its_own_as_speaks_ebgp_with_the_others() {
+    let lab = TestLab::named();
+    let own = SEED.replacen("name = \"node-c\"\n", "name = \"node-c\"\nas_number = 64513\n", 1);
+    std::fs::create_dir_all(&lab.dir).expect("dir");
+    let topo = lab.dir.join(format!("{}-own-as.toml", lab.name));
+    std::fs::write(&topo, own).expect("topology");
+    let lab = up_with(lab, &topo);
+    wait_for(20, "every session up", || {
+        ["node-a", "node-b", "node-c"].iter().all(|n| peers(&lab, n).iter().all(|p| p["state"] == "up"))
+    });
+    let asns = as_numbers_and_nothing_refused(&lab);
+    assert_eq!(asns[0].1, vec![64512, 64513], "{asns:?}");
+    assert_eq!(asns[2].1, vec![64512, 64512], "{asns:?}");
+    let table = text(&lab.router(&["status", "--node", "node-c"]).stdout);
+    assert!(table.contains("AS 64513"), "{table}");
+    let r = route(&lab, "node-b", "10.244.3.0/26").expect("node-c's block at node-b");
+    assert_eq!((r["next_hop"].as_str(), r["encap"].as_str()), (Some("192.168.200.101"), Some("ipip")), "{r}");
+    all_pods_reach_each_other(&lab);
+}
+
 #[test]
 fn route_reflector_topology_has_two_sessions_and_still_works() {
     let lab = TestLab::named();
@@ -812,8 +849,7 @@ fn a_planned_restart_keeps_routes_everywhere_and_loses_nothing_between_other_nod
     all_pods_reach_each_other(&lab);
 }
 
-/// `router apply -f -` with `yaml`, to the lab's etcd.
-/// `router apply -f -` of `yaml`; its warnings.
+/// `router apply -f -` of `yaml`, to the lab's etcd; its warnings.
 fn apply(lab: &TestLab, yaml: &str) -> String {
     use std::io::Write as _;
     let mut c = lab
@@ -1015,6 +1051,41 @@ fn bgp_peers_by_selector_follow_node_labels_on_etcd() {
             && warned.contains("spec.keepOriginalNextHop"),
         "{warned}"
     );
+}
+
+/// A node's AS changed in etcd: node-c leaves AS 64513 for the cluster's, restarting its
+/// BGP gracefully, and node-a and node-b change their sessions with it, while pods ping.
+#[test]
+fn a_node_s_as_number_changed_in_etcd_changes_its_sessions_live() {
+    let lab = TestLab::named();
+    let own = SEED.replacen("name = \"node-c\"\n", "name = \"node-c\"\nas_number = 64513\n", 1);
+    std::fs::create_dir_all(&lab.dir).expect("dir");
+    let topo = lab.dir.join(format!("{}-own-as.toml", lab.name));
+    std::fs::write(&topo, own).expect("topology");
+    let lab = up_with_args(lab, &topo, &["--datastore", "etcd"]);
+    wait_for(30, "node-c in AS 64513 at node-a", || {
+        let p = peers(&lab, "node-a");
+        p.len() == 2 && p.iter().all(|x| x["state"] == "up") && p[1]["as_number"] == 64513
+    });
+    let yaml = text(&lab.router(&["get", "node", "node-c", "-o", "yaml"]).stdout);
+    assert!(yaml.contains("asNumber: 64513"), "{yaml}");
+    let flow = std::thread::scope(|s| {
+        let ping = s.spawn(|| ping(&lab, "pod-a1", &["-c", "60", "-i", "0.1", "-W", "2", "10.244.3.1"]));
+        std::thread::sleep(Duration::from_millis(500));
+        apply(&lab, &yaml.replace("    asNumber: 64513\n", ""));
+        wait_for(30, "node-c in the cluster's AS everywhere, every session up", || {
+            ["node-a", "node-b", "node-c"].iter().all(|n| {
+                let p = peers(&lab, n);
+                p.len() == 2 && p.iter().all(|x| x["state"] == "up" && x["as_number"] == 64512)
+            })
+        });
+        ping.join().expect("ping")
+    });
+    let asns = as_numbers_and_nothing_refused(&lab);
+    assert!(asns.iter().all(|(_, a)| a == &[64512, 64512]), "{asns:?}");
+    assert!(flow.0, "{}", flow.1);
+    assert_no_loss(&flow.1);
+    all_pods_reach_each_other(&lab);
 }
 
 /// The nodes read a change at different moments. Here the new reflector reads it last (its

@@ -870,6 +870,11 @@ impl Rib {
         if best.from == From::Peer(to) {
             return None;
         }
+        // Another node of the cluster in another AS would refuse a path through its own AS
+        // as a loop: not sent, so that its refused-routes count stays a sign of trouble.
+        if !to_ibgp && !peer.external && best.attrs.count_as(peer.asn) > 0 {
+            return None;
+        }
         let cs = &best.attrs.communities;
         if cs.contains(&community::NO_ADVERTISE) {
             return None;

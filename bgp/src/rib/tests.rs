@@ -201,6 +201,26 @@ fn a_peer_allowed_our_as_n_times_has_routes_with_it_up_to_n_times_taken() {
 }
 
 #[test]
+fn a_node_in_another_as_is_not_offered_a_path_through_its_own_as() {
+    // AS-per-rack: we are AS 64512; nodes in 64513 and 64514 are eBGP cluster peers.
+    let mut r = Rib::new(AS, ME, None);
+    r.add_peer(1, peer("192.168.100.101", 64513, false));
+    r.add_peer(2, peer("192.168.200.101", 64514, false));
+    r.add_peer(3, external("192.168.100.1", 65000));
+    for id in 1..=3 {
+        r.peer_up(id, &[Afi::Ipv4]);
+    }
+    let path = |v: Vec<u32>| vec![AttrValue::AsPath(vec![AsSegment::sequence(v)])];
+    let ch = r.update(2, &route("10.244.3.0/26", "192.168.200.101", path(vec![64514])));
+    let to_1 = sent_to(&ch, 1);
+    assert_eq!(to_1[0].get(code::AS_PATH), Some(&AttrValue::AsPath(vec![AsSegment::sequence(vec![AS, 64514])])));
+    // One that came through 64513 on its way: 64513 would refuse it as a loop.
+    let ch = r.update(2, &route("10.244.4.0/26", "192.168.200.101", path(vec![64514, 64513])));
+    assert!(sent_to(&ch, 1).is_empty(), "not offered to the node in 64513");
+    assert_eq!(sent_to(&ch, 3).len(), 1, "a router outside the cluster is told as before");
+}
+
+#[test]
 fn decision_process_order() {
     let mut r = Rib::new(AS, ME, None);
     r.add_peer(1, peer("192.168.100.101", AS, false));
