@@ -49,6 +49,8 @@ pub struct PeerConfig {
     /// How many times our own AS may appear in the AS_PATH of a route it sends (Calico's
     /// numAllowedLocalASNumbers, BIRD's `allow local as`); 0: the loop check of RFC 4271.
     pub allow_local_as: u8,
+    /// eBGP: pass routes on with the next hop they came with (Calico's keepOriginalNextHop).
+    pub keep_next_hop: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +257,7 @@ impl Core {
                 filters,
                 max_prefixes: p.max_prefixes,
                 allow_local_as: p.allow_local_as,
+                keep_next_hop: p.keep_next_hop,
                 local_addr6: self.cfg.local_addr6,
                 ..PeerInfo::new(p.address, p.asn, self.cfg.local_addr)
             },

@@ -576,7 +576,6 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             let s = &p.spec;
             note(s.password.is_some(), "spec.password (a Kubernetes secret: the session runs without TCP-MD5)");
             note(s.source_address.as_deref().is_some_and(|a| a != "UseNodeIP"), "spec.sourceAddress");
-            note(s.keep_original_next_hop == Some(true), "spec.keepOriginalNextHop");
             note(s.reachable_by.is_some(), "spec.reachableBy");
         }
         Resource::BgpFilter(f) => {

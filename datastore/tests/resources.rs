@@ -79,9 +79,11 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert!(resources::not_followed(&peers[0]).is_empty());
     assert_eq!(resources::not_followed(&peers[1]).len(), 1);
     assert!(resources::not_followed(&peers[1])[0].starts_with("spec.password"));
-    let off = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  keepOriginalNextHop: true\n");
+    let off = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  sourceAddress: None\n");
     let off = resources::parse(&off).expect("peers");
-    assert!(resources::not_followed(&off[1]).contains(&"spec.keepOriginalNextHop"));
+    assert!(resources::not_followed(&off[1]).contains(&"spec.sourceAddress"));
+    let kept = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  keepOriginalNextHop: true\n");
+    assert_eq!(resources::not_followed(&resources::parse(&kept).expect("peers")[1]).len(), 1, "the password only");
 
     // Durations as Go writes them, in the seconds BIRD would be given.
     for (from, to, why) in [

@@ -800,6 +800,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             restart_time: p.max_restart_time,
             keepalive_time: p.keepalive_time,
             allow_local_as: p.num_allowed_local_as_numbers,
+            keep_original_next_hop: p.keep_original_next_hop,
         });
     }
     BgpConfig {

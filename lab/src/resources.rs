@@ -122,6 +122,7 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
                 keepalive_time: p.keepalive_time.map(|s| format!("{s}s")),
                 num_allowed_local_as_numbers: (p.num_allowed_local_as_numbers > 0)
                     .then_some(u32::from(p.num_allowed_local_as_numbers)),
+                keep_original_next_hop: p.keep_original_next_hop.then_some(true),
                 ..Default::default()
             },
         )));
@@ -191,7 +192,7 @@ mod tests {
             .replace("[cluster]\n", "[cluster]\nnode_mesh_max_restart_time = 90\n")
             .replacen("name = \"node-c\"\n", "name = \"node-c\"\nas_number = 64513\n", 1)
             + "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nmax_restart_time = 45\n\
-               keepalive_time = 3\nnum_allowed_local_as_numbers = 1\n";
+               keepalive_time = 3\nnum_allowed_local_as_numbers = 1\nkeep_original_next_hop = true\n";
         let t = Topology::parse(Path::new("timed"), &timed).expect("timed");
         let rs = from_topology(&t).0;
         let yaml = datastore::resources::to_yaml(&rs);
@@ -201,6 +202,7 @@ mod tests {
             "keepaliveTime: 3s",
             "numAllowedLocalASNumbers: 1",
             "asNumber: 64513",
+            "keepOriginalNextHop: true",
         ] {
             assert!(yaml.contains(field), "{field}:\n{yaml}");
         }

@@ -92,6 +92,9 @@ pub struct BgpPeerSpec {
     /// Calico's BGPPeer.numAllowedLocalASNumbers: times the cluster's AS may appear in the
     /// AS_PATH of the peer's routes.
     pub num_allowed_local_as_numbers: u8,
+    /// Calico's BGPPeer.keepOriginalNextHop: other nodes' blocks go to this eBGP peer with
+    /// their owner as next hop.
+    pub keep_original_next_hop: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +215,8 @@ struct RawBgpPeer {
     keepalive_time: Option<Spanned<u16>>,
     #[serde(default)]
     num_allowed_local_as_numbers: u8,
+    #[serde(default)]
+    keep_original_next_hop: bool,
 }
 
 fn default_block_size() -> Spanned<u8> {
@@ -614,6 +619,7 @@ fn bgp_peer(
         max_restart_time,
         keepalive_time: p.keepalive_time.as_ref().map(|k| *k.get_ref()),
         num_allowed_local_as_numbers: p.num_allowed_local_as_numbers,
+        keep_original_next_hop: p.keep_original_next_hop,
     })
 }
 

@@ -173,6 +173,8 @@ pub struct BgpPeer {
     pub keepalive_time: Option<u16>,
     /// Times our AS may appear in its routes' AS_PATH (Calico's numAllowedLocalASNumbers).
     pub allow_local_as: u8,
+    /// Routes passed on to this eBGP peer keep their next hop (Calico's keepOriginalNextHop).
+    pub keep_original_next_hop: bool,
 }
 
 /// Another node of the cluster, as the sessions with it need it.
@@ -230,6 +232,7 @@ pub fn node_peer(me: Ipv4Addr, address: Ipv4Addr, kind: PeerKind, as_number: u32
         restart_time: None,
         keepalive_time: None,
         allow_local_as: 0,
+        keep_original_next_hop: false,
     }
 }
 
@@ -619,6 +622,8 @@ pub struct RawBgpPeer {
     pub keepalive_time: Option<u16>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub allow_local_as: u8,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_original_next_hop: bool,
 }
 
 fn is_zero(n: &u8) -> bool {
@@ -885,6 +890,7 @@ fn bgp_peer(
         restart_time: p.restart_time,
         keepalive_time: p.keepalive_time,
         allow_local_as: p.allow_local_as,
+        keep_original_next_hop: p.keep_original_next_hop,
     })
 }
 
@@ -1116,6 +1122,7 @@ impl NodeConfig {
                             restart_time: p.restart_time,
                             keepalive_time: p.keepalive_time,
                             allow_local_as: p.allow_local_as,
+                            keep_original_next_hop: p.keep_original_next_hop,
                         })
                         .collect(),
                     filters,
@@ -1259,13 +1266,16 @@ via = "192.168.100.101"
 
     #[test]
     fn a_peer_s_timers_and_allowed_local_as_round_trip_and_are_checked() {
-        let peer = "\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"192.168.100.1\"\nas_number = 65001\nkind = \"global\"\nrestart_time = 45\nkeepalive_time = 3\nallow_local_as = 1\n";
+        let peer = "\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"192.168.100.1\"\nas_number = 65001\nkind = \"global\"\nrestart_time = 45\nkeepalive_time = 3\nallow_local_as = 1\nkeep_original_next_hop = true\n";
         let c = parse(&format!("{GOOD}{peer}")).expect("parses");
         let got = |c: &NodeConfig| {
-            c.bgp.as_ref().map(|b| (b.peers[0].restart_time, b.peers[0].keepalive_time, b.peers[0].allow_local_as))
+            c.bgp.as_ref().map(|b| {
+                let p = &b.peers[0];
+                (p.restart_time, p.keepalive_time, p.allow_local_as, p.keep_original_next_hop)
+            })
         };
-        assert_eq!(got(&c), Some((Some(45), Some(3), 1)));
-        assert_eq!(got(&parse(&c.to_toml()).expect("round trip")), Some((Some(45), Some(3), 1)));
+        assert_eq!(got(&c), Some((Some(45), Some(3), 1, true)));
+        assert_eq!(got(&parse(&c.to_toml()).expect("round trip")), Some((Some(45), Some(3), 1, true)));
         for (from, to, why) in [
             ("restart_time = 45", "restart_time = 5000", "restart_time is at most 4095 seconds"),
             ("keepalive_time = 3", "keepalive_time = 0", "keepalive_time = 0 sends no keepalives"),

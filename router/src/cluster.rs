@@ -188,6 +188,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             .as_deref()
             .and_then(|t| secs(&name, "spec.keepaliveTime", t, 1, u16::MAX, &mut notes));
         let allow_local_as = p.spec.num_allowed_local_as_numbers.map_or(0, |n| n.min(255) as u8);
+        let keep_original_next_hop = p.spec.keep_original_next_hop == Some(true);
         let selector = |s: &str, notes: &mut Vec<String>| {
             let sel = Selector::parse(s);
             if let Err(e) = &sel {
@@ -226,6 +227,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                     restart_time,
                     keepalive_time,
                     allow_local_as,
+                    keep_original_next_hop,
                     ..nodeapi::config::node_peer(my_addr, *addr, kind, *their_as, node_port)
                 });
             }
@@ -265,6 +267,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             restart_time,
             keepalive_time,
             allow_local_as,
+            keep_original_next_hop,
         });
     }
     let filters = resources

@@ -58,6 +58,7 @@ pub fn peer_config(p: &BgpPeer) -> PeerConfig {
         restart_time: p.restart_time,
         keepalive: p.keepalive_time,
         allow_local_as: p.allow_local_as,
+        keep_next_hop: p.keep_original_next_hop,
     }
 }
 

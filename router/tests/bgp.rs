@@ -630,8 +630,9 @@ fn an_outside_peer_is_neither_transit_nor_able_to_take_pool_or_node_routes() {
 }
 
 /// A peer's own settings, as BIRD sees them: the graceful-restart time node-a announces to
-/// it (not the node's 120 s), keepalives every second (BIRD's hold timer never runs down),
-/// and a route whose AS_PATH holds the cluster's AS once is taken where twice is a loop.
+/// it (not the node's 120 s), keepalives every second, a route whose AS_PATH holds the
+/// cluster's AS once taken where twice is a loop, and node-b's block with node-b as next hop
+/// (keepOriginalNextHop), node-a's own with node-a.
 #[test]
 fn a_peer_s_restart_time_keepalives_and_allowed_local_as_reach_bird() {
     let lab = TestLab::named();
@@ -640,7 +641,7 @@ fn a_peer_s_restart_time_keepalives_and_allowed_local_as_reach_bird() {
         "peer-settings",
         "",
         "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nnode = \"node-a\"\nmax_restart_time = 45\n\
-         keepalive_time = 1\nnum_allowed_local_as_numbers = 1\n",
+         keepalive_time = 1\nnum_allowed_local_as_numbers = 1\nkeep_original_next_hop = true\n",
     );
     let lab = up_with(lab, &topo);
     // BIRD puts AS 64512 into the paths itself, once and twice, before its own 65001.
@@ -666,6 +667,13 @@ fn a_peer_s_restart_time_keepalives_and_allowed_local_as_reach_bird() {
     let status = birdc(&lab, &sock, &["show", "protocols", "all", "node_a"]);
     let neighbour = status.split("Neighbor capabilities").nth(1).unwrap_or_default();
     assert!(neighbour.contains("Restart time: 45"), "BIRD was not told 45 s:\n{status}");
+    let via = |prefix: &str| {
+        let r = birdc(&lab, &sock, &["show", "route", prefix, "protocol", "node_a"]);
+        r.split_whitespace().skip_while(|w| *w != "via").nth(1).map(str::to_string).unwrap_or(r)
+    };
+    wait_for(10, "BIRD to learn the blocks", || via("10.244.2.0/26").starts_with("192."));
+    assert_eq!(via("10.244.2.0/26"), "192.168.100.101", "node-b's block, its own next hop");
+    assert_eq!(via("10.244.1.0/26"), "192.168.100.100", "node-a's block, node-a");
     // Hold time 90 (the lab's): keepalives at a third of it would come every 30 s. Three
     // BGP messages from node-a, all KEEPALIVEs, arrive within a few seconds.
     let started = Instant::now();
@@ -1044,11 +1052,11 @@ fn bgp_peers_by_selector_follow_node_labels_on_etcd() {
     // A field the router keeps without acting on is named, not silently dropped.
     let warned = apply(
         &lab,
-        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack-r1\nspec:\n  nodeSelector: rack == 'r1'\n  peerSelector: rack == 'r1'\n  keepOriginalNextHop: true\n",
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack-r1\nspec:\n  nodeSelector: rack == 'r1'\n  peerSelector: rack == 'r1'\n  sourceAddress: None\n",
     );
     assert!(
         warned.contains("bgppeers/rack-r1: kept in the datastore, but not acted on")
-            && warned.contains("spec.keepOriginalNextHop"),
+            && warned.contains("spec.sourceAddress"),
         "{warned}"
     );
 }

@@ -42,6 +42,9 @@ pub struct PeerInfo {
     pub max_prefixes: Option<u32>,
     /// Times our AS may appear in the AS_PATH of its routes before they count as a loop.
     pub allow_local_as: u8,
+    /// eBGP: routes we pass on keep the next hop they came with, where it is of the route's
+    /// family (Calico's keepOriginalNextHop), instead of ours.
+    pub keep_next_hop: bool,
 }
 
 impl PeerInfo {
@@ -63,6 +66,7 @@ impl PeerInfo {
             filters: Vec::new(),
             max_prefixes: None,
             allow_local_as: 0,
+            keep_next_hop: false,
         }
     }
 }
@@ -937,7 +941,11 @@ impl Rib {
                 _ => path.insert(0, AsSegment::sequence(vec![self.local_as])),
             }
             a.as_path = path;
-            a.next_hop = self_hop;
+            // Our own routes always go with us as next hop; another node's block, with
+            // keepOriginalNextHop, with that node's address, so the peer sends straight there.
+            if best.from == From::Local || !peer.keep_next_hop || a.next_hop.is_ipv4() != self_hop.is_ipv4() {
+                a.next_hop = self_hop;
+            }
             a.local_pref = None;
             a.originator_id = None;
             a.cluster_list.clear();

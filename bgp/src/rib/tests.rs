@@ -221,6 +221,24 @@ fn a_node_in_another_as_is_not_offered_a_path_through_its_own_as() {
 }
 
 #[test]
+fn an_ebgp_peer_keeping_next_hops_gets_other_nodes_blocks_with_their_owner_as_next_hop() {
+    let mut r = mesh_rib();
+    r.add_peer(3, PeerInfo { keep_next_hop: true, ..external("192.168.100.1", 65000) });
+    r.add_peer(4, external("192.168.100.2", 65000));
+    for id in 1..=4 {
+        r.peer_up(id, &[Afi::Ipv4]);
+    }
+    r.originate(net("10.244.1.0/26"), PathAttrs::local(ME));
+    let ch = r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
+    let hop = |u: &Update| u.get(code::NEXT_HOP).cloned();
+    assert_eq!(hop(sent_to(&ch, 3)[0]), Some(AttrValue::NextHop(ip("192.168.100.101"))), "node-b's own address");
+    assert_eq!(hop(sent_to(&ch, 4)[0]), Some(AttrValue::NextHop(ME)), "without it: us");
+    // Our own block goes with us as next hop either way.
+    let ch = r.originate(net("10.244.9.0/26"), PathAttrs::local(ME));
+    assert_eq!(hop(sent_to(&ch, 3)[0]), Some(AttrValue::NextHop(ME)));
+}
+
+#[test]
 fn decision_process_order() {
     let mut r = Rib::new(AS, ME, None);
     r.add_peer(1, peer("192.168.100.101", AS, false));

@@ -66,6 +66,7 @@ fn config(me: usize, n: usize, gr: Option<u16>, restarted: bool) -> CoreConfig {
                 restart_time: None,
                 keepalive: None,
                 allow_local_as: 0,
+                keep_next_hop: false,
             })
             .collect(),
         originate: vec![block(me as u8 + 1)],
