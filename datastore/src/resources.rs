@@ -565,8 +565,22 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
         }
         Resource::BgpConfiguration(c) => {
             let s = &c.spec;
-            note(s.log_severity_screen.is_some(), "spec.logSeverityScreen");
-            note(s.bind_mode.is_some(), "spec.bindMode");
+            let name = c.metadata.name.as_str();
+            note(
+                name != "default" && !name.starts_with("node."),
+                "all of it: only `default` and `node.<node name>` are read",
+            );
+            // A node's own configuration overrides three fields, as in Calico.
+            if name.starts_with("node.") {
+                note(s.as_number.is_some(), "spec.asNumber (the default's counts)");
+                note(s.node_to_node_mesh_enabled.is_some(), "spec.nodeToNodeMeshEnabled (the default's counts)");
+                note(s.node_mesh_max_restart_time.is_some(), "spec.nodeMeshMaxRestartTime (the default's counts)");
+            }
+            // BGP listens on the node's address: Calico's NodeIP.
+            note(
+                s.bind_mode.as_deref().is_some_and(|m| m != "NodeIP"),
+                "spec.bindMode (BGP listens on the node's address)",
+            );
             note(s.service_cluster_ips.is_some(), "spec.serviceClusterIPs");
             note(s.service_external_ips.is_some(), "spec.serviceExternalIPs");
             note(s.service_load_balancer_ips.is_some(), "spec.serviceLoadBalancerIPs");
@@ -702,6 +716,14 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             }
             if let Some(t) = &c.spec.node_mesh_max_restart_time {
                 duration_secs("spec.nodeMeshMaxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
+            }
+            if let Some(l) = &c.spec.log_severity_screen {
+                if !["debug", "info", "warning", "error", "fatal", "panic"].contains(&l.to_ascii_lowercase().as_str()) {
+                    return Err((
+                        "spec.logSeverityScreen".into(),
+                        format!("{l:?}: one of Debug, Info, Warning, Error, Fatal"),
+                    ));
+                }
             }
         }
         Resource::BgpPeer(p) => {

@@ -97,6 +97,12 @@ fn errors_name_the_document_the_line_and_the_field() {
         assert_eq!((e.document, e.field.as_deref()), (2, Some(field.as_str())), "{e}");
         assert!(e.message.contains(why), "{to}: {e}");
     }
+    let e = error(&fixture("bgpconfiguration.yaml").replace("logSeverityScreen: Info", "logSeverityScreen: Loud"));
+    assert_eq!(e.field.as_deref(), Some("spec.logSeverityScreen"), "{e}");
+    let own = resources::parse(&fixture("bgpconfiguration.yaml").replace("name: default", "name: node.node-a"))
+        .expect("a node's own");
+    let notes = resources::not_followed(&own[0]);
+    assert!(notes.contains(&"spec.asNumber (the default's counts)"), "{notes:?}");
     let e = error(&fixture("bgpconfiguration.yaml").replace("90s", "-90s"));
     assert_eq!(e.field.as_deref(), Some("spec.nodeMeshMaxRestartTime"), "{e}");
     let secs = |t: &str| resources::parse_duration(t).map(|d| d.as_secs_f64());

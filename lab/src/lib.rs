@@ -779,10 +779,11 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             address: o.address.addr(),
             reflector: o.route_reflector_cluster_id,
             as_number: topo.as_of(o),
+            port: 179,
         })
         .collect();
     let mut peers =
-        nodeapi::config::cluster_peers(me, node.route_reflector_cluster_id, &others, topo.node_to_node_mesh, 179);
+        nodeapi::config::cluster_peers(me, node.route_reflector_cluster_id, &others, topo.node_to_node_mesh);
     for p in peers.iter_mut().filter(|p| p.kind == PeerKind::Mesh) {
         p.restart_time = topo.node_mesh_max_restart_time;
     }

@@ -186,19 +186,15 @@ pub struct ClusterNode {
     /// Its AS (Calico's Node.spec.bgp.asNumber, or the cluster's): a session between nodes
     /// of different AS numbers is eBGP.
     pub as_number: u32,
+    /// Where it listens for BGP (BGPConfiguration.listenPort).
+    pub port: u16,
 }
 
 /// The sessions a node has with the other nodes of its cluster, as Calico sets them up:
 /// with the mesh on, one with every node; with it off, reflectors (nodes with a cluster ID)
 /// peer with each other and with every other node, whose clients they are, and two clients
-/// do not peer. `port` is where every node listens (BGPConfiguration.listenPort).
-pub fn cluster_peers(
-    me: Ipv4Addr,
-    my_cluster_id: Option<Ipv4Addr>,
-    nodes: &[ClusterNode],
-    mesh: bool,
-    port: u16,
-) -> Vec<BgpPeer> {
+/// do not peer.
+pub fn cluster_peers(me: Ipv4Addr, my_cluster_id: Option<Ipv4Addr>, nodes: &[ClusterNode], mesh: bool) -> Vec<BgpPeer> {
     nodes
         .iter()
         .filter(|n| n.address != me)
@@ -212,7 +208,7 @@ pub fn cluster_peers(
             } else {
                 return None;
             };
-            Some(node_peer(me, n.address, kind, n.as_number, port))
+            Some(node_peer(me, n.address, kind, n.as_number, n.port))
         })
         .collect()
 }

@@ -3,7 +3,8 @@
 //! own node agent does.
 //!
 //! - `BGPConfiguration` `default`: the AS number (64512 without one), the node-to-node mesh
-//!   (on without one), prefix advertisements and communities.
+//!   (on without one), prefix advertisements and communities, the listen port and the log
+//!   level; `node.<name>` overrides the last three for that node.
 //! - `Node`s: every node with `bgp.ipv4Address` is a cluster node (an allowed IPIP source
 //!   and pool-route next hop; its `bgp.ipv6Address` an IPv6 pool-route next hop), in its
 //!   `bgp.asNumber` or else the cluster's: nodes of different AS numbers speak eBGP. Sessions
@@ -29,9 +30,11 @@ pub struct View {
     pub peers: Vec<BgpPeer>,
     pub filters: Vec<bgp::policy::Filter>,
     pub prefix_advertisements: Vec<PrefixAdvertisement>,
-    /// BGPConfiguration.listenPort: where every node listens, and so where the nodes
-    /// connect to each other.
+    /// BGPConfiguration.listenPort (this node's own, or the default's): where it listens;
+    /// the other nodes are reached at theirs.
     pub listen_port: Option<u16>,
+    /// BGPConfiguration.logSeverityScreen as a log level.
+    pub log_level: Option<&'static str>,
     pub pools: Vec<Pool>,
     /// Every other node's address.
     pub nodes: Vec<Ipv4Addr>,
@@ -84,19 +87,45 @@ fn secs(resource: &str, field: &str, text: &str, lo: u16, hi: u16, notes: &mut V
     r::duration_secs(field, text, lo, hi).map_err(|(f, e)| notes.push(format!("{resource}: {f}: {e}: not used"))).ok()
 }
 
+/// A field of the node's own BGPConfiguration where it sets it, else of the default.
+fn pick<'a, T: ?Sized>(
+    mine: Option<&'a r::BgpConfigurationSpec>,
+    default: Option<&'a r::BgpConfigurationSpec>,
+    field: impl Fn(&'a r::BgpConfigurationSpec) -> Option<&'a T>,
+) -> Option<&'a T> {
+    mine.and_then(&field).or_else(|| default.and_then(&field))
+}
+
 /// The view of node `me` (whose underlay address is `my_addr`, and `my_addr6` on a
 /// dual-stack node).
 pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Option<Ipv6Addr>) -> View {
     let mut notes = Vec::new();
-    let config = resources.iter().find_map(|x| match x {
-        Resource::BgpConfiguration(c) if c.metadata.name == "default" => Some(&c.spec),
-        _ => None,
-    });
+    let config_of = |name: &str| {
+        resources.iter().find_map(|x| match x {
+            Resource::BgpConfiguration(c) if c.metadata.name == name => Some(&c.spec),
+            _ => None,
+        })
+    };
+    let config = config_of("default");
+    // Calico's node-specific BGPConfiguration, `node.<name>`, overrides the default's
+    // prefixAdvertisements, listenPort and logSeverityScreen for that node.
+    let mine = config_of(&format!("node.{me}"));
     let cluster_as = config.and_then(|c| c.as_number).unwrap_or(64512);
     let mesh = config.and_then(|c| c.node_to_node_mesh_enabled).unwrap_or(true);
-    let named = config.and_then(|c| c.communities.clone()).unwrap_or_default();
-    let prefix_advertisements = config
-        .and_then(|c| c.prefix_advertisements.clone())
+    let named: Vec<r::Community> =
+        [mine, config].into_iter().flatten().flat_map(|c| c.communities.iter().flatten().cloned()).collect();
+    let log_level = pick(mine, config, |c| c.log_severity_screen.as_deref()).and_then(|s| {
+        let level = crate::logging::calico_level(s);
+        if level.is_none() {
+            notes.push(format!("logSeverityScreen {s:?} is none of Debug, Info, Warning, Error, Fatal: not used"));
+        }
+        level
+    });
+    let port_of = |name: &str| {
+        config_of(&format!("node.{name}")).and_then(|c| c.listen_port).or_else(|| config.and_then(|c| c.listen_port))
+    };
+    let prefix_advertisements = pick(mine, config, |c| c.prefix_advertisements.as_ref())
+        .cloned()
         .unwrap_or_default()
         .into_iter()
         .filter_map(|a| {
@@ -154,11 +183,15 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
     let others: Vec<nodeapi::config::ClusterNode> = nodes
         .iter()
         .filter(|n| n.0 != me)
-        .map(|n| nodeapi::config::ClusterNode { address: n.1, reflector: n.2, as_number: n.4 })
+        .map(|n| nodeapi::config::ClusterNode {
+            address: n.1,
+            reflector: n.2,
+            as_number: n.4,
+            port: port_of(&n.0).unwrap_or(179),
+        })
         .collect();
-    let listen_port = config.and_then(|c| c.listen_port);
-    let node_port = listen_port.unwrap_or(179);
-    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, node_port);
+    let listen_port = port_of(me);
+    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh);
     let mesh_restart = config.and_then(|c| c.node_mesh_max_restart_time.as_deref()).and_then(|t| {
         secs("bgpconfigurations/default", "spec.nodeMeshMaxRestartTime", t, 0, MAX_RESTART_TIME, &mut notes)
     });
@@ -228,7 +261,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                     keepalive_time,
                     allow_local_as,
                     keep_original_next_hop,
-                    ..nodeapi::config::node_peer(my_addr, *addr, kind, *their_as, node_port)
+                    ..nodeapi::config::node_peer(my_addr, *addr, kind, *their_as, port_of(name).unwrap_or(179))
                 });
             }
             continue;
@@ -315,6 +348,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
         filters,
         prefix_advertisements,
         listen_port,
+        log_level,
         pools,
         nodes: nodes.iter().filter(|n| n.0 != me).map(|n| n.1).collect(),
         pools6,
@@ -501,6 +535,29 @@ mod tests {
         let c = view(&rs, "node-c", "192.168.200.101".parse().expect("ip"), None);
         assert_eq!((c.as_number, asns(&c)), (64513, vec![64512, 64512]));
         assert!(c.notes.is_empty(), "{:?}", c.notes);
+    }
+
+    #[test]
+    fn a_node_s_own_bgp_configuration_overrides_port_advertisements_and_log_level() {
+        let extra = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  logSeverityScreen: Warning\n  listenPort: 1179\n\
+---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: node.node-c\nspec:\n  logSeverityScreen: Debug\n  listenPort: 1790\n  communities:\n  - name: rack\n    value: 64512:7\n  prefixAdvertisements:\n  - cidr: 10.244.3.0/26\n    communities: [rack]\n";
+        let mut rs = seed("");
+        let over = datastore::resources::parse(extra).expect("extra");
+        rs.retain(|x| !over.iter().any(|o| o.kind() == x.kind() && o.name() == x.name()));
+        rs.extend(over);
+        let a = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
+        let ports: Vec<u16> = a.peers.iter().map(|p| p.port).collect();
+        assert_eq!((a.listen_port, ports, a.log_level), (Some(1179), vec![1179, 1790], Some("warn")));
+        assert!(a.prefix_advertisements.is_empty());
+        let c = view(&rs, "node-c", "192.168.200.101".parse().expect("ip"), None);
+        assert_eq!((c.listen_port, c.log_level), (Some(1790), Some("debug")));
+        assert_eq!(
+            c.prefix_advertisements,
+            vec![PrefixAdvertisement {
+                cidr: "10.244.3.0/26".parse().expect("net"),
+                communities: vec![64512 << 16 | 7]
+            }]
+        );
     }
 
     #[test]

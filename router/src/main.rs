@@ -458,16 +458,19 @@ fn main() {
         cni::plugin::run_process();
     }
     let cli = Cli::parse();
-    // RUST_LOG wins; a node's config may set its own level; otherwise info.
+    // RUST_LOG wins; a node's config may set its own level; otherwise info, which a
+    // datastore's logSeverityScreen may change while the node runs.
+    let mut settable = false;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         let from_config = match &cli.cmd {
             Cmd::Node { config, .. } => nodeapi::config::NodeConfig::load(config).ok().and_then(|c| c.log_level),
             _ => None,
         };
+        settable = from_config.is_none();
         tracing_subscriber::EnvFilter::try_new(from_config.as_deref().unwrap_or("info"))
             .unwrap_or_else(|_| "info".into())
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    router::logging::init(filter, settable);
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -994,6 +994,37 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let _ = etcd.wait();
 }
 
+/// Calico's node-specific BGPConfiguration, `node.node-c`: node-c listens on port 1790 and
+/// the other nodes reach it there, and it logs at Debug while the others stay at Info.
+#[test]
+fn a_node_s_own_bgp_configuration_sets_its_port_and_log_level_live() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: node.node-c\nspec:\n  listenPort: 1790\n  logSeverityScreen: Debug\n",
+    );
+    wait_for(30, "node-c's sessions on port 1790", || {
+        let ss = text(&lab.exec("node-c", &["ss", "-Htn", "state", "established"]).stdout);
+        let c = peers(&lab, "node-c");
+        c.len() == 2
+            && c.iter().all(|p| p["state"] == "up")
+            && ss.split_whitespace().filter(|a| a.ends_with(":1790")).count() >= 2
+    });
+    // node-a and node-b still talk on 179.
+    let ss = text(&lab.exec("node-a", &["ss", "-Htn", "state", "established"]).stdout);
+    assert!(ss.split_whitespace().any(|a| a.ends_with(":179")), "{ss}");
+    assert!(peers(&lab, "node-a").iter().all(|p| p["state"] == "up"));
+    // One more change, which every node notes at debug level.
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: unused\nspec:\n  exportV4:\n  - action: Accept\n    matchOperator: In\n    cidr: 10.244.0.0/16\n",
+    );
+    wait_for(10, "node-c to log at debug level", || lab.node_log("node-c").contains("DEBUG"));
+    assert!(lab.node_log("node-c").contains("log level from the datastore"));
+    assert!(!lab.node_log("node-a").contains("DEBUG"), "node-a stays at Info");
+    all_pods_reach_each_other(&lab);
+}
+
 /// Calico's selectors on etcd: a BGPPeer's nodeSelector picks the nodes that have it and its
 /// peerSelector the nodes they peer with, and the sessions follow labels applied live.
 #[test]

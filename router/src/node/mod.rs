@@ -80,6 +80,8 @@ struct Node {
     /// BGP peers the datastore no longer lists, removed when the new sessions are up (or at
     /// the instant given).
     removals: Vec<watch::Removal>,
+    /// The log level the datastore last set (BGPConfiguration logSeverityScreen).
+    log_level: &'static str,
 }
 
 fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
@@ -510,6 +512,7 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         restart_requested: false,
         dynamic,
         removals: Vec::new(),
+        log_level: "info",
     };
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
         let mtu = node.dp.interfaces().get(tun).map_or(1480, |f| f.mtu).to_string();

@@ -192,6 +192,17 @@ impl Node {
         for n in &view.notes {
             tracing::warn!(note = %n, "datastore");
         }
+        let level = view.log_level.unwrap_or("info");
+        if level != self.log_level {
+            self.log_level = level;
+            match crate::logging::set_level(level) {
+                true => tracing::info!(level, "log level from the datastore (logSeverityScreen)"),
+                false => tracing::info!(
+                    level,
+                    "the datastore's logSeverityScreen is not used: RUST_LOG or the node's log_level set the level"
+                ),
+            }
+        }
         let bgp = view.bgp(self.cfg.bgp.as_ref(), me);
         let mut routes_changed = self.cfg.pools != view.pools || self.cfg.ipip_peers != view.nodes;
         self.cfg.pools = view.pools.clone();

@@ -1,0 +1,40 @@
+//! The process's log filter, and changing it while the node runs: a datastore's
+//! BGPConfiguration `logSeverityScreen` sets the node's level live, unless `RUST_LOG` or the
+//! node's config chose one (those are the operator's on this host, and win).
+
+use std::sync::OnceLock;
+use tracing_subscriber::{prelude::*, reload, EnvFilter, Registry};
+
+static LIVE: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Installs the subscriber with `filter`; `settable`: the datastore may change it later.
+pub fn init(filter: EnvFilter, settable: bool) {
+    let (layer, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    if settable {
+        let _ = LIVE.set(handle);
+    }
+}
+
+/// Calico's log severities as a tracing level; `None`: not one of them.
+pub fn calico_level(severity: &str) -> Option<&'static str> {
+    match severity.to_ascii_lowercase().as_str() {
+        "debug" => Some("debug"),
+        "info" => Some("info"),
+        "warning" => Some("warn"),
+        "error" | "fatal" | "panic" => Some("error"),
+        _ => None,
+    }
+}
+
+/// Sets the level (`info`, `debug`, …) where the datastore may; whether it did.
+pub fn set_level(level: &str) -> bool {
+    let Some(handle) = LIVE.get() else { return false };
+    match EnvFilter::try_new(level) {
+        Ok(f) => handle.reload(f).is_ok(),
+        Err(_) => false,
+    }
+}
