@@ -249,21 +249,68 @@ fn node_client(conf: &NetConf) -> admin::Client {
     admin::Client::new(&conf.admin_socket)
 }
 
-/// Where addresses come from: the shared file, or etcd (both families).
+/// Where addresses come from: the shared file, or etcd (both families; the IPPools there
+/// say which pools a node takes addresses from).
 enum Backend {
     File(Ipam),
-    Etcd(datastore::ipam::Ipam),
+    Etcd(datastore::ipam::Ipam, datastore::Store),
 }
 
 fn backend(conf: &NetConf) -> Result<Backend, CniError> {
     if !conf.etcd_endpoints.is_empty() {
         let etcd = datastore::etcd::Etcd::new(&conf.etcd_endpoints).map_err(|e| CniError::config(format!("{e:#}")))?;
-        return Ok(Backend::Etcd(datastore::ipam::Ipam::new(etcd)));
+        return Ok(Backend::Etcd(datastore::ipam::Ipam::new(etcd.clone()), datastore::Store::new(etcd)));
     }
     match &conf.ipam_file {
         Some(f) => Ok(Backend::File(Ipam::new(f))),
         None => Err(CniError::config("neither ipam_file nor etcd_endpoints is set")),
     }
+}
+
+/// The IPv4 pools a container of `conf.node` may take an address from, with their block
+/// sizes: the IPPools in etcd whose `nodeSelector` picks the node (by its Node resource's
+/// labels), as Calico's IPAM chooses; where etcd holds no IPv4 pool, the config's.
+fn pools_for(conf: &NetConf, store: &datastore::Store) -> Result<Vec<(Ipv4Net, u8)>, CniError> {
+    use datastore::resources::{Kind, Resource};
+    let get = |kind| store.get(kind, None).map_err(io);
+    let labels = get(Kind::Node)?
+        .into_iter()
+        .find_map(|r| match r {
+            Resource::Node(n) if n.metadata.name == conf.node => Some(n.metadata.labels),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut any = false;
+    let mut picked = Vec::new();
+    for r in get(Kind::IpPool)? {
+        let Resource::IpPool(p) = r else { continue };
+        let Ok(cidr) = p.spec.cidr.parse::<Ipv4Net>() else { continue };
+        any = true;
+        if p.spec.disabled == Some(true) {
+            continue;
+        }
+        let selects = match p.spec.node_selector.as_deref() {
+            None => true,
+            Some(s) => datastore::selector::Selector::parse(s).is_ok_and(|sel| sel.matches(&labels)),
+        };
+        if selects {
+            picked.push((cidr, p.spec.block_size_or_default()));
+        }
+    }
+    if !any {
+        let pool = conf
+            .pool
+            .or_else(|| conf.blocks.first().copied())
+            .ok_or_else(|| CniError::config("no pool and no blocks"))?;
+        let len = conf.block_size.unwrap_or_else(|| conf.blocks.first().map_or(26, |b| b.prefix_len()));
+        return Ok(vec![(pool, len)]);
+    }
+    if picked.is_empty() {
+        return Err(CniError::ipam(format!("no enabled IPv4 IPPool's nodeSelector selects node {}", conf.node)));
+    }
+    // The node's own pool first, so that its blocks fill before another pool's are claimed.
+    picked.sort_by_key(|(pool, _)| !conf.blocks.iter().any(|b| pool.contains(b)));
+    Ok(picked)
 }
 
 fn io(e: anyhow::Error) -> CniError {
@@ -298,17 +345,19 @@ impl Backend {
                 })
                 .map_err(io)?
                 .map_err(CniError::ipam),
-            Backend::Etcd(e) => {
+            Backend::Etcd(e, store) => {
                 // The node's configured blocks are its own in etcd too (the node announces
                 // them); another node holding one is a misconfiguration worth saying.
                 let ipam_err = |e: anyhow::Error| CniError::ipam(format!("{e:#}"));
                 e.claim_own(&conf.node, &conf.blocks).map_err(ipam_err)?;
-                let pool = conf
-                    .pool
-                    .or_else(|| conf.blocks.first().copied())
-                    .ok_or_else(|| CniError::config("no pool and no blocks"))?;
-                let len = conf.block_size.unwrap_or_else(|| conf.blocks.first().map_or(26, |b| b.prefix_len()));
-                let a = e.allocate(&conf.node, handle, pool, len).map_err(ipam_err)?;
+                let mut a = Err(CniError::ipam("no pool"));
+                for (pool, len) in pools_for(conf, store)? {
+                    a = e.allocate(&conf.node, handle, pool, len).map_err(ipam_err);
+                    if a.is_ok() {
+                        break;
+                    }
+                }
+                let a = a?;
                 // Outside the node's configured blocks, the node announces the /32.
                 let borrowed = !conf.blocks.iter().any(|b| b.contains(&a.address));
                 let assigned = Assigned { address: a.address, borrowed };
@@ -337,21 +386,21 @@ impl Backend {
     fn release(&self, handle: &str) -> Result<Option<Ipv4Addr>, CniError> {
         match self {
             Backend::File(f) => f.with(|st| st.release(handle)).map_err(io),
-            Backend::Etcd(ipam) => ipam.release_all(handle).map_err(io),
+            Backend::Etcd(ipam, _) => ipam.release_all(handle).map_err(io),
         }
     }
 
     fn find(&self, handle: &str) -> Result<Option<Ipv4Addr>, CniError> {
         match self {
             Backend::File(f) => f.with(|st| st.find(handle)).map_err(io),
-            Backend::Etcd(ipam) => ipam.find::<Ipv4Net>(handle).map_err(io),
+            Backend::Etcd(ipam, _) => ipam.find::<Ipv4Net>(handle).map_err(io),
         }
     }
 
     fn find6(&self, handle: &str) -> Result<Option<Ipv6Addr>, CniError> {
         match self {
             Backend::File(f) => f.with(|st| st.find6(handle)).map_err(io),
-            Backend::Etcd(ipam) => ipam.find::<Ipv6Net>(handle).map_err(io),
+            Backend::Etcd(ipam, _) => ipam.find::<Ipv6Net>(handle).map_err(io),
         }
     }
 
@@ -363,7 +412,7 @@ impl Backend {
                     st.allocations.values().filter(|a| a.node == node).map(|a| a.handle.clone()).collect::<Vec<_>>()
                 })
                 .map_err(io)?,
-            Backend::Etcd(ipam) => ipam.handles(node).map_err(io)?,
+            Backend::Etcd(ipam, _) => ipam.handles(node).map_err(io)?,
         };
         v.retain(|h| !h.starts_with("pod:"));
         Ok(v)

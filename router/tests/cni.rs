@@ -387,6 +387,52 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     assert_eq!(address(&again), "10.244.1.3/32", "the released address is free again");
     assert_eq!(plugin_call(&lab, "node-b", &conf_b, "DEL", "cy", Some(&y)).code, 0);
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cz", Some(&x)).code, 0);
+    // Calico's IPPool nodeSelector: a pool for rack r2, which node-b is in, and the default
+    // pool for the other racks. node-b's next container gets its address from the rack's
+    // pool (announced by node-b as a /32), node-a's still from the default one.
+    in_node_a(&lab, || {
+        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
+        let pool = |name: &str, cidr: &str, sel: &str| {
+            format!("---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: {name}\nspec:\n  cidr: {cidr}\n  nodeSelector: {sel}\n")
+        };
+        let yaml = [
+            pool("default-ipv4-ippool", "10.244.0.0/16", "rack != 'r2'"),
+            pool("rack-r2", "10.250.0.0/16", "rack == 'r2'"),
+            "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node-b\n  labels:\n    rack: r2\n"
+                .into(),
+        ]
+        .concat();
+        let rs = datastore::resources::parse(&yaml).expect("resources");
+        datastore::Store::new(etcd).apply_all(&rs).expect("apply");
+    });
+    let b = plugin_call(&lab, "node-b", &conf_b, "ADD", "cr", Some(&y));
+    assert_eq!((b.code, address(&b)), (0, "10.250.0.1/32".to_string()), "{}", b.raw);
+    let a = plugin_call(&lab, "node-a", &conf_a, "ADD", "cx", Some(&x));
+    assert!(address(&a).starts_with("10.244.1."), "{}", a.raw);
+    wait_for(10, "node-a's container to reach the one from rack r2's pool", || {
+        in_ns(&x, &["ping", "-c", "1", "-W", "1", "10.250.0.1"]).0
+    });
+    in_node_a(&lab, || {
+        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
+        let store = datastore::Store::new(etcd);
+        store.delete(datastore::resources::Kind::IpPool, "default-ipv4-ippool").expect("delete");
+    });
+    let none = plugin_call(&lab, "node-a", &conf_a, "ADD", "cn", Some(&x));
+    assert!(none.raw.contains("no enabled IPv4 IPPool's nodeSelector selects node node-a"), "{}", none.raw);
+    assert_eq!(plugin_call(&lab, "node-b", &conf_b, "DEL", "cr", Some(&y)).code, 0);
+    assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cx", Some(&x)).code, 0);
+}
+
+/// Runs `f` on a thread in node-a's network namespace (where the test's etcd listens).
+fn in_node_a(lab: &TestLab, f: impl FnOnce() + Send + 'static) {
+    let ns_a = lab.ns("node-a");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(format!("/run/netns/{ns_a}")).expect("netns");
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("in node-a's namespace");
 }
 
 #[test]
