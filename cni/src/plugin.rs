@@ -267,10 +267,13 @@ fn backend(conf: &NetConf) -> Result<Backend, CniError> {
     }
 }
 
-/// The IPv4 pools a container of `conf.node` may take an address from, with their block
-/// sizes: the IPPools in etcd whose `nodeSelector` picks the node (by its Node resource's
-/// labels), as Calico's IPAM chooses; where etcd holds no IPv4 pool, the config's.
-fn pools_for(conf: &NetConf, store: &datastore::Store) -> Result<Vec<(Ipv4Net, u8)>, CniError> {
+/// The pools of each family a container of `conf.node` may take an address from, with
+/// their block sizes: the enabled IPPools in etcd whose `nodeSelector` picks the node (by
+/// its Node resource's labels), as Calico's IPAM chooses, the node's own pool first. `None`
+/// for a family etcd holds no IPPool of: then the network config says.
+type Selected = (Option<Vec<(Ipv4Net, u8)>>, Option<Vec<(Ipv6Net, u8)>>);
+
+fn selected_pools(conf: &NetConf, store: &datastore::Store) -> Result<Selected, CniError> {
     use datastore::resources::{Kind, Resource};
     let get = |kind| store.get(kind, None).map_err(io);
     let labels = get(Kind::Node)?
@@ -280,37 +283,46 @@ fn pools_for(conf: &NetConf, store: &datastore::Store) -> Result<Vec<(Ipv4Net, u
             _ => None,
         })
         .unwrap_or_default();
-    let mut any = false;
-    let mut picked = Vec::new();
+    let (mut v4, mut v6): Selected = (None, None);
     for r in get(Kind::IpPool)? {
         let Resource::IpPool(p) = r else { continue };
-        let Ok(cidr) = p.spec.cidr.parse::<Ipv4Net>() else { continue };
-        any = true;
-        if p.spec.disabled == Some(true) {
-            continue;
+        let selects = p.spec.disabled != Some(true)
+            && p.spec
+                .node_selector
+                .as_deref()
+                .is_none_or(|s| datastore::selector::Selector::parse(s).is_ok_and(|sel| sel.matches(&labels)));
+        let len = p.spec.block_size_or_default();
+        if let Ok(cidr) = p.spec.cidr.parse::<Ipv4Net>() {
+            v4.get_or_insert_with(Vec::new).extend(selects.then_some((cidr, len)));
+        } else if let Ok(cidr) = p.spec.cidr.parse::<Ipv6Net>() {
+            v6.get_or_insert_with(Vec::new).extend(selects.then_some((cidr, len)));
         }
-        let selects = match p.spec.node_selector.as_deref() {
-            None => true,
-            Some(s) => datastore::selector::Selector::parse(s).is_ok_and(|sel| sel.matches(&labels)),
-        };
-        if selects {
-            picked.push((cidr, p.spec.block_size_or_default()));
+    }
+    if let Some(v) = v4.as_mut() {
+        v.sort_by_key(|(pool, _)| !conf.blocks.iter().any(|b| pool.contains(b)));
+    }
+    if let Some(v) = v6.as_mut() {
+        v.sort_by_key(|(pool, _)| !conf.blocks6.iter().any(|b| pool.contains(b)));
+    }
+    Ok((v4, v6))
+}
+
+/// An address from the first of `pools` that has one; none selecting the node is an error.
+fn allocate_from<N: datastore::ipam::Family>(
+    ipam: &datastore::ipam::Ipam,
+    conf: &NetConf,
+    handle: &str,
+    pools: &[(N, u8)],
+    family: &str,
+) -> Result<datastore::ipam::Assigned<N>, CniError> {
+    let mut last = CniError::ipam(format!("no enabled {family} IPPool's nodeSelector selects node {}", conf.node));
+    for (pool, len) in pools {
+        match ipam.allocate(&conf.node, handle, *pool, *len) {
+            Ok(a) => return Ok(a),
+            Err(e) => last = CniError::ipam(format!("{e:#}")),
         }
     }
-    if !any {
-        let pool = conf
-            .pool
-            .or_else(|| conf.blocks.first().copied())
-            .ok_or_else(|| CniError::config("no pool and no blocks"))?;
-        let len = conf.block_size.unwrap_or_else(|| conf.blocks.first().map_or(26, |b| b.prefix_len()));
-        return Ok(vec![(pool, len)]);
-    }
-    if picked.is_empty() {
-        return Err(CniError::ipam(format!("no enabled IPv4 IPPool's nodeSelector selects node {}", conf.node)));
-    }
-    // The node's own pool first, so that its blocks fill before another pool's are claimed.
-    picked.sort_by_key(|(pool, _)| !conf.blocks.iter().any(|b| pool.contains(b)));
-    Ok(picked)
+    Err(last)
 }
 
 fn io(e: anyhow::Error) -> CniError {
@@ -350,33 +362,42 @@ impl Backend {
                 // them); another node holding one is a misconfiguration worth saying.
                 let ipam_err = |e: anyhow::Error| CniError::ipam(format!("{e:#}"));
                 e.claim_own(&conf.node, &conf.blocks).map_err(ipam_err)?;
-                let mut a = Err(CniError::ipam("no pool"));
-                for (pool, len) in pools_for(conf, store)? {
-                    a = e.allocate(&conf.node, handle, pool, len).map_err(ipam_err);
-                    if a.is_ok() {
-                        break;
+                let (pools, pools6) = selected_pools(conf, store)?;
+                let pools = match pools {
+                    Some(p) => p,
+                    None => {
+                        let pool = conf
+                            .pool
+                            .or_else(|| conf.blocks.first().copied())
+                            .ok_or_else(|| CniError::config("no pool and no blocks"))?;
+                        let len = conf.block_size.unwrap_or_else(|| conf.blocks.first().map_or(26, |b| b.prefix_len()));
+                        vec![(pool, len)]
                     }
-                }
-                let a = a?;
+                };
+                let a = allocate_from(e, conf, handle, &pools, "IPv4")?;
                 // Outside the node's configured blocks, the node announces the /32.
                 let borrowed = !conf.blocks.iter().any(|b| b.contains(&a.address));
                 let assigned = Assigned { address: a.address, borrowed };
                 if conf.blocks6.is_empty() {
                     return Ok((assigned, None));
                 }
-                let a6 = match conf.pool6 {
-                    // Its own blocks first, then as for IPv4 (the node announces the /128).
-                    Some(pool6) => e
+                // Its own blocks first, then as for IPv4 (the node announces the /128): from
+                // the IPv6 IPPools that select the node, or the config's `pool6`; without
+                // either, from its own blocks alone.
+                let pools6 = pools6.or_else(|| conf.pool6.map(|p| vec![(p, conf.block_size6.unwrap_or(122))]));
+                let a6 = match pools6 {
+                    Some(pools6) => e
                         .claim_own(&conf.node, &conf.blocks6)
-                        .and_then(|()| e.allocate(&conf.node, handle, pool6, conf.block_size6.unwrap_or(122))),
-                    None => e.allocate_in(&conf.node, handle, &conf.blocks6),
+                        .map_err(ipam_err)
+                        .and_then(|()| allocate_from(e, conf, handle, &pools6, "IPv6")),
+                    None => e.allocate_in(&conf.node, handle, &conf.blocks6).map_err(ipam_err),
                 };
                 match a6 {
                     Ok(a6) => Ok((assigned, Some(a6.address))),
                     Err(err) => {
                         // Both or neither: the IPv4 address goes back to etcd.
                         e.release_all(handle).map_err(io)?;
-                        Err(ipam_err(err))
+                        Err(err)
                     }
                 }
             }

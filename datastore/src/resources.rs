@@ -559,11 +559,6 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             let s = &p.spec;
             note(s.nat_outgoing == Some(true), "spec.natOutgoing");
             note(s.disable_bgp_export == Some(true), "spec.disableBGPExport");
-            // Followed by the CNI plugin's IPAM for IPv4 pools.
-            note(
-                s.cidr.contains(':') && s.node_selector.as_deref().is_some_and(|n| n.trim() != "all()"),
-                "spec.nodeSelector (of an IPv6 pool)",
-            );
             note(s.allowed_uses.is_some(), "spec.allowedUses");
             note(s.assignment_mode.is_some(), "spec.assignmentMode");
         }

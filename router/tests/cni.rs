@@ -553,4 +553,21 @@ fn on_a_dual_stack_node_with_etcd_a_container_gets_its_128_from_etcd_too() {
     assert!(ok, "the container with a /128 of a new block reaches pod-b1: {out}");
     assert_eq!(cni.call("DEL", "container6i", Some(&ns), &cni.conf.to_string()).code, 0);
     wait_for(10, "the /128 withdrawn at node-b", || learned("node-b")["prefix"] != "fd00:10:244::c1/128");
+    // IPv6 IPPools in etcd decide over `pool6`: the one whose nodeSelector picks node-a.
+    in_node_a(&lab, || {
+        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
+        let pool = |name: &str, cidr: &str, sel: &str| {
+            format!("---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: {name}\nspec:\n  cidr: {cidr}\n  nodeSelector: {sel}\n")
+        };
+        let yaml =
+            // Both inside the pool node-a's config knows, which it accepts pod addresses from.
+            [pool("elsewhere", "fd00:10:244::/64", "rack == 'r9'"), pool("everywhere", "fd00:10:244:1::/64", "all()")];
+        let rs = datastore::resources::parse(&yaml.concat()).expect("resources");
+        datastore::Store::new(etcd).apply_all(&rs).expect("apply");
+    });
+    let c = cni.add("container6j", &ns);
+    assert_eq!(c.code, 0, "{}", c.raw);
+    let ips: Vec<&str> = c.out["ips"].as_array().expect("ips").iter().filter_map(|i| i["address"].as_str()).collect();
+    assert_eq!(ips, ["10.244.1.3/32", "fd00:10:244:1::1/128"], "{}", c.raw);
+    assert_eq!(cni.call("DEL", "container6j", Some(&ns), &cni.conf.to_string()).code, 0);
 }
