@@ -589,7 +589,11 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             let s = &p.spec;
             note(s.password.is_some(), "spec.password (a Kubernetes secret: the session runs without TCP-MD5)");
             note(s.source_address.as_deref().is_some_and(|a| a != "UseNodeIP"), "spec.sourceAddress");
-            note(s.reachable_by.is_some(), "spec.reachableBy");
+            note(
+                s.reachable_by.is_some()
+                    && s.peer_ip.as_deref().and_then(peer_address).is_some_and(|(a, _)| a.is_ipv6()),
+                "spec.reachableBy (for an IPv6 peer)",
+            );
         }
         Resource::BgpFilter(f) => {
             let rules = [&f.spec.export_v4, &f.spec.import_v4, &f.spec.export_v6, &f.spec.import_v6];
@@ -734,6 +738,10 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             }
             if let Some(t) = &p.spec.keepalive_time {
                 duration_secs("spec.keepaliveTime", t, 1, u16::MAX)?;
+            }
+            if let Some(g) = &p.spec.reachable_by {
+                g.parse::<IpAddr>()
+                    .map_err(|_| ("spec.reachableBy".to_string(), format!("{g:?} is not an IP address")))?;
             }
             if p.spec.num_allowed_local_as_numbers.is_some_and(|n| n > 255) {
                 return Err(("spec.numAllowedLocalASNumbers".into(), "at most 255".into()));

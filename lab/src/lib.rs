@@ -802,6 +802,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             keepalive_time: p.keepalive_time,
             allow_local_as: p.num_allowed_local_as_numbers,
             keep_original_next_hop: p.keep_original_next_hop,
+            reachable_by: p.reachable_by,
         });
     }
     BgpConfig {

@@ -123,6 +123,7 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
                 num_allowed_local_as_numbers: (p.num_allowed_local_as_numbers > 0)
                     .then_some(u32::from(p.num_allowed_local_as_numbers)),
                 keep_original_next_hop: p.keep_original_next_hop.then_some(true),
+                reachable_by: p.reachable_by.map(|g| g.to_string()),
                 ..Default::default()
             },
         )));
@@ -192,7 +193,8 @@ mod tests {
             .replace("[cluster]\n", "[cluster]\nnode_mesh_max_restart_time = 90\n")
             .replacen("name = \"node-c\"\n", "name = \"node-c\"\nas_number = 64513\n", 1)
             + "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nmax_restart_time = 45\n\
-               keepalive_time = 3\nnum_allowed_local_as_numbers = 1\nkeep_original_next_hop = true\n";
+               keepalive_time = 3\nnum_allowed_local_as_numbers = 1\nkeep_original_next_hop = true\n\
+               node = \"node-a\"\nreachable_by = \"192.168.100.1\"\n";
         let t = Topology::parse(Path::new("timed"), &timed).expect("timed");
         let rs = from_topology(&t).0;
         let yaml = datastore::resources::to_yaml(&rs);
@@ -203,6 +205,7 @@ mod tests {
             "numAllowedLocalASNumbers: 1",
             "asNumber: 64513",
             "keepOriginalNextHop: true",
+            "reachableBy: 192.168.100.1",
         ] {
             assert!(yaml.contains(field), "{field}:\n{yaml}");
         }

@@ -95,6 +95,9 @@ pub struct BgpPeerSpec {
     /// Calico's BGPPeer.keepOriginalNextHop: other nodes' blocks go to this eBGP peer with
     /// their owner as next hop.
     pub keep_original_next_hop: bool,
+    /// Calico's BGPPeer.reachableBy: the gateway (on the peering node's subnet) through
+    /// which a peer that is not on it is reached.
+    pub reachable_by: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +220,8 @@ struct RawBgpPeer {
     num_allowed_local_as_numbers: u8,
     #[serde(default)]
     keep_original_next_hop: bool,
+    #[serde(default)]
+    reachable_by: Option<Spanned<String>>,
 }
 
 fn default_block_size() -> Spanned<u8> {
@@ -603,6 +608,21 @@ fn bgp_peer(
         return Err(src.error_at(m.span(), "max_prefixes = 0 would refuse every session; leave it out for no limit"));
     }
     let max_restart_time = restart_time(src, &p.max_restart_time, "max_restart_time")?;
+    let reachable_by = match &p.reachable_by {
+        Some(g) => {
+            let gw = src.at(g, fileerr::parse_addr(g.get_ref(), "reachable_by"))?;
+            // On the subnet of every node that has the peer.
+            let has = |n: &&Node| p.node.as_ref().is_none_or(|x| x.get_ref() == &n.name);
+            if !peer_ip.is_ipv4() || !nodes.iter().filter(has).all(|n| n.address.contains(&gw)) {
+                return Err(src.error_at(
+                    g.span(),
+                    "reachable_by is a gateway on the subnet of the nodes that peer, for an IPv4 peer_ip",
+                ));
+            }
+            Some(gw)
+        }
+        None => None,
+    };
     if let Some(k) = p.keepalive_time.as_ref().filter(|k| *k.get_ref() == 0) {
         return Err(
             src.error_at(k.span(), "keepalive_time = 0 sends no keepalives; leave it out for a third of the hold time")
@@ -620,6 +640,7 @@ fn bgp_peer(
         keepalive_time: p.keepalive_time.as_ref().map(|k| *k.get_ref()),
         num_allowed_local_as_numbers: p.num_allowed_local_as_numbers,
         keep_original_next_hop: p.keep_original_next_hop,
+        reachable_by,
     })
 }
 

@@ -175,6 +175,9 @@ pub struct BgpPeer {
     pub allow_local_as: u8,
     /// Routes passed on to this eBGP peer keep their next hop (Calico's keepOriginalNextHop).
     pub keep_original_next_hop: bool,
+    /// A peer not on the uplink's subnet is reached through this gateway: a static route to
+    /// it (Calico's reachableBy; IPv4 peers).
+    pub reachable_by: Option<Ipv4Addr>,
 }
 
 /// Another node of the cluster, as the sessions with it need it.
@@ -229,6 +232,7 @@ pub fn node_peer(me: Ipv4Addr, address: Ipv4Addr, kind: PeerKind, as_number: u32
         keepalive_time: None,
         allow_local_as: 0,
         keep_original_next_hop: false,
+        reachable_by: None,
     }
 }
 
@@ -360,6 +364,18 @@ pub enum StaticAction {
 pub struct StaticRoute {
     pub prefix: Ipv4Net,
     pub action: StaticAction,
+}
+
+impl NodeConfig {
+    /// The static routes: the config's, and a /32 through its gateway to each BGP peer that
+    /// is not on the uplink's subnet (Calico's BGPPeer reachableBy).
+    pub fn static_routes(&self) -> impl Iterator<Item = StaticRoute> + '_ {
+        let peers = self.bgp.iter().flat_map(|b| &b.peers).filter_map(|p| match (p.address, p.reachable_by) {
+            (IpAddr::V4(a), Some(gw)) => Some(StaticRoute { prefix: Ipv4Net::from(a), action: StaticAction::Via(gw) }),
+            _ => None,
+        });
+        self.routes.iter().cloned().chain(peers)
+    }
 }
 
 // The file format, as written by `lab up` and read back.
@@ -620,6 +636,8 @@ pub struct RawBgpPeer {
     pub allow_local_as: u8,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_original_next_hop: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable_by: Option<Spanned<String>>,
 }
 
 fn is_zero(n: &u8) -> bool {
@@ -870,6 +888,18 @@ fn bgp_peer(
     if p.restart_time.is_some_and(|t| t > MAX_RESTART_TIME) {
         return refuse("restart_time is at most 4095 seconds (12 bits in the capability)");
     }
+    let reachable_by = match &p.reachable_by {
+        Some(g) => {
+            let gw = src.at(g, fileerr::parse_addr(g.get_ref(), "reachable_by"))?;
+            if !address.is_ipv4() || !uplink.address.contains(&gw) {
+                return Err(
+                    src.error_at(g.span(), "reachable_by is a gateway on the uplink's subnet, for an IPv4 peer")
+                );
+            }
+            Some(gw)
+        }
+        None => None,
+    };
     if p.keepalive_time == Some(0) {
         return refuse("keepalive_time = 0 sends no keepalives; leave it out for a third of the hold time");
     }
@@ -887,6 +917,7 @@ fn bgp_peer(
         keepalive_time: p.keepalive_time,
         allow_local_as: p.allow_local_as,
         keep_original_next_hop: p.keep_original_next_hop,
+        reachable_by,
     })
 }
 
@@ -1119,6 +1150,7 @@ impl NodeConfig {
                             keepalive_time: p.keepalive_time,
                             allow_local_as: p.allow_local_as,
                             keep_original_next_hop: p.keep_original_next_hop,
+                            reachable_by: p.reachable_by.map(|g| s(g.to_string())),
                         })
                         .collect(),
                     filters,
@@ -1262,7 +1294,7 @@ via = "192.168.100.101"
 
     #[test]
     fn a_peer_s_timers_and_allowed_local_as_round_trip_and_are_checked() {
-        let peer = "\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"192.168.100.1\"\nas_number = 65001\nkind = \"global\"\nrestart_time = 45\nkeepalive_time = 3\nallow_local_as = 1\nkeep_original_next_hop = true\n";
+        let peer = "\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"192.168.100.1\"\nas_number = 65001\nkind = \"global\"\nrestart_time = 45\nkeepalive_time = 3\nallow_local_as = 1\nkeep_original_next_hop = true\nreachable_by = \"192.168.100.1\"\n";
         let c = parse(&format!("{GOOD}{peer}")).expect("parses");
         let got = |c: &NodeConfig| {
             c.bgp.as_ref().map(|b| {
@@ -1272,9 +1304,17 @@ via = "192.168.100.101"
         };
         assert_eq!(got(&c), Some((Some(45), Some(3), 1, true)));
         assert_eq!(got(&parse(&c.to_toml()).expect("round trip")), Some((Some(45), Some(3), 1, true)));
+        // The peer's address is reached through its gateway: a static route, shown and used.
+        let routes: Vec<String> = c.static_routes().map(|r| format!("{} {:?}", r.prefix, r.action)).collect();
+        assert!(routes.contains(&"192.168.100.1/32 Via(192.168.100.1)".to_string()), "{routes:?}");
         for (from, to, why) in [
             ("restart_time = 45", "restart_time = 5000", "restart_time is at most 4095 seconds"),
             ("keepalive_time = 3", "keepalive_time = 0", "keepalive_time = 0 sends no keepalives"),
+            (
+                "reachable_by = \"192.168.100.1\"",
+                "reachable_by = \"192.168.200.1\"",
+                "a gateway on the uplink's subnet",
+            ),
         ] {
             let e = parse(&format!("{GOOD}{}", peer.replace(from, to))).expect_err(to).to_string();
             assert!(e.contains(why), "{e}");

@@ -222,6 +222,13 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             .and_then(|t| secs(&name, "spec.keepaliveTime", t, 1, u16::MAX, &mut notes));
         let allow_local_as = p.spec.num_allowed_local_as_numbers.map_or(0, |n| n.min(255) as u8);
         let keep_original_next_hop = p.spec.keep_original_next_hop == Some(true);
+        let reachable_by = p.spec.reachable_by.as_deref().and_then(|g| match g.parse::<Ipv4Addr>() {
+            Ok(g) => Some(g),
+            Err(_) => {
+                notes.push(format!("{name}: reachableBy {g:?} is not an IPv4 address: not used"));
+                None
+            }
+        });
         let selector = |s: &str, notes: &mut Vec<String>| {
             let sel = Selector::parse(s);
             if let Err(e) = &sel {
@@ -301,6 +308,7 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             keepalive_time,
             allow_local_as,
             keep_original_next_hop,
+            reachable_by,
         });
     }
     let filters = resources

@@ -249,8 +249,7 @@ impl<'a> Resolver<'a> {
             return Some(gw);
         }
         let cfg = self.cfg;
-        cfg.routes
-            .iter()
+        cfg.static_routes()
             .filter(|r| r.prefix.contains(&gw) && cfg.pools.iter().all(|p| !p.cidr.contains(&r.prefix)))
             .filter_map(|r| match r.action {
                 StaticAction::Via(h) if self.subnet.contains(&h) => Some((r.prefix.prefix_len(), h)),
@@ -569,7 +568,7 @@ fn build_inner(
             kernel: tun,
         });
     }
-    let statics = cfg.routes.iter().map(|r| (r.prefix, r.action.clone(), RouteSource::Static));
+    let statics = cfg.static_routes().map(|r| (r.prefix, r.action, RouteSource::Static));
     let bgp = learned.iter().map(|(p, nh)| (*p, StaticAction::Via(*nh), RouteSource::Bgp));
     for (prefix, action, src) in statics.chain(bgp) {
         let r = StaticRoute { prefix, action };

@@ -683,6 +683,41 @@ fn a_peer_s_restart_time_keepalives_and_allowed_local_as_reach_bird() {
     assert!(started.elapsed() < Duration::from_secs(8), "keepalives too slow: {:?}", started.elapsed());
 }
 
+/// Calico's reachableBy: BIRD speaks from an address of the underlay router that is on no
+/// subnet of the nodes (10.255.0.1), and node-a reaches it through its gateway: a static
+/// route to the peer, which also carries the route BIRD announces with that next hop.
+#[test]
+fn a_peer_off_the_subnet_is_reached_by_its_gateway() {
+    let lab = TestLab::named();
+    let topo = topology(
+        &lab,
+        "reachable-by",
+        "",
+        "\n[[bgp_peers]]\npeer_ip = \"10.255.0.1\"\nas_number = 65001\nnode = \"node-a\"\nreachable_by = \"192.168.100.1\"\n",
+    );
+    let lab = up_with(lab, &topo);
+    let out = lab.exec("underlay", &["ip", "addr", "add", "10.255.0.1/32", "dev", "lo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    start_bird(
+        &lab,
+        "router id 10.255.0.1;\nprotocol device {}\nprotocol direct { ipv4; }\n\
+         protocol static { ipv4; route 198.51.100.0/24 blackhole; }\n\
+         protocol bgp node_a { local 10.255.0.1 as 65001; neighbor 192.168.100.100 as 64512; multihop;\n\
+         connect retry time 1; ipv4 { import all; export where proto = \"static1\"; }; }\n",
+    );
+    let static_route = route(&lab, "node-a", "10.255.0.1/32").expect("the route to the peer");
+    assert_eq!(
+        (static_route["source"].as_str(), static_route["next_hop"].as_str()),
+        (Some("static"), Some("192.168.100.1"))
+    );
+    wait_for(20, "node-a's session with BIRD at 10.255.0.1", || peer_state(&lab, "node-a", "10.255.0.1").0 == "up");
+    wait_for(10, "BIRD's route at node-a", || route(&lab, "node-a", "198.51.100.0/24").is_some());
+    let r = route(&lab, "node-a", "198.51.100.0/24").expect("route");
+    assert_eq!(r["source"], "bgp", "{r}");
+    let looked = lab.json(&["routes", "--node", "node-a", "--lookup", "198.51.100.7", "--json"]);
+    assert_eq!(looked["prefix"], "198.51.100.0/24", "{looked}");
+}
+
 /// A BGPFilter refuses a prefix by name; then the peer sends more than `max_prefixes` and the
 /// session is shut down with a Cease, the reason in `router status`, its routes gone.
 #[test]

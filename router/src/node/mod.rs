@@ -375,7 +375,7 @@ fn cluster_policy(cfg: &NodeConfig) -> bgp::policy::ClusterPolicy {
             .into_iter()
             .chain(v6.iter().flat_map(|v| [IpNet::V6(Ipv6Net::from(v.address.addr())), IpNet::V6(v.address.trunc())]))
             .collect(),
-        static_routes: cfg.routes.iter().map(|r| v4(r.prefix)).collect(),
+        static_routes: cfg.static_routes().map(|r| v4(r.prefix)).collect(),
         advertise: cfg
             .bgp
             .iter()

@@ -218,6 +218,10 @@ impl Node {
             }
             None => {}
         }
+        let reachable = |b: Option<&nodeapi::config::BgpConfig>| {
+            b.map(|b| b.peers.iter().filter_map(|p| p.reachable_by.map(|g| (p.address, g))).collect::<Vec<_>>())
+        };
+        routes_changed |= reachable(self.cfg.bgp.as_ref()) != reachable(Some(&bgp));
         let old = self.cfg.bgp.replace(bgp.clone());
         let now = Instant::now();
         let restart = old.as_ref().is_none_or(|o| {
