@@ -269,8 +269,10 @@ fn backend(conf: &NetConf) -> Result<Backend, CniError> {
 
 /// The pools of each family a container of `conf.node` may take an address from, with
 /// their block sizes: the enabled IPPools in etcd whose `nodeSelector` picks the node (by
-/// its Node resource's labels), as Calico's IPAM chooses, the node's own pool first. `None`
-/// for a family etcd holds no IPPool of: then the network config says.
+/// its Node resource's labels), as Calico's IPAM chooses, the node's own pool first, leaving
+/// out pools for manual assignment only (`assignmentMode: Manual`) and pools whose
+/// `allowedUses` do not include `Workload`. `None` for a family etcd holds no IPPool of:
+/// then the network config says.
 type Selected = (Option<Vec<(Ipv4Net, u8)>>, Option<Vec<(Ipv6Net, u8)>>);
 
 fn selected_pools(conf: &NetConf, store: &datastore::Store) -> Result<Selected, CniError> {
@@ -286,7 +288,10 @@ fn selected_pools(conf: &NetConf, store: &datastore::Store) -> Result<Selected, 
     let (mut v4, mut v6): Selected = (None, None);
     for r in get(Kind::IpPool)? {
         let Resource::IpPool(p) = r else { continue };
+        let for_workloads = p.spec.allowed_uses.as_ref().is_none_or(|u| u.iter().any(|x| x == "Workload"))
+            && p.spec.assignment_mode.as_deref() != Some("Manual");
         let selects = p.spec.disabled != Some(true)
+            && for_workloads
             && p.spec
                 .node_selector
                 .as_deref()

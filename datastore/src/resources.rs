@@ -559,8 +559,6 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             let s = &p.spec;
             note(s.nat_outgoing == Some(true), "spec.natOutgoing");
             note(s.disable_bgp_export == Some(true), "spec.disableBGPExport");
-            note(s.allowed_uses.is_some(), "spec.allowedUses");
-            note(s.assignment_mode.is_some(), "spec.assignmentMode");
         }
         Resource::BgpConfiguration(c) => {
             let s = &c.spec;
@@ -699,6 +697,18 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             }
             if net.addr().is_ipv6() && on(p.spec.ipip_mode) {
                 return Err(("spec.ipipMode".into(), "IPIP carries IPv4 only".into()));
+            }
+            if let Some(u) = p
+                .spec
+                .allowed_uses
+                .iter()
+                .flatten()
+                .find(|u| !["Workload", "Tunnel", "LoadBalancer"].contains(&u.as_str()))
+            {
+                return Err(("spec.allowedUses".into(), format!("{u:?}: Workload, Tunnel or LoadBalancer")));
+            }
+            if let Some(m) = p.spec.assignment_mode.as_deref().filter(|m| !["Automatic", "Manual"].contains(m)) {
+                return Err(("spec.assignmentMode".into(), format!("{m:?}: Automatic or Manual")));
             }
         }
         Resource::BgpConfiguration(c) => {

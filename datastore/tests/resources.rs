@@ -61,6 +61,12 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert_eq!((e.line, e.field.as_deref()), (Some(7), Some("spec.blockSize")), "{e}");
     assert!(e.message.contains("does not fit"), "{e}");
 
+    let uses = fixture("ippool.yaml")
+        .replace("  natOutgoing: true\n", "  natOutgoing: true\n  allowedUses: [Workload, Pods]\n");
+    assert_eq!(error(&uses).field.as_deref(), Some("spec.allowedUses"));
+    let mode =
+        fixture("ippool.yaml").replace("  natOutgoing: true\n", "  natOutgoing: true\n  assignmentMode: Sometimes\n");
+    assert_eq!(error(&mode).field.as_deref(), Some("spec.assignmentMode"));
     let both = fixture("ippool.yaml").replace("vxlanMode: Never", "vxlanMode: Always");
     assert_eq!(error(&both).field.as_deref(), Some("spec.vxlanMode"));
 

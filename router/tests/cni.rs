@@ -416,6 +416,11 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
         let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
         let store = datastore::Store::new(etcd);
         store.delete(datastore::resources::Kind::IpPool, "default-ipv4-ippool").expect("delete");
+        // Pools that select node-a but are not for containers: Calico's manual assignment
+        // and a pool for tunnel addresses only.
+        let yaml = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: manual\nspec:\n  cidr: 10.251.0.0/16\n  assignmentMode: Manual\n\
+---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: tunnels\nspec:\n  cidr: 10.252.0.0/16\n  allowedUses: [Tunnel]\n";
+        store.apply_all(&datastore::resources::parse(yaml).expect("pools")).expect("apply");
     });
     let none = plugin_call(&lab, "node-a", &conf_a, "ADD", "cn", Some(&x));
     assert!(none.raw.contains("no enabled IPv4 IPPool's nodeSelector selects node node-a"), "{}", none.raw);
