@@ -1029,6 +1029,16 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let _ = etcd.wait();
 }
 
+/// Whether node-c's two sessions are up, both over TCP connections on `port`.
+fn node_c_up_on_port(lab: &TestLab, port: u16) -> bool {
+    let ss = text(&lab.exec("node-c", &["ss", "-Htn", "state", "established"]).stdout);
+    let c = peers(lab, "node-c");
+    let suffix = format!(":{port}");
+    c.len() == 2
+        && c.iter().all(|p| p["state"] == "up")
+        && ss.split_whitespace().filter(|a| a.ends_with(&suffix)).count() >= 2
+}
+
 /// Calico's node-specific BGPConfiguration, `node.node-c`: node-c listens on port 1790 and
 /// the other nodes reach it there, and it logs at Debug while the others stay at Info.
 #[test]
@@ -1038,13 +1048,7 @@ fn a_node_s_own_bgp_configuration_sets_its_port_and_log_level_live() {
         &lab,
         "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: node.node-c\nspec:\n  listenPort: 1790\n  logSeverityScreen: Debug\n",
     );
-    wait_for(30, "node-c's sessions on port 1790", || {
-        let ss = text(&lab.exec("node-c", &["ss", "-Htn", "state", "established"]).stdout);
-        let c = peers(&lab, "node-c");
-        c.len() == 2
-            && c.iter().all(|p| p["state"] == "up")
-            && ss.split_whitespace().filter(|a| a.ends_with(":1790")).count() >= 2
-    });
+    wait_for(30, "node-c's sessions on port 1790", || node_c_up_on_port(&lab, 1790));
     // node-a and node-b still talk on 179.
     let ss = text(&lab.exec("node-a", &["ss", "-Htn", "state", "established"]).stdout);
     assert!(ss.split_whitespace().any(|a| a.ends_with(":179")), "{ss}");
@@ -1106,13 +1110,7 @@ fn bgp_peers_by_selector_follow_node_labels_on_etcd() {
         &lab,
         "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n  listenPort: 1179\n",
     );
-    wait_for(30, "node-c's sessions back on port 1179", || {
-        let ss = text(&lab.exec("node-c", &["ss", "-Htn", "state", "established"]).stdout);
-        let c = peers(&lab, "node-c");
-        c.len() == 2
-            && c.iter().all(|p| p["state"] == "up")
-            && ss.split_whitespace().filter(|a| a.ends_with(":1179")).count() >= 2
-    });
+    wait_for(30, "node-c's sessions back on port 1179", || node_c_up_on_port(&lab, 1179));
     let (ok, out) = ping(&lab, "pod-c1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.1.1"]);
     assert!(ok, "{out}");
     // A field the router keeps without acting on is named, not silently dropped.
