@@ -604,6 +604,17 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
     out
 }
 
+/// Calico's log severities (`logSeverityScreen`) as a tracing level; `None`: not one of them.
+pub fn calico_level(severity: &str) -> Option<&'static str> {
+    match severity.to_ascii_lowercase().as_str() {
+        "debug" => Some("debug"),
+        "info" => Some("info"),
+        "warning" => Some("warn"),
+        "error" | "fatal" | "panic" => Some("error"),
+        _ => None,
+    }
+}
+
 /// A duration as Calico's resources write it, Go's `time.Duration` text: numbers with units
 /// `ns`, `us` (`µs`), `ms`, `s`, `m`, `h`, one after the other (`90s`, `2m`, `1h30m`,
 /// `1.5s`), or a bare `0`. Negative durations are refused: nothing here may be negative.
@@ -731,7 +742,7 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
                 duration_secs("spec.nodeMeshMaxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
             }
             if let Some(l) = &c.spec.log_severity_screen {
-                if !["debug", "info", "warning", "error", "fatal", "panic"].contains(&l.to_ascii_lowercase().as_str()) {
+                if calico_level(l).is_none() {
                     return Err((
                         "spec.logSeverityScreen".into(),
                         format!("{l:?}: one of Debug, Info, Warning, Error, Fatal"),

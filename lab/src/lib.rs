@@ -782,11 +782,13 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             port: 179,
         })
         .collect();
-    let mut peers =
-        nodeapi::config::cluster_peers(me, node.route_reflector_cluster_id, &others, topo.node_to_node_mesh);
-    for p in peers.iter_mut().filter(|p| p.kind == PeerKind::Mesh) {
-        p.restart_time = topo.node_mesh_max_restart_time;
-    }
+    let mut peers = nodeapi::config::cluster_peers(
+        me,
+        node.route_reflector_cluster_id,
+        &others,
+        topo.node_to_node_mesh,
+        topo.node_mesh_max_restart_time,
+    );
     for p in topo.bgp_peers.iter().filter(|p| p.node.as_ref().is_none_or(|n| n == &node.name)) {
         peers.push(BgpPeer {
             address: p.peer_ip,

@@ -196,8 +196,15 @@ pub struct ClusterNode {
 /// The sessions a node has with the other nodes of its cluster, as Calico sets them up:
 /// with the mesh on, one with every node; with it off, reflectors (nodes with a cluster ID)
 /// peer with each other and with every other node, whose clients they are, and two clients
-/// do not peer.
-pub fn cluster_peers(me: Ipv4Addr, my_cluster_id: Option<Ipv4Addr>, nodes: &[ClusterNode], mesh: bool) -> Vec<BgpPeer> {
+/// do not peer. `mesh_restart_time` is the graceful-restart time announced to mesh peers
+/// (BGPConfiguration.nodeMeshMaxRestartTime).
+pub fn cluster_peers(
+    me: Ipv4Addr,
+    my_cluster_id: Option<Ipv4Addr>,
+    nodes: &[ClusterNode],
+    mesh: bool,
+    mesh_restart_time: Option<u16>,
+) -> Vec<BgpPeer> {
     nodes
         .iter()
         .filter(|n| n.address != me)
@@ -211,7 +218,8 @@ pub fn cluster_peers(me: Ipv4Addr, my_cluster_id: Option<Ipv4Addr>, nodes: &[Clu
             } else {
                 return None;
             };
-            Some(node_peer(me, n.address, kind, n.as_number, n.port))
+            let restart_time = if mesh { mesh_restart_time } else { None };
+            Some(BgpPeer { restart_time, ..node_peer(me, n.address, kind, n.as_number, n.port) })
         })
         .collect()
 }

@@ -191,13 +191,10 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
         })
         .collect();
     let listen_port = port_of(me);
-    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh);
     let mesh_restart = config.and_then(|c| c.node_mesh_max_restart_time.as_deref()).and_then(|t| {
         secs("bgpconfigurations/default", "spec.nodeMeshMaxRestartTime", t, 0, MAX_RESTART_TIME, &mut notes)
     });
-    for p in peers.iter_mut().filter(|p| p.kind == PeerKind::Mesh) {
-        p.restart_time = mesh_restart;
-    }
+    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, mesh_restart);
     let no_labels = Labels::new();
     // This node's labels, even where its resource has no address yet.
     let my_labels = resources

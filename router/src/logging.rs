@@ -2,6 +2,7 @@
 //! BGPConfiguration `logSeverityScreen` sets the node's level live, unless `RUST_LOG` or the
 //! node's config chose one (those are the operator's on this host, and win).
 
+pub use datastore::resources::calico_level;
 use std::sync::OnceLock;
 use tracing_subscriber::{prelude::*, reload, EnvFilter, Registry};
 
@@ -16,17 +17,6 @@ pub fn init(filter: EnvFilter, settable: bool) {
         .init();
     if settable {
         let _ = LIVE.set(handle);
-    }
-}
-
-/// Calico's log severities as a tracing level; `None`: not one of them.
-pub fn calico_level(severity: &str) -> Option<&'static str> {
-    match severity.to_ascii_lowercase().as_str() {
-        "debug" => Some("debug"),
-        "info" => Some("info"),
-        "warning" => Some("warn"),
-        "error" | "fatal" | "panic" => Some("error"),
-        _ => None,
     }
 }
 
