@@ -61,6 +61,13 @@ pub fn update(hc: u16, old: u16, new: u16) -> u16 {
     finish(acc)
 }
 
+/// RFC 1624 eqn. 3 over several words at once: the new checksum after the bytes `old`
+/// (an even number, at an even offset of what the checksum covers) became `new`.
+pub fn update_bytes(hc: u16, old: &[u8], new: &[u8]) -> u16 {
+    let acc = u32::from(!hc) + u32::from(!(sum(old) as u16)) + sum(new);
+    finish(acc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +77,16 @@ mod tests {
         // RFC 1071 §3: bytes 00 01 f2 03 f4 f5 f6 f7 sum to 0xddf2.
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(finish(sum(&data)), !0xddf2);
+    }
+
+    #[test]
+    fn an_update_over_several_words_equals_a_fresh_checksum() {
+        let mut data = [0x45u8, 0, 0, 84, 0x12, 0x34, 0x40, 0, 64, 1, 0, 0, 10, 244, 1, 1, 192, 168, 200, 1];
+        let hc = checksum(&data);
+        let new = [192, 168, 100, 100];
+        let updated = update_bytes(hc, &data[12..16], &new);
+        data[12..16].copy_from_slice(&new);
+        assert_eq!(updated, checksum(&data));
     }
 
     /// The 16-bit-word sum of RFC 1071, the definition `sum` must agree with.

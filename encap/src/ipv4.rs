@@ -13,7 +13,7 @@
 //! ```
 
 use crate::checksum;
-use crate::{be16, WireError};
+use crate::{be16, Field, WireError};
 use std::net::Ipv4Addr;
 
 mod field {
@@ -202,6 +202,23 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let new = u16::from_be_bytes([b[field::VER_IHL], b[field::TOS]]);
         let hc = be16(b, field::CHECKSUM);
         b[field::CHECKSUM].copy_from_slice(&checksum::update(hc, old, new).to_be_bytes());
+    }
+
+    /// Sets the source address and patches the checksum incrementally (RFC 1624).
+    pub fn set_src_update_checksum(&mut self, a: Ipv4Addr) {
+        self.set_addr_update_checksum(field::SRC, a);
+    }
+
+    /// Sets the destination address and patches the checksum incrementally (RFC 1624).
+    pub fn set_dst_update_checksum(&mut self, a: Ipv4Addr) {
+        self.set_addr_update_checksum(field::DST, a);
+    }
+
+    fn set_addr_update_checksum(&mut self, at: Field, a: Ipv4Addr) {
+        let b = self.buffer.as_mut();
+        let hc = checksum::update_bytes(be16(b, field::CHECKSUM), &b[at.clone()], &a.octets());
+        b[at].copy_from_slice(&a.octets());
+        b[field::CHECKSUM].copy_from_slice(&hc.to_be_bytes());
     }
 
     /// The setters below leave the checksum alone: call [`Packet::fill_checksum`] after them.

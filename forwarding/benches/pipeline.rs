@@ -21,6 +21,7 @@ struct Node {
     ifaces: Interfaces,
     fib: Fib,
     neigh: NeighTable,
+    nat: forwarding::nat::Nat,
 }
 
 fn mac(b: u8) -> MacAddr {
@@ -66,7 +67,7 @@ fn node() -> Node {
     neigh.insert(Neighbour { iface: UPLINK, ip: node_b6.into(), mac: mac(0xb0) });
     neigh.insert(Neighbour { iface: POD2, ip: pod(2).0.into(), mac: mac(0x13) });
     neigh.insert(Neighbour { iface: POD2, ip: pod(2).1.into(), mac: mac(0x13) });
-    Node { ifaces, fib, neigh }
+    Node { ifaces, fib, neigh, nat: Default::default() }
 }
 
 /// A UDP datagram with 22 bytes of payload (a 64-byte IPv4 frame) from pod 1 to `dst`.
@@ -83,7 +84,7 @@ fn frame(dst: std::net::IpAddr) -> Vec<u8> {
 
 fn pipeline(c: &mut Criterion) {
     let n = node();
-    let ctx = Context { fib: &n.fib, neigh: &n.neigh, ifaces: &n.ifaces, gso: None, packets: 1 };
+    let ctx = Context { fib: &n.fib, neigh: &n.neigh, ifaces: &n.ifaces, nat: &n.nat, gso: None, packets: 1 };
     let counters = Counters::new(n.ifaces.len());
     let cases = [
         ("ipv4/other-node", frame(Ipv4Addr::new(10, 244, 2, 1).into())),

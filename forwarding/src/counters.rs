@@ -70,6 +70,11 @@ drop_reasons! {
     NdpInvalid => "ndp_invalid": "neighbour discovery that fails RFC 4861's checks (hop limit, checksum, options)",
     HopLimitExceeded => "hop_limit_exceeded": "IPv6 hop limit ran out (ICMPv6 time exceeded sent)",
     PacketTooBig => "packet_too_big": "IPv6 packet too big for the egress MTU (ICMPv6 packet too big sent; routers never fragment IPv6)",
+    NatFragment => "nat_fragment": "a fragment to masquerade (only whole packets carry the ports a flow is known by)",
+    NatUnsupported => "nat_unsupported": "a packet to masquerade that is not TCP, UDP, ICMP echo or an ICMP error",
+    NatTableFull => "nat_table_full": "no room for another masqueraded flow (in the table, or of this pod)",
+    NatPortsExhausted => "nat_ports_exhausted": "every port of the node for masqueraded flows is taken toward this destination",
+    NatNoFlow => "nat_no_flow": "to a port of the node for masqueraded flows, or an ICMP error about one, that no flow has",
     GsoFailed => "gso_failed": "an offloaded super-packet we could not cut into segments (not TCP/IPv4, malformed, or a bad checksum range)",
 }
 
@@ -105,6 +110,9 @@ pub struct Counters {
     /// UDP super-packet), and the segments in them.
     pub gro_packets: AtomicU64,
     pub gro_segments: AtomicU64,
+    /// Packets masqueraded on their way out, and answers taken back to their pod.
+    pub nat_masqueraded: AtomicU64,
+    pub nat_restored: AtomicU64,
     /// IPv4 identification for the packets this writer originates (outer headers).
     ident: AtomicU64,
     /// ICMP errors this writer may still send in the current interval (see `refill_icmp`).
@@ -166,6 +174,8 @@ impl Counters {
             udp_gso_received: AtomicU64::new(0),
             gro_packets: AtomicU64::new(0),
             gro_segments: AtomicU64::new(0),
+            nat_masqueraded: AtomicU64::new(0),
+            nat_restored: AtomicU64::new(0),
             ident: AtomicU64::new(random_start()),
             icmp_tokens: AtomicU64::new(ICMP_TOKENS),
             frag_tokens: (0..FRAG_SLOTS).map(|_| AtomicU64::new(FRAG_TOKENS)).collect(),
@@ -302,6 +312,11 @@ pub struct Tallies {
     pub udp_gso_received: u64,
     pub gro_packets: u64,
     pub gro_segments: u64,
+    /// Packets masqueraded (`natOutgoing`), and answers taken back to their pod.
+    #[serde(default)]
+    pub nat_masqueraded: u64,
+    #[serde(default)]
+    pub nat_restored: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -343,6 +358,8 @@ impl Totals {
             t.tallies.udp_gso_received += c.udp_gso_received.load(Relaxed);
             t.tallies.gro_packets += c.gro_packets.load(Relaxed);
             t.tallies.gro_segments += c.gro_segments.load(Relaxed);
+            t.tallies.nat_masqueraded += c.nat_masqueraded.load(Relaxed);
+            t.tallies.nat_restored += c.nat_restored.load(Relaxed);
         }
         t
     }

@@ -98,6 +98,8 @@ pub struct Dataplane {
     tracer: Arc<crate::trace::Tracer>,
     /// Drops the control thread learns about from the kernel (the TUN queue).
     control: Arc<Counters>,
+    /// The masquerade table the workers share.
+    nat: Arc<crate::nat::Nat>,
     /// Held open so that the kernel does not answer IPIP with "protocol unreachable", nor
     /// VXLAN with "port unreachable" (afpacket: the router took its copy already).
     _ipip_guard: Option<RawIpipSocket>,
@@ -147,6 +149,7 @@ impl Dataplane {
         let stop = Arc::new(AtomicBool::new(false));
         let udp_gso = Arc::new(AtomicBool::new(cfg.udp_gso));
         let neigh = NeighHandle::default();
+        let nat = Arc::new(crate::nat::Nat::default());
         let (slow_tx, slow_rx) = crossbeam_channel::bounded(4096);
         let cores = if cfg.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut workers = Vec::new();
@@ -185,6 +188,7 @@ impl Dataplane {
                 stop: stop.clone(),
                 tap: tap.clone(),
                 tracer: tracer.clone(),
+                nat: nat.clone(),
                 gro: cfg.gro,
                 udp_gso: udp_gso.clone(),
                 nice: cfg.nice,
@@ -223,6 +227,7 @@ impl Dataplane {
             counters: slow_counters,
             neighbours: neighbours.clone(),
             stop: stop.clone(),
+            nat: nat.clone(),
         };
         let mut threads = Vec::new();
         for w in workers {
@@ -246,6 +251,7 @@ impl Dataplane {
             tap,
             tracer,
             control,
+            nat,
             _ipip_guard: ipip_guard,
             _vxlan_guard: vxlan_guard,
         })
@@ -329,6 +335,11 @@ impl Dataplane {
     }
 
     /// Where workers report trace probes.
+    /// Masqueraded flows the node keeps now.
+    pub fn nat_flows(&self) -> usize {
+        self.nat.len()
+    }
+
     pub fn tracer(&self) -> &crate::trace::Tracer {
         &self.tracer
     }
@@ -382,13 +393,19 @@ struct SlowPath {
     counters: Arc<Counters>,
     neighbours: Arc<Mutex<Vec<NeighbourInfo>>>,
     stop: Arc<AtomicBool>,
+    nat: Arc<crate::nat::Nat>,
 }
 
 impl SlowPath {
     fn run(mut self) {
         let mut actions = Vec::new();
+        let mut last_expiry = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
+            if now.duration_since(last_expiry) >= Duration::from_secs(1) {
+                last_expiry = now;
+                self.nat.expire();
+            }
             let wait =
                 self.manager.poll_timeout().map_or(IDLE_WAIT, |t| t.saturating_duration_since(now)).min(IDLE_WAIT);
             match self.rx.recv_timeout(wait) {

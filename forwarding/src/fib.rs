@@ -129,6 +129,8 @@ pub struct Tunnels {
     pub local_pods: Vec<Ipv4Addr>,
     /// Their IPv6 addresses, sorted, in a dual-stack cluster.
     pub local_pods6: Vec<Ipv6Addr>,
+    /// Which pods' traffic leaves masqueraded (`natOutgoing`).
+    pub nat: crate::nat::NatPolicy,
 }
 
 impl Default for Tunnels {
@@ -139,6 +141,7 @@ impl Default for Tunnels {
             allowed: Vec::new(),
             local_pods: Vec::new(),
             local_pods6: Vec::new(),
+            nat: Default::default(),
         }
     }
 }

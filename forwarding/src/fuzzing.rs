@@ -20,6 +20,8 @@ struct Node {
     ifaces: Interfaces,
     fib: Fib,
     neigh: NeighTable,
+    /// Shared by every run, so that flows one input makes meet the answers of the next.
+    nat: crate::nat::Nat,
 }
 
 fn routes(uplink: IfaceId) -> Vec<Route> {
@@ -66,6 +68,11 @@ fn tunnels() -> Tunnels {
         allowed: vec!["172.16.0.0/12".parse().expect("a literal prefix")],
         local_pods: vec![Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 3)],
         local_pods6: vec![pod6(2), pod6(3)],
+        // The node's pods masquerade toward the underlay, so that flows and answers are fuzzed.
+        nat: crate::nat::NatPolicy {
+            masquerade: vec!["10.244.0.0/16".parse().expect("a literal prefix")],
+            pools: vec!["10.244.0.0/16".parse().expect("a literal prefix")],
+        },
     }
 }
 
@@ -115,7 +122,7 @@ fn afpacket() -> &'static Node {
         neigh.insert(Neighbour { iface: IfaceId(1), ip: pod6(2).into(), mac: mac(1) });
         let gw6: Ipv6Addr = "fd00:192:168:100::101".parse().expect("addr");
         neigh.insert(Neighbour { iface: IfaceId(0), ip: gw6.into(), mac: mac(0xa2) });
-        Node { ifaces, fib, neigh }
+        Node { ifaces, fib, neigh, nat: Default::default() }
     })
 }
 
@@ -152,7 +159,12 @@ fn tun() -> &'static Node {
             prefix: "10.244.1.0/26".parse().expect("a literal prefix"),
             next_hop: NextHop::Local { iface: IfaceId(0) },
         });
-        Node { ifaces, fib: Fib::build(&rs).with_tunnels(tunnels()), neigh: NeighTable::default() }
+        Node {
+            ifaces,
+            fib: Fib::build(&rs).with_tunnels(tunnels()),
+            neigh: NeighTable::default(),
+            nat: Default::default(),
+        }
     })
 }
 
@@ -181,7 +193,7 @@ pub fn pipeline(data: &[u8]) {
     let counters = Counters::new(n.ifaces.len());
     let mut buf = vec![0u8; BUF];
     buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-    let ctx = Context { fib: &n.fib, neigh: &n.neigh, ifaces: &n.ifaces, gso, packets: 1 };
+    let ctx = Context { fib: &n.fib, neigh: &n.neigh, ifaces: &n.ifaces, nat: &n.nat, gso, packets: 1 };
     let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
     let in_if = IfaceId(u16::from(sel & 3) % n.ifaces.len() as u16);
     let mut scratch = vec![0u8; 256 * 1024];

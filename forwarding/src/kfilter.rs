@@ -7,7 +7,8 @@
 //! On a 2-core machine that was a sixth of the 64-byte rate. The filter drops, after our copy,
 //! the IPv4 frames that are not for the node, and the tunnels' packets that are (IPIP, and
 //! VXLAN: UDP to port 4789, which the kernel would otherwise cut from a super-packet into
-//! datagrams only to find no one to take them); frames to the node's own addresses (BGP,
+//! datagrams only to find no one to take them), and TCP and UDP to the ports of masqueraded
+//! flows (which the kernel would answer with a reset or "port unreachable"); frames to the node's own addresses (BGP,
 //! ping), broadcast and multicast frames (DHCP, a subnet's broadcast address: the router
 //! never forwards them, and the node's kernel may want them), ARP and everything that is
 //! neither IPv4 nor IPv6 go on to the kernel. IPv6 alike: what is not for one of the node's
@@ -31,6 +32,7 @@ const LD_B_ABS: u16 = 0x30;
 const LD_H_IND: u16 = 0x48;
 const LDX_B_MSH: u16 = 0xb1;
 const JEQ_K: u16 = 0x15;
+const JGE_K: u16 = 0x35;
 const JA: u16 = 0x05;
 const JSET_K: u16 = 0x45;
 const RET_K: u16 = 0x06;
@@ -46,8 +48,8 @@ const IP_AT: u32 = 14;
 const FRAG_AT: u32 = 14 + 6;
 const PROTOCOL_AT: u32 = 14 + 9;
 const DST_AT: u32 = 14 + 16;
-/// The UDP destination port, past the IPv4 header (whose length is in X).
-const UDP_DST_PORT_AT: u32 = 14 + 2;
+/// The UDP or TCP destination port, past the IPv4 header (whose length is in X).
+const DST_PORT_AT: u32 = 14 + 2;
 
 /// At most this many local IPv4 addresses, and IPv6 ones: jumps in classic BPF reach 255
 /// instructions.
@@ -82,7 +84,7 @@ pub fn transit_filter(local: &[Ipv4Addr], local6: Option<&[Ipv6Addr]>) -> Result
     // test per address, a jump to drop, the tests for the node's own; then IPv6 alike; then
     // drop and pass. Jumps go forward only: from `i` to `t` is `t - i - 1`.
     let to_local = 5 + n + 1;
-    let v6 = to_local + 8;
+    let v6 = to_local + 15;
     let addrs6 = v6 + 6;
     let drop = local6.map_or(v6, |l| addrs6 + 8 * l.len());
     let pass = drop + 1;
@@ -100,16 +102,27 @@ pub fn transit_filter(local: &[Ipv4Addr], local6: Option<&[Ipv6Addr]>) -> Result
     }
     p.push(Insn { code: JA, jt: 0, jf: 0, k: (drop - to_local) as u32 });
     // For the node: IPIP and VXLAN (a first or only fragment of UDP to port 4789) are the
-    // router's to unwrap, the rest the kernel's.
+    // router's to unwrap, and TCP and UDP to the ports of masqueraded flows
+    // (`nat::PORTS`) the router's to take back to their pods; the rest is the kernel's.
     let at = |i: usize| to_local + i;
+    let nat_ports = u32::from(*crate::nat::PORTS.start());
     p.push(insn(LD_B_ABS, 0, 0, PROTOCOL_AT));
     p.push(insn(JEQ_K, drop - at(1) - 1, 0, 4));
-    p.push(insn(JEQ_K, 0, pass - at(2) - 1, 17));
+    p.push(insn(JEQ_K, at(4) - at(2) - 1, 0, 17));
+    p.push(insn(JEQ_K, at(10) - at(3) - 1, pass - at(3) - 1, 6));
+    // UDP
     p.push(insn(LD_H_ABS, 0, 0, FRAG_AT));
-    p.push(insn(JSET_K, pass - at(4) - 1, 0, 0x1fff));
+    p.push(insn(JSET_K, pass - at(5) - 1, 0, 0x1fff));
     p.push(insn(LDX_B_MSH, 0, 0, IP_AT));
-    p.push(insn(LD_H_IND, 0, 0, UDP_DST_PORT_AT));
-    p.push(insn(JEQ_K, drop - at(7) - 1, pass - at(7) - 1, u32::from(encap::vxlan::PORT)));
+    p.push(insn(LD_H_IND, 0, 0, DST_PORT_AT));
+    p.push(insn(JEQ_K, drop - at(8) - 1, 0, u32::from(encap::vxlan::PORT)));
+    p.push(insn(JGE_K, drop - at(9) - 1, pass - at(9) - 1, nat_ports));
+    // TCP
+    p.push(insn(LD_H_ABS, 0, 0, FRAG_AT));
+    p.push(insn(JSET_K, pass - at(11) - 1, 0, 0x1fff));
+    p.push(insn(LDX_B_MSH, 0, 0, IP_AT));
+    p.push(insn(LD_H_IND, 0, 0, DST_PORT_AT));
+    p.push(insn(JGE_K, drop - at(14) - 1, pass - at(14) - 1, nat_ports));
     // IPv6 (the ethertype is still in A): multicast and link-local destinations, then the
     // node's addresses a word at a time, each miss on to the next address.
     let at = |i: usize| v6 + i;
@@ -182,6 +195,7 @@ mod tests {
                     None => return 0,
                 },
                 JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                JGE_K => pc += usize::from(if a >= i.k { i.jt } else { i.jf }),
                 JSET_K => pc += usize::from(if a & i.k != 0 { i.jt } else { i.jf }),
                 AND_K => a &= i.k,
                 JA => pc += i.k as usize,
@@ -236,6 +250,29 @@ mod tests {
         assert_eq!(run(&p, &udp(node, 53, 5, 0)), TC_ACT_UNSPEC, "DNS to the node");
         assert_eq!(run(&p, &udp(node, 4789, 5, 0x0010)), TC_ACT_UNSPEC, "a later fragment: the kernel reassembles");
         assert_eq!(run(&p, &udp([192, 168, 100, 7], 53, 5, 0)), TC_ACT_SHOT, "UDP passing by");
+    }
+
+    #[test]
+    fn the_ports_of_masqueraded_flows_are_the_routers() {
+        let node = [192, 168, 100, 100];
+        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[])).expect("one address");
+        let tcp = |port: u16, ihl: u8, frag: u16| {
+            let mut f = udp(node, port, ihl, frag);
+            f[14 + 9] = 6;
+            f.resize(14 + usize::from(ihl) * 4 + 20, 0);
+            f
+        };
+        for port in [61000, 63000, 65535] {
+            assert_eq!(run(&p, &udp(node, port, 5, 0)), TC_ACT_SHOT, "UDP to {port}");
+            assert_eq!(run(&p, &tcp(port, 5, 0x4000)), TC_ACT_SHOT, "TCP to {port}");
+            assert_eq!(run(&p, &tcp(port, 7, 0)), TC_ACT_SHOT, "TCP with options to {port}");
+        }
+        for port in [179, 4789, 32768, 60999] {
+            assert_eq!(run(&p, &tcp(port, 5, 0x4000)), TC_ACT_UNSPEC, "TCP to the node's {port}");
+        }
+        assert_eq!(run(&p, &udp(node, 60999, 5, 0)), TC_ACT_UNSPEC, "UDP below the range");
+        assert_eq!(run(&p, &tcp(62000, 5, 0x0020)), TC_ACT_UNSPEC, "a later fragment: the kernel's");
+        assert_eq!(run(&p, &frame(0x0800, 1, node)), TC_ACT_UNSPEC, "ICMP to the node");
     }
 
     #[test]
@@ -329,7 +366,7 @@ mod tests {
         let p = transit_filter(&many, Some(&many6)).expect("the most");
         for (i, insn) in p.iter().enumerate() {
             let far = match insn.code {
-                JEQ_K | JSET_K => usize::from(insn.jt.max(insn.jf)),
+                JEQ_K | JGE_K | JSET_K => usize::from(insn.jt.max(insn.jf)),
                 JA => insn.k as usize,
                 _ => continue,
             };
@@ -348,8 +385,9 @@ mod tests {
         let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 101)], Some(&[])).expect("one");
         assert_eq!(
             tc_bytecode(&p),
-            "23,48 0 0 0,69 20 0 1,40 0 0 12,21 0 11 2048,32 0 0 30,21 1 0 3232261221,5 0 0 14,48 0 0 23,\
-             21 12 0 4,21 0 12 17,40 0 0 20,69 10 0 8191,177 0 0 14,72 0 0 16,21 6 7 4789,21 0 6 34525,\
+            "30,48 0 0 0,69 27 0 1,40 0 0 12,21 0 18 2048,32 0 0 30,21 1 0 3232261221,5 0 0 21,48 0 0 23,\
+             21 19 0 4,21 1 0 17,21 6 18 6,40 0 0 20,69 16 0 8191,177 0 0 14,72 0 0 16,21 12 0 4789,\
+             53 11 12 61000,40 0 0 20,69 10 0 8191,177 0 0 14,72 0 0 16,53 6 7 61000,21 0 6 34525,\
              48 0 0 38,21 4 0 255,40 0 0 38,84 0 0 65472,21 1 0 65152,6 0 0 2,6 0 0 4294967295"
         );
     }

@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod iface;
 pub mod kfilter;
 pub mod lpm;
+pub mod nat;
 pub mod neigh;
 pub mod pipeline;
 pub mod snapshot;

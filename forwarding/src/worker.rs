@@ -244,6 +244,8 @@ pub struct Worker {
     pub poll: Option<Poll>,
     pub fib: FibHandle,
     pub neigh: NeighHandle,
+    /// The masquerade table, shared with the other workers.
+    pub nat: Arc<crate::nat::Nat>,
     pub counters: Arc<Counters>,
     pub slow: Sender<SlowMsg>,
     pub stop: Arc<AtomicBool>,
@@ -338,7 +340,7 @@ impl Worker {
             // One snapshot per batch round: updates land between rounds, never mid-packet.
             let fib = self.fib.load();
             let neigh = self.neigh.load();
-            let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &self.ifaces, gso: None, packets: 1 };
+            let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &self.ifaces, nat: &self.nat, gso: None, packets: 1 };
             for (i, r) in ready.iter_mut().enumerate() {
                 if *r {
                     *r = self.drain(&ctx, i, &mut batch, &mut scratch);

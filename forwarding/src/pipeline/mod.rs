@@ -13,6 +13,7 @@
 use crate::counters::{bump, Counters, DropReason};
 use crate::fib::{Fib, NextHop};
 use crate::iface::{IfaceId, IfaceRole, Interface, Interfaces};
+use crate::nat::Nat;
 use crate::neigh::{NeighTable, Neighbour};
 use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
@@ -46,6 +47,8 @@ pub struct Context<'a> {
     pub fib: &'a Fib,
     pub neigh: &'a NeighTable,
     pub ifaces: &'a Interfaces,
+    /// The masquerade table (`natOutgoing`), shared by the workers.
+    pub nat: &'a Nat,
     /// Set while the packet is an offloaded TCP super-packet: the payload bytes of each of
     /// its segments on the wire (`gso_size` of its virtio-net header).
     pub gso: Option<u16>,
@@ -352,9 +355,65 @@ fn ip_input(
             Ingress::Uplink if proto == ipv4::Protocol::Udp && is_vxlan(&buf[l3..end]) => {
                 vxlan_decapsulate(ctx, counters, buf, l3, end, false)
             }
+            Ingress::Uplink if !ctx.fib.tunnels().nat.masquerade.is_empty() && ctx.ifaces.node_addr() == Some(dst) => {
+                restore(ctx, counters, buf, l3, end)
+            }
             _ => Verdict::Pass,
         },
-        nh => forward(ctx, counters, buf, l3, end, nh, !matches!(ingress, Ingress::Tun)),
+        nh => {
+            let nat = &ctx.fib.tunnels().nat;
+            let hop = match ingress {
+                Ingress::Tun => Hop::Kernel,
+                Ingress::Pod(_) if nat.applies(src, dst) => Hop::Masquerade,
+                Ingress::Uplink => {
+                    // A flow the outside opens toward a masquerading pod is answered as it is.
+                    if matches!(nh, Some(NextHop::Local { .. })) && nat.applies(dst, src) {
+                        ctx.nat.note_inbound(&buf[l3..end]);
+                    }
+                    Hop::Router
+                }
+                _ => Hop::Router,
+            };
+            forward(ctx, counters, buf, l3, end, nh, hop)
+        }
+    }
+}
+
+/// What [`forward`] does besides routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// Nothing: the kernel routed the packet already (tun mode) and decremented its TTL.
+    Kernel,
+    /// Decrements the TTL.
+    Router,
+    /// Decrements the TTL, and masquerades the packet once every check that could answer
+    /// its pod with an ICMP error has passed.
+    Masquerade,
+}
+
+/// Masquerades the routed packet at `buf[l3..end]` ([`Nat::outbound`]).
+fn masquerade(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end: usize) -> Result<(), DropReason> {
+    let node = ctx.ifaces.node_addr().ok_or(DropReason::NoRoute)?;
+    if ctx.nat.outbound(&mut buf[l3..end], node, ctx.gso.is_some())? == crate::nat::Out::Masqueraded {
+        bump(&counters.nat_masqueraded, 1);
+    }
+    Ok(())
+}
+
+/// A packet from the underlay to the node's address: an answer to a masqueraded flow goes
+/// back to its pod ([`Nat::inbound`]), the rest is the kernel's.
+fn restore(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end: usize) -> Verdict {
+    let Some(node) = ctx.ifaces.node_addr() else {
+        return Verdict::Pass;
+    };
+    match ctx.nat.inbound(&mut buf[l3..end], node, ctx.gso.is_some()) {
+        None => Verdict::Pass,
+        Some(Err(r)) => Verdict::Drop(r),
+        Some(Ok(())) => {
+            bump(&counters.nat_restored, 1);
+            let dst = ipv4::Packet::new_unchecked(&buf[l3..end]).dst();
+            forward(ctx, counters, buf, l3, end, ctx.fib.lookup(dst), Hop::Router)
+        }
     }
 }
 
@@ -394,7 +453,7 @@ fn from_tunnel(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], s: usize,
     }
     match ctx.fib.lookup(dst) {
         Some(NextHop::Host) => Verdict::Drop(DropReason::IpipForNode),
-        nh => forward(ctx, counters, buf, s, e, nh, true),
+        nh => forward(ctx, counters, buf, s, e, nh, Hop::Router),
     }
 }
 
@@ -446,8 +505,7 @@ fn egress(nh: NextHop, dst: Ipv4Addr) -> Option<Egress> {
     }
 }
 
-/// Forwards the IPv4 packet at `buf[l3..end]` by route `nh`. `decrement` is false when the
-/// kernel already routed it (tun mode).
+/// Forwards the IPv4 packet at `buf[l3..end]` by route `nh`, doing what `hop` says.
 fn forward(
     ctx: &Context<'_>,
     counters: &Counters,
@@ -455,8 +513,9 @@ fn forward(
     l3: usize,
     end: usize,
     nh: Option<NextHop>,
-    decrement: bool,
+    hop: Hop,
 ) -> Verdict {
+    let decrement = hop != Hop::Kernel;
     let ip = ipv4::Packet::new_unchecked(&buf[l3..end]);
     let (dst, ttl, df, ihl) = (ip.dst(), ip.ttl(), ip.dont_frag(), ip.header_len());
     let eg = match nh {
@@ -479,7 +538,7 @@ fn forward(
     let overhead = eg.tunnel.map_or(0, Tunnel::overhead);
     let mtu = out.mtu.saturating_sub(overhead);
     if let Some(mss) = ctx.gso {
-        return forward_super(ctx, counters, buf, l3, end, eg, mss, mtu, decrement);
+        return forward_super(ctx, counters, buf, l3, end, eg, mss, mtu, hop);
     }
     let too_big = end - l3 > usize::from(mtu);
     if too_big && df {
@@ -491,6 +550,11 @@ fn forward(
     }
     if decrement {
         ipv4::Packet::new_unchecked(&mut buf[l3..end]).decrement_ttl();
+    }
+    if hop == Hop::Masquerade {
+        if let Err(r) = masquerade(ctx, counters, buf, l3, end) {
+            return Verdict::Drop(r);
+        }
     }
     if too_big {
         return Verdict::Fragment(Fragmentation { span: Span { start: l3, end }, mtu, egress: eg });
@@ -511,7 +575,7 @@ fn forward_super(
     eg: Egress,
     mss: u16,
     mtu: u16,
-    decrement: bool,
+    hop: Hop,
 ) -> Verdict {
     let wire = match TcpSegments::new(&buf[l3..end], mss) {
         Ok(s) => s.wire_len(),
@@ -525,8 +589,13 @@ fn forward_super(
         }
         return Verdict::Drop(DropReason::NeedsFragmentation);
     }
-    if decrement {
+    if hop != Hop::Kernel {
         ipv4::Packet::new_unchecked(&mut buf[l3..end]).decrement_ttl();
+    }
+    if hop == Hop::Masquerade {
+        if let Err(r) = masquerade(ctx, counters, buf, l3, end) {
+            return Verdict::Drop(r);
+        }
     }
     let plain = eg.tunnel.is_none()
         && ctx.ifaces.get(eg.iface).is_some_and(|f| f.role.is_ethernet())

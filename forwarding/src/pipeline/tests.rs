@@ -30,6 +30,7 @@ struct Lab {
     neigh: NeighTable,
     ifaces: Interfaces,
     counters: Counters,
+    nat: Nat,
 }
 
 fn lab() -> Lab {
@@ -74,6 +75,7 @@ fn lab() -> Lab {
         allowed: vec![],
         local_pods: vec![POD_A1, POD_A2],
         local_pods6: vec![],
+        nat: Default::default(),
     });
     let mut neigh = NeighTable::default();
     neigh.insert(Neighbour { iface: CALI_A2, ip: POD_A2.into(), mac: POD_A2_MAC });
@@ -81,7 +83,7 @@ fn lab() -> Lab {
     neigh.insert(Neighbour { iface: UPLINK, ip: NODE_B.into(), mac: NODE_B_MAC });
     neigh.insert(Neighbour { iface: UPLINK, ip: UNDERLAY.into(), mac: UNDERLAY_MAC });
     let counters = Counters::new(ifaces.len());
-    Lab { fib, neigh, ifaces, counters }
+    Lab { fib, neigh, ifaces, counters, nat: Nat::default() }
 }
 
 /// Frames of `fixtures/linux-ping.pcap`: ARP request, ARP reply, echo request, echo reply.
@@ -108,7 +110,7 @@ const HEADROOM: usize = 64;
 
 impl Lab {
     fn ctx(&self) -> Context<'_> {
-        Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces, gso: None, packets: 1 }
+        Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces, nat: &self.nat, gso: None, packets: 1 }
     }
 
     /// Runs a frame and, for a `Fragment` verdict, the fragmentation step; returns every
@@ -133,7 +135,8 @@ impl Lab {
     fn run_on(&self, in_if: IfaceId, frame: &[u8]) -> (Verdict, Vec<u8>) {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-        let ctx = Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces, gso: None, packets: 1 };
+        let ctx =
+            Context { fib: &self.fib, neigh: &self.neigh, ifaces: &self.ifaces, nat: &self.nat, gso: None, packets: 1 };
         let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
         let v = process(&ctx, &self.counters, in_if, &mut buf, span);
         let out = match v {
@@ -639,10 +642,12 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
         allowed: vec![],
         local_pods: vec![POD_A1],
         local_pods6: vec![],
+        nat: Default::default(),
     });
     let neigh = NeighTable::default();
     let counters = Counters::new(2);
-    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, gso: None, packets: 1 };
+    let nat = Nat::default();
+    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, nat: &nat, gso: None, packets: 1 };
     let run = |in_if, pkt: &[u8]| {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
@@ -1237,10 +1242,12 @@ fn tun_mode_wraps_vxlan_for_the_raw_socket_and_unwraps_what_the_udp_socket_got()
         allowed: vec![],
         local_pods: vec![POD_A1],
         local_pods6: vec![],
+        nat: Default::default(),
     });
     let neigh = NeighTable::default();
     let counters = Counters::new(3);
-    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, gso: None, packets: 1 };
+    let nat = Nat::default();
+    let ctx = Context { fib: &fib, neigh: &neigh, ifaces: &ifaces, nat: &nat, gso: None, packets: 1 };
     let run = |in_if, pkt: &[u8]| {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
@@ -1320,7 +1327,7 @@ fn lab6_with(cali_a1_mac: MacAddr, uplink_mtu: u16) -> Lab {
     neigh.insert(Neighbour { iface: CALI_A2, ip: POD_A2_6.into(), mac: POD_A2_MAC });
     neigh.insert(Neighbour { iface: UPLINK, ip: NODE_B6.into(), mac: NODE_B_MAC });
     let counters = Counters::new(ifaces.len());
-    Lab { fib, neigh, ifaces, counters }
+    Lab { fib, neigh, ifaces, counters, nat: Nat::default() }
 }
 
 fn lab6() -> Lab {
