@@ -114,6 +114,8 @@ pub struct UpOptions {
     pub ipip_mode: Option<IpipMode>,
     /// Overrides the topology's `vxlan_mode` (and turns IPIP off unless `ipip_mode` is given).
     pub vxlan_mode: Option<IpipMode>,
+    /// Sets the pool's `natOutgoing` (otherwise the topology's).
+    pub nat_outgoing: bool,
     /// Serve each node's metrics on 127.0.0.1:9091 inside its namespace.
     pub metrics: bool,
     /// Leave the pods' TX offloads on (checksum, TSO); off, pods send only complete,
@@ -147,6 +149,7 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
         ),
     };
     (topo.ipip_mode, topo.vxlan_mode) = encap_modes(&topo, opts)?;
+    topo.nat_outgoing |= opts.nat_outgoing;
     if opts.dataplane == DataplaneMode::Tun {
         if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
             bail!("the tun data plane needs /dev/net/tun, which this user cannot open ({e}); use the default afpacket data plane, or run the lab as root");
@@ -229,7 +232,8 @@ fn encap_modes(topo: &Topology, opts: &UpOptions) -> anyhow::Result<(IpipMode, I
 
 /// Bytes a pod's packets lose to the pool's tunnel: its MTU is the underlay's minus these.
 pub fn tunnel_overhead(topo: &Topology) -> u16 {
-    Pool { cidr: topo.pool, ipip_mode: topo.ipip_mode, vxlan_mode: topo.vxlan_mode }.tunnel_overhead()
+    Pool { cidr: topo.pool, ipip_mode: topo.ipip_mode, vxlan_mode: topo.vxlan_mode, nat_outgoing: false }
+        .tunnel_overhead()
 }
 
 fn all_namespaces(lab: &Lab, topo: &Topology) -> Vec<String> {
@@ -747,7 +751,12 @@ fn node_config(
         admin_socket: lab.socket(&node.name),
         uplink: Uplink { interface: "eth0".into(), address: node.address },
         blocks: vec![node.block],
-        pools: vec![Pool { cidr: topo.pool, ipip_mode: mode, vxlan_mode: topo.vxlan_mode }],
+        pools: vec![Pool {
+            cidr: topo.pool,
+            ipip_mode: mode,
+            vxlan_mode: topo.vxlan_mode,
+            nat_outgoing: topo.nat_outgoing,
+        }],
         pods,
         routes,
         ipip_ttl: 64,

@@ -30,7 +30,7 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
             block_size: Some(t.block_size),
             ipip_mode: Some(calico(t.ipip_mode)),
             vxlan_mode: Some(calico(t.vxlan_mode)),
-            nat_outgoing: Some(false),
+            nat_outgoing: Some(t.nat_outgoing),
             node_selector: Some("all()".into()),
             ..Default::default()
         },

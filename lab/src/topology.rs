@@ -26,6 +26,9 @@ pub struct Topology {
     pub ipip_mode: nodeapi::config::IpipMode,
     /// The pool's `vxlanMode`; a pool uses IPIP or VXLAN, not both.
     pub vxlan_mode: nodeapi::config::IpipMode,
+    /// The (IPv4) pool's `natOutgoing`: pods reach what lies outside the pools with their
+    /// node's address.
+    pub nat_outgoing: bool,
     /// Calico's BGPConfiguration.nodeToNodeMeshEnabled.
     pub node_to_node_mesh: bool,
     /// BGP hold time the nodes propose (seconds; short values make failover tests quick).
@@ -143,6 +146,8 @@ struct RawCluster {
     ipip_mode: nodeapi::config::IpipMode,
     #[serde(default = "never")]
     vxlan_mode: Spanned<nodeapi::config::IpipMode>,
+    #[serde(default)]
+    nat_outgoing: bool,
     #[serde(default = "default_true")]
     node_to_node_mesh: bool,
     #[serde(default = "default_hold")]
@@ -766,6 +771,7 @@ impl Topology {
             as_number: raw.cluster.as_number,
             ipip_mode: raw.cluster.ipip_mode,
             vxlan_mode,
+            nat_outgoing: raw.cluster.nat_outgoing,
             node_to_node_mesh: raw.cluster.node_to_node_mesh,
             bgp_hold_time: *hold.get_ref(),
             node_mesh_max_restart_time: restart_time(

@@ -133,6 +133,9 @@ pub struct Stats {
     /// The interfaces the transit filter sits on (afpacket); `None` where the kernel
     /// forwards (tun) and there is nothing to filter.
     pub transit_filter: Option<Vec<String>>,
+    /// Masqueraded flows the node keeps (`natOutgoing`).
+    #[serde(default)]
+    pub nat_flows: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -648,10 +651,13 @@ mod tests {
                 udp_gso_received: 19,
                 gro_packets: 13,
                 gro_segments: 14,
+                nat_masqueraded: 22,
+                nat_restored: 23,
             },
             fib_routes: 15,
             fib_routes6: 0,
             transit_filter: None,
+            nat_flows: 24,
         };
         let server_stats = stats.clone();
         let client = std::thread::spawn({

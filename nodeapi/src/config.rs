@@ -71,6 +71,9 @@ pub struct Pool {
     pub ipip_mode: IpipMode,
     /// Calico's `vxlanMode` (same values); a pool uses IPIP or VXLAN, not both.
     pub vxlan_mode: IpipMode,
+    /// Calico's `natOutgoing`: its pods' traffic to outside every pool leaves with the
+    /// node's address (afpacket data plane).
+    pub nat_outgoing: bool,
 }
 
 impl Pool {
@@ -705,6 +708,8 @@ pub struct RawPool {
     pub ipip_mode: IpipMode,
     #[serde(default = "never", skip_serializing_if = "is_never")]
     pub vxlan_mode: Spanned<IpipMode>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nat_outgoing: bool,
 }
 
 fn never() -> Spanned<IpipMode> {
@@ -1003,7 +1008,8 @@ impl NodeConfig {
                     let msg = "a pool uses IPIP or VXLAN, not both: set ipip_mode = \"Never\" with vxlan_mode";
                     return Err(src.error_at(p.vxlan_mode.span(), msg));
                 }
-                Ok(Pool { cidr: net_no_host_bits(&src, &p.cidr, "pool")?, ipip_mode: p.ipip_mode, vxlan_mode })
+                let cidr = net_no_host_bits(&src, &p.cidr, "pool")?;
+                Ok(Pool { cidr, ipip_mode: p.ipip_mode, vxlan_mode, nat_outgoing: p.nat_outgoing })
             })
             .collect::<Result<Vec<_>, FileError>>()?;
         let ipip_peers = raw
@@ -1118,6 +1124,7 @@ impl NodeConfig {
                     cidr: s(p.cidr.to_string()),
                     ipip_mode: p.ipip_mode,
                     vxlan_mode: Spanned::new(0..0, p.vxlan_mode),
+                    nat_outgoing: p.nat_outgoing,
                 })
                 .collect(),
             pods: self
@@ -1222,7 +1229,12 @@ via = "192.168.100.101"
         assert_eq!(c.encap_for(&"10.244.3.0/26".parse().expect("net")), (Encap::Ipip, IpipMode::CrossSubnet));
         assert_eq!(c.encap_for(&"10.99.0.0/16".parse().expect("net")), (Encap::Ipip, IpipMode::Never));
         // What a pod's MTU loses to its pool's tunnel.
-        let pool = |ipip_mode, vxlan_mode| Pool { cidr: "10.244.0.0/16".parse().expect("net"), ipip_mode, vxlan_mode };
+        let pool = |ipip_mode, vxlan_mode| Pool {
+            cidr: "10.244.0.0/16".parse().expect("net"),
+            ipip_mode,
+            vxlan_mode,
+            nat_outgoing: false,
+        };
         assert_eq!(pool(IpipMode::CrossSubnet, IpipMode::Never).tunnel_overhead(), 20);
         assert_eq!(pool(IpipMode::Never, IpipMode::Always).tunnel_overhead(), 50);
         assert_eq!(pool(IpipMode::Never, IpipMode::Never).tunnel_overhead(), 0);

@@ -341,7 +341,12 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                     r::EncapMode::Always => IpipMode::Always,
                     r::EncapMode::CrossSubnet => IpipMode::CrossSubnet,
                 };
-                Some(Pool { cidr, ipip_mode: mode(p.spec.ipip_mode), vxlan_mode: mode(p.spec.vxlan_mode) })
+                Some(Pool {
+                    cidr,
+                    ipip_mode: mode(p.spec.ipip_mode),
+                    vxlan_mode: mode(p.spec.vxlan_mode),
+                    nat_outgoing: p.spec.nat_outgoing == Some(true),
+                })
             }
             _ => None,
         })
@@ -406,7 +411,8 @@ mod tests {
             vec![Pool {
                 cidr: "10.244.0.0/16".parse().expect("net"),
                 ipip_mode: IpipMode::CrossSubnet,
-                vxlan_mode: IpipMode::Never
+                vxlan_mode: IpipMode::Never,
+                nat_outgoing: false,
             }]
         );
         assert_eq!(v.nodes.len(), 2);

@@ -293,6 +293,10 @@ enum LabCmd {
         /// IPIP off, as a pool uses one or the other. Afpacket data plane only.
         #[arg(long, value_enum)]
         vxlan_mode: Option<IpipModeArg>,
+        /// Calico's natOutgoing for the pool: pods reach addresses outside the pools (the
+        /// underlay, and what lies behind it) with their node's address as the source.
+        #[arg(long)]
+        nat_outgoing: bool,
         /// Serve each node's Prometheus metrics on 127.0.0.1:9091 inside its namespace.
         #[arg(long)]
         metrics: bool,
@@ -809,6 +813,12 @@ fn print_stats(v: &admin::Stats) {
         v.tallies.udp_gso_sent,
         v.tallies.udp_gso_received
     );
+    nodeapi::outln!(
+        "masqueraded (natOutgoing): {}   answers restored: {}   flows: {}",
+        v.tallies.nat_masqueraded,
+        v.tallies.nat_restored,
+        v.nat_flows
+    );
     match v.transit_filter.as_deref() {
         Some([]) => {
             nodeapi::outln!("transit filter: off (the node's kernel also routes, and drops, what the router forwards)")
@@ -839,6 +849,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             workers,
             ipip_mode,
             vxlan_mode,
+            nat_outgoing,
             metrics,
             dual_stack,
             no_pod_offload,
@@ -868,6 +879,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 workers,
                 ipip_mode,
                 vxlan_mode,
+                nat_outgoing,
                 metrics,
                 pod_offload,
                 gro: !no_gro,

@@ -17,6 +17,7 @@ pub struct Snapshot<'a> {
     pub fib_routes6: usize,
     pub fib_memory_bytes: usize,
     pub neighbours: usize,
+    pub nat_flows: usize,
     pub uptime_secs: f64,
     pub peers: &'a [PeerStatus],
 }
@@ -104,6 +105,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
             s.totals.tallies.gro_packets,
         ),
         ("router_gro_segments_total", "TCP segments merged into those super-packets.", s.totals.tallies.gro_segments),
+        (
+            "router_nat_masqueraded_total",
+            "Packets of pools with natOutgoing that left with the node's address.",
+            s.totals.tallies.nat_masqueraded,
+        ),
+        (
+            "router_nat_restored_total",
+            "Answers to masqueraded packets taken back to their pod.",
+            s.totals.tallies.nat_restored,
+        ),
     ] {
         o.family(name, "counter", help);
         o.sample(name, &[], v as f64);
@@ -114,6 +125,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
     o.sample("router_fib_routes_ipv6", &[], s.fib_routes6 as f64);
     o.family("router_fib_memory_bytes", "gauge", "Approximate memory of the FIB's lookup structure.");
     o.sample("router_fib_memory_bytes", &[], s.fib_memory_bytes as f64);
+    o.family("router_nat_flows", "gauge", "Masqueraded flows the node keeps (natOutgoing).");
+    o.sample("router_nat_flows", &[], s.nat_flows as f64);
     o.family("router_arp_entries", "gauge", "Neighbours in the router's table, ARP and NDP (any state).");
     o.sample("router_arp_entries", &[], s.neighbours as f64);
 

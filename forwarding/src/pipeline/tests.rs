@@ -33,6 +33,32 @@ struct Lab {
     nat: Nat,
 }
 
+fn lab_routes() -> Vec<Route> {
+    let r = |p: &str, nh| Route { prefix: p.parse().expect("net"), next_hop: nh };
+    vec![
+        r("192.168.100.0/24", NextHop::Local { iface: UPLINK }),
+        r("192.168.100.100/32", NextHop::Host),
+        r("10.244.1.0/26", NextHop::Blackhole),
+        r("10.244.1.2/32", NextHop::Local { iface: CALI_A1 }),
+        r("10.244.1.3/32", NextHop::Local { iface: CALI_A2 }),
+        r("10.244.2.0/26", NextHop::Direct { iface: UPLINK, gateway: NODE_B }),
+        r("10.244.4.0/26", NextHop::Direct { iface: UPLINK, gateway: Ipv4Addr::new(192, 168, 100, 102) }),
+        r("10.244.3.0/26", NextHop::Ipip { iface: UPLINK, gateway: UNDERLAY, remote: NODE_C }),
+        r("10.244.5.0/26", NextHop::Vxlan { iface: UPLINK, gateway: UNDERLAY, remote: NODE_C }),
+    ]
+}
+
+fn lab_tunnels() -> Tunnels {
+    Tunnels {
+        ttl: 64,
+        peers: [NODE_B, NODE_C].into_iter().collect(),
+        allowed: vec![],
+        local_pods: vec![POD_A1, POD_A2],
+        local_pods6: vec![],
+        nat: Default::default(),
+    }
+}
+
 fn lab() -> Lab {
     let ifaces = Interfaces::new(vec![
         Interface {
@@ -57,26 +83,7 @@ fn lab() -> Lab {
             role: IfaceRole::Pod { addr: POD_A2, addr6: None },
         },
     ]);
-    let r = |p: &str, nh| Route { prefix: p.parse().expect("net"), next_hop: nh };
-    let fib = Fib::build(&[
-        r("192.168.100.0/24", NextHop::Local { iface: UPLINK }),
-        r("192.168.100.100/32", NextHop::Host),
-        r("10.244.1.0/26", NextHop::Blackhole),
-        r("10.244.1.2/32", NextHop::Local { iface: CALI_A1 }),
-        r("10.244.1.3/32", NextHop::Local { iface: CALI_A2 }),
-        r("10.244.2.0/26", NextHop::Direct { iface: UPLINK, gateway: NODE_B }),
-        r("10.244.4.0/26", NextHop::Direct { iface: UPLINK, gateway: Ipv4Addr::new(192, 168, 100, 102) }),
-        r("10.244.3.0/26", NextHop::Ipip { iface: UPLINK, gateway: UNDERLAY, remote: NODE_C }),
-        r("10.244.5.0/26", NextHop::Vxlan { iface: UPLINK, gateway: UNDERLAY, remote: NODE_C }),
-    ])
-    .with_tunnels(Tunnels {
-        ttl: 64,
-        peers: [NODE_B, NODE_C].into_iter().collect(),
-        allowed: vec![],
-        local_pods: vec![POD_A1, POD_A2],
-        local_pods6: vec![],
-        nat: Default::default(),
-    });
+    let fib = Fib::build(&lab_routes()).with_tunnels(lab_tunnels());
     let mut neigh = NeighTable::default();
     neigh.insert(Neighbour { iface: CALI_A2, ip: POD_A2.into(), mac: POD_A2_MAC });
     neigh.insert(Neighbour { iface: CALI_A1, ip: POD_A1.into(), mac: POD_A1_MAC });
@@ -1586,4 +1593,88 @@ fn ipv6_tcp_super_packets_leave_whole_on_direct_routes() {
     let mut l = lab6();
     l.neigh = NeighTable::default();
     assert_eq!(l.run_super(&f, 1440).0, Verdict::Drop(DropReason::GsoFailed));
+}
+
+/// The lab with the pool masquerading (`natOutgoing`) and a route to the underlay's other
+/// subnet, whose router knows no pod.
+fn nat_lab() -> Lab {
+    let mut l = lab();
+    let mut routes = lab_routes();
+    routes.push(Route {
+        prefix: "192.168.200.0/24".parse().expect("net"),
+        next_hop: NextHop::Direct { iface: UPLINK, gateway: UNDERLAY },
+    });
+    let pool: ipnet::Ipv4Net = "10.244.0.0/16".parse().expect("net");
+    let nat = crate::nat::NatPolicy { masquerade: vec![pool], pools: vec![pool] };
+    l.fib = Fib::build(&routes).with_tunnels(Tunnels { nat, ..lab_tunnels() });
+    l
+}
+
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 1);
+
+#[test]
+fn a_pod_reaches_outside_the_pools_as_its_node_and_the_answer_comes_back() {
+    let l = nat_lab();
+    let (v, out) = l.run_on(CALI_A1, &from_pod_a1(OUTSIDE, 64));
+    assert!(matches!(v, Verdict::Transmit { iface: UPLINK, .. }), "{v:?}");
+    assert_eq!(&out[..6], &UNDERLAY_MAC.0);
+    let p = SlicedPacket::from_ethernet(&out).expect("etherparse");
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!("no ip") };
+    assert_eq!((ip.header().source_addr(), ip.header().destination_addr()), (NODE_A, OUTSIDE));
+    assert_eq!(ip.header().ttl(), 63);
+    assert_eq!(ip.header().to_header().calc_header_checksum(), ip.header().header_checksum());
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!("no icmp") };
+    let Icmpv4Type::EchoRequest(req) = icmp.icmp_type() else { panic!("not an echo request") };
+    assert!(crate::nat::PORTS.contains(&req.id), "{}", req.id);
+    assert!(encap::icmp::Packet::new_checked(&out[34..]).expect("icmp").verify_checksum());
+    // The answer, to the node's address and identifier, goes to the pod.
+    let b = PacketBuilder::ethernet2(UNDERLAY_MAC.0, UPLINK_MAC.0)
+        .ipv4(OUTSIDE.octets(), NODE_A.octets(), 64)
+        .icmpv4_echo_reply(req.id, req.seq);
+    let mut reply = Vec::new();
+    b.write(&mut reply, &[0xab; 56]).expect("build");
+    let (v, back) = l.run_on(UPLINK, &reply);
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    let p = SlicedPacket::from_ethernet(&back).expect("etherparse");
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!("no ip") };
+    assert_eq!((ip.header().source_addr(), ip.header().destination_addr()), (OUTSIDE, POD_A1));
+    assert_eq!(ip.header().to_header().calc_header_checksum(), ip.header().header_checksum());
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!("no icmp") };
+    assert!(matches!(icmp.icmp_type(), Icmpv4Type::EchoReply(e) if e.id == 7));
+    assert!(encap::icmp::Packet::new_checked(&back[34..]).expect("icmp").verify_checksum());
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((n(&l.counters.nat_masqueraded), n(&l.counters.nat_restored)), (1, 1));
+    assert_eq!(l.nat.len(), 1);
+}
+
+#[test]
+fn inside_the_pools_and_errors_the_node_sends_a_pod_keep_the_pods_address() {
+    let l = nat_lab();
+    let (_, out) = l.run_on(CALI_A1, &from_pod_a1(POD_B1, 64));
+    assert_eq!(ipv4::Packet::new_checked(&out[14..]).expect("ip").src(), POD_A1, "pod to pod");
+    // TTL runs out here: the pod hears it from the node, and nothing was masqueraded.
+    let (v, out) = l.run_on(CALI_A1, &from_pod_a1(OUTSIDE, 1));
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    let ip = ipv4::Packet::new_checked(&out[14..]).expect("ip");
+    assert_eq!((ip.src(), ip.dst()), (NODE_A, POD_A1));
+    assert_eq!(&ip.payload()[8..8 + 28], &from_pod_a1(OUTSIDE, 1)[14..14 + 28], "the pod's own packet quoted");
+    assert!(l.nat.is_empty());
+}
+
+#[test]
+fn tcp_to_a_port_of_the_node_no_flow_has_is_dropped_and_bgp_goes_to_the_kernel() {
+    let l = nat_lab();
+    let tcp = |port: u16| {
+        let b = PacketBuilder::ethernet2(UNDERLAY_MAC.0, UPLINK_MAC.0)
+            .ipv4(OUTSIDE.octets(), NODE_A.octets(), 64)
+            .tcp(80, port, 1, 1000)
+            .ack(1);
+        let mut v = Vec::new();
+        b.write(&mut v, b"stray").expect("build");
+        v
+    };
+    assert_eq!(l.run_on(UPLINK, &tcp(61500)).0, Verdict::Drop(DropReason::NatNoFlow));
+    assert_eq!(l.run_on(UPLINK, &tcp(179)).0, Verdict::Pass);
+    // Without natOutgoing the node's ports are all the kernel's.
+    assert_eq!(lab().run_on(UPLINK, &tcp(61500)).0, Verdict::Pass);
 }

@@ -94,7 +94,11 @@ fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
     local_pods.sort_unstable();
     let mut local_pods6: Vec<Ipv6Addr> = cfg.pods.iter().filter_map(|p| p.address6).collect();
     local_pods6.sort_unstable();
-    Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone(), local_pods, local_pods6 }
+    let nat = forwarding::nat::NatPolicy {
+        masquerade: cfg.pools.iter().filter(|p| p.nat_outgoing).map(|p| p.cidr).collect(),
+        pools: cfg.pools.iter().map(|p| p.cidr).collect(),
+    };
+    Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone(), local_pods, local_pods6, nat }
 }
 
 impl Node {

@@ -28,6 +28,7 @@ pub(super) fn metrics_body(node: &Node, speaker: Option<&Speaker>) -> String {
         fib_routes6: fib.v6().len(),
         fib_memory_bytes: fib.memory_bytes(),
         neighbours: node.dp.neighbours().len(),
+        nat_flows: node.dp.nat_flows(),
         uptime_secs: node.started.elapsed().as_secs_f64(),
         peers: &peers,
     })
@@ -187,6 +188,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                 fib_routes6: node.fib.load().v6().len(),
                 transit_filter: (cfg.dataplane == DataplaneMode::Afpacket)
                     .then(|| node.kernel.filtered().unwrap_or_default()),
+                nat_flows: node.dp.nat_flows(),
             })
         }
         Request::Status => {
