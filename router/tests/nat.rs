@@ -1,0 +1,130 @@
+//! natOutgoing end to end: pods reach the underlay router, which knows no pod, only when
+//! their pool masquerades; what leaves carries the node's address (tshark on the underlay),
+//! TCP in bulk and UDP get their answers, and an ICMP error from beyond the node finds the
+//! pod. These build namespaces (root).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use support::*;
+
+const NODE_A: &str = "192.168.100.100";
+const NODE_C: &str = "192.168.200.101";
+/// The underlay router's address on node-c's subnet: outside every pool, and with no route
+/// back to any pod.
+const OUTSIDE: &str = "192.168.200.1";
+
+/// A TCP and UDP echo server in the underlay router: each answers what it got, and prints
+/// who it came from. It ends when its stdin closes, or after a minute.
+const SERVER: &str = r#"
+import os, signal, socket, threading, sys
+signal.alarm(60)
+threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("192.168.200.1", 8080)); t.listen(4)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("192.168.200.1", 5353))
+def udp():
+    while True:
+        d, a = u.recvfrom(2048); print("udp", a[0], a[1], flush=True); u.sendto(d.upper(), a)
+threading.Thread(target=udp, daemon=True).start()
+print("ready", flush=True)
+c, a = t.accept()
+data = bytearray()
+while True:
+    b = c.recv(1 << 16)
+    if not b: break
+    data += b
+print("tcp", a[0], a[1], len(data), flush=True)
+c.sendall(data); c.close()
+threading.Event().wait()
+"#;
+
+/// Sends 4 MB over TCP and one datagram over UDP to the server, and prints what came back.
+const CLIENT: &str = r#"
+import socket
+c = socket.create_connection(("192.168.200.1", 8080), timeout=10)
+sent = bytes(range(256)) * 16384
+c.sendall(sent); c.shutdown(socket.SHUT_WR)
+got = bytearray()
+while True:
+    b = c.recv(1 << 16)
+    if not b: break
+    got += b
+print("tcp back", len(got), got == sent)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+u.sendto(b"through the node", ("192.168.200.1", 5353))
+print("udp back", u.recvfrom(2048)[0].decode())
+"#;
+
+fn nat_ports(port: &str) -> bool {
+    port.parse::<u16>().is_ok_and(|p| p >= 61000)
+}
+
+#[test]
+fn pods_reach_outside_the_pools_only_masqueraded_as_their_node() {
+    // Without natOutgoing, the underlay router gets the ping but has no way back to a pod.
+    let lab = TestLab::up(&[]);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "1", OUTSIDE]);
+    assert!(!ok, "the underlay answered a pod address: {out}");
+    drop(lab);
+
+    let lab = TestLab::up(&["--nat-outgoing"]);
+    let cap = start_capture(&lab, "underlay", "eth0", "icmp", 2);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", OUTSIDE]);
+    assert!(ok, "{out}");
+    let rows =
+        cap.fields(&["ip.src", "ip.dst", "icmp.type", "icmp.ident", "ip.checksum.status", "icmp.checksum.status"]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0][..3], [NODE_A, OUTSIDE, "8"], "the request leaves as node-a's: {rows:?}");
+    // tshark checked both checksums: 1 is good.
+    assert!(nat_ports(&rows[0][3]) && rows[0][4] == "1" && rows[0][5] == "1", "{rows:?}");
+    assert_eq!(rows[1][..3], [OUTSIDE, NODE_A, "0"], "{rows:?}");
+    // Inside the pools nothing changes: pod-c1 sees pod-a1's own address.
+    let cap = start_capture(&lab, "pod-c1", "eth0", "icmp", 1);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "{out}");
+    assert_eq!(cap.fields(&["ip.src"]), vec![vec!["10.244.1.1".to_string()]]);
+
+    // TCP in bulk (the pods' offloaded super-packets too) and UDP, both ways.
+    let mut server = lab
+        .command(&["lab", "exec", "underlay", "--", "python3", "-c", SERVER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    let out = lab.exec("pod-a1", &["python3", "-c", CLIENT]);
+    let client = text(&out.stdout) + &text(&out.stderr);
+    // What the server printed is in the pipe; closing its stdin ends it.
+    drop(server.stdin.take());
+    let _ = server.wait();
+    let seen: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(client.contains("tcp back 4194304 True"), "{client}");
+    assert!(client.contains("udp back THROUGH THE NODE"), "{client}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for line in &seen {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f[1], NODE_A, "the server saw {line}");
+        assert!(nat_ports(f[2]), "{line}");
+    }
+    assert!(seen.iter().any(|l| l.starts_with("tcp ") && l.ends_with(" 4194304")), "{seen:?}");
+
+    // Beyond the underlay router: TTL 2 runs out there, and its ICMP error, sent to node-a,
+    // reaches the pod.
+    let (_, out) = ping(&lab, "pod-a1", &["-c", "1", "-t", "2", "-W", "2", NODE_C]);
+    assert!(out.contains("From 192.168.100.1") && out.contains("Time to live exceeded"), "{out}");
+
+    let stats = lab.json(&["stats", "--node", "node-a", "--json"]);
+    assert!(stats["nat_masqueraded"].as_u64().unwrap_or(0) > 100, "{stats}");
+    assert!(stats["nat_restored"].as_u64().unwrap_or(0) > 100, "{stats}");
+    assert!(stats["nat_flows"].as_u64().unwrap_or(0) >= 3, "{stats}");
+    // The node's kernel never reset a masqueraded connection: the transit filter kept the
+    // answers from it.
+    let snmp = text(&lab.exec("node-a", &["cat", "/proc/net/snmp"]).stdout);
+    let tcp: Vec<Vec<&str>> =
+        snmp.lines().filter(|l| l.starts_with("Tcp:")).map(|l| l.split_whitespace().collect()).collect();
+    let at = tcp[0].iter().position(|f| *f == "OutRsts").expect("OutRsts");
+    assert_eq!(tcp[1][at], "0", "node-a's kernel sent resets:\n{snmp}");
+}
