@@ -67,6 +67,24 @@ fn batch(options: &[&str], commands: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `nft -f -` with `rules`: one transaction, applied whole or not at all.
+pub fn nft(rules: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run `nft`: is it installed? (Debian: apt-get install nftables)")?;
+    child.stdin.take().context("nft's stdin")?.write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("`nft -f -` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// Runs a program inside a namespace.
 pub fn exec_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut v = vec!["netns", "exec", ns];

@@ -128,3 +128,21 @@ fn pods_reach_outside_the_pools_only_masqueraded_as_their_node() {
     let at = tcp[0].iter().position(|f| *f == "OutRsts").expect("OutRsts");
     assert_eq!(tcp[1][at], "0", "node-a's kernel sent resets:\n{snmp}");
 }
+
+#[test]
+fn on_the_tun_data_plane_the_kernel_masquerades_as_in_calico() {
+    let lab = TestLab::up(&["--nat-outgoing", "--dataplane", "tun"]);
+    let cap = start_capture(&lab, "underlay", "eth0", "icmp", 2);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", OUTSIDE]);
+    assert!(ok, "{out}");
+    let rows = cap.fields(&["ip.src", "ip.dst", "icmp.type"]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0], [NODE_A, OUTSIDE, "8"], "the request leaves as node-a's: {rows:?}");
+    // Pod to pod through the tunnel keeps the pod's address.
+    let cap = start_capture(&lab, "pod-c1", "eth0", "icmp", 1);
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "{out}");
+    assert_eq!(cap.fields(&["ip.src"]), vec![vec!["10.244.1.1".to_string()]]);
+    let rules = text(&lab.exec("node-a", &["nft", "list", "table", "ip", "router-nat"]).stdout);
+    assert!(rules.contains("masquerade") && rules.contains("10.244.0.0/16"), "{rules}");
+}

@@ -1,5 +1,5 @@
 //! The node's kernel: the routes it installs there (tagged `proto 179`), the transit filter,
-//! and the drops the kernel makes on its behalf.
+//! the masquerade of the tun data plane, and the drops the kernel makes on its behalf.
 //!
 //! Routes and filter changes are made by a thread of their own: `ip`, `tc` and listing the
 //! node's addresses all wait for the kernel's one routing lock (rtnl), which a busy machine
@@ -19,6 +19,8 @@ enum Job {
     FilterForget(String),
     /// The node's interfaces or addresses may have changed.
     FilterRecheck,
+    /// The pools to masquerade, where the kernel forwards (tun).
+    Masquerade(forwarding::nat::NatPolicy),
 }
 
 pub(super) struct KernelWork {
@@ -47,6 +49,7 @@ impl KernelWork {
                 let mut filter = filter_on.and_then(|devs| TransitFilter::install(&devs));
                 *shown.lock().unwrap_or_else(|e| e.into_inner()) = filter.as_ref().map(|f| f.devs.clone());
                 let mut installed = Vec::new();
+                let mut masquerading = forwarding::nat::NatPolicy::default();
                 while let Ok(first) = rx.recv() {
                     let mut jobs = vec![first];
                     jobs.extend(rx.try_iter());
@@ -58,6 +61,11 @@ impl KernelWork {
                                 want = Some(r);
                                 sets += 1;
                             }
+                            (Job::Masquerade(p), _) if p != masquerading => {
+                                masquerade(&p);
+                                masquerading = p;
+                            }
+                            (Job::Masquerade(_), _) => {}
                             (Job::FilterAdd(dev), Some(f)) => f.add(&dev),
                             (Job::FilterForget(dev), Some(f)) => f.forget(&dev),
                             (Job::FilterRecheck, Some(f)) => f.recheck(),
@@ -71,6 +79,9 @@ impl KernelWork {
                         *shown.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.devs.clone());
                     }
                     finished.fetch_add(sets, Ordering::Release);
+                }
+                if !masquerading.masquerade.is_empty() {
+                    masquerade(&forwarding::nat::NatPolicy::default());
                 }
                 filter
             })
@@ -106,6 +117,11 @@ impl KernelWork {
         self.send(Job::FilterRecheck);
     }
 
+    /// tun: the pools whose pods the kernel masquerades (applied when it changes).
+    pub(super) fn masquerade(&self, policy: forwarding::nat::NatPolicy) {
+        self.send(Job::Masquerade(policy));
+    }
+
     /// The interfaces that have the transit filter; None without one.
     pub(super) fn filtered(&self) -> Option<Vec<String>> {
         self.filtered.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -122,6 +138,43 @@ impl KernelWork {
             }
         }
         flush(self.ipv6);
+    }
+}
+
+/// The nftables table of the tun data plane's masquerade.
+const NAT_TABLE: &str = "router-nat";
+
+/// The rules that make the kernel masquerade as Calico's `natOutgoing` does where the kernel
+/// forwards (tun): from a masquerading pool to outside every pool, the source becomes the
+/// address the packet leaves by, with a random port (Calico's `--random-fully`). The table is
+/// replaced whole in one transaction; no pool masquerading removes it.
+pub(super) fn masquerade_rules(p: &forwarding::nat::NatPolicy) -> String {
+    // `add` then `delete`: removes the table whether or not it exists.
+    let mut s = format!("add table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\n");
+    if p.masquerade.is_empty() {
+        return s;
+    }
+    let list = |nets: &[ipnet::Ipv4Net]| nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+    s.push_str(&format!(
+        "table ip {NAT_TABLE} {{\n\
+         \tset masq-pools {{ type ipv4_addr; flags interval; elements = {{ {} }} }}\n\
+         \tset all-pools {{ type ipv4_addr; flags interval; elements = {{ {} }} }}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr @masq-pools ip daddr != @all-pools masquerade fully-random\n\
+         \t}}\n\
+         }}\n",
+        list(&p.masquerade),
+        list(&p.pools)
+    ));
+    s
+}
+
+fn masquerade(p: &forwarding::nat::NatPolicy) {
+    match ipcmd::nft(&masquerade_rules(p)) {
+        Ok(()) if p.masquerade.is_empty() => tracing::info!("masquerade off"),
+        Ok(()) => tracing::info!(pools = ?p.masquerade, "the kernel masquerades these pools' pods (natOutgoing)"),
+        Err(e) => tracing::warn!(error = %e, "natOutgoing not applied: pods leave the pools with their own address"),
     }
 }
 

@@ -82,6 +82,8 @@ struct Node {
     removals: Vec<watch::Removal>,
     /// The log level the datastore last set (BGPConfiguration logSeverityScreen).
     log_level: &'static str,
+    /// The pools' `natOutgoing` the node follows now.
+    nat: forwarding::nat::NatPolicy,
 }
 
 fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
@@ -94,14 +96,42 @@ fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
     local_pods.sort_unstable();
     let mut local_pods6: Vec<Ipv6Addr> = cfg.pods.iter().filter_map(|p| p.address6).collect();
     local_pods6.sort_unstable();
-    let nat = forwarding::nat::NatPolicy {
+    Tunnels {
+        ttl: cfg.ipip_ttl,
+        peers,
+        allowed: cfg.ipip_allowed_sources.clone(),
+        local_pods,
+        local_pods6,
+        nat: nat_policy(cfg),
+    }
+}
+
+/// Calico's `natOutgoing` of the pools.
+fn nat_policy(cfg: &NodeConfig) -> forwarding::nat::NatPolicy {
+    forwarding::nat::NatPolicy {
         masquerade: cfg.pools.iter().filter(|p| p.nat_outgoing).map(|p| p.cidr).collect(),
         pools: cfg.pools.iter().map(|p| p.cidr).collect(),
-    };
-    Tunnels { ttl: cfg.ipip_ttl, peers, allowed: cfg.ipip_allowed_sources.clone(), local_pods, local_pods6, nat }
+    }
 }
 
 impl Node {
+    /// Where the pools' `natOutgoing` changed: the workers follow the FIB's copy; in tun
+    /// mode the kernel forwards, and masquerades by rules the kernel thread installs.
+    fn follow_nat(&mut self) {
+        let p = nat_policy(&self.cfg);
+        if p == self.nat {
+            return;
+        }
+        match self.cfg.dataplane {
+            DataplaneMode::Tun => self.kernel.masquerade(p.clone()),
+            DataplaneMode::Afpacket if !p.masquerade.is_empty() && !self.cfg.transit_filter => tracing::warn!(
+                "natOutgoing without the transit filter: the node's kernel resets masqueraded TCP connections"
+            ),
+            DataplaneMode::Afpacket => {}
+        }
+        self.nat = p;
+    }
+
     /// Recomputes the route table with what BGP learned and publishes the new FIB; in tun mode
     /// (and for the node's own traffic) brings the kernel routes in line.
     fn rebuild(
@@ -124,6 +154,7 @@ impl Node {
         let diffed = t0.elapsed();
         self.writer.set_tunnels(tunnels(&self.cfg, cluster_hops));
         self.fib.publish(self.writer.publish());
+        self.follow_nat();
         let published = t0.elapsed();
         self.kernel.want(kernel);
         if added + removed > 10_000 {
@@ -168,6 +199,7 @@ impl Node {
         kernel.extend(kernel6);
         self.writer.set_tunnels(tunnels(&self.cfg, &hops));
         self.fib.publish(self.writer.publish());
+        self.follow_nat();
         self.kernel.want(kernel);
         tracing::info!(
             routes = self.writer.len(),
@@ -517,7 +549,9 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         dynamic,
         removals: Vec::new(),
         log_level: "info",
+        nat: Default::default(),
     };
+    node.follow_nat();
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
         let mtu = node.dp.interfaces().get(tun).map_or(1480, |f| f.mtu).to_string();
         // A longer queue than TUN's default 500 absorbs bursts while a worker is busy.
