@@ -892,22 +892,6 @@ fn a_planned_restart_keeps_routes_everywhere_and_loses_nothing_between_other_nod
     all_pods_reach_each_other(&lab);
 }
 
-/// `router apply -f -` of `yaml`, to the lab's etcd; its warnings.
-fn apply(lab: &TestLab, yaml: &str) -> String {
-    use std::io::Write as _;
-    let mut c = lab
-        .command(&["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("apply");
-    c.stdin.take().expect("stdin").write_all(yaml.as_bytes()).expect("write");
-    let out = c.wait_with_output().expect("apply");
-    assert!(out.status.success(), "apply: {}{}", text(&out.stdout), text(&out.stderr));
-    text(&out.stderr)
-}
-
 #[test]
 fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let lab = TestLab::up(&["--datastore", "etcd"]);

@@ -146,3 +146,21 @@ fn on_the_tun_data_plane_the_kernel_masquerades_as_in_calico() {
     let rules = text(&lab.exec("node-a", &["nft", "list", "table", "ip", "router-nat"]).stdout);
     assert!(rules.contains("masquerade") && rules.contains("10.244.0.0/16"), "{rules}");
 }
+
+#[test]
+fn natoutgoing_applied_to_the_pool_in_etcd_turns_masquerade_on_and_off_live() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    let reaches = || ping(&lab, "pod-a1", &["-c", "1", "-W", "1", OUTSIDE]).0;
+    assert!(!reaches(), "no natOutgoing yet");
+    let pool = |nat: bool| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  \
+             cidr: 10.244.0.0/16\n  blockSize: 26\n  ipipMode: CrossSubnet\n  natOutgoing: {nat}\n  nodeSelector: all()\n"
+        )
+    };
+    let warnings = apply(&lab, &pool(true));
+    assert!(!warnings.contains("natOutgoing"), "natOutgoing is followed: {warnings}");
+    wait_for(20, "pod-a1 reaching the underlay router, masqueraded", reaches);
+    apply(&lab, &pool(false));
+    wait_for(20, "masquerade to stop", || !reaches());
+}

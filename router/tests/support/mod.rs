@@ -246,3 +246,19 @@ pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// `router apply -f -` of `yaml`, to the lab's etcd; its warnings.
+pub fn apply(lab: &TestLab, yaml: &str) -> String {
+    use std::io::Write as _;
+    let mut c = lab
+        .command(&["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply");
+    c.stdin.take().expect("stdin").write_all(yaml.as_bytes()).expect("write");
+    let out = c.wait_with_output().expect("apply");
+    assert!(out.status.success(), "apply: {}{}", text(&out.stdout), text(&out.stderr));
+    text(&out.stderr)
+}
