@@ -226,10 +226,34 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", &c1], false)?;
     t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", "-s", "1472", &c1], true)?;
 
+    outside_the_pools(&mut t, &st, &a1)?;
     vxlan_beside(&mut t, &st, &c1)?;
     ipv6_beside(&mut t, &st)?;
 
     nodeapi::outln!("\nThat is the whole story. Try `router lab exec pod-c1 -- ping {b1}`, `router trace`, `router capture`,\nor `router lab down` when you are done.");
+    Ok(())
+}
+
+/// A pod and an address outside every pool: the underlay router, which has no way back
+/// unless the node masquerades (`natOutgoing`).
+fn outside_the_pools(t: &mut Tour<'_>, st: &State, a1: &str) -> anyhow::Result<()> {
+    let far = st
+        .host("underlay")
+        .and_then(|h| h.addresses.iter().rfind(|a| !a.contains(':')))
+        .and_then(|a| a.split('/').next())
+        .context("the tour needs the seed topology's underlay router")?
+        .to_string();
+    t.title(
+        "Outside the pools: the underlay router knows no pod",
+        "A pod's packet to an address outside every pool reaches it, but the answer has no way back: the underlay router has no route to the pods. Calico's natOutgoing on the pool has the node put its own address on what its pods send outside the pools, and take the answers back to them.",
+    );
+    let out = t.exec("pod-a1", &["ping", "-c", "1", "-W", "1", &far], false)?;
+    if out.contains(" 0% packet loss") {
+        t.note(&format!("this lab masquerades (natOutgoing): {far} answered node-a's address, and node-a took the answer back to pod-a1."));
+    } else {
+        t.exec("underlay", &["ip", "route", "get", a1], false)?;
+        t.note("no answer: the underlay router cannot reach the pod. `router lab up --nat-outgoing` sets natOutgoing on the pool, and the same ping is answered.");
+    }
     Ok(())
 }
 

@@ -265,10 +265,12 @@ fn lab_tour_runs_start_to_end() {
         "IPIP",
         "tunl0",
         "1500-byte",
+        "Outside the pools",
     ] {
         assert!(all.contains(claim), "the tour skipped {claim:?}:\n{all}");
     }
     assert!(all.contains("4,1"), "the IPIP capture shows both headers:\n{all}");
+    assert!(all.contains("Network is unreachable") && all.contains("--nat-outgoing"), "{all}");
     // The same ping in a VXLAN twin: UDP 4789, VNI 4096, 50 bytes on top of the 84 (IPIP:
     // 20), MTU 1450; the twin is gone afterwards.
     assert!(all.contains("IPIP or VXLAN"), "{all}");
