@@ -74,7 +74,7 @@ drop_reasons! {
     NatUnsupported => "nat_unsupported": "a packet to masquerade that is not TCP, UDP, ICMP echo or an ICMP error",
     NatTableFull => "nat_table_full": "no room for another masqueraded flow (in the table, or of this pod)",
     NatPortsExhausted => "nat_ports_exhausted": "every port of the node for masqueraded flows is taken toward this destination",
-    NatNoFlow => "nat_no_flow": "to a port of the node for masqueraded flows, or an ICMP error about one, that no flow has",
+    NatNoFlow => "nat_no_flow": "TCP or UDP to a port of the node for masqueraded flows that no flow has, or a pod's ICMP error about no masqueraded flow",
     GsoFailed => "gso_failed": "an offloaded super-packet we could not cut into segments (not TCP/IPv4, malformed, or a bad checksum range)",
 }
 

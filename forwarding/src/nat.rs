@@ -379,11 +379,6 @@ impl Nat {
         self.lock().expire(now);
     }
 
-    /// Forgets every flow (masquerade turned off).
-    pub fn clear(&self) {
-        *self.lock() = Table::default();
-    }
-
     /// Masquerades the IPv4 packet `pkt` (checked; from a pod, to outside the pools) as
     /// leaving `node`, making its flow if it has none. `partial`: an offloaded TCP
     /// super-packet, whose checksum holds only the pseudo-header sum.
@@ -462,7 +457,9 @@ impl Nat {
 
     /// Takes the IPv4 packet `pkt` (checked, addressed to `node`, from the underlay) back to
     /// its pod if it belongs to a masqueraded flow: `None` when it cannot (it is the node's),
-    /// `Some(Err)` for a packet to one of the flows' [`PORTS`] that no flow has.
+    /// `Some(Err)` for TCP or UDP to one of the flows' [`PORTS`] that no flow has, which the
+    /// transit filter keeps from the kernel. ICMP that no flow has is the kernel's (the
+    /// node's own ping may use an identifier in the range).
     pub fn inbound(&self, pkt: &mut [u8], node: Ipv4Addr, partial: bool) -> Option<Result<(), DropReason>> {
         if is_fragment(pkt) {
             return None;
@@ -479,7 +476,7 @@ impl Nat {
         let pod = {
             let mut t = self.lock();
             let Some(inside) = t.back.get(&key).copied() else {
-                return Some(Err(DropReason::NatNoFlow));
+                return (p.proto != Proto::Icmp).then_some(Err(DropReason::NatNoFlow));
             };
             if let Some(f) = t.flows.get_mut(&inside) {
                 f.seen = now;
@@ -502,10 +499,7 @@ impl Nat {
             return None;
         }
         let key = Outside { proto: q.proto, node: q.src, remote: q.dst };
-        let pod = match self.lock().back.get(&key) {
-            Some(inside) => inside.pod,
-            None => return Some(Err(DropReason::NatNoFlow)),
-        };
+        let pod = self.lock().back.get(&key)?.pod;
         set_addr(pkt, Side::Dst, pod.0);
         rewrite(&mut pkt[at..], Side::Src, pod, false);
         refill_icmp_checksum(pkt);
