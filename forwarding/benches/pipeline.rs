@@ -1,7 +1,9 @@
 //! `cargo bench -p forwarding --bench pipeline`: the per-packet cost of the pipeline alone
 //! (no sockets), IPv4 against IPv6 in the same run: a small UDP datagram from a pod to
 //! another node's block on a direct route, and one to a pod of the same node. The same
-//! payload in both families; the IPv6 frame is 20 bytes longer.
+//! payload in both families; the IPv6 frame is 20 bytes longer. `ipv4/masqueraded` is the
+//! IPv4 datagram to outside the pools (natOutgoing) on a known flow, against
+//! `ipv4/other-node`: what the shared flow table costs.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use encap::MacAddr;
@@ -48,6 +50,7 @@ fn node() -> Node {
         r("10.244.1.1/32", NextHop::Local { iface: POD1 }),
         r("10.244.1.2/32", NextHop::Local { iface: POD2 }),
         r("10.244.2.0/26", NextHop::Direct { iface: UPLINK, gateway: node_b }),
+        r("192.168.200.0/24", NextHop::Direct { iface: UPLINK, gateway: node_b }),
     ])
     .with_v6(&[
         r6("fd00:192:168:100::/64", NextHop6::Local { iface: UPLINK }),
@@ -60,6 +63,10 @@ fn node() -> Node {
     .with_tunnels(Tunnels {
         local_pods: vec![pod(1).0, pod(2).0],
         local_pods6: vec![pod(1).1, pod(2).1],
+        nat: forwarding::nat::NatPolicy {
+            masquerade: vec!["10.244.0.0/16".parse().expect("net")],
+            pools: vec!["10.244.0.0/16".parse().expect("net")],
+        },
         ..Tunnels::default()
     });
     let mut neigh = NeighTable::default();
@@ -88,6 +95,7 @@ fn pipeline(c: &mut Criterion) {
     let counters = Counters::new(n.ifaces.len());
     let cases = [
         ("ipv4/other-node", frame(Ipv4Addr::new(10, 244, 2, 1).into())),
+        ("ipv4/masqueraded", frame(Ipv4Addr::new(192, 168, 200, 1).into())),
         ("ipv6/other-node", frame("fd00:10:244::41".parse::<Ipv6Addr>().expect("addr").into())),
         ("ipv4/same-node", frame(Ipv4Addr::new(10, 244, 1, 2).into())),
         ("ipv6/same-node", frame("fd00:10:244::2".parse::<Ipv6Addr>().expect("addr").into())),
