@@ -20,7 +20,6 @@ use crate::counters::DropReason;
 use encap::{icmp, ipv4, tcp};
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
