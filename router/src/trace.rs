@@ -159,6 +159,12 @@ pub fn hop(node: &str, ifaces: &Interfaces, route_for: &dyn Fn(IpAddr) -> Option
                     let t = h.tunnel.as_deref().unwrap_or("tunnel");
                     h.reason = format!("{t} removed: {} is a known node", b.src);
                     "decapsulate".into()
+                } else if wrapped.is_none() && asrc != src {
+                    h.reason = format!("natOutgoing: {dst} is outside the pools, so the source becomes {asrc}");
+                    "masquerade".into()
+                } else if wrapped.is_none() && adst != dst {
+                    h.reason = format!("an answer to a masqueraded flow: back to the pod, {adst}");
+                    "restore".into()
                 } else {
                     "forward".into()
                 };

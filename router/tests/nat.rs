@@ -80,6 +80,10 @@ fn pods_reach_outside_the_pools_only_masqueraded_as_their_node() {
     // tshark checked both checksums: 1 is good.
     assert!(nat_ports(&rows[0][3]) && rows[0][4] == "1" && rows[0][5] == "1", "{rows:?}");
     assert_eq!(rows[1][..3], [OUTSIDE, NODE_A, "0"], "{rows:?}");
+    // `router trace` says which node masqueraded, and where the answer was restored.
+    let out = lab.router(&["trace", "pod-a1", OUTSIDE]);
+    let trace = text(&out.stdout);
+    assert!(trace.contains("masquerade — natOutgoing") && trace.contains("restore — an answer"), "{trace}");
     // Inside the pools nothing changes: pod-c1 sees pod-a1's own address.
     let cap = start_capture(&lab, "pod-c1", "eth0", "icmp", 1);
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.244.3.1"]);
