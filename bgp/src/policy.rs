@@ -67,6 +67,14 @@ pub enum Action {
     Reject,
 }
 
+/// Calico's BGPFilter rule `source`: which routes a rule speaks of. Without one, every route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Source {
+    /// Routes learned from BGP peers, not the node's own (on import, every route is).
+    RemotePeers,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub cidr: IpNet,
@@ -74,11 +82,17 @@ pub struct Rule {
     pub action: Action,
     /// Calico's `prefixLength`: the route's prefix length must be from `min` to `max`.
     pub lengths: Option<(u8, u8)>,
+    pub source: Option<Source>,
 }
 
 impl Rule {
     pub fn new(cidr: IpNet, operator: MatchOperator, action: Action) -> Rule {
-        Rule { cidr, operator, action, lengths: None }
+        Rule { cidr, operator, action, lengths: None, source: None }
+    }
+
+    /// Whether the rule speaks of a route for `prefix`, `learned` from a peer or not.
+    pub fn applies(&self, prefix: &IpNet, learned: bool) -> bool {
+        (learned || self.source.is_none()) && self.matches(prefix)
     }
 
     /// Whether the rule speaks of `prefix`. A rule is of its CIDR's family (Calico keeps
@@ -112,11 +126,21 @@ pub struct Filter {
 }
 
 /// The first matching rule of a peer's filters (in the order the peer lists them) for one
-/// direction: its action and where it sits (filter index, rule index).
-pub fn first_match(filters: &[std::sync::Arc<Filter>], import: bool, prefix: &IpNet) -> Option<(Action, u8, u16)> {
+/// direction: its action and where it sits (filter index, rule index). `learned`: the route
+/// came from a peer (every imported one did), not from this node.
+pub fn first_match(
+    filters: &[std::sync::Arc<Filter>],
+    import: bool,
+    prefix: &IpNet,
+    learned: bool,
+) -> Option<(Action, u8, u16)> {
     filters.iter().enumerate().find_map(|(fi, f)| {
         let rules = if import { &f.import } else { &f.export };
-        rules.iter().enumerate().find(|(_, r)| r.matches(prefix)).map(|(ri, r)| (r.action, fi as u8, ri as u16))
+        rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.applies(prefix, learned))
+            .map(|(ri, r)| (r.action, fi as u8, ri as u16))
     })
 }
 
@@ -249,6 +273,10 @@ mod tests {
         let long = Rule { lengths: Some((30, 32)), ..Rule::new(net("77.0.0.0/16"), MatchOperator::In, Action::Accept) };
         let got = ["77.0.1.0/30", "77.0.1.1/32", "77.0.1.0/24", "78.0.0.0/30"].map(|p| long.matches(&net(p)));
         assert_eq!(got, [true, true, false, false]);
+        // source: RemotePeers speaks only of learned routes.
+        let learned = Rule { source: Some(Source::RemotePeers), ..r(MatchOperator::In) };
+        assert!(learned.applies(&inside, true) && !learned.applies(&inside, false));
+        assert!(r(MatchOperator::In).applies(&inside, false));
     }
 
     #[test]
@@ -268,11 +296,11 @@ mod tests {
             ],
         });
         let fs = [a, b];
-        assert_eq!(first_match(&fs, true, &net("10.0.0.0/8")), Some((Action::Reject, 0, 0)));
-        assert_eq!(first_match(&fs, true, &net("10.1.0.0/16")), Some((Action::Accept, 1, 0)));
-        assert_eq!(first_match(&fs, true, &net("192.0.2.0/24")), Some((Action::Reject, 1, 1)));
-        assert_eq!(first_match(&fs, false, &net("10.0.0.0/8")), Some((Action::Accept, 1, 0)));
-        assert_eq!(first_match(&fs[..1], false, &net("10.0.0.0/8")), None);
+        assert_eq!(first_match(&fs, true, &net("10.0.0.0/8"), true), Some((Action::Reject, 0, 0)));
+        assert_eq!(first_match(&fs, true, &net("10.1.0.0/16"), true), Some((Action::Accept, 1, 0)));
+        assert_eq!(first_match(&fs, true, &net("192.0.2.0/24"), true), Some((Action::Reject, 1, 1)));
+        assert_eq!(first_match(&fs, false, &net("10.0.0.0/8"), false), Some((Action::Accept, 1, 0)));
+        assert_eq!(first_match(&fs[..1], false, &net("10.0.0.0/8"), false), None);
         let why = Rejected::Filter { filter: 1, rule: 1 }.describe(&fs);
         assert_eq!(why, "rejected by filter b, import rule 2");
     }

@@ -266,9 +266,15 @@ pub struct FilterRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_length: Option<PrefixLength>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<RuleSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+}
+
+/// A rule's `source`: routes learned from BGP peers (not the node's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuleSource {
+    RemotePeers,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -596,7 +602,6 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
         Resource::BgpFilter(f) => {
             let rules = [&f.spec.export_v4, &f.spec.import_v4, &f.spec.export_v6, &f.spec.import_v6];
             let any = |pick: fn(&FilterRule) -> bool| rules.iter().any(|l| l.iter().any(pick));
-            note(any(|r| r.source.is_some()), "a rule's source");
             note(any(|r| r.interface.is_some()), "a rule's interface");
         }
         Resource::Node(_) => {}

@@ -161,6 +161,13 @@ fn errors_name_the_document_the_line_and_the_field() {
     let e = error(&long.replace("min: 30", "min: 33"));
     assert_eq!(e.field.as_deref(), Some("spec.exportV4[0].prefixLength"), "{e}");
 
+    // A rule's source: RemotePeers is followed; any other value names the field.
+    let learned = long.replace("    prefixLength:\n      min: 30\n", "    source: RemotePeers\n");
+    let parsed = resources::parse(&learned).expect("source: RemotePeers");
+    assert!(resources::not_followed(&parsed[0]).is_empty());
+    let e = error(&learned.replace("RemotePeers", "LocalRoutes"));
+    assert!(e.to_string().contains("spec.exportV4[0].source: unknown variant `LocalRoutes`"), "{e}");
+
     let filter = fixture("bgpfilter.yaml").replace("198.51.100.0/24", "2001:db8::/32");
     let e = error(&filter);
     assert_eq!(e.field.as_deref(), Some("spec.importV4[0].cidr"), "{e}");

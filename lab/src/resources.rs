@@ -146,7 +146,7 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
                     }),
                     cidr: Some(x.cidr.to_string()),
                     prefix_length: None,
-                    source: None,
+                    source: x.source.map(|bgp::policy::Source::RemotePeers| r::RuleSource::RemotePeers),
                     interface: None,
                 })
                 .collect()

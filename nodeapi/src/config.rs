@@ -495,6 +495,8 @@ pub struct RawRule {
     pub cidr: Spanned<String>,
     pub match_operator: bgp::policy::MatchOperator,
     pub action: bgp::policy::Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<bgp::policy::Source>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -510,11 +512,8 @@ pub fn check_filters(src: &Source<'_>, raw: &[RawFilter]) -> Result<Vec<bgp::pol
     let rules = |rs: &[RawRule]| -> Result<Vec<Rule>, FileError> {
         rs.iter()
             .map(|r| {
-                Ok(Rule::new(
-                    ipnet::IpNet::V4(src.at(&r.cidr, fileerr::parse_net(r.cidr.get_ref(), "cidr"))?),
-                    r.match_operator,
-                    r.action,
-                ))
+                let cidr = ipnet::IpNet::V4(src.at(&r.cidr, fileerr::parse_net(r.cidr.get_ref(), "cidr"))?);
+                Ok(Rule { source: r.source, ..Rule::new(cidr, r.match_operator, r.action) })
             })
             .collect()
     };
@@ -601,7 +600,12 @@ impl BgpConfig {
         let s = |v: String| Spanned::new(0..0, v);
         let rules = |rs: &[Rule]| {
             rs.iter()
-                .map(|r| RawRule { cidr: s(r.cidr.to_string()), match_operator: r.operator, action: r.action })
+                .map(|r| RawRule {
+                    cidr: s(r.cidr.to_string()),
+                    match_operator: r.operator,
+                    action: r.action,
+                    source: r.source,
+                })
                 .collect()
         };
         let filters = self

@@ -76,7 +76,8 @@ fn rules(list: &[r::FilterRule], every: IpNet) -> Vec<bgp::policy::Rule> {
             };
             let lengths =
                 x.prefix_length.as_ref().map(|l| (l.min.unwrap_or(0), l.max.unwrap_or(every.max_prefix_len())));
-            Some(bgp::policy::Rule { cidr, operator, action, lengths })
+            let source = x.source.map(|r::RuleSource::RemotePeers| bgp::policy::Source::RemotePeers);
+            Some(bgp::policy::Rule { cidr, operator, action, lengths, source })
         })
         .collect()
 }
@@ -672,7 +673,8 @@ mod tests {
     fn filter_rules_keep_to_their_family_and_prefix_lengths() {
         let f = "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: g\nspec:\n\
                  \x20 importV4:\n  - action: Reject\n    matchOperator: NotIn\n    cidr: 10.0.0.0/8\n\
-                 \x20 exportV4:\n  - action: Accept\n    matchOperator: In\n    cidr: 77.0.0.0/16\n    prefixLength:\n      min: 30\n";
+                 \x20 exportV4:\n  - action: Accept\n    matchOperator: In\n    cidr: 77.0.0.0/16\n    prefixLength:\n      min: 30\n\
+                 \x20 - action: Reject\n    source: RemotePeers\n";
         let v = view(&seed(f), "node-a", "192.168.100.100".parse().expect("ip"), None);
         let g = v.filters.iter().find(|x| x.name == "g").expect("filter g");
         let net = |s: &str| s.parse::<IpNet>().expect("net");
@@ -680,5 +682,8 @@ mod tests {
         assert!(g.import[0].matches(&net("11.0.0.0/8")) && !g.import[0].matches(&net("fd00:99::/48")));
         let got = ["77.0.1.0/30", "77.0.1.1/32", "77.0.1.0/24"].map(|p| g.export[0].matches(&net(p)));
         assert_eq!(got, [true, true, false]);
+        // A rule without a CIDR speaks of every route of its family; source: RemotePeers only
+        // of learned ones.
+        assert!(g.export[1].applies(&net("10.244.2.0/26"), true) && !g.export[1].applies(&net("10.244.1.0/26"), false));
     }
 }

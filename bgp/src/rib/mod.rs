@@ -659,7 +659,7 @@ impl Rib {
     /// pools and the node's own routes, which no filter can open up.
     fn import_prefix(&self, id: PeerId, prefix: &IpNet, next_hop: IpAddr) -> Result<(), Rejected> {
         let Some(peer) = self.peers.get(&id) else { return Ok(()) };
-        if let Some((Action::Reject, filter, rule)) = policy::first_match(&peer.filters, true, prefix) {
+        if let Some((Action::Reject, filter, rule)) = policy::first_match(&peer.filters, true, prefix, true) {
             return Err(Rejected::Filter { filter, rule });
         }
         if peer.external {
@@ -887,7 +887,7 @@ impl Rib {
         if !to_ibgp && (cs.contains(&community::NO_EXPORT) || cs.contains(&community::NO_EXPORT_SUBCONFED)) {
             return None;
         }
-        match policy::first_match(&peer.filters, false, prefix) {
+        match policy::first_match(&peer.filters, false, prefix, best.from != From::Local) {
             Some((Action::Reject, ..)) => return None,
             Some((Action::Accept, ..)) => {}
             None => {

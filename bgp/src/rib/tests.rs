@@ -495,6 +495,25 @@ fn filters_decide_first_but_cannot_open_the_pools() {
 }
 
 #[test]
+fn a_rule_with_source_remote_peers_leaves_the_nodes_own_routes_alone() {
+    use policy::MatchOperator::*;
+    let mut r = edge_node();
+    // Calico's "only my own blocks to the ToR": pool routes learned from peers are held back.
+    let f = Arc::new(Filter {
+        name: "own-only".into(),
+        import: vec![],
+        export: vec![policy::Rule { source: Some(policy::Source::RemotePeers), ..rule(POOL, In, Action::Reject) }],
+    });
+    r.peer_down(2, false);
+    r.add_peer(2, PeerInfo { filters: vec![f], ..external("192.168.100.1", 65001) });
+    let ch = r.peer_up(2, &[Afi::Ipv4]);
+    assert_eq!(prefixes(&sent_to(&ch, 2)), ["10.244.1.0/26"], "the node's own block goes out");
+    let ch = r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
+    assert!(sent_to(&ch, 2).is_empty(), "node-b's block, learned, does not");
+    assert_eq!(prefixes(&sent_to(&ch, 3)), ["10.244.2.0/26"], "without the filter it does");
+}
+
+#[test]
 fn no_export_stays_in_the_as_and_no_advertise_goes_nowhere() {
     let mut r = Rib::new(AS, ME, Some(ip("1.1.1.1")));
     r.add_peer(1, peer("192.168.100.101", AS, true));
