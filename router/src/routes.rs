@@ -569,6 +569,7 @@ fn build_inner(
         });
     }
     let statics = cfg.static_routes().map(|r| (r.prefix, r.action, RouteSource::Static));
+    let masquerade = cfg.pools.iter().any(|p| p.nat_outgoing);
     let bgp = learned.iter().map(|(p, nh)| (*p, StaticAction::Via(*nh), RouteSource::Bgp));
     for (prefix, action, src) in statics.chain(bgp) {
         let r = StaticRoute { prefix, action };
@@ -633,6 +634,10 @@ fn build_inner(
             }
         } else {
             let why = || match (in_pool, on_link) {
+                (false, _) if masquerade => format!(
+                    "outside the IP pools: never tunnelled, and pods leave masqueraded as the node (natOutgoing); \
+                     {gw} is the next hop"
+                ),
                 (false, _) => format!("outside the IP pools: never tunnelled; {gw} is the next hop"),
                 (true, true) if mode == IpipMode::Never => format!("{gw} is inside {subnet} ({mode_name} Never)"),
                 (true, true) => format!("{gw} is inside {subnet}: direct"),

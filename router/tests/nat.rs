@@ -84,6 +84,8 @@ fn pods_reach_outside_the_pools_only_masqueraded_as_their_node() {
     let out = lab.router(&["trace", "pod-a1", OUTSIDE]);
     let trace = text(&out.stdout);
     assert!(trace.contains("masquerade — natOutgoing") && trace.contains("restore — an answer"), "{trace}");
+    let routes = text(&lab.router(&["routes", "--node", "node-a"]).stdout);
+    assert!(routes.contains("pods leave masqueraded as the node (natOutgoing)"), "{routes}");
     // Inside the pools nothing changes: pod-c1 sees pod-a1's own address.
     let cap = start_capture(&lab, "pod-c1", "eth0", "icmp", 1);
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.244.3.1"]);
