@@ -72,7 +72,9 @@ fn insn(code: u16, jt: usize, jf: usize, k: u32) -> Insn {
 /// router forwards: NDP, the pods' gateway) and multicast destinations go to the kernel.
 /// `local6` `None`: all IPv6 goes to the kernel (a node with more IPv6 addresses than the
 /// program can hold keeps the IPv4 filter).
-pub fn transit_filter(local: &[Ipv4Addr], local6: Option<&[Ipv6Addr]>) -> Result<Vec<Insn>, String> {
+/// `masquerade`: the node masquerades pods (natOutgoing), so TCP and UDP to its
+/// [`crate::nat::PORTS`] are the router's; without, those ports are the kernel's like any.
+pub fn transit_filter(local: &[Ipv4Addr], local6: Option<&[Ipv6Addr]>, masquerade: bool) -> Result<Vec<Insn>, String> {
     if local.len() > MAX_LOCAL {
         return Err(format!("{} local addresses; the transit filter takes at most {MAX_LOCAL}", local.len()));
     }
@@ -105,7 +107,9 @@ pub fn transit_filter(local: &[Ipv4Addr], local6: Option<&[Ipv6Addr]>) -> Result
     // router's to unwrap, and TCP and UDP to the ports of masqueraded flows
     // (`nat::PORTS`) the router's to take back to their pods; the rest is the kernel's.
     let at = |i: usize| to_local + i;
-    let nat_ports = u32::from(*crate::nat::PORTS.start());
+    // Without masquerade a bound no 16-bit port reaches: the same program, those ports the
+    // kernel's.
+    let nat_ports = if masquerade { u32::from(*crate::nat::PORTS.start()) } else { 0x1_0000 };
     p.push(insn(LD_B_ABS, 0, 0, PROTOCOL_AT));
     p.push(insn(JEQ_K, drop - at(1) - 1, 0, 4));
     p.push(insn(JEQ_K, at(4) - at(2) - 1, 0, 17));
@@ -219,7 +223,7 @@ mod tests {
     fn transit_and_ipip_for_the_node_are_dropped_the_rest_goes_to_the_kernel() {
         let node = [192, 168, 100, 100];
         let other = [192, 168, 200, 101];
-        let p = transit_filter(&[Ipv4Addr::from(other), Ipv4Addr::from(node)], Some(&[])).expect("two addresses");
+        let p = transit_filter(&[Ipv4Addr::from(other), Ipv4Addr::from(node)], Some(&[]), true).expect("two addresses");
         assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])), TC_ACT_SHOT, "pod to pod");
         assert_eq!(run(&p, &frame(0x0800, 4, [192, 168, 100, 101])), TC_ACT_SHOT, "IPIP passing by");
         assert_eq!(run(&p, &frame(0x0800, 4, node)), TC_ACT_SHOT, "IPIP for the node");
@@ -244,7 +248,7 @@ mod tests {
     #[test]
     fn vxlan_for_the_node_is_the_routers_other_udp_the_kernels() {
         let node = [192, 168, 100, 100];
-        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[])).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[]), true).expect("one address");
         assert_eq!(run(&p, &udp(node, 4789, 5, 0)), TC_ACT_SHOT, "VXLAN");
         assert_eq!(run(&p, &udp(node, 4789, 6, 0x4000)), TC_ACT_SHOT, "VXLAN with options and DF");
         assert_eq!(run(&p, &udp(node, 53, 5, 0)), TC_ACT_UNSPEC, "DNS to the node");
@@ -255,7 +259,7 @@ mod tests {
     #[test]
     fn the_ports_of_masqueraded_flows_are_the_routers() {
         let node = [192, 168, 100, 100];
-        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[])).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[]), true).expect("one address");
         let tcp = |port: u16, ihl: u8, frag: u16| {
             let mut f = udp(node, port, ihl, frag);
             f[14 + 9] = 6;
@@ -273,11 +277,16 @@ mod tests {
         assert_eq!(run(&p, &udp(node, 60999, 5, 0)), TC_ACT_UNSPEC, "UDP below the range");
         assert_eq!(run(&p, &tcp(62000, 5, 0x0020)), TC_ACT_UNSPEC, "a later fragment: the kernel's");
         assert_eq!(run(&p, &frame(0x0800, 1, node)), TC_ACT_UNSPEC, "ICMP to the node");
+        // A node that masquerades nothing leaves those ports to its kernel.
+        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[]), false).expect("one address");
+        assert_eq!(run(&p, &tcp(63000, 5, 0x4000)), TC_ACT_UNSPEC);
+        assert_eq!(run(&p, &udp(node, 65535, 5, 0)), TC_ACT_UNSPEC);
+        assert_eq!(run(&p, &udp(node, 4789, 5, 0)), TC_ACT_SHOT, "VXLAN is the router's all the same");
     }
 
     #[test]
     fn broadcast_and_multicast_frames_go_to_the_kernel() {
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], Some(&[])).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], Some(&[]), true).expect("one address");
         let mut bcast = frame(0x0800, 17, [192, 168, 100, 255]);
         bcast[..6].copy_from_slice(&[0xff; 6]);
         assert_eq!(run(&p, &bcast), TC_ACT_UNSPEC, "subnet broadcast");
@@ -293,7 +302,7 @@ mod tests {
 
     #[test]
     fn without_local_addresses_every_ipv4_frame_is_dropped() {
-        let p = transit_filter(&[], Some(&[])).expect("no address");
+        let p = transit_filter(&[], Some(&[]), true).expect("no address");
         assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC);
     }
@@ -301,12 +310,12 @@ mod tests {
     #[test]
     fn the_jumps_reach_for_the_most_addresses_and_too_many_is_an_error() {
         let many: Vec<Ipv4Addr> = (0..MAX_LOCAL as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
-        let p = transit_filter(&many, Some(&[])).expect("the most");
+        let p = transit_filter(&many, Some(&[]), true).expect("the most");
         let last = many[MAX_LOCAL - 1].octets();
         assert_eq!(run(&p, &frame(0x0800, 6, last)), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &frame(0x0800, 6, [10, 0, 1, 0])), TC_ACT_SHOT);
         let too_many: Vec<Ipv4Addr> = (0..=MAX_LOCAL as u32).map(Ipv4Addr::from).collect();
-        assert!(transit_filter(&too_many, Some(&[])).is_err());
+        assert!(transit_filter(&too_many, Some(&[]), true).is_err());
     }
 
     /// An IPv6 frame (next header `next`) to `dst`, in a frame to `mac`.
@@ -325,7 +334,7 @@ mod tests {
     fn ipv6_transit_is_dropped_the_nodes_link_local_and_multicast_go_to_the_kernel() {
         let node6: Ipv6Addr = "fd00:192:168:100::100".parse().expect("address");
         let other6: Ipv6Addr = "fd00:192:168:100::200".parse().expect("address");
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], Some(&[node6, other6])).expect("addresses");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], Some(&[node6, other6]), true).expect("addresses");
         let uni = [2, 0, 0, 0, 0, 1];
         assert_eq!(run(&p, &frame6(uni, 58, "fd00:10:244:2::1")), TC_ACT_SHOT, "pod to pod");
         assert_eq!(run(&p, &frame6(uni, 6, "fd00:192:168:100::100")), TC_ACT_UNSPEC, "BGP to the node");
@@ -348,13 +357,13 @@ mod tests {
         assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC, "ARP");
         // Unfiltered IPv6 (too many addresses): all of it to the kernel, IPv4 filtered still.
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], None).expect("IPv4 only");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], None, true).expect("IPv4 only");
         assert_eq!(run(&p, &frame6(uni, 58, "fd00:10:244:2::1")), TC_ACT_UNSPEC, "IPv6 left alone");
         assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])), TC_ACT_SHOT, "IPv4 transit");
         assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC, "ARP");
         // Without IPv6 addresses, every IPv6 unicast but link-local is transit.
-        let p = transit_filter(&[], Some(&[])).expect("none");
+        let p = transit_filter(&[], Some(&[]), true).expect("none");
         assert_eq!(run(&p, &frame6(uni, 6, "fd00:192:168:100::100")), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame6(uni, 58, "fe80::1")), TC_ACT_UNSPEC);
     }
@@ -363,7 +372,7 @@ mod tests {
     fn with_the_most_addresses_of_both_families_every_jump_lands() {
         let many: Vec<Ipv4Addr> = (0..MAX_LOCAL as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
         let many6: Vec<Ipv6Addr> = (0..MAX_LOCAL6 as u128).map(|i| Ipv6Addr::from(0xfd00 << 112 | i)).collect();
-        let p = transit_filter(&many, Some(&many6)).expect("the most");
+        let p = transit_filter(&many, Some(&many6), true).expect("the most");
         for (i, insn) in p.iter().enumerate() {
             let far = match insn.code {
                 JEQ_K | JGE_K | JSET_K => usize::from(insn.jt.max(insn.jf)),
@@ -377,12 +386,12 @@ mod tests {
         assert_eq!(run(&p, &frame6(uni, 6, "fd00::ffff")), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame(0x0800, 6, many[MAX_LOCAL - 1].octets())), TC_ACT_UNSPEC);
         let too_many6: Vec<Ipv6Addr> = (0..=MAX_LOCAL6 as u128).map(Ipv6Addr::from).collect();
-        assert!(transit_filter(&[], Some(&too_many6)).is_err());
+        assert!(transit_filter(&[], Some(&too_many6), true).is_err());
     }
 
     #[test]
     fn bytecode_is_what_tc_reads() {
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 101)], Some(&[])).expect("one");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 101)], Some(&[]), true).expect("one");
         assert_eq!(
             tc_bytecode(&p),
             "30,48 0 0 0,69 27 0 1,40 0 0 12,21 0 18 2048,32 0 0 30,21 1 0 3232261221,5 0 0 21,48 0 0 23,\

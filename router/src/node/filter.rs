@@ -15,6 +15,8 @@ pub(super) struct TransitFilter {
     pub(super) devs: Vec<String>,
     /// The node's addresses it lets through.
     local: Local,
+    /// The node masquerades pods: the ports of masqueraded flows are kept from the kernel.
+    masquerade: bool,
 }
 
 /// The node's IPv4 addresses, and its IPv6 ones but link-local (which the filter lets
@@ -49,7 +51,7 @@ fn local_addresses() -> anyhow::Result<Local> {
 
 /// Puts the program for `local` on each of `devs` (replacing an older one); returns the
 /// interfaces where that worked.
-fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &Local) -> Vec<String> {
+fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &Local, masquerade: bool) -> Vec<String> {
     // More IPv6 addresses than the program holds: IPv6 goes unfiltered, IPv4 keeps its filter.
     let v6 = (local.v6.len() <= forwarding::kfilter::MAX_LOCAL6).then_some(&local.v6[..]);
     if v6.is_none() {
@@ -58,7 +60,7 @@ fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &Local) 
             "too many IPv6 addresses for the transit filter: IPv6 goes to the kernel unfiltered"
         );
     }
-    let code = match forwarding::kfilter::transit_filter(&local.v4, v6) {
+    let code = match forwarding::kfilter::transit_filter(&local.v4, v6, masquerade) {
         Ok(p) => forwarding::kfilter::tc_bytecode(&p),
         Err(e) => {
             tracing::warn!(error = %e, "no transit filter");
@@ -91,9 +93,20 @@ impl TransitFilter {
                 return None;
             }
         };
-        let devs = apply_transit_filter(devs.iter().map(String::as_str), &local);
+        let devs = apply_transit_filter(devs.iter().map(String::as_str), &local, false);
         tracing::info!(interfaces = devs.len(), local = ?local, "transit filter on");
-        Some(TransitFilter { devs, local })
+        Some(TransitFilter { devs, local, masquerade: false })
+    }
+
+    /// Follows the pools' natOutgoing: with it, TCP and UDP to the ports of masqueraded flows
+    /// are the router's; without, the kernel's.
+    pub(super) fn set_masquerade(&mut self, on: bool) {
+        if on == self.masquerade {
+            return;
+        }
+        self.masquerade = on;
+        let done = apply_transit_filter(self.devs.iter().map(String::as_str), &self.local, on);
+        tracing::info!(interfaces = done.len(), masquerade = on, "transit filter updated for natOutgoing");
     }
 
     /// Follows the node's addresses: one added later must reach the kernel too, and one
@@ -104,7 +117,7 @@ impl TransitFilter {
         }
         match local_addresses() {
             Ok(local) if local != self.local => {
-                let done = apply_transit_filter(self.devs.iter().map(String::as_str), &local);
+                let done = apply_transit_filter(self.devs.iter().map(String::as_str), &local, self.masquerade);
                 tracing::info!(interfaces = done.len(), local = ?local, "node addresses changed: transit filter updated");
                 self.local = local;
             }
@@ -118,7 +131,7 @@ impl TransitFilter {
         if self.devs.iter().any(|d| d == dev) {
             return;
         }
-        self.devs.extend(apply_transit_filter(std::iter::once(dev), &self.local));
+        self.devs.extend(apply_transit_filter(std::iter::once(dev), &self.local, self.masquerade));
     }
 
     /// A pod interface that is going: its filter goes with it (or now, if it stays).

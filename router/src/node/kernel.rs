@@ -61,8 +61,13 @@ impl KernelWork {
                                 want = Some(r);
                                 sets += 1;
                             }
-                            (Job::Masquerade(p), _) if p != masquerading => {
-                                masquerade(&p);
+                            (Job::Masquerade(p), f) if p != masquerading => {
+                                if tun {
+                                    masquerade(&p);
+                                }
+                                if let Some(f) = f {
+                                    f.set_masquerade(!p.masquerade.is_empty());
+                                }
                                 masquerading = p;
                             }
                             (Job::Masquerade(_), _) => {}
@@ -80,7 +85,7 @@ impl KernelWork {
                     }
                     finished.fetch_add(sets, Ordering::Release);
                 }
-                if !masquerading.masquerade.is_empty() {
+                if tun && !masquerading.masquerade.is_empty() {
                     masquerade(&forwarding::nat::NatPolicy::default());
                 }
                 filter
@@ -117,7 +122,8 @@ impl KernelWork {
         self.send(Job::FilterRecheck);
     }
 
-    /// tun: the pools whose pods the kernel masquerades (applied when it changes).
+    /// The pools to masquerade (applied when it changes): tun, by the kernel's rules; afpacket,
+    /// the transit filter keeps the ports of masqueraded flows from the kernel.
     pub(super) fn masquerade(&self, policy: forwarding::nat::NatPolicy) {
         self.send(Job::Masquerade(policy));
     }

@@ -122,13 +122,12 @@ impl Node {
         if p == self.nat {
             return;
         }
-        match self.cfg.dataplane {
-            DataplaneMode::Tun => self.kernel.masquerade(p.clone()),
-            DataplaneMode::Afpacket if !p.masquerade.is_empty() && !self.cfg.transit_filter => tracing::warn!(
+        if self.cfg.dataplane == DataplaneMode::Afpacket && !p.masquerade.is_empty() && !self.cfg.transit_filter {
+            tracing::warn!(
                 "natOutgoing without the transit filter: the node's kernel resets masqueraded TCP connections"
-            ),
-            DataplaneMode::Afpacket => {}
+            );
         }
+        self.kernel.masquerade(p.clone());
         self.nat = p;
     }
 
