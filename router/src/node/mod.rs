@@ -122,10 +122,23 @@ impl Node {
         if p == self.nat {
             return;
         }
-        if self.cfg.dataplane == DataplaneMode::Afpacket && !p.masquerade.is_empty() && !self.cfg.transit_filter {
-            tracing::warn!(
-                "natOutgoing without the transit filter: the node's kernel resets masqueraded TCP connections"
-            );
+        if self.cfg.dataplane == DataplaneMode::Afpacket && !p.masquerade.is_empty() {
+            if !self.cfg.transit_filter {
+                tracing::warn!(
+                    "natOutgoing without the transit filter: the node's kernel resets masqueraded TCP connections"
+                );
+            }
+            // The node's own connections must not take the masquerade ports, whose answers the
+            // router keeps from the kernel.
+            let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+            let top = range.split_whitespace().nth(1).and_then(|t| t.parse::<u16>().ok());
+            if top.is_some_and(|t| t >= *forwarding::nat::PORTS.start()) {
+                tracing::warn!(
+                    range = range.trim(),
+                    "natOutgoing: the node's ephemeral ports reach into the masquerade ports 61000-65535; \
+                     set net.ipv4.ip_local_port_range below 61000, or the node's own connections from those ports fail"
+                );
+            }
         }
         self.kernel.masquerade(p.clone());
         self.nat = p;
