@@ -471,10 +471,14 @@ impl Nat {
     /// transit filter keeps from the kernel. ICMP that no flow has is the kernel's (the
     /// node's own ping may use an identifier in the range).
     pub fn inbound(&self, pkt: &mut [u8], node: Ipv4Addr, partial: bool) -> Option<Result<(), DropReason>> {
-        if is_fragment(pkt) {
-            return None;
-        }
         let p = parse(pkt)?;
+        if is_fragment(pkt) {
+            // The first fragment of an answer says so (its ports are there); the later ones
+            // cannot, and go to the kernel, which finds no one to give them to.
+            let first = ipv4::Packet::new_unchecked(&*pkt).frag_offset() == 0;
+            let ours = first && p.proto != Proto::Icmp && PORTS.contains(&p.dst.1);
+            return ours.then_some(Err(DropReason::NatFragment));
+        }
         if p.proto == Proto::Icmp && icmp::is_error_type(p.flags) {
             return self.error_inbound(pkt, node);
         }

@@ -140,6 +140,11 @@ fn what_no_flow_owns_is_dropped_or_left_to_the_kernel() {
     let mut frag = udp_packet((POD, 5000), (REMOTE, 53));
     ipv4::Packet::new_unchecked(&mut frag[..]).set_frag(false, true, 0);
     assert_eq!(nat.outbound(&mut frag, NODE, false), Err(DropReason::NatFragment));
+    let mut answer = udp_packet((REMOTE, 53), (NODE, 61001));
+    ipv4::Packet::new_unchecked(&mut answer[..]).set_frag(false, true, 0);
+    assert_eq!(nat.inbound(&mut answer, NODE, false), Some(Err(DropReason::NatFragment)), "a first fragment");
+    ipv4::Packet::new_unchecked(&mut answer[..]).set_frag(false, false, 185);
+    assert_eq!(nat.inbound(&mut answer, NODE, false), None, "a later one");
     let mut gre = udp_packet((POD, 5000), (REMOTE, 53));
     ipv4::Packet::new_unchecked(&mut gre[..]).set_protocol(ipv4::Protocol::Unknown(47));
     assert_eq!(nat.outbound(&mut gre, NODE, false), Err(DropReason::NatUnsupported));
