@@ -13,8 +13,9 @@
 //! The table is shared by the workers: a pod's packets and their answers may reach different
 //! workers (`PACKET_FANOUT` spreads by flow, and a translated flow is two flows to the
 //! kernel). One mutex guards it, taken only by packets that are masqueraded or could be
-//! answers (TCP and UDP to the node at one of its [`PORTS`], ICMP to the node, traffic from
-//! outside the pools to a masquerading pod); pod-to-pod traffic never touches it.
+//! answers (TCP, UDP and echo replies to the node at one of its [`PORTS`], ICMP errors about
+//! them, traffic from outside the pools to a masquerading pod); pod-to-pod traffic never
+//! touches it.
 
 use crate::counters::DropReason;
 use encap::{icmp, ipv4, tcp};
