@@ -187,6 +187,7 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
         dataplane: opts.dataplane,
         ipip_mode: topo.ipip_mode,
         vxlan_mode: topo.vxlan_mode,
+        nat_outgoing: topo.nat_outgoing,
         created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         complete: false,
         namespaces: Vec::new(),

@@ -58,6 +58,9 @@ pub struct State {
     /// Labs from before VXLAN have none: Never.
     #[serde(default = "never")]
     pub vxlan_mode: IpipMode,
+    /// The pool's natOutgoing.
+    #[serde(default)]
+    pub nat_outgoing: bool,
     pub created_unix: u64,
     /// False until `lab up` finished every step.
     pub complete: bool,

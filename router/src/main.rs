@@ -896,12 +896,13 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             }
             let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
             nodeapi::outln!(
-                "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {}, vxlanMode: {})",
+                "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {}, vxlanMode: {}, natOutgoing: {})",
                 st.name,
                 st.topology,
                 st.dataplane,
                 st.ipip_mode,
-                st.vxlan_mode
+                st.vxlan_mode,
+                st.nat_outgoing
             );
             for h in st.hosts.iter().filter(|h| h.role == Role::Node) {
                 let pods: Vec<String> = st
@@ -988,12 +989,13 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             nodeapi::outln!(
-                "lab {:?}: topology {}, data plane {}, ipipMode {}, vxlanMode {}{}",
+                "lab {:?}: topology {}, data plane {}, ipipMode {}, vxlanMode {}, natOutgoing {}{}",
                 st.name,
                 st.topology,
                 st.dataplane,
                 st.ipip_mode,
                 st.vxlan_mode,
+                st.nat_outgoing,
                 if st.complete { "" } else { " (INCOMPLETE: run `router lab down`)" }
             );
             if let Some(k) = lab::userns::Keeper::load(&lab.dir)?.filter(|k| !k.alive()) {

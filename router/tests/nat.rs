@@ -84,6 +84,8 @@ fn pods_reach_outside_the_pools_only_masqueraded_as_their_node() {
     let out = lab.router(&["trace", "pod-a1", OUTSIDE]);
     let trace = text(&out.stdout);
     assert!(trace.contains("masquerade — natOutgoing") && trace.contains("restore — an answer"), "{trace}");
+    let status = text(&lab.router(&["lab", "status"]).stdout);
+    assert!(status.contains("natOutgoing true"), "{status}");
     let routes = text(&lab.router(&["routes", "--node", "node-a"]).stdout);
     assert!(routes.contains("pods leave masqueraded as the node (natOutgoing)"), "{routes}");
     // Inside the pools nothing changes: pod-c1 sees pod-a1's own address.
