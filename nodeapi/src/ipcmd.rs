@@ -45,42 +45,30 @@ pub fn ip_batch(commands: &str) -> anyhow::Result<()> {
 }
 
 fn batch(options: &[&str], commands: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut child = Command::new("ip")
-        .args(options)
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run `ip`: is it installed? (Debian: apt-get install iproute2)")?;
-    child.stdin.take().context("ip's stdin")?.write_all(commands.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "`ip {} -batch -` failed ({}): {}",
-            options.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let args = [options, &["-batch", "-"]].concat();
+    with_stdin("ip", &args, commands, "iproute2")
 }
 
 /// `nft -f -` with `rules`: one transaction, applied whole or not at all.
 pub fn nft(rules: &str) -> anyhow::Result<()> {
+    with_stdin("nft", &["-f", "-"], rules, "nftables")
+}
+
+/// Runs `prog` with `input` on its stdin, failing with the command line and its stderr;
+/// `package` is Debian's, for the error when `prog` is missing.
+fn with_stdin(prog: &str, args: &[&str], input: &str, package: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    let mut child = Command::new(prog)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run `nft`: is it installed? (Debian: apt-get install nftables)")?;
-    child.stdin.take().context("nft's stdin")?.write_all(rules.as_bytes())?;
+        .with_context(|| format!("cannot run `{prog}`: is it installed? (Debian: apt-get install {package})"))?;
+    child.stdin.take().with_context(|| format!("{prog}'s stdin"))?.write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("`nft -f -` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!("`{prog} {}` failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

@@ -36,10 +36,7 @@ fn pods_ping_on_the_same_node_and_across_nodes() {
 
 /// A counter of the `Ip:` lines of a host's /proc/net/snmp (its namespace's IP stack).
 fn ip_counter(lab: &TestLab, host: &str, name: &str) -> u64 {
-    let snmp = text(&lab.exec(host, &["cat", "/proc/net/snmp"]).stdout);
-    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:")).map(|l| l.split_whitespace());
-    let (Some(names), Some(values)) = (ip.next(), ip.next()) else { panic!("no Ip: lines in\n{snmp}") };
-    names.zip(values).find(|(n, _)| *n == name).and_then(|(_, v)| v.parse().ok()).expect(name)
+    snmp(lab, host, "Ip", name).0
 }
 
 /// What the nodes' own IP stacks received while pod-a1 pinged pod-b1 (direct) and pod-c1

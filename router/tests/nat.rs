@@ -130,11 +130,8 @@ fn pods_reach_outside_the_pools_only_masqueraded_as_their_node() {
     assert!(stats["nat_flows"].as_u64().unwrap_or(0) >= 3, "{stats}");
     // The node's kernel never reset a masqueraded connection: the transit filter kept the
     // answers from it.
-    let snmp = text(&lab.exec("node-a", &["cat", "/proc/net/snmp"]).stdout);
-    let tcp: Vec<Vec<&str>> =
-        snmp.lines().filter(|l| l.starts_with("Tcp:")).map(|l| l.split_whitespace().collect()).collect();
-    let at = tcp[0].iter().position(|f| *f == "OutRsts").expect("OutRsts");
-    assert_eq!(tcp[1][at], "0", "node-a's kernel sent resets:\n{snmp}");
+    let (resets, all) = snmp(&lab, "node-a", "Tcp", "OutRsts");
+    assert_eq!(resets, 0, "node-a's kernel sent resets:\n{all}");
 }
 
 #[test]

@@ -30,11 +30,8 @@ fn every_pod_reaches_every_other(lab: &TestLab) {
     }
     // No node's kernel answered the VXLAN it got with "port unreachable": the router took it.
     for node in ["node-a", "node-b", "node-c"] {
-        let snmp = text(&lab.exec(node, &["cat", "/proc/net/snmp"]).stdout);
-        let icmp: Vec<Vec<&str>> =
-            snmp.lines().filter(|l| l.starts_with("Icmp:")).map(|l| l.split_whitespace().collect()).collect();
-        let at = icmp[0].iter().position(|f| *f == "OutDestUnreachs").expect("OutDestUnreachs");
-        assert_eq!(icmp[1][at], "0", "{node} sent destination unreachable:\n{snmp}");
+        let (sent, all) = snmp(lab, node, "Icmp", "OutDestUnreachs");
+        assert_eq!(sent, 0, "{node} sent destination unreachable:\n{all}");
     }
 }
 

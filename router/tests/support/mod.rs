@@ -247,6 +247,18 @@ pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A counter of `/proc/net/snmp` in `host` (`group` like "Tcp", `name` like "OutRsts"), and
+/// the whole file for a failure message.
+pub fn snmp(lab: &TestLab, host: &str, group: &str, name: &str) -> (u64, String) {
+    let all = text(&lab.exec(host, &["cat", "/proc/net/snmp"]).stdout);
+    let rows: Vec<Vec<&str>> =
+        all.lines().filter(|l| l.split(':').next() == Some(group)).map(|l| l.split_whitespace().collect()).collect();
+    let at =
+        rows.first().and_then(|h| h.iter().position(|f| *f == name)).unwrap_or_else(|| panic!("no {name}:\n{all}"));
+    let v = rows.get(1).and_then(|r| r.get(at)).and_then(|v| v.parse().ok()).expect("a number");
+    (v, all)
+}
+
 /// `router apply -f -` of `yaml`, to the lab's etcd; its warnings.
 pub fn apply(lab: &TestLab, yaml: &str) -> String {
     use std::io::Write as _;
