@@ -28,7 +28,7 @@ pub fn mergeable(pkt: &[u8]) -> Option<Mergeable> {
 /// [`mergeable`], with the checksums looked at only if `verify`.
 fn shape(pkt: &[u8], verify: bool) -> Option<Mergeable> {
     let ip = ipv4::Packet::new_checked(pkt).ok()?;
-    let plain = ip.header_len() == ipv4::HEADER_LEN && !ip.reserved_flag() && !ip.more_frags() && ip.frag_offset() == 0;
+    let plain = ip.header_len() == ipv4::HEADER_LEN && !ip.reserved_flag() && !ip.is_fragment();
     if !plain || ip.protocol() != Protocol::Tcp {
         return None;
     }

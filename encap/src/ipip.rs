@@ -131,7 +131,7 @@ pub(crate) fn outer_checked(b: &[u8]) -> Result<Packet<&[u8]>, DecapError> {
     if !outer.verify_checksum() {
         return Err(DecapError::OuterChecksum);
     }
-    if outer.more_frags() || outer.frag_offset() != 0 {
+    if outer.is_fragment() {
         return Err(DecapError::OuterFragment);
     }
     Ok(outer)

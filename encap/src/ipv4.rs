@@ -144,6 +144,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Fragment offset in bytes.
+    /// Whether the packet is a fragment (more follow, or it is not the first).
+    pub fn is_fragment(&self) -> bool {
+        self.more_frags() || self.frag_offset() != 0
+    }
+
     pub fn frag_offset(&self) -> u16 {
         (be16(self.buffer.as_ref(), field::FLG_OFF) & 0x1fff) << 3
     }

@@ -142,24 +142,6 @@ struct Table {
 }
 
 impl Table {
-    fn remove(&mut self, key: &Inside) {
-        if let Some(f) = self.flows.remove(key) {
-            if let Some(o) = f.outside {
-                self.back.remove(&o);
-            }
-            self.forget_one(key.pod.0);
-        }
-    }
-
-    fn forget_one(&mut self, pod: Ipv4Addr) {
-        if let Some(n) = self.per_pod.get_mut(&pod) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_pod.remove(&pod);
-            }
-        }
-    }
-
     /// Room for one more flow of `pod`: sweeps idle flows once when the table is full.
     fn room_for(&mut self, pod: Ipv4Addr, now: u32) -> Result<(), DropReason> {
         if self.flows.len() >= MAX_FLOWS {
@@ -180,14 +162,26 @@ impl Table {
     }
 
     fn expire(&mut self, now: u32) {
-        let stale: Vec<Inside> = self
-            .flows
-            .iter()
-            .filter(|(k, f)| now.saturating_sub(f.seen) > f.idle_limit(k.proto))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
-            self.remove(&k);
+        let Table { flows, back, per_pod } = self;
+        flows.retain(|k, f| {
+            if now.saturating_sub(f.seen) <= f.idle_limit(k.proto) {
+                return true;
+            }
+            if let Some(o) = f.outside {
+                back.remove(&o);
+            }
+            forget_one(per_pod, k.pod.0);
+            false
+        });
+    }
+}
+
+/// One flow of `pod` fewer.
+fn forget_one(per_pod: &mut Map<Ipv4Addr, u32>, pod: Ipv4Addr) {
+    if let Some(n) = per_pod.get_mut(&pod) {
+        *n -= 1;
+        if *n == 0 {
+            per_pod.remove(&pod);
         }
     }
 }
@@ -255,8 +249,7 @@ fn parse(pkt: &[u8]) -> Option<Parsed> {
 }
 
 fn is_fragment(pkt: &[u8]) -> bool {
-    let ip = ipv4::Packet::new_unchecked(pkt);
-    ip.more_frags() || ip.frag_offset() != 0
+    ipv4::Packet::new_unchecked(pkt).is_fragment()
 }
 
 fn put16(b: &mut [u8], at: usize, v: u16) {
@@ -269,13 +262,9 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
 /// the checksums that cover them: the IPv4 header's incrementally, and the L4 one
 /// incrementally where it lies within `pkt` (a quote may end before it). `partial`: the TCP
 /// checksum holds only the pseudo-header sum (an offloaded super-packet), rebuilt for the
-/// new address. ICMP echo is rewritten only on the side that carries its identifier.
-fn rewrite(pkt: &mut [u8], side: Side, to: End, partial: bool) {
-    let Some(p) = parse(pkt) else {
-        // Nothing at L4 to read: only the address changes.
-        set_addr(pkt, side, to.0);
-        return;
-    };
+/// new address. ICMP echo is rewritten only on the side that carries its identifier. `p`
+/// is what [`parse`] read of `pkt`.
+fn rewrite(pkt: &mut [u8], p: &Parsed, side: Side, to: End, partial: bool) {
     let from = if side == Side::Src { p.src } else { p.dst };
     set_addr(pkt, side, to.0);
     let hl = ipv4::Packet::new_unchecked(&*pkt).header_len();
@@ -432,7 +421,7 @@ impl Nat {
             }
         };
         drop(t);
-        rewrite(pkt, Side::Src, (node, port), partial);
+        rewrite(pkt, &p, Side::Src, (node, port), partial);
         Ok(Out::Masqueraded)
     }
 
@@ -461,7 +450,7 @@ impl Nat {
         };
         let Some(o) = outside else { return Ok(Out::Untouched) };
         set_addr(pkt, Side::Src, node);
-        rewrite(&mut pkt[at..], Side::Dst, o.node, false);
+        rewrite(&mut pkt[at..], &q, Side::Dst, o.node, false);
         refill_icmp_checksum(pkt);
         Ok(Out::Masqueraded)
     }
@@ -502,7 +491,7 @@ impl Nat {
             }
             inside.pod
         };
-        rewrite(pkt, Side::Dst, pod, partial);
+        rewrite(pkt, &p, Side::Dst, pod, partial);
         Some(Ok(()))
     }
 
@@ -516,7 +505,7 @@ impl Nat {
         let key = Outside { proto: q.proto, node: q.src, remote: q.dst };
         let pod = self.lock().back.get(&key)?.pod;
         set_addr(pkt, Side::Dst, pod.0);
-        rewrite(&mut pkt[at..], Side::Src, pod, false);
+        rewrite(&mut pkt[at..], &q, Side::Src, pod, false);
         refill_icmp_checksum(pkt);
         Some(Ok(()))
     }
