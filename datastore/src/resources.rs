@@ -591,7 +591,6 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
         }
         Resource::BgpPeer(p) => {
             let s = &p.spec;
-            note(s.password.is_some(), "spec.password (a Kubernetes secret: the session runs without TCP-MD5)");
             note(s.source_address.as_deref().is_some_and(|a| a != "UseNodeIP"), "spec.sourceAddress");
             note(
                 s.reachable_by.is_some()
@@ -768,6 +767,24 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             if let Some(g) = &p.spec.reachable_by {
                 g.parse::<IpAddr>()
                     .map_err(|_| ("spec.reachableBy".to_string(), format!("{g:?} is not an IP address")))?;
+            }
+            if let Some(pw) = &p.spec.password {
+                let r = &pw.secret_key_ref;
+                if !nodeapi::secrets::valid_name(&r.name) {
+                    return Err((
+                        "spec.password.secretKeyRef.name".into(),
+                        format!(
+                            "{:?}: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
+                            r.name
+                        ),
+                    ));
+                }
+                if !nodeapi::secrets::valid_key(&r.key) {
+                    return Err((
+                        "spec.password.secretKeyRef.key".into(),
+                        format!("{:?}: letters, digits, '-', '_' and '.'", r.key),
+                    ));
+                }
             }
             if p.spec.num_allowed_local_as_numbers.is_some_and(|n| n > 255) {
                 return Err(("spec.numAllowedLocalASNumbers".into(), "at most 255".into()));

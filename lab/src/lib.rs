@@ -469,6 +469,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         }
         let mut cfg = node_config(lab, topo, node, pods, opts, mode);
         cfg.etcd_endpoints = st.etcd.iter().map(|e| e.url.clone()).collect();
+        cfg.secrets_dir = st.etcd.is_some().then(|| secrets_dir(lab));
         configs.push(cfg);
         st.save(&lab.dir)?;
     }
@@ -603,6 +604,12 @@ fn wait_converged(topo: &Topology, st: &State) -> anyhow::Result<()> {
     }
 }
 
+/// Where the nodes of a lab on etcd read the secrets its BGP peers' passwords name: a
+/// private directory of the lab, laid out as a Kubernetes secret volume.
+pub fn secrets_dir(lab: &Lab) -> PathBuf {
+    lab.dir.join("secrets")
+}
+
 /// A one-member etcd in namespace `ns` with its data in `data_dir`, serving clients on
 /// `url` (`http://ADDR:2379`) and on the namespace's loopback: the lab's, and the tests'.
 pub fn etcd_command(ns: &str, data_dir: &Path, url: &str) -> Command {
@@ -651,11 +658,16 @@ fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> a
     });
     st.etcd = Some(state::EtcdHost { namespace: ns.clone(), url });
     st.save(&lab.dir)?;
-    let (resources, left_out) = resources::from_topology(topo);
-    for l in left_out {
+    let all = resources::from_topology(topo);
+    for l in all.left_out {
         eprintln!("note: the datastore cannot hold {l}");
     }
-    let yaml = datastore::resources::to_yaml(&resources);
+    // The BGP passwords, where every node reads them (one machine: one secret for all).
+    for (key, pw) in &all.secrets {
+        nodeapi::secrets::write(&secrets_dir(lab), resources::SECRET, key, pw)
+            .with_context(|| format!("writing the secret {}/{key}", resources::SECRET))?;
+    }
+    let yaml = datastore::resources::to_yaml(&all.resources);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut c = Command::new("ip")
@@ -767,6 +779,7 @@ fn node_config(
         metrics_address: opts.metrics.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9091))),
         log_level: None,
         etcd_endpoints: Vec::new(),
+        secrets_dir: None,
         ipv6: node.v6.map(|(address, block)| Ipv6Config {
             address,
             gateway: subnet.v6.map(|(_, g)| g),

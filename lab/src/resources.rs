@@ -12,11 +12,26 @@ fn community(c: u32) -> String {
     format!("{}:{}", c >> 16, c & 0xffff)
 }
 
-/// The resources, and what a topology holds that they cannot (TCP-MD5 passwords, which
-/// Calico keeps in Kubernetes secrets; prefix limits, which Calico does not have).
-pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
+/// The secret that holds the lab's BGP passwords, a key per `BGPPeer` (the name Calico's
+/// documentation uses).
+pub const SECRET: &str = "bgp-secrets";
+
+/// A topology as Calico's resources.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resources {
+    pub resources: Vec<Resource>,
+    /// What a topology holds that resources cannot (prefix limits, which Calico does not
+    /// have), for a note.
+    pub left_out: Vec<String>,
+    /// The TCP-MD5 passwords, which Calico keeps in a secret: (key of [`SECRET`], password).
+    pub secrets: Vec<(String, String)>,
+}
+
+/// The resources of topology `t`.
+pub fn from_topology(t: &Topology) -> Resources {
     let mut out = Vec::new();
     let mut left_out = Vec::new();
+    let mut secrets = Vec::new();
     let calico = |m: IpipMode| match m {
         IpipMode::Always => r::EncapMode::Always,
         IpipMode::CrossSubnet => r::EncapMode::CrossSubnet,
@@ -103,9 +118,10 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
         if let Some(n) = &p.node {
             name = format!("{n}-{name}");
         }
-        if p.password.is_some() {
-            left_out.push(format!("bgppeers/{name}: its TCP-MD5 password (Calico keeps it in a Kubernetes secret)"));
-        }
+        let password = p.password.as_ref().map(|pw| {
+            secrets.push((name.clone(), pw.clone()));
+            r::BgpPassword { secret_key_ref: r::SecretKeyRef { name: SECRET.into(), key: name.clone() } }
+        });
         if p.max_prefixes.is_some() {
             left_out.push(format!("bgppeers/{name}: max_prefixes (not a Calico field)"));
         }
@@ -116,6 +132,7 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
                 node: p.node.clone(),
                 peer_ip: Some(p.peer_ip.to_string()),
                 as_number: Some(p.as_number),
+                password,
                 ttl_security: p.ttl_security,
                 filters: (!p.filters.is_empty()).then(|| p.filters.clone()),
                 max_restart_time: p.max_restart_time.map(|s| format!("{s}s")),
@@ -159,7 +176,7 @@ pub fn from_topology(t: &Topology) -> (Vec<Resource>, Vec<String>) {
         };
         out.push(Resource::BgpFilter(r::typed(Kind::BgpFilter, &f.name, spec)));
     }
-    (out, left_out)
+    Resources { resources: out, left_out, secrets }
 }
 
 #[cfg(test)]
@@ -171,7 +188,7 @@ mod tests {
     fn the_seed_topologies_print_as_resources_that_read_back() {
         for (name, text) in [("seed", crate::topology::SEED), ("seed-rr", crate::topology::SEED_RR)] {
             let t = Topology::parse(Path::new(name), text).expect("topology");
-            let (rs, _) = from_topology(&t);
+            let rs = from_topology(&t).resources;
             let yaml = datastore::resources::to_yaml(&rs);
             let back = datastore::resources::parse(&yaml).unwrap_or_else(|e| panic!("{name}: {e}\n{yaml}"));
             assert_eq!(back, rs, "{name}");
@@ -183,20 +200,23 @@ mod tests {
         }
         // Dual stack: the IPv6 pool (never IPIP) and every node's IPv6 address.
         let dual = Topology::parse_with(Path::new("dual"), crate::topology::SEED, true).expect("dual");
-        let yaml = datastore::resources::to_yaml(&from_topology(&dual).0);
+        let yaml = datastore::resources::to_yaml(&from_topology(&dual).resources);
         assert!(yaml.contains("name: default-ipv6-ippool") && yaml.contains("cidr: fd00:10:244::/48"), "{yaml}");
         assert!(yaml.contains("blockSize: 122") && yaml.contains("ipv6Address: fd00:192:168:100::100/64"), "{yaml}");
         let back = datastore::resources::parse(&yaml).unwrap_or_else(|e| panic!("dual: {e}\n{yaml}"));
-        assert_eq!(back, from_topology(&dual).0);
+        assert_eq!(back, from_topology(&dual).resources);
         // A peer's timers and allowed local AS, and the mesh's restart time, as Calico's fields.
         let timed = crate::topology::SEED
             .replace("[cluster]\n", "[cluster]\nnode_mesh_max_restart_time = 90\n")
             .replacen("name = \"node-c\"\n", "name = \"node-c\"\nas_number = 64513\n", 1)
             + "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nmax_restart_time = 45\n\
                keepalive_time = 3\nnum_allowed_local_as_numbers = 1\nkeep_original_next_hop = true\n\
-               node = \"node-a\"\nreachable_by = \"192.168.100.1\"\n";
+               node = \"node-a\"\nreachable_by = \"192.168.100.1\"\npassword = \"s3cret\"\n";
         let t = Topology::parse(Path::new("timed"), &timed).expect("timed");
-        let rs = from_topology(&t).0;
+        let all = from_topology(&t);
+        // The password goes in the secret, and the resource names it (never holds it).
+        assert_eq!(all.secrets, vec![("node-a-peer-192-168-100-1".to_string(), "s3cret".to_string())]);
+        let rs = all.resources;
         let yaml = datastore::resources::to_yaml(&rs);
         for field in [
             "nodeMeshMaxRestartTime: 90s",
@@ -206,13 +226,16 @@ mod tests {
             "asNumber: 64513",
             "keepOriginalNextHop: true",
             "reachableBy: 192.168.100.1",
+            "name: bgp-secrets",
+            "key: node-a-peer-192-168-100-1",
         ] {
             assert!(yaml.contains(field), "{field}:\n{yaml}");
         }
+        assert!(!yaml.contains("s3cret"), "{yaml}");
         assert_eq!(datastore::resources::parse(&yaml).expect("reads back"), rs);
         assert!(rs.iter().all(|r| datastore::resources::not_followed(r).is_empty()));
         let rr = Topology::parse(Path::new("rr"), crate::topology::SEED_RR).expect("rr");
-        let yaml = datastore::resources::to_yaml(&from_topology(&rr).0);
+        let yaml = datastore::resources::to_yaml(&from_topology(&rr).resources);
         assert!(yaml.contains("nodeToNodeMeshEnabled: false") && yaml.contains("routeReflectorClusterID"), "{yaml}");
         assert!(
             yaml.contains("peerSelector: route-reflector == 'true'") && yaml.contains("route-reflector: 'true'"),

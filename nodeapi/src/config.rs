@@ -285,6 +285,9 @@ pub struct NodeConfig {
     /// comes from Calico's resources there and follows them live; `bgp` and `pools` here are
     /// what the node starts with until etcd answers.
     pub etcd_endpoints: Vec<String>,
+    /// With a datastore: where the secrets that `BGPPeer` passwords name are, one directory
+    /// per secret and a file per key (`nodeapi::secrets`, Kubernetes' secret volume layout).
+    pub secrets_dir: Option<std::path::PathBuf>,
     /// The node's IPv6 side; absent: IPv4 only, and IPv6 is left to the kernel.
     pub ipv6: Option<Ipv6Config>,
 }
@@ -432,6 +435,8 @@ pub struct RawConfig {
     pub bgp: Option<RawBgp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub etcd_endpoints: Vec<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_dir: Option<Spanned<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<RawIpv6>,
 }
@@ -1063,8 +1068,16 @@ impl NodeConfig {
                 }
             })
             .collect::<Result<Vec<_>, FileError>>()?;
+        let secrets_dir = match &raw.secrets_dir {
+            Some(d) if !d.get_ref().starts_with('/') => {
+                return Err(src.error_at(d.span(), format!("secrets_dir {:?} must be an absolute path", d.get_ref())))
+            }
+            Some(d) => Some(std::path::PathBuf::from(d.get_ref())),
+            None => None,
+        };
         Ok(NodeConfig {
             log_level,
+            secrets_dir,
             metrics_address,
             bgp,
             etcd_endpoints,
@@ -1105,6 +1118,7 @@ impl NodeConfig {
             metrics_address: self.metrics_address.map(|a| s(a.to_string())),
             log_level: self.log_level.clone().map(s),
             etcd_endpoints: self.etcd_endpoints.iter().cloned().map(s).collect(),
+            secrets_dir: self.secrets_dir.as_ref().map(|d| s(d.display().to_string())),
             ipip_ttl: Spanned::new(0..0, self.ipip_ttl),
             ipip_peers: self.ipip_peers.iter().map(|a| s(a.to_string())).collect(),
             ipip_allowed_sources: self.ipip_allowed_sources.iter().map(|a| s(a.to_string())).collect(),

@@ -9,3 +9,4 @@ pub mod fileerr;
 pub mod ipcmd;
 pub mod out;
 pub mod private;
+pub mod secrets;

@@ -97,9 +97,26 @@ fn pick<'a, T: ?Sized>(
     mine.and_then(&field).or_else(|| default.and_then(&field))
 }
 
+/// Reads a secret's key (`nodeapi::secrets::read_password` on the node's `secrets_dir`):
+/// the value, or why there is none.
+pub type Secrets<'a> = &'a dyn Fn(&str, &str) -> Result<String, String>;
+
 /// The view of node `me` (whose underlay address is `my_addr`, and `my_addr6` on a
-/// dual-stack node).
+/// dual-stack node), for a node without secrets: a peer with a password is left out.
 pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Option<Ipv6Addr>) -> View {
+    view_with(resources, me, my_addr, my_addr6, &|_, _| Err("the node has no secrets_dir".into()))
+}
+
+/// [`view`], with `secrets` to read the passwords of `BGPPeer`s. A peer whose password cannot
+/// be read is left out (and noted): a session without the TCP-MD5 the resource asks for would
+/// either not come up or run unauthenticated.
+pub fn view_with(
+    resources: &[Resource],
+    me: &str,
+    my_addr: Ipv4Addr,
+    my_addr6: Option<Ipv6Addr>,
+    secrets: Secrets<'_>,
+) -> View {
     let mut notes = Vec::new();
     let config_of = |name: &str| {
         resources.iter().find_map(|x| match x {
@@ -227,6 +244,23 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                 None
             }
         });
+        // Read only where this node has a session by the peer, and once.
+        let mut read: Option<Result<Option<String>, ()>> = None;
+        let mut password = |notes: &mut Vec<String>| {
+            read.get_or_insert_with(|| match &p.spec.password {
+                None => Ok(None),
+                Some(pw) => {
+                    let r = &pw.secret_key_ref;
+                    secrets(&r.name, &r.key).map(Some).map_err(|e| {
+                        notes.push(format!(
+                            "{name}: password (secret {:?}, key {:?}): {e}: its sessions wait until it can be read",
+                            r.name, r.key
+                        ))
+                    })
+                }
+            })
+            .clone()
+        };
         let selector = |s: &str, notes: &mut Vec<String>| {
             let sel = Selector::parse(s);
             if let Err(e) = &sel {
@@ -254,12 +288,14 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
                 if !pair || peers.iter().any(|q| q.address == IpAddr::V4(*addr)) {
                     continue;
                 }
+                let Ok(password) = password(&mut notes) else { continue };
                 let kind = match (my_rr, *rr) {
                     (Some(mine), theirs) if theirs != Some(mine) => PeerKind::RouteReflectorClient,
                     (None, Some(_)) => PeerKind::RouteReflector,
                     _ => PeerKind::NodeSpecific,
                 };
                 peers.push(BgpPeer {
+                    password,
                     ttl_security: p.spec.ttl_security,
                     filters: p.spec.filters.clone().unwrap_or_default(),
                     restart_time,
@@ -286,19 +322,14 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
             ));
             continue;
         }
-        if p.spec.password.is_some() {
-            notes.push(format!(
-                "bgppeers/{}: its password is a Kubernetes secret, which a node with etcd cannot read: the session runs without TCP-MD5",
-                p.metadata.name
-            ));
-        }
+        let Ok(password) = password(&mut notes) else { continue };
         peers.push(BgpPeer {
             address,
             as_number: p.spec.as_number.unwrap_or(cluster_as),
             port,
             kind: PeerKind::Global,
             passive: false,
-            password: None,
+            password,
             ttl_security: p.spec.ttl_security,
             filters: p.spec.filters.clone().unwrap_or_default(),
             max_prefixes: None,
@@ -393,11 +424,53 @@ mod tests {
 
     fn seed(extra: &str) -> Vec<Resource> {
         let t = lab::topology::Topology::parse(std::path::Path::new("seed"), lab::topology::SEED).expect("seed");
-        let mut rs = lab::resources::from_topology(&t).0;
+        let mut rs = lab::resources::from_topology(&t).resources;
         if !extra.is_empty() {
             rs.extend(datastore::resources::parse(extra).expect("extra"));
         }
         rs
+    }
+
+    #[test]
+    fn a_peer_s_password_comes_from_its_secret_and_without_one_the_peer_waits() {
+        let a: Ipv4Addr = "192.168.100.100".parse().expect("ip");
+        let peers = "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 192.168.100.1\n  asNumber: 65001\n  password:\n    secretKeyRef:\n      name: bgp-secrets\n      key: tor\n\
+                     ---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: far\nspec:\n  node: node-c\n  peerIP: 192.168.200.1\n  asNumber: 65002\n  password:\n    secretKeyRef:\n      name: other\n      key: far\n";
+        let rs = seed(peers);
+        let secrets = |n: &str, k: &str| match (n, k) {
+            ("bgp-secrets", "tor") => Ok("s3cret".to_string()),
+            _ => Err(format!("{n}/{k} does not exist")),
+        };
+        let v = view_with(&rs, "node-a", a, None, &secrets);
+        let tor = v.peers.iter().find(|p| p.kind == PeerKind::Global).expect("the peer with its password");
+        assert_eq!(tor.password.as_deref(), Some("s3cret"));
+        assert!(v.peers.iter().filter(|p| p.kind == PeerKind::Mesh).all(|p| p.password.is_none()));
+        // Only the node that has the peer reads its secret (node-a has no session with "far").
+        assert!(v.notes.is_empty(), "{:?}", v.notes);
+        // A secret that cannot be read: no session at all, rather than one without the key.
+        let c = view_with(&rs, "node-c", "192.168.200.101".parse().expect("ip"), None, &secrets);
+        let far: IpAddr = "192.168.200.1".parse().expect("ip");
+        assert!(c.peers.iter().all(|p| p.address != far), "{:?}", c.peers);
+        assert!(c.peers.iter().any(|p| p.password.as_deref() == Some("s3cret")), "tor is every node's");
+        assert!(
+            c.notes.iter().any(|n| n.contains("bgppeers/far") && n.contains("other/far does not exist")),
+            "{:?}",
+            c.notes
+        );
+        let none = view(&rs, "node-a", a, None);
+        assert!(none.peers.iter().all(|p| p.kind == PeerKind::Mesh));
+        assert!(none.notes.iter().any(|n| n.contains("no secrets_dir")), "{:?}", none.notes);
+        // With peerSelector, both ends of each session it makes use the password.
+        let sel = "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack\nspec:\n  nodeSelector: all()\n  peerSelector: all()\n  password:\n    secretKeyRef:\n      name: bgp-secrets\n      key: tor\n\
+                   ---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n";
+        let mut rs = seed("");
+        rs.retain(|x| x.kind() != r::Kind::BgpConfiguration);
+        rs.extend(datastore::resources::parse(sel).expect("sel"));
+        for (me, addr) in [("node-a", a), ("node-c", "192.168.200.101".parse().expect("ip"))] {
+            let v = view_with(&rs, me, addr, None, &secrets);
+            assert_eq!(v.peers.len(), 2, "{me}: {:?}", v.peers);
+            assert!(v.peers.iter().all(|p| p.password.as_deref() == Some("s3cret")), "{me}: {:?}", v.peers);
+        }
     }
 
     #[test]
@@ -433,7 +506,7 @@ mod tests {
         // The reflector topology as resources (with Calico's peerSelector for the
         // reflectors): one session per client, two at the reflector.
         let t = lab::topology::Topology::parse(std::path::Path::new("rr"), lab::topology::SEED_RR).expect("rr");
-        let rs = lab::resources::from_topology(&t).0;
+        let rs = lab::resources::from_topology(&t).resources;
         let b = view(&rs, "node-b", "192.168.100.101".parse().expect("ip"), None);
         assert_eq!(b.peers.iter().map(|p| p.kind).collect::<Vec<_>>(), [PeerKind::RouteReflector]);
         let a = view(&rs, "node-a", a, None);
@@ -444,7 +517,7 @@ mod tests {
     fn a_dual_stack_cluster_gives_ipv6_pools_node_addresses_and_filter_rules() {
         let t =
             lab::topology::Topology::parse_with(std::path::Path::new("seed"), lab::topology::SEED, true).expect("dual");
-        let mut rs = lab::resources::from_topology(&t).0;
+        let mut rs = lab::resources::from_topology(&t).resources;
         let extra = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: off\nspec:\n  cidr: fd00:99::/48\n  disabled: true\n\
 ---\napiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: f\nspec:\n  exportV6:\n  - action: Reject\n  importV4:\n  - action: Accept\n    matchOperator: In\n    cidr: 10.0.0.0/8\n  importV6:\n  - action: Reject\n    matchOperator: Equal\n    cidr: fd00:98::/48\n";
         rs.extend(datastore::resources::parse(extra).expect("extra"));

@@ -63,6 +63,10 @@ enum Cmd {
         /// etcd's client URLs, comma-separated.
         #[arg(long = "etcd-endpoints", env = "ROUTER_ETCD_ENDPOINTS", value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        /// Where the secrets named by BGPPeer passwords are: DIR/<secret name>/<key> holds
+        /// the password (a Kubernetes secret volume's layout; the config's `secrets_dir`).
+        #[arg(long = "secrets-dir", env = "ROUTER_SECRETS_DIR")]
+        secrets_dir: Option<PathBuf>,
     },
     /// Show a node's BGP peers, like `calicoctl node status`.
     Status(Query),
@@ -528,7 +532,7 @@ installed {} as {}",
             Ok(0)
         }
         Cmd::Trace { src, dst, proto, ipv6, json, sel } => trace(&sel.lab()?, &src, &dst, proto, ipv6, json),
-        Cmd::Node { config, datastore, etcd_endpoints } => {
+        Cmd::Node { config, datastore, etcd_endpoints, secrets_dir } => {
             let endpoints = match datastore {
                 Some(DatastoreArg::Etcd) => Some(etcd_endpoints),
                 Some(DatastoreArg::None) => Some(Vec::new()),
@@ -538,7 +542,7 @@ installed {} as {}",
             if endpoints.as_ref().is_some_and(|e| e.is_empty()) && datastore == Some(DatastoreArg::Etcd) {
                 bail!("--datastore etcd needs --etcd-endpoints http://HOST:2379 (or ROUTER_ETCD_ENDPOINTS)");
             }
-            router::node::run_with(&config, endpoints).map(|_| 0)
+            router::node::run_with(&config, endpoints, secrets_dir).map(|_| 0)
         }
         Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
         Cmd::Status(q) => {
@@ -975,10 +979,16 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                     dual_stack,
                 )?,
             };
-            let (rs, left_out) = lab::resources::from_topology(&topo);
-            nodeapi::out!("{}", datastore::resources::to_yaml(&rs));
-            for l in left_out {
+            let all = lab::resources::from_topology(&topo);
+            nodeapi::out!("{}", datastore::resources::to_yaml(&all.resources));
+            for l in all.left_out {
                 eprintln!("note: not printed: {l}");
+            }
+            for (key, _) in all.secrets {
+                eprintln!(
+                    "note: the password of bgppeers/{key} is not printed: on each node, write it to <secrets dir>/{}/{key} (router node --secrets-dir)",
+                    lab::resources::SECRET
+                );
             }
             Ok(0)
         }

@@ -309,6 +309,43 @@ fn md5_matching_passwords_establish_and_a_wrong_one_does_not() {
     assert!(info.contains("MD5") || info.contains("no answer"), "status should say why: {state}: {info}");
 }
 
+/// A lab on etcd keeps a peer's TCP-MD5 password as Calico does, in a secret that the
+/// BGPPeer names: node-a reads it from its secrets directory, follows it when the file
+/// changes, and rather than run the session without its key, runs none while it is missing.
+#[test]
+fn md5_passwords_on_etcd_come_from_secrets_and_follow_them() {
+    let lab = TestLab::named();
+    let topo = bird_peer_topology(&lab, Some("s3cret"));
+    let lab = up_with_args(lab, &topo, &["--datastore", "etcd"]);
+    let peer = text(&lab.router(&["get", "bgppeer", "node-a-peer-192-168-100-1", "-o", "yaml"]).stdout);
+    assert!(peer.contains("name: bgp-secrets") && !peer.contains("s3cret"), "{peer}");
+    let secret = lab.dir.join(&lab.name).join("secrets/bgp-secrets/node-a-peer-192-168-100-1");
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::read_to_string(&secret).expect("the secret"), "s3cret");
+        assert_eq!(std::fs::metadata(&secret).expect("stat").mode() & 0o777, 0o600);
+    }
+    let _sock = start_bird(&lab, &bird_ebgp(Some("s3cret")));
+    wait_for(20, "the MD5-signed session, its key from the secret", || {
+        peer_state(&lab, "node-a", "192.168.100.1").0 == "up"
+    });
+    // Another password in the secret: the session starts over with it, and BIRD's key no
+    // longer matches.
+    std::fs::write(&secret, "changed\n").expect("write");
+    wait_for(20, "the session to go with the changed key", || peer_state(&lab, "node-a", "192.168.100.1").0 != "up");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_ne!(peer_state(&lab, "node-a", "192.168.100.1").0, "up", "must not establish with a wrong key");
+    // The secret gone: no session at all, and the log says why.
+    std::fs::remove_file(&secret).expect("rm");
+    wait_for(30, "the peer to be left out", || peers(&lab, "node-a").iter().all(|p| p["peer"] != "192.168.100.1"));
+    assert!(lab.node_log("node-a").contains("its sessions wait until it can be read"));
+    // Back as BIRD has it (with echo's newline): up again; the other sessions never moved.
+    std::fs::write(&secret, "s3cret\n").expect("write");
+    wait_for(30, "the session back with the right key", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    assert!(peers(&lab, "node-a").iter().filter(|p| p["peer"] != "192.168.100.1").all(|p| p["state"] == "up"));
+    all_pods_reach_each_other(&lab);
+}
+
 /// A GoBGP daemon in the underlay namespace, stopped (with the lab) when the test ends.
 struct Gobgpd(Child);
 

@@ -82,6 +82,10 @@ struct Node {
     removals: Vec<watch::Removal>,
     /// The log level the datastore last set (BGPConfiguration logSeverityScreen).
     log_level: &'static str,
+    /// The datastore's resources as last listed, and when the secrets they name were last
+    /// read: a password changed in its file changes the session without an etcd event.
+    resources: Vec<datastore::resources::Resource>,
+    secrets_read: Instant,
     /// The pools' `natOutgoing` the node follows now.
     nat: forwarding::nat::NatPolicy,
 }
@@ -458,14 +462,23 @@ const LINKS: Token = Token(2);
 const SIGNALS: Token = Token(3);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    run_with(config_path, None)
+    run_with(config_path, None, None)
 }
 
-/// [`run`], with the config's etcd endpoints replaced (`Some(vec![])`: no datastore).
-pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyhow::Result<()> {
+/// [`run`], with the config's etcd endpoints replaced (`Some(vec![])`: no datastore), and
+/// its secrets directory.
+pub fn run_with(
+    config_path: &Path,
+    etcd_endpoints: Option<Vec<String>>,
+    secrets_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::load(config_path)?;
     if let Some(e) = etcd_endpoints {
         cfg.etcd_endpoints = e;
+    }
+    if let Some(d) = secrets_dir {
+        anyhow::ensure!(d.is_absolute(), "--secrets-dir {} must be an absolute path", d.display());
+        cfg.secrets_dir = Some(d);
     }
     // Pods a previous run was given (containers that may still run) join the configured ones.
     let mut dynamic = HashSet::new();
@@ -561,6 +574,8 @@ pub fn run_with(config_path: &Path, etcd_endpoints: Option<Vec<String>>) -> anyh
         dynamic,
         removals: Vec::new(),
         log_level: "info",
+        resources: Vec::new(),
+        secrets_read: Instant::now(),
         nat: Default::default(),
     };
     node.follow_nat();
@@ -741,6 +756,7 @@ fn control_loop(
                 tracing::debug!(resources = rs.len(), "applying the datastore's view");
                 pending |= node.apply_view(&rs, &mut speaker, poll.registry());
             }
+            pending |= node.reread_secrets(&mut speaker, poll.registry());
             node.finish_removals(speaker.as_mut(), poll.registry());
         }
         if links_changed || links_checked.elapsed() >= link_check {

@@ -9,6 +9,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 /// How long to wait before trying etcd again after it did not answer.
 const RETRY: Duration = Duration::from_millis(500);
+/// How often the secrets that BGP peers' passwords name are read again.
+const SECRETS_REREAD: Duration = Duration::from_secs(5);
 /// The longest a peer that was removed from the cluster keeps its session while the new
 /// sessions come up.
 const REMOVAL_GRACE: Duration = Duration::from_secs(10);
@@ -188,7 +190,11 @@ impl Node {
     ) -> bool {
         let me = self.cfg.uplink.address.addr();
         let me6 = self.cfg.ipv6.as_ref().map(|v| v.address.addr());
-        let view = crate::cluster::view(resources, &self.cfg.name, me, me6);
+        let view = crate::cluster::view_with(resources, &self.cfg.name, me, me6, &|n, k| self.read_secret(n, k));
+        if resources != self.resources.as_slice() {
+            self.resources = resources.to_vec();
+        }
+        self.secrets_read = Instant::now();
         for n in &view.notes {
             tracing::warn!(note = %n, "datastore");
         }
@@ -285,6 +291,41 @@ impl Node {
             }
         }
         routes_changed
+    }
+
+    fn read_secret(&self, name: &str, key: &str) -> Result<String, String> {
+        match &self.cfg.secrets_dir {
+            Some(d) => nodeapi::secrets::read_password(d, name, key),
+            None => {
+                Err("the node has no secrets directory (router node --secrets-dir DIR, or secrets_dir in its config)"
+                    .into())
+            }
+        }
+    }
+
+    /// Reads the secrets that the BGP peers' passwords name again (every few seconds, as the
+    /// kubelet refreshes a secret volume) and applies the resources again if one changed,
+    /// appeared or went: the sessions concerned start over with the new key, the others stay.
+    /// Whether the FIB must be rebuilt.
+    pub(super) fn reread_secrets(&mut self, speaker: &mut Option<Speaker>, registry: &mio::Registry) -> bool {
+        use datastore::resources::Resource;
+        if self.secrets_read.elapsed() < SECRETS_REREAD {
+            return false;
+        }
+        self.secrets_read = Instant::now();
+        if !self.resources.iter().any(|r| matches!(r, Resource::BgpPeer(p) if p.spec.password.is_some())) {
+            return false;
+        }
+        let me = self.cfg.uplink.address.addr();
+        let me6 = self.cfg.ipv6.as_ref().map(|v| v.address.addr());
+        let view = crate::cluster::view_with(&self.resources, &self.cfg.name, me, me6, &|n, k| self.read_secret(n, k));
+        let now = view.bgp(self.cfg.bgp.as_ref(), me);
+        if self.cfg.bgp.as_ref().is_some_and(|b| b.peers == now.peers) {
+            return false;
+        }
+        tracing::info!("a BGP peer's password in the secrets directory changed: applying the datastore again");
+        let resources = self.resources.clone();
+        self.apply_view(&resources, speaker, registry)
     }
 
     /// Removes the peers that went once every other session is up and has sent its table,
