@@ -125,6 +125,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         b[field::HOP_LIMIT] = b[field::HOP_LIMIT].saturating_sub(1);
     }
 
+    /// Sets the source address (IPv6 has no header checksum; the upper layer's covers the
+    /// address through its pseudo-header, and is the caller's to update).
+    pub fn set_src(&mut self, a: Ipv6Addr) {
+        self.buffer.as_mut()[field::SRC].copy_from_slice(&a.octets());
+    }
+
+    /// Sets the destination address; see [`Packet::set_src`].
+    pub fn set_dst(&mut self, a: Ipv6Addr) {
+        self.buffer.as_mut()[field::DST].copy_from_slice(&a.octets());
+    }
+
     pub fn set_payload_len(&mut self, len: u16) {
         self.buffer.as_mut()[field::PAYLOAD_LEN].copy_from_slice(&len.to_be_bytes());
     }

@@ -72,6 +72,8 @@ fn tunnels() -> Tunnels {
         nat: crate::nat::NatPolicy {
             masquerade: vec!["10.244.0.0/16".parse().expect("a literal prefix")],
             pools: vec!["10.244.0.0/16".parse().expect("a literal prefix")],
+            masquerade6: vec!["fd00:10:244::/48".parse().expect("a literal prefix")],
+            pools6: vec!["fd00:10:244::/48".parse().expect("a literal prefix")],
         },
     }
 }

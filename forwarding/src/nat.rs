@@ -10,6 +10,10 @@
 //! What cannot be translated is dropped and counted: fragments (no ports to read), other
 //! protocols, a full table.
 //!
+//! IPv6 pools masquerade alike, behind the node's IPv6 address (ICMPv6 echo and errors, whose
+//! checksum also covers the addresses); a packet with IPv6 extension headers other than a
+//! fragment header is not translated (`nat_unsupported`).
+//!
 //! The table is shared by the workers: a pod's packets and their answers may reach different
 //! workers (`PACKET_FANOUT` spreads by flow, and a translated flow is two flows to the
 //! kernel). One mutex guards it, taken only by packets that are masqueraded or could be
@@ -18,10 +22,11 @@
 //! touches it.
 
 use crate::counters::DropReason;
-use encap::{icmp, ipv4, tcp};
-use ipnet::Ipv4Net;
+use encap::{icmp, icmpv6, ipv4, ipv6, tcp};
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::hash::Hash;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -51,6 +56,9 @@ pub struct NatPolicy {
     pub masquerade: Vec<Ipv4Net>,
     /// Every pool of the cluster: traffic to these keeps its pod source.
     pub pools: Vec<Ipv4Net>,
+    /// The same for the IPv6 pools.
+    pub masquerade6: Vec<Ipv6Net>,
+    pub pools6: Vec<Ipv6Net>,
 }
 
 impl NatPolicy {
@@ -61,6 +69,179 @@ impl NatPolicy {
             && self.masquerade.iter().any(|n| n.contains(&src))
             && !self.pools.iter().any(|n| n.contains(&dst))
     }
+
+    /// [`NatPolicy::applies`] for IPv6.
+    #[inline]
+    pub fn applies6(&self, src: Ipv6Addr, dst: Ipv6Addr) -> bool {
+        !self.masquerade6.is_empty()
+            && self.masquerade6.iter().any(|n| n.contains(&src))
+            && !self.pools6.iter().any(|n| n.contains(&dst))
+    }
+
+    /// Whether any pool of either family masquerades.
+    pub fn any(&self) -> bool {
+        !self.masquerade.is_empty() || !self.masquerade6.is_empty()
+    }
+}
+
+/// Where a packet is in its fragments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frag {
+    Whole,
+    First,
+    Later,
+}
+
+/// What a translation reads of a packet's IP header.
+#[derive(Debug, Clone, Copy)]
+pub struct Header<A> {
+    /// The upper-layer protocol (IPv6: after a fragment header, else the next header).
+    protocol: u8,
+    /// Where the upper-layer header starts.
+    l4: usize,
+    src: A,
+    dst: A,
+    frag: Frag,
+}
+
+/// An address family the masquerade translates: how its packets are read and rewritten.
+pub trait Family: Copy + Eq + Hash + std::fmt::Debug + Send + 'static {
+    /// The family's ICMP protocol number and its echo types.
+    const ICMP: u8;
+    const ECHO_REQUEST: u8;
+    const ECHO_REPLY: u8;
+    /// Whether the ICMP checksum covers the addresses (ICMPv6's pseudo-header).
+    const ICMP_PSEUDO: bool;
+    #[doc(hidden)]
+    fn bytes(self) -> Vec<u8>;
+    #[doc(hidden)]
+    fn is_error_type(t: u8) -> bool;
+    /// The header of `pkt`, a packet or an ICMP error's quote: `None` when it is not one of
+    /// this family or too short to say.
+    #[doc(hidden)]
+    fn header(pkt: &[u8]) -> Option<Header<Self>>;
+    #[doc(hidden)]
+    fn set_addr(pkt: &mut [u8], side: Side, a: Self);
+    /// Rebuilds the partial TCP checksum of an offloaded super-packet's segment `l4`.
+    #[doc(hidden)]
+    fn fill_partial_tcp(l4: &mut [u8], src: Self, dst: Self);
+    /// Rebuilds the checksum of the ICMP message of `pkt` (its header as `h` says).
+    #[doc(hidden)]
+    fn refill_icmp_checksum(pkt: &mut [u8], h: &Header<Self>);
+    #[doc(hidden)]
+    fn table(nat: &Nat) -> &Mutex<Table<Self>>;
+}
+
+impl Family for Ipv4Addr {
+    const ICMP: u8 = 1;
+    const ECHO_REQUEST: u8 = icmp::types::ECHO_REQUEST;
+    const ECHO_REPLY: u8 = icmp::types::ECHO_REPLY;
+    const ICMP_PSEUDO: bool = false;
+
+    fn bytes(self) -> Vec<u8> {
+        self.octets().to_vec()
+    }
+
+    fn is_error_type(t: u8) -> bool {
+        icmp::is_error_type(t)
+    }
+
+    fn header(pkt: &[u8]) -> Option<Header<Self>> {
+        let ip = ipv4::Packet::new_unchecked(pkt);
+        if pkt.len() < ipv4::HEADER_LEN || ip.version() != 4 || pkt.len() < ip.header_len() {
+            return None;
+        }
+        let frag = match (ip.is_fragment(), ip.frag_offset()) {
+            (false, _) => Frag::Whole,
+            (true, 0) => Frag::First,
+            (true, _) => Frag::Later,
+        };
+        let protocol = u8::from(ip.protocol());
+        Some(Header { protocol, l4: ip.header_len(), src: ip.src(), dst: ip.dst(), frag })
+    }
+
+    fn set_addr(pkt: &mut [u8], side: Side, a: Self) {
+        let mut ip = ipv4::Packet::new_unchecked(pkt);
+        match side {
+            Side::Src => ip.set_src_update_checksum(a),
+            Side::Dst => ip.set_dst_update_checksum(a),
+        }
+    }
+
+    fn fill_partial_tcp(l4: &mut [u8], src: Self, dst: Self) {
+        tcp::Packet::new_unchecked(l4).fill_partial_checksum(src, dst);
+    }
+
+    fn refill_icmp_checksum(pkt: &mut [u8], h: &Header<Self>) {
+        let msg = &mut pkt[h.l4..];
+        put16(msg, 2, 0);
+        let c = encap::checksum::checksum(msg);
+        put16(msg, 2, c);
+    }
+
+    fn table(nat: &Nat) -> &Mutex<Table<Self>> {
+        &nat.v4
+    }
+}
+
+/// IPv6's fragment header (RFC 8200 §4.5), the one extension header a translation reads past.
+const NEXT_FRAGMENT: u8 = 44;
+
+impl Family for Ipv6Addr {
+    const ICMP: u8 = ipv6::NEXT_ICMPV6;
+    const ECHO_REQUEST: u8 = icmpv6::types::ECHO_REQUEST;
+    const ECHO_REPLY: u8 = icmpv6::types::ECHO_REPLY;
+    const ICMP_PSEUDO: bool = true;
+
+    fn bytes(self) -> Vec<u8> {
+        self.octets().to_vec()
+    }
+
+    fn is_error_type(t: u8) -> bool {
+        icmpv6::is_error_type(t)
+    }
+
+    fn header(pkt: &[u8]) -> Option<Header<Self>> {
+        if pkt.len() < ipv6::HEADER_LEN || pkt[0] >> 4 != 6 {
+            return None;
+        }
+        let ip = ipv6::Packet::new_unchecked(pkt);
+        let (src, dst) = (ip.src(), ip.dst());
+        let next = ip.next_header();
+        if next != NEXT_FRAGMENT {
+            return Some(Header { protocol: next, l4: ipv6::HEADER_LEN, src, dst, frag: Frag::Whole });
+        }
+        let f = pkt.get(ipv6::HEADER_LEN..ipv6::HEADER_LEN + 8)?;
+        let frag = if u16::from_be_bytes([f[2], f[3]]) & 0xfff8 == 0 { Frag::First } else { Frag::Later };
+        Some(Header { protocol: f[0], l4: ipv6::HEADER_LEN + 8, src, dst, frag })
+    }
+
+    fn set_addr(pkt: &mut [u8], side: Side, a: Self) {
+        let mut ip = ipv6::Packet::new_unchecked(pkt);
+        match side {
+            Side::Src => ip.set_src(a),
+            Side::Dst => ip.set_dst(a),
+        }
+    }
+
+    fn fill_partial_tcp(l4: &mut [u8], src: Self, dst: Self) {
+        // As Linux leaves it: the pseudo-header over the whole super-packet's length, folded
+        // and not complemented.
+        let sum = ipv6::pseudo_header_sum(src, dst, ipv6::NEXT_TCP, l4.len());
+        put16(l4, tcp::CHECKSUM_OFFSET, !encap::checksum::finish(sum));
+    }
+
+    fn refill_icmp_checksum(pkt: &mut [u8], h: &Header<Self>) {
+        let (src, dst) = {
+            let ip = ipv6::Packet::new_unchecked(&*pkt);
+            (ip.src(), ip.dst())
+        };
+        icmpv6::fill_checksum(&mut pkt[h.l4..], src, dst);
+    }
+
+    fn table(nat: &Nat) -> &Mutex<Table<Self>> {
+        &nat.v6
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,34 +251,23 @@ enum Proto {
     Icmp,
 }
 
-impl Proto {
-    fn of(p: ipv4::Protocol) -> Option<Proto> {
-        match p {
-            ipv4::Protocol::Tcp => Some(Proto::Tcp),
-            ipv4::Protocol::Udp => Some(Proto::Udp),
-            ipv4::Protocol::Icmp => Some(Proto::Icmp),
-            _ => None,
-        }
-    }
-}
-
 /// One end of a flow: an address and a port (ICMP echo: the identifier, and 0 for the remote).
-type End = (Ipv4Addr, u16);
+type End<A> = (A, u16);
 
 /// A flow as the pod sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Inside {
+struct Inside<A> {
     proto: Proto,
-    pod: End,
-    remote: End,
+    pod: End<A>,
+    remote: End<A>,
 }
 
 /// A flow as the outside sees it: to the node's address at one of its ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Outside {
+struct Outside<A> {
     proto: Proto,
-    node: End,
-    remote: End,
+    node: End<A>,
+    remote: End<A>,
 }
 
 const ANSWERED: u8 = 1;
@@ -106,16 +276,16 @@ const FIN_IN: u8 = 4;
 const RESET: u8 = 8;
 
 #[derive(Debug, Clone, Copy)]
-struct Flow {
+struct Flow<A> {
     /// `None`: a flow the outside opened toward the pod (a BGP peer may route to pods), whose
     /// answers leave untranslated, as conntrack leaves them.
-    outside: Option<Outside>,
+    outside: Option<Outside<A>>,
     /// Seconds since the table's epoch at the last packet.
     seen: u32,
     state: u8,
 }
 
-impl Flow {
+impl<A> Flow<A> {
     fn idle_limit(&self, proto: Proto) -> u32 {
         match proto {
             Proto::Tcp if self.state & RESET != 0 => TCP_RESET,
@@ -134,16 +304,23 @@ impl Flow {
 /// one bucket without the keys.
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
-#[derive(Debug, Default)]
-struct Table {
-    flows: Map<Inside, Flow>,
-    back: Map<Outside, Inside>,
-    per_pod: Map<Ipv4Addr, u32>,
+/// The flows of one address family.
+#[derive(Debug)]
+pub struct Table<A> {
+    flows: Map<Inside<A>, Flow<A>>,
+    back: Map<Outside<A>, Inside<A>>,
+    per_pod: Map<A, u32>,
 }
 
-impl Table {
+impl<A> Default for Table<A> {
+    fn default() -> Self {
+        Table { flows: Map::default(), back: Map::default(), per_pod: Map::default() }
+    }
+}
+
+impl<A: Family> Table<A> {
     /// Room for one more flow of `pod`: sweeps idle flows once when the table is full.
-    fn room_for(&mut self, pod: Ipv4Addr, now: u32) -> Result<(), DropReason> {
+    fn room_for(&mut self, pod: A, now: u32) -> Result<(), DropReason> {
         if self.flows.len() >= MAX_FLOWS {
             self.expire(now);
         }
@@ -153,7 +330,7 @@ impl Table {
         Ok(())
     }
 
-    fn insert(&mut self, key: Inside, flow: Flow) {
+    fn insert(&mut self, key: Inside<A>, flow: Flow<A>) {
         if let Some(o) = flow.outside {
             self.back.insert(o, key);
         }
@@ -177,7 +354,7 @@ impl Table {
 }
 
 /// One flow of `pod` fewer.
-fn forget_one(per_pod: &mut Map<Ipv4Addr, u32>, pod: Ipv4Addr) {
+fn forget_one<A: Family>(per_pod: &mut Map<A, u32>, pod: A) {
     if let Some(n) = per_pod.get_mut(&pod) {
         *n -= 1;
         if *n == 0 {
@@ -189,7 +366,8 @@ fn forget_one(per_pod: &mut Map<Ipv4Addr, u32>, pod: Ipv4Addr) {
 /// The masquerade table of one node. See the module documentation.
 #[derive(Debug)]
 pub struct Nat {
-    table: Mutex<Table>,
+    v4: Mutex<Table<Ipv4Addr>>,
+    v6: Mutex<Table<Ipv6Addr>>,
     epoch: Instant,
     /// Seconds since `epoch`, as of the last [`Nat::expire`]: a clock read per packet cost
     /// more than the rest of a translation, and flows idle for seconds at least.
@@ -200,56 +378,71 @@ pub struct Nat {
 
 impl Default for Nat {
     fn default() -> Self {
-        Nat { table: Mutex::default(), epoch: Instant::now(), now: AtomicU32::new(0), seed: Default::default() }
+        Nat {
+            v4: Mutex::default(),
+            v6: Mutex::default(),
+            epoch: Instant::now(),
+            now: AtomicU32::new(0),
+            seed: Default::default(),
+        }
     }
 }
 
 /// Which end of a packet a translation rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub enum Side {
     Src,
     Dst,
 }
 
 /// The parts of a packet a translation looks at.
 #[derive(Debug, Clone, Copy)]
-struct Parsed {
+struct Parsed<A> {
     proto: Proto,
-    src: End,
-    dst: End,
+    src: End<A>,
+    dst: End<A>,
     /// TCP flags; for ICMP, the message type.
     flags: u8,
+    /// Where the L4 header starts.
+    l4: usize,
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     b.get(at..at + 2).map(|w| u16::from_be_bytes([w[0], w[1]]))
 }
 
-/// Reads protocol, ends and flags of the IPv4 packet (or ICMP quote) `pkt`, which must hold
-/// its header; `None` when the L4 header is not there (a fragment, a short quote, another
-/// protocol). ICMP echo has the identifier as the sender's port (the request's source, the
+/// Reads protocol, ends and flags of the packet (or ICMP quote) `pkt`; `None` when the L4
+/// header is not there (a later fragment, a short quote, another protocol or an extension
+/// header). ICMP echo has the identifier as the sender's port (the request's source, the
 /// reply's destination) and 0 for the other end; other ICMP messages have neither.
-fn parse(pkt: &[u8]) -> Option<Parsed> {
-    let ip = ipv4::Packet::new_unchecked(pkt);
-    let hl = ip.header_len();
-    let l4 = pkt.get(hl..)?;
-    let proto = Proto::of(ip.protocol())?;
+fn parse<A: Family>(pkt: &[u8]) -> Option<Parsed<A>> {
+    let h = A::header(pkt)?;
+    let proto = match h.protocol {
+        6 => Proto::Tcp,
+        17 => Proto::Udp,
+        p if p == A::ICMP => Proto::Icmp,
+        _ => return None,
+    };
+    if h.frag == Frag::Later {
+        return None;
+    }
+    let l4 = pkt.get(h.l4..)?;
     let (sp, dp, flags) = match proto {
         Proto::Tcp | Proto::Udp => (be16(l4, 0)?, be16(l4, 2)?, if proto == Proto::Tcp { *l4.get(13)? } else { 0 }),
         Proto::Icmp => {
             let t = *l4.first()?;
             match t {
-                icmp::types::ECHO_REQUEST => (be16(l4, 4)?, 0, t),
-                icmp::types::ECHO_REPLY => (0, be16(l4, 4)?, t),
+                t if t == A::ECHO_REQUEST => (be16(l4, 4)?, 0, t),
+                t if t == A::ECHO_REPLY => (0, be16(l4, 4)?, t),
                 _ => (0, 0, t),
             }
         }
     };
-    Some(Parsed { proto, src: (ip.src(), sp), dst: (ip.dst(), dp), flags })
+    Some(Parsed { proto, src: (h.src, sp), dst: (h.dst, dp), flags, l4: h.l4 })
 }
 
-fn is_fragment(pkt: &[u8]) -> bool {
-    ipv4::Packet::new_unchecked(pkt).is_fragment()
+fn is_fragment<A: Family>(pkt: &[u8]) -> bool {
+    A::header(pkt).is_some_and(|h| h.frag != Frag::Whole)
 }
 
 fn put16(b: &mut [u8], at: usize, v: u16) {
@@ -258,21 +451,21 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
     }
 }
 
-/// Rewrites one end (address, and port or echo identifier) of the IPv4 packet `pkt`, with
-/// the checksums that cover them: the IPv4 header's incrementally, and the L4 one
-/// incrementally where it lies within `pkt` (a quote may end before it). `partial`: the TCP
-/// checksum holds only the pseudo-header sum (an offloaded super-packet), rebuilt for the
-/// new address. ICMP echo is rewritten only on the side that carries its identifier. `p`
-/// is what [`parse`] read of `pkt`.
-fn rewrite(pkt: &mut [u8], p: &Parsed, side: Side, to: End, partial: bool) {
+/// Rewrites one end (address, and port or echo identifier) of the packet `pkt`, with the
+/// checksums that cover them: IPv4's header checksum and the L4 one incrementally, the L4 one
+/// only where it lies within `pkt` (a quote may end before it). `partial`: the TCP checksum
+/// holds only the pseudo-header sum (an offloaded super-packet), rebuilt for the new address.
+/// ICMP echo is rewritten only on the side that carries its identifier; ICMPv6's checksum
+/// also follows the address. `p` is what [`parse`] read of `pkt`.
+fn rewrite<A: Family>(pkt: &mut [u8], p: &Parsed<A>, side: Side, to: End<A>, partial: bool) {
     let from = if side == Side::Src { p.src } else { p.dst };
-    set_addr(pkt, side, to.0);
-    let hl = ipv4::Packet::new_unchecked(&*pkt).header_len();
-    let (new_src, new_dst) = {
-        let ip = ipv4::Packet::new_unchecked(&*pkt);
-        (ip.src(), ip.dst())
+    A::set_addr(pkt, side, to.0);
+    let (new_src, new_dst) = match side {
+        Side::Src => (to.0, p.dst.0),
+        Side::Dst => (p.src.0, to.0),
     };
-    let l4 = &mut pkt[hl..];
+    let (old_addr, new_addr) = (from.0.bytes(), to.0.bytes());
+    let l4 = &mut pkt[p.l4..];
     let port_at = if side == Side::Src { 0 } else { 2 };
     let (old_port, new_port) = (from.1.to_be_bytes(), to.1.to_be_bytes());
     match p.proto {
@@ -280,10 +473,10 @@ fn rewrite(pkt: &mut [u8], p: &Parsed, side: Side, to: End, partial: bool) {
             put16(l4, port_at, to.1);
             if partial {
                 if l4.len() >= tcp::HEADER_LEN {
-                    tcp::Packet::new_unchecked(&mut *l4).fill_partial_checksum(new_src, new_dst);
+                    A::fill_partial_tcp(l4, new_src, new_dst);
                 }
             } else if let Some(c) = be16(l4, tcp::CHECKSUM_OFFSET) {
-                let c = encap::checksum::update_bytes(c, &from.0.octets(), &to.0.octets());
+                let c = encap::checksum::update_bytes(c, &old_addr, &new_addr);
                 put16(l4, tcp::CHECKSUM_OFFSET, encap::checksum::update_bytes(c, &old_port, &new_port));
             }
         }
@@ -291,55 +484,42 @@ fn rewrite(pkt: &mut [u8], p: &Parsed, side: Side, to: End, partial: bool) {
             put16(l4, port_at, to.1);
             // 0 is "no checksum" (RFC 768), and a computed 0 is sent as 0xffff.
             if let Some(c) = be16(l4, 6).filter(|c| *c != 0) {
-                let c = encap::checksum::update_bytes(c, &from.0.octets(), &to.0.octets());
+                let c = encap::checksum::update_bytes(c, &old_addr, &new_addr);
                 let c = encap::checksum::update_bytes(c, &old_port, &new_port);
                 put16(l4, 6, if c == 0 { 0xffff } else { c });
             }
         }
         Proto::Icmp => {
             let carries_id = match p.flags {
-                icmp::types::ECHO_REQUEST => side == Side::Src,
-                icmp::types::ECHO_REPLY => side == Side::Dst,
+                t if t == A::ECHO_REQUEST => side == Side::Src,
+                t if t == A::ECHO_REPLY => side == Side::Dst,
                 _ => false,
             };
             if carries_id {
                 put16(l4, 4, to.1);
-                if let Some(c) = be16(l4, 2) {
-                    put16(l4, 2, encap::checksum::update_bytes(c, &old_port, &new_port));
+            }
+            if let Some(mut c) = be16(l4, 2) {
+                if A::ICMP_PSEUDO {
+                    c = encap::checksum::update_bytes(c, &old_addr, &new_addr);
                 }
+                if carries_id {
+                    c = encap::checksum::update_bytes(c, &old_port, &new_port);
+                }
+                put16(l4, 2, c);
             }
         }
     }
 }
 
-fn set_addr(pkt: &mut [u8], side: Side, a: Ipv4Addr) {
-    let mut ip = ipv4::Packet::new_unchecked(pkt);
-    match side {
-        Side::Src => ip.set_src_update_checksum(a),
-        Side::Dst => ip.set_dst_update_checksum(a),
-    }
-}
-
-/// The ICMP error in `pkt` (a checked IPv4 packet) and its quote: where the quote starts,
-/// and what it says.
-fn quote(pkt: &[u8]) -> Option<(usize, Parsed)> {
-    let hl = ipv4::Packet::new_unchecked(pkt).header_len();
-    let at = hl + icmp::HEADER_LEN;
+/// The ICMP error in `pkt` (a checked packet, `h` its header) and its quote: where the quote
+/// starts, and what it says.
+fn quote<A: Family>(pkt: &[u8], h: &Parsed<A>) -> Option<(usize, Parsed<A>)> {
+    let at = h.l4 + icmp::HEADER_LEN;
     let q = pkt.get(at..)?;
-    let inner = ipv4::Packet::new_unchecked(q);
-    if q.len() < ipv4::HEADER_LEN || inner.version() != 4 || q.len() < inner.header_len() || is_fragment(q) {
+    if is_fragment::<A>(q) {
         return None;
     }
     Some((at, parse(q)?))
-}
-
-/// Rebuilds the checksum of the ICMP message of `pkt` after its quote changed.
-fn refill_icmp_checksum(pkt: &mut [u8]) {
-    let hl = ipv4::Packet::new_unchecked(&*pkt).header_len();
-    let msg = &mut pkt[hl..];
-    put16(msg, 2, 0);
-    let c = encap::checksum::checksum(msg);
-    put16(msg, 2, c);
 }
 
 /// What [`Nat::outbound`] did.
@@ -356,15 +536,15 @@ impl Nat {
         self.now.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+    fn lock<A: Family>(&self) -> std::sync::MutexGuard<'_, Table<A>> {
         // A worker that panicked holding the lock left a consistent table: every change is
         // made whole before the next one starts.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        A::table(self).lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Flows in the table.
+    /// Flows in the table, of both families.
     pub fn len(&self) -> usize {
-        self.lock().flows.len()
+        self.lock::<Ipv4Addr>().flows.len() + self.lock::<Ipv6Addr>().flows.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -376,30 +556,31 @@ impl Nat {
     pub fn expire(&self) {
         let now = self.epoch.elapsed().as_secs() as u32;
         self.now.store(now, Ordering::Relaxed);
-        self.lock().expire(now);
+        self.lock::<Ipv4Addr>().expire(now);
+        self.lock::<Ipv6Addr>().expire(now);
     }
 
-    /// Masquerades the IPv4 packet `pkt` (checked; from a pod, to outside the pools) as
-    /// leaving `node`, making its flow if it has none. `partial`: an offloaded TCP
-    /// super-packet, whose checksum holds only the pseudo-header sum.
-    pub fn outbound(&self, pkt: &mut [u8], node: Ipv4Addr, partial: bool) -> Result<Out, DropReason> {
-        if is_fragment(pkt) {
+    /// Masquerades the packet `pkt` (checked; from a pod, to outside the pools) as leaving
+    /// `node`, making its flow if it has none. `partial`: an offloaded TCP super-packet,
+    /// whose checksum holds only the pseudo-header sum.
+    pub fn outbound<A: Family>(&self, pkt: &mut [u8], node: A, partial: bool) -> Result<Out, DropReason> {
+        if is_fragment::<A>(pkt) {
             return Err(DropReason::NatFragment);
         }
-        let p = parse(pkt).ok_or(DropReason::NatUnsupported)?;
-        if p.proto == Proto::Icmp && icmp::is_error_type(p.flags) {
-            return self.error_outbound(pkt, node);
+        let p = parse::<A>(pkt).ok_or(DropReason::NatUnsupported)?;
+        if p.proto == Proto::Icmp && A::is_error_type(p.flags) {
+            return self.error_outbound(pkt, &p, node);
         }
         match p.flags {
             _ if p.proto != Proto::Icmp => {}
-            icmp::types::ECHO_REQUEST => {}
+            t if t == A::ECHO_REQUEST => {}
             // A pod answers a ping from outside the pools: that leaves as it is.
-            icmp::types::ECHO_REPLY => return Ok(Out::Untouched),
+            t if t == A::ECHO_REPLY => return Ok(Out::Untouched),
             _ => return Err(DropReason::NatUnsupported),
         }
         let key = Inside { proto: p.proto, pod: p.src, remote: p.dst };
         let now = self.now();
-        let mut t = self.lock();
+        let mut t = self.lock::<A>();
         let port = match t.flows.get_mut(&key) {
             Some(f) => {
                 f.seen = now;
@@ -427,7 +608,7 @@ impl Nat {
 
     /// A free port of [`PORTS`] toward `key`'s remote end, tried from a spot that depends on
     /// the flow.
-    fn free_port(&self, t: &Table, key: &Inside, node: Ipv4Addr) -> Option<u16> {
+    fn free_port<A: Family>(&self, t: &Table<A>, key: &Inside<A>, node: A) -> Option<u16> {
         let (lo, n) = (u32::from(*PORTS.start()), u32::from(PORTS.end() - PORTS.start()) + 1);
         let start = (self.seed.hash_one(key) % u64::from(n)) as u32;
         (0..n)
@@ -437,48 +618,55 @@ impl Nat {
 
     /// An ICMP error a pod sends about a packet of a flow the outside answered: the quote
     /// shows the packet as the pod got it, which becomes the packet as it was sent.
-    fn error_outbound(&self, pkt: &mut [u8], node: Ipv4Addr) -> Result<Out, DropReason> {
-        let (at, q) = quote(pkt).ok_or(DropReason::NatUnsupported)?;
+    fn error_outbound<A: Family>(&self, pkt: &mut [u8], p: &Parsed<A>, node: A) -> Result<Out, DropReason> {
+        let (at, q) = quote(pkt, p).ok_or(DropReason::NatUnsupported)?;
         // The quoted packet went from the remote to the pod.
         let key = Inside { proto: q.proto, pod: q.dst, remote: q.src };
         let now = self.now();
         let outside = {
-            let mut t = self.lock();
+            let mut t = self.lock::<A>();
             let f = t.flows.get_mut(&key).ok_or(DropReason::NatNoFlow)?;
             f.seen = now;
             f.outside
         };
         let Some(o) = outside else { return Ok(Out::Untouched) };
-        set_addr(pkt, Side::Src, node);
+        A::set_addr(pkt, Side::Src, node);
         rewrite(&mut pkt[at..], &q, Side::Dst, o.node, false);
-        refill_icmp_checksum(pkt);
+        self.refill::<A>(pkt);
         Ok(Out::Masqueraded)
     }
 
-    /// Takes the IPv4 packet `pkt` (checked, addressed to `node`, from the underlay) back to
-    /// its pod if it belongs to a masqueraded flow: `None` when it cannot (it is the node's),
+    /// The ICMP checksum of `pkt` rebuilt after its quote (and addresses) changed.
+    fn refill<A: Family>(&self, pkt: &mut [u8]) {
+        if let Some(h) = A::header(pkt) {
+            A::refill_icmp_checksum(pkt, &h);
+        }
+    }
+
+    /// Takes the packet `pkt` (checked, addressed to `node`, from the underlay) back to its
+    /// pod if it belongs to a masqueraded flow: `None` when it cannot (it is the node's),
     /// `Some(Err)` for TCP or UDP to one of the flows' [`PORTS`] that no flow has, which the
     /// transit filter keeps from the kernel. ICMP that no flow has is the kernel's (the
     /// node's own ping may use an identifier in the range).
-    pub fn inbound(&self, pkt: &mut [u8], node: Ipv4Addr, partial: bool) -> Option<Result<(), DropReason>> {
-        let p = parse(pkt)?;
-        if is_fragment(pkt) {
+    pub fn inbound<A: Family>(&self, pkt: &mut [u8], node: A, partial: bool) -> Option<Result<(), DropReason>> {
+        let h = A::header(pkt)?;
+        if h.frag != Frag::Whole {
             // The first fragment of an answer says so (its ports are there); the later ones
             // cannot, and go to the kernel, which finds no one to give them to.
-            let first = ipv4::Packet::new_unchecked(&*pkt).frag_offset() == 0;
-            let ours = first && p.proto != Proto::Icmp && PORTS.contains(&p.dst.1);
+            let ours = parse::<A>(pkt).is_some_and(|p| p.proto != Proto::Icmp && PORTS.contains(&p.dst.1));
             return ours.then_some(Err(DropReason::NatFragment));
         }
-        if p.proto == Proto::Icmp && icmp::is_error_type(p.flags) {
-            return self.error_inbound(pkt, node);
+        let p = parse::<A>(pkt)?;
+        if p.proto == Proto::Icmp && A::is_error_type(p.flags) {
+            return self.error_inbound(pkt, &p, node);
         }
-        if !PORTS.contains(&p.dst.1) || (p.proto == Proto::Icmp && p.flags != icmp::types::ECHO_REPLY) {
+        if !PORTS.contains(&p.dst.1) || (p.proto == Proto::Icmp && p.flags != A::ECHO_REPLY) {
             return None;
         }
         let key = Outside { proto: p.proto, node: p.dst, remote: p.src };
         let now = self.now();
         let pod = {
-            let mut t = self.lock();
+            let mut t = self.lock::<A>();
             let Some(inside) = t.back.get(&key).copied() else {
                 return (p.proto != Proto::Icmp).then_some(Err(DropReason::NatNoFlow));
             };
@@ -497,27 +685,27 @@ impl Nat {
 
     /// An ICMP error to the node about a packet a masqueraded flow sent: to the pod, with the
     /// quote as the pod sent it.
-    fn error_inbound(&self, pkt: &mut [u8], node: Ipv4Addr) -> Option<Result<(), DropReason>> {
-        let (at, q) = quote(pkt)?;
+    fn error_inbound<A: Family>(&self, pkt: &mut [u8], p: &Parsed<A>, node: A) -> Option<Result<(), DropReason>> {
+        let (at, q) = quote(pkt, p)?;
         if q.src.0 != node || !PORTS.contains(&q.src.1) {
             return None;
         }
         let key = Outside { proto: q.proto, node: q.src, remote: q.dst };
-        let pod = self.lock().back.get(&key)?.pod;
-        set_addr(pkt, Side::Dst, pod.0);
+        let pod = self.lock::<A>().back.get(&key)?.pod;
+        A::set_addr(pkt, Side::Dst, pod.0);
         rewrite(&mut pkt[at..], &q, Side::Src, pod, false);
-        refill_icmp_checksum(pkt);
+        self.refill::<A>(pkt);
         Some(Ok(()))
     }
 
     /// Notes a packet from outside the pools to a masquerading pod (`pkt`, checked): the flow
     /// it opens is answered untranslated. A full table notes nothing.
-    pub fn note_inbound(&self, pkt: &[u8]) {
-        if is_fragment(pkt) {
+    pub fn note_inbound<A: Family>(&self, pkt: &[u8]) {
+        if is_fragment::<A>(pkt) {
             return;
         }
-        let Some(p) = parse(pkt) else { return };
-        if p.proto == Proto::Icmp && p.flags != icmp::types::ECHO_REQUEST {
+        let Some(p) = parse::<A>(pkt) else { return };
+        if p.proto == Proto::Icmp && p.flags != A::ECHO_REQUEST {
             return;
         }
         // The pod's answer will go from p.dst to p.src; ICMP echo keeps the identifier.
@@ -526,7 +714,7 @@ impl Nat {
             _ => Inside { proto: p.proto, pod: p.dst, remote: p.src },
         };
         let now = self.now();
-        let mut t = self.lock();
+        let mut t = self.lock::<A>();
         if let Some(f) = t.flows.get_mut(&key) {
             f.seen = now;
             return;

@@ -8,7 +8,7 @@ const POD2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 1);
 const HOP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 
-fn udp_packet(src: End, dst: End) -> Vec<u8> {
+fn udp_packet(src: End<Ipv4Addr>, dst: End<Ipv4Addr>) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ipv4(src.0.octets(), dst.0.octets(), 64)
         .udp(src.1, dst.1)
@@ -17,7 +17,7 @@ fn udp_packet(src: End, dst: End) -> Vec<u8> {
     v
 }
 
-fn tcp_packet(src: End, dst: End, syn: bool) -> Vec<u8> {
+fn tcp_packet(src: End<Ipv4Addr>, dst: End<Ipv4Addr>, syn: bool) -> Vec<u8> {
     let mut v = Vec::new();
     let b = PacketBuilder::ipv4(src.0.octets(), dst.0.octets(), 64).tcp(src.1, dst.1, 1000, 64240);
     let b = if syn { b.syn() } else { b.ack(5) };
@@ -34,7 +34,7 @@ fn echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, request: bool) -> Vec<u8> {
 }
 
 /// `ip` with every checksum checked: the IPv4 header's, and TCP's, UDP's or ICMP's.
-fn ends(p: &[u8]) -> (End, End) {
+fn ends(p: &[u8]) -> (End<Ipv4Addr>, End<Ipv4Addr>) {
     let ip = ipv4::Packet::new_checked(p).expect("IPv4");
     assert!(ip.verify_checksum(), "IPv4 checksum");
     let l4 = ip.payload();
@@ -222,7 +222,7 @@ fn a_pods_icmp_error_about_an_answer_leaves_as_the_nodes() {
 fn a_flow_the_outside_opens_is_answered_as_it_is() {
     let nat = Nat::default();
     let syn = tcp_packet((REMOTE, 50000), (POD, 80), true);
-    nat.note_inbound(&syn);
+    nat.note_inbound::<Ipv4Addr>(&syn);
     let mut answer = tcp_packet((POD, 80), (REMOTE, 50000), false);
     let before = answer.clone();
     assert_eq!(nat.outbound(&mut answer, NODE, false), Ok(Out::Untouched));
@@ -270,7 +270,7 @@ fn idle_flows_go_after_their_protocols_time() {
         t.insert(k, f);
     }
     t.expire(UDP_UNANSWERED + 1);
-    let left = |t: &Table| {
+    let left = |t: &Table<Ipv4Addr>| {
         let mut v: Vec<u16> = t.flows.keys().map(|k| k.pod.1).collect();
         v.sort_unstable();
         v
@@ -287,10 +287,150 @@ fn policy_masquerades_from_its_pools_to_outside_every_pool() {
     let p = NatPolicy {
         masquerade: vec!["10.244.0.0/16".parse().expect("net")],
         pools: vec!["10.244.0.0/16".parse().expect("net"), "10.245.0.0/16".parse().expect("net")],
+        ..Default::default()
     };
     assert!(p.applies(POD, REMOTE));
     assert!(!p.applies(POD, Ipv4Addr::new(10, 245, 0, 1)), "another pool");
     assert!(!p.applies(POD, POD2), "its own pool");
     assert!(!p.applies(Ipv4Addr::new(10, 245, 0, 1), REMOTE), "a pool without natOutgoing");
     assert!(!NatPolicy::default().applies(POD, REMOTE));
+}
+
+const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x100, 0, 0, 0, 0x100);
+const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
+const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x200, 0, 0, 0, 1);
+const HOP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x100, 0, 0, 0, 1);
+
+fn udp6(src: End<Ipv6Addr>, dst: End<Ipv6Addr>) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv6(src.0.octets(), dst.0.octets(), 64)
+        .udp(src.1, dst.1)
+        .write(&mut v, b"a datagram")
+        .expect("build");
+    v
+}
+
+fn tcp6(src: End<Ipv6Addr>, dst: End<Ipv6Addr>) -> Vec<u8> {
+    let mut v = Vec::new();
+    let b = PacketBuilder::ipv6(src.0.octets(), dst.0.octets(), 64).tcp(src.1, dst.1, 1000, 64240).syn();
+    b.write(&mut v, b"some bytes of a stream").expect("build");
+    v
+}
+
+fn echo6(src: Ipv6Addr, dst: Ipv6Addr, id: u16, request: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    let b = PacketBuilder::ipv6(src.octets(), dst.octets(), 64);
+    let b = if request { b.icmpv6_echo_request(id, 7) } else { b.icmpv6_echo_reply(id, 7) };
+    b.write(&mut v, b"ping payload").expect("build");
+    v
+}
+
+/// The ends of IPv6 packet `p`, its upper-layer checksum checked over the pseudo-header.
+fn ends6(p: &[u8]) -> (End<Ipv6Addr>, End<Ipv6Addr>) {
+    let ip = ipv6::Packet::new_checked(p).expect("IPv6");
+    let l4 = ip.payload();
+    let sum = ipv6::pseudo_header_sum(ip.src(), ip.dst(), ip.next_header(), l4.len()) + checksum::sum(l4);
+    assert_eq!(checksum::finish(sum), 0, "checksum of next header {}", ip.next_header());
+    let p = parse(p).expect("L4");
+    (p.src, p.dst)
+}
+
+#[test]
+fn ipv6_udp_tcp_and_ping_leave_as_the_node_and_come_back_to_the_pod() {
+    let nat = Nat::default();
+    let mut out = udp6((POD6, 40000), (REMOTE6, 53));
+    assert_eq!(nat.outbound(&mut out, NODE6, false), Ok(Out::Masqueraded));
+    let ((src, port), dst) = ends6(&out);
+    assert_eq!((src, dst), (NODE6, (REMOTE6, 53)));
+    assert!(PORTS.contains(&port));
+    let mut back = udp6((REMOTE6, 53), (NODE6, port));
+    assert_eq!(nat.inbound(&mut back, NODE6, false), Some(Ok(())));
+    assert_eq!(ends6(&back), ((REMOTE6, 53), (POD6, 40000)));
+
+    let mut syn = tcp6((POD6, 45000), (REMOTE6, 80));
+    nat.outbound(&mut syn, NODE6, false).expect("masqueraded");
+    let ((_, tport), _) = ends6(&syn);
+    let mut synack = tcp6((REMOTE6, 80), (NODE6, tport));
+    assert_eq!(nat.inbound(&mut synack, NODE6, false), Some(Ok(())));
+    assert_eq!(ends6(&synack).1, (POD6, 45000));
+    // An offloaded super-packet: the pseudo-header sum follows the new source.
+    let mut sup = tcp6((POD6, 45000), (REMOTE6, 80));
+    let partial = |p: &mut [u8], src| {
+        let len = p.len() - 40;
+        let s = !checksum::finish(ipv6::pseudo_header_sum(src, REMOTE6, 6, len));
+        p[40 + 16..40 + 18].copy_from_slice(&s.to_be_bytes());
+    };
+    partial(&mut sup, POD6);
+    nat.outbound(&mut sup, NODE6, true).expect("masqueraded");
+    let mut expected = sup.clone();
+    partial(&mut expected, NODE6);
+    assert_eq!(sup, expected);
+
+    // ICMPv6 echo: the checksum covers the addresses too.
+    let mut req = echo6(POD6, REMOTE6, 0x1234, true);
+    nat.outbound(&mut req, NODE6, false).expect("masqueraded");
+    let ((src, id), _) = ends6(&req);
+    assert!(src == NODE6 && PORTS.contains(&id));
+    let mut reply = echo6(REMOTE6, NODE6, id, false);
+    assert_eq!(nat.inbound(&mut reply, NODE6, false), Some(Ok(())));
+    assert_eq!(ends6(&reply).1, (POD6, 0x1234));
+    assert_eq!(nat.len(), 3);
+    // The two families' flows never meet: an IPv4 answer to the same port finds nothing.
+    let mut v4 = udp_packet((REMOTE, 53), (NODE, port));
+    assert_eq!(nat.inbound(&mut v4, NODE, false), Some(Err(DropReason::NatNoFlow)));
+}
+
+#[test]
+fn ipv6_packet_too_big_about_a_masqueraded_flow_reaches_the_pod_with_its_own_packet() {
+    let nat = Nat::default();
+    let mut out = udp6((POD6, 40000), (REMOTE6, 53));
+    nat.outbound(&mut out, NODE6, false).expect("masqueraded");
+    // A router on the way says the datagram did not fit, to the node, quoting it.
+    let mut err = vec![0u8; 40 + 8 + out.len()];
+    err[48..].copy_from_slice(&out);
+    let n = icmpv6::emit_error(icmpv6::ErrorKind::PacketTooBig { mtu: 1280 }, &mut err[40..], out.len(), HOP6, NODE6);
+    let repr = ipv6::Repr { src: HOP6, dst: NODE6, next_header: 58, traffic_class: 0, hop_limit: 64, payload_len: n };
+    repr.emit(&mut err);
+    assert_eq!(nat.inbound(&mut err, NODE6, false), Some(Ok(())));
+    let ((from, _), (to, _)) = ends6(&err);
+    assert_eq!((from, to), (HOP6, POD6));
+    assert_eq!(parse::<Ipv6Addr>(&err[48..]).expect("the quote").src, (POD6, 40000), "the quote as the pod sent it");
+    // An error about no flow of ours is the kernel's.
+    let mut other = err.clone();
+    other[8 + 16..8 + 32].copy_from_slice(&NODE6.octets());
+    other[48 + 8..48 + 24].copy_from_slice(&NODE6.octets());
+    assert_eq!(nat.inbound(&mut other, NODE6, false), None);
+}
+
+#[test]
+fn ipv6_fragments_and_extension_headers_are_not_translated() {
+    let nat = Nat::default();
+    let plain = udp6((POD6, 40000), (REMOTE6, 53));
+    // The same datagram behind a fragment header (the first fragment, more to come).
+    let mut frag = plain[..40].to_vec();
+    frag[6] = NEXT_FRAGMENT;
+    frag.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 9]);
+    frag.extend_from_slice(&plain[40..]);
+    let len = (frag.len() - 40) as u16;
+    frag[4..6].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(nat.outbound(&mut frag.clone(), NODE6, false), Err(DropReason::NatFragment));
+    // Behind a hop-by-hop options header: not read past.
+    let mut hbh = plain[..40].to_vec();
+    hbh[6] = 0;
+    hbh.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+    hbh.extend_from_slice(&plain[40..]);
+    hbh[4..6].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(nat.outbound(&mut hbh, NODE6, false), Err(DropReason::NatUnsupported));
+    // A first fragment of an answer to one of the flows' ports is dropped, not the kernel's.
+    let mut out = plain.clone();
+    nat.outbound(&mut out, NODE6, false).expect("masqueraded");
+    let port = ends6(&out).0 .1;
+    let answer = udp6((REMOTE6, 53), (NODE6, port));
+    let mut first = answer[..40].to_vec();
+    first[6] = NEXT_FRAGMENT;
+    first.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 9]);
+    first.extend_from_slice(&answer[40..]);
+    first[4..6].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(nat.inbound(&mut first, NODE6, false), Some(Err(DropReason::NatFragment)));
+    assert_eq!(nat.len(), 1);
 }

@@ -368,7 +368,7 @@ fn ip_input(
                 Ingress::Uplink => {
                     // A flow the outside opens toward a masquerading pod is answered as it is.
                     if matches!(nh, Some(NextHop::Local { .. })) && nat.applies(dst, src) {
-                        ctx.nat.note_inbound(&buf[l3..end]);
+                        ctx.nat.note_inbound::<std::net::Ipv4Addr>(&buf[l3..end]);
                     }
                     Hop::Router
                 }

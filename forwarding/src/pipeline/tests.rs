@@ -1605,7 +1605,7 @@ fn nat_lab() -> Lab {
         next_hop: NextHop::Direct { iface: UPLINK, gateway: UNDERLAY },
     });
     let pool: ipnet::Ipv4Net = "10.244.0.0/16".parse().expect("net");
-    let nat = crate::nat::NatPolicy { masquerade: vec![pool], pools: vec![pool] };
+    let nat = crate::nat::NatPolicy { masquerade: vec![pool], pools: vec![pool], ..Default::default() };
     l.fib = Fib::build(&routes).with_tunnels(Tunnels { nat, ..lab_tunnels() });
     l
 }
