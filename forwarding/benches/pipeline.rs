@@ -66,6 +66,7 @@ fn node() -> Node {
         nat: forwarding::nat::NatPolicy {
             masquerade: vec!["10.244.0.0/16".parse().expect("net")],
             pools: vec!["10.244.0.0/16".parse().expect("net")],
+            ..Default::default()
         },
         ..Tunnels::default()
     });
