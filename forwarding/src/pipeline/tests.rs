@@ -1678,3 +1678,91 @@ fn tcp_to_a_port_of_the_node_no_flow_has_is_dropped_and_bgp_goes_to_the_kernel()
     // Without natOutgoing the node's ports are all the kernel's.
     assert_eq!(lab().run_on(UPLINK, &tcp(61500)).0, Verdict::Pass);
 }
+
+const UNDERLAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x100, 0, 0, 0, 1);
+const OUTSIDE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x200, 0, 0, 0, 1);
+
+/// The dual-stack lab with its IPv6 pool masquerading and the underlay's other subnet
+/// behind the underlay router.
+fn nat_lab6() -> Lab {
+    let mut l = lab6();
+    let pool: ipnet::Ipv6Net = "fd00:10:244::/48".parse().expect("net");
+    let nat = crate::nat::NatPolicy { masquerade6: vec![pool], pools6: vec![pool], ..Default::default() };
+    let mut tunnels = l.fib.tunnels().clone();
+    tunnels.nat = nat;
+    let r6 = |p: &str, next_hop| Route6 { prefix: p.parse().expect("net"), next_hop };
+    l.fib = Fib::build(&[])
+        .with_v6(&[
+            r6("fd00:192:168:100::/64", NextHop6::Local { iface: UPLINK }),
+            // The node's own address, as the lab's interfaces have it.
+            r6(&format!("{NODE_A6}/128"), NextHop6::Host),
+            r6("fd00:10:244:1::/122", NextHop6::Blackhole),
+            r6("fd00:10:244:1::2/128", NextHop6::Local { iface: CALI_A1 }),
+            r6("fd00:10:244:1::3/128", NextHop6::Local { iface: CALI_A2 }),
+            r6("fd00:192:168:200::/64", NextHop6::Direct { iface: UPLINK, gateway: UNDERLAY6 }),
+        ])
+        .with_tunnels(tunnels);
+    l.neigh.insert(Neighbour { iface: UPLINK, ip: UNDERLAY6.into(), mac: UNDERLAY_MAC });
+    l
+}
+
+/// Source and destination ends of the UDP datagram in `frame`, its checksum checked.
+fn udp6_ends(frame: &[u8]) -> ((Ipv6Addr, u16), (Ipv6Addr, u16)) {
+    let ip = encap::ipv6::Packet::new_checked(&frame[14..]).expect("ipv6");
+    assert_eq!(ip.next_header(), encap::ipv6::NEXT_UDP);
+    let u = ip.payload();
+    let sum = encap::ipv6::pseudo_header_sum(ip.src(), ip.dst(), 17, u.len()) + encap::checksum::sum(u);
+    assert_eq!(encap::checksum::finish(sum), 0, "UDP checksum");
+    let port = |at: usize| u16::from_be_bytes([u[at], u[at + 1]]);
+    ((ip.src(), port(0)), (ip.dst(), port(2)))
+}
+
+#[test]
+fn an_ipv6_pod_reaches_outside_the_pools_as_its_node_and_the_answer_comes_back() {
+    let l = nat_lab6();
+    let (v, out) = l.run_on(CALI_A1, &udp6_from_a1(OUTSIDE6, 64, 100));
+    assert!(matches!(v, Verdict::Transmit { iface: UPLINK, .. }), "{v:?}");
+    assert_eq!(&out[..6], &UNDERLAY_MAC.0);
+    let ((src, port), dst) = udp6_ends(&out);
+    assert_eq!((src, dst), (NODE_A6, (OUTSIDE6, 6000)));
+    assert!(crate::nat::PORTS.contains(&port), "{port}");
+    assert_eq!(encap::ipv6::Packet::new_checked(&out[14..]).expect("ipv6").hop_limit(), 63);
+    // The answer, to the node's address and port, goes to the pod.
+    let b = PacketBuilder::ethernet2(UNDERLAY_MAC.0, UPLINK_MAC.0)
+        .ipv6(OUTSIDE6.octets(), NODE_A6.octets(), 64)
+        .udp(6000, port);
+    let mut reply = Vec::new();
+    b.write(&mut reply, b"answer").expect("build");
+    let (v, back) = l.run_on(UPLINK, &reply);
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    assert_eq!(udp6_ends(&back), ((OUTSIDE6, 6000), (POD_A1_6, 5000)));
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((n(&l.counters.nat_masqueraded), n(&l.counters.nat_restored)), (1, 1));
+    // Another port of the node that no flow has: dropped, the kernel's ports stay its own.
+    let b = PacketBuilder::ethernet2(UNDERLAY_MAC.0, UPLINK_MAC.0)
+        .ipv6(OUTSIDE6.octets(), NODE_A6.octets(), 64)
+        .udp(6000, 179);
+    let mut bgp = Vec::new();
+    b.write(&mut bgp, b"x").expect("build");
+    assert_eq!(l.run_on(UPLINK, &bgp).0, Verdict::Pass);
+    let stray = port.wrapping_add(1).max(*crate::nat::PORTS.start());
+    let b = PacketBuilder::ethernet2(UNDERLAY_MAC.0, UPLINK_MAC.0)
+        .ipv6(OUTSIDE6.octets(), NODE_A6.octets(), 64)
+        .udp(6000, stray);
+    let mut s = Vec::new();
+    b.write(&mut s, b"x").expect("build");
+    assert_eq!(l.run_on(UPLINK, &s).0, Verdict::Drop(DropReason::NatNoFlow));
+}
+
+#[test]
+fn ipv6_inside_the_pools_and_errors_the_node_sends_keep_the_pods_address() {
+    let l = nat_lab6();
+    let (_, out) = l.run_on(CALI_A1, &udp6_from_a1(POD_A2_6, 64, 10));
+    assert_eq!(udp6_ends(&out).0, (POD_A1_6, 5000), "pod to pod");
+    // The hop limit runs out here: the pod hears it from the node, nothing is masqueraded.
+    let (v, out) = l.run_on(CALI_A1, &udp6_from_a1(OUTSIDE6, 1, 10));
+    assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
+    let (src, dst, t, ..) = icmp6_in(&out);
+    assert_eq!((src, dst, t), (NODE_A6, POD_A1_6, encap::icmpv6::types::TIME_EXCEEDED));
+    assert!(l.nat.is_empty());
+}

@@ -71,7 +71,42 @@ pub(super) fn frame(
         IfaceRole::Uplink { .. } if ctx.fib.tunnels().is_local_pod6(src) => return Verdict::Drop(DropReason::Spoofed),
         _ => {}
     }
-    forward(ctx, counters, buf, l3, end, ctx.fib.lookup6(dst))
+    let nh = ctx.fib.lookup6(dst);
+    let nat = &ctx.fib.tunnels().nat;
+    let masquerade = match (iface.role, nh) {
+        (IfaceRole::Pod { .. }, _) => nat.applies6(src, dst),
+        (IfaceRole::Uplink { .. }, Some(NextHop6::Host))
+            if !nat.masquerade6.is_empty() && ctx.ifaces.node_addr6() == Some(dst) =>
+        {
+            return restore(ctx, counters, buf, l3, end);
+        }
+        (IfaceRole::Uplink { .. }, Some(NextHop6::Local { .. })) => {
+            // A flow the outside opens toward a masquerading pod is answered as it is.
+            if nat.applies6(dst, src) {
+                ctx.nat.note_inbound::<Ipv6Addr>(&buf[l3..end]);
+            }
+            false
+        }
+        _ => false,
+    };
+    forward(ctx, counters, buf, l3, end, nh, masquerade)
+}
+
+/// A packet from the underlay to the node's IPv6 address: an answer to a masqueraded flow
+/// goes back to its pod, the rest is the kernel's.
+fn restore(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end: usize) -> Verdict {
+    let Some(node) = ctx.ifaces.node_addr6() else {
+        return Verdict::Pass;
+    };
+    match ctx.nat.inbound(&mut buf[l3..end], node, ctx.gso.is_some()) {
+        None => Verdict::Pass,
+        Some(Err(r)) => Verdict::Drop(r),
+        Some(Ok(())) => {
+            bump(&counters.nat_restored, 1);
+            let dst = ipv6::Packet::new_unchecked(&buf[l3..end]).dst();
+            forward(ctx, counters, buf, l3, end, ctx.fib.lookup6(dst), false)
+        }
+    }
 }
 
 /// Neighbour discovery on `iface`: the pods' gateway is answered here (proxy NDP), and what
@@ -144,7 +179,8 @@ fn egress(nh: NextHop6, dst: Ipv6Addr) -> Option<Egress6> {
     }
 }
 
-/// Forwards the IPv6 packet at `buf[l3..end]` by route `nh`.
+/// Forwards the IPv6 packet at `buf[l3..end]` by route `nh`; `masquerade`: with the node's
+/// address as its source, once every check that could answer its pod with an error passed.
 fn forward(
     ctx: &Context<'_>,
     counters: &Counters,
@@ -152,6 +188,7 @@ fn forward(
     l3: usize,
     end: usize,
     nh: Option<NextHop6>,
+    masquerade: bool,
 ) -> Verdict {
     let ip = ipv6::Packet::new_unchecked(&buf[l3..end]);
     let (dst, hop_limit) = (ip.dst(), ip.hop_limit());
@@ -198,6 +235,16 @@ fn forward(
         return error(ctx, counters, buf, l3, end, kind, DropReason::PacketTooBig);
     }
     ipv6::Packet::new_unchecked(&mut buf[l3..end]).decrement_hop_limit();
+    if masquerade {
+        let Some(node) = ctx.ifaces.node_addr6() else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        match ctx.nat.outbound(&mut buf[l3..end], node, ctx.gso.is_some()) {
+            Ok(crate::nat::Out::Masqueraded) => bump(&counters.nat_masqueraded, 1),
+            Ok(crate::nat::Out::Untouched) => {}
+            Err(r) => return Verdict::Drop(r),
+        }
+    }
     match output(buf, l3, end, eg, out, dst_mac) {
         Verdict::Transmit { iface, span, .. } if ctx.gso.is_some() => Verdict::TransmitWhole { iface, span },
         v => v,
