@@ -563,7 +563,6 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
     match r {
         Resource::IpPool(p) => {
             let s = &p.spec;
-            note(s.nat_outgoing == Some(true) && s.cidr.contains(':'), "spec.natOutgoing (IPv4 pools only)");
             note(s.disable_bgp_export == Some(true), "spec.disableBGPExport");
         }
         Resource::BgpConfiguration(c) => {

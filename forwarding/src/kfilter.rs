@@ -59,6 +59,9 @@ pub const MAX_LOCAL6: usize = 16;
 /// `and #k`, and the IPv6 destination address (four words from here).
 const AND_K: u16 = 0x54;
 const DST6_AT: u32 = 14 + 24;
+const NEXT_HEADER6_AT: u32 = 14 + 6;
+/// The destination port of TCP or UDP right after the IPv6 header.
+const DST_PORT6_AT: u32 = 14 + 40 + 2;
 
 fn insn(code: u16, jt: usize, jf: usize, k: u32) -> Insn {
     // MAX_LOCAL and MAX_LOCAL6 keep every jump within reach (a test builds the longest).
@@ -72,9 +75,16 @@ fn insn(code: u16, jt: usize, jf: usize, k: u32) -> Insn {
 /// router forwards: NDP, the pods' gateway) and multicast destinations go to the kernel.
 /// `local6` `None`: all IPv6 goes to the kernel (a node with more IPv6 addresses than the
 /// program can hold keeps the IPv4 filter).
-/// `masquerade`: the node masquerades pods (natOutgoing), so TCP and UDP to its
-/// [`crate::nat::PORTS`] are the router's; without, those ports are the kernel's like any.
-pub fn transit_filter(local: &[Ipv4Addr], local6: Option<&[Ipv6Addr]>, masquerade: bool) -> Result<Vec<Insn>, String> {
+/// `masquerade` (`masquerade6`): the node masquerades pods (natOutgoing) of IPv4 (IPv6) pools,
+/// so TCP and UDP to its [`crate::nat::PORTS`] at its IPv4 (IPv6) address are the router's;
+/// without, those ports are the kernel's like any. IPv6 with extension headers is the
+/// kernel's (the router does not translate it).
+pub fn transit_filter(
+    local: &[Ipv4Addr],
+    local6: Option<&[Ipv6Addr]>,
+    masquerade: bool,
+    masquerade6: bool,
+) -> Result<Vec<Insn>, String> {
     if local.len() > MAX_LOCAL {
         return Err(format!("{} local addresses; the transit filter takes at most {MAX_LOCAL}", local.len()));
     }
@@ -88,7 +98,14 @@ pub fn transit_filter(local: &[Ipv4Addr], local6: Option<&[Ipv6Addr]>, masquerad
     let to_local = 5 + n + 1;
     let v6 = to_local + 15;
     let addrs6 = v6 + 6;
-    let drop = local6.map_or(v6, |l| addrs6 + 8 * l.len());
+    // After the IPv6 addresses, the test of a frame for the node: TCP or UDP to a port of
+    // masqueraded flows.
+    // Without addresses of its own, no such test (and no IPv6 frame is for the node).
+    let for_node6 = local6.map_or(v6, |l| addrs6 + 8 * l.len());
+    let drop = match local6 {
+        Some(l) if !l.is_empty() => for_node6 + 5,
+        _ => for_node6,
+    };
     let pass = drop + 1;
     let not_ipv4 = if local6.is_some() { v6 } else { pass };
     let mut p = vec![
@@ -138,15 +155,26 @@ pub fn transit_filter(local: &[Ipv4Addr], local6: Option<&[Ipv6Addr]>, masquerad
         p.push(insn(AND_K, 0, 0, 0xffc0));
         p.push(insn(JEQ_K, pass - at(5) - 1, 0, 0xfe80));
     }
-    for (j, a) in local6.unwrap_or_default().iter().enumerate() {
-        let (first, next) = (addrs6 + 8 * j, addrs6 + 8 * (j + 1));
+    let l6 = local6.unwrap_or_default();
+    for (j, a) in l6.iter().enumerate() {
+        // A miss on the last address is transit.
+        let (first, next) = (addrs6 + 8 * j, if j + 1 == l6.len() { drop } else { addrs6 + 8 * (j + 1) });
         for (w, word) in a.octets().chunks_exact(4).enumerate() {
             let word = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
             let i = first + 2 * w + 1;
-            let hit = if w == 3 { pass - i - 1 } else { 0 };
+            let hit = if w == 3 { for_node6 - i - 1 } else { 0 };
             p.push(insn(LD_W_ABS, 0, 0, DST6_AT + 4 * w as u32));
             p.push(insn(JEQ_K, hit, next - i - 1, word));
         }
+    }
+    if local6.is_some_and(|l| !l.is_empty()) {
+        let at = |i: usize| for_node6 + i;
+        let nat_ports6 = if masquerade6 { u32::from(*crate::nat::PORTS.start()) } else { 0x1_0000 };
+        p.push(insn(LD_B_ABS, 0, 0, NEXT_HEADER6_AT));
+        p.push(insn(JEQ_K, at(3) - at(1) - 1, 0, 6));
+        p.push(insn(JEQ_K, 0, pass - at(2) - 1, 17));
+        p.push(insn(LD_H_ABS, 0, 0, DST_PORT6_AT));
+        p.push(insn(JGE_K, drop - at(4) - 1, pass - at(4) - 1, nat_ports6));
     }
     p.push(insn(RET_K, 0, 0, TC_ACT_SHOT));
     p.push(insn(RET_K, 0, 0, TC_ACT_UNSPEC));
@@ -223,7 +251,8 @@ mod tests {
     fn transit_and_ipip_for_the_node_are_dropped_the_rest_goes_to_the_kernel() {
         let node = [192, 168, 100, 100];
         let other = [192, 168, 200, 101];
-        let p = transit_filter(&[Ipv4Addr::from(other), Ipv4Addr::from(node)], Some(&[]), true).expect("two addresses");
+        let p = transit_filter(&[Ipv4Addr::from(other), Ipv4Addr::from(node)], Some(&[]), true, true)
+            .expect("two addresses");
         assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])), TC_ACT_SHOT, "pod to pod");
         assert_eq!(run(&p, &frame(0x0800, 4, [192, 168, 100, 101])), TC_ACT_SHOT, "IPIP passing by");
         assert_eq!(run(&p, &frame(0x0800, 4, node)), TC_ACT_SHOT, "IPIP for the node");
@@ -248,7 +277,7 @@ mod tests {
     #[test]
     fn vxlan_for_the_node_is_the_routers_other_udp_the_kernels() {
         let node = [192, 168, 100, 100];
-        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[]), true).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[]), true, true).expect("one address");
         assert_eq!(run(&p, &udp(node, 4789, 5, 0)), TC_ACT_SHOT, "VXLAN");
         assert_eq!(run(&p, &udp(node, 4789, 6, 0x4000)), TC_ACT_SHOT, "VXLAN with options and DF");
         assert_eq!(run(&p, &udp(node, 53, 5, 0)), TC_ACT_UNSPEC, "DNS to the node");
@@ -259,7 +288,7 @@ mod tests {
     #[test]
     fn the_ports_of_masqueraded_flows_are_the_routers() {
         let node = [192, 168, 100, 100];
-        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[]), true).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[]), true, true).expect("one address");
         let tcp = |port: u16, ihl: u8, frag: u16| {
             let mut f = udp(node, port, ihl, frag);
             f[14 + 9] = 6;
@@ -278,7 +307,7 @@ mod tests {
         assert_eq!(run(&p, &tcp(62000, 5, 0x0020)), TC_ACT_UNSPEC, "a later fragment: the kernel's");
         assert_eq!(run(&p, &frame(0x0800, 1, node)), TC_ACT_UNSPEC, "ICMP to the node");
         // A node that masquerades nothing leaves those ports to its kernel.
-        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[]), false).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::from(node)], Some(&[]), false, false).expect("one address");
         assert_eq!(run(&p, &tcp(63000, 5, 0x4000)), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &udp(node, 65535, 5, 0)), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &udp(node, 4789, 5, 0)), TC_ACT_SHOT, "VXLAN is the router's all the same");
@@ -286,7 +315,7 @@ mod tests {
 
     #[test]
     fn broadcast_and_multicast_frames_go_to_the_kernel() {
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], Some(&[]), true).expect("one address");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], Some(&[]), true, true).expect("one address");
         let mut bcast = frame(0x0800, 17, [192, 168, 100, 255]);
         bcast[..6].copy_from_slice(&[0xff; 6]);
         assert_eq!(run(&p, &bcast), TC_ACT_UNSPEC, "subnet broadcast");
@@ -302,7 +331,7 @@ mod tests {
 
     #[test]
     fn without_local_addresses_every_ipv4_frame_is_dropped() {
-        let p = transit_filter(&[], Some(&[]), true).expect("no address");
+        let p = transit_filter(&[], Some(&[]), true, true).expect("no address");
         assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC);
     }
@@ -310,12 +339,12 @@ mod tests {
     #[test]
     fn the_jumps_reach_for_the_most_addresses_and_too_many_is_an_error() {
         let many: Vec<Ipv4Addr> = (0..MAX_LOCAL as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
-        let p = transit_filter(&many, Some(&[]), true).expect("the most");
+        let p = transit_filter(&many, Some(&[]), true, true).expect("the most");
         let last = many[MAX_LOCAL - 1].octets();
         assert_eq!(run(&p, &frame(0x0800, 6, last)), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &frame(0x0800, 6, [10, 0, 1, 0])), TC_ACT_SHOT);
         let too_many: Vec<Ipv4Addr> = (0..=MAX_LOCAL as u32).map(Ipv4Addr::from).collect();
-        assert!(transit_filter(&too_many, Some(&[]), true).is_err());
+        assert!(transit_filter(&too_many, Some(&[]), true, true).is_err());
     }
 
     /// An IPv6 frame (next header `next`) to `dst`, in a frame to `mac`.
@@ -331,10 +360,37 @@ mod tests {
     }
 
     #[test]
+    fn the_ports_of_masqueraded_ipv6_flows_are_the_routers_only_while_ipv6_masquerades() {
+        let node6: Ipv6Addr = "fd00:192:168:100::100".parse().expect("address");
+        let to = |next: u8, port: u16| {
+            let mut f = frame6([2, 0, 0, 0, 0, 1], next, "fd00:192:168:100::100");
+            f[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&port.to_be_bytes());
+            f
+        };
+        let v4 = [Ipv4Addr::new(192, 168, 100, 100)];
+        let p = transit_filter(&v4, Some(&[node6]), false, true).expect("one address");
+        for port in [61000, 65535] {
+            assert_eq!(run(&p, &to(6, port)), TC_ACT_SHOT, "TCP to {port}");
+            assert_eq!(run(&p, &to(17, port)), TC_ACT_SHOT, "UDP to {port}");
+            assert_eq!(run(&p, &to(0, port)), TC_ACT_UNSPEC, "behind an extension header: the kernel's");
+        }
+        assert_eq!(run(&p, &to(6, 179)), TC_ACT_UNSPEC, "BGP");
+        assert_eq!(run(&p, &to(58, 61000)), TC_ACT_UNSPEC, "ICMPv6");
+        // IPv4 masquerades, IPv6 does not: its ports stay the kernel's, and the other way round.
+        let p = transit_filter(&v4, Some(&[node6]), true, false).expect("one address");
+        assert_eq!(run(&p, &to(6, 61000)), TC_ACT_UNSPEC);
+        let p = transit_filter(&v4, Some(&[node6]), false, true).expect("one address");
+        assert_eq!(run(&p, &udp([192, 168, 100, 100], 61000, 5, 0)), TC_ACT_UNSPEC);
+        let p = transit_filter(&v4, Some(&[node6]), true, true).expect("one address");
+        assert_eq!(run(&p, &udp([192, 168, 100, 100], 61000, 5, 0)), TC_ACT_SHOT);
+    }
+
+    #[test]
     fn ipv6_transit_is_dropped_the_nodes_link_local_and_multicast_go_to_the_kernel() {
         let node6: Ipv6Addr = "fd00:192:168:100::100".parse().expect("address");
         let other6: Ipv6Addr = "fd00:192:168:100::200".parse().expect("address");
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], Some(&[node6, other6]), true).expect("addresses");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], Some(&[node6, other6]), true, true)
+            .expect("addresses");
         let uni = [2, 0, 0, 0, 0, 1];
         assert_eq!(run(&p, &frame6(uni, 58, "fd00:10:244:2::1")), TC_ACT_SHOT, "pod to pod");
         assert_eq!(run(&p, &frame6(uni, 6, "fd00:192:168:100::100")), TC_ACT_UNSPEC, "BGP to the node");
@@ -357,13 +413,13 @@ mod tests {
         assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC, "ARP");
         // Unfiltered IPv6 (too many addresses): all of it to the kernel, IPv4 filtered still.
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], None, true).expect("IPv4 only");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 100)], None, true, true).expect("IPv4 only");
         assert_eq!(run(&p, &frame6(uni, 58, "fd00:10:244:2::1")), TC_ACT_UNSPEC, "IPv6 left alone");
         assert_eq!(run(&p, &frame(0x0800, 1, [10, 244, 2, 1])), TC_ACT_SHOT, "IPv4 transit");
         assert_eq!(run(&p, &frame(0x0800, 6, [192, 168, 100, 100])), TC_ACT_UNSPEC);
         assert_eq!(run(&p, &frame(0x0806, 0, [0; 4])), TC_ACT_UNSPEC, "ARP");
         // Without IPv6 addresses, every IPv6 unicast but link-local is transit.
-        let p = transit_filter(&[], Some(&[]), true).expect("none");
+        let p = transit_filter(&[], Some(&[]), true, true).expect("none");
         assert_eq!(run(&p, &frame6(uni, 6, "fd00:192:168:100::100")), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame6(uni, 58, "fe80::1")), TC_ACT_UNSPEC);
     }
@@ -372,7 +428,7 @@ mod tests {
     fn with_the_most_addresses_of_both_families_every_jump_lands() {
         let many: Vec<Ipv4Addr> = (0..MAX_LOCAL as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
         let many6: Vec<Ipv6Addr> = (0..MAX_LOCAL6 as u128).map(|i| Ipv6Addr::from(0xfd00 << 112 | i)).collect();
-        let p = transit_filter(&many, Some(&many6), true).expect("the most");
+        let p = transit_filter(&many, Some(&many6), true, true).expect("the most");
         for (i, insn) in p.iter().enumerate() {
             let far = match insn.code {
                 JEQ_K | JGE_K | JSET_K => usize::from(insn.jt.max(insn.jf)),
@@ -386,12 +442,12 @@ mod tests {
         assert_eq!(run(&p, &frame6(uni, 6, "fd00::ffff")), TC_ACT_SHOT);
         assert_eq!(run(&p, &frame(0x0800, 6, many[MAX_LOCAL - 1].octets())), TC_ACT_UNSPEC);
         let too_many6: Vec<Ipv6Addr> = (0..=MAX_LOCAL6 as u128).map(Ipv6Addr::from).collect();
-        assert!(transit_filter(&[], Some(&too_many6), true).is_err());
+        assert!(transit_filter(&[], Some(&too_many6), true, true).is_err());
     }
 
     #[test]
     fn bytecode_is_what_tc_reads() {
-        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 101)], Some(&[]), true).expect("one");
+        let p = transit_filter(&[Ipv4Addr::new(192, 168, 100, 101)], Some(&[]), true, true).expect("one");
         assert_eq!(
             tc_bytecode(&p),
             "30,48 0 0 0,69 27 0 1,40 0 0 12,21 0 18 2048,32 0 0 30,21 1 0 3232261221,5 0 0 21,48 0 0 23,\

@@ -150,6 +150,7 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     };
     (topo.ipip_mode, topo.vxlan_mode) = encap_modes(&topo, opts)?;
     topo.nat_outgoing |= opts.nat_outgoing;
+    topo.nat_outgoing_v6 |= opts.nat_outgoing && topo.pool_v6.is_some();
     if opts.dataplane == DataplaneMode::Tun {
         if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
             bail!("the tun data plane needs /dev/net/tun, which this user cannot open ({e}); use the default afpacket data plane, or run the lab as root");
@@ -188,6 +189,7 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
         ipip_mode: topo.ipip_mode,
         vxlan_mode: topo.vxlan_mode,
         nat_outgoing: topo.nat_outgoing,
+        nat_outgoing_v6: topo.nat_outgoing_v6,
         created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         complete: false,
         namespaces: Vec::new(),
@@ -787,6 +789,7 @@ fn node_config(
             pools: topo.pool_v6.into_iter().collect(),
             blocks: vec![block],
             nodes: topo.nodes.iter().filter(|o| o.name != node.name).filter_map(|o| Some(o.v6?.0.addr())).collect(),
+            nat_outgoing: topo.pool_v6.filter(|_| topo.nat_outgoing_v6).into_iter().collect(),
         }),
     }
 }

@@ -60,7 +60,7 @@ pub fn from_topology(t: &Topology) -> Resources {
                 block_size: Some(t.block_size_v6),
                 ipip_mode: Some(r::EncapMode::Never),
                 vxlan_mode: Some(r::EncapMode::Never),
-                nat_outgoing: Some(false),
+                nat_outgoing: Some(t.nat_outgoing_v6),
                 node_selector: Some("all()".into()),
                 ..Default::default()
             },

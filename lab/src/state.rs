@@ -61,6 +61,9 @@ pub struct State {
     /// The pool's natOutgoing.
     #[serde(default)]
     pub nat_outgoing: bool,
+    /// The IPv6 pool's natOutgoing.
+    #[serde(default)]
+    pub nat_outgoing_v6: bool,
     pub created_unix: u64,
     /// False until `lab up` finished every step.
     pub complete: bool,

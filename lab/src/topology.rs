@@ -29,6 +29,8 @@ pub struct Topology {
     /// The (IPv4) pool's `natOutgoing`: pods reach what lies outside the pools with their
     /// node's address.
     pub nat_outgoing: bool,
+    /// The IPv6 pool's `natOutgoing` (off by default, as Calico's default IPv6 pool has it).
+    pub nat_outgoing_v6: bool,
     /// Calico's BGPConfiguration.nodeToNodeMeshEnabled.
     pub node_to_node_mesh: bool,
     /// BGP hold time the nodes propose (seconds; short values make failover tests quick).
@@ -148,6 +150,8 @@ struct RawCluster {
     vxlan_mode: Spanned<nodeapi::config::IpipMode>,
     #[serde(default)]
     nat_outgoing: bool,
+    #[serde(default)]
+    nat_outgoing_v6: bool,
     #[serde(default = "default_true")]
     node_to_node_mesh: bool,
     #[serde(default = "default_hold")]
@@ -772,6 +776,7 @@ impl Topology {
             ipip_mode: raw.cluster.ipip_mode,
             vxlan_mode,
             nat_outgoing: raw.cluster.nat_outgoing,
+            nat_outgoing_v6: raw.cluster.nat_outgoing_v6,
             node_to_node_mesh: raw.cluster.node_to_node_mesh,
             bgp_hold_time: *hold.get_ref(),
             node_mesh_max_restart_time: restart_time(

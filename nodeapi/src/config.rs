@@ -307,6 +307,9 @@ pub struct Ipv6Config {
     /// The other nodes' IPv6 addresses: an IPv6 pool route is accepted only with one of
     /// them (or this node's) as next hop.
     pub nodes: Vec<Ipv6Addr>,
+    /// The pools (of `pools`) with Calico's `natOutgoing`: their pods reach outside every
+    /// pool with the node's IPv6 address.
+    pub nat_outgoing: Vec<Ipv6Net>,
 }
 
 impl NodeConfig {
@@ -455,6 +458,8 @@ pub struct RawIpv6 {
     pub blocks: Vec<Spanned<String>>,
     #[serde(default)]
     pub nodes: Vec<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat_outgoing: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -981,7 +986,11 @@ fn ipv6(src: &Source<'_>, raw: &RawIpv6, pods: &[PodConfig]) -> Result<Ipv6Confi
     if pools.is_empty() && pods.iter().any(|p| p.address6.is_some()) {
         return Err(src.error_at(raw.address.span(), "pods have IPv6 addresses but [ipv6] names no pool"));
     }
-    Ok(Ipv6Config { address, gateway, routes, pools, blocks, nodes })
+    let nat_outgoing = nets(&raw.nat_outgoing, "ipv6 nat_outgoing pool")?;
+    if let Some((n, net)) = raw.nat_outgoing.iter().zip(&nat_outgoing).find(|(_, net)| !pools.contains(net)) {
+        return Err(src.error_at(n.span(), format!("ipv6.nat_outgoing {net} is not one of ipv6.pools")));
+    }
+    Ok(Ipv6Config { address, gateway, routes, pools, blocks, nodes, nat_outgoing })
 }
 
 fn net_no_host_bits(src: &Source<'_>, s: &Spanned<String>, what: &str) -> Result<Ipv4Net, FileError> {
@@ -1129,6 +1138,7 @@ impl NodeConfig {
                 pools: v.pools.iter().map(|p| s(p.to_string())).collect(),
                 blocks: v.blocks.iter().map(|p| s(p.to_string())).collect(),
                 nodes: v.nodes.iter().map(|p| s(p.to_string())).collect(),
+                nat_outgoing: v.nat_outgoing.iter().map(|p| s(p.to_string())).collect(),
             }),
             uplink: RawUplink {
                 interface: s(self.uplink.interface.clone()),

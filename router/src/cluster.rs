@@ -42,6 +42,8 @@ pub struct View {
     pub pools6: Vec<Ipv6Net>,
     /// Every other node's IPv6 address (`bgp.ipv6Address`).
     pub nodes6: Vec<Ipv6Addr>,
+    /// The IPv6 pools with `natOutgoing`.
+    pub nat6: Vec<Ipv6Net>,
     /// What the resources hold that this node cannot use, for the log.
     pub notes: Vec<String>,
 }
@@ -355,14 +357,17 @@ pub fn view_with(
             _ => None,
         })
         .collect();
-    let pools6: Vec<Ipv6Net> = resources
+    let pools6: Vec<(Ipv6Net, bool)> = resources
         .iter()
         .filter_map(|x| match x {
-            Resource::IpPool(p) if p.spec.disabled != Some(true) => p.spec.cidr.parse::<Ipv6Net>().ok(),
+            Resource::IpPool(p) if p.spec.disabled != Some(true) => {
+                Some((p.spec.cidr.parse::<Ipv6Net>().ok()?.trunc(), p.spec.nat_outgoing == Some(true)))
+            }
             _ => None,
         })
-        .map(|p| p.trunc())
         .collect();
+    let nat6 = pools6.iter().filter(|p| p.1).map(|p| p.0).collect();
+    let pools6 = pools6.into_iter().map(|p| p.0).collect();
     let pools = resources
         .iter()
         .filter_map(|x| match x {
@@ -395,6 +400,7 @@ pub fn view_with(
         nodes: nodes.iter().filter(|n| n.0 != me).map(|n| n.1).collect(),
         pools6,
         nodes6,
+        nat6,
         notes,
     }
 }

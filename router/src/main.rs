@@ -297,8 +297,9 @@ enum LabCmd {
         /// IPIP off, as a pool uses one or the other. Afpacket data plane only.
         #[arg(long, value_enum)]
         vxlan_mode: Option<IpipModeArg>,
-        /// Calico's natOutgoing for the pool: pods reach addresses outside the pools (the
-        /// underlay, and what lies behind it) with their node's address as the source.
+        /// Calico's natOutgoing for the pools (both, in a dual-stack lab): pods reach addresses
+        /// outside the pools (the underlay, and what lies behind it) with their node's
+        /// address as the source.
         #[arg(long)]
         nat_outgoing: bool,
         /// Serve each node's Prometheus metrics on 127.0.0.1:9091 inside its namespace.
@@ -900,13 +901,14 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             }
             let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
             nodeapi::outln!(
-                "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {}, vxlanMode: {}, natOutgoing: {})",
+                "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {}, vxlanMode: {}, natOutgoing: {}{})",
                 st.name,
                 st.topology,
                 st.dataplane,
                 st.ipip_mode,
                 st.vxlan_mode,
-                st.nat_outgoing
+                st.nat_outgoing,
+                if st.nat_outgoing_v6 { ", IPv6 natOutgoing: true" } else { "" }
             );
             for h in st.hosts.iter().filter(|h| h.role == Role::Node) {
                 let pods: Vec<String> = st
@@ -999,13 +1001,14 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             nodeapi::outln!(
-                "lab {:?}: topology {}, data plane {}, ipipMode {}, vxlanMode {}, natOutgoing {}{}",
+                "lab {:?}: topology {}, data plane {}, ipipMode {}, vxlanMode {}, natOutgoing {}{}{}",
                 st.name,
                 st.topology,
                 st.dataplane,
                 st.ipip_mode,
                 st.vxlan_mode,
                 st.nat_outgoing,
+                if st.nat_outgoing_v6 { ", IPv6 natOutgoing true" } else { "" },
                 if st.complete { "" } else { " (INCOMPLETE: run `router lab down`)" }
             );
             if let Some(k) = lab::userns::Keeper::load(&lab.dir)?.filter(|k| !k.alive()) {

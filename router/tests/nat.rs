@@ -169,3 +169,104 @@ fn natoutgoing_applied_to_the_pool_in_etcd_turns_masquerade_on_and_off_live() {
     apply(&lab, &pool(false));
     wait_for(20, "masquerade to stop", || !reaches());
 }
+
+const NODE_A6: &str = "fd00:192:168:100::100";
+/// The underlay router's IPv6 address on node-c's subnet.
+const OUTSIDE6: &str = "fd00:192:168:200::1";
+const NODE_C6: &str = "fd00:192:168:200::101";
+
+/// A TCP server on the underlay router's IPv6 address: reads everything, sends it back, and
+/// prints who it came from.
+const SERVER6: &str = r#"
+import os, signal, socket, threading, sys
+signal.alarm(60)
+threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+t = socket.socket(socket.AF_INET6); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("fd00:192:168:200::1", 8080)); t.listen(4)
+print("ready", flush=True)
+c, a = t.accept()
+data = bytearray()
+while True:
+    b = c.recv(1 << 16)
+    if not b: break
+    data += b
+print("tcp", a[0], a[1], len(data), flush=True)
+c.sendall(data); c.close()
+threading.Event().wait()
+"#;
+
+const CLIENT6: &str = r#"
+import socket
+c = socket.create_connection(("fd00:192:168:200::1", 8080), timeout=10)
+sent = bytes(range(256)) * 16384
+c.sendall(sent); c.shutdown(socket.SHUT_WR)
+got = bytearray()
+while True:
+    b = c.recv(1 << 16)
+    if not b: break
+    got += b
+print("tcp back", len(got), got == sent)
+"#;
+
+/// Echo requests and replies only (no neighbour discovery).
+const ECHO6: &str = "icmp6 and (ip6[40] == 128 or ip6[40] == 129)";
+
+#[test]
+fn ipv6_pods_of_a_masquerading_pool_leave_as_their_node_on_both_data_planes() {
+    let lab = TestLab::up(&["--dual-stack", "--nat-outgoing"]);
+    let status = text(&lab.router(&["lab", "status"]).stdout);
+    assert!(status.contains("IPv6 natOutgoing true"), "{status}");
+    let cap = start_capture(&lab, "underlay", "eth0", ECHO6, 2);
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-W", "2", OUTSIDE6]);
+    assert!(ok, "{out}");
+    let rows = cap.fields(&["ipv6.src", "ipv6.dst", "icmpv6.type", "icmpv6.echo.identifier", "icmpv6.checksum.status"]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0][..3], [NODE_A6, OUTSIDE6, "128"], "the request leaves as node-a's: {rows:?}");
+    let id = u16::from_str_radix(rows[0][3].trim_start_matches("0x"), 16).expect("identifier");
+    assert!(id >= 61000 && rows[0][4] == "1", "{rows:?}");
+    assert_eq!(rows[1][..3], [OUTSIDE6, NODE_A6, "129"], "{rows:?}");
+    // Inside the pools nothing changes: pod-c1 sees pod-a1's own address.
+    let cap = start_capture(&lab, "pod-c1", "eth0", ECHO6, 1);
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-W", "2", "fd00:10:244::81"]);
+    assert!(ok, "{out}");
+    assert_eq!(cap.fields(&["ipv6.src"]), vec![vec!["fd00:10:244::1".to_string()]]);
+
+    // TCP in bulk (offloaded super-packets among them) through the masquerade.
+    let mut server = lab
+        .command(&["lab", "exec", "underlay", "--", "python3", "-c", SERVER6])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    let out = lab.exec("pod-a1", &["python3", "-c", CLIENT6]);
+    let client = text(&out.stdout) + &text(&out.stderr);
+    drop(server.stdin.take());
+    let _ = server.wait();
+    let seen: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(client.contains("tcp back 4194304 True"), "{client}");
+    let f: Vec<&str> = seen.first().map(|l| l.split(' ').collect()).unwrap_or_default();
+    assert!(f.len() == 4 && f[1] == NODE_A6 && nat_ports(f[2]) && f[3] == "4194304", "the server saw {seen:?}");
+
+    // Beyond the underlay router: hop limit 2 runs out there, and its ICMPv6 error, sent to
+    // node-a, reaches the pod with the pod's own packet quoted.
+    let (_, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-t", "2", "-W", "2", NODE_C6]);
+    assert!(out.contains("From fd00:192:168:100::1") && out.contains("Time exceeded"), "{out}");
+    let stats = lab.json(&["stats", "--node", "node-a", "--json"]);
+    assert!(stats["nat_masqueraded"].as_u64().unwrap_or(0) > 100, "{stats}");
+    assert!(stats["nat_restored"].as_u64().unwrap_or(0) > 100, "{stats}");
+    let (resets, all) = snmp(&lab, "node-a", "Tcp", "OutRsts");
+    assert_eq!(resets, 0, "node-a's kernel sent resets:\n{all}");
+    drop(lab);
+
+    // tun: the node's kernel forwards IPv6 and masquerades by its nftables rules.
+    let lab = TestLab::up(&["--dual-stack", "--nat-outgoing", "--dataplane", "tun"]);
+    let cap = start_capture(&lab, "underlay", "eth0", ECHO6, 2);
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-W", "2", OUTSIDE6]);
+    assert!(ok, "{out}");
+    let rows = cap.fields(&["ipv6.src", "ipv6.dst", "icmpv6.type"]);
+    assert_eq!(rows.first().map(|r| &r[..]), Some(&[NODE_A6.to_string(), OUTSIDE6.into(), "128".into()][..]));
+    let rules = text(&lab.exec("node-a", &["nft", "list", "table", "ip6", "router-nat"]).stdout);
+    assert!(rules.contains("masquerade") && rules.contains("fd00:10:244::/48"), "{rules}");
+}

@@ -15,8 +15,9 @@ pub(super) struct TransitFilter {
     pub(super) devs: Vec<String>,
     /// The node's addresses it lets through.
     local: Local,
-    /// The node masquerades pods: the ports of masqueraded flows are kept from the kernel.
-    masquerade: bool,
+    /// The node masquerades pods of IPv4 and of IPv6 pools: the ports of masqueraded flows
+    /// at its address of that family are kept from the kernel.
+    masquerade: Masquerade,
 }
 
 /// The node's IPv4 addresses, and its IPv6 ones but link-local (which the filter lets
@@ -51,7 +52,10 @@ fn local_addresses() -> anyhow::Result<Local> {
 
 /// Puts the program for `local` on each of `devs` (replacing an older one); returns the
 /// interfaces where that worked.
-fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &Local, masquerade: bool) -> Vec<String> {
+/// Whether IPv4 and IPv6 pools masquerade.
+pub(super) type Masquerade = (bool, bool);
+
+fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &Local, masquerade: Masquerade) -> Vec<String> {
     // More IPv6 addresses than the program holds: IPv6 goes unfiltered, IPv4 keeps its filter.
     let v6 = (local.v6.len() <= forwarding::kfilter::MAX_LOCAL6).then_some(&local.v6[..]);
     if v6.is_none() {
@@ -60,7 +64,7 @@ fn apply_transit_filter<'a>(devs: impl Iterator<Item = &'a str>, local: &Local, 
             "too many IPv6 addresses for the transit filter: IPv6 goes to the kernel unfiltered"
         );
     }
-    let code = match forwarding::kfilter::transit_filter(&local.v4, v6, masquerade) {
+    let code = match forwarding::kfilter::transit_filter(&local.v4, v6, masquerade.0, masquerade.1) {
         Ok(p) => forwarding::kfilter::tc_bytecode(&p),
         Err(e) => {
             tracing::warn!(error = %e, "no transit filter");
@@ -93,20 +97,20 @@ impl TransitFilter {
                 return None;
             }
         };
-        let devs = apply_transit_filter(devs.iter().map(String::as_str), &local, false);
+        let devs = apply_transit_filter(devs.iter().map(String::as_str), &local, (false, false));
         tracing::info!(interfaces = devs.len(), local = ?local, "transit filter on");
-        Some(TransitFilter { devs, local, masquerade: false })
+        Some(TransitFilter { devs, local, masquerade: (false, false) })
     }
 
     /// Follows the pools' natOutgoing: with it, TCP and UDP to the ports of masqueraded flows
     /// are the router's; without, the kernel's.
-    pub(super) fn set_masquerade(&mut self, on: bool) {
+    pub(super) fn set_masquerade(&mut self, on: Masquerade) {
         if on == self.masquerade {
             return;
         }
         self.masquerade = on;
         let done = apply_transit_filter(self.devs.iter().map(String::as_str), &self.local, on);
-        tracing::info!(interfaces = done.len(), masquerade = on, "transit filter updated for natOutgoing");
+        tracing::info!(interfaces = done.len(), masquerade = ?on, "transit filter updated for natOutgoing");
     }
 
     /// Follows the node's addresses: one added later must reach the kernel too, and one

@@ -66,7 +66,7 @@ impl KernelWork {
                                     masquerade(&p);
                                 }
                                 if let Some(f) = f {
-                                    f.set_masquerade(!p.masquerade.is_empty());
+                                    f.set_masquerade((!p.masquerade.is_empty(), !p.masquerade6.is_empty()));
                                 }
                                 masquerading = p;
                             }
@@ -85,7 +85,7 @@ impl KernelWork {
                     }
                     finished.fetch_add(sets, Ordering::Release);
                 }
-                if tun && !masquerading.masquerade.is_empty() {
+                if tun && masquerading.any() {
                     masquerade(&forwarding::nat::NatPolicy::default());
                 }
                 filter
@@ -153,33 +153,45 @@ const NAT_TABLE: &str = "router-nat";
 /// The rules that make the kernel masquerade as Calico's `natOutgoing` does where the kernel
 /// forwards (tun): from a masquerading pool to outside every pool, the source becomes the
 /// address the packet leaves by, with a random port (Calico's `--random-fully`). The table is
-/// replaced whole in one transaction; no pool masquerading removes it.
+/// replaced whole in one transaction; no pool masquerading removes it. IPv6 pools alike, in
+/// a table of the `ip6` family.
 pub(super) fn masquerade_rules(p: &forwarding::nat::NatPolicy) -> String {
-    // `add` then `delete`: removes the table whether or not it exists.
+    // `add` then `delete`: removes a table whether or not it exists.
     let mut s = format!("add table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\n");
-    if p.masquerade.is_empty() {
-        return s;
-    }
-    let list = |nets: &[ipnet::Ipv4Net]| nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
-    s.push_str(&format!(
-        "table ip {NAT_TABLE} {{\n\
-         \tset masq-pools {{ type ipv4_addr; flags interval; elements = {{ {} }} }}\n\
-         \tset all-pools {{ type ipv4_addr; flags interval; elements = {{ {} }} }}\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr @masq-pools ip daddr != @all-pools masquerade fully-random\n\
-         \t}}\n\
-         }}\n",
-        list(&p.masquerade),
-        list(&p.pools)
-    ));
+    s.push_str(&format!("add table ip6 {NAT_TABLE}\ndelete table ip6 {NAT_TABLE}\n"));
+    let list = |nets: Vec<String>| nets.join(", ");
+    let mut table = |family: &str, kind: &str, masq: Vec<String>, all: Vec<String>| {
+        if masq.is_empty() {
+            return;
+        }
+        s.push_str(&format!(
+            "table {family} {NAT_TABLE} {{\n\
+             \tset masq-pools {{ type {kind}; flags interval; elements = {{ {} }} }}\n\
+             \tset all-pools {{ type {kind}; flags interval; elements = {{ {} }} }}\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\t{family} saddr @masq-pools {family} daddr != @all-pools masquerade fully-random\n\
+             \t}}\n\
+             }}\n",
+            list(masq),
+            list(all)
+        ));
+    };
+    let text = |nets: &[ipnet::Ipv4Net]| nets.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let text6 = |nets: &[ipnet::Ipv6Net]| nets.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    table("ip", "ipv4_addr", text(&p.masquerade), text(&p.pools));
+    table("ip6", "ipv6_addr", text6(&p.masquerade6), text6(&p.pools6));
     s
 }
 
 fn masquerade(p: &forwarding::nat::NatPolicy) {
     match ipcmd::nft(&masquerade_rules(p)) {
-        Ok(()) if p.masquerade.is_empty() => tracing::info!("masquerade off"),
-        Ok(()) => tracing::info!(pools = ?p.masquerade, "the kernel masquerades these pools' pods (natOutgoing)"),
+        Ok(()) if !p.any() => tracing::info!("masquerade off"),
+        Ok(()) => tracing::info!(
+            pools = ?p.masquerade,
+            pools6 = ?p.masquerade6,
+            "the kernel masquerades these pools' pods (natOutgoing)"
+        ),
         Err(e) => tracing::warn!(error = %e, "natOutgoing not applied: pods leave the pools with their own address"),
     }
 }

@@ -115,6 +115,8 @@ fn nat_policy(cfg: &NodeConfig) -> forwarding::nat::NatPolicy {
     forwarding::nat::NatPolicy {
         masquerade: cfg.pools.iter().filter(|p| p.nat_outgoing).map(|p| p.cidr).collect(),
         pools: cfg.pools.iter().map(|p| p.cidr).collect(),
+        masquerade6: cfg.ipv6.as_ref().map(|v| v.nat_outgoing.clone()).unwrap_or_default(),
+        pools6: cfg.ipv6.as_ref().map(|v| v.pools.clone()).unwrap_or_default(),
     }
 }
 
@@ -126,7 +128,7 @@ impl Node {
         if p == self.nat {
             return;
         }
-        if self.cfg.dataplane == DataplaneMode::Afpacket && !p.masquerade.is_empty() {
+        if self.cfg.dataplane == DataplaneMode::Afpacket && p.any() {
             if !self.cfg.transit_filter {
                 tracing::warn!(
                     "natOutgoing without the transit filter: the node's kernel resets masqueraded TCP connections"
