@@ -161,9 +161,17 @@ pub struct ClusterPolicy {
     /// Communities attached to exported routes inside a CIDR (Calico's
     /// BGPConfiguration.prefixAdvertisements).
     pub advertise: Vec<(IpNet, Vec<u32>)>,
+    /// Pools with Calico's `disableBGPExport`: their routes go to no external peer (the
+    /// cluster's own sessions still carry them; see `Rib::export_attrs`).
+    pub no_export: Vec<IpNet>,
 }
 
 impl ClusterPolicy {
+    /// Whether `prefix` lies in a pool that is not exported to external peers.
+    pub fn not_exported(&self, prefix: &IpNet) -> bool {
+        self.no_export.iter().any(|p| same_family(p, prefix) && p.contains(prefix))
+    }
+
     pub fn in_pool(&self, prefix: &IpNet) -> bool {
         self.pools.iter().any(|p| same_family(p, prefix) && p.contains(prefix))
     }
@@ -313,7 +321,9 @@ mod tests {
             protected: vec![net("192.168.100.0/24"), net("192.168.100.100/32")],
             static_routes: vec![net("0.0.0.0/0")],
             advertise: vec![(net("10.244.0.0/16"), vec![1, 2]), (net("10.244.1.0/26"), vec![3])],
+            no_export: vec![net("10.245.0.0/16")],
         };
+        assert!(c.not_exported(&net("10.245.3.0/26")) && !c.not_exported(&net("10.244.1.0/26")));
         assert!(c.in_pool(&net("10.244.1.0/26")) && c.in_pool(&net("10.244.0.0/16")));
         assert!(!c.in_pool(&net("10.0.0.0/8")) && !c.in_pool(&net("::/0")));
         assert!(c.overrides(&net("192.168.100.128/25")) && c.overrides(&net("192.168.100.100/32")));

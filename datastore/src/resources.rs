@@ -561,10 +561,7 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
         }
     };
     match r {
-        Resource::IpPool(p) => {
-            let s = &p.spec;
-            note(s.disable_bgp_export == Some(true), "spec.disableBGPExport");
-        }
+        Resource::IpPool(_) => {}
         Resource::BgpConfiguration(c) => {
             let s = &c.spec;
             let name = c.metadata.name.as_str();

@@ -235,8 +235,14 @@ fn encap_modes(topo: &Topology, opts: &UpOptions) -> anyhow::Result<(IpipMode, I
 
 /// Bytes a pod's packets lose to the pool's tunnel: its MTU is the underlay's minus these.
 pub fn tunnel_overhead(topo: &Topology) -> u16 {
-    Pool { cidr: topo.pool, ipip_mode: topo.ipip_mode, vxlan_mode: topo.vxlan_mode, nat_outgoing: false }
-        .tunnel_overhead()
+    Pool {
+        cidr: topo.pool,
+        ipip_mode: topo.ipip_mode,
+        vxlan_mode: topo.vxlan_mode,
+        nat_outgoing: false,
+        disable_bgp_export: false,
+    }
+    .tunnel_overhead()
 }
 
 fn all_namespaces(lab: &Lab, topo: &Topology) -> Vec<String> {
@@ -771,6 +777,7 @@ fn node_config(
             ipip_mode: mode,
             vxlan_mode: topo.vxlan_mode,
             nat_outgoing: topo.nat_outgoing,
+            disable_bgp_export: false,
         }],
         pods,
         routes,
@@ -790,6 +797,7 @@ fn node_config(
             blocks: vec![block],
             nodes: topo.nodes.iter().filter(|o| o.name != node.name).filter_map(|o| Some(o.v6?.0.addr())).collect(),
             nat_outgoing: topo.pool_v6.filter(|_| topo.nat_outgoing_v6).into_iter().collect(),
+            disable_bgp_export: Vec::new(),
         }),
     }
 }

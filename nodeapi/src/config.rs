@@ -74,6 +74,8 @@ pub struct Pool {
     /// Calico's `natOutgoing`: its pods' traffic to outside every pool leaves with the
     /// node's address (afpacket data plane).
     pub nat_outgoing: bool,
+    /// Calico's `disableBGPExport`: its routes are not announced to external BGP peers.
+    pub disable_bgp_export: bool,
 }
 
 impl Pool {
@@ -310,6 +312,8 @@ pub struct Ipv6Config {
     /// The pools (of `pools`) with Calico's `natOutgoing`: their pods reach outside every
     /// pool with the node's IPv6 address.
     pub nat_outgoing: Vec<Ipv6Net>,
+    /// The pools (of `pools`) with Calico's `disableBGPExport`.
+    pub disable_bgp_export: Vec<Ipv6Net>,
 }
 
 impl NodeConfig {
@@ -460,6 +464,8 @@ pub struct RawIpv6 {
     pub nodes: Vec<Spanned<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat_outgoing: Vec<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disable_bgp_export: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -724,6 +730,8 @@ pub struct RawPool {
     pub vxlan_mode: Spanned<IpipMode>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nat_outgoing: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable_bgp_export: bool,
 }
 
 fn never() -> Spanned<IpipMode> {
@@ -987,10 +995,16 @@ fn ipv6(src: &Source<'_>, raw: &RawIpv6, pods: &[PodConfig]) -> Result<Ipv6Confi
         return Err(src.error_at(raw.address.span(), "pods have IPv6 addresses but [ipv6] names no pool"));
     }
     let nat_outgoing = nets(&raw.nat_outgoing, "ipv6 nat_outgoing pool")?;
-    if let Some((n, net)) = raw.nat_outgoing.iter().zip(&nat_outgoing).find(|(_, net)| !pools.contains(net)) {
-        return Err(src.error_at(n.span(), format!("ipv6.nat_outgoing {net} is not one of ipv6.pools")));
+    let disable_bgp_export = nets(&raw.disable_bgp_export, "ipv6 disable_bgp_export pool")?;
+    for (field, raw_list, list) in [
+        ("nat_outgoing", &raw.nat_outgoing, &nat_outgoing),
+        ("disable_bgp_export", &raw.disable_bgp_export, &disable_bgp_export),
+    ] {
+        if let Some((n, net)) = raw_list.iter().zip(list).find(|(_, net)| !pools.contains(net)) {
+            return Err(src.error_at(n.span(), format!("ipv6.{field} {net} is not one of ipv6.pools")));
+        }
     }
-    Ok(Ipv6Config { address, gateway, routes, pools, blocks, nodes, nat_outgoing })
+    Ok(Ipv6Config { address, gateway, routes, pools, blocks, nodes, nat_outgoing, disable_bgp_export })
 }
 
 fn net_no_host_bits(src: &Source<'_>, s: &Spanned<String>, what: &str) -> Result<Ipv4Net, FileError> {
@@ -1027,7 +1041,13 @@ impl NodeConfig {
                     return Err(src.error_at(p.vxlan_mode.span(), msg));
                 }
                 let cidr = net_no_host_bits(&src, &p.cidr, "pool")?;
-                Ok(Pool { cidr, ipip_mode: p.ipip_mode, vxlan_mode, nat_outgoing: p.nat_outgoing })
+                Ok(Pool {
+                    cidr,
+                    ipip_mode: p.ipip_mode,
+                    vxlan_mode,
+                    nat_outgoing: p.nat_outgoing,
+                    disable_bgp_export: p.disable_bgp_export,
+                })
             })
             .collect::<Result<Vec<_>, FileError>>()?;
         let ipip_peers = raw
@@ -1139,6 +1159,7 @@ impl NodeConfig {
                 blocks: v.blocks.iter().map(|p| s(p.to_string())).collect(),
                 nodes: v.nodes.iter().map(|p| s(p.to_string())).collect(),
                 nat_outgoing: v.nat_outgoing.iter().map(|p| s(p.to_string())).collect(),
+                disable_bgp_export: v.disable_bgp_export.iter().map(|p| s(p.to_string())).collect(),
             }),
             uplink: RawUplink {
                 interface: s(self.uplink.interface.clone()),
@@ -1153,6 +1174,7 @@ impl NodeConfig {
                     ipip_mode: p.ipip_mode,
                     vxlan_mode: Spanned::new(0..0, p.vxlan_mode),
                     nat_outgoing: p.nat_outgoing,
+                    disable_bgp_export: p.disable_bgp_export,
                 })
                 .collect(),
             pods: self
@@ -1262,6 +1284,7 @@ via = "192.168.100.101"
             ipip_mode,
             vxlan_mode,
             nat_outgoing: false,
+            disable_bgp_export: false,
         };
         assert_eq!(pool(IpipMode::CrossSubnet, IpipMode::Never).tunnel_overhead(), 20);
         assert_eq!(pool(IpipMode::Never, IpipMode::Always).tunnel_overhead(), 50);

@@ -42,8 +42,9 @@ pub struct View {
     pub pools6: Vec<Ipv6Net>,
     /// Every other node's IPv6 address (`bgp.ipv6Address`).
     pub nodes6: Vec<Ipv6Addr>,
-    /// The IPv6 pools with `natOutgoing`.
+    /// The IPv6 pools with `natOutgoing`, and those with `disableBGPExport`.
     pub nat6: Vec<Ipv6Net>,
+    pub no_export6: Vec<Ipv6Net>,
     /// What the resources hold that this node cannot use, for the log.
     pub notes: Vec<String>,
 }
@@ -357,16 +358,17 @@ pub fn view_with(
             _ => None,
         })
         .collect();
-    let pools6: Vec<(Ipv6Net, bool)> = resources
+    let pools6: Vec<(Ipv6Net, &r::IpPoolSpec)> = resources
         .iter()
         .filter_map(|x| match x {
             Resource::IpPool(p) if p.spec.disabled != Some(true) => {
-                Some((p.spec.cidr.parse::<Ipv6Net>().ok()?.trunc(), p.spec.nat_outgoing == Some(true)))
+                Some((p.spec.cidr.parse::<Ipv6Net>().ok()?.trunc(), &p.spec))
             }
             _ => None,
         })
         .collect();
-    let nat6 = pools6.iter().filter(|p| p.1).map(|p| p.0).collect();
+    let nat6 = pools6.iter().filter(|p| p.1.nat_outgoing == Some(true)).map(|p| p.0).collect();
+    let no_export6 = pools6.iter().filter(|p| p.1.disable_bgp_export == Some(true)).map(|p| p.0).collect();
     let pools6 = pools6.into_iter().map(|p| p.0).collect();
     let pools = resources
         .iter()
@@ -383,6 +385,7 @@ pub fn view_with(
                     ipip_mode: mode(p.spec.ipip_mode),
                     vxlan_mode: mode(p.spec.vxlan_mode),
                     nat_outgoing: p.spec.nat_outgoing == Some(true),
+                    disable_bgp_export: p.spec.disable_bgp_export == Some(true),
                 })
             }
             _ => None,
@@ -401,6 +404,7 @@ pub fn view_with(
         pools6,
         nodes6,
         nat6,
+        no_export6,
         notes,
     }
 }
@@ -493,6 +497,7 @@ mod tests {
                 ipip_mode: IpipMode::CrossSubnet,
                 vxlan_mode: IpipMode::Never,
                 nat_outgoing: false,
+                disable_bgp_export: false,
             }]
         );
         assert_eq!(v.nodes.len(), 2);

@@ -1050,6 +1050,38 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let _ = etcd.wait();
 }
 
+/// Calico's disableBGPExport on etcd: the pool's blocks leave the cluster no more (BIRD, an
+/// outside peer of node-a, loses them), while the nodes still carry them to each other.
+#[test]
+fn a_pool_with_disable_bgp_export_stays_inside_the_cluster() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    let sock = start_bird(&lab, &bird_ebgp(None));
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: bird\nspec:\n  node: node-a\n  peerIP: 192.168.100.1\n  asNumber: 65001\n",
+    );
+    let bird_has = |block: &str| birdc(&lab, &sock, &["show", "route", "protocol", "node_a"]).contains(block);
+    wait_for(20, "BIRD to learn the pod blocks", || BLOCKS.iter().all(|b| bird_has(b)));
+    let pool = |off: bool| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  \
+             cidr: 10.244.0.0/16\n  blockSize: 26\n  ipipMode: CrossSubnet\n  disableBGPExport: {off}\n  nodeSelector: all()\n"
+        )
+    };
+    let warnings = apply(&lab, &pool(true));
+    assert!(!warnings.contains("disableBGPExport"), "disableBGPExport is followed: {warnings}");
+    wait_for(20, "BIRD to lose every block", || BLOCKS.iter().all(|b| !bird_has(b)));
+    assert_eq!(peer_state(&lab, "node-a", "192.168.100.1").0, "up", "the session itself stays");
+    for (node, blocks) in [("node-a", [BLOCKS[1], BLOCKS[2]]), ("node-c", [BLOCKS[0], BLOCKS[1]])] {
+        for b in blocks {
+            assert!(route(&lab, node, b).is_some(), "{node} still learns {b}");
+        }
+    }
+    all_pods_reach_each_other(&lab);
+    apply(&lab, &pool(false));
+    wait_for(20, "BIRD to learn the blocks again", || BLOCKS.iter().all(|b| bird_has(b)));
+}
+
 /// Whether node-c's two sessions are up, both over TCP connections on `port`.
 fn node_c_up_on_port(lab: &TestLab, port: u16) -> bool {
     let ss = text(&lab.exec("node-c", &["ss", "-Htn", "state", "established"]).stdout);

@@ -902,6 +902,12 @@ impl Rib {
                 if !cluster_route {
                     return None;
                 }
+                // Calico's disableBGPExport. Calico's nodes route such a pool without BGP
+                // (Felix reads the IPAM blocks); ours learn each other's blocks over BGP, so
+                // the pool stays on the cluster's own sessions and only leaves the cluster.
+                if peer.external && self.policy.not_exported(prefix) {
+                    return None;
+                }
             }
         }
         let mut a = (*best.attrs).clone();

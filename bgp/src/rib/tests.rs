@@ -377,6 +377,7 @@ fn edge_node() -> Rib {
         protected: vec![net("192.168.100.100/32"), net("192.168.100.0/24")],
         static_routes: vec![net("10.50.0.0/16")],
         advertise: vec![],
+        no_export: vec![],
     });
     r.add_peer(1, peer("192.168.100.101", AS, false));
     r.add_peer(2, external("192.168.100.1", 65001));
@@ -531,6 +532,39 @@ fn no_export_stays_in_the_as_and_no_advertise_goes_nowhere() {
     let ch = r.update(1, &route("10.244.4.0/26", "192.168.100.101", c(community::NO_ADVERTISE)));
     assert!(ch.out.is_empty(), "NO_ADVERTISE: to no one");
     assert!(r.best(&net("10.244.4.0/26")).is_some(), "but used");
+}
+
+#[test]
+fn a_pool_with_disable_bgp_export_reaches_the_cluster_but_no_external_peer() {
+    let mut r = edge_node();
+    // The mesh peer's block of the same pool, learned before the pool stops being exported.
+    r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
+    let mut policy = r.policy.clone();
+    policy.no_export = vec![net(POOL)];
+    let ch = r.set_policy(policy);
+    // Both blocks withdrawn from the external peers, nothing changed for the mesh peer.
+    for p in [2, 3] {
+        let w: Vec<String> = sent_to(&ch, p).iter().flat_map(|u| u.withdrawn.iter().map(|x| x.to_string())).collect();
+        assert_eq!(w.len(), 2, "to {p}: {w:?}");
+    }
+    assert!(sent_to(&ch, 1).is_empty());
+    // A session coming up gets none of the pool; a mesh peer's comes up with ours.
+    r.peer_down(2, false);
+    assert!(prefixes(&sent_to(&r.peer_up(2, &[Afi::Ipv4]), 2)).is_empty());
+    r.peer_down(1, false);
+    assert_eq!(prefixes(&sent_to(&r.peer_up(1, &[Afi::Ipv4]), 1)), ["10.244.1.0/26"]);
+    r.update(1, &route("10.244.2.0/26", "192.168.100.101", vec![]));
+    // An export filter's Accept comes first, as in Calico.
+    let accept = Arc::new(Filter {
+        name: "out".into(),
+        export: vec![rule(POOL, policy::MatchOperator::In, Action::Accept)],
+        import: vec![],
+    });
+    r.peer_down(3, false);
+    r.add_peer(3, PeerInfo { filters: vec![accept], ..external("192.168.100.2", 65002) });
+    let mut sent = prefixes(&sent_to(&r.peer_up(3, &[Afi::Ipv4]), 3));
+    sent.sort();
+    assert_eq!(sent, ["10.244.1.0/26", "10.244.2.0/26"]);
 }
 
 #[test]

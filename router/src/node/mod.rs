@@ -436,6 +436,13 @@ fn cluster_policy(cfg: &NodeConfig) -> bgp::policy::ClusterPolicy {
             .flat_map(|b| &b.prefix_advertisements)
             .map(|a| (v4(a.cidr), a.communities.clone()))
             .collect(),
+        no_export: cfg
+            .pools
+            .iter()
+            .filter(|p| p.disable_bgp_export)
+            .map(|p| v4(p.cidr))
+            .chain(v6.iter().flat_map(|v| v.disable_bgp_export.iter().map(|p| IpNet::V6(*p))))
+            .collect(),
     }
 }
 

@@ -215,10 +215,14 @@ impl Node {
         self.cfg.ipip_peers = view.nodes.clone();
         match self.cfg.ipv6.as_mut() {
             Some(v6) => {
-                routes_changed |= v6.pools != view.pools6 || v6.nodes != view.nodes6 || v6.nat_outgoing != view.nat6;
+                routes_changed |= v6.pools != view.pools6
+                    || v6.nodes != view.nodes6
+                    || v6.nat_outgoing != view.nat6
+                    || v6.disable_bgp_export != view.no_export6;
                 v6.pools = view.pools6.clone();
                 v6.nodes = view.nodes6.clone();
                 v6.nat_outgoing = view.nat6.clone();
+                v6.disable_bgp_export = view.no_export6.clone();
             }
             None if !view.pools6.is_empty() => {
                 tracing::warn!("the datastore has IPv6 pools, but this node's config has no [ipv6] section: IPv4 only")
