@@ -580,9 +580,11 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
                 s.bind_mode.as_deref().is_some_and(|m| m != "NodeIP"),
                 "spec.bindMode (BGP listens on the node's address)",
             );
-            note(s.service_cluster_ips.is_some(), "spec.serviceClusterIPs");
-            note(s.service_external_ips.is_some(), "spec.serviceExternalIPs");
-            note(s.service_load_balancer_ips.is_some(), "spec.serviceLoadBalancerIPs");
+            // Calico reads the service IP lists from the default configuration only.
+            let services = s.service_cluster_ips.is_some()
+                || s.service_external_ips.is_some()
+                || s.service_load_balancer_ips.is_some();
+            note(name != "default" && services, "spec.service*IPs (the default's count)");
             note(s.ignored_interfaces.is_some(), "spec.ignoredInterfaces");
         }
         Resource::BgpPeer(p) => {
@@ -723,6 +725,15 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             }
         }
         Resource::BgpConfiguration(c) => {
+            for (field, list) in [
+                ("serviceClusterIPs", &c.spec.service_cluster_ips),
+                ("serviceExternalIPs", &c.spec.service_external_ips),
+                ("serviceLoadBalancerIPs", &c.spec.service_load_balancer_ips),
+            ] {
+                for (i, ip) in list.iter().flatten().enumerate() {
+                    cidr(&format!("spec.{field}[{i}].cidr"), &ip.cidr)?;
+                }
+            }
             for (i, a) in c.spec.prefix_advertisements.iter().flatten().enumerate() {
                 cidr(&format!("spec.prefixAdvertisements[{i}].cidr"), &a.cidr)?;
                 let named: Vec<&str> = c.spec.communities.iter().flatten().map(|c| c.name.as_str()).collect();

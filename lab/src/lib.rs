@@ -854,6 +854,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
         // Every node gets every filter: the peers that name them decide where they apply.
         filters: topo.bgp_filters.clone(),
         prefix_advertisements: topo.prefix_advertisements.clone(),
+        service_ips: Vec::new(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! node; a user can write one by hand. Errors name the file and line.
 
 use crate::fileerr::{self, FileError, Source};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -127,6 +127,9 @@ pub struct BgpConfig {
     pub filters: Vec<bgp::policy::Filter>,
     /// Communities attached to exported routes inside a CIDR (Calico's prefixAdvertisements).
     pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    /// Service address ranges the node announces to every peer (Calico's serviceClusterIPs,
+    /// serviceExternalIPs and serviceLoadBalancerIPs): kube-proxy on the node serves them.
+    pub service_ips: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -492,6 +495,8 @@ pub struct RawBgp {
     pub filters: Vec<RawFilter>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prefix_advertisements: Vec<RawPrefixAdvertisement>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_ips: Vec<Spanned<String>>,
 }
 
 /// Calico's BGPFilter, as the node config and the lab's topology both write it.
@@ -889,6 +894,23 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, addr6: Option<Ipv6Addr>) -
         route_reflector_cluster_id: addr(&b.route_reflector_cluster_id, "route_reflector_cluster_id")?,
         peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink, addr6, &filters)).collect::<Result<_, _>>()?,
         prefix_advertisements: check_prefix_advertisements(src, &b.prefix_advertisements, &[])?,
+        service_ips: b
+            .service_ips
+            .iter()
+            .map(|n| {
+                let net: IpNet = src.at(
+                    n,
+                    n.get_ref()
+                        .parse()
+                        .map_err(|_| format!("service_ips {:?} is not a CIDR (like 10.96.0.0/12)", n.get_ref())),
+                )?;
+                if net.trunc() != net {
+                    let msg = format!("service_ips {net} has host bits set; did you mean {}?", net.trunc());
+                    return Err(src.error_at(n.span(), msg));
+                }
+                Ok(net)
+            })
+            .collect::<Result<_, _>>()?,
         filters,
     })
 }
@@ -1220,6 +1242,7 @@ impl NodeConfig {
                         .collect(),
                     filters,
                     prefix_advertisements,
+                    service_ips: b.service_ips.iter().map(|n| s(n.to_string())).collect(),
                 }
             }),
             routes: self

@@ -42,6 +42,9 @@ pub struct View {
     pub pools6: Vec<Ipv6Net>,
     /// Every other node's IPv6 address (`bgp.ipv6Address`).
     pub nodes6: Vec<Ipv6Addr>,
+    /// The default BGPConfiguration's service address ranges (cluster, external and load
+    /// balancer IPs), which every node announces.
+    pub service_ips: Vec<IpNet>,
     /// The IPv6 pools with `natOutgoing`, and those with `disableBGPExport`.
     pub nat6: Vec<Ipv6Net>,
     pub no_export6: Vec<Ipv6Net>,
@@ -142,6 +145,25 @@ pub fn view_with(
         }
         level
     });
+    // Calico reads these from the default configuration only.
+    let mut service_ips: Vec<IpNet> = Vec::new();
+    if let Some(c) = config {
+        for (field, list) in [
+            ("serviceClusterIPs", &c.service_cluster_ips),
+            ("serviceExternalIPs", &c.service_external_ips),
+            ("serviceLoadBalancerIPs", &c.service_load_balancer_ips),
+        ] {
+            for ip in list.iter().flatten() {
+                match ip.cidr.parse::<IpNet>() {
+                    Ok(n) if !service_ips.contains(&n.trunc()) => service_ips.push(n.trunc()),
+                    Ok(_) => {}
+                    Err(_) => {
+                        notes.push(format!("bgpconfigurations/default: {field} {:?} is not a CIDR: not used", ip.cidr))
+                    }
+                }
+            }
+        }
+    }
     let port_of = |name: &str| {
         config_of(&format!("node.{name}")).and_then(|c| c.listen_port).or_else(|| config.and_then(|c| c.listen_port))
     };
@@ -405,6 +427,7 @@ pub fn view_with(
         nodes6,
         nat6,
         no_export6,
+        service_ips,
         notes,
     }
 }
@@ -424,6 +447,7 @@ impl View {
             peers: self.peers.clone(),
             filters: self.filters.clone(),
             prefix_advertisements: self.prefix_advertisements.clone(),
+            service_ips: self.service_ips.clone(),
         }
     }
 }
@@ -439,6 +463,33 @@ mod tests {
             rs.extend(datastore::resources::parse(extra).expect("extra"));
         }
         rs
+    }
+
+    #[test]
+    fn the_default_configuration_s_service_ranges_are_every_node_s_to_announce() {
+        let cfg = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
+                   serviceClusterIPs:\n  - cidr: 10.96.0.0/12\n  - cidr: fd00:96::/108\n  serviceExternalIPs:\n  \
+                   - cidr: 10.96.0.0/12\n  serviceLoadBalancerIPs:\n  - cidr: 198.51.100.16/28\n\
+                   ---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: node.node-a\nspec:\n  \
+                   serviceClusterIPs:\n  - cidr: 10.200.0.0/16\n";
+        let mut rs = seed("");
+        rs.retain(|x| x.kind() != r::Kind::BgpConfiguration);
+        rs.extend(datastore::resources::parse(cfg).expect("config"));
+        // What `apply` refuses may still be in etcd, written by other means.
+        for x in &mut rs {
+            if let Resource::BgpConfiguration(c) = x {
+                if let Some(l) = c.spec.service_external_ips.as_mut() {
+                    l.push(r::ServiceIp { cidr: "nonsense".into() });
+                }
+            }
+        }
+        let a: Ipv4Addr = "192.168.100.100".parse().expect("ip");
+        let v = view(&rs, "node-a", a, None);
+        let want: Vec<IpNet> =
+            ["10.96.0.0/12", "fd00:96::/108", "198.51.100.16/28"].iter().map(|n| n.parse().expect("net")).collect();
+        assert_eq!(v.service_ips, want, "once each, the node's own configuration not counted");
+        assert_eq!(v.bgp(None, a).service_ips, want);
+        assert!(v.notes.iter().any(|n| n.contains("\"nonsense\" is not a CIDR")), "{:?}", v.notes);
     }
 
     #[test]

@@ -1082,6 +1082,50 @@ fn a_pool_with_disable_bgp_export_stays_inside_the_cluster() {
     wait_for(20, "BIRD to learn the blocks again", || BLOCKS.iter().all(|b| bird_has(b)));
 }
 
+/// Calico's service IP advertisement on etcd: every node announces the default
+/// BGPConfiguration's service ranges (here to BIRD, node-a's outside peer), none installs
+/// another node's announcement of them, and they go when the lists do.
+#[test]
+fn service_ranges_in_the_bgp_configuration_are_announced_live() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    let sock = start_bird(&lab, &bird_ebgp(None));
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: bird\nspec:\n  node: node-a\n  peerIP: 192.168.100.1\n  asNumber: 65001\n",
+    );
+    wait_for(20, "node-a's session with BIRD", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    let config = |services: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
+             asNumber: 64512\n  nodeToNodeMeshEnabled: true\n{services}"
+        )
+    };
+    let warnings = apply(
+        &lab,
+        &config("  serviceClusterIPs:\n  - cidr: 10.96.0.0/12\n  serviceExternalIPs:\n  - cidr: 203.0.113.0/24\n  serviceLoadBalancerIPs:\n  - cidr: 198.51.100.16/28\n"),
+    );
+    assert!(!warnings.contains("service"), "the service IPs are followed: {warnings}");
+    let bird = || birdc(&lab, &sock, &["show", "route", "protocol", "node_a"]);
+    wait_for(20, "BIRD to learn the three service ranges", || {
+        let r = bird();
+        ["10.96.0.0/12", "203.0.113.0/24", "198.51.100.16/28"].iter().all(|p| r.contains(p))
+    });
+    // Every node announces them and none routes them to another: the node's own wins.
+    for node in ["node-a", "node-b", "node-c"] {
+        assert!(route(&lab, node, "10.96.0.0/12").is_none(), "{node} installed another node's service range");
+        let d = text(&lab.router(&["routes", "--node", node, "--detail", "10.96.0.0/12"]).stdout);
+        assert!(d.contains("originated by this node"), "{node}: {d}");
+    }
+    // The sessions never moved, and the lists gone, so are the routes.
+    assert!(peers(&lab, "node-a").iter().all(|p| p["state"] == "up"));
+    apply(&lab, &config(""));
+    wait_for(20, "BIRD to lose the service ranges", || {
+        let r = bird();
+        !r.contains("10.96.0.0/12") && !r.contains("203.0.113.0/24")
+    });
+    all_pods_reach_each_other(&lab);
+}
+
 /// Whether node-c's two sessions are up, both over TCP connections on `port`.
 fn node_c_up_on_port(lab: &TestLab, port: u16) -> bool {
     let ss = text(&lab.exec("node-c", &["ss", "-Htn", "state", "established"]).stdout);

@@ -396,7 +396,7 @@ fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
         max_stale: Duration::from_secs(u64::from(b.max_stale_secs)),
         restarted: restarted && b.graceful_restart_secs > 0,
         peers: b.peers.iter().map(crate::speaker::peer_config).collect(),
-        originate: originated(cfg),
+        originate: originated(cfg).into_iter().chain(b.service_ips.iter().copied()).collect(),
         policy: cluster_policy(cfg),
         filters: b.filters.clone(),
     };

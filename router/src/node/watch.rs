@@ -273,6 +273,16 @@ impl Node {
         if routes_changed {
             sp.set_policy(cluster_policy(&self.cfg));
         }
+        // The service ranges: announced or withdrawn at once, the sessions untouched.
+        let before = old.as_ref().map(|o| o.service_ips.clone()).unwrap_or_default();
+        for n in bgp.service_ips.iter().filter(|n| !before.contains(n)) {
+            tracing::info!(prefix = %n, "datastore: announcing a service range");
+            sp.originate(*n);
+        }
+        for n in before.iter().filter(|n| !bgp.service_ips.contains(n)) {
+            tracing::info!(prefix = %n, "datastore: withdrawing a service range");
+            sp.withdraw_local(*n);
+        }
         let live: Vec<nodeapi::config::BgpPeer> = sp.peers().into_iter().cloned().collect();
         // New sessions first, so that routes have somewhere to come from before old ones go.
         for p in bgp.peers.iter().filter(|p| !live.contains(p)) {
