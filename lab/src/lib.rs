@@ -777,7 +777,7 @@ fn node_config(
             ipip_mode: mode,
             vxlan_mode: topo.vxlan_mode,
             nat_outgoing: topo.nat_outgoing,
-            disable_bgp_export: false,
+            disable_bgp_export: topo.disable_bgp_export,
         }],
         pods,
         routes,
@@ -854,7 +854,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
         // Every node gets every filter: the peers that name them decide where they apply.
         filters: topo.bgp_filters.clone(),
         prefix_advertisements: topo.prefix_advertisements.clone(),
-        service_ips: Vec::new(),
+        service_ips: topo.service_ips(),
     }
 }
 

@@ -8,6 +8,11 @@ use nodeapi::config::IpipMode;
 /// The label Calico's documentation gives route reflectors.
 const RR_LABEL: &str = "route-reflector";
 
+/// A list of service ranges as Calico writes it; none: no field.
+fn services(list: &[ipnet::IpNet]) -> Option<Vec<r::ServiceIp>> {
+    (!list.is_empty()).then(|| list.iter().map(|n| r::ServiceIp { cidr: n.to_string() }).collect())
+}
+
 fn community(c: u32) -> String {
     format!("{}:{}", c >> 16, c & 0xffff)
 }
@@ -46,6 +51,7 @@ pub fn from_topology(t: &Topology) -> Resources {
             ipip_mode: Some(calico(t.ipip_mode)),
             vxlan_mode: Some(calico(t.vxlan_mode)),
             nat_outgoing: Some(t.nat_outgoing),
+            disable_bgp_export: t.disable_bgp_export.then_some(true),
             node_selector: Some("all()".into()),
             ..Default::default()
         },
@@ -82,6 +88,9 @@ pub fn from_topology(t: &Topology) -> Resources {
             node_to_node_mesh_enabled: Some(t.node_to_node_mesh),
             prefix_advertisements: (!ads.is_empty()).then_some(ads),
             node_mesh_max_restart_time: t.node_mesh_max_restart_time.map(|s| format!("{s}s")),
+            service_cluster_ips: services(&t.service_cluster_ips),
+            service_external_ips: services(&t.service_external_ips),
+            service_load_balancer_ips: services(&t.service_load_balancer_ips),
             ..Default::default()
         },
     )));
@@ -207,7 +216,11 @@ mod tests {
         assert_eq!(back, from_topology(&dual).resources);
         // A peer's timers and allowed local AS, and the mesh's restart time, as Calico's fields.
         let timed = crate::topology::SEED
-            .replace("[cluster]\n", "[cluster]\nnode_mesh_max_restart_time = 90\n")
+            .replace(
+                "[cluster]\n",
+                "[cluster]\nnode_mesh_max_restart_time = 90\ndisable_bgp_export = true\n\
+                 service_cluster_ips = [\"10.96.0.0/12\"]\nservice_load_balancer_ips = [\"198.51.100.16/28\"]\n",
+            )
             .replacen("name = \"node-c\"\n", "name = \"node-c\"\nas_number = 64513\n", 1)
             + "\n[[bgp_peers]]\npeer_ip = \"192.168.100.1\"\nas_number = 65001\nmax_restart_time = 45\n\
                keepalive_time = 3\nnum_allowed_local_as_numbers = 1\nkeep_original_next_hop = true\n\
@@ -227,6 +240,9 @@ mod tests {
             "keepOriginalNextHop: true",
             "reachableBy: 192.168.100.1",
             "name: bgp-secrets",
+            "disableBGPExport: true",
+            "serviceClusterIPs:\n  - cidr: 10.96.0.0/12",
+            "serviceLoadBalancerIPs:\n  - cidr: 198.51.100.16/28",
             "key: node-a-peer-192-168-100-1",
         ] {
             assert!(yaml.contains(field), "{field}:\n{yaml}");

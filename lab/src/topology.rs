@@ -43,6 +43,13 @@ pub struct Topology {
     pub bgp_filters: Vec<bgp::policy::Filter>,
     /// Communities attached to exported routes (BGPConfiguration.prefixAdvertisements).
     pub prefix_advertisements: Vec<nodeapi::config::PrefixAdvertisement>,
+    /// The pool's `disableBGPExport`: announced to no `[[bgp_peers]]` router.
+    pub disable_bgp_export: bool,
+    /// Service ranges every node announces (BGPConfiguration.serviceClusterIPs,
+    /// serviceExternalIPs, serviceLoadBalancerIPs).
+    pub service_cluster_ips: Vec<ipnet::IpNet>,
+    pub service_external_ips: Vec<ipnet::IpNet>,
+    pub service_load_balancer_ips: Vec<ipnet::IpNet>,
     pub subnets: Vec<Subnet>,
     pub nodes: Vec<Node>,
 }
@@ -152,6 +159,14 @@ struct RawCluster {
     nat_outgoing: bool,
     #[serde(default)]
     nat_outgoing_v6: bool,
+    #[serde(default)]
+    disable_bgp_export: bool,
+    #[serde(default)]
+    service_cluster_ips: Vec<Spanned<String>>,
+    #[serde(default)]
+    service_external_ips: Vec<Spanned<String>>,
+    #[serde(default)]
+    service_load_balancer_ips: Vec<Spanned<String>>,
     #[serde(default = "default_true")]
     node_to_node_mesh: bool,
     #[serde(default = "default_hold")]
@@ -739,6 +754,28 @@ impl Topology {
         let named = nodeapi::config::check_communities(&src, &raw.communities)?;
         let prefix_advertisements =
             nodeapi::config::check_prefix_advertisements(&src, &raw.prefix_advertisements, &named)?;
+        let services = |list: &[Spanned<String>], what: &str| -> Result<Vec<ipnet::IpNet>, FileError> {
+            list.iter()
+                .map(|n| {
+                    let net: ipnet::IpNet = src.at(
+                        n,
+                        n.get_ref()
+                            .parse()
+                            .map_err(|_| format!("{what} {:?} is not a CIDR (like 10.96.0.0/12)", n.get_ref())),
+                    )?;
+                    if net.trunc() != net {
+                        return Err(src.error_at(
+                            n.span(),
+                            format!("{what} {net} has host bits set; did you mean {}?", net.trunc()),
+                        ));
+                    }
+                    Ok(net)
+                })
+                .collect()
+        };
+        let service_cluster_ips = services(&raw.cluster.service_cluster_ips, "service_cluster_ips")?;
+        let service_external_ips = services(&raw.cluster.service_external_ips, "service_external_ips")?;
+        let service_load_balancer_ips = services(&raw.cluster.service_load_balancer_ips, "service_load_balancer_ips")?;
         if !raw.cluster.node_to_node_mesh
             && nodes.len() > 1
             && bgp_peers.is_empty()
@@ -787,9 +824,26 @@ impl Topology {
             bgp_peers,
             bgp_filters,
             prefix_advertisements,
+            disable_bgp_export: raw.cluster.disable_bgp_export,
+            service_cluster_ips,
+            service_external_ips,
+            service_load_balancer_ips,
             subnets,
             nodes,
         })
+    }
+
+    /// Every service range once, as the nodes announce them.
+    pub fn service_ips(&self) -> Vec<ipnet::IpNet> {
+        let mut all: Vec<ipnet::IpNet> = Vec::new();
+        for n in
+            self.service_cluster_ips.iter().chain(&self.service_external_ips).chain(&self.service_load_balancer_ips)
+        {
+            if !all.contains(n) {
+                all.push(*n);
+            }
+        }
+        all
     }
 
     /// The AS `node` speaks BGP in: its own, or the cluster's.
@@ -1112,6 +1166,12 @@ mod tests {
             ("gateway = \"192.168.100.1\"", "gateway = \"192.168.101.1\"", "not a host address"),
             ("name = \"node-b\"", "name = \"Node_B\"", "must be 1-32 characters"),
             ("\"pod-c1\"", "{ name = \"pod-c1\", address = \"10.244.1.9\" }", "outside the node's block"),
+            ("[cluster]\n", "[cluster]\nservice_cluster_ips = [\"10.96.0.1/12\"]\n", "has host bits set"),
+            (
+                "[cluster]\n",
+                "[cluster]\nservice_external_ips = [\"ten\"]\n",
+                "service_external_ips \"ten\" is not a CIDR",
+            ),
         ] {
             let e = err(&replace(from, to));
             assert!(e.contains(needle), "{from} -> {to}: {e}");

@@ -1387,6 +1387,30 @@ via = "192.168.100.101"
     }
 
     #[test]
+    fn service_ranges_and_disable_bgp_export_round_trip_and_are_checked() {
+        let bgp = "\n[bgp]\nas_number = 64512\nservice_ips = [\"10.96.0.0/12\", \"fd00:96::/108\"]\n";
+        let text = format!("{GOOD}{bgp}").replacen(
+            "cidr = \"10.244.0.0/16\"",
+            "cidr = \"10.244.0.0/16\"\ndisable_bgp_export = true",
+            1,
+        );
+        let c = parse(&text).expect("parses");
+        let got = |c: &NodeConfig| {
+            (
+                c.bgp.as_ref().map(|b| b.service_ips.iter().map(|n| n.to_string()).collect::<Vec<_>>()),
+                c.pools[0].disable_bgp_export,
+            )
+        };
+        let want = (Some(vec!["10.96.0.0/12".to_string(), "fd00:96::/108".to_string()]), true);
+        assert_eq!(got(&c), want);
+        assert_eq!(got(&parse(&c.to_toml()).expect("round trip")), want);
+        let e = parse(&format!("{GOOD}{}", bgp.replace("10.96.0.0/12", "10.96.0.1/12")))
+            .expect_err("host bits")
+            .to_string();
+        assert!(e.contains("service_ips 10.96.0.1/12 has host bits set"), "{e}");
+    }
+
+    #[test]
     fn a_peer_s_timers_and_allowed_local_as_round_trip_and_are_checked() {
         let peer = "\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"192.168.100.1\"\nas_number = 65001\nkind = \"global\"\nrestart_time = 45\nkeepalive_time = 3\nallow_local_as = 1\nkeep_original_next_hop = true\nreachable_by = \"192.168.100.1\"\n";
         let c = parse(&format!("{GOOD}{peer}")).expect("parses");
