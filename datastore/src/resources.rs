@@ -575,11 +575,8 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
                 note(s.node_to_node_mesh_enabled.is_some(), "spec.nodeToNodeMeshEnabled (the default's counts)");
                 note(s.node_mesh_max_restart_time.is_some(), "spec.nodeMeshMaxRestartTime (the default's counts)");
             }
-            // BGP listens on the node's address: Calico's NodeIP.
-            note(
-                s.bind_mode.as_deref().is_some_and(|m| m != "NodeIP"),
-                "spec.bindMode (BGP listens on the node's address)",
-            );
+            // Calico's node-specific configuration does not hold it.
+            note(name.starts_with("node.") && s.bind_mode.is_some(), "spec.bindMode (the default's counts)");
             // Calico reads the service IP lists from the default configuration only.
             let services = s.service_cluster_ips.is_some()
                 || s.service_external_ips.is_some()
@@ -589,7 +586,6 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
         }
         Resource::BgpPeer(p) => {
             let s = &p.spec;
-            note(s.source_address.as_deref().is_some_and(|a| a != "UseNodeIP"), "spec.sourceAddress");
             note(
                 s.reachable_by.is_some()
                     && s.peer_ip.as_deref().and_then(peer_address).is_some_and(|(a, _)| a.is_ipv6()),
@@ -725,6 +721,9 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             }
         }
         Resource::BgpConfiguration(c) => {
+            if let Some(m) = c.spec.bind_mode.as_deref().filter(|m| !["NodeIP", "None"].contains(m)) {
+                return Err(("spec.bindMode".into(), format!("{m:?}: NodeIP or None")));
+            }
             for (field, list) in [
                 ("serviceClusterIPs", &c.spec.service_cluster_ips),
                 ("serviceExternalIPs", &c.spec.service_external_ips),
@@ -762,6 +761,9 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             }
         }
         Resource::BgpPeer(p) => {
+            if let Some(a) = p.spec.source_address.as_deref().filter(|a| !["UseNodeIP", "None"].contains(a)) {
+                return Err(("spec.sourceAddress".into(), format!("{a:?}: UseNodeIP or None")));
+            }
             if p.spec.ttl_security.is_some_and(|t| t == 0 || t == 255) {
                 return Err(("spec.ttlSecurity".into(), "a hop count from 1 to 254".into()));
             }

@@ -98,7 +98,9 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert_eq!(e.field.as_deref(), Some("spec.password.secretKeyRef.key"), "{e}");
     let off = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  sourceAddress: None\n");
     let off = resources::parse(&off).expect("peers");
-    assert!(resources::not_followed(&off[1]).contains(&"spec.sourceAddress"));
+    assert!(resources::not_followed(&off[1]).is_empty(), "sourceAddress None is followed");
+    let bad = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  sourceAddress: Elsewhere\n");
+    assert_eq!(error(&bad).field.as_deref(), Some("spec.sourceAddress"));
     let kept = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  keepOriginalNextHop: true\n");
     assert!(resources::not_followed(&resources::parse(&kept).expect("peers")[1]).is_empty());
 

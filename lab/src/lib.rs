@@ -839,6 +839,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             allow_local_as: p.num_allowed_local_as_numbers,
             keep_original_next_hop: p.keep_original_next_hop,
             reachable_by: p.reachable_by,
+            any_source: false,
         });
     }
     BgpConfig {
@@ -855,6 +856,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
         filters: topo.bgp_filters.clone(),
         prefix_advertisements: topo.prefix_advertisements.clone(),
         service_ips: topo.service_ips(),
+        listen_all: false,
     }
 }
 

@@ -130,6 +130,9 @@ pub struct BgpConfig {
     /// Service address ranges the node announces to every peer (Calico's serviceClusterIPs,
     /// serviceExternalIPs and serviceLoadBalancerIPs): kube-proxy on the node serves them.
     pub service_ips: Vec<IpNet>,
+    /// Listen on every address of the node instead of its uplink address (Calico's
+    /// BGPConfiguration `bindMode: None`).
+    pub listen_all: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +189,9 @@ pub struct BgpPeer {
     /// A peer not on the uplink's subnet is reached through this gateway: a static route to
     /// it (Calico's reachableBy; IPv4 peers).
     pub reachable_by: Option<Ipv4Addr>,
+    /// Connections to it leave from the address the kernel picks by its routes, not from the
+    /// node's (Calico's `sourceAddress: None`).
+    pub any_source: bool,
 }
 
 /// Another node of the cluster, as the sessions with it need it.
@@ -249,6 +255,7 @@ pub fn node_peer(me: Ipv4Addr, address: Ipv4Addr, kind: PeerKind, as_number: u32
         allow_local_as: 0,
         keep_original_next_hop: false,
         reachable_by: None,
+        any_source: false,
     }
 }
 
@@ -497,6 +504,9 @@ pub struct RawBgp {
     pub prefix_advertisements: Vec<RawPrefixAdvertisement>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_ips: Vec<Spanned<String>>,
+    /// Calico's bindMode: `NodeIP` (the default) or `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_mode: Option<Spanned<String>>,
 }
 
 /// Calico's BGPFilter, as the node config and the lab's topology both write it.
@@ -674,6 +684,9 @@ pub struct RawBgpPeer {
     pub keep_original_next_hop: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reachable_by: Option<Spanned<String>>,
+    /// Calico's sourceAddress: `UseNodeIP` (the default) or `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<Spanned<String>>,
 }
 
 fn is_zero(n: &u8) -> bool {
@@ -911,6 +924,13 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, addr6: Option<Ipv6Addr>) -
                 Ok(net)
             })
             .collect::<Result<_, _>>()?,
+        listen_all: match b.bind_mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
+            None | Some((_, "NodeIP")) => false,
+            Some((_, "None")) => true,
+            Some((m, other)) => {
+                return Err(src.error_at(m.span(), format!("bind_mode {other:?}: use \"NodeIP\" or \"None\"")))
+            }
+        },
         filters,
     })
 }
@@ -975,6 +995,13 @@ fn bgp_peer(
         allow_local_as: p.allow_local_as,
         keep_original_next_hop: p.keep_original_next_hop,
         reachable_by,
+        any_source: match p.source_address.as_ref().map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "UseNodeIP")) => false,
+            Some((_, "None")) => true,
+            Some((s, other)) => {
+                return Err(src.error_at(s.span(), format!("source_address {other:?}: use \"UseNodeIP\" or \"None\"")))
+            }
+        },
     })
 }
 
@@ -1238,11 +1265,13 @@ impl NodeConfig {
                             allow_local_as: p.allow_local_as,
                             keep_original_next_hop: p.keep_original_next_hop,
                             reachable_by: p.reachable_by.map(|g| s(g.to_string())),
+                            source_address: p.any_source.then(|| s("None".to_string())),
                         })
                         .collect(),
                     filters,
                     prefix_advertisements,
                     service_ips: b.service_ips.iter().map(|n| s(n.to_string())).collect(),
+                    bind_mode: b.listen_all.then(|| s("None".to_string())),
                 }
             }),
             routes: self
@@ -1408,6 +1437,15 @@ via = "192.168.100.101"
             .expect_err("host bits")
             .to_string();
         assert!(e.contains("service_ips 10.96.0.1/12 has host bits set"), "{e}");
+        // Calico's bindMode and sourceAddress, by their values.
+        let modes = "\n[bgp]\nas_number = 64512\nbind_mode = \"None\"\n\n[[bgp.peers]]\naddress = \"192.168.100.1\"\nas_number = 65001\nkind = \"global\"\nsource_address = \"None\"\n";
+        let c = parse(&format!("{GOOD}{modes}")).expect("parses");
+        let got = |c: &NodeConfig| c.bgp.as_ref().map(|b| (b.listen_all, b.peers[0].any_source));
+        assert_eq!(got(&c), Some((true, true)));
+        assert_eq!(got(&parse(&c.to_toml()).expect("round trip")), Some((true, true)));
+        let e =
+            parse(&format!("{GOOD}{}", modes.replace("bind_mode = \"None\"", "bind_mode = \"All\""))).expect_err("All");
+        assert!(e.to_string().contains("bind_mode \"All\": use \"NodeIP\" or \"None\""), "{e}");
     }
 
     #[test]

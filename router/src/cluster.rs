@@ -45,6 +45,8 @@ pub struct View {
     /// The default BGPConfiguration's service address ranges (cluster, external and load
     /// balancer IPs), which every node announces.
     pub service_ips: Vec<IpNet>,
+    /// BGPConfiguration.bindMode None: BGP listens on every address of the node.
+    pub listen_all: bool,
     /// The IPv6 pools with `natOutgoing`, and those with `disableBGPExport`.
     pub nat6: Vec<Ipv6Net>,
     pub no_export6: Vec<Ipv6Net>,
@@ -262,6 +264,7 @@ pub fn view_with(
             .and_then(|t| secs(&name, "spec.keepaliveTime", t, 1, u16::MAX, &mut notes));
         let allow_local_as = p.spec.num_allowed_local_as_numbers.map_or(0, |n| n.min(255) as u8);
         let keep_original_next_hop = p.spec.keep_original_next_hop == Some(true);
+        let any_source = p.spec.source_address.as_deref() == Some("None");
         let reachable_by = p.spec.reachable_by.as_deref().and_then(|g| match g.parse::<Ipv4Addr>() {
             Ok(g) => Some(g),
             Err(_) => {
@@ -327,6 +330,7 @@ pub fn view_with(
                     keepalive_time,
                     allow_local_as,
                     keep_original_next_hop,
+                    any_source,
                     ..nodeapi::config::node_peer(my_addr, *addr, kind, *their_as, port_of(name).unwrap_or(179))
                 });
             }
@@ -363,6 +367,7 @@ pub fn view_with(
             allow_local_as,
             keep_original_next_hop,
             reachable_by,
+            any_source,
         });
     }
     let filters = resources
@@ -428,6 +433,7 @@ pub fn view_with(
         nat6,
         no_export6,
         service_ips,
+        listen_all: config.and_then(|c| c.bind_mode.as_deref()) == Some("None"),
         notes,
     }
 }
@@ -448,6 +454,7 @@ impl View {
             filters: self.filters.clone(),
             prefix_advertisements: self.prefix_advertisements.clone(),
             service_ips: self.service_ips.clone(),
+            listen_all: self.listen_all,
         }
     }
 }

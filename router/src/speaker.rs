@@ -14,7 +14,7 @@ use nodeapi::admin::PeerStatus;
 use nodeapi::config::{BgpPeer, PeerKind};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -40,6 +40,8 @@ pub struct SpeakerConfig {
     pub core: CoreConfig,
     pub port: u16,
     pub peers: Vec<BgpPeer>,
+    /// Listen on every address (Calico's bindMode None) instead of the node's.
+    pub listen_all: bool,
 }
 
 /// A configured peer as the core sees it.
@@ -146,7 +148,8 @@ fn listen(addr: SocketAddr, peers: &[BgpPeer]) -> io::Result<TcpListener> {
 
 impl Speaker {
     pub fn new(cfg: SpeakerConfig, registry: &Registry, now: Instant) -> io::Result<Speaker> {
-        let mut listener = listen(SocketAddr::new(cfg.core.local_addr.into(), cfg.port), &cfg.peers)?;
+        let at: IpAddr = if cfg.listen_all { Ipv4Addr::UNSPECIFIED.into() } else { cfg.core.local_addr.into() };
+        let mut listener = listen(SocketAddr::new(at, cfg.port), &cfg.peers)?;
         registry.register(&mut listener, LISTEN, Interest::READABLE)?;
         let listener6 = match cfg.peers.iter().any(|p| p.address.is_ipv6()) {
             true => Some(Self::listen6(&cfg, registry)?),
@@ -178,7 +181,8 @@ impl Speaker {
                 "an IPv6 BGP peer needs the node's own IPv6 address (an [ipv6] section)",
             ));
         };
-        let mut l = listen(SocketAddr::new(addr6.into(), cfg.port), &cfg.peers)?;
+        let at: IpAddr = if cfg.listen_all { Ipv6Addr::UNSPECIFIED.into() } else { addr6.into() };
+        let mut l = listen(SocketAddr::new(at, cfg.port), &cfg.peers)?;
         registry.register(&mut l, LISTEN6, Interest::READABLE)?;
         Ok(l)
     }
@@ -265,7 +269,10 @@ impl Speaker {
         let s = Socket::new(Domain::for_address(SocketAddr::new(local, 0)), Type::STREAM, Some(Protocol::TCP))?;
         s.set_nonblocking(true)?;
         s.set_nodelay(true)?;
-        s.bind(&SockAddr::from(SocketAddr::new(local, 0)))?;
+        // Calico's sourceAddress None: the kernel picks the source by its routes.
+        if !p.any_source {
+            s.bind(&SockAddr::from(SocketAddr::new(local, 0)))?;
+        }
         if let Some(pw) = &p.password {
             netsys::set_tcp_md5(s.as_fd(), p.address, pw.as_bytes())?;
         }

@@ -1126,6 +1126,44 @@ fn service_ranges_in_the_bgp_configuration_are_announced_live() {
     all_pods_reach_each_other(&lab);
 }
 
+/// Where node-a's BGP listener is bound (`ss -ltn`).
+fn bgp_listener(lab: &TestLab) -> Vec<String> {
+    let ss = text(&lab.exec("node-a", &["ss", "-Hltn", "sport", "= :179"]).stdout);
+    ss.lines().filter_map(|l| l.split_whitespace().nth(3).map(str::to_string)).collect()
+}
+
+/// Calico's bindMode and sourceAddress on etcd: with bindMode None the nodes listen on every
+/// address (and go back to the node's own with NodeIP), the sessions coming back each time;
+/// a peer with sourceAddress None is reached from the address the kernel picks.
+#[test]
+fn bind_mode_none_listens_everywhere_and_source_address_none_lets_the_kernel_choose() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    assert_eq!(bgp_listener(&lab), ["192.168.100.100:179"]);
+    let config = |mode: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
+             asNumber: 64512\n  nodeToNodeMeshEnabled: true\n  bindMode: {mode}\n"
+        )
+    };
+    let warnings = apply(&lab, &config("None"));
+    assert!(!warnings.contains("bindMode"), "bindMode is followed: {warnings}");
+    wait_for(20, "node-a listening on every address", || bgp_listener(&lab) == ["0.0.0.0:179"]);
+    wait_for(30, "the sessions back after the restart", || {
+        ["node-a", "node-b", "node-c"].iter().all(|n| peers(&lab, n).iter().all(|p| p["state"] == "up"))
+    });
+    let _sock = start_bird(&lab, &bird_ebgp(None));
+    let warnings = apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: bird\nspec:\n  node: node-a\n  peerIP: 192.168.100.1\n  asNumber: 65001\n  sourceAddress: None\n",
+    );
+    assert!(!warnings.contains("sourceAddress"), "sourceAddress is followed: {warnings}");
+    wait_for(20, "node-a's session with BIRD", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
+    apply(&lab, &config("NodeIP"));
+    wait_for(20, "node-a listening on its own address again", || bgp_listener(&lab) == ["192.168.100.100:179"]);
+    wait_for(30, "the sessions back", || peers(&lab, "node-a").iter().all(|p| p["state"] == "up"));
+    all_pods_reach_each_other(&lab);
+}
+
 /// Whether node-c's two sessions are up, both over TCP connections on `port`.
 fn node_c_up_on_port(lab: &TestLab, port: u16) -> bool {
     let ss = text(&lab.exec("node-c", &["ss", "-Htn", "state", "established"]).stdout);

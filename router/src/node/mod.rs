@@ -400,7 +400,7 @@ fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
         policy: cluster_policy(cfg),
         filters: b.filters.clone(),
     };
-    Some(SpeakerConfig { core, port: b.port, peers: b.peers.clone() })
+    Some(SpeakerConfig { core, port: b.port, peers: b.peers.clone(), listen_all: b.listen_all })
 }
 
 /// What the default import and export rules need: the pools (the cluster's routes), the

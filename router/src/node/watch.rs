@@ -238,6 +238,7 @@ impl Node {
         let restart = old.as_ref().is_none_or(|o| {
             o.as_number != bgp.as_number
                 || o.port != bgp.port
+                || o.listen_all != bgp.listen_all
                 || o.route_reflector_cluster_id != bgp.route_reflector_cluster_id
                 || o.filters != bgp.filters
                 || o.prefix_advertisements != bgp.prefix_advertisements
@@ -247,7 +248,7 @@ impl Node {
             let mut restarted = false;
             if let Some(mut sp) = speaker.take() {
                 tracing::info!(
-                    "the cluster's AS, BGP port, reflector cluster ID, filters or advertisements changed: restarting BGP"
+                    "the cluster's AS, BGP port or bind mode, reflector cluster ID, filters or advertisements changed: restarting BGP"
                 );
                 // As a planned restart: the FIB keeps the routes until the new sessions have
                 // sent theirs, and peers doing graceful restart keep ours meanwhile.
