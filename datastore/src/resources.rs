@@ -584,14 +584,7 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             note(name != "default" && services, "spec.service*IPs (the default's count)");
             note(s.ignored_interfaces.is_some(), "spec.ignoredInterfaces");
         }
-        Resource::BgpPeer(p) => {
-            let s = &p.spec;
-            note(
-                s.reachable_by.is_some()
-                    && s.peer_ip.as_deref().and_then(peer_address).is_some_and(|(a, _)| a.is_ipv6()),
-                "spec.reachableBy (for an IPv6 peer)",
-            );
-        }
+        Resource::BgpPeer(_) => {}
         Resource::BgpFilter(f) => {
             let rules = [&f.spec.export_v4, &f.spec.import_v4, &f.spec.export_v6, &f.spec.import_v6];
             let any = |pick: fn(&FilterRule) -> bool| rules.iter().any(|l| l.iter().any(pick));
@@ -774,8 +767,13 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
                 duration_secs("spec.keepaliveTime", t, 1, u16::MAX)?;
             }
             if let Some(g) = &p.spec.reachable_by {
-                g.parse::<IpAddr>()
+                let gw = g
+                    .parse::<IpAddr>()
                     .map_err(|_| ("spec.reachableBy".to_string(), format!("{g:?} is not an IP address")))?;
+                let peer = p.spec.peer_ip.as_deref().and_then(peer_address).map(|(a, _)| a);
+                if peer.is_some_and(|a| a.is_ipv6() != gw.is_ipv6()) {
+                    return Err(("spec.reachableBy".into(), format!("{g}: a gateway of the peerIP's family")));
+                }
             }
             if let Some(pw) = &p.spec.password {
                 let r = &pw.secret_key_ref;

@@ -101,6 +101,9 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert!(resources::not_followed(&off[1]).is_empty(), "sourceAddress None is followed");
     let bad = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  sourceAddress: Elsewhere\n");
     assert_eq!(error(&bad).field.as_deref(), Some("spec.sourceAddress"));
+    let bad = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  reachableBy: fd00::1\n");
+    let e = error(&bad);
+    assert!(e.field.as_deref() == Some("spec.reachableBy") && e.message.contains("peerIP's family"), "{e}");
     let kept = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  keepOriginalNextHop: true\n");
     assert!(resources::not_followed(&resources::parse(&kept).expect("peers")[1]).is_empty());
 

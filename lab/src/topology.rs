@@ -109,7 +109,7 @@ pub struct BgpPeerSpec {
     pub keep_original_next_hop: bool,
     /// Calico's BGPPeer.reachableBy: the gateway (on the peering node's subnet) through
     /// which a peer that is not on it is reached.
-    pub reachable_by: Option<Ipv4Addr>,
+    pub reachable_by: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -634,13 +634,20 @@ fn bgp_peer(
     let max_restart_time = restart_time(src, &p.max_restart_time, "max_restart_time")?;
     let reachable_by = match &p.reachable_by {
         Some(g) => {
-            let gw = src.at(g, fileerr::parse_addr(g.get_ref(), "reachable_by"))?;
-            // On the subnet of every node that has the peer.
+            let gw: std::net::IpAddr = src.at(
+                g,
+                g.get_ref().parse().map_err(|_| format!("reachable_by {:?} is not an IP address", g.get_ref())),
+            )?;
+            // On the subnet of every node that has the peer, in the peer's family.
             let has = |n: &&Node| p.node.as_ref().is_none_or(|x| x.get_ref() == &n.name);
-            if !peer_ip.is_ipv4() || !nodes.iter().filter(has).all(|n| n.address.contains(&gw)) {
+            let on_link = |n: &Node| match gw {
+                std::net::IpAddr::V4(gw) => peer_ip.is_ipv4() && n.address.contains(&gw),
+                std::net::IpAddr::V6(gw) => peer_ip.is_ipv6() && n.v6.is_some_and(|(a, _)| a.contains(&gw)),
+            };
+            if !nodes.iter().filter(has).all(on_link) {
                 return Err(src.error_at(
                     g.span(),
-                    "reachable_by is a gateway on the subnet of the nodes that peer, for an IPv4 peer_ip",
+                    "reachable_by is a gateway on the subnet of the nodes that peer, of the peer_ip's family",
                 ));
             }
             Some(gw)

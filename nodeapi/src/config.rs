@@ -186,9 +186,9 @@ pub struct BgpPeer {
     pub allow_local_as: u8,
     /// Routes passed on to this eBGP peer keep their next hop (Calico's keepOriginalNextHop).
     pub keep_original_next_hop: bool,
-    /// A peer not on the uplink's subnet is reached through this gateway: a static route to
-    /// it (Calico's reachableBy; IPv4 peers).
-    pub reachable_by: Option<Ipv4Addr>,
+    /// A peer not on the uplink's subnet is reached through this gateway (of the peer's
+    /// family): a static route to it (Calico's reachableBy).
+    pub reachable_by: Option<IpAddr>,
     /// Connections to it leave from the address the kernel picks by its routes, not from the
     /// node's (Calico's `sourceAddress: None`).
     pub any_source: bool,
@@ -402,10 +402,20 @@ impl NodeConfig {
     /// is not on the uplink's subnet (Calico's BGPPeer reachableBy).
     pub fn static_routes(&self) -> impl Iterator<Item = StaticRoute> + '_ {
         let peers = self.bgp.iter().flat_map(|b| &b.peers).filter_map(|p| match (p.address, p.reachable_by) {
-            (IpAddr::V4(a), Some(gw)) => Some(StaticRoute { prefix: Ipv4Net::from(a), action: StaticAction::Via(gw) }),
+            (IpAddr::V4(a), Some(IpAddr::V4(gw))) => {
+                Some(StaticRoute { prefix: Ipv4Net::from(a), action: StaticAction::Via(gw) })
+            }
             _ => None,
         });
         self.routes.iter().cloned().chain(peers)
+    }
+
+    /// The IPv6 BGP peers reached through a gateway (reachableBy): a /128 to each.
+    pub fn peer_routes6(&self) -> impl Iterator<Item = (Ipv6Net, Ipv6Addr)> + '_ {
+        self.bgp.iter().flat_map(|b| &b.peers).filter_map(|p| match (p.address, p.reachable_by) {
+            (IpAddr::V6(a), Some(IpAddr::V6(gw))) => Some((Ipv6Net::from(a), gw)),
+            _ => None,
+        })
     }
 }
 
@@ -884,7 +894,7 @@ fn static_route(src: &Source<'_>, r: &RawRoute, uplink: &Uplink) -> Result<Stati
     Ok(StaticRoute { prefix, action })
 }
 
-fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, addr6: Option<Ipv6Addr>) -> Result<BgpConfig, FileError> {
+fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, net6: Option<Ipv6Net>) -> Result<BgpConfig, FileError> {
     let filters = check_filters(src, &b.filters)?;
     let hold = *b.hold_time.get_ref();
     if hold == 1 || hold == 2 {
@@ -905,7 +915,7 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, addr6: Option<Ipv6Addr>) -
         graceful_restart_secs: b.graceful_restart_secs.min(MAX_RESTART_TIME),
         max_stale_secs: b.max_stale_secs,
         route_reflector_cluster_id: addr(&b.route_reflector_cluster_id, "route_reflector_cluster_id")?,
-        peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink, addr6, &filters)).collect::<Result<_, _>>()?,
+        peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink, net6, &filters)).collect::<Result<_, _>>()?,
         prefix_advertisements: check_prefix_advertisements(src, &b.prefix_advertisements, &[])?,
         service_ips: b
             .service_ips
@@ -939,11 +949,12 @@ fn bgp_peer(
     src: &Source<'_>,
     p: &RawBgpPeer,
     uplink: &Uplink,
-    addr6: Option<Ipv6Addr>,
+    net6: Option<Ipv6Net>,
     filters: &[bgp::policy::Filter],
 ) -> Result<BgpPeer, FileError> {
     let address = src.at(&p.address, fileerr::parse_ip(p.address.get_ref(), "peer address"))?;
     let refuse = |why: &str| Err(src.error_at(p.address.span(), why));
+    let addr6 = net6.map(|n| n.addr());
     if address == uplink.address.addr() || Some(address) == addr6.map(IpAddr::V6) {
         return refuse("a node cannot peer with itself");
     }
@@ -967,11 +978,19 @@ fn bgp_peer(
     }
     let reachable_by = match &p.reachable_by {
         Some(g) => {
-            let gw = src.at(g, fileerr::parse_addr(g.get_ref(), "reachable_by"))?;
-            if !address.is_ipv4() || !uplink.address.contains(&gw) {
-                return Err(
-                    src.error_at(g.span(), "reachable_by is a gateway on the uplink's subnet, for an IPv4 peer")
-                );
+            let gw: IpAddr = src.at(
+                g,
+                g.get_ref().parse().map_err(|_| format!("reachable_by {:?} is not an IP address", g.get_ref())),
+            )?;
+            let on_link = match gw {
+                IpAddr::V4(gw) => address.is_ipv4() && uplink.address.contains(&gw),
+                IpAddr::V6(gw) => address.is_ipv6() && net6.is_some_and(|n| n.contains(&gw)),
+            };
+            if !on_link {
+                return Err(src.error_at(
+                    g.span(),
+                    "reachable_by is a gateway on the uplink's subnet of the peer's family (ipv6.address's for an IPv6 peer)",
+                ));
             }
             Some(gw)
         }
@@ -1115,8 +1134,8 @@ impl NodeConfig {
             }
         }
         let routes = raw.routes.iter().map(|r| static_route(&src, r, &uplink)).collect::<Result<Vec<_>, _>>()?;
-        let addr6 = ipv6.as_ref().map(|v| v.address.addr());
-        let bgp = raw.bgp.as_ref().map(|b| bgp(&src, b, &uplink, addr6)).transpose()?;
+        let net6 = ipv6.as_ref().map(|v| v.address);
+        let bgp = raw.bgp.as_ref().map(|b| bgp(&src, b, &uplink, net6)).transpose()?;
         let metrics_address = match &raw.metrics_address {
             Some(a) => Some(a.get_ref().parse().map_err(|_| {
                 src.error_at(

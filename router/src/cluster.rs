@@ -265,10 +265,11 @@ pub fn view_with(
         let allow_local_as = p.spec.num_allowed_local_as_numbers.map_or(0, |n| n.min(255) as u8);
         let keep_original_next_hop = p.spec.keep_original_next_hop == Some(true);
         let any_source = p.spec.source_address.as_deref() == Some("None");
-        let reachable_by = p.spec.reachable_by.as_deref().and_then(|g| match g.parse::<Ipv4Addr>() {
-            Ok(g) => Some(g),
-            Err(_) => {
-                notes.push(format!("{name}: reachableBy {g:?} is not an IPv4 address: not used"));
+        let peer_v6 = p.spec.peer_ip.as_deref().and_then(r::peer_address).map(|(a, _)| a.is_ipv6());
+        let reachable_by = p.spec.reachable_by.as_deref().and_then(|g| match g.parse::<IpAddr>() {
+            Ok(g) if peer_v6.is_none_or(|v6| v6 == g.is_ipv6()) => Some(g),
+            _ => {
+                notes.push(format!("{name}: reachableBy {g:?} is not an address of the peer's family: not used"));
                 None
             }
         });

@@ -162,6 +162,11 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
             push(*p, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Static, "unicast", &why);
         }
     }
+    // IPv6 BGP peers off the subnet (reachableBy): the node's own session needs the route too.
+    for (peer, gateway) in cfg.peer_routes6() {
+        let why = || format!("BGP peer reached through its gateway {gateway} (reachableBy)");
+        push(peer, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Static, "unicast", &why);
+    }
     for b in &v6.blocks {
         push(*b, NextHop6::Blackhole, None, local, "blackhole", &|| "this node's own block".into());
     }
@@ -191,6 +196,8 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
         };
         push(*prefix, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Bgp, "unicast", &why);
     }
+    let peers = cfg.peer_routes6();
+    t.kernel.extend(peers.map(|(p, g)| KernelRoute::Via { prefix: p.into(), gateway: g.into(), dev: up.to_string() }));
     t
 }
 

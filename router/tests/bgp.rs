@@ -755,6 +755,35 @@ fn a_peer_off_the_subnet_is_reached_by_its_gateway() {
     assert_eq!(looked["prefix"], "198.51.100.0/24", "{looked}");
 }
 
+/// reachable_by for an IPv6 peer: BIRD on a loopback address of the underlay, two hops from
+/// node-a over IPv6, reached by a /128 through the underlay's IPv6 address, in the FIB and
+/// in the node's kernel (whose TCP carries the session).
+#[test]
+fn an_ipv6_peer_off_the_subnet_is_reached_by_its_gateway() {
+    let lab = TestLab::named();
+    let topo = dual_topology(
+        &lab,
+        "reachable-by6",
+        "\n[[bgp_peers]]\npeer_ip = \"fd00:255::1\"\nas_number = 65001\nnode = \"node-a\"\nreachable_by = \"fd00:192:168:100::1\"\n",
+    );
+    let lab = up_with(lab, &topo);
+    let out = lab.exec("underlay", &["ip", "-6", "addr", "add", "fd00:255::1/128", "dev", "lo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    start_bird(
+        &lab,
+        "router id 10.255.0.1;\nprotocol device {}\n\
+         protocol static s6 { ipv6; route fd00:99::/48 blackhole; }\n\
+         protocol bgp node_a { local fd00:255::1 as 65001; neighbor fd00:192:168:100::100 as 64512; multihop;\n\
+         connect retry time 1; ipv6 { import all; export where proto = \"s6\"; }; }\n",
+    );
+    let r = route(&lab, "node-a", "fd00:255::1/128").expect("the route to the peer");
+    assert_eq!((r["source"].as_str(), r["next_hop"].as_str()), (Some("static"), Some("fd00:192:168:100::1")), "{r}");
+    let kernel = text(&lab.exec("node-a", &["ip", "-6", "route", "show", "fd00:255::1"]).stdout);
+    assert!(kernel.contains("via fd00:192:168:100::1"), "{kernel}");
+    wait_for(20, "node-a's session with BIRD at fd00:255::1", || peer_state(&lab, "node-a", "fd00:255::1").0 == "up");
+    wait_for(10, "BIRD's IPv6 route at node-a", || route(&lab, "node-a", "fd00:99::/48").is_some());
+}
+
 /// A BGPFilter refuses a prefix by name; then the peer sends more than `max_prefixes` and the
 /// session is shut down with a Cease, the reason in `router status`, its routes gone.
 #[test]
