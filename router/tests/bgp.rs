@@ -1280,11 +1280,11 @@ fn bgp_peers_by_selector_follow_node_labels_on_etcd() {
     // A field the router keeps without acting on is named, not silently dropped.
     let warned = apply(
         &lab,
-        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack-r1\nspec:\n  nodeSelector: rack == 'r1'\n  peerSelector: rack == 'r1'\n  sourceAddress: None\n",
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n  listenPort: 1179\n  ignoredInterfaces:\n  - kube-ipvs0\n",
     );
     assert!(
-        warned.contains("bgppeers/rack-r1: kept in the datastore, but not acted on")
-            && warned.contains("spec.sourceAddress"),
+        warned.contains("bgpconfigurations/default: kept in the datastore, but not acted on")
+            && warned.contains("spec.ignoredInterfaces"),
         "{warned}"
     );
 }

@@ -21,9 +21,9 @@ const SERVER: &str = r#"
 import os, signal, socket, threading, sys
 signal.alarm(60)
 threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
-t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind(("192.168.200.1", 8080)); t.listen(4)
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("192.168.200.1", 5353))
+t = socket.socket(@FAMILY@); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind((@ADDR@, 8080)); t.listen(4)
+u = socket.socket(@FAMILY@, socket.SOCK_DGRAM); u.bind((@ADDR@, 5353))
 def udp():
     while True:
         d, a = u.recvfrom(2048); print("udp", a[0], a[1], flush=True); u.sendto(d.upper(), a)
@@ -43,7 +43,7 @@ threading.Event().wait()
 /// Sends 4 MB over TCP and one datagram over UDP to the server, and prints what came back.
 const CLIENT: &str = r#"
 import socket
-c = socket.create_connection(("192.168.200.1", 8080), timeout=10)
+c = socket.create_connection((@ADDR@, 8080), timeout=10)
 sent = bytes(range(256)) * 16384
 c.sendall(sent); c.shutdown(socket.SHUT_WR)
 got = bytearray()
@@ -52,10 +52,35 @@ while True:
     if not b: break
     got += b
 print("tcp back", len(got), got == sent)
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
-u.sendto(b"through the node", ("192.168.200.1", 5353))
+u = socket.socket(@FAMILY@, socket.SOCK_DGRAM); u.settimeout(5)
+u.sendto(b"through the node", (@ADDR@, 5353))
 print("udp back", u.recvfrom(2048)[0].decode())
 "#;
+
+/// `script` (SERVER or CLIENT) for the server's address `addr`, of either family.
+fn at(script: &str, addr: &str) -> String {
+    let family = if addr.contains(':') { "socket.AF_INET6" } else { "socket.AF_INET" };
+    script.replace("@FAMILY@", family).replace("@ADDR@", &format!("{addr:?}"))
+}
+
+/// Runs the server on the underlay router at `addr` and the client in pod-a1: what the
+/// client printed, and the lines the server printed after "ready".
+fn echo_through(lab: &TestLab, addr: &str) -> (String, Vec<String>) {
+    let mut server = lab
+        .command(&["lab", "exec", "underlay", "--", "python3", "-c", &at(SERVER, addr)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    let out = lab.exec("pod-a1", &["python3", "-c", &at(CLIENT, addr)]);
+    let client = text(&out.stdout) + &text(&out.stderr);
+    // What the server printed is in the pipe; closing its stdin ends it.
+    drop(server.stdin.take());
+    let _ = server.wait();
+    (client, lines.map_while(Result::ok).collect())
+}
 
 fn nat_ports(port: &str) -> bool {
     port.parse::<u16>().is_ok_and(|p| p >= 61000)
@@ -95,20 +120,7 @@ fn pods_reach_outside_the_pools_only_masqueraded_as_their_node() {
     assert_eq!(cap.fields(&["ip.src"]), vec![vec!["10.244.1.1".to_string()]]);
 
     // TCP in bulk (the pods' offloaded super-packets too) and UDP, both ways.
-    let mut server = lab
-        .command(&["lab", "exec", "underlay", "--", "python3", "-c", SERVER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
-    let out = lab.exec("pod-a1", &["python3", "-c", CLIENT]);
-    let client = text(&out.stdout) + &text(&out.stderr);
-    // What the server printed is in the pipe; closing its stdin ends it.
-    drop(server.stdin.take());
-    let _ = server.wait();
-    let seen: Vec<String> = lines.map_while(Result::ok).collect();
+    let (client, seen) = echo_through(&lab, OUTSIDE);
     assert!(client.contains("tcp back 4194304 True"), "{client}");
     assert!(client.contains("udp back THROUGH THE NODE"), "{client}");
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -175,39 +187,6 @@ const NODE_A6: &str = "fd00:192:168:100::100";
 const OUTSIDE6: &str = "fd00:192:168:200::1";
 const NODE_C6: &str = "fd00:192:168:200::101";
 
-/// A TCP server on the underlay router's IPv6 address: reads everything, sends it back, and
-/// prints who it came from.
-const SERVER6: &str = r#"
-import os, signal, socket, threading, sys
-signal.alarm(60)
-threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
-t = socket.socket(socket.AF_INET6); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind(("fd00:192:168:200::1", 8080)); t.listen(4)
-print("ready", flush=True)
-c, a = t.accept()
-data = bytearray()
-while True:
-    b = c.recv(1 << 16)
-    if not b: break
-    data += b
-print("tcp", a[0], a[1], len(data), flush=True)
-c.sendall(data); c.close()
-threading.Event().wait()
-"#;
-
-const CLIENT6: &str = r#"
-import socket
-c = socket.create_connection(("fd00:192:168:200::1", 8080), timeout=10)
-sent = bytes(range(256)) * 16384
-c.sendall(sent); c.shutdown(socket.SHUT_WR)
-got = bytearray()
-while True:
-    b = c.recv(1 << 16)
-    if not b: break
-    got += b
-print("tcp back", len(got), got == sent)
-"#;
-
 /// Echo requests and replies only (no neighbour discovery).
 const ECHO6: &str = "icmp6 and (ip6[40] == 128 or ip6[40] == 129)";
 
@@ -231,23 +210,14 @@ fn ipv6_pods_of_a_masquerading_pool_leave_as_their_node_on_both_data_planes() {
     assert!(ok, "{out}");
     assert_eq!(cap.fields(&["ipv6.src"]), vec![vec!["fd00:10:244::1".to_string()]]);
 
-    // TCP in bulk (offloaded super-packets among them) through the masquerade.
-    let mut server = lab
-        .command(&["lab", "exec", "underlay", "--", "python3", "-c", SERVER6])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
-    let out = lab.exec("pod-a1", &["python3", "-c", CLIENT6]);
-    let client = text(&out.stdout) + &text(&out.stderr);
-    drop(server.stdin.take());
-    let _ = server.wait();
-    let seen: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(client.contains("tcp back 4194304 True"), "{client}");
-    let f: Vec<&str> = seen.first().map(|l| l.split(' ').collect()).unwrap_or_default();
-    assert!(f.len() == 4 && f[1] == NODE_A6 && nat_ports(f[2]) && f[3] == "4194304", "the server saw {seen:?}");
+    // TCP in bulk (offloaded super-packets among them) and UDP through the masquerade.
+    let (client, seen) = echo_through(&lab, OUTSIDE6);
+    assert!(client.contains("tcp back 4194304 True") && client.contains("udp back THROUGH THE NODE"), "{client}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for line in &seen {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert!(f[1] == NODE_A6 && nat_ports(f[2]), "the server saw {line}");
+    }
 
     // Beyond the underlay router: hop limit 2 runs out there, and its ICMPv6 error, sent to
     // node-a, reaches the pod with the pod's own packet quoted.

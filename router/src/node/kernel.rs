@@ -266,3 +266,28 @@ impl Node {
         self.tun_dropped = Some(now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masquerade_rules_have_a_table_per_family_that_masquerades() {
+        let net = |s: &str| s.parse().expect("net");
+        let off = masquerade_rules(&forwarding::nat::NatPolicy::default());
+        assert_eq!(
+            off,
+            "add table ip router-nat\ndelete table ip router-nat\nadd table ip6 router-nat\ndelete table ip6 router-nat\n"
+        );
+        let v6 = forwarding::nat::NatPolicy {
+            masquerade6: vec![net("fd00:10:244::/48")],
+            pools6: vec![net("fd00:10:244::/48"), net("fd00:10:245::/48")],
+            ..Default::default()
+        };
+        let r = masquerade_rules(&v6);
+        assert!(!r.contains("table ip router-nat {"), "no IPv4 pool masquerades:\n{r}");
+        assert!(r.contains("table ip6 router-nat {") && r.contains("type ipv6_addr"), "{r}");
+        assert!(r.contains("elements = { fd00:10:244::/48, fd00:10:245::/48 }"), "{r}");
+        assert!(r.contains("ip6 saddr @masq-pools ip6 daddr != @all-pools masquerade fully-random"), "{r}");
+    }
+}
