@@ -158,7 +158,12 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
     push(Ipv6Net::from(v6.address.addr()), NextHop6::Host, Some(up), local, "local", &String::new);
     if let Some(gateway) = v6.gateway {
         for p in &v6.routes {
-            let why = || "another underlay subnet, through the underlay router".to_string();
+            let why = || match v6.nat_outgoing.is_empty() {
+                true => "another underlay subnet, through the underlay router".to_string(),
+                false => "another underlay subnet, through the underlay router; pods leave masqueraded as the node \
+                          (natOutgoing)"
+                    .to_string(),
+            };
             push(*p, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Static, "unicast", &why);
         }
     }

@@ -195,6 +195,10 @@ fn ipv6_pods_of_a_masquerading_pool_leave_as_their_node_on_both_data_planes() {
     let lab = TestLab::up(&["--dual-stack", "--nat-outgoing"]);
     let status = text(&lab.router(&["lab", "status"]).stdout);
     assert!(status.contains("IPv6 natOutgoing true"), "{status}");
+    let routes = lab.json(&["routes", "--node", "node-a", "--json"]);
+    let beyond = routes.as_array().and_then(|a| a.iter().find(|r| r["prefix"] == "fd00:192:168:200::/64").cloned());
+    let why = beyond.as_ref().and_then(|r| r["why"].as_str()).unwrap_or_default().to_string();
+    assert!(why.ends_with("pods leave masqueraded as the node (natOutgoing)"), "{beyond:?}");
     let cap = start_capture(&lab, "underlay", "eth0", ECHO6, 2);
     let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-W", "2", OUTSIDE6]);
     assert!(ok, "{out}");
