@@ -1,9 +1,9 @@
 //! `cargo bench -p forwarding --bench pipeline`: the per-packet cost of the pipeline alone
 //! (no sockets), IPv4 against IPv6 in the same run: a small UDP datagram from a pod to
 //! another node's block on a direct route, and one to a pod of the same node. The same
-//! payload in both families; the IPv6 frame is 20 bytes longer. `ipv4/masqueraded` is the
-//! IPv4 datagram to outside the pools (natOutgoing) on a known flow, against
-//! `ipv4/other-node`: what the shared flow table costs.
+//! payload in both families; the IPv6 frame is 20 bytes longer. `ipv4/masqueraded` and
+//! `ipv6/masqueraded` are the datagrams to outside the pools (natOutgoing) on a known flow,
+//! against `*/other-node`: what the shared flow table costs.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use encap::MacAddr;
@@ -59,6 +59,7 @@ fn node() -> Node {
         r6("fd00:10:244::1/128", NextHop6::Local { iface: POD1 }),
         r6("fd00:10:244::2/128", NextHop6::Local { iface: POD2 }),
         r6("fd00:10:244::40/122", NextHop6::Direct { iface: UPLINK, gateway: node_b6 }),
+        r6("fd00:192:168:200::/64", NextHop6::Direct { iface: UPLINK, gateway: node_b6 }),
     ])
     .with_tunnels(Tunnels {
         local_pods: vec![pod(1).0, pod(2).0],
@@ -66,7 +67,8 @@ fn node() -> Node {
         nat: forwarding::nat::NatPolicy {
             masquerade: vec!["10.244.0.0/16".parse().expect("net")],
             pools: vec!["10.244.0.0/16".parse().expect("net")],
-            ..Default::default()
+            masquerade6: vec!["fd00:10:244::/48".parse().expect("net")],
+            pools6: vec!["fd00:10:244::/48".parse().expect("net")],
         },
         ..Tunnels::default()
     });
@@ -98,6 +100,7 @@ fn pipeline(c: &mut Criterion) {
         ("ipv4/other-node", frame(Ipv4Addr::new(10, 244, 2, 1).into())),
         ("ipv4/masqueraded", frame(Ipv4Addr::new(192, 168, 200, 1).into())),
         ("ipv6/other-node", frame("fd00:10:244::41".parse::<Ipv6Addr>().expect("addr").into())),
+        ("ipv6/masqueraded", frame("fd00:192:168:200::1".parse::<Ipv6Addr>().expect("addr").into())),
         ("ipv4/same-node", frame(Ipv4Addr::new(10, 244, 1, 2).into())),
         ("ipv6/same-node", frame("fd00:10:244::2".parse::<Ipv6Addr>().expect("addr").into())),
     ];

@@ -112,8 +112,11 @@ pub trait Family: Copy + Eq + Hash + std::fmt::Debug + Send + 'static {
     const ECHO_REPLY: u8;
     /// Whether the ICMP checksum covers the addresses (ICMPv6's pseudo-header).
     const ICMP_PSEUDO: bool;
+    /// The address's bytes (an array: no allocation per packet).
     #[doc(hidden)]
-    fn bytes(self) -> Vec<u8>;
+    type Octets: AsRef<[u8]>;
+    #[doc(hidden)]
+    fn bytes(self) -> Self::Octets;
     #[doc(hidden)]
     fn is_error_type(t: u8) -> bool;
     /// The header of `pkt`, a packet or an ICMP error's quote: `None` when it is not one of
@@ -138,8 +141,10 @@ impl Family for Ipv4Addr {
     const ECHO_REPLY: u8 = icmp::types::ECHO_REPLY;
     const ICMP_PSEUDO: bool = false;
 
-    fn bytes(self) -> Vec<u8> {
-        self.octets().to_vec()
+    type Octets = [u8; 4];
+
+    fn bytes(self) -> [u8; 4] {
+        self.octets()
     }
 
     fn is_error_type(t: u8) -> bool {
@@ -193,8 +198,10 @@ impl Family for Ipv6Addr {
     const ECHO_REPLY: u8 = icmpv6::types::ECHO_REPLY;
     const ICMP_PSEUDO: bool = true;
 
-    fn bytes(self) -> Vec<u8> {
-        self.octets().to_vec()
+    type Octets = [u8; 16];
+
+    fn bytes(self) -> [u8; 16] {
+        self.octets()
     }
 
     fn is_error_type(t: u8) -> bool {
@@ -416,7 +423,11 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 /// header). ICMP echo has the identifier as the sender's port (the request's source, the
 /// reply's destination) and 0 for the other end; other ICMP messages have neither.
 fn parse<A: Family>(pkt: &[u8]) -> Option<Parsed<A>> {
-    let h = A::header(pkt)?;
+    parse_with(pkt, &A::header(pkt)?)
+}
+
+/// [`parse`] with the IP header already read.
+fn parse_with<A: Family>(pkt: &[u8], h: &Header<A>) -> Option<Parsed<A>> {
     let proto = match h.protocol {
         6 => Proto::Tcp,
         17 => Proto::Udp,
@@ -476,7 +487,7 @@ fn rewrite<A: Family>(pkt: &mut [u8], p: &Parsed<A>, side: Side, to: End<A>, par
                     A::fill_partial_tcp(l4, new_src, new_dst);
                 }
             } else if let Some(c) = be16(l4, tcp::CHECKSUM_OFFSET) {
-                let c = encap::checksum::update_bytes(c, &old_addr, &new_addr);
+                let c = encap::checksum::update_bytes(c, old_addr.as_ref(), new_addr.as_ref());
                 put16(l4, tcp::CHECKSUM_OFFSET, encap::checksum::update_bytes(c, &old_port, &new_port));
             }
         }
@@ -484,7 +495,7 @@ fn rewrite<A: Family>(pkt: &mut [u8], p: &Parsed<A>, side: Side, to: End<A>, par
             put16(l4, port_at, to.1);
             // 0 is "no checksum" (RFC 768), and a computed 0 is sent as 0xffff.
             if let Some(c) = be16(l4, 6).filter(|c| *c != 0) {
-                let c = encap::checksum::update_bytes(c, &old_addr, &new_addr);
+                let c = encap::checksum::update_bytes(c, old_addr.as_ref(), new_addr.as_ref());
                 let c = encap::checksum::update_bytes(c, &old_port, &new_port);
                 put16(l4, 6, if c == 0 { 0xffff } else { c });
             }
@@ -500,7 +511,7 @@ fn rewrite<A: Family>(pkt: &mut [u8], p: &Parsed<A>, side: Side, to: End<A>, par
             }
             if let Some(mut c) = be16(l4, 2) {
                 if A::ICMP_PSEUDO {
-                    c = encap::checksum::update_bytes(c, &old_addr, &new_addr);
+                    c = encap::checksum::update_bytes(c, old_addr.as_ref(), new_addr.as_ref());
                 }
                 if carries_id {
                     c = encap::checksum::update_bytes(c, &old_port, &new_port);
@@ -564,10 +575,11 @@ impl Nat {
     /// `node`, making its flow if it has none. `partial`: an offloaded TCP super-packet,
     /// whose checksum holds only the pseudo-header sum.
     pub fn outbound<A: Family>(&self, pkt: &mut [u8], node: A, partial: bool) -> Result<Out, DropReason> {
-        if is_fragment::<A>(pkt) {
+        let h = A::header(pkt).ok_or(DropReason::NatUnsupported)?;
+        if h.frag != Frag::Whole {
             return Err(DropReason::NatFragment);
         }
-        let p = parse::<A>(pkt).ok_or(DropReason::NatUnsupported)?;
+        let p = parse_with(pkt, &h).ok_or(DropReason::NatUnsupported)?;
         if p.proto == Proto::Icmp && A::is_error_type(p.flags) {
             return self.error_outbound(pkt, &p, node);
         }
@@ -653,10 +665,10 @@ impl Nat {
         if h.frag != Frag::Whole {
             // The first fragment of an answer says so (its ports are there); the later ones
             // cannot, and go to the kernel, which finds no one to give them to.
-            let ours = parse::<A>(pkt).is_some_and(|p| p.proto != Proto::Icmp && PORTS.contains(&p.dst.1));
+            let ours = parse_with(pkt, &h).is_some_and(|p| p.proto != Proto::Icmp && PORTS.contains(&p.dst.1));
             return ours.then_some(Err(DropReason::NatFragment));
         }
-        let p = parse::<A>(pkt)?;
+        let p = parse_with(pkt, &h)?;
         if p.proto == Proto::Icmp && A::is_error_type(p.flags) {
             return self.error_inbound(pkt, &p, node);
         }
