@@ -418,15 +418,17 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     b.get(at..at + 2).map(|w| u16::from_be_bytes([w[0], w[1]]))
 }
 
-/// Reads protocol, ends and flags of the packet (or ICMP quote) `pkt`; `None` when the L4
-/// header is not there (a later fragment, a short quote, another protocol or an extension
-/// header). ICMP echo has the identifier as the sender's port (the request's source, the
-/// reply's destination) and 0 for the other end; other ICMP messages have neither.
+/// [`parse_with`], the header read here (the tests' reader).
+#[cfg(test)]
 fn parse<A: Family>(pkt: &[u8]) -> Option<Parsed<A>> {
     parse_with(pkt, &A::header(pkt)?)
 }
 
-/// [`parse`] with the IP header already read.
+/// Reads protocol, ends and flags of the packet (or ICMP quote) `pkt`, whose IP header is
+/// `h`; `None` when the L4 header is not there (a later fragment, a short quote, another
+/// protocol or an extension header). ICMP echo has the identifier as the sender's port (the
+/// request's source, the reply's destination) and 0 for the other end; other ICMP messages
+/// have neither.
 fn parse_with<A: Family>(pkt: &[u8], h: &Header<A>) -> Option<Parsed<A>> {
     let proto = match h.protocol {
         6 => Proto::Tcp,
@@ -452,8 +454,11 @@ fn parse_with<A: Family>(pkt: &[u8], h: &Header<A>) -> Option<Parsed<A>> {
     Some(Parsed { proto, src: (h.src, sp), dst: (h.dst, dp), flags, l4: h.l4 })
 }
 
-fn is_fragment<A: Family>(pkt: &[u8]) -> bool {
-    A::header(pkt).is_some_and(|h| h.frag != Frag::Whole)
+/// [`parse_with`] of a whole packet: `None` for any fragment, whose ports cannot be trusted to
+/// speak for the others.
+fn parse_whole<A: Family>(pkt: &[u8]) -> Option<Parsed<A>> {
+    let h = A::header(pkt).filter(|h| h.frag == Frag::Whole)?;
+    parse_with(pkt, &h)
 }
 
 fn put16(b: &mut [u8], at: usize, v: u16) {
@@ -467,7 +472,7 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
 /// only where it lies within `pkt` (a quote may end before it). `partial`: the TCP checksum
 /// holds only the pseudo-header sum (an offloaded super-packet), rebuilt for the new address.
 /// ICMP echo is rewritten only on the side that carries its identifier; ICMPv6's checksum
-/// also follows the address. `p` is what [`parse`] read of `pkt`.
+/// also follows the address. `p` is what [`parse_with`] read of `pkt`.
 fn rewrite<A: Family>(pkt: &mut [u8], p: &Parsed<A>, side: Side, to: End<A>, partial: bool) {
     let from = if side == Side::Src { p.src } else { p.dst };
     A::set_addr(pkt, side, to.0);
@@ -526,11 +531,7 @@ fn rewrite<A: Family>(pkt: &mut [u8], p: &Parsed<A>, side: Side, to: End<A>, par
 /// starts, and what it says.
 fn quote<A: Family>(pkt: &[u8], h: &Parsed<A>) -> Option<(usize, Parsed<A>)> {
     let at = h.l4 + icmp::HEADER_LEN;
-    let q = pkt.get(at..)?;
-    if is_fragment::<A>(q) {
-        return None;
-    }
-    Some((at, parse(q)?))
+    Some((at, parse_whole(pkt.get(at..)?)?))
 }
 
 /// What [`Nat::outbound`] did.
@@ -713,10 +714,7 @@ impl Nat {
     /// Notes a packet from outside the pools to a masquerading pod (`pkt`, checked): the flow
     /// it opens is answered untranslated. A full table notes nothing.
     pub fn note_inbound<A: Family>(&self, pkt: &[u8]) {
-        if is_fragment::<A>(pkt) {
-            return;
-        }
-        let Some(p) = parse::<A>(pkt) else { return };
+        let Some(p) = parse_whole::<A>(pkt) else { return };
         if p.proto == Proto::Icmp && p.flags != A::ECHO_REQUEST {
             return;
         }

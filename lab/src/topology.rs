@@ -634,10 +634,7 @@ fn bgp_peer(
     let max_restart_time = restart_time(src, &p.max_restart_time, "max_restart_time")?;
     let reachable_by = match &p.reachable_by {
         Some(g) => {
-            let gw: std::net::IpAddr = src.at(
-                g,
-                g.get_ref().parse().map_err(|_| format!("reachable_by {:?} is not an IP address", g.get_ref())),
-            )?;
+            let gw = src.at(g, fileerr::parse_ip(g.get_ref(), "reachable_by"))?;
             // On the subnet of every node that has the peer, in the peer's family.
             let has = |n: &&Node| p.node.as_ref().is_none_or(|x| x.get_ref() == &n.name);
             let on_link = |n: &Node| match gw {
@@ -762,23 +759,7 @@ impl Topology {
         let prefix_advertisements =
             nodeapi::config::check_prefix_advertisements(&src, &raw.prefix_advertisements, &named)?;
         let services = |list: &[Spanned<String>], what: &str| -> Result<Vec<ipnet::IpNet>, FileError> {
-            list.iter()
-                .map(|n| {
-                    let net: ipnet::IpNet = src.at(
-                        n,
-                        n.get_ref()
-                            .parse()
-                            .map_err(|_| format!("{what} {:?} is not a CIDR (like 10.96.0.0/12)", n.get_ref())),
-                    )?;
-                    if net.trunc() != net {
-                        return Err(src.error_at(
-                            n.span(),
-                            format!("{what} {net} has host bits set; did you mean {}?", net.trunc()),
-                        ));
-                    }
-                    Ok(net)
-                })
-                .collect()
+            list.iter().map(|n| src.at(n, fileerr::parse_cidr(n.get_ref(), what))).collect()
         };
         let service_cluster_ips = services(&raw.cluster.service_cluster_ips, "service_cluster_ips")?;
         let service_external_ips = services(&raw.cluster.service_external_ips, "service_external_ips")?;

@@ -920,19 +920,7 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, net6: Option<Ipv6Net>) -> 
         service_ips: b
             .service_ips
             .iter()
-            .map(|n| {
-                let net: IpNet = src.at(
-                    n,
-                    n.get_ref()
-                        .parse()
-                        .map_err(|_| format!("service_ips {:?} is not a CIDR (like 10.96.0.0/12)", n.get_ref())),
-                )?;
-                if net.trunc() != net {
-                    let msg = format!("service_ips {net} has host bits set; did you mean {}?", net.trunc());
-                    return Err(src.error_at(n.span(), msg));
-                }
-                Ok(net)
-            })
+            .map(|n| src.at(n, fileerr::parse_cidr(n.get_ref(), "service_ips")))
             .collect::<Result<_, _>>()?,
         listen_all: match b.bind_mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
             None | Some((_, "NodeIP")) => false,
@@ -978,10 +966,7 @@ fn bgp_peer(
     }
     let reachable_by = match &p.reachable_by {
         Some(g) => {
-            let gw: IpAddr = src.at(
-                g,
-                g.get_ref().parse().map_err(|_| format!("reachable_by {:?} is not an IP address", g.get_ref())),
-            )?;
+            let gw = src.at(g, fileerr::parse_ip(g.get_ref(), "reachable_by"))?;
             let on_link = match gw {
                 IpAddr::V4(gw) => address.is_ipv4() && uplink.address.contains(&gw),
                 IpAddr::V6(gw) => address.is_ipv6() && net6.is_some_and(|n| n.contains(&gw)),

@@ -77,6 +77,16 @@ pub fn parse_addr6(s: &str, what: &str) -> Result<std::net::Ipv6Addr, String> {
     s.parse().map_err(|_| format!("{what} {s:?} is not an IPv6 address"))
 }
 
+/// A network of either family, as written: host bits are refused (a route's prefix or a
+/// range to announce names a network, not an address in one).
+pub fn parse_cidr(s: &str, what: &str) -> Result<ipnet::IpNet, String> {
+    let net: ipnet::IpNet = s.parse().map_err(|_| format!("{what} {s:?} is not a CIDR (like 10.96.0.0/12)"))?;
+    if net.trunc() != net {
+        return Err(format!("{what} {net} has host bits set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
 pub fn parse_ip(s: &str, what: &str) -> Result<std::net::IpAddr, String> {
     s.parse().map_err(|_| format!("{what} {s:?} is not an IPv4 or IPv6 address"))
 }

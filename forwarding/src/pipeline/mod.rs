@@ -356,7 +356,10 @@ fn ip_input(
                 vxlan_decapsulate(ctx, counters, buf, l3, end, false)
             }
             Ingress::Uplink if !ctx.fib.tunnels().nat.masquerade.is_empty() && ctx.ifaces.node_addr() == Some(dst) => {
-                restore(ctx, counters, buf, l3, end)
+                restore(ctx, counters, (buf, l3, end), ctx.ifaces.node_addr(), |buf| {
+                    let dst = ipv4::Packet::new_unchecked(&buf[l3..end]).dst();
+                    forward(ctx, counters, buf, l3, end, ctx.fib.lookup(dst), Hop::Router)
+                })
             }
             _ => Verdict::Pass,
         },
@@ -391,19 +394,32 @@ enum Hop {
     Masquerade,
 }
 
-/// Masquerades the routed packet at `buf[l3..end]` ([`Nat::outbound`]).
-fn masquerade(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end: usize) -> Result<(), DropReason> {
-    let node = ctx.ifaces.node_addr().ok_or(DropReason::NoRoute)?;
-    if ctx.nat.outbound(&mut buf[l3..end], node, ctx.gso.is_some())? == crate::nat::Out::Masqueraded {
+/// Masquerades the routed packet `pkt` as leaving `node` (the node's address of the
+/// packet's family), counted ([`Nat::outbound`]).
+pub(super) fn masquerade<A: crate::nat::Family>(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    pkt: &mut [u8],
+    node: Option<A>,
+) -> Result<(), DropReason> {
+    let node = node.ok_or(DropReason::NoRoute)?;
+    if ctx.nat.outbound(pkt, node, ctx.gso.is_some())? == crate::nat::Out::Masqueraded {
         bump(&counters.nat_masqueraded, 1);
     }
     Ok(())
 }
 
-/// A packet from the underlay to the node's address: an answer to a masqueraded flow goes
-/// back to its pod ([`Nat::inbound`]), the rest is the kernel's.
-fn restore(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end: usize) -> Verdict {
-    let Some(node) = ctx.ifaces.node_addr() else {
+/// The packet at `buf[l3..end]` from the underlay to the node's address `node` (of its
+/// family): an answer to a masqueraded flow goes back to its pod ([`Nat::inbound`]), routed
+/// by `route` (the family's forwarding, to the new destination); the rest is the kernel's.
+pub(super) fn restore<A: crate::nat::Family>(
+    ctx: &Context<'_>,
+    counters: &Counters,
+    (buf, l3, end): (&mut [u8], usize, usize),
+    node: Option<A>,
+    route: impl FnOnce(&mut [u8]) -> Verdict,
+) -> Verdict {
+    let Some(node) = node else {
         return Verdict::Pass;
     };
     match ctx.nat.inbound(&mut buf[l3..end], node, ctx.gso.is_some()) {
@@ -411,8 +427,7 @@ fn restore(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, en
         Some(Err(r)) => Verdict::Drop(r),
         Some(Ok(())) => {
             bump(&counters.nat_restored, 1);
-            let dst = ipv4::Packet::new_unchecked(&buf[l3..end]).dst();
-            forward(ctx, counters, buf, l3, end, ctx.fib.lookup(dst), Hop::Router)
+            route(buf)
         }
     }
 }
@@ -552,7 +567,7 @@ fn forward(
         ipv4::Packet::new_unchecked(&mut buf[l3..end]).decrement_ttl();
     }
     if hop == Hop::Masquerade {
-        if let Err(r) = masquerade(ctx, counters, buf, l3, end) {
+        if let Err(r) = masquerade(ctx, counters, &mut buf[l3..end], ctx.ifaces.node_addr()) {
             return Verdict::Drop(r);
         }
     }
@@ -593,7 +608,7 @@ fn forward_super(
         ipv4::Packet::new_unchecked(&mut buf[l3..end]).decrement_ttl();
     }
     if hop == Hop::Masquerade {
-        if let Err(r) = masquerade(ctx, counters, buf, l3, end) {
+        if let Err(r) = masquerade(ctx, counters, &mut buf[l3..end], ctx.ifaces.node_addr()) {
             return Verdict::Drop(r);
         }
     }

@@ -78,7 +78,10 @@ pub(super) fn frame(
         (IfaceRole::Uplink { .. }, Some(NextHop6::Host))
             if !nat.masquerade6.is_empty() && ctx.ifaces.node_addr6() == Some(dst) =>
         {
-            return restore(ctx, counters, buf, l3, end);
+            return super::restore(ctx, counters, (buf, l3, end), ctx.ifaces.node_addr6(), |buf| {
+                let dst = ipv6::Packet::new_unchecked(&buf[l3..end]).dst();
+                forward(ctx, counters, buf, l3, end, ctx.fib.lookup6(dst), false)
+            });
         }
         (IfaceRole::Uplink { .. }, Some(NextHop6::Local { .. })) => {
             // A flow the outside opens toward a masquerading pod is answered as it is.
@@ -90,23 +93,6 @@ pub(super) fn frame(
         _ => false,
     };
     forward(ctx, counters, buf, l3, end, nh, masquerade)
-}
-
-/// A packet from the underlay to the node's IPv6 address: an answer to a masqueraded flow
-/// goes back to its pod, the rest is the kernel's.
-fn restore(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], l3: usize, end: usize) -> Verdict {
-    let Some(node) = ctx.ifaces.node_addr6() else {
-        return Verdict::Pass;
-    };
-    match ctx.nat.inbound(&mut buf[l3..end], node, ctx.gso.is_some()) {
-        None => Verdict::Pass,
-        Some(Err(r)) => Verdict::Drop(r),
-        Some(Ok(())) => {
-            bump(&counters.nat_restored, 1);
-            let dst = ipv6::Packet::new_unchecked(&buf[l3..end]).dst();
-            forward(ctx, counters, buf, l3, end, ctx.fib.lookup6(dst), false)
-        }
-    }
 }
 
 /// Neighbour discovery on `iface`: the pods' gateway is answered here (proxy NDP), and what
@@ -236,13 +222,8 @@ fn forward(
     }
     ipv6::Packet::new_unchecked(&mut buf[l3..end]).decrement_hop_limit();
     if masquerade {
-        let Some(node) = ctx.ifaces.node_addr6() else {
-            return Verdict::Drop(DropReason::NoRoute);
-        };
-        match ctx.nat.outbound(&mut buf[l3..end], node, ctx.gso.is_some()) {
-            Ok(crate::nat::Out::Masqueraded) => bump(&counters.nat_masqueraded, 1),
-            Ok(crate::nat::Out::Untouched) => {}
-            Err(r) => return Verdict::Drop(r),
+        if let Err(r) = super::masquerade(ctx, counters, &mut buf[l3..end], ctx.ifaces.node_addr6()) {
+            return Verdict::Drop(r);
         }
     }
     match output(buf, l3, end, eg, out, dst_mac) {

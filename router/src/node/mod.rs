@@ -396,7 +396,7 @@ fn speaker_config(cfg: &NodeConfig, restarted: bool) -> Option<SpeakerConfig> {
         max_stale: Duration::from_secs(u64::from(b.max_stale_secs)),
         restarted: restarted && b.graceful_restart_secs > 0,
         peers: b.peers.iter().map(crate::speaker::peer_config).collect(),
-        originate: originated(cfg).into_iter().chain(b.service_ips.iter().copied()).collect(),
+        originate: originated(cfg),
         policy: cluster_policy(cfg),
         filters: b.filters.clone(),
     };
@@ -449,11 +449,12 @@ fn cluster_policy(cfg: &NodeConfig) -> bgp::policy::ClusterPolicy {
 /// What the node announces: its blocks of both families, and a /32 (/128) for each of its
 /// pods whose address lies outside them (borrowed from another node's block, whose owner
 /// announces the whole block, and the /32 is longer; or from a block the IPAM claimed for
-/// it since), as Calico does.
+/// it since), as Calico does; and the cluster's service ranges.
 fn originated(cfg: &NodeConfig) -> Vec<IpNet> {
     let blocks6 = cfg.ipv6.iter().flat_map(|v| v.blocks.iter().copied().map(IpNet::V6));
     let borrowed = cfg.pods.iter().flat_map(|p| borrowed_routes(cfg, p));
-    cfg.blocks.iter().copied().map(IpNet::V4).chain(blocks6).chain(borrowed).collect()
+    let services = cfg.bgp.iter().flat_map(|b| b.service_ips.iter().copied());
+    cfg.blocks.iter().copied().map(IpNet::V4).chain(blocks6).chain(borrowed).chain(services).collect()
 }
 
 /// The /32 and /128 the node announces for `pod`: its addresses outside the node's blocks.
@@ -763,7 +764,7 @@ fn control_loop(
         if let Some(w) = &watcher {
             while let Ok(rs) = w.rx.try_recv() {
                 tracing::debug!(resources = rs.len(), "applying the datastore's view");
-                pending |= node.apply_view(&rs, &mut speaker, poll.registry());
+                pending |= node.apply_view(rs, &mut speaker, poll.registry());
             }
             pending |= node.reread_secrets(&mut speaker, poll.registry());
             node.finish_removals(speaker.as_mut(), poll.registry());

@@ -184,16 +184,15 @@ impl Node {
     /// restarts the speaker. Whether the FIB must be rebuilt.
     pub(super) fn apply_view(
         &mut self,
-        resources: &[datastore::resources::Resource],
+        resources: Vec<datastore::resources::Resource>,
         speaker: &mut Option<Speaker>,
         registry: &mio::Registry,
     ) -> bool {
         let me = self.cfg.uplink.address.addr();
         let me6 = self.cfg.ipv6.as_ref().map(|v| v.address.addr());
-        let view = crate::cluster::view_with(resources, &self.cfg.name, me, me6, &|n, k| self.read_secret(n, k));
-        if resources != self.resources.as_slice() {
-            self.resources = resources.to_vec();
-        }
+        let view = crate::cluster::view_with(&resources, &self.cfg.name, me, me6, &|n, k| self.read_secret(n, k));
+        // Kept for reading the secrets again (`reread_secrets`).
+        self.resources = resources;
         self.secrets_read = Instant::now();
         for n in &view.notes {
             tracing::warn!(note = %n, "datastore");
@@ -340,8 +339,7 @@ impl Node {
             return false;
         }
         tracing::info!("a BGP peer's password in the secrets directory changed: applying the datastore again");
-        let resources = self.resources.clone();
-        self.apply_view(&resources, speaker, registry)
+        self.apply_view(self.resources.clone(), speaker, registry)
     }
 
     /// Removes the peers that went once every other session is up and has sent its table,
