@@ -55,6 +55,8 @@ pub fn conflist(t: &Target) -> serde_json::Value {
         "admin_socket": t.admin_socket,
         "blocks": t.blocks,
         "mtu": t.mtu,
+        // Runtimes pass the addresses a container asks for (`--ip`) as runtimeConfig.ips.
+        "capabilities": { "ips": true },
     });
     if !t.blocks6.is_empty() {
         plugin["blocks6"] = json!(t.blocks6);

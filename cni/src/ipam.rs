@@ -77,6 +77,50 @@ impl State {
         Err(format!("no free address: node {node}'s blocks and every other block are full"))
     }
 
+    /// `address` for `handle`, as the runtime asked for it: free, and not a block's first
+    /// or last address, in a block of the state; in another node's block it is borrowed.
+    /// The same handle keeps its address.
+    pub fn request(&mut self, node: &str, handle: &str, address: Ipv4Addr) -> Result<Assigned, String> {
+        let Some((block, owner)) = self.blocks.iter().find(|(b, _)| b.contains(&address)) else {
+            return Err(format!("{address} is in no block of the IPAM state"));
+        };
+        let assigned = Assigned { address, borrowed: owner != node };
+        match self.find(handle) {
+            Some(a) if a == address => return Ok(assigned),
+            Some(a) => return Err(format!("{handle} holds {a} already, not {address}")),
+            None => {}
+        }
+        if !block.hosts().any(|a| a == address) {
+            return Err(format!("{address} is not handed out: it is the first or last address of block {block}"));
+        }
+        if let Some(a) = self.allocations.get(&address) {
+            return Err(format!("{address} is in use (by {})", a.handle));
+        }
+        self.allocations.insert(address, Allocation { handle: handle.to_string(), node: node.to_string() });
+        Ok(assigned)
+    }
+
+    /// The IPv6 `address` for `handle`, as asked: free, in one of `node`'s IPv6 blocks (as
+    /// for [`State::allocate6`], never borrowed), not a block's first address.
+    pub fn request6(&mut self, node: &str, handle: &str, address: Ipv6Addr) -> Result<Ipv6Addr, String> {
+        match self.find6(handle) {
+            Some(a) if a == address => return Ok(a),
+            Some(a) => return Err(format!("{handle} holds {a} already, not {address}")),
+            None => {}
+        }
+        let Some(block) = self.blocks6.iter().find(|(b, n)| *n == node && b.contains(&address)).map(|(b, _)| b) else {
+            return Err(format!("{address} is in none of node {node}'s IPv6 blocks"));
+        };
+        if address == block.network() {
+            return Err(format!("{address} is not handed out: it is the first address of block {block}"));
+        }
+        if let Some(a) = self.allocations6.get(&address) {
+            return Err(format!("{address} is in use (by {})", a.handle));
+        }
+        self.allocations6.insert(address, Allocation { handle: handle.to_string(), node: node.to_string() });
+        Ok(address)
+    }
+
     /// The IPv6 address `handle` holds, if any.
     pub fn find6(&self, handle: &str) -> Option<Ipv6Addr> {
         self.allocations6.iter().find(|(_, a)| a.handle == handle).map(|(ip, _)| *ip)
@@ -219,6 +263,39 @@ mod tests {
         // An IPv4-only state reads and writes as before.
         let json = serde_json::to_string(&two_nodes(26)).expect("json");
         assert!(!json.contains("blocks6"), "{json}");
+    }
+
+    #[test]
+    fn a_requested_address_is_taken_where_it_is_free_and_borrowed_from_another_block() {
+        let mut st = two_nodes(29);
+        st.blocks6.insert("fd00:10:244::/122".parse().expect("net"), "a".into());
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        assert_eq!(
+            st.request("a", "c1/eth0", ip("10.244.1.5")),
+            Ok(Assigned { address: ip("10.244.1.5"), borrowed: false })
+        );
+        assert_eq!(st.request("a", "c1/eth0", ip("10.244.1.5")).map(|a| a.address), Ok(ip("10.244.1.5")), "again");
+        let e = st.request("a", "c1/eth0", ip("10.244.1.6")).expect_err("one per handle");
+        assert!(e.contains("holds 10.244.1.5 already"), "{e}");
+        let e = st.request("b", "d1/eth0", ip("10.244.1.5")).expect_err("taken");
+        assert!(e.contains("in use (by c1/eth0)"), "{e}");
+        assert_eq!(
+            st.request("a", "c2/eth0", ip("10.244.2.3")),
+            Ok(Assigned { address: ip("10.244.2.3"), borrowed: true })
+        );
+        for (bad, says) in [("10.244.1.0", "first or last"), ("10.244.1.7", "first or last"), ("10.9.0.1", "no block")]
+        {
+            let e = st.request("a", "c3/eth0", ip(bad)).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // Automatic assignment goes around what was asked for.
+        assert_eq!(st.allocate("a", "c3/eth0").map(|a| a.address), Ok(ip("10.244.1.1")));
+        let ip6 = |s: &str| s.parse::<Ipv6Addr>().expect("ip");
+        assert_eq!(st.request6("a", "c1/eth0", ip6("fd00:10:244::9")), Ok(ip6("fd00:10:244::9")));
+        assert!(st.request6("b", "d1/eth0", ip6("fd00:10:244::a")).expect_err("not b's").contains("none of node b's"));
+        assert!(st.request6("a", "c2/eth0", ip6("fd00:10:244::")).expect_err("first").contains("first address"));
+        assert_eq!(st.release("c1/eth0"), Some(ip("10.244.1.5")));
+        assert_eq!(st.find6("c1/eth0"), None);
     }
 
     #[test]

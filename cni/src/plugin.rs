@@ -56,8 +56,8 @@ impl CniError {
     }
 }
 
-/// The plugin's entry of the network config (`type: router`). Other keys (those a runtime
-/// adds, like `runtimeConfig` or `args`) are ignored, as the spec allows.
+/// The plugin's entry of the network config (`type: router`). Of the keys a runtime adds,
+/// `runtimeConfig.ips` is read (the `ips` capability); others are ignored, as the spec allows.
 #[derive(Debug, Clone, Deserialize)]
 pub struct NetConf {
     #[serde(rename = "cniVersion")]
@@ -99,6 +99,64 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Vec<Attachment>>,
+    #[serde(rename = "runtimeConfig", default)]
+    pub runtime_config: RuntimeConfig,
+}
+
+/// What the runtime passes for the capabilities the plugin declares.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RuntimeConfig {
+    /// The addresses the container asks for (`podman run --ip`, `nerdctl run --ip`): one of
+    /// each family at most, `address` or `address/prefix`.
+    #[serde(default)]
+    pub ips: Vec<String>,
+}
+
+/// The addresses a container asks for, instead of the next free ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asked {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Asked {
+    /// From `runtimeConfig.ips` and from `IP=` in `CNI_ARGS` (`K=V;K=V`, the addresses
+    /// separated by commas, as Calico's IPAM reads it); both may name the same addresses.
+    fn read(conf: &NetConf, cni_args: Option<&str>) -> Result<Asked, CniError> {
+        let from_args = cni_args
+            .into_iter()
+            .flat_map(|a| a.split(';'))
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| k.trim() == "IP")
+            .flat_map(|(_, v)| v.split(','))
+            .map(|v| (v.trim(), "CNI_ARGS IP", CniError::env as fn(String) -> CniError));
+        let from_conf = conf.runtime_config.ips.iter().map(|v| (v.trim(), "runtimeConfig.ips", CniError::config as _));
+        let mut asked = Asked::default();
+        for (text, source, error) in from_conf.chain(from_args).filter(|(v, _, _)| !v.is_empty()) {
+            let bad = || error(format!("{source}: {text:?} is not an address (or address/prefix)"));
+            let (addr, len) = match text.split_once('/') {
+                Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad())?)),
+                None => (text, None),
+            };
+            let twice = |family: &str| error(format!("{source}: a second {family} address, {text}"));
+            match addr.parse::<std::net::IpAddr>().map_err(|_| bad())? {
+                std::net::IpAddr::V4(a) if len.unwrap_or(32) <= 32 => {
+                    if asked.v4.is_some_and(|x| x != a) {
+                        return Err(twice("IPv4"));
+                    }
+                    asked.v4 = Some(a);
+                }
+                std::net::IpAddr::V6(a) if len.unwrap_or(128) <= 128 => {
+                    if asked.v6.is_some_and(|x| x != a) {
+                        return Err(twice("IPv6"));
+                    }
+                    asked.v6 = Some(a);
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(asked)
+    }
 }
 
 fn default_mtu() -> u16 {
@@ -192,6 +250,8 @@ struct Call {
     container: String,
     netns: Option<String>,
     ifname: String,
+    /// `CNI_ARGS`, as given.
+    args: Option<String>,
 }
 
 impl Call {
@@ -211,7 +271,7 @@ impl Call {
             None if netns_required => return Err(CniError::env("CNI_NETNS is not set")),
             None => None,
         };
-        Ok(Call { container, netns, ifname })
+        Ok(Call { container, netns, ifname, args: env.get("CNI_ARGS").cloned() })
     }
 
     fn handle(&self) -> String {
@@ -271,11 +331,12 @@ fn backend(conf: &NetConf) -> Result<Backend, CniError> {
 /// their block sizes: the enabled IPPools in etcd whose `nodeSelector` picks the node (by
 /// its Node resource's labels), as Calico's IPAM chooses, the node's own pool first, leaving
 /// out pools for manual assignment only (`assignmentMode: Manual`) and pools whose
-/// `allowedUses` do not include `Workload`. `None` for a family etcd holds no IPPool of:
-/// then the network config says.
+/// `allowedUses` do not include `Workload`. For an address the container `asked` for: every
+/// enabled pool for workloads, whatever its `nodeSelector` and assignment mode. `None` for a
+/// family etcd holds no IPPool of: then the network config says.
 type Selected = (Option<Vec<(Ipv4Net, u8)>>, Option<Vec<(Ipv6Net, u8)>>);
 
-fn selected_pools(conf: &NetConf, store: &datastore::Store) -> Result<Selected, CniError> {
+fn selected_pools(conf: &NetConf, store: &datastore::Store, asked: bool) -> Result<Selected, CniError> {
     use datastore::resources::{Kind, Resource};
     let get = |kind| store.get(kind, None).map_err(io);
     let labels = get(Kind::Node)?
@@ -288,14 +349,13 @@ fn selected_pools(conf: &NetConf, store: &datastore::Store) -> Result<Selected, 
     let (mut v4, mut v6): Selected = (None, None);
     for r in get(Kind::IpPool)? {
         let Resource::IpPool(p) = r else { continue };
-        let for_workloads = p.spec.allowed_uses.as_ref().is_none_or(|u| u.iter().any(|x| x == "Workload"))
-            && p.spec.assignment_mode.as_deref() != Some("Manual");
-        let selects = p.spec.disabled != Some(true)
-            && for_workloads
+        let for_workloads = p.spec.allowed_uses.as_ref().is_none_or(|u| u.iter().any(|x| x == "Workload"));
+        let automatic = p.spec.assignment_mode.as_deref() != Some("Manual")
             && p.spec
                 .node_selector
                 .as_deref()
                 .is_none_or(|s| datastore::selector::Selector::parse(s).is_ok_and(|sel| sel.matches(&labels)));
+        let selects = p.spec.disabled != Some(true) && for_workloads && (asked || automatic);
         let len = p.spec.block_size_or_default();
         if let Ok(cidr) = p.spec.cidr.parse::<Ipv4Net>() {
             v4.get_or_insert_with(Vec::new).extend(selects.then_some((cidr, len)));
@@ -336,8 +396,11 @@ fn io(e: anyhow::Error) -> CniError {
 
 impl Backend {
     /// The container's IPv4 address, and its IPv6 one where the node has IPv6 blocks: both
-    /// or neither, under one lock.
-    fn allocate(&self, conf: &NetConf, handle: &str) -> Result<(Assigned, Option<Ipv6Addr>), CniError> {
+    /// or neither, under one lock; those it `asked` for, or the next free ones.
+    fn allocate(&self, conf: &NetConf, handle: &str, asked: Asked) -> Result<(Assigned, Option<Ipv6Addr>), CniError> {
+        if let (Some(a6), true) = (asked.v6, conf.blocks6.is_empty()) {
+            return Err(CniError::ipam(format!("{a6} asked for, but node {} has no IPv6 blocks", conf.node)));
+        }
         match self {
             Backend::File(f) => f
                 .with(|st| {
@@ -348,11 +411,18 @@ impl Backend {
                     for b in &conf.blocks6 {
                         st.blocks6.entry(*b).or_insert_with(|| conf.node.clone());
                     }
-                    let a = st.allocate(&conf.node, handle)?;
+                    let a = match asked.v4 {
+                        Some(ip) => st.request(&conf.node, handle, ip)?,
+                        None => st.allocate(&conf.node, handle)?,
+                    };
                     if conf.blocks6.is_empty() {
                         return Ok((a, None));
                     }
-                    match st.allocate6(&conf.node, handle) {
+                    let a6 = match asked.v6 {
+                        Some(ip) => st.request6(&conf.node, handle, ip),
+                        None => st.allocate6(&conf.node, handle),
+                    };
+                    match a6 {
                         Ok(a6) => Ok((a, Some(a6))),
                         Err(e) => {
                             st.release(handle);
@@ -367,19 +437,26 @@ impl Backend {
                 // them); another node holding one is a misconfiguration worth saying.
                 let ipam_err = |e: anyhow::Error| CniError::ipam(format!("{e:#}"));
                 e.claim_own(&conf.node, &conf.blocks).map_err(ipam_err)?;
-                let (pools, pools6) = selected_pools(conf, store)?;
-                let pools = match pools {
-                    Some(p) => p,
+                let (pools, pools6) = selected_pools(conf, store, false)?;
+                let (asked_pools, asked_pools6) = match asked {
+                    Asked { v4: None, v6: None } => (None, None),
+                    _ => selected_pools(conf, store, true)?,
+                };
+                let or_config = |p: Option<Vec<(Ipv4Net, u8)>>| match p {
+                    Some(p) => Ok(p),
                     None => {
                         let pool = conf
                             .pool
                             .or_else(|| conf.blocks.first().copied())
                             .ok_or_else(|| CniError::config("no pool and no blocks"))?;
                         let len = conf.block_size.unwrap_or_else(|| conf.blocks.first().map_or(26, |b| b.prefix_len()));
-                        vec![(pool, len)]
+                        Ok(vec![(pool, len)])
                     }
                 };
-                let a = allocate_from(e, conf, handle, &pools, "IPv4")?;
+                let a = match asked.v4 {
+                    Some(ip) => e.request(&conf.node, handle, ip, &or_config(asked_pools)?).map_err(ipam_err)?,
+                    None => allocate_from(e, conf, handle, &or_config(pools)?, "IPv4")?,
+                };
                 // Outside the node's configured blocks, the node announces the /32.
                 let borrowed = !conf.blocks.iter().any(|b| b.contains(&a.address));
                 let assigned = Assigned { address: a.address, borrowed };
@@ -389,14 +466,18 @@ impl Backend {
                 // Its own blocks first, then as for IPv4 (the node announces the /128): from
                 // the IPv6 IPPools that select the node, or the config's `pool6`; without
                 // either, from its own blocks alone.
-                let pools6 = pools6.or_else(|| conf.pool6.map(|p| vec![(p, conf.block_size6.unwrap_or(122))]));
-                let a6 = match pools6 {
-                    Some(pools6) => e
-                        .claim_own(&conf.node, &conf.blocks6)
-                        .map_err(ipam_err)
-                        .and_then(|()| allocate_from(e, conf, handle, &pools6, "IPv6")),
-                    None => e.allocate_in(&conf.node, handle, &conf.blocks6).map_err(ipam_err),
-                };
+                let config6 = || conf.pool6.map(|p| vec![(p, conf.block_size6.unwrap_or(122))]);
+                let a6 = e.claim_own(&conf.node, &conf.blocks6).map_err(ipam_err).and_then(|()| match asked.v6 {
+                    Some(ip) => {
+                        let own = || conf.blocks6.iter().map(|b| (*b, b.prefix_len())).collect();
+                        let pools6 = asked_pools6.or_else(config6).unwrap_or_else(own);
+                        e.request(&conf.node, handle, ip, &pools6).map_err(ipam_err)
+                    }
+                    None => match pools6.or_else(config6) {
+                        Some(pools6) => allocate_from(e, conf, handle, &pools6, "IPv6"),
+                        None => e.allocate_in(&conf.node, handle, &conf.blocks6).map_err(ipam_err),
+                    },
+                });
                 match a6 {
                     Ok(a6) => Ok((assigned, Some(a6.address))),
                     Err(err) => {
@@ -461,8 +542,9 @@ fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
     if let Some(r) = existing(conf, call, &host) {
         return Ok(r);
     }
+    let asked = Asked::read(conf, call.args.as_deref())?;
     let ipam = backend(conf)?;
-    let (assigned, address6) = ipam.allocate(conf, &call.handle())?;
+    let (assigned, address6) = ipam.allocate(conf, &call.handle(), asked)?;
     match attach(conf, call, &host, assigned, address6, status.dataplane) {
         Ok(v) => Ok(v),
         Err(e) => {
@@ -666,7 +748,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     let stale: Vec<String> = backend(conf)?.handles(&conf.node)?.into_iter().filter(|h| !valid.contains(h)).collect();
     for handle in stale {
         let Some((container, ifname)) = handle.split_once('/') else { continue };
-        let call = Call { container: container.to_string(), netns: None, ifname: ifname.to_string() };
+        let call = Call { container: container.to_string(), netns: None, ifname: ifname.to_string(), args: None };
         del(conf, &call)?;
     }
     Ok(())

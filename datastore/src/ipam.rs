@@ -11,11 +11,11 @@
 
 use crate::etcd::Etcd;
 use anyhow::{bail, Context as _};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Conflicts a single operation rides out before it gives up (each is another writer's
 /// success, so this is never reached in practice).
@@ -37,6 +37,10 @@ pub trait Family: Copy + Ord + std::fmt::Display + Serialize + DeserializeOwned 
     fn hosts(&self) -> Box<dyn Iterator<Item = Self::Addr>>;
     fn covers(&self, other: &Self) -> bool;
     fn blocks_of(&self, len: u8) -> Option<Vec<Self>>;
+    fn has(&self, a: Self::Addr) -> bool;
+    /// The block of `len` that holds `a`.
+    fn block_of(a: Self::Addr, len: u8) -> Option<Self>;
+    fn ip(a: Self::Addr) -> IpAddr;
 }
 
 impl Family for Ipv4Net {
@@ -51,6 +55,15 @@ impl Family for Ipv4Net {
     }
     fn blocks_of(&self, len: u8) -> Option<Vec<Self>> {
         Some(self.subnets(len).ok()?.collect())
+    }
+    fn has(&self, a: Ipv4Addr) -> bool {
+        self.contains(&a)
+    }
+    fn block_of(a: Ipv4Addr, len: u8) -> Option<Self> {
+        Some(Ipv4Net::new(a, len).ok()?.trunc())
+    }
+    fn ip(a: Ipv4Addr) -> IpAddr {
+        a.into()
     }
 }
 
@@ -67,6 +80,15 @@ impl Family for Ipv6Net {
     fn blocks_of(&self, len: u8) -> Option<Vec<Self>> {
         // A /48 holds 2^26 blocks of /122: the pool is walked, never listed whole.
         Some(self.subnets(len).ok()?.take(1 << 16).collect())
+    }
+    fn has(&self, a: Ipv6Addr) -> bool {
+        self.contains(&a)
+    }
+    fn block_of(a: Ipv6Addr, len: u8) -> Option<Self> {
+        Some(Ipv6Net::new(a, len).ok()?.trunc())
+    }
+    fn ip(a: Ipv6Addr) -> IpAddr {
+        a.into()
     }
 }
 
@@ -126,6 +148,51 @@ pub struct Assigned<N: Family = Ipv4Net> {
     pub borrowed: bool,
 }
 
+/// What the cluster asks of automatic assignment, as Calico's `IPReservation`s and its
+/// `IPAMConfiguration` `default` say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Never handed out unasked.
+    pub reserved: Vec<IpNet>,
+    /// No borrowing from another node's block.
+    pub strict_affinity: bool,
+    /// The most blocks of a family a node may hold; None: no limit.
+    pub max_blocks_per_host: Option<u32>,
+    /// Whether a node whose blocks are full claims another.
+    pub auto_allocate_blocks: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy { reserved: Vec::new(), strict_affinity: false, max_blocks_per_host: None, auto_allocate_blocks: true }
+    }
+}
+
+impl Policy {
+    pub fn reserves(&self, a: IpAddr) -> bool {
+        self.reserved.iter().any(|r| r.contains(&a))
+    }
+
+    /// Whether a node holding `held` blocks may claim one more.
+    fn may_hold_more(&self, held: usize) -> bool {
+        self.max_blocks_per_host.is_none_or(|m| held < m as usize)
+    }
+
+    /// Why a node holding `held` blocks gets no address of `pool` where its own are full.
+    fn why_none(&self, node: &str, pool: &impl std::fmt::Display, held: usize) -> String {
+        let claim = if !self.auto_allocate_blocks {
+            "autoAllocateBlocks is off".to_string()
+        } else if !self.may_hold_more(held) {
+            format!("it holds maxBlocksPerHost ({held}) blocks")
+        } else {
+            "every block of the pool is claimed".to_string()
+        };
+        let borrow =
+            if self.strict_affinity { "strictAffinity forbids borrowing" } else { "every other node's block is full" };
+        format!("no free address in {pool} for node {node}: its blocks are full, {claim}, and {borrow}")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Ipam {
     pub etcd: Etcd,
@@ -153,6 +220,26 @@ impl Ipam {
             Some(kv) => Ok(Some((serde_json::from_slice(&kv.value).context("a corrupt handle")?, kv.mod_revision))),
             None => Ok(None),
         }
+    }
+
+    /// The cluster's IPReservations and IPAMConfiguration, read now.
+    pub fn policy(&self) -> anyhow::Result<Policy> {
+        use crate::resources::{Kind, Resource};
+        let store = crate::Store::new(self.etcd.clone());
+        let mut p = Policy::default();
+        for r in store.get(Kind::IpReservation, None)? {
+            let Resource::IpReservation(r) = r else { continue };
+            // apply checked them; one written past it is skipped, not fatal to every ADD.
+            p.reserved.extend(
+                r.spec.reserved_cidrs.iter().filter_map(|c| crate::resources::reserved("reservedCIDRs", c).ok()),
+            );
+        }
+        if let Some(Resource::IpamConfiguration(c)) = store.get(Kind::IpamConfiguration, Some("default"))?.pop() {
+            p.strict_affinity = c.spec.strict_affinity.unwrap_or(false);
+            p.max_blocks_per_host = c.spec.max_blocks_per_host.filter(|m| *m > 0);
+            p.auto_allocate_blocks = c.spec.auto_allocate_blocks.unwrap_or(true);
+        }
+        Ok(p)
     }
 
     /// Every block of the family that exists, with its revision.
@@ -257,9 +344,11 @@ impl Ipam {
         node: &str,
         handle: &str,
         blocks: impl IntoIterator<Item = &'a (Block<N>, i64)>,
+        policy: &Policy,
     ) -> anyhow::Result<Option<Option<Assigned<N>>>> {
         for (b, rev) in blocks {
-            let Some(a) = b.cidr.hosts().find(|a| !b.allocations.contains_key(a)) else { continue };
+            let free = |a: &N::Addr| !b.allocations.contains_key(a) && !policy.reserves(N::ip(*a));
+            let Some(a) = b.cidr.hosts().find(free) else { continue };
             let mut next = b.clone();
             next.allocations.insert(a, handle.to_string());
             let h = serde_json::to_vec(&Handle { address: a, block: b.cidr, node: node.to_string() })?;
@@ -279,31 +368,95 @@ impl Ipam {
     }
 
     /// An address for `handle` on `node`: its blocks first, then a newly claimed block of
-    /// `pool`, then one borrowed from another node's block. The same handle keeps its address.
+    /// `pool`, then one borrowed from another node's block, never a reserved one; the
+    /// cluster's IPAM configuration may forbid the last two. The same handle keeps its
+    /// address.
     pub fn allocate<N: Family>(&self, node: &str, handle: &str, pool: N, block_len: u8) -> anyhow::Result<Assigned<N>> {
         if let Some(a) = self.held(node, handle)? {
             return Ok(a);
         }
+        let policy = self.policy()?;
         for _ in 0..RETRIES {
             let all = self.blocks::<N>()?;
+            let held = all.iter().filter(|(b, _)| b.node() == node).count();
             let mine = all.iter().filter(|(b, _)| b.node() == node && pool.covers(&b.cidr));
             let others = all.iter().filter(|(b, _)| b.node() != node && pool.covers(&b.cidr));
             // Own blocks, then (below) a new one, then others'.
-            match self.take_first(node, handle, mine)? {
+            match self.take_first(node, handle, mine, &policy)? {
                 Some(Some(a)) => return Ok(a),
                 Some(None) => continue,
                 None => {}
             }
-            if self.claim_block(node, pool, block_len)?.is_some() {
+            if policy.auto_allocate_blocks
+                && policy.may_hold_more(held)
+                && self.claim_block(node, pool, block_len)?.is_some()
+            {
                 continue;
             }
-            match self.take_first(node, handle, others)? {
+            let borrowed = match policy.strict_affinity {
+                true => None,
+                false => self.take_first(node, handle, others, &policy)?,
+            };
+            match borrowed {
                 Some(Some(a)) => return Ok(a),
                 Some(None) => continue,
-                None => bail!("no free address in {pool}: every block is claimed and full"),
+                None => bail!(policy.why_none(node, &pool, held)),
             }
         }
         bail!("allocating for {handle} kept conflicting with other writers")
+    }
+
+    /// `address` for `handle`, as a workload asked for it (Calico's `IP` argument): it must
+    /// lie in one of `pools` (those for manual assignment too). Its block is claimed for
+    /// `node` where no one holds it; one in another node's block is borrowed, unless
+    /// `strictAffinity` forbids it. Reservations do not apply: asking is how a workload gets
+    /// a reserved address. The same handle keeps its address.
+    pub fn request<N: Family>(
+        &self,
+        node: &str,
+        handle: &str,
+        address: N::Addr,
+        pools: &[(N, u8)],
+    ) -> anyhow::Result<Assigned<N>> {
+        if let Some(a) = self.held(node, handle)? {
+            if a.address == address {
+                return Ok(a);
+            }
+            bail!("{handle} holds {} already, not {address}", a.address);
+        }
+        let Some(&(pool, len)) = pools.iter().find(|(p, _)| p.has(address)) else {
+            bail!("{address} is in no enabled IPPool for this node's workloads");
+        };
+        let block = N::block_of(address, len).with_context(|| format!("/{len} blocks of {pool}"))?;
+        if !block.hosts().any(|a| a == address) {
+            bail!("{address} is not handed out: it is the first or last address of block {block}");
+        }
+        let policy = self.policy()?;
+        for _ in 0..RETRIES {
+            let Some((b, rev)) = self.read_block(&block)? else {
+                let held = self.blocks::<N>()?.iter().filter(|(b, _)| b.node() == node).count();
+                if !policy.may_hold_more(held) {
+                    bail!("{address} is in block {block}, which node {node} may not claim: it holds maxBlocksPerHost ({held}) blocks");
+                }
+                // Won or lost, the block is read again.
+                self.put_new_block(node, block)?;
+                continue;
+            };
+            if let Some(h) = b.allocations.get(&address) {
+                bail!("{address} is in use (by {h})");
+            }
+            if policy.strict_affinity && b.node() != node {
+                bail!("{address} is in block {block} of node {}, and strictAffinity forbids borrowing", b.node());
+            }
+            let mut next = b.clone();
+            next.allocations.insert(address, handle.to_string());
+            let h = serde_json::to_vec(&Handle { address, block, node: node.to_string() })?;
+            let (bk, hk) = (block_key(&block), handle_key::<N>(handle));
+            if self.etcd.put_all_if(&[(&bk, rev), (&hk, 0)], &[(&bk, &serde_json::to_vec(&next)?), (&hk, &h)])? {
+                return Ok(Assigned { address, block, borrowed: b.node() != node });
+            }
+        }
+        bail!("assigning {address} kept conflicting with other writers")
     }
 
     /// An address for `handle` from `node`'s own `blocks` only (claimed for it here if no
@@ -314,12 +467,13 @@ impl Ipam {
             return Ok(a);
         }
         self.claim_own(node, blocks)?;
+        let policy = self.policy()?;
         for _ in 0..RETRIES {
             let mut mine = Vec::with_capacity(blocks.len());
             for b in blocks {
                 mine.push(self.read_block(b)?.context("a claimed block vanished")?);
             }
-            match self.take_first(node, handle, &mine)? {
+            match self.take_first(node, handle, &mine, &policy)? {
                 Some(Some(a)) => return Ok(a),
                 Some(None) => continue,
                 None => bail!("no free {} address: node {node}'s blocks are full", N::NAME),

@@ -21,10 +21,20 @@ pub enum Kind {
     BgpPeer,
     BgpFilter,
     Node,
+    IpReservation,
+    IpamConfiguration,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::IpPool, Kind::BgpConfiguration, Kind::BgpPeer, Kind::BgpFilter, Kind::Node];
+    pub const ALL: [Kind; 7] = [
+        Kind::IpPool,
+        Kind::BgpConfiguration,
+        Kind::BgpPeer,
+        Kind::BgpFilter,
+        Kind::Node,
+        Kind::IpReservation,
+        Kind::IpamConfiguration,
+    ];
 
     /// As in `kind:`.
     pub fn name(self) -> &'static str {
@@ -34,6 +44,8 @@ impl Kind {
             Kind::BgpPeer => "BGPPeer",
             Kind::BgpFilter => "BGPFilter",
             Kind::Node => "Node",
+            Kind::IpReservation => "IPReservation",
+            Kind::IpamConfiguration => "IPAMConfiguration",
         }
     }
 
@@ -45,6 +57,8 @@ impl Kind {
             Kind::BgpPeer => "bgppeers",
             Kind::BgpFilter => "bgpfilters",
             Kind::Node => "nodes",
+            Kind::IpReservation => "ipreservations",
+            Kind::IpamConfiguration => "ipamconfigurations",
         }
     }
 
@@ -58,6 +72,8 @@ impl Kind {
             "bgppeer" => Kind::BgpPeer,
             "bgpfilter" => Kind::BgpFilter,
             "node" => Kind::Node,
+            "ipreservation" => Kind::IpReservation,
+            "ipamconfiguration" | "ipamconfig" => Kind::IpamConfiguration,
             _ => return None,
         })
     }
@@ -326,6 +342,30 @@ pub struct NodeSpec {
     pub vxlan_tunnel_mac_addr: Option<String>,
 }
 
+/// Addresses that IPAM never hands out by itself (a requested address may still be one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpReservationSpec {
+    /// Addresses (`10.244.1.7`) and networks (`10.244.1.64/28`), of either family.
+    #[serde(rename = "reservedCIDRs", default)]
+    pub reserved_cidrs: Vec<String>,
+}
+
+/// How IPAM hands out blocks; one, named `default`, as in Calico.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpamConfigurationSpec {
+    /// A node takes addresses from its own blocks only, never borrows another node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_affinity: Option<bool>,
+    /// The most blocks a node may claim (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_blocks_per_host: Option<u32>,
+    /// Whether a node whose blocks are full claims a new one (true without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_allocate_blocks: Option<bool>,
+}
+
 /// Any of the kinds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
@@ -334,6 +374,8 @@ pub enum Resource {
     BgpPeer(Typed<BgpPeerSpec>),
     BgpFilter(Typed<BgpFilterSpec>),
     Node(Typed<NodeSpec>),
+    IpReservation(Typed<IpReservationSpec>),
+    IpamConfiguration(Typed<IpamConfigurationSpec>),
 }
 
 impl Resource {
@@ -344,6 +386,8 @@ impl Resource {
             Resource::BgpPeer(_) => Kind::BgpPeer,
             Resource::BgpFilter(_) => Kind::BgpFilter,
             Resource::Node(_) => Kind::Node,
+            Resource::IpReservation(_) => Kind::IpReservation,
+            Resource::IpamConfiguration(_) => Kind::IpamConfiguration,
         }
     }
 
@@ -354,6 +398,8 @@ impl Resource {
             Resource::BgpPeer(r) => &r.metadata,
             Resource::BgpFilter(r) => &r.metadata,
             Resource::Node(r) => &r.metadata,
+            Resource::IpReservation(r) => &r.metadata,
+            Resource::IpamConfiguration(r) => &r.metadata,
         }
     }
 
@@ -364,6 +410,8 @@ impl Resource {
             Resource::BgpPeer(r) => &mut r.metadata,
             Resource::BgpFilter(r) => &mut r.metadata,
             Resource::Node(r) => &mut r.metadata,
+            Resource::IpReservation(r) => &mut r.metadata,
+            Resource::IpamConfiguration(r) => &mut r.metadata,
         }
     }
 
@@ -378,6 +426,8 @@ impl Resource {
             Resource::BgpPeer(r) => serde_json::to_value(r),
             Resource::BgpFilter(r) => serde_json::to_value(r),
             Resource::Node(r) => serde_json::to_value(r),
+            Resource::IpReservation(r) => serde_json::to_value(r),
+            Resource::IpamConfiguration(r) => serde_json::to_value(r),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -391,6 +441,8 @@ impl Resource {
             Kind::BgpPeer => Resource::BgpPeer(serde_json::from_slice(bytes).map_err(e)?),
             Kind::BgpFilter => Resource::BgpFilter(serde_json::from_slice(bytes).map_err(e)?),
             Kind::Node => Resource::Node(serde_json::from_slice(bytes).map_err(e)?),
+            Kind::IpReservation => Resource::IpReservation(serde_json::from_slice(bytes).map_err(e)?),
+            Kind::IpamConfiguration => Resource::IpamConfiguration(serde_json::from_slice(bytes).map_err(e)?),
         })
     }
 }
@@ -508,6 +560,8 @@ fn parse_doc(n: usize, doc: &Doc<'_>) -> Result<Resource, DocError> {
         Kind::BgpPeer => Resource::BgpPeer(serde_yaml_ng::from_str(doc.text).map_err(e)?),
         Kind::BgpFilter => Resource::BgpFilter(serde_yaml_ng::from_str(doc.text).map_err(e)?),
         Kind::Node => Resource::Node(serde_yaml_ng::from_str(doc.text).map_err(e)?),
+        Kind::IpReservation => Resource::IpReservation(serde_yaml_ng::from_str(doc.text).map_err(e)?),
+        Kind::IpamConfiguration => Resource::IpamConfiguration(serde_yaml_ng::from_str(doc.text).map_err(e)?),
     };
     validate(&r).map_err(|(field, message)| err(&field, message))?;
     Ok(r)
@@ -590,7 +644,7 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             let any = |pick: fn(&FilterRule) -> bool| rules.iter().any(|l| l.iter().any(pick));
             note(any(|r| r.interface.is_some()), "a rule's interface");
         }
-        Resource::Node(_) => {}
+        Resource::Node(_) | Resource::IpReservation(_) | Resource::IpamConfiguration(_) => {}
     }
     out
 }
@@ -888,8 +942,28 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
                 }
             }
         }
+        Resource::IpReservation(r) => {
+            for (i, c) in r.spec.reserved_cidrs.iter().enumerate() {
+                reserved(&format!("spec.reservedCIDRs[{i}]"), c)?;
+            }
+        }
+        Resource::IpamConfiguration(_) if name != "default" => {
+            return Err(("metadata.name".into(), format!("{name:?}: Calico's IPAM configuration is named default")));
+        }
+        Resource::IpamConfiguration(_) => {}
     }
     Ok(())
+}
+
+/// A reservation: an address, or a network without host bits.
+pub fn reserved(field: &str, s: &str) -> Result<IpNet, (String, String)> {
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(a));
+    }
+    if s.parse::<IpNet>().is_err() {
+        return Err((field.to_string(), format!("{s:?} is not an address or a CIDR")));
+    }
+    cidr(field, s)
 }
 
 /// Resources as YAML documents (`router get -o yaml`).

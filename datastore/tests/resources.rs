@@ -9,7 +9,7 @@ fn fixture(name: &str) -> String {
 
 #[test]
 fn every_kind_reads_and_round_trips_through_yaml_and_json() {
-    let all = ["ippool.yaml", "bgpconfiguration.yaml", "bgppeer.yaml", "bgpfilter.yaml", "node.json"];
+    let all = ["ippool.yaml", "bgpconfiguration.yaml", "bgppeer.yaml", "bgpfilter.yaml", "node.json", "ipam.yaml"];
     let mut kinds = Vec::new();
     for f in all {
         let rs = resources::parse(&fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
@@ -77,6 +77,19 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert_eq!(error(&mode).field.as_deref(), Some("spec.assignmentMode"));
     let both = fixture("ippool.yaml").replace("vxlanMode: Never", "vxlanMode: Always");
     assert_eq!(error(&both).field.as_deref(), Some("spec.vxlanMode"));
+
+    // IPAM's kinds: reservations that are not addresses or networks, a configuration that
+    // is not the one Calico reads, a field Calico does not have.
+    for (bad, says) in [("10.244.2.0/299", "not an address or a CIDR"), ("10.244.2.3/29", "host bits"), ("x", "not an")]
+    {
+        let e = error(&fixture("ipam.yaml").replace("10.244.2.0/29", bad));
+        assert_eq!((e.document, e.field.as_deref()), (1, Some("spec.reservedCIDRs[1]")), "{bad}: {e}");
+        assert!(e.message.contains(says), "{bad}: {e}");
+    }
+    let e = error(&fixture("ipam.yaml").replace("name: default", "name: mine"));
+    assert_eq!((e.document, e.field.as_deref()), (2, Some("metadata.name")), "{e}");
+    let e = error(&fixture("ipam.yaml").replace("strictAffinity", "strictAfinity"));
+    assert_eq!((e.document, e.field.as_deref()), (2, Some("spec.strictAfinity")), "{e}");
 
     let wrong_mode = fixture("ippool.yaml").replace("CrossSubnet", "Sometimes");
     let e = error(&wrong_mode);
@@ -218,6 +231,9 @@ fn kinds_are_read_as_users_type_them() {
         ("bgppeers", Kind::BgpPeer),
         ("BGPFilter", Kind::BgpFilter),
         ("nodes", Kind::Node),
+        ("ipreservations", Kind::IpReservation),
+        ("IPAMConfiguration", Kind::IpamConfiguration),
+        ("ipamconfig", Kind::IpamConfiguration),
     ] {
         assert_eq!(Kind::parse(s), Some(k), "{s}");
     }

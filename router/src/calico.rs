@@ -112,6 +112,8 @@ fn table(kind: Kind, rs: &[Resource]) -> String {
         Kind::BgpPeer => &["NAME", "PEERIP", "NODE", "ASN"],
         Kind::BgpFilter => &["NAME", "RULES"],
         Kind::Node => &["NAME", "IPV4", "RRCLUSTERID"],
+        Kind::IpReservation => &["NAME", "RESERVED"],
+        Kind::IpamConfiguration => &["NAME", "STRICTAFFINITY", "MAXBLOCKSPERHOST", "AUTOALLOCATEBLOCKS"],
     };
     let opt = |s: Option<String>| s.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = rs
@@ -150,6 +152,13 @@ fn table(kind: Kind, rs: &[Resource]) -> String {
                     opt(bgp.and_then(|b| b.route_reflector_cluster_id.clone())),
                 ]
             }
+            Resource::IpReservation(r) => vec![r.metadata.name.clone(), r.spec.reserved_cidrs.join(",")],
+            Resource::IpamConfiguration(c) => vec![
+                c.metadata.name.clone(),
+                c.spec.strict_affinity.unwrap_or(false).to_string(),
+                c.spec.max_blocks_per_host.unwrap_or(0).to_string(),
+                c.spec.auto_allocate_blocks.unwrap_or(true).to_string(),
+            ],
         })
         .collect();
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();

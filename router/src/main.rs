@@ -128,8 +128,8 @@ enum Cmd {
         #[command(flatten)]
         query: Query,
     },
-    /// Create or update Calico resources (IPPool, BGPConfiguration, BGPPeer, BGPFilter, Node)
-    /// in etcd from a YAML or JSON file, like `calicoctl apply -f`.
+    /// Create or update Calico resources (IPPool, BGPConfiguration, BGPPeer, BGPFilter, Node,
+    /// IPReservation, IPAMConfiguration) in etcd from a YAML or JSON file, like `calicoctl apply -f`.
     Apply {
         /// The file (`-`: stdin); every document is checked before anything is written.
         #[arg(short = 'f', long = "filename")]
@@ -139,7 +139,8 @@ enum Cmd {
     },
     /// Show Calico resources from etcd, like `calicoctl get`.
     Get {
-        /// ippools, bgpconfigurations, bgppeers, bgpfilters or nodes (singular works too).
+        /// ippools, bgpconfigurations, bgppeers, bgpfilters, nodes, ipreservations or
+        /// ipamconfigurations (singular works too).
         kind: String,
         #[arg(value_name = "NAME")]
         resource: Option<String>,

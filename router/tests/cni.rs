@@ -216,6 +216,47 @@ fn the_plugin_answers_as_the_cni_spec_says() {
         .collect();
     assert_eq!(left, vec!["container2/eth0".to_string()]);
 
+    // Addresses asked for: `IP=` in CNI_ARGS (Calico's IPAM argument) and runtimeConfig.ips
+    // (the `ips` capability: podman's --ip). One in another node's block is borrowed, and
+    // that node's peers learn the /32 from node-a.
+    let asked = |container: &str, netns: &str, conf: &str, args: &str| {
+        run_plugin_with(&lab, "node-a", "ADD", container, Some(netns), conf, &[("CNI_ARGS", args)])
+    };
+    let plain = cni.conf.to_string();
+    let r = asked("asked0", &ns[9], &plain, "IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.244.1.40");
+    assert_eq!((r.code, address(&r)), (0, "10.244.1.40/32".to_string()), "{}", r.raw);
+    let (ok, out) = ping(&lab, "pod-b1", &["-c", "1", "-W", "2", "10.244.1.40"]);
+    assert!(ok, "{out}");
+    let by_runtime = cni.conf_with(&[("runtimeConfig", json!({"ips": ["10.244.2.50/24"]}))]);
+    let r = asked("asked1", &ns[3], &by_runtime, "");
+    assert_eq!((r.code, address(&r)), (0, "10.244.2.50/32".to_string()), "{}", r.raw);
+    wait_for(10, "node-c to learn the borrowed 10.244.2.50/32 from node-a", || {
+        let r = lab.json(&["routes", "--node", "node-c", "--json"]);
+        r.as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["prefix"] == "10.244.2.50/32" && e["next_hop"] == "192.168.100.100")
+    });
+    let (ok, out) = ping(&lab, "pod-c1", &["-c", "1", "-W", "2", "10.244.2.50"]);
+    assert!(ok, "{out}");
+    for (args, code, says) in [
+        ("IP=10.244.1.40", 102, "10.244.1.40 is in use (by asked0/eth0)"),
+        ("IP=10.244.1.300", 4, "10.244.1.300\\\" is not an address"),
+        ("IP=10.244.1.41,10.244.1.42", 4, "a second IPv4 address"),
+        ("IP=10.244.1.63", 102, "first or last address of block 10.244.1.0/26"),
+        ("IP=10.9.0.1", 102, "in no block"),
+        ("IP=fd00:10:244::9", 102, "node node-a has no IPv6 blocks"),
+    ] {
+        let r = asked("asked2", &ns[4], &plain, args);
+        assert_eq!(error_code(&r), code, "{args}: {}", r.raw);
+        assert!(r.raw.contains(says), "{args}: {}", r.raw);
+    }
+    let r = asked("asked2", &ns[4], &cni.conf_with(&[("runtimeConfig", json!({"ips": ["10.244.1/24"]}))]), "");
+    assert_eq!(error_code(&r), 7, "{}", r.raw);
+    for c in ["asked0", "asked1", "asked2"] {
+        assert_eq!(cni.call("DEL", c, None, &plain).code, 0);
+    }
+
     // STATUS (1.1): the node answers; with no node, code 50.
     let status = cni.conf_with(&[("cniVersion", json!("1.1.0"))]);
     assert_eq!(cni.call("STATUS", "", None, &status).code, 0);
@@ -249,6 +290,7 @@ fn the_plugin_answers_as_the_cni_spec_says() {
         (Some("router"), Some("node-a"), Some(1480))
     );
     assert_eq!(p["blocks"], json!(["10.244.1.0/26"]));
+    assert_eq!(p["capabilities"], json!({"ips": true}), "runtimes pass --ip as runtimeConfig.ips");
     assert_eq!(p["admin_socket"].as_str().map(PathBuf::from), Some(lab.dir.join(&lab.name).join("node-a.sock")));
     let mut v = Command::new(bin_dir.join("router"))
         .env_clear()
@@ -280,6 +322,19 @@ impl Drop for NodeEtcd {
 
 /// Runs the plugin as a runtime on `node` would: `stdin` as the network config.
 fn run_plugin(lab: &TestLab, node: &str, command: &str, container: &str, netns: Option<&str>, stdin: &str) -> Reply {
+    run_plugin_with(lab, node, command, container, netns, stdin, &[])
+}
+
+/// [`run_plugin`] with more of the environment (`CNI_ARGS`).
+fn run_plugin_with(
+    lab: &TestLab,
+    node: &str,
+    command: &str,
+    container: &str,
+    netns: Option<&str>,
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> Reply {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &lab.ns(node)])
         .arg(plugin())
@@ -295,6 +350,7 @@ fn run_plugin(lab: &TestLab, node: &str, command: &str, container: &str, netns: 
     if let Some(n) = netns {
         c.env("CNI_NETNS", format!("/run/netns/{n}"));
     }
+    c.envs(env.iter().copied());
     let mut child = c.spawn().expect("run the plugin");
     child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write config");
     let o = child.wait_with_output().expect("plugin ends");
