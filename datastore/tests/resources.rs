@@ -9,7 +9,7 @@ fn fixture(name: &str) -> String {
 
 #[test]
 fn every_kind_reads_and_round_trips_through_yaml_and_json() {
-    let all = ["ippool.yaml", "bgpconfiguration.yaml", "bgppeer.yaml", "bgpfilter.yaml", "node.json", "ipam.yaml"];
+    let all = ["ippool.yaml", "bgpconfiguration.yaml", "bgppeer.yaml", "bgpfilter.yaml", "node.json", "ipreservation.yaml", "ipamconfiguration.yaml"];
     let mut kinds = Vec::new();
     for f in all {
         let rs = resources::parse(&fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
@@ -82,14 +82,14 @@ fn errors_name_the_document_the_line_and_the_field() {
     // is not the one Calico reads, a field Calico does not have.
     for (bad, says) in [("10.244.2.0/299", "not an address or a CIDR"), ("10.244.2.3/29", "host bits"), ("x", "not an")]
     {
-        let e = error(&fixture("ipam.yaml").replace("10.244.2.0/29", bad));
+        let e = error(&fixture("ipreservation.yaml").replace("10.244.2.0/29", bad));
         assert_eq!((e.document, e.field.as_deref()), (1, Some("spec.reservedCIDRs[1]")), "{bad}: {e}");
         assert!(e.message.contains(says), "{bad}: {e}");
     }
-    let e = error(&fixture("ipam.yaml").replace("name: default", "name: mine"));
-    assert_eq!((e.document, e.field.as_deref()), (2, Some("metadata.name")), "{e}");
-    let e = error(&fixture("ipam.yaml").replace("strictAffinity", "strictAfinity"));
-    assert_eq!((e.document, e.field.as_deref()), (2, Some("spec.strictAfinity")), "{e}");
+    let e = error(&fixture("ipamconfiguration.yaml").replace("name: default", "name: mine"));
+    assert_eq!((e.line, e.field.as_deref()), (Some(5), Some("metadata.name")), "{e}");
+    let e = error(&fixture("ipamconfiguration.yaml").replace("strictAffinity", "strictAfinity"));
+    assert_eq!(e.field.as_deref(), Some("spec.strictAfinity"), "{e}");
 
     let wrong_mode = fixture("ippool.yaml").replace("CrossSubnet", "Sometimes");
     let e = error(&wrong_mode);

@@ -51,7 +51,15 @@ fn podman(lab: &TestLab, node: &str, args: &[&str]) -> String {
 
 /// Starts a container on `node`; its id and address.
 fn run(lab: &TestLab, node: &str) -> (String, String) {
-    let id = podman(lab, node, &["run", "-d", "--network", "router", image(), "sleep", "600"]).trim().to_string();
+    run_with(lab, node, &[])
+}
+
+/// [`run`] with more `podman run` options.
+fn run_with(lab: &TestLab, node: &str, options: &[&str]) -> (String, String) {
+    let mut args = vec!["run", "-d", "--network", "router"];
+    args.extend_from_slice(options);
+    args.extend([image(), "sleep", "600"]);
+    let id = podman(lab, node, &args).trim().to_string();
     let inside = podman(lab, node, &["exec", &id, "ip", "-4", "-o", "addr", "show", "eth0"]);
     let addr = inside
         .split_whitespace()
@@ -227,6 +235,29 @@ fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
     podman(&lab, "node-c", &["rm", "--force", "--time", "0", &c]);
     let (again_id, again) = run(&lab, "node-c");
     assert_eq!(again, c_ip, "released in etcd and handed out again");
+    // Calico's IPReservation keeps addresses from automatic assignment (.2, held already,
+    // stays held); `podman run --ip` gets the address asked for, reserved or not, and one in
+    // another node's block is borrowed and announced.
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: IPReservation\nmetadata:\n  name: kept\nspec:\n  reservedCIDRs: [10.244.3.2/31]\n",
+    );
+    let (r, r_ip) = run(&lab, "node-c");
+    assert_eq!(r_ip, "10.244.3.4", "around the reservation");
+    let (k, k_ip) = run_with(&lab, "node-c", &["--ip", "10.244.3.3"]);
+    assert_eq!(k_ip, "10.244.3.3", "asked for");
+    let (b, b_ip) = run_with(&lab, "node-c", &["--ip", "10.244.2.40"]);
+    assert_eq!(b_ip, "10.244.2.40");
+    wait_until("node-a to learn 10.244.2.40/32 from node-c", || {
+        let r = lab.json(&["routes", "--node", "node-a", "--json"]);
+        r.as_array().into_iter().flatten().any(|e| e["prefix"] == "10.244.2.40/32" && e["next_hop"] == "192.168.200.101")
+    });
+    container_pings(&lab, "node-c", &b, "10.244.1.1");
+    let taken = lab.exec("node-a", &["podman", "run", "--rm", "--network", "router", "--ip", "10.244.3.3", image(), "true"]);
+    assert!(!taken.status.success() && text(&taken.stderr).contains("10.244.3.3 is in use"), "{}", text(&taken.stderr));
+    for id in [&r, &k, &b] {
+        podman(&lab, "node-c", &["rm", "--force", "--time", "0", id]);
+    }
     // lab down removes it, though its address is in etcd, not in the lab's IPAM file.
     let down = lab.down();
     assert!(down.status.success(), "{}", text(&down.stderr));

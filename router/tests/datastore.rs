@@ -84,7 +84,15 @@ fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../datastore/tests/fixtures").join(name).to_string_lossy().into_owned()
 }
 
-const FIXTURES: [&str; 5] = ["ippool.yaml", "bgpconfiguration.yaml", "bgppeer.yaml", "bgpfilter.yaml", "node.json"];
+const FIXTURES: [&str; 7] = [
+    "ippool.yaml",
+    "bgpconfiguration.yaml",
+    "bgppeer.yaml",
+    "bgpfilter.yaml",
+    "node.json",
+    "ipreservation.yaml",
+    "ipamconfiguration.yaml",
+];
 
 #[test]
 fn every_kind_goes_in_and_out_of_etcd_unchanged() {
@@ -100,6 +108,8 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
         ("bgppeers", "bgppeer.yaml"),
         ("bgpfilters", "bgpfilter.yaml"),
         ("nodes", "node.json"),
+        ("ipreservations", "ipreservation.yaml"),
+        ("ipamconfigurations", "ipamconfiguration.yaml"),
     ] {
         let want = datastore::resources::parse(&std::fs::read_to_string(fixture(f)).expect("fixture")).expect("parse");
         let got = datastore::resources::parse(&etcd.ok(&["get", kind, "-o", "yaml"])).expect("get -o yaml reads");
@@ -138,6 +148,8 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
     // The table.
     let table = etcd.ok(&["get", "bgppeers"]);
     assert!(table.starts_with("NAME") && table.contains("rack1-tor") && table.contains("(global)"), "{table}");
+    let table = etcd.ok(&["get", "ipamconfig"]);
+    assert!(table.contains("STRICTAFFINITY") && table.contains("default   true"), "{table}");
 
     // Delete by name and by file; deleting what is gone says so.
     assert_eq!(etcd.ok(&["delete", "bgppeer", "rack1-tor"]).trim(), "bgppeers/rack1-tor deleted");
@@ -147,7 +159,7 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
         etcd.ok(&["delete", "-f", &fixture(f)]);
     }
     etcd.ok(&["delete", "bgppeer", "node-a-edge"]);
-    for kind in ["ippools", "bgpconfigurations", "bgppeers", "bgpfilters", "nodes"] {
+    for kind in ["ippools", "bgpconfigurations", "bgppeers", "bgpfilters", "nodes", "ipreservations", "ipamconfigurations"] {
         assert_eq!(etcd.ok(&["get", kind]).lines().count(), 1, "{kind} is empty (header only)");
     }
     let missing = etcd.router(&["get", "node", "nope"]);
@@ -365,4 +377,90 @@ fn nodes_racing_for_blocks_and_addresses_never_get_the_same_one() {
     assert!(full.contains("blocks are full"), "{full}");
     assert!(theirs.contains("claimed by another node"), "{theirs}");
     assert!(freed);
+}
+
+#[test]
+fn calicos_ipam_controls_hold_for_every_assignment() {
+    use datastore::ipam::Ipam;
+    use ipnet::Ipv4Net;
+    use std::net::Ipv4Addr;
+    let etcd = Etcd::start("etcd-ipamcfg");
+    let t = with_etcd(&etcd.ns, |etcd| {
+        let store = datastore::Store::new(etcd.clone());
+        let apply = |yaml: &str| store.apply_all(&datastore::resources::parse(yaml).expect("resources")).expect("apply");
+        let config = |spec: &str| {
+            apply(&format!(
+                "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n{spec}"
+            ))
+        };
+        let ipam = Ipam::new(etcd);
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        // A /26 pool of /29 blocks (6 addresses each), node-b holding the first.
+        let pool: Ipv4Net = "10.246.0.0/26".parse().expect("pool");
+        let pools = [(pool, 29)];
+        assert_eq!(ipam.allocate("node-b", "b0", pool, 29).expect("b0").address, ip("10.246.0.1"));
+
+        // Reservations: never handed out unasked, given to a workload that asks.
+        apply("apiVersion: projectcalico.org/v3\nkind: IPReservation\nmetadata:\n  name: kept\nspec:\n  reservedCIDRs: [10.246.0.2, 10.246.0.4/31, 'fd00:99::/64']\n");
+        let got: Vec<Ipv4Addr> =
+            (0..3).map(|i| ipam.allocate("node-b", &format!("b{}", i + 1), pool, 29).expect("auto").address).collect();
+        assert_eq!(got, [ip("10.246.0.3"), ip("10.246.0.6"), ip("10.246.0.9")], "around 0.2, 0.4 and 0.5");
+        let asked = ipam.request("node-b", "b-asked", ip("10.246.0.4"), &pools).expect("asked");
+        assert!(!asked.borrowed && asked.address == ip("10.246.0.4"), "{asked:?}");
+
+        // A requested address: its free block is claimed for the node; one in another
+        // node's block is borrowed; the same handle keeps it; taken or outside, refused.
+        let a = ipam.request("node-a", "a-asked", ip("10.246.0.42"), &pools).expect("claims 0.40/29");
+        assert_eq!((a.block, a.borrowed), ("10.246.0.40/29".parse().expect("net"), false));
+        assert_eq!(ipam.node_blocks("node-a").expect("blocks"), [a.block]);
+        let b = ipam.request("node-a", "a-borrow", ip("10.246.0.5"), &pools).expect("borrowed");
+        assert!(b.borrowed, "{b:?}");
+        assert_eq!(ipam.request("node-a", "a-borrow", ip("10.246.0.5"), &pools).expect("again"), b);
+        let e = |r: anyhow::Result<datastore::ipam::Assigned>| r.expect_err("refused").to_string();
+        assert!(e(ipam.request("node-a", "x", ip("10.246.0.42"), &pools)).contains("in use (by a-asked)"));
+        assert!(e(ipam.request("node-a", "x", ip("10.246.0.40"), &pools)).contains("first or last"));
+        assert!(e(ipam.request("node-a", "x", ip("10.9.0.1"), &pools)).contains("in no enabled IPPool"));
+        assert!(e(ipam.request("node-a", "a-asked", ip("10.246.0.43"), &pools)).contains("holds 10.246.0.42"));
+
+        // strictAffinity: no borrowing, asked or not.
+        config("  strictAffinity: true\n");
+        let strict = e(ipam.request("node-a", "x", ip("10.246.0.10"), &pools));
+        assert!(strict.contains("strictAffinity forbids borrowing"), "{strict}");
+        // node-c: 0.8/29 is node-b's; it claims the remaining blocks 0.16, 0.24, 0.32, 0.48
+        // and 0.56, then runs out without borrowing node-b's free 0.10-0.14.
+        let mut n = 0;
+        let full = loop {
+            match ipam.allocate("node-c", &format!("c{n}"), pool, 29) {
+                Ok(a) => assert!(!a.borrowed, "{a:?}"),
+                Err(e) => break e.to_string(),
+            }
+            n += 1;
+            assert!(n < 40, "never ran out");
+        };
+        assert_eq!(n, 30, "5 blocks of 6");
+        assert!(full.contains("every block of the pool is claimed, and strictAffinity forbids borrowing"), "{full}");
+        // Without it, node-c borrows.
+        config("  strictAffinity: false\n");
+        assert!(ipam.allocate("node-c", "c-more", pool, 29).expect("borrows").borrowed);
+
+        // maxBlocksPerHost: node-a holds one block; at 1 it may claim no other.
+        ipam.etcd.delete_prefix("/calico/ipam/").expect("clean");
+        store.delete(datastore::resources::Kind::IpReservation, "kept").expect("delete");
+        config("  maxBlocksPerHost: 1\n");
+        for i in 0..6 {
+            ipam.allocate("node-a", &format!("m{i}"), pool, 29).expect("first block");
+        }
+        let limited = e(ipam.allocate("node-a", "m6", pool, 29));
+        assert!(limited.contains("it holds maxBlocksPerHost (1) blocks"), "{limited}");
+        let asked = e(ipam.request("node-a", "m7", ip("10.246.0.17"), &pools));
+        assert!(asked.contains("may not claim"), "{asked}");
+        // autoAllocateBlocks off: not even a first block.
+        config("  autoAllocateBlocks: false\n");
+        let off = e(ipam.allocate("node-d", "d0", pool, 29));
+        assert!(off.contains("autoAllocateBlocks is off"), "{off}");
+        // The default again: node-d gets a block of its own.
+        store.delete(datastore::resources::Kind::IpamConfiguration, "default").expect("delete");
+        assert!(!ipam.allocate("node-d", "d0", pool, 29).expect("a block").borrowed);
+    });
+    t.join().expect("IPAM controls");
 }
