@@ -121,7 +121,7 @@ pub struct Block<N: Family = Ipv4Net> {
 }
 
 impl<N: Family> Block<N> {
-    fn node(&self) -> &str {
+    pub fn node(&self) -> &str {
         self.affinity.strip_prefix("host:").unwrap_or(&self.affinity)
     }
 
@@ -291,6 +291,42 @@ impl Ipam {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// Every handle of the family, with the node its address was given to.
+    pub fn handle_nodes<N: Family>(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let (kvs, _) = self.etcd.list(N::HANDLES)?;
+        Ok(kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let h = serde_json::from_slice::<Handle<N>>(&kv.value).ok()?;
+                Some((kv.key.strip_prefix(N::HANDLES)?.to_string(), h.node))
+            })
+            .collect())
+    }
+
+    /// Frees `address` whoever holds it (what a crash left behind): its block's entry and
+    /// the handle that points at it, in one transaction. The handle that held it, if any.
+    pub fn release_address<N: Family>(&self, address: N::Addr) -> anyhow::Result<Option<String>> {
+        for _ in 0..RETRIES {
+            let blocks = self.blocks::<N>()?;
+            let Some((b, rev)) = blocks.into_iter().find(|(b, _)| b.cidr.has(address)) else { return Ok(None) };
+            let Some(handle) = b.allocations.get(&address).cloned() else { return Ok(None) };
+            let mut next = b.clone();
+            next.allocations.remove(&address);
+            let (bk, hk) = (block_key(&b.cidr), handle_key::<N>(&handle));
+            let body = serde_json::to_vec(&next)?;
+            let ok = match self.read_handle::<N>(&handle)? {
+                Some((h, hrev)) if h.address == address => {
+                    self.etcd.txn(&[(&bk, rev), (&hk, hrev)], &[(&bk, &body)], &[&hk])?
+                }
+                _ => self.etcd.txn(&[(&bk, rev)], &[(&bk, &body)], &[])?,
+            };
+            if ok {
+                return Ok(Some(handle));
+            }
+        }
+        bail!("releasing {address} kept conflicting with other writers")
     }
 
     fn handles_of<N: Family>(&self, node: &str) -> anyhow::Result<Vec<String>> {

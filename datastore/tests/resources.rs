@@ -9,7 +9,15 @@ fn fixture(name: &str) -> String {
 
 #[test]
 fn every_kind_reads_and_round_trips_through_yaml_and_json() {
-    let all = ["ippool.yaml", "bgpconfiguration.yaml", "bgppeer.yaml", "bgpfilter.yaml", "node.json", "ipreservation.yaml", "ipamconfiguration.yaml"];
+    let all = [
+        "ippool.yaml",
+        "bgpconfiguration.yaml",
+        "bgppeer.yaml",
+        "bgpfilter.yaml",
+        "node.json",
+        "ipreservation.yaml",
+        "ipamconfiguration.yaml",
+    ];
     let mut kinds = Vec::new();
     for f in all {
         let rs = resources::parse(&fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));

@@ -8,6 +8,7 @@
 pub mod calico;
 pub mod capture;
 pub mod cluster;
+pub mod ipam;
 pub mod logging;
 pub mod metrics;
 pub mod node;

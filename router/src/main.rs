@@ -160,6 +160,11 @@ enum Cmd {
         #[command(flatten)]
         etcd: EtcdSel,
     },
+    /// IPAM: which node holds which block and what is in use, like `calicoctl ipam`.
+    Ipam {
+        #[command(subcommand)]
+        cmd: IpamCmd,
+    },
     /// The CNI plugin: write its network config and install it where container runtimes
     /// look (as Calico's install step does).
     Cni {
@@ -201,6 +206,74 @@ impl EtcdSel {
             }
         }
         Ok(datastore::Store::new(datastore::etcd::Etcd::new(&self.endpoints)?))
+    }
+}
+
+#[derive(Subcommand)]
+enum IpamCmd {
+    /// Addresses in use per pool (and block), or what one address is.
+    Show {
+        /// Every block too: its node, and how many of its addresses other nodes borrowed.
+        #[arg(long)]
+        show_blocks: bool,
+        /// What this address is: free, reserved, or in use by which handle and node.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        src: IpamSel,
+    },
+    /// Free an address that no workload holds any more (one a crash left behind). It is
+    /// not checked that nothing uses it.
+    Release {
+        #[arg(long)]
+        ip: std::net::IpAddr,
+        #[command(flatten)]
+        src: IpamSel,
+    },
+}
+
+/// Where IPAM is read: an IPAM file, etcd, or else the lab's (its etcd, or its file).
+#[derive(clap::Args)]
+struct IpamSel {
+    /// The IPAM file a host's plugin keeps (`router cni install --ipam-file`).
+    #[arg(long = "ipam-file", conflicts_with = "endpoints")]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdSel,
+}
+
+impl IpamSel {
+    fn source(&self) -> anyhow::Result<router::ipam::Source> {
+        use router::ipam::Source;
+        if let Some(f) = &self.file {
+            return Ok(Source::File(f.clone(), Vec::new()));
+        }
+        if !self.etcd.endpoints.is_empty() {
+            return Ok(Source::Etcd(self.etcd.store()?));
+        }
+        let lab = self.etcd.sel.lab()?;
+        let Some(st) = lab.state()? else {
+            bail!("lab {:?} is not up; name an --ipam-file or --etcd-endpoints", lab.name)
+        };
+        if st.etcd.is_some() {
+            return Ok(Source::Etcd(self.etcd.store()?));
+        }
+        // The lab's pools, with their block sizes, from its nodes' configs.
+        let mut pools = Vec::new();
+        for h in st.hosts.iter().filter(|h| h.role == lab::state::Role::Node) {
+            let cfg = nodeapi::config::NodeConfig::load(&lab.dir.join(format!("{}.toml", h.name)))?;
+            let len = cfg.blocks.first().map_or(26, |b| b.prefix_len());
+            pools.extend(cfg.pools.iter().map(|p| (ipnet::IpNet::V4(p.cidr), len)));
+            if let Some(v6) = &cfg.ipv6 {
+                let len = v6.blocks.first().map_or(122, |b| b.prefix_len());
+                pools.extend(v6.pools.iter().map(|p| (ipnet::IpNet::V6(*p), len)));
+            }
+        }
+        pools.sort();
+        pools.dedup();
+        Ok(Source::File(lab::containers::ipam_file(&lab), pools))
     }
 }
 
@@ -511,6 +584,38 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let existed = router::calico::delete_one(&etcd.store()?, kind, resource.as_deref().unwrap_or_default())?;
             Ok(i32::from(!existed))
         }
+        Cmd::Ipam { cmd: IpamCmd::Show { show_blocks, ip, json, src } } => {
+            let usage = src.source()?.usage()?;
+            match (ip, json) {
+                (Some(ip), json) => {
+                    let a = usage.address(ip);
+                    if json {
+                        nodeapi::outln!("{}", serde_json::to_string_pretty(&a)?);
+                    } else {
+                        nodeapi::outln!("{}", a.describe());
+                    }
+                    Ok(i32::from(!a.known()))
+                }
+                (None, true) => {
+                    nodeapi::outln!("{}", serde_json::to_string_pretty(&usage)?);
+                    Ok(0)
+                }
+                (None, false) => {
+                    nodeapi::out!("{}", router::ipam::table(&usage, show_blocks));
+                    Ok(0)
+                }
+            }
+        }
+        Cmd::Ipam { cmd: IpamCmd::Release { ip, src } } => match src.source()?.release(ip)? {
+            Some(handle) => {
+                nodeapi::outln!("released {ip} (held by {handle})");
+                Ok(0)
+            }
+            None => {
+                eprintln!("{ip} is not allocated");
+                Ok(1)
+            }
+        },
         Cmd::Cni { cmd: CniCmd::Install { node_config, conf_dir, bin_dir, ipam_file, etcd_endpoints } } => {
             let cfg = nodeapi::config::NodeConfig::load(&node_config)?;
             let exe = std::env::current_exe().context("finding the router binary")?;

@@ -239,6 +239,14 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     });
     let (ok, out) = ping(&lab, "pod-c1", &["-c", "1", "-W", "2", "10.244.2.50"]);
     assert!(ok, "{out}");
+    // `router ipam show` reads the lab's IPAM file: node-b's block lent one address.
+    let show = lab.router(&["ipam", "show", "--show-blocks"]);
+    let table = text(&show.stdout);
+    assert!(table.lines().any(|l| l.starts_with("IP Pool") && l.contains("10.244.0.0/16")), "{table}");
+    let b = table.lines().find(|l| l.contains("10.244.2.0/26")).unwrap_or_else(|| panic!("{table}"));
+    assert!(b.contains("node-b") && b.ends_with(" 1"), "one address lent: {b}");
+    let one = lab.json(&["ipam", "show", "--ip", "10.244.2.50", "--json"]);
+    assert_eq!((one["handle"].as_str(), one["borrowed_by"].as_str()), (Some("asked1/eth0"), Some("node-a")), "{one}");
     for (args, code, says) in [
         ("IP=10.244.1.40", 102, "10.244.1.40 is in use (by asked0/eth0)"),
         ("IP=10.244.1.300", 4, "10.244.1.300\\\" is not an address"),
@@ -256,6 +264,13 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     for c in ["asked0", "asked1", "asked2"] {
         assert_eq!(cni.call("DEL", c, None, &plain).code, 0);
     }
+    // An address a crash left held (no container): `router ipam release` frees it.
+    let leak = ipam_file_alloc(&ipam, "10.244.1.44", "gone/eth0");
+    let rel = lab.router(&["ipam", "release", "--ip", "10.244.1.44"]);
+    assert_eq!(text(&rel.stdout).trim(), "released 10.244.1.44 (held by gone/eth0)", "{}", text(&rel.stderr));
+    assert!(!held()["allocations"].as_object().expect("map").contains_key("10.244.1.44"), "{leak}");
+    let again = lab.router(&["ipam", "release", "--ip", "10.244.1.44"]);
+    assert!(!again.status.success() && text(&again.stderr).contains("not allocated"));
 
     // STATUS (1.1): the node answers; with no node, code 50.
     let status = cni.conf_with(&[("cniVersion", json!("1.1.0"))]);
@@ -303,6 +318,15 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     let v = v.wait_with_output().expect("VERSION");
     assert!(text(&v.stdout).contains("supportedVersions"), "{}", text(&v.stdout));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Holds `ip` for `handle` in the IPAM file as a plugin call would; the file's text.
+fn ipam_file_alloc(file: &std::path::Path, ip: &str, handle: &str) -> String {
+    let mut st: Value = serde_json::from_str(&std::fs::read_to_string(file).expect("ipam")).expect("json");
+    st["allocations"][ip] = json!({"handle": handle, "node": "node-a"});
+    let text = serde_json::to_string_pretty(&st).expect("json");
+    std::fs::write(file, &text).expect("write ipam");
+    text
 }
 
 /// etcd inside node-a's namespace, on its loopback and its underlay address (so node-b's

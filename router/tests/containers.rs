@@ -250,10 +250,27 @@ fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
     assert_eq!(b_ip, "10.244.2.40");
     wait_until("node-a to learn 10.244.2.40/32 from node-c", || {
         let r = lab.json(&["routes", "--node", "node-a", "--json"]);
-        r.as_array().into_iter().flatten().any(|e| e["prefix"] == "10.244.2.40/32" && e["next_hop"] == "192.168.200.101")
+        r.as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["prefix"] == "10.244.2.40/32" && e["next_hop"] == "192.168.200.101")
     });
     container_pings(&lab, "node-c", &b, "10.244.1.1");
-    let taken = lab.exec("node-a", &["podman", "run", "--rm", "--network", "router", "--ip", "10.244.3.3", image(), "true"]);
+    // `router ipam show` reads the lab's etcd: who holds it, and whose block lent it.
+    let one = lab.router(&["ipam", "show", "--ip", "10.244.2.40"]);
+    let said = text(&one.stdout);
+    assert!(
+        said.contains(&format!("in use by {b}/eth0; given to node-c, borrowed: block 10.244.2.0/26 is node-b's")),
+        "{said}"
+    );
+    let reserved = text(&lab.router(&["ipam", "show", "--ip", "10.244.3.3"]).stdout);
+    assert!(reserved.contains("in use by") && reserved.contains("reserved (IPReservation)"), "{reserved}");
+    let table = text(&lab.router(&["ipam", "show", "--show-blocks"]).stdout);
+    assert!(table.contains("reserved (IPReservation): 10.244.3.2/31"), "{table}");
+    let row = table.lines().find(|l| l.contains("10.244.2.0/26")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("node-b") && row.ends_with(" 1"), "{row}");
+    let taken =
+        lab.exec("node-a", &["podman", "run", "--rm", "--network", "router", "--ip", "10.244.3.3", image(), "true"]);
     assert!(!taken.status.success() && text(&taken.stderr).contains("10.244.3.3 is in use"), "{}", text(&taken.stderr));
     for id in [&r, &k, &b] {
         podman(&lab, "node-c", &["rm", "--force", "--time", "0", id]);

@@ -159,7 +159,9 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
         etcd.ok(&["delete", "-f", &fixture(f)]);
     }
     etcd.ok(&["delete", "bgppeer", "node-a-edge"]);
-    for kind in ["ippools", "bgpconfigurations", "bgppeers", "bgpfilters", "nodes", "ipreservations", "ipamconfigurations"] {
+    for kind in
+        ["ippools", "bgpconfigurations", "bgppeers", "bgpfilters", "nodes", "ipreservations", "ipamconfigurations"]
+    {
         assert_eq!(etcd.ok(&["get", kind]).lines().count(), 1, "{kind} is empty (header only)");
     }
     let missing = etcd.router(&["get", "node", "nope"]);
@@ -387,7 +389,8 @@ fn calicos_ipam_controls_hold_for_every_assignment() {
     let etcd = Etcd::start("etcd-ipamcfg");
     let t = with_etcd(&etcd.ns, |etcd| {
         let store = datastore::Store::new(etcd.clone());
-        let apply = |yaml: &str| store.apply_all(&datastore::resources::parse(yaml).expect("resources")).expect("apply");
+        let apply =
+            |yaml: &str| store.apply_all(&datastore::resources::parse(yaml).expect("resources")).expect("apply");
         let config = |spec: &str| {
             apply(&format!(
                 "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n{spec}"

@@ -1,0 +1,312 @@
+//! `router ipam show | release`: which node holds which block and what is in use, as
+//! `calicoctl ipam` shows it, from etcd or from an IPAM file (a lab's, or a host's).
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Where the addresses are kept.
+#[derive(Debug)]
+pub enum Source {
+    Etcd(datastore::Store),
+    /// The file, and the pools with their block sizes where they are known (a lab's node
+    /// configs say).
+    File(PathBuf, Vec<(IpNet, u8)>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolUse {
+    pub cidr: IpNet,
+    pub block_size: u8,
+    /// Addresses IPAM can hand out in it: its blocks' addresses but their first (and, for
+    /// IPv4, last).
+    pub total: u128,
+    pub in_use: u128,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockUse {
+    pub cidr: IpNet,
+    pub node: String,
+    pub total: u128,
+    /// Address → handle.
+    pub used: BTreeMap<IpAddr, String>,
+    /// Handle → the node it was given to, where that is not the block's node (borrowed).
+    pub lent: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    pub pools: Vec<PoolUse>,
+    pub blocks: Vec<BlockUse>,
+    pub reserved: Vec<IpNet>,
+}
+
+/// The addresses IPAM hands out in a block of `len` (`datastore::ipam::Family::hosts`).
+fn hosts(v6: bool, len: u8) -> u128 {
+    match (v6, len) {
+        (false, 31..) => 1u128 << (32 - len.min(32)),
+        (false, _) => (1u128 << (32 - len)) - 2,
+        (true, _) => (1u128 << (128 - len.min(128))) - 1,
+    }
+}
+
+fn pool_use(cidr: IpNet, block_size: u8, blocks: &[BlockUse]) -> PoolUse {
+    let v6 = matches!(cidr, IpNet::V6(_));
+    let count = 1u128 << (block_size.saturating_sub(cidr.prefix_len())).min(127);
+    let in_use = blocks.iter().filter(|b| cidr.contains(&b.cidr)).map(|b| b.used.len() as u128).sum();
+    PoolUse { cidr, block_size, total: count.saturating_mul(hosts(v6, block_size)), in_use }
+}
+
+impl Source {
+    pub fn usage(&self) -> anyhow::Result<Usage> {
+        match self {
+            Source::Etcd(store) => {
+                use datastore::resources::{Kind, Resource};
+                let ipam = datastore::ipam::Ipam::new(store.etcd.clone());
+                let mut blocks = etcd_blocks::<Ipv4Net>(&ipam)?;
+                blocks.extend(etcd_blocks::<Ipv6Net>(&ipam)?);
+                let mut pools = Vec::new();
+                for r in store.get(Kind::IpPool, None)? {
+                    let Resource::IpPool(p) = r else { continue };
+                    let Ok(cidr) = p.spec.cidr.parse::<IpNet>() else { continue };
+                    pools.push(pool_use(cidr.trunc(), p.spec.block_size_or_default(), &blocks));
+                }
+                Ok(Usage { pools, blocks, reserved: ipam.policy()?.reserved })
+            }
+            Source::File(path, known) => {
+                let st = cni::ipam::Ipam::new(path).with(|st| st.clone())?;
+                let mut blocks = Vec::new();
+                for (cidr, node) in &st.blocks {
+                    let mine = st.allocations.iter().filter(|(a, _)| cidr.contains(*a));
+                    blocks.push(block_use(IpNet::V4(*cidr), node, mine.map(|(a, x)| (IpAddr::V4(*a), x))));
+                }
+                for (cidr, node) in &st.blocks6 {
+                    let mine = st.allocations6.iter().filter(|(a, _)| cidr.contains(*a));
+                    blocks.push(block_use(IpNet::V6(*cidr), node, mine.map(|(a, x)| (IpAddr::V6(*a), x))));
+                }
+                let pools = known.iter().map(|(p, len)| pool_use(*p, *len, &blocks)).collect();
+                Ok(Usage { pools, blocks, reserved: Vec::new() })
+            }
+        }
+    }
+
+    /// Frees `ip`; the handle that held it.
+    pub fn release(&self, ip: IpAddr) -> anyhow::Result<Option<String>> {
+        match self {
+            Source::Etcd(store) => {
+                let ipam = datastore::ipam::Ipam::new(store.etcd.clone());
+                match ip {
+                    IpAddr::V4(a) => ipam.release_address::<Ipv4Net>(a),
+                    IpAddr::V6(a) => ipam.release_address::<Ipv6Net>(a),
+                }
+            }
+            Source::File(path, _) => cni::ipam::Ipam::new(path).with(|st| {
+                let handle = match ip {
+                    IpAddr::V4(a) => st.allocations.remove(&a),
+                    IpAddr::V6(a) => st.allocations6.remove(&a),
+                };
+                handle.map(|x| x.handle)
+            }),
+        }
+    }
+}
+
+fn block_use<'a>(
+    cidr: IpNet,
+    node: &str,
+    allocations: impl Iterator<Item = (IpAddr, &'a cni::ipam::Allocation)>,
+) -> BlockUse {
+    let mut b = BlockUse {
+        cidr,
+        node: node.to_string(),
+        total: hosts(matches!(cidr, IpNet::V6(_)), cidr.prefix_len()),
+        used: BTreeMap::new(),
+        lent: BTreeMap::new(),
+    };
+    for (a, x) in allocations {
+        b.used.insert(a, x.handle.clone());
+        if x.node != node {
+            b.lent.insert(x.handle.clone(), x.node.clone());
+        }
+    }
+    b
+}
+
+fn etcd_blocks<N>(ipam: &datastore::ipam::Ipam) -> anyhow::Result<Vec<BlockUse>>
+where
+    N: datastore::ipam::Family + Into<IpNet>,
+    N::Addr: Into<IpAddr>,
+{
+    let given = ipam.handle_nodes::<N>()?;
+    Ok(ipam
+        .blocks::<N>()?
+        .into_iter()
+        .map(|(b, _)| {
+            let cidr: IpNet = b.cidr.into();
+            let node = b.node().to_string();
+            let lent = b
+                .allocations
+                .values()
+                .filter_map(|h| given.get(h).filter(|n| **n != node).map(|n| (h.clone(), n.clone())))
+                .collect();
+            BlockUse {
+                cidr,
+                total: hosts(matches!(cidr, IpNet::V6(_)), cidr.prefix_len()),
+                used: b.allocations.into_iter().map(|(a, h)| (a.into(), h)).collect(),
+                lent,
+                node,
+            }
+        })
+        .collect())
+}
+
+fn share(n: u128, total: u128) -> String {
+    let pct = (n.saturating_mul(100) + total / 2).checked_div(total).unwrap_or(0);
+    format!("{n} ({pct}%)")
+}
+
+/// `calicoctl ipam show`'s table: the pools, and with `blocks` every block with its node and
+/// the addresses it lent to other nodes.
+pub fn table(u: &Usage, blocks: bool) -> String {
+    let mut rows = vec![["GROUPING", "CIDR", "NODE", "IPS TOTAL", "IPS IN USE", "IPS FREE", "LENT"].map(String::from)];
+    for p in &u.pools {
+        rows.push([
+            "IP Pool".into(),
+            p.cidr.to_string(),
+            "-".into(),
+            p.total.to_string(),
+            share(p.in_use, p.total),
+            share(p.total - p.in_use.min(p.total), p.total),
+            "-".into(),
+        ]);
+    }
+    let pooled = |b: &BlockUse| u.pools.iter().any(|p| p.cidr.contains(&b.cidr));
+    for b in u.blocks.iter().filter(|b| blocks || !pooled(b)) {
+        let used = b.used.len() as u128;
+        rows.push([
+            "Block".into(),
+            b.cidr.to_string(),
+            b.node.clone(),
+            b.total.to_string(),
+            share(used, b.total),
+            share(b.total - used.min(b.total), b.total),
+            b.lent.len().to_string(),
+        ]);
+    }
+    let mut width = [0usize; 7];
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r.iter().zip(width).map(|(c, w)| format!("{c:<w$}")).collect();
+        out += cells.join("   ").trim_end();
+        out.push('\n');
+    }
+    if !u.reserved.is_empty() {
+        let r: Vec<String> = u.reserved.iter().map(ToString::to_string).collect();
+        out += &format!("reserved (IPReservation): {}\n", r.join(", "));
+    }
+    out
+}
+
+/// What one address is to IPAM.
+#[derive(Debug, Clone, Serialize)]
+pub struct AddressUse {
+    pub ip: IpAddr,
+    pub pool: Option<IpNet>,
+    pub block: Option<IpNet>,
+    pub block_node: Option<String>,
+    pub handle: Option<String>,
+    /// The node it was given to, where that is not the block's node.
+    pub borrowed_by: Option<String>,
+    pub reserved: bool,
+}
+
+impl Usage {
+    pub fn address(&self, ip: IpAddr) -> AddressUse {
+        let block = self.blocks.iter().find(|b| b.cidr.contains(&ip));
+        let handle = block.and_then(|b| b.used.get(&ip)).cloned();
+        AddressUse {
+            ip,
+            pool: self.pools.iter().find(|p| p.cidr.contains(&ip)).map(|p| p.cidr),
+            block: block.map(|b| b.cidr),
+            block_node: block.map(|b| b.node.clone()),
+            borrowed_by: handle.as_ref().and_then(|h| block?.lent.get(h)).cloned(),
+            handle,
+            reserved: self.reserved.iter().any(|r| r.contains(&ip)),
+        }
+    }
+}
+
+impl AddressUse {
+    /// One line, as `calicoctl ipam show --ip` answers.
+    pub fn describe(&self) -> String {
+        let ip = self.ip;
+        let reserved = if self.reserved { "; reserved (IPReservation): never handed out unasked" } else { "" };
+        let whose = match (&self.block, &self.block_node) {
+            (Some(b), Some(n)) => format!("block {b} is {n}'s"),
+            _ => String::new(),
+        };
+        match (&self.handle, &self.block, &self.pool) {
+            (Some(h), _, _) => {
+                let given = match &self.borrowed_by {
+                    Some(n) => format!("given to {n}, borrowed: {whose}"),
+                    None => whose,
+                };
+                format!("{ip} is in use by {h}; {given}{reserved}")
+            }
+            (None, Some(_), _) => format!("{ip} is free; {whose}{reserved}"),
+            (None, None, Some(p)) => format!("{ip} is free: in pool {p}, in no block yet{reserved}"),
+            (None, None, None) => format!("{ip} is in no pool or block that IPAM knows{reserved}"),
+        }
+    }
+
+    pub fn known(&self) -> bool {
+        self.pool.is_some() || self.block.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(handle: &str, node: &str) -> cni::ipam::Allocation {
+        cni::ipam::Allocation { handle: handle.into(), node: node.into() }
+    }
+
+    #[test]
+    fn usage_counts_what_ipam_hands_out_and_who_borrowed_it() {
+        assert_eq!((hosts(false, 26), hosts(false, 32), hosts(true, 122), hosts(true, 128)), (62, 1, 63, 0));
+        let (a, b) = (alloc("pod:a1", "node-a"), alloc("c9/eth0", "node-c"));
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let block = block_use(
+            "10.244.1.0/26".parse().expect("net"),
+            "node-a",
+            [(ip("10.244.1.1"), &a), (ip("10.244.1.2"), &b)].into_iter(),
+        );
+        assert_eq!((block.total, block.used.len(), block.lent.len()), (62, 2, 1));
+        let pool = pool_use("10.244.0.0/16".parse().expect("net"), 26, std::slice::from_ref(&block));
+        assert_eq!((pool.total, pool.in_use), (1024 * 62, 2));
+        let big = pool_use("fd00:10:244::/48".parse().expect("net"), 122, &[]);
+        assert_eq!(big.total, (1u128 << 74) * 63);
+        let u = Usage { pools: vec![pool], blocks: vec![block], reserved: vec!["10.244.1.9/32".parse().expect("net")] };
+        let t = table(&u, true);
+        assert!(t.contains("IP Pool    10.244.0.0/16") && t.contains("63488"), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("Block") && l.contains("node-a") && l.ends_with("1")), "{t}");
+        assert!(!table(&u, false).contains("Block"), "blocks only when asked for");
+        let lent = u.address(ip("10.244.1.2")).describe();
+        assert_eq!(lent, "10.244.1.2 is in use by c9/eth0; given to node-c, borrowed: block 10.244.1.0/26 is node-a's");
+        assert!(u
+            .address(ip("10.244.1.9"))
+            .describe()
+            .starts_with("10.244.1.9 is free; block 10.244.1.0/26 is node-a's; reserved"));
+        assert!(u.address(ip("10.244.7.1")).describe().contains("in no block yet"));
+        assert!(!u.address(ip("10.9.0.1")).known());
+    }
+}
