@@ -132,6 +132,9 @@ fn an_unprivileged_user_runs_the_seed_lab_and_leaves_nothing_behind() {
     let peers = peers.as_array().expect("peers");
     assert_eq!(peers.len(), 2, "{peers:?}");
     assert!(peers.iter().all(|p| p["state"] == "up"), "{peers:?}");
+    let ipam = lab.json(&["ipam", "show", "--json"]);
+    let blocks = ipam["blocks"].as_array().map(Vec::len);
+    assert_eq!((blocks, ipam["pools"][0]["in_use"].as_u64()), (Some(3), Some(4)), "{ipam}");
 
     let trace = lab.json(&["trace", "pod-a1", "pod-c1", "--json"]);
     let actions: Vec<(String, String)> = trace["hops"]
