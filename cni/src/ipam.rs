@@ -55,26 +55,33 @@ impl State {
     /// (the first with room, in address order), as Calico borrows. The same handle gets
     /// the address it already holds.
     pub fn allocate(&mut self, node: &str, handle: &str) -> Result<Assigned, String> {
-        let mine: Vec<Ipv4Net> = self.blocks.iter().filter(|(_, n)| *n == node).map(|(b, _)| *b).collect();
+        self.allocate_within(node, handle, &[])
+    }
+
+    /// [`State::allocate`] from the blocks inside `within` only (none: every block).
+    pub fn allocate_within(&mut self, node: &str, handle: &str, within: &[Ipv4Net]) -> Result<Assigned, String> {
+        let inside = |b: &Ipv4Net| within.is_empty() || within.iter().any(|w| w.contains(b));
+        let mine: Vec<Ipv4Net> = self.blocks.iter().filter(|(b, n)| *n == node && inside(b)).map(|(b, _)| *b).collect();
         let borrowed = |a: Ipv4Addr| !mine.iter().any(|b| b.contains(&a));
         if let Some(a) = self.find(handle) {
             return Ok(Assigned { address: a, borrowed: borrowed(a) });
         }
         if mine.is_empty() {
-            return Err(format!("node {node} has no block in the IPAM state"));
+            return Err(format!("node {node} has no block in the IPAM state{}", in_pools(within)));
         }
         for b in &mine {
             if let Some(a) = self.take_in(*b, handle, node) {
                 return Ok(Assigned { address: a, borrowed: false });
             }
         }
-        let others: Vec<Ipv4Net> = self.blocks.iter().filter(|(_, n)| *n != node).map(|(b, _)| *b).collect();
+        let others: Vec<Ipv4Net> =
+            self.blocks.iter().filter(|(b, n)| *n != node && inside(b)).map(|(b, _)| *b).collect();
         for b in others {
             if let Some(a) = self.take_in(b, handle, node) {
                 return Ok(Assigned { address: a, borrowed: true });
             }
         }
-        Err(format!("no free address: node {node}'s blocks and every other block are full"))
+        Err(format!("no free address{}: node {node}'s blocks and every other block are full", in_pools(within)))
     }
 
     /// `address` for `handle`, as the runtime asked for it: free, and not a block's first
@@ -130,12 +137,19 @@ impl State {
     /// same handle keeps its address). A /122 holds 64 addresses and a node claims as many
     /// blocks as it is given; a full one is an error, not a reason to borrow.
     pub fn allocate6(&mut self, node: &str, handle: &str) -> Result<Ipv6Addr, String> {
+        self.allocate6_within(node, handle, &[])
+    }
+
+    /// [`State::allocate6`] from the blocks inside `within` only (none: every block).
+    pub fn allocate6_within(&mut self, node: &str, handle: &str, within: &[Ipv6Net]) -> Result<Ipv6Addr, String> {
         if let Some(a) = self.find6(handle) {
             return Ok(a);
         }
-        let mine: Vec<Ipv6Net> = self.blocks6.iter().filter(|(_, n)| *n == node).map(|(b, _)| *b).collect();
+        let inside = |b: &Ipv6Net| within.is_empty() || within.iter().any(|w| w.contains(b));
+        let mine: Vec<Ipv6Net> =
+            self.blocks6.iter().filter(|(b, n)| *n == node && inside(b)).map(|(b, _)| *b).collect();
         if mine.is_empty() {
-            return Err(format!("node {node} has no IPv6 block in the IPAM state"));
+            return Err(format!("node {node} has no IPv6 block in the IPAM state{}", in_pools(within)));
         }
         for b in mine.iter().filter(|b| b.prefix_len() < 128) {
             let size = 1u128 << (128 - b.prefix_len());
@@ -157,6 +171,14 @@ impl State {
         let a = self.find(handle)?;
         self.allocations.remove(&a);
         Some(a)
+    }
+}
+
+/// ` in <pools>` where allocation was limited to some.
+fn in_pools<N: std::fmt::Display>(within: &[N]) -> String {
+    match within {
+        [] => String::new(),
+        w => format!(" in {}", w.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
     }
 }
 
@@ -296,6 +318,23 @@ mod tests {
         assert!(st.request6("a", "c2/eth0", ip6("fd00:10:244::")).expect_err("first").contains("first address"));
         assert_eq!(st.release("c1/eth0"), Some(ip("10.244.1.5")));
         assert_eq!(st.find6("c1/eth0"), None);
+    }
+
+    #[test]
+    fn a_network_limited_to_some_pools_takes_only_their_blocks() {
+        let mut st = two_nodes(30);
+        st.blocks.insert("10.250.0.0/30".parse().expect("net"), "a".into());
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        let within = |s: &str| vec![s.parse::<Ipv4Net>().expect("net")];
+        assert_eq!(st.allocate_within("a", "m1", &within("10.250.0.0/16")).map(|a| a.address), Ok(ip("10.250.0.1")));
+        let pods: Vec<_> =
+            (0..3).map(|i| st.allocate_within("a", &format!("p{i}"), &within("10.244.0.0/16"))).collect();
+        let got: Vec<_> = pods.into_iter().map(|a| a.map(|a| (a.address, a.borrowed))).collect();
+        assert_eq!(got, [Ok((ip("10.244.1.1"), false)), Ok((ip("10.244.1.2"), false)), Ok((ip("10.244.2.1"), true))]);
+        st.allocate_within("a", "m2", &within("10.250.0.0/16")).expect("the pool's second");
+        let e = st.allocate_within("a", "m3", &within("10.250.0.0/16")).expect_err("full");
+        assert!(e.contains("in 10.250.0.0/16"), "{e}");
+        assert!(st.allocate_within("b", "x", &within("10.9.0.0/16")).expect_err("none").contains("no block"));
     }
 
     #[test]

@@ -92,6 +92,13 @@ pub struct NetConf {
     pub pool6: Option<Ipv6Net>,
     #[serde(default)]
     pub block_size6: Option<u8>,
+    /// Calico's `ipv4_pools` / `ipv6_pools`: this network's containers take addresses from
+    /// these pools only (IPPool names or CIDRs, in order of preference; with the IPAM file,
+    /// CIDRs, within which its blocks are used). Manual pools may be named.
+    #[serde(default)]
+    pub ipv4_pools: Vec<String>,
+    #[serde(default)]
+    pub ipv6_pools: Vec<String>,
     /// The pods' MTU: 1480 where the pool uses IPIP, 1450 with VXLAN, 1500 without either.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
@@ -333,7 +340,8 @@ fn backend(conf: &NetConf) -> Result<Backend, CniError> {
 /// out pools for manual assignment only (`assignmentMode: Manual`) and pools whose
 /// `allowedUses` do not include `Workload`. For an address the container `asked` for: every
 /// enabled pool for workloads, whatever its `nodeSelector` and assignment mode. `None` for a
-/// family etcd holds no IPPool of: then the network config says.
+/// family etcd holds no IPPool of: then the network config says. Where the network config
+/// lists `ipv4_pools` (`ipv6_pools`), those, in its order, whatever their assignment mode.
 type Selected = (Option<Vec<(Ipv4Net, u8)>>, Option<Vec<(Ipv6Net, u8)>>);
 
 fn selected_pools(conf: &NetConf, store: &datastore::Store, asked: bool) -> Result<Selected, CniError> {
@@ -346,30 +354,87 @@ fn selected_pools(conf: &NetConf, store: &datastore::Store, asked: bool) -> Resu
             _ => None,
         })
         .unwrap_or_default();
-    let (mut v4, mut v6): Selected = (None, None);
-    for r in get(Kind::IpPool)? {
-        let Resource::IpPool(p) = r else { continue };
+    let pools: Vec<_> = get(Kind::IpPool)?
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::IpPool(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    // The network's own list: every name must be a pool, and an enabled one.
+    let listed = |names: &[String]| -> Result<Vec<usize>, CniError> {
+        names
+            .iter()
+            .map(|n| {
+                let at = pools.iter().position(|p| {
+                    p.metadata.name == *n
+                        || p.spec.cidr.parse::<ipnet::IpNet>().ok().zip(n.parse().ok()).is_some_and(|(a, b)| a == b)
+                });
+                match at {
+                    None => Err(CniError::config(format!("no IPPool {n:?} (named in the network's pools)"))),
+                    Some(i) if pools[i].spec.disabled == Some(true) => {
+                        Err(CniError::config(format!("IPPool {n:?} (named in the network's pools) is disabled")))
+                    }
+                    Some(i) => Ok(i),
+                }
+            })
+            .collect()
+    };
+    let (order4, order6) = (listed(&conf.ipv4_pools)?, listed(&conf.ipv6_pools)?);
+    type Ranked<N> = Option<Vec<(N, u8, usize)>>;
+    let (mut v4, mut v6): (Ranked<Ipv4Net>, Ranked<Ipv6Net>) = (None, None);
+    let ranked = |i: usize, order: &[usize]| order.iter().position(|x| *x == i);
+    for (i, p) in pools.iter().enumerate() {
         let for_workloads = p.spec.allowed_uses.as_ref().is_none_or(|u| u.iter().any(|x| x == "Workload"));
-        let automatic = p.spec.assignment_mode.as_deref() != Some("Manual")
-            && p.spec
-                .node_selector
-                .as_deref()
-                .is_none_or(|s| datastore::selector::Selector::parse(s).is_ok_and(|sel| sel.matches(&labels)));
-        let selects = p.spec.disabled != Some(true) && for_workloads && (asked || automatic);
+        let on_node = p
+            .spec
+            .node_selector
+            .as_deref()
+            .is_none_or(|s| datastore::selector::Selector::parse(s).is_ok_and(|sel| sel.matches(&labels)));
+        let manual = p.spec.assignment_mode.as_deref() == Some("Manual");
         let len = p.spec.block_size_or_default();
+        let pick = |order: &[usize]| {
+            let chosen = match order.is_empty() {
+                true => on_node && !manual,
+                false => on_node && ranked(i, order).is_some(),
+            };
+            p.spec.disabled != Some(true) && for_workloads && (asked || chosen)
+        };
         if let Ok(cidr) = p.spec.cidr.parse::<Ipv4Net>() {
-            v4.get_or_insert_with(Vec::new).extend(selects.then_some((cidr, len)));
+            v4.get_or_insert_with(Vec::new).extend(pick(&order4).then_some((
+                cidr,
+                len,
+                ranked(i, &order4).unwrap_or(usize::MAX),
+            )));
         } else if let Ok(cidr) = p.spec.cidr.parse::<Ipv6Net>() {
-            v6.get_or_insert_with(Vec::new).extend(selects.then_some((cidr, len)));
+            v6.get_or_insert_with(Vec::new).extend(pick(&order6).then_some((
+                cidr,
+                len,
+                ranked(i, &order6).unwrap_or(usize::MAX),
+            )));
         }
     }
-    if let Some(v) = v4.as_mut() {
-        v.sort_by_key(|(pool, _)| !conf.blocks.iter().any(|b| pool.contains(b)));
-    }
-    if let Some(v) = v6.as_mut() {
-        v.sort_by_key(|(pool, _)| !conf.blocks6.iter().any(|b| pool.contains(b)));
-    }
+    // The network's order; else the node's own pool first.
+    let v4 = v4.map(|mut v| {
+        v.sort_by_key(|(pool, _, rank)| (*rank, !conf.blocks.iter().any(|b| pool.contains(b))));
+        v.into_iter().map(|(p, l, _)| (p, l)).collect()
+    });
+    let v6 = v6.map(|mut v| {
+        v.sort_by_key(|(pool, _, rank)| (*rank, !conf.blocks6.iter().any(|b| pool.contains(b))));
+        v.into_iter().map(|(p, l, _)| (p, l)).collect()
+    });
     Ok((v4, v6))
+}
+
+fn file_pools<N: std::str::FromStr>(names: &[String]) -> Result<Vec<N>, CniError> {
+    names
+        .iter()
+        .map(|n| {
+            n.parse().map_err(|_| {
+                CniError::config(format!("{n:?} is not a CIDR: with the IPAM file the network's pools are CIDRs"))
+            })
+        })
+        .collect()
 }
 
 /// An address from the first of `pools` that has one; none selecting the node is an error.
@@ -380,7 +445,15 @@ fn allocate_from<N: datastore::ipam::Family>(
     pools: &[(N, u8)],
     family: &str,
 ) -> Result<datastore::ipam::Assigned<N>, CniError> {
-    let mut last = CniError::ipam(format!("no enabled {family} IPPool's nodeSelector selects node {}", conf.node));
+    let listed = if family == "IPv4" { &conf.ipv4_pools } else { &conf.ipv6_pools };
+    let mut last = match listed.is_empty() {
+        true => CniError::ipam(format!("no enabled {family} IPPool's nodeSelector selects node {}", conf.node)),
+        false => CniError::ipam(format!(
+            "none of the network's {family} pools ({}) is for workloads on node {}",
+            listed.join(", "),
+            conf.node
+        )),
+    };
     for (pool, len) in pools {
         match ipam.allocate(&conf.node, handle, *pool, *len) {
             Ok(a) => return Ok(a),
@@ -402,8 +475,11 @@ impl Backend {
             return Err(CniError::ipam(format!("{a6} asked for, but node {} has no IPv6 blocks", conf.node)));
         }
         match self {
-            Backend::File(f) => f
-                .with(|st| {
+            Backend::File(f) => {
+                // The network's pools, as CIDRs: the IPAM file knows no pool names.
+                let (within4, within6) =
+                    (file_pools::<Ipv4Net>(&conf.ipv4_pools)?, file_pools::<Ipv6Net>(&conf.ipv6_pools)?);
+                f.with(|st| {
                     // A host's first container: the state learns the node's blocks.
                     for b in &conf.blocks {
                         st.blocks.entry(*b).or_insert_with(|| conf.node.clone());
@@ -413,14 +489,14 @@ impl Backend {
                     }
                     let a = match asked.v4 {
                         Some(ip) => st.request(&conf.node, handle, ip)?,
-                        None => st.allocate(&conf.node, handle)?,
+                        None => st.allocate_within(&conf.node, handle, &within4)?,
                     };
                     if conf.blocks6.is_empty() {
                         return Ok((a, None));
                     }
                     let a6 = match asked.v6 {
                         Some(ip) => st.request6(&conf.node, handle, ip),
-                        None => st.allocate6(&conf.node, handle),
+                        None => st.allocate6_within(&conf.node, handle, &within6),
                     };
                     match a6 {
                         Ok(a6) => Ok((a, Some(a6))),
@@ -431,7 +507,8 @@ impl Backend {
                     }
                 })
                 .map_err(io)?
-                .map_err(CniError::ipam),
+                .map_err(CniError::ipam)
+            }
             Backend::Etcd(e, store) => {
                 // The node's configured blocks are its own in etcd too (the node announces
                 // them); another node holding one is a misconfiguration worth saying.

@@ -504,6 +504,24 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     });
     let none = plugin_call(&lab, "node-a", &conf_a, "ADD", "cn", Some(&x));
     assert!(none.raw.contains("no enabled IPv4 IPPool's nodeSelector selects node node-a"), "{}", none.raw);
+    // Calico's ipv4_pools: a network that names its pools, the Manual one included (by
+    // name or CIDR); a pool not for workloads, or none at all, is refused.
+    let with_pools = |pools: Value| {
+        let mut c = conf_a.clone();
+        c["ipv4_pools"] = pools;
+        c
+    };
+    let z = netns(&lab, "ez");
+    let m = plugin_call(&lab, "node-a", &with_pools(json!(["manual"])), "ADD", "cm", Some(&z));
+    assert_eq!(m.code, 0, "{}", m.raw);
+    assert_eq!(address(&m), "10.251.0.1/32");
+    let (ok, out) = ping(&lab, "pod-b1", &["-c", "1", "-W", "2", "10.251.0.1"]);
+    assert!(ok, "node-a announces the manual pool's address: {out}");
+    let t = plugin_call(&lab, "node-a", &with_pools(json!(["10.252.0.0/16"])), "ADD", "ct", Some(&z));
+    assert!(t.raw.contains("none of the network's IPv4 pools (10.252.0.0/16) is for workloads"), "{}", t.raw);
+    let n = plugin_call(&lab, "node-a", &with_pools(json!(["nope"])), "ADD", "ct", Some(&z));
+    assert_eq!(error_code(&n), 7, "{}", n.raw);
+    assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cm", Some(&z)).code, 0);
     assert_eq!(plugin_call(&lab, "node-b", &conf_b, "DEL", "cr", Some(&y)).code, 0);
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cx", Some(&x)).code, 0);
 }
