@@ -9,6 +9,27 @@ pub mod ipam;
 pub mod plugin;
 
 /// Calico's host-side interface name: `cali` + the first 11 hex digits of a SHA-1.
+/// A container's pod name at its node: its short id (as `podman ps` shows it), with the
+/// interface where that is not `eth0`.
+pub fn pod_name(container: &str, ifname: &str) -> String {
+    let short: String = container.chars().take(12).collect();
+    if ifname == "eth0" {
+        short
+    } else {
+        format!("{short}-{ifname}")
+    }
+}
+
+/// The pod name an IPAM handle stands for: `pod:<name>` (a topology's pod) or
+/// `<container id>/<ifname>` (a container).
+pub fn handle_pod(handle: &str) -> String {
+    match (handle.strip_prefix("pod:"), handle.split_once('/')) {
+        (Some(name), _) => name.to_string(),
+        (None, Some((container, ifname))) => pod_name(container, ifname),
+        (None, None) => handle.to_string(),
+    }
+}
+
 pub fn cali_name(identity: &str) -> String {
     use sha1::{Digest, Sha1};
     let digest = Sha1::digest(identity.as_bytes());

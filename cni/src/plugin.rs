@@ -285,14 +285,8 @@ impl Call {
         format!("{}/{}", self.container, self.ifname)
     }
 
-    /// The pod's name at the node: the container's short id (as `podman ps` shows it).
     fn pod_name(&self) -> String {
-        let short: String = self.container.chars().take(12).collect();
-        if self.ifname == "eth0" {
-            short
-        } else {
-            format!("{short}-{}", self.ifname)
-        }
+        crate::pod_name(&self.container, &self.ifname)
     }
 
     fn host_ifname(&self) -> String {

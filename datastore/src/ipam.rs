@@ -329,6 +329,17 @@ impl Ipam {
         bail!("releasing {address} kept conflicting with other writers")
     }
 
+    /// Removes `block` and its node's claim if it holds no address (a block of a node that
+    /// is gone); whether it did. One that holds addresses stays.
+    pub fn release_block<N: Family>(&self, block: N) -> anyhow::Result<bool> {
+        let Some((b, rev)) = self.read_block(&block)? else { return Ok(false) };
+        if !b.allocations.is_empty() {
+            return Ok(false);
+        }
+        let (bk, ak) = (block_key(&block), affinity_key(b.node(), &block));
+        self.etcd.txn(&[(&bk, rev)], &[], &[&bk, &ak])
+    }
+
     fn handles_of<N: Family>(&self, node: &str) -> anyhow::Result<Vec<String>> {
         let (kvs, _) = self.etcd.list(N::HANDLES)?;
         Ok(kvs

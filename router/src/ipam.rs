@@ -93,6 +93,24 @@ impl Source {
         }
     }
 
+    /// Forgets a block that holds no address (its node is gone); whether it did.
+    pub fn release_block(&self, block: IpNet) -> anyhow::Result<bool> {
+        match self {
+            Source::Etcd(store) => {
+                let ipam = datastore::ipam::Ipam::new(store.etcd.clone());
+                match block {
+                    IpNet::V4(b) => ipam.release_block(b),
+                    IpNet::V6(b) => ipam.release_block(b),
+                }
+            }
+            Source::File(path, _) => cni::ipam::Ipam::new(path).with(|st| match block {
+                IpNet::V4(b) if !st.allocations.keys().any(|a| b.contains(a)) => st.blocks.remove(&b).is_some(),
+                IpNet::V6(b) if !st.allocations6.keys().any(|a| b.contains(a)) => st.blocks6.remove(&b).is_some(),
+                _ => false,
+            }),
+        }
+    }
+
     /// Frees `ip`; the handle that held it.
     pub fn release(&self, ip: IpAddr) -> anyhow::Result<Option<String>> {
         match self {
@@ -272,6 +290,106 @@ impl AddressUse {
     }
 }
 
+/// What a check knows of the cluster's nodes: each by name, with its admin socket where it
+/// can be asked which pods it serves (a lab's nodes).
+pub type Nodes = BTreeMap<String, Option<PathBuf>>;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// `leaked` (no node serves it), `orphaned` (given to a node that does not exist), or
+    /// `block` (a block affine to a node that does not exist).
+    pub kind: &'static str,
+    pub cidr: IpNet,
+    pub handle: Option<String>,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub addresses: usize,
+    pub blocks: usize,
+    pub findings: Vec<Finding>,
+    /// Nodes whose pods could not be asked: their addresses were not checked.
+    pub unasked: Vec<String>,
+}
+
+/// `calicoctl ipam check`: addresses held for pods that no node serves, or for nodes that
+/// do not exist, and blocks of nodes that do not exist. `nodes`: None where the nodes are
+/// not known (an IPAM file alone), then only the pods of nodes with sockets are asked.
+pub fn check(u: &Usage, nodes: Option<&Nodes>) -> Check {
+    let mut pods: BTreeMap<&str, Option<Vec<nodeapi::admin::PodStatus>>> = BTreeMap::new();
+    for (name, socket) in nodes.into_iter().flatten() {
+        let asked = socket.as_ref().and_then(|s| nodeapi::admin::Client::new(s).pods().ok());
+        pods.insert(name, asked);
+    }
+    let exists = |n: &str| nodes.is_none_or(|ns| ns.contains_key(n));
+    let served = |handle: &str, ip: IpAddr| {
+        let name = cni::handle_pod(handle);
+        pods.values().flatten().flatten().any(|p| {
+            p.pod.name == name && (IpAddr::V4(p.pod.address) == ip || p.pod.address6.map(IpAddr::V6) == Some(ip))
+        })
+    };
+    let mut findings = Vec::new();
+    let mut unasked = std::collections::BTreeSet::new();
+    for b in &u.blocks {
+        if !exists(&b.node) {
+            findings.push(Finding { kind: "block", cidr: b.cidr, handle: None, node: b.node.clone() });
+        }
+        for (ip, handle) in &b.used {
+            let node = b.lent.get(handle).unwrap_or(&b.node).clone();
+            let cidr = IpNet::from(*ip);
+            if !exists(&node) {
+                findings.push(Finding { kind: "orphaned", cidr, handle: Some(handle.clone()), node });
+            } else if !matches!(pods.get(node.as_str()), Some(Some(_))) {
+                unasked.insert(node);
+            } else if !served(handle, *ip) {
+                findings.push(Finding { kind: "leaked", cidr, handle: Some(handle.clone()), node });
+            }
+        }
+    }
+    Check {
+        addresses: u.blocks.iter().map(|b| b.used.len()).sum(),
+        blocks: u.blocks.len(),
+        findings,
+        unasked: unasked.into_iter().collect(),
+    }
+}
+
+impl Check {
+    pub fn report(&self) -> String {
+        let mut out = format!("checked {} addresses in {} blocks\n", self.addresses, self.blocks);
+        let rows: Vec<[String; 4]> = self
+            .findings
+            .iter()
+            .map(|f| {
+                let handle = f.handle.clone().unwrap_or_else(|| "-".into());
+                let (what, why) = match f.kind {
+                    "leaked" => (
+                        f.cidr.addr().to_string(),
+                        format!("given to {}, and no node serves pod {}", f.node, cni::handle_pod(&handle)),
+                    ),
+                    "orphaned" => (f.cidr.addr().to_string(), format!("given to {}, which is not a node", f.node)),
+                    _ => (f.cidr.to_string(), format!("affine to {}, which is not a node", f.node)),
+                };
+                [f.kind.to_string(), what, handle, why]
+            })
+            .collect();
+        let width = |i: usize| rows.iter().map(|r| r[i].len()).max().unwrap_or(0);
+        let (w0, w1, w2) = (width(0), width(1), width(2));
+        for [kind, what, handle, why] in &rows {
+            out += &format!("{kind:<w0$}   {what:<w1$}   {handle:<w2$}   {why}\n");
+        }
+        if !self.unasked.is_empty() {
+            out += &format!("not checked: the addresses of {} (no admin socket answered)\n", self.unasked.join(", "));
+        }
+        match self.findings.len() {
+            0 => out += "no leaked addresses\n",
+            n => out += &format!("{n} found: `router ipam check --release` frees the addresses and empty blocks\n"),
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +426,15 @@ mod tests {
             .starts_with("10.244.1.9 is free; block 10.244.1.0/26 is node-a's; reserved"));
         assert!(u.address(ip("10.244.7.1")).describe().contains("in no block yet"));
         assert!(!u.address(ip("10.9.0.1")).known());
+        // A check that cannot ask node-a's pods says so instead of calling them leaked;
+        // without node-c, c9's address is orphaned; without the nodes, nothing is.
+        let nodes: Nodes = [("node-a".to_string(), None)].into();
+        let c = check(&u, Some(&nodes));
+        assert_eq!(c.unasked, ["node-a"]);
+        let found: Vec<_> = c.findings.iter().map(|f| (f.kind, f.cidr.to_string())).collect();
+        assert_eq!(found, [("orphaned", "10.244.1.2/32".to_string())]);
+        let c = check(&u, None);
+        assert!(c.findings.is_empty() && c.unasked.len() == 2, "{c:?}");
+        assert!(c.report().contains("not checked: the addresses of node-a, node-c"), "{}", c.report());
     }
 }

@@ -224,6 +224,17 @@ enum IpamCmd {
         #[command(flatten)]
         src: IpamSel,
     },
+    /// Find addresses held for pods that no node serves, or for nodes that do not exist,
+    /// like `calicoctl ipam check`; exit status 1 when there are any.
+    Check {
+        /// Free the addresses found.
+        #[arg(long)]
+        release: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        src: IpamSel,
+    },
     /// Free an address that no workload holds any more (one a crash left behind). It is
     /// not checked that nothing uses it.
     Release {
@@ -245,6 +256,25 @@ struct IpamSel {
 }
 
 impl IpamSel {
+    /// The nodes a check knows: a lab's (with their admin sockets), or the Node resources
+    /// in etcd; none for an IPAM file alone.
+    fn nodes(&self, src: &router::ipam::Source) -> anyhow::Result<Option<router::ipam::Nodes>> {
+        if self.file.is_some() {
+            return Ok(None);
+        }
+        if self.etcd.endpoints.is_empty() {
+            let lab = self.etcd.sel.lab()?;
+            if let Some(st) = lab.state()? {
+                let nodes = st.hosts.iter().filter(|h| h.role == lab::state::Role::Node);
+                return Ok(Some(nodes.map(|h| (h.name.clone(), Some(lab.socket(&h.name)))).collect()));
+            }
+        }
+        let router::ipam::Source::Etcd(store) = src else { return Ok(None) };
+        let names =
+            store.get(datastore::resources::Kind::Node, None)?.into_iter().map(|r| (r.name().to_string(), None));
+        Ok(Some(names.collect()))
+    }
+
     fn source(&self) -> anyhow::Result<router::ipam::Source> {
         use router::ipam::Source;
         if let Some(f) = &self.file {
@@ -605,6 +635,37 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     Ok(0)
                 }
             }
+        }
+        Cmd::Ipam { cmd: IpamCmd::Check { release, json, src } } => {
+            let source = src.source()?;
+            let nodes = src.nodes(&source)?;
+            let check = router::ipam::check(&source.usage()?, nodes.as_ref());
+            if json {
+                nodeapi::outln!("{}", serde_json::to_string_pretty(&check)?);
+            } else {
+                nodeapi::out!("{}", check.report());
+            }
+            // Addresses first: a stale block they empty can go too.
+            let mut left = 0;
+            let (blocks, addresses): (Vec<_>, Vec<_>) = check.findings.iter().partition(|f| f.kind == "block");
+            for f in addresses {
+                if release && source.release(f.cidr.addr())?.is_some() {
+                    nodeapi::outln!("released {} (held by {})", f.cidr.addr(), f.handle.as_deref().unwrap_or("-"));
+                } else {
+                    left += 1;
+                }
+            }
+            for f in blocks {
+                if release && source.release_block(f.cidr)? {
+                    nodeapi::outln!("released block {} (of {})", f.cidr, f.node);
+                } else {
+                    if release {
+                        eprintln!("block {} still holds addresses: it stays {}'s", f.cidr, f.node);
+                    }
+                    left += 1;
+                }
+            }
+            Ok(i32::from(left > 0))
         }
         Cmd::Ipam { cmd: IpamCmd::Release { ip, src } } => match src.source()?.release(ip)? {
             Some(handle) => {

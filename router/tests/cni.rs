@@ -264,8 +264,30 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     for c in ["asked0", "asked1", "asked2"] {
         assert_eq!(cni.call("DEL", c, None, &plain).code, 0);
     }
-    // An address a crash left held (no container): `router ipam release` frees it.
-    let leak = ipam_file_alloc(&ipam, "10.244.1.44", "gone/eth0");
+    // What a crash leaves behind, found by `router ipam check` (container2 and the pods are
+    // served, so only these): an address no node serves, one given to a node that does not
+    // exist, a block of that node. --release frees them all.
+    ipam_file_alloc(&ipam, "10.244.1.44", "gone/eth0", "node-a");
+    ipam_file_alloc(&ipam, "10.244.2.45", "x/eth0", "node-z");
+    ipam_file_block(&ipam, "10.244.9.0/26", "node-z");
+    let check = lab.router(&["ipam", "check"]);
+    let report = text(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    for line in [
+        "leaked     10.244.1.44     gone/eth0   given to node-a, and no node serves pod gone",
+        "orphaned   10.244.2.45     x/eth0      given to node-z, which is not a node",
+        "block      10.244.9.0/26   -           affine to node-z, which is not a node",
+    ] {
+        assert!(report.contains(line), "{line:?} in:\n{report}");
+    }
+    assert_eq!(report.lines().count(), 5, "nothing else is held for nothing:\n{report}");
+    let fixed = lab.router(&["ipam", "check", "--release"]);
+    assert!(fixed.status.success(), "{}{}", text(&fixed.stdout), text(&fixed.stderr));
+    let clean = lab.router(&["ipam", "check", "--json"]);
+    let clean: Value = serde_json::from_slice(&clean.stdout).expect("json");
+    assert_eq!(clean["findings"], json!([]), "{clean}");
+    // One address, by hand: `router ipam release`.
+    let leak = ipam_file_alloc(&ipam, "10.244.1.44", "gone/eth0", "node-a");
     let rel = lab.router(&["ipam", "release", "--ip", "10.244.1.44"]);
     assert_eq!(text(&rel.stdout).trim(), "released 10.244.1.44 (held by gone/eth0)", "{}", text(&rel.stderr));
     assert!(!held()["allocations"].as_object().expect("map").contains_key("10.244.1.44"), "{leak}");
@@ -320,10 +342,18 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Holds `ip` for `handle` in the IPAM file as a plugin call would; the file's text.
-fn ipam_file_alloc(file: &std::path::Path, ip: &str, handle: &str) -> String {
+/// Holds `ip` for `handle` of `node` in the IPAM file as a plugin call would; the file's text.
+fn ipam_file_alloc(file: &std::path::Path, ip: &str, handle: &str, node: &str) -> String {
+    ipam_file_edit(file, |st| st["allocations"][ip] = json!({"handle": handle, "node": node}))
+}
+
+fn ipam_file_block(file: &std::path::Path, block: &str, node: &str) -> String {
+    ipam_file_edit(file, |st| st["blocks"][block] = json!(node))
+}
+
+fn ipam_file_edit(file: &std::path::Path, edit: impl FnOnce(&mut Value)) -> String {
     let mut st: Value = serde_json::from_str(&std::fs::read_to_string(file).expect("ipam")).expect("json");
-    st["allocations"][ip] = json!({"handle": handle, "node": "node-a"});
+    edit(&mut st);
     let text = serde_json::to_string_pretty(&st).expect("json");
     std::fs::write(file, &text).expect("write ipam");
     text

@@ -269,6 +269,10 @@ fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
     assert!(table.contains("reserved (IPReservation): 10.244.3.2/31"), "{table}");
     let row = table.lines().find(|l| l.contains("10.244.2.0/26")).unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains("node-b") && row.ends_with(" 1"), "{row}");
+    // Every address etcd holds is a pod or container some node serves.
+    let check = lab.router(&["ipam", "check"]);
+    assert!(check.status.success(), "{}{}", text(&check.stdout), text(&check.stderr));
+    assert!(text(&check.stdout).contains("no leaked addresses"), "{}", text(&check.stdout));
     let taken =
         lab.exec("node-a", &["podman", "run", "--rm", "--network", "router", "--ip", "10.244.3.3", image(), "true"]);
     assert!(!taken.status.success() && text(&taken.stderr).contains("10.244.3.3 is in use"), "{}", text(&taken.stderr));
