@@ -77,7 +77,7 @@ impl Source {
                 Ok(Usage { pools, blocks, reserved: ipam.policy()?.reserved })
             }
             Source::File(path, known) => {
-                let st = cni::ipam::Ipam::new(path).with(|st| st.clone())?;
+                let st = existing(path)?.with(|st| st.clone())?;
                 let mut blocks = Vec::new();
                 for (cidr, node) in &st.blocks {
                     let mine = st.allocations.iter().filter(|(a, _)| cidr.contains(*a));
@@ -103,7 +103,7 @@ impl Source {
                     IpNet::V6(b) => ipam.release_block(b),
                 }
             }
-            Source::File(path, _) => cni::ipam::Ipam::new(path).with(|st| match block {
+            Source::File(path, _) => existing(path)?.with(|st| match block {
                 IpNet::V4(b) if !st.allocations.keys().any(|a| b.contains(a)) => st.blocks.remove(&b).is_some(),
                 IpNet::V6(b) if !st.allocations6.keys().any(|a| b.contains(a)) => st.blocks6.remove(&b).is_some(),
                 _ => false,
@@ -121,7 +121,7 @@ impl Source {
                     IpAddr::V6(a) => ipam.release_address::<Ipv6Net>(a),
                 }
             }
-            Source::File(path, _) => cni::ipam::Ipam::new(path).with(|st| {
+            Source::File(path, _) => existing(path)?.with(|st| {
                 let handle = match ip {
                     IpAddr::V4(a) => st.allocations.remove(&a),
                     IpAddr::V6(a) => st.allocations6.remove(&a),
@@ -130,6 +130,15 @@ impl Source {
             }),
         }
     }
+}
+
+/// The IPAM file at `path`, which must be there: these commands never make one (or its
+/// directory), as a plugin call does.
+fn existing(path: &std::path::Path) -> anyhow::Result<cni::ipam::Ipam> {
+    if !path.exists() {
+        anyhow::bail!("no IPAM file at {}: no container has been given an address there", path.display());
+    }
+    Ok(cni::ipam::Ipam::new(path))
 }
 
 fn block_use<'a>(
