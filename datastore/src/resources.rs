@@ -508,8 +508,11 @@ struct Head {
 
 /// Reads every document of a file: all of them, or the first error.
 pub fn parse(text: &str) -> Result<Vec<Resource>, DocError> {
+    // YAML breaks lines at a bare CR too: as one newline each, the lines the errors name are
+    // those the YAML reader counted (and an editor shows).
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut out = Vec::new();
-    for (i, doc) in documents(text).iter().enumerate() {
+    for (i, doc) in documents(&text).iter().enumerate() {
         out.push(parse_doc(i + 1, doc)?);
     }
     Ok(out)

@@ -228,6 +228,15 @@ fn errors_name_the_document_the_line_and_the_field() {
     }
     let e = error("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: x\nspec:\n  cidr: [unclosed\n");
     assert!(e.line.is_some(), "{e}");
+    // Windows (CR LF) and old Mac (CR) line ends read alike, and errors count their lines.
+    for end in ["\r\n", "\r"] {
+        let text = fixture("ippool.yaml").replace('\n', end);
+        assert_eq!(resources::parse(&text).expect(end), resources::parse(&fixture("ippool.yaml")).expect("LF"));
+        let e = error(&text.replace("10.244.0.0/16", "10.244.0.300/16"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(6), Some("spec.cidr")), "{end:?}: {e}");
+        let e = error(&text.replace("  natOutgoing: true", "  natOutgoing: [true"));
+        assert!(e.line.is_some_and(|l| l <= text.split(end).count()), "{end:?}: {e}");
+    }
 }
 
 #[test]

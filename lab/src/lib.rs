@@ -6,6 +6,7 @@
 //! also cleans up after a crash or an interrupted `up`.
 
 pub mod containers;
+pub mod fuzzing;
 pub mod resources;
 pub mod state;
 pub mod topology;

@@ -1,0 +1,52 @@
+//! The body of the `config_files` fuzz target (`fuzz/`), here so that the tests replay its
+//! corpus through the same checks: any text as one of the files a user writes. The first
+//! byte picks which: a node config (TOML), a lab topology (TOML, single or dual stack), or
+//! Calico resources (YAML or JSON). No reader panics; an error names a line the text has;
+//! resources read become the same resources again when stored as JSON and read back.
+
+use datastore::resources::{self, Resource};
+use std::path::Path;
+
+pub fn config_files(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else { return };
+    let Ok(text) = std::str::from_utf8(rest) else { return };
+    let path = Path::new("fuzz.toml");
+    match which % 4 {
+        0 => {
+            let _ = nodeapi::config::NodeConfig::parse(path, text);
+        }
+        1 | 2 => {
+            let _ = crate::topology::Topology::parse_with(path, text, which % 4 == 2);
+        }
+        _ => match resources::parse(text) {
+            Ok(rs) => {
+                for r in rs {
+                    let json = serde_json::to_vec(&r.to_json()).expect("a resource serializes");
+                    let again = Resource::from_json(r.kind(), &json, "fuzz").expect("its stored form reads");
+                    assert_eq!(again, r, "a resource stored and read back is the same");
+                }
+            }
+            Err(e) => {
+                // Counted as YAML counts them: CR, LF and CR LF each end a line.
+                let lines = text.replace("\r\n", "\n").replace('\r', "\n").lines().count().max(1);
+                assert!(e.line.is_none_or(|l| l >= 1 && l <= lines + 1), "line {:?} of {lines}: {e}", e.line);
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Replays the corpus: the seeds (every kind of file the project ships) and what the
+    /// fuzzer kept.
+    #[test]
+    fn config_files_corpus_replays() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/config_files");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).flatten() {
+            super::config_files(&std::fs::read(e.path()).expect("corpus file"));
+            n += 1;
+        }
+        assert!(n >= 10, "{n} files");
+    }
+}
