@@ -227,7 +227,7 @@ enum IpamCmd {
     /// Find addresses held for pods that no node serves, or for nodes that do not exist,
     /// like `calicoctl ipam check`; exit status 1 when there are any.
     Check {
-        /// Free the addresses found.
+        /// Free the addresses found, and the blocks they leave empty.
         #[arg(long)]
         release: bool,
         #[arg(long)]
