@@ -506,11 +506,15 @@ struct Head {
     kind: Option<String>,
 }
 
+/// `text` with every line break YAML 1.1 knows (CR LF, CR, NEL, LS, PS) as one LF, so that
+/// the lines errors name are those the YAML reader counted, whichever ends a file has.
+pub fn lines_as_yaml_breaks_them(text: &str) -> String {
+    text.replace("\r\n", "\n").replace(['\r', '\u{85}', '\u{2028}', '\u{2029}'], "\n")
+}
+
 /// Reads every document of a file: all of them, or the first error.
 pub fn parse(text: &str) -> Result<Vec<Resource>, DocError> {
-    // YAML breaks lines at a bare CR too: as one newline each, the lines the errors name are
-    // those the YAML reader counted (and an editor shows).
-    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let text = lines_as_yaml_breaks_them(text);
     let mut out = Vec::new();
     for (i, doc) in documents(&text).iter().enumerate() {
         out.push(parse_doc(i + 1, doc)?);

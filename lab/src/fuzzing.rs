@@ -1,7 +1,7 @@
 //! The body of the `config_files` fuzz target (`fuzz/`), here so that the tests replay its
 //! corpus through the same checks: any text as one of the files a user writes. The first
 //! byte picks which: a node config (TOML), a lab topology (TOML, single or dual stack), or
-//! Calico resources (YAML or JSON). No reader panics; an error names a line the text has;
+//! Calico resources (YAML or JSON). No reader panics; an error names a line the text has (as YAML counts them);
 //! resources read become the same resources again when stored as JSON and read back.
 
 use datastore::resources::{self, Resource};
@@ -27,8 +27,8 @@ pub fn config_files(data: &[u8]) {
                 }
             }
             Err(e) => {
-                // Counted as YAML counts them: CR, LF and CR LF each end a line.
-                let lines = text.replace("\r\n", "\n").replace('\r', "\n").lines().count().max(1);
+                // Counted as YAML counts them (CR, NEL, LS and PS end lines too).
+                let lines = resources::lines_as_yaml_breaks_them(text).lines().count().max(1);
                 assert!(e.line.is_none_or(|l| l >= 1 && l <= lines + 1), "line {:?} of {lines}: {e}", e.line);
             }
         },
