@@ -1,5 +1,6 @@
-//! `router ipam show | release`: which node holds which block and what is in use, as
-//! `calicoctl ipam` shows it, from etcd or from an IPAM file (a lab's, or a host's).
+//! `router ipam show | check | release`: which node holds which block, what is in use and
+//! what is held for nothing, as `calicoctl ipam` shows it, from etcd or from an IPAM file
+//! (a lab's, or a host's).
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
@@ -46,10 +47,13 @@ pub struct Usage {
 
 /// The addresses IPAM hands out in a block of `len` (`datastore::ipam::Family::hosts`).
 fn hosts(v6: bool, len: u8) -> u128 {
+    let bits = if v6 { 128 } else { 32 };
+    // A /0 written into etcd by hand is 2^128 addresses: as many as a u128 holds.
+    let size = 1u128.checked_shl(u32::from(bits - len.min(bits))).unwrap_or(u128::MAX);
     match (v6, len) {
-        (false, 31..) => 1u128 << (32 - len.min(32)),
-        (false, _) => (1u128 << (32 - len)) - 2,
-        (true, _) => (1u128 << (128 - len.min(128))) - 1,
+        (false, 31..) => size,
+        (false, _) => size - 2,
+        (true, _) => size - 1,
     }
 }
 
@@ -410,6 +414,7 @@ mod tests {
     #[test]
     fn usage_counts_what_ipam_hands_out_and_who_borrowed_it() {
         assert_eq!((hosts(false, 26), hosts(false, 32), hosts(true, 122), hosts(true, 128)), (62, 1, 63, 0));
+        assert_eq!((hosts(false, 0), hosts(true, 0)), ((1 << 32) - 2, u128::MAX - 1), "no overflow");
         let (a, b) = (alloc("pod:a1", "node-a"), alloc("c9/eth0", "node-c"));
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         let block = block_use(
