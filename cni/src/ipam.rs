@@ -251,20 +251,20 @@ mod tests {
     #[test]
     fn addresses_come_from_the_nodes_block_then_are_borrowed_then_run_out() {
         let mut st = two_nodes(30);
-        let a1 = st.allocate("a", "c1/eth0").expect("first");
+        let a1 = st.allocate("a", "c1@eth0").expect("first");
         assert_eq!(a1, Assigned { address: "10.244.1.1".parse().expect("ip"), borrowed: false });
-        assert_eq!(st.allocate("a", "c1/eth0").expect("again"), a1, "the same handle keeps its address");
-        let a2 = st.allocate("a", "c2/eth0").expect("second");
+        assert_eq!(st.allocate("a", "c1@eth0").expect("again"), a1, "the same handle keeps its address");
+        let a2 = st.allocate("a", "c2@eth0").expect("second");
         assert_eq!(a2.address, "10.244.1.2".parse::<Ipv4Addr>().expect("ip"));
-        let a3 = st.allocate("a", "c3/eth0").expect("borrowed");
+        let a3 = st.allocate("a", "c3@eth0").expect("borrowed");
         assert_eq!(a3, Assigned { address: "10.244.2.1".parse().expect("ip"), borrowed: true });
-        st.allocate("b", "d1/eth0").expect("b's own");
-        let e = st.allocate("a", "c4/eth0").expect_err("full");
+        st.allocate("b", "d1@eth0").expect("b's own");
+        let e = st.allocate("a", "c4@eth0").expect_err("full");
         assert!(e.contains("full"), "{e}");
-        assert_eq!(st.release("c2/eth0"), Some("10.244.1.2".parse().expect("ip")));
-        assert_eq!(st.release("c2/eth0"), None);
-        assert_eq!(st.allocate("a", "c4/eth0").expect("freed").address, "10.244.1.2".parse::<Ipv4Addr>().expect("ip"));
-        assert!(st.allocate("z", "x/eth0").is_err(), "a node without a block");
+        assert_eq!(st.release("c2@eth0"), Some("10.244.1.2".parse().expect("ip")));
+        assert_eq!(st.release("c2@eth0"), None);
+        assert_eq!(st.allocate("a", "c4@eth0").expect("freed").address, "10.244.1.2".parse::<Ipv4Addr>().expect("ip"));
+        assert!(st.allocate("z", "x@eth0").is_err(), "a node without a block");
     }
 
     #[test]
@@ -272,16 +272,16 @@ mod tests {
         let mut st = two_nodes(26);
         st.blocks6.insert("fd00:10:244::/126".parse().expect("net"), "a".into());
         let ip6 = |s: &str| s.parse::<Ipv6Addr>().expect("ip");
-        assert_eq!(st.allocate6("a", "c1/eth0"), Ok(ip6("fd00:10:244::1")));
-        assert_eq!(st.allocate6("a", "c1/eth0"), Ok(ip6("fd00:10:244::1")), "the same handle keeps it");
-        assert_eq!(st.allocate6("a", "c2/eth0"), Ok(ip6("fd00:10:244::2")));
-        assert_eq!(st.allocate6("a", "c3/eth0"), Ok(ip6("fd00:10:244::3")));
-        assert!(st.allocate6("a", "c4/eth0").expect_err("full").contains("full"));
-        assert!(st.allocate6("b", "d1/eth0").expect_err("none").contains("no IPv6 block"));
-        st.allocate("a", "c2/eth0").expect("v4");
-        st.release("c2/eth0");
-        assert_eq!(st.find6("c2/eth0"), None, "released with the IPv4 one");
-        assert_eq!(st.allocate6("a", "c4/eth0"), Ok(ip6("fd00:10:244::2")));
+        assert_eq!(st.allocate6("a", "c1@eth0"), Ok(ip6("fd00:10:244::1")));
+        assert_eq!(st.allocate6("a", "c1@eth0"), Ok(ip6("fd00:10:244::1")), "the same handle keeps it");
+        assert_eq!(st.allocate6("a", "c2@eth0"), Ok(ip6("fd00:10:244::2")));
+        assert_eq!(st.allocate6("a", "c3@eth0"), Ok(ip6("fd00:10:244::3")));
+        assert!(st.allocate6("a", "c4@eth0").expect_err("full").contains("full"));
+        assert!(st.allocate6("b", "d1@eth0").expect_err("none").contains("no IPv6 block"));
+        st.allocate("a", "c2@eth0").expect("v4");
+        st.release("c2@eth0");
+        assert_eq!(st.find6("c2@eth0"), None, "released with the IPv4 one");
+        assert_eq!(st.allocate6("a", "c4@eth0"), Ok(ip6("fd00:10:244::2")));
         // An IPv4-only state reads and writes as before.
         let json = serde_json::to_string(&two_nodes(26)).expect("json");
         assert!(!json.contains("blocks6"), "{json}");
@@ -293,31 +293,31 @@ mod tests {
         st.blocks6.insert("fd00:10:244::/122".parse().expect("net"), "a".into());
         let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
         assert_eq!(
-            st.request("a", "c1/eth0", ip("10.244.1.5")),
+            st.request("a", "c1@eth0", ip("10.244.1.5")),
             Ok(Assigned { address: ip("10.244.1.5"), borrowed: false })
         );
-        assert_eq!(st.request("a", "c1/eth0", ip("10.244.1.5")).map(|a| a.address), Ok(ip("10.244.1.5")), "again");
-        let e = st.request("a", "c1/eth0", ip("10.244.1.6")).expect_err("one per handle");
+        assert_eq!(st.request("a", "c1@eth0", ip("10.244.1.5")).map(|a| a.address), Ok(ip("10.244.1.5")), "again");
+        let e = st.request("a", "c1@eth0", ip("10.244.1.6")).expect_err("one per handle");
         assert!(e.contains("holds 10.244.1.5 already"), "{e}");
-        let e = st.request("b", "d1/eth0", ip("10.244.1.5")).expect_err("taken");
-        assert!(e.contains("in use (by c1/eth0)"), "{e}");
+        let e = st.request("b", "d1@eth0", ip("10.244.1.5")).expect_err("taken");
+        assert!(e.contains("in use (by c1@eth0)"), "{e}");
         assert_eq!(
-            st.request("a", "c2/eth0", ip("10.244.2.3")),
+            st.request("a", "c2@eth0", ip("10.244.2.3")),
             Ok(Assigned { address: ip("10.244.2.3"), borrowed: true })
         );
         for (bad, says) in [("10.244.1.0", "first or last"), ("10.244.1.7", "first or last"), ("10.9.0.1", "no block")]
         {
-            let e = st.request("a", "c3/eth0", ip(bad)).expect_err(bad);
+            let e = st.request("a", "c3@eth0", ip(bad)).expect_err(bad);
             assert!(e.contains(says), "{bad}: {e}");
         }
         // Automatic assignment goes around what was asked for.
-        assert_eq!(st.allocate("a", "c3/eth0").map(|a| a.address), Ok(ip("10.244.1.1")));
+        assert_eq!(st.allocate("a", "c3@eth0").map(|a| a.address), Ok(ip("10.244.1.1")));
         let ip6 = |s: &str| s.parse::<Ipv6Addr>().expect("ip");
-        assert_eq!(st.request6("a", "c1/eth0", ip6("fd00:10:244::9")), Ok(ip6("fd00:10:244::9")));
-        assert!(st.request6("b", "d1/eth0", ip6("fd00:10:244::a")).expect_err("not b's").contains("none of node b's"));
-        assert!(st.request6("a", "c2/eth0", ip6("fd00:10:244::")).expect_err("first").contains("first address"));
-        assert_eq!(st.release("c1/eth0"), Some(ip("10.244.1.5")));
-        assert_eq!(st.find6("c1/eth0"), None);
+        assert_eq!(st.request6("a", "c1@eth0", ip6("fd00:10:244::9")), Ok(ip6("fd00:10:244::9")));
+        assert!(st.request6("b", "d1@eth0", ip6("fd00:10:244::a")).expect_err("not b's").contains("none of node b's"));
+        assert!(st.request6("a", "c2@eth0", ip6("fd00:10:244::")).expect_err("first").contains("first address"));
+        assert_eq!(st.release("c1@eth0"), Some(ip("10.244.1.5")));
+        assert_eq!(st.find6("c1@eth0"), None);
     }
 
     #[test]

@@ -270,7 +270,11 @@ impl Call {
             )));
         }
         let ifname = need(env, "CNI_IFNAME")?.to_string();
-        if ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.bytes().any(|b| b == b'/' || b <= b' ') {
+        if ifname.len() > 15
+            || ifname == "."
+            || ifname == ".."
+            || ifname.bytes().any(|b| b == b'/' || b == b':' || b <= b' ')
+        {
             return Err(CniError::env(format!("CNI_IFNAME {ifname:?} is not a valid interface name")));
         }
         let netns = match env.get("CNI_NETNS").filter(|v| !v.is_empty()) {
@@ -282,7 +286,7 @@ impl Call {
     }
 
     fn handle(&self) -> String {
-        format!("{}/{}", self.container, self.ifname)
+        crate::container_handle(&self.container, &self.ifname)
     }
 
     fn pod_name(&self) -> String {
@@ -582,7 +586,8 @@ impl Backend {
         }
     }
 
-    /// The container handles holding addresses of `node` (the lab's pods excluded).
+    /// The container handles holding addresses of `node`: neither the lab's pods nor what
+    /// another IPAM user (Calico's own plugin) wrote into a shared etcd.
     fn handles(&self, node: &str) -> Result<Vec<String>, CniError> {
         let mut v = match self {
             Backend::File(f) => f
@@ -592,7 +597,7 @@ impl Backend {
                 .map_err(io)?,
             Backend::Etcd(ipam, _) => ipam.handles(node).map_err(io)?,
         };
-        v.retain(|h| !h.starts_with("pod:"));
+        v.retain(|h| crate::handle_container(h).is_some());
         Ok(v)
     }
 }
@@ -814,11 +819,11 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         .as_ref()
         .ok_or_else(|| CniError::config("GC needs cni.dev/valid-attachments"))?
         .iter()
-        .map(|a| format!("{}/{}", a.container_id, a.ifname))
+        .map(|a| crate::container_handle(&a.container_id, &a.ifname))
         .collect();
     let stale: Vec<String> = backend(conf)?.handles(&conf.node)?.into_iter().filter(|h| !valid.contains(h)).collect();
     for handle in stale {
-        let Some((container, ifname)) = handle.split_once('/') else { continue };
+        let Some((container, ifname)) = crate::handle_container(&handle) else { continue };
         let call = Call { container: container.to_string(), netns: None, ifname: ifname.to_string(), args: None };
         del(conf, &call)?;
     }

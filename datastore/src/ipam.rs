@@ -1,19 +1,21 @@
-//! IPAM in etcd, in Calico's key layout, for both families: blocks of a pool claimed by
-//! nodes (an affinity), addresses allocated from them, borrowing from other nodes' blocks
-//! when a node's are full and the pool has no block left to claim. Every change is one etcd
+//! IPAM in etcd, as Calico keeps it, for both families: blocks of a pool claimed by nodes
+//! (an affinity), addresses allocated from them, borrowing from other nodes' blocks when a
+//! node's are full and the pool has no block left to claim. Every change is one etcd
 //! transaction that checks the revisions it read, so two nodes racing for a block or an
 //! address never both win; the loser reads again and tries the next.
 //!
-//! Keys: `/calico/ipam/v2/assignment/ipv4/block/<a.b.c.d-len>` (the block: its affinity and
-//! allocations), `/calico/ipam/v2/host/<node>/ipv4/block/<a.b.c.d-len>` (the node's claim),
-//! `/calico/ipam/v2/handle/<handle>` (which address a handle holds); `ipv6` and `handle6`
-//! for IPv6, so that one handle (a container) holds an address of each family.
+//! Keys and values are Calico's (libcalico-go's `model.AllocationBlock`, `IPAMHandle`,
+//! `BlockAffinity`), so that Calico's own tools read what our nodes write and the other way
+//! round: `/calico/ipam/v2/assignment/ipv4/block/<a.b.c.d-len>` (the block: its affinity,
+//! which handle holds each address, the free ones), `/calico/ipam/v2/host/<node>/ipv4/block/
+//! <a.b.c.d-len>` (the node's claim), `/calico/ipam/v2/handle/<handle>` (how many addresses
+//! a handle holds in which blocks, of both families); `ipv6` for IPv6 blocks.
 
 use crate::etcd::Etcd;
 use anyhow::{bail, Context as _};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -21,13 +23,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// success, so this is never reached in practice).
 const RETRIES: usize = 64;
 
+/// The largest block this IPAM makes: Calico's pools allow /20 (IPv4) and /116 (IPv6),
+/// 4096 addresses, each an entry of the stored block.
+const MAX_BLOCK_ADDRESSES: u128 = 1 << 12;
+
 /// An address family's blocks as the IPAM handles them.
-pub trait Family: Copy + Ord + std::fmt::Display + Serialize + DeserializeOwned {
+pub trait Family: Copy + Ord + std::fmt::Display + std::str::FromStr + Serialize + DeserializeOwned {
     type Addr: Copy + Ord + std::fmt::Display + Serialize + DeserializeOwned;
     /// `ipv4` or `ipv6`, as in the keys.
     const NAME: &'static str;
-    /// Where handles of this family live.
-    const HANDLES: &'static str;
     /// `a.b.c.d-len`, as in the keys.
     fn dashed(&self) -> String {
         self.to_string().replacen('/', "-", 1)
@@ -41,12 +45,17 @@ pub trait Family: Copy + Ord + std::fmt::Display + Serialize + DeserializeOwned 
     /// The block of `len` that holds `a`.
     fn block_of(a: Self::Addr, len: u8) -> Option<Self>;
     fn ip(a: Self::Addr) -> IpAddr;
+    /// How many addresses the network holds (saturating).
+    fn size(&self) -> u128;
+    /// `a`'s offset in the network (Calico's ordinal).
+    fn ordinal(&self, a: Self::Addr) -> Option<usize>;
+    /// The address at offset `i`.
+    fn nth(&self, i: usize) -> Option<Self::Addr>;
 }
 
 impl Family for Ipv4Net {
     type Addr = Ipv4Addr;
     const NAME: &'static str = "ipv4";
-    const HANDLES: &'static str = "/calico/ipam/v2/handle/";
     fn hosts(&self) -> Box<dyn Iterator<Item = Ipv4Addr>> {
         Box::new(Ipv4Net::hosts(self))
     }
@@ -65,12 +74,22 @@ impl Family for Ipv4Net {
     fn ip(a: Ipv4Addr) -> IpAddr {
         a.into()
     }
+    fn size(&self) -> u128 {
+        1u128 << (32 - self.prefix_len())
+    }
+    fn ordinal(&self, a: Ipv4Addr) -> Option<usize> {
+        let off = u32::from(a).checked_sub(u32::from(self.network()))?;
+        (self.contains(&a)).then_some(off as usize)
+    }
+    fn nth(&self, i: usize) -> Option<Ipv4Addr> {
+        let a = Ipv4Addr::from(u32::from(self.network()).checked_add(u32::try_from(i).ok()?)?);
+        self.contains(&a).then_some(a)
+    }
 }
 
 impl Family for Ipv6Net {
     type Addr = Ipv6Addr;
     const NAME: &'static str = "ipv6";
-    const HANDLES: &'static str = "/calico/ipam/v2/handle6/";
     fn hosts(&self) -> Box<dyn Iterator<Item = Ipv6Addr>> {
         Box::new(Ipv6Net::hosts(self).skip(1))
     }
@@ -90,6 +109,21 @@ impl Family for Ipv6Net {
     fn ip(a: Ipv6Addr) -> IpAddr {
         a.into()
     }
+    fn size(&self) -> u128 {
+        1u128.checked_shl(u32::from(128 - self.prefix_len())).unwrap_or(u128::MAX)
+    }
+    fn ordinal(&self, a: Ipv6Addr) -> Option<usize> {
+        let off = u128::from(a).checked_sub(u128::from(self.network()))?;
+        if self.contains(&a) {
+            usize::try_from(off).ok()
+        } else {
+            None
+        }
+    }
+    fn nth(&self, i: usize) -> Option<Ipv6Addr> {
+        let a = Ipv6Addr::from(u128::from(self.network()).checked_add(i as u128)?);
+        self.contains(&a).then_some(a)
+    }
 }
 
 fn blocks_prefix<N: Family>() -> String {
@@ -104,40 +138,196 @@ fn affinity_key<N: Family>(node: &str, b: &N) -> String {
     format!("/calico/ipam/v2/host/{node}/{}/block/{}", N::NAME, b.dashed())
 }
 
-fn handle_key<N: Family>(handle: &str) -> String {
-    format!("{}{handle}", N::HANDLES)
+fn handle_key(handle: &str) -> String {
+    format!("/calico/ipam/v2/handle/{handle}")
 }
 
-/// One block as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A JSON `null` (Go's nil slice or map) reads as empty.
+fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Fields a newer Calico may write that this IPAM does not use: kept as they were.
+type Other = serde_json::Map<String, serde_json::Value>;
+
+/// One block as Calico stores it: `allocations[i]` is the index in `attributes` of whoever
+/// holds the block's i-th address (`null`: free), `unallocated` the free offsets in the
+/// order Calico hands them out. Every write bumps `sequenceNumber`, and each allocation
+/// keeps the number it was made at (Calico's guard against releasing an address that was
+/// given again since).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(bound(deserialize = "N: Family"))]
 pub struct Block<N: Family = Ipv4Net> {
     pub cidr: N,
-    /// `host:<node>`, as Calico writes it.
-    pub affinity: String,
-    /// Address → handle.
+    /// `host:<node>`; None: no node holds the block.
     #[serde(default)]
-    pub allocations: BTreeMap<N::Addr, String>,
+    affinity: Option<String>,
+    /// What Calico wrote before `affinity`: the node's name alone. Read, never written.
+    #[serde(rename = "hostAffinity", default, skip_serializing_if = "Option::is_none")]
+    host_affinity: Option<String>,
+    /// Deprecated in Calico (IPAMConfiguration decides); kept as read.
+    #[serde(rename = "strictAffinity", default)]
+    strict_affinity: bool,
+    #[serde(default, deserialize_with = "null_default")]
+    allocations: Vec<Option<usize>>,
+    #[serde(default, deserialize_with = "null_default")]
+    unallocated: Vec<usize>,
+    #[serde(default, deserialize_with = "null_default")]
+    attributes: Vec<Attribute>,
+    #[serde(rename = "sequenceNumber", default)]
+    sequence_number: u64,
+    #[serde(rename = "sequenceNumberForAllocation", default, deserialize_with = "null_default")]
+    sequence_for: BTreeMap<String, u64>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(flatten)]
+    other: Other,
+}
+
+/// Who holds an address: the handle, and Calico's `secondary` attributes (`node`: the node
+/// it was given to; Calico's CNI adds `namespace`, `pod` and `timestamp`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Attribute {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    handle_id: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_default")]
+    secondary: BTreeMap<String, String>,
+    #[serde(flatten)]
+    other: Other,
 }
 
 impl<N: Family> Block<N> {
     pub fn node(&self) -> &str {
-        self.affinity.strip_prefix("host:").unwrap_or(&self.affinity)
+        match (&self.affinity, &self.host_affinity) {
+            (Some(a), _) => a.strip_prefix("host:").unwrap_or(a),
+            (None, Some(h)) => h,
+            (None, None) => "",
+        }
     }
 
-    fn new(cidr: N, node: &str) -> Block<N> {
-        Block { cidr, affinity: format!("host:{node}"), allocations: BTreeMap::new() }
+    fn new(cidr: N, node: &str) -> anyhow::Result<Block<N>> {
+        let n = cidr.size();
+        if n > MAX_BLOCK_ADDRESSES {
+            bail!("block {cidr} holds {n} addresses, more than the {MAX_BLOCK_ADDRESSES} of a /20 that IPAM keeps in one block");
+        }
+        let n = n as usize;
+        // Calico starts each block's sequence at the clock, so that a block deleted and made
+        // again does not repeat the numbers of the first.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        Ok(Block {
+            cidr,
+            affinity: Some(format!("host:{node}")),
+            host_affinity: None,
+            strict_affinity: false,
+            allocations: vec![None; n],
+            unallocated: (0..n).collect(),
+            attributes: Vec::new(),
+            sequence_number: now as u64,
+            sequence_for: BTreeMap::new(),
+            deleted: false,
+            other: Other::new(),
+        })
+    }
+
+    /// The addresses in use and their handles (`""` for one allocated without a handle).
+    pub fn used(&self) -> impl Iterator<Item = (N::Addr, &str)> + '_ {
+        self.allocations.iter().enumerate().filter_map(|(i, at)| {
+            let handle = self.attributes.get((*at)?).and_then(|x| x.handle_id.as_deref()).unwrap_or("");
+            Some((self.cidr.nth(i)?, handle))
+        })
+    }
+
+    /// The handle that holds `a`, if it is in use.
+    pub fn holder(&self, a: N::Addr) -> Option<&str> {
+        let at = (*self.allocations.get(self.cidr.ordinal(a)?)?)?;
+        Some(self.attributes.get(at).and_then(|x| x.handle_id.as_deref()).unwrap_or(""))
+    }
+
+    /// The node `a` was given to: its `node` attribute, else the block's node.
+    pub fn given_to(&self, a: N::Addr) -> Option<&str> {
+        let at = (*self.allocations.get(self.cidr.ordinal(a)?)?)?;
+        Some(self.attributes.get(at).and_then(|x| x.secondary.get("node")).map_or(self.node(), String::as_str))
+    }
+
+    /// Whether `a` can be handed out: in the block, recorded, and free.
+    fn is_free(&self, a: N::Addr) -> bool {
+        self.cidr.ordinal(a).and_then(|i| self.allocations.get(i)).is_some_and(Option::is_none)
+    }
+
+    fn give(&mut self, a: N::Addr, handle: &str, node: &str) {
+        let Some(i) = self.cidr.ordinal(a).filter(|i| *i < self.allocations.len()) else { return };
+        self.unallocated.retain(|o| *o != i);
+        let attr = Attribute {
+            handle_id: Some(handle.to_string()),
+            secondary: BTreeMap::from([("node".to_string(), node.to_string())]),
+            other: Other::new(),
+        };
+        let at = match self.attributes.iter().position(|x| *x == attr) {
+            Some(at) => at,
+            None => {
+                self.attributes.push(attr);
+                self.attributes.len() - 1
+            }
+        };
+        self.allocations[i] = Some(at);
+        self.sequence_for.insert(i.to_string(), self.sequence_number);
+        self.sequence_number += 1;
+    }
+
+    /// Frees `a`; its handle, if it was in use. Attributes no address refers to any more go.
+    fn take(&mut self, a: N::Addr) -> Option<String> {
+        let i = self.cidr.ordinal(a)?;
+        let at = self.allocations.get_mut(i)?.take()?;
+        self.unallocated.push(i);
+        self.sequence_for.remove(&i.to_string());
+        self.sequence_number += 1;
+        let handle = self.attributes.get(at).and_then(|x| x.handle_id.clone()).unwrap_or_default();
+        if at < self.attributes.len() && !self.allocations.contains(&Some(at)) {
+            self.attributes.remove(at);
+            for x in self.allocations.iter_mut().flatten() {
+                if *x > at {
+                    *x -= 1;
+                }
+            }
+        }
+        Some(handle)
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(bound(deserialize = "N: Family"))]
-struct Handle<N: Family> {
-    address: N::Addr,
-    block: N,
-    /// The node the address was given to (a borrowed one sits in another node's block).
+/// A value and the etcd revision it was read at (0: absent).
+type Revised<T> = (T, i64);
+
+/// A handle as Calico stores it: how many addresses it holds in which blocks (CIDRs of
+/// either family). The addresses themselves are found in those blocks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Handle {
+    #[serde(default, deserialize_with = "null_default")]
+    block: BTreeMap<String, u32>,
     #[serde(default)]
-    node: String,
+    deleted: bool,
+    #[serde(flatten)]
+    other: Other,
+}
+
+impl Handle {
+    fn blocks<N: Family>(&self) -> impl Iterator<Item = N> + '_ {
+        self.block.keys().filter_map(|k| k.parse().ok())
+    }
+
+    fn add(&mut self, block: &impl std::fmt::Display) {
+        *self.block.entry(block.to_string()).or_default() += 1;
+    }
+
+    /// One address fewer in `block`.
+    fn drop_one(&mut self, block: &impl std::fmt::Display) {
+        let key = block.to_string();
+        match self.block.get_mut(&key) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                self.block.remove(&key);
+            }
+        }
+    }
 }
 
 /// An address handed out, and whether it was borrowed from another node's block.
@@ -198,7 +388,22 @@ pub struct Ipam {
     pub etcd: Etcd,
 }
 
-const CONFIRMED: &[u8] = br#"{"state":"confirmed"}"#;
+const CONFIRMED: &[u8] = br#"{"state":"confirmed","deleted":false}"#;
+
+/// Where Calico's IPAM reads its configuration in etcd (`calicoctl ipam configure` writes
+/// it); an `IPAMConfiguration` resource, where there is one, comes first.
+const CONFIG_V1: &str = "/calico/ipam/v2/config";
+
+/// The configuration as stored there. Go leaves out what is false or zero.
+#[derive(Debug, Default, Deserialize)]
+struct ConfigV1 {
+    #[serde(default)]
+    strict_affinity: bool,
+    #[serde(default)]
+    auto_allocate_blocks: bool,
+    #[serde(rename = "maxBlocksPerHost", default)]
+    max_blocks_per_host: u32,
+}
 
 impl Ipam {
     pub fn new(etcd: Etcd) -> Ipam {
@@ -215,14 +420,22 @@ impl Ipam {
         }
     }
 
-    fn read_handle<N: Family>(&self, handle: &str) -> anyhow::Result<Option<(Handle<N>, i64)>> {
-        match self.etcd.get(&handle_key::<N>(handle))? {
-            Some(kv) => Ok(Some((serde_json::from_slice(&kv.value).context("a corrupt handle")?, kv.mod_revision))),
-            None => Ok(None),
+    /// The handle and its revision; an absent one reads as empty at revision 0 (which a
+    /// transaction takes as "still absent").
+    fn read_handle(&self, handle: &str) -> anyhow::Result<Revised<Handle>> {
+        if handle.is_empty() || handle.contains('/') {
+            bail!("handle {handle:?} cannot be a key of Calico's IPAM: it is empty or has a '/'");
+        }
+        match self.etcd.get(&handle_key(handle))? {
+            Some(kv) => Ok((
+                serde_json::from_slice(&kv.value).with_context(|| format!("handle {handle} is corrupt"))?,
+                kv.mod_revision,
+            )),
+            None => Ok((Handle::default(), 0)),
         }
     }
 
-    /// The cluster's IPReservations and IPAMConfiguration, read now.
+    /// The cluster's IPReservations and IPAM configuration, read now.
     pub fn policy(&self) -> anyhow::Result<Policy> {
         use crate::resources::{Kind, Resource};
         let store = crate::Store::new(self.etcd.clone());
@@ -238,6 +451,11 @@ impl Ipam {
             p.strict_affinity = c.spec.strict_affinity.unwrap_or(false);
             p.max_blocks_per_host = c.spec.max_blocks_per_host.filter(|m| *m > 0);
             p.auto_allocate_blocks = c.spec.auto_allocate_blocks.unwrap_or(true);
+        } else if let Some(kv) = self.etcd.get(CONFIG_V1)? {
+            let c: ConfigV1 = serde_json::from_slice(&kv.value).with_context(|| format!("{CONFIG_V1} is corrupt"))?;
+            p.strict_affinity = c.strict_affinity;
+            p.max_blocks_per_host = Some(c.max_blocks_per_host).filter(|m| *m > 0);
+            p.auto_allocate_blocks = c.auto_allocate_blocks;
         }
         Ok(p)
     }
@@ -274,14 +492,27 @@ impl Ipam {
 
     /// Writes `block` with `node`'s affinity if the key is absent: exactly one claimer wins.
     fn put_new_block<N: Family>(&self, node: &str, block: N) -> anyhow::Result<bool> {
-        let body = serde_json::to_vec(&Block::new(block, node))?;
+        let body = serde_json::to_vec(&Block::new(block, node)?)?;
         let (bk, ak) = (block_key(&block), affinity_key(node, &block));
         self.etcd.put_all_if(&[(&bk, 0)], &[(&bk, &body), (&ak, CONFIRMED)])
     }
 
+    /// The address of the family `handle` holds per `h`, and its block.
+    fn locate<N: Family>(&self, handle: &str, h: &Handle) -> anyhow::Result<Option<(N::Addr, Block<N>)>> {
+        for cidr in h.blocks::<N>() {
+            let Some((b, _)) = self.read_block(&cidr)? else { continue };
+            let found = b.used().find(|(_, x)| *x == handle).map(|(a, _)| a);
+            if let Some(a) = found {
+                return Ok(Some((a, b)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The address `handle` holds in the family, if any.
     pub fn find<N: Family>(&self, handle: &str) -> anyhow::Result<Option<N::Addr>> {
-        Ok(self.read_handle::<N>(handle)?.map(|(h, _)| h.address))
+        let (h, _) = self.read_handle(handle)?;
+        Ok(self.locate::<N>(handle, &h)?.map(|(a, _)| a))
     }
 
     /// The handles that hold addresses given to `node`, of either family.
@@ -293,34 +524,56 @@ impl Ipam {
         Ok(out)
     }
 
-    /// Every handle of the family, with the node its address was given to.
-    pub fn handle_nodes<N: Family>(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        let (kvs, _) = self.etcd.list(N::HANDLES)?;
-        Ok(kvs
-            .into_iter()
-            .filter_map(|kv| {
-                let h = serde_json::from_slice::<Handle<N>>(&kv.value).ok()?;
-                Some((kv.key.strip_prefix(N::HANDLES)?.to_string(), h.node))
-            })
-            .collect())
+    fn handles_of<N: Family>(&self, node: &str) -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (b, _) in self.blocks::<N>()? {
+            for (a, h) in b.used() {
+                if !h.is_empty() && b.given_to(a) == Some(node) {
+                    out.push(h.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `a` of `b` (read at `rev`) as given to `handle` on `node`, with the handle (read
+    /// at `hrev`) counting it; whether no one wrote either in between.
+    fn write_give<N: Family>(
+        &self,
+        node: &str,
+        handle: &str,
+        (b, rev): (&Block<N>, i64),
+        a: N::Addr,
+        (h, hrev): (&Handle, i64),
+    ) -> anyhow::Result<bool> {
+        let mut next = b.clone();
+        next.give(a, handle, node);
+        let mut h = h.clone();
+        h.add(&b.cidr);
+        let (bk, hk) = (block_key(&b.cidr), handle_key(handle));
+        self.etcd.put_all_if(
+            &[(&bk, rev), (&hk, hrev)],
+            &[(&bk, &serde_json::to_vec(&next)?), (&hk, &serde_json::to_vec(&h)?)],
+        )
     }
 
     /// Frees `address` whoever holds it (what a crash left behind): its block's entry and
-    /// the handle that points at it, in one transaction. The handle that held it, if any.
+    /// the handle's count of it, in one transaction. The handle that held it, if any.
     pub fn release_address<N: Family>(&self, address: N::Addr) -> anyhow::Result<Option<String>> {
         for _ in 0..RETRIES {
             let blocks = self.blocks::<N>()?;
             let Some((b, rev)) = blocks.into_iter().find(|(b, _)| b.cidr.has(address)) else { return Ok(None) };
-            let Some(handle) = b.allocations.get(&address).cloned() else { return Ok(None) };
             let mut next = b.clone();
-            next.allocations.remove(&address);
-            let (bk, hk) = (block_key(&b.cidr), handle_key::<N>(&handle));
+            let Some(handle) = next.take(address) else { return Ok(None) };
+            let bk = block_key(&b.cidr);
             let body = serde_json::to_vec(&next)?;
-            let ok = match self.read_handle::<N>(&handle)? {
-                Some((h, hrev)) if h.address == address => {
-                    self.etcd.txn(&[(&bk, rev), (&hk, hrev)], &[(&bk, &body)], &[&hk])?
+            let ok = match handle.is_empty() || handle.contains('/') {
+                true => self.etcd.txn(&[(&bk, rev)], &[(&bk, &body)], &[])?,
+                false => {
+                    let (mut h, hrev) = self.read_handle(&handle)?;
+                    h.drop_one(&b.cidr);
+                    self.write_with_handle(&bk, rev, &body, &handle, &h, hrev)?
                 }
-                _ => self.etcd.txn(&[(&bk, rev)], &[(&bk, &body)], &[])?,
             };
             if ok {
                 return Ok(Some(handle));
@@ -329,24 +582,36 @@ impl Ipam {
         bail!("releasing {address} kept conflicting with other writers")
     }
 
+    /// Writes a block and its handle together; a handle left without blocks is deleted, as
+    /// Calico does.
+    fn write_with_handle(
+        &self,
+        bk: &str,
+        rev: i64,
+        body: &[u8],
+        handle: &str,
+        h: &Handle,
+        hrev: i64,
+    ) -> anyhow::Result<bool> {
+        let hk = handle_key(handle);
+        let expect = [(bk, rev), (hk.as_str(), hrev)];
+        if h.block.is_empty() {
+            let deletes: &[&str] = if hrev == 0 { &[] } else { &[&hk] };
+            self.etcd.txn(&expect, &[(bk, body)], deletes)
+        } else {
+            self.etcd.txn(&expect, &[(bk, body), (&hk, &serde_json::to_vec(h)?)], &[])
+        }
+    }
+
     /// Removes `block` and its node's claim if it holds no address (a block of a node that
     /// is gone); whether it did. One that holds addresses stays.
     pub fn release_block<N: Family>(&self, block: N) -> anyhow::Result<bool> {
         let Some((b, rev)) = self.read_block(&block)? else { return Ok(false) };
-        if !b.allocations.is_empty() {
+        if b.used().next().is_some() {
             return Ok(false);
         }
         let (bk, ak) = (block_key(&block), affinity_key(b.node(), &block));
         self.etcd.txn(&[(&bk, rev)], &[], &[&bk, &ak])
-    }
-
-    fn handles_of<N: Family>(&self, node: &str) -> anyhow::Result<Vec<String>> {
-        let (kvs, _) = self.etcd.list(N::HANDLES)?;
-        Ok(kvs
-            .into_iter()
-            .filter(|kv| serde_json::from_slice::<Handle<N>>(&kv.value).is_ok_and(|h| h.node == node))
-            .filter_map(|kv| kv.key.strip_prefix(N::HANDLES).map(str::to_string))
-            .collect())
     }
 
     /// Records that `handle` holds `address` (a pod made before IPAM lived here), in the
@@ -356,16 +621,15 @@ impl Ipam {
             bail!("block {block} belongs to another node");
         }
         for _ in 0..RETRIES {
-            let (mut b, rev) = self.read_block(&block)?.context("the block vanished")?;
-            match b.allocations.get(&address) {
+            let (b, rev) = self.read_block(&block)?.context("the block vanished")?;
+            match b.holder(address) {
                 Some(h) if h == handle => return Ok(()),
                 Some(h) => bail!("{address} is held by {h}"),
+                None if !b.is_free(address) => bail!("{address} is not an address of block {block}"),
                 None => {}
             }
-            b.allocations.insert(address, handle.to_string());
-            let h = serde_json::to_vec(&Handle { address, block, node: node.to_string() })?;
-            let (bk, hk) = (block_key(&block), handle_key::<N>(handle));
-            if self.etcd.put_all_if(&[(&bk, rev)], &[(&bk, &serde_json::to_vec(&b)?), (&hk, &h)])? {
+            let (h, hrev) = self.read_handle(handle)?;
+            if self.write_give(node, handle, (&b, rev), address, (&h, hrev))? {
                 return Ok(());
             }
         }
@@ -389,29 +653,29 @@ impl Ipam {
     fn take_first<'a, N: Family + 'a>(
         &self,
         node: &str,
-        handle: &str,
+        (handle, h): (&str, &Revised<Handle>),
         blocks: impl IntoIterator<Item = &'a (Block<N>, i64)>,
         policy: &Policy,
     ) -> anyhow::Result<Option<Option<Assigned<N>>>> {
         for (b, rev) in blocks {
-            let free = |a: &N::Addr| !b.allocations.contains_key(a) && !policy.reserves(N::ip(*a));
+            let free = |a: &N::Addr| b.is_free(*a) && !policy.reserves(N::ip(*a));
             let Some(a) = b.cidr.hosts().find(free) else { continue };
-            let mut next = b.clone();
-            next.allocations.insert(a, handle.to_string());
-            let h = serde_json::to_vec(&Handle { address: a, block: b.cidr, node: node.to_string() })?;
-            let (bk, hk) = (block_key(&b.cidr), handle_key::<N>(handle));
-            let ok =
-                self.etcd.put_all_if(&[(&bk, *rev), (&hk, 0)], &[(&bk, &serde_json::to_vec(&next)?), (&hk, &h)])?;
+            let ok = self.write_give(node, handle, (b, *rev), a, (&h.0, h.1))?;
             return Ok(Some(ok.then_some(Assigned { address: a, block: b.cidr, borrowed: b.node() != node })));
         }
         Ok(None)
     }
 
-    /// The address `handle` already holds, as an assignment for `node`.
-    fn held<N: Family>(&self, node: &str, handle: &str) -> anyhow::Result<Option<Assigned<N>>> {
-        let Some((h, _)) = self.read_handle::<N>(handle)? else { return Ok(None) };
-        let borrowed = self.read_block(&h.block)?.is_some_and(|(b, _)| b.node() != node);
-        Ok(Some(Assigned { address: h.address, block: h.block, borrowed }))
+    /// The handle as it is now, and the address of the family it holds already, as an
+    /// assignment for `node`.
+    fn held<N: Family>(&self, node: &str, handle: &str) -> anyhow::Result<(Revised<Handle>, Option<Assigned<N>>)> {
+        let (h, hrev) = self.read_handle(handle)?;
+        let held = self.locate::<N>(handle, &h)?.map(|(address, b)| Assigned {
+            address,
+            block: b.cidr,
+            borrowed: b.node() != node,
+        });
+        Ok(((h, hrev), held))
     }
 
     /// An address for `handle` on `node`: its blocks first, then a newly claimed block of
@@ -419,35 +683,36 @@ impl Ipam {
     /// cluster's IPAM configuration may forbid the last two. The same handle keeps its
     /// address.
     pub fn allocate<N: Family>(&self, node: &str, handle: &str, pool: N, block_len: u8) -> anyhow::Result<Assigned<N>> {
-        if let Some(a) = self.held(node, handle)? {
-            return Ok(a);
-        }
         let policy = self.policy()?;
         for _ in 0..RETRIES {
+            let (h, held) = self.held::<N>(node, handle)?;
+            if let Some(a) = held {
+                return Ok(a);
+            }
             let all = self.blocks::<N>()?;
-            let held = all.iter().filter(|(b, _)| b.node() == node).count();
+            let count = all.iter().filter(|(b, _)| b.node() == node).count();
             let mine = all.iter().filter(|(b, _)| b.node() == node && pool.covers(&b.cidr));
             let others = all.iter().filter(|(b, _)| b.node() != node && pool.covers(&b.cidr));
             // Own blocks, then (below) a new one, then others'.
-            match self.take_first(node, handle, mine, &policy)? {
+            match self.take_first(node, (handle, &h), mine, &policy)? {
                 Some(Some(a)) => return Ok(a),
                 Some(None) => continue,
                 None => {}
             }
             if policy.auto_allocate_blocks
-                && policy.may_hold_more(held)
+                && policy.may_hold_more(count)
                 && self.claim_block(node, pool, block_len)?.is_some()
             {
                 continue;
             }
             let borrowed = match policy.strict_affinity {
                 true => None,
-                false => self.take_first(node, handle, others, &policy)?,
+                false => self.take_first(node, (handle, &h), others, &policy)?,
             };
             match borrowed {
                 Some(Some(a)) => return Ok(a),
                 Some(None) => continue,
-                None => bail!(policy.why_none(node, &pool, held)),
+                None => bail!(policy.why_none(node, &pool, count)),
             }
         }
         bail!("allocating for {handle} kept conflicting with other writers")
@@ -465,12 +730,6 @@ impl Ipam {
         address: N::Addr,
         pools: &[(N, u8)],
     ) -> anyhow::Result<Assigned<N>> {
-        if let Some(a) = self.held(node, handle)? {
-            if a.address == address {
-                return Ok(a);
-            }
-            bail!("{handle} holds {} already, not {address}", a.address);
-        }
         let Some(&(pool, len)) = pools.iter().find(|(p, _)| p.has(address)) else {
             bail!("{address} is in no enabled IPPool for this node's workloads");
         };
@@ -480,26 +739,31 @@ impl Ipam {
         }
         let policy = self.policy()?;
         for _ in 0..RETRIES {
+            let (h, held) = self.held::<N>(node, handle)?;
+            match held {
+                Some(a) if a.address == address => return Ok(a),
+                Some(a) => bail!("{handle} holds {} already, not {address}", a.address),
+                None => {}
+            }
             let Some((b, rev)) = self.read_block(&block)? else {
-                let held = self.blocks::<N>()?.iter().filter(|(b, _)| b.node() == node).count();
-                if !policy.may_hold_more(held) {
-                    bail!("{address} is in block {block}, which node {node} may not claim: it holds maxBlocksPerHost ({held}) blocks");
+                let count = self.blocks::<N>()?.iter().filter(|(b, _)| b.node() == node).count();
+                if !policy.may_hold_more(count) {
+                    bail!("{address} is in block {block}, which node {node} may not claim: it holds maxBlocksPerHost ({count}) blocks");
                 }
                 // Won or lost, the block is read again.
                 self.put_new_block(node, block)?;
                 continue;
             };
-            if let Some(h) = b.allocations.get(&address) {
+            if let Some(h) = b.holder(address) {
                 bail!("{address} is in use (by {h})");
+            }
+            if !b.is_free(address) {
+                bail!("{address} is not an address of block {block} as etcd holds it");
             }
             if policy.strict_affinity && b.node() != node {
                 bail!("{address} is in block {block} of node {}, and strictAffinity forbids borrowing", b.node());
             }
-            let mut next = b.clone();
-            next.allocations.insert(address, handle.to_string());
-            let h = serde_json::to_vec(&Handle { address, block, node: node.to_string() })?;
-            let (bk, hk) = (block_key(&block), handle_key::<N>(handle));
-            if self.etcd.put_all_if(&[(&bk, rev), (&hk, 0)], &[(&bk, &serde_json::to_vec(&next)?), (&hk, &h)])? {
+            if self.write_give(node, handle, (&b, rev), address, (&h.0, h.1))? {
                 return Ok(Assigned { address, block, borrowed: b.node() != node });
             }
         }
@@ -510,17 +774,18 @@ impl Ipam {
     /// one holds them): never a new block, never borrowed. The node announces exactly these
     /// blocks (its IPv6 ones come from its configuration). The same handle keeps its address.
     pub fn allocate_in<N: Family>(&self, node: &str, handle: &str, blocks: &[N]) -> anyhow::Result<Assigned<N>> {
-        if let Some(a) = self.held(node, handle)? {
-            return Ok(a);
-        }
         self.claim_own(node, blocks)?;
         let policy = self.policy()?;
         for _ in 0..RETRIES {
+            let (h, held) = self.held::<N>(node, handle)?;
+            if let Some(a) = held {
+                return Ok(a);
+            }
             let mut mine = Vec::with_capacity(blocks.len());
             for b in blocks {
                 mine.push(self.read_block(b)?.context("a claimed block vanished")?);
             }
-            match self.take_first(node, handle, &mine, &policy)? {
+            match self.take_first(node, (handle, &h), &mine, &policy)? {
                 Some(Some(a)) => return Ok(a),
                 Some(None) => continue,
                 None => bail!("no free {} address: node {node}'s blocks are full", N::NAME),
@@ -542,20 +807,28 @@ impl Ipam {
 
     /// Frees what `handle` holds in the family; the address, if it held one.
     pub fn release<N: Family>(&self, handle: &str) -> anyhow::Result<Option<N::Addr>> {
-        let hk = handle_key::<N>(handle);
+        let mut freed = None;
         for _ in 0..RETRIES {
-            let Some((h, hrev)) = self.read_handle::<N>(handle)? else { return Ok(None) };
-            let Some((mut b, rev)) = self.read_block(&h.block)? else {
-                self.etcd.txn(&[(&hk, hrev)], &[], &[&hk])?;
-                return Ok(Some(h.address));
+            let (mut h, hrev) = self.read_handle(handle)?;
+            let Some(cidr) = h.blocks::<N>().next() else { return Ok(freed) };
+            h.block.remove(&cidr.to_string());
+            let Some((mut b, rev)) = self.read_block(&cidr)? else {
+                // The block went (deleted by hand): the handle forgets it.
+                let hk = handle_key(handle);
+                match h.block.is_empty() {
+                    true => self.etcd.txn(&[(&hk, hrev)], &[], &[&hk])?,
+                    false => self.etcd.txn(&[(&hk, hrev)], &[(&hk, &serde_json::to_vec(&h)?)], &[])?,
+                };
+                continue;
             };
-            // The address and the handle go together, or neither does.
-            if b.allocations.get(&h.address).is_some_and(|x| x == handle) {
-                b.allocations.remove(&h.address);
+            // The addresses and the handle go together, or neither does.
+            let mine: Vec<N::Addr> = b.used().filter(|(_, x)| *x == handle).map(|(a, _)| a).collect();
+            for a in &mine {
+                b.take(*a);
             }
-            let bk = block_key(&b.cidr);
-            if self.etcd.txn(&[(&bk, rev), (&hk, hrev)], &[(&bk, &serde_json::to_vec(&b)?)], &[&hk])? {
-                return Ok(Some(h.address));
+            let body = serde_json::to_vec(&b)?;
+            if self.write_with_handle(&block_key(&cidr), rev, &body, handle, &h, hrev)? {
+                freed = freed.or(mine.first().copied());
             }
         }
         bail!("releasing {handle} kept conflicting with other writers")
@@ -579,16 +852,87 @@ mod tests {
         assert_eq!(block_key(&b4), "/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26");
         assert_eq!(block_key(&b6), "/calico/ipam/v2/assignment/ipv6/block/fd00:10:244::40-122");
         assert_eq!(affinity_key("node-b", &b6), "/calico/ipam/v2/host/node-b/ipv6/block/fd00:10:244::40-122");
-        assert_eq!(handle_key::<Ipv6Net>("c1/eth0"), "/calico/ipam/v2/handle6/c1/eth0");
+        assert_eq!(handle_key("c1@eth0"), "/calico/ipam/v2/handle/c1@eth0");
         assert_eq!(Family::hosts(&b4).next(), Some("10.244.1.1".parse().expect("ip")));
         assert_eq!(Family::hosts(&b4).count(), 62);
         assert_eq!(Family::hosts(&b6).next(), Some("fd00:10:244::41".parse().expect("ip")));
         assert_eq!(Family::hosts(&b6).count(), 63);
-        // A block stored by an earlier version (IPv4 only) reads the same.
-        let old = r#"{"cidr":"10.244.1.0/26","affinity":"host:node-a","allocations":{"10.244.1.1":"pod:a1"}}"#;
-        let b: Block = serde_json::from_str(old).expect("block");
-        assert_eq!((b.node(), b.allocations.len()), ("node-a", 1));
+        assert_eq!(b6.ordinal("fd00:10:244::7f".parse().expect("ip")), Some(63));
+        assert_eq!(b6.ordinal("fd00:10:244::80".parse().expect("ip")), None);
+        assert_eq!(b4.nth(63), Some("10.244.1.63".parse().expect("ip")));
+        assert_eq!(b4.nth(64), None);
         let pool6: Ipv6Net = "fd00:10:244::/48".parse().expect("net");
         assert_eq!(pool6.blocks_of(122).map(|v| v.len()), Some(1 << 16), "walked, not listed whole");
+    }
+
+    /// A block as Calico's IPAM writes it: nulls where Go has nil slices, the deprecated
+    /// `strictAffinity`, a field this IPAM does not know, two addresses of one pod.
+    const CALICOS: &str = r#"{"cidr":"10.244.7.0/30","affinity":"host:worker-1","affinityClaimTime":"2026-11-30T10:00:00Z",
+        "strictAffinity":false,"allocations":[null,0,0,null],"unallocated":[3,0],
+        "attributes":[{"handle_id":"k8s-pod-network.5f1c","secondary":{"namespace":"default","node":"worker-1","pod":"web","timestamp":"2026-11-30 10:00:01 +0000 UTC"}}],
+        "sequenceNumber":1764496800000000007,"sequenceNumberForAllocation":{"1":1764496800000000005,"2":1764496800000000006},"deleted":false}"#;
+
+    #[test]
+    fn calicos_blocks_read_and_write_as_calico_wrote_them() {
+        let mut b: Block = serde_json::from_str(CALICOS).expect("block");
+        assert_eq!(b.node(), "worker-1");
+        let a = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        let used: Vec<_> = b.used().collect();
+        assert_eq!(used, vec![(a("10.244.7.1"), "k8s-pod-network.5f1c"), (a("10.244.7.2"), "k8s-pod-network.5f1c")]);
+        assert!(!b.is_free(a("10.244.7.1")) && b.is_free(a("10.244.7.3")) && !b.is_free(a("10.244.7.4")));
+        // Ours beside Calico's: a new attribute, the sequence moved on, what we do not know kept.
+        b.give(a("10.244.7.3"), "c9@eth0", "worker-2");
+        assert_eq!(b.holder(a("10.244.7.3")), Some("c9@eth0"));
+        assert_eq!(b.given_to(a("10.244.7.3")), Some("worker-2"));
+        assert_eq!(b.given_to(a("10.244.7.1")), Some("worker-1"));
+        let v: serde_json::Value = serde_json::to_value(&b).expect("json");
+        assert_eq!(v["allocations"], serde_json::json!([null, 0, 0, 1]));
+        assert_eq!(v["unallocated"], serde_json::json!([0]));
+        assert_eq!(v["attributes"][1], serde_json::json!({"handle_id": "c9@eth0", "secondary": {"node": "worker-2"}}));
+        assert_eq!(v["sequenceNumber"], 1764496800000000008u64);
+        assert_eq!(v["sequenceNumberForAllocation"]["3"], 1764496800000000007u64);
+        assert_eq!(v["affinityClaimTime"], "2026-11-30T10:00:00Z");
+        // Releasing the pod's addresses drops its attribute and renumbers ours.
+        assert_eq!(b.take(a("10.244.7.1")).as_deref(), Some("k8s-pod-network.5f1c"));
+        assert_eq!(b.take(a("10.244.7.2")).as_deref(), Some("k8s-pod-network.5f1c"));
+        assert_eq!(b.take(a("10.244.7.2")), None, "already free");
+        let v: serde_json::Value = serde_json::to_value(&b).expect("json");
+        assert_eq!(v["allocations"], serde_json::json!([null, null, null, 0]));
+        assert_eq!(v["unallocated"], serde_json::json!([0, 1, 2]));
+        assert_eq!(v["attributes"].as_array().map(Vec::len), Some(1));
+        assert_eq!(b.holder(a("10.244.7.3")), Some("c9@eth0"));
+        // An older Calico's `hostAffinity`, and a block whose arrays were cut short by hand.
+        let old: Block = serde_json::from_str(
+            r#"{"cidr":"10.244.8.0/30","hostAffinity":"worker-3","allocations":[null],"unallocated":null,"attributes":null}"#,
+        )
+        .expect("old block");
+        assert_eq!(old.node(), "worker-3");
+        assert!(
+            old.is_free(a("10.244.8.0")) && !old.is_free(a("10.244.8.1")),
+            "an address with no entry is not handed out"
+        );
+    }
+
+    #[test]
+    fn a_new_block_is_calicos_and_a_huge_one_is_refused() {
+        let b = Block::new("10.244.1.0/26".parse::<Ipv4Net>().expect("net"), "node-a").expect("block");
+        let v = serde_json::to_value(&b).expect("json");
+        assert_eq!(v["affinity"], "host:node-a");
+        assert_eq!(v["allocations"].as_array().map(Vec::len), Some(64));
+        assert_eq!(v["unallocated"].as_array().map(Vec::len), Some(64));
+        assert_eq!(v["attributes"], serde_json::json!([]));
+        assert!(Block::new("10.0.0.0/8".parse::<Ipv4Net>().expect("net"), "node-a").is_err());
+        let mut h = Handle::default();
+        h.add(&b.cidr);
+        h.add(&"fd00::/122".parse::<Ipv6Net>().expect("net"));
+        h.add(&b.cidr);
+        assert_eq!(
+            serde_json::to_value(&h).expect("json"),
+            serde_json::json!({"block": {"10.244.1.0/26": 2, "fd00::/122": 1}, "deleted": false})
+        );
+        assert_eq!(h.blocks::<Ipv6Net>().count(), 1);
+        h.drop_one(&b.cidr);
+        h.drop_one(&b.cidr);
+        assert_eq!(h.blocks::<Ipv4Net>().count(), 0);
     }
 }

@@ -108,7 +108,7 @@ pub fn container_ids(lab: &Lab) -> Vec<(String, String)> {
             st.allocations
                 .values()
                 .filter(|a| !a.handle.starts_with("pod:"))
-                .filter_map(|a| Some((a.node.clone(), a.handle.split_once('/')?.0.to_string())))
+                .filter_map(|a| Some((a.node.clone(), cni::handle_container(&a.handle)?.0.to_string())))
                 .collect()
         })
         .unwrap_or_default()

@@ -171,22 +171,22 @@ where
     N: datastore::ipam::Family + Into<IpNet>,
     N::Addr: Into<IpAddr>,
 {
-    let given = ipam.handle_nodes::<N>()?;
     Ok(ipam
         .blocks::<N>()?
         .into_iter()
         .map(|(b, _)| {
             let cidr: IpNet = b.cidr.into();
             let node = b.node().to_string();
-            let lent = b
-                .allocations
-                .values()
-                .filter_map(|h| given.get(h).filter(|n| **n != node).map(|n| (h.clone(), n.clone())))
-                .collect();
+            let mut lent = BTreeMap::new();
+            for (a, h) in b.used() {
+                if let Some(to) = b.given_to(a).filter(|to| *to != node) {
+                    lent.insert(h.to_string(), to.to_string());
+                }
+            }
             BlockUse {
                 cidr,
                 total: hosts(matches!(cidr, IpNet::V6(_)), cidr.prefix_len()),
-                used: b.allocations.into_iter().map(|(a, h)| (a.into(), h)).collect(),
+                used: b.used().map(|(a, h)| (a.into(), h.to_string())).collect(),
                 lent,
                 node,
             }
@@ -415,7 +415,7 @@ mod tests {
     fn usage_counts_what_ipam_hands_out_and_who_borrowed_it() {
         assert_eq!((hosts(false, 26), hosts(false, 32), hosts(true, 122), hosts(true, 128)), (62, 1, 63, 0));
         assert_eq!((hosts(false, 0), hosts(true, 0)), ((1 << 32) - 2, u128::MAX - 1), "no overflow");
-        let (a, b) = (alloc("pod:a1", "node-a"), alloc("c9/eth0", "node-c"));
+        let (a, b) = (alloc("pod:a1", "node-a"), alloc("c9@eth0", "node-c"));
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         let block = block_use(
             "10.244.1.0/26".parse().expect("net"),
@@ -433,7 +433,7 @@ mod tests {
         assert!(t.lines().any(|l| l.starts_with("Block") && l.contains("node-a") && l.ends_with("1")), "{t}");
         assert!(!table(&u, false).contains("Block"), "blocks only when asked for");
         let lent = u.address(ip("10.244.1.2")).describe();
-        assert_eq!(lent, "10.244.1.2 is in use by c9/eth0; given to node-c, borrowed: block 10.244.1.0/26 is node-a's");
+        assert_eq!(lent, "10.244.1.2 is in use by c9@eth0; given to node-c, borrowed: block 10.244.1.0/26 is node-a's");
         assert!(u
             .address(ip("10.244.1.9"))
             .describe()

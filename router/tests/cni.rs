@@ -214,7 +214,7 @@ fn the_plugin_answers_as_the_cni_spec_says() {
         .map(|a| a["handle"].as_str().unwrap_or("").to_string())
         .filter(|h| !h.starts_with("pod:"))
         .collect();
-    assert_eq!(left, vec!["container2/eth0".to_string()]);
+    assert_eq!(left, vec!["container2@eth0".to_string()]);
 
     // Addresses asked for: `IP=` in CNI_ARGS (Calico's IPAM argument) and runtimeConfig.ips
     // (the `ips` capability: podman's --ip). One in another node's block is borrowed, and
@@ -246,9 +246,9 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     let b = table.lines().find(|l| l.contains("10.244.2.0/26")).unwrap_or_else(|| panic!("{table}"));
     assert!(b.contains("node-b") && b.ends_with(" 1"), "one address lent: {b}");
     let one = lab.json(&["ipam", "show", "--ip", "10.244.2.50", "--json"]);
-    assert_eq!((one["handle"].as_str(), one["borrowed_by"].as_str()), (Some("asked1/eth0"), Some("node-a")), "{one}");
+    assert_eq!((one["handle"].as_str(), one["borrowed_by"].as_str()), (Some("asked1@eth0"), Some("node-a")), "{one}");
     for (args, code, says) in [
-        ("IP=10.244.1.40", 102, "10.244.1.40 is in use (by asked0/eth0)"),
+        ("IP=10.244.1.40", 102, "10.244.1.40 is in use (by asked0@eth0)"),
         ("IP=10.244.1.300", 4, "10.244.1.300\\\" is not an address"),
         ("IP=10.244.1.41,10.244.1.42", 4, "a second IPv4 address"),
         ("IP=10.244.1.63", 102, "first or last address of block 10.244.1.0/26"),
@@ -267,15 +267,15 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     // What a crash leaves behind, found by `router ipam check` (container2 and the pods are
     // served, so only these): an address no node serves, one given to a node that does not
     // exist, a block of that node. --release frees them all.
-    ipam_file_alloc(&ipam, "10.244.1.44", "gone/eth0", "node-a");
-    ipam_file_alloc(&ipam, "10.244.2.45", "x/eth0", "node-z");
+    ipam_file_alloc(&ipam, "10.244.1.44", "gone@eth0", "node-a");
+    ipam_file_alloc(&ipam, "10.244.2.45", "x@eth0", "node-z");
     ipam_file_block(&ipam, "10.244.9.0/26", "node-z");
     let check = lab.router(&["ipam", "check"]);
     let report = text(&check.stdout);
     assert_eq!(check.status.code(), Some(1), "{report}");
     for line in [
-        "leaked     10.244.1.44     gone/eth0   given to node-a, and no node serves pod gone",
-        "orphaned   10.244.2.45     x/eth0      given to node-z, which is not a node",
+        "leaked     10.244.1.44     gone@eth0   given to node-a, and no node serves pod gone",
+        "orphaned   10.244.2.45     x@eth0      given to node-z, which is not a node",
         "block      10.244.9.0/26   -           affine to node-z, which is not a node",
     ] {
         assert!(report.contains(line), "{line:?} in:\n{report}");
@@ -287,9 +287,9 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     let clean: Value = serde_json::from_slice(&clean.stdout).expect("json");
     assert_eq!(clean["findings"], json!([]), "{clean}");
     // One address, by hand: `router ipam release`.
-    let leak = ipam_file_alloc(&ipam, "10.244.1.44", "gone/eth0", "node-a");
+    let leak = ipam_file_alloc(&ipam, "10.244.1.44", "gone@eth0", "node-a");
     let rel = lab.router(&["ipam", "release", "--ip", "10.244.1.44"]);
-    assert_eq!(text(&rel.stdout).trim(), "released 10.244.1.44 (held by gone/eth0)", "{}", text(&rel.stderr));
+    assert_eq!(text(&rel.stdout).trim(), "released 10.244.1.44 (held by gone@eth0)", "{}", text(&rel.stderr));
     assert!(!held()["allocations"].as_object().expect("map").contains_key("10.244.1.44"), "{leak}");
     let again = lab.router(&["ipam", "release", "--ip", "10.244.1.44"]);
     assert!(!again.status.success() && text(&again.stderr).contains("not allocated"));

@@ -260,7 +260,7 @@ fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
     let one = lab.router(&["ipam", "show", "--ip", "10.244.2.40"]);
     let said = text(&one.stdout);
     assert!(
-        said.contains(&format!("in use by {b}/eth0; given to node-c, borrowed: block 10.244.2.0/26 is node-b's")),
+        said.contains(&format!("in use by {b}@eth0; given to node-c, borrowed: block 10.244.2.0/26 is node-b's")),
         "{said}"
     );
     let reserved = text(&lab.router(&["ipam", "show", "--ip", "10.244.3.3"]).stdout);

@@ -330,7 +330,7 @@ fn nodes_racing_for_blocks_and_addresses_never_get_the_same_one() {
         assert_eq!(freed, Some(b2[3].address));
         assert_eq!(ipam.release::<ipnet::Ipv4Net>("node-b-c3").expect("again"), None);
         let held = |a: std::net::Ipv4Addr| {
-            ipam.blocks::<ipnet::Ipv4Net>().expect("blocks").iter().any(|(b, _)| b.allocations.contains_key(&a))
+            ipam.blocks::<ipnet::Ipv4Net>().expect("blocks").iter().any(|(b, _)| b.holder(a).is_some())
         };
         assert!(!held(b2[3].address), "released in its block");
         let blocks_b = ipam.node_blocks("node-b").expect("blocks");
@@ -466,4 +466,94 @@ fn calicos_ipam_controls_hold_for_every_assignment() {
         assert!(!ipam.allocate("node-d", "d0", pool, 29).expect("a block").borrowed);
     });
     t.join().expect("IPAM controls");
+}
+
+/// What our IPAM writes is what Calico's tools read, and what Calico's IPAM wrote (another
+/// node's pod, `calicoctl ipam configure`) holds for ours.
+#[test]
+fn ipam_in_etcd_is_kept_as_calico_keeps_it() {
+    use datastore::ipam::Ipam;
+    use ipnet::{Ipv4Net, Ipv6Net};
+    use serde_json::{json, Value};
+    use std::net::Ipv4Addr;
+    let etcd = Etcd::start("etcd-ipamfmt");
+    let t = with_etcd(&etcd.ns, |etcd| {
+        let ipam = Ipam::new(etcd.clone());
+        let raw = |key: &str| -> Option<Value> {
+            etcd.get(key).expect("get").map(|kv| serde_json::from_slice(&kv.value).expect("json"))
+        };
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        let pool: Ipv4Net = "10.247.0.0/26".parse().expect("pool");
+        let pool6: Ipv6Net = "fd00:247::/120".parse().expect("pool");
+        let a4 = ipam.allocate("node-a", "c1@eth0", pool, 29).expect("v4");
+        let a6 = ipam.allocate("node-a", "c1@eth0", pool6, 122).expect("v6");
+        assert_eq!((a4.address, a6.address.to_string().as_str()), (ip("10.247.0.1"), "fd00:247::1"));
+
+        // One handle for both families, counting addresses per block.
+        let handle = raw("/calico/ipam/v2/handle/c1@eth0").expect("handle");
+        assert_eq!(handle, json!({"block": {"10.247.0.0/29": 1, "fd00:247::/122": 1}, "deleted": false}));
+        let block = raw("/calico/ipam/v2/assignment/ipv4/block/10.247.0.0-29").expect("block");
+        assert_eq!(block["cidr"], "10.247.0.0/29");
+        assert_eq!(block["affinity"], "host:node-a");
+        assert_eq!(block["allocations"], json!([null, 0, null, null, null, null, null, null]));
+        assert_eq!(block["unallocated"], json!([0, 2, 3, 4, 5, 6, 7]));
+        assert_eq!(block["attributes"], json!([{"handle_id": "c1@eth0", "secondary": {"node": "node-a"}}]));
+        assert!(block["sequenceNumber"].as_u64().is_some() && block["deleted"] == json!(false), "{block}");
+        let affinity = raw("/calico/ipam/v2/host/node-a/ipv4/block/10.247.0.0-29").expect("affinity");
+        assert_eq!(affinity["state"], "confirmed");
+
+        // A block Calico's IPAM wrote for its own node and pod: its addresses are not handed
+        // out again, its handle is released as Calico would release it, and our GC's list of
+        // a node's container handles would not include it.
+        let theirs = json!({"cidr": "10.247.0.8/29", "affinity": "host:worker-1", "strictAffinity": false,
+            "allocations": [null, 0, 0, null, null, null, null, null], "unallocated": [3, 4, 5, 6, 7, 0],
+            "attributes": [{"handle_id": "k8s-pod-network.5f1c", "secondary": {"namespace": "default", "node": "worker-1", "pod": "web"}}],
+            "sequenceNumber": 7, "sequenceNumberForAllocation": {"1": 5, "2": 6}, "deleted": false});
+        etcd.put("/calico/ipam/v2/assignment/ipv4/block/10.247.0.8-29", theirs.to_string().as_bytes()).expect("put");
+        etcd.put("/calico/ipam/v2/host/worker-1/ipv4/block/10.247.0.8-29", br#"{"state":"confirmed","deleted":false}"#)
+            .expect("put");
+        etcd.put("/calico/ipam/v2/handle/k8s-pod-network.5f1c", br#"{"block":{"10.247.0.8/29":2},"deleted":false}"#)
+            .expect("put");
+        let pools = [(pool, 29)];
+        let taken = ipam.request("node-a", "x@eth0", ip("10.247.0.9"), &pools).expect_err("in use").to_string();
+        assert!(taken.contains("in use (by k8s-pod-network.5f1c)"), "{taken}");
+        let lent = ipam.request("node-a", "x@eth0", ip("10.247.0.11"), &pools).expect("borrowed");
+        assert!(lent.borrowed);
+        assert_eq!(ipam.handles("worker-1").expect("handles"), ["k8s-pod-network.5f1c"]);
+        assert_eq!(ipam.handles("node-a").expect("handles"), ["c1@eth0", "x@eth0"]);
+        let block = raw("/calico/ipam/v2/assignment/ipv4/block/10.247.0.8-29").expect("block");
+        assert_eq!(block["allocations"], json!([null, 0, 0, 1, null, null, null, null]));
+        assert_eq!(block["attributes"][0]["secondary"]["pod"], "web", "Calico's attributes kept");
+        assert_eq!(block["sequenceNumberForAllocation"], json!({"1": 5, "2": 6, "3": 7}));
+        assert_eq!(ipam.release::<Ipv4Net>("k8s-pod-network.5f1c").expect("release"), Some(ip("10.247.0.9")));
+        assert_eq!(raw("/calico/ipam/v2/handle/k8s-pod-network.5f1c"), None, "an empty handle goes");
+        let block = raw("/calico/ipam/v2/assignment/ipv4/block/10.247.0.8-29").expect("block");
+        assert_eq!(block["allocations"], json!([null, null, null, 0, null, null, null, null]));
+        assert_eq!(block["attributes"], json!([{"handle_id": "x@eth0", "secondary": {"node": "node-a"}}]));
+
+        // Releasing one family leaves the other's count; the last takes the handle.
+        assert_eq!(ipam.release::<Ipv6Net>("c1@eth0").expect("v6").map(|a| a.to_string()), Some("fd00:247::1".into()));
+        assert_eq!(
+            raw("/calico/ipam/v2/handle/c1@eth0"),
+            Some(json!({"block": {"10.247.0.0/29": 1}, "deleted": false}))
+        );
+        assert_eq!(ipam.release_address::<Ipv4Net>(ip("10.247.0.1")).expect("release"), Some("c1@eth0".into()));
+        assert_eq!(raw("/calico/ipam/v2/handle/c1@eth0"), None);
+        assert!(ipam.etcd.get("/calico/ipam/v2/handle/").expect("get").is_none());
+        assert!(ipam.find::<Ipv4Net>("c1@eth0").expect("find").is_none());
+        assert!(ipam.find::<Ipv4Net>("bad/handle").is_err(), "a '/' cannot be a handle key");
+
+        // `calicoctl ipam configure --strictaffinity=true` writes Calico's v1 key: it holds
+        // until an IPAMConfiguration resource says otherwise.
+        etcd.put("/calico/ipam/v2/config", br#"{"strict_affinity":true,"auto_allocate_blocks":true}"#).expect("put");
+        let p = ipam.policy().expect("policy");
+        assert!(p.strict_affinity && p.auto_allocate_blocks && p.max_blocks_per_host.is_none(), "{p:?}");
+        let strict = ipam.request("node-a", "y@eth0", ip("10.247.0.12"), &pools).expect_err("strict").to_string();
+        assert!(strict.contains("strictAffinity forbids borrowing"), "{strict}");
+        let store = datastore::Store::new(etcd.clone());
+        let yaml = "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  strictAffinity: false\n";
+        store.apply_all(&datastore::resources::parse(yaml).expect("resources")).expect("apply");
+        assert!(!ipam.policy().expect("policy").strict_affinity, "the resource comes first");
+    });
+    t.join().expect("Calico's IPAM format");
 }
