@@ -28,8 +28,10 @@ const RETRIES: usize = 64;
 const MAX_BLOCK_ADDRESSES: u128 = 1 << 12;
 
 /// An address family's blocks as the IPAM handles them.
-pub trait Family: Copy + Ord + std::fmt::Display + std::str::FromStr + Serialize + DeserializeOwned {
-    type Addr: Copy + Ord + std::fmt::Display + Serialize + DeserializeOwned;
+pub trait Family:
+    Copy + Ord + std::fmt::Debug + std::fmt::Display + std::str::FromStr + Serialize + DeserializeOwned
+{
+    type Addr: Copy + Ord + std::fmt::Debug + std::fmt::Display + Serialize + DeserializeOwned;
     /// `ipv4` or `ipv6`, as in the keys.
     const NAME: &'static str;
     /// `a.b.c.d-len`, as in the keys.
@@ -186,7 +188,7 @@ pub struct Block<N: Family = Ipv4Net> {
 
 /// Who holds an address: the handle, and Calico's `secondary` attributes (`node`: the node
 /// it was given to; Calico's CNI adds `namespace`, `pod` and `timestamp`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Attribute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     handle_id: Option<String>,
@@ -265,13 +267,20 @@ impl<N: Family> Block<N> {
         let at = match self.attributes.iter().position(|x| *x == attr) {
             Some(at) => at,
             None => {
+                // Indices past the attributes (a block written by hand) must not come to name
+                // the new holder: they all point at one empty attribute first (in use, no handle).
+                let end = self.attributes.len();
+                if self.allocations.iter().flatten().any(|x| *x >= end) {
+                    self.attributes.push(Attribute::default());
+                    self.allocations.iter_mut().flatten().filter(|x| **x >= end).for_each(|x| *x = end);
+                }
                 self.attributes.push(attr);
                 self.attributes.len() - 1
             }
         };
         self.allocations[i] = Some(at);
         self.sequence_for.insert(i.to_string(), self.sequence_number);
-        self.sequence_number += 1;
+        self.sequence_number = self.sequence_number.wrapping_add(1);
     }
 
     /// Frees `a`; its handle, if it was in use. Attributes no address refers to any more go.
@@ -280,7 +289,7 @@ impl<N: Family> Block<N> {
         let at = self.allocations.get_mut(i)?.take()?;
         self.unallocated.push(i);
         self.sequence_for.remove(&i.to_string());
-        self.sequence_number += 1;
+        self.sequence_number = self.sequence_number.wrapping_add(1);
         let handle = self.attributes.get(at).and_then(|x| x.handle_id.clone()).unwrap_or_default();
         if at < self.attributes.len() && !self.allocations.contains(&Some(at)) {
             self.attributes.remove(at);
@@ -315,7 +324,8 @@ impl Handle {
     }
 
     fn add(&mut self, block: &impl std::fmt::Display) {
-        *self.block.entry(block.to_string()).or_default() += 1;
+        let n = self.block.entry(block.to_string()).or_default();
+        *n = n.saturating_add(1);
     }
 
     /// One address fewer in `block`.
@@ -841,6 +851,45 @@ impl Ipam {
     }
 }
 
+/// The body of the `ipam_blocks` fuzz target (`fuzz/`), here so that the tests replay its
+/// corpus: any bytes as a block another IPAM user wrote into etcd, the first byte choosing
+/// the family. Reading never panics; every address in use names its holder; every free
+/// address can be given and is then held by its handle; what is written reads back the
+/// same; every address taken is free again, and the block is then empty.
+#[doc(hidden)]
+pub fn fuzz_block(data: &[u8]) {
+    let Some((&which, json)) = data.split_first() else { return };
+    match which % 2 {
+        0 => fuzz_family::<Ipv4Net>(json),
+        _ => fuzz_family::<Ipv6Net>(json),
+    }
+}
+
+fn fuzz_family<N: Family>(json: &[u8]) {
+    let Ok(mut b) = serde_json::from_slice::<Block<N>>(json) else { return };
+    let _ = b.node();
+    let mut held: Vec<(N::Addr, String)> = b.used().map(|(a, h)| (a, h.to_string())).collect();
+    for (a, h) in &held {
+        assert_eq!(b.holder(*a), Some(h.as_str()));
+        assert!(b.given_to(*a).is_some() && !b.is_free(*a));
+    }
+    let free: Vec<N::Addr> = b.cidr.hosts().take(MAX_BLOCK_ADDRESSES as usize).filter(|a| b.is_free(*a)).collect();
+    for (i, a) in free.into_iter().enumerate() {
+        let h = format!("fuzz@eth{}", i % 3);
+        b.give(a, &h, "fuzz-node");
+        assert_eq!((b.holder(a), b.given_to(a)), (Some(h.as_str()), Some("fuzz-node")));
+        held.push((a, h));
+    }
+    let body = serde_json::to_vec(&b).expect("a block is written");
+    let again: Block<N> = serde_json::from_slice(&body).expect("what is written reads back");
+    assert_eq!(again, b);
+    for (a, h) in held {
+        assert_eq!(b.take(a), Some(h));
+        assert!(b.is_free(a));
+    }
+    assert!(b.used().next().is_none(), "every address was taken");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -911,6 +960,21 @@ mod tests {
             old.is_free(a("10.244.8.0")) && !old.is_free(a("10.244.8.1")),
             "an address with no entry is not handed out"
         );
+    }
+
+    /// Replays the `ipam_blocks` fuzz corpus: the seeds and what the fuzzer kept.
+    #[test]
+    fn ipam_blocks_corpus_replays() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/ipam_blocks");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).flatten() {
+            fuzz_block(&std::fs::read(e.path()).expect("corpus file"));
+            n += 1;
+        }
+        assert!(n >= 4, "{n} files");
+        let mut calicos = vec![0u8];
+        calicos.extend_from_slice(CALICOS.as_bytes());
+        fuzz_block(&calicos);
     }
 
     #[test]
