@@ -56,7 +56,7 @@ pub fn conflist(t: &Target) -> serde_json::Value {
         "blocks": t.blocks,
         "mtu": t.mtu,
         // Runtimes pass the addresses a container asks for (`--ip`) as runtimeConfig.ips.
-        "capabilities": { "ips": true },
+        "capabilities": { "ips": true, "mac": true },
     });
     if !t.blocks6.is_empty() {
         plugin["blocks6"] = json!(t.blocks6);

@@ -117,6 +117,40 @@ pub struct RuntimeConfig {
     /// each family at most, `address` or `address/prefix`.
     #[serde(default)]
     pub ips: Vec<String>,
+    /// The MAC address the container's interface gets (`podman run --mac-address`).
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// The last value of `key` in `CNI_ARGS` (`K=V;K=V`).
+fn cni_arg<'a>(args: Option<&'a str>, key: &str) -> Option<&'a str> {
+    args?
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim())
+        .next_back()
+}
+
+/// The MAC address asked for the container's interface: `runtimeConfig.mac` or `MAC=` in
+/// `CNI_ARGS` (as podman passes it), a unicast address other than zero.
+fn asked_mac(conf: &NetConf, cni_args: Option<&str>) -> Result<Option<String>, CniError> {
+    let asked = match (conf.runtime_config.mac.as_deref().filter(|m| !m.is_empty()), cni_arg(cni_args, "MAC")) {
+        (Some(m), _) => Some((m, "runtimeConfig.mac", CniError::config as fn(String) -> CniError)),
+        (None, Some(m)) if !m.is_empty() => Some((m, "CNI_ARGS MAC", CniError::env as _)),
+        _ => None,
+    };
+    let Some((text, source, error)) = asked else { return Ok(None) };
+    let octet =
+        |o: &str| (o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit())).then(|| u8::from_str_radix(o, 16).ok())?;
+    let bytes: Option<Vec<u8>> = text.split(':').map(octet).collect();
+    match bytes {
+        Some(b) if b.len() == 6 && b[0] & 1 == 0 && b.iter().any(|x| *x != 0) => Ok(Some(text.to_ascii_lowercase())),
+        Some(b) if b.len() == 6 => {
+            Err(error(format!("{source}: {text} is a multicast or zero MAC address, not one an interface can have")))
+        }
+        _ => Err(error(format!("{source}: {text:?} is not a MAC address (six hex octets separated by ':')"))),
+    }
 }
 
 /// The addresses a container asks for, instead of the next free ones.
@@ -289,8 +323,28 @@ impl Call {
         crate::container_handle(&self.container, &self.ifname)
     }
 
+    /// The workload's name as its runtime passes it in `CNI_ARGS`: Kubernetes'
+    /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` as `<namespace>.<pod>`, or `K8S_POD_NAME`
+    /// alone, which podman sets to the container's name. None where there is none or it
+    /// cannot name a pod.
+    fn workload(&self) -> Option<String> {
+        let name = cni_arg(self.args.as_deref(), "K8S_POD_NAME").filter(|n| !n.is_empty())?;
+        let full = match cni_arg(self.args.as_deref(), "K8S_POD_NAMESPACE").filter(|n| !n.is_empty()) {
+            Some(ns) => format!("{ns}.{name}"),
+            None => name.to_string(),
+        };
+        let fits = full.len() <= 236 && full.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        fits.then_some(full)
+    }
+
+    /// The pod's name at its node: the workload's name, else the container's short id; with
+    /// the interface where that is not `eth0`.
     fn pod_name(&self) -> String {
-        crate::pod_name(&self.container, &self.ifname)
+        match self.workload() {
+            Some(w) if self.ifname == "eth0" => w,
+            Some(w) => format!("{w}-{}", self.ifname),
+            None => crate::pod_name(&self.container, &self.ifname),
+        }
     }
 
     fn host_ifname(&self) -> String {
@@ -319,6 +373,24 @@ fn node_client(conf: &NetConf) -> admin::Client {
 enum Backend {
     File(Ipam),
     Etcd(datastore::ipam::Ipam, datastore::Store),
+}
+
+impl Backend {
+    /// Addresses given for `call` carry its workload in etcd as Calico's plugin writes it:
+    /// the Kubernetes pod's `namespace` and `pod` where `CNI_ARGS` name them.
+    fn for_call(self, call: &Call) -> Backend {
+        match self {
+            Backend::Etcd(ipam, store) => {
+                let args = call.args.as_deref();
+                let pod = cni_arg(args, "K8S_POD_NAMESPACE").zip(cni_arg(args, "K8S_POD_NAME"));
+                let attrs = pod.filter(|(ns, name)| !ns.is_empty() && !name.is_empty()).map(|(ns, name)| {
+                    [("namespace".to_string(), ns.to_string()), ("pod".to_string(), name.to_string())]
+                });
+                Backend::Etcd(ipam.with_attributes(attrs.into_iter().flatten()), store)
+            }
+            file => file,
+        }
+    }
 }
 
 fn backend(conf: &NetConf) -> Result<Backend, CniError> {
@@ -619,9 +691,21 @@ fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
         return Ok(r);
     }
     let asked = Asked::read(conf, call.args.as_deref())?;
-    let ipam = backend(conf)?;
+    let mac = asked_mac(conf, call.args.as_deref())?;
+    // A name is the node's key for a pod: another container's pod of the same name would be
+    // replaced, so the runtime hears of it instead.
+    let name = call.pod_name();
+    let pods = node.pods().map_err(|e| CniError::node(format!("{}: {e}", conf.admin_socket.display())))?;
+    if let Some(other) = pods.iter().find(|p| p.pod.name == name && p.pod.interface != host) {
+        return Err(CniError::setup(format!(
+            "the node serves another pod named {name} (container {}, interface {}): give this workload another name",
+            other.pod.container.as_deref().unwrap_or("-"),
+            other.pod.interface
+        )));
+    }
+    let ipam = backend(conf)?.for_call(call);
     let (assigned, address6) = ipam.allocate(conf, &call.handle(), asked)?;
-    match attach(conf, call, &host, assigned, address6, status.dataplane) {
+    match attach(conf, call, &host, (assigned, address6, mac.as_deref()), status.dataplane) {
         Ok(v) => Ok(v),
         Err(e) => {
             let _ = ipcmd::ip(&["link", "del", &host]);
@@ -679,8 +763,7 @@ fn attach(
     conf: &NetConf,
     call: &Call,
     host: &str,
-    a: Assigned,
-    a6: Option<Ipv6Addr>,
+    (a, a6, mac): (Assigned, Option<Ipv6Addr>, Option<&str>),
     dp: DataplaneMode,
 ) -> Result<Value, CniError> {
     let netns = call.netns.as_deref().unwrap_or_default();
@@ -695,7 +778,11 @@ fn attach(
         // container's IPv6 gateway.
         add.extend(["address", &host_mac]);
     }
-    add.extend(["type", "veth", "peer", "name", &call.ifname, "netns", netns]);
+    add.extend(["type", "veth", "peer", "name", &call.ifname]);
+    if let Some(m) = mac {
+        add.extend(["address", m]);
+    }
+    add.extend(["netns", netns]);
     ipcmd::ip(&add).map_err(fail)?;
     let cidr = format!("{}/32", a.address);
     let gw = GATEWAY.to_string();
@@ -725,7 +812,13 @@ fn attach(
     for (k, v) in sysctls {
         std::fs::write(format!("/proc/sys/{k}"), v).map_err(|e| CniError::setup(format!("writing {k}: {e}")))?;
     }
-    let spec = PodSpec { name: call.pod_name(), interface: host.to_string(), address: a.address, address6: a6 };
+    let spec = PodSpec {
+        name: call.pod_name(),
+        interface: host.to_string(),
+        address: a.address,
+        address6: a6,
+        container: Some(call.container.clone()),
+    };
     node_client(conf).pod_add(spec).map_err(|e| match e {
         admin::ClientError::Refused(why) => CniError::setup(format!("the node refused the pod: {why}")),
         e => CniError::node(format!("telling the node about the pod: {e}")),
@@ -745,8 +838,17 @@ fn del(conf: &NetConf, call: &Call) -> Result<(), CniError> {
     if ipcmd::ip(&["link", "show", "dev", &host]).is_ok() {
         ipcmd::ip(&["link", "del", &host]).map_err(|e| CniError::io(format!("{e:#}")))?;
     }
-    // A node that is down learns it from the missing interface when it is back.
-    if let Err(e) = node_client(conf).pod_del(&call.pod_name()) {
+    // The pod is found by its interface: a GC, or a DEL without CNI_ARGS, does not know the
+    // name the runtime gave. A node that is down learns it from the missing interface when
+    // it is back.
+    let node = node_client(conf);
+    let gone = node.pods().map_err(|e| e.to_string()).and_then(|pods| {
+        match pods.into_iter().find(|p| p.pod.interface == host) {
+            Some(p) => node.pod_del(&p.pod.name).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    });
+    if let Err(e) = gone {
         eprintln!("router-cni: the node did not take the pod's removal ({e}); it drops the pod when it sees the interface gone");
     }
     Ok(())
@@ -805,7 +907,7 @@ fn check(conf: &NetConf, call: &Call) -> Result<(), CniError> {
         }
     }
     let pods = node_client(conf).pods().map_err(|e| CniError::node(e.to_string()))?;
-    match pods.iter().find(|p| p.pod.name == call.pod_name()) {
+    match pods.iter().find(|p| p.pod.interface == host) {
         Some(p) if p.up && p.pod.address == want => Ok(()),
         Some(p) => Err(CniError::check(format!("the node has the pod {} but not up with {want}", p.pod.name))),
         None => Err(CniError::check("the node does not know the pod")),
@@ -836,4 +938,65 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
         .status()
         .map(|_| ())
         .map_err(|e| CniError::new(50, "the plugin is not available", format!("the node does not answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(runtime: Value) -> NetConf {
+        serde_json::from_value(json!({
+            "cniVersion": "1.0.0", "name": "router", "type": "router", "node": "n",
+            "admin_socket": "/x.sock", "ipam_file": "/x.json", "blocks": [], "runtimeConfig": runtime,
+        }))
+        .expect("conf")
+    }
+
+    #[test]
+    fn a_mac_asked_for_is_a_unicast_one_in_six_hex_octets() {
+        let none = conf(json!({}));
+        assert_eq!(
+            asked_mac(&none, Some("IgnoreUnknown=1;MAC=0A:58:0a:f4:01:2B")).ok(),
+            Some(Some("0a:58:0a:f4:01:2b".into()))
+        );
+        assert_eq!(asked_mac(&none, Some("K8S_POD_NAME=x")).ok(), Some(None));
+        assert_eq!(asked_mac(&none, None).ok(), Some(None));
+        for bad in [
+            "+1:58:0a:f4:01:2b",
+            "0a:58:0a:f4:01",
+            "0a:58:0a:f4:01:2b:00",
+            "0a-58-0a-f4-01-2b",
+            "",
+            "00:00:00:00:00:00",
+            "01:00:5e:00:00:01",
+        ] {
+            let args = format!("MAC={bad}");
+            let r = asked_mac(&none, Some(&args));
+            assert!(r.as_ref().is_err() || bad.is_empty(), "{bad:?}: {r:?}");
+        }
+        // runtimeConfig comes first, and its mistakes are the config's.
+        let rc = conf(json!({"mac": "0a:58:0a:f4:01:2c"}));
+        assert_eq!(asked_mac(&rc, Some("MAC=0a:58:0a:f4:01:2b")).ok(), Some(Some("0a:58:0a:f4:01:2c".into())));
+        let bad = asked_mac(&conf(json!({"mac": "zz"})), None).expect_err("bad");
+        assert!(format!("{bad:?}").contains("runtimeConfig.mac"), "{bad:?}");
+    }
+
+    #[test]
+    fn a_pod_is_named_as_its_runtime_names_the_workload() {
+        let call = |ifname: &str, args: Option<&str>| Call {
+            container: "e7438acae6ed9f00".into(),
+            netns: None,
+            ifname: ifname.into(),
+            args: args.map(String::from),
+        };
+        assert_eq!(call("eth0", None).pod_name(), "e7438acae6ed");
+        assert_eq!(call("eth1", Some("IgnoreUnknown=1")).pod_name(), "e7438acae6ed-eth1");
+        assert_eq!(call("eth0", Some("IgnoreUnknown=1;K8S_POD_NAME=frontend")).pod_name(), "frontend");
+        let k8s = Some("K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=e7438");
+        assert_eq!(call("eth0", k8s).pod_name(), "shop.web-0");
+        assert_eq!(call("net1", k8s).pod_name(), "shop.web-0-net1");
+        // A name that cannot be a pod's, or an empty one: the short id.
+        assert_eq!(call("eth0", Some("K8S_POD_NAME=a/b")).pod_name(), "e7438acae6ed");
+        assert_eq!(call("eth0", Some("K8S_POD_NAME=;K8S_POD_NAMESPACE=x")).pod_name(), "e7438acae6ed");
+    }
 }

@@ -256,14 +256,12 @@ impl<N: Family> Block<N> {
         self.cidr.ordinal(a).and_then(|i| self.allocations.get(i)).is_some_and(Option::is_none)
     }
 
-    fn give(&mut self, a: N::Addr, handle: &str, node: &str) {
+    fn give(&mut self, a: N::Addr, handle: &str, node: &str, more: &BTreeMap<String, String>) {
         let Some(i) = self.cidr.ordinal(a).filter(|i| *i < self.allocations.len()) else { return };
         self.unallocated.retain(|o| *o != i);
-        let attr = Attribute {
-            handle_id: Some(handle.to_string()),
-            secondary: BTreeMap::from([("node".to_string(), node.to_string())]),
-            other: Other::new(),
-        };
+        let mut secondary = more.clone();
+        secondary.insert("node".into(), node.into());
+        let attr = Attribute { handle_id: Some(handle.to_string()), secondary, other: Other::new() };
         let at = match self.attributes.iter().position(|x| *x == attr) {
             Some(at) => at,
             None => {
@@ -396,6 +394,8 @@ impl Policy {
 #[derive(Debug, Clone)]
 pub struct Ipam {
     pub etcd: Etcd,
+    /// Written with each address given, beside `node`.
+    attributes: BTreeMap<String, String>,
 }
 
 const CONFIRMED: &[u8] = br#"{"state":"confirmed","deleted":false}"#;
@@ -417,7 +417,15 @@ struct ConfigV1 {
 
 impl Ipam {
     pub fn new(etcd: Etcd) -> Ipam {
-        Ipam { etcd }
+        Ipam { etcd, attributes: BTreeMap::new() }
+    }
+
+    /// Writes `attributes` beside `node` with each address it gives (Calico's CNI plugin
+    /// writes the pod's `namespace` and `pod`), and the time it gave it (`timestamp`).
+    pub fn with_attributes(mut self, attributes: impl IntoIterator<Item = (String, String)>) -> Ipam {
+        self.attributes.extend(attributes);
+        self.attributes.insert("timestamp".into(), crate::now_rfc3339());
+        self
     }
 
     fn read_block<N: Family>(&self, b: &N) -> anyhow::Result<Option<(Block<N>, i64)>> {
@@ -557,7 +565,7 @@ impl Ipam {
         (h, hrev): (&Handle, i64),
     ) -> anyhow::Result<bool> {
         let mut next = b.clone();
-        next.give(a, handle, node);
+        next.give(a, handle, node, &self.attributes);
         let mut h = h.clone();
         h.add(&b.cidr);
         let (bk, hk) = (block_key(&b.cidr), handle_key(handle));
@@ -876,7 +884,7 @@ fn fuzz_family<N: Family>(json: &[u8]) {
     let free: Vec<N::Addr> = b.cidr.hosts().take(MAX_BLOCK_ADDRESSES as usize).filter(|a| b.is_free(*a)).collect();
     for (i, a) in free.into_iter().enumerate() {
         let h = format!("fuzz@eth{}", i % 3);
-        b.give(a, &h, "fuzz-node");
+        b.give(a, &h, "fuzz-node", &BTreeMap::new());
         assert_eq!((b.holder(a), b.given_to(a)), (Some(h.as_str()), Some("fuzz-node")));
         held.push((a, h));
     }
@@ -930,7 +938,7 @@ mod tests {
         assert_eq!(used, vec![(a("10.244.7.1"), "k8s-pod-network.5f1c"), (a("10.244.7.2"), "k8s-pod-network.5f1c")]);
         assert!(!b.is_free(a("10.244.7.1")) && b.is_free(a("10.244.7.3")) && !b.is_free(a("10.244.7.4")));
         // Ours beside Calico's: a new attribute, the sequence moved on, what we do not know kept.
-        b.give(a("10.244.7.3"), "c9@eth0", "worker-2");
+        b.give(a("10.244.7.3"), "c9@eth0", "worker-2", &BTreeMap::new());
         assert_eq!(b.holder(a("10.244.7.3")), Some("c9@eth0"));
         assert_eq!(b.given_to(a("10.244.7.3")), Some("worker-2"));
         assert_eq!(b.given_to(a("10.244.7.1")), Some("worker-1"));

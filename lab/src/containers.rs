@@ -122,10 +122,8 @@ pub fn remove_all(lab: &Lab, st: &crate::state::State) {
     let mut ids = container_ids(lab);
     for d in &st.daemons {
         let Ok(pods) = nodeapi::admin::Client::new(&d.socket).pods() else { continue };
-        for p in pods.into_iter().filter(|p| p.dynamic) {
-            // The pod's name is the container's short id (and its interface, if not eth0).
-            let id = p.pod.name.split('-').next().unwrap_or_default().to_string();
-            if !ids.iter().any(|(_, known)| known.starts_with(&id)) {
+        for id in pods.into_iter().filter(|p| p.dynamic).filter_map(|p| p.pod.container) {
+            if !ids.iter().any(|(_, known)| *known == id) {
                 ids.push((d.node.clone(), id));
             }
         }

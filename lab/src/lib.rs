@@ -474,6 +474,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
                 interface: pod.iface.clone(),
                 address: pod.address,
                 address6: pod.address_v6,
+                container: None,
             });
         }
         let mut cfg = node_config(lab, topo, node, pods, opts, mode);

@@ -251,8 +251,8 @@ pub struct RouteMatch {
     pub why: String,
 }
 
-/// A pod as the node serves it: its name (a container's, for CNI pods), the host end of its
-/// veth, its address.
+/// A pod as the node serves it: its name (for a CNI pod, the workload's name its runtime
+/// gave, else the container's short id), the host end of its veth, its address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodSpec {
     pub name: String,
@@ -261,6 +261,33 @@ pub struct PodSpec {
     /// Its IPv6 address, on a dual-stack node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address6: Option<std::net::Ipv6Addr>,
+    /// The container it is, by its runtime's id (CNI pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+impl From<PodSpec> for crate::config::PodConfig {
+    fn from(p: PodSpec) -> Self {
+        crate::config::PodConfig {
+            name: p.name,
+            interface: p.interface,
+            address: p.address,
+            address6: p.address6,
+            container: p.container,
+        }
+    }
+}
+
+impl From<&crate::config::PodConfig> for PodSpec {
+    fn from(p: &crate::config::PodConfig) -> Self {
+        PodSpec {
+            name: p.name.clone(),
+            interface: p.interface.clone(),
+            address: p.address,
+            address6: p.address6,
+            container: p.container.clone(),
+        }
+    }
 }
 
 /// One row of `Pods`.

@@ -382,6 +382,8 @@ pub struct PodConfig {
     pub address: Ipv4Addr,
     /// Its IPv6 address, on a dual-stack node.
     pub address6: Option<Ipv6Addr>,
+    /// The container it is (a CNI pod); None for a configured pod.
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -865,7 +867,7 @@ fn pods(src: &Source<'_>, raw: &[RawPod], uplink: &Uplink) -> Result<Vec<PodConf
                 format!("pod {} shares its IPv6 address with pod {}", p.name.get_ref(), o.name),
             ));
         }
-        pods.push(PodConfig { name: p.name.get_ref().clone(), interface, address, address6 });
+        pods.push(PodConfig { name: p.name.get_ref().clone(), interface, address, address6, container: None });
     }
     Ok(pods)
 }

@@ -611,6 +611,7 @@ fn measure_node(
         interface: "perfpod0".into(),
         address: Ipv4Addr::new(10, 250, 0, 1),
         address6: None,
+        container: None,
     };
     let t = Instant::now();
     node.pod_add(pod).context("adding a pod")?;

@@ -380,8 +380,13 @@ fn measure(
     let (mut announced, mut withdrawn) = (Vec::new(), Vec::new());
     for round in 0..o.rounds {
         stage(&format!("borrowed /32, round {}/{}", round + 1, o.rounds));
-        let pod =
-            PodSpec { name: "bench-borrowed".into(), interface: BENCH_IFACE.into(), address: borrowed, address6: None };
+        let pod = PodSpec {
+            name: "bench-borrowed".into(),
+            interface: BENCH_IFACE.into(),
+            address: borrowed,
+            address6: None,
+            container: None,
+        };
         let t0 = Instant::now();
         last_client.pod_add(pod)?;
         announced.push(spread(t0, "the borrowed /32", others, |c| routes_by(c, borrowed, host) == Some(true))?);

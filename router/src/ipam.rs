@@ -336,11 +336,17 @@ pub fn check(u: &Usage, nodes: Option<&Nodes>) -> Check {
         pods.insert(name, asked);
     }
     let exists = |n: &str| nodes.is_none_or(|ns| ns.contains_key(n));
+    // A container's pod is known by its interface (its name is what the runtime called the
+    // workload), a topology's pod by its name.
     let served = |handle: &str, ip: IpAddr| {
-        let name = cni::handle_pod(handle);
-        pods.values().flatten().flatten().any(|p| {
-            p.pod.name == name && (IpAddr::V4(p.pod.address) == ip || p.pod.address6.map(IpAddr::V6) == Some(ip))
-        })
+        let is = |p: &nodeapi::admin::PodStatus| match cni::handle_container(handle) {
+            Some(_) => p.pod.interface == cni::cali_name(handle),
+            None => p.pod.name == cni::handle_pod(handle),
+        };
+        pods.values()
+            .flatten()
+            .flatten()
+            .any(|p| is(p) && (IpAddr::V4(p.pod.address) == ip || p.pod.address6.map(IpAddr::V6) == Some(ip)))
     };
     let mut findings = Vec::new();
     let mut unasked = std::collections::BTreeSet::new();

@@ -294,6 +294,58 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     let again = lab.router(&["ipam", "release", "--ip", "10.244.1.44"]);
     assert!(!again.status.success() && text(&again.stderr).contains("not allocated"));
 
+    // The workload's name from CNI_ARGS (Kubernetes' namespace and pod; podman's container
+    // name): the node serves the pod by it, another workload of that name is refused, CHECK
+    // and a DEL without CNI_ARGS (as GC makes it) find the pod by its interface, and
+    // `router ipam check` counts it as served. A MAC asked for is the interface's.
+    let k8s = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=k8s1";
+    let mac_conf = cni.conf_with(&[("runtimeConfig", json!({"mac": "0A:58:0A:F4:01:2A"}))]);
+    let named = run_plugin_with(&lab, "node-a", "ADD", "k8s1", Some(&ns[4]), &mac_conf, &[("CNI_ARGS", k8s)]);
+    assert_eq!(named.code, 0, "{}", named.raw);
+    assert_eq!(named.out["interfaces"][1]["mac"], "0a:58:0a:f4:01:2a", "{}", named.raw);
+    let (_, link) = in_ns(&ns[4], &["ip", "-o", "link", "show", "eth0"]);
+    assert!(link.contains("link/ether 0a:58:0a:f4:01:2a"), "{link}");
+    let containers = |node: &str| -> Vec<String> {
+        let st = lab.json(&["lab", "status", "--json"]);
+        st.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|h| h["role"] == "container" && h["parent"] == node)
+            .map(|h| h["host"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert!(containers("node-a").contains(&"shop.web-0".to_string()), "{:?}", containers("node-a"));
+    let twin = run_plugin_with(&lab, "node-a", "ADD", "k8s2", Some(&ns[9]), &plain, &[("CNI_ARGS", k8s)]);
+    assert_eq!(error_code(&twin), 100, "{}", twin.raw);
+    assert!(twin.raw.contains("another pod named shop.web-0 (container k8s1"), "{}", twin.raw);
+    let podman = "IgnoreUnknown=1;K8S_POD_NAME=frontend;MAC=0a:58:0a:f4:01:2b";
+    let by_name = run_plugin_with(&lab, "node-a", "ADD", "pm1", Some(&ns[9]), &plain, &[("CNI_ARGS", podman)]);
+    assert_eq!(
+        (by_name.code, &by_name.out["interfaces"][1]["mac"]),
+        (0, &json!("0a:58:0a:f4:01:2b")),
+        "{}",
+        by_name.raw
+    );
+    assert!(containers("node-a").contains(&"frontend".to_string()));
+    let prev = cni.conf_with(&[("prevResult", named.out.clone())]);
+    assert_eq!(cni.call("CHECK", "k8s1", Some(&ns[4]), &prev).code, 0, "found by its interface");
+    let check = lab.router(&["ipam", "check"]);
+    assert!(check.status.success(), "named pods are served: {}", text(&check.stdout));
+    for (conf, args, code, says) in [
+        (&plain, "MAC=01:00:5e:00:00:01", 4, "multicast or zero"),
+        (&plain, "MAC=0a:58:0a:f4:01", 4, "is not a MAC address"),
+        (&cni.conf_with(&[("runtimeConfig", json!({"mac": "zz:58:0a:f4:01:2b"}))]), "", 7, "is not a MAC address"),
+    ] {
+        let r = run_plugin_with(&lab, "node-a", "ADD", "badmac", Some(&ns[5]), conf, &[("CNI_ARGS", args)]);
+        assert_eq!(error_code(&r), code, "{args}: {}", r.raw);
+        assert!(r.raw.contains(says), "{args}: {}", r.raw);
+    }
+    for c in ["k8s1", "pm1"] {
+        assert_eq!(cni.call("DEL", c, None, &plain).code, 0);
+    }
+    let left = containers("node-a");
+    assert!(!left.iter().any(|n| n == "shop.web-0" || n == "frontend"), "{left:?}");
+
     // STATUS (1.1): the node answers; with no node, code 50.
     let status = cni.conf_with(&[("cniVersion", json!("1.1.0"))]);
     assert_eq!(cni.call("STATUS", "", None, &status).code, 0);
@@ -327,7 +379,11 @@ fn the_plugin_answers_as_the_cni_spec_says() {
         (Some("router"), Some("node-a"), Some(1480))
     );
     assert_eq!(p["blocks"], json!(["10.244.1.0/26"]));
-    assert_eq!(p["capabilities"], json!({"ips": true}), "runtimes pass --ip as runtimeConfig.ips");
+    assert_eq!(
+        p["capabilities"],
+        json!({"ips": true, "mac": true}),
+        "runtimes pass --ip and --mac-address as runtimeConfig"
+    );
     assert_eq!(p["admin_socket"].as_str().map(PathBuf::from), Some(lab.dir.join(&lab.name).join("node-a.sock")));
     let mut v = Command::new(bin_dir.join("router"))
         .env_clear()
@@ -497,6 +553,26 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     assert_eq!(address(&again), "10.244.1.3/32", "the released address is free again");
     assert_eq!(plugin_call(&lab, "node-b", &conf_b, "DEL", "cy", Some(&y)).code, 0);
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cz", Some(&x)).code, 0);
+    // A Kubernetes pod named in CNI_ARGS: Calico's attributes beside its address in etcd.
+    let args = [("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")];
+    let k8s = run_plugin_with(&lab, "node-a", "ADD", "ck", Some(&x), &conf_a.to_string(), &args);
+    assert_eq!((k8s.code, address(&k8s)), (0, "10.244.1.3/32".to_string()), "{}", k8s.raw);
+    in_node_a(&lab, || {
+        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
+        let kv = etcd.get("/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26").expect("get").expect("block");
+        let block: Value = serde_json::from_slice(&kv.value).expect("json");
+        let at = block["allocations"][3].as_u64().expect("10.244.1.3 in use") as usize;
+        let attr = &block["attributes"][at];
+        assert_eq!(attr["handle_id"], "ck@eth0", "{block}");
+        let s = &attr["secondary"];
+        assert_eq!(
+            (&s["namespace"], &s["pod"], &s["node"]),
+            (&json!("shop"), &json!("web-0"), &json!("node-a")),
+            "{s}"
+        );
+        assert!(s["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{s}");
+    });
+    assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "ck", Some(&x)).code, 0);
     // Calico's IPPool nodeSelector: a pool for rack r2, which node-b is in, and the default
     // pool for the other racks. node-b's next container gets its address from the rack's
     // pool (announced by node-b as a /32), node-a's still from the default one.

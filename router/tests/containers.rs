@@ -98,8 +98,11 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 fn containers_on_two_subnets_talk_through_the_router_and_go_away_cleanly() {
     let lab = TestLab::up(&[]);
     let (a, a_ip) = run(&lab, "node-a");
-    let (c, c_ip) = run(&lab, "node-c");
+    // podman passes the container's name (K8S_POD_NAME) and --mac-address (MAC) in CNI_ARGS.
+    let (c, c_ip) = run_with(&lab, "node-c", &["--name", "shop-c", "--mac-address", "0a:58:0a:f4:03:07"]);
     assert!(a_ip.starts_with("10.244.1.") && c_ip.starts_with("10.244.3."), "{a_ip} {c_ip}");
+    let link = podman(&lab, "node-c", &["exec", &c, "ip", "-o", "link", "show", "eth0"]);
+    assert!(link.contains("link/ether 0a:58:0a:f4:03:07"), "{link}");
     // Across the underlay (IPIP), to a topology pod, and from one.
     container_pings(&lab, "node-a", &a, &c_ip);
     container_pings(&lab, "node-c", &c, "10.244.2.1");
@@ -111,7 +114,7 @@ fn containers_on_two_subnets_talk_through_the_router_and_go_away_cleanly() {
     let listed = pods_of(&lab, "node-c");
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["addresses"][0], format!("{c_ip}/32"));
-    assert!(c.starts_with(listed[0]["host"].as_str().unwrap_or("?")), "named by its short id: {listed:?}");
+    assert_eq!(listed[0]["host"], "shop-c", "named as podman named it: {listed:?}");
     assert!(has_route(&lab, "node-c", &format!("{c_ip}/32")));
 
     // podman rm: the node forgets it, the address is free again.

@@ -495,12 +495,7 @@ pub fn run_with(
     for spec in pods::load_dynamic(&cfg) {
         if !cfg.pods.iter().any(|p| p.name == spec.name || p.address == spec.address || p.interface == spec.interface) {
             dynamic.insert(spec.name.clone());
-            cfg.pods.push(nodeapi::config::PodConfig {
-                name: spec.name,
-                interface: spec.interface,
-                address: spec.address,
-                address6: spec.address6,
-            });
+            cfg.pods.push(spec.into());
         }
     }
     check_kernel_forwarding(cfg.dataplane, cfg.ipv6.is_some())?;

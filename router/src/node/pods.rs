@@ -50,12 +50,7 @@ impl Node {
             .pods
             .iter()
             .map(|p| PodStatus {
-                pod: PodSpec {
-                    name: p.name.clone(),
-                    interface: p.interface.clone(),
-                    address: p.address,
-                    address6: p.address6,
-                },
+                pod: PodSpec::from(p),
                 up: ifaces.by_name(&p.interface).is_some(),
                 borrowed: self.borrowed(p.address),
                 dynamic: self.dynamic.contains(&p.name),
@@ -64,18 +59,8 @@ impl Node {
     }
 
     fn save_dynamic(&self) {
-        let specs: Vec<PodSpec> = self
-            .cfg
-            .pods
-            .iter()
-            .filter(|p| self.dynamic.contains(&p.name))
-            .map(|p| PodSpec {
-                name: p.name.clone(),
-                interface: p.interface.clone(),
-                address: p.address,
-                address6: p.address6,
-            })
-            .collect();
+        let specs: Vec<PodSpec> =
+            self.cfg.pods.iter().filter(|p| self.dynamic.contains(&p.name)).map(PodSpec::from).collect();
         let p = pods_file(&self.cfg);
         let text = serde_json::to_string(&specs).unwrap_or_default();
         if let Err(e) = nodeapi::private::write(&p, text.as_bytes()) {
@@ -114,12 +99,12 @@ impl Node {
                 bail!("{a6} is already the address of pod {}", other.name);
             }
         }
-        let pod = PodConfig {
-            name: spec.name.clone(),
-            interface: spec.interface.clone(),
-            address: spec.address,
-            address6: spec.address6,
-        };
+        if let Some(c) = &spec.container {
+            if c.is_empty() || c.len() > 256 || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                bail!("container id {c:?} must be 1-256 characters of a-z, A-Z, 0-9, '-', '_' and '.'");
+            }
+        }
+        let pod = PodConfig::from(spec.clone());
         let mut speaker = speaker;
         if let Some(old) = self.cfg.pods.iter().find(|p| p.name == spec.name).cloned() {
             let same_link = netsys::link_info(&old.interface).ok().map(|l| l.ifindex);
