@@ -692,17 +692,6 @@ fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
     }
     let asked = Asked::read(conf, call.args.as_deref())?;
     let mac = asked_mac(conf, call.args.as_deref())?;
-    // A name is the node's key for a pod: another container's pod of the same name would be
-    // replaced, so the runtime hears of it instead.
-    let name = call.pod_name();
-    let pods = node.pods().map_err(|e| CniError::node(format!("{}: {e}", conf.admin_socket.display())))?;
-    if let Some(other) = pods.iter().find(|p| p.pod.name == name && p.pod.interface != host) {
-        return Err(CniError::setup(format!(
-            "the node serves another pod named {name} (container {}, interface {}): give this workload another name",
-            other.pod.container.as_deref().unwrap_or("-"),
-            other.pod.interface
-        )));
-    }
     let ipam = backend(conf)?.for_call(call);
     let (assigned, address6) = ipam.allocate(conf, &call.handle(), asked)?;
     match attach(conf, call, &host, (assigned, address6, mac.as_deref()), status.dataplane) {

@@ -317,7 +317,7 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     assert!(containers("node-a").contains(&"shop.web-0".to_string()), "{:?}", containers("node-a"));
     let twin = run_plugin_with(&lab, "node-a", "ADD", "k8s2", Some(&ns[9]), &plain, &[("CNI_ARGS", k8s)]);
     assert_eq!(error_code(&twin), 100, "{}", twin.raw);
-    assert!(twin.raw.contains("another pod named shop.web-0 (container k8s1"), "{}", twin.raw);
+    assert!(twin.raw.contains("pod shop.web-0 is served already (container k8s1) on cali"), "{}", twin.raw);
     let podman = "IgnoreUnknown=1;K8S_POD_NAME=frontend;MAC=0a:58:0a:f4:01:2b";
     let by_name = run_plugin_with(&lab, "node-a", "ADD", "pm1", Some(&ns[9]), &plain, &[("CNI_ARGS", podman)]);
     assert_eq!(
@@ -627,6 +627,32 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     assert!(t.raw.contains("none of the network's IPv4 pools (10.252.0.0/16) is for workloads"), "{}", t.raw);
     let n = plugin_call(&lab, "node-a", &with_pools(json!(["nope"])), "ADD", "ct", Some(&z));
     assert_eq!(error_code(&n), 7, "{}", n.raw);
+    // GC in an etcd that Calico's own plugin shares: node-a's containers the runtime no
+    // longer lists go (cm), the one it lists stays (cx), and the address Calico's IPAM gave
+    // one of its pods on the same node is not ours to collect.
+    in_node_a(&lab, || {
+        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
+        let block = json!({"cidr": "10.253.0.0/30", "affinity": "host:node-a", "allocations": [null, 0, null, null],
+            "unallocated": [2, 3, 0], "attributes": [{"handle_id": "k8s-pod-network.c0ffee",
+            "secondary": {"namespace": "default", "node": "node-a", "pod": "theirs"}}],
+            "sequenceNumber": 2, "sequenceNumberForAllocation": {"1": 1}, "deleted": false});
+        etcd.put("/calico/ipam/v2/assignment/ipv4/block/10.253.0.0-30", block.to_string().as_bytes()).expect("put");
+        etcd.put("/calico/ipam/v2/handle/k8s-pod-network.c0ffee", br#"{"block":{"10.253.0.0/30":1},"deleted":false}"#)
+            .expect("put");
+    });
+    let mut gc = conf_a.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "cx", "ifname": "eth0"}]);
+    assert_eq!(plugin_call(&lab, "node-a", &gc, "GC", "", None).code, 0);
+    in_node_a(&lab, || {
+        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
+        let ipam = datastore::ipam::Ipam::new(etcd.clone());
+        let mut left = ipam.handles("node-a").expect("handles");
+        left.retain(|h| !h.starts_with("pod:"));
+        assert_eq!(left, ["cx@eth0", "k8s-pod-network.c0ffee"]);
+        assert!(etcd.get("/calico/ipam/v2/handle/k8s-pod-network.c0ffee").expect("get").is_some());
+        assert!(etcd.get("/calico/ipam/v2/handle/cm@eth0").expect("get").is_none());
+    });
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cm", Some(&z)).code, 0);
     assert_eq!(plugin_call(&lab, "node-b", &conf_b, "DEL", "cr", Some(&y)).code, 0);
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cx", Some(&x)).code, 0);

@@ -68,7 +68,8 @@ impl Node {
         }
     }
 
-    /// Serves a pod that appeared, or replaces the pod of the same name.
+    /// Serves a pod that appeared, or replaces the pod of the same name when it is the same
+    /// workload made again (the same interface, or the old one gone).
     pub(super) fn pod_add(&mut self, spec: PodSpec, speaker: Option<&mut Speaker>) -> anyhow::Result<()> {
         if !valid_name(&spec.name) {
             bail!("pod name {:?} must be 1-253 characters of a-z, A-Z, 0-9, '-', '_' and '.'", spec.name);
@@ -107,6 +108,16 @@ impl Node {
         let pod = PodConfig::from(spec.clone());
         let mut speaker = speaker;
         if let Some(old) = self.cfg.pods.iter().find(|p| p.name == spec.name).cloned() {
+            // A name is the pod's key: another workload's pod whose interface is still there
+            // is not replaced (one whose interface went is, as a container made again).
+            if old.interface != spec.interface && netsys::link_info(&old.interface).is_ok() {
+                let whose = old.container.as_deref().map_or(String::new(), |c| format!(" (container {c})"));
+                bail!(
+                    "pod {} is served already{whose} on {}, which is up: give this workload another name",
+                    old.name,
+                    old.interface
+                );
+            }
             let same_link = netsys::link_info(&old.interface).ok().map(|l| l.ifindex);
             let served = self.dp.interfaces().by_name(&old.interface).and_then(|i| self.dp.interfaces().get(i));
             if old == pod && served.is_some_and(|f| Some(f.ifindex) == same_link) {
