@@ -251,6 +251,15 @@ impl<N: Family> Block<N> {
         Some(self.attributes.get(at).and_then(|x| x.secondary.get("node")).map_or(self.node(), String::as_str))
     }
 
+    /// The Kubernetes pod `a` was given to, `namespace/pod` (or `pod`), as Calico's plugin
+    /// writes it into the attributes.
+    pub fn workload(&self, a: N::Addr) -> Option<String> {
+        let at = (*self.allocations.get(self.cidr.ordinal(a)?)?)?;
+        let s = &self.attributes.get(at)?.secondary;
+        let pod = s.get("pod").filter(|p| !p.is_empty())?;
+        Some(s.get("namespace").filter(|n| !n.is_empty()).map_or(pod.clone(), |ns| format!("{ns}/{pod}")))
+    }
+
     /// Whether `a` can be handed out: in the block, recorded, and free.
     fn is_free(&self, a: N::Addr) -> bool {
         self.cidr.ordinal(a).and_then(|i| self.allocations.get(i)).is_some_and(Option::is_none)
@@ -942,6 +951,8 @@ mod tests {
         assert_eq!(b.holder(a("10.244.7.3")), Some("c9@eth0"));
         assert_eq!(b.given_to(a("10.244.7.3")), Some("worker-2"));
         assert_eq!(b.given_to(a("10.244.7.1")), Some("worker-1"));
+        assert_eq!(b.workload(a("10.244.7.1")).as_deref(), Some("default/web"));
+        assert_eq!(b.workload(a("10.244.7.3")), None);
         let v: serde_json::Value = serde_json::to_value(&b).expect("json");
         assert_eq!(v["allocations"], serde_json::json!([null, 0, 0, 1]));
         assert_eq!(v["unallocated"], serde_json::json!([0]));

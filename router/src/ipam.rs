@@ -36,6 +36,9 @@ pub struct BlockUse {
     pub used: BTreeMap<IpAddr, String>,
     /// Handle → the node it was given to, where that is not the block's node (borrowed).
     pub lent: BTreeMap<String, String>,
+    /// Handle → the Kubernetes pod it is (`namespace/pod`), where Calico's attributes say.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pods: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +159,7 @@ fn block_use<'a>(
         total: hosts(matches!(cidr, IpNet::V6(_)), cidr.prefix_len()),
         used: BTreeMap::new(),
         lent: BTreeMap::new(),
+        pods: BTreeMap::new(),
     };
     for (a, x) in allocations {
         b.used.insert(a, x.handle.clone());
@@ -177,10 +181,13 @@ where
         .map(|(b, _)| {
             let cidr: IpNet = b.cidr.into();
             let node = b.node().to_string();
-            let mut lent = BTreeMap::new();
+            let (mut lent, mut pods) = (BTreeMap::new(), BTreeMap::new());
             for (a, h) in b.used() {
                 if let Some(to) = b.given_to(a).filter(|to| *to != node) {
                     lent.insert(h.to_string(), to.to_string());
+                }
+                if let Some(pod) = b.workload(a) {
+                    pods.insert(h.to_string(), pod);
                 }
             }
             BlockUse {
@@ -188,6 +195,7 @@ where
                 total: hosts(matches!(cidr, IpNet::V6(_)), cidr.prefix_len()),
                 used: b.used().map(|(a, h)| (a.into(), h.to_string())).collect(),
                 lent,
+                pods,
                 node,
             }
         })
@@ -256,6 +264,9 @@ pub struct AddressUse {
     pub handle: Option<String>,
     /// The node it was given to, where that is not the block's node.
     pub borrowed_by: Option<String>,
+    /// The Kubernetes pod it is, `namespace/pod`, where Calico's attributes say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     pub reserved: bool,
 }
 
@@ -269,6 +280,7 @@ impl Usage {
             block: block.map(|b| b.cidr),
             block_node: block.map(|b| b.node.clone()),
             borrowed_by: handle.as_ref().and_then(|h| block?.lent.get(h)).cloned(),
+            pod: handle.as_ref().and_then(|h| block?.pods.get(h)).cloned(),
             handle,
             reserved: self.reserved.iter().any(|r| r.contains(&ip)),
         }
@@ -290,7 +302,8 @@ impl AddressUse {
                     Some(n) => format!("given to {n}, borrowed: {whose}"),
                     None => whose,
                 };
-                format!("{ip} is in use by {h}; {given}{reserved}")
+                let pod = self.pod.as_ref().map_or(String::new(), |p| format!(" (pod {p})"));
+                format!("{ip} is in use by {h}{pod}; {given}{reserved}")
             }
             (None, Some(_), _) => format!("{ip} is free; {whose}{reserved}"),
             (None, None, Some(p)) => format!("{ip} is free: in pool {p}, in no block yet{reserved}"),
@@ -440,6 +453,10 @@ mod tests {
         assert!(!table(&u, false).contains("Block"), "blocks only when asked for");
         let lent = u.address(ip("10.244.1.2")).describe();
         assert_eq!(lent, "10.244.1.2 is in use by c9@eth0; given to node-c, borrowed: block 10.244.1.0/26 is node-a's");
+        let mut k8s = u.clone();
+        k8s.blocks[0].pods.insert("pod:a1".into(), "shop/web-0".into());
+        let said = k8s.address(ip("10.244.1.1")).describe();
+        assert_eq!(said, "10.244.1.1 is in use by pod:a1 (pod shop/web-0); block 10.244.1.0/26 is node-a's");
         assert!(u
             .address(ip("10.244.1.9"))
             .describe()

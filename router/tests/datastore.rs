@@ -556,4 +556,19 @@ fn ipam_in_etcd_is_kept_as_calico_keeps_it() {
         assert!(!ipam.policy().expect("policy").strict_affinity, "the resource comes first");
     });
     t.join().expect("Calico's IPAM format");
+    // `router ipam show` reads a block Calico's IPAM wrote, with the pod its plugin named.
+    let theirs = serde_json::json!({"cidr": "10.247.0.16/29", "affinity": "host:worker-1",
+        "allocations": [null, 0, null, null, null, null, null, null], "unallocated": [2, 3, 4, 5, 6, 7, 0],
+        "attributes": [{"handle_id": "k8s-pod-network.5f1c", "secondary": {"namespace": "default", "node": "worker-1", "pod": "web"}}]});
+    with_etcd(&etcd.ns, move |e| {
+        e.put("/calico/ipam/v2/assignment/ipv4/block/10.247.0.16-29", theirs.to_string().as_bytes())
+    })
+    .join()
+    .expect("thread")
+    .expect("put");
+    let said = etcd.ok(&["ipam", "show", "--ip", "10.247.0.17"]);
+    assert_eq!(
+        said.trim(),
+        "10.247.0.17 is in use by k8s-pod-network.5f1c (pod default/web); block 10.247.0.16/29 is worker-1's"
+    );
 }
