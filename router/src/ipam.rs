@@ -228,7 +228,7 @@ pub fn table(u: &Usage, blocks: bool) -> String {
         rows.push([
             "Block".into(),
             b.cidr.to_string(),
-            b.node.clone(),
+            if b.node.is_empty() { "-".into() } else { b.node.clone() },
             b.total.to_string(),
             share(used, b.total),
             share(b.total - used.min(b.total), b.total),
@@ -293,6 +293,7 @@ impl AddressUse {
         let ip = self.ip;
         let reserved = if self.reserved { "; reserved (IPReservation): never handed out unasked" } else { "" };
         let whose = match (&self.block, &self.block_node) {
+            (Some(b), Some(n)) if n.is_empty() => format!("block {b} is no node's"),
             (Some(b), Some(n)) => format!("block {b} is {n}'s"),
             _ => String::new(),
         };
@@ -337,6 +338,13 @@ pub struct Check {
     pub findings: Vec<Finding>,
     /// Nodes whose pods could not be asked: their addresses were not checked.
     pub unasked: Vec<String>,
+    /// Addresses in blocks no node holds whose attributes name no node: not checked.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unowned: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `calicoctl ipam check`: addresses held for pods that no node serves, or for nodes that
@@ -363,14 +371,20 @@ pub fn check(u: &Usage, nodes: Option<&Nodes>) -> Check {
     };
     let mut findings = Vec::new();
     let mut unasked = std::collections::BTreeSet::new();
+    let mut unowned = 0;
     for b in &u.blocks {
-        if !exists(&b.node) {
+        // A block no node holds (Calico releases a gone node's affinity and keeps a block
+        // that others' addresses still use) is no one's orphan.
+        if !b.node.is_empty() && !exists(&b.node) {
             findings.push(Finding { kind: "block", cidr: b.cidr, handle: None, node: b.node.clone() });
         }
         for (ip, handle) in &b.used {
             let node = b.lent.get(handle).unwrap_or(&b.node).clone();
             let cidr = IpNet::from(*ip);
-            if !exists(&node) {
+            if node.is_empty() {
+                // In a block no node holds, given to no node its attributes name: no one to ask.
+                unowned += 1;
+            } else if !exists(&node) {
                 findings.push(Finding { kind: "orphaned", cidr, handle: Some(handle.clone()), node });
             } else if !matches!(pods.get(node.as_str()), Some(Some(_))) {
                 unasked.insert(node);
@@ -384,6 +398,7 @@ pub fn check(u: &Usage, nodes: Option<&Nodes>) -> Check {
         blocks: u.blocks.len(),
         findings,
         unasked: unasked.into_iter().collect(),
+        unowned,
     }
 }
 
@@ -410,6 +425,10 @@ impl Check {
         let (w0, w1, w2) = (width(0), width(1), width(2));
         for [kind, what, handle, why] in &rows {
             out += &format!("{kind:<w0$}   {what:<w1$}   {handle:<w2$}   {why}\n");
+        }
+        if self.unowned > 0 {
+            out +=
+                &format!("not checked: {} addresses in blocks no node holds, given to no node named\n", self.unowned);
         }
         if !self.unasked.is_empty() {
             out += &format!("not checked: the addresses of {} (no admin socket answered)\n", self.unasked.join(", "));
@@ -463,6 +482,20 @@ mod tests {
             .starts_with("10.244.1.9 is free; block 10.244.1.0/26 is node-a's; reserved"));
         assert!(u.address(ip("10.244.7.1")).describe().contains("in no block yet"));
         assert!(!u.address(ip("10.9.0.1")).known());
+        // A block no node holds: shown without one, no orphan, its address unchecked.
+        let mut free = u.clone();
+        free.blocks[0].node = String::new();
+        free.blocks[0].lent.clear();
+        assert!(
+            table(&free, true).lines().any(|l| l.starts_with("Block") && l.contains(" - ")),
+            "{}",
+            table(&free, true)
+        );
+        assert!(free.address(ip("10.244.1.9")).describe().contains("block 10.244.1.0/26 is no node's"));
+        let c = check(&free, Some(&BTreeMap::from([("node-a".to_string(), None)])));
+        assert!(c.findings.is_empty(), "{:?}", c.findings);
+        assert_eq!((c.unasked.len(), c.unowned), (0, 2));
+        assert!(c.report().contains("not checked: 2 addresses in blocks no node holds"), "{}", c.report());
         // A check that cannot ask node-a's pods says so instead of calling them leaked;
         // without node-c, c9's address is orphaned; without the nodes, nothing is.
         let nodes: Nodes = [("node-a".to_string(), None)].into();
