@@ -861,6 +861,44 @@ impl Ipam {
         bail!("releasing {handle} kept conflicting with other writers")
     }
 
+    /// What Calico does when a node is deleted: frees every address given to `node` and the
+    /// blocks it holds; a block that still holds other nodes' addresses keeps them and loses
+    /// its node. The addresses and blocks freed.
+    pub fn release_node(&self, node: &str) -> anyhow::Result<(usize, usize)> {
+        let (a4, b4) = self.release_node_family::<Ipv4Net>(node)?;
+        let (a6, b6) = self.release_node_family::<Ipv6Net>(node)?;
+        Ok((a4 + a6, b4 + b6))
+    }
+
+    fn release_node_family<N: Family>(&self, node: &str) -> anyhow::Result<(usize, usize)> {
+        let mut addresses = 0;
+        for (b, _) in self.blocks::<N>()? {
+            let given: Vec<N::Addr> = b.used().map(|(a, _)| a).filter(|a| b.given_to(*a) == Some(node)).collect();
+            for a in given {
+                addresses += usize::from(self.release_address::<N>(a)?.is_some());
+            }
+        }
+        let mut blocks = 0;
+        for (b, _) in self.blocks::<N>()?.into_iter().filter(|(b, _)| b.node() == node) {
+            if self.release_block(b.cidr)? {
+                blocks += 1;
+                continue;
+            }
+            for _ in 0..RETRIES {
+                let Some((mut b, rev)) = self.read_block(&b.cidr)? else { break };
+                if b.node() != node {
+                    break;
+                }
+                (b.affinity, b.host_affinity) = (None, None);
+                let (bk, ak) = (block_key(&b.cidr), affinity_key(node, &b.cidr));
+                if self.etcd.txn(&[(&bk, rev)], &[(&bk, &serde_json::to_vec(&b)?)], &[&ak])? {
+                    break;
+                }
+            }
+        }
+        Ok((addresses, blocks))
+    }
+
     /// Frees what `handle` holds in both families; its IPv4 address, if it held one.
     pub fn release_all(&self, handle: &str) -> anyhow::Result<Option<Ipv4Addr>> {
         self.release::<Ipv6Net>(handle)?;

@@ -61,6 +61,14 @@ pub fn delete_one(store: &Store, kind: Kind, name: &str) -> anyhow::Result<bool>
     let existed = store.delete(kind, name)?;
     if existed {
         nodeapi::outln!("{}/{name} deleted", kind.plural());
+        if kind == Kind::Node {
+            // As `calicoctl delete node`: the node's addresses and blocks go with it (a node
+            // that runs again claims its blocks and records its pods anew).
+            let (addresses, blocks) = datastore::ipam::Ipam::new(store.etcd.clone()).release_node(name)?;
+            let n = |k: usize, one: &str, many: &str| format!("{k} {}", if k == 1 { one } else { many });
+            let (a, b) = (n(addresses, "address", "addresses"), n(blocks, "block", "blocks"));
+            nodeapi::outln!("released {a} and {b} of node {name}");
+        }
     } else {
         eprintln!("{}/{name} does not exist", kind.plural());
     }

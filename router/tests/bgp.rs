@@ -1035,16 +1035,26 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
     assert!(ok, "{out}");
 
-    // A node's resource deleted: the others stop peering with it; restarted, it registers
-    // itself again (its address from its config) and the sessions come back.
+    // A node's resource deleted: the others stop peering with it, and its addresses and
+    // block are released (as `calicoctl delete node` does); restarted, it registers itself
+    // again (its address from its config), claims its block and records its pods, and the
+    // sessions come back.
+    let node_b_block = || {
+        let t = text(&lab.router(&["ipam", "show", "--show-blocks"]).stdout);
+        t.lines().find(|l| l.starts_with("Block") && l.contains("node-b")).map(str::to_string)
+    };
+    let held = node_b_block().expect("node-b's block in etcd");
     let out = lab.router(&["delete", "node", "node-b"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("released 1 address and 1 block of node node-b"), "{}", text(&out.stdout));
+    assert_eq!(node_b_block(), None);
     wait_for(15, "node-a to drop node-b", || peers(&lab, "node-a").iter().all(|p| p["peer"] != "192.168.100.101"));
     let out = lab.router(&["lab", "restart", "node-b"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     wait_for(15, "node-b registered again", || {
         text(&lab.router(&["get", "node", "node-b"]).stdout).contains("192.168.100.101/24")
     });
+    wait_for(15, "node-b's block and pods in etcd again", || node_b_block().as_ref() == Some(&held));
     wait_for(15, "node-a's session with node-b", || peer_state(&lab, "node-a", "192.168.100.101").0 == "up");
     wait_for(10, "node-b's block at node-c", || route(&lab, "node-c", "10.244.2.0/26").is_some());
 

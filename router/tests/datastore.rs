@@ -543,6 +543,19 @@ fn ipam_in_etcd_is_kept_as_calico_keeps_it() {
         assert!(ipam.find::<Ipv4Net>("c1@eth0").expect("find").is_none());
         assert!(ipam.find::<Ipv4Net>("bad/handle").is_err(), "a '/' cannot be a handle key");
 
+        // A node deleted, as Calico does it: worker-1's block still holds node-a's borrowed
+        // address, so it stays without a node; node-a's address and its two empty blocks (one
+        // of each family) go.
+        assert_eq!(ipam.release_node("worker-1").expect("release"), (0, 0));
+        let block = raw("/calico/ipam/v2/assignment/ipv4/block/10.247.0.8-29").expect("block");
+        assert_eq!(block["affinity"], Value::Null, "{block}");
+        assert_eq!(raw("/calico/ipam/v2/host/worker-1/ipv4/block/10.247.0.8-29"), None);
+        assert_eq!(ipam.release_node("node-a").expect("release"), (1, 2));
+        assert_eq!(raw("/calico/ipam/v2/assignment/ipv4/block/10.247.0.0-29"), None);
+        assert_eq!(raw("/calico/ipam/v2/assignment/ipv6/block/fd00:247::-122"), None);
+        assert_eq!(raw("/calico/ipam/v2/handle/x@eth0"), None);
+        assert_eq!(ipam.handles("node-a").expect("handles"), Vec::<String>::new());
+
         // `calicoctl ipam configure --strictaffinity=true` writes Calico's v1 key: it holds
         // until an IPAMConfiguration resource says otherwise.
         etcd.put("/calico/ipam/v2/config", br#"{"strict_affinity":true,"auto_allocate_blocks":true}"#).expect("put");

@@ -650,13 +650,7 @@ fn control_loop(
     // With a datastore the cluster follows etcd; the config's BGP is what runs until then.
     let watcher = match node.cfg.etcd_endpoints.is_empty() {
         true => None,
-        false => Some(watch::watch(
-            &node.cfg.etcd_endpoints,
-            &node.cfg.name,
-            node.cfg.uplink.address,
-            node.cfg.ipv6.as_ref().map(|v| v.address),
-            wake.clone(),
-        )?),
+        false => Some(watch::watch(&node.cfg, wake.clone())?),
     };
     let mut speaker = match speaker_config(&node.cfg, node.saved.is_some()) {
         Some(sc) => Some(Speaker::new(sc, poll.registry(), Instant::now()).context("starting BGP")?),

@@ -33,18 +33,20 @@ impl Drop for Watcher {
     }
 }
 
-pub(super) fn watch(
-    endpoints: &[String],
-    name: &str,
-    address: Ipv4Net,
-    address6: Option<Ipv6Net>,
-    waker: Arc<mio::Waker>,
-) -> anyhow::Result<Watcher> {
-    let store = datastore::Store::new(datastore::etcd::Etcd::new(endpoints)?);
+pub(super) fn watch(cfg: &NodeConfig, waker: Arc<mio::Waker>) -> anyhow::Result<Watcher> {
+    let store = datastore::Store::new(datastore::etcd::Etcd::new(&cfg.etcd_endpoints)?);
     let (tx, rx) = crossbeam_channel::bounded(4);
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    let me = Me { name: name.to_string(), address, address6 };
+    let me = Me {
+        name: cfg.name.clone(),
+        address: cfg.uplink.address,
+        address6: cfg.ipv6.as_ref().map(|v| v.address),
+        blocks: cfg.blocks.clone(),
+        blocks6: cfg.ipv6.as_ref().map(|v| v.blocks.clone()).unwrap_or_default(),
+        // The configured pods; a container's address is its CNI plugin's to record.
+        pods: cfg.pods.iter().filter(|p| p.container.is_none()).cloned().collect(),
+    };
     std::thread::Builder::new().name("datastore".into()).spawn(move || run(store, me, tx, waker, s))?;
     Ok(Watcher { rx, stop })
 }
@@ -55,6 +57,38 @@ struct Me {
     address: Ipv4Net,
     /// On a dual-stack node.
     address6: Option<Ipv6Net>,
+    blocks: Vec<Ipv4Net>,
+    blocks6: Vec<Ipv6Net>,
+    pods: Vec<nodeapi::config::PodConfig>,
+}
+
+/// The node's blocks claimed and its configured pods' addresses recorded in etcd's IPAM, as
+/// Calico's node agent claims its blocks: a node whose resource (and with it its IPAM) was
+/// deleted has them again when it runs. A pod in another node's block is that node's to
+/// record. Best effort: what fails is logged, and the node runs on.
+fn record_ipam(store: &datastore::Store, me: &Me) {
+    use datastore::ipam::Ipam;
+    let ipam = Ipam::new(store.etcd.clone());
+    let mut errors = Vec::new();
+    if let Err(e) = ipam.claim_own(&me.name, &me.blocks).and_then(|()| ipam.claim_own(&me.name, &me.blocks6)) {
+        errors.push(format!("{e:#}"));
+    }
+    for p in &me.pods {
+        let handle = format!("pod:{}", p.name);
+        if let Some(b) = me.blocks.iter().find(|b| b.contains(&p.address)) {
+            if let Err(e) = ipam.assign(&me.name, &handle, p.address, *b) {
+                errors.push(format!("pod {}: {e:#}", p.name));
+            }
+        }
+        if let Some((a6, b6)) = p.address6.and_then(|a| Some((a, *me.blocks6.iter().find(|b| b.contains(&a))?))) {
+            if let Err(e) = ipam.assign(&me.name, &handle, a6, b6) {
+                errors.push(format!("pod {}: {e:#}", p.name));
+            }
+        }
+    }
+    for e in errors {
+        tracing::warn!(error = %e, "the node's IPAM in etcd");
+    }
 }
 
 /// The node's own `Node` resource, as Calico's node agent writes it: created when missing,
@@ -117,7 +151,10 @@ fn run(
     while !stop.load(Ordering::Relaxed) {
         if !registered {
             match register(&store, &me) {
-                Ok(()) => registered = true,
+                Ok(()) => {
+                    registered = true;
+                    record_ipam(&store, &me);
+                }
                 Err(e) => outage(&mut down_since, &e),
             }
         }
