@@ -151,10 +151,9 @@ impl State {
         if mine.is_empty() {
             return Err(format!("node {node} has no IPv6 block in the IPAM state{}", in_pools(within)));
         }
-        for b in mine.iter().filter(|b| b.prefix_len() < 128) {
-            let size = 1u128 << (128 - b.prefix_len());
-            let base = u128::from(b.network());
-            let free = (1..size).map(|i| Ipv6Addr::from(base + i)).find(|a| !self.allocations6.contains_key(a));
+        for b in &mine {
+            // The addresses etcd's IPAM hands out too: all but the block's first.
+            let free = datastore::ipam::Family::hosts(b).find(|a| !self.allocations6.contains_key(a));
             if let Some(a) = free {
                 self.allocations6.insert(a, Allocation { handle: handle.to_string(), node: node.to_string() });
                 return Ok(a);

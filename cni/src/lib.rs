@@ -36,10 +36,22 @@ pub fn handle_container(handle: &str) -> Option<(&str, &str)> {
     handle.split_once('@')
 }
 
+/// A topology pod's IPAM handle: `pod:<name>`.
+pub fn pod_handle(name: &str) -> String {
+    format!("{POD_HANDLE}{name}")
+}
+
+const POD_HANDLE: &str = "pod:";
+
+/// Whether a handle is a topology pod's.
+pub fn is_pod_handle(handle: &str) -> bool {
+    handle.starts_with(POD_HANDLE)
+}
+
 /// The pod name an IPAM handle stands for: `pod:<name>` (a topology's pod) or
 /// `<container id>@<ifname>` (a container).
 pub fn handle_pod(handle: &str) -> String {
-    match (handle.strip_prefix("pod:"), handle_container(handle)) {
+    match (handle.strip_prefix(POD_HANDLE), handle_container(handle)) {
         (Some(name), _) => name.to_string(),
         (None, Some((container, ifname))) => pod_name(container, ifname),
         (None, None) => handle.to_string(),

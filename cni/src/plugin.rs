@@ -122,14 +122,18 @@ pub struct RuntimeConfig {
     pub mac: Option<String>,
 }
 
-/// The last value of `key` in `CNI_ARGS` (`K=V;K=V`).
-fn cni_arg<'a>(args: Option<&'a str>, key: &str) -> Option<&'a str> {
-    args?
-        .split(';')
+/// The values of `key` in `CNI_ARGS` (`K=V;K=V`), in order.
+fn cni_args<'a>(args: Option<&'a str>, key: &'a str) -> impl DoubleEndedIterator<Item = &'a str> {
+    args.into_iter()
+        .flat_map(|a| a.split(';'))
         .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| k.trim() == key)
+        .filter(move |(k, _)| k.trim() == key)
         .map(|(_, v)| v.trim())
-        .next_back()
+}
+
+/// The last value of `key` in `CNI_ARGS`, if not empty.
+fn cni_arg<'a>(args: Option<&'a str>, key: &'a str) -> Option<&'a str> {
+    cni_args(args, key).next_back().filter(|v| !v.is_empty())
 }
 
 /// The MAC address asked for the container's interface: `runtimeConfig.mac` or `MAC=` in
@@ -137,19 +141,16 @@ fn cni_arg<'a>(args: Option<&'a str>, key: &str) -> Option<&'a str> {
 fn asked_mac(conf: &NetConf, cni_args: Option<&str>) -> Result<Option<String>, CniError> {
     let asked = match (conf.runtime_config.mac.as_deref().filter(|m| !m.is_empty()), cni_arg(cni_args, "MAC")) {
         (Some(m), _) => Some((m, "runtimeConfig.mac", CniError::config as fn(String) -> CniError)),
-        (None, Some(m)) if !m.is_empty() => Some((m, "CNI_ARGS MAC", CniError::env as _)),
+        (None, Some(m)) => Some((m, "CNI_ARGS MAC", CniError::env as _)),
         _ => None,
     };
     let Some((text, source, error)) = asked else { return Ok(None) };
-    let octet =
-        |o: &str| (o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit())).then(|| u8::from_str_radix(o, 16).ok())?;
-    let bytes: Option<Vec<u8>> = text.split(':').map(octet).collect();
-    match bytes {
-        Some(b) if b.len() == 6 && b[0] & 1 == 0 && b.iter().any(|x| *x != 0) => Ok(Some(text.to_ascii_lowercase())),
-        Some(b) if b.len() == 6 => {
+    match text.parse::<encap::MacAddr>() {
+        Ok(m) if !m.is_multicast() && m != encap::MacAddr::ZERO => Ok(Some(m.to_string())),
+        Ok(_) => {
             Err(error(format!("{source}: {text} is a multicast or zero MAC address, not one an interface can have")))
         }
-        _ => Err(error(format!("{source}: {text:?} is not a MAC address (six hex octets separated by ':')"))),
+        Err(_) => Err(error(format!("{source}: {text:?} is not a MAC address (six hex octets separated by ':')"))),
     }
 }
 
@@ -164,12 +165,8 @@ impl Asked {
     /// From `runtimeConfig.ips` and from `IP=` in `CNI_ARGS` (`K=V;K=V`, the addresses
     /// separated by commas, as Calico's IPAM reads it); both may name the same addresses.
     fn read(conf: &NetConf, cni_args: Option<&str>) -> Result<Asked, CniError> {
-        let from_args = cni_args
-            .into_iter()
-            .flat_map(|a| a.split(';'))
-            .filter_map(|kv| kv.split_once('='))
-            .filter(|(k, _)| k.trim() == "IP")
-            .flat_map(|(_, v)| v.split(','))
+        let from_args = self::cni_args(cni_args, "IP")
+            .flat_map(|v| v.split(','))
             .map(|v| (v.trim(), "CNI_ARGS IP", CniError::env as fn(String) -> CniError));
         let from_conf = conf.runtime_config.ips.iter().map(|v| (v.trim(), "runtimeConfig.ips", CniError::config as _));
         let mut asked = Asked::default();
@@ -298,9 +295,10 @@ struct Call {
 impl Call {
     fn from_env(env: &HashMap<String, String>, netns_required: bool) -> Result<Call, CniError> {
         let container = need(env, "CNI_CONTAINERID")?.to_string();
-        if !container.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        if !admin::valid_token(&container, admin::MAX_CONTAINER_ID) {
             return Err(CniError::env(format!(
-                "CNI_CONTAINERID {container:?} has characters other than a-z, 0-9, '-', '_', '.'"
+                "CNI_CONTAINERID {container:?} is not 1-{} characters of a-z, 0-9, '-', '_', '.'",
+                admin::MAX_CONTAINER_ID
             )));
         }
         let ifname = need(env, "CNI_IFNAME")?.to_string();
@@ -328,13 +326,19 @@ impl Call {
     /// alone, which podman sets to the container's name. None where there is none or it
     /// cannot name a pod.
     fn workload(&self) -> Option<String> {
-        let name = cni_arg(self.args.as_deref(), "K8S_POD_NAME").filter(|n| !n.is_empty())?;
-        let full = match cni_arg(self.args.as_deref(), "K8S_POD_NAMESPACE").filter(|n| !n.is_empty()) {
-            Some(ns) => format!("{ns}.{name}"),
-            None => name.to_string(),
+        let (namespace, name) = self.pod_args();
+        let full = match namespace {
+            Some(ns) => format!("{ns}.{}", name?),
+            None => name?.to_string(),
         };
-        let fits = full.len() <= 236 && full.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        fits.then_some(full)
+        // Room left for `-<ifname>`.
+        admin::valid_token(&full, admin::MAX_POD_NAME - 16).then_some(full)
+    }
+
+    /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` from `CNI_ARGS`, where given.
+    fn pod_args(&self) -> (Option<&str>, Option<&str>) {
+        let args = self.args.as_deref();
+        (cni_arg(args, "K8S_POD_NAMESPACE"), cni_arg(args, "K8S_POD_NAME"))
     }
 
     /// The pod's name at its node: the workload's name, else the container's short id; with
@@ -381,9 +385,8 @@ impl Backend {
     fn for_call(self, call: &Call) -> Backend {
         match self {
             Backend::Etcd(ipam, store) => {
-                let args = call.args.as_deref();
-                let pod = cni_arg(args, "K8S_POD_NAMESPACE").zip(cni_arg(args, "K8S_POD_NAME"));
-                let attrs = pod.filter(|(ns, name)| !ns.is_empty() && !name.is_empty()).map(|(ns, name)| {
+                let (namespace, name) = call.pod_args();
+                let attrs = namespace.zip(name).map(|(ns, name)| {
                     [("namespace".to_string(), ns.to_string()), ("pod".to_string(), name.to_string())]
                 });
                 Backend::Etcd(ipam.with_attributes(attrs.into_iter().flatten()), store)

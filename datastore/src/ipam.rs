@@ -5,8 +5,8 @@
 //! address never both win; the loser reads again and tries the next.
 //!
 //! Keys and values are Calico's (libcalico-go's `model.AllocationBlock`, `IPAMHandle`,
-//! `BlockAffinity`), so that Calico's own tools read what our nodes write and the other way
-//! round: `/calico/ipam/v2/assignment/ipv4/block/<a.b.c.d-len>` (the block: its affinity,
+//! `BlockAffinity`, field for field), for Calico's own tools to read what our nodes write
+//! and our nodes what Calico's IPAM wrote: `/calico/ipam/v2/assignment/ipv4/block/<a.b.c.d-len>` (the block: its affinity,
 //! which handle holds each address, the free ones), `/calico/ipam/v2/host/<node>/ipv4/block/
 //! <a.b.c.d-len>` (the node's claim), `/calico/ipam/v2/handle/<handle>` (how many addresses
 //! a handle holds in which blocks, of both families); `ipv6` for IPv6 blocks.
@@ -41,6 +41,8 @@ pub trait Family:
     /// The addresses handed out, in order: IPv4 without the network and broadcast
     /// addresses, IPv6 without the block's first (its subnet-router anycast address).
     fn hosts(&self) -> Box<dyn Iterator<Item = Self::Addr>>;
+    /// How many addresses `hosts` gives (saturating for a /0).
+    fn host_count(&self) -> u128;
     fn covers(&self, other: &Self) -> bool;
     fn blocks_of(&self, len: u8) -> Option<Vec<Self>>;
     fn has(&self, a: Self::Addr) -> bool;
@@ -60,6 +62,13 @@ impl Family for Ipv4Net {
     const NAME: &'static str = "ipv4";
     fn hosts(&self) -> Box<dyn Iterator<Item = Ipv4Addr>> {
         Box::new(Ipv4Net::hosts(self))
+    }
+    fn host_count(&self) -> u128 {
+        // ipnet's hosts: all of a /31 or /32, else without the first and the last.
+        match self.prefix_len() {
+            31.. => self.size(),
+            _ => self.size() - 2,
+        }
     }
     fn covers(&self, other: &Self) -> bool {
         self.contains(other)
@@ -94,6 +103,9 @@ impl Family for Ipv6Net {
     const NAME: &'static str = "ipv6";
     fn hosts(&self) -> Box<dyn Iterator<Item = Ipv6Addr>> {
         Box::new(Ipv6Net::hosts(self).skip(1))
+    }
+    fn host_count(&self) -> u128 {
+        self.size() - 1
     }
     fn covers(&self, other: &Self) -> bool {
         self.contains(other)
@@ -959,6 +971,13 @@ mod tests {
         assert_eq!(handle_key("c1@eth0"), "/calico/ipam/v2/handle/c1@eth0");
         assert_eq!(Family::hosts(&b4).next(), Some("10.244.1.1".parse().expect("ip")));
         assert_eq!(Family::hosts(&b4).count(), 62);
+        for n in ["10.0.0.0/31", "10.0.0.0/32", "10.0.0.0/29", "fd00::/127", "fd00::/128", "fd00::/122"] {
+            let c = match n.parse::<IpNet>().expect("net") {
+                IpNet::V4(v) => (Family::hosts(&v).count(), v.host_count()),
+                IpNet::V6(v) => (Family::hosts(&v).count(), v.host_count()),
+            };
+            assert_eq!(c.0 as u128, c.1, "{n}");
+        }
         assert_eq!(Family::hosts(&b6).next(), Some("fd00:10:244::41".parse().expect("ip")));
         assert_eq!(Family::hosts(&b6).count(), 63);
         assert_eq!(b6.ordinal("fd00:10:244::7f".parse().expect("ip")), Some(63));

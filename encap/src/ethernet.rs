@@ -161,5 +161,8 @@ mod tests {
         let m: MacAddr = "02:aa:00:00:00:01".parse().expect("mac");
         assert_eq!(m.to_string(), "02:aa:00:00:00:01");
         assert!("02:aa".parse::<MacAddr>().is_err());
+        for bad in ["+2:aa:00:00:00:01", "002:aa:00:00:00:01", "2:aa:00:00:00:01", "02:aa:00:00:00:0g"] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
     }
 }

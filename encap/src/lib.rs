@@ -88,6 +88,10 @@ impl core::str::FromStr for MacAddr {
         let mut parts = s.split(':');
         for b in out.iter_mut() {
             let p = parts.next().ok_or(WireError::Truncated)?;
+            // Two hex digits: from_str_radix alone takes "+1" and "001".
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(WireError::Truncated);
+            }
             *b = u8::from_str_radix(p, 16).map_err(|_| WireError::Truncated)?;
         }
         if parts.next().is_some() {

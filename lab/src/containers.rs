@@ -33,7 +33,7 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option
         for n in &topo.nodes {
             st.blocks.insert(n.block, n.name.clone());
             for p in &n.pods {
-                let a = Allocation { handle: format!("pod:{}", p.name), node: n.name.clone() };
+                let a = Allocation { handle: cni::pod_handle(&p.name), node: n.name.clone() };
                 if let Some(a6) = p.address_v6 {
                     st.allocations6.insert(a6, a.clone());
                 }
@@ -107,7 +107,7 @@ pub fn container_ids(lab: &Lab) -> Vec<(String, String)> {
         .with(|st| {
             st.allocations
                 .values()
-                .filter(|a| !a.handle.starts_with("pod:"))
+                .filter(|a| !cni::is_pod_handle(&a.handle))
                 .filter_map(|a| Some((a.node.clone(), cni::handle_container(&a.handle)?.0.to_string())))
                 .collect()
         })

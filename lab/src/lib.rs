@@ -725,7 +725,7 @@ fn seed_ipam(topo: &Topology, ns: &str) -> anyhow::Result<()> {
             }
         }
         for p in nodes.iter().flat_map(|n| &n.pods) {
-            let handle = format!("pod:{}", p.name);
+            let handle = cni::pod_handle(&p.name);
             if let Some(owner) = nodes.iter().find(|o| o.block.contains(&p.address)) {
                 ipam.assign(&owner.name, &handle, p.address, owner.block)?;
             }

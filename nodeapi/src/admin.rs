@@ -251,6 +251,16 @@ pub struct RouteMatch {
     pub why: String,
 }
 
+/// Whether `s` may name a pod, its interface or its container: 1 to `max` letters, digits,
+/// `-`, `_` and `.` (the CNI's rule for a container id; safe in paths and logs).
+pub fn valid_token(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// The longest pod name (a DNS subdomain's length) and container id a node takes.
+pub const MAX_POD_NAME: usize = 253;
+pub const MAX_CONTAINER_ID: usize = 256;
+
 /// A pod as the node serves it: its name (for a CNI pod, the workload's name its runtime
 /// gave, else the container's short id), the host end of its veth, its address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -48,15 +48,12 @@ pub struct Usage {
     pub reserved: Vec<IpNet>,
 }
 
-/// The addresses IPAM hands out in a block of `len` (`datastore::ipam::Family::hosts`).
+/// The addresses IPAM hands out in a block of `len`.
 fn hosts(v6: bool, len: u8) -> u128 {
-    let bits = if v6 { 128 } else { 32 };
-    // A /0 written into etcd by hand is 2^128 addresses: as many as a u128 holds.
-    let size = 1u128.checked_shl(u32::from(bits - len.min(bits))).unwrap_or(u128::MAX);
-    match (v6, len) {
-        (false, 31..) => size,
-        (false, _) => size - 2,
-        (true, _) => size - 1,
+    use datastore::ipam::Family;
+    match v6 {
+        false => Ipv4Net::new(std::net::Ipv4Addr::UNSPECIFIED, len.min(32)).map_or(0, |n| n.host_count()),
+        true => Ipv6Net::new(std::net::Ipv6Addr::UNSPECIFIED, len.min(128)).map_or(0, |n| n.host_count()),
     }
 }
 
@@ -360,10 +357,11 @@ pub fn check(u: &Usage, nodes: Option<&Nodes>) -> Check {
     // A container's pod is known by its interface (its name is what the runtime called the
     // workload), a topology's pod by its name.
     let served = |handle: &str, ip: IpAddr| {
-        let is = |p: &nodeapi::admin::PodStatus| match cni::handle_container(handle) {
-            Some(_) => p.pod.interface == cni::cali_name(handle),
-            None => p.pod.name == cni::handle_pod(handle),
+        let (key, by_interface) = match cni::handle_container(handle) {
+            Some(_) => (cni::cali_name(handle), true),
+            None => (cni::handle_pod(handle), false),
         };
+        let is = |p: &nodeapi::admin::PodStatus| *if by_interface { &p.pod.interface } else { &p.pod.name } == key;
         pods.values()
             .flatten()
             .flatten()

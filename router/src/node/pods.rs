@@ -7,7 +7,7 @@
 //! serves the containers that still run.
 
 use super::*;
-use nodeapi::admin::{PodSpec, PodStatus};
+use nodeapi::admin::{self, PodSpec, PodStatus};
 use nodeapi::config::PodConfig;
 
 /// How often pod interfaces are looked for without link events (with them, five times as
@@ -32,11 +32,11 @@ pub(super) fn load_dynamic(cfg: &NodeConfig) -> Vec<PodSpec> {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    admin::valid_token(s, admin::MAX_POD_NAME)
 }
 
 fn valid_ifname(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 15 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    admin::valid_token(s, 15)
 }
 
 impl Node {
@@ -101,7 +101,7 @@ impl Node {
             }
         }
         if let Some(c) = &spec.container {
-            if c.is_empty() || c.len() > 256 || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            if !admin::valid_token(c, admin::MAX_CONTAINER_ID) {
                 bail!("container id {c:?} must be 1-256 characters of a-z, A-Z, 0-9, '-', '_' and '.'");
             }
         }

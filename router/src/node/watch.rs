@@ -74,7 +74,7 @@ fn record_ipam(store: &datastore::Store, me: &Me) {
         errors.push(format!("{e:#}"));
     }
     for p in &me.pods {
-        let handle = format!("pod:{}", p.name);
+        let handle = cni::pod_handle(&p.name);
         if let Some(b) = me.blocks.iter().find(|b| b.contains(&p.address)) {
             if let Err(e) = ipam.assign(&me.name, &handle, p.address, *b) {
                 errors.push(format!("pod {}: {e:#}", p.name));
