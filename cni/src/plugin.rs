@@ -354,6 +354,38 @@ impl Call {
     fn host_ifname(&self) -> String {
         crate::cali_name(&self.handle())
     }
+
+    /// Its workload endpoint as Calico's plugin names it: a Kubernetes pod's (orchestrator
+    /// `k8s`, in the pod's namespace) where `CNI_ARGS` name the pod, else the container's
+    /// (`cni`, in `default`). Addresses and MAC are those of `result` (an ADD's answer),
+    /// where given.
+    fn endpoint(&self, conf: &NetConf, result: Option<&Value>) -> Result<datastore::resources::Resource, CniError> {
+        let (namespace, pod) = match self.pod_args() {
+            (Some(ns), Some(pod)) => (ns, pod),
+            _ => ("default", ""),
+        };
+        let addresses = result
+            .and_then(|r| r.get("ips")?.as_array().cloned())
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip.get("address")?.as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        let mac = result.and_then(|r| r.pointer("/interfaces/1/mac")?.as_str()).map(str::to_string);
+        datastore::endpoints::Endpoint {
+            node: conf.node.clone(),
+            orchestrator: if pod.is_empty() { "cni" } else { "k8s" }.into(),
+            namespace: namespace.into(),
+            pod: pod.into(),
+            workload: self.workload().unwrap_or_default(),
+            container_id: self.container.clone(),
+            endpoint: self.ifname.clone(),
+            interface: self.host_ifname(),
+            mac,
+            addresses,
+        }
+        .resource()
+        .map_err(|e| CniError::env(format!("CNI_ARGS and CNI_IFNAME do not make a workload endpoint: {e:#}")))
+    }
 }
 
 /// `ip ARGS` inside a network namespace given by path, entered with setns (`nsenter`).
@@ -691,20 +723,58 @@ fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
     let host = call.host_ifname();
     // ADD again for a container that is attached already: the same answer.
     if let Some(r) = existing(conf, call, &host) {
+        record_endpoint(&backend(conf)?.for_call(call), conf, call, &r)?;
         return Ok(r);
     }
     let asked = Asked::read(conf, call.args.as_deref())?;
     let mac = asked_mac(conf, call.args.as_deref())?;
     let ipam = backend(conf)?.for_call(call);
+    if let Backend::Etcd(..) = ipam {
+        // Names that cannot make the endpoint are refused before anything is done.
+        call.endpoint(conf, None)?;
+    }
     let (assigned, address6) = ipam.allocate(conf, &call.handle(), asked)?;
-    match attach(conf, call, &host, (assigned, address6, mac.as_deref()), status.dataplane) {
+    let attached = attach(conf, call, &host, (assigned, address6, mac.as_deref()), status.dataplane)
+        .and_then(|v| record_endpoint(&ipam, conf, call, &v).map(|()| v));
+    match attached {
         Ok(v) => Ok(v),
         Err(e) => {
-            let _ = ipcmd::ip(&["link", "del", &host]);
-            let _ = ipam.release(&call.handle());
+            let _ = del(conf, call);
             Err(e)
         }
     }
+}
+
+/// With etcd, the container's workload endpoint written, as Calico's plugin writes it once
+/// the container is attached (the same again for an ADD repeated).
+fn record_endpoint(ipam: &Backend, conf: &NetConf, call: &Call, result: &Value) -> Result<(), CniError> {
+    let Backend::Etcd(_, store) = ipam else { return Ok(()) };
+    let wep = call.endpoint(conf, Some(result))?;
+    store.apply(&wep).map(|_| ()).map_err(|e| CniError::io(format!("writing the workload endpoint: {e:#}")))
+}
+
+/// With etcd, the container's workload endpoint deleted: the one its name says, if it is
+/// still this container's (an ADD of the same pod by a new container keeps its own), else
+/// any of the node's that names this container and interface (a DEL without `CNI_ARGS`).
+fn forget_endpoint(store: &datastore::Store, conf: &NetConf, call: &Call) -> Result<(), CniError> {
+    let mine = |w: &datastore::resources::Typed<datastore::resources::WorkloadEndpointSpec>| {
+        w.spec.container_id == call.container && w.spec.endpoint == call.ifname
+    };
+    if let Ok(r) = call.endpoint(conf, None) {
+        let key = datastore::key(r.kind(), r.namespace(), r.name());
+        if let Some(kv) = store.etcd.get(&key).map_err(io)? {
+            if serde_json::from_slice(&kv.value).is_ok_and(|w| mine(&w)) {
+                store.etcd.delete_if(&key, kv.mod_revision).map_err(io)?;
+                return Ok(());
+            }
+        }
+    }
+    for s in store.endpoints(Some(&conf.node)).map_err(io)? {
+        if mine(&s.0) {
+            store.delete_endpoint(&s).map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 /// The result of an earlier, complete ADD of the same attachment.
@@ -824,7 +894,11 @@ fn attach(
 /// the plugin never saw is not an error).
 fn del(conf: &NetConf, call: &Call) -> Result<(), CniError> {
     let host = call.host_ifname();
-    backend(conf)?.release(&call.handle())?;
+    let ipam = backend(conf)?;
+    if let Backend::Etcd(_, store) = &ipam {
+        forget_endpoint(store, conf, call)?;
+    }
+    ipam.release(&call.handle())?;
     // Asked of the kernel, not of /sys: a runtime that entered the node's namespace with
     // setns sees another namespace's /sys.
     if ipcmd::ip(&["link", "show", "dev", &host]).is_ok() {
@@ -854,9 +928,21 @@ fn check(conf: &NetConf, call: &Call) -> Result<(), CniError> {
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| CniError::config("prevResult has no ips[0].address"))?;
-    let held = backend(conf)?.find(&call.handle())?;
+    let ipam = backend(conf)?;
+    let held = ipam.find(&call.handle())?;
     if held != Some(want) {
         return Err(CniError::check(format!("IPAM holds {held:?} for {}, prevResult says {want}", call.handle())));
+    }
+    if let Backend::Etcd(_, store) = &ipam {
+        let r = call.endpoint(conf, None)?;
+        let found = store.get_in(r.kind(), r.namespace(), Some(r.name())).map_err(io)?.pop();
+        match found {
+            Some(datastore::resources::Resource::WorkloadEndpoint(w)) if w.spec.container_id == call.container => {}
+            Some(_) => {
+                return Err(CniError::check(format!("the workload endpoint {} is another container's", r.path())))
+            }
+            None => return Err(CniError::check(format!("the workload endpoint {} is gone", r.path()))),
+        }
     }
     let host = call.host_ifname();
     let link =
@@ -915,11 +1001,22 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         .iter()
         .map(|a| crate::container_handle(&a.container_id, &a.ifname))
         .collect();
-    let stale: Vec<String> = backend(conf)?.handles(&conf.node)?.into_iter().filter(|h| !valid.contains(h)).collect();
+    let ipam = backend(conf)?;
+    let stale: Vec<String> = ipam.handles(&conf.node)?.into_iter().filter(|h| !valid.contains(h)).collect();
     for handle in stale {
         let Some((container, ifname)) = crate::handle_container(&handle) else { continue };
         let call = Call { container: container.to_string(), netns: None, ifname: ifname.to_string(), args: None };
         del(conf, &call)?;
+    }
+    // Endpoints of containers that hold no address any more (an interrupted DEL).
+    if let Backend::Etcd(_, store) = &ipam {
+        for s in store.endpoints(Some(&conf.node)).map_err(io)? {
+            let w = &s.0.spec;
+            let handle = crate::container_handle(&w.container_id, &w.endpoint);
+            if matches!(w.orchestrator.as_str(), "k8s" | "cni") && !valid.contains(&handle) {
+                store.delete_endpoint(&s).map_err(io)?;
+            }
+        }
     }
     Ok(())
 }

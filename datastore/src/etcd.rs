@@ -37,6 +37,8 @@ pub enum WatchEvent {
 /// response, streamed for as long as the watch lasts).
 pub struct Watch {
     stream: serde_json::StreamDeserializer<'static, serde_json::de::IoRead<Box<dyn std::io::Read + Send>>, Value>,
+    /// Changes to keys under this are not reported.
+    ignore: Option<String>,
 }
 
 impl std::fmt::Debug for Watch {
@@ -46,6 +48,21 @@ impl std::fmt::Debug for Watch {
 }
 
 impl Watch {
+    /// The same watch, quiet about changes to keys under `prefix`.
+    pub fn ignoring(mut self, prefix: &str) -> Watch {
+        self.ignore = Some(prefix.to_string());
+        self
+    }
+
+    /// Whether the events of an answer change a key that is not ignored.
+    fn concerns(&self, events: &[Value]) -> bool {
+        let Some(ignore) = &self.ignore else { return !events.is_empty() };
+        events.iter().any(|e| {
+            let key = B64.decode(e["kv"]["key"].as_str().unwrap_or("")).unwrap_or_default();
+            !key.starts_with(ignore.as_bytes())
+        })
+    }
+
     pub fn wait(&mut self) -> anyhow::Result<WatchEvent> {
         loop {
             let v = match self.stream.next() {
@@ -74,7 +91,7 @@ impl Watch {
             if r["canceled"].as_bool() == Some(true) {
                 bail!("etcd canceled the watch: {}", r["cancel_reason"]);
             }
-            if r["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            if r["events"].as_array().is_some_and(|e| self.concerns(e)) {
                 return Ok(WatchEvent::Changed(int(&r["header"]["revision"])));
             }
             // The answer that the watch was created, or a progress note: read on.
@@ -179,8 +196,13 @@ impl Etcd {
 
     /// Every key under `prefix`, in key order, and the store's revision.
     pub fn list(&self, prefix: &str) -> anyhow::Result<(Vec<Kv>, i64)> {
-        let v =
-            self.call("/v3/kv/range", json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)) }))?;
+        self.range(prefix.as_bytes(), &prefix_end(prefix))
+    }
+
+    /// Every key from `from` up to (not including) `to`, in key order, and the store's
+    /// revision.
+    pub fn range(&self, from: &[u8], to: &[u8]) -> anyhow::Result<(Vec<Kv>, i64)> {
+        let v = self.call("/v3/kv/range", json!({ "key": b64(from), "range_end": b64(to) }))?;
         Ok((Self::kvs(&v)?, int(&v["header"]["revision"])))
     }
 
@@ -238,7 +260,10 @@ impl Etcd {
             match self.streams.post(&url).set("Content-Type", "application/json").send_string(&body.to_string()) {
                 Ok(resp) => {
                     let reader: Box<dyn std::io::Read + Send> = Box::new(resp.into_reader());
-                    return Ok(Watch { stream: serde_json::Deserializer::from_reader(reader).into_iter() });
+                    return Ok(Watch {
+                        stream: serde_json::Deserializer::from_reader(reader).into_iter(),
+                        ignore: None,
+                    });
                 }
                 Err(ureq::Error::Status(code, resp)) => {
                     let text = resp.into_string().unwrap_or_default();
@@ -263,6 +288,11 @@ impl Etcd {
             json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)) }),
         )?;
         Ok(int(&v["deleted"]))
+    }
+
+    /// Deletes `key` only if it was last changed at `mod_revision`; whether it was deleted.
+    pub fn delete_if(&self, key: &str, mod_revision: i64) -> anyhow::Result<bool> {
+        self.txn(&[(key, mod_revision)], &[], &[key])
     }
 
     /// Deletes `key`; whether it existed.

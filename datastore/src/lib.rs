@@ -4,6 +4,7 @@
 //! plural>/<name>`, with the resource as JSON; the etcd revision of a key is the resource's
 //! `resourceVersion`.
 
+pub mod endpoints;
 pub mod etcd;
 pub mod ipam;
 pub mod resources;
@@ -15,8 +16,19 @@ use resources::{Kind, Resource};
 
 pub const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
 
-pub fn key(kind: Kind, name: &str) -> String {
-    format!("{PREFIX}{}/{name}", kind.plural())
+/// Where a resource lives: `<plural>/<name>`, or `<plural>/<namespace>/<name>` for a
+/// namespaced kind (`default` where none is given).
+pub fn key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
+    match kind.is_namespaced() {
+        true => format!("{PREFIX}{}/{}/{name}", kind.plural(), namespace.unwrap_or("default")),
+        false => format!("{PREFIX}{}/{name}", kind.plural()),
+    }
+}
+
+/// Where the workload endpoints live. Nodes neither list nor watch them: there is one per
+/// pod, and they say nothing that routes traffic.
+pub fn endpoints_prefix() -> String {
+    format!("{PREFIX}{}/", Kind::WorkloadEndpoint.plural())
 }
 
 /// What `apply` did with one resource.
@@ -79,7 +91,7 @@ impl Store {
     }
 
     fn apply_part(&self, rs: &[Resource]) -> anyhow::Result<Vec<Applied>> {
-        let keys: Vec<String> = rs.iter().map(|r| key(r.kind(), r.name())).collect();
+        let keys: Vec<String> = rs.iter().map(|r| key(r.kind(), r.namespace(), r.name())).collect();
         for _ in 0..10 {
             let mut outcomes = Vec::with_capacity(rs.len());
             let mut expect: Vec<(&str, i64)> = Vec::new();
@@ -147,9 +159,16 @@ impl Store {
 
     /// Every resource of a kind (or the one named), with `resourceVersion` set.
     pub fn get(&self, kind: Kind, name: Option<&str>) -> anyhow::Result<Vec<Resource>> {
-        let kvs = match name {
-            Some(n) => self.etcd.get(&key(kind, n))?.into_iter().collect(),
-            None => self.etcd.list(&format!("{PREFIX}{}/", kind.plural()))?.0,
+        self.get_in(kind, None, name)
+    }
+
+    /// [`Store::get`] in a namespace: `None` lists every namespace, and finds a named
+    /// resource in `default`.
+    pub fn get_in(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> anyhow::Result<Vec<Resource>> {
+        let kvs = match (name, namespace) {
+            (Some(n), ns) => self.etcd.get(&key(kind, ns, n))?.into_iter().collect(),
+            (None, Some(ns)) if kind.is_namespaced() => self.etcd.list(&format!("{PREFIX}{}/{ns}/", kind.plural()))?.0,
+            (None, _) => self.etcd.list(&format!("{PREFIX}{}/", kind.plural()))?.0,
         };
         kvs.into_iter()
             .map(|kv| {
@@ -161,14 +180,18 @@ impl Store {
             .collect()
     }
 
-    /// Every resource of every kind, and the revision they were read at. A resource that no
-    /// longer reads (written by something else) is left out and named in the notes.
+    /// Every resource of the cluster's kinds ([`Kind::CLUSTER`]), and the revision they were
+    /// read at. A resource that no longer reads (written by something else) is left out and
+    /// named in the notes.
     pub fn all(&self) -> anyhow::Result<(Vec<Resource>, i64, Vec<String>)> {
-        let (kvs, rev) = self.etcd.list(PREFIX)?;
+        // The endpoints sort after every kind of the cluster: one range up to them reads
+        // the cluster at one revision without reading a key per pod.
+        let (kvs, rev) = self.etcd.range(PREFIX.as_bytes(), endpoints_prefix().as_bytes())?;
         let mut out = Vec::new();
         let mut notes = Vec::new();
         for kv in kvs {
-            let Some(kind) = Kind::ALL.iter().find(|k| kv.key.starts_with(&format!("{PREFIX}{}/", k.plural()))) else {
+            let Some(kind) = Kind::CLUSTER.iter().find(|k| kv.key.starts_with(&format!("{PREFIX}{}/", k.plural())))
+            else {
                 continue;
             };
             match Resource::from_json(*kind, &kv.value, &kv.key) {
@@ -181,12 +204,31 @@ impl Store {
 
     /// Deletes a resource; whether it existed.
     pub fn delete(&self, kind: Kind, name: &str) -> anyhow::Result<bool> {
-        self.etcd.delete(&key(kind, name))
+        self.delete_in(kind, None, name)
+    }
+
+    /// [`Store::delete`] in a namespace (`None`: `default`).
+    pub fn delete_in(&self, kind: Kind, namespace: Option<&str>, name: &str) -> anyhow::Result<bool> {
+        self.etcd.delete(&key(kind, namespace, name))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_sorts_before_the_endpoints_and_endpoints_live_in_namespaces() {
+        let end = endpoints_prefix();
+        for k in Kind::CLUSTER {
+            assert!(format!("{PREFIX}{}/", k.plural()) < end, "{k}");
+        }
+        assert!(!Kind::CLUSTER.contains(&Kind::WorkloadEndpoint));
+        assert_eq!(key(Kind::IpPool, Some("x"), "p"), format!("{PREFIX}ippools/p"));
+        assert_eq!(key(Kind::WorkloadEndpoint, None, "w"), format!("{PREFIX}workloadendpoints/default/w"));
+        assert_eq!(key(Kind::WorkloadEndpoint, Some("shop"), "w"), format!("{PREFIX}workloadendpoints/shop/w"));
+    }
+
     #[test]
     fn timestamps_are_rfc3339_utc() {
         let t = super::now_rfc3339();

@@ -23,10 +23,24 @@ pub enum Kind {
     Node,
     IpReservation,
     IpamConfiguration,
+    WorkloadEndpoint,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
+        Kind::IpPool,
+        Kind::BgpConfiguration,
+        Kind::BgpPeer,
+        Kind::BgpFilter,
+        Kind::Node,
+        Kind::IpReservation,
+        Kind::IpamConfiguration,
+        Kind::WorkloadEndpoint,
+    ];
+
+    /// The kinds that describe the cluster, which nodes watch: all but the workload
+    /// endpoints, which say where pods are (one per pod; a node needs none of them).
+    pub const CLUSTER: [Kind; 7] = [
         Kind::IpPool,
         Kind::BgpConfiguration,
         Kind::BgpPeer,
@@ -35,6 +49,11 @@ impl Kind {
         Kind::IpReservation,
         Kind::IpamConfiguration,
     ];
+
+    /// Whether its resources live in a namespace (Calico's `WorkloadEndpoint`).
+    pub fn is_namespaced(self) -> bool {
+        self == Kind::WorkloadEndpoint
+    }
 
     /// As in `kind:`.
     pub fn name(self) -> &'static str {
@@ -46,6 +65,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::IpReservation => "IPReservation",
             Kind::IpamConfiguration => "IPAMConfiguration",
+            Kind::WorkloadEndpoint => "WorkloadEndpoint",
         }
     }
 
@@ -59,6 +79,7 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::IpReservation => "ipreservations",
             Kind::IpamConfiguration => "ipamconfigurations",
+            Kind::WorkloadEndpoint => "workloadendpoints",
         }
     }
 
@@ -74,6 +95,7 @@ impl Kind {
             "node" => Kind::Node,
             "ipreservation" => Kind::IpReservation,
             "ipamconfiguration" | "ipamconfig" => Kind::IpamConfiguration,
+            "workloadendpoint" | "wep" => Kind::WorkloadEndpoint,
             _ => return None,
         })
     }
@@ -89,6 +111,9 @@ impl std::fmt::Display for Kind {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     pub name: String,
+    /// Set for namespaced kinds only (`default` where a document gives none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -366,6 +391,79 @@ pub struct IpamConfigurationSpec {
     pub auto_allocate_blocks: Option<bool>,
 }
 
+/// Where a pod is: its node, its interface there and its addresses, as Calico's CNI plugin
+/// records it. The name is made of the node, the orchestrator, the pod (Kubernetes), the
+/// container (`cni`) or the workload (any other orchestrator) and the endpoint, each with
+/// its dashes doubled ([`endpoint_name`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEndpointSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub orchestrator: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workload: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    #[serde(rename = "containerID", default, skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account_name: String,
+    #[serde(rename = "ipNetworks", default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_networks: Vec<String>,
+    #[serde(rename = "ipNATs", default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_nats: Vec<IpNat>,
+    #[serde(rename = "ipv4Gateway", default, skip_serializing_if = "String::is_empty")]
+    pub ipv4_gateway: String,
+    #[serde(rename = "ipv6Gateway", default, skip_serializing_if = "String::is_empty")]
+    pub ipv6_gateway: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub interface_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<EndpointPort>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_spoofed_source_prefixes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpNat {
+    #[serde(rename = "internalIP")]
+    pub internal_ip: String,
+    #[serde(rename = "externalIP")]
+    pub external_ip: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+}
+
+/// A protocol by number or by name (`TCP`, `UDP`, `SCTP`...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Protocol {
+    Number(u8),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointPort {
+    #[serde(default)]
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    #[serde(default)]
+    pub host_port: u16,
+    #[serde(rename = "hostIP", default)]
+    pub host_ip: String,
+}
+
 /// Any of the kinds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
@@ -376,6 +474,7 @@ pub enum Resource {
     Node(Typed<NodeSpec>),
     IpReservation(Typed<IpReservationSpec>),
     IpamConfiguration(Typed<IpamConfigurationSpec>),
+    WorkloadEndpoint(Typed<WorkloadEndpointSpec>),
 }
 
 impl Resource {
@@ -388,6 +487,7 @@ impl Resource {
             Resource::Node(_) => Kind::Node,
             Resource::IpReservation(_) => Kind::IpReservation,
             Resource::IpamConfiguration(_) => Kind::IpamConfiguration,
+            Resource::WorkloadEndpoint(_) => Kind::WorkloadEndpoint,
         }
     }
 
@@ -400,6 +500,7 @@ impl Resource {
             Resource::Node(r) => &r.metadata,
             Resource::IpReservation(r) => &r.metadata,
             Resource::IpamConfiguration(r) => &r.metadata,
+            Resource::WorkloadEndpoint(r) => &r.metadata,
         }
     }
 
@@ -412,11 +513,26 @@ impl Resource {
             Resource::Node(r) => &mut r.metadata,
             Resource::IpReservation(r) => &mut r.metadata,
             Resource::IpamConfiguration(r) => &mut r.metadata,
+            Resource::WorkloadEndpoint(r) => &mut r.metadata,
         }
     }
 
     pub fn name(&self) -> &str {
         &self.metadata().name
+    }
+
+    /// Its namespace: `None` for the cluster's kinds.
+    pub fn namespace(&self) -> Option<&str> {
+        self.metadata().namespace.as_deref()
+    }
+
+    /// As `kind/name`, or `kind/namespace/name` in a namespace: what `apply` and `delete`
+    /// print.
+    pub fn path(&self) -> String {
+        match self.namespace() {
+            Some(ns) => format!("{}/{ns}/{}", self.kind().plural(), self.name()),
+            None => format!("{}/{}", self.kind().plural(), self.name()),
+        }
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -428,6 +544,7 @@ impl Resource {
             Resource::Node(r) => serde_json::to_value(r),
             Resource::IpReservation(r) => serde_json::to_value(r),
             Resource::IpamConfiguration(r) => serde_json::to_value(r),
+            Resource::WorkloadEndpoint(r) => serde_json::to_value(r),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -443,6 +560,7 @@ impl Resource {
             Kind::Node => Resource::Node(serde_json::from_slice(bytes).map_err(e)?),
             Kind::IpReservation => Resource::IpReservation(serde_json::from_slice(bytes).map_err(e)?),
             Kind::IpamConfiguration => Resource::IpamConfiguration(serde_json::from_slice(bytes).map_err(e)?),
+            Kind::WorkloadEndpoint => Resource::WorkloadEndpoint(serde_json::from_slice(bytes).map_err(e)?),
         })
     }
 }
@@ -569,7 +687,13 @@ fn parse_doc(n: usize, doc: &Doc<'_>) -> Result<Resource, DocError> {
         Kind::Node => Resource::Node(serde_yaml_ng::from_str(doc.text).map_err(e)?),
         Kind::IpReservation => Resource::IpReservation(serde_yaml_ng::from_str(doc.text).map_err(e)?),
         Kind::IpamConfiguration => Resource::IpamConfiguration(serde_yaml_ng::from_str(doc.text).map_err(e)?),
+        Kind::WorkloadEndpoint => Resource::WorkloadEndpoint(serde_yaml_ng::from_str(doc.text).map_err(e)?),
     };
+    let mut r = r;
+    if kind.is_namespaced() && r.namespace().is_none() {
+        // As calicoctl: a namespaced resource without one is in `default`.
+        r.metadata_mut().namespace = Some("default".into());
+    }
     validate(&r).map_err(|(field, message)| err(&field, message))?;
     Ok(r)
 }
@@ -609,8 +733,6 @@ fn community(field: &str, s: &str) -> Result<(), (String, String)> {
     }
 }
 
-/// Checks what decoding cannot: values that must parse, and fit together. The error names
-/// the field.
 /// Fields of `r` that are set (to something other than what the router does anyway) but that
 /// this router keeps without acting on: `router apply` names them, so that nothing a user
 /// writes is silently a no-op.
@@ -652,6 +774,11 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             note(any(|r| r.interface.is_some()), "a rule's interface");
         }
         Resource::Node(_) | Resource::IpReservation(_) | Resource::IpamConfiguration(_) => {}
+        // The CNI plugin and the nodes write these to say where their pods are; one applied
+        // by hand makes no pod, and policy (profiles) and 1:1 NAT are not this router's.
+        Resource::WorkloadEndpoint(_) => {
+            note(true, "all of it: pods come from the CNI plugin and the nodes' configurations")
+        }
     }
     out
 }
@@ -727,18 +854,39 @@ pub fn peer_address(s: &str) -> Option<(IpAddr, Option<u16>)> {
     }
 }
 
+/// Whether `s` is a name Calico takes for a resource (a DNS subdomain): lower-case letters,
+/// digits, '-' and '.', starting and ending with a letter or digit.
+pub fn is_resource_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Checks what decoding cannot: values that must parse, and fit together. The error names
+/// the field.
 pub fn validate(r: &Resource) -> Result<(), (String, String)> {
     let name = r.name();
-    let name_ok = !name.is_empty()
-        && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    if !name_ok {
+    if !is_resource_name(name) {
         return Err((
             "metadata.name".into(),
             format!("{name:?}: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"),
         ));
+    }
+    match (r.namespace(), r.kind().is_namespaced()) {
+        (Some(ns), true) if !is_resource_name(ns) || ns.contains('.') || ns.len() > 63 => {
+            return Err((
+                "metadata.namespace".into(),
+                format!(
+                    "{ns:?}: at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"
+                ),
+            ))
+        }
+        (Some(_), false) => {
+            return Err(("metadata.namespace".into(), format!("a {} is not in a namespace", r.kind())));
+        }
+        _ => {}
     }
     match r {
         Resource::IpPool(p) => {
@@ -958,8 +1106,82 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             return Err(("metadata.name".into(), format!("{name:?}: Calico's IPAM configuration is named default")));
         }
         Resource::IpamConfiguration(_) => {}
+        Resource::WorkloadEndpoint(w) => validate_endpoint(name, &w.spec)?,
     }
     Ok(())
+}
+
+fn validate_endpoint(name: &str, s: &WorkloadEndpointSpec) -> Result<(), (String, String)> {
+    let want = endpoint_name(s)?;
+    if name != want {
+        return Err((
+            "metadata.name".into(),
+            format!("{name:?} is not the name Calico gives this endpoint: {want:?} (node, orchestrator, pod or container or workload, endpoint)"),
+        ));
+    }
+    for (i, n) in s.ip_networks.iter().enumerate() {
+        let field = format!("spec.ipNetworks[{i}]");
+        match n.parse::<IpAddr>() {
+            Ok(_) => {}
+            Err(_) => {
+                cidr(&field, n)?;
+            }
+        }
+    }
+    for (field, g, v4) in [("spec.ipv4Gateway", &s.ipv4_gateway, true), ("spec.ipv6Gateway", &s.ipv6_gateway, false)] {
+        if !g.is_empty() && g.parse::<IpAddr>().map_or(true, |a| a.is_ipv4() != v4) {
+            return Err((field.into(), format!("{g:?} is not an IPv{} address", if v4 { 4 } else { 6 })));
+        }
+    }
+    if !s.mac.is_empty() {
+        let octets: Vec<&str> = s.mac.split(':').collect();
+        if octets.len() != 6 || octets.iter().any(|o| o.len() != 2 || u8::from_str_radix(o, 16).is_err()) {
+            return Err(("spec.mac".into(), format!("{:?} is not a MAC address (six hex octets with ':')", s.mac)));
+        }
+    }
+    let i = &s.interface_name;
+    if i.len() > 15 || i.bytes().any(|b| b == b'/' || b == b':' || b <= b' ') {
+        return Err(("spec.interfaceName".into(), format!("{i:?} is not an interface name")));
+    }
+    for (i, n) in s.ip_nats.iter().enumerate() {
+        for (f, a) in [("internalIP", &n.internal_ip), ("externalIP", &n.external_ip)] {
+            a.parse::<IpAddr>().map_err(|_| (format!("spec.ipNATs[{i}].{f}"), format!("{a:?} is not an address")))?;
+        }
+    }
+    for (i, p) in s.allow_spoofed_source_prefixes.iter().enumerate() {
+        reserved(&format!("spec.allowSpoofedSourcePrefixes[{i}]"), p)?;
+    }
+    for (i, p) in s.ports.iter().enumerate() {
+        if p.port == 0 {
+            return Err((format!("spec.ports[{i}].port"), "0 is not a port".into()));
+        }
+    }
+    Ok(())
+}
+
+/// The name Calico gives a workload endpoint: `<node>-<orchestrator>-<id>-<endpoint>`, the id
+/// being the pod (orchestrator `k8s`), the container (`cni`) or the workload, each part with
+/// its dashes doubled so that the name splits back into them. The error names the field that
+/// is missing or cannot be a part (it begins or ends with '-').
+pub fn endpoint_name(s: &WorkloadEndpointSpec) -> Result<String, (String, String)> {
+    let id = match s.orchestrator.as_str() {
+        "k8s" => ("spec.pod", &s.pod),
+        "cni" => ("spec.containerID", &s.container_id),
+        "libnetwork" => ("spec.orchestrator", &s.orchestrator),
+        _ => ("spec.workload", &s.workload),
+    };
+    let parts = [("spec.node", &s.node), ("spec.orchestrator", &s.orchestrator), id, ("spec.endpoint", &s.endpoint)];
+    let mut out = Vec::with_capacity(parts.len());
+    for (field, v) in parts {
+        if v.is_empty() {
+            return Err((field.into(), "missing: it makes the endpoint's name".into()));
+        }
+        if v.starts_with('-') || v.ends_with('-') {
+            return Err((field.into(), format!("{v:?}: a part of a name may not begin or end with '-'")));
+        }
+        out.push(v.replace('-', "--"));
+    }
+    Ok(out.join("-"))
 }
 
 /// A reservation: an address, or a network without host bits.

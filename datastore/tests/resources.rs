@@ -17,6 +17,7 @@ fn every_kind_reads_and_round_trips_through_yaml_and_json() {
         "node.json",
         "ipreservation.yaml",
         "ipamconfiguration.yaml",
+        "workloadendpoint.yaml",
     ];
     let mut kinds = Vec::new();
     for f in all {
@@ -48,6 +49,37 @@ fn every_kind_reads_and_round_trips_through_yaml_and_json() {
         .replace("CrossSubnet", "Never");
     let v6 = resources::parse(&v6).expect("an IPv6 pool");
     assert!(resources::not_followed(&v6[0]).is_empty());
+    // An endpoint is in its namespace, `default` where the document names none.
+    let weps = resources::parse(&fixture("workloadendpoint.yaml")).expect("endpoints");
+    let ns: Vec<Option<&str>> = weps.iter().map(Resource::namespace).collect();
+    assert_eq!(ns, [Some("shop"), Some("default")]);
+    assert_eq!(weps[0].path(), "workloadendpoints/shop/worker1-k8s-shop--web--5f7c9-eth0");
+    let Resource::WorkloadEndpoint(w) = &weps[0] else { panic!("an endpoint") };
+    assert_eq!(w.spec.ports[1].protocol, resources::Protocol::Number(17));
+}
+
+#[test]
+fn an_endpoint_has_calicos_name_for_it_and_a_namespace_only_it_has() {
+    let text = fixture("workloadendpoint.yaml");
+    let first = text.split("---\n").next().expect("the first document");
+    // The name says node, orchestrator, pod and endpoint; one that does not is refused.
+    let e = error(&first.replace("name: worker1-k8s-shop--web--5f7c9-eth0", "name: web"));
+    assert_eq!((e.line, e.field.as_deref()), (Some(6), Some("metadata.name")), "{e}");
+    assert!(e.message.contains("worker1-k8s-shop--web--5f7c9-eth0"), "{e}");
+    let e = error(&first.replace("pod: shop-web-5f7c9", "pod: shop-web-"));
+    assert_eq!(e.field.as_deref(), Some("spec.pod"), "{e}");
+    let e = error(&first.replace("10.244.1.17/32", "10.244.1.17/33"));
+    assert_eq!((e.line, e.field.as_deref()), (Some(21), Some("spec.ipNetworks[0]")), "{e}");
+    let e = error(&first.replace("6a:1f:0c:22:9b:41", "6a:1f:0c:22:9b"));
+    assert_eq!(e.field.as_deref(), Some("spec.mac"), "{e}");
+    let e = error(&first.replace("namespace: shop", "namespace: Shop"));
+    assert_eq!(e.field.as_deref(), Some("metadata.namespace"), "{e}");
+    let e = error(&first.replace("spec:\n", "  colour: blue\nspec:\n"));
+    assert_eq!(e.field.as_deref(), Some("metadata.colour"), "{e}");
+    // The cluster's kinds have no namespace.
+    let pool = fixture("ippool.yaml").replacen("metadata:\n", "metadata:\n  namespace: shop\n", 1);
+    let e = error(&pool);
+    assert_eq!(e.field.as_deref(), Some("metadata.namespace"), "{e}");
 }
 
 fn error(text: &str) -> resources::DocError {
@@ -251,8 +283,10 @@ fn kinds_are_read_as_users_type_them() {
         ("ipreservations", Kind::IpReservation),
         ("IPAMConfiguration", Kind::IpamConfiguration),
         ("ipamconfig", Kind::IpamConfiguration),
+        ("workloadendpoints", Kind::WorkloadEndpoint),
+        ("wep", Kind::WorkloadEndpoint),
     ] {
         assert_eq!(Kind::parse(s), Some(k), "{s}");
     }
-    assert_eq!(Kind::parse("workloadendpoint"), None);
+    assert_eq!(Kind::parse("workload"), None);
 }

@@ -43,7 +43,7 @@ pub fn apply(store: &Store, file: &Path) -> anyhow::Result<()> {
             Applied::Configured => "configured",
             Applied::Unchanged => "unchanged",
         };
-        nodeapi::outln!("{}/{} {what}", r.kind().plural(), r.name());
+        nodeapi::outln!("{} {what}", r.path());
     }
     Ok(())
 }
@@ -51,26 +51,36 @@ pub fn apply(store: &Store, file: &Path) -> anyhow::Result<()> {
 pub fn delete_file(store: &Store, file: &Path) -> anyhow::Result<i32> {
     let mut missing = 0;
     for r in read(file)? {
-        missing += i32::from(!delete_one(store, r.kind(), r.name())?);
+        missing += i32::from(!delete_one(store, r.kind(), r.namespace(), r.name())?);
     }
     Ok(i32::from(missing > 0))
 }
 
-/// Whether it existed.
-pub fn delete_one(store: &Store, kind: Kind, name: &str) -> anyhow::Result<bool> {
-    let existed = store.delete(kind, name)?;
+/// `kind/name`, or `kind/namespace/name` for a namespaced kind.
+fn path(kind: Kind, namespace: Option<&str>, name: &str) -> String {
+    match kind.is_namespaced() {
+        true => format!("{}/{}/{name}", kind.plural(), namespace.unwrap_or("default")),
+        false => format!("{}/{name}", kind.plural()),
+    }
+}
+
+/// Whether it existed. `namespace`: for a namespaced kind (`None`: `default`).
+pub fn delete_one(store: &Store, kind: Kind, namespace: Option<&str>, name: &str) -> anyhow::Result<bool> {
+    let existed = store.delete_in(kind, namespace, name)?;
     if existed {
-        nodeapi::outln!("{}/{name} deleted", kind.plural());
+        nodeapi::outln!("{} deleted", path(kind, namespace, name));
         if kind == Kind::Node {
-            // As `calicoctl delete node`: the node's addresses and blocks go with it (a node
-            // that runs again claims its blocks and records its pods anew).
+            // As `calicoctl delete node`: the node's addresses, blocks and workload endpoints
+            // go with it (a node that runs again claims its blocks and records its pods anew).
             let (addresses, blocks) = datastore::ipam::Ipam::new(store.etcd.clone()).release_node(name)?;
+            let endpoints = store.delete_endpoints_of(name)?;
             let n = |k: usize, one: &str, many: &str| format!("{k} {}", if k == 1 { one } else { many });
             let (a, b) = (n(addresses, "address", "addresses"), n(blocks, "block", "blocks"));
             nodeapi::outln!("released {a} and {b} of node {name}");
+            nodeapi::outln!("deleted {} of node {name}", n(endpoints, "workload endpoint", "workload endpoints"));
         }
     } else {
-        eprintln!("{}/{name} does not exist", kind.plural());
+        eprintln!("{} does not exist", path(kind, namespace, name));
     }
     Ok(existed)
 }
@@ -89,10 +99,12 @@ pub enum Output {
     Json,
 }
 
-pub fn get(store: &Store, kind: Kind, name: Option<&str>, out: Output) -> anyhow::Result<i32> {
-    let rs = store.get(kind, name)?;
+/// `namespace`: for a namespaced kind, the one to look in (`None`: all of them; a named
+/// resource is then looked for in `default`).
+pub fn get(store: &Store, kind: Kind, namespace: Option<&str>, name: Option<&str>, out: Output) -> anyhow::Result<i32> {
+    let rs = store.get_in(kind, namespace, name)?;
     if let (Some(n), true) = (name, rs.is_empty()) {
-        eprintln!("{}/{n} does not exist", kind.plural());
+        eprintln!("{} does not exist", path(kind, namespace, n));
         return Ok(1);
     }
     match out {
@@ -107,13 +119,13 @@ pub fn get(store: &Store, kind: Kind, name: Option<&str>, out: Output) -> anyhow
             });
             nodeapi::outln!("{}", serde_json::to_string_pretty(&list)?);
         }
-        Output::Table => nodeapi::out!("{}", table(kind, &rs)),
+        Output::Table => nodeapi::out!("{}", table(kind, &rs, kind.is_namespaced() && namespace.is_none())),
     }
     Ok(0)
 }
 
-/// `calicoctl get`'s columns per kind.
-fn table(kind: Kind, rs: &[Resource]) -> String {
+/// `calicoctl get`'s columns per kind; `namespaces`: with the namespace first.
+fn table(kind: Kind, rs: &[Resource], namespaces: bool) -> String {
     let header: &[&str] = match kind {
         Kind::IpPool => &["NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "SELECTOR"],
         Kind::BgpConfiguration => &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
@@ -122,6 +134,8 @@ fn table(kind: Kind, rs: &[Resource]) -> String {
         Kind::Node => &["NAME", "IPV4", "RRCLUSTERID"],
         Kind::IpReservation => &["NAME", "RESERVED"],
         Kind::IpamConfiguration => &["NAME", "STRICTAFFINITY", "MAXBLOCKSPERHOST", "AUTOALLOCATEBLOCKS"],
+        Kind::WorkloadEndpoint if namespaces => &["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
+        Kind::WorkloadEndpoint => &["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
     };
     let opt = |s: Option<String>| s.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = rs
@@ -167,6 +181,22 @@ fn table(kind: Kind, rs: &[Resource]) -> String {
                 c.spec.max_blocks_per_host.unwrap_or(0).to_string(),
                 c.spec.auto_allocate_blocks.unwrap_or(true).to_string(),
             ],
+            Resource::WorkloadEndpoint(w) => {
+                let s = &w.spec;
+                // The pod, as calicoctl shows it: Kubernetes' pod name, else the workload's
+                // or the container's.
+                let workload = [&s.pod, &s.workload, &s.container_id].into_iter().find(|x| !x.is_empty());
+                let mut row = vec![
+                    workload.cloned().unwrap_or_else(|| "-".into()),
+                    s.node.clone(),
+                    s.ip_networks.join(","),
+                    s.interface_name.clone(),
+                ];
+                if namespaces {
+                    row.insert(0, opt(w.metadata.namespace.clone()));
+                }
+                row
+            }
         })
         .collect();
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();

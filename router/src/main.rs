@@ -129,7 +129,8 @@ enum Cmd {
         query: Query,
     },
     /// Create or update Calico resources (IPPool, BGPConfiguration, BGPPeer, BGPFilter, Node,
-    /// IPReservation, IPAMConfiguration) in etcd from a YAML or JSON file, like `calicoctl apply -f`.
+    /// IPReservation, IPAMConfiguration, WorkloadEndpoint) in etcd from a YAML or JSON file,
+    /// like `calicoctl apply -f`.
     Apply {
         /// The file (`-`: stdin); every document is checked before anything is written.
         #[arg(short = 'f', long = "filename")]
@@ -139,13 +140,18 @@ enum Cmd {
     },
     /// Show Calico resources from etcd, like `calicoctl get`.
     Get {
-        /// ippools, bgpconfigurations, bgppeers, bgpfilters, nodes, ipreservations or
-        /// ipamconfigurations (singular works too).
+        /// ippools, bgpconfigurations, bgppeers, bgpfilters, nodes, ipreservations,
+        /// ipamconfigurations or workloadendpoints (singular works too; wep).
         kind: String,
         #[arg(value_name = "NAME")]
         resource: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: router::calico::Output,
+        #[command(flatten)]
+        ns: NamespaceSel,
+        /// Workload endpoints of every namespace.
+        #[arg(short = 'A', long, conflicts_with = "namespace")]
+        all_namespaces: bool,
         #[command(flatten)]
         etcd: EtcdSel,
     },
@@ -155,8 +161,10 @@ enum Cmd {
         kind: Option<String>,
         #[arg(required_unless_present = "file", value_name = "NAME")]
         resource: Option<String>,
-        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "resource"])]
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "resource", "namespace"])]
         file: Option<PathBuf>,
+        #[command(flatten)]
+        ns: NamespaceSel,
         #[command(flatten)]
         etcd: EtcdSel,
     },
@@ -206,6 +214,24 @@ impl EtcdSel {
             }
         }
         Ok(datastore::Store::new(datastore::etcd::Etcd::new(&self.endpoints)?))
+    }
+}
+
+#[derive(clap::Args)]
+struct NamespaceSel {
+    /// The namespace of workload endpoints (default: `default`).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+}
+
+impl NamespaceSel {
+    /// The namespace for `kind`: `-n` only where the kind has namespaces.
+    fn of(&self, kind: datastore::resources::Kind) -> anyhow::Result<Option<&str>> {
+        match (&self.namespace, kind.is_namespaced()) {
+            (Some(_), false) => anyhow::bail!("{} are not in a namespace: -n does not apply", kind.plural()),
+            (ns, true) => Ok(Some(ns.as_deref().unwrap_or("default"))),
+            (None, false) => Ok(None),
+        }
     }
 }
 
@@ -605,13 +631,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Apply { file, etcd } => router::calico::apply(&etcd.store()?, &file).map(|_| 0),
-        Cmd::Get { kind, resource, output, etcd } => {
-            router::calico::get(&etcd.store()?, router::calico::kind(&kind)?, resource.as_deref(), output)
+        Cmd::Get { kind, resource, output, ns, all_namespaces, etcd } => {
+            let kind = router::calico::kind(&kind)?;
+            let namespace = if all_namespaces && resource.is_none() { None } else { ns.of(kind)? };
+            router::calico::get(&etcd.store()?, kind, namespace, resource.as_deref(), output)
         }
         Cmd::Delete { file: Some(file), etcd, .. } => router::calico::delete_file(&etcd.store()?, &file),
-        Cmd::Delete { kind, resource, etcd, .. } => {
+        Cmd::Delete { kind, resource, ns, etcd, .. } => {
             let kind = router::calico::kind(kind.as_deref().unwrap_or_default())?;
-            let existed = router::calico::delete_one(&etcd.store()?, kind, resource.as_deref().unwrap_or_default())?;
+            let name = resource.as_deref().unwrap_or_default();
+            let existed = router::calico::delete_one(&etcd.store()?, kind, ns.of(kind)?, name)?;
             Ok(i32::from(!existed))
         }
         Cmd::Ipam { cmd: IpamCmd::Show { show_blocks, ip, json, src } } => {

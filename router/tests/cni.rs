@@ -540,6 +540,20 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     assert_eq!(address(&b), "10.244.2.2/32");
     let (ok, out) = in_ns(&x, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.244.2.2"]);
     assert!(ok, "container to container: {out}");
+    // Each container's workload endpoint, as Calico's plugin writes it: named by node,
+    // orchestrator `cni`, container and interface (dashes doubled), in `default`.
+    let weps = endpoints(&lab);
+    let names: Vec<&str> = weps.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["default/node--a-cni-cx-eth0", "default/node--b-cni-cy-eth0"]);
+    let spec = &weps[0].1["spec"];
+    assert_eq!(
+        (&spec["node"], &spec["orchestrator"], &spec["containerID"], &spec["endpoint"], &spec["ipNetworks"]),
+        (&json!("node-a"), &json!("cni"), &json!("cx"), &json!("eth0"), &json!(["10.244.1.3/32"])),
+        "{spec}"
+    );
+    assert_eq!(spec["interfaceName"], a.out["interfaces"][0]["name"], "{spec}");
+    assert_eq!(spec["mac"], a.out["interfaces"][1]["mac"], "{spec}");
+    assert_eq!(spec["ipv4Gateway"], "169.254.1.1");
     // CHECK, DEL and DEL again against etcd.
     let prev = {
         let mut c = conf_a.clone();
@@ -549,6 +563,7 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     assert_eq!(plugin_call(&lab, "node-a", &prev, "CHECK", "cx", Some(&x)).code, 0);
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cx", Some(&x)).code, 0);
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cx", Some(&x)).code, 0);
+    assert_eq!(endpoint_names(&lab), ["default/node--b-cni-cy-eth0"], "DEL takes the endpoint");
     let again = plugin_call(&lab, "node-a", &conf_a, "ADD", "cz", Some(&x));
     assert_eq!(address(&again), "10.244.1.3/32", "the released address is free again");
     assert_eq!(plugin_call(&lab, "node-b", &conf_b, "DEL", "cy", Some(&y)).code, 0);
@@ -572,7 +587,36 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
         );
         assert!(s["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{s}");
     });
+    // Its endpoint is the pod's (orchestrator k8s) in the pod's namespace.
+    let weps = endpoints(&lab);
+    let (name, wep) = weps.iter().find(|(n, _)| n.starts_with("shop/")).expect("the pod's endpoint");
+    assert_eq!(name, "shop/node--a-k8s-web--0-eth0");
+    assert_eq!((&wep["spec"]["pod"], &wep["spec"]["containerID"]), (&json!("web-0"), &json!("ck")));
+    assert_eq!(wep["metadata"]["labels"]["projectcalico.org/namespace"], "shop");
+    // CHECK sees it; with it deleted behind the plugin's back, CHECK says so, and ADD
+    // again writes it again.
+    let mut prev = conf_a.clone();
+    prev["prevResult"] = k8s.out.clone();
+    let check = run_plugin_with(&lab, "node-a", "CHECK", "ck", Some(&x), &prev.to_string(), &args);
+    assert_eq!(check.code, 0, "{}", check.raw);
+    in_node_a(&lab, || {
+        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
+        let store = datastore::Store::new(etcd);
+        let wep = datastore::resources::Kind::WorkloadEndpoint;
+        assert!(store.delete_in(wep, Some("shop"), "node--a-k8s-web--0-eth0").expect("delete"));
+    });
+    let check = run_plugin_with(&lab, "node-a", "CHECK", "ck", Some(&x), &prev.to_string(), &args);
+    assert!(check.raw.contains("workloadendpoints/shop/node--a-k8s-web--0-eth0 is gone"), "{}", check.raw);
+    let k8s_again = run_plugin_with(&lab, "node-a", "ADD", "ck", Some(&x), &conf_a.to_string(), &args);
+    assert_eq!((k8s_again.code, address(&k8s_again)), (0, "10.244.1.3/32".to_string()), "{}", k8s_again.raw);
+    assert!(endpoint_names(&lab).contains(&"shop/node--a-k8s-web--0-eth0".to_string()));
+    // A name that cannot make an endpoint is refused before anything is done.
+    let bad = [("CNI_ARGS", "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-")];
+    let refused = run_plugin_with(&lab, "node-a", "ADD", "cb", Some(&y), &conf_a.to_string(), &bad);
+    assert!(refused.code != 0 && refused.raw.contains("spec.pod"), "{}", refused.raw);
+    // DEL without CNI_ARGS (a runtime that forgot the pod) still finds the endpoint.
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "ck", Some(&x)).code, 0);
+    assert!(!endpoint_names(&lab).iter().any(|n| n.starts_with("shop/")), "{:?}", endpoint_names(&lab));
     // Calico's IPPool nodeSelector: a pool for rack r2, which node-b is in, and the default
     // pool for the other racks. node-b's next container gets its address from the rack's
     // pool (announced by node-b as a /32), node-a's still from the default one.
@@ -639,6 +683,21 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
         etcd.put("/calico/ipam/v2/assignment/ipv4/block/10.253.0.0-30", block.to_string().as_bytes()).expect("put");
         etcd.put("/calico/ipam/v2/handle/k8s-pod-network.c0ffee", br#"{"block":{"10.253.0.0/30":1},"deleted":false}"#)
             .expect("put");
+        // Endpoints: one of a container that holds no address any more (its DEL was cut
+        // short), and one of a configured pod, which GC leaves to its node.
+        let store = datastore::Store::new(etcd);
+        for (orchestrator, id) in [("cni", "gone"), ("router", "pod-a1")] {
+            let e = datastore::endpoints::Endpoint {
+                node: "node-a".into(),
+                orchestrator: orchestrator.into(),
+                namespace: "default".into(),
+                workload: id.into(),
+                container_id: id.into(),
+                endpoint: "eth0".into(),
+                ..Default::default()
+            };
+            store.apply(&e.resource().expect("endpoint")).expect("apply");
+        }
     });
     let mut gc = conf_a.clone();
     gc["cniVersion"] = json!("1.1.0");
@@ -653,13 +712,16 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
         assert!(etcd.get("/calico/ipam/v2/handle/k8s-pod-network.c0ffee").expect("get").is_some());
         assert!(etcd.get("/calico/ipam/v2/handle/cm@eth0").expect("get").is_none());
     });
+    let mut left = endpoint_names(&lab);
+    left.retain(|n| n.contains("node--a"));
+    assert_eq!(left, ["default/node--a-cni-cx-eth0", "default/node--a-router-pod--a1-eth0"]);
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cm", Some(&z)).code, 0);
     assert_eq!(plugin_call(&lab, "node-b", &conf_b, "DEL", "cr", Some(&y)).code, 0);
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cx", Some(&x)).code, 0);
 }
 
 /// Runs `f` on a thread in node-a's network namespace (where the test's etcd listens).
-fn in_node_a(lab: &TestLab, f: impl FnOnce() + Send + 'static) {
+fn in_node_a<R: Send + 'static>(lab: &TestLab, f: impl FnOnce() -> R + Send + 'static) -> R {
     let ns_a = lab.ns("node-a");
     std::thread::spawn(move || {
         let fd = std::fs::File::open(format!("/run/netns/{ns_a}")).expect("netns");
@@ -667,7 +729,21 @@ fn in_node_a(lab: &TestLab, f: impl FnOnce() + Send + 'static) {
         f()
     })
     .join()
-    .expect("in node-a's namespace");
+    .expect("in node-a's namespace")
+}
+
+/// The workload endpoints in the test's etcd: `namespace/name` and the whole resource.
+fn endpoints(lab: &TestLab) -> Vec<(String, Value)> {
+    in_node_a(lab, || {
+        let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
+        let store = datastore::Store::new(etcd);
+        let all = store.get_in(datastore::resources::Kind::WorkloadEndpoint, None, None).expect("endpoints");
+        all.iter().map(|r| (format!("{}/{}", r.namespace().unwrap_or("?"), r.name()), r.to_json())).collect()
+    })
+}
+
+fn endpoint_names(lab: &TestLab) -> Vec<String> {
+    endpoints(lab).into_iter().map(|(n, _)| n).collect()
 }
 
 #[test]

@@ -91,6 +91,35 @@ fn record_ipam(store: &datastore::Store, me: &Me) {
     }
 }
 
+/// The orchestrator the workload endpoints of a node's configured pods name: the router
+/// itself (a container's endpoint is its CNI plugin's, orchestrator `k8s` or `cni`).
+pub const CONFIGURED: &str = "router";
+
+/// The workload endpoints of the node's configured pods written, and those of pods it no
+/// longer has deleted. Best effort, as [`record_ipam`].
+fn record_endpoints(store: &datastore::Store, me: &Me) {
+    let mut wanted = Vec::new();
+    for p in &me.pods {
+        let e = datastore::endpoints::Endpoint {
+            node: me.name.clone(),
+            orchestrator: CONFIGURED.into(),
+            namespace: "default".into(),
+            workload: p.name.clone(),
+            endpoint: "eth0".into(),
+            interface: p.interface.clone(),
+            addresses: std::iter::once(IpAddr::V4(p.address)).chain(p.address6.map(IpAddr::V6)).collect(),
+            ..Default::default()
+        };
+        match e.resource() {
+            Ok(r) => wanted.push(r),
+            Err(e) => tracing::warn!(pod = p.name, error = %format!("{e:#}"), "no workload endpoint for this pod"),
+        }
+    }
+    if let Err(e) = store.sync_endpoints(&me.name, CONFIGURED, &wanted) {
+        tracing::warn!(error = %format!("{e:#}"), "the node's workload endpoints in etcd");
+    }
+}
+
 /// The node's own `Node` resource, as Calico's node agent writes it: created when missing,
 /// its `bgp.ipv4Address` (and on a dual-stack node `bgp.ipv6Address`) put right when they are
 /// not the node's; everything else (labels, a reflector cluster ID) is the user's and stays.
@@ -154,6 +183,7 @@ fn run(
                 Ok(()) => {
                     registered = true;
                     record_ipam(&store, &me);
+                    record_endpoints(&store, &me);
                 }
                 Err(e) => outage(&mut down_since, &e),
             }
@@ -167,8 +197,10 @@ fn run(
         };
         // Watch from just after what was listed: nothing is missed between the two, and a
         // watch that broke resumes from there.
+        // Pods coming and going (their workload endpoints) change nothing a node routes by.
         let mut watch = match store.etcd.watch(datastore::PREFIX, from + 1) {
             Ok(w) => {
+                let w = w.ignoring(&datastore::endpoints_prefix());
                 if down_since.take().is_some() {
                     tracing::info!(revision = from, "etcd answers again: watching from where the node was");
                 }
