@@ -54,14 +54,6 @@ impl Watch {
         self
     }
 
-    /// Whether the events of an answer change a key that is not ignored.
-    fn concerns(&self, events: &[Value]) -> bool {
-        let Some(ignore) = &self.ignore else { return !events.is_empty() };
-        events.iter().any(|e| {
-            let key = B64.decode(e["kv"]["key"].as_str().unwrap_or("")).unwrap_or_default();
-            !key.starts_with(ignore.as_bytes())
-        })
-    }
 
     pub fn wait(&mut self) -> anyhow::Result<WatchEvent> {
         loop {
@@ -91,12 +83,20 @@ impl Watch {
             if r["canceled"].as_bool() == Some(true) {
                 bail!("etcd canceled the watch: {}", r["cancel_reason"]);
             }
-            if r["events"].as_array().is_some_and(|e| self.concerns(e)) {
+            if r["events"].as_array().is_some_and(|e| concerns(e, self.ignore.as_deref())) {
                 return Ok(WatchEvent::Changed(int(&r["header"]["revision"])));
             }
             // The answer that the watch was created, or a progress note: read on.
         }
     }
+}
+
+/// Whether the events of a watch answer change a key not under `ignore`.
+fn concerns(events: &[Value], ignore: Option<&str>) -> bool {
+    events.iter().any(|e| {
+        let key = B64.decode(e["kv"]["key"].as_str().unwrap_or("")).unwrap_or_default();
+        ignore.is_none_or(|i| !key.starts_with(i.as_bytes()))
+    })
 }
 
 /// One key as read: its value and the revision it was last changed at.
@@ -310,6 +310,18 @@ mod tests {
     fn a_prefix_range_ends_after_its_last_key() {
         assert_eq!(prefix_end("/calico/"), b"/calico0".to_vec());
         assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+
+    #[test]
+    fn a_watch_ignores_the_changes_it_is_told_to() {
+        let ev = |k: &str| json!({ "type": "PUT", "kv": { "key": b64(k.as_bytes()) } });
+        let pods = [ev("/calico/resources/v3/projectcalico.org/workloadendpoints/default/a")];
+        let mixed = [pods[0].clone(), ev("/calico/resources/v3/projectcalico.org/ippools/p")];
+        let ignore = Some("/calico/resources/v3/projectcalico.org/workloadendpoints/");
+        assert!(!concerns(&pods, ignore));
+        assert!(concerns(&mixed, ignore));
+        assert!(concerns(&pods, None));
+        assert!(!concerns(&[], None));
     }
 
     #[test]

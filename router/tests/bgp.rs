@@ -1044,10 +1044,32 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
         t.lines().find(|l| l.starts_with("Block") && l.contains("node-b")).map(str::to_string)
     };
     let held = node_b_block().expect("node-b's block in etcd");
+    // Each node recorded its configured pods as workload endpoints (calicoctl's columns).
+    let weps = text(&lab.router(&["get", "workloadendpoints"]).stdout);
+    let rows: Vec<String> = weps.lines().map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(
+        rows,
+        [
+            "WORKLOAD NODE NETWORKS",
+            "pod-a1 node-a 10.244.1.1/32",
+            "pod-a2 node-a 10.244.1.2/32",
+            "pod-b1 node-b 10.244.2.1/32",
+            "pod-c1 node-c 10.244.3.1/32"
+        ],
+        "{weps}"
+    );
+    let b1 = "node--b-router-pod--b1-eth0";
+    let one = lab.router(&["get", "wep", b1, "-o", "json"]);
+    let wep: serde_json::Value = serde_json::from_slice(&one.stdout).expect("json");
+    assert_eq!(wep["spec"]["interfaceName"].as_str().map(|i| i.starts_with("cali")), Some(true), "{wep}");
+    let shop = text(&lab.router(&["get", "wep", "-n", "shop"]).stdout);
+    assert_eq!(shop.lines().count(), 1, "no pods in namespace shop: {shop}");
     let out = lab.router(&["delete", "node", "node-b"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("released 1 address and 1 block of node node-b"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("deleted 1 workload endpoint of node node-b"), "{}", text(&out.stdout));
     assert_eq!(node_b_block(), None);
+    assert!(!lab.router(&["get", "wep", b1]).status.success(), "node-b's endpoint went with it");
     wait_for(15, "node-a to drop node-b", || peers(&lab, "node-a").iter().all(|p| p["peer"] != "192.168.100.101"));
     let out = lab.router(&["lab", "restart", "node-b"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -1055,6 +1077,7 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
         text(&lab.router(&["get", "node", "node-b"]).stdout).contains("192.168.100.101/24")
     });
     wait_for(15, "node-b's block and pods in etcd again", || node_b_block().as_ref() == Some(&held));
+    wait_for(15, "node-b's endpoint again", || lab.router(&["get", "wep", b1]).status.success());
     wait_for(15, "node-a's session with node-b", || peer_state(&lab, "node-a", "192.168.100.101").0 == "up");
     wait_for(10, "node-b's block at node-c", || route(&lab, "node-c", "10.244.2.0/26").is_some());
 
