@@ -54,7 +54,6 @@ impl Watch {
         self
     }
 
-
     pub fn wait(&mut self) -> anyhow::Result<WatchEvent> {
         loop {
             let v = match self.stream.next() {

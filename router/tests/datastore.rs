@@ -84,7 +84,7 @@ fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../datastore/tests/fixtures").join(name).to_string_lossy().into_owned()
 }
 
-const FIXTURES: [&str; 7] = [
+const FIXTURES: [&str; 8] = [
     "ippool.yaml",
     "bgpconfiguration.yaml",
     "bgppeer.yaml",
@@ -92,6 +92,7 @@ const FIXTURES: [&str; 7] = [
     "node.json",
     "ipreservation.yaml",
     "ipamconfiguration.yaml",
+    "workloadendpoint.yaml",
 ];
 
 #[test]
@@ -110,9 +111,10 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
         ("nodes", "node.json"),
         ("ipreservations", "ipreservation.yaml"),
         ("ipamconfigurations", "ipamconfiguration.yaml"),
+        ("workloadendpoints", "workloadendpoint.yaml"),
     ] {
         let want = datastore::resources::parse(&std::fs::read_to_string(fixture(f)).expect("fixture")).expect("parse");
-        let got = datastore::resources::parse(&etcd.ok(&["get", kind, "-o", "yaml"])).expect("get -o yaml reads");
+        let got = datastore::resources::parse(&etcd.ok(&["get", kind, "-A", "-o", "yaml"])).expect("get -o yaml reads");
         let strip = |rs: Vec<datastore::resources::Resource>| -> Vec<serde_json::Value> {
             let mut v: Vec<serde_json::Value> = rs
                 .iter()
@@ -127,7 +129,7 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
         };
         assert_eq!(strip(got.clone()), strip(want), "{kind}");
         assert!(got.iter().all(|r| r.metadata().uid.is_some() && r.metadata().resource_version.is_some()), "{kind}");
-        let list: serde_json::Value = serde_json::from_str(&etcd.ok(&["get", kind, "-o", "json"])).expect("json");
+        let list: serde_json::Value = serde_json::from_str(&etcd.ok(&["get", kind, "-A", "-o", "json"])).expect("json");
         assert_eq!(list["items"].as_array().map(Vec::len), Some(got.len()), "{kind}");
     }
     // Again: unchanged. Changed: configured, with a newer resourceVersion, same uid.
@@ -150,6 +152,25 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
     assert!(table.starts_with("NAME") && table.contains("rack1-tor") && table.contains("(global)"), "{table}");
     let table = etcd.ok(&["get", "ipamconfig"]);
     assert!(table.contains("STRICTAFFINITY") && table.contains("default   true"), "{table}");
+    // Workload endpoints live in namespaces: `default` unless -n says, all with -A.
+    let wep = "worker1-k8s-shop--web--5f7c9-eth0";
+    let table = etcd.ok(&["get", "wep"]);
+    assert_eq!(table.lines().count(), 2, "only default's: {table}");
+    assert!(table.starts_with("WORKLOAD") && table.contains("4f1a9c0e77d3   worker1   10.244.1.18/32"), "{table}");
+    let table = etcd.ok(&["get", "wep", "-A"]);
+    assert!(table.contains("shop        shop-web-5f7c9   worker1"), "{table}");
+    let missing = etcd.router(&["get", "wep", wep]);
+    assert!(text(&missing.stderr).contains(&format!("workloadendpoints/default/{wep} does not exist")));
+    let v: serde_json::Value =
+        serde_json::from_str(&etcd.ok(&["get", "wep", wep, "-n", "shop", "-o", "json"])).expect("json");
+    assert_eq!(v["spec"]["ipNetworks"][1], "fd00:10:244::11/128");
+    assert_eq!(etcd.ok(&["delete", "wep", wep, "-n", "shop"]).trim(), format!("workloadendpoints/shop/{wep} deleted"));
+    assert_eq!(etcd.ok(&["get", "wep", "-n", "shop"]).lines().count(), 1);
+    let not_here = etcd.router(&["get", "ippools", "-n", "shop"]);
+    assert!(text(&not_here.stderr).contains("ippools are not in a namespace"), "{}", text(&not_here.stderr));
+    let out = etcd.router(&["apply", "-f", &fixture("workloadendpoint.yaml")]);
+    assert!(text(&out.stderr).contains("not acted on by this router"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("workloadendpoints/shop/{wep} created")), "{}", text(&out.stdout));
 
     // Delete by name and by file; deleting what is gone says so.
     assert_eq!(etcd.ok(&["delete", "bgppeer", "rack1-tor"]).trim(), "bgppeers/rack1-tor deleted");
@@ -159,10 +180,17 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
         etcd.ok(&["delete", "-f", &fixture(f)]);
     }
     etcd.ok(&["delete", "bgppeer", "node-a-edge"]);
-    for kind in
-        ["ippools", "bgpconfigurations", "bgppeers", "bgpfilters", "nodes", "ipreservations", "ipamconfigurations"]
-    {
-        assert_eq!(etcd.ok(&["get", kind]).lines().count(), 1, "{kind} is empty (header only)");
+    for kind in [
+        "ippools",
+        "bgpconfigurations",
+        "bgppeers",
+        "bgpfilters",
+        "nodes",
+        "ipreservations",
+        "ipamconfigurations",
+        "workloadendpoints",
+    ] {
+        assert_eq!(etcd.ok(&["get", kind, "-A"]).lines().count(), 1, "{kind} is empty (header only)");
     }
     let missing = etcd.router(&["get", "node", "nope"]);
     assert!(!missing.status.success() && text(&missing.stderr).contains("nodes/nope does not exist"));
@@ -211,7 +239,7 @@ fn a_file_with_a_mistake_changes_nothing_and_says_where() {
     let err = text(&o.stderr);
     assert!(err.contains("mixed.yaml: document 3, line 30, field spec.peerIP"), "{err}");
     assert_eq!(etcd.ok(&["get", "ippools"]).lines().count(), 1, "the good document was not written either");
-    let kind = etcd.router(&["get", "workloadendpoints"]);
+    let kind = etcd.router(&["get", "profiles"]);
     assert!(text(&kind.stderr).contains("not a kind this router knows"), "{}", text(&kind.stderr));
     // No etcd there: a clear error, not a hang.
     let o = Command::new("ip")
