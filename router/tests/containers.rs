@@ -279,9 +279,21 @@ fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
     let taken =
         lab.exec("node-a", &["podman", "run", "--rm", "--network", "router", "--ip", "10.244.3.3", image(), "true"]);
     assert!(!taken.status.success() && text(&taken.stderr).contains("10.244.3.3 is in use"), "{}", text(&taken.stderr));
+    // Each container has its workload endpoint in the lab's etcd, as Calico's plugin
+    // leaves one; removed with the container.
+    let endpoints = || -> Vec<(String, String)> {
+        let list = lab.json(&["get", "wep", "-o", "json"]);
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let cell = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        items.iter().map(|w| (cell(&w["spec"]["containerID"]), cell(&w["spec"]["ipNetworks"][0]))).collect()
+    };
+    let weps = endpoints();
+    assert!(weps.contains(&(b.clone(), "10.244.2.40/32".into())), "{weps:?}");
     for id in [&r, &k, &b] {
         podman(&lab, "node-c", &["rm", "--force", "--time", "0", id]);
     }
+    let weps = endpoints();
+    assert!(!weps.iter().any(|(c, _)| [&r, &k, &b].contains(&c)), "{weps:?}");
     // lab down removes it, though its address is in etcd, not in the lab's IPAM file.
     let down = lab.down();
     assert!(down.status.success(), "{}", text(&down.stderr));
