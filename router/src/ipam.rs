@@ -4,7 +4,7 @@
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -95,6 +95,15 @@ impl Source {
                 Ok(Usage { pools, blocks, reserved: Vec::new() })
             }
         }
+    }
+
+    /// The addresses the workload endpoints in etcd have (`ipNetworks`); None for an IPAM
+    /// file, which has no endpoints beside it.
+    pub fn endpoint_addresses(&self) -> anyhow::Result<Option<BTreeSet<IpAddr>>> {
+        let Source::Etcd(store) = self else { return Ok(None) };
+        let eps = store.endpoints(None)?;
+        let nets = eps.iter().flat_map(|(w, _)| &w.spec.ip_networks);
+        Ok(Some(nets.filter_map(|n| n.split('/').next()?.parse().ok()).collect()))
     }
 
     /// Forgets a block that holds no address (its node is gone); whether it did.
@@ -326,6 +335,8 @@ pub struct Finding {
     pub cidr: IpNet,
     pub handle: Option<String>,
     pub node: String,
+    /// Why, in words.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -347,7 +358,9 @@ fn is_zero(n: &usize) -> bool {
 /// `calicoctl ipam check`: addresses held for pods that no node serves, or for nodes that
 /// do not exist, and blocks of nodes that do not exist. `nodes`: None where the nodes are
 /// not known (an IPAM file alone), then only the pods of nodes with sockets are asked.
-pub fn check(u: &Usage, nodes: Option<&Nodes>) -> Check {
+/// `endpoints`: the addresses of the workload endpoints in etcd, which speak for the nodes
+/// that cannot be asked, as they do for Calico's check (a node's own answer comes first).
+pub fn check(u: &Usage, nodes: Option<&Nodes>, endpoints: Option<&BTreeSet<IpAddr>>) -> Check {
     let mut pods: BTreeMap<&str, Option<Vec<nodeapi::admin::PodStatus>>> = BTreeMap::new();
     for (name, socket) in nodes.into_iter().flatten() {
         let asked = socket.as_ref().and_then(|s| nodeapi::admin::Client::new(s).pods().ok());
@@ -374,20 +387,31 @@ pub fn check(u: &Usage, nodes: Option<&Nodes>) -> Check {
         // A block no node holds (Calico releases a gone node's affinity and keeps a block
         // that others' addresses still use) is no one's orphan.
         if !b.node.is_empty() && !exists(&b.node) {
-            findings.push(Finding { kind: "block", cidr: b.cidr, handle: None, node: b.node.clone() });
+            let reason = format!("affine to {}, which is not a node", b.node);
+            findings.push(Finding { kind: "block", cidr: b.cidr, handle: None, node: b.node.clone(), reason });
         }
         for (ip, handle) in &b.used {
             let node = b.lent.get(handle).unwrap_or(&b.node).clone();
             let cidr = IpNet::from(*ip);
+            let asked = matches!(pods.get(node.as_str()), Some(Some(_)));
+            let finding =
+                |kind, reason| Finding { kind, cidr, handle: Some(handle.clone()), node: node.clone(), reason };
             if node.is_empty() {
                 // In a block no node holds, given to no node its attributes name: no one to ask.
                 unowned += 1;
             } else if !exists(&node) {
-                findings.push(Finding { kind: "orphaned", cidr, handle: Some(handle.clone()), node });
-            } else if !matches!(pods.get(node.as_str()), Some(Some(_))) {
+                findings.push(finding("orphaned", format!("given to {node}, which is not a node")));
+            } else if asked {
+                if !served(handle, *ip) {
+                    let why = format!("given to {node}, and no node serves pod {}", cni::handle_pod(handle));
+                    findings.push(finding("leaked", why));
+                }
+            } else if let Some(eps) = endpoints {
+                if !eps.contains(ip) {
+                    findings.push(finding("leaked", format!("given to {node}, and no workload endpoint has it")));
+                }
+            } else {
                 unasked.insert(node);
-            } else if !served(handle, *ip) {
-                findings.push(Finding { kind: "leaked", cidr, handle: Some(handle.clone()), node });
             }
         }
     }
@@ -407,16 +431,8 @@ impl Check {
             .findings
             .iter()
             .map(|f| {
-                let handle = f.handle.clone().unwrap_or_else(|| "-".into());
-                let (what, why) = match f.kind {
-                    "leaked" => (
-                        f.cidr.addr().to_string(),
-                        format!("given to {}, and no node serves pod {}", f.node, cni::handle_pod(&handle)),
-                    ),
-                    "orphaned" => (f.cidr.addr().to_string(), format!("given to {}, which is not a node", f.node)),
-                    _ => (f.cidr.to_string(), format!("affine to {}, which is not a node", f.node)),
-                };
-                [f.kind.to_string(), what, handle, why]
+                let what = if f.handle.is_some() { f.cidr.addr().to_string() } else { f.cidr.to_string() };
+                [f.kind.to_string(), what, f.handle.clone().unwrap_or_else(|| "-".into()), f.reason.clone()]
             })
             .collect();
         let width = |i: usize| rows.iter().map(|r| r[i].len()).max().unwrap_or(0);
@@ -490,18 +506,27 @@ mod tests {
             table(&free, true)
         );
         assert!(free.address(ip("10.244.1.9")).describe().contains("block 10.244.1.0/26 is no node's"));
-        let c = check(&free, Some(&BTreeMap::from([("node-a".to_string(), None)])));
+        let c = check(&free, Some(&BTreeMap::from([("node-a".to_string(), None)])), None);
         assert!(c.findings.is_empty(), "{:?}", c.findings);
         assert_eq!((c.unasked.len(), c.unowned), (0, 2));
         assert!(c.report().contains("not checked: 2 addresses in blocks no node holds"), "{}", c.report());
         // A check that cannot ask node-a's pods says so instead of calling them leaked;
         // without node-c, c9's address is orphaned; without the nodes, nothing is.
         let nodes: Nodes = [("node-a".to_string(), None)].into();
-        let c = check(&u, Some(&nodes));
+        let c = check(&u, Some(&nodes), None);
         assert_eq!(c.unasked, ["node-a"]);
         let found: Vec<_> = c.findings.iter().map(|f| (f.kind, f.cidr.to_string())).collect();
         assert_eq!(found, [("orphaned", "10.244.1.2/32".to_string())]);
-        let c = check(&u, None);
+        // On etcd the workload endpoints speak for the nodes that cannot be asked.
+        let c = check(&u, Some(&nodes), Some(&BTreeSet::from([ip("10.244.1.1")])));
+        assert!(c.unasked.is_empty(), "{c:?}");
+        let found: Vec<_> = c.findings.iter().map(|f| (f.kind, f.cidr.to_string())).collect();
+        assert_eq!(found, [("orphaned", "10.244.1.2/32".to_string())]);
+        let c = check(&u, Some(&nodes), Some(&BTreeSet::new()));
+        let found: Vec<_> = c.findings.iter().map(|f| (f.kind, f.cidr.to_string())).collect();
+        assert_eq!(found, [("leaked", "10.244.1.1/32".to_string()), ("orphaned", "10.244.1.2/32".to_string())]);
+        assert!(c.report().contains("given to node-a, and no workload endpoint has it"), "{}", c.report());
+        let c = check(&u, None, None);
         assert!(c.findings.is_empty() && c.unasked.len() == 2, "{c:?}");
         assert!(c.report().contains("not checked: the addresses of node-a, node-c"), "{}", c.report());
     }

@@ -668,7 +668,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Ipam { cmd: IpamCmd::Check { release, json, src } } => {
             let source = src.source()?;
             let nodes = src.nodes(&source)?;
-            let check = router::ipam::check(&source.usage()?, nodes.as_ref());
+            let endpoints = source.endpoint_addresses()?;
+            let check = router::ipam::check(&source.usage()?, nodes.as_ref(), endpoints.as_ref());
             if json {
                 nodeapi::outln!("{}", serde_json::to_string_pretty(&check)?);
             } else {

@@ -612,4 +612,26 @@ fn ipam_in_etcd_is_kept_as_calico_keeps_it() {
         said.trim(),
         "10.247.0.17 is in use by k8s-pod-network.5f1c (pod default/web); block 10.247.0.16/29 is worker-1's"
     );
+    // `router ipam check` away from a lab: worker-1 cannot be asked, but the workload
+    // endpoints say which addresses are in use, as for Calico's check.
+    let node = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: worker-1\n";
+    let path = etcd.dir.join("worker.yaml");
+    std::fs::write(&path, node).expect("write");
+    etcd.ok(&["apply", "-f", path.to_str().unwrap_or_default()]);
+    let check = etcd.router(&["ipam", "check"]);
+    let said = text(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(said.contains("leaked") && said.contains("given to worker-1, and no workload endpoint has it"), "{said}");
+    let wep = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: worker--1-k8s-web-eth0\nspec:\n  node: worker-1\n  orchestrator: k8s\n  pod: web\n  endpoint: eth0\n  ipNetworks: [10.247.0.17/32]\n";
+    std::fs::write(&path, wep).expect("write");
+    etcd.ok(&["apply", "-f", path.to_str().unwrap_or_default()]);
+    let clean = etcd.ok(&["ipam", "check"]);
+    assert!(clean.contains("no leaked addresses") && !clean.contains("not checked"), "{clean}");
+    etcd.ok(&["delete", "-f", path.to_str().unwrap_or_default()]);
+    let fixed = etcd.router(&["ipam", "check", "--release"]);
+    assert!(
+        text(&fixed.stdout).contains("released 10.247.0.17 (held by k8s-pod-network.5f1c)"),
+        "{}",
+        text(&fixed.stdout)
+    );
 }
