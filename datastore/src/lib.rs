@@ -180,7 +180,7 @@ impl Store {
             .collect()
     }
 
-    /// Every resource of the cluster's kinds ([`Kind::CLUSTER`]), and the revision they were
+    /// Every resource of the kinds that describe the cluster ([`Kind::describes_cluster`]), and the revision they were
     /// read at. A resource that no longer reads (written by something else) is left out and
     /// named in the notes.
     pub fn all(&self) -> anyhow::Result<(Vec<Resource>, i64, Vec<String>)> {
@@ -190,8 +190,8 @@ impl Store {
         let mut out = Vec::new();
         let mut notes = Vec::new();
         for kv in kvs {
-            let Some(kind) = Kind::CLUSTER.iter().find(|k| kv.key.starts_with(&format!("{PREFIX}{}/", k.plural())))
-            else {
+            let of = |k: &&Kind| k.describes_cluster() && kv.key.starts_with(&format!("{PREFIX}{}/", k.plural()));
+            let Some(kind) = Kind::ALL.iter().find(of) else {
                 continue;
             };
             match Resource::from_json(*kind, &kv.value, &kv.key) {
@@ -220,10 +220,10 @@ mod tests {
     #[test]
     fn the_cluster_sorts_before_the_endpoints_and_endpoints_live_in_namespaces() {
         let end = endpoints_prefix();
-        for k in Kind::CLUSTER {
+        for k in Kind::ALL.into_iter().filter(|k| k.describes_cluster()) {
             assert!(format!("{PREFIX}{}/", k.plural()) < end, "{k}");
         }
-        assert!(!Kind::CLUSTER.contains(&Kind::WorkloadEndpoint));
+        assert!(!Kind::WorkloadEndpoint.describes_cluster());
         assert_eq!(key(Kind::IpPool, Some("x"), "p"), format!("{PREFIX}ippools/p"));
         assert_eq!(key(Kind::WorkloadEndpoint, None, "w"), format!("{PREFIX}workloadendpoints/default/w"));
         assert_eq!(key(Kind::WorkloadEndpoint, Some("shop"), "w"), format!("{PREFIX}workloadendpoints/shop/w"));

@@ -38,17 +38,11 @@ impl Kind {
         Kind::WorkloadEndpoint,
     ];
 
-    /// The kinds that describe the cluster, which nodes watch: all but the workload
-    /// endpoints, which say where pods are (one per pod; a node needs none of them).
-    pub const CLUSTER: [Kind; 7] = [
-        Kind::IpPool,
-        Kind::BgpConfiguration,
-        Kind::BgpPeer,
-        Kind::BgpFilter,
-        Kind::Node,
-        Kind::IpReservation,
-        Kind::IpamConfiguration,
-    ];
+    /// Whether it describes the cluster, which nodes watch: all but the workload endpoints,
+    /// which say where pods are (one per pod; a node needs none of them).
+    pub fn describes_cluster(self) -> bool {
+        self != Kind::WorkloadEndpoint
+    }
 
     /// Whether its resources live in a namespace (Calico's `WorkloadEndpoint`).
     pub fn is_namespaced(self) -> bool {
