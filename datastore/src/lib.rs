@@ -180,9 +180,9 @@ impl Store {
             .collect()
     }
 
-    /// Every resource of the kinds that describe the cluster ([`Kind::describes_cluster`]), and the revision they were
-    /// read at. A resource that no longer reads (written by something else) is left out and
-    /// named in the notes.
+    /// Every resource of the kinds that describe the cluster ([`Kind::describes_cluster`]),
+    /// and the revision they were read at. A resource that no longer reads (written by
+    /// something else) is left out and named in the notes.
     pub fn all(&self) -> anyhow::Result<(Vec<Resource>, i64, Vec<String>)> {
         // The endpoints sort after every kind of the cluster: one range up to them reads
         // the cluster at one revision without reading a key per pod.

@@ -458,6 +458,21 @@ pub struct EndpointPort {
     pub host_ip: String,
 }
 
+/// A resource as `kind/name`, or `kind/namespace/name` for a namespaced kind (`default`
+/// where none is given): what `apply`, `get` and `delete` print.
+pub fn path(kind: Kind, namespace: Option<&str>, name: &str) -> String {
+    match kind.is_namespaced() {
+        true => format!("{}/{}/{name}", kind.plural(), namespace.unwrap_or("default")),
+        false => format!("{}/{name}", kind.plural()),
+    }
+}
+
+/// Whether `s` can be a namespace: a DNS label, at most 63 lower-case letters, digits and
+/// '-', starting and ending with a letter or digit.
+pub fn is_namespace(s: &str) -> bool {
+    is_resource_name(s) && !s.contains('.') && s.len() <= 63
+}
+
 /// Any of the kinds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
@@ -520,13 +535,9 @@ impl Resource {
         self.metadata().namespace.as_deref()
     }
 
-    /// As `kind/name`, or `kind/namespace/name` in a namespace: what `apply` and `delete`
-    /// print.
+    /// As [`path`] says it.
     pub fn path(&self) -> String {
-        match self.namespace() {
-            Some(ns) => format!("{}/{ns}/{}", self.kind().plural(), self.name()),
-            None => format!("{}/{}", self.kind().plural(), self.name()),
-        }
+        path(self.kind(), self.namespace(), self.name())
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -869,7 +880,7 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
         ));
     }
     match (r.namespace(), r.kind().is_namespaced()) {
-        (Some(ns), true) if !is_resource_name(ns) || ns.contains('.') || ns.len() > 63 => {
+        (Some(ns), true) if !is_namespace(ns) => {
             return Err((
                 "metadata.namespace".into(),
                 format!(

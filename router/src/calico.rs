@@ -1,7 +1,7 @@
 //! `router apply | get | delete`: Calico's resources in etcd, as `calicoctl` handles them.
 
 use anyhow::{bail, Context as _};
-use datastore::resources::{self, Kind, Resource};
+use datastore::resources::{self, path, Kind, Resource};
 use datastore::{Applied, Store};
 use std::path::Path;
 
@@ -54,14 +54,6 @@ pub fn delete_file(store: &Store, file: &Path) -> anyhow::Result<i32> {
         missing += i32::from(!delete_one(store, r.kind(), r.namespace(), r.name())?);
     }
     Ok(i32::from(missing > 0))
-}
-
-/// `kind/name`, or `kind/namespace/name` for a namespaced kind.
-fn path(kind: Kind, namespace: Option<&str>, name: &str) -> String {
-    match kind.is_namespaced() {
-        true => format!("{}/{}/{name}", kind.plural(), namespace.unwrap_or("default")),
-        false => format!("{}/{name}", kind.plural()),
-    }
 }
 
 /// Whether it existed. `namespace`: for a namespaced kind (`None`: `default`).

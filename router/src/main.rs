@@ -229,6 +229,9 @@ impl NamespaceSel {
     fn of(&self, kind: datastore::resources::Kind) -> anyhow::Result<Option<&str>> {
         match (&self.namespace, kind.is_namespaced()) {
             (Some(_), false) => anyhow::bail!("{} are not in a namespace: -n does not apply", kind.plural()),
+            (Some(ns), true) if !datastore::resources::is_namespace(ns) => {
+                anyhow::bail!("-n {ns:?}: a namespace is lower-case letters, digits and '-'")
+            }
             (ns, true) => Ok(Some(ns.as_deref().unwrap_or("default"))),
             (None, false) => Ok(None),
         }
