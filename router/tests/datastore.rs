@@ -197,6 +197,61 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
 }
 
 #[test]
+fn a_nodes_endpoints_follow_its_pods_and_a_stale_delete_keeps_a_newer_one() {
+    use datastore::endpoints::Endpoint;
+    let etcd = Etcd::start("etcd-wep");
+    let t = with_etcd(&etcd.ns, |etcd| {
+        let store = datastore::Store::new(etcd);
+        let ep = |node: &str, orchestrator: &str, id: &str| {
+            let e = Endpoint {
+                node: node.into(),
+                orchestrator: orchestrator.into(),
+                namespace: "default".into(),
+                workload: id.into(),
+                container_id: id.into(),
+                endpoint: "eth0".into(),
+                addresses: vec!["10.244.1.9".parse().expect("ip")],
+                ..Default::default()
+            };
+            e.resource().expect("endpoint")
+        };
+        let names = |store: &datastore::Store| {
+            let mut v: Vec<String> =
+                store.endpoints(None).expect("endpoints").into_iter().map(|(w, _)| w.metadata.name).collect();
+            v.sort();
+            v
+        };
+        // A node's configured pods: written; one it no longer has goes, and neither its
+        // containers' endpoints nor another node's configured pods are touched.
+        store.apply(&ep("node-a", "cni", "c1")).expect("apply");
+        store.apply(&ep("node-b", "router", "p1")).expect("apply");
+        store
+            .sync_endpoints("node-a", "router", &[ep("node-a", "router", "p1"), ep("node-a", "router", "p2")])
+            .expect("sync");
+        assert_eq!(
+            names(&store),
+            ["node--a-cni-c1-eth0", "node--a-router-p1-eth0", "node--a-router-p2-eth0", "node--b-router-p1-eth0"]
+        );
+        store.sync_endpoints("node-a", "router", &[ep("node-a", "router", "p2")]).expect("sync");
+        assert_eq!(names(&store), ["node--a-cni-c1-eth0", "node--a-router-p2-eth0", "node--b-router-p1-eth0"]);
+        // An endpoint written again since it was read is not deleted by what read it before.
+        let old = store
+            .endpoints(Some("node-a"))
+            .expect("endpoints")
+            .into_iter()
+            .find(|(w, _)| w.spec.orchestrator == "cni")
+            .expect("c1");
+        let mut newer = ep("node-a", "cni", "c1");
+        newer.metadata_mut().labels.insert("again".into(), "yes".into());
+        store.apply(&newer).expect("apply");
+        assert!(!store.delete_endpoint(&old).expect("delete"));
+        assert_eq!(store.delete_endpoints_of("node-a").expect("delete"), 2);
+        assert_eq!(names(&store), ["node--b-router-p1-eth0"]);
+    });
+    t.join().expect("endpoints");
+}
+
+#[test]
 fn a_file_is_written_in_one_revision_and_a_long_one_in_whole_parts() {
     let etcd = Etcd::start("etcd-txn");
     let node = |name: &str, i: usize| {
