@@ -518,13 +518,23 @@ impl Ipam {
         Ok(v)
     }
 
-    /// Claims `block` for `node` if no one holds it; whether `node` holds it now.
+    /// Claims `block` for `node` if no one holds it; whether `node` holds it now. A block
+    /// that is there without a node (its node went while others' borrowed addresses kept
+    /// it) is claimed as one that is not.
     pub fn claim<N: Family>(&self, node: &str, block: N) -> anyhow::Result<bool> {
-        if let Some((b, _)) = self.read_block(&block)? {
-            return Ok(b.node() == node);
-        }
-        if self.put_new_block(node, block)? {
-            return Ok(true);
+        for _ in 0..RETRIES {
+            let won = match self.read_block(&block)? {
+                Some((b, _)) if !b.node().is_empty() => return Ok(b.node() == node),
+                Some((mut b, rev)) => {
+                    b.affinity = Some(format!("host:{node}"));
+                    let (bk, ak) = (block_key(&block), affinity_key(node, &block));
+                    self.etcd.put_all_if(&[(&bk, rev)], &[(&bk, &serde_json::to_vec(&b)?), (&ak, CONFIRMED)])?
+                }
+                None => self.put_new_block(node, block)?,
+            };
+            if won {
+                return Ok(true);
+            }
         }
         Ok(self.read_block(&block)?.is_some_and(|(b, _)| b.node() == node))
     }
@@ -659,6 +669,26 @@ impl Ipam {
         if !self.claim(node, block)? {
             bail!("block {block} belongs to another node");
         }
+        self.record(node, handle, address, block)
+    }
+
+    /// [`Ipam::assign`] of an address in another node's block: given to `node`, borrowed, as
+    /// Calico records a borrowed address. The block must be there already (its node claimed
+    /// it): borrowing never claims another's block.
+    pub fn assign_borrowed<N: Family>(
+        &self,
+        node: &str,
+        handle: &str,
+        address: N::Addr,
+        block: N,
+    ) -> anyhow::Result<()> {
+        if self.read_block(&block)?.is_none() {
+            bail!("block {block} is no node's yet: {address} cannot be borrowed from it");
+        }
+        self.record(node, handle, address, block)
+    }
+
+    fn record<N: Family>(&self, node: &str, handle: &str, address: N::Addr, block: N) -> anyhow::Result<()> {
         for _ in 0..RETRIES {
             let (b, rev) = self.read_block(&block)?.context("the block vanished")?;
             match b.holder(address) {

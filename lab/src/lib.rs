@@ -717,23 +717,27 @@ fn seed_ipam(topo: &Topology, ns: &str) -> anyhow::Result<()> {
         let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).context("entering etcd's host")?;
         let ipam = datastore::ipam::Ipam::new(datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()])?);
-        // Every block to its node first: a borrowed pod address is held under its block's owner.
+        // Every block to its node first: a pod whose address is in another node's block
+        // borrowed it, given to the pod's node in its owner's block.
         for n in &nodes {
             ipam.claim(&n.name, n.block)?;
             if let Some((_, block6)) = n.v6 {
                 ipam.claim(&n.name, block6)?;
             }
         }
-        for p in nodes.iter().flat_map(|n| &n.pods) {
-            let handle = cni::pod_handle(&p.name);
-            if let Some(owner) = nodes.iter().find(|o| o.block.contains(&p.address)) {
-                ipam.assign(&owner.name, &handle, p.address, owner.block)?;
-            }
-            // Dual stack: the pod's /128, from its own node's IPv6 block.
-            let Some(a) = p.address_v6 else { continue };
-            if let Some((owner, block6)) = nodes.iter().find_map(|o| Some((o, o.v6?.1)).filter(|(_, b)| b.contains(&a)))
-            {
-                ipam.assign(&owner.name, &handle, a, block6)?;
+        for n in &nodes {
+            for p in &n.pods {
+                let handle = cni::pod_handle(&p.name);
+                match nodes.iter().find(|o| o.block.contains(&p.address)) {
+                    Some(o) if o.name == n.name => ipam.assign(&n.name, &handle, p.address, o.block)?,
+                    Some(o) => ipam.assign_borrowed(&n.name, &handle, p.address, o.block)?,
+                    None => {}
+                }
+                // Dual stack: the pod's /128, from its own node's IPv6 block.
+                let Some(a) = p.address_v6 else { continue };
+                if let Some(block6) = n.v6.map(|v| v.1).filter(|b| b.contains(&a)) {
+                    ipam.assign(&n.name, &handle, a, block6)?;
+                }
             }
         }
         Ok(())

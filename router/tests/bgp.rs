@@ -513,6 +513,47 @@ fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it(dataplane
     }
 }
 
+/// On etcd, pod-a3's borrowed address is recorded as Calico records one: given to node-a in
+/// node-b's block. Deleting either node frees only its own addresses (node-b's block stays
+/// while it holds node-a's pod), and each, restarted, records its pods again.
+#[test]
+fn a_borrowed_pod_address_on_etcd_is_given_to_the_node_that_borrowed_it() {
+    let lab = TestLab::named();
+    std::fs::create_dir_all(&lab.dir).expect("dir");
+    let topology = SEED
+        .replacen("block_size = 26", "block_size = 30", 1)
+        .replace("10.244.1.0/26", "10.244.1.0/30")
+        .replace("10.244.2.0/26", "10.244.2.0/30")
+        .replace("10.244.3.0/26", "10.244.3.0/30")
+        .replacen(r#"pods = ["pod-a1", "pod-a2"]"#, r#"pods = ["pod-a1", "pod-a2", "pod-a3"]"#, 1);
+    let topo = lab.dir.join(format!("{}-borrow.toml", lab.name));
+    std::fs::write(&topo, topology).expect("write topology");
+    let lab = up_with_args(lab, &topo, &["--datastore", "etcd"]);
+    let said = |ip: &str| text(&lab.router(&["ipam", "show", "--ip", ip]).stdout).trim().to_string();
+    let borrowed = "10.244.2.2 is in use by pod:pod-a3; given to node-a, borrowed: block 10.244.2.0/30 is node-b's";
+    assert_eq!(said("10.244.2.2"), borrowed);
+    let out = lab.router(&["delete", "node", "node-b"]);
+    assert!(text(&out.stdout).contains("released 1 address and 0 blocks of node node-b"), "{}", text(&out.stdout));
+    assert!(
+        said("10.244.2.2").starts_with("10.244.2.2 is in use by pod:pod-a3; given to node-a"),
+        "{}",
+        said("10.244.2.2")
+    );
+    assert!(said("10.244.2.1").starts_with("10.244.2.1 is free"), "{}", said("10.244.2.1"));
+    let out = lab.router(&["lab", "restart", "node-b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(15, "node-b's block and pod again", || {
+        said("10.244.2.1").contains("in use by pod:pod-b1; block 10.244.2.0/30 is node-b's")
+    });
+    assert_eq!(said("10.244.2.2"), borrowed);
+    let out = lab.router(&["delete", "node", "node-a"]);
+    assert!(text(&out.stdout).contains("released 3 addresses and 1 block of node node-a"), "{}", text(&out.stdout));
+    assert!(said("10.244.2.2").starts_with("10.244.2.2 is free"), "{}", said("10.244.2.2"));
+    let out = lab.router(&["lab", "restart", "node-a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(15, "node-a's borrowed pod again", || said("10.244.2.2") == borrowed);
+}
+
 #[test]
 fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it_afpacket() {
     a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it("afpacket");

@@ -64,8 +64,8 @@ struct Me {
 
 /// The node's blocks claimed and its configured pods' addresses recorded in etcd's IPAM, as
 /// Calico's node agent claims its blocks: a node whose resource (and with it its IPAM) was
-/// deleted has them again when it runs. A pod in another node's block is that node's to
-/// record. Best effort: what fails is logged, and the node runs on.
+/// deleted has them again when it runs. A pod whose address is in another node's block
+/// borrowed it, and is recorded so. Best effort: what fails is logged, and the node runs on.
 fn record_ipam(store: &datastore::Store, me: &Me) {
     use datastore::ipam::Ipam;
     let ipam = Ipam::new(store.etcd.clone());
@@ -73,12 +73,24 @@ fn record_ipam(store: &datastore::Store, me: &Me) {
     if let Err(e) = ipam.claim_own(&me.name, &me.blocks).and_then(|()| ipam.claim_own(&me.name, &me.blocks6)) {
         errors.push(format!("{e:#}"));
     }
+    // The blocks in etcd, read once and only for a node with a pod outside its own.
+    let mut all_blocks: Option<anyhow::Result<Vec<Ipv4Net>>> = None;
     for p in &me.pods {
         let handle = cni::pod_handle(&p.name);
-        if let Some(b) = me.blocks.iter().find(|b| b.contains(&p.address)) {
-            if let Err(e) = ipam.assign(&me.name, &handle, p.address, *b) {
-                errors.push(format!("pod {}: {e:#}", p.name));
-            }
+        let recorded = match me.blocks.iter().find(|b| b.contains(&p.address)) {
+            Some(b) => ipam.assign(&me.name, &handle, p.address, *b),
+            None => match all_blocks
+                .get_or_insert_with(|| Ok(ipam.blocks::<Ipv4Net>()?.into_iter().map(|(b, _)| b.cidr).collect()))
+            {
+                Ok(blocks) => match blocks.iter().find(|b| b.contains(&p.address)) {
+                    Some(b) => ipam.assign_borrowed(&me.name, &handle, p.address, *b),
+                    None => Err(anyhow::anyhow!("{} is in no block in etcd", p.address)),
+                },
+                Err(e) => Err(anyhow::anyhow!("reading the blocks: {e:#}")),
+            },
+        };
+        if let Err(e) = recorded {
+            errors.push(format!("pod {}: {e:#}", p.name));
         }
         if let Some((a6, b6)) = p.address6.and_then(|a| Some((a, *me.blocks6.iter().find(|b| b.contains(&a))?))) {
             if let Err(e) = ipam.assign(&me.name, &handle, a6, b6) {
