@@ -397,8 +397,16 @@ pub fn check(u: &Usage, nodes: Option<&Nodes>, endpoints: Option<&BTreeSet<IpAdd
             let finding =
                 |kind, reason| Finding { kind, cidr, handle: Some(handle.clone()), node: node.clone(), reason };
             if node.is_empty() {
-                // In a block no node holds, given to no node its attributes name: no one to ask.
-                unowned += 1;
+                // In a block no node holds, given to no node its attributes name: no node to
+                // ask, only the endpoints.
+                match endpoints {
+                    Some(eps) if !eps.contains(ip) => findings.push(finding(
+                        "leaked",
+                        "in a block no node holds, and no workload endpoint has it".to_string(),
+                    )),
+                    Some(_) => {}
+                    None => unowned += 1,
+                }
             } else if !exists(&node) {
                 findings.push(finding("orphaned", format!("given to {node}, which is not a node")));
             } else if asked {
@@ -510,6 +518,11 @@ mod tests {
         assert!(c.findings.is_empty(), "{:?}", c.findings);
         assert_eq!((c.unasked.len(), c.unowned), (0, 2));
         assert!(c.report().contains("not checked: 2 addresses in blocks no node holds"), "{}", c.report());
+        // On etcd the endpoints check them too.
+        let nodes_a = BTreeMap::from([("node-a".to_string(), None)]);
+        let c = check(&free, Some(&nodes_a), Some(&BTreeSet::from([ip("10.244.1.2")])));
+        let found: Vec<_> = c.findings.iter().map(|f| (f.kind, f.cidr.to_string())).collect();
+        assert_eq!((found, c.unowned), (vec![("leaked", "10.244.1.1/32".to_string())], 0));
         // A check that cannot ask node-a's pods says so instead of calling them leaked;
         // without node-c, c9's address is orphaned; without the nodes, nothing is.
         let nodes: Nodes = [("node-a".to_string(), None)].into();
