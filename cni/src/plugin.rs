@@ -618,6 +618,7 @@ impl Backend {
                 // The node's configured blocks are its own in etcd too (the node announces
                 // them); another node holding one is a misconfiguration worth saying.
                 let ipam_err = |e: anyhow::Error| CniError::ipam(format!("{e:#}"));
+                let e = &e.clone().with_policy_read().map_err(ipam_err)?;
                 e.claim_own(&conf.node, &conf.blocks).map_err(ipam_err)?;
                 let (pools, pools6) = selected_pools(conf, store, false)?;
                 let (asked_pools, asked_pools6) = match asked {

@@ -417,6 +417,9 @@ pub struct Ipam {
     pub etcd: Etcd,
     /// Written with each address given, beside `node`.
     attributes: BTreeMap<String, String>,
+    /// The policy as read once for every assignment to come ([`Ipam::with_policy_read`]);
+    /// None: read at each.
+    policy: Option<Policy>,
 }
 
 const CONFIRMED: &[u8] = br#"{"state":"confirmed","deleted":false}"#;
@@ -438,7 +441,23 @@ struct ConfigV1 {
 
 impl Ipam {
     pub fn new(etcd: Etcd) -> Ipam {
-        Ipam { etcd, attributes: BTreeMap::new() }
+        Ipam { etcd, attributes: BTreeMap::new(), policy: None }
+    }
+
+    /// Reads the policy now and holds it for the assignments this value makes: for a
+    /// short task such as one CNI call, which then reads it once instead of at every
+    /// assignment (three etcd reads each).
+    pub fn with_policy_read(mut self) -> anyhow::Result<Ipam> {
+        self.policy = Some(self.policy()?);
+        Ok(self)
+    }
+
+    /// The policy held, or else as read now.
+    fn current_policy(&self) -> anyhow::Result<Policy> {
+        match &self.policy {
+            Some(p) => Ok(p.clone()),
+            None => self.policy(),
+        }
     }
 
     /// Writes `attributes` beside `node` with each address it gives (Calico's CNI plugin
@@ -752,7 +771,7 @@ impl Ipam {
     /// cluster's IPAM configuration may forbid the last two. The same handle keeps its
     /// address.
     pub fn allocate<N: Family>(&self, node: &str, handle: &str, pool: N, block_len: u8) -> anyhow::Result<Assigned<N>> {
-        let policy = self.policy()?;
+        let policy = self.current_policy()?;
         for _ in 0..RETRIES {
             let (h, held) = self.held::<N>(node, handle)?;
             if let Some(a) = held {
@@ -806,7 +825,7 @@ impl Ipam {
         if !block.hosts().any(|a| a == address) {
             bail!("{address} is not handed out: it is the first or last address of block {block}");
         }
-        let policy = self.policy()?;
+        let policy = self.current_policy()?;
         for _ in 0..RETRIES {
             let (h, held) = self.held::<N>(node, handle)?;
             match held {
@@ -844,7 +863,7 @@ impl Ipam {
     /// blocks (its IPv6 ones come from its configuration). The same handle keeps its address.
     pub fn allocate_in<N: Family>(&self, node: &str, handle: &str, blocks: &[N]) -> anyhow::Result<Assigned<N>> {
         self.claim_own(node, blocks)?;
-        let policy = self.policy()?;
+        let policy = self.current_policy()?;
         for _ in 0..RETRIES {
             let (h, held) = self.held::<N>(node, handle)?;
             if let Some(a) = held {

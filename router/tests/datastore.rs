@@ -486,8 +486,13 @@ fn calicos_ipam_controls_hold_for_every_assignment() {
         let pools = [(pool, 29)];
         assert_eq!(ipam.allocate("node-b", "b0", pool, 29).expect("b0").address, ip("10.246.0.1"));
 
-        // Reservations: never handed out unasked, given to a workload that asks.
+        // Reservations: never handed out unasked, given to a workload that asks. One made
+        // while a task that read the policy runs counts from its next task on.
+        let task = Ipam::new(ipam.etcd.clone()).with_policy_read().expect("policy");
         apply("apiVersion: projectcalico.org/v3\nkind: IPReservation\nmetadata:\n  name: kept\nspec:\n  reservedCIDRs: [10.246.0.2, 10.246.0.4/31, 'fd00:99::/64']\n");
+        let before = task.allocate("node-b", "task", pool, 29).expect("auto");
+        assert_eq!(before.address, ip("10.246.0.2"), "the policy as the task read it");
+        assert_eq!(ipam.release::<Ipv4Net>("task").expect("release"), Some(ip("10.246.0.2")));
         let got: Vec<Ipv4Addr> =
             (0..3).map(|i| ipam.allocate("node-b", &format!("b{}", i + 1), pool, 29).expect("auto").address).collect();
         assert_eq!(got, [ip("10.246.0.3"), ip("10.246.0.6"), ip("10.246.0.9")], "around 0.2, 0.4 and 0.5");
