@@ -59,12 +59,16 @@ pub struct Scenario {
     lab_args: &'static [&'static str],
     /// The traffic is IPv6 (the lab dual stack).
     ipv6: bool,
+    /// The kernel scenario its `× kernel` compares with (itself for a kernel scenario).
+    baseline: &'static str,
 }
 
 impl Scenario {
     /// The destination pod's address.
     fn dst(&self) -> &'static str {
         match (self.dst_pod, self.ipv6) {
+            // Outside every pool: the underlay router's address on node-a's subnet.
+            ("underlay", _) => "192.168.100.1",
             ("pod-b1", false) => "10.244.2.1",
             ("pod-b1", true) => "fd00:10:244::41",
             (_, false) => "10.244.3.1",
@@ -73,7 +77,7 @@ impl Scenario {
     }
 }
 
-pub const SCENARIOS: [Scenario; 9] = [
+pub const SCENARIOS: [Scenario; 11] = [
     Scenario {
         name: "kernel",
         what: "Linux kernel forwarding, pod-a1 → node-a → node-b → pod-b1 (no router in the path)",
@@ -82,6 +86,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         router: false,
         lab_args: &[],
         ipv6: false,
+        baseline: "kernel",
     },
     Scenario {
         name: "afpacket",
@@ -91,6 +96,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         router: true,
         lab_args: &[],
         ipv6: false,
+        baseline: "kernel",
     },
     Scenario {
         name: "afpacket-ipip",
@@ -100,6 +106,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         router: true,
         lab_args: &[],
         ipv6: false,
+        baseline: "kernel",
     },
     // The same path as `afpacket`, wrapped: what the encapsulation itself costs, without
     // the underlay router's extra hop that the cross-subnet path also pays.
@@ -111,6 +118,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         router: true,
         lab_args: &["--ipip-mode", "always"],
         ipv6: false,
+        baseline: "kernel",
     },
     Scenario {
         name: "afpacket-vxlan",
@@ -120,6 +128,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         router: true,
         lab_args: &["--vxlan-mode", "cross-subnet"],
         ipv6: false,
+        baseline: "kernel",
     },
     Scenario {
         name: "afpacket-vxlan-ab",
@@ -129,6 +138,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         router: true,
         lab_args: &["--vxlan-mode", "always"],
         ipv6: false,
+        baseline: "kernel",
     },
     Scenario {
         name: "tun-ipip",
@@ -138,6 +148,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         router: true,
         lab_args: &[],
         ipv6: false,
+        baseline: "kernel",
     },
     // IPv6 on the direct path: the kernel's forwarding (tun mode leaves IPv6 to the kernel)
     // against the router's; the same payloads as IPv4, in frames 20 bytes longer.
@@ -149,6 +160,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         router: false,
         lab_args: &["--dual-stack"],
         ipv6: true,
+        baseline: "kernel6",
     },
     Scenario {
         name: "afpacket6",
@@ -158,6 +170,30 @@ pub const SCENARIOS: [Scenario; 9] = [
         router: true,
         lab_args: &["--dual-stack"],
         ipv6: true,
+        baseline: "kernel6",
+    },
+    // Masquerade (natOutgoing): pod-a1 to an address outside every pool, leaving with
+    // node-a's address. The kernel's baseline is its own forwarding and nftables
+    // masquerade, which a tun-mode node sets up for such a pool.
+    Scenario {
+        name: "kernel-masq",
+        what: "Linux kernel forwarding and nftables masquerade (`--nat-outgoing`, tun mode), pod-a1 → node-a → the underlay router, outside the pools",
+        dataplane: "tun",
+        dst_pod: "underlay",
+        router: false,
+        lab_args: &["--nat-outgoing"],
+        ipv6: false,
+        baseline: "kernel-masq",
+    },
+    Scenario {
+        name: "afpacket-masq",
+        what: "router, AF_PACKET, masquerade (`--nat-outgoing`): same path as kernel-masq, node-a's address as the source",
+        dataplane: "afpacket",
+        dst_pod: "underlay",
+        router: true,
+        lab_args: &["--nat-outgoing"],
+        ipv6: false,
+        baseline: "kernel-masq",
     },
 ];
 
@@ -353,4 +389,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
 pub fn scenario_note(name: &str) -> &'static str {
     SCENARIOS.iter().find(|s| s.name == name).map_or("", |s| s.what)
+}
+
+/// The kernel scenario a scenario's `× kernel` compares with: IPv6 against the kernel's IPv6
+/// forwarding, masquerade against the kernel's masquerade, the rest against `kernel`.
+pub fn baseline(name: &str) -> &'static str {
+    SCENARIOS.iter().find(|s| s.name == name).map_or("kernel", |s| s.baseline)
 }

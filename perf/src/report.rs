@@ -1,7 +1,7 @@
 //! Results: one record per run, ratios to kernel forwarding measured in the same run, and the
 //! Markdown table, JSON and SVG plot under `target/perf/`.
 
-use crate::bench::{scenario_note, Scenario};
+use crate::bench::{baseline, scenario_note, Scenario};
 use crate::traffic::{GenReport, SinkReport, Size};
 use plotters::prelude::*;
 use serde::Serialize;
@@ -109,10 +109,9 @@ impl Run {
 /// Computes the ratios and writes the reports into `out`, and into `docs` the same table
 /// under a header that says when, where and how it was measured.
 pub fn finish(runs: &mut [Run], out: &Path, docs: Option<&Path>) -> anyhow::Result<()> {
-    // Ratios against the kernel run of the same size (pps for UDP, Gbit/s for TCP): IPv6
-    // scenarios (named …6) against the kernel's IPv6 forwarding.
-    let baseline = |s: &str| if s.ends_with('6') { "kernel6" } else { "kernel" };
-    let kernel: Vec<Run> = runs.iter().filter(|r| r.scenario == "kernel" || r.scenario == "kernel6").cloned().collect();
+    // Ratios against the kernel run of the same size (pps for UDP, Gbit/s for TCP) of the
+    // scenario's baseline: IPv6 against the kernel's IPv6, masquerade against the kernel's.
+    let kernel: Vec<Run> = runs.iter().filter(|r| baseline(&r.scenario) == r.scenario).cloned().collect();
     for r in runs.iter_mut() {
         r.ratio_to_kernel = kernel
             .iter()
@@ -121,8 +120,11 @@ pub fn finish(runs: &mut [Run], out: &Path, docs: Option<&Path>) -> anyhow::Resu
     }
     // IPIP against the router's direct path, same size and worker count.
     let direct: Vec<Run> = runs.iter().filter(|r| r.scenario == "afpacket").cloned().collect();
-    // And the router's IPv6 against its IPv4 on the same path.
-    let tunnelled = |s: &str| s.starts_with("afpacket-ipip") || s.starts_with("afpacket-vxlan") || s == "afpacket6";
+    // And the router's IPv6 against its IPv4 on the same path, and its masquerade against
+    // its plain forwarding.
+    let tunnelled = |s: &str| {
+        s.starts_with("afpacket-ipip") || s.starts_with("afpacket-vxlan") || s == "afpacket6" || s == "afpacket-masq"
+    };
     for r in runs.iter_mut().filter(|r| tunnelled(&r.scenario)) {
         r.ratio_to_direct = direct
             .iter()
@@ -171,8 +173,9 @@ fn markdown(runs: &[Run]) -> String {
     }
     s.push_str(
         "\n× direct: IPIP and VXLAN runs against `afpacket` with the same size and workers; `afpacket6` (IPv6) \
-         against `afpacket` (IPv4) alike. IPv6 runs carry the payload of the IPv4 frame of their size, in a frame \
-         20 bytes longer (84 bytes for 64), and `× kernel` compares them with `kernel6`.\n\n",
+         and `afpacket-masq` (masquerade) against `afpacket` alike. IPv6 runs carry the payload of the IPv4 frame \
+         of their size, in a frame 20 bytes longer (84 bytes for 64), and `× kernel` compares them with `kernel6`; \
+         `afpacket-masq` is compared with the kernel's masquerade, `kernel-masq`.\n\n",
     );
     let mut seen = Vec::new();
     for r in runs {
@@ -269,6 +272,25 @@ mod tests {
         assert_eq!(runs[3].ratio_to_direct, Some(0.9), "against the router's IPv4");
         assert_eq!(runs[1].ratio_to_kernel, Some(500.0 / 800.0), "IPv4 still against the kernel's IPv4");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn masquerade_runs_are_against_the_kernels_masquerade_and_the_routers_plain_path() {
+        let by = |n: &str| SCENARIOS.iter().find(|s| s.name == n).expect(n);
+        let (k, d, km, dm) = (by("kernel"), by("afpacket"), by("kernel-masq"), by("afpacket-masq"));
+        let mut runs = vec![
+            udp(k, Size::Fixed(64), 800),
+            udp(d, Size::Fixed(64), 500),
+            udp(km, Size::Fixed(64), 600),
+            udp(dm, Size::Fixed(64), 450),
+        ];
+        let dir = std::env::temp_dir().join(format!("perf-report-masq-{}", std::process::id()));
+        finish(&mut runs, &dir, None).expect("report");
+        let _ = std::fs::remove_dir_all(dir);
+        assert_eq!(runs[2].ratio_to_kernel, Some(1.0), "kernel-masq is its own baseline");
+        assert_eq!(runs[3].ratio_to_kernel, Some(450.0 / 600.0), "against the kernel's masquerade");
+        assert_eq!(runs[3].ratio_to_direct, Some(0.9), "against the router's plain forwarding");
+        assert_eq!(runs[1].ratio_to_kernel, Some(500.0 / 800.0));
     }
 
     #[test]
