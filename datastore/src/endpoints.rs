@@ -5,8 +5,9 @@
 //! nothing in them routes traffic); they are for `router get workloadendpoints`,
 //! `calicoctl get workloadendpoints` and whatever else shares the datastore.
 
-use crate::resources::{self, Kind, Resource, Typed, WorkloadEndpointSpec};
+use crate::resources::{self, Kind, Resource, WorkloadEndpointSpec};
 use crate::{endpoints_prefix, key, Store};
+use serde::Deserialize;
 use std::net::IpAddr;
 
 /// Calico's gateway for pods, the address nobody owns that the node answers for.
@@ -70,18 +71,53 @@ impl Endpoint {
     }
 }
 
+/// What the router reads of an endpoint someone wrote: who it is and where. Read without
+/// refusing fields it does not know, unlike `apply`: an endpoint another writer (Calico's
+/// own plugin, a newer Calico) left must still count, or `router ipam check` would call its
+/// pod's address leaked.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Seen {
+    #[serde(default)]
+    pub metadata: SeenMetadata,
+    #[serde(default)]
+    pub spec: SeenSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SeenMetadata {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenSpec {
+    #[serde(default)]
+    pub node: String,
+    #[serde(default)]
+    pub orchestrator: String,
+    #[serde(rename = "containerID", default)]
+    pub container_id: String,
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub ip_networks: Vec<String>,
+}
+
 /// An endpoint as stored, and the revision it was last written at.
-pub type Stored = (Typed<WorkloadEndpointSpec>, i64);
+pub type Stored = (Seen, i64);
 
 impl Store {
     /// Every workload endpoint of every namespace whose `spec.node` is `node` (all of them
-    /// with `None`). One that does not read is skipped.
+    /// with `None`). One that is not even a JSON object is skipped.
     pub fn endpoints(&self, node: Option<&str>) -> anyhow::Result<Vec<Stored>> {
         let (kvs, _) = self.etcd.list(&endpoints_prefix())?;
         Ok(kvs
             .into_iter()
             .filter_map(|kv| {
-                let w: Typed<WorkloadEndpointSpec> = serde_json::from_slice(&kv.value).ok()?;
+                let w: Seen = serde_json::from_slice(&kv.value).ok()?;
                 node.is_none_or(|n| w.spec.node == n).then_some((w, kv.mod_revision))
             })
             .collect())

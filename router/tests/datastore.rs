@@ -247,6 +247,17 @@ fn a_nodes_endpoints_follow_its_pods_and_a_stale_delete_keeps_a_newer_one() {
         assert!(!store.delete_endpoint(&old).expect("delete"));
         assert_eq!(store.delete_endpoints_of("node-a").expect("delete"), 2);
         assert_eq!(names(&store), ["node--b-router-p1-eth0"]);
+        // One another writer left, with fields this router does not know, still counts.
+        let theirs = br#"{"apiVersion":"projectcalico.org/v3","kind":"WorkloadEndpoint","metadata":{"name":"w1-k8s-web-eth0","namespace":"shop","generateName":"web-","ownerReferences":[]},"spec":{"node":"w1","orchestrator":"k8s","pod":"web","endpoint":"eth0","ipNetworks":["10.244.9.3/32"],"qosControls":{"ingressBandwidth":1000}}}"#;
+        let key = datastore::key(datastore::resources::Kind::WorkloadEndpoint, Some("shop"), "w1-k8s-web-eth0");
+        store.etcd.put(&key, theirs).expect("put");
+        let seen = store.endpoints(Some("w1")).expect("endpoints");
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            (seen[0].0.spec.ip_networks.as_slice(), seen[0].0.metadata.namespace.as_deref()),
+            (&["10.244.9.3/32".to_string()][..], Some("shop"))
+        );
+        assert_eq!(store.delete_endpoints_of("w1").expect("delete"), 1);
     });
     t.join().expect("endpoints");
 }
