@@ -477,11 +477,8 @@ fn bird2_as_route_reflector_for_our_nodes() {
     all_pods_reach_each_other(&lab);
 }
 
-/// node-a has three pods and room for two in its /30 block, so its third pod borrows an
-/// address from node-b's block. node-a announces that /32 and the longer route wins over
-/// node-b's block, at node-b (over its own blackhole) as everywhere else.
-fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it(dataplane: &str) {
-    let lab = TestLab::named();
+/// The seed with /30 blocks and a third pod on node-a, which borrows node-b's 10.244.2.2.
+fn borrow_topology(lab: &TestLab) -> PathBuf {
     std::fs::create_dir_all(&lab.dir).expect("dir");
     let topology = SEED
         .replacen("block_size = 26", "block_size = 30", 1)
@@ -491,6 +488,15 @@ fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it(dataplane
         .replacen(r#"pods = ["pod-a1", "pod-a2"]"#, r#"pods = ["pod-a1", "pod-a2", "pod-a3"]"#, 1);
     let topo = lab.dir.join(format!("{}-borrow.toml", lab.name));
     std::fs::write(&topo, topology).expect("write topology");
+    topo
+}
+
+/// node-a has three pods and room for two in its /30 block, so its third pod borrows an
+/// address from node-b's block. node-a announces that /32 and the longer route wins over
+/// node-b's block, at node-b (over its own blackhole) as everywhere else.
+fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it(dataplane: &str) {
+    let lab = TestLab::named();
+    let topo = borrow_topology(&lab);
     let out = lab.router(&["lab", "up", "--topology", topo.to_str().unwrap_or_default(), "--dataplane", dataplane]);
     assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
     const BORROWED: &str = "10.244.2.2";
@@ -519,15 +525,7 @@ fn a_borrowed_pod_address_is_reached_through_the_node_that_borrowed_it(dataplane
 #[test]
 fn a_borrowed_pod_address_on_etcd_is_given_to_the_node_that_borrowed_it() {
     let lab = TestLab::named();
-    std::fs::create_dir_all(&lab.dir).expect("dir");
-    let topology = SEED
-        .replacen("block_size = 26", "block_size = 30", 1)
-        .replace("10.244.1.0/26", "10.244.1.0/30")
-        .replace("10.244.2.0/26", "10.244.2.0/30")
-        .replace("10.244.3.0/26", "10.244.3.0/30")
-        .replacen(r#"pods = ["pod-a1", "pod-a2"]"#, r#"pods = ["pod-a1", "pod-a2", "pod-a3"]"#, 1);
-    let topo = lab.dir.join(format!("{}-borrow.toml", lab.name));
-    std::fs::write(&topo, topology).expect("write topology");
+    let topo = borrow_topology(&lab);
     let lab = up_with_args(lab, &topo, &["--datastore", "etcd"]);
     let said = |ip: &str| text(&lab.router(&["ipam", "show", "--ip", ip]).stdout).trim().to_string();
     let borrowed = "10.244.2.2 is in use by pod:pod-a3; given to node-a, borrowed: block 10.244.2.0/30 is node-b's";
