@@ -62,14 +62,27 @@ pub fn delete_one(store: &Store, kind: Kind, namespace: Option<&str>, name: &str
     if existed {
         nodeapi::outln!("{} deleted", path(kind, namespace, name));
         if kind == Kind::Node {
-            // As `calicoctl delete node`: the node's addresses, blocks and workload endpoints
-            // go with it (a node that runs again claims its blocks and records its pods anew).
+            // As `calicoctl delete node`: the node's addresses, blocks, workload endpoints,
+            // BGP peers and BGP configuration go with it (a node that runs again claims its
+            // blocks and records its pods anew).
             let (addresses, blocks) = datastore::ipam::Ipam::new(store.etcd.clone()).release_node(name)?;
             let endpoints = store.delete_endpoints_of(name)?;
             let n = |k: usize, one: &str, many: &str| format!("{k} {}", if k == 1 { one } else { many });
             let (a, b) = (n(addresses, "address", "addresses"), n(blocks, "block", "blocks"));
             nodeapi::outln!("released {a} and {b} of node {name}");
             nodeapi::outln!("deleted {} of node {name}", n(endpoints, "workload endpoint", "workload endpoints"));
+            // And what configures that node alone: its BGP peers and its BGPConfiguration.
+            for r in store.get(Kind::BgpPeer, None)? {
+                if matches!(&r, Resource::BgpPeer(p) if p.spec.node.as_deref() == Some(name))
+                    && store.delete(Kind::BgpPeer, r.name())?
+                {
+                    nodeapi::outln!("{} deleted", r.path());
+                }
+            }
+            let own = format!("node.{name}");
+            if store.delete(Kind::BgpConfiguration, &own)? {
+                nodeapi::outln!("{} deleted", path(Kind::BgpConfiguration, None, &own));
+            }
         }
     } else {
         eprintln!("{} does not exist", path(kind, namespace, name));

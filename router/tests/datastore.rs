@@ -263,6 +263,35 @@ fn a_nodes_endpoints_follow_its_pods_and_a_stale_delete_keeps_a_newer_one() {
 }
 
 #[test]
+fn deleting_a_node_deletes_what_configures_it_alone() {
+    let etcd = Etcd::start("etcd-delnode");
+    let doc = |kind: &str, name: &str, spec: &str| {
+        format!("apiVersion: projectcalico.org/v3\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n{spec}---\n")
+    };
+    let file = [
+        doc("Node", "worker-2", "  bgp:\n    ipv4Address: 10.0.0.2/24\n"),
+        doc("BGPPeer", "worker-2-tor", "  node: worker-2\n  peerIP: 10.0.0.254\n  asNumber: 65001\n"),
+        doc("BGPPeer", "everyone-tor", "  peerIP: 10.0.0.253\n  asNumber: 65001\n"),
+        doc("BGPPeer", "worker-3-tor", "  node: worker-3\n  peerIP: 10.0.0.252\n  asNumber: 65001\n"),
+        doc("BGPConfiguration", "node.worker-2", "  listenPort: 1179\n"),
+        doc("BGPConfiguration", "default", "  asNumber: 64512\n"),
+    ]
+    .concat();
+    let path = etcd.dir.join("worker.yaml");
+    std::fs::write(&path, file).expect("write");
+    etcd.ok(&["apply", "-f", path.to_str().unwrap_or_default()]);
+    let out = etcd.ok(&["delete", "node", "worker-2"]);
+    assert!(out.contains("bgppeers/worker-2-tor deleted"), "{out}");
+    assert!(out.contains("bgpconfigurations/node.worker-2 deleted"), "{out}");
+    let left = |kind: &str| -> Vec<String> {
+        let t = etcd.ok(&["get", kind]);
+        t.lines().skip(1).filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect()
+    };
+    assert_eq!(left("bgppeers"), ["everyone-tor", "worker-3-tor"]);
+    assert_eq!(left("bgpconfigurations"), ["default"]);
+}
+
+#[test]
 fn a_file_is_written_in_one_revision_and_a_long_one_in_whole_parts() {
     let etcd = Etcd::start("etcd-txn");
     let node = |name: &str, i: usize| {
