@@ -179,7 +179,9 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
     for f in FIXTURES.iter().filter(|f| **f != "bgppeer.yaml") {
         etcd.ok(&["delete", "-f", &fixture(f)]);
     }
-    etcd.ok(&["delete", "bgppeer", "node-a-edge"]);
+    // node-a's own peer went with node-a, as calicoctl deletes it.
+    let gone = etcd.router(&["delete", "bgppeer", "node-a-edge"]);
+    assert!(!gone.status.success() && text(&gone.stderr).contains("does not exist"), "{}", text(&gone.stderr));
     for kind in [
         "ippools",
         "bgpconfigurations",
