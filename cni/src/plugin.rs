@@ -760,10 +760,9 @@ fn record_endpoint(ipam: &Backend, conf: &NetConf, call: &Call, result: &Value) 
 fn forget_endpoint(store: &datastore::Store, conf: &NetConf, call: &Call) -> Result<(), CniError> {
     let mine = |w: &datastore::endpoints::Seen| w.spec.container_id == call.container && w.spec.endpoint == call.ifname;
     if let Ok(r) = call.endpoint(conf, None) {
-        let key = datastore::key(r.kind(), r.namespace(), r.name());
-        if let Some(kv) = store.etcd.get(&key).map_err(io)? {
-            if serde_json::from_slice(&kv.value).is_ok_and(|w| mine(&w)) {
-                store.etcd.delete_if(&key, kv.mod_revision).map_err(io)?;
+        if let Some(s) = store.endpoint(r.namespace().unwrap_or("default"), r.name()).map_err(io)? {
+            if mine(&s.0) {
+                store.delete_endpoint(&s).map_err(io)?;
                 return Ok(());
             }
         }
@@ -934,9 +933,8 @@ fn check(conf: &NetConf, call: &Call) -> Result<(), CniError> {
     }
     if let Backend::Etcd(_, store) = &ipam {
         let r = call.endpoint(conf, None)?;
-        let found = store.get_in(r.kind(), r.namespace(), Some(r.name())).map_err(io)?.pop();
-        match found {
-            Some(datastore::resources::Resource::WorkloadEndpoint(w)) if w.spec.container_id == call.container => {}
+        match store.endpoint(r.namespace().unwrap_or("default"), r.name()).map_err(io)? {
+            Some((w, _)) if w.spec.container_id == call.container => {}
             Some(_) => {
                 return Err(CniError::check(format!("the workload endpoint {} is another container's", r.path())))
             }

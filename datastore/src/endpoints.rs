@@ -123,6 +123,13 @@ impl Store {
             .collect())
     }
 
+    /// The endpoint `namespace/name` as [`Seen`], with its revision; None where there is
+    /// none (or it is not even a JSON object).
+    pub fn endpoint(&self, namespace: &str, name: &str) -> anyhow::Result<Option<Stored>> {
+        let kv = self.etcd.get(&key(Kind::WorkloadEndpoint, Some(namespace), name))?;
+        Ok(kv.and_then(|kv| Some((serde_json::from_slice(&kv.value).ok()?, kv.mod_revision))))
+    }
+
     /// Deletes an endpoint if it is still the one read at `mod_revision` (a pod attached
     /// again meanwhile keeps its new one); whether it was deleted.
     pub fn delete_endpoint(&self, (w, rev): &Stored) -> anyhow::Result<bool> {

@@ -691,20 +691,14 @@ impl Ipam {
         self.record(node, handle, address, block)
     }
 
-    /// [`Ipam::assign`] of an address in another node's block: given to `node`, borrowed, as
-    /// Calico records a borrowed address. The block must be there already (its node claimed
-    /// it): borrowing never claims another's block.
-    pub fn assign_borrowed<N: Family>(
-        &self,
-        node: &str,
-        handle: &str,
-        address: N::Addr,
-        block: N,
-    ) -> anyhow::Result<()> {
-        if self.read_block(&block)?.is_none() {
-            bail!("block {block} is no node's yet: {address} cannot be borrowed from it");
-        }
-        self.record(node, handle, address, block)
+    /// [`Ipam::assign`] of an address in another node's block, whichever holds it: given to
+    /// `node`, borrowed, as Calico records a borrowed address. The block must be there
+    /// already (its node claimed it): borrowing never claims another's block.
+    pub fn assign_borrowed<N: Family>(&self, node: &str, handle: &str, address: N::Addr) -> anyhow::Result<()> {
+        let Some((b, _)) = self.blocks::<N>()?.into_iter().find(|(b, _)| b.cidr.has(address)) else {
+            bail!("{address} is in no block in etcd: it cannot be borrowed");
+        };
+        self.record(node, handle, address, b.cidr)
     }
 
     fn record<N: Family>(&self, node: &str, handle: &str, address: N::Addr, block: N) -> anyhow::Result<()> {

@@ -19,10 +19,7 @@ pub const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
 /// Where a resource lives: `<plural>/<name>`, or `<plural>/<namespace>/<name>` for a
 /// namespaced kind (`default` where none is given).
 pub fn key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
-    match kind.is_namespaced() {
-        true => format!("{PREFIX}{}/{}/{name}", kind.plural(), namespace.unwrap_or("default")),
-        false => format!("{PREFIX}{}/{name}", kind.plural()),
-    }
+    format!("{PREFIX}{}", resources::path(kind, namespace, name))
 }
 
 /// Where the workload endpoints live. Nodes neither list nor watch them: there is one per

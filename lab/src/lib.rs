@@ -730,7 +730,7 @@ fn seed_ipam(topo: &Topology, ns: &str) -> anyhow::Result<()> {
                 let handle = cni::pod_handle(&p.name);
                 match nodes.iter().find(|o| o.block.contains(&p.address)) {
                     Some(o) if o.name == n.name => ipam.assign(&n.name, &handle, p.address, o.block)?,
-                    Some(o) => ipam.assign_borrowed(&n.name, &handle, p.address, o.block)?,
+                    Some(_) => ipam.assign_borrowed::<ipnet::Ipv4Net>(&n.name, &handle, p.address)?,
                     None => {}
                 }
                 // Dual stack: the pod's /128, from its own node's IPv6 block.

@@ -73,21 +73,11 @@ fn record_ipam(store: &datastore::Store, me: &Me) {
     if let Err(e) = ipam.claim_own(&me.name, &me.blocks).and_then(|()| ipam.claim_own(&me.name, &me.blocks6)) {
         errors.push(format!("{e:#}"));
     }
-    // The blocks in etcd, read once and only for a node with a pod outside its own.
-    let mut all_blocks: Option<anyhow::Result<Vec<Ipv4Net>>> = None;
     for p in &me.pods {
         let handle = cni::pod_handle(&p.name);
         let recorded = match me.blocks.iter().find(|b| b.contains(&p.address)) {
             Some(b) => ipam.assign(&me.name, &handle, p.address, *b),
-            None => match all_blocks
-                .get_or_insert_with(|| Ok(ipam.blocks::<Ipv4Net>()?.into_iter().map(|(b, _)| b.cidr).collect()))
-            {
-                Ok(blocks) => match blocks.iter().find(|b| b.contains(&p.address)) {
-                    Some(b) => ipam.assign_borrowed(&me.name, &handle, p.address, *b),
-                    None => Err(anyhow::anyhow!("{} is in no block in etcd", p.address)),
-                },
-                Err(e) => Err(anyhow::anyhow!("reading the blocks: {e:#}")),
-            },
+            None => ipam.assign_borrowed::<Ipv4Net>(&me.name, &handle, p.address),
         };
         if let Err(e) = recorded {
             errors.push(format!("pod {}: {e:#}", p.name));
