@@ -31,6 +31,11 @@ pub struct FsmConfig {
     /// We have just restarted and kept forwarding meanwhile: R and F set in our OPEN until
     /// [`Fsm::restart_done`].
     pub restarted: bool,
+    /// Passive, but connect once at the first start: our side of the session changed (a
+    /// restart, new settings) and the peer may be backing off after OPENs it refused while
+    /// the two configurations disagreed; waiting would last until its back-off ends (up to
+    /// a minute). A collision with its own connection is resolved as any other.
+    pub reach_out: bool,
 }
 
 /// What both sides agreed on.
@@ -290,7 +295,7 @@ impl Fsm {
     fn start(&mut self, now: Instant, out: &mut Vec<Output>) {
         self.idle_until = None;
         self.connect_retry_at = Some(now + self.cfg.connect_retry);
-        if self.cfg.passive {
+        if self.cfg.passive && !std::mem::take(&mut self.cfg.reach_out) {
             self.goto(now, State::Active);
         } else {
             out.push(Output::Connect);

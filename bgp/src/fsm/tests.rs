@@ -19,6 +19,7 @@ fn cfg(local: Ipv4Addr, passive: bool, hold: u16) -> FsmConfig {
         graceful_restart: Some(120),
         keepalive: None,
         restarted: false,
+        reach_out: false,
     }
 }
 
@@ -356,4 +357,27 @@ fn a_lost_collision_ceases_our_connection_and_opens_again_on_the_peers() {
     }
     // Nothing to resolve before there is a connection.
     assert!(Fsm::new(cfg(A, false, 90), now).process(now, Input::Collision).is_empty());
+}
+
+#[test]
+fn a_passive_session_that_reaches_out_connects_once_then_waits() {
+    let now = Instant::now();
+    let mut f = Fsm::new(FsmConfig { reach_out: true, ..cfg(A, true, 90) }, now);
+    assert_eq!(f.process(now, Input::Start), vec![Output::Connect]);
+    assert_eq!(f.state(), State::Connect);
+    let _ = f.process(now, Input::TcpFailed("refused".into()));
+    let later = now + Duration::from_secs(5);
+    assert!(!f.process(later, Input::Tick).contains(&Output::Connect), "connect retry: passive again");
+    assert_eq!(f.state(), State::Active);
+    // After an error and its back-off, it waits as every passive session does.
+    let _ = f.process(later, Input::TcpUp);
+    let _ = f.process(later, Input::TcpClosed("reset".into()));
+    assert_eq!(f.state(), State::Idle);
+    let out = f.process(later + Duration::from_secs(2), Input::Tick);
+    assert!(!out.contains(&Output::Connect), "{out:?}");
+    assert_eq!(f.state(), State::Active);
+    // Without it, a passive session never connects.
+    let mut g = Fsm::new(cfg(A, true, 90), now);
+    assert!(g.process(now, Input::Start).is_empty());
+    assert_eq!(g.state(), State::Active);
 }
