@@ -12,7 +12,7 @@ pub mod selector;
 
 use anyhow::Context as _;
 use etcd::{Etcd, Kv};
-use resources::{Kind, Resource};
+use resources::{Kind, Resource, Stored};
 
 pub const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
 
@@ -40,6 +40,14 @@ pub enum Applied {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub etcd: Etcd,
+}
+
+/// The object `o[k]`, made empty where there is none.
+fn member<'a>(
+    o: &'a mut serde_json::Map<String, serde_json::Value>,
+    k: &str,
+) -> Option<&'a mut serde_json::Map<String, serde_json::Value>> {
+    o.entry(k).or_insert_with(|| serde_json::json!({})).as_object_mut()
 }
 
 fn now_rfc3339() -> String {
@@ -134,7 +142,9 @@ impl Store {
         m.resource_version = None;
         let outcome = match old {
             Some(kv) => {
-                let prev = Resource::from_json(r.kind(), &kv.value, k)?;
+                // Fields of the old version this router does not know go with it: apply
+                // replaces a resource whole, as calicoctl's does.
+                let prev = Resource::from_stored(r.kind(), &kv.value, k)?.resource;
                 let pm = prev.metadata();
                 m.uid = pm.uid.clone();
                 m.creation_timestamp = pm.creation_timestamp.clone();
@@ -154,14 +164,15 @@ impl Store {
         Ok((next, outcome))
     }
 
-    /// Every resource of a kind (or the one named), with `resourceVersion` set.
+    /// Every resource of a kind (or the one named), with `resourceVersion` set; fields this
+    /// router does not know left out ([`Resource::from_stored`]).
     pub fn get(&self, kind: Kind, name: Option<&str>) -> anyhow::Result<Vec<Resource>> {
-        self.get_in(kind, None, name)
+        Ok(self.get_in(kind, None, name)?.into_iter().map(|s| s.resource).collect())
     }
 
-    /// [`Store::get`] in a namespace: `None` lists every namespace, and finds a named
-    /// resource in `default`.
-    pub fn get_in(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> anyhow::Result<Vec<Resource>> {
+    /// [`Store::get`] in a namespace (`None` lists every namespace, and finds a named
+    /// resource in `default`), with the fields left out of each.
+    pub fn get_in(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> anyhow::Result<Vec<Stored>> {
         let kvs = match (name, namespace) {
             (Some(n), ns) => self.etcd.get(&key(kind, ns, n))?.into_iter().collect(),
             (None, Some(ns)) if kind.is_namespaced() => self.etcd.list(&format!("{PREFIX}{}/{ns}/", kind.plural()))?.0,
@@ -170,16 +181,16 @@ impl Store {
         kvs.into_iter()
             .map(|kv| {
                 let mut r =
-                    Resource::from_json(kind, &kv.value, &kv.key).with_context(|| format!("reading {}", kv.key))?;
-                r.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
+                    Resource::from_stored(kind, &kv.value, &kv.key).with_context(|| format!("reading {}", kv.key))?;
+                r.resource.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
                 Ok(r)
             })
             .collect()
     }
 
     /// Every resource of the kinds that describe the cluster ([`Kind::describes_cluster`]),
-    /// and the revision they were read at. A resource that no longer reads (written by
-    /// something else) is left out and named in the notes.
+    /// and the revision they were read at. A resource that does not read (written by
+    /// something else) is left out and named in the notes, as are fields left out of one.
     pub fn all(&self) -> anyhow::Result<(Vec<Resource>, i64, Vec<String>)> {
         // The endpoints sort after every kind of the cluster: one range up to them reads
         // the cluster at one revision without reading a key per pod.
@@ -191,12 +202,61 @@ impl Store {
             let Some(kind) = Kind::ALL.iter().find(of) else {
                 continue;
             };
-            match Resource::from_json(*kind, &kv.value, &kv.key) {
-                Ok(r) => out.push(r),
+            match Resource::from_stored(*kind, &kv.value, &kv.key) {
+                Ok(r) => {
+                    notes.extend(r.note());
+                    out.push(r.resource);
+                }
                 Err(e) => notes.push(format!("{e:#}")),
             }
         }
         Ok((out, rev, notes))
+    }
+
+    /// Changes a stored resource in place, as JSON: `change` returns whether it changed
+    /// anything. Unlike [`Store::apply`], every field is kept, those this router does not
+    /// know included (a node putting its address right in a `Node` that Calico's agent
+    /// wrote). A write that raced another is read again and retried. Whether it wrote.
+    pub fn patch(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        change: impl Fn(&mut serde_json::Value) -> bool,
+    ) -> anyhow::Result<bool> {
+        let k = key(kind, namespace, name);
+        for _ in 0..10 {
+            let Some(kv) = self.etcd.get(&k)? else { anyhow::bail!("{k} does not exist") };
+            let mut v: serde_json::Value = serde_json::from_slice(&kv.value).with_context(|| format!("reading {k}"))?;
+            if !change(&mut v) {
+                return Ok(false);
+            }
+            // What is written must still read as its kind.
+            Resource::from_stored(kind, &serde_json::to_vec(&v)?, &k)?;
+            if self.etcd.put_all_if(&[(&k, kv.mod_revision)], &[(&k, &serde_json::to_vec(&v)?)])? {
+                return Ok(true);
+            }
+        }
+        anyhow::bail!("{k} kept changing under us; try again")
+    }
+
+    /// Puts a `Node`'s `spec.bgp.ipv4Address` (and `ipv6Address`, when given) right in
+    /// place ([`Store::patch`]); whether it wrote.
+    pub fn set_node_addresses(&self, name: &str, v4: &str, v6: Option<&str>) -> anyhow::Result<bool> {
+        let want = [("ipv4Address", Some(v4)), ("ipv6Address", v6)];
+        self.patch(Kind::Node, None, name, |v| {
+            let Some(bgp) = v.as_object_mut().and_then(|o| member(o, "spec")).and_then(|o| member(o, "bgp")) else {
+                return false;
+            };
+            let mut changed = false;
+            for (field, value) in want.iter().filter_map(|(f, v)| Some((*f, (*v)?))) {
+                if bgp.get(field).and_then(|x| x.as_str()) != Some(value) {
+                    bgp.insert(field.into(), value.into());
+                    changed = true;
+                }
+            }
+            changed
+        })
     }
 
     /// Deletes a resource; whether it existed.

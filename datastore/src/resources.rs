@@ -554,7 +554,48 @@ impl Resource {
         v.unwrap_or(serde_json::Value::Null)
     }
 
-    /// A resource as stored (JSON); `what` names it in an error.
+    /// A resource as read from the datastore, leniently: fields this router does not know
+    /// (another tool or a newer Calico wrote them) are left out and named in
+    /// [`Stored::ignored`], as Calico's own readers skip them, rather than the whole resource
+    /// being unreadable and a pool or peer vanishing from the cluster. A field it knows with
+    /// a value it cannot read is still an error. `what` names the resource in it.
+    pub fn from_stored(kind: Kind, bytes: &[u8], what: &str) -> anyhow::Result<Stored> {
+        // Each round removes one unknown field; a resource with more than this is not ours.
+        const MOST_IGNORED: usize = 64;
+        let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        let mut ignored = Vec::new();
+        loop {
+            let e = match Resource::from_value(kind, &v) {
+                Ok(resource) => return Ok(Stored { resource, ignored }),
+                Err(e) => e,
+            };
+            let unknown = e.inner().to_string().starts_with("unknown field `");
+            if !unknown || ignored.len() >= MOST_IGNORED || !remove_at(&mut v, e.path()) {
+                anyhow::bail!("{what}: {}: {}", e.path(), e.inner());
+            }
+            ignored.push(e.path().to_string());
+        }
+    }
+
+    fn from_value(
+        kind: Kind,
+        v: &serde_json::Value,
+    ) -> Result<Resource, serde_path_to_error::Error<serde_json::Error>> {
+        use serde_path_to_error::deserialize as de;
+        Ok(match kind {
+            Kind::IpPool => Resource::IpPool(de(v)?),
+            Kind::BgpConfiguration => Resource::BgpConfiguration(de(v)?),
+            Kind::BgpPeer => Resource::BgpPeer(de(v)?),
+            Kind::BgpFilter => Resource::BgpFilter(de(v)?),
+            Kind::Node => Resource::Node(de(v)?),
+            Kind::IpReservation => Resource::IpReservation(de(v)?),
+            Kind::IpamConfiguration => Resource::IpamConfiguration(de(v)?),
+            Kind::WorkloadEndpoint => Resource::WorkloadEndpoint(de(v)?),
+        })
+    }
+
+    /// A resource as stored (JSON), strictly: an unknown field is an error (what this
+    /// router writes always reads this way); `what` names it in an error.
     pub fn from_json(kind: Kind, bytes: &[u8], what: &str) -> anyhow::Result<Resource> {
         let e = |e: serde_json::Error| anyhow::anyhow!("{what}: {e}");
         Ok(match kind {
@@ -568,6 +609,41 @@ impl Resource {
             Kind::WorkloadEndpoint => Resource::WorkloadEndpoint(serde_json::from_slice(bytes).map_err(e)?),
         })
     }
+}
+
+/// A resource read from the datastore ([`Resource::from_stored`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub resource: Resource,
+    /// The fields left out, as paths (`spec.colour`, `spec.exportV4[0].weight`).
+    pub ignored: Vec<String>,
+}
+
+impl Stored {
+    /// What to tell about the fields left out, if any.
+    pub fn note(&self) -> Option<String> {
+        (!self.ignored.is_empty()).then(|| {
+            format!("{}: left out what this router does not know: {}", self.resource.path(), self.ignored.join(", "))
+        })
+    }
+}
+
+/// Removes the member at `path` (its last step a key) from `v`; whether there was one.
+fn remove_at(v: &mut serde_json::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let steps: Vec<&Segment> = path.iter().collect();
+    let Some((Segment::Map { key }, parents)) = steps.split_last() else { return false };
+    let mut at = v;
+    for step in parents {
+        let next = match step {
+            Segment::Map { key } => at.get_mut(key.as_str()),
+            Segment::Seq { index } => at.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        at = next;
+    }
+    at.as_object_mut().is_some_and(|o| o.remove(key.as_str()).is_some())
 }
 
 /// What is wrong with a document of a file: where, and what.

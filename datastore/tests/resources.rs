@@ -82,6 +82,45 @@ fn an_endpoint_has_calicos_name_for_it_and_a_namespace_only_it_has() {
     assert_eq!(e.field.as_deref(), Some("metadata.namespace"), "{e}");
 }
 
+/// What another tool or a newer Calico wrote to etcd reads with the fields this router does
+/// not know left out and named; a file given to `apply` still refuses them, and a field it
+/// knows with a value it cannot read still makes the resource unreadable.
+#[test]
+fn a_stored_resource_reads_without_the_fields_this_router_does_not_know() {
+    let stored = r#"{"apiVersion":"projectcalico.org/v3","kind":"BGPFilter",
+        "metadata":{"name":"edge","generation":3,"uid":"u-1"},
+        "spec":{"exportV4":[{"action":"Accept","cidr":"10.244.0.0/16","matchOperator":"In","weight":7},
+                            {"action":"Reject","priority":{"of":"two"}}],
+                "colour":"red"}}"#;
+    let s = Resource::from_stored(Kind::BgpFilter, stored.as_bytes(), "edge").expect("reads");
+    assert_eq!(
+        s.ignored,
+        ["metadata.generation", "spec.colour", "spec.exportV4[0].weight", "spec.exportV4[1].priority"]
+    );
+    let Resource::BgpFilter(f) = &s.resource else { panic!("a BGPFilter") };
+    assert_eq!(f.metadata.uid.as_deref(), Some("u-1"));
+    assert_eq!(f.spec.export_v4.len(), 2);
+    assert_eq!(f.spec.export_v4[0].cidr.as_deref(), Some("10.244.0.0/16"));
+    let note = s.note().expect("a note");
+    assert!(note.contains("bgpfilters/edge") && note.contains("spec.colour"), "{note}");
+    assert!(Resource::from_json(Kind::BgpFilter, stored.as_bytes(), "edge").is_err(), "the strict reader refuses");
+    // What this router writes reads with nothing left out.
+    let clean = serde_json::to_vec(&s.resource.to_json()).expect("json");
+    let again = Resource::from_stored(Kind::BgpFilter, &clean, "edge").expect("reads");
+    assert!(again.ignored.is_empty() && again.note().is_none() && again.resource == s.resource);
+    // A known field with a value it cannot read: an error that names the field.
+    let bad = r#"{"apiVersion":"projectcalico.org/v3","kind":"IPPool","metadata":{"name":"p","x":1},
+        "spec":{"cidr":"10.244.0.0/16","ipipMode":"Sometimes"}}"#;
+    let e = Resource::from_stored(Kind::IpPool, bad.as_bytes(), "p").expect_err("refused").to_string();
+    assert!(e.contains("spec.ipipMode") && e.contains("Sometimes"), "{e}");
+    // Not JSON, or not an object where one is expected: errors, no panic.
+    assert!(Resource::from_stored(Kind::IpPool, b"{", "p").is_err());
+    assert!(Resource::from_stored(Kind::IpPool, b"[1,2]", "p").is_err());
+    let not_object =
+        r#"{"apiVersion":"projectcalico.org/v3","kind":"IPPool","metadata":7,"spec":{"cidr":"10.0.0.0/8"}}"#;
+    assert!(Resource::from_stored(Kind::IpPool, not_object.as_bytes(), "p").is_err());
+}
+
 fn error(text: &str) -> resources::DocError {
     resources::parse(text).expect_err("an error")
 }

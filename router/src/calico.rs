@@ -107,7 +107,11 @@ pub enum Output {
 /// `namespace`: for a namespaced kind, the one to look in (`None`: all of them; a named
 /// resource is then looked for in `default`).
 pub fn get(store: &Store, kind: Kind, namespace: Option<&str>, name: Option<&str>, out: Output) -> anyhow::Result<i32> {
-    let rs = store.get_in(kind, namespace, name)?;
+    let stored = store.get_in(kind, namespace, name)?;
+    for n in stored.iter().filter_map(|s| s.note()) {
+        eprintln!("note: {n}");
+    }
+    let rs: Vec<Resource> = stored.into_iter().map(|s| s.resource).collect();
     if let (Some(n), true) = (name, rs.is_empty()) {
         eprintln!("{} does not exist", path(kind, namespace, n));
         return Ok(1);

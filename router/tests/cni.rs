@@ -738,7 +738,10 @@ fn endpoints(lab: &TestLab) -> Vec<(String, Value)> {
         let etcd = datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()]).expect("endpoint");
         let store = datastore::Store::new(etcd);
         let all = store.get_in(datastore::resources::Kind::WorkloadEndpoint, None, None).expect("endpoints");
-        all.iter().map(|r| (format!("{}/{}", r.namespace().unwrap_or("?"), r.name()), r.to_json())).collect()
+        all.iter()
+            .map(|s| &s.resource)
+            .map(|r| (format!("{}/{}", r.namespace().unwrap_or("?"), r.name()), r.to_json()))
+            .collect()
     })
 }
 

@@ -293,6 +293,69 @@ fn deleting_a_node_deletes_what_configures_it_alone() {
     assert_eq!(left("bgpconfigurations"), ["default"]);
 }
 
+/// A pool and a node as another tool (Calico's agent, a newer calicoctl) wrote them, with
+/// fields this router does not know: nodes and `router get` read them with those fields
+/// left out and named, `apply` replaces them whole, and a node putting its own address
+/// right keeps every field of its `Node`.
+#[test]
+fn what_another_tool_wrote_reads_and_a_node_keeps_its_fields_when_put_right() {
+    use datastore::resources::{Kind, Resource};
+    let etcd = Etcd::start("etcd-foreign");
+    let t = with_etcd(&etcd.ns, |e| {
+        let pool = r#"{"apiVersion":"projectcalico.org/v3","kind":"IPPool","metadata":{"name":"future",
+            "generation":2},"spec":{"cidr":"10.250.0.0/16","ipipMode":"Always","futureKnob":true}}"#;
+        let node = r#"{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"name":"worker-9"},
+            "spec":{"bgp":{"ipv4Address":"10.0.0.9/24","future":1},"orchRefs":[{"orchestrator":"k8s","nodeName":"worker-9"}]},
+            "status":{"podCIDRs":["10.250.1.0/24"]}}"#;
+        e.put(&datastore::key(Kind::IpPool, None, "future"), pool.as_bytes()).expect("put");
+        let node_key = datastore::key(Kind::Node, None, "worker-9");
+        e.put(&node_key, node.as_bytes()).expect("put");
+        let store = datastore::Store::new(e.clone());
+        let (rs, _, notes) = store.all().expect("all");
+        let pool = rs.iter().find(|r| r.name() == "future").expect("the pool is not lost");
+        assert!(matches!(pool, Resource::IpPool(p) if p.spec.cidr == "10.250.0.0/16"), "{pool:?}");
+        assert!(rs.iter().any(|r| r.name() == "worker-9"), "{rs:?}");
+        let all = notes.join("\n");
+        assert!(all.contains("ippools/future") && all.contains("spec.futureKnob"), "{all}");
+        assert!(all.contains("spec.orchRefs") && all.contains("status") && all.contains("spec.bgp.future"), "{all}");
+        // The node's address put right, in place: nothing else of the Node changes.
+        assert!(store.set_node_addresses("worker-9", "10.0.0.10/24", None).expect("patch"));
+        let raw = |k: &str| -> serde_json::Value {
+            serde_json::from_slice(&e.get(k).expect("get").expect("there").value).expect("json")
+        };
+        let v = raw(&node_key);
+        assert_eq!(v["spec"]["bgp"]["ipv4Address"], "10.0.0.10/24");
+        assert_eq!(v["spec"]["bgp"]["future"], 1);
+        assert_eq!(v["spec"]["orchRefs"][0]["nodeName"], "worker-9");
+        assert_eq!(v["status"]["podCIDRs"][0], "10.250.1.0/24");
+        let rev = e.get(&node_key).expect("get").expect("there").mod_revision;
+        assert!(!store.set_node_addresses("worker-9", "10.0.0.10/24", None).expect("patch"), "already right");
+        assert_eq!(e.get(&node_key).expect("get").expect("there").mod_revision, rev, "nothing written");
+        // A dual-stack node adds its IPv6 address beside.
+        assert!(store.set_node_addresses("worker-9", "10.0.0.10/24", Some("fd00::10/64")).expect("patch"));
+        assert_eq!(raw(&node_key)["spec"]["bgp"]["ipv6Address"], "fd00::10/64");
+        assert!(store.set_node_addresses("worker-404", "10.0.0.11/24", None).is_err(), "no such node");
+    });
+    t.join().expect("etcd test");
+    let o = etcd.router(&["get", "ippool", "future", "-o", "yaml"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("cidr: 10.250.0.0/16"), "{}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(err.contains("note:") && err.contains("metadata.generation, spec.futureKnob"), "{err}");
+    let table = etcd.ok(&["get", "nodes"]);
+    assert!(table.contains("worker-9"), "{table}");
+    // apply replaces the pool whole (as calicoctl's): what this router does not know goes.
+    let file = etcd.dir.join("pool.yaml");
+    let yaml =
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: future\nspec:\n  cidr: 10.250.0.0/16\n";
+    std::fs::write(&file, yaml).expect("write");
+    let out = etcd.ok(&["apply", "-f", file.to_str().unwrap_or_default()]);
+    assert!(out.contains("configured"), "{out}");
+    let o = etcd.router(&["get", "ippool", "future", "-o", "json"]);
+    assert!(o.status.success() && !text(&o.stderr).contains("note:"), "{}", text(&o.stderr));
+    assert!(!text(&o.stdout).contains("futureKnob") && !text(&o.stdout).contains("ipipMode"), "{}", text(&o.stdout));
+}
+
 #[test]
 fn a_file_is_written_in_one_revision_and_a_long_one_in_whole_parts() {
     let etcd = Etcd::start("etcd-txn");

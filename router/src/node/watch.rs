@@ -127,21 +127,23 @@ fn record_endpoints(store: &datastore::Store, me: &Me) {
 /// not the node's; everything else (labels, a reflector cluster ID) is the user's and stays.
 fn register(store: &datastore::Store, me: &Me) -> anyhow::Result<()> {
     use datastore::resources::{self as r, Kind, Resource};
-    let mut node = match store.get(Kind::Node, Some(&me.name))?.into_iter().next() {
-        Some(Resource::Node(n)) => n,
-        _ => r::typed(Kind::Node, &me.name, r::NodeSpec::default()),
-    };
-    let bgp = node.spec.bgp.get_or_insert_with(Default::default);
-    let (v4, v6) = (Some(me.address.to_string()), me.address6.map(|a| a.to_string()));
-    if bgp.ipv4_address == v4 && (v6.is_none() || bgp.ipv6_address == v6) {
-        return Ok(());
+    let (v4, v6) = (me.address.to_string(), me.address6.map(|a| a.to_string()));
+    match store.get(Kind::Node, Some(&me.name))?.into_iter().next() {
+        Some(Resource::Node(n)) => {
+            let bgp = n.spec.bgp.unwrap_or_default();
+            if bgp.ipv4_address.as_ref() == Some(&v4) && (v6.is_none() || bgp.ipv6_address == v6) {
+                return Ok(());
+            }
+            // In place: what Calico's agent or the user wrote there, and this router does
+            // not know, stays.
+            store.set_node_addresses(&me.name, &v4, v6.as_deref())?;
+        }
+        _ => {
+            let mut node = r::typed(Kind::Node, &me.name, r::NodeSpec::default());
+            node.spec.bgp = Some(r::NodeBgp { ipv4_address: Some(v4), ipv6_address: v6, ..Default::default() });
+            store.apply(&Resource::Node(node))?;
+        }
     }
-    bgp.ipv4_address = v4;
-    if v6.is_some() {
-        bgp.ipv6_address = v6;
-    }
-    node.metadata.resource_version = None;
-    store.apply(&Resource::Node(node))?;
     tracing::info!(node = me.name, address = %me.address, address6 = ?me.address6, "registered in the datastore");
     Ok(())
 }
@@ -159,11 +161,19 @@ fn run(
     let mut down_since: Option<Instant> = None;
     let mut registered = false;
     // Lists the resources and hands them over; false once the node has gone.
-    let list = |listed: &mut Option<i64>, down_since: &mut Option<Instant>| -> bool {
+    // Each note once: the cluster is listed again on every change.
+    let mut noted = std::collections::HashSet::new();
+    let mut list = |listed: &mut Option<i64>, down_since: &mut Option<Instant>| -> bool {
         match store.all() {
             Ok((rs, rev, notes)) => {
                 for n in notes {
-                    tracing::warn!(note = %n, "a resource in etcd does not read");
+                    if !noted.contains(&n) {
+                        if noted.len() >= 1024 {
+                            noted.clear();
+                        }
+                        tracing::warn!(note = %n, "a resource in etcd does not read as this router knows it");
+                        noted.insert(n);
+                    }
                 }
                 if down_since.take().is_some() {
                     tracing::info!(revision = rev, "etcd answers again: resynced");
