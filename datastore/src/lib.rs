@@ -42,12 +42,16 @@ pub struct Store {
     pub etcd: Etcd,
 }
 
-/// The object `o[k]`, made empty where there is none.
+/// The object `o[k]`, made empty where there is none (or `null`).
 fn member<'a>(
     o: &'a mut serde_json::Map<String, serde_json::Value>,
     k: &str,
 ) -> Option<&'a mut serde_json::Map<String, serde_json::Value>> {
-    o.entry(k).or_insert_with(|| serde_json::json!({})).as_object_mut()
+    let m = o.entry(k).or_insert(serde_json::Value::Null);
+    if m.is_null() {
+        *m = serde_json::json!({});
+    }
+    m.as_object_mut()
 }
 
 fn now_rfc3339() -> String {

@@ -560,21 +560,27 @@ impl Resource {
     /// being unreadable and a pool or peer vanishing from the cluster. A field it knows with
     /// a value it cannot read is still an error. `what` names the resource in it.
     pub fn from_stored(kind: Kind, bytes: &[u8], what: &str) -> anyhow::Result<Stored> {
-        // Each round removes one unknown field; a resource with more than this is not ours.
-        const MOST_IGNORED: usize = 64;
+        // Each round removes one field; a resource with more to remove than this is not ours.
+        const MOST_REMOVED: usize = 64;
         let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let mut ignored = Vec::new();
-        loop {
+        for _ in 0..=MOST_REMOVED {
             let e = match Resource::from_value(kind, &v) {
                 Ok(resource) => return Ok(Stored { resource, ignored }),
                 Err(e) => e,
             };
-            let unknown = e.inner().to_string().starts_with("unknown field `");
-            if !unknown || ignored.len() >= MOST_IGNORED || !remove_at(&mut v, e.path()) {
-                anyhow::bail!("{what}: {}: {}", e.path(), e.inner());
+            let message = e.inner().to_string();
+            let unknown = message.starts_with("unknown field `");
+            // Go writes a nil member as null where it has no omitempty: the same as absent.
+            let null = message.starts_with("invalid type: null");
+            if !(unknown || null) || !remove_at(&mut v, e.path()) {
+                anyhow::bail!("{what}: {}: {message}", e.path());
             }
-            ignored.push(e.path().to_string());
+            if unknown {
+                ignored.push(e.path().to_string());
+            }
         }
+        anyhow::bail!("{what}: more than {MOST_REMOVED} fields this router does not know")
     }
 
     fn from_value(

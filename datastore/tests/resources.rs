@@ -113,6 +113,16 @@ fn a_stored_resource_reads_without_the_fields_this_router_does_not_know() {
         "spec":{"cidr":"10.244.0.0/16","ipipMode":"Sometimes"}}"#;
     let e = Resource::from_stored(Kind::IpPool, bad.as_bytes(), "p").expect_err("refused").to_string();
     assert!(e.contains("spec.ipipMode") && e.contains("Sometimes"), "{e}");
+    // A member written as null (Go's nil without omitempty) is as if absent; a required
+    // one is then missing.
+    let nulls = r#"{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"name":"n","labels":null},
+        "spec":null}"#;
+    let s = Resource::from_stored(Kind::Node, nulls.as_bytes(), "n").expect("reads");
+    assert!(s.ignored.is_empty() && s.resource.name() == "n", "{s:?}");
+    let no_cidr =
+        r#"{"apiVersion":"projectcalico.org/v3","kind":"IPPool","metadata":{"name":"p"},"spec":{"cidr":null}}"#;
+    let e = Resource::from_stored(Kind::IpPool, no_cidr.as_bytes(), "p").expect_err("no cidr").to_string();
+    assert!(e.contains("missing field `cidr`"), "{e}");
     // Not JSON, or not an object where one is expected: errors, no panic.
     assert!(Resource::from_stored(Kind::IpPool, b"{", "p").is_err());
     assert!(Resource::from_stored(Kind::IpPool, b"[1,2]", "p").is_err());

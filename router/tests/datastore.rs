@@ -335,6 +335,15 @@ fn what_another_tool_wrote_reads_and_a_node_keeps_its_fields_when_put_right() {
         assert!(store.set_node_addresses("worker-9", "10.0.0.10/24", Some("fd00::10/64")).expect("patch"));
         assert_eq!(raw(&node_key)["spec"]["bgp"]["ipv6Address"], "fd00::10/64");
         assert!(store.set_node_addresses("worker-404", "10.0.0.11/24", None).is_err(), "no such node");
+        // A Node with no spec at all (or a null one) gets one.
+        let bare = datastore::key(Kind::Node, None, "worker-8");
+        e.put(
+            &bare,
+            br#"{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"name":"worker-8"},"spec":null}"#,
+        )
+        .expect("put");
+        assert!(store.set_node_addresses("worker-8", "10.0.0.8/24", None).expect("patch"));
+        assert_eq!(raw(&bare)["spec"]["bgp"]["ipv4Address"], "10.0.0.8/24");
     });
     t.join().expect("etcd test");
     let o = etcd.router(&["get", "ippool", "future", "-o", "yaml"]);
