@@ -68,7 +68,8 @@ enum Cmd {
         #[arg(long = "secrets-dir", env = "ROUTER_SECRETS_DIR")]
         secrets_dir: Option<PathBuf>,
     },
-    /// Show a node's BGP peers, like `calicoctl node status`.
+    /// Show a node's BGP peers, like `calicoctl node status`; in a lab without --node, a
+    /// line for every node.
     Status(Query),
     /// Show a node's FIB, like `route -n`; with --lookup, the route one address takes; with
     /// --rejected, what BGP peers sent that the node refused; with --detail, every BGP path
@@ -555,6 +556,21 @@ impl Query {
         if let Some(s) = &self.socket {
             return Ok(s.clone());
         }
+        let (lab, daemons) = self.daemons()?;
+        let nodes: Vec<&str> = daemons.iter().map(|d| d.node.as_str()).collect();
+        match (&self.node, daemons.as_slice()) {
+            (Some(n), _) => match daemons.iter().find(|d| &d.node == n) {
+                Some(d) => Ok(d.socket.clone()),
+                None => bail!("lab {:?} has no node {n:?}; nodes: {}", lab.name, nodes.join(", ")),
+            },
+            // A lab of one node: there is nothing to choose.
+            (None, [only]) => Ok(only.socket.clone()),
+            (None, _) => bail!("which node? add --node NODE (nodes: {})", nodes.join(", ")),
+        }
+    }
+
+    /// The lab's node daemons.
+    fn daemons(&self) -> anyhow::Result<(Lab, Vec<lab::state::Daemon>)> {
         let lab = self.sel.lab()?;
         let Some(st) = lab.state()? else {
             bail!(
@@ -562,14 +578,7 @@ impl Query {
                 lab.name
             );
         };
-        let nodes: Vec<&str> = st.daemons.iter().map(|d| d.node.as_str()).collect();
-        match &self.node {
-            Some(n) => match st.daemons.iter().find(|d| &d.node == n) {
-                Some(d) => Ok(d.socket.clone()),
-                None => bail!("lab {:?} has no node {n:?}; nodes: {}", lab.name, nodes.join(", ")),
-            },
-            None => bail!("which node? add --node NODE (nodes: {})", nodes.join(", ")),
-        }
+        Ok((lab, st.daemons))
     }
 
     /// The node's admin socket, as a typed client.
@@ -746,6 +755,7 @@ installed {} as {}",
             router::node::run_with(&config, endpoints, secrets_dir).map(|_| 0)
         }
         Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
+        Cmd::Status(q) if q.node.is_none() && q.socket.is_none() && q.daemons()?.1.len() > 1 => every_node_status(&q),
         Cmd::Status(q) => {
             let st = q.client()?.bgp_status()?;
             if q.json {
@@ -803,6 +813,68 @@ fn since(secs: u64) -> String {
         let (year, month, day) = nodeapi::civil::from_days(d as i64);
         format!("{year:04}-{month:02}-{day:02}")
     }
+}
+
+/// One node's answer to `router status`, in the list of every node's.
+#[derive(serde::Serialize)]
+struct NodeBgp {
+    node: String,
+    #[serde(flatten)]
+    status: Option<admin::BgpStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `router status` in a lab, without `--node`: a line per node (its sessions up of all, and
+/// why the others are not), asked of every node at once. Non-zero when a node does not
+/// answer, as `--node` is.
+fn every_node_status(q: &Query) -> anyhow::Result<i32> {
+    let (_, daemons) = q.daemons()?;
+    let answers: Vec<NodeBgp> = std::thread::scope(|s| {
+        let asks: Vec<_> = daemons
+            .iter()
+            .map(|d| (d.node.clone(), s.spawn(|| admin::Client::new(d.socket.clone()).bgp_status())))
+            .collect();
+        asks.into_iter()
+            .map(|(node, ask)| match ask.join() {
+                Ok(Ok(st)) => NodeBgp { node, status: Some(st), error: None },
+                Ok(Err(e)) => NodeBgp { node, status: None, error: Some(format!("does not answer: {e}")) },
+                Err(_) => NodeBgp { node, status: None, error: Some("asking it failed".into()) },
+            })
+            .collect()
+    });
+    let code = if answers.iter().all(|a| a.status.is_some()) { 0 } else { 1 };
+    if q.json {
+        nodeapi::outln!("{}", serde_json::to_string_pretty(&answers)?);
+        return Ok(code);
+    }
+    let width = answers.iter().map(|a| a.node.len()).max().unwrap_or(0).max(4);
+    nodeapi::outln!("{:<width$}  {:<10}  {:<15}  {:<8}  NOT UP", "NODE", "AS", "ROUTER ID", "UP");
+    for a in &answers {
+        let line = match (&a.status, &a.error) {
+            (Some(st), _) if st.configured => {
+                let up = st.peers.iter().filter(|p| p.state == "up").count();
+                let down: Vec<String> = st
+                    .peers
+                    .iter()
+                    .filter(|p| p.state != "up")
+                    .map(|p| format!("{} ({}: {})", p.peer, p.state, p.info))
+                    .collect();
+                format!(
+                    "{:<10}  {:<15}  {:<8}  {}",
+                    st.as_number.map_or_else(|| "-".into(), |n| n.to_string()),
+                    st.router_id.map_or_else(|| "-".into(), |r| r.to_string()),
+                    format!("{up}/{}", st.peers.len()),
+                    if down.is_empty() { "-".into() } else { down.join("; ") }
+                )
+            }
+            (Some(_), _) => "BGP is not configured on this node".into(),
+            (None, e) => e.clone().unwrap_or_default(),
+        };
+        nodeapi::outln!("{:<width$}  {line}", a.node);
+    }
+    nodeapi::outln!("One node's sessions: router status --node NODE");
+    Ok(code)
 }
 
 fn print_bgp_status(st: &admin::BgpStatus) {

@@ -92,6 +92,22 @@ fn mesh_has_three_sessions_and_every_pod_reaches_every_other() {
         table.contains("IPv4 BGP status") && table.contains("node-to-node mesh") && table.contains("Established"),
         "{table}"
     );
+    // Without --node: a line per node.
+    let o = lab.router(&["status"]);
+    let all = text(&o.stdout);
+    assert!(o.status.success(), "{all}{}", text(&o.stderr));
+    for (node, id) in [("node-a", "192.168.100.100"), ("node-b", "192.168.100.101"), ("node-c", "192.168.200.101")] {
+        let line = all.lines().find(|l| l.starts_with(node)).unwrap_or_else(|| panic!("{node}: {all}"));
+        assert!(line.contains("64512") && line.contains(id) && line.contains("2/2"), "{line}");
+    }
+    let every = lab.json(&["status", "--json"]);
+    let nodes: Vec<(&str, usize)> = every
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap_or("?"), n["peers"].as_array().map_or(0, Vec::len)))
+        .collect();
+    assert_eq!(nodes, [("node-a", 2), ("node-b", 2), ("node-c", 2)]);
 }
 
 /// The AS numbers each node sees its peers in, and that nobody refused a route.
@@ -167,6 +183,14 @@ fn a_silent_node_loses_its_block_within_the_hold_time_and_comes_back() {
     // node-b had its own session with node-c: it lets go of the block within the hold time too.
     wait_for(8, "node-b to drop node-c's block", || route(&lab, "node-b", "10.244.3.0/26").is_none());
     assert!(t0.elapsed() < Duration::from_secs(8), "took {:?}", t0.elapsed());
+    // Every node at once: node-a says why its session is down, node-c does not answer.
+    let o = lab.router(&["status"]);
+    let all = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "a node that does not answer fails it: {all}");
+    let line = |node: &str| all.lines().find(|l| l.starts_with(node)).unwrap_or_default().to_string();
+    assert!(line("node-a").contains("1/2") && line("node-a").contains("192.168.200.101 ("), "{all}");
+    assert!(line("node-a").contains("hold timer expired"), "{all}");
+    assert!(line("node-c").contains("does not answer"), "{all}");
     kill("-CONT");
     wait_for(30, "node-c's session to come back", || peer_state(&lab, "node-a", "192.168.200.101").0 == "up");
     wait_for(10, "node-c's block to come back", || route(&lab, "node-a", "10.244.3.0/26").is_some());
