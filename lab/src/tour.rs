@@ -188,6 +188,12 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
 
     t.title("The nodes tell each other their blocks over BGP", &format!("A full mesh of N nodes needs N·(N-1)/2 sessions: {} here. With route reflectors every node peers only with the reflectors (lab/topologies/seed-rr.toml: 2 sessions).", nodes * (nodes - 1) / 2));
     t.router(&["status", "--node", "node-a"])?;
+    let every = t.router(&["status"])?;
+    let ends: usize = every
+        .lines()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.split_once('/')?.1.parse::<usize>().ok()))
+        .sum();
+    t.note(&format!("each session has two ends: {ends} counted over the nodes, {} sessions.", ends / 2));
 
     t.title(
         "node-a and node-b share a subnet: plain routing",

@@ -271,6 +271,7 @@ fn lab_tour_runs_start_to_end() {
         assert!(all.contains(claim), "the tour skipped {claim:?}:\n{all}");
     }
     assert!(all.contains("4,1"), "the IPIP capture shows both headers:\n{all}");
+    assert!(all.contains("6 counted over the nodes, 3 sessions"), "every node's sessions:\n{all}");
     assert!(all.lines().any(|l| l.contains("Block") && l.contains("10.244.3.0/26") && l.contains("node-c")), "{all}");
     assert!(all.contains("Network is unreachable") && all.contains("--nat-outgoing"), "{all}");
     // The same ping in a VXLAN twin: UDP 4789, VNI 4096, 50 bytes on top of the 84 (IPIP:
