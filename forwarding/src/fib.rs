@@ -362,7 +362,7 @@ pub fn last_wins<K: Ord + Copy, H>(mut v: Vec<(K, H)>) -> Vec<(K, H)> {
 }
 
 /// Keeps the routes of a FIB, both families, and applies changes one route at a time: the
-/// LPM writers hold next-hop indices into counted [`HopTable`]s. [`FibWriter::publish`]
+/// LPM writers hold next-hop indices into counted `HopTable`s. [`FibWriter::publish`]
 /// yields the snapshot for a [`FibHandle`].
 #[derive(Debug, Default)]
 pub struct FibWriter {
