@@ -1408,7 +1408,8 @@ fn a_node_s_as_number_changed_in_etcd_changes_its_sessions_live() {
         // Nodes read the change at different moments: an OPEN refused meanwhile (the peer's
         // AS not yet the one expected) backs that session off, 1 s, 2 s, 4 s... up to a
         // minute. node-c, which waits for node-a and node-b to connect, reaches out once
-        // when it follows, so the session does not wait for that back-off to end.
+        // when nobody came within the connect-retry time (2 s) after it followed, so the
+        // session does not wait for that back-off to end.
         let t = Instant::now();
         wait_for(30, "node-c in the cluster's AS everywhere, every session up", || {
             ["node-a", "node-b", "node-c"].iter().all(|n| {
