@@ -758,7 +758,9 @@ fn record_endpoint(ipam: &Backend, conf: &NetConf, call: &Call, result: &Value) 
 /// still this container's (an ADD of the same pod by a new container keeps its own), else
 /// any of the node's that names this container and interface (a DEL without `CNI_ARGS`).
 fn forget_endpoint(store: &datastore::Store, conf: &NetConf, call: &Call) -> Result<(), CniError> {
-    let mine = |w: &datastore::endpoints::Seen| w.spec.container_id == call.container && w.spec.endpoint == call.ifname;
+    let mine = |w: &datastore::resources::Typed<datastore::resources::WorkloadEndpointSpec>| {
+        w.spec.container_id == call.container && w.spec.endpoint == call.ifname
+    };
     if let Ok(r) = call.endpoint(conf, None) {
         if let Some(s) = store.endpoint(r.namespace().unwrap_or("default"), r.name()).map_err(io)? {
             if mine(&s.0) {

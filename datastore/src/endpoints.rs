@@ -5,9 +5,9 @@
 //! nothing in them routes traffic); they are for `router get workloadendpoints`,
 //! `calicoctl get workloadendpoints` and whatever else shares the datastore.
 
-use crate::resources::{self, Kind, Resource, WorkloadEndpointSpec};
+use crate::etcd::Kv;
+use crate::resources::{self, Kind, Resource, Typed, WorkloadEndpointSpec};
 use crate::{endpoints_prefix, key, Store};
-use serde::Deserialize;
 use std::net::IpAddr;
 
 /// Calico's gateway for pods, the address nobody owns that the node answers for.
@@ -71,63 +71,31 @@ impl Endpoint {
     }
 }
 
-/// What the router reads of an endpoint someone wrote: who it is and where. Read without
-/// refusing fields it does not know, unlike `apply`: an endpoint another writer (Calico's
-/// own plugin, a newer Calico) left must still count, or `router ipam check` would call its
-/// pod's address leaked.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Seen {
-    #[serde(default)]
-    pub metadata: SeenMetadata,
-    #[serde(default)]
-    pub spec: SeenSpec,
-}
+/// An endpoint as stored, and the revision it was last written at. Read leniently
+/// ([`Resource::from_stored`]): an endpoint another writer (Calico's own plugin, a newer
+/// Calico) left with fields this router does not know must still count, or `router ipam
+/// check` would call its pod's address leaked.
+pub type Stored = (Typed<WorkloadEndpointSpec>, i64);
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct SeenMetadata {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
+fn read(kv: &Kv) -> Option<Stored> {
+    match Resource::from_stored(Kind::WorkloadEndpoint, &kv.value, &kv.key).ok()?.resource {
+        Resource::WorkloadEndpoint(w) => Some((w, kv.mod_revision)),
+        _ => None,
+    }
 }
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SeenSpec {
-    #[serde(default)]
-    pub node: String,
-    #[serde(default)]
-    pub orchestrator: String,
-    #[serde(rename = "containerID", default)]
-    pub container_id: String,
-    #[serde(default)]
-    pub endpoint: String,
-    #[serde(default)]
-    pub ip_networks: Vec<String>,
-}
-
-/// An endpoint as stored, and the revision it was last written at.
-pub type Stored = (Seen, i64);
 
 impl Store {
     /// Every workload endpoint of every namespace whose `spec.node` is `node` (all of them
-    /// with `None`). One that is not even a JSON object is skipped.
+    /// with `None`). One that does not read even leniently is skipped.
     pub fn endpoints(&self, node: Option<&str>) -> anyhow::Result<Vec<Stored>> {
         let (kvs, _) = self.etcd.list(&endpoints_prefix())?;
-        Ok(kvs
-            .into_iter()
-            .filter_map(|kv| {
-                let w: Seen = serde_json::from_slice(&kv.value).ok()?;
-                node.is_none_or(|n| w.spec.node == n).then_some((w, kv.mod_revision))
-            })
-            .collect())
+        Ok(kvs.iter().filter_map(read).filter(|(w, _)| node.is_none_or(|n| w.spec.node == n)).collect())
     }
 
-    /// The endpoint `namespace/name` as [`Seen`], with its revision; None where there is
-    /// none (or it is not even a JSON object).
+    /// The endpoint `namespace/name`, with its revision; None where there is none (or it
+    /// does not read even leniently).
     pub fn endpoint(&self, namespace: &str, name: &str) -> anyhow::Result<Option<Stored>> {
-        let kv = self.etcd.get(&key(Kind::WorkloadEndpoint, Some(namespace), name))?;
-        Ok(kv.and_then(|kv| Some((serde_json::from_slice(&kv.value).ok()?, kv.mod_revision))))
+        Ok(self.etcd.get(&key(Kind::WorkloadEndpoint, Some(namespace), name))?.as_ref().and_then(read))
     }
 
     /// Deletes an endpoint if it is still the one read at `mod_revision` (a pod attached

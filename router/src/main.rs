@@ -755,15 +755,14 @@ installed {} as {}",
             router::node::run_with(&config, endpoints, secrets_dir).map(|_| 0)
         }
         Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
-        Cmd::Status(q) if q.node.is_none() && q.socket.is_none() && q.daemons()?.1.len() > 1 => every_node_status(&q),
         Cmd::Status(q) => {
-            let st = q.client()?.bgp_status()?;
-            if q.json {
-                nodeapi::outln!("{}", serde_json::to_string_pretty(&st.peers)?);
-            } else {
-                print_bgp_status(&st);
+            if q.node.is_none() && q.socket.is_none() {
+                let (_, daemons) = q.daemons()?;
+                if daemons.len() > 1 {
+                    return every_node_status(&daemons, q.json);
+                }
             }
-            Ok(0)
+            print_one_status(&q.client()?, q.json)
         }
         Cmd::Routes { rejected: true, peer, query: q, .. } => q.print(&q.client()?.rejected(peer)?, |rs| {
             if rs.is_empty() {
@@ -815,6 +814,17 @@ fn since(secs: u64) -> String {
     }
 }
 
+/// `router status` of one node: its peers, as a table or JSON.
+fn print_one_status(client: &admin::Client, json: bool) -> anyhow::Result<i32> {
+    let st = client.bgp_status()?;
+    if json {
+        nodeapi::outln!("{}", serde_json::to_string_pretty(&st.peers)?);
+    } else {
+        print_bgp_status(&st);
+    }
+    Ok(0)
+}
+
 /// One node's answer to `router status`, in the list of every node's.
 #[derive(serde::Serialize)]
 struct NodeBgp {
@@ -828,8 +838,7 @@ struct NodeBgp {
 /// `router status` in a lab, without `--node`: a line per node (its sessions up of all, and
 /// why the others are not), asked of every node at once. Non-zero when a node does not
 /// answer, as `--node` is.
-fn every_node_status(q: &Query) -> anyhow::Result<i32> {
-    let (_, daemons) = q.daemons()?;
+fn every_node_status(daemons: &[lab::state::Daemon], json: bool) -> anyhow::Result<i32> {
     let answers: Vec<NodeBgp> = std::thread::scope(|s| {
         let asks: Vec<_> = daemons
             .iter()
@@ -844,7 +853,7 @@ fn every_node_status(q: &Query) -> anyhow::Result<i32> {
             .collect()
     });
     let code = if answers.iter().all(|a| a.status.is_some()) { 0 } else { 1 };
-    if q.json {
+    if json {
         nodeapi::outln!("{}", serde_json::to_string_pretty(&answers)?);
         return Ok(code);
     }

@@ -128,17 +128,15 @@ fn record_endpoints(store: &datastore::Store, me: &Me) {
 fn register(store: &datastore::Store, me: &Me) -> anyhow::Result<()> {
     use datastore::resources::{self as r, Kind, Resource};
     let (v4, v6) = (me.address.to_string(), me.address6.map(|a| a.to_string()));
-    match store.get(Kind::Node, Some(&me.name))?.into_iter().next() {
-        Some(Resource::Node(n)) => {
-            let bgp = n.spec.bgp.unwrap_or_default();
-            if bgp.ipv4_address.as_ref() == Some(&v4) && (v6.is_none() || bgp.ipv6_address == v6) {
+    match store.get(Kind::Node, Some(&me.name))?.first() {
+        // In place: what Calico's agent or the user wrote there, and this router does not
+        // know, stays. Nothing to write when the addresses are right already.
+        Some(_) => {
+            if !store.set_node_addresses(&me.name, &v4, v6.as_deref())? {
                 return Ok(());
             }
-            // In place: what Calico's agent or the user wrote there, and this router does
-            // not know, stays.
-            store.set_node_addresses(&me.name, &v4, v6.as_deref())?;
         }
-        _ => {
+        None => {
             let mut node = r::typed(Kind::Node, &me.name, r::NodeSpec::default());
             node.spec.bgp = Some(r::NodeBgp { ipv4_address: Some(v4), ipv6_address: v6, ..Default::default() });
             store.apply(&Resource::Node(node))?;
