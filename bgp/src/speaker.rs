@@ -219,9 +219,8 @@ impl Core {
         }
         let initial = cfg.peers.clone();
         let mut core = Core { cfg, rib, peers, actions: Vec::new(), deferral_until, changed: LocChanges::Everything };
-        let reach_out = core.cfg.restarted;
         for p in initial {
-            core.push_peer(p, now, reach_out);
+            core.push_peer(p, now);
         }
         for i in 0..core.peers.len() {
             core.feed(i, now, Input::Start);
@@ -240,8 +239,8 @@ impl Core {
         }
     }
 
-    /// Adds peer slot `peers.len()` (not started); `reach_out`: [`FsmConfig::reach_out`].
-    fn push_peer(&mut self, p: PeerConfig, now: Instant, reach_out: bool) -> usize {
+    /// Adds peer slot `peers.len()` (not started).
+    fn push_peer(&mut self, p: PeerConfig, now: Instant) -> usize {
         let i = self.peers.len();
         let filters: Vec<Arc<Filter>> = p
             .filters
@@ -275,7 +274,6 @@ impl Core {
                 graceful_restart: self.cfg.graceful_restart.map(|t| p.restart_time.unwrap_or(t)),
                 keepalive: p.keepalive,
                 restarted: self.cfg.restarted,
-                reach_out,
             },
             now,
         );
@@ -308,8 +306,7 @@ impl Core {
         let ch = self.rib.peer_down(i as PeerId, true);
         self.apply(ch);
         self.peers[i].removed = true;
-        let j = self.push_peer(p, now, true);
-        self.feed(j, now, Input::Start);
+        let j = self.add_peer(p, now);
         self.peers[i].replaced_by = Some((j, now + REPLACE_GRACE));
         j
     }
@@ -317,7 +314,7 @@ impl Core {
     /// A peer configured while running (a BGPPeer applied): its slot, started at once.
     /// Slots are never reused, so the shell's per-slot state stays in step.
     pub fn add_peer(&mut self, p: PeerConfig, now: Instant) -> usize {
-        let i = self.push_peer(p, now, false);
+        let i = self.push_peer(p, now);
         self.feed(i, now, Input::Start);
         i
     }

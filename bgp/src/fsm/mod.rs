@@ -31,12 +31,6 @@ pub struct FsmConfig {
     /// We have just restarted and kept forwarding meanwhile: R and F set in our OPEN until
     /// [`Fsm::restart_done`].
     pub restarted: bool,
-    /// Passive, but connect once if the peer has not connected within the connect-retry
-    /// time of the start: our side of the session changed (a restart, new settings) and the
-    /// peer may be backing off after OPENs it refused while the two configurations
-    /// disagreed; waiting would last until its back-off ends (up to a minute). The first
-    /// connection that comes up, either way, ends it.
-    pub reach_out: bool,
 }
 
 /// What both sides agreed on.
@@ -409,7 +403,6 @@ impl Fsm {
             }
             Input::TcpUp => match self.state {
                 State::Connect | State::Active => {
-                    self.cfg.reach_out = false;
                     self.connect_retry_at = None;
                     out.push(Output::Send(Message::Open(self.our_open())));
                     self.hold_at = Some(now + OPEN_HOLD);
@@ -514,7 +507,7 @@ impl Fsm {
         }
         if due(self.connect_retry_at) && matches!(self.state, State::Connect | State::Active) {
             self.connect_retry_at = Some(now + self.cfg.connect_retry);
-            if !self.cfg.passive || std::mem::take(&mut self.cfg.reach_out) {
+            if !self.cfg.passive {
                 out.push(Output::Connect);
                 self.goto(now, State::Connect);
             }

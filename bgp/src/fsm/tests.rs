@@ -19,7 +19,6 @@ fn cfg(local: Ipv4Addr, passive: bool, hold: u16) -> FsmConfig {
         graceful_restart: Some(120),
         keepalive: None,
         restarted: false,
-        reach_out: false,
     }
 }
 
@@ -357,35 +356,4 @@ fn a_lost_collision_ceases_our_connection_and_opens_again_on_the_peers() {
     }
     // Nothing to resolve before there is a connection.
     assert!(Fsm::new(cfg(A, false, 90), now).process(now, Input::Collision).is_empty());
-}
-
-#[test]
-fn a_passive_session_that_reaches_out_connects_once_then_waits() {
-    let now = Instant::now();
-    let retry = Duration::from_secs(5);
-    let mut f = Fsm::new(FsmConfig { reach_out: true, ..cfg(A, true, 90) }, now);
-    assert!(f.process(now, Input::Start).is_empty(), "it waits first");
-    assert_eq!(f.state(), State::Active);
-    // Nobody came within the connect-retry time: it connects, once.
-    assert_eq!(f.process(now + retry, Input::Tick), vec![Output::Connect]);
-    assert_eq!(f.state(), State::Connect);
-    let _ = f.process(now + retry, Input::TcpFailed("refused".into()));
-    let out = f.process(now + retry * 2, Input::Tick);
-    assert!(!out.contains(&Output::Connect), "passive again: {out:?}");
-    assert_eq!(f.state(), State::Active);
-    // A peer that connects in time ends it: after a later failure it only waits.
-    let mut g = Fsm::new(FsmConfig { reach_out: true, ..cfg(A, true, 90) }, now);
-    let _ = g.process(now, Input::Start);
-    let _ = g.process(now, Input::TcpUp);
-    let _ = g.process(now, Input::TcpClosed("reset".into()));
-    assert_eq!(g.state(), State::Idle);
-    let later = now + Duration::from_secs(2);
-    let _ = g.process(later, Input::Tick);
-    assert_eq!(g.state(), State::Active);
-    assert!(!g.process(later + retry, Input::Tick).contains(&Output::Connect));
-    // Without it, a passive session never connects.
-    let mut h = Fsm::new(cfg(A, true, 90), now);
-    assert!(h.process(now, Input::Start).is_empty());
-    assert!(!h.process(now + retry, Input::Tick).contains(&Output::Connect));
-    assert_eq!(h.state(), State::Active);
 }
