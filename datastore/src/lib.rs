@@ -114,7 +114,7 @@ impl Store {
                 let (next, outcome) = Self::next_version(r, old.as_ref(), k)?;
                 expect.push((k, old.map_or(0, |kv| kv.mod_revision)));
                 if outcome != Applied::Unchanged {
-                    puts.push((k, serde_json::to_vec(&next.to_json())?));
+                    puts.push((k, serde_json::to_vec(&next)?));
                 }
                 outcomes.push(Some(outcome));
             }
@@ -139,33 +139,28 @@ impl Store {
         anyhow::bail!("{} kept changing under us; try again", keys.join(", "))
     }
 
-    /// What `r` becomes when written over `old`: uid and creation time kept.
-    fn next_version(r: &Resource, old: Option<&Kv>, k: &str) -> anyhow::Result<(Resource, Applied)> {
+    /// What `r` becomes when written over `old`, as JSON: uid and creation time kept, and
+    /// the fields of `old` this router does not know ([`Resource::carry_unknown`]). Apply
+    /// replaces what it knows of a resource whole, as calicoctl's does.
+    fn next_version(r: &Resource, old: Option<&Kv>, k: &str) -> anyhow::Result<(serde_json::Value, Applied)> {
         let mut next = r.clone();
         let m = next.metadata_mut();
         m.resource_version = None;
-        let outcome = match old {
-            Some(kv) => {
-                // Fields of the old version this router does not know go with it: apply
-                // replaces a resource whole, as calicoctl's does.
-                let prev = Resource::from_stored(r.kind(), &kv.value, k)?.resource;
-                let pm = prev.metadata();
-                m.uid = pm.uid.clone();
-                m.creation_timestamp = pm.creation_timestamp.clone();
-                let mut same = prev.clone();
-                same.metadata_mut().resource_version = None;
-                if same == next {
-                    return Ok((next, Applied::Unchanged));
-                }
-                Applied::Configured
-            }
-            None => {
-                m.uid = Some(new_uid());
-                m.creation_timestamp = Some(now_rfc3339());
-                Applied::Created
-            }
+        let Some(kv) = old else {
+            m.uid = Some(new_uid());
+            m.creation_timestamp = Some(now_rfc3339());
+            return Ok((next.to_json(), Applied::Created));
         };
-        Ok((next, outcome))
+        let prev = Resource::from_stored(r.kind(), &kv.value, k)?.resource;
+        let pm = prev.metadata();
+        m.uid = pm.uid.clone();
+        m.creation_timestamp = pm.creation_timestamp.clone();
+        let mut same = prev.clone();
+        same.metadata_mut().resource_version = None;
+        let outcome = if same == next { Applied::Unchanged } else { Applied::Configured };
+        let mut json = next.to_json();
+        Resource::carry_unknown(r.kind(), &kv.value, &mut json, k)?;
+        Ok((json, outcome))
     }
 
     /// Every resource of a kind (or the one named), with `resourceVersion` set; fields this

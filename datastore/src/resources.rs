@@ -560,13 +560,38 @@ impl Resource {
     /// being unreadable and a pool or peer vanishing from the cluster. A field it knows with
     /// a value it cannot read is still an error. `what` names the resource in it.
     pub fn from_stored(kind: Kind, bytes: &[u8], what: &str) -> anyhow::Result<Stored> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        Ok(Resource::read_lenient(kind, v, what)?.0)
+    }
+
+    /// `new` (this router's JSON of a resource) made ready to be written over `old`, as
+    /// stored: the members of `old` that this router does not know are carried over where
+    /// `new` has their place (an object it also has; a list element only when `new` left it
+    /// as it was), since nobody could have set or removed them through this router. So a
+    /// `Node` keeps the `orchRefs` and `status` Calico's agent wrote when its labels are
+    /// applied, and `get` piped into `apply` loses nothing. The paths carried over.
+    pub fn carry_unknown(
+        kind: Kind,
+        old: &[u8],
+        new: &mut serde_json::Value,
+        what: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let raw: serde_json::Value = serde_json::from_slice(old).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        let (stored, known) = Resource::read_lenient(kind, raw.clone(), what)?;
+        let mut carried = Vec::new();
+        carry([&raw, &known, &stored.resource.to_json()], new, "", &mut carried);
+        Ok(carried)
+    }
+
+    /// [`Resource::from_stored`] of a parsed document, and the document without what it
+    /// left out.
+    fn read_lenient(kind: Kind, mut v: serde_json::Value, what: &str) -> anyhow::Result<(Stored, serde_json::Value)> {
         // Each round removes one field; a resource with more to remove than this is not ours.
         const MOST_REMOVED: usize = 64;
-        let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let mut ignored = Vec::new();
         for _ in 0..=MOST_REMOVED {
             let e = match Resource::from_value(kind, &v) {
-                Ok(resource) => return Ok(Stored { resource, ignored }),
+                Ok(resource) => return Ok((Stored { resource, ignored }, v)),
                 Err(e) => e,
             };
             let message = e.inner().to_string();
@@ -631,6 +656,44 @@ impl Stored {
         (!self.ignored.is_empty()).then(|| {
             format!("{}: left out what this router does not know: {}", self.resource.path(), self.ignored.join(", "))
         })
+    }
+}
+
+/// Carries the members of `raw` that `known` (the same document without them) lacks into
+/// `new`, where `new` has the object they belong in and not the member. Into a list element
+/// only when `new`'s element is `typed`'s (the old version as this router writes it): a
+/// changed list is the user's whole. A `null` member means absent and stays behind.
+fn carry(
+    [raw, known, typed]: [&serde_json::Value; 3],
+    new: &mut serde_json::Value,
+    at: &str,
+    carried: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    const NONE: &Value = &Value::Null;
+    match (raw, known, new) {
+        (Value::Object(r), Value::Object(k), Value::Object(n)) => {
+            for (key, rv) in r {
+                let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+                match (k.get(key), n.get_mut(key)) {
+                    (None, None) if !rv.is_null() => {
+                        n.insert(key.clone(), rv.clone());
+                        carried.push(path);
+                    }
+                    (Some(kv), Some(nv)) => carry([rv, kv, typed.get(key).unwrap_or(NONE)], nv, &path, carried),
+                    _ => {}
+                }
+            }
+        }
+        (Value::Array(r), Value::Array(k), Value::Array(n)) => {
+            for (i, ((rv, kv), nv)) in r.iter().zip(k).zip(n.iter_mut()).enumerate() {
+                let tv = typed.get(i).unwrap_or(NONE);
+                if nv == tv {
+                    carry([rv, kv, tv], nv, &format!("{at}[{i}]"), carried);
+                }
+            }
+        }
+        _ => {}
     }
 }
 

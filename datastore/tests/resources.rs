@@ -86,6 +86,37 @@ fn an_endpoint_has_calicos_name_for_it_and_a_namespace_only_it_has() {
 /// not know left out and named; a file given to `apply` still refuses them, and a field it
 /// knows with a value it cannot read still makes the resource unreadable.
 #[test]
+fn what_this_router_does_not_know_of_a_stored_resource_is_carried_into_its_next_version() {
+    let stored = r#"{"apiVersion":"projectcalico.org/v3","kind":"BGPFilter",
+        "metadata":{"name":"edge","generation":3},
+        "spec":{"exportV4":[{"action":"Accept","cidr":"10.244.0.0/16","matchOperator":"In","weight":7},
+                            {"action":"Reject","cidr":"10.0.0.0/8","matchOperator":"In","weight":9}],
+                "colour":"red","shade":null}}"#;
+    // The user's next version: the first rule as it was, the second changed, a third added.
+    let doc = "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: edge\nspec:\n  exportV4:\n  \
+               - {action: Accept, cidr: 10.244.0.0/16, matchOperator: In}\n  \
+               - {action: Accept, cidr: 10.0.0.0/8, matchOperator: In}\n  \
+               - {action: Reject, cidr: 10.1.0.0/16, matchOperator: In}\n";
+    let next = datastore::resources::parse(doc).expect("parses").remove(0);
+    let mut json = next.to_json();
+    let carried = Resource::carry_unknown(Kind::BgpFilter, stored.as_bytes(), &mut json, "edge").expect("carries");
+    // Into the rule left as it was, not into the changed one; a null member stays behind.
+    assert_eq!(carried, ["metadata.generation", "spec.colour", "spec.exportV4[0].weight"]);
+    assert_eq!(json["spec"]["exportV4"][0]["weight"], 7);
+    assert!(json["spec"]["exportV4"][1].get("weight").is_none() && json["spec"].get("shade").is_none(), "{json}");
+    let again =
+        Resource::from_stored(Kind::BgpFilter, &serde_json::to_vec(&json).expect("json"), "edge").expect("reads");
+    assert_eq!(again.resource, next, "what this router knows is the user's version");
+    assert_eq!(again.ignored, ["metadata.generation", "spec.colour", "spec.exportV4[0].weight"]);
+    // A field the user sets is theirs; nothing stored that does not read is written over.
+    let mut json = next.to_json();
+    json["spec"]["colour"] = "blue".into();
+    Resource::carry_unknown(Kind::BgpFilter, stored.as_bytes(), &mut json, "edge").expect("carries");
+    assert_eq!(json["spec"]["colour"], "blue");
+    assert!(Resource::carry_unknown(Kind::BgpFilter, b"{", &mut next.to_json(), "edge").is_err());
+}
+
+#[test]
 fn a_stored_resource_reads_without_the_fields_this_router_does_not_know() {
     let stored = r#"{"apiVersion":"projectcalico.org/v3","kind":"BGPFilter",
         "metadata":{"name":"edge","generation":3,"uid":"u-1"},

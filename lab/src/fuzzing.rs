@@ -27,6 +27,14 @@ pub fn config_files(data: &[u8]) {
                     let json = serde_json::to_vec(&s.resource.to_json()).expect("a resource serializes");
                     let again = Resource::from_json(kind, &json, "fuzz").expect("what is left reads strictly");
                     assert_eq!(again, s.resource, "what is left, stored and read back, is the same");
+                    // Applied back over itself (`get` piped into `apply`): what it did not
+                    // know is carried over, and what it knows is as applied.
+                    let mut next = s.resource.to_json();
+                    let carried = Resource::carry_unknown(kind, rest, &mut next, "fuzz").expect("it read once");
+                    let next = serde_json::to_vec(&next).expect("a resource serializes");
+                    let back = Resource::from_stored(kind, &next, "fuzz").expect("what is carried reads");
+                    assert_eq!(back.resource, s.resource, "carrying over changes nothing this router knows");
+                    assert!(back.ignored.iter().all(|p| s.ignored.contains(p) && carried.contains(p)));
                 }
             }
             match resources::parse(text) {

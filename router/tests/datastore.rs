@@ -353,16 +353,32 @@ fn what_another_tool_wrote_reads_and_a_node_keeps_its_fields_when_put_right() {
     assert!(err.contains("note:") && err.contains("metadata.generation, spec.futureKnob"), "{err}");
     let table = etcd.ok(&["get", "nodes"]);
     assert!(table.contains("worker-9"), "{table}");
-    // apply replaces the pool whole (as calicoctl's): what this router does not know goes.
+    // apply replaces what this router knows of the pool (as calicoctl's does) and keeps what
+    // it does not know: nobody could have set or removed that through it.
     let file = etcd.dir.join("pool.yaml");
     let yaml =
         "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: future\nspec:\n  cidr: 10.250.0.0/16\n";
     std::fs::write(&file, yaml).expect("write");
     let out = etcd.ok(&["apply", "-f", file.to_str().unwrap_or_default()]);
     assert!(out.contains("configured"), "{out}");
-    let o = etcd.router(&["get", "ippool", "future", "-o", "json"]);
-    assert!(o.status.success() && !text(&o.stderr).contains("note:"), "{}", text(&o.stderr));
-    assert!(!text(&o.stdout).contains("futureKnob") && !text(&o.stdout).contains("ipipMode"), "{}", text(&o.stdout));
+    let stored = |kind, name: &'static str| -> serde_json::Value {
+        let t = with_etcd(&etcd.ns, move |e| e.get(&datastore::key(kind, None, name)).expect("get").expect("there"));
+        serde_json::from_slice(&t.join().expect("etcd read").value).expect("json")
+    };
+    let pool = stored(Kind::IpPool, "future");
+    assert_eq!((pool["spec"]["futureKnob"].as_bool(), pool["metadata"]["generation"].as_i64()), (Some(true), Some(2)));
+    assert!(pool["spec"].get("ipipMode").is_none(), "the user's version dropped a field this router knows: {pool}");
+    // `get` piped into `apply` loses nothing of a Node that Calico's agent wrote.
+    let node = etcd.router(&["get", "node", "worker-9", "-o", "yaml"]);
+    assert!(node.status.success(), "{}", text(&node.stderr));
+    let labelled = text(&node.stdout).replace("metadata:\n", "metadata:\n  labels:\n    rack: r1\n");
+    std::fs::write(&file, labelled).expect("write");
+    let out = etcd.ok(&["apply", "-f", file.to_str().unwrap_or_default()]);
+    assert!(out.contains("nodes/worker-9 configured"), "{out}");
+    let node = stored(Kind::Node, "worker-9");
+    assert_eq!(node["metadata"]["labels"]["rack"], "r1");
+    assert_eq!(node["spec"]["orchRefs"][0]["nodeName"], "worker-9", "{node}");
+    assert_eq!((&node["spec"]["bgp"]["future"], &node["status"]["podCIDRs"][0]), (&1.into(), &"10.250.1.0/24".into()));
 }
 
 #[test]
