@@ -44,6 +44,23 @@ impl Tour<'_> {
         Ok(text)
     }
 
+    /// Each node's sessions that are up, asked of every node of the lab named `lab` at once
+    /// (`router status --json`) without showing anything: what the tour's notes count.
+    fn sessions_up(&self, lab: &str) -> anyhow::Result<Vec<usize>> {
+        let out = Command::new(self.exe)
+            .args(["status", "--json"])
+            .env("ROUTER_LAB", lab)
+            .env("ROUTER_LAB_DIR", self.lab.dir.parent().unwrap_or(Path::new("/")))
+            .output()
+            .context("running router status --json")?;
+        let nodes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("router status --json: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
+        Ok(nodes
+            .iter()
+            .map(|n| n["peers"].as_array().map_or(0, |ps| ps.iter().filter(|p| p["state"] == "up").count()))
+            .collect())
+    }
+
     /// `router lab exec HOST -- cmd...`; fails the tour when `must_succeed` and it fails.
     fn exec(&self, host: &str, cmd: &[&str], must_succeed: bool) -> anyhow::Result<String> {
         self.exec_in(&self.lab.name, host, cmd, must_succeed)
@@ -188,11 +205,8 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
 
     t.title("The nodes tell each other their blocks over BGP", &format!("A full mesh of N nodes needs N·(N-1)/2 sessions: {} here. With route reflectors every node peers only with the reflectors (lab/topologies/seed-rr.toml: 2 sessions).", nodes * (nodes - 1) / 2));
     t.router(&["status", "--node", "node-a"])?;
-    let every = t.router(&["status"])?;
-    let ends: usize = every
-        .lines()
-        .filter_map(|l| l.split_whitespace().find_map(|w| w.split_once('/')?.1.parse::<usize>().ok()))
-        .sum();
+    t.router(&["status"])?;
+    let ends: usize = t.sessions_up(&t.lab.name)?.iter().sum();
     t.note(&format!("each session has two ends: {ends} counted over the nodes, {} sessions.", ends / 2));
 
     t.title(
@@ -367,15 +381,7 @@ pub fn scale(lab: &Lab, exe: &Path, n: usize) -> anyhow::Result<()> {
             let last = format!("node-{n}");
             t.router_in(&name, &["routes", &named, "--node", &last, "--lookup", "10.244.0.1"])?;
             // Sessions: every node's established peers, each session seen from both ends.
-            let mut per_node = Vec::new();
-            for i in 1..=n {
-                let out = Command::new(exe)
-                    .args(["status", &named, "--node", &format!("node-{i}"), "--json"])
-                    .env("ROUTER_LAB_DIR", lab.dir.parent().unwrap_or(Path::new("/")))
-                    .output()?;
-                let peers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                per_node.push(peers.as_array().map_or(0, |a| a.iter().filter(|p| p["state"] == "up").count()));
-            }
+            let per_node = t.sessions_up(&name)?;
             let total = per_node.iter().sum::<usize>() / 2;
             let most = per_node.iter().copied().max().unwrap_or(0);
             t.note(&format!("{title}: {total} sessions established (the busiest node holds {most}); up and converged in {secs:.1} s."));
