@@ -918,7 +918,11 @@ pub fn generate(nodes: usize, subnets: usize, pods_per_node: usize) -> anyhow::R
     use std::fmt::Write as _;
     anyhow::ensure!(nodes >= 1, "a lab needs at least one node");
     anyhow::ensure!((1..=100).contains(&subnets), "between 1 and 100 subnets");
-    anyhow::ensure!(nodes.div_ceil(subnets) <= 240, "at most 240 nodes per subnet");
+    anyhow::ensure!(
+        nodes.div_ceil(subnets) <= 240,
+        "at most 240 nodes per subnet: {nodes} nodes need --subnets {} or more",
+        nodes.div_ceil(240)
+    );
     // A /16 pool holds 1024 blocks of /26 (64 addresses).
     anyhow::ensure!(nodes <= 1024 && pods_per_node <= 64, "at most 1024 nodes with at most 64 pods each");
     let mut t = String::from(
@@ -961,6 +965,9 @@ mod tests {
         let blocks: HashSet<_> = t.nodes.iter().map(|n| n.block).collect();
         assert_eq!(blocks.len(), 100);
         assert!(generate(0, 1, 1).is_err() && generate(2000, 2, 1).is_err() && generate(10, 0, 1).is_err());
+        let e = generate(500, 2, 1).expect_err("250 a subnet").to_string();
+        assert!(e.contains("--subnets 3 or more"), "{e}");
+        assert!(generate(500, 3, 1).is_ok());
     }
 
     #[test]
