@@ -92,11 +92,62 @@ impl Store {
     /// etcd takes at most 128 operations per transaction (`--max-txn-ops`): a longer list
     /// goes in parts of [`TXN_PART`], each whole.
     pub fn apply_all(&self, rs: &[Resource]) -> anyhow::Result<Vec<Applied>> {
+        self.check_pools(rs)?;
         let mut out = Vec::with_capacity(rs.len());
         for part in rs.chunks(TXN_PART) {
             out.extend(self.apply_part(part)?);
         }
         Ok(out)
+    }
+
+    /// Calico's rules for IP pools among themselves, checked before anything is written: a
+    /// new pool's CIDR overlaps no other pool's (an address would belong to two, and their blocks
+    /// could overlap), and a stored pool keeps its CIDR and block size (its blocks were cut
+    /// to them: a new pool, and the old one disabled, is how addresses move). Against the
+    /// pools stored (those that read) and the others given.
+    fn check_pools(&self, rs: &[Resource]) -> anyhow::Result<()> {
+        use std::collections::BTreeMap;
+        let pools = |rs: Vec<&Resource>| -> BTreeMap<String, (ipnet::IpNet, u8)> {
+            rs.into_iter()
+                .filter_map(|r| match r {
+                    Resource::IpPool(p) => {
+                        Some((p.metadata.name.clone(), (p.spec.cidr.parse().ok()?, p.spec.block_size_or_default())))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let given = pools(rs.iter().collect());
+        if given.is_empty() {
+            return Ok(());
+        }
+        let (kvs, _) = self.etcd.list(&format!("{PREFIX}{}/", Kind::IpPool.plural()))?;
+        let read: Vec<Resource> = kvs
+            .iter()
+            .filter_map(|kv| Some(Resource::from_stored(Kind::IpPool, &kv.value, &kv.key).ok()?.resource))
+            .collect();
+        let stored = pools(read.iter().collect());
+        for (name, (net, bs)) in &given {
+            let Some((was, was_bs)) = stored.get(name) else { continue };
+            if net != was {
+                anyhow::bail!("ippools/{name}: spec.cidr: a pool's CIDR cannot change (it is {was}): create a pool for {net} and disable this one");
+            }
+            if bs != was_bs {
+                anyhow::bail!("ippools/{name}: spec.blockSize: a pool's block size cannot change (it is /{was_bs}): its blocks were cut to it");
+            }
+        }
+        // Only a pool created is checked, as in Calico: one stored keeps its CIDR anyway.
+        let created: Vec<(String, ipnet::IpNet)> =
+            given.iter().filter(|(n, _)| !stored.contains_key(*n)).map(|(n, (net, _))| (n.clone(), *net)).collect();
+        let mut after = stored;
+        after.extend(given);
+        for (name, net) in &created {
+            let overlap = |o: &ipnet::IpNet| o.contains(&net.network()) || net.contains(&o.network());
+            if let Some((other, (o, _))) = after.iter().find(|(n, (o, _))| *n != name && overlap(o)) {
+                anyhow::bail!("ippools/{name}: spec.cidr: {net} overlaps the pool {other} ({o})");
+            }
+        }
+        Ok(())
     }
 
     fn apply_part(&self, rs: &[Resource]) -> anyhow::Result<Vec<Applied>> {

@@ -434,6 +434,43 @@ fn a_file_with_a_mistake_changes_nothing_and_says_where() {
     assert!(!o.status.success() && text(&o.stderr).contains("no etcd endpoint answers"), "{}", text(&o.stderr));
 }
 
+#[test]
+fn pools_overlap_no_other_and_keep_their_cidr_and_block_size() {
+    let etcd = Etcd::start("etcd-pools");
+    let path = etcd.dir.join("pools.yaml");
+    let pool = |name: &str, cidr: &str, bs: u8| {
+        format!("---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: {name}\nspec:\n  cidr: {cidr}\n  blockSize: {bs}\n")
+    };
+    let apply = |docs: &[String]| {
+        std::fs::write(&path, docs.concat()).expect("write");
+        etcd.router(&["apply", "-f", path.to_str().unwrap_or_default()])
+    };
+    let refused = |docs: &[String], why: &str| {
+        let o = apply(docs);
+        assert!(!o.status.success() && text(&o.stderr).contains(why), "{why}: {}", text(&o.stderr));
+    };
+    assert!(apply(&[pool("main", "10.244.0.0/16", 26), pool("v6", "fd00:10:244::/48", 122)]).status.success());
+    // Inside it, around it, or two new ones over each other: refused, and nothing written.
+    let other = pool("other", "10.99.0.0/16", 26);
+    refused(
+        &[other.clone(), pool("half", "10.244.0.0/17", 26)],
+        "ippools/half: spec.cidr: 10.244.0.0/17 overlaps the pool main (10.244.0.0/16)",
+    );
+    refused(&[pool("wide", "10.0.0.0/8", 24)], "overlaps the pool main");
+    refused(&[pool("x", "10.98.0.0/16", 26), pool("y", "10.98.128.0/17", 26)], "overlaps the pool");
+    refused(&[pool("v6b", "fd00:10:244:7::/64", 122)], "overlaps the pool v6");
+    let pools = etcd.ok(&["get", "ippools"]);
+    assert_eq!(pools.lines().count(), 3, "only main and v6: {pools}");
+    // A stored pool keeps its CIDR and its block size; the rest of it may change.
+    refused(&[pool("main", "10.245.0.0/16", 26)], "a pool's CIDR cannot change (it is 10.244.0.0/16)");
+    refused(&[pool("main", "10.244.0.0/16", 28)], "a pool's block size cannot change (it is /26)");
+    let changed = pool("main", "10.244.0.0/16", 26) + "  natOutgoing: true\n";
+    assert!(text(&apply(&[changed, other]).stdout).contains("ippools/main configured"));
+    // Deleted, its range is free for a pool cut differently.
+    etcd.ok(&["delete", "ippool", "main"]);
+    assert!(apply(&[pool("half", "10.244.0.0/17", 28)]).status.success());
+}
+
 /// Runs `f` on a thread that has entered etcd's namespace (setns is per thread).
 fn in_etcd_ns<T: Send + 'static>(
     ns: &str,
