@@ -1041,6 +1041,15 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
     match r {
         Resource::IpPool(p) => {
             let net = cidr("spec.cidr", &p.spec.cidr)?;
+            // Pods' gateways (169.254.1.1, fe80::…) live there, as in Calico.
+            const LINK_LOCAL: [IpNet; 2] = [
+                IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(169, 254, 0, 0), 16)),
+                IpNet::V6(ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10)),
+            ];
+            let link_local = LINK_LOCAL[usize::from(net.addr().is_ipv6())];
+            if link_local.contains(&net.network()) || net.contains(&link_local.network()) {
+                return Err(("spec.cidr".into(), format!("{net} overlaps the link-local range {link_local}")));
+            }
             let bs = p.spec.block_size_or_default();
             let (lo, hi) = if net.addr().is_ipv4() { (20, 32) } else { (116, 128) };
             if !(lo..=hi).contains(&bs) || bs < net.prefix_len() {

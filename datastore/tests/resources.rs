@@ -184,6 +184,18 @@ fn errors_name_the_document_the_line_and_the_field() {
     let host_bits = fixture("ippool.yaml").replace("10.244.0.0/16", "10.244.1.0/16");
     assert!(error(&host_bits).message.contains("host bits"));
 
+    for (over, within) in
+        [("169.254.0.0/16", "169.254.0.0/16"), ("169.0.0.0/8", "169.254.0.0/16"), ("169.254.3.0/24", "169.254.0.0/16")]
+    {
+        let e = error(&fixture("ippool.yaml").replace("10.244.0.0/16", over));
+        assert_eq!(e.field.as_deref(), Some("spec.cidr"), "{e}");
+        assert!(e.message.contains(&format!("overlaps the link-local range {within}")), "{e}");
+    }
+    let v6 = fixture("ippool.yaml").replace("10.244.0.0/16", "fe80::/64").replace("blockSize: 26", "blockSize: 122");
+    assert!(error(&v6.replace("ipipMode: CrossSubnet", "ipipMode: Never"))
+        .message
+        .contains("link-local range fe80::/10"));
+
     let too_big = fixture("ippool.yaml").replace("blockSize: 26", "blockSize: 12");
     let e = error(&too_big);
     assert_eq!((e.line, e.field.as_deref()), (Some(7), Some("spec.blockSize")), "{e}");
