@@ -1080,6 +1080,9 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             if let Some(m) = p.spec.assignment_mode.as_deref().filter(|m| !["Automatic", "Manual"].contains(m)) {
                 return Err(("spec.assignmentMode".into(), format!("{m:?}: Automatic or Manual")));
             }
+            if let Some(s) = &p.spec.node_selector {
+                crate::selector::Selector::parse(s).map_err(|e| ("spec.nodeSelector".into(), format!("{s:?}: {e}")))?;
+            }
         }
         Resource::BgpConfiguration(c) => {
             if let Some(m) = c.spec.bind_mode.as_deref().filter(|m| !["NodeIP", "None"].contains(m)) {

@@ -196,6 +196,10 @@ fn errors_name_the_document_the_line_and_the_field() {
         .message
         .contains("link-local range fe80::/10"));
 
+    let selector = fixture("ippool.yaml").replace("nodeSelector: all()", "nodeSelector: \"rack ==\"");
+    let e = error(&selector);
+    assert!(e.field.as_deref() == Some("spec.nodeSelector") && e.message.contains("expected a quoted value"), "{e}");
+
     let too_big = fixture("ippool.yaml").replace("blockSize: 26", "blockSize: 12");
     let e = error(&too_big);
     assert_eq!((e.line, e.field.as_deref()), (Some(7), Some("spec.blockSize")), "{e}");
