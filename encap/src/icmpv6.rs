@@ -326,6 +326,20 @@ mod tests {
     }
 
     #[test]
+    fn linuxs_answer_to_a_unicast_solicitation_has_no_link_layer_option() {
+        // Linux 6.18 (fd00::2 at 02:00:00:00:00:02) answering a solicitation sent to its
+        // unicast address: solicited, no override, and no target link-layer option.
+        let hex = "6000000000183afffd000000000000000000000000000002fd0000000000000000000000000000018800\
+                   40a540000000fd000000000000000000000000000002";
+        let b: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect();
+        let na = ipv6::Packet::new_checked(&b[..]).expect("ipv6");
+        let want =
+            Ndp::Advert { target: a("fd00::2"), target_mac: None, router: false, solicited: true, override_: false };
+        assert_eq!(Ndp::parse(&na), Ok(want));
+    }
+
+    #[test]
     fn the_gateways_advertisement_is_what_linux_sends_byte_for_byte() {
         // What a Linux host end owning fe80::ecee:eeff:feee:eeee answered the pod.
         let f = gateway6();

@@ -1422,6 +1422,45 @@ fn ndp_with_a_hop_limit_below_255_is_dropped() {
     assert_eq!(l.drops(DropReason::NdpInvalid), 1);
 }
 
+/// A neighbour advertisement for `from`'s own address, from `mac` to node A's uplink, as
+/// Linux sends it: with the target link-layer option when answering a multicast
+/// solicitation, without it (solicited, no override) when answering a unicast one.
+fn advert6(from: Ipv6Addr, mac: MacAddr, tlla: bool, solicited: bool) -> Vec<u8> {
+    let mut icmp = vec![136, 0, 0, 0, if solicited { 0x40 } else { 0 }, 0, 0, 0];
+    icmp.extend_from_slice(&from.octets());
+    if tlla {
+        icmp.extend_from_slice(&[2, 1]);
+        icmp.extend_from_slice(&mac.0);
+    }
+    let sum = encap::ipv6::pseudo_header_sum(from, NODE_A6, 58, icmp.len());
+    let c = encap::checksum::finish(sum + encap::checksum::sum(&icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0u8; 14 + 40];
+    ethernet::emit_header(&mut f, UPLINK_MAC, mac, EtherType::Ipv6);
+    f[14..18].copy_from_slice(&[0x60, 0, 0, 0]);
+    f[18..20].copy_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f[20..22].copy_from_slice(&[58, 255]);
+    f[22..38].copy_from_slice(&from.octets());
+    f[38..54].copy_from_slice(&NODE_A6.octets());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+#[test]
+fn an_advertisement_without_the_link_layer_option_confirms_the_mac_known() {
+    let l = lab6();
+    let learned = |mac| Verdict::Learn(Neighbour { iface: UPLINK, ip: NODE_B6.into(), mac });
+    // The answer to our unicast refresh: what the workers know of node B is confirmed, so
+    // its entry does not lapse.
+    assert_eq!(l.run_on(UPLINK, &advert6(NODE_B6, NODE_B_MAC, false, true)).0, learned(NODE_B_MAC));
+    assert_eq!(l.run_on(UPLINK, &advert6(NODE_B6, NODE_B_MAC, true, true)).0, learned(NODE_B_MAC));
+    // Unsolicited, or from a neighbour nobody knows: nothing to confirm.
+    assert_eq!(l.run_on(UPLINK, &advert6(NODE_B6, NODE_B_MAC, false, false)).0, Verdict::Pass);
+    let stranger = Ipv6Addr::new(0xfd00, 0x192, 0x168, 100, 0, 0, 0, 0x177);
+    assert_eq!(l.run_on(UPLINK, &advert6(stranger, NODE_B_MAC, false, true)).0, Verdict::Pass);
+    assert_eq!(l.drops(DropReason::NdpInvalid), 0);
+}
+
 #[test]
 fn neighbour_solicitations_for_other_targets_are_the_kernels() {
     let l = lab6();

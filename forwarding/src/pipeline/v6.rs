@@ -52,7 +52,8 @@ pub(super) fn frame(
     if ip.next_header() == NEXT_ICMPV6 {
         let t = ip.payload().first().copied();
         if t == Some(icmpv6::types::NEIGHBOR_SOLICITATION) || t == Some(icmpv6::types::NEIGHBOR_ADVERTISEMENT) {
-            return ndp(iface, in_if, counters, buf, Span { start: span.start, end });
+            let known = ctx.neigh.lookup6(in_if, ip.src());
+            return ndp(iface, in_if, counters, buf, Span { start: span.start, end }, known);
         }
     }
     let (src, dst) = (ip.src(), ip.dst());
@@ -97,8 +98,15 @@ pub(super) fn frame(
 
 /// Neighbour discovery on `iface`: the pods' gateway is answered here (proxy NDP), and what
 /// the answers and questions teach about a neighbour is learned. The node's own addresses
-/// are its kernel's to answer.
-fn ndp(iface: &Interface, in_if: IfaceId, counters: &Counters, buf: &mut [u8], span: Span) -> Verdict {
+/// are its kernel's to answer. `known`: the sender's MAC as the workers know it.
+fn ndp(
+    iface: &Interface,
+    in_if: IfaceId,
+    counters: &Counters,
+    buf: &mut [u8],
+    span: Span,
+    known: Option<MacAddr>,
+) -> Verdict {
     let l3 = span.start + ethernet::HEADER_LEN;
     let ip = ipv6::Packet::new_unchecked(&buf[l3..span.end]);
     let msg = match Ndp::parse(&ip) {
@@ -112,6 +120,13 @@ fn ndp(iface: &Interface, in_if: IfaceId, counters: &Counters, buf: &mut [u8], s
             ip: src.into(),
             mac,
         })
+    };
+    // Linux answers a unicast solicitation (our refresh of an entry) without the target's
+    // link-layer option: solicited, that confirms the MAC we know (RFC 4861 §7.2.5), or else
+    // every entry would lapse and be resolved again each `reachable` period, dropping the
+    // super-packets that met it unresolved.
+    let confirmed = |mac: Option<MacAddr>, solicited: bool| {
+        learned(mac.or(known.filter(|_| solicited))).map_or(Verdict::Pass, Verdict::Learn)
     };
     match (iface.role, msg) {
         (IfaceRole::Pod { .. }, Ndp::Solicit { target, source_mac }) if target == POD_GATEWAY6 => {
@@ -141,13 +156,13 @@ fn ndp(iface: &Interface, in_if: IfaceId, counters: &Counters, buf: &mut [u8], s
             bump(&counters.ndp_replies_sent, 1);
             Verdict::Transmit { iface: in_if, span: Span { start: s, end: at + n }, learn: learned(source_mac) }
         }
-        (IfaceRole::Pod { addr6, .. }, Ndp::Advert { target, target_mac, .. }) if Some(target) == addr6 => {
-            learned(target_mac).map_or(Verdict::Pass, Verdict::Learn)
+        (IfaceRole::Pod { addr6, .. }, Ndp::Advert { target, target_mac, solicited, .. }) if Some(target) == addr6 => {
+            confirmed(target_mac, solicited)
         }
         // Answers to our solicitations, and questions for the node's address: the asker is
         // worth remembering; the kernel answers the questions itself.
-        (IfaceRole::Uplink { .. }, Ndp::Advert { target, target_mac, .. }) if target == src => {
-            learned(target_mac).map_or(Verdict::Pass, Verdict::Learn)
+        (IfaceRole::Uplink { .. }, Ndp::Advert { target, target_mac, solicited, .. }) if target == src => {
+            confirmed(target_mac, solicited)
         }
         (IfaceRole::Uplink { .. }, Ndp::Solicit { source_mac, .. }) => match learned(source_mac) {
             Some(n) => Verdict::Learn(n),
