@@ -1150,7 +1150,9 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
                 host: p.pod.name,
                 role: Role::Container,
                 namespace: String::new(),
-                addresses: vec![format!("{}/32", p.pod.address)],
+                addresses: std::iter::once(format!("{}/32", p.pod.address))
+                    .chain(p.pod.address6.map(|a| format!("{a}/128")))
+                    .collect(),
                 parent: Some(d.node.clone()),
                 interface: Some(p.pod.interface),
                 namespace_present: p.up,

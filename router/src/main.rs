@@ -1298,8 +1298,20 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                     k.pid
                 );
             }
-            nodeapi::outln!("{:<12} {:<9} {:<22} {:<20} STATE", "HOST", "ROLE", "NAMESPACE", "ADDRESS");
-            for r in rows.iter().filter(|r| r.role != Role::Switch) {
+            let shown: Vec<_> = rows.iter().filter(|r| r.role != Role::Switch).collect();
+            // Columns as wide as what they hold: 100-node labs, dual-stack addresses and
+            // podman's generated container names are all longer than a fixed guess. Only the
+            // underlay's four addresses are let run over, not to widen every other row.
+            let width = |f: &dyn Fn(&&lab::HostStatus) -> usize, head: &str| {
+                shown.iter().map(f).max().unwrap_or(0).max(head.len())
+            };
+            let (wh, wn, wa) = (
+                width(&|r| r.host.len(), "HOST"),
+                width(&|r| r.namespace.len(), "NAMESPACE"),
+                width(&|r| r.addresses.join(",").len(), "ADDRESS").min(44),
+            );
+            nodeapi::outln!("{:<wh$} {:<9} {:<wn$} {:<wa$} STATE", "HOST", "ROLE", "NAMESPACE", "ADDRESS");
+            for r in shown {
                 let state = match (&r.daemon, r.namespace_present) {
                     (_, false) if r.role == Role::Container => "down (its interface is gone)".to_string(),
                     (_, false) => "namespace missing".to_string(),
@@ -1312,7 +1324,7 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                     },
                 };
                 nodeapi::outln!(
-                    "{:<12} {:<9} {:<22} {:<20} {}",
+                    "{:<wh$} {:<9} {:<wn$} {:<wa$} {}",
                     r.host,
                     format!("{:?}", r.role).to_lowercase(),
                     r.namespace,

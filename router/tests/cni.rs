@@ -807,6 +807,9 @@ fn on_a_dual_stack_node_with_etcd_a_container_gets_its_128_from_etcd_too() {
     assert_eq!(ips, ["10.244.1.3/32", "fd00:10:244::3/128"], "{}", a.raw);
     let (ok, out) = in_ns(&ns, &["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "fd00:10:244::81"]);
     assert!(ok, "the container reaches pod-c1 over IPv6: {out}");
+    let st = lab.json(&["lab", "status", "--json"]);
+    let row = st.as_array().into_iter().flatten().find(|h| h["role"] == "container").expect("the container listed");
+    assert_eq!(row["addresses"], json!(["10.244.1.3/32", "fd00:10:244::3/128"]), "{row}");
     let prev = cni.conf_with(&[("prevResult", a.out.clone())]);
     assert_eq!(cni.call("CHECK", "container6e", Some(&ns), &prev).code, 0);
     assert_eq!(cni.call("DEL", "container6e", Some(&ns), &cni.conf.to_string()).code, 0);
