@@ -201,6 +201,41 @@ fn tcp_crosses_every_ipv6_path() {
     }
 }
 
+/// IPv6 neighbours stay resolved while they answer. node-a refreshes its entries every
+/// second here (`ROUTER_TEST_NEIGH_REACHABLE`, a minute otherwise) with a solicitation to
+/// the neighbour's own address, which Linux answers without the link-layer option: that
+/// answer must confirm the entry, or it lapses and is resolved again, and the TCP
+/// super-packets that meet the gap are dropped (`gso_failed`).
+#[test]
+fn ipv6_neighbours_stay_resolved_across_their_refreshes() {
+    let lab = TestLab::named();
+    let out = lab
+        .command(&["lab", "up", "--dual-stack"])
+        .env("ROUTER_TEST_NEIGH_REACHABLE", "node-a:1000")
+        .output()
+        .expect("router runs");
+    assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
+    let mut srv = lab
+        .command(&["lab", "exec", "pod-c1", "--", "iperf3", "-s", "-1", "-6"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = lab.exec("pod-a1", &["iperf3", "-6", "-c", "fd00:10:244::81", "-t", "5", "-J"]);
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert!(out.status.success(), "iperf3: {}{}", text(&out.stdout), text(&out.stderr));
+    let stats = lab.json(&["stats", "--node", "node-a", "--json"]);
+    assert!(stats["gso_received"].as_u64().unwrap_or(0) > 0, "no super-packet crossed node-a: {stats}");
+    for reason in ["gso_failed", "neighbour_failed", "neighbour_queue_full"] {
+        assert_eq!(lab.drops("node-a", reason), 0, "{reason}: {stats}");
+    }
+    let n = text(&lab.router(&["neighbours", "--node", "node-a"]).stdout);
+    let underlay = n.lines().find(|l| l.contains("fd00:192:168:100::1 ")).unwrap_or_default().to_string();
+    assert!(underlay.ends_with("reachable"), "the underlay router's entry: {n}");
+}
+
 #[test]
 fn the_router_answers_with_icmpv6_errors() {
     let lab = TestLab::up(&["--dual-stack"]);

@@ -541,6 +541,10 @@ pub fn run_with(
         nice: cfg.worker_nice,
         fail_worker_after: fault_worker_exit(&cfg.name),
         refuse_udp_gso: fault_refuse_udp_gso(&cfg.name),
+        neigh: forwarding::neigh::NeighConfig {
+            reachable: test_neigh_reachable(&cfg.name).unwrap_or(forwarding::neigh::NeighConfig::default().reachable),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let dp = Dataplane::start(ifaces, fib.clone(), dp_cfg).context("starting the data plane")?;
@@ -612,6 +616,18 @@ fn fault_worker_exit(node: &str) -> Option<Duration> {
     let ms: u64 = ms.parse().ok()?;
     (name == node).then(|| {
         tracing::warn!(ms, "ROUTER_FAULT_WORKER_EXIT: the first worker will stop on purpose");
+        Duration::from_millis(ms)
+    })
+}
+
+/// `ROUTER_TEST_NEIGH_REACHABLE=NODE:MS` (tests only): that node's neighbour entries last MS
+/// milliseconds unconfirmed instead of a minute, so that a test sees them refreshed often.
+fn test_neigh_reachable(node: &str) -> Option<Duration> {
+    let v = std::env::var("ROUTER_TEST_NEIGH_REACHABLE").ok()?;
+    let (name, ms) = v.split_once(':')?;
+    let ms: u64 = ms.parse().ok()?;
+    (name == node).then(|| {
+        tracing::warn!(ms, "ROUTER_TEST_NEIGH_REACHABLE: neighbour entries are refreshed this often");
         Duration::from_millis(ms)
     })
 }
