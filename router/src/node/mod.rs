@@ -611,25 +611,24 @@ pub fn run_with(
 /// Fault injection for the supervision test: `ROUTER_FAULT_WORKER_EXIT=NODE:MS` makes the
 /// first worker of node NODE stop with an error MS milliseconds after it started.
 fn fault_worker_exit(node: &str) -> Option<Duration> {
-    let v = std::env::var("ROUTER_FAULT_WORKER_EXIT").ok()?;
-    let (name, ms) = v.split_once(':')?;
-    let ms: u64 = ms.parse().ok()?;
-    (name == node).then(|| {
-        tracing::warn!(ms, "ROUTER_FAULT_WORKER_EXIT: the first worker will stop on purpose");
-        Duration::from_millis(ms)
-    })
+    let d = node_millis("ROUTER_FAULT_WORKER_EXIT", node)?;
+    tracing::warn!(ms = d.as_millis(), "ROUTER_FAULT_WORKER_EXIT: the first worker will stop on purpose");
+    Some(d)
 }
 
 /// `ROUTER_TEST_NEIGH_REACHABLE=NODE:MS` (tests only): that node's neighbour entries last MS
 /// milliseconds unconfirmed instead of a minute, so that a test sees them refreshed often.
 fn test_neigh_reachable(node: &str) -> Option<Duration> {
-    let v = std::env::var("ROUTER_TEST_NEIGH_REACHABLE").ok()?;
+    let d = node_millis("ROUTER_TEST_NEIGH_REACHABLE", node)?;
+    tracing::warn!(ms = d.as_millis(), "ROUTER_TEST_NEIGH_REACHABLE: neighbour entries are refreshed this often");
+    Some(d)
+}
+
+/// A test hook's `NODE:MS`, when `var` names this node.
+fn node_millis(var: &str, node: &str) -> Option<Duration> {
+    let v = std::env::var(var).ok()?;
     let (name, ms) = v.split_once(':')?;
-    let ms: u64 = ms.parse().ok()?;
-    (name == node).then(|| {
-        tracing::warn!(ms, "ROUTER_TEST_NEIGH_REACHABLE: neighbour entries are refreshed this often");
-        Duration::from_millis(ms)
-    })
+    (name == node).then_some(Duration::from_millis(ms.parse().ok()?))
 }
 
 /// `ROUTER_FAULT_REFUSE_UDP_GSO=NODE` (tests only): that node's workers act as if the kernel
