@@ -191,7 +191,7 @@ impl Store {
     }
 
     /// What `r` becomes when written over `old`, as JSON: uid and creation time kept, and
-    /// the fields of `old` this router does not know ([`Resource::carry_unknown`]). Apply
+    /// the fields of `old` this router does not know ([`resources::StoredDoc::carry_into`]). Apply
     /// replaces what it knows of a resource whole, as calicoctl's does.
     fn next_version(r: &Resource, old: Option<&Kv>, k: &str) -> anyhow::Result<(serde_json::Value, Applied)> {
         let mut next = r.clone();
@@ -202,15 +202,17 @@ impl Store {
             m.creation_timestamp = Some(now_rfc3339());
             return Ok((next.to_json(), Applied::Created));
         };
-        let prev = Resource::from_stored(r.kind(), &kv.value, k)?.resource;
-        let pm = prev.metadata();
+        // One lenient read serves both: the old version to compare with, and what of it to
+        // carry over.
+        let prev = Resource::read_stored_doc(r.kind(), &kv.value, k)?;
+        let pm = prev.stored.resource.metadata();
         m.uid = pm.uid.clone();
         m.creation_timestamp = pm.creation_timestamp.clone();
-        let mut same = prev.clone();
+        let mut same = prev.stored.resource.clone();
         same.metadata_mut().resource_version = None;
         let outcome = if same == next { Applied::Unchanged } else { Applied::Configured };
         let mut json = next.to_json();
-        Resource::carry_unknown(r.kind(), &kv.value, &mut json, k)?;
+        prev.carry_into(&mut json);
         Ok((json, outcome))
     }
 

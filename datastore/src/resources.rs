@@ -565,22 +565,22 @@ impl Resource {
     }
 
     /// `new` (this router's JSON of a resource) made ready to be written over `old`, as
-    /// stored: the members of `old` that this router does not know are carried over where
-    /// `new` has their place (an object it also has; a list element only when `new` left it
-    /// as it was), since nobody could have set or removed them through this router. So a
-    /// `Node` keeps the `orchRefs` and `status` Calico's agent wrote when its labels are
-    /// applied, and `get` piped into `apply` loses nothing. The paths carried over.
+    /// stored ([`StoredDoc::carry_into`]). The paths carried over.
     pub fn carry_unknown(
         kind: Kind,
         old: &[u8],
         new: &mut serde_json::Value,
         what: &str,
     ) -> anyhow::Result<Vec<String>> {
-        let raw: serde_json::Value = serde_json::from_slice(old).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        Ok(Resource::read_stored_doc(kind, old, what)?.carry_into(new))
+    }
+
+    /// [`Resource::from_stored`], keeping the document it was read from, for a next version
+    /// to carry over what this router left out of it.
+    pub fn read_stored_doc(kind: Kind, bytes: &[u8], what: &str) -> anyhow::Result<StoredDoc> {
+        let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let (stored, known) = Resource::read_lenient(kind, raw.clone(), what)?;
-        let mut carried = Vec::new();
-        carry([&raw, &known, &stored.resource.to_json()], new, "", &mut carried);
-        Ok(carried)
+        Ok(StoredDoc { stored, raw, known })
     }
 
     /// [`Resource::from_stored`] of a parsed document, and the document without what it
@@ -656,6 +656,33 @@ impl Stored {
         (!self.ignored.is_empty()).then(|| {
             format!("{}: left out what this router does not know: {}", self.resource.path(), self.ignored.join(", "))
         })
+    }
+}
+
+/// A resource read from the datastore with the document it came from
+/// ([`Resource::read_stored_doc`]).
+#[derive(Debug, Clone)]
+pub struct StoredDoc {
+    pub stored: Stored,
+    /// As stored, and without what the lenient read left out.
+    raw: serde_json::Value,
+    known: serde_json::Value,
+}
+
+impl StoredDoc {
+    /// `new` (this router's JSON of the next version) made ready to be written over this
+    /// one: the members this router does not know are carried over where `new` has their
+    /// place (an object it also has; a list element only when `new` left it as it was),
+    /// since nobody could have set or removed them through this router. So a `Node` keeps
+    /// the `orchRefs` and `status` Calico's agent wrote when its labels are applied, and
+    /// `get` piped into `apply` loses nothing. The paths carried over.
+    pub fn carry_into(&self, new: &mut serde_json::Value) -> Vec<String> {
+        let mut carried = Vec::new();
+        // Only what the read left out as unknown is ever carried (a null stays behind).
+        if !self.stored.ignored.is_empty() {
+            carry([&self.raw, &self.known, &self.stored.resource.to_json()], new, "", &mut carried);
+        }
+        carried
     }
 }
 

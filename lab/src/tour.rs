@@ -33,26 +33,23 @@ impl Tour<'_> {
         let mut shown = vec!["router"];
         shown.extend_from_slice(args);
         nodeapi::outln!("  $ {}", shown.join(" "));
-        let out = Command::new(self.exe)
-            .args(args)
-            .env("ROUTER_LAB", lab)
-            .env("ROUTER_LAB_DIR", self.lab.dir.parent().unwrap_or(Path::new("/")))
-            .output()
-            .with_context(|| format!("running {}", shown.join(" ")))?;
+        let out = self.cli(lab, args).output().with_context(|| format!("running {}", shown.join(" ")))?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         nodeapi::out!("{}", indent(text.trim_end()));
         Ok(text)
     }
 
+    /// `router args...` in the lab named `lab`, not run yet.
+    fn cli(&self, lab: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(self.exe);
+        c.args(args).env("ROUTER_LAB", lab).env("ROUTER_LAB_DIR", self.lab.dir.parent().unwrap_or(Path::new("/")));
+        c
+    }
+
     /// Each node's sessions that are up, asked of every node of the lab named `lab` at once
     /// (`router status --json`) without showing anything: what the tour's notes count.
     fn sessions_up(&self, lab: &str) -> anyhow::Result<Vec<usize>> {
-        let out = Command::new(self.exe)
-            .args(["status", "--json"])
-            .env("ROUTER_LAB", lab)
-            .env("ROUTER_LAB_DIR", self.lab.dir.parent().unwrap_or(Path::new("/")))
-            .output()
-            .context("running router status --json")?;
+        let out = self.cli(lab, &["status", "--json"]).output().context("running router status --json")?;
         let nodes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("router status --json: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
         Ok(nodes

@@ -1302,14 +1302,12 @@ fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             // Columns as wide as what they hold: 100-node labs, dual-stack addresses and
             // podman's generated container names are all longer than a fixed guess. Only the
             // underlay's four addresses are let run over, not to widen every other row.
-            let width = |f: &dyn Fn(&&lab::HostStatus) -> usize, head: &str| {
-                shown.iter().map(f).max().unwrap_or(0).max(head.len())
+            let width = |f: fn(&lab::HostStatus) -> usize, head: &str| {
+                shown.iter().map(|r| f(r)).chain([head.len()]).max().unwrap_or(0)
             };
-            let (wh, wn, wa) = (
-                width(&|r| r.host.len(), "HOST"),
-                width(&|r| r.namespace.len(), "NAMESPACE"),
-                width(&|r| r.addresses.join(",").len(), "ADDRESS").min(44),
-            );
+            let wh = width(|r| r.host.len(), "HOST");
+            let wn = width(|r| r.namespace.len(), "NAMESPACE");
+            let wa = width(|r| r.addresses.join(",").len(), "ADDRESS").min(44);
             nodeapi::outln!("{:<wh$} {:<9} {:<wn$} {:<wa$} STATE", "HOST", "ROLE", "NAMESPACE", "ADDRESS");
             for r in shown {
                 let state = match (&r.daemon, r.namespace_present) {

@@ -52,8 +52,7 @@ pub(super) fn frame(
     if ip.next_header() == NEXT_ICMPV6 {
         let t = ip.payload().first().copied();
         if t == Some(icmpv6::types::NEIGHBOR_SOLICITATION) || t == Some(icmpv6::types::NEIGHBOR_ADVERTISEMENT) {
-            let known = ctx.neigh.lookup6(in_if, ip.src());
-            return ndp(iface, in_if, counters, buf, Span { start: span.start, end }, known);
+            return ndp(iface, in_if, counters, buf, Span { start: span.start, end }, ctx.neigh);
         }
     }
     let (src, dst) = (ip.src(), ip.dst());
@@ -98,14 +97,14 @@ pub(super) fn frame(
 
 /// Neighbour discovery on `iface`: the pods' gateway is answered here (proxy NDP), and what
 /// the answers and questions teach about a neighbour is learned. The node's own addresses
-/// are its kernel's to answer. `known`: the sender's MAC as the workers know it.
+/// are its kernel's to answer. `neigh`: the neighbours as the workers know them.
 fn ndp(
     iface: &Interface,
     in_if: IfaceId,
     counters: &Counters,
     buf: &mut [u8],
     span: Span,
-    known: Option<MacAddr>,
+    neigh: &crate::neigh::NeighTable,
 ) -> Verdict {
     let l3 = span.start + ethernet::HEADER_LEN;
     let ip = ipv6::Packet::new_unchecked(&buf[l3..span.end]);
@@ -126,7 +125,8 @@ fn ndp(
     // every entry would lapse and be resolved again each `reachable` period, dropping the
     // super-packets that met it unresolved.
     let confirmed = |mac: Option<MacAddr>, solicited: bool| {
-        learned(mac.or(known.filter(|_| solicited))).map_or(Verdict::Pass, Verdict::Learn)
+        let mac = mac.or_else(|| solicited.then(|| neigh.lookup6(in_if, src)).flatten());
+        learned(mac).map_or(Verdict::Pass, Verdict::Learn)
     };
     match (iface.role, msg) {
         (IfaceRole::Pod { .. }, Ndp::Solicit { target, source_mac }) if target == POD_GATEWAY6 => {

@@ -541,10 +541,9 @@ pub fn run_with(
         nice: cfg.worker_nice,
         fail_worker_after: fault_worker_exit(&cfg.name),
         refuse_udp_gso: fault_refuse_udp_gso(&cfg.name),
-        neigh: forwarding::neigh::NeighConfig {
-            reachable: test_neigh_reachable(&cfg.name).unwrap_or(forwarding::neigh::NeighConfig::default().reachable),
-            ..Default::default()
-        },
+        neigh: test_neigh_reachable(&cfg.name)
+            .map(|reachable| forwarding::neigh::NeighConfig { reachable, ..Default::default() })
+            .unwrap_or_default(),
         ..Default::default()
     };
     let dp = Dataplane::start(ifaces, fib.clone(), dp_cfg).context("starting the data plane")?;
