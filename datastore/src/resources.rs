@@ -821,12 +821,18 @@ fn yaml_error(document: usize, doc: &Doc<'_>, e: &serde_yaml_ng::Error) -> DocEr
     let msg = e.to_string();
     // The location is the document's; the message repeats it, which the prefix says better.
     let message = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-    // "spec: unknown field `colour`, expected ...": the field is spec.colour.
-    let field = message.find("unknown field `").and_then(|i| {
+    // "spec: unknown field `colour`, expected ...": the field is spec.colour, which the
+    // prefix names; the message keeps what follows it.
+    let unknown = message.find("unknown field `").and_then(|i| {
         let name = message[i..].split('`').nth(1)?;
         let path = message[..i].trim_end_matches(": ").trim();
-        Some(if path.is_empty() { name.to_string() } else { format!("{path}.{name}") })
+        let field = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+        Some((field, message[i..].to_string()))
     });
+    let (field, message) = match unknown {
+        Some((field, rest)) => (Some(field), rest),
+        None => (None, message),
+    };
     DocError { document, line: e.location().map(|l| doc.first_line + l.line()), field, message }
 }
 

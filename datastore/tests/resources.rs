@@ -76,6 +76,7 @@ fn an_endpoint_has_calicos_name_for_it_and_a_namespace_only_it_has() {
     assert_eq!(e.field.as_deref(), Some("metadata.namespace"), "{e}");
     let e = error(&first.replace("spec:\n", "  colour: blue\nspec:\n"));
     assert_eq!(e.field.as_deref(), Some("metadata.colour"), "{e}");
+    assert!(e.message.starts_with("unknown field `colour`, expected one of"), "the field said once: {e}");
     // The cluster's kinds have no namespace.
     let pool = fixture("ippool.yaml").replacen("metadata:\n", "metadata:\n  namespace: shop\n", 1);
     let e = error(&pool);
