@@ -77,6 +77,10 @@ fn an_endpoint_has_calicos_name_for_it_and_a_namespace_only_it_has() {
     let e = error(&first.replace("spec:\n", "  colour: blue\nspec:\n"));
     assert_eq!(e.field.as_deref(), Some("metadata.colour"), "{e}");
     assert!(e.message.starts_with("unknown field `colour`, expected one of"), "the field said once: {e}");
+    assert!(!e.message.contains("did you mean"), "nothing near colour: {e}");
+    let e = error(&first.replace("interfaceName:", "InterfaceNme:"));
+    assert_eq!(e.field.as_deref(), Some("spec.InterfaceNme"), "{e}");
+    assert!(e.message.ends_with("(did you mean `interfaceName`?)"), "{e}");
     // The cluster's kinds have no namespace.
     let pool = fixture("ippool.yaml").replacen("metadata:\n", "metadata:\n  namespace: shop\n", 1);
     let e = error(&pool);
