@@ -827,32 +827,13 @@ fn yaml_error(document: usize, doc: &Doc<'_>, e: &serde_yaml_ng::Error) -> DocEr
         let name = message[i..].split('`').nth(1)?;
         let path = message[..i].trim_end_matches(": ").trim();
         let field = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
-        Some((field, with_suggestion(&message[i..], name)))
+        Some((field, nodeapi::fileerr::suggest_field(&message[i..])))
     });
     let (field, message) = match unknown {
         Some((field, rest)) => (Some(field), rest),
         None => (None, message),
     };
     DocError { document, line: e.location().map(|l| doc.first_line + l.line()), field, message }
-}
-
-/// serde's "unknown field `peerIp`, expected one of `node`, `peerIP`, …" with the closest of
-/// the expected names offered first, as clap offers a subcommand: field names differ by case
-/// or a letter more often than not.
-fn with_suggestion(message: &str, name: &str) -> String {
-    let Some((_, expected)) = message.split_once("expected ") else { return message.to_string() };
-    let name = name.to_ascii_lowercase();
-    let closest = expected
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(|c| (strsim::jaro_winkler(&name, &c.to_ascii_lowercase()), c))
-        .filter(|(score, _)| *score > 0.85)
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    match closest {
-        Some((_, c)) => format!("{message} (did you mean `{c}`?)"),
-        None => message.to_string(),
-    }
 }
 
 fn parse_doc(n: usize, doc: &Doc<'_>) -> Result<Resource, DocError> {

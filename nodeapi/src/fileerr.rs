@@ -50,8 +50,30 @@ impl<'a> Source<'a> {
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, FileError> {
         toml::from_str(self.text).map_err(|e| {
             let line = e.span().map(|s| self.line_of(s.start));
-            FileError { path: self.path.to_path_buf(), line, message: e.message().trim().to_string() }
+            FileError { path: self.path.to_path_buf(), line, message: suggest_field(e.message().trim()) }
         })
+    }
+}
+
+/// serde's "unknown field `peerIp`, expected one of `node`, `peerIP`, …" with the closest of
+/// the expected names offered, as clap offers a subcommand: a mistyped field name differs by
+/// case or a letter more often than not. Other messages come back as they are.
+pub fn suggest_field(message: &str) -> String {
+    let Some(rest) = message.split_once("unknown field `").map(|(_, r)| r) else { return message.to_string() };
+    let (Some(name), Some((_, expected))) = (rest.split('`').next(), rest.split_once("expected ")) else {
+        return message.to_string();
+    };
+    let name = name.to_ascii_lowercase();
+    let closest = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|c| (strsim::jaro_winkler(&name, &c.to_ascii_lowercase()), c))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match closest {
+        Some((_, c)) => format!("{message} (did you mean `{c}`?)"),
+        None => message.to_string(),
     }
 }
 
@@ -93,4 +115,34 @@ pub fn parse_ip(s: &str, what: &str) -> Result<std::net::IpAddr, String> {
 
 pub fn parse_addr(s: &str, what: &str) -> Result<std::net::Ipv4Addr, String> {
     s.parse().map_err(|_| format!("{what} {s:?} is not an IPv4 address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Cluster {
+        block_size: Option<u8>,
+        as_number: Option<u32>,
+    }
+
+    fn error(text: &str) -> FileError {
+        let src = Source { path: Path::new("t.toml"), text };
+        src.parse::<Cluster>().expect_err("refused")
+    }
+
+    #[test]
+    fn a_mistyped_field_is_shown_the_one_it_resembles() {
+        let e = error("as_number = 1\nblok_size = 26\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.ends_with("(did you mean `block_size`?)"), "{e}");
+        let e = error("Block_Size = 26\n");
+        assert!(e.message.ends_with("(did you mean `block_size`?)"), "{e}");
+        let e = error("colour = 1\n");
+        assert!(e.message.starts_with("unknown field `colour`") && !e.message.contains("did you mean"), "{e}");
+        assert_eq!(suggest_field("invalid type: string"), "invalid type: string");
+    }
 }
