@@ -136,7 +136,12 @@ fn open_port(
                 return Err(err(io::Error::new(io::ErrorKind::InvalidInput, "no node address to bind")));
             };
             let addr = std::net::SocketAddrV4::new(node, encap::vxlan::PORT);
-            UdpTunnelSocket::open(addr, rcvbuf).map(|sock| Port::Udp { sock, node }).map_err(err)
+            let sock = UdpTunnelSocket::open(addr, rcvbuf).map_err(err)?;
+            // Without it the kernel cuts another node's super-packets for this socket.
+            if let Err(e) = sock.enable_gro() {
+                tracing::warn!(error = %e, "no UDP_GRO: VXLAN super-packets arrive one datagram at a time");
+            }
+            Ok(Port::Udp { sock, node })
         }
     }
 }
@@ -194,6 +199,7 @@ impl Dataplane {
                 nice: cfg.nice,
                 fail_after: cfg.fail_worker_after.filter(|_| index == 0),
                 refuse_udp_gso: cfg.refuse_udp_gso,
+                vxlan_tx: Default::default(),
             });
         }
         let mut tx = Vec::new();

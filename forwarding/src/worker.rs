@@ -119,8 +119,9 @@ const UDP_HEADERS: usize = encap::vxlan::OUTER_HEADERS;
 
 /// Receives one VXLAN datagram into `buf` behind room for its outer headers, and writes them
 /// back as they were on the wire but for what the socket does not tell: identification,
-/// DF and TTL (none of which decapsulation looks at). Returns the outer packet's length.
-fn recv_vxlan(sock: &UdpTunnelSocket, node: std::net::Ipv4Addr, buf: &mut [u8]) -> io::Result<usize> {
+/// DF and TTL (none of which decapsulation looks at). Returns the outer packet's length, and
+/// the offload header of a UDP super-packet (several datagrams the socket read as one).
+fn recv_vxlan(sock: &UdpTunnelSocket, node: std::net::Ipv4Addr, buf: &mut [u8]) -> io::Result<(usize, VnetHdr)> {
     let Some(room) = buf.get_mut(UDP_HEADERS..) else {
         return Err(io::ErrorKind::InvalidInput.into());
     };
@@ -128,7 +129,7 @@ fn recv_vxlan(sock: &UdpTunnelSocket, node: std::net::Ipv4Addr, buf: &mut [u8]) 
     let len = UDP_HEADERS + d.len;
     if len > buf.len() || len > usize::from(u16::MAX) {
         // Truncated: counted as oversize by the caller.
-        return Ok(len);
+        return Ok((len, VnetHdr::NONE));
     }
     encap::ipv4::Repr {
         src: *d.src.ip(),
@@ -143,7 +144,18 @@ fn recv_vxlan(sock: &UdpTunnelSocket, node: std::net::Ipv4Addr, buf: &mut [u8]) 
     .emit(buf);
     let udp = encap::udp::Repr { src_port: d.src.port(), dst_port: encap::vxlan::PORT, payload_len: d.len };
     udp.emit(&mut buf[encap::ipv4::HEADER_LEN..]);
-    Ok(len)
+    let hdr = match d.segment.filter(|s| usize::from(*s) < d.len) {
+        Some(size) => VnetHdr {
+            flags: 0,
+            gso_type: gso::GSO_UDP_L4,
+            hdr_len: UDP_HEADERS as u16,
+            gso_size: size,
+            csum_start: 0,
+            csum_offset: 0,
+        },
+        None => VnetHdr::NONE,
+    };
+    Ok((len, hdr))
 }
 
 impl Port {
@@ -153,7 +165,7 @@ impl Port {
         let one = |buf: &mut [u8]| match self {
             Port::Tun(t) => t.recv(buf),
             Port::Raw { sock, .. } => sock.recv(buf).map(|n| (n, VnetHdr::NONE)),
-            Port::Udp { sock, node } => recv_vxlan(sock, *node, buf).map(|n| (n, VnetHdr::NONE)),
+            Port::Udp { sock, node } => recv_vxlan(sock, *node, buf),
             Port::Packet { .. } => Err(io::ErrorKind::Unsupported.into()),
         };
         if let Port::Packet { rx, .. } = self {
@@ -263,6 +275,9 @@ pub struct Worker {
     pub fail_after: Option<Duration>,
     /// Fault injection for the fallback test (see `DataplaneConfig::refuse_udp_gso`).
     pub refuse_udp_gso: bool,
+    /// Tun mode's UDP socket for VXLAN super-packets, opened when the first is sent (a pool
+    /// may turn to VXLAN while the node runs); `None` inside if it could not be.
+    pub vxlan_tx: std::cell::OnceCell<Option<UdpTunnelSocket>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -420,9 +435,9 @@ impl Worker {
             if super_packet {
                 match hdr.gso_type & !gso::GSO_ECN {
                     gso::GSO_TCPV4 | gso::GSO_TCPV6 => crate::counters::bump(&self.counters.gso_received, 1),
-                    gso::GSO_UDP_L4 if port.is_ethernet() => {
+                    gso::GSO_UDP_L4 if port.is_ethernet() || matches!(port, Port::Udp { .. }) => {
                         if tapping {
-                            self.tap.copy(in_if, Direction::Rx, &buf[span.start..span.end], true);
+                            self.tap.copy(in_if, Direction::Rx, &buf[span.start..span.end], port.is_ethernet());
                         }
                         // Merging is receive offload in software: off with the rest of it.
                         let merged = self
@@ -647,29 +662,35 @@ impl Worker {
     /// is off from now on for every worker, and the caller sends the segments one by one.
     fn send_supers(&self, frames: &[pipeline::SuperFrame], room: &[u8], tapping: bool) -> bool {
         for (i, f) in frames.iter().enumerate() {
-            let Some(Port::Packet { tx, .. }) = self.port(f.iface) else {
-                self.counters.count_drops(DropReason::TxError, f.segments);
-                continue;
-            };
+            let port = self.port(f.iface);
             let frame = &room[f.span.start..f.span.end];
             if tapping {
-                self.tap.copy(f.iface, Direction::Tx, frame, true);
+                let ethernet = port.is_some_and(Port::is_ethernet);
+                self.tap.copy(f.iface, Direction::Tx, frame, ethernet);
             }
-            let sent = if self.refuse_udp_gso && f.hdr.is_gso() {
-                Err(io::Error::from_raw_os_error(libc::EINVAL))
-            } else {
-                netsys::send_batch_vnet(tx.as_fd(), &[(f.hdr, frame)])
+            let sent = match port {
+                _ if self.refuse_udp_gso && f.hdr.is_gso() => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+                Some(Port::Packet { tx, .. }) => netsys::send_batch_vnet(tx.as_fd(), &[(f.hdr, frame)]),
+                Some(Port::Raw { sock, .. }) if !f.hdr.is_gso() => sock.send(frame).map(|_| 1),
+                Some(Port::Raw { .. }) => self.send_vxlan_super(frame, f.hdr.gso_size),
+                _ => Err(io::ErrorKind::Unsupported.into()),
             };
             match sent {
                 Ok(1) => {
                     self.counters.tx(usize::from(f.iface.0), frame.len());
                     f.count_sent(&self.counters);
                 }
-                Err(e) if i == 0 && f.hdr.is_gso() && e.raw_os_error() == Some(libc::EINVAL) => {
+                // EINVAL: a packet socket before Linux 6.2; EIO: a UDP socket on a device
+                // without checksum offload.
+                Err(e)
+                    if i == 0
+                        && f.hdr.is_gso()
+                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO | libc::EADDRNOTAVAIL)) =>
+                {
                     if self.udp_gso.swap(false, Ordering::Relaxed) {
                         tracing::warn!(
                             error = %e,
-                            "the kernel refuses UDP GSO on packet sockets (Linux 6.2 or later has it): \
+                            "the kernel refuses UDP GSO here (packet sockets have it from Linux 6.2): \
                              VXLAN segments go one by one"
                         );
                     }
@@ -679,6 +700,24 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Sends the VXLAN super-packet `packet` (outer IPv4 onward, tun mode) through the UDP
+    /// socket, which cuts it into datagrams of `size` bytes. The outer UDP header is the
+    /// socket's own: its source port is the socket's, not a hash of the flow.
+    fn send_vxlan_super(&self, packet: &[u8], size: u16) -> io::Result<usize> {
+        let tx = self.vxlan_tx.get_or_init(|| {
+            let node = self.ifaces.node_addr()?;
+            UdpTunnelSocket::sender(node)
+                .inspect_err(|e| tracing::warn!(%node, error = %e, "no UDP socket for VXLAN super-packets"))
+                .ok()
+        });
+        let (Some(tx), Some(payload)) = (tx, packet.get(UDP_HEADERS..)) else {
+            return Err(io::Error::from_raw_os_error(libc::EADDRNOTAVAIL));
+        };
+        let ip = encap::ipv4::Packet::new_unchecked(packet);
+        let to = std::net::SocketAddrV4::new(ip.dst(), encap::vxlan::PORT);
+        tx.send_to(payload, to, ip.tos(), ip.ttl(), Some(size)).map(|_| 1)
     }
 
     /// Sends the segments cut from one super-packet (they share one egress), up to a batch

@@ -703,6 +703,9 @@ pub struct UdpDatagram {
     pub len: usize,
     pub src: std::net::SocketAddrV4,
     pub tos: u8,
+    /// With [`UdpTunnelSocket::enable_gro`]: the datagrams' size when the kernel handed over
+    /// several laid end to end (a UDP super-packet, the last datagram maybe shorter).
+    pub segment: Option<u16>,
 }
 
 impl UdpTunnelSocket {
@@ -749,12 +752,89 @@ impl UdpTunnelSocket {
         Ok(s)
     }
 
+    /// A socket that sends VXLAN from the node's address and a port of the kernel's choice
+    /// (each worker its own, so flows spread by the port as RFC 7348 asks), and takes
+    /// nothing in. Linux's own VXLAN leaves DF clear by default; so does this socket.
+    pub fn sender(node: std::net::Ipv4Addr) -> io::Result<Self> {
+        let s = Self::open(std::net::SocketAddrV4::new(node, 0), 0)?;
+        attach_drop_all(s.fd.as_fd())?;
+        setsockopt(s.fd.as_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &libc::IP_PMTUDISC_DONT)?;
+        Ok(s)
+    }
+
+    /// Sends `payload` to `to` with the outer `tos` and `ttl`; with `segment` (UDP_SEGMENT)
+    /// the kernel cuts it into datagrams of that many bytes, the last shorter, and keeps them
+    /// one super-packet for as long as it can.
+    pub fn send_to(
+        &self,
+        payload: &[u8],
+        to: std::net::SocketAddrV4,
+        tos: u8,
+        ttl: u8,
+        segment: Option<u16>,
+    ) -> io::Result<usize> {
+        let sin = sockaddr_in(to);
+        let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+        // Room for three messages: IP_TOS and IP_TTL (an int each) and UDP_SEGMENT (a u16).
+        let mut control = [0u64; 12];
+        // SAFETY: msghdr is plain data; all-zero is a valid start.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_name = (&sin as *const libc::sockaddr_in as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control) as _;
+        let mut used = 0;
+        // SAFETY: msg_control is `control`, which has room for the three messages (each
+        // CMSG_SPACE of at most an int, 16 bytes on 64-bit Linux); CMSG_FIRSTHDR/NXTHDR stay
+        // within msg_controllen, and each value written is no longer than its cmsg_len says.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            let int = size_of::<libc::c_int>() as u32;
+            for (level, kind, value) in [
+                (libc::IPPROTO_IP, libc::IP_TOS, libc::c_int::from(tos)),
+                (libc::IPPROTO_IP, libc::IP_TTL, libc::c_int::from(ttl)),
+            ] {
+                (*c).cmsg_level = level;
+                (*c).cmsg_type = kind;
+                (*c).cmsg_len = libc::CMSG_LEN(int) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), value);
+                used += libc::CMSG_SPACE(int) as usize;
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+            if let Some(size) = segment {
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
+                used += libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+            }
+        }
+        msg.msg_controllen = used as _;
+        // SAFETY: every pointer in msg refers to a live buffer of the length given; the
+        // kernel only reads them.
+        let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// From now on a UDP super-packet that reaches this socket whole (as another node's
+    /// VXLAN crosses the underlay) is read whole, with its datagram size (`UDP_GRO`), and
+    /// datagrams of one flow arriving together may be merged alike.
+    pub fn enable_gro(&self) -> io::Result<()> {
+        let one: libc::c_int = 1;
+        setsockopt(self.fd.as_fd(), libc::SOL_UDP, libc::UDP_GRO, &one)
+    }
+
     /// Receives one datagram's payload into `buf`.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<UdpDatagram> {
         // SAFETY: sockaddr_in, iovec and msghdr are plain data; all-zero is a valid start.
         let mut from: libc::sockaddr_in = unsafe { zeroed() };
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        // Room for one IP_TOS message (a cmsghdr and an int, aligned).
+        // Room for an IP_TOS and a UDP_GRO message (a cmsghdr and an int each, aligned).
         let mut control = [0u64; 8];
         // SAFETY: as above.
         let mut msg: libc::msghdr = unsafe { zeroed() };
@@ -769,20 +849,26 @@ impl UdpTunnelSocket {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut tos = 0;
+        let (mut tos, mut segment) = (0, None);
         // SAFETY: the kernel filled msg_control up to msg_controllen; the CMSG macros walk it
-        // within that length, and IP_TOS carries at least one byte.
+        // within that length; IP_TOS carries at least one byte, UDP_GRO an int.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&msg);
             while !c.is_null() {
-                if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
-                    tos = *libc::CMSG_DATA(c);
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::IPPROTO_IP, libc::IP_TOS) => tos = *libc::CMSG_DATA(c),
+                    (libc::SOL_UDP, libc::UDP_GRO) => {
+                        let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                        segment = u16::try_from(size).ok().filter(|s| *s > 0);
+                    }
+                    _ => {}
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
         let ip = std::net::Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr));
-        Ok(UdpDatagram { len: n as usize, src: std::net::SocketAddrV4::new(ip, u16::from_be(from.sin_port)), tos })
+        let src = std::net::SocketAddrV4::new(ip, u16::from_be(from.sin_port));
+        Ok(UdpDatagram { len: n as usize, src, tos, segment })
     }
 
     /// Datagrams the kernel dropped because this socket's queue was full, since the last call.

@@ -18,7 +18,7 @@ pub struct Options {
     #[arg(long)]
     pub packets: Option<u64>,
     /// Scenarios to run (default: all): kernel, afpacket, afpacket-ipip, afpacket-ipip-ab,
-    /// afpacket-vxlan, afpacket-vxlan-ab, tun-ipip, kernel6, afpacket6.
+    /// afpacket-vxlan, afpacket-vxlan-ab, tun-ipip, tun-vxlan, kernel6, afpacket6, kernel-masq, afpacket-masq.
     #[arg(long = "scenario")]
     pub scenarios: Vec<String>,
     /// UDP frame sizes.
@@ -77,7 +77,7 @@ impl Scenario {
     }
 }
 
-pub const SCENARIOS: [Scenario; 11] = [
+pub const SCENARIOS: [Scenario; 12] = [
     Scenario {
         name: "kernel",
         what: "Linux kernel forwarding, pod-a1 → node-a → node-b → pod-b1 (no router in the path)",
@@ -147,6 +147,16 @@ pub const SCENARIOS: [Scenario; 11] = [
         dst_pod: "pod-c1",
         router: true,
         lab_args: &[],
+        ipv6: false,
+        baseline: "kernel",
+    },
+    Scenario {
+        name: "tun-vxlan",
+        what: "kernel forwarding with the router's userspace vxlan.calico (`--vxlan-mode cross-subnet`): pod-a1 → node-a → underlay → node-c → pod-c1",
+        dataplane: "tun",
+        dst_pod: "pod-c1",
+        router: true,
+        lab_args: &["--vxlan-mode", "cross-subnet"],
         ipv6: false,
         baseline: "kernel",
     },

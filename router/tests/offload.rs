@@ -84,7 +84,18 @@ fn tcp_super_packets_arrive_intact_directly_and_through_the_tunnel() {
 
 #[test]
 fn vxlan_carries_tcp_super_packets_cut_and_merged_intact() {
-    let lab = TestLab::up(&["--vxlan-mode", "cross-subnet"]);
+    vxlan_super_packets(&["--vxlan-mode", "cross-subnet"]);
+}
+
+#[test]
+fn in_tun_mode_vxlan_super_packets_go_through_udp_sockets_whole() {
+    // No packet socket here: a UDP socket sends them (UDP_SEGMENT) and reads them whole
+    // at the far node (UDP_GRO).
+    vxlan_super_packets(&["--dataplane", "tun", "--vxlan-mode", "cross-subnet"]);
+}
+
+fn vxlan_super_packets(args: &[&str]) {
+    let lab = TestLab::up(args);
     // Frames far beyond the underlay's 1500-byte MTU cross the underlay router whole: UDP
     // super-packets of VXLAN, which the kernel cuts only if it must.
     let cap = start_capture(&lab, "underlay", "eth0", "udp dst port 4789 and greater 3000", 3);
@@ -156,9 +167,15 @@ fn without_udp_gso_vxlan_segments_go_one_by_one_and_arrive_intact() {
 /// whose kernel takes them, still sends its own VXLAN whole.
 #[test]
 fn where_the_kernel_refuses_udp_gso_the_segments_go_one_by_one_and_the_log_says_so_once() {
+    for dataplane in ["afpacket", "tun"] {
+        refused_udp_gso(dataplane);
+    }
+}
+
+fn refused_udp_gso(dataplane: &str) {
     let lab = TestLab::named();
     let out = lab
-        .command(&["lab", "up", "--vxlan-mode", "always"])
+        .command(&["lab", "up", "--vxlan-mode", "always", "--dataplane", dataplane])
         .env("ROUTER_FAULT_REFUSE_UDP_GSO", "node-a")
         .output()
         .expect("router runs");

@@ -461,8 +461,11 @@ fn from_tunnel(ctx: &Context<'_>, counters: &Counters, buf: &mut [u8], s: usize,
     }
     if to_tun {
         // `tun` mode: the kernel routes the inner packet to the pod (and decrements its TTL).
+        // A merged super-packet goes whole: the device takes it with its offload header.
+        let span = Span { start: s, end: e };
         return match ctx.ifaces.by_role(|r| *r == IfaceRole::Tun) {
-            Some(tun) => Verdict::Transmit { iface: tun, span: Span { start: s, end: e }, learn: None },
+            Some(iface) if ctx.gso.is_some() => Verdict::TransmitWhole { iface, span },
+            Some(iface) => Verdict::Transmit { iface, span, learn: None },
             None => Verdict::Drop(DropReason::TxError),
         };
     }
@@ -850,8 +853,12 @@ impl SuperFrame {
 /// one read. One super-packet holds what fits in 64 KB; the rest go in the next. Results
 /// go to `out`, counted by [`SuperFrame::count_sent`] once the kernel took them.
 ///
-/// Returns false, having written nothing, when the egress is not Ethernet or its neighbour
-/// is not yet known: [`segment`] then sends the segments one by one (and resolves).
+/// On an Ethernet egress (afpacket) each super-packet is a frame with its virtio-net header;
+/// on tun mode's raw egress it starts at the outer IPv4 header, which the worker hands to a
+/// UDP socket with `UDP_SEGMENT` instead (a raw socket cannot offload).
+///
+/// Returns false, having written nothing, when the egress's neighbour is not yet known:
+/// [`segment`] then sends the segments one by one (and resolves).
 pub fn segment_vxlan(
     ctx: &Context<'_>,
     counters: &Counters,
@@ -863,9 +870,13 @@ pub fn segment_vxlan(
     let Segmentation { span, mss, egress: eg } = job;
     let Some(Tunnel::Vxlan(remote)) = eg.tunnel else { return false };
     let (Some(port), Some(src)) = (ctx.ifaces.get(eg.iface), ctx.ifaces.node_addr()) else { return false };
-    let Some(dst_mac) = ctx.neigh.lookup(eg.iface, eg.hop).filter(|_| port.role.is_ethernet()) else {
-        return false;
+    let dst_mac = if port.role.is_ethernet() {
+        let Some(mac) = ctx.neigh.lookup(eg.iface, eg.hop) else { return false };
+        Some(mac)
+    } else {
+        None
     };
+    let l2 = if dst_mac.is_some() { ethernet::HEADER_LEN } else { 0 };
     let pkt = &buf[span.start..span.end];
     let segs = match TcpSegments::new(pkt, mss) {
         Ok(s) => s,
@@ -886,7 +897,7 @@ pub fn segment_vxlan(
     let (tos, dont_frag, src_port) = (inner.tos(), inner.dont_frag(), vxlan::source_port(pkt));
     // Every datagram but the last is exactly this long; the kernel cuts at this size.
     let size = vxlan::INNER_HEADERS + segs.len(0);
-    let head = ethernet::HEADER_LEN + vxlan::OUTER_HEADERS;
+    let head = l2 + vxlan::OUTER_HEADERS;
     let per_packet = ((usize::from(u16::MAX) - vxlan::OUTER_HEADERS) / size).max(1);
     let mut at = 0;
     let mut i = 0;
@@ -903,15 +914,17 @@ pub fn segment_vxlan(
             end = l3 + len;
         }
         let outer = vxlan::Outer { tos, dont_frag, ident: counters.next_ident(), src_port, partial_checksum: n > 1 };
-        outer.emit(scratch, at + ethernet::HEADER_LEN, end - at - head, &t);
-        ethernet::emit_header(&mut scratch[at..], dst_mac, port.mac, EtherType::Ipv4);
+        outer.emit(scratch, at + l2, end - at - head, &t);
+        if let Some(mac) = dst_mac {
+            ethernet::emit_header(&mut scratch[at..], mac, port.mac, EtherType::Ipv4);
+        }
         let hdr = if n > 1 {
             VnetHdr {
                 flags: gso::F_NEEDS_CSUM,
                 gso_type: gso::GSO_UDP_L4,
                 hdr_len: head as u16,
                 gso_size: size as u16,
-                csum_start: (ethernet::HEADER_LEN + ipv4::HEADER_LEN) as u16,
+                csum_start: (l2 + ipv4::HEADER_LEN) as u16,
                 csum_offset: 6,
             }
         } else {
@@ -945,10 +958,13 @@ pub fn merge_vxlan_super(
     size: u16,
     trusted: bool,
 ) -> Option<(Span, VnetHdr, u64)> {
-    if !matches!(ctx.ifaces.get(in_if)?.role, IfaceRole::Uplink { .. }) {
-        return None;
-    }
-    let l3 = span.start + ethernet::HEADER_LEN;
+    // The uplink's frames (afpacket), or tun mode's UDP socket's packets (no link header).
+    let l2 = match ctx.ifaces.get(in_if)?.role {
+        IfaceRole::Uplink { .. } => ethernet::HEADER_LEN,
+        IfaceRole::VxlanUdp => 0,
+        _ => return None,
+    };
+    let l3 = span.start + l2;
     let pkt = buf.get_mut(l3..span.end)?;
     let ip = ipv4::Packet::new_checked(&*pkt).ok()?;
     if ctx.ifaces.node_addr() != Some(ip.dst()) || !is_vxlan(pkt) {
@@ -958,7 +974,7 @@ pub fn merge_vxlan_super(
     bump(&counters.udp_gso_received, 1);
     bump(&counters.gro_packets, 1);
     bump(&counters.gro_segments, m.segments as u64);
-    let inner_l4 = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
+    let inner_l4 = l2 + ipv4::HEADER_LEN;
     let hdr = VnetHdr {
         flags: gso::F_NEEDS_CSUM,
         gso_type: gso::GSO_TCPV4,
@@ -971,9 +987,10 @@ pub fn merge_vxlan_super(
 }
 
 /// A UDP super-packet (`GSO_UDP_L4`: VXLAN from another node, or a pod's `UDP_SEGMENT`) in
-/// the Ethernet frame `buf[span]` received on `in_if`: cut into its datagrams, each laid in
-/// `scratch` as a frame of its own (with [`HEADROOM_NEEDED`] in front) and processed as if
-/// it had been received so. The verdicts, whose spans point into `scratch`, go to `out`.
+/// the Ethernet frame `buf[span]` received on `in_if` (or the bare IPv4 packet, from tun
+/// mode's UDP socket): cut into its datagrams, each laid in `scratch` as a frame of its own
+/// (with [`HEADROOM_NEEDED`] in front) and processed as if it had been received so. The
+/// verdicts, whose spans point into `scratch`, go to `out`.
 ///
 /// Datagrams get a full UDP checksum unless they are VXLAN addressed to this node, which
 /// unwraps them at once: the super-packet's bytes never left the kernel of this machine, and
@@ -989,7 +1006,9 @@ pub fn process_udp_super(
     scratch: &mut [u8],
     out: &mut Vec<Verdict>,
 ) {
-    let l3 = span.start + ethernet::HEADER_LEN;
+    let ethernet = ctx.ifaces.get(in_if).is_some_and(|f| f.role.is_ethernet());
+    let l2 = if ethernet { ethernet::HEADER_LEN } else { 0 };
+    let l3 = span.start + l2;
     let Some(pkt) = buf.get(l3..span.end) else {
         counters.count_drop(DropReason::ShortFrame);
         return;
@@ -1008,14 +1027,19 @@ pub fn process_udp_super(
     let mut at = 0;
     for i in 0..segs.count() {
         let start = at + HEADROOM_NEEDED;
-        let l3 = start + ethernet::HEADER_LEN;
+        let l3 = start + l2;
         let Some(len) = scratch.get_mut(l3..).and_then(|room| segs.write(i, room, !ours)) else {
             counters.count_drops(DropReason::GsoFailed, (segs.count() - i) as u64);
             return;
         };
-        scratch[start..l3].copy_from_slice(&buf[span.start..span.start + ethernet::HEADER_LEN]);
+        scratch[start..l3].copy_from_slice(&buf[span.start..span.start + l2]);
         // The frame may grow in place (an ICMP error), so the next starts beyond that room.
-        out.push(process(ctx, counters, in_if, scratch, Span { start, end: l3 + len }));
+        let one = Span { start, end: l3 + len };
+        out.push(if ethernet {
+            process(ctx, counters, in_if, scratch, one)
+        } else {
+            process_l3(ctx, counters, in_if, scratch, one)
+        });
         at = (l3 + len + ICMP_ERROR_MAX + 63) & !63;
     }
 }

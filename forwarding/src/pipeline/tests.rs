@@ -1282,6 +1282,22 @@ fn tun_mode_wraps_vxlan_for_the_raw_socket_and_unwraps_what_the_udp_socket_got()
     assert_eq!(out, back);
     let frame = vxlan_frame(UNDERLAY, 4096, &back);
     assert_eq!(run(udp, &frame[14..]).0, Verdict::Drop(DropReason::VxlanUnknownSource));
+    // A UDP super-packet the socket read whole (UDP_GRO) is merged and goes to the kernel
+    // through vxlan.calico as one TCP super-packet.
+    let (sup, size) = vxlan_super_from_c(POD_A1, 5000, 1410);
+    let (mut buf, span) = framed(&sup[14..]);
+    let (span, hdr, n) = merge_vxlan_super(&ctx, &counters, udp, &mut buf, span, size, false).expect("one run");
+    assert_eq!((n, hdr.gso_type, hdr.hdr_len, hdr.csum_start, hdr.csum_offset), (4, gso::GSO_TCPV4, 40, 20, 16));
+    let whole = Context { gso: Some(hdr.gso_size), packets: n, ..ctx };
+    let v = process_l3(&whole, &counters, udp, &mut buf, span);
+    let Verdict::TransmitWhole { iface, span } = v else { panic!("{v:?}") };
+    assert_eq!(iface, tun);
+    let mut out = buf[span.start..span.end].to_vec();
+    encap::gso::complete_checksum(&mut out, 20, 16).expect("in range");
+    let framed: Vec<u8> = [0u8; 12].iter().chain(&[8, 0]).chain(&out).copied().collect();
+    let (seq, _, data) = tcp_in(&framed);
+    assert_eq!(seq, 7_000);
+    assert_eq!(data, (0..5000).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
 }
 
 // ---- IPv6 ----
