@@ -681,7 +681,7 @@ impl Worker {
                     f.count_sent(&self.counters);
                 }
                 // EINVAL: a packet socket before Linux 6.2; EIO: a UDP socket on a device
-                // without checksum offload.
+                // without checksum offload; EADDRNOTAVAIL: tun mode has no UDP socket.
                 Err(e)
                     if i == 0
                         && f.hdr.is_gso()
