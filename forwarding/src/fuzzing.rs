@@ -155,7 +155,9 @@ fn tun() -> &'static Node {
                 mtu: 1500,
                 role: IfaceRole::VxlanUdp,
             },
-        ]);
+        ])
+        // As a tun-mode node has it: the address its UDP sockets are bound to.
+        .with_node_addr(Ipv4Addr::new(192, 168, 100, 100));
         let mut rs = routes(IfaceId(1));
         rs.push(Route {
             prefix: "10.244.1.0/26".parse().expect("a literal prefix"),
@@ -179,8 +181,8 @@ fn in_buf(span: Span) {
 /// size), tunnel routes (IPIP and VXLAN out, and in), fragmentation and the tun entry point.
 /// Input: a selector byte (bits 0-1: ingress interface; bit 2: the tun node instead of the
 /// afpacket one; bit 3: a super-packet, its segment size in the next two bytes; bit 4 with
-/// bit 3 on the afpacket node: a UDP super-packet, bit 5 its checksum partial), then the
-/// frame (the packet, in tun mode).
+/// bit 3: a UDP super-packet, as the uplink's packet socket or tun mode's UDP socket reads
+/// one, bit 5 its checksum partial), then the frame (the packet, in tun mode).
 pub fn pipeline(data: &[u8]) {
     let Some((&sel, mut frame)) = data.split_first() else { return };
     let tun_mode = sel & 4 != 0;
@@ -199,7 +201,7 @@ pub fn pipeline(data: &[u8]) {
     let span = Span { start: HEADROOM, end: HEADROOM + frame.len() };
     let in_if = IfaceId(u16::from(sel & 3) % n.ifaces.len() as u16);
     let mut scratch = vec![0u8; 256 * 1024];
-    if let Some(size) = gso.filter(|_| sel & 16 != 0 && !tun_mode) {
+    if let Some(size) = gso.filter(|_| sel & 16 != 0) {
         // As the worker: merged whole if it is one TCP run in VXLAN to us, else datagrams.
         let trusted = sel & 32 != 0;
         let plain = Context { gso: None, ..ctx };
@@ -209,6 +211,10 @@ pub fn pipeline(data: &[u8]) {
             assert!(merged.start == span.start && merged.end <= span.end, "merging never grows a frame");
             assert!(packets >= 2);
             let whole = Context { gso: Some(hdr.gso_size), packets, ..ctx };
+            if tun_mode {
+                let v = process_l3(&whole, &counters, in_if, &mut buf, merged);
+                return check(&whole, &counters, v, &buf, &mut scratch);
+            }
             return after(&whole, &counters, in_if, &mut buf, merged, &mut scratch);
         }
         let mut out = Vec::new();
