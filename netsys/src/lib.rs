@@ -753,8 +753,9 @@ impl UdpTunnelSocket {
     }
 
     /// A socket that sends VXLAN from the node's address and a port of the kernel's choice
-    /// (each worker its own, so flows spread by the port as RFC 7348 asks), and takes
-    /// nothing in. Linux's own VXLAN leaves DF clear by default; so does this socket.
+    /// (each worker its own: the underlay can tell the workers' flows apart by it, though not
+    /// every inner flow, as RFC 7348's hashed port would), and takes nothing in. Linux's own
+    /// VXLAN leaves DF clear by default; so does this socket.
     pub fn sender(node: std::net::Ipv4Addr) -> io::Result<Self> {
         let s = Self::open(std::net::SocketAddrV4::new(node, 0), 0)?;
         attach_drop_all(s.fd.as_fd())?;
