@@ -75,6 +75,8 @@ struct Node {
     saved: Option<restart::Saved>,
     /// A planned restart was asked for: save, close quietly, exit.
     restart_requested: bool,
+    /// The pools need tunnel devices other than those made at start (said once).
+    tunnel_stale: bool,
     /// Names of the pods added while running (not from the config).
     dynamic: HashSet<String>,
     /// BGP peers the datastore no longer lists, removed when the new sessions are up (or at
@@ -499,6 +501,11 @@ pub fn run_with(
         }
     }
     check_kernel_forwarding(cfg.dataplane, cfg.ipv6.is_some())?;
+    if !cfg.etcd_endpoints.is_empty() {
+        if let Some(pools) = watch::pools_at_start(&cfg) {
+            cfg.pools = pools;
+        }
+    }
     let ifaces = discover(&cfg)?;
     let restart_time = Duration::from_secs(u64::from(cfg.bgp.as_ref().map_or(0, |b| b.graceful_restart_secs)));
     let saved = restart::take(&cfg, restart_time);
@@ -579,6 +586,7 @@ pub fn run_with(
         tun_read_at: None,
         saved,
         restart_requested: false,
+        tunnel_stale: false,
         dynamic,
         removals: Vec::new(),
         log_level: "info",

@@ -51,6 +51,29 @@ pub(super) fn watch(cfg: &NodeConfig, waker: Arc<mio::Waker>) -> anyhow::Result<
     Ok(Watcher { rx, stop })
 }
 
+/// The IPv4 pools as etcd has them, read once before the data plane starts: its tunnel
+/// devices (`tunl0`, `vxlan.calico` and tun mode's VXLAN socket) follow the pools' modes and
+/// are made at start. `None`, logged, where etcd does not answer: the config's pools stand
+/// until the watch reads them.
+pub(super) fn pools_at_start(cfg: &NodeConfig) -> Option<Vec<nodeapi::config::Pool>> {
+    let read = || -> anyhow::Result<Vec<datastore::resources::Resource>> {
+        let store = datastore::Store::new(datastore::etcd::Etcd::new(&cfg.etcd_endpoints)?);
+        Ok(store.all()?.0)
+    };
+    match read() {
+        Ok(rs) => {
+            let me6 = cfg.ipv6.as_ref().map(|v| v.address.addr());
+            let no_secrets = |_: &str, _: &str| Err(String::new());
+            let view = crate::cluster::view_with(&rs, &cfg.name, cfg.uplink.address.addr(), me6, &no_secrets);
+            Some(view.pools)
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "etcd does not answer: the tunnel devices follow the config's pools");
+            None
+        }
+    }
+}
+
 /// Who the node is in the datastore: its name and uplink addresses.
 struct Me {
     name: String,
@@ -291,6 +314,7 @@ impl Node {
         let mut routes_changed = self.cfg.pools != view.pools || self.cfg.ipip_peers != view.nodes;
         self.cfg.pools = view.pools.clone();
         self.cfg.ipip_peers = view.nodes.clone();
+        self.check_tunnel_device();
         match self.cfg.ipv6.as_mut() {
             Some(v6) => {
                 routes_changed |= v6.pools != view.pools6
@@ -385,6 +409,29 @@ impl Node {
             }
         }
         routes_changed
+    }
+
+    /// The tunnel devices were made at start for the pools of then; a pool that turns from
+    /// IPIP to VXLAN (or back) while the node runs needs others, which only a restart makes.
+    /// Said once per change, as an error in tun mode, where the pods' traffic goes through
+    /// them.
+    fn check_tunnel_device(&mut self) {
+        let ifaces = self.dp.interfaces();
+        let tun = ifaces.by_role(|r| *r == IfaceRole::Tun).and_then(|t| ifaces.get(t)).map(|f| f.name.clone());
+        let want = self.cfg.uses_tunnel().then(|| self.cfg.tunnel_device().to_string());
+        let socket = ifaces.by_role(|r| *r == IfaceRole::VxlanUdp).is_some();
+        let tun_mode = self.cfg.dataplane == DataplaneMode::Tun;
+        let stale = (want.is_some() && tun.is_some() && want != tun) || (tun_mode && self.cfg.uses_vxlan() && !socket);
+        if stale && !self.tunnel_stale {
+            let (had, needs) = (tun.as_deref().unwrap_or("none"), want.as_deref().unwrap_or("none"));
+            let how = format!("restart the node (`router lab restart {}` in the lab; graceful)", self.cfg.name);
+            if tun_mode {
+                tracing::error!(had, needs, "the pools' encapsulation changed: the tun data plane's tunnel device is the one made at start, so pods behind the tunnel are unreachable until you {how}");
+            } else {
+                tracing::warn!(had, needs, "the pools' encapsulation changed: pods still reach each other, but the node's own traffic to pods behind the tunnel waits until you {how}");
+            }
+        }
+        self.tunnel_stale = stale;
     }
 
     fn read_secret(&self, name: &str, key: &str) -> Result<String, String> {
