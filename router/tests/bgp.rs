@@ -1075,9 +1075,11 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
         assert!(received.is_some_and(|r| r >= 59), "more than one ping lost during the switch:\n{out}");
     }
     // The mesh sessions stay listed (their routes kept) until the reflector's session has
-    // taken over or their grace ends; on a loaded machine that can outlast the pings.
-    wait_for(15, "node-b's mesh sessions to give way to the reflector", || {
-        peers(&lab, "node-b").len() == 1 && peers(&lab, "node-a").len() == 2
+    // taken over or their grace ends; on a loaded machine that can outlast the pings, and
+    // the reflector's session may still be between connection attempts (2 s apart) then.
+    wait_for(20, "node-b's mesh sessions to give way to the reflector's, up", || {
+        let b = peers(&lab, "node-b");
+        b.len() == 1 && b[0]["state"] == "up" && peers(&lab, "node-a").len() == 2
     });
     let b = peers(&lab, "node-b");
     assert_eq!(b.len(), 1, "{b:?}");
