@@ -167,9 +167,10 @@ fn vxlan_on_the_tun_data_plane_carries_pods_and_nodes() {
 }
 
 #[test]
-fn a_pool_turned_to_vxlan_in_etcd_says_tun_mode_needs_a_restart_which_brings_vxlan_calico() {
-    // tun mode's tunnel device is made at start, for the pools of then: a node says what a
-    // change of encapsulation needs, and one restarted reads the pools from etcd first.
+fn a_pool_turned_to_vxlan_in_etcd_brings_vxlan_calico_in_tun_mode_live_and_after_a_restart() {
+    // tun mode's pods reach other nodes through the tunnel device: a change of encapsulation
+    // swaps tunl0 for vxlan.calico (and adds the VXLAN sockets) while the node runs, and a
+    // node restarted reads the pools from etcd before it makes its devices.
     let lab = TestLab::up(&["--dataplane", "tun", "--datastore", "etcd"]);
     assert!(ping(&lab, "pod-a1", &["-c", "1", "-W", "2", POD_C1]).0, "IPIP at first");
     apply(
@@ -177,19 +178,22 @@ fn a_pool_turned_to_vxlan_in_etcd_says_tun_mode_needs_a_restart_which_brings_vxl
         "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  \
          cidr: 10.244.0.0/16\n  blockSize: 26\n  ipipMode: Never\n  vxlanMode: CrossSubnet\n  nodeSelector: all()\n",
     );
-    let log = |node: &str| {
-        std::fs::read_to_string(lab.dir.join(&lab.name).join(format!("node-{node}.log"))).unwrap_or_default()
-    };
-    wait_for(20, "node-a to say its tunnel device is stale", || {
-        log("a").contains("tunnel device is the one made at start")
+    let links = || text(&lab.exec("node-a", &["ip", "link"]).stdout);
+    wait_for(20, "node-a to swap tunl0 for vxlan.calico", || {
+        let l = links();
+        l.contains("vxlan.calico") && !l.contains("tunl0")
     });
-    assert_eq!(log("a").matches("tunnel device is the one made at start").count(), 1, "said once");
+    wait_for(20, "pod-a1 reaching pod-c1 through VXLAN", || ping(&lab, "pod-a1", &["-c", "1", "-W", "1", POD_C1]).0);
+    assert_eq!(encap_of(&lab, "node-a", "10.244.3.0/26"), "vxlan");
+    let wrapped = || lab.json(&["stats", "--node", "node-a", "--json"])["vxlan_encapsulated"].as_u64().unwrap_or(0);
+    assert!(wrapped() > 0);
     for node in ["node-a", "node-b", "node-c"] {
         let out = lab.router(&["lab", "restart", node]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
-    assert!(text(&lab.exec("node-a", &["ip", "link"]).stdout).contains("vxlan.calico"));
-    wait_for(20, "pod-a1 reaching pod-c1 through VXLAN", || ping(&lab, "pod-a1", &["-c", "1", "-W", "1", POD_C1]).0);
-    assert_eq!(encap_of(&lab, "node-a", "10.244.3.0/26"), "vxlan");
-    assert!(lab.json(&["stats", "--node", "node-a", "--json"])["vxlan_encapsulated"].as_u64().unwrap_or(0) > 0);
+    assert!(links().contains("vxlan.calico"));
+    wait_for(20, "pod-a1 reaching pod-c1 after the restarts", || {
+        ping(&lab, "pod-a1", &["-c", "1", "-W", "1", POD_C1]).0
+    });
+    assert!(wrapped() > 0);
 }

@@ -75,8 +75,8 @@ struct Node {
     saved: Option<restart::Saved>,
     /// A planned restart was asked for: save, close quietly, exit.
     restart_requested: bool,
-    /// The pools need tunnel devices other than those made at start (said once).
-    tunnel_stale: bool,
+    /// The tunnel device the pools need could not be made (said once per change).
+    tunnel_failed: bool,
     /// Names of the pods added while running (not from the config).
     dynamic: HashSet<String>,
     /// BGP peers the datastore no longer lists, removed when the new sessions are up (or at
@@ -586,7 +586,7 @@ pub fn run_with(
         tun_read_at: None,
         saved,
         restart_requested: false,
-        tunnel_stale: false,
+        tunnel_failed: false,
         dynamic,
         removals: Vec::new(),
         log_level: "info",

@@ -314,7 +314,7 @@ impl Node {
         let mut routes_changed = self.cfg.pools != view.pools || self.cfg.ipip_peers != view.nodes;
         self.cfg.pools = view.pools.clone();
         self.cfg.ipip_peers = view.nodes.clone();
-        self.check_tunnel_device();
+        self.follow_tunnel_devices();
         match self.cfg.ipv6.as_mut() {
             Some(v6) => {
                 routes_changed |= v6.pools != view.pools6
@@ -411,27 +411,73 @@ impl Node {
         routes_changed
     }
 
-    /// The tunnel devices were made at start for the pools of then; a pool that turns from
-    /// IPIP to VXLAN (or back) while the node runs needs others, which only a restart makes.
-    /// Said once per change, as an error in tun mode, where the pods' traffic goes through
-    /// them.
-    fn check_tunnel_device(&mut self) {
-        let ifaces = self.dp.interfaces();
-        let tun = ifaces.by_role(|r| *r == IfaceRole::Tun).and_then(|t| ifaces.get(t)).map(|f| f.name.clone());
-        let want = self.cfg.uses_tunnel().then(|| self.cfg.tunnel_device().to_string());
-        let socket = ifaces.by_role(|r| *r == IfaceRole::VxlanUdp).is_some();
+    /// Makes the tunnel devices follow the pools, as the data plane follows pods: a pool
+    /// that turns from IPIP to VXLAN (or back) needs `vxlan.calico` where `tunl0` was (its
+    /// MTU too) and, in tun mode, the VXLAN UDP sockets. The old device goes, the new one is
+    /// made and brought up before the routes into it are installed. What fails is said once
+    /// per change (in tun mode, as an error: pods behind the tunnel depend on it).
+    fn follow_tunnel_devices(&mut self) {
         let tun_mode = self.cfg.dataplane == DataplaneMode::Tun;
-        let stale = (want.is_some() && tun.is_some() && want != tun) || (tun_mode && self.cfg.uses_vxlan() && !socket);
-        if stale && !self.tunnel_stale {
-            let (had, needs) = (tun.as_deref().unwrap_or("none"), want.as_deref().unwrap_or("none"));
-            let how = format!("restart the node (`router lab restart {}` in the lab; graceful)", self.cfg.name);
-            if tun_mode {
-                tracing::error!(had, needs, "the pools' encapsulation changed: the tun data plane's tunnel device is the one made at start, so pods behind the tunnel are unreachable until you {how}");
-            } else {
-                tracing::warn!(had, needs, "the pools' encapsulation changed: pods still reach each other, but the node's own traffic to pods behind the tunnel waits until you {how}");
+        let Ok(up) = netsys::link_info(&self.cfg.uplink.interface) else { return };
+        // tun mode always has its device (pods' traffic to other nodes goes through it);
+        // afpacket one only while a pool tunnels, for the node's own traffic.
+        let want = (tun_mode || self.cfg.uses_tunnel())
+            .then(|| (self.cfg.tunnel_device().to_string(), self.cfg.tunnel_device_mtu(up.mtu)));
+        let ifaces = self.dp.interfaces();
+        let have =
+            ifaces.by_role(|r| *r == IfaceRole::Tun).and_then(|id| ifaces.get(id).map(|f| (id, f.name.clone(), f.mtu)));
+        let mut failed = Vec::new();
+        if have.as_ref().map(|(_, n, m)| (n.clone(), *m)) != want {
+            if let Some((id, _, _)) = have {
+                self.dp.remove_interface(id);
+                self.tun_dropped = None;
+            }
+            if let Some((name, mtu)) = &want {
+                let f = Interface {
+                    name: name.clone(),
+                    ifindex: 0,
+                    mac: encap::MacAddr::ZERO,
+                    mtu: *mtu,
+                    role: IfaceRole::Tun,
+                };
+                let made = self.dp.add_interface(f).map_err(anyhow::Error::from).and_then(|_| {
+                    ipcmd::ip(&["link", "set", name, "up", "mtu", &mtu.to_string(), "txqueuelen", "10000"])
+                });
+                match made {
+                    Ok(_) => tracing::info!(device = %name, mtu, "tunnel device made for the pools' encapsulation"),
+                    Err(e) => failed.push(format!("{name}: {e:#}")),
+                }
             }
         }
-        self.tunnel_stale = stale;
+        if tun_mode {
+            let socket = self.dp.interfaces().by_role(|r| *r == IfaceRole::VxlanUdp);
+            match (self.cfg.uses_vxlan(), socket) {
+                (true, None) => {
+                    let f = Interface {
+                        name: "vxlan-udp".into(),
+                        ifindex: 0,
+                        mac: encap::MacAddr::ZERO,
+                        mtu: up.mtu,
+                        role: IfaceRole::VxlanUdp,
+                    };
+                    if let Err(e) = self.dp.add_interface(f) {
+                        failed.push(format!("VXLAN UDP sockets: {e}"));
+                    }
+                }
+                (false, Some(id)) => self.dp.remove_interface(id),
+                _ => {}
+            }
+        }
+        let failing = !failed.is_empty();
+        if failing && !self.tunnel_failed {
+            let what = failed.join("; ");
+            if tun_mode {
+                tracing::error!(%what, "the tunnel device for the pools' encapsulation could not be made: pods behind the tunnel are unreachable");
+            } else {
+                tracing::warn!(%what, "the tunnel device for the pools' encapsulation could not be made: the node's own traffic to pods behind the tunnel will not reach them");
+            }
+        }
+        self.tunnel_failed = failing;
     }
 
     fn read_secret(&self, name: &str, key: &str) -> Result<String, String> {
