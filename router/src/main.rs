@@ -948,6 +948,9 @@ fn trace(
     };
     let pods: Vec<&str> = st.hosts.iter().filter(|h| h.role == Role::Pod).map(|h| h.name.as_str()).collect();
     let named: Option<std::net::IpAddr> = dst.parse().ok();
+    if let Some(a) = named.filter(|a| ipv6 && a.is_ipv4()) {
+        bail!("{a} is an IPv4 address: an IPv6 trace needs an IPv6 destination (or a host's name)");
+    }
     let v6 = ipv6 || named.is_some_and(|a| a.is_ipv6());
     let addr_of = |h: &lab::state::Host| -> Option<std::net::IpAddr> {
         h.addresses
@@ -962,12 +965,37 @@ fn trace(
     let src_ip = addr_of(from).with_context(|| {
         format!("{src} has no {family} address{}", if v6 { " (is the lab up with --dual-stack?)" } else { "" })
     })?;
-    let dst_ip = match (st.host(dst), named) {
-        (Some(h), _) => addr_of(h).with_context(|| format!("{dst} has no {family} address"))?,
-        (None, Some(a)) => a,
-        (None, None) => {
-            bail!("{dst:?} is neither a host of the lab nor an IP address (pods: {})", pods.join(", "))
+    // Containers (CNI pods) are named by their nodes, not in the lab's state.
+    let containers: Vec<admin::PodSpec> = st
+        .daemons
+        .iter()
+        .filter_map(|d| admin::Client::new(&d.socket).pods().ok())
+        .flatten()
+        .filter(|p| p.dynamic)
+        .map(|p| p.pod)
+        .collect();
+    let container_addr = |c: &admin::PodSpec| -> Option<std::net::IpAddr> {
+        if v6 { c.address6.map(Into::into) } else { Some(c.address.into()) }
+    };
+    let dst_ip = match (st.host(dst), containers.iter().find(|c| c.name == dst), named) {
+        (Some(h), _, _) => addr_of(h).with_context(|| format!("{dst} has no {family} address"))?,
+        (None, Some(c), _) => container_addr(c).with_context(|| format!("container {dst} has no {family} address"))?,
+        (None, None, Some(a)) => a,
+        (None, None, None) => {
+            let names: Vec<&str> = pods.iter().copied().chain(containers.iter().map(|c| c.name.as_str())).collect();
+            bail!("{dst:?} is neither a host of the lab nor an IP address (pods: {})", names.join(", "))
         }
+    };
+    // An address given is named by its host or container where it is one.
+    let dst_label = match named {
+        None => format!("{dst} {dst_ip}"),
+        Some(a) => st
+            .hosts
+            .iter()
+            .find(|h| addr_of(h) == Some(a))
+            .map(|h| h.name.as_str())
+            .or_else(|| containers.iter().find(|c| container_addr(c) == Some(a)).map(|c| c.name.as_str()))
+            .map_or_else(|| a.to_string(), |n| format!("{n} {a}")),
     };
     let id = router::trace::new_id().context("reading a random trace id from /dev/urandom")?;
     for d in &st.daemons {
@@ -998,7 +1026,7 @@ fn trace(
         return Ok(0);
     }
     nodeapi::outln!(
-        "trace {id:#010x}: {src} {src_ip} → {dst} {dst_ip} ({})\n",
+        "trace {id:#010x}: {src} {src_ip} → {dst_label} ({})\n",
         serde_json::to_value(proto)?.as_str().unwrap_or("")
     );
     if hops.is_empty() {

@@ -11,10 +11,14 @@ use support::*;
 
 const IMAGE: &str = "localhost/router-test-busybox:latest";
 
-/// Imports the busybox image once per test run.
+/// Imports the busybox image once, or reuses the one an earlier run imported (importing it
+/// again every run would leave the previous one behind as a dangling image).
 fn image() -> &'static str {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
+        if Command::new("podman").args(["image", "exists", IMAGE]).status().is_ok_and(|s| s.success()) {
+            return;
+        }
         let root = tempfile_dir("busybox-root");
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin).expect("mkdir");
@@ -116,6 +120,13 @@ fn containers_on_two_subnets_talk_through_the_router_and_go_away_cleanly() {
     assert_eq!(listed[0]["addresses"][0], format!("{c_ip}/32"));
     assert_eq!(listed[0]["host"], "shop-c", "named as podman named it: {listed:?}");
     assert!(has_route(&lab, "node-c", &format!("{c_ip}/32")));
+    // A trace takes the container's name, and names it where it is given by its address.
+    let t = lab.router(&["trace", "pod-a1", "shop-c"]);
+    let out = text(&t.stdout);
+    assert!(t.status.success() && out.contains(&format!("→ shop-c {c_ip} (icmp)")), "{out}{}", text(&t.stderr));
+    assert!(out.contains("pod shop-c") && out.contains("decapsulate"), "node-c delivered it to the container: {out}");
+    let t = text(&lab.router(&["trace", "pod-a1", &c_ip]).stdout);
+    assert!(t.lines().next().is_some_and(|l| l.ends_with(&format!("→ shop-c {c_ip} (icmp)"))), "{t}");
 
     // podman rm: the node forgets it, the address is free again.
     podman(&lab, "node-c", &["rm", "--force", "--time", "0", &c]);
