@@ -975,7 +975,11 @@ fn trace(
         .map(|p| p.pod)
         .collect();
     let container_addr = |c: &admin::PodSpec| -> Option<std::net::IpAddr> {
-        if v6 { c.address6.map(Into::into) } else { Some(c.address.into()) }
+        if v6 {
+            c.address6.map(Into::into)
+        } else {
+            Some(c.address.into())
+        }
     };
     let dst_ip = match (st.host(dst), containers.iter().find(|c| c.name == dst), named) {
         (Some(h), _, _) => addr_of(h).with_context(|| format!("{dst} has no {family} address"))?,

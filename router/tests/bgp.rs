@@ -975,6 +975,12 @@ fn a_planned_restart_keeps_routes_everywhere_and_loses_nothing_between_other_nod
     let (mut others, mut to_b) = (others, to_b);
     let others = others.stdout(std::process::Stdio::piped()).spawn().expect("ping");
     let to_b = to_b.stdout(std::process::Stdio::piped()).spawn().expect("ping");
+    // node-b's kernel routes stay through the restart: none of ours is deleted.
+    let monitor = lab
+        .command(&["lab", "exec", "node-b", "--", "timeout", "4", "ip", "monitor", "route"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip monitor");
     std::thread::sleep(Duration::from_millis(800));
     let restart = std::thread::spawn({
         let (name, dir) = (lab.name.clone(), lab.dir.clone());
@@ -1000,6 +1006,8 @@ fn a_planned_restart_keeps_routes_everywhere_and_loses_nothing_between_other_nod
     assert_ne!(lab.daemon_pid("node-b"), old_pid);
     let log = std::fs::read_to_string(lab.dir.join(&lab.name).join("node-b.log")).expect("log");
     assert!(log.contains("restarting gracefully: forwarding on the saved routes"), "{log}");
+    let changes = text(&monitor.wait_with_output().expect("ip monitor").stdout);
+    assert!(!changes.lines().any(|l| l.starts_with("Deleted") && l.contains("proto 179")), "{changes}");
     wait_for(30, "node-b's sessions back", || peers(&lab, "node-b").iter().all(|p| p["state"] == "up"));
     wait_for(15, "node-b to finish its restart", || {
         std::fs::read_to_string(lab.dir.join(&lab.name).join("node-b.log"))

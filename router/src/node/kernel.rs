@@ -45,10 +45,14 @@ impl KernelWork {
         let thread = std::thread::Builder::new()
             .name("kernel".into())
             .spawn(move || {
-                flush(ipv6);
+                // What a crashed run or, on a planned restart, the previous run left: the
+                // first route set replaces it, changing only what differs.
+                let mut installed = current(ipv6).unwrap_or_else(|| {
+                    flush(ipv6);
+                    Vec::new()
+                });
                 let mut filter = filter_on.and_then(|devs| TransitFilter::install(&devs));
                 *shown.lock().unwrap_or_else(|e| e.into_inner()) = filter.as_ref().map(|f| f.devs.clone());
-                let mut installed = Vec::new();
                 let mut masquerading = forwarding::nat::NatPolicy::default();
                 while let Ok(first) = rx.recv() {
                     let mut jobs = vec![first];
@@ -135,15 +139,19 @@ impl KernelWork {
 
     /// Waits for the thread, removes the transit filter, then every kernel route of ours:
     /// what this run installed would otherwise route the node's traffic into a `tunl0` that
-    /// is gone or to blocks nobody announces any more.
-    pub(super) fn stop(&mut self) {
+    /// is gone or to blocks nobody announces any more. A planned restart (`keep_routes`)
+    /// leaves them to the next run, as it leaves its forwarding state: the node's own
+    /// traffic, BGP's first connections included, keeps its routes across the restart.
+    pub(super) fn stop(&mut self, keep_routes: bool) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
             if let Ok(Some(f)) = t.join() {
                 f.remove();
             }
         }
-        flush(self.ipv6);
+        if !keep_routes {
+            flush(self.ipv6);
+        }
     }
 }
 
@@ -208,6 +216,38 @@ fn flush(ipv6: bool) {
     }
 }
 
+/// Our routes in the kernel now (`proto 179`), in the terms [`sync`] compares; None where
+/// they cannot be listed or one is of a shape we never install (then they are flushed).
+fn current(ipv6: bool) -> Option<Vec<routes::KernelRoute>> {
+    let mut all = Vec::new();
+    for family in if ipv6 { &["-4", "-6"][..] } else { &["-4"][..] } {
+        let out = ipcmd::ip(&["-j", family, "route", "show", "proto", routes::KERNEL_PROTO]).ok()?;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+        for r in &list {
+            all.push(parse_route(r, family == &"-6")?);
+        }
+    }
+    Some(all)
+}
+
+/// One route of `ip -j route show`, as we install them.
+fn parse_route(r: &serde_json::Value, v6: bool) -> Option<routes::KernelRoute> {
+    let dst = r["dst"].as_str()?;
+    let prefix: ipnet::IpNet = match dst {
+        "default" if v6 => "::/0".parse().ok()?,
+        "default" => "0.0.0.0/0".parse().ok()?,
+        d if d.contains('/') => d.parse().ok()?,
+        d => ipnet::IpNet::from(d.parse::<std::net::IpAddr>().ok()?),
+    };
+    let dev = r["dev"].as_str().map(str::to_string);
+    Some(match (r["type"].as_str().unwrap_or("unicast"), r["gateway"].as_str(), dev) {
+        ("blackhole", None, _) => routes::KernelRoute::Blackhole { prefix },
+        ("unicast", Some(gw), Some(dev)) => routes::KernelRoute::Via { prefix, gateway: gw.parse().ok()?, dev },
+        ("unicast", None, Some(dev)) => routes::KernelRoute::Dev { prefix, dev },
+        _ => return None,
+    })
+}
+
 /// Brings the kernel from `have` to `want`; what is installed afterwards.
 fn sync(have: &[routes::KernelRoute], want: Vec<routes::KernelRoute>, tun: bool) -> Vec<routes::KernelRoute> {
     let wanted: std::collections::HashSet<&routes::KernelRoute> = want.iter().collect();
@@ -270,6 +310,48 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_listed_by_ip_read_back_as_the_ones_installed() {
+        // `ip -j route show proto 179` of a dual-stack tun node, and a route we never make.
+        let v4 = r#"[{"dst":"10.244.1.0/26","dev":"tunl0","scope":"link","flags":[]},
+            {"type":"blackhole","dst":"10.244.3.0/26","flags":[]},
+            {"dst":"192.168.100.0/24","gateway":"192.168.200.1","dev":"eth0","flags":[]},
+            {"dst":"10.244.2.7","dev":"cali0123456789a","scope":"link","flags":[]}]"#;
+        let v6 = r#"[{"type":"blackhole","dst":"fd00:10:244::80/122","dev":"lo","metric":1024,"flags":[]},
+            {"dst":"default","gateway":"fe80::1","dev":"eth0","metric":1024,"flags":[]}]"#;
+        let parse = |json: &str, v6: bool| -> Vec<Option<routes::KernelRoute>> {
+            let list: Vec<serde_json::Value> = serde_json::from_str(json).expect("json");
+            list.iter().map(|r| parse_route(r, v6)).collect()
+        };
+        let net = |s: &str| s.parse::<ipnet::IpNet>().expect("net");
+        let dev = |d: &str| d.to_string();
+        use routes::KernelRoute::*;
+        assert_eq!(
+            parse(v4, false),
+            [
+                Some(Dev { prefix: net("10.244.1.0/26"), dev: dev("tunl0") }),
+                Some(Blackhole { prefix: net("10.244.3.0/26") }),
+                Some(Via {
+                    prefix: net("192.168.100.0/24"),
+                    gateway: "192.168.200.1".parse().expect("gateway"),
+                    dev: dev("eth0")
+                }),
+                Some(Dev { prefix: net("10.244.2.7/32"), dev: dev("cali0123456789a") }),
+            ]
+        );
+        assert_eq!(
+            parse(v6, true),
+            [
+                Some(Blackhole { prefix: net("fd00:10:244::80/122") }),
+                Some(Via { prefix: net("::/0"), gateway: "fe80::1".parse().expect("gateway"), dev: dev("eth0") }),
+            ]
+        );
+        // A shape we never install (here: unreachable) is not guessed at: the node flushes.
+        let odd: serde_json::Value =
+            serde_json::from_str(r#"{"type":"unreachable","dst":"10.9.0.0/16"}"#).expect("json");
+        assert_eq!(parse_route(&odd, false), None);
+    }
 
     #[test]
     fn masquerade_rules_have_a_table_per_family_that_masquerades() {

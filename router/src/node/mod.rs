@@ -609,7 +609,7 @@ pub fn run_with(
     node.kernel.want(kernel);
     let result = control_loop(&mut node, listener, &stop, signals);
     tracing::info!(node = %node.cfg.name, "stopping");
-    node.kernel.stop();
+    node.kernel.stop(node.restart_requested && result.is_ok());
     node.dp.stop();
     let _ = std::fs::remove_file(&node.cfg.admin_socket);
     result
@@ -857,7 +857,10 @@ fn control_loop(
                     sp.close_for_restart(poll.registry());
                     return result;
                 }
-                Err(e) => tracing::error!(error = %e, "saving the restart state failed; stopping with Cease"),
+                Err(e) => {
+                    tracing::error!(error = %e, "saving the restart state failed; stopping with Cease");
+                    node.restart_requested = false;
+                }
             }
         }
         // Cease to every peer: written at once, before the sockets close.
