@@ -13,11 +13,17 @@ pub fn init(filter: EnvFilter, settable: bool) {
     let (layer, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        // Colours only on a terminal: a node's log is a file (`lab up` writes one per node).
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(stderr_is_terminal()))
         .init();
     if settable {
         let _ = LIVE.set(handle);
     }
+}
+
+fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
 }
 
 /// Sets the level (`info`, `debug`, …) where the datastore may; whether it did.
