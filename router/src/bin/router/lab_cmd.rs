@@ -1,0 +1,373 @@
+//! The lab's commands: `lab up | down | exec | …`, and `trace` and `capture`, which work on a
+//! running lab's pods and nodes.
+
+use super::*;
+
+pub(super) fn trace(
+    lab: &Lab,
+    src: &str,
+    dst: &str,
+    proto: router::probe::ProbeProto,
+    ipv6: bool,
+    json: bool,
+) -> anyhow::Result<i32> {
+    // The probe is sent from inside the pod's namespace.
+    lab::enter(lab)?;
+    let Some(st) = lab.state()? else {
+        bail!("no lab named {:?} is up; start it with `router lab up`", lab.name);
+    };
+    let pods: Vec<&str> = st.hosts.iter().filter(|h| h.role == Role::Pod).map(|h| h.name.as_str()).collect();
+    let named: Option<std::net::IpAddr> = dst.parse().ok();
+    if let Some(a) = named.filter(|a| ipv6 && a.is_ipv4()) {
+        bail!("{a} is an IPv4 address: an IPv6 trace needs an IPv6 destination (or a host's name)");
+    }
+    let v6 = ipv6 || named.is_some_and(|a| a.is_ipv6());
+    let addr_of = |h: &lab::state::Host| -> Option<std::net::IpAddr> {
+        h.addresses
+            .iter()
+            .filter_map(|a| a.split('/').next()?.parse::<std::net::IpAddr>().ok())
+            .find(|a| a.is_ipv6() == v6)
+    };
+    let Some(from) = st.host(src).filter(|h| h.role == Role::Pod) else {
+        bail!("the trace starts at a pod; {src:?} is not one (pods: {})", pods.join(", "));
+    };
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    let src_ip = addr_of(from).with_context(|| {
+        format!("{src} has no {family} address{}", if v6 { " (is the lab up with --dual-stack?)" } else { "" })
+    })?;
+    // Containers (CNI pods) are named by their nodes, not in the lab's state.
+    let containers: Vec<admin::PodSpec> = st
+        .daemons
+        .iter()
+        .filter_map(|d| admin::Client::new(&d.socket).pods().ok())
+        .flatten()
+        .filter(|p| p.dynamic)
+        .map(|p| p.pod)
+        .collect();
+    let container_addr = |c: &admin::PodSpec| -> Option<std::net::IpAddr> {
+        if v6 {
+            c.address6.map(Into::into)
+        } else {
+            Some(c.address.into())
+        }
+    };
+    let dst_ip = match (st.host(dst), containers.iter().find(|c| c.name == dst), named) {
+        (Some(h), _, _) => addr_of(h).with_context(|| format!("{dst} has no {family} address"))?,
+        (None, Some(c), _) => container_addr(c).with_context(|| format!("container {dst} has no {family} address"))?,
+        (None, None, Some(a)) => a,
+        (None, None, None) => {
+            let names: Vec<&str> = pods.iter().copied().chain(containers.iter().map(|c| c.name.as_str())).collect();
+            bail!("{dst:?} is neither a host of the lab nor an IP address (pods: {})", names.join(", "))
+        }
+    };
+    // An address given is named by its host or container where it is one.
+    let dst_label = match named {
+        None => format!("{dst} {dst_ip}"),
+        Some(a) => st
+            .hosts
+            .iter()
+            .find(|h| addr_of(h) == Some(a))
+            .map(|h| h.name.as_str())
+            .or_else(|| containers.iter().find(|c| container_addr(c) == Some(a)).map(|c| c.name.as_str()))
+            .map_or_else(|| a.to_string(), |n| format!("{n} {a}")),
+    };
+    let id = router::trace::new_id().context("reading a random trace id from /dev/urandom")?;
+    for d in &st.daemons {
+        admin::Client::new(&d.socket).trace_start(id).with_context(|| format!("starting the trace on {}", d.node))?;
+    }
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &from.namespace])
+        .arg(&exe)
+        .args(["internal", "probe", "--dst", &dst_ip.to_string(), "--id", &id.to_string(), "--proto"])
+        .arg(serde_json::to_value(proto)?.as_str().unwrap_or("icmp"))
+        .output()?;
+    if !out.status.success() {
+        bail!("sending the probe from {src} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    // Long enough for ARP on every hop and for the answer to come back.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut hops: Vec<nodeapi::admin::Hop> = Vec::new();
+    for d in &st.daemons {
+        let node = admin::Client::new(&d.socket);
+        hops.extend(node.trace_collect(id)?);
+        let _ = node.trace_stop();
+    }
+    hops.sort_by(|a, b| a.time.total_cmp(&b.time));
+    if json {
+        let t = router::trace::Trace { id, src: src_ip, dst: dst_ip, proto, hops };
+        nodeapi::outln!("{}", serde_json::to_string_pretty(&t)?);
+        return Ok(0);
+    }
+    nodeapi::outln!(
+        "trace {id:#010x}: {src} {src_ip} → {dst_label} ({})\n",
+        serde_json::to_value(proto)?.as_str().unwrap_or("")
+    );
+    if hops.is_empty() {
+        nodeapi::outln!("no node saw the probe: {src}'s kernel did not send it (no route in the pod?)");
+    } else {
+        nodeapi::out!("{}", router::trace::render(&hops));
+    }
+    Ok(0)
+}
+
+pub(super) fn capture(
+    q: &Query,
+    interface: Option<String>,
+    count: u64,
+    duration: u64,
+    file: PathBuf,
+) -> anyhow::Result<i32> {
+    let path = if file.is_absolute() { file } else { std::env::current_dir()?.join(file) };
+    // The node writes only new files; a regular file of ours from an earlier capture is
+    // replaced here, with our own rights, as tcpdump -w would.
+    if let Ok(m) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::MetadataExt;
+        if m.is_file() && m.uid() == nix::unistd::geteuid().as_raw() {
+            std::fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?;
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let what = interface.clone().unwrap_or_else(|| "all interfaces".into());
+    let node = q.client()?;
+    node.capture_start(path.clone(), interface, count, Some(duration))?;
+    eprintln!(
+        "capturing on {what} into {} (up to {duration} s{}; Ctrl-C stops)",
+        path.display(),
+        if count > 0 { format!(" or {count} packets") } else { String::new() }
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(duration);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let st = node.capture_status()?;
+        if !st.active || stop.load(std::sync::atomic::Ordering::Relaxed) || std::time::Instant::now() > deadline {
+            let n = node.capture_stop()?.written;
+            let lost = st.lost;
+            if let Some(why) = st.ended.as_deref().filter(|w| *w != "packet count") {
+                eprintln!("the node stopped the capture: {why}");
+            }
+            if q.json {
+                let done = admin::CaptureStatus { active: false, path: Some(path), written: n, lost, ended: st.ended };
+                nodeapi::outln!("{}", serde_json::to_string(&done)?);
+                return Ok(0);
+            }
+            nodeapi::outln!(
+                "{n} packets written to {}{}",
+                path.display(),
+                if lost > 0 { format!(" ({lost} lost: the writer fell behind)") } else { String::new() }
+            );
+            return Ok(0);
+        }
+    }
+}
+
+pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
+    match cmd {
+        LabCmd::Up {
+            topology,
+            generate,
+            datastore,
+            dataplane,
+            workers,
+            ipip_mode,
+            vxlan_mode,
+            nat_outgoing,
+            metrics,
+            dual_stack,
+            no_pod_offload,
+            no_gro,
+            no_udp_gso,
+            no_transit_filter,
+            worker_nice,
+            json,
+        } => {
+            let exe = std::env::current_exe().context("finding the router binary")?;
+            let dataplane = match dataplane {
+                Dataplane::Afpacket => DataplaneMode::Afpacket,
+                Dataplane::Tun => DataplaneMode::Tun,
+            };
+            let mode = |m: IpipModeArg| match m {
+                IpipModeArg::CrossSubnet => IpipMode::CrossSubnet,
+                IpipModeArg::Always => IpipMode::Always,
+                IpipModeArg::Never => IpipMode::Never,
+            };
+            let (ipip_mode, vxlan_mode) = (ipip_mode.map(mode), vxlan_mode.map(mode));
+            let pod_offload = !no_pod_offload;
+            let opts = UpOptions {
+                topology,
+                generated: generate.generated(),
+                datastore: datastore == DatastoreArg::Etcd,
+                dataplane,
+                workers,
+                ipip_mode,
+                vxlan_mode,
+                nat_outgoing,
+                metrics,
+                pod_offload,
+                gro: !no_gro,
+                udp_gso: !no_udp_gso,
+                transit_filter: !no_transit_filter,
+                worker_nice,
+                dual_stack,
+                exe,
+            };
+            let st = lab::up(lab, &opts)?;
+            if json {
+                nodeapi::outln!("{}", serde_json::to_string_pretty(&st)?);
+                return Ok(0);
+            }
+            let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
+            nodeapi::outln!(
+                "lab {:?} is up (topology: {}, data plane: {}, ipipMode: {}, vxlanMode: {}, natOutgoing: {}{})",
+                st.name,
+                st.topology,
+                st.dataplane,
+                st.ipip_mode,
+                st.vxlan_mode,
+                st.nat_outgoing,
+                if st.nat_outgoing_v6 { ", IPv6 natOutgoing: true" } else { "" }
+            );
+            for h in st.hosts.iter().filter(|h| h.role == Role::Node) {
+                let pods: Vec<String> = st
+                    .hosts
+                    .iter()
+                    .filter(|p| p.role == Role::Pod && p.parent.as_deref() == Some(&h.name))
+                    .map(|p| format!("{} {}", p.name, p.addresses.join(",")))
+                    .collect();
+                nodeapi::outln!("  {:<8} {:<20} pods: {}", h.name, h.addresses.join(","), pods.join(", "));
+            }
+            // A ping from the first pod to the first pod of another node, whatever the topology.
+            let pods: Vec<&lab::state::Host> = st.hosts.iter().filter(|h| h.role == Role::Pod).collect();
+            nodeapi::outln!("try:");
+            if let Some(from) = pods.first() {
+                if let Some(to) = pods.iter().find(|p| p.parent != from.parent) {
+                    let addr = to.addresses.first().map_or("", |a| a.split('/').next().unwrap_or(a));
+                    nodeapi::outln!("  router lab exec{flag} {} -- ping -c 3 {addr}", from.name);
+                }
+            }
+            if let Some(node) = st.hosts.iter().find(|h| h.role == Role::Node) {
+                nodeapi::outln!("  router routes{flag} --node {}", node.name);
+            }
+            nodeapi::outln!("  router lab down{flag}");
+            Ok(0)
+        }
+        LabCmd::Down { json } => {
+            let r = lab::down(lab)?;
+            if json {
+                let v = serde_json::json!({"lab": lab.name, "was_up": r.existed, "namespaces_removed": r.namespaces, "processes_stopped": r.processes});
+                nodeapi::outln!("{v}");
+            } else if r.existed {
+                nodeapi::outln!(
+                    "lab {:?} is down: removed {} namespaces, stopped {} processes",
+                    lab.name,
+                    r.namespaces,
+                    r.processes
+                );
+            } else {
+                nodeapi::outln!("lab {:?} is not up; nothing to do", lab.name);
+            }
+            Ok(0)
+        }
+        LabCmd::Exec { host, cmd } => lab::exec(lab, &host, &cmd),
+        LabCmd::Restart { node } => {
+            let exe = std::env::current_exe().context("finding the router binary")?;
+            let (old, new, took) = lab::restart(lab, &node, &exe)?;
+            nodeapi::outln!("{node} restarted gracefully: pid {old} -> {new}, answering after {} ms", took.as_millis());
+            Ok(0)
+        }
+        LabCmd::Tour { scale } => {
+            let exe = std::env::current_exe().context("finding the router binary")?;
+            match scale {
+                Some(n) => lab::tour::scale(lab, &exe, n).map(|_| 0),
+                None => lab::tour::run(lab, &exe).map(|_| 0),
+            }
+        }
+        LabCmd::Topology { generate } => {
+            let Some(g) = generate.generated() else {
+                bail!("say how many nodes: `router lab topology --nodes N [--subnets S] [--pods-per-node P] [--route-reflectors K]`");
+            };
+            nodeapi::out!("{}", g.text()?);
+            Ok(0)
+        }
+        LabCmd::Resources { topology, dual_stack } => {
+            let topo = match &topology {
+                Some(p) => lab::topology::Topology::load_with(p, dual_stack)?,
+                None => lab::topology::Topology::parse_with(
+                    std::path::Path::new("seed.toml (built in)"),
+                    lab::topology::SEED,
+                    dual_stack,
+                )?,
+            };
+            let all = lab::resources::from_topology(&topo);
+            nodeapi::out!("{}", datastore::resources::to_yaml(&all.resources));
+            for l in all.left_out {
+                eprintln!("note: not printed: {l}");
+            }
+            for (key, _) in all.secrets {
+                eprintln!(
+                    "note: the password of bgppeers/{key} is not printed: on each node, write it to <secrets dir>/{}/{key} (router node --secrets-dir)",
+                    lab::resources::SECRET
+                );
+            }
+            Ok(0)
+        }
+        LabCmd::Status { json } => {
+            let (st, rows) = lab::status(lab)?;
+            if json {
+                nodeapi::outln!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(0);
+            }
+            nodeapi::outln!(
+                "lab {:?}: topology {}, data plane {}, ipipMode {}, vxlanMode {}, natOutgoing {}{}{}",
+                st.name,
+                st.topology,
+                st.dataplane,
+                st.ipip_mode,
+                st.vxlan_mode,
+                st.nat_outgoing,
+                if st.nat_outgoing_v6 { ", IPv6 natOutgoing true" } else { "" },
+                if st.complete { "" } else { " (INCOMPLETE: run `router lab down`)" }
+            );
+            if let Some(k) = lab::userns::Keeper::load(&lab.dir)?.filter(|k| !k.alive()) {
+                nodeapi::outln!(
+                    "the lab's keeper (pid {}) is gone, and its namespaces with it: `router lab down` removes the rest",
+                    k.pid
+                );
+            }
+            let shown: Vec<_> = rows.iter().filter(|r| r.role != Role::Switch).collect();
+            // Columns as wide as what they hold: 100-node labs, dual-stack addresses and
+            // podman's generated container names are all longer than a fixed guess. Only the
+            // underlay's four addresses are let run over, not to widen every other row.
+            let width = |f: fn(&lab::HostStatus) -> usize, head: &str| {
+                shown.iter().map(|r| f(r)).chain([head.len()]).max().unwrap_or(0)
+            };
+            let wh = width(|r| r.host.len(), "HOST");
+            let wn = width(|r| r.namespace.len(), "NAMESPACE");
+            let wa = width(|r| r.addresses.join(",").len(), "ADDRESS").min(44);
+            nodeapi::outln!("{:<wh$} {:<9} {:<wn$} {:<wa$} STATE", "HOST", "ROLE", "NAMESPACE", "ADDRESS");
+            for r in shown {
+                let state = match (&r.daemon, r.namespace_present) {
+                    (_, false) if r.role == Role::Container => "down (its interface is gone)".to_string(),
+                    (_, false) => "namespace missing".to_string(),
+                    (Some(d), _) => format!("{d} (pid {})", r.pid.unwrap_or(0)),
+                    (None, _) => match (&r.role, &r.parent) {
+                        (Role::Pod | Role::Container, Some(n)) => {
+                            format!("on {n} via {}", r.interface.as_deref().unwrap_or("?"))
+                        }
+                        _ => "up".to_string(),
+                    },
+                };
+                nodeapi::outln!(
+                    "{:<wh$} {:<9} {:<wn$} {:<wa$} {}",
+                    r.host,
+                    format!("{:?}", r.role).to_lowercase(),
+                    r.namespace,
+                    r.addresses.join(","),
+                    state
+                );
+            }
+            Ok(0)
+        }
+    }
+}
