@@ -130,6 +130,10 @@ fn the_nodes_own_traffic_goes_through_vxlan_calico() {
     let route = text(&lab.exec("node-a", &["ip", "route", "show", "10.244.3.0/26"]).stdout);
     assert!(route.contains("dev vxlan.calico"), "{route}");
     assert!(!text(&lab.exec("node-a", &["ip", "link"]).stdout).contains("tunl0"));
+    // IPv4 only: no IPv6 address, so the kernel sends no solicitations or MLD into it.
+    let v6 = text(&lab.exec("node-a", &["cat", "/proc/sys/net/ipv6/conf/vxlan.calico/disable_ipv6"]).stdout);
+    assert_eq!(v6.trim(), "1");
+    assert_eq!(text(&lab.exec("node-a", &["ip", "-6", "addr", "show", "dev", "vxlan.calico"]).stdout), "");
     let out = lab.exec("node-a", &["ping", "-c", "2", "-W", "2", POD_C1]);
     assert!(out.status.success(), "{}", text(&out.stdout));
 }

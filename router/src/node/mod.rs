@@ -596,10 +596,9 @@ pub fn run_with(
     };
     node.follow_nat();
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
-        let mtu = node.dp.interfaces().get(tun).map_or(1480, |f| f.mtu).to_string();
-        // A longer queue than TUN's default 500 absorbs bursts while a worker is busy.
+        let mtu = node.dp.interfaces().get(tun).map_or(1480, |f| f.mtu);
         let dev = node.cfg.tunnel_device();
-        if let Err(e) = ipcmd::ip(&["link", "set", dev, "up", "mtu", &mtu, "txqueuelen", "10000"]) {
+        if let Err(e) = tunnel_device_up(dev, mtu) {
             node.dp.stop();
             return Err(e.context(format!("bringing {dev} up")));
         }
@@ -613,6 +612,21 @@ pub fn run_with(
     node.dp.stop();
     let _ = std::fs::remove_file(&node.cfg.admin_socket);
     result
+}
+
+/// Brings the tunnel device (`tunl0`, `vxlan.calico`) up with the tunnel's MTU. It carries
+/// IPv4 only (IPv6 is never tunnelled), so IPv6 is off on it first: else the kernel sends its
+/// router solicitations and MLD reports into it, for the router to read and throw away.
+pub(super) fn tunnel_device_up(dev: &str, mtu: u16) -> anyhow::Result<()> {
+    let v6 = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+    if std::path::Path::new(&v6).exists() {
+        if let Err(e) = std::fs::write(&v6, "1") {
+            // Only noise is at stake: the tunnel works either way.
+            tracing::warn!(device = dev, error = %e, "could not turn IPv6 off on the tunnel device");
+        }
+    }
+    // A longer queue than TUN's default 500 absorbs bursts while a worker is busy.
+    ipcmd::ip(&["link", "set", dev, "up", "mtu", &mtu.to_string(), "txqueuelen", "10000"]).map(|_| ())
 }
 
 /// Fault injection for the supervision test: `ROUTER_FAULT_WORKER_EXIT=NODE:MS` makes the

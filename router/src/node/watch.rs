@@ -440,9 +440,8 @@ impl Node {
                     mtu: *mtu,
                     role: IfaceRole::Tun,
                 };
-                let made = self.dp.add_interface(f).map_err(anyhow::Error::from).and_then(|_| {
-                    ipcmd::ip(&["link", "set", name, "up", "mtu", &mtu.to_string(), "txqueuelen", "10000"])
-                });
+                let made =
+                    self.dp.add_interface(f).map_err(anyhow::Error::from).and_then(|_| tunnel_device_up(name, *mtu));
                 match made {
                     Ok(_) => tracing::info!(device = %name, mtu, "tunnel device made for the pools' encapsulation"),
                     Err(e) => failed.push(format!("{name}: {e:#}")),
