@@ -1064,6 +1064,16 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
 pub fn exec(lab: &Lab, host: &str, cmd: &[String]) -> anyhow::Result<i32> {
     let st = lab.running_state()?;
     let Some(h) = st.host(host) else {
+        // A container is its runtime's to enter, on its node.
+        for d in &st.daemons {
+            let pods = admin::Client::new(&d.socket).pods().unwrap_or_default();
+            if pods.iter().any(|p| p.dynamic && p.pod.name == host) {
+                bail!(
+                    "{host:?} is a container on {node}: `router lab exec {node} -- podman exec {host} COMMAND...`",
+                    node = d.node
+                );
+            }
+        }
         let names: Vec<&str> = st.hosts.iter().filter(|h| h.role != Role::Switch).map(|h| h.name.as_str()).collect();
         bail!("no host {host:?} in lab {:?}; hosts: {}", lab.name, names.join(", "));
     };

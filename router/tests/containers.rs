@@ -125,6 +125,9 @@ fn containers_on_two_subnets_talk_through_the_router_and_go_away_cleanly() {
     let out = text(&t.stdout);
     assert!(t.status.success() && out.contains(&format!("→ shop-c {c_ip} (icmp)")), "{out}{}", text(&t.stderr));
     assert!(out.contains("pod shop-c") && out.contains("decapsulate"), "node-c delivered it to the container: {out}");
+    let exec = lab.router(&["lab", "exec", "shop-c", "--", "true"]);
+    assert!(!exec.status.success());
+    assert!(text(&exec.stderr).contains("router lab exec node-c -- podman exec shop-c"), "{}", text(&exec.stderr));
     let t = text(&lab.router(&["trace", "pod-a1", &c_ip]).stdout);
     assert!(t.lines().next().is_some_and(|l| l.ends_with(&format!("→ shop-c {c_ip} (icmp)"))), "{t}");
 
