@@ -434,6 +434,7 @@ impl SlowPath {
             self.manager.on_tick(Instant::now(), &mut actions);
             self.apply(&mut actions);
         }
+        crate::worker::close_all(std::mem::take(&mut self.tx).into_iter().flatten().collect());
     }
 
     fn apply(&mut self, actions: &mut Vec<NeighAction>) {
