@@ -114,18 +114,26 @@ pub fn container_ids(lab: &Lab) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The containers (CNI pods) the lab's nodes serve now, each with its node's name. Only the
+/// nodes know them: the lab's state lists the topology's hosts.
+pub fn served(st: &crate::state::State) -> Vec<(String, nodeapi::admin::PodStatus)> {
+    let mut all = Vec::new();
+    for d in &st.daemons {
+        let Ok(pods) = nodeapi::admin::Client::new(&d.socket).pods() else { continue };
+        all.extend(pods.into_iter().filter(|p| p.dynamic).map(|p| (d.node.clone(), p)));
+    }
+    all
+}
+
 /// Removes the containers the lab's nodes ran, through podman with each node's config (so
 /// the plugin's DEL runs while the nodes still do). They are found in the file IPAM and in
 /// what the nodes serve (with the lab's IPAM in etcd, only there). Without podman there
 /// are none.
 pub fn remove_all(lab: &Lab, st: &crate::state::State) {
     let mut ids = container_ids(lab);
-    for d in &st.daemons {
-        let Ok(pods) = nodeapi::admin::Client::new(&d.socket).pods() else { continue };
-        for id in pods.into_iter().filter(|p| p.dynamic).filter_map(|p| p.pod.container) {
-            if !ids.iter().any(|(_, known)| *known == id) {
-                ids.push((d.node.clone(), id));
-            }
+    for (node, id) in served(st).into_iter().filter_map(|(n, p)| Some((n, p.pod.container?))) {
+        if !ids.iter().any(|(_, known)| *known == id) {
+            ids.push((node, id));
         }
     }
     if ids.is_empty() {

@@ -1065,14 +1065,8 @@ pub fn exec(lab: &Lab, host: &str, cmd: &[String]) -> anyhow::Result<i32> {
     let st = lab.running_state()?;
     let Some(h) = st.host(host) else {
         // A container is its runtime's to enter, on its node.
-        for d in &st.daemons {
-            let pods = admin::Client::new(&d.socket).pods().unwrap_or_default();
-            if pods.iter().any(|p| p.dynamic && p.pod.name == host) {
-                bail!(
-                    "{host:?} is a container on {node}: `router lab exec {node} -- podman exec {host} COMMAND...`",
-                    node = d.node
-                );
-            }
+        if let Some((node, _)) = containers::served(&st).into_iter().find(|(_, p)| p.pod.name == host) {
+            bail!("{host:?} is a container on {node}: `router lab exec {node} -- podman exec {host} COMMAND...`");
         }
         let names: Vec<&str> = st.hosts.iter().filter(|h| h.role != Role::Switch).map(|h| h.name.as_str()).collect();
         bail!("no host {host:?} in lab {:?}; hosts: {}", lab.name, names.join(", "));
@@ -1153,23 +1147,20 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
         .collect::<Vec<_>>();
     // Containers, as their nodes serve them.
     let mut rows = rows;
-    for d in &st.daemons {
-        let Ok(pods) = admin::Client::new(&d.socket).pods() else { continue };
-        for p in pods.into_iter().filter(|p| p.dynamic) {
-            rows.push(HostStatus {
-                host: p.pod.name,
-                role: Role::Container,
-                namespace: String::new(),
-                addresses: std::iter::once(format!("{}/32", p.pod.address))
-                    .chain(p.pod.address6.map(|a| format!("{a}/128")))
-                    .collect(),
-                parent: Some(d.node.clone()),
-                interface: Some(p.pod.interface),
-                namespace_present: p.up,
-                daemon: None,
-                pid: None,
-            });
-        }
+    for (node, p) in containers::served(&st) {
+        rows.push(HostStatus {
+            host: p.pod.name,
+            role: Role::Container,
+            namespace: String::new(),
+            addresses: std::iter::once(format!("{}/32", p.pod.address))
+                .chain(p.pod.address6.map(|a| format!("{a}/128")))
+                .collect(),
+            parent: Some(node),
+            interface: Some(p.pod.interface),
+            namespace_present: p.up,
+            daemon: None,
+            pid: None,
+        });
     }
     Ok((st, rows))
 }

@@ -36,14 +36,7 @@ pub(super) fn trace(
         format!("{src} has no {family} address{}", if v6 { " (is the lab up with --dual-stack?)" } else { "" })
     })?;
     // Containers (CNI pods) are named by their nodes, not in the lab's state.
-    let containers: Vec<admin::PodSpec> = st
-        .daemons
-        .iter()
-        .filter_map(|d| admin::Client::new(&d.socket).pods().ok())
-        .flatten()
-        .filter(|p| p.dynamic)
-        .map(|p| p.pod)
-        .collect();
+    let containers: Vec<admin::PodSpec> = lab::containers::served(&st).into_iter().map(|(_, p)| p.pod).collect();
     let container_addr = |c: &admin::PodSpec| -> Option<std::net::IpAddr> {
         if v6 {
             c.address6.map(Into::into)
