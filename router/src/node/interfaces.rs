@@ -19,15 +19,12 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
     let mut list = Vec::new();
     let up = netsys::link_info(&cfg.uplink.interface)
         .with_context(|| format!("uplink interface {} (from the config)", cfg.uplink.interface))?;
-    let (dev, dev_mtu) = (cfg.tunnel_device(), cfg.tunnel_device_mtu(up.mtu));
+    let tunnel = tunnel_interfaces(cfg, up.mtu);
     if cfg.dataplane == DataplaneMode::Tun {
         let zero = encap::MacAddr::ZERO;
         list.push(Interface { name: "raw-ipip".into(), ifindex: 0, mac: zero, mtu: up.mtu, role: IfaceRole::RawIpip });
-        if cfg.uses_vxlan() {
-            let role = IfaceRole::VxlanUdp;
-            list.push(Interface { name: "vxlan-udp".into(), ifindex: 0, mac: zero, mtu: up.mtu, role });
-        }
-        list.push(Interface { name: dev.into(), ifindex: 0, mac: zero, mtu: dev_mtu, role: IfaceRole::Tun });
+        list.extend(tunnel.vxlan);
+        list.extend(tunnel.device.unwrap_or_default());
         return Ok(Interfaces::new(list).with_node_addr(cfg.uplink.address.addr()));
     }
     list.push(Interface {
@@ -51,34 +48,64 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
             role: IfaceRole::Pod { addr: p.address, addr6: p.address6 },
         });
     }
+    match tunnel.device {
+        Ok(device) => list.extend(device),
+        Err(why) => tracing::warn!("{why}"),
+    }
+    Ok(Interfaces::new(list))
+}
+
+/// The tunnel interfaces the config's pools need, at start and whenever the pools change.
+pub(super) struct TunnelInterfaces {
+    /// tun mode's VXLAN UDP sockets, while a pool uses VXLAN.
+    pub vxlan: Option<Interface>,
+    /// The tunnel device (`tunl0` or `vxlan.calico`): always in tun mode, where pods' traffic
+    /// to other nodes goes through it; in afpacket mode while a pool tunnels, for the node's
+    /// own traffic. Err: why it cannot be had (afpacket, which works on without it).
+    pub device: Result<Option<Interface>, String>,
+}
+
+pub(super) fn tunnel_interfaces(cfg: &NodeConfig, uplink_mtu: u16) -> TunnelInterfaces {
+    let zero = encap::MacAddr::ZERO;
+    let (dev, mtu) = (cfg.tunnel_device(), cfg.tunnel_device_mtu(uplink_mtu));
+    let device = Interface { name: dev.into(), ifindex: 0, mac: zero, mtu, role: IfaceRole::Tun };
+    if cfg.dataplane == DataplaneMode::Tun {
+        let vxlan = cfg.uses_vxlan().then(|| Interface {
+            name: "vxlan-udp".into(),
+            ifindex: 0,
+            mac: zero,
+            mtu: uplink_mtu,
+            role: IfaceRole::VxlanUdp,
+        });
+        return TunnelInterfaces { vxlan, device: Ok(Some(device)) };
+    }
     // The node's kernel cannot wrap IPIP or VXLAN itself. As in Calico, its routes to the
     // blocks behind the tunnel point into the tunnel device, and the router wraps what it
     // reads there: a host-network process reaches pods on other subnets, and their replies
     // reach it.
-    let path = Path::new("/sys/class/net").join(dev);
-    if cfg.uses_tunnel() {
-        if path.exists() && !path.join("tun_flags").exists() {
-            // Where the kernel has its ipip module, it made a tunl0 of its own in every
-            // namespace; the pods' traffic does not need ours.
-            tracing::warn!(
-                "{dev} exists and is not a TUN device (the kernel's ipip or vxlan module?): the node's own traffic to pods behind the tunnel will not reach them"
-            );
-            return Ok(Interfaces::new(list));
-        }
+    let device = if !cfg.uses_tunnel() {
+        Ok(None)
+    } else if Path::new("/sys/class/net").join(dev).exists()
+        && !Path::new("/sys/class/net").join(dev).join("tun_flags").exists()
+    {
+        // Where the kernel has its ipip module, it made a tunl0 of its own in every
+        // namespace; the pods' traffic does not need ours.
+        Err(format!(
+            "{dev} exists and is not a TUN device (the kernel's ipip or vxlan module?): the node's own traffic to pods behind the tunnel will not reach them"
+        ))
+    } else {
         // Asked with access(2), not by opening it: closing a TUN file takes the kernel's
         // routing lock, which a hundred nodes starting at once queue for.
         let rw = nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK;
-        if let Err(e) = nix::unistd::access("/dev/net/tun", rw) {
+        match nix::unistd::access("/dev/net/tun", rw) {
+            Ok(()) => Ok(Some(device)),
             // A user without root where /dev/net/tun is 0600: everything but this works.
-            tracing::warn!(
+            Err(e) => Err(format!(
                 "no {dev}: /dev/net/tun cannot be opened ({e}), so this node's own processes cannot reach pods behind the tunnel (pods can)"
-            );
-            return Ok(Interfaces::new(list));
+            )),
         }
-        let zero = encap::MacAddr::ZERO;
-        list.push(Interface { name: dev.into(), ifindex: 0, mac: zero, mtu: dev_mtu, role: IfaceRole::Tun });
-    }
-    Ok(Interfaces::new(list))
+    };
+    TunnelInterfaces { vxlan: None, device }
 }
 
 /// afpacket: kernel forwarding would forward every packet a second time. tun: the kernel

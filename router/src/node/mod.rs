@@ -572,6 +572,8 @@ pub fn run_with(
                 return Err(e);
             }
         };
+    // What discover() already said: the same reason is not said again at the first view.
+    let tunnel_failed = cfg.uses_tunnel() && dp.interfaces().by_role(|r| *r == IfaceRole::Tun).is_none();
     let mut node = Node {
         cfg,
         dp,
@@ -588,7 +590,7 @@ pub fn run_with(
         tun_read_at: None,
         saved,
         restart_requested: false,
-        tunnel_failed: false,
+        tunnel_failed,
         dynamic,
         removals: Vec::new(),
         log_level: "info",

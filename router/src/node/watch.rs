@@ -419,53 +419,36 @@ impl Node {
     fn follow_tunnel_devices(&mut self) {
         let tun_mode = self.cfg.dataplane == DataplaneMode::Tun;
         let Ok(up) = netsys::link_info(&self.cfg.uplink.interface) else { return };
-        // tun mode always has its device (pods' traffic to other nodes goes through it);
-        // afpacket one only while a pool tunnels, for the node's own traffic.
-        let want = (tun_mode || self.cfg.uses_tunnel())
-            .then(|| (self.cfg.tunnel_device().to_string(), self.cfg.tunnel_device_mtu(up.mtu)));
+        let want = interfaces::tunnel_interfaces(&self.cfg, up.mtu);
+        let mut failed = Vec::new();
+        let device = want.device.unwrap_or_else(|why| {
+            failed.push(why);
+            None
+        });
         let ifaces = self.dp.interfaces();
         let have =
             ifaces.by_role(|r| *r == IfaceRole::Tun).and_then(|id| ifaces.get(id).map(|f| (id, f.name.clone(), f.mtu)));
-        let mut failed = Vec::new();
-        if have.as_ref().map(|(_, n, m)| (n.clone(), *m)) != want {
+        if have.as_ref().map(|(_, n, m)| (n.as_str(), *m)) != device.as_ref().map(|f| (f.name.as_str(), f.mtu)) {
             if let Some((id, _, _)) = have {
                 self.dp.remove_interface(id);
                 self.tun_dropped = None;
             }
-            if let Some((name, mtu)) = &want {
-                let f = Interface {
-                    name: name.clone(),
-                    ifindex: 0,
-                    mac: encap::MacAddr::ZERO,
-                    mtu: *mtu,
-                    role: IfaceRole::Tun,
-                };
-                let made =
-                    self.dp.add_interface(f).map_err(anyhow::Error::from).and_then(|_| tunnel_device_up(name, *mtu));
-                match made {
-                    Ok(_) => tracing::info!(device = %name, mtu, "tunnel device made for the pools' encapsulation"),
+            if let Some(f) = device {
+                let (name, mtu) = (f.name.clone(), f.mtu);
+                match self.dp.add_interface(f).map_err(anyhow::Error::from).and_then(|_| tunnel_device_up(&name, mtu)) {
+                    Ok(()) => tracing::info!(device = %name, mtu, "tunnel device made for the pools' encapsulation"),
                     Err(e) => failed.push(format!("{name}: {e:#}")),
                 }
             }
         }
-        if tun_mode {
-            let socket = self.dp.interfaces().by_role(|r| *r == IfaceRole::VxlanUdp);
-            match (self.cfg.uses_vxlan(), socket) {
-                (true, None) => {
-                    let f = Interface {
-                        name: "vxlan-udp".into(),
-                        ifindex: 0,
-                        mac: encap::MacAddr::ZERO,
-                        mtu: up.mtu,
-                        role: IfaceRole::VxlanUdp,
-                    };
-                    if let Err(e) = self.dp.add_interface(f) {
-                        failed.push(format!("VXLAN UDP sockets: {e}"));
-                    }
+        match (want.vxlan, self.dp.interfaces().by_role(|r| *r == IfaceRole::VxlanUdp)) {
+            (Some(f), None) => {
+                if let Err(e) = self.dp.add_interface(f) {
+                    failed.push(format!("VXLAN UDP sockets: {e}"));
                 }
-                (false, Some(id)) => self.dp.remove_interface(id),
-                _ => {}
             }
+            (None, Some(id)) => self.dp.remove_interface(id),
+            _ => {}
         }
         let failing = !failed.is_empty();
         if failing && !self.tunnel_failed {
