@@ -42,7 +42,7 @@ impl IfaceRole {
             IfaceRole::Uplink { .. } => "uplink",
             IfaceRole::Pod { .. } => "pod",
             IfaceRole::Tun => "tun",
-            IfaceRole::RawIpip => "raw-ipip",
+            IfaceRole::RawIpip => "raw-ip",
             IfaceRole::VxlanUdp => "vxlan-udp",
         }
     }

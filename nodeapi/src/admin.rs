@@ -97,7 +97,7 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceStatus {
     pub name: String,
-    /// uplink, pod, tun or raw-ipip.
+    /// uplink, pod, tun, raw-ip (tun mode's raw IPv4 socket, which sends IPIP and VXLAN) or vxlan-udp.
     pub role: String,
     /// The interface's address with its prefix length (uplink) or the pod's (pod); empty for
     /// the others.

@@ -1052,7 +1052,7 @@ via = "192.168.100.1"
         let c = cfg("CrossSubnet", "tun");
         let ifaces = Interfaces::new(vec![
             Interface {
-                name: "raw-ipip".into(),
+                name: "raw-ip".into(),
                 ifindex: 0,
                 mac: encap::MacAddr::ZERO,
                 mtu: 1500,
@@ -1091,7 +1091,7 @@ via = "192.168.100.1"
         assert_eq!((c.tunnel_device(), c.tunnel_device_mtu(1500)), ("vxlan.calico", 1450));
         let z = encap::MacAddr::ZERO;
         let ifaces = Interfaces::new(vec![
-            Interface { name: "raw-ipip".into(), ifindex: 0, mac: z, mtu: 1500, role: IfaceRole::RawIpip },
+            Interface { name: "raw-ip".into(), ifindex: 0, mac: z, mtu: 1500, role: IfaceRole::RawIpip },
             Interface { name: "vxlan-udp".into(), ifindex: 0, mac: z, mtu: 1500, role: IfaceRole::VxlanUdp },
             Interface { name: "vxlan.calico".into(), ifindex: 0, mac: z, mtu: 1450, role: IfaceRole::Tun },
         ])

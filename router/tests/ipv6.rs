@@ -153,6 +153,20 @@ fn on_the_tun_data_plane_the_kernel_forwards_ipv6_on_the_routes_bgp_taught() {
     // The pods' gateway is the host end's own link-local address (MAC ee:ee:ee:ee:ee:ee).
     let neigh = text(&lab.exec("pod-a1", &["ip", "-6", "neigh", "show", "dev", "eth0"]).stdout);
     assert!(neigh.contains("fe80::ecee:eeff:feee:eeee lladdr ee:ee:ee:ee:ee:ee"), "{neigh}");
+    // The router resolves no neighbour here, and says who does.
+    let n = text(&lab.router(&["neighbours", "--node", "node-c"]).stdout);
+    assert!(n.contains("in the tun data plane the node's kernel resolves them"), "{n}");
+    // IPv6 rows are sorted by prefix, as IPv4's are.
+    let table = text(&lab.router(&["routes", "--node", "node-c"]).stdout);
+    let head = table.split("\n\n").next().unwrap();
+    let rows: Vec<&str> =
+        head.lines().filter(|l| l.starts_with("fd00:")).map(|l| l.split(' ').next().unwrap()).collect();
+    let mut sorted = rows.clone();
+    sorted.sort_by_key(|p| p.parse::<ipnet::Ipv6Net>().map(|n| (n.network(), n.prefix_len())).unwrap());
+    assert!(rows.len() >= 6 && rows == sorted, "{table}");
+    // A trace the routers cannot see says why, rather than blaming the pod's routes.
+    let t = text(&lab.router(&["trace", "pod-a1", "pod-c1", "-6"]).stdout);
+    assert!(t.contains("no router saw the probe: in the tun data plane") && t.contains("(all IPv6)"), "{t}");
 }
 
 #[test]

@@ -632,7 +632,7 @@ fn tun_mode_encapsulates_from_tunl0_and_hands_decapsulated_packets_back() {
     let raw = IfaceId(0);
     let tun = IfaceId(1);
     let ifaces = Interfaces::new(vec![
-        Interface { name: "raw-ipip".into(), ifindex: 0, mac: MacAddr::ZERO, mtu: 1500, role: IfaceRole::RawIpip },
+        Interface { name: "raw-ip".into(), ifindex: 0, mac: MacAddr::ZERO, mtu: 1500, role: IfaceRole::RawIpip },
         Interface { name: "tunl0".into(), ifindex: 9, mac: MacAddr::ZERO, mtu: 1480, role: IfaceRole::Tun },
     ])
     .with_node_addr(NODE_A);
@@ -1231,7 +1231,7 @@ fn a_pods_udp_super_packet_is_cut_into_datagrams_with_their_checksums() {
 fn tun_mode_wraps_vxlan_for_the_raw_socket_and_unwraps_what_the_udp_socket_got() {
     let (raw, udp, tun) = (IfaceId(0), IfaceId(1), IfaceId(2));
     let ifaces = Interfaces::new(vec![
-        Interface { name: "raw-ipip".into(), ifindex: 0, mac: MacAddr::ZERO, mtu: 1500, role: IfaceRole::RawIpip },
+        Interface { name: "raw-ip".into(), ifindex: 0, mac: MacAddr::ZERO, mtu: 1500, role: IfaceRole::RawIpip },
         Interface { name: "vxlan-udp".into(), ifindex: 0, mac: MacAddr::ZERO, mtu: 1500, role: IfaceRole::VxlanUdp },
         Interface { name: "vxlan.calico".into(), ifindex: 9, mac: MacAddr::ZERO, mtu: 1450, role: IfaceRole::Tun },
     ])

@@ -22,7 +22,7 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
     let tunnel = tunnel_interfaces(cfg, up.mtu);
     if cfg.dataplane == DataplaneMode::Tun {
         let zero = encap::MacAddr::ZERO;
-        list.push(Interface { name: "raw-ipip".into(), ifindex: 0, mac: zero, mtu: up.mtu, role: IfaceRole::RawIpip });
+        list.push(Interface { name: "raw-ip".into(), ifindex: 0, mac: zero, mtu: up.mtu, role: IfaceRole::RawIpip });
         list.extend(tunnel.vxlan);
         list.extend(tunnel.device.unwrap_or_default());
         return Ok(Interfaces::new(list).with_node_addr(cfg.uplink.address.addr()));

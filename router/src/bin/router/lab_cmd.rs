@@ -96,7 +96,14 @@ pub(super) fn trace(
         "trace {id:#010x}: {src} {src_ip} → {dst_label} ({})\n",
         serde_json::to_value(proto)?.as_str().unwrap_or("")
     );
-    if hops.is_empty() {
+    if hops.is_empty() && st.dataplane == DataplaneMode::Tun {
+        // tun mode hands the router only what the kernel routes into the tunnel device.
+        nodeapi::outln!(
+            "no router saw the probe: in the tun data plane the nodes' kernels forward what is not \
+             tunnelled ({}), and the router sees only what goes through the tunnel device",
+            if v6 { "all IPv6" } else { "direct routes" }
+        );
+    } else if hops.is_empty() {
         nodeapi::outln!("no node saw the probe: {src}'s kernel did not send it (no route in the pod?)");
     } else {
         nodeapi::out!("{}", router::trace::render(&hops));

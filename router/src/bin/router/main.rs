@@ -792,19 +792,35 @@ installed {} as {}",
         }
         Cmd::Stats(q) => q.print(&q.client()?.stats()?, print_stats),
         Cmd::Capture { interface, count, duration, file, query } => capture(&query, interface, count, duration, file),
-        Cmd::Neighbours(q) => q.print(&q.client()?.neighbours()?, |ns| {
-            let w = ns.iter().map(|n| n.ip.to_string().len()).max().unwrap_or(0).max(17);
-            nodeapi::outln!("{:<16} {:<w$} {:<19} State", "Interface", "Address", "MAC");
-            for n in ns {
-                nodeapi::outln!(
-                    "{:<16} {:<w$} {:<19} {}",
-                    n.interface,
-                    n.ip.to_string(),
-                    n.mac.as_deref().unwrap_or("-"),
-                    n.state
-                );
-            }
-        }),
+        Cmd::Neighbours(q) => {
+            let client = q.client()?;
+            q.print(&client.neighbours()?, |ns| {
+                if ns.is_empty() {
+                    // The tun data plane sends only to the kernel, which resolves neighbours itself.
+                    let tun = client.status().is_ok_and(|s| s.dataplane == DataplaneMode::Tun);
+                    nodeapi::outln!(
+                        "{}",
+                        if tun {
+                            "no neighbours: in the tun data plane the node's kernel resolves them (`ip neigh` in the node)"
+                        } else {
+                            "no neighbours resolved yet: the router asks when it first sends to an address"
+                        }
+                    );
+                    return;
+                }
+                let w = ns.iter().map(|n| n.ip.to_string().len()).max().unwrap_or(0).max(17);
+                nodeapi::outln!("{:<16} {:<w$} {:<19} State", "Interface", "Address", "MAC");
+                for n in ns {
+                    nodeapi::outln!(
+                        "{:<16} {:<w$} {:<19} {}",
+                        n.interface,
+                        n.ip.to_string(),
+                        n.mac.as_deref().unwrap_or("-"),
+                        n.state
+                    );
+                }
+            })
+        }
     }
 }
 
