@@ -927,7 +927,13 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
         }
     };
     match r {
-        Resource::IpPool(_) => {}
+        // Calico can carry IPv6 in VXLAN; this router never tunnels IPv6 (the fabric learns
+        // the IPv6 pod routes), so a Calico manifest applies but its mode does nothing.
+        Resource::IpPool(p) => note(
+            p.spec.cidr.parse::<ipnet::IpNet>().is_ok_and(|n| n.addr().is_ipv6())
+                && p.spec.vxlan_mode.is_some_and(|m| m != EncapMode::Never),
+            "spec.vxlanMode (IPv6 is never tunnelled here: the fabric learns the IPv6 pod routes over BGP)",
+        ),
         Resource::BgpConfiguration(c) => {
             let s = &c.spec;
             let name = c.metadata.name.as_str();

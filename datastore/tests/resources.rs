@@ -47,6 +47,8 @@ fn every_kind_reads_and_round_trips_through_yaml_and_json() {
         .replace("10.244.0.0/16", "fd00:10:244::/48")
         .replace("blockSize: 26", "blockSize: 122")
         .replace("CrossSubnet", "Never");
+    let vxlan6 = resources::parse(&v6.replace("vxlanMode: Never", "vxlanMode: Always")).expect("IPv6 VXLAN");
+    assert!(resources::not_followed(&vxlan6[0])[0].starts_with("spec.vxlanMode (IPv6 is never tunnelled"));
     let v6 = resources::parse(&v6).expect("an IPv6 pool");
     assert!(resources::not_followed(&v6[0]).is_empty());
     // An endpoint is in its namespace, `default` where the document names none.
