@@ -955,10 +955,28 @@ fn wait_ready(d: &Daemon, patience: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// Whether `pid` is a live process of this program (not a pid reused by another).
+fn is_router(pid: i32) -> bool {
+    alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a.ends_with(b"router")))
+}
+
+/// What `restart` did.
+#[derive(Debug, Clone)]
+pub enum Restarted {
+    /// The running daemon handed over: `gap` is how long the node did not answer.
+    Graceful { old: i32, new: i32, gap: Duration },
+    /// The daemon had exited (a crash, a kill): a new one was started with the same config,
+    /// answering after `took`. Its peers kept its routes meanwhile if it had been up less
+    /// than their restart time ago, as for any BGP speaker that died.
+    Started { old: i32, new: i32, took: Duration, log: PathBuf },
+}
+
 /// A planned restart of one node's daemon: it saves its routes and exits without a
-/// NOTIFICATION to its peers; a new daemon with the same config takes over. Returns the old
-/// and new pid and how long the node did not answer.
-pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<(i32, i32, Duration)> {
+/// NOTIFICATION to its peers; a new daemon with the same config takes over. A daemon that
+/// is no longer running is started again.
+pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<Restarted> {
     enter(lab)?;
     require_root("`router lab restart`")?;
     let Some(mut st) = lab.state()? else {
@@ -970,17 +988,33 @@ pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<(i32, i32, D
     };
     let old = st.daemons[i].clone();
     let t0 = Instant::now();
-    admin::Client::new(&old.socket)
-        .graceful_restart()
-        .with_context(|| format!("asking {node} to restart gracefully"))?;
-    if !wait_gone(&[old.pid], Duration::from_secs(10)) {
-        bail!("{node} (pid {}) did not stop within 10 s; its log: {}", old.pid, old.log.display());
+    let running = is_router(old.pid);
+    if running {
+        admin::Client::new(&old.socket).graceful_restart().context(format!("asking {node} to restart gracefully"))?;
+        if !wait_gone(&[old.pid], Duration::from_secs(10)) {
+            bail!("{node} (pid {}) did not stop within 10 s; its log: {}", old.pid, old.log.display());
+        }
+    } else {
+        // A daemon just killed may still be closing its sockets in its last threads (its
+        // main thread already a zombie): its admin socket takes connections until then.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&old.socket).is_ok() {
+            if Instant::now() > deadline {
+                bail!("{node}'s daemon (pid {}) has exited, but {} still answers", old.pid, old.socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     let pid = spawn_node(&lab.ns(node), exe, &old.config, &old.log)?;
     st.daemons[i].pid = pid;
     st.save(&lab.dir)?;
     wait_ready(&st.daemons[i], Duration::ZERO)?;
-    Ok((old.pid, pid, t0.elapsed()))
+    let (new, gap) = (pid, t0.elapsed());
+    Ok(if running {
+        Restarted::Graceful { old: old.pid, new, gap }
+    } else {
+        Restarted::Started { old: old.pid, new, took: gap, log: old.log }
+    })
 }
 
 /// What `down` removed.
@@ -1016,11 +1050,7 @@ pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
     containers::remove_all(lab, &st);
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let ours = |pid: i32| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a.ends_with(b"router")))
-    };
-    let daemons: Vec<i32> = st.daemons.iter().map(|d| d.pid).filter(|p| alive(*p) && ours(*p)).collect();
+    let daemons: Vec<i32> = st.daemons.iter().map(|d| d.pid).filter(|p| is_router(*p)).collect();
     for &p in &daemons {
         let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
     }

@@ -492,10 +492,11 @@ pub struct Response {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the node's admin socket {path}: {source}; is the node running? (try `router lab status`)")]
-    Connect { path: String, source: std::io::Error },
-    #[error("talking to {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    // The io error is in the message, and not a `source`: anyhow's `{:#}` would say it twice.
+    #[error("cannot reach the node's admin socket {path}: {err}; is the node running? (try `router lab status`)")]
+    Connect { path: String, err: std::io::Error },
+    #[error("talking to {path}: {err}")]
+    Io { path: String, err: std::io::Error },
     #[error("the node's answer does not decode (is it another version of router?): {0}")]
     Decode(serde_json::Error),
     #[error("the node refused: {0}")]
@@ -505,8 +506,8 @@ pub enum ClientError {
 /// Sends one request and returns the node's answer as JSON (the [`Client`] decodes it).
 fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientError> {
     let p = path.display().to_string();
-    let io = |source| ClientError::Io { path: p.clone(), source };
-    let mut s = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: p.clone(), source })?;
+    let io = |err| ClientError::Io { path: p.clone(), err };
+    let mut s = UnixStream::connect(path).map_err(|err| ClientError::Connect { path: p.clone(), err })?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
     s.set_write_timeout(Some(Duration::from_secs(5))).map_err(io)?;
     let mut line = serde_json::to_string(&req).map_err(ClientError::Decode)?;

@@ -261,6 +261,19 @@ fn up_twice_says_so_and_down_leaves_nothing() {
     let st = lab.json(&["lab", "status", "--json"]);
     let pids: Vec<i64> = st.as_array().into_iter().flatten().filter_map(|h| h["pid"].as_i64()).collect();
     assert_eq!(pids.len(), 3, "{st}");
+    // A crashed node is started again by `lab restart`, and serves its pods.
+    let _ = std::process::Command::new("kill").args(["-9", &pids[0].to_string()]).status();
+    let restart = lab.router(&["lab", "restart", "node-a"]);
+    let said = text(&restart.stdout);
+    assert!(
+        said.contains(&format!("node-a was not running (pid {} had exited", pids[0])),
+        "{said}{}",
+        text(&restart.stderr)
+    );
+    let ping = lab.exec("pod-a1", &["ping", "-c", "1", "-W", "5", "10.244.2.1"]);
+    assert!(ping.status.success(), "{}", text(&ping.stdout));
+    let st = lab.json(&["lab", "status", "--json"]);
+    let pids: Vec<i64> = st.as_array().into_iter().flatten().filter_map(|h| h["pid"].as_i64()).collect();
     // A crashed node must not stop `down` from cleaning up.
     let _ = std::process::Command::new("kill").args(["-9", &pids[0].to_string()]).status();
 

@@ -509,9 +509,7 @@ pub fn run_with(
             cfg.pools = pools;
         }
     }
-    tracing::info!("TMP start");
     let ifaces = discover(&cfg)?;
-    tracing::info!("TMP discovered");
     let restart_time = Duration::from_secs(u64::from(cfg.bgp.as_ref().map_or(0, |b| b.graceful_restart_secs)));
     let saved = restart::take(&cfg, restart_time);
     if let Some(s) = &saved {
@@ -616,9 +614,7 @@ pub fn run_with(
     let result = control_loop(&mut node, listener, &stop, signals);
     tracing::info!(node = %node.cfg.name, "stopping");
     node.kernel.stop(node.restart_requested && result.is_ok());
-    tracing::info!("TMP kernel stopped");
     node.dp.stop();
-    tracing::info!("TMP dp stopped");
     let _ = std::fs::remove_file(&node.cfg.admin_socket);
     result
 }

@@ -272,8 +272,18 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
         LabCmd::Exec { host, cmd } => lab::exec(lab, &host, &cmd),
         LabCmd::Restart { node } => {
             let exe = std::env::current_exe().context("finding the router binary")?;
-            let (old, new, took) = lab::restart(lab, &node, &exe)?;
-            nodeapi::outln!("{node} restarted gracefully: pid {old} -> {new}, answering after {} ms", took.as_millis());
+            match lab::restart(lab, &node, &exe)? {
+                lab::Restarted::Graceful { old, new, gap } => nodeapi::outln!(
+                    "{node} restarted gracefully: pid {old} -> {new}, answering after {} ms",
+                    gap.as_millis()
+                ),
+                lab::Restarted::Started { old, new, took, log } => nodeapi::outln!(
+                    "{node} was not running (pid {old} had exited; its log: {}): started again, \
+                     pid {new}, answering after {} ms",
+                    log.display(),
+                    took.as_millis()
+                ),
+            }
             Ok(0)
         }
         LabCmd::Tour { scale } => {
