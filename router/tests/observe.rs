@@ -251,10 +251,13 @@ fn trace_shows_encapsulation_direct_routes_and_drops() {
 
 #[test]
 fn lab_tour_runs_start_to_end() {
-    let lab = TestLab::up(&[]);
+    // One command: with no lab up, the tour brings up the seed lab and leaves it up.
+    let lab = TestLab::named();
     let out = lab.router(&["lab", "tour"]);
     let all = text(&out.stdout) + &text(&out.stderr);
     assert!(out.status.success(), "{all}");
+    assert!(all.starts_with(&format!("no lab {:?} is up: bringing up the seed lab", lab.name)), "{all}");
+    assert!(text(&lab.router(&["lab", "status"]).stdout).contains("running"), "the lab stays up");
     for claim in [
         "proxy ARP",
         "veth pair",

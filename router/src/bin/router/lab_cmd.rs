@@ -290,7 +290,23 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             let exe = std::env::current_exe().context("finding the router binary")?;
             match scale {
                 Some(n) => lab::tour::scale(lab, &exe, n).map(|_| 0),
-                None => lab::tour::run(lab, &exe).map(|_| 0),
+                None => {
+                    // One command for the story: with no lab up, the tour brings up the seed lab
+                    // (as a plain `lab up` would) and leaves it up to explore.
+                    if lab.state()?.is_none() {
+                        nodeapi::outln!(
+                            "no lab {:?} is up: bringing up the seed lab for the tour (it stays up; \
+                             `router lab down` removes it)\n",
+                            lab.name
+                        );
+                        let Cmd::Lab { cmd: up, .. } = Cli::parse_from(["router", "lab", "up"]).cmd else {
+                            unreachable!("`router lab up` parses as a lab command")
+                        };
+                        run_lab(up, lab)?;
+                        nodeapi::outln!();
+                    }
+                    lab::tour::run(lab, &exe).map(|_| 0)
+                }
             }
         }
         LabCmd::Topology { generate } => {
