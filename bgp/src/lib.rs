@@ -11,6 +11,16 @@ pub mod rib;
 pub mod speaker;
 pub mod wire;
 
+/// Why `asn` cannot be a speaker's AS, or None: 0 is reserved (RFC 7607: an OPEN with it is
+/// refused) and 23456 is AS_TRANS, the stand-in for 4-octet numbers (RFC 6793).
+pub fn unusable_as(asn: u32) -> Option<&'static str> {
+    match asn {
+        0 => Some("AS 0 is reserved and refused in an OPEN (RFC 7607); private ASes are 64512-65534"),
+        23456 => Some("AS 23456 is AS_TRANS, the stand-in for 4-octet AS numbers (RFC 6793), never a speaker's own"),
+        _ => None,
+    }
+}
+
 /// Entry points for the fuzz targets (`fuzz/`): one per message decoder, each taking raw
 /// bytes as the peer would send them.
 pub mod fuzzing {

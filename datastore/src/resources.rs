@@ -1148,8 +1148,8 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
             for (i, cm) in c.spec.communities.iter().flatten().enumerate() {
                 community(&format!("spec.communities[{i}].value"), &cm.value)?;
             }
-            if c.spec.as_number == Some(0) {
-                return Err(("spec.asNumber".into(), "0 is not an AS number".into()));
+            if let Some(why) = c.spec.as_number.and_then(bgp::unusable_as) {
+                return Err(("spec.asNumber".into(), why.into()));
             }
             if let Some(t) = &c.spec.node_mesh_max_restart_time {
                 duration_secs("spec.nodeMeshMaxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
@@ -1230,11 +1230,15 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
                 .peer_ip
                 .as_deref()
                 .ok_or(("spec.peerIP".to_string(), "missing (or give peerSelector)".to_string()))?;
-            peer_address(ip).ok_or_else(|| ("spec.peerIP".to_string(), format!("{ip:?} is not an IP address")))?;
-            match p.spec.as_number {
+            let (_, port) =
+                peer_address(ip).ok_or_else(|| ("spec.peerIP".to_string(), format!("{ip:?} is not an IP address")))?;
+            if port == Some(0) {
+                return Err(("spec.peerIP".into(), format!("{ip:?}: port 0 is no port; BGP's is 179")));
+            }
+            match p.spec.as_number.map(bgp::unusable_as) {
                 None => return Err(("spec.asNumber".into(), "missing".into())),
-                Some(0) => return Err(("spec.asNumber".into(), "0 is not an AS number".into())),
-                _ => {}
+                Some(Some(why)) => return Err(("spec.asNumber".into(), why.into())),
+                Some(None) => {}
             }
         }
         Resource::BgpFilter(f) => {
@@ -1293,8 +1297,8 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
                         ("spec.bgp.routeReflectorClusterID".to_string(), format!("{id:?} is not a dotted quad"))
                     })?;
                 }
-                if b.as_number == Some(0) {
-                    return Err(("spec.bgp.asNumber".into(), "0 is not an AS number".into()));
+                if let Some(why) = b.as_number.and_then(bgp::unusable_as) {
+                    return Err(("spec.bgp.asNumber".into(), why.into()));
                 }
             }
         }

@@ -243,6 +243,11 @@ fn errors_name_the_document_the_line_and_the_field() {
     let e = error(&peer);
     assert_eq!((e.document, e.field.as_deref()), (2, Some("spec.peerIP")), "{e}");
     assert_eq!(e.line, Some(18), "{e}");
+    let e = error(&fixture("bgppeer.yaml").replace("asNumber: 64700", "asNumber: 23456"));
+    assert_eq!((e.document, e.field.as_deref()), (2, Some("spec.asNumber")), "{e}");
+    assert!(e.message.contains("AS_TRANS"), "{e}");
+    let e = error(&fixture("bgppeer.yaml").replace("192.168.100.251:179", "192.168.100.251:0"));
+    assert_eq!(e.field.as_deref(), Some("spec.peerIP"), "{e}");
 
     // What the router keeps but does not act on is named.
     let peers = resources::parse(&fixture("bgppeer.yaml")).expect("peers");

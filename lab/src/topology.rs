@@ -150,7 +150,7 @@ struct RawCluster {
     #[serde(default = "default_block_size")]
     block_size: Spanned<u8>,
     #[serde(default = "default_as")]
-    as_number: u32,
+    as_number: Spanned<u32>,
     #[serde(default)]
     ipip_mode: nodeapi::config::IpipMode,
     #[serde(default = "never")]
@@ -225,7 +225,7 @@ fn default_hold() -> Spanned<u16> {
 #[serde(deny_unknown_fields)]
 struct RawBgpPeer {
     peer_ip: Spanned<String>,
-    as_number: u32,
+    as_number: Spanned<u32>,
     #[serde(default)]
     node: Option<Spanned<String>>,
     #[serde(default)]
@@ -252,8 +252,8 @@ fn default_block_size() -> Spanned<u8> {
     Spanned::new(0..0, 26)
 }
 
-fn default_as() -> u32 {
-    64512
+fn default_as() -> Spanned<u32> {
+    Spanned::new(0..0, 64512)
 }
 
 #[derive(Deserialize)]
@@ -462,8 +462,8 @@ fn nodes(
             Some(c) => Some(src.at(c, fileerr::parse_addr(c.get_ref(), "route_reflector_cluster_id"))?),
             None => None,
         };
-        if let Some(a) = n.as_number.as_ref().filter(|a| *a.get_ref() == 0) {
-            return Err(src.error_at(a.span(), "0 is not an AS number"));
+        if let Some((a, why)) = n.as_number.as_ref().and_then(|a| Some((a, bgp::unusable_as(*a.get_ref())?))) {
+            return Err(src.error_at(a.span(), why));
         }
         nodes.push(Node {
             name: n.name.get_ref().clone(),
@@ -601,6 +601,9 @@ fn bgp_peer(
     filters: &[bgp::policy::Filter],
 ) -> Result<BgpPeerSpec, FileError> {
     let peer_ip = src.at(&p.peer_ip, fileerr::parse_ip(p.peer_ip.get_ref(), "peer_ip"))?;
+    if let Some(why) = bgp::unusable_as(*p.as_number.get_ref()) {
+        return Err(src.error_at(p.as_number.span(), why));
+    }
     let is_node = |n: &Node| {
         IpAddr::from(n.address.addr()) == peer_ip || n.v6.is_some_and(|v| IpAddr::from(v.0.addr()) == peer_ip)
     };
@@ -658,7 +661,7 @@ fn bgp_peer(
     }
     Ok(BgpPeerSpec {
         peer_ip,
-        as_number: p.as_number,
+        as_number: *p.as_number.get_ref(),
         node: p.node.as_ref().map(|n| n.get_ref().clone()),
         password: p.password.clone(),
         ttl_security,
@@ -705,6 +708,9 @@ impl Topology {
         }
 
         let pool = src.at(&raw.cluster.pool, fileerr::parse_net(raw.cluster.pool.get_ref(), "pool"))?.trunc();
+        if let Some(why) = bgp::unusable_as(*raw.cluster.as_number.get_ref()) {
+            return Err(src.error_at(raw.cluster.as_number.span(), why));
+        }
         let block_size = *raw.cluster.block_size.get_ref();
         if block_size < pool.prefix_len() || block_size > 32 {
             return Err(src.error_at(
@@ -776,7 +782,7 @@ impl Topology {
         }
         // A reflector passes on iBGP routes only: it and every node it serves share one AS.
         if !raw.cluster.node_to_node_mesh && nodes.iter().any(|n| n.route_reflector_cluster_id.is_some()) {
-            let as_of = |n: &Node| n.as_number.unwrap_or(raw.cluster.as_number);
+            let as_of = |n: &Node| n.as_number.unwrap_or(*raw.cluster.as_number.get_ref());
             if let Some(odd) = nodes.iter().find(|n| as_of(n) != as_of(&nodes[0])) {
                 let span = raw.nodes.iter().find(|r| r.name.get_ref() == &odd.name).and_then(|r| r.as_number.as_ref());
                 let why = format!(
@@ -797,7 +803,7 @@ impl Topology {
             block_size,
             pool_v6,
             block_size_v6,
-            as_number: raw.cluster.as_number,
+            as_number: *raw.cluster.as_number.get_ref(),
             ipip_mode: raw.cluster.ipip_mode,
             vxlan_mode,
             nat_outgoing: raw.cluster.nat_outgoing,
@@ -1202,7 +1208,9 @@ mod tests {
         let asns: Vec<u32> = t.nodes.iter().map(|n| t.as_of(n)).collect();
         assert_eq!(asns, vec![64512, 64512, 64513]);
         let e = err(&own(SEED, "node-c", "0"));
-        assert!(e.contains("0 is not an AS number") && e.starts_with("t.toml:"), "{e}");
+        assert!(e.contains("AS 0 is reserved") && e.starts_with("t.toml:"), "{e}");
+        let e = err(&SEED.replacen("as_number = 64512", "as_number = 23456", 1));
+        assert!(e.contains("AS_TRANS") && e.starts_with("t.toml:9:"), "{e}");
         let e = err(&own(SEED_RR, "node-c", "64513"));
         assert!(e.contains("node-c is in AS 64513 and node-a in AS 64512: a route reflector and its clients"), "{e}");
     }

@@ -493,11 +493,11 @@ pub struct RawIpv6 {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBgp {
-    pub as_number: u32,
+    pub as_number: Spanned<u32>,
     #[serde(default)]
     pub router_id: Option<Spanned<String>>,
     #[serde(default = "default_bgp_port")]
-    pub port: u16,
+    pub port: Spanned<u16>,
     #[serde(default = "default_hold")]
     pub hold_time: Spanned<u16>,
     #[serde(default = "default_retry")]
@@ -672,9 +672,9 @@ impl BgpConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawBgpPeer {
     pub address: Spanned<String>,
-    pub as_number: u32,
+    pub as_number: Spanned<u32>,
     #[serde(default = "default_bgp_port")]
-    pub port: u16,
+    pub port: Spanned<u16>,
     pub kind: PeerKind,
     #[serde(default)]
     pub passive: bool,
@@ -705,8 +705,8 @@ fn is_zero(n: &u8) -> bool {
     *n == 0
 }
 
-fn default_bgp_port() -> u16 {
-    179
+fn default_bgp_port() -> Spanned<u16> {
+    Spanned::new(0..0, 179)
 }
 
 fn default_hold() -> Spanned<u16> {
@@ -899,6 +899,7 @@ fn static_route(src: &Source<'_>, r: &RawRoute, uplink: &Uplink) -> Result<Stati
 fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, net6: Option<Ipv6Net>) -> Result<BgpConfig, FileError> {
     let filters = check_filters(src, &b.filters)?;
     let hold = *b.hold_time.get_ref();
+    as_and_port(src, &b.as_number, &b.port)?;
     if hold == 1 || hold == 2 {
         return Err(
             src.error_at(b.hold_time.span(), format!("hold_time = {hold}: use 0 or at least 3 seconds (RFC 4271)"))
@@ -909,9 +910,9 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, net6: Option<Ipv6Net>) -> 
         None => Ok(None),
     };
     Ok(BgpConfig {
-        as_number: b.as_number,
+        as_number: *b.as_number.get_ref(),
         router_id: addr(&b.router_id, "router_id")?,
-        port: b.port,
+        port: *b.port.get_ref(),
         hold_time: hold,
         connect_retry_secs: b.connect_retry_secs.max(1),
         graceful_restart_secs: b.graceful_restart_secs.min(MAX_RESTART_TIME),
@@ -935,6 +936,17 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, net6: Option<Ipv6Net>) -> 
     })
 }
 
+/// An AS a session can use, and a port that is one.
+fn as_and_port(src: &Source<'_>, asn: &Spanned<u32>, port: &Spanned<u16>) -> Result<(), FileError> {
+    if let Some(why) = bgp::unusable_as(*asn.get_ref()) {
+        return Err(src.error_at(asn.span(), why));
+    }
+    if *port.get_ref() == 0 {
+        return Err(src.error_at(port.span(), "port = 0: BGP's port is 179; use 1 to 65535"));
+    }
+    Ok(())
+}
+
 fn bgp_peer(
     src: &Source<'_>,
     p: &RawBgpPeer,
@@ -943,6 +955,7 @@ fn bgp_peer(
     filters: &[bgp::policy::Filter],
 ) -> Result<BgpPeer, FileError> {
     let address = src.at(&p.address, fileerr::parse_ip(p.address.get_ref(), "peer address"))?;
+    as_and_port(src, &p.as_number, &p.port)?;
     let refuse = |why: &str| Err(src.error_at(p.address.span(), why));
     let addr6 = net6.map(|n| n.addr());
     if address == uplink.address.addr() || Some(address) == addr6.map(IpAddr::V6) {
@@ -988,8 +1001,8 @@ fn bgp_peer(
     }
     Ok(BgpPeer {
         address,
-        as_number: p.as_number,
-        port: p.port,
+        as_number: *p.as_number.get_ref(),
+        port: *p.port.get_ref(),
         kind: p.kind,
         passive: p.passive,
         password: p.password.clone(),
@@ -1245,9 +1258,9 @@ impl NodeConfig {
             bgp: self.bgp.as_ref().map(|b| {
                 let (filters, prefix_advertisements) = b.raw_policy();
                 RawBgp {
-                    as_number: b.as_number,
+                    as_number: Spanned::new(0..0, b.as_number),
                     router_id: b.router_id.map(|r| s(r.to_string())),
-                    port: b.port,
+                    port: Spanned::new(0..0, b.port),
                     hold_time: Spanned::new(0..0, b.hold_time),
                     connect_retry_secs: b.connect_retry_secs,
                     graceful_restart_secs: b.graceful_restart_secs,
@@ -1258,8 +1271,8 @@ impl NodeConfig {
                         .iter()
                         .map(|p| RawBgpPeer {
                             address: s(p.address.to_string()),
-                            as_number: p.as_number,
-                            port: p.port,
+                            as_number: Spanned::new(0..0, p.as_number),
+                            port: Spanned::new(0..0, p.port),
                             kind: p.kind,
                             passive: p.passive,
                             password: p.password.clone(),
@@ -1542,6 +1555,27 @@ communities = ["64512:100", "no-export"]
         ] {
             let e = parse(&GOOD.replace(from, to)).expect_err(to).to_string();
             assert!(e.contains(needle) && e.starts_with("n.toml:"), "{to}: {e}");
+        }
+        // A session's AS and port, the node's and a peer's, each with its line.
+        let bgp = format!(
+            "{GOOD}\n[bgp]\nas_number = 64512\nport = 179\n\n[[bgp.peers]]\naddress = \"192.168.100.101\"\n\
+             as_number = 64512\nport = 179\nkind = \"node-to-node mesh\"\n"
+        );
+        parse(&bgp).expect("a good [bgp]");
+        for (from, to, needle) in [
+            ("[bgp]\nas_number = 64512", "[bgp]\nas_number = 0", "AS 0 is reserved"),
+            ("[bgp]\nas_number = 64512", "[bgp]\nas_number = 23456", "AS_TRANS"),
+            ("[bgp]\nas_number = 64512\nport = 179", "[bgp]\nas_number = 64512\nport = 0", "port = 0"),
+            ("101\"\nas_number = 64512", "101\"\nas_number = 0", "AS 0 is reserved"),
+            ("port = 179\nkind", "port = 0\nkind", "port = 0"),
+        ] {
+            assert_eq!(bgp.matches(from).count(), 1, "{from}");
+            let text = bgp.replace(from, to);
+            // The error names the line of the value changed.
+            let at = text.find(to).unwrap() + to.rfind(" = ").unwrap();
+            let line = text[..at].matches('\n').count() + 1;
+            let e = parse(&text).expect_err(to).to_string();
+            assert!(e.contains(needle) && e.starts_with(&format!("n.toml:{line}:")), "{to}: {e}");
         }
     }
 }
