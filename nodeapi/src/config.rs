@@ -1572,7 +1572,7 @@ communities = ["64512:100", "no-export"]
             assert_eq!(bgp.matches(from).count(), 1, "{from}");
             let text = bgp.replace(from, to);
             // The error names the line of the value changed.
-            let at = text.find(to).unwrap() + to.rfind(" = ").unwrap();
+            let at = text.find(to).expect("replaced") + to.rfind(" = ").expect("a value");
             let line = text[..at].matches('\n').count() + 1;
             let e = parse(&text).expect_err(to).to_string();
             assert!(e.contains(needle) && e.starts_with(&format!("n.toml:{line}:")), "{to}: {e}");
