@@ -1104,6 +1104,18 @@ pub fn exec(lab: &Lab, host: &str, cmd: &[String]) -> anyhow::Result<i32> {
     if cmd.is_empty() {
         bail!("nothing to run: `router lab exec {host} -- COMMAND...`");
     }
+    // A runtime in a user namespace of ours finds /var/lib/containers, /var/lib/cni, /run and
+    // the cgroups read-only: it fails on the first of them, with a message that does not say
+    // why. Said here instead (a user who set CONTAINERS_CONF up for it goes ahead).
+    let rootless = userns::Keeper::load(&lab.dir)?.is_some();
+    if rootless && containers::is_runtime(&cmd[0]) && std::env::var_os("CONTAINERS_CONF").is_none() {
+        bail!(
+            "{} needs a lab made by root: a container runtime keeps its images and network state under \
+             /var/lib and /run and puts containers in cgroups, none of which this lab's user namespace may \
+             write; as root, `router lab up` makes a lab where `podman run --network router` works",
+            cmd[0]
+        );
+    }
     enter(lab)?;
     require_root("`router lab exec`")?;
     let mut c = if containers::is_runtime(&cmd[0]) {

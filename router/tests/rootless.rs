@@ -171,6 +171,11 @@ fn an_unprivileged_user_runs_the_seed_lab_and_leaves_nothing_behind() {
     use std::os::unix::fs::MetadataExt as _;
     assert_eq!(std::fs::metadata(&pcap).expect("pcap").uid(), NOBODY);
 
+    // Containers need root's lab, and the user is told so, not podman's first failure.
+    let podman = lab.router(&["lab", "exec", "node-a", "--", "podman", "ps"]);
+    assert!(!podman.status.success());
+    assert!(text(&podman.stderr).contains("podman needs a lab made by root"), "{}", text(&podman.stderr));
+
     // The host saw none of it, and the node said in one line why it has no tunl0.
     let host = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     assert!(!text(&host.stdout).contains(&format!("{}-", lab.name)), "{}", text(&host.stdout));
