@@ -61,6 +61,33 @@ impl Lab {
         State::load(&self.dir)
     }
 
+    /// Held while a command builds, removes or restarts parts of the lab: two `lab up` at
+    /// once would each pass the "already up" check and then tear down what the other
+    /// made. The lock file sits beside the lab's directory, which `down` removes.
+    fn lock(&self) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let base = self.dir.parent().context("the lab directory has no parent")?;
+        nodeapi::private::dir_if_missing(base).with_context(|| format!("creating {}", base.display()))?;
+        let path = base.join(format!("{}.lock", self.name));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => return Ok(held),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
+            Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+        };
+        eprintln!("waiting for another `router lab` command on lab {:?} to finish", self.name);
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("locking {}", path.display()))
+    }
+
     fn running_state(&self) -> anyhow::Result<State> {
         match self.state()? {
             Some(s) => Ok(s),
@@ -92,7 +119,7 @@ fn enter_new_keeper(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
         Some(k) if k.alive() => k,
         old => {
             if old.is_some() || lab.state()?.is_some() {
-                down(lab)?;
+                down_locked(lab)?;
             }
             userns::Keeper::start(&lab.dir, exe)?
         }
@@ -137,6 +164,11 @@ pub struct UpOptions {
 }
 
 pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
+    let _held = lab.lock()?;
+    up_locked(lab, opts)
+}
+
+fn up_locked(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     let (mut topo, topo_name) = match (&opts.topology, &opts.generated) {
         (Some(_), Some(_)) => bail!("--topology and --nodes both say which nodes to build; give one"),
         (Some(p), None) => (Topology::load_with(p, opts.dual_stack)?, p.display().to_string()),
@@ -176,7 +208,7 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
             );
         }
         // Leftovers of a lab whose namespaces are gone: clear them quietly.
-        down(lab)?;
+        down_locked(lab)?;
     }
     for ns in all_namespaces(lab, &topo) {
         if netns::exists(&ns) {
@@ -207,7 +239,7 @@ pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
         }
         Err(e) => {
             let _ = st.save(&lab.dir);
-            if let Err(e2) = down(lab) {
+            if let Err(e2) = down_locked(lab) {
                 eprintln!("warning: cleaning up after the failed `lab up` also failed: {e2:#}");
             }
             Err(e.context(format!("building lab {:?} failed; everything it had made was removed", lab.name)))
@@ -977,6 +1009,7 @@ pub enum Restarted {
 /// NOTIFICATION to its peers; a new daemon with the same config takes over. A daemon that
 /// is no longer running is started again.
 pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<Restarted> {
+    let _held = lab.lock()?;
     enter(lab)?;
     require_root("`router lab restart`")?;
     let Some(mut st) = lab.state()? else {
@@ -1027,6 +1060,11 @@ pub struct DownReport {
 
 /// Stops the lab's daemons, kills whatever else runs in its namespaces, deletes them.
 pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
+    let _held = lab.lock()?;
+    down_locked(lab)
+}
+
+fn down_locked(lab: &Lab) -> anyhow::Result<DownReport> {
     let mut report = DownReport::default();
     if let Some(k) = userns::Keeper::load(&lab.dir)? {
         // A rootless lab: ending its user namespace's processes frees every namespace in it.

@@ -251,6 +251,25 @@ fn pod_interfaces_follow_calico() {
     assert!(links.contains("cali48dfb98be23"), "{links}");
 }
 
+/// Two `lab up` at once: one builds, the other waits for it and finds the lab up, and the
+/// lab works (each used to pass the check and tear down what the other made).
+#[test]
+fn two_ups_at_once_build_one_lab() {
+    let lab = TestLab::named();
+    let spawn = || {
+        lab.command(&["lab", "up"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()
+    };
+    let (a, b) = (spawn().expect("lab up"), spawn().expect("lab up"));
+    let outs = [a.wait_with_output().expect("lab up"), b.wait_with_output().expect("lab up")];
+    let said: Vec<String> = outs.iter().map(|o| text(&o.stdout) + &text(&o.stderr)).collect();
+    assert_eq!(outs.iter().filter(|o| o.status.success()).count(), 1, "{said:?}");
+    assert!(said.iter().any(|s| s.contains("already up")), "{said:?}");
+    for to in ["10.244.2.1", "10.244.3.1"] {
+        let ping = lab.exec("pod-a1", &["ping", "-c", "1", "-W", "5", to]);
+        assert!(ping.status.success(), "{to}: {}", text(&ping.stdout));
+    }
+}
+
 #[test]
 fn up_twice_says_so_and_down_leaves_nothing() {
     let lab = TestLab::up(&[]);
