@@ -126,7 +126,7 @@ enum Cmd {
         /// Stop after this many packets (0: no limit).
         #[arg(long, short = 'c', default_value_t = 0)]
         count: u64,
-        /// Stop after this many seconds at most.
+        /// Stop after this many seconds at most (0: the node's limit, an hour).
         #[arg(long, default_value_t = 10)]
         duration: u64,
         /// The pcap file to write.
