@@ -165,6 +165,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
     o.0
 }
 
+/// Whether an HTTP request line asks for the metrics: `GET /metrics` or `GET /`, with any
+/// query (a scrape config's `params` adds one).
+fn asks_for_metrics(request_line: &str) -> bool {
+    let mut words = request_line.split(' ');
+    let (method, target) = (words.next(), words.next().map(|t| t.split('?').next().unwrap_or(t)));
+    method == Some("GET")
+        && matches!(target, Some("/metrics" | "/"))
+        && words.next().is_some_and(|v| v.starts_with("HTTP/"))
+}
+
 /// Answers one HTTP request on `stream` with `body` for `GET /metrics` (404 otherwise).
 pub fn serve_http(mut stream: TcpStream, body: impl FnOnce() -> String) -> std::io::Result<()> {
     // The whole request within the deadline, however slowly it trickles in.
@@ -178,8 +188,7 @@ pub fn serve_http(mut stream: TcpStream, body: impl FnOnce() -> String) -> std::
     )?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let line = String::from_utf8_lossy(&req);
-    let first = line.lines().next().unwrap_or("");
-    let (status, ctype, body) = if first.starts_with("GET /metrics ") || first.starts_with("GET / ") {
+    let (status, ctype, body) = if asks_for_metrics(line.lines().next().unwrap_or("")) {
         ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body())
     } else {
         ("404 Not Found", "text/plain", "try /metrics\n".to_string())
@@ -190,4 +199,17 @@ pub fn serve_http(mut stream: TcpStream, body: impl FnOnce() -> String) -> std::
     );
     stream.write_all(head.as_bytes())?;
     stream.write_all(body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_metrics_are_asked_for_with_or_without_a_query() {
+        for line in ["GET /metrics HTTP/1.1", "GET / HTTP/1.0", "GET /metrics?name[]=x HTTP/1.1", "GET /? HTTP/1.1"] {
+            assert!(super::asks_for_metrics(line), "{line}");
+        }
+        for line in ["GET /metricsx HTTP/1.1", "POST /metrics HTTP/1.1", "GET /nope HTTP/1.1", "GET /metrics", ""] {
+            assert!(!super::asks_for_metrics(line), "{line}");
+        }
+    }
 }
