@@ -251,11 +251,22 @@ fn need<'a>(env: &'a HashMap<String, String>, key: &str) -> Result<&'a str, CniE
 }
 
 fn run(env: &HashMap<String, String>, stdin: &str) -> Result<Option<Value>, CniError> {
-    let command = need(env, "CNI_COMMAND")?;
+    // An unknown command is the error, whatever the config says.
+    let command = match need(env, "CNI_COMMAND")? {
+        "ADD" => Command::Add,
+        "DEL" => Command::Del,
+        "CHECK" => Command::Check,
+        "GC" => Command::Gc,
+        "STATUS" => Command::Status,
+        "VERSION" => Command::Version,
+        other => {
+            return Err(CniError::env(format!("CNI_COMMAND {other:?} is not ADD, DEL, CHECK, GC, STATUS or VERSION")))
+        }
+    };
     let raw: Value =
         serde_json::from_str(stdin).map_err(|e| CniError::new(6, "failed to decode content", e.to_string()))?;
     let version = raw.get("cniVersion").and_then(Value::as_str).unwrap_or("");
-    if command == "VERSION" {
+    if command == Command::Version {
         return Ok(Some(json!({
             "cniVersion": if SUPPORTED.contains(&version) { version } else { "1.1.0" },
             "supportedVersions": SUPPORTED,
@@ -273,13 +284,24 @@ fn run(env: &HashMap<String, String>, stdin: &str) -> Result<Option<Value>, CniE
         return Err(CniError::config(format!("type is {:?}; this plugin is \"router\"", conf.kind)));
     }
     match command {
-        "ADD" => add(&conf, &Call::from_env(env, true)?).map(Some),
-        "DEL" => del(&conf, &Call::from_env(env, false)?).map(|_| None),
-        "CHECK" => check(&conf, &Call::from_env(env, true)?).map(|_| None),
-        "GC" => gc(&conf).map(|_| None),
-        "STATUS" => status(&conf).map(|_| None),
-        other => Err(CniError::env(format!("CNI_COMMAND {other:?} is not ADD, DEL, CHECK, GC, STATUS or VERSION"))),
+        Command::Add => add(&conf, &Call::from_env(env, true)?).map(Some),
+        Command::Del => del(&conf, &Call::from_env(env, false)?).map(|_| None),
+        Command::Check => check(&conf, &Call::from_env(env, true)?).map(|_| None),
+        Command::Gc => gc(&conf).map(|_| None),
+        Command::Status => status(&conf).map(|_| None),
+        Command::Version => Ok(None),
     }
+}
+
+/// The spec's commands (CNI_COMMAND).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Add,
+    Del,
+    Check,
+    Gc,
+    Status,
+    Version,
 }
 
 /// What a call is about: the container, its network namespace, the interface inside it.
@@ -1038,6 +1060,25 @@ mod tests {
             "admin_socket": "/x.sock", "ipam_file": "/x.json", "blocks": [], "runtimeConfig": runtime,
         }))
         .expect("conf")
+    }
+
+    /// The spec's errors: an unknown command is code 4 whatever stdin holds, undecodable
+    /// input 6, an unsupported version 1; VERSION answers without a full config.
+    #[test]
+    fn the_command_and_the_input_are_checked_in_the_spec_s_order() {
+        let call = |command: &str, stdin: &str| {
+            let env = HashMap::from([("CNI_COMMAND".to_string(), command.to_string())]);
+            let mut out = Vec::new();
+            let rc = main(&env, stdin, &mut out);
+            (rc, serde_json::from_slice::<Value>(&out).unwrap_or_default())
+        };
+        let (rc, v) = call("BOGUS", "");
+        assert_eq!((rc, v["code"].as_u64()), (1, Some(4)), "{v}");
+        assert!(v["details"].as_str().unwrap_or("").contains("BOGUS"), "{v}");
+        assert_eq!(call("ADD", "garbage").1["code"].as_u64(), Some(6));
+        assert_eq!(call("ADD", r#"{"cniVersion":"9.9.9"}"#).1["code"].as_u64(), Some(1));
+        let (rc, v) = call("VERSION", r#"{"cniVersion":"1.0.0"}"#);
+        assert_eq!((rc, v["cniVersion"].as_str()), (0, Some("1.0.0")), "{v}");
     }
 
     #[test]
