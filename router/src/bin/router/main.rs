@@ -92,7 +92,7 @@ enum Cmd {
         peer: Option<std::net::IpAddr>,
         /// Every BGP path for this prefix and the step of the decision process that ruled
         /// each one out.
-        #[arg(long, value_name = "PREFIX")]
+        #[arg(long, value_name = "PREFIX", value_parser = prefix_for_detail)]
         detail: Option<ipnet::IpNet>,
         #[command(flatten)]
         query: Query,
@@ -604,6 +604,18 @@ impl Query {
     }
 }
 
+/// A prefix for `routes --detail` (host bits dropped); an address alone is pointed at
+/// `--lookup`.
+fn prefix_for_detail(s: &str) -> Result<ipnet::IpNet, String> {
+    match (s.parse::<ipnet::IpNet>(), s.parse::<std::net::IpAddr>()) {
+        (Ok(n), _) => Ok(n.trunc()),
+        (Err(_), Ok(_)) => Err(format!(
+            "{s} is an address; --detail takes a prefix like 10.244.2.0/26 (the route {s} takes: --lookup {s})"
+        )),
+        (Err(_), Err(_)) => Err(format!("{s:?} is not a prefix like 10.244.2.0/26 or fd00:10:244::40/122")),
+    }
+}
+
 /// An address for `routes --lookup`, IPv4 or IPv6.
 fn ip_to_look_up(s: &str) -> Result<std::net::IpAddr, String> {
     s.parse::<std::net::IpAddr>().map_err(|_| format!("{s:?} is not an IP address (like 10.244.3.1 or fd00:10:244::1)"))
@@ -827,6 +839,13 @@ installed {} as {}",
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn detail_takes_a_prefix_and_points_an_address_at_lookup() {
+        assert_eq!(super::prefix_for_detail("10.244.2.5/26").map(|n| n.to_string()), Ok("10.244.2.0/26".into()));
+        assert!(super::prefix_for_detail("10.244.2.5").is_err_and(|e| e.contains("--lookup 10.244.2.5")));
+        assert!(super::prefix_for_detail("banana").is_err_and(|e| e.contains("not a prefix")));
+    }
+
     #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory as _;
