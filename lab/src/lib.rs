@@ -1000,8 +1000,8 @@ pub enum Restarted {
     /// The running daemon handed over: `gap` is how long the node did not answer.
     Graceful { old: i32, new: i32, gap: Duration },
     /// The daemon had exited (a crash, a kill): a new one was started with the same config,
-    /// answering after `took`. Its peers kept its routes meanwhile if it had been up less
-    /// than their restart time ago, as for any BGP speaker that died.
+    /// answering after `took`. Its peers kept its routes meanwhile if it came back within
+    /// their restart time, as for any BGP speaker that died (graceful restart helpers).
     Started { old: i32, new: i32, took: Duration, log: PathBuf },
 }
 

@@ -289,8 +289,10 @@ fn up_twice_says_so_and_down_leaves_nothing() {
         "{said}{}",
         text(&restart.stderr)
     );
-    let ping = lab.exec("pod-a1", &["ping", "-c", "1", "-W", "5", "10.244.2.1"]);
-    assert!(ping.status.success(), "{}", text(&ping.stdout));
+    // Started cold (no saved routes), it forwards once its peers have sent their routes again.
+    wait_for(15, "node-a forwarding to node-b's pod again", || {
+        lab.exec("pod-a1", &["ping", "-c", "1", "-W", "1", "10.244.2.1"]).status.success()
+    });
     let st = lab.json(&["lab", "status", "--json"]);
     let pids: Vec<i64> = st.as_array().into_iter().flatten().filter_map(|h| h["pid"].as_i64()).collect();
     // A crashed node must not stop `down` from cleaning up.
