@@ -63,29 +63,46 @@ impl Lab {
 
     /// Held while a command builds, removes or restarts parts of the lab: two `lab up` at
     /// once would each pass the "already up" check and then tear down what the other
-    /// made. The lock file sits beside the lab's directory, which `down` removes.
+    /// made. The lock file sits beside the lab's directory, which `down` removes, and goes
+    /// with it: a waiter that then holds the lock of a removed file tries again.
     fn lock(&self) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
         use nix::fcntl::{Flock, FlockArg};
-        use std::os::unix::fs::OpenOptionsExt as _;
+        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
         let base = self.dir.parent().context("the lab directory has no parent")?;
         nodeapi::private::dir_if_missing(base).with_context(|| format!("creating {}", base.display()))?;
-        let path = base.join(format!("{}.lock", self.name));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(held) => return Ok(held),
-            Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
-            Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
-        };
-        eprintln!("waiting for another `router lab` command on lab {:?} to finish", self.name);
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .with_context(|| format!("locking {}", path.display()))
+        let path = self.lock_path();
+        let mut said = false;
+        loop {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let held = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(held) => held,
+                Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if !said {
+                        eprintln!("waiting for another `router lab` command on lab {:?} to finish", self.name);
+                        said = true;
+                    }
+                    Flock::lock(file, FlockArg::LockExclusive)
+                        .map_err(|(_, e)| e)
+                        .with_context(|| format!("locking {}", path.display()))?
+                }
+                Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+            };
+            let same = |m: std::fs::Metadata| held.metadata().is_ok_and(|h| (h.dev(), h.ino()) == (m.dev(), m.ino()));
+            if std::fs::metadata(&path).is_ok_and(same) {
+                return Ok(held);
+            }
+        }
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let base = self.dir.parent().unwrap_or(Path::new("."));
+        base.join(format!("{}.lock", self.name))
     }
 
     fn running_state(&self) -> anyhow::Result<State> {
@@ -1061,7 +1078,10 @@ pub struct DownReport {
 /// Stops the lab's daemons, kills whatever else runs in its namespaces, deletes them.
 pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
     let _held = lab.lock()?;
-    down_locked(lab)
+    let report = down_locked(lab)?;
+    // Removed while held: a command waiting for it finds the file gone and makes a new one.
+    let _ = std::fs::remove_file(lab.lock_path());
+    Ok(report)
 }
 
 fn down_locked(lab: &Lab) -> anyhow::Result<DownReport> {

@@ -309,6 +309,7 @@ fn up_twice_says_so_and_down_leaves_nothing() {
         assert!(matches!(state, None | Some('Z')), "node pid {p} survived: {stat}");
     }
     assert!(!lab.dir.join(&lab.name).exists(), "state directory left behind");
+    assert!(!lab.dir.join(format!("{}.lock", lab.name)).exists(), "lock file left behind");
 }
 
 #[test]
