@@ -203,6 +203,8 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
     }
     let peers = cfg.peer_routes6();
     t.kernel.extend(peers.map(|(p, g)| KernelRoute::Via { prefix: p.into(), gateway: g.into(), dev: up.to_string() }));
+    // Display rows sorted by prefix, as `build`'s IPv4 rows (stable: equal prefixes keep their order).
+    t.entries.sort_by_key(|r| (r.prefix.network(), r.prefix.prefix_len()));
     t
 }
 

@@ -288,10 +288,7 @@ impl Node {
         let src = self.learned(sp);
         let (learned, learned6) = (src.v4_where(|_| true), src.v6());
         let mut e = routes::build(&self.cfg, self.dp.interfaces(), &learned).map(|t| t.entries).unwrap_or_default();
-        // Sorted as the IPv4 rows are (stable: the FIB's order among equal prefixes stays).
-        let mut six = routes::table6(&self.cfg, self.dp.interfaces(), &learned6, true).entries;
-        six.sort_by_key(|r| (r.prefix.network(), r.prefix.prefix_len()));
-        e.extend(six);
+        e.extend(routes::table6(&self.cfg, self.dp.interfaces(), &learned6, true).entries);
         e
     }
 
