@@ -514,7 +514,9 @@ fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientError> 
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
-    BufReader::new(&s).read_line(&mut answer).map_err(io)?;
+    if BufReader::new(&s).read_line(&mut answer).map_err(io)? == 0 {
+        return Err(io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the node closed the connection unanswered")));
+    }
     let r: Response = serde_json::from_str(&answer).map_err(ClientError::Decode)?;
     match (r.ok, r.result, r.error) {
         (true, Some(v), _) => Ok(v),
@@ -578,11 +580,28 @@ pub fn serve_one(s: UnixStream, handle: impl FnOnce(Request) -> Answer) -> std::
     (&s).write_all(out.as_bytes())
 }
 
+/// Whether a node serves the admin socket at `path`. A node being killed still accepts
+/// connections until the kernel has torn all its threads down (a few hundred ms), but answers
+/// nothing: its socket counts as stale once connecting fails. One that accepts and stays
+/// silent past the deadline is taken as alive (busy), never replaced.
+fn node_answers(path: &Path) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match Client::new(path).status() {
+            Err(ClientError::Connect { .. }) => return false,
+            Err(ClientError::Io { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            _ => return true,
+        }
+    }
+}
+
 /// Binds the admin socket at `path` (non-blocking), mode 0600. A stale socket of a node that
 /// is gone is replaced; a live one is an error.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+        if node_answers(path) {
             bail!("another node already answers on {}; stop it first", path.display());
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
@@ -659,6 +678,36 @@ mod tests {
         }
         let got = client.join().expect("client thread").expect("answer");
         assert_eq!(got, serde_json::json!("hello"));
+        std::fs::remove_dir_all(&d).expect("clean up");
+    }
+
+    /// A socket whose node is still being torn down (it accepts, never answers, then goes)
+    /// is replaced once it is gone; a node that answers keeps its socket.
+    #[test]
+    fn a_dying_nodes_socket_is_waited_for_and_a_live_one_kept() {
+        let d = scratch("dying");
+        let path = d.join("node.sock");
+        let dying = bind(&path).expect("bind");
+        let gone = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(dying);
+        });
+        let live = bind(&path).expect("the dying node's socket is replaced");
+        gone.join().expect("thread");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = std::thread::spawn({
+            let done = done.clone();
+            move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    serve_pending(&live, |_| Ok(serde_json::json!({})));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        let e = bind(&path).expect_err("a live node keeps its socket").to_string();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(e.contains("another node already answers"), "{e}");
+        server.join().expect("server");
         std::fs::remove_dir_all(&d).expect("clean up");
     }
 
