@@ -376,6 +376,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         netns::ip_in(&sw, &["link", "set", "to-underlay", "master", "br0", "up"])?;
         let gw = format!("{}/{}", s.gateway, s.prefix.prefix_len());
         netns::ip_in(&und, &["addr", "add", &gw, "dev", &dev])?;
+        und_addrs.push(gw);
         netns::ip_in(&und, &["link", "set", &dev, "address", &underlay_mac(s.gateway), "up"])?;
         if let Some((prefix, gw6)) = s.v6 {
             let a = format!("{gw6}/{}", prefix.prefix_len());
@@ -383,7 +384,6 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
             und_addrs.push(a);
         }
         segment.push(Member { subnet: i, ns: und.clone(), dev, addr: s.gateway });
-        und_addrs.push(gw);
     }
     netns::sysctl_in(&und, "net.ipv4.ip_forward", "1")?;
     if v6 {

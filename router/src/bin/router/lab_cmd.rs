@@ -365,8 +365,8 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             }
             let shown: Vec<_> = rows.iter().filter(|r| r.role != Role::Switch).collect();
             // Columns as wide as what they hold: 100-node labs, dual-stack addresses and
-            // podman's generated container names are all longer than a fixed guess. Only the
-            // underlay's four addresses are let run over, not to widen every other row.
+            // podman's generated container names are all longer than a fixed guess. Addresses
+            // past 44 columns (the underlay's, one or two per subnet) go on lines of their own.
             let width = |f: fn(&lab::HostStatus) -> usize, head: &str| {
                 shown.iter().map(|r| f(r)).chain([head.len()]).max().unwrap_or(0)
             };
@@ -386,16 +386,55 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                         _ => "up".to_string(),
                     },
                 };
+                let lines = address_lines(&r.addresses, wa);
                 nodeapi::outln!(
                     "{:<wh$} {:<9} {:<wn$} {:<wa$} {}",
                     r.host,
                     format!("{:?}", r.role).to_lowercase(),
                     r.namespace,
-                    r.addresses.join(","),
+                    lines.first().map(String::as_str).unwrap_or(""),
                     state
                 );
+                for more in lines.iter().skip(1) {
+                    nodeapi::outln!("{:<wh$} {:<9} {:<wn$} {more}", "", "", "");
+                }
             }
             Ok(0)
         }
+    }
+}
+
+/// A host's addresses joined with commas into lines of at most `width` columns (an address
+/// longer than that gets a line of its own).
+fn address_lines(addresses: &[String], width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for a in addresses {
+        match lines.last_mut() {
+            Some(l) if l.len() + 1 + a.len() <= width => {
+                l.push(',');
+                l.push_str(a);
+            }
+            _ => lines.push(a.clone()),
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_lines;
+
+    #[test]
+    fn long_address_lists_wrap() {
+        let a: Vec<String> = ["192.168.100.1/24", "fd00:192:168:100::1/64", "192.168.200.1/24", "fd00:192:168:200::1/64"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            address_lines(&a, 44),
+            ["192.168.100.1/24,fd00:192:168:100::1/64", "192.168.200.1/24,fd00:192:168:200::1/64"]
+        );
+        assert_eq!(address_lines(&a[..2], 44), ["192.168.100.1/24,fd00:192:168:100::1/64"]);
+        assert_eq!(address_lines(&a[1..2], 10), ["fd00:192:168:100::1/64"]);
+        assert!(address_lines(&[], 44).is_empty());
     }
 }
