@@ -21,12 +21,10 @@ pub fn read(file: &Path) -> anyhow::Result<Vec<Resource>> {
     Ok(rs)
 }
 
-/// Every document is checked before the first is written: a file with a mistake changes
-/// nothing.
-/// They are written in one transaction.
-pub fn apply(store: &Store, file: &Path) -> anyhow::Result<()> {
-    let rs = read(file)?;
-    for r in &rs {
+/// Writes resources that [`read`] checked, all in one transaction: a file with a mistake
+/// changes nothing.
+pub fn apply(store: &Store, rs: &[Resource]) -> anyhow::Result<()> {
+    for r in rs {
         let unfollowed = resources::not_followed(r);
         if !unfollowed.is_empty() {
             eprintln!(
@@ -37,7 +35,7 @@ pub fn apply(store: &Store, file: &Path) -> anyhow::Result<()> {
             );
         }
     }
-    for (r, applied) in rs.iter().zip(store.apply_all(&rs)?) {
+    for (r, applied) in rs.iter().zip(store.apply_all(rs)?) {
         let what = match applied {
             Applied::Created => "created",
             Applied::Configured => "configured",
@@ -48,9 +46,10 @@ pub fn apply(store: &Store, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn delete_file(store: &Store, file: &Path) -> anyhow::Result<i32> {
+/// Deletes what a file ([`read`]) lists; 1 when some of it did not exist.
+pub fn delete_all(store: &Store, rs: &[Resource]) -> anyhow::Result<i32> {
     let mut missing = 0;
-    for r in read(file)? {
+    for r in rs {
         missing += i32::from(!delete_one(store, r.kind(), r.namespace(), r.name())?);
     }
     Ok(i32::from(missing > 0))

@@ -432,6 +432,14 @@ fn a_file_with_a_mistake_changes_nothing_and_says_where() {
         .output()
         .expect("router");
     assert!(!o.status.success() && text(&o.stderr).contains("no etcd endpoint answers"), "{}", text(&o.stderr));
+    // A mistake in the file is told before etcd is even looked for.
+    let o = Command::new(ROUTER)
+        .args(["apply", "-f", path.to_str().unwrap_or_default()])
+        .env_remove("ROUTER_ETCD_ENDPOINTS")
+        .env("ROUTER_LAB", "no-such-lab")
+        .output()
+        .expect("router");
+    assert!(!o.status.success() && text(&o.stderr).contains("field spec.peerIP"), "{}", text(&o.stderr));
 }
 
 #[test]

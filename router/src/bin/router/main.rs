@@ -661,13 +661,21 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             router::probe::send(dst, proto, id)?;
             Ok(0)
         }
-        Cmd::Apply { file, etcd } => router::calico::apply(&etcd.store()?, &file).map(|_| 0),
+        // The file is read (and every document checked) before etcd is looked for: a typo
+        // in it is the first thing to hear about.
+        Cmd::Apply { file, etcd } => {
+            let rs = router::calico::read(&file)?;
+            router::calico::apply(&etcd.store()?, &rs).map(|_| 0)
+        }
         Cmd::Get { kind, resource, output, ns, all_namespaces, etcd } => {
             let kind = router::calico::kind(&kind)?;
             let namespace = if all_namespaces && resource.is_none() { None } else { ns.of(kind)? };
             router::calico::get(&etcd.store()?, kind, namespace, resource.as_deref(), output)
         }
-        Cmd::Delete { file: Some(file), etcd, .. } => router::calico::delete_file(&etcd.store()?, &file),
+        Cmd::Delete { file: Some(file), etcd, .. } => {
+            let rs = router::calico::read(&file)?;
+            router::calico::delete_all(&etcd.store()?, &rs)
+        }
         Cmd::Delete { kind, resource, ns, etcd, .. } => {
             let kind = router::calico::kind(kind.as_deref().unwrap_or_default())?;
             let name = resource.as_deref().unwrap_or_default();
