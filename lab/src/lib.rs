@@ -1174,6 +1174,12 @@ pub fn exec(lab: &Lab, host: &str, cmd: &[String]) -> anyhow::Result<i32> {
             cmd[0]
         );
     }
+    // As a shell or env would: 127 for a command that is not there, before any namespace is
+    // entered (`ip netns exec` exits 1 for it, as for a command that ran and failed).
+    if find_program(&cmd[0]).is_none() {
+        eprintln!("{}: command not found", cmd[0]);
+        return Ok(127);
+    }
     enter(lab)?;
     require_root("`router lab exec`")?;
     let mut c = if containers::is_runtime(&cmd[0]) {
@@ -1193,6 +1199,15 @@ pub fn exec(lab: &Lab, host: &str, cmd: &[String]) -> anyhow::Result<i32> {
     let status = c.status().with_context(|| format!("running {:?} in {}", cmd, h.namespace))?;
     use std::os::unix::process::ExitStatusExt as _;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(9)))
+}
+
+/// Where `program` is: itself when it names a path, else the first of `$PATH` that has it.
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Path::new(program).exists().then(|| PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
 }
 
 /// One row of `lab status`.

@@ -276,6 +276,12 @@ fn up_twice_says_so_and_down_leaves_nothing() {
     let again = lab.router(&["lab", "up"]);
     assert!(!again.status.success());
     assert!(text(&again.stderr).contains("already up"), "{}", text(&again.stderr));
+    // `lab exec` passes the command's exit code on, and says 127 as a shell does for a
+    // command that is not there.
+    assert_eq!(lab.exec("pod-a1", &["sh", "-c", "exit 7"]).status.code(), Some(7));
+    let missing = lab.exec("pod-a1", &["no-such-command"]);
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(text(&missing.stderr).contains("no-such-command: command not found"), "{}", text(&missing.stderr));
 
     let st = lab.json(&["lab", "status", "--json"]);
     let pids: Vec<i64> = st.as_array().into_iter().flatten().filter_map(|h| h["pid"].as_i64()).collect();
