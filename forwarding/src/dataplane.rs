@@ -234,6 +234,7 @@ impl Dataplane {
             neighbours: neighbours.clone(),
             stop: stop.clone(),
             nat: nat.clone(),
+            tap: tap.clone(),
         };
         let mut threads = Vec::new();
         for w in workers {
@@ -400,6 +401,9 @@ struct SlowPath {
     neighbours: Arc<Mutex<Vec<NeighbourInfo>>>,
     stop: Arc<AtomicBool>,
     nat: Arc<crate::nat::Nat>,
+    /// What it sends (neighbour requests, packets held until they resolved) is captured as
+    /// the workers' sends are: the first packet of a flow is in a capture too.
+    tap: Arc<crate::tap::Tap>,
 }
 
 impl SlowPath {
@@ -535,7 +539,12 @@ impl SlowPath {
     fn send(&self, iface: IfaceId, frame: &[u8]) {
         let i = usize::from(iface.0);
         match self.tx.get(i).and_then(|s| s.as_ref()).map(|s| s.send(frame)) {
-            Some(Ok(_)) => self.counters.tx(i, frame.len()),
+            Some(Ok(_)) => {
+                self.counters.tx(i, frame.len());
+                if self.tap.active() {
+                    self.tap.copy(iface, crate::tap::Direction::Tx, frame, true);
+                }
+            }
             _ => self.counters.count_drop(crate::counters::DropReason::TxError),
         }
     }

@@ -206,6 +206,39 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// What the slow path sends is in a capture too: on a cold node the first ping's frames on
+/// the uplink are the router's ARP request, the answer, and the held packet, wrapped.
+#[test]
+fn a_capture_from_cold_shows_the_routers_arp_and_the_packet_it_held() {
+    let lab = TestLab::up(&[]);
+    let file = lab.dir.join(format!("{}-cold.pcap", lab.name));
+    let path = file.to_str().unwrap_or_default();
+    let args = ["capture", "--node", "node-a", "--interface", "eth0", "-c", "4", "--duration", "20", "-w", path];
+    let cap = lab
+        .command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("router capture");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "{out}");
+    let done = cap.wait_with_output().expect("capture ends");
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let fields = ["arp.opcode", "arp.src.proto_ipv4", "arp.dst.proto_ipv4", "ip.dst", "icmp.type"];
+    let mut args = vec!["-r", path, "-T", "fields"];
+    for f in &fields {
+        args.extend(["-e", f]);
+    }
+    let out = std::process::Command::new("tshark").args(&args).output().expect("tshark reads the capture");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows = text(&out.stdout);
+    let lines: Vec<&str> = rows.lines().collect();
+    assert_eq!(lines.first().copied(), Some("1\t192.168.100.100\t192.168.100.1\t\t"), "{rows}");
+    assert!(lines.contains(&"\t\t\t192.168.200.101,10.244.3.1\t8"), "the held echo request, wrapped:\n{rows}");
+    let _ = std::fs::remove_file(&file);
+}
+
 fn trace(lab: &TestLab, dst: &str, proto: &str) -> Vec<serde_json::Value> {
     let v = lab.json(&["trace", "pod-a1", dst, "--proto", proto, "--json"]);
     v["hops"].as_array().cloned().unwrap_or_default()
