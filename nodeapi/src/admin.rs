@@ -515,7 +515,10 @@ fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientError> 
     s.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
     if BufReader::new(&s).read_line(&mut answer).map_err(io)? == 0 {
-        return Err(io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the node closed the connection unanswered")));
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the node closed the connection unanswered",
+        )));
     }
     let r: Response = serde_json::from_str(&answer).map_err(ClientError::Decode)?;
     match (r.ok, r.result, r.error) {

@@ -138,8 +138,6 @@ pub fn view_with(
     let mine = config_of(&format!("node.{me}"));
     let cluster_as = config.and_then(|c| c.as_number).unwrap_or(64512);
     let mesh = config.and_then(|c| c.node_to_node_mesh_enabled).unwrap_or(true);
-    let named: Vec<r::Community> =
-        [mine, config].into_iter().flatten().flat_map(|c| c.communities.iter().flatten().cloned()).collect();
     let log_level = pick(mine, config, |c| c.log_severity_screen.as_deref()).and_then(|s| {
         let level = crate::logging::calico_level(s);
         if level.is_none() {
@@ -147,55 +145,119 @@ pub fn view_with(
         }
         level
     });
-    // Calico reads these from the default configuration only.
-    let mut service_ips: Vec<IpNet> = Vec::new();
-    if let Some(c) = config {
-        for (field, list) in [
-            ("serviceClusterIPs", &c.service_cluster_ips),
-            ("serviceExternalIPs", &c.service_external_ips),
-            ("serviceLoadBalancerIPs", &c.service_load_balancer_ips),
-        ] {
-            for ip in list.iter().flatten() {
-                match ip.cidr.parse::<IpNet>() {
-                    Ok(n) if !service_ips.contains(&n.trunc()) => service_ips.push(n.trunc()),
-                    Ok(_) => {}
-                    Err(_) => {
-                        notes.push(format!("bgpconfigurations/default: {field} {:?} is not a CIDR: not used", ip.cidr))
-                    }
-                }
-            }
-        }
-    }
+    let service_ips = service_ips(config, &mut notes);
     let port_of = |name: &str| {
         config_of(&format!("node.{name}")).and_then(|c| c.listen_port).or_else(|| config.and_then(|c| c.listen_port))
     };
+    let nodes = cluster_nodes(resources, cluster_as);
+    let my_rr = nodes.iter().find(|n| n.name == me).and_then(|n| n.reflector);
+    let my_node = resources.iter().find_map(|x| match x {
+        Resource::Node(n) if n.metadata.name == me => Some(n),
+        _ => None,
+    });
+    // The node's own AS and labels, from its resource even where that has no address yet.
+    let as_number = my_node.and_then(|n| n.spec.bgp.as_ref()?.as_number).unwrap_or(cluster_as);
+    let no_labels = Labels::new();
+    let my_labels = my_node.map_or(&no_labels, |n| &n.metadata.labels);
+    if !mesh && nodes.iter().any(|n| n.reflector.is_some()) && nodes.iter().any(|n| n.as_number != as_number) {
+        notes.push(format!(
+            "nodes of other AS numbers than this one's ({as_number}) with route reflectors: a reflector passes on iBGP routes only, so those sessions are eBGP and reflect nothing"
+        ));
+    }
+    if !nodes.iter().any(|n| n.name == me) {
+        notes.push(format!(
+            "no Node resource named {me} with spec.bgp.ipv4Address: other nodes do not peer with this one"
+        ));
+    }
+    let others: Vec<nodeapi::config::ClusterNode> = nodes
+        .iter()
+        .filter(|n| n.name != me)
+        .map(|n| nodeapi::config::ClusterNode {
+            address: n.addr,
+            reflector: n.reflector,
+            as_number: n.as_number,
+            port: port_of(n.name).unwrap_or(179),
+        })
+        .collect();
+    let mesh_restart = config.and_then(|c| c.node_mesh_max_restart_time.as_deref()).and_then(|t| {
+        secs("bgpconfigurations/default", "spec.nodeMeshMaxRestartTime", t, 0, MAX_RESTART_TIME, &mut notes)
+    });
+    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, mesh_restart);
+    let here = Here { me, my_addr, my_addr6, my_rr, my_labels, nodes: &nodes, cluster_as, port_of: &port_of, secrets };
+    for x in resources {
+        if let Resource::BgpPeer(p) = x {
+            here.add_peers(p, &mut peers, &mut notes);
+        }
+    }
+    let named: Vec<r::Community> =
+        [mine, config].into_iter().flatten().flat_map(|c| c.communities.iter().flatten().cloned()).collect();
     let prefix_advertisements = pick(mine, config, |c| c.prefix_advertisements.as_ref())
-        .cloned()
-        .unwrap_or_default()
         .into_iter()
+        .flatten()
         .filter_map(|a| {
-            let cidr: Ipv4Net = a.cidr.parse().ok()?;
             Some(PrefixAdvertisement {
-                cidr,
+                cidr: a.cidr.parse().ok()?,
                 communities: a.communities.iter().filter_map(|c| community(c, &named)).collect(),
             })
         })
         .collect();
-    // Every node with an IPv4 address: (name, address, reflector cluster ID, labels, AS).
-    type Labels = std::collections::BTreeMap<String, String>;
-    let mut nodes: Vec<(String, Ipv4Addr, Option<Ipv4Addr>, &Labels, u32)> = resources
+    let (pools6, nat6, no_export6) = pools6(resources);
+    View {
+        as_number,
+        route_reflector_cluster_id: my_rr,
+        peers,
+        filters: filters(resources),
+        prefix_advertisements,
+        listen_port: port_of(me),
+        log_level,
+        pools: pools(resources),
+        nodes: nodes.iter().filter(|n| n.name != me).map(|n| n.addr).collect(),
+        pools6,
+        nodes6: nodes6(resources, me),
+        nat6,
+        no_export6,
+        service_ips,
+        listen_all: config.and_then(|c| c.bind_mode.as_deref()) == Some("None"),
+        notes,
+    }
+}
+
+type Labels = std::collections::BTreeMap<String, String>;
+
+/// A node with an IPv4 address, as its Node resource says.
+struct ClusterNode<'a> {
+    name: &'a str,
+    addr: Ipv4Addr,
+    /// Its route reflector cluster ID, if it is a reflector.
+    reflector: Option<Ipv4Addr>,
+    labels: &'a Labels,
+    as_number: u32,
+}
+
+/// Every node with an IPv4 address, by address; in the cluster's AS unless it has its own.
+fn cluster_nodes(resources: &[Resource], cluster_as: u32) -> Vec<ClusterNode<'_>> {
+    let mut nodes: Vec<ClusterNode<'_>> = resources
         .iter()
         .filter_map(|x| match x {
             Resource::Node(n) => {
                 let b = n.spec.bgp.as_ref()?;
-                let addr = b.ipv4_address.as_ref()?.parse::<Ipv4Net>().ok()?.addr();
-                let rr = b.route_reflector_cluster_id.as_ref().and_then(|c| c.parse().ok());
-                Some((n.metadata.name.clone(), addr, rr, &n.metadata.labels, b.as_number.unwrap_or(cluster_as)))
+                Some(ClusterNode {
+                    name: &n.metadata.name,
+                    addr: b.ipv4_address.as_ref()?.parse::<Ipv4Net>().ok()?.addr(),
+                    reflector: b.route_reflector_cluster_id.as_ref().and_then(|c| c.parse().ok()),
+                    labels: &n.metadata.labels,
+                    as_number: b.as_number.unwrap_or(cluster_as),
+                })
             }
             _ => None,
         })
         .collect();
-    nodes.sort_by_key(|n| n.1);
+    nodes.sort_by_key(|n| n.addr);
+    nodes
+}
+
+/// Every other node's IPv6 address, sorted.
+fn nodes6(resources: &[Resource], me: &str) -> Vec<Ipv6Addr> {
     let mut nodes6: Vec<Ipv6Addr> = resources
         .iter()
         .filter_map(|x| match x {
@@ -206,81 +268,82 @@ pub fn view_with(
         })
         .collect();
     nodes6.sort();
-    let my_rr = nodes.iter().find(|n| n.0 == me).and_then(|n| n.2);
-    // The node's own AS, from its resource even where that has no address yet.
-    let as_number = resources
-        .iter()
-        .find_map(|x| match x {
-            Resource::Node(n) if n.metadata.name == me => n.spec.bgp.as_ref()?.as_number,
-            _ => None,
-        })
-        .unwrap_or(cluster_as);
-    if !mesh && nodes.iter().any(|n| n.2.is_some()) && nodes.iter().any(|n| n.4 != as_number) {
-        notes.push(format!(
-            "nodes of other AS numbers than this one's ({as_number}) with route reflectors: a reflector passes on iBGP routes only, so those sessions are eBGP and reflect nothing"
-        ));
+    nodes6
+}
+
+/// The default configuration's service ranges (Calico reads them from it only), each once.
+fn service_ips(config: Option<&r::BgpConfigurationSpec>, notes: &mut Vec<String>) -> Vec<IpNet> {
+    let mut service_ips: Vec<IpNet> = Vec::new();
+    let Some(c) = config else { return service_ips };
+    for (field, list) in [
+        ("serviceClusterIPs", &c.service_cluster_ips),
+        ("serviceExternalIPs", &c.service_external_ips),
+        ("serviceLoadBalancerIPs", &c.service_load_balancer_ips),
+    ] {
+        for ip in list.iter().flatten() {
+            match ip.cidr.parse::<IpNet>() {
+                Ok(n) if !service_ips.contains(&n.trunc()) => service_ips.push(n.trunc()),
+                Ok(_) => {}
+                Err(_) => {
+                    notes.push(format!("bgpconfigurations/default: {field} {:?} is not a CIDR: not used", ip.cidr))
+                }
+            }
+        }
     }
-    if !nodes.iter().any(|n| n.0 == me) {
-        notes.push(format!(
-            "no Node resource named {me} with spec.bgp.ipv4Address: other nodes do not peer with this one"
-        ));
-    }
-    let others: Vec<nodeapi::config::ClusterNode> = nodes
-        .iter()
-        .filter(|n| n.0 != me)
-        .map(|n| nodeapi::config::ClusterNode {
-            address: n.1,
-            reflector: n.2,
-            as_number: n.4,
-            port: port_of(&n.0).unwrap_or(179),
-        })
-        .collect();
-    let listen_port = port_of(me);
-    let mesh_restart = config.and_then(|c| c.node_mesh_max_restart_time.as_deref()).and_then(|t| {
-        secs("bgpconfigurations/default", "spec.nodeMeshMaxRestartTime", t, 0, MAX_RESTART_TIME, &mut notes)
-    });
-    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, mesh_restart);
-    let no_labels = Labels::new();
-    // This node's labels, even where its resource has no address yet.
-    let my_labels = resources
-        .iter()
-        .find_map(|x| match x {
-            Resource::Node(n) if n.metadata.name == me => Some(&n.metadata.labels),
-            _ => None,
-        })
-        .unwrap_or(&no_labels);
-    for x in resources {
-        let Resource::BgpPeer(p) = x else { continue };
+    service_ips
+}
+
+/// What a BGPPeer is resolved against: this node, the cluster's nodes and how to reach them.
+struct Here<'a> {
+    me: &'a str,
+    my_addr: Ipv4Addr,
+    my_addr6: Option<Ipv6Addr>,
+    my_rr: Option<Ipv4Addr>,
+    my_labels: &'a Labels,
+    nodes: &'a [ClusterNode<'a>],
+    cluster_as: u32,
+    port_of: &'a dyn Fn(&str) -> Option<u16>,
+    secrets: Secrets<'a>,
+}
+
+impl Here<'_> {
+    /// The sessions BGPPeer `p` gives this node, added to `peers`: with a `peerSelector`, one
+    /// to each node it pairs this one with; else one to its `peerIP`, where this node has it.
+    fn add_peers(&self, p: &r::Typed<r::BgpPeerSpec>, peers: &mut Vec<BgpPeer>, notes: &mut Vec<String>) {
         let name = format!("bgppeers/{}", p.metadata.name);
-        let restart_time = p
-            .spec
+        let spec = &p.spec;
+        let restart_time = spec
             .max_restart_time
             .as_deref()
-            .and_then(|t| secs(&name, "spec.maxRestartTime", t, 0, MAX_RESTART_TIME, &mut notes));
-        let keepalive_time = p
-            .spec
-            .keepalive_time
-            .as_deref()
-            .and_then(|t| secs(&name, "spec.keepaliveTime", t, 1, u16::MAX, &mut notes));
-        let allow_local_as = p.spec.num_allowed_local_as_numbers.map_or(0, |n| n.min(255) as u8);
-        let keep_original_next_hop = p.spec.keep_original_next_hop == Some(true);
-        let any_source = p.spec.source_address.as_deref() == Some("None");
-        let peer_v6 = p.spec.peer_ip.as_deref().and_then(r::peer_address).map(|(a, _)| a.is_ipv6());
-        let reachable_by = p.spec.reachable_by.as_deref().and_then(|g| match g.parse::<IpAddr>() {
-            Ok(g) if peer_v6.is_none_or(|v6| v6 == g.is_ipv6()) => Some(g),
-            _ => {
-                notes.push(format!("{name}: reachableBy {g:?} is not an address of the peer's family: not used"));
-                None
-            }
-        });
+            .and_then(|t| secs(&name, "spec.maxRestartTime", t, 0, MAX_RESTART_TIME, notes));
+        let keepalive_time =
+            spec.keepalive_time.as_deref().and_then(|t| secs(&name, "spec.keepaliveTime", t, 1, u16::MAX, notes));
+        // The settings every session of this BGPPeer shares.
+        let common = |address: IpAddr, password: Option<String>| BgpPeer {
+            address,
+            as_number: spec.as_number.unwrap_or(self.cluster_as),
+            port: 179,
+            kind: PeerKind::Global,
+            passive: false,
+            password,
+            ttl_security: spec.ttl_security,
+            filters: spec.filters.clone().unwrap_or_default(),
+            max_prefixes: None,
+            restart_time,
+            keepalive_time,
+            allow_local_as: spec.num_allowed_local_as_numbers.map_or(0, |n| n.min(255) as u8),
+            keep_original_next_hop: spec.keep_original_next_hop == Some(true),
+            reachable_by: None,
+            any_source: spec.source_address.as_deref() == Some("None"),
+        };
         // Read only where this node has a session by the peer, and once.
         let mut read: Option<Result<Option<String>, ()>> = None;
         let mut password = |notes: &mut Vec<String>| {
-            read.get_or_insert_with(|| match &p.spec.password {
+            read.get_or_insert_with(|| match &spec.password {
                 None => Ok(None),
                 Some(pw) => {
                     let r = &pw.secret_key_ref;
-                    secrets(&r.name, &r.key).map(Some).map_err(|e| {
+                    (self.secrets)(&r.name, &r.key).map(Some).map_err(|e| {
                         notes.push(format!(
                             "{name}: password (secret {:?}, key {:?}): {e}: its sessions wait until it can be read",
                             r.name, r.key
@@ -293,100 +356,112 @@ pub fn view_with(
         let selector = |s: &str, notes: &mut Vec<String>| {
             let sel = Selector::parse(s);
             if let Err(e) = &sel {
-                notes.push(format!("bgppeers/{}: selector {s:?}: {e}", p.metadata.name));
+                notes.push(format!("{name}: selector {s:?}: {e}"));
             }
             sel.ok()
         };
         // Which nodes have this peer: the one named, those the selector picks, or all.
-        let node_sel = p.spec.node_selector.as_deref().map(|s| selector(s, &mut notes));
-        let has_it = |name: &str, labels: &Labels| match (&p.spec.node, &node_sel) {
+        let node_sel = spec.node_selector.as_deref().map(|s| selector(s, notes));
+        let has_it = |name: &str, labels: &Labels| match (&spec.node, &node_sel) {
             (Some(n), _) => n == name,
             (None, Some(sel)) => sel.as_ref().is_some_and(|sel| sel.matches(labels)),
             (None, None) => true,
         };
-        if let Some(s) = &p.spec.peer_selector {
+        if let Some(s) = &spec.peer_selector {
             // Nodes as peers (Calico's route reflector setup: every node peers with the nodes
             // labelled as reflectors), at their addresses, the higher one waiting. A session
             // has two ends: a node the peerSelector picks peers with the nodes that have the
             // BGPPeer, as Calico's node agent does. Sessions the mesh or the reflectors'
             // cluster IDs already make are not doubled.
-            let Some(sel) = selector(s, &mut notes) else { continue };
-            let (have, picked) = (has_it(me, my_labels), sel.matches(my_labels));
-            for (name, addr, rr, labels, their_as) in nodes.iter().filter(|n| n.0 != me) {
-                let pair = (have && sel.matches(labels)) || (picked && has_it(name, labels));
-                if !pair || peers.iter().any(|q| q.address == IpAddr::V4(*addr)) {
+            let Some(sel) = selector(s, notes) else { return };
+            let (have, picked) = (has_it(self.me, self.my_labels), sel.matches(self.my_labels));
+            for n in self.nodes.iter().filter(|n| n.name != self.me) {
+                let pair = (have && sel.matches(n.labels)) || (picked && has_it(n.name, n.labels));
+                if !pair || peers.iter().any(|q| q.address == IpAddr::V4(n.addr)) {
                     continue;
                 }
-                let Ok(password) = password(&mut notes) else { continue };
-                let kind = match (my_rr, *rr) {
+                let Ok(password) = password(notes) else { continue };
+                let kind = match (self.my_rr, n.reflector) {
                     (Some(mine), theirs) if theirs != Some(mine) => PeerKind::RouteReflectorClient,
                     (None, Some(_)) => PeerKind::RouteReflector,
                     _ => PeerKind::NodeSpecific,
                 };
-                peers.push(BgpPeer {
-                    password,
-                    ttl_security: p.spec.ttl_security,
-                    filters: p.spec.filters.clone().unwrap_or_default(),
-                    restart_time,
-                    keepalive_time,
-                    allow_local_as,
-                    keep_original_next_hop,
-                    any_source,
-                    ..nodeapi::config::node_peer(my_addr, *addr, kind, *their_as, port_of(name).unwrap_or(179))
-                });
+                let port = (self.port_of)(n.name).unwrap_or(179);
+                let node = nodeapi::config::node_peer(self.my_addr, n.addr, kind, n.as_number, port);
+                let (as_number, port, kind, passive) = (node.as_number, node.port, node.kind, node.passive);
+                peers.push(BgpPeer { as_number, port, kind, passive, ..common(node.address, password) });
             }
-            continue;
+            return;
         }
-        if !has_it(me, my_labels) {
-            continue;
+        if !has_it(self.me, self.my_labels) {
+            return;
         }
-        let Some(ip) = p.spec.peer_ip.as_deref() else { continue };
-        let Some((address, port)) = r::peer_address(ip).map(|(a, port)| (a, port.unwrap_or(179))) else {
-            notes.push(format!("bgppeers/{}: peerIP {ip:?} is not an address", p.metadata.name));
-            continue;
+        let Some(ip) = spec.peer_ip.as_deref() else { return };
+        let Some((address, port)) = r::peer_address(ip) else {
+            notes.push(format!("{name}: peerIP {ip:?} is not an address"));
+            return;
         };
-        if address.is_ipv6() && my_addr6.is_none() {
+        if address.is_ipv6() && self.my_addr6.is_none() {
             notes.push(format!(
-                "bgppeers/{}: an IPv6 peer needs this node's IPv6 address (an [ipv6] section in its config): not used",
-                p.metadata.name
+                "{name}: an IPv6 peer needs this node's IPv6 address (an [ipv6] section in its config): not used"
             ));
-            continue;
+            return;
         }
-        let Ok(password) = password(&mut notes) else { continue };
-        peers.push(BgpPeer {
-            address,
-            as_number: p.spec.as_number.unwrap_or(cluster_as),
-            port,
-            kind: PeerKind::Global,
-            passive: false,
-            password,
-            ttl_security: p.spec.ttl_security,
-            filters: p.spec.filters.clone().unwrap_or_default(),
-            max_prefixes: None,
-            restart_time,
-            keepalive_time,
-            allow_local_as,
-            keep_original_next_hop,
-            reachable_by,
-            any_source,
+        let reachable_by = spec.reachable_by.as_deref().and_then(|g| match g.parse::<IpAddr>() {
+            Ok(g) if g.is_ipv6() == address.is_ipv6() => Some(g),
+            _ => {
+                notes.push(format!("{name}: reachableBy {g:?} is not an address of the peer's family: not used"));
+                None
+            }
         });
+        let Ok(password) = password(notes) else { return };
+        peers.push(BgpPeer { port: port.unwrap_or(179), reachable_by, ..common(address, password) });
     }
-    let filters = resources
+}
+
+/// The BGPFilters, each with the rules of both families.
+fn filters(resources: &[Resource]) -> Vec<bgp::policy::Filter> {
+    let (v4, v6) = (IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default()));
+    let both = |a: &[r::FilterRule], b: &[r::FilterRule]| [rules(a, v4), rules(b, v6)].concat();
+    resources
         .iter()
         .filter_map(|x| match x {
-            Resource::BgpFilter(f) => {
-                let (v4, v6) = (IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default()));
-                let both = |a: &[r::FilterRule], b: &[r::FilterRule]| [rules(a, v4), rules(b, v6)].concat();
-                Some(bgp::policy::Filter {
-                    name: f.metadata.name.clone(),
-                    export: both(&f.spec.export_v4, &f.spec.export_v6),
-                    import: both(&f.spec.import_v4, &f.spec.import_v6),
-                })
-            }
+            Resource::BgpFilter(f) => Some(bgp::policy::Filter {
+                name: f.metadata.name.clone(),
+                export: both(&f.spec.export_v4, &f.spec.export_v6),
+                import: both(&f.spec.import_v4, &f.spec.import_v6),
+            }),
             _ => None,
         })
-        .collect();
-    let pools6: Vec<(Ipv6Net, &r::IpPoolSpec)> = resources
+        .collect()
+}
+
+/// The enabled IPv4 pools.
+fn pools(resources: &[Resource]) -> Vec<Pool> {
+    let mode = |m: Option<r::EncapMode>| match m.unwrap_or_default() {
+        r::EncapMode::Never => IpipMode::Never,
+        r::EncapMode::Always => IpipMode::Always,
+        r::EncapMode::CrossSubnet => IpipMode::CrossSubnet,
+    };
+    resources
+        .iter()
+        .filter_map(|x| match x {
+            Resource::IpPool(p) if p.spec.disabled != Some(true) => Some(Pool {
+                cidr: p.spec.cidr.parse::<Ipv4Net>().ok()?,
+                ipip_mode: mode(p.spec.ipip_mode),
+                vxlan_mode: mode(p.spec.vxlan_mode),
+                nat_outgoing: p.spec.nat_outgoing == Some(true),
+                disable_bgp_export: p.spec.disable_bgp_export == Some(true),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The enabled IPv6 pools, those of them with `natOutgoing`, and those with
+/// `disableBGPExport`.
+fn pools6(resources: &[Resource]) -> (Vec<Ipv6Net>, Vec<Ipv6Net>, Vec<Ipv6Net>) {
+    let pools: Vec<(Ipv6Net, &r::IpPoolSpec)> = resources
         .iter()
         .filter_map(|x| match x {
             Resource::IpPool(p) if p.spec.disabled != Some(true) => {
@@ -395,48 +470,12 @@ pub fn view_with(
             _ => None,
         })
         .collect();
-    let nat6 = pools6.iter().filter(|p| p.1.nat_outgoing == Some(true)).map(|p| p.0).collect();
-    let no_export6 = pools6.iter().filter(|p| p.1.disable_bgp_export == Some(true)).map(|p| p.0).collect();
-    let pools6 = pools6.into_iter().map(|p| p.0).collect();
-    let pools = resources
-        .iter()
-        .filter_map(|x| match x {
-            Resource::IpPool(p) if p.spec.disabled != Some(true) => {
-                let cidr = p.spec.cidr.parse::<Ipv4Net>().ok()?;
-                let mode = |m: Option<r::EncapMode>| match m.unwrap_or_default() {
-                    r::EncapMode::Never => IpipMode::Never,
-                    r::EncapMode::Always => IpipMode::Always,
-                    r::EncapMode::CrossSubnet => IpipMode::CrossSubnet,
-                };
-                Some(Pool {
-                    cidr,
-                    ipip_mode: mode(p.spec.ipip_mode),
-                    vxlan_mode: mode(p.spec.vxlan_mode),
-                    nat_outgoing: p.spec.nat_outgoing == Some(true),
-                    disable_bgp_export: p.spec.disable_bgp_export == Some(true),
-                })
-            }
-            _ => None,
-        })
-        .collect();
-    View {
-        as_number,
-        route_reflector_cluster_id: my_rr,
-        peers,
-        filters,
-        prefix_advertisements,
-        listen_port,
-        log_level,
-        pools,
-        nodes: nodes.iter().filter(|n| n.0 != me).map(|n| n.1).collect(),
-        pools6,
-        nodes6,
-        nat6,
-        no_export6,
-        service_ips,
-        listen_all: config.and_then(|c| c.bind_mode.as_deref()) == Some("None"),
-        notes,
-    }
+    let with = |f: fn(&r::IpPoolSpec) -> bool| pools.iter().filter(|p| f(p.1)).map(|p| p.0).collect();
+    (
+        pools.iter().map(|p| p.0).collect(),
+        with(|s| s.nat_outgoing == Some(true)),
+        with(|s| s.disable_bgp_export == Some(true)),
+    )
 }
 
 impl View {
