@@ -128,11 +128,15 @@ impl Drop for TestLab {
             self.print_node_logs();
         }
         let _ = self.down();
-        // Files a test wrote next to its lab (topologies) are named after the lab.
+        // What a test wrote next to its lab (topologies, BGP daemons' directories) is named
+        // after the lab.
         let prefix = format!("{}-", self.name);
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(e.path());
+                let _ = match e.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(e.path()),
+                    _ => std::fs::remove_file(e.path()),
+                };
             }
         }
         let _ = std::fs::remove_dir(&self.dir);
