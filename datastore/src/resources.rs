@@ -1078,230 +1078,11 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
         _ => {}
     }
     match r {
-        Resource::IpPool(p) => {
-            let net = cidr("spec.cidr", &p.spec.cidr)?;
-            // Pods' gateways (169.254.1.1, fe80::…) live there, as in Calico.
-            const LINK_LOCAL: [IpNet; 2] = [
-                IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(169, 254, 0, 0), 16)),
-                IpNet::V6(ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10)),
-            ];
-            let link_local = LINK_LOCAL[usize::from(net.addr().is_ipv6())];
-            if link_local.contains(&net.network()) || net.contains(&link_local.network()) {
-                return Err(("spec.cidr".into(), format!("{net} overlaps the link-local range {link_local}")));
-            }
-            let bs = p.spec.block_size_or_default();
-            let (lo, hi) = if net.addr().is_ipv4() { (20, 32) } else { (116, 128) };
-            if !(lo..=hi).contains(&bs) || bs < net.prefix_len() {
-                return Err((
-                    "spec.blockSize".into(),
-                    format!(
-                        "/{bs} does not fit the pool {net}: it must be from /{} to /{hi}",
-                        lo.max(net.prefix_len())
-                    ),
-                ));
-            }
-            let on = |m: Option<EncapMode>| m.is_some_and(|m| m != EncapMode::Never);
-            if on(p.spec.ipip_mode) && on(p.spec.vxlan_mode) {
-                return Err(("spec.vxlanMode".into(), "a pool uses IPIP or VXLAN, not both".into()));
-            }
-            if net.addr().is_ipv6() && on(p.spec.ipip_mode) {
-                return Err(("spec.ipipMode".into(), "IPIP carries IPv4 only".into()));
-            }
-            if let Some(u) = p
-                .spec
-                .allowed_uses
-                .iter()
-                .flatten()
-                .find(|u| !["Workload", "Tunnel", "LoadBalancer"].contains(&u.as_str()))
-            {
-                return Err(("spec.allowedUses".into(), format!("{u:?}: Workload, Tunnel or LoadBalancer")));
-            }
-            if let Some(m) = p.spec.assignment_mode.as_deref().filter(|m| !["Automatic", "Manual"].contains(m)) {
-                return Err(("spec.assignmentMode".into(), format!("{m:?}: Automatic or Manual")));
-            }
-            if let Some(s) = &p.spec.node_selector {
-                crate::selector::Selector::parse(s).map_err(|e| ("spec.nodeSelector".into(), format!("{s:?}: {e}")))?;
-            }
-        }
-        Resource::BgpConfiguration(c) => {
-            if let Some(m) = c.spec.bind_mode.as_deref().filter(|m| !["NodeIP", "None"].contains(m)) {
-                return Err(("spec.bindMode".into(), format!("{m:?}: NodeIP or None")));
-            }
-            for (field, list) in [
-                ("serviceClusterIPs", &c.spec.service_cluster_ips),
-                ("serviceExternalIPs", &c.spec.service_external_ips),
-                ("serviceLoadBalancerIPs", &c.spec.service_load_balancer_ips),
-            ] {
-                for (i, ip) in list.iter().flatten().enumerate() {
-                    cidr(&format!("spec.{field}[{i}].cidr"), &ip.cidr)?;
-                }
-            }
-            for (i, a) in c.spec.prefix_advertisements.iter().flatten().enumerate() {
-                cidr(&format!("spec.prefixAdvertisements[{i}].cidr"), &a.cidr)?;
-                let named: Vec<&str> = c.spec.communities.iter().flatten().map(|c| c.name.as_str()).collect();
-                for cm in &a.communities {
-                    if !named.contains(&cm.as_str()) {
-                        community(&format!("spec.prefixAdvertisements[{i}].communities"), cm)?;
-                    }
-                }
-            }
-            for (i, cm) in c.spec.communities.iter().flatten().enumerate() {
-                community(&format!("spec.communities[{i}].value"), &cm.value)?;
-            }
-            if let Some(why) = c.spec.as_number.and_then(bgp::unusable_as) {
-                return Err(("spec.asNumber".into(), why.into()));
-            }
-            if let Some(t) = &c.spec.node_mesh_max_restart_time {
-                duration_secs("spec.nodeMeshMaxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
-            }
-            if let Some(l) = &c.spec.log_severity_screen {
-                if calico_level(l).is_none() {
-                    return Err((
-                        "spec.logSeverityScreen".into(),
-                        format!("{l:?}: one of Debug, Info, Warning, Error, Fatal"),
-                    ));
-                }
-            }
-        }
-        Resource::BgpPeer(p) => {
-            if let Some(a) = p.spec.source_address.as_deref().filter(|a| !["UseNodeIP", "None"].contains(a)) {
-                return Err(("spec.sourceAddress".into(), format!("{a:?}: UseNodeIP or None")));
-            }
-            if p.spec.ttl_security.is_some_and(|t| t == 0 || t == 255) {
-                return Err(("spec.ttlSecurity".into(), "a hop count from 1 to 254".into()));
-            }
-            if let Some(t) = &p.spec.max_restart_time {
-                duration_secs("spec.maxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
-            }
-            if let Some(t) = &p.spec.keepalive_time {
-                duration_secs("spec.keepaliveTime", t, 1, u16::MAX)?;
-            }
-            if let Some(g) = &p.spec.reachable_by {
-                let gw = g
-                    .parse::<IpAddr>()
-                    .map_err(|_| ("spec.reachableBy".to_string(), format!("{g:?} is not an IP address")))?;
-                let peer = p.spec.peer_ip.as_deref().and_then(peer_address).map(|(a, _)| a);
-                if peer.is_some_and(|a| a.is_ipv6() != gw.is_ipv6()) {
-                    return Err(("spec.reachableBy".into(), format!("{g}: a gateway of the peerIP's family")));
-                }
-            }
-            if let Some(pw) = &p.spec.password {
-                let r = &pw.secret_key_ref;
-                if !nodeapi::secrets::valid_name(&r.name) {
-                    return Err((
-                        "spec.password.secretKeyRef.name".into(),
-                        format!(
-                            "{:?}: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
-                            r.name
-                        ),
-                    ));
-                }
-                if !nodeapi::secrets::valid_key(&r.key) {
-                    return Err((
-                        "spec.password.secretKeyRef.key".into(),
-                        format!("{:?}: letters, digits, '-', '_' and '.'", r.key),
-                    ));
-                }
-            }
-            if p.spec.num_allowed_local_as_numbers.is_some_and(|n| n > 255) {
-                return Err(("spec.numAllowedLocalASNumbers".into(), "at most 255".into()));
-            }
-            for (field, sel) in
-                [("spec.nodeSelector", &p.spec.node_selector), ("spec.peerSelector", &p.spec.peer_selector)]
-            {
-                if let Some(s) = sel {
-                    crate::selector::Selector::parse(s).map_err(|e| (field.to_string(), format!("{s:?}: {e}")))?;
-                }
-            }
-            if p.spec.node.is_some() && p.spec.node_selector.is_some() {
-                return Err(("spec.nodeSelector".into(), "give node or nodeSelector, not both".into()));
-            }
-            // Calico's two kinds of peer: a router at peerIP with asNumber, or the nodes that
-            // peerSelector picks, at their own addresses and AS numbers.
-            if p.spec.peer_selector.is_some() {
-                if p.spec.peer_ip.is_some() || p.spec.as_number.is_some() {
-                    let field = if p.spec.peer_ip.is_some() { "spec.peerIP" } else { "spec.asNumber" };
-                    return Err((field.into(), "not with peerSelector: the selected nodes' own are used".into()));
-                }
-                return Ok(());
-            }
-            let ip = p
-                .spec
-                .peer_ip
-                .as_deref()
-                .ok_or(("spec.peerIP".to_string(), "missing (or give peerSelector)".to_string()))?;
-            let (_, port) =
-                peer_address(ip).ok_or_else(|| ("spec.peerIP".to_string(), format!("{ip:?} is not an IP address")))?;
-            if port == Some(0) {
-                return Err(("spec.peerIP".into(), format!("{ip:?}: port 0 is no port; BGP's is 179")));
-            }
-            match p.spec.as_number.map(bgp::unusable_as) {
-                None => return Err(("spec.asNumber".into(), "missing".into())),
-                Some(Some(why)) => return Err(("spec.asNumber".into(), why.into())),
-                Some(None) => {}
-            }
-        }
-        Resource::BgpFilter(f) => {
-            let rules = [("exportV4", &f.spec.export_v4), ("importV4", &f.spec.import_v4)]
-                .into_iter()
-                .chain([("exportV6", &f.spec.export_v6), ("importV6", &f.spec.import_v6)]);
-            for (dir, list) in rules {
-                for (i, rule) in list.iter().enumerate() {
-                    let field = format!("spec.{dir}[{i}].cidr");
-                    match (&rule.cidr, rule.match_operator) {
-                        (Some(c), Some(_)) => {
-                            let net = cidr(&field, c)?;
-                            if net.addr().is_ipv4() != dir.ends_with("V4") {
-                                let family = if dir.ends_with("V4") { "IPv4" } else { "IPv6" };
-                                return Err((field, format!("{c} is not an {family} prefix")));
-                            }
-                        }
-                        (Some(_), None) => return Err((format!("spec.{dir}[{i}].matchOperator"), "missing".into())),
-                        (None, Some(_)) => return Err((field, "missing".into())),
-                        (None, None) => {}
-                    }
-                    if let Some(l) = &rule.prefix_length {
-                        let top = if dir.ends_with("V4") { 32 } else { 128 };
-                        let (min, max) = (l.min.unwrap_or(0), l.max.unwrap_or(top));
-                        if max > top || min > max {
-                            return Err((
-                                format!("spec.{dir}[{i}].prefixLength"),
-                                format!("min {min} and max {max}: from 0 to {top}, min not above max"),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        Resource::Node(n) => {
-            if let Some(b) = &n.spec.bgp {
-                if let Some(a) = &b.ipv4_address {
-                    let net: Ipv4Net = a.parse().map_err(|_| {
-                        (
-                            "spec.bgp.ipv4Address".to_string(),
-                            format!("{a:?} is not an IPv4 address with its prefix length"),
-                        )
-                    })?;
-                    let _ = net;
-                }
-                if let Some(a) = &b.ipv6_address {
-                    a.parse::<ipnet::Ipv6Net>().map_err(|_| {
-                        (
-                            "spec.bgp.ipv6Address".to_string(),
-                            format!("{a:?} is not an IPv6 address with its prefix length"),
-                        )
-                    })?;
-                }
-                if let Some(id) = &b.route_reflector_cluster_id {
-                    id.parse::<std::net::Ipv4Addr>().map_err(|_| {
-                        ("spec.bgp.routeReflectorClusterID".to_string(), format!("{id:?} is not a dotted quad"))
-                    })?;
-                }
-                if let Some(why) = b.as_number.and_then(bgp::unusable_as) {
-                    return Err(("spec.bgp.asNumber".into(), why.into()));
-                }
-            }
-        }
+        Resource::IpPool(p) => validate_pool(p)?,
+        Resource::BgpConfiguration(c) => validate_bgp_configuration(c)?,
+        Resource::BgpPeer(p) => validate_bgp_peer(p)?,
+        Resource::BgpFilter(f) => validate_filter(f)?,
+        Resource::Node(n) => validate_node(n)?,
         Resource::IpReservation(r) => {
             for (i, c) in r.spec.reserved_cidrs.iter().enumerate() {
                 reserved(&format!("spec.reservedCIDRs[{i}]"), c)?;
@@ -1313,6 +1094,222 @@ pub fn validate(r: &Resource) -> Result<(), (String, String)> {
         Resource::IpamConfiguration(_) => {}
         Resource::WorkloadEndpoint(w) => validate_endpoint(name, &w.spec)?,
     }
+    Ok(())
+}
+
+fn validate_pool(p: &Typed<IpPoolSpec>) -> Result<(), (String, String)> {
+    let net = cidr("spec.cidr", &p.spec.cidr)?;
+    // Pods' gateways (169.254.1.1, fe80::…) live there, as in Calico.
+    const LINK_LOCAL: [IpNet; 2] = [
+        IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(169, 254, 0, 0), 16)),
+        IpNet::V6(ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10)),
+    ];
+    let link_local = LINK_LOCAL[usize::from(net.addr().is_ipv6())];
+    if link_local.contains(&net.network()) || net.contains(&link_local.network()) {
+        return Err(("spec.cidr".into(), format!("{net} overlaps the link-local range {link_local}")));
+    }
+    let bs = p.spec.block_size_or_default();
+    let (lo, hi) = if net.addr().is_ipv4() { (20, 32) } else { (116, 128) };
+    if !(lo..=hi).contains(&bs) || bs < net.prefix_len() {
+        return Err((
+            "spec.blockSize".into(),
+            format!("/{bs} does not fit the pool {net}: it must be from /{} to /{hi}", lo.max(net.prefix_len())),
+        ));
+    }
+    let on = |m: Option<EncapMode>| m.is_some_and(|m| m != EncapMode::Never);
+    if on(p.spec.ipip_mode) && on(p.spec.vxlan_mode) {
+        return Err(("spec.vxlanMode".into(), "a pool uses IPIP or VXLAN, not both".into()));
+    }
+    if net.addr().is_ipv6() && on(p.spec.ipip_mode) {
+        return Err(("spec.ipipMode".into(), "IPIP carries IPv4 only".into()));
+    }
+    if let Some(u) =
+        p.spec.allowed_uses.iter().flatten().find(|u| !["Workload", "Tunnel", "LoadBalancer"].contains(&u.as_str()))
+    {
+        return Err(("spec.allowedUses".into(), format!("{u:?}: Workload, Tunnel or LoadBalancer")));
+    }
+    if let Some(m) = p.spec.assignment_mode.as_deref().filter(|m| !["Automatic", "Manual"].contains(m)) {
+        return Err(("spec.assignmentMode".into(), format!("{m:?}: Automatic or Manual")));
+    }
+    if let Some(s) = &p.spec.node_selector {
+        crate::selector::Selector::parse(s).map_err(|e| ("spec.nodeSelector".into(), format!("{s:?}: {e}")))?;
+    }
+
+    Ok(())
+}
+
+fn validate_bgp_configuration(c: &Typed<BgpConfigurationSpec>) -> Result<(), (String, String)> {
+    if let Some(m) = c.spec.bind_mode.as_deref().filter(|m| !["NodeIP", "None"].contains(m)) {
+        return Err(("spec.bindMode".into(), format!("{m:?}: NodeIP or None")));
+    }
+    for (field, list) in [
+        ("serviceClusterIPs", &c.spec.service_cluster_ips),
+        ("serviceExternalIPs", &c.spec.service_external_ips),
+        ("serviceLoadBalancerIPs", &c.spec.service_load_balancer_ips),
+    ] {
+        for (i, ip) in list.iter().flatten().enumerate() {
+            cidr(&format!("spec.{field}[{i}].cidr"), &ip.cidr)?;
+        }
+    }
+    for (i, a) in c.spec.prefix_advertisements.iter().flatten().enumerate() {
+        cidr(&format!("spec.prefixAdvertisements[{i}].cidr"), &a.cidr)?;
+        let named: Vec<&str> = c.spec.communities.iter().flatten().map(|c| c.name.as_str()).collect();
+        for cm in &a.communities {
+            if !named.contains(&cm.as_str()) {
+                community(&format!("spec.prefixAdvertisements[{i}].communities"), cm)?;
+            }
+        }
+    }
+    for (i, cm) in c.spec.communities.iter().flatten().enumerate() {
+        community(&format!("spec.communities[{i}].value"), &cm.value)?;
+    }
+    if let Some(why) = c.spec.as_number.and_then(bgp::unusable_as) {
+        return Err(("spec.asNumber".into(), why.into()));
+    }
+    if let Some(t) = &c.spec.node_mesh_max_restart_time {
+        duration_secs("spec.nodeMeshMaxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
+    }
+    if let Some(l) = &c.spec.log_severity_screen {
+        if calico_level(l).is_none() {
+            return Err(("spec.logSeverityScreen".into(), format!("{l:?}: one of Debug, Info, Warning, Error, Fatal")));
+        }
+    }
+
+    Ok(())
+}
+
+fn validate_bgp_peer(p: &Typed<BgpPeerSpec>) -> Result<(), (String, String)> {
+    if let Some(a) = p.spec.source_address.as_deref().filter(|a| !["UseNodeIP", "None"].contains(a)) {
+        return Err(("spec.sourceAddress".into(), format!("{a:?}: UseNodeIP or None")));
+    }
+    if p.spec.ttl_security.is_some_and(|t| t == 0 || t == 255) {
+        return Err(("spec.ttlSecurity".into(), "a hop count from 1 to 254".into()));
+    }
+    if let Some(t) = &p.spec.max_restart_time {
+        duration_secs("spec.maxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
+    }
+    if let Some(t) = &p.spec.keepalive_time {
+        duration_secs("spec.keepaliveTime", t, 1, u16::MAX)?;
+    }
+    if let Some(g) = &p.spec.reachable_by {
+        let gw =
+            g.parse::<IpAddr>().map_err(|_| ("spec.reachableBy".to_string(), format!("{g:?} is not an IP address")))?;
+        let peer = p.spec.peer_ip.as_deref().and_then(peer_address).map(|(a, _)| a);
+        if peer.is_some_and(|a| a.is_ipv6() != gw.is_ipv6()) {
+            return Err(("spec.reachableBy".into(), format!("{g}: a gateway of the peerIP's family")));
+        }
+    }
+    if let Some(pw) = &p.spec.password {
+        let r = &pw.secret_key_ref;
+        if !nodeapi::secrets::valid_name(&r.name) {
+            return Err((
+                "spec.password.secretKeyRef.name".into(),
+                format!(
+                    "{:?}: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
+                    r.name
+                ),
+            ));
+        }
+        if !nodeapi::secrets::valid_key(&r.key) {
+            return Err((
+                "spec.password.secretKeyRef.key".into(),
+                format!("{:?}: letters, digits, '-', '_' and '.'", r.key),
+            ));
+        }
+    }
+    if p.spec.num_allowed_local_as_numbers.is_some_and(|n| n > 255) {
+        return Err(("spec.numAllowedLocalASNumbers".into(), "at most 255".into()));
+    }
+    for (field, sel) in [("spec.nodeSelector", &p.spec.node_selector), ("spec.peerSelector", &p.spec.peer_selector)] {
+        if let Some(s) = sel {
+            crate::selector::Selector::parse(s).map_err(|e| (field.to_string(), format!("{s:?}: {e}")))?;
+        }
+    }
+    if p.spec.node.is_some() && p.spec.node_selector.is_some() {
+        return Err(("spec.nodeSelector".into(), "give node or nodeSelector, not both".into()));
+    }
+    // Calico's two kinds of peer: a router at peerIP with asNumber, or the nodes that
+    // peerSelector picks, at their own addresses and AS numbers.
+    if p.spec.peer_selector.is_some() {
+        if p.spec.peer_ip.is_some() || p.spec.as_number.is_some() {
+            let field = if p.spec.peer_ip.is_some() { "spec.peerIP" } else { "spec.asNumber" };
+            return Err((field.into(), "not with peerSelector: the selected nodes' own are used".into()));
+        }
+        return Ok(());
+    }
+    let ip =
+        p.spec.peer_ip.as_deref().ok_or(("spec.peerIP".to_string(), "missing (or give peerSelector)".to_string()))?;
+    let (_, port) =
+        peer_address(ip).ok_or_else(|| ("spec.peerIP".to_string(), format!("{ip:?} is not an IP address")))?;
+    if port == Some(0) {
+        return Err(("spec.peerIP".into(), format!("{ip:?}: port 0 is no port; BGP's is 179")));
+    }
+    match p.spec.as_number.map(bgp::unusable_as) {
+        None => return Err(("spec.asNumber".into(), "missing".into())),
+        Some(Some(why)) => return Err(("spec.asNumber".into(), why.into())),
+        Some(None) => {}
+    }
+
+    Ok(())
+}
+
+fn validate_filter(f: &Typed<BgpFilterSpec>) -> Result<(), (String, String)> {
+    let rules = [("exportV4", &f.spec.export_v4), ("importV4", &f.spec.import_v4)]
+        .into_iter()
+        .chain([("exportV6", &f.spec.export_v6), ("importV6", &f.spec.import_v6)]);
+    for (dir, list) in rules {
+        for (i, rule) in list.iter().enumerate() {
+            let field = format!("spec.{dir}[{i}].cidr");
+            match (&rule.cidr, rule.match_operator) {
+                (Some(c), Some(_)) => {
+                    let net = cidr(&field, c)?;
+                    if net.addr().is_ipv4() != dir.ends_with("V4") {
+                        let family = if dir.ends_with("V4") { "IPv4" } else { "IPv6" };
+                        return Err((field, format!("{c} is not an {family} prefix")));
+                    }
+                }
+                (Some(_), None) => return Err((format!("spec.{dir}[{i}].matchOperator"), "missing".into())),
+                (None, Some(_)) => return Err((field, "missing".into())),
+                (None, None) => {}
+            }
+            if let Some(l) = &rule.prefix_length {
+                let top = if dir.ends_with("V4") { 32 } else { 128 };
+                let (min, max) = (l.min.unwrap_or(0), l.max.unwrap_or(top));
+                if max > top || min > max {
+                    return Err((
+                        format!("spec.{dir}[{i}].prefixLength"),
+                        format!("min {min} and max {max}: from 0 to {top}, min not above max"),
+                    ));
+                }
+            }
+        }
+    }
+
+    Ok(())
+}
+
+fn validate_node(n: &Typed<NodeSpec>) -> Result<(), (String, String)> {
+    if let Some(b) = &n.spec.bgp {
+        if let Some(a) = &b.ipv4_address {
+            a.parse::<Ipv4Net>().map_err(|_| {
+                ("spec.bgp.ipv4Address".to_string(), format!("{a:?} is not an IPv4 address with its prefix length"))
+            })?;
+        }
+        if let Some(a) = &b.ipv6_address {
+            a.parse::<ipnet::Ipv6Net>().map_err(|_| {
+                ("spec.bgp.ipv6Address".to_string(), format!("{a:?} is not an IPv6 address with its prefix length"))
+            })?;
+        }
+        if let Some(id) = &b.route_reflector_cluster_id {
+            id.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                ("spec.bgp.routeReflectorClusterID".to_string(), format!("{id:?} is not a dotted quad"))
+            })?;
+        }
+        if let Some(why) = b.as_number.and_then(bgp::unusable_as) {
+            return Err(("spec.bgp.asNumber".into(), why.into()));
+        }
+    }
+
     Ok(())
 }
 
