@@ -664,6 +664,87 @@ fn fault_refuse_udp_gso(node: &str) -> bool {
     on
 }
 
+/// When the FIB follows BGP, and how much of it. While routes pour in (a full table), an
+/// update waits twice as long as the last one that read the whole table took; a small lab
+/// updates at once, and following changes one by one costs only what changed.
+struct FibSchedule {
+    /// A full rebuild is due (it covers `dirty` too).
+    full: bool,
+    /// Routes BGP changed since the FIB last followed it.
+    dirty: Changes4,
+    dirty6: Changes6,
+    last: Instant,
+    cost: Duration,
+}
+
+impl FibSchedule {
+    fn new() -> FibSchedule {
+        FibSchedule { full: false, dirty: Vec::new(), dirty6: Vec::new(), last: Instant::now(), cost: Duration::ZERO }
+    }
+
+    fn waiting(&self) -> bool {
+        self.full || !self.dirty.is_empty() || !self.dirty6.is_empty()
+    }
+
+    /// How long until the waiting update is due, if one waits.
+    fn wait(&self) -> Option<Duration> {
+        self.waiting().then(|| (self.cost * 2).saturating_sub(self.last.elapsed()))
+    }
+
+    fn note(&mut self, changes: LocChanges) {
+        match changes {
+            LocChanges::Nothing => {}
+            LocChanges::Everything => self.full = true,
+            LocChanges::Routes { v4, v6 } => {
+                if !self.full {
+                    self.dirty.extend(v4);
+                    self.dirty6.extend(v6);
+                }
+                if self.dirty.len() + self.dirty6.len() > LocChanges::MAX_LISTED {
+                    self.full = true;
+                }
+            }
+        }
+    }
+
+    /// The FIB follows what changed, when due: the learned routes one by one, the base (the
+    /// node's own and the cluster's routes, and the kernel's) where those touch it, or all
+    /// of it, also when a smaller update failed.
+    fn update_if_due(&mut self, node: &mut Node, sp: &Speaker) {
+        if !self.waiting() || self.last.elapsed() < self.cost * 2 {
+            return;
+        }
+        let t = Instant::now();
+        let mut full = self.full;
+        let mut base = false;
+        let (dirty, dirty6) = (std::mem::take(&mut self.dirty), std::mem::take(&mut self.dirty6));
+        if !full && (!dirty.is_empty() || !dirty6.is_empty()) {
+            match node.apply_learned(sp, dirty, dirty6) {
+                Ok(more) => base = more,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "updating the FIB failed; rebuilding it");
+                    full = true;
+                }
+            }
+        }
+        if !full && base {
+            if let Err(e) = node.rebuild_base(Some(sp)) {
+                tracing::error!(error = %format!("{e:#}"), "updating the FIB failed; rebuilding it");
+                full = true;
+            }
+        }
+        if full {
+            if let Err(e) = node.rebuild(sp.learned(), sp.learned6(), &sp.cluster_next_hops()) {
+                tracing::error!(error = %e, "rebuilding the FIB failed");
+            }
+        }
+        self.full = false;
+        self.last = Instant::now();
+        // A rebuild reads the whole table whatever changed, so the next one waits.
+        self.cost = if full || base { t.elapsed() } else { Duration::ZERO };
+    }
+}
+
 /// The control thread: admin socket, BGP sessions and their timers, FIB publication.
 fn control_loop(
     node: &mut Node,
@@ -704,13 +785,7 @@ fn control_loop(
         "node up"
     );
     let mut events = Events::with_capacity(64);
-    let (mut pending, mut last_rebuild, mut rebuild_cost) = (false, Instant::now(), Duration::ZERO);
-    // The base of the FIB (the node's own and the cluster's routes) and the kernel's routes
-    // need rebuilding, the learned router-only routes not.
-    let mut pending_base = false;
-    // IPv4 routes BGP changed since the FIB last followed it; `pending` is a full rebuild,
-    // which covers them too.
-    let (mut dirty, mut dirty6): (Changes4, Changes6) = Default::default();
+    let mut fib = FibSchedule::new();
     let mut links_checked = Instant::now();
     // Pod interfaces are followed on link events, and looked at now and then anyway (an
     // overrun loses events; without netlink, polling is all there is).
@@ -744,8 +819,8 @@ fn control_loop(
         if let Some(t) = speaker.as_ref().and_then(|s| s.poll_timeout()) {
             timeout = timeout.min(t.saturating_duration_since(now));
         }
-        if pending || pending_base || !dirty.is_empty() || !dirty6.is_empty() {
-            timeout = timeout.min((rebuild_cost * 2).saturating_sub(last_rebuild.elapsed()));
+        if let Some(t) = fib.wait() {
+            timeout = timeout.min(t);
         }
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
@@ -791,9 +866,9 @@ fn control_loop(
         if let Some(w) = &watcher {
             while let Ok(rs) = w.rx.try_recv() {
                 tracing::debug!(resources = rs.len(), "applying the datastore's view");
-                pending |= node.apply_view(rs, &mut speaker, poll.registry());
+                fib.full |= node.apply_view(rs, &mut speaker, poll.registry());
             }
-            pending |= node.reread_secrets(&mut speaker, poll.registry());
+            fib.full |= node.reread_secrets(&mut speaker, poll.registry());
             node.finish_removals(speaker.as_mut(), poll.registry());
         }
         if links_changed || links_checked.elapsed() >= link_check {
@@ -808,57 +883,15 @@ fn control_loop(
         if let Some(sp) = speaker.as_mut() {
             sp.resume(poll.registry(), now);
             sp.tick(poll.registry(), now);
-            match sp.take_changes() {
-                LocChanges::Nothing => {}
-                LocChanges::Everything => pending = true,
-                LocChanges::Routes { v4, v6 } => {
-                    if !pending {
-                        dirty.extend(v4);
-                        dirty6.extend(v6);
-                    }
-                    if dirty.len() + dirty6.len() > LocChanges::MAX_LISTED {
-                        pending = true;
-                    }
-                }
-            }
+            fib.note(sp.take_changes());
             if node.saved.is_some() && !sp.deferring() {
                 // BGP is back: the Loc-RIB takes over from the saved routes.
                 tracing::info!("restart complete: every peer is back; the learned routes replace the saved ones");
                 node.saved = None;
-                pending = true;
+                fib.full = true;
             }
-            // Coalesced: while routes pour in (a full table), wait twice as long as the last
-            // update of the FIB took; a small lab updates at once.
-            let due = last_rebuild.elapsed() >= rebuild_cost * 2 && node.saved.is_none();
-            if due && (pending || pending_base || !dirty.is_empty() || !dirty6.is_empty()) {
-                let t = Instant::now();
-                let mut full = pending;
-                let mut base = pending_base;
-                if !full && (!dirty.is_empty() || !dirty6.is_empty()) {
-                    match node.apply_learned(sp, std::mem::take(&mut dirty), std::mem::take(&mut dirty6)) {
-                        Ok(more) => base |= more,
-                        Err(e) => {
-                            tracing::error!(error = %format!("{e:#}"), "updating the FIB failed; rebuilding it");
-                            full = true;
-                        }
-                    }
-                }
-                if !full && base {
-                    if let Err(e) = node.rebuild_base(Some(sp)) {
-                        tracing::error!(error = %format!("{e:#}"), "updating the FIB failed; rebuilding it");
-                        full = true;
-                    }
-                }
-                if full {
-                    if let Err(e) = node.rebuild(sp.learned(), sp.learned6(), &sp.cluster_next_hops()) {
-                        tracing::error!(error = %e, "rebuilding the FIB failed");
-                    }
-                }
-                (pending, pending_base, dirty, dirty6) = (false, false, Vec::new(), Vec::new());
-                last_rebuild = Instant::now();
-                // A rebuild reads the whole table whatever changed, so the next one waits;
-                // following changes one by one costs what changed, and batching saves nothing.
-                rebuild_cost = if full || base { t.elapsed() } else { Duration::ZERO };
+            if node.saved.is_none() {
+                fib.update_if_due(node, sp);
             }
         }
     }
