@@ -334,9 +334,44 @@ fn port_name(prefix: &str, host: &str, index: usize) -> String {
 }
 
 fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow::Result<()> {
-    let mode = topo.ipip_mode;
+    build_switches(lab, topo, st)?;
+    let mut segment = build_underlay(lab, topo, st)?;
+    if opts.datastore {
+        segment.push(start_etcd(lab, topo, opts, st)?);
+    }
+    let mut configs = Vec::new();
+    for (idx, node) in topo.nodes.iter().enumerate() {
+        segment.push(build_node(lab, topo, opts, st, idx, node)?);
+        let pods = node.pods.iter().map(|pod| add_pod(lab, topo, opts, st, node, pod)).collect::<Result<_, _>>()?;
+        let mut cfg = node_config(lab, topo, node, pods, opts, topo.ipip_mode);
+        cfg.etcd_endpoints = st.etcd.iter().map(|e| e.url.clone()).collect();
+        cfg.secrets_dir = st.etcd.is_some().then(|| secrets_dir(lab));
+        configs.push(cfg);
+        st.save(&lab.dir)?;
+    }
+
+    static_neighbours(&segment)?;
+    containers::setup(lab, topo, &opts.exe, tunnel_overhead(topo), st.etcd.as_ref().map(|e| e.url.as_str()))?;
+    for cfg in &configs {
+        let path = lab.dir.join(format!("{}.toml", cfg.name));
+        // 0600: a node's config holds its peers' TCP-MD5 passwords.
+        nodeapi::private::write(&path, cfg.to_toml().as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        let log = lab.dir.join(format!("{}.log", cfg.name));
+        let pid = spawn_node(&lab.ns(&cfg.name), &opts.exe, &path, &log)?;
+        st.daemons.push(Daemon { node: cfg.name.clone(), pid, config: path, socket: cfg.admin_socket.clone(), log });
+        st.save(&lab.dir)?;
+    }
+    let patience = start_patience(st.daemons.len());
+    for d in &st.daemons {
+        wait_ready(d, patience)?;
+    }
+    wait_converged(topo, st)
+}
+
+/// One L2 segment per underlay subnet: a bridge in its own namespace.
+fn build_switches(lab: &Lab, topo: &Topology, st: &mut State) -> anyhow::Result<()> {
     let v6 = topo.pool_v6.is_some();
-    // One L2 segment per underlay subnet: a bridge in its own namespace.
     for s in &topo.subnets {
         let ns = lab.ns(&format!("sw-{}", s.name));
         add_ns(lab, st, &ns, v6)?;
@@ -360,7 +395,13 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
             interface: None,
         });
     }
-    // The underlay router: plain kernel forwarding between the subnets, no pod routes.
+    Ok(())
+}
+
+/// The underlay router, on every subnet's switch; its interfaces, for the static neighbours.
+fn build_underlay(lab: &Lab, topo: &Topology, st: &mut State) -> anyhow::Result<Vec<Member>> {
+    let v6 = topo.pool_v6.is_some();
+    // Plain kernel forwarding between the subnets, no pod routes.
     let und = lab.ns("underlay");
     add_ns(lab, st, &und, v6)?;
     let mut und_addrs = Vec::new();
@@ -404,152 +445,146 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
         parent: None,
         interface: None,
     });
+    Ok(segment)
+}
 
-    if opts.datastore {
-        segment.push(start_etcd(lab, topo, opts, st)?);
-    }
-    let mut configs = Vec::new();
-    for (idx, node) in topo.nodes.iter().enumerate() {
-        let subnet = &topo.subnets[node.subnet];
-        let ns = lab.ns(&node.name);
-        add_ns(lab, st, &ns, v6)?;
-        let sw = lab.ns(&format!("sw-{}", subnet.name));
-        let port = port_name("to-", &node.name, idx);
-        let mtu = subnet.mtu.to_string();
-        netns::ip_in(&sw, &["link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-        netns::ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])?;
-        netns::ip_in(&ns, &["addr", "add", &node.address.to_string(), "dev", "eth0"])?;
-        netns::ip_in(&ns, &["link", "set", "eth0", "address", &underlay_mac(node.address.addr()), "up"])?;
-        segment.push(Member { subnet: node.subnet, ns: ns.clone(), dev: "eth0".into(), addr: node.address.addr() });
-        let mut node_addrs = vec![node.address.to_string()];
-        if let (Some((addr6, _)), Some((_, gw6)), Some(pool6)) = (node.v6, subnet.v6, topo.pool_v6) {
-            netns::ip_in(&ns, &["-6", "addr", "add", &addr6.to_string(), "dev", "eth0", "nodad"])?;
-            // The node's own IPv6 to other subnets and to pods elsewhere goes through the
-            // underlay router; its own pods it reaches directly (below).
-            for other in topo.subnets.iter().filter(|o| o.name != subnet.name) {
-                if let Some((p6, _)) = other.v6 {
-                    netns::ip_in(&ns, &["-6", "route", "add", &p6.to_string(), "via", &gw6.to_string()])?;
-                }
-            }
-            netns::ip_in(&ns, &["-6", "route", "add", &pool6.to_string(), "via", &gw6.to_string()])?;
-            // As for IPv4: afpacket forwards in the router; tun lets the kernel forward, and
-            // IPv6, never tunnelled, needs nothing else of the router there.
-            let fwd = if opts.dataplane == DataplaneMode::Afpacket { "0" } else { "1" };
-            netns::sysctl_in(&ns, "net.ipv6.conf.all.forwarding", fwd)?;
-            node_addrs.push(addr6.to_string());
-        }
-        // The node's own traffic (later: BGP) reaches other subnets through the underlay.
+/// Node `idx`: its namespace on its subnet's switch, addresses, routes and forwarding
+/// settings for the data plane; its uplink, for the static neighbours.
+fn build_node(
+    lab: &Lab,
+    topo: &Topology,
+    opts: &UpOptions,
+    st: &mut State,
+    idx: usize,
+    node: &topology::Node,
+) -> anyhow::Result<Member> {
+    let v6 = topo.pool_v6.is_some();
+    let subnet = &topo.subnets[node.subnet];
+    let ns = lab.ns(&node.name);
+    add_ns(lab, st, &ns, v6)?;
+    let sw = lab.ns(&format!("sw-{}", subnet.name));
+    let port = port_name("to-", &node.name, idx);
+    let mtu = subnet.mtu.to_string();
+    netns::ip_in(&sw, &["link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+    netns::ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])?;
+    netns::ip_in(&ns, &["addr", "add", &node.address.to_string(), "dev", "eth0"])?;
+    netns::ip_in(&ns, &["link", "set", "eth0", "address", &underlay_mac(node.address.addr()), "up"])?;
+    let mut node_addrs = vec![node.address.to_string()];
+    if let (Some((addr6, _)), Some((_, gw6)), Some(pool6)) = (node.v6, subnet.v6, topo.pool_v6) {
+        netns::ip_in(&ns, &["-6", "addr", "add", &addr6.to_string(), "dev", "eth0", "nodad"])?;
+        // The node's own IPv6 to other subnets and to pods elsewhere goes through the
+        // underlay router; its own pods it reaches directly (below).
         for other in topo.subnets.iter().filter(|o| o.name != subnet.name) {
-            netns::ip_in(&ns, &["route", "add", &other.prefix.to_string(), "via", &subnet.gateway.to_string()])?;
-        }
-        match opts.dataplane {
-            // Forwarding is ours: the kernel must not forward a second copy.
-            DataplaneMode::Afpacket => netns::sysctl_in(&ns, "net.ipv4.ip_forward", "0")?,
-            // The kernel forwards; tunnelled blocks are routed into our tunl0. As on a Calico
-            // node, a default route lets proxy ARP answer for 169.254.1.1 (the underlay router
-            // has no route out of the lab, so nothing leaves it).
-            DataplaneMode::Tun => {
-                netns::sysctl_in(&ns, "net.ipv4.ip_forward", "1")?;
-                netns::ip_in(&ns, &["route", "add", "default", "via", &subnet.gateway.to_string()])?;
+            if let Some((p6, _)) = other.v6 {
+                netns::ip_in(&ns, &["-6", "route", "add", &p6.to_string(), "via", &gw6.to_string()])?;
             }
         }
-        st.hosts.push(Host {
-            name: node.name.clone(),
-            role: Role::Node,
-            namespace: ns.clone(),
-            addresses: node_addrs,
-            parent: Some(subnet.name.clone()),
-            interface: Some("eth0".into()),
-        });
-        let mut pods = Vec::new();
-        for pod in &node.pods {
-            let pns = lab.ns(&pod.name);
-            add_ns(lab, st, &pns, v6)?;
-            let host_mac = encap::icmpv6::CALICO_HOST_MAC.to_string();
-            let mut add = vec!["link", "add", &pod.iface];
-            if v6 && opts.dataplane == DataplaneMode::Tun {
-                // Calico's host-end MAC: the kernel's own link-local address there is then
-                // the pods' IPv6 gateway.
-                add.extend(["address", &host_mac]);
-            }
-            add.extend(["type", "veth", "peer", "name", "eth0", "netns", &pns]);
-            netns::ip_in(&ns, &add)?;
-            netns::ip_in(&ns, &["link", "set", &pod.iface, "up"])?;
-            if opts.dataplane == DataplaneMode::Tun {
-                // Calico's way: the kernel answers the pod's ARP for 169.254.1.1.
-                netns::sysctl_in(&ns, &format!("net.ipv4.conf.{}.proxy_arp", pod.iface), "1")?;
-                // And at once, as Calico sets it: by default the kernel holds a proxy ARP
-                // answer back for up to 0.8 s, which a pod's first packet would wait out.
-                netns::sysctl_in(&ns, &format!("net.ipv4.neigh.{}.proxy_delay", pod.iface), "0")?;
-            }
-            // As in Calico, the node's kernel knows its pods (flags UH), so the node itself can
-            // reach them; it does not forward for them.
-            netns::ip_in(&ns, &["route", "add", &format!("{}/32", pod.address), "dev", &pod.iface, "scope", "link"])?;
-            // Strict reverse-path filtering, as Felix sets it: the kernel takes from a pod's
-            // interface only the source that routes back to it, the pod's own /32.
-            netns::sysctl_in(&ns, &format!("net.ipv4.conf.{}.rp_filter", pod.iface), "1")?;
-            netns::ip_in(&pns, &["addr", "add", &format!("{}/32", pod.address), "dev", "eth0"])?;
-            // Room for the outer header when IPIP may be used (1480 on a 1500 underlay).
-            let pod_mtu = subnet.mtu - tunnel_overhead(topo);
-            netns::ip_in(&pns, &["link", "set", "eth0", "mtu", &pod_mtu.to_string(), "up"])?;
-            netns::ip_in(&pns, &["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
-            netns::ip_in(&pns, &["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
-            // Pods keep their TX offloads (checksum, TSO), as on a real host: the router
-            // reads the resulting partial checksums and super-packets with PACKET_VNET_HDR.
-            if !opts.pod_offload {
-                let exe = opts.exe.to_string_lossy();
-                netns::exec_in(&pns, &[&exe, "internal", "tx-checksum-off", "eth0"])?;
-            }
-            let mut pod_addrs = vec![format!("{}/32", pod.address)];
-            if let Some(a6) = pod.address_v6 {
-                // As Calico wires a pod: a /128, and the default route via the link-local
-                // address the host end answers for (here: the router, by proxy NDP).
-                netns::ip_in(&ns, &["-6", "route", "add", &format!("{a6}/128"), "dev", &pod.iface])?;
-                netns::ip_in(&pns, &["-6", "addr", "add", &format!("{a6}/128"), "dev", "eth0", "nodad"])?;
-                let gw6 = encap::icmpv6::CALICO_GATEWAY.to_string();
-                netns::ip_in(&pns, &["-6", "route", "add", "default", "via", &gw6, "dev", "eth0"])?;
-                pod_addrs.push(format!("{a6}/128"));
-            }
-            st.hosts.push(Host {
-                name: pod.name.clone(),
-                role: Role::Pod,
-                namespace: pns,
-                addresses: pod_addrs,
-                parent: Some(node.name.clone()),
-                interface: Some(pod.iface.clone()),
-            });
-            pods.push(PodConfig {
-                name: pod.name.clone(),
-                interface: pod.iface.clone(),
-                address: pod.address,
-                address6: pod.address_v6,
-                container: None,
-            });
-        }
-        let mut cfg = node_config(lab, topo, node, pods, opts, mode);
-        cfg.etcd_endpoints = st.etcd.iter().map(|e| e.url.clone()).collect();
-        cfg.secrets_dir = st.etcd.is_some().then(|| secrets_dir(lab));
-        configs.push(cfg);
-        st.save(&lab.dir)?;
+        netns::ip_in(&ns, &["-6", "route", "add", &pool6.to_string(), "via", &gw6.to_string()])?;
+        // As for IPv4: afpacket forwards in the router; tun lets the kernel forward, and
+        // IPv6, never tunnelled, needs nothing else of the router there.
+        let fwd = if opts.dataplane == DataplaneMode::Afpacket { "0" } else { "1" };
+        netns::sysctl_in(&ns, "net.ipv6.conf.all.forwarding", fwd)?;
+        node_addrs.push(addr6.to_string());
     }
+    // The node's own traffic (later: BGP) reaches other subnets through the underlay.
+    for other in topo.subnets.iter().filter(|o| o.name != subnet.name) {
+        netns::ip_in(&ns, &["route", "add", &other.prefix.to_string(), "via", &subnet.gateway.to_string()])?;
+    }
+    match opts.dataplane {
+        // Forwarding is ours: the kernel must not forward a second copy.
+        DataplaneMode::Afpacket => netns::sysctl_in(&ns, "net.ipv4.ip_forward", "0")?,
+        // The kernel forwards; tunnelled blocks are routed into our tunl0. As on a Calico
+        // node, a default route lets proxy ARP answer for 169.254.1.1 (the underlay router
+        // has no route out of the lab, so nothing leaves it).
+        DataplaneMode::Tun => {
+            netns::sysctl_in(&ns, "net.ipv4.ip_forward", "1")?;
+            netns::ip_in(&ns, &["route", "add", "default", "via", &subnet.gateway.to_string()])?;
+        }
+    }
+    st.hosts.push(Host {
+        name: node.name.clone(),
+        role: Role::Node,
+        namespace: ns.clone(),
+        addresses: node_addrs,
+        parent: Some(subnet.name.clone()),
+        interface: Some("eth0".into()),
+    });
+    Ok(Member { subnet: node.subnet, ns, dev: "eth0".into(), addr: node.address.addr() })
+}
 
-    static_neighbours(&segment)?;
-    containers::setup(lab, topo, &opts.exe, tunnel_overhead(topo), st.etcd.as_ref().map(|e| e.url.as_str()))?;
-    for cfg in &configs {
-        let path = lab.dir.join(format!("{}.toml", cfg.name));
-        // 0600: a node's config holds its peers' TCP-MD5 passwords.
-        nodeapi::private::write(&path, cfg.to_toml().as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        let log = lab.dir.join(format!("{}.log", cfg.name));
-        let pid = spawn_node(&lab.ns(&cfg.name), &opts.exe, &path, &log)?;
-        st.daemons.push(Daemon { node: cfg.name.clone(), pid, config: path, socket: cfg.admin_socket.clone(), log });
-        st.save(&lab.dir)?;
+/// A pod of `node`, wired as Calico wires one.
+fn add_pod(
+    lab: &Lab,
+    topo: &Topology,
+    opts: &UpOptions,
+    st: &mut State,
+    node: &topology::Node,
+    pod: &topology::Pod,
+) -> anyhow::Result<PodConfig> {
+    let v6 = topo.pool_v6.is_some();
+    let (ns, subnet) = (lab.ns(&node.name), &topo.subnets[node.subnet]);
+    let pns = lab.ns(&pod.name);
+    add_ns(lab, st, &pns, v6)?;
+    let host_mac = encap::icmpv6::CALICO_HOST_MAC.to_string();
+    let mut add = vec!["link", "add", &pod.iface];
+    if v6 && opts.dataplane == DataplaneMode::Tun {
+        // Calico's host-end MAC: the kernel's own link-local address there is then
+        // the pods' IPv6 gateway.
+        add.extend(["address", &host_mac]);
     }
-    let patience = start_patience(st.daemons.len());
-    for d in &st.daemons {
-        wait_ready(d, patience)?;
+    add.extend(["type", "veth", "peer", "name", "eth0", "netns", &pns]);
+    netns::ip_in(&ns, &add)?;
+    netns::ip_in(&ns, &["link", "set", &pod.iface, "up"])?;
+    if opts.dataplane == DataplaneMode::Tun {
+        // Calico's way: the kernel answers the pod's ARP for 169.254.1.1.
+        netns::sysctl_in(&ns, &format!("net.ipv4.conf.{}.proxy_arp", pod.iface), "1")?;
+        // And at once, as Calico sets it: by default the kernel holds a proxy ARP
+        // answer back for up to 0.8 s, which a pod's first packet would wait out.
+        netns::sysctl_in(&ns, &format!("net.ipv4.neigh.{}.proxy_delay", pod.iface), "0")?;
     }
-    wait_converged(topo, st)
+    // As in Calico, the node's kernel knows its pods (flags UH), so the node itself can
+    // reach them; it does not forward for them.
+    netns::ip_in(&ns, &["route", "add", &format!("{}/32", pod.address), "dev", &pod.iface, "scope", "link"])?;
+    // Strict reverse-path filtering, as Felix sets it: the kernel takes from a pod's
+    // interface only the source that routes back to it, the pod's own /32.
+    netns::sysctl_in(&ns, &format!("net.ipv4.conf.{}.rp_filter", pod.iface), "1")?;
+    netns::ip_in(&pns, &["addr", "add", &format!("{}/32", pod.address), "dev", "eth0"])?;
+    // Room for the outer header when IPIP may be used (1480 on a 1500 underlay).
+    let pod_mtu = subnet.mtu - tunnel_overhead(topo);
+    netns::ip_in(&pns, &["link", "set", "eth0", "mtu", &pod_mtu.to_string(), "up"])?;
+    netns::ip_in(&pns, &["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
+    netns::ip_in(&pns, &["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
+    // Pods keep their TX offloads (checksum, TSO), as on a real host: the router
+    // reads the resulting partial checksums and super-packets with PACKET_VNET_HDR.
+    if !opts.pod_offload {
+        let exe = opts.exe.to_string_lossy();
+        netns::exec_in(&pns, &[&exe, "internal", "tx-checksum-off", "eth0"])?;
+    }
+    let mut pod_addrs = vec![format!("{}/32", pod.address)];
+    if let Some(a6) = pod.address_v6 {
+        // As Calico wires a pod: a /128, and the default route via the link-local
+        // address the host end answers for (here: the router, by proxy NDP).
+        netns::ip_in(&ns, &["-6", "route", "add", &format!("{a6}/128"), "dev", &pod.iface])?;
+        netns::ip_in(&pns, &["-6", "addr", "add", &format!("{a6}/128"), "dev", "eth0", "nodad"])?;
+        let gw6 = encap::icmpv6::CALICO_GATEWAY.to_string();
+        netns::ip_in(&pns, &["-6", "route", "add", "default", "via", &gw6, "dev", "eth0"])?;
+        pod_addrs.push(format!("{a6}/128"));
+    }
+    st.hosts.push(Host {
+        name: pod.name.clone(),
+        role: Role::Pod,
+        namespace: pns,
+        addresses: pod_addrs,
+        parent: Some(node.name.clone()),
+        interface: Some(pod.iface.clone()),
+    });
+    Ok(PodConfig {
+        name: pod.name.clone(),
+        interface: pod.iface.clone(),
+        address: pod.address,
+        address6: pod.address_v6,
+        container: None,
+    })
 }
 
 /// A host's interface on an underlay subnet.
