@@ -46,6 +46,9 @@ pub enum IpipMode {
 }
 
 /// Calico's names for a node's tunnel devices.
+/// A node's admin socket where its config names none: the one `router status` and the
+/// other node commands use outside a lab.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/router/router.sock";
 pub const IPIP_DEVICE: &str = "tunl0";
 pub const VXLAN_DEVICE: &str = "vxlan.calico";
 
@@ -275,6 +278,7 @@ pub struct NodeConfig {
     /// `afpacket`: have the kernel drop, after the router's copy, the frames the router
     /// forwards, instead of routing them only to fail (on by default; see `kfilter`).
     pub transit_filter: bool,
+    /// Where the CLI and the CNI plugin reach the node ([`DEFAULT_ADMIN_SOCKET`] unless set).
     pub admin_socket: PathBuf,
     pub uplink: Uplink,
     pub blocks: Vec<Ipv4Net>,
@@ -440,6 +444,7 @@ pub struct RawConfig {
     pub udp_gso: bool,
     #[serde(default = "default_true")]
     pub transit_filter: bool,
+    #[serde(default = "default_admin_socket")]
     pub admin_socket: PathBuf,
     #[serde(default)]
     pub metrics_address: Option<Spanned<String>>,
@@ -727,6 +732,10 @@ fn default_max_stale() -> u16 {
 
 fn default_worker_nice() -> Spanned<i32> {
     Spanned::new(0..0, forwarding::dataplane::DEFAULT_WORKER_NICE)
+}
+
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_ADMIN_SOCKET)
 }
 
 fn default_workers() -> Spanned<usize> {

@@ -419,3 +419,55 @@ fn a_node_owns_its_kernel_routes_and_flushes_them_at_stop_and_start() {
     let _ = back.kill();
     let _ = back.wait();
 }
+
+/// Kills the process when dropped: a node started by hand does not outlive a failed test.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node config that names no admin socket serves the default one, and the node commands
+/// find it there when no lab is up (a host that runs `router node` itself).
+#[test]
+fn a_node_without_an_admin_socket_serves_the_default_one_the_cli_finds() {
+    let lab = TestLab::up(&[]);
+    let own = lab.dir.join(&lab.name).join("node-a.toml");
+    let original = std::fs::read_to_string(&own).expect("node-a's config");
+    let config = lab.dir.join(format!("{}-default-socket.toml", lab.name));
+    let without: String =
+        original.lines().filter(|l| !l.starts_with("admin_socket")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&config, without).expect("write config");
+    let pid = lab.daemon_pid("node-a");
+    let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+    wait_for(10, "node-a's daemon gone", || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let node = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("node-a"), ROUTER, "node", "--config", config.to_str().unwrap_or_default()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("router node");
+    let node = Killed(node);
+    // Outside any lab: `--lab` names one that is not up.
+    let status = |args: &[&str]| {
+        let mut a = vec!["status", "--lab", "no-such-lab", "--json"];
+        a.extend_from_slice(args);
+        std::process::Command::new(ROUTER).args(&a).output().expect("router status")
+    };
+    wait_for(15, "both of node-a's sessions up, seen through the default socket", || {
+        let out = status(&[]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array().is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["state"] == "up"))
+    });
+    // Stopped as an operator would (SIGTERM), it takes its socket with it.
+    let _ = std::process::Command::new("kill").arg(node.0.id().to_string()).status();
+    wait_for(10, "the default socket removed with its node", || {
+        !std::path::Path::new("/run/router/router.sock").exists()
+    });
+    let _ = std::fs::remove_dir("/run/router");
+    let out = status(&[]);
+    assert!(text(&out.stderr).contains("no node serves /run/router/router.sock"), "{}", text(&out.stderr));
+}

@@ -6,7 +6,7 @@ use lab::{self, state::Role, Lab, UpOptions};
 use nodeapi::admin;
 use nodeapi::config::{DataplaneMode, IpipMode};
 use router::routes;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 mod lab_cmd;
 mod show;
@@ -549,7 +549,8 @@ struct Query {
     /// A lab node's name.
     #[arg(long, conflicts_with = "socket")]
     node: Option<String>,
-    /// A node's admin socket, outside a lab.
+    /// A node's admin socket, outside a lab (without a lab up: the default one, where a
+    /// node serves it).
     #[arg(long)]
     socket: Option<PathBuf>,
     #[arg(long)]
@@ -563,7 +564,19 @@ impl Query {
         if let Some(s) = &self.socket {
             return Ok(s.clone());
         }
-        let (lab, daemons) = self.daemons()?;
+        // On a host that runs `router node` itself (no lab), its socket is the default one.
+        let default = Path::new(nodeapi::config::DEFAULT_ADMIN_SOCKET);
+        let Some((lab, daemons)) = self.lab_daemons()? else {
+            if self.node.is_none() && default.exists() {
+                return Ok(default.to_path_buf());
+            }
+            bail!(
+                "no lab named {:?} is up and no node serves {}; start a lab with `router lab up`, or name a \
+                 node's socket with --socket PATH",
+                self.sel.lab()?.name,
+                default.display()
+            );
+        };
         let nodes: Vec<&str> = daemons.iter().map(|d| d.node.as_str()).collect();
         match (&self.node, daemons.as_slice()) {
             (Some(n), _) => match daemons.iter().find(|d| &d.node == n) {
@@ -576,16 +589,10 @@ impl Query {
         }
     }
 
-    /// The lab's node daemons.
-    fn daemons(&self) -> anyhow::Result<(Lab, Vec<lab::state::Daemon>)> {
+    /// The lab's node daemons, if the lab is up.
+    fn lab_daemons(&self) -> anyhow::Result<Option<(Lab, Vec<lab::state::Daemon>)>> {
         let lab = self.sel.lab()?;
-        let Some(st) = lab.state()? else {
-            bail!(
-                "no lab named {:?} is up; start one with `router lab up`, or name a node's socket with --socket PATH",
-                lab.name
-            );
-        };
-        Ok((lab, st.daemons))
+        Ok(lab.state()?.map(|st| (lab, st.daemons)))
     }
 
     /// The node's admin socket, as a typed client.
@@ -784,9 +791,10 @@ installed {} as {}",
         Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
         Cmd::Status(q) => {
             if q.node.is_none() && q.socket.is_none() {
-                let (_, daemons) = q.daemons()?;
-                if daemons.len() > 1 {
-                    return every_node_status(&daemons, q.json);
+                if let Some((_, daemons)) = q.lab_daemons()? {
+                    if daemons.len() > 1 {
+                        return every_node_status(&daemons, q.json);
+                    }
                 }
             }
             print_one_status(&q.client()?, q.json)
