@@ -26,6 +26,14 @@ pub enum KernelRoute {
 pub const KERNEL_PROTO: &str = "179";
 
 impl KernelRoute {
+    pub fn prefix(&self) -> IpNet {
+        match self {
+            KernelRoute::Via { prefix, .. } | KernelRoute::Dev { prefix, .. } | KernelRoute::Blackhole { prefix } => {
+                *prefix
+            }
+        }
+    }
+
     /// Arguments of `ip route replace` and `ip route del`, ours marked with [`KERNEL_PROTO`].
     pub fn args(&self) -> Vec<String> {
         let mut a = match self {

@@ -390,6 +390,12 @@ fn a_node_owns_its_kernel_routes_and_flushes_them_at_stop_and_start() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(ours(&lab), "", "routes left after the node stopped");
+    // The route the lab gave node-a to the other subnet, as a host has its own, was left to
+    // its owner (the node wants the same one) and outlives the node.
+    let all = text(&lab.exec("node-a", &["ip", "route", "show"]).stdout);
+    assert!(all.contains("192.168.200.0/24 via 192.168.100.1 dev eth0"), "the host's route went with the node:\n{all}");
+    assert!(all.contains("default via 192.168.100.1 dev eth0"), "{all}");
+    assert!(lab.node_log("node-a").contains("not ours: left as it is"), "{}", lab.node_log("node-a"));
     // What a crashed run would leave, and a route of someone else's.
     let add = |args: &[&str]| {
         let out = lab.exec("node-a", args);

@@ -54,6 +54,8 @@ impl KernelWork {
                 let mut filter = filter_on.and_then(|devs| TransitFilter::install(&devs));
                 *shown.lock().unwrap_or_else(|e| e.into_inner()) = filter.as_ref().map(|f| f.devs.clone());
                 let mut masquerading = forwarding::nat::NatPolicy::default();
+                // Routes we want where the kernel has one of its owner's for the prefix.
+                let mut left_alone = std::collections::HashSet::new();
                 while let Ok(first) = rx.recv() {
                     let mut jobs = vec![first];
                     jobs.extend(rx.try_iter());
@@ -82,7 +84,8 @@ impl KernelWork {
                         }
                     }
                     if let Some(want) = want {
-                        installed = sync(&installed, want, tun);
+                        left_alone.retain(|r| want.contains(r));
+                        installed = sync(&installed, want, tun, &mut left_alone);
                     }
                     if let Some(f) = &filter {
                         *shown.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.devs.clone());
@@ -248,12 +251,57 @@ fn parse_route(r: &serde_json::Value, v6: bool) -> Option<routes::KernelRoute> {
     })
 }
 
-/// Brings the kernel from `have` to `want`; what is installed afterwards.
-fn sync(have: &[routes::KernelRoute], want: Vec<routes::KernelRoute>, tun: bool) -> Vec<routes::KernelRoute> {
+/// The prefixes of the main table's routes that are not ours: the host's own (its default
+/// route, its subnets' routes, what its administrator or the lab set).
+fn foreign_prefixes(ipv6: bool) -> std::collections::HashSet<ipnet::IpNet> {
+    let mut all = std::collections::HashSet::new();
+    for family in if ipv6 { &["-4", "-6"][..] } else { &["-4"][..] } {
+        let Ok(out) = ipcmd::ip(&["-j", family, "route", "show", "table", "main"]) else { continue };
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+        for r in list.iter().filter(|r| r["protocol"].as_str() != Some(routes::KERNEL_PROTO)) {
+            let dst = r["dst"].as_str().unwrap_or("");
+            let prefix = match dst {
+                "default" if *family == "-6" => "::/0".parse().ok(),
+                "default" => "0.0.0.0/0".parse().ok(),
+                d if d.contains('/') => d.parse().ok(),
+                d => d.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from),
+            };
+            all.extend(prefix);
+        }
+    }
+    all
+}
+
+/// Brings the kernel from `have` to `want`; what is installed afterwards. A route we want
+/// for a prefix the kernel already routes by someone else's route (the host's default route,
+/// its other subnets) is left to its owner and kept in `left_alone`: replacing it would make it
+/// ours, and our stop would then take the host's route away with ours.
+fn sync(
+    have: &[routes::KernelRoute],
+    want: Vec<routes::KernelRoute>,
+    tun: bool,
+    left_alone: &mut std::collections::HashSet<routes::KernelRoute>,
+) -> Vec<routes::KernelRoute> {
     let wanted: std::collections::HashSet<&routes::KernelRoute> = want.iter().collect();
     let had: std::collections::HashSet<&routes::KernelRoute> = have.iter().collect();
     let gone: Vec<&routes::KernelRoute> = have.iter().filter(|k| !wanted.contains(k)).collect();
-    let new: Vec<&routes::KernelRoute> = want.iter().filter(|r| !had.contains(r)).collect();
+    let mut new: Vec<routes::KernelRoute> =
+        want.iter().filter(|r| !had.contains(r) && !left_alone.contains(*r)).cloned().collect();
+    if !new.is_empty() {
+        let foreign = foreign_prefixes(new.iter().any(|r| r.prefix().addr().is_ipv6()));
+        new.retain(|r| {
+            let theirs = foreign.contains(&r.prefix());
+            if theirs {
+                tracing::info!(
+                    route = %r.args().join(" "),
+                    "the kernel routes this prefix by a route that is not ours: left as it is"
+                );
+                left_alone.insert(r.clone());
+            }
+            !theirs
+        });
+    }
+    let want: Vec<routes::KernelRoute> = want.into_iter().filter(|r| !left_alone.contains(r)).collect();
     if gone.is_empty() && new.is_empty() {
         return want;
     }
