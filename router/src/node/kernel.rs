@@ -256,20 +256,34 @@ fn parse_route(r: &serde_json::Value, v6: bool) -> Option<routes::KernelRoute> {
 fn foreign_prefixes(ipv6: bool) -> std::collections::HashSet<ipnet::IpNet> {
     let mut all = std::collections::HashSet::new();
     for family in if ipv6 { &["-4", "-6"][..] } else { &["-4"][..] } {
-        let Ok(out) = ipcmd::ip(&["-j", family, "route", "show", "table", "main"]) else { continue };
-        let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
-        for r in list.iter().filter(|r| r["protocol"].as_str() != Some(routes::KERNEL_PROTO)) {
-            let dst = r["dst"].as_str().unwrap_or("");
-            let prefix = match dst {
-                "default" if *family == "-6" => "::/0".parse().ok(),
-                "default" => "0.0.0.0/0".parse().ok(),
-                d if d.contains('/') => d.parse().ok(),
-                d => d.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from),
-            };
-            all.extend(prefix);
+        if let Ok(out) = ipcmd::ip(&["-j", family, "route", "show", "table", "main"]) {
+            all.extend(not_ours(&out, *family == "-6"));
         }
     }
     all
+}
+
+/// The prefixes of the routes in `ip -j route show` output that are not `proto 179`.
+fn not_ours(listing: &str, v6: bool) -> Vec<ipnet::IpNet> {
+    // Two fields of each route, borrowed: in tun mode the table may hold a peer's million
+    // routes, ours, and the listing is read whenever routes are added.
+    #[derive(serde::Deserialize)]
+    struct Listed<'a> {
+        #[serde(borrow, default)]
+        dst: &'a str,
+        #[serde(borrow, default)]
+        protocol: Option<&'a str>,
+    }
+    let list: Vec<Listed<'_>> = serde_json::from_str(listing).unwrap_or_default();
+    list.iter()
+        .filter(|r| r.protocol != Some(routes::KERNEL_PROTO))
+        .filter_map(|r| match r.dst {
+            "default" if v6 => "::/0".parse().ok(),
+            "default" => "0.0.0.0/0".parse().ok(),
+            d if d.contains('/') => d.parse().ok(),
+            d => d.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from),
+        })
+        .collect()
 }
 
 /// Brings the kernel from `have` to `want`; what is installed afterwards. A route we want
@@ -358,6 +372,23 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hosts_own_routes_are_told_from_ours() {
+        // `ip -j route show table main` of a tun node: the host's default route and subnet
+        // routes, a pod's /32 (the lab's), and ours.
+        let listing = r#"[{"dst":"default","gateway":"192.168.100.1","dev":"eth0","flags":[]},
+            {"type":"blackhole","dst":"10.244.1.0/26","protocol":"179","flags":[]},
+            {"dst":"10.244.1.1","dev":"cali48dfb98be23","scope":"link","flags":[]},
+            {"dst":"10.244.2.0/26","gateway":"192.168.100.101","dev":"eth0","protocol":"179","flags":[]},
+            {"dst":"192.168.100.0/24","dev":"eth0","protocol":"kernel","scope":"link","prefsrc":"192.168.100.100","flags":[]},
+            {"dst":"192.168.200.0/24","gateway":"192.168.100.1","dev":"eth0","protocol":"boot","flags":[]}]"#;
+        let got: Vec<String> = not_ours(listing, false).iter().map(|p| p.to_string()).collect();
+        assert_eq!(got, ["0.0.0.0/0", "10.244.1.1/32", "192.168.100.0/24", "192.168.200.0/24"]);
+        let v6 = r#"[{"dst":"default","gateway":"fd00::1","dev":"eth0","protocol":"ra","flags":[]}]"#;
+        assert_eq!(not_ours(v6, true), ["::/0".parse::<ipnet::IpNet>().expect("net")]);
+        assert!(not_ours("not json", false).is_empty());
+    }
 
     #[test]
     fn routes_listed_by_ip_read_back_as_the_ones_installed() {
