@@ -538,14 +538,16 @@ impl SlowPath {
 
     fn send(&self, iface: IfaceId, frame: &[u8]) {
         let i = usize::from(iface.0);
-        match self.tx.get(i).and_then(|s| s.as_ref()).map(|s| s.send(frame)) {
-            Some(Ok(_)) => {
-                self.counters.tx(i, frame.len());
-                if self.tap.active() {
-                    self.tap.copy(iface, crate::tap::Direction::Tx, frame, true);
-                }
-            }
-            _ => self.counters.count_drop(crate::counters::DropReason::TxError),
+        let Some(socket) = self.tx.get(i).and_then(|s| s.as_ref()) else {
+            return self.counters.count_drop(crate::counters::DropReason::TxError);
+        };
+        // Copied before it leaves, as the workers do: an answer to it is never captured first.
+        if self.tap.active() {
+            self.tap.copy(iface, crate::tap::Direction::Tx, frame, true);
+        }
+        match socket.send(frame) {
+            Ok(_) => self.counters.tx(i, frame.len()),
+            Err(_) => self.counters.count_drop(crate::counters::DropReason::TxError),
         }
     }
 }
