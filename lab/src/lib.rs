@@ -1079,17 +1079,10 @@ pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<Restarted> {
         if !wait_gone(&[old.pid], Duration::from_secs(10)) {
             bail!("{node} (pid {}) did not stop within 10 s; its log: {}", old.pid, old.log.display());
         }
-    } else {
-        // A daemon just killed may still be closing its sockets in its last threads (its
-        // main thread already a zombie): its admin socket takes connections until then.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&old.socket).is_ok() {
-            if Instant::now() > deadline {
-                bail!("{node}'s daemon (pid {}) has exited, but {} still answers", old.pid, old.socket.display());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
+    // A daemon just killed may still be closing its admin socket in its last threads; the new
+    // one's bind waits for that (`nodeapi::admin::bind`), and `wait_ready` asks for an answer,
+    // which only the new one gives.
     let pid = spawn_node(&lab.ns(node), exe, &old.config, &old.log)?;
     st.daemons[i].pid = pid;
     st.save(&lab.dir)?;

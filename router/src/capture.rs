@@ -27,9 +27,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// What a request asks for, within the node's caps.
+    /// What a request asks for, within the node's caps; 0 seconds, as 0 packets, is no limit
+    /// of the client's.
     pub fn capped(packets: u64, seconds: Option<u64>) -> Limits {
-        let time = seconds.map_or(MAX_TIME, |s| Duration::from_secs(s).min(MAX_TIME));
+        let time = seconds.filter(|&s| s > 0).map_or(MAX_TIME, |s| Duration::from_secs(s).min(MAX_TIME));
         Limits { packets, bytes: MAX_BYTES, time }
     }
 }
@@ -147,6 +148,14 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(c.done(), "the capture did not stop by itself");
+    }
+
+    #[test]
+    fn no_time_asked_for_or_0_seconds_is_the_nodes_limit() {
+        assert_eq!(Limits::capped(0, None).time, MAX_TIME);
+        assert_eq!(Limits::capped(0, Some(0)).time, MAX_TIME);
+        assert_eq!(Limits::capped(0, Some(5)).time, Duration::from_secs(5));
+        assert_eq!(Limits::capped(0, Some(u64::MAX)).time, MAX_TIME);
     }
 
     #[test]

@@ -84,7 +84,6 @@ impl KernelWork {
                         }
                     }
                     if let Some(want) = want {
-                        left_alone.retain(|r| want.contains(r));
                         installed = sync(&installed, want, tun, &mut left_alone);
                     }
                     if let Some(f) = &filter {
@@ -233,15 +232,20 @@ fn current(ipv6: bool) -> Option<Vec<routes::KernelRoute>> {
     Some(all)
 }
 
+/// The prefix of a route's `dst` as `ip -j route show` writes it (`default`, a bare address
+/// for a host route).
+fn dst_prefix(dst: &str, v6: bool) -> Option<ipnet::IpNet> {
+    match dst {
+        "default" if v6 => "::/0".parse().ok(),
+        "default" => "0.0.0.0/0".parse().ok(),
+        d if d.contains('/') => d.parse().ok(),
+        d => d.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from),
+    }
+}
+
 /// One route of `ip -j route show`, as we install them.
 fn parse_route(r: &serde_json::Value, v6: bool) -> Option<routes::KernelRoute> {
-    let dst = r["dst"].as_str()?;
-    let prefix: ipnet::IpNet = match dst {
-        "default" if v6 => "::/0".parse().ok()?,
-        "default" => "0.0.0.0/0".parse().ok()?,
-        d if d.contains('/') => d.parse().ok()?,
-        d => ipnet::IpNet::from(d.parse::<std::net::IpAddr>().ok()?),
-    };
+    let prefix = dst_prefix(r["dst"].as_str()?, v6)?;
     let dev = r["dev"].as_str().map(str::to_string);
     Some(match (r["type"].as_str().unwrap_or("unicast"), r["gateway"].as_str(), dev) {
         ("blackhole", None, _) => routes::KernelRoute::Blackhole { prefix },
@@ -275,15 +279,7 @@ fn not_ours(listing: &str, v6: bool) -> Vec<ipnet::IpNet> {
         protocol: Option<&'a str>,
     }
     let list: Vec<Listed<'_>> = serde_json::from_str(listing).unwrap_or_default();
-    list.iter()
-        .filter(|r| r.protocol != Some(routes::KERNEL_PROTO))
-        .filter_map(|r| match r.dst {
-            "default" if v6 => "::/0".parse().ok(),
-            "default" => "0.0.0.0/0".parse().ok(),
-            d if d.contains('/') => d.parse().ok(),
-            d => d.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from),
-        })
-        .collect()
+    list.iter().filter(|r| r.protocol != Some(routes::KERNEL_PROTO)).filter_map(|r| dst_prefix(r.dst, v6)).collect()
 }
 
 /// Brings the kernel from `have` to `want`; what is installed afterwards. A route we want
@@ -299,6 +295,7 @@ fn sync(
     let wanted: std::collections::HashSet<&routes::KernelRoute> = want.iter().collect();
     let had: std::collections::HashSet<&routes::KernelRoute> = have.iter().collect();
     let gone: Vec<&routes::KernelRoute> = have.iter().filter(|k| !wanted.contains(k)).collect();
+    left_alone.retain(|r| wanted.contains(r));
     let mut new: Vec<routes::KernelRoute> =
         want.iter().filter(|r| !had.contains(r) && !left_alone.contains(*r)).cloned().collect();
     if !new.is_empty() {

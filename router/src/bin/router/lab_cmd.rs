@@ -131,7 +131,8 @@ pub(super) fn capture(
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     let what = interface.clone().unwrap_or_else(|| "all interfaces".into());
     let node = q.client()?;
-    // 0, as for the count: no limit of ours; the node's own (an hour) still holds.
+    // 0, as for the count: no limit of ours; the node's own (an hour) still holds, and the
+    // node reads 0 so too.
     let duration = if duration == 0 { router::capture::MAX_TIME.as_secs() } else { duration };
     node.capture_start(path.clone(), interface, count, Some(duration))?;
     eprintln!(
