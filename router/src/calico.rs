@@ -139,7 +139,7 @@ fn table(kind: Kind, rs: &[Resource], namespaces: bool) -> String {
         Kind::BgpConfiguration => &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
         Kind::BgpPeer => &["NAME", "PEERIP", "NODE", "ASN"],
         Kind::BgpFilter => &["NAME", "RULES"],
-        Kind::Node => &["NAME", "IPV4", "RRCLUSTERID"],
+        Kind::Node => &["NAME", "IPV4", "IPV6", "RRCLUSTERID"],
         Kind::IpReservation => &["NAME", "RESERVED"],
         Kind::IpamConfiguration => &["NAME", "STRICTAFFINITY", "MAXBLOCKSPERHOST", "AUTOALLOCATEBLOCKS"],
         Kind::WorkloadEndpoint if namespaces => &["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
@@ -179,6 +179,7 @@ fn table(kind: Kind, rs: &[Resource], namespaces: bool) -> String {
                 vec![
                     n.metadata.name.clone(),
                     opt(bgp.and_then(|b| b.ipv4_address.clone())),
+                    opt(bgp.and_then(|b| b.ipv6_address.clone())),
                     opt(bgp.and_then(|b| b.route_reflector_cluster_id.clone())),
                 ]
             }

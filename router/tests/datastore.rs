@@ -352,7 +352,8 @@ fn what_another_tool_wrote_reads_and_a_node_keeps_its_fields_when_put_right() {
     let err = text(&o.stderr);
     assert!(err.contains("note:") && err.contains("metadata.generation, spec.futureKnob"), "{err}");
     let table = etcd.ok(&["get", "nodes"]);
-    assert!(table.contains("worker-9"), "{table}");
+    let worker9 = table.lines().find(|l| l.starts_with("worker-9 ")).unwrap_or_default();
+    assert!(worker9.contains("10.0.0.10/24") && worker9.contains("fd00::10/64"), "{table}");
     // apply replaces what this router knows of the pool (as calicoctl's does) and keeps what
     // it does not know: nobody could have set or removed that through it.
     let file = etcd.dir.join("pool.yaml");
