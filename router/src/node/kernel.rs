@@ -208,12 +208,13 @@ fn masquerade(p: &forwarding::nat::NatPolicy) {
 
 /// Removes every kernel route of ours (`proto 179`).
 fn flush(ipv6: bool) {
-    if let Err(e) = ipcmd::ip(&["route", "flush", "proto", routes::KERNEL_PROTO]) {
-        tracing::warn!(error = %e, "could not flush our kernel routes");
-    }
-    if ipv6 {
-        if let Err(e) = ipcmd::ip(&["-6", "route", "flush", "proto", routes::KERNEL_PROTO]) {
-            tracing::warn!(error = %e, "could not flush our IPv6 kernel routes");
+    let families: &[&str] = if ipv6 { &["-4", "-6"] } else { &["-4"] };
+    for family in families {
+        match ipcmd::ip(&[family, "route", "flush", "proto", routes::KERNEL_PROTO]) {
+            Ok(_) => {}
+            // A main table with no route at all: nothing of ours to remove.
+            Err(e) if e.to_string().contains("FIB table does not exist") => {}
+            Err(e) => tracing::warn!(error = %e, family, "could not flush our kernel routes"),
         }
     }
 }

@@ -60,6 +60,8 @@ enum Cmd {
     },
     /// Run one node (what `lab up` starts per node).
     Node {
+        /// The node's config (TOML): its name, interfaces, pods and the cluster, or with
+        /// --datastore etcd only what etcd cannot know (see "A node's config" in docs/lab.md).
         #[arg(long)]
         config: PathBuf,
         /// `etcd`: take the cluster from Calico's resources in etcd and follow them live
