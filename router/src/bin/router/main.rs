@@ -436,7 +436,7 @@ enum LabCmd {
         #[arg(long, value_enum)]
         ipip_mode: Option<IpipModeArg>,
         /// Calico's vxlanMode for the pool (VNI 4096, UDP 4789, pod MTU 1450); alone it turns
-        /// IPIP off, as a pool uses one or the other. Afpacket data plane only.
+        /// IPIP off, as a pool uses one or the other. Both data planes (tun: `vxlan.calico`).
         #[arg(long, value_enum)]
         vxlan_mode: Option<IpipModeArg>,
         /// Calico's natOutgoing for the pools (both, in a dual-stack lab): pods reach addresses
@@ -448,7 +448,8 @@ enum LabCmd {
         #[arg(long)]
         metrics: bool,
         /// IPv6 beside IPv4: an IPv6 pool (the topology's `pool_v6`, else fd00:10:244::/48,
-        /// /122 blocks), a /128 for every pod, IPv6 on the underlay. Afpacket data plane only.
+        /// /122 blocks), a /128 for every pod, IPv6 on the underlay. Both data planes (tun:
+        /// the kernel forwards IPv6 on the routes the node installs).
         #[arg(long)]
         dual_stack: bool,
         /// Turn off the pods' TX checksum and segmentation offloads, so that every packet
