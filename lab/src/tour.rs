@@ -132,12 +132,16 @@ impl Tour<'_> {
     }
 }
 
-fn addr(st: &State, host: &str) -> anyhow::Result<String> {
-    st.host(host)
-        .and_then(|h| h.addresses.first())
-        .and_then(|a| a.split('/').next())
-        .map(str::to_string)
-        .with_context(|| format!("the tour needs the seed topology's {host}"))
+fn addr(lab: &Lab, st: &State, host: &str) -> anyhow::Result<String> {
+    st.host(host).and_then(|h| h.addresses.first()).and_then(|a| a.split('/').next()).map(str::to_string).with_context(
+        || {
+            format!(
+                "lab {:?} has no {host}: the tour tells the seed topology's story, host by host; \
+                 `router lab tour --lab tour` brings up a seed lab of its own beside this one",
+                lab.name
+            )
+        },
+    )
 }
 
 pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
@@ -162,7 +166,7 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
             lab.name
         );
     }
-    let (a1, b1, c1) = (addr(&st, "pod-a1")?, addr(&st, "pod-b1")?, addr(&st, "pod-c1")?);
+    let (a1, b1, c1) = (addr(lab, &st, "pod-a1")?, addr(lab, &st, "pod-b1")?, addr(lab, &st, "pod-c1")?);
     let cali = st.host("pod-a1").and_then(|h| h.interface.clone()).context("pod-a1 has no cali interface")?;
     let nodes = st.hosts.iter().filter(|h| h.role == Role::Node).count();
     let mut t = Tour { lab, exe, step: 0 };

@@ -343,6 +343,15 @@ fn lab_tour_refuses_a_lab_without_ipip_and_says_why() {
 }
 
 #[test]
+fn lab_tour_in_a_lab_of_another_shape_says_how_to_get_a_seed_lab() {
+    let lab = TestLab::up(&["--nodes", "2"]);
+    let out = lab.router(&["lab", "tour"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("has no pod-a1") && err.contains("router lab tour --lab tour"), "{err}");
+}
+
+#[test]
 fn completions_are_generated() {
     let out = std::process::Command::new(ROUTER).args(["completions", "bash"]).output().expect("router");
     assert!(out.status.success());
