@@ -518,23 +518,24 @@ impl Ipam {
         Ok(p)
     }
 
-    /// Every block of the family that exists, with its revision.
+    /// Every block of the family that exists, in address order, with its revision.
     pub fn blocks<N: Family>(&self) -> anyhow::Result<Vec<(Block<N>, i64)>> {
         let (kvs, _) = self.etcd.list(&blocks_prefix::<N>())?;
-        kvs.into_iter()
+        let mut blocks = kvs
+            .into_iter()
             .map(|kv| {
                 let b = serde_json::from_slice(&kv.value).with_context(|| format!("{} is corrupt", kv.key))?;
                 Ok((b, kv.mod_revision))
             })
-            .collect()
+            .collect::<anyhow::Result<Vec<(Block<N>, i64)>>>()?;
+        // The keys sort as text (10-50-0-12-30 before 10-50-0-4-30); callers want addresses.
+        blocks.sort_by_key(|(b, _)| b.cidr);
+        Ok(blocks)
     }
 
     /// The IPv4 blocks `node` holds, in address order.
     pub fn node_blocks(&self, node: &str) -> anyhow::Result<Vec<Ipv4Net>> {
-        let mut v: Vec<Ipv4Net> =
-            self.blocks::<Ipv4Net>()?.into_iter().filter(|(b, _)| b.node() == node).map(|(b, _)| b.cidr).collect();
-        v.sort();
-        Ok(v)
+        Ok(self.blocks::<Ipv4Net>()?.into_iter().filter(|(b, _)| b.node() == node).map(|(b, _)| b.cidr).collect())
     }
 
     /// Claims `block` for `node` if no one holds it; whether `node` holds it now. A block

@@ -783,6 +783,11 @@ fn ipam_in_etcd_is_kept_as_calico_keeps_it() {
         assert!(taken.contains("in use (by k8s-pod-network.5f1c)"), "{taken}");
         let lent = ipam.request("node-a", "x@eth0", ip("10.247.0.11"), &pools).expect("borrowed");
         assert!(lent.borrowed);
+        // Blocks are listed in address order, not in the order of their keys' text.
+        assert!(ipam.claim("node-b", "10.247.0.16/29".parse::<Ipv4Net>().expect("net")).expect("claim"));
+        let listed: Vec<String> =
+            ipam.blocks::<Ipv4Net>().expect("blocks").iter().map(|(b, _)| b.cidr.to_string()).collect();
+        assert_eq!(listed, ["10.247.0.0/29", "10.247.0.8/29", "10.247.0.16/29"]);
         assert_eq!(ipam.handles("worker-1").expect("handles"), ["k8s-pod-network.5f1c"]);
         assert_eq!(ipam.handles("node-a").expect("handles"), ["c1@eth0", "x@eth0"]);
         let block = raw("/calico/ipam/v2/assignment/ipv4/block/10.247.0.8-29").expect("block");
