@@ -87,6 +87,21 @@ pub enum Action {
     Close(usize),
 }
 
+/// What an operator reads about a session in the log: the core has no I/O, so the shell
+/// writes them ([`Core::take_reports`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Established, carrying these families.
+    Up(Vec<Afi>),
+    /// An Established session went down, or a NOTIFICATION ended one on its way up. A
+    /// connection attempt that fails is not reported: an absent peer would fill the log.
+    Down(Down),
+    /// RFC 7606: an UPDATE with malformed attributes; `withdrawn`: its routes counted as
+    /// withdrawn, `discarded`: the codes of attributes dropped. `count` is how many the
+    /// session has had: reported at 1, 2, 4, 8, …, so a peer cannot flood the log.
+    Malformed { withdrawn: bool, discarded: Vec<u8>, count: u64 },
+}
+
 /// What to do with a connection a peer opened to us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Incoming {
@@ -108,6 +123,8 @@ struct Peer {
     connecting_since: Option<Instant>,
     connected_at: Option<Instant>,
     flaps: u64,
+    /// UPDATEs with malformed attributes since the session came up.
+    malformed: u64,
     updates_received: u64,
     updates_sent: u64,
     /// Removed while running: the slot stays (indices are the shell's too) but is dead.
@@ -140,6 +157,7 @@ pub struct Core {
     rib: Rib,
     peers: Vec<Peer>,
     actions: Vec<Action>,
+    reports: Vec<(usize, Report)>,
     deferral_until: Option<Instant>,
     /// What the Loc-RIB changed since [`Core::take_changes`].
     changed: LocChanges,
@@ -218,7 +236,15 @@ impl Core {
             rib.defer();
         }
         let initial = cfg.peers.clone();
-        let mut core = Core { cfg, rib, peers, actions: Vec::new(), deferral_until, changed: LocChanges::Everything };
+        let mut core = Core {
+            cfg,
+            rib,
+            peers,
+            actions: Vec::new(),
+            reports: Vec::new(),
+            deferral_until,
+            changed: LocChanges::Everything,
+        };
         for p in initial {
             core.push_peer(p, now);
         }
@@ -286,6 +312,7 @@ impl Core {
             connecting_since: None,
             connected_at: None,
             flaps: 0,
+            malformed: 0,
             updates_received: 0,
             updates_sent: 0,
             removed: false,
@@ -402,6 +429,11 @@ impl Core {
     /// What the shell must do now, in order.
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
+    }
+
+    /// What happened to sessions since the last call, for the log: peer index and report.
+    pub fn take_reports(&mut self) -> Vec<(usize, Report)> {
+        std::mem::take(&mut self.reports)
     }
 
     pub fn rib(&self) -> &Rib {
@@ -660,10 +692,30 @@ impl Core {
                     self.peers[i].connected_at = None;
                     self.actions.push(Action::Close(i));
                 }
-                Output::Established(neg) => self.established(i, neg),
-                Output::Down(why) => self.down(i, now, was_established, why),
+                Output::Established(neg) => {
+                    self.reports.push((i, Report::Up(neg.families.clone())));
+                    self.established(i, neg)
+                }
+                Output::Down(why) => {
+                    if was_established || why.notification().is_some() {
+                        self.reports.push((i, Report::Down(why.clone())));
+                    }
+                    self.down(i, now, was_established, why)
+                }
                 Output::Update(u) => {
                     self.peers[i].updates_received += 1;
+                    if u.treat_as_withdraw || !u.discarded.is_empty() {
+                        let p = &mut self.peers[i];
+                        p.malformed += 1;
+                        if p.malformed.is_power_of_two() {
+                            let r = Report::Malformed {
+                                withdrawn: u.treat_as_withdraw,
+                                discarded: u.discarded.clone(),
+                                count: p.malformed,
+                            };
+                            self.reports.push((i, r));
+                        }
+                    }
                     let ch = self.rib.update(i as PeerId, &u);
                     if !self.rib.has_stale(i as PeerId) {
                         self.peers[i].helper.done();
@@ -699,6 +751,7 @@ impl Core {
         let ch = self.rib.set_router_id(i as PeerId, neg.peer_id);
         self.apply(ch);
         self.peers[i].eor = false;
+        self.peers[i].malformed = 0;
         self.peers[i].connected_at = None;
         // Back from a restart: families whose forwarding state it did not keep lose their
         // stale routes now (RFC 4724 §4.2).

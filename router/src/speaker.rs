@@ -3,9 +3,9 @@
 //! BGP decides (sessions, timers, RIB, policy, graceful restart) is `bgp::speaker::Core`; this
 //! module carries out its actions and feeds it what the sockets bring.
 
-use bgp::fsm::State;
+use bgp::fsm::{Down, State};
 use bgp::rib::{Candidate, PeerId};
-use bgp::speaker::{Action, Core, CoreConfig, Incoming, PeerConfig};
+use bgp::speaker::{Action, Core, CoreConfig, Incoming, PeerConfig, Report};
 use bgp::wire::{self, Message, Notification};
 use ipnet::{IpNet, Ipv4Net};
 use mio::net::{TcpListener, TcpStream};
@@ -45,6 +45,26 @@ pub struct SpeakerConfig {
 }
 
 /// A configured peer as the core sees it.
+/// A session that went down because someone meant it to: our operator, or the peer's
+/// (its shutdown or reset, its graceful restart). Anything else is worth a warning.
+fn planned(why: &Down) -> bool {
+    use bgp::wire::err;
+    match why {
+        Down::Stopped | Down::PeerRestarted => true,
+        Down::Received(n) => {
+            n.code == err::CEASE && [err::ADMIN_SHUTDOWN, err::PEER_DECONFIGURED, err::ADMIN_RESET].contains(&n.subcode)
+        }
+        _ => false,
+    }
+}
+
+fn afi_name(f: bgp::wire::update::Afi) -> &'static str {
+    match f {
+        bgp::wire::update::Afi::Ipv4 => "ipv4",
+        bgp::wire::update::Afi::Ipv6 => "ipv6",
+    }
+}
+
 pub fn peer_config(p: &BgpPeer) -> PeerConfig {
     PeerConfig {
         address: p.address,
@@ -216,6 +236,7 @@ impl Speaker {
     /// still getting their initial table while their output is low.
     fn run(&mut self, registry: &Registry, now: Instant) {
         loop {
+            self.log_reports();
             let actions = self.core.take_actions();
             if actions.is_empty() {
                 let low = (0..self.conns.len()).find(|&i| {
@@ -236,6 +257,28 @@ impl Speaker {
                     Action::Send(i, m) => self.send(i, &m, now),
                     Action::Close(i) => self.drop_conn(registry, i),
                 }
+            }
+        }
+    }
+
+    /// Writes what happened to sessions into the log: up, down and why, malformed UPDATEs.
+    fn log_reports(&mut self) {
+        for (i, r) in self.core.take_reports() {
+            let peer = self.core.peer_config(i).address;
+            match r {
+                Report::Up(families) => {
+                    let families: Vec<&str> = families.iter().map(|f| afi_name(*f)).collect();
+                    tracing::info!(%peer, families = %families.join(","), "BGP session up");
+                }
+                Report::Down(why) if planned(&why) => tracing::info!(%peer, %why, "BGP session down"),
+                Report::Down(why) => tracing::warn!(%peer, %why, "BGP session down"),
+                Report::Malformed { withdrawn, discarded, count } => tracing::warn!(
+                    %peer,
+                    routes_withdrawn = withdrawn,
+                    discarded_attributes = ?discarded,
+                    count,
+                    "malformed UPDATE, handled as RFC 7606 says"
+                ),
             }
         }
     }
@@ -694,14 +737,7 @@ impl Speaker {
                     messages_sent: w.messages_sent,
                     bytes_received: w.bytes_received,
                     bytes_sent: w.bytes_sent,
-                    families: v
-                        .families
-                        .iter()
-                        .map(|f| match f {
-                            bgp::wire::update::Afi::Ipv4 => "ipv4".to_string(),
-                            bgp::wire::update::Afi::Ipv6 => "ipv6".to_string(),
-                        })
-                        .collect(),
+                    families: v.families.iter().map(|f| afi_name(*f).to_string()).collect(),
                 }
             })
             .collect()

@@ -198,6 +198,13 @@ fn a_silent_node_loses_its_block_within_the_hold_time_and_comes_back() {
     wait_for(10, "node-a's block back at node-c", || route(&lab, "node-c", "10.244.1.0/26").is_some());
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.3.1"]);
     assert!(ok, "{out}");
+    // node-a's log tells the story: up, down and why, up again.
+    let log = lab.node_log("node-a");
+    let events: Vec<&str> =
+        log.lines().filter(|l| l.contains("peer=192.168.200.101") && l.contains("BGP session")).collect();
+    assert!(events.len() >= 3 && events[0].contains("session up"), "{log}");
+    assert!(events[1].contains("WARN") && events[1].contains("why=hold timer expired"), "{log}");
+    assert!(events.last().is_some_and(|l| l.contains("session up")), "{log}");
 }
 
 #[test]

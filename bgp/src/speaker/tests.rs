@@ -445,6 +445,41 @@ fn a_peer_over_its_prefix_limit_is_shut_down_with_cease_1() {
     assert_eq!(a.poll_timeout(), Some(now + MAX_PREFIXES_HOLD_DOWN));
 }
 
+#[test]
+fn sessions_report_up_down_and_malformed_updates_but_not_failed_connects() {
+    let now = Instant::now();
+    let mut a = Core::new(config(0, 2, None, false), now);
+    let _ = a.take_actions();
+    // A connection that fails before the session is up is not news: a peer that is not
+    // there yet would fill the log.
+    a.connect_failed(0, now, "refused".into());
+    a.tick(now + Duration::from_secs(3));
+    a.connected(0, now);
+    a.closed(0, now, "reset by peer".into());
+    assert_eq!(a.take_reports(), vec![]);
+    a.tick(now + Duration::from_secs(6));
+    a.connected(0, now);
+    let open = crate::wire::Open::new(AS, 9, ip(2), vec![crate::wire::Capability::FourOctetAs(AS)]);
+    a.message(0, now, Message::Open(open));
+    a.message(0, now, Message::Keepalive);
+    assert_eq!(a.take_reports(), vec![(0, Report::Up(vec![Afi::Ipv4]))]);
+    // RFC 7606 treat-as-withdraw: reported at the 1st, 2nd and 4th, not the 3rd.
+    let broken =
+        Update { nlri: vec!["10.244.2.0/26".parse().expect("net")], treat_as_withdraw: true, ..Default::default() };
+    let mut counts = Vec::new();
+    for _ in 0..4 {
+        a.message(0, now, Message::Update(broken.clone()));
+        for (_, r) in a.take_reports() {
+            let Report::Malformed { withdrawn: true, count, .. } = r else { panic!("{r:?}") };
+            counts.push(count);
+        }
+    }
+    assert_eq!(counts, [1, 2, 4]);
+    let cease = Notification::new(wire::err::CEASE, wire::err::ADMIN_SHUTDOWN);
+    a.message(0, now, Message::Notification(cease.clone()));
+    assert_eq!(a.take_reports(), vec![(0, Report::Down(Down::Received(cease)))]);
+}
+
 /// While the restarted node waits for a peer that is not back, it sends nothing and says why;
 /// the restart time ends the wait.
 #[test]
