@@ -58,6 +58,19 @@ pub struct Table {
     with_entries: bool,
 }
 
+/// What natOutgoing does to traffic leaving the pools: nothing said when no pool
+/// masquerades; the pools named when only some do (the others' pods keep their address).
+fn masq_note<N: std::fmt::Display>(masquerading: &[N], pools: usize) -> String {
+    match masquerading {
+        [] => String::new(),
+        m if m.len() >= pools => "pods leave masqueraded as the node (natOutgoing)".into(),
+        m => {
+            let names: Vec<String> = m.iter().map(|n| n.to_string()).collect();
+            format!("pods of {} leave masqueraded as the node (natOutgoing)", names.join(", "))
+        }
+    }
+}
+
 fn flags(prefix: &IpNet, gateway: bool, reject: bool) -> String {
     let mut f = String::from("U");
     if gateway {
@@ -166,11 +179,9 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
     push(Ipv6Net::from(v6.address.addr()), NextHop6::Host, Some(up), local, "local", &String::new);
     if let Some(gateway) = v6.gateway {
         for p in &v6.routes {
-            let why = || match v6.nat_outgoing.is_empty() {
-                true => "another underlay subnet, through the underlay router".to_string(),
-                false => "another underlay subnet, through the underlay router; pods leave masqueraded as the node \
-                          (natOutgoing)"
-                    .to_string(),
+            let why = || match masq_note(&v6.nat_outgoing, v6.pools.len()) {
+                m if m.is_empty() => "another underlay subnet, through the underlay router".to_string(),
+                m => format!("another underlay subnet, through the underlay router; {m}"),
             };
             push(*p, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Static, "unicast", &why);
         }
@@ -591,7 +602,8 @@ fn build_inner(
         });
     }
     let statics = cfg.static_routes().map(|r| (r.prefix, r.action, RouteSource::Static));
-    let masquerade = cfg.pools.iter().any(|p| p.nat_outgoing);
+    let masq: Vec<Ipv4Net> = cfg.pools.iter().filter(|p| p.nat_outgoing).map(|p| p.cidr).collect();
+    let masquerade = masq_note(&masq, cfg.pools.len());
     let bgp = learned.iter().map(|(p, nh)| (*p, StaticAction::Via(*nh), RouteSource::Bgp));
     for (prefix, action, src) in statics.chain(bgp) {
         let r = StaticRoute { prefix, action };
@@ -656,10 +668,9 @@ fn build_inner(
             }
         } else {
             let why = || match (in_pool, on_link) {
-                (false, _) if masquerade => format!(
-                    "outside the IP pools: never tunnelled, and pods leave masqueraded as the node (natOutgoing); \
-                     {gw} is the next hop"
-                ),
+                (false, _) if !masquerade.is_empty() => {
+                    format!("outside the IP pools: never tunnelled, and {masquerade}; {gw} is the next hop")
+                }
                 (false, _) => format!("outside the IP pools: never tunnelled; {gw} is the next hop"),
                 (true, true) if mode == IpipMode::Never => format!("{gw} is inside {subnet} ({mode_name} Never)"),
                 (true, true) => format!("{gw} is inside {subnet}: direct"),
@@ -739,6 +750,14 @@ mod tests {
     use super::*;
     use forwarding::Interface;
     use std::path::Path;
+
+    #[test]
+    fn the_masquerade_note_names_the_pools_when_only_some_masquerade() {
+        let pools: Vec<Ipv4Net> = vec!["10.1.0.0/16".parse().expect("net")];
+        assert_eq!(masq_note::<Ipv4Net>(&[], 2), "");
+        assert_eq!(masq_note(&pools, 1), "pods leave masqueraded as the node (natOutgoing)");
+        assert_eq!(masq_note(&pools, 2), "pods of 10.1.0.0/16 leave masqueraded as the node (natOutgoing)");
+    }
 
     const CFG: &str = r#"
 name = "node-a"
