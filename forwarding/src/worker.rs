@@ -429,7 +429,8 @@ impl Worker {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
             Err(e) => {
-                tracing::warn!(iface = i, error = %e, "receive failed");
+                let iface = ctx.ifaces.get(in_if).map_or("?", |f| f.name.as_str());
+                tracing::warn!(iface, error = %e, "receive failed");
                 return false;
             }
         };

@@ -426,6 +426,30 @@ fn a_node_owns_its_kernel_routes_and_flushes_them_at_stop_and_start() {
     let _ = back.wait();
 }
 
+/// A link that goes down takes every kernel route through it, ours and the host's: when it
+/// is back up, the node puts back its own and, where the host's is gone, the one it wanted.
+#[test]
+fn a_node_puts_its_kernel_routes_back_after_its_uplink_went_down_and_up() {
+    let lab = TestLab::up(&[]);
+    let routes = |lab: &TestLab| text(&lab.exec("node-a", &["ip", "route", "show"]).stdout);
+    let before = routes(&lab);
+    assert!(before.contains("10.244.2.0/26 via 192.168.100.101 dev eth0 proto 179"), "{before}");
+    for state in ["down", "up"] {
+        let out = lab.exec("node-a", &["ip", "link", "set", "eth0", state]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    wait_for(15, "node-a's routes back after the uplink flapped", || {
+        let now = routes(&lab);
+        now.contains("10.244.2.0/26 via 192.168.100.101 dev eth0 proto 179")
+            && now.contains("192.168.200.0/24 via 192.168.100.1 dev eth0")
+    });
+    // The node's own traffic to the other subnet and to node-b's pods flows again.
+    for to in ["192.168.200.101", "10.244.2.1"] {
+        let out = lab.exec("node-a", &["ping", "-c", "1", "-W", "2", to]);
+        assert!(out.status.success(), "node-a to {to}: {}", text(&out.stdout));
+    }
+}
+
 /// Kills the process when dropped: a node started by hand does not outlive a failed test.
 struct Killed(std::process::Child);
 

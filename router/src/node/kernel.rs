@@ -21,7 +21,14 @@ enum Job {
     FilterRecheck,
     /// The pools to masquerade, where the kernel forwards (tun).
     Masquerade(forwarding::nat::NatPolicy),
+    /// Links changed: the kernel may have taken routes of ours away (a link that goes down
+    /// takes every route through it), or the host's own may be gone from under ours.
+    Resync,
 }
+
+/// How soon routes that could not be installed are tried again (a link just up may not
+/// have its subnet's route yet).
+const RETRY: Duration = Duration::from_secs(5);
 
 pub(super) struct KernelWork {
     tx: Option<crossbeam_channel::Sender<Job>>,
@@ -56,8 +63,18 @@ impl KernelWork {
                 let mut masquerading = forwarding::nat::NatPolicy::default();
                 // Routes we want where the kernel has one of its owner's for the prefix.
                 let mut left_alone = std::collections::HashSet::new();
-                while let Ok(first) = rx.recv() {
-                    let mut jobs = vec![first];
+                // The last set asked for, and whether some of it is not in the kernel.
+                let mut wanted: Vec<routes::KernelRoute> = Vec::new();
+                let mut missing = false;
+                loop {
+                    let first = match rx.recv_timeout(if missing { RETRY } else { Duration::MAX }) {
+                        Ok(job) => Some(job),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    };
+                    // The retry timer is a resync of its own.
+                    let mut resync = first.is_none();
+                    let mut jobs: Vec<Job> = first.into_iter().collect();
                     jobs.extend(rx.try_iter());
                     let mut want = None;
                     let mut sets = 0;
@@ -67,6 +84,7 @@ impl KernelWork {
                                 want = Some(r);
                                 sets += 1;
                             }
+                            (Job::Resync, _) => resync = true,
                             (Job::Masquerade(p), f) if p != masquerading => {
                                 if tun {
                                     masquerade(&p);
@@ -83,8 +101,21 @@ impl KernelWork {
                             (_, None) => {}
                         }
                     }
-                    if let Some(want) = want {
-                        installed = sync(&installed, want, tun, &mut left_alone);
+                    if let Some(w) = want {
+                        wanted = w;
+                    }
+                    if resync && !wanted.is_empty() {
+                        // What the kernel has now, not what we installed; routes left to the
+                        // host's own are looked at again (theirs may be gone).
+                        if let Some(now) = current(ipv6) {
+                            installed = now;
+                        }
+                        let foreign = foreign_prefixes(ipv6);
+                        left_alone.retain(|r: &routes::KernelRoute| foreign.contains(&r.prefix()));
+                    }
+                    if sets > 0 || resync {
+                        installed = sync(&installed, wanted.clone(), tun, &mut left_alone);
+                        missing = installed.len() + left_alone.len() < wanted.len();
                     }
                     if let Some(f) = &filter {
                         *shown.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.devs.clone());
@@ -126,6 +157,11 @@ impl KernelWork {
 
     pub(super) fn filter_recheck(&self) {
         self.send(Job::FilterRecheck);
+    }
+
+    /// Links changed: puts back what the kernel took away of ours.
+    pub(super) fn resync(&self) {
+        self.send(Job::Resync);
     }
 
     /// The pools to masquerade (applied when it changes): tun, by the kernel's rules; afpacket,

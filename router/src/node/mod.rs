@@ -872,6 +872,9 @@ fn control_loop(
             node.finish_removals(speaker.as_mut(), poll.registry());
         }
         if links_changed || links_checked.elapsed() >= link_check {
+            if links_changed {
+                node.kernel.resync();
+            }
             links_checked = Instant::now();
             links_changed = false;
             node.follow_links(speaker.as_ref());
