@@ -222,6 +222,15 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
     }
     let peers = cfg.peer_routes6();
     t.kernel.extend(peers.map(|(p, g)| KernelRoute::Via { prefix: p.into(), gateway: g.into(), dev: up.to_string() }));
+    // The other underlay subnets, as IPv4's: the node's own traffic needs them (where the
+    // host has its own route for one, the kernel thread leaves the host's).
+    if let Some(g) = v6.gateway {
+        t.kernel.extend(v6.routes.iter().map(|p| KernelRoute::Via {
+            prefix: (*p).into(),
+            gateway: g.into(),
+            dev: up.into(),
+        }));
+    }
     // Display rows sorted by prefix, as `build`'s IPv4 rows (stable: equal prefixes keep their order).
     t.entries.sort_by_key(|r| (r.prefix.network(), r.prefix.prefix_len()));
     t

@@ -430,7 +430,7 @@ fn a_node_owns_its_kernel_routes_and_flushes_them_at_stop_and_start() {
 /// is back up, the node puts back its own and, where the host's is gone, the one it wanted.
 #[test]
 fn a_node_puts_its_kernel_routes_back_after_its_uplink_went_down_and_up() {
-    let lab = TestLab::up(&[]);
+    let lab = TestLab::up(&["--dual-stack"]);
     let routes = |lab: &TestLab| text(&lab.exec("node-a", &["ip", "route", "show"]).stdout);
     let before = routes(&lab);
     assert!(before.contains("10.244.2.0/26 via 192.168.100.101 dev eth0 proto 179"), "{before}");
@@ -448,6 +448,19 @@ fn a_node_puts_its_kernel_routes_back_after_its_uplink_went_down_and_up() {
         let out = lab.exec("node-a", &["ping", "-c", "1", "-W", "2", to]);
         assert!(out.status.success(), "node-a to {to}: {}", text(&out.stdout));
     }
+    // The kernel removed the IPv6 address with the link (keep_addr_on_down is 0). Once the
+    // host's network config puts it back, which the node cannot do, the IPv6 routes follow
+    // on the node's next try, with no link event.
+    let out = lab.exec("node-a", &["ip", "-6", "addr", "replace", "fd00:192:168:100::100/64", "dev", "eth0", "nodad"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let routes6 = |lab: &TestLab| text(&lab.exec("node-a", &["ip", "-6", "route", "show"]).stdout);
+    wait_for(15, "node-a's IPv6 routes back", || {
+        let now = routes6(&lab);
+        now.contains("fd00:10:244::40/122 via fd00:192:168:100::101 dev eth0 proto 179")
+            && now.contains("fd00:192:168:200::/64 via fd00:192:168:100::1 dev eth0 proto 179")
+    });
+    let out = lab.exec("node-a", &["ping", "-c", "1", "-W", "2", "fd00:192:168:200::101"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
 }
 
 /// Kills the process when dropped: a node started by hand does not outlive a failed test.
