@@ -514,9 +514,9 @@ fn attach_drop_all(fd: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
 }
 
-/// Link and address events of this network namespace (rtnetlink's `RTMGRP_LINK` and
-/// `RTMGRP_IPV4_IFADDR` groups): readable when an interface appeared, vanished or changed, or
-/// an IPv4 address came or went. The messages are only a wake-up; the reader looks at what it
+/// Link and address events of this network namespace (rtnetlink's `RTMGRP_LINK`,
+/// `RTMGRP_IPV4_IFADDR` and `RTMGRP_IPV6_IFADDR` groups): readable when an interface
+/// appeared, vanished or changed, or an address came or went. The messages are only a wake-up; the reader looks at what it
 /// cares about itself.
 #[derive(Debug)]
 pub struct LinkEvents {
@@ -541,7 +541,7 @@ impl LinkEvents {
         // SAFETY: sockaddr_nl is plain data; all-zero is valid before the fields are set.
         let mut addr: libc::sockaddr_nl = unsafe { zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR) as u32;
+        addr.nl_groups = (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
         // SAFETY: addr is a valid sockaddr_nl of the given size.
         let r = unsafe {
             libc::bind(
