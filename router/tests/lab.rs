@@ -461,6 +461,23 @@ fn a_node_puts_its_kernel_routes_back_after_its_uplink_went_down_and_up() {
     });
     let out = lab.exec("node-a", &["ping", "-c", "1", "-W", "2", "fd00:192:168:200::101"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
+    // A route the kernel refuses (its gateway is off every subnet now) is tried again later,
+    // without any event: the subnet's route comes back by itself here.
+    let ip = |args: &[&str]| {
+        let out = lab.exec("node-a", args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    };
+    ip(&["ip", "route", "del", "192.168.100.0/24", "dev", "eth0"]);
+    ip(&["ip", "route", "del", "10.244.2.0/26"]);
+    let failures = |lab: &TestLab| lab.node_log("node-a").matches("kernel route not installed").count();
+    let before = failures(&lab);
+    ip(&["ip", "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"]);
+    wait_for(10, "the failed install logged", || failures(&lab) > before);
+    assert!(!routes(&lab).contains("10.244.2.0/26"), "{}", routes(&lab));
+    ip(&["ip", "route", "add", "192.168.100.0/24", "dev", "eth0", "src", "192.168.100.100"]);
+    wait_for(15, "node-b's block back in the kernel on a later try", || {
+        routes(&lab).contains("10.244.2.0/26 via 192.168.100.101 dev eth0 proto 179")
+    });
 }
 
 /// Kills the process when dropped: a node started by hand does not outlive a failed test.

@@ -27,8 +27,9 @@ enum Job {
 }
 
 /// How soon routes that could not be installed are tried again (a link just up may not
-/// have its subnet's route yet).
+/// have its subnet's route yet), and the longest wait between tries of one that keeps failing.
 const RETRY: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub(super) struct KernelWork {
     tx: Option<crossbeam_channel::Sender<Job>>,
@@ -63,17 +64,26 @@ impl KernelWork {
                 let mut masquerading = forwarding::nat::NatPolicy::default();
                 // Routes we want where the kernel has one of its owner's for the prefix.
                 let mut left_alone = std::collections::HashSet::new();
-                // The last set asked for, and whether some of it is not in the kernel.
+                // The last set asked for; while some of it is not in the kernel, when to try
+                // again (a deadline: the periodic jobs must not keep pushing it back), and the
+                // wait after that, doubling up to RETRY_MAX.
                 let mut wanted: Vec<routes::KernelRoute> = Vec::new();
-                let mut missing = false;
+                let (mut retry_at, mut backoff) = (None::<Instant>, RETRY);
                 loop {
-                    let first = match rx.recv_timeout(if missing { RETRY } else { Duration::MAX }) {
-                        Ok(job) => Some(job),
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    let first = match retry_at {
+                        Some(at) => match rx.recv_deadline(at) {
+                            Ok(job) => Some(job),
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                        },
+                        None => match rx.recv() {
+                            Ok(job) => Some(job),
+                            Err(_) => break,
+                        },
                     };
-                    // The retry timer is a resync of its own.
-                    let mut resync = first.is_none();
+                    // The retry is a resync of its own.
+                    let retry = retry_at.is_some_and(|at| Instant::now() >= at);
+                    let mut resync = retry;
                     let mut jobs: Vec<Job> = first.into_iter().collect();
                     jobs.extend(rx.try_iter());
                     let mut want = None;
@@ -114,8 +124,20 @@ impl KernelWork {
                         left_alone.retain(|r: &routes::KernelRoute| foreign.contains(&r.prefix()));
                     }
                     if sets > 0 || resync {
-                        installed = sync(&installed, wanted.clone(), tun, &mut left_alone);
-                        missing = installed.len() + left_alone.len() < wanted.len();
+                        installed = sync(&installed, wanted.clone(), tun, retry, &mut left_alone);
+                        let missing = installed.len() + left_alone.len() < wanted.len();
+                        retry_at = match (missing, retry) {
+                            (false, _) => None,
+                            (true, true) => {
+                                backoff = (backoff * 2).min(RETRY_MAX);
+                                Some(Instant::now() + backoff)
+                            }
+                            (true, false) if retry_at.is_some() => retry_at,
+                            (true, false) => {
+                                backoff = RETRY;
+                                Some(Instant::now() + RETRY)
+                            }
+                        };
                     }
                     if let Some(f) = &filter {
                         *shown.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.devs.clone());
@@ -319,7 +341,8 @@ fn not_ours(listing: &str, v6: bool) -> Vec<ipnet::IpNet> {
     list.iter().filter(|r| r.protocol != Some(routes::KERNEL_PROTO)).filter_map(|r| dst_prefix(r.dst, v6)).collect()
 }
 
-/// Brings the kernel from `have` to `want`; what is installed afterwards. A route we want
+/// Brings the kernel from `have` to `want`; what is installed afterwards. `retry`: a try
+/// again of routes that failed before, whose failures were logged then. A route we want
 /// for a prefix the kernel already routes by someone else's route (the host's default route,
 /// its other subnets) is left to its owner and kept in `left_alone`: replacing it would make it
 /// ours, and our stop would then take the host's route away with ours.
@@ -327,6 +350,7 @@ fn sync(
     have: &[routes::KernelRoute],
     want: Vec<routes::KernelRoute>,
     tun: bool,
+    retry: bool,
     left_alone: &mut std::collections::HashSet<routes::KernelRoute>,
 ) -> Vec<routes::KernelRoute> {
     let wanted: std::collections::HashSet<&routes::KernelRoute> = want.iter().collect();
@@ -375,6 +399,8 @@ fn sync(
         v.extend(args.iter().map(String::as_str));
         match ipcmd::ip(&v) {
             Ok(_) => installed.push(r.clone()),
+            // Tried again every RETRY: said when it first failed, not every time.
+            Err(e) if retry => tracing::debug!(error = %e, "kernel route still not installed"),
             Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
             // afpacket: these serve only the node's own traffic.
             Err(e) => tracing::warn!(error = %e, "kernel route not installed"),
