@@ -44,7 +44,6 @@ pub struct SpeakerConfig {
     pub listen_all: bool,
 }
 
-/// A configured peer as the core sees it.
 /// A session that went down because someone meant it to: our operator, or the peer's
 /// (its shutdown or reset, its graceful restart). Anything else is worth a warning.
 fn planned(why: &Down) -> bool {
@@ -65,6 +64,7 @@ fn afi_name(f: bgp::wire::update::Afi) -> &'static str {
     }
 }
 
+/// A configured peer as the core sees it.
 pub fn peer_config(p: &BgpPeer) -> PeerConfig {
     PeerConfig {
         address: p.address,

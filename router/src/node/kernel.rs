@@ -67,7 +67,8 @@ impl KernelWork {
                 // The last set asked for; while some of it is not in the kernel, when to try
                 // again (a deadline: the periodic jobs must not keep pushing it back), and the
                 // wait after that, doubling up to RETRY_MAX.
-                let mut wanted: Vec<routes::KernelRoute> = Vec::new();
+                // None until the first set: until then, what the last run left stays.
+                let mut wanted: Option<Vec<routes::KernelRoute>> = None;
                 let (mut retry_at, mut backoff) = (None::<Instant>, RETRY);
                 loop {
                     let first = match retry_at {
@@ -111,19 +112,19 @@ impl KernelWork {
                             (_, None) => {}
                         }
                     }
-                    if let Some(w) = want {
-                        wanted = w;
+                    if want.is_some() {
+                        wanted = want;
                     }
-                    if resync && !wanted.is_empty() {
-                        // What the kernel has now, not what we installed; routes left to the
-                        // host's own are looked at again (theirs may be gone).
-                        if let Some(now) = current(ipv6) {
-                            installed = now;
+                    if let (Some(wanted), true) = (&wanted, sets > 0 || resync) {
+                        if resync {
+                            // What the kernel has now, not what we installed; routes left to
+                            // the host's own are looked at again (theirs may be gone).
+                            if let Some(now) = current(ipv6) {
+                                installed = now;
+                            }
+                            let foreign = foreign_prefixes(ipv6);
+                            left_alone.retain(|r: &routes::KernelRoute| foreign.contains(&r.prefix()));
                         }
-                        let foreign = foreign_prefixes(ipv6);
-                        left_alone.retain(|r: &routes::KernelRoute| foreign.contains(&r.prefix()));
-                    }
-                    if sets > 0 || resync {
                         installed = sync(&installed, wanted.clone(), tun, retry, &mut left_alone);
                         let missing = installed.len() + left_alone.len() < wanted.len();
                         retry_at = match (missing, retry) {
@@ -399,7 +400,7 @@ fn sync(
         v.extend(args.iter().map(String::as_str));
         match ipcmd::ip(&v) {
             Ok(_) => installed.push(r.clone()),
-            // Tried again every RETRY: said when it first failed, not every time.
+            // Tried again later: said when it first failed, not every time.
             Err(e) if retry => tracing::debug!(error = %e, "kernel route still not installed"),
             Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
             // afpacket: these serve only the node's own traffic.
