@@ -516,8 +516,8 @@ fn attach_drop_all(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Link and address events of this network namespace (rtnetlink's `RTMGRP_LINK`,
 /// `RTMGRP_IPV4_IFADDR` and `RTMGRP_IPV6_IFADDR` groups): readable when an interface
-/// appeared, vanished or changed, or an address came or went. The messages are only a wake-up; the reader looks at what it
-/// cares about itself.
+/// appeared, vanished or changed, or an address came or went. The messages are only a
+/// wake-up; the reader looks at what it cares about itself.
 #[derive(Debug)]
 pub struct LinkEvents {
     fd: OwnedFd,

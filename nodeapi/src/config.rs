@@ -45,10 +45,10 @@ pub enum IpipMode {
     Never,
 }
 
-/// Calico's names for a node's tunnel devices.
 /// A node's admin socket where its config names none: the one `router status` and the
 /// other node commands use outside a lab.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/router/router.sock";
+/// Calico's names for a node's tunnel devices.
 pub const IPIP_DEVICE: &str = "tunl0";
 pub const VXLAN_DEVICE: &str = "vxlan.calico";
 

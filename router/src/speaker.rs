@@ -57,13 +57,6 @@ fn planned(why: &Down) -> bool {
     }
 }
 
-fn afi_name(f: bgp::wire::update::Afi) -> &'static str {
-    match f {
-        bgp::wire::update::Afi::Ipv4 => "ipv4",
-        bgp::wire::update::Afi::Ipv6 => "ipv6",
-    }
-}
-
 /// A configured peer as the core sees it.
 pub fn peer_config(p: &BgpPeer) -> PeerConfig {
     PeerConfig {
@@ -267,7 +260,7 @@ impl Speaker {
             let peer = self.core.peer_config(i).address;
             match r {
                 Report::Up(families) => {
-                    let families: Vec<&str> = families.iter().map(|f| afi_name(*f)).collect();
+                    let families: Vec<&str> = families.iter().map(|f| f.name()).collect();
                     tracing::info!(%peer, families = %families.join(","), "BGP session up");
                 }
                 Report::Down(why) if planned(&why) => tracing::info!(%peer, %why, "BGP session down"),
@@ -737,7 +730,7 @@ impl Speaker {
                     messages_sent: w.messages_sent,
                     bytes_received: w.bytes_received,
                     bytes_sent: w.bytes_sent,
-                    families: v.families.iter().map(|f| afi_name(*f).to_string()).collect(),
+                    families: v.families.iter().map(|f| f.name().to_string()).collect(),
                 }
             })
             .collect()

@@ -116,16 +116,19 @@ impl KernelWork {
                         wanted = want;
                     }
                     if let (Some(wanted), true) = (&wanted, sets > 0 || resync) {
+                        let mut foreign = None;
                         if resync {
                             // What the kernel has now, not what we installed; routes left to
                             // the host's own are looked at again (theirs may be gone).
                             if let Some(now) = current(ipv6) {
                                 installed = now;
                             }
-                            let foreign = foreign_prefixes(ipv6);
-                            left_alone.retain(|r: &routes::KernelRoute| foreign.contains(&r.prefix()));
+                            let theirs = foreign_prefixes(ipv6);
+                            left_alone.retain(|r: &routes::KernelRoute| theirs.contains(&r.prefix()));
+                            foreign = Some(theirs);
                         }
-                        installed = sync(&installed, wanted.clone(), tun, retry, &mut left_alone);
+                        let known = Known { foreign, retry };
+                        installed = sync(&installed, wanted.clone(), tun, known, &mut left_alone);
                         let missing = installed.len() + left_alone.len() < wanted.len();
                         retry_at = match (missing, retry) {
                             (false, _) => None,
@@ -342,8 +345,14 @@ fn not_ours(listing: &str, v6: bool) -> Vec<ipnet::IpNet> {
     list.iter().filter(|r| r.protocol != Some(routes::KERNEL_PROTO)).filter_map(|r| dst_prefix(r.dst, v6)).collect()
 }
 
-/// Brings the kernel from `have` to `want`; what is installed afterwards. `retry`: a try
-/// again of routes that failed before, whose failures were logged then. A route we want
+/// What [`sync`] is told besides the routes: the host's prefixes where they were just listed,
+/// and whether this is a try again of routes whose failures were logged then.
+struct Known {
+    foreign: Option<std::collections::HashSet<ipnet::IpNet>>,
+    retry: bool,
+}
+
+/// Brings the kernel from `have` to `want`; what is installed afterwards. A route we want
 /// for a prefix the kernel already routes by someone else's route (the host's default route,
 /// its other subnets) is left to its owner and kept in `left_alone`: replacing it would make it
 /// ours, and our stop would then take the host's route away with ours.
@@ -351,7 +360,7 @@ fn sync(
     have: &[routes::KernelRoute],
     want: Vec<routes::KernelRoute>,
     tun: bool,
-    retry: bool,
+    known: Known,
     left_alone: &mut std::collections::HashSet<routes::KernelRoute>,
 ) -> Vec<routes::KernelRoute> {
     let wanted: std::collections::HashSet<&routes::KernelRoute> = want.iter().collect();
@@ -361,7 +370,8 @@ fn sync(
     let mut new: Vec<routes::KernelRoute> =
         want.iter().filter(|r| !had.contains(r) && !left_alone.contains(*r)).cloned().collect();
     if !new.is_empty() {
-        let foreign = foreign_prefixes(new.iter().any(|r| r.prefix().addr().is_ipv6()));
+        let foreign =
+            known.foreign.unwrap_or_else(|| foreign_prefixes(new.iter().any(|r| r.prefix().addr().is_ipv6())));
         new.retain(|r| {
             let theirs = foreign.contains(&r.prefix());
             if theirs {
@@ -401,7 +411,7 @@ fn sync(
         match ipcmd::ip(&v) {
             Ok(_) => installed.push(r.clone()),
             // Tried again later: said when it first failed, not every time.
-            Err(e) if retry => tracing::debug!(error = %e, "kernel route still not installed"),
+            Err(e) if known.retry => tracing::debug!(error = %e, "kernel route still not installed"),
             Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
             // afpacket: these serve only the node's own traffic.
             Err(e) => tracing::warn!(error = %e, "kernel route not installed"),

@@ -54,6 +54,14 @@ impl Afi {
         }
     }
 
+    /// As `router status` and the log write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Afi::Ipv4 => "ipv4",
+            Afi::Ipv6 => "ipv6",
+        }
+    }
+
     pub fn from_code(c: u16) -> Option<Afi> {
         match c {
             1 => Some(Afi::Ipv4),

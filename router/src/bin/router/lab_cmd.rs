@@ -131,23 +131,24 @@ pub(super) fn capture(
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     let what = interface.clone().unwrap_or_else(|| "all interfaces".into());
     let node = q.client()?;
-    // 0, as for the count: no limit of ours; the node's own (an hour) still holds, and the
-    // node reads 0 so too.
-    let duration = if duration == 0 { router::capture::MAX_TIME.as_secs() } else { duration };
+    // The node ends the capture at its limits (0 seconds: its own, an hour); this loop only
+    // waits for that, or for Ctrl-C.
+    let limit = router::capture::Limits::capped(count, Some(duration)).time.as_secs();
     node.capture_start(path.clone(), interface, count, Some(duration))?;
     eprintln!(
-        "capturing on {what} into {} (up to {duration} s{}; Ctrl-C stops)",
+        "capturing on {what} into {} (up to {limit} s{}; Ctrl-C stops)",
         path.display(),
         if count > 0 { format!(" or {count} packets") } else { String::new() }
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(duration);
     loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
         let st = node.capture_status()?;
-        if !st.active || stop.load(std::sync::atomic::Ordering::Relaxed) || std::time::Instant::now() > deadline {
+        if !st.active || stop.load(std::sync::atomic::Ordering::Relaxed) {
             let n = node.capture_stop()?.written;
             let lost = st.lost;
-            if let Some(why) = st.ended.as_deref().filter(|w| *w != "packet count") {
+            // What the user asked for needs no note; the node's own caps do.
+            let asked = |w: &str| w == "packet count" || (w == "time limit" && duration > 0);
+            if let Some(why) = st.ended.as_deref().filter(|w| !asked(w)) {
                 eprintln!("the node stopped the capture: {why}");
             }
             if q.json {

@@ -569,14 +569,15 @@ impl Query {
         }
         // On a host that runs `router node` itself (no lab), its socket is the default one.
         let default = Path::new(nodeapi::config::DEFAULT_ADMIN_SOCKET);
-        let Some((lab, daemons)) = self.lab_daemons()? else {
+        let (lab, daemons) = self.lab_daemons()?;
+        let Some(daemons) = daemons else {
             if self.node.is_none() && default.exists() {
                 return Ok(default.to_path_buf());
             }
             bail!(
                 "no lab named {:?} is up and no node serves {}; start a lab with `router lab up`, or name a \
                  node's socket with --socket PATH",
-                self.sel.lab()?.name,
+                lab.name,
                 default.display()
             );
         };
@@ -592,10 +593,11 @@ impl Query {
         }
     }
 
-    /// The lab's node daemons, if the lab is up.
-    fn lab_daemons(&self) -> anyhow::Result<Option<(Lab, Vec<lab::state::Daemon>)>> {
+    /// The lab, and its node daemons if it is up.
+    fn lab_daemons(&self) -> anyhow::Result<(Lab, Option<Vec<lab::state::Daemon>>)> {
         let lab = self.sel.lab()?;
-        Ok(lab.state()?.map(|st| (lab, st.daemons)))
+        let daemons = lab.state()?.map(|st| st.daemons);
+        Ok((lab, daemons))
     }
 
     /// The node's admin socket, as a typed client.
@@ -794,7 +796,7 @@ installed {} as {}",
         Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
         Cmd::Status(q) => {
             if q.node.is_none() && q.socket.is_none() {
-                if let Some((_, daemons)) = q.lab_daemons()? {
+                if let (_, Some(daemons)) = q.lab_daemons()? {
                     if daemons.len() > 1 {
                         return every_node_status(&daemons, q.json);
                     }
