@@ -18,8 +18,13 @@ mod field {
 /// Length of the fixed ICMP header.
 pub const HEADER_LEN: usize = field::REST.end;
 
-/// Bytes of the offending datagram's payload quoted after its header (RFC 792).
-pub const QUOTED_PAYLOAD: usize = 8;
+/// Longest ICMP error a router sends, its IP header included: it quotes as much of the
+/// offending datagram as fits (RFC 1812 §4.3.2.3), at least the header and 8 bytes that RFC
+/// 792 asks, and enough that the sender can tell which of its datagrams it was.
+pub const MAX_ERROR_LEN: usize = 576;
+
+/// Most bytes of the offending datagram an error quotes (after a 20-byte IP header).
+pub const MAX_QUOTE: usize = MAX_ERROR_LEN - crate::ipv4::HEADER_LEN - HEADER_LEN;
 
 pub mod types {
     pub const ECHO_REPLY: u8 = 0;

@@ -193,6 +193,10 @@ pub fn pipeline(data: &[u8]) {
         frame = rest;
     }
     let frame = &frame[..frame.len().min(BUF - HEADROOM - ICMP_ERROR_MAX)];
+    // While a trace runs, the worker reads every packet for the trace id first.
+    if crate::trace::belongs(frame, !tun_mode, 0x5254_5243) {
+        let _ = crate::trace::summarize(frame, !tun_mode);
+    }
     let n = if tun_mode { tun() } else { afpacket() };
     let counters = Counters::new(n.ifaces.len());
     let mut buf = vec![0u8; BUF];

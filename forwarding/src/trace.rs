@@ -25,6 +25,8 @@ pub struct Summary {
     pub len: u16,
     /// ICMP type, for ICMP packets.
     pub icmp_type: Option<u8>,
+    /// What it carries, in words: "ICMP echo request", "TCP RST", "UDP"; empty for other protocols.
+    pub what: &'static str,
     pub inner: Option<Inner>,
     pub vxlan: Option<VxlanInfo>,
 }
@@ -36,6 +38,7 @@ pub struct Inner {
     pub protocol: u8,
     pub ttl: u8,
     pub icmp_type: Option<u8>,
+    pub what: &'static str,
 }
 
 /// What the worker did.
@@ -96,9 +99,50 @@ fn summarize6(bytes: &[u8]) -> Option<Summary> {
         ttl: p.hop_limit(),
         len: u16::try_from(p.total_len()).unwrap_or(u16::MAX),
         icmp_type,
+        what: what(bytes),
         inner: None,
         vxlan: None,
     })
+}
+
+/// What an IP packet carries, in words (see [`Summary::what`]).
+fn what(ip: &[u8]) -> &'static str {
+    let Some((protocol, t)) = transport(ip) else {
+        return "";
+    };
+    let (kind, code) = (t.first().copied(), t.get(1).copied().unwrap_or(0));
+    match (protocol, kind) {
+        (1, Some(0)) | (58, Some(129)) => "ICMP echo reply",
+        (1, Some(8)) | (58, Some(128)) => "ICMP echo request",
+        (1, Some(3)) => match code {
+            0 => "ICMP net unreachable",
+            1 => "ICMP host unreachable",
+            3 => "ICMP port unreachable",
+            4 => "ICMP fragmentation needed",
+            13 => "ICMP administratively prohibited",
+            _ => "ICMP destination unreachable",
+        },
+        (58, Some(1)) => match code {
+            0 => "ICMPv6 no route",
+            1 => "ICMPv6 administratively prohibited",
+            3 => "ICMPv6 address unreachable",
+            4 => "ICMPv6 port unreachable",
+            _ => "ICMPv6 destination unreachable",
+        },
+        (1, Some(11)) => "ICMP time exceeded",
+        (58, Some(3)) => "ICMPv6 time exceeded",
+        (58, Some(2)) => "ICMPv6 packet too big",
+        (1, _) => "ICMP",
+        (58, _) => "ICMPv6",
+        (6, _) => match t.get(13).map(|f| f & 0x17) {
+            Some(0x02) => "TCP SYN",
+            Some(0x12) => "TCP SYN-ACK",
+            Some(f) if f & 0x04 != 0 => "TCP RST",
+            _ => "TCP",
+        },
+        (17, _) => "UDP",
+        _ => "",
+    }
 }
 
 fn icmp_type<T: AsRef<[u8]>>(p: &ipv4::Packet<T>) -> Option<u8> {
@@ -137,6 +181,7 @@ pub fn summarize(data: &[u8], ethernet: bool) -> Option<Summary> {
             protocol: i.protocol().into(),
             ttl: i.ttl(),
             icmp_type: icmp_type(&i),
+            what: what(bytes),
         })
     });
     Some(Summary {
@@ -146,36 +191,88 @@ pub fn summarize(data: &[u8], ethernet: bool) -> Option<Summary> {
         ttl: p.ttl(),
         len: p.total_len(),
         icmp_type: icmp_type(&p),
+        what: what(bytes),
         inner,
         vxlan,
     })
 }
 
-/// The trace id of a probe (looking inside IPIP and VXLAN), or None for any other packet.
-pub fn probe_id(data: &[u8], ethernet: bool) -> Option<u32> {
-    let mut bytes = l3(data, ethernet)?;
-    let (protocol, t) = if is_v6(bytes) {
-        let p = ipv6::Packet::new_checked(bytes).ok()?;
-        (p.next_header(), &bytes[ipv6::HEADER_LEN..p.total_len()])
-    } else {
+/// Words a probe's payload carries after the marker and the id, for whoever captures it.
+const PROBE_TEXT: &[u8] = b" router trace probe";
+
+/// Length of a probe's payload: the marker, the id and the words.
+pub const PROBE_PAYLOAD_LEN: usize = MAGIC.len() + 4 + PROBE_TEXT.len();
+
+/// The payload of trace `id`'s probe (an echo's data, a UDP datagram's, a TCP SYN's).
+pub fn probe_payload(id: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(PROBE_PAYLOAD_LEN);
+    p.extend_from_slice(MAGIC);
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(PROBE_TEXT);
+    p
+}
+
+/// Whether a packet (a frame when `ethernet`) belongs to trace `id`, looking inside IPIP and
+/// VXLAN: the probe itself, whose payload is [`probe_payload`]; an echo reply, which returns
+/// that payload; an ICMP error quoting the probe; or a TCP segment that acknowledges the
+/// probe's SYN (the RST of a closed port, a listener's SYN-ACK). The id is random, so a pod
+/// cannot plant hops in another's trace by guessing it.
+pub fn belongs(data: &[u8], ethernet: bool, id: u32) -> bool {
+    let Some(mut bytes) = l3(data, ethernet) else {
+        return false;
+    };
+    if !is_v6(bytes) {
         if let Some((inner, _)) = tunnelled(bytes) {
             bytes = inner;
         }
-        let p = ipv4::Packet::new_checked(bytes).ok()?;
-        (u8::from(p.protocol()), &bytes[p.header_len()..usize::from(p.total_len())])
-    };
-    let skip = match protocol {
-        // ICMP, ICMPv6 (echo) and UDP: an 8-byte header; TCP: its data offset.
-        1 | 58 | 17 => 8,
-        6 => usize::from(*t.get(12)? >> 4) * 4,
-        _ => return None,
-    };
-    let payload = t.get(skip..)?;
-    if payload.len() < MAGIC.len() + 4 || &payload[..MAGIC.len()] != MAGIC {
-        return None;
     }
-    let id = &payload[MAGIC.len()..MAGIC.len() + 4];
-    Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]))
+    transport(bytes).is_some_and(|(protocol, t)| carries(protocol, t, id, false))
+}
+
+/// An IP packet's upper-layer protocol and as much of its upper-layer bytes as are there:
+/// the packet may be an ICMP error's quote, cut short. None for a fragment past the first.
+fn transport(ip: &[u8]) -> Option<(u8, &[u8])> {
+    let word = |at: usize| Some(u16::from_be_bytes([*ip.get(at)?, *ip.get(at + 1)?]));
+    match ip.first()? >> 4 {
+        4 => {
+            let hl = usize::from(ip[0] & 0x0f) * 4;
+            let end = usize::from(word(2)?).min(ip.len());
+            (hl >= ipv4::HEADER_LEN && word(6)? & 0x1fff == 0).then_some(())?;
+            Some((*ip.get(9)?, ip.get(hl..end)?))
+        }
+        6 => {
+            let end = (ipv6::HEADER_LEN + usize::from(word(4)?)).min(ip.len());
+            Some((*ip.get(6)?, ip.get(ipv6::HEADER_LEN..end)?))
+        }
+        _ => None,
+    }
+}
+
+/// Whether upper-layer bytes `t` of `protocol` carry trace `id` (see [`belongs`]); `quoted`
+/// when they are an ICMP error's quote, which may hold no more than 8 of them.
+fn carries(protocol: u8, t: &[u8], id: u32, quoted: bool) -> bool {
+    let be32 = |at: usize| t.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let marked = |at: usize| {
+        t.get(at..at + MAGIC.len() + 4)
+            .is_some_and(|m| m[..MAGIC.len()] == MAGIC[..] && m[MAGIC.len()..] == id.to_be_bytes())
+    };
+    match (protocol, t.first()) {
+        // Echo request and reply (ICMP, ICMPv6) and UDP: the payload follows 8 bytes of header.
+        (1, Some(0 | 8)) | (58, Some(128 | 129)) | (17, _) => marked(8),
+        // An error about the probe; an error about an error is never sent, so one level.
+        (1, Some(3 | 11 | 12)) | (58, Some(1..=4)) if !quoted => {
+            t.get(8..).and_then(transport).is_some_and(|(p, q)| carries(p, q, id, true))
+        }
+        // The probe's sequence number is the id: in a quote, that may be all there is.
+        (6, _) if quoted => be32(4) == Some(id),
+        (6, _) => {
+            let offset = t.get(12).map_or(0, |b| usize::from(b >> 4) * 4);
+            let acked = t.get(13).is_some_and(|f| f & 0x10 != 0)
+                && [1, 1 + PROBE_PAYLOAD_LEN as u32].iter().any(|n| be32(8) == Some(id.wrapping_add(*n)));
+            (offset >= 20 && marked(offset)) || acked
+        }
+        _ => false,
+    }
 }
 
 /// Where workers report probes while a trace runs.
@@ -251,8 +348,7 @@ mod tests {
     use super::*;
 
     fn probe(id: u32) -> Vec<u8> {
-        let mut payload = MAGIC.to_vec();
-        payload.extend_from_slice(&id.to_be_bytes());
+        let payload = probe_payload(id);
         let b = etherparse::PacketBuilder::ipv4([10, 244, 1, 1], [10, 244, 3, 1], 64).icmpv4_echo_request(1, 1);
         let mut v = Vec::new();
         b.write(&mut v, &payload).expect("build");
@@ -262,7 +358,8 @@ mod tests {
     #[test]
     fn probes_are_recognised_plain_and_inside_ipip() {
         let p = probe(77);
-        assert_eq!(probe_id(&p, false), Some(77));
+        assert!(belongs(&p, false, 77));
+        assert!(!belongs(&p, false, 78));
         let mut outer = vec![0u8; 20];
         ipv4::Repr {
             src: Ipv4Addr::new(192, 168, 100, 100),
@@ -276,38 +373,133 @@ mod tests {
         }
         .emit(&mut outer);
         outer.extend_from_slice(&p);
-        assert_eq!(probe_id(&outer, false), Some(77));
+        assert!(belongs(&outer, false, 77));
         let s = summarize(&outer, false).expect("summary");
-        assert_eq!(s.protocol, 4);
-        assert_eq!(s.inner.map(|i| i.dst), Some(Ipv4Addr::new(10, 244, 3, 1)));
+        assert_eq!((s.protocol, s.what), (4, ""));
+        assert_eq!(s.inner.map(|i| (i.dst, i.what)), Some((Ipv4Addr::new(10, 244, 3, 1), "ICMP echo request")));
     }
 
     #[test]
     fn ipv6_probes_are_recognised_in_frames() {
-        let mut payload = MAGIC.to_vec();
-        payload.extend_from_slice(&99u32.to_be_bytes());
         let src: std::net::Ipv6Addr = "fd00:10:244::1".parse().expect("addr");
         let dst: std::net::Ipv6Addr = "fd00:10:244::81".parse().expect("addr");
         let b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
             .ipv6(src.octets(), dst.octets(), 64)
             .icmpv6_echo_request(1, 1);
         let mut f = Vec::new();
-        b.write(&mut f, &payload).expect("build");
-        assert_eq!(probe_id(&f, true), Some(99));
+        b.write(&mut f, &probe_payload(99)).expect("build");
+        assert!(belongs(&f, true, 99));
         let s = summarize(&f, true).expect("summary");
         assert_eq!((s.src, s.dst, s.protocol, s.ttl, s.icmp_type), (src.into(), dst.into(), 58, 64, Some(128)));
+        assert_eq!(s.what, "ICMP echo request");
         let n = f.len();
-        f[n - 5] ^= 1;
-        assert_eq!(probe_id(&f, true), None);
+        f[n - PROBE_TEXT.len() - 1] ^= 1;
+        assert!(!belongs(&f, true, 99));
     }
 
     #[test]
     fn ordinary_packets_are_not_probes() {
         let mut p = probe(1);
         let n = p.len();
-        p[n - 5] ^= 0xff;
-        assert_eq!(probe_id(&p, false), None);
-        assert_eq!(probe_id(&p[..20], false), None);
-        assert_eq!(probe_id(&[], true), None);
+        p[n - PROBE_TEXT.len() - 1] ^= 0xff;
+        assert!(!belongs(&p, false, 1));
+        assert!(!belongs(&p[..20], false, 1));
+        assert!(!belongs(&[], true, 1));
+        // Cut anywhere, a probe is never read past its end.
+        let p = probe(1);
+        for n in 0..p.len() {
+            let _ = belongs(&p[..n], false, 1);
+        }
+    }
+
+    fn ip4(protocol: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; 20];
+        ipv4::Repr {
+            src: Ipv4Addr::new(10, 244, 3, 1),
+            dst: Ipv4Addr::new(10, 244, 1, 1),
+            protocol: protocol.into(),
+            tos: 0,
+            ident: 9,
+            dont_frag: false,
+            ttl: 64,
+            payload_len: body.len(),
+        }
+        .emit(&mut v);
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// An ICMP error of `kind` and `code` quoting `quote`.
+    fn error4(kind: u8, code: u8, quote: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind, code, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(quote);
+        ip4(1, &m)
+    }
+
+    /// A TCP header from port 80 to 40000 with `seq`, `ack` and `flags`, no payload.
+    fn tcp(seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+        let mut t = vec![0, 80, 0x9c, 0x40];
+        t.extend_from_slice(&seq.to_be_bytes());
+        t.extend_from_slice(&ack.to_be_bytes());
+        t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        t
+    }
+
+    #[test]
+    fn the_answers_to_a_probe_belong_to_its_trace() {
+        let id = 0xdead_beef;
+        // A UDP probe, and the port unreachable that quotes all of it, as Linux does.
+        let mut udp = vec![0x9c, 0x40, 0x82, 0x9a, 0, (8 + PROBE_PAYLOAD_LEN) as u8, 0, 0];
+        udp.extend_from_slice(&probe_payload(id));
+        let datagram = ip4(17, &udp);
+        assert!(belongs(&datagram, false, id));
+        assert_eq!(summarize(&datagram, false).expect("summary").what, "UDP");
+        let unreachable = error4(3, 3, &datagram);
+        assert!(belongs(&unreachable, false, id));
+        assert!(!belongs(&unreachable, false, id + 1));
+        assert_eq!(summarize(&unreachable, false).expect("summary").what, "ICMP port unreachable");
+        // An error quoting only the header and 8 bytes (RFC 792's minimum) names no UDP probe...
+        assert!(!belongs(&error4(11, 0, &datagram[..28]), false, id));
+        // ...but does name a TCP one: its sequence number is the id.
+        let syn = ip4(6, &[tcp(id, 0, 0x02), probe_payload(id)].concat());
+        assert!(belongs(&syn, false, id));
+        assert_eq!(summarize(&syn, false).expect("summary").what, "TCP SYN");
+        let exceeded = error4(11, 0, &syn[..28]);
+        assert!(belongs(&exceeded, false, id));
+        assert_eq!(summarize(&exceeded, false).expect("summary").what, "ICMP time exceeded");
+        // A closed port's RST acknowledges the SYN and its payload; a listener's SYN-ACK the SYN.
+        let rst = ip4(6, &tcp(0, id.wrapping_add(1 + PROBE_PAYLOAD_LEN as u32), 0x14));
+        assert!(belongs(&rst, false, id));
+        assert_eq!(summarize(&rst, false).expect("summary").what, "TCP RST");
+        let syn_ack = ip4(6, &tcp(5, id.wrapping_add(1), 0x12));
+        assert!(belongs(&syn_ack, false, id));
+        assert_eq!(summarize(&syn_ack, false).expect("summary").what, "TCP SYN-ACK");
+        // Other segments, and acknowledgements without the ACK flag, are not the trace's.
+        assert!(!belongs(&ip4(6, &tcp(0, id.wrapping_add(2), 0x14)), false, id));
+        assert!(!belongs(&ip4(6, &tcp(0, id.wrapping_add(1), 0x04)), false, id));
+        assert!(!belongs(&ip4(6, &tcp(id, 0, 0x10)), false, id));
+        // An error about an error is not followed (none is ever sent).
+        assert!(!belongs(&error4(3, 1, &unreachable), false, id));
+        // An echo probe quoted in an error.
+        let echo = probe(id);
+        assert!(belongs(&error4(3, 1, &echo), false, id));
+        assert!(!belongs(&error4(3, 1, &echo[..28]), false, id));
+    }
+
+    #[test]
+    fn icmpv6_errors_quoting_a_probe_belong_to_its_trace() {
+        let src: std::net::Ipv6Addr = "fd00:10:244::1".parse().expect("addr");
+        let dst: std::net::Ipv6Addr = "fd00:10:244::81".parse().expect("addr");
+        let b = etherparse::PacketBuilder::ipv6(src.octets(), dst.octets(), 64).udp(40000, 33434);
+        let mut probe = Vec::new();
+        b.write(&mut probe, &probe_payload(5)).expect("build");
+        let mut m = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&probe);
+        let b = etherparse::PacketBuilder::ipv6(dst.octets(), src.octets(), 64);
+        let mut err = Vec::new();
+        b.write(&mut err, etherparse::IpNumber(58), &m).expect("build");
+        assert!(belongs(&err, false, 5));
+        assert!(!belongs(&err, false, 6));
+        assert_eq!(summarize(&err, false).expect("summary").what, "ICMPv6 port unreachable");
     }
 }

@@ -499,9 +499,10 @@ impl Worker {
             // Tracing: look at the packet before the pipeline rewrites it in place.
             let probe = if tracing {
                 let data = &buf[span.start..span.end];
-                trace::probe_id(data, port.is_ethernet())
-                    .filter(|id| *id == self.tracer.id())
-                    .and_then(|id| trace::summarize(data, port.is_ethernet()).map(|s| (id, s)))
+                let id = self.tracer.id();
+                trace::belongs(data, port.is_ethernet(), id)
+                    .then(|| trace::summarize(data, port.is_ethernet()).map(|s| (id, s)))
+                    .flatten()
             } else {
                 None
             };

@@ -328,6 +328,9 @@ pub struct Hop {
     pub ttl: u8,
     /// For IPIP or VXLAN arriving: the packet inside (src, dst, ttl).
     pub inner: Option<(std::net::IpAddr, std::net::IpAddr, u8)>,
+    /// What the packet (the one inside, when wrapped) carries: "ICMP echo request", "TCP RST".
+    #[serde(default)]
+    pub what: String,
     /// The tunnel it arrived in: "IPIP", or "VXLAN" with the outer UDP ports and the VNI.
     #[serde(default)]
     pub tunnel: Option<String>,

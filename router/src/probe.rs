@@ -4,7 +4,6 @@
 
 use anyhow::Context as _;
 use encap::checksum;
-use forwarding::trace::MAGIC;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
@@ -16,13 +15,6 @@ pub enum ProbeProto {
     Tcp,
 }
 
-fn payload(id: u32) -> Vec<u8> {
-    let mut p = MAGIC.to_vec();
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(b" router trace probe");
-    p
-}
-
 /// The source address the kernel would use toward `dst` (no packet is sent).
 fn source_for(dst: IpAddr) -> anyhow::Result<IpAddr> {
     let any = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
@@ -31,20 +23,31 @@ fn source_for(dst: IpAddr) -> anyhow::Result<IpAddr> {
     Ok(s.local_addr()?.ip())
 }
 
-pub fn send(dst: IpAddr, proto: ProbeProto, id: u32) -> anyhow::Result<()> {
+/// Sends trace `id`'s probe to `dst` with `ttl` (IPv6: the hop limit).
+pub fn send(dst: IpAddr, proto: ProbeProto, id: u32, ttl: u8) -> anyhow::Result<()> {
     let to = SockAddr::from(SocketAddr::new(dst, 0));
-    let body = payload(id);
+    let body = forwarding::trace::probe_payload(id);
     let domain = if dst.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let limit = |s: &Socket| -> anyhow::Result<()> {
+        if dst.is_ipv6() {
+            s.set_unicast_hops_v6(ttl.into())?;
+        } else {
+            s.set_ttl(ttl.into())?;
+        }
+        Ok(())
+    };
     match proto {
         ProbeProto::Icmp if dst.is_ipv6() => {
             // The kernel fills in an ICMPv6 checksum itself (RFC 3542 §3.1).
             let s = Socket::new(domain, Type::RAW, Some(Protocol::ICMPV6)).context("raw ICMPv6 socket (needs root)")?;
+            limit(&s)?;
             let mut m = vec![128, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
             m.extend_from_slice(&body);
             s.send_to(&m, &to).context("sending the ICMPv6 probe")?;
         }
         ProbeProto::Icmp => {
             let s = Socket::new(domain, Type::RAW, Some(Protocol::ICMPV4)).context("raw ICMP socket (needs root)")?;
+            limit(&s)?;
             let mut m = vec![8, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
             m.extend_from_slice(&body);
             let c = checksum::checksum(&m);
@@ -52,12 +55,14 @@ pub fn send(dst: IpAddr, proto: ProbeProto, id: u32) -> anyhow::Result<()> {
             s.send_to(&m, &to).context("sending the ICMP probe")?;
         }
         ProbeProto::Udp => {
-            let s = UdpSocket::bind(if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
-            s.send_to(&body, (dst, 33434)).context("sending the UDP probe")?;
+            let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).context("UDP socket")?;
+            limit(&s)?;
+            s.send_to(&body, &SockAddr::from(SocketAddr::new(dst, 33434))).context("sending the UDP probe")?;
         }
         ProbeProto::Tcp => {
             let src = source_for(dst)?;
             let s = Socket::new(domain, Type::RAW, Some(Protocol::TCP)).context("raw TCP socket (needs root)")?;
+            limit(&s)?;
             let sport = 40000 + (id % 20000) as u16;
             let mut t = Vec::with_capacity(20 + body.len());
             t.extend_from_slice(&sport.to_be_bytes());

@@ -96,6 +96,7 @@ pub fn hop(node: &str, ifaces: &Interfaces, route_for: &dyn Fn(IpAddr) -> Option
         protocol: b.protocol,
         ttl: b.ttl,
         inner: b.inner.map(|i| (i.src.into(), i.dst.into(), i.ttl)),
+        what: b.inner.map_or(b.what, |i| i.what).to_string(),
         tunnel: tunnel(b),
         route,
         action: String::new(),
@@ -208,7 +209,8 @@ pub fn render(hops: &[Hop]) -> String {
             }
             None => format!("{} → {} {} {}", h.src, h.dst, ttl_word(h.src), h.ttl),
         };
-        s.push_str(&format!("{node:<8} ← {} ({})  {pkt}\n", h.ingress, h.ingress_role));
+        let what = if h.what.is_empty() { String::new() } else { format!(", {}", h.what) };
+        s.push_str(&format!("{node:<8} ← {} ({})  {pkt}{what}\n", h.ingress, h.ingress_role));
         if let Some(r) = &h.route {
             let via = r.next_hop.map(|n| format!(" via {n}")).unwrap_or_default();
             let src =

@@ -269,18 +269,45 @@ fn trace_shows_encapsulation_direct_routes_and_drops() {
     hop(&hops, "node-c", "encapsulate");
     hop(&hops, "node-a", "decapsulate");
 
-    // pod-a1 → pod-b1: a direct route, nothing wrapped.
+    assert_eq!(a["what"], "ICMP echo request");
+    assert_eq!(hop(&hops, "node-a", "decapsulate")["what"], "ICMP echo reply");
+
+    // pod-a1 → pod-b1: a direct route, nothing wrapped. The answer to UDP is pod-b1's port
+    // unreachable, which quotes the probe: it is traced back too.
     let hops = trace(&lab, "pod-b1", "udp");
     let a = hop(&hops, "node-a", "forward");
     assert_eq!(a["route"]["encap"], "none");
     assert_eq!(a["egress"], "eth0");
     assert!(a["out_outer"].is_null());
-    hop(&hops, "node-b", "forward");
+    assert_eq!(a["what"], "UDP");
+    let back = hops.iter().filter(|h| h["what"] == "ICMP port unreachable").collect::<Vec<_>>();
+    assert_eq!(
+        back.iter().map(|h| h["node"].as_str().unwrap_or("")).collect::<Vec<_>>(),
+        ["node-b", "node-a"],
+        "{hops:#?}"
+    );
+    assert!(back[1]["egress"].as_str().unwrap_or("").starts_with("cali"), "{hops:#?}");
+
+    // TCP to pod-c1: the SYN goes wrapped, the closed port's RST comes back wrapped.
+    let hops = trace(&lab, "pod-c1", "tcp");
+    assert_eq!(hop(&hops, "node-a", "encapsulate")["what"], "TCP SYN");
+    assert_eq!(hop(&hops, "node-c", "encapsulate")["what"], "TCP RST");
+    assert_eq!(hop(&hops, "node-a", "decapsulate")["what"], "TCP RST");
 
     // An address no route covers: dropped at node-a, and why.
     let hops = trace(&lab, "10.99.0.1", "tcp");
     let a = hop(&hops, "node-a", "icmp_error");
     assert!(a["reason"].as_str().unwrap_or("").contains("no_route"), "{a}");
+
+    // A TTL that runs out at node-c: its time exceeded quotes the whole UDP probe (RFC 1812
+    // quoting), so the error is followed back through the tunnel to pod-a1.
+    let v = lab.json(&["trace", "pod-a1", "pod-c1", "--proto", "udp", "--ttl", "2", "--json"]);
+    let hops = v["hops"].as_array().cloned().unwrap_or_default();
+    let c = hop(&hops, "node-c", "icmp_error");
+    assert!(c["reason"].as_str().unwrap_or("").contains("ttl_exceeded"), "{c}");
+    let a = hop(&hops, "node-a", "decapsulate");
+    assert_eq!((a["what"].as_str(), a["inner"][0].as_str()), (Some("ICMP time exceeded"), Some("192.168.200.101")));
+    assert!(a["egress"].as_str().unwrap_or("").starts_with("cali"), "{a}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ use encap::gro;
 use encap::gso::{self, GsoError, TcpSegments, UdpSegments, VnetHdr};
 use encap::ipip::{self, DecapError};
 use encap::vxlan;
-use encap::{icmp, ipv4, MacAddr, WireError};
+use encap::{icmp, icmpv6, ipv4, ipv6, MacAddr, WireError};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// The gateway every pod routes through; it exists only as our proxy-ARP answer (Calico's
@@ -34,8 +34,9 @@ pub const POD_GATEWAY6: std::net::Ipv6Addr = encap::icmpv6::CALICO_GATEWAY;
 /// TTL of the packets this node originates (ICMP errors).
 const LOCAL_TTL: u8 = 64;
 
-/// Room an ICMP error needs beyond the received packet: IP + ICMP + quote, plus a tunnel.
-pub const ICMP_ERROR_MAX: usize = ipv4::HEADER_LEN + icmp::HEADER_LEN + 60 + icmp::QUOTED_PAYLOAD;
+/// Room an ICMP error may need past the end of the packet it replaces: it quotes at most the
+/// whole packet, after IP and ICMP headers of its own (IPv6's are the longer).
+pub const ICMP_ERROR_MAX: usize = ipv6::HEADER_LEN + icmpv6::HEADER_LEN;
 
 /// Room a packet needs in front of it to be encapsulated and get an Ethernet header.
 pub const HEADROOM_NEEDED: usize = ethernet::HEADER_LEN + vxlan::OVERHEAD;
@@ -706,7 +707,6 @@ fn icmp_error(
 ) -> Verdict {
     let ip = ipv4::Packet::new_unchecked(&buf[l3..end]);
     let orig_src = ip.src();
-    let hl = ip.header_len();
     let total = usize::from(ip.total_len());
     let about_icmp_error =
         ip.protocol() == ipv4::Protocol::Icmp && ip.payload().first().is_some_and(|t| icmp::is_error_type(*t));
@@ -723,7 +723,7 @@ fn icmp_error(
     let Some(node_addr) = ctx.ifaces.node_addr() else {
         return Verdict::Drop(reason);
     };
-    let quote_len = (hl + icmp::QUOTED_PAYLOAD).min(total);
+    let quote_len = total.min(end - l3).min(icmp::MAX_QUOTE);
     let icmp_at = l3 + ipv4::HEADER_LEN;
     let quote_at = icmp_at + icmp::HEADER_LEN;
     let new_end = quote_at + quote_len;

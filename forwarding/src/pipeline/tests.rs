@@ -253,8 +253,8 @@ fn ttl_1_gets_time_exceeded_from_the_node() {
         assert_eq!(ip.header().destination_addr(), POD_A1);
         let Some(etherparse::TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!("no icmp") };
         assert!(matches!(icmp.icmp_type(), Icmpv4Type::TimeExceeded(_)));
-        // The quote is the original header plus 8 bytes, checksum valid.
-        assert_eq!(icmp.payload(), &frame[14..14 + 28]);
+        // The whole datagram is quoted (it is shorter than 548 bytes), checksum valid.
+        assert_eq!(icmp.payload(), &frame[14..]);
         assert!(encap::icmp::Packet::new_checked(&out[34..]).expect("icmp").verify_checksum());
         assert_eq!(l.drops(DropReason::TtlExceeded), 1);
         assert_eq!(l.counters.icmp_errors_sent.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -548,11 +548,16 @@ fn too_big_for_the_tunnel_with_df_gets_the_tunnel_mtu() {
     let mut frame = Vec::new();
     b_write(big, &[0u8; 1472], &mut frame);
     assert_eq!(frame.len(), 14 + 1500);
-    let (v, out) = l.run_on(CALI_A1, &with_df(frame, true));
+    let frame = with_df(frame, true);
+    let (v, out) = l.run_on(CALI_A1, &frame);
     assert!(matches!(v, Verdict::Transmit { iface: CALI_A1, .. }), "{v:?}");
     let icmp = encap::icmp::Packet::new_checked(&out[34..]).expect("icmp");
     assert_eq!((icmp.msg_type(), icmp.code()), (3, 4));
     assert_eq!(icmp.rest(), [0, 0, 0x05, 0xc8], "mtu 1480");
+    // As much of the packet is quoted as fits 576 bytes (RFC 1812 §4.3.2.3).
+    assert_eq!(out.len() - 14, 576);
+    assert_eq!(icmp.data(), &frame[14..14 + 548]);
+    assert!(icmp.verify_checksum());
     assert_eq!(l.drops(DropReason::FragNeeded), 1);
 }
 

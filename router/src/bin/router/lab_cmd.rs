@@ -8,6 +8,7 @@ pub(super) fn trace(
     src: &str,
     dst: &str,
     proto: router::probe::ProbeProto,
+    ttl: u8,
     ipv6: bool,
     json: bool,
 ) -> anyhow::Result<i32> {
@@ -72,7 +73,8 @@ pub(super) fn trace(
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &from.namespace])
         .arg(&exe)
-        .args(["internal", "probe", "--dst", &dst_ip.to_string(), "--id", &id.to_string(), "--proto"])
+        .args(["internal", "probe", "--dst", &dst_ip.to_string(), "--id", &id.to_string(), "--ttl", &ttl.to_string()])
+        .arg("--proto")
         .arg(serde_json::to_value(proto)?.as_str().unwrap_or("icmp"))
         .output()?;
     if !out.status.success() {

@@ -115,6 +115,10 @@ enum Cmd {
         /// address. An IPv6 address as destination needs no flag.
         #[arg(short = '6', long)]
         ipv6: bool,
+        /// The probe's TTL (IPv6: hop limit). A small one shows where it runs out, and the
+        /// "time exceeded" that node sends back.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..))]
+        ttl: u8,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -384,6 +388,8 @@ enum InternalCmd {
         proto: router::probe::ProbeProto,
         #[arg(long)]
         id: u32,
+        #[arg(long, default_value_t = 64)]
+        ttl: u8,
     },
 }
 
@@ -669,8 +675,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Internal { cmd: InternalCmd::Keeper { record } } => lab::userns::keeper_main(&record),
-        Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id } } => {
-            router::probe::send(dst, proto, id)?;
+        Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id, ttl } } => {
+            router::probe::send(dst, proto, id, ttl)?;
             Ok(0)
         }
         // The file is read (and every document checked) before etcd is looked for: a typo
@@ -780,7 +786,7 @@ installed {} as {}",
             clap_complete::generate(shell, &mut Cli::command(), "router", &mut std::io::stdout());
             Ok(0)
         }
-        Cmd::Trace { src, dst, proto, ipv6, json, sel } => trace(&sel.lab()?, &src, &dst, proto, ipv6, json),
+        Cmd::Trace { src, dst, proto, ipv6, ttl, json, sel } => trace(&sel.lab()?, &src, &dst, proto, ttl, ipv6, json),
         Cmd::Node { config, datastore, etcd_endpoints, secrets_dir } => {
             let endpoints = match datastore {
                 Some(DatastoreArg::Etcd) => Some(etcd_endpoints),
