@@ -543,8 +543,9 @@ fn add_pod(
         netns::sysctl_in(&ns, &format!("net.ipv4.neigh.{}.proxy_delay", pod.iface), "0")?;
     }
     // As in Calico, the node's kernel knows its pods (flags UH), so the node itself can
-    // reach them; it does not forward for them.
-    netns::ip_in(&ns, &["route", "add", &format!("{}/32", pod.address), "dev", &pod.iface, "scope", "link"])?;
+    // reach them; it does not forward for them. `replace`: a running node that serves the
+    // pod may have made its own as soon as the link came up.
+    netns::ip_in(&ns, &["route", "replace", &format!("{}/32", pod.address), "dev", &pod.iface, "scope", "link"])?;
     // Strict reverse-path filtering, as Felix sets it: the kernel takes from a pod's
     // interface only the source that routes back to it, the pod's own /32.
     netns::sysctl_in(&ns, &format!("net.ipv4.conf.{}.rp_filter", pod.iface), "1")?;
@@ -564,7 +565,7 @@ fn add_pod(
     if let Some(a6) = pod.address_v6 {
         // As Calico wires a pod: a /128, and the default route via the link-local
         // address the host end answers for (here: the router, by proxy NDP).
-        netns::ip_in(&ns, &["-6", "route", "add", &format!("{a6}/128"), "dev", &pod.iface])?;
+        netns::ip_in(&ns, &["-6", "route", "replace", &format!("{a6}/128"), "dev", &pod.iface])?;
         netns::ip_in(&pns, &["-6", "addr", "add", &format!("{a6}/128"), "dev", "eth0", "nodad"])?;
         let gw6 = encap::icmpv6::CALICO_GATEWAY.to_string();
         netns::ip_in(&pns, &["-6", "route", "add", "default", "via", &gw6, "dev", "eth0"])?;

@@ -194,6 +194,7 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
     for b in &v6.blocks {
         push(*b, NextHop6::Blackhole, None, local, "blackhole", &|| "this node's own block".into());
     }
+    let mut pod_routes = Vec::new();
     for p in &cfg.pods {
         let nh = match ifaces.by_name(&p.interface) {
             Some(i) => NextHop6::Local { iface: i },
@@ -202,6 +203,8 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
         };
         if let Some(a) = p.address6 {
             push(Ipv6Net::from(a), nh, Some(&p.interface), local, "unicast", &|| format!("pod {}", p.name));
+            // As for IPv4: the kernel's route to the pod, put back when a flap took it.
+            pod_routes.push(KernelRoute::Dev { prefix: Ipv6Net::from(a).into(), dev: p.interface.clone() });
         }
     }
     for (prefix, nh) in learned {
@@ -220,6 +223,7 @@ pub fn table6(cfg: &NodeConfig, ifaces: &Interfaces, learned: &[(Ipv6Net, Ipv6Ad
         };
         push(*prefix, NextHop6::Direct { iface: uplink, gateway }, Some(up), RouteSource::Bgp, "unicast", &why);
     }
+    t.kernel.extend(pod_routes);
     let peers = cfg.peer_routes6();
     t.kernel.extend(peers.map(|(p, g)| KernelRoute::Via { prefix: p.into(), gateway: g.into(), dev: up.to_string() }));
     // The other underlay subnets, as IPv4's: the node's own traffic needs them (where the
@@ -609,6 +613,10 @@ fn build_inner(
             source: local,
             kernel: tun,
         });
+        // The kernel's route to the pod (its own traffic to pods; in tun mode all of theirs).
+        // The lab or the CNI plugin makes one with the veth; this one puts it back when
+        // the kernel took it away (a link flap takes every route through the link).
+        t.kernel.push(KernelRoute::Dev { prefix: net.into(), dev: p.interface.clone() });
     }
     let statics = cfg.static_routes().map(|r| (r.prefix, r.action, RouteSource::Static));
     let masq: Vec<Ipv4Net> = cfg.pools.iter().filter(|p| p.nat_outgoing).map(|p| p.cidr).collect();
@@ -828,6 +836,25 @@ via = "192.168.100.1"
     const UP: IfaceId = IfaceId(0);
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().expect("ip")
+    }
+
+    /// The kernel gets a route to each pod the node serves (tun: each pod, the kernel forwards
+    /// for them), IPv6 too; a pod that is down (afpacket: its interface missing) gets none.
+    #[test]
+    fn the_kernel_gets_a_route_to_every_pod_that_is_up() {
+        let pod = |t: &[KernelRoute], p: &str| {
+            t.contains(&KernelRoute::Dev { prefix: p.parse().expect("net"), dev: "calia1".into() })
+        };
+        let c = cfg6("afpacket");
+        let ifaces = afpacket_ifaces(&c);
+        assert!(pod(&build(&c, &ifaces, &[]).expect("table").kernel, "10.244.1.1/32"));
+        assert!(pod(&table6(&c, &ifaces, &[], false).kernel, "fd00:10:244::1/128"));
+        let down = Interfaces::new(vec![ifaces.get(UP).expect("uplink").clone()]);
+        assert!(!pod(&build(&c, &down, &[]).expect("table").kernel, "10.244.1.1/32"));
+        assert!(!pod(&table6(&c, &down, &[], false).kernel, "fd00:10:244::1/128"));
+        let c = cfg6("tun");
+        let tun = with_raw_socket(&Interfaces::new(Vec::new()));
+        assert!(pod(&build(&c, &tun, &[]).expect("table").kernel, "10.244.1.1/32"));
     }
 
     #[test]

@@ -428,6 +428,7 @@ fn a_node_owns_its_kernel_routes_and_flushes_them_at_stop_and_start() {
 
 /// A link that goes down takes every kernel route through it, ours and the host's: when it
 /// is back up, the node puts back its own and, where the host's is gone, the one it wanted.
+/// The same for a pod's veth.
 #[test]
 fn a_node_puts_its_kernel_routes_back_after_its_uplink_went_down_and_up() {
     let lab = TestLab::up(&["--dual-stack"]);
@@ -478,6 +479,22 @@ fn a_node_puts_its_kernel_routes_back_after_its_uplink_went_down_and_up() {
     wait_for(15, "node-b's block back in the kernel on a later try", || {
         routes(&lab).contains("10.244.2.0/26 via 192.168.100.101 dev eth0 proto 179")
     });
+    // A pod's veth that flaps loses the route the lab made to the pod: the node, which
+    // wants one to each of its pods, makes its own, so the node reaches the pod again.
+    let shown = text(&lab.exec("node-a", &["ip", "route", "show", "10.244.1.1"]).stdout);
+    let cali = shown.split_whitespace().skip_while(|w| *w != "dev").nth(1).expect("pod-a1's route").to_string();
+    assert!(!shown.contains("proto 179"), "the lab's own route at first: {shown}");
+    for state in ["down", "up"] {
+        ip(&["ip", "link", "set", &cali, state]);
+    }
+    wait_for(15, "pod-a1's routes back", || {
+        routes(&lab).contains(&format!("10.244.1.1 dev {cali} proto 179 scope link"))
+            && routes6(&lab).contains(&format!("fd00:10:244::1 dev {cali} proto 179"))
+    });
+    for to in ["10.244.1.1", "fd00:10:244::1"] {
+        let out = lab.exec("node-a", &["ping", "-c", "1", "-W", "2", to]);
+        assert!(out.status.success(), "node-a to pod-a1 at {to}: {}", text(&out.stdout));
+    }
 }
 
 /// Kills the process when dropped: a node started by hand does not outlive a failed test.

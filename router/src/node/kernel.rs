@@ -374,11 +374,18 @@ fn sync(
             known.foreign.unwrap_or_else(|| foreign_prefixes(new.iter().any(|r| r.prefix().addr().is_ipv6())));
         new.retain(|r| {
             let theirs = foreign.contains(&r.prefix());
-            if theirs {
-                tracing::info!(
+            // A pod's route as the lab or the CNI plugin made it is the usual case, not news.
+            let pod =
+                matches!(r, routes::KernelRoute::Dev { prefix, .. } if prefix.prefix_len() == prefix.max_prefix_len());
+            match (theirs, pod) {
+                (false, _) => {}
+                (true, true) => tracing::debug!(route = %r.args().join(" "), "the pod's own route is in place"),
+                (true, false) => tracing::info!(
                     route = %r.args().join(" "),
                     "the kernel routes this prefix by a route that is not ours: left as it is"
-                );
+                ),
+            }
+            if theirs {
                 left_alone.insert(r.clone());
             }
             !theirs
