@@ -112,8 +112,10 @@ fn what(ip: &[u8]) -> &'static str {
     };
     let (kind, code) = (t.first().copied(), t.get(1).copied().unwrap_or(0));
     match (protocol, kind) {
-        (1, Some(0)) | (58, Some(129)) => "ICMP echo reply",
-        (1, Some(8)) | (58, Some(128)) => "ICMP echo request",
+        (1, Some(0)) => "ICMP echo reply",
+        (1, Some(8)) => "ICMP echo request",
+        (58, Some(129)) => "ICMPv6 echo reply",
+        (58, Some(128)) => "ICMPv6 echo request",
         (1, Some(3)) => match code {
             0 => "ICMP net unreachable",
             1 => "ICMP host unreachable",
@@ -391,7 +393,7 @@ mod tests {
         assert!(belongs(&f, true, 99));
         let s = summarize(&f, true).expect("summary");
         assert_eq!((s.src, s.dst, s.protocol, s.ttl, s.icmp_type), (src.into(), dst.into(), 58, 64, Some(128)));
-        assert_eq!(s.what, "ICMP echo request");
+        assert_eq!(s.what, "ICMPv6 echo request");
         let n = f.len();
         f[n - PROBE_TEXT.len() - 1] ^= 1;
         assert!(!belongs(&f, true, 99));
