@@ -298,6 +298,12 @@ fn trace_shows_encapsulation_direct_routes_and_drops() {
     let hops = trace(&lab, "10.99.0.1", "tcp");
     let a = hop(&hops, "node-a", "icmp_error");
     assert!(a["reason"].as_str().unwrap_or("").contains("no_route"), "{a}");
+    // Where nothing comes back, the text says so: an unused address of node-c's block is
+    // blackholed there, silently (an error sent back is an answer, as above).
+    let silent = text(&lab.router(&["trace", "pod-a1", "10.244.3.50"]).stdout);
+    assert!(silent.contains("blackhole") && silent.contains("no answer reached pod-a1"), "{silent}");
+    let answered = text(&lab.router(&["trace", "pod-a1", "10.99.0.1"]).stdout);
+    assert!(answered.contains("icmp_error") && !answered.contains("no answer"), "{answered}");
 
     // A TTL that runs out at node-c: its time exceeded quotes the whole UDP probe (RFC 1812
     // quoting), so the error is followed back through the tunnel to pod-a1.

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long a trace waits for its probe and the answer: long enough for ARP on every hop.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 pub(super) fn trace(
     lab: &Lab,
     src: &str,
@@ -80,8 +83,7 @@ pub(super) fn trace(
     if !out.status.success() {
         bail!("sending the probe from {src} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    // Long enough for ARP on every hop and for the answer to come back.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(ANSWER_WAIT);
     let mut hops: Vec<nodeapi::admin::Hop> = Vec::new();
     for d in &st.daemons {
         let node = admin::Client::new(&d.socket);
@@ -109,6 +111,14 @@ pub(super) fn trace(
         nodeapi::outln!("no node saw the probe: {src}'s kernel did not send it (no route in the pod?)");
     } else {
         nodeapi::out!("{}", router::trace::render(&hops));
+        // Anything on its way to the source is the answer (a reply, an ICMP error, a RST),
+        // also an error a node sends back from where it dropped the probe.
+        let back = hops
+            .iter()
+            .any(|h| h.inner.map_or(h.dst, |(_, d, _)| d) == src_ip || h.out.is_some_and(|(_, d, _)| d == src_ip));
+        if !back {
+            nodeapi::outln!("\nno answer reached {src} within {} s", ANSWER_WAIT.as_secs_f32());
+        }
     }
     Ok(0)
 }
