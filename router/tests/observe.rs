@@ -280,6 +280,7 @@ fn trace_shows_encapsulation_direct_routes_and_drops() {
     assert_eq!(a["egress"], "eth0");
     assert!(a["out_outer"].is_null());
     assert_eq!(a["what"], "UDP");
+    hop(&hops, "node-b", "forward");
     let back = hops.iter().filter(|h| h["what"] == "ICMP port unreachable").collect::<Vec<_>>();
     assert_eq!(
         back.iter().map(|h| h["node"].as_str().unwrap_or("")).collect::<Vec<_>>(),
