@@ -99,6 +99,8 @@ pub fn kind(s: &str) -> anyhow::Result<Kind> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     Table,
+    /// The table with calicoctl's wide columns (a node's AS, a pool's NAT and flags).
+    Wide,
     Yaml,
     Json,
 }
@@ -127,48 +129,92 @@ pub fn get(store: &Store, kind: Kind, namespace: Option<&str>, name: Option<&str
             });
             nodeapi::outln!("{}", serde_json::to_string_pretty(&list)?);
         }
-        Output::Table => nodeapi::out!("{}", table(kind, &rs, kind.is_namespaced() && namespace.is_none())),
+        Output::Table | Output::Wide => {
+            let wide = (out == Output::Wide).then(|| Wide { as_number: cluster_as_number(store) });
+            nodeapi::out!("{}", table(kind, &rs, kind.is_namespaced() && namespace.is_none(), wide))
+        }
     }
     Ok(0)
 }
 
-/// `calicoctl get`'s columns per kind; `namespaces`: with the namespace first.
-fn table(kind: Kind, rs: &[Resource], namespaces: bool) -> String {
-    let header: &[&str] = match kind {
-        Kind::IpPool => &["NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "SELECTOR"],
-        Kind::BgpConfiguration => &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
-        Kind::BgpPeer => &["NAME", "PEERIP", "NODE", "ASN"],
-        Kind::BgpFilter => &["NAME", "RULES"],
-        Kind::Node => &["NAME", "IPV4", "IPV6", "RRCLUSTERID"],
-        Kind::IpReservation => &["NAME", "RESERVED"],
-        Kind::IpamConfiguration => &["NAME", "STRICTAFFINITY", "MAXBLOCKSPERHOST", "AUTOALLOCATEBLOCKS"],
-        Kind::WorkloadEndpoint if namespaces => &["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
-        Kind::WorkloadEndpoint => &["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
+/// The cluster's AS number, as a node without one of its own runs with: the default
+/// BGPConfiguration's, else Calico's default.
+fn cluster_as_number(store: &Store) -> u32 {
+    let configured = store.get_in(Kind::BgpConfiguration, None, Some("default")).ok().and_then(|s| {
+        s.into_iter().find_map(|s| match s.resource {
+            Resource::BgpConfiguration(c) => c.spec.as_number,
+            _ => None,
+        })
+    });
+    configured.unwrap_or(crate::cluster::DEFAULT_AS_NUMBER)
+}
+
+/// What `-o wide` shows beyond the table: for a node without an AS number of its own, the
+/// cluster's, in parentheses as calicoctl writes it.
+struct Wide {
+    as_number: u32,
+}
+
+/// `calicoctl get`'s columns per kind; `namespaces`: with the namespace first; `wide`: with
+/// the columns of `-o wide` too.
+fn table(kind: Kind, rs: &[Resource], namespaces: bool, wide: Option<Wide>) -> String {
+    let header: &[&str] = match (kind, &wide) {
+        (Kind::IpPool, None) => &["NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "SELECTOR"],
+        (Kind::IpPool, Some(_)) => {
+            &["NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "NAT", "DISABLED", "DISABLEBGPEXPORT", "SELECTOR"]
+        }
+        (Kind::BgpConfiguration, _) => &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
+        (Kind::BgpPeer, None) => &["NAME", "PEERIP", "NODE", "ASN"],
+        (Kind::BgpPeer, Some(_)) => &["NAME", "PEERIP", "NODE", "ASN", "NODESELECTOR", "PEERSELECTOR", "FILTERS"],
+        (Kind::BgpFilter, _) => &["NAME", "RULES"],
+        (Kind::Node, None) => &["NAME", "IPV4", "IPV6", "RRCLUSTERID"],
+        (Kind::Node, Some(_)) => &["NAME", "ASN", "IPV4", "IPV6", "RRCLUSTERID"],
+        (Kind::IpReservation, _) => &["NAME", "RESERVED"],
+        (Kind::IpamConfiguration, _) => &["NAME", "STRICTAFFINITY", "MAXBLOCKSPERHOST", "AUTOALLOCATEBLOCKS"],
+        (Kind::WorkloadEndpoint, _) if namespaces => &["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
+        (Kind::WorkloadEndpoint, _) => &["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
     };
     let opt = |s: Option<String>| s.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = rs
         .iter()
         .map(|r| match r {
-            Resource::IpPool(p) => vec![
-                p.metadata.name.clone(),
-                p.spec.cidr.clone(),
-                p.spec.block_size_or_default().to_string(),
-                format!("{:?}", p.spec.ipip_mode.unwrap_or_default()),
-                format!("{:?}", p.spec.vxlan_mode.unwrap_or_default()),
-                opt(p.spec.node_selector.clone()),
-            ],
+            Resource::IpPool(p) => {
+                let mut row = vec![
+                    p.metadata.name.clone(),
+                    p.spec.cidr.clone(),
+                    p.spec.block_size_or_default().to_string(),
+                    format!("{:?}", p.spec.ipip_mode.unwrap_or_default()),
+                    format!("{:?}", p.spec.vxlan_mode.unwrap_or_default()),
+                ];
+                if wide.is_some() {
+                    let flag = |b: Option<bool>| b.unwrap_or(false).to_string();
+                    row.extend([flag(p.spec.nat_outgoing), flag(p.spec.disabled), flag(p.spec.disable_bgp_export)]);
+                }
+                row.push(opt(p.spec.node_selector.clone()));
+                row
+            }
             Resource::BgpConfiguration(c) => vec![
                 c.metadata.name.clone(),
                 opt(c.spec.log_severity_screen.clone()),
                 opt(c.spec.node_to_node_mesh_enabled.map(|b| b.to_string())),
                 opt(c.spec.as_number.map(|n| n.to_string())),
             ],
-            Resource::BgpPeer(p) => vec![
-                p.metadata.name.clone(),
-                opt(p.spec.peer_ip.clone()),
-                p.spec.node.clone().unwrap_or_else(|| "(global)".into()),
-                opt(p.spec.as_number.map(|n| n.to_string())),
-            ],
+            Resource::BgpPeer(p) => {
+                let mut row = vec![
+                    p.metadata.name.clone(),
+                    opt(p.spec.peer_ip.clone()),
+                    p.spec.node.clone().unwrap_or_else(|| "(global)".into()),
+                    opt(p.spec.as_number.map(|n| n.to_string())),
+                ];
+                if wide.is_some() {
+                    row.extend([
+                        opt(p.spec.node_selector.clone()),
+                        opt(p.spec.peer_selector.clone()),
+                        opt(p.spec.filters.as_ref().filter(|f| !f.is_empty()).map(|f| f.join(","))),
+                    ]);
+                }
+                row
+            }
             Resource::BgpFilter(f) => {
                 let n =
                     f.spec.export_v4.len() + f.spec.import_v4.len() + f.spec.export_v6.len() + f.spec.import_v6.len();
@@ -176,12 +222,17 @@ fn table(kind: Kind, rs: &[Resource], namespaces: bool) -> String {
             }
             Resource::Node(n) => {
                 let bgp = n.spec.bgp.as_ref();
-                vec![
+                let mut row = vec![
                     n.metadata.name.clone(),
                     opt(bgp.and_then(|b| b.ipv4_address.clone())),
                     opt(bgp.and_then(|b| b.ipv6_address.clone())),
                     opt(bgp.and_then(|b| b.route_reflector_cluster_id.clone())),
-                ]
+                ];
+                if let Some(w) = &wide {
+                    let asn = bgp.and_then(|b| b.as_number);
+                    row.insert(1, asn.map_or_else(|| format!("({})", w.as_number), |a| a.to_string()));
+                }
+                row
             }
             Resource::IpReservation(r) => vec![r.metadata.name.clone(), r.spec.reserved_cidrs.join(",")],
             Resource::IpamConfiguration(c) => vec![

@@ -22,6 +22,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nodeapi::config::{BgpConfig, BgpPeer, IpipMode, PeerKind, Pool, PrefixAdvertisement, MAX_RESTART_TIME};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// Calico's AS number for a cluster whose BGPConfiguration names none.
+pub const DEFAULT_AS_NUMBER: u32 = 64512;
+
 /// What the resources say for one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
@@ -136,7 +139,7 @@ pub fn view_with(
     // Calico's node-specific BGPConfiguration, `node.<name>`, overrides the default's
     // prefixAdvertisements, listenPort and logSeverityScreen for that node.
     let mine = config_of(&format!("node.{me}"));
-    let cluster_as = config.and_then(|c| c.as_number).unwrap_or(64512);
+    let cluster_as = config.and_then(|c| c.as_number).unwrap_or(DEFAULT_AS_NUMBER);
     let mesh = config.and_then(|c| c.node_to_node_mesh_enabled).unwrap_or(true);
     let log_level = pick(mine, config, |c| c.log_severity_screen.as_deref()).and_then(|s| {
         let level = crate::logging::calico_level(s);

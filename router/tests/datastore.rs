@@ -152,6 +152,25 @@ fn every_kind_goes_in_and_out_of_etcd_unchanged() {
     assert!(table.starts_with("NAME") && table.contains("rack1-tor") && table.contains("(global)"), "{table}");
     let table = etcd.ok(&["get", "ipamconfig"]);
     assert!(table.contains("STRICTAFFINITY") && table.contains("default   true"), "{table}");
+    // -o wide, as calicoctl's: a pool's NAT and flags, a peer's selectors and filters, a
+    // node's AS number (the cluster's in parentheses, where it has none of its own).
+    let row = |t: &str, name: &str| -> Vec<String> {
+        let line = t.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default();
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    let wide = etcd.ok(&["get", "ippools", "-o", "wide"]);
+    assert!(wide.starts_with("NAME") && wide.lines().next().unwrap_or("").contains("DISABLEBGPEXPORT"), "{wide}");
+    assert_eq!(
+        row(&wide, "lab-ipv4-pool"),
+        ["lab-ipv4-pool", "10.244.0.0/16", "26", "Always", "Never", "true", "false", "false", "all()"]
+    );
+    assert_eq!(row(&etcd.ok(&["get", "bgppeers", "-o", "wide"]), "rack1-tor")[4..], ["-", "-", "only-pools"]);
+    let config = std::fs::read_to_string(fixture("bgpconfiguration.yaml")).expect("fixture");
+    let own_as = etcd.dir.join("as.yaml");
+    std::fs::write(&own_as, config.replace("asNumber: 64512", "asNumber: 65010")).expect("write");
+    etcd.ok(&["apply", "-f", own_as.to_str().unwrap_or_default()]);
+    let wide = etcd.ok(&["get", "nodes", "-o", "wide"]);
+    assert_eq!(row(&wide, "node-a"), ["node-a", "(65010)", "192.168.100.100/24", "-", "224.0.0.1"], "{wide}");
     // Workload endpoints live in namespaces: `default` unless -n says, all with -A.
     let wep = "worker1-k8s-shop--web--5f7c9-eth0";
     let table = etcd.ok(&["get", "wep"]);
