@@ -1,5 +1,6 @@
 //! `router apply | get | delete`: Calico's resources in etcd, as `calicoctl` handles them.
 
+use crate::cluster::DEFAULT_AS_NUMBER;
 use anyhow::{bail, Context as _};
 use datastore::resources::{self, path, Kind, Resource};
 use datastore::{Applied, Store};
@@ -130,7 +131,10 @@ pub fn get(store: &Store, kind: Kind, namespace: Option<&str>, name: Option<&str
             nodeapi::outln!("{}", serde_json::to_string_pretty(&list)?);
         }
         Output::Table | Output::Wide => {
-            let wide = (out == Output::Wide).then(|| Wide { as_number: cluster_as_number(store) });
+            // Only nodes show the cluster's AS number: the extra read is theirs alone.
+            let wide = (out == Output::Wide).then(|| Wide {
+                as_number: if kind == Kind::Node { cluster_as_number(store) } else { DEFAULT_AS_NUMBER },
+            });
             nodeapi::out!("{}", table(kind, &rs, kind.is_namespaced() && namespace.is_none(), wide))
         }
     }
@@ -146,7 +150,7 @@ fn cluster_as_number(store: &Store) -> u32 {
             _ => None,
         })
     });
-    configured.unwrap_or(crate::cluster::DEFAULT_AS_NUMBER)
+    configured.unwrap_or(DEFAULT_AS_NUMBER)
 }
 
 /// What `-o wide` shows beyond the table: for a node without an AS number of its own, the
