@@ -414,6 +414,20 @@ struct Parsed<A> {
     l4: usize,
 }
 
+/// The upper-layer protocol of an IPv4 or IPv6 packet, or of an ICMP error's quote (which
+/// may be cut short), and where its header starts, read as a translation reads it; `None`
+/// for a fragment past the first or what is too short to say.
+pub(crate) fn upper_layer(pkt: &[u8]) -> Option<(u8, usize)> {
+    fn of<A: Family>(pkt: &[u8]) -> Option<(u8, usize)> {
+        A::header(pkt).filter(|h| h.frag != Frag::Later).map(|h| (h.protocol, h.l4))
+    }
+    match pkt.first()? >> 4 {
+        4 => of::<Ipv4Addr>(pkt),
+        6 => of::<Ipv6Addr>(pkt),
+        _ => None,
+    }
+}
+
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     b.get(at..at + 2).map(|w| u16::from_be_bytes([w[0], w[1]]))
 }

@@ -6,7 +6,7 @@ use crate::counters::DropReason;
 use crate::iface::IfaceId;
 use crate::pipeline::Verdict;
 use crossbeam_channel::{Receiver, Sender};
-use encap::{ethernet, ipv4, ipv6, vxlan};
+use encap::{ethernet, ipv4, ipv6, tcp, vxlan};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::time::SystemTime;
@@ -107,16 +107,18 @@ fn summarize6(bytes: &[u8]) -> Option<Summary> {
 
 /// What an IP packet carries, in words (see [`Summary::what`]).
 fn what(ip: &[u8]) -> &'static str {
+    use encap::icmp::types as v4;
+    use encap::icmpv6::types as v6;
     let Some((protocol, t)) = transport(ip) else {
         return "";
     };
     let (kind, code) = (t.first().copied(), t.get(1).copied().unwrap_or(0));
     match (protocol, kind) {
-        (1, Some(0)) => "ICMP echo reply",
-        (1, Some(8)) => "ICMP echo request",
-        (58, Some(129)) => "ICMPv6 echo reply",
-        (58, Some(128)) => "ICMPv6 echo request",
-        (1, Some(3)) => match code {
+        (ICMP, Some(v4::ECHO_REPLY)) => "ICMP echo reply",
+        (ICMP, Some(v4::ECHO_REQUEST)) => "ICMP echo request",
+        (ipv6::NEXT_ICMPV6, Some(v6::ECHO_REPLY)) => "ICMPv6 echo reply",
+        (ipv6::NEXT_ICMPV6, Some(v6::ECHO_REQUEST)) => "ICMPv6 echo request",
+        (ICMP, Some(v4::DEST_UNREACHABLE)) => match code {
             0 => "ICMP net unreachable",
             1 => "ICMP host unreachable",
             3 => "ICMP port unreachable",
@@ -124,28 +126,32 @@ fn what(ip: &[u8]) -> &'static str {
             13 => "ICMP administratively prohibited",
             _ => "ICMP destination unreachable",
         },
-        (58, Some(1)) => match code {
+        (ipv6::NEXT_ICMPV6, Some(v6::DEST_UNREACHABLE)) => match code {
             0 => "ICMPv6 no route",
             1 => "ICMPv6 administratively prohibited",
             3 => "ICMPv6 address unreachable",
             4 => "ICMPv6 port unreachable",
             _ => "ICMPv6 destination unreachable",
         },
-        (1, Some(11)) => "ICMP time exceeded",
-        (58, Some(3)) => "ICMPv6 time exceeded",
-        (58, Some(2)) => "ICMPv6 packet too big",
-        (1, _) => "ICMP",
-        (58, _) => "ICMPv6",
-        (6, _) => match t.get(13).map(|f| f & 0x17) {
-            Some(0x02) => "TCP SYN",
-            Some(0x12) => "TCP SYN-ACK",
-            Some(f) if f & 0x04 != 0 => "TCP RST",
+        (ICMP, Some(v4::TIME_EXCEEDED)) => "ICMP time exceeded",
+        (ipv6::NEXT_ICMPV6, Some(v6::TIME_EXCEEDED)) => "ICMPv6 time exceeded",
+        (ipv6::NEXT_ICMPV6, Some(v6::PACKET_TOO_BIG)) => "ICMPv6 packet too big",
+        (ICMP, _) => "ICMP",
+        (ipv6::NEXT_ICMPV6, _) => "ICMPv6",
+        (ipv6::NEXT_TCP, _) => match tcp::Packet::new_checked(t).map(|p| p.flags()) {
+            Ok(f) if f & tcp::flags::RST != 0 => "TCP RST",
+            Ok(f) if f & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::SYN => "TCP SYN",
+            Ok(f) if f & tcp::flags::SYN != 0 => "TCP SYN-ACK",
             _ => "TCP",
         },
-        (17, _) => "UDP",
+        (UDP, _) => "UDP",
         _ => "",
     }
 }
+
+/// IP protocol numbers of ICMP and UDP (TCP's and ICMPv6's are `ipv6::NEXT_*`).
+const ICMP: u8 = 1;
+const UDP: u8 = 17;
 
 fn icmp_type<T: AsRef<[u8]>>(p: &ipv4::Packet<T>) -> Option<u8> {
     (p.protocol() == ipv4::Protocol::Icmp).then(|| p.payload().first().copied()).flatten()
@@ -234,45 +240,39 @@ pub fn belongs(data: &[u8], ethernet: bool, id: u32) -> bool {
 /// An IP packet's upper-layer protocol and as much of its upper-layer bytes as are there:
 /// the packet may be an ICMP error's quote, cut short. None for a fragment past the first.
 fn transport(ip: &[u8]) -> Option<(u8, &[u8])> {
-    let word = |at: usize| Some(u16::from_be_bytes([*ip.get(at)?, *ip.get(at + 1)?]));
-    match ip.first()? >> 4 {
-        4 => {
-            let hl = usize::from(ip[0] & 0x0f) * 4;
-            let end = usize::from(word(2)?).min(ip.len());
-            (hl >= ipv4::HEADER_LEN && word(6)? & 0x1fff == 0).then_some(())?;
-            Some((*ip.get(9)?, ip.get(hl..end)?))
-        }
-        6 => {
-            let end = (ipv6::HEADER_LEN + usize::from(word(4)?)).min(ip.len());
-            Some((*ip.get(6)?, ip.get(ipv6::HEADER_LEN..end)?))
-        }
-        _ => None,
-    }
+    let (protocol, at) = crate::nat::upper_layer(ip)?;
+    Some((protocol, ip.get(at..)?))
 }
 
 /// Whether upper-layer bytes `t` of `protocol` carry trace `id` (see [`belongs`]); `quoted`
 /// when they are an ICMP error's quote, which may hold no more than 8 of them.
 fn carries(protocol: u8, t: &[u8], id: u32, quoted: bool) -> bool {
-    let be32 = |at: usize| t.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    // ICMP's, ICMPv6's and UDP's headers are 8 bytes; the payload follows.
+    const HEADER: usize = 8;
     let marked = |at: usize| {
         t.get(at..at + MAGIC.len() + 4)
             .is_some_and(|m| m[..MAGIC.len()] == MAGIC[..] && m[MAGIC.len()..] == id.to_be_bytes())
     };
-    match (protocol, t.first()) {
-        // Echo request and reply (ICMP, ICMPv6) and UDP: the payload follows 8 bytes of header.
-        (1, Some(0 | 8)) | (58, Some(128 | 129)) | (17, _) => marked(8),
+    let kind = t.first().copied();
+    let error = match protocol {
+        ICMP => kind.is_some_and(encap::icmp::is_error_type),
+        ipv6::NEXT_ICMPV6 => kind.is_some_and(encap::icmpv6::is_error_type),
+        _ => false,
+    };
+    match protocol {
         // An error about the probe; an error about an error is never sent, so one level.
-        (1, Some(3 | 11 | 12)) | (58, Some(1..=4)) if !quoted => {
-            t.get(8..).and_then(transport).is_some_and(|(p, q)| carries(p, q, id, true))
+        ICMP | ipv6::NEXT_ICMPV6 if error => {
+            !quoted && t.get(HEADER..).and_then(transport).is_some_and(|(p, q)| carries(p, q, id, true))
         }
+        // Echo request and reply (ICMP, ICMPv6) and UDP.
+        ICMP | ipv6::NEXT_ICMPV6 | UDP => marked(HEADER),
         // The probe's sequence number is the id: in a quote, that may be all there is.
-        (6, _) if quoted => be32(4) == Some(id),
-        (6, _) => {
-            let offset = t.get(12).map_or(0, |b| usize::from(b >> 4) * 4);
-            let acked = t.get(13).is_some_and(|f| f & 0x10 != 0)
-                && [1, 1 + PROBE_PAYLOAD_LEN as u32].iter().any(|n| be32(8) == Some(id.wrapping_add(*n)));
-            (offset >= 20 && marked(offset)) || acked
-        }
+        ipv6::NEXT_TCP if quoted => t.len() >= HEADER && tcp::Packet::new_unchecked(t).seq() == id,
+        ipv6::NEXT_TCP => tcp::Packet::new_checked(t).is_ok_and(|p| {
+            let acked = p.flags() & tcp::flags::ACK != 0
+                && [1, 1 + PROBE_PAYLOAD_LEN as u32].iter().any(|n| p.ack_number() == id.wrapping_add(*n));
+            marked(p.header_len()) || acked
+        }),
         _ => false,
     }
 }

@@ -1,6 +1,5 @@
 //! `router apply | get | delete`: Calico's resources in etcd, as `calicoctl` handles them.
 
-use crate::cluster::DEFAULT_AS_NUMBER;
 use anyhow::{bail, Context as _};
 use datastore::resources::{self, path, Kind, Resource};
 use datastore::{Applied, Store};
@@ -132,31 +131,26 @@ pub fn get(store: &Store, kind: Kind, namespace: Option<&str>, name: Option<&str
         }
         Output::Table | Output::Wide => {
             // Only nodes show the cluster's AS number: the extra read is theirs alone.
-            let wide = (out == Output::Wide).then(|| Wide {
-                as_number: if kind == Kind::Node { cluster_as_number(store) } else { DEFAULT_AS_NUMBER },
-            });
+            let wide = (out == Output::Wide)
+                .then(|| Wide { cluster_as: (kind == Kind::Node).then(|| cluster_as_number(store)) });
             nodeapi::out!("{}", table(kind, &rs, kind.is_namespaced() && namespace.is_none(), wide))
         }
     }
     Ok(0)
 }
 
-/// The cluster's AS number, as a node without one of its own runs with: the default
-/// BGPConfiguration's, else Calico's default.
+/// The cluster's AS number as etcd holds it (see [`crate::cluster::cluster_as_number`]).
 fn cluster_as_number(store: &Store) -> u32 {
-    let configured = store.get_in(Kind::BgpConfiguration, None, Some("default")).ok().and_then(|s| {
-        s.into_iter().find_map(|s| match s.resource {
-            Resource::BgpConfiguration(c) => c.spec.as_number,
-            _ => None,
-        })
-    });
-    configured.unwrap_or(DEFAULT_AS_NUMBER)
+    let stored = store.get_in(Kind::BgpConfiguration, None, Some("default")).unwrap_or_default();
+    let rs: Vec<Resource> = stored.into_iter().map(|s| s.resource).collect();
+    crate::cluster::cluster_as_number(&rs)
 }
 
 /// What `-o wide` shows beyond the table: for a node without an AS number of its own, the
 /// cluster's, in parentheses as calicoctl writes it.
 struct Wide {
-    as_number: u32,
+    /// Read for nodes only.
+    cluster_as: Option<u32>,
 }
 
 /// `calicoctl get`'s columns per kind; `namespaces`: with the namespace first; `wide`: with
@@ -234,7 +228,8 @@ fn table(kind: Kind, rs: &[Resource], namespaces: bool, wide: Option<Wide>) -> S
                 ];
                 if let Some(w) = &wide {
                     let asn = bgp.and_then(|b| b.as_number);
-                    row.insert(1, asn.map_or_else(|| format!("({})", w.as_number), |a| a.to_string()));
+                    let inherited = || w.cluster_as.map_or_else(|| "-".into(), |c| format!("({c})"));
+                    row.insert(1, asn.map_or_else(inherited, |a| a.to_string()));
                 }
                 row
             }

@@ -23,7 +23,24 @@ use nodeapi::config::{BgpConfig, BgpPeer, IpipMode, PeerKind, Pool, PrefixAdvert
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Calico's AS number for a cluster whose BGPConfiguration names none.
-pub const DEFAULT_AS_NUMBER: u32 = 64512;
+const DEFAULT_AS_NUMBER: u32 = 64512;
+
+/// The cluster's AS number, which a node without one of its own runs with: the `default`
+/// BGPConfiguration's among `resources`, else Calico's default.
+pub fn cluster_as_number(resources: &[Resource]) -> u32 {
+    default_config(resources).and_then(|c| c.as_number).unwrap_or(DEFAULT_AS_NUMBER)
+}
+
+fn default_config(resources: &[Resource]) -> Option<&datastore::resources::BgpConfigurationSpec> {
+    config_named(resources, "default")
+}
+
+fn config_named<'a>(resources: &'a [Resource], name: &str) -> Option<&'a datastore::resources::BgpConfigurationSpec> {
+    resources.iter().find_map(|x| match x {
+        Resource::BgpConfiguration(c) if c.metadata.name == name => Some(&c.spec),
+        _ => None,
+    })
+}
 
 /// What the resources say for one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,17 +146,11 @@ pub fn view_with(
     secrets: Secrets<'_>,
 ) -> View {
     let mut notes = Vec::new();
-    let config_of = |name: &str| {
-        resources.iter().find_map(|x| match x {
-            Resource::BgpConfiguration(c) if c.metadata.name == name => Some(&c.spec),
-            _ => None,
-        })
-    };
-    let config = config_of("default");
+    let config = default_config(resources);
     // Calico's node-specific BGPConfiguration, `node.<name>`, overrides the default's
     // prefixAdvertisements, listenPort and logSeverityScreen for that node.
-    let mine = config_of(&format!("node.{me}"));
-    let cluster_as = config.and_then(|c| c.as_number).unwrap_or(DEFAULT_AS_NUMBER);
+    let mine = config_named(resources, &format!("node.{me}"));
+    let cluster_as = cluster_as_number(resources);
     let mesh = config.and_then(|c| c.node_to_node_mesh_enabled).unwrap_or(true);
     let log_level = pick(mine, config, |c| c.log_severity_screen.as_deref()).and_then(|s| {
         let level = crate::logging::calico_level(s);
@@ -150,7 +161,9 @@ pub fn view_with(
     });
     let service_ips = service_ips(config, &mut notes);
     let port_of = |name: &str| {
-        config_of(&format!("node.{name}")).and_then(|c| c.listen_port).or_else(|| config.and_then(|c| c.listen_port))
+        config_named(resources, &format!("node.{name}"))
+            .and_then(|c| c.listen_port)
+            .or_else(|| config.and_then(|c| c.listen_port))
     };
     let nodes = cluster_nodes(resources, cluster_as);
     let my_rr = nodes.iter().find(|n| n.name == me).and_then(|n| n.reflector);

@@ -388,7 +388,7 @@ enum InternalCmd {
         proto: router::probe::ProbeProto,
         #[arg(long)]
         id: u32,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long)]
         ttl: u8,
     },
 }
