@@ -1,11 +1,69 @@
 //! Sends one trace probe (run inside the source pod's namespace by `router trace`): an ICMP
 //! echo (ICMPv6 for an IPv6 destination), a UDP datagram or a TCP SYN whose payload is the
-//! trace marker and id.
+//! trace marker and id; then waits at the pod's interface for what comes back.
 
 use anyhow::Context as _;
 use encap::checksum;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::time::{Duration, Instant};
+
+/// What reached the pod in answer to its probe: the truth at the source, which holds also
+/// where no router sees the way (tun mode's kernel routes, a host that answers directly).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Answer {
+    pub from: IpAddr,
+    /// `ICMP echo reply`, `ICMP port unreachable`, `TCP RST`, …
+    pub what: String,
+    /// Milliseconds from the probe's sending to the answer's arrival.
+    pub after_ms: f64,
+}
+
+/// The interface a pod sends by and hears on: `eth0`, as Calico's pods (and the lab's) have.
+const POD_INTERFACE: &str = "eth0";
+
+/// Sends trace `id`'s probe and waits up to `wait` for the first packet of the trace that
+/// arrives on the pod's interface: the answer, or None.
+pub fn run(dst: IpAddr, proto: ProbeProto, id: u32, ttl: u8, wait: Duration) -> anyhow::Result<Option<Answer>> {
+    // Listening starts before the probe leaves, so no answer can slip past.
+    let link = netsys::link_info(POD_INTERFACE).with_context(|| format!("the pod's {POD_INTERFACE}"))?;
+    let rx = netsys::PacketSocket::open_rx(link.ifindex, None, 1 << 20)
+        .with_context(|| format!("listening for the answer on {POD_INTERFACE}"))?;
+    let mut poll = mio::Poll::new()?;
+    poll.registry().register(&mut mio::unix::SourceFd(&rx.as_raw_fd()), mio::Token(0), mio::Interest::READABLE)?;
+    let mut events = mio::Events::with_capacity(4);
+    // A TCP or UDP super-packet may arrive whole: room for 64 KB.
+    const MAX: usize = 65_536;
+    let (mut bufs, mut lens, mut hdrs) = (vec![vec![0u8; MAX]; 8], [0usize; 8], [encap::gso::VnetHdr::NONE; 8]);
+    let sent = Instant::now();
+    send(dst, proto, id, ttl)?;
+    loop {
+        let Some(left) = wait.checked_sub(sent.elapsed()) else {
+            return Ok(None);
+        };
+        match poll.poll(&mut events, Some(left)) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r?,
+        }
+        loop {
+            let n = match netsys::recv_batch_vnet(rx.as_fd(), &mut bufs, 0, MAX, &mut lens, &mut hdrs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                r => r.context("reading from the pod's interface")?,
+            };
+            for (b, &len) in bufs.iter().zip(&lens).take(n) {
+                let frame = &b[..len.min(MAX)];
+                if !forwarding::trace::belongs(frame, true, id) {
+                    continue;
+                }
+                if let Some(s) = forwarding::trace::summarize(frame, true) {
+                    let after_ms = sent.elapsed().as_secs_f64() * 1e3;
+                    return Ok(Some(Answer { from: s.src, what: s.what.into(), after_ms }));
+                }
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -24,7 +82,7 @@ fn source_for(dst: IpAddr) -> anyhow::Result<IpAddr> {
 }
 
 /// Sends trace `id`'s probe to `dst` with `ttl` (IPv6: the hop limit).
-pub fn send(dst: IpAddr, proto: ProbeProto, id: u32, ttl: u8) -> anyhow::Result<()> {
+fn send(dst: IpAddr, proto: ProbeProto, id: u32, ttl: u8) -> anyhow::Result<()> {
     let to = SockAddr::from(SocketAddr::new(dst, 0));
     let body = forwarding::trace::probe_payload(id);
     let domain = if dst.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };

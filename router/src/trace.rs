@@ -17,6 +17,9 @@ pub struct Trace {
     pub proto: crate::probe::ProbeProto,
     /// In time order, both ways.
     pub hops: Vec<Hop>,
+    /// What reached the source in answer, as the probe saw it there.
+    #[serde(default)]
+    pub answer: Option<crate::probe::Answer>,
 }
 
 /// A fresh trace id from the kernel's random source, never 0. The id is what a node's

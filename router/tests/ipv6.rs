@@ -170,6 +170,8 @@ fn on_the_tun_data_plane_the_kernel_forwards_ipv6_on_the_routes_bgp_taught() {
     // A trace the routers cannot see says why, rather than blaming the pod's routes.
     let t = text(&lab.router(&["trace", "pod-a1", "pod-c1", "-6"]).stdout);
     assert!(t.contains("no router saw the probe: in the tun data plane") && t.contains("(all IPv6)"), "{t}");
+    // The pod itself still tells whether, and what, came back.
+    assert!(t.contains("ms: ICMPv6 echo reply from pod-c1 fd00:10:244::81"), "{t}");
 }
 
 #[test]

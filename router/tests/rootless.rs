@@ -145,6 +145,7 @@ fn an_unprivileged_user_runs_the_seed_lab_and_leaves_nothing_behind() {
         .collect();
     assert!(actions.iter().any(|(n, a)| n == "node-a" && a == "encapsulate"), "{actions:?}");
     assert!(actions.iter().any(|(n, a)| n == "node-c" && a == "decapsulate"), "{actions:?}");
+    assert_eq!(trace["answer"]["what"], "ICMP echo reply", "{trace}");
 
     // The node writes the capture as the user: into the user's own directory.
     let pcap = lab.scratch.join("c.pcap");

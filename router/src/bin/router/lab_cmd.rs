@@ -3,8 +3,10 @@
 
 use super::*;
 
-/// How long a trace waits for its probe and the answer: long enough for ARP on every hop.
+/// How long a trace waits for the answer: long enough for ARP on every hop.
 const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+/// After the answer, for the nodes that forwarded it to file their last hop reports.
+const REPORT_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub(super) fn trace(
     lab: &Lab,
@@ -57,16 +59,18 @@ pub(super) fn trace(
             bail!("{dst:?} is neither a host of the lab nor an IP address (pods: {})", names.join(", "))
         }
     };
-    // An address given is named by its host or container where it is one.
-    let dst_label = match named {
-        None => format!("{dst} {dst_ip}"),
-        Some(a) => st
-            .hosts
+    // An address is named by its host or container where it is one.
+    let label = |a: std::net::IpAddr| {
+        st.hosts
             .iter()
-            .find(|h| addr_of(h) == Some(a))
+            .find(|h| h.addresses.iter().any(|x| x.split('/').next() == Some(a.to_string().as_str())))
             .map(|h| h.name.as_str())
             .or_else(|| containers.iter().find(|c| container_addr(c) == Some(a)).map(|c| c.name.as_str()))
-            .map_or_else(|| a.to_string(), |n| format!("{n} {a}")),
+            .map_or_else(|| a.to_string(), |n| format!("{n} {a}"))
+    };
+    let dst_label = match named {
+        None => format!("{dst} {dst_ip}"),
+        Some(a) => label(a),
     };
     let id = router::trace::new_id().context("reading a random trace id from /dev/urandom")?;
     for d in &st.daemons {
@@ -77,13 +81,16 @@ pub(super) fn trace(
         .args(["netns", "exec", &from.namespace])
         .arg(&exe)
         .args(["internal", "probe", "--dst", &dst_ip.to_string(), "--id", &id.to_string(), "--ttl", &ttl.to_string()])
+        .args(["--wait-ms", &ANSWER_WAIT.as_millis().to_string()])
         .arg("--proto")
         .arg(serde_json::to_value(proto)?.as_str().unwrap_or("icmp"))
         .output()?;
     if !out.status.success() {
         bail!("sending the probe from {src} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    std::thread::sleep(ANSWER_WAIT);
+    let answer: Option<router::probe::Answer> = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("the probe's report: {:?}", String::from_utf8_lossy(&out.stdout)))?;
+    std::thread::sleep(REPORT_GRACE);
     let mut hops: Vec<nodeapi::admin::Hop> = Vec::new();
     for d in &st.daemons {
         let node = admin::Client::new(&d.socket);
@@ -92,7 +99,7 @@ pub(super) fn trace(
     }
     hops.sort_by(|a, b| a.time.total_cmp(&b.time));
     if json {
-        let t = router::trace::Trace { id, src: src_ip, dst: dst_ip, proto, hops };
+        let t = router::trace::Trace { id, src: src_ip, dst: dst_ip, proto, hops, answer };
         nodeapi::outln!("{}", serde_json::to_string_pretty(&t)?);
         return Ok(0);
     }
@@ -111,14 +118,10 @@ pub(super) fn trace(
         nodeapi::outln!("no node saw the probe: {src}'s kernel did not send it (no route in the pod?)");
     } else {
         nodeapi::out!("{}", router::trace::render(&hops));
-        // Anything on its way to the source is the answer (a reply, an ICMP error, a RST),
-        // also an error a node sends back from where it dropped the probe.
-        let back = hops
-            .iter()
-            .any(|h| h.inner.map_or(h.dst, |(_, d, _)| d) == src_ip || h.out.is_some_and(|(_, d, _)| d == src_ip));
-        if !back {
-            nodeapi::outln!("\nno answer reached {src} within {} s", ANSWER_WAIT.as_secs_f32());
-        }
+    }
+    match answer {
+        Some(a) => nodeapi::outln!("\nanswer at {src} after {:.2} ms: {} from {}", a.after_ms, a.what, label(a.from)),
+        None => nodeapi::outln!("\nno answer reached {src} within {} s", ANSWER_WAIT.as_secs_f32()),
     }
     Ok(0)
 }

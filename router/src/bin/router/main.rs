@@ -390,6 +390,9 @@ enum InternalCmd {
         id: u32,
         #[arg(long)]
         ttl: u8,
+        /// How long to wait for the answer, in milliseconds.
+        #[arg(long)]
+        wait_ms: u64,
     },
 }
 
@@ -675,8 +678,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Internal { cmd: InternalCmd::Keeper { record } } => lab::userns::keeper_main(&record),
-        Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id, ttl } } => {
-            router::probe::send(dst, proto, id, ttl)?;
+        Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id, ttl, wait_ms } } => {
+            let answer = router::probe::run(dst, proto, id, ttl, std::time::Duration::from_millis(wait_ms))?;
+            nodeapi::outln!("{}", serde_json::to_string(&answer)?);
             Ok(0)
         }
         // The file is read (and every document checked) before etcd is looked for: a typo
