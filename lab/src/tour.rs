@@ -102,7 +102,8 @@ impl Tour<'_> {
         // The first ping resolves ARP, so that the captured one goes straight through.
         self.exec_in(lab, "pod-a1", &["ping", "-c", "1", "-W", "2", to], true)?;
         let cap = Command::new(self.exe)
-            .args(["capture", "--node", "node-a", "--interface", "eth0", "-c", "2", "--duration", "10", "-w", &pcap_s])
+            .args(["capture", "--node", "node-a", "--interface", "eth0", "--host", to, "-c", "2", "--duration", "10"])
+            .args(["-w", &pcap_s])
             .env("ROUTER_LAB", lab)
             .env("ROUTER_LAB_DIR", dir)
             .stdout(std::process::Stdio::null())

@@ -31,6 +31,9 @@ pub enum Request {
         count: u64,
         #[serde(default)]
         seconds: Option<u64>,
+        /// Only frames to or from this address (also inside a tunnel, and ARP for it).
+        #[serde(default)]
+        host: Option<IpAddr>,
     },
     CaptureStop,
     CaptureStatus,
@@ -458,8 +461,9 @@ impl Client {
         interface: Option<String>,
         count: u64,
         seconds: Option<u64>,
+        host: Option<IpAddr>,
     ) -> Result<CaptureStarted, ClientError> {
-        self.call(Request::CaptureStart { path, interface, count, seconds })
+        self.call(Request::CaptureStart { path, interface, count, seconds, host })
     }
 
     pub fn capture_status(&self) -> Result<CaptureStatus, ClientError> {

@@ -159,6 +159,8 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
             "4",
             "--duration",
             "20",
+            "--host",
+            "10.244.3.1",
             "--json",
             "-w",
             file.to_str().unwrap_or_default(),
@@ -168,6 +170,10 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
         .spawn()
         .expect("router capture");
     std::thread::sleep(std::time::Duration::from_millis(500));
+    // pod-b1's pings leave by eth0 too, first: the host filter keeps them out, so the four
+    // packets written are pod-c1's, found inside IPIP.
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
+    assert!(ok, "{out}");
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "3", "-i", "0.3", "-W", "2", "10.244.3.1"]);
     assert!(ok, "{out}");
     let done = cap.wait_with_output().expect("capture ends");
@@ -195,6 +201,7 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
     let rows = text(&out.stdout);
     let lines: Vec<&str> = rows.lines().collect();
     assert_eq!(lines.len(), 4, "{rows}");
+    assert!(lines.iter().all(|l| l.contains(",10.244.3.1\t")), "{rows}");
     assert!(
         lines.iter().any(|l| l.starts_with("192.168.100.100,10.244.1.1\t192.168.200.101,10.244.3.1\t4,1\t8")),
         "{rows}"

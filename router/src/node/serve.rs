@@ -98,7 +98,7 @@ impl Node {
 
     fn capture_request(&mut self, req: Request) -> admin::Answer {
         match req {
-            Request::CaptureStart { path, interface, count, seconds } => {
+            Request::CaptureStart { path, interface, count, seconds, host } => {
                 if let Some(c) = &self.capture {
                     return Err(format!("a capture into {} is already running; stop it first", c.path.display()));
                 }
@@ -110,7 +110,7 @@ impl Node {
                     None => None,
                 };
                 let limits = crate::capture::Limits::capped(count, seconds);
-                let c = crate::capture::Capture::start(&path, limits, self.dp.tap())?;
+                let c = crate::capture::Capture::start(&path, limits, host, self.dp.tap())?;
                 self.dp.tap().start(iface);
                 self.capture = Some(c);
                 admin::answer(&admin::CaptureStarted { path, active: true })

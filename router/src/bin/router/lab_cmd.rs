@@ -131,6 +131,7 @@ pub(super) fn capture(
     interface: Option<String>,
     count: u64,
     duration: u64,
+    host: Option<std::net::IpAddr>,
     file: PathBuf,
 ) -> anyhow::Result<i32> {
     let path = if file.is_absolute() { file } else { std::env::current_dir()?.join(file) };
@@ -144,12 +145,15 @@ pub(super) fn capture(
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    let what = interface.clone().unwrap_or_else(|| "all interfaces".into());
+    let mut what = interface.clone().unwrap_or_else(|| "all interfaces".into());
+    if let Some(h) = host {
+        what.push_str(&format!(", to or from {h}"));
+    }
     let node = q.client()?;
     // The node ends the capture at its limits (0 seconds: its own, an hour); this loop only
     // waits for that, or for Ctrl-C.
     let limit = router::capture::Limits::capped(count, Some(duration)).time.as_secs();
-    node.capture_start(path.clone(), interface, count, Some(duration))?;
+    node.capture_start(path.clone(), interface, count, Some(duration), host)?;
     eprintln!(
         "capturing on {what} into {} (up to {limit} s{}; Ctrl-C stops)",
         path.display(),

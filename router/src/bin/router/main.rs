@@ -135,6 +135,9 @@ enum Cmd {
         /// Stop after this many seconds at most (0: the node's limit, an hour).
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Only packets to or from this address, also inside IPIP or VXLAN, and ARP for it.
+        #[arg(long, value_name = "ADDR")]
+        host: Option<std::net::IpAddr>,
         /// The pcap file to write.
         #[arg(short = 'w', long = "write")]
         file: PathBuf,
@@ -835,7 +838,9 @@ installed {} as {}",
             q.print(&q.client()?.routes()?, |e| nodeapi::out!("{}", routes::render(e)))
         }
         Cmd::Stats(q) => q.print(&q.client()?.stats()?, print_stats),
-        Cmd::Capture { interface, count, duration, file, query } => capture(&query, interface, count, duration, file),
+        Cmd::Capture { interface, count, duration, host, file, query } => {
+            capture(&query, interface, count, duration, host, file)
+        }
         Cmd::Neighbours(q) => {
             let client = q.client()?;
             q.print(&client.neighbours()?, |ns| {
