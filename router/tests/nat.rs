@@ -92,6 +92,10 @@ fn pods_reach_outside_the_pools_only_masqueraded_as_their_node() {
     let lab = TestLab::up(&[]);
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "1", OUTSIDE]);
     assert!(!ok, "the underlay answered a pod address: {out}");
+    // `router trace` says so, and why.
+    let trace = text(&lab.router(&["trace", "pod-a1", OUTSIDE]).stdout);
+    assert!(trace.contains("no answer reached pod-a1"), "{trace}");
+    assert!(trace.contains("node-a sent the probe out of eth0 with pod-a1's own address as its source"), "{trace}");
     drop(lab);
 
     let lab = TestLab::up(&["--nat-outgoing"]);
@@ -109,6 +113,7 @@ fn pods_reach_outside_the_pools_only_masqueraded_as_their_node() {
     let out = lab.router(&["trace", "pod-a1", OUTSIDE]);
     let trace = text(&out.stdout);
     assert!(trace.contains("masquerade — natOutgoing") && trace.contains("restore — an answer"), "{trace}");
+    assert!(trace.contains(&format!("ms: ICMP echo reply from underlay {OUTSIDE}")), "{trace}");
     let status = text(&lab.router(&["lab", "status"]).stdout);
     assert!(status.contains("natOutgoing true"), "{status}");
     let routes = text(&lab.router(&["routes", "--node", "node-a"]).stdout);

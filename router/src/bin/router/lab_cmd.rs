@@ -121,7 +121,32 @@ pub(super) fn trace(
     }
     match answer {
         Some(a) => nodeapi::outln!("\nanswer at {src} after {:.2} ms: {} from {}", a.after_ms, a.what, label(a.from)),
-        None => nodeapi::outln!("\nno answer reached {src} within {} s", ANSWER_WAIT.as_secs_f32()),
+        None => {
+            nodeapi::outln!("\nno answer reached {src} within {} s", ANSWER_WAIT.as_secs_f32());
+            // The usual cause: the probe left the cluster with the pod's own address, and
+            // the lab's underlay has no route back to pods (it knows IPv6 pods' routes).
+            let pod_addr = |a: std::net::IpAddr| {
+                st.hosts.iter().filter(|h| h.role == Role::Pod).any(|h| addr_of(h) == Some(a))
+                    || containers.iter().any(|c| container_addr(c) == Some(a))
+            };
+            let left = hops.iter().rev().find(|h| h.inner.map_or(h.src, |(s, _, _)| s) == src_ip);
+            if let Some(h) = left.filter(|h| {
+                h.action == "forward"
+                    && h.out.is_some_and(|(s, _, _)| s == src_ip)
+                    && h.egress.as_deref().is_some_and(|e| !e.starts_with("cali"))
+                    && !v6
+                    && !pod_addr(dst_ip)
+            }) {
+                nodeapi::outln!(
+                    "{} sent the probe out of {} with {src}'s own address as its source: outside the IP \
+                     pools an answer needs a route back to {src_ip}, and the lab's underlay router has none \
+                     to pods. Calico's natOutgoing has the node put its own address on it (`router lab up \
+                     --nat-outgoing`).",
+                    h.node,
+                    h.egress.as_deref().unwrap_or("?")
+                );
+            }
+        }
     }
     Ok(0)
 }
