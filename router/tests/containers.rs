@@ -130,6 +130,15 @@ fn containers_on_two_subnets_talk_through_the_router_and_go_away_cleanly() {
     assert!(text(&exec.stderr).contains("router lab exec node-c -- podman exec shop-c"), "{}", text(&exec.stderr));
     let t = text(&lab.router(&["trace", "pod-a1", &c_ip]).stdout);
     assert!(t.lines().next().is_some_and(|l| l.ends_with(&format!("→ shop-c {c_ip} (icmp)"))), "{t}");
+    // And starts at one: the probe is sent from the container's own network namespace.
+    let t = lab.router(&["trace", "shop-c", "pod-a1", "--proto", "udp"]);
+    let out = text(&t.stdout);
+    assert!(t.status.success() && out.starts_with("trace 0x"), "{out}{}", text(&t.stderr));
+    assert!(
+        out.lines().next().is_some_and(|l| l.ends_with(&format!("shop-c {c_ip} → pod-a1 10.244.1.1 (udp)"))),
+        "{out}"
+    );
+    assert!(out.contains("encapsulate") && out.contains("ms: ICMP port unreachable from pod-a1 10.244.1.1"), "{out}");
 
     // podman rm: the node forgets it, the address is free again.
     podman(&lab, "node-c", &["rm", "--force", "--time", "0", &c]);

@@ -34,15 +34,9 @@ pub(super) fn trace(
             .filter_map(|a| a.split('/').next()?.parse::<std::net::IpAddr>().ok())
             .find(|a| a.is_ipv6() == v6)
     };
-    let Some(from) = st.host(src).filter(|h| h.role == Role::Pod) else {
-        bail!("the trace starts at a pod; {src:?} is not one (pods: {})", pods.join(", "));
-    };
-    let family = if v6 { "IPv6" } else { "IPv4" };
-    let src_ip = addr_of(from).with_context(|| {
-        format!("{src} has no {family} address{}", if v6 { " (is the lab up with --dual-stack?)" } else { "" })
-    })?;
     // Containers (CNI pods) are named by their nodes, not in the lab's state.
-    let containers: Vec<admin::PodSpec> = lab::containers::served(&st).into_iter().map(|(_, p)| p.pod).collect();
+    let served = lab::containers::served(&st);
+    let containers: Vec<admin::PodSpec> = served.iter().map(|(_, p)| p.pod.clone()).collect();
     let container_addr = |c: &admin::PodSpec| -> Option<std::net::IpAddr> {
         if v6 {
             c.address6.map(Into::into)
@@ -50,6 +44,20 @@ pub(super) fn trace(
             Some(c.address.into())
         }
     };
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    let no_addr =
+        || format!("{src} has no {family} address{}", if v6 { " (is the lab up with --dual-stack?)" } else { "" });
+    let (netns, src_ip) =
+        match (st.host(src).filter(|h| h.role == Role::Pod), served.iter().find(|(_, p)| p.pod.name == src)) {
+            (Some(h), _) => (Path::new("/run/netns").join(&h.namespace), addr_of(h).with_context(no_addr)?),
+            (None, Some((node, p))) => {
+                (container_netns(lab, node, &p.pod)?, container_addr(&p.pod).with_context(no_addr)?)
+            }
+            (None, None) => {
+                let names: Vec<&str> = pods.iter().copied().chain(containers.iter().map(|c| c.name.as_str())).collect();
+                bail!("the trace starts at a pod or a container; {src:?} is neither ({})", names.join(", "))
+            }
+        };
     let dst_ip = match (st.host(dst), containers.iter().find(|c| c.name == dst), named) {
         (Some(h), _, _) => addr_of(h).with_context(|| format!("{dst} has no {family} address"))?,
         (None, Some(c), _) => container_addr(c).with_context(|| format!("container {dst} has no {family} address"))?,
@@ -77,10 +85,10 @@ pub(super) fn trace(
         admin::Client::new(&d.socket).trace_start(id).with_context(|| format!("starting the trace on {}", d.node))?;
     }
     let exe = std::env::current_exe()?;
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &from.namespace])
-        .arg(&exe)
-        .args(["internal", "probe", "--dst", &dst_ip.to_string(), "--id", &id.to_string(), "--ttl", &ttl.to_string()])
+    let out = std::process::Command::new(&exe)
+        .args(["internal", "probe", "--netns"])
+        .arg(&netns)
+        .args(["--dst", &dst_ip.to_string(), "--id", &id.to_string(), "--ttl", &ttl.to_string()])
         .args(["--wait-ms", &ANSWER_WAIT.as_millis().to_string()])
         .arg("--proto")
         .arg(serde_json::to_value(proto)?.as_str().unwrap_or("icmp"))
@@ -149,6 +157,26 @@ pub(super) fn trace(
         }
     }
     Ok(0)
+}
+
+/// A lab container's network namespace, by its first process (podman on its node knows it).
+fn container_netns(lab: &Lab, node: &str, c: &admin::PodSpec) -> anyhow::Result<PathBuf> {
+    let id = c.container.as_deref().unwrap_or(&c.name);
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["lab", "exec", node, "--", "podman", "inspect", "--format", "{{.State.Pid}}", id])
+        .env("ROUTER_LAB", &lab.name)
+        .env("ROUTER_LAB_DIR", lab.dir.parent().unwrap_or(Path::new("/")))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("asking podman for the container's process")?;
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|p| *p > 0).with_context(|| {
+        format!(
+            "container {} on {node} has no running process to send the probe from: {}",
+            c.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })?;
+    Ok(PathBuf::from(format!("/proc/{pid}/ns/net")))
 }
 
 pub(super) fn capture(

@@ -385,6 +385,9 @@ enum InternalCmd {
     },
     /// Send one trace probe from this namespace.
     Probe {
+        /// The source pod's network namespace (a file under /run/netns or /proc).
+        #[arg(long)]
+        netns: PathBuf,
         #[arg(long)]
         dst: std::net::IpAddr,
         #[arg(long, value_enum)]
@@ -681,7 +684,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Internal { cmd: InternalCmd::Keeper { record } } => lab::userns::keeper_main(&record),
-        Cmd::Internal { cmd: InternalCmd::Probe { dst, proto, id, ttl, wait_ms } } => {
+        Cmd::Internal { cmd: InternalCmd::Probe { netns, dst, proto, id, ttl, wait_ms } } => {
+            // Only the network namespace: the probe needs no other view of the pod.
+            let ns = std::fs::File::open(&netns).with_context(|| format!("opening {}", netns.display()))?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", netns.display()))?;
             let answer = router::probe::run(dst, proto, id, ttl, std::time::Duration::from_millis(wait_ms))?;
             nodeapi::outln!("{}", serde_json::to_string(&answer)?);
             Ok(0)
