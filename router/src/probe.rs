@@ -20,16 +20,27 @@ pub struct Answer {
     pub after_ms: f64,
 }
 
-/// The interface a pod sends by and hears on: `eth0`, as Calico's pods (and the lab's) have.
-const POD_INTERFACE: &str = "eth0";
+/// The interface the kernel sends to `dst` by: the one that holds the source address it
+/// picks (a pod's `eth0`, whatever its runtime named it).
+fn interface_toward(dst: IpAddr) -> anyhow::Result<String> {
+    let src = source_for(dst).with_context(|| format!("no route to {dst} in the pod"))?;
+    let ip = |a: &nix::sys::socket::SockaddrStorage| {
+        a.as_sockaddr_in().map(|s| IpAddr::from(s.ip())).or_else(|| a.as_sockaddr_in6().map(|s| s.ip().into()))
+    };
+    nix::ifaddrs::getifaddrs()?
+        .find(|i| i.address.as_ref().and_then(ip) == Some(src))
+        .map(|i| i.interface_name)
+        .with_context(|| format!("no interface holds {src}, the pod's address toward {dst}"))
+}
 
 /// Sends trace `id`'s probe and waits up to `wait` for the first packet of the trace that
 /// arrives on the pod's interface: the answer, or None.
 pub fn run(dst: IpAddr, proto: ProbeProto, id: u32, ttl: u8, wait: Duration) -> anyhow::Result<Option<Answer>> {
     // Listening starts before the probe leaves, so no answer can slip past.
-    let link = netsys::link_info(POD_INTERFACE).with_context(|| format!("the pod's {POD_INTERFACE}"))?;
+    let name = interface_toward(dst)?;
+    let link = netsys::link_info(&name).with_context(|| format!("the pod's {name}"))?;
     let rx = netsys::PacketSocket::open_rx(link.ifindex, None, 1 << 20)
-        .with_context(|| format!("listening for the answer on {POD_INTERFACE}"))?;
+        .with_context(|| format!("listening for the answer on {name}"))?;
     let mut poll = mio::Poll::new()?;
     poll.registry().register(&mut mio::unix::SourceFd(&rx.as_raw_fd()), mio::Token(0), mio::Interest::READABLE)?;
     let mut events = mio::Events::with_capacity(4);

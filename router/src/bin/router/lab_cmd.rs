@@ -94,7 +94,8 @@ pub(super) fn trace(
         .arg(serde_json::to_value(proto)?.as_str().unwrap_or("icmp"))
         .output()?;
     if !out.status.success() {
-        bail!("sending the probe from {src} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        let why = String::from_utf8_lossy(&out.stderr);
+        bail!("sending the probe from {src} failed: {}", why.trim().trim_start_matches("error: "));
     }
     let answer: Option<router::probe::Answer> = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("the probe's report: {:?}", String::from_utf8_lossy(&out.stdout)))?;
