@@ -45,10 +45,11 @@ pub fn lookup(entries: &[RouteEntry], dst: std::net::IpAddr) -> Option<&RouteEnt
 
 /// The name of an ICMP error (ICMPv6's where the packet is IPv6).
 fn icmp_error_name(v6: bool, t: Option<u8>) -> Option<&'static str> {
+    use encap::{icmp::types as icmp4, icmpv6::types as icmp6};
     match (v6, t?) {
-        (false, 3) | (true, 1) => Some("destination unreachable"),
-        (false, 11) | (true, 3) => Some("time exceeded"),
-        (true, 2) => Some("packet too big"),
+        (false, icmp4::DEST_UNREACHABLE) | (true, icmp6::DEST_UNREACHABLE) => Some("destination unreachable"),
+        (false, icmp4::TIME_EXCEEDED) | (true, icmp6::TIME_EXCEEDED) => Some("time exceeded"),
+        (true, icmp6::PACKET_TOO_BIG) => Some("packet too big"),
         _ => None,
     }
 }
