@@ -233,6 +233,11 @@ fn routes_show_the_fib_like_route_n() {
     assert_eq!(one["prefix"], "10.244.3.0/26");
     assert_eq!(one["encap"], "ipip");
     assert!(lab.json(&["routes", "--node", "node-a", "--lookup", "10.99.0.1", "--json"]).is_null());
+    // A host of the lab stands for its address; a prefix is pointed at --detail.
+    let named = lab.json(&["routes", "--node", "node-a", "--lookup", "pod-c1", "--json"]);
+    assert_eq!((named["prefix"].as_str(), named["encap"].as_str()), (Some("10.244.3.0/26"), Some("ipip")), "{named}");
+    let out = lab.router(&["routes", "--node", "node-a", "--lookup", "10.244.3.0/26"]);
+    assert!(text(&out.stderr).contains("--detail 10.244.3.0/26"), "{}", text(&out.stderr));
     // A node that does not exist is a clear error.
     let out = lab.router(&["routes", "--node", "node-x"]);
     assert!(!out.status.success() && text(&out.stderr).contains("no node \"node-x\""), "{}", text(&out.stderr));

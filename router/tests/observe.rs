@@ -160,7 +160,7 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
             "--duration",
             "20",
             "--host",
-            "10.244.3.1",
+            "pod-c1",
             "--json",
             "-w",
             file.to_str().unwrap_or_default(),

@@ -83,9 +83,10 @@ enum Cmd {
     /// --rejected, what BGP peers sent that the node refused; with --detail, every BGP path
     /// for a prefix and why the best one won.
     Routes {
-        /// Which route this address takes (like `ip route get`).
-        #[arg(long, value_parser = ip_to_look_up, conflicts_with_all = ["rejected", "detail"])]
-        lookup: Option<std::net::IpAddr>,
+        /// Which route this address takes (like `ip route get`); in a lab, a host's or a
+        /// container's name stands for its address.
+        #[arg(long, value_name = "ADDR", conflicts_with_all = ["rejected", "detail"])]
+        lookup: Option<String>,
         /// The prefixes BGP peers sent that import refused, and why.
         #[arg(long, conflicts_with = "detail")]
         rejected: bool,
@@ -105,9 +106,9 @@ enum Cmd {
     Neighbours(Query),
     /// Send a marked probe from a pod and show what every node it crossed did with it.
     Trace {
-        /// A pod of the lab.
+        /// A pod or a container of the lab.
         src: String,
-        /// A pod of the lab, or an IP address.
+        /// A host or a container of the lab, or an IP address.
         dst: String,
         #[arg(long, value_enum, default_value = "icmp")]
         proto: router::probe::ProbeProto,
@@ -135,9 +136,10 @@ enum Cmd {
         /// Stop after this many seconds at most (0: the node's limit, an hour).
         #[arg(long, default_value_t = 10)]
         duration: u64,
-        /// Only packets to or from this address, also inside IPIP or VXLAN, and ARP for it.
+        /// Only packets to or from this address, also inside IPIP or VXLAN, and ARP for it;
+        /// in a lab, a host's or a container's name stands for its address.
         #[arg(long, value_name = "ADDR")]
-        host: Option<std::net::IpAddr>,
+        host: Option<String>,
         /// The pcap file to write.
         #[arg(short = 'w', long = "write")]
         file: PathBuf,
@@ -615,6 +617,26 @@ impl Query {
         Ok((lab, daemons))
     }
 
+    /// An IP address, or a lab host's or container's name for its first address (IPv4).
+    fn address_of(&self, s: &str) -> anyhow::Result<std::net::IpAddr> {
+        if let Ok(a) = s.parse() {
+            return Ok(a);
+        }
+        let lab = self.sel.lab()?;
+        let not = || format!("{s:?} is not an IP address (like 10.244.3.1 or fd00:10:244::1)");
+        let Some(st) = lab.state()? else {
+            bail!("{}, and no lab {:?} is up to name it", not(), lab.name);
+        };
+        let first = |h: &lab::state::Host| h.addresses.iter().find_map(|a| a.split('/').next()?.parse().ok());
+        if let Some(a) = st.host(s).filter(|h| h.role != Role::Switch).and_then(first) {
+            return Ok(a);
+        }
+        match lab::containers::served(&st).into_iter().find(|(_, p)| p.pod.name == s) {
+            Some((_, p)) => Ok(p.pod.address.into()),
+            None => bail!("{}, nor a host or container of lab {:?}", not(), lab.name),
+        }
+    }
+
     /// The node's admin socket, as a typed client.
     fn client(&self) -> anyhow::Result<admin::Client> {
         Ok(admin::Client::new(self.socket()?))
@@ -641,11 +663,6 @@ fn prefix_for_detail(s: &str) -> Result<ipnet::IpNet, String> {
         )),
         (Err(_), Err(_)) => Err(format!("{s:?} is not a prefix like 10.244.2.0/26 or fd00:10:244::40/122")),
     }
-}
-
-/// An address for `routes --lookup`, IPv4 or IPv6.
-fn ip_to_look_up(s: &str) -> Result<std::net::IpAddr, String> {
-    s.parse::<std::net::IpAddr>().map_err(|_| format!("{s:?} is not an IP address (like 10.244.3.1 or fd00:10:244::1)"))
 }
 
 fn main() {
@@ -837,15 +854,24 @@ installed {} as {}",
         Cmd::Routes { detail: Some(prefix), query: q, .. } => {
             q.print(&q.client()?.paths(prefix)?, |ps| nodeapi::out!("{}", render_paths(&prefix, ps)))
         }
-        Cmd::Routes { lookup: Some(addr), query: q, .. } => q.print(&q.client()?.lookup(addr)?, |e| match e {
-            None => nodeapi::outln!("{addr}: no route (packets to it are answered with ICMP destination unreachable)"),
-            Some(e) => nodeapi::out!("{addr} takes\n{}", routes::render(std::slice::from_ref(e))),
-        }),
+        Cmd::Routes { lookup: Some(name), query: q, .. } => {
+            if name.parse::<ipnet::IpNet>().is_ok() {
+                bail!("{name} is a prefix; --lookup takes an address (every path for a prefix: --detail {name})");
+            }
+            let addr = q.address_of(&name)?;
+            q.print(&q.client()?.lookup(addr)?, |e| match e {
+                None => {
+                    nodeapi::outln!("{addr}: no route (packets to it are answered with ICMP destination unreachable)")
+                }
+                Some(e) => nodeapi::out!("{addr} takes\n{}", routes::render(std::slice::from_ref(e))),
+            })
+        }
         Cmd::Routes { lookup: None, query: q, .. } => {
             q.print(&q.client()?.routes()?, |e| nodeapi::out!("{}", routes::render(e)))
         }
         Cmd::Stats(q) => q.print(&q.client()?.stats()?, print_stats),
         Cmd::Capture { interface, count, duration, host, file, query } => {
+            let host = host.map(|h| query.address_of(&h)).transpose()?;
             capture(&query, interface, count, duration, host, file)
         }
         Cmd::Neighbours(q) => {
