@@ -101,9 +101,16 @@ impl Tour<'_> {
         let pcap_s = pcap.to_string_lossy().into_owned();
         // The first ping resolves ARP, so that the captured one goes straight through.
         self.exec_in(lab, "pod-a1", &["ping", "-c", "1", "-W", "2", to], true)?;
+        // Shown as a user would type it: the pings to and from pod-c1, in the background.
+        let named = format!("--lab={lab}");
+        let mut args = vec!["capture"];
+        if lab != self.lab.name {
+            args.push(&named);
+        }
+        args.extend(["--node", "node-a", "--interface", "eth0", "--host", to, "-c", "2", "-w", &pcap_s]);
+        nodeapi::outln!("  $ router {} &", args.join(" "));
         let cap = Command::new(self.exe)
-            .args(["capture", "--node", "node-a", "--interface", "eth0", "--host", to, "-c", "2", "--duration", "10"])
-            .args(["-w", &pcap_s])
+            .args(&args)
             .env("ROUTER_LAB", lab)
             .env("ROUTER_LAB_DIR", dir)
             .stdout(std::process::Stdio::null())
