@@ -144,14 +144,13 @@ fn what(ip: &[u8]) -> &'static str {
             Ok(f) if f & tcp::flags::SYN != 0 => "TCP SYN-ACK",
             _ => "TCP",
         },
-        (UDP, _) => "UDP",
+        (ipv6::NEXT_UDP, _) => "UDP",
         _ => "",
     }
 }
 
-/// IP protocol numbers of ICMP and UDP (TCP's and ICMPv6's are `ipv6::NEXT_*`).
+/// ICMP's IP protocol number (the others' are `ipv6::NEXT_*`, the same for both families).
 const ICMP: u8 = 1;
-const UDP: u8 = 17;
 
 fn icmp_type<T: AsRef<[u8]>>(p: &ipv4::Packet<T>) -> Option<u8> {
     (p.protocol() == ipv4::Protocol::Icmp).then(|| p.payload().first().copied()).flatten()
@@ -171,6 +170,26 @@ fn tunnelled(ip: &[u8]) -> Option<(&[u8], Option<VxlanInfo>)> {
         }
         _ => None,
     }
+}
+
+/// Whether a packet (a frame when `ethernet`) is to or from `host`: by its addresses, those
+/// of the packet inside IPIP or VXLAN (a pod's traffic across the tunnel), or an ARP's
+/// sender and target. What a capture's host filter keeps.
+pub fn involves(data: &[u8], ethernet: bool, host: IpAddr) -> bool {
+    let Some(bytes) = l3(data, ethernet) else {
+        // Not IP: ARP is the one other kind with addresses to match.
+        return ethernet::Frame::new_checked(data).is_ok_and(|f| f.ethertype() == ethernet::EtherType::Arp)
+            && encap::arp::ArpRepr::parse(&data[ethernet::HEADER_LEN..])
+                .is_ok_and(|a| host == IpAddr::V4(a.sender_ip) || host == IpAddr::V4(a.target_ip));
+    };
+    if is_v6(bytes) {
+        return ipv6::Packet::new_checked(bytes)
+            .is_ok_and(|p| host == IpAddr::V6(p.src()) || host == IpAddr::V6(p.dst()));
+    }
+    let ends = |p: &ipv4::Packet<&[u8]>| host == IpAddr::V4(p.src()) || host == IpAddr::V4(p.dst());
+    ipv4::Packet::new_checked(bytes).is_ok_and(|p| {
+        ends(&p) || tunnelled(bytes).is_some_and(|(inner, _)| ipv4::Packet::new_checked(inner).is_ok_and(|i| ends(&i)))
+    })
 }
 
 /// The header summary of any IPv4 packet (a frame when `ethernet`).
@@ -265,7 +284,7 @@ fn carries(protocol: u8, t: &[u8], id: u32, quoted: bool) -> bool {
             !quoted && t.get(HEADER..).and_then(transport).is_some_and(|(p, q)| carries(p, q, id, true))
         }
         // Echo request and reply (ICMP, ICMPv6) and UDP.
-        ICMP | ipv6::NEXT_ICMPV6 | UDP => marked(HEADER),
+        ICMP | ipv6::NEXT_ICMPV6 | ipv6::NEXT_UDP => marked(HEADER),
         // The probe's sequence number is the id: in a quote, that may be all there is.
         ipv6::NEXT_TCP if quoted => t.len() >= HEADER && tcp::Packet::new_unchecked(t).seq() == id,
         ipv6::NEXT_TCP => tcp::Packet::new_checked(t).is_ok_and(|p| {
@@ -379,6 +398,46 @@ mod tests {
         let s = summarize(&outer, false).expect("summary");
         assert_eq!((s.protocol, s.what), (4, ""));
         assert_eq!(s.inner.map(|i| (i.dst, i.what)), Some((Ipv4Addr::new(10, 244, 3, 1), "ICMP echo request")));
+    }
+
+    #[test]
+    fn a_host_filter_looks_inside_the_tunnel_and_at_arp() {
+        let pod: std::net::IpAddr = [10, 244, 3, 1].into();
+        let frame = |b: etherparse::PacketBuilderStep<etherparse::IpHeaders>, proto: u8, payload: &[u8]| {
+            let mut f = Vec::new();
+            b.write(&mut f, etherparse::IpNumber(proto), payload).expect("build");
+            f
+        };
+        let eth = || etherparse::PacketBuilder::ethernet2([2; 6], [4; 6]);
+        let mut inner = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 244, 1, 1], [10, 244, 3, 1], 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut inner, b"ping")
+            .expect("build");
+        let ipip = frame(eth().ipv4([192, 168, 100, 100], [192, 168, 200, 101], 64), 4, &inner);
+        assert!(involves(&ipip, true, pod));
+        assert!(involves(&ipip, true, [192, 168, 200, 101].into()));
+        assert!(!involves(&ipip, true, [10, 244, 2, 1].into()));
+        // The node's kernel's own chatter on the uplink is not the pod's.
+        let igmp = frame(eth().ipv4([192, 168, 100, 100], [224, 0, 0, 22], 1), 2, &[0x22, 0, 0, 0]);
+        assert!(!involves(&igmp, true, pod));
+        let mut arp = vec![0u8; 14 + encap::arp::PACKET_LEN];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        let ask = encap::arp::ArpRepr {
+            operation: encap::arp::Operation::Request,
+            sender_mac: encap::MacAddr([2; 6]),
+            sender_ip: [10, 244, 3, 1].into(),
+            target_mac: encap::MacAddr([0; 6]),
+            target_ip: [169, 254, 1, 1].into(),
+        };
+        ask.emit(&mut arp[14..]);
+        assert!(involves(&arp, true, pod) && involves(&arp, true, [169, 254, 1, 1].into()));
+        assert!(!involves(&arp, true, [10, 244, 3, 2].into()));
+        let v6 = frame(eth().ipv6([0xfd; 16], [0xfe; 16], 64), 17, &[0; 8]);
+        assert!(involves(&v6, true, std::net::IpAddr::from([0xfe; 16])) && !involves(&v6, true, pod));
+        assert!(!involves(&[0u8; 5], true, pod));
+        // Bare IP, as the tun data plane has it.
+        assert!(involves(&inner, false, pod) && !involves(&inner, false, [10, 244, 2, 1].into()));
     }
 
     #[test]

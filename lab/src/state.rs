@@ -35,6 +35,18 @@ pub struct Host {
     pub interface: Option<String>,
 }
 
+impl Host {
+    /// Its addresses, without their prefix lengths.
+    pub fn ips(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.addresses.iter().filter_map(|a| a.split('/').next()?.parse().ok())
+    }
+
+    /// Its first address of one family.
+    pub fn ip(&self, v6: bool) -> Option<std::net::IpAddr> {
+        self.ips().find(|a| a.is_ipv6() == v6)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Daemon {
     pub node: String,

@@ -141,15 +141,13 @@ impl Tour<'_> {
 }
 
 fn addr(lab: &Lab, st: &State, host: &str) -> anyhow::Result<String> {
-    st.host(host).and_then(|h| h.addresses.first()).and_then(|a| a.split('/').next()).map(str::to_string).with_context(
-        || {
-            format!(
-                "lab {:?} has no {host}: the tour tells the seed topology's story, host by host; \
+    st.host(host).and_then(|h| h.ips().next()).map(|a| a.to_string()).with_context(|| {
+        format!(
+            "lab {:?} has no {host}: the tour tells the seed topology's story, host by host; \
                  `router lab tour --lab tour` brings up a seed lab of its own beside this one",
-                lab.name
-            )
-        },
-    )
+            lab.name
+        )
+    })
 }
 
 pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
@@ -271,8 +269,7 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
 fn outside_the_pools(t: &mut Tour<'_>, st: &State, a1: &str) -> anyhow::Result<()> {
     let far = st
         .host("underlay")
-        .and_then(|h| h.addresses.iter().rfind(|a| !a.contains(':')))
-        .and_then(|a| a.split('/').next())
+        .and_then(|h| h.ips().filter(|a| a.is_ipv4()).last())
         .context("the tour needs the seed topology's underlay router")?
         .to_string();
     t.title(

@@ -5,7 +5,6 @@
 use forwarding::tap::{Captured, Tap};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::DataLink;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,9 +50,8 @@ pub struct Capture {
 impl Capture {
     /// Creates the file, which must not exist yet (mode 0600, never through a symlink: the
     /// node may run as root and the path comes from a client), and starts writing what `tap`
-    /// delivers (only what [`involves`] `host`, if given) until `limits` or
-    /// [`Capture::finish`] stop it.
-    pub fn start(path: &Path, limits: Limits, host: Option<IpAddr>, tap: &Tap) -> Result<Capture, String> {
+    /// delivers until `limits` or [`Capture::finish`] stop it.
+    pub fn start(path: &Path, limits: Limits, tap: &Tap) -> Result<Capture, String> {
         let file = nodeapi::private::create_new(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => {
                 format!("{} already exists (or is a symlink); the node only writes new files", path.display())
@@ -86,9 +84,6 @@ impl Capture {
                         break;
                     }
                     let Ok(c) = rx.recv_timeout(Duration::from_millis(100)) else { continue };
-                    if host.is_some_and(|h| !involves(&c.frame, h)) {
-                        continue;
-                    }
                     // A record header and the frame.
                     let size = 16 + c.frame.len() as u64;
                     if bytes + size > limits.bytes {
@@ -128,19 +123,6 @@ impl Capture {
     }
 }
 
-/// Whether an Ethernet frame is to or from `host`: by its addresses, those of the packet
-/// inside IPIP or VXLAN (a pod's traffic across the tunnel), or an ARP's sender and target.
-pub fn involves(frame: &[u8], host: IpAddr) -> bool {
-    if let Some(s) = forwarding::trace::summarize(frame, true) {
-        let inner = s.inner.is_some_and(|i| host == IpAddr::V4(i.src) || host == IpAddr::V4(i.dst));
-        return s.src == host || s.dst == host || inner;
-    }
-    use encap::ethernet;
-    ethernet::Frame::new_checked(frame).is_ok_and(|f| f.ethertype() == ethernet::EtherType::Arp)
-        && encap::arp::ArpRepr::parse(&frame[ethernet::HEADER_LEN..])
-            .is_ok_and(|a| host == IpAddr::V4(a.sender_ip) || host == IpAddr::V4(a.target_ip))
-}
-
 fn write(w: &mut PcapWriter<std::fs::File>, c: &Captured) -> Result<(), String> {
     let ts = c.time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let pkt = PcapPacket::new(ts, c.frame.len() as u32, &c.frame);
@@ -169,44 +151,6 @@ mod tests {
     }
 
     #[test]
-    fn a_host_filter_looks_inside_the_tunnel_and_at_arp() {
-        let pod: IpAddr = [10, 244, 3, 1].into();
-        let frame = |b: etherparse::PacketBuilderStep<etherparse::IpHeaders>, proto: u8, payload: &[u8]| {
-            let mut f = Vec::new();
-            b.write(&mut f, etherparse::IpNumber(proto), payload).expect("build");
-            f
-        };
-        let eth = || etherparse::PacketBuilder::ethernet2([2; 6], [4; 6]);
-        let mut inner = Vec::new();
-        etherparse::PacketBuilder::ipv4([10, 244, 1, 1], [10, 244, 3, 1], 64)
-            .icmpv4_echo_request(1, 1)
-            .write(&mut inner, b"ping")
-            .expect("build");
-        let ipip = frame(eth().ipv4([192, 168, 100, 100], [192, 168, 200, 101], 64), 4, &inner);
-        assert!(involves(&ipip, pod));
-        assert!(involves(&ipip, [192, 168, 200, 101].into()));
-        assert!(!involves(&ipip, [10, 244, 2, 1].into()));
-        // The node's kernel's own chatter on the uplink is not the pod's.
-        let igmp = frame(eth().ipv4([192, 168, 100, 100], [224, 0, 0, 22], 1), 2, &[0x22, 0, 0, 0]);
-        assert!(!involves(&igmp, pod));
-        let mut arp = vec![0u8; 14 + encap::arp::PACKET_LEN];
-        arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        let ask = encap::arp::ArpRepr {
-            operation: encap::arp::Operation::Request,
-            sender_mac: encap::MacAddr([2; 6]),
-            sender_ip: [10, 244, 3, 1].into(),
-            target_mac: encap::MacAddr([0; 6]),
-            target_ip: [169, 254, 1, 1].into(),
-        };
-        ask.emit(&mut arp[14..]);
-        assert!(involves(&arp, pod) && involves(&arp, [169, 254, 1, 1].into()));
-        assert!(!involves(&arp, [10, 244, 3, 2].into()));
-        let v6 = frame(eth().ipv6([0xfd; 16], [0xfe; 16], 64), 17, &[0; 8]);
-        assert!(involves(&v6, IpAddr::from([0xfe; 16])) && !involves(&v6, pod));
-        assert!(!involves(&[0u8; 5], pod));
-    }
-
-    #[test]
     fn no_time_asked_for_or_0_seconds_is_the_nodes_limit() {
         assert_eq!(Limits::capped(0, None).time, MAX_TIME);
         assert_eq!(Limits::capped(0, Some(0)).time, MAX_TIME);
@@ -219,11 +163,11 @@ mod tests {
         let d = scratch("exists");
         let tap = Tap::default();
         std::fs::write(d.join("a.pcap"), "mine").expect("seed");
-        let e = Capture::start(&d.join("a.pcap"), Limits::capped(0, None), None, &tap).expect_err("existing file");
+        let e = Capture::start(&d.join("a.pcap"), Limits::capped(0, None), &tap).expect_err("existing file");
         assert!(e.contains("already exists"), "{e}");
         assert_eq!(std::fs::read_to_string(d.join("a.pcap")).expect("read"), "mine");
         std::os::unix::fs::symlink(d.join("victim"), d.join("l.pcap")).expect("symlink");
-        Capture::start(&d.join("l.pcap"), Limits::capped(0, None), None, &tap).expect_err("symlink");
+        Capture::start(&d.join("l.pcap"), Limits::capped(0, None), &tap).expect_err("symlink");
         assert!(!d.join("victim").exists(), "created the symlink's target");
         std::fs::remove_dir_all(&d).expect("clean up");
     }
@@ -234,8 +178,8 @@ mod tests {
         let d = scratch("size");
         let tap = Tap::default();
         let limits = Limits { packets: 0, bytes: 24 + 10 * (16 + 1000), time: Duration::from_secs(60) };
-        let c = Capture::start(&d.join("s.pcap"), limits, None, &tap).expect("start");
-        tap.start(None);
+        let c = Capture::start(&d.join("s.pcap"), limits, &tap).expect("start");
+        tap.start(None, None);
         for _ in 0..50 {
             tap.copy(IfaceId(0), Direction::Rx, &[0u8; 1000], true);
         }
@@ -257,7 +201,7 @@ mod tests {
         let d = scratch("time");
         let tap = Tap::default();
         let limits = Limits { packets: 0, bytes: MAX_BYTES, time: Duration::from_millis(200) };
-        let c = Capture::start(&d.join("t.pcap"), limits, None, &tap).expect("start");
+        let c = Capture::start(&d.join("t.pcap"), limits, &tap).expect("start");
         wait_done(&c);
         assert_eq!(*c.ended.lock().expect("lock"), Some("time limit"));
         c.finish().expect("finish");

@@ -44,9 +44,9 @@ pub fn run(dst: IpAddr, proto: ProbeProto, id: u32, ttl: u8, wait: Duration) -> 
     let mut poll = mio::Poll::new()?;
     poll.registry().register(&mut mio::unix::SourceFd(&rx.as_raw_fd()), mio::Token(0), mio::Interest::READABLE)?;
     let mut events = mio::Events::with_capacity(4);
-    // A TCP or UDP super-packet may arrive whole: room for 64 KB.
+    // A TCP or UDP super-packet may arrive whole: room for 64 KB, one frame at a time.
     const MAX: usize = 65_536;
-    let (mut bufs, mut lens, mut hdrs) = (vec![vec![0u8; MAX]; 8], [0usize; 8], [encap::gso::VnetHdr::NONE; 8]);
+    let (mut bufs, mut lens, mut hdrs) = ([vec![0u8; MAX]], [0usize], [encap::gso::VnetHdr::NONE]);
     let sent = Instant::now();
     send(dst, proto, id, ttl)?;
     loop {

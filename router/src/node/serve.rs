@@ -110,8 +110,8 @@ impl Node {
                     None => None,
                 };
                 let limits = crate::capture::Limits::capped(count, seconds);
-                let c = crate::capture::Capture::start(&path, limits, host, self.dp.tap())?;
-                self.dp.tap().start(iface);
+                let c = crate::capture::Capture::start(&path, limits, self.dp.tap())?;
+                self.dp.tap().start(iface, host);
                 self.capture = Some(c);
                 admin::answer(&admin::CaptureStarted { path, active: true })
             }

@@ -5,8 +5,42 @@ use super::*;
 
 /// How long a trace waits for the answer: long enough for ARP on every hop.
 const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
-/// After the answer, for the nodes that forwarded it to file their last hop reports.
-const REPORT_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A container's address of one family.
+fn container_ip(c: &admin::PodSpec, v6: bool) -> Option<std::net::IpAddr> {
+    if v6 {
+        c.address6.map(Into::into)
+    } else {
+        Some(c.address.into())
+    }
+}
+
+/// What a name of the lab stands for: a host's (not a switch's) or a container's address of
+/// one family. None: no such name; Some(None): it has no address of that family.
+pub(super) fn named_address(
+    st: &lab::state::State,
+    containers: &[admin::PodSpec],
+    name: &str,
+    v6: bool,
+) -> Option<Option<std::net::IpAddr>> {
+    match st.host(name).filter(|h| h.role != Role::Switch) {
+        Some(h) => Some(h.ip(v6)),
+        None => containers.iter().find(|c| c.name == name).map(|c| container_ip(c, v6)),
+    }
+}
+
+/// Whose address `a` is, the other way: a host's or a container's name, and whether it is a
+/// pod (or a container).
+fn owner<'a>(
+    st: &'a lab::state::State,
+    containers: &'a [admin::PodSpec],
+    a: std::net::IpAddr,
+) -> Option<(&'a str, bool)> {
+    let host = st.hosts.iter().find(|h| h.ips().any(|x| x == a)).map(|h| (h.name.as_str(), h.role == Role::Pod));
+    host.or_else(|| {
+        containers.iter().find(|c| container_ip(c, a.is_ipv6()) == Some(a)).map(|c| (c.name.as_str(), true))
+    })
+}
 
 pub(super) fn trace(
     lab: &Lab,
@@ -28,54 +62,34 @@ pub(super) fn trace(
         bail!("{a} is an IPv4 address: an IPv6 trace needs an IPv6 destination (or a host's name)");
     }
     let v6 = ipv6 || named.is_some_and(|a| a.is_ipv6());
-    let addr_of = |h: &lab::state::Host| -> Option<std::net::IpAddr> {
-        h.addresses
-            .iter()
-            .filter_map(|a| a.split('/').next()?.parse::<std::net::IpAddr>().ok())
-            .find(|a| a.is_ipv6() == v6)
-    };
     // Containers (CNI pods) are named by their nodes, not in the lab's state.
     let served = lab::containers::served(&st);
     let containers: Vec<admin::PodSpec> = served.iter().map(|(_, p)| p.pod.clone()).collect();
-    let container_addr = |c: &admin::PodSpec| -> Option<std::net::IpAddr> {
-        if v6 {
-            c.address6.map(Into::into)
-        } else {
-            Some(c.address.into())
-        }
-    };
     let family = if v6 { "IPv6" } else { "IPv4" };
     let no_addr =
         || format!("{src} has no {family} address{}", if v6 { " (is the lab up with --dual-stack?)" } else { "" });
     let (netns, src_ip) =
         match (st.host(src).filter(|h| h.role == Role::Pod), served.iter().find(|(_, p)| p.pod.name == src)) {
-            (Some(h), _) => (Path::new("/run/netns").join(&h.namespace), addr_of(h).with_context(no_addr)?),
+            (Some(h), _) => (Path::new("/run/netns").join(&h.namespace), h.ip(v6).with_context(no_addr)?),
             (None, Some((node, p))) => {
-                (container_netns(lab, node, &p.pod)?, container_addr(&p.pod).with_context(no_addr)?)
+                (container_netns(lab, node, &p.pod)?, container_ip(&p.pod, v6).with_context(no_addr)?)
             }
             (None, None) => {
                 let names: Vec<&str> = pods.iter().copied().chain(containers.iter().map(|c| c.name.as_str())).collect();
                 bail!("the trace starts at a pod or a container; {src:?} is neither ({})", names.join(", "))
             }
         };
-    let dst_ip = match (st.host(dst), containers.iter().find(|c| c.name == dst), named) {
-        (Some(h), _, _) => addr_of(h).with_context(|| format!("{dst} has no {family} address"))?,
-        (None, Some(c), _) => container_addr(c).with_context(|| format!("container {dst} has no {family} address"))?,
-        (None, None, Some(a)) => a,
-        (None, None, None) => {
+    let dst_ip = match (named_address(&st, &containers, dst, v6), named) {
+        (Some(a), _) => a.with_context(|| format!("{dst} has no {family} address"))?,
+        (None, Some(a)) => a,
+        (None, None) => {
             let names: Vec<&str> = pods.iter().copied().chain(containers.iter().map(|c| c.name.as_str())).collect();
             bail!("{dst:?} is neither a host of the lab nor an IP address (pods: {})", names.join(", "))
         }
     };
     // An address is named by its host or container where it is one.
-    let label = |a: std::net::IpAddr| {
-        st.hosts
-            .iter()
-            .find(|h| h.addresses.iter().any(|x| x.split('/').next() == Some(a.to_string().as_str())))
-            .map(|h| h.name.as_str())
-            .or_else(|| containers.iter().find(|c| container_addr(c) == Some(a)).map(|c| c.name.as_str()))
-            .map_or_else(|| a.to_string(), |n| format!("{n} {a}"))
-    };
+    let label =
+        |a: std::net::IpAddr| owner(&st, &containers, a).map_or_else(|| a.to_string(), |(n, _)| format!("{n} {a}"));
     let dst_label = match named {
         None => format!("{dst} {dst_ip}"),
         Some(a) => label(a),
@@ -97,9 +111,10 @@ pub(super) fn trace(
         let why = String::from_utf8_lossy(&out.stderr);
         bail!("sending the probe from {src} failed: {}", why.trim().trim_start_matches("error: "));
     }
+    // Every hop of the answer's way is in by now: a worker reports a probe before it sends
+    // it on, and the nodes' reports are read below from what they queued.
     let answer: Option<router::probe::Answer> = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("the probe's report: {:?}", String::from_utf8_lossy(&out.stdout)))?;
-    std::thread::sleep(REPORT_GRACE);
     let mut hops: Vec<nodeapi::admin::Hop> = Vec::new();
     for d in &st.daemons {
         let node = admin::Client::new(&d.socket);
@@ -134,18 +149,11 @@ pub(super) fn trace(
             nodeapi::outln!("\nno answer reached {src} within {} s", ANSWER_WAIT.as_secs_f32());
             // The usual cause: the probe left the cluster with the pod's own address, and
             // the lab's underlay has no route back to pods (it knows IPv6 pods' routes).
-            let pod_addr = |a: std::net::IpAddr| {
-                st.hosts.iter().filter(|h| h.role == Role::Pod).any(|h| addr_of(h) == Some(a))
-                    || containers.iter().any(|c| container_addr(c) == Some(a))
-            };
+            let to_pod = owner(&st, &containers, dst_ip).is_some_and(|(_, pod)| pod);
             let left = hops.iter().rev().find(|h| h.inner.map_or(h.src, |(s, _, _)| s) == src_ip);
-            if let Some(h) = left.filter(|h| {
-                h.action == "forward"
-                    && h.out.is_some_and(|(s, _, _)| s == src_ip)
-                    && h.egress.as_deref().is_some_and(|e| !e.starts_with("cali"))
-                    && !v6
-                    && !pod_addr(dst_ip)
-            }) {
+            if let Some(h) =
+                left.filter(|h| h.action == "forward" && h.out.is_some_and(|(s, _, _)| s == src_ip) && !v6 && !to_pod)
+            {
                 nodeapi::outln!(
                     "{} sent the probe out of {} with {src}'s own address as its source: outside the IP \
                      pools an answer needs a route back to {src_ip}, and the lab's underlay router has none \
@@ -319,7 +327,7 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
             nodeapi::outln!("try:");
             if let Some(from) = pods.first() {
                 if let Some(to) = pods.iter().find(|p| p.parent != from.parent) {
-                    let addr = to.addresses.first().map_or("", |a| a.split('/').next().unwrap_or(a));
+                    let addr = to.ips().next().map(|a| a.to_string()).unwrap_or_default();
                     nodeapi::outln!("  router lab exec{flag} {} -- ping -c 3 {addr}", from.name);
                 }
             }

@@ -627,12 +627,9 @@ impl Query {
         let Some(st) = lab.state()? else {
             bail!("{}, and no lab {:?} is up to name it", not(), lab.name);
         };
-        let first = |h: &lab::state::Host| h.addresses.iter().find_map(|a| a.split('/').next()?.parse().ok());
-        if let Some(a) = st.host(s).filter(|h| h.role != Role::Switch).and_then(first) {
-            return Ok(a);
-        }
-        match lab::containers::served(&st).into_iter().find(|(_, p)| p.pod.name == s) {
-            Some((_, p)) => Ok(p.pod.address.into()),
+        let containers: Vec<admin::PodSpec> = lab::containers::served(&st).into_iter().map(|(_, p)| p.pod).collect();
+        match lab_cmd::named_address(&st, &containers, s, false) {
+            Some(a) => a.with_context(|| format!("{s} has no IPv4 address")),
             None => bail!("{}, nor a host or container of lab {:?}", not(), lab.name),
         }
     }
