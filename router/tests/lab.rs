@@ -124,6 +124,20 @@ fn in_tun_mode_a_pods_first_packet_does_not_wait_for_proxy_arp() {
     // The kernel forwards here: no transit filter, and stats do not pretend one is off.
     assert!(lab.json(&["stats", "--node", "node-a", "--json"])["transit_filter"].is_null());
     kernel_holds_pods_to_their_own_address(&lab);
+    a_trace_says_what_the_kernel_did(&lab);
+}
+
+/// The router sees none of a direct route's packets in tun mode; a trace still says why no
+/// answer came, and that a pod's own address is nothing to trace.
+fn a_trace_says_what_the_kernel_did(lab: &TestLab) {
+    let t = text(&lab.router(&["trace", "pod-a1", "192.168.200.1"]).stdout);
+    assert!(t.contains("no router saw the probe") && t.contains("no answer reached pod-a1"), "{t}");
+    assert!(t.contains("node-a's kernel sent the probe on with pod-a1's own address as its source"), "{t}");
+    assert!(t.contains("--nat-outgoing"), "{t}");
+    let own = lab.router(&["trace", "pod-a1", "pod-a1"]);
+    assert!(!own.status.success());
+    let why = text(&own.stderr);
+    assert!(why.contains("nothing to trace: pod-a1 10.244.1.1 is pod-a1's own address"), "{why}");
 }
 
 /// A counter of the `TcpExt:` lines of a host's /proc/net/netstat.

@@ -94,6 +94,12 @@ pub(super) fn trace(
         None => format!("{dst} {dst_ip}"),
         Some(a) => label(a),
     };
+    if dst_ip == src_ip {
+        bail!(
+            "nothing to trace: {dst_label} is {src}'s own address, which its kernel answers itself on \
+             loopback; no node sees such a packet"
+        );
+    }
     let id = router::trace::new_id().context("reading a random trace id from /dev/urandom")?;
     for d in &st.daemons {
         admin::Client::new(&d.socket).trace_start(id).with_context(|| format!("starting the trace on {}", d.node))?;
@@ -151,16 +157,21 @@ pub(super) fn trace(
             // the lab's underlay has no route back to pods (it knows IPv6 pods' routes).
             let to_pod = owner(&st, &containers, dst_ip).is_some_and(|(_, pod)| pod);
             let left = hops.iter().rev().find(|h| h.inner.map_or(h.src, |(s, _, _)| s) == src_ip);
-            if let Some(h) =
-                left.filter(|h| h.action == "forward" && h.out.is_some_and(|(s, _, _)| s == src_ip) && !v6 && !to_pod)
-            {
+            let unnatted = left
+                .filter(|h| h.action == "forward" && h.out.is_some_and(|(s, _, _)| s == src_ip))
+                .map(|h| format!("{} sent the probe out of {}", h.node, h.egress.as_deref().unwrap_or("?")))
+                // In tun mode the node's kernel sends it, unseen by the router, unless it masquerades.
+                .or_else(|| {
+                    let node = st.host(src).and_then(|h| h.parent.as_deref());
+                    let node = node.or_else(|| served.iter().find(|(_, p)| p.pod.name == src).map(|(n, _)| n.as_str()));
+                    (hops.is_empty() && st.dataplane == DataplaneMode::Tun && !st.nat_outgoing)
+                        .then(|| format!("{}'s kernel sent the probe on", node.unwrap_or("the pod's node")))
+                });
+            if let Some(sent) = unnatted.filter(|_| !v6 && !to_pod) {
                 nodeapi::outln!(
-                    "{} sent the probe out of {} with {src}'s own address as its source: outside the IP \
-                     pools an answer needs a route back to {src_ip}, and the lab's underlay router has none \
-                     to pods. Calico's natOutgoing has the node put its own address on it (`router lab up \
-                     --nat-outgoing`).",
-                    h.node,
-                    h.egress.as_deref().unwrap_or("?")
+                    "{sent} with {src}'s own address as its source: outside the IP pools an answer needs \
+                     a route back to {src_ip}, and the lab's underlay router has none to pods. Calico's \
+                     natOutgoing has the node put its own address on it (`router lab up --nat-outgoing`)."
                 );
             }
         }
