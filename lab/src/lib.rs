@@ -1040,11 +1040,13 @@ fn wait_ready(d: &Daemon, patience: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// Whether `pid` is a live process of this program (not a pid reused by another).
-fn is_router(pid: i32) -> bool {
-    alive(pid)
-        && std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a.ends_with(b"router")))
+/// Whether `d.pid` is still that node's daemon, not a pid reused by another process: by the
+/// config path it was started with (`… node --config PATH`), whatever the binary is called.
+fn is_daemon(d: &Daemon) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", d.pid)) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let config = d.config.as_os_str().as_encoded_bytes();
+    alive(d.pid) && args.windows(3).any(|w| w == [b"node".as_slice(), b"--config", config])
 }
 
 /// What `restart` did.
@@ -1074,7 +1076,16 @@ pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<Restarted> {
     };
     let old = st.daemons[i].clone();
     let t0 = Instant::now();
-    let running = is_router(old.pid);
+    let running = is_daemon(&old);
+    if !running && admin::Client::new(&old.socket).status().is_ok() {
+        // A daemon the state does not know (started by hand?) would keep the socket, and
+        // its answer would pass for the new one's.
+        bail!(
+            "{node} answers on {}, but not from the daemon the lab started (pid {}); `router lab down` stops both",
+            old.socket.display(),
+            old.pid
+        );
+    }
     if running {
         admin::Client::new(&old.socket).graceful_restart().context(format!("asking {node} to restart gracefully"))?;
         if !wait_gone(&[old.pid], Duration::from_secs(10)) {
@@ -1137,7 +1148,7 @@ fn down_locked(lab: &Lab) -> anyhow::Result<DownReport> {
     containers::remove_all(lab, &st);
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let daemons: Vec<i32> = st.daemons.iter().map(|d| d.pid).filter(|p| is_router(*p)).collect();
+    let daemons: Vec<i32> = st.daemons.iter().filter(|d| is_daemon(d)).map(|d| d.pid).collect();
     for &p in &daemons {
         let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
     }

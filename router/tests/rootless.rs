@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use support::*;
 
 const NOBODY: u32 = 65534;
+/// The copy's name: not `router`, as nothing may depend on what the binary is called.
+const BIN: &str = "router-of-nobody";
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A lab of user nobody, with the lab directory at its default place (no XDG_RUNTIME_DIR:
@@ -34,8 +36,8 @@ impl UserLab {
         let name = name.to_string();
         let scratch = std::env::temp_dir().join(format!("router-rootless-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&scratch).expect("scratch dir");
-        std::fs::copy(ROUTER, scratch.join("router")).expect("copy the router binary");
-        for p in [&scratch, &scratch.join("router")] {
+        std::fs::copy(ROUTER, scratch.join(BIN)).expect("copy the router binary");
+        for p in [&scratch, &scratch.join(BIN)] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
         std::os::unix::fs::chown(&scratch, Some(NOBODY), Some(NOBODY)).expect("chown");
@@ -47,7 +49,7 @@ impl UserLab {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        as_nobody(&self.scratch.join("router"), args, &self.name)
+        as_nobody(&self.scratch.join(BIN), args, &self.name)
     }
 
     fn router(&self, args: &[&str]) -> Output {
@@ -172,6 +174,22 @@ fn an_unprivileged_user_runs_the_seed_lab_and_leaves_nothing_behind() {
     use std::os::unix::fs::MetadataExt as _;
     assert_eq!(std::fs::metadata(&pcap).expect("pcap").uid(), NOBODY);
 
+    // A graceful restart hands over from the running daemon: node-b's pod is reached
+    // meanwhile, and its sessions come back.
+    let restart = lab.ok(&["lab", "restart", "node-b"]);
+    assert!(restart.starts_with("node-b restarted gracefully"), "{restart}");
+    lab.ping("pod-a1", "10.244.2.1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let peers = lab.json(&["status", "--node", "node-b", "--json"]);
+        let up = peers.as_array().is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["state"] == "up"));
+        if up {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node-b's sessions after its restart: {peers}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
     // Containers need root's lab, and the user is told so, not podman's first failure.
     let podman = lab.router(&["lab", "exec", "node-a", "--", "podman", "ps"]);
     assert!(!podman.status.success());
@@ -270,7 +288,7 @@ fn a_machine_without_user_namespaces_is_told_which_setting_and_how_to_allow_it()
     // that way. The map is written from outside before the shell execs again with it.
     let script = format!(
         "read go; exec sh -c 'echo 0 > /proc/sys/user/max_user_namespaces && echo limited && exec setpriv --reuid {NOBODY} --regid {NOBODY} --clear-groups -- {} lab up'",
-        lab.scratch.join("router").display()
+        lab.scratch.join(BIN).display()
     );
     let mut child = Command::new("unshare")
         .args(["--user", "sh", "-c", &script])
