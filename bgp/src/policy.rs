@@ -193,7 +193,7 @@ impl ClusterPolicy {
 
 /// Why a route from a peer was not accepted. One byte plus the rule's place: a peer that sends
 /// a full table of refused routes costs little more than the prefixes themselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rejected {
     /// Our own AS is in the AS_PATH (RFC 4271 §9.1.2).
     AsLoop,

@@ -42,6 +42,8 @@ pub enum Request {
         #[serde(default)]
         peer: Option<IpAddr>,
     },
+    /// How many prefixes import refused, per peer and reason.
+    RefusedCounts,
     /// Every BGP path for a prefix and how the decision process ranked them.
     Paths {
         prefix: ipnet::IpNet,
@@ -358,6 +360,14 @@ pub struct RejectedRoute {
     pub reason: String,
 }
 
+/// How many of a peer's prefixes import refused for one reason (`router status --node`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedCount {
+    pub peer: IpAddr,
+    pub reason: String,
+    pub count: usize,
+}
+
 /// One BGP path for a prefix and how the decision process ranked it
 /// (`router routes --detail PREFIX`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -436,6 +446,10 @@ impl Client {
 
     pub fn rejected(&self, peer: Option<IpAddr>) -> Result<Vec<RejectedRoute>, ClientError> {
         self.call(Request::Rejected { peer })
+    }
+
+    pub fn refused_counts(&self) -> Result<Vec<RefusedCount>, ClientError> {
+        self.call(Request::RefusedCounts)
     }
 
     pub fn paths(&self, prefix: ipnet::IpNet) -> Result<Vec<PathDetail>, ClientError> {

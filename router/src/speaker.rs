@@ -760,6 +760,23 @@ impl Speaker {
         out
     }
 
+    /// How many prefixes import refused, per peer and reason: what `router status` shows
+    /// under its table, without building the list a full table of refused routes would be.
+    pub fn refused_counts(&self) -> Vec<nodeapi::admin::RefusedCount> {
+        let rib = self.core.rib();
+        let mut out = Vec::new();
+        for (i, p) in self.cfg.peers.iter().enumerate().filter(|(i, _)| !self.core.removed(*i)) {
+            let filters = rib.peer(i as PeerId).map(|x| x.filters.clone()).unwrap_or_default();
+            out.extend(rib.rejected_counts(i as PeerId).into_iter().map(|(why, count)| nodeapi::admin::RefusedCount {
+                peer: p.address,
+                reason: why.describe(&filters),
+                count,
+            }));
+        }
+        out.sort_by(|a, b| (a.peer, &a.reason).cmp(&(b.peer, &b.reason)));
+        out
+    }
+
     /// Every path for `prefix` and the step of the decision process that ruled it out.
     pub fn paths(&self, prefix: &IpNet) -> Vec<nodeapi::admin::PathDetail> {
         self.core.candidates(prefix).iter().map(|c| self.path_detail(c)).collect()

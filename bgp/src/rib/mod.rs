@@ -404,6 +404,15 @@ impl Rib {
         v
     }
 
+    /// How many of the peer's prefixes were refused for each reason, without listing them.
+    pub fn rejected_counts(&self, id: PeerId) -> Vec<(Rejected, usize)> {
+        let mut counts: HashMap<Rejected, usize> = HashMap::new();
+        for (_, r) in self.rejected.get(&id).into_iter().flat_map(|m| m.iter()) {
+            *counts.entry(*r).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
     /// The peer's limit and what it sent, when it sent more than its `max_prefixes`.
     pub fn over_limit(&self, id: PeerId) -> Option<(u32, usize)> {
         let max = self.peers.get(&id)?.max_prefixes?;

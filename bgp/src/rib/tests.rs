@@ -443,6 +443,10 @@ fn an_external_peer_cannot_announce_pool_routes_or_override_our_own() {
     want.sort_unstable_by_key(|(p, _)| *p);
     assert_eq!(r.rejected_routes(2), want);
     assert_eq!((r.received(2), r.rejected(2)), (3, 6));
+    let mut counts = r.rejected_counts(2);
+    counts.sort_unstable_by_key(|(w, _)| *w == Rejected::OverridesLocal);
+    assert_eq!(counts, [(Rejected::InsidePool, 3), (Rejected::OverridesLocal, 3)]);
+    assert!(r.rejected_counts(1).is_empty());
     // Our block is still ours; the pool route did not land.
     assert_eq!(r.best(&net("10.244.1.0/26")).expect("a best path").from, From::Local);
     assert!(r.best(&net("10.244.0.0/16")).is_none());

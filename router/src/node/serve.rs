@@ -165,6 +165,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
             admin::answer(&())
         }
         Request::Rejected { peer } => admin::answer(&speaker.map(|s| s.rejected(peer)).unwrap_or_default()),
+        Request::RefusedCounts => admin::answer(&speaker.map(|s| s.refused_counts()).unwrap_or_default()),
         Request::Paths { prefix } => admin::answer(&speaker.map(|s| s.paths(&prefix)).unwrap_or_default()),
         Request::Neighbours => admin::answer(&dp.neighbours()),
         Request::BgpStatus => admin::answer(&admin::BgpStatus {

@@ -24,20 +24,16 @@ pub(super) fn print_one_status(client: &admin::Client, json: bool) -> anyhow::Re
         print_bgp_status(&st);
         // A refused count is a question; the reasons, counted per peer, answer it.
         if st.peers.iter().any(|p| p.rejected > 0) {
-            print_refused(&client.rejected(None)?);
+            print_refused(&client.refused_counts()?);
         }
     }
     Ok(0)
 }
 
 /// Under the table: why each peer's routes were refused, reason by reason.
-fn print_refused(rejected: &[admin::RejectedRoute]) {
-    let mut counts: std::collections::BTreeMap<(std::net::IpAddr, &str), usize> = Default::default();
-    for r in rejected {
-        *counts.entry((r.peer, r.reason.as_str())).or_default() += 1;
-    }
-    for ((peer, reason), n) in &counts {
-        nodeapi::outln!("refused from {peer}: {n} × {reason}");
+fn print_refused(counts: &[admin::RefusedCount]) {
+    for c in counts {
+        nodeapi::outln!("refused from {}: {} × {}", c.peer, c.count, c.reason);
     }
     nodeapi::outln!("(every refused prefix: router routes --rejected)");
 }
