@@ -55,7 +55,7 @@ impl KernelWork {
             .spawn(move || {
                 // What a crashed run or, on a planned restart, the previous run left: the
                 // first route set replaces it, changing only what differs.
-                let mut installed = current(ipv6).unwrap_or_else(|| {
+                let mut installed = table(ipv6).and_then(|t| t.ours).unwrap_or_else(|| {
                     flush(ipv6);
                     Vec::new()
                 });
@@ -120,10 +120,11 @@ impl KernelWork {
                         if resync {
                             // What the kernel has now, not what we installed; routes left to
                             // the host's own are looked at again (theirs may be gone).
-                            if let Some(now) = current(ipv6) {
+                            let (ours, theirs) =
+                                table(ipv6).map_or((None, Default::default()), |t| (t.ours, t.foreign));
+                            if let Some(now) = ours {
                                 installed = now;
                             }
-                            let theirs = foreign_prefixes(ipv6);
                             left_alone.retain(|r: &routes::KernelRoute| theirs.contains(&r.prefix()));
                             foreign = Some(theirs);
                         }
@@ -281,18 +282,27 @@ fn flush(ipv6: bool) {
     }
 }
 
-/// Our routes in the kernel now (`proto 179`), in the terms [`sync`] compares; None where
-/// they cannot be listed or one is of a shape we never install (then they are flushed).
-fn current(ipv6: bool) -> Option<Vec<routes::KernelRoute>> {
-    let mut all = Vec::new();
+/// The main table of each family in one listing: our routes (`proto 179`) in the terms
+/// [`sync`] compares, and the prefixes of everyone else's. None where it cannot be listed.
+fn table(ipv6: bool) -> Option<Listing> {
+    let mut all = Listing { ours: Some(Vec::new()), foreign: Default::default() };
     for family in if ipv6 { &["-4", "-6"][..] } else { &["-4"][..] } {
-        let out = ipcmd::ip(&["-j", family, "route", "show", "proto", routes::KERNEL_PROTO]).ok()?;
-        let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
-        for r in &list {
-            all.push(parse_route(r, family == &"-6")?);
-        }
+        let out = ipcmd::ip(&["-j", family, "route", "show", "table", "main"]).ok()?;
+        let one = split(&out, *family == "-6")?;
+        all.ours = all.ours.zip(one.ours).map(|(mut a, b)| {
+            a.extend(b);
+            a
+        });
+        all.foreign.extend(one.foreign);
     }
     Some(all)
+}
+
+/// What [`table`] found.
+struct Listing {
+    /// Ours; None when one is of a shape we never install (then they are flushed).
+    ours: Option<Vec<routes::KernelRoute>>,
+    foreign: std::collections::HashSet<ipnet::IpNet>,
 }
 
 /// The prefix of a route's `dst` as `ip -j route show` writes it (`default`, a bare address
@@ -306,11 +316,27 @@ fn dst_prefix(dst: &str, v6: bool) -> Option<ipnet::IpNet> {
     }
 }
 
-/// One route of `ip -j route show`, as we install them.
-fn parse_route(r: &serde_json::Value, v6: bool) -> Option<routes::KernelRoute> {
-    let prefix = dst_prefix(r["dst"].as_str()?, v6)?;
-    let dev = r["dev"].as_str().map(str::to_string);
-    Some(match (r["type"].as_str().unwrap_or("unicast"), r["gateway"].as_str(), dev) {
+/// The fields of one route of `ip -j route show` that we read, borrowed: in tun mode the
+/// table may hold a peer's million routes.
+#[derive(serde::Deserialize)]
+struct Listed<'a> {
+    #[serde(borrow, default)]
+    dst: &'a str,
+    #[serde(borrow, default)]
+    protocol: Option<&'a str>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow, default)]
+    gateway: Option<&'a str>,
+    #[serde(borrow, default)]
+    dev: Option<&'a str>,
+}
+
+/// One route as we install them; None for a shape we never make.
+fn parse_route(r: &Listed<'_>, v6: bool) -> Option<routes::KernelRoute> {
+    let prefix = dst_prefix(r.dst, v6)?;
+    let dev = r.dev.map(str::to_string);
+    Some(match (r.kind.unwrap_or("unicast"), r.gateway, dev) {
         ("blackhole", None, _) => routes::KernelRoute::Blackhole { prefix },
         ("unicast", Some(gw), Some(dev)) => routes::KernelRoute::Via { prefix, gateway: gw.parse().ok()?, dev },
         ("unicast", None, Some(dev)) => routes::KernelRoute::Dev { prefix, dev },
@@ -318,31 +344,16 @@ fn parse_route(r: &serde_json::Value, v6: bool) -> Option<routes::KernelRoute> {
     })
 }
 
-/// The prefixes of the main table's routes that are not ours: the host's own (its default
-/// route, its subnets' routes, what its administrator or the lab set).
-fn foreign_prefixes(ipv6: bool) -> std::collections::HashSet<ipnet::IpNet> {
-    let mut all = std::collections::HashSet::new();
-    for family in if ipv6 { &["-4", "-6"][..] } else { &["-4"][..] } {
-        if let Ok(out) = ipcmd::ip(&["-j", family, "route", "show", "table", "main"]) {
-            all.extend(not_ours(&out, *family == "-6"));
-        }
-    }
-    all
-}
-
-/// The prefixes of the routes in `ip -j route show` output that are not `proto 179`.
-fn not_ours(listing: &str, v6: bool) -> Vec<ipnet::IpNet> {
-    // Two fields of each route, borrowed: in tun mode the table may hold a peer's million
-    // routes, ours, and the listing is read whenever routes are added.
-    #[derive(serde::Deserialize)]
-    struct Listed<'a> {
-        #[serde(borrow, default)]
-        dst: &'a str,
-        #[serde(borrow, default)]
-        protocol: Option<&'a str>,
-    }
-    let list: Vec<Listed<'_>> = serde_json::from_str(listing).unwrap_or_default();
-    list.iter().filter(|r| r.protocol != Some(routes::KERNEL_PROTO)).filter_map(|r| dst_prefix(r.dst, v6)).collect()
+/// `ip -j route show` output told apart: ours, and the prefixes of the others (the host's
+/// default route, its subnets' routes, what its administrator or the lab set).
+fn split(listing: &str, v6: bool) -> Option<Listing> {
+    let list: Vec<Listed<'_>> = serde_json::from_str(listing).ok()?;
+    let (ours, theirs): (Vec<&Listed<'_>>, Vec<&Listed<'_>>) =
+        list.iter().partition(|r| r.protocol == Some(routes::KERNEL_PROTO));
+    Some(Listing {
+        ours: ours.into_iter().map(|r| parse_route(r, v6)).collect(),
+        foreign: theirs.into_iter().filter_map(|r| dst_prefix(r.dst, v6)).collect(),
+    })
 }
 
 /// What [`sync`] is told besides the routes: the host's prefixes where they were just listed,
@@ -370,8 +381,9 @@ fn sync(
     let mut new: Vec<routes::KernelRoute> =
         want.iter().filter(|r| !had.contains(r) && !left_alone.contains(*r)).cloned().collect();
     if !new.is_empty() {
-        let foreign =
-            known.foreign.unwrap_or_else(|| foreign_prefixes(new.iter().any(|r| r.prefix().addr().is_ipv6())));
+        let foreign = known.foreign.unwrap_or_else(|| {
+            table(new.iter().any(|r| r.prefix().addr().is_ipv6())).map(|t| t.foreign).unwrap_or_default()
+        });
         new.retain(|r| {
             let theirs = foreign.contains(&r.prefix());
             // A pod's route as the lab or the CNI plugin made it is the usual case, not news.
@@ -461,16 +473,28 @@ mod tests {
             {"dst":"10.244.2.0/26","gateway":"192.168.100.101","dev":"eth0","protocol":"179","flags":[]},
             {"dst":"192.168.100.0/24","dev":"eth0","protocol":"kernel","scope":"link","prefsrc":"192.168.100.100","flags":[]},
             {"dst":"192.168.200.0/24","gateway":"192.168.100.1","dev":"eth0","protocol":"boot","flags":[]}]"#;
-        let got: Vec<String> = not_ours(listing, false).iter().map(|p| p.to_string()).collect();
-        assert_eq!(got, ["0.0.0.0/0", "10.244.1.1/32", "192.168.100.0/24", "192.168.200.0/24"]);
+        let got = split(listing, false).expect("a listing");
+        let mut theirs: Vec<String> = got.foreign.iter().map(|p| p.to_string()).collect();
+        theirs.sort();
+        assert_eq!(theirs, ["0.0.0.0/0", "10.244.1.1/32", "192.168.100.0/24", "192.168.200.0/24"]);
+        let net = |s: &str| s.parse::<ipnet::IpNet>().expect("net");
+        let gw = "192.168.100.101".parse().expect("gateway");
+        assert_eq!(
+            got.ours,
+            Some(vec![
+                routes::KernelRoute::Blackhole { prefix: net("10.244.1.0/26") },
+                routes::KernelRoute::Via { prefix: net("10.244.2.0/26"), gateway: gw, dev: "eth0".into() },
+            ])
+        );
         let v6 = r#"[{"dst":"default","gateway":"fd00::1","dev":"eth0","protocol":"ra","flags":[]}]"#;
-        assert_eq!(not_ours(v6, true), ["::/0".parse::<ipnet::IpNet>().expect("net")]);
-        assert!(not_ours("not json", false).is_empty());
+        let got = split(v6, true).expect("a listing");
+        assert_eq!((got.ours, got.foreign.into_iter().collect::<Vec<_>>()), (Some(vec![]), vec![net("::/0")]));
+        assert!(split("not json", false).is_none());
     }
 
     #[test]
     fn routes_listed_by_ip_read_back_as_the_ones_installed() {
-        // `ip -j route show proto 179` of a dual-stack tun node, and a route we never make.
+        // Our routes in `ip -j route show` of a dual-stack tun node, and a route we never make.
         let v4 = r#"[{"dst":"10.244.1.0/26","dev":"tunl0","scope":"link","flags":[]},
             {"type":"blackhole","dst":"10.244.3.0/26","flags":[]},
             {"dst":"192.168.100.0/24","gateway":"192.168.200.1","dev":"eth0","flags":[]},
@@ -478,7 +502,7 @@ mod tests {
         let v6 = r#"[{"type":"blackhole","dst":"fd00:10:244::80/122","dev":"lo","metric":1024,"flags":[]},
             {"dst":"default","gateway":"fe80::1","dev":"eth0","metric":1024,"flags":[]}]"#;
         let parse = |json: &str, v6: bool| -> Vec<Option<routes::KernelRoute>> {
-            let list: Vec<serde_json::Value> = serde_json::from_str(json).expect("json");
+            let list: Vec<Listed<'_>> = serde_json::from_str(json).expect("json");
             list.iter().map(|r| parse_route(r, v6)).collect()
         };
         let net = |s: &str| s.parse::<ipnet::IpNet>().expect("net");
@@ -505,9 +529,10 @@ mod tests {
             ]
         );
         // A shape we never install (here: unreachable) is not guessed at: the node flushes.
-        let odd: serde_json::Value =
-            serde_json::from_str(r#"{"type":"unreachable","dst":"10.9.0.0/16"}"#).expect("json");
+        let odd: Listed<'_> = serde_json::from_str(r#"{"type":"unreachable","dst":"10.9.0.0/16"}"#).expect("json");
         assert_eq!(parse_route(&odd, false), None);
+        let odd = r#"[{"type":"unreachable","dst":"10.9.0.0/16","protocol":"179"}]"#;
+        assert_eq!(split(odd, false).map(|l| l.ours), Some(None));
     }
 
     #[test]
