@@ -218,6 +218,8 @@ pub struct BgpConfigurationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_mesh_max_restart_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_password: Option<BgpPassword>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignored_interfaces: Option<Vec<String>>,
 }
 
@@ -946,6 +948,7 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
                 note(s.as_number.is_some(), "spec.asNumber (the default's counts)");
                 note(s.node_to_node_mesh_enabled.is_some(), "spec.nodeToNodeMeshEnabled (the default's counts)");
                 note(s.node_mesh_max_restart_time.is_some(), "spec.nodeMeshMaxRestartTime (the default's counts)");
+                note(s.node_mesh_password.is_some(), "spec.nodeMeshPassword (the default's counts)");
             }
             // Calico's node-specific configuration does not hold it.
             note(name.starts_with("node.") && s.bind_mode.is_some(), "spec.bindMode (the default's counts)");
@@ -1169,12 +1172,38 @@ fn validate_bgp_configuration(c: &Typed<BgpConfigurationSpec>) -> Result<(), (St
     if let Some(t) = &c.spec.node_mesh_max_restart_time {
         duration_secs("spec.nodeMeshMaxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
     }
+    if let Some(pw) = &c.spec.node_mesh_password {
+        // Calico refuses a key for sessions that do not exist.
+        if c.spec.node_to_node_mesh_enabled == Some(false) {
+            return Err(("spec.nodeMeshPassword".into(), "cannot be set when nodeToNodeMeshEnabled is false".into()));
+        }
+        secret_ref("spec.nodeMeshPassword", pw)?;
+    }
     if let Some(l) = &c.spec.log_severity_screen {
         if calico_level(l).is_none() {
             return Err(("spec.logSeverityScreen".into(), format!("{l:?}: one of Debug, Info, Warning, Error, Fatal")));
         }
     }
 
+    Ok(())
+}
+
+/// A password's secret and key as Kubernetes names them: never a path outside the node's
+/// secrets directory.
+fn secret_ref(field: &str, pw: &BgpPassword) -> Result<(), (String, String)> {
+    let r = &pw.secret_key_ref;
+    if !nodeapi::secrets::valid_name(&r.name) {
+        return Err((
+            format!("{field}.secretKeyRef.name"),
+            format!(
+                "{:?}: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
+                r.name
+            ),
+        ));
+    }
+    if !nodeapi::secrets::valid_key(&r.key) {
+        return Err((format!("{field}.secretKeyRef.key"), format!("{:?}: letters, digits, '-', '_' and '.'", r.key)));
+    }
     Ok(())
 }
 
@@ -1200,22 +1229,7 @@ fn validate_bgp_peer(p: &Typed<BgpPeerSpec>) -> Result<(), (String, String)> {
         }
     }
     if let Some(pw) = &p.spec.password {
-        let r = &pw.secret_key_ref;
-        if !nodeapi::secrets::valid_name(&r.name) {
-            return Err((
-                "spec.password.secretKeyRef.name".into(),
-                format!(
-                    "{:?}: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
-                    r.name
-                ),
-            ));
-        }
-        if !nodeapi::secrets::valid_key(&r.key) {
-            return Err((
-                "spec.password.secretKeyRef.key".into(),
-                format!("{:?}: letters, digits, '-', '_' and '.'", r.key),
-            ));
-        }
+        secret_ref("spec.password", pw)?;
     }
     if p.spec.num_allowed_local_as_numbers.is_some_and(|n| n > 255) {
         return Err(("spec.numAllowedLocalASNumbers".into(), "at most 255".into()));

@@ -257,6 +257,19 @@ fn errors_name_the_document_the_line_and_the_field() {
     let bad = fixture("bgppeer.yaml").replace("key: edge", "key: ../../etc/shadow");
     let e = error(&bad);
     assert_eq!(e.field.as_deref(), Some("spec.password.secretKeyRef.key"), "{e}");
+
+    // The mesh's password, as Calico's documentation sets it; refused with the mesh off, and
+    // checked as a peer's is.
+    let mesh = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  logSeverityScreen: Info\n  nodeToNodeMeshEnabled: true\n  nodeMeshPassword:\n    secretKeyRef:\n      name: bgp-secrets\n      key: rr-password\n";
+    let c = resources::parse(mesh).expect("Calico's example");
+    assert!(resources::not_followed(&c[0]).is_empty(), "{:?}", resources::not_followed(&c[0]));
+    let e = error(&mesh.replace("MeshEnabled: true", "MeshEnabled: false"));
+    assert_eq!(e.field.as_deref(), Some("spec.nodeMeshPassword"), "{e}");
+    assert!(e.message.contains("cannot be set when nodeToNodeMeshEnabled is false"), "{e}");
+    let e = error(&mesh.replace("name: bgp-secrets", "name: ../x"));
+    assert_eq!(e.field.as_deref(), Some("spec.nodeMeshPassword.secretKeyRef.name"), "{e}");
+    let node = resources::parse(&mesh.replace("name: default", "name: node.node-a")).expect("a node's");
+    assert!(resources::not_followed(&node[0]).iter().any(|n| n.contains("spec.nodeMeshPassword")));
     let off = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  sourceAddress: None\n");
     let off = resources::parse(&off).expect("peers");
     assert!(resources::not_followed(&off[1]).is_empty(), "sourceAddress None is followed");

@@ -913,6 +913,7 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
         &others,
         topo.node_to_node_mesh,
         topo.node_mesh_max_restart_time,
+        topo.node_mesh_password.as_deref(),
     );
     for p in topo.bgp_peers.iter().filter(|p| p.node.as_ref().is_none_or(|n| n == &node.name)) {
         peers.push(BgpPeer {

@@ -21,6 +21,9 @@ fn community(c: u32) -> String {
 /// documentation uses).
 pub const SECRET: &str = "bgp-secrets";
 
+/// The key of [`SECRET`] that holds the mesh's password (`nodeMeshPassword`).
+pub const MESH_KEY: &str = "node-to-node-mesh";
+
 /// A topology as Calico's resources.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resources {
@@ -80,11 +83,18 @@ pub fn from_topology(t: &Topology) -> Resources {
             communities: a.communities.iter().map(|c| community(*c)).collect(),
         })
         .collect();
+    // The mesh's key, in the same secret as the peers' (no BGPPeer is named so: theirs
+    // start with `peer-` or a node's name and `-peer-`).
+    let node_mesh_password = t.node_mesh_password.as_ref().map(|pw| {
+        secrets.push((MESH_KEY.to_string(), pw.clone()));
+        r::BgpPassword { secret_key_ref: r::SecretKeyRef { name: SECRET.into(), key: MESH_KEY.into() } }
+    });
     out.push(Resource::BgpConfiguration(r::typed(
         Kind::BgpConfiguration,
         "default",
         r::BgpConfigurationSpec {
             as_number: Some(t.as_number),
+            node_mesh_password,
             node_to_node_mesh_enabled: Some(t.node_to_node_mesh),
             prefix_advertisements: (!ads.is_empty()).then_some(ads),
             node_mesh_max_restart_time: t.node_mesh_max_restart_time.map(|s| format!("{s}s")),

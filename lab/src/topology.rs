@@ -38,6 +38,8 @@ pub struct Topology {
     /// Calico's BGPConfiguration.nodeMeshMaxRestartTime: the graceful-restart time (seconds)
     /// nodes announce to their mesh peers (absent: 120).
     pub node_mesh_max_restart_time: Option<u16>,
+    /// Calico's BGPConfiguration.nodeMeshPassword: the TCP-MD5 key of every mesh session.
+    pub node_mesh_password: Option<String>,
     pub bgp_peers: Vec<BgpPeerSpec>,
     /// Calico's BGPFilters, named by `[[bgp_peers]]`.
     pub bgp_filters: Vec<bgp::policy::Filter>,
@@ -174,9 +176,24 @@ struct RawCluster {
     #[serde(default)]
     node_mesh_max_restart_time: Option<Spanned<u16>>,
     #[serde(default)]
+    node_mesh_password: Option<Spanned<String>>,
+    #[serde(default)]
     pool_v6: Option<Spanned<String>>,
     #[serde(default = "default_block_size_v6")]
     block_size_v6: Spanned<u8>,
+}
+
+/// `node_mesh_password`, checked: a key for sessions that exist (as Calico refuses it with
+/// the mesh off), of a length Linux takes.
+fn mesh_password(src: &Source<'_>, c: &RawCluster) -> Result<Option<String>, FileError> {
+    let Some(pw) = &c.node_mesh_password else { return Ok(None) };
+    if !c.node_to_node_mesh {
+        return Err(src.error_at(pw.span(), "node_mesh_password needs the mesh (node_to_node_mesh = true)"));
+    }
+    if pw.get_ref().is_empty() || pw.get_ref().len() > 80 {
+        return Err(src.error_at(pw.span(), "TCP MD5 passwords are 1 to 80 bytes"));
+    }
+    Ok(Some(pw.get_ref().clone()))
 }
 
 fn default_block_size_v6() -> Spanned<u8> {
@@ -754,6 +771,7 @@ impl Topology {
                 "a pool uses IPIP or VXLAN, not both: set ipip_mode = \"Never\" with vxlan_mode",
             ));
         }
+        let node_mesh_password = mesh_password(&src, &raw.cluster)?;
         let hold = raw.cluster.bgp_hold_time;
         if *hold.get_ref() == 1 || *hold.get_ref() == 2 {
             return Err(src.error_at(hold.span(), "bgp_hold_time must be 0 or at least 3 seconds (RFC 4271)"));
@@ -815,6 +833,7 @@ impl Topology {
                 &raw.cluster.node_mesh_max_restart_time,
                 "node_mesh_max_restart_time",
             )?,
+            node_mesh_password,
             bgp_peers,
             bgp_filters,
             prefix_advertisements,
@@ -1220,6 +1239,19 @@ mod tests {
         assert!(e.contains("AS_TRANS") && e.starts_with("t.toml:9:"), "{e}");
         let e = err(&own(SEED_RR, "node-c", "64513"));
         assert!(e.contains("node-c is in AS 64513 and node-a in AS 64512: a route reflector and its clients"), "{e}");
+    }
+
+    #[test]
+    fn the_mesh_password_needs_the_mesh_and_a_key_linux_takes() {
+        let with =
+            |text: &str, pw: &str| text.replacen("[cluster]\n", &format!("[cluster]\nnode_mesh_password = {pw}\n"), 1);
+        assert_eq!(parse(&with(SEED, "\"m3sh\"")).expect("parses").node_mesh_password.as_deref(), Some("m3sh"));
+        assert_eq!(parse(SEED).expect("parses").node_mesh_password, None);
+        let e = err(&with(SEED_RR, "\"m3sh\""));
+        assert!(e.contains("node_mesh_password needs the mesh") && e.starts_with("t.toml:"), "{e}");
+        let e = err(&with(SEED, &format!("\"{}\"", "x".repeat(81))));
+        assert!(e.contains("1 to 80 bytes"), "{e}");
+        assert!(err(&with(SEED, "\"\"")).contains("1 to 80 bytes"));
     }
 
     #[test]

@@ -214,13 +214,15 @@ pub struct ClusterNode {
 /// with the mesh on, one with every node; with it off, reflectors (nodes with a cluster ID)
 /// peer with each other and with every other node, whose clients they are, and two clients
 /// do not peer. `mesh_restart_time` is the graceful-restart time announced to mesh peers
-/// (BGPConfiguration.nodeMeshMaxRestartTime).
+/// (BGPConfiguration.nodeMeshMaxRestartTime), `mesh_password` their TCP-MD5 key
+/// (nodeMeshPassword).
 pub fn cluster_peers(
     me: Ipv4Addr,
     my_cluster_id: Option<Ipv4Addr>,
     nodes: &[ClusterNode],
     mesh: bool,
     mesh_restart_time: Option<u16>,
+    mesh_password: Option<&str>,
 ) -> Vec<BgpPeer> {
     nodes
         .iter()
@@ -235,8 +237,9 @@ pub fn cluster_peers(
             } else {
                 return None;
             };
-            let restart_time = if mesh { mesh_restart_time } else { None };
-            Some(BgpPeer { restart_time, ..node_peer(me, n.address, kind, n.as_number, n.port) })
+            let (restart_time, password) =
+                if mesh { (mesh_restart_time, mesh_password.map(str::to_string)) } else { (None, None) };
+            Some(BgpPeer { restart_time, password, ..node_peer(me, n.address, kind, n.as_number, n.port) })
         })
         .collect()
 }

@@ -135,8 +135,9 @@ pub fn view(resources: &[Resource], me: &str, my_addr: Ipv4Addr, my_addr6: Optio
     view_with(resources, me, my_addr, my_addr6, &|_, _| Err("the node has no secrets_dir".into()))
 }
 
-/// [`view`], with `secrets` to read the passwords of `BGPPeer`s. A peer whose password cannot
-/// be read is left out (and noted): a session without the TCP-MD5 the resource asks for would
+/// [`view`], with `secrets` to read the passwords of `BGPPeer`s and the mesh's
+/// (`nodeMeshPassword`). A peer whose password cannot be read is left out (and noted), the
+/// whole mesh for the mesh's: a session without the TCP-MD5 the resource asks for would
 /// either not come up or run unauthenticated.
 pub fn view_with(
     resources: &[Resource],
@@ -198,7 +199,21 @@ pub fn view_with(
     let mesh_restart = config.and_then(|c| c.node_mesh_max_restart_time.as_deref()).and_then(|t| {
         secs("bgpconfigurations/default", "spec.nodeMeshMaxRestartTime", t, 0, MAX_RESTART_TIME, &mut notes)
     });
-    let mut peers = nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, mesh_restart);
+    // The mesh's TCP-MD5 key, as a BGPPeer's: unreadable, the mesh waits for it.
+    let mesh_key = config.and_then(|c| c.node_mesh_password.as_ref()).filter(|_| mesh).map(|pw| {
+        let r = &pw.secret_key_ref;
+        secrets(&r.name, &r.key).map_err(|e| {
+            notes.push(format!(
+                "bgpconfigurations/default: nodeMeshPassword (secret {:?}, key {:?}): {e}: the mesh sessions wait until it can be read",
+                r.name, r.key
+            ))
+        })
+    });
+    let mut peers = match &mesh_key {
+        Some(Err(())) => Vec::new(),
+        Some(Ok(pw)) => nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, mesh_restart, Some(pw)),
+        None => nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, mesh_restart, None),
+    };
     let here = Here { me, my_addr, my_addr6, my_rr, my_labels, nodes: &nodes, cluster_as, port_of: &port_of, secrets };
     for x in resources {
         if let Resource::BgpPeer(p) = x {
@@ -595,6 +610,48 @@ mod tests {
             assert_eq!(v.peers.len(), 2, "{me}: {:?}", v.peers);
             assert!(v.peers.iter().all(|p| p.password.as_deref() == Some("s3cret")), "{me}: {:?}", v.peers);
         }
+    }
+
+    #[test]
+    fn the_mesh_password_keys_every_mesh_session_and_without_it_the_mesh_waits() {
+        // Calico's "Secure BGP sessions" example, with an outside peer beside the mesh.
+        let docs = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  logSeverityScreen: Info\n  nodeToNodeMeshEnabled: true\n  nodeMeshPassword:\n    secretKeyRef:\n      name: bgp-secrets\n      key: rr-password\n\
+                    ---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 192.168.100.1\n  asNumber: 65001\n";
+        let mut rs = seed("");
+        rs.retain(|x| x.kind() != r::Kind::BgpConfiguration);
+        rs.extend(datastore::resources::parse(docs).expect("Calico's example"));
+        let a: Ipv4Addr = "192.168.100.100".parse().expect("ip");
+        let secrets = |n: &str, k: &str| match (n, k) {
+            ("bgp-secrets", "rr-password") => Ok("m3sh".to_string()),
+            _ => Err(format!("{n}/{k} does not exist")),
+        };
+        let v = view_with(&rs, "node-a", a, None, &secrets);
+        let keys: Vec<(PeerKind, Option<&str>)> = v.peers.iter().map(|p| (p.kind, p.password.as_deref())).collect();
+        assert_eq!(keys, [(PeerKind::Mesh, Some("m3sh")), (PeerKind::Mesh, Some("m3sh")), (PeerKind::Global, None)]);
+        assert!(v.notes.is_empty(), "{:?}", v.notes);
+        // Unreadable: no mesh session rather than one without its key; the outside peer stays.
+        let v = view(&rs, "node-a", a, None);
+        assert_eq!(v.peers.iter().map(|p| p.kind).collect::<Vec<_>>(), [PeerKind::Global]);
+        assert!(
+            v.notes.iter().any(|n| n.contains("nodeMeshPassword") && n.contains("the mesh sessions wait")),
+            "{:?}",
+            v.notes
+        );
+        // The lab's topology key becomes the same resource and secret.
+        let topo = lab::topology::SEED.replace("[cluster]\n", "[cluster]\nnode_mesh_password = \"m3sh\"\n");
+        let t = lab::topology::Topology::parse(std::path::Path::new("seed"), &topo).expect("topology");
+        assert_eq!(t.node_mesh_password.as_deref(), Some("m3sh"));
+        let all = lab::resources::from_topology(&t);
+        assert_eq!(all.secrets, [(lab::resources::MESH_KEY.to_string(), "m3sh".to_string())]);
+        let lab_secrets = |n: &str, k: &str| {
+            all.secrets
+                .iter()
+                .find(|(key, _)| n == lab::resources::SECRET && key == k)
+                .map(|(_, pw)| pw.clone())
+                .ok_or_else(|| "none".to_string())
+        };
+        let v = view_with(&all.resources, "node-c", "192.168.200.101".parse().expect("ip"), None, &lab_secrets);
+        assert!(v.peers.len() == 2 && v.peers.iter().all(|p| p.password.as_deref() == Some("m3sh")), "{:?}", v.peers);
     }
 
     #[test]

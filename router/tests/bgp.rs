@@ -377,6 +377,50 @@ fn md5_passwords_on_etcd_come_from_secrets_and_follow_them() {
     all_pods_reach_each_other(&lab);
 }
 
+/// Whether every TCP segment of a capture of BGP carries a TCP-MD5 signature (RFC 2385).
+fn all_signed(cap: Capture) -> bool {
+    let rows = cap.fields(&["tcp.option_kind", "tcp.options.md5.digest"]);
+    !rows.is_empty() && rows.iter().all(|r| r[0].split(',').any(|k| k == "19") && !r[1].is_empty())
+}
+
+/// Calico's nodeMeshPassword: every mesh session signed with one key, from the topology in
+/// a lab of files, and on etcd from the secret the default BGPConfiguration names, followed
+/// as a peer's is.
+#[test]
+fn the_mesh_password_signs_every_mesh_session() {
+    let lab = TestLab::named();
+    let topo = topology(&lab, "mesh-md5", "node_mesh_password = \"m3sh\"", "");
+    let lab = up_with(lab, &topo);
+    wait_for(20, "the signed mesh", || peers(&lab, "node-b").iter().filter(|p| p["state"] == "up").count() == 2);
+    // node-b's new sessions after a restart: signed from the SYN on.
+    let cap = start_capture(&lab, "node-b", "eth0", "tcp port 179", 6);
+    let restarted = lab.router(&["lab", "restart", "node-b"]);
+    assert!(restarted.status.success(), "{}", text(&restarted.stderr));
+    assert!(all_signed(cap), "unsigned BGP segments of node-b");
+    wait_for(20, "node-b's mesh again", || peers(&lab, "node-b").iter().filter(|p| p["state"] == "up").count() == 2);
+    drop(lab);
+
+    let lab = TestLab::named();
+    let topo = topology(&lab, "mesh-md5", "node_mesh_password = \"m3sh\"", "");
+    let lab = up_with_args(lab, &topo, &["--datastore", "etcd"]);
+    let config = text(&lab.router(&["get", "bgpconfiguration", "default", "-o", "yaml"]).stdout);
+    assert!(config.contains("nodeMeshPassword") && config.contains("key: node-to-node-mesh"), "{config}");
+    assert!(!config.contains("m3sh"), "{config}");
+    wait_for(20, "the signed mesh", || peers(&lab, "node-a").iter().filter(|p| p["state"] == "up").count() == 2);
+    // The secret gone: no mesh session rather than one without its key.
+    let secret = lab.dir.join(&lab.name).join("secrets/bgp-secrets/node-to-node-mesh");
+    std::fs::remove_file(&secret).expect("rm the secret");
+    wait_for(30, "the mesh to wait for its key", || peers(&lab, "node-a").is_empty());
+    assert!(lab.node_log("node-a").contains("the mesh sessions wait until it can be read"));
+    let cap = start_capture(&lab, "node-b", "eth0", "tcp port 179", 6);
+    std::fs::write(&secret, "m3sh\n").expect("write the secret");
+    wait_for(30, "the mesh back", || {
+        ["node-a", "node-b", "node-c"].iter().all(|n| peers(&lab, n).iter().filter(|p| p["state"] == "up").count() == 2)
+    });
+    assert!(all_signed(cap), "unsigned BGP segments of node-b");
+    all_pods_reach_each_other(&lab);
+}
+
 /// A GoBGP daemon in the underlay namespace, stopped (with the lab) when the test ends.
 struct Gobgpd(Child);
 

@@ -482,7 +482,12 @@ impl Node {
             return false;
         }
         self.secrets_read = Instant::now();
-        if !self.resources.iter().any(|r| matches!(r, Resource::BgpPeer(p) if p.spec.password.is_some())) {
+        let keyed = |r: &Resource| match r {
+            Resource::BgpPeer(p) => p.spec.password.is_some(),
+            Resource::BgpConfiguration(c) => c.metadata.name == "default" && c.spec.node_mesh_password.is_some(),
+            _ => false,
+        };
+        if !self.resources.iter().any(keyed) {
             return false;
         }
         let me = self.cfg.uplink.address.addr();

@@ -427,8 +427,13 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 eprintln!("note: not printed: {l}");
             }
             for (key, _) in all.secrets {
+                let whose = if key == lab::resources::MESH_KEY {
+                    "the mesh (nodeMeshPassword)".to_string()
+                } else {
+                    format!("bgppeers/{key}")
+                };
                 eprintln!(
-                    "note: the password of bgppeers/{key} is not printed: on each node, write it to <secrets dir>/{}/{key} (router node --secrets-dir)",
+                    "note: the password of {whose} is not printed: on each node, write it to <secrets dir>/{}/{key} (router node --secrets-dir)",
                     lab::resources::SECRET
                 );
             }
