@@ -228,6 +228,10 @@ pub struct BgpConfigurationSpec {
 pub struct SecretKeyRef {
     pub name: String,
     pub key: String,
+    /// Kubernetes' `optional`: with it, a secret that cannot be read leaves the session
+    /// without TCP-MD5 instead of leaving it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +271,18 @@ pub struct BgpPeerSpec {
     pub reachable_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_time: Option<String>,
+    /// GracefulRestart (what runs) or LongLivedGracefulRestart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_mode: Option<String>,
+    /// Recursive or DirectIfDirectlyConnected: how BIRD resolves next hops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bird_gateway_mode: Option<String>,
+    /// None or BFDIfDirectlyConnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_detection_mode: Option<String>,
+    /// Auto, Self or Keep (Keep is keepOriginalNextHop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -959,7 +975,23 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             note(name != "default" && services, "spec.service*IPs (the default's count)");
             note(s.ignored_interfaces.is_some(), "spec.ignoredInterfaces");
         }
-        Resource::BgpPeer(_) => {}
+        Resource::BgpPeer(p) => {
+            let s = &p.spec;
+            note(
+                s.restart_mode.as_deref() == Some("LongLivedGracefulRestart"),
+                "spec.restartMode LongLivedGracefulRestart (graceful restart, RFC 4724, is what runs)",
+            );
+            // Next hops are resolved through the FIB, and one on the node's subnet is direct.
+            note(
+                s.bird_gateway_mode.as_deref() == Some("DirectIfDirectlyConnected"),
+                "spec.birdGatewayMode DirectIfDirectlyConnected (next hops are resolved through the FIB)",
+            );
+            note(
+                s.failure_detection_mode.as_deref() == Some("BFDIfDirectlyConnected"),
+                "spec.failureDetectionMode BFDIfDirectlyConnected (no BFD: the hold time finds a dead peer)",
+            );
+            note(s.next_hop_mode.as_deref() == Some("Self"), "spec.nextHopMode Self (Auto runs)");
+        }
         Resource::BgpFilter(f) => {
             let rules = [&f.spec.export_v4, &f.spec.import_v4, &f.spec.export_v6, &f.spec.import_v6];
             let any = |pick: fn(&FilterRule) -> bool| rules.iter().any(|l| l.iter().any(pick));
@@ -1230,6 +1262,22 @@ fn validate_bgp_peer(p: &Typed<BgpPeerSpec>) -> Result<(), (String, String)> {
     }
     if let Some(pw) = &p.spec.password {
         secret_ref("spec.password", pw)?;
+    }
+    for (field, value, allowed) in [
+        ("spec.restartMode", &p.spec.restart_mode, &["GracefulRestart", "LongLivedGracefulRestart"][..]),
+        ("spec.birdGatewayMode", &p.spec.bird_gateway_mode, &["Recursive", "DirectIfDirectlyConnected"][..]),
+        ("spec.failureDetectionMode", &p.spec.failure_detection_mode, &["None", "BFDIfDirectlyConnected"][..]),
+        ("spec.nextHopMode", &p.spec.next_hop_mode, &["Auto", "Self", "Keep"][..]),
+    ] {
+        if let Some(v) = value.as_deref().filter(|v| !allowed.contains(v)) {
+            return Err((field.into(), format!("{v:?}: {}", allowed.join(" or "))));
+        }
+    }
+    if p.spec.keep_original_next_hop == Some(true) && p.spec.next_hop_mode.as_deref().is_some_and(|m| m != "Keep") {
+        return Err((
+            "spec.nextHopMode".into(),
+            "keepOriginalNextHop: true is nextHopMode Keep: give one of them".into(),
+        ));
     }
     if p.spec.num_allowed_local_as_numbers.is_some_and(|n| n > 255) {
         return Err(("spec.numAllowedLocalASNumbers".into(), "at most 255".into()));

@@ -270,6 +270,26 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert_eq!(e.field.as_deref(), Some("spec.nodeMeshPassword.secretKeyRef.name"), "{e}");
     let node = resources::parse(&mesh.replace("name: default", "name: node.node-a")).expect("a node's");
     assert!(resources::not_followed(&node[0]).iter().any(|n| n.contains("spec.nodeMeshPassword")));
+
+    // Calico's newer BGPPeer fields: what runs anyway is taken silently, the rest named.
+    let newer = |extra: &str| {
+        format!("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 192.168.1.1\n  asNumber: 63400\n{extra}")
+    };
+    let quiet = newer("  restartMode: GracefulRestart\n  birdGatewayMode: Recursive\n  failureDetectionMode: None\n  nextHopMode: Keep\n  keepOriginalNextHop: true\n  password:\n    secretKeyRef:\n      name: bgp-secrets\n      key: tor\n      optional: true\n");
+    let p = resources::parse(&quiet).expect("Calico's fields");
+    assert!(resources::not_followed(&p[0]).is_empty(), "{:?}", resources::not_followed(&p[0]));
+    let loud = newer("  restartMode: LongLivedGracefulRestart\n  birdGatewayMode: DirectIfDirectlyConnected\n  failureDetectionMode: BFDIfDirectlyConnected\n  nextHopMode: Self\n");
+    let p = resources::parse(&loud).expect("Calico's fields");
+    let named = resources::not_followed(&p[0]);
+    for f in ["spec.restartMode", "spec.birdGatewayMode", "spec.failureDetectionMode", "spec.nextHopMode"] {
+        assert!(named.iter().any(|n| n.starts_with(f)), "{f}: {named:?}");
+    }
+    let e = error(&newer("  nextHopMode: Sometimes\n"));
+    assert_eq!(e.field.as_deref(), Some("spec.nextHopMode"), "{e}");
+    assert!(e.message.contains("Auto or Self or Keep"), "{e}");
+    let e = error(&newer("  nextHopMode: Self\n  keepOriginalNextHop: true\n"));
+    assert_eq!(e.field.as_deref(), Some("spec.nextHopMode"), "{e}");
+    assert_eq!(error(&newer("  restartMode: Never\n")).field.as_deref(), Some("spec.restartMode"));
     let off = fixture("bgppeer.yaml").replace("  ttlSecurity: 1\n", "  ttlSecurity: 1\n  sourceAddress: None\n");
     let off = resources::parse(&off).expect("peers");
     assert!(resources::not_followed(&off[1]).is_empty(), "sourceAddress None is followed");

@@ -87,7 +87,7 @@ pub fn from_topology(t: &Topology) -> Resources {
     // start with `peer-` or a node's name and `-peer-`).
     let node_mesh_password = t.node_mesh_password.as_ref().map(|pw| {
         secrets.push((MESH_KEY.to_string(), pw.clone()));
-        r::BgpPassword { secret_key_ref: r::SecretKeyRef { name: SECRET.into(), key: MESH_KEY.into() } }
+        r::BgpPassword { secret_key_ref: r::SecretKeyRef { name: SECRET.into(), key: MESH_KEY.into(), optional: None } }
     });
     out.push(Resource::BgpConfiguration(r::typed(
         Kind::BgpConfiguration,
@@ -139,7 +139,9 @@ pub fn from_topology(t: &Topology) -> Resources {
         }
         let password = p.password.as_ref().map(|pw| {
             secrets.push((name.clone(), pw.clone()));
-            r::BgpPassword { secret_key_ref: r::SecretKeyRef { name: SECRET.into(), key: name.clone() } }
+            r::BgpPassword {
+                secret_key_ref: r::SecretKeyRef { name: SECRET.into(), key: name.clone(), optional: None },
+            }
         });
         if p.max_prefixes.is_some() {
             left_out.push(format!("bgppeers/{name}: max_prefixes (not a Calico field)"));

@@ -201,18 +201,19 @@ pub fn view_with(
     });
     // The mesh's TCP-MD5 key, as a BGPPeer's: unreadable, the mesh waits for it.
     let mesh_key = config.and_then(|c| c.node_mesh_password.as_ref()).filter(|_| mesh).map(|pw| {
-        let r = &pw.secret_key_ref;
-        secrets(&r.name, &r.key).map_err(|e| {
-            notes.push(format!(
-                "bgpconfigurations/default: nodeMeshPassword (secret {:?}, key {:?}): {e}: the mesh sessions wait until it can be read",
-                r.name, r.key
-            ))
-        })
+        let what = "bgpconfigurations/default: nodeMeshPassword";
+        read_key(secrets, &pw.secret_key_ref, what, "the mesh sessions", &mut notes)
     });
-    let mut peers = match &mesh_key {
+    let mut peers = match mesh_key {
         Some(Err(())) => Vec::new(),
-        Some(Ok(pw)) => nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, mesh_restart, Some(pw)),
-        None => nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, mesh_restart, None),
+        key => nodeapi::config::cluster_peers(
+            my_addr,
+            my_rr,
+            &others,
+            mesh,
+            mesh_restart,
+            key.and_then(Result::ok).flatten().as_deref(),
+        ),
     };
     let here = Here { me, my_addr, my_addr6, my_rr, my_labels, nodes: &nodes, cluster_as, port_of: &port_of, secrets };
     for x in resources {
@@ -302,6 +303,34 @@ fn nodes6(resources: &[Resource], me: &str) -> Vec<Ipv6Addr> {
     nodes6
 }
 
+/// A TCP-MD5 key from its secret: Err (noted) while it cannot be read, so that `sessions`
+/// wait for it, unless the reference is `optional`: then they run without one (noted too).
+fn read_key(
+    secrets: Secrets<'_>,
+    r: &r::SecretKeyRef,
+    what: &str,
+    sessions: &str,
+    notes: &mut Vec<String>,
+) -> Result<Option<String>, ()> {
+    match secrets(&r.name, &r.key) {
+        Ok(pw) => Ok(Some(pw)),
+        Err(e) if r.optional == Some(true) => {
+            notes.push(format!(
+                "{what} (secret {:?}, key {:?}): {e}: optional, so {sessions} run without TCP-MD5",
+                r.name, r.key
+            ));
+            Ok(None)
+        }
+        Err(e) => {
+            notes.push(format!(
+                "{what} (secret {:?}, key {:?}): {e}: {sessions} wait until it can be read",
+                r.name, r.key
+            ));
+            Err(())
+        }
+    }
+}
+
 /// The default configuration's service ranges (Calico reads them from it only), each once.
 fn service_ips(config: Option<&r::BgpConfigurationSpec>, notes: &mut Vec<String>) -> Vec<IpNet> {
     let mut service_ips: Vec<IpNet> = Vec::new();
@@ -363,7 +392,8 @@ impl Here<'_> {
             restart_time,
             keepalive_time,
             allow_local_as: spec.num_allowed_local_as_numbers.map_or(0, |n| n.min(255) as u8),
-            keep_original_next_hop: spec.keep_original_next_hop == Some(true),
+            keep_original_next_hop: spec.keep_original_next_hop == Some(true)
+                || spec.next_hop_mode.as_deref() == Some("Keep"),
             reachable_by: None,
             any_source: spec.source_address.as_deref() == Some("None"),
         };
@@ -373,13 +403,7 @@ impl Here<'_> {
             read.get_or_insert_with(|| match &spec.password {
                 None => Ok(None),
                 Some(pw) => {
-                    let r = &pw.secret_key_ref;
-                    (self.secrets)(&r.name, &r.key).map(Some).map_err(|e| {
-                        notes.push(format!(
-                            "{name}: password (secret {:?}, key {:?}): {e}: its sessions wait until it can be read",
-                            r.name, r.key
-                        ))
-                    })
+                    read_key(self.secrets, &pw.secret_key_ref, &format!("{name}: password"), "its sessions", notes)
                 }
             })
             .clone()
@@ -637,6 +661,19 @@ mod tests {
             "{:?}",
             v.notes
         );
+        // `optional`, as Kubernetes has it: without the secret, the mesh runs unsigned.
+        let optional = docs.replace("key: rr-password\n", "key: rr-password\n      optional: true\n");
+        let mut rs = seed("");
+        rs.retain(|x| x.kind() != r::Kind::BgpConfiguration);
+        rs.extend(datastore::resources::parse(&optional).expect("optional"));
+        let v = view(&rs, "node-a", a, None);
+        let keys: Vec<(PeerKind, Option<&str>)> = v.peers.iter().map(|p| (p.kind, p.password.as_deref())).collect();
+        assert_eq!(keys, [(PeerKind::Mesh, None), (PeerKind::Mesh, None), (PeerKind::Global, None)]);
+        assert!(
+            v.notes.iter().any(|n| n.contains("optional, so the mesh sessions run without TCP-MD5")),
+            "{:?}",
+            v.notes
+        );
         // The lab's topology key becomes the same resource and secret.
         let topo = lab::topology::SEED.replace("[cluster]\n", "[cluster]\nnode_mesh_password = \"m3sh\"\n");
         let t = lab::topology::Topology::parse(std::path::Path::new("seed"), &topo).expect("topology");
@@ -761,8 +798,8 @@ mod tests {
     #[test]
     fn restart_keepalive_and_local_as_settings_reach_the_sessions_they_concern() {
         let extra = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeMeshMaxRestartTime: 1m30s\n\
----\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 192.168.100.250\n  asNumber: 64600\n  maxRestartTime: 45s\n  keepaliveTime: 2500ms\n  numAllowedLocalASNumbers: 2\n\
----\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: odd\nspec:\n  peerIP: 192.168.100.251\n  asNumber: 64601\n  keepaliveTime: 5s\n";
+---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 192.168.100.250\n  asNumber: 64600\n  maxRestartTime: 45s\n  keepaliveTime: 2500ms\n  numAllowedLocalASNumbers: 2\n  nextHopMode: Keep\n\
+---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: odd\nspec:\n  peerIP: 192.168.100.251\n  asNumber: 64601\n  keepaliveTime: 5s\n  nextHopMode: Auto\n";
         let mut rs = seed("");
         let mut over = datastore::resources::parse(extra).expect("extra");
         if let Some(Resource::BgpPeer(odd)) = over.last_mut() {
@@ -784,6 +821,9 @@ mod tests {
         );
         // A value `apply` would have refused, written to etcd some other way, is noted.
         assert!(a.notes.iter().any(|n| n.contains("bgppeers/odd: spec.keepaliveTime")), "{:?}", a.notes);
+        // nextHopMode Keep is keepOriginalNextHop; Auto, the default, is not.
+        let keep: Vec<bool> = a.peers.iter().map(|p| p.keep_original_next_hop).collect();
+        assert_eq!(keep, [false, false, true, false]);
     }
 
     #[test]
