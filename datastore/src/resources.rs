@@ -221,6 +221,14 @@ pub struct BgpConfigurationSpec {
     pub node_mesh_password: Option<BgpPassword>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignored_interfaces: Option<Vec<String>>,
+    /// Enabled (the ranges as written, what runs) or Disabled (each service's own address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_load_balancer_aggregation: Option<String>,
+    /// The node's address for BGP sessions with its own workloads.
+    #[serde(rename = "localWorkloadPeeringIPV4", default, skip_serializing_if = "Option::is_none")]
+    pub local_workload_peering_ipv4: Option<String>,
+    #[serde(rename = "localWorkloadPeeringIPV6", default, skip_serializing_if = "Option::is_none")]
+    pub local_workload_peering_ipv6: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -974,6 +982,14 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
                 || s.service_load_balancer_ips.is_some();
             note(name != "default" && services, "spec.service*IPs (the default's count)");
             note(s.ignored_interfaces.is_some(), "spec.ignoredInterfaces");
+            note(
+                s.service_load_balancer_aggregation.as_deref() == Some("Disabled"),
+                "spec.serviceLoadBalancerAggregation Disabled (the ranges are announced as written: there are no services to announce one by one)",
+            );
+            note(
+                s.local_workload_peering_ipv4.is_some() || s.local_workload_peering_ipv6.is_some(),
+                "spec.localWorkloadPeeringIPV4/IPV6 (no BGP sessions with workloads)",
+            );
         }
         Resource::BgpPeer(p) => {
             let s = &p.spec;
@@ -1203,6 +1219,19 @@ fn validate_bgp_configuration(c: &Typed<BgpConfigurationSpec>) -> Result<(), (St
     }
     if let Some(t) = &c.spec.node_mesh_max_restart_time {
         duration_secs("spec.nodeMeshMaxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
+    }
+    if let Some(m) =
+        c.spec.service_load_balancer_aggregation.as_deref().filter(|m| !["Enabled", "Disabled"].contains(m))
+    {
+        return Err(("spec.serviceLoadBalancerAggregation".into(), format!("{m:?}: Enabled or Disabled")));
+    }
+    for (field, addr, v6) in [
+        ("spec.localWorkloadPeeringIPV4", &c.spec.local_workload_peering_ipv4, false),
+        ("spec.localWorkloadPeeringIPV6", &c.spec.local_workload_peering_ipv6, true),
+    ] {
+        if let Some(a) = addr.as_deref().filter(|a| a.parse::<IpAddr>().map_or(true, |ip| ip.is_ipv6() != v6)) {
+            return Err((field.into(), format!("{a:?} is not an IPv{} address", if v6 { 6 } else { 4 })));
+        }
     }
     if let Some(pw) = &c.spec.node_mesh_password {
         // Calico refuses a key for sessions that do not exist.

@@ -271,6 +271,24 @@ fn errors_name_the_document_the_line_and_the_field() {
     let node = resources::parse(&mesh.replace("name: default", "name: node.node-a")).expect("a node's");
     assert!(resources::not_followed(&node[0]).iter().any(|n| n.contains("spec.nodeMeshPassword")));
 
+    // Calico's newer BGPConfiguration fields: kept, and named where they ask for more.
+    let newer = mesh.replace(
+        "  logSeverityScreen: Info\n",
+        "  logSeverityScreen: Info\n  serviceLoadBalancerAggregation: Enabled\n",
+    );
+    let c = resources::parse(&newer).expect("aggregation");
+    assert!(resources::not_followed(&c[0]).is_empty(), "{:?}", resources::not_followed(&c[0]));
+    let newer =
+        newer.replace("Aggregation: Enabled\n", "Aggregation: Disabled\n  localWorkloadPeeringIPV4: 169.254.0.179\n");
+    let c = resources::parse(&newer).expect("workload peering");
+    let named = resources::not_followed(&c[0]);
+    assert!(named.iter().any(|n| n.starts_with("spec.serviceLoadBalancerAggregation")), "{named:?}");
+    assert!(named.iter().any(|n| n.starts_with("spec.localWorkloadPeeringIPV4")), "{named:?}");
+    let e = error(&newer.replace("169.254.0.179", "fe80::179"));
+    assert_eq!(e.field.as_deref(), Some("spec.localWorkloadPeeringIPV4"), "{e}");
+    let e = error(&newer.replace("Aggregation: Disabled", "Aggregation: Sometimes"));
+    assert_eq!(e.field.as_deref(), Some("spec.serviceLoadBalancerAggregation"), "{e}");
+
     // Calico's newer BGPPeer fields: what runs anyway is taken silently, the rest named.
     let newer = |extra: &str| {
         format!("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 192.168.1.1\n  asNumber: 63400\n{extra}")
