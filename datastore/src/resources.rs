@@ -130,6 +130,10 @@ pub struct Typed<S> {
     pub metadata: Metadata,
     #[serde(default)]
     pub spec: S,
+    /// Kept as written and read by nothing here: what Calico's own components report (a
+    /// Node's WireGuard key, its pod CIDRs), so that `calicoctl get -o yaml` output applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,6 +389,33 @@ pub struct NodeSpec {
     pub ipv4_vxlan_tunnel_addr: Option<String>,
     #[serde(rename = "vxlanTunnelMACAddr", default, skip_serializing_if = "Option::is_none")]
     pub vxlan_tunnel_mac_addr: Option<String>,
+    /// What calico-node writes besides: kept as written.
+    #[serde(rename = "ipv6VXLANTunnelAddr", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_vxlan_tunnel_addr: Option<String>,
+    #[serde(rename = "vxlanTunnelMACAddrV6", default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_tunnel_mac_addr_v6: Option<String>,
+    #[serde(rename = "orchRefs", default, skip_serializing_if = "Vec::is_empty")]
+    pub orch_refs: Vec<OrchRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<NodeWireguard>,
+}
+
+/// Which orchestrator's node a Node is (`orchRefs`, written by calico-node).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrchRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    pub orchestrator: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeWireguard {
+    #[serde(rename = "interfaceIPv4Address", default, skip_serializing_if = "Option::is_none")]
+    pub interface_ipv4_address: Option<String>,
+    #[serde(rename = "interfaceIPv6Address", default, skip_serializing_if = "Option::is_none")]
+    pub interface_ipv6_address: Option<String>,
 }
 
 /// Addresses that IPAM never hands out by itself (a requested address may still be one).
@@ -1013,7 +1044,14 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             let any = |pick: fn(&FilterRule) -> bool| rules.iter().any(|l| l.iter().any(pick));
             note(any(|r| r.interface.is_some()), "a rule's interface");
         }
-        Resource::Node(_) | Resource::IpReservation(_) | Resource::IpamConfiguration(_) => {}
+        Resource::Node(n) => {
+            note(n.spec.wireguard.is_some(), "spec.wireguard (no WireGuard: pod traffic is not encrypted)");
+            note(
+                n.spec.ipv6_vxlan_tunnel_addr.is_some() || n.spec.vxlan_tunnel_mac_addr_v6.is_some(),
+                "spec.ipv6VXLANTunnelAddr, spec.vxlanTunnelMACAddrV6 (IPv6 is never tunnelled here)",
+            );
+        }
+        Resource::IpReservation(_) | Resource::IpamConfiguration(_) => {}
         // The CNI plugin and the nodes write these to say where their pods are; one applied
         // by hand makes no pod, and policy (profiles) and 1:1 NAT are not this router's.
         Resource::WorkloadEndpoint(_) => {
@@ -1500,5 +1538,6 @@ pub fn typed<S>(kind: Kind, name: &str, spec: S) -> Typed<S> {
         kind: kind.name().into(),
         metadata: Metadata { name: name.into(), ..Default::default() },
         spec,
+        status: None,
     }
 }

@@ -271,6 +271,16 @@ fn errors_name_the_document_the_line_and_the_field() {
     let node = resources::parse(&mesh.replace("name: default", "name: node.node-a")).expect("a node's");
     assert!(resources::not_followed(&node[0]).iter().any(|n| n.contains("spec.nodeMeshPassword")));
 
+    // A Node as `calicoctl get node -o yaml` shows one that calico-node registered.
+    let node = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: worker-1\n  resourceVersion: \"1234\"\n  creationTimestamp: \"2026-01-02T03:04:05Z\"\nspec:\n  bgp:\n    ipv4Address: 10.0.1.10/24\n    ipv4IPIPTunnelAddr: 10.244.7.0\n  orchRefs:\n  - nodeName: worker-1\n    orchestrator: k8s\n  wireguard:\n    interfaceIPv4Address: 10.244.7.1\nstatus:\n  podCIDRs:\n  - 10.244.7.0/24\n  wireguardPublicKey: abc=\n";
+    let n = resources::parse(node).expect("calicoctl's Node");
+    assert_eq!(resources::not_followed(&n[0]), ["spec.wireguard (no WireGuard: pod traffic is not encrypted)"]);
+    let back = resources::to_yaml(&n);
+    assert!(back.contains("orchestrator: k8s") && back.contains("wireguardPublicKey: abc="), "{back}");
+    assert!(error(&node.replace("    orchestrator: k8s\n", "    orchestrator: k8s\n    colour: red\n"))
+        .message
+        .contains("colour"));
+
     // Calico's newer BGPConfiguration fields: kept, and named where they ask for more.
     let newer = mesh.replace(
         "  logSeverityScreen: Info\n",
