@@ -182,7 +182,13 @@ pub struct UpOptions {
 
 pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     let _held = lab.lock()?;
-    up_locked(lab, opts)
+    let up = up_locked(lab, opts);
+    // An up that failed before it made anything (a wrong topology) leaves no lock file
+    // either; removed while held, as `down` does.
+    if up.is_err() && !lab.dir.exists() {
+        let _ = std::fs::remove_file(lab.lock_path());
+    }
+    up
 }
 
 fn up_locked(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {

@@ -388,6 +388,8 @@ fn a_wrong_topology_names_file_and_line() {
     assert!(err.contains(&format!("{}:11:", file.display())), "{err}");
     assert!(err.contains("192.168.100.300/24"), "{err}");
     assert!(lab.leftover_namespaces().is_empty());
+    let lock = lab.dir.join(format!("{}.lock", lab.name));
+    assert!(!lock.exists() && !lab.dir.join(&lab.name).exists(), "a failed up left files");
     let _ = std::fs::remove_file(&file);
 }
 
