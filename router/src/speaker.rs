@@ -746,15 +746,11 @@ impl Speaker {
     pub fn rejected(&self, peer: Option<IpAddr>) -> Vec<nodeapi::admin::RejectedRoute> {
         let rib = self.core.rib();
         let mut out = Vec::new();
-        let shown = |i: usize, p: &BgpPeer| !self.core.removed(i) && peer.is_none_or(|a| a == p.address);
-        for (i, p) in self.cfg.peers.iter().enumerate().filter(|(i, p)| shown(*i, p)) {
-            let filters = rib.peer(i as PeerId).map(|x| x.filters.clone()).unwrap_or_default();
-            out.extend(rib.rejected_routes(i as PeerId).into_iter().map(|(prefix, why)| {
-                nodeapi::admin::RejectedRoute {
-                    peer: p.address,
-                    prefix: prefix.to_string(),
-                    reason: why.describe(&filters),
-                }
+        for (id, p, filters) in self.current_peers().filter(|(_, p, _)| peer.is_none_or(|a| a == p.address)) {
+            out.extend(rib.rejected_routes(id).into_iter().map(|(prefix, why)| nodeapi::admin::RejectedRoute {
+                peer: p.address,
+                prefix: prefix.to_string(),
+                reason: why.describe(filters),
             }));
         }
         out
@@ -765,16 +761,25 @@ impl Speaker {
     pub fn refused_counts(&self) -> Vec<nodeapi::admin::RefusedCount> {
         let rib = self.core.rib();
         let mut out = Vec::new();
-        for (i, p) in self.cfg.peers.iter().enumerate().filter(|(i, _)| !self.core.removed(*i)) {
-            let filters = rib.peer(i as PeerId).map(|x| x.filters.clone()).unwrap_or_default();
-            out.extend(rib.rejected_counts(i as PeerId).into_iter().map(|(why, count)| nodeapi::admin::RefusedCount {
+        for (id, p, filters) in self.current_peers() {
+            out.extend(rib.rejected_counts(id).into_iter().map(|(why, count)| nodeapi::admin::RefusedCount {
                 peer: p.address,
-                reason: why.describe(&filters),
+                reason: why.describe(filters),
                 count,
             }));
         }
         out.sort_by(|a, b| (a.peer, &a.reason).cmp(&(b.peer, &b.reason)));
         out
+    }
+
+    /// The configured peers not removed, with their ids and import filters (by which a
+    /// refusal is described).
+    fn current_peers(&self) -> impl Iterator<Item = (PeerId, &BgpPeer, &[std::sync::Arc<bgp::policy::Filter>])> {
+        let rib = self.core.rib();
+        self.cfg.peers.iter().enumerate().filter(|(i, _)| !self.core.removed(*i)).map(move |(i, p)| {
+            let id = i as PeerId;
+            (id, p, rib.peer(id).map_or(&[][..], |x| x.filters.as_slice()))
+        })
     }
 
     /// Every path for `prefix` and the step of the decision process that ruled it out.

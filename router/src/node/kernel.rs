@@ -55,7 +55,7 @@ impl KernelWork {
             .spawn(move || {
                 // What a crashed run or, on a planned restart, the previous run left: the
                 // first route set replaces it, changing only what differs.
-                let mut installed = table(ipv6).and_then(|t| t.ours).unwrap_or_else(|| {
+                let mut installed = table(ipv6, true).and_then(|t| t.ours).unwrap_or_else(|| {
                     flush(ipv6);
                     Vec::new()
                 });
@@ -121,7 +121,7 @@ impl KernelWork {
                             // What the kernel has now, not what we installed; routes left to
                             // the host's own are looked at again (theirs may be gone).
                             let (ours, theirs) =
-                                table(ipv6).map_or((None, Default::default()), |t| (t.ours, t.foreign));
+                                table(ipv6, true).map_or((None, Default::default()), |t| (t.ours, t.foreign));
                             if let Some(now) = ours {
                                 installed = now;
                             }
@@ -282,13 +282,14 @@ fn flush(ipv6: bool) {
     }
 }
 
-/// The main table of each family in one listing: our routes (`proto 179`) in the terms
-/// [`sync`] compares, and the prefixes of everyone else's. None where it cannot be listed.
-fn table(ipv6: bool) -> Option<Listing> {
+/// The main table of each family in one listing: the prefixes of everyone else's routes and,
+/// with `ours`, our routes (`proto 179`) in the terms [`sync`] compares (left empty without:
+/// in tun mode ours may be a peer's million routes). None where it cannot be listed.
+fn table(ipv6: bool, ours: bool) -> Option<Listing> {
     let mut all = Listing { ours: Some(Vec::new()), foreign: Default::default() };
     for family in if ipv6 { &["-4", "-6"][..] } else { &["-4"][..] } {
         let out = ipcmd::ip(&["-j", family, "route", "show", "table", "main"]).ok()?;
-        let one = split(&out, *family == "-6")?;
+        let one = split(&out, *family == "-6", ours)?;
         all.ours = all.ours.zip(one.ours).map(|(mut a, b)| {
             a.extend(b);
             a
@@ -346,14 +347,21 @@ fn parse_route(r: &Listed<'_>, v6: bool) -> Option<routes::KernelRoute> {
 
 /// `ip -j route show` output told apart: ours, and the prefixes of the others (the host's
 /// default route, its subnets' routes, what its administrator or the lab set).
-fn split(listing: &str, v6: bool) -> Option<Listing> {
+fn split(listing: &str, v6: bool, read_ours: bool) -> Option<Listing> {
     let list: Vec<Listed<'_>> = serde_json::from_str(listing).ok()?;
-    let (ours, theirs): (Vec<&Listed<'_>>, Vec<&Listed<'_>>) =
-        list.iter().partition(|r| r.protocol == Some(routes::KERNEL_PROTO));
-    Some(Listing {
-        ours: ours.into_iter().map(|r| parse_route(r, v6)).collect(),
-        foreign: theirs.into_iter().filter_map(|r| dst_prefix(r.dst, v6)).collect(),
-    })
+    let mut found = Listing { ours: Some(Vec::new()), foreign: Default::default() };
+    for r in &list {
+        if r.protocol != Some(routes::KERNEL_PROTO) {
+            found.foreign.extend(dst_prefix(r.dst, v6));
+        } else if read_ours {
+            // One of a shape we never install: the listing of ours is not to be trusted.
+            found.ours = found.ours.zip(parse_route(r, v6)).map(|(mut v, k)| {
+                v.push(k);
+                v
+            });
+        }
+    }
+    Some(found)
 }
 
 /// What [`sync`] is told besides the routes: the host's prefixes where they were just listed,
@@ -382,7 +390,7 @@ fn sync(
         want.iter().filter(|r| !had.contains(r) && !left_alone.contains(*r)).cloned().collect();
     if !new.is_empty() {
         let foreign = known.foreign.unwrap_or_else(|| {
-            table(new.iter().any(|r| r.prefix().addr().is_ipv6())).map(|t| t.foreign).unwrap_or_default()
+            table(new.iter().any(|r| r.prefix().addr().is_ipv6()), false).map(|t| t.foreign).unwrap_or_default()
         });
         new.retain(|r| {
             let theirs = foreign.contains(&r.prefix());
@@ -473,7 +481,7 @@ mod tests {
             {"dst":"10.244.2.0/26","gateway":"192.168.100.101","dev":"eth0","protocol":"179","flags":[]},
             {"dst":"192.168.100.0/24","dev":"eth0","protocol":"kernel","scope":"link","prefsrc":"192.168.100.100","flags":[]},
             {"dst":"192.168.200.0/24","gateway":"192.168.100.1","dev":"eth0","protocol":"boot","flags":[]}]"#;
-        let got = split(listing, false).expect("a listing");
+        let got = split(listing, false, true).expect("a listing");
         let mut theirs: Vec<String> = got.foreign.iter().map(|p| p.to_string()).collect();
         theirs.sort();
         assert_eq!(theirs, ["0.0.0.0/0", "10.244.1.1/32", "192.168.100.0/24", "192.168.200.0/24"]);
@@ -486,10 +494,13 @@ mod tests {
                 routes::KernelRoute::Via { prefix: net("10.244.2.0/26"), gateway: gw, dev: "eth0".into() },
             ])
         );
+        // Without ours asked for, the host's prefixes alone.
+        let foreign = split(listing, false, false).expect("a listing");
+        assert_eq!((foreign.ours, foreign.foreign.len()), (Some(vec![]), 4));
         let v6 = r#"[{"dst":"default","gateway":"fd00::1","dev":"eth0","protocol":"ra","flags":[]}]"#;
-        let got = split(v6, true).expect("a listing");
+        let got = split(v6, true, true).expect("a listing");
         assert_eq!((got.ours, got.foreign.into_iter().collect::<Vec<_>>()), (Some(vec![]), vec![net("::/0")]));
-        assert!(split("not json", false).is_none());
+        assert!(split("not json", false, true).is_none());
     }
 
     #[test]
@@ -532,7 +543,7 @@ mod tests {
         let odd: Listed<'_> = serde_json::from_str(r#"{"type":"unreachable","dst":"10.9.0.0/16"}"#).expect("json");
         assert_eq!(parse_route(&odd, false), None);
         let odd = r#"[{"type":"unreachable","dst":"10.9.0.0/16","protocol":"179"}]"#;
-        assert_eq!(split(odd, false).map(|l| l.ours), Some(None));
+        assert_eq!(split(odd, false, true).map(|l| l.ours), Some(None));
     }
 
     #[test]
