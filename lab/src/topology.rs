@@ -950,7 +950,11 @@ pub fn generate(nodes: usize, subnets: usize, pods_per_node: usize) -> anyhow::R
     );
     // A /16 pool holds 1024 blocks of /26 (64 addresses).
     anyhow::ensure!(nodes <= 1024, "at most 1024 nodes: the pool 10.244.0.0/16 holds 1024 blocks of /26");
-    anyhow::ensure!(pods_per_node <= 64, "at most 64 pods per node: a node's block is a /26");
+    // Every node's block is as full as every other's, so there is nothing to borrow from.
+    anyhow::ensure!(
+        pods_per_node <= 62,
+        "at most 62 pods per node: a node's block is a /26, and IPAM gives neither its first nor its last address"
+    );
     anyhow::ensure!(subnets <= nodes, "{subnets} subnets for {nodes} nodes: every subnet needs a node");
     let mut t = String::from(
         "# Generated: nodes spread in turn over the subnets, pods and blocks from the pool.\n\n\
@@ -995,11 +999,12 @@ mod tests {
         let e = generate(500, 2, 1).expect_err("250 a subnet").to_string();
         assert!(e.contains("--subnets 3 or more"), "{e}");
         assert!(generate(500, 3, 1).is_ok());
-        let e = generate(3, 1, 65).expect_err("65 pods").to_string();
-        assert!(e.contains("64 pods per node"), "{e}");
+        let e = generate(3, 1, 63).expect_err("63 pods").to_string();
+        assert!(e.contains("62 pods per node"), "{e}");
         let e = generate(3, 5, 1).expect_err("empty subnets").to_string();
         assert!(e.contains("every subnet needs a node"), "{e}");
-        assert!(generate(3, 3, 64).is_ok());
+        let full = parse(&generate(2, 2, 62).expect("62 pods")).expect("62 pods fit");
+        assert_eq!(full.nodes.iter().map(|n| n.pods.len()).sum::<usize>(), 124);
     }
 
     #[test]

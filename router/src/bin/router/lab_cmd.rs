@@ -354,11 +354,14 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 let v = serde_json::json!({"lab": lab.name, "was_up": r.existed, "namespaces_removed": r.namespaces, "processes_stopped": r.processes});
                 nodeapi::outln!("{v}");
             } else if r.existed {
+                let s = |n: usize| if n == 1 { "" } else { "s" };
                 nodeapi::outln!(
-                    "lab {:?} is down: removed {} namespaces, stopped {} processes",
+                    "lab {:?} is down: removed {} namespace{}, stopped {} process{}",
                     lab.name,
                     r.namespaces,
-                    r.processes
+                    s(r.namespaces),
+                    r.processes,
+                    if r.processes == 1 { "" } else { "es" }
                 );
             } else {
                 nodeapi::outln!("lab {:?} is not up; nothing to do", lab.name);

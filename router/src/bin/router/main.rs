@@ -411,9 +411,9 @@ struct GenerateArgs {
     /// Build N nodes instead of a topology file.
     #[arg(long, value_name = "N")]
     nodes: Option<usize>,
-    /// Underlay subnets the nodes are spread over.
-    #[arg(long, default_value_t = 2, requires = "nodes")]
-    subnets: usize,
+    /// Underlay subnets the nodes are spread over [default: 2, or 1 for a single node].
+    #[arg(long, requires = "nodes")]
+    subnets: Option<usize>,
     /// Pods on each node.
     #[arg(long, default_value_t = 1, requires = "nodes")]
     pods_per_node: usize,
@@ -427,7 +427,8 @@ impl GenerateArgs {
     fn generated(&self) -> Option<lab::topology::Generated> {
         self.nodes.map(|nodes| lab::topology::Generated {
             nodes,
-            subnets: self.subnets,
+            // Two subnets show direct routing beside IPIP; a lone node has only one to fill.
+            subnets: self.subnets.unwrap_or(nodes.min(2)),
             pods_per_node: self.pods_per_node,
             route_reflectors: self.route_reflectors,
         })
