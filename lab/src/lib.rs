@@ -640,12 +640,12 @@ fn wait_converged(topo: &Topology, st: &State) -> anyhow::Result<()> {
         let peers = node.bgp_status().map(|s| s.peers).unwrap_or_default();
         let stuck: Vec<String> = peers
             .iter()
-            .filter(|p| p.peer_type != PeerKind::Global && p.state != "up")
+            .filter(|p| !p.external && p.state != "up")
             .map(|p| format!("{} {}", p.peer, p.state))
             .collect();
         // Nodes that learn only from external peers (an outside route reflector) converge
         // when those peers run; that is the caller's business.
-        let node_peers = peers.iter().any(|p| p.peer_type != PeerKind::Global);
+        let node_peers = peers.iter().any(|p| !p.external);
         let routes: std::collections::HashSet<String> =
             node.routes().unwrap_or_default().into_iter().map(|r| r.prefix.to_string()).collect();
         let missing: Vec<String> = topo
@@ -926,7 +926,9 @@ fn bgp_config(topo: &Topology, node: &topology::Node) -> BgpConfig {
             address: p.peer_ip,
             as_number: p.as_number,
             port: 179,
-            kind: PeerKind::Global,
+            // As calicoctl names a BGPPeer with a node: "node specific"; without, "global".
+            kind: if p.node.is_some() { PeerKind::NodeSpecific } else { PeerKind::Global },
+            external: true,
             passive: false,
             password: p.password.clone(),
             ttl_security: p.ttl_security,

@@ -180,6 +180,9 @@ pub struct CaptureStopped {
 pub struct PeerStatus {
     pub peer: IpAddr,
     pub peer_type: PeerKind,
+    /// A router outside the cluster (not another node).
+    #[serde(default)]
+    pub external: bool,
     #[serde(rename = "as_number")]
     pub asn: u32,
     pub state: String,

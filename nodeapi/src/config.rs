@@ -169,7 +169,11 @@ pub struct BgpPeer {
     pub address: IpAddr,
     pub as_number: u32,
     pub port: u16,
+    /// How `router status` names it, as calicoctl does.
     pub kind: PeerKind,
+    /// A router outside the cluster: it gets only the pools' routes and may not send routes
+    /// inside a pool or over the node's own (Calico's rules for BGPPeers that are not nodes).
+    pub external: bool,
     pub passive: bool,
     pub password: Option<String>,
     /// GTSM (RFC 5082): the peer is this many hops away; we send with TTL 255 and drop its
@@ -251,6 +255,7 @@ pub fn node_peer(me: Ipv4Addr, address: Ipv4Addr, kind: PeerKind, as_number: u32
         as_number,
         port,
         kind,
+        external: false,
         passive: u32::from(me) > u32::from(address),
         password: None,
         ttl_security: None,
@@ -684,6 +689,9 @@ pub struct RawBgpPeer {
     #[serde(default = "default_bgp_port")]
     pub port: Spanned<u16>,
     pub kind: PeerKind,
+    /// Absent: a "global" peer is external, any other kind a node of the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<bool>,
     #[serde(default)]
     pub passive: bool,
     #[serde(default)]
@@ -1016,6 +1024,7 @@ fn bgp_peer(
         as_number: *p.as_number.get_ref(),
         port: *p.port.get_ref(),
         kind: p.kind,
+        external: p.external.unwrap_or(p.kind == PeerKind::Global),
         passive: p.passive,
         password: p.password.clone(),
         ttl_security: p.ttl_security,
@@ -1286,6 +1295,7 @@ impl NodeConfig {
                             as_number: Spanned::new(0..0, p.as_number),
                             port: Spanned::new(0..0, p.port),
                             kind: p.kind,
+                            external: (p.external != (p.kind == PeerKind::Global)).then_some(p.external),
                             passive: p.passive,
                             password: p.password.clone(),
                             ttl_security: p.ttl_security,
@@ -1429,6 +1439,23 @@ via = "192.168.100.101"
         assert!(e.starts_with("n.toml:4:") && e.contains("dpdk"), "{e}");
         let e = parse(&GOOD.replace("\"CrossSubnet\"", "\"Sometimes\"")).expect_err("bad").to_string();
         assert!(e.starts_with("n.toml:14:") && e.contains("Sometimes"), "{e}");
+    }
+
+    #[test]
+    fn a_peer_is_external_as_its_kind_says_unless_told() {
+        let peer = |kind: &str, more: &str| {
+            format!("{GOOD}\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"192.168.100.1\"\nas_number = 65001\nkind = \"{kind}\"\n{more}")
+        };
+        let external = |text: &str| {
+            let c = parse(text).expect("parses");
+            let again = parse(&c.to_toml()).expect("round trip");
+            assert_eq!(again.bgp, c.bgp);
+            c.bgp.expect("bgp").peers[0].external
+        };
+        assert!(external(&peer("global", "")));
+        assert!(!external(&peer("node specific", "")));
+        assert!(external(&peer("node specific", "external = true\n")), "a BGPPeer with a node");
+        assert!(!external(&peer("global", "external = false\n")));
     }
 
     #[test]

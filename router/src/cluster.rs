@@ -262,6 +262,8 @@ struct ClusterNode<'a> {
     addr: Ipv4Addr,
     /// Its route reflector cluster ID, if it is a reflector.
     reflector: Option<Ipv4Addr>,
+    /// Its IPv6 address (Node.spec.bgp.ipv6Address), if it has one.
+    addr6: Option<Ipv6Addr>,
     labels: &'a Labels,
     as_number: u32,
 }
@@ -277,6 +279,7 @@ fn cluster_nodes(resources: &[Resource], cluster_as: u32) -> Vec<ClusterNode<'_>
                     name: &n.metadata.name,
                     addr: b.ipv4_address.as_ref()?.parse::<Ipv4Net>().ok()?.addr(),
                     reflector: b.route_reflector_cluster_id.as_ref().and_then(|c| c.parse().ok()),
+                    addr6: b.ipv6_address.as_ref().and_then(|a| a.parse::<Ipv6Net>().ok()).map(|a| a.addr()),
                     labels: &n.metadata.labels,
                     as_number: b.as_number.unwrap_or(cluster_as),
                 })
@@ -384,6 +387,7 @@ impl Here<'_> {
             as_number: spec.as_number.unwrap_or(self.cluster_as),
             port: 179,
             kind: PeerKind::Global,
+            external: true,
             passive: false,
             password,
             ttl_security: spec.ttl_security,
@@ -422,37 +426,76 @@ impl Here<'_> {
             (None, Some(sel)) => sel.as_ref().is_some_and(|sel| sel.matches(labels)),
             (None, None) => true,
         };
-        if let Some(s) = &spec.peer_selector {
-            // Nodes as peers (Calico's route reflector setup: every node peers with the nodes
-            // labelled as reflectors), at their addresses, the higher one waiting. A session
-            // has two ends: a node the peerSelector picks peers with the nodes that have the
-            // BGPPeer, as Calico's node agent does. Sessions the mesh or the reflectors'
-            // cluster IDs already make are not doubled.
-            let Some(sel) = selector(s, notes) else { return };
-            let (have, picked) = (has_it(self.me, self.my_labels), sel.matches(self.my_labels));
-            for n in self.nodes.iter().filter(|n| n.name != self.me) {
-                let pair = (have && sel.matches(n.labels)) || (picked && has_it(n.name, n.labels));
-                if !pair || peers.iter().any(|q| q.address == IpAddr::V4(n.addr)) {
-                    continue;
+        // A session with another node, as nodes have them: named by the reflectors' cluster
+        // IDs, the higher address waiting; never a second one where the mesh or the
+        // reflectors made one already.
+        let mut node_session =
+            |n: &ClusterNode, address: IpAddr, port: Option<u16>, peers: &mut Vec<BgpPeer>, notes: &mut Vec<String>| {
+                let mine = match address {
+                    IpAddr::V4(_) => Some(IpAddr::V4(self.my_addr)),
+                    IpAddr::V6(_) => self.my_addr6.map(IpAddr::V6),
+                };
+                let Some(mine) = mine else { return };
+                if peers.iter().any(|q| q.address == address) {
+                    return;
                 }
-                let Ok(password) = password(notes) else { continue };
+                let Ok(password) = password(notes) else { return };
                 let kind = match (self.my_rr, n.reflector) {
                     (Some(mine), theirs) if theirs != Some(mine) => PeerKind::RouteReflectorClient,
                     (None, Some(_)) => PeerKind::RouteReflector,
                     _ => PeerKind::NodeSpecific,
                 };
-                let port = (self.port_of)(n.name).unwrap_or(179);
-                let node = nodeapi::config::node_peer(self.my_addr, n.addr, kind, n.as_number, port);
-                let (as_number, port, kind, passive) = (node.as_number, node.port, node.kind, node.passive);
-                peers.push(BgpPeer { as_number, port, kind, passive, ..common(node.address, password) });
+                peers.push(BgpPeer {
+                    as_number: n.as_number,
+                    port: port.or_else(|| (self.port_of)(n.name)).unwrap_or(179),
+                    kind,
+                    external: false,
+                    passive: mine > address,
+                    ..common(address, password)
+                });
+            };
+        if let Some(s) = &spec.peer_selector {
+            // Nodes as peers (Calico's route reflector setup: every node peers with the nodes
+            // labelled as reflectors), at their addresses. A session has two ends: a node the
+            // peerSelector picks peers with the nodes that have the BGPPeer, as Calico's node
+            // agent does.
+            let Some(sel) = selector(s, notes) else { return };
+            let (have, picked) = (has_it(self.me, self.my_labels), sel.matches(self.my_labels));
+            for n in self.nodes.iter().filter(|n| n.name != self.me) {
+                if (have && sel.matches(n.labels)) || (picked && has_it(n.name, n.labels)) {
+                    node_session(n, IpAddr::V4(n.addr), None, peers, notes);
+                }
+            }
+            return;
+        }
+        let Some(ip) = spec.peer_ip.as_deref() else { return };
+        let parsed = r::peer_address(ip);
+        // A peerIP at a node of the cluster (in the AS the BGPPeer gives) makes two nodes
+        // peers, from both ends as Calico does: that node peers back with every node that
+        // has the BGPPeer, and the session is one between nodes, not with an outsider.
+        let as_number = spec.as_number.unwrap_or(self.cluster_as);
+        let node_at = |a: IpAddr| {
+            self.nodes.iter().find(|n| {
+                n.as_number == as_number && (a == IpAddr::V4(n.addr) || n.addr6.is_some_and(|v6| a == IpAddr::V6(v6)))
+            })
+        };
+        let named = parsed.and_then(|(a, port)| Some((node_at(a)?, a, port)));
+        if let Some((_, address, _)) = named.filter(|(n, ..)| n.name == self.me) {
+            for other in self.nodes.iter().filter(|o| o.name != self.me && has_it(o.name, o.labels)) {
+                let theirs = match address {
+                    IpAddr::V4(_) => Some(IpAddr::V4(other.addr)),
+                    IpAddr::V6(_) => other.addr6.map(IpAddr::V6),
+                };
+                if let Some(theirs) = theirs {
+                    node_session(other, theirs, None, peers, notes);
+                }
             }
             return;
         }
         if !has_it(self.me, self.my_labels) {
             return;
         }
-        let Some(ip) = spec.peer_ip.as_deref() else { return };
-        let Some((address, port)) = r::peer_address(ip) else {
+        let Some((address, port)) = parsed else {
             notes.push(format!("{name}: peerIP {ip:?} is not an address"));
             return;
         };
@@ -460,6 +503,10 @@ impl Here<'_> {
             notes.push(format!(
                 "{name}: an IPv6 peer needs this node's IPv6 address (an [ipv6] section in its config): not used"
             ));
+            return;
+        }
+        if let Some((n, address, port)) = named {
+            node_session(n, address, port, peers, notes);
             return;
         }
         let reachable_by = spec.reachable_by.as_deref().and_then(|g| match g.parse::<IpAddr>() {
@@ -470,7 +517,10 @@ impl Here<'_> {
             }
         });
         let Ok(password) = password(notes) else { return };
-        peers.push(BgpPeer { port: port.unwrap_or(179), reachable_by, ..common(address, password) });
+        // As calicoctl names it: "node specific" where the BGPPeer picks its nodes.
+        let kind =
+            if spec.node.is_some() || spec.node_selector.is_some() { PeerKind::NodeSpecific } else { PeerKind::Global };
+        peers.push(BgpPeer { port: port.unwrap_or(179), reachable_by, kind, ..common(address, password) });
     }
 }
 
@@ -789,8 +839,9 @@ mod tests {
         assert_eq!(a.route_reflector_cluster_id, Some("224.0.0.1".parse().expect("id")));
         assert!(a.peers.iter().all(|p| p.kind == PeerKind::RouteReflectorClient), "{:?}", a.peers);
         let b = view(&rs, "node-b", "192.168.100.101".parse().expect("ip"), None);
-        let kinds: Vec<PeerKind> = b.peers.iter().map(|p| p.kind).collect();
-        assert_eq!(kinds, vec![PeerKind::RouteReflector, PeerKind::Global], "{:?}", b.peers);
+        let kinds: Vec<(PeerKind, bool)> = b.peers.iter().map(|p| (p.kind, p.external)).collect();
+        // A BGPPeer with a node is "node specific" to calicoctl, and still an outside router.
+        assert_eq!(kinds, vec![(PeerKind::RouteReflector, false), (PeerKind::NodeSpecific, true)], "{:?}", b.peers);
         let c = view(&rs, "node-c", "192.168.200.101".parse().expect("ip"), None);
         assert_eq!(c.peers.len(), 1, "clients do not peer with each other: {:?}", c.peers);
     }
@@ -901,9 +952,11 @@ mod tests {
             a,
             [
                 ("192.168.100.101".into(), PeerKind::NodeSpecific, false),
-                ("192.168.100.1".into(), PeerKind::Global, false)
+                ("192.168.100.1".into(), PeerKind::NodeSpecific, false)
             ]
         );
+        let outside = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
+        assert_eq!(outside.peers.iter().map(|p| p.external).collect::<Vec<_>>(), [false, true]);
         let b = at(&rs, "node-b", "192.168.100.101");
         assert_eq!(b[0], ("192.168.100.100".into(), PeerKind::NodeSpecific, true), "the higher address waits");
         assert!(at(&rs, "node-c", "192.168.200.101").is_empty(), "node-c is in rack r2");
@@ -962,6 +1015,60 @@ mod tests {
         let v = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
         assert!(v.notes.iter().any(|n| n.contains("bgppeers/bad: selector")), "{:?}", v.notes);
         assert!(v.peers.iter().all(|p| p.kind != PeerKind::Global));
+    }
+
+    #[test]
+    fn a_peer_ip_at_a_node_peers_the_two_nodes_from_both_ends() {
+        let peer = |spec: &str| {
+            format!(
+                "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n\
+                 ---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: a-to-c\nspec:\n{spec}"
+            )
+        };
+        let cluster = |extra: &str| {
+            let mut rs = seed("");
+            let over = datastore::resources::parse(extra).expect("extra");
+            rs.retain(|x| !over.iter().any(|o| o.kind() == x.kind() && o.name() == x.name()));
+            rs.extend(over);
+            rs
+        };
+        let at = |rs: &[Resource], name: &str, addr: &str| {
+            let v = view(rs, name, addr.parse().expect("ip"), None);
+            assert!(v.notes.is_empty(), "{:?}", v.notes);
+            v.peers.iter().map(|p| (p.address.to_string(), p.kind, p.external, p.passive)).collect::<Vec<_>>()
+        };
+        // node-a names node-c by its address: a session between nodes, which node-c, which
+        // no BGPPeer gives a session of its own, opens from its end too, as Calico's nodes do.
+        let rs = cluster(&peer("  node: node-a\n  peerIP: 192.168.200.101\n  asNumber: 64512\n"));
+        let a = at(&rs, "node-a", "192.168.100.100");
+        assert_eq!(a, [("192.168.200.101".into(), PeerKind::NodeSpecific, false, false)]);
+        let c = at(&rs, "node-c", "192.168.200.101");
+        assert_eq!(c, [("192.168.100.100".into(), PeerKind::NodeSpecific, false, true)], "the higher address waits");
+        assert!(at(&rs, "node-b", "192.168.100.101").is_empty());
+
+        // Without a node, every node peers with node-c, and node-c with every node; never
+        // with itself.
+        let rs = cluster(&peer("  peerIP: 192.168.200.101\n  asNumber: 64512\n"));
+        assert_eq!(
+            at(&rs, "node-b", "192.168.100.101"),
+            [("192.168.200.101".into(), PeerKind::NodeSpecific, false, false)]
+        );
+        let c = at(&rs, "node-c", "192.168.200.101");
+        assert_eq!(c.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(), ["192.168.100.100", "192.168.100.101"]);
+
+        // In another AS than node-c's, the address is not node-c's: an outside router.
+        let rs = cluster(&peer("  node: node-a\n  peerIP: 192.168.200.101\n  asNumber: 65001\n"));
+        assert_eq!(
+            at(&rs, "node-a", "192.168.100.100"),
+            [("192.168.200.101".into(), PeerKind::NodeSpecific, true, false)]
+        );
+        assert!(at(&rs, "node-c", "192.168.200.101").is_empty());
+
+        // With the mesh on, the mesh's session stays the only one.
+        let mut rs = cluster(&peer("  node: node-a\n  peerIP: 192.168.200.101\n  asNumber: 64512\n"));
+        rs.retain(|x| x.kind() != r::Kind::BgpConfiguration);
+        let a = at(&rs, "node-a", "192.168.100.100");
+        assert_eq!(a.iter().filter(|p| p.0 == "192.168.200.101").map(|p| p.1).collect::<Vec<_>>(), [PeerKind::Mesh]);
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub fn peer_config(p: &BgpPeer) -> PeerConfig {
         passive: p.passive,
         rr_client: p.kind == PeerKind::RouteReflectorClient,
         // Calico's BGPPeer: a router that is not a node of the cluster.
-        external: p.kind == PeerKind::Global,
+        external: p.external,
         filters: p.filters.clone(),
         max_prefixes: p.max_prefixes,
         ttl_security: p.ttl_security,
@@ -713,6 +713,7 @@ impl Speaker {
                 PeerStatus {
                     peer: p.address,
                     peer_type: p.kind,
+                    external: p.external,
                     asn: p.as_number,
                     state: match v.state {
                         State::Established => "up".into(),

@@ -1100,6 +1100,9 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     wait_for(20, "node-a's session with BIRD, applied live", || peer_state(&lab, "node-a", "192.168.100.1").0 == "up");
     wait_for(10, "BIRD's route in node-a's FIB", || route(&lab, "node-a", "10.99.1.0/24").is_some());
     assert!(peers(&lab, "node-b").iter().all(|p| p["peer"] != "192.168.100.1"), "only node-a peers with BIRD");
+    // calicoctl's name for a BGPPeer with a node, and still a router outside the cluster.
+    let bird = peers(&lab, "node-a").into_iter().find(|p| p["peer"] == "192.168.100.1").expect("BIRD's row");
+    assert_eq!((bird["peer_type"].as_str(), bird["external"].as_bool()), (Some("node specific"), Some(true)));
     // A pool over BIRD's prefix: an outside router may not announce pool routes, so the route
     // goes; the pool deleted, node-a asks BIRD again (ROUTE-REFRESH) and takes it back.
     apply(&lab, "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: covering\nspec:\n  cidr: 10.99.0.0/16\n  blockSize: 26\n");
@@ -1156,6 +1159,26 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
             assert!(route(&lab, n, block).is_some(), "{n} lacks {block}");
         }
     }
+    // A BGPPeer of node-b whose peerIP is node-c's address peers the two nodes, and node-c,
+    // which no BGPPeer names, peers back, as Calico's nodes do; deleted, both sessions go.
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: b-to-c\nspec:\n  node: node-b\n  peerIP: 192.168.200.101\n  asNumber: 64512\n",
+    );
+    wait_for(20, "node-b and node-c peered by the BGPPeer, from both ends", || {
+        peer_state(&lab, "node-b", "192.168.200.101").0 == "up"
+            && peer_state(&lab, "node-c", "192.168.100.101").0 == "up"
+    });
+    let c_to_b = peers(&lab, "node-c").into_iter().find(|p| p["peer"] == "192.168.100.101").expect("node-c's row");
+    assert_eq!((c_to_b["peer_type"].as_str(), c_to_b["external"].as_bool()), (Some("node specific"), Some(false)));
+    wait_for(10, "node-b's block on the new session", || {
+        peers(&lab, "node-c").iter().any(|p| p["peer"] == "192.168.100.101" && p["received"].as_u64() >= Some(1))
+    });
+    let out = lab.router(&["delete", "bgppeer", "b-to-c"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(20, "the sessions of b-to-c to go", || {
+        peers(&lab, "node-b").len() == 1 && peers(&lab, "node-c").len() == 1
+    });
 
     // The pool to IPIP Always: node-a now wraps what it sent to node-b directly.
     assert_eq!(route(&lab, "node-a", "10.244.2.0/26").expect("route")["encap"], "none");

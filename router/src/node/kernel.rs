@@ -401,8 +401,8 @@ fn sync(
                 (false, _) => {}
                 (true, true) => tracing::debug!(route = %r.args().join(" "), "the pod's own route is in place"),
                 (true, false) => tracing::info!(
-                    route = %r.args().join(" "),
-                    "the kernel routes this prefix by a route that is not ours: left as it is"
+                    ours = %r.args().join(" "),
+                    "the kernel routes this prefix already, by a route that is not ours: theirs left as it is, ours not added"
                 ),
             }
             if theirs {

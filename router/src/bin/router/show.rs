@@ -117,6 +117,11 @@ pub(super) fn print_bgp_status(st: &admin::BgpStatus) {
         }
         _ => nodeapi::outln!("IPv4 BGP status (AS {asn}, router ID {id})"),
     }
+    if peers.is_empty() {
+        // As calicoctl says it; an empty table looks like a lost answer.
+        nodeapi::outln!("No IPv4 peers found.");
+        return;
+    }
     // calicoctl's columns, and the route counts: received and used / refused by import
     // policy (`router routes --rejected`) / advertised.
     let addr_width = peers.iter().map(|p| p.peer.to_string().len()).max().unwrap_or(0).max(15);
