@@ -108,6 +108,9 @@ struct LabResult {
     bgp_bytes: u64,
     rss_mib_mean: f64,
     rss_mib_max: f64,
+    /// What the machine had less of once the lab was up and idle (MemAvailable), per node:
+    /// the daemons and what the kernel keeps for them, their namespaces and links.
+    machine_mib_per_node: f64,
     /// CPU time (user + system) of all node daemons from their start until converged.
     cpu_s_to_converge: f64,
     /// Idle afterwards: CPU time per node as a percentage of one core.
@@ -154,6 +157,13 @@ fn usage(pid: i32) -> anyhow::Result<Usage> {
 }
 
 /// Seconds since boot, on the clock of /proc's start times.
+/// The machine's MemAvailable, in bytes.
+fn mem_available() -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo")?;
+    let kib = s.lines().find_map(|l| l.strip_prefix("MemAvailable:")).and_then(|v| v.trim().strip_suffix("kB"));
+    kib.and_then(|v| v.trim().parse::<u64>().ok()).map(|k| k * 1024).context("no MemAvailable in /proc/meminfo")
+}
+
 fn uptime() -> anyhow::Result<f64> {
     let s = std::fs::read_to_string("/proc/uptime")?;
     s.split_whitespace().next().and_then(|v| v.parse().ok()).context("/proc/uptime")
@@ -245,13 +255,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         })?;
         bar.println(format!(
             "{n} nodes, {}: {} sessions, converged {:.1} s after the first node started (lab up {:.1} s), {} KiB of BGP, \
-             {:.1} MiB per node; borrowed /32 at every node in {:.0} ms",
+             {:.1} MiB RSS and {:.1} MiB of the machine per node; borrowed /32 at every node in {:.0} ms",
             layout.name(k),
             r.sessions,
             r.converged_s,
             r.lab_up_s,
             r.bgp_bytes / 1024,
             r.rss_mib_mean,
+            r.machine_mib_per_node,
             crate::median(&r.borrowed_announced.iter().map(|s| s.every_ms).collect::<Vec<_>>()),
         ));
         results.push(r);
@@ -301,6 +312,7 @@ fn measure(
 
     stage("waiting for a quiet machine");
     settle(Duration::from_secs_f64(o.settle_secs));
+    let available_before = mem_available()?;
     stage("lab up");
     let (nodes, subnets, rrs) = (n.to_string(), o.subnets.to_string(), rr.to_string());
     let t0 = Instant::now();
@@ -348,6 +360,7 @@ fn measure(
     let idle: Vec<Usage> = pids.iter().map(|&p| usage(p)).collect::<anyhow::Result<_>>()?;
     let idle_cpu: f64 = idle.iter().zip(&at_converged).map(|(b, a)| b.cpu_s - a.cpu_s).sum();
     let rss: Vec<f64> = idle.iter().map(|u| u.rss as f64 / (1 << 20) as f64).collect();
+    let machine = available_before.saturating_sub(mem_available()?) as f64 / (1 << 20) as f64 / n as f64;
 
     // A pod on the last node with an address of the first node's block: the last node
     // announces it as a /32 and every other node routes it there.
@@ -424,6 +437,7 @@ fn measure(
         bgp_bytes: bytes,
         rss_mib_mean: rss.iter().sum::<f64>() / rss.len() as f64,
         rss_mib_max: rss.iter().copied().fold(0.0, f64::max),
+        machine_mib_per_node: machine,
         cpu_s_to_converge: at_converged.iter().map(|u| u.cpu_s).sum(),
         idle_cpu_pct_per_node: 100.0 * idle_cpu / o.idle_secs / n as f64,
         idle_secs: o.idle_secs,
@@ -470,19 +484,24 @@ fn markdown(results: &[LabResult]) -> String {
     }
     let _ = write!(
         md,
-        "\n**Each node, idle.** Resident memory of a node daemon and its CPU use over {:.0} s after convergence.\n\n\
-         | layout | nodes | RSS per node (mean / max) | all nodes | idle CPU per node |\n|---|---:|---:|---:|---:|\n",
+        "\n**Each node, idle.** Resident memory of a node daemon, what the machine gave up per node (the drop in \
+         its available memory from before `lab up`: the daemon without the pages all daemons share, the kernel's \
+         part, the namespaces and links; the page cache moves it by some MiB, so small labs read low), and \
+         the daemon's CPU use over {:.0} s after convergence.\n\n\
+         | layout | nodes | RSS per node (mean / max) | all nodes | machine per node | idle CPU per node |\n\
+         |---|---:|---:|---:|---:|---:|\n",
         results.first().map_or(0.0, |r| r.idle_secs)
     );
     for r in results {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} / {:.1} MiB | {:.0} MiB | {:.2} % of a core |",
+            "| {} | {} | {:.1} / {:.1} MiB | {:.0} MiB | {:.1} MiB | {:.2} % of a core |",
             layout(r),
             r.nodes,
             r.rss_mib_mean,
             r.rss_mib_max,
             r.rss_mib_mean * r.nodes as f64,
+            r.machine_mib_per_node,
             r.idle_cpu_pct_per_node
         );
     }
@@ -590,5 +609,6 @@ mod tests {
         let u = usage(std::process::id() as i32).expect("our own /proc entry");
         assert!(u.rss > 1 << 20, "{u:?}");
         assert!(u.started_s > 0.0 && u.started_s <= uptime().expect("uptime") + 0.01, "{u:?}");
+        assert!(mem_available().expect("MemAvailable") > 1 << 20);
     }
 }
