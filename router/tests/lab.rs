@@ -416,7 +416,7 @@ fn a_node_owns_its_kernel_routes_and_flushes_them_at_stop_and_start() {
     let all = text(&lab.exec("node-a", &["ip", "route", "show"]).stdout);
     assert!(all.contains("192.168.200.0/24 via 192.168.100.1 dev eth0"), "the host's route went with the node:\n{all}");
     assert!(all.contains("default via 192.168.100.1 dev eth0"), "{all}");
-    assert!(lab.node_log("node-a").contains("not ours: left as it is"), "{}", lab.node_log("node-a"));
+    assert!(lab.node_log("node-a").contains("not ours: theirs left as it is"), "{}", lab.node_log("node-a"));
     // What a crashed run would leave, and a route of someone else's.
     let add = |args: &[&str]| {
         let out = lab.exec("node-a", args);
