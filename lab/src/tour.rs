@@ -191,7 +191,7 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     );
     t.exec("pod-a1", &["ping", "-c", "1", "-W", "2", &b1], true)?;
     let neigh = t.exec("pod-a1", &["ip", "neigh", "show", "169.254.1.1"], true)?;
-    let link = t.exec("node-a", &["ip", "-o", "link", "show", &cali], true)?;
+    let link = t.exec("node-a", &["ip", "link", "show", &cali], true)?;
     let learned = neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).unwrap_or("");
     if !learned.is_empty() && link.contains(learned) {
         t.note(&format!("{learned} is {cali} on node-a: the router answered for the gateway."));
