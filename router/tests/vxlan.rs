@@ -187,7 +187,7 @@ fn a_pool_turned_to_vxlan_in_etcd_brings_vxlan_calico_in_tun_mode_live_and_after
         let l = links();
         l.contains("vxlan.calico") && !l.contains("tunl0")
     });
-    assert!(links().lines().any(|l| l.contains("vxlan.calico") && l.contains("qdisc noqueue")), "{}", links());
+    assert!(links().lines().any(|l| l.contains("vxlan.calico") && l.contains("qdisc pfifo_fast")), "{}", links());
     wait_for(20, "pod-a1 reaching pod-c1 through VXLAN", || ping(&lab, "pod-a1", &["-c", "1", "-W", "1", POD_C1]).0);
     assert_eq!(encap_of(&lab, "node-a", "10.244.3.0/26"), "vxlan");
     let wrapped = || lab.json(&["stats", "--node", "node-a", "--json"])["vxlan_encapsulated"].as_u64().unwrap_or(0);
