@@ -156,7 +156,6 @@ fn usage(pid: i32) -> anyhow::Result<Usage> {
     Ok(Usage { rss: rss_kib * 1024, cpu_s: (field(14)? + field(15)?) / tck, started_s: field(22)? / tck })
 }
 
-/// Seconds since boot, on the clock of /proc's start times.
 /// The machine's MemAvailable, in bytes.
 fn mem_available() -> anyhow::Result<u64> {
     let s = std::fs::read_to_string("/proc/meminfo")?;
@@ -164,6 +163,7 @@ fn mem_available() -> anyhow::Result<u64> {
     kib.and_then(|v| v.trim().parse::<u64>().ok()).map(|k| k * 1024).context("no MemAvailable in /proc/meminfo")
 }
 
+/// Seconds since boot, on the clock of /proc's start times.
 fn uptime() -> anyhow::Result<f64> {
     let s = std::fs::read_to_string("/proc/uptime")?;
     s.split_whitespace().next().and_then(|v| v.parse().ok()).context("/proc/uptime")
