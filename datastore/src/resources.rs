@@ -1217,9 +1217,7 @@ fn validate_pool(p: &Typed<IpPoolSpec>) -> Result<(), (String, String)> {
     {
         return Err(("spec.allowedUses".into(), format!("{u:?}: Workload, Tunnel or LoadBalancer")));
     }
-    if let Some(m) = p.spec.assignment_mode.as_deref().filter(|m| !["Automatic", "Manual"].contains(m)) {
-        return Err(("spec.assignmentMode".into(), format!("{m:?}: Automatic or Manual")));
-    }
+    one_of("spec.assignmentMode", &p.spec.assignment_mode, &["Automatic", "Manual"])?;
     if let Some(s) = &p.spec.node_selector {
         crate::selector::Selector::parse(s).map_err(|e| ("spec.nodeSelector".into(), format!("{s:?}: {e}")))?;
     }
@@ -1228,9 +1226,7 @@ fn validate_pool(p: &Typed<IpPoolSpec>) -> Result<(), (String, String)> {
 }
 
 fn validate_bgp_configuration(c: &Typed<BgpConfigurationSpec>) -> Result<(), (String, String)> {
-    if let Some(m) = c.spec.bind_mode.as_deref().filter(|m| !["NodeIP", "None"].contains(m)) {
-        return Err(("spec.bindMode".into(), format!("{m:?}: NodeIP or None")));
-    }
+    one_of("spec.bindMode", &c.spec.bind_mode, &["NodeIP", "None"])?;
     for (field, list) in [
         ("serviceClusterIPs", &c.spec.service_cluster_ips),
         ("serviceExternalIPs", &c.spec.service_external_ips),
@@ -1258,11 +1254,7 @@ fn validate_bgp_configuration(c: &Typed<BgpConfigurationSpec>) -> Result<(), (St
     if let Some(t) = &c.spec.node_mesh_max_restart_time {
         duration_secs("spec.nodeMeshMaxRestartTime", t, 0, nodeapi::config::MAX_RESTART_TIME)?;
     }
-    if let Some(m) =
-        c.spec.service_load_balancer_aggregation.as_deref().filter(|m| !["Enabled", "Disabled"].contains(m))
-    {
-        return Err(("spec.serviceLoadBalancerAggregation".into(), format!("{m:?}: Enabled or Disabled")));
-    }
+    one_of("spec.serviceLoadBalancerAggregation", &c.spec.service_load_balancer_aggregation, &["Enabled", "Disabled"])?;
     for (field, addr, v6) in [
         ("spec.localWorkloadPeeringIPV4", &c.spec.local_workload_peering_ipv4, false),
         ("spec.localWorkloadPeeringIPV6", &c.spec.local_workload_peering_ipv6, true),
@@ -1287,6 +1279,14 @@ fn validate_bgp_configuration(c: &Typed<BgpConfigurationSpec>) -> Result<(), (St
     Ok(())
 }
 
+/// A field that takes one of a few words, as Calico spells them.
+fn one_of(field: &str, value: &Option<String>, allowed: &[&str]) -> Result<(), (String, String)> {
+    match value.as_deref() {
+        Some(v) if !allowed.contains(&v) => Err((field.into(), format!("{v:?}: {}", allowed.join(" or ")))),
+        _ => Ok(()),
+    }
+}
+
 /// A password's secret and key as Kubernetes names them: never a path outside the node's
 /// secrets directory.
 fn secret_ref(field: &str, pw: &BgpPassword) -> Result<(), (String, String)> {
@@ -1307,9 +1307,7 @@ fn secret_ref(field: &str, pw: &BgpPassword) -> Result<(), (String, String)> {
 }
 
 fn validate_bgp_peer(p: &Typed<BgpPeerSpec>) -> Result<(), (String, String)> {
-    if let Some(a) = p.spec.source_address.as_deref().filter(|a| !["UseNodeIP", "None"].contains(a)) {
-        return Err(("spec.sourceAddress".into(), format!("{a:?}: UseNodeIP or None")));
-    }
+    one_of("spec.sourceAddress", &p.spec.source_address, &["UseNodeIP", "None"])?;
     if p.spec.ttl_security.is_some_and(|t| t == 0 || t == 255) {
         return Err(("spec.ttlSecurity".into(), "a hop count from 1 to 254".into()));
     }
@@ -1330,16 +1328,10 @@ fn validate_bgp_peer(p: &Typed<BgpPeerSpec>) -> Result<(), (String, String)> {
     if let Some(pw) = &p.spec.password {
         secret_ref("spec.password", pw)?;
     }
-    for (field, value, allowed) in [
-        ("spec.restartMode", &p.spec.restart_mode, &["GracefulRestart", "LongLivedGracefulRestart"][..]),
-        ("spec.birdGatewayMode", &p.spec.bird_gateway_mode, &["Recursive", "DirectIfDirectlyConnected"][..]),
-        ("spec.failureDetectionMode", &p.spec.failure_detection_mode, &["None", "BFDIfDirectlyConnected"][..]),
-        ("spec.nextHopMode", &p.spec.next_hop_mode, &["Auto", "Self", "Keep"][..]),
-    ] {
-        if let Some(v) = value.as_deref().filter(|v| !allowed.contains(v)) {
-            return Err((field.into(), format!("{v:?}: {}", allowed.join(" or "))));
-        }
-    }
+    one_of("spec.restartMode", &p.spec.restart_mode, &["GracefulRestart", "LongLivedGracefulRestart"])?;
+    one_of("spec.birdGatewayMode", &p.spec.bird_gateway_mode, &["Recursive", "DirectIfDirectlyConnected"])?;
+    one_of("spec.failureDetectionMode", &p.spec.failure_detection_mode, &["None", "BFDIfDirectlyConnected"])?;
+    one_of("spec.nextHopMode", &p.spec.next_hop_mode, &["Auto", "Self", "Keep"])?;
     if p.spec.keep_original_next_hop == Some(true) && p.spec.next_hop_mode.as_deref().is_some_and(|m| m != "Keep") {
         return Err((
             "spec.nextHopMode".into(),

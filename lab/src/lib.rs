@@ -63,9 +63,11 @@ impl Lab {
 
     /// Held while a command builds, removes or restarts parts of the lab: two `lab up` at
     /// once would each pass the "already up" check and then tear down what the other
-    /// made. The lock file sits beside the lab's directory, which `down` removes, and goes
-    /// with it: a waiter that then holds the lock of a removed file tries again.
-    fn lock(&self) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    /// made. The lock file sits beside the lab's directory and lives as long as it: let go
+    /// when there is no lab directory (after `down`, or an `up` that failed before it made
+    /// one), it is removed first, and a waiter that then holds the lock of a removed file
+    /// tries again.
+    fn lock(&self) -> anyhow::Result<Held> {
         use nix::fcntl::{Flock, FlockArg};
         use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
         let base = self.dir.parent().context("the lab directory has no parent")?;
@@ -95,7 +97,7 @@ impl Lab {
             };
             let same = |m: std::fs::Metadata| held.metadata().is_ok_and(|h| (h.dev(), h.ino()) == (m.dev(), m.ino()));
             if std::fs::metadata(&path).is_ok_and(same) {
-                return Ok(held);
+                return Ok(Held { _lock: held, path, dir: self.dir.clone() });
             }
         }
     }
@@ -180,15 +182,25 @@ pub struct UpOptions {
     pub exe: PathBuf,
 }
 
+/// [`Lab::lock`] held.
+struct Held {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Before the lock goes with `_lock`: no one can hold the file being removed.
+        if !self.dir.exists() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     let _held = lab.lock()?;
-    let up = up_locked(lab, opts);
-    // An up that failed before it made anything (a wrong topology) leaves no lock file
-    // either; removed while held, as `down` does.
-    if up.is_err() && !lab.dir.exists() {
-        let _ = std::fs::remove_file(lab.lock_path());
-    }
-    up
+    up_locked(lab, opts)
 }
 
 fn up_locked(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
@@ -1127,10 +1139,7 @@ pub struct DownReport {
 /// Stops the lab's daemons, kills whatever else runs in its namespaces, deletes them.
 pub fn down(lab: &Lab) -> anyhow::Result<DownReport> {
     let _held = lab.lock()?;
-    let report = down_locked(lab)?;
-    // Removed while held: a command waiting for it finds the file gone and makes a new one.
-    let _ = std::fs::remove_file(lab.lock_path());
-    Ok(report)
+    down_locked(lab)
 }
 
 fn down_locked(lab: &Lab) -> anyhow::Result<DownReport> {

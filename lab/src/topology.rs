@@ -190,8 +190,9 @@ fn mesh_password(src: &Source<'_>, c: &RawCluster) -> Result<Option<String>, Fil
     if !c.node_to_node_mesh {
         return Err(src.error_at(pw.span(), "node_mesh_password needs the mesh (node_to_node_mesh = true)"));
     }
-    if pw.get_ref().is_empty() || pw.get_ref().len() > 80 {
-        return Err(src.error_at(pw.span(), "TCP MD5 passwords are 1 to 80 bytes"));
+    if pw.get_ref().is_empty() || pw.get_ref().len() > nodeapi::secrets::MAX_PASSWORD {
+        let most = nodeapi::secrets::MAX_PASSWORD;
+        return Err(src.error_at(pw.span(), format!("TCP MD5 passwords are 1 to {most} bytes")));
     }
     Ok(Some(pw.get_ref().clone()))
 }
@@ -639,8 +640,9 @@ fn bgp_peer(
             return Err(src.error_at(n.span(), format!("no node named {:?}", n.get_ref())));
         }
     }
-    if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
-        return Err(src.error_at(p.peer_ip.span(), "TCP MD5 passwords are at most 80 bytes"));
+    if p.password.as_ref().is_some_and(|pw| pw.len() > nodeapi::secrets::MAX_PASSWORD) {
+        let most = nodeapi::secrets::MAX_PASSWORD;
+        return Err(src.error_at(p.peer_ip.span(), format!("TCP MD5 passwords are at most {most} bytes")));
     }
     let ttl_security = match &p.ttl_security {
         Some(t) if !(1..=254).contains(t.get_ref()) => {

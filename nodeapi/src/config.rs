@@ -243,20 +243,25 @@ pub fn cluster_peers(
             };
             let (restart_time, password) =
                 if mesh { (mesh_restart_time, mesh_password.map(str::to_string)) } else { (None, None) };
-            Some(BgpPeer { restart_time, password, ..node_peer(me, n.address, kind, n.as_number, n.port) })
+            Some(BgpPeer {
+                restart_time,
+                password,
+                ..node_peer(me.into(), n.address.into(), kind, n.as_number, n.port)
+            })
         })
         .collect()
 }
 
-/// A session with another node of the cluster: of a pair, the higher address waits.
-pub fn node_peer(me: Ipv4Addr, address: Ipv4Addr, kind: PeerKind, as_number: u32, port: u16) -> BgpPeer {
+/// A session with another node of the cluster, over the family of `me` and `address` (the
+/// node's own addresses): of a pair, the higher address waits.
+pub fn node_peer(me: IpAddr, address: IpAddr, kind: PeerKind, as_number: u32, port: u16) -> BgpPeer {
     BgpPeer {
-        address: address.into(),
+        address,
         as_number,
         port,
         kind,
         external: false,
-        passive: u32::from(me) > u32::from(address),
+        passive: me > address,
         password: None,
         ttl_security: None,
         filters: Vec::new(),
@@ -984,8 +989,8 @@ fn bgp_peer(
     if address.is_ipv6() && addr6.is_none() {
         return refuse("an IPv6 peer needs the node's own IPv6 address: add an [ipv6] section");
     }
-    if p.password.as_ref().is_some_and(|pw| pw.len() > 80) {
-        return refuse("TCP MD5 passwords are at most 80 bytes");
+    if p.password.as_ref().is_some_and(|pw| pw.len() > crate::secrets::MAX_PASSWORD) {
+        return refuse(&format!("TCP MD5 passwords are at most {} bytes", crate::secrets::MAX_PASSWORD));
     }
     if p.ttl_security.is_some_and(|t| !(1..=254).contains(&t)) {
         return refuse("ttl_security is a hop count from 1 to 254");

@@ -200,20 +200,16 @@ pub fn view_with(
         secs("bgpconfigurations/default", "spec.nodeMeshMaxRestartTime", t, 0, MAX_RESTART_TIME, &mut notes)
     });
     // The mesh's TCP-MD5 key, as a BGPPeer's: unreadable, the mesh waits for it.
-    let mesh_key = config.and_then(|c| c.node_mesh_password.as_ref()).filter(|_| mesh).map(|pw| {
-        let what = "bgpconfigurations/default: nodeMeshPassword";
-        read_key(secrets, &pw.secret_key_ref, what, "the mesh sessions", &mut notes)
-    });
+    let mesh_key = match config.and_then(|c| c.node_mesh_password.as_ref()).filter(|_| mesh) {
+        None => Ok(None),
+        Some(pw) => {
+            let what = "bgpconfigurations/default: nodeMeshPassword";
+            read_key(secrets, &pw.secret_key_ref, what, "the mesh sessions", &mut notes)
+        }
+    };
     let mut peers = match mesh_key {
-        Some(Err(())) => Vec::new(),
-        key => nodeapi::config::cluster_peers(
-            my_addr,
-            my_rr,
-            &others,
-            mesh,
-            mesh_restart,
-            key.and_then(Result::ok).flatten().as_deref(),
-        ),
+        Ok(key) => nodeapi::config::cluster_peers(my_addr, my_rr, &others, mesh, mesh_restart, key.as_deref()),
+        Err(()) => Vec::new(),
     };
     let here = Here { me, my_addr, my_addr6, my_rr, my_labels, nodes: &nodes, cluster_as, port_of: &port_of, secrets };
     for x in resources {
@@ -445,14 +441,11 @@ impl Here<'_> {
                     (None, Some(_)) => PeerKind::RouteReflector,
                     _ => PeerKind::NodeSpecific,
                 };
-                peers.push(BgpPeer {
-                    as_number: n.as_number,
-                    port: port.or_else(|| (self.port_of)(n.name)).unwrap_or(179),
-                    kind,
-                    external: false,
-                    passive: mine > address,
-                    ..common(address, password)
-                });
+                let port = port.or_else(|| (self.port_of)(n.name)).unwrap_or(179);
+                let node = nodeapi::config::node_peer(mine, address, kind, n.as_number, port);
+                let (as_number, port, kind, external, passive) =
+                    (node.as_number, node.port, node.kind, node.external, node.passive);
+                peers.push(BgpPeer { as_number, port, kind, external, passive, ..common(address, password) });
             };
         if let Some(s) = &spec.peer_selector {
             // Nodes as peers (Calico's route reflector setup: every node peers with the nodes
