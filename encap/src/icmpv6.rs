@@ -106,6 +106,18 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::CODE]
     }
 
+    /// The target address of a neighbour solicitation or advertisement, unchecked otherwise
+    /// (what it asks about or announces: the address a capture of that host wants to see).
+    pub fn ndp_target(&self) -> Option<Ipv6Addr> {
+        let b = self.buffer.as_ref();
+        let t = self.msg_type();
+        if t != types::NEIGHBOR_SOLICITATION && t != types::NEIGHBOR_ADVERTISEMENT {
+            return None;
+        }
+        let o: [u8; 16] = b.get(field::TARGET)?.try_into().ok()?;
+        Some(Ipv6Addr::from(o))
+    }
+
     /// Whether the checksum over the pseudo-header of `src` → `dst` and the message is right.
     pub fn verify_checksum(&self, src: Ipv6Addr, dst: Ipv6Addr) -> bool {
         let b = self.buffer.as_ref();

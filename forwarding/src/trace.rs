@@ -172,21 +172,29 @@ fn tunnelled(ip: &[u8]) -> Option<(&[u8], Option<VxlanInfo>)> {
     }
 }
 
-/// Whether a packet (a frame when `ethernet`) is to or from `host`: by its addresses, those
-/// of the packet inside IPIP or VXLAN (a pod's traffic across the tunnel), or an ARP's
-/// sender and target. What a capture's host filter keeps.
-pub fn involves(data: &[u8], ethernet: bool, host: IpAddr) -> bool {
+/// Whether a packet (a frame when `ethernet`) is to or from one of `hosts`: by its addresses,
+/// those of the packet inside IPIP or VXLAN (a pod's traffic across the tunnel), an ARP's
+/// sender and target, or the target of a neighbour solicitation or advertisement. What a
+/// capture's host filter keeps.
+pub fn involves(data: &[u8], ethernet: bool, hosts: &[IpAddr]) -> bool {
+    let is = |a: IpAddr| hosts.contains(&a);
     let Some(bytes) = l3(data, ethernet) else {
         // Not IP: ARP is the one other kind with addresses to match.
         return ethernet::Frame::new_checked(data).is_ok_and(|f| f.ethertype() == ethernet::EtherType::Arp)
             && encap::arp::ArpRepr::parse(&data[ethernet::HEADER_LEN..])
-                .is_ok_and(|a| host == IpAddr::V4(a.sender_ip) || host == IpAddr::V4(a.target_ip));
+                .is_ok_and(|a| is(a.sender_ip.into()) || is(a.target_ip.into()));
     };
     if is_v6(bytes) {
-        return ipv6::Packet::new_checked(bytes)
-            .is_ok_and(|p| host == IpAddr::V6(p.src()) || host == IpAddr::V6(p.dst()));
+        return ipv6::Packet::new_checked(bytes).is_ok_and(|p| {
+            let ndp = || {
+                p.next_header() == ipv6::NEXT_ICMPV6
+                    && encap::icmpv6::Packet::new_checked(p.payload())
+                        .is_ok_and(|m| m.ndp_target().is_some_and(|t| is(t.into())))
+            };
+            is(p.src().into()) || is(p.dst().into()) || ndp()
+        });
     }
-    let ends = |p: &ipv4::Packet<&[u8]>| host == IpAddr::V4(p.src()) || host == IpAddr::V4(p.dst());
+    let ends = |p: &ipv4::Packet<&[u8]>| is(p.src().into()) || is(p.dst().into());
     ipv4::Packet::new_checked(bytes).is_ok_and(|p| {
         ends(&p) || tunnelled(bytes).is_some_and(|(inner, _)| ipv4::Packet::new_checked(inner).is_ok_and(|i| ends(&i)))
     })
@@ -415,12 +423,12 @@ mod tests {
             .write(&mut inner, b"ping")
             .expect("build");
         let ipip = frame(eth().ipv4([192, 168, 100, 100], [192, 168, 200, 101], 64), 4, &inner);
-        assert!(involves(&ipip, true, pod));
-        assert!(involves(&ipip, true, [192, 168, 200, 101].into()));
-        assert!(!involves(&ipip, true, [10, 244, 2, 1].into()));
+        assert!(involves(&ipip, true, &[pod]));
+        assert!(involves(&ipip, true, &[[192, 168, 200, 101].into()]));
+        assert!(!involves(&ipip, true, &[[10, 244, 2, 1].into()]));
         // The node's kernel's own chatter on the uplink is not the pod's.
         let igmp = frame(eth().ipv4([192, 168, 100, 100], [224, 0, 0, 22], 1), 2, &[0x22, 0, 0, 0]);
-        assert!(!involves(&igmp, true, pod));
+        assert!(!involves(&igmp, true, &[pod]));
         let mut arp = vec![0u8; 14 + encap::arp::PACKET_LEN];
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         let ask = encap::arp::ArpRepr {
@@ -431,13 +439,28 @@ mod tests {
             target_ip: [169, 254, 1, 1].into(),
         };
         ask.emit(&mut arp[14..]);
-        assert!(involves(&arp, true, pod) && involves(&arp, true, [169, 254, 1, 1].into()));
-        assert!(!involves(&arp, true, [10, 244, 3, 2].into()));
+        assert!(involves(&arp, true, &[pod]) && involves(&arp, true, &[[169, 254, 1, 1].into()]));
+        assert!(!involves(&arp, true, &[[10, 244, 3, 2].into()]));
         let v6 = frame(eth().ipv6([0xfd; 16], [0xfe; 16], 64), 17, &[0; 8]);
-        assert!(involves(&v6, true, std::net::IpAddr::from([0xfe; 16])) && !involves(&v6, true, pod));
-        assert!(!involves(&[0u8; 5], true, pod));
+        assert!(involves(&v6, true, &[std::net::IpAddr::from([0xfe; 16])]) && !involves(&v6, true, &[pod]));
+        assert!(!involves(&[0u8; 5], true, &[pod]));
         // Bare IP, as the tun data plane has it.
-        assert!(involves(&inner, false, pod) && !involves(&inner, false, [10, 244, 2, 1].into()));
+        assert!(involves(&inner, false, &[pod]) && !involves(&inner, false, &[[10, 244, 2, 1].into()]));
+        // A dual-stack pod is both its addresses, and its IPv6 address is also what the
+        // neighbour discovery about it names as target, between link-local addresses.
+        let pod6: std::net::Ipv6Addr = "fd00:10:244::81".parse().expect("addr");
+        let both = [pod, pod6.into()];
+        assert!(involves(&ipip, true, &both) && !involves(&v6, true, &both));
+        let (gw, asked) = ("fe80::ecee:eeff:feee:eeee".parse().expect("addr"), encap::icmpv6::solicited_node(pod6));
+        let ns = encap::icmpv6::Ndp::Solicit { target: pod6, source_mac: Some(encap::MacAddr([0xee; 6])) };
+        let mut msg = vec![0u8; ns.buffer_len()];
+        let n = ns.emit(&mut msg, gw, asked);
+        let solicit = frame(eth().ipv6(gw.octets(), asked.octets(), 255), 58, &msg[..n]);
+        assert!(involves(&solicit, true, &both) && !involves(&solicit, true, &[pod]));
+        let elsewhere =
+            encap::icmpv6::Ndp::Solicit { target: "fd00:10:244::82".parse().expect("addr"), source_mac: None };
+        let n = elsewhere.emit(&mut msg, gw, asked);
+        assert!(!involves(&frame(eth().ipv6(gw.octets(), asked.octets(), 255), 58, &msg[..n]), true, &both));
     }
 
     #[test]

@@ -31,9 +31,11 @@ pub enum Request {
         count: u64,
         #[serde(default)]
         seconds: Option<u64>,
-        /// Only frames to or from this address (also inside a tunnel, and ARP for it).
+        /// Only frames to or from these addresses (also inside a tunnel, and ARP or NDP for
+        /// them): a host's, or a dual-stack pod's two; none: every frame. At most
+        /// [`MAX_CAPTURE_HOSTS`].
         #[serde(default)]
-        host: Option<IpAddr>,
+        hosts: Vec<IpAddr>,
     },
     CaptureStop,
     CaptureStatus,
@@ -265,6 +267,9 @@ pub fn valid_token(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// The most addresses a capture's host filter takes: every frame is matched against each.
+pub const MAX_CAPTURE_HOSTS: usize = 16;
+
 /// The longest pod name (a DNS subdomain's length) and container id a node takes.
 pub const MAX_POD_NAME: usize = 253;
 pub const MAX_CONTAINER_ID: usize = 256;
@@ -478,9 +483,9 @@ impl Client {
         interface: Option<String>,
         count: u64,
         seconds: Option<u64>,
-        host: Option<IpAddr>,
+        hosts: Vec<IpAddr>,
     ) -> Result<CaptureStarted, ClientError> {
-        self.call(Request::CaptureStart { path, interface, count, seconds, host })
+        self.call(Request::CaptureStart { path, interface, count, seconds, hosts })
     }
 
     pub fn capture_status(&self) -> Result<CaptureStatus, ClientError> {

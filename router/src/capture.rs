@@ -179,7 +179,7 @@ mod tests {
         let tap = Tap::default();
         let limits = Limits { packets: 0, bytes: 24 + 10 * (16 + 1000), time: Duration::from_secs(60) };
         let c = Capture::start(&d.join("s.pcap"), limits, &tap).expect("start");
-        tap.start(None, None);
+        tap.start(None, Vec::new());
         for _ in 0..50 {
             tap.copy(IfaceId(0), Direction::Rx, &[0u8; 1000], true);
         }

@@ -350,4 +350,33 @@ fn capture_shows_ipv6_as_the_router_forwards_it() {
     // Requests leave node-a with hop limit 63; replies arrive from node-b's router at 63.
     assert!(rows.lines().any(|l| l == "fd00:10:244::1\tfd00:10:244::41\t63\t128"), "{rows}");
     assert!(rows.lines().any(|l| l == "fd00:10:244::41\tfd00:10:244::1\t63\t129"), "{rows}");
+
+    // A pod named as the host to capture is both its addresses in a dual-stack lab; pod-c1's
+    // pings, which leave by eth0 too, stay out.
+    let file = lab.dir.join(format!("{}-capture-both.pcap", lab.name));
+    let args = ["capture", "--node", "node-a", "--interface", "eth0", "--host", "pod-b1", "-c", "4", "--json", "-w"];
+    let cap = lab
+        .command(&[&args[..], &[file.to_str().unwrap_or_default()]].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("router capture");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for (pod, addr) in
+        [("c1", "fd00:10:244::81"), ("b1", "fd00:10:244::41"), ("c1", "10.244.3.1"), ("b1", "10.244.2.1")]
+    {
+        let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", addr]);
+        assert!(ok, "pod-{pod}: {out}");
+    }
+    let done = cap.wait_with_output().expect("capture ends");
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&done.stdout).expect("capture --json");
+    assert_eq!(report["written"], 4, "{report}");
+    let out = std::process::Command::new("tshark")
+        .args(["-r", file.to_str().unwrap_or_default(), "-T", "fields", "-e", "ipv6.dst", "-e", "ip.dst"])
+        .output()
+        .expect("tshark reads the capture");
+    let rows = text(&out.stdout);
+    let want = "fd00:10:244::41\t\nfd00:10:244::1\t\n\t10.244.2.1\n\t10.244.1.1\n";
+    assert_eq!(rows, want);
 }

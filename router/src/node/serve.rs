@@ -98,9 +98,16 @@ impl Node {
 
     fn capture_request(&mut self, req: Request) -> admin::Answer {
         match req {
-            Request::CaptureStart { path, interface, count, seconds, host } => {
+            Request::CaptureStart { path, interface, count, seconds, hosts } => {
                 if let Some(c) = &self.capture {
                     return Err(format!("a capture into {} is already running; stop it first", c.path.display()));
+                }
+                if hosts.len() > admin::MAX_CAPTURE_HOSTS {
+                    return Err(format!(
+                        "a capture filters on {} addresses at most, not {}",
+                        admin::MAX_CAPTURE_HOSTS,
+                        hosts.len()
+                    ));
                 }
                 let iface = match &interface {
                     Some(name) => Some(self.dp.interfaces().by_name(name).ok_or_else(|| {
@@ -111,7 +118,7 @@ impl Node {
                 };
                 let limits = crate::capture::Limits::capped(count, seconds);
                 let c = crate::capture::Capture::start(&path, limits, self.dp.tap())?;
-                self.dp.tap().start(iface, host);
+                self.dp.tap().start(iface, hosts);
                 self.capture = Some(c);
                 admin::answer(&admin::CaptureStarted { path, active: true })
             }

@@ -204,7 +204,7 @@ pub(super) fn capture(
     interface: Option<String>,
     count: u64,
     duration: u64,
-    host: Option<std::net::IpAddr>,
+    hosts: Vec<std::net::IpAddr>,
     file: PathBuf,
 ) -> anyhow::Result<i32> {
     let path = if file.is_absolute() { file } else { std::env::current_dir()?.join(file) };
@@ -219,14 +219,15 @@ pub(super) fn capture(
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     let mut what = interface.clone().unwrap_or_else(|| "all interfaces".into());
-    if let Some(h) = host {
-        what.push_str(&format!(", to or from {h}"));
+    if !hosts.is_empty() {
+        let hs: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        what.push_str(&format!(", to or from {}", hs.join(" or ")));
     }
     let node = q.client()?;
     // The node ends the capture at its limits (0 seconds: its own, an hour); this loop only
     // waits for that, or for Ctrl-C.
     let limit = router::capture::Limits::capped(count, Some(duration)).time.as_secs();
-    node.capture_start(path.clone(), interface, count, Some(duration), host)?;
+    node.capture_start(path.clone(), interface, count, Some(duration), hosts)?;
     eprintln!(
         "capturing on {what} into {} (up to {limit} s{}; Ctrl-C stops)",
         path.display(),

@@ -136,8 +136,9 @@ enum Cmd {
         /// Stop after this many seconds at most (0: the node's limit, an hour).
         #[arg(long, default_value_t = 10)]
         duration: u64,
-        /// Only packets to or from this address, also inside IPIP or VXLAN, and ARP for it;
-        /// in a lab, a host's or a container's name stands for its address.
+        /// Only packets to or from this address, also inside IPIP or VXLAN, and ARP or NDP
+        /// for it; in a lab, a host's or a container's name stands for its address (both,
+        /// IPv4 and IPv6, in a dual-stack lab).
         #[arg(long, value_name = "ADDR")]
         host: Option<String>,
         /// The pcap file to write.
@@ -620,6 +621,22 @@ impl Query {
 
     /// An IP address, or a lab host's or container's name for its first address (IPv4).
     fn address_of(&self, s: &str) -> anyhow::Result<std::net::IpAddr> {
+        self.named(s, false)
+    }
+
+    /// Every address `s` stands for: itself, or a lab host's or container's IPv4 address and,
+    /// in a dual-stack lab, its IPv6 one.
+    fn addresses_of(&self, s: &str) -> anyhow::Result<Vec<std::net::IpAddr>> {
+        let v4 = self.named(s, false)?;
+        if s.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(vec![v4]);
+        }
+        Ok([Some(v4), self.named(s, true).ok()].into_iter().flatten().collect())
+    }
+
+    /// `s` as an address, or the address (of the family `v6` asks for) of the lab's host or
+    /// container of that name.
+    fn named(&self, s: &str, v6: bool) -> anyhow::Result<std::net::IpAddr> {
         if let Ok(a) = s.parse() {
             return Ok(a);
         }
@@ -629,8 +646,8 @@ impl Query {
             bail!("{}, and no lab {:?} is up to name it", not(), lab.name);
         };
         let containers: Vec<admin::PodSpec> = lab::containers::served(&st).into_iter().map(|(_, p)| p.pod).collect();
-        match lab_cmd::named_address(&st, &containers, s, false) {
-            Some(a) => a.with_context(|| format!("{s} has no IPv4 address")),
+        match lab_cmd::named_address(&st, &containers, s, v6) {
+            Some(a) => a.with_context(|| format!("{s} has no {} address", if v6 { "IPv6" } else { "IPv4" })),
             None => bail!("{}, nor a host or container of lab {:?}", not(), lab.name),
         }
     }
@@ -869,8 +886,11 @@ installed {} as {}",
         }
         Cmd::Stats(q) => q.print(&q.client()?.stats()?, print_stats),
         Cmd::Capture { interface, count, duration, host, file, query } => {
-            let host = host.map(|h| query.address_of(&h)).transpose()?;
-            capture(&query, interface, count, duration, host, file)
+            let hosts = match host {
+                Some(h) => query.addresses_of(&h)?,
+                None => Vec::new(),
+            };
+            capture(&query, interface, count, duration, hosts, file)
         }
         Cmd::Neighbours(q) => {
             let client = q.client()?;
