@@ -26,6 +26,11 @@ pub fn containers_conf(lab: &Lab, node: &str) -> PathBuf {
     node_dir(lab, node).join("containers.conf")
 }
 
+/// The annotations that mark a container made on a lab's node: the lab's directory, and the
+/// node.
+const LAB_ANNOTATION: &str = "router.lab";
+const NODE_ANNOTATION: &str = "router.node";
+
 /// Writes the IPAM state (every node's block, the topology's pods), the plugin, and per
 /// node its network config and `containers.conf`.
 pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option<&str>) -> anyhow::Result<()> {
@@ -72,10 +77,13 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option
         std::fs::write(&conf, serde_json::to_string_pretty(&cni::install::conflist(&target))?)
             .with_context(|| format!("writing {}", conf.display()))?;
         // What podman needs on these machines: the CNI backend pointed at the node's
-        // network, cgroupfs, and ulimits it may set.
+        // network, cgroupfs, and ulimits it may set; and a mark on every container made
+        // here, so that `lab down` finds also those whose ADD failed (the plugin never
+        // recorded them, and podman keeps them, named, in its state of the whole machine).
         let text = format!(
             "# podman on lab node {node} (CONTAINERS_CONF; `router lab exec {node} -- podman ...` sets it)\n\
              [containers]\n\
+             annotations = [\"{LAB_ANNOTATION}={lab_dir}\", \"{NODE_ANNOTATION}={node}\"]\n\
              default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
              [engine]\n\
              cgroup_manager = \"cgroupfs\"\n\
@@ -87,6 +95,7 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option
              cni_plugin_dirs = [\"{bin}\", \"/usr/lib/cni\"]\n\
              default_network = \"{net}\"\n",
             node = n.name,
+            lab_dir = lab.dir.display(),
             net_d = net_d.display(),
             bin = bin.display(),
             net = cni::install::NETWORK,
@@ -125,13 +134,50 @@ pub fn served(st: &crate::state::State) -> Vec<(String, nodeapi::admin::PodStatu
     all
 }
 
+/// The containers podman keeps that were made on the lab's nodes (by their annotations),
+/// whether or not they ever got an address: each with its node.
+fn annotated(lab: &Lab, st: &crate::state::State) -> Vec<(String, String)> {
+    let Some(node) = st.hosts.iter().find(|h| h.role == crate::state::Role::Node) else { return Vec::new() };
+    let podman = |args: &[&str]| {
+        std::process::Command::new("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", containers_conf(lab, &node.name))
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let Some(all) = podman(&["ps", "--all", "--quiet", "--no-trunc"]) else { return Vec::new() };
+    let ids: Vec<&str> = all.split_whitespace().collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let format =
+        format!("{{{{.ID}}}} {{{{index .Config.Annotations \"{LAB_ANNOTATION}\"}}}} {{{{index .Config.Annotations \"{NODE_ANNOTATION}\"}}}}");
+    let Some(marks) = podman(&[&["inspect", "--type", "container", "--format", &format][..], &ids].concat()) else {
+        return Vec::new();
+    };
+    let dir = lab.dir.display().to_string();
+    marks
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (id, at, node) = (w.next()?, w.next()?, w.next()?);
+            (at == dir).then(|| (node.to_string(), id.to_string()))
+        })
+        .collect()
+}
+
 /// Removes the containers the lab's nodes ran, through podman with each node's config (so
-/// the plugin's DEL runs while the nodes still do). They are found in the file IPAM and in
-/// what the nodes serve (with the lab's IPAM in etcd, only there). Without podman there
-/// are none.
+/// the plugin's DEL runs while the nodes still do). They are found in the file IPAM, in
+/// what the nodes serve (with the lab's IPAM in etcd, only there) and by the annotation
+/// every container made on a node carries. Without podman there are none.
 pub fn remove_all(lab: &Lab, st: &crate::state::State) {
     let mut ids = container_ids(lab);
-    for (node, id) in served(st).into_iter().filter_map(|(n, p)| Some((n, p.pod.container?))) {
+    let more = served(st).into_iter().filter_map(|(n, p)| Some((n, p.pod.container?))).chain(annotated(lab, st));
+    for (node, id) in more {
         if !ids.iter().any(|(_, known)| *known == id) {
             ids.push((node, id));
         }

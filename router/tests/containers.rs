@@ -233,6 +233,58 @@ fn the_node_keeps_forwarding_while_pods_come_and_go() {
     assert!(ok, "{out}");
 }
 
+/// The addresses of the containers `node` serves.
+fn served(lab: &TestLab, node: &str) -> Vec<String> {
+    let mut v: Vec<String> =
+        pods_of(lab, node).iter().map(|h| h["addresses"][0].as_str().unwrap_or_default().to_string()).collect();
+    v.sort();
+    v
+}
+
+/// A DEL that cannot reach the node (stopped, or not running) still succeeds and frees the
+/// address; the pod the node kept must not refuse the next container IPAM gives it to.
+#[test]
+fn a_container_deleted_while_its_node_could_not_hear_leaves_no_ghost() {
+    let lab = TestLab::up(&[]);
+    let signal = |sig: &str| {
+        let pid = lab.daemon_pid("node-a").to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().expect("kill").success());
+    };
+    let (a, a_ip) = run(&lab, "node-a");
+    let (b, b_ip) = run(&lab, "node-a");
+    // A frozen node: the DEL waits for it, gives up and frees the address.
+    signal("-STOP");
+    podman(&lab, "node-a", &["rm", "--force", "--time", "0", &a]);
+    signal("-CONT");
+    let (c, c_ip) = run(&lab, "node-a");
+    assert_eq!(c_ip, a_ip, "IPAM gives the freed address again");
+    container_pings(&lab, "node-a", &c, "10.244.3.1");
+    let mut both = vec![format!("{b_ip}/32"), format!("{c_ip}/32")];
+    both.sort();
+    assert_eq!(served(&lab, "node-a"), both);
+    // A node that is not running: started again, it forgets the container that went.
+    signal("-KILL");
+    podman(&lab, "node-a", &["rm", "--force", "--time", "0", &b]);
+    let restart = lab.router(&["lab", "restart", "node-a"]);
+    assert!(restart.status.success(), "{}", text(&restart.stderr));
+    assert_eq!(served(&lab, "node-a"), [format!("{c_ip}/32")]);
+    let (d, d_ip) = run(&lab, "node-a");
+    assert_eq!(d_ip, b_ip, "IPAM gives the freed address again");
+    container_pings(&lab, "node-a", &d, "10.244.2.1");
+    assert!(lab.node_log("node-a").contains("pod forgotten"), "{}", lab.node_log("node-a"));
+
+    // An ADD that fails leaves podman a created container that no node or IPAM knows; the
+    // lab's mark on it lets `lab down` remove it too.
+    signal("-KILL");
+    let name = format!("{}-no-node", lab.name);
+    let args = ["podman", "run", "-d", "--name", &name, "--network", "router", image(), "sleep", "600"];
+    assert!(!lab.exec("node-a", &args).status.success(), "ADD with node-a not running");
+    let exists = || Command::new("podman").args(["container", "exists", &name]).status().expect("podman").success();
+    assert!(exists(), "podman keeps the container whose ADD failed");
+    assert!(lab.down().status.success());
+    assert!(!exists(), "lab down removed {name}");
+}
+
 #[test]
 fn containers_work_on_the_tun_data_plane_too() {
     let lab = TestLab::up(&["--dataplane", "tun"]);

@@ -4,7 +4,7 @@
 //! route and no port until the interface comes (back).
 //!
 //! Pods added while running are written to `<admin socket>.pods`, so a restarted node
-//! serves the containers that still run.
+//! serves the containers that still run (and forgets those whose interface went meanwhile).
 
 use super::*;
 use nodeapi::admin::{self, PodSpec, PodStatus};
@@ -19,15 +19,34 @@ fn pods_file(cfg: &NodeConfig) -> std::path::PathBuf {
     cfg.admin_socket.with_extension("pods")
 }
 
-/// The pods a previous run of this node was given while running.
+/// The pods a previous run of this node was given while running, less those whose interface
+/// is gone: containers deleted while no node ran (their DEL could not tell us, and IPAM may
+/// have given their addresses to others since). The file is rewritten without them.
 pub(super) fn load_dynamic(cfg: &NodeConfig) -> Vec<PodSpec> {
     let p = pods_file(cfg);
-    match std::fs::read_to_string(&p) {
+    let specs: Vec<PodSpec> = match std::fs::read_to_string(&p) {
         Ok(t) => serde_json::from_str(&t).unwrap_or_else(|e| {
             tracing::warn!(path = %p.display(), error = %e, "ignoring an unreadable pods file");
             Vec::new()
         }),
-        Err(_) => Vec::new(),
+        Err(_) => return Vec::new(),
+    };
+    let (live, gone): (Vec<PodSpec>, Vec<PodSpec>) =
+        specs.into_iter().partition(|s| netsys::link_info(&s.interface).is_ok());
+    for s in &gone {
+        tracing::info!(pod = %s.name, interface = %s.interface, address = %s.address,
+            "pod forgotten: its interface went while the node was not running");
+    }
+    if !gone.is_empty() {
+        write_dynamic(&p, &live);
+    }
+    live
+}
+
+fn write_dynamic(path: &std::path::Path, specs: &[PodSpec]) {
+    let text = serde_json::to_string(specs).unwrap_or_default();
+    if let Err(e) = nodeapi::private::write(path, text.as_bytes()) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the pods file");
     }
 }
 
@@ -61,11 +80,14 @@ impl Node {
     fn save_dynamic(&self) {
         let specs: Vec<PodSpec> =
             self.cfg.pods.iter().filter(|p| self.dynamic.contains(&p.name)).map(PodSpec::from).collect();
-        let p = pods_file(&self.cfg);
-        let text = serde_json::to_string(&specs).unwrap_or_default();
-        if let Err(e) = nodeapi::private::write(&p, text.as_bytes()) {
-            tracing::warn!(path = %p.display(), error = %e, "cannot write the pods file");
-        }
+        write_dynamic(&pods_file(&self.cfg), &specs);
+    }
+
+    /// A pod added over the admin socket whose interface is gone: a container that went
+    /// without a DEL reaching us. IPAM is the authority on addresses, so a new pod that was
+    /// given its address (or interface name) takes its place.
+    fn vanished(&self, p: &PodConfig) -> bool {
+        self.dynamic.contains(&p.name) && netsys::link_info(&p.interface).is_err()
     }
 
     /// Serves a pod that appeared, or replaces the pod of the same name when it is the same
@@ -83,10 +105,14 @@ impl Node {
         if spec.address == self.cfg.uplink.address.addr() || spec.address.is_unspecified() {
             bail!("{} cannot be a pod's address", spec.address);
         }
-        if let Some(other) = self.cfg.pods.iter().find(|p| p.name != spec.name && p.address == spec.address) {
+        // Another pod holding the address or interface refuses this one, unless it vanished.
+        let holder = |f: &dyn Fn(&PodConfig) -> bool| {
+            self.cfg.pods.iter().find(|p| p.name != spec.name && f(p) && !self.vanished(p))
+        };
+        if let Some(other) = holder(&|p| p.address == spec.address) {
             bail!("{} is already the address of pod {}", spec.address, other.name);
         }
-        if let Some(other) = self.cfg.pods.iter().find(|p| p.name != spec.name && p.interface == spec.interface) {
+        if let Some(other) = holder(&|p| p.interface == spec.interface) {
             bail!("{} is already the interface of pod {}", spec.interface, other.name);
         }
         if let Some(a6) = spec.address6 {
@@ -96,7 +122,7 @@ impl Node {
             if a6 == v6.address.addr() || !v6.blocks.iter().chain(&v6.pools).any(|b| b.contains(&a6)) {
                 bail!("{a6} is not an address of this node's IPv6 blocks or pools");
             }
-            if let Some(other) = self.cfg.pods.iter().find(|p| p.name != spec.name && p.address6 == Some(a6)) {
+            if let Some(other) = holder(&|p| p.address6 == Some(a6)) {
                 bail!("{a6} is already the address of pod {}", other.name);
             }
         }
@@ -107,6 +133,18 @@ impl Node {
         }
         let pod = PodConfig::from(spec.clone());
         let mut speaker = speaker;
+        let displaced: Vec<String> = self
+            .cfg
+            .pods
+            .iter()
+            .filter(|p| {
+                p.name != spec.name
+                    && (p.address == pod.address
+                        || p.interface == pod.interface
+                        || (pod.address6.is_some() && p.address6 == pod.address6))
+            })
+            .map(|p| p.name.clone())
+            .collect();
         if let Some(old) = self.cfg.pods.iter().find(|p| p.name == spec.name).cloned() {
             // A name is the pod's key: another workload's pod whose interface is still there
             // is not replaced (one whose interface went is, as a container made again).
@@ -126,6 +164,10 @@ impl Node {
                 return Ok(());
             }
             self.pod_del(&old.name, speaker.as_deref_mut())?;
+        }
+        for name in displaced {
+            tracing::info!(pod = %name, by = %pod.name, "pod forgotten: its interface is gone, its address is another's");
+            self.pod_del(&name, speaker.as_deref_mut())?;
         }
         self.cfg.pods.push(pod.clone());
         self.dynamic.insert(pod.name.clone());
