@@ -293,7 +293,9 @@ fn containers_work_on_the_tun_data_plane_too() {
     let (ok, out) = ping(&lab, "pod-b1", &["-c", "2", "-i", "0.2", "-W", "2", &a_ip]);
     assert!(ok, "{out}");
     // The kernel forwards in tun mode: it answers the container's ARP for the gateway.
-    let cali = pods_of(&lab, "node-a")[0]["interface"].as_str().unwrap_or_default().to_string();
+    let listed = &pods_of(&lab, "node-a")[0];
+    assert_eq!(listed["namespace_present"], true, "the container is up: {listed}");
+    let cali = listed["interface"].as_str().unwrap_or_default().to_string();
     let proxy = lab.exec("node-a", &["cat", &format!("/proc/sys/net/ipv4/conf/{cali}/proxy_arp")]);
     assert_eq!(text(&proxy.stdout).trim(), "1");
     podman(&lab, "node-a", &["rm", "--force", "--time", "0", &a]);

@@ -65,12 +65,17 @@ impl Node {
 
     pub(super) fn pods(&self) -> Vec<PodStatus> {
         let ifaces = self.dp.interfaces();
+        // In tun mode the kernel forwards for pods, and the data plane has no port for them.
+        let up = |p: &PodConfig| match self.cfg.dataplane {
+            DataplaneMode::Afpacket => ifaces.by_name(&p.interface).is_some(),
+            DataplaneMode::Tun => netsys::link_info(&p.interface).is_ok(),
+        };
         self.cfg
             .pods
             .iter()
             .map(|p| PodStatus {
                 pod: PodSpec::from(p),
-                up: ifaces.by_name(&p.interface).is_some(),
+                up: up(p),
                 borrowed: self.borrowed(p.address),
                 dynamic: self.dynamic.contains(&p.name),
             })
