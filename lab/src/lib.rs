@@ -735,6 +735,71 @@ pub fn etcd_command(ns: &str, data_dir: &Path, url: &str) -> Command {
     c
 }
 
+/// Starts the lab's etcd in its namespace, on the data it has (its log appended to); its pid.
+fn spawn_etcd(lab: &Lab, ns: &str, url: &str) -> anyhow::Result<i32> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(lab.dir.join(ETCD_LOG))
+        .context("creating etcd.log")?;
+    let child = etcd_command(ns, &lab.dir.join("etcd"), url)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting etcd (Debian package etcd-server)")?;
+    Ok(child.id() as i32)
+}
+
+const ETCD_LOG: &str = "etcd.log";
+
+/// Whether `pid` is the lab's etcd still.
+fn is_etcd(pid: i32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    alive(pid) && cmdline.split(|b| *b == 0).next().is_some_and(|p| p == b"etcd" || p.ends_with(b"/etcd"))
+}
+
+/// Whether the lab's etcd answers a read, asked from its own namespace.
+fn etcd_answers(ns: &str, exe: &Path) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(exe)
+        .args(["get", "ippool", "--etcd-endpoints", "http://127.0.0.1:2379"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Stops the lab's etcd if it runs and starts it again on the same data: the nodes keep
+/// forwarding meanwhile and catch up on what changed once it answers.
+fn restart_etcd(lab: &Lab, st: &mut State, exe: &Path) -> anyhow::Result<Restarted> {
+    let Some(etcd) = st.etcd.clone() else { bail!("lab {:?} has no etcd", lab.name) };
+    let t0 = Instant::now();
+    let old = etcd.pid.filter(|p| is_etcd(*p));
+    if let Some(p) = old {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGTERM);
+        if !wait_gone(&[p], Duration::from_secs(10)) {
+            bail!("etcd (pid {p}) did not stop within 10 s; its log: {}", lab.dir.join(ETCD_LOG).display());
+        }
+    }
+    let pid = spawn_etcd(lab, &etcd.namespace, &etcd.url)?;
+    if let Some(e) = st.etcd.as_mut() {
+        e.pid = Some(pid);
+    }
+    st.save(&lab.dir)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !etcd_answers(&etcd.namespace, exe) {
+        if !alive(pid) || Instant::now() > deadline {
+            bail!("etcd did not come back; its log: {}", lab.dir.join(ETCD_LOG).display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(Restarted::Datastore { old, new: pid, took: t0.elapsed() })
+}
+
 /// The lab's etcd: a host on the first subnet (its second address), etcd listening there and
 /// on its loopback, the topology loaded as Calico resources before any node starts (a node
 /// that found an empty store would have no cluster to follow).
@@ -753,14 +818,7 @@ fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> a
     netns::ip_in(&ns, &["link", "set", "eth0", "address", &underlay_mac(addr), "up"])?;
     netns::ip_in(&ns, &["route", "add", "default", "via", &subnet.gateway.to_string()])?;
     let url = format!("http://{addr}:2379");
-    let log = std::fs::File::create(lab.dir.join("etcd.log")).context("creating etcd.log")?;
-    etcd_command(&ns, &lab.dir.join("etcd"), &url)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("starting etcd (Debian package etcd-server)")?;
+    let pid = spawn_etcd(lab, &ns, &url)?;
     st.hosts.push(Host {
         name: "etcd".into(),
         role: Role::Datastore,
@@ -769,7 +827,7 @@ fn start_etcd(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> a
         parent: Some(subnet.name.clone()),
         interface: Some("eth0".into()),
     });
-    st.etcd = Some(state::EtcdHost { namespace: ns.clone(), url });
+    st.etcd = Some(state::EtcdHost { namespace: ns.clone(), url, pid: Some(pid) });
     st.save(&lab.dir)?;
     let all = resources::from_topology(topo);
     for l in all.left_out {
@@ -1075,6 +1133,9 @@ fn is_daemon(d: &Daemon) -> bool {
 pub enum Restarted {
     /// The running daemon handed over: `gap` is how long the node did not answer.
     Graceful { old: i32, new: i32, gap: Duration },
+    /// The lab's etcd started again (`old`: the one stopped first, if it ran), answering
+    /// after `took`.
+    Datastore { old: Option<i32>, new: i32, took: Duration },
     /// The daemon had exited (a crash, a kill): a new one was started with the same config,
     /// answering after `took`. Its peers kept its routes meanwhile if it came back within
     /// their restart time, as for any BGP speaker that died (graceful restart helpers).
@@ -1091,9 +1152,13 @@ pub fn restart(lab: &Lab, node: &str, exe: &Path) -> anyhow::Result<Restarted> {
     let Some(mut st) = lab.state()? else {
         bail!("no lab named {:?} is up; start it with `router lab up`", lab.name);
     };
+    if node == "etcd" && st.etcd.is_some() {
+        return restart_etcd(lab, &mut st, exe);
+    }
     let Some(i) = st.daemons.iter().position(|d| d.node == node) else {
         let nodes: Vec<&str> = st.daemons.iter().map(|d| d.node.as_str()).collect();
-        bail!("lab {:?} has no node {node:?}; nodes: {}", lab.name, nodes.join(", "));
+        let etcd = if st.etcd.is_some() { ", and etcd" } else { "" };
+        bail!("lab {:?} has no node {node:?}; nodes: {}{etcd}", lab.name, nodes.join(", "));
     };
     let old = st.daemons[i].clone();
     let t0 = Instant::now();
@@ -1296,7 +1361,8 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
         .iter()
         .map(|h| {
             let d = st.daemons.iter().find(|d| d.node == h.name);
-            let daemon = d.map(|d| {
+            let mut pid = d.map(|d| d.pid);
+            let mut daemon = d.map(|d| {
                 if admin::Client::new(&d.socket).status().is_ok() {
                     "running".to_string()
                 } else if alive(d.pid) {
@@ -1305,6 +1371,13 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
                     format!("exited (see {})", d.log.display())
                 }
             });
+            if let Some(e) = st.etcd.as_ref().filter(|_| h.role == Role::Datastore) {
+                pid = e.pid;
+                daemon = Some(match e.pid.filter(|p| is_etcd(*p)) {
+                    Some(_) => "running".to_string(),
+                    None => format!("exited (see {}; `router lab restart etcd`)", lab.dir.join(ETCD_LOG).display()),
+                });
+            }
             HostStatus {
                 host: h.name.clone(),
                 role: h.role,
@@ -1314,7 +1387,7 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
                 interface: h.interface.clone(),
                 namespace_present: visible && netns::exists(&h.namespace),
                 daemon,
-                pid: d.map(|d| d.pid),
+                pid,
             }
         })
         .collect::<Vec<_>>();

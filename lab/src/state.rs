@@ -92,6 +92,9 @@ pub struct State {
 pub struct EtcdHost {
     pub namespace: String,
     pub url: String,
+    /// etcd's process (`ip netns exec` execs it).
+    #[serde(default)]
+    pub pid: Option<i32>,
 }
 
 pub const FILE: &str = "state.json";

@@ -1235,11 +1235,15 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     wait_for(15, "node-a's session with node-b", || peer_state(&lab, "node-a", "192.168.100.101").0 == "up");
     wait_for(10, "node-b's block at node-c", || route(&lab, "node-c", "10.244.2.0/26").is_some());
 
-    // etcd gone: the nodes forward on with what they knew.
-    let pids = Command::new("ip").args(["netns", "pids", &lab.ns("etcd")]).output().expect("pids");
-    for pid in text(&pids.stdout).split_whitespace() {
-        let _ = Command::new("kill").args(["-9", pid]).status();
-    }
+    // etcd gone: the nodes forward on with what they knew, and `lab status` says so.
+    let etcd = || {
+        let st = lab.json(&["lab", "status", "--json"]);
+        st.as_array().into_iter().flatten().find(|h| h["host"] == "etcd").cloned().expect("etcd's row")
+    };
+    assert_eq!(etcd()["daemon"], "running");
+    let pid = etcd()["pid"].as_i64().expect("etcd's pid").to_string();
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().expect("kill").success());
+    wait_for(10, "lab status to see etcd gone", || etcd()["daemon"].as_str().is_some_and(|d| d.starts_with("exited")));
     let (ok, out) = ping(&lab, "pod-b1", &["-c", "20", "-i", "0.1", "-W", "2", "10.244.3.1"]);
     assert!(ok, "{out}");
     assert_no_loss(&out);
@@ -1247,23 +1251,18 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let get = lab.router(&["get", "nodes"]);
     assert!(!get.status.success() && text(&get.stderr).contains("no etcd endpoint answers"), "{}", text(&get.stderr));
 
-    // etcd back (its data kept): the nodes read it again and follow what changed meanwhile.
-    let url = "http://192.168.100.2:2379";
-    let mut etcd = lab::etcd_command(&lab.ns("etcd"), &lab.dir.join(&lab.name).join("etcd"), url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd again");
-    wait_for(20, "etcd back", || lab.router(&["get", "nodes"]).status.success());
+    // etcd back (its data kept): the nodes read it again and follow it.
+    let out = lab.router(&["lab", "restart", "etcd"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("etcd was not running: started again"), "{}", text(&out.stdout));
+    assert_eq!(etcd()["daemon"], "running");
+    assert!(lab.router(&["get", "nodes"]).status.success(), "etcd answers once restart returns");
     apply(&lab, "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  cidr: 10.244.0.0/16\n  blockSize: 26\n  ipipMode: CrossSubnet\n");
     wait_for(10, "node-a back to direct routes to node-b", || {
         route(&lab, "node-a", "10.244.2.0/26").is_some_and(|r| r["encap"] == "none")
     });
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
     assert!(ok, "{out}");
-    drop(lab);
-    let _ = etcd.kill();
-    let _ = etcd.wait();
 }
 
 /// Calico's disableBGPExport on etcd: the pool's blocks leave the cluster no more (BIRD, an

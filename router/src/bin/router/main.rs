@@ -520,7 +520,8 @@ enum LabCmd {
     /// Restart one node's daemon gracefully (RFC 4724): it saves its routes and closes its
     /// sessions without a NOTIFICATION, so its peers keep its routes; the new daemon forwards
     /// on the saved routes until its peers have sent theirs again. A daemon that has exited
-    /// (crashed, killed) is started again.
+    /// (crashed, killed) is started again. `etcd` restarts a lab's etcd on the same data (or
+    /// starts it again): the nodes forward meanwhile and catch up once it answers.
     Restart { node: String },
     /// Print a generated topology file (the one `lab up --nodes N` builds).
     Topology {
