@@ -528,6 +528,38 @@ impl Drop for Killed {
     }
 }
 
+/// A node whose uplink does not hold its config's address (a host readdressed, a config
+/// copied from another host) says so and stops, instead of running with no BGP session.
+#[test]
+fn a_node_whose_uplink_lacks_its_address_says_so_and_stops() {
+    let lab = TestLab::up(&[]);
+    let own = std::fs::read_to_string(lab.dir.join(&lab.name).join("node-a.toml")).expect("node-a's config");
+    let sock = lab.dir.join(format!("{}-elsewhere.sock", lab.name));
+    let config = lab.dir.join(format!("{}-elsewhere.toml", lab.name));
+    let moved: String = own
+        .lines()
+        .map(|l| match l {
+            l if l.starts_with("admin_socket") => format!("admin_socket = {:?}\n", sock.display().to_string()),
+            l if l.starts_with("address = \"192.168.100.100/24\"") => "address = \"192.168.100.77/24\"\n".to_string(),
+            l => format!("{l}\n"),
+        })
+        .collect();
+    assert!(moved.contains("192.168.100.77/24"), "{moved}");
+    std::fs::write(&config, moved).expect("write config");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("node-a"), "timeout", "20", ROUTER, "node", "--config"])
+        .arg(&config)
+        .output()
+        .expect("router node");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the uplink eth0 does not hold 192.168.100.77/24") && err.contains("it has 192.168.100.100"),
+        "{err}"
+    );
+    assert!(!sock.exists(), "no admin socket was made");
+}
+
 /// A node config that names no admin socket serves the default one, and the node commands
 /// find it there when no lab is up (a host that runs `router node` itself).
 #[test]

@@ -28,6 +28,14 @@ struct Local {
     v6: Vec<Ipv6Addr>,
 }
 
+impl std::fmt::Display for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<String> =
+            self.v4.iter().map(|a| a.to_string()).chain(self.v6.iter().map(|a| a.to_string())).collect();
+        f.write_str(&all.join(","))
+    }
+}
+
 /// Every address of the namespace: the kernel delivers to any of them, whichever
 /// interface a frame comes in on. Asked of the kernel directly (getifaddrs), not of `ip`:
 /// this runs every few seconds on every node, and a process each time is what an idle node
@@ -98,7 +106,7 @@ impl TransitFilter {
             }
         };
         let devs = apply_transit_filter(devs.iter().map(String::as_str), &local, (false, false));
-        tracing::info!(interfaces = devs.len(), local = ?local, "transit filter on");
+        tracing::info!(interfaces = devs.len(), local = %local, "transit filter on");
         Some(TransitFilter { devs, local, masquerade: (false, false) })
     }
 
@@ -122,7 +130,7 @@ impl TransitFilter {
         match local_addresses() {
             Ok(local) if local != self.local => {
                 let done = apply_transit_filter(self.devs.iter().map(String::as_str), &local, self.masquerade);
-                tracing::info!(interfaces = done.len(), local = ?local, "node addresses changed: transit filter updated");
+                tracing::info!(interfaces = done.len(), local = %local, "node addresses changed: transit filter updated");
                 self.local = local;
             }
             Ok(_) => {}

@@ -19,6 +19,7 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
     let mut list = Vec::new();
     let up = netsys::link_info(&cfg.uplink.interface)
         .with_context(|| format!("uplink interface {} (from the config)", cfg.uplink.interface))?;
+    check_uplink_addresses(cfg)?;
     let tunnel = tunnel_interfaces(cfg, up.mtu);
     if cfg.dataplane == DataplaneMode::Tun {
         let zero = encap::MacAddr::ZERO;
@@ -53,6 +54,40 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
         Err(why) => tracing::warn!("{why}"),
     }
     Ok(Interfaces::new(list))
+}
+
+/// The uplink must hold the config's addresses: the node speaks BGP from them, wraps tunnels
+/// in them and answers for them. A node started on a host whose address differs would run,
+/// peer with no one and drop what it wraps at the far end.
+fn check_uplink_addresses(cfg: &NodeConfig) -> anyhow::Result<()> {
+    let dev = &cfg.uplink.interface;
+    let held: Vec<std::net::IpAddr> = nix::ifaddrs::getifaddrs()
+        .context("listing the host's addresses")?
+        .filter(|i| &i.interface_name == dev)
+        .filter_map(|i| {
+            let a = i.address?;
+            a.as_sockaddr_in().map(|a| a.ip().into()).or_else(|| a.as_sockaddr_in6().map(|a| a.ip().into()))
+        })
+        .collect();
+    let want = std::iter::once((cfg.uplink.address.to_string(), std::net::IpAddr::from(cfg.uplink.address.addr())))
+        .chain(cfg.ipv6.as_ref().map(|v6| (v6.address.to_string(), v6.address.addr().into())));
+    for (net, addr) in want {
+        if !held.contains(&addr) {
+            let has: Vec<String> =
+                held.iter().filter(|a| a.is_ipv4() == addr.is_ipv4()).map(|a| a.to_string()).collect();
+            let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            bail!(
+                "the uplink {dev} does not hold {net}, the config's address ({}): add it \
+                 (`ip addr add {net} dev {dev}`) or correct the config",
+                if has.is_empty() {
+                    format!("it has no {family} address")
+                } else {
+                    format!("it has {}", has.join(", "))
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The tunnel interfaces the config's pools need, at start and whenever the pools change.
