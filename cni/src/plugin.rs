@@ -597,7 +597,15 @@ fn io(e: anyhow::Error) -> CniError {
 impl Backend {
     /// The container's IPv4 address, and its IPv6 one where the node has IPv6 blocks: both
     /// or neither, under one lock; those it `asked` for, or the next free ones.
-    fn allocate(&self, conf: &NetConf, handle: &str, asked: Asked) -> Result<(Assigned, Option<Ipv6Addr>), CniError> {
+    /// `configured`: the pods the node was started with, whose addresses a file learns as
+    /// taken (etcd has them from the node itself).
+    fn allocate(
+        &self,
+        conf: &NetConf,
+        handle: &str,
+        asked: Asked,
+        configured: &[admin::PodSpec],
+    ) -> Result<(Assigned, Option<Ipv6Addr>), CniError> {
         if let (Some(a6), true) = (asked.v6, conf.blocks6.is_empty()) {
             return Err(CniError::ipam(format!("{a6} asked for, but node {} has no IPv6 blocks", conf.node)));
         }
@@ -613,6 +621,16 @@ impl Backend {
                     }
                     for b in &conf.blocks6 {
                         st.blocks6.entry(*b).or_insert_with(|| conf.node.clone());
+                    }
+                    // ...and the node's configured pods, which no container may be given
+                    // (a lab's state has them from the start; a host's file learns them here).
+                    for p in configured {
+                        let held =
+                            || crate::ipam::Allocation { handle: crate::pod_handle(&p.name), node: conf.node.clone() };
+                        st.allocations.entry(p.address).or_insert_with(held);
+                        if let Some(a6) = p.address6 {
+                            st.allocations6.entry(a6).or_insert_with(held);
+                        }
                     }
                     let a = match asked.v4 {
                         Some(ip) => st.request(&conf.node, handle, ip)?,
@@ -756,7 +774,17 @@ fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
         // Names that cannot make the endpoint are refused before anything is done.
         call.endpoint(conf, None)?;
     }
-    let (assigned, address6) = ipam.allocate(conf, &call.handle(), asked)?;
+    let configured: Vec<admin::PodSpec> = match ipam {
+        Backend::File(_) => node
+            .pods()
+            .map_err(|e| CniError::node(e.to_string()))?
+            .into_iter()
+            .filter(|p| !p.dynamic)
+            .map(|p| p.pod)
+            .collect(),
+        Backend::Etcd(..) => Vec::new(),
+    };
+    let (assigned, address6) = ipam.allocate(conf, &call.handle(), asked, &configured)?;
     let attached = attach(conf, call, &host, (assigned, address6, mac.as_deref()), status.dataplane)
         .and_then(|v| record_endpoint(&ipam, conf, call, &v).map(|()| v));
     match attached {

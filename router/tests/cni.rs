@@ -395,6 +395,18 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     v.stdin.take().expect("stdin").write_all(br#"{"cniVersion":"1.0.0"}"#).expect("write");
     let v = v.wait_with_output().expect("VERSION");
     assert!(text(&v.stdout).contains("supportedVersions"), "{}", text(&v.stdout));
+
+    // The installed network with its own, new IPAM file (a host's first container): the
+    // node's configured pods hold .1 and .2, so the container gets .3, and keeps them held.
+    let mut installed = p.clone();
+    installed["cniVersion"] = list["cniVersion"].clone();
+    installed["name"] = list["name"].clone();
+    let ns = netns(&lab, "c-host");
+    let r = cni.call("ADD", "host0", Some(&ns), &installed.to_string());
+    assert_eq!((r.code, address(&r).as_str()), (0, "10.244.1.3/32"), "{}", r.raw);
+    let held = std::fs::read_to_string(dir.join("ipam.json")).expect("the host's IPAM file");
+    assert!(held.contains("pod:pod-a1") && held.contains("pod:pod-a2"), "{held}");
+    assert_eq!(cni.call("DEL", "host0", Some(&ns), &installed.to_string()).code, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
