@@ -100,9 +100,15 @@ pub(super) fn every_node_status(daemons: &[lab::state::Daemon], json: bool) -> a
 }
 
 pub(super) fn print_bgp_status(st: &admin::BgpStatus) {
+    nodeapi::out!("{}", bgp_status_text(st));
+}
+
+/// calicoctl's "IPv4 BGP status" table of one node.
+fn bgp_status_text(st: &admin::BgpStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let (Some(asn), Some(id), true) = (st.as_number, st.router_id, st.configured) else {
-        nodeapi::outln!("BGP is not configured on this node (no [bgp] in its config).");
-        return;
+        return "BGP is not configured on this node (no [bgp] in its config).\n".into();
     };
     let peers = &st.peers;
     // calicoctl's "IPv4 BGP status" table. Sessions over IPv4 carry IPv6 routes too where
@@ -110,45 +116,56 @@ pub(super) fn print_bgp_status(st: &admin::BgpStatus) {
     // says which carry what, where calicoctl shows two.
     let v6_peers = peers.iter().any(|p| p.peer.is_ipv6());
     let dual = v6_peers || peers.iter().any(|p| p.families.iter().any(|f| f == "ipv6"));
-    match (dual, v6_peers) {
-        (true, true) => nodeapi::outln!("IPv4 and IPv6 BGP status (AS {asn}, router ID {id})"),
+    let title = match (dual, v6_peers) {
+        (true, true) => format!("IPv4 and IPv6 BGP status (AS {asn}, router ID {id})"),
         (true, false) => {
-            nodeapi::outln!("IPv4 and IPv6 BGP status (AS {asn}, router ID {id}; IPv6 routes over the same sessions)")
+            format!("IPv4 and IPv6 BGP status (AS {asn}, router ID {id}; IPv6 routes over the same sessions)")
         }
-        _ => nodeapi::outln!("IPv4 BGP status (AS {asn}, router ID {id})"),
-    }
+        _ => format!("IPv4 BGP status (AS {asn}, router ID {id})"),
+    };
+    let _ = writeln!(out, "{title}");
     if peers.is_empty() {
         // As calicoctl says it; an empty table looks like a lost answer.
-        nodeapi::outln!("No IPv4 peers found.");
-        return;
+        let _ = writeln!(out, "No IPv4 peers found.");
+        return out;
     }
     // calicoctl's columns, and the route counts: received and used / refused by import
-    // policy (`router routes --rejected`) / advertised.
-    let addr_width = peers.iter().map(|p| p.peer.to_string().len()).max().unwrap_or(0).max(15);
-    let mut cols = vec![("PEER ADDRESS", addr_width), ("PEER TYPE", 22), ("STATE", 11), ("SINCE", 10)];
+    // policy (`router routes --rejected`) / advertised; each as wide as what it holds (a
+    // session's reason can be long), calicoctl's widths the least.
+    let mut cols = vec![("PEER ADDRESS", 15), ("PEER TYPE", 22), ("STATE", 11), ("SINCE", 10)];
     if dual {
         cols.push(("FAMILIES", 9));
     }
     cols.extend([("IN/REFUSED/OUT", 14), ("INFO", 11)]);
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            let kind =
+                serde_json::to_value(p.peer_type).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default();
+            let mut cells = vec![p.peer.to_string(), kind, p.state.clone(), since(p.since)];
+            if dual {
+                cells.push(p.families.join(","));
+            }
+            cells.extend([format!("{}/{}/{}", p.received, p.rejected, p.advertised), p.info.clone()]);
+            cells
+        })
+        .collect();
+    for (i, (_, w)) in cols.iter_mut().enumerate() {
+        *w = rows.iter().map(|r| r[i].chars().count()).fold(*w, usize::max);
+    }
     let row = |cells: &[String]| {
         let c: Vec<String> = cells.iter().zip(&cols).map(|(s, (_, w))| format!("{s:<w$}")).collect();
         format!("| {} |", c.join(" | "))
     };
     let line = format!("+{}+", cols.iter().map(|(_, n)| "-".repeat(n + 2)).collect::<Vec<_>>().join("+"));
-    nodeapi::outln!("{line}");
-    nodeapi::outln!("{}", row(&cols.iter().map(|(h, _)| h.to_string()).collect::<Vec<_>>()));
-    nodeapi::outln!("{line}");
-    for p in peers {
-        let kind =
-            serde_json::to_value(p.peer_type).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default();
-        let mut cells = vec![p.peer.to_string(), kind, p.state.clone(), since(p.since)];
-        if dual {
-            cells.push(p.families.join(","));
-        }
-        cells.extend([format!("{}/{}/{}", p.received, p.rejected, p.advertised), p.info.clone()]);
-        nodeapi::outln!("{}", row(&cells));
+    let _ = writeln!(out, "{line}");
+    let _ = writeln!(out, "{}", row(&cols.iter().map(|(h, _)| h.to_string()).collect::<Vec<_>>()));
+    let _ = writeln!(out, "{line}");
+    for cells in &rows {
+        let _ = writeln!(out, "{}", row(cells));
     }
-    nodeapi::outln!("{line}");
+    let _ = writeln!(out, "{line}");
+    out
 }
 
 pub(super) fn print_stats(v: &admin::Stats) {
@@ -279,4 +296,37 @@ pub(super) fn render_paths(prefix: &ipnet::IpNet, ps: &[admin::PathDetail]) -> S
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_table_stays_a_box_with_a_long_reason_or_an_ipv6_peer() {
+        let peer = |addr: &str, info: &str| {
+            serde_json::from_value::<admin::PeerStatus>(serde_json::json!({
+                "peer": addr, "peer_type": "global", "as_number": 65001, "state": "Active",
+                "since": 0, "info": info, "received": 0, "advertised": 0,
+            }))
+            .expect("a peer")
+        };
+        let st = admin::BgpStatus {
+            configured: true,
+            as_number: Some(64512),
+            router_id: Some([192, 168, 100, 100].into()),
+            peers: vec![
+                peer("192.168.100.101", "Established"),
+                peer("fd00:192:168:100::1", "connect: Connection refused (os error 111)"),
+            ],
+        };
+        let text = bgp_status_text(&st);
+        let table: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(table.len(), 6, "{text}");
+        let width = table[0].chars().count();
+        assert!(table.iter().all(|l| l.chars().count() == width), "{text}");
+        let bars = |l: &str| l.match_indices(['|', '+']).map(|(i, _)| i).collect::<Vec<_>>();
+        assert!(table.iter().all(|l| bars(l) == bars(table[0])), "{text}");
+        assert!(text.contains("| connect: Connection refused (os error 111) |"), "{text}");
+    }
 }
