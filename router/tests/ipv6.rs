@@ -320,6 +320,19 @@ fn trace_follows_an_ipv6_probe_there_and_back() {
     assert!(h["reason"].as_str().unwrap_or("").contains("ICMPv6 destination unreachable"), "{h}");
 }
 
+/// `router capture` on node-a's uplink into `file`, with `more` options, once it runs.
+fn capture_on_node_a_uplink(lab: &TestLab, more: &[&str], file: &std::path::Path) -> std::process::Child {
+    let args = [&["capture", "--node", "node-a", "--interface", "eth0", "--json"], more].concat();
+    let cap = lab
+        .command(&[&args[..], &["-w", file.to_str().unwrap_or_default()]].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("router capture");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    cap
+}
+
 #[test]
 fn capture_shows_ipv6_as_the_router_forwards_it() {
     let lab = TestLab::up(&["--dual-stack"]);
@@ -328,14 +341,7 @@ fn capture_shows_ipv6_as_the_router_forwards_it() {
     let file = lab.dir.join(format!("{}-capture6.pcap", lab.name));
     // A few seconds of everything: IPv6 brings multicast chatter (MLD) that a count would
     // take in place of the pings.
-    let args = ["capture", "--node", "node-a", "--interface", "eth0", "--duration", "4", "--json", "-w"];
-    let cap = lab
-        .command(&[&args[..], &[file.to_str().unwrap_or_default()]].concat())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("router capture");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cap = capture_on_node_a_uplink(&lab, &["--duration", "4"], &file);
     let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "3", "-i", "0.3", "-W", "2", "fd00:10:244::41"]);
     assert!(ok, "{out}");
     let done = cap.wait_with_output().expect("capture ends");
@@ -354,14 +360,7 @@ fn capture_shows_ipv6_as_the_router_forwards_it() {
     // A pod named as the host to capture is both its addresses in a dual-stack lab; pod-c1's
     // pings, which leave by eth0 too, stay out.
     let file = lab.dir.join(format!("{}-capture-both.pcap", lab.name));
-    let args = ["capture", "--node", "node-a", "--interface", "eth0", "--host", "pod-b1", "-c", "4", "--json", "-w"];
-    let cap = lab
-        .command(&[&args[..], &[file.to_str().unwrap_or_default()]].concat())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("router capture");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cap = capture_on_node_a_uplink(&lab, &["--host", "pod-b1", "-c", "4"], &file);
     for (pod, addr) in
         [("c1", "fd00:10:244::81"), ("b1", "fd00:10:244::41"), ("c1", "10.244.3.1"), ("b1", "10.244.2.1")]
     {
