@@ -522,7 +522,7 @@ pub struct Response {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     // The io error is in the message, and not a `source`: anyhow's `{:#}` would say it twice.
-    #[error("cannot reach the node's admin socket {path}: {err}; is the node running? (try `router lab status`)")]
+    #[error("cannot reach the node's admin socket {path}: {err}; {}", connect_hint(err))]
     Connect { path: String, err: std::io::Error },
     #[error("talking to {path}: {err}")]
     Io { path: String, err: std::io::Error },
@@ -530,6 +530,14 @@ pub enum ClientError {
     Decode(serde_json::Error),
     #[error("the node refused: {0}")]
     Refused(String),
+}
+
+/// What a failed connect most likely means.
+fn connect_hint(err: &std::io::Error) -> &'static str {
+    match err.kind() {
+        std::io::ErrorKind::PermissionDenied => "the socket is for its node's user and root only",
+        _ => "is the node running? (try `router lab status`)",
+    }
 }
 
 /// Sends one request and returns the node's answer as JSON (the [`Client`] decodes it).
@@ -803,6 +811,13 @@ mod tests {
         let e = capture.expect_err("refused");
         assert!(e.to_string().contains("not served here"), "{e}");
         std::fs::remove_dir_all(&d).expect("clean up");
+    }
+
+    #[test]
+    fn a_refused_connect_says_whose_socket_it_is_and_a_missing_one_asks_for_the_node() {
+        let e = |kind| ClientError::Connect { path: "/x.sock".into(), err: std::io::Error::from(kind) }.to_string();
+        assert!(e(std::io::ErrorKind::PermissionDenied).ends_with("the socket is for its node's user and root only"));
+        assert!(e(std::io::ErrorKind::NotFound).contains("is the node running?"));
     }
 
     #[test]

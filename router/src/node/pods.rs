@@ -21,7 +21,9 @@ fn pods_file(cfg: &NodeConfig) -> std::path::PathBuf {
 
 /// The pods a previous run of this node was given while running, less those whose interface
 /// is gone: containers deleted while no node ran (their DEL could not tell us, and IPAM may
-/// have given their addresses to others since). The file is rewritten without them.
+/// have given their addresses to others since). The file keeps them until the next pod comes
+/// or goes: a node started by mistake where the interfaces are not (another namespace) must
+/// not empty it.
 pub(super) fn load_dynamic(cfg: &NodeConfig) -> Vec<PodSpec> {
     let p = pods_file(cfg);
     let specs: Vec<PodSpec> = match std::fs::read_to_string(&p) {
@@ -37,17 +39,7 @@ pub(super) fn load_dynamic(cfg: &NodeConfig) -> Vec<PodSpec> {
         tracing::info!(pod = %s.name, interface = %s.interface, address = %s.address,
             "pod forgotten: its interface went while the node was not running");
     }
-    if !gone.is_empty() {
-        write_dynamic(&p, &live);
-    }
     live
-}
-
-fn write_dynamic(path: &std::path::Path, specs: &[PodSpec]) {
-    let text = serde_json::to_string(specs).unwrap_or_default();
-    if let Err(e) = nodeapi::private::write(path, text.as_bytes()) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot write the pods file");
-    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -85,7 +77,11 @@ impl Node {
     fn save_dynamic(&self) {
         let specs: Vec<PodSpec> =
             self.cfg.pods.iter().filter(|p| self.dynamic.contains(&p.name)).map(PodSpec::from).collect();
-        write_dynamic(&pods_file(&self.cfg), &specs);
+        let p = pods_file(&self.cfg);
+        let text = serde_json::to_string(&specs).unwrap_or_default();
+        if let Err(e) = nodeapi::private::write(&p, text.as_bytes()) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot write the pods file");
+        }
     }
 
     /// A pod added over the admin socket whose interface is gone: a container that went
