@@ -30,6 +30,10 @@ pub struct Target {
     pub pool: Option<Ipv4Net>,
     /// Dual stack with etcd: the IPv6 pool new IPv6 blocks come from.
     pub pool6: Option<Ipv6Net>,
+    /// The IPAM file is every node's (the lab's): with every block full, a new IPv4 block of
+    /// the pool is claimed in it. A host's own file has only its configured blocks: the other
+    /// hosts would not know a block it claimed.
+    pub shared_file: bool,
 }
 
 impl Target {
@@ -44,6 +48,7 @@ impl Target {
             etcd_endpoints: Vec::new(),
             pool: cfg.pools.first().map(|p| p.cidr),
             pool6: cfg.ipv6.as_ref().and_then(|v| v.pools.first().copied()),
+            shared_file: false,
         }
     }
 }
@@ -65,8 +70,10 @@ pub fn conflist(t: &Target) -> serde_json::Value {
     if t.etcd_endpoints.is_empty() {
         plugin["ipam_file"] = json!(t.ipam_file);
     }
-    if !t.etcd_endpoints.is_empty() {
-        plugin["etcd_endpoints"] = json!(t.etcd_endpoints);
+    if !t.etcd_endpoints.is_empty() || t.shared_file {
+        if !t.etcd_endpoints.is_empty() {
+            plugin["etcd_endpoints"] = json!(t.etcd_endpoints);
+        }
         plugin["pool"] = json!(t.pool);
         plugin["block_size"] = json!(t.blocks.first().map_or(26, |b| b.prefix_len()));
         if let (Some(pool6), false) = (t.pool6, t.blocks6.is_empty()) {
@@ -119,6 +126,7 @@ mod tests {
             etcd_endpoints: if etcd { vec!["http://127.0.0.1:2379".into()] } else { Vec::new() },
             pool: Some("10.244.0.0/16".parse().expect("net")),
             pool6: Some("fd00:10:244::/48".parse().expect("net")),
+            shared_file: false,
         }
     }
 
@@ -133,5 +141,9 @@ mod tests {
         assert_eq!((dual["pool6"].as_str(), dual["block_size6"].as_u64()), (Some("fd00:10:244::/48"), Some(122)));
         let file = plugin(&target(&["fd00:10:244::/122"], false));
         assert!(file.get("etcd_endpoints").is_none() && file["ipam_file"] == "/run/ipam.json", "{file}");
+        // A host's own file claims no block, so it is told no pool; the lab's shared one is.
+        assert!(file.get("pool").is_none(), "{file}");
+        let shared = plugin(&Target { shared_file: true, ..target(&[], false) });
+        assert_eq!((shared["pool"].as_str(), shared["block_size"].as_u64()), (Some("10.244.0.0/16"), Some(26)));
     }
 }

@@ -162,6 +162,19 @@ impl State {
         Err(format!("no free IPv6 address: node {node}'s IPv6 blocks are full"))
     }
 
+    /// Claims for `node` the first block of `len` bits in `pool` (inside `within`, if any)
+    /// that overlaps no block of the state, as Calico's IPAM does for a node whose blocks
+    /// are full.
+    pub fn claim_block(&mut self, node: &str, pool: Ipv4Net, len: u8, within: &[Ipv4Net]) -> Option<Ipv4Net> {
+        let free = |b: &Ipv4Net| {
+            (within.is_empty() || within.iter().any(|w| w.contains(b)))
+                && !self.blocks.keys().any(|x| x.contains(b) || b.contains(x))
+        };
+        let b = pool.subnets(len).ok()?.find(free)?;
+        self.blocks.insert(b, node.to_string());
+        Some(b)
+    }
+
     /// Frees what `handle` holds (IPv4 and IPv6); its IPv4 address, if it held one.
     pub fn release(&mut self, handle: &str) -> Option<Ipv4Addr> {
         if let Some(a6) = self.find6(handle) {
@@ -245,6 +258,23 @@ mod tests {
         st.blocks.insert(format!("10.244.1.0/{block_len}").parse().expect("net"), "a".into());
         st.blocks.insert(format!("10.244.2.0/{block_len}").parse().expect("net"), "b".into());
         st
+    }
+
+    #[test]
+    fn a_new_block_is_the_first_of_the_pool_that_overlaps_none() {
+        let mut st = two_nodes(30);
+        st.blocks.insert("10.244.0.0/30".parse().expect("net"), "b".into());
+        let pool: Ipv4Net = "10.244.0.0/16".parse().expect("net");
+        assert_eq!(st.claim_block("a", pool, 30, &[]), Some("10.244.0.4/30".parse().expect("net")));
+        assert_eq!(st.blocks.get(&"10.244.0.4/30".parse().expect("net")).map(String::as_str), Some("a"));
+        let a = st.allocate("a", "c1@eth0").expect("in a's blocks");
+        assert_eq!(a.address, "10.244.0.5".parse::<Ipv4Addr>().expect("ip"), "the lowest of a's blocks first");
+        // A /26 may not cover a /30 another node holds.
+        assert_eq!(st.claim_block("a", pool, 26, &[]), Some("10.244.0.64/26".parse().expect("net")));
+        let within: Ipv4Net = "10.244.9.0/24".parse().expect("net");
+        assert_eq!(st.claim_block("a", pool, 26, &[within]), Some("10.244.9.0/26".parse().expect("net")));
+        let full: Ipv4Net = "10.244.1.0/30".parse().expect("net");
+        assert_eq!(st.claim_block("a", full, 30, &[]), None, "a pool with no free block");
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub struct NetConf {
     #[serde(default)]
     pub ipam_file: Option<PathBuf>,
     /// ...or in etcd, shared by every host (Calico's IPAM layout): then `pool` and
-    /// `block_size` say where new blocks come from.
+    /// `block_size` say where new blocks come from (in the lab's file too, which every node
+    /// shares, once every block is full).
     #[serde(default)]
     pub etcd_endpoints: Vec<String>,
     #[serde(default)]
@@ -632,13 +633,24 @@ impl Backend {
                             st.allocations6.entry(a6).or_insert_with(held);
                         }
                     }
+                    // Every block full (the node's, then others' to borrow from): in the
+                    // lab's shared file a new block of the pool, whose addresses the node
+                    // announces one by one, as it does borrowed ones.
+                    let len = conf.block_size.unwrap_or_else(|| conf.blocks.first().map_or(26, |b| b.prefix_len()));
                     let a = match asked.v4 {
                         Some(ip) => st.request(&conf.node, handle, ip)?,
-                        None => st.allocate_within(&conf.node, handle, &within4)?,
+                        None => st.allocate_within(&conf.node, handle, &within4).or_else(|full| {
+                            match conf.pool.and_then(|p| st.claim_block(&conf.node, p, len, &within4)) {
+                                Some(_) => st.allocate_within(&conf.node, handle, &within4),
+                                None => Err(full),
+                            }
+                        })?,
                     };
                     if conf.blocks6.is_empty() {
                         return Ok((a, None));
                     }
+                    // IPv6 stays in the node's blocks: across subnets only they are routed
+                    // by the lab's fabric (docs/ipv6.md).
                     let a6 = match asked.v6 {
                         Some(ip) => st.request6(&conf.node, handle, ip),
                         None => st.allocate6_within(&conf.node, handle, &within6),

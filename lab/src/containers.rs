@@ -70,6 +70,7 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option
             etcd_endpoints: etcd.iter().map(|e| e.to_string()).collect(),
             pool: Some(topo.pool),
             pool6: topo.pool_v6,
+            shared_file: true,
         };
         let net_d = dir.join("net.d");
         std::fs::create_dir_all(&net_d).with_context(|| format!("creating {}", net_d.display()))?;

@@ -189,6 +189,21 @@ fn a_container_on_a_full_block_borrows_an_address_that_every_node_routes() {
     let (ok, out) = ping(&lab, "pod-c1", &["-c", "2", "-i", "0.2", "-W", "2", &a_ip]);
     assert!(ok, "pod-c1 reaches the borrowed address: {out}");
     container_pings(&lab, "node-a", &a, "10.244.3.1");
+    // Every block full (node-c's last address borrowed too): a new block of the pool for
+    // node-a, the first free /30, whose address node-a announces as it does a borrowed one.
+    let (_, b_ip) = run(&lab, "node-a");
+    assert_eq!(b_ip, "10.244.3.2", "the last free address is borrowed before a block is claimed");
+    let (c, c_ip) = run(&lab, "node-a");
+    assert_eq!(c_ip, "10.244.0.1", "the first address of the first free /30 of the pool");
+    let blocks = text(&lab.router(&["ipam", "show", "--show-blocks"]).stdout);
+    assert!(
+        blocks.lines().any(|l| l.starts_with("Block") && l.contains("10.244.0.0/30") && l.contains("node-a")),
+        "{blocks}"
+    );
+    wait_until("node-c to learn 10.244.0.1/32", || has_route(&lab, "node-c", "10.244.0.1/32"));
+    let (ok, out) = ping(&lab, "pod-c1", &["-c", "2", "-i", "0.2", "-W", "2", &c_ip]);
+    assert!(ok, "pod-c1 reaches the address of the new block: {out}");
+    container_pings(&lab, "node-a", &c, "10.244.2.1");
     podman(&lab, "node-a", &["rm", "--force", "--time", "0", &a]);
     for node in ["node-b", "node-c"] {
         wait_until(&format!("{node} to forget {slash32}"), || !has_route(&lab, node, &slash32));
