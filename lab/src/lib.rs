@@ -756,8 +756,16 @@ const ETCD_LOG: &str = "etcd.log";
 
 /// Whether `pid` is the lab's etcd still.
 fn is_etcd(pid: i32) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-    alive(pid) && cmdline.split(|b| *b == 0).next().is_some_and(|p| p == b"etcd" || p.ends_with(b"/etcd"))
+    let args = live_args(pid);
+    args.first().is_some_and(|p| p == b"etcd" || p.ends_with(b"/etcd"))
+}
+
+/// The command line of the live process `pid` (none for one gone, or a zombie).
+fn live_args(pid: i32) -> Vec<Vec<u8>> {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(c) if alive(pid) => c.split(|b| *b == 0).map(<[u8]>::to_vec).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Whether the lab's etcd answers a read, asked from its own namespace.
@@ -1122,10 +1130,8 @@ fn wait_ready(d: &Daemon, patience: Duration) -> anyhow::Result<()> {
 /// Whether `d.pid` is still that node's daemon, not a pid reused by another process: by the
 /// config path it was started with (`… node --config PATH`), whatever the binary is called.
 fn is_daemon(d: &Daemon) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", d.pid)) else { return false };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let config = d.config.as_os_str().as_encoded_bytes();
-    alive(d.pid) && args.windows(3).any(|w| w == [b"node".as_slice(), b"--config", config])
+    live_args(d.pid).windows(3).any(|w| w[0] == b"node" && w[1] == b"--config" && w[2] == config)
 }
 
 /// What `restart` did.

@@ -346,13 +346,7 @@ fn capture_shows_ipv6_as_the_router_forwards_it() {
     assert!(ok, "{out}");
     let done = cap.wait_with_output().expect("capture ends");
     assert!(done.status.success(), "{}", text(&done.stderr));
-    let out = std::process::Command::new("tshark")
-        .args(["-r", file.to_str().unwrap_or_default(), "-T", "fields", "-e", "ipv6.src", "-e", "ipv6.dst"])
-        .args(["-e", "ipv6.hlim", "-e", "icmpv6.type"])
-        .output()
-        .expect("tshark reads the capture");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let rows = text(&out.stdout);
+    let rows = pcap_fields(&file, None, &["ipv6.src", "ipv6.dst", "ipv6.hlim", "icmpv6.type"]);
     // Requests leave node-a with hop limit 63; replies arrive from node-b's router at 63.
     assert!(rows.lines().any(|l| l == "fd00:10:244::1\tfd00:10:244::41\t63\t128"), "{rows}");
     assert!(rows.lines().any(|l| l == "fd00:10:244::41\tfd00:10:244::1\t63\t129"), "{rows}");
@@ -371,11 +365,7 @@ fn capture_shows_ipv6_as_the_router_forwards_it() {
     assert!(done.status.success(), "{}", text(&done.stderr));
     let report: serde_json::Value = serde_json::from_slice(&done.stdout).expect("capture --json");
     assert_eq!(report["written"], 4, "{report}");
-    let out = std::process::Command::new("tshark")
-        .args(["-r", file.to_str().unwrap_or_default(), "-T", "fields", "-e", "ipv6.dst", "-e", "ip.dst"])
-        .output()
-        .expect("tshark reads the capture");
-    let rows = text(&out.stdout);
+    let rows = pcap_fields(&file, None, &["ipv6.dst", "ip.dst"]);
     let want = "fd00:10:244::41\t\nfd00:10:244::1\t\n\t10.244.2.1\n\t10.244.1.1\n";
     assert_eq!(rows, want);
 }

@@ -180,25 +180,7 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
     assert!(done.status.success(), "{}", text(&done.stderr));
     let report: serde_json::Value = serde_json::from_slice(&done.stdout).expect("capture --json");
     assert_eq!(report["written"], 4, "{report}");
-    let out = std::process::Command::new("tshark")
-        .args([
-            "-r",
-            file.to_str().unwrap_or_default(),
-            "-T",
-            "fields",
-            "-e",
-            "ip.src",
-            "-e",
-            "ip.dst",
-            "-e",
-            "ip.proto",
-            "-e",
-            "icmp.type",
-        ])
-        .output()
-        .expect("tshark reads the capture");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let rows = text(&out.stdout);
+    let rows = pcap_fields(&file, None, &["ip.src", "ip.dst", "ip.proto", "icmp.type"]);
     let lines: Vec<&str> = rows.lines().collect();
     assert_eq!(lines.len(), 4, "{rows}");
     assert!(lines.iter().all(|l| l.contains(",10.244.3.1\t")), "{rows}");
@@ -234,13 +216,7 @@ fn a_capture_from_cold_shows_the_routers_arp_and_the_packet_it_held() {
     assert!(done.status.success(), "{}", text(&done.stderr));
     let fields = ["arp.opcode", "arp.src.proto_ipv4", "arp.dst.proto_ipv4", "ip.dst", "icmp.type"];
     // The node's kernel may speak on the uplink meanwhile too (IGMP, IPv6): ARP and ICMP only.
-    let mut args = vec!["-r", path, "-Y", "arp or icmp", "-T", "fields"];
-    for f in &fields {
-        args.extend(["-e", f]);
-    }
-    let out = std::process::Command::new("tshark").args(&args).output().expect("tshark reads the capture");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let rows = text(&out.stdout);
+    let rows = pcap_fields(std::path::Path::new(path), Some("arp or icmp"), &fields);
     let lines: Vec<&str> = rows.lines().collect();
     assert_eq!(lines.first().copied(), Some("1\t192.168.100.100\t192.168.100.1\t\t"), "{rows}");
     assert!(lines.contains(&"\t\t\t192.168.200.101,10.244.3.1\t8"), "the held echo request, wrapped:\n{rows}");

@@ -162,13 +162,7 @@ fn an_unprivileged_user_runs_the_seed_lab_and_leaves_nothing_behind() {
     lab.ping("pod-a1", "10.244.3.1");
     let cap = cap.wait_with_output().expect("capture ends");
     assert!(cap.status.success(), "{}", text(&cap.stderr));
-    let out = Command::new("tshark")
-        .args(["-r"])
-        .arg(&pcap)
-        .args(["-T", "fields", "-e", "ip.proto"])
-        .output()
-        .expect("tshark -r");
-    let rows = text(&out.stdout);
+    let rows = pcap_fields(&pcap, None, &["ip.proto"]);
     assert_eq!(rows.lines().count(), 4, "{rows}");
     assert!(rows.lines().all(|l| l.starts_with("4,")), "not IPIP on node-c's uplink: {rows}");
     use std::os::unix::fs::MetadataExt as _;

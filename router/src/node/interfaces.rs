@@ -69,9 +69,9 @@ fn check_uplink_addresses(cfg: &NodeConfig) -> anyhow::Result<()> {
             a.as_sockaddr_in().map(|a| a.ip().into()).or_else(|| a.as_sockaddr_in6().map(|a| a.ip().into()))
         })
         .collect();
-    let want = std::iter::once((cfg.uplink.address.to_string(), std::net::IpAddr::from(cfg.uplink.address.addr())))
-        .chain(cfg.ipv6.as_ref().map(|v6| (v6.address.to_string(), v6.address.addr().into())));
-    for (net, addr) in want {
+    let want = std::iter::once(IpNet::V4(cfg.uplink.address)).chain(cfg.ipv6.as_ref().map(|v6| IpNet::V6(v6.address)));
+    for net in want {
+        let addr = net.addr();
         if !held.contains(&addr) {
             let has: Vec<String> =
                 held.iter().filter(|a| a.is_ipv4() == addr.is_ipv4()).map(|a| a.to_string()).collect();

@@ -106,15 +106,21 @@ impl Node {
         if spec.address == self.cfg.uplink.address.addr() || spec.address.is_unspecified() {
             bail!("{} cannot be a pod's address", spec.address);
         }
-        // Another pod holding the address or interface refuses this one, unless it vanished.
-        let holder = |f: &dyn Fn(&PodConfig) -> bool| {
-            self.cfg.pods.iter().find(|p| p.name != spec.name && f(p) && !self.vanished(p))
+        // Another pod holding this one's address or interface refuses it, unless that pod
+        // vanished: then this one takes its place, below, once everything else is checked.
+        let clashes = |p: &PodConfig| {
+            p.name != spec.name
+                && (p.address == spec.address
+                    || p.interface == spec.interface
+                    || spec.address6.is_some_and(|a6| p.address6 == Some(a6)))
         };
-        if let Some(other) = holder(&|p| p.address == spec.address) {
-            bail!("{} is already the address of pod {}", spec.address, other.name);
-        }
-        if let Some(other) = holder(&|p| p.interface == spec.interface) {
-            bail!("{} is already the interface of pod {}", spec.interface, other.name);
+        if let Some(other) = self.cfg.pods.iter().find(|p| clashes(p) && !self.vanished(p)) {
+            let what = match (other.address == spec.address, other.interface == spec.interface) {
+                (true, _) => format!("{} is already the address", spec.address),
+                (_, true) => format!("{} is already the interface", spec.interface),
+                _ => format!("{} is already the address", spec.address6.map(|a| a.to_string()).unwrap_or_default()),
+            };
+            bail!("{what} of pod {}", other.name);
         }
         if let Some(a6) = spec.address6 {
             let Some(v6) = &self.cfg.ipv6 else {
@@ -122,9 +128,6 @@ impl Node {
             };
             if a6 == v6.address.addr() || !v6.blocks.iter().chain(&v6.pools).any(|b| b.contains(&a6)) {
                 bail!("{a6} is not an address of this node's IPv6 blocks or pools");
-            }
-            if let Some(other) = holder(&|p| p.address6 == Some(a6)) {
-                bail!("{a6} is already the address of pod {}", other.name);
             }
         }
         if let Some(c) = &spec.container {
@@ -134,18 +137,7 @@ impl Node {
         }
         let pod = PodConfig::from(spec.clone());
         let mut speaker = speaker;
-        let displaced: Vec<String> = self
-            .cfg
-            .pods
-            .iter()
-            .filter(|p| {
-                p.name != spec.name
-                    && (p.address == pod.address
-                        || p.interface == pod.interface
-                        || (pod.address6.is_some() && p.address6 == pod.address6))
-            })
-            .map(|p| p.name.clone())
-            .collect();
+        let displaced: Vec<String> = self.cfg.pods.iter().filter(|p| clashes(p)).map(|p| p.name.clone()).collect();
         if let Some(old) = self.cfg.pods.iter().find(|p| p.name == spec.name).cloned() {
             // A name is the pod's key: another workload's pod whose interface is still there
             // is not replaced (one whose interface went is, as a container made again).

@@ -220,17 +220,26 @@ impl Capture {
     /// (fields of nested headers, like both IP headers of IPIP, are comma-separated).
     pub fn fields(mut self, fields: &[&str]) -> Vec<Vec<String>> {
         let _ = self.child.wait();
-        let mut args: Vec<String> = vec!["-r".into(), self.file.to_string_lossy().into_owned()];
-        args.extend(["-o", "ip.check_checksum:TRUE", "-T", "fields"].map(String::from));
-        for f in fields {
-            args.push("-e".into());
-            args.push((*f).into());
-        }
-        let out = Command::new("tshark").args(&args).output().expect("tshark -r");
+        let rows = pcap_fields(&self.file, None, fields);
         let _ = std::fs::remove_file(&self.file);
-        assert!(out.status.success(), "tshark could not read the capture: {}", text(&out.stderr));
-        text(&out.stdout).lines().map(|l| l.split('\t').map(str::to_string).collect()).collect()
+        rows.lines().map(|l| l.split('\t').map(str::to_string).collect()).collect()
     }
+}
+
+/// tshark's reading of a pcap file: a line per packet (those `display_filter` keeps), the
+/// `fields` tab-separated, with IPv4 header checksums checked.
+pub fn pcap_fields(file: &std::path::Path, display_filter: Option<&str>, fields: &[&str]) -> String {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(file).args(["-o", "ip.check_checksum:TRUE", "-T", "fields"]);
+    if let Some(f) = display_filter {
+        cmd.args(["-Y", f]);
+    }
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("tshark -r (Debian package tshark)");
+    assert!(out.status.success(), "tshark could not read {}: {}", file.display(), text(&out.stderr));
+    text(&out.stdout)
 }
 
 /// The text without its terminal colour sequences (`ESC [ ... m`), which the node logs carry.

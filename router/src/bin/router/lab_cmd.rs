@@ -377,12 +377,12 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                     "{node} restarted gracefully: pid {old} -> {new}, answering after {} ms",
                     gap.as_millis()
                 ),
-                lab::Restarted::Datastore { old, new, took } => nodeapi::outln!(
-                    "etcd {} {new}, answering after {} ms; the nodes follow it again",
-                    match old {
-                        Some(o) => format!("restarted: pid {o} ->"),
-                        None => "was not running: started again, pid".to_string(),
-                    },
+                lab::Restarted::Datastore { old: Some(old), new, took } => nodeapi::outln!(
+                    "etcd restarted: pid {old} -> {new}, answering after {} ms; the nodes follow it again",
+                    took.as_millis()
+                ),
+                lab::Restarted::Datastore { old: None, new, took } => nodeapi::outln!(
+                    "etcd was not running: started again, pid {new}, answering after {} ms; the nodes follow it again",
                     took.as_millis()
                 ),
                 lab::Restarted::Started { old, new, took, log } => nodeapi::outln!(

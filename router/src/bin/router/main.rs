@@ -622,34 +622,35 @@ impl Query {
 
     /// An IP address, or a lab host's or container's name for its first address (IPv4).
     fn address_of(&self, s: &str) -> anyhow::Result<std::net::IpAddr> {
-        self.named(s, false)
+        if let Ok(a) = s.parse() {
+            return Ok(a);
+        }
+        let [v4, _] = self.named(s)?;
+        v4.with_context(|| format!("{s} has no IPv4 address"))
     }
 
     /// Every address `s` stands for: itself, or a lab host's or container's IPv4 address and,
     /// in a dual-stack lab, its IPv6 one.
     fn addresses_of(&self, s: &str) -> anyhow::Result<Vec<std::net::IpAddr>> {
-        let v4 = self.named(s, false)?;
-        if s.parse::<std::net::IpAddr>().is_ok() {
-            return Ok(vec![v4]);
+        if let Ok(a) = s.parse() {
+            return Ok(vec![a]);
         }
-        Ok([Some(v4), self.named(s, true).ok()].into_iter().flatten().collect())
+        Ok(self.named(s)?.into_iter().flatten().collect())
     }
 
-    /// `s` as an address, or the address (of the family `v6` asks for) of the lab's host or
-    /// container of that name.
-    fn named(&self, s: &str, v6: bool) -> anyhow::Result<std::net::IpAddr> {
-        if let Ok(a) = s.parse() {
-            return Ok(a);
-        }
+    /// The IPv4 and IPv6 addresses of the lab's host or container named `s` (the lab's state
+    /// and the nodes asked once for both).
+    fn named(&self, s: &str) -> anyhow::Result<[Option<std::net::IpAddr>; 2]> {
         let lab = self.sel.lab()?;
         let not = || format!("{s:?} is not an IP address (like 10.244.3.1 or fd00:10:244::1)");
         let Some(st) = lab.state()? else {
             bail!("{}, and no lab {:?} is up to name it", not(), lab.name);
         };
         let containers: Vec<admin::PodSpec> = lab::containers::served(&st).into_iter().map(|(_, p)| p.pod).collect();
-        match lab_cmd::named_address(&st, &containers, s, v6) {
-            Some(a) => a.with_context(|| format!("{s} has no {} address", if v6 { "IPv6" } else { "IPv4" })),
-            None => bail!("{}, nor a host or container of lab {:?}", not(), lab.name),
+        let family = |v6| lab_cmd::named_address(&st, &containers, s, v6);
+        match (family(false), family(true)) {
+            (Some(v4), v6) => Ok([v4, v6.flatten()]),
+            _ => bail!("{}, nor a host or container of lab {:?}", not(), lab.name),
         }
     }
 
