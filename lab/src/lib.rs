@@ -1351,6 +1351,7 @@ pub struct HostStatus {
     pub namespace_present: bool,
     /// For nodes: "running" (admin socket answers), "not answering", or "exited".
     pub daemon: Option<String>,
+    /// The daemon's process while it lives.
     pub pid: Option<i32>,
 }
 
@@ -1374,12 +1375,14 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
                 } else if alive(d.pid) {
                     "not answering".to_string()
                 } else {
+                    // An exited process's pid may be another's by now.
+                    pid = None;
                     format!("exited (see {})", d.log.display())
                 }
             });
             if let Some(e) = st.etcd.as_ref().filter(|_| h.role == Role::Datastore) {
-                pid = e.pid;
-                daemon = Some(match e.pid.filter(|p| is_etcd(*p)) {
+                pid = e.pid.filter(|p| is_etcd(*p));
+                daemon = Some(match pid {
                     Some(_) => "running".to_string(),
                     None => format!("exited (see {}; `router lab restart etcd`)", lab.dir.join(ETCD_LOG).display()),
                 });

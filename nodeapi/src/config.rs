@@ -897,6 +897,30 @@ fn pods(src: &Source<'_>, raw: &[RawPod], uplink: &Uplink) -> Result<Vec<PodConf
     Ok(pods)
 }
 
+/// Blocks and pods inside the pools, where the pools are in the file (with a datastore they
+/// may come from etcd alone): outside them a block would be blackholed here and announced to
+/// nobody, since nodes export only the pools' routes, and its pods reachable from this node only.
+fn in_pools(
+    src: &Source<'_>,
+    raw: &RawConfig,
+    blocks: &[Ipv4Net],
+    pools: &[Pool],
+    pods: &[PodConfig],
+) -> Result<(), FileError> {
+    if pools.is_empty() {
+        return Ok(());
+    }
+    if let Some((n, b)) = raw.blocks.iter().zip(blocks).find(|(_, b)| !pools.iter().any(|p| p.cidr.contains(*b))) {
+        return Err(src.error_at(n.span(), format!("block {b} is not inside one of the pools")));
+    }
+    if let Some((r, p)) = raw.pods.iter().zip(pods).find(|(_, p)| !pools.iter().any(|q| q.cidr.contains(&p.address))) {
+        return Err(
+            src.error_at(r.address.span(), format!("pod {} has {}, which is in none of the pools", p.name, p.address))
+        );
+    }
+    Ok(())
+}
+
 fn static_route(src: &Source<'_>, r: &RawRoute, uplink: &Uplink) -> Result<StaticRoute, FileError> {
     let prefix = net_no_host_bits(src, &r.prefix, "route prefix")?;
     let action = match (&r.via, &r.kind) {
@@ -1080,6 +1104,12 @@ fn ipv6(src: &Source<'_>, raw: &RawIpv6, pods: &[PodConfig]) -> Result<Ipv6Confi
         return Err(src.error_at(r.span(), "ipv6.routes go through ipv6.gateway, which is missing"));
     }
     let blocks = nets(&raw.blocks, "ipv6 block")?;
+    // As for IPv4 (`in_pools`).
+    if !pools.is_empty() {
+        if let Some((n, b)) = raw.blocks.iter().zip(&blocks).find(|(_, b)| !pools.iter().any(|p| p.contains(*b))) {
+            return Err(src.error_at(n.span(), format!("ipv6 block {b} is not inside one of ipv6.pools")));
+        }
+    }
     let nodes = raw
         .nodes
         .iter()
@@ -1150,7 +1180,18 @@ impl NodeConfig {
             .map(|p| src.at(p, fileerr::parse_addr(p.get_ref(), "ipip peer")))
             .collect::<Result<Vec<_>, FileError>>()?;
         let pods = pods(&src, &raw.pods, &uplink)?;
+        in_pools(&src, &raw, &blocks, &pools, &pods)?;
         let ipv6 = raw.ipv6.as_ref().map(|r| ipv6(&src, r, &pods)).transpose()?;
+        if let Some(v6) = ipv6.as_ref().filter(|v| !v.pools.is_empty()) {
+            let outside = |a: &Ipv6Addr| !v6.pools.iter().any(|p| p.contains(a));
+            let stray = raw.pods.iter().zip(&pods).find_map(|(r, p)| {
+                let a = p.address6.filter(|a| outside(a))?;
+                Some((r.address6.as_ref()?, p, a))
+            });
+            if let Some((at, p, a)) = stray {
+                return Err(src.error_at(at.span(), format!("pod {} has {a}, which is in none of ipv6.pools", p.name)));
+            }
+        }
         if ipv6.is_none() {
             if let Some(p) = raw.pods.iter().find(|p| p.address6.is_some()) {
                 return Err(src.error_at(
@@ -1417,6 +1458,13 @@ via = "192.168.100.101"
         assert!(e.contains("host bits") && e.starts_with("n.toml:"), "{e}");
         let e = parse(&dual.replace("gateway = \"fd00:192:168:100::1\"\n", "")).expect_err("routes").to_string();
         assert!(e.contains("ipv6.gateway"), "{e}");
+        // Blocks and pods inside the pools, with the line of the stray one.
+        let e = parse(&dual.replace("blocks = [\"fd00:10:244::/122\"]", "blocks = [\"fd00:99::/122\"]"))
+            .expect_err("block")
+            .to_string();
+        assert!(e.contains("ipv6 block fd00:99::/122 is not inside one of ipv6.pools"), "{e}");
+        let e = parse(&dual.replace("address6 = \"fd00:10:244::1\"", "address6 = \"fd00:99::1\"")).expect_err("pod");
+        assert!(e.to_string().starts_with("n.toml:20:") && e.to_string().contains("pod pod-a1 has fd00:99::1"), "{e}");
         // An IPv6 BGP peer needs the node's own IPv6 address, and is not the node itself.
         let peer = |a: &str| {
             format!("\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"{a}\"\nas_number = 65001\nkind = \"global\"\n")
@@ -1430,6 +1478,24 @@ via = "192.168.100.101"
         assert!(e.contains("an IPv6 peer needs the node's own IPv6 address"), "{e}");
         let e = parse(&(dual.clone() + &peer("fd00:192:168:100::100"))).expect_err("itself").to_string();
         assert!(e.contains("cannot peer with itself"), "{e}");
+    }
+
+    #[test]
+    fn blocks_and_pods_stay_inside_the_pools() {
+        let e = parse(&GOOD.replace("[\"10.244.1.0/26\"]", "[\"10.245.1.0/26\"]")).expect_err("block").to_string();
+        assert!(e.starts_with("n.toml:5:") && e.contains("block 10.245.1.0/26 is not inside one of the pools"), "{e}");
+        let e = parse(&GOOD.replace("cidr = \"10.244.0.0/16\"", "cidr = \"10.244.1.0/27\"")).expect_err("wider");
+        assert!(e.to_string().contains("block 10.244.1.0/26 is not inside"), "{e}");
+        let e = parse(&GOOD.replace("\"10.244.1.1\"", "\"10.9.1.1\"")).expect_err("pod").to_string();
+        assert!(
+            e.starts_with("n.toml:19:") && e.contains("pod pod-a1 has 10.9.1.1, which is in none of the pools"),
+            "{e}"
+        );
+        // A borrowed address is another node's block, in the pool: fine. Without pools in the
+        // file (a datastore node), nothing to check against.
+        parse(&GOOD.replace("\"10.244.1.1\"", "\"10.244.3.9\"")).expect("borrowed");
+        let no_pool = GOOD.replace("[[pools]]\ncidr = \"10.244.0.0/16\"\nipip_mode = \"CrossSubnet\"\n", "");
+        assert!(parse(&no_pool).expect("datastore node").pools.is_empty());
     }
 
     #[test]

@@ -34,6 +34,14 @@ impl KernelRoute {
         }
     }
 
+    /// The interface the route goes out of; None for a blackhole.
+    pub fn dev(&self) -> Option<&str> {
+        match self {
+            KernelRoute::Via { dev, .. } | KernelRoute::Dev { dev, .. } => Some(dev),
+            KernelRoute::Blackhole { .. } => None,
+        }
+    }
+
     /// Arguments of `ip route replace` and `ip route del`, ours marked with [`KERNEL_PROTO`].
     pub fn args(&self) -> Vec<String> {
         let mut a = match self {

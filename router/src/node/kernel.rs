@@ -439,6 +439,11 @@ fn sync(
             Ok(_) => installed.push(r.clone()),
             // Tried again later: said when it first failed, not every time.
             Err(e) if known.retry => tracing::debug!(error = %e, "kernel route still not installed"),
+            // A pod that left between the set and now (`podman run --rm` of a short command):
+            // the next set takes its route away anyway.
+            Err(e) if r.dev().is_some_and(|d| netsys::link_info(d).is_err()) => {
+                tracing::debug!(error = %e, "kernel route not installed: its interface is gone")
+            }
             Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
             // afpacket: these serve only the node's own traffic.
             Err(e) => tracing::warn!(error = %e, "kernel route not installed"),

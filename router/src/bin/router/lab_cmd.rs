@@ -489,7 +489,10 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 let state = match (&r.daemon, r.namespace_present) {
                     (_, false) if r.role == Role::Container => "down (its interface is gone)".to_string(),
                     (_, false) => "namespace missing".to_string(),
-                    (Some(d), _) => format!("{d} (pid {})", r.pid.unwrap_or(0)),
+                    (Some(d), _) => match r.pid {
+                        Some(pid) => format!("{d} (pid {pid})"),
+                        None => d.clone(),
+                    },
                     (None, _) => match (&r.role, &r.parent) {
                         (Role::Pod | Role::Container, Some(n)) => {
                             format!("on {n} via {}", r.interface.as_deref().unwrap_or("?"))
