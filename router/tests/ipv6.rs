@@ -197,6 +197,12 @@ fn every_pod_reaches_every_other_over_ipv6_and_ipv4_still_works() {
         (Some("fd00:10:244::80/122"), Some("fd00:192:168:100::1"))
     );
     assert_eq!(c["encap"], "none");
+    // A pod's name stands for its IPv4 address, and with -6 for its IPv6 one; the text
+    // points at the other family.
+    let named = lab.json(&["routes", "--node", "node-a", "--lookup", "pod-c1", "-6", "--json"]);
+    assert_eq!(named["prefix"], "fd00:10:244::80/122", "{named}");
+    let out = text(&lab.router(&["routes", "--node", "node-a", "--lookup", "pod-c1"]).stdout);
+    assert!(out.starts_with("10.244.3.1 takes") && out.contains("--lookup pod-c1 -6"), "{out}");
     // The node's neighbours include its IPv6 next hops, found by its own NDP.
     let n = lab.json(&["neighbours", "--node", "node-a", "--json"]);
     let ips: Vec<&str> = n.as_array().into_iter().flatten().filter_map(|e| e["ip"].as_str()).collect();

@@ -250,6 +250,8 @@ fn routes_show_the_fib_like_route_n() {
     // A host of the lab stands for its address; a prefix is pointed at --detail.
     let named = lab.json(&["routes", "--node", "node-a", "--lookup", "pod-c1", "--json"]);
     assert_eq!((named["prefix"].as_str(), named["encap"].as_str()), (Some("10.244.3.0/26"), Some("ipip")), "{named}");
+    let out = lab.router(&["routes", "--node", "node-a", "--lookup", "pod-c1", "-6"]);
+    assert!(text(&out.stderr).contains("pod-c1 has no IPv6 address"), "{}", text(&out.stderr));
     let out = lab.router(&["routes", "--node", "node-a", "--lookup", "10.244.3.0/26"]);
     assert!(text(&out.stderr).contains("--detail 10.244.3.0/26"), "{}", text(&out.stderr));
     // A node that does not exist is a clear error.

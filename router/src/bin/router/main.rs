@@ -87,6 +87,9 @@ enum Cmd {
         /// container's name stands for its address.
         #[arg(long, value_name = "ADDR", conflicts_with_all = ["rejected", "detail"])]
         lookup: Option<String>,
+        /// With --lookup and a name: the host's IPv6 address (a dual-stack lab), as `trace -6`.
+        #[arg(short = '6', long, requires = "lookup")]
+        ipv6: bool,
         /// The prefixes BGP peers sent that import refused, and why.
         #[arg(long, conflicts_with = "detail")]
         rejected: bool,
@@ -620,15 +623,6 @@ impl Query {
         Ok((lab, daemons))
     }
 
-    /// An IP address, or a lab host's or container's name for its first address (IPv4).
-    fn address_of(&self, s: &str) -> anyhow::Result<std::net::IpAddr> {
-        if let Ok(a) = s.parse() {
-            return Ok(a);
-        }
-        let [v4, _] = self.named(s)?;
-        v4.with_context(|| format!("{s} has no IPv4 address"))
-    }
-
     /// Every address `s` stands for: itself, or a lab host's or container's IPv4 address and,
     /// in a dual-stack lab, its IPv6 one.
     fn addresses_of(&self, s: &str) -> anyhow::Result<Vec<std::net::IpAddr>> {
@@ -871,16 +865,32 @@ installed {} as {}",
         Cmd::Routes { detail: Some(prefix), query: q, .. } => {
             q.print(&q.client()?.paths(prefix)?, |ps| nodeapi::out!("{}", render_paths(&prefix, ps)))
         }
-        Cmd::Routes { lookup: Some(name), query: q, .. } => {
+        Cmd::Routes { lookup: Some(name), ipv6, query: q, .. } => {
             if name.parse::<ipnet::IpNet>().is_ok() {
                 bail!("{name} is a prefix; --lookup takes an address (every path for a prefix: --detail {name})");
             }
-            let addr = q.address_of(&name)?;
-            q.print(&q.client()?.lookup(addr)?, |e| match e {
-                None => {
-                    nodeapi::outln!("{addr}: no route (packets to it are answered with ICMP destination unreachable)")
+            let (addr, v6) = match name.parse::<std::net::IpAddr>() {
+                Ok(a) => (a, None),
+                Err(_) => {
+                    let [v4, v6] = q.named(&name)?;
+                    match (ipv6, v4, v6) {
+                        (true, _, None) => bail!("{name} has no IPv6 address (a dual-stack lab gives every host one)"),
+                        (true, _, Some(a)) => (a, None),
+                        (false, Some(a), v6) => (a, v6),
+                        (false, None, _) => bail!("{name} has no IPv4 address"),
+                    }
                 }
-                Some(e) => nodeapi::out!("{addr} takes\n{}", routes::render(std::slice::from_ref(e))),
+            };
+            q.print(&q.client()?.lookup(addr)?, |e| {
+                match e {
+                    None => nodeapi::outln!(
+                        "{addr}: no route (packets to it are answered with ICMP destination unreachable)"
+                    ),
+                    Some(e) => nodeapi::out!("{addr} takes\n{}", routes::render(std::slice::from_ref(e))),
+                }
+                if let Some(a) = v6 {
+                    nodeapi::outln!("{name} also has {a}: --lookup {name} -6");
+                }
             })
         }
         Cmd::Routes { lookup: None, query: q, .. } => {
