@@ -4,7 +4,7 @@
 
 use crate::counters::{Counters, DropReason};
 use crate::fib::FibHandle;
-use crate::iface::{IfaceId, Interfaces};
+use crate::iface::{IfaceId, IfaceRole, Interfaces};
 use crate::neigh::{NeighHandle, Neighbour};
 use crate::pipeline::{self, Context, Span, Verdict};
 use crate::tap::{Direction, Tap};
@@ -429,8 +429,16 @@ impl Worker {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
             Err(e) => {
-                let iface = ctx.ifaces.get(in_if).map_or("?", |f| f.name.as_str());
-                tracing::warn!(iface, error = %e, "receive failed");
+                let f = ctx.ifaces.get(in_if);
+                let iface = f.map_or("?", |f| f.name.as_str());
+                // A pod's veth goes down whenever its container stops: the node follows
+                // that on its own; anything else failing is news.
+                let pod = f.is_some_and(|f| matches!(f.role, IfaceRole::Pod { .. }));
+                if pod && e.raw_os_error() == Some(libc::ENETDOWN) {
+                    tracing::debug!(iface, "receive: the pod's interface went down");
+                } else {
+                    tracing::warn!(iface, error = %e, "receive failed");
+                }
                 return false;
             }
         };

@@ -207,7 +207,7 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     t.title("The node's routes", "UH: a host route to each local pod; UG: another node's /26 block via that node; ! the node's own block (blackhole for unused addresses). Encap says whether the route goes through the IPIP tunnel, and why.");
     t.router(&["routes", "--node", "node-a"])?;
 
-    t.title("Where pod addresses come from: one block per node", "Calico's IPAM cuts the pool into blocks (/26: 64 addresses) and gives each node its own; the node hands its pods addresses from it. So one route per node travels over BGP, not one per pod. A node whose blocks are full borrows an address from another node's block and announces that /32 (LENT counts them).");
+    t.title("Where pod addresses come from: one block per node", "Calico's IPAM cuts the pool into blocks (/26: 64 addresses) and gives each node its own; the node hands its pods addresses from it (62 here: not a block's first and last). So one route per node travels over BGP, not one per pod. A node whose blocks are full borrows an address from another node's block and announces that /32 (LENT counts them).");
     t.router(&["ipam", "show", "--show-blocks"])?;
 
     t.title("The nodes tell each other their blocks over BGP", &format!("A full mesh of N nodes needs N·(N-1)/2 sessions: {} here. With route reflectors every node peers only with the reflectors (lab/topologies/seed-rr.toml: 2 sessions).", nodes * (nodes - 1) / 2));
