@@ -297,10 +297,15 @@ pub struct Worker {
     pub fail_after: Option<Duration>,
     /// Fault injection for the fallback test (see `DataplaneConfig::refuse_udp_gso`).
     pub refuse_udp_gso: bool,
-    /// Tun mode's UDP socket for VXLAN super-packets, opened when the first is sent (a pool
-    /// may turn to VXLAN while the node runs); `None` inside if it could not be.
-    pub vxlan_tx: std::cell::OnceCell<Option<UdpTunnelSocket>>,
+    /// Tun mode's UDP sockets for VXLAN super-packets, each opened when the first is sent
+    /// through it (a pool may turn to VXLAN while the node runs); `None` inside if it could
+    /// not be. A socket's source port is its own, so flows are spread over several by the
+    /// port the pipeline derived from the inner flow: a fabric's ECMP still sees many.
+    pub vxlan_tx: [std::cell::OnceCell<Option<UdpTunnelSocket>>; VXLAN_TX_SOCKETS],
 }
+
+/// How many UDP sockets (source ports) a tun-mode worker sends VXLAN super-packets from.
+pub const VXLAN_TX_SOCKETS: usize = 8;
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -735,11 +740,17 @@ impl Worker {
         true
     }
 
-    /// Sends the VXLAN super-packet `packet` (outer IPv4 onward, tun mode) through the UDP
+    /// Sends the VXLAN super-packet `packet` (outer IPv4 onward, tun mode) through a UDP
     /// socket, which cuts it into datagrams of `size` bytes. The outer UDP header is the
-    /// socket's own: its source port is the socket's, not a hash of the flow.
+    /// socket's own: its source port is the socket's, picked by the flow's hashed port in
+    /// `packet`, so one flow keeps one port and different flows mostly differ.
     fn send_vxlan_super(&self, packet: &[u8], size: u16) -> io::Result<usize> {
-        let tx = self.vxlan_tx.get_or_init(|| {
+        let ip = encap::ipv4::Packet::new_unchecked(packet);
+        // The outer headers are ours (no IPv4 options); a super-packet's length fields may
+        // not describe it, so only the UDP header's 8 bytes are read.
+        let udp = packet.get(encap::ipv4::HEADER_LEN..UDP_HEADERS);
+        let flow_port = udp.map_or(0, |h| encap::udp::Packet::new_unchecked(h).src_port());
+        let tx = self.vxlan_tx[usize::from(flow_port) % VXLAN_TX_SOCKETS].get_or_init(|| {
             let node = self.ifaces.node_addr()?;
             UdpTunnelSocket::sender(node)
                 .inspect_err(|e| tracing::warn!(%node, error = %e, "no UDP socket for VXLAN super-packets"))
@@ -748,7 +759,6 @@ impl Worker {
         let (Some(tx), Some(payload)) = (tx, packet.get(UDP_HEADERS..)) else {
             return Err(io::Error::from_raw_os_error(libc::EADDRNOTAVAIL));
         };
-        let ip = encap::ipv4::Packet::new_unchecked(packet);
         let to = std::net::SocketAddrV4::new(ip.dst(), encap::vxlan::PORT);
         tx.send_to(payload, to, ip.tos(), ip.ttl(), Some(size)).map(|_| 1)
     }

@@ -84,17 +84,36 @@ fn tcp_super_packets_arrive_intact_directly_and_through_the_tunnel() {
 
 #[test]
 fn vxlan_carries_tcp_super_packets_cut_and_merged_intact() {
-    vxlan_super_packets(&["--vxlan-mode", "cross-subnet"]);
+    let _lab = vxlan_super_packets(&["--vxlan-mode", "cross-subnet"]);
 }
 
 #[test]
 fn in_tun_mode_vxlan_super_packets_go_through_udp_sockets_whole() {
     // No packet socket here: a UDP socket sends them (UDP_SEGMENT) and reads them whole
     // at the far node (UDP_GRO).
-    vxlan_super_packets(&["--dataplane", "tun", "--vxlan-mode", "cross-subnet"]);
+    let lab = vxlan_super_packets(&["--dataplane", "tun", "--vxlan-mode", "cross-subnet"]);
+    // A socket's source port is its own: flows are spread over several sockets by their
+    // hash, so that a fabric's ECMP sees more than one flow (8 streams on 8 sockets: all on
+    // one by chance is 8^-7).
+    let cap =
+        start_capture(&lab, "underlay", "eth0", "src host 192.168.100.100 and udp dst port 4789 and greater 3000", 400);
+    let mut srv = lab
+        .command(&["lab", "exec", "pod-c1", "--", "iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = lab.exec("pod-a1", &["iperf3", "-c", "10.244.3.1", "-t", "2", "-P", "8"]);
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert!(out.status.success(), "iperf3: {}{}", text(&out.stdout), text(&out.stderr));
+    let ports: std::collections::BTreeSet<String> =
+        cap.fields(&["udp.srcport"]).into_iter().filter_map(|r| r.into_iter().next()).collect();
+    assert!(ports.len() >= 2, "every super-packet from one source port: {ports:?}");
 }
 
-fn vxlan_super_packets(args: &[&str]) {
+fn vxlan_super_packets(args: &[&str]) -> TestLab {
     let lab = TestLab::up(args);
     // Frames far beyond the underlay's 1500-byte MTU cross the underlay router whole: UDP
     // super-packets of VXLAN, which the kernel cuts only if it must.
@@ -122,6 +141,7 @@ fn vxlan_super_packets(args: &[&str]) {
         assert_eq!(lab.drops(node, "gso_failed"), 0, "{node}");
         assert_eq!(lab.drops(node, "tx_error"), 0, "{node}");
     }
+    lab
 }
 
 #[test]
