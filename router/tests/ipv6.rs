@@ -218,17 +218,7 @@ fn every_pod_reaches_every_other_over_ipv6_and_ipv4_still_works() {
 fn tcp_crosses_every_ipv6_path() {
     let lab = TestLab::up(&["--dual-stack"]);
     for (server, addr) in [("pod-a2", "fd00:10:244::2"), ("pod-b1", "fd00:10:244::41"), ("pod-c1", "fd00:10:244::81")] {
-        let mut srv = lab
-            .command(&["lab", "exec", server, "--", "iperf3", "-s", "-1", "-6"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("iperf3 -s");
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let out = lab.exec("pod-a1", &["iperf3", "-6", "-c", addr, "-t", "1", "-J"]);
-        let _ = srv.kill();
-        let _ = srv.wait();
-        assert!(out.status.success(), "iperf3 to {server}: {}{}", text(&out.stdout), text(&out.stderr));
+        let out = iperf3(&lab, server, &["-6"], "pod-a1", &["-6", "-c", addr, "-t", "1", "-J"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
         let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
         assert!(bytes > 1_000_000, "only {bytes} bytes reached {server}");
@@ -249,17 +239,7 @@ fn ipv6_neighbours_stay_resolved_across_their_refreshes() {
         .output()
         .expect("router runs");
     assert!(out.status.success(), "lab up: {}{}", text(&out.stdout), text(&out.stderr));
-    let mut srv = lab
-        .command(&["lab", "exec", "pod-c1", "--", "iperf3", "-s", "-1", "-6"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 -s");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = lab.exec("pod-a1", &["iperf3", "-6", "-c", "fd00:10:244::81", "-t", "5", "-J"]);
-    let _ = srv.kill();
-    let _ = srv.wait();
-    assert!(out.status.success(), "iperf3: {}{}", text(&out.stdout), text(&out.stderr));
+    iperf3(&lab, "pod-c1", &["-6"], "pod-a1", &["-6", "-c", "fd00:10:244::81", "-t", "5", "-J"]);
     let stats = lab.json(&["stats", "--node", "node-a", "--json"]);
     assert!(stats["gso_received"].as_u64().unwrap_or(0) > 0, "no super-packet crossed node-a: {stats}");
     for reason in ["gso_failed", "neighbour_failed", "neighbour_queue_full"] {

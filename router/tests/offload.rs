@@ -97,17 +97,7 @@ fn in_tun_mode_vxlan_super_packets_go_through_udp_sockets_whole() {
     // one by chance is 8^-7).
     let cap =
         start_capture(&lab, "underlay", "eth0", "src host 192.168.100.100 and udp dst port 4789 and greater 3000", 400);
-    let mut srv = lab
-        .command(&["lab", "exec", "pod-c1", "--", "iperf3", "-s", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 -s");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = lab.exec("pod-a1", &["iperf3", "-c", "10.244.3.1", "-t", "2", "-P", "8"]);
-    let _ = srv.kill();
-    let _ = srv.wait();
-    assert!(out.status.success(), "iperf3: {}{}", text(&out.stdout), text(&out.stderr));
+    iperf3(&lab, "pod-c1", &[], "pod-a1", &["-c", "10.244.3.1", "-t", "2", "-P", "8"]);
     let ports: std::collections::BTreeSet<String> =
         cap.fields(&["udp.srcport"]).into_iter().filter_map(|r| r.into_iter().next()).collect();
     assert!(ports.len() >= 2, "every super-packet from one source port: {ports:?}");

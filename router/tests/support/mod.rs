@@ -167,6 +167,22 @@ pub struct Capture {
     pub file: PathBuf,
 }
 
+/// Runs iperf3 from `client` to a one-shot server in `server` (`server_args` like `-6`) and
+/// returns the client's output, asserting that it succeeded.
+pub fn iperf3(lab: &TestLab, server: &str, server_args: &[&str], client: &str, client_args: &[&str]) -> Output {
+    let mut cmd = vec!["lab", "exec", server, "--", "iperf3", "-s", "-1"];
+    cmd.extend(server_args);
+    let mut srv = lab.command(&cmd).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("iperf3 -s");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut args = vec!["iperf3"];
+    args.extend(client_args);
+    let out = lab.exec(client, &args);
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert!(out.status.success(), "iperf3 to {server}: {}{}", text(&out.stdout), text(&out.stderr));
+    out
+}
+
 /// Starts `tshark -i IFACE -f FILTER -c COUNT` in `host` and returns once it is capturing.
 pub fn start_capture(lab: &TestLab, host: &str, iface: &str, filter: &str, count: usize) -> Capture {
     use std::io::{BufRead, BufReader};
