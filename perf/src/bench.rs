@@ -17,9 +17,9 @@ pub struct Options {
     /// most 120 s).
     #[arg(long)]
     pub packets: Option<u64>,
-    /// Scenarios to run (default: all): kernel, afpacket, afpacket-ipip, afpacket-ipip-ab,
+    /// Scenarios to run, comma-separated or the option again (default: all): kernel, afpacket, afpacket-ipip, afpacket-ipip-ab,
     /// afpacket-vxlan, afpacket-vxlan-ab, tun-ipip, tun-vxlan, kernel6, afpacket6, kernel-masq, afpacket-masq.
-    #[arg(long = "scenario")]
+    #[arg(long = "scenario", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// UDP frame sizes.
     #[arg(long, value_delimiter = ',', default_value = "64,512,1500,imix")]
