@@ -105,7 +105,7 @@ enum Cmd {
     },
     /// Show a node's packet counters and drops by reason.
     Stats(Query),
-    /// Show a node's ARP neighbours.
+    /// Show a node's neighbours: its ARP and NDP table.
     Neighbours(Query),
     /// Send a marked probe from a pod and show what every node it crossed did with it.
     Trace {
@@ -123,6 +123,7 @@ enum Cmd {
         /// "time exceeded" that node sends back.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..))]
         ttl: u8,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -165,8 +166,10 @@ enum Cmd {
         /// ippools, bgpconfigurations, bgppeers, bgpfilters, nodes, ipreservations,
         /// ipamconfigurations or workloadendpoints (singular works too; wep).
         kind: String,
+        /// One resource (default: every one of the kind).
         #[arg(value_name = "NAME")]
         resource: Option<String>,
+        /// A table, or the resources as `apply -f` takes them.
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: router::calico::Output,
         #[command(flatten)]
@@ -179,10 +182,13 @@ enum Cmd {
     },
     /// Delete Calico resources from etcd, by kind and name or as listed in a file.
     Delete {
+        /// The kind, as `get` names it (ippool, bgppeer, ...).
         #[arg(required_unless_present = "file")]
         kind: Option<String>,
+        /// The resource's name.
         #[arg(required_unless_present = "file", value_name = "NAME")]
         resource: Option<String>,
+        /// Delete every resource this file (`-`: stdin) names, as `apply -f` reads it.
         #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "resource", "namespace"])]
         file: Option<PathBuf>,
         #[command(flatten)]
@@ -270,6 +276,7 @@ enum IpamCmd {
         /// What this address is: free, reserved, or in use by which handle and node.
         #[arg(long)]
         ip: Option<std::net::IpAddr>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -281,6 +288,7 @@ enum IpamCmd {
         /// Free the addresses found, and the blocks they leave empty.
         #[arg(long)]
         release: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -289,6 +297,7 @@ enum IpamCmd {
     /// Free an address that no workload holds any more (one a crash left behind). It is
     /// not checked that nothing uses it.
     Release {
+        /// The address to free.
         #[arg(long)]
         ip: std::net::IpAddr,
         #[command(flatten)]
@@ -503,6 +512,7 @@ enum LabCmd {
     },
     /// Stop every daemon and remove every namespace of the lab.
     Down {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -533,6 +543,7 @@ enum LabCmd {
     },
     /// Print a topology (default: the seed) as Calico resources, for `router apply -f`.
     Resources {
+        /// Topology file (TOML); the seed topology is built in.
         #[arg(long)]
         topology: Option<PathBuf>,
         /// With an IPv6 pool (fd00:10:244::/48 where the topology names none) and the nodes'
@@ -542,6 +553,7 @@ enum LabCmd {
     },
     /// Show the lab's hosts and whether their daemons answer.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -579,6 +591,7 @@ struct Query {
     /// node serves it).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
