@@ -89,7 +89,7 @@ impl State {
     /// The same handle keeps its address.
     pub fn request(&mut self, node: &str, handle: &str, address: Ipv4Addr) -> Result<Assigned, String> {
         let Some((block, owner)) = self.blocks.iter().find(|(b, _)| b.contains(&address)) else {
-            return Err(format!("{address} is in no block of the IPAM state"));
+            return Err(format!("{address} is in none of the blocks this IPAM file holds"));
         };
         let assigned = Assigned { address, borrowed: owner != node };
         match self.find(handle) {
@@ -105,6 +105,42 @@ impl State {
         }
         self.allocations.insert(address, Allocation { handle: handle.to_string(), node: node.to_string() });
         Ok(assigned)
+    }
+
+    /// [`State::request`], where an address inside `pool` but in no block claims the block
+    /// of `len` bits around it for `node` first, as Calico's IPAM does (and the etcd one
+    /// here): the node then announces the address as a /32, its config naming other blocks.
+    pub fn request_in_pool(
+        &mut self,
+        node: &str,
+        handle: &str,
+        address: Ipv4Addr,
+        pool: Option<Ipv4Net>,
+        len: u8,
+    ) -> Result<Assigned, String> {
+        if self.blocks.keys().any(|b| b.contains(&address)) {
+            return self.request(node, handle, address);
+        }
+        let Some(pool) = pool.filter(|p| p.contains(&address)) else {
+            return Err(match pool {
+                Some(p) => format!("{address} is outside the pool {p}"),
+                None => format!("{address} is in none of the blocks this IPAM file holds"),
+            });
+        };
+        let block = Ipv4Net::new(address, len).map_err(|e| format!("/{len} blocks of {pool}: {e}"))?.trunc();
+        if let Some(a) = self.find(handle) {
+            return Err(format!("{handle} holds {a} already, not {address}"));
+        }
+        if !block.hosts().any(|a| a == address) {
+            return Err(format!("{address} is not handed out: it is the first or last address of block {block}"));
+        }
+        if !pool.contains(&block) || self.blocks.keys().any(|b| b.contains(&block)) {
+            return Err(format!(
+                "{address} is in no block, and block {block} does not fit in pool {pool} beside the others"
+            ));
+        }
+        self.blocks.insert(block, node.to_string());
+        self.request(node, handle, address)
     }
 
     /// The IPv6 `address` for `handle`, as asked: free, in one of `node`'s IPv6 blocks (as
@@ -334,13 +370,32 @@ mod tests {
             st.request("a", "c2@eth0", ip("10.244.2.3")),
             Ok(Assigned { address: ip("10.244.2.3"), borrowed: true })
         );
-        for (bad, says) in [("10.244.1.0", "first or last"), ("10.244.1.7", "first or last"), ("10.9.0.1", "no block")]
+        for (bad, says) in
+            [("10.244.1.0", "first or last"), ("10.244.1.7", "first or last"), ("10.9.0.1", "none of the blocks")]
         {
             let e = st.request("a", "c3@eth0", ip(bad)).expect_err(bad);
             assert!(e.contains(says), "{bad}: {e}");
         }
         // Automatic assignment goes around what was asked for.
         assert_eq!(st.allocate("a", "c3@eth0").map(|a| a.address), Ok(ip("10.244.1.1")));
+        // Inside the pool but in no block: the block around it becomes the node's, as
+        // Calico's IPAM does; nothing is claimed for a request that fails.
+        let pool = Some("10.244.0.0/16".parse::<Ipv4Net>().expect("net"));
+        let blocks = st.blocks.len();
+        for (bad, says) in [("10.244.9.8", "first or last"), ("10.99.0.1", "outside the pool 10.244.0.0/16")] {
+            let e = st.request_in_pool("a", "c4@eth0", ip(bad), pool, 29).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let e = st.request_in_pool("a", "c3@eth0", ip("10.244.9.9"), pool, 29).expect_err("holds one");
+        assert!(e.contains("holds 10.244.1.1 already"), "{e}");
+        assert_eq!(st.blocks.len(), blocks, "no block claimed for a refused request");
+        assert_eq!(
+            st.request_in_pool("a", "c4@eth0", ip("10.244.9.9"), pool, 29),
+            Ok(Assigned { address: ip("10.244.9.9"), borrowed: false })
+        );
+        assert_eq!(st.blocks.get(&"10.244.9.8/29".parse().expect("net")).map(String::as_str), Some("a"));
+        let e = st.request_in_pool("a", "c5@eth0", ip("10.244.7.9"), None, 29).expect_err("no pool known");
+        assert!(e.contains("none of the blocks"), "{e}");
         let ip6 = |s: &str| s.parse::<Ipv6Addr>().expect("ip");
         assert_eq!(st.request6("a", "c1@eth0", ip6("fd00:10:244::9")), Ok(ip6("fd00:10:244::9")));
         assert!(st.request6("b", "d1@eth0", ip6("fd00:10:244::a")).expect_err("not b's").contains("none of node b's"));

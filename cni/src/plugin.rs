@@ -638,7 +638,7 @@ impl Backend {
                     // announces one by one, as it does borrowed ones.
                     let len = conf.block_size.unwrap_or_else(|| conf.blocks.first().map_or(26, |b| b.prefix_len()));
                     let a = match asked.v4 {
-                        Some(ip) => st.request(&conf.node, handle, ip)?,
+                        Some(ip) => st.request_in_pool(&conf.node, handle, ip, conf.pool, len)?,
                         None => st.allocate_within(&conf.node, handle, &within4).or_else(|full| {
                             match conf.pool.and_then(|p| st.claim_block(&conf.node, p, len, &within4)) {
                                 Some(_) => st.allocate_within(&conf.node, handle, &within4),

@@ -252,7 +252,7 @@ fn the_plugin_answers_as_the_cni_spec_says() {
         ("IP=10.244.1.300", 4, "10.244.1.300\\\" is not an address"),
         ("IP=10.244.1.41,10.244.1.42", 4, "a second IPv4 address"),
         ("IP=10.244.1.63", 102, "first or last address of block 10.244.1.0/26"),
-        ("IP=10.9.0.1", 102, "in no block"),
+        ("IP=10.9.0.1", 102, "in none of the blocks this IPAM file holds"),
         ("IP=fd00:10:244::9", 102, "node node-a has no IPv6 blocks"),
     ] {
         let r = asked("asked2", &ns[4], &plain, args);
@@ -261,6 +261,21 @@ fn the_plugin_answers_as_the_cni_spec_says() {
     }
     let r = asked("asked2", &ns[4], &cni.conf_with(&[("runtimeConfig", json!({"ips": ["10.244.1/24"]}))]), "");
     assert_eq!(error_code(&r), 7, "{}", r.raw);
+    // With the pool known (the lab's conflist names it), an address in no block claims the
+    // block around it for the node, as Calico's IPAM does, and the node announces it.
+    let pooled = cni.conf_with(&[("pool", json!("10.244.0.0/16")), ("block_size", json!(26))]);
+    let r = asked("asked2", &ns[4], &pooled, "IP=10.9.0.1");
+    assert!(error_code(&r) == 102 && r.raw.contains("outside the pool 10.244.0.0/16"), "{}", r.raw);
+    let r = asked("asked2", &ns[4], &pooled, "IP=10.244.50.5");
+    assert_eq!((r.code, address(&r)), (0, "10.244.50.5/32".to_string()), "{}", r.raw);
+    let show = text(&lab.router(&["ipam", "show", "--show-blocks"]).stdout);
+    assert!(show.lines().any(|l| l.contains("10.244.50.0/26") && l.contains("node-a")), "{show}");
+    wait_for(10, "node-c to learn 10.244.50.5/32 from node-a", || {
+        let r = lab.json(&["routes", "--node", "node-c", "--lookup", "10.244.50.5", "--json"]);
+        r["prefix"] == "10.244.50.5/32" && r["next_hop"] == "192.168.100.100"
+    });
+    let (ok, out) = ping(&lab, "pod-c1", &["-c", "1", "-W", "2", "10.244.50.5"]);
+    assert!(ok, "{out}");
     for c in ["asked0", "asked1", "asked2"] {
         assert_eq!(cni.call("DEL", c, None, &plain).code, 0);
     }
