@@ -524,13 +524,27 @@ pub enum ClientError {
     // The io error is in the message, and not a `source`: anyhow's `{:#}` would say it twice.
     #[error("cannot reach the node's admin socket {path}: {err}; {}", connect_hint(err))]
     Connect { path: String, err: std::io::Error },
-    #[error("talking to {path}: {err}")]
+    #[error("talking to {path}: {}", io_text(err))]
     Io { path: String, err: std::io::Error },
     #[error("the node's answer does not decode (is it another version of router?): {0}")]
     Decode(serde_json::Error),
     #[error("the node refused: {0}")]
     Refused(String),
 }
+
+/// An exchange's failure in words: a read or write that timed out says so, rather than
+/// "Resource temporarily unavailable".
+fn io_text(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("no answer within {} s: the node is stopped or too busy to answer", ANSWER_WAIT.as_secs())
+        }
+        _ => err.to_string(),
+    }
+}
+
+/// How long a client waits for the node to take its request and to answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 /// What a failed connect most likely means.
 fn connect_hint(err: &std::io::Error) -> &'static str {
@@ -545,8 +559,8 @@ fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientError> 
     let p = path.display().to_string();
     let io = |err| ClientError::Io { path: p.clone(), err };
     let mut s = UnixStream::connect(path).map_err(|err| ClientError::Connect { path: p.clone(), err })?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
-    s.set_write_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    s.set_read_timeout(Some(ANSWER_WAIT)).map_err(io)?;
+    s.set_write_timeout(Some(ANSWER_WAIT)).map_err(io)?;
     let mut line = serde_json::to_string(&req).map_err(ClientError::Decode)?;
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io)?;
@@ -818,6 +832,11 @@ mod tests {
         let e = |kind| ClientError::Connect { path: "/x.sock".into(), err: std::io::Error::from(kind) }.to_string();
         assert!(e(std::io::ErrorKind::PermissionDenied).ends_with("the socket is for its node's user and root only"));
         assert!(e(std::io::ErrorKind::NotFound).contains("is the node running?"));
+        // A node that takes the connection but never answers (stopped, stuck) is named so.
+        let e = |kind| ClientError::Io { path: "/x.sock".into(), err: std::io::Error::from(kind) }.to_string();
+        assert!(e(std::io::ErrorKind::WouldBlock)
+            .ends_with("no answer within 5 s: the node is stopped or too busy to answer"));
+        assert!(e(std::io::ErrorKind::BrokenPipe).contains("broken pipe"), "{}", e(std::io::ErrorKind::BrokenPipe));
     }
 
     #[test]
