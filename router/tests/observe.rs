@@ -223,6 +223,36 @@ fn a_capture_from_cold_shows_the_routers_arp_and_the_packet_it_held() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// A node that dies mid-capture ends the CLI's wait with the reason and where the packets
+/// written until then are, not with a bare socket error (or a wait that never ends).
+#[test]
+fn a_capture_whose_node_dies_says_so_and_keeps_what_was_written() {
+    let lab = TestLab::up(&[]);
+    let file = lab.dir.join(format!("{}-dies.pcap", lab.name));
+    let path = file.to_str().unwrap_or_default();
+    let args = ["capture", "--node", "node-a", "--duration", "30", "-w", path];
+    let cap = lab
+        .command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("router capture");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
+    assert!(ok, "{out}");
+    let pid = lab.daemon_pid("node-a");
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success()));
+    let started = std::time::Instant::now();
+    let done = cap.wait_with_output().expect("capture ends");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the CLI waited on");
+    let err = text(&done.stderr);
+    assert!(!done.status.success() && err.contains("the node stopped answering during the capture"), "{err}");
+    assert!(err.contains(&format!("{path} holds what it wrote until then")), "{err}");
+    let echoes = pcap_fields(std::path::Path::new(path), Some("icmp.type == 8"), &["ip.dst"]);
+    assert!(echoes.lines().count() >= 2, "the pings before the node died: {echoes}");
+    let _ = std::fs::remove_file(&file);
+}
+
 fn trace(lab: &TestLab, dst: &str, proto: &str) -> Vec<serde_json::Value> {
     let v = lab.json(&["trace", "pod-a1", dst, "--proto", proto, "--json"]);
     v["hops"].as_array().cloned().unwrap_or_default()

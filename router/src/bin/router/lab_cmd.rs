@@ -233,9 +233,18 @@ pub(super) fn capture(
         path.display(),
         if count > 0 { format!(" or {count} packets") } else { String::new() }
     );
+    let mut written = 0;
     loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let st = node.capture_status()?;
+        let st = match node.capture_status() {
+            Ok(st) => st,
+            Err(e @ (admin::ClientError::Connect { .. } | admin::ClientError::Io { .. })) => bail!(
+                "the node stopped answering during the capture ({e}); {} holds what it wrote until then: {written} packets or more",
+                path.display()
+            ),
+            Err(e) => return Err(e.into()),
+        };
+        written = st.written;
         if !st.active || stop.load(std::sync::atomic::Ordering::Relaxed) {
             let n = node.capture_stop()?.written;
             let lost = st.lost;
