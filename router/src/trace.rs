@@ -20,6 +20,9 @@ pub struct Trace {
     /// What reached the source in answer, as the probe saw it there.
     #[serde(default)]
     pub answer: Option<crate::probe::Answer>,
+    /// Nodes that did not answer (stopped, crashed), each with why: their hops are missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untraced: Vec<String>,
 }
 
 /// A fresh trace id from the kernel's random source, never 0. The id is what a node's

@@ -253,6 +253,24 @@ fn a_capture_whose_node_dies_says_so_and_keeps_what_was_written() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// A trace is most wanted when a node is down: the others still report their hops, and the
+/// missing node is named.
+#[test]
+fn a_trace_with_a_node_down_shows_the_others_and_names_it() {
+    let lab = TestLab::up(&[]);
+    let pid = lab.daemon_pid("node-b");
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success()));
+    wait_for(5, "node-b's socket to refuse", || !lab.router(&["status", "--node", "node-b"]).status.success());
+    let t = lab.json(&["trace", "pod-a1", "pod-c1", "--json"]);
+    let nodes: Vec<&str> = t["hops"].as_array().into_iter().flatten().filter_map(|h| h["node"].as_str()).collect();
+    assert!(nodes.contains(&"node-a") && nodes.contains(&"node-c"), "{t}");
+    let untraced = t["untraced"].as_array().cloned().unwrap_or_default();
+    assert!(untraced.len() == 1 && untraced[0].as_str().unwrap_or("").starts_with("node-b: "), "{t}");
+    assert!(t["answer"].is_object(), "pod-c1 answered: {t}");
+    let out = text(&lab.router(&["trace", "pod-a1", "pod-c1"]).stdout);
+    assert!(out.contains("not traced: node-b: "), "{out}");
+}
+
 fn trace(lab: &TestLab, dst: &str, proto: &str) -> Vec<serde_json::Value> {
     let v = lab.json(&["trace", "pod-a1", dst, "--proto", proto, "--json"]);
     v["hops"].as_array().cloned().unwrap_or_default()

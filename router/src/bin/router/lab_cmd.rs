@@ -101,8 +101,21 @@ pub(super) fn trace(
         );
     }
     let id = router::trace::new_id().context("reading a random trace id from /dev/urandom")?;
+    // A node that does not answer (stopped, crashed: when a trace is most wanted) leaves a
+    // gap in the trace, said below, rather than no trace at all.
+    let mut traced = Vec::new();
+    let mut untraced = Vec::new();
     for d in &st.daemons {
-        admin::Client::new(&d.socket).trace_start(id).with_context(|| format!("starting the trace on {}", d.node))?;
+        match admin::Client::new(&d.socket).trace_start(id) {
+            Ok(()) => traced.push(d),
+            Err(e @ (admin::ClientError::Connect { .. } | admin::ClientError::Io { .. })) => {
+                untraced.push(format!("{}: {e}", d.node))
+            }
+            Err(e) => return Err(e).with_context(|| format!("starting the trace on {}", d.node)),
+        }
+    }
+    if traced.is_empty() && !st.daemons.is_empty() {
+        bail!("no node of the lab answers, so none can report the probe: {}", untraced.join("; "));
     }
     let exe = std::env::current_exe()?;
     let out = std::process::Command::new(&exe)
@@ -122,14 +135,17 @@ pub(super) fn trace(
     let answer: Option<router::probe::Answer> = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("the probe's report: {:?}", String::from_utf8_lossy(&out.stdout)))?;
     let mut hops: Vec<nodeapi::admin::Hop> = Vec::new();
-    for d in &st.daemons {
+    for d in traced {
         let node = admin::Client::new(&d.socket);
-        hops.extend(node.trace_collect(id)?);
+        match node.trace_collect(id) {
+            Ok(h) => hops.extend(h),
+            Err(e) => untraced.push(format!("{}: {e}", d.node)),
+        }
         let _ = node.trace_stop();
     }
     hops.sort_by(|a, b| a.time.total_cmp(&b.time));
     if json {
-        let t = router::trace::Trace { id, src: src_ip, dst: dst_ip, proto, hops, answer };
+        let t = router::trace::Trace { id, src: src_ip, dst: dst_ip, proto, hops, answer, untraced };
         nodeapi::outln!("{}", serde_json::to_string_pretty(&t)?);
         return Ok(0);
     }
@@ -148,6 +164,9 @@ pub(super) fn trace(
         nodeapi::outln!("no node saw the probe: {src}'s kernel did not send it (no route in the pod?)");
     } else {
         nodeapi::out!("{}", router::trace::render(&hops));
+    }
+    for u in &untraced {
+        nodeapi::outln!("not traced: {u}");
     }
     match answer {
         Some(a) => nodeapi::outln!("\nanswer at {src} after {:.2} ms: {} from {}", a.after_ms, a.what, label(a.from)),
