@@ -195,6 +195,18 @@ fn capture_on_node_a_shows_ipip_around_the_inner_icmp() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// `router capture` with `args`, running, given half a second to start.
+fn start_router_capture(lab: &TestLab, args: &[&str]) -> std::process::Child {
+    let cap = lab
+        .command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("router capture");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    cap
+}
+
 /// What the slow path sends is in a capture too: on a cold node the first ping's frames on
 /// the uplink are the router's ARP request, the answer, and the held packet, wrapped.
 #[test]
@@ -203,13 +215,7 @@ fn a_capture_from_cold_shows_the_routers_arp_and_the_packet_it_held() {
     let file = lab.dir.join(format!("{}-cold.pcap", lab.name));
     let path = file.to_str().unwrap_or_default();
     let args = ["capture", "--node", "node-a", "--interface", "eth0", "-c", "100", "--duration", "3", "-w", path];
-    let cap = lab
-        .command(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("router capture");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cap = start_router_capture(&lab, &args);
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.244.3.1"]);
     assert!(ok, "{out}");
     let done = cap.wait_with_output().expect("capture ends");
@@ -231,17 +237,10 @@ fn a_capture_whose_node_dies_says_so_and_keeps_what_was_written() {
     let file = lab.dir.join(format!("{}-dies.pcap", lab.name));
     let path = file.to_str().unwrap_or_default();
     let args = ["capture", "--node", "node-a", "--duration", "30", "-w", path];
-    let cap = lab
-        .command(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("router capture");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cap = start_router_capture(&lab, &args);
     let (ok, out) = ping(&lab, "pod-a1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.2.1"]);
     assert!(ok, "{out}");
-    let pid = lab.daemon_pid("node-a");
-    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success()));
+    lab.signal_daemon("node-a", "-9");
     let started = std::time::Instant::now();
     let done = cap.wait_with_output().expect("capture ends");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "the CLI waited on");
@@ -258,8 +257,7 @@ fn a_capture_whose_node_dies_says_so_and_keeps_what_was_written() {
 #[test]
 fn a_trace_with_a_node_down_shows_the_others_and_names_it() {
     let lab = TestLab::up(&[]);
-    let pid = lab.daemon_pid("node-b");
-    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success()));
+    lab.signal_daemon("node-b", "-9");
     wait_for(5, "node-b's socket to refuse", || !lab.router(&["status", "--node", "node-b"]).status.success());
     let t = lab.json(&["trace", "pod-a1", "pod-c1", "--json"]);
     let nodes: Vec<&str> = t["hops"].as_array().into_iter().flatten().filter_map(|h| h["node"].as_str()).collect();

@@ -82,6 +82,12 @@ impl TestLab {
         st.as_array().into_iter().flatten().find(|h| h["host"] == node).and_then(|h| h["pid"].as_i64()).expect("pid")
     }
 
+    /// Sends `signal` (`-9`, `-TERM`, ...) to a node's daemon.
+    pub fn signal_daemon(&self, node: &str, signal: &str) {
+        let pid = self.daemon_pid(node).to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().is_ok_and(|s| s.success()), "kill {signal} {pid}");
+    }
+
     pub fn down(&self) -> Output {
         self.router(&["lab", "down"])
     }
