@@ -17,8 +17,9 @@ pub struct Options {
     /// most 120 s).
     #[arg(long)]
     pub packets: Option<u64>,
-    /// Scenarios to run, comma-separated or the option again (default: all): kernel, afpacket, afpacket-ipip, afpacket-ipip-ab,
-    /// afpacket-vxlan, afpacket-vxlan-ab, tun-ipip, tun-vxlan, kernel6, afpacket6, kernel-masq, afpacket-masq.
+    /// Scenarios to run, comma-separated or the option again (default: all): kernel,
+    /// afpacket, afpacket-ipip, afpacket-ipip-ab, afpacket-vxlan, afpacket-vxlan-ab, tun-ipip,
+    /// tun-vxlan, kernel6, afpacket6, kernel-masq, afpacket-masq.
     #[arg(long = "scenario", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// UDP frame sizes.

@@ -883,6 +883,7 @@ installed {} as {}",
                 bail!("{name} is a prefix; --lookup takes an address (every path for a prefix: --detail {name})");
             }
             let (addr, v6) = match name.parse::<std::net::IpAddr>() {
+                Ok(a) if ipv6 && a.is_ipv4() => bail!("-6 picks a name's IPv6 address; {a} is an IPv4 address"),
                 Ok(a) => (a, None),
                 Err(_) => {
                     let [v4, v6] = q.named(&name)?;
