@@ -34,11 +34,12 @@ impl KernelRoute {
         }
     }
 
-    /// The interface the route goes out of; None for a blackhole.
-    pub fn dev(&self) -> Option<&str> {
+    /// For a route to one address straight out of a device (a pod's, as the lab or the CNI
+    /// plugin makes it), that device.
+    pub fn pod_dev(&self) -> Option<&str> {
         match self {
-            KernelRoute::Via { dev, .. } | KernelRoute::Dev { dev, .. } => Some(dev),
-            KernelRoute::Blackhole { .. } => None,
+            KernelRoute::Dev { prefix, dev } if prefix.prefix_len() == prefix.max_prefix_len() => Some(dev),
+            _ => None,
         }
     }
 

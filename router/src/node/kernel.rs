@@ -395,9 +395,7 @@ fn sync(
         new.retain(|r| {
             let theirs = foreign.contains(&r.prefix());
             // A pod's route as the lab or the CNI plugin made it is the usual case, not news.
-            let pod =
-                matches!(r, routes::KernelRoute::Dev { prefix, .. } if prefix.prefix_len() == prefix.max_prefix_len());
-            match (theirs, pod) {
+            match (theirs, r.pod_dev().is_some()) {
                 (false, _) => {}
                 (true, true) => tracing::debug!(route = %r.args().join(" "), "the pod's own route is in place"),
                 (true, false) => tracing::info!(
@@ -441,7 +439,7 @@ fn sync(
             Err(e) if known.retry => tracing::debug!(error = %e, "kernel route still not installed"),
             // A pod that left between the set and now (`podman run --rm` of a short command):
             // the next set takes its route away anyway.
-            Err(e) if r.dev().is_some_and(|d| netsys::link_info(d).is_err()) => {
+            Err(e) if r.pod_dev().is_some_and(|d| netsys::link_info(d).is_err()) => {
                 tracing::debug!(error = %e, "kernel route not installed: its interface is gone")
             }
             Err(e) if tun => tracing::error!(error = %e, "kernel route not installed: pod traffic will not flow"),
