@@ -534,7 +534,9 @@ fn filters(resources: &[Resource]) -> Vec<bgp::policy::Filter> {
         .collect()
 }
 
-/// The enabled IPv4 pools.
+/// The IPv4 pools, disabled ones too: `disabled` stops IPAM from handing out their
+/// addresses, but the workloads that hold some keep their routes, tunnels and export, as
+/// Calico's BIRD config keeps every pool (Calico's pool migration relies on it).
 fn pools(resources: &[Resource]) -> Vec<Pool> {
     let mode = |m: Option<r::EncapMode>| match m.unwrap_or_default() {
         r::EncapMode::Never => IpipMode::Never,
@@ -544,7 +546,7 @@ fn pools(resources: &[Resource]) -> Vec<Pool> {
     resources
         .iter()
         .filter_map(|x| match x {
-            Resource::IpPool(p) if p.spec.disabled != Some(true) => Some(Pool {
+            Resource::IpPool(p) => Some(Pool {
                 cidr: p.spec.cidr.parse::<Ipv4Net>().ok()?,
                 ipip_mode: mode(p.spec.ipip_mode),
                 vxlan_mode: mode(p.spec.vxlan_mode),
@@ -556,15 +558,13 @@ fn pools(resources: &[Resource]) -> Vec<Pool> {
         .collect()
 }
 
-/// The enabled IPv6 pools, those of them with `natOutgoing`, and those with
-/// `disableBGPExport`.
+/// The IPv6 pools (disabled ones too, as in [`pools`]), those of them with `natOutgoing`,
+/// and those with `disableBGPExport`.
 fn pools6(resources: &[Resource]) -> (Vec<Ipv6Net>, Vec<Ipv6Net>, Vec<Ipv6Net>) {
     let pools: Vec<(Ipv6Net, &r::IpPoolSpec)> = resources
         .iter()
         .filter_map(|x| match x {
-            Resource::IpPool(p) if p.spec.disabled != Some(true) => {
-                Some((p.spec.cidr.parse::<Ipv6Net>().ok()?.trunc(), &p.spec))
-            }
+            Resource::IpPool(p) => Some((p.spec.cidr.parse::<Ipv6Net>().ok()?.trunc(), &p.spec)),
             _ => None,
         })
         .collect();
@@ -784,10 +784,11 @@ mod tests {
 ---\napiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: f\nspec:\n  exportV6:\n  - action: Reject\n  importV4:\n  - action: Accept\n    matchOperator: In\n    cidr: 10.0.0.0/8\n  importV6:\n  - action: Reject\n    matchOperator: Equal\n    cidr: fd00:98::/48\n";
         rs.extend(datastore::resources::parse(extra).expect("extra"));
         let v = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
+        let net6 = |s: &str| s.parse::<Ipv6Net>().expect("net");
         assert_eq!(
             v.pools6,
-            vec!["fd00:10:244::/48".parse::<Ipv6Net>().expect("net")],
-            "the disabled pool is left out"
+            vec![net6("fd00:10:244::/48"), net6("fd00:99::/48")],
+            "a disabled pool still routes what it holds"
         );
         assert_eq!(v.pools.len(), 1);
         let others: Vec<Ipv6Addr> =

@@ -386,6 +386,25 @@ fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
     }
     let weps = endpoints();
     assert!(!weps.iter().any(|(c, _)| [&r, &k, &b].contains(&c)), "{weps:?}");
+    // Calico's move to a new pool: the old one disabled hands out no address, while what
+    // holds one keeps its routes and its tunnel. natOutgoing, turned on in the same change,
+    // shows when the nodes have applied it.
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  \
+         cidr: 10.244.0.0/16\n  blockSize: 26\n  ipipMode: CrossSubnet\n  natOutgoing: true\n  disabled: true\n  \
+         nodeSelector: all()\n",
+    );
+    wait_until("pod-a1 to reach the underlay router, masqueraded", || {
+        ping(&lab, "pod-a1", &["-c", "1", "-W", "1", "192.168.200.1"]).0
+    });
+    let way = lab.json(&["routes", "--node", "node-a", "--lookup", "10.244.3.1", "--json"]);
+    assert_eq!(way["encap"], "ipip", "{way}");
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "{out}");
+    container_pings(&lab, "node-c", &again_id, "10.244.1.1");
+    let none = lab.exec("node-c", &["podman", "run", "--rm", "--network", "router", image(), "true"]);
+    assert!(!none.status.success() && text(&none.stderr).contains("no enabled IPv4 IPPool"), "{}", text(&none.stderr));
     // lab down removes it, though its address is in etcd, not in the lab's IPAM file.
     let down = lab.down();
     assert!(down.status.success(), "{}", text(&down.stderr));
