@@ -57,9 +57,22 @@ pub fn delete_all(store: &Store, rs: &[Resource]) -> anyhow::Result<i32> {
 
 /// Whether it existed. `namespace`: for a namespaced kind (`None`: `default`).
 pub fn delete_one(store: &Store, kind: Kind, namespace: Option<&str>, name: &str) -> anyhow::Result<bool> {
+    let held = match kind {
+        Kind::IpPool => pool_in_use(store, name)?,
+        _ => None,
+    };
     let existed = store.delete_in(kind, namespace, name)?;
     if existed {
         nodeapi::outln!("{} deleted", path(kind, namespace, name));
+        if let Some((cidr, n)) = held {
+            // As in Calico, the pool goes anyway; its workloads keep their addresses but not
+            // their routes and tunnels, which follow the pools.
+            let what = if n == 1 { "address" } else { "addresses" };
+            eprintln!(
+                "warning: pool {cidr} still has {n} {what} in use (`router ipam show --show-blocks`): their \
+                 workloads lose their routes and tunnels with the pool (`disabled: true` stops new ones while they move)"
+            );
+        }
         if kind == Kind::Node {
             // As `calicoctl delete node`: the node's addresses, blocks, workload endpoints,
             // BGP peers and BGP configuration go with it (a node that runs again claims its
@@ -87,6 +100,30 @@ pub fn delete_one(store: &Store, kind: Kind, namespace: Option<&str>, name: &str
         eprintln!("{} does not exist", path(kind, namespace, name));
     }
     Ok(existed)
+}
+
+/// The pool `name`'s CIDR and how many addresses of its blocks are in use, where any are.
+fn pool_in_use(store: &Store, name: &str) -> anyhow::Result<Option<(ipnet::IpNet, usize)>> {
+    let Some(Resource::IpPool(p)) = store.get(Kind::IpPool, Some(name))?.into_iter().next() else {
+        return Ok(None);
+    };
+    let Ok(cidr) = p.spec.cidr.parse::<ipnet::IpNet>() else { return Ok(None) };
+    let ipam = datastore::ipam::Ipam::new(store.etcd.clone());
+    let n = match cidr {
+        ipnet::IpNet::V4(c) => ipam
+            .blocks::<ipnet::Ipv4Net>()?
+            .iter()
+            .filter(|(b, _)| c.contains(&b.cidr))
+            .map(|(b, _)| b.used().count())
+            .sum(),
+        ipnet::IpNet::V6(c) => ipam
+            .blocks::<ipnet::Ipv6Net>()?
+            .iter()
+            .filter(|(b, _)| c.contains(&b.cidr))
+            .map(|(b, _)| b.used().count())
+            .sum(),
+    };
+    Ok((n > 0).then_some((cidr, n)))
 }
 
 pub fn kind(s: &str) -> anyhow::Result<Kind> {

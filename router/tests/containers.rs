@@ -405,6 +405,10 @@ fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
     container_pings(&lab, "node-c", &again_id, "10.244.1.1");
     let none = lab.exec("node-c", &["podman", "run", "--rm", "--network", "router", image(), "true"]);
     assert!(!none.status.success() && text(&none.stderr).contains("no enabled IPv4 IPPool"), "{}", text(&none.stderr));
+    // Deleting it goes through, as in Calico, and says what that costs its workloads.
+    let del = lab.router(&["delete", "ippool", "default-ipv4-ippool"]);
+    let said = text(&del.stderr);
+    assert!(del.status.success() && said.contains("pool 10.244.0.0/16 still has 5 addresses in use"), "{said}");
     // lab down removes it, though its address is in etcd, not in the lab's IPAM file.
     let down = lab.down();
     assert!(down.status.success(), "{}", text(&down.stderr));
