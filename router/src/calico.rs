@@ -109,19 +109,12 @@ fn pool_in_use(store: &Store, name: &str) -> anyhow::Result<Option<(ipnet::IpNet
     };
     let Ok(cidr) = p.spec.cidr.parse::<ipnet::IpNet>() else { return Ok(None) };
     let ipam = datastore::ipam::Ipam::new(store.etcd.clone());
+    fn used<N: datastore::ipam::Family>(ipam: &datastore::ipam::Ipam, pool: N) -> anyhow::Result<usize> {
+        Ok(ipam.blocks::<N>()?.iter().filter(|(b, _)| pool.covers(&b.cidr)).map(|(b, _)| b.used().count()).sum())
+    }
     let n = match cidr {
-        ipnet::IpNet::V4(c) => ipam
-            .blocks::<ipnet::Ipv4Net>()?
-            .iter()
-            .filter(|(b, _)| c.contains(&b.cidr))
-            .map(|(b, _)| b.used().count())
-            .sum(),
-        ipnet::IpNet::V6(c) => ipam
-            .blocks::<ipnet::Ipv6Net>()?
-            .iter()
-            .filter(|(b, _)| c.contains(&b.cidr))
-            .map(|(b, _)| b.used().count())
-            .sum(),
+        ipnet::IpNet::V4(c) => used(&ipam, c)?,
+        ipnet::IpNet::V6(c) => used(&ipam, c)?,
     };
     Ok((n > 0).then_some((cidr, n)))
 }

@@ -380,7 +380,14 @@ impl Speaker {
             };
             let was = self.core.state(i);
             if self.core.incoming(i, now, self.conns[i].is_some()) == Incoming::Refuse {
-                tracing::debug!(%from, "refused a second connection from a peer");
+                if self.cfg.peers[i].ttl_security.is_some() {
+                    // GTSM: the session runs on the connection we open, every time.
+                    tracing::debug!(%from, "refused a connection from a GTSM peer: ours carries the session");
+                } else {
+                    // Rare (a collision our connection wins): worth a line when a session is
+                    // slow to come back.
+                    tracing::info!(%from, state = ?was, "refused a second connection from a peer");
+                }
                 let _ = stream.shutdown(Shutdown::Both);
                 continue;
             }
