@@ -134,7 +134,7 @@ impl State {
         if !block.hosts().any(|a| a == address) {
             return Err(format!("{address} is not handed out: it is the first or last address of block {block}"));
         }
-        if !pool.contains(&block) || self.blocks.keys().any(|b| b.contains(&block)) {
+        if !pool.contains(&block) || !self.unclaimed(&block) {
             return Err(format!(
                 "{address} is in no block, and block {block} does not fit in pool {pool} beside the others"
             ));
@@ -202,13 +202,16 @@ impl State {
     /// that overlaps no block of the state, as Calico's IPAM does for a node whose blocks
     /// are full.
     pub fn claim_block(&mut self, node: &str, pool: Ipv4Net, len: u8, within: &[Ipv4Net]) -> Option<Ipv4Net> {
-        let free = |b: &Ipv4Net| {
-            (within.is_empty() || within.iter().any(|w| w.contains(b)))
-                && !self.blocks.keys().any(|x| x.contains(b) || b.contains(x))
-        };
+        let free = |b: &Ipv4Net| (within.is_empty() || within.iter().any(|w| w.contains(b))) && self.unclaimed(b);
         let b = pool.subnets(len).ok()?.find(free)?;
         self.blocks.insert(b, node.to_string());
         Some(b)
+    }
+
+    /// Whether `b` overlaps no block of the state, either way round (blocks of another size
+    /// may sit inside it).
+    fn unclaimed(&self, b: &Ipv4Net) -> bool {
+        !self.blocks.keys().any(|x| x.contains(b) || b.contains(x))
     }
 
     /// Frees what `handle` holds (IPv4 and IPv6); its IPv4 address, if it held one.
@@ -394,6 +397,10 @@ mod tests {
             Ok(Assigned { address: ip("10.244.9.9"), borrowed: false })
         );
         assert_eq!(st.blocks.get(&"10.244.9.8/29".parse().expect("net")).map(String::as_str), Some("a"));
+        // A /26 around the address would cover another node's /29 (blocks of another size).
+        st.blocks.insert("10.244.20.8/29".parse().expect("net"), "b".into());
+        let e = st.request_in_pool("a", "c5@eth0", ip("10.244.20.33"), pool, 26).expect_err("covers b's /29");
+        assert!(e.contains("block 10.244.20.0/26 does not fit"), "{e}");
         let e = st.request_in_pool("a", "c5@eth0", ip("10.244.7.9"), None, 29).expect_err("no pool known");
         assert!(e.contains("none of the blocks"), "{e}");
         let ip6 = |s: &str| s.parse::<Ipv6Addr>().expect("ip");
