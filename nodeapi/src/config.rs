@@ -897,28 +897,43 @@ fn pods(src: &Source<'_>, raw: &[RawPod], uplink: &Uplink) -> Result<Vec<PodConf
     Ok(pods)
 }
 
-/// Blocks and pods inside the pools, where the pools are in the file (with a datastore they
-/// may come from etcd alone): outside them a block would be blackholed here and announced to
-/// nobody, since nodes export only the pools' routes, and its pods reachable from this node only.
+/// Blocks and pods inside the pools, of each family where its pools are in the file (with a
+/// datastore they may come from etcd alone): outside them a block would be blackholed here
+/// and announced to nobody, since nodes export only the pools' routes, and its pods
+/// reachable from this node only.
 fn in_pools(
     src: &Source<'_>,
     raw: &RawConfig,
     blocks: &[Ipv4Net],
     pools: &[Pool],
     pods: &[PodConfig],
+    ipv6: Option<&Ipv6Config>,
 ) -> Result<(), FileError> {
-    if pools.is_empty() {
-        return Ok(());
+    if !pools.is_empty() {
+        let pooled = |b: &Ipv4Net| pools.iter().any(|p| p.cidr.contains(b));
+        if let Some((n, b)) = raw.blocks.iter().zip(blocks).find(|(_, b)| !pooled(b)) {
+            return Err(src.error_at(n.span(), format!("block {b} is not inside one of the pools")));
+        }
+        if let Some((r, p)) = raw.pods.iter().zip(pods).find(|(_, p)| !pooled(&Ipv4Net::from(p.address))) {
+            let why = format!("pod {} has {}, which is in none of the pools", p.name, p.address);
+            return Err(src.error_at(r.address.span(), why));
+        }
     }
-    if let Some((n, b)) = raw.blocks.iter().zip(blocks).find(|(_, b)| !pools.iter().any(|p| p.cidr.contains(*b))) {
-        return Err(src.error_at(n.span(), format!("block {b} is not inside one of the pools")));
+    let (Some(v6), Some(raw6)) = (ipv6.filter(|v| !v.pools.is_empty()), raw.ipv6.as_ref()) else { return Ok(()) };
+    let pooled = |b: &Ipv6Net| v6.pools.iter().any(|p| p.contains(b));
+    if let Some((n, b)) = raw6.blocks.iter().zip(&v6.blocks).find(|(_, b)| !pooled(b)) {
+        return Err(src.error_at(n.span(), format!("ipv6 block {b} is not inside one of ipv6.pools")));
     }
-    if let Some((r, p)) = raw.pods.iter().zip(pods).find(|(_, p)| !pools.iter().any(|q| q.cidr.contains(&p.address))) {
-        return Err(
-            src.error_at(r.address.span(), format!("pod {} has {}, which is in none of the pools", p.name, p.address))
-        );
+    let stray = raw.pods.iter().zip(pods).find_map(|(r, p)| {
+        let a = p.address6.filter(|a| !pooled(&Ipv6Net::from(*a)))?;
+        Some((r.address6.as_ref()?, p, a))
+    });
+    match stray {
+        Some((at, p, a)) => {
+            Err(src.error_at(at.span(), format!("pod {} has {a}, which is in none of ipv6.pools", p.name)))
+        }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn static_route(src: &Source<'_>, r: &RawRoute, uplink: &Uplink) -> Result<StaticRoute, FileError> {
@@ -1104,12 +1119,6 @@ fn ipv6(src: &Source<'_>, raw: &RawIpv6, pods: &[PodConfig]) -> Result<Ipv6Confi
         return Err(src.error_at(r.span(), "ipv6.routes go through ipv6.gateway, which is missing"));
     }
     let blocks = nets(&raw.blocks, "ipv6 block")?;
-    // As for IPv4 (`in_pools`).
-    if !pools.is_empty() {
-        if let Some((n, b)) = raw.blocks.iter().zip(&blocks).find(|(_, b)| !pools.iter().any(|p| p.contains(*b))) {
-            return Err(src.error_at(n.span(), format!("ipv6 block {b} is not inside one of ipv6.pools")));
-        }
-    }
     let nodes = raw
         .nodes
         .iter()
@@ -1180,18 +1189,8 @@ impl NodeConfig {
             .map(|p| src.at(p, fileerr::parse_addr(p.get_ref(), "ipip peer")))
             .collect::<Result<Vec<_>, FileError>>()?;
         let pods = pods(&src, &raw.pods, &uplink)?;
-        in_pools(&src, &raw, &blocks, &pools, &pods)?;
         let ipv6 = raw.ipv6.as_ref().map(|r| ipv6(&src, r, &pods)).transpose()?;
-        if let Some(v6) = ipv6.as_ref().filter(|v| !v.pools.is_empty()) {
-            let outside = |a: &Ipv6Addr| !v6.pools.iter().any(|p| p.contains(a));
-            let stray = raw.pods.iter().zip(&pods).find_map(|(r, p)| {
-                let a = p.address6.filter(|a| outside(a))?;
-                Some((r.address6.as_ref()?, p, a))
-            });
-            if let Some((at, p, a)) = stray {
-                return Err(src.error_at(at.span(), format!("pod {} has {a}, which is in none of ipv6.pools", p.name)));
-            }
-        }
+        in_pools(&src, &raw, &blocks, &pools, &pods, ipv6.as_ref())?;
         if ipv6.is_none() {
             if let Some(p) = raw.pods.iter().find(|p| p.address6.is_some()) {
                 return Err(src.error_at(
