@@ -21,8 +21,9 @@ pub struct Target {
     pub blocks: Vec<Ipv4Net>,
     /// Dual stack: the node's IPv6 blocks (containers then get a /128 too).
     pub blocks6: Vec<Ipv6Net>,
-    /// 1500 less the pools' tunnel: 1480 with IPIP, 1450 with VXLAN.
-    pub mtu: u16,
+    /// The pods' MTU if pinned; by default the plugin asks the node at every ADD (its
+    /// uplink's less the pools' tunnel, as they are then).
+    pub mtu: Option<u16>,
     pub ipam_file: PathBuf,
     /// IPAM in etcd instead of the file (shared by every host); then the pool's blocks of
     /// `block_size` are claimed there.
@@ -43,7 +44,7 @@ impl Target {
             admin_socket: cfg.admin_socket.clone(),
             blocks: cfg.blocks.clone(),
             blocks6: cfg.ipv6.iter().flat_map(|v| v.blocks.iter().copied()).collect(),
-            mtu: 1500 - cfg.pools.iter().map(nodeapi::config::Pool::tunnel_overhead).max().unwrap_or(0),
+            mtu: None,
             ipam_file,
             etcd_endpoints: Vec::new(),
             pool: cfg.pools.first().map(|p| p.cidr),
@@ -59,10 +60,12 @@ pub fn conflist(t: &Target) -> serde_json::Value {
         "node": t.node,
         "admin_socket": t.admin_socket,
         "blocks": t.blocks,
-        "mtu": t.mtu,
         // Runtimes pass the addresses a container asks for (`--ip`) as runtimeConfig.ips.
         "capabilities": { "ips": true, "mac": true },
     });
+    if let Some(mtu) = t.mtu {
+        plugin["mtu"] = json!(mtu);
+    }
     if !t.blocks6.is_empty() {
         plugin["blocks6"] = json!(t.blocks6);
     }
@@ -74,7 +77,9 @@ pub fn conflist(t: &Target) -> serde_json::Value {
         if !t.etcd_endpoints.is_empty() {
             plugin["etcd_endpoints"] = json!(t.etcd_endpoints);
         }
-        plugin["pool"] = json!(t.pool);
+        if let Some(pool) = t.pool {
+            plugin["pool"] = json!(pool);
+        }
         plugin["block_size"] = json!(t.blocks.first().map_or(26, |b| b.prefix_len()));
         if let (Some(pool6), false) = (t.pool6, t.blocks6.is_empty()) {
             plugin["pool6"] = json!(pool6);
@@ -121,7 +126,7 @@ mod tests {
             admin_socket: "/run/node-a.sock".into(),
             blocks: vec!["10.244.1.0/26".parse().expect("net")],
             blocks6: blocks6.iter().map(|b| b.parse().expect("net")).collect(),
-            mtu: 1480,
+            mtu: None,
             ipam_file: "/run/ipam.json".into(),
             etcd_endpoints: if etcd { vec!["http://127.0.0.1:2379".into()] } else { Vec::new() },
             pool: Some("10.244.0.0/16".parse().expect("net")),
@@ -145,5 +150,15 @@ mod tests {
         assert!(file.get("pool").is_none(), "{file}");
         let shared = plugin(&Target { shared_file: true, ..target(&[], false) });
         assert_eq!((shared["pool"].as_str(), shared["block_size"].as_u64()), (Some("10.244.0.0/16"), Some(26)));
+        // etcd has the pools: a node config without any names none (no `null`).
+        let no_pool = plugin(&Target { pool: None, ..target(&[], true) });
+        assert!(no_pool.get("pool").is_none(), "{no_pool}");
+    }
+
+    #[test]
+    fn the_mtu_is_left_to_the_node_unless_pinned() {
+        let plugin = |t: &Target| conflist(t)["plugins"][0].clone();
+        assert!(plugin(&target(&[], false)).get("mtu").is_none());
+        assert_eq!(plugin(&Target { mtu: Some(8950), ..target(&[], true) })["mtu"], 8950);
     }
 }

@@ -100,9 +100,11 @@ pub struct NetConf {
     pub ipv4_pools: Vec<String>,
     #[serde(default)]
     pub ipv6_pools: Vec<String>,
-    /// The pods' MTU: 1480 where the pool uses IPIP, 1450 with VXLAN, 1500 without either.
-    #[serde(default = "default_mtu")]
-    pub mtu: u16,
+    /// The pods' MTU. Unset or 0 (Calico's "auto"): the node's answer, its uplink's less the
+    /// pools' tunnel (1480 with IPIP, 1450 with VXLAN on 1500), so a pool changed in etcd or
+    /// a jumbo-frame uplink needs no new conflist.
+    #[serde(default)]
+    pub mtu: Option<u16>,
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
@@ -198,9 +200,9 @@ impl Asked {
     }
 }
 
-fn default_mtu() -> u16 {
-    1480
-}
+/// A pod's MTU when the network sets none and the node does not say (an older node): room
+/// for IPIP on a 1500-byte underlay.
+const FALLBACK_MTU: u16 = 1480;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Attachment {
@@ -797,7 +799,8 @@ fn add(conf: &NetConf, call: &Call) -> Result<Value, CniError> {
         Backend::Etcd(..) => Vec::new(),
     };
     let (assigned, address6) = ipam.allocate(conf, &call.handle(), asked, &configured)?;
-    let attached = attach(conf, call, &host, (assigned, address6, mac.as_deref()), status.dataplane)
+    let mtu = conf.mtu.filter(|m| *m != 0).or(status.pod_mtu).unwrap_or(FALLBACK_MTU);
+    let attached = attach(conf, call, &host, (assigned, address6, mac.as_deref()), (status.dataplane, mtu))
         .and_then(|v| record_endpoint(&ipam, conf, call, &v).map(|()| v));
     match attached {
         Ok(v) => Ok(v),
@@ -888,11 +891,11 @@ fn attach(
     call: &Call,
     host: &str,
     (a, a6, mac): (Assigned, Option<Ipv6Addr>, Option<&str>),
-    dp: DataplaneMode,
+    (dp, mtu): (DataplaneMode, u16),
 ) -> Result<Value, CniError> {
     let netns = call.netns.as_deref().unwrap_or_default();
     let fail = |e: anyhow::Error| CniError::setup(format!("{e:#}"));
-    let mtu = conf.mtu.to_string();
+    let mtu = mtu.to_string();
     // A leftover of an interrupted ADD of the same attachment goes first.
     let _ = ipcmd::ip(&["link", "del", host]);
     let host_mac = encap::icmpv6::CALICO_HOST_MAC.to_string();

@@ -33,7 +33,7 @@ const NODE_ANNOTATION: &str = "router.node";
 
 /// Writes the IPAM state (every node's block, the topology's pods), the plugin, and per
 /// node its network config and `containers.conf`.
-pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option<&str>) -> anyhow::Result<()> {
+pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, etcd: Option<&str>) -> anyhow::Result<()> {
     Ipam::new(ipam_file(lab)).with(|st| {
         for n in &topo.nodes {
             st.blocks.insert(n.block, n.name.clone());
@@ -64,7 +64,8 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, overhead: u16, etcd: Option
             admin_socket: lab.socket(&n.name),
             blocks: vec![n.block],
             blocks6: n.v6.map(|(_, b)| b).into_iter().collect(),
-            mtu: topo.subnets[n.subnet].mtu - overhead,
+            // The node's: its uplink's less the pools' tunnel, as they are at each ADD.
+            mtu: None,
             ipam_file: ipam_file(lab),
             // With the lab's etcd, containers' addresses live there (as on real machines).
             etcd_endpoints: etcd.iter().map(|e| e.to_string()).collect(),

@@ -369,7 +369,7 @@ fn build(lab: &Lab, topo: &Topology, opts: &UpOptions, st: &mut State) -> anyhow
     }
 
     static_neighbours(&segment)?;
-    containers::setup(lab, topo, &opts.exe, tunnel_overhead(topo), st.etcd.as_ref().map(|e| e.url.as_str()))?;
+    containers::setup(lab, topo, &opts.exe, st.etcd.as_ref().map(|e| e.url.as_str()))?;
     for cfg in &configs {
         let path = lab.dir.join(format!("{}.toml", cfg.name));
         // 0600: a node's config holds its peers' TCP-MD5 passwords.

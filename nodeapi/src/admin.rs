@@ -95,6 +95,10 @@ pub struct NodeStatus {
     /// background; in tun mode the kernel forwards on them).
     #[serde(default = "yes")]
     pub kernel_routes_synced: bool,
+    /// The MTU a new pod's interface gets: the uplink's less the largest tunnel overhead of
+    /// the pools the node has now (the CNI plugin's when its network sets none).
+    #[serde(default)]
+    pub pod_mtu: Option<u16>,
 }
 
 fn yes() -> bool {

@@ -381,8 +381,17 @@ impl NodeConfig {
     /// The tunnel device's MTU: the underlay's less the largest overhead of the pools'
     /// tunnels (1450 for VXLAN on 1500, 1480 for IPIP).
     pub fn tunnel_device_mtu(&self, underlay_mtu: u16) -> u16 {
-        let overhead = self.pools.iter().map(Pool::tunnel_overhead).max().unwrap_or(0);
-        underlay_mtu.saturating_sub(overhead.max(encap::ipip::OVERHEAD as u16))
+        underlay_mtu.saturating_sub(self.tunnel_overhead().max(encap::ipip::OVERHEAD as u16))
+    }
+
+    /// A new pod's MTU, as Calico's auto-detection sets it: the underlay's less the largest
+    /// overhead of the pools' tunnels (the whole underlay's without any).
+    pub fn pod_mtu(&self, underlay_mtu: u16) -> u16 {
+        underlay_mtu.saturating_sub(self.tunnel_overhead())
+    }
+
+    fn tunnel_overhead(&self) -> u16 {
+        self.pools.iter().map(Pool::tunnel_overhead).max().unwrap_or(0)
     }
 }
 

@@ -1154,6 +1154,20 @@ via = "192.168.100.1"
         assert!(t.kernel.contains(&KernelRoute::Blackhole { prefix: "10.244.1.0/26".parse().expect("net") }));
     }
 
+    /// Pods get the uplink's MTU less the pools' tunnel; the tunnel device always has room
+    /// for IPIP, which the node's own traffic may take.
+    #[test]
+    fn a_pods_mtu_leaves_room_for_the_pools_tunnel_only() {
+        let ipip = NodeConfig::parse(Path::new("n.toml"), CFG).expect("config");
+        assert_eq!((ipip.pod_mtu(1500), ipip.pod_mtu(9000)), (1480, 8980));
+        let plain = NodeConfig::parse(
+            Path::new("n.toml"),
+            &CFG.replace("ipip_mode = \"CrossSubnet\"", "ipip_mode = \"Never\""),
+        )
+        .expect("config");
+        assert_eq!((plain.pod_mtu(1500), plain.tunnel_device_mtu(1500)), (1500, 1480));
+    }
+
     #[test]
     fn tun_mode_routes_vxlan_blocks_into_vxlan_calico_and_wraps_for_the_raw_socket() {
         let c = NodeConfig::parse(
@@ -1163,6 +1177,7 @@ via = "192.168.100.1"
         )
         .expect("config");
         assert_eq!((c.tunnel_device(), c.tunnel_device_mtu(1500)), ("vxlan.calico", 1450));
+        assert_eq!(c.pod_mtu(1500), 1450);
         let z = encap::MacAddr::ZERO;
         let ifaces = Interfaces::new(vec![
             Interface { name: "raw-ip".into(), ifindex: 0, mac: z, mtu: 1500, role: IfaceRole::RawIpip },

@@ -75,6 +75,11 @@ fn run_with(lab: &TestLab, node: &str, options: &[&str]) -> (String, String) {
     (id, addr)
 }
 
+/// The MTU of a container's eth0.
+fn mtu_of(lab: &TestLab, node: &str, id: &str) -> String {
+    podman(lab, node, &["exec", id, "cat", "/sys/class/net/eth0/mtu"]).trim().to_string()
+}
+
 fn container_pings(lab: &TestLab, node: &str, id: &str, dst: &str) {
     let out = lab.exec(node, &["podman", "exec", id, "ping", "-c", "2", "-W", "2", dst]);
     assert!(out.status.success(), "{id} on {node} → {dst}:\n{}{}", text(&out.stdout), text(&out.stderr));
@@ -323,6 +328,7 @@ fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
     let (c, c_ip) = run(&lab, "node-c");
     // pod-c1 holds .1 of node-c's block in etcd's IPAM, as the lab seeded it.
     assert_eq!(c_ip, "10.244.3.2");
+    assert_eq!(mtu_of(&lab, "node-c", &c), "1480", "room for IPIP");
     container_pings(&lab, "node-c", &c, "10.244.1.1");
     let conf =
         std::fs::read_to_string(lab.dir.join(&lab.name).join("cni/node-c/net.d/10-router.conflist")).expect("conflist");
@@ -386,6 +392,20 @@ fn in_a_lab_on_etcd_containers_get_their_addresses_from_etcd() {
     }
     let weps = endpoints();
     assert!(!weps.iter().any(|(c, _)| [&r, &k, &b].contains(&c)), "{weps:?}");
+    // The pool turned to VXLAN: a new container's MTU leaves room for it, with the same
+    // conflist (the node says the MTU at each ADD).
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  \
+         cidr: 10.244.0.0/16\n  blockSize: 26\n  ipipMode: Never\n  vxlanMode: Always\n  nodeSelector: all()\n",
+    );
+    wait_until("node-c's vxlan.calico", || {
+        lab.exec("node-c", &["ip", "link", "show", "vxlan.calico"]).status.success()
+    });
+    let (v, _) = run(&lab, "node-c");
+    assert_eq!(mtu_of(&lab, "node-c", &v), "1450", "room for VXLAN");
+    container_pings(&lab, "node-c", &v, "10.244.1.1");
+    podman(&lab, "node-c", &["rm", "--force", "--time", "0", &v]);
     // Calico's move to a new pool: the old one disabled hands out no address, while what
     // holds one keeps its routes and its tunnel. natOutgoing, turned on in the same change,
     // shows when the nodes have applied it.

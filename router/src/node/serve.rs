@@ -216,6 +216,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                     ifindex: f.ifindex,
                 })
                 .collect();
+            let uplink = dp.interfaces().iter().find(|(_, f)| matches!(f.role, IfaceRole::Uplink { .. }));
             admin::answer(&admin::NodeStatus {
                 name: cfg.name.clone(),
                 pid: std::process::id(),
@@ -225,6 +226,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                 routes: node.writer.len(),
                 interfaces,
                 kernel_routes_synced: node.kernel.in_sync(),
+                pod_mtu: uplink.map(|(_, f)| cfg.pod_mtu(f.mtu)),
             })
         }
     }

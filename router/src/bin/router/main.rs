@@ -382,9 +382,14 @@ enum CniCmd {
         /// The IPAM state the plugin keeps (shared by every container of this machine).
         #[arg(long, default_value = "/var/lib/router/ipam.json")]
         ipam_file: PathBuf,
-        /// Keep IPAM in etcd instead, shared by every host (Calico's layout).
+        /// Keep IPAM in etcd instead, shared by every host (Calico's layout); by default the
+        /// node config's `etcd_endpoints`, if it names any.
         #[arg(long = "etcd-endpoints", value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        /// Pin the containers' MTU; by default the plugin asks the node at each ADD (its
+        /// uplink's less the pools' tunnel: 1480 with IPIP, 1450 with VXLAN on 1500).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(576..=65535))]
+        mtu: Option<u16>,
     },
 }
 
@@ -819,16 +824,24 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Ok(1)
             }
         },
-        Cmd::Cni { cmd: CniCmd::Install { node_config, conf_dir, bin_dir, ipam_file, etcd_endpoints } } => {
+        Cmd::Cni { cmd: CniCmd::Install { node_config, conf_dir, bin_dir, ipam_file, etcd_endpoints, mtu } } => {
             let cfg = nodeapi::config::NodeConfig::load(&node_config)?;
             let exe = std::env::current_exe().context("finding the router binary")?;
             // router-cni where it was built; else this binary, which is the plugin too.
             let plugin = cni::install::plugin_beside(&exe).unwrap_or(exe);
             let mut target = cni::install::Target::from_node(&cfg, ipam_file);
-            target.etcd_endpoints = etcd_endpoints;
+            target.etcd_endpoints = match etcd_endpoints.is_empty() {
+                true => cfg.etcd_endpoints.clone(),
+                false => etcd_endpoints,
+            };
+            target.mtu = mtu;
             let (conf, bin) = cni::install::install(&target, &conf_dir, &bin_dir, &plugin)?;
+            let ipam = match target.etcd_endpoints.is_empty() {
+                true => format!("IPAM in {}", target.ipam_file.display()),
+                false => format!("IPAM in etcd at {}", target.etcd_endpoints.join(",")),
+            };
             nodeapi::outln!(
-                "wrote {}
+                "wrote {} ({ipam})
 installed {} as {}",
                 conf.display(),
                 plugin.display(),
