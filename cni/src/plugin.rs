@@ -587,14 +587,23 @@ fn allocate_from<N: datastore::ipam::Family>(
     for (pool, len) in pools {
         match ipam.allocate(&conf.node, handle, *pool, *len) {
             Ok(a) => return Ok(a),
-            Err(e) => last = CniError::ipam(format!("{e:#}")),
+            Err(e) => last = etcd_or(e, CniError::ipam),
         }
     }
     Err(last)
 }
 
 fn io(e: anyhow::Error) -> CniError {
-    CniError::io(format!("{e:#}"))
+    etcd_or(e, CniError::io)
+}
+
+/// An error of etcd's: "try again later" (CNI's code 11) if no endpoint answered, which
+/// passes; else what `other` makes of it.
+fn etcd_or(e: anyhow::Error, other: fn(String) -> CniError) -> CniError {
+    match e.downcast_ref::<datastore::etcd::Unreachable>() {
+        Some(_) => CniError::new(11, "try again later: etcd does not answer", format!("{e:#}")),
+        None => other(format!("{e:#}")),
+    }
 }
 
 impl Backend {
@@ -671,7 +680,7 @@ impl Backend {
             Backend::Etcd(e, store) => {
                 // The node's configured blocks are its own in etcd too (the node announces
                 // them); another node holding one is a misconfiguration worth saying.
-                let ipam_err = |e: anyhow::Error| CniError::ipam(format!("{e:#}"));
+                let ipam_err = |e: anyhow::Error| etcd_or(e, CniError::ipam);
                 let e = &e.clone().with_policy_read().map_err(ipam_err)?;
                 e.claim_own(&conf.node, &conf.blocks).map_err(ipam_err)?;
                 let (pools, pools6) = selected_pools(conf, store, false)?;

@@ -122,6 +122,29 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// No endpoint answered: etcd is down or out of reach, which may pass (a CNI runtime is told
+/// to try again later).
+#[derive(Debug)]
+pub struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no etcd endpoint answers: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// What went wrong at the bottom of a transport error ("Connection refused (os error 111)",
+/// "timed out reading response"): ureq's own text repeats its kind at every layer and the URL.
+fn root_cause(err: &ureq::Error) -> String {
+    let mut e: &dyn std::error::Error = err;
+    while let Some(inner) = e.source() {
+        e = inner;
+    }
+    e.to_string()
+}
+
 fn int(v: &Value) -> i64 {
     // int64 fields arrive as strings in the gateway's JSON.
     v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64()).unwrap_or(0)
@@ -168,10 +191,10 @@ impl Etcd {
                     let text = resp.into_string().unwrap_or_default();
                     bail!("etcd at {e} refused {path} ({code}): {text}");
                 }
-                Err(err) => errors.push(format!("{e}: {err}")),
+                Err(err) => errors.push(format!("{e}: {}", root_cause(&err))),
             }
         }
-        bail!("no etcd endpoint answers: {}", errors.join("; "))
+        Err(Unreachable(errors.join("; ")).into())
     }
 
     fn kvs(v: &Value) -> anyhow::Result<Vec<Kv>> {
@@ -268,10 +291,10 @@ impl Etcd {
                     let text = resp.into_string().unwrap_or_default();
                     bail!("etcd at {e} refused the watch ({code}): {text}");
                 }
-                Err(err) => errors.push(format!("{e}: {err}")),
+                Err(err) => errors.push(format!("{e}: {}", root_cause(&err))),
             }
         }
-        bail!("no etcd endpoint answers: {}", errors.join("; "))
+        Err(Unreachable(errors.join("; ")).into())
     }
 
     /// Forgets the history before `revision` (what etcd's auto-compaction does).

@@ -596,6 +596,11 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     assert_eq!(address(&again), "10.244.1.3/32", "the released address is free again");
     assert_eq!(plugin_call(&lab, "node-b", &conf_b, "DEL", "cy", Some(&y)).code, 0);
     assert_eq!(plugin_call(&lab, "node-a", &conf_a, "DEL", "cz", Some(&x)).code, 0);
+    // etcd out of reach is a condition that passes: "try again later", as with the node.
+    let away = conf("node-b", "10.244.2.0/26", "http://192.168.100.100:2999");
+    let r = plugin_call(&lab, "node-b", &away, "ADD", "cw", Some(&y));
+    assert_eq!(error_code(&r), 11, "{}", r.raw);
+    assert!(r.raw.contains("etcd does not answer") && r.raw.contains("Connection refused"), "{}", r.raw);
     // A Kubernetes pod named in CNI_ARGS: Calico's attributes beside its address in etcd.
     let args = [("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")];
     let k8s = run_plugin_with(&lab, "node-a", "ADD", "ck", Some(&x), &conf_a.to_string(), &args);
