@@ -6,7 +6,7 @@ use crate::fib::FibHandle;
 use crate::iface::{IfaceId, IfaceRole, Interface, Interfaces, MAX_IFACES};
 use crate::neigh::{NeighAction, NeighConfig, NeighHandle, NeighManager};
 use crate::pipeline::POD_GATEWAY;
-use crate::worker::{Port, PortMsg, SlowMsg, Worker, IDLE_WAIT, WAKE};
+use crate::worker::{Port, PortChange, PortMsg, SlowMsg, Worker, IDLE_WAIT, WAKE};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use encap::arp::{ArpRepr, Operation};
 use encap::ethernet::{self, EtherType};
@@ -289,8 +289,23 @@ impl Dataplane {
         for c in &self.counters {
             c.reset_iface(usize::from(id.0));
         }
-        self.publish_port(Arc::new(next), id, ports.into_iter().map(Some).collect(), tx);
+        let next = Arc::new(next);
+        let slow = SlowMsg::Port { ifaces: next.clone(), id, tx };
+        self.publish_port(next, id, ports.into_iter().map(PortChange::Open).collect(), slow);
         Ok(id)
+    }
+
+    /// A new MTU for an interface that stays served (the uplink's changed): every worker and
+    /// the slow path take it up, their ports untouched; returns once every worker has.
+    pub fn set_mtu(&mut self, id: IfaceId, mtu: u16) {
+        let Some(f) = self.ifaces.get(id) else { return };
+        if f.mtu == mtu {
+            return;
+        }
+        let f = Interface { mtu, ..f.clone() };
+        let next = Arc::new(self.ifaces.with_replaced(id, f));
+        let keep = (0..self.workers.len()).map(|_| PortChange::Keep).collect();
+        self.publish_port(next.clone(), id, keep, SlowMsg::Ifaces(next));
     }
 
     /// Stops serving an interface (a pod that went): once this returns no worker reads or
@@ -300,17 +315,12 @@ impl Dataplane {
             return;
         }
         let next = Arc::new(self.ifaces.with_removed(id));
-        let none = (0..self.workers.len()).map(|_| None).collect();
-        self.publish_port(next, id, none, None);
+        let close = (0..self.workers.len()).map(|_| PortChange::Close).collect();
+        let slow = SlowMsg::Port { ifaces: next.clone(), id, tx: None };
+        self.publish_port(next, id, close, slow);
     }
 
-    fn publish_port(
-        &mut self,
-        ifaces: Arc<Interfaces>,
-        id: IfaceId,
-        ports: Vec<Option<Port>>,
-        tx: Option<PacketSocket>,
-    ) {
+    fn publish_port(&mut self, ifaces: Arc<Interfaces>, id: IfaceId, ports: Vec<PortChange>, slow: SlowMsg) {
         let (done, acks) = crossbeam_channel::unbounded();
         let mut waiting = 0;
         for (w, port) in self.workers.iter().zip(ports) {
@@ -319,7 +329,7 @@ impl Dataplane {
                 waiting += 1;
             }
         }
-        let _ = self.slow_tx.send(SlowMsg::Port { ifaces: ifaces.clone(), id, tx });
+        let _ = self.slow_tx.send(slow);
         // A worker answers at its next round; a dead one never does (supervision sees it).
         let deadline = Instant::now() + Duration::from_secs(2);
         for _ in 0..waiting {
@@ -432,6 +442,7 @@ impl SlowPath {
                     self.ifaces = ifaces;
                     self.manager.forget(id, &mut actions);
                 }
+                Ok(SlowMsg::Ifaces(ifaces)) => self.ifaces = ifaces,
                 Ok(SlowMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }

@@ -102,6 +102,15 @@ impl Interfaces {
         next
     }
 
+    /// A copy with the interface in slot `id` replaced by `f`.
+    pub fn with_replaced(&self, id: IfaceId, f: Interface) -> Interfaces {
+        let mut next = self.clone();
+        if let Some(s @ Some(_)) = next.list.get_mut(usize::from(id.0)) {
+            *s = Some(f);
+        }
+        next
+    }
+
     /// For data planes without an uplink interface of their own (`tun`).
     pub fn with_node_addr(mut self, addr: Ipv4Addr) -> Self {
         self.node_addr = Some(addr);

@@ -78,6 +78,8 @@ pub enum SlowMsg {
         id: IfaceId,
         tx: Option<PacketSocket>,
     },
+    /// An interface's entry changed (its MTU): only the list is new.
+    Ifaces(Arc<Interfaces>),
     /// The data plane is stopping: look at the stop flag now, not at the next timeout.
     Wake,
 }
@@ -87,15 +89,25 @@ pub enum SlowMsg {
 /// costs. A hundred idle nodes on one machine must cost next to nothing.
 pub const IDLE_WAIT: Duration = Duration::from_secs(1);
 
-/// From the control thread to a worker: an interface came or went. The worker answers on
-/// `PortMsg::done` once it reads (or no longer reads) the port.
+/// From the control thread to a worker: an interface came, went or changed. The worker
+/// answers on `PortMsg::done` once it reads (or no longer reads) the port.
 #[derive(Debug)]
 pub struct PortMsg {
     pub ifaces: Arc<Interfaces>,
     pub id: IfaceId,
-    /// The worker's port for a new interface; `None`: the interface is gone.
-    pub port: Option<Port>,
+    pub port: PortChange,
     pub done: Sender<()>,
+}
+
+/// What becomes of a worker's port in a [`PortMsg`].
+#[derive(Debug)]
+pub enum PortChange {
+    /// A new interface: read it through this port.
+    Open(Port),
+    /// The interface is gone.
+    Close,
+    /// Only the interface's entry changed (its MTU): the port stays.
+    Keep,
 }
 
 /// The worker's wake-up token: above every interface's.
@@ -400,13 +412,22 @@ impl Worker {
             self.ports.resize_with(i + 1, || None);
             ready.resize(i + 1, false);
         }
+        let new = match m.port {
+            PortChange::Keep => {
+                self.ifaces = m.ifaces;
+                let _ = m.done.send(());
+                return Ok(());
+            }
+            PortChange::Open(p) => Some(p),
+            PortChange::Close => None,
+        };
         if let Some(old) = self.ports[i].take() {
             if old.readable() {
                 let _ = poll.registry().deregister(&mut SourceFd(&old.raw_fd()));
             }
         }
         ready[i] = false;
-        if let Some(p) = m.port {
+        if let Some(p) = new {
             if p.readable() {
                 poll.registry().register(&mut SourceFd(&p.raw_fd()), Token(i), Interest::READABLE)?;
                 // Frames may already wait: edge-triggered polling would not report them.

@@ -195,6 +195,29 @@ fn afpacket_router_fragments_packets_without_df() {
     assert!(lab.json(&["stats", "--node", "node-a", "--json"])["fragments_sent"].as_u64().unwrap_or(0) >= 4);
 }
 
+/// The uplink's MTU lowered while the node runs (`ip link set eth0 mtu 1400`): the node
+/// follows it, so a DF packet too big is answered with the new MTU, directly and through the
+/// tunnel (whose device shrinks with it), instead of being lost on the way out.
+fn a_new_uplink_mtu_is_followed(dp: &str) {
+    let lab = up(dp, "cross-subnet");
+    let out = lab.exec("node-a", &["ip", "link", "set", "eth0", "mtu", "1400"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(10, "tunl0 to follow the uplink", || {
+        text(&lab.exec("node-a", &["ip", "-o", "link", "show", "tunl0"]).stdout).contains("mtu 1380")
+    });
+    for (dst, mtu) in [(POD_B1, 1400), (POD_C1, 1380)] {
+        let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "-M", "do", "-s", "1420", dst]);
+        assert!(!ok && out.contains(&format!("mtu = {mtu}")), "{dst}: {out}");
+        // What fits still goes, wrapped or not.
+        let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "-M", "do", "-s", &(mtu - 28).to_string(), dst]);
+        assert!(ok, "{dst}: {out}");
+    }
+    if dp == "afpacket" {
+        assert_eq!(lab.drops("node-a", "tx_error"), 0);
+        assert!(lab.node_log("node-a").contains("the uplink's MTU changed"));
+    }
+}
+
 macro_rules! both_modes {
     ($($name:ident),* $(,)?) => {
         mod afpacket {
@@ -213,4 +236,5 @@ both_modes!(
     large_packets_arrive_or_are_refused_loudly,
     forged_ipip_from_the_underlay_is_dropped,
     nodes_reach_pods_on_other_subnets,
+    a_new_uplink_mtu_is_followed,
 );

@@ -177,3 +177,54 @@ pub(super) fn check_kernel_forwarding(mode: DataplaneMode, ipv6: bool) -> anyhow
         _ => Ok(()),
     }
 }
+
+impl Node {
+    /// The uplink's MTU as the data plane has it: the uplink's own entry (afpacket), or the
+    /// raw socket's that sends on it (tun).
+    pub(super) fn uplink_mtu(&self) -> Option<u16> {
+        let ifaces = self.dp.interfaces();
+        let id = ifaces.by_role(|r| matches!(r, IfaceRole::Uplink { .. } | IfaceRole::RawIpip))?;
+        ifaces.get(id).map(|f| f.mtu)
+    }
+
+    /// Follows a new MTU on the uplink (`ip link set eth0 mtu 9000`): the data plane sends
+    /// up to it (else it would send frames the kernel refuses instead of answering "too
+    /// big" or fragmenting), the tunnel device shrinks or grows with it, and new pods get
+    /// theirs from it.
+    pub(super) fn follow_uplink_mtu(&mut self) {
+        let Some(have) = self.uplink_mtu() else { return };
+        let Ok(up) = netsys::link_info(&self.cfg.uplink.interface) else { return };
+        if up.mtu == have {
+            return;
+        }
+        let tunnel = self.cfg.tunnel_device_mtu(up.mtu);
+        let on_uplink: Vec<(forwarding::iface::IfaceId, IfaceRole)> = self
+            .dp
+            .interfaces()
+            .iter()
+            .filter(|(_, f)| {
+                matches!(f.role, IfaceRole::Uplink { .. } | IfaceRole::RawIpip | IfaceRole::VxlanUdp | IfaceRole::Tun)
+            })
+            .map(|(id, f)| (id, f.role))
+            .collect();
+        for (id, role) in on_uplink {
+            if role != IfaceRole::Tun {
+                self.dp.set_mtu(id, up.mtu);
+                continue;
+            }
+            self.dp.set_mtu(id, tunnel);
+            let dev = self.cfg.tunnel_device();
+            if let Err(e) = ipcmd::ip(&["link", "set", dev, "mtu", &tunnel.to_string()]) {
+                tracing::warn!(device = dev, mtu = tunnel, error = %e, "could not follow the uplink's MTU on the tunnel device");
+            }
+        }
+        tracing::info!(
+            interface = %self.cfg.uplink.interface,
+            from = have,
+            to = up.mtu,
+            tunnel,
+            new_pods = self.cfg.pod_mtu(up.mtu),
+            "the uplink's MTU changed"
+        );
+    }
+}

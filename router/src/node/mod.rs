@@ -884,6 +884,7 @@ fn control_loop(
             }
             links_checked = Instant::now();
             links_changed = false;
+            node.follow_uplink_mtu();
             node.follow_links(speaker.as_ref());
             node.kernel.filter_recheck();
         }

@@ -216,7 +216,6 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                     ifindex: f.ifindex,
                 })
                 .collect();
-            let uplink = dp.interfaces().iter().find(|(_, f)| matches!(f.role, IfaceRole::Uplink { .. }));
             admin::answer(&admin::NodeStatus {
                 name: cfg.name.clone(),
                 pid: std::process::id(),
@@ -226,7 +225,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                 routes: node.writer.len(),
                 interfaces,
                 kernel_routes_synced: node.kernel.in_sync(),
-                pod_mtu: uplink.map(|(_, f)| cfg.pod_mtu(f.mtu)),
+                pod_mtu: node.uplink_mtu().map(|m| cfg.pod_mtu(m)),
             })
         }
     }
