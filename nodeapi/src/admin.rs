@@ -123,6 +123,9 @@ pub struct InterfaceStatus {
 pub struct BgpStatus {
     /// Whether the node speaks BGP at all (a `[bgp]` section in its config).
     pub configured: bool,
+    /// Why BGP is configured but not running (it could not start; the node tries again).
+    #[serde(default)]
+    pub failed: Option<String>,
     pub as_number: Option<u32>,
     pub router_id: Option<std::net::Ipv4Addr>,
     pub peers: Vec<PeerStatus>,

@@ -1391,6 +1391,40 @@ fn node_c_up_on_port(lab: &TestLab, port: u16) -> bool {
         && ss.split_whitespace().filter(|a| a.ends_with(&suffix)).count() >= 2
 }
 
+/// Calico's listenPort set to a port another program holds on node-a: node-a says why it
+/// has no BGP, and starts it once the port is free, without another change in etcd.
+#[test]
+fn a_bgp_port_held_by_another_program_is_tried_again_until_free() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    let hold = "import socket, sys\ns = socket.socket()\ns.bind(('0.0.0.0', 1790))\ns.listen()\nsys.stdin.read()\n";
+    let mut holder = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("node-a"), "python3", "-c", hold])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    wait_for(10, "the port held", || {
+        text(&lab.exec("node-a", &["ss", "-Hltn", "sport", "= :1790"]).stdout).contains("0.0.0.0:1790")
+    });
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
+         asNumber: 64512\n  nodeToNodeMeshEnabled: true\n  listenPort: 1790\n",
+    );
+    let status = || text(&lab.router(&["status", "--node", "node-a"]).stdout);
+    wait_for(20, "node-a to say why it has no BGP", || status().contains("BGP could not start"));
+    assert!(status().contains("Address already in use"), "{}", status());
+    let _ = holder.kill();
+    let _ = holder.wait();
+    wait_for(30, "node-a's sessions on port 1790", || {
+        ["node-a", "node-b", "node-c"].iter().all(|n| {
+            let p = peers(&lab, n);
+            p.len() == 2 && p.iter().all(|p| p["state"] == "up")
+        })
+    });
+    assert!(lab.node_log("node-a").contains("BGP started"));
+    all_pods_reach_each_other(&lab);
+}
+
 /// Calico's node-specific BGPConfiguration, `node.node-c`: node-c listens on port 1790 and
 /// the other nodes reach it there, and it logs at Debug while the others stay at Info.
 #[test]

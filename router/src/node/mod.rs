@@ -90,7 +90,12 @@ struct Node {
     secrets_read: Instant,
     /// The pools' `natOutgoing` the node follows now.
     nat: forwarding::nat::NatPolicy,
+    /// BGP could not start with the datastore's cluster: why, and when to try again.
+    bgp_failed: Option<(String, Instant)>,
 }
+
+/// How often a speaker that could not start is tried again.
+const BGP_RETRY: Duration = Duration::from_secs(5);
 
 fn tunnels(cfg: &NodeConfig, cluster_hops: &HashSet<Ipv4Addr>) -> Tunnels {
     // IPIP is accepted from the configured nodes and from the next hops of routes that cluster
@@ -595,6 +600,7 @@ pub fn run_with(
         resources: Vec::new(),
         secrets_read: Instant::now(),
         nat: Default::default(),
+        bgp_failed: None,
     };
     node.follow_nat();
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
@@ -877,6 +883,7 @@ fn control_loop(
             }
             fib.full |= node.reread_secrets(&mut speaker, poll.registry());
             node.finish_removals(speaker.as_mut(), poll.registry());
+            fib.full |= node.retry_bgp(&mut speaker, poll.registry(), now);
         }
         if links_changed || links_checked.elapsed() >= link_check {
             if links_changed {

@@ -177,6 +177,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
         Request::Neighbours => admin::answer(&dp.neighbours()),
         Request::BgpStatus => admin::answer(&admin::BgpStatus {
             configured: speaker.is_some(),
+            failed: node.bgp_failed.as_ref().filter(|_| speaker.is_none()).map(|(why, _)| why.clone()),
             as_number: cfg.bgp.as_ref().map(|b| b.as_number),
             router_id: cfg.bgp.as_ref().map(|b| b.router_id.unwrap_or(cfg.uplink.address.addr())),
             peers: speaker.map(|s| s.status()).unwrap_or_default(),

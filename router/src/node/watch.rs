@@ -365,11 +365,8 @@ impl Node {
                 sp.close_for_restart(registry);
                 restarted = true;
             }
-            match speaker_config(&self.cfg, restarted).map(|sc| Speaker::new(sc, registry, now)) {
-                Some(Ok(sp)) => *speaker = Some(sp),
-                Some(Err(e)) => tracing::error!(error = %e, "starting BGP with the datastore's cluster failed"),
-                None => {}
-            }
+            self.bgp_failed = None;
+            self.start_bgp(speaker, registry, restarted, now);
             return true;
         }
         let Some(sp) = speaker.as_mut() else { return routes_changed };
@@ -409,6 +406,49 @@ impl Node {
             }
         }
         routes_changed
+    }
+
+    /// Starts the speaker as the config now says. What fails (the port taken by another
+    /// program, say) is logged once and tried again every [`BGP_RETRY`] until it works or the
+    /// cluster changes: a node must not stay without BGP because of a moment's conflict.
+    pub(super) fn start_bgp(
+        &mut self,
+        speaker: &mut Option<Speaker>,
+        registry: &mio::Registry,
+        restarted: bool,
+        now: Instant,
+    ) {
+        let Some(sc) = speaker_config(&self.cfg, restarted) else { return };
+        match Speaker::new(sc, registry, now) {
+            Ok(sp) => {
+                if self.bgp_failed.take().is_some() {
+                    tracing::info!("BGP started");
+                }
+                *speaker = Some(sp);
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if self.bgp_failed.as_ref().is_none_or(|(w, _)| *w != why) {
+                    tracing::error!(
+                        error = %why,
+                        retry_secs = BGP_RETRY.as_secs(),
+                        "starting BGP with the datastore's cluster failed; trying again"
+                    );
+                }
+                self.bgp_failed = Some((why, now + BGP_RETRY));
+            }
+        }
+    }
+
+    /// Tries again to start the speaker that could not start, when it is time; whether it
+    /// started (the FIB is then rebuilt, as after any restart of BGP).
+    pub(super) fn retry_bgp(&mut self, speaker: &mut Option<Speaker>, registry: &mio::Registry, now: Instant) -> bool {
+        let due = self.bgp_failed.as_ref().is_some_and(|(_, at)| now >= *at);
+        if speaker.is_none() && due {
+            let restarted = self.saved.is_some();
+            self.start_bgp(speaker, registry, restarted, now);
+        }
+        due && speaker.is_some()
     }
 
     /// Makes the tunnel devices follow the pools, as the data plane follows pods: a pool

@@ -90,7 +90,10 @@ pub(super) fn every_node_status(daemons: &[lab::state::Daemon], json: bool) -> a
                     if down.is_empty() { "-".into() } else { down.join("; ") }
                 )
             }
-            (Some(_), _) => "BGP is not configured on this node".into(),
+            (Some(st), _) => match &st.failed {
+                Some(why) => format!("BGP could not start ({why}); trying again"),
+                None => "BGP is not configured on this node".into(),
+            },
             (None, e) => e.clone().unwrap_or_default(),
         };
         nodeapi::outln!("{:<width$}  {line}", a.node);
@@ -107,6 +110,9 @@ pub(super) fn print_bgp_status(st: &admin::BgpStatus) {
 fn bgp_status_text(st: &admin::BgpStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    if let Some(why) = &st.failed {
+        return format!("BGP could not start: {why}. The node tries again every few seconds.\n");
+    }
     let (Some(asn), Some(id), true) = (st.as_number, st.router_id, st.configured) else {
         return "BGP is not configured on this node (no [bgp] in its config).\n".into();
     };
@@ -313,6 +319,7 @@ mod tests {
         };
         let st = admin::BgpStatus {
             configured: true,
+            failed: None,
             as_number: Some(64512),
             router_id: Some([192, 168, 100, 100].into()),
             peers: vec![
