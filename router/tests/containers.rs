@@ -305,10 +305,13 @@ fn a_container_deleted_while_its_node_could_not_hear_leaves_no_ghost() {
     assert!(!exists(), "lab down removed {name}");
 }
 
+/// Tun mode with VXLAN: the kernel forwards the container's packets into vxlan.calico, and
+/// the node gives it the MTU that leaves room for VXLAN.
 #[test]
 fn containers_work_on_the_tun_data_plane_too() {
-    let lab = TestLab::up(&["--dataplane", "tun"]);
+    let lab = TestLab::up(&["--dataplane", "tun", "--vxlan-mode", "cross-subnet"]);
     let (a, a_ip) = run(&lab, "node-a");
+    assert_eq!(mtu_of(&lab, "node-a", &a), "1450");
     container_pings(&lab, "node-a", &a, "10.244.3.1");
     let (ok, out) = ping(&lab, "pod-b1", &["-c", "2", "-i", "0.2", "-W", "2", &a_ip]);
     assert!(ok, "{out}");
