@@ -39,6 +39,8 @@ pub struct Watch {
     stream: serde_json::StreamDeserializer<'static, serde_json::de::IoRead<Box<dyn std::io::Read + Send>>, Value>,
     /// Changes to keys under this are not reported.
     ignore: Option<String>,
+    /// When not empty, only changes to keys under one of these are reported.
+    within: Vec<String>,
 }
 
 impl std::fmt::Debug for Watch {
@@ -51,6 +53,13 @@ impl Watch {
     /// The same watch, quiet about changes to keys under `prefix`.
     pub fn ignoring(mut self, prefix: &str) -> Watch {
         self.ignore = Some(prefix.to_string());
+        self
+    }
+
+    /// The same watch, reporting changes only to keys under one of `prefixes` (a watch on
+    /// a wider prefix, for several narrower ones over one stream).
+    pub fn within(mut self, prefixes: &[&str]) -> Watch {
+        self.within = prefixes.iter().map(|p| p.to_string()).collect();
         self
     }
 
@@ -82,7 +91,7 @@ impl Watch {
             if r["canceled"].as_bool() == Some(true) {
                 bail!("etcd canceled the watch: {}", r["cancel_reason"]);
             }
-            if r["events"].as_array().is_some_and(|e| concerns(e, self.ignore.as_deref())) {
+            if r["events"].as_array().is_some_and(|e| concerns(e, &self.within, self.ignore.as_deref())) {
                 return Ok(WatchEvent::Changed(int(&r["header"]["revision"])));
             }
             // The answer that the watch was created, or a progress note: read on.
@@ -91,10 +100,11 @@ impl Watch {
 }
 
 /// Whether the events of a watch answer change a key not under `ignore`.
-fn concerns(events: &[Value], ignore: Option<&str>) -> bool {
+fn concerns(events: &[Value], within: &[String], ignore: Option<&str>) -> bool {
     events.iter().any(|e| {
         let key = B64.decode(e["kv"]["key"].as_str().unwrap_or("")).unwrap_or_default();
-        ignore.is_none_or(|i| !key.starts_with(i.as_bytes()))
+        (within.is_empty() || within.iter().any(|w| key.starts_with(w.as_bytes())))
+            && ignore.is_none_or(|i| !key.starts_with(i.as_bytes()))
     })
 }
 
@@ -285,6 +295,7 @@ impl Etcd {
                     return Ok(Watch {
                         stream: serde_json::Deserializer::from_reader(reader).into_iter(),
                         ignore: None,
+                        within: Vec::new(),
                     });
                 }
                 Err(ureq::Error::Status(code, resp)) => {
@@ -340,10 +351,18 @@ mod tests {
         let pods = [ev("/calico/resources/v3/projectcalico.org/workloadendpoints/default/a")];
         let mixed = [pods[0].clone(), ev("/calico/resources/v3/projectcalico.org/ippools/p")];
         let ignore = Some("/calico/resources/v3/projectcalico.org/workloadendpoints/");
-        assert!(!concerns(&pods, ignore));
-        assert!(concerns(&mixed, ignore));
-        assert!(concerns(&pods, None));
-        assert!(!concerns(&[], None));
+        assert!(!concerns(&pods, &[], ignore));
+        assert!(concerns(&mixed, &[], ignore));
+        assert!(concerns(&pods, &[], None));
+        assert!(!concerns(&[], &[], None));
+        // Within some prefixes of a wider watch: only theirs count, less what is ignored.
+        let within = ["/calico/resources/".to_string(), "/calico/ipam/v2/host/node-a/".to_string()];
+        let mine = [ev("/calico/ipam/v2/host/node-a/ipv4/block/10.244.1.0-26")];
+        let theirs = [ev("/calico/ipam/v2/host/node-b/ipv4/block/10.244.2.0-26")];
+        let addresses = [ev("/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26")];
+        assert!(concerns(&mine, &within, ignore));
+        assert!(!concerns(&theirs, &within, ignore) && !concerns(&addresses, &within, ignore));
+        assert!(!concerns(&pods, &within, ignore) && concerns(&mixed, &within, ignore));
     }
 
     #[test]

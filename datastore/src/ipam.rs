@@ -148,8 +148,13 @@ fn block_key<N: Family>(b: &N) -> String {
     format!("{}{}", blocks_prefix::<N>(), b.dashed())
 }
 
+/// Where `node`'s block affinities are (changed only when it claims or gives up a block).
+pub fn affinities_prefix(node: &str) -> String {
+    format!("/calico/ipam/v2/host/{node}/")
+}
+
 fn affinity_key<N: Family>(node: &str, b: &N) -> String {
-    format!("/calico/ipam/v2/host/{node}/{}/block/{}", N::NAME, b.dashed())
+    format!("{}{}/block/{}", affinities_prefix(node), N::NAME, b.dashed())
 }
 
 fn handle_key(handle: &str) -> String {
@@ -535,7 +540,13 @@ impl Ipam {
 
     /// The IPv4 blocks `node` holds, in address order.
     pub fn node_blocks(&self, node: &str) -> anyhow::Result<Vec<Ipv4Net>> {
-        Ok(self.blocks::<Ipv4Net>()?.into_iter().filter(|(b, _)| b.node() == node).map(|(b, _)| b.cidr).collect())
+        self.affine_blocks(node)
+    }
+
+    /// The blocks of the family whose affinity is `node` (Calico's: the node announces
+    /// them), in address order.
+    pub fn affine_blocks<N: Family>(&self, node: &str) -> anyhow::Result<Vec<N>> {
+        Ok(self.blocks::<N>()?.into_iter().filter(|(b, _)| b.node() == node).map(|(b, _)| b.cidr).collect())
     }
 
     /// Claims `block` for `node` if no one holds it; whether `node` holds it now. A block

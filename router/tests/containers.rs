@@ -75,6 +75,43 @@ fn run_with(lab: &TestLab, node: &str, options: &[&str]) -> (String, String) {
     (id, addr)
 }
 
+/// Calico's move to a new pool: with the old one disabled, a container takes its address
+/// from a block of the new pool that its node's plugin claims in etcd, and the node
+/// announces that block whole (a blackhole for its free addresses), not a /32 per container.
+#[test]
+fn blocks_claimed_in_a_new_pool_are_announced_whole_by_their_node() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: new-pool\nspec:\n  cidr: 10.245.0.0/16\n  \
+         blockSize: 26\n  ipipMode: CrossSubnet\n  nodeSelector: all()\n---\napiVersion: projectcalico.org/v3\n\
+         kind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  cidr: 10.244.0.0/16\n  blockSize: 26\n  \
+         ipipMode: CrossSubnet\n  disabled: true\n  nodeSelector: all()\n",
+    );
+    let (c, c_ip) = run(&lab, "node-c");
+    assert_eq!(c_ip, "10.245.0.1", "the first block of the new pool, claimed for node-c");
+    let (a, a_ip) = run(&lab, "node-a");
+    assert_eq!(a_ip, "10.245.0.65", "the next block, node-a's");
+    wait_until("node-a to learn node-c's new block", || {
+        let r = lab.json(&["routes", "--node", "node-a", "--json"]);
+        r.as_array().into_iter().flatten().any(|e| e["prefix"] == "10.245.0.0/26" && e["next_hop"] == "192.168.200.101")
+    });
+    for (node, own, other) in
+        [("node-a", "10.245.0.64/26", "10.245.0.1/32"), ("node-c", "10.245.0.0/26", "10.245.0.65/32")]
+    {
+        let r = lab.json(&["routes", "--node", node, "--json"]);
+        let kind = |p: &str| r.as_array().into_iter().flatten().find(|e| e["prefix"] == p).map(|e| e["type"].clone());
+        assert_eq!(kind(own), Some(serde_json::json!("blackhole")), "{node}'s own block: {r}");
+        assert_eq!(kind(other), None, "the other node's container is reached through its block: {r}");
+    }
+    container_pings(&lab, "node-a", &a, &c_ip);
+    let b = lab.json(&["routes", "--node", "node-b", "--json"]);
+    assert!(!b.as_array().into_iter().flatten().any(|e| e["prefix"] == "10.245.0.1/32"), "{b}");
+    for (node, id) in [("node-c", &c), ("node-a", &a)] {
+        podman(&lab, node, &["rm", "--force", "--time", "0", id]);
+    }
+}
+
 /// The MTU of a container's eth0.
 fn mtu_of(lab: &TestLab, node: &str, id: &str) -> String {
     podman(lab, node, &["exec", id, "cat", "/sys/class/net/eth0/mtu"]).trim().to_string()

@@ -92,6 +92,10 @@ struct Node {
     nat: forwarding::nat::NatPolicy,
     /// BGP could not start with the datastore's cluster: why, and when to try again.
     bgp_failed: Option<(String, Instant)>,
+    /// The blocks of the node's config: always its own, whatever etcd says.
+    configured_blocks: (Vec<Ipv4Net>, Vec<Ipv6Net>),
+    /// The blocks etcd's IPAM last gave the node (with the configured ones, `cfg`'s).
+    affine: (Vec<Ipv4Net>, Vec<Ipv6Net>),
 }
 
 /// How often a speaker that could not start is tried again.
@@ -577,7 +581,10 @@ pub fn run_with(
         };
     // What discover() already said: the same reason is not said again at the first view.
     let tunnel_failed = cfg.uses_tunnel() && dp.interfaces().by_role(|r| *r == IfaceRole::Tun).is_none();
+    let configured_blocks = (cfg.blocks.clone(), cfg.ipv6.iter().flat_map(|v| v.blocks.clone()).collect());
     let mut node = Node {
+        affine: configured_blocks.clone(),
+        configured_blocks,
         cfg,
         dp,
         fib,
@@ -877,9 +884,10 @@ fn control_loop(
             }
         }
         if let Some(w) = &watcher {
-            while let Ok(rs) = w.rx.try_recv() {
-                tracing::debug!(resources = rs.len(), "applying the datastore's view");
-                fib.full |= node.apply_view(rs, &mut speaker, poll.registry());
+            while let Ok(listed) = w.rx.try_recv() {
+                tracing::debug!(resources = listed.resources.len(), "applying the datastore's view");
+                node.affine = (listed.blocks, listed.blocks6);
+                fib.full |= node.apply_view(listed.resources, &mut speaker, poll.registry());
             }
             fib.full |= node.reread_secrets(&mut speaker, poll.registry());
             node.finish_removals(speaker.as_mut(), poll.registry());

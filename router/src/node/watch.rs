@@ -1,6 +1,7 @@
-//! A node with a datastore: a thread lists Calico's resources from etcd, watches their prefix
-//! from that revision on, lists again on every change and hands each list to the control
-//! loop, which applies the node's view of it live (`Node::apply_view`). While etcd does not
+//! A node with a datastore: a thread lists Calico's resources and the node's IPAM blocks
+//! from etcd, watches their prefixes from that revision on, lists again on every change and
+//! hands each list to the control loop, which applies the node's view of it live
+//! (`Node::apply_view`). While etcd does not
 //! answer, the node forwards with what it last knew and says so once; when it answers again
 //! the watch resumes from the last revision read (a new list if that was compacted).
 
@@ -23,8 +24,17 @@ pub(super) struct Removal {
 }
 
 pub(super) struct Watcher {
-    pub rx: Receiver<Vec<datastore::resources::Resource>>,
+    pub rx: Receiver<Listed>,
     stop: Arc<AtomicBool>,
+}
+
+/// What the datastore holds for the node, as last listed.
+pub(super) struct Listed {
+    pub resources: Vec<datastore::resources::Resource>,
+    /// The blocks etcd's IPAM gives the node (Calico's block affinity): its configured ones,
+    /// and those its CNI plugin claimed since, which it announces whole as Calico does.
+    pub blocks: Vec<Ipv4Net>,
+    pub blocks6: Vec<Ipv6Net>,
 }
 
 impl Drop for Watcher {
@@ -169,13 +179,7 @@ fn register(store: &datastore::Store, me: &Me) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(
-    store: datastore::Store,
-    me: Me,
-    tx: Sender<Vec<datastore::resources::Resource>>,
-    waker: Arc<mio::Waker>,
-    stop: Arc<AtomicBool>,
-) {
+fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Waker>, stop: Arc<AtomicBool>) {
     use datastore::etcd::WatchEvent;
     // The revision of the resources last handed over; None: to be listed (again).
     let mut listed: Option<i64> = None;
@@ -184,9 +188,17 @@ fn run(
     // Lists the resources and hands them over; false once the node has gone.
     // Each note once: the cluster is listed again on every change.
     let mut noted = std::collections::HashSet::new();
+    let affinities = datastore::ipam::affinities_prefix(&me.name);
+    let ipam = datastore::ipam::Ipam::new(store.etcd.clone());
+    let read = || -> anyhow::Result<_> {
+        let (resources, rev, notes) = store.all()?;
+        let blocks = ipam.affine_blocks::<Ipv4Net>(&me.name)?;
+        let blocks6 = ipam.affine_blocks::<Ipv6Net>(&me.name)?;
+        Ok((Listed { resources, blocks, blocks6 }, rev, notes))
+    };
     let mut list = |listed: &mut Option<i64>, down_since: &mut Option<Instant>| -> bool {
-        match store.all() {
-            Ok((rs, rev, notes)) => {
+        match read() {
+            Ok((view, rev, notes)) => {
                 for n in notes {
                     if !noted.contains(&n) {
                         if noted.len() >= 1024 {
@@ -200,8 +212,8 @@ fn run(
                     tracing::info!(revision = rev, "etcd answers again: resynced");
                 }
                 *listed = Some(rev);
-                tracing::debug!(revision = rev, resources = rs.len(), "datastore listed");
-                if tx.send(rs).is_err() {
+                tracing::debug!(revision = rev, resources = view.resources.len(), "datastore listed");
+                if tx.send(view).is_err() {
                     return false;
                 }
                 let _ = waker.wake();
@@ -230,10 +242,11 @@ fn run(
         };
         // Watch from just after what was listed: nothing is missed between the two, and a
         // watch that broke resumes from there.
-        // Pods coming and going (their workload endpoints) change nothing a node routes by.
-        let mut watch = match store.etcd.watch(datastore::PREFIX, from + 1) {
+        // Pods coming and going (their workload endpoints, the addresses in the blocks)
+        // change nothing a node routes by; the node's blocks do.
+        let mut watch = match store.etcd.watch("/calico/", from + 1) {
             Ok(w) => {
-                let w = w.ignoring(&datastore::endpoints_prefix());
+                let w = w.within(&[datastore::PREFIX, &affinities]).ignoring(&datastore::endpoints_prefix());
                 if down_since.take().is_some() {
                     tracing::info!(revision = from, "etcd answers again: watching from where the node was");
                 }
@@ -314,6 +327,7 @@ impl Node {
         let mut routes_changed = self.cfg.pools != view.pools || self.cfg.ipip_peers != view.nodes;
         self.cfg.pools = view.pools.clone();
         self.cfg.ipip_peers = view.nodes.clone();
+        routes_changed |= self.follow_affine_blocks(speaker.as_mut());
         self.follow_tunnel_devices();
         match self.cfg.ipv6.as_mut() {
             Some(v6) => {
@@ -406,6 +420,41 @@ impl Node {
             }
         }
         routes_changed
+    }
+
+    /// The node's blocks become its configured ones and those etcd's IPAM gives it (a block
+    /// its CNI plugin claimed when the others were full, or in a new pool): the node announces
+    /// each whole, with a blackhole for its free addresses, instead of a /32 per container in
+    /// it, as Calico does. Whether they changed.
+    fn follow_affine_blocks(&mut self, speaker: Option<&mut Speaker>) -> bool {
+        fn merged<N: Copy + Ord>(configured: &[N], affine: &[N]) -> Vec<N> {
+            let mut extra: Vec<N> = affine.iter().filter(|b| !configured.contains(b)).copied().collect();
+            extra.sort();
+            configured.iter().copied().chain(extra).collect()
+        }
+        let blocks = merged(&self.configured_blocks.0, &self.affine.0);
+        let blocks6 = merged(&self.configured_blocks.1, &self.affine.1);
+        let same6 = self.cfg.ipv6.as_ref().is_none_or(|v| v.blocks == blocks6);
+        if self.cfg.blocks == blocks && same6 {
+            return false;
+        }
+        let before = originated(&self.cfg);
+        self.cfg.blocks = blocks;
+        if let Some(v6) = self.cfg.ipv6.as_mut() {
+            v6.blocks = blocks6;
+        }
+        let after = originated(&self.cfg);
+        let v6 = self.cfg.ipv6.as_ref().map(|v| v.blocks.clone()).unwrap_or_default();
+        tracing::info!(blocks = ?self.cfg.blocks, blocks6 = ?v6, "the node's blocks in etcd's IPAM changed");
+        if let Some(sp) = speaker {
+            for p in after.iter().filter(|p| !before.contains(p)) {
+                sp.originate(*p);
+            }
+            for p in before.iter().filter(|p| !after.contains(p)) {
+                sp.withdraw_local(*p);
+            }
+        }
+        true
     }
 
     /// Starts the speaker as the config now says. What fails (the port taken by another
