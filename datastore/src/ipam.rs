@@ -540,13 +540,24 @@ impl Ipam {
 
     /// The IPv4 blocks `node` holds, in address order.
     pub fn node_blocks(&self, node: &str) -> anyhow::Result<Vec<Ipv4Net>> {
-        self.affine_blocks(node)
+        Ok(self.blocks::<Ipv4Net>()?.into_iter().filter(|(b, _)| b.node() == node).map(|(b, _)| b.cidr).collect())
     }
 
     /// The blocks of the family whose affinity is `node` (Calico's: the node announces
-    /// them), in address order.
+    /// them), in address order: read from the node's affinity keys, a few short keys where
+    /// the blocks themselves are every node's, with every address in them.
     pub fn affine_blocks<N: Family>(&self, node: &str) -> anyhow::Result<Vec<N>> {
-        Ok(self.blocks::<N>()?.into_iter().filter(|(b, _)| b.node() == node).map(|(b, _)| b.cidr).collect())
+        let prefix = format!("{}{}/block/", affinities_prefix(node), N::NAME);
+        let (kvs, _) = self.etcd.list(&prefix)?;
+        let mut blocks: Vec<N> = kvs
+            .iter()
+            .filter_map(|kv| {
+                let (addr, len) = kv.key.strip_prefix(&prefix)?.rsplit_once('-')?;
+                format!("{addr}/{len}").parse().ok()
+            })
+            .collect();
+        blocks.sort();
+        Ok(blocks)
     }
 
     /// Claims `block` for `node` if no one holds it; whether `node` holds it now. A block

@@ -608,6 +608,9 @@ fn nodes_racing_for_blocks_and_addresses_never_get_the_same_one() {
         assert_eq!(ipam.allocate("node-a", "node-a-c0", pool, 29).expect("again").address, a2[0].address);
         let blocks_a = ipam.node_blocks("node-a").expect("blocks");
         assert!(a2.iter().filter(|x| !x.borrowed).all(|x| blocks_a.contains(&x.block)));
+        // The node's affinity keys say the same as the blocks (what a running node reads).
+        assert!(blocks_a.len() > 1);
+        assert_eq!(ipam.affine_blocks::<ipnet::Ipv4Net>("node-a").expect("affinities"), blocks_a);
         assert!(b2.iter().filter(|x| !x.borrowed).all(|x| !blocks_a.contains(&x.block)));
         // Released addresses are handed out again; a handle released twice is fine.
         let freed = ipam.release::<ipnet::Ipv4Net>("node-b-c3").expect("release");
