@@ -1094,12 +1094,14 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Ready for ADD: the node answers.
+/// Ready for ADD: the node answers, and so does etcd where IPAM is kept there.
 fn status(conf: &NetConf) -> Result<(), CniError> {
-    node_client(conf)
-        .status()
-        .map(|_| ())
-        .map_err(|e| CniError::new(50, "the plugin is not available", format!("the node does not answer: {e}")))
+    let unavailable = |why: String| CniError::new(50, "the plugin is not available", why);
+    node_client(conf).status().map_err(|e| unavailable(format!("the node does not answer: {e}")))?;
+    if let Backend::Etcd(_, store) = backend(conf)? {
+        store.etcd.get("/calico/ipam/v2/config").map_err(|e| unavailable(format!("{e:#}")))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

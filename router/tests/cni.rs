@@ -601,6 +601,15 @@ fn with_etcd_endpoints_the_plugin_keeps_addresses_in_etcd_for_every_host() {
     let r = plugin_call(&lab, "node-b", &away, "ADD", "cw", Some(&y));
     assert_eq!(error_code(&r), 11, "{}", r.raw);
     assert!(r.raw.contains("etcd does not answer") && r.raw.contains("Connection refused"), "{}", r.raw);
+    // STATUS (1.1) says so too: ADD needs etcd as much as the node.
+    let v11 = |mut c: Value| {
+        c["cniVersion"] = json!("1.1.0");
+        c
+    };
+    assert_eq!(plugin_call(&lab, "node-b", &v11(conf_b.clone()), "STATUS", "", None).code, 0);
+    let r = plugin_call(&lab, "node-b", &v11(away), "STATUS", "", None);
+    assert_eq!(error_code(&r), 50, "{}", r.raw);
+    assert!(r.raw.contains("no etcd endpoint answers"), "{}", r.raw);
     // A Kubernetes pod named in CNI_ARGS: Calico's attributes beside its address in etcd.
     let args = [("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")];
     let k8s = run_plugin_with(&lab, "node-a", "ADD", "ck", Some(&x), &conf_a.to_string(), &args);
