@@ -121,7 +121,7 @@ fn b64(s: &[u8]) -> String {
 }
 
 /// The end of the range of keys starting with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -236,6 +236,22 @@ impl Etcd {
     pub fn range(&self, from: &[u8], to: &[u8]) -> anyhow::Result<(Vec<Kv>, i64)> {
         let v = self.call("/v3/kv/range", json!({ "key": b64(from), "range_end": b64(to) }))?;
         Ok((Self::kvs(&v)?, int(&v["header"]["revision"])))
+    }
+
+    /// Several ranges `(from, to)` read in one transaction: one round trip, and one
+    /// revision for all of them. The keys of each, in key order, and that revision.
+    pub fn ranges(&self, ranges: &[(&[u8], &[u8])]) -> anyhow::Result<(Vec<Vec<Kv>>, i64)> {
+        let success: Vec<Value> = ranges
+            .iter()
+            .map(|(from, to)| json!({ "request_range": { "key": b64(from), "range_end": b64(to) } }))
+            .collect();
+        let v = self.call("/v3/kv/txn", json!({ "success": success }))?;
+        let answers = v["responses"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if answers.len() != ranges.len() {
+            bail!("etcd answered {} of {} ranges", answers.len(), ranges.len());
+        }
+        let lists = answers.iter().map(|a| Self::kvs(&a["response_range"])).collect::<anyhow::Result<_>>()?;
+        Ok((lists, int(&v["header"]["revision"])))
     }
 
     /// Writes `key`; the revision it was written at.

@@ -153,8 +153,28 @@ pub fn affinities_prefix(node: &str) -> String {
     format!("/calico/ipam/v2/host/{node}/")
 }
 
+/// Where `node`'s block affinities of the family are.
+pub fn affinity_keys<N: Family>(node: &str) -> String {
+    format!("{}{}/block/", affinities_prefix(node), N::NAME)
+}
+
 fn affinity_key<N: Family>(node: &str, b: &N) -> String {
-    format!("{}{}/block/{}", affinities_prefix(node), N::NAME, b.dashed())
+    format!("{}{}", affinity_keys::<N>(node), b.dashed())
+}
+
+/// The blocks that `node`'s affinity keys (read under [`affinity_keys`]) name, in address
+/// order; a key that names no block is passed over.
+pub fn blocks_of_affinities<N: Family>(node: &str, kvs: &[crate::etcd::Kv]) -> Vec<N> {
+    let prefix = affinity_keys::<N>(node);
+    let mut blocks: Vec<N> = kvs
+        .iter()
+        .filter_map(|kv| {
+            let (addr, len) = kv.key.strip_prefix(&prefix)?.rsplit_once('-')?;
+            format!("{addr}/{len}").parse().ok()
+        })
+        .collect();
+    blocks.sort();
+    blocks
 }
 
 fn handle_key(handle: &str) -> String {
@@ -547,17 +567,8 @@ impl Ipam {
     /// them), in address order: read from the node's affinity keys, a few short keys where
     /// the blocks themselves are every node's, with every address in them.
     pub fn affine_blocks<N: Family>(&self, node: &str) -> anyhow::Result<Vec<N>> {
-        let prefix = format!("{}{}/block/", affinities_prefix(node), N::NAME);
-        let (kvs, _) = self.etcd.list(&prefix)?;
-        let mut blocks: Vec<N> = kvs
-            .iter()
-            .filter_map(|kv| {
-                let (addr, len) = kv.key.strip_prefix(&prefix)?.rsplit_once('-')?;
-                format!("{addr}/{len}").parse().ok()
-            })
-            .collect();
-        blocks.sort();
-        Ok(blocks)
+        let (kvs, _) = self.etcd.list(&affinity_keys::<N>(node))?;
+        Ok(blocks_of_affinities(node, &kvs))
     }
 
     /// Claims `block` for `node` if no one holds it; whether `node` holds it now. A block

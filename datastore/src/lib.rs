@@ -244,9 +244,22 @@ impl Store {
     /// and the revision they were read at. A resource that does not read (written by
     /// something else) is left out and named in the notes, as are fields left out of one.
     pub fn all(&self) -> anyhow::Result<(Vec<Resource>, i64, Vec<String>)> {
+        let (rs, rev, notes, _) = self.all_and(&[])?;
+        Ok((rs, rev, notes))
+    }
+
+    /// [`Store::all`], and the keys under each of `prefixes`, read in the same transaction
+    /// (one round trip, one revision).
+    #[allow(clippy::type_complexity)]
+    pub fn all_and(&self, prefixes: &[&str]) -> anyhow::Result<(Vec<Resource>, i64, Vec<String>, Vec<Vec<etcd::Kv>>)> {
         // The endpoints sort after every kind of the cluster: one range up to them reads
         // the cluster at one revision without reading a key per pod.
-        let (kvs, rev) = self.etcd.range(PREFIX.as_bytes(), endpoints_prefix().as_bytes())?;
+        let ends: Vec<Vec<u8>> = prefixes.iter().map(|p| etcd::prefix_end(p)).collect();
+        let end = endpoints_prefix();
+        let mut ranges: Vec<(&[u8], &[u8])> = vec![(PREFIX.as_bytes(), end.as_bytes())];
+        ranges.extend(prefixes.iter().zip(&ends).map(|(p, e)| (p.as_bytes(), e.as_slice())));
+        let (mut lists, rev) = self.etcd.ranges(&ranges)?;
+        let kvs = lists.remove(0);
         let mut out = Vec::new();
         let mut notes = Vec::new();
         for kv in kvs {
@@ -262,7 +275,7 @@ impl Store {
                 Err(e) => notes.push(format!("{e:#}")),
             }
         }
-        Ok((out, rev, notes))
+        Ok((out, rev, notes, lists))
     }
 
     /// Changes a stored resource in place, as JSON: `change` returns whether it changed

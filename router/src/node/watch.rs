@@ -189,11 +189,13 @@ fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Wake
     // Each note once: the cluster is listed again on every change.
     let mut noted = std::collections::HashSet::new();
     let affinities = datastore::ipam::affinities_prefix(&me.name);
-    let ipam = datastore::ipam::Ipam::new(store.etcd.clone());
+    // The node's blocks are read with the resources, in one transaction.
     let read = || -> anyhow::Result<_> {
-        let (resources, rev, notes) = store.all()?;
-        let blocks = ipam.affine_blocks::<Ipv4Net>(&me.name)?;
-        let blocks6 = ipam.affine_blocks::<Ipv6Net>(&me.name)?;
+        use datastore::ipam::{affinity_keys, blocks_of_affinities};
+        let (p4, p6) = (affinity_keys::<Ipv4Net>(&me.name), affinity_keys::<Ipv6Net>(&me.name));
+        let (resources, rev, notes, kvs) = store.all_and(&[&p4, &p6])?;
+        let blocks = blocks_of_affinities(&me.name, &kvs[0]);
+        let blocks6 = blocks_of_affinities(&me.name, &kvs[1]);
         Ok((Listed { resources, blocks, blocks6 }, rev, notes))
     };
     let mut list = |listed: &mut Option<i64>, down_since: &mut Option<Instant>| -> bool {
