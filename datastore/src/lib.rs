@@ -28,6 +28,18 @@ pub fn endpoints_prefix() -> String {
     format!("{PREFIX}{}/", Kind::WorkloadEndpoint.plural())
 }
 
+/// What [`Store::all_and`] read.
+#[derive(Debug)]
+pub struct Listing {
+    pub resources: Vec<Resource>,
+    /// The store's revision they were read at.
+    pub revision: i64,
+    /// What did not read as it should (resources or fields left out).
+    pub notes: Vec<String>,
+    /// The keys under each of the prefixes asked for, in their order.
+    pub under: Vec<Vec<etcd::Kv>>,
+}
+
 /// What `apply` did with one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -244,14 +256,13 @@ impl Store {
     /// and the revision they were read at. A resource that does not read (written by
     /// something else) is left out and named in the notes, as are fields left out of one.
     pub fn all(&self) -> anyhow::Result<(Vec<Resource>, i64, Vec<String>)> {
-        let (rs, rev, notes, _) = self.all_and(&[])?;
-        Ok((rs, rev, notes))
+        let l = self.all_and(&[])?;
+        Ok((l.resources, l.revision, l.notes))
     }
 
     /// [`Store::all`], and the keys under each of `prefixes`, read in the same transaction
     /// (one round trip, one revision).
-    #[allow(clippy::type_complexity)]
-    pub fn all_and(&self, prefixes: &[&str]) -> anyhow::Result<(Vec<Resource>, i64, Vec<String>, Vec<Vec<etcd::Kv>>)> {
+    pub fn all_and(&self, prefixes: &[&str]) -> anyhow::Result<Listing> {
         // The endpoints sort after every kind of the cluster: one range up to them reads
         // the cluster at one revision without reading a key per pod.
         let ends: Vec<Vec<u8>> = prefixes.iter().map(|p| etcd::prefix_end(p)).collect();
@@ -275,7 +286,7 @@ impl Store {
                 Err(e) => notes.push(format!("{e:#}")),
             }
         }
-        Ok((out, rev, notes, lists))
+        Ok(Listing { resources: out, revision: rev, notes, under: lists })
     }
 
     /// Changes a stored resource in place, as JSON: `change` returns whether it changed

@@ -1,9 +1,9 @@
 //! A node with a datastore: a thread lists Calico's resources and the node's IPAM blocks
 //! from etcd, watches their prefixes from that revision on, lists again on every change and
 //! hands each list to the control loop, which applies the node's view of it live
-//! (`Node::apply_view`). While etcd does not
-//! answer, the node forwards with what it last knew and says so once; when it answers again
-//! the watch resumes from the last revision read (a new list if that was compacted).
+//! (`Node::apply_view`). While etcd does not answer, the node forwards with what it last
+//! knew and says so once; when it answers again the watch resumes from the last revision
+//! read (a new list if that was compacted).
 
 use super::*;
 use crossbeam_channel::{Receiver, Sender};
@@ -193,10 +193,10 @@ fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Wake
     let read = || -> anyhow::Result<_> {
         use datastore::ipam::{affinity_keys, blocks_of_affinities};
         let (p4, p6) = (affinity_keys::<Ipv4Net>(&me.name), affinity_keys::<Ipv6Net>(&me.name));
-        let (resources, rev, notes, kvs) = store.all_and(&[&p4, &p6])?;
-        let blocks = blocks_of_affinities(&me.name, &kvs[0]);
-        let blocks6 = blocks_of_affinities(&me.name, &kvs[1]);
-        Ok((Listed { resources, blocks, blocks6 }, rev, notes))
+        let l = store.all_and(&[&p4, &p6])?;
+        let blocks = blocks_of_affinities(&me.name, &l.under[0]);
+        let blocks6 = blocks_of_affinities(&me.name, &l.under[1]);
+        Ok((Listed { resources: l.resources, blocks, blocks6 }, l.revision, l.notes))
     };
     let mut list = |listed: &mut Option<i64>, down_since: &mut Option<Instant>| -> bool {
         match read() {
