@@ -128,19 +128,18 @@ impl State {
             });
         };
         let block = Ipv4Net::new(address, len).map_err(|e| format!("/{len} blocks of {pool}: {e}"))?.trunc();
-        if let Some(a) = self.find(handle) {
-            return Err(format!("{handle} holds {a} already, not {address}"));
-        }
-        if !block.hosts().any(|a| a == address) {
-            return Err(format!("{address} is not handed out: it is the first or last address of block {block}"));
-        }
         if !pool.contains(&block) || !self.unclaimed(&block) {
             return Err(format!(
                 "{address} is in no block, and block {block} does not fit in pool {pool} beside the others"
             ));
         }
+        // Claimed for the request's checks, and given back if it is refused.
         self.blocks.insert(block, node.to_string());
-        self.request(node, handle, address)
+        let r = self.request(node, handle, address);
+        if r.is_err() {
+            self.blocks.remove(&block);
+        }
+        r
     }
 
     /// The IPv6 `address` for `handle`, as asked: free, in one of `node`'s IPv6 blocks (as

@@ -539,6 +539,14 @@ pub enum ClientError {
     Refused(String),
 }
 
+impl ClientError {
+    /// The node could not be reached or did not answer (stopped, crashed, stuck), as
+    /// opposed to an answer that refused or did not decode.
+    pub fn unreachable(&self) -> bool {
+        matches!(self, ClientError::Connect { .. } | ClientError::Io { .. })
+    }
+}
+
 /// An exchange's failure in words: a read or write that timed out says so, rather than
 /// "Resource temporarily unavailable".
 fn io_text(err: &std::io::Error) -> String {

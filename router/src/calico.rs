@@ -102,21 +102,16 @@ pub fn delete_one(store: &Store, kind: Kind, namespace: Option<&str>, name: &str
     Ok(existed)
 }
 
-/// The pool `name`'s CIDR and how many addresses of its blocks are in use, where any are.
-fn pool_in_use(store: &Store, name: &str) -> anyhow::Result<Option<(ipnet::IpNet, usize)>> {
+/// The pool `name`'s CIDR and how many addresses of its blocks are in use, where any are
+/// (as `router ipam show` counts them).
+fn pool_in_use(store: &Store, name: &str) -> anyhow::Result<Option<(ipnet::IpNet, u128)>> {
     let Some(Resource::IpPool(p)) = store.get(Kind::IpPool, Some(name))?.into_iter().next() else {
         return Ok(None);
     };
     let Ok(cidr) = p.spec.cidr.parse::<ipnet::IpNet>() else { return Ok(None) };
-    let ipam = datastore::ipam::Ipam::new(store.etcd.clone());
-    fn used<N: datastore::ipam::Family>(ipam: &datastore::ipam::Ipam, pool: N) -> anyhow::Result<usize> {
-        Ok(ipam.blocks::<N>()?.iter().filter(|(b, _)| pool.covers(&b.cidr)).map(|(b, _)| b.used().count()).sum())
-    }
-    let n = match cidr {
-        ipnet::IpNet::V4(c) => used(&ipam, c)?,
-        ipnet::IpNet::V6(c) => used(&ipam, c)?,
-    };
-    Ok((n > 0).then_some((cidr, n)))
+    let usage = crate::ipam::Source::Etcd(store.clone()).usage()?;
+    let in_use = usage.pools.iter().find(|u| u.cidr == cidr.trunc()).map_or(0, |u| u.in_use);
+    Ok((in_use > 0).then_some((cidr, in_use)))
 }
 
 pub fn kind(s: &str) -> anyhow::Result<Kind> {

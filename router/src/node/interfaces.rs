@@ -189,40 +189,30 @@ impl Node {
 
     /// Follows a new MTU on the uplink (`ip link set eth0 mtu 9000`): the data plane sends
     /// up to it (else it would send frames the kernel refuses instead of answering "too
-    /// big" or fragmenting), the tunnel device shrinks or grows with it, and new pods get
-    /// theirs from it.
+    /// big" or fragmenting), the tunnel device follows as it follows the pools, and new pods
+    /// get theirs from it.
     pub(super) fn follow_uplink_mtu(&mut self) {
         let Some(have) = self.uplink_mtu() else { return };
         let Ok(up) = netsys::link_info(&self.cfg.uplink.interface) else { return };
         if up.mtu == have {
             return;
         }
-        let tunnel = self.cfg.tunnel_device_mtu(up.mtu);
-        let on_uplink: Vec<(forwarding::iface::IfaceId, IfaceRole)> = self
+        let on_uplink: Vec<forwarding::iface::IfaceId> = self
             .dp
             .interfaces()
             .iter()
-            .filter(|(_, f)| {
-                matches!(f.role, IfaceRole::Uplink { .. } | IfaceRole::RawIpip | IfaceRole::VxlanUdp | IfaceRole::Tun)
-            })
-            .map(|(id, f)| (id, f.role))
+            .filter(|(_, f)| matches!(f.role, IfaceRole::Uplink { .. } | IfaceRole::RawIpip | IfaceRole::VxlanUdp))
+            .map(|(id, _)| id)
             .collect();
-        for (id, role) in on_uplink {
-            if role != IfaceRole::Tun {
-                self.dp.set_mtu(id, up.mtu);
-                continue;
-            }
-            self.dp.set_mtu(id, tunnel);
-            let dev = self.cfg.tunnel_device();
-            if let Err(e) = ipcmd::ip(&["link", "set", dev, "mtu", &tunnel.to_string()]) {
-                tracing::warn!(device = dev, mtu = tunnel, error = %e, "could not follow the uplink's MTU on the tunnel device");
-            }
+        for id in on_uplink {
+            self.dp.set_mtu(id, up.mtu);
         }
+        self.follow_tunnel_devices();
         tracing::info!(
             interface = %self.cfg.uplink.interface,
             from = have,
             to = up.mtu,
-            tunnel,
+            tunnel = self.cfg.tunnel_device_mtu(up.mtu),
             new_pods = self.cfg.pod_mtu(up.mtu),
             "the uplink's MTU changed"
         );

@@ -507,7 +507,7 @@ impl Node {
     /// MTU too) and, in tun mode, the VXLAN UDP sockets. The old device goes, the new one is
     /// made and brought up before the routes into it are installed. What fails is said once
     /// per change (in tun mode, as an error: pods behind the tunnel depend on it).
-    fn follow_tunnel_devices(&mut self) {
+    pub(super) fn follow_tunnel_devices(&mut self) {
         let tun_mode = self.cfg.dataplane == DataplaneMode::Tun;
         let Ok(up) = netsys::link_info(&self.cfg.uplink.interface) else { return };
         let want = interfaces::tunnel_interfaces(&self.cfg, up.mtu);
@@ -519,18 +519,19 @@ impl Node {
         let ifaces = self.dp.interfaces();
         let have =
             ifaces.by_role(|r| *r == IfaceRole::Tun).and_then(|id| ifaces.get(id).map(|f| (id, f.name.clone(), f.mtu)));
-        if have.as_ref().map(|(_, n, m)| (n.as_str(), *m)) != device.as_ref().map(|f| (f.name.as_str(), f.mtu)) {
-            if let Some((id, _, _)) = have {
-                self.dp.remove_interface(id);
-                self.tun_dropped = None;
-            }
-            if let Some(f) = device {
-                let (name, mtu) = (f.name.clone(), f.mtu);
-                match self.dp.add_interface(f).map_err(anyhow::Error::from).and_then(|_| tunnel_device_up(&name, mtu)) {
-                    Ok(()) => tracing::info!(device = %name, mtu, "tunnel device made for the pools' encapsulation"),
-                    Err(e) => failed.push(format!("{name}: {e:#}")),
+        match (&have, &device) {
+            (None, None) => {}
+            // The same device: at most its MTU changed (the uplink's did). It stays, and so
+            // do the kernel's routes into it.
+            (Some((id, name, mtu)), Some(f)) if *name == f.name => {
+                if *mtu != f.mtu {
+                    self.dp.set_mtu(*id, f.mtu);
+                    if let Err(e) = ipcmd::ip(&["link", "set", name, "mtu", &f.mtu.to_string()]) {
+                        failed.push(format!("{name}: {e:#}"));
+                    }
                 }
             }
+            _ => self.replace_tunnel_device(have.map(|(id, _, _)| id), device, &mut failed),
         }
         match (want.vxlan, self.dp.interfaces().by_role(|r| *r == IfaceRole::VxlanUdp)) {
             (Some(f), None) => {
@@ -551,6 +552,26 @@ impl Node {
             }
         }
         self.tunnel_failed = failing;
+    }
+
+    /// The tunnel device the pools needed goes (`old`), the one they need now is made.
+    fn replace_tunnel_device(
+        &mut self,
+        old: Option<forwarding::iface::IfaceId>,
+        device: Option<forwarding::iface::Interface>,
+        failed: &mut Vec<String>,
+    ) {
+        if let Some(id) = old {
+            self.dp.remove_interface(id);
+            self.tun_dropped = None;
+        }
+        if let Some(f) = device {
+            let (name, mtu) = (f.name.clone(), f.mtu);
+            match self.dp.add_interface(f).map_err(anyhow::Error::from).and_then(|_| tunnel_device_up(&name, mtu)) {
+                Ok(()) => tracing::info!(device = %name, mtu, "tunnel device made for the pools' encapsulation"),
+                Err(e) => failed.push(format!("{name}: {e:#}")),
+            }
+        }
     }
 
     fn read_secret(&self, name: &str, key: &str) -> Result<String, String> {

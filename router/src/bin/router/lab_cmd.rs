@@ -108,9 +108,7 @@ pub(super) fn trace(
     for d in &st.daemons {
         match admin::Client::new(&d.socket).trace_start(id) {
             Ok(()) => traced.push(d),
-            Err(e @ (admin::ClientError::Connect { .. } | admin::ClientError::Io { .. })) => {
-                untraced.push(format!("{}: {e}", d.node))
-            }
+            Err(e) if e.unreachable() => untraced.push(format!("{}: {e}", d.node)),
             Err(e) => return Err(e).with_context(|| format!("starting the trace on {}", d.node)),
         }
     }
@@ -257,7 +255,7 @@ pub(super) fn capture(
         std::thread::sleep(std::time::Duration::from_millis(100));
         let st = match node.capture_status() {
             Ok(st) => st,
-            Err(e @ (admin::ClientError::Connect { .. } | admin::ClientError::Io { .. })) => bail!(
+            Err(e) if e.unreachable() => bail!(
                 "the node stopped answering during the capture ({e}); {} holds what it wrote until then: {written} packets or more",
                 path.display()
             ),
