@@ -1400,22 +1400,29 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
             }
         })
         .collect::<Vec<_>>();
-    // Containers, as their nodes serve them.
+    // Containers, as their nodes serve them, each after its node's pods.
     let mut rows = rows;
     for (node, p) in containers::served(&st) {
-        rows.push(HostStatus {
-            host: p.pod.name,
-            role: Role::Container,
-            namespace: String::new(),
-            addresses: std::iter::once(format!("{}/32", p.pod.address))
-                .chain(p.pod.address6.map(|a| format!("{a}/128")))
-                .collect(),
-            parent: Some(node),
-            interface: Some(p.pod.interface),
-            namespace_present: p.up,
-            daemon: None,
-            pid: None,
-        });
+        let at = rows
+            .iter()
+            .rposition(|r| r.host == node || r.parent.as_deref() == Some(node.as_str()))
+            .map_or(rows.len(), |i| i + 1);
+        rows.insert(
+            at,
+            HostStatus {
+                host: p.pod.name,
+                role: Role::Container,
+                namespace: String::new(),
+                addresses: std::iter::once(format!("{}/32", p.pod.address))
+                    .chain(p.pod.address6.map(|a| format!("{a}/128")))
+                    .collect(),
+                parent: Some(node),
+                interface: Some(p.pod.interface),
+                namespace_present: p.up,
+                daemon: None,
+                pid: None,
+            },
+        );
     }
     Ok((st, rows))
 }

@@ -1241,6 +1241,11 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
         st.as_array().into_iter().flatten().find(|h| h["host"] == "etcd").cloned().expect("etcd's row")
     };
     assert_eq!(etcd()["daemon"], "running");
+    let head = text(&lab.router(&["lab", "status"]).stdout);
+    assert!(
+        head.contains("datastore etcd at http://") && !head.contains("ipipMode"),
+        "the pools may have changed: {head}"
+    );
     let pid = etcd()["pid"].as_i64().expect("etcd's pid").to_string();
     assert!(Command::new("kill").args(["-KILL", &pid]).status().expect("kill").success());
     wait_for(10, "lab status to see etcd gone", || etcd()["daemon"].as_str().is_some_and(|d| d.starts_with("exited")));

@@ -161,6 +161,17 @@ fn containers_on_two_subnets_talk_through_the_router_and_go_away_cleanly() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["addresses"][0], format!("{c_ip}/32"));
     assert_eq!(listed[0]["host"], "shop-c", "named as podman named it: {listed:?}");
+    // Each right after its node's pods: node-a's before node-b.
+    let rows = lab.json(&["lab", "status", "--json"]);
+    let order: Vec<(&str, &str)> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| (h["host"].as_str().unwrap_or_default(), h["parent"].as_str().unwrap_or_default()))
+        .collect();
+    let at = |f: &dyn Fn(&(&str, &str)) -> bool| order.iter().position(f).unwrap_or(usize::MAX);
+    let on_a = at(&|r| r.1 == "node-a" && !r.0.starts_with("pod-"));
+    assert!(at(&|r| r.0 == "pod-a2") < on_a && on_a < at(&|r| r.0 == "node-b"), "{order:?}");
     assert!(has_route(&lab, "node-c", &format!("{c_ip}/32")));
     // A trace takes the container's name, and names it where it is given by its address.
     let t = lab.router(&["trace", "pod-a1", "shop-c"]);

@@ -483,15 +483,23 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                 nodeapi::outln!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(0);
             }
+            // On etcd the IPPools may have changed since `lab up`: the modes it started with
+            // would mislead, so the header says where they are.
+            let modes = match &st.etcd {
+                Some(e) => format!("datastore etcd at {} (its IPPools set the modes: `router get ippool`)", e.url),
+                None => format!(
+                    "ipipMode {}, vxlanMode {}, natOutgoing {}{}",
+                    st.ipip_mode,
+                    st.vxlan_mode,
+                    st.nat_outgoing,
+                    if st.nat_outgoing_v6 { ", IPv6 natOutgoing true" } else { "" }
+                ),
+            };
             nodeapi::outln!(
-                "lab {:?}: topology {}, data plane {}, ipipMode {}, vxlanMode {}, natOutgoing {}{}{}",
+                "lab {:?}: topology {}, data plane {}, {modes}{}",
                 st.name,
                 st.topology,
                 st.dataplane,
-                st.ipip_mode,
-                st.vxlan_mode,
-                st.nat_outgoing,
-                if st.nat_outgoing_v6 { ", IPv6 natOutgoing true" } else { "" },
                 if st.complete { "" } else { " (INCOMPLETE: run `router lab down`)" }
             );
             if let Some(k) = lab::userns::Keeper::load(&lab.dir)?.filter(|k| !k.alive()) {
