@@ -129,6 +129,24 @@ pub struct BgpStatus {
     pub as_number: Option<u32>,
     pub router_id: Option<std::net::Ipv4Addr>,
     pub peers: Vec<PeerStatus>,
+    /// The datastore the node follows (`None`: its config alone), shown beside its sessions
+    /// as calicoctl's node status shows the process behind them.
+    #[serde(default)]
+    pub datastore: Option<DatastoreStatus>,
+}
+
+/// Whether the node hears its datastore: while it does not, it forwards and announces with
+/// what it last read, and changes made there do not reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatastoreStatus {
+    pub endpoints: Vec<String>,
+    pub answering: bool,
+    /// Since when (Unix seconds) it answers, or does not.
+    pub since: u64,
+    /// The etcd revision of what the node last read.
+    pub revision: Option<i64>,
+    /// Why it does not answer.
+    pub error: Option<String>,
 }
 
 /// What `Stats` answers: counters summed over the workers and the slow path.

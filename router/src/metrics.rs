@@ -20,6 +20,8 @@ pub struct Snapshot<'a> {
     pub nat_flows: usize,
     pub uptime_secs: f64,
     pub peers: &'a [PeerStatus],
+    /// Whether etcd answers; `None` for a node without a datastore.
+    pub datastore_up: Option<bool>,
 }
 
 /// Escapes a label value (backslash, quote, newline).
@@ -51,6 +53,14 @@ pub fn render(s: &Snapshot<'_>) -> String {
     o.sample("router_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
     o.family("router_uptime_seconds", "gauge", "Seconds since the node daemon started.");
     o.sample("router_uptime_seconds", &[], s.uptime_secs);
+    if let Some(up) = s.datastore_up {
+        o.family(
+            "router_datastore_up",
+            "gauge",
+            "1 while etcd answers the node, 0 while it forwards with what it last read.",
+        );
+        o.sample("router_datastore_up", &[], if up { 1.0 } else { 0.0 });
+    }
 
     o.family("router_interface_packets_total", "counter", "Packets the data plane received or sent on an interface.");
     for (name, c) in s.interfaces.iter().zip(&s.totals.ifaces) {

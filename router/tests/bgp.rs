@@ -1084,7 +1084,7 @@ fn a_planned_restart_keeps_routes_everywhere_and_loses_nothing_between_other_nod
 
 #[test]
 fn a_lab_on_etcd_follows_calico_resources_applied_live() {
-    let lab = TestLab::up(&["--datastore", "etcd"]);
+    let lab = TestLab::up(&["--datastore", "etcd", "--metrics"]);
     // The topology is in etcd, and `get` finds the lab's etcd by itself.
     let nodes = text(&lab.router(&["get", "nodes"]).stdout);
     assert_eq!(nodes.lines().count(), 4, "{nodes}");
@@ -1249,6 +1249,28 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let pid = etcd()["pid"].as_i64().expect("etcd's pid").to_string();
     assert!(Command::new("kill").args(["-KILL", &pid]).status().expect("kill").success());
     wait_for(10, "lab status to see etcd gone", || etcd()["daemon"].as_str().is_some_and(|d| d.starts_with("exited")));
+    // Each node says it no longer hears etcd: `router status` and its metrics.
+    let hears = |node: &str| {
+        lab.json(&["status", "--json"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["node"] == node)
+            .map(|n| n["datastore"]["answering"].clone())
+    };
+    let up_gauge = |node: &str| {
+        let py = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9091/metrics').read().decode())";
+        let m = text(&lab.exec(node, &["python3", "-c", py]).stdout);
+        m.lines().find_map(|l| l.strip_prefix("router_datastore_up ")).map(str::to_string)
+    };
+    wait_for(10, "node-b to find etcd gone", || hears("node-b") == Some(false.into()));
+    let st = text(&lab.router(&["status", "--node", "node-b"]).stdout);
+    assert!(
+        st.contains("DOES NOT ANSWER since") && st.contains("forwards and announces with what it last read"),
+        "{st}"
+    );
+    assert!(text(&lab.router(&["status"]).stdout).contains("etcd does not answer it"));
+    assert_eq!(up_gauge("node-b").as_deref(), Some("0"));
     let (ok, out) = ping(&lab, "pod-b1", &["-c", "20", "-i", "0.1", "-W", "2", "10.244.3.1"]);
     assert!(ok, "{out}");
     assert_no_loss(&out);
@@ -1262,6 +1284,9 @@ fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     assert!(text(&out.stdout).starts_with("etcd was not running: started again"), "{}", text(&out.stdout));
     assert_eq!(etcd()["daemon"], "running");
     assert!(lab.router(&["get", "nodes"]).status.success(), "etcd answers once restart returns");
+    wait_for(10, "node-b to hear etcd again", || hears("node-b") == Some(true.into()));
+    assert_eq!(up_gauge("node-b").as_deref(), Some("1"));
+    assert!(text(&lab.router(&["status", "--node", "node-b"]).stdout).contains("answers (since"));
     apply(&lab, "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  cidr: 10.244.0.0/16\n  blockSize: 26\n  ipipMode: CrossSubnet\n");
     wait_for(10, "node-a back to direct routes to node-b", || {
         route(&lab, "node-a", "10.244.2.0/26").is_some_and(|r| r["encap"] == "none")

@@ -140,6 +140,7 @@ fn metrics_are_valid_prometheus_text_and_move_with_traffic() {
     assert!(after["router_fib_routes"] >= 7.0);
     assert!(after["router_uptime_seconds"] > 0.0);
     assert!(after.contains_key("router_drops_total{reason=\"no_route\"}"));
+    assert!(!after.contains_key("router_datastore_up"), "a node without a datastore has no such gauge");
 }
 
 #[test]

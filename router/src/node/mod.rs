@@ -27,7 +27,7 @@ use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod filter;
@@ -96,6 +96,8 @@ struct Node {
     configured_blocks: (Vec<Ipv4Net>, Vec<Ipv6Net>),
     /// The blocks etcd's IPAM last gave the node (with the configured ones, `cfg`'s).
     affine: (Vec<Ipv4Net>, Vec<Ipv6Net>),
+    /// Whether etcd answers, as the datastore thread last found; `None` without one.
+    datastore: Option<Arc<Mutex<admin::DatastoreStatus>>>,
 }
 
 /// How often a speaker that could not start is tried again.
@@ -608,6 +610,7 @@ pub fn run_with(
         secrets_read: Instant::now(),
         nat: Default::default(),
         bgp_failed: None,
+        datastore: None,
     };
     node.follow_nat();
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
@@ -791,6 +794,7 @@ fn control_loop(
         true => None,
         false => Some(watch::watch(&node.cfg, wake.clone())?),
     };
+    node.datastore = watcher.as_ref().map(|w| w.health.clone());
     let mut speaker = match speaker_config(&node.cfg, node.saved.is_some()) {
         Some(sc) => Some(Speaker::new(sc, poll.registry(), Instant::now()).context("starting BGP")?),
         None => None,

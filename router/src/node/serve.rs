@@ -31,10 +31,15 @@ pub(super) fn metrics_body(node: &Node, speaker: Option<&Speaker>) -> String {
         nat_flows: node.dp.nat_flows(),
         uptime_secs: node.started.elapsed().as_secs_f64(),
         peers: &peers,
+        datastore_up: node.datastore_status().map(|d| d.answering),
     })
 }
 
 impl Node {
+    fn datastore_status(&self) -> Option<admin::DatastoreStatus> {
+        self.datastore.as_ref().map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
     /// Turns the workers' trace events into hops; ends a trace nobody stopped.
     pub(super) fn collect_trace(&mut self, sp: Option<&Speaker>) {
         let Some((id, _, until)) = &self.trace else { return };
@@ -181,6 +186,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
             as_number: cfg.bgp.as_ref().map(|b| b.as_number),
             router_id: cfg.bgp.as_ref().map(|b| b.router_id.unwrap_or(cfg.uplink.address.addr())),
             peers: speaker.map(|s| s.status()).unwrap_or_default(),
+            datastore: node.datastore_status(),
         }),
         Request::Stats => {
             let (names, t) = present_totals(dp);

@@ -25,6 +25,8 @@ pub(super) struct Removal {
 
 pub(super) struct Watcher {
     pub rx: Receiver<Listed>,
+    /// Whether etcd answers, as the datastore thread last found (`router status`).
+    pub health: Arc<Mutex<admin::DatastoreStatus>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -57,8 +59,16 @@ pub(super) fn watch(cfg: &NodeConfig, waker: Arc<mio::Waker>) -> anyhow::Result<
         // The configured pods; a container's address is its CNI plugin's to record.
         pods: cfg.pods.iter().filter(|p| p.container.is_none()).cloned().collect(),
     };
-    std::thread::Builder::new().name("datastore".into()).spawn(move || run(store, me, tx, waker, s))?;
-    Ok(Watcher { rx, stop })
+    let health = Arc::new(Mutex::new(admin::DatastoreStatus {
+        endpoints: cfg.etcd_endpoints.clone(),
+        answering: false,
+        since: unix_now(),
+        revision: None,
+        error: Some("not read yet".into()),
+    }));
+    let link = Link { health: health.clone(), down: false };
+    std::thread::Builder::new().name("datastore".into()).spawn(move || run(store, me, tx, waker, s, link))?;
+    Ok(Watcher { rx, health, stop })
 }
 
 /// The IPv4 pools as etcd has them, read once before the data plane starts: its tunnel
@@ -179,11 +189,17 @@ fn register(store: &datastore::Store, me: &Me) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Waker>, stop: Arc<AtomicBool>) {
+fn run(
+    store: datastore::Store,
+    me: Me,
+    tx: Sender<Listed>,
+    waker: Arc<mio::Waker>,
+    stop: Arc<AtomicBool>,
+    mut link: Link,
+) {
     use datastore::etcd::WatchEvent;
     // The revision of the resources last handed over; None: to be listed (again).
     let mut listed: Option<i64> = None;
-    let mut down_since: Option<Instant> = None;
     let mut registered = false;
     // Lists the resources and hands them over; false once the node has gone.
     // Each note once: the cluster is listed again on every change.
@@ -198,7 +214,7 @@ fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Wake
         let blocks6 = blocks_of_affinities(&me.name, &l.under[1]);
         Ok((Listed { resources: l.resources, blocks, blocks6 }, l.revision, l.notes))
     };
-    let mut list = |listed: &mut Option<i64>, down_since: &mut Option<Instant>| -> bool {
+    let mut list = |listed: &mut Option<i64>, link: &mut Link| -> bool {
         match read() {
             Ok((view, rev, notes)) => {
                 for n in notes {
@@ -210,9 +226,7 @@ fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Wake
                         noted.insert(n);
                     }
                 }
-                if down_since.take().is_some() {
-                    tracing::info!(revision = rev, "etcd answers again: resynced");
-                }
+                link.answers(rev, "etcd answers again: resynced");
                 *listed = Some(rev);
                 tracing::debug!(revision = rev, resources = view.resources.len(), "datastore listed");
                 if tx.send(view).is_err() {
@@ -220,7 +234,7 @@ fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Wake
                 }
                 let _ = waker.wake();
             }
-            Err(e) => outage(down_since, &e),
+            Err(e) => link.outage(&e),
         }
         true
     };
@@ -232,10 +246,10 @@ fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Wake
                     record_ipam(&store, &me);
                     record_endpoints(&store, &me);
                 }
-                Err(e) => outage(&mut down_since, &e),
+                Err(e) => link.outage(&e),
             }
         }
-        if listed.is_none() && !list(&mut listed, &mut down_since) {
+        if listed.is_none() && !list(&mut listed, &mut link) {
             return;
         }
         let Some(from) = listed else {
@@ -249,13 +263,11 @@ fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Wake
         let mut watch = match store.etcd.watch("/calico/", from + 1) {
             Ok(w) => {
                 let w = w.within(&[datastore::PREFIX, &affinities]).ignoring(&datastore::endpoints_prefix());
-                if down_since.take().is_some() {
-                    tracing::info!(revision = from, "etcd answers again: watching from where the node was");
-                }
+                link.answers(from, "etcd answers again: watching from where the node was");
                 w
             }
             Err(e) => {
-                outage(&mut down_since, &e);
+                link.outage(&e);
                 std::thread::sleep(RETRY);
                 continue;
             }
@@ -267,7 +279,7 @@ fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Wake
                 Ok(WatchEvent::Changed(rev)) if listed.is_some_and(|l| rev <= l) => {}
                 Ok(WatchEvent::Changed(rev)) => {
                     tracing::debug!(revision = rev, "datastore changed");
-                    if !list(&mut listed, &mut down_since) {
+                    if !list(&mut listed, &mut link) {
                         return;
                     }
                 }
@@ -278,7 +290,7 @@ fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Wake
                     break;
                 }
                 Err(e) => {
-                    outage(&mut down_since, &e);
+                    link.outage(&e);
                     std::thread::sleep(RETRY);
                     break;
                 }
@@ -287,11 +299,45 @@ fn run(store: datastore::Store, me: Me, tx: Sender<Listed>, waker: Arc<mio::Wake
     }
 }
 
-fn outage(down_since: &mut Option<Instant>, e: &anyhow::Error) {
-    if down_since.is_none() {
-        *down_since = Some(Instant::now());
-        tracing::warn!(error = %format!("{e:#}"), "etcd does not answer; forwarding with what the node last knew, and retrying");
+/// The datastore thread's view of etcd: logged once per change, and kept for `router status`.
+struct Link {
+    health: Arc<Mutex<admin::DatastoreStatus>>,
+    /// It did not answer the last time.
+    down: bool,
+}
+
+impl Link {
+    fn outage(&mut self, e: &anyhow::Error) {
+        let error = format!("{e:#}");
+        if !self.down {
+            self.down = true;
+            tracing::warn!(%error, "etcd does not answer; forwarding with what the node last knew, and retrying");
+        }
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if h.answering {
+            h.since = unix_now();
+        }
+        h.answering = false;
+        h.error = Some(error);
     }
+
+    /// etcd answered with what it held at `revision`; `again` is logged after an outage.
+    fn answers(&mut self, revision: i64, again: &str) {
+        if std::mem::take(&mut self.down) {
+            tracing::info!(revision, "{again}");
+        }
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if !h.answering {
+            h.since = unix_now();
+        }
+        h.answering = true;
+        h.error = None;
+        h.revision = Some(h.revision.map_or(revision, |r| r.max(revision)));
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl Node {

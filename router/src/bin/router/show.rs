@@ -26,8 +26,33 @@ pub(super) fn print_one_status(client: &admin::Client, json: bool) -> anyhow::Re
         if st.peers.iter().any(|p| p.rejected > 0) {
             print_refused(&client.refused_counts()?);
         }
+        if let Some(d) = &st.datastore {
+            nodeapi::outln!("{}", datastore_text(d));
+        }
     }
     Ok(0)
+}
+
+/// Under the table: whether the node hears its datastore, and what it means when it does not.
+fn datastore_text(d: &admin::DatastoreStatus) -> String {
+    let at = d.endpoints.join(",");
+    match (d.answering, d.revision) {
+        (true, rev) => format!(
+            "Datastore: etcd {at} answers (since {}; read up to revision {})",
+            since(d.since),
+            rev.map_or_else(|| "-".into(), |r| r.to_string())
+        ),
+        (false, read) => format!(
+            "Datastore: etcd {at} DOES NOT ANSWER since {} ({})\n  {}; what changes there reaches it when etcd answers again",
+            since(d.since),
+            d.error.as_deref().unwrap_or("no answer"),
+            if read.is_some() {
+                "the node forwards and announces with what it last read"
+            } else {
+                "the node has not read it yet and runs on its config"
+            },
+        ),
+    }
 }
 
 /// Under the table: why each peer's routes were refused, reason by reason.
@@ -73,6 +98,13 @@ pub(super) fn every_node_status(daemons: &[lab::state::Daemon], json: bool) -> a
     let width = answers.iter().map(|a| a.node.len()).max().unwrap_or(0).max(4);
     nodeapi::outln!("{:<width$}  {:<10}  {:<15}  {:<8}  NOT UP", "NODE", "AS", "ROUTER ID", "UP");
     for a in &answers {
+        // Sessions up may hide a node that no longer hears the cluster's changes.
+        let deaf = a
+            .status
+            .as_ref()
+            .and_then(|s| s.datastore.as_ref())
+            .filter(|d| !d.answering)
+            .map(|d| format!("etcd does not answer it (since {})", since(d.since)));
         let line = match (&a.status, &a.error) {
             (Some(st), _) if st.configured => {
                 let up = st.peers.iter().filter(|p| p.state == "up").count();
@@ -81,6 +113,7 @@ pub(super) fn every_node_status(daemons: &[lab::state::Daemon], json: bool) -> a
                     .iter()
                     .filter(|p| p.state != "up")
                     .map(|p| format!("{} ({}: {})", p.peer, p.state, p.info))
+                    .chain(deaf.clone())
                     .collect();
                 format!(
                     "{:<10}  {:<15}  {:<8}  {}",
@@ -95,6 +128,10 @@ pub(super) fn every_node_status(daemons: &[lab::state::Daemon], json: bool) -> a
                 None => "BGP is not configured on this node".into(),
             },
             (None, e) => e.clone().unwrap_or_default(),
+        };
+        let line = match (deaf, a.status.as_ref().is_some_and(|s| s.configured)) {
+            (Some(d), false) => format!("{line}; {d}"),
+            _ => line,
         };
         nodeapi::outln!("{:<width$}  {line}", a.node);
     }
@@ -326,6 +363,7 @@ mod tests {
                 peer("192.168.100.101", "Established"),
                 peer("fd00:192:168:100::1", "connect: Connection refused (os error 111)"),
             ],
+            datastore: None,
         };
         let text = bgp_status_text(&st);
         let table: Vec<&str> = text.lines().skip(1).collect();
