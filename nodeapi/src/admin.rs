@@ -147,6 +147,10 @@ pub struct DatastoreStatus {
     pub revision: Option<i64>,
     /// Why it does not answer.
     pub error: Option<String>,
+    /// What of the datastore the node does not use, and why (a BGP peer it cannot
+    /// configure, a resource that does not read, a field out of range), as of its last read.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// What `Stats` answers: counters summed over the workers and the slow path.

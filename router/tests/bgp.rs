@@ -1455,6 +1455,50 @@ fn a_bgp_port_held_by_another_program_is_tried_again_until_free() {
     all_pods_reach_each_other(&lab);
 }
 
+/// A BGPPeer that cannot be configured is in `router status` and tried again by itself: here
+/// the IPv6 port is held when the node's first IPv6 peer arrives, and nothing in etcd changes
+/// after. A peer the node cannot use at all is there too.
+#[test]
+fn a_bgp_peer_that_cannot_be_configured_is_shown_and_tried_again() {
+    let lab = TestLab::up(&["--datastore", "etcd", "--dual-stack"]);
+    let hold = "import socket, sys\ns = socket.socket(socket.AF_INET6)\ns.bind(('fd00:192:168:100::100', 179))\ns.listen()\nsys.stdin.read()\n";
+    let mut holder = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("node-a"), "python3", "-c", hold])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    wait_for(10, "the port held", || {
+        text(&lab.exec("node-a", &["ss", "-Hltn", "sport", "= :179"]).stdout).contains("[fd00:192:168:100::100]:179")
+    });
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: edge6\nspec:\n  node: node-a\n  peerIP: fd00:192:168:100::1\n  asNumber: 65001\n",
+    );
+    let status = || text(&lab.router(&["status", "--node", "node-a"]).stdout);
+    wait_for(10, "node-a to say why the peer is missing", || status().contains("note: BGP peer fd00:192:168:100::1"));
+    assert!(status().contains("Address already in use") && status().contains("tried again"), "{}", status());
+    assert!(peers(&lab, "node-a").iter().all(|p| p["peer"] != "fd00:192:168:100::1"));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    wait_for(15, "the peer configured once the port is free", || {
+        peers(&lab, "node-a").iter().any(|p| p["peer"] == "fd00:192:168:100::1")
+    });
+    assert!(!status().contains("note:"), "{}", status());
+    assert!(
+        text(&lab.exec("node-a", &["ss", "-Hltn", "sport", "= :179"]).stdout).contains("[fd00:192:168:100::100]:179")
+    );
+    // Waiting for its password's secret: shown until it goes.
+    apply(
+        &lab,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: slow\nspec:\n  node: node-b\n  peerIP: 192.168.100.1\n  asNumber: 65001\n  password:\n    secretKeyRef:\n      name: missing\n      key: pw\n",
+    );
+    let b = || text(&lab.router(&["status", "--node", "node-b"]).stdout);
+    wait_for(10, "node-b to note the peer it does not use", || b().contains("note: bgppeers/slow"));
+    assert!(lab.router(&["delete", "bgppeer", "slow"]).status.success());
+    wait_for(10, "the note to go with the peer", || !b().contains("note:"));
+    all_pods_reach_each_other(&lab);
+}
+
 /// Calico's node-specific BGPConfiguration, `node.node-c`: node-c listens on port 1790 and
 /// the other nodes reach it there, and it logs at Debug while the others stay at Info.
 #[test]

@@ -98,6 +98,13 @@ struct Node {
     affine: (Vec<Ipv4Net>, Vec<Ipv6Net>),
     /// Whether etcd answers, as the datastore thread last found; `None` without one.
     datastore: Option<Arc<Mutex<admin::DatastoreStatus>>>,
+    /// What of the datastore the node does not use: resources that did not read (the last
+    /// listing's), and what the view of them left out.
+    listing_notes: Vec<String>,
+    datastore_notes: Vec<String>,
+    /// BGP peers that could not be configured, and when to try them again.
+    peers_failed: Vec<String>,
+    peers_retry: Option<Instant>,
 }
 
 /// How often a speaker that could not start is tried again.
@@ -611,6 +618,10 @@ pub fn run_with(
         nat: Default::default(),
         bgp_failed: None,
         datastore: None,
+        listing_notes: Vec::new(),
+        datastore_notes: Vec::new(),
+        peers_failed: Vec::new(),
+        peers_retry: None,
     };
     node.follow_nat();
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {
@@ -891,11 +902,13 @@ fn control_loop(
             while let Ok(listed) = w.rx.try_recv() {
                 tracing::debug!(resources = listed.resources.len(), "applying the datastore's view");
                 node.affine = (listed.blocks, listed.blocks6);
+                node.listing_notes = listed.notes;
                 fib.full |= node.apply_view(listed.resources, &mut speaker, poll.registry());
             }
             fib.full |= node.reread_secrets(&mut speaker, poll.registry());
             node.finish_removals(speaker.as_mut(), poll.registry());
             fib.full |= node.retry_bgp(&mut speaker, poll.registry(), now);
+            fib.full |= node.retry_peers(&mut speaker, poll.registry(), now);
         }
         if links_changed || links_checked.elapsed() >= link_check {
             if links_changed {

@@ -36,10 +36,6 @@ pub(super) fn metrics_body(node: &Node, speaker: Option<&Speaker>) -> String {
 }
 
 impl Node {
-    fn datastore_status(&self) -> Option<admin::DatastoreStatus> {
-        self.datastore.as_ref().map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone())
-    }
-
     /// Turns the workers' trace events into hops; ends a trace nobody stopped.
     pub(super) fn collect_trace(&mut self, sp: Option<&Speaker>) {
         let Some((id, _, until)) = &self.trace else { return };

@@ -37,6 +37,8 @@ pub(super) struct Listed {
     /// and those its CNI plugin claimed since, which it announces whole as Calico does.
     pub blocks: Vec<Ipv4Net>,
     pub blocks6: Vec<Ipv6Net>,
+    /// The resources that did not read (logged once by the datastore thread).
+    pub notes: Vec<String>,
 }
 
 impl Drop for Watcher {
@@ -65,6 +67,7 @@ pub(super) fn watch(cfg: &NodeConfig, waker: Arc<mio::Waker>) -> anyhow::Result<
         since: unix_now(),
         revision: None,
         error: Some("not read yet".into()),
+        notes: Vec::new(),
     }));
     let link = Link { health: health.clone(), down: false };
     std::thread::Builder::new().name("datastore".into()).spawn(move || run(store, me, tx, waker, s, link))?;
@@ -212,18 +215,18 @@ fn run(
         let l = store.all_and(&[&p4, &p6])?;
         let blocks = blocks_of_affinities(&me.name, &l.under[0]);
         let blocks6 = blocks_of_affinities(&me.name, &l.under[1]);
-        Ok((Listed { resources: l.resources, blocks, blocks6 }, l.revision, l.notes))
+        Ok((Listed { resources: l.resources, blocks, blocks6, notes: l.notes }, l.revision))
     };
     let mut list = |listed: &mut Option<i64>, link: &mut Link| -> bool {
         match read() {
-            Ok((view, rev, notes)) => {
-                for n in notes {
-                    if !noted.contains(&n) {
+            Ok((view, rev)) => {
+                for n in &view.notes {
+                    if !noted.contains(n) {
                         if noted.len() >= 1024 {
                             noted.clear();
                         }
                         tracing::warn!(note = %n, "a resource in etcd does not read as this router knows it");
-                        noted.insert(n);
+                        noted.insert(n.clone());
                     }
                 }
                 link.answers(rev, "etcd answers again: resynced");
@@ -357,8 +360,13 @@ impl Node {
         // Kept for reading the secrets again (`reread_secrets`).
         self.resources = resources;
         self.secrets_read = Instant::now();
+        // Each note logged when it is new; `router status` shows them all.
+        let mut notes = self.listing_notes.clone();
         for n in &view.notes {
-            tracing::warn!(note = %n, "datastore");
+            if !self.datastore_notes.contains(n) {
+                tracing::warn!(note = %n, "datastore");
+            }
+            notes.push(n.clone());
         }
         let level = view.log_level.unwrap_or("info");
         if level != self.log_level {
@@ -389,10 +397,17 @@ impl Node {
                 v6.disable_bgp_export = view.no_export6.clone();
             }
             None if !view.pools6.is_empty() => {
-                tracing::warn!("the datastore has IPv6 pools, but this node's config has no [ipv6] section: IPv4 only")
+                let n = "the IPv6 pools: this node's config has no [ipv6] section: IPv4 only".to_string();
+                if !self.datastore_notes.contains(&n) {
+                    tracing::warn!(
+                        "the datastore has IPv6 pools, but this node's config has no [ipv6] section: IPv4 only"
+                    )
+                }
+                notes.push(n);
             }
             None => {}
         }
+        self.datastore_notes = notes;
         let reachable = |b: Option<&nodeapi::config::BgpConfig>| {
             b.map(|b| b.peers.iter().filter_map(|p| p.reachable_by.map(|g| (p.address, g))).collect::<Vec<_>>())
         };
@@ -428,6 +443,7 @@ impl Node {
                 restarted = true;
             }
             self.bgp_failed = None;
+            self.peers_failed.clear();
             self.start_bgp(speaker, registry, restarted, now);
             return true;
         }
@@ -447,18 +463,29 @@ impl Node {
         }
         let live: Vec<nodeapi::config::BgpPeer> = sp.peers().into_iter().cloned().collect();
         // New sessions first, so that routes have somewhere to come from before old ones go.
+        let mut failed = Vec::new();
         for p in bgp.peers.iter().filter(|p| !live.contains(p)) {
-            let r = if live.iter().any(|o| o.address == p.address) {
-                tracing::info!(peer = %p.address, kind = ?p.kind, "datastore: BGP peer changed");
-                sp.replace_peer(registry, p.clone(), now)
-            } else {
-                tracing::info!(peer = %p.address, kind = ?p.kind, "datastore: BGP peer added");
-                sp.add_peer(registry, p.clone(), now)
+            let changed = live.iter().any(|o| o.address == p.address);
+            let r = match changed {
+                true => sp.replace_peer(registry, p.clone(), now),
+                false => sp.add_peer(registry, p.clone(), now),
             };
-            if let Err(e) = r {
-                tracing::error!(peer = %p.address, error = %e, "configuring the BGP peer failed");
+            match r {
+                Ok(()) if changed => tracing::info!(peer = %p.address, kind = ?p.kind, "datastore: BGP peer changed"),
+                Ok(()) => tracing::info!(peer = %p.address, kind = ?p.kind, "datastore: BGP peer added"),
+                Err(e) => {
+                    let why = format!("BGP peer {}: {e}; tried again every {} s", p.address, BGP_RETRY.as_secs());
+                    if !self.peers_failed.contains(&why) {
+                        tracing::error!(peer = %p.address, error = %e, "configuring the BGP peer failed; trying again");
+                    }
+                    failed.push(why);
+                }
             }
         }
+        // A peer that could not be configured (its listener's port taken, say) is tried
+        // again: nothing in etcd may change to bring it back.
+        self.peers_retry = (!failed.is_empty()).then_some(now + BGP_RETRY);
+        self.peers_failed = failed;
         // Peers that go are removed once the new sessions are up (or after a while): until
         // then their routes carry the traffic that is moving to the new ones.
         self.removals.retain(|r| !bgp.peers.iter().any(|p| p.address == r.peer));
@@ -535,6 +562,29 @@ impl Node {
                 self.bgp_failed = Some((why, now + BGP_RETRY));
             }
         }
+    }
+
+    /// Applies the datastore again when a peer could not be configured and it is time;
+    /// whether the FIB must be rebuilt.
+    pub(super) fn retry_peers(
+        &mut self,
+        speaker: &mut Option<Speaker>,
+        registry: &mio::Registry,
+        now: Instant,
+    ) -> bool {
+        if self.peers_retry.is_none_or(|at| now < at) {
+            return false;
+        }
+        self.peers_retry = None;
+        self.apply_view(self.resources.clone(), speaker, registry)
+    }
+
+    /// The datastore's state for `router status`: whether etcd answers and what the node
+    /// does not use of it.
+    pub(super) fn datastore_status(&self) -> Option<admin::DatastoreStatus> {
+        let mut st = self.datastore.as_ref()?.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        st.notes = self.datastore_notes.iter().chain(&self.peers_failed).cloned().collect();
+        Some(st)
     }
 
     /// Tries again to start the speaker that could not start, when it is time; whether it

@@ -36,7 +36,7 @@ pub(super) fn print_one_status(client: &admin::Client, json: bool) -> anyhow::Re
 /// Under the table: whether the node hears its datastore, and what it means when it does not.
 fn datastore_text(d: &admin::DatastoreStatus) -> String {
     let at = d.endpoints.join(",");
-    match (d.answering, d.revision) {
+    let mut text = match (d.answering, d.revision) {
         (true, rev) => format!(
             "Datastore: etcd {at} answers (since {}; read up to revision {})",
             since(d.since),
@@ -52,7 +52,16 @@ fn datastore_text(d: &admin::DatastoreStatus) -> String {
                 "the node has not read it yet and runs on its config"
             },
         ),
+    };
+    // A resource that applies but is not used shows nowhere else but in the log.
+    const SHOWN: usize = 10;
+    for n in d.notes.iter().take(SHOWN) {
+        text.push_str(&format!("\n  note: {n}"));
     }
+    if d.notes.len() > SHOWN {
+        text.push_str(&format!("\n  and {} more in the node's log", d.notes.len() - SHOWN));
+    }
+    text
 }
 
 /// Under the table: why each peer's routes were refused, reason by reason.
