@@ -1421,20 +1421,33 @@ fn node_c_up_on_port(lab: &TestLab, port: u16) -> bool {
         && ss.split_whitespace().filter(|a| a.ends_with(&suffix)).count() >= 2
 }
 
+/// Another program listening at `at` in `node`'s namespace until it is killed (or the test
+/// ends: it exits when its stdin closes).
+fn hold_port(lab: &TestLab, node: &str, at: std::net::SocketAddr) -> std::process::Child {
+    let family = if at.is_ipv6() { "socket.AF_INET6" } else { "socket.AF_INET" };
+    let hold = format!(
+        "import socket, sys\ns = socket.socket({family})\ns.bind(('{}', {}))\ns.listen()\nsys.stdin.read()\n",
+        at.ip(),
+        at.port()
+    );
+    let holder = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(node), "python3", "-c", &hold])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let port = format!("= :{}", at.port());
+    wait_for(10, "the port held", || {
+        text(&lab.exec(node, &["ss", "-Hltn", "sport", &port]).stdout).contains(&at.to_string())
+    });
+    holder
+}
+
 /// Calico's listenPort set to a port another program holds on node-a: node-a says why it
 /// has no BGP, and starts it once the port is free, without another change in etcd.
 #[test]
 fn a_bgp_port_held_by_another_program_is_tried_again_until_free() {
     let lab = TestLab::up(&["--datastore", "etcd"]);
-    let hold = "import socket, sys\ns = socket.socket()\ns.bind(('0.0.0.0', 1790))\ns.listen()\nsys.stdin.read()\n";
-    let mut holder = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("node-a"), "python3", "-c", hold])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    wait_for(10, "the port held", || {
-        text(&lab.exec("node-a", &["ss", "-Hltn", "sport", "= :1790"]).stdout).contains("0.0.0.0:1790")
-    });
+    let mut holder = hold_port(&lab, "node-a", "0.0.0.0:1790".parse().expect("an address"));
     apply(
         &lab,
         "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
@@ -1461,15 +1474,7 @@ fn a_bgp_port_held_by_another_program_is_tried_again_until_free() {
 #[test]
 fn a_bgp_peer_that_cannot_be_configured_is_shown_and_tried_again() {
     let lab = TestLab::up(&["--datastore", "etcd", "--dual-stack"]);
-    let hold = "import socket, sys\ns = socket.socket(socket.AF_INET6)\ns.bind(('fd00:192:168:100::100', 179))\ns.listen()\nsys.stdin.read()\n";
-    let mut holder = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("node-a"), "python3", "-c", hold])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    wait_for(10, "the port held", || {
-        text(&lab.exec("node-a", &["ss", "-Hltn", "sport", "= :179"]).stdout).contains("[fd00:192:168:100::100]:179")
-    });
+    let mut holder = hold_port(&lab, "node-a", "[fd00:192:168:100::100]:179".parse().expect("an address"));
     apply(
         &lab,
         "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: edge6\nspec:\n  node: node-a\n  peerIP: fd00:192:168:100::1\n  asNumber: 65001\n",
