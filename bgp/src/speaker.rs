@@ -130,8 +130,11 @@ struct Peer {
     /// Removed while running: the slot stays (indices are the shell's too) but is dead.
     removed: bool,
     /// Replaced by the peer in this slot (same address, new settings): this slot's routes
-    /// stay, stale, until that one has sent its table (End-of-RIB) or the instant passes.
+    /// stay, stale, until that one has sent its table (End-of-RIB), and so has every peer
+    /// added with it or since, or the instant passes.
     replaced_by: Option<(usize, Instant)>,
+    /// When it was configured.
+    added_at: Instant,
 }
 
 /// One peer as `status` shows it.
@@ -317,6 +320,7 @@ impl Core {
             updates_sent: 0,
             removed: false,
             replaced_by: None,
+            added_at: now,
         });
         i
     }
@@ -400,6 +404,13 @@ impl Core {
         !p.removed
             && p.fsm.state() == State::Established
             && (p.eor || p.fsm.negotiated().is_some_and(|n| n.peer_gr.is_none()))
+    }
+
+    /// Whether every peer configured at `since` or later is up and has sent its table.
+    fn synced_since(&self, since: Instant) -> bool {
+        (0..self.peers.len())
+            .filter(|&k| !self.peers[k].removed && self.peers[k].added_at >= since)
+            .all(|k| self.synced(k))
     }
 
     /// Whether every route the peers at slots `going` taught has a path from another peer
@@ -597,7 +608,10 @@ impl Core {
         let retry = self.cfg.connect_retry;
         for i in 0..self.peers.len() {
             if let Some((j, until)) = self.peers[i].replaced_by {
-                if self.peers[j].eor || now >= until {
+                // A change of settings may move routes to other sessions (a reflector's
+                // client joining the mesh learns a third node's block from that node now,
+                // not through the reflector): they all must have sent theirs first.
+                if self.peers[j].eor && self.synced_since(self.peers[j].added_at) || now >= until {
                     let ch = self.rib.purge_stale(i as PeerId);
                     self.apply(ch);
                     self.rib.remove_peer(i as PeerId);

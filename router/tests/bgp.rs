@@ -1683,6 +1683,41 @@ fn a_reflector_that_reads_the_change_last_costs_its_clients_no_route() {
     }
 }
 
+/// Back from reflectors to the mesh, as Calico's documentation does it: the mesh enabled,
+/// then the reflector peering deleted. A client's session with the reflector becomes a mesh
+/// session, which no longer carries the third node's block: the old session's routes stay
+/// until the new session with that node has sent its own.
+#[test]
+fn reflectors_back_to_the_mesh_lose_no_packet() {
+    let lab = up_with_args(TestLab::named(), Path::new(&seed_rr()), &["--datastore", "etcd"]);
+    wait_for(20, "the clients' sessions with the reflector", || {
+        ["node-b", "node-c"].iter().all(|n| peers(&lab, n).iter().any(|p| p["state"] == "up"))
+    });
+    let flow = std::thread::scope(|s| {
+        let b = s.spawn(|| ping(&lab, "pod-b1", &["-c", "40", "-i", "0.1", "-W", "2", "10.244.3.1"]));
+        let c = s.spawn(|| ping(&lab, "pod-c1", &["-c", "40", "-i", "0.1", "-W", "2", "10.244.2.1"]));
+        std::thread::sleep(Duration::from_millis(500));
+        apply(
+            &lab,
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: 64512\n  nodeToNodeMeshEnabled: true\n",
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(lab.router(&["delete", "bgppeer", "peer-with-route-reflectors"]).status.success());
+        [b.join().expect("ping b"), c.join().expect("ping c")]
+    });
+    for (ok, out) in &flow {
+        assert!(ok, "{out}");
+        assert_no_loss(out);
+    }
+    wait_for(20, "the mesh", || {
+        ["node-a", "node-b", "node-c"].iter().all(|n| {
+            let p = peers(&lab, n);
+            p.len() == 2 && p.iter().all(|p| p["state"] == "up" && p["peer_type"] == "node-to-node mesh")
+        })
+    });
+    all_pods_reach_each_other(&lab);
+}
+
 const BLOCKS6: [&str; 3] = ["fd00:10:244::/122", "fd00:10:244::40/122", "fd00:10:244::80/122"];
 
 /// `routes --lookup ADDR` on a node, as JSON (null without a route).
