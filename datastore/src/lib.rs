@@ -316,6 +316,50 @@ impl Store {
         anyhow::bail!("{k} kept changing under us; try again")
     }
 
+    /// `calicoctl patch`: `change` edits the resource as `get -o json` shows it (a JSON merge
+    /// patch, RFC 7386, or a JSON patch, RFC 6902), and what it gives is checked as `apply`
+    /// checks a file and written as `apply` writes it (the fields this router does not know
+    /// kept), unless the resource changed since it was read: then it is read and patched
+    /// again. Its kind, name and namespace cannot change.
+    pub fn patch_with(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        change: impl Fn(&mut serde_json::Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Applied> {
+        let k = key(kind, namespace, name);
+        let what = resources::path(kind, namespace, name);
+        for _ in 0..10 {
+            let Some(kv) = self.etcd.get(&k)? else { anyhow::bail!("{what} does not exist") };
+            let mut doc = Resource::from_stored(kind, &kv.value, &k)?.resource.to_json();
+            change(&mut doc).with_context(|| what.clone())?;
+            let text = serde_json::to_string(&doc)?;
+            // The document and line are of the JSON made here, which nobody has seen: the
+            // field and the message say it.
+            let parsed = resources::parse(&text).map_err(|e| match e.field {
+                Some(f) => anyhow::anyhow!("{what} as patched: {f}: {}", e.message),
+                None => anyhow::anyhow!("{what} as patched: {}", e.message),
+            })?;
+            let r = match parsed.as_slice() {
+                [r] => r.clone(),
+                _ => anyhow::bail!("{what} as patched is not one resource"),
+            };
+            if (r.kind(), r.namespace(), r.name()) != (kind, namespace, name) {
+                anyhow::bail!("{what}: a patch cannot change a resource's kind, name or namespace");
+            }
+            self.check_pools(std::slice::from_ref(&r))?;
+            let (next, outcome) = Self::next_version(&r, Some(&kv), &k)?;
+            if outcome == Applied::Unchanged {
+                return Ok(outcome);
+            }
+            if self.etcd.put_all_if(&[(&k, kv.mod_revision)], &[(&k, &serde_json::to_vec(&next)?)])? {
+                return Ok(outcome);
+            }
+        }
+        anyhow::bail!("{k} kept changing under us; try again")
+    }
+
     /// Puts a `Node`'s `spec.bgp.ipv4Address` (and `ipv6Address`, when given) right in
     /// place ([`Store::patch`]); whether it wrote.
     pub fn set_node_addresses(&self, name: &str, v4: &str, v6: Option<&str>) -> anyhow::Result<bool> {

@@ -1142,9 +1142,45 @@ pub fn is_resource_name(s: &str) -> bool {
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
 
+/// Whether `s` is a label's name, or its value when not empty: at most 63 letters, digits,
+/// '-', '_' and '.', starting and ending with a letter or digit (Kubernetes' rule).
+fn is_label_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Checks a label as Kubernetes (and so Calico) does: the key a name with an optional DNS
+/// prefix (`example.com/rack`), the value empty or like a name. The message says what is wrong.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let (prefix, name) = key.rsplit_once('/').map_or((None, key), |(p, n)| (Some(p), n));
+    if prefix.is_some_and(|p| !is_resource_name(p)) {
+        return Err(format!(
+            "label {key:?}: the prefix before '/' is a DNS name (lower-case letters, digits, '-' and '.')"
+        ));
+    }
+    if !is_label_part(name) {
+        return Err(format!(
+            "label {key:?}: a name is at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        ));
+    }
+    if !value.is_empty() && !is_label_part(value) {
+        return Err(format!(
+            "label {key:?}: value {value:?}: at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks what decoding cannot: values that must parse, and fit together. The error names
 /// the field.
 pub fn validate(r: &Resource) -> Result<(), (String, String)> {
+    if let Some(e) = r.metadata().labels.iter().find_map(|(k, v)| check_label(k, v).err()) {
+        return Err(("metadata.labels".into(), e));
+    }
     let name = r.name();
     if !is_resource_name(name) {
         return Err((

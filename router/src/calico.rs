@@ -46,6 +46,108 @@ pub fn apply(store: &Store, rs: &[Resource]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `router patch` reads its patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PatchType {
+    /// A JSON merge patch (RFC 7386): objects merge, `null` removes, lists are replaced
+    /// whole. calicoctl's default, "strategic", is this for Calico's resources, whose lists
+    /// have no merge keys.
+    #[value(alias = "strategic")]
+    Merge,
+    /// A JSON patch (RFC 6902): a list of add, remove, replace, move, copy and test
+    /// operations at JSON pointers.
+    Json,
+}
+
+/// `calicoctl patch`: the patch (JSON, or YAML as a file is) applied to the resource as
+/// `get -o json` shows it, checked and written as `apply` does.
+pub fn patch(
+    store: &Store,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: &str,
+    patch: &str,
+    how: PatchType,
+) -> anyhow::Result<()> {
+    let value: serde_json::Value = serde_yaml_ng::from_str(patch).context("reading the patch (JSON or YAML)")?;
+    let ops: Option<json_patch::Patch> = match how {
+        PatchType::Merge if !value.is_object() => bail!("a merge patch is an object, like '{{\"spec\":{{...}}}}'"),
+        PatchType::Merge => None,
+        PatchType::Json => Some(serde_json::from_value(value.clone()).context("reading the JSON patch (RFC 6902)")?),
+    };
+    let applied = store.patch_with(kind, namespace, name, |doc| {
+        match &ops {
+            Some(ops) => json_patch::patch(doc, ops).map_err(|e| anyhow::anyhow!("the JSON patch: {e}"))?,
+            None => json_patch::merge(doc, &value),
+        }
+        Ok(())
+    })?;
+    let what = if applied == Applied::Unchanged { "unchanged" } else { "patched" };
+    nodeapi::outln!("{} {what}", path(kind, namespace, name));
+    Ok(())
+}
+
+/// What `router label` does to one label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelChange {
+    /// Set it; an existing label with another value only with `overwrite`.
+    Set {
+        key: String,
+        value: String,
+        overwrite: bool,
+    },
+    Remove {
+        key: String,
+    },
+}
+
+/// `calicoctl label`: one label set or removed, the rest of the resource untouched. Err
+/// when the label is there with another value (without `overwrite`) or, to remove, is not.
+pub fn label(
+    store: &Store,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: &str,
+    change: &LabelChange,
+) -> anyhow::Result<()> {
+    if let LabelChange::Set { key, value, .. } = change {
+        resources::check_label(key, value).map_err(anyhow::Error::msg)?;
+    }
+    let what = path(kind, namespace, name);
+    let applied = store.patch_with(kind, namespace, name, |doc| {
+        let labels = doc
+            .pointer_mut("/metadata")
+            .and_then(|m| m.as_object_mut())
+            .context("the resource has no metadata")?
+            .entry("labels")
+            .or_insert_with(|| serde_json::json!({}));
+        let labels = labels.as_object_mut().context("metadata.labels is not an object")?;
+        match change {
+            LabelChange::Set { key, value, overwrite } => match labels.get(key).and_then(|v| v.as_str()) {
+                Some(old) if old != value && !overwrite => {
+                    bail!("the label {key}={old} is there already: --overwrite replaces it")
+                }
+                _ => {
+                    labels.insert(key.clone(), value.clone().into());
+                }
+            },
+            LabelChange::Remove { key } => {
+                if labels.remove(key).is_none() {
+                    bail!("no label {key:?} to remove");
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let done = match (change, applied) {
+        (_, Applied::Unchanged) => "unchanged".to_string(),
+        (LabelChange::Set { key, value, .. }, _) => format!("labelled {key}={value}"),
+        (LabelChange::Remove { key }, _) => format!("unlabelled {key}"),
+    };
+    nodeapi::outln!("{what} {done}");
+    Ok(())
+}
+
 /// Deletes what a file ([`read`]) lists; 1 when some of it did not exist.
 pub fn delete_all(store: &Store, rs: &[Resource]) -> anyhow::Result<i32> {
     let mut missing = 0;

@@ -1569,12 +1569,23 @@ fn bgp_peers_by_selector_follow_node_labels_on_etcd() {
     });
     wait_for(10, "node-c's block at node-a", || route(&lab, "node-a", "10.244.3.0/26").is_some());
     all_pods_reach_each_other(&lab);
-    // Calico's listenPort: every node restarts BGP on the new port, and the sessions come
-    // back on it.
-    apply(
-        &lab,
-        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n  listenPort: 1179\n",
-    );
+    // Labels changed as Calico's documentation does it, with `label`: node-c in no rack has
+    // no peer; back in r2, its sessions come back.
+    let ok = |args: &[&str]| {
+        let o = lab.router(args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    assert_eq!(ok(&["label", "node", "node-c", "rack", "--remove"]).trim(), "nodes/node-c unlabelled rack");
+    wait_for(20, "node-c without sessions once unlabelled", || peers(&lab, "node-c").is_empty());
+    ok(&["label", "node", "node-c", "rack=r2"]);
+    wait_for(20, "node-c's two sessions again", || {
+        let c = peers(&lab, "node-c");
+        c.len() == 2 && c.iter().all(|p| p["state"] == "up")
+    });
+    // Calico's listenPort, with `patch`: every node restarts BGP on the new port, and the
+    // sessions come back on it.
+    ok(&["patch", "bgpconfiguration", "default", "-p", r#"{"spec":{"listenPort":1179}}"#]);
     wait_for(30, "node-c's sessions back on port 1179", || node_c_up_on_port(&lab, 1179));
     let (ok, out) = ping(&lab, "pod-c1", &["-c", "2", "-i", "0.2", "-W", "2", "10.244.1.1"]);
     assert!(ok, "{out}");

@@ -402,6 +402,95 @@ fn what_another_tool_wrote_reads_and_a_node_keeps_its_fields_when_put_right() {
     assert_eq!((&node["spec"]["bgp"]["future"], &node["status"]["podCIDRs"][0]), (&1.into(), &"10.250.1.0/24".into()));
 }
 
+/// `patch` and `label`, as Calico's documentation uses them: one field changed, checked as
+/// `apply` checks it, and everything else of the resource kept, another tool's fields too.
+#[test]
+fn patch_and_label_change_one_thing_and_keep_the_rest() {
+    use datastore::resources::Kind;
+    let etcd = Etcd::start("etcd-patch");
+    let node_key = datastore::key(Kind::Node, None, "worker-9");
+    let node = r#"{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"name":"worker-9","uid":"u-9"},
+        "spec":{"bgp":{"ipv4Address":"10.0.0.9/24","future":1},"orchRefs":[{"orchestrator":"k8s","nodeName":"worker-9"}]}}"#;
+    let k = node_key.clone();
+    with_etcd(&etcd.ns, move |e| e.put(&k, node.as_bytes()).expect("put")).join().expect("put");
+    let stored = || -> (serde_json::Value, i64) {
+        let k = node_key.clone();
+        let kv = with_etcd(&etcd.ns, move |e| e.get(&k).expect("get").expect("there")).join().expect("read");
+        (serde_json::from_slice(&kv.value).expect("json"), kv.mod_revision)
+    };
+    let fails = |args: &[&str], says: &str| {
+        let o = etcd.router(args);
+        assert!(!o.status.success() && text(&o.stderr).contains(says), "{args:?}: {}", text(&o.stderr));
+    };
+    let rr = r#"{"spec":{"bgp":{"routeReflectorClusterID":"244.0.0.1"}}}"#;
+    assert_eq!(etcd.ok(&["patch", "node", "worker-9", "-p", rr]).trim(), "nodes/worker-9 patched");
+    let (v, rev) = stored();
+    assert_eq!(v["spec"]["bgp"]["routeReflectorClusterID"], "244.0.0.1");
+    assert_eq!((&v["spec"]["bgp"]["ipv4Address"], &v["spec"]["bgp"]["future"]), (&"10.0.0.9/24".into(), &1.into()));
+    assert_eq!((&v["spec"]["orchRefs"][0]["nodeName"], &v["metadata"]["uid"]), (&"worker-9".into(), &"u-9".into()));
+    assert_eq!(etcd.ok(&["patch", "node", "worker-9", "-p", rr]).trim(), "nodes/worker-9 unchanged");
+    assert_eq!(stored().1, rev, "nothing written");
+    // Labels: set, refused over another value, replaced with --overwrite, removed.
+    assert_eq!(
+        etcd.ok(&["label", "nodes", "worker-9", "route-reflector=true"]).trim(),
+        "nodes/worker-9 labelled route-reflector=true"
+    );
+    fails(
+        &["label", "node", "worker-9", "route-reflector=false"],
+        "nodes/worker-9: the label route-reflector=true is there already: --overwrite replaces it",
+    );
+    assert_eq!(stored().0["metadata"]["labels"]["route-reflector"], "true");
+    etcd.ok(&["label", "node", "worker-9", "route-reflector=false", "--overwrite"]);
+    etcd.ok(&["label", "node", "worker-9", "example.com/rack=r-1"]);
+    let (v, _) = stored();
+    assert_eq!(
+        (&v["metadata"]["labels"]["route-reflector"], &v["metadata"]["labels"]["example.com/rack"]),
+        (&"false".into(), &"r-1".into())
+    );
+    etcd.ok(&["label", "node", "worker-9", "route-reflector", "--remove"]);
+    fails(
+        &["label", "node", "worker-9", "route-reflector", "--remove"],
+        "nodes/worker-9: no label \"route-reflector\" to remove",
+    );
+    fails(&["label", "node", "worker-9", "bad key=1"], "a name is at most 63");
+    fails(&["label", "node", "worker-9", "rack=-x"], "value \"-x\"");
+    fails(&["label", "node", "worker-9", "rack"], "KEY=VALUE");
+    fails(&["label", "node", "worker-404", "rack=r1"], "nodes/worker-404 does not exist");
+    // Checked as apply checks a file; nothing written when refused.
+    let rev = stored().1;
+    fails(
+        &["patch", "node", "worker-9", "-p", r#"{"spec":{"bgp":{"asnumber":1}}}"#],
+        "spec.bgp.asnumber: unknown field",
+    );
+    fails(
+        &["patch", "node", "worker-9", "-p", r#"{"metadata":{"name":"worker-10"}}"#],
+        "cannot change a resource's kind, name",
+    );
+    fails(&["patch", "node", "worker-9", "-p", "[1]"], "a merge patch is an object");
+    fails(&["patch", "node", "worker-9", "-p", "{nope"], "reading the patch");
+    fails(&["patch", "node", "worker-9", "-p", r#"{"metadata":{"labels":{"a b":"c"}}}"#], "metadata.labels");
+    // RFC 6902: a failed test operation changes nothing.
+    let test = r#"[{"op":"test","path":"/spec/bgp/ipv4Address","value":"10.0.0.1/24"},{"op":"remove","path":"/spec/bgp/routeReflectorClusterID"}]"#;
+    fails(
+        &["patch", "node", "worker-9", "--type", "json", "-p", test],
+        "nodes/worker-9: the JSON patch: operation '/0' failed",
+    );
+    assert_eq!(stored().1, rev, "nothing written");
+    let test = test.replace("10.0.0.1/24", "10.0.0.9/24");
+    etcd.ok(&["patch", "node", "worker-9", "--type", "json", "-p", &test]);
+    let (v, _) = stored();
+    assert!(v["spec"]["bgp"].get("routeReflectorClusterID").is_none() && v["spec"]["bgp"]["future"] == 1, "{v}");
+    // A pool's rules hold for a patch too; null removes a field (merge patch).
+    let file = etcd.dir.join("pool.yaml");
+    std::fs::write(&file, "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.250.0.0/16\n  natOutgoing: true\n").expect("write");
+    etcd.ok(&["apply", "-f", file.to_str().unwrap_or_default()]);
+    fails(&["patch", "ippool", "p", "-p", r#"{"spec":{"cidr":"10.251.0.0/16"}}"#], "a pool's CIDR cannot change");
+    etcd.ok(&["patch", "ippool", "p", "-p", r#"{"spec":{"natOutgoing":null,"ipipMode":"Always"}}"#]);
+    let pool = etcd.ok(&["get", "ippool", "p", "-o", "yaml"]);
+    assert!(pool.contains("ipipMode: Always") && !pool.contains("natOutgoing: true"), "{pool}");
+    fails(&["patch", "ippool", "nope", "-p", "{}"], "ippools/nope does not exist");
+}
+
 #[test]
 fn a_file_is_written_in_one_revision_and_a_long_one_in_whole_parts() {
     let etcd = Etcd::start("etcd-txn");

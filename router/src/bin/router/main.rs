@@ -196,6 +196,46 @@ enum Cmd {
         #[command(flatten)]
         etcd: EtcdSel,
     },
+    /// Change one Calico resource in etcd in place, like `calicoctl patch`: a JSON merge patch
+    /// (or `--type json`, RFC 6902), checked as `apply` checks a file.
+    Patch {
+        /// The kind, as `get` names it (node, bgpconfiguration, ippool, ...).
+        kind: String,
+        /// The resource's name.
+        #[arg(value_name = "NAME")]
+        resource: String,
+        /// The patch, JSON (or YAML): '{"spec":{"nodeToNodeMeshEnabled":false}}'.
+        #[arg(short = 'p', long)]
+        patch: String,
+        #[arg(short = 't', long = "type", value_enum, default_value = "merge")]
+        patch_type: router::calico::PatchType,
+        #[command(flatten)]
+        ns: NamespaceSel,
+        #[command(flatten)]
+        etcd: EtcdSel,
+    },
+    /// Set or remove one label of a Calico resource in etcd, like `calicoctl label`:
+    /// `router label node node-a route-reflector=true`, `... route-reflector --remove`.
+    Label {
+        /// The kind, as `get` names it (node, ippool, ...).
+        kind: String,
+        /// The resource's name.
+        #[arg(value_name = "NAME")]
+        resource: String,
+        /// KEY=VALUE to set, or KEY with --remove.
+        #[arg(value_name = "LABEL")]
+        label: String,
+        /// Replace the value of a label the resource has already.
+        #[arg(long, conflicts_with = "remove")]
+        overwrite: bool,
+        /// Remove the label.
+        #[arg(long)]
+        remove: bool,
+        #[command(flatten)]
+        ns: NamespaceSel,
+        #[command(flatten)]
+        etcd: EtcdSel,
+    },
     /// IPAM: which node holds which block and what is in use, like `calicoctl ipam`.
     Ipam {
         #[command(subcommand)]
@@ -759,6 +799,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let name = resource.as_deref().unwrap_or_default();
             let existed = router::calico::delete_one(&etcd.store()?, kind, ns.of(kind)?, name)?;
             Ok(i32::from(!existed))
+        }
+        Cmd::Patch { kind, resource, patch, patch_type, ns, etcd } => {
+            let kind = router::calico::kind(&kind)?;
+            router::calico::patch(&etcd.store()?, kind, ns.of(kind)?, &resource, &patch, patch_type)?;
+            Ok(0)
+        }
+        Cmd::Label { kind, resource, label, overwrite, remove, ns, etcd } => {
+            let kind = router::calico::kind(&kind)?;
+            let change = match (label.split_once('='), remove) {
+                (None, true) => router::calico::LabelChange::Remove { key: label },
+                (Some(_), true) => {
+                    bail!("--remove takes the label's key alone: {:?}", label.split('=').next().unwrap_or(""))
+                }
+                (Some((key, value)), false) => {
+                    router::calico::LabelChange::Set { key: key.to_string(), value: value.to_string(), overwrite }
+                }
+                (None, false) => bail!("{label:?}: give KEY=VALUE to set a label, or KEY --remove to remove it"),
+            };
+            router::calico::label(&etcd.store()?, kind, ns.of(kind)?, &resource, &change)?;
+            Ok(0)
         }
         Cmd::Ipam { cmd: IpamCmd::Show { show_blocks, ip, json, src } } => {
             let usage = src.source()?.usage()?;
