@@ -40,6 +40,15 @@ pub struct Listing {
     pub under: Vec<Vec<etcd::Kv>>,
 }
 
+/// What a write may find: `apply` creates or replaces, `create` (calicoctl's) only creates,
+/// `replace` only replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Apply,
+    Create,
+    Replace,
+}
+
 /// What `apply` did with one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -104,12 +113,31 @@ impl Store {
     /// etcd takes at most 128 operations per transaction (`--max-txn-ops`): a longer list
     /// goes in parts of [`TXN_PART`], each whole.
     pub fn apply_all(&self, rs: &[Resource]) -> anyhow::Result<Vec<Applied>> {
+        self.write_all(rs, Write::Apply)
+    }
+
+    /// [`Store::apply_all`] that refuses, before writing anything, a resource that exists
+    /// ([`Write::Create`]) or does not ([`Write::Replace`]); each transaction checks it again.
+    pub fn write_all(&self, rs: &[Resource], how: Write) -> anyhow::Result<Vec<Applied>> {
         self.check_pools(rs)?;
+        if how != Write::Apply {
+            for r in rs {
+                self.check_write(r, self.etcd.get(&key(r.kind(), r.namespace(), r.name()))?.is_some(), how)?;
+            }
+        }
         let mut out = Vec::with_capacity(rs.len());
         for part in rs.chunks(TXN_PART) {
-            out.extend(self.apply_part(part)?);
+            out.extend(self.apply_part(part, how)?);
         }
         Ok(out)
+    }
+
+    fn check_write(&self, r: &Resource, exists: bool, how: Write) -> anyhow::Result<()> {
+        match (how, exists) {
+            (Write::Create, true) => anyhow::bail!("{} exists already (`apply` replaces it)", r.path()),
+            (Write::Replace, false) => anyhow::bail!("{} does not exist (`apply` or `create` makes it)", r.path()),
+            _ => Ok(()),
+        }
     }
 
     /// Calico's rules for IP pools among themselves, checked before anything is written: a
@@ -162,7 +190,7 @@ impl Store {
         Ok(())
     }
 
-    fn apply_part(&self, rs: &[Resource]) -> anyhow::Result<Vec<Applied>> {
+    fn apply_part(&self, rs: &[Resource], how: Write) -> anyhow::Result<Vec<Applied>> {
         let keys: Vec<String> = rs.iter().map(|r| key(r.kind(), r.namespace(), r.name())).collect();
         for _ in 0..10 {
             let mut outcomes = Vec::with_capacity(rs.len());
@@ -174,6 +202,7 @@ impl Store {
                     continue;
                 }
                 let old = self.etcd.get(k)?;
+                self.check_write(r, old.is_some(), how)?;
                 let (next, outcome) = Self::next_version(r, old.as_ref(), k)?;
                 expect.push((k, old.map_or(0, |kv| kv.mod_revision)));
                 if outcome != Applied::Unchanged {

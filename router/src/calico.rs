@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context as _};
 use datastore::resources::{self, path, Kind, Resource};
-use datastore::{Applied, Store};
+use datastore::{Applied, Store, Write};
 use std::path::Path;
 
 /// Reads a file (or `-` for stdin) of Calico-format documents; an error names the file too.
@@ -22,8 +22,9 @@ pub fn read(file: &Path) -> anyhow::Result<Vec<Resource>> {
 }
 
 /// Writes resources that [`read`] checked, all in one transaction: a file with a mistake
-/// changes nothing.
-pub fn apply(store: &Store, rs: &[Resource]) -> anyhow::Result<()> {
+/// changes nothing. `how`: apply, or calicoctl's create (none may exist) or replace (all
+/// must).
+pub fn apply(store: &Store, rs: &[Resource], how: Write) -> anyhow::Result<()> {
     for r in rs {
         let unfollowed = resources::not_followed(r);
         if !unfollowed.is_empty() {
@@ -35,7 +36,7 @@ pub fn apply(store: &Store, rs: &[Resource]) -> anyhow::Result<()> {
             );
         }
     }
-    for (r, applied) in rs.iter().zip(store.apply_all(rs)?) {
+    for (r, applied) in rs.iter().zip(store.write_all(rs, how)?) {
         let what = match applied {
             Applied::Created => "created",
             Applied::Configured => "configured",

@@ -403,9 +403,10 @@ fn what_another_tool_wrote_reads_and_a_node_keeps_its_fields_when_put_right() {
 }
 
 /// `patch` and `label`, as Calico's documentation uses them: one field changed, checked as
-/// `apply` checks it, and everything else of the resource kept, another tool's fields too.
+/// `apply` checks it, and everything else of the resource kept, another tool's fields too;
+/// `create` and `replace`, all or nothing.
 #[test]
-fn patch_and_label_change_one_thing_and_keep_the_rest() {
+fn patch_label_create_and_replace_do_what_calicoctl_s_do_and_keep_the_rest() {
     use datastore::resources::Kind;
     let etcd = Etcd::start("etcd-patch");
     let node_key = datastore::key(Kind::Node, None, "worker-9");
@@ -489,6 +490,22 @@ fn patch_and_label_change_one_thing_and_keep_the_rest() {
     let pool = etcd.ok(&["get", "ippool", "p", "-o", "yaml"]);
     assert!(pool.contains("ipipMode: Always") && !pool.contains("natOutgoing: true"), "{pool}");
     fails(&["patch", "ippool", "nope", "-p", "{}"], "ippools/nope does not exist");
+    // calicoctl's create and replace: all or nothing, as apply.
+    let f = file.to_str().unwrap_or_default();
+    let q = "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: q\nspec:\n  cidr: 10.252.0.0/16\n";
+    std::fs::write(&file, q).expect("write");
+    fails(&["replace", "-f", f], "ippools/q does not exist (`apply` or `create` makes it)");
+    assert_eq!(etcd.ok(&["create", "-f", f]).trim(), "ippools/q created");
+    fails(&["create", "-f", f], "ippools/q exists already");
+    let two = format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: r\nspec:\n  cidr: 10.253.0.0/16\n{q}"
+    );
+    std::fs::write(&file, two).expect("write");
+    fails(&["create", "-f", f], "ippools/q exists already");
+    assert!(!etcd.router(&["get", "ippool", "r"]).status.success(), "nothing of a refused file is written");
+    std::fs::write(&file, q.replace("spec:", "spec:\n  disabled: true")).expect("write");
+    assert_eq!(etcd.ok(&["replace", "-f", f]).trim(), "ippools/q configured");
+    assert!(etcd.ok(&["get", "ippool", "q", "-o", "yaml"]).contains("disabled: true"));
 }
 
 #[test]

@@ -161,6 +161,24 @@ enum Cmd {
         #[command(flatten)]
         etcd: EtcdSel,
     },
+    /// Create Calico resources in etcd from a file, like `calicoctl create -f`: none of them
+    /// may exist already.
+    Create {
+        /// The file (`-`: stdin); every document is checked before anything is written.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdSel,
+    },
+    /// Replace Calico resources in etcd from a file, like `calicoctl replace -f`: every one
+    /// of them must exist.
+    Replace {
+        /// The file (`-`: stdin); every document is checked before anything is written.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdSel,
+    },
     /// Show Calico resources from etcd, like `calicoctl get`.
     Get {
         /// ippools, bgpconfigurations, bgppeers, bgpfilters, nodes, ipreservations,
@@ -783,7 +801,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         // in it is the first thing to hear about.
         Cmd::Apply { file, etcd } => {
             let rs = router::calico::read(&file)?;
-            router::calico::apply(&etcd.store()?, &rs).map(|_| 0)
+            router::calico::apply(&etcd.store()?, &rs, datastore::Write::Apply).map(|_| 0)
+        }
+        Cmd::Create { file, etcd } => {
+            let rs = router::calico::read(&file)?;
+            router::calico::apply(&etcd.store()?, &rs, datastore::Write::Create).map(|_| 0)
+        }
+        Cmd::Replace { file, etcd } => {
+            let rs = router::calico::read(&file)?;
+            router::calico::apply(&etcd.store()?, &rs, datastore::Write::Replace).map(|_| 0)
         }
         Cmd::Get { kind, resource, output, ns, all_namespaces, etcd } => {
             let kind = router::calico::kind(&kind)?;
