@@ -1708,10 +1708,8 @@ fn reflectors_back_to_the_mesh_lose_no_packet() {
         let b = s.spawn(|| ping(&lab, "pod-b1", &["-c", "40", "-i", "0.1", "-W", "2", "10.244.3.1"]));
         let c = s.spawn(|| ping(&lab, "pod-c1", &["-c", "40", "-i", "0.1", "-W", "2", "10.244.2.1"]));
         std::thread::sleep(Duration::from_millis(500));
-        apply(
-            &lab,
-            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: 64512\n  nodeToNodeMeshEnabled: true\n",
-        );
+        let mesh = r#"{"spec":{"nodeToNodeMeshEnabled":true}}"#;
+        assert!(lab.router(&["patch", "bgpconfiguration", "default", "-p", mesh]).status.success());
         std::thread::sleep(Duration::from_millis(1500));
         assert!(lab.router(&["delete", "bgppeer", "peer-with-route-reflectors"]).status.success());
         [b.join().expect("ping b"), c.join().expect("ping c")]
