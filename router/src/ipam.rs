@@ -213,6 +213,65 @@ fn share(n: u128, total: u128) -> String {
     format!("{n} ({pct}%)")
 }
 
+/// An address a node was given from another node's block (its own was full).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Borrowed {
+    pub ip: IpAddr,
+    pub borrowing_node: String,
+    pub block: IpNet,
+    pub block_owner: String,
+    /// The pod (`namespace/pod`) where Calico's attributes say, else the handle.
+    pub allocated_to: String,
+}
+
+/// Every borrowed address, block by block.
+pub fn borrowed(u: &Usage) -> Vec<Borrowed> {
+    let mut out = Vec::new();
+    for b in &u.blocks {
+        for (ip, handle) in &b.used {
+            let Some(to) = b.lent.get(handle) else { continue };
+            out.push(Borrowed {
+                ip: *ip,
+                borrowing_node: to.clone(),
+                block: b.cidr,
+                block_owner: b.node.clone(),
+                allocated_to: b.pods.get(handle).unwrap_or(handle).clone(),
+            });
+        }
+    }
+    out
+}
+
+/// `calicoctl ipam show --show-borrowed`'s table of [`borrowed`].
+pub fn borrowed_table(list: &[Borrowed]) -> String {
+    let mut rows = vec![["IP", "BORROWING NODE", "BLOCK", "BLOCK OWNER", "ALLOCATED TO"].map(String::from)];
+    for x in list {
+        rows.push([
+            x.ip.to_string(),
+            x.borrowing_node.clone(),
+            x.block.to_string(),
+            x.block_owner.clone(),
+            x.allocated_to.clone(),
+        ]);
+    }
+    if rows.len() == 1 {
+        return "no borrowed addresses\n".into();
+    }
+    let mut width = [0usize; 5];
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r.iter().zip(width).map(|(c, w)| format!("{c:<w$}")).collect();
+        out += cells.join("   ").trim_end();
+        out.push('\n');
+    }
+    out
+}
+
 /// `calicoctl ipam show`'s table: the pools, and with `blocks` every block with its node and
 /// the addresses it lent to other nodes.
 pub fn table(u: &Usage, blocks: bool) -> String {
@@ -494,7 +553,20 @@ mod tests {
         assert!(!table(&u, false).contains("Block"), "blocks only when asked for");
         let lent = u.address(ip("10.244.1.2")).describe();
         assert_eq!(lent, "10.244.1.2 is in use by c9@eth0; given to node-c, borrowed: block 10.244.1.0/26 is node-a's");
+        // --show-borrowed: only the lent address, by its pod where that is known.
+        let b = borrowed(&u);
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!(
+            (b[0].ip, b[0].borrowing_node.as_str(), b[0].block_owner.as_str()),
+            (ip("10.244.1.2"), "node-c", "node-a")
+        );
+        let t = borrowed_table(&b);
+        let row: Vec<&str> = t.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+        assert_eq!(row, ["10.244.1.2", "node-c", "10.244.1.0/26", "node-a", "c9@eth0"], "{t}");
+        assert_eq!(borrowed_table(&[]), "no borrowed addresses\n");
         let mut k8s = u.clone();
+        k8s.blocks[0].pods.insert("c9@eth0".into(), "shop/cart-1".into());
+        assert_eq!(borrowed(&k8s)[0].allocated_to, "shop/cart-1");
         k8s.blocks[0].pods.insert("pod:a1".into(), "shop/web-0".into());
         let said = k8s.address(ip("10.244.1.1")).describe();
         assert_eq!(said, "10.244.1.1 is in use by pod:a1 (pod shop/web-0); block 10.244.1.0/26 is node-a's");

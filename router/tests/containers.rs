@@ -253,6 +253,22 @@ fn a_container_on_a_full_block_borrows_an_address_that_every_node_routes() {
         blocks.lines().any(|l| l.starts_with("Block") && l.contains("10.244.0.0/30") && l.contains("node-a")),
         "{blocks}"
     );
+    // The two borrowed addresses, and not the one of node-a's new block.
+    let borrowed = lab.json(&["ipam", "show", "--show-borrowed", "--json"]);
+    let mut held: Vec<(&str, &str, &str)> = borrowed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let s = |k: &str| b[k].as_str().unwrap_or_default();
+            (s("ip"), s("borrowing_node"), s("block_owner"))
+        })
+        .collect();
+    held.sort();
+    let owner = if a_ip.starts_with("10.244.2.") { "node-b" } else { "node-c" };
+    let mut want = vec![(a_ip.as_str(), "node-a", owner), ("10.244.3.2", "node-a", "node-c")];
+    want.sort();
+    assert_eq!(held, want, "{borrowed}");
     wait_until("node-c to learn 10.244.0.1/32", || has_route(&lab, "node-c", "10.244.0.1/32"));
     let (ok, out) = ping(&lab, "pod-c1", &["-c", "2", "-i", "0.2", "-W", "2", &c_ip]);
     assert!(ok, "pod-c1 reaches the address of the new block: {out}");

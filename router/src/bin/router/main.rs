@@ -331,6 +331,9 @@ enum IpamCmd {
         /// Every block too: its node, and how many of its addresses other nodes borrowed.
         #[arg(long)]
         show_blocks: bool,
+        /// Only the addresses borrowed from another node's block, and who holds them.
+        #[arg(long, conflicts_with_all = ["show_blocks", "ip"])]
+        show_borrowed: bool,
         /// What this address is: free, reserved, or in use by which handle and node.
         #[arg(long)]
         ip: Option<std::net::IpAddr>,
@@ -846,8 +849,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             router::calico::label(&etcd.store()?, kind, ns.of(kind)?, &resource, &change)?;
             Ok(0)
         }
-        Cmd::Ipam { cmd: IpamCmd::Show { show_blocks, ip, json, src } } => {
+        Cmd::Ipam { cmd: IpamCmd::Show { show_blocks, show_borrowed, ip, json, src } } => {
             let usage = src.source()?.usage()?;
+            if show_borrowed {
+                let list = router::ipam::borrowed(&usage);
+                match json {
+                    true => nodeapi::outln!("{}", serde_json::to_string_pretty(&list)?),
+                    false => nodeapi::out!("{}", router::ipam::borrowed_table(&list)),
+                }
+                return Ok(0);
+            }
             match (ip, json) {
                 (Some(ip), json) => {
                     let a = usage.address(ip);
