@@ -327,8 +327,9 @@ impl Core {
 
     /// The same peer with new settings (a route reflector's client now, other filters): the
     /// old session closes without a NOTIFICATION (a peer doing graceful restart keeps our
-    /// routes), its routes stay, stale, until the new session has sent its table, and the new
-    /// session starts in a new slot, which this returns. Nothing is lost in between.
+    /// routes), its routes stay, stale, until the new session has sent its table (and so has
+    /// every session configured with it or since), and the new session starts in a new slot,
+    /// which this returns. Nothing is lost in between.
     pub fn replace_peer(&mut self, i: usize, p: PeerConfig, now: Instant) -> usize {
         if self.removed(i) {
             return self.add_peer(p, now);
