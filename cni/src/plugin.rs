@@ -1098,8 +1098,9 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
 fn status(conf: &NetConf) -> Result<(), CniError> {
     let unavailable = |why: String| CniError::new(50, "the plugin is not available", why);
     node_client(conf).status().map_err(|e| unavailable(format!("the node does not answer: {e}")))?;
-    if let Backend::Etcd(_, store) = backend(conf)? {
-        store.etcd.get("/calico/ipam/v2/config").map_err(|e| unavailable(format!("{e:#}")))?;
+    // What every ADD reads first: IPAM's policy.
+    if let Backend::Etcd(ipam, _) = backend(conf)? {
+        ipam.with_policy_read().map_err(|e| unavailable(format!("{e:#}")))?;
     }
     Ok(())
 }

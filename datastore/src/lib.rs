@@ -49,6 +49,17 @@ pub enum Write {
     Replace,
 }
 
+impl Write {
+    /// Whether `r` may be written, as it `exists` or not.
+    fn check(self, r: &Resource, exists: bool) -> anyhow::Result<()> {
+        match (self, exists) {
+            (Write::Create, true) => anyhow::bail!("{} exists already (`apply` replaces it)", r.path()),
+            (Write::Replace, false) => anyhow::bail!("{} does not exist (`apply` or `create` makes it)", r.path()),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What `apply` did with one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -122,7 +133,7 @@ impl Store {
         self.check_pools(rs)?;
         if how != Write::Apply {
             for r in rs {
-                self.check_write(r, self.etcd.get(&key(r.kind(), r.namespace(), r.name()))?.is_some(), how)?;
+                how.check(r, self.etcd.get(&key(r.kind(), r.namespace(), r.name()))?.is_some())?;
             }
         }
         let mut out = Vec::with_capacity(rs.len());
@@ -130,14 +141,6 @@ impl Store {
             out.extend(self.apply_part(part, how)?);
         }
         Ok(out)
-    }
-
-    fn check_write(&self, r: &Resource, exists: bool, how: Write) -> anyhow::Result<()> {
-        match (how, exists) {
-            (Write::Create, true) => anyhow::bail!("{} exists already (`apply` replaces it)", r.path()),
-            (Write::Replace, false) => anyhow::bail!("{} does not exist (`apply` or `create` makes it)", r.path()),
-            _ => Ok(()),
-        }
     }
 
     /// Calico's rules for IP pools among themselves, checked before anything is written: a
@@ -202,7 +205,7 @@ impl Store {
                     continue;
                 }
                 let old = self.etcd.get(k)?;
-                self.check_write(r, old.is_some(), how)?;
+                how.check(r, old.is_some())?;
                 let (next, outcome) = Self::next_version(r, old.as_ref(), k)?;
                 expect.push((k, old.map_or(0, |kv| kv.mod_revision)));
                 if outcome != Applied::Unchanged {

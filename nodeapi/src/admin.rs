@@ -145,7 +145,7 @@ pub struct DatastoreStatus {
     pub since: u64,
     /// The etcd revision of what the node last read.
     pub revision: Option<i64>,
-    /// Why it does not answer.
+    /// Why it does not answer (`None` while not answering: not read yet).
     pub error: Option<String>,
     /// What of the datastore the node does not use, and why (a BGP peer it cannot
     /// configure, a resource that does not read, a field out of range), as of its last read.

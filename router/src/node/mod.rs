@@ -102,9 +102,8 @@ struct Node {
     /// listing's), and what the view of them left out.
     listing_notes: Vec<String>,
     datastore_notes: Vec<String>,
-    /// BGP peers that could not be configured, and when to try them again.
-    peers_failed: Vec<String>,
-    peers_retry: Option<Instant>,
+    /// BGP peers that could not be configured (why, each), and when to try them again.
+    peers_failed: Option<(Vec<String>, Instant)>,
 }
 
 /// How often a speaker that could not start is tried again.
@@ -620,8 +619,7 @@ pub fn run_with(
         datastore: None,
         listing_notes: Vec::new(),
         datastore_notes: Vec::new(),
-        peers_failed: Vec::new(),
-        peers_retry: None,
+        peers_failed: None,
     };
     node.follow_nat();
     if let Some(tun) = node.dp.interfaces().by_role(|r| *r == IfaceRole::Tun) {

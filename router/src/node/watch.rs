@@ -37,7 +37,7 @@ pub(super) struct Listed {
     /// and those its CNI plugin claimed since, which it announces whole as Calico does.
     pub blocks: Vec<Ipv4Net>,
     pub blocks6: Vec<Ipv6Net>,
-    /// The resources that did not read (logged once by the datastore thread).
+    /// The resources that did not read (logged by `apply_view` when new).
     pub notes: Vec<String>,
 }
 
@@ -66,10 +66,10 @@ pub(super) fn watch(cfg: &NodeConfig, waker: Arc<mio::Waker>) -> anyhow::Result<
         answering: false,
         since: unix_now(),
         revision: None,
-        error: Some("not read yet".into()),
+        error: None,
         notes: Vec::new(),
     }));
-    let link = Link { health: health.clone(), down: false };
+    let link = Link { health: health.clone() };
     std::thread::Builder::new().name("datastore".into()).spawn(move || run(store, me, tx, waker, s, link))?;
     Ok(Watcher { rx, health, stop })
 }
@@ -205,8 +205,6 @@ fn run(
     let mut listed: Option<i64> = None;
     let mut registered = false;
     // Lists the resources and hands them over; false once the node has gone.
-    // Each note once: the cluster is listed again on every change.
-    let mut noted = std::collections::HashSet::new();
     let affinities = datastore::ipam::affinities_prefix(&me.name);
     // The node's blocks are read with the resources, in one transaction.
     let read = || -> anyhow::Result<_> {
@@ -217,18 +215,9 @@ fn run(
         let blocks6 = blocks_of_affinities(&me.name, &l.under[1]);
         Ok((Listed { resources: l.resources, blocks, blocks6, notes: l.notes }, l.revision))
     };
-    let mut list = |listed: &mut Option<i64>, link: &mut Link| -> bool {
+    let list = |listed: &mut Option<i64>, link: &mut Link| -> bool {
         match read() {
             Ok((view, rev)) => {
-                for n in &view.notes {
-                    if !noted.contains(n) {
-                        if noted.len() >= 1024 {
-                            noted.clear();
-                        }
-                        tracing::warn!(note = %n, "a resource in etcd does not read as this router knows it");
-                        noted.insert(n.clone());
-                    }
-                }
                 link.answers(rev, "etcd answers again: resynced");
                 *listed = Some(rev);
                 tracing::debug!(revision = rev, resources = view.resources.len(), "datastore listed");
@@ -302,21 +291,19 @@ fn run(
     }
 }
 
-/// The datastore thread's view of etcd: logged once per change, and kept for `router status`.
+/// The datastore thread's view of etcd, kept for `router status`: not answering with no
+/// error yet is the start, before the first read; with one, an outage. Logged once per change.
 struct Link {
     health: Arc<Mutex<admin::DatastoreStatus>>,
-    /// It did not answer the last time.
-    down: bool,
 }
 
 impl Link {
     fn outage(&mut self, e: &anyhow::Error) {
         let error = format!("{e:#}");
-        if !self.down {
-            self.down = true;
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if h.error.is_none() {
             tracing::warn!(%error, "etcd does not answer; forwarding with what the node last knew, and retrying");
         }
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if h.answering {
             h.since = unix_now();
         }
@@ -326,10 +313,10 @@ impl Link {
 
     /// etcd answered with what it held at `revision`; `again` is logged after an outage.
     fn answers(&mut self, revision: i64, again: &str) {
-        if std::mem::take(&mut self.down) {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if h.error.is_some() {
             tracing::info!(revision, "{again}");
         }
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if !h.answering {
             h.since = unix_now();
         }
@@ -360,8 +347,15 @@ impl Node {
         // Kept for reading the secrets again (`reread_secrets`).
         self.resources = resources;
         self.secrets_read = Instant::now();
-        // Each note logged when it is new; `router status` shows them all.
-        let mut notes = self.listing_notes.clone();
+        // Each note logged when it is new (the cluster is listed again on every change);
+        // `router status` shows them all.
+        let mut notes = Vec::new();
+        for n in &self.listing_notes {
+            if !self.datastore_notes.contains(n) {
+                tracing::warn!(note = %n, "a resource in etcd does not read as this router knows it");
+            }
+            notes.push(n.clone());
+        }
         for n in &view.notes {
             if !self.datastore_notes.contains(n) {
                 tracing::warn!(note = %n, "datastore");
@@ -443,7 +437,7 @@ impl Node {
                 restarted = true;
             }
             self.bgp_failed = None;
-            self.peers_failed.clear();
+            self.peers_failed = None;
             self.start_bgp(speaker, registry, restarted, now);
             return true;
         }
@@ -475,7 +469,7 @@ impl Node {
                 Ok(()) => tracing::info!(peer = %p.address, kind = ?p.kind, "datastore: BGP peer added"),
                 Err(e) => {
                     let why = format!("BGP peer {}: {e}; tried again every {} s", p.address, BGP_RETRY.as_secs());
-                    if !self.peers_failed.contains(&why) {
+                    if !self.peers_failed.as_ref().is_some_and(|(f, _)| f.contains(&why)) {
                         tracing::error!(peer = %p.address, error = %e, "configuring the BGP peer failed; trying again");
                     }
                     failed.push(why);
@@ -484,8 +478,7 @@ impl Node {
         }
         // A peer that could not be configured (its listener's port taken, say) is tried
         // again: nothing in etcd may change to bring it back.
-        self.peers_retry = (!failed.is_empty()).then_some(now + BGP_RETRY);
-        self.peers_failed = failed;
+        self.peers_failed = (!failed.is_empty()).then_some((failed, now + BGP_RETRY));
         // Peers that go are removed once the new sessions are up (or after a while): until
         // then their routes carry the traffic that is moving to the new ones.
         self.removals.retain(|r| !bgp.peers.iter().any(|p| p.address == r.peer));
@@ -572,10 +565,12 @@ impl Node {
         registry: &mio::Registry,
         now: Instant,
     ) -> bool {
-        if self.peers_retry.is_none_or(|at| now < at) {
-            return false;
+        match self.peers_failed.as_mut() {
+            // The next try is due later whatever this one does; apply_view says again what
+            // still fails, and logs only what did not before.
+            Some((_, at)) if now >= *at => *at = now + BGP_RETRY,
+            _ => return false,
         }
-        self.peers_retry = None;
         self.apply_view(self.resources.clone(), speaker, registry)
     }
 
@@ -583,7 +578,8 @@ impl Node {
     /// does not use of it.
     pub(super) fn datastore_status(&self) -> Option<admin::DatastoreStatus> {
         let mut st = self.datastore.as_ref()?.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        st.notes = self.datastore_notes.iter().chain(&self.peers_failed).cloned().collect();
+        let failed = self.peers_failed.iter().flat_map(|(f, _)| f);
+        st.notes = self.datastore_notes.iter().chain(failed).cloned().collect();
         Some(st)
     }
 

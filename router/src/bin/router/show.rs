@@ -45,7 +45,7 @@ fn datastore_text(d: &admin::DatastoreStatus) -> String {
         (false, read) => format!(
             "Datastore: etcd {at} DOES NOT ANSWER since {} ({})\n  {}; what changes there reaches it when etcd answers again",
             since(d.since),
-            d.error.as_deref().unwrap_or("no answer"),
+            d.error.as_deref().unwrap_or("not read yet"),
             if read.is_some() {
                 "the node forwards and announces with what it last read"
             } else {
