@@ -352,14 +352,14 @@ impl Store {
     /// patch, RFC 7386, or a JSON patch, RFC 6902), and what it gives is checked as `apply`
     /// checks a file and written as `apply` writes it (the fields this router does not know
     /// kept), unless the resource changed since it was read: then it is read and patched
-    /// again. Its kind, name and namespace cannot change.
+    /// again. Its kind, name and namespace cannot change. Gives the resource as patched.
     pub fn patch_with(
         &self,
         kind: Kind,
         namespace: Option<&str>,
         name: &str,
         change: impl Fn(&mut serde_json::Value) -> anyhow::Result<()>,
-    ) -> anyhow::Result<Applied> {
+    ) -> anyhow::Result<(Applied, Resource)> {
         let k = key(kind, namespace, name);
         let what = resources::path(kind, namespace, name);
         for _ in 0..10 {
@@ -383,10 +383,10 @@ impl Store {
             self.check_pools(std::slice::from_ref(&r))?;
             let (next, outcome) = Self::next_version(&r, Some(&kv), &k)?;
             if outcome == Applied::Unchanged {
-                return Ok(outcome);
+                return Ok((outcome, r));
             }
             if self.etcd.put_all_if(&[(&k, kv.mod_revision)], &[(&k, &serde_json::to_vec(&next)?)])? {
-                return Ok(outcome);
+                return Ok((outcome, r));
             }
         }
         anyhow::bail!("{k} kept changing under us; try again")

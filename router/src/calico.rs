@@ -25,17 +25,7 @@ pub fn read(file: &Path) -> anyhow::Result<Vec<Resource>> {
 /// changes nothing. `how`: apply, or calicoctl's create (none may exist) or replace (all
 /// must).
 pub fn apply(store: &Store, rs: &[Resource], how: Write) -> anyhow::Result<()> {
-    for r in rs {
-        let unfollowed = resources::not_followed(r);
-        if !unfollowed.is_empty() {
-            eprintln!(
-                "warning: {}/{}: kept in the datastore, but not acted on by this router: {}",
-                r.kind().plural(),
-                r.name(),
-                unfollowed.join(", ")
-            );
-        }
-    }
+    rs.iter().for_each(warn_unfollowed);
     for (r, applied) in rs.iter().zip(store.write_all(rs, how)?) {
         let what = match applied {
             Applied::Created => "created",
@@ -45,6 +35,20 @@ pub fn apply(store: &Store, rs: &[Resource], how: Write) -> anyhow::Result<()> {
         nodeapi::outln!("{} {what}", r.path());
     }
     Ok(())
+}
+
+/// Names on stderr the fields of `r` that this router keeps without acting on, so that
+/// nothing written with apply, patch or label is silently a no-op.
+fn warn_unfollowed(r: &Resource) {
+    let unfollowed = resources::not_followed(r);
+    if !unfollowed.is_empty() {
+        eprintln!(
+            "warning: {}/{}: kept in the datastore, but not acted on by this router: {}",
+            r.kind().plural(),
+            r.name(),
+            unfollowed.join(", ")
+        );
+    }
 }
 
 /// How `router patch` reads its patch.
@@ -76,13 +80,14 @@ pub fn patch(
         PatchType::Merge => None,
         PatchType::Json => Some(serde_json::from_value(value.clone()).context("reading the JSON patch (RFC 6902)")?),
     };
-    let applied = store.patch_with(kind, namespace, name, |doc| {
+    let (applied, r) = store.patch_with(kind, namespace, name, |doc| {
         match &ops {
             Some(ops) => json_patch::patch(doc, ops).map_err(|e| anyhow::anyhow!("the JSON patch: {e}"))?,
             None => json_patch::merge(doc, &value),
         }
         Ok(())
     })?;
+    warn_unfollowed(&r);
     let what = if applied == Applied::Unchanged { "unchanged" } else { "patched" };
     nodeapi::outln!("{} {what}", path(kind, namespace, name));
     Ok(())
@@ -115,7 +120,7 @@ pub fn label(
         resources::check_label(key, value).map_err(anyhow::Error::msg)?;
     }
     let what = path(kind, namespace, name);
-    let applied = store.patch_with(kind, namespace, name, |doc| {
+    let (applied, _) = store.patch_with(kind, namespace, name, |doc| {
         let labels = doc
             .pointer_mut("/metadata")
             .and_then(|m| m.as_object_mut())

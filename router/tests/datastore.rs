@@ -431,6 +431,18 @@ fn patch_label_create_and_replace_do_what_calicoctl_s_do_and_keep_the_rest() {
     assert_eq!((&v["spec"]["orchRefs"][0]["nodeName"], &v["metadata"]["uid"]), (&"worker-9".into(), &"u-9".into()));
     assert_eq!(etcd.ok(&["patch", "node", "worker-9", "-p", rr]).trim(), "nodes/worker-9 unchanged");
     assert_eq!(stored().1, rev, "nothing written");
+    // A field kept but not acted on is named, as by apply.
+    let wg = r#"{"spec":{"wireguard":{"interfaceIPv4Address":"10.244.7.1"}}}"#;
+    let o = etcd.router(&["patch", "node", "worker-9", "-p", wg]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr)
+            .contains("nodes/worker-9: kept in the datastore, but not acted on by this router: spec.wireguard"),
+        "{}",
+        text(&o.stderr)
+    );
+    etcd.ok(&["patch", "node", "worker-9", "-p", r#"{"spec":{"wireguard":null}}"#]);
+    let rev = stored().1;
     // Labels: set, refused over another value, replaced with --overwrite, removed.
     assert_eq!(
         etcd.ok(&["label", "nodes", "worker-9", "route-reflector=true"]).trim(),
