@@ -882,25 +882,35 @@ fn pods(src: &Source<'_>, raw: &[RawPod], uplink: &Uplink) -> Result<Vec<PodConf
     for p in raw {
         let interface = check_ifname(src, &p.interface)?;
         let address = src.at(&p.address, fileerr::parse_addr(p.address.get_ref(), "pod address"))?;
-        if let Some(o) = pods.iter().find(|o| o.interface == interface || o.address == address) {
-            return Err(src.error_at(
-                p.name.span(),
-                format!("pod {} shares its interface or address with pod {}", p.name.get_ref(), o.name),
-            ));
+        let name = p.name.get_ref();
+        if pods.iter().any(|o| &o.name == name) {
+            return Err(src.error_at(p.name.span(), format!("a second pod named {name}")));
+        }
+        if let Some(o) = pods.iter().find(|o| o.interface == interface) {
+            return Err(
+                src.error_at(p.interface.span(), format!("pod {name} has the interface {interface} of pod {}", o.name))
+            );
+        }
+        if let Some(o) = pods.iter().find(|o| o.address == address) {
+            return Err(
+                src.error_at(p.address.span(), format!("pod {name} has the address {address} of pod {}", o.name))
+            );
         }
         if interface == uplink.interface {
             return Err(src.error_at(p.interface.span(), "a pod cannot use the uplink interface"));
         }
         let address6 = match &p.address6 {
-            Some(a) => Some(src.at(a, fileerr::parse_addr6(a.get_ref(), "pod address6"))?),
+            Some(a) => {
+                let a6 = src.at(a, fileerr::parse_addr6(a.get_ref(), "pod address6"))?;
+                if let Some(o) = pods.iter().find(|o| o.address6 == Some(a6)) {
+                    return Err(
+                        src.error_at(a.span(), format!("pod {name} has the IPv6 address {a6} of pod {}", o.name))
+                    );
+                }
+                Some(a6)
+            }
             None => None,
         };
-        if let Some(o) = pods.iter().find(|o| address6.is_some() && o.address6 == address6) {
-            return Err(src.error_at(
-                p.name.span(),
-                format!("pod {} shares its IPv6 address with pod {}", p.name.get_ref(), o.name),
-            ));
-        }
         pods.push(PodConfig { name: p.name.get_ref().clone(), interface, address, address6, container: None });
     }
     Ok(pods)
@@ -1504,6 +1514,30 @@ via = "192.168.100.101"
         parse(&GOOD.replace("\"10.244.1.1\"", "\"10.244.3.9\"")).expect("borrowed");
         let no_pool = GOOD.replace("[[pools]]\ncidr = \"10.244.0.0/16\"\nipip_mode = \"CrossSubnet\"\n", "");
         assert!(parse(&no_pool).expect("datastore node").pools.is_empty());
+    }
+
+    #[test]
+    fn two_pods_never_share_a_name_interface_or_address() {
+        let second = |name: &str, interface: &str, address: &str| {
+            format!("{GOOD}[[pods]]\nname = \"{name}\"\ninterface = \"{interface}\"\naddress = \"{address}\"\n")
+        };
+        let fails = |text: String, says: &str| {
+            let e = parse(&text).expect_err(says).to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        fails(second("pod-a1", "cali2", "10.244.1.2"), "n.toml:25: a second pod named pod-a1");
+        fails(
+            second("pod-a2", "cali48dfb98be23", "10.244.1.2"),
+            "n.toml:26: pod pod-a2 has the interface cali48dfb98be23 of pod pod-a1",
+        );
+        fails(
+            second("pod-a2", "cali2", "10.244.1.1"),
+            "n.toml:27: pod pod-a2 has the address 10.244.1.1 of pod pod-a1",
+        );
+        let dual = GOOD.replace("address = \"10.244.1.1\"", "address = \"10.244.1.1\"\naddress6 = \"fd00:10:244::1\"");
+        let text = second("pod-a2", "cali2", "10.244.1.2").replace(GOOD, &dual) + "address6 = \"fd00:10:244::1\"\n";
+        fails(text, "n.toml:29: pod pod-a2 has the IPv6 address fd00:10:244::1 of pod pod-a1");
+        assert_eq!(parse(&second("pod-a2", "cali2", "10.244.1.2")).expect("different").pods.len(), 2);
     }
 
     #[test]
