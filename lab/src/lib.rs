@@ -915,8 +915,6 @@ fn seed_ipam(topo: &Topology, ns: &str) -> anyhow::Result<()> {
     .map_err(|_| anyhow::anyhow!("seeding the IPAM panicked"))?
 }
 
-/// The static routes a node needs until BGP exists: blocks of nodes on the same subnet via
-/// their addresses (direct routing), other subnets via the underlay gateway.
 /// The node's config: BGP sessions as Calico would set them up (full mesh, or every node
 /// with the route reflectors), external peers, and static routes only for the underlay's
 /// other subnets. Pod blocks are learned over BGP; the node decides direct or IPIP per route.

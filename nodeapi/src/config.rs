@@ -979,6 +979,67 @@ fn static_route(src: &Source<'_>, r: &RawRoute, uplink: &Uplink) -> Result<Stati
     Ok(StaticRoute { prefix, action })
 }
 
+/// The first of `nets` that overlaps one before it, with that one: blocks and pools are
+/// disjoint (as Calico's), or a pod address would have two owners.
+fn overlap<N: Copy>(nets: &[N], contains: impl Fn(&N, &N) -> bool) -> Option<(usize, N, N)> {
+    nets.iter().enumerate().find_map(|(i, n)| {
+        let o = nets[..i].iter().find(|o| contains(o, n) || contains(n, o))?;
+        Some((i, *n, *o))
+    })
+}
+
+/// Blocks and pools of each family disjoint, and no static route for what the node routes
+/// itself (one of its blocks, its uplink's subnet or address): the two would race for one
+/// prefix. A static route inside a block stays allowed: it is how a node without BGP
+/// reaches a borrowed address of its block on another node.
+fn no_overlaps(
+    src: &Source<'_>,
+    raw: &RawConfig,
+    blocks: &[Ipv4Net],
+    pools: &[Pool],
+    routes: &[StaticRoute],
+    uplink: &Uplink,
+    ipv6: Option<&Ipv6Config>,
+) -> Result<(), FileError> {
+    if let Some((i, b, o)) = overlap(blocks, |a, b| a.contains(b)) {
+        return Err(src.error_at(raw.blocks[i].span(), format!("block {b} overlaps block {o}")));
+    }
+    let cidrs: Vec<Ipv4Net> = pools.iter().map(|p| p.cidr).collect();
+    if let Some((i, p, o)) = overlap(&cidrs, |a, b| a.contains(b)) {
+        return Err(src.error_at(raw.pools[i].cidr.span(), format!("pool {p} overlaps pool {o}")));
+    }
+    let host = Ipv4Net::from(uplink.address.addr());
+    for (r, raw_r) in routes.iter().zip(&raw.routes) {
+        let why = if blocks.contains(&r.prefix) {
+            "is one of the node's blocks, which it routes itself"
+        } else if r.prefix == uplink.address.trunc() {
+            "is the uplink's subnet, which the node reaches directly"
+        } else if r.prefix == host {
+            "is the node's own address"
+        } else {
+            continue;
+        };
+        return Err(src.error_at(raw_r.prefix.span(), format!("route {} {why}", r.prefix)));
+    }
+    let (Some(v6), Some(raw6)) = (ipv6, &raw.ipv6) else { return Ok(()) };
+    for (nets, spans, what) in [(&v6.blocks, &raw6.blocks, "ipv6 block"), (&v6.pools, &raw6.pools, "ipv6 pool")] {
+        if let Some((i, n, o)) = overlap(nets, |a, b| a.contains(b)) {
+            return Err(src.error_at(spans[i].span(), format!("{what} {n} overlaps {what} {o}")));
+        }
+    }
+    for (r, raw_r) in v6.routes.iter().zip(&raw6.routes) {
+        let why = if v6.blocks.contains(r) {
+            "is one of the node's blocks, which it routes itself"
+        } else if *r == v6.address.trunc() {
+            "is the uplink's subnet, which the node reaches directly"
+        } else {
+            continue;
+        };
+        return Err(src.error_at(raw_r.span(), format!("ipv6 route {r} {why}")));
+    }
+    Ok(())
+}
+
 fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, net6: Option<Ipv6Net>) -> Result<BgpConfig, FileError> {
     let filters = check_filters(src, &b.filters)?;
     let hold = *b.hold_time.get_ref();
@@ -1219,6 +1280,7 @@ impl NodeConfig {
             }
         }
         let routes = raw.routes.iter().map(|r| static_route(&src, r, &uplink)).collect::<Result<Vec<_>, _>>()?;
+        no_overlaps(&src, &raw, &blocks, &pools, &routes, &uplink, ipv6.as_ref())?;
         let net6 = ipv6.as_ref().map(|v| v.address);
         let bgp = raw.bgp.as_ref().map(|b| bgp(&src, b, &uplink, net6)).transpose()?;
         let metrics_address = match &raw.metrics_address {
@@ -1538,6 +1600,41 @@ via = "192.168.100.101"
         let text = second("pod-a2", "cali2", "10.244.1.2").replace(GOOD, &dual) + "address6 = \"fd00:10:244::1\"\n";
         fails(text, "n.toml:29: pod pod-a2 has the IPv6 address fd00:10:244::1 of pod pod-a1");
         assert_eq!(parse(&second("pod-a2", "cali2", "10.244.1.2")).expect("different").pods.len(), 2);
+    }
+
+    #[test]
+    fn blocks_and_pools_are_disjoint_and_static_routes_leave_the_node_s_own_alone() {
+        let fails = |text: String, says: &str| {
+            let e = parse(&text).expect_err(says).to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        let two = GOOD.replace("[\"10.244.1.0/26\"]", "[\"10.244.1.0/26\", \"10.244.1.32/27\"]");
+        fails(two, "n.toml:5: block 10.244.1.32/27 overlaps block 10.244.1.0/26");
+        let pools = GOOD.replace("[[routes]]", "[[pools]]\ncidr = \"10.0.0.0/8\"\n\n[[routes]]");
+        fails(pools, "n.toml:22: pool 10.0.0.0/8 overlaps pool 10.244.0.0/16");
+        for (prefix, says) in [
+            ("10.244.1.0/26", "n.toml:22: route 10.244.1.0/26 is one of the node's blocks"),
+            ("192.168.100.0/24", "route 192.168.100.0/24 is the uplink's subnet"),
+            ("192.168.100.100/32", "route 192.168.100.100/32 is the node's own address"),
+        ] {
+            fails(GOOD.replace("\"10.244.2.0/26\"", &format!("\"{prefix}\"")), says);
+        }
+        // A borrowed address of its block on another node: a static /32 inside the block.
+        parse(&GOOD.replace("\"10.244.2.0/26\"", "\"10.244.1.9/32\"")).expect("inside a block");
+        let v6 = |blocks: &str, routes: &str| {
+            format!(
+                "{GOOD}\n[ipv6]\naddress = \"fd00:192:168:100::100/64\"\ngateway = \"fd00:192:168:100::1\"\n\
+                 routes = [{routes}]\npools = [\"fd00:10:244::/48\"]\nblocks = [{blocks}]\n"
+            )
+        };
+        let route = "\"fd00:192:168:200::/64\"";
+        parse(&v6("\"fd00:10:244::/122\"", route)).expect("good");
+        fails(v6("\"fd00:10:244::/122\", \"fd00:10:244::/64\"", route), "ipv6 block fd00:10:244::/64 overlaps");
+        fails(
+            v6("\"fd00:10:244::/122\"", "\"fd00:10:244::/122\""),
+            "ipv6 route fd00:10:244::/122 is one of the node's blocks",
+        );
+        fails(v6("\"fd00:10:244::/122\"", "\"fd00:192:168:100::/64\""), "is the uplink's subnet");
     }
 
     #[test]

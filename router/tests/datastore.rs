@@ -442,7 +442,6 @@ fn patch_label_create_and_replace_do_what_calicoctl_s_do_and_keep_the_rest() {
         text(&o.stderr)
     );
     etcd.ok(&["patch", "node", "worker-9", "-p", r#"{"spec":{"wireguard":null}}"#]);
-    let rev = stored().1;
     // Labels: set, refused over another value, replaced with --overwrite, removed.
     assert_eq!(
         etcd.ok(&["label", "nodes", "worker-9", "route-reflector=true"]).trim(),
