@@ -1045,9 +1045,22 @@ pub fn not_followed(r: &Resource) -> Vec<&'static str> {
             note(any(|r| r.interface.is_some()), "a rule's interface");
         }
         Resource::Node(n) => {
-            note(n.spec.wireguard.is_some(), "spec.wireguard (no WireGuard: pod traffic is not encrypted)");
+            let s = &n.spec;
+            note(s.wireguard.is_some(), "spec.wireguard (no WireGuard: pod traffic is not encrypted)");
+            // calico-node gives tunl0 and vxlan.calico an address of the node's block; here
+            // the node's own traffic into a tunnel leaves from its uplink address, and each
+            // VTEP's MAC derives from its node's name.
             note(
-                n.spec.ipv6_vxlan_tunnel_addr.is_some() || n.spec.vxlan_tunnel_mac_addr_v6.is_some(),
+                s.bgp.as_ref().is_some_and(|b| b.ipv4_ipip_tunnel_addr.is_some()),
+                "spec.bgp.ipv4IPIPTunnelAddr (tunl0 has no address: the node's traffic into it leaves from its uplink address)",
+            );
+            note(
+                s.ipv4_vxlan_tunnel_addr.is_some() || s.vxlan_tunnel_mac_addr.is_some(),
+                "spec.ipv4VXLANTunnelAddr, spec.vxlanTunnelMACAddr (vxlan.calico has no address, and a VTEP's MAC derives from its node's name)",
+            );
+            note(!s.addresses.is_empty(), "spec.addresses (spec.bgp's addresses are the node's)");
+            note(
+                s.ipv6_vxlan_tunnel_addr.is_some() || s.vxlan_tunnel_mac_addr_v6.is_some(),
                 "spec.ipv6VXLANTunnelAddr, spec.vxlanTunnelMACAddrV6 (IPv6 is never tunnelled here)",
             );
         }
@@ -1466,7 +1479,41 @@ fn validate_node(n: &Typed<NodeSpec>) -> Result<(), (String, String)> {
             return Err(("spec.bgp.asNumber".into(), why.into()));
         }
     }
+    // What calico-node writes of its tunnels and addresses: kept, but checked as Calico does.
+    let s = &n.spec;
+    let tunnel4 = [
+        ("spec.bgp.ipv4IPIPTunnelAddr", s.bgp.as_ref().and_then(|b| b.ipv4_ipip_tunnel_addr.as_ref())),
+        ("spec.ipv4VXLANTunnelAddr", s.ipv4_vxlan_tunnel_addr.as_ref()),
+    ];
+    for (field, a) in tunnel4.into_iter().filter_map(|(f, a)| Some((f, a?))) {
+        a.parse::<std::net::Ipv4Addr>().map_err(|_| (field.to_string(), format!("{a:?} is not an IPv4 address")))?;
+    }
+    if let Some(a) = &s.ipv6_vxlan_tunnel_addr {
+        a.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| ("spec.ipv6VXLANTunnelAddr".to_string(), format!("{a:?} is not an IPv6 address")))?;
+    }
+    for (field, m) in [
+        ("spec.vxlanTunnelMACAddr", &s.vxlan_tunnel_mac_addr),
+        ("spec.vxlanTunnelMACAddrV6", &s.vxlan_tunnel_mac_addr_v6),
+    ] {
+        if let Some(m) = m {
+            mac(field, m)?;
+        }
+    }
+    for (i, a) in s.addresses.iter().enumerate() {
+        let ok = a.address.parse::<IpAddr>().is_ok() || a.address.parse::<ipnet::IpNet>().is_ok();
+        if !ok {
+            return Err((format!("spec.addresses[{i}].address"), format!("{:?} is not an IP address", a.address)));
+        }
+    }
+    Ok(())
+}
 
+fn mac(field: &str, text: &str) -> Result<(), (String, String)> {
+    let octets: Vec<&str> = text.split(':').collect();
+    if octets.len() != 6 || octets.iter().any(|o| o.len() != 2 || u8::from_str_radix(o, 16).is_err()) {
+        return Err((field.into(), format!("{text:?} is not a MAC address (six hex octets with ':')")));
+    }
     Ok(())
 }
 
@@ -1493,10 +1540,7 @@ fn validate_endpoint(name: &str, s: &WorkloadEndpointSpec) -> Result<(), (String
         }
     }
     if !s.mac.is_empty() {
-        let octets: Vec<&str> = s.mac.split(':').collect();
-        if octets.len() != 6 || octets.iter().any(|o| o.len() != 2 || u8::from_str_radix(o, 16).is_err()) {
-            return Err(("spec.mac".into(), format!("{:?} is not a MAC address (six hex octets with ':')", s.mac)));
-        }
+        mac("spec.mac", &s.mac)?;
     }
     let i = &s.interface_name;
     if i.len() > 15 || i.bytes().any(|b| b == b'/' || b == b':' || b <= b' ') {

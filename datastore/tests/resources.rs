@@ -274,7 +274,25 @@ fn errors_name_the_document_the_line_and_the_field() {
     // A Node as `calicoctl get node -o yaml` shows one that calico-node registered.
     let node = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: worker-1\n  resourceVersion: \"1234\"\n  creationTimestamp: \"2026-01-02T03:04:05Z\"\nspec:\n  bgp:\n    ipv4Address: 10.0.1.10/24\n    ipv4IPIPTunnelAddr: 10.244.7.0\n  orchRefs:\n  - nodeName: worker-1\n    orchestrator: k8s\n  wireguard:\n    interfaceIPv4Address: 10.244.7.1\nstatus:\n  podCIDRs:\n  - 10.244.7.0/24\n  wireguardPublicKey: abc=\n";
     let n = resources::parse(node).expect("calicoctl's Node");
-    assert_eq!(resources::not_followed(&n[0]), ["spec.wireguard (no WireGuard: pod traffic is not encrypted)"]);
+    let named = resources::not_followed(&n[0]);
+    assert_eq!(named[0], "spec.wireguard (no WireGuard: pod traffic is not encrypted)");
+    assert!(named[1].starts_with("spec.bgp.ipv4IPIPTunnelAddr (tunl0 has no address"), "{named:?}");
+    assert_eq!(named.len(), 2, "{named:?}");
+    // Its tunnel addresses, MACs and addresses are kept, and checked as Calico checks them.
+    let more = node.replace("  orchRefs:\n", "  ipv4VXLANTunnelAddr: 10.244.7.1\n  vxlanTunnelMACAddr: 66:a1:b2:c3:d4:e5\n  addresses:\n  - address: 10.0.1.10/24\n    type: CalicoNodeIP\n  orchRefs:\n");
+    let n = resources::parse(&more).expect("with tunnel addresses");
+    assert_eq!(resources::not_followed(&n[0]).len(), 4, "{:?}", resources::not_followed(&n[0]));
+    for (bad, field) in [
+        ("ipv4IPIPTunnelAddr: 10.244.7.0\n", "spec.bgp.ipv4IPIPTunnelAddr"),
+        ("ipv4VXLANTunnelAddr: 10.244.7.1\n", "spec.ipv4VXLANTunnelAddr"),
+        ("vxlanTunnelMACAddr: 66:a1:b2:c3:d4:e5\n", "spec.vxlanTunnelMACAddr"),
+        ("address: 10.0.1.10/24\n", "spec.addresses[0].address"),
+    ] {
+        let (key, _) = bad.split_once(": ").expect("key: value");
+        let e = error(&more.replace(bad, &format!("{key}: nonsense\n")));
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        assert!(e.message.contains("\"nonsense\" is not"), "{e}");
+    }
     let back = resources::to_yaml(&n);
     assert!(back.contains("orchestrator: k8s") && back.contains("wireguardPublicKey: abc="), "{back}");
     assert!(error(&node.replace("    orchestrator: k8s\n", "    orchestrator: k8s\n    colour: red\n"))
