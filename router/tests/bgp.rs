@@ -44,7 +44,7 @@ fn up_with_args(lab: TestLab, topo: &Path, args: &[&str]) -> TestLab {
 }
 
 fn peers(lab: &TestLab, node: &str) -> Vec<serde_json::Value> {
-    lab.json(&["status", "--node", node, "--json"]).as_array().cloned().unwrap_or_default()
+    lab.json(&["status", "--node", node, "--json"])["peers"].as_array().cloned().unwrap_or_default()
 }
 
 fn peer_state(lab: &TestLab, node: &str, peer: &str) -> (String, String) {

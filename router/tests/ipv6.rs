@@ -146,7 +146,7 @@ fn on_the_tun_data_plane_the_kernel_forwards_ipv6_on_the_routes_bgp_taught() {
     assert!(table.starts_with("IPv4 and IPv6 BGP status"), "{table}");
     assert_eq!(table.matches("| ipv4,ipv6 ").count(), 2, "{table}");
     let st = lab.json(&["status", "--node", "node-a", "--json"]);
-    let peers = st.as_array().expect("peers");
+    let peers = st["peers"].as_array().expect("peers");
     assert!(peers.iter().all(|p| p["families"] == serde_json::json!(["ipv4", "ipv6"])), "{st}");
     let c = lookup(&lab, "node-a", "fd00:10:244::81");
     assert_eq!(c["forwarded_by"], "kernel", "{c}");

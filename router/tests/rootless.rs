@@ -130,8 +130,8 @@ fn an_unprivileged_user_runs_the_seed_lab_and_leaves_nothing_behind() {
     let routes = lab.json(&["routes", "--node", "node-a", "--json"]);
     let to_c = routes.as_array().into_iter().flatten().find(|r| r["prefix"] == "10.244.3.0/26").expect("route to c");
     assert_eq!(to_c["encap"], "ipip", "{to_c}");
-    let peers = lab.json(&["status", "--node", "node-a", "--json"]);
-    let peers = peers.as_array().expect("peers");
+    let st = lab.json(&["status", "--node", "node-a", "--json"]);
+    let peers = st["peers"].as_array().expect("peers");
     assert_eq!(peers.len(), 2, "{peers:?}");
     assert!(peers.iter().all(|p| p["state"] == "up"), "{peers:?}");
     let ipam = lab.json(&["ipam", "show", "--json"]);
@@ -175,7 +175,7 @@ fn an_unprivileged_user_runs_the_seed_lab_and_leaves_nothing_behind() {
     lab.ping("pod-a1", "10.244.2.1");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
-        let peers = lab.json(&["status", "--node", "node-b", "--json"]);
+        let peers = &lab.json(&["status", "--node", "node-b", "--json"])["peers"];
         let up = peers.as_array().is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["state"] == "up"));
         if up {
             break;

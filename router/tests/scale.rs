@@ -12,7 +12,7 @@ const N: usize = 20;
 fn sessions(lab: &TestLab) -> (usize, Vec<usize>) {
     let per_node: Vec<usize> = (1..=N)
         .map(|i| {
-            let peers = lab.json(&["status", "--node", &format!("node-{i}"), "--json"]);
+            let peers = &lab.json(&["status", "--node", &format!("node-{i}"), "--json"])["peers"];
             peers.as_array().into_iter().flatten().filter(|p| p["state"] == "up").count()
         })
         .collect();

@@ -19,7 +19,9 @@ pub(super) fn since(secs: u64) -> String {
 pub(super) fn print_one_status(client: &admin::Client, json: bool) -> anyhow::Result<i32> {
     let st = client.bgp_status()?;
     if json {
-        nodeapi::outln!("{}", serde_json::to_string_pretty(&st.peers)?);
+        // The whole status, as each node's `status` in the every-node JSON: peers, the
+        // datastore's health and notes, why BGP could not start.
+        nodeapi::outln!("{}", serde_json::to_string_pretty(&st)?);
     } else {
         print_bgp_status(&st);
         // A refused count is a question; the reasons, counted per peer, answer it.
