@@ -198,6 +198,12 @@ impl Drop for Held {
     }
 }
 
+/// Why this user cannot open `/dev/net/tun` (mode 0600 on some machines), if they cannot:
+/// then the tun data plane cannot run, and afpacket nodes make no `tunl0`/`vxlan.calico`.
+pub fn tun_closed() -> Option<std::io::Error> {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").err()
+}
+
 pub fn up(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     let _held = lab.lock()?;
     up_locked(lab, opts)
@@ -220,7 +226,7 @@ fn up_locked(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     topo.nat_outgoing |= opts.nat_outgoing;
     topo.nat_outgoing_v6 |= opts.nat_outgoing && topo.pool_v6.is_some();
     if opts.dataplane == DataplaneMode::Tun {
-        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+        if let Some(e) = tun_closed() {
             bail!("the tun data plane needs /dev/net/tun, which this user cannot open ({e}); use the default afpacket data plane, or run the lab as root");
         }
     }

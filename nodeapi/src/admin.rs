@@ -172,6 +172,9 @@ pub struct Stats {
     /// Masqueraded flows the node keeps (`natOutgoing`).
     #[serde(default)]
     pub nat_flows: usize,
+    /// Why the tunnel device a pool needs (`tunl0`, `vxlan.calico`) is missing, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_device_missing: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -836,6 +839,7 @@ mod tests {
             fib_routes6: 0,
             transit_filter: None,
             nat_flows: 24,
+            tunnel_device_missing: Some("no tunl0".into()),
         };
         let server_stats = stats.clone();
         let client = std::thread::spawn({

@@ -32,6 +32,9 @@ fn pods_ping_on_the_same_node_and_across_nodes() {
     let uplink = &stats["interfaces"][0];
     assert_eq!(uplink["interface"], "eth0");
     assert!(uplink["tx_packets"].as_u64().unwrap_or(0) >= 5, "{stats}");
+    // Root opens /dev/net/tun: the node has its tunl0, and nothing says it is missing.
+    assert!(stats.get("tunnel_device_missing").is_none(), "{stats}");
+    assert!(stats["interfaces"].as_array().is_some_and(|l| l.iter().any(|i| i["interface"] == "tunl0")), "{stats}");
     // The node's log is a file: plain text, no terminal colours.
     let log = std::fs::read_to_string(lab.dir.join(&lab.name).join("node-a.log")).expect("node-a's log");
     assert!(log.contains("node up") && !log.contains('\x1b'), "{log}");

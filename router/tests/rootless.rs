@@ -189,12 +189,21 @@ fn an_unprivileged_user_runs_the_seed_lab_and_leaves_nothing_behind() {
     assert!(!podman.status.success());
     assert!(text(&podman.stderr).contains("podman needs a lab made by root"), "{}", text(&podman.stderr));
 
-    // The host saw none of it, and the node said in one line why it has no tunl0.
+    // The host saw none of it, and why the nodes have no tunl0 was said in one line each:
+    // by lab up, in the node's log and by its stats.
     let host = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     assert!(!text(&host.stdout).contains(&format!("{}-", lab.name)), "{}", text(&host.stdout));
     let tun_open = std::fs::metadata("/dev/net/tun").is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006);
     let log = std::fs::read_to_string(lab.dir().join("node-a.log")).expect("node log");
     assert_eq!(log.matches("no tunl0").count(), usize::from(!tun_open), "{log}");
+    let said = text(&up.stdout).matches("note: /dev/net/tun is not open to this user").count();
+    assert_eq!(said, usize::from(!tun_open), "{}", text(&up.stdout));
+    let missing = lab.json(&["stats", "--node", "node-a", "--json"])["tunnel_device_missing"].clone();
+    assert_eq!(
+        missing.as_str().is_some_and(|m| m.starts_with("no tunl0: /dev/net/tun cannot be opened")),
+        !tun_open,
+        "{missing}"
+    );
 
     let down = lab.ok(&["lab", "down"]);
     assert!(down.contains("removed 10 namespaces"), "{down}");

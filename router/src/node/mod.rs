@@ -75,8 +75,9 @@ struct Node {
     saved: Option<restart::Saved>,
     /// A planned restart was asked for: save, close quietly, exit.
     restart_requested: bool,
-    /// The tunnel device the pools need could not be made (said once per change).
-    tunnel_failed: bool,
+    /// Why the tunnel device the pools need is missing, while it is (logged once per
+    /// change; `router stats` shows it).
+    tunnel_missing: Option<String>,
     /// Names of the pods added while running (not from the config).
     dynamic: HashSet<String>,
     /// BGP peers the datastore no longer lists, removed when the new sessions are up (or at
@@ -588,7 +589,10 @@ pub fn run_with(
             }
         };
     // What discover() already said: the same reason is not said again at the first view.
-    let tunnel_failed = cfg.uses_tunnel() && dp.interfaces().by_role(|r| *r == IfaceRole::Tun).is_none();
+    let tunnel_missing = match cfg.uses_tunnel() && dp.interfaces().by_role(|r| *r == IfaceRole::Tun).is_none() {
+        true => Some(interfaces::tunnel_interfaces(&cfg, 0).device.err().unwrap_or_else(|| "not made".into())),
+        false => None,
+    };
     let configured_blocks = (cfg.blocks.clone(), cfg.ipv6.iter().flat_map(|v| v.blocks.clone()).collect());
     let mut node = Node {
         affine: configured_blocks.clone(),
@@ -608,7 +612,7 @@ pub fn run_with(
         tun_read_at: None,
         saved,
         restart_requested: false,
-        tunnel_failed,
+        tunnel_missing,
         dynamic,
         removals: Vec::new(),
         log_level: "info",

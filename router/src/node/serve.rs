@@ -200,6 +200,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                 transit_filter: (cfg.dataplane == DataplaneMode::Afpacket)
                     .then(|| node.kernel.filtered().unwrap_or_default()),
                 nat_flows: node.dp.nat_flows(),
+                tunnel_device_missing: node.tunnel_missing.clone(),
             })
         }
         Request::Status => {

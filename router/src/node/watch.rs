@@ -634,16 +634,15 @@ impl Node {
             (None, Some(id)) => self.dp.remove_interface(id),
             _ => {}
         }
-        let failing = !failed.is_empty();
-        if failing && !self.tunnel_failed {
-            let what = failed.join("; ");
+        let what = (!failed.is_empty()).then(|| failed.join("; "));
+        if let (Some(what), None) = (&what, &self.tunnel_missing) {
             if tun_mode {
                 tracing::error!(%what, "the tunnel device for the pools' encapsulation could not be made: pods behind the tunnel are unreachable");
             } else {
                 tracing::warn!(%what, "the tunnel device for the pools' encapsulation could not be made: the node's own traffic to pods behind the tunnel will not reach them");
             }
         }
-        self.tunnel_failed = failing;
+        self.tunnel_missing = what;
     }
 
     /// The tunnel device the pools needed goes (`old`), the one they need now is made.

@@ -360,6 +360,11 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                     .collect();
                 nodeapi::outln!("  {:<8} {:<20} pods: {}", h.name, h.addresses.join(","), pods.join(", "));
             }
+            if let (Some(e), DataplaneMode::Afpacket) = (lab::tun_closed(), opts.dataplane) {
+                nodeapi::outln!(
+                    "note: /dev/net/tun is not open to this user ({e}): the nodes make no tunl0 or vxlan.calico, so a node's own processes cannot reach pods behind a tunnel (pods can)"
+                );
+            }
             // A ping from the first pod to the first pod of another node, whatever the topology.
             let pods: Vec<&lab::state::Host> = st.hosts.iter().filter(|h| h.role == Role::Pod).collect();
             nodeapi::outln!("try:");
