@@ -28,6 +28,8 @@ pub struct Target {
     /// IPAM in etcd instead of the file (shared by every host); then the pool's blocks of
     /// `block_size` are claimed there.
     pub etcd_endpoints: Vec<String>,
+    /// With `https://` endpoints: the CA and the client's certificate and key.
+    pub etcd_tls: nodeapi::config::EtcdTls,
     pub pool: Option<Ipv4Net>,
     /// Dual stack with etcd: the IPv6 pool new IPv6 blocks come from.
     pub pool6: Option<Ipv6Net>,
@@ -47,6 +49,7 @@ impl Target {
             mtu: None,
             ipam_file,
             etcd_endpoints: Vec::new(),
+            etcd_tls: nodeapi::config::EtcdTls::default(),
             pool: cfg.pools.first().map(|p| p.cidr),
             pool6: cfg.ipv6.as_ref().and_then(|v| v.pools.first().copied()),
             shared_file: false,
@@ -76,6 +79,12 @@ pub fn conflist(t: &Target) -> serde_json::Value {
     if !t.etcd_endpoints.is_empty() || t.shared_file {
         if !t.etcd_endpoints.is_empty() {
             plugin["etcd_endpoints"] = json!(t.etcd_endpoints);
+            // Calico's keys: etcd_ca_cert_file, etcd_cert_file, etcd_key_file.
+            if let (Some(o), Ok(serde_json::Value::Object(tls))) =
+                (plugin.as_object_mut(), serde_json::to_value(&t.etcd_tls))
+            {
+                o.extend(tls);
+            }
         }
         if let Some(pool) = t.pool {
             plugin["pool"] = json!(pool);
@@ -129,6 +138,7 @@ mod tests {
             mtu: None,
             ipam_file: "/run/ipam.json".into(),
             etcd_endpoints: if etcd { vec!["http://127.0.0.1:2379".into()] } else { Vec::new() },
+            etcd_tls: nodeapi::config::EtcdTls::default(),
             pool: Some("10.244.0.0/16".parse().expect("net")),
             pool6: Some("fd00:10:244::/48".parse().expect("net")),
             shared_file: false,
@@ -144,6 +154,20 @@ mod tests {
         assert!(dual.get("ipam_file").is_none() && dual["pool"] == "10.244.0.0/16", "{dual}");
         assert_eq!(dual["blocks6"][0], "fd00:10:244::/122");
         assert_eq!((dual["pool6"].as_str(), dual["block_size6"].as_u64()), (Some("fd00:10:244::/48"), Some(122)));
+        assert!(v4.get("etcd_ca_cert_file").is_none(), "{v4}");
+        // TLS to etcd under Calico's keys, which the plugin reads back.
+        let tls = nodeapi::config::EtcdTls {
+            ca_cert: Some("/etc/router/etcd-ca.pem".into()),
+            cert: Some("/etc/router/etcd-cert.pem".into()),
+            key: Some("/etc/router/etcd-key.pem".into()),
+        };
+        let secure = plugin(&Target { etcd_tls: tls.clone(), ..target(&[], true) });
+        assert_eq!(secure["etcd_ca_cert_file"], "/etc/router/etcd-ca.pem", "{secure}");
+        let mut conf = secure.clone();
+        conf["cniVersion"] = "1.0.0".into();
+        conf["name"] = NETWORK.into();
+        let read: crate::plugin::NetConf = serde_json::from_value(conf).expect("the plugin reads it");
+        assert_eq!(read.etcd_tls, tls);
         let file = plugin(&target(&["fd00:10:244::/122"], false));
         assert!(file.get("etcd_endpoints").is_none() && file["ipam_file"] == "/run/ipam.json", "{file}");
         // A host's own file claims no block, so it is told no pool; the lab's shared one is.

@@ -76,6 +76,10 @@ pub struct NetConf {
     /// shares, once every block is full).
     #[serde(default)]
     pub etcd_endpoints: Vec<String>,
+    /// For `https://` endpoints, Calico's `etcd_ca_cert_file`, `etcd_cert_file` and
+    /// `etcd_key_file`.
+    #[serde(flatten)]
+    pub etcd_tls: nodeapi::config::EtcdTls,
     #[serde(default)]
     pub pool: Option<Ipv4Net>,
     #[serde(default)]
@@ -455,7 +459,8 @@ impl Backend {
 
 fn backend(conf: &NetConf) -> Result<Backend, CniError> {
     if !conf.etcd_endpoints.is_empty() {
-        let etcd = datastore::etcd::Etcd::new(&conf.etcd_endpoints).map_err(|e| CniError::config(format!("{e:#}")))?;
+        let etcd = datastore::etcd::Etcd::with_tls(&conf.etcd_endpoints, &conf.etcd_tls)
+            .map_err(|e| CniError::config(format!("{e:#}")))?;
         return Ok(Backend::Etcd(datastore::ipam::Ipam::new(etcd.clone()), datastore::Store::new(etcd)));
     }
     match &conf.ipam_file {

@@ -160,9 +160,62 @@ fn int(v: &Value) -> i64 {
     v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64()).unwrap_or(0)
 }
 
+/// TLS to etcd: the CA that signed etcd's certificate, and this client's certificate and
+/// key where etcd asks clients for one (`--client-cert-auth`).
+pub use nodeapi::config::EtcdTls as Tls;
+
+/// The rustls client configuration: etcd's certificate checked against the CA alone (a
+/// private CA is what etcd clusters use; no system roots), and the client's certificate
+/// offered where one is given.
+fn client_config(tls: &Tls) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(ca) = &tls.ca_cert else {
+        bail!("an https:// etcd endpoint needs the CA that signed etcd's certificate (--etcd-ca-cert-file)");
+    };
+    let certs = |path: &std::path::Path, what: &str| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            bail!("{what} {}: no PEM certificate in it", path.display());
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca, "etcd CA certificate")? {
+        roots.add(c).map_err(|e| anyhow::anyhow!("etcd CA certificate {}: {e}", ca.display()))?;
+    }
+    // ring, as ureq builds rustls: the other provider, aws-lc-rs (which adds post-quantum
+    // key exchange, hence the deprecation), is a large C build for a handful of requests.
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let chain = certs(cert, "etcd client certificate")?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| anyhow::anyhow!("etcd client key {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(chain, key).context("the etcd client certificate and key")?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => bail!("an etcd client certificate and its key go together (--etcd-cert-file and --etcd-key-file)"),
+    };
+    Ok(std::sync::Arc::new(config))
+}
+
 impl Etcd {
     /// `endpoints`: `http://host:port`, comma-separated or several.
     pub fn new(endpoints: &[String]) -> anyhow::Result<Etcd> {
+        Etcd::with_tls(endpoints, &Tls::default())
+    }
+
+    /// `endpoints`: `http://host:port` or, with `tls`, `https://host:port`; comma-separated
+    /// or several.
+    pub fn with_tls(endpoints: &[String], tls: &Tls) -> anyhow::Result<Etcd> {
         let endpoints: Vec<String> = endpoints
             .iter()
             .flat_map(|e| e.split(','))
@@ -173,14 +226,22 @@ impl Etcd {
             bail!("no etcd endpoint given (--etcd-endpoints http://HOST:2379 or ROUTER_ETCD_ENDPOINTS), and no lab with --datastore etcd is up");
         }
         for e in &endpoints {
-            if !e.starts_with("http://") {
-                bail!("etcd endpoint {e:?}: only http:// is supported (the JSON gateway without TLS)");
+            if !e.starts_with("http://") && !e.starts_with("https://") {
+                bail!("etcd endpoint {e:?}: give it as http://HOST:PORT or https://HOST:PORT");
             }
         }
+        let secure = endpoints.iter().any(|e| e.starts_with("https://"));
+        if !secure && !tls.is_empty() {
+            bail!("etcd TLS files are given, but no endpoint is https:// ({})", endpoints.join(","));
+        }
+        let config = if secure { Some(client_config(tls)?) } else { None };
+        let build = |b: ureq::AgentBuilder| match &config {
+            Some(c) => b.tls_config(c.clone()).build(),
+            None => b.build(),
+        };
         let agent =
-            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout(Duration::from_secs(10)).build();
-        let streams =
-            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout_read(WATCH_IDLE).build();
+            build(ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout(Duration::from_secs(10)));
+        let streams = build(ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout_read(WATCH_IDLE));
         Ok(Etcd { endpoints, agent, streams })
     }
 
@@ -386,6 +447,13 @@ mod tests {
         let e = Etcd::new(&["http://10.0.0.1:2379, http://10.0.0.2:2379/".into()]).expect("endpoints");
         assert_eq!(e.endpoints(), ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
         assert!(Etcd::new(&[]).is_err());
-        assert!(Etcd::new(&["https://x:2379".into()]).is_err());
+        assert!(Etcd::new(&["ftp://x:2379".into()]).is_err());
+        let e = Etcd::new(&["https://x:2379".into()]).expect_err("https without a CA").to_string();
+        assert!(e.contains("needs the CA that signed etcd's certificate"), "{e}");
+        let tls = Tls { ca_cert: Some("/nonexistent/ca.pem".into()), ..Tls::default() };
+        let e = Etcd::with_tls(&["http://x:2379".into()], &tls).expect_err("TLS over http").to_string();
+        assert!(e.contains("no endpoint is https://"), "{e}");
+        let e = format!("{:#}", Etcd::with_tls(&["https://x:2379".into()], &tls).expect_err("no such file"));
+        assert!(e.contains("etcd CA certificate /nonexistent/ca.pem"), "{e}");
     }
 }

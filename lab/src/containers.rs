@@ -69,6 +69,7 @@ pub fn setup(lab: &Lab, topo: &Topology, exe: &Path, etcd: Option<&str>) -> anyh
             ipam_file: ipam_file(lab),
             // With the lab's etcd, containers' addresses live there (as on real machines).
             etcd_endpoints: etcd.iter().map(|e| e.to_string()).collect(),
+            etcd_tls: Default::default(),
             pool: Some(topo.pool),
             pool6: topo.pool_v6,
             shared_file: true,

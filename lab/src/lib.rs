@@ -967,6 +967,7 @@ fn node_config(
         metrics_address: opts.metrics.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9091))),
         log_level: None,
         etcd_endpoints: Vec::new(),
+        etcd_tls: Default::default(),
         secrets_dir: None,
         ipv6: node.v6.map(|(address, block)| Ipv6Config {
             address,

@@ -275,6 +275,35 @@ pub fn node_peer(me: IpAddr, address: IpAddr, kind: PeerKind, as_number: u32, po
     }
 }
 
+/// TLS to etcd, as Calico names its files (`etcdCACertFile`, `etcdCertFile`, `etcdKeyFile`;
+/// in a CNI network config `etcd_ca_cert_file`, `etcd_cert_file`, `etcd_key_file`): the CA
+/// that signed etcd's certificate, and the client's certificate and key where etcd asks
+/// clients for one. PEM files; all unset for `http://` endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdTls {
+    #[serde(rename = "etcd_ca_cert_file", default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    #[serde(rename = "etcd_cert_file", default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<std::path::PathBuf>,
+    #[serde(rename = "etcd_key_file", default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl EtcdTls {
+    pub fn is_empty(&self) -> bool {
+        *self == EtcdTls::default()
+    }
+
+    /// These files where set, else `other`'s (command-line flags over a config file's).
+    pub fn or(self, other: &EtcdTls) -> EtcdTls {
+        EtcdTls {
+            ca_cert: self.ca_cert.or_else(|| other.ca_cert.clone()),
+            cert: self.cert.or_else(|| other.cert.clone()),
+            key: self.key.or_else(|| other.key.clone()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,
@@ -314,6 +343,8 @@ pub struct NodeConfig {
     /// comes from Calico's resources there and follows them live; `bgp` and `pools` here are
     /// what the node starts with until etcd answers.
     pub etcd_endpoints: Vec<String>,
+    /// With `https://` endpoints: the CA and this node's certificate and key.
+    pub etcd_tls: EtcdTls,
     /// With a datastore: where the secrets that `BGPPeer` passwords name are, one directory
     /// per secret and a file per key (`nodeapi::secrets`, Kubernetes' secret volume layout).
     pub secrets_dir: Option<std::path::PathBuf>,
@@ -491,6 +522,12 @@ pub struct RawConfig {
     pub bgp: Option<RawBgp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub etcd_endpoints: Vec<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_ca_cert_file: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_cert_file: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_key_file: Option<Spanned<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_dir: Option<Spanned<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1305,19 +1342,28 @@ impl NodeConfig {
             .etcd_endpoints
             .iter()
             .map(|e| {
-                if e.get_ref().starts_with("http://") {
+                if e.get_ref().starts_with("http://") || e.get_ref().starts_with("https://") {
                     Ok(e.get_ref().trim_end_matches('/').to_string())
                 } else {
-                    Err(src.error_at(e.span(), format!("etcd endpoint {:?} must be http://HOST:PORT", e.get_ref())))
+                    Err(src.error_at(
+                        e.span(),
+                        format!("etcd endpoint {:?} must be http://HOST:PORT or https://HOST:PORT", e.get_ref()),
+                    ))
                 }
             })
             .collect::<Result<Vec<_>, FileError>>()?;
-        let secrets_dir = match &raw.secrets_dir {
+        let absolute = |d: &Option<Spanned<String>>, field: &str| match d {
             Some(d) if !d.get_ref().starts_with('/') => {
-                return Err(src.error_at(d.span(), format!("secrets_dir {:?} must be an absolute path", d.get_ref())))
+                Err(src.error_at(d.span(), format!("{field} {:?} must be an absolute path", d.get_ref())))
             }
-            Some(d) => Some(std::path::PathBuf::from(d.get_ref())),
-            None => None,
+            Some(d) => Ok(Some(std::path::PathBuf::from(d.get_ref()))),
+            None => Ok(None),
+        };
+        let secrets_dir = absolute(&raw.secrets_dir, "secrets_dir")?;
+        let etcd_tls = EtcdTls {
+            ca_cert: absolute(&raw.etcd_ca_cert_file, "etcd_ca_cert_file")?,
+            cert: absolute(&raw.etcd_cert_file, "etcd_cert_file")?,
+            key: absolute(&raw.etcd_key_file, "etcd_key_file")?,
         };
         Ok(NodeConfig {
             log_level,
@@ -1325,6 +1371,7 @@ impl NodeConfig {
             metrics_address,
             bgp,
             etcd_endpoints,
+            etcd_tls,
             name: raw.name.get_ref().clone(),
             dataplane: raw.dataplane,
             workers,
@@ -1362,6 +1409,9 @@ impl NodeConfig {
             metrics_address: self.metrics_address.map(|a| s(a.to_string())),
             log_level: self.log_level.clone().map(s),
             etcd_endpoints: self.etcd_endpoints.iter().cloned().map(s).collect(),
+            etcd_ca_cert_file: self.etcd_tls.ca_cert.as_ref().map(|d| s(d.display().to_string())),
+            etcd_cert_file: self.etcd_tls.cert.as_ref().map(|d| s(d.display().to_string())),
+            etcd_key_file: self.etcd_tls.key.as_ref().map(|d| s(d.display().to_string())),
             secrets_dir: self.secrets_dir.as_ref().map(|d| s(d.display().to_string())),
             ipip_ttl: Spanned::new(0..0, self.ipip_ttl),
             ipip_peers: self.ipip_peers.iter().map(|a| s(a.to_string())).collect(),
@@ -1635,6 +1685,20 @@ via = "192.168.100.101"
             "ipv6 route fd00:10:244::/122 is one of the node's blocks",
         );
         fails(v6("\"fd00:10:244::/122\"", "\"fd00:192:168:100::/64\""), "is the uplink's subnet");
+    }
+
+    #[test]
+    fn etcd_over_tls_names_its_files() {
+        let tls = "etcd_endpoints = [\"https://10.0.0.5:2379\"]\netcd_ca_cert_file = \"/etc/router/ca.pem\"\n\
+                   etcd_cert_file = \"/etc/router/node.pem\"\netcd_key_file = \"/etc/router/node.key\"\n";
+        let c = parse(&format!("{tls}{GOOD}")).expect("https with its files");
+        assert_eq!(c.etcd_endpoints, ["https://10.0.0.5:2379"]);
+        assert_eq!(c.etcd_tls.ca_cert.as_deref(), Some(Path::new("/etc/router/ca.pem")));
+        assert_eq!(parse(&c.to_toml()).expect("round trip").etcd_tls, c.etcd_tls);
+        let e = parse(&format!("{}{GOOD}", tls.replace("/etc/router/node.key", "node.key"))).expect_err("relative");
+        assert!(e.to_string().contains("n.toml:4: etcd_key_file \"node.key\" must be an absolute path"), "{e}");
+        let e = parse(&format!("etcd_endpoints = [\"grpc://x:2379\"]\n{GOOD}")).expect_err("scheme").to_string();
+        assert!(e.contains("must be http://HOST:PORT or https://HOST:PORT"), "{e}");
     }
 
     #[test]

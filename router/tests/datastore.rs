@@ -13,10 +13,17 @@ struct Etcd {
     ns: String,
     dir: PathBuf,
     child: Child,
+    /// Served over TLS, asking clients for a certificate: the CA, certificates and keys
+    /// are in `dir` (`ca.pem`, `client.pem`, `client.key`).
+    tls: bool,
 }
 
 impl Etcd {
     fn start(tag: &str) -> Etcd {
+        Etcd::start_with(tag, false)
+    }
+
+    fn start_with(tag: &str, tls: bool) -> Etcd {
         support::require_root();
         let ns = format!("t{}-{tag}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("router-{ns}"));
@@ -25,9 +32,9 @@ impl Etcd {
         assert!(Command::new("ip").args(["netns", "add", &ns]).status().expect("ip").success());
         let _ = Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]).status();
         let log = std::fs::File::create(dir.join("etcd.log")).expect("log");
-        let url = "http://127.0.0.1:2379";
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "etcd", "--name", "t", "--data-dir"])
+        let url = if tls { "https://127.0.0.1:2379" } else { "http://127.0.0.1:2379" };
+        let mut etcd = Command::new("ip");
+        etcd.args(["netns", "exec", &ns, "etcd", "--name", "t", "--data-dir"])
             .arg(dir.join("data"))
             .args(["--listen-client-urls", url, "--advertise-client-urls", url])
             .args([
@@ -36,12 +43,18 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 "http://127.0.0.1:2380",
             ])
-            .args(["--initial-cluster", "t=http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "t=http://127.0.0.1:2380"]);
+        if tls {
+            make_certs(&dir);
+            etcd.arg("--cert-file").arg(dir.join("server.pem")).arg("--key-file").arg(dir.join("server.key"));
+            etcd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(dir.join("ca.pem"));
+        }
+        let child = etcd
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("etcd runs (Debian package etcd-server)");
-        let e = Etcd { ns, dir, child };
+        let e = Etcd { ns, dir, child, tls };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !e.router(&["get", "ippools"]).status.success() {
             assert!(
@@ -55,13 +68,22 @@ impl Etcd {
     }
 
     fn router(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns, ROUTER])
-            .args(args)
-            .env("ROUTER_ETCD_ENDPOINTS", "http://127.0.0.1:2379")
-            .stdin(Stdio::null())
-            .output()
-            .expect("router")
+        self.command(args).output().expect("router")
+    }
+
+    /// `router ARGS` in etcd's namespace, told where etcd is (and, over TLS, its files).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, ROUTER]).args(args).stdin(Stdio::null());
+        if self.tls {
+            c.env("ROUTER_ETCD_ENDPOINTS", "https://127.0.0.1:2379");
+            c.env("ROUTER_ETCD_CA_CERT_FILE", self.dir.join("ca.pem"));
+            c.env("ROUTER_ETCD_CERT_FILE", self.dir.join("client.pem"));
+            c.env("ROUTER_ETCD_KEY_FILE", self.dir.join("client.key"));
+        } else {
+            c.env("ROUTER_ETCD_ENDPOINTS", "http://127.0.0.1:2379");
+        }
+        c
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -78,6 +100,173 @@ impl Drop for Etcd {
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A CA (`ca.pem`, `ca.key`) that signs a server certificate for 127.0.0.1 (`server.pem`,
+/// `server.key`) and a client certificate (`client.pem`, `client.key`), made in `dir` with
+/// openssl(1).
+fn make_certs(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (Debian package openssl)");
+        assert!(o.status.success(), "openssl {args:?}: {}", text(&o.stderr));
+    };
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ca = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=router test CA"];
+    openssl(&[&["req", "-x509"], &key[..], &ca[..]].concat());
+    for (name, ext) in [
+        // etcd's JSON gateway calls its own gRPC with the server's certificate: both uses.
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (pem, k, csr, extfile) =
+            (format!("{name}.pem"), format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"));
+        std::fs::write(dir.join(&extfile), ext).expect("extfile");
+        openssl(&[&["req"], &key[..], &["-keyout", &k, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
+        let sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", &extfile];
+        openssl(&[&["x509", "-req", "-in", &csr, "-out", &pem][..], &sign[..]].concat());
+    }
+}
+
+/// A process killed when dropped: a failed test leaves none running.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// TLS to etcd, as production etcd runs it: the CLI, a node (its config's files) and the
+/// CNI plugin's IPAM read and write over https with client certificates, and each wrong
+/// or missing file is refused in words that name it.
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    let etcd = Etcd::start_with("etcd-tls", true);
+    let dir = etcd.dir.clone();
+    let f = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    // The CLI, from ROUTER_ETCD_* (as `ok` passes them).
+    let file = dir.join("pool.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: tls\nspec:\n  cidr: 10.244.0.0/16\n",
+    )
+    .expect("write");
+    assert_eq!(etcd.ok(&["apply", "-f", &f("pool.yaml")]).trim(), "ippools/tls created");
+    assert!(etcd.ok(&["get", "ippool", "tls"]).contains("10.244.0.0/16"));
+    // And from flags, which stand over the environment.
+    let refused = |envs: &[(&str, Option<String>)], args: &[&str], says: &str| {
+        let mut c = etcd.command(&[&["get", "ippools"], args].concat());
+        for (k, v) in envs {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let o = c.output().expect("router");
+        assert!(!o.status.success() && text(&o.stderr).contains(says), "{envs:?} {args:?}: {}", text(&o.stderr));
+    };
+    let none = |k: &'static str| (k, None);
+    refused(&[none("ROUTER_ETCD_CA_CERT_FILE")], &[], "needs the CA that signed etcd's certificate");
+    refused(&[none("ROUTER_ETCD_KEY_FILE")], &[], "an etcd client certificate and its key go together");
+    // etcd asks for a client certificate: without one, the handshake fails.
+    refused(&[none("ROUTER_ETCD_CERT_FILE"), none("ROUTER_ETCD_KEY_FILE")], &[], "no etcd endpoint answers");
+    refused(&[], &["--etcd-ca-cert-file", &f("missing.pem")], &format!("etcd CA certificate {}", f("missing.pem")));
+    refused(&[], &["--etcd-endpoints", "http://127.0.0.1:2379"], "no endpoint is https://");
+    // A server certificate from another CA is not etcd's.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    make_certs(&other);
+    let other_ca = other.join("ca.pem").to_string_lossy().into_owned();
+    refused(&[], &["--etcd-ca-cert-file", &other_ca], "invalid peer certificate");
+
+    // A node whose config names the files registers itself and follows etcd's changes.
+    let ns = &etcd.ns;
+    for args in [
+        &["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"][..],
+        &["addr", "add", "192.168.100.100/24", "dev", "eth0"],
+        &["link", "set", "eth0", "up"],
+        &["link", "set", "eth1", "up"],
+    ] {
+        assert!(Command::new("ip").args(["-n", ns]).args(args).status().expect("ip").success());
+    }
+    let socket = dir.join("node.sock");
+    let config = format!(
+        "name = \"tls-node\"\nworkers = 1\nadmin_socket = \"{}\"\nblocks = [\"10.244.1.0/26\"]\n\
+         etcd_endpoints = [\"https://127.0.0.1:2379\"]\netcd_ca_cert_file = \"{}\"\n\
+         etcd_cert_file = \"{}\"\netcd_key_file = \"{}\"\n\n[uplink]\ninterface = \"eth0\"\n\
+         address = \"192.168.100.100/24\"\n",
+        socket.display(),
+        f("ca.pem"),
+        f("client.pem"),
+        f("client.key")
+    );
+    std::fs::write(dir.join("node.toml"), config).expect("node config");
+    let log = std::fs::File::create(dir.join("node.log")).expect("log");
+    let node = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", ns, ROUTER, "node", "--config", &f("node.toml")])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("router node"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = || etcd.command(&["status", "--socket", &socket.to_string_lossy(), "--json"]).output().ok();
+    let read_up_to = |at_least: i64| loop {
+        let st = status()
+            .filter(|o| o.status.success())
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
+        let rev = st.as_ref().and_then(|s| s["datastore"]["revision"].as_i64());
+        if rev.is_some_and(|r| r >= at_least) && st.as_ref().is_some_and(|s| s["datastore"]["answering"] == true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node over TLS: {st:?}\n{}",
+            std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    read_up_to(1);
+    assert!(etcd.ok(&["get", "nodes"]).contains("tls-node"), "registered over TLS");
+    // A change made now reaches it through its watch, which is TLS too.
+    std::fs::write(&file, "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: tls\nspec:\n  cidr: 10.244.0.0/16\n  ipipMode: Always\n").expect("write");
+    etcd.ok(&["apply", "-f", &f("pool.yaml")]);
+    let rev: i64 = etcd
+        .ok(&["get", "ippool", "tls", "-o", "json"])
+        .split("\"resourceVersion\": \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next()?.parse().ok())
+        .expect("resourceVersion");
+    read_up_to(rev);
+    drop(node);
+
+    // The CNI plugin's IPAM in etcd, from Calico's keys in its network config.
+    let t = {
+        let ns = ns.clone();
+        let tls = nodeapi::config::EtcdTls {
+            ca_cert: Some(dir.join("ca.pem")),
+            cert: Some(dir.join("client.pem")),
+            key: Some(dir.join("client.key")),
+        };
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let conf = serde_json::json!({
+                "cniVersion": "1.0.0", "name": "router", "type": "router", "node": "tls-node",
+                "admin_socket": "/nonexistent.sock", "etcd_endpoints": ["https://127.0.0.1:2379"],
+                "etcd_ca_cert_file": tls.ca_cert, "etcd_cert_file": tls.cert, "etcd_key_file": tls.key,
+            });
+            let conf: cni::plugin::NetConf = serde_json::from_value(conf).expect("conf");
+            assert_eq!(conf.etcd_tls, tls);
+            datastore::etcd::Etcd::with_tls(&conf.etcd_endpoints, &conf.etcd_tls)
+                .expect("client")
+                .list("/calico/")
+                .map(|(kvs, _)| kvs.len())
+        })
+    };
+    assert!(t.join().expect("plugin's etcd").expect("listed over TLS") > 0);
 }
 
 fn fixture(name: &str) -> String {

@@ -492,7 +492,7 @@ const LINKS: Token = Token(2);
 const SIGNALS: Token = Token(3);
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    run_with(config_path, None, None)
+    run_with(config_path, None, Default::default(), None)
 }
 
 /// [`run`], with the config's etcd endpoints replaced (`Some(vec![])`: no datastore), and
@@ -500,11 +500,18 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 pub fn run_with(
     config_path: &Path,
     etcd_endpoints: Option<Vec<String>>,
+    etcd_tls: nodeapi::config::EtcdTls,
     secrets_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::load(config_path)?;
     if let Some(e) = etcd_endpoints {
         cfg.etcd_endpoints = e;
+    }
+    cfg.etcd_tls = etcd_tls.or(&cfg.etcd_tls);
+    if !cfg.etcd_endpoints.is_empty() {
+        // Files that do not read, or TLS without https://, stop the node here, not in the
+        // datastore thread where they would only be logged.
+        datastore::etcd::Etcd::with_tls(&cfg.etcd_endpoints, &cfg.etcd_tls)?;
     }
     if let Some(d) = secrets_dir {
         anyhow::ensure!(d.is_absolute(), "--secrets-dir {} must be an absolute path", d.display());

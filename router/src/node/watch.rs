@@ -48,7 +48,7 @@ impl Drop for Watcher {
 }
 
 pub(super) fn watch(cfg: &NodeConfig, waker: Arc<mio::Waker>) -> anyhow::Result<Watcher> {
-    let store = datastore::Store::new(datastore::etcd::Etcd::new(&cfg.etcd_endpoints)?);
+    let store = datastore::Store::new(datastore::etcd::Etcd::with_tls(&cfg.etcd_endpoints, &cfg.etcd_tls)?);
     let (tx, rx) = crossbeam_channel::bounded(4);
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -80,7 +80,7 @@ pub(super) fn watch(cfg: &NodeConfig, waker: Arc<mio::Waker>) -> anyhow::Result<
 /// until the watch reads them.
 pub(super) fn pools_at_start(cfg: &NodeConfig) -> Option<Vec<nodeapi::config::Pool>> {
     let read = || -> anyhow::Result<Vec<datastore::resources::Resource>> {
-        let store = datastore::Store::new(datastore::etcd::Etcd::new(&cfg.etcd_endpoints)?);
+        let store = datastore::Store::new(datastore::etcd::Etcd::with_tls(&cfg.etcd_endpoints, &cfg.etcd_tls)?);
         Ok(store.all()?.0)
     };
     match read() {

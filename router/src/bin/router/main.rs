@@ -71,6 +71,8 @@ enum Cmd {
         /// etcd's client URLs, comma-separated.
         #[arg(long = "etcd-endpoints", env = "ROUTER_ETCD_ENDPOINTS", value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        #[command(flatten)]
+        etcd_tls: EtcdTlsArgs,
         /// Where the secrets named by BGPPeer passwords are: DIR/<secret name>/<key> holds
         /// the password (a Kubernetes secret volume's layout; the config's `secrets_dir`).
         #[arg(long = "secrets-dir", env = "ROUTER_SECRETS_DIR")]
@@ -280,12 +282,34 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct EtcdSel {
-    /// etcd's client URLs (`http://HOST:2379`, comma-separated); without them, the etcd of
-    /// the lab (`router lab up --datastore etcd`).
+    /// etcd's client URLs (`http://HOST:2379` or `https://…`, comma-separated); without
+    /// them, the etcd of the lab (`router lab up --datastore etcd`).
     #[arg(long = "etcd-endpoints", env = "ROUTER_ETCD_ENDPOINTS", value_delimiter = ',')]
     endpoints: Vec<String>,
     #[command(flatten)]
+    tls: EtcdTlsArgs,
+    #[command(flatten)]
     sel: LabSel,
+}
+
+/// TLS to etcd, for `https://` endpoints.
+#[derive(Args, Clone, Default)]
+struct EtcdTlsArgs {
+    /// The CA that signed etcd's certificate (PEM)
+    #[arg(long = "etcd-ca-cert-file", env = "ROUTER_ETCD_CA_CERT_FILE")]
+    ca_cert: Option<PathBuf>,
+    /// This client's certificate (PEM), where etcd asks clients for one
+    #[arg(long = "etcd-cert-file", env = "ROUTER_ETCD_CERT_FILE")]
+    cert: Option<PathBuf>,
+    /// This client's key (PEM)
+    #[arg(long = "etcd-key-file", env = "ROUTER_ETCD_KEY_FILE")]
+    key: Option<PathBuf>,
+}
+
+impl EtcdTlsArgs {
+    fn tls(&self) -> nodeapi::config::EtcdTls {
+        nodeapi::config::EtcdTls { ca_cert: self.ca_cert.clone(), cert: self.cert.clone(), key: self.key.clone() }
+    }
 }
 
 impl EtcdSel {
@@ -299,7 +323,7 @@ impl EtcdSel {
                 return Ok(datastore::Store::new(datastore::etcd::Etcd::new(&["http://127.0.0.1:2379".into()])?));
             }
         }
-        Ok(datastore::Store::new(datastore::etcd::Etcd::new(&self.endpoints)?))
+        Ok(datastore::Store::new(datastore::etcd::Etcd::with_tls(&self.endpoints, &self.tls.tls())?))
     }
 }
 
@@ -447,6 +471,9 @@ enum CniCmd {
         /// node config's `etcd_endpoints`, if it names any.
         #[arg(long = "etcd-endpoints", value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        /// TLS to etcd; by default the node config's files.
+        #[command(flatten)]
+        etcd_tls: EtcdTlsArgs,
         /// Pin the containers' MTU; by default the plugin asks the node at each ADD (its
         /// uplink's less the pools' tunnel: 1480 with IPIP, 1450 with VXLAN on 1500).
         #[arg(long, value_parser = clap::value_parser!(u16).range(576..=65535))]
@@ -921,7 +948,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Ok(1)
             }
         },
-        Cmd::Cni { cmd: CniCmd::Install { node_config, conf_dir, bin_dir, ipam_file, etcd_endpoints, mtu } } => {
+        Cmd::Cni {
+            cmd: CniCmd::Install { node_config, conf_dir, bin_dir, ipam_file, etcd_endpoints, etcd_tls, mtu },
+        } => {
             let cfg = nodeapi::config::NodeConfig::load(&node_config)?;
             let exe = std::env::current_exe().context("finding the router binary")?;
             // router-cni where it was built; else this binary, which is the plugin too.
@@ -931,6 +960,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 true => cfg.etcd_endpoints.clone(),
                 false => etcd_endpoints,
             };
+            target.etcd_tls = etcd_tls.tls().or(&cfg.etcd_tls);
+            // What the plugin will be refused with at every ADD is refused here, once.
+            if !target.etcd_endpoints.is_empty() {
+                datastore::etcd::Etcd::with_tls(&target.etcd_endpoints, &target.etcd_tls)?;
+            }
             target.mtu = mtu;
             let (conf, bin) = cni::install::install(&target, &conf_dir, &bin_dir, &plugin)?;
             let ipam = match target.etcd_endpoints.is_empty() {
@@ -952,7 +986,7 @@ installed {} as {}",
             Ok(0)
         }
         Cmd::Trace { src, dst, proto, ipv6, ttl, json, sel } => trace(&sel.lab()?, &src, &dst, proto, ttl, ipv6, json),
-        Cmd::Node { config, datastore, etcd_endpoints, secrets_dir } => {
+        Cmd::Node { config, datastore, etcd_endpoints, etcd_tls, secrets_dir } => {
             let endpoints = match datastore {
                 Some(DatastoreArg::Etcd) => Some(etcd_endpoints),
                 Some(DatastoreArg::None) => Some(Vec::new()),
@@ -962,7 +996,7 @@ installed {} as {}",
             if endpoints.as_ref().is_some_and(|e| e.is_empty()) && datastore == Some(DatastoreArg::Etcd) {
                 bail!("--datastore etcd needs --etcd-endpoints http://HOST:2379 (or ROUTER_ETCD_ENDPOINTS)");
             }
-            router::node::run_with(&config, endpoints, secrets_dir).map(|_| 0)
+            router::node::run_with(&config, endpoints, etcd_tls.tls(), secrets_dir).map(|_| 0)
         }
         Cmd::Lab { cmd, sel } => run_lab(cmd, &sel.lab()?),
         Cmd::Status(q) => {
