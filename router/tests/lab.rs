@@ -595,7 +595,7 @@ fn a_node_without_an_admin_socket_serves_the_default_one_the_cli_finds() {
     wait_for(15, "both of node-a's sessions up, seen through the default socket", || {
         let out = status(&[]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v.as_array().is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["state"] == "up"))
+        v["peers"].as_array().is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["state"] == "up"))
     });
     // Stopped as an operator would (SIGTERM), it takes its socket with it.
     let _ = std::process::Command::new("kill").arg(node.0.id().to_string()).status();
