@@ -15,6 +15,9 @@ pub struct Etcd {
     agent: ureq::Agent,
     /// For watch streams: no limit on the whole answer, only on the silence between reads.
     streams: ureq::Agent,
+    /// TLS without a client certificate: a handshake etcd cuts short most likely asked for
+    /// one, and the error says so.
+    no_client_cert: bool,
 }
 
 /// How long a watch stream may stay silent before [`Watch::wait`] says so: the caller's
@@ -242,7 +245,19 @@ impl Etcd {
         let agent =
             build(ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout(Duration::from_secs(10)));
         let streams = build(ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).timeout_read(WATCH_IDLE));
-        Ok(Etcd { endpoints, agent, streams })
+        let no_client_cert = secure && tls.cert.is_none();
+        Ok(Etcd { endpoints, agent, streams, no_client_cert })
+    }
+
+    /// What went wrong with a request, with the likely fix where TLS says enough.
+    fn why(&self, err: &ureq::Error) -> String {
+        let cause = root_cause(err);
+        // The server's alert, or (when it closed first) a broken or reset connection.
+        let ended = ["received fatal alert", "Broken pipe", "Connection reset"].iter().any(|m| cause.contains(m));
+        match self.no_client_cert && ended {
+            true => format!("{cause} (does etcd ask clients for a certificate? --etcd-cert-file and --etcd-key-file)"),
+            false => cause,
+        }
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -262,7 +277,7 @@ impl Etcd {
                     let text = resp.into_string().unwrap_or_default();
                     bail!("etcd at {e} refused {path} ({code}): {text}");
                 }
-                Err(err) => errors.push(format!("{e}: {}", root_cause(&err))),
+                Err(err) => errors.push(format!("{e}: {}", self.why(&err))),
             }
         }
         Err(Unreachable(errors.join("; ")).into())
@@ -379,7 +394,7 @@ impl Etcd {
                     let text = resp.into_string().unwrap_or_default();
                     bail!("etcd at {e} refused the watch ({code}): {text}");
                 }
-                Err(err) => errors.push(format!("{e}: {}", root_cause(&err))),
+                Err(err) => errors.push(format!("{e}: {}", self.why(&err))),
             }
         }
         Err(Unreachable(errors.join("; ")).into())
