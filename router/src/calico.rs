@@ -391,19 +391,27 @@ fn table(kind: Kind, rs: &[Resource], namespaces: bool, wide: Option<Wide>) -> S
             }
         })
         .collect();
-    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    columns(&[vec![header], rows].concat())
+}
+
+/// Rows as calicoctl prints them: each column as wide as its widest cell, three spaces
+/// between, no trailing blanks.
+pub(crate) fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let mut width: Vec<usize> = Vec::new();
+    for r in rows {
+        for (i, c) in r.as_ref().iter().enumerate() {
+            match width.get_mut(i) {
+                Some(w) => *w = (*w).max(c.len()),
+                None => width.push(c.len()),
+            }
         }
     }
-    let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().zip(&width).map(|(c, w)| format!("{c:<w$}")).collect();
-        s.join("   ").trim_end().to_string() + "\n"
-    };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    let mut out = String::new();
     for r in rows {
-        out += &line(r);
+        let cells: Vec<String> = r.as_ref().iter().zip(&width).map(|(c, w)| format!("{c:<w$}")).collect();
+        out += cells.join("   ").trim_end();
+        out.push('\n');
     }
     out
 }

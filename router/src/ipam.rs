@@ -213,24 +213,6 @@ fn share(n: u128, total: u128) -> String {
     format!("{n} ({pct}%)")
 }
 
-/// Rows as calicoctl prints them: each column as wide as its widest cell, three spaces
-/// between.
-fn columns<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut width = [0usize; N];
-    for r in rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    for r in rows {
-        let cells: Vec<String> = r.iter().zip(width).map(|(c, w)| format!("{c:<w$}")).collect();
-        out += cells.join("   ").trim_end();
-        out.push('\n');
-    }
-    out
-}
-
 /// An address a node was given from another node's block (its own was full).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Borrowed {
@@ -275,7 +257,7 @@ pub fn borrowed_table(list: &[Borrowed]) -> String {
     if rows.len() == 1 {
         return "no borrowed addresses\n".into();
     }
-    columns(&rows)
+    crate::calico::columns(&rows)
 }
 
 /// `calicoctl ipam show`'s table: the pools, and with `blocks` every block with its node and
@@ -306,7 +288,7 @@ pub fn table(u: &Usage, blocks: bool) -> String {
             b.lent.len().to_string(),
         ]);
     }
-    let mut out = columns(&rows);
+    let mut out = crate::calico::columns(&rows);
     if !u.reserved.is_empty() {
         let r: Vec<String> = u.reserved.iter().map(ToString::to_string).collect();
         out += &format!("reserved (IPReservation): {}\n", r.join(", "));

@@ -6,7 +6,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{text, ROUTER};
+use support::{text, Killed, ROUTER};
 
 /// etcd in a namespace of its own, gone (with its data) when dropped.
 struct Etcd {
@@ -124,16 +124,6 @@ fn make_certs(dir: &Path) {
         openssl(&[&["req"], &key[..], &["-keyout", &k, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
         let sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", &extfile];
         openssl(&[&["x509", "-req", "-in", &csr, "-out", &pem][..], &sign[..]].concat());
-    }
-}
-
-/// A process killed when dropped: a failed test leaves none running.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

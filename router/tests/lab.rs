@@ -523,16 +523,6 @@ fn a_node_puts_its_kernel_routes_back_after_its_uplink_went_down_and_up() {
     }
 }
 
-/// Kills the process when dropped: a node started by hand does not outlive a failed test.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A node whose uplink does not hold its config's address (a host readdressed, a config
 /// copied from another host) says so and stops, instead of running with no BGP session.
 #[test]

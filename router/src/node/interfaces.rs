@@ -7,15 +7,18 @@ use super::*;
 /// interface and, when a pool tunnels, the tunnel device (`tunl0` or `vxlan.calico`) for the
 /// node's own traffic into the tunnel (afpacket); or the raw IP socket, the VXLAN UDP socket
 /// when a pool uses VXLAN, and the tunnel device (tun).
-pub fn discover(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
-    let ifaces = discover_links(cfg)?;
-    Ok(match &cfg.ipv6 {
+/// Besides them, why the tunnel device a pool needs cannot be had, where it cannot (logged
+/// here; the node keeps it for `router stats`).
+pub fn discover(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String>)> {
+    let (ifaces, tunnel_missing) = discover_links(cfg)?;
+    let ifaces = match &cfg.ipv6 {
         Some(v6) => ifaces.with_node_addr6(v6.address.addr()),
         None => ifaces,
-    })
+    };
+    Ok((ifaces, tunnel_missing))
 }
 
-fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
+fn discover_links(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String>)> {
     let mut list = Vec::new();
     let up = netsys::link_info(&cfg.uplink.interface)
         .with_context(|| format!("uplink interface {} (from the config)", cfg.uplink.interface))?;
@@ -26,7 +29,7 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
         list.push(Interface { name: "raw-ip".into(), ifindex: 0, mac: zero, mtu: up.mtu, role: IfaceRole::RawIpip });
         list.extend(tunnel.vxlan);
         list.extend(tunnel.device.unwrap_or_default());
-        return Ok(Interfaces::new(list).with_node_addr(cfg.uplink.address.addr()));
+        return Ok((Interfaces::new(list).with_node_addr(cfg.uplink.address.addr()), None));
     }
     list.push(Interface {
         name: cfg.uplink.interface.clone(),
@@ -49,11 +52,17 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<Interfaces> {
             role: IfaceRole::Pod { addr: p.address, addr6: p.address6 },
         });
     }
-    match tunnel.device {
-        Ok(device) => list.extend(device),
-        Err(why) => tracing::warn!("{why}"),
-    }
-    Ok(Interfaces::new(list))
+    let missing = match tunnel.device {
+        Ok(device) => {
+            list.extend(device);
+            None
+        }
+        Err(why) => {
+            tracing::warn!("{why}");
+            Some(why)
+        }
+    };
+    Ok((Interfaces::new(list), missing))
 }
 
 /// The uplink must hold the config's addresses: the node speaks BGP from them, wraps tunnels

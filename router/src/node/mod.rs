@@ -99,6 +99,8 @@ struct Node {
     affine: (Vec<Ipv4Net>, Vec<Ipv6Net>),
     /// Whether etcd answers, as the datastore thread last found; `None` without one.
     datastore: Option<Arc<Mutex<admin::DatastoreStatus>>>,
+    /// The etcd client of a node on a datastore, made once at start.
+    etcd: Option<datastore::etcd::Etcd>,
     /// What of the datastore the node does not use: resources that did not read (the last
     /// listing's), and what the view of them left out.
     listing_notes: Vec<String>,
@@ -508,11 +510,13 @@ pub fn run_with(
         cfg.etcd_endpoints = e;
     }
     cfg.etcd_tls = etcd_tls.or(&cfg.etcd_tls);
-    if !cfg.etcd_endpoints.is_empty() {
-        // Files that do not read, or TLS without https://, stop the node here, not in the
-        // datastore thread where they would only be logged.
-        datastore::etcd::Etcd::with_tls(&cfg.etcd_endpoints, &cfg.etcd_tls)?;
-    }
+    // One client for the whole run, made here: TLS files that do not read, or TLS without
+    // https://, stop the node at start, not in the datastore thread where they would only
+    // be logged.
+    let etcd = match cfg.etcd_endpoints.is_empty() {
+        true => None,
+        false => Some(datastore::etcd::Etcd::with_tls(&cfg.etcd_endpoints, &cfg.etcd_tls)?),
+    };
     if let Some(d) = secrets_dir {
         anyhow::ensure!(d.is_absolute(), "--secrets-dir {} must be an absolute path", d.display());
         cfg.secrets_dir = Some(d);
@@ -526,12 +530,10 @@ pub fn run_with(
         }
     }
     check_kernel_forwarding(cfg.dataplane, cfg.ipv6.is_some())?;
-    if !cfg.etcd_endpoints.is_empty() {
-        if let Some(pools) = watch::pools_at_start(&cfg) {
-            cfg.pools = pools;
-        }
+    if let Some(pools) = etcd.as_ref().and_then(|e| watch::pools_at_start(&cfg, e)) {
+        cfg.pools = pools;
     }
-    let ifaces = discover(&cfg)?;
+    let (ifaces, tunnel_missing) = discover(&cfg)?;
     let restart_time = Duration::from_secs(u64::from(cfg.bgp.as_ref().map_or(0, |b| b.graceful_restart_secs)));
     let saved = restart::take(&cfg, restart_time);
     if let Some(s) = &saved {
@@ -595,11 +597,6 @@ pub fn run_with(
                 return Err(e);
             }
         };
-    // What discover() already said: the same reason is not said again at the first view.
-    let tunnel_missing = match cfg.uses_tunnel() && dp.interfaces().by_role(|r| *r == IfaceRole::Tun).is_none() {
-        true => Some(interfaces::tunnel_interfaces(&cfg, 0).device.err().unwrap_or_else(|| "not made".into())),
-        false => None,
-    };
     let configured_blocks = (cfg.blocks.clone(), cfg.ipv6.iter().flat_map(|v| v.blocks.clone()).collect());
     let mut node = Node {
         affine: configured_blocks.clone(),
@@ -619,6 +616,7 @@ pub fn run_with(
         tun_read_at: None,
         saved,
         restart_requested: false,
+        // What discover() already said: the same reason is not said again at the first view.
         tunnel_missing,
         dynamic,
         removals: Vec::new(),
@@ -628,6 +626,7 @@ pub fn run_with(
         nat: Default::default(),
         bgp_failed: None,
         datastore: None,
+        etcd,
         listing_notes: Vec::new(),
         datastore_notes: Vec::new(),
         peers_failed: None,
@@ -810,9 +809,9 @@ fn control_loop(
     let wake = Arc::new(mio::Waker::new(poll.registry(), JOBS)?);
     let front = front::Front::spawn(listener, metrics, wake.clone()).context("starting the admin thread")?;
     // With a datastore the cluster follows etcd; the config's BGP is what runs until then.
-    let watcher = match node.cfg.etcd_endpoints.is_empty() {
-        true => None,
-        false => Some(watch::watch(&node.cfg, wake.clone())?),
+    let watcher = match &node.etcd {
+        None => None,
+        Some(etcd) => Some(watch::watch(&node.cfg, etcd.clone(), wake.clone())?),
     };
     node.datastore = watcher.as_ref().map(|w| w.health.clone());
     let mut speaker = match speaker_config(&node.cfg, node.saved.is_some()) {

@@ -47,8 +47,8 @@ impl Drop for Watcher {
     }
 }
 
-pub(super) fn watch(cfg: &NodeConfig, waker: Arc<mio::Waker>) -> anyhow::Result<Watcher> {
-    let store = datastore::Store::new(datastore::etcd::Etcd::with_tls(&cfg.etcd_endpoints, &cfg.etcd_tls)?);
+pub(super) fn watch(cfg: &NodeConfig, etcd: datastore::etcd::Etcd, waker: Arc<mio::Waker>) -> anyhow::Result<Watcher> {
+    let store = datastore::Store::new(etcd);
     let (tx, rx) = crossbeam_channel::bounded(4);
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -78,13 +78,9 @@ pub(super) fn watch(cfg: &NodeConfig, waker: Arc<mio::Waker>) -> anyhow::Result<
 /// devices (`tunl0`, `vxlan.calico` and tun mode's VXLAN socket) follow the pools' modes and
 /// are made at start. `None`, logged, where etcd does not answer: the config's pools stand
 /// until the watch reads them.
-pub(super) fn pools_at_start(cfg: &NodeConfig) -> Option<Vec<nodeapi::config::Pool>> {
-    let read = || -> anyhow::Result<Vec<datastore::resources::Resource>> {
-        let store = datastore::Store::new(datastore::etcd::Etcd::with_tls(&cfg.etcd_endpoints, &cfg.etcd_tls)?);
-        Ok(store.all()?.0)
-    };
-    match read() {
-        Ok(rs) => {
+pub(super) fn pools_at_start(cfg: &NodeConfig, etcd: &datastore::etcd::Etcd) -> Option<Vec<nodeapi::config::Pool>> {
+    match datastore::Store::new(etcd.clone()).all() {
+        Ok((rs, ..)) => {
             let me6 = cfg.ipv6.as_ref().map(|v| v.address.addr());
             let no_secrets = |_: &str, _: &str| Err(String::new());
             let view = crate::cluster::view_with(&rs, &cfg.name, cfg.uplink.address.addr(), me6, &no_secrets);

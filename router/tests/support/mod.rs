@@ -316,3 +316,14 @@ pub fn apply(lab: &TestLab, yaml: &str) -> String {
     assert!(out.status.success(), "apply: {}{}", text(&out.stdout), text(&out.stderr));
     text(&out.stderr)
 }
+
+/// A process killed when dropped: one a test started by hand (a node, a daemon) does not
+/// outlive the test when it fails.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
