@@ -1331,7 +1331,7 @@ impl NodeConfig {
         };
         let log_level = match &raw.log_level {
             Some(l) => {
-                tracing_subscriber::EnvFilter::try_new(l.get_ref()).map_err(|e| {
+                check_log_filter(l.get_ref()).map_err(|e| {
                     src.error_at(l.span(), format!("log_level {:?}: {e} (try \"info\" or \"debug\")", l.get_ref()))
                 })?;
                 Some(l.get_ref().clone())
@@ -1508,6 +1508,33 @@ impl NodeConfig {
     }
 }
 
+/// The levels a log filter's directive may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a log filter as a config file gives it: a level, or directives `target=level`,
+/// separated by commas. `tracing`'s own syntax also reads a bare word as a target to log
+/// at every level, so a misspelt level (`"debgu"`) would silence the node without a word;
+/// here it is an error.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let is_level = |l: &str| LOG_LEVELS.iter().any(|k| k.eq_ignore_ascii_case(l.trim()));
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match d.rsplit_once('=') {
+            Some((_, level)) if !is_level(level) => {
+                return Err(format!("{level:?} in {d:?} is not a level ({})", LOG_LEVELS.join(", ")))
+            }
+            Some(_) => {}
+            None if !is_level(d) => {
+                return Err(format!("{d:?} is neither a level ({}) nor target=level", LOG_LEVELS.join(", ")))
+            }
+            None => {}
+        }
+    }
+    if filter.trim().is_empty() {
+        return Err("empty".into());
+    }
+    tracing_subscriber::EnvFilter::try_new(filter).map(|_| ()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1539,6 +1566,19 @@ via = "192.168.100.101"
 
     fn parse(t: &str) -> Result<NodeConfig, FileError> {
         NodeConfig::parse(Path::new("n.toml"), t)
+    }
+
+    #[test]
+    fn a_log_level_that_would_silence_the_node_is_refused() {
+        for good in ["info", "DEBUG", "router=debug,warn", "router::bgp=trace, info", "off"] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        for bad in ["loud", "debgu", "info,router", "router=loud", "", " , "] {
+            assert!(check_log_filter(bad).is_err(), "{bad}");
+        }
+        let e = parse(&format!("log_level = \"debgu\"\n{GOOD}")).expect_err("a typo");
+        assert_eq!(e.line, Some(1), "{e}");
+        assert!(e.to_string().contains("\"debgu\" is neither a level"), "{e}");
     }
 
     #[test]
