@@ -16,6 +16,30 @@ pub struct LinkInfo {
     pub ifindex: u32,
     pub mac: MacAddr,
     pub mtu: u16,
+    /// The link type (`ARPHRD_*`: 1 Ethernet, 772 loopback, 65534 none, as TUN and
+    /// WireGuard devices have).
+    pub hw_type: u16,
+}
+
+impl LinkInfo {
+    /// Whether the link carries Ethernet frames (veth, bridge, a NIC).
+    pub fn is_ethernet(&self) -> bool {
+        self.hw_type == libc::ARPHRD_ETHER
+    }
+
+    /// What the link is, in words, for a message about a link that is not Ethernet.
+    pub fn kind(&self) -> String {
+        match self.hw_type {
+            libc::ARPHRD_ETHER => "Ethernet".into(),
+            libc::ARPHRD_LOOPBACK => "loopback".into(),
+            libc::ARPHRD_NONE => "a layer-3 device (TUN, WireGuard)".into(),
+            libc::ARPHRD_TUNNEL => "an IPIP tunnel".into(),
+            libc::ARPHRD_TUNNEL6 => "an IPv6 tunnel".into(),
+            libc::ARPHRD_IPGRE => "a GRE tunnel".into(),
+            libc::ARPHRD_SIT => "a SIT tunnel".into(),
+            t => format!("link type {t}"),
+        }
+    }
 }
 
 fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
@@ -80,7 +104,7 @@ pub fn link_info(name: &str) -> io::Result<LinkInfo> {
     }
     // SAFETY: the kernel wrote the mtu member of the union.
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    Ok(LinkInfo { ifindex, mac: MacAddr(mac), mtu: u16::try_from(mtu).unwrap_or(u16::MAX) })
+    Ok(LinkInfo { ifindex, mac: MacAddr(mac), mtu: u16::try_from(mtu).unwrap_or(u16::MAX), hw_type: hw.sa_family })
 }
 
 /// Turns transmit checksum offload of `name` on or off (`ethtool -K NAME tx on|off`).

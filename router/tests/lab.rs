@@ -526,33 +526,47 @@ fn a_node_puts_its_kernel_routes_back_after_its_uplink_went_down_and_up() {
 /// A node whose uplink does not hold its config's address (a host readdressed, a config
 /// copied from another host) says so and stops, instead of running with no BGP session.
 #[test]
-fn a_node_whose_uplink_lacks_its_address_says_so_and_stops() {
+fn a_node_whose_uplink_lacks_its_address_or_ethernet_says_so_and_stops() {
     let lab = TestLab::up(&[]);
     let own = std::fs::read_to_string(lab.dir.join(&lab.name).join("node-a.toml")).expect("node-a's config");
     let sock = lab.dir.join(format!("{}-elsewhere.sock", lab.name));
     let config = lab.dir.join(format!("{}-elsewhere.toml", lab.name));
-    let moved: String = own
-        .lines()
-        .map(|l| match l {
-            l if l.starts_with("admin_socket") => format!("admin_socket = {:?}\n", sock.display().to_string()),
-            l if l.starts_with("address = \"192.168.100.100/24\"") => "address = \"192.168.100.77/24\"\n".to_string(),
-            l => format!("{l}\n"),
-        })
-        .collect();
-    assert!(moved.contains("192.168.100.77/24"), "{moved}");
-    std::fs::write(&config, moved).expect("write config");
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns("node-a"), "timeout", "20", ROUTER, "node", "--config"])
-        .arg(&config)
-        .output()
-        .expect("router node");
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    // node-a's config with some lines replaced, run in node-a's namespace beside its daemon.
+    let run_with = |replace: &dyn Fn(&str) -> Option<String>| {
+        let changed: String = own
+            .lines()
+            .map(|l| match l {
+                l if l.starts_with("admin_socket") => format!("admin_socket = {:?}\n", sock.display().to_string()),
+                l => format!("{}\n", replace(l).unwrap_or_else(|| l.to_string())),
+            })
+            .collect();
+        std::fs::write(&config, changed).expect("write config");
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns("node-a"), "timeout", "20", ROUTER, "node", "--config"])
+            .arg(&config)
+            .output()
+            .expect("router node");
+        assert!(!out.status.success());
+        assert!(!sock.exists(), "no admin socket was made");
+        text(&out.stderr)
+    };
+    let err = run_with(&|l| {
+        l.starts_with("address = \"192.168.100.100/24\"").then(|| "address = \"192.168.100.77/24\"".into())
+    });
     assert!(
         err.contains("the uplink eth0 does not hold 192.168.100.77/24") && err.contains("it has 192.168.100.100"),
         "{err}"
     );
-    assert!(!sock.exists(), "no admin socket was made");
+    // An uplink that holds its address but carries no Ethernet: the afpacket data plane
+    // would read frames it cannot parse and send ones nobody can.
+    let err = run_with(&|l| match l {
+        "interface = \"eth0\"" => Some("interface = \"lo\"".into()),
+        "address = \"192.168.100.100/24\"" => Some("address = \"127.0.0.1/8\"".into()),
+        l if l.starts_with("prefix = \"192.168.200.0/24\"") || l.starts_with("via = ") => Some(String::new()),
+        "[[routes]]" => Some(String::new()),
+        _ => None,
+    });
+    assert!(err.contains("uplink interface lo is loopback, not Ethernet"), "{err}");
 }
 
 /// A node config that names no admin socket serves the default one, and the node commands

@@ -31,6 +31,14 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String
         list.extend(tunnel.device.unwrap_or_default());
         return Ok((Interfaces::new(list).with_node_addr(cfg.uplink.address.addr()), None));
     }
+    if !up.is_ethernet() {
+        anyhow::bail!(
+            "uplink interface {} is {}, not Ethernet: the afpacket data plane reads and writes Ethernet frames \
+             (an Ethernet uplink, or `dataplane = \"tun\"`, where the kernel forwards)",
+            cfg.uplink.interface,
+            up.kind()
+        );
+    }
     list.push(Interface {
         name: cfg.uplink.interface.clone(),
         ifindex: up.ifindex,
@@ -44,6 +52,10 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String
             tracing::info!(pod = %p.name, interface = %p.interface, "pod interface missing: the pod is down");
             continue;
         };
+        if !l.is_ethernet() {
+            tracing::error!(pod = %p.name, interface = %p.interface, kind = %l.kind(), "pod interface is not Ethernet (a veth): not served");
+            continue;
+        }
         list.push(Interface {
             name: p.interface.clone(),
             ifindex: l.ifindex,

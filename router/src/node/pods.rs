@@ -206,6 +206,10 @@ impl Node {
             tracing::info!(pod = %pod.name, interface = %pod.interface, "pod interface missing: the pod is down");
             return false;
         };
+        if !l.is_ethernet() {
+            tracing::error!(pod = %pod.name, interface = %pod.interface, kind = %l.kind(), "pod interface is not Ethernet (a veth): not served");
+            return false;
+        }
         let f = Interface {
             name: pod.interface.clone(),
             ifindex: l.ifindex,
