@@ -524,9 +524,10 @@ fn a_node_puts_its_kernel_routes_back_after_its_uplink_went_down_and_up() {
 }
 
 /// A node whose uplink does not hold its config's address (a host readdressed, a config
-/// copied from another host) says so and stops, instead of running with no BGP session.
+/// copied from another host) says so and stops, instead of running with no BGP session; so
+/// does one whose uplink is no Ethernet, and one started where a node runs already.
 #[test]
-fn a_node_whose_uplink_lacks_its_address_or_ethernet_says_so_and_stops() {
+fn a_node_refuses_an_uplink_without_its_address_or_ethernet_and_a_namespace_another_node_serves() {
     let lab = TestLab::up(&[]);
     let own = std::fs::read_to_string(lab.dir.join(&lab.name).join("node-a.toml")).expect("node-a's config");
     let sock = lab.dir.join(format!("{}-elsewhere.sock", lab.name));
@@ -567,6 +568,12 @@ fn a_node_whose_uplink_lacks_its_address_or_ethernet_says_so_and_stops() {
         _ => None,
     });
     assert!(err.contains("uplink interface lo is loopback, not Ethernet"), "{err}");
+    // Nothing wrong but the place: node-a's daemon serves this namespace already, and a
+    // second node would forward every frame again and flush its kernel routes at stop.
+    let err = run_with(&|_| None);
+    assert!(err.contains("another router node already runs in this network namespace"), "{err}");
+    let (ok, out) = ping(&lab, "pod-a1", &["-c", "1", "-W", "2", "10.244.3.1"]);
+    assert!(ok, "node-a's own daemon still forwards: {out}");
 }
 
 /// A node config that names no admin socket serves the default one, and the node commands

@@ -20,9 +20,7 @@ pub fn discover(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String>)
 
 fn discover_links(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String>)> {
     let mut list = Vec::new();
-    let up = netsys::link_info(&cfg.uplink.interface)
-        .with_context(|| format!("uplink interface {} (from the config)", cfg.uplink.interface))?;
-    check_uplink_addresses(cfg)?;
+    let up = check_uplink(cfg)?;
     let tunnel = tunnel_interfaces(cfg, up.mtu);
     if cfg.dataplane == DataplaneMode::Tun {
         let zero = encap::MacAddr::ZERO;
@@ -30,14 +28,6 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String
         list.extend(tunnel.vxlan);
         list.extend(tunnel.device.unwrap_or_default());
         return Ok((Interfaces::new(list).with_node_addr(cfg.uplink.address.addr()), None));
-    }
-    if !up.is_ethernet() {
-        anyhow::bail!(
-            "uplink interface {} is {}, not Ethernet: the afpacket data plane reads and writes Ethernet frames \
-             (an Ethernet uplink, or `dataplane = \"tun\"`, where the kernel forwards)",
-            cfg.uplink.interface,
-            up.kind()
-        );
     }
     list.push(Interface {
         name: cfg.uplink.interface.clone(),
@@ -75,6 +65,23 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String
         }
     };
     Ok((Interfaces::new(list), missing))
+}
+
+/// Checks the uplink without changing anything: it exists, holds the config's addresses
+/// and, for the afpacket data plane, carries Ethernet. Returns what it is.
+pub fn check_uplink(cfg: &NodeConfig) -> anyhow::Result<netsys::LinkInfo> {
+    let up = netsys::link_info(&cfg.uplink.interface)
+        .with_context(|| format!("uplink interface {} (from the config)", cfg.uplink.interface))?;
+    check_uplink_addresses(cfg)?;
+    if cfg.dataplane == DataplaneMode::Afpacket && !up.is_ethernet() {
+        bail!(
+            "uplink interface {} is {}, not Ethernet: the afpacket data plane reads and writes Ethernet frames \
+             (an Ethernet uplink, or `dataplane = \"tun\"`, where the kernel forwards)",
+            cfg.uplink.interface,
+            up.kind()
+        );
+    }
+    Ok(up)
 }
 
 /// The uplink must hold the config's addresses: the node speaks BGP from them, wraps tunnels

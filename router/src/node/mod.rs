@@ -499,6 +499,29 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 
 /// [`run`], with the config's etcd endpoints replaced (`Some(vec![])`: no datastore), and
 /// its secrets directory.
+/// One node per network namespace. A second one would forward every frame again, fight
+/// over the transit filter and the tunnel device, and flush the first one's kernel routes
+/// when it stops. The claim is an abstract Unix socket, which the kernel keeps per network
+/// namespace and releases when its holder exits however it exits. A node that is stopping
+/// (a restart) is given a moment to let go.
+fn claim_namespace() -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"router-node")?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match std::os::unix::net::UnixListener::bind_addr(&addr) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+                "another router node already runs in this network namespace: one node per namespace; stop it first"
+            ),
+            Err(e) => return Err(e).context("claiming this network namespace for the node"),
+        }
+    }
+}
+
 pub fn run_with(
     config_path: &Path,
     etcd_endpoints: Option<Vec<String>>,
@@ -533,6 +556,8 @@ pub fn run_with(
     if let Some(pools) = etcd.as_ref().and_then(|e| watch::pools_at_start(&cfg, e)) {
         cfg.pools = pools;
     }
+    interfaces::check_uplink(&cfg)?;
+    let _claim = claim_namespace()?;
     let (ifaces, tunnel_missing) = discover(&cfg)?;
     let restart_time = Duration::from_secs(u64::from(cfg.bgp.as_ref().map_or(0, |b| b.graceful_restart_secs)));
     let saved = restart::take(&cfg, restart_time);
