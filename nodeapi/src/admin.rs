@@ -175,6 +175,9 @@ pub struct Stats {
     /// Why the tunnel device a pool needs (`tunl0`, `vxlan.calico`) is missing, while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_device_missing: Option<String>,
+    /// Why the uplink does not hold the config's addresses any more, while it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink_address_missing: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -840,6 +843,7 @@ mod tests {
             transit_filter: None,
             nat_flows: 24,
             tunnel_device_missing: Some("no tunl0".into()),
+            uplink_address_missing: Some("eth0 lost 192.168.100.100/24".into()),
         };
         let server_stats = stats.clone();
         let client = std::thread::spawn({

@@ -576,6 +576,31 @@ fn a_node_refuses_an_uplink_without_its_address_or_ethernet_and_a_namespace_anot
     assert!(ok, "node-a's own daemon still forwards: {out}");
 }
 
+/// An uplink that loses the config's address while the node runs (readdressed, or IPv6
+/// taken away by an MTU below 1280) is reported once, in the log and in `router stats`,
+/// until it is back.
+#[test]
+fn a_node_says_when_its_uplink_loses_its_address_and_when_it_is_back() {
+    let lab = TestLab::up(&[]);
+    let missing = || lab.json(&["stats", "--node", "node-b", "--json"])["uplink_address_missing"].clone();
+    assert!(missing().is_null(), "{}", missing());
+    let ip = |op: &str| {
+        let out = lab.exec("node-b", &["ip", "addr", op, "192.168.100.101/24", "dev", "eth0"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    ip("del");
+    wait_for(10, "node-b to report its uplink's address gone", || {
+        missing().as_str().is_some_and(|m| m.contains("does not hold 192.168.100.101/24"))
+    });
+    let out = text(&lab.router(&["stats", "--node", "node-b"]).stdout);
+    assert!(out.contains("uplink: address missing: the uplink eth0 does not hold 192.168.100.101/24"), "{out}");
+    ip("add");
+    wait_for(10, "node-b to see its address back", || missing().is_null());
+    let log = lab.node_log("node-b");
+    assert_eq!(log.matches("does not hold 192.168.100.101/24").count(), 1, "said once:\n{log}");
+    assert!(log.contains("the uplink holds the config's addresses again"), "{log}");
+}
+
 /// A node config that names no admin socket serves the default one, and the node commands
 /// find it there when no lab is up (a host that runs `router node` itself).
 #[test]

@@ -219,6 +219,20 @@ impl Node {
     /// up to it (else it would send frames the kernel refuses instead of answering "too
     /// big" or fragmenting), the tunnel device follows as it follows the pools, and new pods
     /// get theirs from it.
+    /// Says once when the uplink loses an address of the config, and when it has them again:
+    /// BGP from it, the tunnels wrapped in it and the node's own traffic fail meanwhile.
+    pub(super) fn follow_uplink_addresses(&mut self) {
+        let now = check_uplink_addresses(&self.cfg).err().map(|e| format!("{e:#}"));
+        match (&self.uplink_missing, &now) {
+            (None, Some(why)) => tracing::error!("{why}"),
+            (Some(_), None) => {
+                tracing::info!(interface = %self.cfg.uplink.interface, "the uplink holds the config's addresses again")
+            }
+            _ => {}
+        }
+        self.uplink_missing = now;
+    }
+
     pub(super) fn follow_uplink_mtu(&mut self) {
         let Some(have) = self.uplink_mtu() else { return };
         let Ok(up) = netsys::link_info(&self.cfg.uplink.interface) else { return };

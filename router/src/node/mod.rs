@@ -78,6 +78,9 @@ struct Node {
     /// Why the tunnel device the pools need is missing, while it is (logged once per
     /// change; `router stats` shows it).
     tunnel_missing: Option<String>,
+    /// Why the uplink does not hold the config's addresses, while it does not (they went
+    /// after the start: readdressed, or IPv6 taken away with an MTU below 1280).
+    uplink_missing: Option<String>,
     /// Names of the pods added while running (not from the config).
     dynamic: HashSet<String>,
     /// BGP peers the datastore no longer lists, removed when the new sessions are up (or at
@@ -643,6 +646,7 @@ pub fn run_with(
         restart_requested: false,
         // What discover() already said: the same reason is not said again at the first view.
         tunnel_missing,
+        uplink_missing: None,
         dynamic,
         removals: Vec::new(),
         log_level: "info",
@@ -950,6 +954,7 @@ fn control_loop(
             links_checked = Instant::now();
             links_changed = false;
             node.follow_uplink_mtu();
+            node.follow_uplink_addresses();
             node.follow_links(speaker.as_ref());
             node.kernel.filter_recheck();
         }

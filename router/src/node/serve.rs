@@ -201,6 +201,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                     .then(|| node.kernel.filtered().unwrap_or_default()),
                 nat_flows: node.dp.nat_flows(),
                 tunnel_device_missing: node.tunnel_missing.clone(),
+                uplink_address_missing: node.uplink_missing.clone(),
             })
         }
         Request::Status => {

@@ -285,6 +285,9 @@ pub(super) fn print_stats(v: &admin::Stats) {
     if let Some(why) = &v.tunnel_device_missing {
         nodeapi::outln!("tunnel device: missing: {why}");
     }
+    if let Some(why) = &v.uplink_address_missing {
+        nodeapi::outln!("uplink: address missing: {why}");
+    }
     let drops: Vec<_> = v.drops.iter().filter(|(_, n)| **n != 0).collect();
     if drops.is_empty() {
         nodeapi::outln!("drops: none");
