@@ -160,6 +160,18 @@ pub enum PeerKind {
     NodeSpecific,
 }
 
+impl std::fmt::Display for PeerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerKind::Mesh => "node-to-node mesh",
+            PeerKind::RouteReflector => "route reflector",
+            PeerKind::RouteReflectorClient => "route reflector client",
+            PeerKind::Global => "global",
+            PeerKind::NodeSpecific => "node specific",
+        })
+    }
+}
+
 pub use bgp::restart::MAX_RESTART_TIME;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1099,7 +1111,21 @@ fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, net6: Option<Ipv6Net>) -> 
         graceful_restart_secs: b.graceful_restart_secs.min(MAX_RESTART_TIME),
         max_stale_secs: b.max_stale_secs,
         route_reflector_cluster_id: addr(&b.route_reflector_cluster_id, "route_reflector_cluster_id")?,
-        peers: b.peers.iter().map(|p| bgp_peer(src, p, uplink, net6, &filters)).collect::<Result<_, _>>()?,
+        peers: {
+            let peers: Vec<BgpPeer> =
+                b.peers.iter().map(|p| bgp_peer(src, p, uplink, net6, &filters)).collect::<Result<_, _>>()?;
+            // A session is known by its peer's address: a second one there could never open.
+            for (i, p) in peers.iter().enumerate() {
+                if let Some(j) = peers[..i].iter().position(|q| q.address == p.address) {
+                    let first = src.line_of(b.peers[j].address.span().start);
+                    return Err(src.error_at(
+                        b.peers[i].address.span(),
+                        format!("a second peer at {} (the first is on line {first})", p.address),
+                    ));
+                }
+            }
+            peers
+        },
         prefix_advertisements: check_prefix_advertisements(src, &b.prefix_advertisements, &[])?,
         service_ips: b
             .service_ips
@@ -1639,6 +1665,10 @@ via = "192.168.100.101"
         let peer = |a: &str| {
             format!("\n[bgp]\nas_number = 64512\n\n[[bgp.peers]]\naddress = \"{a}\"\nas_number = 65001\nkind = \"global\"\n")
         };
+        let again = "\n[[bgp.peers]]\naddress = \"fd00:192:168:100::1\"\nas_number = 65002\nkind = \"global\"\n";
+        let twice = dual.clone() + &peer("fd00:192:168:100::1") + again;
+        let e = parse(&twice).expect_err("two peers at one address").to_string();
+        assert!(e.contains("a second peer at fd00:192:168:100::1 (the first is on line"), "{e}");
         let c = parse(&(dual.clone() + &peer("fd00:192:168:100::1"))).expect("IPv6 peer");
         let peers = &c.bgp.as_ref().expect("bgp").peers;
         assert_eq!(peers[0].address, "fd00:192:168:100::1".parse::<IpAddr>().expect("ip"));

@@ -502,6 +502,21 @@ impl Here<'_> {
             node_session(n, address, port, peers, notes);
             return;
         }
+        // Not a session with itself (in another AS than its own, the address is still this
+        // node's), nor a second one where the node has a session already: a cluster node's
+        // in another AS than the BGPPeer says, whose mesh or reflector session would
+        // otherwise give way to one that can never open, or another BGPPeer's.
+        if address == IpAddr::V4(self.my_addr) || Some(address) == self.my_addr6.map(IpAddr::V6) {
+            notes.push(format!("{name}: peerIP {ip} is this node's own address: not used here"));
+            return;
+        }
+        if let Some(q) = peers.iter().find(|q| q.address == address) {
+            notes.push(format!(
+                "{name}: this node has a session with {address} already ({}, AS {}): not used here",
+                q.kind, q.as_number
+            ));
+            return;
+        }
         let reachable_by = spec.reachable_by.as_deref().and_then(|g| match g.parse::<IpAddr>() {
             Ok(g) if g.is_ipv6() == address.is_ipv6() => Some(g),
             _ => {
@@ -1057,6 +1072,21 @@ mod tests {
             [("192.168.200.101".into(), PeerKind::NodeSpecific, true, false)]
         );
         assert!(at(&rs, "node-c", "192.168.200.101").is_empty());
+
+        // A global peer at node-a's address in another AS: never a session with itself, and
+        // at the other nodes it does not take the place of their mesh session with node-a.
+        let mut rs = cluster(&peer("  peerIP: 192.168.100.100\n  asNumber: 65001\n"));
+        rs.retain(|x| x.kind() != r::Kind::BgpConfiguration);
+        let v = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
+        assert!(v.peers.iter().all(|p| p.address.to_string() != "192.168.100.100"), "{:?}", v.peers);
+        assert_eq!(v.notes, ["bgppeers/a-to-c: peerIP 192.168.100.100 is this node's own address: not used here"]);
+        let v = view(&rs, "node-c", "192.168.200.101".parse().expect("ip"), None);
+        let to_a: Vec<_> = v.peers.iter().filter(|p| p.address.to_string() == "192.168.100.100").collect();
+        assert_eq!(to_a.iter().map(|p| (p.kind, p.as_number)).collect::<Vec<_>>(), [(PeerKind::Mesh, 64512)]);
+        assert_eq!(
+            v.notes,
+            ["bgppeers/a-to-c: this node has a session with 192.168.100.100 already (node-to-node mesh, AS 64512): not used here"]
+        );
 
         // With the mesh on, the mesh's session stays the only one.
         let mut rs = cluster(&peer("  node: node-a\n  peerIP: 192.168.200.101\n  asNumber: 64512\n"));
