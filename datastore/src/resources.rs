@@ -1409,8 +1409,12 @@ fn validate_bgp_peer(p: &Typed<BgpPeerSpec>) -> Result<(), (String, String)> {
     }
     let ip =
         p.spec.peer_ip.as_deref().ok_or(("spec.peerIP".to_string(), "missing (or give peerSelector)".to_string()))?;
-    let (_, port) =
+    let (addr, port) =
         peer_address(ip).ok_or_else(|| ("spec.peerIP".to_string(), format!("{ip:?} is not an IP address")))?;
+    let broadcast = addr == IpAddr::V4(std::net::Ipv4Addr::BROADCAST);
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() || broadcast {
+        return Err(("spec.peerIP".into(), format!("{ip:?} is not a unicast address a router can have")));
+    }
     if port == Some(0) {
         return Err(("spec.peerIP".into(), format!("{ip:?}: port 0 is no port; BGP's is 179")));
     }

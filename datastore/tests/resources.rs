@@ -248,6 +248,12 @@ fn errors_name_the_document_the_line_and_the_field() {
     assert!(e.message.contains("AS_TRANS"), "{e}");
     let e = error(&fixture("bgppeer.yaml").replace("192.168.100.251:179", "192.168.100.251:0"));
     assert_eq!(e.field.as_deref(), Some("spec.peerIP"), "{e}");
+    // No router has these: a session there would try and fail for ever.
+    for nowhere in ["0.0.0.0", "224.0.0.5:179", "255.255.255.255", "127.0.0.1", "[::]:179", "ff02::5", "::1"] {
+        let e = error(&fixture("bgppeer.yaml").replace("192.168.100.251:179", &format!("\"{nowhere}\"")));
+        assert_eq!(e.field.as_deref(), Some("spec.peerIP"), "{nowhere}: {e}");
+        assert!(e.message.contains("is not a unicast address a router can have"), "{nowhere}: {e}");
+    }
 
     // What the router keeps but does not act on is named.
     let peers = resources::parse(&fixture("bgppeer.yaml")).expect("peers");
