@@ -482,10 +482,11 @@ type Selected = (Option<Vec<(Ipv4Net, u8)>>, Option<Vec<(Ipv6Net, u8)>>);
 fn selected_pools(conf: &NetConf, store: &datastore::Store, asked: bool) -> Result<Selected, CniError> {
     use datastore::resources::{Kind, Resource};
     let get = |kind| store.get(kind, None).map_err(io);
-    let labels = get(Kind::Node)?
-        .into_iter()
+    let nodes = get(Kind::Node)?;
+    let labels = nodes
+        .iter()
         .find_map(|r| match r {
-            Resource::Node(n) if n.metadata.name == conf.node => Some(n.metadata.labels),
+            Resource::Node(n) if n.metadata.name == conf.node => Some(n.metadata.labels.clone()),
             _ => None,
         })
         .unwrap_or_default();
@@ -527,13 +528,16 @@ fn selected_pools(conf: &NetConf, store: &datastore::Store, asked: bool) -> Resu
             .as_deref()
             .is_none_or(|s| datastore::selector::Selector::parse(s).is_ok_and(|sel| sel.matches(&labels)));
         let manual = p.spec.assignment_mode.as_deref() == Some("Manual");
+        // A pool that holds a node's address is one the nodes leave out too.
+        let holds_node =
+            p.spec.cidr.parse().ok().and_then(|net| datastore::resources::node_in_pool(&nodes, net)).is_some();
         let len = p.spec.block_size_or_default();
         let pick = |order: &[usize]| {
             let chosen = match order.is_empty() {
                 true => on_node && !manual,
                 false => on_node && ranked(i, order).is_some(),
             };
-            p.spec.disabled != Some(true) && for_workloads && (asked || chosen)
+            p.spec.disabled != Some(true) && !holds_node && for_workloads && (asked || chosen)
         };
         if let Ok(cidr) = p.spec.cidr.parse::<Ipv4Net>() {
             v4.get_or_insert_with(Vec::new).extend(pick(&order4).then_some((

@@ -190,6 +190,24 @@ impl Store {
                 anyhow::bail!("ippools/{name}: spec.cidr: {net} overlaps the pool {other} ({o})");
             }
         }
+        if created.is_empty() {
+            return Ok(());
+        }
+        // Nor may it hold a node's address: pods would get the nodes' addresses, and the
+        // routes to the nodes would become pod routes.
+        let (kvs, _) = self.etcd.list(&format!("{PREFIX}{}/", Kind::Node.plural()))?;
+        let nodes: Vec<Resource> = kvs
+            .iter()
+            .filter_map(|kv| Some(Resource::from_stored(Kind::Node, &kv.value, &kv.key).ok()?.resource))
+            .chain(rs.iter().filter(|r| r.kind() == Kind::Node).cloned())
+            .collect();
+        for (name, net) in &created {
+            if let Some((node, addr)) = resources::node_in_pool(&nodes, *net) {
+                anyhow::bail!(
+                    "ippools/{name}: spec.cidr: {net} holds node {node}'s address {addr}: pods would get the nodes' addresses"
+                );
+            }
+        }
         Ok(())
     }
 

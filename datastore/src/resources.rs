@@ -1138,6 +1138,23 @@ pub fn duration_secs(field: &str, text: &str, lo: u16, hi: u16) -> Result<u16, (
 
 /// A BGPPeer's `peerIP` in Calico's forms: an address, or with a port `192.0.2.1:1179` and
 /// `[2001:db8::1]:1179` (an IPv6 address with a port needs the brackets).
+/// The first node among `resources` whose address (`spec.bgp.ipv4Address` or
+/// `ipv6Address`) lies in `pool`, with that address. A pool that holds a node's address
+/// would hand pods the nodes' addresses, and the routes to the nodes would become pod
+/// routes (tunnelled, exported, blackholed as a block).
+pub fn node_in_pool<'a>(resources: impl IntoIterator<Item = &'a Resource>, pool: IpNet) -> Option<(&'a str, IpAddr)> {
+    resources.into_iter().find_map(|r| {
+        let Resource::Node(n) = r else { return None };
+        let b = n.spec.bgp.as_ref()?;
+        [&b.ipv4_address, &b.ipv6_address]
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.parse::<IpNet>().ok().map(|a| a.addr()))
+            .find(|a| pool.contains(a))
+            .map(|a| (n.metadata.name.as_str(), a))
+    })
+}
+
 pub fn peer_address(s: &str) -> Option<(IpAddr, Option<u16>)> {
     match s.parse::<std::net::SocketAddr>() {
         Ok(a) => Some((a.ip(), Some(a.port()))),
@@ -1243,8 +1260,14 @@ fn validate_pool(p: &Typed<IpPoolSpec>) -> Result<(), (String, String)> {
         IpNet::V6(ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10)),
     ];
     let link_local = LINK_LOCAL[usize::from(net.addr().is_ipv6())];
-    if link_local.contains(&net.network()) || net.contains(&link_local.network()) {
+    let overlaps = |r: &IpNet| r.contains(&net.network()) || net.contains(&r.network());
+    if overlaps(&link_local) {
         return Err(("spec.cidr".into(), format!("{net} overlaps the link-local range {link_local}")));
+    }
+    // Addresses no pod can have: every host's own loopback, multicast groups, "this network".
+    let nowhere: [&str; 5] = ["127.0.0.0/8", "224.0.0.0/4", "0.0.0.0/8", "::1/128", "ff00::/8"];
+    if let Some(r) = nowhere.iter().filter_map(|r| r.parse::<IpNet>().ok()).find(overlaps) {
+        return Err(("spec.cidr".into(), format!("{net} overlaps {r}, which no pod can have as its address")));
     }
     let bs = p.spec.block_size_or_default();
     let (lo, hi) = if net.addr().is_ipv4() { (20, 32) } else { (116, 128) };

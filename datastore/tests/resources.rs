@@ -198,7 +198,15 @@ fn errors_name_the_document_the_line_and_the_field() {
         assert_eq!(e.field.as_deref(), Some("spec.cidr"), "{e}");
         assert!(e.message.contains(&format!("overlaps the link-local range {within}")), "{e}");
     }
+    for (over, within) in [("127.0.0.0/16", "127.0.0.0/8"), ("224.1.0.0/16", "224.0.0.0/4"), ("0.0.0.0/9", "0.0.0.0/8")]
+    {
+        let e = error(&fixture("ippool.yaml").replace("10.244.0.0/16", over));
+        assert_eq!(e.field.as_deref(), Some("spec.cidr"), "{e}");
+        assert!(e.message.contains(&format!("overlaps {within}, which no pod can have")), "{e}");
+    }
     let v6 = fixture("ippool.yaml").replace("10.244.0.0/16", "fe80::/64").replace("blockSize: 26", "blockSize: 122");
+    let e = error(&v6.replace("fe80::/64", "ff05::/64").replace("ipipMode: CrossSubnet", "ipipMode: Never"));
+    assert!(e.message.contains("overlaps ff00::/8, which no pod can have"), "{e}");
     assert!(error(&v6.replace("ipipMode: CrossSubnet", "ipipMode: Never"))
         .message
         .contains("link-local range fe80::/10"));

@@ -1089,6 +1089,42 @@ fn no_overlaps(
     Ok(())
 }
 
+/// No pool may hold a node's address (this one's or another's): pods would get the nodes'
+/// addresses, and the routes to the nodes would become pod routes.
+fn no_node_in_pools(
+    src: &Source<'_>,
+    raw: &RawConfig,
+    pools: &[Pool],
+    uplink: &Uplink,
+    peers: &[Ipv4Addr],
+    ipv6: Option<&Ipv6Config>,
+) -> Result<(), FileError> {
+    let nodes = std::iter::once((uplink.address.addr(), "the node's own address"))
+        .chain(peers.iter().map(|p| (*p, "a node's (ipip_peers)")));
+    for (addr, whose) in nodes {
+        if let Some(i) = pools.iter().position(|p| p.cidr.contains(&addr)) {
+            let p = pools[i].cidr;
+            return Err(src.error_at(
+                raw.pools[i].cidr.span(),
+                format!("pool {p} holds {addr}, {whose}: pods would get the nodes' addresses"),
+            ));
+        }
+    }
+    let (Some(v6), Some(raw6)) = (ipv6, &raw.ipv6) else { return Ok(()) };
+    let nodes = std::iter::once((v6.address.addr(), "the node's own address"))
+        .chain(v6.nodes.iter().map(|n| (*n, "a node's (ipv6.nodes)")));
+    for (addr, whose) in nodes {
+        if let Some(i) = v6.pools.iter().position(|p| p.contains(&addr)) {
+            let p = v6.pools[i];
+            return Err(src.error_at(
+                raw6.pools[i].span(),
+                format!("ipv6 pool {p} holds {addr}, {whose}: pods would get the nodes' addresses"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn bgp(src: &Source<'_>, b: &RawBgp, uplink: &Uplink, net6: Option<Ipv6Net>) -> Result<BgpConfig, FileError> {
     let filters = check_filters(src, &b.filters)?;
     let hold = *b.hold_time.get_ref();
@@ -1344,6 +1380,7 @@ impl NodeConfig {
         }
         let routes = raw.routes.iter().map(|r| static_route(&src, r, &uplink)).collect::<Result<Vec<_>, _>>()?;
         no_overlaps(&src, &raw, &blocks, &pools, &routes, &uplink, ipv6.as_ref())?;
+        no_node_in_pools(&src, &raw, &pools, &uplink, &ipip_peers, ipv6.as_ref())?;
         let net6 = ipv6.as_ref().map(|v| v.address);
         let bgp = raw.bgp.as_ref().map(|b| bgp(&src, b, &uplink, net6)).transpose()?;
         let metrics_address = match &raw.metrics_address {
@@ -1755,6 +1792,12 @@ via = "192.168.100.101"
             "ipv6 route fd00:10:244::/122 is one of the node's blocks",
         );
         fails(v6("\"fd00:10:244::/122\"", "\"fd00:192:168:100::/64\""), "is the uplink's subnet");
+        // No pool holds a node's address, this one's or another's.
+        let pool = |cidr: &str| GOOD.replace("[[routes]]", &format!("[[pools]]\ncidr = \"{cidr}\"\n\n[[routes]]"));
+        fails(pool("192.168.0.0/16"), "n.toml:22: pool 192.168.0.0/16 holds 192.168.100.100, the node's own address");
+        fails(pool("192.168.200.0/24"), "pool 192.168.200.0/24 holds 192.168.200.101, a node's (ipip_peers)");
+        let wide = v6("\"fd00:10:244::/122\"", route).replace("[\"fd00:10:244::/48\"]", "[\"fd00::/16\"]");
+        fails(wide, "ipv6 pool fd00::/16 holds fd00:192:168:100::100, the node's own address");
     }
 
     #[test]

@@ -229,7 +229,7 @@ pub fn view_with(
             })
         })
         .collect();
-    let (pools6, nat6, no_export6) = pools6(resources);
+    let (pools6, nat6, no_export6) = pools6(resources, &mut notes);
     View {
         as_number,
         route_reflector_cluster_id: my_rr,
@@ -238,7 +238,7 @@ pub fn view_with(
         prefix_advertisements,
         listen_port: port_of(me),
         log_level,
-        pools: pools(resources),
+        pools: pools(resources, &mut notes),
         nodes: nodes.iter().filter(|n| n.name != me).map(|n| n.addr).collect(),
         pools6,
         nodes6: nodes6(resources, me),
@@ -549,10 +549,24 @@ fn filters(resources: &[Resource]) -> Vec<bgp::policy::Filter> {
         .collect()
 }
 
+/// Whether pool `p` holds no node's address (noted where it does): such a
+/// pool is left out, or the routes to that node would become pod routes, and with them the
+/// cluster's sessions and tunnels (`router apply` refuses to create one).
+fn holds_no_node(resources: &[Resource], p: &r::Typed<r::IpPoolSpec>, notes: &mut Vec<String>) -> bool {
+    let Some((node, addr)) = p.spec.cidr.parse().ok().and_then(|net| r::node_in_pool(resources, net)) else {
+        return true;
+    };
+    notes.push(format!(
+        "ippools/{}: {} holds node {node}'s address {addr}: not used (pods would get the nodes' addresses)",
+        p.metadata.name, p.spec.cidr
+    ));
+    false
+}
+
 /// The IPv4 pools, disabled ones too: `disabled` stops IPAM from handing out their
 /// addresses, but the workloads that hold some keep their routes, tunnels and export, as
 /// Calico's BIRD config keeps every pool (Calico's pool migration relies on it).
-fn pools(resources: &[Resource]) -> Vec<Pool> {
+fn pools(resources: &[Resource], notes: &mut Vec<String>) -> Vec<Pool> {
     let mode = |m: Option<r::EncapMode>| match m.unwrap_or_default() {
         r::EncapMode::Never => IpipMode::Never,
         r::EncapMode::Always => IpipMode::Always,
@@ -562,7 +576,7 @@ fn pools(resources: &[Resource]) -> Vec<Pool> {
         .iter()
         .filter_map(|x| match x {
             Resource::IpPool(p) => Some(Pool {
-                cidr: p.spec.cidr.parse::<Ipv4Net>().ok()?,
+                cidr: p.spec.cidr.parse::<Ipv4Net>().ok().filter(|_| holds_no_node(resources, p, notes))?,
                 ipip_mode: mode(p.spec.ipip_mode),
                 vxlan_mode: mode(p.spec.vxlan_mode),
                 nat_outgoing: p.spec.nat_outgoing == Some(true),
@@ -575,11 +589,14 @@ fn pools(resources: &[Resource]) -> Vec<Pool> {
 
 /// The IPv6 pools (disabled ones too, as in [`pools`]), those of them with `natOutgoing`,
 /// and those with `disableBGPExport`.
-fn pools6(resources: &[Resource]) -> (Vec<Ipv6Net>, Vec<Ipv6Net>, Vec<Ipv6Net>) {
+fn pools6(resources: &[Resource], notes: &mut Vec<String>) -> (Vec<Ipv6Net>, Vec<Ipv6Net>, Vec<Ipv6Net>) {
     let pools: Vec<(Ipv6Net, &r::IpPoolSpec)> = resources
         .iter()
         .filter_map(|x| match x {
-            Resource::IpPool(p) => Some((p.spec.cidr.parse::<Ipv6Net>().ok()?.trunc(), &p.spec)),
+            Resource::IpPool(p) => Some((
+                p.spec.cidr.parse::<Ipv6Net>().ok().filter(|_| holds_no_node(resources, p, notes))?.trunc(),
+                &p.spec,
+            )),
             _ => None,
         })
         .collect();
@@ -1024,6 +1041,34 @@ mod tests {
         let v = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
         assert!(v.notes.iter().any(|n| n.contains("bgppeers/bad: selector")), "{:?}", v.notes);
         assert!(v.peers.iter().all(|p| p.kind != PeerKind::Global));
+    }
+
+    #[test]
+    fn a_pool_that_holds_a_node_s_address_is_left_out_with_a_note() {
+        let pool = |name: &str, cidr: &str| {
+            format!(
+                "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: {name}\nspec:\n  cidr: {cidr}\n"
+            )
+        };
+        let mut rs = seed(&format!("{}---\n{}", pool("underlay", "192.168.0.0/16"), pool("v6", "fd00:192:168::/48")));
+        // node-c with an IPv6 address inside the IPv6 pool.
+        for x in rs.iter_mut() {
+            if let Resource::Node(n) = x {
+                if n.metadata.name == "node-c" {
+                    n.spec.bgp.as_mut().expect("bgp").ipv6_address = Some("fd00:192:168:200::101/64".into());
+                }
+            }
+        }
+        let v = view(&rs, "node-a", "192.168.100.100".parse().expect("ip"), None);
+        assert_eq!(v.pools.iter().map(|p| p.cidr.to_string()).collect::<Vec<_>>(), ["10.244.0.0/16"]);
+        assert!(v.pools6.is_empty(), "{:?}", v.pools6);
+        assert_eq!(
+            v.notes,
+            [
+                "ippools/v6: fd00:192:168::/48 holds node node-c's address fd00:192:168:200::101: not used (pods would get the nodes' addresses)",
+                "ippools/underlay: 192.168.0.0/16 holds node node-a's address 192.168.100.100: not used (pods would get the nodes' addresses)",
+            ]
+        );
     }
 
     #[test]

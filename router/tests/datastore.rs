@@ -802,6 +802,17 @@ fn pools_overlap_no_other_and_keep_their_cidr_and_block_size() {
     // Deleted, its range is free for a pool cut differently.
     etcd.ok(&["delete", "ippool", "main"]);
     assert!(apply(&[pool("half", "10.244.0.0/17", 28)]).status.success());
+    // Nor may a new pool hold a node's address, stored or given beside it.
+    let node = |name: &str, addr: &str| {
+        format!("---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  bgp:\n    ipv4Address: {addr}\n")
+    };
+    assert!(apply(&[node("node-a", "192.168.100.100/24")]).status.success());
+    refused(
+        &[pool("underlay", "192.168.0.0/16", 26)],
+        "ippools/underlay: spec.cidr: 192.168.0.0/16 holds node node-a's address 192.168.100.100",
+    );
+    refused(&[node("node-c", "10.97.0.9/24"), pool("c", "10.97.0.0/16", 26)], "holds node node-c's address 10.97.0.9");
+    assert!(apply(&[pool("elsewhere", "10.96.0.0/16", 26)]).status.success());
 }
 
 /// Runs `f` on a thread that has entered etcd's namespace (setns is per thread).
