@@ -155,6 +155,8 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
     let Some(st) = lab.state()? else {
         bail!("lab {:?} is not up; start it with `router lab up` (the tour runs in the seed lab)", lab.name);
     };
+    // The seed's shape first: the advice below names its hosts.
+    let (a1, b1, c1) = (addr(lab, &st, "pod-a1")?, addr(lab, &st, "pod-b1")?, addr(lab, &st, "pod-c1")?);
     let never = nodeapi::config::IpipMode::Never;
     if st.vxlan_mode != never {
         bail!(
@@ -172,7 +174,6 @@ pub fn run(lab: &Lab, exe: &Path) -> anyhow::Result<()> {
             lab.name
         );
     }
-    let (a1, b1, c1) = (addr(lab, &st, "pod-a1")?, addr(lab, &st, "pod-b1")?, addr(lab, &st, "pod-c1")?);
     let cali = st.host("pod-a1").and_then(|h| h.interface.clone()).context("pod-a1 has no cali interface")?;
     let nodes = st.hosts.iter().filter(|h| h.role == Role::Node).count();
     let mut t = Tour { lab, exe, step: 0 };

@@ -433,9 +433,10 @@ pub(super) fn run_lab(cmd: LabCmd, lab: &Lab) -> anyhow::Result<i32> {
                     // One command for the story: with no lab up, the tour brings up the seed lab
                     // (as a plain `lab up` would) and leaves it up to explore.
                     if lab.state()?.is_none() {
+                        let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
                         nodeapi::outln!(
                             "no lab {:?} is up: bringing up the seed lab for the tour (it stays up; \
-                             `router lab down` removes it)\n",
+                             `router lab down{flag}` removes it)\n",
                             lab.name
                         );
                         let Cmd::Lab { cmd: up, .. } = Cli::parse_from(["router", "lab", "up"]).cmd else {
