@@ -814,7 +814,13 @@ impl Speaker {
             router_id,
             next_hop: a.next_hop.to_string(),
             as_path: a.as_path.iter().flat_map(|s| s.asns.iter().copied()).collect(),
-            origin: format!("{:?}", a.origin),
+            // As routers show it (RFC 4271 names): IGP, EGP, incomplete.
+            origin: match a.origin {
+                bgp::wire::update::Origin::Igp => "IGP",
+                bgp::wire::update::Origin::Egp => "EGP",
+                bgp::wire::update::Origin::Incomplete => "incomplete",
+            }
+            .into(),
             local_pref: a.local_pref,
             med: a.med,
             communities: a.communities.iter().map(|c| bgp::policy::community::format(*c)).collect(),
