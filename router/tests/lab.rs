@@ -447,6 +447,14 @@ fn a_node_owns_its_kernel_routes_and_flushes_them_at_stop_and_start() {
     assert!(!after.contains("10.99.0.0/24"), "the stale route survived:\n{after}");
     let all = text(&lab.exec("node-a", &["ip", "route", "show"]).stdout);
     assert!(all.contains("10.98.0.0/24"), "someone else's route was removed:\n{all}");
+    // A hang-up (the terminal it ran from closed) stops it as cleanly as SIGTERM.
+    assert!(Command::new("kill").args(["-HUP", &back.id().to_string()]).status().is_ok_and(|s| s.success()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while back.try_wait().ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "node-a did not stop on SIGHUP");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ours(&lab), "", "routes left after the node stopped on SIGHUP");
     drop(lab);
     let _ = back.kill();
     let _ = back.wait();

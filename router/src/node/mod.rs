@@ -590,7 +590,9 @@ pub fn run_with(
     // loop sleeps up to a second).
     let (signals, signal_tx) = std::os::unix::net::UnixStream::pair().context("a pipe for signals")?;
     signals.set_nonblocking(true)?;
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+    // SIGHUP too: a node started from a terminal that closes stops as cleanly as on SIGTERM
+    // (its transit filter and kernel routes would otherwise stay behind).
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
         signal_hook::low_level::pipe::register(sig, signal_tx.try_clone()?).context("installing signal handlers")?;
     }
