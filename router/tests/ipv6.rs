@@ -279,6 +279,35 @@ fn the_router_answers_with_icmpv6_errors() {
     assert_eq!(lab.json(&["stats", "--node", "node-a", "--json"])["fragments_sent"], 0);
 }
 
+/// A pod is no router of its node's: a router advertisement it sends (default route, a
+/// prefix to autoconfigure from) changes nothing on the node, whose kernel, with IPv6
+/// forwarding off, would otherwise take it.
+#[test]
+fn a_pod_s_router_advertisement_does_not_reroute_its_node() {
+    let lab = TestLab::up(&["--dual-stack"]);
+    // RFC 4861 §4.2, to all nodes, with a prefix information option (on-link, autonomous).
+    let ra = r#"
+import socket, struct
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+idx = socket.if_nametoindex("eth0")
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+pi = struct.pack("!BBBBIII", 3, 4, 64, 0xc0, 86400, 14400, 0) + socket.inet_pton(socket.AF_INET6, "2001:db8:666::")
+for _ in range(3):
+    s.sendto(ra + pi, ("ff02::1", 0, 0, idx))
+"#;
+    let out = lab.exec("pod-a1", &["python3", "-c", ra]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The pod's own packets still get through (the advertisement left through the same veth).
+    let (ok, out) = ping(&lab, "pod-a1", &["-6", "-c", "1", "-W", "2", "fd00:10:244::41"]);
+    assert!(ok, "{out}");
+    let routes = text(&lab.exec("node-a", &["ip", "-6", "route", "show"]).stdout);
+    assert!(!routes.contains("default") && !routes.contains("2001:db8:666"), "{routes}");
+    let addrs = text(&lab.exec("node-a", &["ip", "-6", "addr", "show"]).stdout);
+    assert!(!addrs.contains("2001:db8:666"), "{addrs}");
+}
+
 #[test]
 fn trace_follows_an_ipv6_probe_there_and_back() {
     let lab = TestLab::up(&["--dual-stack"]);

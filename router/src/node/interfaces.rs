@@ -46,6 +46,7 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String
             tracing::error!(pod = %p.name, interface = %p.interface, kind = %l.kind(), "pod interface is not Ethernet (a veth): not served");
             continue;
         }
+        refuse_router_adverts(&p.interface);
         list.push(Interface {
             name: p.interface.clone(),
             ifindex: l.ifindex,
@@ -65,6 +66,19 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String
         }
     };
     Ok((Interfaces::new(list), missing))
+}
+
+/// A pod is no router of the node's: its router advertisements are not taken. With IPv6
+/// forwarding off (afpacket) the kernel would otherwise take one from any pod and route the
+/// node's IPv6 through it (a default route, a SLAAC address). Felix sets the same. Without
+/// IPv6 on the interface there is nothing to set.
+pub(super) fn refuse_router_adverts(interface: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{interface}/accept_ra");
+    match std::fs::write(&path, "0") {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(interface, error = %e, "cannot refuse router advertisements from the pod ({path})"),
+    }
 }
 
 /// Checks the uplink without changing anything: it exists, holds the config's addresses

@@ -210,6 +210,7 @@ impl Node {
             tracing::error!(pod = %pod.name, interface = %pod.interface, kind = %l.kind(), "pod interface is not Ethernet (a veth): not served");
             return false;
         }
+        super::interfaces::refuse_router_adverts(&pod.interface);
         let f = Interface {
             name: pod.interface.clone(),
             ifindex: l.ifindex,
