@@ -932,6 +932,13 @@ fn pods(src: &Source<'_>, raw: &[RawPod], uplink: &Uplink) -> Result<Vec<PodConf
         let interface = check_ifname(src, &p.interface)?;
         let address = src.at(&p.address, fileerr::parse_addr(p.address.get_ref(), "pod address"))?;
         let name = p.name.get_ref();
+        // As the admin socket takes a pod's name (the pods file and `router` output hold it).
+        if !crate::admin::valid_token(name, crate::admin::MAX_POD_NAME) {
+            return Err(src.error_at(
+                p.name.span(),
+                format!("pod name {name:?} is not 1-{} letters, digits, '-', '_' or '.'", crate::admin::MAX_POD_NAME),
+            ));
+        }
         if pods.iter().any(|o| &o.name == name) {
             return Err(src.error_at(p.name.span(), format!("a second pod named {name}")));
         }
@@ -1749,6 +1756,7 @@ via = "192.168.100.101"
             second("pod-a2", "cali48dfb98be23", "10.244.1.2"),
             "n.toml:26: pod pod-a2 has the interface cali48dfb98be23 of pod pod-a1",
         );
+        fails(second("pod a2", "cali2", "10.244.1.2"), "n.toml:25: pod name \"pod a2\" is not 1-253 letters");
         fails(
             second("pod-a2", "cali2", "10.244.1.1"),
             "n.toml:27: pod pod-a2 has the address 10.244.1.1 of pod pod-a1",
