@@ -164,11 +164,7 @@ impl Store {
         if given.is_empty() {
             return Ok(());
         }
-        let (kvs, _) = self.etcd.list(&format!("{PREFIX}{}/", Kind::IpPool.plural()))?;
-        let read: Vec<Resource> = kvs
-            .iter()
-            .filter_map(|kv| Some(Resource::from_stored(Kind::IpPool, &kv.value, &kv.key).ok()?.resource))
-            .collect();
+        let read = self.stored(Kind::IpPool)?;
         let stored = pools(read.iter().collect());
         for (name, (net, bs)) in &given {
             let Some((was, was_bs)) = stored.get(name) else { continue };
@@ -195,12 +191,8 @@ impl Store {
         }
         // Nor may it hold a node's address: pods would get the nodes' addresses, and the
         // routes to the nodes would become pod routes.
-        let (kvs, _) = self.etcd.list(&format!("{PREFIX}{}/", Kind::Node.plural()))?;
-        let nodes: Vec<Resource> = kvs
-            .iter()
-            .filter_map(|kv| Some(Resource::from_stored(Kind::Node, &kv.value, &kv.key).ok()?.resource))
-            .chain(rs.iter().filter(|r| r.kind() == Kind::Node).cloned())
-            .collect();
+        let mut nodes = self.stored(Kind::Node)?;
+        nodes.extend(rs.iter().filter(|r| r.kind() == Kind::Node).cloned());
         for (name, net) in &created {
             if let Some((node, addr)) = resources::node_in_pool(&nodes, *net) {
                 anyhow::bail!(
@@ -209,6 +201,12 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The stored resources of a kind that read (leniently, as stored).
+    fn stored(&self, kind: Kind) -> anyhow::Result<Vec<Resource>> {
+        let (kvs, _) = self.etcd.list(&format!("{PREFIX}{}/", kind.plural()))?;
+        Ok(kvs.iter().filter_map(|kv| Some(Resource::from_stored(kind, &kv.value, &kv.key).ok()?.resource)).collect())
     }
 
     fn apply_part(&self, rs: &[Resource], how: Write) -> anyhow::Result<Vec<Applied>> {
