@@ -1136,8 +1136,6 @@ pub fn duration_secs(field: &str, text: &str, lo: u16, hi: u16) -> Result<u16, (
     }
 }
 
-/// A BGPPeer's `peerIP` in Calico's forms: an address, or with a port `192.0.2.1:1179` and
-/// `[2001:db8::1]:1179` (an IPv6 address with a port needs the brackets).
 /// The first node among `resources` whose address (`spec.bgp.ipv4Address` or
 /// `ipv6Address`) lies in `pool`, with that address. A pool that holds a node's address
 /// would hand pods the nodes' addresses, and the routes to the nodes would become pod
@@ -1155,6 +1153,8 @@ pub fn node_in_pool<'a>(resources: impl IntoIterator<Item = &'a Resource>, pool:
     })
 }
 
+/// A BGPPeer's `peerIP` in Calico's forms: an address, or with a port `192.0.2.1:1179` and
+/// `[2001:db8::1]:1179` (an IPv6 address with a port needs the brackets).
 pub fn peer_address(s: &str) -> Option<(IpAddr, Option<u16>)> {
     match s.parse::<std::net::SocketAddr>() {
         Ok(a) => Some((a.ip(), Some(a.port()))),

@@ -229,10 +229,6 @@ impl Node {
         ifaces.get(id).map(|f| f.mtu)
     }
 
-    /// Follows a new MTU on the uplink (`ip link set eth0 mtu 9000`): the data plane sends
-    /// up to it (else it would send frames the kernel refuses instead of answering "too
-    /// big" or fragmenting), the tunnel device follows as it follows the pools, and new pods
-    /// get theirs from it.
     /// Says once when the uplink loses an address of the config, and when it has them again:
     /// BGP from it, the tunnels wrapped in it and the node's own traffic fail meanwhile.
     pub(super) fn follow_uplink_addresses(&mut self) {
@@ -247,6 +243,10 @@ impl Node {
         self.uplink_missing = now;
     }
 
+    /// Follows a new MTU on the uplink (`ip link set eth0 mtu 9000`): the data plane sends
+    /// up to it (else it would send frames the kernel refuses instead of answering "too
+    /// big" or fragmenting), the tunnel device follows as it follows the pools, and new pods
+    /// get theirs from it.
     pub(super) fn follow_uplink_mtu(&mut self) {
         let Some(have) = self.uplink_mtu() else { return };
         let Ok(up) = netsys::link_info(&self.cfg.uplink.interface) else { return };

@@ -500,8 +500,6 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     run_with(config_path, None, Default::default(), None)
 }
 
-/// [`run`], with the config's etcd endpoints replaced (`Some(vec![])`: no datastore), and
-/// its secrets directory.
 /// One node per network namespace. A second one would forward every frame again, fight
 /// over the transit filter and the tunnel device, and flush the first one's kernel routes
 /// when it stops. The claim is an abstract Unix socket, which the kernel keeps per network
@@ -525,6 +523,8 @@ fn claim_namespace() -> anyhow::Result<std::os::unix::net::UnixListener> {
     }
 }
 
+/// [`run`], with the config's etcd endpoints replaced (`Some(vec![])`: no datastore), and
+/// its secrets directory.
 pub fn run_with(
     config_path: &Path,
     etcd_endpoints: Option<Vec<String>>,
