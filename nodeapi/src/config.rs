@@ -1587,7 +1587,11 @@ const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"]
 /// here it is an error.
 pub fn check_log_filter(filter: &str) -> Result<(), String> {
     let is_level = |l: &str| LOG_LEVELS.iter().any(|k| k.eq_ignore_ascii_case(l.trim()));
-    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+    let directives: Vec<&str> = filter.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if directives.is_empty() {
+        return Err("no level".into());
+    }
+    for d in directives {
         match d.rsplit_once('=') {
             Some((_, level)) if !is_level(level) => {
                 return Err(format!("{level:?} in {d:?} is not a level ({})", LOG_LEVELS.join(", ")))
@@ -1598,9 +1602,6 @@ pub fn check_log_filter(filter: &str) -> Result<(), String> {
             }
             None => {}
         }
-    }
-    if filter.trim().is_empty() {
-        return Err("empty".into());
     }
     tracing_subscriber::EnvFilter::try_new(filter).map(|_| ()).map_err(|e| e.to_string())
 }
