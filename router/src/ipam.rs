@@ -365,8 +365,9 @@ pub type Nodes = BTreeMap<String, Option<PathBuf>>;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
-    /// `leaked` (no node serves it), `orphaned` (given to a node that does not exist), or
-    /// `block` (a block affine to a node that does not exist).
+    /// `leaked` (no node serves it), `orphaned` (given to a node that does not exist),
+    /// `block` (a block affine to a node that does not exist), or `unallocated` (a pod uses
+    /// it, and IPAM has not allocated it).
     pub kind: &'static str,
     pub cidr: IpNet,
     pub handle: Option<String>,
@@ -459,6 +460,33 @@ pub fn check(u: &Usage, nodes: Option<&Nodes>, endpoints: Option<&BTreeSet<IpAdd
             }
         }
     }
+    // The other way round, as Calico's check looks: an address a pod uses (its node says so,
+    // or a workload endpoint) inside a pool or block, that IPAM has not allocated. IPAM would
+    // hand it to another pod.
+    let allocated = |ip: &IpAddr| u.blocks.iter().any(|b| b.used.contains_key(ip));
+    let ipam_knows =
+        |ip: &IpAddr| u.pools.iter().any(|p| p.cidr.contains(ip)) || u.blocks.iter().any(|b| b.cidr.contains(ip));
+    let mut in_use: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for (node, list) in &pods {
+        for p in list.iter().flatten() {
+            for ip in std::iter::once(IpAddr::V4(p.pod.address)).chain(p.pod.address6.map(IpAddr::V6)) {
+                in_use.insert(ip, format!("pod {} on {node}", p.pod.name));
+            }
+        }
+    }
+    for ip in endpoints.into_iter().flatten() {
+        in_use.entry(*ip).or_insert_with(|| "a workload endpoint".into());
+    }
+    for (ip, user) in in_use.into_iter().filter(|(ip, _)| ipam_knows(ip) && !allocated(ip)) {
+        let reason = format!("in use by {user}, but IPAM has not allocated it: it may hand it to another pod");
+        findings.push(Finding {
+            kind: "unallocated",
+            cidr: IpNet::from(ip),
+            handle: None,
+            node: String::new(),
+            reason,
+        });
+    }
     Check {
         addresses: u.blocks.iter().map(|b| b.used.len()).sum(),
         blocks: u.blocks.len(),
@@ -475,7 +503,7 @@ impl Check {
             .findings
             .iter()
             .map(|f| {
-                let what = if f.handle.is_some() { f.cidr.addr().to_string() } else { f.cidr.to_string() };
+                let what = if f.kind == "block" { f.cidr.to_string() } else { f.cidr.addr().to_string() };
                 [f.kind.to_string(), what, f.handle.clone().unwrap_or_else(|| "-".into()), f.reason.clone()]
             })
             .collect();
@@ -491,9 +519,15 @@ impl Check {
         if !self.unasked.is_empty() {
             out += &format!("not checked: the addresses of {} (no admin socket answered)\n", self.unasked.join(", "));
         }
-        match self.findings.len() {
+        let unallocated = self.findings.iter().filter(|f| f.kind == "unallocated").count();
+        match self.findings.len() - unallocated {
             0 => out += "no leaked addresses\n",
             n => out += &format!("{n} found: `router ipam check --release` frees the addresses and empty blocks\n"),
+        }
+        if unallocated > 0 {
+            out += &format!(
+                "{unallocated} in use but not allocated: re-create those pods (IPAM then allocates their addresses)\n"
+            );
         }
         out
     }

@@ -1206,6 +1206,28 @@ fn ipam_in_etcd_is_kept_as_calico_keeps_it() {
     etcd.ok(&["apply", "-f", path.to_str().unwrap_or_default()]);
     let clean = etcd.ok(&["ipam", "check"]);
     assert!(clean.contains("no leaked addresses") && !clean.contains("not checked"), "{clean}");
+    // The other way round: an address a workload uses that IPAM never allocated (it would
+    // hand it to another pod), which `--release` cannot mend.
+    let other = etcd.dir.join("other.yaml");
+    std::fs::write(
+        &other,
+        wep.replace("k8s-web-eth0", "k8s-db-eth0").replace("pod: web", "pod: db").replace(".17/", ".18/"),
+    )
+    .expect("write");
+    etcd.ok(&["apply", "-f", other.to_str().unwrap_or_default()]);
+    for args in [&["ipam", "check"][..], &["ipam", "check", "--release"]] {
+        let check = etcd.router(args);
+        let said = text(&check.stdout);
+        assert_eq!(check.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains(
+                "unallocated   10.247.0.18   -   in use by a workload endpoint, but IPAM has not allocated it"
+            ),
+            "{said}"
+        );
+        assert!(!said.contains("released"), "{said}");
+    }
+    etcd.ok(&["delete", "-f", other.to_str().unwrap_or_default()]);
     etcd.ok(&["delete", "-f", path.to_str().unwrap_or_default()]);
     let fixed = etcd.router(&["ipam", "check", "--release"]);
     assert!(

@@ -609,6 +609,22 @@ fn a_node_says_when_its_uplink_loses_its_address_and_when_it_is_back() {
     assert!(log.contains("the uplink holds the config's addresses again"), "{log}");
 }
 
+/// `ipam check` also looks the other way, as Calico's does: an address a node's pod uses
+/// that IPAM has not allocated (released by hand) is found, since IPAM would hand it out
+/// again.
+#[test]
+fn ipam_check_finds_an_address_in_use_that_ipam_does_not_hold() {
+    let lab = TestLab::up(&[]);
+    let check = lab.router(&["ipam", "check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stdout));
+    let out = lab.router(&["ipam", "release", "--ip", "10.244.2.1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let check = lab.router(&["ipam", "check"]);
+    let said = text(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(said.contains("unallocated   10.244.2.1   -   in use by pod pod-b1 on node-b"), "{said}");
+}
+
 /// A node config that names no admin socket serves the default one, and the node commands
 /// find it there when no lab is up (a host that runs `router node` itself).
 #[test]

@@ -920,7 +920,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let mut left = 0;
             let (blocks, addresses): (Vec<_>, Vec<_>) = check.findings.iter().partition(|f| f.kind == "block");
             for f in addresses {
-                if release && source.release(f.cidr.addr())?.is_some() {
+                // An address in use that IPAM never allocated has nothing to free.
+                if release && f.kind != "unallocated" && source.release(f.cidr.addr())?.is_some() {
                     nodeapi::outln!("released {} (held by {})", f.cidr.addr(), f.handle.as_deref().unwrap_or("-"));
                 } else {
                     left += 1;
