@@ -131,6 +131,7 @@ impl Store {
     /// ([`Write::Create`]) or does not ([`Write::Replace`]); each transaction checks it again.
     pub fn write_all(&self, rs: &[Resource], how: Write) -> anyhow::Result<Vec<Applied>> {
         self.check_pools(rs)?;
+        self.check_node_addresses(rs)?;
         if how != Write::Apply {
             for r in rs {
                 how.check(r, self.etcd.get(&key(r.kind(), r.namespace(), r.name()))?.is_some())?;
@@ -198,6 +199,41 @@ impl Store {
                 anyhow::bail!(
                     "ippools/{name}: spec.cidr: {net} holds node {node}'s address {addr}: pods would get the nodes' addresses"
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// No two nodes at one address, as Calico's node refuses to start on an address another
+    /// node has: their sessions and tunnels would go to whichever answers. Against the
+    /// nodes stored under other names and the others given.
+    fn check_node_addresses(&self, rs: &[Resource]) -> anyhow::Result<()> {
+        let addresses = |r: &Resource| -> Vec<(&'static str, std::net::IpAddr)> {
+            let Resource::Node(n) = r else { return Vec::new() };
+            let Some(b) = n.spec.bgp.as_ref() else { return Vec::new() };
+            [("ipv4Address", &b.ipv4_address), ("ipv6Address", &b.ipv6_address)]
+                .into_iter()
+                .filter_map(|(f, a)| Some((f, a.as_deref()?.parse::<ipnet::IpNet>().ok()?.addr())))
+                .collect()
+        };
+        let given: Vec<&Resource> = rs.iter().filter(|r| r.kind() == Kind::Node).collect();
+        if given.iter().all(|g| addresses(g).is_empty()) {
+            return Ok(());
+        }
+        // Every node's addresses once the given ones are written (the last version of each).
+        let stored = self.stored(Kind::Node)?;
+        let mut after: std::collections::BTreeMap<&str, Vec<(&'static str, std::net::IpAddr)>> =
+            stored.iter().map(|n| (n.name(), addresses(n))).collect();
+        for g in &given {
+            after.insert(g.name(), addresses(g));
+        }
+        for g in &given {
+            for (field, a) in &after[g.name()] {
+                if let Some((other, _)) =
+                    after.iter().find(|(n, addrs)| **n != g.name() && addrs.iter().any(|(_, b)| b == a))
+                {
+                    anyhow::bail!("nodes/{}: spec.bgp.{field}: {a} is node {other}'s already", g.name());
+                }
             }
         }
         Ok(())
@@ -397,6 +433,7 @@ impl Store {
                 anyhow::bail!("{what}: a patch cannot change a resource's kind, name or namespace");
             }
             self.check_pools(std::slice::from_ref(&r))?;
+            self.check_node_addresses(std::slice::from_ref(&r))?;
             let (next, outcome) = Self::next_version(&r, Some(&kv), &k)?;
             if outcome == Applied::Unchanged {
                 return Ok((outcome, r));

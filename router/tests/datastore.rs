@@ -710,7 +710,7 @@ fn a_file_is_written_in_one_revision_and_a_long_one_in_whole_parts() {
     // Mesh off and the reflector named: both at one revision, so no node sees one alone.
     let path = etcd.dir.join("switch.yaml");
     let config = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n";
-    std::fs::write(&path, format!("{config}---\n{}---\n{}", node("rr", 1), node("rr", 2))).expect("write");
+    std::fs::write(&path, format!("{config}---\n{}---\n{}", node("rr", 1000), node("rr", 1001))).expect("write");
     let out = etcd.ok(&["apply", "-f", path.to_str().unwrap_or_default()]);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
@@ -718,7 +718,7 @@ fn a_file_is_written_in_one_revision_and_a_long_one_in_whole_parts() {
     );
     let rv = |kind: &str, name: &str| -> String {
         let v: serde_json::Value = serde_json::from_str(&etcd.ok(&["get", kind, name, "-o", "json"])).expect("json");
-        assert!(kind != "node" || v["spec"]["bgp"]["ipv4Address"] == "10.0.0.3/16", "the last copy wins: {v}");
+        assert!(kind != "node" || v["spec"]["bgp"]["ipv4Address"] == "10.0.5.2/16", "the last copy wins: {v}");
         v["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string()
     };
     assert_eq!(rv("bgpconfiguration", "default"), rv("node", "rr"));
@@ -813,6 +813,17 @@ fn pools_overlap_no_other_and_keep_their_cidr_and_block_size() {
     );
     refused(&[node("node-c", "10.97.0.9/24"), pool("c", "10.97.0.0/16", 26)], "holds node node-c's address 10.97.0.9");
     assert!(apply(&[pool("elsewhere", "10.96.0.0/16", 26)]).status.success());
+    // No two nodes at one address, stored or given together; a node may keep its own.
+    refused(
+        &[node("node-x", "192.168.100.100/24")],
+        "nodes/node-x: spec.bgp.ipv4Address: 192.168.100.100 is node node-a's already",
+    );
+    refused(&[node("node-y", "10.95.0.1/24"), node("node-z", "10.95.0.1/24")], "10.95.0.1 is node node-");
+    assert!(apply(&[node("node-a", "192.168.100.100/24")]).status.success());
+    assert!(apply(&[node("node-a", "192.168.100.50/24"), node("node-x", "192.168.100.100/24")]).status.success());
+    let out =
+        etcd.router(&["patch", "node", "node-x", "-p", r#"{"spec":{"bgp":{"ipv4Address":"192.168.100.50/24"}}}"#]);
+    assert!(!out.status.success() && text(&out.stderr).contains("is node node-a's already"), "{}", text(&out.stderr));
 }
 
 /// Runs `f` on a thread that has entered etcd's namespace (setns is per thread).
