@@ -1082,6 +1082,30 @@ fn a_planned_restart_keeps_routes_everywhere_and_loses_nothing_between_other_nod
     all_pods_reach_each_other(&lab);
 }
 
+/// A node whose address another Node resource has does not register over it (Calico's node
+/// would not start): it says so once and registers as soon as the other goes.
+#[test]
+fn a_node_whose_address_another_node_has_waits_to_register() {
+    let lab = TestLab::up(&["--datastore", "etcd"]);
+    let pid = lab.daemon_pid("node-b");
+    assert!(Command::new("kill").arg(pid.to_string()).status().is_ok_and(|s| s.success()));
+    wait_for(10, "node-b's daemon gone", || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let out = lab.router(&["delete", "node", "node-b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    apply(&lab, "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: impostor\nspec:\n  bgp:\n    ipv4Address: 192.168.100.101/24\n");
+    let out = lab.router(&["lab", "restart", "node-b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = "node impostor has this node's address 192.168.100.101 in the datastore: not registered";
+    wait_for(15, "node-b to say why it does not register", || lab.node_log("node-b").contains(said));
+    let nodes = text(&lab.router(&["get", "nodes"]).stdout);
+    assert!(!nodes.contains("node-b"), "{nodes}");
+    let out = lab.router(&["delete", "node", "impostor"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(15, "node-b registered", || text(&lab.router(&["get", "nodes"]).stdout).contains("node-b"));
+    wait_for(30, "node-a's session with node-b", || peer_state(&lab, "node-a", "192.168.100.101").0 == "up");
+    assert_eq!(lab.node_log("node-b").matches(said).count(), 1, "said once");
+}
+
 #[test]
 fn a_lab_on_etcd_follows_calico_resources_applied_live() {
     let lab = TestLab::up(&["--datastore", "etcd", "--metrics"]);

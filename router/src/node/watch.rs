@@ -167,15 +167,29 @@ fn record_endpoints(store: &datastore::Store, me: &Me) {
 /// The node's own `Node` resource, as Calico's node agent writes it: created when missing,
 /// its `bgp.ipv4Address` (and on a dual-stack node `bgp.ipv6Address`) put right when they are
 /// not the node's; everything else (labels, a reflector cluster ID) is the user's and stays.
-fn register(store: &datastore::Store, me: &Me) -> anyhow::Result<()> {
+/// `Ok(Some(why))`: not registered, another node has this one's address (Calico's node
+/// refuses to start then; this one forwards on and tries again).
+fn register(store: &datastore::Store, me: &Me) -> anyhow::Result<Option<String>> {
     use datastore::resources::{self as r, Kind, Resource};
     let (v4, v6) = (me.address.to_string(), me.address6.map(|a| a.to_string()));
-    match store.get(Kind::Node, Some(&me.name))?.first() {
+    let nodes = store.get(Kind::Node, None)?;
+    let mine = [IpAddr::V4(me.address.addr())].into_iter().chain(me.address6.map(|a| IpAddr::V6(a.addr())));
+    for a in mine {
+        let net = IpNet::from(a);
+        let others = nodes.iter().filter(|n| n.name() != me.name);
+        if let Some((other, _)) = r::node_in_pool(others, net) {
+            return Ok(Some(format!(
+                "node {other} has this node's address {a} in the datastore: not registered, so the other nodes do not peer with this one; \
+                 give one of them another address (Calico's node would not start)"
+            )));
+        }
+    }
+    match nodes.iter().find(|n| n.name() == me.name) {
         // In place: what Calico's agent or the user wrote there, and this router does not
         // know, stays. Nothing to write when the addresses are right already.
         Some(_) => {
             if !store.set_node_addresses(&me.name, &v4, v6.as_deref())? {
-                return Ok(());
+                return Ok(None);
             }
         }
         None => {
@@ -185,7 +199,7 @@ fn register(store: &datastore::Store, me: &Me) -> anyhow::Result<()> {
         }
     }
     tracing::info!(node = me.name, address = %me.address, address6 = ?me.address6, "registered in the datastore");
-    Ok(())
+    Ok(None)
 }
 
 fn run(
@@ -200,6 +214,8 @@ fn run(
     // The revision of the resources last handed over; None: to be listed (again).
     let mut listed: Option<i64> = None;
     let mut registered = false;
+    // Why the node could not register (another node has its address), as last logged.
+    let mut conflict: Option<String> = None;
     // Lists the resources and hands them over; false once the node has gone.
     let affinities = datastore::ipam::affinities_prefix(&me.name);
     // The node's blocks are read with the resources, in one transaction.
@@ -229,10 +245,16 @@ fn run(
     while !stop.load(Ordering::Relaxed) {
         if !registered {
             match register(&store, &me) {
-                Ok(()) => {
+                Ok(None) => {
                     registered = true;
                     record_ipam(&store, &me);
                     record_endpoints(&store, &me);
+                }
+                Ok(Some(why)) => {
+                    if conflict.as_ref() != Some(&why) {
+                        tracing::error!("{why}");
+                    }
+                    conflict = Some(why);
                 }
                 Err(e) => link.outage(&e),
             }
