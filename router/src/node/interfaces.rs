@@ -36,25 +36,7 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String
         mtu: up.mtu,
         role: IfaceRole::Uplink { addr: cfg.uplink.address },
     });
-    for p in &cfg.pods {
-        let Ok(l) = netsys::link_info(&p.interface) else {
-            // A pod that is down (or not made yet): served once its interface appears.
-            tracing::info!(pod = %p.name, interface = %p.interface, "pod interface missing: the pod is down");
-            continue;
-        };
-        if !l.is_ethernet() {
-            tracing::error!(pod = %p.name, interface = %p.interface, kind = %l.kind(), "pod interface is not Ethernet (a veth): not served");
-            continue;
-        }
-        refuse_router_adverts(&p.interface);
-        list.push(Interface {
-            name: p.interface.clone(),
-            ifindex: l.ifindex,
-            mac: l.mac,
-            mtu: l.mtu,
-            role: IfaceRole::Pod { addr: p.address, addr6: p.address6 },
-        });
-    }
+    list.extend(cfg.pods.iter().filter_map(pod_interface));
     let missing = match tunnel.device {
         Ok(device) => {
             list.extend(device);
@@ -68,11 +50,33 @@ fn discover_links(cfg: &NodeConfig) -> anyhow::Result<(Interfaces, Option<String
     Ok((Interfaces::new(list), missing))
 }
 
+/// The data-plane port of a pod's interface, made ready to serve (afpacket), at start and
+/// whenever a pod comes: None while the interface is missing (a pod that is down or not made
+/// yet, served once it appears) or is not Ethernet.
+pub(super) fn pod_interface(p: &nodeapi::config::PodConfig) -> Option<Interface> {
+    let Ok(l) = netsys::link_info(&p.interface) else {
+        tracing::info!(pod = %p.name, interface = %p.interface, "pod interface missing: the pod is down");
+        return None;
+    };
+    if !l.is_ethernet() {
+        tracing::error!(pod = %p.name, interface = %p.interface, kind = %l.kind(), "pod interface is not Ethernet (a veth): not served");
+        return None;
+    }
+    refuse_router_adverts(&p.interface);
+    Some(Interface {
+        name: p.interface.clone(),
+        ifindex: l.ifindex,
+        mac: l.mac,
+        mtu: l.mtu,
+        role: IfaceRole::Pod { addr: p.address, addr6: p.address6 },
+    })
+}
+
 /// A pod is no router of the node's: its router advertisements are not taken. With IPv6
 /// forwarding off (afpacket) the kernel would otherwise take one from any pod and route the
 /// node's IPv6 through it (a default route, a SLAAC address). Felix sets the same. Without
 /// IPv6 on the interface there is nothing to set.
-pub(super) fn refuse_router_adverts(interface: &str) {
+fn refuse_router_adverts(interface: &str) {
     let path = format!("/proc/sys/net/ipv6/conf/{interface}/accept_ra");
     match std::fs::write(&path, "0") {
         Ok(()) => {}

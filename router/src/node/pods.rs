@@ -202,22 +202,7 @@ impl Node {
         if self.cfg.dataplane != DataplaneMode::Afpacket {
             return true;
         }
-        let Ok(l) = netsys::link_info(&pod.interface) else {
-            tracing::info!(pod = %pod.name, interface = %pod.interface, "pod interface missing: the pod is down");
-            return false;
-        };
-        if !l.is_ethernet() {
-            tracing::error!(pod = %pod.name, interface = %pod.interface, kind = %l.kind(), "pod interface is not Ethernet (a veth): not served");
-            return false;
-        }
-        super::interfaces::refuse_router_adverts(&pod.interface);
-        let f = Interface {
-            name: pod.interface.clone(),
-            ifindex: l.ifindex,
-            mac: l.mac,
-            mtu: l.mtu,
-            role: IfaceRole::Pod { addr: pod.address, addr6: pod.address6 },
-        };
+        let Some(f) = super::interfaces::pod_interface(pod) else { return false };
         match self.dp.add_interface(f) {
             Ok(_) => {
                 self.kernel.filter_add(&pod.interface);
