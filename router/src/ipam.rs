@@ -507,11 +507,7 @@ impl Check {
                 [f.kind.to_string(), what, f.handle.clone().unwrap_or_else(|| "-".into()), f.reason.clone()]
             })
             .collect();
-        let width = |i: usize| rows.iter().map(|r| r[i].len()).max().unwrap_or(0);
-        let (w0, w1, w2) = (width(0), width(1), width(2));
-        for [kind, what, handle, why] in &rows {
-            out += &format!("{kind:<w0$}   {what:<w1$}   {handle:<w2$}   {why}\n");
-        }
+        out += &crate::calico::columns(&rows);
         if self.unowned > 0 {
             out +=
                 &format!("not checked: {} addresses in blocks no node holds, given to no node named\n", self.unowned);
