@@ -28,6 +28,26 @@ pub fn endpoints_prefix() -> String {
     format!("{PREFIX}{}/", Kind::WorkloadEndpoint.plural())
 }
 
+/// A node given an address another node has already (Calico's node refuses to start on one):
+/// `apply` says so, and a node that registers itself can tell it from etcd being away.
+#[derive(Debug)]
+pub struct AddressTaken {
+    pub node: String,
+    /// `ipv4Address` or `ipv6Address`.
+    pub field: &'static str,
+    pub other: String,
+    pub address: std::net::IpAddr,
+}
+
+impl std::fmt::Display for AddressTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let AddressTaken { node, field, other, address } = self;
+        write!(f, "nodes/{node}: spec.bgp.{field}: {address} is node {other}'s already")
+    }
+}
+
+impl std::error::Error for AddressTaken {}
+
 /// What [`Store::all_and`] read.
 #[derive(Debug)]
 pub struct Listing {
@@ -208,14 +228,7 @@ impl Store {
     /// node has: their sessions and tunnels would go to whichever answers. Against the
     /// nodes stored under other names and the others given.
     fn check_node_addresses(&self, rs: &[Resource]) -> anyhow::Result<()> {
-        let addresses = |r: &Resource| -> Vec<(&'static str, std::net::IpAddr)> {
-            let Resource::Node(n) = r else { return Vec::new() };
-            let Some(b) = n.spec.bgp.as_ref() else { return Vec::new() };
-            [("ipv4Address", &b.ipv4_address), ("ipv6Address", &b.ipv6_address)]
-                .into_iter()
-                .filter_map(|(f, a)| Some((f, a.as_deref()?.parse::<ipnet::IpNet>().ok()?.addr())))
-                .collect()
-        };
+        let addresses = resources::node_addresses;
         let given: Vec<&Resource> = rs.iter().filter(|r| r.kind() == Kind::Node).collect();
         if given.iter().all(|g| addresses(g).is_empty()) {
             return Ok(());
@@ -232,7 +245,8 @@ impl Store {
                 if let Some((other, _)) =
                     after.iter().find(|(n, addrs)| **n != g.name() && addrs.iter().any(|(_, b)| b == a))
                 {
-                    anyhow::bail!("nodes/{}: spec.bgp.{field}: {a} is node {other}'s already", g.name());
+                    let (node, other, address) = (g.name().to_string(), other.to_string(), *a);
+                    return Err(AddressTaken { node, field, other, address }.into());
                 }
             }
         }
@@ -391,8 +405,9 @@ impl Store {
             if !change(&mut v) {
                 return Ok(false);
             }
-            // What is written must still read as its kind.
-            Resource::from_stored(kind, &serde_json::to_vec(&v)?, &k)?;
+            // What is written must still read as its kind, and a node keep to its own address.
+            let r = Resource::from_stored(kind, &serde_json::to_vec(&v)?, &k)?.resource;
+            self.check_node_addresses(std::slice::from_ref(&r))?;
             if self.etcd.put_all_if(&[(&k, kv.mod_revision)], &[(&k, &serde_json::to_vec(&v)?)])? {
                 return Ok(true);
             }

@@ -1141,16 +1141,20 @@ pub fn duration_secs(field: &str, text: &str, lo: u16, hi: u16) -> Result<u16, (
 /// would hand pods the nodes' addresses, and the routes to the nodes would become pod
 /// routes (tunnelled, exported, blackholed as a block).
 pub fn node_in_pool<'a>(resources: impl IntoIterator<Item = &'a Resource>, pool: IpNet) -> Option<(&'a str, IpAddr)> {
-    resources.into_iter().find_map(|r| {
-        let Resource::Node(n) = r else { return None };
-        let b = n.spec.bgp.as_ref()?;
-        [&b.ipv4_address, &b.ipv6_address]
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a.parse::<IpNet>().ok().map(|a| a.addr()))
-            .find(|a| pool.contains(a))
-            .map(|a| (n.metadata.name.as_str(), a))
-    })
+    resources
+        .into_iter()
+        .find_map(|r| node_addresses(r).into_iter().find(|(_, a)| pool.contains(a)).map(|(_, a)| (r.name(), a)))
+}
+
+/// A Node resource's addresses (`spec.bgp.ipv4Address`, `ipv6Address`, without their
+/// prefix length), each with its field; none for another kind.
+pub fn node_addresses(r: &Resource) -> Vec<(&'static str, IpAddr)> {
+    let Resource::Node(n) = r else { return Vec::new() };
+    let Some(b) = n.spec.bgp.as_ref() else { return Vec::new() };
+    [("ipv4Address", &b.ipv4_address), ("ipv6Address", &b.ipv6_address)]
+        .into_iter()
+        .filter_map(|(f, a)| Some((f, a.as_deref()?.parse::<IpNet>().ok()?.addr())))
+        .collect()
 }
 
 /// A BGPPeer's `peerIP` in Calico's forms: an address, or with a port `192.0.2.1:1179` and

@@ -172,30 +172,26 @@ fn record_endpoints(store: &datastore::Store, me: &Me) {
 fn register(store: &datastore::Store, me: &Me) -> anyhow::Result<Option<String>> {
     use datastore::resources::{self as r, Kind, Resource};
     let (v4, v6) = (me.address.to_string(), me.address6.map(|a| a.to_string()));
-    let nodes = store.get(Kind::Node, None)?;
-    let mine = [IpAddr::V4(me.address.addr())].into_iter().chain(me.address6.map(|a| IpAddr::V6(a.addr())));
-    for a in mine {
-        let net = IpNet::from(a);
-        let others = nodes.iter().filter(|n| n.name() != me.name);
-        if let Some((other, _)) = r::node_in_pool(others, net) {
-            return Ok(Some(format!(
-                "node {other} has this node's address {a} in the datastore: not registered, so the other nodes do not peer with this one; \
-                 give one of them another address (Calico's node would not start)"
-            )));
-        }
-    }
-    match nodes.iter().find(|n| n.name() == me.name) {
+    let written = match store.get(Kind::Node, Some(&me.name))?.first() {
         // In place: what Calico's agent or the user wrote there, and this router does not
         // know, stays. Nothing to write when the addresses are right already.
-        Some(_) => {
-            if !store.set_node_addresses(&me.name, &v4, v6.as_deref())? {
-                return Ok(None);
-            }
-        }
+        Some(_) => store.set_node_addresses(&me.name, &v4, v6.as_deref()),
         None => {
             let mut node = r::typed(Kind::Node, &me.name, r::NodeSpec::default());
             node.spec.bgp = Some(r::NodeBgp { ipv4_address: Some(v4), ipv6_address: v6, ..Default::default() });
-            store.apply(&Resource::Node(node))?;
+            store.apply(&Resource::Node(node)).map(|_| true)
+        }
+    };
+    match written {
+        Ok(false) => return Ok(None),
+        Ok(true) => {}
+        Err(e) => {
+            let Some(taken) = e.downcast_ref::<datastore::AddressTaken>() else { return Err(e) };
+            return Ok(Some(format!(
+                "node {} has this node's address {} in the datastore: not registered, so the other nodes do not peer with this one; \
+                 give one of them another address (Calico's node would not start)",
+                taken.other, taken.address
+            )));
         }
     }
     tracing::info!(node = me.name, address = %me.address, address6 = ?me.address6, "registered in the datastore");
