@@ -118,7 +118,7 @@ pub fn from_topology(t: &Topology) -> Resources {
         }
         out.push(Resource::Node(node));
     }
-    if !t.node_to_node_mesh && t.nodes.iter().any(|n| n.route_reflector_cluster_id.is_some()) {
+    if t.nodes.iter().any(|n| n.route_reflector_cluster_id.is_some()) {
         // What Calico needs besides the cluster IDs for the reflectors' sessions (its
         // documentation's setup); our nodes make them from the cluster IDs alone, and do not
         // double them.

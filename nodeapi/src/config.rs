@@ -227,9 +227,11 @@ pub struct ClusterNode {
 }
 
 /// The sessions a node has with the other nodes of its cluster, as Calico sets them up:
-/// with the mesh on, one with every node; with it off, reflectors (nodes with a cluster ID)
-/// peer with each other and with every other node, whose clients they are, and two clients
-/// do not peer. `mesh_restart_time` is the graceful-restart time announced to mesh peers
+/// reflectors (nodes with a cluster ID) peer with each other and with every other node,
+/// whose clients they are; two other nodes peer only with the mesh on. A reflector is never
+/// a mesh node, as in Calico: so the mesh can be turned on beside the reflectors and the
+/// reflectors undone once the mesh's sessions are up (and the other way round), the
+/// routes always having a way. `mesh_restart_time` is the graceful-restart time announced to mesh peers
 /// (BGPConfiguration.nodeMeshMaxRestartTime), `mesh_password` their TCP-MD5 key
 /// (nodeMeshPassword).
 pub fn cluster_peers(
@@ -244,17 +246,16 @@ pub fn cluster_peers(
         .iter()
         .filter(|n| n.address != me)
         .filter_map(|n| {
-            let kind = if mesh {
-                PeerKind::Mesh
-            } else if my_cluster_id.is_some() && n.reflector.is_none() {
-                PeerKind::RouteReflectorClient
-            } else if n.reflector.is_some() {
-                PeerKind::RouteReflector
-            } else {
-                return None;
+            let kind = match (my_cluster_id, n.reflector) {
+                (_, Some(_)) => PeerKind::RouteReflector,
+                (Some(_), None) => PeerKind::RouteReflectorClient,
+                (None, None) if mesh => PeerKind::Mesh,
+                (None, None) => return None,
             };
-            let (restart_time, password) =
-                if mesh { (mesh_restart_time, mesh_password.map(str::to_string)) } else { (None, None) };
+            let (restart_time, password) = match kind {
+                PeerKind::Mesh => (mesh_restart_time, mesh_password.map(str::to_string)),
+                _ => (None, None),
+            };
             Some(BgpPeer {
                 restart_time,
                 password,
@@ -1650,6 +1651,35 @@ via = "192.168.100.101"
         let e = parse(&format!("log_level = \"debgu\"\n{GOOD}")).expect_err("a typo");
         assert_eq!(e.line, Some(1), "{e}");
         assert!(e.to_string().contains("\"debgu\" is neither a level"), "{e}");
+    }
+
+    #[test]
+    fn reflectors_stay_out_of_the_mesh() {
+        let node = |last: u8, reflector: Option<Ipv4Addr>| ClusterNode {
+            address: Ipv4Addr::new(192, 168, 100, last),
+            reflector,
+            as_number: 64512,
+            port: 179,
+        };
+        let id = Some(Ipv4Addr::new(244, 0, 0, 1));
+        let cluster = [node(1, id), node(2, None), node(3, None), node(4, id)];
+        let kinds = |me: usize, mesh: bool| {
+            let others: Vec<ClusterNode> = cluster.iter().copied().filter(|n| n != &cluster[me]).collect();
+            cluster_peers(cluster[me].address, cluster[me].reflector, &others, mesh, Some(90), Some("pw"))
+                .iter()
+                .map(|p| (p.address.to_string(), p.kind, p.restart_time, p.password.clone()))
+                .collect::<Vec<_>>()
+        };
+        let rr = |a: &str| (a.to_string(), PeerKind::RouteReflector, None, None);
+        let client = |a: &str| (a.to_string(), PeerKind::RouteReflectorClient, None, None);
+        let mesh = |a: &str| (a.to_string(), PeerKind::Mesh, Some(90), Some("pw".to_string()));
+        // The mesh on beside two reflectors: the clients mesh with each other only, and the
+        // mesh's restart time and key are the mesh sessions' alone.
+        assert_eq!(kinds(1, true), [rr("192.168.100.1"), mesh("192.168.100.3"), rr("192.168.100.4")]);
+        assert_eq!(kinds(0, true), [client("192.168.100.2"), client("192.168.100.3"), rr("192.168.100.4")]);
+        // Off: the same without the clients' session.
+        assert_eq!(kinds(1, false), [rr("192.168.100.1"), rr("192.168.100.4")]);
+        assert_eq!(kinds(0, false), kinds(0, true));
     }
 
     #[test]

@@ -1718,10 +1718,13 @@ fn a_reflector_that_reads_the_change_last_costs_its_clients_no_route() {
     }
 }
 
-/// Back from reflectors to the mesh, as Calico's documentation does it: the mesh enabled,
-/// then the reflector peering deleted. A client's session with the reflector becomes a mesh
-/// session, which no longer carries the third node's block: the old session's routes stay
-/// until the new session with that node has sent its own.
+/// Back from reflectors to the mesh, in Calico's steps: the mesh enabled (a reflector
+/// stays out of it, so only the clients' mesh sessions come and the reflector's stay as they
+/// are), then the reflector undone and its peering deleted. Its sessions become mesh
+/// sessions, which no longer carry the third node's block; that block has come on the
+/// clients' own session since the first step. Done in one step, the nodes would read it at
+/// different moments, and a client whose reflector changed first would lose the third
+/// node's block until it had read the change itself.
 #[test]
 fn reflectors_back_to_the_mesh_lose_no_packet() {
     let lab = up_with_args(TestLab::named(), Path::new(&seed_rr()), &["--datastore", "etcd"]);
@@ -1729,12 +1732,21 @@ fn reflectors_back_to_the_mesh_lose_no_packet() {
         ["node-b", "node-c"].iter().all(|n| peers(&lab, n).iter().any(|p| p["state"] == "up"))
     });
     let flow = std::thread::scope(|s| {
-        let b = s.spawn(|| ping(&lab, "pod-b1", &["-c", "40", "-i", "0.1", "-W", "2", "10.244.3.1"]));
-        let c = s.spawn(|| ping(&lab, "pod-c1", &["-c", "40", "-i", "0.1", "-W", "2", "10.244.2.1"]));
+        let b = s.spawn(|| ping(&lab, "pod-b1", &["-c", "50", "-i", "0.1", "-W", "2", "10.244.3.1"]));
+        let c = s.spawn(|| ping(&lab, "pod-c1", &["-c", "50", "-i", "0.1", "-W", "2", "10.244.2.1"]));
         std::thread::sleep(Duration::from_millis(500));
         let mesh = r#"{"spec":{"nodeToNodeMeshEnabled":true}}"#;
         assert!(lab.router(&["patch", "bgpconfiguration", "default", "-p", mesh]).status.success());
-        std::thread::sleep(Duration::from_millis(1500));
+        wait_for(10, "the clients' mesh session", || {
+            ["node-b", "node-c"].iter().all(|n| {
+                let p = peers(&lab, n);
+                p.len() == 2 && p.iter().any(|p| p["peer_type"] == "node-to-node mesh" && p["state"] == "up")
+            })
+        });
+        // The reflector's sessions did not move.
+        assert!(peers(&lab, "node-a").iter().all(|p| p["peer_type"] == "route reflector client"));
+        let no_id = r#"{"spec":{"bgp":{"routeReflectorClusterID":null}}}"#;
+        assert!(lab.router(&["patch", "node", "node-a", "-p", no_id]).status.success());
         assert!(lab.router(&["delete", "bgppeer", "peer-with-route-reflectors"]).status.success());
         [b.join().expect("ping b"), c.join().expect("ping c")]
     });
