@@ -241,11 +241,26 @@ fn up_locked(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
     if let Some(old) = lab.state()? {
         let alive = old.namespaces.iter().any(|n| netns::exists(n));
         if alive {
+            let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
+            // A lab whose daemons died (killed, crashed) is up but carries nothing: say so.
+            let exited: Vec<&str> = old.daemons.iter().filter(|d| !is_daemon(d)).map(|d| d.node.as_str()).collect();
+            if !exited.is_empty() {
+                let (which, logs) = match exited.len() {
+                    1 => (format!("the daemon of {} has", exited[0]), "its log is"),
+                    _ => (format!("the daemons of {} have", exited.join(", ")), "their logs are"),
+                };
+                bail!(
+                    "lab {:?} is already up, but {which} exited ({logs} in {}): start {} again with `router lab restart {}{flag}`, or take the lab down with `router lab down{flag}`",
+                    lab.name,
+                    lab.dir.display(),
+                    if exited.len() == 1 { "it" } else { "each" },
+                    if exited.len() == 1 { exited[0] } else { "NODE" },
+                );
+            }
             bail!(
-                "lab {:?} is already up ({} namespaces); use it, or take it down with `router lab down{}`",
+                "lab {:?} is already up ({} namespaces); use it, or take it down with `router lab down{flag}`",
                 lab.name,
                 old.namespaces.len(),
-                if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) }
             );
         }
         // Leftovers of a lab whose namespaces are gone: clear them quietly.
@@ -1382,7 +1397,7 @@ pub fn status(lab: &Lab) -> anyhow::Result<(State, Vec<HostStatus>)> {
                 } else {
                     // An exited process's pid may be another's by now.
                     pid = None;
-                    format!("exited (see {})", d.log.display())
+                    format!("exited (see {}; `router lab restart {}`)", d.log.display(), d.node)
                 }
             });
             if let Some(e) = st.etcd.as_ref().filter(|_| h.role == Role::Datastore) {

@@ -312,6 +312,15 @@ fn up_twice_says_so_and_down_leaves_nothing() {
     assert_eq!(pids.len(), 3, "{st}");
     // A crashed node is started again by `lab restart`, and serves its pods.
     let _ = std::process::Command::new("kill").args(["-9", &pids[0].to_string()]).status();
+    // `lab up` and `lab status` name the dead daemon and the way to start it again.
+    wait_for(5, "node-a's daemon gone", || {
+        let again = lab.router(&["lab", "up"]);
+        text(&again.stderr).contains("but the daemon of node-a has exited")
+            && text(&again.stderr).contains("`router lab restart node-a")
+    });
+    let st = lab.json(&["lab", "status", "--json"]);
+    let a = st.as_array().into_iter().flatten().find(|h| h["host"] == "node-a").cloned().unwrap_or_default();
+    assert!(a["daemon"].as_str().is_some_and(|d| d.contains("`router lab restart node-a`")), "{a}");
     let restart = lab.router(&["lab", "restart", "node-a"]);
     let said = text(&restart.stdout);
     assert!(
