@@ -243,18 +243,30 @@ fn up_locked(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
         if alive {
             let flag = if lab.name == "seed" { String::new() } else { format!(" --lab {}", lab.name) };
             // A lab whose daemons died (killed, crashed) is up but carries nothing: say so.
-            let exited: Vec<&str> = old.daemons.iter().filter(|d| !is_daemon(d)).map(|d| d.node.as_str()).collect();
-            if !exited.is_empty() {
-                let (which, logs) = match exited.len() {
-                    1 => (format!("the daemon of {} has", exited[0]), "its log is"),
-                    _ => (format!("the daemons of {} have", exited.join(", ")), "their logs are"),
+            let mut exited: Vec<&str> = old.daemons.iter().filter(|d| !is_daemon(d)).map(|d| d.node.as_str()).collect();
+            if old.etcd.as_ref().is_some_and(|e| !e.pid.is_some_and(is_etcd)) {
+                exited.push("etcd");
+            }
+            if let Some((last, first)) = exited.split_last() {
+                let (which, logs, again) = match (first, *last) {
+                    ([], "etcd") => {
+                        ("etcd has".to_string(), "its log is", "it again with `router lab restart etcd".to_string())
+                    }
+                    ([], one) => (
+                        format!("the daemon of {one} has"),
+                        "its log is",
+                        format!("it again with `router lab restart {one}"),
+                    ),
+                    (first, last) => (
+                        format!("{} and {last} have", first.join(", ")),
+                        "their logs are",
+                        "each again with `router lab restart NODE".to_string(),
+                    ),
                 };
                 bail!(
-                    "lab {:?} is already up, but {which} exited ({logs} in {}): start {} again with `router lab restart {}{flag}`, or take the lab down with `router lab down{flag}`",
+                    "lab {:?} is already up, but {which} exited ({logs} in {}): start {again}{flag}`, or take the lab down with `router lab down{flag}`",
                     lab.name,
                     lab.dir.display(),
-                    if exited.len() == 1 { "it" } else { "each" },
-                    if exited.len() == 1 { exited[0] } else { "NODE" },
                 );
             }
             bail!(
