@@ -308,6 +308,22 @@ impl Dataplane {
         self.publish_port(next.clone(), id, keep, SlowMsg::Ifaces(next));
     }
 
+    /// Follows a new MAC address of an interface (`ip link set eth0 address …`): the
+    /// workers take the frames sent to it, and no longer those to the old one, as the kernel
+    /// does; the slow path announces it (gratuitous ARP, unsolicited neighbour
+    /// advertisement), so that neighbours that cached the old one move at once instead of
+    /// sending into the void until their caches expire.
+    pub fn set_mac(&mut self, id: IfaceId, mac: MacAddr) {
+        let Some(f) = self.ifaces.get(id) else { return };
+        if f.mac == mac || !f.role.is_ethernet() {
+            return;
+        }
+        let f = Interface { mac, ..f.clone() };
+        let next = Arc::new(self.ifaces.with_replaced(id, f));
+        let keep = (0..self.workers.len()).map(|_| PortChange::Keep).collect();
+        self.publish_port(next.clone(), id, keep, SlowMsg::Announce(next, id));
+    }
+
     /// Stops serving an interface (a pod that went): once this returns no worker reads or
     /// sends on it, and its neighbours are forgotten.
     pub fn remove_interface(&mut self, id: IfaceId) {
@@ -443,6 +459,10 @@ impl SlowPath {
                     self.manager.forget(id, &mut actions);
                 }
                 Ok(SlowMsg::Ifaces(ifaces)) => self.ifaces = ifaces,
+                Ok(SlowMsg::Announce(ifaces, id)) => {
+                    self.ifaces = ifaces;
+                    self.announce(id);
+                }
                 Ok(SlowMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -481,6 +501,25 @@ impl SlowPath {
         }
     }
 
+    /// Tells the link of `iface` the MAC address it has now, for the address we speak for
+    /// there (the node's on the uplink, the pods' gateway on a pod link): a gratuitous ARP
+    /// request, and for IPv6 an unsolicited advertisement with the override flag to all
+    /// nodes. Neighbours update an entry they have from either (RFC 5227, RFC 4861 §7.2.6).
+    fn announce(&self, iface: IfaceId) {
+        use encap::icmpv6::{multicast_mac, Ndp};
+        let Some(f) = self.ifaces.get(iface) else { return };
+        let (v4, v6, router) = match f.role {
+            IfaceRole::Uplink { addr } => (addr.addr(), self.ifaces.node_addr6(), false),
+            IfaceRole::Pod { addr6, .. } => (POD_GATEWAY, addr6.map(|_| crate::pipeline::POD_GATEWAY6), true),
+            IfaceRole::Tun | IfaceRole::RawIpip | IfaceRole::VxlanUdp => return,
+        };
+        self.send_request(iface, v4.into(), MacAddr::BROADCAST);
+        let Some(src) = v6 else { return };
+        let all_nodes = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        let na = Ndp::Advert { target: src, target_mac: Some(f.mac), router, solicited: false, override_: true };
+        self.send_ndp(iface, f.mac, na, src, (all_nodes, multicast_mac(all_nodes)));
+    }
+
     fn send_request(&self, iface: IfaceId, target: std::net::IpAddr, dst: MacAddr) {
         let target = match target {
             std::net::IpAddr::V4(a) => a,
@@ -512,7 +551,7 @@ impl SlowPath {
     /// itself when refreshing a known neighbour. On a pod link we speak as the pods'
     /// gateway, on the uplink with the node's IPv6 address.
     fn send_solicitation(&self, iface: IfaceId, target: std::net::Ipv6Addr, dst: MacAddr) {
-        use encap::icmpv6::{multicast_mac, solicited_node, Ndp, NDP_HOP_LIMIT};
+        use encap::icmpv6::{multicast_mac, solicited_node, Ndp};
         let Some(f) = self.ifaces.get(iface) else {
             return;
         };
@@ -531,16 +570,28 @@ impl SlowPath {
             (target, dst)
         };
         let ns = Ndp::Solicit { target, source_mac: Some(f.mac) };
+        self.send_ndp(iface, f.mac, ns, src, (dst_ip, dst_mac));
+    }
+
+    /// Sends the NDP message `msg` from `src` (at `mac`) to `dst` (an address and its MAC).
+    fn send_ndp(
+        &self,
+        iface: IfaceId,
+        mac: MacAddr,
+        msg: encap::icmpv6::Ndp,
+        src: std::net::Ipv6Addr,
+        dst: (std::net::Ipv6Addr, MacAddr),
+    ) {
         let mut frame = [0u8; ethernet::HEADER_LEN + encap::ipv6::HEADER_LEN + 32];
-        ethernet::emit_header(&mut frame, dst_mac, f.mac, EtherType::Ipv6);
+        ethernet::emit_header(&mut frame, dst.1, mac, EtherType::Ipv6);
         let l4 = ethernet::HEADER_LEN + encap::ipv6::HEADER_LEN;
-        let n = ns.emit(&mut frame[l4..], src, dst_ip);
+        let n = msg.emit(&mut frame[l4..], src, dst.0);
         let ip = encap::ipv6::Repr {
             src,
-            dst: dst_ip,
+            dst: dst.0,
             next_header: encap::ipv6::NEXT_ICMPV6,
             traffic_class: 0,
-            hop_limit: NDP_HOP_LIMIT,
+            hop_limit: encap::icmpv6::NDP_HOP_LIMIT,
             payload_len: n,
         };
         ip.emit(&mut frame[ethernet::HEADER_LEN..]);

@@ -80,6 +80,9 @@ pub enum SlowMsg {
     },
     /// An interface's entry changed (its MTU): only the list is new.
     Ifaces(Arc<Interfaces>),
+    /// An interface's MAC address changed: the new list, and the slow path tells the
+    /// neighbours on that link.
+    Announce(Arc<Interfaces>, IfaceId),
     /// The data plane is stopping: look at the stop flag now, not at the next timeout.
     Wake,
 }

@@ -618,6 +618,39 @@ fn a_node_says_when_its_uplink_loses_its_address_and_when_it_is_back() {
     assert!(log.contains("the uplink holds the config's addresses again"), "{log}");
 }
 
+/// A new MAC address on a node's uplink or on a pod's host end (`ip link set … address`):
+/// the router takes frames to the new one and tells the link, so that neighbours move at
+/// once. It kept the old one, and once node-a had learned node-b's new one (its next ARP,
+/// a minute later) node-b's router left every frame to the kernel, which drops them.
+#[test]
+fn a_node_follows_a_new_mac_address_and_announces_it() {
+    let lab = TestLab::up(&[]);
+    let ping = |from: &str, to: &str| lab.exec(from, &["ping", "-c", "10", "-i", "0.1", "-W", "1", to]);
+    let set_mac = |node: &str, dev: &str, mac: &str| {
+        let out = lab.exec(node, &["ip", "link", "set", dev, "address", mac]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    let ok = ping("pod-a1", "10.244.2.1");
+    assert!(ok.status.success(), "{}", text(&ok.stdout));
+    // The uplink: node-a's router takes node-b's gratuitous ARP.
+    set_mac("node-b", "eth0", "02:11:22:33:44:55");
+    wait_for(5, "node-a's router to know node-b's new MAC", || {
+        let n = lab.json(&["neighbours", "--node", "node-a", "--json"]);
+        n.as_array().into_iter().flatten().any(|e| e["ip"] == "192.168.100.101" && e["mac"] == "02:11:22:33:44:55")
+    });
+    let out = ping("pod-a1", "10.244.2.1");
+    assert_no_loss(&text(&out.stdout));
+    let log = lab.node_log("node-b");
+    assert!(log.contains("MAC address changed") && log.contains("to=02:11:22:33:44:55"), "{log}");
+    // A pod's host end: the pod's kernel takes the gateway's new MAC.
+    set_mac("node-a", "cali48dfb98be23", "02:aa:bb:cc:dd:ee");
+    wait_for(5, "pod-a1 to know its gateway's new MAC", || {
+        text(&lab.exec("pod-a1", &["ip", "neigh", "show", "169.254.1.1"]).stdout).contains("02:aa:bb:cc:dd:ee")
+    });
+    let out = ping("pod-a1", "10.244.2.1");
+    assert_no_loss(&text(&out.stdout));
+}
+
 /// `ipam check` also looks the other way, as Calico's does: an address a node's pod uses
 /// that IPAM has not allocated (released by hand) is found, since IPAM would hand it out
 /// again.

@@ -201,7 +201,7 @@ fn classify(ctx: &Context<'_>, counters: &Counters, in_if: IfaceId, buf: &mut [u
         return Verdict::Drop(DropReason::ShortFrame);
     };
     match eth.ethertype() {
-        EtherType::Arp => arp(iface, in_if, counters, buf, span),
+        EtherType::Arp => arp(ctx.neigh, iface, in_if, counters, buf, span),
         EtherType::Ipv4 => {
             if eth.dst() != iface.mac {
                 // Broadcast, multicast or another host's frame: not routed by us.
@@ -218,12 +218,22 @@ fn classify(ctx: &Context<'_>, counters: &Counters, in_if: IfaceId, buf: &mut [u
     }
 }
 
-fn arp(iface: &Interface, in_if: IfaceId, counters: &Counters, buf: &mut [u8], span: Span) -> Verdict {
+fn arp(
+    neigh: &NeighTable,
+    iface: &Interface,
+    in_if: IfaceId,
+    counters: &Counters,
+    buf: &mut [u8],
+    span: Span,
+) -> Verdict {
     let payload = &buf[span.start + ethernet::HEADER_LEN..span.end];
     let Ok(req) = ArpRepr::parse(payload) else {
         return Verdict::Drop(DropReason::BadArp);
     };
     let learned = Neighbour { iface: in_if, ip: req.sender_ip.into(), mac: req.sender_mac };
+    // RFC 826's merge: a neighbour we know that speaks with another MAC address has a new
+    // one (a gratuitous ARP after a change, RFC 5227), whatever it asks.
+    let moved = neigh.lookup(in_if, req.sender_ip).is_some_and(|m| m != req.sender_mac);
     match iface.role {
         IfaceRole::Pod { addr, .. } => {
             let from_pod = req.sender_ip == addr && !req.sender_mac.is_multicast();
@@ -245,15 +255,17 @@ fn arp(iface: &Interface, in_if: IfaceId, counters: &Counters, buf: &mut [u8], s
                     Verdict::Transmit { iface: in_if, span: Span { start: s, end }, learn: from_pod.then_some(learned) }
                 }
                 Operation::Reply if from_pod && req.target_ip == POD_GATEWAY => Verdict::Learn(learned),
+                _ if from_pod && moved => Verdict::Learn(learned),
                 _ => Verdict::Pass,
             }
         }
         IfaceRole::Uplink { addr } => {
-            // Replies to our requests, and requests for our address (RFC 826: the asker is
-            // worth remembering). The kernel answers the requests itself.
+            // Replies to our requests, requests for our address (RFC 826: the asker is worth
+            // remembering), and a known neighbour's new address. The kernel answers the
+            // requests itself.
             let for_us = req.target_ip == addr.addr();
             let sane = addr.contains(&req.sender_ip) && req.sender_ip != addr.addr() && !req.sender_mac.is_multicast();
-            if for_us && sane {
+            if (for_us || moved) && sane {
                 Verdict::Learn(learned)
             } else {
                 Verdict::Pass

@@ -401,6 +401,39 @@ fn arp_reply_on_uplink_teaches_the_neighbour() {
     );
 }
 
+/// A gratuitous ARP (RFC 5227: the sender asks for its own address) moves a neighbour we
+/// know to its new MAC, on the uplink and from a pod; one we do not know stays unknown (a
+/// neighbour cannot fill the table by announcing itself).
+#[test]
+fn a_gratuitous_arp_moves_a_known_neighbour_only() {
+    let l = lab();
+    let garp = |mac: MacAddr, ip: Ipv4Addr| {
+        let req = ArpRepr {
+            operation: Operation::Request,
+            sender_mac: mac,
+            sender_ip: ip,
+            target_mac: MacAddr::ZERO,
+            target_ip: ip,
+        };
+        let mut frame = vec![0u8; 42];
+        ethernet::emit_header(&mut frame, MacAddr::BROADCAST, mac, EtherType::Arp);
+        req.emit(&mut frame[14..]);
+        frame
+    };
+    let moved = MacAddr([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
+    assert_eq!(
+        l.run_on(UPLINK, &garp(moved, NODE_B)).0,
+        Verdict::Learn(Neighbour { iface: UPLINK, ip: NODE_B.into(), mac: moved })
+    );
+    assert_eq!(l.run_on(UPLINK, &garp(NODE_B_MAC, NODE_B)).0, Verdict::Pass, "the MAC we know: nothing to learn");
+    assert_eq!(l.run_on(UPLINK, &garp(moved, Ipv4Addr::new(192, 168, 100, 77))).0, Verdict::Pass);
+    assert_eq!(
+        l.run_on(CALI_A1, &garp(moved, POD_A1)).0,
+        Verdict::Learn(Neighbour { iface: CALI_A1, ip: POD_A1.into(), mac: moved })
+    );
+    assert_eq!(l.run_on(CALI_A1, &garp(moved, POD_A2)).0, Verdict::Pass, "not the pod of this link");
+}
+
 #[test]
 fn ipv6_and_padding_are_handled() {
     let l = lab();

@@ -247,13 +247,34 @@ impl Node {
         self.uplink_missing = now;
     }
 
+    /// Follows the uplink's MTU and MAC address as they change under the running node.
+    pub(super) fn follow_uplink(&mut self) {
+        let Ok(up) = netsys::link_info(&self.cfg.uplink.interface) else { return };
+        self.follow_uplink_mtu(&up);
+        let name = self.cfg.uplink.interface.clone();
+        self.follow_mac(&name, up.mac);
+    }
+
+    /// Follows a new MAC address of a served interface (`ip link set eth0 address …`): the
+    /// kernel answers ARP for the node's address with it, so neighbours send to it; a router
+    /// that kept the old one would hand all their frames to the kernel, which does not
+    /// forward them.
+    pub(super) fn follow_mac(&mut self, name: &str, mac: encap::MacAddr) {
+        let ifaces = self.dp.interfaces();
+        let Some(id) = ifaces.by_name(name) else { return };
+        let Some(old) = ifaces.get(id).filter(|f| f.role.is_ethernet() && f.mac != mac).map(|f| f.mac) else {
+            return;
+        };
+        tracing::info!(interface = name, from = %old, to = %mac, "the interface's MAC address changed: taking frames to the new one, announced to the link");
+        self.dp.set_mac(id, mac);
+    }
+
     /// Follows a new MTU on the uplink (`ip link set eth0 mtu 9000`): the data plane sends
     /// up to it (else it would send frames the kernel refuses instead of answering "too
     /// big" or fragmenting), the tunnel device follows as it follows the pools, and new pods
     /// get theirs from it.
-    pub(super) fn follow_uplink_mtu(&mut self) {
+    fn follow_uplink_mtu(&mut self, up: &netsys::LinkInfo) {
         let Some(have) = self.uplink_mtu() else { return };
-        let Ok(up) = netsys::link_info(&self.cfg.uplink.interface) else { return };
         if up.mtu == have {
             return;
         }

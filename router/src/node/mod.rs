@@ -955,7 +955,7 @@ fn control_loop(
             }
             links_checked = Instant::now();
             links_changed = false;
-            node.follow_uplink_mtu();
+            node.follow_uplink();
             node.follow_uplink_addresses();
             node.follow_links(speaker.as_ref());
             node.kernel.filter_recheck();

@@ -238,7 +238,8 @@ impl Node {
         }
         let mut changed = false;
         for pod in self.cfg.pods.clone() {
-            let link = netsys::link_info(&pod.interface).ok().map(|l| l.ifindex);
+            let info = netsys::link_info(&pod.interface).ok();
+            let link = info.as_ref().map(|l| l.ifindex);
             let served = self
                 .dp
                 .interfaces()
@@ -246,6 +247,9 @@ impl Node {
                 .and_then(|i| self.dp.interfaces().get(i))
                 .map(|f| f.ifindex);
             if link == served {
+                if let Some(l) = info {
+                    self.follow_mac(&pod.interface, l.mac);
+                }
                 continue;
             }
             if served.is_some() {
