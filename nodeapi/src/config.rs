@@ -230,9 +230,9 @@ pub struct ClusterNode {
 /// reflectors (nodes with a cluster ID) peer with each other and with every other node,
 /// whose clients they are; two other nodes peer only with the mesh on. A reflector is never
 /// a mesh node, as in Calico: so the mesh can be turned on beside the reflectors and the
-/// reflectors undone once the mesh's sessions are up (and the other way round), the
-/// routes always having a way. `mesh_restart_time` is the graceful-restart time announced to mesh peers
-/// (BGPConfiguration.nodeMeshMaxRestartTime), `mesh_password` their TCP-MD5 key
+/// reflectors undone once the mesh's sessions are up (and the other way round), the routes
+/// always having a way. `mesh_restart_time` is the graceful-restart time announced to mesh
+/// peers (BGPConfiguration.nodeMeshMaxRestartTime), `mesh_password` their TCP-MD5 key
 /// (nodeMeshPassword).
 pub fn cluster_peers(
     me: Ipv4Addr,
