@@ -99,6 +99,9 @@ pub struct NodeStatus {
     /// the pools the node has now (the CNI plugin's when its network sets none).
     #[serde(default)]
     pub pod_mtu: Option<u16>,
+    /// Whether the node routes IPv6 (its config has an `[ipv6]` section).
+    #[serde(default)]
+    pub ipv6: bool,
 }
 
 fn yes() -> bool {

@@ -250,6 +250,12 @@ fn routes_show_the_fib_like_route_n() {
     assert_eq!(one["prefix"], "10.244.3.0/26");
     assert_eq!(one["encap"], "ipip");
     assert!(lab.json(&["routes", "--node", "node-a", "--lookup", "10.99.0.1", "--json"]).is_null());
+    let out = text(&lab.router(&["routes", "--node", "node-a", "--lookup", "10.99.0.1"]).stdout);
+    assert!(out.contains("answered with ICMP destination unreachable"), "{out}");
+    // An IPv6 address on an IPv4-only node: not "answered with ICMP", which only a node
+    // routing IPv6 does.
+    let out = text(&lab.router(&["routes", "--node", "node-a", "--lookup", "fd00::1"]).stdout);
+    assert!(out.contains("this node routes no IPv6"), "{out}");
     // A host of the lab stands for its address; a prefix is pointed at --detail.
     let named = lab.json(&["routes", "--node", "node-a", "--lookup", "pod-c1", "--json"]);
     assert_eq!((named["prefix"].as_str(), named["encap"].as_str()), (Some("10.244.3.0/26"), Some("ipip")), "{named}");

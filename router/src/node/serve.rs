@@ -231,6 +231,7 @@ pub(super) fn answer(req: Request, node: &mut Node, speaker: Option<&Speaker>) -
                 interfaces,
                 kernel_routes_synced: node.kernel.in_sync(),
                 pod_mtu: node.uplink_mtu().map(|m| cfg.pod_mtu(m)),
+                ipv6: cfg.ipv6.is_some(),
             })
         }
     }

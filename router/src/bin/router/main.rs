@@ -1040,8 +1040,14 @@ installed {} as {}",
                     }
                 }
             };
-            q.print(&q.client()?.lookup(addr)?, |e| {
+            let client = q.client()?;
+            let found = client.lookup(addr)?;
+            let no_v6 = found.is_none() && addr.is_ipv6() && !client.status()?.ipv6;
+            q.print(&found, |e| {
                 match e {
+                    None if no_v6 => {
+                        nodeapi::outln!("{addr}: no route: this node routes no IPv6 (its config has no [ipv6] section)")
+                    }
                     None => nodeapi::outln!(
                         "{addr}: no route (packets to it are answered with ICMP destination unreachable)"
                     ),
