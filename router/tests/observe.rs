@@ -431,6 +431,16 @@ fn completions_are_generated() {
     let out = std::process::Command::new(ROUTER).args(["completions", "bash"]).output().expect("router");
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("lab"));
+    // A reader that goes early (`| head -1`) ends it quietly, not with a panic.
+    let mut child = std::process::Command::new(ROUTER)
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("router");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("router");
+    assert!(out.status.success() && out.stderr.is_empty(), "{:?}: {}", out.status, text(&out.stderr));
 }
 
 #[test]

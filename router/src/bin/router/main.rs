@@ -983,7 +983,11 @@ installed {} as {}",
         }
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "router", &mut std::io::stdout());
+            // Into memory first: clap_complete panics on a write error, and stdout's reader
+            // may go early (`| head`), which `out!` takes quietly.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "router", &mut script);
+            nodeapi::out!("{}", String::from_utf8_lossy(&script));
             Ok(0)
         }
         Cmd::Trace { src, dst, proto, ipv6, ttl, json, sel } => trace(&sel.lab()?, &src, &dst, proto, ttl, ipv6, json),
