@@ -640,7 +640,7 @@ fn a_node_follows_a_new_mac_address_and_announces_it() {
     assert!(ok.status.success(), "{}", text(&ok.stdout));
     // The uplink: node-a's router takes node-b's gratuitous ARP.
     set_mac("node-b", "eth0", "02:11:22:33:44:55");
-    wait_for(5, "node-a's router to know node-b's new MAC", || {
+    wait_for(10, "node-a's router to know node-b's new MAC", || {
         let n = lab.json(&["neighbours", "--node", "node-a", "--json"]);
         n.as_array().into_iter().flatten().any(|e| e["ip"] == "192.168.100.101" && e["mac"] == "02:11:22:33:44:55")
     });
@@ -650,7 +650,7 @@ fn a_node_follows_a_new_mac_address_and_announces_it() {
     assert!(log.contains("MAC address changed") && log.contains("to=02:11:22:33:44:55"), "{log}");
     // A pod's host end: the pod's kernel takes the gateway's new MAC.
     set_mac("node-a", "cali48dfb98be23", "02:aa:bb:cc:dd:ee");
-    wait_for(5, "pod-a1 to know its gateway's new MAC", || {
+    wait_for(10, "pod-a1 to know its gateway's new MAC", || {
         text(&lab.exec("pod-a1", &["ip", "neigh", "show", "169.254.1.1"]).stdout).contains("02:aa:bb:cc:dd:ee")
     });
     let out = ping("pod-a1", "10.244.2.1");
