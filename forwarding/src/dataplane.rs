@@ -303,9 +303,7 @@ impl Dataplane {
             return;
         }
         let f = Interface { mtu, ..f.clone() };
-        let next = Arc::new(self.ifaces.with_replaced(id, f));
-        let keep = (0..self.workers.len()).map(|_| PortChange::Keep).collect();
-        self.publish_port(next.clone(), id, keep, SlowMsg::Ifaces(next));
+        self.replace_interface(id, f, false);
     }
 
     /// Follows a new MAC address of an interface (`ip link set eth0 address …`): the
@@ -319,9 +317,19 @@ impl Dataplane {
             return;
         }
         let f = Interface { mac, ..f.clone() };
+        self.replace_interface(id, f, true);
+    }
+
+    /// `id`'s entry, still served, replaced by `f`: every worker and the slow path take it
+    /// up, their ports untouched (with `announce`, the slow path tells the link `f`'s MAC).
+    fn replace_interface(&mut self, id: IfaceId, f: Interface, announce: bool) {
         let next = Arc::new(self.ifaces.with_replaced(id, f));
         let keep = (0..self.workers.len()).map(|_| PortChange::Keep).collect();
-        self.publish_port(next.clone(), id, keep, SlowMsg::Announce(next, id));
+        let slow = match announce {
+            true => SlowMsg::Announce(next.clone(), id),
+            false => SlowMsg::Ifaces(next.clone()),
+        };
+        self.publish_port(next, id, keep, slow);
     }
 
     /// Stops serving an interface (a pod that went): once this returns no worker reads or

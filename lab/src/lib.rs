@@ -248,23 +248,18 @@ fn up_locked(lab: &Lab, opts: &UpOptions) -> anyhow::Result<State> {
                 exited.push("etcd");
             }
             if let Some((last, first)) = exited.split_last() {
-                let (which, logs, again) = match (first, *last) {
-                    ([], "etcd") => {
-                        ("etcd has".to_string(), "its log is", "it again with `router lab restart etcd".to_string())
+                let (which, again) = match first {
+                    [] => {
+                        let who = if *last == "etcd" { "etcd".to_string() } else { format!("the daemon of {last}") };
+                        (format!("{who} has"), format!("it again with `router lab restart {last}"))
                     }
-                    ([], one) => (
-                        format!("the daemon of {one} has"),
-                        "its log is",
-                        format!("it again with `router lab restart {one}"),
-                    ),
-                    (first, last) => (
+                    _ => (
                         format!("{} and {last} have", first.join(", ")),
-                        "their logs are",
                         "each again with `router lab restart NODE".to_string(),
                     ),
                 };
                 bail!(
-                    "lab {:?} is already up, but {which} exited ({logs} in {}): start {again}{flag}`, or take the lab down with `router lab down{flag}`",
+                    "lab {:?} is already up, but {which} exited (logs in {}): start {again}{flag}`, or take the lab down with `router lab down{flag}`",
                     lab.name,
                     lab.dir.display(),
                 );

@@ -1107,27 +1107,23 @@ fn no_node_in_pools(
     peers: &[Ipv4Addr],
     ipv6: Option<&Ipv6Config>,
 ) -> Result<(), FileError> {
-    let nodes = std::iter::once((uplink.address.addr(), "the node's own address"))
-        .chain(peers.iter().map(|p| (*p, "a node's (ipip_peers)")));
+    let v6 = ipv6.zip(raw.ipv6.as_ref());
+    // Both families' pools with where the file names them, and the nodes' addresses.
+    let all: Vec<(ipnet::IpNet, std::ops::Range<usize>, &str)> = (pools.iter().zip(&raw.pools))
+        .map(|(p, r)| (p.cidr.into(), r.cidr.span(), "pool"))
+        .chain(
+            v6.into_iter()
+                .flat_map(|(v, r)| v.pools.iter().zip(&r.pools).map(|(p, r)| ((*p).into(), r.span(), "ipv6 pool"))),
+        )
+        .collect();
+    let nodes = std::iter::once((IpAddr::from(uplink.address.addr()), "the node's own address"))
+        .chain(peers.iter().map(|p| (IpAddr::from(*p), "a node's (ipip_peers)")))
+        .chain(ipv6.map(|v| (IpAddr::from(v.address.addr()), "the node's own address")))
+        .chain(ipv6.into_iter().flat_map(|v| v.nodes.iter().map(|n| (IpAddr::from(*n), "a node's (ipv6.nodes)"))));
     for (addr, whose) in nodes {
-        if let Some(i) = pools.iter().position(|p| p.cidr.contains(&addr)) {
-            let p = pools[i].cidr;
-            return Err(src.error_at(
-                raw.pools[i].cidr.span(),
-                format!("pool {p} holds {addr}, {whose}: pods would get the nodes' addresses"),
-            ));
-        }
-    }
-    let (Some(v6), Some(raw6)) = (ipv6, &raw.ipv6) else { return Ok(()) };
-    let nodes = std::iter::once((v6.address.addr(), "the node's own address"))
-        .chain(v6.nodes.iter().map(|n| (*n, "a node's (ipv6.nodes)")));
-    for (addr, whose) in nodes {
-        if let Some(i) = v6.pools.iter().position(|p| p.contains(&addr)) {
-            let p = v6.pools[i];
-            return Err(src.error_at(
-                raw6.pools[i].span(),
-                format!("ipv6 pool {p} holds {addr}, {whose}: pods would get the nodes' addresses"),
-            ));
+        if let Some((p, span, what)) = all.iter().find(|(p, ..)| p.contains(&addr)) {
+            let msg = format!("{what} {p} holds {addr}, {whose}: pods would get the nodes' addresses");
+            return Err(src.error_at(span.clone(), msg));
         }
     }
     Ok(())

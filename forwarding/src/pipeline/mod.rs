@@ -233,7 +233,7 @@ fn arp(
     let learned = Neighbour { iface: in_if, ip: req.sender_ip.into(), mac: req.sender_mac };
     // RFC 826's merge: a neighbour we know that speaks with another MAC address has a new
     // one (a gratuitous ARP after a change, RFC 5227), whatever it asks.
-    let moved = neigh.lookup(in_if, req.sender_ip).is_some_and(|m| m != req.sender_mac);
+    let moved = || neigh.lookup(in_if, req.sender_ip).is_some_and(|m| m != req.sender_mac);
     match iface.role {
         IfaceRole::Pod { addr, .. } => {
             let from_pod = req.sender_ip == addr && !req.sender_mac.is_multicast();
@@ -255,7 +255,7 @@ fn arp(
                     Verdict::Transmit { iface: in_if, span: Span { start: s, end }, learn: from_pod.then_some(learned) }
                 }
                 Operation::Reply if from_pod && req.target_ip == POD_GATEWAY => Verdict::Learn(learned),
-                _ if from_pod && moved => Verdict::Learn(learned),
+                _ if from_pod && moved() => Verdict::Learn(learned),
                 _ => Verdict::Pass,
             }
         }
@@ -265,7 +265,7 @@ fn arp(
             // requests itself.
             let for_us = req.target_ip == addr.addr();
             let sane = addr.contains(&req.sender_ip) && req.sender_ip != addr.addr() && !req.sender_mac.is_multicast();
-            if (for_us || moved) && sane {
+            if (for_us || moved()) && sane {
                 Verdict::Learn(learned)
             } else {
                 Verdict::Pass
